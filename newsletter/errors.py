@@ -1,0 +1,115 @@
+"""One exception tree for everything `newsletter` reports to a user.
+
+    NewsletterError                 base; carries path / line / key / recipient / code
+    ├── ConfigError                 newsletter.toml, environment, _config.yml
+    ├── PostError                   a post that cannot be read (YAML, date, encoding)
+    ├── TemplateError               a Jinja2 template that cannot be loaded or rendered
+    ├── RenderError                 Markdown / premailer / message assembly
+    ├── SubscriberError             a CSV file or an address
+    ├── StoreError                  the database (SQLAlchemy errors are translated here)
+    ├── DeliveryError               planning or sending a mailing
+    │   └── TransportError          a transport failed as a whole (SMTP connect, TLS, auth)
+    └── WebError                    the preview or public web app
+
+Third-party errors are translated at the boundary with ``raise ... from exc`` so
+that none reaches the user as a traceback.  Partial failure (one bad post, one
+refused recipient) is data: a :class:`Problem`, not an exception.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+
+class NewsletterError(Exception):
+    """Base of every error `newsletter` raises on purpose."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: Path | str | None = None,
+        line: int | None = None,
+        key: str | None = None,
+        recipient: str | None = None,
+        code: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.path = Path(path) if path is not None else None
+        self.line = line
+        self.key = key
+        self.recipient = recipient
+        self.code = code
+
+    def __str__(self) -> str:
+        return format_location(self.path, self.line, self.key) + self.message
+
+
+class ConfigError(NewsletterError):
+    """The configuration is missing, malformed or inconsistent."""
+
+
+class PostError(NewsletterError):
+    """A post cannot be read or parsed."""
+
+
+class TemplateError(NewsletterError):
+    """A template cannot be found, parsed or rendered."""
+
+
+class RenderError(NewsletterError):
+    """A post could not be turned into an email."""
+
+
+class SubscriberError(NewsletterError):
+    """A subscriber file, row or address is unusable."""
+
+
+class StoreError(NewsletterError):
+    """The database refused or failed an operation."""
+
+
+class DeliveryError(NewsletterError):
+    """A mailing cannot be planned or delivered."""
+
+
+class TransportError(DeliveryError):
+    """A transport failed as a whole (cannot connect, TLS refused, bad login)."""
+
+
+class WebError(NewsletterError):
+    """The web app cannot start or serve."""
+
+
+def format_location(path: Path | str | None, line: int | None, key: str | None = None) -> str:
+    """`path:line: ` / `path: key: ` prefix used in every one-line report."""
+    parts: list[str] = []
+    if path is not None:
+        parts.append(f"{path}:{line}" if line is not None else str(path))
+    if key is not None:
+        parts.append(key)
+    return "".join(f"{p}: " for p in parts)
+
+
+Severity = Literal["error", "warning"]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One reported problem in a batch (a post, a CSV row, a recipient)."""
+
+    message: str
+    path: Path | None = None
+    line: int | None = None
+    severity: Severity = "error"
+    key: str | None = None
+
+    def __str__(self) -> str:
+        return f"{format_location(self.path, self.line, self.key)}{self.severity}: {self.message}"
+
+    @classmethod
+    def from_error(cls, exc: NewsletterError, severity: Severity = "error") -> Problem:
+        return cls(exc.message, exc.path, exc.line, severity, exc.key)

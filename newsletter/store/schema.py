@@ -1,0 +1,150 @@
+"""The database schema (SQLAlchemy Core), one place for every table.
+
+Dialect-neutral on purpose: PostgreSQL is next.  Times are stored as
+timezone-aware UTC datetimes (`UtcDateTime`), statuses as short strings.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+
+SCHEMA_VERSION = 1
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Aware datetimes in, aware UTC datetimes out (SQLite forgets the zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store")
+        return value.astimezone(UTC).replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+metadata = MetaData()
+
+schema_version = Table(
+    "schema_version",
+    metadata,
+    Column("version", Integer, primary_key=True),
+    Column("applied_at", UtcDateTime, nullable=False),
+)
+
+# One row per normalised address.  status: active | unsubscribed | bounced |
+# complained | pending.  A suppression (anything but active/pending) is only
+# undone by an explicit resubscribe (invariant 3).
+subscribers = Table(
+    "subscribers",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("email", String(320), nullable=False, unique=True),
+    Column("name", String(200), nullable=False, default=""),
+    Column("attributes", JSON, nullable=False, default=dict),
+    Column("status", String(16), nullable=False, default="active"),
+    Column("status_reason", Text, nullable=True),
+    Column("status_changed_at", UtcDateTime, nullable=True),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+)
+
+lists = Table(
+    "lists",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(100), nullable=False, unique=True),
+    Column("title", String(200), nullable=False, default=""),
+    Column("created_at", UtcDateTime, nullable=False),
+)
+
+memberships = Table(
+    "memberships",
+    metadata,
+    Column("list_id", ForeignKey("lists.id", ondelete="CASCADE"), primary_key=True),
+    Column("subscriber_id", ForeignKey("subscribers.id", ondelete="CASCADE"), primary_key=True),
+    Column("created_at", UtcDateTime, nullable=False),
+    # Per-list unsubscribe ("subscribers unsubscribe EMAIL --list L").
+    Column("unsubscribed_at", UtcDateTime, nullable=True),
+    Index("ix_memberships_subscriber", "subscriber_id"),
+)
+
+# A mailing is (post, list): planned once, automatically at most once (invariant 1).
+# kind: post | digest | resend.  state: planned | sending | paused | done.
+mailings = Table(
+    "mailings",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("post_id", String(500), nullable=False),
+    Column("list_id", ForeignKey("lists.id"), nullable=False),
+    Column("kind", String(16), nullable=False, default="post"),
+    Column("generation", Integer, nullable=False, default=0),  # >0 only for --resend
+    Column("subject", Text, nullable=False, default=""),
+    Column("state", String(16), nullable=False, default="planned"),
+    Column("post_ids", JSON, nullable=False, default=list),  # digest contents
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("scheduled_for", UtcDateTime, nullable=True),
+    Column("paused_until", UtcDateTime, nullable=True),
+    Column("finished_at", UtcDateTime, nullable=True),
+    Column("last_error", Text, nullable=True),
+    UniqueConstraint("post_id", "list_id", "generation", name="uq_mailing_post_list"),
+)
+
+# One row per (mailing, subscriber): the ledger behind invariant 2.
+# status: queued | sending | sent | deferred | failed | skipped.
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("mailing_id", ForeignKey("mailings.id", ondelete="CASCADE"), nullable=False),
+    Column("subscriber_id", ForeignKey("subscribers.id"), nullable=False),
+    Column("email", String(320), nullable=False),
+    Column("status", String(16), nullable=False, default="queued"),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", UtcDateTime, nullable=True),
+    Column("lease_owner", String(64), nullable=True),
+    Column("lease_expires_at", UtcDateTime, nullable=True),
+    Column("last_code", Integer, nullable=True),
+    Column("last_text", Text, nullable=True),
+    Column("message_id", String(300), nullable=True),
+    Column("sent_at", UtcDateTime, nullable=True),
+    Column("updated_at", UtcDateTime, nullable=False),
+    UniqueConstraint("mailing_id", "subscriber_id", name="uq_delivery_mailing_subscriber"),
+    Index("ix_deliveries_claim", "mailing_id", "status", "next_attempt_at"),
+)
+
+# Small key/value table: daemon lock, generated secrets, last digest times.
+state = Table(
+    "state",
+    metadata,
+    Column("key", String(200), primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    Column("expires_at", UtcDateTime, nullable=True),
+    Column("number", Float, nullable=True),
+)

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from newsletter.cli import main
+
+
+def _all_commands(group, prefix=()):  # type: ignore[no-untyped-def]
+    for name, cmd in group.commands.items():
+        yield (*prefix, name), cmd
+        if hasattr(cmd, "commands"):
+            yield from _all_commands(cmd, (*prefix, name))
+
+
+def test_every_command_has_help_text() -> None:
+    missing = [" ".join(path) for path, cmd in _all_commands(main) if not (cmd.help or "").strip()]
+    assert missing == []
+
+
+def test_posts_json_lists_sample_posts(sample_site: Path) -> None:
+    result = CliRunner().invoke(main, ["posts", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    titles = {row["title"] for row in rows}
+    assert "The Octopus and Its Distributed Mind" in titles
+    assert all("+03:00" in row["date"] for row in rows)
+
+
+def test_bad_config_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("[site]\ntimezone = 'Mars/Olympus'\n")
+    result = CliRunner().invoke(main, ["--config", str(cfg), "posts"])
+    assert result.exit_code == 1
+    assert "site.timezone" in result.output and "Mars/Olympus" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_usage_error_exits_2(sample_site: Path) -> None:
+    result = CliRunner().invoke(main, ["render"])
+    assert result.exit_code == 2
