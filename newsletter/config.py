@@ -335,7 +335,7 @@ def parse_duration(value: Any, key: str = "duration", path: Path | None = None) 
             if seconds > 0:
                 return seconds
     raise ConfigError(
-        f"expected a positive duration like 60, \"90s\" or \"5m\", got {value!r}", path=path, key=key
+        f'expected a positive duration like 60, "90s" or "5m", got {value!r}', path=path, key=key
     )
 
 
@@ -375,7 +375,9 @@ def _lists(raw: Any, config_path: Path | None) -> dict[str, ListSettings]:
                     f"unknown key {key!r}", path=config_path, key=f"lists.{name}.{key}"
                 )
         kwargs = {
-            f.name: _coerce(f"lists.{name}.{f.name}", f.type, values[f.name], Path("."), config_path)
+            f.name: _coerce(
+                f"lists.{name}.{f.name}", f.type, values[f.name], Path("."), config_path
+            )
             for f in fields(ListSettings)
             if f.name in values
         }

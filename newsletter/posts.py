@@ -97,8 +97,11 @@ def read_post(path: Path, settings: Settings) -> Post:
     slug = match.group(4) if match else path.stem
     date = doc.get("date")
     if not isinstance(date, datetime):
-        date = datetime(int(match.group(1)), int(match.group(2)), int(match.group(3))) if match \
+        date = (
+            datetime(int(match.group(1)), int(match.group(2)), int(match.group(3)))
+            if match
             else datetime(1970, 1, 1)
+        )
     if date.tzinfo is None:
         date = date.replace(tzinfo=settings.site.tz)
     body = markup.markdown_to_html(doc.content, settings.site.url)

@@ -23,7 +23,7 @@ from newsletter.config import Settings
 from newsletter.errors import StoreError
 from newsletter.store.schema import SCHEMA_VERSION, metadata, schema_version
 
-__all__ = ["open_store", "open_url", "now"]
+__all__ = ["now", "open_store", "open_url"]
 
 
 def now() -> datetime:
@@ -86,8 +86,9 @@ def upgrade(engine: Engine) -> int:
     with engine.begin() as conn:
         fresh = not inspect(conn).has_table("schema_version")
         metadata.create_all(conn)
-        current = conn.scalar(select(schema_version.c.version).order_by(
-            schema_version.c.version.desc()).limit(1))
+        current = conn.scalar(
+            select(schema_version.c.version).order_by(schema_version.c.version.desc()).limit(1)
+        )
         if current is None:
             current = SCHEMA_VERSION if fresh else 1
             conn.execute(schema_version.insert().values(version=current, applied_at=now()))

@@ -6,6 +6,7 @@ timezone-aware UTC datetimes (`UtcDateTime`), statuses as short strings.
 
 from __future__ import annotations
 
+import secrets
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,6 +28,10 @@ from sqlalchemy import (
 )
 
 SCHEMA_VERSION = 1
+
+
+def new_uid() -> str:
+    return secrets.token_hex(16)
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -65,6 +70,8 @@ subscribers = Table(
     metadata,
     Column("id", Integer, primary_key=True),
     Column("email", String(320), nullable=False, unique=True),
+    # Random, never sequential: what unsubscribe tokens and URLs carry.
+    Column("uid", String(32), nullable=False, unique=True, default=new_uid),
     Column("name", String(200), nullable=False, default=""),
     Column("attributes", JSON, nullable=False, default=dict),
     Column("status", String(16), nullable=False, default="active"),

@@ -1,0 +1,88 @@
+"""Unsubscribe tokens: HMAC-SHA256 over (subscriber, list), URL-safe.
+
+A token is `<subscriber uid>\0<list name>\0<mac>` in URL-safe base64; the uid
+is the subscriber's random identifier (never the sequential row id), and the
+MAC is checked in constant time.  The secret comes from the environment variable `[unsubscribe]
+secret_env` names; when that is unset, one is generated once and kept in the
+state folder (with a warning), so links keep working across restarts.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+from dataclasses import dataclass
+
+from newsletter.config import Settings
+
+log = logging.getLogger(__name__)
+
+_MAC_BYTES = 16  # 128 bits: ample against forgery, keeps URLs short
+ALL_LISTS = "*"  # token scope meaning "every list"
+
+
+@dataclass(frozen=True)
+class TokenClaim:
+    subscriber_uid: str
+    list_name: str  # ALL_LISTS for a global unsubscribe
+
+
+def load_secret(settings: Settings) -> bytes:
+    """The HMAC key: from the environment, else a generated one in the state folder."""
+    env_value = os.environ.get(settings.unsubscribe.secret_env)
+    if env_value:
+        return env_value.encode("utf-8")
+    path = settings.state_dir / "secret"
+    if path.exists():
+        return path.read_bytes().strip()
+    log.warning(
+        "%s is not set; generated an unsubscribe secret in %s (keep it, or links break)",
+        settings.unsubscribe.secret_env,
+        path,
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(32).encode("ascii")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(value)
+    return value
+
+
+def _mac(secret: bytes, payload: bytes) -> bytes:
+    return hmac.new(secret, b"unsubscribe\0" + payload, hashlib.sha256).digest()[:_MAC_BYTES]
+
+
+def make_token(secret: bytes, subscriber_uid: str, list_name: str) -> str:
+    payload = f"{subscriber_uid}\0{list_name}".encode()
+    raw = payload + b"\0" + _mac(secret, payload)
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def verify_token(secret: bytes, token: str) -> TokenClaim | None:
+    """The claim inside a genuine token; None for anything forged or damaged."""
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    except (ValueError, TypeError):
+        return None
+    if len(raw) <= _MAC_BYTES + 1:
+        return None
+    payload, sep, mac = (
+        raw[: -_MAC_BYTES - 1],
+        raw[-_MAC_BYTES - 1 : -_MAC_BYTES],
+        raw[-_MAC_BYTES:],
+    )
+    if sep != b"\0" or not hmac.compare_digest(mac, _mac(secret, payload)):
+        return None
+    try:
+        uid, list_name = payload.decode("utf-8").split("\0", 1)
+        return TokenClaim(uid, list_name)
+    except (UnicodeDecodeError, ValueError):
+        return None
+
+
+def unsubscribe_url(settings: Settings, token: str) -> str:
+    return f"{settings.web.public_url.rstrip('/')}/unsubscribe/{token}"
