@@ -51,7 +51,7 @@ def open_url(url: str) -> Engine:
             event.listen(engine, "connect", _sqlite_pragmas)
         upgrade(engine)
         return engine
-    except SQLAlchemyError as exc:
+    except (SQLAlchemyError, OSError) as exc:
         raise StoreError(f"cannot open database {url}: {exc}") from exc
 
 

@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from newsletter.config import load_settings, parse_duration
+from newsletter.errors import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "newsletter.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_defaults_without_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("NEWSLETTER_CONFIG", raising=False)
+    settings = load_settings()
+    assert settings.config_path is None
+    assert settings.database.url == "sqlite:///.newsletter/newsletter.db"
+    assert settings.delivery.transport == "maildir"
+    assert settings.smtp.effective_port == 587
+
+
+def test_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
+    cfg = write(tmp_path, '[site]\nposts_dir = "content/_posts"\n[delivery]\noutbox_dir = "out"\n')
+    settings = load_settings(cfg)
+    assert settings.site.posts_dir == tmp_path / "content/_posts"
+    assert settings.delivery.outbox_dir == tmp_path / "out"
+
+
+def test_env_var_selects_the_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = write(tmp_path, '[site]\ntitle = "From env"\n')
+    monkeypatch.setenv("NEWSLETTER_CONFIG", str(cfg))
+    assert load_settings().site.title == "From env"
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("[site]\ntimezone = 'Nowhere/Land'\n", "site.timezone"),
+        ("[delivery]\ntransport = 'pigeon'\n", "delivery.transport"),
+        ("[delivery]\nconcurrency = 'two'\n", "delivery.concurrency"),
+        ("[smtp]\nsecurity = 'ssl3'\n", "smtp.security"),
+        ("[site]\ncolour = 'blue'\n", "site.colour"),
+        ("[lists.weekly]\nmode = 'digest'\n", "lists.weekly.cron"),
+        ("[schedule]\nscan_interval = 'soon'\n", "schedule.scan_interval"),
+        ("[schedule]\nsince = 'yesterday'\n", "schedule.since"),
+    ],
+)
+def test_bad_values_name_their_key(tmp_path: Path, text: str, key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, text))
+    assert info.value.key == key
+    assert key in str(info.value)
+
+
+def test_broken_toml_reports_the_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, '[site]\ntitle = "ok"\nurl = \n'))
+    assert info.value.line == 3
+
+
+def test_since_without_zone_uses_the_site_timezone(tmp_path: Path) -> None:
+    cfg = write(
+        tmp_path, '[site]\ntimezone = "Europe/Istanbul"\n[schedule]\nsince = "2024-05-01"\n'
+    )
+    since = load_settings(cfg).schedule.since
+    assert since is not None and since.utcoffset() is not None
+    assert since.isoformat() == "2024-05-01T00:00:00+03:00"
+
+
+def test_since_accepts_a_toml_datetime(tmp_path: Path) -> None:
+    cfg = write(tmp_path, "[schedule]\nsince = 2024-05-01T10:00:00Z\n")
+    since = load_settings(cfg).schedule.since
+    assert since == datetime.fromisoformat("2024-05-01T10:00:00+00:00")
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"), [(60, 60.0), ("90s", 90.0), ("5m", 300.0), ("2h", 7200.0)]
+)
+def test_durations(value: object, seconds: float) -> None:
+    assert parse_duration(value) == seconds
+
+
+def test_jekyll_config_supplies_site_values(tmp_path: Path) -> None:
+    site = tmp_path / "blog"
+    (site / "_posts").mkdir(parents=True)
+    (site / "_config.yml").write_text(
+        "title: Jekyll Blog\nurl: https://blog.example.org\nbaseurl: /notes\n"
+        "timezone: America/Chicago\npermalink: pretty\nexcerpt_separator: <!--more-->\n"
+        "author:\n  name: Sam Example\n",
+        encoding="utf-8",
+    )
+    cfg = write(tmp_path, '[site]\njekyll_config = "blog/_config.yml"\ntitle = "Override"\n')
+    s = load_settings(cfg).site
+    assert s.title == "Override"  # newsletter.toml wins over _config.yml
+    assert (s.url, s.baseurl, s.timezone) == (
+        "https://blog.example.org",
+        "/notes",
+        "America/Chicago",
+    )
+    assert s.permalink == "/:categories/:year/:month/:day/:title/"
+    assert s.excerpt_separator == "<!--more-->"
+    assert s.author == "Sam Example"
+    assert s.posts_dir == site / "_posts"
+
+
+def test_password_comes_only_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = write(tmp_path, '[smtp]\npassword_env = "TEST_NL_PASSWORD"\n')
+    settings = load_settings(cfg)
+    monkeypatch.delenv("TEST_NL_PASSWORD", raising=False)
+    with pytest.raises(ConfigError, match="TEST_NL_PASSWORD is not set"):
+        settings.smtp.password()
+    monkeypatch.setenv("TEST_NL_PASSWORD", "s3cret")
+    assert settings.smtp.password() == "s3cret"

@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Connection, select, text
+
+import newsletter.store as store
+from newsletter.errors import StoreError
+from newsletter.store import open_url
+from newsletter.store.schema import schema_version, subscribers
+
+
+def test_created_on_first_use_with_wal_and_foreign_keys(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/deep/er/db.sqlite"
+    engine = open_url(url)
+    assert (tmp_path / "deep/er/db.sqlite").exists()
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        assert conn.scalar(select(schema_version.c.version)) == store.schema.SCHEMA_VERSION
+
+
+def test_reopening_does_not_add_versions(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/db.sqlite"
+    open_url(url)
+    engine = open_url(url)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM schema_version")).scalar() == 1
+
+
+def test_upgrade_steps_run_once_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"sqlite:///{tmp_path}/db.sqlite"
+    open_url(url)
+    ran: list[int] = []
+
+    def step(version: int):  # type: ignore[no-untyped-def]
+        def run(conn: Connection) -> None:
+            ran.append(version)
+            conn.execute(text(f"CREATE TABLE extra_{version} (id INTEGER)"))
+
+        return run
+
+    monkeypatch.setattr(store, "SCHEMA_VERSION", 3)
+    monkeypatch.setattr(store, "UPGRADES", {2: step(2), 3: step(3)})
+    engine = open_url(url)
+    open_url(url)  # a second open finds nothing to do
+    assert ran == [2, 3]
+    with engine.connect() as conn:
+        versions = conn.execute(select(schema_version.c.version)).scalars().all()
+        assert sorted(versions) == [1, 2, 3]
+        assert conn.execute(text("SELECT count(*) FROM extra_3")).scalar() == 0
+
+
+def test_newer_database_is_refused(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/db.sqlite"
+    engine = open_url(url)
+    with engine.begin() as conn:
+        conn.execute(schema_version.insert().values(version=99, applied_at=datetime.now(UTC)))
+    with pytest.raises(StoreError, match="schema version 99"):
+        open_url(url)
+
+
+def test_times_come_back_aware_and_in_utc(tmp_path: Path) -> None:
+    engine = open_url(f"sqlite:///{tmp_path}/db.sqlite")
+    istanbul = timezone(timedelta(hours=3))
+    moment = datetime(2024, 11, 4, 0, 0, tzinfo=istanbul)
+    with engine.begin() as conn:
+        conn.execute(
+            subscribers.insert().values(email="a@example.com", created_at=moment, updated_at=moment)
+        )
+        back = conn.scalar(select(subscribers.c.created_at))
+    assert back == moment and back.tzinfo is not None
+    assert back.utcoffset() == timedelta(0)
+
+
+def test_naive_times_are_refused(tmp_path: Path) -> None:
+    engine = open_url(f"sqlite:///{tmp_path}/db.sqlite")
+    with pytest.raises(Exception, match="naive"), engine.begin() as conn:
+        conn.execute(
+            subscribers.insert().values(
+                email="a@example.com",
+                created_at=datetime(2024, 1, 1),
+                updated_at=datetime(2024, 1, 1),
+            )
+        )
+
+
+def test_unopenable_database_is_a_store_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(StoreError, match="cannot open database"):
+        open_url(f"sqlite:///{blocker}/db.sqlite")
