@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import base64
+import stat
+from pathlib import Path
+
+import pytest
+
+from newsletter.config import load_settings
+from newsletter.tokens import load_secret, make_token, unsubscribe_url, verify_token
+
+SECRET = b"test-secret"
+UID = "0f" * 16
+
+
+def test_round_trip() -> None:
+    claim = verify_token(SECRET, make_token(SECRET, UID, "weekly"))
+    assert claim is not None
+    assert (claim.subscriber_uid, claim.list_name) == (UID, "weekly")
+
+
+def test_token_is_url_safe_and_carries_no_row_id() -> None:
+    token = make_token(SECRET, UID, "weekly")
+    assert set(token) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda t: t[:-1],  # truncated
+        lambda t: t[:10],
+        lambda t: t + "A",
+        lambda t: "",
+        lambda t: "!!!not-base64!!!",
+        lambda t: t[:-2] + ("A" if t[-2] != "A" else "B") + t[-1],  # one MAC byte flipped
+    ],
+)
+def test_damaged_tokens_are_refused(mangle) -> None:  # type: ignore[no-untyped-def]
+    assert verify_token(SECRET, mangle(make_token(SECRET, UID, "weekly"))) is None
+
+
+def test_foreign_secret_and_swapped_list_are_refused() -> None:
+    token = make_token(SECRET, UID, "weekly")
+    assert verify_token(b"other-secret", token) is None
+    raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    forged = raw.replace(b"weekly", b"daily!")
+    forged_token = base64.urlsafe_b64encode(forged).rstrip(b"=").decode()
+    assert verify_token(SECRET, forged_token) is None
+
+
+def test_secret_from_environment_else_generated_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = tmp_path / "newsletter.toml"
+    cfg.write_text('[unsubscribe]\nsecret_env = "NL_TEST_SECRET"\n')
+    settings = load_settings(cfg)
+    monkeypatch.setenv("NL_TEST_SECRET", "from-env")
+    assert load_secret(settings) == b"from-env"
+    monkeypatch.delenv("NL_TEST_SECRET")
+    first = load_secret(settings)
+    assert first and first == load_secret(settings)  # kept, not regenerated
+    path = tmp_path / ".newsletter" / "secret"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_unsubscribe_url_uses_public_url(tmp_path: Path) -> None:
+    cfg = tmp_path / "newsletter.toml"
+    cfg.write_text('[web]\npublic_url = "https://news.example.com/"\n')
+    url = unsubscribe_url(load_settings(cfg), "abc")
+    assert url == "https://news.example.com/unsubscribe/abc"
