@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from smtpserver import SmtpTestServer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -22,3 +24,17 @@ def sample_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("NEWSLETTER_CONFIG", raising=False)
     return tmp_path
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[SmtpTestServer]:
+    """A started, plain (no TLS, no AUTH) scriptable SMTP server on 127.0.0.1.
+
+    See tests/smtpserver.py: `server.script(addr, "451 4.3.0 Try later")`,
+    `server.received`, `server.settings_overrides()`.
+    """
+    server = SmtpTestServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,9 +1,159 @@
-"""Commands: (to be written)."""
+"""Commands: `run` (the daemon, or one pass with --once)."""
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
 import click
+
+from newsletter.cli import emit_json, handle_errors, json_option, settings_of
+from newsletter.errors import TransportError
+from newsletter.logging_setup import remove_logging, setup_logging
+from newsletter.passes import MailingProgress, PassReport
+from newsletter.planning import UpcomingSend
+from newsletter.scheduler import Daemon, run_once
+from newsletter.store import open_store
 
 
 def register(group: click.Group) -> None:
     """Add this module's commands to the top-level group."""
+    group.add_command(run)
+
+
+@click.command("run")
+@click.option(
+    "--once", is_flag=True, help="One full pass (plan, deliver, retry deferred), then exit."
+)
+@click.option("--log-json", is_flag=True, help="Log JSON lines instead of plain text.")
+@click.option(
+    "--no-watch",
+    is_flag=True,
+    help="Do not watch the posts folder; rely on [schedule] scan_interval alone.",
+)
+@json_option
+@click.pass_context
+@handle_errors
+def run(ctx: click.Context, once: bool, log_json: bool, no_watch: bool, as_json: bool) -> None:
+    """Send each new post to its lists when its date arrives.
+
+    Without --once this runs in the foreground until SIGTERM or Ctrl-C: it
+    scans the posts folder every [schedule] scan_interval (and at once when a
+    file changes), sends a future-dated post at its exact date, sends digest
+    lists on their cron, and retries deferred deliveries.  Logs go to stderr.
+
+    With --once it does one pass and prints a summary: for cron or a systemd
+    timer.  Posts dated before [schedule] since are never sent.
+    """
+    settings = settings_of(ctx)
+    handler = setup_logging(json_lines=log_json)
+    try:
+        engine = open_store(settings)
+        if not once:
+            Daemon(settings, engine, watch=not no_watch).serve_forever()
+            return
+        with _progress_bar(enabled=sys.stdout.isatty() and not as_json) as progress:
+            report = run_once(settings, engine, progress=progress)
+    finally:
+        remove_logging(handler)
+    for problem in report.problems:
+        click.echo(problem, err=True)
+    if as_json:
+        emit_json(report_json(report))
+    else:
+        for line in summary_lines(report):
+            click.echo(line)
+    if report.transport_error is not None:
+        raise TransportError(
+            f"transport unavailable: {report.transport_error}; the next run retries"
+        )
+    if report.problems and any(p.startswith("error:") or ": error:" in p for p in report.problems):
+        sys.exit(1)
+
+
+def summary_lines(report: PassReport) -> list[str]:
+    """What `run --once` prints: skipped, planned, delivered, coming next."""
+    lines: list[str] = []
+    if report.before_since and report.since is not None:
+        count = len(report.before_since)
+        verb = "were" if count != 1 else "was"
+        lines.append(
+            f"{count} post{'s' if count != 1 else ''} before since="
+            f"{report.since.isoformat()} {verb} skipped."
+        )
+    posts = len(report.planned)
+    digests = len(report.digests)
+    lines.append(
+        f"Planned {posts} mailing{'s' if posts != 1 else ''}"
+        f" and {digests} digest{'s' if digests != 1 else ''}."
+    )
+    d = report.delivery
+    lines.append(f"Sent {d.sent}, deferred {d.deferred}, failed {d.failed}, skipped {d.skipped}.")
+    if d.paused:
+        lines.append("Paused by a sending cap; the next run resumes.")
+    for post in report.future[:5]:
+        lines.append(f"Next: {post.post_id} at {post.date.isoformat()}.")
+    return lines
+
+
+def report_json(report: PassReport) -> dict[str, Any]:
+    d = report.delivery
+    return {
+        "since": report.since.isoformat() if report.since else None,
+        "skipped_before_since": [p.post_id for p in report.before_since],
+        "planned": list(report.planned),
+        "digests": list(report.digests),
+        "sent": d.sent,
+        "deferred": d.deferred,
+        "failed": d.failed,
+        "skipped": d.skipped,
+        "paused": d.paused,
+        "errors": list(d.errors),
+        "future": [{"post_id": p.post_id, "date": p.date.isoformat()} for p in report.future],
+        "problems": list(report.problems),
+        "transport_error": report.transport_error,
+    }
+
+
+@contextmanager
+def _progress_bar(*, enabled: bool) -> Iterator[MailingProgress | None]:
+    """A rich bar per mailing, only on a terminal (logs and pipes stay clean)."""
+    if not enabled:
+        yield None
+        return
+    from rich.progress import Progress
+
+    with Progress(transient=True) as bar:
+        tasks: dict[int, Any] = {}
+
+        def update(mailing_id: int, done: int, total: int) -> None:
+            if mailing_id not in tasks:
+                tasks[mailing_id] = bar.add_task(f"mailing {mailing_id}", total=total)
+            bar.update(tasks[mailing_id], completed=done, total=total)
+
+        yield update
+
+
+# --------------------------------------------------------------------------- status helpers
+# `newsletter status` (cli/delivery.py) shows upcoming sends with these:
+#     upcoming = planning.upcoming_sends(settings, load_posts(settings), engine, utcnow())
+#     for u in upcoming: click.echo(upcoming_line(u))   /   [upcoming_json(u) ...]
+
+
+def upcoming_line(item: UpcomingSend) -> str:
+    """`2031-03-09T07:00:00+00:00  a-letter-from-the-future → sample`."""
+    kind = "" if item.kind == "post" else f" [digest of {len(item.post_ids)}]"
+    return f"{item.at.isoformat(timespec='seconds')}  {item.post_id} → {item.list_name}{kind}"
+
+
+def upcoming_json(item: UpcomingSend) -> dict[str, Any]:
+    return {
+        "post": item.post_id,
+        "title": item.title,
+        "list": item.list_name,
+        "at": item.at.isoformat(),
+        "kind": item.kind,
+        "post_ids": list(item.post_ids),
+    }

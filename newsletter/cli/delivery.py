@@ -1,9 +1,266 @@
-"""Commands: (to be written)."""
+"""Commands about delivery: send, status."""
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
 import click
+
+from newsletter.cli import emit_json, handle_errors, json_option, settings_of
+from newsletter.config import Settings
+from newsletter.delivery import (
+    DeliveryReport,
+    MailingSummary,
+    Progress,
+    deliver_mailing,
+    mailing_summaries,
+    plan_mailing,
+    send_test,
+)
+from newsletter.posts import Post, load_posts
+
+
+@click.command("send")
+@click.argument("post_ref", metavar="POST")
+@click.option("--list", "list_name", required=True, help="The list to send to.")
+@click.option(
+    "--test",
+    "tests",
+    multiple=True,
+    metavar="ADDR",
+    help='Send a "[TEST] " copy to ADDR instead (repeatable; nothing is recorded).',
+)
+@click.option("--dry-run", is_flag=True, help="Say how many would receive it; send nothing.")
+@click.option("--resend", is_flag=True, help="Send again to everyone (a new mailing).")
+@click.option(
+    "--wait",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Seconds to keep retrying deferred recipients before returning.",
+)
+@click.option("-v", "--verbose", is_flag=True, help="With --dry-run: list every recipient.")
+@json_option
+@click.pass_context
+@handle_errors
+def send_cmd(
+    ctx: click.Context,
+    post_ref: str,
+    list_name: str,
+    tests: tuple[str, ...],
+    dry_run: bool,
+    resend: bool,
+    wait: float,
+    verbose: bool,
+    as_json: bool,
+) -> None:
+    """Send POST to the subscribers of a list (plan it first if needed).
+
+    Safe to interrupt or kill: running it again finishes the mailing without
+    sending twice. Once a mailing is done, sending again needs --resend.
+    """
+    settings = settings_of(ctx)
+    settings.get_list(list_name)
+    posts = load_posts(settings)
+    post = posts.find(post_ref)
+    if tests:
+        _send_tests(settings, post, list_name, tests, as_json)
+    elif dry_run:
+        _dry_run(settings, post, list_name, resend, verbose, as_json)
+    else:
+        _send(settings, post, posts, list_name, resend, wait, as_json)
+
+
+def _send_tests(
+    settings: Settings, post: Post, list_name: str, addresses: tuple[str, ...], as_json: bool
+) -> None:
+    report = send_test(settings, post, list_name, addresses)
+    if as_json:
+        emit_json({"test": True, **_report_dict(report)})
+    else:
+        click.echo(f"sent {report.sent} test message(s) of {post.post_id!r}")
+    for line in report.errors:
+        click.echo(f"error: {line}", err=True)
+    if report.failed:
+        sys.exit(1)
+
+
+def _dry_run(
+    settings: Settings, post: Post, list_name: str, resend: bool, verbose: bool, as_json: bool
+) -> None:
+    from newsletter.store import open_store
+    from newsletter.store import subscribers as subs
+    from newsletter.store.mailings import latest_mailing, open_recipients
+
+    engine = open_store(settings)
+    subs.ensure_lists(engine, settings)
+    with engine.connect() as conn:
+        existing = latest_mailing(conn, post.post_id, list_name)
+        if existing is not None and not resend:
+            who = list(open_recipients(conn, existing.id))
+        else:
+            who = [m.email for m in subs.mailable_members(conn, list_name)]
+    if as_json:
+        emit_json({"post": post.post_id, "list": list_name, "count": len(who), "recipients": who})
+        return
+    click.echo(f"would send {post.post_id!r} to {len(who)} subscriber(s) of list {list_name!r}")
+    if verbose:
+        for email in who:
+            click.echo(f"  {email}")
+
+
+def _send(
+    settings: Settings,
+    post: Post,
+    posts: Any,
+    list_name: str,
+    resend: bool,
+    wait: float,
+    as_json: bool,
+) -> None:
+    from newsletter.store import open_store
+    from newsletter.store.mailings import latest_mailing
+
+    engine = open_store(settings)
+    with engine.connect() as conn:
+        existing = latest_mailing(conn, post.post_id, list_name)
+    if existing is not None and existing.state == "done" and not resend:
+        when = existing.finished_at.isoformat(timespec="seconds") if existing.finished_at else ""
+        message = f"{post.post_id!r} was already sent to list {list_name!r} {when}".rstrip()
+        if as_json:
+            emit_json({"already_sent": True, "mailing": existing.id, "message": message})
+        else:
+            click.echo(f"{message}; nothing sent (use --resend to send it again)")
+        return
+    mailing_id = plan_mailing(
+        engine, settings, post.post_id, list_name, subject=post.title, resend=resend
+    )
+    with _progress(enabled=sys.stdout.isatty() and not as_json) as progress:
+        report = deliver_mailing(engine, settings, mailing_id, posts, progress=progress, wait=wait)
+    if as_json:
+        emit_json({"mailing": mailing_id, **_report_dict(report)})
+    else:
+        click.echo(_summary_line(report))
+    for line in report.errors:
+        click.echo(f"failed: {line}", err=True)
+
+
+@contextmanager
+def _progress(*, enabled: bool) -> Iterator[Progress | None]:
+    """A rich progress bar with rate and ETA, only on a terminal."""
+    if not enabled:
+        yield None
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+    from rich.progress import Progress as Bar
+
+    bar = Bar(
+        TextColumn("sending"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+    )
+    with bar:
+        task = bar.add_task("send", total=None, rate="")
+
+        def update(done: int, total: int) -> None:
+            speed = bar.tasks[0].speed
+            rate = f"{speed:,.0f} msg/s" if speed else ""
+            bar.update(task, completed=done, total=total, rate=rate)
+
+        yield update
+
+
+def _report_dict(report: DeliveryReport) -> dict[str, Any]:
+    return {
+        "sent": report.sent,
+        "deferred": report.deferred,
+        "failed": report.failed,
+        "skipped": report.skipped,
+        "paused": report.paused,
+        "errors": list(report.errors),
+    }
+
+
+def _summary_line(report: DeliveryReport) -> str:
+    line = (
+        f"sent {report.sent}, deferred {report.deferred}, "
+        f"failed {report.failed}, skipped {report.skipped}"
+    )
+    if report.paused:
+        line += " (paused: sending cap reached; `newsletter run` resumes it later)"
+    elif report.deferred:
+        line += " (deferred ones are retried by `newsletter run` or by sending again)"
+    return line
+
+
+# --------------------------------------------------------------------------- status
+
+
+@click.command("status")
+@json_option
+@click.pass_context
+@handle_errors
+def status_cmd(ctx: click.Context, as_json: bool) -> None:
+    """Every mailing with its counts by status, its state and its last error."""
+    from newsletter.store import open_store
+
+    settings = settings_of(ctx)
+    summaries = mailing_summaries(open_store(settings))
+    if as_json:
+        emit_json([_summary_dict(s) for s in summaries])
+        return
+    if not summaries:
+        click.echo("no mailings yet")
+        return
+    for s in summaries:
+        click.echo(_status_line(s))
+        if s.last_error:
+            click.echo(f"    last error: {s.last_error}")
+
+
+def _state_text(s: MailingSummary) -> str:
+    if s.state == "paused" and s.paused_until is not None:
+        return f"paused until {s.paused_until.isoformat(timespec='seconds')}"
+    return s.state
+
+
+def _status_line(s: MailingSummary) -> str:
+    order = ("sent", "queued", "sending", "deferred", "failed", "skipped")
+    counts = ", ".join(f"{k} {s.counts[k]}" for k in order if s.counts.get(k))
+    kind = "" if s.kind == "post" else f" [{s.kind}]"
+    return (
+        f"#{s.mailing_id} {s.post_id} → {s.list_name}{kind}: {_state_text(s)}; "
+        f"{s.total} recipient(s){': ' + counts if counts else ''}"
+    )
+
+
+def _summary_dict(s: MailingSummary) -> dict[str, Any]:
+    return {
+        "id": s.mailing_id,
+        "post": s.post_id,
+        "list": s.list_name,
+        "kind": s.kind,
+        "state": s.state,
+        "paused_until": s.paused_until.isoformat() if s.paused_until else None,
+        "counts": dict(s.counts),
+        "total": s.total,
+        "last_error": s.last_error,
+        "created_at": s.created_at.isoformat() if s.created_at else None,
+        "finished_at": s.finished_at.isoformat() if s.finished_at else None,
+    }
 
 
 def register(group: click.Group) -> None:
     """Add this module's commands to the top-level group."""
+    for command in (send_cmd, status_cmd):
+        group.add_command(command)

@@ -1,11 +1,42 @@
-"""Commands about posts: init, check, posts, render."""
+"""Commands about posts: `init`, `check`, `posts`."""
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
 import click
 
+from newsletter import render
 from newsletter.cli import emit_json, handle_errors, json_option, settings_of
-from newsletter.posts import load_posts
+from newsletter.config import DEFAULT_CONFIG, ListSettings, Settings, utcnow
+from newsletter.errors import NewsletterError, Problem
+from newsletter.posts import PostCollection, load_posts, post_files, post_status
+
+
+@contextmanager
+def progress_bar(total: int, label: str) -> Iterator[Callable[[], None]]:
+    """A rich progress bar on a terminal; a no-op callback anywhere else."""
+    if total < 2 or not sys.stdout.isatty():
+        yield lambda: None
+        return
+    from rich.progress import Progress
+
+    with Progress(transient=True) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda: bar.advance(task)
+
+
+def _load(settings: Settings, label: str, *, bodies: bool = True) -> PostCollection:
+    total = len(post_files(settings.site.posts_dir))
+    with progress_bar(total, label) as advance:
+        return load_posts(settings, progress=advance, bodies=bodies)
+
+
+# --------------------------------------------------------------------------- posts
 
 
 @click.command("posts")
@@ -13,9 +44,16 @@ from newsletter.posts import load_posts
 @click.pass_context
 @handle_errors
 def posts_cmd(ctx: click.Context, as_json: bool) -> None:
-    """List every post with its date, URL, authors, tags and status."""
+    """List every post with its date, URL, authors, tags and status.
+
+    STATUS is `due` (would be sent), `future` (not before its date),
+    `unpublished` (published: false), `opted-out` (newsletter: false) or
+    `before-since` (older than [schedule] since).  Problems go to stderr.
+    """
     settings = settings_of(ctx)
-    collection = load_posts(settings)
+    # A listing shows no HTML: skip Markdown, the bulk of the cost.
+    collection = _load(settings, "Reading posts", bodies=False)
+    now = utcnow()
     rows = [
         {
             "path": str(p.path),
@@ -23,20 +61,170 @@ def posts_cmd(ctx: click.Context, as_json: bool) -> None:
             "title": p.title,
             "date": p.date.isoformat(),
             "url": p.url,
-            "authors": [a.name for a in p.authors],
+            "authors": [{"name": a.name, "url": a.url} for a in p.authors],
             "tags": list(p.tags),
+            "status": post_status(p, now, settings.schedule.since),
         }
         for p in collection.posts
     ]
     if as_json:
         emit_json(rows)
-        return
-    for row in rows:
-        click.echo(f"{row['date']}  {row['title']}  {row['url']}")
+    else:
+        for row in rows:
+            click.echo(f"{row['date']}  {row['status']:<12}  {row['title']}  {row['url']}")
+        click.echo(_summary(len(rows), collection.problems))
     for problem in collection.problems:
         click.echo(str(problem), err=True)
 
 
+def _summary(count: int, problems: tuple[Problem, ...], verb: str = "") -> str:
+    errors = sum(1 for p in problems if p.severity == "error")
+    warnings = len(problems) - errors
+    noun = "post" if count == 1 else "posts"
+    return f"{count} {noun}{verb}, {errors} error(s), {warnings} warning(s)"
+
+
+# --------------------------------------------------------------------------- check
+
+
+@click.command("check")
+@json_option
+@click.pass_context
+@handle_errors
+def check_cmd(ctx: click.Context, as_json: bool) -> None:
+    """Check the configuration, the templates and every post.
+
+    Prints one line per problem (file, line when known, reason).  Exits 1
+    when there is an error, 0 when there are only warnings.
+    """
+    settings = settings_of(ctx)  # a broken configuration stops here, exit 1
+    problems = list(check_settings(settings))
+    collection = _load(settings, "Checking posts")
+    problems.extend(collection.problems)
+    with progress_bar(len(collection.posts), "Rendering") as advance:
+        problems.extend(check_templates(settings, collection, progress=advance))
+    errors = [p for p in problems if p.severity == "error"]
+    if as_json:
+        emit_json([_problem_json(p) for p in problems])
+    else:
+        for problem in problems:
+            click.echo(str(problem))
+        click.echo(_summary(len(collection.posts), tuple(problems), " checked"))
+    if errors:
+        sys.exit(1)
+
+
+def _problem_json(problem: Problem) -> dict[str, Any]:
+    return {
+        "severity": problem.severity,
+        "path": str(problem.path) if problem.path else None,
+        "line": problem.line,
+        "key": problem.key,
+        "message": problem.message,
+    }
+
+
+def check_settings(settings: Settings) -> Iterator[Problem]:
+    """What loading the configuration cannot see: missing folders and secrets."""
+    cfg = settings.config_path
+    if cfg is None:
+        yield Problem(f"no {DEFAULT_CONFIG} found; using defaults", severity="warning")
+    if not settings.lists:
+        yield Problem(
+            "no [lists.NAME] declared: nothing can be sent", cfg, None, "warning", "lists"
+        )
+    templates = settings.email.templates_dir
+    if templates is not None and not templates.is_dir():
+        yield Problem("templates folder not found", templates, None, "error", "email.templates_dir")
+    if settings.delivery.transport == "smtp":
+        try:
+            settings.smtp.password()
+        except NewsletterError as exc:
+            yield Problem(exc.message, cfg, None, "error", exc.key)
+
+
+def check_templates(
+    settings: Settings, collection: PostCollection, progress: Callable[[], None] = lambda: None
+) -> Iterator[Problem]:
+    """Render every post for the first list; report what the renderer refuses."""
+    lists = list(settings.lists.values()) or [ListSettings(name="check", title="check")]
+    for post in collection.posts:
+        progress()
+        try:
+            rendered = render.render_email(post, settings, lists[0])
+        except NewsletterError as exc:
+            yield Problem(exc.message, exc.path or post.path, exc.line, "error", exc.key)
+            continue
+        except Exception as exc:  # never a traceback from `check`
+            yield Problem(f"cannot render: {type(exc).__name__}: {exc}", post.path)
+            continue
+        for warning in rendered.warnings:
+            yield Problem(warning, post.path, None, "warning")
+
+
+# --------------------------------------------------------------------------- init
+
+STARTER = """\
+# newsletter configuration; see `newsletter --help` and the README.
+# Secrets never go here: name the environment variable that holds them.
+
+[site]
+title = "My blog"
+url = "https://blog.example.com"
+posts_dir = "posts"
+# jekyll_config = "../my-site/_config.yml"   # read url, permalink, timezone… from Jekyll
+timezone = "UTC"
+
+[email]
+from = "My blog <newsletter@example.com>"
+subject = "{{{{ post.title }}}}"
+content = "excerpt"
+
+[delivery]
+transport = "maildir"   # or "smtp"
+outbox_dir = ".newsletter/outbox"
+
+[smtp]
+host = "smtp.example.com"
+security = "starttls"
+password_env = "NEWSLETTER_SMTP_PASSWORD"
+
+[unsubscribe]
+secret_env = "NEWSLETTER_SECRET"
+
+[schedule]
+scan_interval = "60s"
+# Posts dated before this moment are never sent automatically.
+since = "{since}"
+
+[lists.main]
+title = "Every new post"
+mode = "each"
+"""
+
+
+@click.command("init")
+@click.option("--force", is_flag=True, help=f"Overwrite an existing {DEFAULT_CONFIG}.")
+@handle_errors
+def init_cmd(force: bool) -> None:
+    """Start a newsletter in the current folder.
+
+    Writes a starter newsletter.toml ([schedule] since = now, so older posts
+    are never sent) and creates posts/ and subscribers/ if they are missing.
+    """
+    config = Path(DEFAULT_CONFIG)
+    if config.exists() and not force:
+        click.echo(f"error: {config}: already exists (use --force to overwrite)", err=True)
+        sys.exit(1)
+    since = utcnow().isoformat(timespec="seconds")
+    config.write_text(STARTER.format(since=since), encoding="utf-8")
+    click.echo(f"wrote {config} (since = {since})")
+    for folder in (Path("posts"), Path("subscribers")):
+        if not folder.exists():
+            folder.mkdir()
+            click.echo(f"created {folder}/")
+
+
 def register(group: click.Group) -> None:
-    for command in (posts_cmd,):
+    for command in (init_cmd, check_cmd, posts_cmd):
         group.add_command(command)

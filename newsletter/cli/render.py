@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
 
 from newsletter.cli import handle_errors, settings_of
-from newsletter.posts import load_posts
-from newsletter.render import render_email
+from newsletter.config import ListSettings, Settings
+from newsletter.errors import PostError, RenderError
+from newsletter.message import MessageTemplate, fill_placeholders, sample_recipient
+from newsletter.posts import Post, load_posts
+from newsletter.render import RenderedEmail, render_digest, render_email
 
 
 @click.command("render")
@@ -20,7 +24,7 @@ from newsletter.render import render_email
     type=click.Choice(["html", "text", "eml"]),
     default="html",
     show_default=True,
-    help="HTML part, plain-text part, or the whole message.",
+    help="HTML part, plain-text part, or the whole message for a sample recipient.",
 )
 @click.option(
     "-o",
@@ -33,16 +37,63 @@ from newsletter.render import render_email
 def render_cmd(
     ctx: click.Context, post: str, list_name: str | None, fmt: str, output: Path | None
 ) -> None:
-    """Render POST (an id, slug, file name or path) as an email."""
+    """Render POST (an id, slug, file name or path) as an email.
+
+    The output is exactly what subscribers get, with a made-up recipient
+    (reader@example.com) in the per-recipient places.  Warnings (such as an
+    email too large for Gmail) go to standard error.
+    """
     settings = settings_of(ctx)
-    found = load_posts(settings).find(post)
-    lst = settings.get_list(list_name) if list_name else next(iter(settings.lists.values()))
-    rendered = render_email(found, settings, lst)
-    data = rendered.html if fmt == "html" else rendered.text
+    found = find_post(settings, post)
+    lst = choose_list(settings, list_name)
+    rendered = render_for_list(found, settings, lst)
+    for warning in rendered.warnings:
+        click.echo(f"warning: {found.path}: {warning}", err=True)
+    data = render_output(rendered, settings, fmt)
     if output:
-        output.write_text(data, encoding="utf-8")
+        try:
+            output.write_bytes(data)
+        except OSError as exc:
+            raise RenderError(f"cannot write: {exc.strerror}", path=output) from exc
+        click.echo(f"wrote {output} ({len(data):,} bytes)", err=True)
     else:
-        click.echo(data)
+        sys.stdout.flush()
+        click.get_binary_stream("stdout").write(data)
+
+
+def find_post(settings: Settings, ref: str) -> Post:
+    """The post `ref` names; when it is one that failed to load, say why."""
+    collection = load_posts(settings)
+    try:
+        return collection.find(ref)
+    except PostError:
+        for problem in collection.problems:
+            if problem.path is not None and ref in (str(problem.path), problem.path.name):
+                raise PostError(problem.message, path=problem.path, line=problem.line) from None
+        raise
+
+
+def choose_list(settings: Settings, list_name: str | None) -> ListSettings:
+    if list_name:
+        return settings.get_list(list_name)
+    if settings.lists:
+        return next(iter(settings.lists.values()))
+    # No list configured yet: render for an unnamed one so a theme can be tried.
+    return ListSettings(name="default", title=settings.site.title)
+
+
+def render_for_list(post: Post, settings: Settings, lst: ListSettings) -> RenderedEmail:
+    """A digest list shows the post as a one-post digest, as it would be sent."""
+    if lst.mode == "digest":
+        return render_digest([post], settings, lst)
+    return render_email(post, settings, lst)
+
+
+def render_output(rendered: RenderedEmail, settings: Settings, fmt: str) -> bytes:
+    if fmt == "eml":
+        return MessageTemplate.build(rendered, settings).sample()
+    html, text = fill_placeholders(rendered, sample_recipient(settings))
+    return (html if fmt == "html" else text).encode("utf-8")
 
 
 def register(group: click.Group) -> None:

@@ -1,9 +1,387 @@
-"""Commands: (to be written)."""
+"""Commands: `subscribers import|export|add|remove|unsubscribe|resubscribe|list|sync`, `lists`.
+
+Exit status: 0 when everything was done; 1 when the user must fix something
+(an unknown list or address, an unreadable file, and for import/sync any row
+that was skipped as invalid, although every valid row was still imported);
+2 for usage errors.
+"""
 
 from __future__ import annotations
 
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
 import click
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+from rich.table import Table
+from sqlalchemy import Engine
+
+from newsletter.cli import emit_json, handle_errors, json_option, settings_of
+from newsletter.config import Settings
+from newsletter.errors import Problem, SubscriberError
+from newsletter.importer import ImportCounts
+from newsletter.serviceformats import FORMATS
+from newsletter.store import open_store
+from newsletter.store.subscribers import (
+    STATUSES,
+    SubscriberRow,
+    add_subscriber,
+    ensure_lists,
+    get_by_email,
+    list_counts,
+    remove_member,
+    resubscribe,
+    unsubscribe,
+)
+from newsletter.subscribers import Progress as ProgressFn
+from newsletter.subscribers import export_list, import_file, members, sync_directory
+
+PROGRESS_MIN_BYTES = 1 << 20  # a bar for files over 1 MB, when stdout is a terminal
+SHOW_PROBLEMS = 100
+
+list_option = click.option("--list", "list_name", required=True, help="The list (see `lists`).")
+status_option = click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice(STATUSES),
+    help="Only members with this status (repeatable).",
+)
+
+
+@click.group("subscribers")
+def subscribers_group() -> None:
+    """Manage subscriber lists: import, export, add, remove, unsubscribe, sync.
+
+    Subscriber files hold personal data: never commit real ones to a public
+    repository (.gitignore keeps subscribers/*.csv out, except the sample).
+    """
+
+
+# --------------------------------------------------------------------------- import
+
+
+@subscribers_group.command("import")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+@list_option
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(("auto", *FORMATS)),
+    default="auto",
+    show_default=True,
+    help="The service that exported FILE; auto recognises it by the header.",
+)
+@click.option("--dry-run", is_flag=True, help="Show what would change; write nothing.")
+@click.option(
+    "--resubscribe",
+    is_flag=True,
+    help="Let active rows reactivate unsubscribed, bounced or complained addresses.",
+)
+@json_option
+@click.pass_context
+@handle_errors
+def import_command(
+    ctx: click.Context,
+    file: Path,
+    list_name: str,
+    fmt: str,
+    dry_run: bool,
+    resubscribe: bool,
+    as_json: bool,
+) -> None:
+    """Import FILE (a CSV or a Mailchimp export ZIP) into a list.
+
+    Invalid rows are reported with their line number and skipped; the rest is
+    imported in one transaction. Exit status 1 if any row was skipped.
+    """
+    settings = settings_of(ctx)
+    engine = open_store(settings)
+    with _progress(file) as tick:
+        counts = import_file(
+            engine,
+            settings,
+            file,
+            list_name,
+            fmt=fmt,
+            dry_run=dry_run,
+            resubscribe=resubscribe,
+            progress=tick,
+        )
+    _finish(counts, list_name, dry_run, as_json)
+
+
+@contextmanager
+def _progress(file: Path) -> Iterator[ProgressFn | None]:
+    """A rich progress bar over the file's bytes, only on a terminal."""
+    big = file.is_file() and file.stat().st_size >= PROGRESS_MIN_BYTES
+    if not (big and sys.stdout.isatty()):
+        yield None
+        return
+    columns = (BarColumn(), DownloadColumn(), TimeRemainingColumn())
+    with Progress(*columns, transient=True) as bar:
+        task = bar.add_task("import", total=None)
+
+        def tick(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield tick
+
+
+def _finish(counts: ImportCounts, list_name: str, dry_run: bool, as_json: bool) -> None:
+    _report_problems(counts.problems, counts.invalid + counts.warnings)
+    if as_json:
+        emit_json({"list": list_name, "dry_run": dry_run, **counts.as_dict()})
+    else:
+        _summary_table(counts, list_name, dry_run)
+    if counts.invalid:
+        sys.exit(1)
+
+
+def _report_problems(problems: list[Problem], total: int) -> None:
+    for problem in problems[:SHOW_PROBLEMS]:
+        click.echo(str(problem), err=True)
+    if total > SHOW_PROBLEMS:
+        click.echo(f"... and {total - SHOW_PROBLEMS} more problems", err=True)
+
+
+def _summary_table(counts: ImportCounts, list_name: str, dry_run: bool) -> None:
+    title = f"{'Dry run (nothing written)' if dry_run else 'Imported'}: list {list_name}"
+    table = Table(title=title)
+    table.add_column("result")
+    table.add_column("count", justify="right")
+    for key, value in counts.as_dict().items():
+        table.add_row(key.replace("_", " "), str(value))
+    Console(soft_wrap=True).print(table)
+    verb = "would import" if dry_run else "imported"
+    click.echo(
+        f"{list_name}: {verb} {counts.rows} rows: {counts.new} new, {counts.updated} updated, "
+        f"{counts.unchanged} unchanged, {counts.kept_suppressed} kept suppressed, "
+        f"{counts.invalid} invalid, {counts.duplicates} duplicates merged"
+        + (f", {counts.removed} removed" if counts.removed else "")
+    )
+
+
+# --------------------------------------------------------------------------- export / list
+
+
+@subscribers_group.command("export")
+@list_option
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="File (default: stdout).",
+)
+@status_option
+@click.pass_context
+@handle_errors
+def export_command(
+    ctx: click.Context, list_name: str, output: Path | None, statuses: tuple[str, ...]
+) -> None:
+    """Write a list as CSV: email,name,status,subscribed_at, then attributes.
+
+    Cells a spreadsheet would run as a formula get a leading ' (import removes it).
+    """
+    settings = settings_of(ctx)
+    settings.get_list(list_name)
+    engine = open_store(settings)
+    ensure_lists(engine, settings)
+    wanted = frozenset(statuses) or None
+    if output is None:
+        export_list(engine, list_name, sys.stdout, wanted)
+        return
+    try:
+        with output.open("w", encoding="utf-8", newline="") as fh:
+            count = export_list(engine, list_name, fh, wanted)
+    except OSError as exc:
+        raise SubscriberError(f"cannot write: {exc.strerror}", path=output) from exc
+    click.echo(f"exported {count} members of {list_name} to {output}", err=True)
+
+
+@subscribers_group.command("list")
+@list_option
+@status_option
+@json_option
+@click.pass_context
+@handle_errors
+def list_command(
+    ctx: click.Context, list_name: str, statuses: tuple[str, ...], as_json: bool
+) -> None:
+    """Show a list's members (email, status, name), one per line."""
+    settings = settings_of(ctx)
+    settings.get_list(list_name)
+    engine = open_store(settings)
+    ensure_lists(engine, settings)
+    rows = members(engine, list_name, frozenset(statuses) or None)
+    if not as_json:
+        for m in rows:
+            click.echo(f"{m.email}\t{m.status}\t{m.name}".rstrip("\t"))
+        return
+    # Streamed by hand: a long list must not be built in memory first.
+    click.echo("[", nl=False)
+    for i, m in enumerate(rows):
+        item = {
+            "email": m.email,
+            "name": m.name,
+            "status": m.status,
+            "subscribed_at": m.subscribed_at.isoformat(),
+            "attributes": m.attributes,
+        }
+        click.echo(("," if i else "") + "\n  " + json.dumps(item, ensure_ascii=False), nl=False)
+    click.echo("\n]")
+
+
+# --------------------------------------------------------------------------- single addresses
+
+
+def _engine_for(ctx: click.Context, list_name: str | None) -> tuple[Settings, Engine]:
+    settings = settings_of(ctx)
+    if list_name is not None:
+        settings.get_list(list_name)
+    engine = open_store(settings)
+    ensure_lists(engine, settings)
+    return settings, engine
+
+
+def _require(engine: Engine, email: str) -> SubscriberRow:
+    row = get_by_email(engine, email)
+    if row is None:
+        raise SubscriberError(f"no subscriber with address {email.strip()!r}", recipient=email)
+    return row
+
+
+@subscribers_group.command("add")
+@click.argument("email")
+@list_option
+@click.option("--name", default="", help="The subscriber's name.")
+@click.pass_context
+@handle_errors
+def add_command(ctx: click.Context, email: str, list_name: str, name: str) -> None:
+    """Add EMAIL to a list (an unsubscribed address stays unsubscribed)."""
+    _, engine = _engine_for(ctx, list_name)
+    row = add_subscriber(engine, email, list_name, name=name)
+    note = "" if row.status == "active" else f" (stays {row.status}: use resubscribe to undo)"
+    click.echo(f"added {row.email} to {list_name}{note}")
+
+
+@subscribers_group.command("remove")
+@click.argument("email")
+@list_option
+@click.pass_context
+@handle_errors
+def remove_command(ctx: click.Context, email: str, list_name: str) -> None:
+    """Take EMAIL off a list (no unsubscribe is recorded; see `unsubscribe`)."""
+    _, engine = _engine_for(ctx, list_name)
+    row = _require(engine, email)
+    if remove_member(engine, row.id, list_name):
+        click.echo(f"removed {row.email} from {list_name}")
+    else:
+        click.echo(f"{row.email} is not on {list_name} (an unsubscribe stays recorded)")
+
+
+@subscribers_group.command("unsubscribe")
+@click.argument("email")
+@click.option("--list", "list_name", default=None, help="Only this list (default: every list).")
+@click.pass_context
+@handle_errors
+def unsubscribe_command(ctx: click.Context, email: str, list_name: str | None) -> None:
+    """Unsubscribe EMAIL from one list, or from every list."""
+    _, engine = _engine_for(ctx, list_name)
+    row = _require(engine, email)
+    changed = unsubscribe(engine, row.id, list_name, reason="cli")
+    scope = list_name or "every list"
+    click.echo(
+        f"unsubscribed {row.email} from {scope}"
+        if changed
+        else f"{row.email} was already unsubscribed from {scope}"
+    )
+
+
+@subscribers_group.command("resubscribe")
+@click.argument("email")
+@click.option("--list", "list_name", default=None, help="Only this list (default: every list).")
+@click.pass_context
+@handle_errors
+def resubscribe_command(ctx: click.Context, email: str, list_name: str | None) -> None:
+    """Undo an unsubscribe, bounce or complaint for EMAIL (only with their consent)."""
+    _, engine = _engine_for(ctx, list_name)
+    row = _require(engine, email)
+    resubscribe(engine, row.id, list_name)
+    click.echo(f"resubscribed {row.email} to {list_name or 'every list'}")
+
+
+# --------------------------------------------------------------------------- sync / lists
+
+
+@subscribers_group.command("sync")
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Folder of <list>.csv files (default: subscribers/ beside the configuration).",
+)
+@click.option("--dry-run", is_flag=True, help="Show what would change; write nothing.")
+@json_option
+@click.pass_context
+@handle_errors
+def sync_command(ctx: click.Context, directory: Path | None, dry_run: bool, as_json: bool) -> None:
+    """Make every list mirror subscribers/<list>.csv (unsubscribes still win)."""
+    settings = settings_of(ctx)
+    folder = directory if directory is not None else settings.base_dir / "subscribers"
+    engine = open_store(settings)
+    results, problems = sync_directory(engine, settings, folder, dry_run=dry_run)
+    all_problems = problems + [p for r in results for p in r.counts.problems]
+    _report_problems(all_problems, len(all_problems))
+    if as_json:
+        emit_json(
+            [{"list": r.list_name, "file": str(r.path), **r.counts.as_dict()} for r in results]
+        )
+    else:
+        for r in results:
+            _summary_table(r.counts, r.list_name, dry_run)
+        if not results:
+            click.echo(f"no list files in {folder}")
+    if problems or any(r.counts.invalid for r in results):
+        sys.exit(1)
+
+
+@click.command("lists")
+@json_option
+@click.pass_context
+@handle_errors
+def lists_command(ctx: click.Context, as_json: bool) -> None:
+    """Show each list with its title and members counted by status."""
+    settings = settings_of(ctx)
+    engine = open_store(settings)
+    ensure_lists(engine, settings)
+    found = [c for c in list_counts(engine) if c.name in settings.lists]
+    if as_json:
+        emit_json(
+            [
+                {
+                    "name": c.name,
+                    "title": c.title,
+                    "counts": {s: c.counts.get(s, 0) for s in STATUSES},
+                }
+                for c in found
+            ]
+        )
+        return
+    table = Table(title="Lists")
+    for column in ("list", "title", *STATUSES):
+        table.add_column(column, justify="right" if column in STATUSES else "left")
+    for c in found:
+        table.add_row(c.name, c.title, *(str(c.counts.get(s, 0)) for s in STATUSES))
+    Console(soft_wrap=True).print(table)
 
 
 def register(group: click.Group) -> None:
     """Add this module's commands to the top-level group."""
+    group.add_command(subscribers_group)
+    group.add_command(lists_command)

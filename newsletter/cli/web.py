@@ -1,9 +1,89 @@
-"""Commands: (to be written)."""
+"""Commands: `preview` (local, live-reloading) and `serve` (public endpoints)."""
 
 from __future__ import annotations
 
+import threading
+import webbrowser
+from typing import cast
+
 import click
+
+from newsletter.cli import AppContext, handle_errors, settings_of
+from newsletter.config import Settings, load_settings
+
+PREVIEW_HOST = "127.0.0.1"  # never anything else: see newsletter.web.hostcheck
+
+
+@click.command("preview")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8025,
+    show_default=True,
+    help="Port on 127.0.0.1.",
+)
+@click.option(
+    "--open/--no-open",
+    "open_browser",
+    default=True,
+    show_default=True,
+    help="Open the preview in a web browser.",
+)
+@click.pass_context
+@handle_errors
+def preview_cmd(ctx: click.Context, port: int, open_browser: bool) -> None:
+    """Preview every post as an email in the browser, with live reload.
+
+    Serves on 127.0.0.1 only. Saving a post, a template or newsletter.toml
+    updates the open page. Shows the text part, headers, raw .eml, a lint
+    panel, the maildir outbox, and sends tests like `send --test`.
+    """
+    from newsletter.web.preview import create_preview_app
+    from newsletter.web.server import run_app
+
+    settings_of(ctx)  # a broken configuration stops here, with exit 1
+    config = cast(AppContext, ctx.find_root().obj).config
+
+    def load() -> Settings:
+        # Called again whenever newsletter.toml changes (live reload).
+        return load_settings(config)
+
+    def announce(url: str) -> None:
+        click.echo(f"Preview on {url} (Ctrl-C to stop)")
+        if open_browser:
+            threading.Timer(0.5, webbrowser.open, args=(url,)).start()
+
+    run_app(create_preview_app(load), PREVIEW_HOST, port, access_log=False, announce=announce)
+
+
+@click.command("serve")
+@click.option("--host", default=None, help="Interface to listen on (default: [web] host).")
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=None, help="Port (default: [web] port)."
+)
+@click.pass_context
+@handle_errors
+def serve_cmd(ctx: click.Context, host: str | None, port: int | None) -> None:
+    """Serve the public endpoints: one-click unsubscribe, archive, /healthz.
+
+    Put it behind a TLS reverse proxy at [web] public_url; emails link to
+    <public_url>/unsubscribe/<token> and <public_url>/archive/<post>.
+    """
+    from newsletter.web.public import create_public_app
+    from newsletter.web.server import run_app
+
+    settings = settings_of(ctx)
+    host = host or settings.web.host
+    port = settings.web.port if port is None else port
+    app = create_public_app(settings)
+
+    def announce(url: str) -> None:
+        click.echo(f"Serving {settings.web.public_url} on {url} (Ctrl-C to stop)")
+
+    run_app(app, host, port, announce=announce)
 
 
 def register(group: click.Group) -> None:
     """Add this module's commands to the top-level group."""
+    group.add_command(preview_cmd)
+    group.add_command(serve_cmd)

@@ -53,6 +53,10 @@ class UtcDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+def _email_key(context: Any) -> str:
+    return str(context.get_current_parameters()["email"]).lower()
+
+
 metadata = MetaData()
 
 schema_version = Table(
@@ -70,6 +74,11 @@ subscribers = Table(
     metadata,
     Column("id", Integer, primary_key=True),
     Column("email", String(320), nullable=False, unique=True),
+    # The address lower-cased: duplicates are merged case-insensitively while
+    # `email` keeps the local part as given (RFC 5321 §2.4 lets servers treat
+    # it case-sensitively, so we never rewrite what people typed).  Filled in
+    # from `email` when an insert does not give it.
+    Column("email_key", String(320), nullable=False, unique=True, default=_email_key),
     # Random, never sequential: what unsubscribe tokens and URLs carry.
     Column("uid", String(32), nullable=False, unique=True, default=new_uid),
     Column("name", String(200), nullable=False, default=""),

@@ -1,12 +1,24 @@
 """Transports: one small contract, three implementations (smtp, maildir, memory).
 
-CONTRACT STUB (being implemented).
+The contract (after Django's mail backends): `open`, `send` bytes to one
+recipient, `close`, and use as a context manager.  A refusal is data (a
+`SendResult`); only a failure of the transport as a whole raises
+`TransportError` — `ConnectError` when it is worth retrying later (server down,
+connection refused), plain `TransportError` when the user must fix something
+(TLS refused, a self-signed certificate, bad login).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+from newsletter.errors import TransportError
+
+if TYPE_CHECKING:
+    from newsletter.config import Settings
+
+__all__ = ["ConnectError", "SendResult", "Transport", "TransportError", "make_transport"]
 
 
 @dataclass(frozen=True)
@@ -19,6 +31,12 @@ class SendResult:
     text: str = ""
     permanent: bool = False  # 5xx: do not retry
     throttled: bool = False  # 421 / 451 4.7.x / 454: slow down, keep the attempt
+    stage: str = ""  # where it was decided: connect | mail | rcpt | data
+    bounced: bool = False  # 5.1.x at RCPT: the address does not exist
+
+
+class ConnectError(TransportError):
+    """The server could not be reached; worth trying again later."""
 
 
 class Transport(Protocol):
@@ -31,3 +49,24 @@ class Transport(Protocol):
     def __enter__(self) -> Transport: ...
 
     def __exit__(self, *exc: object) -> None: ...
+
+
+def make_transport(settings: Settings) -> Transport:
+    """A new, unopened transport as `[delivery] transport` says."""
+    kind = settings.delivery.transport
+    if kind == "smtp":
+        from newsletter.transports.smtp import SmtpTransport
+
+        return SmtpTransport(settings.smtp)
+    if kind == "memory":
+        from newsletter.transports.memory import MemoryTransport
+
+        return MemoryTransport()
+    from newsletter.transports.maildir import MaildirTransport
+
+    return MaildirTransport(settings.delivery.outbox_dir)
+
+
+def is_thread_safe(transport: object) -> bool:
+    """Whether several worker threads may share one instance (SMTP may not)."""
+    return bool(getattr(transport, "thread_safe", False))

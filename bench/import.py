@@ -1,0 +1,123 @@
+"""Benchmark: import 1,000,000 subscriber rows (1 % invalid, 1 % duplicates), twice.
+
+Run: `python bench/import.py [--rows N]`.  Each import runs in its own
+subprocess so that its peak RSS (ru_maxrss of RUSAGE_CHILDREN) is its own.
+The baseline is `csv.reader` over the same file in the same kind of
+subprocess: the floor any importer pays for reading the bytes.
+Goals on the reference machine: each run ≤ 60 s and peak RSS ≤ 250 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+GOAL_SECONDS = 60.0
+GOAL_RSS_MB = 250.0
+
+CONFIG = """\
+[database]
+url = "sqlite:///newsletter.db"
+
+[lists.bench]
+title = "Benchmark"
+"""
+
+BASELINE = """
+import csv, sys
+with open(sys.argv[1], newline="", encoding="utf-8") as fh:
+    n = sum(1 for _ in csv.reader(fh))
+print(n)
+"""
+
+IMPORT = """
+import sys
+from pathlib import Path
+from newsletter.config import load_settings
+from newsletter.store import open_store
+from newsletter.subscribers import import_file
+settings = load_settings(Path(sys.argv[2]))
+counts = import_file(open_store(settings), settings, Path(sys.argv[1]), "bench")
+print(counts.as_dict())
+"""
+
+
+def generate(path: Path, rows: int, seed: int = 1) -> None:
+    """`rows` data rows: 1 % invalid addresses, 1 % repeats of earlier rows (case changed)."""
+    rng = random.Random(seed)
+    domains = [f"mail{i}.example.com" for i in range(2000)] + ["example.org", "example.com"]
+    with path.open("w", encoding="utf-8", newline="") as fh:
+        fh.write("email,first_name,last_name,city\r\n")
+        for i in range(rows):
+            roll = rng.random()
+            if roll < 0.01:
+                email = f"broken{i}.example.com"  # no @
+            elif roll < 0.02 and i > 0:
+                j = rng.randrange(i)
+                email = f"User.{j}@{domains[j % len(domains)]}".upper()
+            else:
+                email = f"user.{i}@{domains[i % len(domains)]}"
+            fh.write(f"{email},First{i % 977},Last{i % 991},City {i % 97}\r\n")
+
+
+def measure(script: str, *args: str) -> tuple[float, float, str]:
+    """(seconds, peak RSS in MB, stdout) of `python -c script args` in a child.
+
+    The child reports its own ru_maxrss (RUSAGE_SELF, kB on Linux) as its last
+    line; RUSAGE_CHILDREN in the parent would give the maximum over all runs.
+    """
+    probe = "\nimport resource\nprint(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    start = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-c", script + probe, *args], capture_output=True, text=True, check=False
+    )
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"child failed:\n{done.stderr}")
+    *output, rss_kb = done.stdout.strip().splitlines()
+    return seconds, int(rss_kb) / 1024, "\n".join(output)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        data = folder / "subscribers.csv"
+        config = folder / "newsletter.toml"
+        config.write_text(CONFIG, encoding="utf-8")
+        t0 = time.perf_counter()
+        generate(data, args.rows)
+        size_mb = data.stat().st_size / 1e6
+        print(
+            f"generated {args.rows:,} rows ({size_mb:.1f} MB) in {time.perf_counter() - t0:.1f} s"
+        )
+        env_rows = args.rows
+        base_s, base_rss, _ = measure(BASELINE, str(data))
+        print(
+            f"baseline csv.reader : {base_s:6.2f} s  {env_rows / base_s:>10,.0f} rows/s  "
+            f"peak RSS {base_rss:6.1f} MB"
+        )
+        for label in ("first import", "second import"):
+            secs, rss, out = measure(IMPORT, str(data), str(config))
+            ok = "ok" if secs <= GOAL_SECONDS and rss <= GOAL_RSS_MB else "MISSED GOAL"
+            print(
+                f"{label:<20}: {secs:6.2f} s  {env_rows / secs:>10,.0f} rows/s  "
+                f"peak RSS {rss:6.1f} MB  ({secs / base_s:.1f}x baseline)  {ok}"
+            )
+            print(f"    {out}")
+        db = folder / "newsletter.db"
+        if db.exists():
+            print(f"database size: {db.stat().st_size / 1e6:.1f} MB")
+    os.sync()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""Logging for the daemon: plain lines by default, JSON lines with --log-json.
+
+Structured fields travel in ``extra=`` (``event``, ``mailing_id``, ``post_id``,
+``list``, ``recipient``, ``code``, ...).  The plain format shows the message
+only (it already says everything a person needs); the JSON format adds every
+field so a log shipper can filter on them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+# Attributes every LogRecord has; anything else came in through `extra=`.
+_STANDARD = set(vars(logging.LogRecord("x", 0, "x", 0, "x", None, None))) | {
+    "message",
+    "asctime",
+    "taskName",
+}
+
+PLAIN_FORMAT = "%(asctime)s %(levelname)-7s %(message)s"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message and extra fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _STANDARD and not key.startswith("_"):
+                data[key] = value
+        if record.exc_info:
+            data["exception"] = self.formatException(record.exc_info)
+        return json.dumps(data, ensure_ascii=False, default=str)
+
+
+def make_handler(*, json_lines: bool, stream: TextIO | None = None) -> logging.Handler:
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    if json_lines:
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter(PLAIN_FORMAT, datefmt="%Y-%m-%d %H:%M:%S"))
+    handler.set_name("newsletter-daemon")
+    return handler
+
+
+def setup_logging(
+    *, json_lines: bool = False, level: int = logging.INFO, stream: TextIO | None = None
+) -> logging.Handler:
+    """Route the `newsletter` loggers to one handler (replacing an earlier one).
+
+    APScheduler's own INFO chatter ("Added job", "Running job") is kept at
+    WARNING: the daemon logs what it does in its own words.
+    """
+    handler = make_handler(json_lines=json_lines, stream=stream)
+    for name in ("newsletter", "apscheduler"):
+        logger = logging.getLogger(name)
+        for old in list(logger.handlers):
+            if old.get_name() == "newsletter-daemon":
+                logger.removeHandler(old)
+        logger.addHandler(handler)
+    logging.getLogger("newsletter").setLevel(level)
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    return handler
+
+
+def remove_logging(handler: logging.Handler) -> None:
+    """Undo `setup_logging` (the CLI does this on exit so tests stay isolated)."""
+    for name in ("newsletter", "apscheduler"):
+        logging.getLogger(name).removeHandler(handler)

@@ -1,0 +1,216 @@
+"""Text rules of a post: the title (plain and HTML), the byline, the excerpt.
+
+Pure functions over strings; `posts` wires them together.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from dataclasses import dataclass
+from html.parser import HTMLParser
+
+# --------------------------------------------------------------------------- titles
+
+# Inline tags a heading may keep; everything else is dropped (its text stays).
+_TITLE_TAGS = frozenset(
+    {"em", "strong", "i", "b", "code", "sup", "sub", "small", "mark", "s", "del"}
+)
+# Elements whose *content* is not text a reader should see.
+_DROP_CONTENT = frozenset({"script", "style", "template", "iframe", "object", "noscript"})
+
+
+class _InlineSanitiser(HTMLParser):
+    """Keeps allowed inline tags (without attributes) and escaped text."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.out: list[str] = []
+        self.open: list[str] = []
+        self.skipping = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in _DROP_CONTENT:
+            self.skipping += 1
+        elif tag in _TITLE_TAGS and not self.skipping:
+            self.out.append(f"<{tag}>")
+            self.open.append(tag)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in _DROP_CONTENT:
+            self.skipping = max(0, self.skipping - 1)
+        elif tag in self.open and not self.skipping:
+            # Close everything opened since, so the output stays well nested.
+            while self.open:
+                last = self.open.pop()
+                self.out.append(f"</{last}>")
+                if last == tag:
+                    break
+
+    def handle_data(self, data: str) -> None:
+        if not self.skipping:
+            self.out.append(html.escape(data, quote=False))
+
+    def result(self) -> str:
+        self.close()
+        return "".join(self.out) + "".join(f"</{t}>" for t in reversed(self.open))
+
+
+_CODE_SPAN = re.compile(r"`([^`]+)`")
+_STRONG = re.compile(r"(\*\*|__)(?=\S)(.+?)(?<=\S)\1")
+_EMPHASIS = re.compile(r"(?<![\w*])([*_])(?=\S)(.+?)(?<=\S)\1(?![\w*])")
+_MD_LINK = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")
+_NEEDS_WORK = re.compile(r"[<&*_`\[]")
+
+
+def one_line(text: str) -> str:
+    """Collapse every kind of whitespace, CR and LF included, to single spaces.
+
+    A title becomes a Subject header; a CR or LF there would start a new
+    header (RFC 5322 §2.2), so none may survive.
+    """
+    return " ".join(text.split())
+
+
+def title_html(raw: str) -> str:
+    """Safe inline HTML for a heading from a title with Markdown/HTML/entities."""
+    text = one_line(raw)
+    if not _NEEDS_WORK.search(text):
+        return html.escape(text, quote=False)
+    sanitiser = _InlineSanitiser()
+    sanitiser.feed(text)
+    safe = sanitiser.result()
+    codes: list[str] = []
+
+    def keep_code(match: re.Match[str]) -> str:
+        codes.append(match.group(1))
+        return f"\x00{len(codes) - 1}\x00"
+
+    safe = _CODE_SPAN.sub(keep_code, safe)
+    safe = _MD_LINK.sub(lambda m: m.group(1), safe)
+    safe = _STRONG.sub(r"<strong>\2</strong>", safe)
+    safe = _EMPHASIS.sub(r"<em>\2</em>", safe)
+    return re.sub(r"\x00(\d+)\x00", lambda m: f"<code>{codes[int(m.group(1))]}</code>", safe)
+
+
+def title_text(heading_html: str) -> str:
+    """Plain text (for the Subject) from `title_html`'s output."""
+    return one_line(html.unescape(re.sub(r"<[^>]*>", "", heading_html)))
+
+
+# --------------------------------------------------------------------------- byline
+
+
+@dataclass(frozen=True)
+class Byline:
+    names: tuple[tuple[str, str | None], ...]  # (name, url)
+    body: str  # the body without the byline line
+
+
+_BYLINE = re.compile(
+    r"""^[ ]{0,3}(?:\#{1,6}[ \t]*)?(?:[*_]{1,2})?
+    (?P<label>authors?[ \t]*:|written[ \t]+by[ \t]*:?|posted[ \t]+by[ \t]*:?|by[ \t]*:?)
+    (?:[*_]{1,2})?[ \t]*(?P<rest>\S.*?)[ \t#]*$""",
+    re.I | re.X,
+)
+_LINK = re.compile(r"\[([^\]]+)\]\(\s*<?([^)\s>]+)>?(?:\s+[\"'][^\"']*[\"'])?\s*\)")
+_SEPARATORS = re.compile(r"\s*(?:,|&|\band\b|\bund\b|\bet\b)\s*", re.I)
+_PARTICLES = frozenset(
+    {"van", "von", "de", "der", "den", "da", "di", "du", "la", "le", "bin", "al", "y", "del"}
+)
+_NAME_WORD = re.compile(r"^[^\W\d_][\w.'’-]*$")
+
+
+def take_byline(body: str) -> Byline | None:
+    """A leading `### Author: [Name](url)`, `Author: Name` or `By Name` line.
+
+    Only the first non-blank line counts, and a `By ...` line only when what
+    follows looks like names (so "By the way, ..." stays in the post).
+    """
+    start = len(body) - len(body.lstrip("\n "))
+    end = body.find("\n", start)
+    line = body[start:] if end < 0 else body[start:end]
+    match = _BYLINE.match(line)
+    if match is None:
+        return None
+    rest = match.group("rest").strip().strip("*_").strip()
+    strict = match.group("label").lower().startswith("by")
+    names = _names(rest, strict)
+    if not names:
+        return None
+    remainder = "" if end < 0 else body[end + 1 :]
+    return Byline(names, remainder)
+
+
+def _names(rest: str, strict: bool) -> tuple[tuple[str, str | None], ...]:
+    links = [(m.group(1).strip(), m.group(2)) for m in _LINK.finditer(rest)]
+    if links:
+        leftover = _SEPARATORS.sub("", _LINK.sub("", rest)).strip(" .")
+        return tuple(links) if not leftover else ()
+    parts = [p.strip(" .") for p in _SEPARATORS.split(rest) if p.strip(" .")]
+    if not parts or not all(_looks_like_name(p, strict) for p in parts):
+        return ()
+    return tuple((p, None) for p in parts)
+
+
+def _looks_like_name(text: str, strict: bool) -> bool:
+    words = text.split()
+    if not 1 <= len(words) <= 5 or len(text) > 80:
+        return False
+    if not all(_NAME_WORD.match(w) for w in words):
+        return False
+    if strict:
+        # "By Dana Okafor" yes; "By the way" no.
+        return words[0][0].isupper() and all(
+            w[0].isupper() or w.lower() in _PARTICLES for w in words
+        )
+    return True
+
+
+# --------------------------------------------------------------------------- excerpt
+
+# `<!--more-->` and `<!-- more -->` (any spacing, any case) are the common
+# markers; Jekyll only knows the configured separator, we accept both.
+_MORE = re.compile(r"<!--\s*more\s*-->", re.I)
+_FENCE = re.compile(r"^[ ]{0,3}(```|~~~)", re.M)
+_SKIP_BLOCK = re.compile(r"^[ ]{0,3}(?:#{1,6}(?:\s|$)|\{:|<!--)")
+_LINK_DEFINITION = re.compile(r"^[ ]{0,3}\[[^\]]+\]:[ \t]*\S.*$", re.M)
+
+
+def excerpt_source(body: str, separator: str | None) -> str:
+    """The Markdown of the excerpt: before the separator, else the first paragraph."""
+    head = _before_separator(body, separator)
+    if head is None:
+        head = first_paragraph(body)
+    # Jekyll appends the body's reference-style link definitions so that
+    # `[text][ref]` links in the excerpt still resolve.
+    definitions = _LINK_DEFINITION.findall(body)
+    missing = [d for d in definitions if d not in head]
+    return head.rstrip() + ("\n\n" + "\n".join(missing) if missing else "")
+
+
+def _before_separator(body: str, separator: str | None) -> str | None:
+    if separator and separator.strip():
+        if _MORE.fullmatch(separator.strip()):
+            match = _MORE.search(body)
+            return body[: match.start()] if match else None
+        index = body.find(separator)
+        if index >= 0:
+            return body[:index]
+    match = _MORE.search(body)
+    return body[: match.start()] if match else None
+
+
+def first_paragraph(body: str) -> str:
+    """Jekyll's default excerpt (up to the first blank line), skipping leading
+    headings, attribute lines and comments, and never cutting a code fence."""
+    blocks = re.split(r"\n[ \t]*\n", body.strip("\n"))
+    index = 0
+    while index < len(blocks) - 1 and _SKIP_BLOCK.match(blocks[index]):
+        index += 1
+    taken = [blocks[index]] if blocks else []
+    # An odd number of fence markers means the blank line split a code block.
+    while len(_FENCE.findall("\n\n".join(taken))) % 2 and index + 1 < len(blocks):
+        index += 1
+        taken.append(blocks[index])
+    return "\n\n".join(taken)

@@ -1,0 +1,540 @@
+"""One delivery pass over a mailing: claim in batches, send with a worker pool, record.
+
+The main thread claims small batches under a lease and feeds a bounded queue;
+`[delivery] concurrency` worker threads each hold one transport connection,
+personalise, sign, send and commit the outcome before taking the next message.
+Memory stays flat whatever the list size: only a batch or two is ever held.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import Connection, Engine
+
+from newsletter.config import Settings
+from newsletter.delivery import DeliveryReport, Progress, envelope_sender
+from newsletter.errors import DeliveryError, NewsletterError
+from newsletter.message import MessageTemplate, Recipient
+from newsletter.posts import Post, PostCollection
+from newsletter.ratelimit import Throttle, TokenBucket, next_attempt
+from newsletter.store import mailings as q
+from newsletter.store import now
+from newsletter.tokens import load_secret, make_token, unsubscribe_url
+from newsletter.transports import (
+    ConnectError,
+    SendResult,
+    Transport,
+    is_thread_safe,
+    make_transport,
+)
+
+log = logging.getLogger(__name__)
+
+THROTTLE_RETRIES = 5  # re-sends of one message after "slow down" before deferring it
+_MESSAGE_ID = re.compile(rb"^Message-ID:[ \t]*(<[^>\r\n]+>)", re.IGNORECASE | re.MULTILINE)
+
+
+def message_id_of(message: bytes) -> str | None:
+    """The Message-ID header of serialised bytes (header block only)."""
+    head = message.split(b"\r\n\r\n", 1)[0]
+    match = _MESSAGE_ID.search(head)
+    return match.group(1).decode("ascii", "replace") if match else None
+
+
+def build_template(
+    settings: Settings, mailing: q.MailingRow, posts: PostCollection, *, subject_prefix: str = ""
+) -> MessageTemplate:
+    """Render once per mailing (post or digest × list)."""
+    from newsletter import render
+
+    list_settings = settings.get_list(mailing.list_name)
+    if mailing.kind == "digest" or mailing.post_ids:
+        chosen = tuple(posts.find(pid) for pid in mailing.post_ids)
+        rendered = render.render_digest(chosen, settings, list_settings)
+    else:
+        rendered = render.render_email(posts.find(mailing.post_id), settings, list_settings)
+    return MessageTemplate.build(rendered, settings, subject_prefix=subject_prefix)
+
+
+Signer = Callable[[bytes], bytes]
+
+
+def make_signer(settings: Settings) -> Signer | None:
+    if not settings.dkim.enabled:
+        return None
+    from newsletter.dkim import Signer as DkimSigner
+
+    return DkimSigner.from_settings(settings.dkim).sign
+
+
+class _Tally:
+    """Thread-safe counters for one pass."""
+
+    def __init__(self, done: int, total: int, progress: Progress | None) -> None:
+        self.lock = threading.Lock()
+        self.by_status = {"sent": 0, "deferred": 0, "failed": 0, "skipped": 0}
+        self.errors: list[str] = []
+        self.last_error: str | None = None
+        self.done, self.total = done, total
+        self.progress = progress
+
+    def add(self, status: str, error: str | None = None) -> None:
+        with self.lock:
+            self.by_status[status] = self.by_status.get(status, 0) + 1
+            if error is not None:
+                self.last_error = error
+                if status == "failed" and len(self.errors) < 1000:
+                    self.errors.append(error)
+            self.done += 1
+            done = self.done
+        if self.progress is not None:
+            self.progress(done, self.total)
+
+
+@dataclass(frozen=True)
+class _Job:
+    row: q.Claimed
+
+
+class _Pending:
+    """One outcome waiting for the recorder's commit."""
+
+    __slots__ = ("delivery_id", "done", "error", "outcome")
+
+    def __init__(self, delivery_id: int, outcome: q.Outcome) -> None:
+        self.delivery_id = delivery_id
+        self.outcome = outcome
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+
+    def wait(self) -> None:
+        """Until committed; re-raises the commit's error in the waiting worker."""
+        self.done.wait()
+        if self.error is not None:
+            raise self.error
+
+
+class Recorder:
+    """The one thread that commits outcomes, several per transaction (group commit).
+
+    A worker hands over its outcome and waits for the commit before it ends
+    another message (see `MailingPass._deliver`), so at any moment each worker has at most one message
+    whose fate the ledger does not know: after kill -9, at most `concurrency`
+    messages can go twice (invariant 2).  Grouping the commits, and taking
+    `write_lock` for every write of this process, spares SQLite's busy-wait
+    sleeps when several threads would otherwise fight for its write lock.
+    """
+
+    MAX_GROUP = 256
+
+    def __init__(self, engine: Engine, write_lock: threading.Lock) -> None:
+        self.engine = engine
+        self.write_lock = write_lock
+        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="recorder", daemon=True)
+        self._thread.start()
+
+    def submit(self, delivery_id: int, outcome: q.Outcome) -> _Pending:
+        pending = _Pending(delivery_id, outcome)
+        self._queue.put(pending)
+        return pending
+
+    def record(self, delivery_id: int, outcome: q.Outcome) -> None:
+        self.submit(delivery_id, outcome).wait()
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        with self.engine.connect() as conn:
+            self._loop(conn)
+
+    def _loop(self, conn: Connection) -> None:
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is None:
+                return
+            group = [first]
+            while len(group) < self.MAX_GROUP:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stopping = True
+                    break
+                group.append(item)
+            self._commit(conn, group)
+
+    def _commit(self, conn: Connection, group: list[_Pending]) -> None:
+        error: BaseException | None = None
+        try:
+            with self.write_lock:
+                q.record_many(conn, [(p.delivery_id, p.outcome) for p in group])
+        except BaseException as exc:  # handed to every waiting worker
+            error = exc
+        for pending in group:
+            pending.error = error
+            pending.done.set()
+
+
+class MailingPass:
+    """Deliver what is claimable of one mailing, now."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings,
+        mailing: q.MailingRow,
+        posts: PostCollection,
+        *,
+        transport: Transport | None = None,
+        stop: threading.Event | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        self.engine, self.settings, self.mailing = engine, settings, mailing
+        self.posts = posts
+        self.shared = transport
+        self.stop = stop or threading.Event()
+        self.abort = threading.Event()
+        self.fatal: NewsletterError | None = None
+        self.progress = progress
+        d = settings.delivery
+        self.workers = d.concurrency if transport is None or is_thread_safe(transport) else 1
+        self.bucket = TokenBucket(d.rate_per_second)
+        self.throttle = Throttle(min(d.backoff_base, 5.0), d.backoff_cap)
+        self.owner = q.lease_owner()
+        self.batch = self._batch_size()
+        self.sender = envelope_sender(settings)
+        self.write_lock = threading.Lock()
+
+    def _batch_size(self) -> int:
+        d = self.settings.delivery
+        size = max(200, self.workers * 8)
+        if d.rate_per_second > 0:
+            # Never claim more than can go out well within the lease.
+            size = min(size, max(1, int(d.rate_per_second * d.lease_seconds / 4)))
+        return size
+
+    # ------------------------------------------------------------------ the pass
+
+    def run(self, *, wait: float = 0.0) -> DeliveryReport:
+        mailing = self.mailing
+        q.free_dead_leases(self.engine)
+        at = now()
+        if mailing.state == "paused" and mailing.paused_until and mailing.paused_until > at:
+            return DeliveryReport(paused=True)
+        with self.engine.connect() as conn:
+            if not q.has_open(conn, mailing.id):
+                if mailing.state != "done":
+                    q.set_state(self.engine, mailing.id, "done")
+                return DeliveryReport()
+            counts = q.counts(conn, mailing.id).get(mailing.id, {})
+        allowance = self._allowance()
+        if allowance == 0:
+            return self._pause()
+        template = build_template(self.settings, mailing, self.posts)
+        self.context = _Context(self.settings, mailing, template, make_signer(self.settings))
+        q.set_state(self.engine, mailing.id, "sending")
+        finished = sum(counts.get(s, 0) for s in ("sent", "failed", "skipped"))
+        tally = _Tally(finished, sum(counts.values()), self.progress)
+        paused = self._run_workers(tally, allowance, wait)
+        return self._finish(tally, paused)
+
+    def _run_workers(self, tally: _Tally, allowance: int | None, wait: float) -> bool:
+        jobs: queue.Queue[_Job | None] = queue.Queue(maxsize=self.batch * 2)
+        threads = [
+            threading.Thread(target=self._worker, args=(jobs, tally), daemon=True)
+            for _ in range(self.workers)
+        ]
+        self.recorder = Recorder(self.engine, self.write_lock)
+        for thread in threads:
+            thread.start()
+        paused = False
+        try:
+            paused = self._feed(jobs, tally, allowance, wait)
+        except BaseException:
+            self.abort.set()  # Ctrl-C or an error: workers finish the message in hand only
+            raise
+        finally:
+            for _ in threads:
+                jobs.put(None)
+            for thread in threads:
+                thread.join()
+            self.recorder.close()
+            q.release(self.engine, self.owner)
+        if self.fatal is not None:
+            raise self.fatal
+        return paused
+
+    def _feed(
+        self, jobs: queue.Queue[_Job | None], tally: _Tally, allowance: int | None, wait: float
+    ) -> bool:
+        """Claim batches until nothing is due; True when a cap paused the mailing."""
+        deadline = time.monotonic() + wait
+        while not (self.stop.is_set() or self.abort.is_set()):
+            limit = self.batch if allowance is None else min(self.batch, allowance)
+            if limit <= 0:
+                return True
+            rows, skipped = q.claim(
+                self.engine,
+                self.mailing.id,
+                self.owner,
+                limit,
+                self.settings.delivery.lease_seconds,
+            )
+            for _ in range(skipped):
+                tally.add("skipped")
+            if rows or skipped:
+                if allowance is not None:
+                    allowance -= len(rows)
+                for row in rows:
+                    jobs.put(_Job(row))
+                continue
+            if not self._wait_for_due(deadline):
+                break
+        return False
+
+    def _wait_for_due(self, deadline: float) -> bool:
+        """Sleep until the next deferred recipient is due, if that is before the deadline."""
+        jobs_left = deadline - time.monotonic()
+        if jobs_left <= 0:
+            return False
+        with self.engine.connect() as conn:
+            due = q.next_due(conn, self.mailing.id)
+        if due is None:
+            return False
+        delay = max(0.01, (due - now()).total_seconds())
+        if delay > jobs_left:
+            return False
+        self.stop.wait(min(delay, 0.5))
+        return True
+
+    def _worker(self, jobs: queue.Queue[_Job | None], tally: _Tally) -> None:
+        transport = self.shared if self.shared is not None else make_transport(self.settings)
+        previous: _Pending | None = None
+        try:
+            while (job := jobs.get()) is not None:
+                if self.stop.is_set() or self.abort.is_set():
+                    continue  # drain; the leases are released at the end
+                try:
+                    previous = self._deliver(transport, job.row, tally, previous)
+                except NewsletterError as exc:
+                    self.fatal = self.fatal or exc
+                    self.abort.set()
+            if previous is not None:
+                previous.wait()
+        except NewsletterError as exc:
+            self.fatal = self.fatal or exc
+            self.abort.set()
+        finally:
+            if self.shared is None:
+                transport.close()
+
+    # ------------------------------------------------------------------ one message
+
+    def _deliver(
+        self, transport: Transport, row: q.Claimed, tally: _Tally, previous: _Pending | None
+    ) -> _Pending | None:
+        """Send one message; hand its outcome to the recorder without waiting.
+
+        The wait for the *previous* outcome's commit happens inside the SMTP
+        transaction of this one, just before the final dot (when the transport
+        supports it): until that dot the server keeps nothing, so a crash then
+        cannot send this message, and each connection still has at most one
+        message whose fate the ledger does not know.
+        """
+        message = self.context.message(row)
+        mid = message_id_of(message)
+
+        def ready() -> None:
+            if previous is not None:
+                previous.wait()
+
+        result = self._send(transport, row, message, ready)
+        ready()
+        if result is None:  # stopped while waiting out a throttle
+            return None
+        outcome = self._outcome(row, result, mid)
+        pending = self.recorder.submit(row.id, outcome)
+        if result.bounced:
+            self._bounce(row, result)
+        error = None if result.ok else f"{row.email}: {_describe(result)}"
+        tally.add(outcome.status, error)
+        return pending
+
+    def _send(
+        self, transport: Transport, row: q.Claimed, message: bytes, ready: Callable[[], None]
+    ) -> SendResult | None:
+        result: SendResult | None = None
+        early = not getattr(transport, "accepts_ready", False)
+        for _ in range(THROTTLE_RETRIES):
+            self.throttle.wait()
+            if self.stop.is_set():
+                return None
+            self.bucket.acquire()
+            try:
+                if early:
+                    ready()
+                    result = transport.send(self.sender, row.email, message)
+                else:
+                    result = transport.send(  # type: ignore[call-arg]
+                        self.sender, row.email, message, ready=ready
+                    )
+            except ConnectError as exc:
+                return SendResult(row.email, False, exc.code, exc.message, stage="connect")
+            if not result.throttled:
+                self.throttle.ok()
+                return result
+            log.info("throttled by the server (%s %s); slowing down", result.code, result.text)
+            self.throttle.hit()
+        return result
+
+    def _outcome(self, row: q.Claimed, result: SendResult, mid: str | None) -> q.Outcome:
+        d = self.settings.delivery
+        if result.ok:
+            return q.Outcome("sent", row.attempts + 1, result.code, result.text, mid)
+        if result.throttled:
+            # Still throttled after retries: defer without spending an attempt.
+            at = now() + timedelta(seconds=self.throttle.hit())
+            return q.Outcome("deferred", row.attempts, result.code, result.text, mid, at)
+        attempts = row.attempts + 1
+        if result.permanent or attempts >= d.max_attempts:
+            return q.Outcome("failed", attempts, result.code, _describe(result), mid)
+        at = next_attempt(now(), attempts, d.backoff_base, d.backoff_cap)
+        return q.Outcome("deferred", attempts, result.code, _describe(result), mid, at)
+
+    def _bounce(self, row: q.Claimed, result: SendResult) -> None:
+        from newsletter.store import subscribers as subs
+
+        with self.write_lock:
+            subs.mark_bounced(self.engine, row.subscriber_id, reason=_describe(result))
+
+    # ------------------------------------------------------------------ caps
+
+    def _allowance(self) -> int | None:
+        """Messages still allowed by max_per_hour / max_per_day (None: no cap)."""
+        d = self.settings.delivery
+        left: int | None = None
+        for cap, window in ((d.max_per_hour, 3600), (d.max_per_day, 86400)):
+            if cap is None:
+                continue
+            with self.engine.connect() as conn:
+                sent, _ = q.sent_since(conn, now() - timedelta(seconds=window))
+            room = max(0, cap - sent)
+            left = room if left is None else min(left, room)
+        return left
+
+    def _resume_at(self) -> datetime:
+        d = self.settings.delivery
+        at = now()
+        resume = at
+        for cap, window in ((d.max_per_hour, 3600), (d.max_per_day, 86400)):
+            if cap is None:
+                continue
+            with self.engine.connect() as conn:
+                sent, oldest = q.sent_since(conn, at - timedelta(seconds=window))
+            if sent >= cap and oldest is not None:
+                resume = max(resume, oldest + timedelta(seconds=window))
+        return resume
+
+    def _pause(self) -> DeliveryReport:
+        until = self._resume_at()
+        q.set_state(self.engine, self.mailing.id, "paused", paused_until=until)
+        log.info("mailing %s paused until %s (sending cap reached)", self.mailing.id, until)
+        return DeliveryReport(paused=True)
+
+    def _finish(self, tally: _Tally, paused: bool) -> DeliveryReport:
+        with self.engine.connect() as conn:
+            still_open = q.has_open(conn, self.mailing.id)
+        paused = paused and still_open
+        state = "paused" if paused else ("sending" if still_open else "done")
+        until = self._resume_at() if paused else None
+        q.set_state(
+            self.engine, self.mailing.id, state, paused_until=until, last_error=tally.last_error
+        )
+        s = tally.by_status
+        return DeliveryReport(
+            s["sent"], s["deferred"], s["failed"], s["skipped"], paused, tuple(tally.errors)
+        )
+
+
+def _describe(result: SendResult) -> str:
+    code = f"{result.code} " if result.code is not None else ""
+    return f"{code}{result.text}".strip() or "refused"
+
+
+class _Context:
+    """What every recipient's message shares: template, secret, signer."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        mailing: q.MailingRow,
+        template: MessageTemplate,
+        signer: Signer | None,
+    ) -> None:
+        self.settings = settings
+        self.list_name = mailing.list_name
+        self.key = str(mailing.id)
+        self.template = template
+        self.signer = signer
+        self.secret = load_secret(settings)
+
+    def message(self, row: q.Claimed) -> bytes:
+        token = make_token(self.secret, row.uid, self.list_name)
+        recipient = Recipient(row.email, row.name, unsubscribe_url(self.settings, token))
+        data = self.template.personalise(recipient, mailing_key=self.key)
+        return self.signer(data) if self.signer is not None else data
+
+
+def send_test_messages(
+    settings: Settings,
+    post: Post,
+    list_name: str,
+    addresses: tuple[str, ...],
+    *,
+    transport: Transport | None = None,
+) -> DeliveryReport:
+    """Send a "[TEST] " copy to each address; nothing is recorded."""
+    from newsletter import render
+
+    rendered = render.render_email(post, settings, settings.get_list(list_name))
+    template = MessageTemplate.build(rendered, settings, subject_prefix="[TEST] ")
+    signer = make_signer(settings)
+    secret = load_secret(settings)
+    own = transport is None
+    transport = transport or make_transport(settings)
+    sent = failed = 0
+    errors: list[str] = []
+    try:
+        for address in addresses:
+            token = make_token(secret, "test", list_name)
+            recipient = Recipient(address, "", unsubscribe_url(settings, token))
+            data = template.personalise(recipient, mailing_key=f"test-{time.time_ns()}")
+            data = signer(data) if signer is not None else data
+            try:
+                result = transport.send(envelope_sender(settings), address, data)
+            except ConnectError as exc:
+                result = SendResult(address, False, exc.code, exc.message, stage="connect")
+            if result.ok:
+                sent += 1
+            else:
+                failed += 1
+                errors.append(f"{address}: {_describe(result)}")
+    finally:
+        if own:
+            transport.close()
+    if not addresses:
+        raise DeliveryError("no test address given")
+    return DeliveryReport(sent=sent, failed=failed, errors=tuple(errors))

@@ -1,0 +1,86 @@
+"""The public archive: every email that went out, as a web page.
+
+Only posts with a finished mailing (or at least one delivery actually sent)
+are listed, so drafts and unsent posts never leak through the archive.  The
+per-recipient placeholders are replaced with neutral words and the
+unsubscribe link points at a page that explains where the real one is: an
+archive page must never carry a working token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Engine, exists, or_, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from newsletter.config import ListSettings, Settings
+from newsletter.errors import StoreError
+from newsletter.message import Recipient, fill_placeholders
+from newsletter.render import RenderedEmail
+from newsletter.store.schema import deliveries, lists, mailings
+
+
+@dataclass(frozen=True)
+class ArchiveEntry:
+    post_id: str
+    list_name: str
+    sent_at: datetime | None
+
+
+def neutral_recipient(settings: Settings) -> Recipient:
+    """Who an archive page is "for": nobody in particular, with no token."""
+    return Recipient(
+        # "You are receiving this because you subscribed to …" still reads right.
+        email="you",
+        name="reader",
+        unsubscribe_url=f"{settings.web.public_url.rstrip('/')}/unsubscribe/",
+    )
+
+
+def neutral_html(rendered: RenderedEmail, settings: Settings) -> str:
+    return fill_placeholders(rendered, neutral_recipient(settings))[0]
+
+
+def sent_posts(engine: Engine) -> list[ArchiveEntry]:
+    """One entry per sent post (its first list), newest first."""
+    was_sent = exists().where(
+        deliveries.c.mailing_id == mailings.c.id, deliveries.c.status == "sent"
+    )
+    query = (
+        select(
+            mailings.c.post_id,
+            mailings.c.post_ids,
+            mailings.c.kind,
+            lists.c.name,
+            mailings.c.finished_at,
+            mailings.c.created_at,
+        )
+        .join(lists, lists.c.id == mailings.c.list_id)
+        .where(or_(mailings.c.state == "done", was_sent))
+        .order_by(mailings.c.id)
+    )
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(query).all()
+    except SQLAlchemyError as exc:
+        raise StoreError(f"database read failed: {exc}") from exc
+    found: dict[str, ArchiveEntry] = {}
+    for row in rows:
+        post_ids = list(row.post_ids or []) if row.kind == "digest" else [row.post_id]
+        for post_id in post_ids:
+            found.setdefault(
+                str(post_id),
+                ArchiveEntry(str(post_id), row.name, row.finished_at or row.created_at),
+            )
+    return sorted(found.values(), key=_newest_first)
+
+
+def _newest_first(entry: ArchiveEntry) -> float:
+    return -entry.sent_at.timestamp() if entry.sent_at is not None else 0.0
+
+
+def list_for(settings: Settings, name: str) -> ListSettings:
+    """The list as configured now, or a stand-in when it was removed since."""
+    return settings.lists.get(name) or ListSettings(name=name, title=name)

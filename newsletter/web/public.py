@@ -1,0 +1,307 @@
+"""`newsletter serve`: the public endpoints, behind a TLS reverse proxy.
+
+    POST /unsubscribe/<token>        RFC 8058 one-click (also the confirm button)
+    GET  /unsubscribe/<token>        a confirm page; changes nothing
+    POST /unsubscribe/<token>/undo   resubscribe after a mistaken click
+    GET  /unsubscribe/               where the archive's unsubscribe link goes
+    GET  /archive/ , /archive/<post> every sent email as a web page
+    GET  /healthz                    liveness and database check
+
+Every bad token (forged, truncated, for a deleted subscriber or list) gets the
+same 404 page, so the answer never says whether an address is subscribed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from newsletter.config import Settings
+from newsletter.errors import NewsletterError, PostError, StoreError, SubscriberError
+from newsletter.posts import PostCollection
+from newsletter.render import render_email
+from newsletter.store import open_store
+from newsletter.store import subscribers as subs
+from newsletter.tokens import ALL_LISTS, load_secret, verify_token
+from newsletter.web.archive import list_for, neutral_html, sent_posts
+from newsletter.web.pages import PRIVATE_HEADERS, page
+from newsletter.web.site import Site
+
+ONE_CLICK = "One-Click"
+MAX_BODY = 64 * 1024  # a one-click body is 26 bytes; refuse anything silly
+ARCHIVE_CSP = "script-src 'none'; frame-ancestors 'none'; form-action 'none'"
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a genuine token names: a subscriber, and a list (None: every list)."""
+
+    subscriber: subs.SubscriberRow
+    list_name: str | None
+    list_title: str
+
+
+class PublicState:
+    def __init__(self, settings: Settings, engine: Engine, secret: bytes) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.secret = secret
+        # Re-reads posts when their files change, so new posts show up
+        # without a restart.
+        self._site = Site(lambda: settings)
+
+    def posts(self) -> PostCollection:
+        return self._site.posts()
+
+
+def _state(request: Request) -> PublicState:
+    state: PublicState = request.app.state.public
+    return state
+
+
+# --------------------------------------------------------------------------- tokens
+
+
+def resolve_token(state: PublicState, token: str) -> Target | None:
+    """The target of a genuine token, None for any bad one; StoreError when the
+    database cannot answer (that is a 503, not a "bad link")."""
+    claim = verify_token(state.secret, token)
+    if claim is None:
+        return None
+    row = subs.get_by_uid(state.engine, claim.subscriber_uid)
+    if row is None:
+        return None
+    if claim.list_name == ALL_LISTS:
+        return Target(row, None, "every list")
+    if not _list_exists(state.engine, claim.list_name):
+        return None
+    return Target(row, claim.list_name, list_for(state.settings, claim.list_name).title)
+
+
+def _list_exists(engine: Engine, name: str) -> bool:
+    try:
+        with engine.connect() as conn:
+            subs.list_id(conn, name)
+    except SubscriberError:
+        return False
+    except SQLAlchemyError as exc:
+        raise StoreError(f"database read failed: {exc}") from exc
+    return True
+
+
+def is_subscribed(state: PublicState, target: Target) -> bool:
+    row = subs.get_by_id(state.engine, target.subscriber.id)
+    if row is None or row.status != subs.ACTIVE:
+        return False
+    if target.list_name is None:
+        return True
+    at = subs.membership_lists(state.engine, row.id).get(target.list_name)
+    return at is None
+
+
+def masked(email: str) -> str:
+    """`r•••@example.com`: enough for the reader to recognise, not to harvest."""
+    local, _, domain = email.partition("@")
+    return f"{local[:1]}•••@{domain}"
+
+
+def _invalid() -> HTMLResponse:
+    # One answer for every bad token: no hint whether the address exists.
+    return page("public_invalid.html", 404, headers=PRIVATE_HEADERS)
+
+
+def _target_page(request: Request, name: str, target: Target, **extra: Any) -> HTMLResponse:
+    state = _state(request)
+    return page(
+        name,
+        headers=PRIVATE_HEADERS,
+        site_title=state.settings.site.title,
+        site_url=state.settings.site.url,
+        address=masked(target.subscriber.email),
+        list_title=target.list_title,
+        action=request.url.path.removesuffix("/undo"),
+        **extra,
+    )
+
+
+# --------------------------------------------------------------------------- unsubscribe
+
+
+def _unavailable() -> PlainTextResponse:
+    # 503 tells an RFC 8058 sender to try again later; a 404 would say "gone".
+    return PlainTextResponse(
+        "cannot reach the subscriber database right now; please try again in a minute\n",
+        status_code=503,
+        headers={"Retry-After": "60"},
+    )
+
+
+def unsubscribe_form(request: Request) -> Response:
+    """GET changes nothing: link scanners and prefetchers follow every link."""
+    state = _state(request)
+    try:
+        target = resolve_token(state, request.path_params["token"])
+        if target is None:
+            return _invalid()
+        subscribed = is_subscribed(state, target)
+    except StoreError:
+        return _unavailable()
+    if subscribed:
+        return _target_page(request, "public_confirm.html", target)
+    return _target_page(request, "public_unsubscribed.html", target, changed=False)
+
+
+async def one_click(request: Request) -> Response:
+    """RFC 8058 §3.2: a POST with List-Unsubscribe=One-Click; answer 200, no redirect."""
+    if int(request.headers.get("content-length") or 0) > MAX_BODY:
+        return PlainTextResponse("request body too large\n", status_code=413)
+    try:
+        form = await request.form(max_files=0, max_fields=20)
+        value = form.get("List-Unsubscribe")
+    except (HTTPException, MultiPartException, UnicodeDecodeError):  # a malformed body
+        value = None
+    state = _state(request)
+    try:
+        target = resolve_token(state, request.path_params["token"])
+        if target is None:
+            return _invalid()
+        if value != ONE_CLICK:
+            return PlainTextResponse(
+                "expected the form field List-Unsubscribe=One-Click (RFC 8058)\n", status_code=400
+            )
+        changed = subs.unsubscribe(
+            state.engine, target.subscriber.id, target.list_name, reason="one-click (RFC 8058)"
+        )
+    except StoreError:
+        return _unavailable()
+    return _target_page(request, "public_unsubscribed.html", target, changed=changed)
+
+
+async def undo(request: Request) -> Response:
+    """Resubscribe after an unsubscribe made by mistake (the page's undo button)."""
+    state = _state(request)
+    try:
+        target = resolve_token(state, request.path_params["token"])
+        if target is None:
+            return _invalid()
+        if target.subscriber.status not in (subs.ACTIVE, subs.UNSUBSCRIBED):
+            # A bounce or complaint is not ours to undo from a web page (invariant 3).
+            return _target_page(request, "public_cannot_undo.html", target)
+        _resubscribe(state.engine, target)
+    except StoreError:
+        return _unavailable()
+    return _target_page(request, "public_resubscribed.html", target)
+
+
+def _resubscribe(engine: Engine, target: Target) -> None:
+    """Undo exactly what this token's unsubscribe did, in one transaction.
+
+    `resubscribe(None)` also clears every per-list unsubscribe; lists left on
+    purpose before must stay left, so they are recorded again.
+    """
+    sid = target.subscriber.id
+    try:
+        with engine.begin() as conn:
+            if target.list_name is not None:
+                subs.resubscribe(conn, sid, target.list_name)
+                return
+            left_before = [n for n, at in subs.membership_lists(conn, sid).items() if at]
+            subs.resubscribe(conn, sid, None)
+            for name in left_before:
+                subs.unsubscribe(conn, sid, name, reason="kept after undo")
+    except SQLAlchemyError as exc:
+        raise StoreError(f"database write failed: {exc}") from exc
+
+
+def unsubscribe_help(request: Request) -> Response:
+    state = _state(request)
+    return page(
+        "public_help.html",
+        site_title=state.settings.site.title,
+        site_url=state.settings.site.url,
+    )
+
+
+# --------------------------------------------------------------------------- archive
+
+
+def archive_index(request: Request) -> Response:
+    state = _state(request)
+    try:
+        entries = sent_posts(state.engine)
+        posts = state.posts()
+    except NewsletterError:
+        return PlainTextResponse("the archive is unavailable right now\n", status_code=503)
+    known = {p.post_id: p for p in posts.posts}
+    items = [(e, known[e.post_id]) for e in entries if e.post_id in known]
+    return page(
+        "public_archive.html",
+        site_title=state.settings.site.title,
+        site_url=state.settings.site.url,
+        items=items,
+    )
+
+
+def archive_post(request: Request) -> Response:
+    state = _state(request)
+    post_id = request.path_params["post_id"]
+    try:
+        entry = next((e for e in sent_posts(state.engine) if e.post_id == post_id), None)
+        if entry is None:
+            return PlainTextResponse("no such email in the archive\n", status_code=404)
+        post = state.posts().find(post_id)
+        rendered = render_email(post, state.settings, list_for(state.settings, entry.list_name))
+    except PostError:
+        return PlainTextResponse("no such email in the archive\n", status_code=404)
+    except NewsletterError:
+        return PlainTextResponse("the archive is unavailable right now\n", status_code=503)
+    return HTMLResponse(
+        neutral_html(rendered, state.settings), headers={"Content-Security-Policy": ARCHIVE_CSP}
+    )
+
+
+# --------------------------------------------------------------------------- health
+
+
+def healthz(request: Request) -> Response:
+    try:
+        with _state(request).engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except SQLAlchemyError:
+        return JSONResponse({"status": "error", "database": "unreachable"}, status_code=503)
+    return JSONResponse({"status": "ok", "database": "ok"})
+
+
+def create_public_app(
+    settings: Settings,
+    *,
+    engine: Engine | None = None,
+    secret: bytes | None = None,
+    open_engine: Callable[[Settings], Engine] = open_store,
+) -> Starlette:
+    """The public app; the store and the token secret are opened now, once."""
+    engine = engine if engine is not None else open_engine(settings)
+    subs.ensure_lists(engine, settings)
+    state = PublicState(settings, engine, secret if secret is not None else load_secret(settings))
+    routes = [
+        Route("/healthz", healthz),
+        Route("/unsubscribe/", unsubscribe_help),
+        Route("/unsubscribe/{token}", unsubscribe_form, methods=["GET"]),
+        Route("/unsubscribe/{token}", one_click, methods=["POST"]),
+        Route("/unsubscribe/{token}/undo", undo, methods=["POST"]),
+        Route("/archive/", archive_index),
+        Route("/archive/{post_id:path}", archive_post),
+    ]
+    app = Starlette(routes=routes)
+    app.state.public = state
+    return app

@@ -1,0 +1,124 @@
+"""Live reload: watchfiles notices a saved file, server-sent events tell the page.
+
+One watcher task per app bumps a generation number; every open page holds an
+`EventSource` on /events and reloads itself when the number changes.  The page
+keeps its width and tab in the URL hash, so a reload lands where it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import watchfiles
+
+log = logging.getLogger(__name__)
+
+KEEPALIVE_SECONDS = 15.0
+# watchfiles waits for a quiet spell before reporting; short enough that the
+# page updates well within 2 s of a save, long enough to group an editor's
+# write-rename-chmod burst into one reload.
+DEBOUNCE_MS = 200
+
+
+class Broadcaster:
+    """A generation counter that server-sent event streams wait on."""
+
+    def __init__(self) -> None:
+        self.generation = 0
+        self._changed = asyncio.Event()
+        self.closed = False
+
+    def bump(self) -> None:
+        self.generation += 1
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def close(self) -> None:
+        self.closed = True
+        self._changed.set()
+
+    async def wait(self, timeout: float) -> bool:
+        """True when something changed (or closed) within `timeout` seconds."""
+        try:
+            await asyncio.wait_for(self._changed.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def stream(self, seen: int | None = None) -> AsyncIterator[str]:
+        """SSE frames: the current generation, then one per change.
+
+        A page rendered at an older generation (`seen`) is told at once.
+        """
+        last = self.generation if seen is None else seen
+        yield f"retry: 500\nevent: hello\ndata: {self.generation}\n\n"
+        while not self.closed:
+            if self.generation != last:
+                last = self.generation
+                yield f"event: reload\ndata: {last}\n\n"
+                continue
+            # No await between the check above and this wait: no change is missed.
+            if not await self.wait(KEEPALIVE_SECONDS):
+                yield ": keepalive\n\n"
+
+
+async def watch(
+    broadcaster: Broadcaster,
+    dirs: Callable[[], list[Path]],
+    files: Callable[[], list[Path]],
+    stop: asyncio.Event,
+) -> None:
+    """Bump the broadcaster on every change until `stop`; re-plan on config edits."""
+    while not stop.is_set():
+        watch_dirs, watch_files = dirs(), files()
+        roots = [*watch_dirs, *{f.parent for f in watch_files}]
+        if not roots:
+            await stop.wait()
+            return
+        wanted = {str(f) for f in watch_files}
+        prefixes = tuple(str(d) + "/" for d in watch_dirs)
+
+        replan = await _watch_once(roots, _filter(wanted, prefixes), wanted, stop, broadcaster)
+        if not replan:
+            return
+
+
+def _filter(
+    wanted: set[str], prefixes: tuple[str, ...]
+) -> Callable[[watchfiles.Change, str], bool]:
+    """Only the configuration files and what lies under the watched folders."""
+
+    def relevant(_change: watchfiles.Change, path: str) -> bool:
+        return path in wanted or path.startswith(prefixes)
+
+    return relevant
+
+
+async def _watch_once(
+    roots: list[Path],
+    relevant: Callable[[watchfiles.Change, str], bool],
+    config_files: set[str],
+    stop: asyncio.Event,
+    broadcaster: Broadcaster,
+) -> bool:
+    """Watch until a configuration file changes (True: re-plan) or `stop` (False)."""
+    try:
+        async for changes in watchfiles.awatch(
+            *roots,
+            watch_filter=relevant,
+            stop_event=stop,
+            debounce=DEBOUNCE_MS,
+            step=50,
+            recursive=True,
+        ):
+            log.debug("reloading after %s", changes)
+            broadcaster.bump()
+            if any(path in config_files for _, path in changes):
+                return True
+    except (OSError, RuntimeError) as exc:  # e.g. inotify watch limit reached
+        log.warning("live reload is off: %s", exc)
+        await stop.wait()
+    return False

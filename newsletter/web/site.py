@@ -1,0 +1,190 @@
+"""What the preview shows, computed the way `send` computes it, and cached.
+
+`Site` re-reads the configuration and the posts only when a watched file
+changed (a stat fingerprint, so it is right even without the file watcher),
+and renders each (post, list) once per change.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy import Engine, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from newsletter.config import ListSettings, Settings, utcnow
+from newsletter.errors import StoreError
+from newsletter.message import MessageTemplate, sample_recipient
+from newsletter.planning import list_takes
+from newsletter.posts import Post, PostCollection, load_posts, post_status
+from newsletter.render import RenderedEmail, render_email
+from newsletter.store import open_store
+from newsletter.store.schema import lists as lists_table
+from newsletter.store.schema import mailings
+from newsletter.web.emailview import EmailView, view_of
+from newsletter.web.lint import Finding, lint_email
+
+
+@dataclass(frozen=True)
+class Preview:
+    post: Post
+    list_name: str
+    rendered: RenderedEmail
+    message: EmailView
+    findings: tuple[Finding, ...]
+
+
+def build_preview(settings: Settings, post: Post, mailing_list: ListSettings) -> Preview:
+    """The email exactly as `send` builds it, for a sample recipient."""
+    rendered = render_email(post, settings, mailing_list)
+    template = MessageTemplate.build(rendered, settings)
+    raw = template.personalise(
+        sample_recipient(settings), mailing_key=f"preview:{post.post_id}:{mailing_list.name}"
+    )
+    view = view_of(raw)
+    findings = lint_email(rendered, view.html or "", post.warnings)
+    return Preview(post, mailing_list.name, rendered, view, findings)
+
+
+def default_theme() -> Path | None:
+    """Where the bundled theme (the package newsletter.templates) lives on disk."""
+    try:
+        spec = importlib.util.find_spec("newsletter.templates")
+    except ImportError:
+        return None
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    if locations:
+        return Path(locations[0])
+    # A source checkout whose theme folder is not (yet) an importable package.
+    checkout = Path(__file__).resolve().parents[2] / "templates"
+    return checkout if checkout.is_dir() else None
+
+
+def theme_dirs(settings: Settings) -> list[Path]:
+    theme = default_theme()
+    dirs = [theme] if theme is not None else []
+    if settings.email.templates_dir is not None:
+        dirs.append(settings.email.templates_dir)
+    return dirs
+
+
+def watched_files(settings: Settings) -> list[Path]:
+    """Single files whose change reloads the preview (configuration files)."""
+    files = [p for p in (settings.config_path, settings.site.jekyll_config) if p is not None]
+    return [p.resolve() for p in files]
+
+
+def watched_dirs(settings: Settings) -> list[Path]:
+    """Folders watched recursively: posts and templates."""
+    return [p.resolve() for p in (settings.site.posts_dir, *theme_dirs(settings)) if p.is_dir()]
+
+
+def _walk(paths: list[Path]) -> Iterator[tuple[str, int, int]]:
+    for root in paths:
+        candidates = [root] if root.is_file() else sorted(root.rglob("*"))
+        for path in candidates:
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            yield str(path), st.st_mtime_ns, st.st_size
+
+
+class Site:
+    """Settings, posts and previews, reloaded when their files change."""
+
+    def __init__(self, load: Callable[[], Settings]) -> None:
+        self._load = load
+        self._lock = threading.RLock()
+        self._settings: Settings | None = None
+        self.last_good: Settings | None = None  # what to keep watching while broken
+        self._config_print: tuple[tuple[str, int, int], ...] = ()
+        self._print: tuple[tuple[str, int, int], ...] = ()
+        self._posts: PostCollection | None = None
+        self._previews: dict[tuple[str, str], Preview] = {}
+        self._engines: dict[str, Engine] = {}
+
+    def engine(self) -> Engine | None:
+        """The store, opened once per database URL; None while it cannot be opened."""
+        with self._lock:
+            settings = self.settings()
+            url = settings.database.url
+            if url not in self._engines:
+                try:
+                    self._engines[url] = open_store(settings)
+                except StoreError:
+                    return None
+            return self._engines[url]
+
+    def settings(self) -> Settings:
+        """Current settings; raises ConfigError while the file is broken."""
+        with self._lock:
+            config_print = tuple(_walk(watched_files(self._settings))) if self._settings else ()
+            if self._settings is None or config_print != self._config_print:
+                self._settings = None
+                self._settings = self._load()
+                self.last_good = self._settings
+                self._config_print = tuple(_walk(watched_files(self._settings)))
+                self._posts = None
+            return self._settings
+
+    def posts(self) -> PostCollection:
+        with self._lock:
+            settings = self.settings()
+            fingerprint = tuple(_walk(watched_dirs(settings)))
+            if self._posts is None or fingerprint != self._print:
+                self._posts = load_posts(settings)
+                self._print = fingerprint
+                self._previews = {}
+            return self._posts
+
+    def preview(self, post: Post, mailing_list: ListSettings) -> Preview:
+        with self._lock:
+            self.posts()  # drops stale previews
+            key = (post.post_id, mailing_list.name)
+            if key not in self._previews:
+                self._previews[key] = build_preview(self.settings(), post, mailing_list)
+            return self._previews[key]
+
+
+# --------------------------------------------------------------------------- status
+
+
+def mailing_states(engine: Engine | None) -> dict[tuple[str, str], str]:
+    """(post_id, list name) → state of its newest mailing, from the store."""
+    if engine is None:
+        return {}
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                select(mailings.c.post_id, lists_table.c.name, mailings.c.state)
+                .join(lists_table, lists_table.c.id == mailings.c.list_id)
+                .order_by(mailings.c.generation)
+            ).all()
+    except SQLAlchemyError:
+        return {}
+    return {(row.post_id, row.name): row.state for row in rows}
+
+
+def list_status(
+    settings: Settings,
+    post: Post,
+    mailing_list: ListSettings,
+    states: dict[tuple[str, str], str],
+    now: datetime | None = None,
+) -> str:
+    """One word for the index, by the rules the daemon plans with: a mailing's
+    state when there is one, else `post_status` (due, future, unpublished…),
+    or "not for this list" when the list's filter leaves the post out."""
+    state = states.get((post.post_id, mailing_list.name))
+    if state is not None:
+        return "sent" if state == "done" else state
+    status = post_status(post, now or utcnow(), settings.schedule.since)
+    if status == "due" and not list_takes(post, mailing_list):
+        return "not for this list"
+    return status

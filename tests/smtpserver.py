@@ -1,0 +1,300 @@
+"""A real SMTP server on 127.0.0.1 for tests (aiosmtpd), scriptable per recipient.
+
+    server = SmtpTestServer()                  # plain, no TLS, no AUTH
+    server.start()
+    server.script("a@example.com", "451 4.3.0 Try later")            # every time, at RCPT
+    server.script("b@example.com", "454 4.7.0 Throttling", times=2)  # twice, then normal
+    server.script("c@example.com", DROP, stage="data")                # drop mid-DATA
+    server.script("d@example.com", STALL, stage="data")               # never answer
+    ... send ...
+    server.received        # [Received(mail_from, rcpt_tos, data, tls, auth)]
+    server.stop()
+
+TLS: ``SmtpTestServer(tls="starttls" | "implicit", cert=...)`` with a trustme CA
+(`tls_material()`); ``self_signed_context()`` makes a certificate no CA vouches
+for.  AUTH: ``auth={"user": "secret"}`` (offered only after TLS, as a real
+server does).  ``pipelining=True`` advertises RFC 2920 PIPELINING.
+`settings_overrides()` gives the keys to point `load_settings`
+at this server.  The `smtp_server` fixture in conftest.py yields a started one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+
+DROP = "DROP"  # close the connection without a reply
+STALL = "STALL"  # answer nothing for `stall_seconds`
+
+
+def free_port() -> int:
+    """A port nobody listens on now (aiosmtpd's Controller(port=0) cannot be used)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class Received:
+    mail_from: str
+    rcpt_tos: tuple[str, ...]
+    data: bytes
+    tls: bool
+    auth: str | None
+    mail_options: tuple[str, ...] = ()
+
+
+@dataclass
+class _Rule:
+    reply: str
+    times: int | None  # None: forever
+
+
+@dataclass
+class TlsMaterial:
+    """A trustme CA and a server certificate for 127.0.0.1 / localhost."""
+
+    ca_file: Path
+    server_context: ssl.SSLContext
+
+
+def tls_material(directory: Path) -> TlsMaterial:
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(context)
+    ca_file = directory / "test-ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    return TlsMaterial(ca_file, context)
+
+
+def self_signed_context(directory: Path) -> ssl.SSLContext:
+    """A server context whose certificate signs itself (must be refused by clients)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    start = datetime.now(UTC) - timedelta(days=1)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(start + timedelta(days=30))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [
+                    x509.DNSName("localhost"),
+                    x509.IPAddress(__import__("ipaddress").ip_address("127.0.0.1")),
+                ]
+            ),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "self-signed.pem", directory / "self-signed.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(cert_path), str(key_path))
+    return context
+
+
+def _is_tls(smtp: SMTP, session: Session) -> bool:
+    """STARTTLS sets session.ssl; implicit TLS shows on the transport."""
+    transport = smtp.transport
+    implicit = transport is not None and transport.get_extra_info("ssl_object") is not None
+    return session.ssl is not None or implicit
+
+
+class _Handler:
+    def __init__(self, server: SmtpTestServer) -> None:
+        self.server = server
+
+    async def handle_EHLO(
+        self, smtp: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        if self.server.pipelining:
+            # aiosmtpd reads commands one by one from the stream, so pipelined
+            # input works; it just does not say so.
+            responses.insert(-1, "250-PIPELINING")
+        return responses
+
+    async def handle_MAIL(
+        self, smtp: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 OK"
+
+    async def handle_RCPT(
+        self, smtp: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        reply = self.server._next_reply(address, "rcpt")
+        if reply is not None:
+            return await self._special(smtp, session, reply)
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, smtp: SMTP, session: Session, envelope: Envelope) -> str:
+        for address in envelope.rcpt_tos:
+            reply = self.server._next_reply(address, "data")
+            if reply is not None:
+                return await self._special(smtp, session, reply)
+        self.server._record(envelope, session, smtp)
+        return "250 Message accepted"
+
+    async def _special(self, smtp: SMTP, session: Session, reply: str) -> str:
+        if reply == DROP:
+            assert smtp.transport is not None
+            smtp.transport.abort()  # type: ignore[attr-defined]
+            return "421 dropped"  # never reaches the client
+        if reply == STALL:
+            await asyncio.sleep(self.server.stall_seconds)
+            return "451 4.4.2 Timed out"
+        return reply
+
+
+@dataclass
+class SmtpTestServer:
+    """A scriptable aiosmtpd server on 127.0.0.1; see the module docstring."""
+
+    tls: str | None = None  # None | "starttls" | "implicit"
+    context: ssl.SSLContext | None = None  # the server's certificate for TLS
+    auth: dict[str, str] | None = None
+    smtputf8: bool = False
+    pipelining: bool = False  # advertise PIPELINING (RFC 2920)
+    stall_seconds: float = 2.0
+    port: int = field(default_factory=free_port)
+    received: list[Received] = field(default_factory=list)
+    auth_attempts: list[tuple[str, str, bool]] = field(default_factory=list)  # user, pw, tls
+    connections: int = 0
+
+    def __post_init__(self) -> None:
+        self._rules: dict[tuple[str, str], deque[_Rule]] = {}
+        self._lock = threading.Lock()
+        self._controller: Controller | None = None
+
+    # ------------------------------------------------------------------ scripting
+
+    def script(
+        self, address: str, reply: str, *, stage: str = "rcpt", times: int | None = None
+    ) -> None:
+        """Answer `reply` for `address` at `stage` ("rcpt" or "data"), `times` times or forever."""
+        with self._lock:
+            self._rules.setdefault((stage, address.lower()), deque()).append(_Rule(reply, times))
+
+    def _next_reply(self, address: str, stage: str) -> str | None:
+        with self._lock:
+            rules = self._rules.get((stage, address.lower()))
+            if not rules:
+                return None
+            rule = rules[0]
+            if rule.times is not None:
+                rule.times -= 1
+                if rule.times <= 0:
+                    rules.popleft()
+            return rule.reply
+
+    def _record(self, envelope: Envelope, session: Session, smtp: SMTP) -> None:
+        data = envelope.original_content or envelope.content or b""
+        if isinstance(data, str):  # pragma: no cover - decode_data is off
+            data = data.encode()
+        with self._lock:
+            self.received.append(
+                Received(
+                    envelope.mail_from or "",
+                    tuple(envelope.rcpt_tos),
+                    bytes(data),
+                    _is_tls(smtp, session),
+                    session.auth_data.login.decode() if session.auth_data else None,
+                    tuple(envelope.mail_options),
+                )
+            )
+
+    def recipients(self) -> list[str]:
+        with self._lock:
+            return [r for item in self.received for r in item.rcpt_tos]
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _authenticate(
+        self, smtp: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
+    ) -> AuthResult:
+        if not isinstance(data, LoginPassword):
+            return AuthResult(success=False, handled=False)
+        user, password = data.login.decode(), data.password.decode()
+        self.auth_attempts.append((user, password, _is_tls(smtp, session)))
+        ok = self.auth is not None and self.auth.get(user) == password
+        if not ok:
+            return AuthResult(success=False, handled=False)  # aiosmtpd then answers 535
+        return AuthResult(success=True, auth_data=data)
+
+    def start(self) -> SmtpTestServer:
+        kwargs: dict[str, Any] = {"enable_SMTPUTF8": self.smtputf8, "decode_data": False}
+        if self.tls == "starttls":
+            kwargs["tls_context"] = self.context
+        if self.auth is not None:
+            kwargs["authenticator"] = self._authenticate
+            kwargs["auth_require_tls"] = True
+        controller = Controller(
+            _Handler(self),
+            hostname="127.0.0.1",
+            port=self.port,
+            ssl_context=self.context if self.tls == "implicit" else None,
+            server_hostname="test.example.com",
+            **kwargs,
+        )
+        controller.start()
+        self._controller = controller
+        return self
+
+    def stop(self) -> None:
+        if self._controller is not None:
+            self._controller.stop()
+            self._controller = None
+
+    def __enter__(self) -> SmtpTestServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def settings_overrides(self, ca_file: Path | None = None) -> dict[str, Any]:
+        """Keys for `load_settings(path, overrides)` that send through this server."""
+        security = {None: "none", "starttls": "starttls", "implicit": "tls"}[self.tls]
+        values: dict[str, Any] = {
+            "delivery.transport": "smtp",
+            "smtp.host": "127.0.0.1",
+            "smtp.port": self.port,
+            "smtp.security": security,
+            "smtp.timeout": 5.0,
+            "smtp.username": "",  # AUTH only when a test asks for it
+        }
+        if ca_file is not None:
+            values["smtp.ca_file"] = str(ca_file)
+        return values

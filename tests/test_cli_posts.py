@@ -1,0 +1,216 @@
+"""`newsletter posts`, `check` and `init` through click's CliRunner."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from newsletter import render
+from newsletter.cli import main
+from newsletter.cli import posts as cli_posts
+from newsletter.config import load_settings
+from newsletter.errors import TemplateError
+
+FIXTURES = Path(__file__).parent / "fixtures" / "posts"
+
+
+@pytest.fixture
+def fixture_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The Jekyll-shaped fixture site (with its non-UTF-8 post) as the cwd."""
+    site = tmp_path / "site"
+    shutil.copytree(FIXTURES / "site", site)
+    latin1 = FIXTURES / "bytes" / "2024-01-04-latin1.md.bin"
+    shutil.copy(latin1, site / "_posts" / "2024-01-04-latin1.md")
+    monkeypatch.chdir(site)
+    monkeypatch.delenv("NEWSLETTER_CONFIG", raising=False)
+    return site
+
+
+def test_posts_json_has_every_field_and_status(sample_site: Path) -> None:
+    result = CliRunner().invoke(main, ["posts", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert [r["status"] for r in rows] == ["due", "due", "due", "future"]
+    first = rows[0]
+    assert set(first) == {"path", "id", "title", "date", "url", "authors", "tags", "status"}
+    assert first["id"] == "how-sleep-consolidates-memory"
+    assert first["date"] == "2024-10-14T07:30:00+03:00"
+    assert first["url"] == (
+        "https://fieldnotes.example.com/2024/10/14/how-sleep-consolidates-memory.html"
+    )
+    assert first["authors"] == [
+        {"name": "Dana Okafor", "url": "https://example.org/people/dana-okafor"}
+    ]
+    assert first["tags"] == ["Neuroscience", "Sleep"]
+
+
+def test_posts_before_since(sample_site: Path) -> None:
+    config = sample_site / "newsletter.toml"
+    config.write_text(config.read_text().replace('since = "2024-01-01"', 'since = "2024-11-01"'))
+    rows = json.loads(CliRunner().invoke(main, ["posts", "--json"]).stdout)
+    assert [r["status"] for r in rows] == ["before-since", "due", "due", "future"]
+
+
+def test_posts_plain_lists_one_line_each_and_problems_on_stderr(sample_site: Path) -> None:
+    (sample_site / "posts" / "2024-01-01-broken.md").write_text("---\ntitle: 'x\n---\n")
+    result = CliRunner().invoke(main, ["posts"])
+    assert result.exit_code == 0
+    lines = result.stdout.splitlines()
+    assert lines[0] == (
+        "2024-10-14T07:30:00+03:00  due           How Sleep Turns the Day's Lessons into Lasting"
+        " Memory  https://fieldnotes.example.com/2024/10/14/how-sleep-consolidates-memory.html"
+    )
+    assert lines[-1] == "4 posts, 1 error(s), 0 warning(s)"
+    assert result.stderr == (
+        "posts/2024-01-01-broken.md:2: error: invalid YAML in front matter: "
+        "while scanning a quoted scalar: found unexpected end of stream\n"
+    )
+
+
+def test_posts_without_posts_folder_exits_1(sample_site: Path) -> None:
+    shutil.rmtree(sample_site / "posts")
+    result = CliRunner().invoke(main, ["posts"])
+    assert result.exit_code == 1
+    assert result.stderr == "error: posts: site.posts_dir: posts folder not found\n"
+
+
+def test_check_sample_is_clean(sample_site: Path) -> None:
+    result = CliRunner().invoke(main, ["check"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "4 posts checked, 0 error(s), 0 warning(s)\n"
+
+
+def test_check_reports_every_problem_and_exits_1(fixture_site: Path) -> None:
+    result = CliRunner().invoke(main, ["check"])
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    lines = result.stdout.splitlines()
+    assert "_posts/2024-01-02-tab-yaml.md:4: error: invalid YAML in front matter: " in lines[0]
+    assert lines[3] == (
+        "_posts/2024-02-28-impossible-date.md:4: date: error: impossible date"
+        " '2024-02-30 10:00:00 +0300' (day is out of range for month)"
+    )
+    assert (
+        "_posts/2024-07-07-liquid-everything.md:17: warning: unknown Liquid tag {% youtube %} dropped"
+        in lines
+    )
+    assert lines[-1] == "9 posts checked, 5 error(s), 5 warning(s)"
+
+
+def test_check_json(fixture_site: Path) -> None:
+    result = CliRunner().invoke(main, ["check", "--json"])
+    assert result.exit_code == 1
+    problems = json.loads(result.stdout)
+    assert {"severity": "error", "path": "_posts/2024-01-04-latin1.md", "line": 2, "key": None,
+            "message": "not UTF-8 (byte 0xe9 at offset 14); save the file as UTF-8"} in problems  # fmt: skip
+
+
+def test_check_with_only_warnings_exits_0(sample_site: Path) -> None:
+    (sample_site / "posts" / "2024-01-01-warn.md").write_text(
+        "---\ntitle: A\ntitle: B\n---\n{% youtube x %} Text.\n"
+    )
+    result = CliRunner().invoke(main, ["check"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [
+        "posts/2024-01-01-warn.md:3: title: warning: duplicate front matter key 'title';"
+        " the last value wins",
+        "posts/2024-01-01-warn.md:5: warning: unknown Liquid tag {% youtube %} dropped",
+        "5 posts checked, 0 error(s), 2 warning(s)",
+    ]
+
+
+def test_check_reports_template_errors_per_post(
+    sample_site: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(post: object, settings: object, lst: object) -> object:
+        raise TemplateError("unexpected '}'", path=Path("templates/email.html.j2"), line=12)
+
+    monkeypatch.setattr(render, "render_email", broken)
+    result = CliRunner().invoke(main, ["check"])
+    assert result.exit_code == 1
+    lines = result.stdout.splitlines()
+    assert lines[0] == "templates/email.html.j2:12: error: unexpected '}'"
+    assert len(lines) == 5
+
+
+def test_check_bad_config_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "newsletter.toml"
+    config.write_text("[site]\nurl = 42\n")
+    result = CliRunner().invoke(main, ["--config", str(config), "check"])
+    assert result.exit_code == 1
+    assert result.stderr == f"error: {config}: site.url: expected a string, got 42\n"
+
+
+def test_check_smtp_secret_missing(sample_site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NEWSLETTER_SMTP_PASSWORD", raising=False)
+    config = sample_site / "newsletter.toml"
+    config.write_text(config.read_text().replace('transport = "maildir"', 'transport = "smtp"'))
+    result = CliRunner().invoke(main, ["check"])
+    assert result.exit_code == 1
+    assert result.stdout.splitlines()[0] == (
+        "newsletter.toml: smtp.password_env: error: "
+        "environment variable NEWSLETTER_SMTP_PASSWORD is not set"
+    )
+
+
+def test_init_writes_a_working_starter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli_posts, "utcnow", lambda: datetime(2026, 5, 4, 3, 2, 1, tzinfo=UTC))
+    result = CliRunner().invoke(main, ["init"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == (
+        "wrote newsletter.toml (since = 2026-05-04T03:02:01+00:00)\ncreated posts/\ncreated subscribers/\n"
+    )
+    settings = load_settings(tmp_path / "newsletter.toml")
+    assert settings.schedule.since == datetime(2026, 5, 4, 3, 2, 1, tzinfo=UTC)
+    assert settings.email.subject == "{{ post.title }}"
+    assert list(settings.lists) == ["main"]
+    assert (tmp_path / "posts").is_dir() and (tmp_path / "subscribers").is_dir()
+    # And the new site checks clean (no posts yet).
+    checked = CliRunner().invoke(main, ["check"])
+    assert checked.exit_code == 0, checked.output
+
+
+def test_init_refuses_to_overwrite_unless_forced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "newsletter.toml").write_text("# mine\n")
+    (tmp_path / "posts").mkdir()
+    result = CliRunner().invoke(main, ["init"])
+    assert result.exit_code == 1
+    assert result.stderr == "error: newsletter.toml: already exists (use --force to overwrite)\n"
+    assert (tmp_path / "newsletter.toml").read_text() == "# mine\n"
+    forced = CliRunner().invoke(main, ["init", "--force"])
+    assert forced.exit_code == 0
+    assert "created posts/" not in forced.stdout  # existing folders are left alone
+    assert "[schedule]" in (tmp_path / "newsletter.toml").read_text()
+
+
+def test_help_texts(sample_site: Path) -> None:
+    for command in ("posts", "check", "init"):
+        result = CliRunner().invoke(main, [command, "--help"])
+        assert result.exit_code == 0
+        assert "Usage:" in result.stdout and len(result.stdout.splitlines()) > 4
+
+
+def test_progress_bar_is_silent_off_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:
+    with cli_posts.progress_bar(100, "Reading") as advance:
+        for _ in range(100):
+            advance()
+    assert capsys.readouterr() == ("", "")
+
+
+def test_posts_listing_skips_html_but_keeps_problems(sample_site: Path) -> None:
+    (sample_site / "posts" / "2024-01-01-empty.md").write_text("---\ntitle: Empty\n---\n")
+    result = CliRunner().invoke(main, ["posts", "--json"])
+    assert result.exit_code == 0
+    assert len(json.loads(result.stdout)) == 5
+    assert result.stderr == (
+        "posts/2024-01-01-empty.md:4: warning: empty body: the email will have no excerpt\n"
+    )

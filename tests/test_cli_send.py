@@ -1,0 +1,170 @@
+"""`newsletter send` and `newsletter status` through click's CliRunner."""
+
+from __future__ import annotations
+
+import json
+import mailbox
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from smtpserver import SmtpTestServer
+
+from newsletter.cli import main
+from newsletter.config import load_settings
+from newsletter.store import open_store
+from newsletter.store import subscribers as subs
+
+POST = "how-sleep-consolidates-memory"
+
+
+def smtp_config(site: Path, server: SmtpTestServer, extra: str = "") -> Path:
+    """The sample configuration pointed at a local test server."""
+    text = (site / "newsletter.toml").read_text()
+    text = text.replace('transport = "maildir"', 'transport = "smtp"')
+    text = text.replace(
+        'host = "smtp.example.com"\nsecurity = "starttls"',
+        f'host = "127.0.0.1"\nport = {server.port}\nsecurity = "none"',
+    )
+    text = text.replace('username = "newsletter@fieldnotes.example.com"\n', "")
+    text = text.replace("max_attempts = 5", f"max_attempts = 5\n{extra}")
+    path = site / "smtp.toml"
+    path.write_text(text)
+    return path
+
+
+def add_readers(config: Path, n: int, list_name: str = "sample") -> None:
+    settings = load_settings(config)
+    engine = open_store(settings)
+    subs.ensure_lists(engine, settings)
+    for i in range(n):
+        subs.add_subscriber(engine, f"reader{i:02d}@example.org", list_name)
+
+
+@pytest.fixture(autouse=True)
+def _secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NEWSLETTER_SECRET", "cli-test-secret")
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_help_texts() -> None:
+    for command in ("send", "status"):
+        code, out, _ = run(command, "--help")
+        assert code == 0 and "Usage:" in out
+    assert "--test ADDR" in run("send", "--help")[1]
+
+
+def test_send_to_the_maildir_outbox_then_again_sends_nothing(sample_site: Path) -> None:
+    config = sample_site / "newsletter.toml"
+    add_readers(config, 5)
+    code, out, err = run("send", POST, "--list", "sample")
+    assert (code, err) == (0, "")
+    assert out == "sent 5, deferred 0, failed 0, skipped 0\n"
+    box = mailbox.Maildir(sample_site / ".newsletter/outbox", create=False)
+    assert len(box) == 5
+    code, out, _ = run("send", POST, "--list", "sample")
+    assert code == 0
+    assert out.startswith(f"'{POST}' was already sent to list 'sample' ")
+    assert out.endswith("; nothing sent (use --resend to send it again)\n")
+    assert len(box) == 5
+    code, out, _ = run("send", POST, "--list", "sample", "--resend")
+    assert (code, out) == (0, "sent 5, deferred 0, failed 0, skipped 0\n")
+    assert len(mailbox.Maildir(sample_site / ".newsletter/outbox", create=False)) == 10
+
+
+def test_send_over_smtp_and_status(sample_site: Path, smtp_server: SmtpTestServer) -> None:
+    config = smtp_config(sample_site, smtp_server)
+    add_readers(config, 4)
+    smtp_server.script("reader01@example.org", "550 5.1.1 No such user")
+    code, out, err = run("--config", str(config), "send", POST, "--list", "sample")
+    assert code == 0
+    assert out == "sent 3, deferred 0, failed 1, skipped 0\n"
+    assert err == "failed: reader01@example.org: 550 5.1.1 No such user\n"
+    code, out, _ = run("--config", str(config), "status")
+    assert code == 0
+    assert out == (
+        f"#1 {POST} → sample: done; 4 recipient(s): sent 3, failed 1\n"
+        "    last error: reader01@example.org: 550 5.1.1 No such user\n"
+    )
+    code, out, _ = run("--config", str(config), "status", "--json")
+    data = json.loads(out)
+    assert data[0]["counts"] == {"sent": 3, "failed": 1} and data[0]["state"] == "done"
+
+
+def test_send_json_summary(sample_site: Path) -> None:
+    add_readers(sample_site / "newsletter.toml", 2)
+    code, out, _ = run("send", POST, "--list", "sample", "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert (data["sent"], data["failed"], data["mailing"]) == (2, 0, 1)
+
+
+def test_test_addresses_get_a_prefixed_copy_and_no_record(
+    sample_site: Path, smtp_server: SmtpTestServer
+) -> None:
+    config = smtp_config(sample_site, smtp_server)
+    code, out, _ = run(
+        "--config", str(config), "send", POST, "--list", "sample",
+        "--test", "me@example.com", "--test", "you@example.org",
+    )  # fmt: skip
+    assert (code, out) == (0, f"sent 2 test message(s) of '{POST}'\n")
+    assert smtp_server.recipients() == ["me@example.com", "you@example.org"]
+    assert b"\r\nSubject: [TEST] " in smtp_server.received[0].data
+    assert run("--config", str(config), "status")[1] == "no mailings yet\n"
+
+
+def test_dry_run_counts_and_lists_with_verbose(sample_site: Path) -> None:
+    add_readers(sample_site / "newsletter.toml", 3)
+    code, out, _ = run("send", POST, "--list", "sample", "--dry-run")
+    assert (code, out) == (0, f"would send '{POST}' to 3 subscriber(s) of list 'sample'\n")
+    code, out, _ = run("send", POST, "--list", "sample", "--dry-run", "-v")
+    assert out.splitlines()[1:] == [f"  reader{i:02d}@example.org" for i in range(3)]
+    assert not (sample_site / ".newsletter/outbox").exists()
+    assert run("status")[1] == "no mailings yet\n"
+
+
+def test_user_errors_exit_1_with_one_line(sample_site: Path) -> None:
+    code, _, err = run("send", "no-such-post", "--list", "sample")
+    assert code == 1 and err.startswith("error: no post matches 'no-such-post'")
+    assert err.count("\n") == 1
+    code, _, err = run("send", POST, "--list", "nope")
+    assert code == 1 and err.startswith("error: ") and "unknown list 'nope'" in err
+    assert err.count("\n") == 1
+
+
+def test_usage_error_exits_2(sample_site: Path) -> None:
+    code, _, err = run("send", POST)
+    assert code == 2 and "Missing option '--list'" in err
+
+
+def test_starttls_missing_is_a_one_line_error(
+    sample_site: Path, smtp_server: SmtpTestServer
+) -> None:
+    config = smtp_config(sample_site, smtp_server)
+    text = config.read_text().replace('security = "none"', 'security = "starttls"')
+    config.write_text(text)
+    add_readers(config, 2)
+    code, _, err = run("--config", str(config), "send", POST, "--list", "sample")
+    assert code == 1
+    assert err == (
+        "error: smtp.security: 127.0.0.1 does not offer STARTTLS; refusing to send in "
+        'clear (use security = "tls" for port 465)\n'
+    )
+    assert smtp_server.received == []
+    # Nothing was spent: the recipients are still queued for a fixed configuration.
+    assert "queued 2" in run("--config", str(config), "status")[1]
+
+
+def test_paused_mailing_says_so(sample_site: Path) -> None:
+    config = sample_site / "newsletter.toml"
+    text = config.read_text().replace("max_attempts = 5", "max_attempts = 5\nmax_per_hour = 2")
+    config.write_text(text)
+    add_readers(config, 3)
+    code, out, _ = run("send", POST, "--list", "sample")
+    assert code == 0 and out.startswith("sent 2, deferred 0, failed 0, skipped 0 (paused:")
+    status = run("status")[1]
+    assert "sample: paused until " in status and "sent 2, queued 1" in status

@@ -1,0 +1,151 @@
+"""`newsletter subscribers …` and `newsletter lists` through click's CliRunner."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from click.testing import CliRunner, Result
+from test_subscribers_common import FIXTURES
+
+from newsletter.cli import main
+
+
+def cli(*args: str) -> Result:
+    return CliRunner().invoke(main, list(args))
+
+
+def test_every_subscribers_command_has_help(sample_site: Path) -> None:
+    for command in ("import", "export", "add", "remove", "unsubscribe", "resubscribe", "list",
+                    "sync"):  # fmt: skip
+        result = cli("subscribers", command, "--help")
+        assert result.exit_code == 0 and "Usage:" in result.stdout, command
+    assert "never commit real ones" in cli("subscribers", "--help").stdout
+    assert cli("lists", "--help").exit_code == 0
+
+
+def test_import_ok_then_summary(sample_site: Path) -> None:
+    result = cli("subscribers", "import", "subscribers/sample.csv", "--list", "sample")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[-1] == (
+        "sample: imported 3 rows: 3 new, 0 updated, 0 unchanged, 0 kept suppressed, "
+        "0 invalid, 0 duplicates merged"
+    )
+    assert "kept suppressed" in result.stdout and result.stderr == ""
+
+
+def test_import_with_bad_rows_exits_1_and_names_lines(sample_site: Path) -> None:
+    path = FIXTURES / "bad_rows.csv"
+    result = cli("subscribers", "import", str(path), "--list", "sample")
+    assert result.exit_code == 1
+    lines = result.stderr.splitlines()
+    assert len(lines) == 6
+    assert lines[0] == (
+        f"{path}:3: error: invalid email address 'no-at-sign.example.com': "
+        "An email address must have an @-sign."
+    )
+    assert lines[1] == f"{path}:4: error: no email address"
+    assert "5 new" in result.stdout and "6 invalid" in result.stdout
+
+
+def test_import_json_and_dry_run(sample_site: Path) -> None:
+    result = cli(
+        "subscribers", "import", "subscribers/sample.csv", "--list", "sample", "--dry-run", "--json"
+    )
+    assert result.exit_code == 0
+    data = json.loads(result.stdout)
+    assert data["dry_run"] is True and data["new"] == 3 and data["list"] == "sample"
+    listed = cli("subscribers", "list", "--list", "sample")
+    assert listed.exit_code == 0 and listed.stdout == ""
+
+
+def test_import_errors(sample_site: Path) -> None:
+    result = cli("subscribers", "import", "missing.csv", "--list", "sample")
+    assert (result.exit_code, result.stderr) == (1, "error: missing.csv: file not found\n")
+    result = cli("subscribers", "import", "subscribers/sample.csv", "--list", "nope")
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "error: newsletter.toml: lists.nope: unknown list 'nope' "
+        "(lists in the configuration: sample, weekly)\n"
+    )
+    result = cli("subscribers", "import", "x.csv", "--list", "sample", "--format", "myspace")
+    assert result.exit_code == 2
+    assert cli("subscribers", "import", "x.csv").exit_code == 2  # --list is required
+
+
+def test_add_list_unsubscribe_resubscribe_remove(sample_site: Path) -> None:
+    add = cli("subscribers", "add", "Ada@Example.com", "--list", "sample", "--name", "Ada")
+    assert (add.exit_code, add.stdout) == (0, "added Ada@example.com to sample\n")
+    bad = cli("subscribers", "add", "nobody", "--list", "sample")
+    assert bad.exit_code == 1 and bad.stderr.startswith("error: invalid email address 'nobody'")
+    listed = cli("subscribers", "list", "--list", "sample")
+    assert listed.stdout == "Ada@example.com\tactive\tAda\n"
+
+    off = cli("subscribers", "unsubscribe", "ada@example.com")
+    assert off.stdout == "unsubscribed Ada@example.com from every list\n"
+    again = cli("subscribers", "unsubscribe", "ada@example.com")
+    assert again.stdout == "Ada@example.com was already unsubscribed from every list\n"
+    readd = cli("subscribers", "add", "ada@example.com", "--list", "sample")
+    assert readd.stdout == (
+        "added Ada@example.com to sample (stays unsubscribed: use resubscribe to undo)\n"
+    )
+    data = json.loads(cli("subscribers", "list", "--list", "sample", "--json").stdout)
+    assert [(d["email"], d["status"]) for d in data] == [("Ada@example.com", "unsubscribed")]
+    only_active = cli("subscribers", "list", "--list", "sample", "--status", "active", "--json")
+    assert json.loads(only_active.stdout) == []
+
+    back = cli("subscribers", "resubscribe", "ada@example.com")
+    assert back.stdout == "resubscribed Ada@example.com to every list\n"
+    removed = cli("subscribers", "remove", "ada@example.com", "--list", "sample")
+    assert removed.stdout == "removed Ada@example.com from sample\n"
+    missing = cli("subscribers", "remove", "who@example.com", "--list", "sample")
+    assert (missing.exit_code, missing.stderr) == (
+        1,
+        "error: no subscriber with address 'who@example.com'\n",
+    )
+
+
+def test_per_list_unsubscribe(sample_site: Path) -> None:
+    cli("subscribers", "add", "a@example.com", "--list", "sample")
+    cli("subscribers", "add", "a@example.com", "--list", "weekly")
+    result = cli("subscribers", "unsubscribe", "a@example.com", "--list", "weekly")
+    assert result.stdout == "unsubscribed a@example.com from weekly\n"
+    data = json.loads(cli("lists", "--json").stdout)
+    counts = {d["name"]: d["counts"] for d in data}
+    assert counts["sample"]["active"] == 1
+    assert counts["weekly"] == {
+        "active": 0,
+        "pending": 0,
+        "unsubscribed": 1,
+        "bounced": 0,
+        "complained": 0,
+    }
+    assert {d["name"]: d["title"] for d in data}["weekly"] == "Field Notes weekly digest"
+    table = cli("lists").stdout
+    assert "sample" in table and "Field Notes" in table
+
+
+def test_export_to_file_and_stdout(sample_site: Path) -> None:
+    cli("subscribers", "import", "subscribers/sample.csv", "--list", "sample")
+    result = cli("subscribers", "export", "--list", "sample", "-o", "out.csv")
+    assert result.exit_code == 0
+    assert result.stderr == "exported 3 members of sample to out.csv\n"
+    text = Path("out.csv").read_text(encoding="utf-8")
+    assert text.splitlines()[0] == "email,name,status,subscribed_at"
+    stdout = cli("subscribers", "export", "--list", "sample", "--status", "bounced")
+    assert stdout.stdout_bytes == b"email,name,status,subscribed_at\r\n"  # RFC 4180 CRLF
+
+
+def test_sync_sample_and_unknown_list(sample_site: Path) -> None:
+    result = cli("subscribers", "sync")
+    assert result.exit_code == 0, result.output
+    assert "sample: imported 3 rows: 3 new" in result.stdout
+    second = cli("subscribers", "sync", "--json")
+    assert json.loads(second.stdout)[0]["unchanged"] == 3
+    Path("subscribers/typo.csv").write_text("email\nx@example.com\n", encoding="utf-8")
+    bad = cli("subscribers", "sync")
+    assert bad.exit_code == 1
+    assert bad.stderr == (
+        "subscribers/typo.csv: error: no list 'typo' in the configuration "
+        "(declared: sample, weekly); add [lists.typo] or rename the file\n"
+    )

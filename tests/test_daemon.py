@@ -1,0 +1,212 @@
+"""The running daemon against a real aiosmtpd server on 127.0.0.1: punctuality,
+files noticed while running, the server going down and coming back, SIGTERM
+and two daemons on one database (real subprocesses)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from smtpserver import SmtpTestServer, free_port
+from sqlalchemy import select
+from test_daemon_support import MEMBERS, Site, add_members, engine_of, make_site
+
+from newsletter.scheduler import Daemon
+from newsletter.store.schema import deliveries
+
+PAST = datetime.now(UTC).replace(microsecond=0) - timedelta(days=30)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, step: float = 0.01) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(step)
+    return condition()
+
+
+@pytest.fixture
+def server() -> Iterator[SmtpTestServer]:
+    with SmtpTestServer() as srv:
+        yield srv
+
+
+def smtp_site(root: Path, port: int, **kwargs: object) -> Site:
+    return make_site(root, transport="smtp", smtp_port=port, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def daemon_of() -> Iterator[Callable[..., Daemon]]:
+    started: list[Daemon] = []
+
+    def start(site: Site, *, watch: bool = False, members: tuple[str, ...] = MEMBERS) -> Daemon:
+        settings = site.settings()
+        engine = engine_of(settings)
+        add_members(engine, "news", members, settings=settings)
+        daemon = Daemon(settings, engine, watch=watch)
+        daemon.start()
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        daemon.stop()
+
+
+# --------------------------------------------------------------------------- punctual
+
+
+def test_a_future_post_goes_out_within_2s_of_its_date_and_not_before(
+    tmp_path: Path, server: SmtpTestServer, daemon_of: Callable[..., Daemon]
+) -> None:
+    # A long scan interval and no watcher: only the one-off job can be punctual.
+    site = smtp_site(tmp_path, server.port, scan_interval="10m")
+    date = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=3)
+    site.write_post("2030-01-01-soon.md", "Soon", date)
+    daemon_of(site)
+    assert not wait_for(lambda: bool(server.received), date.timestamp() - time.time() - 0.05)
+    assert wait_for(lambda: bool(server.received), 4.0)
+    first = time.time()
+    assert date.timestamp() <= first <= date.timestamp() + 2.0
+    assert wait_for(lambda: len(server.recipients()) == 3, 3.0)
+    assert sorted(server.recipients()) == sorted(MEMBERS)
+
+
+def test_a_file_dropped_in_while_running_is_sent(
+    tmp_path: Path, server: SmtpTestServer, daemon_of: Callable[..., Daemon]
+) -> None:
+    site = smtp_site(tmp_path, server.port, scan_interval="10m")
+    daemon = daemon_of(site, watch=True)
+    assert wait_for(lambda: daemon.passes >= 1, 3.0)
+    time.sleep(0.3)  # let the watcher settle on the folder
+    site.write_post("2025-06-01-dropped.md", "Dropped In", PAST)
+    assert wait_for(lambda: len(server.recipients()) == 3, 5.0)
+    assert sorted(server.recipients()) == sorted(MEMBERS)
+
+
+def test_without_a_watcher_the_scan_interval_notices_new_files(
+    tmp_path: Path, server: SmtpTestServer, daemon_of: Callable[..., Daemon]
+) -> None:
+    site = smtp_site(tmp_path, server.port, scan_interval="0.5s")
+    daemon = daemon_of(site, watch=False)
+    assert wait_for(lambda: daemon.passes >= 1, 3.0)
+    site.write_post("2025-06-01-scanned.md", "Scanned", PAST)
+    assert wait_for(lambda: len(server.recipients()) == 3, 3.0)
+
+
+def test_the_server_down_then_up(
+    tmp_path: Path, daemon_of: Callable[..., Daemon], caplog: pytest.LogCaptureFixture
+) -> None:
+    port = free_port()
+    site = smtp_site(tmp_path, port, scan_interval="0.5s", max_attempts=50)
+    site.write_post("2025-06-01-patient.md", "Patient", PAST)
+
+    def events(name: str) -> list[logging.LogRecord]:
+        return [r for r in caplog.records if getattr(r, "event", None) == name]
+
+    def finished() -> bool:
+        return any(r.__dict__["state"] == "done" for r in events("mailing-finish"))
+
+    with caplog.at_level(logging.INFO, logger="newsletter"):
+        daemon = daemon_of(site)
+        assert wait_for(lambda: daemon.passes >= 3, 5.0)
+        with SmtpTestServer(port=port) as srv:
+            # Keep the server up until the daemon has recorded the last reply.
+            assert wait_for(finished, 8.0)
+            assert sorted(srv.recipients()) == sorted(MEMBERS)
+    down = [r for r in events("transport-down") if r.levelno == logging.WARNING]
+    assert down, "the outage was never logged"
+    assert "mail server unavailable: cannot connect to 127.0.0.1" in down[0].getMessage()
+    assert "3 recipients (" in down[0].getMessage()
+    # One line per retry window, not one per recipient and attempt.
+    with daemon.engine.connect() as conn:
+        attempts = conn.scalars(select(deliveries.c.attempts)).all()
+    assert len(down) <= max(attempts) - 1
+    assert events("deferred") == []
+    assert len(events("transport-up")) == 1
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def spawn(site: Site, *args: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "newsletter", "--config", str(site.config), "run", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def many_members(count: int) -> tuple[str, ...]:
+    return tuple(f"reader{i:03d}@example.com" for i in range(count))
+
+
+@pytest.mark.slow
+def test_sigterm_mid_mailing_then_restart_reaches_everyone_once(
+    tmp_path: Path, server: SmtpTestServer
+) -> None:
+    members = many_members(40)
+    site = smtp_site(tmp_path, server.port, scan_interval="10m", rate=20, concurrency=2)
+    settings = site.settings()
+    add_members(engine_of(settings), "news", members, settings=settings)
+    site.write_post("2025-06-01-long.md", "Long", PAST)
+    proc = spawn(site, "--no-watch")
+    try:
+        assert wait_for(lambda: len(server.recipients()) >= 5, 10.0)
+        stopped_at = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=10)
+        assert time.monotonic() - stopped_at < 10
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    _out, err = proc.communicate()
+    assert proc.returncode == 0, err
+    assert "received SIGTERM" in err
+    partial = len(server.recipients())
+    assert 5 <= partial < len(members)  # it really stopped mid-mailing
+    rerun = spawn(site, "--once")
+    out, err = rerun.communicate(timeout=30)
+    assert rerun.returncode == 0, err
+    counts = Counter(server.recipients())
+    assert sorted(counts) == sorted(members)
+    assert set(counts.values()) == {1}
+    assert f"Sent {len(members) - partial}," in out
+
+
+@pytest.mark.slow
+def test_two_daemons_on_one_database_mail_each_recipient_once(
+    tmp_path: Path, server: SmtpTestServer
+) -> None:
+    site = smtp_site(tmp_path, server.port, scan_interval="0.5s")
+    settings = site.settings()
+    add_members(engine_of(settings), "news", settings=settings)
+    site.write_post("2025-06-01-shared.md", "Shared", PAST)
+    procs = [spawn(site, "--no-watch"), spawn(site, "--no-watch")]
+    try:
+        assert wait_for(lambda: any(p.poll() is not None for p in procs), 10.0)
+        assert wait_for(lambda: len(server.recipients()) >= 3, 10.0)
+        time.sleep(1.2)  # two more scans: a duplicate would show now
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        results = [(p.wait(timeout=10), *p.communicate()) for p in procs]
+    codes = sorted(code for code, _out, _err in results)
+    assert codes == [0, 1]
+    refused = next(err for code, _out, err in results if code == 1)
+    assert "error: database.url: another newsletter daemon (" in refused
+    assert Counter(server.recipients()) == Counter(MEMBERS)

@@ -1,0 +1,234 @@
+"""`newsletter run`: --once summaries, --json, --log-json, refusals, exit codes."""
+
+from __future__ import annotations
+
+import json
+import mailbox
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from click.testing import CliRunner
+from test_daemon_support import MEMBERS, add_members, engine_of, make_site
+
+from newsletter.cli import main
+from newsletter.scheduler import DaemonLock
+from newsletter.store import open_store
+from newsletter.store import subscribers as subs
+
+PAST = datetime.now(UTC).replace(microsecond=0) - timedelta(days=30)
+
+
+def invoke(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_run_has_help_naming_its_options() -> None:
+    code, out, _err = invoke("run", "--help")
+    assert code == 0
+    for option in ("--once", "--log-json", "--no-watch", "--json"):
+        assert option in out
+    assert "SIGTERM" in out
+
+
+def test_run_once_on_the_bundled_sample_sends_through_the_maildir(sample_site: Path) -> None:
+    settings_path = sample_site / "newsletter.toml"
+    from newsletter.config import load_settings
+
+    settings = load_settings(settings_path)
+    engine = open_store(settings)
+    subs.ensure_lists(engine, settings)
+    for email in ("ada@example.com", "grace@example.com", "linus@example.com"):
+        subs.add_subscriber(engine, email, "sample")
+    # Work around a first-use race in MaildirTransport with concurrency 2
+    # (reported to the delivery owner): make the outbox before the run.
+    mailbox.Maildir(settings.delivery.outbox_dir, create=True)
+    code, out, err = invoke("run", "--once")
+    assert code == 0, err
+    assert out == (
+        "Planned 3 mailings and 0 digests.\n"
+        "Sent 9, deferred 0, failed 0, skipped 0.\n"
+        "Next: a-letter-from-the-future at 2031-03-09T10:00:00+03:00.\n"
+    )
+    assert len(list(mailbox.Maildir(settings.delivery.outbox_dir))) == 9
+    assert "mailing 1 finished: how-sleep-consolidates-memory -> sample: sent 3" in err
+    code, out, _err = invoke("run", "--once")
+    assert code == 0
+    assert out.startswith("Planned 0 mailings and 0 digests.\nSent 0, deferred 0,")
+    assert len(list(mailbox.Maildir(settings.delivery.outbox_dir))) == 9
+
+
+def test_run_once_says_how_many_posts_since_held_back(tmp_path: Path) -> None:
+    site = make_site(tmp_path, since="2025-01-01")
+    settings = site.settings()
+    add_members(engine_of(settings), "news", settings=settings)
+    site.write_post("2024-03-01-a.md", "A", "2024-03-01 10:00:00")
+    site.write_post("2024-04-01-b.md", "B", "2024-04-01 10:00:00")
+    code, out, err = invoke("--config", str(site.config), "run", "--once")
+    assert code == 0, err
+    assert out.splitlines()[:3] == [
+        "2 posts before since=2025-01-01T00:00:00+00:00 were skipped.",
+        "Planned 0 mailings and 0 digests.",
+        "Sent 0, deferred 0, failed 0, skipped 0.",
+    ]
+
+
+def test_run_once_json(tmp_path: Path) -> None:
+    site = make_site(tmp_path)
+    settings = site.settings()
+    add_members(engine_of(settings), "news", settings=settings)
+    site.write_post("2025-06-01-due.md", "Due", PAST)
+    site.write_post("2099-06-01-later.md", "Later", "2099-06-01 10:00:00 +0000")
+    code, out, err = invoke("--config", str(site.config), "run", "--once", "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["sent"] == 3 and data["planned"] == [1] and data["digests"] == []
+    assert data["future"] == [{"post_id": "later", "date": "2099-06-01T10:00:00+00:00"}]
+    assert data["since"] == "2024-01-01T00:00:00+00:00"
+    assert data["transport_error"] is None and data["problems"] == []
+
+
+def test_log_json_writes_one_json_object_per_line(tmp_path: Path) -> None:
+    site = make_site(tmp_path)
+    settings = site.settings()
+    add_members(engine_of(settings), "news", settings=settings)
+    site.write_post("2025-06-01-due.md", "Due", PAST)
+    code, _out, err = invoke("--config", str(site.config), "run", "--once", "--log-json")
+    assert code == 0, err
+    records = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    finish = [r for r in records if r.get("event") == "mailing-finish"]
+    assert finish and finish[0]["sent"] == 3 and finish[0]["post_id"] == "due"
+    assert finish[0]["list"] == "news" and finish[0]["level"] == "info"
+    assert all({"time", "level", "logger", "message"} <= set(r) for r in records)
+
+
+def test_run_once_while_a_daemon_runs_is_refused_with_one_line(tmp_path: Path) -> None:
+    site = make_site(tmp_path)
+    settings = site.settings()
+    engine = engine_of(settings)
+    holder = DaemonLock(engine)
+    holder.acquire()
+    code, out, err = invoke("--config", str(site.config), "run", "--once")
+    assert code == 1 and out == ""
+    assert err == (
+        f"error: database.url: another newsletter daemon ({holder.owner}, last heartbeat 0 s "
+        f"ago) is running on {settings.database.url}; stop it first (a crashed one is taken "
+        "over after 30 s)\n"
+    )
+
+
+def test_a_broken_post_is_one_line_exit_1_and_the_rest_still_goes(tmp_path: Path) -> None:
+    site = make_site(tmp_path)
+    settings = site.settings()
+    add_members(engine_of(settings), "news", settings=settings)
+    (site.posts / "2025-05-01-broken.md").write_text("---\ntitle: [oops\n---\nbody\n")
+    site.write_post("2025-06-01-fine.md", "Fine", PAST)
+    code, out, err = invoke("--config", str(site.config), "run", "--once")
+    assert code == 1
+    assert "Sent 3, deferred 0, failed 0, skipped 0." in out
+    problems = [line for line in err.splitlines() if "2025-05-01-broken.md" in line]
+    assert len(problems) == 1 and "error:" in problems[0]
+    assert "Traceback" not in err
+
+
+def test_a_bad_cron_is_reported_and_the_each_lists_still_go(tmp_path: Path) -> None:
+    lists = (
+        '[lists.news]\ntitle = "News"\n'
+        '[lists.weekly]\ntitle = "Weekly"\nmode = "digest"\ncron = "at eight"\n'
+    )
+    site = make_site(tmp_path, lists=lists)
+    settings = site.settings()
+    add_members(engine_of(settings), "news", MEMBERS, settings=settings)
+    site.write_post("2025-06-01-fine.md", "Fine", PAST)
+    code, out, err = invoke("--config", str(site.config), "run", "--once")
+    assert code == 1
+    assert "Sent 3," in out
+    assert "error: lists.weekly.cron: invalid cron 'at eight': Wrong number of fields" in err
+
+
+def test_sigint_stops_the_daemon_with_exit_0(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from sqlalchemy import select
+
+    from newsletter.scheduler import LOCK_KEY
+    from newsletter.store.schema import state
+
+    site = make_site(tmp_path, scan_interval="10m")
+    engine = engine_of(site.settings())
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "newsletter", "--config", str(site.config), "run", "--no-watch"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    def holder() -> str | None:
+        with engine.connect() as conn:
+            return conn.scalar(select(state.c.value).where(state.c.key == LOCK_KEY))
+
+    try:
+        deadline = time.monotonic() + 10
+        while holder() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert holder() is not None
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "received SIGINT" in err and "daemon stopped after" in err
+    assert holder() is None  # the lock went with it
+
+
+def test_upcoming_helpers_for_status() -> None:
+    from newsletter.cli.daemon import upcoming_json, upcoming_line
+    from newsletter.planning import UpcomingSend
+
+    at = datetime(2031, 3, 9, 7, 0, tzinfo=UTC)
+    post = UpcomingSend("a-letter", "A Letter", "sample", at)
+    digest = UpcomingSend("digest:weekly:x", "Weekly: 2 posts", "weekly", at, "digest", ("a", "b"))
+    assert upcoming_line(post) == "2031-03-09T07:00:00+00:00  a-letter → sample"
+    assert (
+        upcoming_line(digest) == "2031-03-09T07:00:00+00:00  digest:weekly:x → weekly [digest of 2]"
+    )
+    assert upcoming_json(digest) == {
+        "post": "digest:weekly:x",
+        "title": "Weekly: 2 posts",
+        "list": "weekly",
+        "at": "2031-03-09T07:00:00+00:00",
+        "kind": "digest",
+        "post_ids": ["a", "b"],
+    }
+
+
+def test_json_log_lines_carry_extra_fields_and_exceptions() -> None:
+    import io
+    import logging
+
+    from newsletter.logging_setup import remove_logging, setup_logging
+
+    stream = io.StringIO()
+    handler = setup_logging(json_lines=True, stream=stream)
+    again = setup_logging(json_lines=True, stream=stream)  # replaces, never duplicates
+    try:
+        log = logging.getLogger("newsletter.daemon")
+        log.warning(
+            "mailing %d: %s", 7, "refused", extra={"recipient": "ada@example.com", "code": 550}
+        )
+        try:
+            raise ValueError("bad")
+        except ValueError:
+            log.exception("oops")
+    finally:
+        remove_logging(again)
+        remove_logging(handler)
+    first, second = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert first["message"] == "mailing 7: refused" and first["level"] == "warning"
+    assert first["recipient"] == "ada@example.com" and first["code"] == 550
+    assert "ValueError: bad" in second["exception"]
+    assert handler not in logging.getLogger("newsletter").handlers

@@ -1,0 +1,399 @@
+"""Import semantics: dedupe, suppression always wins, dry run, atomicity, round trip, sync."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, func, select
+from test_subscribers_common import (
+    FIXTURES,
+    make_engine,
+    make_settings,
+    run_import,
+    seen,
+    statuses,
+)
+
+import newsletter.importer as importer
+from newsletter.config import Settings
+from newsletter.errors import SubscriberError
+from newsletter.store import open_url
+from newsletter.store.schema import memberships, subscribers
+from newsletter.store.subscribers import (
+    add_subscriber,
+    get_by_email,
+    mark_bounced,
+    mark_complained,
+    unsubscribe,
+)
+from newsletter.subscribers import encode_attribute, escape_cell, export_list, sync_directory
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings("news", "weekly", base_dir=tmp_path)
+
+
+@pytest.fixture
+def engine(tmp_path: Path, settings: Settings) -> Engine:
+    return make_engine(tmp_path, settings)
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(textwrap.dedent(text).lstrip(), encoding="utf-8")
+    return path
+
+
+def count_rows(engine: Engine) -> tuple[int, int]:
+    with engine.connect() as conn:
+        return (
+            conn.scalar(select(func.count()).select_from(subscribers)) or 0,
+            conn.scalar(select(func.count()).select_from(memberships)) or 0,
+        )
+
+
+# --------------------------------------------------------------------------- dedupe / conflicts
+
+
+def test_duplicates_case_insensitive_and_unsubscribe_wins(
+    engine: Engine, settings: Settings
+) -> None:
+    counts = run_import(engine, settings, FIXTURES / "conflict.csv")
+    assert (counts.rows, counts.new, counts.duplicates) == (3, 1, 2)
+    flip = seen(engine, "flip@example.com")
+    # First spelling and first name kept; the unsubscribe in the middle wins.
+    assert (flip.email, flip.name, flip.status, flip.mailable) == (
+        "flip@example.com",
+        "Flip",
+        "unsubscribed",
+        False,
+    )
+
+
+def test_duplicates_across_chunks_merge_the_same_way(
+    engine: Engine, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(importer, "CHUNK_ROWS", 2)
+    path = write(
+        tmp_path / "c.csv",
+        """
+        email,name,status
+        x@example.com,First,active
+        a@example.com,,active
+        b@example.com,,active
+        X@EXAMPLE.COM,Second,unsubscribed
+        x@example.com,Third,active
+        """,
+    )
+    counts = run_import(engine, settings, path)
+    assert (counts.new, counts.duplicates, counts.updated) == (3, 2, 0)
+    x = seen(engine, "x@example.com")
+    assert (x.name, x.status) == ("First", "unsubscribed")
+    again = run_import(engine, settings, path)
+    assert (again.unchanged, again.updated, again.duplicates, again.kept_suppressed) == (2, 0, 2, 1)
+
+
+def test_reimport_counts_new_updated_unchanged(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    first = write(tmp_path / "1.csv", "email,name\na@example.com,A\nb@example.com,B\n")
+    run_import(engine, settings, first)
+    second = write(
+        tmp_path / "2.csv", "email,name\na@example.com,A\nb@example.com,Bee\nc@example.com,C\n"
+    )
+    counts = run_import(engine, settings, second)
+    assert (counts.new, counts.updated, counts.unchanged) == (1, 1, 1)
+    assert seen(engine, "b@example.com").name == "Bee"
+    # Joining a second list is "new" on that list, not a new subscriber.
+    other = run_import(engine, settings, second, "weekly")
+    assert other.new == 3 and count_rows(engine) == (3, 6)
+
+
+# --------------------------------------------------------------------------- invariant 3
+
+
+@pytest.mark.parametrize(
+    "suppress",
+    [
+        lambda e, sid: unsubscribe(e, sid, None, reason="link"),
+        lambda e, sid: unsubscribe(e, sid, "news", reason="link"),
+        lambda e, sid: mark_bounced(e, sid, reason="550 5.1.1"),
+        lambda e, sid: mark_complained(e, sid, reason="fbl"),
+    ],
+    ids=["unsubscribed", "list-unsubscribed", "bounced", "complained"],
+)
+def test_import_never_resubscribes(
+    engine: Engine, settings: Settings, tmp_path: Path, suppress: object
+) -> None:
+    row = add_subscriber(engine, "kept@example.com", "news")
+    suppress(engine, row.id)  # type: ignore[operator]
+    path = write(tmp_path / "in.csv", "email,name,status\nKEPT@example.com,Kept,active\n")
+    counts = run_import(engine, settings, path)
+    assert counts.kept_suppressed == 1
+    assert not seen(engine, "kept@example.com").mailable
+    # Only the explicit flag brings them back.
+    counts = run_import(engine, settings, path, resubscribe=True)
+    assert counts.updated == 1 and counts.kept_suppressed == 0
+    back = seen(engine, "kept@example.com")
+    assert back.mailable and back.status == "active"
+
+
+def test_resubscribe_flag_does_not_override_unsubscribe_rows(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    path = write(tmp_path / "in.csv", "email,status\nu@example.com,unsubscribed\n")
+    run_import(engine, settings, path, resubscribe=True)
+    assert seen(engine, "u@example.com").status == "unsubscribed"
+
+
+def test_import_upgrades_suppression_but_never_downgrades(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    row = add_subscriber(engine, "s@example.com", "news")
+    mark_bounced(engine, row.id, reason="550")
+    path = write(tmp_path / "in.csv", "email,status\ns@example.com,unsubscribed\n")
+    run_import(engine, settings, path)
+    assert seen(engine, "s@example.com").status == "bounced"
+    path = write(tmp_path / "in.csv", "email,status\ns@example.com,complained\n")
+    run_import(engine, settings, path)
+    after = get_by_email(engine, "s@example.com")
+    assert after is not None and (after.status, after.status_reason) == (
+        "complained",
+        "import: complained",
+    )
+
+
+# --------------------------------------------------------------------------- dry run / atomicity
+
+
+def test_dry_run_counts_and_writes_nothing(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    row = add_subscriber(engine, "old@example.com", "news")
+    unsubscribe(engine, row.id, None, reason="x")
+    before = count_rows(engine)
+    counts = run_import(engine, settings, FIXTURES / "bad_rows.csv", dry_run=True)
+    assert (counts.new, counts.invalid) == (5, 6)
+    path = write(tmp_path / "in.csv", "email\nold@example.com\nnew@example.com\n")
+    counts = run_import(engine, settings, path, dry_run=True)
+    assert (counts.new, counts.kept_suppressed) == (1, 1)
+    assert count_rows(engine) == before
+    assert get_by_email(engine, "new@example.com") is None
+
+
+def test_unknown_list_touches_nothing(engine: Engine, settings: Settings) -> None:
+    with pytest.raises(Exception, match="unknown list 'nope'"):
+        run_import(engine, settings, FIXTURES / "utf8_tab.tsv", "nope")
+    assert count_rows(engine) == (0, 0)
+
+
+def test_error_mid_file_rolls_back_everything(
+    engine: Engine, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault injection: the third chunk's write fails; the first two must vanish."""
+    monkeypatch.setattr(importer, "CHUNK_ROWS", 10)
+    path = write(
+        tmp_path / "big.csv", "email\n" + "".join(f"u{i}@example.com\n" for i in range(50))
+    )
+    real_write = importer._write
+    calls = {"n": 0}
+
+    def failing_write(*args: object) -> None:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise SubscriberError("disk on fire")
+        real_write(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(importer, "_write", failing_write)
+    with pytest.raises(SubscriberError, match="disk on fire"):
+        run_import(engine, settings, path)
+    assert count_rows(engine) == (0, 0)
+
+
+KILL_CHILD = """
+import os, sys, time
+from pathlib import Path
+from newsletter.config import ListSettings, Settings
+from newsletter.store import open_url
+from newsletter.subscribers import import_file
+
+settings = Settings(lists={"news": ListSettings("news", "News")})
+engine = open_url(sys.argv[1])
+calls = 0
+
+def progress(done, total):
+    global calls
+    calls += 1
+    if calls == 2:  # a megabyte of rows is already written inside the transaction
+        print("mid-import", flush=True)
+        time.sleep(60)
+
+import_file(engine, settings, Path(sys.argv[2]), "news", progress=progress)
+print("finished", flush=True)
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill", "ctrl-c"])
+def test_killed_import_leaves_store_as_it_was(
+    engine: Engine, tmp_path: Path, sig: signal.Signals
+) -> None:
+    add_subscriber(engine, "before@example.com", "news")
+    path = tmp_path / "big.csv"
+    path.write_text(
+        "email,name\n" + "".join(f"user{i}@example.com,User {i}\n" for i in range(80_000)),
+        encoding="utf-8",
+    )
+    url = str(engine.url)
+    engine.dispose()
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILL_CHILD, url, str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "mid-import"
+        child.send_signal(sig)
+        child.wait(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode != 0
+    reopened = open_url(url)
+    assert count_rows(reopened) == (1, 1)
+    assert statuses(reopened) == {"before@example.com": "active"}
+
+
+# --------------------------------------------------------------------------- export
+
+
+def test_escape_cell_and_attribute_encoding() -> None:
+    assert [escape_cell(v) for v in ("=SUM(A1)", "+1", "-1", "@x", "\tx", "\rx", "'q", "ok")] == [
+        "'=SUM(A1)",
+        "'+1",
+        "'-1",
+        "'@x",
+        "'\tx",
+        "'\rx",
+        "''q",
+        "ok",
+    ]
+    assert encode_attribute("plain") == "plain"
+    assert encode_attribute("42") == '"42"'
+    assert encode_attribute("") == '""'
+    assert encode_attribute(42) == "42"
+    assert encode_attribute(["a", "b"]) == '["a", "b"]'
+    assert encode_attribute(None) == ""
+
+
+def test_round_trip_export_import_export_is_identical(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    run_import(engine, settings, FIXTURES / "ghost_members.csv")
+    run_import(engine, settings, FIXTURES / "listmonk_export.csv")
+    run_import(engine, settings, FIXTURES / "buttondown.csv")
+    tricky = write(
+        tmp_path / "tricky.csv",
+        """
+        email,name,formula,number_text,quote
+        -dash@example.com,=HYPERLINK("http://example.com"),=1+2,007,"'quoted"
+        at@example.com,@home,+cmd,true,"a ""b"", c"
+        """,
+    )
+    run_import(engine, settings, tricky)
+    row = get_by_email(engine, "on@example.com")
+    assert row is not None
+    unsubscribe(engine, row.id, "news", reason="per-list")
+    first = io.StringIO()
+    written = export_list(engine, "news", first)
+    assert written == 14
+    text = first.getvalue()
+    assert text.startswith("email,name,status,subscribed_at,")
+    assert "'=HYPERLINK" in text and "'-dash@example.com" in text and "'@home" in text
+
+    exported = tmp_path / "export.csv"
+    exported.write_text(text, encoding="utf-8", newline="")
+    other_settings = make_settings("copy")
+    (tmp_path / "other").mkdir()
+    other = make_engine(tmp_path / "other", other_settings)
+    counts = run_import(other, other_settings, exported, "copy")
+    assert counts.files[0].format == "newsletter" and counts.invalid == 0
+    second = io.StringIO()
+    export_list(other, "copy", second)
+    assert second.getvalue() == text
+    dash = seen(other, "-dash@example.com", "copy")
+    assert dash.name == '=HYPERLINK("http://example.com")'
+    assert dash.attributes == {"formula": "=1+2", "number_text": "007", "quote": "'quoted"}
+    assert seen(other, "member@example.com", "copy").attributes["labels"] == ["vip", "early"]
+    assert seen(other, "on@example.com", "copy").status == "unsubscribed"
+
+
+def test_export_status_filter(engine: Engine, settings: Settings) -> None:
+    run_import(engine, settings, FIXTURES / "kit.csv")
+    out = io.StringIO()
+    assert export_list(engine, "news", out, frozenset({"bounced", "complained"})) == 2
+    assert out.getvalue().splitlines()[1].startswith("bounce@example.com,Bounce,bounced,")
+
+
+# --------------------------------------------------------------------------- sync
+
+
+def test_sync_mirrors_files_and_is_idempotent(engine: Engine, settings: Settings) -> None:
+    folder = settings.base_dir / "subscribers"
+    folder.mkdir()
+    write(folder / "news.csv", "email,name\na@example.com,A\nb@example.com,B\nc@example.com,C\n")
+    write(folder / "weekly.csv", "email\nb@example.com\n")
+    results, problems = sync_directory(engine, settings, folder)
+    assert problems == []
+    assert {r.list_name: r.counts.new for r in results} == {"news": 3, "weekly": 1}
+    results, _ = sync_directory(engine, settings, folder)
+    assert [(r.counts.unchanged, r.counts.new, r.counts.removed) for r in results] == [
+        (3, 0, 0),
+        (1, 0, 0),
+    ]
+    # A row removed from the file leaves the list (the subscriber row stays).
+    b = get_by_email(engine, "b@example.com")
+    assert b is not None
+    unsubscribe(engine, b.id, "news", reason="link")
+    write(folder / "news.csv", "email,name\na@example.com,A\n")
+    results, _ = sync_directory(engine, settings, folder)
+    assert results[0].counts.removed == 1  # c; b's unsubscribe stays recorded
+    assert statuses(engine, "news") == {"a@example.com": "active", "b@example.com": "unsubscribed"}
+    # Putting b back in the file does not resubscribe them.
+    write(folder / "news.csv", "email,name\na@example.com,A\nb@example.com,B\nc@example.com,C\n")
+    results, _ = sync_directory(engine, settings, folder)
+    assert results[0].counts.kept_suppressed == 1
+    assert statuses(engine, "news")["b@example.com"] == "unsubscribed"
+    assert statuses(engine, "news")["c@example.com"] == "active"
+
+
+def test_sync_unknown_list_file_is_reported(engine: Engine, settings: Settings) -> None:
+    folder = settings.base_dir / "subscribers"
+    folder.mkdir()
+    write(folder / "news.csv", "email\na@example.com\n")
+    write(folder / "typo.csv", "email\nb@example.com\n")
+    results, problems = sync_directory(engine, settings, folder)
+    assert [r.list_name for r in results] == ["news"]
+    assert [str(p) for p in problems] == [
+        f"{folder / 'typo.csv'}: error: no list 'typo' in the configuration "
+        "(declared: news, weekly); add [lists.typo] or rename the file"
+    ]
+    assert get_by_email(engine, "b@example.com") is None
+
+
+def test_sync_dry_run(engine: Engine, settings: Settings) -> None:
+    folder = settings.base_dir / "subscribers"
+    folder.mkdir()
+    write(folder / "news.csv", "email\na@example.com\n")
+    results, _ = sync_directory(engine, settings, folder, dry_run=True)
+    assert results[0].counts.new == 1
+    assert count_rows(engine) == (0, 0)

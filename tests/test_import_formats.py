@@ -1,0 +1,324 @@
+"""Every supported export and every kind of messy file, imported for real."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine
+from test_subscribers_common import FIXTURES, make_engine, make_settings, run_import, seen
+
+from newsletter.config import Settings
+from newsletter.csvformats import read_source, sniff_delimiter
+from newsletter.errors import Problem, SubscriberError
+from newsletter.serviceformats import SourceRow, detect_format
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return make_settings("news")
+
+
+@pytest.fixture
+def engine(tmp_path: Path, settings: Settings) -> Engine:
+    return make_engine(tmp_path, settings)
+
+
+def rows_of(path: Path, fmt: str = "auto") -> list[SourceRow]:
+    items = list(read_source(path, fmt))
+    assert all(isinstance(i, SourceRow) for i in items)
+    return [i for i in items if isinstance(i, SourceRow)]
+
+
+# --------------------------------------------------------------------------- files
+
+
+def test_cp1252_semicolon_excel_file(engine: Engine, settings: Settings) -> None:
+    path = FIXTURES / "excel_cp1252_semicolon.csv"
+    counts = run_import(engine, settings, path)
+    assert (counts.new, counts.invalid) == (2, 0)
+    info = counts.files[0]
+    assert (info.encoding, info.delimiter, info.format) == ("cp1252", ";", "generic")
+    zoe = seen(engine, "zoe@example.com")
+    assert zoe.name == "Zoë Müller" and zoe.attributes == {"Stadt": "Köln"}
+    # Stray spaces trimmed and the domain lower-cased, the local part kept.
+    assert seen(engine, "francois@example.org").email == "francois@example.org"
+    assert seen(engine, "francois@example.org").name == "François Dœuf"
+
+
+def test_utf16_tab_separated_unicode_text(engine: Engine, settings: Settings) -> None:
+    counts = run_import(engine, settings, FIXTURES / "excel_unicode_text.txt")
+    assert counts.files[0].encoding == "utf-16" and counts.files[0].delimiter == "\t"
+    assert seen(engine, "yuki@example.com").name == "雪 山田"
+    assert seen(engine, "omar@example.org").mailable
+
+
+def test_utf8_bom_quotes_newlines_blank_lines(engine: Engine, settings: Settings) -> None:
+    path = FIXTURES / "utf8_bom_messy.csv"
+    rows = rows_of(path)
+    # Blank lines and a line of bare delimiters are not records; line numbers
+    # are physical lines: ada spans lines 3-4, then a blank line and ",,".
+    assert [(r.email, r.line) for r in rows] == [("ada@example.com", 3), ("grace@example.com", 7)]
+    assert rows[0].name == "Lovelace, Ada"
+    assert rows[0].attributes == {"note": "first line\r\nsecond line"}
+    counts = run_import(engine, settings, path)
+    assert counts.files[0].encoding == "utf-8-sig"
+    assert (counts.rows, counts.new, counts.invalid) == (2, 2, 0)
+
+
+def test_utf8_without_bom_tab_lf(engine: Engine, settings: Settings) -> None:
+    counts = run_import(engine, settings, FIXTURES / "utf8_tab.tsv")
+    assert (counts.files[0].encoding, counts.files[0].delimiter) == ("utf-8", "\t")
+    assert seen(engine, "linus@example.com").name == "Linus Tørvalds"
+
+
+def test_late_non_utf8_byte_still_detected(tmp_path: Path) -> None:
+    """A cp1252 byte after the first megabyte must not crash the UTF-8 reading."""
+    path = tmp_path / "late.csv"
+    body = "".join(f"u{i}@example.com,Name {i}\r\n" for i in range(60_000))
+    path.write_bytes(("email,name\r\n" + body).encode() + "z@example.com,Zoë\r\n".encode("cp1252"))
+    rows = rows_of(path)
+    assert len(rows) == 60_001 and rows[-1].name == "Zoë"
+
+
+def test_invalid_rows_reported_with_line_and_reason(engine: Engine, settings: Settings) -> None:
+    counts = run_import(engine, settings, FIXTURES / "bad_rows.csv")
+    problems = {p.line: p.message for p in counts.problems}
+    assert sorted(problems) == [3, 4, 5, 6, 10, 11]
+    assert problems[3] == (
+        "invalid email address 'no-at-sign.example.com': An email address must have an @-sign."
+    )
+    assert problems[4] == "no email address"
+    assert "two periods in a row" in problems[6]
+    assert "Internationalized characters before the @-sign" in problems[10]
+    assert str(counts.problems[0]).startswith(f"{FIXTURES / 'bad_rows.csv'}:3: error: ")
+    assert (counts.invalid, counts.new) == (6, 5)
+    # IDN → punycode; mailto: and <…> stripped; the rest imported.
+    assert seen(engine, "user@xn--bcher-kva.example").name == "IDN Domain"
+    assert seen(engine, "mixed.case@example.com").email == "Mixed.Case@example.com"
+    assert seen(engine, "angle@example.org").mailable
+    assert seen(engine, "last@example.org").mailable
+
+
+def test_no_email_column_is_one_clear_error(engine: Engine, settings: Settings) -> None:
+    with pytest.raises(SubscriberError) as info:
+        run_import(engine, settings, FIXTURES / "no_email_column.csv")
+    assert str(info.value) == (
+        f"{FIXTURES / 'no_email_column.csv'}:1: no email column in the header (looked for: "
+        "email, e-mail, email address, email_address, emailaddress, mail; found: name, city)"
+    )
+
+
+def test_empty_and_missing_files(engine: Engine, settings: Settings, tmp_path: Path) -> None:
+    with pytest.raises(SubscriberError, match="the file is empty"):
+        run_import(engine, settings, FIXTURES / "empty.csv")
+    with pytest.raises(SubscriberError, match="file not found"):
+        run_import(engine, settings, tmp_path / "nope.csv")
+    (tmp_path / "zero.csv").write_bytes(b"")
+    with pytest.raises(SubscriberError, match="the file is empty"):
+        run_import(engine, settings, tmp_path / "zero.csv")
+
+
+def test_broken_csv_quoting_fails_with_line(tmp_path: Path) -> None:
+    path = tmp_path / "nul.csv"
+    path.write_text('email,name\na@example.com,"unterminated\n', encoding="utf-8")
+    items = list(read_source(path))
+    # An unterminated quote swallows the rest: the row still parses, with the
+    # newline inside the name, rather than crashing.
+    assert len(items) == 1
+
+
+def test_sniff_delimiter_ignores_quoted() -> None:
+    assert sniff_delimiter('"a;b;c",x,y\r\n') == ","
+    assert sniff_delimiter("email;name\r\n") == ";"
+    assert sniff_delimiter("email\r\n") == ","
+    assert sniff_delimiter("email|name|x\n") == "|"
+
+
+# --------------------------------------------------------------------------- services
+
+
+def test_detect_every_format() -> None:
+    cases = {
+        "substack_emails.csv": "substack",
+        "substack_dashboard.csv": "substack",
+        "ghost_members.csv": "ghost",
+        "listmonk_import.csv": "listmonk",
+        "listmonk_export.csv": "listmonk",
+        "beehiiv.csv": "beehiiv",
+        "buttondown.csv": "buttondown",
+        "kit.csv": "kit",
+        "mailchimp/subscribed_members_export_3f2a.csv": "mailchimp",
+        "mailchimp/cleaned_members_export_3f2a.csv": "mailchimp",
+        "bad_rows.csv": "generic",
+    }
+    for name, expected in cases.items():
+        infos: list = []
+        list(read_source(FIXTURES / name, infos=infos))
+        assert infos[0].format == expected, name
+    assert detect_format(["email", "name", "status", "subscribed_at", "x"]) == "newsletter"
+
+
+def mailchimp_zip(tmp_path: Path) -> Path:
+    path = tmp_path / "mailchimp_export.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        for csv_file in sorted((FIXTURES / "mailchimp").iterdir()):
+            archive.write(csv_file, f"members_export/{csv_file.name}")
+        archive.writestr("__MACOSX/._subscribed_members_export_3f2a.csv", b"\x00\x05junk")
+        archive.writestr("readme.txt", "not a csv")
+    return path
+
+
+def test_mailchimp_zip_imports_all_three_files(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    counts = run_import(engine, settings, mailchimp_zip(tmp_path))
+    assert [Path(f.name).name for f in counts.files] == [
+        "cleaned_members_export_3f2a.csv",
+        "subscribed_members_export_3f2a.csv",
+        "unsubscribed_members_export_3f2a.csv",
+    ]
+    assert seen(engine, "sub.one@example.com").mailable
+    assert seen(engine, "sub.one@example.com").attributes["TAGS"] == '"VIP"'
+    assert seen(engine, "gone@example.com").status == "unsubscribed"
+    assert seen(engine, "gone@example.com").attributes["UNSUB_REASON"] == "No longer interested"
+    assert seen(engine, "bounced@example.org").status == "bounced"
+    # Subscribed in one file, unsubscribed in the other: the unsubscribe wins.
+    both = seen(engine, "both.ways@example.com")
+    assert (both.status, both.mailable, both.email) == (
+        "unsubscribed",
+        False,
+        "Both.Ways@example.com",
+    )
+    assert counts.duplicates == 1 and counts.new == 4
+
+
+def test_mailchimp_single_unsubscribed_file_by_columns(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    renamed = tmp_path / "export.csv"
+    renamed.write_bytes((FIXTURES / "mailchimp/unsubscribed_members_export_3f2a.csv").read_bytes())
+    run_import(engine, settings, renamed)
+    assert seen(engine, "gone@example.com").status == "unsubscribed"
+
+
+def test_zip_without_csv(engine: Engine, settings: Settings, tmp_path: Path) -> None:
+    path = tmp_path / "empty.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("notes.txt", "nothing")
+    with pytest.raises(SubscriberError, match=r"the ZIP file holds no \.csv file"):
+        run_import(engine, settings, path)
+
+
+def test_substack_email_list(engine: Engine, settings: Settings) -> None:
+    run_import(engine, settings, FIXTURES / "substack_emails.csv")
+    assert seen(engine, "reader@example.com").mailable
+    paying = seen(engine, "paying@example.com")
+    assert paying.mailable and paying.attributes["active_subscription"] == "true"
+    assert seen(engine, "muted@example.com").status == "unsubscribed"
+
+
+def test_substack_dashboard(engine: Engine, settings: Settings) -> None:
+    run_import(engine, settings, FIXTURES / "substack_dashboard.csv")
+    fan = seen(engine, "fan@example.org")
+    assert fan.name == "Big Fan" and fan.mailable
+    assert fan.attributes["Subscription type"] == "Free"
+
+
+def test_ghost_members(engine: Engine, settings: Settings) -> None:
+    counts = run_import(engine, settings, FIXTURES / "ghost_members.csv")
+    member = seen(engine, "member@example.com")
+    assert member.mailable and member.attributes["labels"] == ["vip", "early"]
+    assert member.attributes["note"] == "met at a conference"
+    assert seen(engine, "quiet@example.com").status == "unsubscribed"
+    assert seen(engine, "deleted@example.com").status == "unsubscribed"
+    assert counts.new == 3
+
+
+def test_listmonk_import_shape_bad_json_warns(engine: Engine, settings: Settings) -> None:
+    counts = run_import(engine, settings, FIXTURES / "listmonk_import.csv", fmt="listmonk")
+    assert seen(engine, "dev@example.com").attributes == {"city": "Bengaluru", "projects": 3}
+    broken = seen(engine, "broken.json@example.com")
+    assert broken.mailable and broken.attributes == {}
+    assert counts.warnings == 1 and counts.invalid == 0
+    warning = counts.problems[0]
+    assert (warning.line, warning.severity) == (3, "warning")
+    assert warning.message.startswith("attributes are not a JSON object")
+
+
+def test_listmonk_export_shape(engine: Engine, settings: Settings) -> None:
+    run_import(engine, settings, FIXTURES / "listmonk_export.csv")
+    on = seen(engine, "on@example.com")
+    assert on.mailable and on.attributes == {"uuid": "5e9a-1", "plan": "pro"}
+    assert seen(engine, "blocked@example.com").status == "unsubscribed"
+    assert not seen(engine, "off@example.com").mailable
+
+
+def test_beehiiv(engine: Engine, settings: Settings) -> None:
+    run_import(engine, settings, FIXTURES / "beehiiv.csv")
+    bee = seen(engine, "bee@example.com")
+    assert bee.mailable and bee.name == "Bee Keeper" and bee.attributes["tier"] == "free"
+    assert seen(engine, "left@example.com").status == "unsubscribed"
+    assert seen(engine, "late@example.com").status == "unsubscribed"
+    wait = seen(engine, "wait@example.com")
+    assert (wait.status, wait.mailable) == ("pending", False)
+
+
+def test_buttondown(engine: Engine, settings: Settings) -> None:
+    counts = run_import(engine, settings, FIXTURES / "buttondown.csv")
+    got = {e: seen(engine, f"{e}@example.com").status for e in
+           ("regular", "new", "out", "spam", "dead", "odd")}  # fmt: skip
+    assert got == {
+        "regular": "active",
+        "new": "pending",
+        "out": "unsubscribed",
+        "spam": "complained",
+        "dead": "bounced",
+        "odd": "pending",
+    }
+    assert [p.message for p in counts.problems] == [
+        "unknown subscriber_type 'mystery'; imported as pending (not mailable)"
+    ]
+
+
+def test_kit(engine: Engine, settings: Settings) -> None:
+    run_import(engine, settings, FIXTURES / "kit.csv")
+    got = {e: seen(engine, f"{e}@example.com").status for e in
+           ("kit", "cold", "cancel", "bounce", "complain", "unconfirmed")}  # fmt: skip
+    assert got == {
+        "kit": "active",
+        "cold": "active",
+        "cancel": "unsubscribed",
+        "bounce": "bounced",
+        "complain": "complained",
+        "unconfirmed": "pending",
+    }
+    assert seen(engine, "kit@example.com").name == "Kit"
+
+
+def test_forced_format_on_generic_file(engine: Engine, settings: Settings) -> None:
+    counts = run_import(engine, settings, FIXTURES / "utf8_tab.tsv", fmt="generic")
+    assert counts.new == 1
+
+
+def test_problem_items_pass_through(tmp_path: Path) -> None:
+    path = tmp_path / "x.csv"
+    path.write_text("email\nnot-an-address\n", encoding="utf-8")
+    items = list(read_source(path))
+    assert not any(isinstance(i, Problem) for i in items)  # validation happens later
+
+
+def test_generic_status_words(engine: Engine, settings: Settings, tmp_path: Path) -> None:
+    path = tmp_path / "s.csv"
+    path.write_text(
+        "email,status\na@example.com,Subscribed\nb@example.com,cleaned\nc@example.com,VIP\n"
+        "d@example.com,\n",
+        encoding="utf-8",
+    )
+    counts = run_import(engine, settings, path)
+    got = {e: seen(engine, f"{e}@example.com").status for e in "abcd"}
+    assert got == {"a": "active", "b": "bounced", "c": "pending", "d": "active"}
+    assert [(p.line, p.message) for p in counts.problems] == [
+        (4, "unknown status 'vip'; imported as pending (not mailable)")
+    ]

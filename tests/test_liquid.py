@@ -1,0 +1,147 @@
+"""Liquid in posts: Jekyll's tags and filters, unknown ones dropped with a warning."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from newsletter import liquid
+from newsletter.config import Settings, SiteSettings
+from newsletter.posts import load_posts
+
+SITE = {"url": "https://example.com", "baseurl": "/blog", "title": "Example Notes"}
+PAGE = {"title": "A Page", "url": "/2024/01/01/a.html", "tags": ["x", "y"]}
+
+
+def _render(text: str, first_line: int = 1) -> liquid.LiquidResult:
+    urls = {"2024-01-01-a": "https://example.com/blog/2024/01/01/a.html"}
+    return liquid.render(
+        text,
+        site=SITE,
+        page=PAGE,
+        post_url=urls.get,
+        link=lambda t: urls.get(t.rsplit("/", 1)[-1].removesuffix(".md")),
+        first_line=first_line,
+    )
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        (
+            "{{ site.url }}{{ site.baseurl }} {{ site.title }}",
+            "https://example.com/blog Example Notes",
+        ),
+        ("{{ page.title }} {{ page.url }}", "A Page /2024/01/01/a.html"),
+        ("{{ '/img/x.png' | relative_url }}", "/blog/img/x.png"),
+        ("{{ 'img/x.png' | absolute_url }}", "https://example.com/blog/img/x.png"),
+        ("{{ 'https://example.org/y' | absolute_url }}", "https://example.org/y"),
+        ("{% raw %}{{ kept }} {% if %}{% endraw %}", "{{ kept }} {% if %}"),
+        ("a{% comment %} hidden {% youtube x %} {% endcomment %}b", "ab"),
+        ("{% highlight ruby linenos %}\nputs 1\n{% endhighlight %}", "```ruby\nputs 1\n```"),
+        ("Text {% highlight py %}x{% endhighlight %}", "Text \n```py\nx\n```"),
+        ("{% highlight py %}x\n{% endhighlight %}", "```py\nx\n```"),
+        ("[a]({% post_url 2024-01-01-a %})", "[a](https://example.com/blog/2024/01/01/a.html)"),
+        (
+            "[a]({% link _posts/2024-01-01-a.md %})",
+            "[a](https://example.com/blog/2024/01/01/a.html)",
+        ),
+        ("{% if page.title %}yes{% else %}no{% endif %}", "yes"),
+        ("{% for t in page.tags %}{{ t }},{% endfor %}", "x,y,"),
+        ("{% assign n = 'Hello World' | slugify %}{{ n }}", "hello-world"),
+        ("{{ page.tags | array_to_sentence_string }}", "x and y"),
+        ("{{ '<a&b>' | xml_escape }}", "&lt;a&amp;b&gt;"),
+        ("no liquid at all {", "no liquid at all {"),
+    ],
+)
+def test_jekyll_liquid(source: str, expected: str) -> None:
+    result = _render(source)
+    assert result.text == expected
+    assert result.warnings == ()
+
+
+@pytest.mark.parametrize(
+    ("source", "expected", "warning"),
+    [
+        ("a {% youtube abc %} b", "a  b", "unknown Liquid tag {% youtube %} dropped"),
+        ("{% gallery %}x{% endgallery %}", "x", "unknown Liquid tag {% gallery %} dropped"),
+        ("a {% include note.html param=1 %} b", "a  b", "{% include note.html param=1 %} dropped"),
+        ("a {% include_relative x.md %} b", "a  b", "{% include_relative x.md %} dropped"),
+        ("{{ page.title | shout }}", "A Page", "unknown Liquid filter 'shout' ignored"),
+        (
+            "[x]({% post_url 1999-01-01-none %})",
+            "[x]()",
+            "{% post_url 1999-01-01-none %}: no such post",
+        ),
+        ("{% if broken", " if broken", "unterminated Liquid markup '{%' dropped"),
+        ("a {{ b", "a  b", "unterminated Liquid markup '{{' dropped"),
+    ],
+)
+def test_unknown_things_are_dropped_with_a_warning(
+    source: str, expected: str, warning: str
+) -> None:
+    result = _render("line one\n" + source, first_line=7)
+    assert result.text == "line one\n" + expected
+    assert len(result.warnings) == 1
+    assert result.warnings[0].message.startswith(warning)
+    assert result.warnings[0].line == 8  # the file line, not the body line
+
+
+def test_broken_liquid_is_stripped_never_fatal() -> None:
+    result = _render("keep {% if page.title %} me\n{{ page.title }}")
+    assert "{%" not in result.text and "{{" not in result.text
+    assert result.text.startswith("keep ") and "me" in result.text
+    assert "Liquid error" in result.warnings[0].message
+
+
+def test_environment_is_cached() -> None:
+    assert liquid.environment() is liquid.environment()
+
+
+def test_posts_never_let_liquid_markers_through(tmp_path: Path) -> None:
+    folder = tmp_path / "posts"
+    folder.mkdir()
+    (folder / "2024-01-01-target.md").write_text("---\ntitle: Target\n---\nHi.\n", encoding="utf-8")
+    (folder / "2024-02-02-liquid.md").write_text(
+        "---\ntitle: Liquid\ncategories: tech\n---\n"
+        "Intro {{ page.title }} on {{ site.title }}, see [t]({% post_url 2024-01-01-target %}).\n\n"
+        "{% raw %}{% if %} and {{ x }}{% endraw %}\n\n{% unknown %}\n\n{% if broken\n",
+        encoding="utf-8",
+    )
+    settings = Settings(
+        base_dir=tmp_path,
+        site=SiteSettings(posts_dir=folder, url="https://example.com", baseurl="/b", title="T"),
+    )
+    collection = load_posts(settings)
+    post = collection.find("liquid")
+    for html in (post.body_html, post.excerpt_html):
+        assert "{%" not in html and "{{" not in html
+    assert post.excerpt_text.startswith(
+        "Intro Liquid on T, see t (https://example.com/b/2024/01/01/target.html)"
+    )
+    assert post.url == "https://example.com/b/tech/2024/02/02/liquid.html"
+    # the raw block is shown as written (as HTML character references)
+    assert "&#123;% if %}" in post.body_html
+    assert any("{% unknown %}" in w or "Liquid" in w for w in post.warnings)
+    assert all(p.path == folder / "2024-02-02-liquid.md" for p in collection.problems)
+
+
+def test_date_filters_work_on_page_date() -> None:
+    from datetime import UTC, datetime
+
+    result = liquid.render(
+        '{{ page.date | date: "%B %-d, %Y" }} / {{ page.date | date_to_xmlschema }}',
+        site=SITE,
+        page={"date": datetime(2024, 11, 4, 6, 0, tzinfo=UTC)},
+        post_url=lambda _: None,
+        link=lambda _: None,
+    )
+    assert result.text == "November 4, 2024 / 2024-11-04T06:00:00+00:00"
+
+
+def test_a_flood_of_stray_markup_is_capped_and_removed() -> None:
+    result = _render("x {% y {{ z " * 3000)
+    assert "{%" not in result.text and "{{" not in result.text
+    assert len(result.warnings) == liquid.MAX_WARNINGS + 1
+    assert result.warnings[-1].message == "… and 5980 more Liquid warnings"

@@ -1,0 +1,257 @@
+"""markup: Markdown features, sanitising, absolute URLs, HTML → text."""
+
+from __future__ import annotations
+
+import pytest
+
+from newsletter.errors import RenderError
+from newsletter.markup import absolute_url, html_to_text, markdown_to_html, video_link
+
+BASE = "https://blog.example.com/notes/2024/06/08/post.html"
+
+
+def md(text: str) -> str:
+    return markdown_to_html(text, BASE)
+
+
+def test_table_becomes_html_table_with_alignment() -> None:
+    out = md("| a | b |\n|:--|--:|\n| 1 | 2 |\n")
+    assert "<table>" in out and "<th" in out
+    assert 'style="text-align: right;"' in out
+
+
+def test_fenced_code_is_highlighted_with_inline_styles_only() -> None:
+    out = md('```python\nprint("hi")\n```\n')
+    assert '<span style="color:' in out  # Pygments noclasses
+    assert 'class="k"' not in out and 'class="s2"' not in out
+    assert "&quot;hi&quot;" in out or '"hi"' in out
+
+
+def test_unlabelled_code_is_not_guessed() -> None:
+    out = md("```\nplain words here\n```\n")
+    assert "plain words here" in out
+    assert "<span style" not in out.split("<code>")[1]
+
+
+def test_footnotes_render_and_link_to_the_post() -> None:
+    out = md("Claim[^1].\n\n[^1]: Source.\n")
+    assert 'class="footnote"' in out
+    assert f'href="{BASE}#fn:1"' in out
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "A paragraph.\n{: .notice}\n",
+        "A paragraph.\n\n{: .notice}\n",
+        "{:toc}\n\nText.\n",
+        "Text with {: .inline} inside.\n",
+        '{::options parse_block_html="true" /}\n\nText.\n',
+    ],
+)
+def test_kramdown_attribute_lines_never_shown(source: str) -> None:
+    out = md(source)
+    assert "{:" not in out
+
+
+def test_attribute_line_applies_class_to_block() -> None:
+    assert '<p class="notice">A paragraph.</p>' in md("A paragraph.\n{: .notice}\n")
+
+
+def test_attribute_syntax_inside_code_is_kept() -> None:
+    out = md("Use `{: .notice}` after a paragraph.\n\n```\n{: .x}\n```\n")
+    assert out.count("{: .") == 2
+
+
+@pytest.mark.parametrize(
+    "html",
+    [
+        "<script>alert(1)</script>",
+        '<script src="https://evil.example.com/x.js"></script>',
+        '<form action="/x"><input name="a"><button>Go</button></form>',
+        '<object data="/x.swf"><param name="a" value="b"></object>',
+        '<embed src="/x.swf">',
+        "<style>body{display:none}</style>",
+        '<iframe srcdoc="<script>1</script>"></iframe>',
+    ],
+)
+def test_active_content_never_reaches_an_email(html: str) -> None:
+    out = md(f"Before.\n\n{html}\n\nAfter.\n").lower()
+    for tag in ("<script", "<form", "<object", "<embed", "<iframe", "<style", "<input"):
+        assert tag not in out
+    assert "before." in out and "after." in out
+
+
+def test_event_handlers_and_javascript_urls_are_removed() -> None:
+    out = md(
+        '<p onclick="x()">Hi <a href="javascript:alert(1)" onmouseover="y()">a</a> '
+        '<a href="  JaVa\tScRiPt:alert(2)">b</a> <img src="data:text/html,x" alt="d"></p>\n'
+    )
+    assert "onclick" not in out and "onmouseover" not in out
+    assert "javascript" not in out.lower().replace("\t", "")
+    assert "data:text/html" not in out
+
+
+def test_scripted_styles_are_removed_plain_styles_kept() -> None:
+    out = md(
+        '<p style="width: expression(alert(1))">a</p>\n\n'
+        '<p style="background: url(&quot;java\\script:x()&quot;)">b</p>\n\n'
+        '<p style="color: red">c</p>\n'
+    )
+    assert "expression" not in out and "script:" not in out
+    assert '<p style="color: red">c</p>' in out
+
+
+def test_attribute_list_cannot_smuggle_handlers() -> None:
+    out = md('[link](x.html){: onclick="evil()" }\n')
+    assert "onclick" not in out and "evil" not in out
+
+
+@pytest.mark.parametrize(
+    ("src", "expected_url", "service"),
+    [
+        (
+            "https://www.youtube.com/embed/aBcD123xyz9",
+            "https://www.youtube.com/watch?v=aBcD123xyz9",
+            "YouTube",
+        ),
+        (
+            "https://www.youtube-nocookie.com/embed/aBcD123xyz9?start=3",
+            "https://www.youtube.com/watch?v=aBcD123xyz9",
+            "YouTube",
+        ),
+        ("//player.vimeo.com/video/76979871", "https://vimeo.com/76979871", "Vimeo"),
+    ],
+)
+def test_embedded_video_becomes_a_link(src: str, expected_url: str, service: str) -> None:
+    out = md(f'Watch:\n\n<iframe src="{src}" title="Our clip"></iframe>\n')
+    assert "<iframe" not in out
+    assert f'<a href="{expected_url}">▶ Watch Our clip on {service}</a>' in out
+
+
+def test_unknown_iframe_and_video_tag_become_links() -> None:
+    out = md(
+        '<iframe src="/widgets/map.html"></iframe>\n\n'
+        '<video controls><source src="media/clip.mp4" type="video/mp4"></video>\n'
+    )
+    assert "https://blog.example.com/widgets/map.html" in out
+    assert "https://blog.example.com/notes/2024/06/08/media/clip.mp4" in out
+    assert "<video" not in out and "<iframe" not in out
+
+
+def test_video_link_for_youtu_be() -> None:
+    assert video_link("https://youtu.be/xyz")[0] == "https://www.youtube.com/watch?v=xyz"
+
+
+def test_iframe_without_src_disappears() -> None:
+    assert md("<iframe></iframe>\n\nText.\n") == "<p>Text.</p>"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("/x.png", "https://blog.example.com/x.png"),
+        ("assets/x.png", "https://blog.example.com/notes/2024/06/08/assets/x.png"),
+        ("../assets/x.png", "https://blog.example.com/notes/2024/06/assets/x.png"),
+        ("../../../../../x.png", "https://blog.example.com/x.png"),
+        ("//cdn.example.org/x.png", "https://cdn.example.org/x.png"),
+        ("#section", BASE + "#section"),
+        ("?page=2", "https://blog.example.com/notes/2024/06/08/post.html?page=2"),
+        ("https://other.example.org/a", "https://other.example.org/a"),
+        ("mailto:me@example.com", "mailto:me@example.com"),
+    ],
+)
+def test_urls_resolve_like_a_browser(value: str, expected: str) -> None:
+    assert absolute_url(value, BASE) == expected
+    out = md(f"[a]({value}) ![b]({value})\n")
+    assert out.count(f'"{expected}"') == 2
+
+
+def test_srcset_is_made_absolute() -> None:
+    out = md('<img src="a.png" srcset="a.png 1x, /b.png 2x" alt="x">\n')
+    assert (
+        'srcset="https://blog.example.com/notes/2024/06/08/a.png 1x, https://blog.example.com/b.png 2x"'
+        in out
+    )
+
+
+def test_every_image_gets_alt() -> None:
+    out = md('<img src="/a.png">\n\n![](/b.png)\n\n<img src="/c.png" title="Cee">\n')
+    assert out.count('alt="') == 3
+    assert 'alt="Cee"' in out
+
+
+def test_raw_html_is_kept() -> None:
+    out = md('<div class="note"><strong>Kept</strong> as written</div>\n')
+    assert '<div class="note"><strong>Kept</strong> as written</div>' in out
+
+
+def test_empty_and_broken_input() -> None:
+    assert md("") == ""
+    assert md("   \n") == ""
+    out = md("<div><p>unclosed <b>bold\n\nnext")
+    assert "unclosed" in out and "next" in out
+
+
+def test_top_level_text_is_escaped() -> None:
+    from newsletter.markup import sanitise_html
+
+    assert sanitise_html("Fish &amp; <b>chips</b>", BASE) == "Fish &amp; <b>chips</b>"
+    assert sanitise_html("a &lt;script&gt;", BASE) == "a &lt;script&gt;"
+
+
+# --------------------------------------------------------------------------- html_to_text
+
+
+def test_text_links_headings_lists_and_code() -> None:
+    html = md(
+        "## Section\n\nSee [the docs](/docs/) and <https://example.org/x>.\n\n"
+        "- one\n- two\n\n1. first\n2. second\n\n```\ncode  line\n```\n\n> quoted\n"
+    )
+    text = html_to_text(html)
+    assert "Section\n=======" in text
+    assert "the docs (https://blog.example.com/docs/)" in text
+    assert "https://example.org/x (https://example.org/x)" not in text
+    assert "- one\n- two" in text and "1. first\n2. second" in text
+    assert "    code  line" in text
+    assert "> quoted" in text
+
+
+def test_text_wraps_at_72_but_never_breaks_a_url() -> None:
+    url = "https://example.org/" + "a" * 150
+    text = html_to_text(f"<p>{'word ' * 40}<a href='{url}'>x</a></p>")
+    assert url in text
+    assert all(len(line) <= 72 or url in line for line in text.splitlines())
+
+
+def test_text_keeps_br_and_images_and_footnotes() -> None:
+    text = html_to_text(
+        md("line one<br>\nline two\n\n![A crab](/c.png)\n\nFact[^1].\n\n[^1]: Note.\n")
+    )
+    assert "line one\nline two" in text
+    assert "[A crab]" in text
+    assert "Fact[1]." in text and "#fn" not in text and "↩" not in text
+
+
+def test_text_of_nothing_is_empty_and_entities_decode() -> None:
+    assert html_to_text("") == ""
+    assert html_to_text("<p>Fish &amp; chips &lt;3</p>") == "Fish & chips <3"
+
+
+@pytest.mark.parametrize(
+    "fragment", ["\x00", "<html><body><p>x</p></body></html>", "<!-- only a comment -->"]
+)
+def test_odd_fragments_do_not_crash(fragment: str) -> None:
+    assert "<" not in html_to_text(fragment)
+    assert "<!--" not in markdown_to_html(fragment, BASE)
+
+
+def test_markdown_failure_is_a_render_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import markdown
+
+    def boom(self: markdown.Markdown, source: str) -> str:
+        raise ValueError("extension exploded")
+
+    monkeypatch.setattr(markdown.Markdown, "convert", boom)
+    with pytest.raises(RenderError, match="cannot convert Markdown: extension exploded"):
+        md("text")

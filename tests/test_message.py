@@ -1,0 +1,368 @@
+"""message: the MIME bytes, the fast path, headers that cannot be injected."""
+
+from __future__ import annotations
+
+import email.policy
+import re
+from datetime import UTC, datetime
+from email.header import decode_header, make_header
+from email.message import EmailMessage
+
+import pytest
+from test_render_support import (
+    FIXTURES,
+    assert_wire_format,
+    make_post,
+    make_settings,
+    parse,
+    urls_in,
+)
+
+from newsletter.config import EmailSettings, Settings, UnsubscribeSettings
+from newsletter.errors import RenderError
+from newsletter.message import (
+    MessageTemplate,
+    Recipient,
+    fill_placeholders,
+    format_address,
+    message_id,
+)
+from newsletter.render import RenderedEmail, render_email
+
+DATE = datetime(2024, 6, 8, 7, 0, tzinfo=UTC)
+ALICE = Recipient(
+    "alice@example.com", "Alice Example", "https://news.tides.example.com/unsubscribe/tokA"
+)
+BOB = Recipient("bob@example.org", "Bob", "https://news.tides.example.com/unsubscribe/tokB")
+
+
+def build(
+    settings: Settings | None = None, rendered: RenderedEmail | None = None, **kw: object
+) -> MessageTemplate:
+    settings = settings or make_settings()
+    if rendered is None:
+        rendered = render_email(make_post(), settings, settings.lists["everything"])
+    return MessageTemplate.build(rendered, settings, date=DATE, **kw)  # type: ignore[arg-type]
+
+
+def bodies(msg: EmailMessage) -> tuple[str, str]:
+    text = msg.get_body(("plain",))
+    html = msg.get_body(("html",))
+    assert text is not None and html is not None
+    return text.get_content(), html.get_content()
+
+
+# --------------------------------------------------------------------------- structure
+
+
+def test_message_structure_and_headers() -> None:
+    raw = build().personalise(ALICE, mailing_key="m1")
+    assert_wire_format(raw)
+    msg = parse(raw)
+    assert msg.get_content_type() == "multipart/alternative"
+    parts = list(msg.iter_parts())
+    assert [p.get_content_type() for p in parts] == ["text/plain", "text/html"]
+    assert all(p.get_content_charset() == "utf-8" for p in parts)
+    assert msg["From"] == "Tide Notes <letters@tides.example.com>"
+    assert msg["To"] == "Alice Example <alice@example.com>"
+    assert msg["Reply-To"] == "editor@tides.example.com"
+    assert msg["Subject"] == "Counting Life in Tide Pools"
+    assert msg["Date"] == "Sat, 08 Jun 2024 07:00:00 +0000"
+    assert msg["Message-ID"] == message_id("m1", "alice@example.com", "tides.example.com")
+    assert msg["List-Id"] == "Tide Notes: every post <everything.tides.example.com>"
+    assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert msg["MIME-Version"] == "1.0"
+    assert not msg.defects and not any(p.defects for p in parts)
+
+
+def test_list_unsubscribe_is_one_unencoded_line_with_mailto() -> None:
+    raw = build().personalise(ALICE)
+    lines = [line for line in raw.split(b"\r\n") if line.startswith(b"List-Unsubscribe:")]
+    assert lines == [
+        b"List-Unsubscribe: <https://news.tides.example.com/unsubscribe/tokA>, "
+        b"<mailto:unsubscribe@tides.example.com?subject=unsubscribe>"
+    ]
+    assert b"=?" not in lines[0]
+
+
+def test_list_unsubscribe_without_mailto_and_no_reply_to() -> None:
+    base = make_settings(reply_to=None)
+    settings = Settings(
+        site=base.site,
+        email=base.email,
+        web=base.web,
+        lists=base.lists,
+        unsubscribe=UnsubscribeSettings(mailto=None),
+    )
+    msg = parse(build(settings).personalise(ALICE))
+    assert msg["List-Unsubscribe"] == "<https://news.tides.example.com/unsubscribe/tokA>"
+    assert msg["Reply-To"] is None
+
+
+def test_long_unsubscribe_url_stays_on_one_line() -> None:
+    url = "https://news.tides.example.com/unsubscribe/" + "t" * 300
+    raw = build().personalise(Recipient("a@example.com", "", url))
+    (line,) = [ln for ln in raw.split(b"\r\n") if ln.startswith(b"List-Unsubscribe:")]
+    assert url.encode() in line and len(line) < 998
+    assert parse(raw)["To"] == "a@example.com"
+
+
+def test_bodies_decode_to_the_rendered_parts_with_values_filled() -> None:
+    settings = make_settings()
+    rendered = render_email(make_post(), settings, settings.lists["everything"])
+    raw = MessageTemplate.build(rendered, settings, date=DATE).personalise(ALICE)
+    text, html = bodies(parse(raw))
+    want_html, want_text = fill_placeholders(rendered, ALICE)
+    assert text.replace("\r\n", "\n") == want_text
+    assert html.replace("\r\n", "\n") == want_html
+    assert b"NLPH" not in raw
+
+
+def test_every_url_absolute_and_every_image_has_alt_in_the_sent_html() -> None:
+    settings = make_settings(content="full")
+    _, html = bodies(parse(build(settings).personalise(ALICE)))
+    urls = urls_in(html)
+    assert "https://news.tides.example.com/unsubscribe/tokA" in urls
+    assert all(u.startswith(("https://", "mailto:")) for u in urls), urls
+    images = re.findall(r"<img\b[^>]*>", html)
+    assert images and all(" alt=" in img for img in images)
+
+
+# --------------------------------------------------------------------------- line lengths
+
+
+def test_3000_character_paragraph_and_1500_character_url() -> None:
+    long_url = "https://tides.example.com/" + "q" * 1474
+    assert len(long_url) == 1500
+    body = (
+        "tide " * 600
+    ).strip() + f"\n\n[a very long link]({long_url})\n\n![pic]({long_url}.png)\n"
+    settings = make_settings(content="full")
+    post = make_post(body, excerpt_html="<p>" + "x" * 3000 + "</p>")
+    rendered = render_email(post, settings, settings.lists["everything"])
+    assert max(len(line) for line in rendered.html.splitlines()) > 998  # inlining made it long
+    raw = MessageTemplate.build(rendered, settings, date=DATE).personalise(ALICE)
+    assert_wire_format(raw)
+    assert max(len(line) for line in raw.split(b"\r\n")) <= 998
+    text, html = bodies(parse(raw))
+    assert f'href="{long_url}"' in html and long_url in text
+    assert ("tide " * 599) + "tide" in html
+
+
+def test_body_lines_obey_quoted_printable_limit_with_long_values() -> None:
+    long_name = "Ünïcödé " * 40
+    raw = build().personalise(Recipient("c@example.com", long_name, ALICE.unsubscribe_url))
+    assert_wire_format(raw)
+    body = raw.split(b"\r\n\r\n", 1)[1]
+    assert max(len(line) for line in body.split(b"\r\n")) <= 76
+
+
+# --------------------------------------------------------------------------- recipients
+
+
+def test_two_recipients_differ_only_where_they_should() -> None:
+    template = build()
+    a = template.personalise(ALICE, mailing_key="m1")
+    b = template.personalise(BOB, mailing_key="m1")
+
+    def normalise(raw: bytes, r: Recipient) -> tuple[list[tuple[str, str]], str, str]:
+        msg = parse(raw)
+        headers = [
+            (k, str(v)) for k, v in msg.items() if k not in ("To", "Message-ID", "List-Unsubscribe")
+        ]
+        text, html = bodies(msg)
+        subst = [(r.unsubscribe_url, "URL"), (r.email, "EMAIL"), (r.name, "NAME")]
+        for value, token in subst:
+            text, html = text.replace(value, token), html.replace(value, token)
+        return headers, text, html
+
+    assert normalise(a, ALICE) == normalise(b, BOB)
+    ma, mb = parse(a), parse(b)
+    assert (ma["To"], mb["To"]) == ("Alice Example <alice@example.com>", "Bob <bob@example.org>")
+    assert ma["Message-ID"] != mb["Message-ID"]
+    assert "tokA" in ma["List-Unsubscribe"] and "tokB" in mb["List-Unsubscribe"]
+    assert "alice@example.com" in bodies(ma)[0] and "bob@example.org" in bodies(mb)[0]
+
+
+def test_message_id_is_stable_per_mailing_and_recipient() -> None:
+    t1, t2 = build(), build()
+    first = parse(t1.personalise(ALICE, mailing_key="post×list#1"))["Message-ID"]
+    assert parse(t2.personalise(ALICE, mailing_key="post×list#1"))["Message-ID"] == first
+    upper = Recipient("ALICE@example.com", "Alice Example", ALICE.unsubscribe_url)
+    assert parse(t1.personalise(upper, mailing_key="post×list#1"))["Message-ID"] == first
+    assert parse(t1.personalise(ALICE, mailing_key="other"))["Message-ID"] != first
+    assert re.fullmatch(r"<[0-9a-f]{32}@tides\.example\.com>", first)
+
+
+@pytest.mark.parametrize(
+    ("name", "address", "display", "domain"),
+    [
+        ("Zoë Ünal", "zoe@example.com", "Zoë Ünal", "example.com"),
+        ("山田 太郎", "taro@example.com", "山田 太郎", "example.com"),
+        ('O\'Brien, "Pat"', "pat@example.com", 'O\'Brien, "Pat"', "example.com"),
+        ("Ana", "ana@bücher.example", "Ana", "xn--bcher-kva.example"),
+        ("Ελένη", "eleni@παράδειγμα.example", "Ελένη", "xn--hxajbheg2az3al.example"),
+        ("", "plain@example.org", "", "example.org"),
+        ("x" * 200, "long@example.com", "x" * 200, "example.com"),
+    ],
+)
+def test_non_ascii_names_and_idn_addresses_in_to(
+    name: str, address: str, display: str, domain: str
+) -> None:
+    raw = build().personalise(Recipient(address, name, ALICE.unsubscribe_url))
+    assert_wire_format(raw)
+    header = raw.split(b"\r\nTo: ", 1)[1].split(b"\r\nReply-To:")[0]
+    assert header.isascii()  # RFC 2047 + IDNA: no SMTPUTF8 needed
+    (addr,) = parse(raw)["To"].addresses
+    assert addr.display_name == display
+    assert addr.domain == domain
+    assert addr.username == address.split("@")[0]
+
+
+def test_long_non_ascii_name_is_split_into_valid_encoded_words() -> None:
+    name = "Zoë Ünal " * 12
+    raw = build().personalise(Recipient("zoe@example.com", name, ALICE.unsubscribe_url))
+    assert_wire_format(raw)
+    value = raw.split(b"\r\nTo: ", 1)[1].split(b"\r\nReply-To:")[0].decode("ascii")
+    words = re.findall(r"=\?utf-8\?b\?[^?]*\?=", value)
+    assert len(words) > 1 and all(len(w) <= 75 for w in words)  # RFC 2047 §2
+    # Python's address parser adds spaces between encoded words (against
+    # RFC 2047 §6.2), so decode the phrase the way mail clients do.
+    phrase = value.rsplit(" <", 1)[0]
+    assert str(make_header(decode_header(phrase))) == name.strip()
+
+
+def test_name_with_newlines_cannot_inject_headers() -> None:
+    evil = Recipient("eve@example.com", "Eve\r\nBcc: all@example.org", ALICE.unsubscribe_url)
+    msg = parse(build().personalise(evil))
+    assert msg["Bcc"] is None
+    assert msg["To"].addresses[0].display_name == "Eve Bcc: all@example.org"
+
+
+@pytest.mark.parametrize(
+    "address", ["a@example.com\r\nBcc: x@example.org", "a b@example.com", "<a@example.com>", ""]
+)
+def test_unusable_address_is_refused_with_the_recipient(address: str) -> None:
+    with pytest.raises(RenderError) as info:
+        build().personalise(Recipient(address, "A", ALICE.unsubscribe_url))
+    assert info.value.recipient == address.strip()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://x.example.com/u/a b",
+        "https://x.example.com/u/a>b",
+        "https://x.example.com/\r\nBcc: y",
+    ],
+)
+def test_unusable_unsubscribe_url_is_refused(url: str) -> None:
+    with pytest.raises(RenderError, match="unusable unsubscribe URL"):
+        build().personalise(Recipient("a@example.com", "A", url))
+
+
+# --------------------------------------------------------------------------- subjects
+
+
+HOSTILE = [
+    line.encode().decode("unicode_escape")
+    for line in (FIXTURES / "hostile-subjects.txt").read_text(encoding="utf-8").splitlines()
+]
+
+
+@pytest.mark.parametrize("subject", HOSTILE)
+def test_hostile_subjects_never_inject_headers(subject: str) -> None:
+    settings = make_settings(subject=subject.replace("{", "{{ '{' }}"))
+    raw = build(settings).personalise(ALICE)
+    assert_wire_format(raw)
+    msg = parse(raw)
+    assert msg["Bcc"] is None and msg["X-Injected"] is None
+    assert len(msg.get_all("Subject") or []) == 1
+    decoded = str(msg["Subject"])
+    assert "\r" not in decoded and "\n" not in decoded and "\u2028" not in decoded
+    head = raw.split(b"\r\n\r\n", 1)[0]
+    assert head.isascii()  # non-ASCII went out as RFC 2047 encoded words
+    expected = re.sub(r"[\s\x00-\x1f\u2028\u2029]+", " ", subject).strip()
+    assert decoded == expected
+
+
+@pytest.mark.parametrize("subject", ["x" * 2000, "ü" * 700, "a " * 900, "=?" + "y" * 1500])
+def test_very_long_subjects_fold_within_limits(subject: str) -> None:
+    raw = build(make_settings(subject=subject)).personalise(ALICE)
+    assert_wire_format(raw)
+    assert parse(raw)["Subject"] == subject.strip()
+
+
+def test_non_ascii_subject_is_rfc2047_encoded() -> None:
+    raw = build(make_settings(subject="Gelgit havuzları: {{ post.title }}")).personalise(ALICE)
+    line = raw.split(b"\r\nSubject: ", 1)[1].split(b"\r\n")[0]
+    assert b"=?utf-8?" in line and line.isascii()
+    assert parse(raw)["Subject"] == "Gelgit havuzları: Counting Life in Tide Pools"
+
+
+def test_test_variant_prefixes_the_subject() -> None:
+    settings = make_settings()
+    rendered = render_email(make_post(), settings, settings.lists["everything"])
+    msg = parse(MessageTemplate.for_test(rendered, settings).personalise(ALICE))
+    assert msg["Subject"] == "[TEST] Counting Life in Tide Pools"
+    assert parse(MessageTemplate.build(rendered, settings).personalise(ALICE))["Subject"] == (
+        "Counting Life in Tide Pools"
+    )
+
+
+def test_subject_with_recipient_name_is_filled_per_recipient() -> None:
+    template = build(make_settings(subject="{{ recipient.name }}, new: {{ post.title }}"))
+    assert (
+        parse(template.personalise(ALICE))["Subject"]
+        == "Alice Example, new: Counting Life in Tide Pools"
+    )
+    assert parse(template.personalise(BOB))["Subject"] == "Bob, new: Counting Life in Tide Pools"
+
+
+# --------------------------------------------------------------------------- settings and misc
+
+
+@pytest.mark.parametrize(
+    "sender",
+    [
+        "not an address",
+        "a@example.com, b@example.com",
+        "Evil\r\nBcc: x@example.org <a@example.com>",
+    ],
+)
+def test_bad_from_is_reported_with_its_key(sender: str) -> None:
+    base = make_settings()
+    settings = Settings(
+        site=base.site, web=base.web, lists=base.lists, email=EmailSettings(from_=sender)
+    )
+    with pytest.raises(RenderError) as info:
+        build(settings)
+    assert info.value.key == "email.from"
+
+
+def test_non_ascii_from_name_is_encoded() -> None:
+    settings = make_settings(from_="Gelgit Notları <letters@tides.example.com>")
+    raw = build(settings).personalise(ALICE)
+    assert raw.split(b"\r\n\r\n", 1)[0].isascii()
+    assert parse(raw)["From"].addresses[0].display_name == "Gelgit Notları"
+
+
+def test_sample_message_for_previews() -> None:
+    msg = parse(build().sample())
+    assert msg["To"] == "Sample Reader <reader@example.com>"
+    assert "https://news.tides.example.com/unsubscribe/SAMPLE-TOKEN" in msg["List-Unsubscribe"]
+
+
+def test_build_is_deterministic_and_matches_python_email_reading() -> None:
+    a, b = build().personalise(ALICE), build().personalise(ALICE)
+    assert a == b
+    # Python's own generator, given the parsed message, produces equivalent content.
+    msg = parse(a)
+    again = parse(msg.as_bytes(policy=email.policy.SMTP))
+    assert bodies(again) == bodies(msg)
+
+
+def test_format_address_quotes_specials() -> None:
+    assert format_address("Plain Name", "a@example.com") == "Plain Name <a@example.com>"
+    assert format_address("Doe, Jane", "a@example.com") == '"Doe, Jane" <a@example.com>'
+    assert format_address('Say "hi"\\', "a@example.com") == '"Say \\"hi\\"\\\\" <a@example.com>'

@@ -1,0 +1,157 @@
+"""Titles, bylines and excerpts (newsletter.posttext) and how posts use them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from newsletter.config import Settings, SiteSettings
+from newsletter.posts import Author, load_posts
+from newsletter.posttext import excerpt_source, take_byline, title_html, title_text
+
+
+@pytest.mark.parametrize(
+    ("raw", "html", "text"),
+    [
+        ("Plain title", "Plain title", "Plain title"),
+        ("Cats & Dogs <3", "Cats &amp; Dogs &lt;3", "Cats & Dogs <3"),
+        ("Fish &amp; Chips", "Fish &amp; Chips", "Fish & Chips"),
+        ("A **bold** _claim_", "A <strong>bold</strong> <em>claim</em>", "A bold claim"),
+        ("Use `a_b*c`", "Use <code>a_b*c</code>", "Use a_b*c"),
+        ('<a href="javascript:x()">Link</a> <b onclick="x">B</b>', "Link <b>B</b>", "Link B"),
+        ("<style>p{}</style>Styled", "Styled", "Styled"),
+        ("[Linked](https://example.com) words", "Linked words", "Linked words"),
+        ("snake_case_name stays", "snake_case_name stays", "snake_case_name stays"),
+        (
+            "One\r\nBcc: x@example.com\u2028end",
+            "One Bcc: x@example.com end",
+            "One Bcc: x@example.com end",
+        ),
+        ("<em>never closed", "<em>never closed</em>", "never closed"),
+    ],
+)
+def test_title_html_and_text(raw: str, html: str, text: str) -> None:
+    assert title_html(raw) == html
+    assert title_text(title_html(raw)) == text
+
+
+@pytest.mark.parametrize(
+    ("line", "names"),
+    [
+        ("### Author: [Noor Haddad](https://example.org/n)", (("Noor Haddad", "https://example.org/n"),)),
+        ("**Author:** [A B](https://example.org/a) and [C D](https://example.org/c)",
+         (("A B", "https://example.org/a"), ("C D", "https://example.org/c"))),
+        ("Author: Lena Brandt", (("Lena Brandt", None),)),
+        ("Authors: Lena Brandt, Mert Aydın & Ana de la Cruz",
+         (("Lena Brandt", None), ("Mert Aydın", None), ("Ana de la Cruz", None))),
+        ("By Dana Okafor", (("Dana Okafor", None),)),
+        ("*By Ludwig van Beethoven*", (("Ludwig van Beethoven", None),)),
+        ("By [Dana](https://example.org/d)", (("Dana", "https://example.org/d"),)),
+        ("Written by: Sam O'Neil", (("Sam O'Neil", None),)),
+    ],
+)  # fmt: skip
+def test_bylines_are_recognised_and_removed(
+    line: str, names: tuple[tuple[str, str | None], ...]
+) -> None:
+    byline = take_byline(f"\n{line}\n\nFirst paragraph.\n")
+    assert byline is not None
+    assert byline.names == names
+    assert byline.body.strip() == "First paragraph."
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "By the way, this is prose.\n",
+        "By 2030 we will know more.\n",
+        "Author: this line is a sentence that goes on and on, far longer than a name could ever be.\n",
+        "Some text first.\n\nBy Dana Okafor\n",  # only the leading line counts
+        "## Authors and their habits\n",
+        "By [a link](https://example.org) in a sentence.\n",
+    ],
+)
+def test_prose_is_not_a_byline(body: str) -> None:
+    assert take_byline(body) is None
+
+
+@pytest.mark.parametrize(
+    ("body", "separator", "expected"),
+    [
+        ("One.\n\nTwo.\n", "\n\n", "One."),
+        ("One.\nStill one.\n\nTwo.\n", "\n\n", "One.\nStill one."),
+        ("One.\n\nTwo.\n<!--more-->\nThree.\n", "\n\n", "One.\n\nTwo."),
+        ("One.\n\nTwo.\n<!-- more -->\nThree.\n", "<!--more-->", "One.\n\nTwo."),
+        ("One.\n\nTwo.\n<!--more-->\nThree.\n", "<!-- more -->", "One.\n\nTwo."),
+        ("One.\n\nTwo.\n~~cut~~\nThree.\n", "~~cut~~", "One.\n\nTwo."),
+        ("One.\n\nTwo.\n", "~~cut~~", "One."),  # separator absent → first paragraph
+        ("## Heading\n\nFirst para.\n\nSecond.\n", "\n\n", "First para."),
+        ("```\ncode\n\nmore code\n```\n\nAfter.\n", "\n\n", "```\ncode\n\nmore code\n```"),
+        ("See [docs][d].\n\nMore.\n\n[d]: https://example.com/docs\n", "\n\n",
+         "See [docs][d].\n\n[d]: https://example.com/docs"),
+        ("", "\n\n", ""),
+    ],
+)  # fmt: skip
+def test_excerpt_source(body: str, separator: str, expected: str) -> None:
+    assert excerpt_source(body, separator) == expected
+
+
+def _settings(tmp_path: Path, files: dict[str, str], **site: object) -> Settings:
+    folder = tmp_path / "posts"
+    folder.mkdir(exist_ok=True)
+    for name, text in files.items():
+        (folder / name).write_text(text, encoding="utf-8")
+    return Settings(base_dir=tmp_path, site=SiteSettings(posts_dir=folder, **site))  # type: ignore[arg-type]
+
+
+def test_excerpt_front_matter_then_post_separator_then_site_separator(tmp_path: Path) -> None:
+    settings = _settings(
+        tmp_path,
+        {
+            "2024-01-01-fm.md": '---\nexcerpt: "Hand-written *teaser*"\n---\nBody one.\n\nBody two.\n',
+            "2024-01-02-post-sep.md": "---\nexcerpt_separator: '%%'\n---\nA.\n\nB.\n%%\nC.\n",
+            "2024-01-03-site-sep.md": "---\n---\nA.\n\nB.\n@@\nC.\n",
+        },
+        excerpt_separator="@@",
+    )
+    posts = {p.slug: p for p in load_posts(settings).posts}
+    assert posts["fm"].excerpt_html == "<p>Hand-written <em>teaser</em></p>"
+    assert posts["post-sep"].excerpt_text == "A.\n\nB."
+    assert posts["site-sep"].excerpt_text == "A.\n\nB."
+    assert "C." in posts["site-sep"].body_html
+
+
+def test_byline_precedence(tmp_path: Path) -> None:
+    (tmp_path / "_data").mkdir()
+    (tmp_path / "_data" / "authors.yml").write_text(
+        "ana:\n  name: Ana Silva\n  web: https://example.org/ana\n", encoding="utf-8"
+    )
+    settings = _settings(
+        tmp_path,
+        {
+            "2024-01-01-list.md": "---\nauthor: [ana, Bo Lin]\n---\nText.\n",
+            "2024-01-02-mapping.md": "---\nauthor: {name: Cy Dee, url: 'https://example.org/cy'}\n---\nText.\n",
+            "2024-01-03-authors.md": "---\nauthors: [ana]\nauthor: ignored\n---\nText.\n",
+            "2024-01-04-site.md": "---\n---\nNo byline here.\n",
+            "2024-01-05-bad.md": "---\nauthor: [{nick: x}]\n---\nText.\n",
+        },
+        source_dir=tmp_path,
+        author="Site Owner",
+    )
+    collection = load_posts(settings)
+    posts = {p.slug: p for p in collection.posts}
+    assert posts["list"].authors == (
+        Author("Ana Silva", "https://example.org/ana"),
+        Author("Bo Lin"),
+    )
+    assert posts["mapping"].authors == (Author("Cy Dee", "https://example.org/cy"),)
+    assert posts["authors"].authors == (Author("Ana Silva", "https://example.org/ana"),)
+    assert posts["site"].authors == (Author("Site Owner"),)
+    assert posts["bad"].authors == (Author("Site Owner"),)
+    assert posts["bad"].warnings == ("line 2: author: cannot read an author from [{'nick': 'x'}]",)
+
+
+def test_no_byline_at_all(tmp_path: Path) -> None:
+    settings = _settings(tmp_path, {"2024-01-01-x.md": "---\n---\nJust text.\n"})
+    (post,) = load_posts(settings).posts
+    assert post.authors == ()

@@ -1,0 +1,446 @@
+"""One daemon pass (`passes.run_pass`) and the daemon lock, against real posts on
+disk, a real SQLite store and the in-memory transport; the clock is injected."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from email import message_from_bytes, policy
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, select, update
+from test_daemon_support import MEMBERS, Site, add_members, engine_of, make_site
+
+from newsletter import passes, planning, scheduler
+from newsletter.config import Settings
+from newsletter.store.schema import mailings, state
+from newsletter.transports import SendResult
+from newsletter.transports.memory import MemoryTransport
+
+LAST_YEAR = datetime.now(UTC).replace(microsecond=0) - timedelta(days=300)
+
+
+def text_of(raw: bytes) -> str:
+    msg = message_from_bytes(raw, policy=policy.default)
+    part = msg.get_body(("plain",))
+    assert part is not None
+    return str(part.get_content())
+
+
+def subject_of(raw: bytes) -> str:
+    return str(message_from_bytes(raw, policy=policy.default)["Subject"])
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Site:
+    return make_site(tmp_path)
+
+
+@pytest.fixture
+def ready(site: Site) -> tuple[Site, Settings, Engine]:
+    settings = site.settings()
+    engine = engine_of(settings)
+    add_members(engine, "news", settings=settings)
+    return site, settings, engine
+
+
+def one_pass(
+    settings: Settings, engine: Engine, now: datetime | None = None
+) -> tuple[passes.PassReport, MemoryTransport]:
+    transport = MemoryTransport()
+    report = passes.run_pass(settings, engine, now=now, transport=transport)
+    return report, transport
+
+
+# --------------------------------------------------------------------------- posts
+
+
+def test_a_due_post_goes_to_every_member_once(ready: tuple[Site, Settings, Engine]) -> None:
+    site, settings, engine = ready
+    site.write_post("2025-01-02-due.md", "Due Post", LAST_YEAR)
+    site.write_post("2099-01-01-later.md", "Later Post", "2099-01-01 09:00:00 +0000")
+    report, transport = one_pass(settings, engine)
+    assert sorted(s.recipient for s in transport.outbox) == sorted(MEMBERS)
+    assert {subject_of(s.message) for s in transport.outbox} == {"Due Post"}
+    assert report.delivery.sent == 3 and len(report.planned) == 1
+    assert [p.post_id for p in report.future] == ["later"]
+    again, transport = one_pass(settings, engine)
+    assert transport.outbox == [] and again.planned == () and again.delivery.sent == 0
+
+
+def test_editing_retitling_or_redating_a_sent_post_never_resends(
+    ready: tuple[Site, Settings, Engine],
+) -> None:
+    site, settings, engine = ready
+    path = site.write_post("2025-01-02-hello.md", "Hello", LAST_YEAR)
+    one_pass(settings, engine)
+    site.write_post(path.name, "Hello, Retitled", LAST_YEAR + timedelta(days=30), body="New.\n")
+    report, transport = one_pass(settings, engine)
+    assert transport.outbox == [] and report.planned == ()
+
+
+def test_a_renamed_file_with_a_front_matter_id_is_the_same_post(
+    ready: tuple[Site, Settings, Engine],
+) -> None:
+    site, settings, engine = ready
+    first = site.write_post("2025-01-02-draft-name.md", "Named", LAST_YEAR, extra="id: named\n")
+    one_pass(settings, engine)
+    first.unlink()
+    site.write_post("2025-01-03-final-name.md", "Named", LAST_YEAR, extra="id: named\n")
+    _report, transport = one_pass(settings, engine)
+    assert transport.outbox == []
+
+
+def test_since_holds_old_posts_back_and_says_how_many(
+    ready: tuple[Site, Settings, Engine], caplog: pytest.LogCaptureFixture
+) -> None:
+    site, settings, engine = ready
+    for day in (1, 2, 3):
+        site.write_post(f"2023-05-0{day}-old-{day}.md", f"Old {day}", f"2023-05-0{day} 10:00:00")
+    site.write_post("2025-01-02-new.md", "New", LAST_YEAR)
+    report, transport = one_pass(settings, engine)
+    assert {subject_of(s.message) for s in transport.outbox} == {"New"}
+    assert len(report.before_since) == 3
+    with caplog.at_level(logging.INFO, logger="newsletter.daemon"):
+        passes.log_skipped(report)
+    assert "3 posts before since=2024-01-01T00:00:00+00:00 were skipped" in caplog.text
+
+
+def test_tags_and_front_matter_lists_route_posts(tmp_path: Path) -> None:
+    lists = '[lists.news]\ntitle = "News"\n[lists.python]\ntitle = "Python"\ntags = ["python"]\n'
+    site = make_site(tmp_path, lists=lists)
+    settings = site.settings()
+    engine = engine_of(settings)
+    add_members(engine, "news", ["all@example.com"], settings=settings)
+    add_members(engine, "python", ["py@example.com"])
+    site.write_post("2025-01-01-snakes.md", "Snakes", LAST_YEAR, tags=["Python"])
+    site.write_post("2025-01-02-sleep.md", "Sleep", LAST_YEAR, tags=["Sleep"])
+    site.write_post("2025-01-03-only-py.md", "Only Py", LAST_YEAR, extra="lists: [python]\n")
+    site.write_post("2025-01-04-quiet.md", "Quiet", LAST_YEAR, extra="newsletter: false\n")
+    _report, transport = one_pass(settings, engine)
+    got = sorted((s.recipient, subject_of(s.message)) for s in transport.outbox)
+    assert got == [
+        ("all@example.com", "Sleep"),
+        ("all@example.com", "Snakes"),
+        ("py@example.com", "Only Py"),
+        ("py@example.com", "Snakes"),
+    ]
+
+
+# --------------------------------------------------------------------------- digests
+
+DIGEST_LISTS = '[lists.weekly]\ntitle = "Weekly"\nmode = "digest"\ncron = "0 8 * * MON"\n'
+MONDAY_8 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
+
+
+def test_a_digest_carries_every_new_post_once(tmp_path: Path) -> None:
+    site = make_site(tmp_path, lists=DIGEST_LISTS)
+    settings = site.settings()
+    engine = engine_of(settings)
+    add_members(engine, "weekly", settings=settings)
+    planning.write_state_time(
+        engine, planning.digest_anchor_key("weekly"), MONDAY_8 - timedelta(days=7)
+    )
+    titles = ["First Light", "Second Wind", "Third Time"]
+    for i, title in enumerate(titles):
+        site.write_post(f"2026-02-2{i + 3}-p{i}.md", title, MONDAY_8 - timedelta(days=5 - i))
+    site.write_post("2026-03-05-next-week.md", "Next Week", MONDAY_8 + timedelta(days=3))
+
+    early, transport = one_pass(settings, engine, now=MONDAY_8 - timedelta(minutes=1))
+    assert early.digests == () and transport.outbox == []
+
+    report, transport = one_pass(settings, engine, now=MONDAY_8 + timedelta(seconds=2))
+    assert len(report.digests) == 1
+    assert sorted(s.recipient for s in transport.outbox) == sorted(MEMBERS)
+    body = text_of(transport.outbox[0].message)
+    positions = [body.index(t) for t in titles]
+    assert positions == sorted(positions)  # oldest first
+    assert "Next Week" not in body
+    with engine.connect() as conn:
+        row = conn.execute(select(mailings.c.post_id, mailings.c.kind, mailings.c.post_ids)).one()
+    assert row.post_id == "digest:weekly:2026-03-02T08:00:00+00:00"
+    assert row.kind == "digest" and tuple(row.post_ids) == ("p0", "p1", "p2")
+
+    # The same slot again (a restart, a second timer): nothing more.
+    again, transport = one_pass(settings, engine, now=MONDAY_8 + timedelta(minutes=5))
+    assert again.digests == () and transport.outbox == []
+    # Next Monday: only the post that became due since.
+    week2, transport = one_pass(settings, engine, now=MONDAY_8 + timedelta(days=7, seconds=1))
+    assert len(week2.digests) == 1 and len(transport.outbox) == 3
+    body = text_of(transport.outbox[0].message)
+    assert "Next Week" in body and "First Light" not in body
+
+
+def test_a_digest_with_nothing_new_sends_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    site = make_site(tmp_path, lists=DIGEST_LISTS)
+    settings = site.settings()
+    engine = engine_of(settings)
+    add_members(engine, "weekly", settings=settings)
+    planning.write_state_time(
+        engine, planning.digest_anchor_key("weekly"), MONDAY_8 - timedelta(days=1)
+    )
+    with caplog.at_level(logging.INFO, logger="newsletter.daemon"):
+        report, transport = one_pass(settings, engine, now=MONDAY_8 + timedelta(seconds=1))
+    assert report.digests == () and transport.outbox == []
+    assert "nothing new, nothing sent" in caplog.text
+    anchor = planning.read_state_time(engine, planning.digest_anchor_key("weekly"))
+    assert anchor == MONDAY_8
+
+
+def test_a_new_digest_list_starts_at_its_next_slot(tmp_path: Path) -> None:
+    site = make_site(tmp_path, lists=DIGEST_LISTS)
+    settings = site.settings()
+    engine = engine_of(settings)
+    add_members(engine, "weekly", settings=settings)
+    site.write_post("2026-02-25-p.md", "Old News", MONDAY_8 - timedelta(days=5))
+    report, transport = one_pass(settings, engine, now=MONDAY_8 + timedelta(hours=1))
+    assert report.digests == () and transport.outbox == []  # first sight: anchor = now
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_a_broken_post_is_reported_and_the_others_still_go(
+    ready: tuple[Site, Settings, Engine],
+) -> None:
+    site, settings, engine = ready
+    (site.posts / "2025-01-01-broken.md").write_text("---\ntitle: [unclosed\n---\nx\n")
+    site.write_post("2025-01-02-fine.md", "Fine", LAST_YEAR)
+    report, transport = one_pass(settings, engine)
+    assert len(transport.outbox) == 3
+    assert any("2025-01-01-broken.md" in p and "error" in p for p in report.problems)
+
+
+def test_a_mailing_whose_post_vanished_is_reported_and_others_deliver(
+    ready: tuple[Site, Settings, Engine],
+) -> None:
+    from newsletter.delivery import plan_mailing
+
+    site, settings, engine = ready
+    plan_mailing(engine, settings, "ghost", "news")  # planned, then its file is gone
+    site.write_post("2025-01-02-real.md", "Real", LAST_YEAR)
+    report, transport = one_pass(settings, engine)
+    assert {subject_of(s.message) for s in transport.outbox} == {"Real"}
+    assert any(p.startswith("error: mailing 1:") and "ghost" in p for p in report.problems)
+
+
+def test_a_missing_posts_folder_is_a_problem_not_a_crash(
+    ready: tuple[Site, Settings, Engine],
+) -> None:
+    site, settings, engine = ready
+    site.posts.rmdir()
+    report, _transport = one_pass(settings, engine)
+    assert any("posts folder not found" in p for p in report.problems)
+
+
+def test_deferred_recipients_set_the_next_wake_up(ready: tuple[Site, Settings, Engine]) -> None:
+    site, settings, engine = ready
+    site.write_post("2025-01-02-due.md", "Due", LAST_YEAR)
+
+    def refuse(recipient: str) -> SendResult | None:
+        if recipient == "grace@example.com":
+            return SendResult(recipient, False, 451, "4.3.0 Try later")
+        return None
+
+    before = datetime.now(UTC)
+    report = passes.run_pass(settings, engine, transport=MemoryTransport(refuse))
+    assert report.delivery.sent == 2 and report.delivery.deferred == 1
+    wake = passes.next_work_time(engine, before)
+    assert wake is not None
+    assert before < wake < before + timedelta(seconds=5)  # backoff_base = 0.3 s
+
+
+def test_a_paused_mailing_sets_the_next_wake_up(ready: tuple[Site, Settings, Engine]) -> None:
+    from newsletter.delivery import plan_mailing
+
+    _site, settings, engine = ready
+    mailing_id = plan_mailing(engine, settings, "x", "news")
+    until = datetime.now(UTC) + timedelta(minutes=30)
+    with engine.begin() as conn:
+        conn.execute(
+            update(mailings)
+            .where(mailings.c.id == mailing_id)
+            .values(state="paused", paused_until=until)
+        )
+    assert passes.next_work_time(engine, datetime.now(UTC)) == until
+
+
+# --------------------------------------------------------------------------- the lock
+
+
+def test_a_second_daemon_is_refused_with_a_clear_message(site: Site) -> None:
+    engine = engine_of(site.settings())
+    first = scheduler.DaemonLock(engine, db="sqlite:///news.db")
+    first.acquire()
+    second = scheduler.DaemonLock(engine, db="sqlite:///news.db")
+    with pytest.raises(scheduler.DaemonBusyError) as info:
+        second.acquire()
+    message = str(info.value)
+    assert message == (
+        f"database.url: another newsletter daemon ({first.owner}, last heartbeat 0 s ago) "
+        "is running on sqlite:///news.db; stop it first (a crashed one is taken over after 30 s)"
+    )
+    first.release()
+    second.acquire()  # free again
+    assert first.heartbeat() is False  # and the first knows it lost the lock
+    assert second.heartbeat() is True
+
+
+def test_a_lock_without_heartbeat_is_taken_over_after_its_ttl(site: Site) -> None:
+    engine = engine_of(site.settings())
+    clock = [datetime(2026, 1, 1, tzinfo=UTC)]
+    stale = scheduler.DaemonLock(engine, ttl=30, clock=lambda: clock[0])
+    stale.acquire()
+    newcomer = scheduler.DaemonLock(engine, ttl=30, clock=lambda: clock[0] + timedelta(seconds=29))
+    with pytest.raises(scheduler.DaemonBusyError):
+        newcomer.acquire()
+    clock[0] += timedelta(seconds=1)
+    late = scheduler.DaemonLock(engine, ttl=30, clock=lambda: clock[0] + timedelta(seconds=30))
+    late.acquire()
+
+
+def test_a_lock_of_a_dead_process_on_this_host_is_taken_over_at_once(site: Site) -> None:
+    engine = engine_of(site.settings())
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    owner = f"{socket.gethostname()}:{int(dead.stdout)}:deadbeef"
+    now = datetime.now(UTC)
+    with engine.begin() as conn:
+        conn.execute(
+            state.insert().values(
+                key=scheduler.LOCK_KEY,
+                value=owner,
+                updated_at=now,
+                expires_at=now + timedelta(hours=1),
+            )
+        )
+    scheduler.DaemonLock(engine).acquire()
+    with engine.connect() as conn:
+        holder = conn.scalar(select(state.c.value).where(state.c.key == scheduler.LOCK_KEY))
+    assert holder is not None and holder.split(":")[1] == str(os.getpid())
+
+
+def test_run_once_refuses_while_a_daemon_holds_the_lock(
+    ready: tuple[Site, Settings, Engine],
+) -> None:
+    site, settings, engine = ready
+    site.write_post("2025-01-02-due.md", "Due", LAST_YEAR)
+    holder = scheduler.DaemonLock(engine)
+    holder.acquire()
+    transport = MemoryTransport()
+    with pytest.raises(scheduler.DaemonBusyError):
+        scheduler.run_once(settings, engine, transport=transport)
+    assert transport.outbox == []
+    holder.release()
+    report = scheduler.run_once(settings, engine, transport=transport)
+    assert report.delivery.sent == 3
+    with engine.connect() as conn:  # released again after the pass
+        assert conn.scalar(select(state.c.value).where(state.c.key == scheduler.LOCK_KEY)) is None
+
+
+# --------------------------------------------------------------------------- the daemon's jobs
+
+
+def _wait(condition: Callable[[], bool], timeout: float = 3.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
+
+
+def test_the_daemon_follows_a_future_post_as_it_is_redated_and_deleted(
+    ready: tuple[Site, Settings, Engine],
+) -> None:
+    site, settings, engine = ready
+    soon = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
+    path = site.write_post("2030-01-01-soon.md", "Soon", soon)
+    transport = MemoryTransport()
+    daemon = scheduler.Daemon(settings, engine, watch=False, transport_factory=lambda _s: transport)
+    daemon.start()
+    try:
+        assert _wait(lambda: daemon.scheduler.get_job("post:soon") is not None)
+        assert daemon.scheduler.get_job("post:soon").next_run_time == soon
+        later = soon + timedelta(days=1)
+        site.write_post(path.name, "Soon", later)
+        daemon.wake("test")
+        assert _wait(lambda: daemon.scheduler.get_job("post:soon").next_run_time == later)
+        path.unlink()
+        daemon.wake("test")
+        assert _wait(lambda: daemon.scheduler.get_job("post:soon") is None)
+        assert transport.outbox == []
+    finally:
+        daemon.stop()
+
+
+def test_the_daemon_schedules_each_digest_on_its_cron(tmp_path: Path) -> None:
+    lists = DIGEST_LISTS.replace(
+        'cron = "0 8 * * MON"', 'cron = "0 8 * * MON"\ntimezone = "Asia/Tokyo"'
+    )
+    site = make_site(tmp_path, lists=lists)
+    settings = site.settings()
+    daemon = scheduler.Daemon(settings, engine_of(settings), watch=False)
+    daemon.start()
+    try:
+        job = daemon.scheduler.get_job("digest:weekly")
+        fire = job.next_run_time
+        assert (fire.weekday(), fire.hour, fire.minute) == (0, 8, 0)
+        assert str(fire.tzinfo) == "Asia/Tokyo"
+    finally:
+        daemon.stop()
+
+
+def test_a_daemon_that_loses_its_lock_stops(ready: tuple[Site, Settings, Engine]) -> None:
+    _site, settings, engine = ready
+    daemon = scheduler.Daemon(settings, engine, watch=False)
+    daemon.start()
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                update(state).where(state.c.key == scheduler.LOCK_KEY).values(value="x:1:y")
+            )
+        daemon._heartbeat()
+        assert daemon.stop_event.is_set()
+    finally:
+        daemon.stop()
+    with engine.connect() as conn:  # and it does not delete the new holder's row
+        assert (
+            conn.scalar(select(state.c.value).where(state.c.key == scheduler.LOCK_KEY)) == "x:1:y"
+        )
+
+
+def test_a_pass_that_blows_up_is_logged_and_the_daemon_lives_on(
+    ready: tuple[Site, Settings, Engine], caplog: pytest.LogCaptureFixture
+) -> None:
+    _site, settings, engine = ready
+    calls: list[int] = []
+
+    def factory(_settings: Settings) -> MemoryTransport:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        return MemoryTransport()
+
+    daemon = scheduler.Daemon(settings, engine, watch=False, transport_factory=factory)
+    with caplog.at_level(logging.ERROR, logger="newsletter.daemon"):
+        daemon.start()
+        try:
+            assert _wait(lambda: daemon.passes >= 1)  # the scan after the failure ran
+        finally:
+            daemon.stop()
+    assert "pass (scan) failed; retrying at the next scan" in caplog.text
+    assert "RuntimeError: boom" in caplog.text

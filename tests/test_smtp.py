@@ -1,0 +1,287 @@
+"""The SMTP transport against a real aiosmtpd server: TLS, AUTH, replies, faults."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from smtpserver import DROP, STALL, SmtpTestServer, TlsMaterial, self_signed_context, tls_material
+
+from newsletter.config import SmtpSettings
+from newsletter.transports import ConnectError, TransportError
+from newsletter.transports.smtp import (
+    SmtpTransport,
+    ascii_address,
+    classify,
+    dot_stuffed,
+    enhanced_status,
+)
+
+MSG = b"From: a@example.com\r\nTo: b@example.org\r\nSubject: hi\r\n\r\nbody\r\n"
+SENDER = "news@example.com"
+
+
+def plain(server: SmtpTestServer, **kw: object) -> SmtpTransport:
+    return SmtpTransport(
+        SmtpSettings(host="127.0.0.1", port=server.port, security="none", timeout=5, **kw)  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture
+def tls(tmp_path: Path) -> TlsMaterial:
+    return tls_material(tmp_path)
+
+
+@pytest.fixture
+def starttls_server(tls: TlsMaterial) -> Iterator[SmtpTestServer]:
+    server = SmtpTestServer(tls="starttls", context=tls.server_context, auth={"editor": "s3cret"})
+    with server:
+        yield server
+
+
+# --------------------------------------------------------------------------- classification
+
+
+@pytest.mark.parametrize(
+    ("code", "text", "stage", "ok", "permanent", "throttled", "bounced"),
+    [
+        (250, "OK", "data", True, False, False, False),
+        (451, "4.3.0 Try later", "rcpt", False, False, False, False),
+        (451, "4.7.1 Rate limited", "rcpt", False, False, True, False),
+        (454, "4.7.0 Throttling", "mail", False, False, True, False),
+        (421, "4.4.2 closing", "rcpt", False, False, True, False),
+        (550, "5.1.1 No such user", "rcpt", False, True, False, True),
+        (550, "5.1.1 No such user", "data", False, True, False, False),
+        (554, "5.7.1 Spam", "data", False, True, False, False),
+        (550, "mailbox unavailable", "rcpt", False, True, False, False),
+    ],
+)
+def test_classify(
+    code: int, text: str, stage: str, ok: bool, permanent: bool, throttled: bool, bounced: bool
+) -> None:
+    r = classify("x@example.org", code, text, stage)
+    assert (r.ok, r.permanent, r.throttled, r.bounced) == (ok, permanent, throttled, bounced)
+
+
+def test_enhanced_status_and_idn() -> None:
+    assert enhanced_status("5.1.1 <x> no") == "5.1.1"
+    assert enhanced_status("no code here") is None
+    assert ascii_address("reader@bücher.example") == ("reader@xn--bcher-kva.example", False)
+    assert ascii_address("jöran@example.org") == ("jöran@example.org", True)
+
+
+# --------------------------------------------------------------------------- replies
+
+
+@pytest.fixture(params=[False, True], ids=["plain", "pipelining"])
+def any_server(request: pytest.FixtureRequest) -> Iterator[SmtpTestServer]:
+    """The same tests with and without PIPELINING offered."""
+    with SmtpTestServer(pipelining=request.param) as server:
+        yield server
+
+
+def test_connection_is_reused_and_reset_after_refusals(any_server: SmtpTestServer) -> None:
+    smtp_server = any_server
+    smtp_server.script("gone@example.org", "550 5.1.1 No such user")
+    smtp_server.script("later@example.org", "451 4.3.0 Try later")
+    t = plain(smtp_server)
+    results = [
+        t.send(SENDER, rcpt, MSG)
+        for rcpt in ("a@example.org", "gone@example.org", "later@example.org", "b@example.org")
+    ]
+    t.close()
+    assert [r.ok for r in results] == [True, False, False, True]
+    assert results[1].permanent and results[1].bounced and results[1].code == 550
+    assert not results[2].permanent and results[2].code == 451
+    assert t.connects == 1
+    assert smtp_server.recipients() == ["a@example.org", "b@example.org"]
+
+
+def test_5xx_after_data_fails_that_message_only(any_server: SmtpTestServer) -> None:
+    smtp_server = any_server
+    smtp_server.script("spam@example.org", "554 5.7.1 Looks like spam", stage="data")
+    t = plain(smtp_server)
+    bad = t.send(SENDER, "spam@example.org", MSG)
+    good = t.send(SENDER, "fine@example.org", MSG)
+    t.close()
+    assert bad.permanent and not bad.bounced and bad.stage == "data"
+    assert good.ok and smtp_server.recipients() == ["fine@example.org"]
+
+
+def test_drop_mid_data_is_temporary_and_reconnects(any_server: SmtpTestServer) -> None:
+    smtp_server = any_server
+    smtp_server.script("a@example.org", DROP, stage="data", times=1)
+    t = plain(smtp_server)
+    dropped = t.send(SENDER, "a@example.org", MSG)
+    again = t.send(SENDER, "a@example.org", MSG)
+    t.close()
+    assert not dropped.ok and not dropped.permanent and dropped.code is None
+    assert "connection lost" in dropped.text
+    assert again.ok and t.connects == 2
+
+
+def test_421_drops_the_connection_and_is_throttling(any_server: SmtpTestServer) -> None:
+    smtp_server = any_server
+    smtp_server.script("a@example.org", "421 4.7.0 Too many connections", times=1)
+    t = plain(smtp_server)
+    first = t.send(SENDER, "a@example.org", MSG)
+    second = t.send(SENDER, "a@example.org", MSG)
+    t.close()
+    assert first.throttled and not first.ok
+    assert second.ok and t.connects == 2
+
+
+def test_stalled_server_times_out_as_temporary(tmp_path: Path) -> None:
+    server = SmtpTestServer(stall_seconds=2.0)
+    server.script("slow@example.org", STALL, stage="data", times=1)
+    with server:
+        t = SmtpTransport(
+            SmtpSettings(host="127.0.0.1", port=server.port, security="none", timeout=0.3)
+        )
+        result = t.send(SENDER, "slow@example.org", MSG)
+        t.close()
+    assert not result.ok and not result.permanent
+    assert "timed out" in result.text
+
+
+def test_server_down_is_a_connect_error_then_works_when_up(tmp_path: Path) -> None:
+    server = SmtpTestServer()
+    t = plain(server)
+    with pytest.raises(ConnectError, match="cannot connect"):
+        t.send(SENDER, "a@example.org", MSG)
+    with server:
+        assert t.send(SENDER, "a@example.org", MSG).ok
+        t.close()
+
+
+def test_idle_connection_closed_by_server_is_reopened(smtp_server: SmtpTestServer) -> None:
+    t = plain(smtp_server)
+    assert t.send(SENDER, "a@example.org", MSG).ok
+    smtp_server.stop()
+    smtp_server.start()  # same port: the old connection is dead
+    assert t.send(SENDER, "b@example.org", MSG).ok
+    t.close()
+    assert smtp_server.recipients() == ["a@example.org", "b@example.org"]
+
+
+def test_non_ascii_local_part_needs_smtputf8(any_server: SmtpTestServer) -> None:
+    smtp_server = any_server
+    t = plain(smtp_server)
+    refused = t.send(SENDER, "jöran@example.org", MSG)
+    idn = t.send(SENDER, "reader@bücher.example", MSG)
+    t.close()
+    assert refused.permanent and "SMTPUTF8" in refused.text
+    assert idn.ok and smtp_server.recipients() == ["reader@xn--bcher-kva.example"]
+
+
+def test_non_ascii_local_part_with_smtputf8_server() -> None:
+    with SmtpTestServer(smtputf8=True) as server:
+        t = plain(server)
+        assert t.send(SENDER, "jöran@example.org", MSG).ok
+        t.close()
+        assert server.received[0].rcpt_tos == ("jöran@example.org",)
+        assert "SMTPUTF8" in server.received[0].mail_options
+
+
+# --------------------------------------------------------------------------- TLS and AUTH
+
+
+def test_starttls_verified_and_auth_after_tls(
+    starttls_server: SmtpTestServer,
+    tls: TlsMaterial,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setenv("TEST_SMTP_PW", "s3cret")
+    caplog.set_level(logging.DEBUG)
+    settings = SmtpSettings(
+        host="127.0.0.1",
+        port=starttls_server.port,
+        security="starttls",
+        username="editor",
+        password_env="TEST_SMTP_PW",
+        ca_file=tls.ca_file,
+        timeout=5,
+    )
+    with SmtpTransport(settings) as t:
+        assert t.send(SENDER, "a@example.org", MSG).ok
+    assert starttls_server.received[0].tls
+    assert starttls_server.auth_attempts == [("editor", "s3cret", True)]
+    assert "s3cret" not in caplog.text
+
+
+def test_bad_password_is_a_clear_error_without_the_password(
+    starttls_server: SmtpTestServer,
+    tls: TlsMaterial,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TEST_SMTP_PW", "wrong-pass")
+    settings = SmtpSettings(
+        host="127.0.0.1",
+        port=starttls_server.port,
+        username="editor",
+        password_env="TEST_SMTP_PW",
+        ca_file=tls.ca_file,
+        timeout=5,
+    )
+    with pytest.raises(TransportError, match="login as editor refused: 535") as info:
+        SmtpTransport(settings).open()
+    assert "wrong-pass" not in str(info.value)
+
+
+def test_starttls_refused_when_not_offered(smtp_server: SmtpTestServer) -> None:
+    settings = SmtpSettings(host="127.0.0.1", port=smtp_server.port, security="starttls")
+    with pytest.raises(TransportError, match="does not offer STARTTLS; refusing"):
+        SmtpTransport(settings).open()
+    assert smtp_server.received == []
+
+
+def test_untrusted_ca_is_refused(starttls_server: SmtpTestServer) -> None:
+    # No ca_file: the system store does not know the trustme CA.
+    settings = SmtpSettings(host="127.0.0.1", port=starttls_server.port)
+    with pytest.raises(TransportError, match=r"certificate of 127\.0\.0\.1:\d+ is not trusted"):
+        SmtpTransport(settings).open()
+
+
+def test_self_signed_certificate_is_refused(tmp_path: Path) -> None:
+    with SmtpTestServer(tls="implicit", context=self_signed_context(tmp_path)) as server:
+        settings = SmtpSettings(host="127.0.0.1", port=server.port, security="tls")
+        with pytest.raises(TransportError, match=r"not trusted: self.signed certificate"):
+            SmtpTransport(settings).open()
+        assert server.received == []
+
+
+def test_implicit_tls_with_trusted_ca(tls: TlsMaterial) -> None:
+    with SmtpTestServer(tls="implicit", context=tls.server_context) as server:
+        settings = SmtpSettings(
+            host="127.0.0.1", port=server.port, security="tls", ca_file=tls.ca_file
+        )
+        with SmtpTransport(settings) as t:
+            assert t.send(SENDER, "a@example.org", MSG).ok
+        assert server.received[0].tls
+
+
+def test_clear_text_only_to_localhost_and_never_with_auth() -> None:
+    with pytest.raises(
+        TransportError, match=r"refusing to send in clear text to mail\.example\.com"
+    ):
+        SmtpTransport(SmtpSettings(host="mail.example.com", security="none")).open()
+    with pytest.raises(TransportError, match="AUTH only after TLS"):
+        SmtpTransport(SmtpSettings(host="127.0.0.1", security="none", username="u")).open()
+
+
+def test_dot_stuffing_and_line_ends() -> None:
+    assert dot_stuffed(b"a\r\n.b\r\n") == b"a\r\n..b\r\n.\r\n"
+    assert dot_stuffed(b".x") == b"..x\r\n.\r\n"
+    assert dot_stuffed(b"bare\nlf\rcr\r\n") == b"bare\r\nlf\r\ncr\r\n.\r\n"
+
+
+def test_pipelined_session_is_really_pipelined() -> None:
+    with SmtpTestServer(pipelining=True) as server:
+        t = plain(server)
+        assert t.send(SENDER, "a@example.org", b"Subject: x\r\n\r\n.dot\r\n").ok
+        assert t._conn is not None and t._conn.has_extn("pipelining")
+        t.close()
+        assert server.received[0].data == b"Subject: x\r\n\r\n.dot\r\n"

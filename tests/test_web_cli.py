@@ -1,0 +1,106 @@
+"""`newsletter preview` and `newsletter serve` on the command line, and the
+public app under a real uvicorn (logs never show a whole token)."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from click.testing import CliRunner
+from test_web_support import copy_site, make_store
+
+from newsletter.cli import main
+from newsletter.config import load_settings
+from newsletter.errors import WebError
+from newsletter.web.server import bind_socket, serve_in_thread
+
+
+@pytest.fixture
+def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    return copy_site(tmp_path, monkeypatch)
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(1)
+        yield int(sock.getsockname()[1])
+
+
+def test_help_texts() -> None:
+    runner = CliRunner()
+    preview = runner.invoke(main, ["preview", "--help"])
+    assert preview.exit_code == 0
+    assert "--port INTEGER RANGE" in preview.output and "--open / --no-open" in preview.output
+    assert "127.0.0.1 only" in preview.output
+    serve = runner.invoke(main, ["serve", "--help"])
+    assert serve.exit_code == 0
+    assert "one-click unsubscribe" in serve.output and "--host TEXT" in serve.output
+
+
+@pytest.mark.parametrize("command", ["preview", "serve"])
+def test_port_in_use_is_one_line_and_exit_1(config: Path, taken_port: int, command: str) -> None:
+    args = ["--config", str(config), command, "--port", str(taken_port)]
+    if command == "preview":
+        args.append("--no-open")
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1
+    assert result.output == (
+        f"error: cannot listen on 127.0.0.1:{taken_port}: Address already in use "
+        "(try another --port)\n"
+    )
+
+
+@pytest.mark.parametrize("command", ["preview", "serve"])
+def test_broken_configuration_exits_1(tmp_path: Path, command: str) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[web]\nport = 'eighty'\n")
+    result = CliRunner().invoke(main, ["--config", str(bad), command])
+    assert result.exit_code == 1
+    assert result.output == f"error: {bad}: web.port: expected an integer, got 'eighty'\n"
+
+
+def test_bad_port_is_a_usage_error(config: Path) -> None:
+    result = CliRunner().invoke(main, ["--config", str(config), "serve", "--port", "70000"])
+    assert result.exit_code == 2
+
+
+def test_bind_socket_reports_the_address() -> None:
+    with pytest.raises(WebError, match=r"cannot listen on 203\.0\.113\.7:80"):
+        bind_socket("203.0.113.7", 80)
+
+
+def test_serve_in_thread_answers_and_logs_no_token(config: Path) -> None:
+    store = make_store(config)
+    row = store.add("wes@example.com")
+    token = store.token(row)
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    handler = Collect()
+    access = logging.getLogger("uvicorn.access")
+    with serve_in_thread(load_settings(config), "127.0.0.1", 0) as running:
+        access.addHandler(handler)
+        try:
+            assert httpx.get(f"{running.url}/healthz").json()["status"] == "ok"
+            response = httpx.post(
+                f"{running.url}/unsubscribe/{token}",
+                data={"List-Unsubscribe": "One-Click"},
+                follow_redirects=False,
+            )
+        finally:
+            access.removeHandler(handler)
+    assert response.status_code == 200
+    assert not store.mailable(row)
+    assert not running.thread.is_alive()
+    posted = [line for line in lines if "POST /unsubscribe/" in line]
+    assert len(posted) == 1
+    assert token not in posted[0] and f"/unsubscribe/{token[:6]}…" in posted[0]

@@ -1,0 +1,73 @@
+"""Helpers shared by the web tests (no tests here): the fixture site, a store
+with subscribers, and mailings that really went out through the memory transport."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine
+
+from newsletter.config import Settings, load_settings
+from newsletter.delivery import deliver_mailing, plan_mailing
+from newsletter.posts import load_posts
+from newsletter.store import open_store
+from newsletter.store import subscribers as subs
+from newsletter.tokens import make_token
+from newsletter.transports.memory import MemoryTransport
+
+FIXTURE_SITE = Path(__file__).resolve().parent / "fixtures" / "web" / "site"
+SECRET = "lantern-web-test-secret"
+SECRET_ENV = "LANTERN_TEST_SECRET"
+
+
+def copy_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The fixture site copied to tmp_path/site; returns its newsletter.toml."""
+    site = tmp_path / "site"
+    shutil.copytree(FIXTURE_SITE, site)
+    monkeypatch.setenv(SECRET_ENV, SECRET)
+    monkeypatch.delenv("NEWSLETTER_CONFIG", raising=False)
+    return site / "newsletter.toml"
+
+
+@dataclass
+class Store:
+    settings: Settings
+    engine: Engine
+    secret: bytes
+
+    def add(self, email: str, list_name: str = "letters") -> subs.SubscriberRow:
+        return subs.add_subscriber(self.engine, email, list_name)
+
+    def token(self, row: subs.SubscriberRow, list_name: str = "letters") -> str:
+        return make_token(self.secret, row.uid, list_name)
+
+    def status(self, row: subs.SubscriberRow) -> str:
+        found = subs.get_by_id(self.engine, row.id)
+        assert found is not None
+        return found.status
+
+    def left(self, row: subs.SubscriberRow) -> set[str]:
+        """Lists this subscriber has unsubscribed from."""
+        return {n for n, at in subs.membership_lists(self.engine, row.id).items() if at}
+
+    def mailable(self, row: subs.SubscriberRow, list_name: str = "letters") -> bool:
+        return subs.is_mailable(self.engine, row.id, list_name)
+
+    def send(self, post_id: str, list_name: str = "letters") -> MemoryTransport:
+        """Plan and deliver a mailing for real (memory transport)."""
+        transport = MemoryTransport()
+        mailing_id = plan_mailing(self.engine, self.settings, post_id, list_name)
+        deliver_mailing(
+            self.engine, self.settings, mailing_id, load_posts(self.settings), transport=transport
+        )
+        return transport
+
+
+def make_store(config: Path) -> Store:
+    settings = load_settings(config)
+    engine = open_store(settings)
+    subs.ensure_lists(engine, settings)
+    return Store(settings, engine, SECRET.encode())
