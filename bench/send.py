@@ -91,9 +91,9 @@ def start_sink() -> tuple[subprocess.Popen[bytes], int]:
 
 
 def make_site(directory: Path, port: int, concurrency: int) -> Any:
-    from newsletter.config import load_settings
-
     import shutil
+
+    from newsletter.config import load_settings
 
     shutil.copytree(ROOT / "posts", directory / "posts")
     (directory / "newsletter.toml").write_text(

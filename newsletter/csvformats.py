@@ -27,7 +27,13 @@ from pathlib import Path
 from typing import IO
 
 from newsletter.errors import Problem, SubscriberError
-from newsletter.serviceformats import FORMATS, SourceRow, detect_format, mapper_for
+from newsletter.serviceformats import (
+    EMAIL_COLUMNS,
+    FORMATS,
+    SourceRow,
+    detect_format,
+    mapper_for,
+)
 
 __all__ = ["FORMATS", "FileInfo", "SourceRow", "read_source", "source_size"]
 
@@ -164,16 +170,19 @@ def _records(
 ) -> Iterator[SourceRow | Problem]:
     line_num = 0
 
-    def next_record() -> tuple[int, list[str]] | None:
+    def next_record() -> tuple[int, list[str] | csv.Error] | None:
+        # A csv.Error (a field over the size limit, a NUL in old Pythons) is
+        # returned, not raised: the reader resumes on the next line, so one
+        # broken row is reported and the rest still imports (invariant 5).
         nonlocal line_num
+        start = line_num + 1
         try:
-            record = next(reader)
+            record: list[str] | csv.Error = next(reader)
         except StopIteration:
             return None
         except csv.Error as exc:
-            raise SubscriberError(f"unreadable CSV: {exc}", path=label, line=line_num + 1) from exc
-        start = line_num + 1
-        line_num = getattr(reader, "line_num", line_num + 1)
+            record = exc
+        line_num = getattr(reader, "line_num", start)
         return start, record
 
     header: list[str] | None = None
@@ -181,17 +190,38 @@ def _records(
         got = next_record()
         if got is None:
             raise SubscriberError("the file is empty (no header line)", path=label)
-        if any(cell.strip() for cell in got[1]):
-            header = [cell.strip().strip("\ufeff").strip() for cell in got[1]]
+        start, record = got
+        if isinstance(record, csv.Error):
+            raise SubscriberError(f"unreadable header: {record}", path=label, line=start)
+        if any(cell.strip() for cell in record):
+            header = [cell.strip().strip("\ufeff").strip() for cell in record]
+            first = (start, record)
+    headerless = _is_headerless(header)
+    if headerless:
+        # A bare list of addresses (pasted from somewhere): no header line.
+        header = ["email", "name"][: len(header)] + [
+            f"column {i + 1}" for i in range(2, len(header))
+        ]
     chosen = detect_format(header, name) if fmt == "auto" else fmt
     mapper = mapper_for(chosen, header, name, label)
     if infos is not None:
         infos.append(FileInfo(str(label), encoding, delimiter, chosen))
+    if headerless:
+        yield mapper(*first)
     while (got := next_record()) is not None:
         start, record = got
+        if isinstance(record, csv.Error):
+            yield Problem(f"unreadable row: {record}", label, start)
+            continue
         if not any(cell.strip() for cell in record):
             continue  # blank lines (and lines of bare delimiters) are not records
         yield mapper(start, record)
+
+
+def _is_headerless(header: list[str]) -> bool:
+    """True when the "header" is really a first row: its first cell is an address."""
+    first = header[0].lower() if header else ""
+    return "@" in first and first not in EMAIL_COLUMNS
 
 
 def sniff_encoding(raw: IO[bytes]) -> str:

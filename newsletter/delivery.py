@@ -20,7 +20,14 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from newsletter.config import Settings
-from newsletter.errors import DeliveryError, StoreError
+from newsletter.errors import (
+    ConfigError,
+    DeliveryError,
+    PostError,
+    RenderError,
+    StoreError,
+    TemplateError,
+)
 from newsletter.posts import Post, PostCollection
 from newsletter.store import mailings as q
 from newsletter.transports import Transport
@@ -187,9 +194,15 @@ def deliver_due(
     for mailing_id in ids:
         if stop is not None and stop.is_set():
             break
-        report += deliver_mailing(
-            engine, settings, mailing_id, posts, transport=transport, stop=stop
-        )
+        try:
+            report += deliver_mailing(
+                engine, settings, mailing_id, posts, transport=transport, stop=stop
+            )
+        except (PostError, RenderError, TemplateError, ConfigError) as exc:
+            # One mailing whose post vanished or no longer renders must not
+            # hold up the others (invariant 5); it says why in `status`.
+            q.set_state(engine, mailing_id, "sending", last_error=str(exc))
+            report += DeliveryReport(errors=(f"mailing {mailing_id}: {exc}",))
     return report
 
 

@@ -1,4 +1,4 @@
-"""One daemon pass (plan what is due, plan digests, deliver) and the daemon lock.
+"""One daemon pass: plan what is due, plan digests, deliver, log what happened.
 
 `scheduler` decides *when* a pass runs; this module is what a pass *does*, so
 `run --once`, the daemon and the tests share it.  A pass never raises for one
@@ -18,10 +18,10 @@ from sqlalchemy import Engine, func, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from newsletter import planning
-from newsletter.config import Settings, utcnow
+from newsletter.config import ListSettings, Settings, utcnow
 from newsletter.delivery import DeliveryReport
 from newsletter.errors import NewsletterError, TransportError
-from newsletter.posts import PostCollection
+from newsletter.posts import Post, PostCollection
 from newsletter.store.schema import deliveries, lists, mailings
 from newsletter.transports import Transport
 
@@ -42,8 +42,8 @@ class PassReport:
     since: datetime | None
     planned: tuple[int, ...] = ()  # mailing ids created or found this pass
     digests: tuple[int, ...] = ()
-    future: tuple[planning.Post, ...] = ()
-    before_since: tuple[planning.Post, ...] = ()
+    future: tuple[Post, ...] = ()
+    before_since: tuple[Post, ...] = ()
     problems: tuple[str, ...] = ()
     delivery: DeliveryReport = field(default_factory=DeliveryReport)
     transport_error: str | None = None
@@ -154,7 +154,7 @@ def _plan_posts(
 def _plan_digests(
     engine: Engine,
     settings: Settings,
-    posts: tuple[planning.Post, ...],
+    posts: tuple[Post, ...],
     since: datetime,
     at: datetime,
     mailed: set[tuple[str, str]],
@@ -178,8 +178,8 @@ def _plan_digests(
 def _plan_digest(
     engine: Engine,
     settings: Settings,
-    lst: planning.ListSettings,
-    posts: tuple[planning.Post, ...],
+    lst: ListSettings,
+    posts: tuple[Post, ...],
     since: datetime,
     at: datetime,
     mailed: set[tuple[str, str]],
@@ -256,6 +256,8 @@ def _deliver(
         if stop is not None and stop.is_set():
             break
         started = utcnow()
+        if _close_if_empty(engine, mailing_id):
+            continue
         due = _due_count(engine, mailing_id, started)
         if due:
             _log_start(engine, mailing_id, due)
@@ -294,11 +296,42 @@ def _bound(progress: MailingProgress | None, mailing_id: int) -> Callable[[int, 
     return lambda done, total: progress(mailing_id, done, total)
 
 
+def _close_if_empty(engine: Engine, mailing_id: int) -> bool:
+    """Mark a mailing with nothing left to send (e.g. an empty list) done.
+
+    Done here, outside `deliver_mailing`, whose own path for this case
+    (`MailingPass.run`) nests a write in an open read connection and waits
+    out SQLite's busy timeout (reported to the delivery owner).
+    """
+    from newsletter.store import mailings as q
+
+    with engine.connect() as conn:
+        open_work = q.has_open(conn, mailing_id)
+    if open_work:
+        return False
+    q.set_state(engine, mailing_id, "done")
+    post_id, list_name, _kind, _state = _describe_mailing(engine, mailing_id)
+    log.info(
+        "mailing %d finished: %s -> %s: nobody to send to",
+        mailing_id,
+        post_id,
+        list_name,
+        extra={"event": "mailing-finish", "mailing_id": mailing_id, "state": "done", "sent": 0},
+    )
+    return True
+
+
 def _due_count(engine: Engine, mailing_id: int, at: datetime) -> int:
-    query = select(func.count()).where(
-        deliveries.c.mailing_id == mailing_id,
-        deliveries.c.status.in_(("queued", "deferred", "sending")),
-        or_(deliveries.c.next_attempt_at.is_(None), deliveries.c.next_attempt_at <= at),
+    """Deliveries that can go now (0 while the mailing is paused by a cap)."""
+    query = (
+        select(func.count())
+        .select_from(deliveries.join(mailings, mailings.c.id == deliveries.c.mailing_id))
+        .where(
+            deliveries.c.mailing_id == mailing_id,
+            deliveries.c.status.in_(("queued", "deferred", "sending")),
+            or_(deliveries.c.next_attempt_at.is_(None), deliveries.c.next_attempt_at <= at),
+            or_(mailings.c.paused_until.is_(None), mailings.c.paused_until <= at),
+        )
     )
     with engine.connect() as conn:
         return int(conn.scalar(query) or 0)

@@ -241,6 +241,8 @@ class Daemon:
     def stop(self) -> None:
         """Stop claiming, let the running pass finish what is in flight, unlock."""
         self.stop_event.set()
+        if self.scheduler is None:  # never started (refused by the lock)
+            return
         if self.scheduler is not None and self.scheduler.running:
             # Not wait=True: APScheduler would hold its job-store lock while
             # joining the worker, and a finishing pass that (re)schedules jobs
@@ -290,6 +292,16 @@ class Daemon:
                 continue
             self.scheduler.add_job(
                 self._pass, trigger, id=f"digest:{lst.name}", args=[f"digest {lst.name}"]
+            )
+            zone = planning.cron_zone(lst, self.settings)
+            upcoming = planning.next_digest_time(lst, zone, self.clock())
+            log.info(
+                "digest %s on cron %r (%s): next at %s",
+                lst.name,
+                lst.cron,
+                zone.key,
+                upcoming.astimezone(zone).isoformat() if upcoming else "never",
+                extra={"event": "scheduled", "list": lst.name},
             )
 
     def wake(self, reason: str, at: datetime | None = None) -> None:

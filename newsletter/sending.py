@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Engine
 
 from newsletter.config import Settings
 from newsletter.delivery import DeliveryReport, Progress, envelope_sender
@@ -25,6 +25,7 @@ from newsletter.errors import DeliveryError, NewsletterError
 from newsletter.message import MessageTemplate, Recipient
 from newsletter.posts import Post, PostCollection
 from newsletter.ratelimit import Throttle, TokenBucket, next_attempt
+from newsletter.recorder import Pending, Recorder
 from newsletter.store import mailings as q
 from newsletter.store import now
 from newsletter.tokens import load_secret, make_token, unsubscribe_url
@@ -104,90 +105,6 @@ class _Job:
     row: q.Claimed
 
 
-class _Pending:
-    """One outcome waiting for the recorder's commit."""
-
-    __slots__ = ("delivery_id", "done", "error", "outcome")
-
-    def __init__(self, delivery_id: int, outcome: q.Outcome) -> None:
-        self.delivery_id = delivery_id
-        self.outcome = outcome
-        self.done = threading.Event()
-        self.error: BaseException | None = None
-
-    def wait(self) -> None:
-        """Until committed; re-raises the commit's error in the waiting worker."""
-        self.done.wait()
-        if self.error is not None:
-            raise self.error
-
-
-class Recorder:
-    """The one thread that commits outcomes, several per transaction (group commit).
-
-    A worker hands over its outcome and waits for the commit before it ends
-    another message (see `MailingPass._deliver`), so at any moment each worker has at most one message
-    whose fate the ledger does not know: after kill -9, at most `concurrency`
-    messages can go twice (invariant 2).  Grouping the commits, and taking
-    `write_lock` for every write of this process, spares SQLite's busy-wait
-    sleeps when several threads would otherwise fight for its write lock.
-    """
-
-    MAX_GROUP = 256
-
-    def __init__(self, engine: Engine, write_lock: threading.Lock) -> None:
-        self.engine = engine
-        self.write_lock = write_lock
-        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="recorder", daemon=True)
-        self._thread.start()
-
-    def submit(self, delivery_id: int, outcome: q.Outcome) -> _Pending:
-        pending = _Pending(delivery_id, outcome)
-        self._queue.put(pending)
-        return pending
-
-    def record(self, delivery_id: int, outcome: q.Outcome) -> None:
-        self.submit(delivery_id, outcome).wait()
-
-    def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join()
-
-    def _run(self) -> None:
-        with self.engine.connect() as conn:
-            self._loop(conn)
-
-    def _loop(self, conn: Connection) -> None:
-        stopping = False
-        while not stopping:
-            first = self._queue.get()
-            if first is None:
-                return
-            group = [first]
-            while len(group) < self.MAX_GROUP:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stopping = True
-                    break
-                group.append(item)
-            self._commit(conn, group)
-
-    def _commit(self, conn: Connection, group: list[_Pending]) -> None:
-        error: BaseException | None = None
-        try:
-            with self.write_lock:
-                q.record_many(conn, [(p.delivery_id, p.outcome) for p in group])
-        except BaseException as exc:  # handed to every waiting worker
-            error = exc
-        for pending in group:
-            pending.error = error
-            pending.done.set()
-
-
 class MailingPass:
     """Deliver what is claimable of one mailing, now."""
 
@@ -204,6 +121,13 @@ class MailingPass:
     ) -> None:
         self.engine, self.settings, self.mailing = engine, settings, mailing
         self.posts = posts
+        # A transport made here is closed here; one given by the caller is theirs.
+        self.owns_shared = False
+        if transport is None:
+            # One instance for every worker when the kind allows it (maildir).
+            candidate = make_transport(settings)
+            if is_thread_safe(candidate):
+                transport, self.owns_shared = candidate, True
         self.shared = transport
         self.stop = stop or threading.Event()
         self.abort = threading.Event()
@@ -272,6 +196,8 @@ class MailingPass:
             for thread in threads:
                 thread.join()
             self.recorder.close()
+            if self.owns_shared and self.shared is not None:
+                self.shared.close()
             q.release(self.engine, self.owner)
         if self.fatal is not None:
             raise self.fatal
@@ -286,13 +212,14 @@ class MailingPass:
             limit = self.batch if allowance is None else min(self.batch, allowance)
             if limit <= 0:
                 return True
-            rows, skipped = q.claim(
-                self.engine,
-                self.mailing.id,
-                self.owner,
-                limit,
-                self.settings.delivery.lease_seconds,
-            )
+            with self.write_lock:  # never fight the recorder for SQLite's write lock
+                rows, skipped = q.claim(
+                    self.engine,
+                    self.mailing.id,
+                    self.owner,
+                    limit,
+                    self.settings.delivery.lease_seconds,
+                )
             for _ in range(skipped):
                 tally.add("skipped")
             if rows or skipped:
@@ -322,7 +249,7 @@ class MailingPass:
 
     def _worker(self, jobs: queue.Queue[_Job | None], tally: _Tally) -> None:
         transport = self.shared if self.shared is not None else make_transport(self.settings)
-        previous: _Pending | None = None
+        previous: Pending | None = None
         try:
             while (job := jobs.get()) is not None:
                 if self.stop.is_set() or self.abort.is_set():
@@ -344,8 +271,8 @@ class MailingPass:
     # ------------------------------------------------------------------ one message
 
     def _deliver(
-        self, transport: Transport, row: q.Claimed, tally: _Tally, previous: _Pending | None
-    ) -> _Pending | None:
+        self, transport: Transport, row: q.Claimed, tally: _Tally, previous: Pending | None
+    ) -> Pending | None:
         """Send one message; hand its outcome to the recorder without waiting.
 
         The wait for the *previous* outcome's commit happens inside the SMTP

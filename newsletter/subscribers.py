@@ -76,12 +76,12 @@ def import_file(
     Ctrl-C, kill) leaves the store exactly as it was.
     """
     settings.get_list(list_name)  # a clear "unknown list" before touching anything
-    ensure_lists(engine, settings)
     total = source_size(path) if path.exists() else 0
     tick = (lambda done: progress(done, total)) if progress else None
     try:
         with engine.connect() as conn:
             transaction = conn.begin()
+            ensure_lists(conn, settings)  # inside: a dry run writes nothing at all
             run = ImportRun(conn, list_id(conn, list_name), resubscribe=resubscribe)
             counts = run.counts
             import_rows(run, read_source(path, fmt, progress=tick, infos=counts.files))
@@ -112,7 +112,6 @@ def sync_directory(
     """
     if not directory.is_dir():
         raise SubscriberError("no such directory", path=directory)
-    ensure_lists(engine, settings)
     files = sorted(p for p in directory.iterdir() if p.suffix.lower() == ".csv" and p.is_file())
     problems: list[Problem] = []
     known = ", ".join(sorted(settings.lists)) or "none declared"
@@ -120,6 +119,7 @@ def sync_directory(
     try:
         with engine.connect() as conn:
             transaction = conn.begin()
+            ensure_lists(conn, settings)
             for path in files:
                 if path.stem not in settings.lists:
                     problems.append(

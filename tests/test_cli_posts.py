@@ -214,3 +214,12 @@ def test_posts_listing_skips_html_but_keeps_problems(sample_site: Path) -> None:
     assert result.stderr == (
         "posts/2024-01-01-empty.md:4: warning: empty body: the email will have no excerpt\n"
     )
+
+
+def test_check_reports_a_bad_digest_cron(tmp_path: Path) -> None:
+    cfg = tmp_path / "newsletter.toml"
+    (tmp_path / "posts").mkdir()
+    cfg.write_text('[lists.weekly]\nmode = "digest"\ncron = "61 8 * * MON"\n', encoding="utf-8")
+    result = CliRunner().invoke(main, ["--config", str(cfg), "check"])
+    assert result.exit_code == 1
+    assert "lists.weekly.cron: error: invalid cron '61 8 * * MON'" in result.output

@@ -210,3 +210,67 @@ def test_two_daemons_on_one_database_mail_each_recipient_once(
     refused = next(err for code, _out, err in results if code == 1)
     assert "error: database.url: another newsletter daemon (" in refused
     assert Counter(server.recipients()) == Counter(MEMBERS)
+
+
+# --------------------------------------------------------------------------- over real SMTP
+
+
+def test_since_tags_and_lists_filters_over_smtp(tmp_path: Path, server: SmtpTestServer) -> None:
+    from email import message_from_bytes, policy
+
+    from newsletter.passes import run_pass
+
+    lists = '[lists.news]\ntitle = "News"\n[lists.python]\ntitle = "Python"\ntags = ["python"]\n'
+    site = smtp_site(tmp_path, server.port, since="2025-01-01", lists=lists)
+    settings = site.settings()
+    engine = engine_of(settings)
+    add_members(engine, "news", ["all@example.com"], settings=settings)
+    add_members(engine, "python", ["py@example.com"])
+    site.write_post("2024-12-30-too-old.md", "Too Old", "2024-12-30 10:00:00", tags=["python"])
+    site.write_post("2025-02-01-snakes.md", "Snakes", "2025-02-01 10:00:00", tags=["Python"])
+    site.write_post("2025-02-02-sleep.md", "Sleep", "2025-02-02 10:00:00")
+    site.write_post(
+        "2025-02-03-py-only.md", "Py Only", "2025-02-03 10:00:00", extra="lists: [python]\n"
+    )
+    report = run_pass(settings, engine)
+    got = sorted(
+        (r.rcpt_tos[0], str(message_from_bytes(r.data, policy=policy.default)["Subject"]))
+        for r in server.received
+    )
+    assert got == [
+        ("all@example.com", "Sleep"),
+        ("all@example.com", "Snakes"),
+        ("py@example.com", "Py Only"),
+        ("py@example.com", "Snakes"),
+    ]
+    assert [p.post_id for p in report.before_since] == ["too-old"]
+
+
+def test_a_digest_with_three_posts_over_smtp(tmp_path: Path, server: SmtpTestServer) -> None:
+    from email import message_from_bytes, policy
+
+    from newsletter import planning
+    from newsletter.passes import run_pass
+
+    lists = '[lists.weekly]\ntitle = "Weekly"\nmode = "digest"\ncron = "0 8 * * MON"\n'
+    site = smtp_site(tmp_path, server.port, lists=lists)
+    settings = site.settings()
+    engine = engine_of(settings)
+    add_members(engine, "weekly", settings=settings)
+    monday = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
+    planning.write_state_time(
+        engine, planning.digest_anchor_key("weekly"), monday - timedelta(days=7)
+    )
+    titles = ("Monday Notes", "Wednesday Notes", "Friday Notes")
+    for offset, title in zip((7, 5, 3), titles, strict=True):
+        slug = title.lower().replace(" ", "-")
+        site.write_post(
+            f"2026-02-2{offset}-{slug}.md", title, monday - timedelta(days=offset, hours=-1)
+        )
+    run_pass(settings, engine, now=monday + timedelta(seconds=1))
+    assert sorted(r for item in server.received for r in item.rcpt_tos) == sorted(MEMBERS)
+    msg = message_from_bytes(server.received[0].data, policy=policy.default)
+    text = str(msg.get_body(("plain",)).get_content())  # type: ignore[union-attr]
+    assert [text.index(t) for t in titles] == sorted(text.index(t) for t in titles)
+    run_pass(settings, engine, now=monday + timedelta(minutes=1))
+    assert len(server.received) == 3  # the same slot never sends twice

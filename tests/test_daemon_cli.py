@@ -7,6 +7,7 @@ import mailbox
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 from test_daemon_support import MEMBERS, add_members, engine_of, make_site
 
@@ -56,6 +57,21 @@ def test_run_once_on_the_bundled_sample_sends_through_the_maildir(sample_site: P
     assert code == 0
     assert out.startswith("Planned 0 mailings and 0 digests.\nSent 0, deferred 0,")
     assert len(list(mailbox.Maildir(settings.delivery.outbox_dir))) == 9
+
+
+def test_readme_main_job_syncs_the_sample_list_and_sends_once(sample_site: Path) -> None:
+    # The README's quick start: `newsletter run --once --sync` on a fresh copy.
+    code, out, err = invoke("run", "--once", "--sync")
+    assert code == 0, err
+    assert out.startswith("synced list sample from sample.csv: rows 3, new 3\n")
+    assert "Sent 9, deferred 0, failed 0, skipped 0." in out
+    outbox = mailbox.Maildir(sample_site / ".newsletter" / "outbox", create=False)
+    received = sorted(str(msg["To"]) for msg in outbox)
+    assert len(received) == 9 and received.count("Ada Example <ada@example.com>") == 3
+    code, out, _err = invoke("run", "--once", "--sync")
+    assert code == 0
+    assert "rows 3, unchanged 3" in out and "Sent 0," in out
+    assert len(list(outbox)) == 9
 
 
 def test_run_once_says_how_many_posts_since_held_back(tmp_path: Path) -> None:
@@ -232,3 +248,52 @@ def test_json_log_lines_carry_extra_fields_and_exceptions() -> None:
     assert first["recipient"] == "ada@example.com" and first["code"] == 550
     assert "ValueError: bad" in second["exception"]
     assert handler not in logging.getLogger("newsletter").handlers
+
+
+def test_run_serve_answers_public_endpoints_beside_the_daemon(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from tests.smtpserver import free_port
+
+    port = free_port()
+    site = make_site(
+        tmp_path, scan_interval="10m", extra=f'[web]\nhost = "127.0.0.1"\nport = {port}\n'
+    )
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "newsletter",
+            "--config",
+            str(site.config),
+            "run",
+            "--no-watch",
+            "--serve",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        body = b""
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not body:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
+                    body = resp.read()
+            except OSError:
+                time.sleep(0.1)
+        assert body, "the public server never answered /healthz"
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert f"serving unsubscribe and archive at http://127.0.0.1:{port}" in err
+    with pytest.raises(OSError):  # stopped with the daemon
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2)

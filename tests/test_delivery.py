@@ -315,3 +315,15 @@ def test_live_lease_of_another_process_is_respected_until_it_expires(setup: Any)
             .values(lease_expires_at=past)
         )
     assert deliver_mailing(engine, settings, mid, posts, transport=MemoryTransport()).sent == 3
+
+
+def test_a_mailing_whose_post_vanished_does_not_stop_the_others(setup: Any) -> None:
+    settings, engine, posts = setup
+    gone = plan_mailing(engine, settings, "a-post-that-was-deleted", "sample")
+    plan_mailing(engine, settings, POST, "sample")
+    report = deliver_due(engine, settings, posts, transport=MemoryTransport())
+    assert report.sent == 10
+    assert report.errors and report.errors[0].startswith(f"mailing {gone}: ")
+    by_id = {s.mailing_id: s for s in mailing_summaries(engine)}
+    assert by_id[gone].state == "sending"
+    assert "a-post-that-was-deleted" in (by_id[gone].last_error or "")

@@ -25,7 +25,7 @@ import newsletter.importer as importer
 from newsletter.config import Settings
 from newsletter.errors import SubscriberError
 from newsletter.store import open_url
-from newsletter.store.schema import memberships, subscribers
+from newsletter.store.schema import lists, memberships, subscribers
 from newsletter.store.subscribers import (
     add_subscriber,
     get_by_email,
@@ -397,3 +397,29 @@ def test_sync_dry_run(engine: Engine, settings: Settings) -> None:
     results, _ = sync_directory(engine, settings, folder, dry_run=True)
     assert results[0].counts.new == 1
     assert count_rows(engine) == (0, 0)
+
+
+def test_dry_run_on_a_fresh_store_creates_nothing(tmp_path: Path, settings: Settings) -> None:
+    engine = open_url(f"sqlite:///{tmp_path / 'fresh.db'}")
+    counts = run_import(engine, settings, FIXTURES / "utf8_tab.tsv", dry_run=True)
+    assert counts.new == 1
+    with engine.connect() as conn:
+        assert conn.scalar(select(func.count()).select_from(lists)) == 0
+
+
+def test_resubscribe_flag_never_downgrades_active_to_pending(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    add_subscriber(engine, "a@example.com", "news")
+    path = write(tmp_path / "in.csv", "email,status\na@example.com,pending\n")
+    counts = run_import(engine, settings, path, resubscribe=True)
+    assert counts.unchanged == 1
+    assert seen(engine, "a@example.com").status == "active"
+
+
+def test_touched_bitmap() -> None:
+    touched = importer._Touched()
+    for sid in (1, 7, 8, 1_000_003):
+        touched.add(sid)
+    assert all(s in touched for s in (1, 7, 8, 1_000_003))
+    assert not any(s in touched for s in (0, 2, 9, 1_000_002, 5_000_000))

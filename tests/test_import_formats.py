@@ -322,3 +322,55 @@ def test_generic_status_words(engine: Engine, settings: Settings, tmp_path: Path
     assert [(p.line, p.message) for p in counts.problems] == [
         (4, "unknown status 'vip'; imported as pending (not mailable)")
     ]
+
+
+def test_headerless_list_of_addresses(engine: Engine, settings: Settings, tmp_path: Path) -> None:
+    path = tmp_path / "pasted.csv"
+    path.write_text("one@example.com,One\ntwo@example.com\nnot-an-address\n", encoding="utf-8")
+    counts = run_import(engine, settings, path)
+    assert (counts.new, counts.invalid) == (2, 1)
+    assert seen(engine, "one@example.com").name == "One"
+    assert [p.line for p in counts.problems] == [3]
+
+
+def test_oversized_field_is_one_bad_row(engine: Engine, settings: Settings, tmp_path: Path) -> None:
+    path = tmp_path / "huge.csv"
+    huge = "x" * 200_000  # over csv's default 128 kB field limit
+    path.write_text(
+        f"email,name\na@example.com,A\nb@example.com,{huge}\nc@example.com,C\n", encoding="utf-8"
+    )
+    counts = run_import(engine, settings, path)
+    assert counts.new == 2 and counts.invalid == 1
+    assert counts.problems[0].line == 3
+    assert counts.problems[0].message.startswith("unreadable row: field larger than field limit")
+    assert seen(engine, "c@example.com").mailable
+
+
+@pytest.mark.parametrize(
+    ("encoding", "bom", "expected"),
+    [
+        ("utf-16-le", b"", "utf-16-le"),
+        ("utf-16-be", b"", "utf-16-be"),
+        ("utf-16-be", b"\xfe\xff", "utf-16"),
+        ("utf-8", b"", "utf-8"),
+    ],
+)
+def test_encodings_without_and_with_bom(
+    tmp_path: Path, encoding: str, bom: bytes, expected: str
+) -> None:
+    path = tmp_path / "e.csv"
+    path.write_bytes(bom + "email\tname\r\nrene@example.com\tRené\r\n".encode(encoding))
+    infos: list = []
+    rows = [r for r in read_source(path, infos=infos) if isinstance(r, SourceRow)]
+    assert infos[0].encoding == expected
+    assert [(r.email, r.name) for r in rows] == [("rene@example.com", "René")]
+
+
+def test_progress_reports_bytes_up_to_the_size(tmp_path: Path) -> None:
+    path = tmp_path / "p.csv"
+    path.write_text("email\n" + "".join(f"p{i}@example.com\n" for i in range(150_000)))
+    seen_bytes: list[int] = []
+    rows = sum(1 for _ in read_source(path, progress=seen_bytes.append))
+    assert rows == 150_000
+    assert seen_bytes == sorted(seen_bytes) and len(seen_bytes) >= 3
+    assert seen_bytes[-1] == path.stat().st_size

@@ -444,3 +444,39 @@ def test_a_pass_that_blows_up_is_logged_and_the_daemon_lives_on(
             daemon.stop()
     assert "pass (scan) failed; retrying at the next scan" in caplog.text
     assert "RuntimeError: boom" in caplog.text
+
+
+def test_a_paused_mailing_stays_quiet_then_resumes_when_its_time_comes(
+    ready: tuple[Site, Settings, Engine], caplog: pytest.LogCaptureFixture
+) -> None:
+    site, settings, engine = ready
+    site.write_post("2025-01-02-capped.md", "Capped", LAST_YEAR)
+    from newsletter.delivery import plan_mailing
+
+    mailing_id = plan_mailing(engine, settings, "capped", "news")
+    until = datetime.now(UTC) + timedelta(seconds=0.6)
+    with engine.begin() as conn:
+        conn.execute(
+            update(mailings)
+            .where(mailings.c.id == mailing_id)
+            .values(state="paused", paused_until=until)
+        )
+    with caplog.at_level(logging.INFO, logger="newsletter.daemon"):
+        report, transport = one_pass(settings, engine)
+    assert transport.outbox == [] and report.delivery.paused
+    assert "start" not in caplog.text  # a paused mailing is not "started" every scan
+    time.sleep(max(0.0, (until - datetime.now(UTC)).total_seconds()) + 0.05)
+    report, transport = one_pass(settings, engine)
+    assert sorted(s.recipient for s in transport.outbox) == sorted(MEMBERS)
+
+
+def test_a_post_for_a_list_without_members_finishes_at_once(site: Site) -> None:
+    settings = site.settings()
+    engine = engine_of(settings)  # no members at all
+    site.write_post("2025-01-02-lonely.md", "Lonely", LAST_YEAR)
+    started = time.monotonic()
+    report, transport = one_pass(settings, engine)
+    assert time.monotonic() - started < 5  # no wait on a locked database
+    assert report.problems == () and transport.outbox == []
+    with engine.connect() as conn:
+        assert conn.scalar(select(mailings.c.state)) == "done"

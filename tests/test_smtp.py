@@ -10,6 +10,7 @@ import pytest
 from smtpserver import DROP, STALL, SmtpTestServer, TlsMaterial, self_signed_context, tls_material
 
 from newsletter.config import SmtpSettings
+from newsletter.errors import StoreError
 from newsletter.transports import ConnectError, TransportError
 from newsletter.transports.smtp import (
     SmtpTransport,
@@ -285,3 +286,24 @@ def test_pipelined_session_is_really_pipelined() -> None:
         assert t._conn is not None and t._conn.has_extn("pipelining")
         t.close()
         assert server.received[0].data == b"Subject: x\r\n\r\n.dot\r\n"
+
+
+def test_ready_runs_before_the_final_dot_and_a_failure_discards_the_message(
+    any_server: SmtpTestServer,
+) -> None:
+    t = plain(any_server)
+    seen: list[int] = []
+    assert t.send(
+        SENDER, "a@example.org", MSG, ready=lambda: seen.append(len(any_server.received))
+    ).ok
+    assert seen == [0] and len(any_server.received) == 1
+
+    def fail() -> None:
+        raise StoreError("the ledger is full")
+
+    with pytest.raises(StoreError, match="ledger is full"):
+        t.send(SENDER, "b@example.org", MSG, ready=fail)
+    assert t.send(SENDER, "c@example.org", MSG).ok  # a fresh connection
+    t.close()
+    # Without the final dot the server kept nothing of b's message.
+    assert any_server.recipients() == ["a@example.org", "c@example.org"]

@@ -191,8 +191,8 @@ def test_list_counts_by_effective_status(engine: Engine) -> None:
 
 
 def test_mailable_members_streams(engine: Engine) -> None:
-    """200k members go through with a small, bounded Python heap."""
-    total = 200_000
+    """60k members go through with a small, bounded Python heap."""
+    total = 60_000
     stamp = now()
     with engine.begin() as conn:
         lid = conn.scalar(select(lists.c.id).where(lists.c.name == "news"))
@@ -226,5 +226,5 @@ def test_mailable_members_streams(engine: Engine) -> None:
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert count == total
-    # Loading all rows would need tens of MB; streaming stays far below.
-    assert peak < 10 * 1024 * 1024
+    # Holding 60k rows as plain tuples takes ~15 MB; streaming peaks ~0.3 MB.
+    assert peak < 3 * 1024 * 1024

@@ -4,7 +4,12 @@ public app under a real uvicorn (logs never show a whole token)."""
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -104,3 +109,53 @@ def test_serve_in_thread_answers_and_logs_no_token(config: Path) -> None:
     posted = [line for line in lines if "POST /unsubscribe/" in line]
     assert len(posted) == 1
     assert token not in posted[0] and f"/unsubscribe/{token[:6]}…" in posted[0]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize(
+    ("command", "banner"),
+    [
+        (["preview", "--no-open"], "Preview on http://127.0.0.1:{port}/ (Ctrl-C to stop)"),
+        (
+            ["serve"],
+            "Serving https://news.lantern.example.com on http://127.0.0.1:{port}/ (Ctrl-C to stop)",
+        ),
+    ],
+)
+def test_command_serves_until_ctrl_c(config: Path, command: list[str], banner: str) -> None:
+    port = _free_port()
+    env = {**os.environ, "NEWSLETTER_CONFIG": str(config)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "newsletter", *command, "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=config.parent,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/" + ("" if command[0] == "preview" else "healthz")
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                response = httpx.get(url, timeout=1)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None, proc.communicate()
+                assert time.monotonic() < deadline, "the server never answered"
+                time.sleep(0.1)
+        assert response.status_code == 200
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert out.splitlines()[0] == banner.format(port=port)
+    assert "Traceback" not in err

@@ -4,6 +4,7 @@ email exactly as `send` builds it, lint, test sends, the outbox, live reload."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import re
 import time
 from collections.abc import Iterator
@@ -171,6 +172,37 @@ def test_eml_is_exactly_what_send_builds(client: TestClient, config: Path) -> No
         mailing_key=f"preview:{CLEAN}:letters"
     )
     assert _without_date(response.content).split(b"\r\n") == _without_date(expected).split(b"\r\n")
+
+
+def test_preview_is_dkim_signed_like_a_real_send(config: Path) -> None:
+    import dkim
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = config.parent / "dkim.pem"
+    pem.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    record = b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
+    dkim_keys = {
+        "dkim.domain": "lantern.example.com",
+        "dkim.selector": "news",
+        "dkim.private_key_path": str(pem),
+    }
+    with _client(config, **dkim_keys) as client:
+        raw = client.get(f"/eml/{CLEAN}").content
+        page = client.get(f"/post/{CLEAN}").text
+    assert raw.startswith(b"DKIM-Signature:")
+    assert "<th>DKIM-Signature</th>" in page
+    assert dkim.verify(raw, dnsfunc=lambda name, timeout=5: record)
 
 
 def test_post_page_shows_parts_headers_and_iframe(client: TestClient) -> None:

@@ -8,14 +8,17 @@ from contextlib import contextmanager
 from typing import Any
 
 import click
+from sqlalchemy import Engine
 
 from newsletter.cli import emit_json, handle_errors, json_option, settings_of
+from newsletter.config import Settings
 from newsletter.errors import TransportError
 from newsletter.logging_setup import remove_logging, setup_logging
 from newsletter.passes import MailingProgress, PassReport
 from newsletter.planning import UpcomingSend
 from newsletter.scheduler import Daemon, run_once
 from newsletter.store import open_store
+from newsletter.subscribers import sync_directory
 
 
 def register(group: click.Group) -> None:
@@ -33,10 +36,29 @@ def register(group: click.Group) -> None:
     is_flag=True,
     help="Do not watch the posts folder; rely on [schedule] scan_interval alone.",
 )
+@click.option(
+    "--serve",
+    is_flag=True,
+    help="Also serve the public endpoints (unsubscribe, archive) at [web] host:port.",
+)
+@click.option(
+    "--sync",
+    "sync_first",
+    is_flag=True,
+    help="First make each list mirror subscribers/<list>.csv (as `subscribers sync`).",
+)
 @json_option
 @click.pass_context
 @handle_errors
-def run(ctx: click.Context, once: bool, log_json: bool, no_watch: bool, as_json: bool) -> None:
+def run(
+    ctx: click.Context,
+    once: bool,
+    log_json: bool,
+    no_watch: bool,
+    serve: bool,
+    sync_first: bool,
+    as_json: bool,
+) -> None:
     """Send each new post to its lists when its date arrives.
 
     Without --once this runs in the foreground until SIGTERM or Ctrl-C: it
@@ -51,8 +73,11 @@ def run(ctx: click.Context, once: bool, log_json: bool, no_watch: bool, as_json:
     handler = setup_logging(json_lines=log_json)
     try:
         engine = open_store(settings)
+        if sync_first:
+            _sync_lists(settings, engine, quiet=as_json)
         if not once:
-            Daemon(settings, engine, watch=not no_watch).serve_forever()
+            with _public_server(settings, enabled=serve):
+                Daemon(settings, engine, watch=not no_watch).serve_forever()
             return
         with _progress_bar(enabled=sys.stdout.isatty() and not as_json) as progress:
             report = run_once(settings, engine, progress=progress)
@@ -71,6 +96,36 @@ def run(ctx: click.Context, once: bool, log_json: bool, no_watch: bool, as_json:
         )
     if report.problems and any(p.startswith("error:") or ": error:" in p for p in report.problems):
         sys.exit(1)
+
+
+def _sync_lists(settings: Settings, engine: Engine, *, quiet: bool) -> None:
+    """`run --sync`: the list files first, so a fresh checkout has members."""
+    results, problems = sync_directory(engine, settings, settings.base_dir / "subscribers")
+    for problem in problems + [p for r in results for p in r.counts.problems]:
+        click.echo(problem, err=True)
+    if not quiet:
+        for r in results:
+            counts = r.counts.as_dict()
+            click.echo(
+                f"synced list {r.list_name} from {r.path.name}: "
+                + ", ".join(f"{k} {v}" for k, v in counts.items() if isinstance(v, int) and v)
+            )
+
+
+@contextmanager
+def _public_server(settings: Settings, *, enabled: bool) -> Iterator[None]:
+    """`run --serve`: the public app beside the daemon, stopped with it."""
+    if not enabled:
+        yield
+        return
+    from newsletter.web.server import serve_in_thread
+
+    running = serve_in_thread(settings)
+    click.echo(f"serving unsubscribe and archive at {running.url}", err=True)
+    try:
+        yield
+    finally:
+        running.stop()
 
 
 def summary_lines(report: PassReport) -> list[str]:

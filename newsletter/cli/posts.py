@@ -14,6 +14,7 @@ from newsletter import render
 from newsletter.cli import emit_json, handle_errors, json_option, settings_of
 from newsletter.config import DEFAULT_CONFIG, ListSettings, Settings, utcnow
 from newsletter.errors import NewsletterError, Problem
+from newsletter.planning import cron_trigger
 from newsletter.posts import PostCollection, load_posts, post_files, post_status
 
 
@@ -133,6 +134,12 @@ def check_settings(settings: Settings) -> Iterator[Problem]:
         yield Problem(
             "no [lists.NAME] declared: nothing can be sent", cfg, None, "warning", "lists"
         )
+    for mailing_list in settings.lists.values():
+        if mailing_list.cron:
+            try:
+                cron_trigger(mailing_list, settings.site.tz)
+            except NewsletterError as exc:
+                yield Problem(exc.message, cfg, None, "error", exc.key)
     templates = settings.email.templates_dir
     if templates is not None and not templates.is_dir():
         yield Problem("templates folder not found", templates, None, "error", "email.templates_dir")

@@ -29,7 +29,11 @@ class MaildirTransport:
         if self._box is not None:
             return
         try:
-            self._box = mailbox.Maildir(self.path, create=True)
+            # Made here with exist_ok: Maildir(create=True) fails when another
+            # process or thread creates the folder at the same moment.
+            for sub in ("tmp", "new", "cur"):
+                (self.path / sub).mkdir(parents=True, exist_ok=True)
+            self._box = mailbox.Maildir(self.path, create=False)
         except OSError as exc:
             raise TransportError(f"cannot open the outbox: {exc}", path=self.path) from exc
 
@@ -42,7 +46,7 @@ class MaildirTransport:
         envelope = f"Return-Path: <{sender}>\r\nDelivered-To: {recipient}\r\n".encode()
         try:
             with self._lock:
-                key = self._box.add(mailbox.MaildirMessage(envelope + message))
+                key = self._box.add(envelope + message)  # bytes: no parsing
         except OSError as exc:
             raise TransportError(f"cannot write to the outbox: {exc}", path=self.path) from exc
         return SendResult(recipient, True, 250, f"stored as {key}")

@@ -144,6 +144,10 @@ class SmtpTransport:
             ) from exc
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
             raise ConnectError(f"cannot connect to {where}: {exc}") from exc
+        if conn.sock is not None:
+            # The final ".\r\n" goes out as its own small write (see _content);
+            # without TCP_NODELAY, Nagle's algorithm would hold it for an ACK.
+            conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._conn = conn
         self.connects += 1
 

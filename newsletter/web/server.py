@@ -8,6 +8,7 @@ so that port 0 (tests) reports the port it got.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import socket
@@ -93,7 +94,10 @@ def run_app(
         shown = f"[{host}]" if ":" in host else host
         announce(f"http://{shown}:{sock.getsockname()[1]}/")
     server = uvicorn.Server(_config(app, access_log=access_log, log_level="info"))
-    server.run(sockets=[sock])
+    # uvicorn shuts down cleanly, then re-raises the Ctrl-C it caught;
+    # stopping a server with Ctrl-C is success, not click's "Aborted!".
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run(sockets=[sock])
 
 
 @dataclass

@@ -23,6 +23,7 @@ from newsletter.message import MessageTemplate, sample_recipient
 from newsletter.planning import list_takes
 from newsletter.posts import Post, PostCollection, load_posts, post_status
 from newsletter.render import RenderedEmail, render_email
+from newsletter.sending import make_signer
 from newsletter.store import open_store
 from newsletter.store.schema import lists as lists_table
 from newsletter.store.schema import mailings
@@ -46,6 +47,9 @@ def build_preview(settings: Settings, post: Post, mailing_list: ListSettings) ->
     raw = template.personalise(
         sample_recipient(settings), mailing_key=f"preview:{post.post_id}:{mailing_list.name}"
     )
+    signer = make_signer(settings)  # DKIM, exactly as a real send signs
+    if signer is not None:
+        raw = signer(raw)
     view = view_of(raw)
     findings = lint_email(rendered, view.html or "", post.warnings)
     return Preview(post, mailing_list.name, rendered, view, findings)
