@@ -22,6 +22,7 @@ from newsletter.config import ListSettings, Settings, utcnow
 from newsletter.delivery import DeliveryReport
 from newsletter.errors import NewsletterError, TransportError
 from newsletter.posts import Post, PostCollection
+from newsletter.store import reading
 from newsletter.store.schema import deliveries, lists, mailings
 from newsletter.transports import Transport
 
@@ -249,7 +250,7 @@ def _deliver(
     from newsletter.store.mailings import free_dead_leases, mailings_with_work
 
     free_dead_leases(engine)
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         ids = list(mailings_with_work(conn))
     total = DeliveryReport()
     for mailing_id in ids:
@@ -305,7 +306,7 @@ def _close_if_empty(engine: Engine, mailing_id: int) -> bool:
     """
     from newsletter.store import mailings as q
 
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         open_work = q.has_open(conn, mailing_id)
     if open_work:
         return False
@@ -333,7 +334,7 @@ def _due_count(engine: Engine, mailing_id: int, at: datetime) -> int:
             or_(mailings.c.paused_until.is_(None), mailings.c.paused_until <= at),
         )
     )
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         return int(conn.scalar(query) or 0)
 
 
@@ -343,7 +344,7 @@ def _describe_mailing(engine: Engine, mailing_id: int) -> tuple[str, str, str, s
         .join(lists, lists.c.id == mailings.c.list_id)
         .where(mailings.c.id == mailing_id)
     )
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         row = conn.execute(query).first()
     return (row[0], row[1], row[2], row[3]) if row is not None else ("?", "?", "?", "?")
 
@@ -374,7 +375,7 @@ def _log_finish(
     """One line per mailing (counts) and one per failure, grouped: when the
     server is down every recipient fails the same way, and that is one line."""
     post_id, list_name, kind, state_ = _describe_mailing(engine, mailing_id)
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         failures = conn.execute(
             select(
                 deliveries.c.email,
@@ -470,7 +471,7 @@ def _log_failure(
 
 def next_work_time(engine: Engine, now: datetime) -> datetime | None:
     """The earliest deferred retry or paused mailing still to come."""
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         retry = conn.scalar(
             select(func.min(deliveries.c.next_attempt_at)).where(
                 deliveries.c.status.in_(("queued", "deferred")),

@@ -34,6 +34,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from newsletter.config import ListSettings, Settings
 from newsletter.errors import ConfigError, Problem, StoreError
 from newsletter.posts import Post, PostCollection
+from newsletter.store import reading
 from newsletter.store.schema import state
 
 DIGEST_PREFIX = "digest:"
@@ -291,7 +292,7 @@ def _upcoming_digest(
 
 def read_state_time(engine: Engine, key: str) -> datetime | None:
     try:
-        with engine.connect() as conn:
+        with reading(engine) as conn:
             value = conn.scalar(select(state.c.value).where(state.c.key == key))
     except SQLAlchemyError as exc:
         raise StoreError(f"cannot read state {key!r}: {exc}") from exc

@@ -92,3 +92,29 @@ def test_unopenable_database_is_a_store_error(tmp_path: Path) -> None:
     blocker.write_text("not a folder")
     with pytest.raises(StoreError, match="cannot open database"):
         open_url(f"sqlite:///{blocker}/db.sqlite")
+
+
+def test_reading_connections_do_not_wait_for_a_writer(tmp_path: Path) -> None:
+    # A long write (an import) holds SQLite's write lock; status and the web
+    # app read through `reading()` and must neither wait nor fail meanwhile.
+    url = f"sqlite:///{tmp_path}/db.sqlite"
+    writer_engine = open_url(url)
+    reader_engine = open_url(url)
+    moment = datetime.now(UTC)
+    with writer_engine.begin() as conn:
+        conn.execute(
+            subscribers.insert().values(email="a@example.com", created_at=moment, updated_at=moment)
+        )
+    with writer_engine.begin() as writer:
+        writer.execute(
+            subscribers.insert().values(email="b@example.com", created_at=moment, updated_at=moment)
+        )
+        with store.reading(reader_engine) as reader:
+            reader.connection.driver_connection.execute("PRAGMA busy_timeout=100")
+            emails = reader.execute(select(subscribers.c.email)).scalars().all()
+        assert emails == ["a@example.com"]  # the snapshot before the uncommitted write
+        # Without it, a read waits for the writer (here: 0.1 s, then fails).
+        with reader_engine.connect() as blocked:
+            blocked.connection.driver_connection.execute("PRAGMA busy_timeout=100")
+            with pytest.raises(Exception, match="locked"):
+                blocked.execute(select(subscribers.c.email)).all()

@@ -71,9 +71,26 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 def _sqlite_begin_immediate(conn: Connection) -> None:
     # pysqlite's own transaction handling is off (isolation_level=None above);
     # BEGIN IMMEDIATE takes the write lock up front so that two processes
-    # claiming work never deadlock on a read-to-write upgrade.
+    # claiming work never deadlock on a read-to-write upgrade.  Connections
+    # from `reading()` only read, so they take a plain (deferred) BEGIN and
+    # never wait for, or block, a writer: WAL gives them a consistent snapshot.
     if conn.dialect.name == "sqlite":
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        readonly = conn.get_execution_options().get(READ_ONLY, False)
+        conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
+
+
+READ_ONLY = "newsletter_read_only"
+
+
+def reading(engine: Engine) -> Connection:
+    """A connection for reads only (status, listings, the web app).
+
+    Use it as a context manager.  It does not take SQLite's write lock, so a
+    long import or a sending process never makes it wait; a write through it
+    is refused by SQLite with "attempt to write a readonly database"-style
+    errors only if another writer holds the lock, so do not write with it.
+    """
+    return engine.connect().execution_options(**{READ_ONLY: True})
 
 
 # Each step upgrades the schema from version N-1 to N.  Version 1 is the

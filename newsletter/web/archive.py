@@ -19,6 +19,7 @@ from newsletter.config import ListSettings, Settings
 from newsletter.errors import StoreError
 from newsletter.message import Recipient, fill_placeholders
 from newsletter.render import RenderedEmail
+from newsletter.store import reading
 from newsletter.store.schema import deliveries, lists, mailings
 
 
@@ -62,7 +63,7 @@ def sent_posts(engine: Engine) -> list[ArchiveEntry]:
         .order_by(mailings.c.id)
     )
     try:
-        with engine.connect() as conn:
+        with reading(engine) as conn:
             rows = conn.execute(query).all()
     except SQLAlchemyError as exc:
         raise StoreError(f"database read failed: {exc}") from exc

@@ -30,7 +30,7 @@ from newsletter.config import Settings
 from newsletter.errors import NewsletterError, PostError, StoreError, SubscriberError
 from newsletter.posts import PostCollection
 from newsletter.render import render_email
-from newsletter.store import open_store
+from newsletter.store import open_store, reading
 from newsletter.store import subscribers as subs
 from newsletter.tokens import ALL_LISTS, load_secret, verify_token
 from newsletter.web.archive import list_for, neutral_html, sent_posts
@@ -90,7 +90,7 @@ def resolve_token(state: PublicState, token: str) -> Target | None:
 
 def _list_exists(engine: Engine, name: str) -> bool:
     try:
-        with engine.connect() as conn:
+        with reading(engine) as conn:
             subs.list_id(conn, name)
     except SubscriberError:
         return False
@@ -275,7 +275,7 @@ def archive_post(request: Request) -> Response:
 
 def healthz(request: Request) -> Response:
     try:
-        with _state(request).engine.connect() as conn:
+        with reading(_state(request).engine) as conn:
             conn.execute(text("SELECT 1"))
     except SQLAlchemyError:
         return JSONResponse({"status": "error", "database": "unreachable"}, status_code=503)

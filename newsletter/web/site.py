@@ -24,7 +24,7 @@ from newsletter.planning import list_takes
 from newsletter.posts import Post, PostCollection, load_posts, post_status
 from newsletter.render import RenderedEmail, render_email
 from newsletter.sending import make_signer
-from newsletter.store import open_store
+from newsletter.store import open_store, reading
 from newsletter.store.schema import lists as lists_table
 from newsletter.store.schema import mailings
 from newsletter.web.emailview import EmailView, view_of
@@ -164,7 +164,7 @@ def mailing_states(engine: Engine | None) -> dict[tuple[str, str], str]:
     if engine is None:
         return {}
     try:
-        with engine.connect() as conn:
+        with reading(engine) as conn:
             rows = conn.execute(
                 select(mailings.c.post_id, lists_table.c.name, mailings.c.state)
                 .join(lists_table, lists_table.c.id == mailings.c.list_id)
