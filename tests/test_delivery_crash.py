@@ -81,3 +81,32 @@ def test_kill_9_mid_mailing_then_resume(sample_site: Path, smtp_server: SmtpTest
     out, _ = third.communicate(timeout=60)
     assert "already sent" in out.decode()
     assert len(smtp_server.received) == N + duplicates
+
+
+@pytest.mark.slow
+def test_sigterm_finishes_in_flight_then_rerun_sends_the_rest_once(
+    sample_site: Path, smtp_server: SmtpTestServer
+) -> None:
+    config = smtp_config(sample_site, smtp_server)
+    config.write_text(
+        config.read_text().replace("rate_per_second = 0\n", "rate_per_second = 100\n")
+    )
+    add_readers(config, 120)
+    first = send(config, sample_site)
+    deadline = time.monotonic() + 30
+    while len(smtp_server.received) < 20:
+        assert first.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    first.send_signal(signal.SIGTERM)
+    out, err = first.communicate(timeout=10)
+    assert first.returncode == 0, err.decode()
+    assert "stopped: the messages in flight were finished" in err.decode()
+    partial = len(smtp_server.received)
+    assert partial < 120
+    assert out.decode().startswith(f"sent {partial}, ")
+    second = send(config, sample_site)
+    out, err = second.communicate(timeout=60)
+    assert second.returncode == 0, err.decode()
+    assert out.decode().startswith(f"sent {120 - partial}, ")
+    counts = Counter(smtp_server.recipients())
+    assert len(counts) == 120 and set(counts.values()) == {1}  # a clean stop: no duplicates

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -138,14 +141,44 @@ def _send(
     mailing_id = plan_mailing(
         engine, settings, post.post_id, list_name, subject=post.title, resend=resend
     )
-    with _progress(enabled=sys.stdout.isatty() and not as_json) as progress:
-        report = deliver_mailing(engine, settings, mailing_id, posts, progress=progress, wait=wait)
+    stop = threading.Event()
+    with _stop_on_signals(stop), _progress(enabled=sys.stdout.isatty() and not as_json) as bar:
+        report = deliver_mailing(
+            engine, settings, mailing_id, posts, progress=bar, wait=wait, stop=stop
+        )
     if as_json:
         emit_json({"mailing": mailing_id, **_report_dict(report)})
     else:
         click.echo(_summary_line(report))
     for line in report.errors:
         click.echo(f"failed: {line}", err=True)
+    if stop.is_set():
+        click.echo(
+            "stopped: the messages in flight were finished; run the same command again "
+            "to send the rest",
+            err=True,
+        )
+
+
+@contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """Ctrl-C or SIGTERM: finish the messages in flight, then stop (a second one kills)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame: Any) -> None:
+        if stop.is_set():
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 @contextmanager

@@ -145,7 +145,9 @@ def claim(
             ids = select(deliveries.c.id).where(_claimable(mailing_id, at)).limit(limit)
             conn.execute(
                 update(deliveries)
-                .where(deliveries.c.id.in_(ids.scalar_subquery()))
+                # The condition again outside the subquery: on PostgreSQL a
+                # concurrent claimer's rows fail this re-check after the row lock.
+                .where(deliveries.c.id.in_(ids.scalar_subquery()), _claimable(mailing_id, at))
                 .values(
                     status="sending",
                     lease_owner=tag,
