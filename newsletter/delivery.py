@@ -30,6 +30,7 @@ from newsletter.errors import (
 )
 from newsletter.posts import Post, PostCollection
 from newsletter.store import mailings as q
+from newsletter.store import reading
 from newsletter.transports import Transport
 
 __all__ = [
@@ -167,7 +168,7 @@ def deliver_mailing(
     """
     from newsletter.sending import MailingPass
 
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         mailing = q.get_mailing(conn, mailing_id)
     if mailing is None:
         raise DeliveryError(f"no mailing with id {mailing_id}")
@@ -189,7 +190,7 @@ def deliver_due(
 
     free_dead_leases(engine)
     report = DeliveryReport()
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         ids = list(q.mailings_with_work(conn))
     for mailing_id in ids:
         if stop is not None and stop.is_set():
@@ -226,7 +227,7 @@ def send_test(
 def mailing_summaries(engine: Engine) -> list[MailingSummary]:
     """Every mailing, oldest first, with its delivery counts by status."""
     try:
-        with engine.connect() as conn:
+        with reading(engine) as conn:
             rows = q.all_mailings(conn)
             counts = q.counts(conn)
     except SQLAlchemyError as exc:
@@ -256,7 +257,7 @@ def mailed_pairs(engine: Engine) -> set[tuple[str, str]]:
     it carried.
     """
     try:
-        with engine.connect() as conn:
+        with reading(engine) as conn:
             return q.mailed_pairs(conn)
     except SQLAlchemyError as exc:
         raise StoreError(f"cannot read mailings: {exc}") from exc

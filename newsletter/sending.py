@@ -27,7 +27,7 @@ from newsletter.posts import Post, PostCollection
 from newsletter.ratelimit import Throttle, TokenBucket, next_attempt
 from newsletter.recorder import Pending, Recorder
 from newsletter.store import mailings as q
-from newsletter.store import now
+from newsletter.store import now, reading
 from newsletter.tokens import load_secret, make_token, unsubscribe_url
 from newsletter.transports import (
     ConnectError,
@@ -158,7 +158,7 @@ class MailingPass:
         at = now()
         if mailing.state == "paused" and mailing.paused_until and mailing.paused_until > at:
             return DeliveryReport(paused=True)
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             if not q.has_open(conn, mailing.id):
                 if mailing.state != "done":
                     q.set_state(self.engine, mailing.id, "done")
@@ -237,7 +237,7 @@ class MailingPass:
         jobs_left = deadline - time.monotonic()
         if jobs_left <= 0:
             return False
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             due = q.next_due(conn, self.mailing.id)
         if due is None:
             return False
@@ -356,7 +356,7 @@ class MailingPass:
         for cap, window in ((d.max_per_hour, 3600), (d.max_per_day, 86400)):
             if cap is None:
                 continue
-            with self.engine.connect() as conn:
+            with reading(self.engine) as conn:
                 sent, _ = q.sent_since(conn, now() - timedelta(seconds=window))
             room = max(0, cap - sent)
             left = room if left is None else min(left, room)
@@ -369,7 +369,7 @@ class MailingPass:
         for cap, window in ((d.max_per_hour, 3600), (d.max_per_day, 86400)):
             if cap is None:
                 continue
-            with self.engine.connect() as conn:
+            with reading(self.engine) as conn:
                 sent, oldest = q.sent_since(conn, at - timedelta(seconds=window))
             if sent >= cap and oldest is not None:
                 resume = max(resume, oldest + timedelta(seconds=window))
@@ -382,7 +382,7 @@ class MailingPass:
         return DeliveryReport(paused=True)
 
     def _finish(self, tally: _Tally, paused: bool) -> DeliveryReport:
-        with self.engine.connect() as conn:
+        with reading(self.engine) as conn:
             still_open = q.has_open(conn, self.mailing.id)
         paused = paused and still_open
         state = "paused" if paused else ("sending" if still_open else "done")

@@ -31,6 +31,7 @@ from newsletter.csvformats import read_source, source_size
 from newsletter.errors import Problem, StoreError, SubscriberError
 from newsletter.importer import ImportCounts, ImportRun, import_rows, remove_untouched
 from newsletter.serviceformats import FORMULA_STARTS, NEWSLETTER_HEADER
+from newsletter.store import reading as read_only
 from newsletter.store.schema import lists, memberships, subscribers
 from newsletter.store.subscribers import (
     ACTIVE,
@@ -169,7 +170,7 @@ def members(
         .execution_options(yield_per=1000)
     )
     try:
-        with engine.connect() as conn:
+        with read_only(engine) as conn:
             list_id(conn, list_name)
             for row in conn.execute(query):
                 status = row.status

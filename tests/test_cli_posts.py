@@ -37,7 +37,18 @@ def test_posts_json_has_every_field_and_status(sample_site: Path) -> None:
     rows = json.loads(result.stdout)
     assert [r["status"] for r in rows] == ["due", "due", "due", "future"]
     first = rows[0]
-    assert set(first) == {"path", "id", "title", "date", "url", "authors", "tags", "status"}
+    assert set(first) == {
+        "path",
+        "id",
+        "title",
+        "date",
+        "url",
+        "authors",
+        "tags",
+        "status",
+        "sent_to",
+    }
+    assert first["sent_to"] == []
     assert first["id"] == "how-sleep-consolidates-memory"
     assert first["date"] == "2024-10-14T07:30:00+03:00"
     assert first["url"] == (
@@ -47,6 +58,27 @@ def test_posts_json_has_every_field_and_status(sample_site: Path) -> None:
         {"name": "Dana Okafor", "url": "https://example.org/people/dana-okafor"}
     ]
     assert first["tags"] == ["Neuroscience", "Sleep"]
+
+
+def test_posts_shows_sent_after_a_send(sample_site: Path) -> None:
+    runner = CliRunner()
+    assert runner.invoke(main, ["subscribers", "sync"]).exit_code == 0
+    sent = runner.invoke(main, ["send", "the-octopus-and-its-distributed-mind", "--list", "sample"])
+    assert sent.exit_code == 0, sent.output
+    rows = json.loads(runner.invoke(main, ["posts", "--json"]).stdout)
+    by_id = {r["id"]: r for r in rows}
+    assert by_id["the-octopus-and-its-distributed-mind"]["status"] == "sent"
+    assert by_id["the-octopus-and-its-distributed-mind"]["sent_to"] == ["sample"]
+    assert by_id["how-sleep-consolidates-memory"]["status"] == "due"
+
+
+def test_posts_without_since_counts_from_the_first_run(sample_site: Path) -> None:
+    # No [schedule] since and no run yet: everything already dated would be
+    # held back by the first run, and `posts` says so rather than "due".
+    config = sample_site / "newsletter.toml"
+    config.write_text(config.read_text().replace('since = "2024-01-01"\n', ""))
+    rows = json.loads(CliRunner().invoke(main, ["posts", "--json"]).stdout)
+    assert [r["status"] for r in rows] == ["before-since"] * 3 + ["future"]
 
 
 def test_posts_before_since(sample_site: Path) -> None:

@@ -86,13 +86,21 @@ def test_send_over_smtp_and_status(sample_site: Path, smtp_server: SmtpTestServe
     assert err == "failed: reader01@example.org: 550 5.1.1 No such user\n"
     code, out, _ = run("--config", str(config), "status")
     assert code == 0
-    assert out == (
+    assert out.startswith(
         f"#1 {POST} → sample: done; 4 recipient(s): sent 3, failed 1\n"
         "    last error: reader01@example.org: 550 5.1.1 No such user\n"
+        "upcoming:\n"
     )
+    # the sent post is no longer upcoming for that list; the future one is, at its date
+    assert f"{POST} → sample\n" not in out
+    assert "  2031-03-09T10:00:00+03:00  a-letter-from-the-future → sample\n" in out
     code, out, _ = run("--config", str(config), "status", "--json")
     data = json.loads(out)
-    assert data[0]["counts"] == {"sent": 3, "failed": 1} and data[0]["state"] == "done"
+    first = data["mailings"][0]
+    assert first["counts"] == {"sent": 3, "failed": 1} and first["state"] == "done"
+    upcoming = {(u["post"], u["list"]) for u in data["upcoming"]}
+    assert ("a-letter-from-the-future", "sample") in upcoming
+    assert (POST, "sample") not in upcoming
 
 
 def test_send_json_summary(sample_site: Path) -> None:
@@ -114,7 +122,7 @@ def test_test_addresses_get_a_prefixed_copy_and_no_record(
     assert (code, out) == (0, f"sent 2 test message(s) of '{POST}'\n")
     assert smtp_server.recipients() == ["me@example.com", "you@example.org"]
     assert b"\r\nSubject: [TEST] " in smtp_server.received[0].data
-    assert run("--config", str(config), "status")[1] == "no mailings yet\n"
+    assert run("--config", str(config), "status")[1].startswith("no mailings yet\nupcoming:\n")
 
 
 def test_dry_run_counts_and_lists_with_verbose(sample_site: Path) -> None:
@@ -124,7 +132,7 @@ def test_dry_run_counts_and_lists_with_verbose(sample_site: Path) -> None:
     code, out, _ = run("send", POST, "--list", "sample", "--dry-run", "-v")
     assert out.splitlines()[1:] == [f"  reader{i:02d}@example.org" for i in range(3)]
     assert not (sample_site / ".newsletter/outbox").exists()
-    assert run("status")[1] == "no mailings yet\n"
+    assert run("status")[1].startswith("no mailings yet\nupcoming:\n")
 
 
 def test_user_errors_exit_1_with_one_line(sample_site: Path) -> None:
@@ -168,3 +176,15 @@ def test_paused_mailing_says_so(sample_site: Path) -> None:
     assert code == 0 and out.startswith("sent 2, deferred 0, failed 0, skipped 0 (paused:")
     status = run("status")[1]
     assert "sample: paused until " in status and "sent 2, queued 1" in status
+
+
+def test_send_to_a_list_with_no_members_finishes_at_once(sample_site: Path) -> None:
+    # Regression: closing an empty mailing once deadlocked on SQLite's write
+    # lock (a read held open while writing the state) until the busy timeout.
+    import time
+
+    started = time.monotonic()
+    code, out, err = run("send", POST, "--list", "sample")
+    assert (code, out) == (0, "sent 0, deferred 0, failed 0, skipped 0\n"), err
+    assert time.monotonic() - started < 10
+    assert run("status")[1].startswith(f"#1 {POST} → sample: done; 0 recipient(s)\n")

@@ -94,13 +94,13 @@ def _send_tests(
 def _dry_run(
     settings: Settings, post: Post, list_name: str, resend: bool, verbose: bool, as_json: bool
 ) -> None:
-    from newsletter.store import open_store
+    from newsletter.store import open_store, reading
     from newsletter.store import subscribers as subs
     from newsletter.store.mailings import latest_mailing, open_recipients
 
     engine = open_store(settings)
     subs.ensure_lists(engine, settings)
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         existing = latest_mailing(conn, post.post_id, list_name)
         if existing is not None and not resend:
             who = list(open_recipients(conn, existing.id))
@@ -124,11 +124,11 @@ def _send(
     wait: float,
     as_json: bool,
 ) -> None:
-    from newsletter.store import open_store
+    from newsletter.store import open_store, reading
     from newsletter.store.mailings import latest_mailing
 
     engine = open_store(settings)
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         existing = latest_mailing(conn, post.post_id, list_name)
     if existing is not None and existing.state == "done" and not resend:
         when = existing.finished_at.isoformat(timespec="seconds") if existing.finished_at else ""
@@ -244,21 +244,37 @@ def _summary_line(report: DeliveryReport) -> str:
 @click.pass_context
 @handle_errors
 def status_cmd(ctx: click.Context, as_json: bool) -> None:
-    """Every mailing with its counts by status, its state and its last error."""
+    """Every mailing with its counts by status, its state and its last error,
+    then the sends to come (post × list × time), soonest first."""
+    from newsletter.cli.daemon import upcoming_json, upcoming_line
+    from newsletter.config import utcnow
+    from newsletter.planning import upcoming_sends
+    from newsletter.posts import load_posts
     from newsletter.store import open_store
 
     settings = settings_of(ctx)
-    summaries = mailing_summaries(open_store(settings))
+    engine = open_store(settings)
+    summaries = mailing_summaries(engine)
+    posts = load_posts(settings, bodies=False)
+    upcoming = upcoming_sends(settings, posts, engine, utcnow())
     if as_json:
-        emit_json([_summary_dict(s) for s in summaries])
+        emit_json(
+            {
+                "mailings": [_summary_dict(s) for s in summaries],
+                "upcoming": [upcoming_json(u) for u in upcoming],
+            }
+        )
         return
     if not summaries:
         click.echo("no mailings yet")
-        return
     for s in summaries:
         click.echo(_status_line(s))
         if s.last_error:
             click.echo(f"    last error: {s.last_error}")
+    if upcoming:
+        click.echo("upcoming:")
+        for item in upcoming:
+            click.echo(f"  {upcoming_line(item)}")
 
 
 def _state_text(s: MailingSummary) -> str:

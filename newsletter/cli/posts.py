@@ -13,9 +13,11 @@ import click
 from newsletter import render
 from newsletter.cli import emit_json, handle_errors, json_option, settings_of
 from newsletter.config import DEFAULT_CONFIG, ListSettings, Settings, utcnow
+from newsletter.delivery import mailed_pairs
 from newsletter.errors import NewsletterError, Problem
-from newsletter.planning import cron_trigger
+from newsletter.planning import cron_trigger, effective_since
 from newsletter.posts import PostCollection, load_posts, post_files, post_status
+from newsletter.store import open_store
 
 
 @contextmanager
@@ -47,14 +49,20 @@ def _load(settings: Settings, label: str, *, bodies: bool = True) -> PostCollect
 def posts_cmd(ctx: click.Context, as_json: bool) -> None:
     """List every post with its date, URL, authors, tags and status.
 
-    STATUS is `due` (would be sent), `future` (not before its date),
-    `unpublished` (published: false), `opted-out` (newsletter: false) or
-    `before-since` (older than [schedule] since).  Problems go to stderr.
+    STATUS is `sent` (a mailing exists for it), `due` (would be sent),
+    `future` (not before its date), `unpublished` (published: false),
+    `opted-out` (newsletter: false) or `before-since` (older than [schedule]
+    since, or than the first run when since is unset).  Problems go to stderr.
     """
     settings = settings_of(ctx)
     # A listing shows no HTML: skip Markdown, the bulk of the cost.
     collection = _load(settings, "Reading posts", bodies=False)
     now = utcnow()
+    engine = open_store(settings)
+    since = effective_since(engine, settings, now, record=False)
+    sent_to: dict[str, list[str]] = {}
+    for post_id, list_name in sorted(mailed_pairs(engine)):
+        sent_to.setdefault(post_id, []).append(list_name)
     rows = [
         {
             "path": str(p.path),
@@ -64,7 +72,8 @@ def posts_cmd(ctx: click.Context, as_json: bool) -> None:
             "url": p.url,
             "authors": [{"name": a.name, "url": a.url} for a in p.authors],
             "tags": list(p.tags),
-            "status": post_status(p, now, settings.schedule.since),
+            "status": post_status(p, now, since, sent=p.post_id in sent_to),
+            "sent_to": sent_to.get(p.post_id, []),
         }
         for p in collection.posts
     ]

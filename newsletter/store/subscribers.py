@@ -28,6 +28,7 @@ from newsletter.addresses import email_key, normalise_email
 from newsletter.config import Settings
 from newsletter.errors import StoreError, SubscriberError
 from newsletter.store import now
+from newsletter.store import reading as read_only
 from newsletter.store.schema import lists, memberships, subscribers
 
 ACTIVE = "active"
@@ -103,7 +104,7 @@ def writing(bind: Bind) -> Iterator[Connection]:
 def reading(bind: Bind) -> Iterator[Connection]:
     try:
         if isinstance(bind, Engine):
-            with bind.connect() as conn:
+            with read_only(bind) as conn:
                 yield conn
         else:
             yield bind
