@@ -255,3 +255,19 @@ def test_check_reports_a_bad_digest_cron(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["--config", str(cfg), "check"])
     assert result.exit_code == 1
     assert "lists.weekly.cron: error: invalid cron '61 8 * * MON'" in result.output
+
+
+def test_check_warns_when_smtp_mail_would_link_to_localhost(tmp_path: Path) -> None:
+    cfg = tmp_path / "newsletter.toml"
+    (tmp_path / "posts").mkdir()
+    cfg.write_text(
+        '[delivery]\ntransport = "smtp"\n[smtp]\nhost = "127.0.0.1"\n[lists.main]\n'
+        '[web]\npublic_url = "http://127.0.0.1:8080"\n',
+        encoding="utf-8",
+    )
+    result = CliRunner().invoke(main, ["--config", str(cfg), "check"])
+    assert result.exit_code == 0  # a warning, not an error
+    assert "web.public_url: warning: public_url is http://127.0.0.1:8080" in result.output
+    cfg.write_text(cfg.read_text().replace("http://127.0.0.1:8080", "https://news.example.com"))
+    result = CliRunner().invoke(main, ["--config", str(cfg), "check"])
+    assert "public_url" not in result.output

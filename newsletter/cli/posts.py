@@ -152,11 +152,27 @@ def check_settings(settings: Settings) -> Iterator[Problem]:
     templates = settings.email.templates_dir
     if templates is not None and not templates.is_dir():
         yield Problem("templates folder not found", templates, None, "error", "email.templates_dir")
+    if settings.delivery.transport == "smtp" and _is_local_url(settings.web.public_url):
+        yield Problem(
+            f"public_url is {settings.web.public_url}: readers cannot reach the unsubscribe "
+            "links in sent email; set it to where `newsletter serve` is reachable",
+            cfg,
+            None,
+            "warning",
+            "web.public_url",
+        )
     if settings.delivery.transport == "smtp":
         try:
             settings.smtp.password()
         except NewsletterError as exc:
             yield Problem(exc.message, cfg, None, "error", exc.key)
+
+
+def _is_local_url(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    host = urlsplit(url).hostname or ""
+    return host in ("localhost", "127.0.0.1", "::1") or host.endswith(".localhost")
 
 
 def check_templates(
@@ -207,6 +223,11 @@ password_env = "NEWSLETTER_SMTP_PASSWORD"
 
 [unsubscribe]
 secret_env = "NEWSLETTER_SECRET"
+
+[web]
+# Where `newsletter serve` is reachable (behind your TLS proxy): emails link to
+# <public_url>/unsubscribe/<token> and <public_url>/archive/<post>.
+public_url = "https://news.example.com"
 
 [schedule]
 scan_interval = "60s"
