@@ -115,14 +115,19 @@ _VIDEO_HOSTS = {
 }
 
 
+def _parse_fragment(fragment: str) -> HtmlElement:
+    """An HTML fragment inside one `<div>`; lxml's errors become a RenderError."""
+    try:
+        return lxml.html.fragment_fromstring(fragment, create_parent="div")
+    except (lxml.etree.ParserError, ValueError) as exc:
+        raise RenderError(f"cannot parse HTML: {exc}") from exc
+
+
 def sanitise_html(fragment: str, base_url: str) -> str:
     """Email-safe HTML: no active content, no kramdown leftovers, absolute URLs."""
     if not fragment.strip():
         return ""
-    try:
-        root = lxml.html.fragment_fromstring(fragment, create_parent="div")
-    except (lxml.etree.ParserError, ValueError) as exc:
-        raise RenderError(f"cannot parse HTML: {exc}") from exc
+    root = _parse_fragment(fragment)
     _replace_embeds(root, base_url)
     _drop_active(root)
     _drop_ial_text(root)
@@ -357,10 +362,7 @@ def html_to_text(fragment: str) -> str:
     """
     if not fragment.strip():
         return ""
-    try:
-        root = lxml.html.fragment_fromstring(fragment, create_parent="div")
-    except (lxml.etree.ParserError, ValueError) as exc:
-        raise RenderError(f"cannot parse HTML: {exc}") from exc
+    root = _parse_fragment(fragment)
     blocks = list(_text_blocks(root, prefix=""))
     text = "\n\n".join(b for b in blocks if b.strip())
     return re.sub(r"\n{3,}", "\n\n", text).strip()

@@ -102,7 +102,9 @@ class _Tally:
 
 @dataclass(frozen=True)
 class _Job:
-    row: q.Claimed
+    """A few claimed rows for one worker: one queue hand-off per chunk, not per message."""
+
+    rows: tuple[q.Claimed, ...]
 
 
 class MailingPass:
@@ -139,6 +141,9 @@ class MailingPass:
         self.throttle = Throttle(min(d.backoff_base, 5.0), d.backoff_cap)
         self.owner = q.lease_owner()
         self.batch = self._batch_size()
+        # queue.Queue costs a Python-level Condition round (and a thread wake-up)
+        # per put and per get, so rows travel to the workers in small chunks.
+        self.chunk = max(1, min(16, self.batch // (self.workers * 4)))
         self.sender = envelope_sender(settings)
         self.write_lock = threading.Lock()
 
@@ -176,7 +181,7 @@ class MailingPass:
         return self._finish(tally, paused)
 
     def _run_workers(self, tally: _Tally, allowance: int | None, wait: float) -> bool:
-        jobs: queue.Queue[_Job | None] = queue.Queue(maxsize=self.batch * 2)
+        jobs: queue.Queue[_Job | None] = queue.Queue(maxsize=max(2, self.batch * 2 // self.chunk))
         threads = [
             threading.Thread(target=self._worker, args=(jobs, tally), daemon=True)
             for _ in range(self.workers)
@@ -225,8 +230,9 @@ class MailingPass:
             if rows or skipped:
                 if allowance is not None:
                     allowance -= len(rows)
-                for row in rows:
-                    jobs.put(_Job(row))
+                size = self.chunk
+                for start in range(0, len(rows), size):
+                    jobs.put(_Job(tuple(rows[start : start + size])))
                 continue
             if not self._wait_for_due(deadline):
                 break
@@ -252,13 +258,14 @@ class MailingPass:
         previous: Pending | None = None
         try:
             while (job := jobs.get()) is not None:
-                if self.stop.is_set() or self.abort.is_set():
-                    continue  # drain; the leases are released at the end
-                try:
-                    previous = self._deliver(transport, job.row, tally, previous)
-                except NewsletterError as exc:
-                    self.fatal = self.fatal or exc
-                    self.abort.set()
+                for row in job.rows:
+                    if self.stop.is_set() or self.abort.is_set():
+                        break  # drain; the leases are released at the end
+                    try:
+                        previous = self._deliver(transport, row, tally, previous)
+                    except NewsletterError as exc:
+                        self.fatal = self.fatal or exc
+                        self.abort.set()
             if previous is not None:
                 previous.wait()
         except NewsletterError as exc:

@@ -127,7 +127,11 @@ def mapper_for(fmt: str, header: Sequence[str], file_name: str, label: Path) -> 
     email_i = cols.index[email_col]
     name_i = _name_indexes(cols)
     unescape = fmt == "newsletter"
-    keep = [(i, h) for i, h in enumerate(cols.header) if h.strip().lower() not in consumed]
+    keep = [
+        (i, _unescape(h) if unescape else h)  # export escapes column names too
+        for i, h in enumerate(cols.header)
+        if h.strip().lower() not in consumed
+    ]
     since_col = cols.find(*_SINCE.get(fmt, ()))
     since_i = cols.index[since_col] if since_col else None
 

@@ -18,12 +18,13 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Connection, Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from newsletter.config import Settings
@@ -79,20 +80,28 @@ def import_file(
     settings.get_list(list_name)  # a clear "unknown list" before touching anything
     total = source_size(path) if path.exists() else 0
     tick = (lambda done: progress(done, total)) if progress else None
+    with _all_or_nothing(engine, settings, dry_run, "import", path) as conn:
+        run = ImportRun(conn, list_id(conn, list_name), resubscribe=resubscribe)
+        import_rows(run, read_source(path, fmt, progress=tick, infos=run.counts.files))
+    return run.counts
+
+
+@contextmanager
+def _all_or_nothing(
+    engine: Engine, settings: Settings, dry_run: bool, what: str, path: Path
+) -> Iterator[Connection]:
+    """One transaction for a whole import or sync: committed, or (dry run) rolled back."""
     try:
         with engine.connect() as conn:
             transaction = conn.begin()
             ensure_lists(conn, settings)  # inside: a dry run writes nothing at all
-            run = ImportRun(conn, list_id(conn, list_name), resubscribe=resubscribe)
-            counts = run.counts
-            import_rows(run, read_source(path, fmt, progress=tick, infos=counts.files))
+            yield conn
             if dry_run:
                 transaction.rollback()
             else:
                 transaction.commit()
     except SQLAlchemyError as exc:
-        raise StoreError(f"import failed, nothing was written: {exc}", path=path) from exc
-    return counts
+        raise StoreError(f"{what} failed, nothing was written: {exc}", path=path) from exc
 
 
 @dataclass(frozen=True)
@@ -117,30 +126,21 @@ def sync_directory(
     problems: list[Problem] = []
     known = ", ".join(sorted(settings.lists)) or "none declared"
     results: list[SyncResult] = []
-    try:
-        with engine.connect() as conn:
-            transaction = conn.begin()
-            ensure_lists(conn, settings)
-            for path in files:
-                if path.stem not in settings.lists:
-                    problems.append(
-                        Problem(
-                            f"no list {path.stem!r} in the configuration (declared: {known}); "
-                            f"add [lists.{path.stem}] or rename the file",
-                            path,
-                        )
+    with _all_or_nothing(engine, settings, dry_run, "sync", directory) as conn:
+        for path in files:
+            if path.stem not in settings.lists:
+                problems.append(
+                    Problem(
+                        f"no list {path.stem!r} in the configuration (declared: {known}); "
+                        f"add [lists.{path.stem}] or rename the file",
+                        path,
                     )
-                    continue
-                run = ImportRun(conn, list_id(conn, path.stem))
-                import_rows(run, read_source(path, "auto", infos=run.counts.files))
-                remove_untouched(run)
-                results.append(SyncResult(path.stem, path, run.counts))
-            if dry_run:
-                transaction.rollback()
-            else:
-                transaction.commit()
-    except SQLAlchemyError as exc:
-        raise StoreError(f"sync failed, nothing was written: {exc}", path=directory) from exc
+                )
+                continue
+            run = ImportRun(conn, list_id(conn, path.stem))
+            import_rows(run, read_source(path, "auto", infos=run.counts.files))
+            remove_untouched(run)
+            results.append(SyncResult(path.stem, path, run.counts))
     return results, problems
 
 

@@ -8,7 +8,6 @@ Screenshots land in tests/artifacts/.
 
 from __future__ import annotations
 
-import os
 import re
 import struct
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from browser_support import CHROMIUM, require_browser
 from smtpserver import SmtpTestServer
 from test_web_support import copy_site, make_store
 
@@ -26,7 +26,6 @@ from newsletter.config import load_settings
 from newsletter.web.public import create_public_app
 from newsletter.web.server import RunningServer, preview_in_thread, start_in_thread
 
-CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -40,15 +39,6 @@ CLEAN = "tending-a-winter-allotment"
 POST_FILE = "2024-03-02-tending-a-winter-allotment.md"
 
 pytestmark = pytest.mark.browser
-
-
-def _require_browser() -> None:
-    if CHROMIUM.exists():
-        return
-    reason = f"needs Debian's chromium at {CHROMIUM}"
-    if os.environ.get("NEWSLETTER_REQUIRE_BROWSER") == "1":
-        pytest.fail(reason + " (NEWSLETTER_REQUIRE_BROWSER=1)")
-    pytest.skip(reason)
 
 
 def png(width: int, height: int) -> bytes:
@@ -72,8 +62,7 @@ def png(width: int, height: int) -> bytes:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    _require_browser()
-    sync_api = pytest.importorskip("playwright.sync_api")
+    sync_api = require_browser()
     with sync_api.sync_playwright() as p:
         launched = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield launched

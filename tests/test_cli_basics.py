@@ -41,3 +41,4 @@ def test_bad_config_is_one_line_and_exit_1(tmp_path: Path) -> None:
 def test_usage_error_exits_2(sample_site: Path) -> None:
     result = CliRunner().invoke(main, ["render"])
     assert result.exit_code == 2
+    assert result.output.endswith("Error: Missing argument 'POST'.\n")

@@ -127,6 +127,9 @@ def test_broken_csv_quoting_fails_with_line(tmp_path: Path) -> None:
     # An unterminated quote swallows the rest: the row still parses, with the
     # newline inside the name, rather than crashing.
     assert len(items) == 1
+    row = items[0]
+    assert isinstance(row, SourceRow)
+    assert (row.line, row.email, row.name.strip()) == (2, "a@example.com", "unterminated")
 
 
 def test_sniff_delimiter_ignores_quoted() -> None:
@@ -307,6 +310,7 @@ def test_problem_items_pass_through(tmp_path: Path) -> None:
     path.write_text("email\nnot-an-address\n", encoding="utf-8")
     items = list(read_source(path))
     assert not any(isinstance(i, Problem) for i in items)  # validation happens later
+    assert [(i.line, i.email) for i in items if isinstance(i, SourceRow)] == [(2, "not-an-address")]
 
 
 def test_generic_status_words(engine: Engine, settings: Settings, tmp_path: Path) -> None:

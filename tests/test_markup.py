@@ -52,6 +52,7 @@ def test_footnotes_render_and_link_to_the_post() -> None:
 def test_kramdown_attribute_lines_never_shown(source: str) -> None:
     out = md(source)
     assert "{:" not in out
+    assert "A paragraph.</p>" in out or "Text" in out  # the prose itself stays
 
 
 def test_attribute_line_applies_class_to_block() -> None:
@@ -105,6 +106,7 @@ def test_scripted_styles_are_removed_plain_styles_kept() -> None:
 def test_attribute_list_cannot_smuggle_handlers() -> None:
     out = md('[link](x.html){: onclick="evil()" }\n')
     assert "onclick" not in out and "evil" not in out
+    assert '<a href="https://blog.example.com/notes/2024/06/08/x.html">link</a>' in out
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -90,11 +91,18 @@ def test_file_name_date_front_matter_wins_and_site_zone(tmp_path: Path) -> None:
 def test_no_zone_uses_site_zone_not_machine(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Setting TZ alone changes nothing until time.tzset() makes the process use it.
     monkeypatch.setenv("TZ", "America/Los_Angeles")
-    settings = _site(
-        tmp_path, {"2024-03-05-a.md": "---\ndate: 2024-03-05 10:00\n---\nx\n"}, "Asia/Tokyo"
-    )
-    (post,) = load_posts(settings).posts
+    time.tzset()
+    try:
+        assert time.strftime("%Z", time.localtime(0)) == "PST"
+        settings = _site(
+            tmp_path, {"2024-03-05-a.md": "---\ndate: 2024-03-05 10:00\n---\nx\n"}, "Asia/Tokyo"
+        )
+        (post,) = load_posts(settings).posts
+    finally:
+        monkeypatch.undo()
+        time.tzset()
     assert post.date.isoformat() == "2024-03-05T10:00:00+09:00"
 
 

@@ -22,7 +22,7 @@ from typing import ClassVar
 import pytest
 from test_render_support import GOLDEN, POST_URL, make_post, make_settings, urls_in
 
-from newsletter.errors import TemplateError
+from newsletter.errors import RenderError, TemplateError
 from newsletter.render import (
     GMAIL_CLIP_BYTES,
     PLACEHOLDERS,
@@ -182,6 +182,8 @@ def test_hostile_title_html_is_sanitised() -> None:
     post = make_post(title_html='Bad <script>alert(1)</script><img src=x onerror="y()">')
     out = render_email(post, settings, settings.lists["everything"])
     assert "<script" not in out.html and "onerror" not in out.html
+    assert "alert(1)" not in out.html
+    assert re.search(r"<h1[^>]*>.*?>Bad <img ", out.html, re.S)  # the safe part stays
 
 
 def test_no_author_no_image_no_description() -> None:
@@ -329,7 +331,7 @@ def test_gmail_clip_warning_over_102_kb() -> None:
 
 def test_digest_needs_posts() -> None:
     settings = make_settings()
-    with pytest.raises(Exception, match="a digest needs at least one post"):
+    with pytest.raises(RenderError, match="a digest needs at least one post"):
         render_digest([], settings, settings.lists["weekly"])
 
 

@@ -10,16 +10,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from browser_support import CHROMIUM, require_browser
 from test_render_support import make_post, make_settings
 
 from newsletter.message import fill_placeholders, sample_recipient
 from newsletter.render import render_email
 
-CHROMIUM = Path("/usr/bin/chromium")
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium"),
-]
+pytestmark = pytest.mark.browser
 
 
 def png(width: int, height: int) -> bytes:
@@ -42,7 +39,7 @@ def png(width: int, height: int) -> bytes:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
-    playwright = pytest.importorskip("playwright.sync_api")
+    playwright = require_browser()
     with playwright.sync_playwright() as p:
         b = p.chromium.launch(executable_path=str(CHROMIUM))
         yield b

@@ -306,6 +306,8 @@ def test_a_lock_without_heartbeat_is_taken_over_after_its_ttl(site: Site) -> Non
     clock[0] += timedelta(seconds=1)
     late = scheduler.DaemonLock(engine, ttl=30, clock=lambda: clock[0] + timedelta(seconds=30))
     late.acquire()
+    assert stale.heartbeat() is False  # the stale holder learns it lost the lock
+    assert late.heartbeat() is True
 
 
 def test_a_lock_of_a_dead_process_on_this_host_is_taken_over_at_once(site: Site) -> None:

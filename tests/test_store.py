@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Connection, select, text
+from sqlalchemy.exc import OperationalError, StatementError
 
 import newsletter.store as store
 from newsletter.errors import StoreError
@@ -77,7 +78,7 @@ def test_times_come_back_aware_and_in_utc(tmp_path: Path) -> None:
 
 def test_naive_times_are_refused(tmp_path: Path) -> None:
     engine = open_url(f"sqlite:///{tmp_path}/db.sqlite")
-    with pytest.raises(Exception, match="naive"), engine.begin() as conn:
+    with pytest.raises(StatementError, match="naive"), engine.begin() as conn:
         conn.execute(
             subscribers.insert().values(
                 email="a@example.com",
@@ -116,5 +117,5 @@ def test_reading_connections_do_not_wait_for_a_writer(tmp_path: Path) -> None:
         # Without it, a read waits for the writer (here: 0.1 s, then fails).
         with reader_engine.connect() as blocked:
             blocked.connection.driver_connection.execute("PRAGMA busy_timeout=100")
-            with pytest.raises(Exception, match="locked"):
+            with pytest.raises(OperationalError, match="locked"):
                 blocked.execute(select(subscribers.c.email)).all()

@@ -73,6 +73,7 @@ def test_broken_configuration_exits_1(tmp_path: Path, command: str) -> None:
 def test_bad_port_is_a_usage_error(config: Path) -> None:
     result = CliRunner().invoke(main, ["--config", str(config), "serve", "--port", "70000"])
     assert result.exit_code == 2
+    assert "Invalid value for '--port': 70000 is not in the range" in result.output
 
 
 def test_bind_socket_reports_the_address() -> None:

@@ -63,6 +63,8 @@ def client(config: Path) -> Iterator[TestClient]:
         ("evil.example.com", False),
         ("127.0.0.1.evil.example.com", False),
         ("localhost.example.com:8025", False),
+        ("evillocalhost:8025", False),  # a suffix is not the name
+        ("rebound127.0.0.1", False),
         ("[::1", False),
         ("127.0.0.1:80x", False),
         ("0.0.0.0:8025", False),

