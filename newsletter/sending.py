@@ -263,17 +263,31 @@ class MailingPass:
                         break  # drain; the leases are released at the end
                     try:
                         previous = self._deliver(transport, row, tally, previous)
-                    except NewsletterError as exc:
-                        self.fatal = self.fatal or exc
-                        self.abort.set()
+                    except Exception as exc:
+                        self._fail(exc, row.email)
             if previous is not None:
                 previous.wait()
-        except NewsletterError as exc:
-            self.fatal = self.fatal or exc
-            self.abort.set()
+        except Exception as exc:
+            self._fail(exc, None)
         finally:
             if self.shared is None:
                 transport.close()
+
+    def _fail(self, exc: Exception, recipient: str | None) -> None:
+        """Stop the pass on an error, keeping the worker alive to drain its queue.
+
+        A worker that died here would leave the feeding thread blocked on a
+        full queue for ever; an unexpected exception (a bug) is wrapped so the
+        caller still gets one NewsletterError with context, never a hang.
+        """
+        if not isinstance(exc, NewsletterError):
+            wrapped = DeliveryError(
+                f"internal error while sending: {type(exc).__name__}: {exc}", recipient=recipient
+            )
+            wrapped.__cause__ = exc
+            exc = wrapped
+        self.fatal = self.fatal or exc
+        self.abort.set()
 
     # ------------------------------------------------------------------ one message
 

@@ -19,7 +19,7 @@ from newsletter.delivery import (
     plan_mailing,
     send_test,
 )
-from newsletter.errors import ConfigError, TransportError
+from newsletter.errors import ConfigError, DeliveryError, TransportError
 from newsletter.posts import PostCollection, load_posts
 from newsletter.store import open_store
 from newsletter.store import subscribers as subs
@@ -327,3 +327,34 @@ def test_a_mailing_whose_post_vanished_does_not_stop_the_others(setup: Any) -> N
     by_id = {s.mailing_id: s for s in mailing_summaries(engine)}
     assert by_id[gone].state == "sending"
     assert "a-post-that-was-deleted" in (by_id[gone].last_error or "")
+
+
+def test_a_bug_in_one_send_stops_the_pass_cleanly_and_nobody_is_lost(setup: Any) -> None:
+    # Regression: a non-NewsletterError in a worker used to kill the thread and
+    # leave the feeder blocked for ever on a full queue.
+    settings, engine, posts = setup
+    for i in range(10, 600):
+        subs.add_subscriber(engine, f"reader{i}@example.com", "sample")
+    mid = plan_mailing(engine, settings, POST, "sample")
+
+    def buggy(recipient: str) -> SendResult:
+        raise KeyError("a bug")
+
+    outcome: list[BaseException] = []
+
+    def attempt() -> None:
+        try:
+            deliver_mailing(engine, settings, mid, posts, transport=MemoryTransport(buggy))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=attempt, daemon=True)
+    worker.start()
+    worker.join(timeout=20)
+    assert not worker.is_alive(), "the pass hung after a worker's unexpected error"
+    assert len(outcome) == 1 and isinstance(outcome[0], DeliveryError)
+    assert "internal error while sending: KeyError: 'a bug'" in str(outcome[0])
+    # Nothing was recorded as sent, and a later pass reaches all 600.
+    good = MemoryTransport()
+    report = deliver_mailing(engine, settings, mid, posts, transport=good)
+    assert report.sent == 600 and len({s.recipient for s in good.outbox}) == 600
