@@ -257,7 +257,7 @@ class MailingPass:
         transport = self.shared if self.shared is not None else make_transport(self.settings)
         previous: Pending | None = None
         try:
-            while (job := jobs.get()) is not None:
+            while (job := self._next_job(jobs, previous)) is not None:
                 for row in job.rows:
                     if self.stop.is_set() or self.abort.is_set():
                         break  # drain; the leases are released at the end
@@ -272,6 +272,22 @@ class MailingPass:
         finally:
             if self.shared is None:
                 transport.close()
+
+    def _next_job(self, jobs: queue.Queue[_Job | None], previous: Pending | None) -> _Job | None:
+        """The next chunk; with nothing queued, commit the last outcome before waiting.
+
+        Nobody else commits it (there is no recorder thread): a deferred row
+        must be back in the ledger before the feeder looks for due work again.
+        """
+        try:
+            return jobs.get_nowait()
+        except queue.Empty:
+            if previous is not None:
+                try:
+                    previous.wait()
+                except Exception as exc:  # keep draining the queue (see _fail)
+                    self._fail(exc, None)
+            return jobs.get()
 
     def _fail(self, exc: Exception, recipient: str | None) -> None:
         """Stop the pass on an error, keeping the worker alive to drain its queue.
