@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import collections
+import logging
 import threading
 
 from sqlalchemy import Connection, Engine
 
 from newsletter.store import mailings as q
+
+log = logging.getLogger(__name__)
 
 
 class Pending:
@@ -64,14 +67,24 @@ class Recorder:
         self.submit(delivery_id, outcome).wait()
 
     def flush(self, until: Pending | None = None) -> None:
-        """Commit pending outcomes until `until` is done (None: all of them)."""
+        """Commit pending outcomes until `until` is done (None: all of them).
+
+        Raises the error of a commit that failed here (it is also kept on each
+        of that group's `Pending`, for their waiters).
+        """
         with self.write_lock:
             while self._queue and (until is None or not until.done):
-                self._commit(self._take())
+                group = self._take()
+                self._commit(group)
+                if group[0].error is not None:
+                    raise group[0].error
 
     def close(self) -> None:
+        """Commit what is left; a failure stays on the `Pending`s (their waiters raise it)."""
         try:
             self.flush()
+        except Exception:
+            log.warning("recording the last delivery outcomes failed", exc_info=True)
         finally:
             conn, self._conn, self._writer = self._conn, None, None
             if conn is not None:

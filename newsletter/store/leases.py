@@ -114,9 +114,10 @@ def _owner_pid(owner: str) -> int:
         return -1
 
 
-def _claimable(mailing_id: int, at: datetime) -> Any:
+def _claimable(mailing_id: int, at: datetime, due_by: datetime | None = None) -> Any:
     lease_free = or_(deliveries.c.lease_owner.is_(None), deliveries.c.lease_expires_at < at)
-    due = or_(deliveries.c.next_attempt_at.is_(None), deliveries.c.next_attempt_at <= at)
+    due_at = at if due_by is None else min(at, due_by)
+    due = or_(deliveries.c.next_attempt_at.is_(None), deliveries.c.next_attempt_at <= due_at)
     # A row left in 'sending' by a crashed process is claimable once its lease is free:
     # it may have gone out already (≤ concurrency duplicates), but nobody is skipped.
     return and_(
@@ -128,9 +129,18 @@ def _claimable(mailing_id: int, at: datetime) -> Any:
 
 
 def claim(
-    engine: Engine, mailing_id: int, owner: str, limit: int, lease_seconds: float
+    engine: Engine,
+    mailing_id: int,
+    owner: str,
+    limit: int,
+    lease_seconds: float,
+    *,
+    due_by: datetime | None = None,
 ) -> tuple[list[Claimed], int]:
     """Lease up to `limit` due deliveries; skip those no longer mailable.
+
+    `due_by`: only deferred rows due by then (a pass that does not wait leaves
+    those deferred during the pass for the next one).
 
     Returns the claimed rows and how many were marked skipped.
 
@@ -143,12 +153,14 @@ def claim(
     tag = f"{owner}:{uuid.uuid4().hex[:8]}"
     try:
         with engine.begin() as conn:
-            ids = select(deliveries.c.id).where(_claimable(mailing_id, at)).limit(limit)
+            ids = select(deliveries.c.id).where(_claimable(mailing_id, at, due_by)).limit(limit)
             conn.execute(
                 update(deliveries)
                 # The condition again outside the subquery: on PostgreSQL a
                 # concurrent claimer's rows fail this re-check after the row lock.
-                .where(deliveries.c.id.in_(ids.scalar_subquery()), _claimable(mailing_id, at))
+                .where(
+                    deliveries.c.id.in_(ids.scalar_subquery()), _claimable(mailing_id, at, due_by)
+                )
                 .values(
                     status="sending",
                     lease_owner=tag,

@@ -94,6 +94,20 @@ def stuffed_body(message: bytes) -> bytes:
 Ready = Callable[[], None]
 
 
+class Flight:
+    """One message on its way through `SmtpTransport.begin` … `reply`."""
+
+    __slots__ = ("dotted", "message", "recipient", "result", "retry", "reused")
+
+    def __init__(self, recipient: str, message: bytes) -> None:
+        self.recipient = recipient
+        self.message = message
+        self.result: SendResult | None = None
+        self.retry = False  # a reused connection was found closed: send() it again
+        self.reused = True
+        self.dotted = False
+
+
 class SmtpTransport:
     thread_safe = False
     # send() takes `ready`: called just before the final dot of DATA, the
@@ -342,6 +356,97 @@ class SmtpTransport:
         except (smtplib.SMTPException, OSError):
             self._drop()
         return result
+
+    # ------------------------------------------------------------------ in flight
+    # One thread drives several connections through these steps in lockstep
+    # (see sending.MailingPass._round): begin on each, body on each, then the
+    # caller commits the previous outcomes, then end and reply on each.
+
+    def pipelines(self, recipient: str) -> bool:
+        """Whether `begin` can take this message (else use `send`); opens the connection."""
+        self.open()
+        conn = self._conn
+        assert conn is not None
+        return conn.has_extn("pipelining") and not ascii_address(recipient)[1]
+
+    def begin(self, sender: str, recipient: str, message: bytes, *, reused: bool) -> Flight:
+        """Write MAIL, RCPT and DATA in one go (the connection is open: see `pipelines`)."""
+        conn = self._conn
+        assert conn is not None
+        flight = Flight(recipient, message)
+        flight.reused = reused
+        rcpt = ascii_address(recipient)[0]
+        options = " BODY=8BITMIME" if not message.isascii() and conn.has_extn("8bitmime") else ""
+        try:
+            conn.send(f"MAIL FROM:<{sender}>{options}\r\nRCPT TO:<{rcpt}>\r\nDATA\r\n".encode())
+        except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            self._lost(flight, exc)
+        return flight
+
+    def body(self, flight: Flight) -> None:
+        """Read the three replies; on 354 write the content without its final dot."""
+        conn = self._conn
+        if flight.result is not None or conn is None:
+            return
+        try:
+            replies = [conn.getreply() for _ in range(3)]
+            (mail_code, mail_text), (rcpt_code, rcpt_text), (data_code, data_text) = replies
+            refused = mail_code != 250 or rcpt_code not in (250, 251)
+            if data_code == 354 and refused:
+                conn.send(b".\r\n")
+                conn.getreply()
+            if mail_code != 250:
+                flight.result = self._refused(flight.recipient, mail_code, mail_text, "mail")
+            elif rcpt_code not in (250, 251):
+                flight.result = self._refused(flight.recipient, rcpt_code, rcpt_text, "rcpt")
+            elif data_code != 354:
+                flight.result = self._refused(flight.recipient, data_code, data_text, "data")
+            else:
+                conn.send(stuffed_body(flight.message))
+        except (smtplib.SMTPServerDisconnected, smtplib.SMTPResponseException, OSError) as exc:
+            self._lost(flight, exc)
+
+    def end(self, flight: Flight) -> None:
+        """The final dot: from here the server may keep the message."""
+        conn = self._conn
+        if flight.result is not None or conn is None:
+            return
+        try:
+            conn.send(b".\r\n")
+            flight.dotted = True
+        except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            self._lost(flight, exc)
+
+    def reply(self, flight: Flight) -> None:
+        conn = self._conn
+        if flight.result is not None:
+            return
+        if conn is None:  # another step dropped the connection
+            flight.result = SendResult(
+                flight.recipient, False, None, "connection lost", stage="mail"
+            )
+            return
+        try:
+            code, reply = conn.getreply()
+            if code != 250:
+                flight.result = self._refused(flight.recipient, code, reply, "data")
+            else:
+                flight.result = SendResult(flight.recipient, True, code, _text(reply), stage="data")
+        except (smtplib.SMTPServerDisconnected, smtplib.SMTPResponseException, OSError) as exc:
+            self._lost(flight, exc)
+
+    def abandon(self) -> None:
+        """Drop the connection without QUIT: a message without its final dot is discarded."""
+        self._drop()
+
+    def _lost(self, flight: Flight, exc: BaseException) -> None:
+        """As `_attempt` does: drop the connection; `retry` when it was a reused one."""
+        self._drop()
+        what = "timed out" if isinstance(exc, TimeoutError) else "connection lost"
+        flight.retry = flight.reused
+        flight.result = SendResult(
+            flight.recipient, False, None, f"{what} during mail: {exc}", stage="mail"
+        )
 
     def __enter__(self) -> SmtpTransport:
         self.open()
