@@ -182,8 +182,30 @@ class MailingPass:
         return self._finish(tally, paused)
 
     def _run_workers(self, tally: _Tally, allowance: int | None, wait: float) -> bool:
-        if self.shared is None and self.settings.delivery.transport == "smtp":
+        if self.shared is None and self._server_pipelines():
             return self._run_rounds(tally, allowance, wait)
+        return self._run_threads(tally, allowance, wait)
+
+    def _server_pipelines(self) -> bool:
+        """Whether the SMTP server offers PIPELINING (one-thread rounds need it).
+
+        Without it each message costs three more round trips, which a thread
+        per connection overlaps.  Any trouble connecting is left to the
+        threaded path, which reports it as it always has.
+        """
+        if self.settings.delivery.transport != "smtp":
+            return False
+        from newsletter.transports.smtp import SmtpTransport
+
+        probe = make_transport(self.settings)
+        try:
+            return isinstance(probe, SmtpTransport) and probe.pipelines("probe@example.org")
+        except NewsletterError:
+            return False
+        finally:
+            probe.close()
+
+    def _run_threads(self, tally: _Tally, allowance: int | None, wait: float) -> bool:
         jobs: queue.Queue[_Job | None] = queue.Queue(maxsize=max(2, self.batch * 2 // self.chunk))
         threads = [
             threading.Thread(target=self._worker, args=(jobs, tally), daemon=True)

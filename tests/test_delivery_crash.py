@@ -38,7 +38,11 @@ def send(config: Path, cwd: Path) -> subprocess.Popen[bytes]:
 
 
 @pytest.mark.slow
-def test_kill_9_mid_mailing_then_resume(sample_site: Path, smtp_server: SmtpTestServer) -> None:
+@pytest.mark.parametrize("pipelining", [False, True], ids=["plain", "pipelining"])
+def test_kill_9_mid_mailing_then_resume(
+    sample_site: Path, smtp_server: SmtpTestServer, pipelining: bool
+) -> None:
+    smtp_server.pipelining = pipelining  # with it, one thread drives every connection
     config = smtp_config(sample_site, smtp_server)
     text = config.read_text()
     text = text.replace("concurrency = 2\n", f"concurrency = {CONCURRENCY}\n")

@@ -53,7 +53,11 @@ def _secret(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NEWSLETTER_SECRET", "smtp-test-secret")
 
 
-def test_mixed_replies_in_one_mailing(sample_site: Path, smtp_server: SmtpTestServer) -> None:
+@pytest.mark.parametrize("pipelining", [False, True], ids=["plain", "pipelining"])
+def test_mixed_replies_in_one_mailing(
+    sample_site: Path, smtp_server: SmtpTestServer, pipelining: bool
+) -> None:
+    smtp_server.pipelining = pipelining  # with it, the one-thread rounds take every message
     settings = site_settings(sample_site, smtp_server)
     engine = populate(settings, 12)
     smtp_server.script("r001@example.org", "451 4.3.0 Try again later")
@@ -179,3 +183,27 @@ def test_throttle_pause_doubles_and_resets() -> None:
     assert [throttle.hit() for _ in range(4)] == [1.0, 2.0, 3.0, 3.0]
     throttle.ok()
     assert throttle.hit() == 1.0
+
+
+def test_a_failed_commit_sends_no_further_final_dot(
+    sample_site: Path, smtp_server: SmtpTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Invariant 2 on the one-thread SMTP path: the previous round's outcomes are
+    # committed before any final dot of the next; when that commit fails, the
+    # pass stops and nothing more is accepted by the server.
+    from newsletter.errors import StoreError
+    from newsletter.store.leases import LedgerWriter
+
+    smtp_server.pipelining = True
+    settings = site_settings(sample_site, smtp_server)
+    engine = populate(settings, 12)
+    mid = plan_mailing(engine, settings, POST, "sample")
+
+    def broken(self: LedgerWriter, outcomes: list[Any]) -> None:
+        raise StoreError("disk full")
+
+    monkeypatch.setattr(LedgerWriter, "write", broken)
+    with pytest.raises(StoreError, match="disk full"):
+        deliver_mailing(engine, settings, mid, load_posts(settings))
+    # Only the first round (one message per connection) went out.
+    assert len(smtp_server.received) == settings.delivery.concurrency
