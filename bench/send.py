@@ -259,7 +259,7 @@ def memory_run(n: int, deliver: bool) -> None:
                     row = q.get_mailing(conn, mailing)
                 assert row is not None
                 run = MailingPass(engine, settings, row, posts)
-                from newsletter.sending import _Context, build_template
+                from newsletter.outgoing import _Context, build_template
 
                 ctx = _Context(settings, row, build_template(settings, row, posts), None)
                 sent = 0

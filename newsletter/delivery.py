@@ -216,7 +216,7 @@ def send_test(
     transport: Transport | None = None,
 ) -> DeliveryReport:
     """`send --test`: any address, "[TEST] " subject, no delivery records."""
-    from newsletter.sending import send_test_messages
+    from newsletter.outgoing import send_test_messages
 
     return send_test_messages(settings, post, list_name, addresses, transport=transport)
 

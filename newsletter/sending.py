@@ -1,16 +1,19 @@
-"""One delivery pass over a mailing: claim in batches, send with a worker pool, record.
+"""One delivery pass over a mailing: claim in batches, send, record.
 
-The main thread claims small batches under a lease and feeds a bounded queue;
-`[delivery] concurrency` worker threads each hold one transport connection,
-personalise, sign, send and commit the outcome before taking the next message.
-Memory stays flat whatever the list size: only a batch or two is ever held.
+The main thread claims small batches under a lease.  When the SMTP server
+offers PIPELINING it drives all `[delivery] concurrency` connections itself in
+lockstep rounds (envelope and body on each, commit the previous round, then
+the final dots), so no thread waits on another for the GIL; otherwise a worker
+thread per connection personalises, sends and commits before its next final
+dot.  Either way each connection has at most one message whose outcome is not
+yet committed (invariant 2).  Memory stays flat whatever the list size: only a
+batch or two is ever held.  Building the bytes lives in `outgoing`.
 """
 
 from __future__ import annotations
 
 import logging
 import queue
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -23,13 +26,18 @@ from sqlalchemy import Engine
 from newsletter.config import Settings
 from newsletter.delivery import DeliveryReport, Progress, envelope_sender
 from newsletter.errors import DeliveryError, NewsletterError
-from newsletter.message import MessageTemplate, Recipient
-from newsletter.posts import Post, PostCollection
+from newsletter.outgoing import (
+    _Context,
+    _describe,
+    build_template,
+    make_signer,
+    message_id_of,
+)
+from newsletter.posts import PostCollection
 from newsletter.ratelimit import Throttle, TokenBucket, next_attempt
 from newsletter.recorder import Pending, Recorder
 from newsletter.store import mailings as q
 from newsletter.store import now, reading
-from newsletter.tokens import load_secret, make_token, unsubscribe_url
 from newsletter.transports import (
     ConnectError,
     SendResult,
@@ -41,40 +49,6 @@ from newsletter.transports import (
 log = logging.getLogger(__name__)
 
 THROTTLE_RETRIES = 5  # re-sends of one message after "slow down" before deferring it
-_MESSAGE_ID = re.compile(rb"^Message-ID:[ \t]*(<[^>\r\n]+>)", re.IGNORECASE | re.MULTILINE)
-
-
-def message_id_of(message: bytes) -> str | None:
-    """The Message-ID header of serialised bytes (header block only)."""
-    head = message.split(b"\r\n\r\n", 1)[0]
-    match = _MESSAGE_ID.search(head)
-    return match.group(1).decode("ascii", "replace") if match else None
-
-
-def build_template(
-    settings: Settings, mailing: q.MailingRow, posts: PostCollection, *, subject_prefix: str = ""
-) -> MessageTemplate:
-    """Render once per mailing (post or digest × list)."""
-    from newsletter import render
-
-    list_settings = settings.get_list(mailing.list_name)
-    if mailing.kind == "digest" or mailing.post_ids:
-        chosen = tuple(posts.find(pid) for pid in mailing.post_ids)
-        rendered = render.render_digest(chosen, settings, list_settings)
-    else:
-        rendered = render.render_email(posts.find(mailing.post_id), settings, list_settings)
-    return MessageTemplate.build(rendered, settings, subject_prefix=subject_prefix)
-
-
-Signer = Callable[[bytes], bytes]
-
-
-def make_signer(settings: Settings) -> Signer | None:
-    if not settings.dkim.enabled:
-        return None
-    from newsletter.dkim import Signer as DkimSigner
-
-    return DkimSigner.from_settings(settings.dkim).sign
 
 
 class _Tally:
@@ -604,74 +578,3 @@ class MailingPass:
         return DeliveryReport(
             s["sent"], s["deferred"], s["failed"], s["skipped"], paused, tuple(tally.errors)
         )
-
-
-def _describe(result: SendResult) -> str:
-    code = f"{result.code} " if result.code is not None else ""
-    return f"{code}{result.text}".strip() or "refused"
-
-
-class _Context:
-    """What every recipient's message shares: template, secret, signer."""
-
-    def __init__(
-        self,
-        settings: Settings,
-        mailing: q.MailingRow,
-        template: MessageTemplate,
-        signer: Signer | None,
-    ) -> None:
-        self.settings = settings
-        self.list_name = mailing.list_name
-        self.key = str(mailing.id)
-        self.template = template
-        self.signer = signer
-        self.secret = load_secret(settings)
-
-    def message(self, row: q.Claimed) -> bytes:
-        token = make_token(self.secret, row.uid, self.list_name)
-        recipient = Recipient(row.email, row.name, unsubscribe_url(self.settings, token))
-        data = self.template.personalise(recipient, mailing_key=self.key)
-        return self.signer(data) if self.signer is not None else data
-
-
-def send_test_messages(
-    settings: Settings,
-    post: Post,
-    list_name: str,
-    addresses: tuple[str, ...],
-    *,
-    transport: Transport | None = None,
-) -> DeliveryReport:
-    """Send a "[TEST] " copy to each address; nothing is recorded."""
-    from newsletter import render
-
-    rendered = render.render_email(post, settings, settings.get_list(list_name))
-    template = MessageTemplate.build(rendered, settings, subject_prefix="[TEST] ")
-    signer = make_signer(settings)
-    secret = load_secret(settings)
-    own = transport is None
-    transport = transport or make_transport(settings)
-    sent = failed = 0
-    errors: list[str] = []
-    try:
-        for address in addresses:
-            token = make_token(secret, "test", list_name)
-            recipient = Recipient(address, "", unsubscribe_url(settings, token))
-            data = template.personalise(recipient, mailing_key=f"test-{time.time_ns()}")
-            data = signer(data) if signer is not None else data
-            try:
-                result = transport.send(envelope_sender(settings), address, data)
-            except ConnectError as exc:
-                result = SendResult(address, False, exc.code, exc.message, stage="connect")
-            if result.ok:
-                sent += 1
-            else:
-                failed += 1
-                errors.append(f"{address}: {_describe(result)}")
-    finally:
-        if own:
-            transport.close()
-    if not addresses:
-        raise DeliveryError("no test address given")
-    return DeliveryReport(sent=sent, failed=failed, errors=tuple(errors))

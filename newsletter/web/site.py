@@ -20,10 +20,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from newsletter.config import ListSettings, Settings, utcnow
 from newsletter.errors import StoreError
 from newsletter.message import MessageTemplate, sample_recipient
+from newsletter.outgoing import make_signer
 from newsletter.planning import list_takes
 from newsletter.posts import Post, PostCollection, load_posts, post_status
 from newsletter.render import RenderedEmail, render_email
-from newsletter.sending import make_signer
 from newsletter.store import open_store, reading
 from newsletter.store.schema import lists as lists_table
 from newsletter.store.schema import mailings
