@@ -314,12 +314,19 @@ class SmtpTransport:
     ) -> SendResult:
         """MAIL, RCPT and DATA in one write when the server offers PIPELINING (RFC 2920)."""
         conn.send("".join(f"{c}\r\n" for c in (*commands, "DATA")).encode("utf-8"))
+        refusal = self._envelope_replies(conn, recipient)
+        if refusal is not None:
+            return refusal
+        return self._content(conn, recipient, message, ready)
+
+    def _envelope_replies(self, conn: smtplib.SMTP, recipient: str) -> SendResult | None:
+        """Read the pipelined MAIL, RCPT and DATA replies; the refusal, or None on 354."""
         replies = [conn.getreply() for _ in range(3)]
         (mail_code, mail_text), (rcpt_code, rcpt_text), (data_code, data_text) = replies
         refused = mail_code != 250 or rcpt_code not in (250, 251)
         if data_code == 354 and refused:
             # RFC 2920 §3.1: a server may accept DATA although every RCPT failed;
-            # end the empty message at once, then reset below.
+            # end the empty message at once, then reset.
             conn.send(b".\r\n")
             conn.getreply()
         if mail_code != 250:
@@ -328,7 +335,7 @@ class SmtpTransport:
             return self._refused(recipient, rcpt_code, rcpt_text, "rcpt")
         if data_code != 354:
             return self._refused(recipient, data_code, data_text, "data")
-        return self._content(conn, recipient, message, ready)
+        return None
 
     def _content(
         self, conn: smtplib.SMTP, recipient: str, message: bytes, ready: Ready | None
@@ -389,19 +396,8 @@ class SmtpTransport:
         if flight.result is not None or conn is None:
             return
         try:
-            replies = [conn.getreply() for _ in range(3)]
-            (mail_code, mail_text), (rcpt_code, rcpt_text), (data_code, data_text) = replies
-            refused = mail_code != 250 or rcpt_code not in (250, 251)
-            if data_code == 354 and refused:
-                conn.send(b".\r\n")
-                conn.getreply()
-            if mail_code != 250:
-                flight.result = self._refused(flight.recipient, mail_code, mail_text, "mail")
-            elif rcpt_code not in (250, 251):
-                flight.result = self._refused(flight.recipient, rcpt_code, rcpt_text, "rcpt")
-            elif data_code != 354:
-                flight.result = self._refused(flight.recipient, data_code, data_text, "data")
-            else:
+            flight.result = self._envelope_replies(conn, flight.recipient)
+            if flight.result is None:
                 conn.send(stuffed_body(flight.message))
         except (smtplib.SMTPServerDisconnected, smtplib.SMTPResponseException, OSError) as exc:
             self._lost(flight, exc)
