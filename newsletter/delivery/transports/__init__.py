@@ -55,14 +55,14 @@ def make_transport(settings: Settings) -> Transport:
     """A new, unopened transport as `[delivery] transport` says."""
     kind = settings.delivery.transport
     if kind == "smtp":
-        from newsletter.transports.smtp import SmtpTransport
+        from newsletter.delivery.transports.smtp import SmtpTransport
 
         return SmtpTransport(settings.smtp)
     if kind == "memory":
-        from newsletter.transports.memory import MemoryTransport
+        from newsletter.delivery.transports.memory import MemoryTransport
 
         return MemoryTransport()
-    from newsletter.transports.maildir import MaildirTransport
+    from newsletter.delivery.transports.maildir import MaildirTransport
 
     return MaildirTransport(settings.delivery.outbox_dir)
 

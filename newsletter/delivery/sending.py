@@ -24,27 +24,27 @@ from typing import Any
 from sqlalchemy import Engine
 
 from newsletter.config import Settings
-from newsletter.delivery import DeliveryReport, Progress, envelope_sender
-from newsletter.errors import DeliveryError, NewsletterError
-from newsletter.outgoing import (
+from newsletter.delivery.mailings import DeliveryReport, Progress, envelope_sender
+from newsletter.delivery.outgoing import (
     _Context,
     _describe,
     build_template,
     make_signer,
     message_id_of,
 )
-from newsletter.posts import PostCollection
-from newsletter.ratelimit import Throttle, TokenBucket, next_attempt
-from newsletter.recorder import Pending, Recorder
-from newsletter.store import mailings as q
-from newsletter.store import now, reading
-from newsletter.transports import (
+from newsletter.delivery.ratelimit import Throttle, TokenBucket, next_attempt
+from newsletter.delivery.recorder import Pending, Recorder
+from newsletter.delivery.transports import (
     ConnectError,
     SendResult,
     Transport,
     is_thread_safe,
     make_transport,
 )
+from newsletter.errors import DeliveryError, NewsletterError
+from newsletter.posts.collection import PostCollection
+from newsletter.store import mailings as q
+from newsletter.store import now, reading
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ class MailingPass:
         """
         if self.settings.delivery.transport != "smtp":
             return False
-        from newsletter.transports.smtp import SmtpTransport
+        from newsletter.delivery.transports.smtp import SmtpTransport
 
         probe = make_transport(self.settings)
         try:
@@ -250,7 +250,7 @@ class MailingPass:
         connection still has at most one message whose fate the ledger does
         not know (invariant 2).
         """
-        from newsletter.transports.smtp import SmtpTransport
+        from newsletter.delivery.transports.smtp import SmtpTransport
 
         self.recorder = Recorder(self.engine, self.write_lock)
         transports: list[SmtpTransport] = []
@@ -526,7 +526,7 @@ class MailingPass:
         return q.Outcome("deferred", attempts, result.code, _describe(result), mid, at)
 
     def _bounce(self, row: q.Claimed, result: SendResult) -> None:
-        from newsletter.store import subscribers as subs
+        from newsletter.audience import members as subs
 
         with self.write_lock:
             subs.mark_bounced(self.engine, row.subscriber_id, reason=_describe(result))

@@ -5,7 +5,7 @@ one `deliveries` row each; delivering claims those rows under a lease in the
 database, sends each through a transport, and commits every outcome on its
 own, so that after ``kill -9`` a re-run finishes the mailing with nobody
 skipped and at most the in-flight messages (≤ concurrency) sent twice
-(DESIGN.md, invariant 2).  The worker pool lives in `newsletter.sending`.
+(DESIGN.md, invariant 2).  The worker pool lives in `newsletter.delivery.sending`.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from newsletter.config import Settings
+from newsletter.delivery.transports import Transport
 from newsletter.errors import (
     ConfigError,
     DeliveryError,
@@ -28,10 +29,9 @@ from newsletter.errors import (
     StoreError,
     TemplateError,
 )
-from newsletter.posts import Post, PostCollection
+from newsletter.posts.collection import Post, PostCollection
 from newsletter.store import mailings as q
 from newsletter.store import reading
-from newsletter.transports import Transport
 
 __all__ = [
     "DeliveryReport",
@@ -116,7 +116,7 @@ def plan_mailing(
     as it is unless `resend` (a new generation, every mailable member again).
     The snapshot is one transaction: a crash while planning leaves no mailing.
     """
-    from newsletter.store import subscribers as subs
+    from newsletter.audience import members as subs
 
     settings.get_list(list_name)  # an undeclared list is a configuration error
     subs.ensure_lists(engine, settings)
@@ -166,7 +166,7 @@ def deliver_mailing(
     going for deferred recipients whose retry comes due meanwhile (0: one pass
     over what is due now; the daemon or a re-run does the rest).
     """
-    from newsletter.sending import MailingPass
+    from newsletter.delivery.sending import MailingPass
 
     with reading(engine) as conn:
         mailing = q.get_mailing(conn, mailing_id)
@@ -216,7 +216,7 @@ def send_test(
     transport: Transport | None = None,
 ) -> DeliveryReport:
     """`send --test`: any address, "[TEST] " subject, no delivery records."""
-    from newsletter.outgoing import send_test_messages
+    from newsletter.delivery.outgoing import send_test_messages
 
     return send_test_messages(settings, post, list_name, addresses, transport=transport)
 
