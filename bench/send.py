@@ -233,8 +233,8 @@ def peak_rss_mb() -> float:
 def memory_run(n: int, deliver: bool) -> None:
     """In a fresh process: members → plan → (deliver to the sink | personalise all)."""
     from newsletter.audience import members as subs
+    from newsletter.delivery.mailing_pass import MailingPass
     from newsletter.delivery.mailings import deliver_mailing, plan_mailing
-    from newsletter.delivery.sending import MailingPass
     from newsletter.posts.collection import load_posts
     from newsletter.store import mailings as q
     from newsletter.store import open_store

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 
 from newsletter.config import Settings
-from newsletter.delivery.mailings import DeliveryReport, envelope_sender
+from newsletter.delivery.report import DeliveryReport, envelope_sender
 from newsletter.delivery.transports import ConnectError, SendResult, Transport, make_transport
 from newsletter.email.message import MessageTemplate, Recipient
 from newsletter.email.tokens import load_secret, make_token, unsubscribe_url
@@ -57,12 +57,12 @@ def make_signer(settings: Settings) -> Signer | None:
     return DkimSigner.from_settings(settings.dkim).sign
 
 
-def _describe(result: SendResult) -> str:
+def describe_result(result: SendResult) -> str:
     code = f"{result.code} " if result.code is not None else ""
     return f"{code}{result.text}".strip() or "refused"
 
 
-class _Context:
+class MessageContext:
     """What every recipient's message shares: template, secret, signer."""
 
     def __init__(
@@ -119,7 +119,7 @@ def send_test_messages(
                 sent += 1
             else:
                 failed += 1
-                errors.append(f"{address}: {_describe(result)}")
+                errors.append(f"{address}: {describe_result(result)}")
     finally:
         if own:
             transport.close()
