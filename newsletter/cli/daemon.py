@@ -11,7 +11,7 @@ import click
 from sqlalchemy import Engine
 
 from newsletter.audience.subscribers import sync_directory
-from newsletter.cli import emit_json, handle_errors, json_option, settings_of
+from newsletter.cli.common import emit_json, handle_errors, json_option, settings_of
 from newsletter.config import Settings
 from newsletter.daemon.passes import MailingProgress, PassReport
 from newsletter.daemon.planning import UpcomingSend

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from newsletter.cli import emit_json, handle_errors, json_option, settings_of
+from newsletter.cli.common import emit_json, handle_errors, json_option, settings_of
 from newsletter.config import Settings
 from newsletter.delivery.mailings import (
     DeliveryReport,

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from newsletter.cli import emit_json, handle_errors, json_option, settings_of
+from newsletter.cli.common import emit_json, handle_errors, json_option, settings_of
 from newsletter.config import DEFAULT_CONFIG, ListSettings, Settings, utcnow
 from newsletter.daemon.planning import cron_trigger, effective_since
 from newsletter.delivery.mailings import mailed_pairs

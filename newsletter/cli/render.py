@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from newsletter.cli import handle_errors, settings_of
+from newsletter.cli.common import handle_errors, settings_of
 from newsletter.config import ListSettings, Settings
 from newsletter.email.message import MessageTemplate, fill_placeholders, sample_recipient
 from newsletter.email.render import RenderedEmail, render_digest, render_email

@@ -35,7 +35,7 @@ from newsletter.audience.members import (
 from newsletter.audience.serviceformats import FORMATS
 from newsletter.audience.subscribers import Progress as ProgressFn
 from newsletter.audience.subscribers import export_list, import_file, members, sync_directory
-from newsletter.cli import emit_json, handle_errors, json_option, settings_of
+from newsletter.cli.common import emit_json, handle_errors, json_option, settings_of
 from newsletter.config import Settings
 from newsletter.errors import Problem, SubscriberError
 from newsletter.store import open_store
