@@ -192,7 +192,9 @@ def test_check_smtp_secret_missing(sample_site: Path, monkeypatch: pytest.Monkey
 
 def test_init_writes_a_working_starter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(cli_posts, "utcnow", lambda: datetime(2026, 5, 4, 3, 2, 1, tzinfo=UTC))
+    monkeypatch.setattr(
+        "newsletter.config.utcnow", lambda: datetime(2026, 5, 4, 3, 2, 1, tzinfo=UTC)
+    )
     result = CliRunner().invoke(main, ["init"])
     assert result.exit_code == 0, result.output
     assert result.stdout == (

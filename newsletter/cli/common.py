@@ -7,14 +7,23 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import click
 
-from newsletter.config import Settings, load_settings
-from newsletter.errors import NewsletterError
+# Only click at import time: `newsletter --help` must not pay for the library
+# (issue 13, "start in 50 ms"); each command imports what it uses when it runs.
+if TYPE_CHECKING:
+    from newsletter.config import Settings
 
-__all__ = ["AppContext", "emit_json", "handle_errors", "json_option", "settings_of"]
+__all__ = [
+    "AppContext",
+    "LazyChoice",
+    "emit_json",
+    "handle_errors",
+    "json_option",
+    "settings_of",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -29,6 +38,8 @@ class AppContext:
     @property
     def settings(self) -> Settings:
         if self._settings is None:
+            from newsletter.config import load_settings
+
             self._settings = load_settings(self.config)
         return self._settings
 
@@ -38,6 +49,8 @@ def handle_errors(func: F) -> F:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from newsletter.errors import NewsletterError
+
         try:
             return func(*args, **kwargs)
         except NewsletterError as exc:
@@ -56,3 +69,28 @@ def emit_json(data: Any) -> None:
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+
+
+class LazyChoice(click.Choice):
+    """A `click.Choice` whose values live in a library module, imported only
+    when the choices are needed (parsing, or that command's own --help)."""
+
+    def __init__(self, module: str, name: str, *extra: str) -> None:
+        super().__init__(())
+        self._where = (module, name)
+        self._extra = extra
+        self._loaded: tuple[str, ...] | None = None
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        if self._loaded is None:
+            import importlib
+
+            module, name = self._where
+            values = getattr(importlib.import_module(module), name)
+            self._loaded = (*self._extra, *values)
+        return self._loaded
+
+    @choices.setter
+    def choices(self, _value: object) -> None:
+        """click's __init__ assigns the (empty) tuple; the property ignores it."""

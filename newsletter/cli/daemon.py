@@ -5,20 +5,19 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from sqlalchemy import Engine
 
-from newsletter.audience.subscribers import sync_directory
 from newsletter.cli.common import emit_json, handle_errors, json_option, settings_of
-from newsletter.config import Settings
-from newsletter.daemon.passes import MailingProgress, PassReport
-from newsletter.daemon.planning import UpcomingSend
-from newsletter.daemon.scheduler import Daemon, run_once
-from newsletter.errors import TransportError
-from newsletter.logging_setup import remove_logging, setup_logging
-from newsletter.store import open_store
+
+# The library is imported inside each function, so `--help` stays cheap.
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from newsletter.config import Settings
+    from newsletter.daemon.passes import MailingProgress, PassReport
+    from newsletter.daemon.planning import UpcomingSend
 
 
 def register(group: click.Group) -> None:
@@ -69,6 +68,11 @@ def run(
     With --once it does one pass and prints a summary: for cron or a systemd
     timer.  Posts dated before [schedule] since are never sent.
     """
+    from newsletter.daemon.scheduler import Daemon, run_once
+    from newsletter.errors import TransportError
+    from newsletter.logging_setup import remove_logging, setup_logging
+    from newsletter.store import open_store
+
     settings = settings_of(ctx)
     handler = setup_logging(json_lines=log_json)
     try:
@@ -100,6 +104,8 @@ def run(
 
 def _sync_lists(settings: Settings, engine: Engine, *, quiet: bool) -> None:
     """`run --sync`: the list files first, so a fresh checkout has members."""
+    from newsletter.audience.subscribers import sync_directory
+
     results, problems = sync_directory(engine, settings, settings.base_dir / "subscribers")
     for problem in problems + [p for r in results for p in r.counts.problems]:
         click.echo(problem, err=True)

@@ -8,22 +8,17 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from newsletter.cli.common import emit_json, handle_errors, json_option, settings_of
-from newsletter.config import Settings
-from newsletter.delivery.mailings import (
-    DeliveryReport,
-    MailingSummary,
-    Progress,
-    deliver_mailing,
-    mailing_summaries,
-    plan_mailing,
-    send_test,
-)
-from newsletter.posts.collection import Post, load_posts
+
+# The library is imported inside each function, so `--help` stays cheap.
+if TYPE_CHECKING:
+    from newsletter.config import Settings
+    from newsletter.delivery.mailings import DeliveryReport, MailingSummary, Progress
+    from newsletter.posts.collection import Post
 
 
 @click.command("send")
@@ -65,9 +60,11 @@ def send_cmd(
     Safe to interrupt or kill: running it again finishes the mailing without
     sending twice. Once a mailing is done, sending again needs --resend.
     """
+    from newsletter.posts.collection import load_posts
+
     settings = settings_of(ctx)
     settings.get_list(list_name)
-    posts = load_posts(settings)
+    posts = load_posts(settings, bodies="lazy")  # HTML only for the posts sent
     post = posts.find(post_ref)
     if tests:
         _send_tests(settings, post, list_name, tests, as_json)
@@ -80,6 +77,8 @@ def send_cmd(
 def _send_tests(
     settings: Settings, post: Post, list_name: str, addresses: tuple[str, ...], as_json: bool
 ) -> None:
+    from newsletter.delivery.mailings import send_test
+
     report = send_test(settings, post, list_name, addresses)
     if as_json:
         emit_json({"test": True, **_report_dict(report)})
@@ -124,6 +123,7 @@ def _send(
     wait: float,
     as_json: bool,
 ) -> None:
+    from newsletter.delivery.mailings import deliver_mailing, plan_mailing
     from newsletter.store import open_store, reading
     from newsletter.store.mailings import latest_mailing
 
@@ -249,6 +249,7 @@ def status_cmd(ctx: click.Context, as_json: bool) -> None:
     from newsletter.cli.daemon import upcoming_json, upcoming_line
     from newsletter.config import utcnow
     from newsletter.daemon.planning import upcoming_sends
+    from newsletter.delivery.mailings import mailing_summaries
     from newsletter.posts.collection import load_posts
     from newsletter.store import open_store
 

@@ -6,18 +6,17 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from newsletter.cli.common import emit_json, handle_errors, json_option, settings_of
-from newsletter.config import DEFAULT_CONFIG, ListSettings, Settings, utcnow
-from newsletter.daemon.planning import cron_trigger, effective_since
-from newsletter.delivery.mailings import mailed_pairs
-from newsletter.email import render
-from newsletter.errors import NewsletterError, Problem
-from newsletter.posts.collection import PostCollection, load_posts, post_files, post_status
-from newsletter.store import open_store
+
+# The library is imported inside each command, so `--help` stays cheap.
+if TYPE_CHECKING:
+    from newsletter.config import Settings
+    from newsletter.errors import Problem
+    from newsletter.posts.collection import PostCollection
 
 
 @contextmanager
@@ -33,10 +32,15 @@ def progress_bar(total: int, label: str) -> Iterator[Callable[[], None]]:
         yield lambda: bar.advance(task)
 
 
-def _load(settings: Settings, label: str, *, bodies: bool = True) -> PostCollection:
-    total = len(post_files(settings.site.posts_dir))
+def _load(
+    settings: Settings, label: str, *, bodies: bool = True, index: bool = True
+) -> PostCollection:
+    from newsletter.posts.collection import load_posts, post_files
+
+    # Counting the files is only worth it for a bar on a terminal.
+    total = len(post_files(settings.site.posts_dir)) if sys.stdout.isatty() else 0
     with progress_bar(total, label) as advance:
-        return load_posts(settings, progress=advance, bodies=bodies)
+        return load_posts(settings, progress=advance, bodies=bodies, index=index)
 
 
 # --------------------------------------------------------------------------- posts
@@ -54,6 +58,12 @@ def posts_cmd(ctx: click.Context, as_json: bool) -> None:
     `opted-out` (newsletter: false) or `before-since` (older than [schedule]
     since, or than the first run when since is unset).  Problems go to stderr.
     """
+    from newsletter.config import utcnow
+    from newsletter.daemon.planning import effective_since
+    from newsletter.delivery.mailings import mailed_pairs
+    from newsletter.posts.collection import post_status
+    from newsletter.store import open_store
+
     settings = settings_of(ctx)
     # A listing shows no HTML: skip Markdown, the bulk of the cost.
     collection = _load(settings, "Reading posts", bodies=False)
@@ -98,21 +108,28 @@ def _summary(count: int, problems: tuple[Problem, ...], verb: str = "") -> str:
 
 
 @click.command("check")
+@click.option(
+    "--all", "everything", is_flag=True, help="Read and render every post again, changed or not."
+)
 @json_option
 @click.pass_context
 @handle_errors
-def check_cmd(ctx: click.Context, as_json: bool) -> None:
+def check_cmd(ctx: click.Context, everything: bool, as_json: bool) -> None:
     """Check the configuration, the templates and every post.
 
     Prints one line per problem (file, line when known, reason).  Exits 1
-    when there is an error, 0 when there are only warnings.
+    when there is an error, 0 when there are only warnings.  Only posts (and
+    renders) whose file, templates or settings changed since the last check
+    are read again; --all reads and renders them all.
     """
     settings = settings_of(ctx)  # a broken configuration stops here, exit 1
     problems = list(check_settings(settings))
-    collection = _load(settings, "Checking posts")
+    collection = _load(settings, "Checking posts", index=not everything)
     problems.extend(collection.problems)
     with progress_bar(len(collection.posts), "Rendering") as advance:
-        problems.extend(check_templates(settings, collection, progress=advance))
+        problems.extend(
+            check_templates(settings, collection, progress=advance, cache=not everything)
+        )
     errors = [p for p in problems if p.severity == "error"]
     if as_json:
         emit_json([_problem_json(p) for p in problems])
@@ -136,6 +153,10 @@ def _problem_json(problem: Problem) -> dict[str, Any]:
 
 def check_settings(settings: Settings) -> Iterator[Problem]:
     """What loading the configuration cannot see: missing folders and secrets."""
+    from newsletter.config import DEFAULT_CONFIG
+    from newsletter.daemon.planning import cron_trigger
+    from newsletter.errors import NewsletterError, Problem
+
     cfg = settings.config_path
     if cfg is None:
         yield Problem(f"no {DEFAULT_CONFIG} found; using defaults", severity="warning")
@@ -176,14 +197,25 @@ def _is_local_url(url: str) -> bool:
 
 
 def check_templates(
-    settings: Settings, collection: PostCollection, progress: Callable[[], None] = lambda: None
+    settings: Settings,
+    collection: PostCollection,
+    progress: Callable[[], None] = lambda: None,
+    *,
+    cache: bool = True,
 ) -> Iterator[Problem]:
-    """Render every post for the first list; report what the renderer refuses."""
+    """Render every post for the first list; report what the renderer refuses.
+
+    A render whose post, templates and settings are unchanged comes from the
+    render cache (`cache=False` renders every post again)."""
+    from newsletter.config import ListSettings
+    from newsletter.email.rendercache import cached_render
+    from newsletter.errors import NewsletterError, Problem
+
     lists = list(settings.lists.values()) or [ListSettings(name="check", title="check")]
     for post in collection.posts:
         progress()
         try:
-            rendered = render.render_email(post, settings, lists[0])
+            rendered = cached_render([post], settings, lists[0], enabled=cache)
         except NewsletterError as exc:
             yield Problem(exc.message, exc.path or post.path, exc.line, "error", exc.key)
             continue
@@ -241,7 +273,7 @@ mode = "each"
 
 
 @click.command("init")
-@click.option("--force", is_flag=True, help=f"Overwrite an existing {DEFAULT_CONFIG}.")
+@click.option("--force", is_flag=True, help="Overwrite an existing newsletter.toml.")
 @handle_errors
 def init_cmd(force: bool) -> None:
     """Start a newsletter in the current folder.
@@ -249,6 +281,8 @@ def init_cmd(force: bool) -> None:
     Writes a starter newsletter.toml ([schedule] since = now, so older posts
     are never sent) and creates posts/ and subscribers/ if they are missing.
     """
+    from newsletter.config import DEFAULT_CONFIG, utcnow
+
     config = Path(DEFAULT_CONFIG)
     if config.exists() and not force:
         click.echo(f"error: {config}: already exists (use --force to overwrite)", err=True)

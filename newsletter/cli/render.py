@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from newsletter.cli.common import handle_errors, settings_of
-from newsletter.config import ListSettings, Settings
-from newsletter.email.message import MessageTemplate, fill_placeholders, sample_recipient
-from newsletter.email.render import RenderedEmail, render_digest, render_email
-from newsletter.errors import PostError, RenderError
-from newsletter.posts.collection import Post, load_posts
+
+# The library is imported inside each function, so `--help` stays cheap.
+if TYPE_CHECKING:
+    from newsletter.config import ListSettings, Settings
+    from newsletter.email.render import RenderedEmail
+    from newsletter.posts.collection import Post
 
 
 @click.command("render")
@@ -43,6 +45,8 @@ def render_cmd(
     (reader@example.com) in the per-recipient places.  Warnings (such as an
     email too large for Gmail) go to standard error.
     """
+    from newsletter.errors import RenderError
+
     settings = settings_of(ctx)
     found = find_post(settings, post)
     lst = choose_list(settings, list_name)
@@ -63,7 +67,10 @@ def render_cmd(
 
 def find_post(settings: Settings, ref: str) -> Post:
     """The post `ref` names; when it is one that failed to load, say why."""
-    collection = load_posts(settings)
+    from newsletter.errors import PostError
+    from newsletter.posts.collection import load_posts
+
+    collection = load_posts(settings, bodies="lazy")  # HTML for the one post found
     try:
         return collection.find(ref)
     except PostError:
@@ -74,6 +81,8 @@ def find_post(settings: Settings, ref: str) -> Post:
 
 
 def choose_list(settings: Settings, list_name: str | None) -> ListSettings:
+    from newsletter.config import ListSettings
+
     if list_name:
         return settings.get_list(list_name)
     if settings.lists:
@@ -84,12 +93,14 @@ def choose_list(settings: Settings, list_name: str | None) -> ListSettings:
 
 def render_for_list(post: Post, settings: Settings, lst: ListSettings) -> RenderedEmail:
     """A digest list shows the post as a one-post digest, as it would be sent."""
-    if lst.mode == "digest":
-        return render_digest([post], settings, lst)
-    return render_email(post, settings, lst)
+    from newsletter.email.rendercache import cached_render
+
+    return cached_render([post], settings, lst, digest=lst.mode == "digest")
 
 
 def render_output(rendered: RenderedEmail, settings: Settings, fmt: str) -> bytes:
+    from newsletter.email.message import MessageTemplate, fill_placeholders, sample_recipient
+
     if fmt == "eml":
         return MessageTemplate.build(rendered, settings).sample()
     html, text = fill_placeholders(rendered, sample_recipient(settings))

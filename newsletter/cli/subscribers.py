@@ -13,32 +13,21 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
-from rich.table import Table
-from sqlalchemy import Engine
 
-from newsletter.audience.importer import ImportCounts
-from newsletter.audience.members import (
-    STATUSES,
-    SubscriberRow,
-    add_subscriber,
-    ensure_lists,
-    get_by_email,
-    list_counts,
-    remove_member,
-    resubscribe,
-    unsubscribe,
-)
-from newsletter.audience.serviceformats import FORMATS
-from newsletter.audience.subscribers import Progress as ProgressFn
-from newsletter.audience.subscribers import export_list, import_file, members, sync_directory
-from newsletter.cli.common import emit_json, handle_errors, json_option, settings_of
-from newsletter.config import Settings
-from newsletter.errors import Problem, SubscriberError
-from newsletter.store import open_store
+from newsletter.cli.common import LazyChoice, emit_json, handle_errors, json_option, settings_of
+
+# The library (SQLAlchemy, rich) is imported inside each command, so `--help` stays cheap.
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from newsletter.audience.importer import ImportCounts
+    from newsletter.audience.members import SubscriberRow
+    from newsletter.audience.subscribers import Progress as ProgressFn
+    from newsletter.config import Settings
+    from newsletter.errors import Problem
 
 PROGRESS_MIN_BYTES = 1 << 20  # a bar for files over 1 MB, when stdout is a terminal
 SHOW_PROBLEMS = 100
@@ -48,7 +37,7 @@ status_option = click.option(
     "--status",
     "statuses",
     multiple=True,
-    type=click.Choice(STATUSES),
+    type=LazyChoice("newsletter.audience.members", "STATUSES"),
     help="Only members with this status (repeatable).",
 )
 
@@ -71,7 +60,7 @@ def subscribers_group() -> None:
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(("auto", *FORMATS)),
+    type=LazyChoice("newsletter.audience.serviceformats", "FORMATS", "auto"),
     default="auto",
     show_default=True,
     help="The service that exported FILE; auto recognises it by the header.",
@@ -99,6 +88,9 @@ def import_command(
     Invalid rows are reported with their line number and skipped; the rest is
     imported in one transaction. Exit status 1 if any row was skipped.
     """
+    from newsletter.audience.subscribers import import_file
+    from newsletter.store import open_store
+
     settings = settings_of(ctx)
     engine = open_store(settings)
     with _progress(file) as tick:
@@ -122,6 +114,8 @@ def _progress(file: Path) -> Iterator[ProgressFn | None]:
     if not (big and sys.stdout.isatty()):
         yield None
         return
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+
     columns = (BarColumn(), DownloadColumn(), TimeRemainingColumn())
     with Progress(*columns, transient=True) as bar:
         task = bar.add_task("import", total=None)
@@ -150,6 +144,9 @@ def _report_problems(problems: list[Problem], total: int) -> None:
 
 
 def _summary_table(counts: ImportCounts, list_name: str, dry_run: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
     title = f"{'Dry run (nothing written)' if dry_run else 'Imported'}: list {list_name}"
     table = Table(title=title)
     table.add_column("result")
@@ -187,6 +184,11 @@ def export_command(
 
     Cells a spreadsheet would run as a formula get a leading ' (import removes it).
     """
+    from newsletter.audience.members import ensure_lists
+    from newsletter.audience.subscribers import export_list
+    from newsletter.errors import SubscriberError
+    from newsletter.store import open_store
+
     settings = settings_of(ctx)
     settings.get_list(list_name)
     engine = open_store(settings)
@@ -213,6 +215,10 @@ def list_command(
     ctx: click.Context, list_name: str, statuses: tuple[str, ...], as_json: bool
 ) -> None:
     """Show a list's members (email, status, name), one per line."""
+    from newsletter.audience.members import ensure_lists
+    from newsletter.audience.subscribers import members
+    from newsletter.store import open_store
+
     settings = settings_of(ctx)
     settings.get_list(list_name)
     engine = open_store(settings)
@@ -240,6 +246,9 @@ def list_command(
 
 
 def _engine_for(ctx: click.Context, list_name: str | None) -> tuple[Settings, Engine]:
+    from newsletter.audience.members import ensure_lists
+    from newsletter.store import open_store
+
     settings = settings_of(ctx)
     if list_name is not None:
         settings.get_list(list_name)
@@ -249,6 +258,9 @@ def _engine_for(ctx: click.Context, list_name: str | None) -> tuple[Settings, En
 
 
 def _require(engine: Engine, email: str) -> SubscriberRow:
+    from newsletter.audience.members import get_by_email
+    from newsletter.errors import SubscriberError
+
     row = get_by_email(engine, email)
     if row is None:
         raise SubscriberError(f"no subscriber with address {email.strip()!r}", recipient=email)
@@ -263,6 +275,8 @@ def _require(engine: Engine, email: str) -> SubscriberRow:
 @handle_errors
 def add_command(ctx: click.Context, email: str, list_name: str, name: str) -> None:
     """Add EMAIL to a list (an unsubscribed address stays unsubscribed)."""
+    from newsletter.audience.members import add_subscriber
+
     _, engine = _engine_for(ctx, list_name)
     row = add_subscriber(engine, email, list_name, name=name)
     note = "" if row.status == "active" else f" (stays {row.status}: use resubscribe to undo)"
@@ -276,6 +290,8 @@ def add_command(ctx: click.Context, email: str, list_name: str, name: str) -> No
 @handle_errors
 def remove_command(ctx: click.Context, email: str, list_name: str) -> None:
     """Take EMAIL off a list (no unsubscribe is recorded; see `unsubscribe`)."""
+    from newsletter.audience.members import remove_member
+
     _, engine = _engine_for(ctx, list_name)
     row = _require(engine, email)
     if remove_member(engine, row.id, list_name):
@@ -291,6 +307,8 @@ def remove_command(ctx: click.Context, email: str, list_name: str) -> None:
 @handle_errors
 def unsubscribe_command(ctx: click.Context, email: str, list_name: str | None) -> None:
     """Unsubscribe EMAIL from one list, or from every list."""
+    from newsletter.audience.members import unsubscribe
+
     _, engine = _engine_for(ctx, list_name)
     row = _require(engine, email)
     changed = unsubscribe(engine, row.id, list_name, reason="cli")
@@ -309,6 +327,8 @@ def unsubscribe_command(ctx: click.Context, email: str, list_name: str | None) -
 @handle_errors
 def resubscribe_command(ctx: click.Context, email: str, list_name: str | None) -> None:
     """Undo an unsubscribe, bounce or complaint for EMAIL (only with their consent)."""
+    from newsletter.audience.members import resubscribe
+
     _, engine = _engine_for(ctx, list_name)
     row = _require(engine, email)
     resubscribe(engine, row.id, list_name)
@@ -332,6 +352,9 @@ def resubscribe_command(ctx: click.Context, email: str, list_name: str | None) -
 @handle_errors
 def sync_command(ctx: click.Context, directory: Path | None, dry_run: bool, as_json: bool) -> None:
     """Make every list mirror subscribers/<list>.csv (unsubscribes still win)."""
+    from newsletter.audience.subscribers import sync_directory
+    from newsletter.store import open_store
+
     settings = settings_of(ctx)
     folder = directory if directory is not None else settings.base_dir / "subscribers"
     engine = open_store(settings)
@@ -357,6 +380,12 @@ def sync_command(ctx: click.Context, directory: Path | None, dry_run: bool, as_j
 @handle_errors
 def lists_command(ctx: click.Context, as_json: bool) -> None:
     """Show each list with its title and members counted by status."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from newsletter.audience.members import STATUSES, ensure_lists, list_counts
+    from newsletter.store import open_store
+
     settings = settings_of(ctx)
     engine = open_store(settings)
     ensure_lists(engine, settings)

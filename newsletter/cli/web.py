@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import threading
 import webbrowser
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import click
 
 from newsletter.cli.common import AppContext, handle_errors, settings_of
-from newsletter.config import Settings, load_settings
+
+if TYPE_CHECKING:
+    from newsletter.config import Settings
 
 PREVIEW_HOST = "127.0.0.1"  # never anything else: see newsletter.web.hostcheck
 
@@ -38,6 +40,7 @@ def preview_cmd(ctx: click.Context, port: int, open_browser: bool) -> None:
     updates the open page. Shows the text part, headers, raw .eml, a lint
     panel, the maildir outbox, and sends tests like `send --test`.
     """
+    from newsletter.config import load_settings
     from newsletter.web.preview import create_preview_app
     from newsletter.web.server import run_app
 

@@ -96,7 +96,8 @@ def run_pass(
     at = now or utcnow()
     problems: list[str] = []
     try:
-        collection = load_posts(settings)
+        # Planning reads front matter; HTML is built for the posts a mailing sends.
+        collection = load_posts(settings, bodies="lazy")
     except NewsletterError as exc:
         problems.append(f"error: {exc}")
         collection = PostCollection((), ())

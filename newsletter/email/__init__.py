@@ -3,6 +3,7 @@
 It may import `newsletter.posts`, `newsletter.config` and `newsletter.errors`.
 
 - `render`: Jinja2 templates + premailer → `RenderedEmail` (HTML and text parts)
+- `rendercache`: renders kept in the state folder until post, templates, list or settings change
 - `message`: the MIME bytes, serialised once (`MessageTemplate`), personalised per `Recipient`
 - `tokens`: signed unsubscribe tokens and their URLs
 - `dkim`: signing the exact bytes sent
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from newsletter.email.dkim import Signer
     from newsletter.email.message import MessageTemplate, Recipient
     from newsletter.email.render import RenderedEmail, render_digest, render_email
+    from newsletter.email.rendercache import cached_render
     from newsletter.email.tokens import load_secret, make_token, unsubscribe_url, verify_token
 
 _EXPORTS = {
@@ -27,6 +29,7 @@ _EXPORTS = {
     "RenderedEmail": "render",
     "render_digest": "render",
     "render_email": "render",
+    "cached_render": "rendercache",
     "load_secret": "tokens",
     "make_token": "tokens",
     "unsubscribe_url": "tokens",
@@ -37,6 +40,7 @@ __all__ = [
     "Recipient",
     "RenderedEmail",
     "Signer",
+    "cached_render",
     "load_secret",
     "make_token",
     "render_digest",

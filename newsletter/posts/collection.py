@@ -26,9 +26,12 @@ from typing import Any, Literal
 
 from newsletter.config import Settings
 from newsletter.errors import NewsletterError, PostError, Problem
-from newsletter.posts import jekyll, markup, permalink
-from newsletter.posts import liquid as liquid_mod
+from newsletter.posts import index as post_index
+from newsletter.posts import jekyll, permalink
 from newsletter.posts import text as posttext
+
+# `markup` (Markdown, lxml) and `liquid` are imported where a post is built:
+# a listing served from the index never needs them.
 
 POST_SUFFIXES = (".md", ".markdown")
 
@@ -82,9 +85,15 @@ class Post:
 class PostCollection:
     posts: tuple[Post, ...]
     problems: tuple[Problem, ...]
+    # With `load_posts(bodies="lazy")`: fills in one post's HTML when `find` returns it.
+    complete: Callable[[Post], Post] | None = field(default=None, compare=False, repr=False)
 
     def find(self, ref: str) -> Post:
         """A post by id, slug, file name (with or without extension) or path."""
+        post = self._find(ref)
+        return post if self.complete is None else self.complete(post)
+
+    def _find(self, ref: str) -> Post:
         for post in self.posts:
             if ref in (post.post_id, post.slug, post.path.name, post.path.stem, str(post.path)):
                 return post
@@ -140,20 +149,29 @@ def post_files(posts_dir: Path) -> list[Path]:
 
 
 def load_posts(
-    settings: Settings, *, progress: Progress | None = None, bodies: bool = True
+    settings: Settings,
+    *,
+    progress: Progress | None = None,
+    bodies: bool | Literal["lazy"] = True,
+    index: bool = True,
 ) -> PostCollection:
     """Every post under the posts folder; a broken one is reported, not fatal.
 
     `bodies=False` skips Markdown → HTML (most of the cost) and leaves
     `body_html`, `excerpt_html` and `excerpt_text` empty: for listings only,
-    never for rendering.
+    never for rendering.  `bodies="lazy"` lists posts the same way, but
+    `find()` returns a post with its HTML, built then: for commands that
+    render a few posts of many.  Only posts whose file (or what they read) changed
+    since the last call are parsed again (`newsletter.posts.index`);
+    `index=False` reads every post and keeps nothing.
     """
     posts_dir = settings.site.posts_dir
+    indexes = _Indexes.open(settings, bodies=bodies is True, enabled=index)
     sources: list[_Source] = []
     problems: list[Problem] = []
     for path in post_files(posts_dir):
         try:
-            sources.append(_read_source(path, posts_dir, settings))
+            sources.append(indexes.source(path, posts_dir, settings))
         except NewsletterError as exc:
             problems.append(Problem.from_error(exc))
             if progress:
@@ -162,7 +180,7 @@ def load_posts(
     posts: list[Post] = []
     for source in sources:
         try:
-            post = _build_post(source, site, bodies=bodies)
+            post, warned = indexes.post(source, site, bodies=bodies is True)
         except NewsletterError as exc:
             found = Problem.from_error(exc)
             problems.append(found if found.path else replace(found, path=source.path))
@@ -170,11 +188,58 @@ def load_posts(
             problems.append(Problem(f"cannot read post: {type(exc).__name__}: {exc}", source.path))
         else:
             posts.append(post)
-            problems.extend(_post_problems(source, post))
+            problems.extend(warned)
         if progress:
             progress()
+    indexes.save()
     posts.sort(key=lambda p: (p.date, str(p.path)))
-    return PostCollection(tuple(posts), tuple(problems))
+    complete = indexes.completer(settings, site) if bodies == "lazy" else None
+    return PostCollection(tuple(posts), tuple(problems), complete)
+
+
+@dataclass(frozen=True)
+class _Indexes:
+    """The hook into `newsletter.posts.index`: each pass's result per file, reused
+    while the file, the settings and the other posts it links to are unchanged."""
+
+    sources: post_index.PostIndex
+    posts: post_index.PostIndex
+
+    @classmethod
+    def open(cls, settings: Settings, *, bodies: bool, enabled: bool) -> _Indexes:
+        return cls(
+            post_index.open_index(settings, "sources", enabled=enabled),
+            post_index.open_index(settings, "posts" if bodies else "listing", enabled=enabled),
+        )
+
+    def source(self, path: Path, posts_dir: Path, settings: Settings) -> _Source:
+        return self.sources.get(path, lambda _: _read_source(path, posts_dir, settings))
+
+    def post(
+        self, source: _Source, site: _SiteContext, *, bodies: bool
+    ) -> tuple[Post, list[Problem]]:
+        def build(urls: Mapping[str, str] | None) -> tuple[Post, list[Problem]]:
+            # Links to other posts resolve through `urls`, which records them.
+            seen = site if urls is None else replace(site, post_urls=urls)
+            post = _build_post(source, seen, bodies=bodies)
+            return post, list(_post_problems(source, post))
+
+        return self.posts.get(source.path, build, site.post_urls)
+
+    def save(self) -> None:
+        self.sources.save()
+        self.posts.save()
+
+    def completer(self, settings: Settings, site: _SiteContext) -> Callable[[Post], Post]:
+        """Builds one listed post again with its HTML (for `bodies="lazy"`)."""
+
+        def complete(post: Post) -> Post:
+            # A fresh copy of pass 1 (the index hands out copies), since
+            # building a post adds its warnings to the source.
+            source = self.source(post.path, settings.site.posts_dir, settings)
+            return _build_post(source, site, bodies=True)
+
+        return complete
 
 
 def read_post(path: Path, settings: Settings) -> Post:
@@ -361,6 +426,8 @@ def _load_authors(settings: Settings, problems: list[Problem]) -> Mapping[str, A
 
 
 def _build_post(source: _Source, site: _SiteContext, *, bodies: bool = True) -> Post:
+    from newsletter.posts import markup
+
     data, warnings = source.data, source.warnings
     title_source = jekyll.scalar_text(data.get("title")) or jekyll.titleize(source.file_slug)
     heading = posttext.title_html(title_source)
@@ -406,6 +473,8 @@ def _build_post(source: _Source, site: _SiteContext, *, bodies: bool = True) -> 
 
 
 def _liquid(source: _Source, site: _SiteContext, title: str) -> str:
+    from newsletter.posts import liquid as liquid_mod
+
     page = {
         **source.data,
         "title": title,

@@ -28,7 +28,7 @@ from starlette.routing import Route
 
 from newsletter.audience import members as subs
 from newsletter.config import Settings
-from newsletter.email.render import render_email
+from newsletter.email.rendercache import cached_render
 from newsletter.email.tokens import ALL_LISTS, load_secret, verify_token
 from newsletter.errors import NewsletterError, PostError, StoreError, SubscriberError
 from newsletter.posts.collection import PostCollection
@@ -260,7 +260,7 @@ def archive_post(request: Request) -> Response:
         if entry is None:
             return PlainTextResponse("no such email in the archive\n", status_code=404)
         post = state.posts().find(post_id)
-        rendered = render_email(post, state.settings, list_for(state.settings, entry.list_name))
+        rendered = cached_render([post], state.settings, list_for(state.settings, entry.list_name))
     except PostError:
         return PlainTextResponse("no such email in the archive\n", status_code=404)
     except NewsletterError:

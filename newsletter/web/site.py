@@ -21,7 +21,8 @@ from newsletter.config import ListSettings, Settings, utcnow
 from newsletter.daemon.planning import list_takes
 from newsletter.delivery.outgoing import make_signer
 from newsletter.email.message import MessageTemplate, sample_recipient
-from newsletter.email.render import RenderedEmail, render_email
+from newsletter.email.render import RenderedEmail
+from newsletter.email.rendercache import cached_render
 from newsletter.errors import StoreError
 from newsletter.posts.collection import Post, PostCollection, load_posts, post_status
 from newsletter.store import open_store, reading
@@ -42,7 +43,7 @@ class Preview:
 
 def build_preview(settings: Settings, post: Post, mailing_list: ListSettings) -> Preview:
     """The email exactly as `send` builds it, for a sample recipient."""
-    rendered = render_email(post, settings, mailing_list)
+    rendered = cached_render([post], settings, mailing_list)
     template = MessageTemplate.build(rendered, settings)
     raw = template.personalise(
         sample_recipient(settings), mailing_key=f"preview:{post.post_id}:{mailing_list.name}"
@@ -142,7 +143,7 @@ class Site:
             settings = self.settings()
             fingerprint = tuple(_walk(watched_dirs(settings)))
             if self._posts is None or fingerprint != self._print:
-                self._posts = load_posts(settings)
+                self._posts = load_posts(settings, bodies="lazy")  # HTML when previewed
                 self._print = fingerprint
                 self._previews = {}
             return self._posts

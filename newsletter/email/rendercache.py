@@ -1,0 +1,161 @@
+"""Renders kept in the state folder until their post, templates, list or settings change.
+
+premailer is most of a render (20–45 ms an email), and `check` and the preview
+render every post again and again.  A render is a pure function of
+
+* the posts (every field of each frozen `Post`, so an edit or a re-date counts),
+* the list's settings and the whole `Settings` (a changed `[email]` key counts),
+* the template files: the user's `[email] templates_dir` and the default theme,
+  by content, and this package's source (a new renderer counts);
+
+so it is stored under a hash of all of them, as JSON in
+`.newsletter/renders/`, and read back instead of rendered.  This module
+imports neither Jinja2 nor premailer: a hit costs a file read.
+
+Only the result is kept; a render that fails is not, so its error is raised
+again each time.  Sending (`delivery`) renders once per mailing and does not
+go through here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from newsletter.config import ListSettings, Settings
+from newsletter.posts.collection import Post
+
+if TYPE_CHECKING:
+    from newsletter.email.render import RenderedEmail
+
+__all__ = ["CACHE_FORMAT", "cached_render", "render_key", "template_digest"]
+
+CACHE_FORMAT = 1
+MAX_ENTRIES = 5000  # beyond this the oldest renders are dropped
+_PACKAGE = Path(__file__).resolve().parent
+_digests: dict[tuple[str, int, int], str] = {}
+
+
+def cached_render(
+    posts: Sequence[Post],
+    settings: Settings,
+    mailing_list: ListSettings,
+    *,
+    digest: bool = False,
+    enabled: bool = True,
+) -> RenderedEmail:
+    """`render_email(post)` (or `render_digest(posts)` with `digest=True`),
+    from the state folder when nothing it depends on changed."""
+    from newsletter.email import render
+
+    def build() -> RenderedEmail:
+        if digest:
+            return render.render_digest(list(posts), settings, mailing_list)
+        (post,) = posts
+        return render.render_email(post, settings, mailing_list)
+
+    if not enabled:
+        return build()
+    key = render_key(posts, settings, mailing_list, digest=digest)
+    path = settings.state_dir / "renders" / f"{key}.json"
+    found = _read(path)
+    if found is not None:
+        return found
+    rendered = build()
+    _write(path, rendered)
+    return rendered
+
+
+def render_key(
+    posts: Sequence[Post], settings: Settings, mailing_list: ListSettings, *, digest: bool
+) -> str:
+    digest_ = hashlib.sha256()
+    for part in (
+        f"{CACHE_FORMAT}\0{'digest' if digest else 'email'}",
+        *(repr(p) for p in posts),
+        repr(mailing_list),
+        repr(settings),
+        template_digest(settings.email.templates_dir),
+    ):
+        digest_.update(part.encode("utf-8", "surrogatepass"))
+        digest_.update(b"\0\0")
+    return digest_.hexdigest()
+
+
+def template_digest(templates_dir: Path | None) -> str:
+    """The content of every template file and of this package's source."""
+    folders = [_PACKAGE, *_theme_folders()]
+    if templates_dir is not None:
+        folders.append(templates_dir)
+    digest = hashlib.sha256()
+    for folder in folders:
+        for path in sorted(folder.rglob("*")) if folder.is_dir() else ():
+            if path.is_file() and "__pycache__" not in path.parts:
+                digest.update(f"{path}\0{_file_digest(path)}\n".encode("utf-8", "surrogatepass"))
+    return digest.hexdigest()
+
+
+def _theme_folders() -> list[Path]:
+    import importlib.util
+
+    spec = importlib.util.find_spec("newsletter.templates")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    return [Path(p) for p in spec.submodule_search_locations]
+
+
+def _file_digest(path: Path) -> str:
+    """A file's sha256, computed again only when its size or mtime changes."""
+    try:
+        st = path.stat()
+    except OSError:
+        return "missing"
+    memo = (str(path), st.st_size, st.st_mtime_ns)
+    if memo not in _digests:
+        try:
+            _digests[memo] = hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError:
+            return "unreadable"
+    return _digests[memo]
+
+
+def _read(path: Path) -> RenderedEmail | None:
+    from newsletter.email.render import RenderedEmail
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return RenderedEmail(**{**data, "warnings": tuple(data["warnings"])})
+    except (OSError, ValueError, TypeError, KeyError):
+        return None  # none yet, or unreadable: render again
+
+
+def _write(path: Path, rendered: RenderedEmail) -> None:
+    folder = path.parent
+    try:
+        for each in (folder.parent, folder):
+            if not each.is_dir():
+                each.mkdir(mode=0o700, parents=True, exist_ok=True)
+                each.chmod(0o700)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".render-")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(asdict(rendered), fh, ensure_ascii=False)
+        os.replace(tmp, path)
+        if path.name.startswith("00"):  # now and then (1 write in 256), not every time
+            _prune(folder)
+    except OSError:
+        pass  # a read-only state folder: render again next time
+
+
+def _prune(folder: Path, keep: int = MAX_ENTRIES) -> None:
+    entries = list(os.scandir(folder))
+    if len(entries) <= keep:
+        return
+    entries.sort(key=lambda e: e.stat().st_mtime_ns)
+    for entry in entries[: len(entries) - keep]:
+        Path(entry.path).unlink(missing_ok=True)

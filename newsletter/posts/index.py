@@ -1,0 +1,249 @@
+"""The post index: what reading each post produced, kept so that only changed posts are re-read.
+
+Reading a post (YAML front matter, dates, permalink, Liquid, byline, Markdown)
+costs milliseconds; a blog has hundreds of posts and every command lists them.
+The index keeps, per file, the result of each pass of `collection` under a key
+of
+
+* the file: its path, size and mtime_ns (an edit changes at least one);
+* a fingerprint of everything else a parse reads: the `[site]` settings, the
+  Jekyll `_data` files (authors) and the source of this package, so that a
+  changed configuration or a new version of the parser re-reads every post;
+* the cross-post lookups the post made (`{% post_url %}`, `{% link %}`): each
+  answer is recorded with the entry and checked again, so renaming or adding
+  another post re-reads only the posts that link to it.
+
+Entries live in the state folder (`.newsletter/`, created 0700) as pickles,
+one file per pass kind: the index holds what this tool wrote for this user
+and nothing read from elsewhere; a file that cannot be read is ignored and
+rewritten.  This module knows nothing of `Post`: `collection` hands it the
+values and the function that builds one.
+"""
+
+from __future__ import annotations
+
+import copyreg
+import hashlib
+import io
+import os
+import pickle
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, TypeVar
+
+from newsletter.config import Settings
+
+__all__ = ["INDEX_FORMAT", "Lookups", "PostIndex", "fingerprint", "open_index"]
+
+INDEX_FORMAT = 1  # bump when the stored layout changes
+_PACKAGE = Path(__file__).resolve().parent
+
+T = TypeVar("T")
+FileKey = tuple[int, int]  # size, mtime_ns
+
+
+def fingerprint(settings: Settings) -> str:
+    """What every parse reads besides the post's own file."""
+    digest = hashlib.sha256()
+    digest.update(f"{INDEX_FORMAT}\0{settings.site!r}".encode())
+    root = settings.site.source_dir or settings.base_dir
+    for path in (*_files(root / "_data"), *_files(_PACKAGE)):
+        digest.update(_stat_line(path))
+    return digest.hexdigest()
+
+
+def _files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+
+
+def _stat_line(path: Path) -> bytes:
+    try:
+        st = path.stat()
+    except OSError:
+        return f"{path}\0missing\n".encode()
+    return f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode()
+
+
+class Lookups(Mapping[str, Any]):
+    """A read-only view of a mapping that remembers every key asked for, and the answer.
+
+    `collection` resolves `{% post_url %}` and `{% link %}` through a mapping of
+    names to URLs; building a post through this view records exactly which
+    other posts its output depends on.
+    """
+
+    def __init__(self, inner: Mapping[str, Any]) -> None:
+        self.inner = inner
+        self.asked: dict[str, Any] = {}
+
+    def __getitem__(self, key: str) -> Any:
+        value = self.inner[key]
+        self.asked[key] = value
+        return value
+
+    def get(self, key: str, default: Any = None) -> Any:
+        value = self.inner.get(key, default)
+        self.asked[key] = self.inner.get(key)
+        return value
+
+    def __contains__(self, key: object) -> bool:
+        found = key in self.inner
+        if isinstance(key, str):
+            self.asked[key] = self.inner.get(key)
+        return found
+
+    def __iter__(self) -> Iterator[str]:
+        # Iterating sees every key: the result may depend on all of them.
+        self.asked["\0all"] = _digest(sorted(self.inner.items()))
+        return iter(self.inner)
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+
+def _digest(value: object) -> str:
+    return hashlib.sha256(repr(value).encode()).hexdigest()
+
+
+def _still_valid(asked: Mapping[str, Any], lookups: Mapping[str, Any]) -> bool:
+    for key, answer in asked.items():
+        now = _digest(sorted(lookups.items())) if key == "\0all" else lookups.get(key)
+        if now != answer:
+            return False
+    return True
+
+
+@dataclass
+class _Entry:
+    key: FileKey
+    value: bytes  # the pickled value: a hit gets its own copy
+    asked: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PostIndex:
+    """One pass kind's entries (`kind`), keyed by the post's path."""
+
+    path: Path | None  # None: keep nothing (no writable state folder)
+    fingerprint: str
+    entries: dict[str, _Entry] = field(default_factory=dict)
+    used: set[str] = field(default_factory=set)
+    changed: bool = False
+    hits: int = 0
+    misses: int = 0
+
+    def get(
+        self,
+        path: Path,
+        build: Callable[[Lookups | None], T],
+        lookups: Mapping[str, Any] | None = None,
+    ) -> T:
+        """The stored value for `path` while the file, the fingerprint and the
+        recorded lookups are unchanged; else `build(view)`, stored.
+
+        `build` is given `lookups` wrapped in a `Lookups` view (None without
+        `lookups`), so what it asked is stored with the value.  Each call
+        returns a fresh copy: the caller may change it.
+        """
+        name = str(path)
+        self.used.add(name)
+        key = file_key(path)
+        entry = self.entries.get(name)
+        if (
+            key is not None
+            and entry is not None
+            and entry.key == key
+            and (lookups is None or _still_valid(entry.asked, lookups))
+        ):
+            self.hits += 1
+            return pickle.loads(entry.value)
+        self.misses += 1
+        view = Lookups(lookups) if lookups is not None else None
+        value = build(view)
+        if key is not None:
+            frozen = _dumps(value)
+            self.entries[name] = _Entry(key, frozen, dict(view.asked) if view else {})
+            self.changed = True
+        return value
+
+    def save(self) -> None:
+        """Write the entries back (dropping files no longer seen), atomically."""
+        stale = set(self.entries) - self.used
+        for name in stale:
+            del self.entries[name]
+        if self.path is None or not (self.changed or stale):
+            return
+        data = pickle.dumps(
+            (INDEX_FORMAT, self.fingerprint, self.entries), protocol=pickle.HIGHEST_PROTOCOL
+        )
+        try:
+            _state_folder(self.path.parent)
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".index-")
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, self.path)
+        except OSError:
+            return  # a read-only state folder: the next run reads the posts again
+        self.changed = False
+
+
+def read_only(value: dict[Any, Any]) -> MappingProxyType[Any, Any]:
+    """How a pickled read-only mapping comes back (the type itself has no importable name)."""
+    return MappingProxyType(value)
+
+
+def _proxy(value: MappingProxyType[Any, Any]) -> tuple[Any, ...]:
+    return read_only, (dict(value),)
+
+
+_DISPATCH = {**copyreg.dispatch_table, MappingProxyType: _proxy}
+
+
+def _dumps(value: object) -> bytes:
+    """pickle.dumps, also for the read-only mappings a `Post` holds."""
+    buffer = io.BytesIO()
+    pickler = pickle.Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL)
+    pickler.dispatch_table = _DISPATCH
+    pickler.dump(value)
+    return buffer.getvalue()
+
+
+def file_key(path: Path) -> FileKey | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+def open_index(settings: Settings, kind: str, *, enabled: bool = True) -> PostIndex:
+    """The stored `kind` entries ("sources", "listing", "posts"), or an empty index
+    when there are none, they were written for another fingerprint, or the file is
+    unreadable."""
+    stamp = fingerprint(settings)
+    if not enabled:
+        return PostIndex(None, stamp)
+    path = settings.state_dir / "index" / f"posts-{kind}.pickle"
+    try:
+        raw = path.read_bytes()
+        version, stored_stamp, entries = pickle.loads(raw)
+    except FileNotFoundError:
+        return PostIndex(path, stamp)
+    except Exception:  # a truncated or foreign file: start again, never fail a command
+        return PostIndex(path, stamp, changed=True)
+    if version != INDEX_FORMAT or stored_stamp != stamp or not isinstance(entries, dict):
+        return PostIndex(path, stamp, changed=True)
+    return PostIndex(path, stamp, entries)
+
+
+def _state_folder(folder: Path) -> None:
+    """The index folder and the state folder above it, private to this user (0700)."""
+    for path in (folder.parent, folder):
+        if not path.is_dir():
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            path.chmod(0o700)
