@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -117,12 +118,17 @@ def _file_digest(path: Path) -> str:
     except OSError:
         return "missing"
     memo = (str(path), st.st_size, st.st_mtime_ns)
-    if memo not in _digests:
-        try:
-            _digests[memo] = hashlib.sha256(path.read_bytes()).hexdigest()
-        except OSError:
-            return "unreadable"
-    return _digests[memo]
+    if memo in _digests:
+        return _digests[memo]
+    try:
+        found = hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return "unreadable"
+    # A file changed within the file system's clock tick could change again
+    # unseen by size and mtime: remember only older ones.
+    if time.time_ns() - st.st_mtime_ns > 2_000_000_000:
+        _digests[memo] = found
+    return found
 
 
 def _read(path: Path) -> RenderedEmail | None:

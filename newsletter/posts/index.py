@@ -5,7 +5,9 @@ costs milliseconds; a blog has hundreds of posts and every command lists them.
 The index keeps, per file, the result of each pass of `collection` under a key
 of
 
-* the file: its path, size and mtime_ns (an edit changes at least one);
+* the file: its path, size and mtime_ns (an edit changes at least one;
+  a file changed less than `RACY_NS` before it was read is also checked by
+  content, since a file system's clock ticks coarser than mtime_ns reads);
 * a fingerprint of everything else a parse reads: the `[site]` settings, the
   Jekyll `_data` files (authors) and the source of this package, so that a
   changed configuration or a new version of the parser re-reads every post;
@@ -28,6 +30,7 @@ import io
 import os
 import pickle
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +42,9 @@ from newsletter.config import Settings
 __all__ = ["INDEX_FORMAT", "Lookups", "PostIndex", "fingerprint", "open_index"]
 
 INDEX_FORMAT = 1  # bump when the stored layout changes
+# Linux stamps mtimes from a coarse clock (a few ms): two writes of the same size
+# that close together look alike, so a file this recent is also compared by content.
+RACY_NS = 2_000_000_000
 _PACKAGE = Path(__file__).resolve().parent
 
 T = TypeVar("T")
@@ -50,9 +56,18 @@ def fingerprint(settings: Settings) -> str:
     digest = hashlib.sha256()
     digest.update(f"{INDEX_FORMAT}\0{settings.site!r}".encode())
     root = settings.site.source_dir or settings.base_dir
-    for path in (*_files(root / "_data"), *_files(_PACKAGE)):
+    for path in _files(root / "_data"):  # small, and edited by hand: by content
+        digest.update(f"{path}\0{_content_digest(path)}\n".encode())
+    for path in _files(_PACKAGE):
         digest.update(_stat_line(path))
     return digest.hexdigest()
+
+
+def _content_digest(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
 
 
 def _files(folder: Path) -> list[Path]:
@@ -123,6 +138,7 @@ class _Entry:
     key: FileKey
     value: bytes  # the pickled value: a hit gets its own copy
     asked: dict[str, Any] = field(default_factory=dict)
+    content: str | None = None  # the file's sha256 when its mtime was too recent to trust
 
 
 @dataclass
@@ -158,16 +174,23 @@ class PostIndex:
             key is not None
             and entry is not None
             and entry.key == key
+            and (entry.content is None or entry.content == _content_digest(path))
             and (lookups is None or _still_valid(entry.asked, lookups))
         ):
             self.hits += 1
+            if entry.content is not None and time.time_ns() - key[1] >= RACY_NS:
+                entry.content = None  # old enough now: size and mtime suffice
+                self.changed = True
             return pickle.loads(entry.value)
         self.misses += 1
+        # Hashed before reading: if the file changes meanwhile, the next call re-reads it.
+        racy = key is not None and time.time_ns() - key[1] < RACY_NS
+        content = _content_digest(path) if racy else None
         view = Lookups(lookups) if lookups is not None else None
         value = build(view)
         if key is not None:
-            frozen = _dumps(value)
-            self.entries[name] = _Entry(key, frozen, dict(view.asked) if view else {})
+            asked = dict(view.asked) if view else {}
+            self.entries[name] = _Entry(key, _dumps(value), asked, content)
             self.changed = True
         return value
 

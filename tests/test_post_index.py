@@ -1,0 +1,303 @@
+"""The post index (newsletter.posts.index) and the render cache (newsletter.email.rendercache):
+only what changed is read or rendered again, and every kind of change is seen."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from newsletter.cli import main
+from newsletter.config import Settings, load_settings
+from newsletter.email import render, rendercache
+from newsletter.posts import collection
+from newsletter.posts.collection import PostCollection, load_posts
+
+CONFIG = """\
+[site]
+title = "Indexed"
+url = "https://blog.example.com"
+posts_dir = "posts"
+{site_extra}
+[lists.main]
+title = "Main"
+
+[email]
+templates_dir = "templates"
+"""
+
+OLD = 1_600_000_000  # 2020: files this old are trusted by size and mtime alone
+
+
+class Blog:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.stamps = 0
+        (root / "posts").mkdir()
+        (root / "templates").mkdir()
+        self.configure()
+
+    @property
+    def cli(self) -> list[str]:
+        # An absolute --config: Jinja environments are cached per templates
+        # folder, and a relative one would be shared between these tests.
+        return ["--config", str(self.root / "newsletter.toml")]
+
+    def configure(self, site_extra: str = "") -> None:
+        self.write(self.root / "newsletter.toml", CONFIG.format(site_extra=site_extra))
+
+    def settings(self) -> Settings:
+        return load_settings(self.root / "newsletter.toml")
+
+    def post(self, name: str, title: str, body: str = "Some words.\n", extra: str = "") -> Path:
+        text = f'---\ntitle: "{title}"\n{extra}---\n\n{body}'
+        return self.write(self.root / "posts" / name, text)
+
+    def write(self, path: Path, text: str, *, old: bool = True) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        if old:  # as a blog's files are; a fresh file is also checked by content
+            self.stamps += 1
+            os.utime(path, (OLD + self.stamps, OLD + self.stamps))
+        return path
+
+
+@pytest.fixture
+def blog(tmp_path: Path) -> Blog:
+    blog = Blog(tmp_path)
+    blog.post("2024-01-01-first.md", "First")
+    blog.post(
+        "2024-01-02-second.md",
+        "Second",
+        body="See [the first]({% post_url 2024-01-01-first %}).\n",
+    )
+    blog.post("2024-01-03-third.md", "Third")
+    return blog
+
+
+@pytest.fixture
+def calls(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """How often each pass ran, by file name."""
+    seen: Counter[str] = Counter()
+
+    def counting(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(source: Any, *args: Any, **kwargs: Any) -> Any:
+            path = source if isinstance(source, Path) else source.path
+            seen[f"{name}:{path.name}"] += 1
+            return func(source, *args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(collection, "_read_source", counting("read", collection._read_source))
+    monkeypatch.setattr(collection, "_build_post", counting("build", collection._build_post))
+    return seen
+
+
+def titles(posts: PostCollection) -> list[str]:
+    return [p.title for p in posts.posts]
+
+
+def test_a_second_load_reads_nothing_and_gives_the_same_posts(
+    blog: Blog, calls: Counter[str]
+) -> None:
+    first = load_posts(blog.settings())
+    assert sum(calls.values()) == 6
+    calls.clear()
+    again = load_posts(blog.settings())
+    assert calls == Counter()
+    assert again == first
+    assert again.posts[1].body_html == first.posts[1].body_html != ""
+
+
+def test_the_state_folder_and_index_are_private(blog: Blog) -> None:
+    load_posts(blog.settings())
+    for folder in (blog.root / ".newsletter", blog.root / ".newsletter" / "index"):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    files = list((blog.root / ".newsletter" / "index").iterdir())
+    assert files and all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in files)
+
+
+def test_an_edited_file_is_read_again_alone(blog: Blog, calls: Counter[str]) -> None:
+    load_posts(blog.settings(), bodies=False)
+    calls.clear()
+    blog.post("2024-01-03-third.md", "Third, edited")
+    posts = load_posts(blog.settings(), bodies=False)
+    assert titles(posts) == ["First", "Second", "Third, edited"]
+    assert calls == Counter({"read:2024-01-03-third.md": 1, "build:2024-01-03-third.md": 1})
+
+
+def test_a_fresh_edit_of_the_same_size_and_mtime_is_still_seen(blog: Blog) -> None:
+    """Within one tick of the file system's clock an edit can keep size and mtime."""
+    text = '---\ntitle: "AAA"\n---\n\nx\n'
+    path = blog.write(blog.root / "posts" / "2024-02-01-x.md", text, old=False)
+    before = path.stat()
+    assert [p.title for p in load_posts(blog.settings()).posts][-1] == "AAA"
+    path.write_text('---\ntitle: "BBB"\n---\n\nx\n', encoding="utf-8")
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert [p.title for p in load_posts(blog.settings()).posts][-1] == "BBB"
+
+
+def test_a_changed_configuration_reads_every_post_again(blog: Blog, calls: Counter[str]) -> None:
+    urls = [p.url for p in load_posts(blog.settings()).posts]
+    calls.clear()
+    blog.configure('permalink = "/:title/"')
+    posts = load_posts(blog.settings())
+    assert (
+        [p.url for p in posts.posts]
+        == [
+            "https://blog.example.com/first/",
+            "https://blog.example.com/second/",
+            "https://blog.example.com/third/",
+        ]
+        != urls
+    )
+    assert sum(1 for k in calls if k.startswith("read:")) == 3
+    # The body's link to another post follows the new permalink too.
+    assert 'href="https://blog.example.com/first/"' in posts.posts[1].body_html
+
+
+def test_changed_authors_data_is_seen(blog: Blog) -> None:
+    blog.post("2024-01-04-by.md", "By", extra="author: ada\n")
+    blog.write(blog.root / "_data" / "authors.yml", "ada:\n  name: Ada\n")
+    assert load_posts(blog.settings()).posts[-1].authors[0].name == "Ada"
+    blog.write(blog.root / "_data" / "authors.yml", "ada:\n  name: Ada Lovelace\n")
+    assert load_posts(blog.settings()).posts[-1].authors[0].name == "Ada Lovelace"
+
+
+def test_a_linked_post_moving_rebuilds_only_the_post_linking_to_it(
+    blog: Blog, calls: Counter[str]
+) -> None:
+    load_posts(blog.settings())
+    calls.clear()
+    blog.post("2024-01-01-first.md", "First", extra="permalink: /moved/\n")
+    posts = load_posts(blog.settings())
+    assert 'href="https://blog.example.com/moved/"' in posts.posts[1].body_html
+    assert calls == Counter(
+        {
+            "read:2024-01-01-first.md": 1,
+            "build:2024-01-01-first.md": 1,
+            "build:2024-01-02-second.md": 1,  # its link changed; its file was not re-read
+        }
+    )
+
+
+def test_a_deleted_link_target_brings_its_warning_back(blog: Blog) -> None:
+    assert not load_posts(blog.settings()).problems
+    (blog.root / "posts" / "2024-01-01-first.md").unlink()
+    problems = load_posts(blog.settings()).problems
+    assert [p.path.name for p in problems if p.path] == ["2024-01-02-second.md"]
+    assert "post_url" in problems[0].message
+
+
+def test_a_new_post_is_listed_and_the_others_are_not_read(blog: Blog, calls: Counter[str]) -> None:
+    load_posts(blog.settings(), bodies=False)
+    calls.clear()
+    blog.post("2024-01-05-fifth.md", "Fifth")
+    assert titles(load_posts(blog.settings(), bodies=False))[-1] == "Fifth"
+    assert set(calls) == {"read:2024-01-05-fifth.md", "build:2024-01-05-fifth.md"}
+
+
+def test_a_broken_index_file_is_ignored_and_rewritten(blog: Blog) -> None:
+    first = load_posts(blog.settings())
+    for path in (blog.root / ".newsletter" / "index").iterdir():
+        path.write_bytes(b"not a pickle")
+    assert load_posts(blog.settings()) == first
+    assert load_posts(blog.settings()) == first
+
+
+def test_index_false_reads_everything_and_keeps_nothing(blog: Blog, calls: Counter[str]) -> None:
+    load_posts(blog.settings(), index=False)
+    load_posts(blog.settings(), index=False)
+    assert sum(calls.values()) == 12
+    assert not (blog.root / ".newsletter").exists()
+
+
+def test_lazy_bodies_build_html_only_for_the_post_found(blog: Blog, calls: Counter[str]) -> None:
+    eager = {p.post_id: p for p in load_posts(blog.settings(), index=False).posts}
+    calls.clear()
+    lazy = load_posts(blog.settings(), bodies="lazy")
+    assert all(p.body_html == "" for p in lazy.posts)
+    calls.clear()
+    found = lazy.find("second")
+    assert found == eager["second"]
+    assert calls == Counter({"build:2024-01-02-second.md": 1})
+
+
+# --------------------------------------------------------------------------- renders
+
+
+@pytest.fixture
+def renders(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    seen: list[str] = []
+    real = render.render_email
+
+    def counting(post: Any, settings: Any, lst: Any) -> Any:
+        seen.append(post.post_id)
+        return real(post, settings, lst)
+
+    monkeypatch.setattr(render, "render_email", counting)
+    return seen
+
+
+def test_a_render_is_reused_until_the_template_changes(blog: Blog, renders: list[str]) -> None:
+    template = blog.root / "templates" / "email.txt.j2"
+    blog.write(template, "Custom: {{ post.title }}\n")
+    settings = blog.settings()
+    post = load_posts(settings).find("first")
+    lst = settings.get_list("main")
+    first = rendercache.cached_render([post], settings, lst)
+    assert rendercache.cached_render([post], settings, lst) == first
+    assert first.text == "Custom: First\n" and renders == ["first"]
+    blog.write(template, "Changed: {{ post.title }}\n")
+    changed = rendercache.cached_render([post], settings, lst)
+    assert changed.text == "Changed: First\n" and renders == ["first", "first"]
+
+
+def test_a_render_is_redone_when_the_post_list_or_settings_change(
+    blog: Blog, renders: list[str]
+) -> None:
+    settings = blog.settings()
+    lst = settings.get_list("main")
+    post = load_posts(settings).find("first")
+    rendercache.cached_render([post], settings, lst)
+    blog.post("2024-01-01-first.md", "First, retitled")
+    edited = load_posts(settings).find("first")
+    assert rendercache.cached_render([edited], settings, lst).subject == "First, retitled"
+    other = lst.__class__(name="other", title="Other")
+    rendercache.cached_render([edited], settings, other)
+    blog.configure('author = "Someone Else"')
+    rendercache.cached_render([edited], blog.settings(), lst)
+    assert renders == ["first"] * 4
+
+
+def test_check_renders_only_what_changed_and_all_renders_everything(
+    blog: Blog, renders: list[str]
+) -> None:
+    assert CliRunner().invoke(main, [*blog.cli, "check"]).exit_code == 0
+    assert sorted(renders) == ["first", "second", "third"]
+    renders.clear()
+    assert CliRunner().invoke(main, [*blog.cli, "check"]).exit_code == 0
+    assert renders == []
+    blog.post("2024-01-03-third.md", "Third, edited")
+    assert CliRunner().invoke(main, [*blog.cli, "check"]).exit_code == 0
+    assert renders == ["third"]
+    renders.clear()
+    result = CliRunner().invoke(main, [*blog.cli, "check", "--all"])
+    assert result.exit_code == 0, result.output
+    assert sorted(renders) == ["first", "second", "third"]
+
+
+def test_check_sees_a_broken_template_at_once(blog: Blog) -> None:
+    template = blog.root / "templates" / "email.html.j2"
+    blog.write(template, "<p>{{ post.title }}</p>")
+    assert CliRunner().invoke(main, [*blog.cli, "check"]).exit_code == 0
+    blog.write(template, "<p>{{ post.title }</p>")
+    result = CliRunner().invoke(main, [*blog.cli, "check"])
+    assert result.exit_code == 1
+    assert "email.html.j2" in result.stdout and "error" in result.stdout
