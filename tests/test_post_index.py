@@ -17,6 +17,7 @@ from newsletter.cli import main
 from newsletter.config import Settings, load_settings
 from newsletter.email import render, rendercache
 from newsletter.posts import collection
+from newsletter.posts import index as post_index
 from newsletter.posts.collection import PostCollection, load_posts
 
 CONFIG = """\
@@ -123,6 +124,16 @@ def test_the_state_folder_and_index_are_private(blog: Blog) -> None:
     assert files and all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in files)
 
 
+def test_a_process_asking_again_gets_the_same_posts_until_a_file_changes(blog: Blog) -> None:
+    first = load_posts(blog.settings(), bodies="lazy")
+    assert load_posts(blog.settings(), bodies="lazy") is first
+    blog.post("2024-01-03-third.md", "Third, edited")
+    again = load_posts(blog.settings(), bodies="lazy")
+    assert again is not first and titles(again)[-1] == "Third, edited"
+    blog.configure('permalink = "/:title/"')
+    assert load_posts(blog.settings(), bodies="lazy").posts[0].url.endswith("/first/")
+
+
 def test_an_edited_file_is_read_again_alone(blog: Blog, calls: Counter[str]) -> None:
     load_posts(blog.settings(), bodies=False)
     calls.clear()
@@ -207,7 +218,9 @@ def test_a_broken_index_file_is_ignored_and_rewritten(blog: Blog) -> None:
     first = load_posts(blog.settings())
     for path in (blog.root / ".newsletter" / "index").iterdir():
         path.write_bytes(b"not a pickle")
+    post_index.forget()  # as in a new process
     assert load_posts(blog.settings()) == first
+    post_index.forget()
     assert load_posts(blog.settings()) == first
 
 
@@ -227,6 +240,10 @@ def test_lazy_bodies_build_html_only_for_the_post_found(blog: Blog, calls: Count
     found = lazy.find("second")
     assert found == eager["second"]
     assert calls == Counter({"build:2024-01-02-second.md": 1})
+    calls.clear()
+    # The next command finds it built: nothing is read or built again.
+    assert load_posts(blog.settings(), bodies="lazy").find("second") == found
+    assert calls == Counter()
 
 
 # --------------------------------------------------------------------------- renders

@@ -208,14 +208,15 @@ def check_templates(
     A render whose post, templates and settings are unchanged comes from the
     render cache (`cache=False` renders every post again)."""
     from newsletter.config import ListSettings
-    from newsletter.email.rendercache import cached_render
+    from newsletter.email.rendercache import RenderCache
     from newsletter.errors import NewsletterError, Problem
 
     lists = list(settings.lists.values()) or [ListSettings(name="check", title="check")]
+    renders = RenderCache(settings, enabled=cache)
     for post in collection.posts:
         progress()
         try:
-            rendered = cached_render([post], settings, lists[0], enabled=cache)
+            rendered = renders.render([post], lists[0])
         except NewsletterError as exc:
             yield Problem(exc.message, exc.path or post.path, exc.line, "error", exc.key)
             continue

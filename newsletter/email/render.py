@@ -24,12 +24,14 @@ from typing import Any
 
 import jinja2
 from markupsafe import Markup
-from premailer import Premailer
 
 from newsletter.config import ListSettings, Settings
 from newsletter.errors import RenderError, TemplateError
-from newsletter.posts import markup
 from newsletter.posts.collection import Post
+
+# premailer (with cssutils and lxml) and `markup` (Markdown, lxml) are imported
+# where they are used: a command that only reads a cached render, or a
+# message's placeholders, never needs them.
 
 # Rendered into the output in place of per-recipient values; ASCII, no
 # characters that HTML escaping, premailer or quoted-printable would change.
@@ -89,6 +91,8 @@ class DigestItem:
 def render_email(post: Post, settings: Settings, mailing_list: ListSettings) -> RenderedEmail:
     """One post for one list: subject, inlined HTML and text, with placeholders."""
     env = template_environment(settings.email.templates_dir)
+    from newsletter.posts import markup
+
     full = settings.email.content == "full"
     content_html = post.body_html if full else post.excerpt_html
     content_text = markup.html_to_text(content_html) if full else post.excerpt_text
@@ -265,6 +269,8 @@ def _common_context(settings: Settings, mailing_list: ListSettings) -> dict[str,
 
 def _with_safe_title(post: Post) -> Post:
     """`title_html` comes from front matter: sanitise it like the body."""
+    from newsletter.posts import markup
+
     safe = markup.sanitise_html(post.title_html, post.url)
     return post if safe == post.title_html else replace(post, title_html=safe)
 
@@ -285,6 +291,8 @@ def inline_css(html: str) -> str:
     No network: the theme's CSS is in the document, and a user's template
     that links a remote stylesheet must not make rendering fetch it.
     """
+    from premailer import Premailer
+
     html = _strip_external_css(html)
     try:
         return str(

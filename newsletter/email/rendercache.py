@@ -35,7 +35,7 @@ from newsletter.posts.collection import Post
 if TYPE_CHECKING:
     from newsletter.email.render import RenderedEmail
 
-__all__ = ["CACHE_FORMAT", "cached_render", "render_key", "template_digest"]
+__all__ = ["CACHE_FORMAT", "RenderCache", "cached_render", "template_digest"]
 
 CACHE_FORMAT = 1
 MAX_ENTRIES = 5000  # beyond this the oldest renders are dropped
@@ -53,40 +53,53 @@ def cached_render(
 ) -> RenderedEmail:
     """`render_email(post)` (or `render_digest(posts)` with `digest=True`),
     from the state folder when nothing it depends on changed."""
-    from newsletter.email import render
-
-    def build() -> RenderedEmail:
-        if digest:
-            return render.render_digest(list(posts), settings, mailing_list)
-        (post,) = posts
-        return render.render_email(post, settings, mailing_list)
-
-    if not enabled:
-        return build()
-    key = render_key(posts, settings, mailing_list, digest=digest)
-    path = settings.state_dir / "renders" / f"{key}.json"
-    found = _read(path)
-    if found is not None:
-        return found
-    rendered = build()
-    _write(path, rendered)
-    return rendered
+    return RenderCache(settings, enabled=enabled).render(posts, mailing_list, digest=digest)
 
 
-def render_key(
-    posts: Sequence[Post], settings: Settings, mailing_list: ListSettings, *, digest: bool
-) -> str:
-    digest_ = hashlib.sha256()
-    for part in (
-        f"{CACHE_FORMAT}\0{'digest' if digest else 'email'}",
-        *(repr(p) for p in posts),
-        repr(mailing_list),
-        repr(settings),
-        template_digest(settings.email.templates_dir),
-    ):
-        digest_.update(part.encode("utf-8", "surrogatepass"))
-        digest_.update(b"\0\0")
-    return digest_.hexdigest()
+class RenderCache:
+    """Renders for one `Settings` and the templates as they are now: for a
+    loop over many posts (`check`), which reads the templates once."""
+
+    def __init__(self, settings: Settings, *, enabled: bool = True) -> None:
+        self.settings = settings
+        self.enabled = enabled
+        self.folder = settings.state_dir / "renders"
+        self._base = "" if not enabled else _base_key(settings)
+
+    def render(
+        self, posts: Sequence[Post], mailing_list: ListSettings, *, digest: bool = False
+    ) -> RenderedEmail:
+        from newsletter.email import render
+
+        def build() -> RenderedEmail:
+            if digest:
+                return render.render_digest(list(posts), self.settings, mailing_list)
+            (post,) = posts
+            return render.render_email(post, self.settings, mailing_list)
+
+        if not self.enabled:
+            return build()
+        path = self.folder / f"{self.key(posts, mailing_list, digest=digest)}.json"
+        found = _read(path)
+        if found is not None:
+            return found
+        rendered = build()
+        _write(path, rendered)
+        return rendered
+
+    def key(self, posts: Sequence[Post], mailing_list: ListSettings, *, digest: bool) -> str:
+        found = hashlib.sha256(self._base.encode())
+        for part in ("digest" if digest else "email", repr(mailing_list), *map(repr, posts)):
+            found.update(b"\0\0")
+            found.update(part.encode("utf-8", "surrogatepass"))
+        return found.hexdigest()
+
+
+def _base_key(settings: Settings) -> str:
+    """What every render under these settings shares: format, settings, templates."""
+    found = hashlib.sha256(f"{CACHE_FORMAT}\0{settings!r}\0".encode("utf-8", "surrogatepass"))
+    found.update(template_digest(settings.email.templates_dir).encode())
+    return found.hexdigest()
 
 
 def template_digest(templates_dir: Path | None) -> str:

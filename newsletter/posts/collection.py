@@ -166,10 +166,14 @@ def load_posts(
     `index=False` reads every post and keeps nothing.
     """
     posts_dir = settings.site.posts_dir
+    files = post_files(posts_dir)
+    kind = f"bodies={bodies}"
+    if index and (same := post_index.recall(settings, kind, files)) is not None:
+        return same
     indexes = _Indexes.open(settings, bodies=bodies is True, enabled=index)
     sources: list[_Source] = []
     problems: list[Problem] = []
-    for path in post_files(posts_dir):
+    for path in files:
         try:
             sources.append(indexes.source(path, posts_dir, settings))
         except NewsletterError as exc:
@@ -194,7 +198,10 @@ def load_posts(
     indexes.save()
     posts.sort(key=lambda p: (p.date, str(p.path)))
     complete = indexes.completer(settings, site) if bodies == "lazy" else None
-    return PostCollection(tuple(posts), tuple(problems), complete)
+    collected = PostCollection(tuple(posts), tuple(problems), complete)
+    if index:
+        post_index.remember(settings, kind, files, collected)
+    return collected
 
 
 @dataclass(frozen=True)
@@ -231,13 +238,20 @@ class _Indexes:
         self.posts.save()
 
     def completer(self, settings: Settings, site: _SiteContext) -> Callable[[Post], Post]:
-        """Builds one listed post again with its HTML (for `bodies="lazy"`)."""
+        """Builds one listed post again with its HTML (for `bodies="lazy"`), through
+        the index of whole posts, so a post rendered before is not built again."""
+        whole: list[post_index.PostIndex] = []
 
         def complete(post: Post) -> Post:
+            if not whole:
+                enabled = self.posts.path is not None
+                whole.append(post_index.open_index(settings, "posts", enabled=enabled))
             # A fresh copy of pass 1 (the index hands out copies), since
             # building a post adds its warnings to the source.
             source = self.source(post.path, settings.site.posts_dir, settings)
-            return _build_post(source, site, bodies=True)
+            found, _problems = _Indexes(self.sources, whole[0]).post(source, site, bodies=True)
+            whole[0].save(prune=False)
+            return found
 
         return complete
 

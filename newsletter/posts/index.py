@@ -39,7 +39,16 @@ from typing import Any, TypeVar
 
 from newsletter.config import Settings
 
-__all__ = ["INDEX_FORMAT", "Lookups", "PostIndex", "fingerprint", "open_index"]
+__all__ = [
+    "INDEX_FORMAT",
+    "Lookups",
+    "PostIndex",
+    "fingerprint",
+    "forget",
+    "open_index",
+    "recall",
+    "remember",
+]
 
 INDEX_FORMAT = 1  # bump when the stored layout changes
 # Linux stamps mtimes from a coarse clock (a few ms): two writes of the same size
@@ -194,9 +203,10 @@ class PostIndex:
             self.changed = True
         return value
 
-    def save(self) -> None:
-        """Write the entries back (dropping files no longer seen), atomically."""
-        stale = set(self.entries) - self.used
+    def save(self, *, prune: bool = True) -> None:
+        """Write the entries back atomically, dropping those of files this index
+        was not asked about (unless `prune=False`: it was asked about a few)."""
+        stale = set(self.entries) - self.used if prune else set()
         for name in stale:
             del self.entries[name]
         if self.path is None or not (self.changed or stale):
@@ -262,6 +272,46 @@ def open_index(settings: Settings, kind: str, *, enabled: bool = True) -> PostIn
     if version != INDEX_FORMAT or stored_stamp != stamp or not isinstance(entries, dict):
         return PostIndex(path, stamp, changed=True)
     return PostIndex(path, stamp, entries)
+
+
+# --------------------------------------------------------------------------- in-process
+
+# A long-running process (the daemon, the preview) asks for the same posts
+# again and again: when not one file changed it gets the same (frozen) result.
+_recent: dict[tuple[str, str], tuple[str, tuple[tuple[str, FileKey | None], ...], Any]] = {}
+
+
+def _snapshot(settings: Settings, files: list[Path]) -> tuple[str, Any] | None:
+    keys = tuple((str(p), file_key(p)) for p in files)
+    now = time.time_ns()
+    if any(key is None or now - key[1] < RACY_NS for _name, key in keys):
+        return None  # a file this recent may change unseen: read it properly
+    return fingerprint(settings), keys
+
+
+def recall(settings: Settings, kind: str, files: list[Path]) -> Any | None:
+    """What `remember` kept for these files, if not one of them (nor the
+    fingerprint) changed since; else None."""
+    found = _recent.get((str(settings.site.posts_dir), kind))
+    if found is None:
+        return None
+    snapshot = _snapshot(settings, files)
+    if snapshot is None or snapshot != found[:2]:
+        return None
+    return found[2]
+
+
+def remember(settings: Settings, kind: str, files: list[Path], value: Any) -> None:
+    snapshot = _snapshot(settings, files)
+    if snapshot is None:
+        _recent.pop((str(settings.site.posts_dir), kind), None)
+    else:
+        _recent[(str(settings.site.posts_dir), kind)] = (*snapshot, value)
+
+
+def forget() -> None:
+    """Drop what `remember` kept (tests; a process that must re-read)."""
+    _recent.clear()
 
 
 def _state_folder(folder: Path) -> None:
