@@ -1,144 +1,220 @@
-"""How fast is `newsletter posts` over 1,000 seed-shaped posts?
+"""Work proportional to what changed: 1,000 posts, cold (no index) and warm.
 
-Generates N posts (default 1,000) shaped like the seed post — a `+0300` date
-string, a site-relative image, a body-only byline, ~5 KB of Markdown with
-headings, some with Liquid, a code block and an image — into a temporary
-folder, then measures, in the same run:
+    python bench/posts.py [--posts N] [--runs N] [--skip-cold-check]
 
-* baseline: `frontmatter.load` of every file (YAML + split only);
-* `load_posts` (the library call: front matter, Liquid, byline, excerpt,
-  Markdown → HTML for body and excerpt), and with `bodies=False` (no
-  Markdown → HTML, which is what the `posts` listing uses);
-* `newsletter posts --json` in-process (CliRunner);
-* `newsletter posts --json` as a subprocess (adds interpreter start-up).
+Generates N seed-shaped posts (bench/blog.py) and measures, in the same run,
+min / median / max of CPU seconds (and wall) for:
 
-Goal (issue 2): the command over 1,000 posts in ≤ 3 s.
+* baseline: `frontmatter.load` of every file (YAML + split only), in-process;
+* `load_posts(bodies=False)` in-process: cold (no index) and warm (index on
+  disk, as a new process finds it);
+* whole commands as new processes, cold (state folder without index or
+  renders) and warm: `posts --json`, `render POST`, `send POST --list main
+  --resend` (3 subscribers, maildir outbox), `check`, `check` after editing
+  one post, `check --all`;
+* a daemon pass with nothing new (`passes.run_pass`, in-process, warm);
+* the preview: a new process until `GET /` answers (and one post page).
 
-    python bench/posts.py [N]
+Goals (issue 13, on 1,000 posts): `send`/`render` of one post ≤ 0.5 s CPU;
+`posts` ≤ 0.5 s when nothing changed; `check` ≤ 1 s when nothing changed;
+a daemon pass with nothing new ≤ 50 ms CPU; the preview ready in ≤ 1 s.
 """
 
 from __future__ import annotations
 
+import argparse
+import os
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-import frontmatter
-from click.testing import CliRunner
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from blog import generate, write_post
 
-from newsletter.cli import main
+ROOT = Path(__file__).resolve().parent.parent
+
+PREVIEW_PROBE = """
+import sys, time
+start = time.perf_counter()
+from starlette.testclient import TestClient
 from newsletter.config import load_settings
-from newsletter.posts.collection import load_posts
-
-PARAGRAPH = (
-    "Curious readers keep asking how a small habit changes the way a brain files away "
-    "the day. The short answer is repetition at the right moment; the long answer needs "
-    "a few experiments, some careful measurement and a willingness to be surprised by "
-    "the numbers once they arrive on the screen."
-)
-
-CONFIG = """\
-[site]
-title = "Bench"
-url = "https://bench.example.com"
-posts_dir = "posts"
-timezone = "Europe/Istanbul"
-
-[lists.main]
-title = "Main"
+from newsletter.web.preview import create_preview_app
+app = create_preview_app(lambda: load_settings(None))
+with TestClient(app, base_url="http://127.0.0.1:8025") as client:
+    assert client.get("/").status_code == 200
+    ready = time.perf_counter() - start
+    assert client.get("/post/" + sys.argv[1]).status_code == 200
+    shown = time.perf_counter() - start
+print(f"{ready:.4f} {shown:.4f}")
 """
 
 
-def post_text(i: int) -> str:
-    day = 1 + i % 28
-    month = 1 + (i // 28) % 12
-    extras = ""
-    if i % 3 == 0:
-        extras = (
-            "\n```python\nfor trial in range(10):\n    print(trial)\n```\n\n"
-            "![A chart of results](../assets/chart.png)\n\n"
-            "See [the previous post]({% post_url 2024-01-01-bench-post-0 %}) and "
-            "{{ site.title }} at {{ '/about/' | absolute_url }}.\n"
-        )
-    sections = "\n".join(f"## Section {s}: a heading\n{PARAGRAPH}\n" for s in range(8))
-    return (
-        "---\n"
-        "layout: post\n"
-        f'title: "Bench post number {i}: how habits shape memory"\n'
-        f'description: "A generated post ({i}) for measuring the reader"\n'
-        f"date:   2024-{month:02d}-{day:02d} 0{i % 10}:00:00 +0300\n"
-        "image:  '/images/bench.png'\n"
-        "tags:   [Bench, Neuroscience, Technology]\n"
-        "---\n\n"
-        f"### Author: [Writer {i % 7}](https://example.org/people/writer-{i % 7})\n\n"
-        f"{PARAGRAPH}\n\n{extras}{sections}"
-    )
-
-
-def generate(root: Path, count: int) -> None:
-    (root / "newsletter.toml").write_text(CONFIG, encoding="utf-8")
-    posts = root / "posts"
-    posts.mkdir()
-    for i in range(count):
-        day = 1 + i % 28
-        month = 1 + (i // 28) % 12
-        name = f"2024-{month:02d}-{day:02d}-bench-post-{i}.md"
-        (posts / name).write_text(post_text(i), encoding="utf-8")
-
-
-def timed(label: str, func: object, baseline: float | None = None) -> float:
+def child(argv: list[str], cwd: Path) -> tuple[float, float, str]:
+    """Wall and CPU seconds of one new process (the kernel's accounting), and its stdout."""
+    env = {k: v for k, v in os.environ.items() if k != "NEWSLETTER_CONFIG"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     start = time.perf_counter()
-    func()  # type: ignore[operator]
-    elapsed = time.perf_counter() - start
-    ratio = f"  ({elapsed / baseline:.1f}× baseline)" if baseline else ""
-    print(f"{label:<44} {elapsed:7.3f} s{ratio}")
-    return elapsed
+    proc = subprocess.Popen(
+        argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    out = proc.stdout.read() if proc.stdout else ""
+    _pid, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"{argv} exited {proc.returncode}")
+    return wall, usage.ru_utime + usage.ru_stime, out
 
 
-def main_bench(count: int) -> None:
+def newsletter(*args: str) -> list[str]:
+    return [sys.executable, "-m", "newsletter", *args]
+
+
+def row(label: str, cpu: list[float], wall: list[float], goal: str = "") -> None:
+    def three(values: list[float]) -> str:
+        return f"{min(values):7.3f} {statistics.median(values):7.3f} {max(values):7.3f}"
+
+    print(f"{label:<48} {three(cpu)}   {three(wall)}  {goal}")
+
+
+def forget_index(blog: Path) -> None:
+    for name in ("index", "renders"):
+        shutil.rmtree(blog / ".newsletter" / name, ignore_errors=True)
+
+
+def in_process(func: Callable[[], object]) -> tuple[float, float]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    func()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--posts", type=int, default=1000)
+    parser.add_argument("--runs", type=int, default=3, help="Runs of each (default 3).")
+    parser.add_argument(
+        "--skip-cold-check", action="store_true", help="Skip the cold `check` (minutes)."
+    )
+    args = parser.parse_args()
+
+    import frontmatter
+
+    from newsletter.config import load_settings
+    from newsletter.posts import index as post_index
+    from newsletter.posts.collection import load_posts
+
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        generate(root, count)
-        files = sorted((root / "posts").glob("*.md"))
-        settings = load_settings(root / "newsletter.toml")
-        print(f"{count} posts, {sum(f.stat().st_size for f in files) / 1e6:.1f} MB")
-        base = timed(
-            "baseline: frontmatter.load of every file", lambda: [frontmatter.load(f) for f in files]
-        )
-        timed("load_posts (library, with HTML)", lambda: load_posts(settings), base)
-        timed(
-            "load_posts (bodies=False, as `posts` does)",
-            lambda: load_posts(settings, bodies=False),
-            base,
-        )
-
-        def cli() -> None:
-            result = CliRunner().invoke(
-                main, ["--config", str(root / "newsletter.toml"), "posts", "--json"]
-            )
-            assert result.exit_code == 0, result.output
-
-        elapsed = timed("newsletter posts --json (in-process)", cli, base)
-        cmd = [
-            sys.executable,
-            "-m",
-            "newsletter",
-            "--config",
-            str(root / "newsletter.toml"),
-            "posts",
-            "--json",
-        ]
-        full = timed(
-            "newsletter posts --json (subprocess)",
-            lambda: subprocess.run(cmd, check=True, capture_output=True),
-            base,
-        )
+        blog = Path(tmp)
+        config = generate(blog, args.posts)
+        files = sorted((blog / "posts").glob("*.md"))
         print(
-            f"per post: {elapsed / count * 1000:.2f} ms in-process; goal ≤ 3 s: {'met' if full <= 3 else 'NOT met'}"
+            f"{args.posts} posts, {sum(f.stat().st_size for f in files) / 1e6:.1f} MB; "
+            f"{args.runs} runs each; load {os.getloadavg()[0]:.1f}"
         )
+        print(f"{'':<48} {'CPU s min  median     max':>23}   {'wall s min  median     max':>23}")
+        os.chdir(blog)
+        for who in ("alice", "bob", "carol"):
+            child(newsletter("subscribers", "add", f"{who}@example.com", "--list", "main"), blog)
+        settings = load_settings(config)
+        post = f"bench-post-{args.posts // 2}"
+
+        base = [in_process(lambda: [frontmatter.load(f) for f in files]) for _ in range(args.runs)]
+        row(
+            "baseline: frontmatter.load of every file", [c for _w, c in base], [w for w, _c in base]
+        )
+
+        def load_cold() -> object:
+            forget_index(blog)
+            post_index.forget()
+            return load_posts(settings, bodies=False)
+
+        def load_warm() -> object:
+            post_index.forget()  # as a new process: read the index from disk
+            return load_posts(settings, bodies=False)
+
+        for label, func in (("cold", load_cold), ("warm", load_warm)):
+            got = [in_process(func) for _ in range(args.runs)]
+            row(
+                f"load_posts(bodies=False), {label} index",
+                [c for _w, c in got],
+                [w for w, _c in got],
+            )
+
+        commands = {
+            "posts --json": (newsletter("posts", "--json"), "≤ 0.5 s warm"),
+            f"render {post}": (newsletter("render", post), "≤ 0.5 s CPU warm"),
+            f"send {post} --list main --resend": (
+                newsletter("send", post, "--list", "main", "--resend"),
+                "≤ 0.5 s CPU warm",
+            ),
+        }
+        for label, (argv, goal) in commands.items():
+            for state in ("cold", "warm"):
+                runs = []
+                for _ in range(args.runs):
+                    if state == "cold":
+                        forget_index(blog)
+                    runs.append(child(argv, blog))
+                row(f"{label}, {state}", [c for _w, c, _o in runs], [w for w, _c, _o in runs], goal)
+
+        if not args.skip_cold_check:
+            forget_index(blog)
+            wall, cpu, _out = child(newsletter("check"), blog)
+            row("check, cold (renders every post)", [cpu], [wall])
+        else:
+            child(newsletter("check"), blog)
+        runs = [child(newsletter("check"), blog) for _ in range(args.runs)]
+        row(
+            "check, warm (nothing changed)",
+            [c for _w, c, _o in runs],
+            [w for w, _c, _o in runs],
+            "≤ 1 s",
+        )
+        runs = []
+        for i in range(args.runs):
+            write_post(blog, 7, title_suffix=f" (edit {i})", age=3600)
+            runs.append(child(newsletter("check"), blog))
+        row("check after editing one post", [c for _w, c, _o in runs], [w for w, _c, _o in runs])
+        if not args.skip_cold_check:
+            wall, cpu, _out = child(newsletter("check", "--all"), blog)
+            row("check --all (renders every post)", [cpu], [wall])
+
+        from newsletter.daemon import passes
+        from newsletter.delivery.transports.memory import MemoryTransport
+        from newsletter.store import open_store
+
+        engine = open_store(settings)
+        passes.run_pass(settings, engine, transport=MemoryTransport())
+        got = [
+            in_process(lambda: passes.run_pass(settings, engine, transport=MemoryTransport()))
+            for _ in range(max(args.runs, 5))
+        ]
+        row(
+            "daemon pass, nothing new (in-process)",
+            [c for _w, c in got],
+            [w for w, _c in got],
+            "≤ 0.05 s CPU",
+        )
+        engine.dispose()
+
+        for state in ("cold", "warm"):
+            ready, shown, cpus = [], [], []
+            for _ in range(args.runs):
+                if state == "cold":
+                    forget_index(blog)
+                _wall, cpu, out = child([sys.executable, "-c", PREVIEW_PROBE, post], blog)
+                first, second = (float(x) for x in out.split())
+                ready.append(first)
+                shown.append(second)
+                cpus.append(cpu)
+            row(f"preview: GET / answered, {state}", cpus, ready, "≤ 1 s (wall)")
+            row(f"preview: and one post page, {state}", cpus, shown)
 
 
 if __name__ == "__main__":
-    main_bench(int(sys.argv[1]) if len(sys.argv) > 1 else 1000)
+    main()
