@@ -20,6 +20,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
@@ -170,12 +171,13 @@ def load_posts(
     kind = f"bodies={bodies}"
     if index and (same := post_index.recall(settings, kind, files)) is not None:
         return same
-    indexes = _Indexes.open(settings, bodies=bodies is True, enabled=index)
+    indexes = post_index.Passes(settings, bodies=bodies is True, enabled=index)
+    read = partial(_read_source, posts_dir=posts_dir, settings=settings)
     sources: list[_Source] = []
     problems: list[Problem] = []
     for path in files:
         try:
-            sources.append(indexes.source(path, posts_dir, settings))
+            sources.append(indexes.source(path, read))
         except NewsletterError as exc:
             problems.append(Problem.from_error(exc))
             if progress:
@@ -184,7 +186,8 @@ def load_posts(
     posts: list[Post] = []
     for source in sources:
         try:
-            post, warned = indexes.post(source, site, bodies=bodies is True)
+            build = partial(_build_indexed, source, site, bodies=bodies is True)
+            post, warned = indexes.post(source.path, build, site.post_urls)
         except NewsletterError as exc:
             found = Problem.from_error(exc)
             problems.append(found if found.path else replace(found, path=source.path))
@@ -197,63 +200,35 @@ def load_posts(
             progress()
     indexes.save()
     posts.sort(key=lambda p: (p.date, str(p.path)))
-    complete = indexes.completer(settings, site) if bodies == "lazy" else None
+    complete = _completer(indexes, read, site) if bodies == "lazy" else None
     collected = PostCollection(tuple(posts), tuple(problems), complete)
     if index:
         post_index.remember(settings, kind, files, collected)
     return collected
 
 
-@dataclass(frozen=True)
-class _Indexes:
-    """The hook into `newsletter.posts.index`: each pass's result per file, reused
-    while the file, the settings and the other posts it links to are unchanged."""
+def _build_indexed(
+    source: _Source, site: _SiteContext, urls: Mapping[str, str] | None, *, bodies: bool
+) -> tuple[Post, list[Problem]]:
+    """`_build_post` for the index: links to other posts resolve through `urls`,
+    which records them, and the post's warnings are kept with it."""
+    seen = site if urls is None else replace(site, post_urls=urls)
+    post = _build_post(source, seen, bodies=bodies)
+    return post, list(_post_problems(source, post))
 
-    sources: post_index.PostIndex
-    posts: post_index.PostIndex
 
-    @classmethod
-    def open(cls, settings: Settings, *, bodies: bool, enabled: bool) -> _Indexes:
-        return cls(
-            post_index.open_index(settings, "sources", enabled=enabled),
-            post_index.open_index(settings, "posts" if bodies else "listing", enabled=enabled),
-        )
+def _completer(
+    indexes: post_index.Passes, read: Callable[[Path], _Source], site: _SiteContext
+) -> Callable[[Post], Post]:
+    """For `bodies="lazy"`: one listed post again, with its HTML."""
 
-    def source(self, path: Path, posts_dir: Path, settings: Settings) -> _Source:
-        return self.sources.get(path, lambda _: _read_source(path, posts_dir, settings))
+    def complete(post: Post) -> Post:
+        # A fresh copy of pass 1 (the index hands out copies): building adds warnings to it.
+        source = indexes.source(post.path, read)
+        build = partial(_build_indexed, source, site, bodies=True)
+        return indexes.whole_post(post.path, build, site.post_urls)[0]
 
-    def post(
-        self, source: _Source, site: _SiteContext, *, bodies: bool
-    ) -> tuple[Post, list[Problem]]:
-        def build(urls: Mapping[str, str] | None) -> tuple[Post, list[Problem]]:
-            # Links to other posts resolve through `urls`, which records them.
-            seen = site if urls is None else replace(site, post_urls=urls)
-            post = _build_post(source, seen, bodies=bodies)
-            return post, list(_post_problems(source, post))
-
-        return self.posts.get(source.path, build, site.post_urls)
-
-    def save(self) -> None:
-        self.sources.save()
-        self.posts.save()
-
-    def completer(self, settings: Settings, site: _SiteContext) -> Callable[[Post], Post]:
-        """Builds one listed post again with its HTML (for `bodies="lazy"`), through
-        the index of whole posts, so a post rendered before is not built again."""
-        whole: list[post_index.PostIndex] = []
-
-        def complete(post: Post) -> Post:
-            if not whole:
-                enabled = self.posts.path is not None
-                whole.append(post_index.open_index(settings, "posts", enabled=enabled))
-            # A fresh copy of pass 1 (the index hands out copies), since
-            # building a post adds its warnings to the source.
-            source = self.source(post.path, settings.site.posts_dir, settings)
-            found, _problems = _Indexes(self.sources, whole[0]).post(source, site, bodies=True)
-            whole[0].save(prune=False)
-            return found
-
-        return complete
+    return complete
 
 
 def read_post(path: Path, settings: Settings) -> Post:

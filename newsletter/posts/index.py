@@ -42,6 +42,7 @@ from newsletter.config import Settings
 __all__ = [
     "INDEX_FORMAT",
     "Lookups",
+    "Passes",
     "PostIndex",
     "fingerprint",
     "forget",
@@ -272,6 +273,42 @@ def open_index(settings: Settings, kind: str, *, enabled: bool = True) -> PostIn
     if version != INDEX_FORMAT or stored_stamp != stamp or not isinstance(entries, dict):
         return PostIndex(path, stamp, changed=True)
     return PostIndex(path, stamp, entries)
+
+
+class Passes:
+    """`collection`'s two passes through the index: pass 1 (`source`) per file,
+    pass 2 (`post`) per file and the cross-post lookups it made, with or
+    without HTML (`bodies`); `whole_post` builds one post with HTML on demand."""
+
+    def __init__(self, settings: Settings, *, bodies: bool, enabled: bool) -> None:
+        self.settings = settings
+        self.enabled = enabled
+        self.sources = open_index(settings, "sources", enabled=enabled)
+        self.built = open_index(settings, "posts" if bodies else "listing", enabled=enabled)
+        self._whole: PostIndex | None = None
+
+    def source(self, path: Path, read: Callable[[Path], T]) -> T:
+        return self.sources.get(path, lambda _view: read(path))
+
+    def post(
+        self, path: Path, build: Callable[[Lookups | None], T], lookups: Mapping[str, Any]
+    ) -> T:
+        return self.built.get(path, build, lookups)
+
+    def whole_post(
+        self, path: Path, build: Callable[[Lookups | None], T], lookups: Mapping[str, Any]
+    ) -> T:
+        """Like `post`, from the index of posts with HTML, written back at once
+        (a command that renders one post of many asks for just that one)."""
+        if self._whole is None:
+            self._whole = open_index(self.settings, "posts", enabled=self.enabled)
+        found = self._whole.get(path, build, lookups)
+        self._whole.save(prune=False)
+        return found
+
+    def save(self) -> None:
+        self.sources.save()
+        self.built.save()
 
 
 # --------------------------------------------------------------------------- in-process
