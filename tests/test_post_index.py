@@ -3,6 +3,7 @@ only what changed is read or rendered again, and every kind of change is seen.""
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from collections import Counter
@@ -318,3 +319,27 @@ def test_check_sees_a_broken_template_at_once(blog: Blog) -> None:
     result = CliRunner().invoke(main, [*blog.cli, "check"])
     assert result.exit_code == 1
     assert "email.html.j2" in result.stdout and "error" in result.stdout
+
+
+def test_a_sent_post_edited_and_redated_through_the_index_is_not_sent_again(
+    blog: Blog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Invariant 1 with a warm index: the edit is seen, the identity is kept."""
+    monkeypatch.chdir(blog.root)  # the outbox folder is relative to it
+    blog.configure('\n[schedule]\nsince = "2020-01-01"\n[delivery]\ntransport = "maildir"')
+    runner = CliRunner()
+    add = [*blog.cli, "subscribers", "add", "reader@example.com", "--list", "main"]
+    assert runner.invoke(main, add).exit_code == 0
+    first = runner.invoke(main, [*blog.cli, "run", "--once", "--json"])
+    assert first.exit_code == 0, first.output
+    outbox = blog.root / ".newsletter" / "outbox" / "new"
+    sent = len(list(outbox.iterdir()))
+    assert sent == 3  # the three posts, once each
+    blog.post("2024-01-01-first.md", "First, retitled", extra="date: 2025-06-01 10:00:00\n")
+    again = runner.invoke(main, [*blog.cli, "run", "--once", "--json"])
+    assert again.exit_code == 0, again.output
+    assert len(list(outbox.iterdir())) == sent
+    rows = json.loads(runner.invoke(main, [*blog.cli, "posts", "--json"]).stdout)
+    edited = next(r for r in rows if r["id"] == "first")
+    assert edited["title"] == "First, retitled" and edited["status"] == "sent"
+    assert edited["date"].startswith("2025-06-01")
