@@ -1,6 +1,6 @@
 """Work proportional to what changed: 1,000 posts, cold (no index) and warm.
 
-    python bench/posts.py [--posts N] [--runs N] [--skip-cold-check]
+    python bench/posts.py [--posts N] [--runs N] [--skip-cold-check] [--before PATH]
 
 Generates N seed-shaped posts (bench/blog.py) and measures, in the same run,
 min / median / max of CPU seconds (and wall) for:
@@ -14,6 +14,9 @@ min / median / max of CPU seconds (and wall) for:
   one post, `check --all`;
 * a daemon pass with nothing new (`passes.run_pass`, in-process, warm);
 * the preview: a new process until `GET /` answers (and one post page).
+
+`--before PATH` runs the commands and the preview from another checkout too
+(`PYTHONPATH=PATH`, its own copy of the blog), interleaved with cold and warm.
 
 Goals (issue 13, on 1,000 posts): `send`/`render` of one post ≤ 0.5 s CPU;
 `posts` ≤ 0.5 s when nothing changed; `check` ≤ 1 s when nothing changed;
@@ -37,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from blog import generate, write_post
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # measure this checkout, whatever is installed
 
 PREVIEW_PROBE = """
 import sys, time
@@ -54,10 +58,10 @@ print(f"{ready:.4f} {shown:.4f}")
 """
 
 
-def child(argv: list[str], cwd: Path) -> tuple[float, float, str]:
+def child(argv: list[str], cwd: Path, tree: Path = ROOT) -> tuple[float, float, str]:
     """Wall and CPU seconds of one new process (the kernel's accounting), and its stdout."""
     env = {k: v for k, v in os.environ.items() if k != "NEWSLETTER_CONFIG"}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = str(tree)
     start = time.perf_counter()
     proc = subprocess.Popen(
         argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
@@ -67,7 +71,7 @@ def child(argv: list[str], cwd: Path) -> tuple[float, float, str]:
     wall = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
-        raise SystemExit(f"{argv} exited {proc.returncode}")
+        raise SystemExit(f"{argv} exited {proc.returncode} (PYTHONPATH={tree})")
     return wall, usage.ru_utime + usage.ru_stime, out
 
 
@@ -99,6 +103,11 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="Runs of each (default 3).")
     parser.add_argument(
         "--skip-cold-check", action="store_true", help="Skip the cold `check` (minutes)."
+    )
+    parser.add_argument(
+        "--before",
+        metavar="PATH",
+        help="Another checkout (say main before this change) run the same way, interleaved.",
     )
     args = parser.parse_args()
 
@@ -145,27 +154,42 @@ def main() -> None:
                 [w for w, _c in got],
             )
 
-        commands = {
-            "posts --json": (newsletter("posts", "--json"), "≤ 0.5 s warm"),
-            f"render {post}": (newsletter("render", post), "≤ 0.5 s CPU warm"),
-            f"send {post} --list main --resend": (
-                newsletter("send", post, "--list", "main", "--resend"),
-                "≤ 0.5 s CPU warm",
-            ),
-        }
-        for label, (argv, goal) in commands.items():
-            for state in ("cold", "warm"):
-                runs = []
-                for _ in range(args.runs):
-                    if state == "cold":
-                        forget_index(blog)
-                    runs.append(child(argv, blog))
-                row(f"{label}, {state}", [c for _w, c, _o in runs], [w for w, _c, _o in runs], goal)
+        before: tuple[Path, Path] | None = None
+        if args.before:
+            before = (Path(args.before).resolve(), Path(tmp) / "before")
+            shutil.copytree(blog, before[1], ignore=shutil.ignore_patterns(".newsletter"))
+            for who in ("alice", "bob", "carol"):
+                email = f"{who}@example.com"
+                child(
+                    newsletter("subscribers", "add", email, "--list", "main"), before[1], before[0]
+                )
+
+        def measure(label: str, argv: list[str], goal: str = "", runs: int = args.runs) -> None:
+            """This tree cold (no index, no renders) and warm, and the tree before, interleaved."""
+            got: dict[str, list[tuple[float, float, str]]] = {"cold": [], "warm": [], "before": []}
+            for _ in range(runs):
+                forget_index(blog)
+                got["cold"].append(child(argv, blog))
+                got["warm"].append(child(argv, blog))
+                if before is not None:
+                    got["before"].append(child(argv, before[1], before[0]))
+            for state, found in got.items():
+                if found:
+                    cpu, wall = [c for _w, c, _o in found], [w for w, _c, _o in found]
+                    row(f"{label}, {state}", cpu, wall, goal if state == "warm" else "")
+
+        measure("posts --json", newsletter("posts", "--json"), "≤ 0.5 s")
+        measure(f"render {post}", newsletter("render", post), "≤ 0.5 s CPU")
+        send = newsletter("send", post, "--list", "main", "--resend")
+        measure(f"send {post} --list main --resend", send, "≤ 0.5 s CPU")
 
         if not args.skip_cold_check:
             forget_index(blog)
             wall, cpu, _out = child(newsletter("check"), blog)
             row("check, cold (renders every post)", [cpu], [wall])
+            if before is not None:
+                wall, cpu, _out = child(newsletter("check"), before[1], before[0])
+                row("check, before (renders every post)", [cpu], [wall])
         else:
             child(newsletter("check"), blog)
         runs = [child(newsletter("check"), blog) for _ in range(args.runs)]
@@ -202,18 +226,25 @@ def main() -> None:
         )
         engine.dispose()
 
-        for state in ("cold", "warm"):
-            ready, shown, cpus = [], [], []
-            for _ in range(args.runs):
-                if state == "cold":
-                    forget_index(blog)
-                _wall, cpu, out = child([sys.executable, "-c", PREVIEW_PROBE, post], blog)
+        places = {"cold": (blog, ROOT), "warm": (blog, ROOT)}
+        if before is not None:
+            places["before"] = (before[1], before[0])
+        ready: dict[str, list[float]] = {k: [] for k in places}
+        shown: dict[str, list[float]] = {k: [] for k in places}
+        cpus: dict[str, list[float]] = {k: [] for k in places}
+        for _ in range(args.runs):
+            forget_index(blog)
+            for state, (where, tree) in places.items():
+                probe = [sys.executable, "-c", PREVIEW_PROBE, post]
+                _wall, cpu, out = child(probe, where, tree)
                 first, second = (float(x) for x in out.split())
-                ready.append(first)
-                shown.append(second)
-                cpus.append(cpu)
-            row(f"preview: GET / answered, {state}", cpus, ready, "≤ 1 s (wall)")
-            row(f"preview: and one post page, {state}", cpus, shown)
+                ready[state].append(first)
+                shown[state].append(second)
+                cpus[state].append(cpu)
+        for state in places:
+            goal = "≤ 1 s (wall)" if state == "warm" else ""
+            row(f"preview: GET / answered, {state}", cpus[state], ready[state], goal)
+            row(f"preview: and one post page, {state}", cpus[state], shown[state])
 
 
 if __name__ == "__main__":
