@@ -343,3 +343,18 @@ def test_a_sent_post_edited_and_redated_through_the_index_is_not_sent_again(
     edited = next(r for r in rows if r["id"] == "first")
     assert edited["title"] == "First, retitled" and edited["status"] == "sent"
     assert edited["date"].startswith("2025-06-01")
+
+
+def test_lookups_record_answers_and_absences() -> None:
+    urls = {"a": "https://blog.example.com/a/"}
+    view = post_index.Lookups(urls)
+    assert view.get("a") == urls["a"] and view.get("b") is None
+    assert "c" not in view
+    with pytest.raises(KeyError):
+        view["d"]
+    assert view.asked == {"a": urls["a"], "b": None, "c": None, "d": None}
+    assert post_index._still_valid(view.asked, urls)
+    assert not post_index._still_valid(view.asked, {**urls, "d": "https://blog.example.com/d/"})
+    whole = post_index.Lookups(urls)
+    assert list(whole) == ["a"]
+    assert not post_index._still_valid(whole.asked, {**urls, "e": "https://blog.example.com/e/"})

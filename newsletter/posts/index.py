@@ -66,7 +66,10 @@ def fingerprint(settings: Settings) -> str:
     digest = hashlib.sha256()
     digest.update(f"{INDEX_FORMAT}\0{settings.site!r}".encode())
     root = settings.site.source_dir or settings.base_dir
-    for path in _files(root / "_data"):  # small, and edited by hand: by content
+    # Jekyll's own files (small, edited by hand: by content): `_config.yml`
+    # may hold what the parser reads beyond `[site]` (such as `defaults:`).
+    jekyll = [settings.site.jekyll_config] if settings.site.jekyll_config else []
+    for path in (*jekyll, *_files(root / "_data")):
         digest.update(f"{path}\0{_content_digest(path)}\n".encode())
     for path in _files(_PACKAGE):
         digest.update(_stat_line(path))
@@ -107,9 +110,8 @@ class Lookups(Mapping[str, Any]):
         self.asked: dict[str, Any] = {}
 
     def __getitem__(self, key: str) -> Any:
-        value = self.inner[key]
-        self.asked[key] = value
-        return value
+        self.asked[key] = self.inner.get(key)  # None: the answer was "no such key"
+        return self.inner[key]
 
     def get(self, key: str, default: Any = None) -> Any:
         value = self.inner.get(key, default)
@@ -128,6 +130,7 @@ class Lookups(Mapping[str, Any]):
         return iter(self.inner)
 
     def __len__(self) -> int:
+        self.asked["\0all"] = _digest(sorted(self.inner.items()))
         return len(self.inner)
 
 
