@@ -358,3 +358,15 @@ def test_lookups_record_answers_and_absences() -> None:
     whole = post_index.Lookups(urls)
     assert list(whole) == ["a"]
     assert not post_index._still_valid(whole.asked, {**urls, "e": "https://blog.example.com/e/"})
+
+
+def test_each_post_depends_only_on_the_posts_it_links_to(blog: Blog) -> None:
+    settings = blog.settings()
+    load_posts(settings)
+    stored = post_index.open_index(settings, "posts").entries
+    asked = {Path(name).name: set(entry.asked) for name, entry in stored.items()}
+    assert asked == {
+        "2024-01-01-first.md": set(),
+        "2024-01-02-second.md": {"2024-01-01-first"},
+        "2024-01-03-third.md": set(),
+    }

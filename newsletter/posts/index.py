@@ -126,21 +126,31 @@ class Lookups(Mapping[str, Any]):
 
     def __iter__(self) -> Iterator[str]:
         # Iterating sees every key: the result may depend on all of them.
-        self.asked["\0all"] = _digest(sorted(self.inner.items()))
+        self.asked[_ALL] = _whole(self.inner)
         return iter(self.inner)
 
     def __len__(self) -> int:
-        self.asked["\0all"] = _digest(sorted(self.inner.items()))
+        self.asked[_ALL] = _whole(self.inner)
         return len(self.inner)
 
 
-def _digest(value: object) -> str:
-    return hashlib.sha256(repr(value).encode()).hexdigest()
+_ALL = "\0all"  # the key under which a use of the whole mapping is recorded
+_last_whole: list[tuple[Mapping[str, Any], str]] = []
+
+
+def _whole(mapping: Mapping[str, Any]) -> str:
+    """A digest of the whole mapping, computed once per mapping (the one
+    `collection` passes is built once per load and never changed)."""
+    if _last_whole and _last_whole[0][0] is mapping:
+        return _last_whole[0][1]
+    found = hashlib.sha256(repr(sorted(mapping.items())).encode()).hexdigest()
+    _last_whole[:] = [(mapping, found)]
+    return found
 
 
 def _still_valid(asked: Mapping[str, Any], lookups: Mapping[str, Any]) -> bool:
     for key, answer in asked.items():
-        now = _digest(sorted(lookups.items())) if key == "\0all" else lookups.get(key)
+        now = _whole(lookups) if key == _ALL else lookups.get(key)
         if now != answer:
             return False
     return True
@@ -202,7 +212,7 @@ class PostIndex:
         view = Lookups(lookups) if lookups is not None else None
         value = build(view)
         if key is not None:
-            asked = dict(view.asked) if view else {}
+            asked = dict(view.asked) if view is not None else {}
             self.entries[name] = _Entry(key, _dumps(value), asked, content)
             self.changed = True
         return value
