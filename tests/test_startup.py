@@ -106,3 +106,19 @@ def test_version_matches_the_package_metadata() -> None:
 
     _code, _modules, shown = run_cli("--version")
     assert shown == f"newsletter, version {version('newsletter')}"
+
+
+def test_lazy_choices_still_list_and_check_their_values() -> None:
+    """`--status` and `--format` take their values from the library, loaded on use."""
+    from click.testing import CliRunner
+
+    from newsletter.audience.members import STATUSES
+    from newsletter.audience.serviceformats import FORMATS
+    from newsletter.cli import main
+
+    shown = CliRunner().invoke(main, ["subscribers", "list", "--help"]).output
+    assert "[" + "|".join(STATUSES) + "]" in shown.replace("\n", "").replace(" ", "")
+    bad = CliRunner().invoke(main, ["subscribers", "list", "--list", "x", "--status", "happy"])
+    assert bad.exit_code == 2 and "'happy' is not one of" in bad.output
+    shown = CliRunner().invoke(main, ["subscribers", "import", "--help"]).output
+    assert "auto|" + "|".join(FORMATS[:2]) in shown.replace("\n", "").replace(" ", "")
