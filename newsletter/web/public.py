@@ -242,8 +242,8 @@ def archive_index(request: Request) -> Response:
         posts = state.posts()
     except NewsletterError:
         return PlainTextResponse("the archive is unavailable right now\n", status_code=503)
-    known = {p.post_id: p for p in posts.posts}
-    items = [(e, known[e.post_id]) for e in entries if e.post_id in known]
+    found = ((e, posts.with_id(e.post_id)) for e in entries)
+    items = [(e, post) for e, post in found if post is not None and post.published]
     return page(
         "public_archive.html",
         site_title=state.settings.site.title,
@@ -259,7 +259,10 @@ def archive_post(request: Request) -> Response:
         entry = next((e for e in sent_posts(state.engine) if e.post_id == post_id), None)
         if entry is None:
             return PlainTextResponse("no such email in the archive\n", status_code=404)
-        post = state.posts().find(post_id)
+        # The post the mailing sent, by its exact id: never a lookalike, never a draft.
+        post = state.posts().with_id(entry.post_id)
+        if post is None or not post.published:
+            return PlainTextResponse("no such email in the archive\n", status_code=404)
         rendered = render_email(post, state.settings, list_for(state.settings, entry.list_name))
     except PostError:
         return PlainTextResponse("no such email in the archive\n", status_code=404)
