@@ -17,9 +17,12 @@ _env = Environment(
 
 # Pages about one subscriber must not be cached or indexed, and must not leak
 # their URL (which holds the token) to other sites through Referer.
+# "same-origin", not "no-referrer": with no-referrer a browser sends
+# `Origin: null` on the page's own undo POST (Fetch standard), which the
+# undo's same-origin check must refuse.
 PRIVATE_HEADERS = {
     "Cache-Control": "no-store",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",
     "X-Robots-Tag": "noindex, nofollow",
 }
 # The app's own pages run their inline script and nothing else.
