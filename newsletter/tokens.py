@@ -20,6 +20,7 @@ import secrets
 from dataclasses import dataclass
 
 from newsletter.config import Settings
+from newsletter.store.files import PRIVATE_FILE, private_dirs
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +50,10 @@ def load_secret(settings: Settings) -> bytes:
         settings.unsubscribe.secret_env,
         path,
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dirs(path.parent)
     value = secrets.token_urlsafe(32).encode("ascii")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE)
+    os.fchmod(fd, PRIVATE_FILE)  # whatever the umask
     with os.fdopen(fd, "wb") as fh:
         fh.write(value)
     return value
