@@ -90,8 +90,15 @@ def page(browser: Any) -> Iterator[Any]:
     _local_only(context)
     opened = context.new_page()
     opened.set_default_timeout(10_000)
+    # A script or handler our own CSP blocks is a broken page, not a detail.
+    blocked: list[str] = []
+    opened.on(
+        "console",
+        lambda m: blocked.append(m.text) if "Content Security Policy" in m.text else None,
+    )
     yield opened
     context.close()
+    assert blocked == []
 
 
 @pytest.fixture

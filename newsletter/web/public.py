@@ -37,12 +37,15 @@ from newsletter.tokens import ALL_LISTS, load_secret, verify_token
 from newsletter.unsubscribes import UNDO_WINDOW, undoable, unsubscribe_by_link
 from newsletter.unsubscribes import undo as undo_unsubscribe
 from newsletter.web.archive import list_for, neutral_html, sent_posts
-from newsletter.web.pages import PRIVATE_HEADERS, page
+from newsletter.web.pages import PRIVATE_HEADERS, PUBLIC_CSP, NoSniffMiddleware, page
 from newsletter.web.site import Site
 
 ONE_CLICK = "One-Click"
 MAX_BODY = 64 * 1024  # a one-click body is 26 bytes; refuse anything silly
-ARCHIVE_CSP = "script-src 'none'; frame-ancestors 'none'; form-action 'none'"
+ARCHIVE_CSP = "script-src 'none'; frame-ancestors 'none'; form-action 'none'; base-uri 'none'"
+# Archive pages are public, but which issue someone reads is their business:
+# links out of an email (to the blog or elsewhere) carry no Referer.
+ARCHIVE_HEADERS = {"Referrer-Policy": "no-referrer"}
 
 
 @dataclass(frozen=True)
@@ -122,14 +125,19 @@ def masked(email: str) -> str:
     return f"{local[:1]}•••@{domain}"
 
 
+def public_page(name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+    """A page of the public app: no script at all (PUBLIC_CSP)."""
+    return page(name, status_code, csp=PUBLIC_CSP, **context)
+
+
 def _invalid() -> HTMLResponse:
     # One answer for every bad token: no hint whether the address exists.
-    return page("public_invalid.html", 404, headers=PRIVATE_HEADERS)
+    return public_page("public_invalid.html", 404, headers=PRIVATE_HEADERS)
 
 
 def _target_page(request: Request, name: str, target: Target, **extra: Any) -> HTMLResponse:
     state = _state(request)
-    return page(
+    return public_page(
         name,
         headers=PRIVATE_HEADERS,
         site_title=state.settings.site.title,
@@ -250,7 +258,7 @@ def _origin(url: str) -> str | None:
 
 def unsubscribe_help(request: Request) -> Response:
     state = _state(request)
-    return page(
+    return public_page(
         "public_help.html",
         site_title=state.settings.site.title,
         site_url=state.settings.site.url,
@@ -269,8 +277,9 @@ def archive_index(request: Request) -> Response:
         return PlainTextResponse("the archive is unavailable right now\n", status_code=503)
     found = ((e, posts.with_id(e.post_id)) for e in entries)
     items = [(e, post) for e, post in found if post is not None and post.published]
-    return page(
+    return public_page(
         "public_archive.html",
+        headers=ARCHIVE_HEADERS,
         site_title=state.settings.site.title,
         site_url=state.settings.site.url,
         items=items,
@@ -294,7 +303,8 @@ def archive_post(request: Request) -> Response:
     except NewsletterError:
         return PlainTextResponse("the archive is unavailable right now\n", status_code=503)
     return HTMLResponse(
-        neutral_html(rendered, state.settings), headers={"Content-Security-Policy": ARCHIVE_CSP}
+        neutral_html(rendered, state.settings),
+        headers={"Content-Security-Policy": ARCHIVE_CSP, **ARCHIVE_HEADERS},
     )
 
 
@@ -331,5 +341,6 @@ def create_public_app(
         Route("/archive/{post_id:path}", archive_post),
     ]
     app = Starlette(routes=routes)
+    app.add_middleware(NoSniffMiddleware)
     app.state.public = state
     return app
