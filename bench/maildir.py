@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from newsletter.transports.maildir import MaildirTransport  # noqa: E402
+from newsletter.delivery.transports.maildir import MaildirTransport  # noqa: E402
 
 MESSAGE = (
     b"From: news@example.com\r\nTo: reader@example.org\r\nSubject: hi\r\n\r\n"

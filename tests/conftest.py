@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from smtpserver import SmtpTestServer
 
-from newsletter.transports.logins import LOGINS
+from newsletter.delivery.transports.logins import LOGINS
 
 ROOT = Path(__file__).resolve().parent.parent
 

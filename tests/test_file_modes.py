@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from newsletter.audience import members as subs
 from newsletter.cli import main
 from newsletter.config import load_settings
+from newsletter.delivery.transports.maildir import MaildirTransport
+from newsletter.email.tokens import load_secret
 from newsletter.store import open_store, open_url
-from newsletter.store import subscribers as subs
-from newsletter.tokens import load_secret
-from newsletter.transports.maildir import MaildirTransport
 
 MESSAGE = b"From: a@example.com\r\nTo: b@example.org\r\nSubject: hi\r\n\r\nbody\r\n"
 

@@ -19,10 +19,10 @@ from test_web_support import Store, copy_site, make_store
 
 from newsletter.cli import main
 from newsletter.config import load_settings
-from newsletter.delivery import deliver_mailing, plan_mailing
+from newsletter.delivery.mailings import deliver_mailing, plan_mailing
+from newsletter.delivery.transports.memory import MemoryTransport
 from newsletter.errors import PostError
-from newsletter.posts import load_posts
-from newsletter.transports.memory import MemoryTransport
+from newsletter.posts.collection import load_posts
 from newsletter.web.preview import create_preview_app
 from newsletter.web.public import create_public_app
 

@@ -12,13 +12,13 @@ import pytest
 from click.testing import CliRunner
 from smtpserver import SmtpTestServer, TlsMaterial, tls_material
 
+from newsletter.audience import members as subs
 from newsletter.cli import main
 from newsletter.config import SmtpSettings, load_settings
+from newsletter.delivery.transports import TransportError
+from newsletter.delivery.transports.smtp import SmtpTransport
 from newsletter.store import open_store
-from newsletter.store import subscribers as subs
 from newsletter.store.mailings import counts
-from newsletter.transports import TransportError
-from newsletter.transports.smtp import SmtpTransport
 
 USER = "newsletter@fieldnotes.example.com"
 POST = "how-sleep-consolidates-memory"

@@ -17,10 +17,10 @@ from sqlalchemy import update
 from starlette.testclient import TestClient
 from test_web_support import Store, copy_site, make_store
 
+from newsletter.audience import members as subs
 from newsletter.cli import main
-from newsletter.store import subscribers as subs
+from newsletter.email.tokens import ALL_LISTS
 from newsletter.store.schema import memberships, subscribers, unsubscribe_events
-from newsletter.tokens import ALL_LISTS
 from newsletter.web.public import create_public_app
 
 PUBLIC = "https://news.lantern.example.com"

@@ -14,8 +14,8 @@ import os
 import threading
 from pathlib import Path
 
+from newsletter.delivery.transports.base import SendResult, TransportError
 from newsletter.store.files import PRIVATE_FILE, private_dirs
-from newsletter.transports import SendResult, TransportError
 
 
 class MaildirTransport:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from newsletter.errors import PostError
 
 if TYPE_CHECKING:
-    from newsletter.posts import Post
+    from newsletter.posts.collection import Post
 
 
 def resolve(posts: Sequence[Post], ref: str, roots: Sequence[Path]) -> Post:

@@ -21,8 +21,8 @@ from collections.abc import Callable
 from typing import Any
 
 from newsletter.config import SmtpSettings
-from newsletter.transports import ConnectError, SendResult, TransportError
-from newsletter.transports.logins import LOGINS, Key, login_key
+from newsletter.delivery.transports.base import ConnectError, SendResult, TransportError
+from newsletter.delivery.transports.logins import LOGINS, Key, login_key
 
 log = logging.getLogger(__name__)
 

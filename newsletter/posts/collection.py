@@ -24,10 +24,11 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
 
-from newsletter import jekyll, markup, permalink, postref, posttext
-from newsletter import liquid as liquid_mod
 from newsletter.config import Settings
 from newsletter.errors import NewsletterError, PostError, Problem
+from newsletter.posts import jekyll, lookup, markup, permalink
+from newsletter.posts import liquid as liquid_mod
+from newsletter.posts import text as posttext
 
 POST_SUFFIXES = (".md", ".markdown")
 
@@ -85,12 +86,12 @@ class PostCollection:
     roots: tuple[Path, ...] = ()
 
     def find(self, ref: str) -> Post:
-        """The one post `ref` names: by id, else by path (see `postref`)."""
-        return postref.resolve(self.posts, ref, self.roots)
+        """The one post `ref` names: by id, else by path (see `lookup`)."""
+        return lookup.resolve(self.posts, ref, self.roots)
 
     def with_id(self, post_id: str) -> Post | None:
         """The post whose id is exactly `post_id` (None when none or several)."""
-        return postref.with_id(self.posts, post_id)
+        return lookup.with_id(self.posts, post_id)
 
     @property
     def errors(self) -> tuple[Problem, ...]:

@@ -23,8 +23,8 @@ from typing import Any, Literal
 
 from sqlalchemy import Connection, select, update
 
+from newsletter.audience import members as subs
 from newsletter.store import now
-from newsletter.store import subscribers as subs
 from newsletter.store.schema import memberships, subscribers, unsubscribe_events
 
 UNDO_WINDOW = timedelta(minutes=15)
