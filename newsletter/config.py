@@ -111,6 +111,9 @@ class DkimSettings:
     domain: str | None = None
     selector: str | None = None
     private_key_path: Path | None = None
+    # An optional second key (dual RSA + Ed25519 signing, RFC 8463).
+    second_selector: str | None = None
+    second_private_key_path: Path | None = None
 
     @property
     def enabled(self) -> bool:

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from newsletter import render
+from newsletter import dkim, render
 from newsletter.cli import emit_json, handle_errors, json_option, settings_of
 from newsletter.config import DEFAULT_CONFIG, ListSettings, Settings, utcnow
 from newsletter.delivery import mailed_pairs
@@ -109,6 +109,8 @@ def check_cmd(ctx: click.Context, as_json: bool) -> None:
     """
     settings = settings_of(ctx)  # a broken configuration stops here, exit 1
     problems = list(check_settings(settings))
+    records, dkim_problems = dkim.check(settings.dkim)  # loads and test-signs every key
+    problems.extend(dkim_problems)
     collection = _load(settings, "Checking posts")
     problems.extend(collection.problems)
     with progress_bar(len(collection.posts), "Rendering") as advance:
@@ -119,6 +121,8 @@ def check_cmd(ctx: click.Context, as_json: bool) -> None:
     else:
         for problem in problems:
             click.echo(str(problem))
+        for name, value in records:
+            click.echo(f'DKIM: publish TXT at {name}: "{value}"')
         click.echo(_summary(len(collection.posts), tuple(problems), " checked"))
     if errors:
         sys.exit(1)
