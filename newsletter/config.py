@@ -121,6 +121,38 @@ class DkimSettings:
 
 
 @dataclass(frozen=True)
+class BouncesSettings:
+    """Where bounces go (VERP) and the mailbox they are read back from."""
+
+    address: str | None = None  # e.g. bounces@example.com -> bounces+<token>@example.com
+    maildir: Path | None = None
+    imap_host: str | None = None
+    port: int = 993  # IMAP over TLS only
+    username: str | None = None
+    password_env: str | None = None
+    mailbox: str = "INBOX"
+    ca_file: Path | None = None  # a private CA for the IMAP server's certificate
+    processed_folder: str = "newsletter-processed"
+    unparsed_folder: str = "newsletter-unparsed"
+    # Soft bounces (4.x.x) suppress an address after this many within this many days.
+    soft_limit: int = 3
+    soft_days: int = 14
+
+    @property
+    def reads_mailbox(self) -> bool:
+        return self.maildir is not None or bool(self.imap_host)
+
+    def password(self) -> str:
+        value = os.environ.get(self.password_env or "")
+        if not self.password_env or value is None:
+            raise ConfigError(
+                f"environment variable {self.password_env or '(none named)'} is not set",
+                key="bounces.password_env",
+            )
+        return value
+
+
+@dataclass(frozen=True)
 class UnsubscribeSettings:
     mailto: str | None = None
     secret_env: str = "NEWSLETTER_SECRET"
@@ -166,6 +198,7 @@ class Settings:
     smtp: SmtpSettings = field(default_factory=SmtpSettings)
     dkim: DkimSettings = field(default_factory=DkimSettings)
     unsubscribe: UnsubscribeSettings = field(default_factory=UnsubscribeSettings)
+    bounces: BouncesSettings = field(default_factory=BouncesSettings)
     web: WebSettings = field(default_factory=WebSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
@@ -240,6 +273,7 @@ _SECTIONS = {
     "smtp": SmtpSettings,
     "dkim": DkimSettings,
     "unsubscribe": UnsubscribeSettings,
+    "bounces": BouncesSettings,
     "web": WebSettings,
     "database": DatabaseSettings,
     "schedule": ScheduleSettings,
@@ -404,10 +438,27 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("must be at least 1", path=path, key="delivery.concurrency")
     if settings.delivery.max_attempts < 1:
         raise ConfigError("must be at least 1", path=path, key="delivery.max_attempts")
+    _validate_bounces(settings)
     since = settings.schedule.since
     if since is not None and since.tzinfo is None:
         anchored = since.replace(tzinfo=settings.site.tz)
         object.__setattr__(settings.schedule, "since", anchored)
+
+
+def _validate_bounces(settings: Settings) -> None:
+    b, path = settings.bounces, settings.config_path
+    if b.address is not None and not re.fullmatch(r"[^@\s+]+@[^@\s]+\.[^@\s]+", b.address):
+        raise ConfigError(
+            "expected an address like bounces@example.com (no '+': VERP adds one)",
+            path=path,
+            key="bounces.address",
+        )
+    if b.maildir is not None and b.imap_host:
+        raise ConfigError("give maildir or imap_host, not both", path=path, key="bounces.maildir")
+    if b.imap_host and not b.username:
+        raise ConfigError("IMAP needs a username", path=path, key="bounces.username")
+    if b.soft_limit < 1 or b.soft_days < 1:
+        raise ConfigError("must be at least 1", path=path, key="bounces.soft_limit")
 
 
 # --------------------------------------------------------------------------- Jekyll

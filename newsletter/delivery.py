@@ -19,6 +19,7 @@ from email.utils import parseaddr
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from newsletter.bounces import verp_address
 from newsletter.config import Settings
 from newsletter.errors import (
     ConfigError,
@@ -31,6 +32,7 @@ from newsletter.errors import (
 from newsletter.posts import Post, PostCollection
 from newsletter.store import mailings as q
 from newsletter.store import reading
+from newsletter.tokens import load_secret
 from newsletter.transports import Transport
 
 __all__ = [
@@ -44,6 +46,7 @@ __all__ = [
     "mailing_summaries",
     "plan_mailing",
     "send_test",
+    "sender_for",
 ]
 
 
@@ -92,8 +95,21 @@ Progress = Callable[[int, int], None]  # (done, total)
 
 
 def envelope_sender(settings: Settings) -> str:
-    """The bare address of `[email] from`, used as the SMTP envelope sender."""
-    return parseaddr(settings.email.from_)[1] or settings.email.from_
+    """The envelope sender with no delivery to name: `[bounces] address`, else
+    the bare address of `[email] from`."""
+    return settings.bounces.address or parseaddr(settings.email.from_)[1] or settings.email.from_
+
+
+def sender_for(settings: Settings) -> Callable[[int], str]:
+    """The envelope sender of each delivery (by ledger id): with `[bounces]
+    address`, a VERP address whose signed token names the delivery, so a
+    bounce finds its way back to it (see newsletter.bounces)."""
+    plain = envelope_sender(settings)
+    address = settings.bounces.address
+    if not address:
+        return lambda _delivery_id: plain
+    secret = load_secret(settings)
+    return lambda delivery_id: verp_address(address, secret, delivery_id)
 
 
 # --------------------------------------------------------------------------- planning

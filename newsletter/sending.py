@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from newsletter.config import Settings
-from newsletter.delivery import DeliveryReport, Progress, envelope_sender
+from newsletter.delivery import DeliveryReport, Progress, sender_for
 from newsletter.errors import DeliveryError, NewsletterError
 from newsletter.outgoing import (
     _Context,
@@ -119,7 +119,7 @@ class MailingPass:
         # queue.Queue costs a Python-level Condition round (and a thread wake-up)
         # per put and per get, so rows travel to the workers in small chunks.
         self.chunk = max(1, min(16, self.batch // (self.workers * 4)))
-        self.sender = envelope_sender(settings)
+        self.sender = sender_for(settings)  # VERP: one envelope sender per delivery
         self.write_lock = threading.Lock()
 
     def _batch_size(self) -> int:
@@ -345,7 +345,7 @@ class MailingPass:
                     row,
                     message,
                     mid,
-                    transport.begin(self.sender, row.email, message, reused=reused),
+                    transport.begin(self.sender(row.id), row.email, message, reused=reused),
                 )
             )
         for transport, _, _, _, flight in flights:
@@ -497,10 +497,10 @@ class MailingPass:
             try:
                 if early:
                     ready()
-                    result = transport.send(self.sender, row.email, message)
+                    result = transport.send(self.sender(row.id), row.email, message)
                 else:
                     result = transport.send(  # type: ignore[call-arg]
-                        self.sender, row.email, message, ready=ready
+                        self.sender(row.id), row.email, message, ready=ready
                     )
             except ConnectError as exc:
                 return SendResult(row.email, False, exc.code, exc.message, stage="connect")

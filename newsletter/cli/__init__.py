@@ -81,9 +81,9 @@ def main(ctx: click.Context, config: Path | None) -> None:
 
 def _register() -> None:
     # Imported here so each command module can import `main`'s helpers above.
-    from newsletter.cli import daemon, delivery, posts, render, subscribers, web
+    from newsletter.cli import bounces, daemon, delivery, posts, render, subscribers, web
 
-    for module in (posts, render, subscribers, delivery, daemon, web):
+    for module in (posts, render, subscribers, delivery, bounces, daemon, web):
         module.register(main)
 
 
