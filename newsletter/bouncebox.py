@@ -122,6 +122,10 @@ class ImapBox:
         try:
             self.imap.login(str(b.username), b.password())
             self._ok(self.imap.select(_quote(b.mailbox)), f"select {b.mailbox}")
+            # imaplib keeps the capabilities announced before login, which
+            # servers may extend after it (dovecot adds MOVE there).
+            reply = self._ok(self.imap.capability(), "capability")
+            self.capabilities = set(b" ".join(reply).decode().upper().split())
         except imaplib.IMAP4.error as exc:
             self.close()
             raise DeliveryError(f"IMAP login or select failed: {exc}", key="bounces") from exc
@@ -151,7 +155,7 @@ class ImapBox:
         if folder not in self.created:
             self.imap.create(folder)  # NO when it exists: fine
             self.created.add(folder)
-        if "MOVE" in self.imap.capabilities:
+        if "MOVE" in self.capabilities:
             self._ok(self.imap.uid("MOVE", uid, folder), "move")
             return
         self._ok(self.imap.uid("COPY", uid, folder), "copy")
