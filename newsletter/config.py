@@ -46,6 +46,9 @@ class SiteSettings:
     permalink: str = DEFAULT_PERMALINK
     excerpt_separator: str = "\n\n"
     author: str | None = None
+    # The language of the emails (<html lang>, and dir="rtl" for Arabic,
+    # Hebrew, Persian...): `lang` of _config.yml, else "en".
+    lang: str = "en"
     # Root of the Jekyll site (for _data/authors.yml); None outside Jekyll.
     source_dir: Path | None = None
 
@@ -61,6 +64,14 @@ class EmailSettings:
     subject: str = "{{ post.title }}"
     content: Literal["excerpt", "full"] = "excerpt"
     templates_dir: Path | None = None
+    # CAN-SPAM wants a valid physical postal address in every commercial email;
+    # printed in the footer of both parts.
+    postal_address: str | None = None
+    # The masthead logo: an absolute URL or a path on the site ("/images/logo.png").
+    logo: str | None = None
+    # A "Manage your subscription" link to <public_url>/preferences/<token>
+    # beside Unsubscribe; off until `serve` has that page.
+    preferences_link: bool = False
 
 
 @dataclass(frozen=True)
@@ -439,6 +450,12 @@ def _validate(settings: Settings) -> None:
     if settings.delivery.max_attempts < 1:
         raise ConfigError("must be at least 1", path=path, key="delivery.max_attempts")
     _validate_bounces(settings)
+    if not re.fullmatch(r"[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8})*", settings.site.lang):
+        raise ConfigError(
+            f"expected a language tag like en or pt-BR, got {settings.site.lang!r}",
+            path=path,
+            key="site.lang",
+        )
     since = settings.schedule.since
     if since is not None and since.tzinfo is None:
         anchored = since.replace(tzinfo=settings.site.tz)
@@ -476,7 +493,7 @@ def _jekyll_site(
     data = read_jekyll_config(path)
     source = path.parent / str(data.get("source", "."))
     found: dict[str, Any] = {"posts_dir": str(source / "_posts"), "source_dir": str(source)}
-    for key in ("url", "baseurl", "title", "timezone", "excerpt_separator"):
+    for key in ("url", "baseurl", "title", "timezone", "excerpt_separator", "lang"):
         if isinstance(data.get(key), str):
             found[key] = data[key]
     permalink = data.get("permalink")
@@ -487,6 +504,8 @@ def _jekyll_site(
         author = author.get("name")
     if isinstance(author, str):
         found["author"] = author
+    if "lang" not in found and isinstance(data.get("locale"), str):
+        found["lang"] = data["locale"].replace("_", "-")  # jekyll-seo-tag's en_US
     return found
 
 

@@ -170,6 +170,15 @@ def check_settings(settings: Settings) -> Iterator[Problem]:
             settings.smtp.password()
         except NewsletterError as exc:
             yield Problem(exc.message, cfg, None, "error", exc.key)
+    if settings.delivery.transport == "smtp" and not settings.email.postal_address:
+        yield Problem(
+            "no postal address: CAN-SPAM requires one in every commercial email; "
+            "set [email] postal_address (it is printed in the footer)",
+            cfg,
+            None,
+            "warning",
+            "email.postal_address",
+        )
 
 
 def _is_local_url(url: str) -> bool:
