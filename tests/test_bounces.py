@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from bounce_support import BOUNCE_ADDRESS, FIXTURES, Sent, drop, maildir, send_mailing
 from click.testing import CliRunner
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 
 from newsletter.bouncebox import MaildirBox, process_bounces
 from newsletter.bounces import UnparseableReport, parse_report, verify_verp, verp_token
 from newsletter.cli import main
-from newsletter.config import load_settings, utcnow
+from newsletter.config import Settings, load_settings, utcnow
 from newsletter.errors import ConfigError
 from newsletter.store import subscribers as subs
 from newsletter.store.schema import bounce_events, deliveries
@@ -278,3 +278,62 @@ def test_each_daemon_pass_reads_the_bounce_box(sent: Sent, sample_site: Path) ->
     report = run_pass(sent.settings, sent.engine)
     assert status_of(sent, "r0@example.org") == "bounced"
     assert any("bounces:" in p and "Out of office" in p for p in report.problems)
+
+
+def test_check_reports_bounce_settings_it_cannot_use(sample_site: Path) -> None:
+    config = sample_site / "newsletter.toml"
+    base = config.read_text()
+    config.write_text(base + f'\n[bounces]\naddress = "{BOUNCE_ADDRESS}"\n')
+    result = CliRunner().invoke(main, ["check"])
+    assert "bounces.address: warning: bounces go to [bounces] address but nothing reads them" in (
+        result.output
+    )
+    config.write_text(
+        base + '\n[bounces]\nimap_host = "imap.example.com"\nusername = "b"\n'
+        'password_env = "NEWSLETTER_TEST_UNSET_IMAP"\n'
+    )
+    result = CliRunner().invoke(main, ["check"])
+    assert result.exit_code == 1
+    assert "bounces.password_env: error: environment variable NEWSLETTER_TEST_UNSET_IMAP" in (
+        result.output
+    )
+
+
+@pytest.mark.parametrize("pipelining", [False, True], ids=["threads", "rounds"])
+def test_smtp_mail_from_is_the_verp_address_of_each_delivery(
+    sample_site: Path, pipelining: bool
+) -> None:
+    from smtpserver import SmtpTestServer
+
+    from newsletter.delivery import deliver_mailing, plan_mailing
+    from newsletter.posts import load_posts
+
+    server = SmtpTestServer(pipelining=pipelining).start()
+    try:
+        settings = load_settings(
+            sample_site / "newsletter.toml",
+            {"database.url": f"sqlite:///{sample_site}/v.sqlite",
+             "bounces.address": BOUNCE_ADDRESS, **server.settings_overrides()},
+        )  # fmt: skip
+        engine = open_store_for(settings, 4)
+        mid = plan_mailing(engine, settings, "how-sleep-consolidates-memory", "sample")
+        assert deliver_mailing(engine, settings, mid, load_posts(settings)).sent == 4
+        with engine.connect() as conn:
+            ids = {r.email: r.id for r in conn.execute(select(deliveries))}
+        assert len(server.received) == 4
+        for received in server.received:
+            (rcpt,) = received.rcpt_tos
+            local = received.mail_from.split("@")[0]
+            assert verify_verp(b"bounce-test-secret", local.removeprefix("bounces+")) == ids[rcpt]
+    finally:
+        server.stop()
+
+
+def open_store_for(settings: Settings, count: int) -> Engine:
+    from newsletter.store import open_store
+
+    engine = open_store(settings)
+    subs.ensure_lists(engine, settings)
+    for i in range(count):
+        subs.add_subscriber(engine, f"v{i}@example.org", "sample")
+    return engine

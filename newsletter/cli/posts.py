@@ -170,6 +170,18 @@ def check_settings(settings: Settings) -> Iterator[Problem]:
             settings.smtp.password()
         except NewsletterError as exc:
             yield Problem(exc.message, cfg, None, "error", exc.key)
+    bounces = settings.bounces
+    if bounces.address and not bounces.reads_mailbox:
+        yield Problem(
+            "bounces go to [bounces] address but nothing reads them: "
+            "set [bounces] maildir or imap_host",
+            cfg, None, "warning", "bounces.address",
+        )  # fmt: skip
+    if bounces.imap_host:
+        try:
+            bounces.password()
+        except NewsletterError as exc:
+            yield Problem(exc.message, cfg, None, "error", exc.key)
     if settings.delivery.transport == "smtp" and not settings.email.postal_address:
         yield Problem(
             "no postal address: CAN-SPAM requires one in every commercial email; "
