@@ -268,6 +268,8 @@ def test_the_bounces_command_and_the_counts_in_status_and_lists(
     sample = next(item for item in lists if item["name"] == "sample")
     assert sample["reports"] == {"hard": 5, "soft": 1, "complaint": 1}
     assert sample["counts"]["bounced"] == 5 and sample["counts"]["complained"] == 2
+    table = CliRunner().invoke(main, ["lists"]).output
+    assert "sample: reports read back: 5 hard bounces, 1 soft bounces, 1 complaints" in table
 
 
 def test_each_daemon_pass_reads_the_bounce_box(sent: Sent, sample_site: Path) -> None:

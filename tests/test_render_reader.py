@@ -64,7 +64,8 @@ def test_the_postal_address_is_in_every_footer() -> None:
 
 def test_check_warns_when_smtp_has_no_postal_address(sample_site: Path) -> None:
     config = sample_site / "newsletter.toml"
-    config.write_text(config.read_text().replace('transport = "maildir"', 'transport = "smtp"'))
+    text = config.read_text().replace('transport = "maildir"', 'transport = "smtp"')
+    config.write_text(re.sub(r"(?m)^postal_address = .*\n", "", text))
     result = CliRunner(env={"NEWSLETTER_SMTP_PASSWORD": "x"}).invoke(main, ["check"])
     assert "email.postal_address: warning: no postal address" in result.output
     config.write_text(

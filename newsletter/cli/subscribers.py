@@ -381,17 +381,16 @@ def lists_command(ctx: click.Context, as_json: bool) -> None:
         )
         return
     table = Table(title="Lists")
-    numeric = (*STATUSES, *kinds.values())
-    for column in ("list", "title", *numeric):
-        table.add_column(column, justify="right" if column in numeric else "left")
+    for column in ("list", "title", *STATUSES):
+        table.add_column(column, justify="right" if column in STATUSES else "left")
     for c in found:
-        table.add_row(
-            c.name,
-            c.title,
-            *(str(c.counts.get(s, 0)) for s in STATUSES),
-            *(str(reports.get(c.name, {}).get(k, 0)) for k in kinds),
-        )
+        table.add_row(c.name, c.title, *(str(c.counts.get(s, 0)) for s in STATUSES))
     Console(soft_wrap=True).print(table)
+    for c in found:
+        got = reports.get(c.name)
+        if got:
+            counts = ", ".join(f"{got.get(k, 0)} {label}" for k, label in kinds.items())
+            click.echo(f"{c.name}: reports read back: {counts}")
 
 
 def register(group: click.Group) -> None:
