@@ -1,6 +1,6 @@
 """Per-message cost of DKIM signing and VERP senders.
 
-    python bench/dkim.py [--messages N] [--rounds R]
+    python bench/signing.py [--messages N] [--rounds R]
 
 Each round builds N personalised messages of a rendered seed-shaped post
 four ways, interleaved so the machine's state is shared: personalise only
