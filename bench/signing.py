@@ -20,12 +20,12 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
-from newsletter.bounces import verp_address
 from newsletter.config import DkimSettings, EmailSettings, ListSettings, Settings, SiteSettings
-from newsletter.dkim import Signer
-from newsletter.message import MessageTemplate, Recipient
-from newsletter.posts import Post
-from newsletter.render import render_email
+from newsletter.delivery.bounces import verp_address
+from newsletter.email.dkim import Signer
+from newsletter.email.message import MessageTemplate, Recipient
+from newsletter.email.render import render_email
+from newsletter.posts.collection import Post
 
 
 def keys(folder: Path) -> tuple[Path, Path]:

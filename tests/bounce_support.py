@@ -11,12 +11,12 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from newsletter.audience import members as subs
 from newsletter.config import Settings, load_settings
-from newsletter.delivery import deliver_mailing, plan_mailing
-from newsletter.posts import load_posts
+from newsletter.delivery.mailings import deliver_mailing, plan_mailing
+from newsletter.delivery.transports.memory import MemoryTransport
+from newsletter.posts.collection import load_posts
 from newsletter.store import open_store
-from newsletter.store import subscribers as subs
-from newsletter.transports.memory import MemoryTransport
 
 FIXTURES = Path(__file__).parent / "fixtures" / "bounces"
 POST = "how-sleep-consolidates-memory"

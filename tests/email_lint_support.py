@@ -6,8 +6,8 @@ from __future__ import annotations
 from test_render_support import make_post, make_settings
 
 from newsletter.config import Settings
-from newsletter.message import MessageTemplate, Recipient, fill_placeholders, sample_recipient
-from newsletter.render import RenderedEmail, render_digest, render_email, template_environment
+from newsletter.email.message import MessageTemplate, Recipient, fill_placeholders, sample_recipient
+from newsletter.email.render import RenderedEmail, render_digest, render_email, template_environment
 
 POSTAL = "Tide Notes, 12 Harbour Road, Example Bay 00000"
 

@@ -12,12 +12,12 @@ from bounce_support import BOUNCE_ADDRESS, FIXTURES, Sent, drop, maildir, send_m
 from click.testing import CliRunner
 from sqlalchemy import Engine, select
 
-from newsletter.bouncebox import MaildirBox, process_bounces
-from newsletter.bounces import UnparseableReport, parse_report, verify_verp, verp_token
+from newsletter.audience import members as subs
 from newsletter.cli import main
 from newsletter.config import Settings, load_settings, utcnow
+from newsletter.delivery.bouncebox import MaildirBox, process_bounces
+from newsletter.delivery.bounces import UnparseableReport, parse_report, verify_verp, verp_token
 from newsletter.errors import ConfigError
-from newsletter.store import subscribers as subs
 from newsletter.store.schema import bounce_events, deliveries
 
 
@@ -273,7 +273,7 @@ def test_the_bounces_command_and_the_counts_in_status_and_lists(
 
 
 def test_each_daemon_pass_reads_the_bounce_box(sent: Sent, sample_site: Path) -> None:
-    from newsletter.passes import run_pass
+    from newsletter.daemon.passes import run_pass
 
     drop(sample_site / "box", "hard", sent.fill("dsn-postfix-hard.eml", "r0@example.org"))
     drop(sample_site / "box", "junk", sent.fill("auto-reply.eml", "r0@example.org"))
@@ -307,8 +307,8 @@ def test_smtp_mail_from_is_the_verp_address_of_each_delivery(
 ) -> None:
     from smtpserver import SmtpTestServer
 
-    from newsletter.delivery import deliver_mailing, plan_mailing
-    from newsletter.posts import load_posts
+    from newsletter.delivery.mailings import deliver_mailing, plan_mailing
+    from newsletter.posts.collection import load_posts
 
     server = SmtpTestServer(pipelining=pipelining).start()
     try:

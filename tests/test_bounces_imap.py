@@ -10,10 +10,10 @@ import pytest
 from bounce_support import Sent, send_mailing
 from imapserver import DovecotServer, available
 
-from newsletter.bouncebox import ImapBox, process_bounces
+from newsletter.audience import members as subs
 from newsletter.config import with_overrides
+from newsletter.delivery.bouncebox import ImapBox, process_bounces
 from newsletter.errors import ConfigError, DeliveryError
-from newsletter.store import subscribers as subs
 
 pytestmark = pytest.mark.skipif(not available(), reason="dovecot (dovecot-imapd) not installed")
 

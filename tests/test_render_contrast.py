@@ -16,8 +16,8 @@ from browser_support import CHROMIUM, require_browser
 from test_render_browser import png
 from test_render_support import make_post, make_settings
 
-from newsletter.message import fill_placeholders, sample_recipient
-from newsletter.render import RenderedEmail, render_digest, render_email, template_environment
+from newsletter.email.message import fill_placeholders, sample_recipient
+from newsletter.email.render import RenderedEmail, render_digest, render_email, template_environment
 
 pytestmark = pytest.mark.browser
 

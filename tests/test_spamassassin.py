@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from email_lint_support import messages
 
 from newsletter.config import DkimSettings
-from newsletter.dkim import Signer
+from newsletter.email.dkim import Signer
 
 MAX_SCORE = 0.5
 SPAMASSASSIN = shutil.which("spamassassin")

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from newsletter.cli import emit_json, handle_errors, json_option, settings_of
+from newsletter.cli.common import emit_json, handle_errors, json_option, settings_of
 
 
 @click.command("bounces")
@@ -22,7 +22,7 @@ def bounces_cmd(ctx: click.Context, as_json: bool) -> None:
     moved to the processed folder; one that is not understood is moved to
     the unparsed folder, kept, and reported here (exit 1).
     """
-    from newsletter.bouncebox import process_bounces
+    from newsletter.delivery.bouncebox import process_bounces
     from newsletter.store import open_store
 
     settings = settings_of(ctx)

@@ -27,13 +27,16 @@ import base64
 import hashlib
 import hmac
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from email import message_from_bytes, policy
 from email.message import EmailMessage, Message
 from email.utils import parseaddr
 from typing import Literal
 
+from newsletter.config import Settings
+from newsletter.delivery.report import envelope_sender
+from newsletter.email.tokens import load_secret
 from newsletter.errors import NewsletterError
 
 Kind = Literal["hard", "soft", "complaint"]
@@ -79,6 +82,18 @@ def verp_token(secret: bytes, delivery_id: int) -> str:
 def verp_address(bounce_address: str, secret: bytes, delivery_id: int) -> str:
     local, _, domain = bounce_address.partition("@")
     return f"{local}+{verp_token(secret, delivery_id)}@{domain}"
+
+
+def sender_for(settings: Settings) -> Callable[[int], str]:
+    """The envelope sender of each delivery (by ledger id): with `[bounces]
+    address`, a VERP address whose signed token names the delivery, so a
+    bounce finds its way back to it."""
+    plain = envelope_sender(settings)
+    address = settings.bounces.address
+    if not address:
+        return lambda _delivery_id: plain
+    secret = load_secret(settings)
+    return lambda delivery_id: verp_address(address, secret, delivery_id)
 
 
 def verify_verp(secret: bytes, token: str) -> int | None:

@@ -1,6 +1,6 @@
 """Read the bounce mailbox (Maildir or IMAP over TLS) and act on what it holds.
 
-Each message is parsed (`newsletter.bounces.parse_report`), recorded in
+Each message is parsed (`newsletter.delivery.bounces.parse_report`), recorded in
 ``bounce_events`` and then moved out of the way: into the
 ``processed_folder`` when understood, into the ``unparsed_folder`` (kept,
 never deleted, and reported) when not.  Recording comes first and is
@@ -28,7 +28,9 @@ from typing import Any, Protocol
 from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import IntegrityError
 
-from newsletter.bounces import (
+from newsletter.audience import members as subs
+from newsletter.config import Settings, utcnow
+from newsletter.delivery.bounces import (
     BounceEvent,
     ParsedReport,
     UnparseableReport,
@@ -36,11 +38,9 @@ from newsletter.bounces import (
     verify_verp,
     verp_tokens_in,
 )
-from newsletter.config import Settings, utcnow
+from newsletter.email.tokens import load_secret, verify_token
 from newsletter.errors import ConfigError, DeliveryError, Problem
-from newsletter.store import subscribers as subs
 from newsletter.store.schema import bounce_events, deliveries, lists, mailings
-from newsletter.tokens import load_secret, verify_token
 
 log = logging.getLogger(__name__)
 

@@ -26,10 +26,11 @@ import jinja2
 from markupsafe import Markup
 from premailer import Premailer
 
-from newsletter import images, markup
 from newsletter.config import ListSettings, Settings
+from newsletter.email import images
 from newsletter.errors import RenderError, TemplateError
-from newsletter.posts import Post
+from newsletter.posts import markup
+from newsletter.posts.collection import Post
 
 # Rendered into the output in place of per-recipient values; ASCII, no
 # characters that HTML escaping, premailer or quoted-printable would change.
@@ -226,7 +227,7 @@ def _theme_files() -> Any:
     checkout (so each git worktree renders with its own theme even when the
     editable install points at another checkout), else the installed
     package `newsletter.templates`."""
-    checkout = Path(__file__).resolve().parent.parent
+    checkout = Path(__file__).resolve().parents[2]
     if (checkout / "pyproject.toml").is_file() and (
         checkout / "templates" / "_layout.html.j2"
     ).is_file():
