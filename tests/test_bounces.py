@@ -205,7 +205,7 @@ def test_soft_bounces_suppress_after_the_limit_within_the_window(
     assert status_of(sent, "r0@example.org") == "active"  # the first is out of the window
     drop(box, "a3", sent.fill("dsn-mailbox-full-5-2-2.eml", "r0@example.org", n=3))
     run = process_bounces(sent.engine, sent.settings, at=start + timedelta(days=12))
-    assert run.suppressed == ["r0@example.org"]
+    assert run.suppressed == ("r0@example.org",)
     member = subs.get_by_email(sent.engine, "r0@example.org")
     assert member is not None and member.status == "bounced"
     assert "2 soft bounces in 7 days" in (member.status_reason or "")
@@ -223,7 +223,7 @@ def test_a_forged_verp_token_is_not_trusted(sent: Sent, sample_site: Path) -> No
     data = data.replace(b"r0@example.org", b"stranger@example.net")
     drop(box, "forged", data)
     run = process_bounces(sent.engine, sent.settings)
-    assert run.unknown == ["stranger@example.net"] and run.suppressed == []
+    assert run.unknown == ("stranger@example.net",) and run.suppressed == ()
     assert status_of(sent, "r0@example.org") == "active"
 
 

@@ -19,6 +19,7 @@ import imaplib
 import logging
 import os
 import ssl
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -45,7 +46,7 @@ from newsletter.store.schema import bounce_events, deliveries, lists, mailings
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(frozen=True)
 class BounceRun:
     """What one read of the mailbox found."""
 
@@ -54,9 +55,27 @@ class BounceRun:
     soft: int = 0
     complaints: int = 0
     delays: int = 0  # delay warnings: read and filed, no effect
-    suppressed: list[str] = field(default_factory=list)  # addresses newly suppressed
-    unknown: list[str] = field(default_factory=list)  # reports naming nobody we mail
+    suppressed: tuple[str, ...] = ()  # addresses newly suppressed
+    unknown: tuple[str, ...] = ()  # reports naming nobody we mail
+    unparsed: tuple[Problem, ...] = ()
+
+
+@dataclass
+class _Tally:
+    """BounceRun's counts while the mailbox is read."""
+
+    read: int = 0
+    kinds: Counter[str] = field(default_factory=Counter)
+    suppressed: list[str] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)
     unparsed: list[Problem] = field(default_factory=list)
+
+    def result(self) -> BounceRun:
+        k = self.kinds
+        return BounceRun(
+            self.read, k["hard"], k["soft"], k["complaint"], k["delay"],
+            tuple(self.suppressed), tuple(self.unknown), tuple(self.unparsed),
+        )  # fmt: skip
 
 
 class Mailbox(Protocol):
@@ -199,7 +218,7 @@ def process_bounces(
     """Read every message of the bounce mailbox once; see the module docstring."""
     own = mailbox is None
     box = mailbox or open_mailbox(settings)
-    run = BounceRun()
+    run = _Tally()
     try:
         for ref, data in box.messages():
             run.read += 1
@@ -209,23 +228,23 @@ def process_bounces(
                 box.unparsed(ref)
                 run.unparsed.append(Problem(f"{exc.message}; kept in {_where(settings)}", key=ref))
                 continue
-            record_report(engine, settings, report, run, at or utcnow())
+            _record_report(engine, settings, report, run, at or utcnow())
             box.processed(ref)
     finally:
         if own:
             box.close()
-    return run
+    return run.result()
 
 
 def _where(settings: Settings) -> str:
     return settings.bounces.unparsed_folder
 
 
-def record_report(
-    engine: Engine, settings: Settings, report: ParsedReport, run: BounceRun, at: datetime
+def _record_report(
+    engine: Engine, settings: Settings, report: ParsedReport, run: _Tally, at: datetime
 ) -> None:
     if not report.events:
-        run.delays += 1
+        run.kinds["delay"] += 1
     secret = load_secret(settings)
     for event in report.events:
         target = _identify(engine, settings, secret, event)
@@ -234,12 +253,7 @@ def record_report(
             continue
         if not _insert(engine, report.source, event, target, at):
             continue  # read before (a crash between recording and moving)
-        if event.kind == "hard":
-            run.hard += 1
-        elif event.kind == "soft":
-            run.soft += 1
-        else:
-            run.complaints += 1
+        run.kinds[event.kind] += 1
         if _suppress(engine, settings, event, target, at):
             run.suppressed.append(target.email)
 
