@@ -354,3 +354,34 @@ def test_check_test_signs_and_prints_the_record_per_selector(
     assert result.exit_code == 1
     assert "dkim.second_private_key_path" in result.output
     assert "not a PEM private key" in result.output
+
+
+# --------------------------------------------------------------------------- OpenSSL for RSA
+
+
+@pytest.mark.parametrize("bits", [1024, 2048])
+def test_openssl_rsa_signatures_are_dkimpys_bytes(bits: int) -> None:
+    import hashlib
+
+    from dkim.crypto import RSASSA_PKCS1_v1_5_sign as pure_python
+    from dkim.crypto import parse_pem_private_key
+
+    from newsletter.email import dkim as ours
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
+    parsed = parse_pem_private_key(pem)
+    assert dkimpy.RSASSA_PKCS1_v1_5_sign is ours.openssl_rsa_sign  # what dkimpy.sign calls
+    for name in ("sha256", "sha1"):
+        for data in (b"", b"headers", bytes(range(256)) * 40):
+            expected = pure_python(hashlib.new(name, data), parsed)
+            assert ours.openssl_rsa_sign(hashlib.new(name, data), parsed) == expected
+    # Any other algorithm goes to dkimpy's own code, which refuses it alike.
+    with pytest.raises(KeyError):
+        pure_python(hashlib.new("sha512", b"x"), parsed)
+    with pytest.raises(KeyError):
+        ours.openssl_rsa_sign(hashlib.new("sha512", b"x"), parsed)
