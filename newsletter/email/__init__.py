@@ -6,7 +6,8 @@ It may import `newsletter.posts`, `newsletter.config` and `newsletter.errors`.
 - `rendercache`: renders kept in the state folder until post, templates, list or settings change
 - `message`: the MIME bytes, serialised once (`MessageTemplate`), personalised per `Recipient`
 - `tokens`: signed unsubscribe tokens and their URLs
-- `dkim`: signing the exact bytes sent
+- `dkim`: signing the exact bytes sent (RSA and Ed25519, dual signing), DNS records
+- `images`: image sizes from the site's files (Pillow) and captions
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from typing import Any, Literal
 from newsletter.config import Settings
 from newsletter.errors import NewsletterError, PostError, Problem
 from newsletter.posts import index as post_index
-from newsletter.posts import jekyll, permalink
+from newsletter.posts import jekyll, lookup, permalink
 from newsletter.posts import text as posttext
 
 # `markup` (Markdown, lxml) and `liquid` are imported where a post is built:
@@ -86,23 +86,23 @@ class Post:
 class PostCollection:
     posts: tuple[Post, ...]
     problems: tuple[Problem, ...]
-    # With `load_posts(bodies="lazy")`: fills in one post's HTML when `find` returns it.
+    # Where a path reference may start: the posts folder, then the site.
+    roots: tuple[Path, ...] = ()
+    # With `load_posts(bodies="lazy")`: fills in a post's HTML when it is looked up.
     complete: Callable[[Post], Post] | None = field(default=None, compare=False, repr=False)
 
     def find(self, ref: str) -> Post:
-        """A post by id, slug, file name (with or without extension) or path."""
-        post = self._find(ref)
-        return post if self.complete is None else self.complete(post)
+        """The one post `ref` names: by id, else by path (see `lookup`)."""
+        return self._whole(lookup.resolve(self.posts, ref, self.roots))
 
-    def _find(self, ref: str) -> Post:
-        for post in self.posts:
-            if ref in (post.post_id, post.slug, post.path.name, post.path.stem, str(post.path)):
-                return post
-        target = Path(ref).expanduser().resolve()
-        for post in self.posts:
-            if post.path.resolve() == target:
-                return post
-        raise PostError(f"no post matches {ref!r} (try `newsletter posts` for the list)")
+    def with_id(self, post_id: str, *, whole: bool = True) -> Post | None:
+        """The post whose id is exactly `post_id` (None when none or several);
+        `whole=False`: as listed, without building its HTML (for a listing)."""
+        found = lookup.with_id(self.posts, post_id)
+        return None if found is None or not whole else self._whole(found)
+
+    def _whole(self, post: Post) -> Post:
+        return post if self.complete is None else self.complete(post)
 
     @property
     def errors(self) -> tuple[Problem, ...]:
@@ -201,7 +201,8 @@ def load_posts(
     indexes.save()
     posts.sort(key=lambda p: (p.date, str(p.path)))
     complete = _completer(indexes, read, site) if bodies == "lazy" else None
-    collected = PostCollection(tuple(posts), tuple(problems), complete)
+    roots = (posts_dir, settings.site.source_dir or settings.base_dir)
+    collected = PostCollection(tuple(posts), tuple(problems), roots, complete)
     if index:
         post_index.remember(settings, kind, files, collected)
     return collected
