@@ -41,7 +41,12 @@ BOTH = "both@example.com"  # joins `field` first, then `essays`
 
 def two_list_site(root: Path, port: int, extra: str = "", **kwargs: object) -> Site:
     site = make_site(
-        root, transport="smtp", smtp_port=port, lists=TWO_LISTS, extra=extra, **kwargs  # type: ignore[arg-type]
+        root,
+        transport="smtp",
+        smtp_port=port,
+        lists=TWO_LISTS,
+        extra=extra,
+        **kwargs,  # type: ignore[arg-type]
     )
     site.write_post("2025-01-01-shared.md", "Shared post", PAST)
     return site
@@ -132,9 +137,7 @@ def test_the_ledger_refuses_a_second_delivery_of_a_post_to_one_person(
     engine = engine_of(settings)
     planned = plan_post(engine, settings, "shared", ("field",))
     with engine.connect() as conn:
-        sid = conn.scalar(
-            select(deliveries.c.subscriber_id).where(deliveries.c.email == BOTH)
-        )
+        sid = conn.scalar(select(deliveries.c.subscriber_id).where(deliveries.c.email == BOTH))
     with pytest.raises(IntegrityError), engine.begin() as conn:
         other = q.insert_mailing(
             conn, post_id="shared", list_id=q.list_id(conn, "essays") or 0, kind="post",
@@ -178,8 +181,6 @@ def test_kill_9_mid_mailing_still_one_message_per_person(
         per_person = conn.execute(
             select(deliveries.c.email, func.count()).group_by(deliveries.c.email)
         ).all()
-        footers = Counter(
-            footer_list(r.data) for r in smtp_server.received
-        )
+        footers = Counter(footer_list(r.data) for r in smtp_server.received)
     assert {c for _e, c in per_person} == {1}  # one ledger row per person for the post
     assert footers["Field reports"] >= n // 2 and footers["Essays"] >= n // 2

@@ -124,7 +124,9 @@ def test_the_email_waits_for_its_page_then_goes_out(tmp_path: Path, server: Smtp
     assert sorted(server.recipients()) == sorted(MEMBERS)
 
 
-def test_nothing_is_sent_before_the_page_answers_200(tmp_path: Path, server: SmtpTestServer) -> None:
+def test_nothing_is_sent_before_the_page_answers_200(
+    tmp_path: Path, server: SmtpTestServer
+) -> None:
     web = LateSite(delay=1.5)
     site = gated_site(tmp_path, server.port, web)
     settings = site.settings()
