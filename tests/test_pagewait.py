@@ -5,6 +5,7 @@ is held and `status` says why, with the last answer."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -34,7 +35,7 @@ class LateSite:
         site = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            def do_GET(self) -> None:
                 live = site.live_at is not None and time.monotonic() >= site.live_at
                 code = 200 if live and self.path == POST_PATH else 404
                 site.requests.append((time.monotonic(), self.path, code))
@@ -118,7 +119,7 @@ def test_the_email_waits_for_its_page_then_goes_out(tmp_path: Path, server: Smtp
     live = [t for t, _path, code in web.requests if code == 200]
     assert {path for _t, path, _c in web.requests} == {POST_PATH}
     assert len(not_live) >= 2 and len(live) == 1  # retried; one 200 was enough
-    gaps = [b - a for a, b in zip(not_live, not_live[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(not_live)]
     assert gaps[-1] >= gaps[0] * 1.5  # the wait grows
     assert "waiting" not in status(site)
     assert sorted(server.recipients()) == sorted(MEMBERS)

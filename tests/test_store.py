@@ -4,7 +4,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from sqlalchemy import inspect, Connection, select, text
+from sqlalchemy import Connection, inspect, select, text
 from sqlalchemy.exc import OperationalError, StatementError
 
 import newsletter.store as store

@@ -439,5 +439,5 @@ def test_config_rejects_an_origin_with_a_path(tmp_path: Path) -> None:
 
     config = tmp_path / "newsletter.toml"
     config.write_text('[signup]\nallowed_origins = ["https://example.net/form"]\n')
-    with pytest.raises(ConfigError, match="signup.allowed_origins"):
+    with pytest.raises(ConfigError, match=r"signup\.allowed_origins"):
         load_settings(config)

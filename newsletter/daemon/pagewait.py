@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import http.client
 import logging
-import socket
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -62,7 +61,7 @@ def fetch_status(url: str) -> Answer:
             return Answer(response.status, f"{response.status} {response.reason}")
     except urllib.error.HTTPError as exc:
         return Answer(exc.code, f"{exc.code} {exc.reason}")
-    except (urllib.error.URLError, http.client.HTTPException, socket.timeout, OSError) as exc:
+    except (TimeoutError, urllib.error.URLError, http.client.HTTPException, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         return Answer(None, f"no answer ({reason})")
 
