@@ -57,8 +57,7 @@ def _page(
         address=_masked(fresh.email),
         choices=flow.choices(state.engine, settings, fresh.id),
         locked=fresh.suppressed and not flow.self_suppressed(fresh),
-        saved=None,
-        **extra,
+        **{"saved": None, **extra},
     )
 
 
