@@ -160,3 +160,37 @@ def test_subscribers_show_prints_the_consent_history(client: TestClient, store: 
     assert [e["source"] for e in data["history"]] == ["preferences", "preferences", "cli"]
     missing = runner.invoke(main, ["--config", config, "subscribers", "show", "no@example.com"])
     assert missing.exit_code == 1
+
+
+def test_every_email_footer_links_to_this_readers_preferences(
+    client: TestClient, store: Store
+) -> None:
+    import re
+    from email import message_from_bytes, policy
+
+    hal = store.add("hal@example.com", "letters")
+    ivo = store.add("ivo@example.com", "letters")
+    sent = store.send("tending-a-winter-allotment")
+    links: dict[str, str] = {}
+    for item in sent.outbox:
+        message = message_from_bytes(item.message, policy=policy.default)
+        text = message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+        html = message.get_body(("html",)).get_content()  # type: ignore[union-attr]
+        found = re.search(rf"Preferences: {APP}(/preferences/[A-Za-z0-9_-]+)", text)
+        assert found, text
+        assert re.search(rf'href="{APP}{found.group(1)}"[^>]*>Preferences</a>', html)
+        links[item.recipient] = found.group(1)
+    assert set(links) == {"hal@example.com", "ivo@example.com"}
+    assert links["hal@example.com"] != links["ivo@example.com"]  # per subscriber
+    assert "h•••@example.com" in client.get(links["hal@example.com"]).text
+    client.post(links["ivo@example.com"], data={})
+    assert store.mailable(hal) and not store.mailable(ivo)
+
+
+def test_no_preferences_link_without_public_lists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plain = make_store(copy_site(tmp_path, monkeypatch))  # the fixture: no public lists
+    plain.add("jan@example.com", "letters")
+    [item] = plain.send("tending-a-winter-allotment").outbox
+    assert b"Preferences" not in item.message and b"NLPH0" not in item.message

@@ -37,6 +37,7 @@ PLACEHOLDERS = {
     "email": "NLPH0EMAIL0NLPH",
     "name": "NLPH0NAME0NLPH",
     "unsubscribe_url": "NLPH0UNSUBSCRIBE0NLPH",
+    "preferences_url": "NLPH0PREFERENCES0NLPH",
 }
 
 # Gmail clips a message whose HTML exceeds ~102 KB behind "View entire message",
@@ -74,6 +75,7 @@ class RecipientFields:
     email: str = PLACEHOLDERS["email"]
     name: str = PLACEHOLDERS["name"]
     unsubscribe_url: str = PLACEHOLDERS["unsubscribe_url"]
+    preferences_url: str = PLACEHOLDERS["preferences_url"]
 
 
 @dataclass(frozen=True)
@@ -258,6 +260,8 @@ def _common_context(settings: Settings, mailing_list: ListSettings) -> dict[str,
         "settings": settings,
         "recipient": recipient,
         "unsubscribe_url": recipient.unsubscribe_url,
+        # A preferences link only when readers have public lists to choose from.
+        "preferences_url": recipient.preferences_url if settings.public_lists else None,
         "lang": "en",
         "preheader_padding": _PREHEADER_PADDING,
     }
