@@ -15,8 +15,8 @@ from collections.abc import Callable
 from newsletter.config import Settings
 from newsletter.delivery.report import DeliveryReport, envelope_sender
 from newsletter.delivery.transports import ConnectError, SendResult, Transport, make_transport
-from newsletter.email.message import MessageTemplate, Recipient
 from newsletter.email.linktokens import make_preferences_token, preferences_url
+from newsletter.email.message import MessageTemplate, Recipient
 from newsletter.email.tokens import load_secret, make_token, unsubscribe_url
 from newsletter.errors import DeliveryError
 from newsletter.posts.collection import Post, PostCollection
