@@ -221,10 +221,10 @@ def _resubscribe(engine: Engine, target: Target) -> None:
     try:
         with engine.begin() as conn:
             if target.list_name is not None:
-                subs.resubscribe(conn, sid, target.list_name)
+                subs.resubscribe(conn, sid, target.list_name, source="one-click")
                 return
             left_before = [n for n, at in subs.membership_lists(conn, sid).items() if at]
-            subs.resubscribe(conn, sid, None)
+            subs.resubscribe(conn, sid, None, source="one-click")
             for name in left_before:
                 subs.unsubscribe(conn, sid, name, reason="kept after undo")
     except SQLAlchemyError as exc:

@@ -21,6 +21,7 @@ import logging
 from typing import Any
 from urllib.parse import urlsplit
 
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
@@ -201,9 +202,12 @@ async def subscribe(request: Request) -> Response:
         return _refused(
             request, settings, as_json, cors, message, 400, given_email=email, given_name=name
         )
+    answer = _sent(request, settings, as_json, cors)
     if pending is not None:
-        await run_in_threadpool(_send_confirmation, request, pending)
-    return _sent(request, settings, as_json, cors)
+        # After the answer has gone: how long sending takes must not tell
+        # the requester whether the address needed a confirmation.
+        answer.background = BackgroundTask(_send_confirmation, request, pending)
+    return answer
 
 
 def _check_origin(request: Request, settings: Settings, as_json: bool) -> Response | None:
