@@ -155,10 +155,30 @@ def test_signup_confirm_and_preferences_without_javascript(
     page.get_by_label("Lantern Notes letters").uncheck()
     page.get_by_role("button", name="Save").click()
     page.locator("#saved").wait_for()
-    assert "Left: letters." in page.locator("#saved").inner_text()
+    assert "Left: Lantern Notes letters." in page.locator("#saved").inner_text()
     assert not store.mailable(row, "letters") and store.mailable(row, "garden")
     page.screenshot(path=str(ARTIFACTS / f"readers-{size}-preferences.png"), full_page=True)
     # Nothing on these pages overflows a phone's width.
     assert page.evaluate("document.documentElement.scrollWidth") <= SIZES[size]["width"]
+    assert problems == []
+    page.context.close()
+
+
+@pytest.mark.parametrize("size", ["375", "desktop"])
+def test_the_apps_own_signup_page_posts_to_itself(
+    browser: Any, readers: tuple[Store, RunningServer, str, MemoryTransport], size: str
+) -> None:
+    store, running, _blog, outbox = readers
+    assert subs.get_by_email(store.engine, "sam@example.com") is None
+    problems: list[str] = []
+    page = new_page(browser, size, problems)
+    page.goto(f"{running.url}/subscribe")
+    page.screenshot(path=str(ARTIFACTS / f"readers-{size}-subscribe-page.png"), full_page=True)
+    page.get_by_label("Email address").fill("sam@example.com")
+    page.get_by_role("button", name="Subscribe").click()
+    page.locator("#sent").wait_for()
+    assert [m.recipient for m in outbox.outbox] == ["sam@example.com"]
+    sam = subs.get_by_email(store.engine, "sam@example.com")
+    assert sam is not None and sam.status == "pending"
     assert problems == []
     page.context.close()

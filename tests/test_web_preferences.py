@@ -62,7 +62,7 @@ def test_post_joins_and_leaves_and_is_recorded(client: TestClient, store: Store)
     store.add("bo@example.com", "staff")
     saved = client.post(url(store, bo), data={"list": ["garden"]})
     assert saved.status_code == 200
-    assert "Joined: garden. Left: letters." in saved.text
+    assert "Joined: Lantern Notes: garden posts. Left: Lantern Notes letters." in saved.text
     assert boxes(saved.text) == {"letters": False, "garden": True}
     assert store.mailable(bo, "garden") and not store.mailable(bo, "letters")
     assert store.mailable(bo, "staff")  # lists not on the page are left alone

@@ -100,7 +100,9 @@ async def preferences_save(request: Request) -> Response:
         joined, left = await run_in_threadpool(
             flow.set_preferences, state.engine, state.settings, person.id, wanted, utcnow()
         )
-        return _page(request, person, saved=(tuple(joined), tuple(left)))
+        titles = state.settings.lists
+        saved = (tuple(titles[n].title for n in joined), tuple(titles[n].title for n in left))
+        return _page(request, person, saved=saved)
     except SubscriberError:
         return _invalid()
     except StoreError:
