@@ -53,7 +53,8 @@ def test_the_page_shows_public_lists_with_membership(client: TestClient, store: 
     assert boxes(page.text) == {"letters": True, "garden": False}  # staff is not public
     assert "a•••@example.com" in page.text and "ana@example.com" not in page.text
     assert page.headers["cache-control"] == "no-store"
-    assert page.headers["referrer-policy"] == "no-referrer"
+    assert page.headers["referrer-policy"] == "same-origin"
+    assert "script-src 'none'" in page.headers["content-security-policy"]
     assert "<script" not in page.text
 
 
@@ -194,3 +195,16 @@ def test_no_preferences_link_without_public_lists(
     plain.add("jan@example.com", "letters")
     [item] = plain.send("tending-a-winter-allotment").outbox
     assert b"Preferences" not in item.message and b"NLPH0" not in item.message
+
+
+def test_one_click_and_its_undo_are_in_the_consent_record(client: TestClient, store: Store) -> None:
+    kim = store.add("kim@example.com", "letters")
+    url = f"/unsubscribe/{store.token(kim)}"
+    assert client.post(url, data={"List-Unsubscribe": "One-Click"}).status_code == 200
+    assert client.post(f"{url}/undo", headers={"Origin": APP}).status_code == 200
+    assert store.mailable(kim)
+    events = [(e.action, e.source, e.list_name, e.detail) for e in history(store.engine, kim.id)]
+    assert events == [
+        ("unsubscribe", "one-click", "letters", "one-click (RFC 8058)"),
+        ("resubscribe", "one-click", "letters", "undo"),
+    ]

@@ -25,9 +25,15 @@ from newsletter.audience import signup as flow
 from newsletter.config import Settings, utcnow
 from newsletter.email.linktokens import verify_preferences_token
 from newsletter.errors import StoreError, SubscriberError
-from newsletter.web.pages import PRIVATE_HEADERS, page
+from newsletter.web.pages import PRIVATE_HEADERS, PUBLIC_CSP
+from newsletter.web.pages import page as _any_page
 
 MAX_BODY = 16 * 1024
+
+
+def page(name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+    """A public page: no script at all, never framed (PUBLIC_CSP)."""
+    return _any_page(name, status_code, csp=PUBLIC_CSP, **context)
 
 
 def _masked(email: str) -> str:

@@ -41,7 +41,8 @@ from newsletter.email.linktokens import (
 )
 from newsletter.email.notices import build_notice
 from newsletter.errors import NewsletterError, StoreError, SubscriberError
-from newsletter.web.pages import PRIVATE_HEADERS, page
+from newsletter.web.pages import PRIVATE_HEADERS, PUBLIC_CSP
+from newsletter.web.pages import page as _any_page
 
 log = logging.getLogger("newsletter.web")
 
@@ -51,6 +52,11 @@ SENT_MESSAGE = (
     "Thanks! If the address can be subscribed, a confirmation email is on its way: "
     "open the link in it to finish."
 )
+
+
+def page(name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+    """A public page: no script at all, never framed (PUBLIC_CSP)."""
+    return _any_page(name, status_code, csp=PUBLIC_CSP, **context)
 
 
 def _state(request: Request) -> Any:
