@@ -291,6 +291,10 @@ def status_cmd(ctx: click.Context, as_json: bool) -> None:
 def _state_text(s: MailingSummary) -> str:
     if s.state == "paused" and s.paused_until is not None:
         return f"paused until {s.paused_until.isoformat(timespec='seconds')}"
+    if s.state == "waiting":
+        return "waiting for the page"
+    if s.state == "held":
+        return "held (the page never went live)"
     return s.state
 
 

@@ -6,6 +6,8 @@
     GET  /unsubscribe/               where the archive's unsubscribe link goes
     GET  /archive/ , /archive/<post> every sent email as a web page
     GET  /healthz                    liveness and database check
+    /subscribe, /confirm/<token>     double opt-in signup (`signup`)
+    /preferences/<token>             a reader's lists (`preferences`)
 
 Every bad token (forged, truncated, for a deleted subscriber or list) gets the
 same 404 page, so the answer never says whether an address is subscribed.
@@ -38,6 +40,8 @@ from newsletter.posts.collection import PostCollection
 from newsletter.store import open_store, reading
 from newsletter.web.archive import list_for, neutral_html, sent_posts
 from newsletter.web.pages import PRIVATE_HEADERS, PUBLIC_CSP, NoSniffMiddleware, page
+from newsletter.web.preferences import preferences_routes
+from newsletter.web.signup import signup_routes
 from newsletter.web.site import Site
 
 ONE_CLICK = "One-Click"
@@ -339,6 +343,9 @@ def create_public_app(
         Route("/unsubscribe/{token}/undo", undo, methods=["POST"]),
         Route("/archive/", archive_index),
         Route("/archive/{post_id:path}", archive_post),
+        # Readers' own pages (signup, confirm, preferences) live in their modules.
+        *signup_routes(),
+        *preferences_routes(),
     ]
     app = Starlette(routes=routes)
     app.add_middleware(NoSniffMiddleware)
