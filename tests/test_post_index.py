@@ -326,7 +326,9 @@ def test_a_sent_post_edited_and_redated_through_the_index_is_not_sent_again(
 ) -> None:
     """Invariant 1 with a warm index: the edit is seen, the identity is kept."""
     monkeypatch.chdir(blog.root)  # the outbox folder is relative to it
-    blog.configure('\n[schedule]\nsince = "2020-01-01"\n[delivery]\ntransport = "maildir"')
+    # (wait_for_page off: these pages are not online to wait for)
+    schedule = '[schedule]\nsince = "2020-01-01"\nwait_for_page = false'
+    blog.configure(f'\n{schedule}\n[delivery]\ntransport = "maildir"')
     runner = CliRunner()
     add = [*blog.cli, "subscribers", "add", "reader@example.com", "--list", "main"]
     assert runner.invoke(main, add).exit_code == 0

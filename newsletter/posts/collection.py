@@ -99,7 +99,9 @@ class PostCollection:
         """The post whose id is exactly `post_id` (None when none or several);
         `whole=False`: as listed, without building its HTML (for a listing)."""
         found = lookup.with_id(self.posts, post_id)
-        return None if found is None or not whole else self._whole(found)
+        if found is None or not whole:
+            return found
+        return self._whole(found)
 
     def _whole(self, post: Post) -> Post:
         return post if self.complete is None else self.complete(post)
