@@ -12,7 +12,7 @@ from newsletter.errors import SubscriberError
     "address",
     [
         "a" * 65 + "@example.com",  # dot-atom, takes the fast path's fallback
-        "a" * 60 + "+tag@example.com",
+        "a" * 61 + "+tag@example.com",
         "a" * 30 + "." + "b" * 34 + "@example.org",
     ],
 )
