@@ -153,12 +153,15 @@ def run_once(
     *,
     transport: Transport | None = None,
     progress: MailingProgress | None = None,
+    stop: threading.Event | None = None,
 ) -> PassReport:
-    """`run --once`: take the lock, one full pass, release."""
+    """`run --once`: take the lock, one full pass, release.
+
+    `stop` set (a SIGTERM) ends the pass after the messages in flight."""
     lock = DaemonLock(engine, db=settings.database.url)
     lock.acquire()
     try:
-        return run_pass(settings, engine, transport=transport, progress=progress)
+        return run_pass(settings, engine, transport=transport, progress=progress, stop=stop)
     finally:
         lock.release()
 
@@ -182,6 +185,7 @@ class Daemon:
         watch: bool = True,
         punctual: bool = True,
         clock: Clock = utcnow,
+        stop_event: threading.Event | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
@@ -189,7 +193,8 @@ class Daemon:
         self.watch = watch
         self.punctual = punctual  # False: scan interval only (the latency baseline)
         self.clock = clock
-        self.stop_event = threading.Event()
+        # The CLI passes the event a SIGTERM sets from process start-up on.
+        self.stop_event = stop_event if stop_event is not None else threading.Event()
         self.lock = DaemonLock(engine, clock=clock, db=settings.database.url)
         self.scheduler: Any = None
         self.passes = 0
@@ -263,6 +268,9 @@ class Daemon:
             sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)
         }
         try:
+            if self.stop_event.is_set():  # a SIGTERM during start-up: never start
+                log.info("stopped before starting", extra={"event": "stopped"})
+                return
             self.start()
             while not self.stop_event.wait(0.5):
                 pass

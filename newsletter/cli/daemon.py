@@ -10,6 +10,7 @@ from typing import Any
 import click
 from sqlalchemy import Engine
 
+from newsletter import shutdown
 from newsletter.cli import emit_json, handle_errors, json_option, settings_of
 from newsletter.config import Settings
 from newsletter.errors import TransportError
@@ -69,18 +70,19 @@ def run(
     With --once it does one pass and prints a summary: for cron or a systemd
     timer.  Posts dated before [schedule] since are never sent.
     """
+    stop = shutdown.stop_event()  # set by a SIGTERM from start-up on
     settings = settings_of(ctx)
     handler = setup_logging(json_lines=log_json)
     try:
         engine = open_store(settings)
-        if sync_first:
+        if sync_first and not stop.is_set():
             _sync_lists(settings, engine, quiet=as_json)
         if not once:
-            with _public_server(settings, enabled=serve):
-                Daemon(settings, engine, watch=not no_watch).serve_forever()
+            with _public_server(settings, enabled=serve and not stop.is_set()):
+                Daemon(settings, engine, watch=not no_watch, stop_event=stop).serve_forever()
             return
         with _progress_bar(enabled=sys.stdout.isatty() and not as_json) as progress:
-            report = run_once(settings, engine, progress=progress)
+            report = run_once(settings, engine, progress=progress, stop=stop)
     finally:
         remove_logging(handler)
     for problem in report.problems:

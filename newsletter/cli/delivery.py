@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from newsletter import shutdown
 from newsletter.cli import emit_json, handle_errors, json_option, settings_of
 from newsletter.config import Settings
 from newsletter.delivery import (
@@ -65,16 +66,20 @@ def send_cmd(
     Safe to interrupt or kill: running it again finishes the mailing without
     sending twice. Once a mailing is done, sending again needs --resend.
     """
+    stop = shutdown.stop_event()  # set by a SIGTERM from start-up on
     settings = settings_of(ctx)
     settings.get_list(list_name)
     posts = load_posts(settings)
     post = posts.find(post_ref)
+    if stop.is_set():
+        click.echo("stopped before sending anything", err=True)
+        return
     if tests:
         _send_tests(settings, post, list_name, tests, as_json)
     elif dry_run:
         _dry_run(settings, post, list_name, resend, verbose, as_json)
     else:
-        _send(settings, post, posts, list_name, resend, wait, as_json)
+        _send(settings, post, posts, list_name, resend, wait, as_json, stop)
 
 
 def _send_tests(
@@ -123,6 +128,7 @@ def _send(
     resend: bool,
     wait: float,
     as_json: bool,
+    stop: threading.Event,
 ) -> None:
     from newsletter.store import open_store, reading
     from newsletter.store.mailings import latest_mailing
@@ -141,7 +147,6 @@ def _send(
     mailing_id = plan_mailing(
         engine, settings, post.post_id, list_name, subject=post.title, resend=resend
     )
-    stop = threading.Event()
     with _stop_on_signals(stop), _progress(enabled=sys.stdout.isatty() and not as_json) as bar:
         report = deliver_mailing(
             engine, settings, mailing_id, posts, progress=bar, wait=wait, stop=stop
