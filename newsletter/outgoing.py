@@ -12,13 +12,15 @@ import re
 import time
 from collections.abc import Callable
 
+from sqlalchemy import Engine
+
 from newsletter.config import Settings
 from newsletter.delivery import DeliveryReport, envelope_sender
 from newsletter.errors import DeliveryError
 from newsletter.message import MessageTemplate, Recipient
 from newsletter.posts import Post, PostCollection
 from newsletter.store import mailings as q
-from newsletter.tokens import load_secret, make_token, unsubscribe_url
+from newsletter.tokens import checked_secret, load_secret, make_token, unsubscribe_url
 from newsletter.transports import ConnectError, SendResult, Transport, make_transport
 
 _MESSAGE_ID = re.compile(rb"^Message-ID:[ \t]*(<[^>\r\n]+>)", re.IGNORECASE | re.MULTILINE)
@@ -71,13 +73,14 @@ class _Context:
         mailing: q.MailingRow,
         template: MessageTemplate,
         signer: Signer | None,
+        engine: Engine,
     ) -> None:
         self.settings = settings
         self.list_name = mailing.list_name
         self.key = str(mailing.id)
         self.template = template
         self.signer = signer
-        self.secret = load_secret(settings)
+        self.secret = checked_secret(settings, engine)
 
     def message(self, row: q.Claimed) -> bytes:
         token = make_token(self.secret, row.uid, self.list_name)

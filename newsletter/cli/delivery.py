@@ -132,6 +132,7 @@ def _send(
 ) -> None:
     from newsletter.store import open_store, reading
     from newsletter.store.mailings import latest_mailing
+    from newsletter.tokens import checked_secret
 
     engine = open_store(settings)
     with reading(engine) as conn:
@@ -144,6 +145,7 @@ def _send(
         else:
             click.echo(f"{message}; nothing sent (use --resend to send it again)")
         return
+    checked_secret(settings, engine)  # before planning: refuse with nothing changed
     mailing_id = plan_mailing(
         engine, settings, post.post_id, list_name, subject=post.title, resend=resend
     )

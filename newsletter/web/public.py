@@ -32,7 +32,7 @@ from newsletter.posts import PostCollection
 from newsletter.render import render_email
 from newsletter.store import open_store, reading
 from newsletter.store import subscribers as subs
-from newsletter.tokens import ALL_LISTS, load_secret, verify_token
+from newsletter.tokens import ALL_LISTS, checked_secret, verify_token
 from newsletter.web.archive import list_for, neutral_html, sent_posts
 from newsletter.web.pages import PRIVATE_HEADERS, page
 from newsletter.web.site import Site
@@ -292,7 +292,8 @@ def create_public_app(
     """The public app; the store and the token secret are opened now, once."""
     engine = engine if engine is not None else open_engine(settings)
     subs.ensure_lists(engine, settings)
-    state = PublicState(settings, engine, secret if secret is not None else load_secret(settings))
+    secret = secret if secret is not None else checked_secret(settings, engine)
+    state = PublicState(settings, engine, secret)
     routes = [
         Route("/healthz", healthz),
         Route("/unsubscribe/", unsubscribe_help),
