@@ -25,6 +25,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -87,11 +88,15 @@ class DaemonLock:
         try:
             with self.engine.begin() as conn:
                 row = conn.execute(
-                    select(state.c.value, state.c.updated_at, state.c.expires_at).where(
-                        state.c.key == LOCK_KEY
-                    )
+                    select(
+                        state.c.value, state.c.updated_at, state.c.expires_at, state.c.number
+                    ).where(state.c.key == LOCK_KEY)
                 ).first()
-                if row is not None and row[0] != self.owner and _holder_alive(row[0], row[2], at):
+                if (
+                    row is not None
+                    and row[0] != self.owner
+                    and _holder_alive(row[0], row[2], at, row[3])
+                ):
                     age = max(0, round((at - row[1]).total_seconds()))
                     raise DaemonBusyError(
                         f"another newsletter daemon ({row[0]}, last heartbeat {age} s ago) "
@@ -106,6 +111,7 @@ class DaemonLock:
                         value=self.owner,
                         updated_at=at,
                         expires_at=at + timedelta(seconds=self.ttl),
+                        number=_started(os.getpid()),
                     )
                 )
         except SQLAlchemyError as exc:
@@ -132,19 +138,37 @@ class DaemonLock:
             log.warning("could not release the daemon lock: %s", exc)
 
 
-def _holder_alive(owner: str, expires_at: datetime | None, at: datetime) -> bool:
-    if expires_at is None or expires_at <= at:
-        return False
+def _holder_alive(
+    owner: str, expires_at: datetime | None, at: datetime, started: float | None = None
+) -> bool:
+    """On this host the pid decides, whatever the heartbeat says: a daemon whose
+    heartbeat waited behind a long write (an import holding SQLite's lock) is
+    still alive.  From another host only a fresh heartbeat says so."""
     host, _, rest = owner.partition(":")
     if host != socket.gethostname():
-        return True
+        return expires_at is not None and expires_at > at
     try:
-        os.kill(int(rest.split(":")[0]), 0)
+        pid = int(rest.split(":")[0])
+        os.kill(pid, 0)
     except (ValueError, ProcessLookupError):
         return False
     except PermissionError:
         return True
-    return True
+    # The pid may have been reused since: compare when it started.
+    now_started = _started(pid)
+    return started is None or now_started is None or now_started == started
+
+
+def _started(pid: int) -> float | None:
+    """The process's start time (clock ticks after boot, /proc/<pid>/stat field 22)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return None
+    try:  # the command name (field 2) may hold spaces and parentheses
+        return float(stat.rsplit(")", 1)[1].split()[19])
+    except (IndexError, ValueError):
+        return None
 
 
 def run_once(
@@ -198,6 +222,7 @@ class Daemon:
         self.lock = DaemonLock(engine, clock=clock, db=settings.database.url)
         self.scheduler: Any = None
         self.passes = 0
+        self.lost_lock = False  # set when another process took the lock: exit non-zero
         self.outage = OutageLog()
         self._running = threading.Lock()  # held by the pass in progress
         self._seen_problems: set[str] = set()
@@ -333,6 +358,7 @@ class Daemon:
                     "the daemon lock was taken by another process; stopping",
                     extra={"event": "lock-lost"},
                 )
+                self.lost_lock = True
                 self.stop_event.set()
         except SQLAlchemyError as exc:
             log.warning("heartbeat failed: %s", exc)

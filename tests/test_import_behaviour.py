@@ -22,6 +22,7 @@ from test_subscribers_common import (
 )
 
 import newsletter.importer as importer
+import newsletter.staging as staging
 from newsletter.config import Settings
 from newsletter.errors import ConfigError, SubscriberError
 from newsletter.store import open_url
@@ -97,7 +98,9 @@ def test_duplicates_across_chunks_merge_the_same_way(
     x = seen(engine, "x@example.com")
     assert (x.name, x.status) == ("First", "unsubscribed")
     again = run_import(engine, settings, path)
-    assert (again.unchanged, again.updated, again.duplicates, again.kept_suppressed) == (2, 0, 2, 1)
+    # The file's rows for x merge first (unsubscribed wins), so x is unchanged,
+    # exactly as when every row is in one chunk.
+    assert (again.unchanged, again.updated, again.duplicates, again.kept_suppressed) == (3, 0, 2, 0)
 
 
 def test_reimport_counts_new_updated_unchanged(
@@ -197,7 +200,8 @@ def test_unknown_list_touches_nothing(engine: Engine, settings: Settings) -> Non
 def test_error_mid_file_rolls_back_everything(
     engine: Engine, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Fault injection: the third chunk's write fails; the first two must vanish."""
+    """Fault injection, classic path (sync, and an import whose plan went stale):
+    the third chunk's write fails; the first two must vanish."""
     monkeypatch.setattr(importer, "CHUNK_ROWS", 10)
     path = write(
         tmp_path / "big.csv", "email\n" + "".join(f"u{i}@example.com\n" for i in range(50))
@@ -211,10 +215,36 @@ def test_error_mid_file_rolls_back_everything(
             raise SubscriberError("disk on fire")
         real_write(*args)  # type: ignore[arg-type]
 
+    def stale(*_args: object) -> None:
+        raise staging.StaleSnapshot("forced")
+
     monkeypatch.setattr(importer, "_write", failing_write)
+    monkeypatch.setattr(staging, "stage_and_plan", stale)
     with pytest.raises(SubscriberError, match="disk on fire"):
         run_import(engine, settings, path)
     assert count_rows(engine) == (0, 0)
+
+
+def test_error_mid_merge_rolls_back_everything(
+    engine: Engine, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault injection, staged path: the merge fails after the new subscribers
+    were inserted; neither they nor their memberships may remain."""
+    add_subscriber(engine, "before@example.com", "news", name="Before")
+    path = write(
+        tmp_path / "big.csv",
+        "email,name\nbefore@example.com,Renamed\n"
+        + "".join(f"u{i}@example.com,U\n" for i in range(50)),
+    )
+
+    def failing(*_args: object) -> int:
+        raise SubscriberError("disk on fire")
+
+    monkeypatch.setattr(staging, "_apply_changes", failing)
+    with pytest.raises(SubscriberError, match="disk on fire"):
+        run_import(engine, settings, path)
+    assert count_rows(engine) == (1, 1)
+    assert seen(engine, "before@example.com").name == "Before"
 
 
 KILL_CHILD = """
@@ -223,25 +253,23 @@ from pathlib import Path
 from newsletter.config import ListSettings, Settings
 from newsletter.store import open_url
 from newsletter.subscribers import import_file
-import newsletter.importer as importer
+import newsletter.staging as staging
 
 settings = Settings(lists={"news": ListSettings("news", "News")})
 engine = open_url(sys.argv[1])
-writes = 0
-real_write = importer._write
+phase = sys.argv[3]
+def stalled_changes(conn, stamp):
+    # Inside the merge transaction, after the new subscribers went in.
+    print("mid-import merge", flush=True)
+    time.sleep(60)
 
-def counting_write(*args):
-    global writes
-    real_write(*args)
-    writes += 1
-
-importer._write = counting_write
+if phase == "merge":
+    staging._apply_changes = stalled_changes
 
 def progress(done, total):
-    # Progress comes every 8 KB; stop only once three batches of rows have
-    # been written inside the transaction, so that there is something to undo.
-    if writes >= 3:
-        print(f"mid-import {writes}", flush=True)
+    # Progress comes as the file is read (and its rows staged): stop halfway.
+    if phase == "stage" and done > total // 2:
+        print("mid-import stage", flush=True)
         time.sleep(60)
 
 import_file(engine, settings, Path(sys.argv[2]), "news", progress=progress)
@@ -249,9 +277,10 @@ print("finished", flush=True)
 """
 
 
+@pytest.mark.parametrize("phase", ["stage", "merge"])
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill", "ctrl-c"])
 def test_killed_import_leaves_store_as_it_was(
-    engine: Engine, tmp_path: Path, sig: signal.Signals
+    engine: Engine, tmp_path: Path, sig: signal.Signals, phase: str
 ) -> None:
     add_subscriber(engine, "before@example.com", "news")
     path = tmp_path / "big.csv"
@@ -262,7 +291,7 @@ def test_killed_import_leaves_store_as_it_was(
     url = str(engine.url)
     engine.dispose()
     child = subprocess.Popen(
-        [sys.executable, "-c", KILL_CHILD, url, str(path)],
+        [sys.executable, "-c", KILL_CHILD, url, str(path), phase],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -270,8 +299,8 @@ def test_killed_import_leaves_store_as_it_was(
     )
     try:
         assert child.stdout is not None
-        said, written = child.stdout.readline().split()
-        assert said == "mid-import" and int(written) == 3
+        said, where = child.stdout.readline().split()
+        assert (said, where) == ("mid-import", phase)
         child.send_signal(sig)
         child.wait(timeout=30)
     finally:

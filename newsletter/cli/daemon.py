@@ -17,7 +17,7 @@ from newsletter.errors import TransportError
 from newsletter.logging_setup import remove_logging, setup_logging
 from newsletter.passes import MailingProgress, PassReport
 from newsletter.planning import UpcomingSend
-from newsletter.scheduler import Daemon, run_once
+from newsletter.scheduler import Daemon, DaemonBusyError, run_once
 from newsletter.store import open_store
 from newsletter.subscribers import sync_directory
 
@@ -78,8 +78,13 @@ def run(
         if sync_first and not stop.is_set():
             _sync_lists(settings, engine, quiet=as_json)
         if not once:
+            daemon = Daemon(settings, engine, watch=not no_watch, stop_event=stop)
             with _public_server(settings, enabled=serve and not stop.is_set()):
-                Daemon(settings, engine, watch=not no_watch, stop_event=stop).serve_forever()
+                daemon.serve_forever()
+            if daemon.lost_lock:  # non-zero, so systemd's Restart=on-failure restarts it
+                raise DaemonBusyError(
+                    "stopped: another process took the daemon lock", key="database.url"
+                )
             return
         with _progress_bar(enabled=sys.stdout.isatty() and not as_json) as progress:
             report = run_once(settings, engine, progress=progress, stop=stop)
