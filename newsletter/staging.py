@@ -63,6 +63,7 @@ from newsletter.importer import (
     _Writes,
 )
 from newsletter.serviceformats import SourceRow
+from newsletter.store import bulk_writes
 from newsletter.store.schema import memberships, subscribers
 
 
@@ -156,7 +157,7 @@ def merge(run: ImportRun, stamp: datetime) -> float:
     conn = run.conn
     raw_stamp = run.raw.time(stamp)
     started = time.perf_counter()
-    with conn.begin():
+    with bulk_writes(conn), conn.begin():
         _check(conn, _insert_new(conn), _count(conn, _new), "a new address appeared")
         _insert_memberships(conn, run.list_id)
         members = _insert_existing_members(conn, run.list_id)
@@ -183,11 +184,15 @@ def drop(conn: Connection) -> None:
 
 
 def _stage_rows(conn: Connection, rows: Iterator[_Incoming]) -> None:
-    statement = insert(_rows)
-    batch: list[dict[str, Any]] = []
-    for seq, row in enumerate(rows):
-        batch.append(
-            {
+    """Every validated row into the TEMP table, through the driver (SQLAlchemy's
+    per-row parameter handling cost more than SQLite's own work here)."""
+    compiled = insert(_rows).compile(dialect=conn.dialect)
+    names = list(compiled.positiontup or ())
+    cursor = conn.connection.cursor()
+    try:
+        batch: list[tuple[Any, ...]] = []
+        for seq, row in enumerate(rows):
+            values = {
                 "seq": seq,
                 "key": row.key,
                 "email": row.email,
@@ -198,36 +203,57 @@ def _stage_rows(conn: Connection, rows: Iterator[_Incoming]) -> None:
                 "attributes": json.dumps(row.attributes) if row.attributes else None,
                 "since": row.subscribed_at.isoformat() if row.subscribed_at else None,
             }
-        )
-        if len(batch) >= CHUNK_ROWS:
-            conn.execute(statement, batch)
-            batch = []
-    if batch:
-        conn.execute(statement, batch)
+            batch.append(tuple(values[n] for n in names))
+            if len(batch) >= CHUNK_ROWS:
+                cursor.executemany(compiled.string, batch)
+                batch = []
+        if batch:
+            cursor.executemany(compiled.string, batch)
+    finally:
+        cursor.close()
+
+
+def _insert_many(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
+    """executemany through the driver: the values are already the driver's."""
+    compiled = insert(table).compile(dialect=conn.dialect, column_keys=list(rows[0]))
+    names = list(compiled.positiontup or ())
+    cursor = conn.connection.cursor()
+    try:
+        cursor.executemany(compiled.string, [tuple(r[n] for n in names) for r in rows])
+    finally:
+        cursor.close()
 
 
 def _merged(conn: Connection, run: ImportRun) -> Iterator[_Incoming]:
     """One row per address, in address order: a file's duplicates merged in file order."""
-    query = select(_rows).order_by(_rows.c.key, _rows.c.seq).execution_options(yield_per=5000)
+    columns = (_rows.c.email, _rows.c.key, _rows.c.line, _rows.c.name, _rows.c.status,
+               _rows.c.reason, _rows.c.attributes, _rows.c.since)  # fmt: skip
+    query = select(*columns).order_by(_rows.c.key, _rows.c.seq).compile(dialect=conn.dialect)
+    cursor = conn.connection.cursor()
     current: _Incoming | None = None
-    for r in conn.execute(query):
-        row = _Incoming(
-            r.email,
-            r.key,
-            r.line,
-            r.name,
-            r.status,
-            r.reason,
-            json.loads(r.attributes) if r.attributes else {},
-            datetime.fromisoformat(r.since) if r.since else None,
-        )
-        if current is not None and current.key == row.key:
-            current.merge(row)
-            run.counts.duplicates += 1
-            continue
-        if current is not None:
-            yield current
-        current = row
+    try:
+        cursor.execute(query.string)
+        while batch := cursor.fetchmany(CHUNK_ROWS):
+            for email, key, line, name, status, reason, attributes, since in batch:
+                row = _Incoming(
+                    email,
+                    key,
+                    line,
+                    name,
+                    status,
+                    reason,
+                    json.loads(attributes) if attributes else {},
+                    datetime.fromisoformat(since) if since else None,
+                )
+                if current is not None and current.key == key:
+                    current.merge(row)
+                    run.counts.duplicates += 1
+                    continue
+                if current is not None:
+                    yield current
+                current = row
+    finally:
+        cursor.close()
     if current is not None:
         yield current
 
@@ -256,8 +282,9 @@ class _StageWriter:
         conn, raw = run.conn, run.raw
         if writes.new_subscribers:
             since = dict(writes.new_members)
-            conn.execute(
-                insert(_new),
+            _insert_many(
+                conn,
+                _new,
                 [
                     {
                         "email_key": n["email_key"],
@@ -274,8 +301,9 @@ class _StageWriter:
                 ],
             )
         if writes.members:
-            conn.execute(
-                insert(_members),
+            _insert_many(
+                conn,
+                _members,
                 [
                     {"subscriber_id": m["subscriber_id"], "since": raw.time(m["created_at"])}
                     for m in writes.members
@@ -284,8 +312,9 @@ class _StageWriter:
         changes = [(u, 1) for u in writes.status_updates]
         changes += [(u, 0) for u in writes.detail_updates]
         if changes:
-            conn.execute(
-                insert(_changes),
+            _insert_many(
+                conn,
+                _changes,
                 [
                     {
                         "id": u["b_id"],

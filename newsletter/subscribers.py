@@ -48,6 +48,11 @@ from newsletter.store.subscribers import (
 
 log = logging.getLogger(__name__)
 
+# Where an import stages first and merges quickly (newsletter.staging): SQLite
+# has one writer at a time, so a long import transaction would stop every
+# other writer (the daemon's heartbeat, unsubscribes) for its whole run.
+STAGED_DIALECTS: tuple[str, ...] = ("sqlite",)
+
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
 
 
@@ -85,7 +90,7 @@ def import_file(
     settings.get_list(list_name)  # a clear "unknown list" before touching anything
     total = source_size(path) if path.exists() else 0
     tick = (lambda done: progress(done, total)) if progress else None
-    if engine.dialect.name == "sqlite":  # one writer at a time: keep the lock short
+    if engine.dialect.name in STAGED_DIALECTS:
         try:
             return _staged_import(
                 engine, settings, path, list_name, fmt, dry_run, resubscribe, tick

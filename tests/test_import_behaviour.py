@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -468,3 +469,60 @@ def test_touched_bitmap() -> None:
         touched.add(sid)
     assert all(s in touched for s in (1, 7, 8, 1_000_003))
     assert not any(s in touched for s in (0, 2, 9, 1_000_002, 5_000_000))
+
+
+# --------------------------------------------------------------------------- staged import
+
+
+def test_a_staged_import_holds_the_write_lock_only_to_merge(
+    engine: Engine, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While rows are staged and planned, another process may write."""
+    path = write(tmp_path / "f.csv", "email\n" + "".join(f"u{i}@example.com\n" for i in range(30)))
+    real_plan = staging.stage_and_plan
+    other_wrote: list[str] = []
+
+    def plan_then_let_another_write(run: importer.ImportRun, source: object) -> None:
+        real_plan(run, source)  # type: ignore[arg-type]
+        # Still inside phase 1's transaction: a writer that must not wait for it
+        # (timeout=0: "database is locked" at once if the import held the lock).
+        contender = sqlite3.connect(str(engine.url.database), timeout=0, isolation_level=None)
+        contender.execute("BEGIN IMMEDIATE")
+        contender.execute("UPDATE lists SET title = 'Renamed meanwhile' WHERE name = 'news'")
+        contender.execute("COMMIT")
+        contender.close()
+        other_wrote.append("yes")
+
+    monkeypatch.setattr(staging, "stage_and_plan", plan_then_let_another_write)
+    counts = run_import(engine, settings, path)
+    assert other_wrote == ["yes"] and counts.new == 30
+    assert counts.write_lock_seconds is not None
+    assert count_rows(engine) == (30, 30)
+
+
+def test_a_change_made_during_the_import_is_never_overwritten(
+    engine: Engine, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The plan went stale (an unsubscribe and a signup while it was made): the
+    merge rolls back and the import runs again in one transaction."""
+    add_subscriber(engine, "old@example.com", "news", name="Old")
+    path = write(tmp_path / "f.csv", "email,name\nold@example.com,Renamed\nnew@example.com,New\n")
+    real_merge = staging.merge
+    stale: list[int] = []
+
+    def racing_merge(run: importer.ImportRun, stamp: object) -> float:
+        old = get_by_email(engine, "old@example.com")
+        assert old is not None
+        unsubscribe(engine, old.id, None, reason="web")
+        add_subscriber(engine, "new@example.com", "news", name="Signed Up")
+        try:
+            return real_merge(run, stamp)  # type: ignore[arg-type]
+        except staging.StaleSnapshot:
+            stale.append(1)
+            raise
+
+    monkeypatch.setattr(staging, "merge", racing_merge)
+    counts = run_import(engine, settings, path)
+    assert stale == [1] and counts.write_lock_seconds is None  # the classic path ran
+    assert seen(engine, "old@example.com").status == "unsubscribed"  # not undone
+    assert counts.kept_suppressed == 1 and count_rows(engine) == (2, 2)
