@@ -56,6 +56,7 @@ class ImportCounts:
     warnings: int = 0
     removed: int = 0  # sync only: left the list because the file no longer has them
     write_lock_seconds: float | None = None  # a staged import's merge (bench/import.py)
+    write_lock_cpu_seconds: float | None = None
     problems: list[Problem] = field(default_factory=list)
     files: list[FileInfo] = field(default_factory=list)
 

@@ -85,7 +85,10 @@ def import_file(
 
     Invalid rows are skipped and reported in `counts.problems`; everything
     else is written in one transaction, so an interrupted import (crash,
-    Ctrl-C, kill) leaves the store exactly as it was.
+    Ctrl-C, kill) leaves the store exactly as it was.  On SQLite the rows are
+    staged and planned first, without the write lock, and that transaction is
+    only the short merge (`newsletter.staging`); if the store changed under
+    the plan, the import runs again the classic way.
     """
     settings.get_list(list_name)  # a clear "unknown list" before touching anything
     total = source_size(path) if path.exists() else 0
@@ -129,7 +132,8 @@ def _staged_import(
                     staging.stage_and_plan(run, source)
                 if not dry_run:
                     conn.execution_options(**{READ_ONLY: False})  # BEGIN IMMEDIATE
-                    run.counts.write_lock_seconds = staging.merge(run, now())
+                    held = staging.merge(run, now())
+                    run.counts.write_lock_seconds, run.counts.write_lock_cpu_seconds = held
             finally:
                 conn.rollback()
                 conn.execution_options(**{READ_ONLY: True})

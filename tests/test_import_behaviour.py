@@ -510,7 +510,7 @@ def test_a_change_made_during_the_import_is_never_overwritten(
     real_merge = staging.merge
     stale: list[int] = []
 
-    def racing_merge(run: importer.ImportRun, stamp: object) -> float:
+    def racing_merge(run: importer.ImportRun, stamp: object) -> tuple[float, float]:
         old = get_by_email(engine, "old@example.com")
         assert old is not None
         unsubscribe(engine, old.id, None, reason="web")
