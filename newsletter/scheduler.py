@@ -46,6 +46,7 @@ from newsletter.passes import (
 )
 from newsletter.posts import POST_SUFFIXES
 from newsletter.store.schema import state
+from newsletter.tokens import checked_secret
 from newsletter.transports import Transport
 
 log = logging.getLogger("newsletter.daemon")
@@ -185,6 +186,7 @@ def run_once(
     lock = DaemonLock(engine, db=settings.database.url)
     lock.acquire()
     try:
+        checked_secret(settings, engine)  # a changed secret: refuse before sending anything
         return run_pass(settings, engine, transport=transport, progress=progress, stop=stop)
     finally:
         lock.release()
@@ -236,6 +238,11 @@ class Daemon:
         from apscheduler.schedulers.background import BackgroundScheduler
 
         self.lock.acquire()
+        try:
+            checked_secret(self.settings, self.engine)  # refuse to start with a changed secret
+        except NewsletterError:
+            self.lock.release()
+            raise
         self.scheduler = BackgroundScheduler(
             timezone=UTC,
             executors={"default": ThreadPoolExecutor(1), "lock": ThreadPoolExecutor(1)},

@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from newsletter.config import Settings
 from newsletter.errors import ConfigError, StoreError
-from newsletter.store import now
+from newsletter.store import now, reading
 from newsletter.store.schema import state
 
 log = logging.getLogger(__name__)
@@ -76,14 +76,16 @@ def checked_secret(settings: Settings, engine: Engine) -> bytes:
     use records the fingerprint."""
     secret = load_secret(settings)
     fingerprint = secret_fingerprint(secret)
+    query = select(state.c.value).where(state.c.key == FINGERPRINT_KEY)
     try:
-        with engine.begin() as conn:
-            stored = conn.scalar(select(state.c.value).where(state.c.key == FINGERPRINT_KEY))
-            if stored is None:
+        with reading(engine) as conn:  # no write lock for the usual case
+            stored = conn.scalar(query)
+        if stored is None:
+            with engine.begin() as conn:
                 conn.execute(
                     state.insert().values(key=FINGERPRINT_KEY, value=fingerprint, updated_at=now())
                 )
-                return secret
+            return secret
     except IntegrityError:  # another process recorded one first: compare with that
         return checked_secret(settings, engine)
     except SQLAlchemyError as exc:

@@ -17,6 +17,7 @@ from sqlalchemy import select
 from newsletter.cli import main
 from newsletter.config import load_settings
 from newsletter.errors import ConfigError
+from newsletter.scheduler import LOCK_KEY, Daemon
 from newsletter.store import open_store
 from newsletter.store import subscribers as subs
 from newsletter.store.schema import state
@@ -76,11 +77,18 @@ def test_a_replaced_secret_file_is_refused_by_send_run_and_serve(
     (sample_site / ".newsletter/secret").write_text("a-new-machine-made-a-new-one")
     code, _out, err = run("send", POST, "--list", "sample", "--resend")
     assert code == 1 and len(err.splitlines()) == 1 and "is not the one" in err
-    code, _out, err = run("run", "--once")
-    assert code == 1 and "is not the one this database's links were made with" in err
+    code, out, err = run("run", "--once")
+    assert code == 1 and out == ""
+    assert err.startswith("error: unsubscribe.secret_env: the unsubscribe secret from ")
+    assert len(err.splitlines()) == 1
     settings = load_settings(sample_site / "newsletter.toml")
     with pytest.raises(ConfigError, match="is not the one"):
         create_public_app(settings)
+    engine = open_store(settings)
+    with pytest.raises(ConfigError, match="is not the one"):
+        Daemon(settings, engine, watch=False).start()
+    with engine.connect() as conn:  # and it did not keep the lock it took to check
+        assert conn.scalar(select(state.c.value).where(state.c.key == LOCK_KEY)) is None
     code, _out, err = run("serve", "--port", "0")
     assert code == 1 and err.startswith("error: unsubscribe.secret_env: the unsubscribe secret")
 
