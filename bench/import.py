@@ -45,7 +45,7 @@ print(n)
 IMPORT = """
 import sys, time
 from pathlib import Path
-import newsletter.subscribers as subs
+import newsletter.audience.subscribers as subs
 from newsletter.config import load_settings
 from newsletter.store import open_store
 if sys.argv[3] == "classic":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from newsletter.addresses import normalise_email
+from newsletter.audience.addresses import normalise_email
 from newsletter.errors import SubscriberError
 
 

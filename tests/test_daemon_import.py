@@ -20,7 +20,7 @@ from pathlib import Path
 from sqlalchemy import Engine, select, update
 from test_daemon_support import Site, engine_of, make_site
 
-from newsletter.scheduler import LOCK_KEY
+from newsletter.daemon.scheduler import LOCK_KEY
 from newsletter.store import reading
 from newsletter.store.schema import state
 

@@ -14,14 +14,14 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
+from newsletter.audience import members as subs
 from newsletter.cli import main
 from newsletter.config import load_settings
+from newsletter.daemon.scheduler import LOCK_KEY, Daemon
+from newsletter.email.tokens import FINGERPRINT_KEY, checked_secret, secret_fingerprint
 from newsletter.errors import ConfigError
-from newsletter.scheduler import LOCK_KEY, Daemon
 from newsletter.store import open_store
-from newsletter.store import subscribers as subs
 from newsletter.store.schema import state
-from newsletter.tokens import FINGERPRINT_KEY, checked_secret, secret_fingerprint
 from newsletter.web.public import create_public_app
 
 POST = "how-sleep-consolidates-memory"

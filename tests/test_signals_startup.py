@@ -22,7 +22,7 @@ import pytest
 from sqlalchemy import select
 from test_daemon_support import add_members, engine_of, make_site
 
-from newsletter.scheduler import LOCK_KEY
+from newsletter.daemon.scheduler import LOCK_KEY
 from newsletter.store.schema import state
 
 DELAYS = (0.05, 0.15, 0.3, 0.6, 1.2, 2.5)

@@ -13,9 +13,9 @@ from typing import Any
 import click
 
 from newsletter import shutdown
-from newsletter.cli import emit_json, handle_errors, json_option, settings_of
+from newsletter.cli.common import emit_json, handle_errors, json_option, settings_of
 from newsletter.config import Settings
-from newsletter.delivery import (
+from newsletter.delivery.mailings import (
     DeliveryReport,
     MailingSummary,
     Progress,
@@ -24,7 +24,8 @@ from newsletter.delivery import (
     plan_mailing,
     send_test,
 )
-from newsletter.posts import Post, load_posts
+from newsletter.posts.collection import Post, load_posts
+from newsletter.posts.lookup import require_published
 
 
 @click.command("send")
@@ -65,6 +66,8 @@ def send_cmd(
 
     Safe to interrupt or kill: running it again finishes the mailing without
     sending twice. Once a mailing is done, sending again needs --resend.
+    POST is a post id or a path; an unpublished post (a draft) goes only to
+    --test addresses.
     """
     stop = shutdown.stop_event()  # set by a SIGTERM from start-up on
     settings = settings_of(ctx)
@@ -76,7 +79,9 @@ def send_cmd(
         return
     if tests:
         _send_tests(settings, post, list_name, tests, as_json)
-    elif dry_run:
+        return
+    require_published(post)  # a draft goes to --test addresses only, never to a list
+    if dry_run:
         _dry_run(settings, post, list_name, resend, verbose, as_json)
     else:
         _send(settings, post, posts, list_name, resend, wait, as_json, stop)
@@ -99,8 +104,8 @@ def _send_tests(
 def _dry_run(
     settings: Settings, post: Post, list_name: str, resend: bool, verbose: bool, as_json: bool
 ) -> None:
+    from newsletter.audience import members as subs
     from newsletter.store import open_store, reading
-    from newsletter.store import subscribers as subs
     from newsletter.store.mailings import latest_mailing, open_recipients
 
     engine = open_store(settings)
@@ -130,9 +135,9 @@ def _send(
     as_json: bool,
     stop: threading.Event,
 ) -> None:
+    from newsletter.email.tokens import checked_secret
     from newsletter.store import open_store, reading
     from newsletter.store.mailings import latest_mailing
-    from newsletter.tokens import checked_secret
 
     engine = open_store(settings)
     with reading(engine) as conn:
@@ -255,19 +260,24 @@ def status_cmd(ctx: click.Context, as_json: bool) -> None:
     then the sends to come (post × list × time), soonest first."""
     from newsletter.cli.daemon import upcoming_json, upcoming_line
     from newsletter.config import utcnow
-    from newsletter.planning import upcoming_sends
-    from newsletter.posts import load_posts
+    from newsletter.daemon.planning import upcoming_sends
+    from newsletter.delivery.bouncebox import bounce_counts_by_mailing
+    from newsletter.posts.collection import load_posts
     from newsletter.store import open_store
 
     settings = settings_of(ctx)
     engine = open_store(settings)
     summaries = mailing_summaries(engine)
+    reports = bounce_counts_by_mailing(engine)
     posts = load_posts(settings, bodies=False)
     upcoming = upcoming_sends(settings, posts, engine, utcnow())
     if as_json:
         emit_json(
             {
-                "mailings": [_summary_dict(s) for s in summaries],
+                "mailings": [
+                    {**_summary_dict(s), "reports": _reports(reports.get(s.mailing_id, {}))}
+                    for s in summaries
+                ],
                 "upcoming": [upcoming_json(u) for u in upcoming],
             }
         )
@@ -275,7 +285,7 @@ def status_cmd(ctx: click.Context, as_json: bool) -> None:
     if not summaries:
         click.echo("no mailings yet")
     for s in summaries:
-        click.echo(_status_line(s))
+        click.echo(_status_line(s) + _reports_text(reports.get(s.mailing_id, {})))
         if s.last_error:
             click.echo(f"    last error: {s.last_error}")
     if upcoming:
@@ -298,6 +308,18 @@ def _status_line(s: MailingSummary) -> str:
         f"#{s.mailing_id} {s.post_id} → {s.list_name}{kind}: {_state_text(s)}; "
         f"{s.total} recipient(s){': ' + counts if counts else ''}"
     )
+
+
+def _reports(counts: dict[str, int]) -> dict[str, int]:
+    """Bounce and complaint reports read back for a mailing (newsletter bounces)."""
+    return {k: counts.get(k, 0) for k in ("hard", "soft", "complaint")}
+
+
+def _reports_text(counts: dict[str, int]) -> str:
+    if not counts:
+        return ""
+    c = _reports(counts)
+    return f"; bounces: {c['hard']} hard, {c['soft']} soft; complaints: {c['complaint']}"
 
 
 def _summary_dict(s: MailingSummary) -> dict[str, Any]:

@@ -20,13 +20,8 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColu
 from rich.table import Table
 from sqlalchemy import Engine
 
-from newsletter.cli import emit_json, handle_errors, json_option, settings_of
-from newsletter.config import Settings
-from newsletter.errors import Problem, SubscriberError
-from newsletter.importer import ImportCounts
-from newsletter.serviceformats import FORMATS
-from newsletter.store import open_store
-from newsletter.store.subscribers import (
+from newsletter.audience.importer import ImportCounts
+from newsletter.audience.members import (
     STATUSES,
     SubscriberRow,
     add_subscriber,
@@ -38,8 +33,13 @@ from newsletter.store.subscribers import (
     resubscribe,
     unsubscribe,
 )
-from newsletter.subscribers import Progress as ProgressFn
-from newsletter.subscribers import export_list, import_file, members, sync_directory
+from newsletter.audience.serviceformats import FORMATS
+from newsletter.audience.subscribers import Progress as ProgressFn
+from newsletter.audience.subscribers import export_list, import_file, members, sync_directory
+from newsletter.cli.common import emit_json, handle_errors, json_option, settings_of
+from newsletter.config import Settings
+from newsletter.errors import Problem, SubscriberError
+from newsletter.store import open_store
 
 PROGRESS_MIN_BYTES = 1 << 20  # a bar for files over 1 MB, when stdout is a terminal
 SHOW_PROBLEMS = 100
@@ -390,11 +390,17 @@ def sync_command(ctx: click.Context, directory: Path | None, dry_run: bool, as_j
 @click.pass_context
 @handle_errors
 def lists_command(ctx: click.Context, as_json: bool) -> None:
-    """Show each list with its title and members counted by status."""
+    """Show each list with its title, members counted by status, and the
+    bounce and complaint reports read back for its mailings."""
+    from newsletter.delivery.bouncebox import bounce_counts_by_list
+
     settings = settings_of(ctx)
     engine = open_store(settings)
     ensure_lists(engine, settings)
     found = [c for c in list_counts(engine) if c.name in settings.lists]
+    # Reports read back by `newsletter bounces`, over the list's mailings.
+    reports = bounce_counts_by_list(engine)
+    kinds = {"hard": "hard bounces", "soft": "soft bounces", "complaint": "complaints"}
     if as_json:
         emit_json(
             [
@@ -402,6 +408,7 @@ def lists_command(ctx: click.Context, as_json: bool) -> None:
                     "name": c.name,
                     "title": c.title,
                     "counts": {s: c.counts.get(s, 0) for s in STATUSES},
+                    "reports": {k: reports.get(c.name, {}).get(k, 0) for k in kinds},
                 }
                 for c in found
             ]
@@ -413,6 +420,11 @@ def lists_command(ctx: click.Context, as_json: bool) -> None:
     for c in found:
         table.add_row(c.name, c.title, *(str(c.counts.get(s, 0)) for s in STATUSES))
     Console(soft_wrap=True).print(table)
+    for c in found:
+        got = reports.get(c.name)
+        if got:
+            counts = ", ".join(f"{got.get(k, 0)} {label}" for k, label in kinds.items())
+            click.echo(f"{c.name}: reports read back: {counts}")
 
 
 def register(group: click.Group) -> None:

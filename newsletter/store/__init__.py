@@ -4,8 +4,11 @@
 The SQLite-specific bits (WAL, foreign keys, busy timeout) live in
 `_sqlite_pragmas` and nowhere else, so PostgreSQL can follow.
 
-Queries live beside the schema: `store.subscribers` (subscribers, lists,
-memberships) and `store.mailings` (mailings, deliveries).
+The bottom of the pipeline: it may import only `newsletter.config` and
+`newsletter.errors`.  Modules: `schema` (the tables), `mailings` (mailings,
+deliveries, claims), `leases` (lease owners, the daemon lock, state).  The
+queries on subscribers, lists and memberships live with their stage, in
+`newsletter.audience.members`.
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from newsletter.config import Settings
 from newsletter.errors import StoreError
+from newsletter.store.files import private_file
 from newsletter.store.schema import SCHEMA_VERSION, metadata, schema_version
 
-__all__ = ["bulk_writes", "now", "open_store", "open_url"]
+__all__ = ["bulk_writes", "now", "open_store", "open_url", "reading"]
 
 
 def now() -> datetime:
@@ -46,7 +50,9 @@ def open_url(url: str) -> Engine:
     try:
         parsed = make_url(url)
         if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            # Made empty and 0600 before SQLite opens it (SQLite would use
+            # 0644 & ~umask); its -wal and -shm files copy the database's mode.
+            private_file(Path(parsed.database))
         engine = create_engine(url, future=True)
         if engine.dialect.name == "sqlite":
             event.listen(engine, "connect", _sqlite_pragmas)

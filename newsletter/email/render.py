@@ -1,0 +1,467 @@
+"""Post × list → `RenderedEmail`: Jinja2 templates, premailer inlining, text part.
+
+Rendering happens once per mailing (post × list, or a digest × list).
+Per-recipient values are left as the tokens in `PLACEHOLDERS`; `message`
+substitutes them into pre-serialised bytes for each recipient, so a mailing
+to 10,000 people renders once.
+
+Templates come from `[email] templates_dir` when set, file by file falling
+back to the default theme shipped as the package `newsletter.templates`
+(the repository's top-level `templates/`).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.resources
+import logging
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from markupsafe import Markup
+from premailer import Premailer
+
+from newsletter.config import ListSettings, Settings
+from newsletter.email import images
+from newsletter.errors import RenderError, TemplateError
+from newsletter.posts import markup
+from newsletter.posts.collection import Post
+
+# Rendered into the output in place of per-recipient values; ASCII, no
+# characters that HTML escaping, premailer or quoted-printable would change.
+PLACEHOLDERS = {
+    "email": "NLPH0EMAIL0NLPH",
+    "name": "NLPH0NAME0NLPH",
+    "unsubscribe_url": "NLPH0UNSUBSCRIBE0NLPH",
+    "preferences_url": "NLPH0PREFERENCES0NLPH",
+}
+
+# Gmail clips a message whose HTML exceeds ~102 KB behind "View entire message",
+# hiding the footer and its unsubscribe link.
+GMAIL_CLIP_BYTES = 102 * 1024
+DEFAULT_SUBJECT = "{{ post.title }}"
+DEFAULT_DIGEST_SUBJECT = (
+    "{{ list.title }}: {{ posts | length }} new post{{ '' if posts | length == 1 else 's' }}"
+)
+PREHEADER_CHARS = 140
+# Zero-width padding after the preheader stops clients from filling the inbox
+# preview with the body text that follows it.
+_PREHEADER_PADDING = Markup("&#847;&zwnj;&nbsp;" * 30)
+
+_MONTHS = (
+    *("January", "February", "March", "April", "May", "June"),
+    *("July", "August", "September", "October", "November", "December"),
+)
+
+
+@dataclass(frozen=True)
+class RenderedEmail:
+    post_id: str
+    list_name: str
+    subject: str  # one line, plain text
+    html: str  # inlined, with PLACEHOLDERS for per-recipient values
+    text: str  # plain-text part, with PLACEHOLDERS
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RecipientFields:
+    """What a template sees as `recipient`: placeholders until `message` fills them."""
+
+    email: str = PLACEHOLDERS["email"]
+    name: str = PLACEHOLDERS["name"]
+    unsubscribe_url: str = PLACEHOLDERS["unsubscribe_url"]
+    preferences_url: str = PLACEHOLDERS["preferences_url"]
+
+
+@dataclass(frozen=True)
+class Hero:
+    """The lead image: its URL, the alt text of its own, its size when known."""
+
+    src: str
+    alt: str
+    width: int
+    height: int | None
+
+
+@dataclass(frozen=True)
+class DigestItem:
+    post: Post
+    content_html: str
+    content_text: str
+    hero: Hero | None = None
+    reading_minutes: int = 1
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def render_email(post: Post, settings: Settings, mailing_list: ListSettings) -> RenderedEmail:
+    """One post for one list: subject, inlined HTML and text, with placeholders."""
+    env = template_environment(settings.email.templates_dir)
+    full = settings.email.content == "full"
+    content_html = post.body_html if full else post.excerpt_html
+    content_text = markup.html_to_text(content_html) if full else post.excerpt_text
+    post = _with_safe_title(post)
+    context = {
+        **_common_context(settings, mailing_list),
+        "post": post,
+        "content_html": Markup(_images(content_html, settings)),
+        "content_text": content_text,
+        "is_excerpt": not full,
+        "archive_url": archive_url(settings, post.post_id),
+        "hero": _hero(post, settings, images.CONTAINER_WIDTH),
+        "reading_minutes": reading_minutes(post),
+    }
+    subject = render_subject(settings.email.subject or DEFAULT_SUBJECT, env, context)
+    context.update(_intro(post, subject, content_text))
+    html = _render(env, "email.html.j2", context)
+    text = _render(env, "email.txt.j2", context)
+    return _finish(post.post_id, mailing_list.name, subject, html, text)
+
+
+def render_digest(
+    posts: Sequence[Post],
+    settings: Settings,
+    mailing_list: ListSettings,
+    *,
+    subject_template: str = DEFAULT_DIGEST_SUBJECT,
+) -> RenderedEmail:
+    """Several posts (oldest first) in one email, from digest.html.j2 / digest.txt.j2.
+
+    `post_id` of the result is the posts' ids joined with "+", which is stable
+    for the same set of posts.
+    """
+    if not posts:
+        raise RenderError("a digest needs at least one post", key=f"lists.{mailing_list.name}")
+    env = template_environment(settings.email.templates_dir)
+    ordered = [_with_safe_title(p) for p in sorted(posts, key=lambda p: p.date)]
+    items = [
+        DigestItem(
+            p,
+            Markup(_images(p.excerpt_html, settings)),
+            p.excerpt_text,
+            _hero(p, settings, images.CONTENT_WIDTH),
+            reading_minutes(p),
+        )
+        for p in ordered
+    ]
+    context = {
+        **_common_context(settings, mailing_list),
+        "posts": ordered,
+        "items": items,
+        "archive_url": None,
+        "date_range": _date_range(ordered[0].date, ordered[-1].date),
+        "preheader": _preheader(" · ".join(p.title for p in ordered)),
+    }
+    subject = render_subject(subject_template, env, context)
+    html = _render(env, "digest.html.j2", context)
+    text = _render(env, "digest.txt.j2", context)
+    post_id = "+".join(p.post_id for p in ordered)
+    return _finish(post_id, mailing_list.name, subject, html, text)
+
+
+def archive_url(settings: Settings, post_id: str) -> str:
+    """The public "view in browser" page of a post (served by `newsletter serve`)."""
+    return f"{settings.web.public_url.rstrip('/')}/archive/{post_id}"
+
+
+def render_subject(template: str, env: jinja2.Environment, context: dict[str, Any]) -> str:
+    """The `[email] subject` template rendered to one line of plain text.
+
+    CR and LF can never survive (they would start a new header, RFC 5322
+    §2.2); runs of whitespace collapse to one space.
+    """
+    try:
+        raw = _subject_environment(env).from_string(template).render(context)
+    except jinja2.TemplateError as exc:
+        raise TemplateError(
+            f"subject template: {_jinja_message(exc)}", key="email.subject"
+        ) from exc
+    subject = one_line(raw)
+    if not subject:
+        raise TemplateError("the subject template renders to nothing", key="email.subject")
+    return subject
+
+
+def one_line(value: str) -> str:
+    """Collapse every kind of line break and whitespace run to a single space."""
+    return re.sub(r"[\s\x00-\x1f\x7f\u2028\u2029\x85]+", " ", value).strip()
+
+
+# --------------------------------------------------------------------------- templates
+
+
+class ThemeLoader(jinja2.BaseLoader):
+    """Loads the default theme from the installed package `newsletter.templates`."""
+
+    def get_source(
+        self, environment: jinja2.Environment, template: str
+    ) -> tuple[str, str | None, Callable[[], bool] | None]:
+        resource = _theme_files().joinpath(template)
+        if "/" in template or "\\" in template or not resource.is_file():
+            raise jinja2.TemplateNotFound(template)
+        source = resource.read_text(encoding="utf-8")
+        if not isinstance(resource, Path):  # inside a zip: cannot change
+            return source, str(resource), lambda: True
+        # On disk (an editable install): let the preview pick up theme edits.
+        mtime = resource.stat().st_mtime
+
+        def uptodate() -> bool:
+            try:
+                return resource.stat().st_mtime == mtime
+            except OSError:
+                return False
+
+        return source, str(resource), uptodate
+
+
+@functools.lru_cache(maxsize=1)
+def _theme_files() -> Any:
+    """The default theme: the `templates/` beside this package in a source
+    checkout (so each git worktree renders with its own theme even when the
+    editable install points at another checkout), else the installed
+    package `newsletter.templates`."""
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / "pyproject.toml").is_file() and (
+        checkout / "templates" / "_layout.html.j2"
+    ).is_file():
+        return checkout / "templates"
+    return importlib.resources.files("newsletter.templates")
+
+
+@functools.lru_cache(maxsize=8)
+def template_environment(templates_dir: Path | None) -> jinja2.Environment:
+    """One cached Jinja2 environment per templates folder (templates compile once)."""
+    loaders: list[jinja2.BaseLoader] = []
+    if templates_dir is not None:
+        if not templates_dir.is_dir():
+            raise TemplateError(
+                "templates folder not found", path=templates_dir, key="email.templates_dir"
+            )
+        loaders.append(jinja2.FileSystemLoader(str(templates_dir)))
+    loaders.append(ThemeLoader())
+    env = jinja2.Environment(
+        loader=jinja2.ChoiceLoader(loaders),
+        # HTML templates escape by default; the text ones must not (& stays &).
+        autoescape=jinja2.select_autoescape(["html", "htm", "xml", "html.j2"]),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+    )
+    env.filters["long_date"] = long_date
+    return env
+
+
+def _subject_environment(env: jinja2.Environment) -> jinja2.Environment:
+    """The subject is plain text: same filters, no HTML escaping."""
+    return env.overlay(autoescape=False)
+
+
+def long_date(value: datetime) -> str:
+    """`4 November 2024`, independent of the machine's locale."""
+    return f"{value.day} {_MONTHS[value.month - 1]} {value.year}"
+
+
+def _render(env: jinja2.Environment, name: str, context: dict[str, Any]) -> str:
+    try:
+        return env.get_template(name).render(context)
+    except jinja2.TemplateSyntaxError as exc:
+        raise TemplateError(
+            f"template syntax error: {exc.message}", path=exc.filename or name, line=exc.lineno
+        ) from exc
+    except jinja2.TemplateNotFound as exc:
+        raise TemplateError(f"template not found: {exc.name}", key="email.templates_dir") from exc
+    except jinja2.TemplateError as exc:
+        raise TemplateError(_jinja_message(exc), path=_template_path(env, name)) from exc
+
+
+def _template_path(env: jinja2.Environment, name: str) -> str:
+    try:
+        return env.get_template(name).filename or name
+    except jinja2.TemplateError:
+        return name
+
+
+def _jinja_message(exc: jinja2.TemplateError) -> str:
+    return str(exc.message or exc.__class__.__name__)
+
+
+def _common_context(settings: Settings, mailing_list: ListSettings) -> dict[str, Any]:
+    recipient = RecipientFields()
+    lang = settings.site.lang
+    return {
+        "site": settings.site,
+        "list": mailing_list,
+        "settings": settings,
+        "recipient": recipient,
+        "unsubscribe_url": recipient.unsubscribe_url,
+        "preferences_url": (recipient.preferences_url if settings.email.preferences_link else None),
+        "postal_address": one_line(settings.email.postal_address or "") or None,
+        "logo": _logo(settings),
+        "lang": lang,
+        "dir": "rtl" if lang.split("-")[0].lower() in _RTL_LANGUAGES else "ltr",
+        "preheader_padding": _PREHEADER_PADDING,
+    }
+
+
+# Languages written right to left (the primary subtag of a BCP 47 tag).
+_RTL_LANGUAGES = frozenset(
+    {"ar", "arc", "ckb", "dv", "fa", "he", "ks", "ps", "sd", "ug", "ur", "yi"}
+)
+_WORDS_PER_MINUTE = 230
+
+
+def reading_minutes(post: Post) -> int:
+    """Minutes to read the whole post at ~230 words a minute, at least 1."""
+    words = len(markup.html_to_text(post.body_html).split())
+    return max(1, round(words / _WORDS_PER_MINUTE))
+
+
+def _images(content_html: str, settings: Settings) -> str:
+    return images.add_captions(images.add_sizes(content_html, settings))
+
+
+def _absolute(settings: Settings, ref: str) -> str:
+    if re.match(r"[a-z][a-z0-9+.-]*://", ref, re.I):
+        return ref
+    base = settings.site.url.rstrip("/") + "/" + settings.site.baseurl.strip("/")
+    return base.rstrip("/") + "/" + ref.lstrip("/")
+
+
+def _logo(settings: Settings) -> Hero | None:
+    if not settings.email.logo:
+        return None
+    src = _absolute(settings, settings.email.logo)
+    size = images.sized_image(src, settings, _LOGO_WIDTH)
+    width, height = size if size is not None else (_LOGO_WIDTH, None)
+    return Hero(src, settings.site.title, width, height)
+
+
+_LOGO_WIDTH = 200
+
+
+def _hero(post: Post, settings: Settings, cap: int) -> Hero | None:
+    """The lead image; its alt is the image's own (front matter image_alt or
+    image.alt) and empty when there is none: the title follows right below,
+    so repeating it would only be read twice."""
+    if not post.image:
+        return None
+    alt = "" if one_line(post.image_alt) == one_line(post.title) else post.image_alt
+    size = images.sized_image(post.image, settings, cap)
+    if size is None:
+        return Hero(post.image, alt, cap, None)
+    return Hero(post.image, alt, size[0], size[1])
+
+
+def _normal(text: str) -> str:
+    return re.sub(r"[\W_]+", " ", text.casefold()).strip()
+
+
+def _intro(post: Post, subject: str, content_text: str) -> dict[str, Any]:
+    """Subtitle and preheader that never repeat the subject: a description
+    that contains the title (or the subject) is dropped, and the preheader
+    comes from the first sentence of the excerpt instead."""
+    description = one_line(post.description or "")
+    said = [_normal(post.title), _normal(subject)]
+    repeats = bool(description) and any(s and s in _normal(description) for s in said)
+    subtitle = description if description and not repeats else None
+    if subtitle:
+        return {"subtitle": subtitle, "preheader": _preheader(subtitle)}
+    sentences = re.split(r"(?<=[.!?…])\s+", one_line(content_text))
+    fresh = [x for x in sentences if x and _normal(x) not in said and _normal(x)]
+    return {"subtitle": None, "preheader": _preheader(" ".join(fresh[:1]) or "")}
+
+
+def _date_range(first: datetime, last: datetime) -> str:
+    if first.date() == last.date():
+        return long_date(first)
+    if (first.year, first.month) == (last.year, last.month):
+        return f"{first.day}–{long_date(last)}"
+    if first.year == last.year:
+        return f"{first.day} {_MONTHS[first.month - 1]} – {long_date(last)}"
+    return f"{long_date(first)} – {long_date(last)}"
+
+
+def _with_safe_title(post: Post) -> Post:
+    """`title_html` comes from front matter: sanitise it like the body."""
+    safe = markup.sanitise_html(post.title_html, post.url)
+    return post if safe == post.title_html else replace(post, title_html=safe)
+
+
+def _preheader(text: str) -> str:
+    text = one_line(text)
+    if len(text) <= PREHEADER_CHARS:
+        return text
+    return text[:PREHEADER_CHARS].rsplit(" ", 1)[0] + "…"
+
+
+# --------------------------------------------------------------------------- inlining
+
+
+def inline_css(html: str) -> str:
+    """premailer: every rule into style="", @media rules kept in a <style> block.
+
+    No network: the theme's CSS is in the document, and a user's template
+    that links a remote stylesheet must not make rendering fetch it.
+    """
+    html = _strip_external_css(html)
+    try:
+        return str(
+            Premailer(
+                html,
+                allow_network=False,
+                allow_loading_external_files=False,
+                disable_link_rewrites=True,  # URLs are absolute already
+                # The template's width/height attributes are for Outlook; CSS
+                # like width:100% must not overwrite them.
+                disable_basic_attributes=["width", "height"],
+                strip_important=False,
+                keep_style_tags=False,
+                disable_validation=True,
+                cssutils_logging_level=logging.CRITICAL,
+            ).transform()
+        )
+    except Exception as exc:  # premailer/cssutils raise many unrelated types
+        raise RenderError(f"cannot inline CSS: {exc}") from exc
+
+
+_STYLE_BLOCK = re.compile(r"(<style\b[^>]*>)(.*?)(</style>)", re.S | re.I)
+_IMPORT = re.compile(r"@import\b[^;]*;?", re.I)
+_STYLESHEET_LINK = re.compile(r"<link\b[^>]*\bstylesheet\b[^>]*>", re.I)
+
+
+def _strip_external_css(html: str) -> str:
+    """Remote stylesheets would be fetched by cssutils (`@import`) or by the
+    reader's mail client (`<link>`); neither belongs in an email."""
+    html = _STYLESHEET_LINK.sub("", html)
+    return _STYLE_BLOCK.sub(lambda m: m.group(1) + _IMPORT.sub("", m.group(2)) + m.group(3), html)
+
+
+def _finish(post_id: str, list_name: str, subject: str, html: str, text: str) -> RenderedEmail:
+    inlined = inline_css(html)
+    warnings: list[str] = []
+    size = len(inlined.encode("utf-8"))
+    if size > GMAIL_CLIP_BYTES:
+        warnings.append(
+            f"the HTML is {size / 1024:.0f} KB; Gmail clips messages over 102 KB"
+            " (the footer and unsubscribe link are hidden)"
+        )
+    return RenderedEmail(
+        post_id=post_id,
+        list_name=list_name,
+        subject=subject,
+        html=inlined,
+        text=_tidy_text(text),
+        warnings=tuple(warnings),
+    )
+
+
+def _tidy_text(text: str) -> str:
+    """No trailing spaces, at most one blank line in a row, one final newline."""
+    lines = [line.rstrip() for line in text.replace("\r\n", "\n").split("\n")]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip("\n") + "\n"
