@@ -149,6 +149,9 @@ class ListSettings:
     cron: str | None = None
     timezone: str | None = None
     tags: tuple[str, ...] = ()
+    # Jekyll categories (front matter and the folders above `_posts`): one
+    # list per language on a multilingual site.
+    categories: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
