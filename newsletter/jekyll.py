@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from datetime import date as date_cls
 from pathlib import Path
 from typing import Any, ClassVar
+from collections.abc import Mapping
 
 import yaml
 
@@ -278,6 +279,51 @@ def words(value: Any) -> tuple[str, ...]:
     if isinstance(value, list | tuple):
         return tuple(str(v).strip() for v in value if v is not None and str(v).strip())
     return (str(value),)
+
+
+def _plural(data: Mapping[str, Any], singular: str, plural: str) -> list[Any]:
+    """Jekyll's Utils.pluralized_array_from_hash: the singular key as one value
+    (never split), else the plural key (a string split on whitespace)."""
+    if data.get(singular) is not None:
+        value = data[singular]
+        return list(value) if isinstance(value, list) else [value]
+    value = data.get(plural)
+    if isinstance(value, str):
+        return value.split()
+    return [v for v in value if v is not None] if isinstance(value, list) else []
+
+
+def _unique(values: list[Any]) -> tuple[str, ...]:
+    out: list[str] = []
+    for value in values:
+        text = str(value)
+        if text and text not in out:
+            out.append(text)
+    return tuple(out)
+
+
+def categories(
+    front: Mapping[str, Any],
+    defaults: Mapping[str, Any],
+    from_path: tuple[str, ...],
+    merged: Mapping[str, Any],
+) -> tuple[str, ...]:
+    """A post's categories as Jekyll 4 merges them: its front matter's
+    `categories`, then the defaults', then the folders above `_posts`, then
+    `category` (one category, even with spaces in it)."""
+
+    def split(value: Any) -> list[Any]:
+        if isinstance(value, str):
+            return value.split()
+        return list(value) if isinstance(value, list) else []
+
+    found = split(front.get("categories")) + split(defaults.get("categories")) + list(from_path)
+    return _unique(found + _plural(merged, "category", "categories"))
+
+
+def tags(data: Mapping[str, Any]) -> tuple[str, ...]:
+    """`tag` (one tag) or `tags` (a list, or a string split on whitespace)."""
+    return _unique(_plural(data, "tag", "tags"))
 
 
 def list_names(value: Any) -> tuple[str, ...] | None:

@@ -24,7 +24,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
 
-from newsletter import jekyll, markup, permalink, posttext
+from newsletter import jekyll, jekyllsite, markup, permalink, posttext
 from newsletter import liquid as liquid_mod
 from newsletter.config import Settings
 from newsletter.errors import NewsletterError, PostError, Problem
@@ -138,6 +138,41 @@ def post_files(posts_dir: Path) -> list[Path]:
     return sorted(found)
 
 
+@dataclass(frozen=True)
+class _Found:
+    path: Path
+    rel: Path  # identity root: under its `_posts` folder, prefixed by the folders above
+    site_rel: str  # Jekyll's relative_path (for `defaults:` scopes and `page.path`)
+    categories: tuple[str, ...]  # from the folders above `_posts`
+
+
+def site_post_files(settings: Settings) -> list[_Found]:
+    """Every post file: on a Jekyll site, every `_posts` folder as Jekyll finds
+    them; otherwise every Markdown file under `posts_dir`."""
+    site = settings.site
+    if site.jekyll is not None and site.source_dir is not None:
+        found = []
+        for item in jekyllsite.post_files(site.source_dir, site.jekyll):
+            inner = item.rel.split("_posts/", 1)[1] if "/_posts/" in item.rel else item.rel
+            inner = inner.removeprefix("_posts/")
+            rel = Path(*item.categories, inner)
+            found.append(_Found(item.path, rel, item.rel, item.categories))
+        return found
+    posts_dir = site.posts_dir
+    return [
+        _Found(path, path.relative_to(posts_dir), path.relative_to(posts_dir).as_posix(), ())
+        for path in post_files(posts_dir)
+    ]
+
+
+def where_posts_are(settings: Settings) -> str:
+    """Where `load_posts` looks, for a "no posts found" warning."""
+    site = settings.site
+    if site.jekyll is not None and site.source_dir is not None:
+        return f"every _posts folder under {site.source_dir} (Jekyll's rules)"
+    return str(site.posts_dir)
+
+
 def load_posts(
     settings: Settings, *, progress: Progress | None = None, bodies: bool = True
 ) -> PostCollection:
@@ -147,12 +182,11 @@ def load_posts(
     `body_html`, `excerpt_html` and `excerpt_text` empty: for listings only,
     never for rendering.
     """
-    posts_dir = settings.site.posts_dir
     sources: list[_Source] = []
     problems: list[Problem] = []
-    for path in post_files(posts_dir):
+    for found in site_post_files(settings):
         try:
-            sources.append(_read_source(path, posts_dir, settings))
+            sources.append(_read_source(found, settings))
         except NewsletterError as exc:
             problems.append(Problem.from_error(exc))
             if progress:
@@ -178,9 +212,15 @@ def load_posts(
 
 def read_post(path: Path, settings: Settings) -> Post:
     """One post on its own (its `{% post_url %}` links to other posts are dropped)."""
-    posts_dir = settings.site.posts_dir
-    root = posts_dir if path.is_relative_to(posts_dir) else path.parent
-    source = _read_source(path, root, settings)
+    for found in site_post_files(settings):
+        if found.path.resolve() == path.resolve():
+            break
+    else:
+        posts_dir = settings.site.posts_dir
+        root = posts_dir if path.is_relative_to(posts_dir) else path.parent
+        rel = path.relative_to(root)
+        found = _Found(path, rel, rel.as_posix(), ())
+    source = _read_source(found, settings)
     return _build_post(source, _SiteContext.build(settings, [source], []))
 
 
@@ -218,7 +258,8 @@ class _Warning:
 @dataclass(frozen=True)
 class _Source:
     path: Path
-    rel: Path  # under the posts folder
+    rel: Path  # under the posts folder (prefixed by the folders above a nested `_posts`)
+    site_rel: str  # Jekyll's relative_path
     front: str  # raw YAML, for line numbers
     data: dict[str, Any]
     body: str
@@ -233,7 +274,8 @@ class _Source:
     warnings: _Warnings
 
 
-def _read_source(path: Path, posts_dir: Path, settings: Settings) -> _Source:
+def _read_source(found: _Found, settings: Settings) -> _Source:
+    path = found.path
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -244,18 +286,23 @@ def _read_source(path: Path, posts_dir: Path, settings: Settings) -> _Source:
     for key, line in front.duplicates:
         warnings.add(f"duplicate front matter key {key!r}; the last value wins", line, key)
     data = front.data
+    config = settings.site.jekyll
+    defaults = jekyllsite.defaults_for(config, found.site_rel) if config is not None else {}
+    data = jekyllsite.deep_merge(defaults, data) if defaults else data
     name = jekyll.parse_file_name(path.stem)
     date = _date(data, name, split.front_matter, path, settings)
     given_slug = jekyll.scalar_text(data.get("slug"))
     slug = permalink.pretty_slug(given_slug) if given_slug else name.slug
-    categories = jekyll.words(data.get("categories")) + jekyll.words(data.get("category"))
-    template = jekyll.scalar_text(data.get("permalink")) or settings.site.permalink
-    site_path = permalink.expand(template, date=date, slug=slug, categories=categories)
-    rel = path.relative_to(posts_dir)
+    categories = jekyll.categories(front.data, defaults, found.categories, data)
+    site_path = permalink.expand(
+        _permalink(data, settings), date=date, slug=slug, categories=categories, name=path.stem
+    )
+    rel = found.rel
     post_id = jekyll.scalar_text(data.get("id")) or (rel.parent / name.slug).as_posix()
     return _Source(
         path=path,
         rel=rel,
+        site_rel=found.site_rel,
         front=split.front_matter,
         data=data,
         body=split.body,
@@ -269,6 +316,19 @@ def _read_source(path: Path, posts_dir: Path, settings: Settings) -> _Source:
         url=permalink.site_root(settings.site) + site_path,
         warnings=warnings,
     )
+
+
+def _permalink(data: Mapping[str, Any], settings: Settings) -> str:
+    """Front matter `permalink` (taken literally, as Jekyll does), else the posts
+    collection's (`collections: posts: permalink:`), else the site's."""
+    own = jekyll.scalar_text(data.get("permalink"))
+    if own:
+        return own
+    collections = (settings.site.jekyll or {}).get("collections")
+    posts = collections.get("posts") if isinstance(collections, Mapping) else None
+    if isinstance(posts, Mapping) and isinstance(posts.get("permalink"), str):
+        return permalink.style(posts["permalink"])
+    return permalink.style(settings.site.permalink)
 
 
 def _date(
@@ -317,7 +377,8 @@ class _SiteContext:
         urls: dict[str, str] = {}
         for source in sources:
             stem = source.rel.with_suffix("").as_posix()
-            for key in (source.path.stem, stem, source.rel.as_posix(), source.path.name):
+            keys = (source.path.stem, stem, source.rel.as_posix(), source.path.name, source.site_rel)
+            for key in keys:
                 urls.setdefault(key, source.url)
         return cls(settings, liquid_site, urls, _load_authors(settings, problems))
 
@@ -364,7 +425,7 @@ def _build_post(source: _Source, site: _SiteContext, *, bodies: bool = True) -> 
     title_source = jekyll.scalar_text(data.get("title")) or jekyll.titleize(source.file_slug)
     heading = posttext.title_html(title_source)
     title = posttext.title_text(heading)
-    tags = jekyll.words(data.get("tags")) + jekyll.words(data.get("tag"))
+    tags = jekyll.tags(data)
     body = _liquid(source, site, title)
     if not body.strip():
         warnings.add("empty body: the email will have no excerpt", source.body_line)
@@ -412,9 +473,9 @@ def _liquid(source: _Source, site: _SiteContext, title: str) -> str:
         "url": source.site_path,
         "slug": source.slug,
         "id": source.post_id,
-        "path": source.rel.as_posix(),
+        "path": source.site_rel,
         "categories": list(source.categories),
-        "tags": list(jekyll.words(source.data.get("tags"))),
+        "tags": list(jekyll.tags(source.data)),
     }
     result = liquid_mod.render(
         source.body,

@@ -16,7 +16,13 @@ from newsletter.config import DEFAULT_CONFIG, ListSettings, Settings, utcnow
 from newsletter.delivery import mailed_pairs
 from newsletter.errors import NewsletterError, Problem
 from newsletter.planning import cron_trigger, effective_since
-from newsletter.posts import PostCollection, load_posts, post_files, post_status
+from newsletter.posts import (
+    PostCollection,
+    load_posts,
+    post_status,
+    site_post_files,
+    where_posts_are,
+)
 from newsletter.store import open_store
 
 
@@ -34,9 +40,20 @@ def progress_bar(total: int, label: str) -> Iterator[Callable[[], None]]:
 
 
 def _load(settings: Settings, label: str, *, bodies: bool = True) -> PostCollection:
-    total = len(post_files(settings.site.posts_dir))
+    total = len(site_post_files(settings))
     with progress_bar(total, label) as advance:
-        return load_posts(settings, progress=advance, bodies=bodies)
+        collection = load_posts(settings, progress=advance, bodies=bodies)
+    if not collection.posts and not collection.problems:
+        # "0 posts, 0 errors" and exit 0 hides a wrong folder: say where we looked.
+        nothing = Problem(
+            f"no posts found in {where_posts_are(settings)}",
+            settings.config_path,
+            None,
+            "warning",
+            "site.posts_dir",
+        )
+        collection = PostCollection((), (nothing,))
+    return collection
 
 
 # --------------------------------------------------------------------------- posts
