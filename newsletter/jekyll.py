@@ -18,6 +18,7 @@ from collections.abc import Mapping
 
 import yaml
 
+from newsletter import rubytime
 from newsletter.errors import PostError
 
 # --------------------------------------------------------------------------- front matter
@@ -188,10 +189,12 @@ def titleize(slug: str) -> str:
 
 # --------------------------------------------------------------------------- dates
 
-_DATE = re.compile(
-    r"""^\s*(?P<y>\d{4})-(?P<mo>\d{1,2})-(?P<d>\d{1,2})
-    (?:(?:[Tt]|\s+)(?P<h>\d{1,2}):(?P<mi>\d{2})(?::(?P<s>\d{2})(?:[.,](?P<f>\d+))?)?)?
-    \s*(?:(?P<utc>[Zz]|UTC|GMT)|(?P<sign>[+-])(?P<oh>\d{1,2})(?::?(?P<om>\d{2}))?)?\s*$""",
+# YAML 1.1's timestamp (what Psych/SafeYAML turn into a Ruby Time before
+# Jekyll sees it): a time *with seconds*, an optional fraction and zone.
+_YAML_TIMESTAMP = re.compile(
+    r"""^(?P<y>\d{4})-(?P<mo>\d\d?)-(?P<d>\d\d?)(?:[Tt]|[ \t]+)
+    (?P<h>\d\d?):(?P<mi>\d\d):(?P<s>\d\d)(?:\.\d*)?
+    (?:[ \t]*(?:(?P<utc>Z)|(?P<sign>[-+])(?P<oh>\d\d?)(?::(?P<om>\d\d))?))?$""",
     re.X,
 )
 
@@ -199,62 +202,61 @@ _DATE = re.compile(
 def parse_date(
     value: Any, tz: tzinfo, *, path: Path | None = None, line: int | None = None
 ) -> datetime:
-    """Any date form Jekyll accepts → an aware datetime; no zone means `tz`.
+    """A front-matter date → the aware datetime Jekyll 4.3 makes of it.
 
-    `tz` is the site's timezone, never the machine's (Jekyll sets TZ from
-    `_config.yml` before it parses dates).
+    * a YAML timestamp with a time (`2024-11-04 10:00:00`, `…T10:00:00+03:00`)
+      is read by YAML first: *without a zone it is UTC*, and the fraction of a
+      second is lost (Jekyll re-parses the Time's `to_s`);
+    * anything else goes through Ruby's `Time.parse` (`rubytime`): no zone
+      means the site's timezone `tz` (Jekyll sets TZ from `_config.yml`).
     """
     if isinstance(value, datetime):
         return value if value.tzinfo else value.replace(tzinfo=tz)
     if isinstance(value, date_cls):
         return datetime(value.year, value.month, value.day, tzinfo=tz)
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)  # Jekyll parses `value.to_s`
     if not isinstance(value, str):
         raise PostError(f"expected a date, got {value!r}", path=path, line=line, key="date")
-    match = _DATE.match(value)
-    if match is None:
+    text = value.strip()
+    try:
+        match = _YAML_TIMESTAMP.match(text)
+        return _from_timestamp(match) if match else rubytime.parse(text, tz)
+    except (rubytime.RubyTimeError, ValueError, OverflowError) as exc:
+        what = "impossible date" if "range" in str(exc) else "cannot read"
         raise PostError(
-            f"cannot read {value!r} as a date (expected e.g. 2024-11-04 09:30:00 +0300)",
+            f"{what} {value!r} as a date (Jekyll fails on it too); "
+            "write e.g. 2024-11-04 09:30:00 +0300",
             path=path,
             line=line,
             key="date",
-        )
-    try:
-        return _from_match(match, tz)
-    except ValueError as exc:
-        raise PostError(
-            f"impossible date {value!r} ({exc})", path=path, line=line, key="date"
         ) from exc
 
 
-def _from_match(match: re.Match[str], tz: tzinfo) -> datetime:
+def _from_timestamp(match: re.Match[str]) -> datetime:
     g = match.groupdict()
-    zone: tzinfo = tz
-    if g["utc"]:
-        zone = UTC
-    elif g["sign"]:
+    zone: tzinfo = UTC
+    if g["sign"]:
         minutes = int(g["oh"]) * 60 + int(g["om"] or 0)
-        if minutes > 14 * 60:
-            raise ValueError("offset beyond ±14:00")
         zone = timezone(timedelta(minutes=minutes if g["sign"] == "+" else -minutes))
-    micro = int((g["f"] or "0")[:6].ljust(6, "0"))
-    second = min(int(g["s"] or 0), 59)  # a leap second (:60) is clamped, as Ruby does
-    return datetime(
-        int(g["y"]),
-        int(g["mo"]),
-        int(g["d"]),
-        int(g["h"] or 0),
-        int(g["mi"] or 0),
-        second,
-        micro,
-        tzinfo=zone,
+    # Out-of-range parts roll over (10:00:60 is 10:01:00), as in Ruby.
+    start = datetime(int(g["y"]), int(g["mo"]), 1, tzinfo=zone)
+    return start + timedelta(
+        days=int(g["d"]) - 1, hours=int(g["h"]), minutes=int(g["mi"]), seconds=int(g["s"])
     )
 
 
 def file_date(parts: tuple[int, int, int], tz: tzinfo, path: Path) -> datetime:
-    try:
-        return datetime(*parts, tzinfo=tz)
-    except ValueError as exc:
-        raise PostError(f"impossible date in the file name ({exc})", path=path, line=None) from exc
+    """The file name's date, midnight in the site's zone; Feb 30 rolls over
+    into March as Ruby's Time.parse does."""
+    year, month, day = parts
+    if not 1 <= month <= 12 or not 1 <= day <= 31:
+        raise PostError(
+            f"impossible date in the file name ({year}-{month:02d}-{day:02d}; Jekyll fails too)",
+            path=path,
+            line=None,
+        )
+    return (datetime(year, month, 1) + timedelta(days=day - 1)).replace(tzinfo=tz)
 
 
 # --------------------------------------------------------------------------- values

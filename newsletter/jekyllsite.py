@@ -77,8 +77,14 @@ def _kept(rel: str, name: str, exclude: list[str], include: list[str]) -> bool:
     return not _matches(exclude, rel)
 
 
-def post_files(source: Path, config: Mapping[str, Any]) -> list[PostFile]:
-    """Every post file Jekyll would read under `source`, sorted by path."""
+def post_files(
+    source: Path, config: Mapping[str, Any], undated: list[Path] | None = None
+) -> list[PostFile]:
+    """Every post file Jekyll would read under `source`, sorted by path.
+
+    Markdown files in a `_posts` folder without a date in their name are not
+    posts to Jekyll; they are appended to `undated` (to be warned about).
+    """
     exclude, include = _entry_filter(config)
     found: list[PostFile] = []
     for folder in _readable_dirs(source, "", exclude, include):
@@ -89,6 +95,8 @@ def post_files(source: Path, config: Mapping[str, Any]) -> list[PostFile]:
         for path in sorted(posts.rglob("*")):
             inner = path.relative_to(posts).as_posix()
             if not _post_entry(path, inner):
+                if undated is not None and _undated_markdown(path, inner):
+                    undated.append(path)
                 continue
             rel = (Path(folder) / "_posts" / inner).as_posix() if folder else f"_posts/{inner}"
             found.append(PostFile(path, rel, categories))
@@ -101,6 +109,11 @@ def _post_entry(path: Path, inner: str) -> bool:
     if inner.endswith("~") or path.suffix.lower() not in MARKDOWN_EXTS:
         return False
     return bool(_DATED.match(path.name)) and path.is_file()
+
+
+def _undated_markdown(path: Path, inner: str) -> bool:
+    hidden = any(part.startswith(("_", ".", "#")) for part in inner.split("/"))
+    return not hidden and path.suffix.lower() in MARKDOWN_EXTS and path.is_file()
 
 
 def _readable_dirs(

@@ -146,13 +146,14 @@ class _Found:
     categories: tuple[str, ...]  # from the folders above `_posts`
 
 
-def site_post_files(settings: Settings) -> list[_Found]:
+def site_post_files(settings: Settings, undated: list[Path] | None = None) -> list[_Found]:
     """Every post file: on a Jekyll site, every `_posts` folder as Jekyll finds
-    them; otherwise every Markdown file under `posts_dir`."""
+    them (Markdown files Jekyll skips for want of a dated name go to
+    `undated`); otherwise every Markdown file under `posts_dir`."""
     site = settings.site
     if site.jekyll is not None and site.source_dir is not None:
         found = []
-        for item in jekyllsite.post_files(site.source_dir, site.jekyll):
+        for item in jekyllsite.post_files(site.source_dir, site.jekyll, undated):
             inner = item.rel.split("_posts/", 1)[1] if "/_posts/" in item.rel else item.rel
             inner = inner.removeprefix("_posts/")
             rel = Path(*item.categories, inner)
@@ -184,7 +185,8 @@ def load_posts(
     """
     sources: list[_Source] = []
     problems: list[Problem] = []
-    for found in site_post_files(settings):
+    undated: list[Path] = []
+    for found in site_post_files(settings, undated):
         try:
             sources.append(_read_source(found, settings))
         except NewsletterError as exc:
@@ -206,6 +208,11 @@ def load_posts(
             problems.extend(_post_problems(source, post))
         if progress:
             progress()
+    problems.extend(
+        Problem("not a post: Jekyll reads only _posts files named YYYY-MM-DD-title.md", path,
+                None, "warning")
+        for path in undated
+    )  # fmt: skip
     posts.sort(key=lambda p: (p.date, str(p.path)))
     return PostCollection(tuple(posts), tuple(problems))
 
