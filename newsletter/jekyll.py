@@ -9,12 +9,12 @@ them to, and say so where they deliberately differ.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from datetime import date as date_cls
 from pathlib import Path
 from typing import Any, ClassVar
-from collections.abc import Mapping
 
 import yaml
 

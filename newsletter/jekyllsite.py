@@ -116,9 +116,7 @@ def _undated_markdown(path: Path, inner: str) -> bool:
     return not hidden and path.suffix.lower() in MARKDOWN_EXTS and path.is_file()
 
 
-def _readable_dirs(
-    source: Path, rel: str, exclude: list[str], include: list[str]
-) -> Iterator[str]:
+def _readable_dirs(source: Path, rel: str, exclude: list[str], include: list[str]) -> Iterator[str]:
     yield rel
     base = source / rel if rel else source
     try:
@@ -227,7 +225,7 @@ def _data_file(path: Path) -> Any:
         return _SKIP
     text = path.read_text(encoding="utf-8")
     if suffix in (".yml", ".yaml"):
-        return yaml.load(text, Loader=_DataLoader)  # noqa: S506 - a safe loader
+        return yaml.load(text, Loader=_DataLoader)
     if suffix == ".json":
         return json.loads(text)
     dialect = "excel-tab" if suffix == ".tsv" else "excel"

@@ -103,9 +103,7 @@ def list_takes(post: Post, mailing_list: ListSettings) -> bool:
         return False
     if post.lists is not None:
         return mailing_list.name in post.lists
-    if mailing_list.categories and not _folded(post.categories) & _folded(
-        mailing_list.categories
-    ):
+    if mailing_list.categories and not _folded(post.categories) & _folded(mailing_list.categories):
         return False
     if not mailing_list.tags:
         return True

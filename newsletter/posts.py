@@ -384,7 +384,13 @@ class _SiteContext:
         urls: dict[str, str] = {}
         for source in sources:
             stem = source.rel.with_suffix("").as_posix()
-            keys = (source.path.stem, stem, source.rel.as_posix(), source.path.name, source.site_rel)
+            keys = (
+                source.path.stem,
+                stem,
+                source.rel.as_posix(),
+                source.path.name,
+                source.site_rel,
+            )
             for key in keys:
                 urls.setdefault(key, source.url)
         return cls(settings, liquid_site, urls, _load_authors(settings, problems))

@@ -61,7 +61,17 @@ def build(site: str, work: Path) -> list[dict[str, Any]]:
     dest = work / f"{site}-built"
     env = {**os.environ, "JEKYLL_ENV": "production", "LC_ALL": "C.UTF-8"}
     done = subprocess.run(
-        ["jekyll", "build", "--future", "--unpublished", "--safe", "-s", str(source), "-d", str(dest)],
+        [
+            "jekyll",
+            "build",
+            "--future",
+            "--unpublished",
+            "--safe",
+            "-s",
+            str(source),
+            "-d",
+            str(dest),
+        ],
         cwd=work,
         env=env,
         capture_output=True,
