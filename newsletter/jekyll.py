@@ -310,8 +310,8 @@ def categories(
     from_path: tuple[str, ...],
     merged: Mapping[str, Any],
 ) -> tuple[str, ...]:
-    """A post's categories as Jekyll 4 merges them: its front matter's
-    `categories`, then the defaults', then the folders above `_posts`, then
+    """A post's categories as Jekyll 4 merges them: the folders above
+    `_posts`, then the defaults' `categories`, then the front matter's, then
     `category` (one category, even with spaces in it)."""
 
     def split(value: Any) -> list[Any]:
@@ -319,7 +319,7 @@ def categories(
             return value.split()
         return list(value) if isinstance(value, list) else []
 
-    found = split(front.get("categories")) + split(defaults.get("categories")) + list(from_path)
+    found = list(from_path) + split(defaults.get("categories")) + split(front.get("categories"))
     return _unique(found + _plural(merged, "category", "categories"))
 
 
