@@ -339,17 +339,3 @@ def list_names(value: Any) -> tuple[str, ...] | None:
 
 def as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list | tuple) else [value]
-
-
-def authors_data(root: Path) -> dict[str, Any]:
-    """Jekyll's `_data/authors.yml` (or `.yaml`) under `root`; {} when absent."""
-    for name in ("authors.yml", "authors.yaml"):
-        path = root / "_data" / name
-        if not path.is_file():
-            continue
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise PostError(f"cannot read: {exc}", path=path) from exc
-        return load_front_matter(text, path, 1).data
-    return {}

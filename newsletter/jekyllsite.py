@@ -289,3 +289,52 @@ def author_index(
     for key, value in data_authors.items():
         index[str(key)] = value
     return index
+
+
+# --------------------------------------------------------------------------- Liquid `site`
+
+
+@dataclass(frozen=True)
+class SiteVariables:
+    liquid: dict[str, Any]  # Liquid's `site`
+    authors: dict[str, Any]  # author key → name/url (or a plain name)
+
+
+def site_variables(
+    source: Path | None,
+    config: Mapping[str, Any] | None,
+    base: Mapping[str, Any],
+    pages: list[dict[str, Any]],
+    problems: list[Problem],
+) -> SiteVariables:
+    """Liquid's `site`: the `_config.yml` keys, `base` (url, title, … as
+    newsletter resolved them), `site.data`, `site.posts` (newest first),
+    `site.categories`, `site.tags` and every collection's documents."""
+    liquid: dict[str, Any] = {**(config or {}), **base}
+    data = load_data(source / "_data", problems) if source is not None else {}
+    liquid["data"] = data
+    newest = sorted(pages, key=lambda p: p["date"], reverse=True)
+    liquid["posts"] = newest
+    liquid["categories"] = _grouped(newest, "categories")
+    liquid["tags"] = _grouped(newest, "tags")
+    labels = config.get("collections") if config else None
+    collections = {str(k): v for k, v in labels.items()} if isinstance(labels, Mapping) else {}
+    collections.pop("posts", None)
+    docs: dict[str, list[dict[str, Any]]] = {}
+    if source is not None:
+        for label in collections:
+            docs[label] = collection_docs(source, label, problems)
+            liquid[label] = docs[label]
+    data_authors = data.get("authors")
+    authors = author_index(
+        data_authors if isinstance(data_authors, Mapping) else {}, docs.get("authors", [])
+    )
+    return SiteVariables(liquid, authors)
+
+
+def _grouped(pages: list[dict[str, Any]], key: str) -> dict[str, list[dict[str, Any]]]:
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for page in pages:
+        for name in page.get(key) or ():
+            groups.setdefault(str(name), []).append(page)
+    return groups

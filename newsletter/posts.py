@@ -366,14 +366,14 @@ class _SiteContext:
     settings: Settings
     liquid_site: Mapping[str, Any]
     post_urls: Mapping[str, str]  # file stem, path under posts_dir, … → absolute URL
-    authors: Mapping[str, Any]  # Jekyll's _data/authors.yml
+    authors: Mapping[str, Any]  # _data/authors.yml and the authors collection
 
     @classmethod
     def build(
         cls, settings: Settings, sources: list[_Source], problems: list[Problem]
     ) -> _SiteContext:
         site = settings.site
-        liquid_site = {
+        base = {
             "url": site.url.rstrip("/"),
             "baseurl": permalink.normalized_baseurl(site.baseurl),
             "title": site.title,
@@ -381,6 +381,10 @@ class _SiteContext:
             "timezone": site.timezone,
             "time": datetime.now(site.tz),
         }
+        root = site.source_dir or (settings.base_dir if site.jekyll is None else None)
+        variables = jekyllsite.site_variables(
+            root, site.jekyll, base, [_page(s) for s in sources], problems
+        )
         urls: dict[str, str] = {}
         for source in sources:
             stem = source.rel.with_suffix("").as_posix()
@@ -393,7 +397,7 @@ class _SiteContext:
             )
             for key in keys:
                 urls.setdefault(key, source.url)
-        return cls(settings, liquid_site, urls, _load_authors(settings, problems))
+        return cls(settings, variables.liquid, urls, variables.authors)
 
     def post_url(self, name: str) -> str | None:
         return self.post_urls.get(name.strip().strip("\"'"))
@@ -420,17 +424,6 @@ def _published(source: _Source) -> bool:
     if source.data.get("draft", False) not in (*_FALSE, None):
         return False
     return "_drafts" not in source.rel.parts
-
-
-def _load_authors(settings: Settings, problems: list[Problem]) -> Mapping[str, Any]:
-    root = settings.site.source_dir or settings.base_dir
-    try:
-        return jekyll.authors_data(root)
-    except NewsletterError as exc:
-        problems.append(
-            Problem(f"authors data ignored: {exc.message}", exc.path, exc.line, "warning")
-        )
-        return {}
 
 
 def _build_post(source: _Source, site: _SiteContext, *, bodies: bool = True) -> Post:
@@ -478,8 +471,12 @@ def _build_post(source: _Source, site: _SiteContext, *, bodies: bool = True) -> 
     )
 
 
-def _liquid(source: _Source, site: _SiteContext, title: str) -> str:
-    page = {
+def _page(source: _Source, title: str | None = None) -> dict[str, Any]:
+    """Liquid's `page` (and each of `site.posts`) for a post."""
+    if title is None:
+        given = jekyll.scalar_text(source.data.get("title"))
+        title = given or jekyll.titleize(source.file_slug)
+    return {
         **source.data,
         "title": title,
         "date": source.date,
@@ -489,7 +486,12 @@ def _liquid(source: _Source, site: _SiteContext, title: str) -> str:
         "path": source.site_rel,
         "categories": list(source.categories),
         "tags": list(jekyll.tags(source.data)),
+        "collection": "posts",
     }
+
+
+def _liquid(source: _Source, site: _SiteContext, title: str) -> str:
+    page = _page(source, title)
     result = liquid_mod.render(
         source.body,
         site=site.liquid_site,
