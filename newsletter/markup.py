@@ -34,8 +34,11 @@ from newsletter.errors import RenderError
 
 # --------------------------------------------------------------------------- Markdown
 
-_EXTENSIONS = ["extra", "codehilite", "sane_lists"]
+_EXTENSIONS = ["extra", "codehilite", "sane_lists", "smarty"]
 _EXTENSION_CONFIGS: dict[str, dict[str, Any]] = {
+    # kramdown's typographic defaults: curly quotes, -- en dash, --- em dash,
+    # ... ellipsis, << >> guillemets; a backslash keeps a quote straight.
+    "smarty": {"smart_angled_quotes": True},
     # noclasses: Pygments writes style="" on every token, which survives
     # Gmail and Outlook; guess_lang=False keeps unlabelled blocks plain.
     "codehilite": {"noclasses": True, "guess_lang": False, "pygments_style": "default"},

@@ -91,7 +91,7 @@ def text_of(fragment: str) -> str:
     in what a reader sees (a quote, a word, a stray `{:`) counts.
     """
     fragment = re.sub(r"<(script|style)\b.*?</\1>", " ", fragment, flags=re.S | re.I)
-    fragment = re.sub(r"<!--.*?-->", " ", fragment, flags=re.S)
+    fragment = re.sub(r"<!--.*?-->", "", fragment, flags=re.S)  # invisible, no space
     fragment = re.sub(r"<[^>]+>", " ", fragment)
     text = html.unescape(fragment).replace("\u00a0", " ")
     text = text.replace("\u21a9\ufe0e", "").replace("\u21a9", "")  # footnote back-links
