@@ -367,6 +367,7 @@ class _SiteContext:
     liquid_site: Mapping[str, Any]
     post_urls: Mapping[str, str]  # file stem, path under posts_dir, … → absolute URL
     authors: Mapping[str, Any]  # _data/authors.yml and the authors collection
+    includes: Path | None  # the site's _includes folder
 
     @classmethod
     def build(
@@ -397,7 +398,9 @@ class _SiteContext:
             )
             for key in keys:
                 urls.setdefault(key, source.url)
-        return cls(settings, variables.liquid, urls, variables.authors)
+        includes = root / "_includes" if root is not None else None
+        includes = includes if includes is not None and includes.is_dir() else None
+        return cls(settings, variables.liquid, urls, variables.authors, includes)
 
     def post_url(self, name: str) -> str | None:
         return self.post_urls.get(name.strip().strip("\"'"))
@@ -499,6 +502,7 @@ def _liquid(source: _Source, site: _SiteContext, title: str) -> str:
         post_url=site.post_url,
         link=site.link,
         first_line=source.body_line,
+        includes=site.includes,
     )
     for warning in result.warnings:
         source.warnings.add(warning.message, warning.line)
