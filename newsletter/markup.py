@@ -31,6 +31,7 @@ import markdown
 from lxml.html import HtmlElement
 
 from newsletter.errors import RenderError
+from newsletter.kramdown import KramdownExtension
 
 # --------------------------------------------------------------------------- Markdown
 
@@ -53,7 +54,9 @@ _local = threading.local()
 def _markdown() -> markdown.Markdown:
     md: markdown.Markdown | None = getattr(_local, "md", None)
     if md is None:
-        md = markdown.Markdown(extensions=_EXTENSIONS, extension_configs=_EXTENSION_CONFIGS)
+        md = markdown.Markdown(
+            extensions=[*_EXTENSIONS, KramdownExtension()], extension_configs=_EXTENSION_CONFIGS
+        )
         _local.md = md
     return md
 
