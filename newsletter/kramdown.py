@@ -52,5 +52,5 @@ class _KramdownExtensions(Preprocessor):
 class KramdownExtension(Extension):
     """Registered after fenced code is stashed, so code samples keep `{::`."""
 
-    def extendMarkdown(self, md: Markdown) -> None:  # noqa: N802 - Python-Markdown's API
+    def extendMarkdown(self, md: Markdown) -> None:
         md.preprocessors.register(_KramdownExtensions(md), "kramdown_extensions", 22)

@@ -442,12 +442,10 @@ def _build_post(source: _Source, site: _SiteContext, *, bodies: bool = True) -> 
     if byline is not None:
         body = byline.body
     authors = _authors(data, byline, site, source)
-    excerpt_md = _excerpt_markdown(data, body, site)
     body_html = excerpt_html = excerpt_text = ""
     if bodies:
         body_html = _safe_html(markup.markdown_to_html(body, source.url))
-        excerpt_html = _safe_html(markup.markdown_to_html(excerpt_md, source.url))
-        excerpt_text = markup.html_to_text(excerpt_html)
+        excerpt_html, excerpt_text = _excerpt(source, site, title, body, byline is not None)
     image, image_alt = _image(data, source, site, title)
     return Post(
         path=source.path,
@@ -493,10 +491,11 @@ def _page(source: _Source, title: str | None = None) -> dict[str, Any]:
     }
 
 
-def _liquid(source: _Source, site: _SiteContext, title: str) -> str:
+def _liquid(source: _Source, site: _SiteContext, title: str, text: str | None = None) -> str:
+    """The body (or `text`, a part of it: then warnings are not repeated) rendered."""
     page = _page(source, title)
     result = liquid_mod.render(
-        source.body,
+        source.body if text is None else text,
         site=site.liquid_site,
         page=page,
         post_url=site.post_url,
@@ -504,8 +503,9 @@ def _liquid(source: _Source, site: _SiteContext, title: str) -> str:
         first_line=source.body_line,
         includes=site.includes,
     )
-    for warning in result.warnings:
-        source.warnings.add(warning.message, warning.line)
+    if text is None:
+        for warning in result.warnings:
+            source.warnings.add(warning.message, warning.line)
     return result.text
 
 
@@ -518,14 +518,40 @@ def _safe_html(fragment: str) -> str:
     return _TEMPLATE_MARKERS.sub("&#123;", fragment)
 
 
-def _excerpt_markdown(data: Mapping[str, Any], body: str, site: _SiteContext) -> str:
+def _excerpt(
+    source: _Source, site: _SiteContext, title: str, body: str, had_byline: bool
+) -> tuple[str, str]:
+    """(HTML, text) of the excerpt: front matter `excerpt`, else Jekyll's (on a
+    Jekyll site) or the first paragraph; where that shows no text (the post
+    opens with `{% assign %}` or a comment), `description`, then the first
+    paragraph with text."""
+    data = source.data
     explicit = data.get("excerpt")
+    candidates: list[str] = []
     if isinstance(explicit, str) and explicit.strip():
-        return explicit
+        candidates.append(explicit)
     separator = data.get("excerpt_separator")
     if not isinstance(separator, str):
         separator = site.settings.site.excerpt_separator
-    return posttext.excerpt_source(body, separator)
+    if site.settings.site.jekyll is not None:
+        raw = source.body
+        # The byline line is not the post's text: the excerpt starts after it.
+        byline = posttext.take_byline(raw) if had_byline else None
+        head = posttext.jekyll_excerpt_source(byline.body if byline else raw, separator)
+        candidates.append(_liquid(source, site, title, head))
+    else:
+        candidates.append(posttext.excerpt_source(body, separator))
+    description = jekyll.scalar_text(data.get("description"))
+    if description:
+        candidates.append(description)
+    candidates.append(posttext.excerpt_source(body, None))
+    html = text = ""
+    for markdown_text in candidates:
+        html = _safe_html(markup.markdown_to_html(markdown_text, source.url))
+        text = markup.html_to_text(html)
+        if text.strip():
+            break
+    return html, text
 
 
 def _authors(
