@@ -180,13 +180,13 @@ def compare(site: str, jekyll_posts: list[dict[str, Any]], site_dir: Path) -> Co
         if got is None:
             continue
         for name in FIELDS:
-            if name == "excerpt" and not expected[name] and got[name]:
-                # Jekyll's excerpt shows nothing (the post opens with a comment
-                # or an {% assign %}): ours falls back to the first paragraph
-                # with text, as docs/posts.md says; it must come from the body.
-                if got[name] in got["text"]:
-                    agree[name] += 1
-                    continue
+            # Jekyll's excerpt shows nothing (the post opens with a comment or
+            # an {% assign %}): ours falls back to the first paragraph with
+            # text, as docs/posts.md says; it must come from the body.
+            fallback = name == "excerpt" and not expected[name] and got[name]
+            if fallback and got[name] in got["text"]:
+                agree[name] += 1
+                continue
             if _same(name, expected[name], got[name]):
                 agree[name] += 1
             else:
