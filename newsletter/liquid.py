@@ -67,6 +67,9 @@ _UNDEFINED_SEEN: contextvars.ContextVar[list[tuple[str, int | None, str]] | None
 )
 
 
+_VARIABLE = re.compile(r"[\w-]+(?:\.[\w-]+|\[[^\]\n]{0,100}\])*")
+
+
 class _RecordingUndefined(Undefined):
     """Renders as nothing, like Liquid's default, and remembers that it did."""
 
@@ -74,8 +77,12 @@ class _RecordingUndefined(Undefined):
         seen = _UNDEFINED_SEEN.get()
         if seen is not None:
             token = self.token
-            where = token.start_index if token is not None else None
-            seen.append((self.name, where, token.source if token is not None else ""))
+            if token is None:
+                seen.append((self.name, None, ""))
+            else:
+                found = _VARIABLE.match(token.source, token.start_index)
+                name = found.group(0) if found and found.group(0) else self.name
+                seen.append((name, token.start_index, token.source))
         return ""
 
 
