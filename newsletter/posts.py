@@ -170,7 +170,7 @@ def where_posts_are(settings: Settings) -> str:
     """Where `load_posts` looks, for a "no posts found" warning."""
     site = settings.site
     if site.jekyll is not None and site.source_dir is not None:
-        return f"every _posts folder under {site.source_dir} (Jekyll's rules)"
+        return f"every _posts folder under {site.source_dir.resolve()} (Jekyll's rules)"
     return str(site.posts_dir)
 
 

@@ -185,10 +185,10 @@ def test_check_smtp_secret_missing(sample_site: Path, monkeypatch: pytest.Monkey
     config.write_text(config.read_text().replace('transport = "maildir"', 'transport = "smtp"'))
     result = CliRunner().invoke(main, ["check"])
     assert result.exit_code == 1
-    assert result.stdout.splitlines()[0] == (
+    assert (
         "newsletter.toml: smtp.password_env: error: "
         "environment variable NEWSLETTER_SMTP_PASSWORD is not set"
-    )
+    ) in result.stdout.splitlines()
 
 
 def test_init_writes_a_working_starter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -269,6 +269,6 @@ def test_check_warns_when_smtp_mail_would_link_to_localhost(tmp_path: Path) -> N
     result = CliRunner().invoke(main, ["--config", str(cfg), "check"])
     assert result.exit_code == 0  # a warning, not an error
     assert "web.public_url: warning: public_url is http://127.0.0.1:8080" in result.output
-    cfg.write_text(cfg.read_text().replace("http://127.0.0.1:8080", "https://news.example.com"))
+    cfg.write_text(cfg.read_text().replace("http://127.0.0.1:8080", "https://news.fieldnotes.test"))
     result = CliRunner().invoke(main, ["--config", str(cfg), "check"])
     assert "public_url" not in result.output
