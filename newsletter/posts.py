@@ -199,8 +199,8 @@ def load_posts(
         try:
             post = _build_post(source, site, bodies=bodies)
         except NewsletterError as exc:
-            found = Problem.from_error(exc)
-            problems.append(found if found.path else replace(found, path=source.path))
+            problem = Problem.from_error(exc)
+            problems.append(problem if problem.path else replace(problem, path=source.path))
         except Exception as exc:  # invariant 5: one post never stops the rest
             problems.append(Problem(f"cannot read post: {type(exc).__name__}: {exc}", source.path))
         else:
