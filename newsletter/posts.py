@@ -28,8 +28,14 @@ from newsletter import jekyll, jekyllsite, markup, permalink, posttext
 from newsletter import liquid as liquid_mod
 from newsletter.config import Settings
 from newsletter.errors import NewsletterError, PostError, Problem
-
-POST_SUFFIXES = (".md", ".markdown")
+from newsletter.postfiles import (  # noqa: F401 - re-exported for the CLI
+    POST_SUFFIXES,
+    FoundPost,
+    post_files,
+    site_post_files,
+    where_posts_are,
+)
+from newsletter.postsource import Source, read_source
 
 # Front-matter keys that become typed fields; every other key lands in `extra`.
 KNOWN_KEYS = frozenset(
@@ -123,57 +129,6 @@ def post_status(
 Progress = Callable[[], None]
 
 
-def post_files(posts_dir: Path) -> list[Path]:
-    """Post files under `posts_dir`, skipping what Jekyll skips (dot files, backups)."""
-    if not posts_dir.is_dir():
-        raise PostError("posts folder not found", path=posts_dir, key="site.posts_dir")
-    found = []
-    for path in posts_dir.rglob("*"):
-        rel = path.relative_to(posts_dir).parts
-        if path.suffix.lower() not in POST_SUFFIXES or path.name.endswith("~"):
-            continue
-        if any(part.startswith((".", "#")) for part in rel) or not path.is_file():
-            continue
-        found.append(path)
-    return sorted(found)
-
-
-@dataclass(frozen=True)
-class _Found:
-    path: Path
-    rel: Path  # identity root: under its `_posts` folder, prefixed by the folders above
-    site_rel: str  # Jekyll's relative_path (for `defaults:` scopes and `page.path`)
-    categories: tuple[str, ...]  # from the folders above `_posts`
-
-
-def site_post_files(settings: Settings, undated: list[Path] | None = None) -> list[_Found]:
-    """Every post file: on a Jekyll site, every `_posts` folder as Jekyll finds
-    them (Markdown files Jekyll skips for want of a dated name go to
-    `undated`); otherwise every Markdown file under `posts_dir`."""
-    site = settings.site
-    if site.jekyll is not None and site.source_dir is not None:
-        found = []
-        for item in jekyllsite.post_files(site.source_dir, site.jekyll, undated):
-            inner = item.rel.split("_posts/", 1)[1] if "/_posts/" in item.rel else item.rel
-            inner = inner.removeprefix("_posts/")
-            rel = Path(*item.categories, inner)
-            found.append(_Found(item.path, rel, item.rel, item.categories))
-        return found
-    posts_dir = site.posts_dir
-    return [
-        _Found(path, path.relative_to(posts_dir), path.relative_to(posts_dir).as_posix(), ())
-        for path in post_files(posts_dir)
-    ]
-
-
-def where_posts_are(settings: Settings) -> str:
-    """Where `load_posts` looks, for a "no posts found" warning."""
-    site = settings.site
-    if site.jekyll is not None and site.source_dir is not None:
-        return f"every _posts folder under {site.source_dir.resolve()} (Jekyll's rules)"
-    return str(site.posts_dir)
-
-
 def load_posts(
     settings: Settings, *, progress: Progress | None = None, bodies: bool = True
 ) -> PostCollection:
@@ -183,12 +138,12 @@ def load_posts(
     `body_html`, `excerpt_html` and `excerpt_text` empty: for listings only,
     never for rendering.
     """
-    sources: list[_Source] = []
+    sources: list[Source] = []
     problems: list[Problem] = []
     undated: list[Path] = []
     for found in site_post_files(settings, undated):
         try:
-            sources.append(_read_source(found, settings))
+            sources.append(read_source(found, settings))
         except NewsletterError as exc:
             problems.append(Problem.from_error(exc))
             if progress:
@@ -226,136 +181,14 @@ def read_post(path: Path, settings: Settings) -> Post:
         posts_dir = settings.site.posts_dir
         root = posts_dir if path.is_relative_to(posts_dir) else path.parent
         rel = path.relative_to(root)
-        found = _Found(path, rel, rel.as_posix(), ())
-    source = _read_source(found, settings)
+        found = FoundPost(path, rel, rel.as_posix(), ())
+    source = read_source(found, settings)
     return _build_post(source, _SiteContext.build(settings, [source], []))
 
 
-def _post_problems(source: _Source, post: Post) -> Iterator[Problem]:
+def _post_problems(source: Source, post: Post) -> Iterator[Problem]:
     for warning in source.warnings:
         yield Problem(warning.message, post.path, warning.line, "warning", warning.key)
-
-
-# --------------------------------------------------------------------------- pass 1
-
-
-@dataclass
-class _Warnings:
-    """Warnings found while reading one post, with their file lines."""
-
-    items: list[_Warning] = field(default_factory=list)
-
-    def add(self, message: str, line: int | None = None, key: str | None = None) -> None:
-        self.items.append(_Warning(message, line, key))
-
-    def __iter__(self) -> Iterator[_Warning]:
-        return iter(self.items)
-
-
-@dataclass(frozen=True)
-class _Warning:
-    message: str
-    line: int | None
-    key: str | None
-
-    def __str__(self) -> str:
-        return f"line {self.line}: {self.message}" if self.line else self.message
-
-
-@dataclass(frozen=True)
-class _Source:
-    path: Path
-    rel: Path  # under the posts folder (prefixed by the folders above a nested `_posts`)
-    site_rel: str  # Jekyll's relative_path
-    front: str  # raw YAML, for line numbers
-    data: dict[str, Any]
-    body: str
-    body_line: int
-    date: datetime  # in the site's timezone
-    file_slug: str
-    slug: str
-    post_id: str
-    categories: tuple[str, ...]
-    site_path: str  # /2024/11/04/slug.html (Jekyll's page.url)
-    url: str  # absolute
-    warnings: _Warnings
-
-
-def _read_source(found: _Found, settings: Settings) -> _Source:
-    path = found.path
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise PostError(f"cannot read: {exc.strerror}", path=path) from exc
-    split = jekyll.split_front_matter(jekyll.decode(raw, path), path)
-    front = jekyll.load_front_matter(split.front_matter, path)
-    warnings = _Warnings()
-    for key, line in front.duplicates:
-        warnings.add(f"duplicate front matter key {key!r}; the last value wins", line, key)
-    data = front.data
-    config = settings.site.jekyll
-    defaults = jekyllsite.defaults_for(config, found.site_rel) if config is not None else {}
-    data = jekyllsite.deep_merge(defaults, data) if defaults else data
-    name = jekyll.parse_file_name(path.stem)
-    date = _date(data, name, split.front_matter, path, settings)
-    given_slug = jekyll.scalar_text(data.get("slug"))
-    slug = permalink.pretty_slug(given_slug) if given_slug else name.slug
-    categories = jekyll.categories(front.data, defaults, found.categories, data)
-    site_path = permalink.expand(
-        _permalink(data, settings), date=date, slug=slug, categories=categories, name=path.stem
-    )
-    rel = found.rel
-    post_id = jekyll.scalar_text(data.get("id")) or (rel.parent / name.slug).as_posix()
-    return _Source(
-        path=path,
-        rel=rel,
-        site_rel=found.site_rel,
-        front=split.front_matter,
-        data=data,
-        body=split.body,
-        body_line=split.body_line,
-        date=date,
-        file_slug=name.slug,
-        slug=slug,
-        post_id=post_id,
-        categories=categories,
-        site_path=site_path,
-        url=permalink.site_root(settings.site) + site_path,
-        warnings=warnings,
-    )
-
-
-def _permalink(data: Mapping[str, Any], settings: Settings) -> str:
-    """Front matter `permalink` (taken literally, as Jekyll does), else the posts
-    collection's (`collections: posts: permalink:`), else the site's."""
-    own = jekyll.scalar_text(data.get("permalink"))
-    if own:
-        return own
-    collections = (settings.site.jekyll or {}).get("collections")
-    posts = collections.get("posts") if isinstance(collections, Mapping) else None
-    if isinstance(posts, Mapping) and isinstance(posts.get("permalink"), str):
-        return permalink.style(posts["permalink"])
-    return permalink.style(settings.site.permalink)
-
-
-def _date(
-    data: Mapping[str, Any], name: jekyll.FileName, front: str, path: Path, settings: Settings
-) -> datetime:
-    """Front matter `date:` wins over the file name's; either is read in the site's zone."""
-    tz = settings.site.tz
-    if data.get("date") not in (None, ""):
-        line = jekyll.key_line(front, "date")
-        moment = jekyll.parse_date(data["date"], tz, path=path, line=line)
-    elif name.date is not None:
-        moment = jekyll.file_date(name.date, tz, path)
-    else:
-        raise PostError(
-            "no date: set `date:` in the front matter or name the file YYYY-MM-DD-title.md",
-            path=path,
-            key="date",
-        )
-    # Jekyll shows and builds URLs from the date in the site's timezone.
-    return moment.astimezone(tz)
 
 
 # --------------------------------------------------------------------------- pass 2
@@ -371,7 +204,7 @@ class _SiteContext:
 
     @classmethod
     def build(
-        cls, settings: Settings, sources: list[_Source], problems: list[Problem]
+        cls, settings: Settings, sources: list[Source], problems: list[Problem]
     ) -> _SiteContext:
         site = settings.site
         base = {
@@ -419,7 +252,7 @@ class _SiteContext:
 _FALSE = (False, "false", "False", "no")
 
 
-def _published(source: _Source) -> bool:
+def _published(source: Source) -> bool:
     """`published: false`, `draft: true` and a `_drafts` folder all mean a draft
     (invariant 4: never sent automatically)."""
     if source.data.get("published", True) in _FALSE:
@@ -429,7 +262,7 @@ def _published(source: _Source) -> bool:
     return "_drafts" not in source.rel.parts
 
 
-def _build_post(source: _Source, site: _SiteContext, *, bodies: bool = True) -> Post:
+def _build_post(source: Source, site: _SiteContext, *, bodies: bool = True) -> Post:
     data, warnings = source.data, source.warnings
     title_source = jekyll.scalar_text(data.get("title")) or jekyll.titleize(source.file_slug)
     heading = posttext.title_html(title_source)
@@ -472,7 +305,7 @@ def _build_post(source: _Source, site: _SiteContext, *, bodies: bool = True) -> 
     )
 
 
-def _page(source: _Source, title: str | None = None) -> dict[str, Any]:
+def _page(source: Source, title: str | None = None) -> dict[str, Any]:
     """Liquid's `page` (and each of `site.posts`) for a post."""
     if title is None:
         given = jekyll.scalar_text(source.data.get("title"))
@@ -491,7 +324,7 @@ def _page(source: _Source, title: str | None = None) -> dict[str, Any]:
     }
 
 
-def _liquid(source: _Source, site: _SiteContext, title: str, text: str | None = None) -> str:
+def _liquid(source: Source, site: _SiteContext, title: str, text: str | None = None) -> str:
     """The body (or `text`, a part of it: then warnings are not repeated) rendered."""
     page = _page(source, title)
     result = liquid_mod.render(
@@ -519,7 +352,7 @@ def _safe_html(fragment: str) -> str:
 
 
 def _excerpt(
-    source: _Source, site: _SiteContext, title: str, body: str, had_byline: bool
+    source: Source, site: _SiteContext, title: str, body: str, had_byline: bool
 ) -> tuple[str, str]:
     """(HTML, text) of the excerpt: front matter `excerpt`, else Jekyll's (on a
     Jekyll site) or the first paragraph; where that shows no text (the post
@@ -558,7 +391,7 @@ def _authors(
     data: Mapping[str, Any],
     byline: posttext.Byline | None,
     site: _SiteContext,
-    source: _Source,
+    source: Source,
 ) -> tuple[Author, ...]:
     """Front matter `authors`/`author`, else the body's byline, else the site's author."""
     for key in ("authors", "author"):
@@ -600,7 +433,7 @@ def _author(item: Any, known: Mapping[str, Any]) -> Author | None:
 
 
 def _image(
-    data: Mapping[str, Any], source: _Source, site: _SiteContext, title: str
+    data: Mapping[str, Any], source: Source, site: _SiteContext, title: str
 ) -> tuple[str | None, str]:
     value = data.get("image")
     alt = jekyll.scalar_text(data.get("image_alt"))

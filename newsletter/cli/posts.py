@@ -16,13 +16,8 @@ from newsletter.config import DEFAULT_CONFIG, ListSettings, Settings, utcnow
 from newsletter.delivery import mailed_pairs
 from newsletter.errors import NewsletterError, Problem
 from newsletter.planning import cron_trigger, effective_since
-from newsletter.posts import (
-    PostCollection,
-    load_posts,
-    post_status,
-    site_post_files,
-    where_posts_are,
-)
+from newsletter.postfiles import site_post_files, where_posts_are
+from newsletter.posts import PostCollection, load_posts, post_status
 from newsletter.store import open_store
 
 
