@@ -106,7 +106,8 @@ def post_files(
 def _post_entry(path: Path, inner: str) -> bool:
     if any(part.startswith(("_", ".", "#")) for part in inner.split("/")):
         return False
-    if inner.endswith("~") or path.suffix.lower() not in MARKDOWN_EXTS:
+    # Jekyll publishes a dated file of any kind (.md, .html, .txt, …).
+    if inner.endswith("~") or not path.suffix:
         return False
     return bool(_DATED.match(path.name)) and path.is_file()
 

@@ -61,6 +61,21 @@ def _markdown() -> markdown.Markdown:
     return md
 
 
+MARKDOWN_SUFFIXES = frozenset({".md", ".markdown", ".mkdown", ".mkdn", ".mkd"})
+
+
+def convert(text: str, base_url: str, suffix: str = ".md") -> str:
+    """A post body as Jekyll converts it by file type: Markdown for Markdown
+    files, HTML as it is (`.html`), anything else as plain text."""
+    suffix = suffix.lower()
+    if suffix in MARKDOWN_SUFFIXES:
+        return markdown_to_html(text, base_url)
+    if suffix in (".html", ".htm"):
+        return sanitise_html(text, base_url)
+    paragraphs = [p for p in re.split(r"\n\s*\n", text.strip()) if p.strip()]
+    return "".join(f"<p>{html.escape(p)}</p>" for p in paragraphs)
+
+
 def markdown_to_html(text: str, base_url: str) -> str:
     """Markdown (already Liquid-rendered) → sanitised HTML with absolute URLs.
 

@@ -277,7 +277,7 @@ def _build_post(source: Source, site: _SiteContext, *, bodies: bool = True) -> P
     authors = _authors(data, byline, site, source)
     body_html = excerpt_html = excerpt_text = ""
     if bodies:
-        body_html = _safe_html(markup.markdown_to_html(body, source.url))
+        body_html = _safe_html(markup.convert(body, source.url, source.path.suffix))
         excerpt_html, excerpt_text = _excerpt(source, site, title, body, byline is not None)
     image, image_alt = _image(data, source, site, title)
     return Post(
@@ -380,7 +380,7 @@ def _excerpt(
     candidates.append(posttext.excerpt_source(body, None))
     html = text = ""
     for markdown_text in candidates:
-        html = _safe_html(markup.markdown_to_html(markdown_text, source.url))
+        html = _safe_html(markup.convert(markdown_text, source.url, source.path.suffix))
         text = markup.html_to_text(html)
         if text.strip():
             break

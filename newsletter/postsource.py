@@ -67,7 +67,12 @@ def read_source(found: FoundPost, settings: Settings) -> Source:
         raw = path.read_bytes()
     except OSError as exc:
         raise PostError(f"cannot read: {exc.strerror}", path=path) from exc
-    split = jekyll.split_front_matter(jekyll.decode(raw, path), path)
+    text = jekyll.decode(raw, path)
+    if settings.site.jekyll is not None and not text.startswith("---"):
+        # Jekyll publishes a dated `_posts` file without front matter as it is.
+        split = jekyll.SplitFile("", text, 1)
+    else:
+        split = jekyll.split_front_matter(text, path)
     front = jekyll.load_front_matter(split.front_matter, path)
     warnings = Warnings()
     for key, line in front.duplicates:
@@ -114,7 +119,7 @@ def _permalink(data: Mapping[str, Any], settings: Settings) -> str:
     collections = (settings.site.jekyll or {}).get("collections")
     posts = collections.get("posts") if isinstance(collections, Mapping) else None
     if isinstance(posts, Mapping) and isinstance(posts.get("permalink"), str):
-        return permalink.style(posts["permalink"])
+        return posts["permalink"]  # literal too: `weekdate` here is the path /weekdate
     return permalink.style(settings.site.permalink)
 
 
