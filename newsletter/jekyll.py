@@ -183,8 +183,13 @@ def parse_file_name(stem: str) -> FileName:
 
 
 def titleize(slug: str) -> str:
-    """Jekyll's title from a slug: `edge-case-no-title` → "Edge Case No Title"."""
-    return " ".join(word[:1].upper() + word[1:] for word in re.split(r"[-_\s]+", slug) if word)
+    """Jekyll's Utils.titleize_slug: `edge-case-no-title` → "Edge Case No Title".
+
+    Only dashes separate words and each word is Ruby-capitalised (the rest
+    lower-cased): `iOS-tips_and-tricks` → "Ios Tips_and Tricks", as Jekyll
+    titles it.
+    """
+    return " ".join(word[:1].upper() + word[1:].lower() for word in slug.split("-") if word)
 
 
 # --------------------------------------------------------------------------- dates

@@ -271,7 +271,7 @@ class _Prepass:
             return self._line_start(pos) + "```"
         if name in ("post_url", "link"):
             return self._resolve(name, args, pos)
-        if name == "include":
+        if name in ("include", "include_cached"):  # include_cached: jekyll-include-cache
             return self._include(args, pos)
         if name in _DROPPED_TAGS:
             self._warn(f"{{% {name} {args} %}} dropped (includes are not available in email)", pos)

@@ -35,11 +35,9 @@ from newsletter.kramdown import KramdownExtension
 
 # --------------------------------------------------------------------------- Markdown
 
-_EXTENSIONS = ["extra", "codehilite", "sane_lists", "smarty"]
+# kramdown's typography comes from newsletter.kramdown (smarty is too slow).
+_EXTENSIONS = ["extra", "codehilite", "sane_lists"]
 _EXTENSION_CONFIGS: dict[str, dict[str, Any]] = {
-    # kramdown's typographic defaults: curly quotes, -- en dash, --- em dash,
-    # ... ellipsis, << >> guillemets; a backslash keeps a quote straight.
-    "smarty": {"smart_angled_quotes": True},
     # noclasses: Pygments writes style="" on every token, which survives
     # Gmail and Outlook; guess_lang=False keeps unlabelled blocks plain.
     "codehilite": {"noclasses": True, "guess_lang": False, "pygments_style": "default"},
