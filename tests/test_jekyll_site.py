@@ -231,3 +231,32 @@ def test_no_front_matter_and_html_posts(tmp_path: Path) -> None:
     assert posts["bare-words"].body_html == "<p>Just <em>text</em>.</p>"
     assert posts["page"].body_html == "<p>An <b>HTML</b> post -- as is.</p>"
     assert posts["page"].date == datetime(2024, 1, 2, tzinfo=UTC)
+
+
+def test_excerpt_jekylls_then_the_documented_fallback(tmp_path: Path) -> None:
+    config = _site(
+        tmp_path,
+        "url: https://example.org\ntimezone: UTC\n",
+        {
+            # Jekyll's excerpt is the part before the first blank line: here
+            # only the {% assign %}, which shows nothing.
+            "_posts/2024-01-01-described.md": (
+                "---\ndescription: Said in the front matter.\n---\n"
+                "{% assign x = 1 %}\n\nFirst real paragraph.\n"
+            ),
+            "_posts/2024-01-02-undescribed.md": (
+                "---\n---\n{::comment}\nnothing\n{:/comment}\n\nFirst real paragraph.\n\nMore.\n"
+            ),
+            "_posts/2024-01-03-own-separator.md": (
+                "---\nexcerpt_separator: <!--cut-->\n---\nOne.\n\nTwo.<!--cut-->Three.\n"
+            ),
+            "_posts/2024-01-04-front-matter.md": "---\nexcerpt: Given *here*.\n---\nBody.\n",
+        },
+    )
+    posts = {p.slug: p.excerpt_text for p in load_posts(load_settings(config)).posts}
+    assert posts == {
+        "described": "Said in the front matter.",
+        "undescribed": "First real paragraph.",
+        "own-separator": "One.\n\nTwo.",
+        "front-matter": "Given here.",
+    }
