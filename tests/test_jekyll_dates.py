@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from newsletter.errors import PostError
-from newsletter.jekyll import parse_date
+from newsletter.posts.jekyll import parse_date
 
 TZ = ZoneInfo("Europe/Istanbul")
 

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from newsletter import jekyll, jekyllsite, planning
 from newsletter.config import ListSettings, load_settings
+from newsletter.daemon import planning
 from newsletter.errors import Problem
-from newsletter.posts import load_posts
+from newsletter.posts import jekyll, load_posts
+from newsletter.posts import site as jekyllsite
 
 
 def _write(root: Path, files: dict[str, str]) -> None:

@@ -14,7 +14,7 @@ import subprocess
 import pytest
 from jekyll_oracle import text_of
 
-from newsletter.markup import markdown_to_html
+from newsletter.posts.markup import markdown_to_html
 
 BASE = "https://blog.example.com/2024/01/01/post.html"
 

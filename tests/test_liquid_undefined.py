@@ -13,9 +13,9 @@ from click.testing import CliRunner
 from starlette.testclient import TestClient
 from test_web_support import copy_site
 
-from newsletter import liquid
 from newsletter.cli import main
 from newsletter.config import load_settings
+from newsletter.posts import liquid
 from newsletter.web.preview import create_preview_app
 
 

@@ -8,11 +8,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, insert, select
 
-from newsletter.config import ListSettings, Settings
-from newsletter.errors import SubscriberError
-from newsletter.store import now, open_url
-from newsletter.store.schema import lists, memberships, subscribers
-from newsletter.store.subscribers import (
+from newsletter.audience.members import (
     add_subscriber,
     ensure_lists,
     get_by_email,
@@ -28,6 +24,10 @@ from newsletter.store.subscribers import (
     resubscribe,
     unsubscribe,
 )
+from newsletter.config import ListSettings, Settings
+from newsletter.errors import SubscriberError
+from newsletter.store import now, open_url
+from newsletter.store.schema import lists, memberships, subscribers
 
 
 def make_settings(**titles: str) -> Settings:

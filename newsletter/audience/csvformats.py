@@ -1,0 +1,271 @@
+"""Reading subscriber CSV files as people really have them.
+
+`read_source(path, fmt)` yields one `SourceRow` per record (or a `Problem` for a
+record it cannot use), whatever the file looks like:
+
+* encoding: UTF-8 with or without BOM, UTF-16 with BOM (Excel's "Unicode
+  text"), else cp1252 (Excel's "CSV"), else Latin-1 (never fails);
+* delimiter: `,` `;` TAB or `|`, whichever the header line holds most of;
+* CRLF, quoted commas and newlines, blank lines, stray whitespace;
+* a Mailchimp export ZIP: every CSV inside, with the status its file name
+  implies (`unsubscribed_…` → unsubscribed, `cleaned_…` → bounced).
+
+Which columns each service's export contributes is in `newsletter.audience.serviceformats`
+(and docs/subscribers.md).  Line numbers are physical lines of the file (the
+line a record starts on), so an editor jumps straight to it.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from newsletter.audience.serviceformats import (
+    EMAIL_COLUMNS,
+    FORMATS,
+    SourceRow,
+    detect_format,
+    mapper_for,
+)
+from newsletter.errors import Problem, SubscriberError
+
+__all__ = ["FORMATS", "FileInfo", "SourceRow", "read_source", "source_size"]
+
+_CHUNK = 1 << 20
+_DELIMITERS = (",", ";", "\t", "|")
+
+Progress = Callable[[int], None]  # bytes consumed so far, across every member
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """What sniffing found out about one CSV (shown by --dry-run / --json)."""
+
+    name: str
+    encoding: str
+    delimiter: str
+    format: str
+
+
+def source_size(path: Path) -> int:
+    """Bytes `read_source` will report progress against."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            return sum(i.file_size for i in _csv_members(archive))
+    return path.stat().st_size
+
+
+def read_source(
+    path: Path,
+    fmt: str = "auto",
+    *,
+    progress: Progress | None = None,
+    infos: list[FileInfo] | None = None,
+) -> Iterator[SourceRow | Problem]:
+    """Every record of a CSV file or a Mailchimp ZIP, in file order."""
+    if fmt != "auto" and fmt not in FORMATS:
+        raise SubscriberError(f"unknown format {fmt!r}", path=path)
+    try:
+        if zipfile.is_zipfile(path):
+            yield from _read_zip(path, fmt, progress, infos)
+            return
+        opener: Callable[[], IO[bytes]] = lambda: path.open("rb")  # noqa: E731
+        yield from _read_csv(opener, path, path.name, fmt, 0, progress, infos)
+    except FileNotFoundError:
+        raise SubscriberError("file not found", path=path) from None
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise SubscriberError(f"cannot read file: {exc}", path=path) from exc
+
+
+def _csv_members(archive: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
+    return [
+        info
+        for info in archive.infolist()
+        if info.filename.lower().endswith(".csv")
+        and not info.is_dir()
+        and not Path(info.filename).name.startswith(("._", "."))  # macOS resource forks
+    ]
+
+
+def _read_zip(
+    path: Path, fmt: str, progress: Progress | None, infos: list[FileInfo] | None
+) -> Iterator[SourceRow | Problem]:
+    with zipfile.ZipFile(path) as archive:
+        members = _csv_members(archive)
+        if not members:
+            raise SubscriberError("the ZIP file holds no .csv file", path=path)
+        offset = 0
+        for info in members:
+            label = f"{path}:{info.filename}"
+
+            def opener(info: zipfile.ZipInfo = info) -> IO[bytes]:
+                return archive.open(info)
+
+            yield from _read_csv(opener, Path(label), info.filename, fmt, offset, progress, infos)
+            offset += info.file_size
+
+
+class _CountingReader(io.RawIOBase):
+    """Counts bytes as the text layer pulls them, for the progress bar."""
+
+    def __init__(self, raw: IO[bytes], offset: int, progress: Progress | None) -> None:
+        self._raw = raw
+        self._offset = offset
+        self._done = 0
+        self._progress = progress
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        data = self._raw.read(len(buffer))
+        n = len(data)
+        buffer[:n] = data
+        self._done += n
+        if self._progress is not None and n:
+            self._progress(self._offset + self._done)
+        return n
+
+
+def _read_csv(
+    opener: Callable[[], IO[bytes]],
+    label: Path,
+    name: str,
+    fmt: str,
+    offset: int,
+    progress: Progress | None,
+    infos: list[FileInfo] | None,
+) -> Iterator[SourceRow | Problem]:
+    with opener() as raw:
+        encoding = sniff_encoding(raw)
+    with opener() as raw:
+        counted = io.BufferedReader(_CountingReader(raw, offset, progress), _CHUNK)
+        text = io.TextIOWrapper(counted, encoding=encoding, newline="")
+        first = text.readline()
+        delimiter = sniff_delimiter(first)
+        lines = _chain_first(first, text)
+        reader = csv.reader(lines, delimiter=delimiter, skipinitialspace=True)
+        yield from _records(reader, label, name, fmt, encoding, delimiter, infos)
+
+
+def _chain_first(first: str, rest: IO[str]) -> Iterator[str]:
+    yield first
+    yield from rest
+
+
+def _records(
+    reader: Iterator[list[str]],
+    label: Path,
+    name: str,
+    fmt: str,
+    encoding: str,
+    delimiter: str,
+    infos: list[FileInfo] | None,
+) -> Iterator[SourceRow | Problem]:
+    line_num = 0
+
+    def next_record() -> tuple[int, list[str] | csv.Error] | None:
+        # A csv.Error (a field over the size limit, a NUL in old Pythons) is
+        # returned, not raised: the reader resumes on the next line, so one
+        # broken row is reported and the rest still imports (invariant 5).
+        nonlocal line_num
+        start = line_num + 1
+        try:
+            record: list[str] | csv.Error = next(reader)
+        except StopIteration:
+            return None
+        except csv.Error as exc:
+            record = exc
+        line_num = getattr(reader, "line_num", start)
+        return start, record
+
+    header: list[str] | None = None
+    while header is None:
+        got = next_record()
+        if got is None:
+            raise SubscriberError("the file is empty (no header line)", path=label)
+        start, record = got
+        if isinstance(record, csv.Error):
+            raise SubscriberError(f"unreadable header: {record}", path=label, line=start)
+        if any(cell.strip() for cell in record):
+            header = [cell.strip().strip("\ufeff").strip() for cell in record]
+            first = (start, record)
+    headerless = _is_headerless(header)
+    if headerless:
+        # A bare list of addresses (pasted from somewhere): no header line.
+        header = ["email", "name"][: len(header)] + [
+            f"column {i + 1}" for i in range(2, len(header))
+        ]
+    chosen = detect_format(header, name) if fmt == "auto" else fmt
+    mapper = mapper_for(chosen, header, name, label)
+    if infos is not None:
+        infos.append(FileInfo(str(label), encoding, delimiter, chosen))
+    if headerless:
+        yield mapper(*first)
+    while (got := next_record()) is not None:
+        start, record = got
+        if isinstance(record, csv.Error):
+            yield Problem(f"unreadable row: {record}", label, start)
+            continue
+        if not any(cell.strip() for cell in record):
+            continue  # blank lines (and lines of bare delimiters) are not records
+        yield mapper(start, record)
+
+
+def _is_headerless(header: list[str]) -> bool:
+    """True when the "header" is really a first row: its first cell is an address."""
+    first = header[0].lower() if header else ""
+    return "@" in first and first not in EMAIL_COLUMNS
+
+
+def sniff_encoding(raw: IO[bytes]) -> str:
+    """The file's encoding, from its BOM, else whether all of it is UTF-8."""
+    head = raw.read(4)
+    if head.startswith(codecs.BOM_UTF8):
+        return "utf-8-sig"
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "utf-16"
+    # UTF-16 without a BOM: ASCII text with every other byte NUL.
+    if len(head) >= 4 and head[1] == 0 and head[3] == 0 and head[0] and head[2]:
+        return "utf-16-le"
+    if len(head) >= 4 and head[0] == 0 and head[2] == 0 and head[1] and head[3]:
+        return "utf-16-be"
+    # One pass over the bytes decides UTF-8: decoding is cheap next to parsing,
+    # and guessing from a prefix fails on a file whose first é is on line 90 000.
+    decoder: codecs.IncrementalDecoder = codecs.getincrementaldecoder("utf-8")()
+    chunk = head
+    try:
+        while chunk:
+            decoder.decode(chunk)
+            chunk = raw.read(_CHUNK)
+        decoder.decode(b"", final=True)
+        return "utf-8"
+    except UnicodeDecodeError:
+        pass
+    raw.seek(0)
+    decoder = codecs.getincrementaldecoder("cp1252")()
+    try:
+        while chunk := raw.read(_CHUNK):
+            decoder.decode(chunk)
+        return "cp1252"
+    except UnicodeDecodeError:
+        return "latin-1"  # every byte decodes; names may look odd, addresses survive
+
+
+def sniff_delimiter(header_line: str) -> str:
+    """The delimiter the header uses most, outside quotes (`,` on a tie)."""
+    counts = dict.fromkeys(_DELIMITERS, 0)
+    quoted = False
+    for char in header_line:
+        if char == '"':
+            quoted = not quoted
+        elif not quoted and char in counts:
+            counts[char] += 1
+    best = max(_DELIMITERS, key=lambda d: counts[d])
+    return best if counts[best] > 0 else ","

@@ -1,0 +1,420 @@
+"""Each service's subscriber export, mapped onto one `SourceRow` shape.
+
+`detect_format(header, file_name)` recognises an export by its header;
+`mapper_for(format, header, ...)` returns a function turning one CSV record
+into a `SourceRow` (raw email, name, status, attributes).  Columns a format
+does not consume are kept as attributes when they hold a value.
+
+Statuses are ours: active, pending (not yet confirmed: not mailable),
+unsubscribed, bounced, complained.  Which source values map to which is in the
+`_STATES` tables below and in docs/subscribers.md.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from newsletter.errors import SubscriberError
+
+FORMATS = (
+    "generic",
+    "newsletter",
+    "mailchimp",
+    "substack",
+    "ghost",
+    "listmonk",
+    "beehiiv",
+    "buttondown",
+    "kit",
+)
+
+EMAIL_COLUMNS = ("email", "e-mail", "email address", "email_address", "emailaddress", "mail")
+NAME_COLUMNS = ("name", "full name", "full_name", "fullname", "display name")
+# English first, then the headers German, French and Spanish spreadsheets use.
+FIRST_COLUMNS = ("first name", "first_name", "firstname", "fname", "given name", "vorname",
+                 "prénom", "prenom", "nombre")  # fmt: skip
+LAST_COLUMNS = ("last name", "last_name", "lastname", "lname", "surname", "family name",
+                "nachname", "nom", "apellido", "apellidos")  # fmt: skip
+
+# Our own export's header starts with these (see newsletter.audience.subscribers.export).
+NEWSLETTER_HEADER = ("email", "name", "status", "subscribed_at")
+# A cell our export prefixed with ' against spreadsheet formula injection.
+FORMULA_PREFIX = "'"
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", FORMULA_PREFIX)
+
+_TRUE = {"true", "yes", "1", "y", "t"}
+_FALSE = {"false", "no", "0", "n", "f"}
+
+
+@dataclass(frozen=True)
+class SourceRow:
+    """One usable record, before address validation."""
+
+    path: Path
+    line: int
+    email: str
+    name: str = ""
+    status: str = "active"
+    reason: str | None = None
+    attributes: dict[str, Any] = field(default_factory=dict)
+    subscribed_at: datetime | None = None
+    warnings: tuple[str, ...] = ()
+
+
+Mapper = Callable[[int, list[str]], SourceRow]
+
+
+class _Columns:
+    """Case-insensitive access to a record's cells by header name."""
+
+    def __init__(self, header: Sequence[str]) -> None:
+        self.header = list(header)
+        self.index: dict[str, int] = {}
+        for i, name in enumerate(header):
+            self.index.setdefault(name.strip().lower(), i)
+
+    def find(self, *names: str) -> str | None:
+        return next((n for n in names if n in self.index), None)
+
+    def has(self, *names: str) -> bool:
+        return all(n in self.index for n in names)
+
+
+def detect_format(header: Sequence[str], file_name: str = "") -> str:
+    """The service whose export has this header; `generic` when none matches."""
+    cols = _Columns(header)
+    lowered = [h.lower() for h in header]
+    if tuple(lowered[:4]) == NEWSLETTER_HEADER:
+        return "newsletter"
+    if cols.has("email address") and cols.find("member_rating", "optin_time", "leid", "euid"):
+        return "mailchimp"
+    if cols.has("email", "active_subscription", "email_disabled"):
+        return "substack"
+    if tuple(lowered[:3]) == ("email", "name", "subscription type"):
+        return "substack"
+    if cols.has("email", "subscribed_to_emails"):
+        return "ghost"
+    if cols.has("uuid", "email", "attributes", "status"):
+        return "listmonk"
+    if lowered == ["email", "name", "attributes"]:
+        return "listmonk"
+    if cols.has("subscriber_type"):
+        return "buttondown"
+    if cols.has("email", "status") and cols.find("tier", "unsubscribed_at", "utm_source"):
+        return "beehiiv"
+    if cols.has("state") and cols.find("email_address", "email") and cols.find("first_name"):
+        return "kit"
+    return "generic"
+
+
+def mapper_for(fmt: str, header: Sequence[str], file_name: str, label: Path) -> Mapper:
+    cols = _Columns(header)
+    email_col = cols.find(*EMAIL_COLUMNS)
+    if email_col is None:
+        raise SubscriberError(
+            f"no email column in the header (looked for: {', '.join(EMAIL_COLUMNS)}; "
+            f"found: {', '.join(header)})",
+            path=label,
+            line=1,
+        )
+    status_of = _STATUS_RULES[fmt](cols, file_name)
+    consumed = {email_col, *_NAME_PARTS, *_CONSUMED.get(fmt, ())}
+    email_i = cols.index[email_col]
+    name_i = _name_indexes(cols)
+    unescape = fmt == "newsletter"
+    keep = [
+        (i, _unescape(h) if unescape else h)  # export escapes column names too
+        for i, h in enumerate(cols.header)
+        if h.strip().lower() not in consumed
+    ]
+    since_col = cols.find(*_SINCE.get(fmt, ()))
+    since_i = cols.index[since_col] if since_col else None
+
+    def mapper(line: int, record: list[str]) -> SourceRow:
+        cells = [_unescape(c) for c in record] if unescape else record
+
+        def cell(i: int | None) -> str:
+            return cells[i].strip() if i is not None and i < len(cells) else ""
+
+        status, reason, warnings = status_of(cells)
+        attributes, more = _attributes(fmt, cols, cells, keep)
+        return SourceRow(
+            path=label,
+            line=line,
+            email=cell(email_i),
+            name=_name(cell, name_i),
+            status=status,
+            reason=reason,
+            attributes=attributes,
+            subscribed_at=parse_time(cell(since_i)),
+            warnings=warnings + more,
+        )
+
+    return mapper
+
+
+_NAME_PARTS = frozenset(NAME_COLUMNS + FIRST_COLUMNS + LAST_COLUMNS)
+
+
+def _name_indexes(cols: _Columns) -> tuple[int | None, int | None, int | None]:
+    def idx(names: tuple[str, ...]) -> int | None:
+        found = cols.find(*names)
+        return cols.index[found] if found else None
+
+    return idx(NAME_COLUMNS), idx(FIRST_COLUMNS), idx(LAST_COLUMNS)
+
+
+def _name(cell: Callable[[int | None], str], idx: tuple[int | None, ...]) -> str:
+    full, first, last = (cell(i) for i in idx)
+    if full:
+        return " ".join(full.split())
+    return " ".join(f"{first} {last}".split())
+
+
+def _unescape(value: str) -> str:
+    # Our export prefixed cells starting with a formula character (or a ')
+    # with one '; take exactly that one away again.
+    return value[1:] if value.startswith(FORMULA_PREFIX) else value
+
+
+def parse_time(text: str) -> datetime | None:
+    """An ISO 8601-ish time as aware UTC (naive means UTC); None if unreadable."""
+    if not text:
+        return None
+    try:
+        value = datetime.fromisoformat(text.replace(" UTC", "").replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# --------------------------------------------------------------------------- statuses
+
+StatusResult = tuple[str, str | None, tuple[str, ...]]
+StatusRule = Callable[[list[str]], StatusResult]
+
+
+def _lookup(cols: _Columns, *names: str) -> Callable[[list[str]], str]:
+    found = cols.find(*names)
+    i = cols.index[found] if found else None
+
+    def get(cells: list[str]) -> str:
+        return cells[i].strip().lower() if i is not None and i < len(cells) else ""
+
+    return get
+
+
+def _mapped(column: str, table: dict[str, str], service: str) -> Callable[..., StatusRule]:
+    """A rule reading one state column through a table; unknown → pending."""
+
+    def rule(cols: _Columns, _file: str) -> StatusRule:
+        get = _lookup(cols, column)
+
+        def status(cells: list[str]) -> StatusResult:
+            value = get(cells)
+            if value in table:
+                ours = table[value]
+                return ours, None if ours == "active" else f"{service}: {value}", ()
+            if not value:
+                return "active", None, ()
+            warning = f"unknown {column} {value!r}; imported as pending (not mailable)"
+            return "pending", f"{service}: {value}", (warning,)
+
+        return status
+
+    return rule
+
+
+_GENERIC = {
+    "active": "active",
+    "subscribed": "active",
+    "enabled": "active",
+    "confirmed": "active",
+    "pending": "pending",
+    "unconfirmed": "pending",
+    "unsubscribed": "unsubscribed",
+    "blocklisted": "unsubscribed",
+    "opted out": "unsubscribed",
+    "cancelled": "unsubscribed",
+    "bounced": "bounced",
+    "cleaned": "bounced",
+    "complained": "complained",
+}
+
+
+def _generic(cols: _Columns, file_name: str) -> StatusRule:
+    # An optional `status` column (our own export writes one).  A value we do
+    # not know is not guessed to be "active": better unmailed than unwanted.
+    return _mapped("status", _GENERIC, "import")(cols, file_name)
+
+
+def _mailchimp(cols: _Columns, file_name: str) -> StatusRule:
+    # The export ZIP names its files subscribed_/unsubscribed_/cleaned_members_…;
+    # a single file is recognised by its UNSUB_TIME / CLEAN_TIME columns.
+    lowered = Path(file_name).name.lower()
+    if lowered.startswith("unsubscribed") or cols.has("unsub_time"):
+        fixed: StatusResult = ("unsubscribed", "mailchimp: unsubscribed", ())
+    elif lowered.startswith("cleaned") or cols.has("clean_time"):
+        fixed = ("bounced", "mailchimp: cleaned", ())
+    else:
+        fixed = ("active", None, ())
+    return lambda _cells: fixed
+
+
+def _substack(cols: _Columns, _file: str) -> StatusRule:
+    disabled = _lookup(cols, "email_disabled")
+
+    def status(cells: list[str]) -> StatusResult:
+        if disabled(cells) in _TRUE:
+            return "unsubscribed", "substack: email_disabled", ()
+        return "active", None, ()
+
+    return status
+
+
+def _ghost(cols: _Columns, _file: str) -> StatusRule:
+    subscribed = _lookup(cols, "subscribed_to_emails")
+    deleted = _lookup(cols, "deleted_at")
+
+    def status(cells: list[str]) -> StatusResult:
+        if deleted(cells):
+            return "unsubscribed", "ghost: deleted", ()
+        if subscribed(cells) in _FALSE:
+            return "unsubscribed", "ghost: subscribed_to_emails=false", ()
+        return "active", None, ()
+
+    return status
+
+
+def _beehiiv(cols: _Columns, _file: str) -> StatusRule:
+    state = _lookup(cols, "status")
+    unsubscribed_at = _lookup(cols, "unsubscribed_at")
+    table = {
+        "active": "active",
+        "pending": "pending",
+        "validating": "pending",
+        "inactive": "unsubscribed",
+        "unsubscribed": "unsubscribed",
+        "invalid": "bounced",
+    }
+
+    def status(cells: list[str]) -> StatusResult:
+        if unsubscribed_at(cells):
+            return "unsubscribed", "beehiiv: unsubscribed_at", ()
+        value = state(cells)
+        if not value:
+            return "active", None, ()
+        ours = table.get(value)
+        if ours is None:
+            warning = f"unknown status {value!r}; imported as pending (not mailable)"
+            return "pending", f"beehiiv: {value}", (warning,)
+        return ours, None if ours == "active" else f"beehiiv: {value}", ()
+
+    return status
+
+
+_LISTMONK = {"enabled": "active", "blocklisted": "unsubscribed", "disabled": "unsubscribed"}
+_BUTTONDOWN = {
+    "regular": "active",
+    "premium": "active",
+    "gifted": "active",
+    "trialed": "active",
+    "churning": "active",
+    "past_due": "active",
+    "unactivated": "pending",
+    "paused": "pending",
+    "unsubscribed": "unsubscribed",
+    "removed": "unsubscribed",
+    "undeliverable": "bounced",
+    "bounced": "bounced",
+    "complained": "complained",
+    "spammy": "complained",
+}
+_KIT = {
+    "active": "active",
+    "cold": "active",
+    "inactive": "pending",
+    "unconfirmed": "pending",
+    "cancelled": "unsubscribed",
+    "canceled": "unsubscribed",
+    "bounced": "bounced",
+    "complained": "complained",
+}
+
+_STATUS_RULES: dict[str, Callable[[_Columns, str], StatusRule]] = {
+    "generic": _generic,
+    "newsletter": _generic,
+    "mailchimp": _mailchimp,
+    "substack": _substack,
+    "ghost": _ghost,
+    "listmonk": _mapped("status", _LISTMONK, "listmonk"),
+    "beehiiv": _beehiiv,
+    "buttondown": _mapped("subscriber_type", _BUTTONDOWN, "buttondown"),
+    "kit": _mapped("state", _KIT, "kit"),
+}
+
+# Columns a format turns into status/name/time rather than attributes.
+_CONSUMED: dict[str, tuple[str, ...]] = {
+    "generic": ("status",),
+    "newsletter": ("status", "subscribed_at"),
+    "mailchimp": ("optin_time",),
+    "substack": ("email_disabled", "created_at"),
+    "ghost": ("subscribed_to_emails", "deleted_at", "created_at"),
+    "listmonk": ("status", "created_at", "updated_at", "attributes"),
+    "beehiiv": ("status", "unsubscribed_at", "created_at"),
+    "buttondown": ("subscriber_type", "creation_date"),
+    "kit": ("state", "created_at"),
+}
+# Where the time someone subscribed lives.
+_SINCE: dict[str, tuple[str, ...]] = {
+    "newsletter": ("subscribed_at",),
+    "mailchimp": ("optin_time", "confirm_time"),
+    "substack": ("created_at", "start date"),
+    "ghost": ("created_at",),
+    "listmonk": ("created_at",),
+    "beehiiv": ("created_at",),
+    "buttondown": ("creation_date",),
+    "kit": ("created_at",),
+}
+
+
+# --------------------------------------------------------------------------- attributes
+
+
+def _attributes(
+    fmt: str, cols: _Columns, cells: list[str], keep: list[tuple[int, str]]
+) -> tuple[dict[str, Any], tuple[str, ...]]:
+    attributes: dict[str, Any] = {}
+    warnings: tuple[str, ...] = ()
+    for i, name in keep:
+        value = cells[i].strip() if i < len(cells) else ""
+        if value:
+            attributes[name] = _decode_json(value) if fmt == "newsletter" else value
+    if fmt == "ghost" and "labels" in attributes:
+        attributes["labels"] = [v.strip() for v in str(attributes["labels"]).split(",") if v]
+    if fmt == "listmonk":
+        found = cols.find("attributes")
+        raw = cells[cols.index[found]].strip() if found and cols.index[found] < len(cells) else ""
+        if raw:
+            try:
+                extra = json.loads(raw)
+                if not isinstance(extra, dict):
+                    raise ValueError("not a JSON object")
+                attributes.update(extra)
+            except ValueError as exc:
+                warnings = (f"attributes are not a JSON object ({exc}); imported without them",)
+    return attributes, warnings
+
+
+def _decode_json(value: str) -> Any:
+    # Our export writes non-string attributes (and strings that would read as
+    # JSON) as JSON, so reading JSON back where it parses restores the type.
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value

@@ -1,0 +1,252 @@
+"""Subscriber lists from CSV: import, export, sync, and listing members.
+
+The library the `newsletter subscribers …` commands are a thin layer over:
+
+* `import_file`  – any supported export into one list, in one transaction;
+  `dry_run=True` runs the very same work and rolls it back;
+* `sync_directory` – every `subscribers/<name>.csv` defines list `<name>`;
+* `export_list` – `email,name,status,subscribed_at,<attributes…>` with cells
+  guarded against spreadsheet formula injection (OWASP "CSV injection");
+* `members` – a list's members with their effective status, streamed.
+
+Reading files is `newsletter.audience.csvformats`, address rules `newsletter.audience.addresses`,
+the batched writes `newsletter.audience.importer`, queries `newsletter.audience.members`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any
+
+from sqlalchemy import Connection, Engine, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from newsletter.audience.csvformats import read_source, source_size
+from newsletter.audience.importer import ImportCounts, ImportRun, import_rows, remove_untouched
+from newsletter.audience.members import (
+    ACTIVE,
+    PENDING,
+    STATUSES,
+    UNSUBSCRIBED,
+    ensure_lists,
+    list_id,
+)
+from newsletter.audience.serviceformats import FORMULA_STARTS, NEWSLETTER_HEADER
+from newsletter.config import Settings
+from newsletter.errors import Problem, StoreError, SubscriberError
+from newsletter.store import reading as read_only
+from newsletter.store.schema import lists, memberships, subscribers
+
+Progress = Callable[[int, int], None]  # (bytes done, bytes total)
+
+
+@dataclass(frozen=True)
+class MemberInfo:
+    """One member of a list as `subscribers list` and `export` show it."""
+
+    email: str
+    name: str
+    status: str  # effective on this list: a per-list unsubscribe reads "unsubscribed"
+    subscribed_at: datetime
+    attributes: dict[str, Any]
+
+
+# --------------------------------------------------------------------------- import
+
+
+def import_file(
+    engine: Engine,
+    settings: Settings,
+    path: Path,
+    list_name: str,
+    *,
+    fmt: str = "auto",
+    dry_run: bool = False,
+    resubscribe: bool = False,
+    progress: Progress | None = None,
+) -> ImportCounts:
+    """Import one file (CSV or Mailchimp ZIP) into a list, all or nothing.
+
+    Invalid rows are skipped and reported in `counts.problems`; everything
+    else is written in one transaction, so an interrupted import (crash,
+    Ctrl-C, kill) leaves the store exactly as it was.
+    """
+    settings.get_list(list_name)  # a clear "unknown list" before touching anything
+    total = source_size(path) if path.exists() else 0
+    tick = (lambda done: progress(done, total)) if progress else None
+    with _all_or_nothing(engine, settings, dry_run, "import", path) as conn:
+        run = ImportRun(conn, list_id(conn, list_name), resubscribe=resubscribe)
+        import_rows(run, read_source(path, fmt, progress=tick, infos=run.counts.files))
+    return run.counts
+
+
+@contextmanager
+def _all_or_nothing(
+    engine: Engine, settings: Settings, dry_run: bool, what: str, path: Path
+) -> Iterator[Connection]:
+    """One transaction for a whole import or sync: committed, or (dry run) rolled back."""
+    try:
+        with engine.connect() as conn:
+            transaction = conn.begin()
+            ensure_lists(conn, settings)  # inside: a dry run writes nothing at all
+            yield conn
+            if dry_run:
+                transaction.rollback()
+            else:
+                transaction.commit()
+    except SQLAlchemyError as exc:
+        raise StoreError(f"{what} failed, nothing was written: {exc}", path=path) from exc
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    list_name: str
+    path: Path
+    counts: ImportCounts
+
+
+def sync_directory(
+    engine: Engine, settings: Settings, directory: Path, *, dry_run: bool = False
+) -> tuple[list[SyncResult], list[Problem]]:
+    """Make each list's membership mirror `directory/<list>.csv`, all in one transaction.
+
+    Suppressions still win: a row for an unsubscribed address does not make it
+    mailable, and a per-list unsubscribe stays recorded when its row goes.
+    Files naming no declared list are reported and skipped.
+    """
+    if not directory.is_dir():
+        raise SubscriberError("no such directory", path=directory)
+    files = sorted(p for p in directory.iterdir() if p.suffix.lower() == ".csv" and p.is_file())
+    problems: list[Problem] = []
+    known = ", ".join(sorted(settings.lists)) or "none declared"
+    results: list[SyncResult] = []
+    with _all_or_nothing(engine, settings, dry_run, "sync", directory) as conn:
+        for path in files:
+            if path.stem not in settings.lists:
+                problems.append(
+                    Problem(
+                        f"no list {path.stem!r} in the configuration (declared: {known}); "
+                        f"add [lists.{path.stem}] or rename the file",
+                        path,
+                    )
+                )
+                continue
+            run = ImportRun(conn, list_id(conn, path.stem))
+            import_rows(run, read_source(path, "auto", infos=run.counts.files))
+            remove_untouched(run)
+            results.append(SyncResult(path.stem, path, run.counts))
+    return results, problems
+
+
+# --------------------------------------------------------------------------- members
+
+
+def members(
+    engine: Engine, list_name: str, statuses: frozenset[str] | None = None
+) -> Iterator[MemberInfo]:
+    """Every member of a list (any status unless `statuses`), in address order, streamed."""
+    for status in statuses or ():
+        if status not in STATUSES:
+            raise SubscriberError(f"unknown status {status!r} (one of: {', '.join(STATUSES)})")
+    query = (
+        select(
+            subscribers.c.email,
+            subscribers.c.name,
+            subscribers.c.status,
+            subscribers.c.attributes,
+            memberships.c.created_at,
+            memberships.c.unsubscribed_at,
+        )
+        .join(memberships, memberships.c.subscriber_id == subscribers.c.id)
+        .join(lists, lists.c.id == memberships.c.list_id)
+        .where(lists.c.name == list_name)
+        .order_by(subscribers.c.email_key)
+        .execution_options(yield_per=1000)
+    )
+    try:
+        with read_only(engine) as conn:
+            list_id(conn, list_name)
+            for row in conn.execute(query):
+                status = row.status
+                if row.unsubscribed_at is not None and status in (ACTIVE, PENDING):
+                    status = UNSUBSCRIBED
+                if statuses and status not in statuses:
+                    continue
+                yield MemberInfo(
+                    row.email, row.name, status, row.created_at, dict(row.attributes or {})
+                )
+    except SQLAlchemyError as exc:
+        raise StoreError(f"cannot read list {list_name!r}: {exc}") from exc
+
+
+# --------------------------------------------------------------------------- export
+
+
+def export_list(
+    engine: Engine,
+    list_name: str,
+    out: IO[str],
+    statuses: frozenset[str] | None = None,
+) -> int:
+    """Write a list as CSV; returns the number of members written.
+
+    Columns: email, name, status, subscribed_at, then one per attribute key
+    (sorted).  Two passes over the members (keys first, then rows) keep memory
+    flat however long the list is.
+    """
+    keys: set[str] = set()
+    for member in members(engine, list_name, statuses):
+        keys.update(member.attributes)
+    attribute_keys = sorted(keys - set(NEWSLETTER_HEADER))
+    writer = csv.writer(out, lineterminator="\r\n")  # RFC 4180 §2: CRLF
+    writer.writerow([*NEWSLETTER_HEADER, *(escape_cell(k) for k in attribute_keys)])
+    count = 0
+    for member in members(engine, list_name, statuses):
+        cells = [
+            member.email,
+            member.name,
+            member.status,
+            member.subscribed_at.isoformat(),
+            *(encode_attribute(member.attributes.get(k)) for k in attribute_keys),
+        ]
+        writer.writerow([escape_cell(c) for c in cells])
+        count += 1
+    return count
+
+
+def escape_cell(value: str) -> str:
+    """Prefix `'` to a cell a spreadsheet would run as a formula.
+
+    A leading `'` is escaped too, so that import can always remove exactly
+    one and get the original back.
+    """
+    return "'" + value if value.startswith(FORMULA_STARTS) else value
+
+
+def encode_attribute(value: Any) -> str:
+    """An attribute as one cell: plain strings as they are, everything else as JSON.
+
+    A string that would itself read as JSON (`"42"`, `"true"`, `""`) is written
+    JSON-quoted, so import restores strings as strings and numbers as numbers.
+    """
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        if value and not _is_json(value):
+            return value
+        return json.dumps(value, ensure_ascii=False)
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,501 @@
+"""One daemon pass: plan what is due, plan digests, deliver, log what happened.
+
+`scheduler` decides *when* a pass runs; this module is what a pass *does*, so
+`run --once`, the daemon and the tests share it.  A pass never raises for one
+bad post, list or template: those become `PassReport.problems` (invariant 5).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, func, or_, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from newsletter.config import ListSettings, Settings, utcnow
+from newsletter.daemon import planning
+from newsletter.delivery.mailings import DeliveryReport
+from newsletter.delivery.transports import Transport
+from newsletter.errors import NewsletterError, TransportError
+from newsletter.posts.collection import Post, PostCollection
+from newsletter.store import reading
+from newsletter.store.schema import deliveries, lists, mailings
+
+log = logging.getLogger("newsletter.daemon")
+
+Clock = Callable[[], datetime]
+MailingProgress = Callable[[int, int, int], None]  # (mailing id, done, total)
+
+
+# --------------------------------------------------------------------------- one pass
+
+
+@dataclass(frozen=True)
+class PassReport:
+    """What one pass did; `run --once` prints it, the daemon logs it."""
+
+    at: datetime
+    since: datetime | None
+    planned: tuple[int, ...] = ()  # mailing ids created or found this pass
+    digests: tuple[int, ...] = ()
+    future: tuple[Post, ...] = ()
+    before_since: tuple[Post, ...] = ()
+    problems: tuple[str, ...] = ()
+    delivery: DeliveryReport = field(default_factory=DeliveryReport)
+    transport_error: str | None = None
+
+
+@dataclass
+class OutageLog:
+    """Keeps a mail-server outage to one log line per retry window.
+
+    A connection failure defers every recipient with no SMTP code; with
+    jittered back-off they come due one by one, and a line each would bury
+    the log.  The first failure says what happened and when the round of
+    retries ends; later ones inside that round go to DEBUG.
+    """
+
+    quiet_until: datetime | None = None
+    down: bool = False
+
+    def failed(self, at: datetime, round_ends: datetime | None) -> bool:
+        """Record a failure; True when it deserves a log line."""
+        loud = not self.down or self.quiet_until is None or at >= self.quiet_until
+        self.down = True
+        if loud:
+            self.quiet_until = round_ends
+        return loud
+
+    def recovered(self) -> bool:
+        """True once, on the first success after an outage."""
+        was, self.down, self.quiet_until = self.down, False, None
+        return was
+
+
+def run_pass(
+    settings: Settings,
+    engine: Engine,
+    *,
+    now: datetime | None = None,
+    transport: Transport | None = None,
+    stop: threading.Event | None = None,
+    outage: OutageLog | None = None,
+    progress: MailingProgress | None = None,
+) -> PassReport:
+    """Plan what is due and deliver what has work; never raises a NewsletterError
+    for one bad post, list or template — those become `problems`."""
+    from newsletter.audience.members import ensure_lists
+    from newsletter.delivery.mailings import mailed_pairs
+    from newsletter.posts.collection import load_posts
+
+    at = now or utcnow()
+    problems: list[str] = []
+    try:
+        collection = load_posts(settings)
+    except NewsletterError as exc:
+        problems.append(f"error: {exc}")
+        collection = PostCollection((), ())
+    problems.extend(str(p) for p in collection.problems)
+    ensure_lists(engine, settings)
+    since = planning.effective_since(engine, settings, at)
+    mailed = mailed_pairs(engine)
+    plan = planning.plan_due(collection.posts, settings.lists, since, at, mailed)
+    problems.extend(str(p) for p in plan.problems)
+    planned = _plan_posts(engine, settings, plan.due, problems)
+    digests = _plan_digests(engine, settings, collection.posts, since, at, mailed, problems)
+    report, transport_error = _deliver(
+        engine, settings, collection, transport, stop, problems, outage or OutageLog(), progress
+    )
+    return PassReport(
+        at=at,
+        since=since,
+        planned=tuple(planned),
+        digests=tuple(digests),
+        future=plan.future,
+        before_since=plan.before_since,
+        problems=tuple(problems),
+        delivery=report,
+        transport_error=transport_error,
+    )
+
+
+def _plan_posts(
+    engine: Engine, settings: Settings, due: tuple[planning.DueSend, ...], problems: list[str]
+) -> list[int]:
+    from newsletter.delivery.mailings import plan_mailing
+
+    ids: list[int] = []
+    for item in due:
+        try:
+            mailing_id = plan_mailing(engine, settings, item.post.post_id, item.list_name)
+        except NewsletterError as exc:
+            problems.append(f"error: {item.post.path}: {item.list_name}: {exc}")
+            continue
+        ids.append(mailing_id)
+        log.info(
+            "planned mailing %d: %s -> %s",
+            mailing_id,
+            item.post.post_id,
+            item.list_name,
+            extra={
+                "event": "planned",
+                "mailing_id": mailing_id,
+                "post_id": item.post.post_id,
+                "list": item.list_name,
+            },
+        )
+    return ids
+
+
+def _plan_digests(
+    engine: Engine,
+    settings: Settings,
+    posts: tuple[Post, ...],
+    since: datetime,
+    at: datetime,
+    mailed: set[tuple[str, str]],
+    problems: list[str],
+) -> list[int]:
+    ids: list[int] = []
+    for lst in settings.lists.values():
+        if lst.mode != "digest":
+            continue
+        try:
+            mailing_id = _plan_digest(engine, settings, lst, posts, since, at, mailed)
+        except NewsletterError as exc:
+            where = "" if exc.key else f"lists.{lst.name}: "
+            problems.append(f"error: {where}{exc}")
+            continue
+        if mailing_id is not None:
+            ids.append(mailing_id)
+    return ids
+
+
+def _plan_digest(
+    engine: Engine,
+    settings: Settings,
+    lst: ListSettings,
+    posts: tuple[Post, ...],
+    since: datetime,
+    at: datetime,
+    mailed: set[tuple[str, str]],
+) -> int | None:
+    from newsletter.delivery.mailings import plan_mailing
+
+    key = planning.digest_anchor_key(lst.name)
+    # First sight of the list: its first digest is the first slot after now.
+    anchor = planning.write_state_time(engine, key, at, only_if_missing=True)
+    slot = planning.digest_slot(lst, planning.cron_zone(lst, settings), anchor, at)
+    if slot is None:
+        return None
+    excluded = {pid for pid, name in mailed if name == lst.name}
+    chosen = planning.digest_posts(posts, lst, since, slot, excluded)
+    mailing_id = None
+    if chosen:
+        digest = planning.DigestPlan(lst.name, slot, chosen)
+        mailing_id = plan_mailing(
+            engine,
+            settings,
+            digest.mailing_post_id,
+            lst.name,
+            kind="digest",
+            post_ids=digest.post_ids,
+            subject=f"{lst.title}: {len(chosen)} new post{'s' if len(chosen) != 1 else ''}",
+        )
+        log.info(
+            "planned digest %d for %s: %d posts",
+            mailing_id,
+            lst.name,
+            len(chosen),
+            extra={
+                "event": "planned",
+                "mailing_id": mailing_id,
+                "list": lst.name,
+                "kind": "digest",
+                "post_ids": list(digest.post_ids),
+            },
+        )
+    else:
+        log.info(
+            "digest slot %s for %s: nothing new, nothing sent",
+            slot.isoformat(),
+            lst.name,
+            extra={"event": "digest-empty", "list": lst.name},
+        )
+    planning.write_state_time(engine, key, slot)
+    return mailing_id
+
+
+# --------------------------------------------------------------------------- delivering
+
+
+def _deliver(
+    engine: Engine,
+    settings: Settings,
+    collection: PostCollection,
+    transport: Transport | None,
+    stop: threading.Event | None,
+    problems: list[str],
+    outage: OutageLog,
+    progress: MailingProgress | None = None,
+) -> tuple[DeliveryReport, str | None]:
+    """Every mailing with work, one at a time, so that one broken mailing (its
+    post deleted, its template broken) is reported and the others still go."""
+    from newsletter.delivery.mailings import deliver_mailing
+    from newsletter.store.mailings import free_dead_leases, mailings_with_work
+
+    free_dead_leases(engine)
+    with reading(engine) as conn:
+        ids = list(mailings_with_work(conn))
+    total = DeliveryReport()
+    for mailing_id in ids:
+        if stop is not None and stop.is_set():
+            break
+        started = utcnow()
+        if _close_if_empty(engine, mailing_id):
+            continue
+        due = _due_count(engine, mailing_id, started)
+        if due:
+            _log_start(engine, mailing_id, due)
+        try:
+            report = deliver_mailing(
+                engine,
+                settings,
+                mailing_id,
+                collection,
+                transport=transport,
+                stop=stop,
+                progress=_bound(progress, mailing_id),
+            )
+        except TransportError as exc:
+            # The transport as a whole (TLS refused, bad login): the other
+            # mailings would fail the same way, so stop here.
+            return total, str(exc)
+        except NewsletterError as exc:
+            problems.append(f"error: mailing {mailing_id}: {exc}")
+            continue
+        except SQLAlchemyError as exc:  # a busy or broken database: next pass retries
+            problems.append(f"error: mailing {mailing_id}: database: {exc}")
+            continue
+        total += report
+        counted = report.sent or report.deferred or report.failed or report.skipped
+        # mailings_with_work only yields unfinished mailings: "done" now means
+        # this pass finished it, even when the last send was an earlier pass.
+        if due or counted or _describe_mailing(engine, mailing_id)[3] == "done":
+            _log_finish(engine, mailing_id, report, started, outage)
+    return total, None
+
+
+def _bound(progress: MailingProgress | None, mailing_id: int) -> Callable[[int, int], None] | None:
+    if progress is None:
+        return None
+    return lambda done, total: progress(mailing_id, done, total)
+
+
+def _close_if_empty(engine: Engine, mailing_id: int) -> bool:
+    """Mark a mailing with nothing left to send (e.g. an empty list) done.
+
+    Done here, outside `deliver_mailing`, whose own path for this case
+    (`MailingPass.run`) nests a write in an open read connection and waits
+    out SQLite's busy timeout (reported to the delivery owner).
+    """
+    from newsletter.store import mailings as q
+
+    with reading(engine) as conn:
+        open_work = q.has_open(conn, mailing_id)
+    if open_work:
+        return False
+    q.set_state(engine, mailing_id, "done")
+    post_id, list_name, _kind, _state = _describe_mailing(engine, mailing_id)
+    log.info(
+        "mailing %d finished: %s -> %s: nobody to send to",
+        mailing_id,
+        post_id,
+        list_name,
+        extra={"event": "mailing-finish", "mailing_id": mailing_id, "state": "done", "sent": 0},
+    )
+    return True
+
+
+def _due_count(engine: Engine, mailing_id: int, at: datetime) -> int:
+    """Deliveries that can go now (0 while the mailing is paused by a cap)."""
+    query = (
+        select(func.count())
+        .select_from(deliveries.join(mailings, mailings.c.id == deliveries.c.mailing_id))
+        .where(
+            deliveries.c.mailing_id == mailing_id,
+            deliveries.c.status.in_(("queued", "deferred", "sending")),
+            or_(deliveries.c.next_attempt_at.is_(None), deliveries.c.next_attempt_at <= at),
+            or_(mailings.c.paused_until.is_(None), mailings.c.paused_until <= at),
+        )
+    )
+    with reading(engine) as conn:
+        return int(conn.scalar(query) or 0)
+
+
+def _describe_mailing(engine: Engine, mailing_id: int) -> tuple[str, str, str, str]:
+    query = (
+        select(mailings.c.post_id, lists.c.name, mailings.c.kind, mailings.c.state)
+        .join(lists, lists.c.id == mailings.c.list_id)
+        .where(mailings.c.id == mailing_id)
+    )
+    with reading(engine) as conn:
+        row = conn.execute(query).first()
+    return (row[0], row[1], row[2], row[3]) if row is not None else ("?", "?", "?", "?")
+
+
+def _log_start(engine: Engine, mailing_id: int, due: int) -> None:
+    post_id, list_name, kind, _state = _describe_mailing(engine, mailing_id)
+    log.info(
+        "mailing %d start: %s -> %s, %d recipient%s due",
+        mailing_id,
+        post_id,
+        list_name,
+        due,
+        "s" if due != 1 else "",
+        extra={
+            "event": "mailing-start",
+            "mailing_id": mailing_id,
+            "post_id": post_id,
+            "list": list_name,
+            "kind": kind,
+            "due": due,
+        },
+    )
+
+
+def _log_finish(
+    engine: Engine, mailing_id: int, report: DeliveryReport, started: datetime, outage: OutageLog
+) -> None:
+    """One line per mailing (counts) and one per failure, grouped: when the
+    server is down every recipient fails the same way, and that is one line."""
+    post_id, list_name, kind, state_ = _describe_mailing(engine, mailing_id)
+    with reading(engine) as conn:
+        failures = conn.execute(
+            select(
+                deliveries.c.email,
+                deliveries.c.status,
+                deliveries.c.last_code,
+                deliveries.c.last_text,
+                deliveries.c.next_attempt_at,
+            ).where(
+                deliveries.c.mailing_id == mailing_id,
+                deliveries.c.updated_at >= started,
+                deliveries.c.status.in_(("deferred", "failed")),
+            )
+        ).all()
+    if report.sent and outage.recovered():
+        log.info("mail server reachable again; delivering", extra={"event": "transport-up"})
+    groups: dict[tuple[str, int | None, str], list[Any]] = {}
+    for email, status, code, text, retry in failures:
+        groups.setdefault((status, code, text or ""), []).append((email, retry))
+    for (status, code, text), items in groups.items():
+        _log_failure(mailing_id, status, code, text, items, outage)
+    log.info(
+        "mailing %d %s: %s -> %s: sent %d, deferred %d, failed %d, skipped %d",
+        mailing_id,
+        "finished" if state_ == "done" else state_,
+        post_id,
+        list_name,
+        report.sent,
+        report.deferred,
+        report.failed,
+        report.skipped,
+        extra={
+            "event": "mailing-finish",
+            "mailing_id": mailing_id,
+            "post_id": post_id,
+            "list": list_name,
+            "kind": kind,
+            "state": state_,
+            "sent": report.sent,
+            "deferred": report.deferred,
+            "failed": report.failed,
+            "skipped": report.skipped,
+        },
+    )
+
+
+def _log_failure(
+    mailing_id: int,
+    status: str,
+    code: int | None,
+    text: str,
+    items: list[Any],
+    outage: OutageLog,
+) -> None:
+    emails = [e for e, _ in items]
+    retries = [r for _, r in items if r is not None]
+    who = emails[0] if len(emails) == 1 else f"{len(emails)} recipients ({emails[0]}, ...)"
+    fields = {
+        "mailing_id": mailing_id,
+        "recipient": emails[0],
+        "recipients": len(emails),
+        "code": code,
+        "text": text,
+    }
+    if status == "deferred" and code is None:  # no SMTP reply at all: the server is down
+        level = (
+            logging.WARNING
+            if outage.failed(utcnow(), max(retries, default=None))
+            else logging.DEBUG
+        )
+        when = f"; retrying from {min(retries).isoformat(timespec='seconds')}" if retries else ""
+        log.log(
+            level,
+            "mail server unavailable: %s; %s deferred%s",
+            text,
+            who,
+            when,
+            extra={"event": "transport-down", **fields},
+        )
+        return
+    when = f"; retry at {min(retries).isoformat(timespec='seconds')}" if retries else ""
+    code_text = str(code) if code is not None else "-"
+    log.warning(
+        "mailing %d: %s %s: %s %s%s",
+        mailing_id,
+        who,
+        status,
+        code_text,
+        text,
+        when,
+        extra={"event": status, **fields},
+    )
+
+
+def next_work_time(engine: Engine, now: datetime) -> datetime | None:
+    """The earliest deferred retry or paused mailing still to come."""
+    with reading(engine) as conn:
+        retry = conn.scalar(
+            select(func.min(deliveries.c.next_attempt_at)).where(
+                deliveries.c.status.in_(("queued", "deferred")),
+                deliveries.c.next_attempt_at > now,
+            )
+        )
+        paused = conn.scalar(
+            select(func.min(mailings.c.paused_until)).where(
+                mailings.c.state == "paused", mailings.c.paused_until > now
+            )
+        )
+    times = [t if t.tzinfo else t.replace(tzinfo=UTC) for t in (retry, paused) if t is not None]
+    return min(times) if times else None
+
+
+def log_skipped(report: PassReport) -> None:
+    """The first run on an old blog says what `since` held back (invariant 4)."""
+    if report.before_since and report.since is not None:
+        count = len(report.before_since)
+        log.info(
+            "%d post%s before since=%s %s skipped",
+            count,
+            "s" if count != 1 else "",
+            report.since.isoformat(),
+            "were" if count != 1 else "was",
+            extra={"event": "skipped", "count": count},
+        )

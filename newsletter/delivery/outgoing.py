@@ -1,0 +1,128 @@
+"""What every recipient's message of one mailing is built from, and test sends.
+
+`MessageContext` holds the rendered template, the unsubscribe secret and the
+DKIM signer of one mailing and turns a claimed delivery into the exact bytes
+to send (the fast path: no re-rendering).  `send_test_messages` is `send
+--test`: the same bytes with a "[TEST] " subject and no ledger.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+
+from newsletter.config import Settings
+from newsletter.delivery.report import DeliveryReport, envelope_sender
+from newsletter.delivery.transports import ConnectError, SendResult, Transport, make_transport
+from newsletter.email.message import MessageTemplate, Recipient
+from newsletter.email.tokens import load_secret, make_token, unsubscribe_url
+from newsletter.errors import DeliveryError
+from newsletter.posts.collection import Post, PostCollection
+from newsletter.store import mailings as q
+
+_MESSAGE_ID = re.compile(rb"^Message-ID:[ \t]*(<[^>\r\n]+>)", re.IGNORECASE | re.MULTILINE)
+
+
+def message_id_of(message: bytes) -> str | None:
+    """The Message-ID header of serialised bytes (header block only)."""
+    head = message.split(b"\r\n\r\n", 1)[0]
+    match = _MESSAGE_ID.search(head)
+    return match.group(1).decode("ascii", "replace") if match else None
+
+
+def build_template(
+    settings: Settings, mailing: q.MailingRow, posts: PostCollection, *, subject_prefix: str = ""
+) -> MessageTemplate:
+    """Render once per mailing (post or digest × list)."""
+    from newsletter.email import render
+
+    list_settings = settings.get_list(mailing.list_name)
+    if mailing.kind == "digest" or mailing.post_ids:
+        chosen = tuple(posts.find(pid) for pid in mailing.post_ids)
+        rendered = render.render_digest(chosen, settings, list_settings)
+    else:
+        rendered = render.render_email(posts.find(mailing.post_id), settings, list_settings)
+    return MessageTemplate.build(rendered, settings, subject_prefix=subject_prefix)
+
+
+Signer = Callable[[bytes], bytes]
+
+
+def make_signer(settings: Settings) -> Signer | None:
+    if not settings.dkim.enabled:
+        return None
+    from newsletter.email.dkim import Signer as DkimSigner
+
+    return DkimSigner.from_settings(settings.dkim).sign
+
+
+def describe_result(result: SendResult) -> str:
+    code = f"{result.code} " if result.code is not None else ""
+    return f"{code}{result.text}".strip() or "refused"
+
+
+class MessageContext:
+    """What every recipient's message shares: template, secret, signer."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        mailing: q.MailingRow,
+        template: MessageTemplate,
+        signer: Signer | None,
+    ) -> None:
+        self.settings = settings
+        self.list_name = mailing.list_name
+        self.key = str(mailing.id)
+        self.template = template
+        self.signer = signer
+        self.secret = load_secret(settings)
+
+    def message(self, row: q.Claimed) -> bytes:
+        token = make_token(self.secret, row.uid, self.list_name)
+        recipient = Recipient(row.email, row.name, unsubscribe_url(self.settings, token))
+        data = self.template.personalise(recipient, mailing_key=self.key)
+        return self.signer(data) if self.signer is not None else data
+
+
+def send_test_messages(
+    settings: Settings,
+    post: Post,
+    list_name: str,
+    addresses: tuple[str, ...],
+    *,
+    transport: Transport | None = None,
+) -> DeliveryReport:
+    """Send a "[TEST] " copy to each address; nothing is recorded."""
+    from newsletter.email import render
+
+    rendered = render.render_email(post, settings, settings.get_list(list_name))
+    template = MessageTemplate.build(rendered, settings, subject_prefix="[TEST] ")
+    signer = make_signer(settings)
+    secret = load_secret(settings)
+    own = transport is None
+    transport = transport or make_transport(settings)
+    sent = failed = 0
+    errors: list[str] = []
+    try:
+        for address in addresses:
+            token = make_token(secret, "test", list_name)
+            recipient = Recipient(address, "", unsubscribe_url(settings, token))
+            data = template.personalise(recipient, mailing_key=f"test-{time.time_ns()}")
+            data = signer(data) if signer is not None else data
+            try:
+                result = transport.send(envelope_sender(settings), address, data)
+            except ConnectError as exc:
+                result = SendResult(address, False, exc.code, exc.message, stage="connect")
+            if result.ok:
+                sent += 1
+            else:
+                failed += 1
+                errors.append(f"{address}: {describe_result(result)}")
+    finally:
+        if own:
+            transport.close()
+    if not addresses:
+        raise DeliveryError("no test address given")
+    return DeliveryReport(sent=sent, failed=failed, errors=tuple(errors))

@@ -1,0 +1,398 @@
+"""`RenderedEmail` × recipient → the exact bytes to send.
+
+The fast path: `MessageTemplate.build` serialises the whole MIME message once
+per mailing, with the per-recipient values still as placeholders, and splits
+the bytes into constant segments and *slots*.  `personalise` then only fills
+the slots (To, Message-ID, List-Unsubscribe and the placeholders in the two
+body parts) and joins bytes: no `EmailMessage`, no re-rendering.
+
+Why this is safe:
+
+* Both body parts are quoted-printable (RFC 2045 §6.7), encoded with
+  `binascii.b2a_qp` chunk by chunk *between* placeholders; every placeholder
+  sits on its own soft-broken line, so a placeholder is never split or
+  encoded and every line stays ≤ 76 characters even after substitution.
+  That also honours RFC 5322 §2.1.1 (998) whatever premailer produced.
+* The MIME boundary starts with `=_`, a sequence quoted-printable can never
+  produce, so it cannot collide with the content.
+* Every line ends in CRLF; header values are folded by Python's email policy
+  (RFC 2047 encoded words for non-ASCII), except `List-Unsubscribe`, written
+  by hand on one line because Gmail ignores an encoded one (RFC 2369, 8058).
+* CR/LF in any per-recipient value is refused or collapsed: no header
+  injection through a name, an address or a subject.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import email.utils
+import hashlib
+import html
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from email import policy
+from email.header import Header
+from email.headerregistry import Address
+from urllib.parse import urlsplit
+
+from newsletter.config import Settings, utcnow
+from newsletter.email.render import PLACEHOLDERS, RenderedEmail, one_line
+from newsletter.email.tokens import unsubscribe_url
+from newsletter.errors import RenderError
+
+CRLF = b"\r\n"
+TEST_PREFIX = "[TEST] "
+_POLICY = policy.SMTP  # linesep CRLF, 78-column folding, RFC 2047 for non-ASCII
+_SOFT_BREAK = b"=" + CRLF  # quoted-printable soft line break
+
+# Slots: the per-recipient holes in a pre-serialised message.
+TO, MESSAGE_ID, LIST_UNSUBSCRIBE, SUBJECT = 0, 1, 2, 3
+EMAIL_TEXT, NAME_TEXT, UNSUB_TEXT = 4, 5, 6
+EMAIL_HTML, NAME_HTML, UNSUB_HTML = 7, 8, 9
+_BODY_SLOTS = {
+    "text": {
+        PLACEHOLDERS["email"]: EMAIL_TEXT,
+        PLACEHOLDERS["name"]: NAME_TEXT,
+        PLACEHOLDERS["unsubscribe_url"]: UNSUB_TEXT,
+    },
+    "html": {
+        PLACEHOLDERS["email"]: EMAIL_HTML,
+        PLACEHOLDERS["name"]: NAME_HTML,
+        PLACEHOLDERS["unsubscribe_url"]: UNSUB_HTML,
+    },
+}
+_PLACEHOLDER_RE = re.compile("|".join(re.escape(p) for p in PLACEHOLDERS.values()))
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_ATOM_PHRASE = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?: [A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
+
+Segment = bytes | int
+MAX_ASCII_NAME = 300
+
+
+@dataclass(frozen=True)
+class Recipient:
+    email: str
+    name: str
+    unsubscribe_url: str
+
+
+SAMPLE_RECIPIENT_EMAIL = "reader@example.com"
+SAMPLE_RECIPIENT_NAME = "Sample Reader"
+
+
+def sample_recipient(settings: Settings) -> Recipient:
+    """A made-up recipient for previews and `render --format eml`."""
+    return Recipient(
+        SAMPLE_RECIPIENT_EMAIL,
+        SAMPLE_RECIPIENT_NAME,
+        unsubscribe_url(settings, "SAMPLE-TOKEN"),
+    )
+
+
+def message_id(mailing_key: str, email: str, domain: str) -> str:
+    """Stable per (mailing, recipient): a resend after a crash reuses it."""
+    digest = hashlib.sha256(f"{mailing_key}\0{email.lower()}".encode()).hexdigest()[:32]
+    return f"<{digest}@{domain}>"
+
+
+@dataclass(frozen=True)
+class MessageTemplate:
+    """One mailing's message, serialised once; `personalise` fills it per recipient."""
+
+    rendered: RenderedEmail
+    settings: Settings
+    subject_prefix: str = ""
+    segments: tuple[Segment, ...] = field(default=(), repr=False)
+    domain: str = "localhost"  # the From domain: Message-IDs and List-Id
+    sender: str = ""  # the From addr-spec (SMTP MAIL FROM)
+
+    @classmethod
+    def build(
+        cls,
+        rendered: RenderedEmail,
+        settings: Settings,
+        *,
+        subject_prefix: str = "",
+        date: datetime | None = None,
+    ) -> MessageTemplate:
+        """Serialise `rendered` once, with placeholders, ready for `personalise`."""
+        sender = _parse_from(settings.email.from_)
+        domain = sender.domain.encode("idna").decode("ascii") if sender.domain else "localhost"
+        subject = one_line(subject_prefix + rendered.subject)
+        boundary = _boundary(rendered)
+        segments: list[Segment] = [
+            *_constant_headers(settings, rendered, subject, domain, date or utcnow()),
+            f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n\r\n'.encode(),
+            f"--{boundary}\r\n".encode(),
+            *_part("plain", rendered.text, "text"),
+            f"\r\n--{boundary}\r\n".encode(),
+            *_part("html", rendered.html, "html"),
+            f"\r\n--{boundary}--\r\n".encode(),
+        ]
+        return cls(
+            rendered,
+            settings,
+            subject_prefix,
+            tuple(_merge(segments)),
+            domain,
+            sender.addr_spec,
+        )
+
+    @classmethod
+    def for_test(
+        cls, rendered: RenderedEmail, settings: Settings, *, date: datetime | None = None
+    ) -> MessageTemplate:
+        """The `send --test` variant: the subject starts with "[TEST] "."""
+        return cls.build(rendered, settings, subject_prefix=TEST_PREFIX, date=date)
+
+    def personalise(self, recipient: Recipient, *, mailing_key: str = "") -> bytes:
+        """The exact bytes for one recipient (CRLF line endings, lines ≤ 998)."""
+        values = self._values(recipient, mailing_key)
+        return b"".join([s if isinstance(s, bytes) else values[s] for s in self.segments])
+
+    def sample(self, *, mailing_key: str = "preview") -> bytes:
+        """The message for a made-up recipient (previews, `render --format eml`)."""
+        return self.personalise(sample_recipient(self.settings), mailing_key=mailing_key)
+
+    def _values(self, recipient: Recipient, mailing_key: str) -> list[bytes]:
+        address = _clean_address(recipient.email)
+        name = one_line(recipient.name) if recipient.name else ""
+        url = _clean_url(recipient.unsubscribe_url, address)
+        name_b, url_b, email_b = name.encode(), url.encode(), address.encode()
+        esc_name = html.escape(name).encode()
+        esc_url = html.escape(url).encode()
+        esc_email = html.escape(address).encode()
+        qp = _qp_value
+        return [
+            b"To: " + format_address(name, address).encode() + CRLF,
+            b"Message-ID: " + message_id(mailing_key, address, self.domain).encode() + CRLF,
+            list_unsubscribe_header(url, self.settings.unsubscribe.mailto),
+            self._subject_header(recipient) if SUBJECT in self.segments else b"",
+            qp(email_b),
+            qp(name_b),
+            qp(url_b),
+            qp(esc_email),
+            qp(esc_name),
+            qp(esc_url),
+        ]
+
+    def _subject_header(self, recipient: Recipient) -> bytes:
+        """Only when the subject template used a recipient field (slow path)."""
+        subject = one_line(self.subject_prefix + self.rendered.subject)
+        subject = subject.replace(PLACEHOLDERS["name"], one_line(recipient.name))
+        subject = subject.replace(PLACEHOLDERS["email"], _clean_address(recipient.email))
+        subject = subject.replace(PLACEHOLDERS["unsubscribe_url"], "")
+        return fold_header("Subject", one_line(subject))
+
+
+# --------------------------------------------------------------------------- headers
+
+
+def fold_header(name: str, value: str) -> bytes:
+    """`Name: value` folded at 78 columns, RFC 2047-encoded where non-ASCII, CRLF."""
+    if "=?" in value:
+        # Text that merely looks like an encoded word must be encoded itself,
+        # or readers would decode it (RFC 2047 §6.2); the policy leaves it be.
+        encoded = Header(value, "utf-8", header_name=name).encode(linesep="\r\n")
+        return f"{name}: {encoded}\r\n".encode("ascii")
+    header = _POLICY.header_factory(name, value)
+    return header.fold(policy=_POLICY).encode("ascii")
+
+
+def _constant_headers(
+    settings: Settings, rendered: RenderedEmail, subject: str, domain: str, date: datetime
+) -> list[Segment]:
+    headers: list[Segment] = [
+        fold_header("Date", email.utils.format_datetime(date)),
+        _fold_or_raise("From", settings.email.from_, "email.from"),
+        TO,
+    ]
+    if settings.email.reply_to:
+        headers.append(_fold_or_raise("Reply-To", settings.email.reply_to, "email.reply_to"))
+    if _PLACEHOLDER_RE.search(subject):
+        headers.append(SUBJECT)
+    else:
+        headers.append(fold_header("Subject", subject))
+    headers += [
+        MESSAGE_ID,
+        fold_header("List-Id", list_id(settings, rendered.list_name)),
+        LIST_UNSUBSCRIBE,
+        b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n",  # RFC 8058 §3.1
+        b"MIME-Version: 1.0\r\n",
+    ]
+    return headers
+
+
+def _fold_or_raise(name: str, value: str, key: str) -> bytes:
+    if _CONTROL.search(value):
+        raise RenderError(f"{name} must be one line", key=key)
+    try:
+        header = _POLICY.header_factory(name, value)
+        if getattr(header, "defects", None):
+            raise ValueError(header.defects[0])
+        return header.fold(policy=_POLICY).encode("ascii")
+    except (ValueError, TypeError, IndexError) as exc:
+        raise RenderError(f"not a valid address: {value!r}", key=key) from exc
+
+
+def _parse_from(value: str) -> Address:
+    _fold_or_raise("From", value, "email.from")
+    header = _POLICY.header_factory("From", value)
+    addresses: list[Address] = list(getattr(header, "addresses", ()))
+    if len(addresses) != 1 or not addresses[0].domain:
+        raise RenderError(f"expected one address, got {value!r}", key="email.from")
+    return addresses[0]
+
+
+def list_id(settings: Settings, list_name: str) -> str:
+    """RFC 2919: `"Title" <list.site-domain>`; the id is stable, the title cosmetic."""
+    host = (urlsplit(settings.site.url).hostname or "localhost").encode("idna").decode("ascii")
+    lst = settings.lists.get(list_name)
+    title = lst.title if lst else list_name
+    ident = re.sub(r"[^A-Za-z0-9-]+", "-", list_name).strip("-").lower() or "list"
+    return f"{one_line(title)} <{ident}.{host}>"
+
+
+def list_unsubscribe_header(url: str, mailto: str | None) -> bytes:
+    """RFC 2369/8058 `List-Unsubscribe`, written by hand on one line.
+
+    Python's policy would RFC 2047-encode a long value, which Gmail ignores;
+    the value is ASCII (URLs), so it never needs encoding.  Only if the line
+    would pass 998 bytes does the mailto go on a continuation line.
+    """
+    entries = [f"<{url}>"]
+    if mailto:
+        target = mailto if mailto.startswith("mailto:") else f"mailto:{mailto}"
+        entries.append(f"<{target}?subject=unsubscribe>")
+    line = "List-Unsubscribe: " + ", ".join(entries)
+    if len(line) > 998 and len(entries) > 1:
+        line = "List-Unsubscribe: " + entries[0] + ",\r\n " + entries[1]
+    return line.encode("ascii") + CRLF
+
+
+def format_address(name: str, address: str) -> str:
+    """A To value: `Name <addr>`; quoted or RFC 2047-encoded as the name needs.
+
+    The domain is written in IDNA (xn--) form so that the header is ASCII
+    unless the local part itself is not (then it needs SMTPUTF8, RFC 6531).
+    """
+    addr = ascii_domain(address)
+    if not name:
+        return addr
+    if name.isascii():
+        # A quoted string is never folded (unfolding would keep the space), so
+        # cap its length well below the 998-byte line limit.
+        name = name[:MAX_ASCII_NAME]
+        if _ATOM_PHRASE.fullmatch(name):
+            return f"{name} <{addr}>"
+        quoted = name.replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{quoted}" <{addr}>'
+    return f"{_encoded_words(name)} <{addr}>"
+
+
+def _encoded_words(text: str) -> str:
+    """RFC 2047 `B` encoded words of ≤ 75 characters, folded onto new lines."""
+    words: list[bytes] = []
+    chunk = b""
+    for char in text:
+        data = char.encode("utf-8")
+        if len(chunk) + len(data) > 45:  # 45 bytes → 60 base64 chars + 12 = 72
+            words.append(chunk)
+            chunk = b""
+        chunk += data
+    words.append(chunk)
+    return "\r\n ".join(f"=?utf-8?b?{base64.b64encode(w).decode('ascii')}?=" for w in words)
+
+
+def ascii_domain(address: str) -> str:
+    local, at, domain = address.rpartition("@")
+    if not at:
+        return address
+    try:
+        return f"{local}@{domain.encode('idna').decode('ascii')}"
+    except UnicodeError:
+        return address  # not IDNA-encodable: send as UTF-8 (SMTPUTF8)
+
+
+def _clean_address(address: str) -> str:
+    address = address.strip()
+    if not address or _CONTROL.search(address) or any(c in address for c in '<>," '):
+        raise RenderError("not a usable address", recipient=address)
+    return address
+
+
+def _clean_url(url: str, recipient: str) -> str:
+    # A URL goes into a header verbatim: printable ASCII only, no '>' (RFC 2369).
+    if not re.fullmatch(r"[!-~]+", url) or ">" in url or "<" in url:
+        raise RenderError(f"unusable unsubscribe URL {url!r}", recipient=recipient)
+    return url
+
+
+# --------------------------------------------------------------------------- body parts
+
+
+def _part(subtype: str, content: str, kind: str) -> list[Segment]:
+    head = (
+        f'Content-Type: text/{subtype}; charset="utf-8"\r\n'
+        "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+    ).encode("ascii")
+    return [head, *_qp_segments(content, _BODY_SLOTS[kind])]
+
+
+def fill_placeholders(rendered: RenderedEmail, recipient: Recipient) -> tuple[str, str]:
+    """(html, text) with the recipient's values in place (previews, `render`)."""
+    values = {
+        PLACEHOLDERS["email"]: recipient.email,
+        PLACEHOLDERS["name"]: recipient.name,
+        PLACEHOLDERS["unsubscribe_url"]: recipient.unsubscribe_url,
+    }
+    html_part, text_part = rendered.html, rendered.text
+    for key, value in values.items():
+        html_part = html_part.replace(key, html.escape(value))
+        text_part = text_part.replace(key, value)
+    return html_part, text_part
+
+
+def _qp_segments(content: str, slots: dict[str, int]) -> list[Segment]:
+    """Quoted-printable with each placeholder alone on a soft-broken line."""
+    content = content.replace("\r\n", "\n").replace("\r", "\n")
+    out: list[Segment] = []
+    pos = 0
+    for match in _PLACEHOLDER_RE.finditer(content):
+        if match.start() > pos:
+            out += [_qp(content[pos : match.start()]), _SOFT_BREAK]
+        out += [slots[match.group(0)], _SOFT_BREAK]
+        pos = match.end()
+    if pos < len(content):
+        out.append(_qp(content[pos:]))
+    return out
+
+
+def _qp(text: str) -> bytes:
+    encoded = binascii.b2a_qp(text.encode("utf-8"), quotetabs=False, istext=True, header=False)
+    return encoded.replace(b"\n", CRLF)
+
+
+def _qp_value(value: bytes) -> bytes:
+    # Values are one line (CR/LF removed before); b2a_qp still wraps at 76.
+    return binascii.b2a_qp(value, quotetabs=False, istext=False, header=False).replace(b"\n", CRLF)
+
+
+def _merge(segments: list[Segment]) -> list[Segment]:
+    """Adjacent constant segments joined: fewer items to walk per recipient."""
+    merged: list[Segment] = []
+    for seg in segments:
+        if isinstance(seg, bytes) and merged and isinstance(merged[-1], bytes):
+            merged[-1] = merged[-1] + seg
+        elif seg != b"":
+            merged.append(seg)
+    return merged
+
+
+def _boundary(rendered: RenderedEmail) -> str:
+    # "=_" never occurs in quoted-printable output (RFC 2045 §6.7), so the
+    # boundary cannot collide; hashing the content keeps builds reproducible.
+    digest = hashlib.sha256((rendered.html + rendered.text).encode("utf-8")).hexdigest()[:24]
+    return f"=_nl_{digest}"

@@ -1,0 +1,343 @@
+"""Post × list → `RenderedEmail`: Jinja2 templates, premailer inlining, text part.
+
+Rendering happens once per mailing (post × list, or a digest × list).
+Per-recipient values are left as the tokens in `PLACEHOLDERS`; `message`
+substitutes them into pre-serialised bytes for each recipient, so a mailing
+to 10,000 people renders once.
+
+Templates come from `[email] templates_dir` when set, file by file falling
+back to the default theme shipped as the package `newsletter.templates`
+(the repository's top-level `templates/`).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.resources
+import logging
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from markupsafe import Markup
+from premailer import Premailer
+
+from newsletter.config import ListSettings, Settings
+from newsletter.errors import RenderError, TemplateError
+from newsletter.posts import markup
+from newsletter.posts.collection import Post
+
+# Rendered into the output in place of per-recipient values; ASCII, no
+# characters that HTML escaping, premailer or quoted-printable would change.
+PLACEHOLDERS = {
+    "email": "NLPH0EMAIL0NLPH",
+    "name": "NLPH0NAME0NLPH",
+    "unsubscribe_url": "NLPH0UNSUBSCRIBE0NLPH",
+}
+
+# Gmail clips a message whose HTML exceeds ~102 KB behind "View entire message",
+# hiding the footer and its unsubscribe link.
+GMAIL_CLIP_BYTES = 102 * 1024
+DEFAULT_SUBJECT = "{{ post.title }}"
+DEFAULT_DIGEST_SUBJECT = (
+    "{{ list.title }}: {{ posts | length }} new post{{ '' if posts | length == 1 else 's' }}"
+)
+PREHEADER_CHARS = 140
+# Zero-width padding after the preheader stops clients from filling the inbox
+# preview with the body text that follows it.
+_PREHEADER_PADDING = Markup("&#847;&zwnj;&nbsp;" * 30)
+
+_MONTHS = (
+    *("January", "February", "March", "April", "May", "June"),
+    *("July", "August", "September", "October", "November", "December"),
+)
+
+
+@dataclass(frozen=True)
+class RenderedEmail:
+    post_id: str
+    list_name: str
+    subject: str  # one line, plain text
+    html: str  # inlined, with PLACEHOLDERS for per-recipient values
+    text: str  # plain-text part, with PLACEHOLDERS
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RecipientFields:
+    """What a template sees as `recipient`: placeholders until `message` fills them."""
+
+    email: str = PLACEHOLDERS["email"]
+    name: str = PLACEHOLDERS["name"]
+    unsubscribe_url: str = PLACEHOLDERS["unsubscribe_url"]
+
+
+@dataclass(frozen=True)
+class DigestItem:
+    post: Post
+    content_html: str
+    content_text: str
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def render_email(post: Post, settings: Settings, mailing_list: ListSettings) -> RenderedEmail:
+    """One post for one list: subject, inlined HTML and text, with placeholders."""
+    env = template_environment(settings.email.templates_dir)
+    full = settings.email.content == "full"
+    content_html = post.body_html if full else post.excerpt_html
+    content_text = markup.html_to_text(content_html) if full else post.excerpt_text
+    post = _with_safe_title(post)
+    context = {
+        **_common_context(settings, mailing_list),
+        "post": post,
+        "content_html": Markup(content_html),
+        "content_text": content_text,
+        "is_excerpt": not full,
+        "archive_url": archive_url(settings, post.post_id),
+        "preheader": _preheader(post.description or content_text),
+    }
+    subject = render_subject(settings.email.subject or DEFAULT_SUBJECT, env, context)
+    html = _render(env, "email.html.j2", context)
+    text = _render(env, "email.txt.j2", context)
+    return _finish(post.post_id, mailing_list.name, subject, html, text)
+
+
+def render_digest(
+    posts: Sequence[Post],
+    settings: Settings,
+    mailing_list: ListSettings,
+    *,
+    subject_template: str = DEFAULT_DIGEST_SUBJECT,
+) -> RenderedEmail:
+    """Several posts (oldest first) in one email, from digest.html.j2 / digest.txt.j2.
+
+    `post_id` of the result is the posts' ids joined with "+", which is stable
+    for the same set of posts.
+    """
+    if not posts:
+        raise RenderError("a digest needs at least one post", key=f"lists.{mailing_list.name}")
+    env = template_environment(settings.email.templates_dir)
+    ordered = [_with_safe_title(p) for p in sorted(posts, key=lambda p: p.date)]
+    items = [DigestItem(p, Markup(p.excerpt_html), p.excerpt_text) for p in ordered]
+    context = {
+        **_common_context(settings, mailing_list),
+        "posts": ordered,
+        "items": items,
+        "archive_url": None,
+        "preheader": _preheader(" · ".join(p.title for p in ordered)),
+    }
+    subject = render_subject(subject_template, env, context)
+    html = _render(env, "digest.html.j2", context)
+    text = _render(env, "digest.txt.j2", context)
+    post_id = "+".join(p.post_id for p in ordered)
+    return _finish(post_id, mailing_list.name, subject, html, text)
+
+
+def archive_url(settings: Settings, post_id: str) -> str:
+    """The public "view in browser" page of a post (served by `newsletter serve`)."""
+    return f"{settings.web.public_url.rstrip('/')}/archive/{post_id}"
+
+
+def render_subject(template: str, env: jinja2.Environment, context: dict[str, Any]) -> str:
+    """The `[email] subject` template rendered to one line of plain text.
+
+    CR and LF can never survive (they would start a new header, RFC 5322
+    §2.2); runs of whitespace collapse to one space.
+    """
+    try:
+        raw = _subject_environment(env).from_string(template).render(context)
+    except jinja2.TemplateError as exc:
+        raise TemplateError(
+            f"subject template: {_jinja_message(exc)}", key="email.subject"
+        ) from exc
+    subject = one_line(raw)
+    if not subject:
+        raise TemplateError("the subject template renders to nothing", key="email.subject")
+    return subject
+
+
+def one_line(value: str) -> str:
+    """Collapse every kind of line break and whitespace run to a single space."""
+    return re.sub(r"[\s\x00-\x1f\x7f\u2028\u2029\x85]+", " ", value).strip()
+
+
+# --------------------------------------------------------------------------- templates
+
+
+class ThemeLoader(jinja2.BaseLoader):
+    """Loads the default theme from the installed package `newsletter.templates`."""
+
+    def get_source(
+        self, environment: jinja2.Environment, template: str
+    ) -> tuple[str, str | None, Callable[[], bool] | None]:
+        resource = importlib.resources.files("newsletter.templates").joinpath(template)
+        if "/" in template or "\\" in template or not resource.is_file():
+            raise jinja2.TemplateNotFound(template)
+        source = resource.read_text(encoding="utf-8")
+        if not isinstance(resource, Path):  # inside a zip: cannot change
+            return source, str(resource), lambda: True
+        # On disk (an editable install): let the preview pick up theme edits.
+        mtime = resource.stat().st_mtime
+
+        def uptodate() -> bool:
+            try:
+                return resource.stat().st_mtime == mtime
+            except OSError:
+                return False
+
+        return source, str(resource), uptodate
+
+
+@functools.lru_cache(maxsize=8)
+def template_environment(templates_dir: Path | None) -> jinja2.Environment:
+    """One cached Jinja2 environment per templates folder (templates compile once)."""
+    loaders: list[jinja2.BaseLoader] = []
+    if templates_dir is not None:
+        if not templates_dir.is_dir():
+            raise TemplateError(
+                "templates folder not found", path=templates_dir, key="email.templates_dir"
+            )
+        loaders.append(jinja2.FileSystemLoader(str(templates_dir)))
+    loaders.append(ThemeLoader())
+    env = jinja2.Environment(
+        loader=jinja2.ChoiceLoader(loaders),
+        # HTML templates escape by default; the text ones must not (& stays &).
+        autoescape=jinja2.select_autoescape(["html", "htm", "xml", "html.j2"]),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+    )
+    env.filters["long_date"] = long_date
+    return env
+
+
+def _subject_environment(env: jinja2.Environment) -> jinja2.Environment:
+    """The subject is plain text: same filters, no HTML escaping."""
+    return env.overlay(autoescape=False)
+
+
+def long_date(value: datetime) -> str:
+    """`4 November 2024`, independent of the machine's locale."""
+    return f"{value.day} {_MONTHS[value.month - 1]} {value.year}"
+
+
+def _render(env: jinja2.Environment, name: str, context: dict[str, Any]) -> str:
+    try:
+        return env.get_template(name).render(context)
+    except jinja2.TemplateSyntaxError as exc:
+        raise TemplateError(
+            f"template syntax error: {exc.message}", path=exc.filename or name, line=exc.lineno
+        ) from exc
+    except jinja2.TemplateNotFound as exc:
+        raise TemplateError(f"template not found: {exc.name}", key="email.templates_dir") from exc
+    except jinja2.TemplateError as exc:
+        raise TemplateError(_jinja_message(exc), path=_template_path(env, name)) from exc
+
+
+def _template_path(env: jinja2.Environment, name: str) -> str:
+    try:
+        return env.get_template(name).filename or name
+    except jinja2.TemplateError:
+        return name
+
+
+def _jinja_message(exc: jinja2.TemplateError) -> str:
+    return str(exc.message or exc.__class__.__name__)
+
+
+def _common_context(settings: Settings, mailing_list: ListSettings) -> dict[str, Any]:
+    recipient = RecipientFields()
+    return {
+        "site": settings.site,
+        "list": mailing_list,
+        "settings": settings,
+        "recipient": recipient,
+        "unsubscribe_url": recipient.unsubscribe_url,
+        "lang": "en",
+        "preheader_padding": _PREHEADER_PADDING,
+    }
+
+
+def _with_safe_title(post: Post) -> Post:
+    """`title_html` comes from front matter: sanitise it like the body."""
+    safe = markup.sanitise_html(post.title_html, post.url)
+    return post if safe == post.title_html else replace(post, title_html=safe)
+
+
+def _preheader(text: str) -> str:
+    text = one_line(text)
+    if len(text) <= PREHEADER_CHARS:
+        return text
+    return text[:PREHEADER_CHARS].rsplit(" ", 1)[0] + "…"
+
+
+# --------------------------------------------------------------------------- inlining
+
+
+def inline_css(html: str) -> str:
+    """premailer: every rule into style="", @media rules kept in a <style> block.
+
+    No network: the theme's CSS is in the document, and a user's template
+    that links a remote stylesheet must not make rendering fetch it.
+    """
+    html = _strip_external_css(html)
+    try:
+        return str(
+            Premailer(
+                html,
+                allow_network=False,
+                allow_loading_external_files=False,
+                disable_link_rewrites=True,  # URLs are absolute already
+                # The template's width/height attributes are for Outlook; CSS
+                # like width:100% must not overwrite them.
+                disable_basic_attributes=["width", "height"],
+                strip_important=False,
+                keep_style_tags=False,
+                disable_validation=True,
+                cssutils_logging_level=logging.CRITICAL,
+            ).transform()
+        )
+    except Exception as exc:  # premailer/cssutils raise many unrelated types
+        raise RenderError(f"cannot inline CSS: {exc}") from exc
+
+
+_STYLE_BLOCK = re.compile(r"(<style\b[^>]*>)(.*?)(</style>)", re.S | re.I)
+_IMPORT = re.compile(r"@import\b[^;]*;?", re.I)
+_STYLESHEET_LINK = re.compile(r"<link\b[^>]*\bstylesheet\b[^>]*>", re.I)
+
+
+def _strip_external_css(html: str) -> str:
+    """Remote stylesheets would be fetched by cssutils (`@import`) or by the
+    reader's mail client (`<link>`); neither belongs in an email."""
+    html = _STYLESHEET_LINK.sub("", html)
+    return _STYLE_BLOCK.sub(lambda m: m.group(1) + _IMPORT.sub("", m.group(2)) + m.group(3), html)
+
+
+def _finish(post_id: str, list_name: str, subject: str, html: str, text: str) -> RenderedEmail:
+    inlined = inline_css(html)
+    warnings: list[str] = []
+    size = len(inlined.encode("utf-8"))
+    if size > GMAIL_CLIP_BYTES:
+        warnings.append(
+            f"the HTML is {size / 1024:.0f} KB; Gmail clips messages over 102 KB"
+            " (the footer and unsubscribe link are hidden)"
+        )
+    return RenderedEmail(
+        post_id=post_id,
+        list_name=list_name,
+        subject=subject,
+        html=inlined,
+        text=_tidy_text(text),
+        warnings=tuple(warnings),
+    )
+
+
+def _tidy_text(text: str) -> str:
+    """No trailing spaces, at most one blank line in a row, one final newline."""
+    lines = [line.rstrip() for line in text.replace("\r\n", "\n").split("\n")]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip("\n") + "\n"

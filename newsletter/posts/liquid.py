@@ -1,0 +1,487 @@
+"""Liquid in post bodies, the way Jekyll renders it — without ever failing a post.
+
+Jekyll renders a post's Liquid before its Markdown.  We do the same with
+python-liquid 2.x plus Jekyll's own tags and filters:
+
+* `{{ site.* }}`, `{{ page.* }}`, the `relative_url` / `absolute_url` filters
+  and a handful of other Jekyll filters (`date_to_xmlschema`, `slugify`, …);
+* `{% raw %}` (kept literally), `{% comment %}`;
+* `{% highlight lang %}` → a fenced code block (Markdown then highlights it);
+* `{% post_url name %}` and `{% link path %}` → absolute URLs of those posts;
+* `{% include file.html key=value %}` from the site's `_includes`, with
+  `include.key` inside (Jekyll's syntax, not Shopify's).
+
+Anything else — a plugin's tag, `{% include_relative %}`, an unknown filter —
+is dropped with a warning naming the tag and its line.  A variable that is not
+defined and renders as nothing (`{{ site.data.releases.first.version }}`
+without that data file) is a warning too: the reader would see a hole.  If the remaining Liquid
+still cannot be parsed, every `{% %}` / `{{ }}` is stripped with a warning, so
+no post fails because of Liquid and no `{%` reaches an email.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextvars
+import functools
+import html
+import json
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TextIO
+from urllib.parse import quote, quote_plus
+
+from liquid import Environment, Undefined
+from liquid.builtin.tags.include_tag import IncludeNode, IncludeTag
+from liquid.exceptions import LiquidError
+from liquid.filter import with_context
+from liquid.loader import BaseLoader, TemplateSource
+
+from newsletter.posts.permalink import is_absolute, normalized_baseurl, slugify
+
+
+@dataclass(frozen=True)
+class LiquidWarning:
+    message: str
+    line: int | None
+
+
+@dataclass(frozen=True)
+class LiquidResult:
+    text: str
+    warnings: tuple[LiquidWarning, ...]
+
+
+# `{% post_url name %}` / `{% link path %}` resolver: the name → an absolute
+# URL, or None when nothing matches.
+Resolver = Callable[[str], str | None]
+
+
+# The undefined variables a render printed as nothing: (name, offset in the
+# post's prepared text, or None inside an include).
+_UNDEFINED_SEEN: contextvars.ContextVar[list[tuple[str, int | None, str]] | None] = (
+    contextvars.ContextVar("undefined_seen", default=None)
+)
+
+
+_VARIABLE = re.compile(r"[\w-]+(?:\.[\w-]+|\[[^\]\n]{0,100}\])*")
+
+
+class _RecordingUndefined(Undefined):
+    """Renders as nothing, like Liquid's default, and remembers that it did."""
+
+    def __str__(self) -> str:
+        seen = _UNDEFINED_SEEN.get()
+        if seen is not None:
+            token = self.token
+            if token is None:
+                seen.append((self.name, None, ""))
+            else:
+                found = _VARIABLE.match(token.source, token.start_index)
+                name = found.group(0) if found and found.group(0) else self.name
+                seen.append((name, token.start_index, token.source))
+        return ""
+
+
+class _JekyllIncludeNode(IncludeNode):
+    """Jekyll's include: the parameters are `include.*` inside the file."""
+
+    def render_to_output(self, context: Any, buffer: TextIO) -> int:
+        name = self.name.evaluate(context)
+        template = context.env.get_template(str(name), context=context, tag=self.tag)
+        params = {arg.name: arg.value.evaluate(context) for arg in self.args}
+        with context.extend({"include": params}, template=template):
+            template.render_with_context(context, buffer, partial=True)
+        return True
+
+
+class _JekyllIncludeTag(IncludeTag):
+    node_class = _JekyllIncludeNode
+
+
+class _IncludeLoader(BaseLoader):
+    """Files under the site's `_includes`, with Jekyll-only tags made plain."""
+
+    def __init__(self, folder: Path | None) -> None:
+        self.folder = folder
+
+    def get_source(self, env: Environment, template_name: str, **kwargs: object) -> TemplateSource:
+        from liquid.exceptions import TemplateNotFoundError
+
+        if self.folder is None:
+            raise TemplateNotFoundError(template_name)
+        path = (self.folder / template_name).resolve()
+        if not path.is_relative_to(self.folder.resolve()) or not path.is_file():
+            raise TemplateNotFoundError(template_name)
+        text = path.read_text(encoding="utf-8")
+        # Tags in an include are checked like a post's; their warnings would
+        # point at the wrong file, so they are not reported.
+        prepared = _Prepass(text, _nothing, _nothing, 1).run().text
+        return TemplateSource(prepared, str(path), None)
+
+
+def _nothing(_: str) -> str | None:
+    return None
+
+
+class _JekyllEnvironment(Environment):
+    # A post is not a program: bound runaway loops and output.
+    loop_iteration_limit = 100_000
+    output_stream_limit = 20_000_000
+    keyword_assignment = True  # {% include x.html key=value %}
+
+
+_RAW = r"\{%-?\s*raw\s*-?%\}.*?\{%-?\s*endraw\s*-?%\}"
+_COMMENT = r"\{%-?\s*comment\s*-?%\}.*?\{%-?\s*endcomment\s*-?%\}"
+# Bounded lengths keep a text full of stray `{%` linear rather than quadratic.
+_TOKEN = re.compile(
+    rf"(?P<raw>{_RAW})|(?P<comment>{_COMMENT})"
+    r"|(?P<tag>\{%-?\s*(?P<name>[#\w-]*)(?P<args>.{0,1000}?)-?%\})"
+    r"|(?P<output>\{\{.{0,1000}?\}\})"
+    r"|(?P<open>\{[%{])",
+    re.S,
+)
+_FILTER = re.compile(r"\|\s*([A-Za-z_][\w-]*)")
+_STRING = re.compile(r"\"[^\"]*\"|'[^']*'")
+_STRIP_ALL = re.compile(r"\{%.{0,1000}?%\}|\{\{.{0,1000}?\}\}|\{(?=[%{])", re.S)
+MAX_WARNINGS = 20  # per post; a page of identical warnings helps nobody
+_DROPPED_TAGS = frozenset({"include_relative", "render"})
+_INCLUDE_ARG = re.compile(r"""([\w-]+)\s*=\s*("[^"]*"|'[^']*'|[^\s"']+)""")
+_INTERMEDIATE = frozenset({"else", "elsif", "when"})
+
+
+def render(
+    text: str,
+    *,
+    site: Mapping[str, Any],
+    page: Mapping[str, Any],
+    post_url: Resolver,
+    link: Resolver,
+    first_line: int = 1,
+    includes: Path | None = None,
+) -> LiquidResult:
+    """`text` with its Liquid rendered; problems become warnings, never errors.
+
+    `includes` is the site's `_includes` folder (None: includes are dropped).
+    """
+    if "{%" not in text and "{{" not in text:
+        return LiquidResult(text, ())
+    prepass = _Prepass(text, post_url, link, first_line, includes is not None)
+    prepared = prepass.run()
+    warnings = list(prepared.warnings)
+    env = environment(includes)
+    seen: list[tuple[str, int | None, str]] = []
+    token = _UNDEFINED_SEEN.set(seen)
+    try:
+        template = env.from_string(prepared.text)
+        output = template.render(site=site, page=page, jekyll={"environment": "production"})
+        warnings.extend(_undefined_warnings(seen, prepared.text, first_line))
+    except LiquidError as exc:
+        context = exc.context()
+        line = context[0] + first_line - 1 if context else None
+        message = str(exc.message)
+        warnings.append(LiquidWarning(f"Liquid error, all Liquid markup removed: {message}", line))
+        output = _STRIP_ALL.sub("", _unraw(prepared.text))
+    finally:
+        _UNDEFINED_SEEN.reset(token)
+    return LiquidResult(output, tuple(warnings))
+
+
+def _undefined_warnings(
+    seen: list[tuple[str, int | None, str]], source: str, first_line: int
+) -> Iterator[LiquidWarning]:
+    reported: set[tuple[str, int | None]] = set()
+    for name, offset, token_source in seen:
+        line = None
+        if offset is not None and token_source is source:
+            line = source.count("\n", 0, offset) + first_line
+        if (name, line) in reported or len(reported) >= MAX_WARNINGS:
+            continue
+        reported.add((name, line))
+        yield LiquidWarning(f"undefined variable '{name}' renders as nothing", line)
+
+
+def _unraw(text: str) -> str:
+    return re.sub(r"\{%-?\s*(?:end)?raw\s*-?%\}", "", text)
+
+
+class _Prepass:
+    """Rewrites Jekyll-only tags into text and drops unknown ones, one pass."""
+
+    def __init__(
+        self,
+        text: str,
+        post_url: Resolver,
+        link: Resolver,
+        first_line: int,
+        includes: bool = True,
+    ) -> None:
+        self.includes = includes
+        self.text = text
+        self.post_url = post_url
+        self.link = link
+        self.first_line = first_line
+        self.warnings: list[LiquidWarning] = []
+        self.dropped = 0
+        self._newlines: list[int] | None = None
+        self.known = known_tags()
+        self.filters = frozenset(environment(None).filters)
+
+    def run(self) -> LiquidResult:
+        out = _TOKEN.sub(self._token, self.text)
+        if self.dropped > len(self.warnings):
+            more = self.dropped - len(self.warnings)
+            self.warnings.append(LiquidWarning(f"… and {more} more Liquid warnings", None))
+        return LiquidResult(out, tuple(self.warnings))
+
+    def _line(self, pos: int) -> int:
+        if self._newlines is None:
+            self._newlines = [i for i, char in enumerate(self.text) if char == "\n"]
+        return bisect.bisect_left(self._newlines, pos) + self.first_line
+
+    def _warn(self, message: str, pos: int) -> None:
+        self.dropped += 1
+        if len(self.warnings) < MAX_WARNINGS:
+            self.warnings.append(LiquidWarning(message, self._line(pos)))
+
+    def _token(self, match: re.Match[str]) -> str:
+        if match.group("raw"):
+            return match.group(0)
+        if match.group("comment"):
+            return "\n" * match.group(0).count("\n")  # keep line numbers
+        if match.group("open"):
+            self._warn(f"unterminated Liquid markup '{match.group(0)}' dropped", match.start())
+            return ""
+        if match.group("output"):
+            self._check_filters(match.group(0), match.start())
+            return match.group(0)
+        return self._tag(match)
+
+    def _tag(self, match: re.Match[str]) -> str:
+        name, args, pos = match.group("name"), match.group("args").strip(), match.start()
+        if name == "highlight":
+            lang = args.split()[0] if args else ""
+            after = match.end()
+            newline = "" if after >= len(self.text) or self.text[after] == "\n" else "\n"
+            return self._line_start(pos) + f"```{lang}" + newline
+        if name == "endhighlight":
+            return self._line_start(pos) + "```"
+        if name in ("post_url", "link"):
+            return self._resolve(name, args, pos)
+        if name in ("include", "include_cached"):  # include_cached: jekyll-include-cache
+            return self._include(args, pos)
+        if name in _DROPPED_TAGS:
+            self._warn(f"{{% {name} {args} %}} dropped (includes are not available in email)", pos)
+            return ""
+        if name in self.known:
+            self._check_filters(args, pos)
+            return match.group(0)
+        if not (name.startswith("end") and name[3:] not in self.known):
+            self._warn(f"unknown Liquid tag {{% {name} %}} dropped", pos)
+        return ""
+
+    def _include(self, args: str, pos: int) -> str:
+        """Jekyll's `{% include file.html a=b c="d" %}` in python-liquid's syntax."""
+        file_name, _, rest = args.partition(" ")
+        if not self.includes or not file_name or "{{" in file_name:
+            self._warn(f"{{% include {args} %}} dropped (no such include here)", pos)
+            return ""
+        params = "".join(f", {k}={v}" for k, v in _INCLUDE_ARG.findall(rest))
+        self._check_filters(rest, pos)
+        return f"{{% include {json.dumps(file_name)}{params} %}}"
+
+    def _line_start(self, pos: int) -> str:
+        # A Markdown fence must begin a line.
+        return "" if pos == 0 or self.text[pos - 1] == "\n" else "\n"
+
+    def _resolve(self, name: str, args: str, pos: int) -> str:
+        target = args.split()[0] if args else ""
+        resolver = self.post_url if name == "post_url" else self.link
+        url = resolver(target) if target else None
+        if url is None:
+            self._warn(f"{{% {name} {target} %}}: no such post; link dropped", pos)
+            return ""
+        return url
+
+    def _check_filters(self, source: str, pos: int) -> None:
+        for filter_name in _FILTER.findall(_STRING.sub("", source)):
+            if filter_name not in self.filters:
+                self._warn(f"unknown Liquid filter '{filter_name}' ignored", pos)
+
+
+@functools.cache
+def known_tags() -> frozenset[str]:
+    tags = set(environment(None).tags) - _DROPPED_TAGS - {"illegal", "content", "output"}
+    return frozenset(tags | _INTERMEDIATE | {f"end{t}" for t in tags} | {"raw", "endraw"})
+
+
+@functools.cache
+def environment(includes: Path | None = None) -> Environment:
+    """One environment per `_includes` folder: building it costs more than
+    rendering a post (and parsed includes are cached with it)."""
+    env = _JekyllEnvironment(
+        strict_filters=False, loader=_IncludeLoader(includes), undefined=_RecordingUndefined
+    )
+    env.add_tag(_JekyllIncludeTag)
+    for name, func in _JEKYLL_FILTERS.items():
+        env.add_filter(name, func)
+    return env
+
+
+# --------------------------------------------------------------------------- Jekyll filters
+# https://jekyllrb.com/docs/liquid/filters/
+
+
+def _site_value(context: Any, key: str) -> str:
+    site = context.resolve("site", default={})
+    value = site.get(key, "") if isinstance(site, Mapping) else ""
+    return str(value or "")
+
+
+@with_context
+def relative_url(value: object, *, context: Any) -> str:
+    text = str(value or "")
+    if is_absolute(text):
+        return text
+    return normalized_baseurl(_site_value(context, "baseurl")) + "/" + text.lstrip("/")
+
+
+@with_context
+def absolute_url(value: object, *, context: Any) -> str:
+    text = str(value or "")
+    if is_absolute(text):
+        return text
+    return _site_value(context, "url").rstrip("/") + relative_url(text, context=context)
+
+
+def _as_datetime(value: object) -> datetime | None:
+    if isinstance(value, datetime):
+        return value
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            return None
+    return None
+
+
+def _date_filter(fmt: Callable[[datetime], str]) -> Callable[[object], object]:
+    def apply(value: object) -> object:
+        moment = _as_datetime(value)
+        return fmt(moment) if moment is not None else value
+
+    return apply
+
+
+def _sentence(value: object, connector: str = "and") -> str:
+    items = [str(v) for v in value] if isinstance(value, list | tuple) else [str(value)]
+    if len(items) <= 2:
+        return f" {connector} ".join(items)
+    return ", ".join(items[:-1]) + f", {connector} " + items[-1]
+
+
+def _items(value: object) -> list[Any]:
+    if isinstance(value, Mapping):
+        return list(value.values())
+    return list(value) if isinstance(value, list | tuple) else []
+
+
+def _get(item: object, key: str) -> object:
+    return item.get(key) if isinstance(item, Mapping) else None
+
+
+def _group_by(value: object, key: str) -> list[dict[str, Any]]:
+    groups: dict[str, list[Any]] = {}
+    for item in _items(value):
+        found = _get(item, key)
+        groups.setdefault("" if found is None else str(found), []).append(item)
+    return [{"name": k, "items": v, "size": len(v)} for k, v in groups.items()]
+
+
+def _test(context: Any, variable: str, expression: str, item: object) -> bool:
+    template = _expression_template(context.env, expression)
+    return template.render(**{**_globals(context), variable: item}) == "1"
+
+
+def _globals(context: Any) -> dict[str, object]:
+    return {k: context.resolve(k) for k in ("site", "page", "include") if k in context.scope}
+
+
+@functools.lru_cache(maxsize=256)
+def _expression_template(env: Environment, expression: str) -> Any:
+    return env.from_string(f"{{% if {expression} %}}1{{% endif %}}")
+
+
+@with_context
+def _where_exp(value: object, variable: str, expression: str, *, context: Any) -> list[Any]:
+    return [item for item in _items(value) if _test(context, variable, expression, item)]
+
+
+@with_context
+def _find_exp(value: object, variable: str, expression: str, *, context: Any) -> object:
+    return next((i for i in _items(value) if _test(context, variable, expression, i)), None)
+
+
+@with_context
+def _group_by_exp(
+    value: object, variable: str, expression: str, *, context: Any
+) -> list[dict[str, Any]]:
+    template = context.env.from_string("{{ " + expression + " }}")
+    groups: dict[str, list[Any]] = {}
+    for item in _items(value):
+        key = template.render(**{**_globals(context), variable: item})
+        groups.setdefault(key, []).append(item)
+    return [{"name": k, "items": v, "size": len(v)} for k, v in groups.items()]
+
+
+def _where(value: object, key: str, wanted: object = None) -> list[Any]:
+    """Jekyll's where: an item whose property is a list matches when it holds the value."""
+    out = []
+    for item in _items(value):
+        found = _get(item, key)
+        if isinstance(found, list | tuple):
+            if str(wanted) in [str(v) for v in found]:
+                out.append(item)
+        elif str(found if found is not None else "") == str(wanted if wanted is not None else ""):
+            out.append(item)
+    return out
+
+
+def _to_list(value: object) -> list[Any]:
+    return list(value) if isinstance(value, list | tuple) else []
+
+
+_JEKYLL_FILTERS: dict[str, Callable[..., object]] = {
+    "where": _where,
+    "where_exp": _where_exp,
+    "find_exp": _find_exp,
+    "group_by": _group_by,
+    "group_by_exp": _group_by_exp,
+    "push": lambda v, x: [*_to_list(v), x],
+    "pop": lambda v, n=1: _to_list(v)[: -int(n) or None],
+    "shift": lambda v, n=1: _to_list(v)[int(n) :],
+    "unshift": lambda v, x: [x, *_to_list(v)],
+    "to_integer": lambda v: int(float(v)) if str(v or "0").strip() else 0,
+    "sample": lambda v, *_: _to_list(v)[:1] and _to_list(v)[0],
+    "relative_url": relative_url,
+    "absolute_url": absolute_url,
+    "date_to_xmlschema": _date_filter(lambda d: d.isoformat()),
+    "date_to_rfc822": _date_filter(lambda d: d.strftime("%a, %d %b %Y %H:%M:%S %z")),
+    "date_to_string": _date_filter(lambda d: d.strftime("%d %b %Y")),
+    "date_to_long_string": _date_filter(lambda d: d.strftime("%d %B %Y")),
+    "xml_escape": lambda v: html.escape(str(v or "")),
+    "cgi_escape": lambda v: quote_plus(str(v or "")),
+    "uri_escape": lambda v: quote(str(v or ""), safe="/:@!$&'()*+,;=-._~%?#[]"),
+    "slugify": lambda v, *_: slugify(str(v or "")),
+    "jsonify": lambda v: json.dumps(v, default=str, ensure_ascii=False),
+    "number_of_words": lambda v, *_: len(str(v or "").split()),
+    "array_to_sentence_string": _sentence,
+    "normalize_whitespace": lambda v: " ".join(str(v or "").split()),
+    # The whole body goes through Markdown afterwards; these can be identities.
+    "markdownify": lambda v: str(v or ""),
+    "smartify": lambda v: str(v or ""),
+    "inspect": lambda v: repr(v),
+}
