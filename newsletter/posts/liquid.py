@@ -25,6 +25,7 @@ import bisect
 import contextvars
 import functools
 import html
+import io
 import json
 import re
 from collections.abc import Callable, Iterator, Mapping
@@ -62,7 +63,7 @@ Resolver = Callable[[str], str | None]
 
 # The undefined variables a render printed as nothing: (name, offset in the
 # post's prepared text, or None inside an include).
-_UNDEFINED_SEEN: contextvars.ContextVar[list[tuple[str, int | None, str]] | None] = (
+_UNDEFINED_SEEN: contextvars.ContextVar[list[tuple[str, int | None, str, bool]] | None] = (
     contextvars.ContextVar("undefined_seen", default=None)
 )
 
@@ -78,11 +79,11 @@ class _RecordingUndefined(Undefined):
         if seen is not None:
             token = self.token
             if token is None:
-                seen.append((self.name, None, ""))
+                seen.append((self.name, None, "", False))
             else:
                 found = _VARIABLE.match(token.source, token.start_index)
                 name = found.group(0) if found and found.group(0) else self.name
-                seen.append((name, token.start_index, token.source))
+                seen.append((name, token.start_index, token.source, False))
         return ""
 
 
@@ -91,10 +92,20 @@ class _JekyllIncludeNode(IncludeNode):
 
     def render_to_output(self, context: Any, buffer: TextIO) -> int:
         name = self.name.evaluate(context)
-        template = context.env.get_template(str(name), context=context, tag=self.tag)
-        params = {arg.name: arg.value.evaluate(context) for arg in self.args}
-        with context.extend({"include": params}, template=template):
-            template.render_with_context(context, buffer, partial=True)
+        out = io.StringIO()
+        try:
+            template = context.env.get_template(str(name), context=context, tag=self.tag)
+            params = {arg.name: arg.value.evaluate(context) for arg in self.args}
+            with context.extend({"include": params}, template=template):
+                template.render_with_context(context, out, partial=True)
+        except LiquidError as exc:
+            # One broken include costs its own output, not the post's Liquid.
+            seen = _UNDEFINED_SEEN.get()
+            if seen is not None:
+                message = f"{{% include {name} %}} dropped: {exc.message}"
+                seen.append((message, self.token.start_index, self.token.source, True))
+            return False
+        buffer.write(out.getvalue())
         return True
 
 
@@ -119,7 +130,7 @@ class _IncludeLoader(BaseLoader):
         text = path.read_text(encoding="utf-8")
         # Tags in an include are checked like a post's; their warnings would
         # point at the wrong file, so they are not reported.
-        prepared = _Prepass(text, _nothing, _nothing, 1).run().text
+        prepared = _Prepass(text, _nothing, _nothing, 1, self.folder).run().text
         return TemplateSource(prepared, str(path), None)
 
 
@@ -169,11 +180,11 @@ def render(
     """
     if "{%" not in text and "{{" not in text:
         return LiquidResult(text, ())
-    prepass = _Prepass(text, post_url, link, first_line, includes is not None)
+    prepass = _Prepass(text, post_url, link, first_line, includes)
     prepared = prepass.run()
     warnings = list(prepared.warnings)
     env = environment(includes)
-    seen: list[tuple[str, int | None, str]] = []
+    seen: list[tuple[str, int | None, str, bool]] = []
     token = _UNDEFINED_SEEN.set(seen)
     try:
         template = env.from_string(prepared.text)
@@ -191,13 +202,18 @@ def render(
 
 
 def _undefined_warnings(
-    seen: list[tuple[str, int | None, str]], source: str, first_line: int
+    seen: list[tuple[str, int | None, str, bool]], source: str, first_line: int
 ) -> Iterator[LiquidWarning]:
     reported: set[tuple[str, int | None]] = set()
-    for name, offset, token_source in seen:
+    for name, offset, token_source, is_include in seen:
         line = None
         if offset is not None and token_source is source:
             line = source.count("\n", 0, offset) + first_line
+        if is_include:
+            if (name, line) not in reported:
+                reported.add((name, line))
+                yield LiquidWarning(name, line)
+            continue
         if (name, line) in reported or len(reported) >= MAX_WARNINGS:
             continue
         reported.add((name, line))
@@ -217,7 +233,7 @@ class _Prepass:
         post_url: Resolver,
         link: Resolver,
         first_line: int,
-        includes: bool = True,
+        includes: Path | None = None,
     ) -> None:
         self.includes = includes
         self.text = text
@@ -286,8 +302,11 @@ class _Prepass:
     def _include(self, args: str, pos: int) -> str:
         """Jekyll's `{% include file.html a=b c="d" %}` in python-liquid's syntax."""
         file_name, _, rest = args.partition(" ")
-        if not self.includes or not file_name or "{{" in file_name:
-            self._warn(f"{{% include {args} %}} dropped (no such include here)", pos)
+        if not file_name or "{{" in file_name:
+            self._warn(f"{{% include {args} %}} dropped (a computed include name)", pos)
+            return ""
+        if self.includes is None or not (self.includes / file_name).is_file():
+            self._warn(f"{{% include {file_name} %}} dropped (not in _includes)", pos)
             return ""
         params = "".join(f", {k}={v}" for k, v in _INCLUDE_ARG.findall(rest))
         self._check_filters(rest, pos)
