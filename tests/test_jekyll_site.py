@@ -261,3 +261,14 @@ def test_excerpt_jekylls_then_the_documented_fallback(tmp_path: Path) -> None:
         "own-separator": "One.\n\nTwo.",
         "front-matter": "Given here.",
     }
+
+
+def test_collections_dir_holds_the_posts(tmp_path: Path) -> None:
+    names = ["my_cols/_posts/2024-01-01-a.md", "my_cols/en/_posts/2024-01-01-b.md",
+             "_posts/2024-01-01-c.md", "fr/_posts/2024-01-01-d.md"]  # fmt: skip
+    _write(tmp_path, dict.fromkeys(names, POST))
+    found = jekyllsite.post_files(tmp_path, {"collections_dir": "my_cols"})
+    assert [(f.rel, f.categories) for f in found] == [
+        ("_posts/2024-01-01-a.md", ()),
+        ("en/_posts/2024-01-01-b.md", ("en",)),
+    ]

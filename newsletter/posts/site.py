@@ -78,12 +78,18 @@ def _kept(rel: str, name: str, exclude: list[str], include: list[str]) -> bool:
 def post_files(
     source: Path, config: Mapping[str, Any], undated: list[Path] | None = None
 ) -> list[PostFile]:
-    """Every post file Jekyll would read under `source`, sorted by path.
+    """Every post file Jekyll would read under `source`, sorted by path
+    (`collections_dir` respected).
 
     Markdown files in a `_posts` folder without a date in their name are not
     posts to Jekyll; they are appended to `undated` (to be warned about).
     """
     exclude, include = _entry_filter(config)
+    # With `collections_dir`, Jekyll reads posts only below it, and paths and
+    # categories are relative to it.
+    collections_dir = str(config.get("collections_dir") or "").strip("/")
+    if collections_dir:
+        source = source / collections_dir
     found: list[PostFile] = []
     for folder in _readable_dirs(source, "", exclude, include):
         posts = source / folder / "_posts" if folder else source / "_posts"
