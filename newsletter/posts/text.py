@@ -209,7 +209,13 @@ def jekyll_excerpt_source(body: str, separator: str) -> str:
                 head += f"\n{{% end{name} %}}"
     if not found or not tail:
         return head
-    return head + "\n\n" + "\n".join(_REFERENCE.findall(tail))
+    # kramdown shows a footnote only where it is referenced: keep the
+    # definitions of footnotes the excerpt itself uses.
+    refs = [
+        r for r in _REFERENCE.findall(tail)
+        if not r.lstrip().startswith("[^") or r.lstrip().split("]", 1)[0] + "]" in head
+    ]  # fmt: skip
+    return head + "\n\n" + "\n".join(refs)
 
 
 def _before_separator(body: str, separator: str | None) -> str | None:
