@@ -30,7 +30,7 @@ import xml.etree.ElementTree as etree
 from markdown import Extension, Markdown
 from markdown.preprocessors import Preprocessor
 from markdown.treeprocessors import Treeprocessor
-from markdown.util import AtomicString
+from markdown.util import ETX, STX, AtomicString
 
 _EXTENSION = re.compile(
     r"\{::(?P<name>comment|nomarkdown)(?:\s[^}]*)?\}(?P<body>.*?)\{:/(?P=name)?\}"
@@ -67,6 +67,7 @@ _SYMBOLS = re.compile(r"---|--|\.\.\.|<<|>>")
 _SYMBOL_TEXT = {"---": "\u2014", "--": "\u2013", "...": "\u2026", "<<": "\u00ab", ">>": "\u00bb"}
 _OPENERS = frozenset(" \t\n([{\u201c\u2018\u2013\u2014-/\u00a0")
 _DECADE = re.compile(r"\d\ds\b")
+_POSSESSIVE = re.compile(r"s\b")  # 's-Hertogenbosch, the '70s
 
 
 def typographic(text: str, prev: str = " ") -> str:
@@ -78,19 +79,28 @@ def typographic(text: str, prev: str = " ") -> str:
     if "'" not in text and '"' not in text:
         return text
     out: list[str] = []
+    before = prev  # the last character a reader sees (stash placeholders are not)
+    hidden = False
     for i, char in enumerate(text):
-        before = out[-1] if out else prev
-        after = text[i + 1] if i + 1 < len(text) else " "
-        opening = before in _OPENERS and not after.isspace()
-        if char == "'":
-            if before.isalnum() or _DECADE.match(text, i + 1):
-                char = "\u2019"
-            else:
-                char = "\u2018" if opening else "\u2019"
-        elif char == '"':
-            char = "\u201c" if opening else "\u201d"
+        if char in (STX, ETX):
+            hidden = char == STX
+        elif not hidden:
+            after = text[i + 1] if i + 1 < len(text) else " "
+            char = _quote(char, before, after, text, i)
+            before = char
         out.append(char)
     return "".join(out)
+
+
+def _quote(char: str, before: str, after: str, text: str, i: int) -> str:
+    opening = before in _OPENERS and not after.isspace()
+    if char == "'":
+        if before.isalnum() or _DECADE.match(text, i + 1) or _POSSESSIVE.match(text, i + 1):
+            return "\u2019"
+        return "\u2018" if opening else "\u2019"
+    if char == '"':
+        return "\u201c" if opening else "\u201d"
+    return char
 
 
 class _Typography(Treeprocessor):
