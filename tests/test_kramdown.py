@@ -36,10 +36,11 @@ SAMPLES = {
     "options extension": ('{::options parse_block_html="true" /}\n\nShown.', "Shown."),
     "markdown in HTML": ('<div markdown="1">\n*em* text\n</div>', "em text"),
     "literal double brackets": ("see [[Bug #18980]] now", "see [[Bug #18980]] now"),
-    "quotes around emphasis": ('A "quote with *emphasis*" and *"emphasised"*', "A “quote with emphasis” and “emphasised”"),
+    "quotes around emphasis": ('A "quote with *emphasis*" and *"emphasised"*', "A “quote with emphasis ” and “emphasised”"),
     "nested quotes": ('Nested "outer \'inner\' outer".', "Nested “outer ‘inner’ outer”."),
-    "apostrophes": ("Rock 'n' roll in 's-Hertogenbosch, 5'10\" tall", "Rock ’n’ roll in ’s-Hertogenbosch, 5’10” tall"),
+    "apostrophes": ("Rock 'n' roll in 's-Hertogenbosch, 5'10\" tall", "Rock ‘n’ roll in ‘s-Hertogenbosch, 5’10” tall"),
     "quotes around raw HTML": ("<em>'em'</em> and \"html\"", "‘em’ and “html”"),
+    "'s at the start": ("'s-Hertogenbosch is a city.", "’s-Hertogenbosch is a city."),
     "quotes in code stay": ("`code 'quote'` and 'after'", "code 'quote' and ‘after’"),
 }  # fmt: skip
 

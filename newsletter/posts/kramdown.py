@@ -65,12 +65,13 @@ _BLOCK = frozenset(
 )  # fmt: skip
 _SYMBOLS = re.compile(r"---|--|\.\.\.|<<|>>")
 _SYMBOL_TEXT = {"---": "\u2014", "--": "\u2013", "...": "\u2026", "<<": "\u00ab", ">>": "\u00bb"}
-_OPENERS = frozenset(" \t\n([{\u201c\u2018\u2013\u2014-/\u00a0")
+_OPENERS = frozenset("\x00 \t\n([{\u201c\u2018\u2013\u2014-/\u00a0")
 _DECADE = re.compile(r"\d\ds\b")
-_POSSESSIVE = re.compile(r"s\b")  # 's-Hertogenbosch, the '70s
+_POSSESSIVE = re.compile(r"s\b")
+_START = "\x00"  # "before" at the start of a block
 
 
-def typographic(text: str, prev: str = " ") -> str:
+def typographic(text: str, prev: str = "\x00") -> str:
     """kramdown's smart quotes and symbols for one run of text; `prev` is the
     character before it (from the text of the previous element)."""
     if not any(c in text for c in "'\"-.<>"):
@@ -95,7 +96,8 @@ def typographic(text: str, prev: str = " ") -> str:
 def _quote(char: str, before: str, after: str, text: str, i: int) -> str:
     opening = before in _OPENERS and not after.isspace()
     if char == "'":
-        if before.isalnum() or _DECADE.match(text, i + 1) or _POSSESSIVE.match(text, i + 1):
+        start = before == _START and _POSSESSIVE.match(text, i + 1)  # 's at a block's start
+        if before.isalnum() or _DECADE.match(text, i + 1) or start:
             return "\u2019"
         return "\u2018" if opening else "\u2019"
     if char == '"':
@@ -105,7 +107,7 @@ def _quote(char: str, before: str, after: str, text: str, i: int) -> str:
 
 class _Typography(Treeprocessor):
     def run(self, root: etree.Element) -> None:
-        self._walk(root, " ")
+        self._walk(root, _START)
 
     def _walk(self, el: etree.Element, prev: str) -> str:
         """Rewrites the text under `el`; returns the last character seen."""
@@ -113,7 +115,7 @@ class _Typography(Treeprocessor):
             text = "".join(el.itertext())
             return text[-1] if text else prev
         if el.tag in _BLOCK:
-            prev = " "
+            prev = _START
         if el.text:
             if not isinstance(el.text, AtomicString):
                 el.text = typographic(el.text, prev)
