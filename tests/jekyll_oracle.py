@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "jekyll"
-FIELDS = ("url", "date", "title", "byline", "excerpt", "text")
+FIELDS = ("url", "date", "title", "byline", "categories", "excerpt", "text")
 
 ORACLE_PAGE = """\
 ---
@@ -103,8 +103,8 @@ class Mismatch:
     site: str
     path: str
     field: str
-    jekyll: str
-    ours: str
+    jekyll: Any
+    ours: Any
 
 
 @dataclass(frozen=True)
@@ -120,7 +120,7 @@ class Comparison:
         return 100.0 * self.agree[name] / self.posts if self.posts else 100.0
 
 
-def ours_fields(site_dir: Path) -> dict[str, dict[str, str]]:
+def ours_fields(site_dir: Path) -> dict[str, dict[str, Any]]:
     """`newsletter posts --json` (url, date, title, byline) plus the excerpt and
     body text from `load_posts`, keyed by the post's path under the site."""
     from click.testing import CliRunner
@@ -142,7 +142,7 @@ def ours_fields(site_dir: Path) -> dict[str, dict[str, str]]:
     finally:
         os.chdir(old)
     by_path = {str(p.path): p for p in collection.posts}
-    found: dict[str, dict[str, str]] = {}
+    found: dict[str, dict[str, Any]] = {}
     for row in rows:
         post = by_path[row["path"]]
         rel = Path(row["path"]).resolve().relative_to(site_dir.resolve()).as_posix()
@@ -151,6 +151,7 @@ def ours_fields(site_dir: Path) -> dict[str, dict[str, str]]:
             "date": row["date"],
             "title": row["title"],
             "byline": ", ".join(a["name"] for a in row["authors"]),
+            "categories": row["categories"],
             "excerpt": text_of(post.excerpt_html),
             "text": text_of(post.body_html),
         }
@@ -163,13 +164,14 @@ def compare(site: str, jekyll_posts: list[dict[str, Any]], site_dir: Path) -> Co
     except RuntimeError as exc:  # counted as every post missing, and said
         print(f"{site}: {exc}", file=sys.stderr)
         ours = {}
-    theirs: dict[str, dict[str, str]] = {}
+    theirs: dict[str, dict[str, Any]] = {}
     for post in jekyll_posts:
         theirs[post["path"]] = {
             "url": post["url"],
             "date": post["date"],
             "title": post["title"],
             "byline": post["byline"],
+            "categories": post["categories"],
             "excerpt": text_of(post["excerpt"]),
             "text": text_of(post["content"]),
         }
@@ -201,7 +203,7 @@ def compare(site: str, jekyll_posts: list[dict[str, Any]], site_dir: Path) -> Co
     )
 
 
-def _same(name: str, expected: str, got: str) -> bool:
+def _same(name: str, expected: Any, got: Any) -> bool:
     if name == "date":
         from datetime import datetime
 
@@ -213,11 +215,11 @@ def _same(name: str, expected: str, got: str) -> bool:
 
 def table(comparisons: list[Comparison]) -> str:
     head = f"{'site':<10} {'posts':>5} {'missing':>7} {'extra':>5} " + " ".join(
-        f"{f:>8}" for f in FIELDS
+        f"{f:>{max(len(f), 7) + 1}}" for f in FIELDS
     )
     lines = [head]
     for c in comparisons:
-        cells = " ".join(f"{c.percent(f):7.1f}%" for f in FIELDS)
+        cells = " ".join(f"{c.percent(f):{max(len(f), 7)}.1f}%" for f in FIELDS)
         lines.append(f"{c.site:<10} {c.posts:>5} {len(c.missing):>7} {len(c.extra):>5} {cells}")
     return "\n".join(lines)
 

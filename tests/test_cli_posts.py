@@ -45,6 +45,7 @@ def test_posts_json_has_every_field_and_status(sample_site: Path) -> None:
         "url",
         "authors",
         "tags",
+        "categories",
         "status",
         "sent_to",
     }

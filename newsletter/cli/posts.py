@@ -84,6 +84,7 @@ def posts_cmd(ctx: click.Context, as_json: bool) -> None:
             "url": p.url,
             "authors": [{"name": a.name, "url": a.url} for a in p.authors],
             "tags": list(p.tags),
+            "categories": list(p.categories),
             "status": post_status(p, now, since, sent=p.post_id in sent_to),
             "sent_to": sent_to.get(p.post_id, []),
         }
