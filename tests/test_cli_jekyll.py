@@ -54,6 +54,11 @@ def test_init_says_when_the_timezone_is_not_set(news_site: Path) -> None:
     config.write_text(config.read_text().replace("timezone: Asia/Tokyo\n", ""))
     result = CliRunner().invoke(main, ["init"])
     assert "  timezone: UTC (not set in _config.yml)" in result.stdout.splitlines()
+    checked = CliRunner().invoke(main, ["check"])
+    assert (
+        "_config.yml: timezone: warning: _config.yml sets no timezone: Jekyll then uses the "
+        "build machine's, newsletter UTC; dates and URLs may differ by a day"
+    ) in checked.output
 
 
 def test_no_posts_is_a_warning_saying_where_it_looked(news_site: Path) -> None:

@@ -167,6 +167,13 @@ def check_settings(settings: Settings) -> Iterator[Problem]:
         yield Problem("templates folder not found", templates, None, "error", "email.templates_dir")
     if settings.delivery.transport == "smtp":
         yield from _placeholders(settings)
+    jekyll = settings.site.jekyll
+    if jekyll is not None and "timezone" not in jekyll:
+        yield Problem(
+            f"_config.yml sets no timezone: Jekyll then uses the build machine's, "
+            f"newsletter {settings.site.timezone}; dates and URLs may differ by a day",
+            settings.site.jekyll_config, None, "warning", "timezone",
+        )  # fmt: skip
     if settings.delivery.transport == "smtp":
         try:
             settings.smtp.password()
