@@ -47,6 +47,9 @@ class SiteSettings:
     permalink: str = DEFAULT_PERMALINK
     excerpt_separator: str = "\n\n"
     author: str | None = None
+    # The language of the emails (<html lang>, and dir="rtl" for Arabic,
+    # Hebrew, Persian...): `lang` of _config.yml, else "en".
+    lang: str = "en"
     # Root of the Jekyll site (for _data/authors.yml); None outside Jekyll.
     source_dir: Path | None = None
     # The whole `_config.yml` (exclude, defaults, collections, …) when the
@@ -65,6 +68,18 @@ class EmailSettings:
     subject: str = "{{ post.title }}"
     content: Literal["excerpt", "full"] = "excerpt"
     templates_dir: Path | None = None
+    # CAN-SPAM wants a valid physical postal address in every commercial email;
+    # printed in the footer of both parts.
+    postal_address: str | None = None
+    # The masthead logo: an absolute URL or a path on the site ("/images/logo.png").
+    logo: str | None = None
+    # A "Manage your subscription" link to the reader's own
+    # <public_url>/preferences/<token> beside Unsubscribe.  None: shown when
+    # some list is `public` (the page has lists to offer); true/false force it.
+    preferences_link: bool | None = None
+    # A post due for several lists reaches a member of more than one once
+    # (the list joined first decides the footer); decided in the ledger.
+    dedupe_across_lists: bool = True
 
 
 @dataclass(frozen=True)
@@ -115,10 +130,45 @@ class DkimSettings:
     domain: str | None = None
     selector: str | None = None
     private_key_path: Path | None = None
+    # An optional second key (dual RSA + Ed25519 signing, RFC 8463).
+    second_selector: str | None = None
+    second_private_key_path: Path | None = None
 
     @property
     def enabled(self) -> bool:
         return bool(self.domain and self.selector and self.private_key_path)
+
+
+@dataclass(frozen=True)
+class BouncesSettings:
+    """Where bounces go (VERP) and the mailbox they are read back from."""
+
+    address: str | None = None  # e.g. bounces@example.com -> bounces+<token>@example.com
+    maildir: Path | None = None
+    imap_host: str | None = None
+    port: int = 993  # IMAP over TLS only
+    username: str | None = None
+    password_env: str | None = None
+    mailbox: str = "INBOX"
+    ca_file: Path | None = None  # a private CA for the IMAP server's certificate
+    processed_folder: str = "newsletter-processed"
+    unparsed_folder: str = "newsletter-unparsed"
+    # Soft bounces (4.x.x) suppress an address after this many within this many days.
+    soft_limit: int = 3
+    soft_days: int = 14
+
+    @property
+    def reads_mailbox(self) -> bool:
+        return self.maildir is not None or bool(self.imap_host)
+
+    def password(self) -> str:
+        value = os.environ.get(self.password_env or "")
+        if not self.password_env or value is None:
+            raise ConfigError(
+                f"environment variable {self.password_env or '(none named)'} is not set",
+                key="bounces.password_env",
+            )
+        return value
 
 
 @dataclass(frozen=True)
@@ -143,6 +193,22 @@ class DatabaseSettings:
 class ScheduleSettings:
     scan_interval: float = 60.0
     since: datetime | None = None
+    # None: true when [site] url is https (a Jekyll build may lag the post's date).
+    wait_for_page: bool | None = None
+    wait_for_page_timeout: float = 6 * 3600.0
+    wait_for_page_retry: float = 30.0  # first retry; doubles up to 15 minutes
+
+
+@dataclass(frozen=True)
+class SignupSettings:
+    confirm_hours: float = 48.0
+    # Origins allowed to POST the JSON form from a browser (CORS); the HTML
+    # form is checked against these and [web] public_url / [site] url.
+    allowed_origins: tuple[str, ...] = ()
+    # Abuse limits, counted in the database over a sliding window.
+    per_ip_per_hour: int = 20
+    per_address_per_hour: int = 3
+    pending_per_address_per_day: int = 3
 
 
 @dataclass(frozen=True)
@@ -156,6 +222,7 @@ class ListSettings:
     # Jekyll categories (front matter and the folders above `_posts`): one
     # list per language on a multilingual site.
     categories: tuple[str, ...] = ()
+    public: bool = False  # offered on the signup form and the preferences page
 
 
 @dataclass(frozen=True)
@@ -170,10 +237,23 @@ class Settings:
     smtp: SmtpSettings = field(default_factory=SmtpSettings)
     dkim: DkimSettings = field(default_factory=DkimSettings)
     unsubscribe: UnsubscribeSettings = field(default_factory=UnsubscribeSettings)
+    bounces: BouncesSettings = field(default_factory=BouncesSettings)
     web: WebSettings = field(default_factory=WebSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
+    signup: SignupSettings = field(default_factory=SignupSettings)
     lists: Mapping[str, ListSettings] = field(default_factory=dict)
+
+    @property
+    def waits_for_page(self) -> bool:
+        """`[schedule] wait_for_page`, defaulting to true for an https site."""
+        if self.schedule.wait_for_page is not None:
+            return self.schedule.wait_for_page
+        return self.site.url.lower().startswith("https://")
+
+    @property
+    def public_lists(self) -> tuple[ListSettings, ...]:
+        return tuple(lst for lst in self.lists.values() if lst.public)
 
     @property
     def state_dir(self) -> Path:
@@ -244,9 +324,11 @@ _SECTIONS = {
     "smtp": SmtpSettings,
     "dkim": DkimSettings,
     "unsubscribe": UnsubscribeSettings,
+    "bounces": BouncesSettings,
     "web": WebSettings,
     "database": DatabaseSettings,
     "schedule": ScheduleSettings,
+    "signup": SignupSettings,
 }
 
 
@@ -290,6 +372,11 @@ def _section(
         raise ConfigError(str(exc), path=config_path, key=name) from exc
 
 
+_DURATIONS = frozenset(
+    {"schedule.scan_interval", "schedule.wait_for_page_timeout", "schedule.wait_for_page_retry"}
+)
+
+
 def _coerce(key: str, type_: Any, value: Any, base_dir: Path, config_path: Path | None) -> Any:
     """Turn a TOML value into the field's type, or say which key is wrong."""
     text = str(type_)
@@ -304,7 +391,7 @@ def _coerce(key: str, type_: Any, value: Any, base_dir: Path, config_path: Path 
         return path if path.is_absolute() else base_dir / path
     if key == "schedule.since":
         return parse_since(value, key, config_path)
-    if key == "schedule.scan_interval":
+    if key in _DURATIONS:
         return parse_duration(value, key, config_path)
     if text.startswith("float"):
         if isinstance(value, bool) or not isinstance(value, int | float):
@@ -314,7 +401,7 @@ def _coerce(key: str, type_: Any, value: Any, base_dir: Path, config_path: Path 
         if isinstance(value, bool) or not isinstance(value, int):
             raise bad("an integer")
         return value
-    if text == "bool":
+    if text in ("bool", "bool | None"):
         if not isinstance(value, bool):
             raise bad("true or false")
         return value
@@ -408,12 +495,44 @@ def _validate(settings: Settings) -> None:
             raise ConfigError("a digest list needs a cron", path=path, key=f"lists.{name}.cron")
     if settings.delivery.concurrency < 1:
         raise ConfigError("must be at least 1", path=path, key="delivery.concurrency")
+    if settings.signup.confirm_hours <= 0:
+        raise ConfigError("must be positive", path=path, key="signup.confirm_hours")
+    for origin in settings.signup.allowed_origins:
+        if not re.fullmatch(r"https?://[^/\s]+", origin):
+            raise ConfigError(
+                f"an origin is scheme://host[:port] with no path, got {origin!r}",
+                path=path,
+                key="signup.allowed_origins",
+            )
     if settings.delivery.max_attempts < 1:
         raise ConfigError("must be at least 1", path=path, key="delivery.max_attempts")
+    _validate_bounces(settings)
+    if not re.fullmatch(r"[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8})*", settings.site.lang):
+        raise ConfigError(
+            f"expected a language tag like en or pt-BR, got {settings.site.lang!r}",
+            path=path,
+            key="site.lang",
+        )
     since = settings.schedule.since
     if since is not None and since.tzinfo is None:
         anchored = since.replace(tzinfo=settings.site.tz)
         object.__setattr__(settings.schedule, "since", anchored)
+
+
+def _validate_bounces(settings: Settings) -> None:
+    b, path = settings.bounces, settings.config_path
+    if b.address is not None and not re.fullmatch(r"[^@\s+]+@[^@\s]+\.[^@\s]+", b.address):
+        raise ConfigError(
+            "expected an address like bounces@example.com (no '+': VERP adds one)",
+            path=path,
+            key="bounces.address",
+        )
+    if b.maildir is not None and b.imap_host:
+        raise ConfigError("give maildir or imap_host, not both", path=path, key="bounces.maildir")
+    if b.imap_host and not b.username:
+        raise ConfigError("IMAP needs a username", path=path, key="bounces.username")
+    if b.soft_limit < 1 or b.soft_days < 1:
+        raise ConfigError("must be at least 1", path=path, key="bounces.soft_limit")
 
 
 # --------------------------------------------------------------------------- Jekyll
@@ -432,7 +551,7 @@ def _jekyll_site(
     data = read_jekyll_config(path)
     source = path.parent / str(data.get("source", "."))
     found: dict[str, Any] = {"posts_dir": str(source / "_posts"), "source_dir": str(source)}
-    for key in ("url", "baseurl", "title", "timezone", "excerpt_separator"):
+    for key in ("url", "baseurl", "title", "timezone", "excerpt_separator", "lang"):
         if isinstance(data.get(key), str):
             found[key] = data[key]
     permalink = data.get("permalink")
@@ -443,6 +562,8 @@ def _jekyll_site(
         author = author.get("name")
     if isinstance(author, str):
         found["author"] = author
+    if "lang" not in found and isinstance(data.get("locale"), str):
+        found["lang"] = data["locale"].replace("_", "-")  # jekyll-seo-tag's en_US
     return found, data
 
 

@@ -9,7 +9,33 @@ from pathlib import Path
 import pytest
 from smtpserver import SmtpTestServer
 
+from newsletter.delivery.transports.logins import LOGINS
+
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def _theme_from_this_checkout() -> None:
+    """Load `newsletter.templates` (the theme) from this checkout's templates/.
+
+    An editable install maps that package to wherever it was installed from,
+    so tests run from another worktree would read another theme; with a
+    regular install (CI) this loads the same folder the mapping names.
+    """
+    import importlib.util
+    import sys
+
+    theme = ROOT / "templates"
+    spec = importlib.util.spec_from_file_location(
+        "newsletter.templates", theme / "__init__.py", submodule_search_locations=[str(theme)]
+    )
+    if spec is None or spec.loader is None or "newsletter.templates" in sys.modules:
+        return
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["newsletter.templates"] = module
+    spec.loader.exec_module(module)
+
+
+_theme_from_this_checkout()
 
 
 @pytest.fixture
@@ -38,3 +64,12 @@ def smtp_server() -> Iterator[SmtpTestServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_smtp_logins() -> Iterator[None]:
+    """Each test starts with no remembered SMTP login (a port number, user and
+    password can come back in a later test against a new server)."""
+    LOGINS.forget()
+    yield
+    LOGINS.forget()

@@ -28,13 +28,14 @@ from typing import Any
 from sqlalchemy import Connection, Dialect, bindparam, insert, select, update
 from sqlalchemy.types import TypeEngine, UserDefinedType
 
+from newsletter.audience import consent
 from newsletter.audience.addresses import normalise_email
 from newsletter.audience.csvformats import FileInfo
 from newsletter.audience.members import ACTIVE, PENDING, SUPPRESSED
 from newsletter.audience.serviceformats import SourceRow
 from newsletter.errors import Problem, SubscriberError
 from newsletter.store import now
-from newsletter.store.schema import UtcDateTime, memberships, new_uid, subscribers
+from newsletter.store.schema import UtcDateTime, lists, memberships, new_uid, subscribers
 
 CHUNK_ROWS = 5000
 MAX_PROBLEMS = 1000  # kept for the report; every one is still counted
@@ -120,6 +121,7 @@ class ImportRun:
     conn: Connection
     list_id: int
     resubscribe: bool = False
+    source: str = "import"  # the consent record's source: import | sync
     counts: ImportCounts = field(default_factory=ImportCounts)
     touched: _Touched = field(default_factory=_Touched)
     raw: _Raw = field(init=False)
@@ -412,6 +414,7 @@ def _write(run: ImportRun, writes: _Writes, stamp: datetime) -> None:
             for m in writes.members
         ]  # fmt: skip
         conn.execute(_INSERT_MEMBERSHIP, rows)
+        _record_joins(run, [m["subscriber_id"] for m in writes.members], stamp)
     for batch, statement in (
         (writes.status_updates, _STATUS_UPDATE),
         (writes.detail_updates, _DETAIL_UPDATE),
@@ -428,6 +431,19 @@ def _write(run: ImportRun, writes: _Writes, stamp: datetime) -> None:
             .values(unsubscribed_at=None),
             writes.unsuppress_members,
         )
+
+
+def _record_joins(run: ImportRun, subscriber_ids: list[int], stamp: datetime) -> None:
+    """The consent record of each new membership (`subscribers show`)."""
+    name = run.conn.scalar(select(lists.c.name).where(lists.c.id == run.list_id))
+    consent.record_many(
+        run.conn,
+        (
+            {"subscriber_id": sid, "action": "subscribe", "source": run.source,
+             "list_name": name, "at": stamp}
+            for sid in subscriber_ids
+        ),
+    )  # fmt: skip
 
 
 def _insert_subscribers(conn: Connection, rows: list[dict[str, Any]]) -> dict[str, int]:

@@ -137,7 +137,7 @@ def sync_directory(
                     )
                 )
                 continue
-            run = ImportRun(conn, list_id(conn, path.stem))
+            run = ImportRun(conn, list_id(conn, path.stem), source="sync")
             import_rows(run, read_source(path, "auto", infos=run.counts.files))
             remove_untouched(run)
             results.append(SyncResult(path.stem, path, run.counts))

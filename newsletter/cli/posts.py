@@ -14,7 +14,7 @@ from newsletter.cli.common import emit_json, handle_errors, json_option, setting
 from newsletter.config import DEFAULT_CONFIG, ListSettings, Settings, utcnow
 from newsletter.daemon.planning import cron_trigger, effective_since
 from newsletter.delivery.mailings import mailed_pairs
-from newsletter.email import render
+from newsletter.email import dkim, render
 from newsletter.errors import NewsletterError, Problem
 from newsletter.posts.collection import PostCollection, load_posts, post_status
 from newsletter.posts.files import site_post_files, where_posts_are
@@ -122,6 +122,8 @@ def check_cmd(ctx: click.Context, as_json: bool) -> None:
     """
     settings = settings_of(ctx)  # a broken configuration stops here, exit 1
     problems = list(check_settings(settings))
+    records, dkim_problems = dkim.check(settings.dkim)  # loads and test-signs every key
+    problems.extend(dkim_problems)
     collection = _load(settings, "Checking posts")
     problems.extend(collection.problems)
     with progress_bar(len(collection.posts), "Rendering") as advance:
@@ -132,6 +134,8 @@ def check_cmd(ctx: click.Context, as_json: bool) -> None:
     else:
         for problem in problems:
             click.echo(str(problem))
+        for name, value in records:
+            click.echo(f'DKIM: publish TXT at {name}: "{value}"')
         click.echo(_summary(len(collection.posts), tuple(problems), " checked"))
     if errors:
         sys.exit(1)
@@ -179,6 +183,27 @@ def check_settings(settings: Settings) -> Iterator[Problem]:
             settings.smtp.password()
         except NewsletterError as exc:
             yield Problem(exc.message, cfg, None, "error", exc.key)
+    bounces = settings.bounces
+    if bounces.address and not bounces.reads_mailbox:
+        yield Problem(
+            "bounces go to [bounces] address but nothing reads them: "
+            "set [bounces] maildir or imap_host",
+            cfg, None, "warning", "bounces.address",
+        )  # fmt: skip
+    if bounces.imap_host:
+        try:
+            bounces.password()
+        except NewsletterError as exc:
+            yield Problem(exc.message, cfg, None, "error", exc.key)
+    if settings.delivery.transport == "smtp" and not settings.email.postal_address:
+        yield Problem(
+            "no postal address: CAN-SPAM requires one in every commercial email; "
+            "set [email] postal_address (it is printed in the footer)",
+            cfg,
+            None,
+            "warning",
+            "email.postal_address",
+        )
 
 
 def _placeholders(settings: Settings) -> Iterator[Problem]:
@@ -277,10 +302,13 @@ public_url = "https://news.example.com"
 scan_interval = "60s"
 # Posts dated before this moment are never sent automatically.
 since = "{since}"
+# With an https url the daemon mails a post only once its page answers 200
+# (a Jekyll build can lag the post's date); wait_for_page = false turns it off.
 
 [lists.main]
 title = "Every new post"
 mode = "each"
+# public = true   # offer this list on the signup form (`newsletter snippet --list main`)
 """
 
 

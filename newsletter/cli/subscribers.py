@@ -1,4 +1,4 @@
-"""Commands: `subscribers import|export|add|remove|unsubscribe|resubscribe|list|sync`, `lists`.
+"""Commands: `subscribers import|export|add|remove|unsubscribe|resubscribe|list|sync|show`, `lists`.
 
 Exit status: 0 when everything was done; 1 when the user must fix something
 (an unknown list or address, an unreadable file, and for import/sync any row
@@ -264,7 +264,7 @@ def _require(engine: Engine, email: str) -> SubscriberRow:
 def add_command(ctx: click.Context, email: str, list_name: str, name: str) -> None:
     """Add EMAIL to a list (an unsubscribed address stays unsubscribed)."""
     _, engine = _engine_for(ctx, list_name)
-    row = add_subscriber(engine, email, list_name, name=name)
+    row = add_subscriber(engine, email, list_name, name=name, source="cli")
     note = "" if row.status == "active" else f" (stays {row.status}: use resubscribe to undo)"
     click.echo(f"added {row.email} to {list_name}{note}")
 
@@ -293,7 +293,7 @@ def unsubscribe_command(ctx: click.Context, email: str, list_name: str | None) -
     """Unsubscribe EMAIL from one list, or from every list."""
     _, engine = _engine_for(ctx, list_name)
     row = _require(engine, email)
-    changed = unsubscribe(engine, row.id, list_name, reason="cli")
+    changed = unsubscribe(engine, row.id, list_name, reason="cli", source="cli")
     scope = list_name or "every list"
     click.echo(
         f"unsubscribed {row.email} from {scope}"
@@ -311,8 +311,54 @@ def resubscribe_command(ctx: click.Context, email: str, list_name: str | None) -
     """Undo an unsubscribe, bounce or complaint for EMAIL (only with their consent)."""
     _, engine = _engine_for(ctx, list_name)
     row = _require(engine, email)
-    resubscribe(engine, row.id, list_name)
+    resubscribe(engine, row.id, list_name, source="cli")
     click.echo(f"resubscribed {row.email} to {list_name or 'every list'}")
+
+
+@subscribers_group.command("show")
+@click.argument("email")
+@json_option
+@click.pass_context
+@handle_errors
+def show_command(ctx: click.Context, email: str, as_json: bool) -> None:
+    """Show EMAIL's status, lists and consent history (every signup,
+    confirmation, unsubscribe and preference change, with time and source)."""
+    from newsletter.audience.consent import history
+    from newsletter.audience.members import membership_lists
+
+    _, engine = _engine_for(ctx, None)
+    row = _require(engine, email)
+    joined = membership_lists(engine, row.id)
+    events = history(engine, row.id)
+    if as_json:
+        emit_json(
+            {
+                "email": row.email,
+                "name": row.name,
+                "status": row.status,
+                "status_reason": row.status_reason,
+                "lists": {n: ("unsubscribed" if at else "subscribed") for n, at in joined.items()},
+                "history": [
+                    {"at": e.at.isoformat(), "action": e.action, "source": e.source,
+                     "list": e.list_name, "detail": e.detail}
+                    for e in events
+                ],
+            }
+        )  # fmt: skip
+        return
+    reason = f" ({row.status_reason})" if row.status_reason else ""
+    click.echo(f"{row.email}{' · ' + row.name if row.name else ''}: {row.status}{reason}")
+    for name, at in joined.items():
+        click.echo(
+            f"  {name}: {'unsubscribed ' + at.isoformat(timespec='seconds') if at else 'subscribed'}"
+        )
+    click.echo("history:" if events else "history: nothing recorded")
+    for e in events:
+        scope = e.list_name or "every list"
+        detail = f" — {e.detail}" if e.detail else ""
+        click.echo(
+            f"  {e.at.isoformat(timespec='seconds')}  {e.action:<12} {scope:<16} via {e.source}{detail}"
+        )
 
 
 # --------------------------------------------------------------------------- sync / lists
@@ -356,11 +402,17 @@ def sync_command(ctx: click.Context, directory: Path | None, dry_run: bool, as_j
 @click.pass_context
 @handle_errors
 def lists_command(ctx: click.Context, as_json: bool) -> None:
-    """Show each list with its title and members counted by status."""
+    """Show each list with its title, members counted by status, and the
+    bounce and complaint reports read back for its mailings."""
+    from newsletter.delivery.bouncebox import bounce_counts_by_list
+
     settings = settings_of(ctx)
     engine = open_store(settings)
     ensure_lists(engine, settings)
     found = [c for c in list_counts(engine) if c.name in settings.lists]
+    # Reports read back by `newsletter bounces`, over the list's mailings.
+    reports = bounce_counts_by_list(engine)
+    kinds = {"hard": "hard bounces", "soft": "soft bounces", "complaint": "complaints"}
     if as_json:
         emit_json(
             [
@@ -368,6 +420,7 @@ def lists_command(ctx: click.Context, as_json: bool) -> None:
                     "name": c.name,
                     "title": c.title,
                     "counts": {s: c.counts.get(s, 0) for s in STATUSES},
+                    "reports": {k: reports.get(c.name, {}).get(k, 0) for k in kinds},
                 }
                 for c in found
             ]
@@ -379,6 +432,11 @@ def lists_command(ctx: click.Context, as_json: bool) -> None:
     for c in found:
         table.add_row(c.name, c.title, *(str(c.counts.get(s, 0)) for s in STATUSES))
     Console(soft_wrap=True).print(table)
+    for c in found:
+        got = reports.get(c.name)
+        if got:
+            counts = ", ".join(f"{got.get(k, 0)} {label}" for k, label in kinds.items())
+            click.echo(f"{c.name}: reports read back: {counts}")
 
 
 def register(group: click.Group) -> None:

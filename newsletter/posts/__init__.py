@@ -7,6 +7,7 @@ The first stage of the pipeline.  It may import only `newsletter.config` and
 - `files`: which files are posts (every `_posts` folder of a Jekyll site)
 - `source`: pass 1 — front matter with `defaults:`, date, identity, URL
 - `site`: a Jekyll site's rules: discovery, `defaults:`, `_data`, collections, Liquid's `site`
+- `lookup`: which post a reference (id, else path) names; drafts never mailed
 - `jekyll`: front matter and dates as Jekyll reads them
 - `rubytime`: Ruby's `Time.parse`, for dates Jekyll accepts
 - `kramdown`: kramdown's syntax and typography taught to Python-Markdown

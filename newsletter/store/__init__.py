@@ -18,13 +18,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, inspect, select
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from newsletter.config import Settings
 from newsletter.errors import StoreError
-from newsletter.store.schema import SCHEMA_VERSION, metadata, schema_version
+from newsletter.store.files import private_file
+from newsletter.store.schema import DEDUPE_INDEX, SCHEMA_VERSION, metadata, schema_version
 
 __all__ = ["now", "open_store", "open_url", "reading"]
 
@@ -48,7 +49,9 @@ def open_url(url: str) -> Engine:
     try:
         parsed = make_url(url)
         if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            # Made empty and 0600 before SQLite opens it (SQLite would use
+            # 0644 & ~umask); its -wal and -shm files copy the database's mode.
+            private_file(Path(parsed.database))
         engine = create_engine(url, future=True)
         if engine.dialect.name == "sqlite":
             event.listen(engine, "connect", _sqlite_pragmas)
@@ -96,9 +99,19 @@ def reading(engine: Engine) -> Connection:
     return engine.connect().execution_options(**{READ_ONLY: True})
 
 
+def _upgrade_2(conn: Connection) -> None:
+    """Version 2: the new tables come from create_all; deliveries gains dedupe_key."""
+    columns = {c["name"] for c in inspect(conn).get_columns("deliveries")}
+    if "dedupe_key" not in columns:
+        conn.execute(text("ALTER TABLE deliveries ADD COLUMN dedupe_key TEXT"))
+    indexes = {i["name"] for i in inspect(conn).get_indexes("deliveries")}
+    if DEDUPE_INDEX.name not in indexes:
+        DEDUPE_INDEX.create(conn)
+
+
 # Each step upgrades the schema from version N-1 to N.  Version 1 is the
 # initial schema created by metadata.create_all.
-UPGRADES: dict[int, Callable[[Connection], None]] = {}
+UPGRADES: dict[int, Callable[[Connection], None]] = {2: _upgrade_2}
 
 
 def upgrade(engine: Engine) -> int:

@@ -27,7 +27,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: consent events, confirmations, signup hits, dedupe_key
 
 
 def new_uid() -> str:
@@ -110,6 +110,26 @@ memberships = Table(
     Index("ix_memberships_subscriber", "subscriber_id"),
 )
 
+# What one unsubscribe link's POST changed, so that its undo button reverses
+# exactly that and nothing else (issue 9).  list_id None: a global token.
+# change: status (the subscriber's status went previous_status → unsubscribed)
+# | membership (the membership got unsubscribed_at) | new_membership (an
+# unsubscribed membership was created for someone not on the list).  The
+# stamp it wrote is `changed_at`: if the row no longer carries it, something
+# else changed it since, and the undo leaves it alone.
+unsubscribe_events = Table(
+    "unsubscribe_events",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("subscriber_id", ForeignKey("subscribers.id", ondelete="CASCADE"), nullable=False),
+    Column("list_id", ForeignKey("lists.id", ondelete="CASCADE"), nullable=True),
+    Column("change", String(16), nullable=False),
+    Column("previous_status", String(16), nullable=True),
+    Column("changed_at", UtcDateTime, nullable=False),
+    Column("undone_at", UtcDateTime, nullable=True),
+    Index("ix_unsubscribe_events_subscriber", "subscriber_id"),
+)
+
 # A mailing is (post, list): planned once, automatically at most once (invariant 1).
 # kind: post | digest | resend.  state: planned | sending | paused | done.
 mailings = Table(
@@ -150,8 +170,16 @@ deliveries = Table(
     Column("message_id", String(300), nullable=True),
     Column("sent_at", UtcDateTime, nullable=True),
     Column("updated_at", UtcDateTime, nullable=False),
+    # "One email per person per post": the post id on every delivery of a
+    # deduplicated mailing, NULL otherwise.  The unique index below makes the
+    # rule the database's, so two planners (two hosts) cannot both queue the
+    # same person for the same post; NULLs never collide.
+    Column("dedupe_key", Text, nullable=True),
     UniqueConstraint("mailing_id", "subscriber_id", name="uq_delivery_mailing_subscriber"),
     Index("ix_deliveries_claim", "mailing_id", "status", "next_attempt_at"),
+)
+DEDUPE_INDEX = Index(
+    "uq_deliveries_dedupe", deliveries.c.dedupe_key, deliveries.c.subscriber_id, unique=True
 )
 
 # Small key/value table: daemon lock, generated secrets, last digest times.
@@ -163,4 +191,71 @@ state = Table(
     Column("updated_at", UtcDateTime, nullable=False),
     Column("expires_at", UtcDateTime, nullable=True),
     Column("number", Float, nullable=True),
+)
+
+# One row per bounce or complaint read back from the bounce mailbox.
+# kind: hard | soft | complaint.  `source` is the report's Message-ID (or a
+# digest of its bytes): a report read twice after a crash is recorded once.
+bounce_events = Table(
+    "bounce_events",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("source", String(300), nullable=False),
+    Column("email", String(320), nullable=False),
+    Column("subscriber_id", ForeignKey("subscribers.id", ondelete="CASCADE"), nullable=True),
+    Column("mailing_id", ForeignKey("mailings.id", ondelete="SET NULL"), nullable=True),
+    Column("delivery_id", Integer, nullable=True),
+    Column("kind", String(16), nullable=False),
+    Column("status", String(16), nullable=True),
+    Column("diagnostic", Text, nullable=False, default=""),
+    Column("received_at", UtcDateTime, nullable=False),
+    UniqueConstraint("source", "email", name="uq_bounce_source_email"),
+    Index("ix_bounce_events_subscriber", "subscriber_id", "kind", "received_at"),
+)
+
+# The consent record (GDPR art. 7(1)): every signup, confirmation,
+# unsubscribe and preference change, with when and through what.
+# action: signup | confirm | subscribe | unsubscribe | resubscribe | preferences
+#         | import | bounce | complaint.
+# source: form | json | import | cli | one-click | preferences | confirm | sync.
+consent_events = Table(
+    "consent_events",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("subscriber_id", ForeignKey("subscribers.id", ondelete="CASCADE"), nullable=False),
+    Column("at", UtcDateTime, nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("source", String(32), nullable=False),
+    Column("list_name", Text, nullable=True),  # None: every list
+    Column("detail", Text, nullable=True),
+    Index("ix_consent_subscriber", "subscriber_id", "at"),
+)
+
+# One row per confirmation email sent: the link carries the nonce, so a link
+# works once, expires, and can be counted per address per day.
+confirmations = Table(
+    "confirmations",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("nonce", String(32), nullable=False, unique=True, default=new_uid),
+    Column("subscriber_id", ForeignKey("subscribers.id", ondelete="CASCADE"), nullable=False),
+    Column("lists", JSON, nullable=False, default=list),
+    Column("source", String(32), nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("expires_at", UtcDateTime, nullable=False),
+    Column("confirmed_at", UtcDateTime, nullable=True),
+    Index("ix_confirmations_subscriber", "subscriber_id", "created_at"),
+)
+
+# Signup rate limits, counted in the database so several processes share
+# them.  bucket: "ip" | "address"; key: an HMAC of the IP or address (the
+# table never holds either in the clear).
+signup_hits = Table(
+    "signup_hits",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("bucket", String(16), nullable=False),
+    Column("key", String(64), nullable=False),
+    Column("at", UtcDateTime, nullable=False),
+    Index("ix_signup_hits", "bucket", "key", "at"),
 )
