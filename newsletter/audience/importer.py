@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Dialect, bindparam, insert, select, update
+from sqlalchemy import Connection, Dialect, bindparam, insert, select, type_coerce, update
 from sqlalchemy.types import TypeEngine, UserDefinedType
 
 from newsletter.audience import consent
@@ -56,6 +56,8 @@ class ImportCounts:
     duplicates: int = 0  # rows merged into an earlier row of the same address
     warnings: int = 0
     removed: int = 0  # sync only: left the list because the file no longer has them
+    write_lock_seconds: float | None = None  # a staged import's merge (bench/import.py)
+    write_lock_cpu_seconds: float | None = None
     problems: list[Problem] = field(default_factory=list)
     files: list[FileInfo] = field(default_factory=list)
 
@@ -187,7 +189,10 @@ class _Writes:
     unsuppress_members: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _apply(run: ImportRun, chunk: list[_Incoming]) -> None:
+Writer = Callable[["ImportRun", "_Writes", datetime], None]
+
+
+def _apply(run: ImportRun, chunk: list[_Incoming], write: Writer | None = None) -> None:
     merged: dict[str, _Incoming] = {}
     for row in chunk:
         if row.key in merged:
@@ -206,7 +211,7 @@ def _apply(run: ImportRun, chunk: list[_Incoming]) -> None:
             run.counts.new += 1
         else:
             _plan_existing(run, row, found, member_state, stamp, writes)
-    _write(run, writes, stamp)
+    (write or _write)(run, writes, stamp)
 
 
 def _existing(conn: Connection, keys: list[str]) -> dict[str, dict[str, Any]]:
@@ -216,6 +221,8 @@ def _existing(conn: Connection, keys: list[str]) -> dict[str, dict[str, Any]]:
         subscribers.c.name,
         subscribers.c.status,
         subscribers.c.attributes,
+        # As stored, unconverted: a staged import's optimistic check compares it.
+        type_coerce(subscribers.c.updated_at, _PreBound()).label("seen"),
     ).where(subscribers.c.email_key.in_(keys))
     return {row.email_key: dict(row._mapping) for row in conn.execute(query)}
 
@@ -282,11 +289,14 @@ def _plan_existing(
                 "b_reason": reason,
                 "b_name": name,
                 "b_attributes": attributes,
+                "b_seen": found["seen"],
             }
         )
         changed = True
     elif changed:
-        writes.detail_updates.append({"b_id": sid, "b_name": name, "b_attributes": attributes})
+        writes.detail_updates.append(
+            {"b_id": sid, "b_name": name, "b_attributes": attributes, "b_seen": found["seen"]}
+        )
     if not on_list:
         writes.members.append(
             {"list_id": run.list_id, "subscriber_id": sid, "created_at": row.subscribed_at or stamp}

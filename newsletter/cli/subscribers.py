@@ -28,6 +28,7 @@ from newsletter.audience.members import (
     ensure_lists,
     get_by_email,
     list_counts,
+    membership_lists,
     remove_member,
     resubscribe,
     unsubscribe,
@@ -134,9 +135,26 @@ def _progress(file: Path) -> Iterator[ProgressFn | None]:
 
 def _finish(counts: ImportCounts, list_name: str, dry_run: bool, as_json: bool) -> None:
     _report_problems(counts.problems, counts.invalid + counts.warnings)
+    files = [
+        {"file": f.name, "format": f.format, "detected": f.detected,
+         "encoding": f.encoding, "delimiter": f.delimiter}
+        for f in counts.files
+    ]  # fmt: skip
     if as_json:
-        emit_json({"list": list_name, "dry_run": dry_run, **counts.as_dict()})
+        formats = sorted({f.format for f in counts.files})
+        emit_json(
+            {
+                "list": list_name,
+                "dry_run": dry_run,
+                "format": formats[0] if len(formats) == 1 else formats,
+                "files": files,
+                **counts.as_dict(),
+            }
+        )
     else:
+        for f in counts.files:  # so a wrong guess is seen before it matters
+            how = "detected from its header" if f.detected else "as given by --format"
+            click.echo(f"{f.name}: read as {f.format} ({how}; {f.encoding}, {f.delimiter!r})")
         _summary_table(counts, list_name, dry_run)
     if counts.invalid:
         sys.exit(1)
@@ -265,8 +283,24 @@ def add_command(ctx: click.Context, email: str, list_name: str, name: str) -> No
     """Add EMAIL to a list (an unsubscribed address stays unsubscribed)."""
     _, engine = _engine_for(ctx, list_name)
     row = add_subscriber(engine, email, list_name, name=name, source="cli")
-    note = "" if row.status == "active" else f" (stays {row.status}: use resubscribe to undo)"
-    click.echo(f"added {row.email} to {list_name}{note}")
+    click.echo(f"added {row.email} to {list_name}{_suppressed_note(engine, row, list_name)}")
+
+
+def _suppressed_note(engine: Engine, row: SubscriberRow, list_name: str) -> str:
+    """Why an added address still gets no mail, and the one way to lift that."""
+    if row.status != "active":
+        return (
+            f", but it stays {row.status} ({row.status_reason or 'no reason recorded'}) "
+            f"and gets no mail; only with their consent, lift it with "
+            f"`newsletter subscribers resubscribe {row.email}`"
+        )
+    if membership_lists(engine, row.id).get(list_name) is not None:
+        return (
+            f", but it stays unsubscribed from {list_name} and gets no mail from it; "
+            f"only with their consent, lift it with "
+            f"`newsletter subscribers resubscribe {row.email} --list {list_name}`"
+        )
+    return ""
 
 
 @subscribers_group.command("remove")

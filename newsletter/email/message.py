@@ -298,7 +298,7 @@ def format_address(name: str, address: str) -> str:
     addr = ascii_domain(address)
     if not name:
         return addr
-    if name.isascii():
+    if name.isascii() and "=?" not in name:
         # A quoted string is never folded (unfolding would keep the space), so
         # cap its length well below the 998-byte line limit.
         name = name[:MAX_ASCII_NAME]
@@ -306,6 +306,9 @@ def format_address(name: str, address: str) -> str:
             return f"{name} <{addr}>"
         quoted = name.replace("\\", "\\\\").replace('"', '\\"')
         return f'"{quoted}" <{addr}>'
+    # Non-ASCII, or ASCII that a reader would take for an RFC 2047 encoded
+    # word (even inside quotes, as Python's parser does): encode the name
+    # itself, so what a reader decodes is exactly the text we were given.
     return f"{_encoded_words(name)} <{addr}>"
 
 

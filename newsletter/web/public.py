@@ -34,7 +34,7 @@ from newsletter.audience.unsubscribes import UNDO_WINDOW, undoable, unsubscribe_
 from newsletter.audience.unsubscribes import undo as undo_unsubscribe
 from newsletter.config import Settings
 from newsletter.email.render import render_email
-from newsletter.email.tokens import ALL_LISTS, load_secret, verify_token
+from newsletter.email.tokens import ALL_LISTS, checked_secret, verify_token
 from newsletter.errors import NewsletterError, PostError, StoreError, SubscriberError
 from newsletter.posts.collection import PostCollection
 from newsletter.store import open_store, reading
@@ -334,7 +334,8 @@ def create_public_app(
     """The public app; the store and the token secret are opened now, once."""
     engine = engine if engine is not None else open_engine(settings)
     subs.ensure_lists(engine, settings)
-    state = PublicState(settings, engine, secret if secret is not None else load_secret(settings))
+    secret = secret if secret is not None else checked_secret(settings, engine)
+    state = PublicState(settings, engine, secret)
     routes = [
         Route("/healthz", healthz),
         Route("/unsubscribe/", unsubscribe_help),
