@@ -75,6 +75,10 @@ class DeliverySettings:
     backoff_base: float = 60.0
     backoff_cap: float = 3600.0
     lease_seconds: float = 300.0
+    # How SMTP connections are driven: "streams" (one event loop, each connection
+    # on its own; the default), or the older "rounds" (lockstep, needs
+    # PIPELINING, else threaded) and "threaded" (a thread per connection).
+    strategy: Literal["streams", "rounds", "threaded"] = "streams"
 
 
 @dataclass(frozen=True)

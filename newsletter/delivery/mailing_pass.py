@@ -31,8 +31,9 @@ from newsletter.delivery.outgoing import (
 from newsletter.delivery.ratelimit import Throttle, TokenBucket, next_attempt
 from newsletter.delivery.recorder import Pending, Recorder
 from newsletter.delivery.report import DeliveryReport, Progress, envelope_sender
-from newsletter.delivery.rounds import THROTTLE_RETRIES, RoundsStrategy
-from newsletter.delivery.strategy import Strategy, Tally
+from newsletter.delivery.rounds import RoundsStrategy
+from newsletter.delivery.strategy import THROTTLE_RETRIES, Strategy, Tally
+from newsletter.delivery.streams import StreamsStrategy
 from newsletter.delivery.threaded import ThreadedStrategy
 from newsletter.delivery.transports import (
     ConnectError,
@@ -126,9 +127,15 @@ class MailingPass:
         return self._finish(tally, paused)
 
     def _strategy(self) -> Strategy:
-        if self.shared is None and self._server_pipelines():
+        """Streams for SMTP (`[delivery] strategy` may pick an older one), else threads."""
+        choice = self.settings.delivery.strategy
+        if self.shared is not None or self.settings.delivery.transport != "smtp":
+            return ThreadedStrategy(self)
+        if choice == "rounds" and self._server_pipelines():
             return RoundsStrategy(self)
-        return ThreadedStrategy(self)
+        if choice in ("rounds", "threaded"):
+            return ThreadedStrategy(self)
+        return StreamsStrategy(self)
 
     def _server_pipelines(self) -> bool:
         """Whether the SMTP server offers PIPELINING (one-thread rounds need it).

@@ -23,7 +23,9 @@ from newsletter.delivery.transports import SendResult, Transport
 from newsletter.errors import NewsletterError
 from newsletter.store import mailings as q
 
-__all__ = ["PassCore", "Strategy", "Tally"]
+__all__ = ["THROTTLE_RETRIES", "PassCore", "Strategy", "Tally"]
+
+THROTTLE_RETRIES = 5  # re-sends of one message after "slow down" before deferring it
 
 
 class Tally:
