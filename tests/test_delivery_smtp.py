@@ -205,5 +205,6 @@ def test_a_failed_commit_sends_no_further_final_dot(
     monkeypatch.setattr(LedgerWriter, "write", broken)
     with pytest.raises(StoreError, match="disk full"):
         deliver_mailing(engine, settings, mid, load_posts(settings))
-    # Only the first round (one message per connection) went out.
-    assert len(smtp_server.received) == settings.delivery.concurrency
+    # At most the first message of each connection went out (the rounds send
+    # exactly one per connection; the streams may stop the others sooner).
+    assert 1 <= len(smtp_server.received) <= settings.delivery.concurrency

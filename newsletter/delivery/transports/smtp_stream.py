@@ -42,7 +42,9 @@ from newsletter.delivery.transports.smtp import (
 __all__ = ["StreamSmtp"]
 
 Reply = tuple[int, bytes]
-AsyncReady = Callable[[], Awaitable[None]]
+# Called just before a final dot; an awaitable it returns holds the dot back.
+Ready = Callable[[], Awaitable[None] | None]
+Next = tuple[str, str, bytes]  # sender, recipient and bytes of the next message
 
 
 class Lost(ConnectionError):
@@ -132,6 +134,8 @@ class StreamSmtp:
         self._proto: _Replies | None = None
         self._features: dict[str, str] = {}
         self._owed = 0  # replies to RSETs written without waiting (PIPELINING)
+        # (connection, recipient) whose MAIL/RCPT/DATA went out behind the last dot
+        self._announced: tuple[_Replies, str] | None = None
 
     # ------------------------------------------------------------------ connection
 
@@ -259,6 +263,9 @@ class StreamSmtp:
             proto.transport.abort()
 
     async def close(self) -> None:
+        if self._announced is not None and self._announced[0] is self._proto:
+            self.abandon()  # in DATA for a message never sent: QUIT would become its text
+            return
         proto, self._proto = self._proto, None
         if proto is None or proto.transport is None:
             return
@@ -272,23 +279,30 @@ class StreamSmtp:
     # ------------------------------------------------------------------ sending
 
     async def send(
-        self, sender: str, recipient: str, message: bytes, ready: AsyncReady | None = None
+        self,
+        sender: str,
+        recipient: str,
+        message: bytes,
+        ready: Ready | None = None,
+        then: Next | None = None,
     ) -> SendResult:
-        """One message; refusals are data.  Raises ConnectError when the server is unreachable."""
+        """One message; refusals are data.  Raises ConnectError when the server is unreachable.
+
+        `ready()` is called before the final dot; when it returns an awaitable,
+        the dot waits for it.  `then`: the message this connection sends next;
+        with PIPELINING its MAIL, RCPT and DATA go out right behind this
+        message's final dot (RFC 2920 §3.1), saving a round trip per message.
+        """
         reused = self._proto is not None
-        result = await self._attempt(sender, recipient, message, ready)
+        result = await self._attempt(sender, recipient, message, ready, then)
         if reused and result.stage == "mail" and result.code is None:
             # The server closed an idle connection; nothing of this message was
             # accepted, so reconnect and try once more.
-            result = await self._attempt(sender, recipient, message, ready)
+            result = await self._attempt(sender, recipient, message, ready, then)
         return result
 
-    async def _attempt(
-        self, sender: str, recipient: str, message: bytes, ready: AsyncReady | None
-    ) -> SendResult:
-        await self.open()
-        proto = self._proto
-        assert proto is not None and proto.transport is not None
+    def _envelope(self, sender: str, recipient: str, message: bytes) -> bytes | SendResult:
+        """MAIL and RCPT for one message, or its refusal when the server cannot take it."""
         rcpt, needs_utf8 = ascii_address(recipient)
         options = ""
         if needs_utf8:
@@ -299,18 +313,33 @@ class StreamSmtp:
             options += " SMTPUTF8"
         if not message.isascii() and self.has_extn("8bitmime"):
             options += " BODY=8BITMIME"
-        mail = f"MAIL FROM:<{sender}>{options}\r\n".encode()
-        to = f"RCPT TO:<{rcpt}>\r\n".encode()
+        return f"MAIL FROM:<{sender}>{options}\r\nRCPT TO:<{rcpt}>\r\n".encode()
+
+    async def _attempt(
+        self, sender: str, recipient: str, message: bytes, ready: Ready | None, then: Next | None
+    ) -> SendResult:
+        announced, self._announced = self._announced, None
+        if announced is not None and announced[0] is self._proto and announced[1] != recipient:
+            self.abandon()  # in DATA for another message: never end that one
+        written = announced is not None and announced[0] is self._proto
+        await self.open()
+        proto = self._proto
+        assert proto is not None and proto.transport is not None
+        envelope = self._envelope(sender, recipient, message)
+        if isinstance(envelope, SendResult):
+            return envelope
         stage = "mail"
         try:
             if "pipelining" in self._features:
-                refusal = await self._pipelined(proto, recipient, mail + to + b"DATA\r\n")
+                if not written:
+                    proto.transport.write(envelope + b"DATA\r\n")
+                refusal = await self._pipelined(proto, recipient)
             else:
-                refusal = await self._stepwise(proto, recipient, mail, to)
+                refusal = await self._stepwise(proto, recipient, envelope)
             if refusal is not None:
                 return refusal
             stage = "data"
-            return await self._content(proto, recipient, message, ready)
+            return await self._content(proto, recipient, message, ready, then)
         except (OSError, TimeoutError) as exc:
             self.abandon()
             what = "timed out" if isinstance(exc, TimeoutError) else "connection lost"
@@ -320,12 +349,9 @@ class StreamSmtp:
         owed, self._owed = self._owed, 0
         return (await proto.take(owed + count, self.timeout))[owed:]
 
-    async def _pipelined(
-        self, proto: _Replies, recipient: str, envelope: bytes
-    ) -> SendResult | None:
-        """MAIL, RCPT and DATA in one write (RFC 2920); the refusal, or None on 354."""
+    async def _pipelined(self, proto: _Replies, recipient: str) -> SendResult | None:
+        """The replies to MAIL, RCPT and DATA written in one go; the refusal, or None on 354."""
         assert proto.transport is not None
-        proto.transport.write(envelope)
         replies = await self._replies(proto, 3)
         (mail_code, mail_text), (rcpt_code, rcpt_text), (data_code, data_text) = replies
         refused = mail_code != 250 or rcpt_code not in (250, 251)
@@ -343,12 +369,13 @@ class StreamSmtp:
         return None
 
     async def _stepwise(
-        self, proto: _Replies, recipient: str, mail: bytes, to: bytes
+        self, proto: _Replies, recipient: str, envelope: bytes
     ) -> SendResult | None:
         """Without PIPELINING: one command, one reply (RFC 5321 §4.1.1)."""
         assert proto.transport is not None
+        mail, to, _ = envelope.split(b"\r\n")
         for line, stage, good in ((mail, "mail", (250,)), (to, "rcpt", (250, 251))):
-            proto.transport.write(line)
+            proto.transport.write(line + b"\r\n")
             code, text = (await self._replies(proto, 1))[0]
             if code not in good:
                 refusal = self._refused(recipient, code, text, stage)
@@ -371,24 +398,47 @@ class StreamSmtp:
                 self.abandon()
 
     async def _content(
-        self, proto: _Replies, recipient: str, message: bytes, ready: AsyncReady | None
+        self,
+        proto: _Replies,
+        recipient: str,
+        message: bytes,
+        ready: Ready | None,
+        then: Next | None,
     ) -> SendResult:
         assert proto.transport is not None
-        proto.transport.write(stuffed_body(message))
-        if ready is not None:
-            try:
-                await ready()
-            except BaseException:
-                self.abandon()  # no final dot: the server discards the message
-                raise
-        proto.transport.write(b".\r\n")  # from here the server may keep it
+        body = stuffed_body(message)
+        try:
+            wait = ready() if ready is not None else None
+            if wait is not None:
+                proto.transport.write(body)
+                body = b""
+                await wait
+        except BaseException:
+            self.abandon()  # no final dot: the server discards the message
+            raise
+        tail = b".\r\n"  # from here the server may keep the message
+        announce = then is not None and "pipelining" in self._features
+        if then is not None and announce:
+            envelope = self._envelope(*then)
+            announce = not isinstance(envelope, SendResult)
+            if not isinstance(envelope, SendResult):
+                tail += envelope + b"DATA\r\n"
+        proto.transport.write(body + tail)
+        if then is not None and announce:
+            self._announced = (proto, then[1])
         code, text = (await self._replies(proto, 1))[0]
-        if code != 250:
-            refusal = self._refused(recipient, code, text, "data")
-            if "pipelining" not in self._features:
-                await self._settle_rset(proto)
-            return refusal
-        return SendResult(recipient, True, code, reply_text(text), stage="data")
+        if code == 250:
+            return SendResult(recipient, True, code, reply_text(text), stage="data")
+        if announce:
+            # The transaction ended with the dot either way; an RSET now would
+            # reset the next one, already under way.
+            if code == 421:
+                self.abandon()
+            return classify(recipient, code, reply_text(text), "data")
+        refusal = self._refused(recipient, code, text, "data")
+        if "pipelining" not in self._features:
+            await self._settle_rset(proto)
+        return refusal
 
     def _refused(self, recipient: str, code: int, text: bytes, stage: str) -> SendResult:
         """Classify the refusal; reset the session (its reply is read with the next ones)."""
