@@ -83,7 +83,10 @@ class Commits:
                 loop = asyncio.get_running_loop()
                 self._scheduled = loop.create_future()
                 loop.call_soon(self._commit, self._scheduled)
-            await asyncio.shield(self._scheduled)
+            # Shared by every waiter, without asyncio.shield (an extra loop
+            # iteration per wait): a cancelled waiter only ever means the
+            # whole pass is being cancelled.
+            await self._scheduled
         if pending.error is not None:
             raise pending.error
 
@@ -94,7 +97,8 @@ class Commits:
         except Exception:  # kept on each Pending of the group; its waiters raise it
             log.debug("a group commit failed", exc_info=True)
         finally:
-            done.set_result(None)
+            if not done.done():
+                done.set_result(None)
 
 
 class StreamsStrategy:
@@ -272,7 +276,9 @@ class StreamsStrategy:
 
         def ready() -> Awaitable[None] | None:
             if previous is not None and not previous.done:
-                return committed()
+                if core.workers > 1:
+                    return committed()
+                previous.wait()  # one connection: no other outcome to wait for
             check()
             return None
 
