@@ -157,10 +157,17 @@ def test_stop_finishes_the_messages_in_flight(
     engine = populate(settings, 60)
     mid = plan_mailing(engine, settings, POST, "sample")
     stop = threading.Event()
-    threading.Timer(0.4, stop.set).start()
-    report = deliver_mailing(engine, settings, mid, load_posts(settings), stop=stop)
+    timers: list[threading.Timer] = []
+
+    def progress(done: int, total: int) -> None:
+        if not timers:  # stop 0.3 s after the first message, however slow the start
+            timers.append(threading.Timer(0.3, stop.set))
+            timers[0].start()
+
+    posts = load_posts(settings)
+    report = deliver_mailing(engine, settings, mid, posts, stop=stop, progress=progress)
     assert 0 < report.sent < 60
     assert len(smtp_server.received) == report.sent  # nothing half-sent, nothing unrecorded
-    again = deliver_mailing(engine, settings, mid, load_posts(settings))
+    again = deliver_mailing(engine, settings, mid, posts)
     assert report.sent + again.sent == 60
     assert sorted(smtp_server.recipients()) == [f"r{i:03d}@example.org" for i in range(60)]

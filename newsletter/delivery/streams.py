@@ -18,6 +18,7 @@ the ledger does not know.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -209,6 +210,10 @@ class StreamsStrategy:
         previous: Pending | None = None
         job: Job | None = None
         try:
+            # Connect while the first claim runs; a server that cannot be
+            # reached is reported per message by the sends that follow.
+            with contextlib.suppress(ConnectError):
+                await conn.open()
             while (job := job or await self._next_job(previous)) is not None:
                 if self._halted():
                     break
