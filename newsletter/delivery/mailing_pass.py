@@ -3,8 +3,9 @@
 The pass claims small batches under a lease, personalises each message,
 turns each SMTP answer into an outcome for the ledger, and applies rate
 limits and hourly/daily caps.  How claimed rows reach connections is a
-`Strategy` (strategy.py): lockstep rounds on one thread when the SMTP server
-offers PIPELINING (rounds.py), else a thread per connection (threaded.py).
+`Strategy` (strategy.py): for SMTP one event loop with each connection on
+its own (streams.py; `[delivery] strategy` may pick the older lockstep
+rounds.py or threaded.py), a thread per worker for the other transports.
 Either way each connection has at most one message whose outcome is not yet
 committed (invariant 2), and memory stays flat whatever the list size: only a
 batch or two is ever held.  Building the bytes lives in `outgoing`.

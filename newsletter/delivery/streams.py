@@ -3,11 +3,12 @@
 One event loop drives `concurrency` non-blocking connections
 (transports/smtp_stream.py); each takes the next claimed row as soon as it is
 free, so a slow or stalled connection holds up only itself (the lockstep
-rounds waited for the slowest connection twice per round).  The database
-work (claims and the ledger's group commit) runs on one helper thread, so a
-commit overlaps the other connections' reply waits; SQLite and the socket
-calls release the GIL.  With or without PIPELINING the design is the same;
-only the number of round trips per message differs.
+rounds waited for the slowest connection twice per round).  Claims run on a
+helper thread (a claim is long and mostly SQLite's own work, without the
+GIL); the ledger's group commits run on the loop's thread once the ready
+connections have written their next commands (see `Commits`), so a commit
+overlaps the server's work on them.  With or without PIPELINING the design
+is the same; only the number of round trips per message differs.
 
 Invariant 2: a connection writes a message's final dot only after the
 outcome of its previous message is committed (the `ready` hook of
