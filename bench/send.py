@@ -132,6 +132,7 @@ url = "https://blog.example.com"
 posts_dir = "posts"
 [email]
 from = "Bench <news@example.com>"
+templates_dir = "{ROOT / "templates"}"
 [delivery]
 transport = "smtp"
 concurrency = {concurrency}
@@ -359,7 +360,9 @@ def run_one(
     cmd = [sys.executable, __file__, "--measure", kind, "--port", str(port), "--n", str(n)]
     cmd += ["--concurrency", str(concurrency), "--message", str(files["message"])]
     cmd += ["--template", str(files["template"]), "--mailing", str(files["mailing"])]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=CHILD_ENV)
+    out = subprocess.run(cmd, capture_output=True, text=True, env=CHILD_ENV)
+    if out.returncode != 0:
+        raise RuntimeError(f"{kind} failed:\n{out.stderr}")
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
     if result["sent"] != n:
         raise RuntimeError(f"{kind} sent {result['sent']} of {n}")
