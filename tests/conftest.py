@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from smtpserver import SmtpTestServer
 
+from newsletter.delivery.transports.logins import LOGINS
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -38,3 +40,12 @@ def smtp_server() -> Iterator[SmtpTestServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_smtp_logins() -> Iterator[None]:
+    """Each test starts with no remembered SMTP login (a port number, user and
+    password can come back in a later test against a new server)."""
+    LOGINS.forget()
+    yield
+    LOGINS.forget()

@@ -24,6 +24,7 @@ from newsletter.delivery.mailings import (
     send_test,
 )
 from newsletter.posts.collection import Post, load_posts
+from newsletter.posts.lookup import require_published
 
 
 @click.command("send")
@@ -64,6 +65,8 @@ def send_cmd(
 
     Safe to interrupt or kill: running it again finishes the mailing without
     sending twice. Once a mailing is done, sending again needs --resend.
+    POST is a post id or a path; an unpublished post (a draft) goes only to
+    --test addresses.
     """
     settings = settings_of(ctx)
     settings.get_list(list_name)
@@ -71,7 +74,9 @@ def send_cmd(
     post = posts.find(post_ref)
     if tests:
         _send_tests(settings, post, list_name, tests, as_json)
-    elif dry_run:
+        return
+    require_published(post)  # a draft goes to --test addresses only, never to a list
+    if dry_run:
         _dry_run(settings, post, list_name, resend, verbose, as_json)
     else:
         _send(settings, post, posts, list_name, resend, wait, as_json)
@@ -249,18 +254,23 @@ def status_cmd(ctx: click.Context, as_json: bool) -> None:
     from newsletter.cli.daemon import upcoming_json, upcoming_line
     from newsletter.config import utcnow
     from newsletter.daemon.planning import upcoming_sends
+    from newsletter.delivery.bouncebox import bounce_counts_by_mailing
     from newsletter.posts.collection import load_posts
     from newsletter.store import open_store
 
     settings = settings_of(ctx)
     engine = open_store(settings)
     summaries = mailing_summaries(engine)
+    reports = bounce_counts_by_mailing(engine)
     posts = load_posts(settings, bodies=False)
     upcoming = upcoming_sends(settings, posts, engine, utcnow())
     if as_json:
         emit_json(
             {
-                "mailings": [_summary_dict(s) for s in summaries],
+                "mailings": [
+                    {**_summary_dict(s), "reports": _reports(reports.get(s.mailing_id, {}))}
+                    for s in summaries
+                ],
                 "upcoming": [upcoming_json(u) for u in upcoming],
             }
         )
@@ -268,7 +278,7 @@ def status_cmd(ctx: click.Context, as_json: bool) -> None:
     if not summaries:
         click.echo("no mailings yet")
     for s in summaries:
-        click.echo(_status_line(s))
+        click.echo(_status_line(s) + _reports_text(reports.get(s.mailing_id, {})))
         if s.last_error:
             click.echo(f"    last error: {s.last_error}")
     if upcoming:
@@ -291,6 +301,18 @@ def _status_line(s: MailingSummary) -> str:
         f"#{s.mailing_id} {s.post_id} → {s.list_name}{kind}: {_state_text(s)}; "
         f"{s.total} recipient(s){': ' + counts if counts else ''}"
     )
+
+
+def _reports(counts: dict[str, int]) -> dict[str, int]:
+    """Bounce and complaint reports read back for a mailing (newsletter bounces)."""
+    return {k: counts.get(k, 0) for k in ("hard", "soft", "complaint")}
+
+
+def _reports_text(counts: dict[str, int]) -> str:
+    if not counts:
+        return ""
+    c = _reports(counts)
+    return f"; bounces: {c['hard']} hard, {c['soft']} soft; complaints: {c['complaint']}"
 
 
 def _summary_dict(s: MailingSummary) -> dict[str, Any]:

@@ -288,7 +288,9 @@ class StreamsStrategy:
             check()
             return None
 
-        then = None if upcoming is None else (core.sender, upcoming.row.email, upcoming.message)
+        then = None
+        if upcoming is not None:
+            then = (core.sender(upcoming.row.id), upcoming.row.email, upcoming.message)
         result = await self._send(conn, job, ready, then)
         if (wait := ready()) is not None:
             await wait
@@ -311,7 +313,7 @@ class StreamsStrategy:
             if (delay := core.bucket.reserve()) > 0:
                 await asyncio.sleep(delay)
             try:
-                result = await conn.send(core.sender, email, job.message, ready, then)
+                result = await conn.send(core.sender(job.row.id), email, job.message, ready, then)
             except ConnectError as exc:
                 return SendResult(email, False, exc.code, exc.message, stage="connect")
             if not result.throttled:

@@ -10,19 +10,25 @@ state folder (with a warning), so links keep working across restarts.
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
 import logging
 import os
+import re
 import secrets
 from dataclasses import dataclass
 
 from newsletter.config import Settings
+from newsletter.store.files import PRIVATE_FILE, private_dirs
 
 log = logging.getLogger(__name__)
 
 _MAC_BYTES = 16  # 128 bits: ample against forgery, keeps URLs short
 ALL_LISTS = "*"  # token scope meaning "every list"
+# What make_token writes: the URL-safe alphabet, no padding.  A token longer
+# than this is never ours (uid, a list name of 100 characters, MAC, encoded).
+_SPELLING = re.compile(r"[A-Za-z0-9_-]{1,1000}")
 
 
 @dataclass(frozen=True)
@@ -44,9 +50,10 @@ def load_secret(settings: Settings) -> bytes:
         settings.unsubscribe.secret_env,
         path,
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dirs(path.parent)
     value = secrets.token_urlsafe(32).encode("ascii")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE)
+    os.fchmod(fd, PRIVATE_FILE)  # whatever the umask
     with os.fdopen(fd, "wb") as fh:
         fh.write(value)
     return value
@@ -64,11 +71,8 @@ def make_token(secret: bytes, subscriber_uid: str, list_name: str) -> str:
 
 def verify_token(secret: bytes, token: str) -> TokenClaim | None:
     """The claim inside a genuine token; None for anything forged or damaged."""
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-    except (ValueError, TypeError):
-        return None
-    if len(raw) <= _MAC_BYTES + 1:
+    raw = _decode_strictly(token)
+    if raw is None or len(raw) <= _MAC_BYTES + 1:
         return None
     payload, sep, mac = (
         raw[: -_MAC_BYTES - 1],
@@ -82,6 +86,25 @@ def verify_token(secret: bytes, token: str) -> TokenClaim | None:
         return TokenClaim(uid, list_name)
     except (UnicodeDecodeError, ValueError):
         return None
+
+
+def _decode_strictly(token: str) -> bytes | None:
+    """The bytes of a token spelled exactly as `make_token` spells them.
+
+    `urlsafe_b64decode` skips characters outside the alphabet, accepts extra
+    padding, the standard alphabet's `+/` and unused low bits in the last
+    character, so many strings decode to one token.  One token, one spelling:
+    decode, encode again, and compare.
+    """
+    if not _SPELLING.fullmatch(token):
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    except (binascii.Error, ValueError):
+        return None
+    if base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") != token:
+        return None
+    return raw
 
 
 def unsubscribe_url(settings: Settings, token: str) -> str:

@@ -11,11 +11,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import hmac
+import weakref
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from newsletter.config import SmtpSettings
 from newsletter.delivery.transports.base import ConnectError, TransportError
+from newsletter.delivery.transports.logins import LOGINS, Key, login_key
 from newsletter.delivery.transports.smtp import (
     login_refused,
     no_starttls,
@@ -114,6 +117,9 @@ class Session:
 async def open_session(settings: SmtpSettings, local_hostname: str) -> Session:
     """Connect, EHLO, STARTTLS and AUTH as configured; raises as `SmtpTransport.open`."""
     s = settings
+    key = _key(s)
+    if key is not None:
+        LOGINS.check(key)  # a password refused before is not tried again
     loop = asyncio.get_running_loop()
     implicit = tls_context(s) if s.security == "tls" else None
     async with asyncio.timeout(s.timeout):
@@ -132,13 +138,36 @@ async def open_session(settings: SmtpSettings, local_hostname: str) -> Session:
         await _ehlo(session, s, local_hostname)
         if s.security == "starttls":
             await _starttls(session, s, local_hostname)
-        if s.username:
-            await _login(session, s)
+        if key is not None:
+            async with _first_login(key):
+                # One login at a time on this loop until one has succeeded
+                # (LOGINS' own gate is a thread lock: it must not be waited
+                # for by two coroutines of one thread).
+                with LOGINS.attempt(key) as refuse:
+                    await _login(session, s, refuse)
     except BaseException:
         if proto.transport is not None:
             proto.transport.abort()
         raise
     return session
+
+
+# Per event loop (an asyncio.Lock belongs to the loop that first waits on it).
+_loop_logins: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Key, asyncio.Lock]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _first_login(key: Key) -> asyncio.Lock:
+    locks = _loop_logins.setdefault(asyncio.get_running_loop(), {})
+    return locks.setdefault(key, asyncio.Lock())
+
+
+def _key(settings: SmtpSettings) -> Key | None:
+    s = settings
+    if not s.username:
+        return None
+    return login_key(s.host, s.effective_port, s.username, s.password() or "")
 
 
 async def _reply(session: Session, settings: SmtpSettings) -> Reply:
@@ -184,7 +213,9 @@ async def _starttls(session: Session, settings: SmtpSettings, local_hostname: st
     await _ehlo(session, settings, local_hostname)
 
 
-async def _login(session: Session, settings: SmtpSettings) -> None:
+async def _login(
+    session: Session, settings: SmtpSettings, refuse: Callable[[TransportError], None]
+) -> None:
     s = settings
     assert s.username
     password = s.password() or ""
@@ -218,4 +249,7 @@ async def _login(session: Session, settings: SmtpSettings) -> None:
             key="smtp.username",
         )
     if code != 235:
-        raise login_refused(s.username, code, text)
+        error = login_refused(s.username, code, text)
+        if code >= 500:  # permanent: never again with this password
+            refuse(error)
+        raise error
