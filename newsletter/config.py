@@ -87,9 +87,10 @@ class DeliverySettings:
     backoff_cap: float = 3600.0
     lease_seconds: float = 300.0
     # How SMTP connections are driven: "streams" (one event loop, each connection
-    # on its own; the default), or the older "rounds" (lockstep, needs
-    # PIPELINING, else threaded) and "threaded" (a thread per connection).
-    strategy: Literal["streams", "rounds", "threaded"] = "streams"
+    # on its own), "rounds" (lockstep on one thread, needs PIPELINING, else
+    # threaded), "threaded" (a thread per connection); "auto": streams when the
+    # server offers PIPELINING, else threaded.
+    strategy: Literal["auto", "streams", "rounds", "threaded"] = "auto"
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ import pytest
 from smtpserver import DROP, STALL, SmtpTestServer, _Handler
 from test_delivery_smtp import ledger, populate, site_settings
 
+from newsletter.config import Settings
 from newsletter.delivery.mailing_pass import MailingPass
 from newsletter.delivery.mailings import deliver_mailing, plan_mailing
 from newsletter.delivery.rounds import RoundsStrategy
@@ -27,15 +28,21 @@ from newsletter.store import mailings as q
 POST = "how-sleep-consolidates-memory"
 
 
+def streams_settings(site: Path, server: SmtpTestServer, **extra: Any) -> Settings:
+    """Settings for `server` with the streams strategy, whatever the server offers."""
+    return site_settings(site, server, **{"delivery.strategy": "streams", **extra})
+
+
 @pytest.fixture(autouse=True)
 def _secret(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NEWSLETTER_SECRET", "streams-test-secret")
 
 
-def test_smtp_uses_streams_unless_configured(
-    sample_site: Path, smtp_server: SmtpTestServer
+@pytest.mark.parametrize("pipelining", [False, True], ids=["plain", "pipelining"])
+def test_the_strategy_follows_the_setting_and_the_server(
+    sample_site: Path, smtp_server: SmtpTestServer, pipelining: bool
 ) -> None:
-    smtp_server.pipelining = True
+    smtp_server.pipelining = pipelining
     base = site_settings(sample_site, smtp_server)
     posts = load_posts(base)
     engine = populate(base, 1)
@@ -43,12 +50,14 @@ def test_smtp_uses_streams_unless_configured(
         row = q.get_mailing(conn, plan_mailing(engine, base, POST, "sample"))
     assert row is not None
     picked = {}
-    for choice in ("streams", "rounds", "threaded"):
+    for choice in ("auto", "streams", "rounds", "threaded"):
         settings = site_settings(sample_site, smtp_server, **{"delivery.strategy": choice})
         picked[choice] = type(MailingPass(engine, settings, row, posts)._strategy())
+    assert base.delivery.strategy == "auto"
     assert picked == {
+        "auto": StreamsStrategy if pipelining else ThreadedStrategy,
         "streams": StreamsStrategy,
-        "rounds": RoundsStrategy,
+        "rounds": RoundsStrategy if pipelining else ThreadedStrategy,
         "threaded": ThreadedStrategy,
     }
 
@@ -80,7 +89,7 @@ def test_a_stalled_connection_does_not_hold_up_the_others(
     monkeypatch.setattr(SmtpTestServer, "_record", timed_record)
     server.script("r003@example.org", STALL, stage="data", times=1)
     with server:
-        settings = site_settings(
+        settings = streams_settings(
             sample_site, server, **{"delivery.concurrency": 3, "smtp.timeout": 10.0}
         )
         engine = populate(settings, 150)
@@ -101,7 +110,7 @@ def test_mixed_refusals_across_busy_connections(
     sample_site: Path, smtp_server: SmtpTestServer, pipelining: bool
 ) -> None:
     smtp_server.pipelining = pipelining
-    settings = site_settings(sample_site, smtp_server, **{"delivery.concurrency": 4})
+    settings = streams_settings(sample_site, smtp_server, **{"delivery.concurrency": 4})
     engine = populate(settings, 40)
     later = {f"r{i:03d}@example.org" for i in range(40) if i % 7 == 1}
     gone = {f"r{i:03d}@example.org" for i in range(40) if i % 7 == 2}
@@ -132,7 +141,7 @@ def test_drop_mid_data_on_one_connection_others_go_on(
     sample_site: Path, smtp_server: SmtpTestServer, pipelining: bool
 ) -> None:
     smtp_server.pipelining = pipelining
-    settings = site_settings(sample_site, smtp_server, **{"delivery.concurrency": 3})
+    settings = streams_settings(sample_site, smtp_server, **{"delivery.concurrency": 3})
     engine = populate(settings, 30)
     smtp_server.script("r004@example.org", DROP, stage="data", times=1)
     smtp_server.script("r011@example.org", DROP, stage="rcpt", times=1)
@@ -151,7 +160,7 @@ def test_stop_finishes_the_messages_in_flight(
     sample_site: Path, smtp_server: SmtpTestServer
 ) -> None:
     smtp_server.pipelining = True  # with announced envelopes behind each dot
-    settings = site_settings(
+    settings = streams_settings(
         sample_site, smtp_server, **{"delivery.concurrency": 3, "delivery.rate_per_second": 60.0}
     )
     engine = populate(settings, 60)
