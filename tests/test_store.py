@@ -4,7 +4,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Connection, select, text
+from sqlalchemy import Connection, inspect, select, text
 from sqlalchemy.exc import OperationalError, StatementError
 
 import newsletter.store as store
@@ -43,15 +43,16 @@ def test_upgrade_steps_run_once_in_order(tmp_path: Path, monkeypatch: pytest.Mon
 
         return run
 
-    monkeypatch.setattr(store, "SCHEMA_VERSION", 3)
-    monkeypatch.setattr(store, "UPGRADES", {2: step(2), 3: step(3)})
+    v = store.schema.SCHEMA_VERSION
+    monkeypatch.setattr(store, "SCHEMA_VERSION", v + 2)
+    monkeypatch.setattr(store, "UPGRADES", {v + 1: step(v + 1), v + 2: step(v + 2)})
     engine = open_url(url)
     open_url(url)  # a second open finds nothing to do
-    assert ran == [2, 3]
+    assert ran == [v + 1, v + 2]
     with engine.connect() as conn:
         versions = conn.execute(select(schema_version.c.version)).scalars().all()
-        assert sorted(versions) == [1, 2, 3]
-        assert conn.execute(text("SELECT count(*) FROM extra_3")).scalar() == 0
+        assert sorted(versions) == [v, v + 1, v + 2]
+        assert conn.execute(text(f"SELECT count(*) FROM extra_{v + 2}")).scalar() == 0
 
 
 def test_newer_database_is_refused(tmp_path: Path) -> None:
@@ -119,3 +120,27 @@ def test_reading_connections_do_not_wait_for_a_writer(tmp_path: Path) -> None:
             blocked.connection.driver_connection.execute("PRAGMA busy_timeout=100")
             with pytest.raises(OperationalError, match="locked"):
                 blocked.execute(select(subscribers.c.email)).all()
+
+
+def test_a_version_1_database_gains_the_dedupe_column_and_the_new_tables(tmp_path: Path) -> None:
+    """Schema 2 (readers): deliveries.dedupe_key with its unique index, and the
+    consent, confirmation and signup-hit tables, added to a version-1 file."""
+    url = f"sqlite:///{tmp_path}/db.sqlite"
+    open_url(url)
+    with open_url(url).begin() as conn:  # make it look like version 1
+        conn.execute(text("DROP INDEX uq_deliveries_dedupe"))
+        conn.execute(text("ALTER TABLE deliveries DROP COLUMN dedupe_key"))
+        for table in ("consent_events", "confirmations", "signup_hits"):
+            conn.execute(text(f"DROP TABLE {table}"))
+        conn.execute(text("DELETE FROM schema_version"))
+        conn.execute(text("INSERT INTO schema_version VALUES (1, '2026-01-01 00:00:00')"))
+    engine = open_url(url)
+    with engine.connect() as conn:
+        columns = {c["name"] for c in inspect(conn).get_columns("deliveries")}
+        indexes = {i["name"]: i["unique"] for i in inspect(conn).get_indexes("deliveries")}
+        tables = set(inspect(conn).get_table_names())
+        versions = conn.execute(select(schema_version.c.version)).scalars().all()
+    assert "dedupe_key" in columns
+    assert indexes["uq_deliveries_dedupe"]
+    assert {"consent_events", "confirmations", "signup_hits"} <= tables
+    assert sorted(versions) == [1, 2]

@@ -3,9 +3,10 @@
 The pass claims small batches under a lease, personalises each message,
 turns each SMTP answer into an outcome for the ledger, and applies rate
 limits and hourly/daily caps.  How claimed rows reach connections is a
-`Strategy` (strategy.py): for SMTP one event loop with each connection on
-its own (streams.py; `[delivery] strategy` may pick the older lockstep
-rounds.py or threaded.py), a thread per worker for the other transports.
+`Strategy` (strategy.py): for SMTP with PIPELINING one event loop with each
+connection on its own (streams.py), without it a thread per connection
+(threaded.py, also used for the other transports); `[delivery] strategy` may
+pick any of them, or the older lockstep rounds (rounds.py).
 Either way each connection has at most one message whose outcome is not yet
 committed (invariant 2), and memory stays flat whatever the list size: only a
 batch or two is ever held.  Building the bytes lives in `outgoing`.
@@ -120,7 +121,9 @@ class MailingPass:
         if allowance == 0:
             return self._pause()
         template = build_template(self.settings, mailing, self.posts)
-        self.context = MessageContext(self.settings, mailing, template, make_signer(self.settings))
+        self.context = MessageContext(
+            self.settings, mailing, template, make_signer(self.settings), self.engine
+        )
         q.set_state(self.engine, mailing.id, "sending")
         finished = sum(counts.get(s, 0) for s in ("sent", "failed", "skipped"))
         tally = Tally(finished, sum(counts.values()), self.progress)

@@ -16,7 +16,9 @@ from typing import Any
 from sqlalchemy import (
     Connection,
     Engine,
+    and_,
     func,
+    or_,
     select,
     update,
 )
@@ -162,8 +164,18 @@ def insert_mailing(
     return int(key[0])
 
 
-def snapshot(conn: Connection, mailing_id: int, members: Iterable[tuple[int, str]]) -> int:
-    """Insert one queued delivery per (subscriber_id, email), streamed in batches."""
+def snapshot(
+    conn: Connection,
+    mailing_id: int,
+    members: Iterable[tuple[int, str]],
+    *,
+    dedupe_key: str | None = None,
+) -> int:
+    """Insert one queued delivery per (subscriber_id, email), streamed in batches.
+
+    With a `dedupe_key` (the post id), the database's unique index refuses a
+    second delivery of that post to the same subscriber in any mailing.
+    """
     stamp = now()
     total = 0
     batch: list[dict[str, Any]] = []
@@ -176,6 +188,7 @@ def snapshot(conn: Connection, mailing_id: int, members: Iterable[tuple[int, str
                 "status": "queued",
                 "attempts": 0,
                 "updated_at": stamp,
+                "dedupe_key": dedupe_key,
             }
         )
         if len(batch) >= INSERT_BATCH:
@@ -186,6 +199,57 @@ def snapshot(conn: Connection, mailing_id: int, members: Iterable[tuple[int, str
         conn.execute(deliveries.insert(), batch)
         total += len(batch)
     return total
+
+
+def first_joined_members(
+    conn: Connection, list_id: int, rival_list_ids: Iterable[int], dedupe_key: str
+) -> Iterator[tuple[int, str]]:
+    """Mailable members of a list who get the post through it, streamed.
+
+    A member also on a rival list (one the same post is planned for now) is
+    left to that list when they joined it first (ties: the older list); one
+    who already has a delivery of this post in any mailing is left out.
+    """
+    mine = memberships.alias("mine")
+    rival = memberships.alias("rival")
+    rivals = [r for r in rival_list_ids if r != list_id]
+    earlier = (
+        select(rival.c.list_id)
+        .where(
+            rival.c.subscriber_id == mine.c.subscriber_id,
+            rival.c.list_id.in_(rivals),
+            rival.c.unsubscribed_at.is_(None),
+            or_(
+                rival.c.created_at < mine.c.created_at,
+                and_(rival.c.created_at == mine.c.created_at, rival.c.list_id < list_id),
+            ),
+        )
+        .exists()
+    )
+    already = (
+        select(deliveries.c.id)
+        .where(
+            deliveries.c.dedupe_key == dedupe_key,
+            deliveries.c.subscriber_id == mine.c.subscriber_id,
+        )
+        .exists()
+    )
+    query = (
+        select(subscribers.c.id, subscribers.c.email)
+        .join(mine, mine.c.subscriber_id == subscribers.c.id)
+        .where(
+            mine.c.list_id == list_id,
+            mine.c.unsubscribed_at.is_(None),
+            subscribers.c.status == "active",
+            ~already,
+        )
+        .order_by(subscribers.c.id)
+        .execution_options(yield_per=1000)
+    )
+    if rivals:
+        query = query.where(~earlier)
+    for row in conn.execute(query):
+        yield int(row.id), str(row.email)
 
 
 def counts(conn: Connection, mailing_id: int | None = None) -> dict[int, dict[str, int]]:
@@ -233,6 +297,26 @@ def set_state(
         values["last_error"] = last_error
     with engine.begin() as conn:
         conn.execute(update(mailings).where(mailings.c.id == mailing_id).values(values))
+
+
+def set_gate(
+    engine: Engine,
+    mailing_id: int,
+    state: str,
+    paused_until: datetime | None,
+    note: str | None,
+) -> None:
+    """The page check's verdict: state, next check and the note `status` shows.
+
+    Only an unstarted mailing moves, so a check that races a sending
+    process never drags its mailing back.
+    """
+    with engine.begin() as conn:
+        conn.execute(
+            update(mailings)
+            .where(mailings.c.id == mailing_id, mailings.c.state.in_(("planned", "waiting")))
+            .values(state=state, paused_until=paused_until, last_error=note)
+        )
 
 
 def sent_since(conn: Connection, since: datetime) -> tuple[int, datetime | None]:
@@ -301,6 +385,7 @@ __all__ = [
     "all_mailings",
     "claim",
     "counts",
+    "first_joined_members",
     "free_dead_leases",
     "get_mailing",
     "has_open",
@@ -317,6 +402,7 @@ __all__ = [
     "record_many",
     "release",
     "sent_since",
+    "set_gate",
     "set_state",
     "snapshot",
 ]
