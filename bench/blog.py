@@ -36,7 +36,20 @@ since = "2030-01-01T00:00:00+00:00"
 title = "Main"
 """
 
+# `--jekyll`: the same posts laid out as a Jekyll site (`_config.yml`, `_posts`,
+# `[site] jekyll_config`), the path real blogs take.
+JEKYLL_CONFIG = """\
+title: Bench
+url: https://bench.example.com
+timezone: Europe/Istanbul
+"""
+JEKYLL_SITE = '[site]\njekyll_config = "_config.yml"\n'
+
 A_YEAR = 365 * 24 * 3600
+
+
+def posts_folder(root: Path) -> Path:
+    return root / "_posts" if (root / "_config.yml").is_file() else root / "posts"
 
 
 def post_name(i: int) -> str:
@@ -72,17 +85,21 @@ def post_text(i: int, title_suffix: str = "") -> str:
 
 
 def write_post(root: Path, i: int, title_suffix: str = "", age: float = A_YEAR) -> Path:
-    path = root / "posts" / post_name(i)
+    path = posts_folder(root) / post_name(i)
     path.write_text(post_text(i, title_suffix), encoding="utf-8")
     stamp = path.stat().st_mtime - age
     os.utime(path, (stamp, stamp))
     return path
 
 
-def generate(root: Path, count: int) -> Path:
+def generate(root: Path, count: int, *, jekyll: bool = False) -> Path:
     """The blog in `root` (which must exist); returns its newsletter.toml."""
-    (root / "newsletter.toml").write_text(CONFIG, encoding="utf-8")
-    (root / "posts").mkdir()
+    config = CONFIG
+    if jekyll:
+        (root / "_config.yml").write_text(JEKYLL_CONFIG, encoding="utf-8")
+        config = JEKYLL_SITE + config[config.index("\n[delivery]") :]
+    (root / "newsletter.toml").write_text(config, encoding="utf-8")
+    posts_folder(root).mkdir()
     for i in range(count):
         write_post(root, i)
     return root / "newsletter.toml"

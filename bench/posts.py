@@ -1,6 +1,6 @@
 """Work proportional to what changed: 1,000 posts, cold (no index) and warm.
 
-    python bench/posts.py [--posts N] [--runs N] [--skip-cold-check] [--before PATH]
+    python bench/posts.py [--posts N] [--runs N] [--skip-cold-check] [--before PATH] [--jekyll]
 
 Generates N seed-shaped posts (bench/blog.py) and measures, in the same run,
 min / median / max of CPU seconds (and wall) for:
@@ -17,6 +17,8 @@ min / median / max of CPU seconds (and wall) for:
 
 `--before PATH` runs the commands and the preview from another checkout too
 (`PYTHONPATH=PATH`, its own copy of the blog), interleaved with cold and warm.
+`--jekyll` lays the same posts out as a Jekyll site (`_config.yml`, posts in
+`_posts`, `[site] jekyll_config`), the path real blogs take.
 
 Goals (issue 13, on 1,000 posts): `send`/`render` of one post ≤ 0.5 s CPU;
 `posts` ≤ 0.5 s when nothing changed; `check` ≤ 1 s when nothing changed;
@@ -37,7 +39,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from blog import generate, write_post
+from blog import generate, posts_folder, write_post
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # measure this checkout, whatever is installed
@@ -109,6 +111,9 @@ def main() -> None:
         metavar="PATH",
         help="Another checkout (say main before this change) run the same way, interleaved.",
     )
+    parser.add_argument(
+        "--jekyll", action="store_true", help="Lay the posts out as a Jekyll site (_posts)."
+    )
     args = parser.parse_args()
 
     import frontmatter
@@ -119,8 +124,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         blog = Path(tmp)
-        config = generate(blog, args.posts)
-        files = sorted((blog / "posts").glob("*.md"))
+        config = generate(blog, args.posts, jekyll=args.jekyll)
+        files = sorted(posts_folder(blog).glob("*.md"))
         print(
             f"{args.posts} posts, {sum(f.stat().st_size for f in files) / 1e6:.1f} MB; "
             f"{args.runs} runs each; load {os.getloadavg()[0]:.1f}"

@@ -96,7 +96,7 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
 
         return wrapper
 
-    monkeypatch.setattr(collection, "_read_source", counting("read", collection._read_source))
+    monkeypatch.setattr(collection, "_read_indexed", counting("read", collection._read_indexed))
     monkeypatch.setattr(collection, "_build_post", counting("build", collection._build_post))
     return seen
 
@@ -355,11 +355,15 @@ def test_lookups_record_answers_and_absences() -> None:
     with pytest.raises(KeyError):
         view["d"]
     assert view.asked == {"a": urls["a"], "b": None, "c": None, "d": None}
-    assert post_index._still_valid(view.asked, urls)
-    assert not post_index._still_valid(view.asked, {**urls, "d": "https://blog.example.com/d/"})
+    assert post_index._still_valid(view.asked, urls, None)
+    assert not post_index._still_valid(
+        view.asked, {**urls, "d": "https://blog.example.com/d/"}, None
+    )
     whole = post_index.Lookups(urls)
     assert list(whole) == ["a"]
-    assert not post_index._still_valid(whole.asked, {**urls, "e": "https://blog.example.com/e/"})
+    assert not post_index._still_valid(
+        whole.asked, {**urls, "e": "https://blog.example.com/e/"}, None
+    )
 
 
 def test_each_post_depends_only_on_the_posts_it_links_to(blog: Blog) -> None:
@@ -372,3 +376,95 @@ def test_each_post_depends_only_on_the_posts_it_links_to(blog: Blog) -> None:
         "2024-01-02-second.md": {"2024-01-01-first"},
         "2024-01-03-third.md": set(),
     }
+
+
+# --------------------------------------------------------------------------- site-wide Liquid
+
+LISTING = "{% for p in site.posts %}[{{ p.title }}] {% endfor %}\n"
+
+
+def body_of(posts: PostCollection, name: str) -> str:
+    return next(p.body_html for p in posts.posts if p.path.name == name)
+
+
+def test_a_post_listing_site_posts_sees_a_post_added_changed_or_removed(
+    blog: Blog, calls: Counter[str]
+) -> None:
+    blog.post("2024-01-04-archive.md", "Archive", body=LISTING)
+    assert "[Third] [Second] [First]" in body_of(
+        load_posts(blog.settings()), "2024-01-04-archive.md"
+    )
+    calls.clear()
+    post_index.forget()  # a new process: only the index on disk
+    new = blog.post("2024-01-05-new.md", "Brand new")
+    posts = load_posts(blog.settings())
+    assert "[Brand new] [Archive] [Third]" in body_of(posts, "2024-01-04-archive.md")
+    # Only the new post and the one that lists every post were built again.
+    assert {k for k in calls if k.startswith("build:")} == {
+        "build:2024-01-04-archive.md",
+        "build:2024-01-05-new.md",
+    }
+    post_index.forget()
+    blog.post("2024-01-05-new.md", "Renamed")
+    assert "[Renamed]" in body_of(load_posts(blog.settings()), "2024-01-04-archive.md")
+    post_index.forget()
+    new.unlink()
+    listed = body_of(load_posts(blog.settings()), "2024-01-04-archive.md")
+    assert "Renamed" not in listed and "[Archive] [Third]" in listed
+
+
+def test_a_post_counting_a_tag_sees_a_newly_tagged_post(blog: Blog) -> None:
+    blog.post("2024-01-04-count.md", "Count", body="News: {{ site.tags.news | size }}.\n")
+    assert "News: 0." in body_of(load_posts(blog.settings()), "2024-01-04-count.md")
+    post_index.forget()
+    blog.post("2024-01-05-news.md", "News", extra="tags: [news]\n")
+    assert "News: 1." in body_of(load_posts(blog.settings()), "2024-01-04-count.md")
+    listing = load_posts(blog.settings(), bodies="lazy")  # the lazy path asks the same way
+    assert "News: 1." in listing.find("count").body_html
+
+
+def test_a_post_not_reading_site_posts_is_not_rebuilt_for_a_new_post(blog: Blog) -> None:
+    load_posts(blog.settings())
+    stored = post_index.open_index(blog.settings(), "posts").entries
+    assert all(not any(k.startswith("\0") for k in e.asked) for e in stored.values())
+
+
+def test_an_edited_include_is_seen(blog: Blog) -> None:
+    blog.write(blog.root / "_includes" / "note.html", "Note one")
+    blog.post("2024-01-04-inc.md", "Inc", body="{% include note.html %}\n")
+    assert "Note one" in body_of(load_posts(blog.settings()), "2024-01-04-inc.md")
+    post_index.forget()
+    blog.write(blog.root / "_includes" / "note.html", "Note two")
+    assert "Note two" in body_of(load_posts(blog.settings()), "2024-01-04-inc.md")
+
+
+def jekyll_blog(root: Path) -> Blog:
+    blog = Blog.__new__(Blog)
+    blog.root, blog.stamps = root, 0
+    blog.write(root / "_config.yml", "title: J\nurl: https://j.example.com\n"
+               "collections:\n  authors:\n    output: false\n")  # fmt: skip
+    blog.write(root / "newsletter.toml", '[site]\njekyll_config = "_config.yml"\n')
+    blog.write(root / "_authors" / "lee.md", "---\nname: Lee\n---\n")
+    blog.write(
+        root / "_posts" / "2024-01-01-team.md",
+        "---\ntitle: Team\n---\n\n{% for a in site.authors %}({{ a.name }}) {% endfor %}\n",
+    )
+    return blog
+
+
+def test_a_post_listing_a_collection_sees_a_new_document(tmp_path: Path) -> None:
+    blog = jekyll_blog(tmp_path)
+    assert "(Lee)" in load_posts(blog.settings()).posts[0].body_html
+    post_index.forget()
+    blog.write(tmp_path / "_authors" / "kim.md", "---\nname: Kim\n---\n")
+    body = load_posts(blog.settings()).posts[0].body_html
+    assert "(Kim)" in body and "(Lee)" in body
+
+
+def test_an_undated_file_added_is_warned_about_by_a_warm_process(tmp_path: Path) -> None:
+    blog = jekyll_blog(tmp_path)
+    assert not load_posts(blog.settings()).problems
+    blog.write(tmp_path / "_posts" / "notes.md", "---\ntitle: Notes\n---\n\nx\n")
+    problems = load_posts(blog.settings()).problems
+    assert [p.path.name for p in problems if p.path] == ["notes.md"]
+    assert "not a post" in problems[0].message

@@ -8,12 +8,16 @@ of
 * the file: its path, size and mtime_ns (an edit changes at least one;
   a file changed less than `RACY_NS` before it was read is also checked by
   content, since a file system's clock ticks coarser than mtime_ns reads);
-* a fingerprint of everything else a parse reads: the `[site]` settings, the
-  Jekyll `_data` files (authors) and the source of this package, so that a
-  changed configuration or a new version of the parser re-reads every post;
+* a fingerprint of everything else a parse reads: the `[site]` settings,
+  `_config.yml`, the Jekyll `_data`, `_includes` and collection files (such
+  as `_authors`) and the source of this package, so that a changed
+  configuration or a new version of the parser re-reads every post;
 * the cross-post lookups the post made (`{% post_url %}`, `{% link %}`): each
   answer is recorded with the entry and checked again, so renaming or adding
-  another post re-reads only the posts that link to it.
+  another post re-reads only the posts that link to it;
+* for a post whose Liquid read `site.posts`, `site.categories`, `site.tags`
+  or a collection (`SiteWatch`): every post file's path, size and mtime_ns,
+  so adding, removing or editing any post re-reads it.
 
 Entries live in the state folder (`.newsletter/`, created 0700) as pickles,
 one file per pass kind: the index holds what this tool wrote for this user
@@ -35,7 +39,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from newsletter.config import Settings
 
@@ -44,6 +48,7 @@ __all__ = [
     "Lookups",
     "Passes",
     "PostIndex",
+    "SiteWatch",
     "fingerprint",
     "forget",
     "open_index",
@@ -51,13 +56,21 @@ __all__ = [
     "remember",
 ]
 
-INDEX_FORMAT = 1  # bump when the stored layout changes
+INDEX_FORMAT = 2  # bump when the stored layout changes
 # Linux stamps mtimes from a coarse clock (a few ms): two writes of the same size
 # that close together look alike, so a file this recent is also compared by content.
 RACY_NS = 2_000_000_000
 _PACKAGE = Path(__file__).resolve().parent
 
 T = TypeVar("T")
+
+
+class _HasPath(Protocol):
+    @property
+    def path(self) -> Path: ...
+
+
+F = TypeVar("F", bound=_HasPath)
 FileKey = tuple[int, int]  # size, mtime_ns
 
 
@@ -71,7 +84,32 @@ def fingerprint(settings: Settings) -> str:
     jekyll = [settings.site.jekyll_config] if settings.site.jekyll_config else []
     for path in (*jekyll, *_files(root / "_data")):
         digest.update(f"{path}\0{_content_digest(path)}\n".encode())
+    # What Liquid and the byline may read besides: includes and collection documents.
+    for folder in _site_folders(settings, root):
+        for path in _files(folder):
+            digest.update(_stat_line(path))
     for path in _files(_PACKAGE):
+        digest.update(_stat_line(path))
+    return digest.hexdigest()
+
+
+def _collections(settings: Settings) -> list[str]:
+    """The Jekyll collections besides posts (`_config.yml` `collections:`)."""
+    labels = (settings.site.jekyll or {}).get("collections")
+    names = sorted(str(k) for k in labels) if isinstance(labels, Mapping) else []
+    return [name for name in names if name != "posts"]
+
+
+def _site_folders(settings: Settings, root: Path) -> list[Path]:
+    inner = str((settings.site.jekyll or {}).get("collections_dir") or "").strip("/")
+    documents = root / inner if inner else root
+    return [root / "_includes", *(documents / f"_{name}" for name in _collections(settings))]
+
+
+def posts_stamp(files: list[Path]) -> str:
+    """Every post file's path, size and mtime_ns: what `site.posts` is made of."""
+    digest = hashlib.sha256()
+    for path in sorted(files):
         digest.update(_stat_line(path))
     return digest.hexdigest()
 
@@ -105,9 +143,14 @@ class Lookups(Mapping[str, Any]):
     other posts its output depends on.
     """
 
-    def __init__(self, inner: Mapping[str, Any]) -> None:
+    def __init__(self, inner: Mapping[str, Any], all_posts: str | None = None) -> None:
         self.inner = inner
+        self.all_posts = all_posts  # `posts_stamp` of this load's post files
         self.asked: dict[str, Any] = {}
+
+    def depends_on_all_posts(self) -> None:
+        """The post read `site.posts` (or the like): any post file changing re-reads it."""
+        self.asked[_ALL_POSTS] = self.all_posts
 
     def __getitem__(self, key: str) -> Any:
         self.asked[key] = self.inner.get(key)  # None: the answer was "no such key"
@@ -135,6 +178,39 @@ class Lookups(Mapping[str, Any]):
 
 
 _ALL = "\0all"  # the key under which a use of the whole mapping is recorded
+_ALL_POSTS = "\0posts"  # the key under which a use of `site.posts` and the like is recorded
+
+
+class SiteWatch(Mapping[str, Any]):
+    """Liquid's `site` that notes whether a key holding other posts or documents
+    (`posts`, `categories`, `tags`, a collection) was read, or the whole mapping was."""
+
+    def __init__(self, inner: Mapping[str, Any], settings: Settings) -> None:
+        self.inner = inner
+        self.watched = {"posts", "categories", "tags", "collections", *_collections(settings)}
+        self.touched = False
+
+    def __getitem__(self, key: str) -> Any:
+        if key in self.watched:
+            self.touched = True
+        return self.inner[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if key in self.watched:
+            self.touched = True
+        return self.inner.get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.inner
+
+    def __iter__(self) -> Iterator[str]:
+        self.touched = True  # every key, `posts` included
+        return iter(self.inner)
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+
 _last_whole: list[tuple[Mapping[str, Any], str]] = []
 
 
@@ -148,9 +224,14 @@ def _whole(mapping: Mapping[str, Any]) -> str:
     return found
 
 
-def _still_valid(asked: Mapping[str, Any], lookups: Mapping[str, Any]) -> bool:
+def _still_valid(
+    asked: Mapping[str, Any], lookups: Mapping[str, Any], all_posts: str | None
+) -> bool:
     for key, answer in asked.items():
-        now = _whole(lookups) if key == _ALL else lookups.get(key)
+        if key == _ALL_POSTS:
+            now: Any = all_posts
+        else:
+            now = _whole(lookups) if key == _ALL else lookups.get(key)
         if now != answer:
             return False
     return True
@@ -170,6 +251,7 @@ class PostIndex:
 
     path: Path | None  # None: keep nothing (no writable state folder)
     fingerprint: str
+    all_posts: str | None = None  # `posts_stamp` of this load's post files
     entries: dict[str, _Entry] = field(default_factory=dict)
     used: set[str] = field(default_factory=set)
     changed: bool = False
@@ -198,7 +280,7 @@ class PostIndex:
             and entry is not None
             and entry.key == key
             and (entry.content is None or entry.content == _content_digest(path))
-            and (lookups is None or _still_valid(entry.asked, lookups))
+            and (lookups is None or _still_valid(entry.asked, lookups, self.all_posts))
         ):
             self.hits += 1
             if entry.content is not None and time.time_ns() - key[1] >= RACY_NS:
@@ -209,7 +291,7 @@ class PostIndex:
         # Hashed before reading: if the file changes meanwhile, the next call re-reads it.
         racy = key is not None and time.time_ns() - key[1] < RACY_NS
         content = _content_digest(path) if racy else None
-        view = Lookups(lookups) if lookups is not None else None
+        view = Lookups(lookups, self.all_posts) if lookups is not None else None
         value = build(view)
         if key is not None:
             asked = dict(view.asked) if view is not None else {}
@@ -268,24 +350,26 @@ def file_key(path: Path) -> FileKey | None:
     return st.st_size, st.st_mtime_ns
 
 
-def open_index(settings: Settings, kind: str, *, enabled: bool = True) -> PostIndex:
+def open_index(
+    settings: Settings, kind: str, *, enabled: bool = True, all_posts: str | None = None
+) -> PostIndex:
     """The stored `kind` entries ("sources", "listing", "posts"), or an empty index
     when there are none, they were written for another fingerprint, or the file is
-    unreadable."""
+    unreadable.  `all_posts`: this load's `posts_stamp`."""
     stamp = fingerprint(settings)
     if not enabled:
-        return PostIndex(None, stamp)
+        return PostIndex(None, stamp, all_posts)
     path = settings.state_dir / "index" / f"posts-{kind}.pickle"
     try:
         raw = path.read_bytes()
         version, stored_stamp, entries = pickle.loads(raw)
     except FileNotFoundError:
-        return PostIndex(path, stamp)
+        return PostIndex(path, stamp, all_posts)
     except Exception:  # a truncated or foreign file: start again, never fail a command
-        return PostIndex(path, stamp, changed=True)
+        return PostIndex(path, stamp, all_posts, changed=True)
     if version != INDEX_FORMAT or stored_stamp != stamp or not isinstance(entries, dict):
-        return PostIndex(path, stamp, changed=True)
-    return PostIndex(path, stamp, entries)
+        return PostIndex(path, stamp, all_posts, changed=True)
+    return PostIndex(path, stamp, all_posts, entries)
 
 
 class Passes:
@@ -293,15 +377,20 @@ class Passes:
     pass 2 (`post`) per file and the cross-post lookups it made, with or
     without HTML (`bodies`); `whole_post` builds one post with HTML on demand."""
 
-    def __init__(self, settings: Settings, *, bodies: bool, enabled: bool) -> None:
+    def __init__(
+        self, settings: Settings, files: list[Path], *, bodies: bool, enabled: bool
+    ) -> None:
         self.settings = settings
         self.enabled = enabled
+        self.all_posts = posts_stamp(files)
         self.sources = open_index(settings, "sources", enabled=enabled)
-        self.built = open_index(settings, "posts" if bodies else "listing", enabled=enabled)
+        built = "posts" if bodies else "listing"
+        self.built = open_index(settings, built, enabled=enabled, all_posts=self.all_posts)
         self._whole: PostIndex | None = None
 
-    def source(self, path: Path, read: Callable[[Path], T]) -> T:
-        return self.sources.get(path, lambda _view: read(path))
+    def source(self, found: F, read: Callable[[F], T]) -> T:
+        """Pass 1 for `found` (a `FoundPost`), keyed by its `path`."""
+        return self.sources.get(found.path, lambda _view: read(found))
 
     def post(
         self, path: Path, build: Callable[[Lookups | None], T], lookups: Mapping[str, Any]
@@ -314,7 +403,9 @@ class Passes:
         """Like `post`, from the index of posts with HTML, written back at once
         (a command that renders one post of many asks for just that one)."""
         if self._whole is None:
-            self._whole = open_index(self.settings, "posts", enabled=self.enabled)
+            self._whole = open_index(
+                self.settings, "posts", enabled=self.enabled, all_posts=self.all_posts
+            )
         found = self._whole.get(path, build, lookups)
         self._whole.save(prune=False)
         return found
