@@ -15,6 +15,9 @@ from newsletter.config import load_settings
 from newsletter.store import open_store
 from newsletter.store import subscribers as subs
 
+# On SQLite and on PostgreSQL (see conftest.database_url).
+pytestmark = pytest.mark.usefixtures("database_env")
+
 POST = "how-sleep-consolidates-memory"
 
 

@@ -23,6 +23,9 @@ from test_daemon_support import MEMBERS, Site, add_members, engine_of, make_site
 from newsletter.scheduler import Daemon
 from newsletter.store.schema import deliveries
 
+# On SQLite and on PostgreSQL (see conftest.database_url).
+pytestmark = pytest.mark.usefixtures("database_env")
+
 PAST = datetime.now(UTC).replace(microsecond=0) - timedelta(days=30)
 
 

@@ -27,6 +27,9 @@ from newsletter.store.schema import deliveries, mailings
 from newsletter.transports import SendResult
 from newsletter.transports.memory import MemoryTransport
 
+# On SQLite and on PostgreSQL (see conftest.database_url).
+pytestmark = pytest.mark.usefixtures("database_env")
+
 POST = "how-sleep-consolidates-memory"
 
 

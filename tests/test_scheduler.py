@@ -24,6 +24,9 @@ from newsletter.store.schema import mailings, state
 from newsletter.transports import SendResult
 from newsletter.transports.memory import MemoryTransport
 
+# On SQLite and on PostgreSQL (see conftest.database_url).
+pytestmark = pytest.mark.usefixtures("database_env")
+
 LAST_YEAR = datetime.now(UTC).replace(microsecond=0) - timedelta(days=300)
 
 

@@ -23,16 +23,18 @@ def test_created_on_first_use_with_wal_and_foreign_keys(tmp_path: Path) -> None:
         assert conn.scalar(select(schema_version.c.version)) == store.schema.SCHEMA_VERSION
 
 
-def test_reopening_does_not_add_versions(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path}/db.sqlite"
+def test_reopening_does_not_add_versions(database_url: str) -> None:
+    url = database_url
     open_url(url)
     engine = open_url(url)
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM schema_version")).scalar() == 1
 
 
-def test_upgrade_steps_run_once_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    url = f"sqlite:///{tmp_path}/db.sqlite"
+def test_upgrade_steps_run_once_in_order(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = database_url
     open_url(url)
     ran: list[int] = []
 
@@ -54,8 +56,8 @@ def test_upgrade_steps_run_once_in_order(tmp_path: Path, monkeypatch: pytest.Mon
         assert conn.execute(text("SELECT count(*) FROM extra_3")).scalar() == 0
 
 
-def test_newer_database_is_refused(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path}/db.sqlite"
+def test_newer_database_is_refused(database_url: str) -> None:
+    url = database_url
     engine = open_url(url)
     with engine.begin() as conn:
         conn.execute(schema_version.insert().values(version=99, applied_at=datetime.now(UTC)))
@@ -63,8 +65,8 @@ def test_newer_database_is_refused(tmp_path: Path) -> None:
         open_url(url)
 
 
-def test_times_come_back_aware_and_in_utc(tmp_path: Path) -> None:
-    engine = open_url(f"sqlite:///{tmp_path}/db.sqlite")
+def test_times_come_back_aware_and_in_utc(database_url: str) -> None:
+    engine = open_url(database_url)
     istanbul = timezone(timedelta(hours=3))
     moment = datetime(2024, 11, 4, 0, 0, tzinfo=istanbul)
     with engine.begin() as conn:
@@ -76,8 +78,8 @@ def test_times_come_back_aware_and_in_utc(tmp_path: Path) -> None:
     assert back.utcoffset() == timedelta(0)
 
 
-def test_naive_times_are_refused(tmp_path: Path) -> None:
-    engine = open_url(f"sqlite:///{tmp_path}/db.sqlite")
+def test_naive_times_are_refused(database_url: str) -> None:
+    engine = open_url(database_url)
     with pytest.raises(StatementError, match="naive"), engine.begin() as conn:
         conn.execute(
             subscribers.insert().values(
