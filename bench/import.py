@@ -40,7 +40,7 @@ import sys
 from pathlib import Path
 from newsletter.config import load_settings
 from newsletter.store import open_store
-from newsletter.subscribers import import_file
+from newsletter.audience.subscribers import import_file
 settings = load_settings(Path(sys.argv[2]))
 counts = import_file(open_store(settings), settings, Path(sys.argv[1]), "bench")
 print(counts.as_dict())

@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from smtpserver import SmtpTestServer  # noqa: E402
 from test_daemon_support import add_members, engine_of, make_site  # noqa: E402
 
-from newsletter.scheduler import Daemon  # noqa: E402
+from newsletter.daemon.scheduler import Daemon  # noqa: E402
 
 
 def measure(posts: int, spacing: float, scan: float, punctual: bool) -> list[float]:

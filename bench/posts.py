@@ -30,7 +30,7 @@ from click.testing import CliRunner
 
 from newsletter.cli import main
 from newsletter.config import load_settings
-from newsletter.posts import load_posts
+from newsletter.posts.collection import load_posts
 
 PARAGRAPH = (
     "Curious readers keep asking how a small habit changes the way a brain files away "

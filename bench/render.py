@@ -20,7 +20,6 @@ from email.message import EmailMessage
 from email.policy import SMTP
 from pathlib import Path
 
-from newsletter import markup
 from newsletter.config import (
     EmailSettings,
     ListSettings,
@@ -29,9 +28,10 @@ from newsletter.config import (
     UnsubscribeSettings,
     WebSettings,
 )
-from newsletter.message import MessageTemplate, Recipient, message_id
-from newsletter.posts import Author, Post
-from newsletter.render import PLACEHOLDERS, render_email
+from newsletter.email.message import MessageTemplate, Recipient, message_id
+from newsletter.email.render import PLACEHOLDERS, render_email
+from newsletter.posts import markup
+from newsletter.posts.collection import Author, Post
 
 WORDS = [
     "river",
@@ -117,7 +117,7 @@ def bench_seed(path: Path, n: int) -> None:
     """The real post reader (front matter, Liquid, Markdown) plus render."""
     from dataclasses import replace
 
-    from newsletter.posts import read_post
+    from newsletter.posts.collection import read_post
 
     for content in ("excerpt", "full"):
         base = settings(content)

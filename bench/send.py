@@ -182,10 +182,10 @@ def baseline(port: int, message: bytes, n: int, concurrency: int) -> float:
 
 def personalisation_rate(settings: Any, n: int) -> tuple[float, float, bytes]:
     """Messages/s for personalise alone, and with the unsubscribe token as sending does."""
-    from newsletter import render
-    from newsletter.message import MessageTemplate, Recipient
-    from newsletter.posts import load_posts
-    from newsletter.tokens import load_secret, make_token, unsubscribe_url
+    from newsletter.email import render
+    from newsletter.email.message import MessageTemplate, Recipient
+    from newsletter.email.tokens import load_secret, make_token, unsubscribe_url
+    from newsletter.posts.collection import load_posts
 
     post = load_posts(settings).find(POST)
     rendered = render.render_email(post, settings, settings.get_list("bench"))
@@ -208,10 +208,10 @@ def personalisation_rate(settings: Any, n: int) -> tuple[float, float, bytes]:
 
 def ours(settings: Any, n: int) -> tuple[float, float, Any]:
     """Plan + deliver through the real SMTP transport: (plan seconds, messages/s, report)."""
-    from newsletter.delivery import deliver_mailing, plan_mailing
-    from newsletter.posts import load_posts
+    from newsletter.audience import members as subs
+    from newsletter.delivery.mailings import deliver_mailing, plan_mailing
+    from newsletter.posts.collection import load_posts
     from newsletter.store import open_store
-    from newsletter.store import subscribers as subs
 
     engine = open_store(settings)
     subs.ensure_lists(engine, settings)
@@ -232,12 +232,12 @@ def peak_rss_mb() -> float:
 
 def memory_run(n: int, deliver: bool) -> None:
     """In a fresh process: members → plan → (deliver to the sink | personalise all)."""
-    from newsletter.delivery import deliver_mailing, plan_mailing
-    from newsletter.posts import load_posts
-    from newsletter.sending import MailingPass
+    from newsletter.audience import members as subs
+    from newsletter.delivery.mailing_pass import MailingPass
+    from newsletter.delivery.mailings import deliver_mailing, plan_mailing
+    from newsletter.posts.collection import load_posts
     from newsletter.store import mailings as q
     from newsletter.store import open_store
-    from newsletter.store import subscribers as subs
 
     with tempfile.TemporaryDirectory() as tmp:
         sink, port = start_sink() if deliver else (None, 1)
@@ -259,7 +259,7 @@ def memory_run(n: int, deliver: bool) -> None:
                     row = q.get_mailing(conn, mailing)
                 assert row is not None
                 run = MailingPass(engine, settings, row, posts)
-                from newsletter.outgoing import _Context, build_template
+                from newsletter.delivery.outgoing import _Context, build_template
 
                 ctx = _Context(settings, row, build_template(settings, row, posts), None)
                 sent = 0

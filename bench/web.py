@@ -26,12 +26,12 @@ from pathlib import Path
 
 from starlette.testclient import TestClient
 
+from newsletter.audience import members as subs
 from newsletter.config import load_settings
-from newsletter.posts import load_posts
-from newsletter.render import render_email
+from newsletter.email.render import render_email
+from newsletter.email.tokens import make_token
+from newsletter.posts.collection import load_posts
 from newsletter.store import open_store
-from newsletter.store import subscribers as subs
-from newsletter.tokens import make_token
 from newsletter.web.preview import create_preview_app
 from newsletter.web.public import create_public_app
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from newsletter import render
 from newsletter.cli import main
 from newsletter.cli import posts as cli_posts
 from newsletter.config import load_settings
+from newsletter.email import render
 from newsletter.errors import TemplateError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "posts"

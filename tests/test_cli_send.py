@@ -10,10 +10,10 @@ import pytest
 from click.testing import CliRunner
 from smtpserver import SmtpTestServer
 
+from newsletter.audience import members as subs
 from newsletter.cli import main
 from newsletter.config import load_settings
 from newsletter.store import open_store
-from newsletter.store import subscribers as subs
 
 # On SQLite and on PostgreSQL (see conftest.database_url).
 pytestmark = pytest.mark.usefixtures("database_env")

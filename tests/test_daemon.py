@@ -20,7 +20,7 @@ from smtpserver import SmtpTestServer, free_port
 from sqlalchemy import select
 from test_daemon_support import MEMBERS, Site, add_members, engine_of, make_site
 
-from newsletter.scheduler import Daemon
+from newsletter.daemon.scheduler import Daemon
 from newsletter.store.schema import deliveries
 
 # On SQLite and on PostgreSQL (see conftest.database_url).
@@ -221,7 +221,7 @@ def test_two_daemons_on_one_database_mail_each_recipient_once(
 def test_since_tags_and_lists_filters_over_smtp(tmp_path: Path, server: SmtpTestServer) -> None:
     from email import message_from_bytes, policy
 
-    from newsletter.passes import run_pass
+    from newsletter.daemon.passes import run_pass
 
     lists = '[lists.news]\ntitle = "News"\n[lists.python]\ntitle = "Python"\ntags = ["python"]\n'
     site = smtp_site(tmp_path, server.port, since="2025-01-01", lists=lists)
@@ -252,8 +252,8 @@ def test_since_tags_and_lists_filters_over_smtp(tmp_path: Path, server: SmtpTest
 def test_a_digest_with_three_posts_over_smtp(tmp_path: Path, server: SmtpTestServer) -> None:
     from email import message_from_bytes, policy
 
-    from newsletter import planning
-    from newsletter.passes import run_pass
+    from newsletter.daemon import planning
+    from newsletter.daemon.passes import run_pass
 
     lists = '[lists.weekly]\ntitle = "Weekly"\nmode = "digest"\ncron = "0 8 * * MON"\n'
     site = smtp_site(tmp_path, server.port, lists=lists)

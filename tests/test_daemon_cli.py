@@ -11,10 +11,10 @@ import pytest
 from click.testing import CliRunner
 from test_daemon_support import MEMBERS, add_members, engine_of, make_site
 
+from newsletter.audience import members as subs
 from newsletter.cli import main
-from newsletter.scheduler import DaemonLock
+from newsletter.daemon.scheduler import DaemonLock
 from newsletter.store import open_store
-from newsletter.store import subscribers as subs
 
 # On SQLite and on PostgreSQL (see conftest.database_url).
 pytestmark = pytest.mark.usefixtures("database_env")
@@ -170,7 +170,7 @@ def test_sigint_stops_the_daemon_with_exit_0(tmp_path: Path) -> None:
 
     from sqlalchemy import select
 
-    from newsletter.scheduler import LOCK_KEY
+    from newsletter.daemon.scheduler import LOCK_KEY
     from newsletter.store.schema import state
 
     site = make_site(tmp_path, scan_interval="10m")
@@ -203,7 +203,7 @@ def test_sigint_stops_the_daemon_with_exit_0(tmp_path: Path) -> None:
 
 def test_upcoming_helpers_for_status() -> None:
     from newsletter.cli.daemon import upcoming_json, upcoming_line
-    from newsletter.planning import UpcomingSend
+    from newsletter.daemon.planning import UpcomingSend
 
     at = datetime(2031, 3, 9, 7, 0, tzinfo=UTC)
     post = UpcomingSend("a-letter", "A Letter", "sample", at)

@@ -115,7 +115,7 @@ def add_members(
     emails: Iterable[str] = MEMBERS,
     settings: Settings | None = None,
 ) -> None:
-    from newsletter.store import subscribers as subs
+    from newsletter.audience import members as subs
 
     if settings is not None:
         subs.ensure_lists(engine, settings)

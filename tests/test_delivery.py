@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, select, update
 
+from newsletter.audience import members as subs
 from newsletter.config import Settings, load_settings
-from newsletter.delivery import (
+from newsletter.delivery.mailings import (
     deliver_due,
     deliver_mailing,
     mailed_pairs,
@@ -19,13 +20,12 @@ from newsletter.delivery import (
     plan_mailing,
     send_test,
 )
+from newsletter.delivery.transports import SendResult
+from newsletter.delivery.transports.memory import MemoryTransport
 from newsletter.errors import ConfigError, DeliveryError, TransportError
-from newsletter.posts import PostCollection, load_posts
+from newsletter.posts.collection import PostCollection, load_posts
 from newsletter.store import open_store
-from newsletter.store import subscribers as subs
 from newsletter.store.schema import deliveries, mailings
-from newsletter.transports import SendResult
-from newsletter.transports.memory import MemoryTransport
 
 # On SQLite and on PostgreSQL (see conftest.database_url).
 pytestmark = pytest.mark.usefixtures("database_env")

@@ -11,12 +11,12 @@ import pytest
 from smtpserver import DROP, SmtpTestServer
 from sqlalchemy import Engine, select
 
+from newsletter.audience import members as subs
 from newsletter.config import Settings, load_settings
-from newsletter.delivery import deliver_mailing, mailing_summaries, plan_mailing
-from newsletter.posts import load_posts
-from newsletter.ratelimit import Throttle, TokenBucket
+from newsletter.delivery.mailings import deliver_mailing, mailing_summaries, plan_mailing
+from newsletter.delivery.ratelimit import Throttle, TokenBucket
+from newsletter.posts.collection import load_posts
 from newsletter.store import open_store
-from newsletter.store import subscribers as subs
 from newsletter.store.schema import deliveries
 
 # On SQLite and on PostgreSQL (see conftest.database_url).

@@ -12,14 +12,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy import Engine
 
+from newsletter.audience import members as subs
 from newsletter.config import DkimSettings, load_settings
-from newsletter.delivery import deliver_mailing, plan_mailing
-from newsletter.dkim import Signer, dns_record
+from newsletter.delivery.mailings import deliver_mailing, plan_mailing
+from newsletter.delivery.transports.memory import MemoryTransport
+from newsletter.email.dkim import Signer, dns_record
 from newsletter.errors import ConfigError
-from newsletter.posts import load_posts
+from newsletter.posts.collection import load_posts
 from newsletter.store import open_store
-from newsletter.store import subscribers as subs
-from newsletter.transports.memory import MemoryTransport
 
 MESSAGE = (
     b"From: News <news@example.com>\r\n"

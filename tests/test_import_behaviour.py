@@ -21,19 +21,24 @@ from test_subscribers_common import (
     statuses,
 )
 
-import newsletter.importer as importer
-from newsletter.config import Settings
-from newsletter.errors import ConfigError, SubscriberError
-from newsletter.store import open_url
-from newsletter.store.schema import lists, memberships, subscribers
-from newsletter.store.subscribers import (
+import newsletter.audience.importer as importer
+from newsletter.audience.members import (
     add_subscriber,
     get_by_email,
     mark_bounced,
     mark_complained,
     unsubscribe,
 )
-from newsletter.subscribers import encode_attribute, escape_cell, export_list, sync_directory
+from newsletter.audience.subscribers import (
+    encode_attribute,
+    escape_cell,
+    export_list,
+    sync_directory,
+)
+from newsletter.config import Settings
+from newsletter.errors import ConfigError, SubscriberError
+from newsletter.store import open_url
+from newsletter.store.schema import lists, memberships, subscribers
 
 
 @pytest.fixture
@@ -222,8 +227,8 @@ import os, sys, time
 from pathlib import Path
 from newsletter.config import ListSettings, Settings
 from newsletter.store import open_url
-from newsletter.subscribers import import_file
-import newsletter.importer as importer
+from newsletter.audience.subscribers import import_file
+import newsletter.audience.importer as importer
 
 settings = Settings(lists={"news": ListSettings("news", "News")})
 engine = open_url(sys.argv[1])

@@ -9,10 +9,10 @@ import pytest
 from sqlalchemy import Engine
 from test_subscribers_common import FIXTURES, make_engine, make_settings, run_import, seen
 
+from newsletter.audience.csvformats import read_source, sniff_delimiter
+from newsletter.audience.serviceformats import SourceRow, detect_format
 from newsletter.config import Settings
-from newsletter.csvformats import read_source, sniff_delimiter
 from newsletter.errors import Problem, SubscriberError
-from newsletter.serviceformats import SourceRow, detect_format
 
 
 @pytest.fixture

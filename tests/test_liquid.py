@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from newsletter import liquid
 from newsletter.config import Settings, SiteSettings
-from newsletter.posts import load_posts
+from newsletter.posts import liquid
+from newsletter.posts.collection import load_posts
 
 SITE = {"url": "https://example.com", "baseurl": "/blog", "title": "Example Notes"}
 PAGE = {"title": "A Page", "url": "/2024/01/01/a.html", "tags": ["x", "y"]}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from newsletter.errors import RenderError
-from newsletter.markup import absolute_url, html_to_text, markdown_to_html, video_link
+from newsletter.posts.markup import absolute_url, html_to_text, markdown_to_html, video_link
 
 BASE = "https://blog.example.com/notes/2024/06/08/post.html"
 
@@ -196,7 +196,7 @@ def test_empty_and_broken_input() -> None:
 
 
 def test_top_level_text_is_escaped() -> None:
-    from newsletter.markup import sanitise_html
+    from newsletter.posts.markup import sanitise_html
 
     assert sanitise_html("Fish &amp; <b>chips</b>", BASE) == "Fish &amp; <b>chips</b>"
     assert sanitise_html("a &lt;script&gt;", BASE) == "a &lt;script&gt;"

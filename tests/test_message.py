@@ -19,15 +19,15 @@ from test_render_support import (
 )
 
 from newsletter.config import EmailSettings, Settings, UnsubscribeSettings
-from newsletter.errors import RenderError
-from newsletter.message import (
+from newsletter.email.message import (
     MessageTemplate,
     Recipient,
     fill_placeholders,
     format_address,
     message_id,
 )
-from newsletter.render import RenderedEmail, render_email
+from newsletter.email.render import RenderedEmail, render_email
+from newsletter.errors import RenderError
 
 DATE = datetime(2024, 6, 8, 7, 0, tzinfo=UTC)
 ALICE = Recipient(

@@ -9,10 +9,10 @@ from zoneinfo import ZoneInfo
 import pytest
 from test_daemon_support import add_members, engine_of, make_site
 
-from newsletter import planning
 from newsletter.config import ListSettings
+from newsletter.daemon import planning
 from newsletter.errors import ConfigError
-from newsletter.posts import Post, PostCollection
+from newsletter.posts.collection import Post, PostCollection
 
 NOW = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)  # a Monday
 SINCE = datetime(2026, 1, 1, tzinfo=UTC)
@@ -231,7 +231,7 @@ def test_a_damaged_state_value_reads_as_missing(tmp_path: Path) -> None:
 
 @pytest.mark.usefixtures("database_env")
 def test_upcoming_sends_lists_due_future_and_digest_sends(tmp_path: Path) -> None:
-    from newsletter.delivery import plan_mailing
+    from newsletter.delivery.mailings import plan_mailing
 
     lists = (
         '[lists.news]\ntitle = "News"\n'

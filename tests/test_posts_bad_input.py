@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from newsletter import markup
 from newsletter.config import Settings, SiteSettings
 from newsletter.errors import PostError, RenderError
-from newsletter.posts import load_posts
+from newsletter.posts import markup
+from newsletter.posts.collection import load_posts
 
 
 def _settings(tmp_path: Path, files: dict[str, str | bytes]) -> Settings:

@@ -11,8 +11,8 @@ import pytest
 
 from newsletter.config import Settings, SiteSettings
 from newsletter.errors import PostError
-from newsletter.jekyll import parse_date
-from newsletter.posts import load_posts
+from newsletter.posts.collection import load_posts
+from newsletter.posts.jekyll import parse_date
 
 ISTANBUL = ZoneInfo("Europe/Istanbul")
 PLUS3 = timezone(timedelta(hours=3))

@@ -8,9 +8,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from newsletter import permalink
 from newsletter.config import Settings, SiteSettings
-from newsletter.posts import load_posts
+from newsletter.posts import permalink
+from newsletter.posts.collection import load_posts
 
 WHEN = datetime(2024, 3, 7, 9, 5, 4, tzinfo=ZoneInfo("UTC"))
 

@@ -10,7 +10,14 @@ import pytest
 
 from newsletter.config import load_settings
 from newsletter.errors import PostError
-from newsletter.posts import Author, Post, PostCollection, load_posts, post_status, read_post
+from newsletter.posts.collection import (
+    Author,
+    Post,
+    PostCollection,
+    load_posts,
+    post_status,
+    read_post,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "posts"
 

@@ -1,4 +1,4 @@
-"""Titles, bylines and excerpts (newsletter.posttext) and how posts use them."""
+"""Titles, bylines and excerpts (newsletter.posts.text) and how posts use them."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from newsletter.config import Settings, SiteSettings
-from newsletter.posts import Author, load_posts
-from newsletter.posttext import excerpt_source, take_byline, title_html, title_text
+from newsletter.posts.collection import Author, load_posts
+from newsletter.posts.text import excerpt_source, take_byline, title_html, title_text
 
 
 @pytest.mark.parametrize(

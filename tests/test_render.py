@@ -22,14 +22,14 @@ from typing import ClassVar
 import pytest
 from test_render_support import GOLDEN, POST_URL, make_post, make_settings, urls_in
 
-from newsletter.errors import RenderError, TemplateError
-from newsletter.render import (
+from newsletter.email.render import (
     GMAIL_CLIP_BYTES,
     PLACEHOLDERS,
     render_digest,
     render_email,
     template_environment,
 )
+from newsletter.errors import RenderError, TemplateError
 
 UPDATE = os.environ.get("NEWSLETTER_UPDATE_GOLDEN") == "1"
 
@@ -230,7 +230,7 @@ def test_title_with_newlines_cannot_break_the_subject() -> None:
     [
         (
             "{{ post.nope }}",
-            "subject template: 'newsletter.posts.Post object' has no attribute 'nope'",
+            "subject template: 'newsletter.posts.collection.Post object' has no attribute 'nope'",
         ),
         ("{{ post.title", "subject template:"),
         ("{{ '' }}", "the subject template renders to nothing"),

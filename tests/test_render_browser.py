@@ -13,8 +13,8 @@ import pytest
 from browser_support import CHROMIUM, require_browser
 from test_render_support import make_post, make_settings
 
-from newsletter.message import fill_placeholders, sample_recipient
-from newsletter.render import render_email
+from newsletter.email.message import fill_placeholders, sample_recipient
+from newsletter.email.render import render_email
 
 pytestmark = pytest.mark.browser
 

@@ -14,7 +14,6 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
-from newsletter import markup
 from newsletter.config import (
     EmailSettings,
     ListSettings,
@@ -23,7 +22,8 @@ from newsletter.config import (
     UnsubscribeSettings,
     WebSettings,
 )
-from newsletter.posts import Author, Post
+from newsletter.posts import markup
+from newsletter.posts.collection import Author, Post
 
 FIXTURES = Path(__file__).parent / "fixtures" / "render"
 GOLDEN = Path(__file__).parent / "golden" / "render"

@@ -18,11 +18,11 @@ import pytest
 from sqlalchemy import Engine, select, update
 from test_daemon_support import MEMBERS, Site, add_members, engine_of, make_site
 
-from newsletter import passes, planning, scheduler
 from newsletter.config import Settings
+from newsletter.daemon import passes, planning, scheduler
+from newsletter.delivery.transports import SendResult
+from newsletter.delivery.transports.memory import MemoryTransport
 from newsletter.store.schema import mailings, state
-from newsletter.transports import SendResult
-from newsletter.transports.memory import MemoryTransport
 
 # On SQLite and on PostgreSQL (see conftest.database_url).
 pytestmark = pytest.mark.usefixtures("database_env")
@@ -226,7 +226,7 @@ def test_a_broken_post_is_reported_and_the_others_still_go(
 def test_a_mailing_whose_post_vanished_is_reported_and_others_deliver(
     ready: tuple[Site, Settings, Engine],
 ) -> None:
-    from newsletter.delivery import plan_mailing
+    from newsletter.delivery.mailings import plan_mailing
 
     site, settings, engine = ready
     plan_mailing(engine, settings, "ghost", "news")  # planned, then its file is gone
@@ -263,7 +263,7 @@ def test_deferred_recipients_set_the_next_wake_up(ready: tuple[Site, Settings, E
 
 
 def test_a_paused_mailing_sets_the_next_wake_up(ready: tuple[Site, Settings, Engine]) -> None:
-    from newsletter.delivery import plan_mailing
+    from newsletter.delivery.mailings import plan_mailing
 
     _site, settings, engine = ready
     mailing_id = plan_mailing(engine, settings, "x", "news")
@@ -456,7 +456,7 @@ def test_a_paused_mailing_stays_quiet_then_resumes_when_its_time_comes(
 ) -> None:
     site, settings, engine = ready
     site.write_post("2025-01-02-capped.md", "Capped", LAST_YEAR)
-    from newsletter.delivery import plan_mailing
+    from newsletter.delivery.mailings import plan_mailing
 
     mailing_id = plan_mailing(engine, settings, "capped", "news")
     until = datetime.now(UTC) + timedelta(seconds=0.6)

@@ -10,15 +10,15 @@ import pytest
 from smtpserver import DROP, STALL, SmtpTestServer, TlsMaterial, self_signed_context, tls_material
 
 from newsletter.config import SmtpSettings
-from newsletter.errors import StoreError
-from newsletter.transports import ConnectError, TransportError
-from newsletter.transports.smtp import (
+from newsletter.delivery.transports import ConnectError, TransportError
+from newsletter.delivery.transports.smtp import (
     SmtpTransport,
     ascii_address,
     classify,
     dot_stuffed,
     enhanced_status,
 )
+from newsletter.errors import StoreError
 
 MSG = b"From: a@example.com\r\nTo: b@example.org\r\nSubject: hi\r\n\r\nbody\r\n"
 SENDER = "news@example.com"

@@ -7,11 +7,7 @@ import tracemalloc
 import pytest
 from sqlalchemy import Engine, bindparam, select, text
 
-from newsletter.config import ListSettings, Settings
-from newsletter.errors import SubscriberError
-from newsletter.store import now, open_url
-from newsletter.store.schema import UtcDateTime, lists, subscribers
-from newsletter.store.subscribers import (
+from newsletter.audience.members import (
     add_subscriber,
     ensure_lists,
     get_by_email,
@@ -27,6 +23,10 @@ from newsletter.store.subscribers import (
     resubscribe,
     unsubscribe,
 )
+from newsletter.config import ListSettings, Settings
+from newsletter.errors import SubscriberError
+from newsletter.store import now, open_url
+from newsletter.store.schema import UtcDateTime, lists, subscribers
 
 
 def make_settings(**titles: str) -> Settings:

@@ -8,11 +8,11 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from newsletter.audience.importer import ImportCounts
+from newsletter.audience.members import ensure_lists, get_by_email, is_mailable
+from newsletter.audience.subscribers import import_file, members
 from newsletter.config import ListSettings, Settings
-from newsletter.importer import ImportCounts
 from newsletter.store import open_url
-from newsletter.store.subscribers import ensure_lists, get_by_email, is_mailable
-from newsletter.subscribers import import_file, members
 
 FIXTURES = Path(__file__).parent / "fixtures" / "subscribers"
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from newsletter.config import load_settings
-from newsletter.tokens import load_secret, make_token, unsubscribe_url, verify_token
+from newsletter.email.tokens import load_secret, make_token, unsubscribe_url, verify_token
 
 SECRET = b"test-secret"
 UID = "0f" * 16

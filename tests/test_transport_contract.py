@@ -11,10 +11,10 @@ import pytest
 from smtpserver import SmtpTestServer
 
 from newsletter.config import DeliverySettings, Settings, SmtpSettings, load_settings
-from newsletter.transports import Transport, TransportError, make_transport
-from newsletter.transports.maildir import MaildirTransport
-from newsletter.transports.memory import MemoryTransport
-from newsletter.transports.smtp import SmtpTransport
+from newsletter.delivery.transports import Transport, TransportError, make_transport
+from newsletter.delivery.transports.maildir import MaildirTransport
+from newsletter.delivery.transports.memory import MemoryTransport
+from newsletter.delivery.transports.smtp import SmtpTransport
 
 MESSAGE = (
     b"From: Sender <sender@example.com>\r\n"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from newsletter.render import PLACEHOLDERS, RenderedEmail
+from newsletter.email.render import PLACEHOLDERS, RenderedEmail
 from newsletter.web.lint import GMAIL_CLIP_BYTES, Finding, lint_email
 
 UNSUB = PLACEHOLDERS["unsubscribe_url"]

@@ -18,9 +18,9 @@ from starlette.testclient import TestClient
 from test_web_support import copy_site, make_store
 
 from newsletter.config import Settings, load_settings
-from newsletter.message import MessageTemplate
-from newsletter.posts import load_posts
-from newsletter.render import render_email
+from newsletter.email.message import MessageTemplate
+from newsletter.email.render import render_email
+from newsletter.posts.collection import load_posts
 from newsletter.web.hostcheck import is_loopback_host, is_same_origin, split_host
 from newsletter.web.preview import create_preview_app, parse_addresses
 from newsletter.web.reload import Broadcaster, watch

@@ -15,8 +15,8 @@ from sqlalchemy import Engine
 from starlette.testclient import TestClient
 from test_web_support import Store, copy_site, make_store
 
-from newsletter.store import subscribers as subs
-from newsletter.tokens import ALL_LISTS, make_token
+from newsletter.audience import members as subs
+from newsletter.email.tokens import ALL_LISTS, make_token
 from newsletter.web.public import create_public_app
 from newsletter.web.server import TokenRedactingFilter, redact_tokens
 

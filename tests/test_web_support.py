@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
+from newsletter.audience import members as subs
 from newsletter.config import Settings, load_settings
-from newsletter.delivery import deliver_mailing, plan_mailing
-from newsletter.posts import load_posts
+from newsletter.delivery.mailings import deliver_mailing, plan_mailing
+from newsletter.delivery.transports.memory import MemoryTransport
+from newsletter.email.tokens import make_token
+from newsletter.posts.collection import load_posts
 from newsletter.store import open_store
-from newsletter.store import subscribers as subs
-from newsletter.tokens import make_token
-from newsletter.transports.memory import MemoryTransport
 
 FIXTURE_SITE = Path(__file__).resolve().parent / "fixtures" / "web" / "site"
 SECRET = "lantern-web-test-secret"

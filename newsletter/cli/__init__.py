@@ -7,58 +7,13 @@ usage errors exit with 2.
 
 from __future__ import annotations
 
-import functools
-import json
-import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar, cast
 
 import click
 
-from newsletter.config import Settings, load_settings
-from newsletter.errors import NewsletterError
+from newsletter.cli.common import AppContext
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-class AppContext:
-    """Carried in click's context: where the configuration is, loaded on demand."""
-
-    def __init__(self, config: Path | None) -> None:
-        self.config = config
-        self._settings: Settings | None = None
-
-    @property
-    def settings(self) -> Settings:
-        if self._settings is None:
-            self._settings = load_settings(self.config)
-        return self._settings
-
-
-def handle_errors(func: F) -> F:
-    """Map NewsletterError to one line on stderr and exit 1 (never a traceback)."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except NewsletterError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(1)
-
-    return cast(F, wrapper)
-
-
-def settings_of(ctx: click.Context) -> Settings:
-    return cast(AppContext, ctx.find_root().obj).settings
-
-
-def emit_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
-
-
-json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+__all__ = ["main"]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -80,7 +35,7 @@ def main(ctx: click.Context, config: Path | None) -> None:
 
 
 def _register() -> None:
-    # Imported here so each command module can import `main`'s helpers above.
+    # Each command module adds its commands to the group.
     from newsletter.cli import daemon, delivery, posts, render, subscribers, web
 
     for module in (posts, render, subscribers, delivery, daemon, web):

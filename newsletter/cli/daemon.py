@@ -10,15 +10,15 @@ from typing import Any
 import click
 from sqlalchemy import Engine
 
-from newsletter.cli import emit_json, handle_errors, json_option, settings_of
+from newsletter.audience.subscribers import sync_directory
+from newsletter.cli.common import emit_json, handle_errors, json_option, settings_of
 from newsletter.config import Settings
+from newsletter.daemon.passes import MailingProgress, PassReport
+from newsletter.daemon.planning import UpcomingSend
+from newsletter.daemon.scheduler import Daemon, run_once
 from newsletter.errors import TransportError
 from newsletter.logging_setup import remove_logging, setup_logging
-from newsletter.passes import MailingProgress, PassReport
-from newsletter.planning import UpcomingSend
-from newsletter.scheduler import Daemon, run_once
 from newsletter.store import open_store
-from newsletter.subscribers import sync_directory
 
 
 def register(group: click.Group) -> None:

@@ -12,9 +12,9 @@ from typing import Any
 
 import click
 
-from newsletter.cli import emit_json, handle_errors, json_option, settings_of
+from newsletter.cli.common import emit_json, handle_errors, json_option, settings_of
 from newsletter.config import Settings
-from newsletter.delivery import (
+from newsletter.delivery.mailings import (
     DeliveryReport,
     MailingSummary,
     Progress,
@@ -23,7 +23,7 @@ from newsletter.delivery import (
     plan_mailing,
     send_test,
 )
-from newsletter.posts import Post, load_posts
+from newsletter.posts.collection import Post, load_posts
 
 
 @click.command("send")
@@ -94,8 +94,8 @@ def _send_tests(
 def _dry_run(
     settings: Settings, post: Post, list_name: str, resend: bool, verbose: bool, as_json: bool
 ) -> None:
+    from newsletter.audience import members as subs
     from newsletter.store import open_store, reading
-    from newsletter.store import subscribers as subs
     from newsletter.store.mailings import latest_mailing, open_recipients
 
     engine = open_store(settings)
@@ -248,8 +248,8 @@ def status_cmd(ctx: click.Context, as_json: bool) -> None:
     then the sends to come (post × list × time), soonest first."""
     from newsletter.cli.daemon import upcoming_json, upcoming_line
     from newsletter.config import utcnow
-    from newsletter.planning import upcoming_sends
-    from newsletter.posts import load_posts
+    from newsletter.daemon.planning import upcoming_sends
+    from newsletter.posts.collection import load_posts
     from newsletter.store import open_store
 
     settings = settings_of(ctx)

@@ -10,13 +10,13 @@ from typing import Any
 
 import click
 
-from newsletter import render
-from newsletter.cli import emit_json, handle_errors, json_option, settings_of
+from newsletter.cli.common import emit_json, handle_errors, json_option, settings_of
 from newsletter.config import DEFAULT_CONFIG, ListSettings, Settings, utcnow
-from newsletter.delivery import mailed_pairs
+from newsletter.daemon.planning import cron_trigger, effective_since
+from newsletter.delivery.mailings import mailed_pairs
+from newsletter.email import render
 from newsletter.errors import NewsletterError, Problem
-from newsletter.planning import cron_trigger, effective_since
-from newsletter.posts import PostCollection, load_posts, post_files, post_status
+from newsletter.posts.collection import PostCollection, load_posts, post_files, post_status
 from newsletter.store import open_store
 
 

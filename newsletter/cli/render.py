@@ -7,12 +7,12 @@ from pathlib import Path
 
 import click
 
-from newsletter.cli import handle_errors, settings_of
+from newsletter.cli.common import handle_errors, settings_of
 from newsletter.config import ListSettings, Settings
+from newsletter.email.message import MessageTemplate, fill_placeholders, sample_recipient
+from newsletter.email.render import RenderedEmail, render_digest, render_email
 from newsletter.errors import PostError, RenderError
-from newsletter.message import MessageTemplate, fill_placeholders, sample_recipient
-from newsletter.posts import Post, load_posts
-from newsletter.render import RenderedEmail, render_digest, render_email
+from newsletter.posts.collection import Post, load_posts
 
 
 @click.command("render")

@@ -20,13 +20,8 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColu
 from rich.table import Table
 from sqlalchemy import Engine
 
-from newsletter.cli import emit_json, handle_errors, json_option, settings_of
-from newsletter.config import Settings
-from newsletter.errors import Problem, SubscriberError
-from newsletter.importer import ImportCounts
-from newsletter.serviceformats import FORMATS
-from newsletter.store import open_store
-from newsletter.store.subscribers import (
+from newsletter.audience.importer import ImportCounts
+from newsletter.audience.members import (
     STATUSES,
     SubscriberRow,
     add_subscriber,
@@ -37,8 +32,13 @@ from newsletter.store.subscribers import (
     resubscribe,
     unsubscribe,
 )
-from newsletter.subscribers import Progress as ProgressFn
-from newsletter.subscribers import export_list, import_file, members, sync_directory
+from newsletter.audience.serviceformats import FORMATS
+from newsletter.audience.subscribers import Progress as ProgressFn
+from newsletter.audience.subscribers import export_list, import_file, members, sync_directory
+from newsletter.cli.common import emit_json, handle_errors, json_option, settings_of
+from newsletter.config import Settings
+from newsletter.errors import Problem, SubscriberError
+from newsletter.store import open_store
 
 PROGRESS_MIN_BYTES = 1 << 20  # a bar for files over 1 MB, when stdout is a terminal
 SHOW_PROBLEMS = 100

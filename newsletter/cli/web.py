@@ -8,7 +8,7 @@ from typing import cast
 
 import click
 
-from newsletter.cli import AppContext, handle_errors, settings_of
+from newsletter.cli.common import AppContext, handle_errors, settings_of
 from newsletter.config import Settings, load_settings
 
 PREVIEW_HOST = "127.0.0.1"  # never anything else: see newsletter.web.hostcheck

@@ -4,8 +4,11 @@
 The SQLite-specific bits (WAL, foreign keys, busy timeout) live in
 `_sqlite_pragmas` and nowhere else, so PostgreSQL can follow.
 
-Queries live beside the schema: `store.subscribers` (subscribers, lists,
-memberships) and `store.mailings` (mailings, deliveries).
+The bottom of the pipeline: it may import only `newsletter.config` and
+`newsletter.errors`.  Modules: `schema` (the tables), `mailings` (mailings,
+deliveries, claims), `leases` (lease owners, the daemon lock, state).  The
+queries on subscribers, lists and memberships live with their stage, in
+`newsletter.audience.members`.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from newsletter.config import Settings
 from newsletter.errors import StoreError
 from newsletter.store.schema import SCHEMA_VERSION, metadata, schema_version
 
-__all__ = ["now", "open_store", "open_url"]
+__all__ = ["now", "open_store", "open_url", "reading"]
 
 
 def now() -> datetime:

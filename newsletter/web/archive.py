@@ -16,9 +16,9 @@ from sqlalchemy import Engine, exists, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from newsletter.config import ListSettings, Settings
+from newsletter.email.message import Recipient, fill_placeholders
+from newsletter.email.render import RenderedEmail
 from newsletter.errors import StoreError
-from newsletter.message import Recipient, fill_placeholders
-from newsletter.render import RenderedEmail
 from newsletter.store import reading
 from newsletter.store.schema import deliveries, lists, mailings
 

@@ -32,10 +32,10 @@ from starlette.responses import (
 )
 from starlette.routing import Route
 
-from newsletter import delivery
 from newsletter.config import ListSettings, Settings
+from newsletter.delivery import mailings as delivery
 from newsletter.errors import NewsletterError, PostError
-from newsletter.posts import Post
+from newsletter.posts.collection import Post
 from newsletter.web.emailview import EmailView
 from newsletter.web.hostcheck import LocalOnlyMiddleware
 from newsletter.web.outbox import list_outbox, read_outbox_message

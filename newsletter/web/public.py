@@ -26,13 +26,13 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from newsletter.audience import members as subs
 from newsletter.config import Settings
+from newsletter.email.render import render_email
+from newsletter.email.tokens import ALL_LISTS, load_secret, verify_token
 from newsletter.errors import NewsletterError, PostError, StoreError, SubscriberError
-from newsletter.posts import PostCollection
-from newsletter.render import render_email
+from newsletter.posts.collection import PostCollection
 from newsletter.store import open_store, reading
-from newsletter.store import subscribers as subs
-from newsletter.tokens import ALL_LISTS, load_secret, verify_token
 from newsletter.web.archive import list_for, neutral_html, sent_posts
 from newsletter.web.pages import PRIVATE_HEADERS, page
 from newsletter.web.site import Site

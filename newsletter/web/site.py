@@ -18,12 +18,12 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from newsletter.config import ListSettings, Settings, utcnow
+from newsletter.daemon.planning import list_takes
+from newsletter.delivery.outgoing import make_signer
+from newsletter.email.message import MessageTemplate, sample_recipient
+from newsletter.email.render import RenderedEmail, render_email
 from newsletter.errors import StoreError
-from newsletter.message import MessageTemplate, sample_recipient
-from newsletter.outgoing import make_signer
-from newsletter.planning import list_takes
-from newsletter.posts import Post, PostCollection, load_posts, post_status
-from newsletter.render import RenderedEmail, render_email
+from newsletter.posts.collection import Post, PostCollection, load_posts, post_status
 from newsletter.store import open_store, reading
 from newsletter.store.schema import lists as lists_table
 from newsletter.store.schema import mailings

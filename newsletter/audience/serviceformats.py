@@ -41,7 +41,7 @@ FIRST_COLUMNS = ("first name", "first_name", "firstname", "fname", "given name",
 LAST_COLUMNS = ("last name", "last_name", "lastname", "lname", "surname", "family name",
                 "nachname", "nom", "apellido", "apellidos")  # fmt: skip
 
-# Our own export's header starts with these (see newsletter.subscribers.export).
+# Our own export's header starts with these (see newsletter.audience.subscribers.export).
 NEWSLETTER_HEADER = ("email", "name", "status", "subscribed_at")
 # A cell our export prefixed with ' against spreadsheet formula injection.
 FORMULA_PREFIX = "'"

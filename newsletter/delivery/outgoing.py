@@ -13,13 +13,13 @@ import time
 from collections.abc import Callable
 
 from newsletter.config import Settings
-from newsletter.delivery import DeliveryReport, envelope_sender
+from newsletter.delivery.report import DeliveryReport, envelope_sender
+from newsletter.delivery.transports import ConnectError, SendResult, Transport, make_transport
+from newsletter.email.message import MessageTemplate, Recipient
+from newsletter.email.tokens import load_secret, make_token, unsubscribe_url
 from newsletter.errors import DeliveryError
-from newsletter.message import MessageTemplate, Recipient
-from newsletter.posts import Post, PostCollection
+from newsletter.posts.collection import Post, PostCollection
 from newsletter.store import mailings as q
-from newsletter.tokens import load_secret, make_token, unsubscribe_url
-from newsletter.transports import ConnectError, SendResult, Transport, make_transport
 
 _MESSAGE_ID = re.compile(rb"^Message-ID:[ \t]*(<[^>\r\n]+>)", re.IGNORECASE | re.MULTILINE)
 
@@ -35,7 +35,7 @@ def build_template(
     settings: Settings, mailing: q.MailingRow, posts: PostCollection, *, subject_prefix: str = ""
 ) -> MessageTemplate:
     """Render once per mailing (post or digest × list)."""
-    from newsletter import render
+    from newsletter.email import render
 
     list_settings = settings.get_list(mailing.list_name)
     if mailing.kind == "digest" or mailing.post_ids:
@@ -52,17 +52,17 @@ Signer = Callable[[bytes], bytes]
 def make_signer(settings: Settings) -> Signer | None:
     if not settings.dkim.enabled:
         return None
-    from newsletter.dkim import Signer as DkimSigner
+    from newsletter.email.dkim import Signer as DkimSigner
 
     return DkimSigner.from_settings(settings.dkim).sign
 
 
-def _describe(result: SendResult) -> str:
+def describe_result(result: SendResult) -> str:
     code = f"{result.code} " if result.code is not None else ""
     return f"{code}{result.text}".strip() or "refused"
 
 
-class _Context:
+class MessageContext:
     """What every recipient's message shares: template, secret, signer."""
 
     def __init__(
@@ -95,7 +95,7 @@ def send_test_messages(
     transport: Transport | None = None,
 ) -> DeliveryReport:
     """Send a "[TEST] " copy to each address; nothing is recorded."""
-    from newsletter import render
+    from newsletter.email import render
 
     rendered = render.render_email(post, settings, settings.get_list(list_name))
     template = MessageTemplate.build(rendered, settings, subject_prefix="[TEST] ")
@@ -119,7 +119,7 @@ def send_test_messages(
                 sent += 1
             else:
                 failed += 1
-                errors.append(f"{address}: {_describe(result)}")
+                errors.append(f"{address}: {describe_result(result)}")
     finally:
         if own:
             transport.close()

@@ -9,8 +9,8 @@ The library the `newsletter subscribers …` commands are a thin layer over:
   guarded against spreadsheet formula injection (OWASP "CSV injection");
 * `members` – a list's members with their effective status, streamed.
 
-Reading files is `newsletter.csvformats`, address rules `newsletter.addresses`,
-the batched writes `newsletter.importer`, queries `newsletter.store.subscribers`.
+Reading files is `newsletter.audience.csvformats`, address rules `newsletter.audience.addresses`,
+the batched writes `newsletter.audience.importer`, queries `newsletter.audience.members`.
 """
 
 from __future__ import annotations
@@ -27,14 +27,9 @@ from typing import IO, Any
 from sqlalchemy import Connection, Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from newsletter.config import Settings
-from newsletter.csvformats import read_source, source_size
-from newsletter.errors import Problem, StoreError, SubscriberError
-from newsletter.importer import ImportCounts, ImportRun, import_rows, remove_untouched
-from newsletter.serviceformats import FORMULA_STARTS, NEWSLETTER_HEADER
-from newsletter.store import reading as read_only
-from newsletter.store.schema import lists, memberships, subscribers
-from newsletter.store.subscribers import (
+from newsletter.audience.csvformats import read_source, source_size
+from newsletter.audience.importer import ImportCounts, ImportRun, import_rows, remove_untouched
+from newsletter.audience.members import (
     ACTIVE,
     PENDING,
     STATUSES,
@@ -42,6 +37,11 @@ from newsletter.store.subscribers import (
     ensure_lists,
     list_id,
 )
+from newsletter.audience.serviceformats import FORMULA_STARTS, NEWSLETTER_HEADER
+from newsletter.config import Settings
+from newsletter.errors import Problem, StoreError, SubscriberError
+from newsletter.store import reading as read_only
+from newsletter.store.schema import lists, memberships, subscribers
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
 

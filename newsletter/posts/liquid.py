@@ -32,7 +32,7 @@ from liquid import Environment
 from liquid.exceptions import LiquidError
 from liquid.filter import with_context
 
-from newsletter.permalink import is_absolute, normalized_baseurl, slugify
+from newsletter.posts.permalink import is_absolute, normalized_baseurl, slugify
 
 
 @dataclass(frozen=True)

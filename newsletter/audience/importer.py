@@ -1,6 +1,6 @@
 """Import subscriber rows into a list: batched, one transaction, suppression wins.
 
-The rows come from `newsletter.csvformats.read_source`.  They are validated,
+The rows come from `newsletter.audience.csvformats.read_source`.  They are validated,
 merged in chunks (duplicates inside a chunk merge in memory; a duplicate of an
 earlier chunk finds the row that chunk wrote), and written with a handful of
 statements per chunk: one IN query for the addresses already known, one for
@@ -28,13 +28,13 @@ from typing import Any
 from sqlalchemy import Connection, Dialect, bindparam, insert, select, update
 from sqlalchemy.types import TypeEngine, UserDefinedType
 
-from newsletter.addresses import normalise_email
-from newsletter.csvformats import FileInfo
+from newsletter.audience.addresses import normalise_email
+from newsletter.audience.csvformats import FileInfo
+from newsletter.audience.members import ACTIVE, PENDING, SUPPRESSED
+from newsletter.audience.serviceformats import SourceRow
 from newsletter.errors import Problem, SubscriberError
-from newsletter.serviceformats import SourceRow
 from newsletter.store import now
 from newsletter.store.schema import UtcDateTime, memberships, new_uid, subscribers
-from newsletter.store.subscribers import ACTIVE, PENDING, SUPPRESSED
 
 CHUNK_ROWS = 5000
 MAX_PROBLEMS = 1000  # kept for the report; every one is still counted

@@ -33,7 +33,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from newsletter.config import ListSettings, Settings
 from newsletter.errors import ConfigError, Problem, StoreError
-from newsletter.posts import Post, PostCollection
+from newsletter.posts.collection import Post, PostCollection
 from newsletter.store import reading
 from newsletter.store.schema import state
 
@@ -248,7 +248,7 @@ def upcoming_sends(
     future posts carry their date; digest lists carry their next slot with the
     posts that would be in it so far.
     """
-    from newsletter.delivery import mailed_pairs
+    from newsletter.delivery.mailings import mailed_pairs
 
     items = tuple(posts.posts if isinstance(posts, PostCollection) else posts)
     mailed = mailed_pairs(engine)

@@ -13,7 +13,7 @@ import mailbox
 import threading
 from pathlib import Path
 
-from newsletter.transports import SendResult, TransportError
+from newsletter.delivery.transports.base import SendResult, TransportError
 
 
 class MaildirTransport:

@@ -5,21 +5,19 @@ one `deliveries` row each; delivering claims those rows under a lease in the
 database, sends each through a transport, and commits every outcome on its
 own, so that after ``kill -9`` a re-run finishes the mailing with nobody
 skipped and at most the in-flight messages (≤ concurrency) sent twice
-(DESIGN.md, invariant 2).  The worker pool lives in `newsletter.sending`.
+(DESIGN.md, invariant 2).  A pass lives in `mailing_pass`, its two strategies in `rounds` and `threaded`.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from datetime import datetime
-from email.utils import parseaddr
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from newsletter.config import Settings
+from newsletter.delivery.report import DeliveryReport, MailingSummary, Progress, envelope_sender
+from newsletter.delivery.transports import Transport
 from newsletter.errors import (
     ConfigError,
     DeliveryError,
@@ -28,10 +26,9 @@ from newsletter.errors import (
     StoreError,
     TemplateError,
 )
-from newsletter.posts import Post, PostCollection
+from newsletter.posts.collection import Post, PostCollection
 from newsletter.store import mailings as q
 from newsletter.store import reading
-from newsletter.transports import Transport
 
 __all__ = [
     "DeliveryReport",
@@ -45,55 +42,6 @@ __all__ = [
     "plan_mailing",
     "send_test",
 ]
-
-
-@dataclass(frozen=True)
-class DeliveryReport:
-    """What one delivery pass did, per status."""
-
-    sent: int = 0
-    deferred: int = 0
-    failed: int = 0
-    skipped: int = 0
-    paused: bool = False  # an hourly/daily cap stopped the pass
-    errors: tuple[str, ...] = ()  # one line per failed recipient
-
-    def __add__(self, other: DeliveryReport) -> DeliveryReport:
-        return DeliveryReport(
-            self.sent + other.sent,
-            self.deferred + other.deferred,
-            self.failed + other.failed,
-            self.skipped + other.skipped,
-            self.paused or other.paused,
-            self.errors + other.errors,
-        )
-
-
-@dataclass(frozen=True)
-class MailingSummary:
-    mailing_id: int
-    post_id: str
-    list_name: str
-    kind: str  # post | digest | resend
-    state: str  # planned | sending | paused | done
-    counts: Mapping[str, int] = field(default_factory=dict)  # by delivery status
-    last_error: str | None = None
-    created_at: datetime | None = None
-    finished_at: datetime | None = None
-    paused_until: datetime | None = None
-    subject: str = ""
-
-    @property
-    def total(self) -> int:
-        return sum(self.counts.values())
-
-
-Progress = Callable[[int, int], None]  # (done, total)
-
-
-def envelope_sender(settings: Settings) -> str:
-    """The bare address of `[email] from`, used as the SMTP envelope sender."""
-    return parseaddr(settings.email.from_)[1] or settings.email.from_
 
 
 # --------------------------------------------------------------------------- planning
@@ -116,7 +64,7 @@ def plan_mailing(
     as it is unless `resend` (a new generation, every mailable member again).
     The snapshot is one transaction: a crash while planning leaves no mailing.
     """
-    from newsletter.store import subscribers as subs
+    from newsletter.audience import members as subs
 
     settings.get_list(list_name)  # an undeclared list is a configuration error
     subs.ensure_lists(engine, settings)
@@ -166,7 +114,7 @@ def deliver_mailing(
     going for deferred recipients whose retry comes due meanwhile (0: one pass
     over what is due now; the daemon or a re-run does the rest).
     """
-    from newsletter.sending import MailingPass
+    from newsletter.delivery.mailing_pass import MailingPass
 
     with reading(engine) as conn:
         mailing = q.get_mailing(conn, mailing_id)
@@ -216,7 +164,7 @@ def send_test(
     transport: Transport | None = None,
 ) -> DeliveryReport:
     """`send --test`: any address, "[TEST] " subject, no delivery records."""
-    from newsletter.outgoing import send_test_messages
+    from newsletter.delivery.outgoing import send_test_messages
 
     return send_test_messages(settings, post, list_name, addresses, transport=transport)
 

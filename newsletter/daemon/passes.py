@@ -17,14 +17,14 @@ from typing import Any
 from sqlalchemy import Engine, func, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from newsletter import planning
 from newsletter.config import ListSettings, Settings, utcnow
-from newsletter.delivery import DeliveryReport
+from newsletter.daemon import planning
+from newsletter.delivery.mailings import DeliveryReport
+from newsletter.delivery.transports import Transport
 from newsletter.errors import NewsletterError, TransportError
-from newsletter.posts import Post, PostCollection
+from newsletter.posts.collection import Post, PostCollection
 from newsletter.store import reading
 from newsletter.store.schema import deliveries, lists, mailings
-from newsletter.transports import Transport
 
 log = logging.getLogger("newsletter.daemon")
 
@@ -89,9 +89,9 @@ def run_pass(
 ) -> PassReport:
     """Plan what is due and deliver what has work; never raises a NewsletterError
     for one bad post, list or template — those become `problems`."""
-    from newsletter.delivery import mailed_pairs
-    from newsletter.posts import load_posts
-    from newsletter.store.subscribers import ensure_lists
+    from newsletter.audience.members import ensure_lists
+    from newsletter.delivery.mailings import mailed_pairs
+    from newsletter.posts.collection import load_posts
 
     at = now or utcnow()
     problems: list[str] = []
@@ -127,7 +127,7 @@ def run_pass(
 def _plan_posts(
     engine: Engine, settings: Settings, due: tuple[planning.DueSend, ...], problems: list[str]
 ) -> list[int]:
-    from newsletter.delivery import plan_mailing
+    from newsletter.delivery.mailings import plan_mailing
 
     ids: list[int] = []
     for item in due:
@@ -185,7 +185,7 @@ def _plan_digest(
     at: datetime,
     mailed: set[tuple[str, str]],
 ) -> int | None:
-    from newsletter.delivery import plan_mailing
+    from newsletter.delivery.mailings import plan_mailing
 
     key = planning.digest_anchor_key(lst.name)
     # First sight of the list: its first digest is the first slot after now.
@@ -246,7 +246,7 @@ def _deliver(
 ) -> tuple[DeliveryReport, str | None]:
     """Every mailing with work, one at a time, so that one broken mailing (its
     post deleted, its template broken) is reported and the others still go."""
-    from newsletter.delivery import deliver_mailing
+    from newsletter.delivery.mailings import deliver_mailing
     from newsletter.store.mailings import free_dead_leases, mailings_with_work
 
     free_dead_leases(engine)

@@ -24,10 +24,11 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
 
-from newsletter import jekyll, markup, permalink, posttext
-from newsletter import liquid as liquid_mod
 from newsletter.config import Settings
 from newsletter.errors import NewsletterError, PostError, Problem
+from newsletter.posts import jekyll, markup, permalink
+from newsletter.posts import liquid as liquid_mod
+from newsletter.posts import text as posttext
 
 POST_SUFFIXES = (".md", ".markdown")
 

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from newsletter.transports import SendResult
+from newsletter.delivery.transports.base import SendResult
 
 
 @dataclass(frozen=True)

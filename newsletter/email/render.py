@@ -26,10 +26,10 @@ import jinja2
 from markupsafe import Markup
 from premailer import Premailer
 
-from newsletter import markup
 from newsletter.config import ListSettings, Settings
 from newsletter.errors import RenderError, TemplateError
-from newsletter.posts import Post
+from newsletter.posts import markup
+from newsletter.posts.collection import Post
 
 # Rendered into the output in place of per-recipient values; ASCII, no
 # characters that HTML escaping, premailer or quoted-printable would change.

@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, and_, case, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from newsletter.addresses import email_key, normalise_email
+from newsletter.audience.addresses import email_key, normalise_email
 from newsletter.config import Settings
 from newsletter.errors import StoreError, SubscriberError
 from newsletter.store import now

@@ -10,7 +10,7 @@ record it cannot use), whatever the file looks like:
 * a Mailchimp export ZIP: every CSV inside, with the status its file name
   implies (`unsubscribed_…` → unsubscribed, `cleaned_…` → bounced).
 
-Which columns each service's export contributes is in `newsletter.serviceformats`
+Which columns each service's export contributes is in `newsletter.audience.serviceformats`
 (and docs/subscribers.md).  Line numbers are physical lines of the file (the
 line a record starts on), so an editor jumps straight to it.
 """
@@ -26,14 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from newsletter.errors import Problem, SubscriberError
-from newsletter.serviceformats import (
+from newsletter.audience.serviceformats import (
     EMAIL_COLUMNS,
     FORMATS,
     SourceRow,
     detect_format,
     mapper_for,
 )
+from newsletter.errors import Problem, SubscriberError
 
 __all__ = ["FORMATS", "FileInfo", "SourceRow", "read_source", "source_size"]
 

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from newsletter.config import SmtpSettings
-from newsletter.transports import ConnectError, SendResult, TransportError
+from newsletter.delivery.transports.base import ConnectError, SendResult, TransportError
 
 log = logging.getLogger(__name__)
 

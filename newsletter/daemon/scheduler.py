@@ -31,10 +31,9 @@ from typing import Any
 from sqlalchemy import Engine, delete, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from newsletter import planning
 from newsletter.config import Settings, utcnow
-from newsletter.errors import DeliveryError, NewsletterError, StoreError
-from newsletter.passes import (
+from newsletter.daemon import planning
+from newsletter.daemon.passes import (
     Clock,
     MailingProgress,
     OutageLog,
@@ -43,9 +42,10 @@ from newsletter.passes import (
     next_work_time,
     run_pass,
 )
-from newsletter.posts import POST_SUFFIXES
+from newsletter.delivery.transports import Transport
+from newsletter.errors import DeliveryError, NewsletterError, StoreError
+from newsletter.posts.collection import POST_SUFFIXES
 from newsletter.store.schema import state
-from newsletter.transports import Transport
 
 log = logging.getLogger("newsletter.daemon")
 

@@ -38,9 +38,9 @@ from email.headerregistry import Address
 from urllib.parse import urlsplit
 
 from newsletter.config import Settings, utcnow
+from newsletter.email.render import PLACEHOLDERS, RenderedEmail, one_line
+from newsletter.email.tokens import unsubscribe_url
 from newsletter.errors import RenderError
-from newsletter.render import PLACEHOLDERS, RenderedEmail, one_line
-from newsletter.tokens import unsubscribe_url
 
 CRLF = b"\r\n"
 TEST_PREFIX = "[TEST] "

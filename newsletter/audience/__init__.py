@@ -1,0 +1,59 @@
+"""Audience: who receives what — addresses, lists, CSV formats, import, export, sync.
+
+It may import `newsletter.store`, `newsletter.email`, `newsletter.posts`,
+`newsletter.config` and `newsletter.errors`.
+
+- `addresses`: validating and normalising an address
+- `csvformats`, `serviceformats`: reading any CSV and the exports of Mailchimp, Substack, …
+- `importer`: the bulk import into the store
+- `subscribers`: import, export and sync of whole files (the API the CLI uses)
+- `members`: one subscriber or list in the store (add, remove, unsubscribe, counts)
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from newsletter.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from newsletter.audience.members import (
+        SubscriberRow,
+        add_subscriber,
+        ensure_lists,
+        get_by_email,
+        list_counts,
+        remove_member,
+        resubscribe,
+        unsubscribe,
+    )
+    from newsletter.audience.subscribers import export_list, import_file, sync_directory
+
+_EXPORTS = {
+    "SubscriberRow": "members",
+    "add_subscriber": "members",
+    "ensure_lists": "members",
+    "get_by_email": "members",
+    "list_counts": "members",
+    "remove_member": "members",
+    "resubscribe": "members",
+    "unsubscribe": "members",
+    "export_list": "subscribers",
+    "import_file": "subscribers",
+    "sync_directory": "subscribers",
+}
+__all__ = [
+    "SubscriberRow",
+    "add_subscriber",
+    "ensure_lists",
+    "export_list",
+    "get_by_email",
+    "import_file",
+    "list_counts",
+    "remove_member",
+    "resubscribe",
+    "sync_directory",
+    "unsubscribe",
+]
+
+__getattr__ = lazy_exports(__name__, _EXPORTS)

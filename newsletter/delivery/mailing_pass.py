@@ -1,0 +1,319 @@
+"""One delivery pass over a mailing: claim in batches, send, record.
+
+The pass claims small batches under a lease, personalises each message,
+turns each SMTP answer into an outcome for the ledger, and applies rate
+limits and hourly/daily caps.  How claimed rows reach connections is a
+`Strategy` (strategy.py): lockstep rounds on one thread when the SMTP server
+offers PIPELINING (rounds.py), else a thread per connection (threaded.py).
+Either way each connection has at most one message whose outcome is not yet
+committed (invariant 2), and memory stays flat whatever the list size: only a
+batch or two is ever held.  Building the bytes lives in `outgoing`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from sqlalchemy import Engine
+
+from newsletter.config import Settings
+from newsletter.delivery.outgoing import (
+    MessageContext,
+    build_template,
+    describe_result,
+    make_signer,
+    message_id_of,
+)
+from newsletter.delivery.ratelimit import Throttle, TokenBucket, next_attempt
+from newsletter.delivery.recorder import Pending, Recorder
+from newsletter.delivery.report import DeliveryReport, Progress, envelope_sender
+from newsletter.delivery.rounds import THROTTLE_RETRIES, RoundsStrategy
+from newsletter.delivery.strategy import Strategy, Tally
+from newsletter.delivery.threaded import ThreadedStrategy
+from newsletter.delivery.transports import (
+    ConnectError,
+    SendResult,
+    Transport,
+    is_thread_safe,
+    make_transport,
+)
+from newsletter.errors import DeliveryError, NewsletterError
+from newsletter.posts.collection import PostCollection
+from newsletter.store import mailings as q
+from newsletter.store import now, reading
+
+__all__ = ["MailingPass"]
+
+log = logging.getLogger(__name__)
+
+
+class MailingPass:
+    """Deliver what is claimable of one mailing, now."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings,
+        mailing: q.MailingRow,
+        posts: PostCollection,
+        *,
+        transport: Transport | None = None,
+        stop: threading.Event | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        self.engine, self.settings, self.mailing = engine, settings, mailing
+        self.posts = posts
+        # A transport made here is closed here; one given by the caller is theirs.
+        self.owns_shared = False
+        if transport is None:
+            # One instance for every worker when the kind allows it (maildir).
+            candidate = make_transport(settings)
+            if is_thread_safe(candidate):
+                transport, self.owns_shared = candidate, True
+        self.shared = transport
+        self.stop = stop or threading.Event()
+        self.abort = threading.Event()
+        self.fatal: NewsletterError | None = None
+        self.progress = progress
+        d = settings.delivery
+        self.workers = d.concurrency if transport is None or is_thread_safe(transport) else 1
+        self.bucket = TokenBucket(d.rate_per_second)
+        self.throttle = Throttle(min(d.backoff_base, 5.0), d.backoff_cap)
+        self.owner = q.lease_owner()
+        self.batch = self._batch_size()
+        # queue.Queue costs a Python-level Condition round (and a thread wake-up)
+        # per put and per get, so rows travel to the workers in small chunks.
+        self.chunk = max(1, min(16, self.batch // (self.workers * 4)))
+        self.sender = envelope_sender(settings)
+        self.write_lock = threading.Lock()
+
+    def _batch_size(self) -> int:
+        d = self.settings.delivery
+        size = max(200, self.workers * 8)
+        if d.rate_per_second > 0:
+            # Never claim more than can go out well within the lease.
+            size = min(size, max(1, int(d.rate_per_second * d.lease_seconds / 4)))
+        return size
+
+    # ------------------------------------------------------------------ the pass
+
+    def run(self, *, wait: float = 0.0) -> DeliveryReport:
+        mailing = self.mailing
+        q.free_dead_leases(self.engine)
+        at = now()
+        if mailing.state == "paused" and mailing.paused_until and mailing.paused_until > at:
+            return DeliveryReport(paused=True)
+        with reading(self.engine) as conn:
+            if not q.has_open(conn, mailing.id):
+                if mailing.state != "done":
+                    q.set_state(self.engine, mailing.id, "done")
+                return DeliveryReport()
+            counts = q.counts(conn, mailing.id).get(mailing.id, {})
+        allowance = self._allowance()
+        if allowance == 0:
+            return self._pause()
+        template = build_template(self.settings, mailing, self.posts)
+        self.context = MessageContext(self.settings, mailing, template, make_signer(self.settings))
+        q.set_state(self.engine, mailing.id, "sending")
+        finished = sum(counts.get(s, 0) for s in ("sent", "failed", "skipped"))
+        tally = Tally(finished, sum(counts.values()), self.progress)
+        self.recorder = Recorder(self.engine, self.write_lock)
+        paused = self._strategy().run(tally, allowance, wait)
+        return self._finish(tally, paused)
+
+    def _strategy(self) -> Strategy:
+        if self.shared is None and self._server_pipelines():
+            return RoundsStrategy(self)
+        return ThreadedStrategy(self)
+
+    def _server_pipelines(self) -> bool:
+        """Whether the SMTP server offers PIPELINING (one-thread rounds need it).
+
+        Without it each message costs three more round trips, which a thread
+        per connection overlaps.  Any trouble connecting is left to the
+        threaded path, which reports it as it always has.
+        """
+        if self.settings.delivery.transport != "smtp":
+            return False
+        from newsletter.delivery.transports.smtp import SmtpTransport
+
+        probe = make_transport(self.settings)
+        try:
+            return isinstance(probe, SmtpTransport) and probe.pipelines("probe@example.org")
+        except NewsletterError:
+            return False
+        finally:
+            probe.close()
+
+    # ------------------------------------------------------------------ for the strategies
+
+    def claim(
+        self, limit: int, tally: Tally, *, due_by: datetime | None = None
+    ) -> tuple[list[q.Claimed], int]:
+        with self.write_lock:  # never fight the recorder for SQLite's write lock
+            rows, skipped = q.claim(
+                self.engine,
+                self.mailing.id,
+                self.owner,
+                limit,
+                self.settings.delivery.lease_seconds,
+                due_by=due_by,
+            )
+        for _ in range(skipped):
+            tally.add("skipped")
+        return rows, skipped
+
+    def release(self) -> None:
+        q.release(self.engine, self.owner)
+
+    def message(self, row: q.Claimed) -> tuple[bytes, str | None]:
+        message = self.context.message(row)
+        return message, message_id_of(message)
+
+    def wait_for_due(self, deadline: float) -> bool:
+        """Sleep until the next deferred recipient is due, if that is before the deadline."""
+        jobs_left = deadline - time.monotonic()
+        if jobs_left <= 0:
+            return False
+        with reading(self.engine) as conn:
+            due = q.next_due(conn, self.mailing.id)
+        if due is None:
+            return False
+        delay = max(0.01, (due - now()).total_seconds())
+        if delay > jobs_left:
+            return False
+        self.stop.wait(min(delay, 0.5))
+        return True
+
+    def fail(self, exc: Exception, recipient: str | None) -> None:
+        """Stop the pass on an error, keeping the worker alive to drain its queue.
+
+        A worker that died here would leave the feeding thread blocked on a
+        full queue for ever; an unexpected exception (a bug) is wrapped so the
+        caller still gets one NewsletterError with context, never a hang.
+        """
+        if not isinstance(exc, NewsletterError):
+            wrapped = DeliveryError(
+                f"internal error while sending: {type(exc).__name__}: {exc}", recipient=recipient
+            )
+            wrapped.__cause__ = exc
+            exc = wrapped
+        self.fatal = self.fatal or exc
+        self.abort.set()
+
+    # ------------------------------------------------------------------ one message
+
+    def settle(self, row: q.Claimed, result: SendResult, mid: str | None, tally: Tally) -> Pending:
+        """Hand the outcome to the recorder, count it, mark a bounce."""
+        outcome = self._outcome(row, result, mid)
+        pending = self.recorder.submit(row.id, outcome)
+        if result.bounced:
+            self._bounce(row, result)
+        error = None if result.ok else f"{row.email}: {describe_result(result)}"
+        tally.add(outcome.status, error)
+        return pending
+
+    def send(
+        self,
+        transport: Transport,
+        row: q.Claimed,
+        message: bytes,
+        ready: Callable[[], None],
+        *,
+        tries: int = THROTTLE_RETRIES,
+    ) -> SendResult | None:
+        result: SendResult | None = None
+        early = not getattr(transport, "accepts_ready", False)
+        for _ in range(tries):
+            self.throttle.wait()
+            if self.stop.is_set():
+                return None
+            self.bucket.acquire()
+            try:
+                if early:
+                    ready()
+                    result = transport.send(self.sender, row.email, message)
+                else:
+                    result = transport.send(  # type: ignore[call-arg]
+                        self.sender, row.email, message, ready=ready
+                    )
+            except ConnectError as exc:
+                return SendResult(row.email, False, exc.code, exc.message, stage="connect")
+            if not result.throttled:
+                self.throttle.ok()
+                return result
+            log.info("throttled by the server (%s %s); slowing down", result.code, result.text)
+            self.throttle.hit()
+        return result
+
+    def _outcome(self, row: q.Claimed, result: SendResult, mid: str | None) -> q.Outcome:
+        d = self.settings.delivery
+        if result.ok:
+            return q.Outcome("sent", row.attempts + 1, result.code, result.text, mid)
+        if result.throttled:
+            # Still throttled after retries: defer without spending an attempt.
+            at = now() + timedelta(seconds=self.throttle.hit())
+            return q.Outcome("deferred", row.attempts, result.code, result.text, mid, at)
+        attempts = row.attempts + 1
+        if result.permanent or attempts >= d.max_attempts:
+            return q.Outcome("failed", attempts, result.code, describe_result(result), mid)
+        at = next_attempt(now(), attempts, d.backoff_base, d.backoff_cap)
+        return q.Outcome("deferred", attempts, result.code, describe_result(result), mid, at)
+
+    def _bounce(self, row: q.Claimed, result: SendResult) -> None:
+        from newsletter.audience import members as subs
+
+        with self.write_lock:
+            subs.mark_bounced(self.engine, row.subscriber_id, reason=describe_result(result))
+
+    # ------------------------------------------------------------------ caps
+
+    def _allowance(self) -> int | None:
+        """Messages still allowed by max_per_hour / max_per_day (None: no cap)."""
+        d = self.settings.delivery
+        left: int | None = None
+        for cap, window in ((d.max_per_hour, 3600), (d.max_per_day, 86400)):
+            if cap is None:
+                continue
+            with reading(self.engine) as conn:
+                sent, _ = q.sent_since(conn, now() - timedelta(seconds=window))
+            room = max(0, cap - sent)
+            left = room if left is None else min(left, room)
+        return left
+
+    def _resume_at(self) -> datetime:
+        d = self.settings.delivery
+        at = now()
+        resume = at
+        for cap, window in ((d.max_per_hour, 3600), (d.max_per_day, 86400)):
+            if cap is None:
+                continue
+            with reading(self.engine) as conn:
+                sent, oldest = q.sent_since(conn, at - timedelta(seconds=window))
+            if sent >= cap and oldest is not None:
+                resume = max(resume, oldest + timedelta(seconds=window))
+        return resume
+
+    def _pause(self) -> DeliveryReport:
+        until = self._resume_at()
+        q.set_state(self.engine, self.mailing.id, "paused", paused_until=until)
+        log.info("mailing %s paused until %s (sending cap reached)", self.mailing.id, until)
+        return DeliveryReport(paused=True)
+
+    def _finish(self, tally: Tally, paused: bool) -> DeliveryReport:
+        with reading(self.engine) as conn:
+            still_open = q.has_open(conn, self.mailing.id)
+        paused = paused and still_open
+        state = "paused" if paused else ("sending" if still_open else "done")
+        until = self._resume_at() if paused else None
+        q.set_state(
+            self.engine, self.mailing.id, state, paused_until=until, last_error=tally.last_error
+        )
+        s = tally.by_status
+        return DeliveryReport(
+            s["sent"], s["deferred"], s["failed"], s["skipped"], paused, tuple(tally.errors)
+        )

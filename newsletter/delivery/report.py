@@ -1,0 +1,65 @@
+"""What delivery reports back: a pass's counts, a mailing's summary, the envelope sender.
+
+Plain data shared by the pass, the test sends and the public API, so that none
+of them has to import another to name its results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from email.utils import parseaddr
+
+from newsletter.config import Settings
+
+__all__ = ["DeliveryReport", "MailingSummary", "Progress", "envelope_sender"]
+
+
+@dataclass(frozen=True)
+class DeliveryReport:
+    """What one delivery pass did, per status."""
+
+    sent: int = 0
+    deferred: int = 0
+    failed: int = 0
+    skipped: int = 0
+    paused: bool = False  # an hourly/daily cap stopped the pass
+    errors: tuple[str, ...] = ()  # one line per failed recipient
+
+    def __add__(self, other: DeliveryReport) -> DeliveryReport:
+        return DeliveryReport(
+            self.sent + other.sent,
+            self.deferred + other.deferred,
+            self.failed + other.failed,
+            self.skipped + other.skipped,
+            self.paused or other.paused,
+            self.errors + other.errors,
+        )
+
+
+@dataclass(frozen=True)
+class MailingSummary:
+    mailing_id: int
+    post_id: str
+    list_name: str
+    kind: str  # post | digest | resend
+    state: str  # planned | sending | paused | done
+    counts: Mapping[str, int] = field(default_factory=dict)  # by delivery status
+    last_error: str | None = None
+    created_at: datetime | None = None
+    finished_at: datetime | None = None
+    paused_until: datetime | None = None
+    subject: str = ""
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+Progress = Callable[[int, int], None]  # (done, total)
+
+
+def envelope_sender(settings: Settings) -> str:
+    """The bare address of `[email] from`, used as the SMTP envelope sender."""
+    return parseaddr(settings.email.from_)[1] or settings.email.from_

@@ -1,0 +1,108 @@
+"""The seam between a mailing pass and the way it drives connections.
+
+`MailingPass` (mailing_pass.py) owns the claim/record loop's shared parts:
+leases, the ledger, rate limits, outcomes, caps.  A `Strategy` decides how
+claimed rows reach SMTP connections: lockstep rounds on one thread when the
+server offers PIPELINING (rounds.py), or a thread per connection
+(threaded.py).  Both see the pass only through `PassCore`, so neither
+imports the other or the pass.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import datetime
+from typing import Protocol
+
+from newsletter.config import Settings
+from newsletter.delivery.ratelimit import Throttle, TokenBucket
+from newsletter.delivery.recorder import Pending, Recorder
+from newsletter.delivery.report import Progress
+from newsletter.delivery.transports import SendResult, Transport
+from newsletter.errors import NewsletterError
+from newsletter.store import mailings as q
+
+__all__ = ["PassCore", "Strategy", "Tally"]
+
+
+class Tally:
+    """Thread-safe counters for one pass."""
+
+    def __init__(self, done: int, total: int, progress: Progress | None) -> None:
+        self.lock = threading.Lock()
+        self.by_status = {"sent": 0, "deferred": 0, "failed": 0, "skipped": 0}
+        self.errors: list[str] = []
+        self.last_error: str | None = None
+        self.done, self.total = done, total
+        self.progress = progress
+
+    def add(self, status: str, error: str | None = None) -> None:
+        with self.lock:
+            self.by_status[status] = self.by_status.get(status, 0) + 1
+            if error is not None:
+                self.last_error = error
+                if status == "failed" and len(self.errors) < 1000:
+                    self.errors.append(error)
+            self.done += 1
+            done = self.done
+        if self.progress is not None:
+            self.progress(done, self.total)
+
+
+class PassCore(Protocol):
+    """What a strategy may use of the pass that runs it."""
+
+    settings: Settings
+    workers: int
+    batch: int
+    chunk: int
+    shared: Transport | None
+    owns_shared: bool
+    owner: str
+    stop: threading.Event
+    abort: threading.Event
+    fatal: NewsletterError | None
+    recorder: Recorder
+    throttle: Throttle
+    bucket: TokenBucket
+    sender: str
+
+    def claim(
+        self, limit: int, tally: Tally, *, due_by: datetime | None = None
+    ) -> tuple[list[q.Claimed], int]:
+        """Claim up to `limit` rows under our lease; skipped rows are tallied here."""
+        ...
+
+    def release(self) -> None: ...
+
+    def message(self, row: q.Claimed) -> tuple[bytes, str | None]:
+        """The personalised (and signed) bytes for `row`, and their Message-ID."""
+        ...
+
+    def send(
+        self,
+        transport: Transport,
+        row: q.Claimed,
+        message: bytes,
+        ready: Callable[[], None],
+        *,
+        tries: int = ...,
+    ) -> SendResult | None: ...
+
+    def settle(
+        self, row: q.Claimed, result: SendResult, mid: str | None, tally: Tally
+    ) -> Pending: ...
+
+    def fail(self, exc: Exception, recipient: str | None) -> None: ...
+
+    def wait_for_due(self, deadline: float) -> bool: ...
+
+
+class Strategy(Protocol):
+    """Drive claimed rows through connections until nothing is due.
+
+    Returns True when an hourly/daily cap (the `allowance`) paused the mailing.
+    """
+
+    def run(self, tally: Tally, allowance: int | None, wait: float) -> bool: ...

@@ -1,0 +1,48 @@
+"""Email: a post becomes a message — rendered once per post × list, personalised per recipient.
+
+It may import `newsletter.posts`, `newsletter.config` and `newsletter.errors`.
+
+- `render`: Jinja2 templates + premailer → `RenderedEmail` (HTML and text parts)
+- `message`: the MIME bytes, serialised once (`MessageTemplate`), personalised per `Recipient`
+- `tokens`: signed unsubscribe tokens and their URLs
+- `dkim`: signing the exact bytes sent
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from newsletter.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from newsletter.email.dkim import Signer
+    from newsletter.email.message import MessageTemplate, Recipient
+    from newsletter.email.render import RenderedEmail, render_digest, render_email
+    from newsletter.email.tokens import load_secret, make_token, unsubscribe_url, verify_token
+
+_EXPORTS = {
+    "Signer": "dkim",
+    "MessageTemplate": "message",
+    "Recipient": "message",
+    "RenderedEmail": "render",
+    "render_digest": "render",
+    "render_email": "render",
+    "load_secret": "tokens",
+    "make_token": "tokens",
+    "unsubscribe_url": "tokens",
+    "verify_token": "tokens",
+}
+__all__ = [
+    "MessageTemplate",
+    "Recipient",
+    "RenderedEmail",
+    "Signer",
+    "load_secret",
+    "make_token",
+    "render_digest",
+    "render_email",
+    "unsubscribe_url",
+    "verify_token",
+]
+
+__getattr__ = lazy_exports(__name__, _EXPORTS)
