@@ -74,7 +74,7 @@ class DeliverySettings:
     max_per_day: int | None = None
     backoff_base: float = 60.0
     backoff_cap: float = 3600.0
-    lease_seconds: float = 300.0
+    lease_seconds: float = 60.0
 
 
 @dataclass(frozen=True)

@@ -45,15 +45,16 @@ def test_upgrade_steps_run_once_in_order(
 
         return run
 
-    monkeypatch.setattr(store, "SCHEMA_VERSION", 3)
-    monkeypatch.setattr(store, "UPGRADES", {2: step(2), 3: step(3)})
+    base = store.schema.SCHEMA_VERSION
+    monkeypatch.setattr(store, "SCHEMA_VERSION", base + 2)
+    monkeypatch.setattr(store, "UPGRADES", {base + 1: step(base + 1), base + 2: step(base + 2)})
     engine = open_url(url)
     open_url(url)  # a second open finds nothing to do
-    assert ran == [2, 3]
+    assert ran == [base + 1, base + 2]
     with engine.connect() as conn:
         versions = conn.execute(select(schema_version.c.version)).scalars().all()
-        assert sorted(versions) == [1, 2, 3]
-        assert conn.execute(text("SELECT count(*) FROM extra_3")).scalar() == 0
+        assert sorted(versions) == [base, base + 1, base + 2]
+        assert conn.execute(text(f"SELECT count(*) FROM extra_{base + 2}")).scalar() == 0
 
 
 def test_newer_database_is_refused(database_url: str) -> None:
@@ -121,3 +122,12 @@ def test_reading_connections_do_not_wait_for_a_writer(tmp_path: Path) -> None:
             blocked.connection.driver_connection.execute("PRAGMA busy_timeout=100")
             with pytest.raises(OperationalError, match="locked"):
                 blocked.execute(select(subscribers.c.email)).all()
+
+
+def test_a_database_password_never_appears_in_errors() -> None:
+    # Nothing listens on port 9 of 127.0.0.1: the connection is refused.
+    url = "postgresql+psycopg://news:s3cret-pass@127.0.0.1:9/news"
+    with pytest.raises(StoreError) as info:
+        open_url(url)
+    assert "s3cret-pass" not in str(info.value)
+    assert "postgresql+psycopg://news:***@127.0.0.1:9/news" in str(info.value)

@@ -197,7 +197,9 @@ def test_mailable_members_streams(engine: Engine) -> None:
         lid = conn.scalar(select(lists.c.id).where(lists.c.name == "news"))
         # Generated in the database (a recursive CTE both dialects know): 60k
         # rows through the driver would take ~14 s on PostgreSQL here.
-        numbers = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < :total) "
+        numbers = (
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < :total) "
+        )
         conn.execute(
             text(
                 numbers + "INSERT INTO subscribers (id, email, email_key, uid, name, attributes, "

@@ -45,6 +45,7 @@ from newsletter.daemon.passes import (
 from newsletter.delivery.transports import Transport
 from newsletter.errors import DeliveryError, NewsletterError, StoreError
 from newsletter.posts.collection import POST_SUFFIXES
+from newsletter.store import safe_url
 from newsletter.store.schema import state
 
 log = logging.getLogger("newsletter.daemon")
@@ -155,7 +156,7 @@ def run_once(
     progress: MailingProgress | None = None,
 ) -> PassReport:
     """`run --once`: take the lock, one full pass, release."""
-    lock = DaemonLock(engine, db=settings.database.url)
+    lock = DaemonLock(engine, db=safe_url(settings.database.url))
     lock.acquire()
     try:
         return run_pass(settings, engine, transport=transport, progress=progress)
@@ -190,7 +191,7 @@ class Daemon:
         self.punctual = punctual  # False: scan interval only (the latency baseline)
         self.clock = clock
         self.stop_event = threading.Event()
-        self.lock = DaemonLock(engine, clock=clock, db=settings.database.url)
+        self.lock = DaemonLock(engine, clock=clock, db=safe_url(settings.database.url))
         self.scheduler: Any = None
         self.passes = 0
         self.outage = OutageLog()

@@ -85,8 +85,11 @@ def plan_mailing(
                 subject=subject,
                 post_ids=post_ids,
             )
-            members = ((m.subscriber_id, m.email) for m in subs.mailable_members(conn, list_name))
-            q.snapshot(conn, mailing_id, members)
+            if mailing_id is None:  # another process planned it meanwhile: theirs stands
+                again = q.latest_mailing(conn, post_id, list_name)
+                assert again is not None
+                return again.id
+            q.snapshot(conn, mailing_id, lid)
             return mailing_id
     except SQLAlchemyError as exc:
         raise StoreError(f"cannot plan {post_id} for list {list_name}: {exc}") from exc

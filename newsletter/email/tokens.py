@@ -3,8 +3,9 @@
 A token is `<subscriber uid>\0<list name>\0<mac>` in URL-safe base64; the uid
 is the subscriber's random identifier (never the sequential row id), and the
 MAC is checked in constant time.  The secret comes from the environment variable `[unsubscribe]
-secret_env` names; when that is unset, one is generated once and kept in the
-state folder (with a warning), so links keep working across restarts.
+secret_env` names; when that is unset, one is generated once per deployment and
+kept in the database (with a warning), so links keep working across restarts
+and hosts.
 """
 
 from __future__ import annotations
@@ -16,13 +17,18 @@ import logging
 import os
 import secrets
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from newsletter.config import Settings
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 log = logging.getLogger(__name__)
 
 _MAC_BYTES = 16  # 128 bits: ample against forgery, keeps URLs short
 ALL_LISTS = "*"  # token scope meaning "every list"
+SECRET_KEY = "unsubscribe.secret"  # its row in the state table
 
 
 @dataclass(frozen=True)
@@ -31,24 +37,28 @@ class TokenClaim:
     list_name: str  # ALL_LISTS for a global unsubscribe
 
 
-def load_secret(settings: Settings) -> bytes:
-    """The HMAC key: from the environment, else a generated one in the state folder."""
+def load_secret(settings: Settings, engine: Engine | None = None) -> bytes:
+    """The HMAC key: from the environment, else one per deployment kept in the database.
+
+    Every host, `send` and `serve` sharing the database agree on it.  A secret
+    an older version generated into the state folder is moved into the
+    database the first time (so its links keep working).
+    """
     env_value = os.environ.get(settings.unsubscribe.secret_env)
     if env_value:
         return env_value.encode("utf-8")
+    from newsletter.store import open_store, shared_value
+
     path = settings.state_dir / "secret"
-    if path.exists():
-        return path.read_bytes().strip()
-    log.warning(
-        "%s is not set; generated an unsubscribe secret in %s (keep it, or links break)",
-        settings.unsubscribe.secret_env,
-        path,
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    value = secrets.token_urlsafe(32).encode("ascii")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(value)
+    existing = path.read_bytes().strip() if path.exists() else None
+    candidate = existing or secrets.token_urlsafe(32).encode("ascii")
+    bind = engine if engine is not None else open_store(settings)
+    value = shared_value(bind, SECRET_KEY, candidate.decode("ascii")).encode("ascii")
+    if existing is None and value == candidate:
+        log.warning(
+            "%s is not set; generated an unsubscribe secret in the database (keep it, or links break)",
+            settings.unsubscribe.secret_env,
+        )
     return value
 
 

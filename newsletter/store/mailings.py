@@ -8,7 +8,7 @@ messages may have been in flight.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -17,27 +17,31 @@ from sqlalchemy import (
     Connection,
     Engine,
     func,
+    literal,
     select,
     update,
 )
 
-from newsletter.store import now
+from newsletter.store import insert_or_ignore, now
 
 # Claiming and recording live in `store.leases`; re-exported for callers
 # that know them from here.
 from newsletter.store.leases import (
     CLAIMABLE,
     Claimed,
-    LedgerWriter,
-    Outcome,
+    OwnerLock,
+    active_senders,
     claim,
+    claimable_left,
     free_dead_leases,
     lease_owner,
-    record,
-    record_many,
+    owner_identity,
     release,
+    renew,
 )
+from newsletter.store.outcomes import LedgerWriter, Outcome, record, record_many
 from newsletter.store.schema import (
+    UtcDateTime,
     deliveries,
     lists,
     mailings,
@@ -47,7 +51,6 @@ from newsletter.store.schema import (
 
 OPEN_STATUSES = ("queued", "deferred", "sending")
 STATUSES = ("queued", "sending", "sent", "deferred", "failed", "skipped")
-INSERT_BATCH = 1000
 
 
 @dataclass(frozen=True)
@@ -144,48 +147,62 @@ def insert_mailing(
     generation: int,
     subject: str,
     post_ids: tuple[str, ...],
-) -> int:
-    result = conn.execute(
-        mailings.insert().values(
-            post_id=post_id,
-            list_id=list_id,
-            kind=kind,
-            generation=generation,
-            subject=subject,
-            state="planned",
-            post_ids=list(post_ids),
-            created_at=now(),
+) -> int | None:
+    """The new mailing's id; None when another process planned it first.
+
+    Idempotent on uq_mailing_post_list: two daemons planning the same post at
+    once get one mailing (the loser waits for the winner's commit, then finds
+    its row), never a unique violation.
+    """
+    values = {
+        "post_id": post_id,
+        "list_id": list_id,
+        "kind": kind,
+        "generation": generation,
+        "subject": subject,
+        "state": "planned",
+        "post_ids": list(post_ids),
+        "created_at": now(),
+    }
+    if not insert_or_ignore(conn, mailings, values, ("post_id", "list_id", "generation")):
+        return None
+    return conn.scalar(
+        select(mailings.c.id).where(
+            mailings.c.post_id == post_id,
+            mailings.c.list_id == list_id,
+            mailings.c.generation == generation,
         )
     )
-    key = result.inserted_primary_key
-    assert key is not None
-    return int(key[0])
 
 
-def snapshot(conn: Connection, mailing_id: int, members: Iterable[tuple[int, str]]) -> int:
-    """Insert one queued delivery per (subscriber_id, email), streamed in batches."""
+def snapshot(conn: Connection, mailing_id: int, list_id: int) -> int:
+    """One queued delivery per mailable member of the list, in the database.
+
+    INSERT … SELECT: a million recipients never pass through Python.  The
+    conditions are those of `audience.members.mailable_members` (active,
+    not unsubscribed from this list).
+    """
     stamp = now()
-    total = 0
-    batch: list[dict[str, Any]] = []
-    for subscriber_id, email in members:
-        batch.append(
-            {
-                "mailing_id": mailing_id,
-                "subscriber_id": subscriber_id,
-                "email": email,
-                "status": "queued",
-                "attempts": 0,
-                "updated_at": stamp,
-            }
+    members = (
+        select(
+            literal(mailing_id),
+            subscribers.c.id,
+            subscribers.c.email,
+            literal("queued"),
+            literal(0),
+            literal(stamp, UtcDateTime),
         )
-        if len(batch) >= INSERT_BATCH:
-            conn.execute(deliveries.insert(), batch)
-            total += len(batch)
-            batch = []
-    if batch:
-        conn.execute(deliveries.insert(), batch)
-        total += len(batch)
-    return total
+        .join(memberships, memberships.c.subscriber_id == subscribers.c.id)
+        .where(
+            memberships.c.list_id == list_id,
+            memberships.c.unsubscribed_at.is_(None),
+            subscribers.c.status == "active",
+        )
+        .order_by(subscribers.c.id)
+    )
+    columns = ["mailing_id", "subscriber_id", "email", "status", "attempts", "updated_at"]
+    result = conn.execute(deliveries.insert().from_select(columns, members))
+    return int(result.rowcount)
 
 
 def counts(conn: Connection, mailing_id: int | None = None) -> dict[int, dict[str, int]]:
@@ -298,8 +315,11 @@ __all__ = [
     "LedgerWriter",
     "MailingRow",
     "Outcome",
+    "OwnerLock",
+    "active_senders",
     "all_mailings",
     "claim",
+    "claimable_left",
     "counts",
     "free_dead_leases",
     "get_mailing",
@@ -313,9 +333,11 @@ __all__ = [
     "member_count",
     "next_due",
     "open_recipients",
+    "owner_identity",
     "record",
     "record_many",
     "release",
+    "renew",
     "sent_since",
     "set_state",
     "snapshot",
