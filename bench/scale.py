@@ -85,8 +85,8 @@ class Sink:
         counts: Counter[str] = Counter()
         with self.dump.open("rb") as fh:
             for line in fh:
-                if line.startswith(b"X-Rcpt-To: "):
-                    counts[line[11:].strip().decode()] += 1
+                if line.startswith(b"X-Rcpt-Args: <"):
+                    counts[line[14:].split(b">", 1)[0].decode()] += 1
         self.dump.unlink()
         return counts
 
