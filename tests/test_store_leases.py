@@ -178,3 +178,42 @@ def test_a_version_1_database_is_upgraded(database_url: str) -> None:
         assert conn.scalar(select(func.max(schema_version.c.version))) == 2
         names = {ix["name"] for ix in conn.dialect.get_indexes(conn, "deliveries")}
     assert {"ix_deliveries_queue", "ix_deliveries_lease", "ix_deliveries_sent_at"} <= names
+
+
+def test_caps_count_the_whole_deployment_sent_and_in_flight(database_url: str) -> None:
+    engine, mid = planned(database_url, 10)
+    hour = [(5, 3600.0)]
+    first, _ = q.claim(engine, mid, "host-a:1:x", 3, 60, caps=hour)
+    assert len(first) == 3
+    q.record_many(engine, [(r.id, q.Outcome("sent", 1)) for r in first[:2]], "host-a:1:x")
+    # Another host: 2 sent + 1 in flight leave room for 2 under a cap of 5.
+    second, _ = q.claim(engine, mid, "host-b:1:y", 4, 60, caps=hour)
+    assert len(second) == 2
+    assert q.claim(engine, mid, "host-c:1:z", 4, 60, caps=hour) == ([], 0)
+
+
+def test_active_senders_counts_owners_with_live_leases(database_url: str) -> None:
+    engine, mid = planned(database_url, 6)
+    assert q.active_senders(engine) == 0
+    q.claim(engine, mid, "host-a:1:x", 2, 60)
+    q.claim(engine, mid, "host-b:1:y", 2, 60)
+    q.claim(engine, mid, "host-c:1:z", 2, 0)  # already expired
+    assert q.active_senders(engine) == 2
+
+
+def test_planning_is_one_insert_select_of_the_mailable_members(database_url: str) -> None:
+    engine, _ = planned(database_url, 0)
+    with engine.begin() as conn:
+        for i in range(5):
+            subs.add_subscriber(conn, f"p{i}@example.org", "news")
+    gone = subs.get_by_email(engine, "p1@example.org")
+    assert gone is not None
+    subs.unsubscribe(engine, gone.id, "news", reason="test")
+    mid = plan_mailing(engine, SETTINGS, "another-post", "news")
+    with engine.connect() as conn:
+        emails = conn.execute(
+            select(deliveries.c.email, deliveries.c.status)
+            .where(deliveries.c.mailing_id == mid)
+            .order_by(deliveries.c.id)
+        ).all()
+    assert emails == [(f"p{i}@example.org", "queued") for i in (0, 2, 3, 4)]
