@@ -12,6 +12,8 @@ from pgcluster import PgCluster, find_bindir
 from smtpserver import SmtpTestServer
 from sqlalchemy import Engine
 
+from newsletter.delivery.transports.logins import LOGINS
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -116,3 +118,12 @@ def break_database(request: pytest.FixtureRequest) -> Callable[[Engine], None]:
         cluster.lock_out(str(engine.url.username))
 
     return breaker
+
+
+@pytest.fixture(autouse=True)
+def _fresh_smtp_logins() -> Iterator[None]:
+    """Each test starts with no remembered SMTP login (a port number, user and
+    password can come back in a later test against a new server)."""
+    LOGINS.forget()
+    yield
+    LOGINS.forget()

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from browser_support import CHROMIUM, require_browser
-from smtpserver import SmtpTestServer
+from smtpserver import SmtpTestServer, free_port
 from test_web_support import copy_site, make_store
 
 from newsletter.config import load_settings
@@ -90,8 +90,15 @@ def page(browser: Any) -> Iterator[Any]:
     _local_only(context)
     opened = context.new_page()
     opened.set_default_timeout(10_000)
+    # A script or handler our own CSP blocks is a broken page, not a detail.
+    blocked: list[str] = []
+    opened.on(
+        "console",
+        lambda m: blocked.append(m.text) if "Content Security Policy" in m.text else None,
+    )
     yield opened
     context.close()
+    assert blocked == []
 
 
 @pytest.fixture
@@ -202,10 +209,22 @@ def test_list_selector_switches_the_email(page: Any, preview: tuple[RunningServe
 def test_unsubscribe_confirm_and_undo_in_chromium(
     page: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store = make_store(copy_site(tmp_path, monkeypatch))
+    """The undo's Origin check passes for our own page in a real browser (with
+    `Referrer-Policy: no-referrer` Chromium would send `Origin: null`), and
+    refuses the same form submitted from another site."""
+    config = copy_site(tmp_path, monkeypatch)
+    store = make_store(config)
     row = store.add("vera@example.com")
-    app = create_public_app(store.settings, engine=store.engine, secret=store.secret)
-    with start_in_thread(app) as running:
+    port = free_port()
+    settings = load_settings(config, {"web.public_url": f"http://127.0.0.1:{port}"})
+    app = create_public_app(settings, engine=store.engine, secret=store.secret)
+    undo_url = f"http://127.0.0.1:{port}/unsubscribe/{store.token(row)}/undo"
+    hostile = f'<form method="post" action="{undo_url}"><button id="go">Win a prize</button></form>'
+    page.route(
+        "http://evil.example/**",
+        lambda route: route.fulfill(status=200, body=hostile, content_type="text/html"),
+    )
+    with start_in_thread(app, port=port) as running:
         page.set_viewport_size({"width": 375, "height": 700})
         page.goto(f"{running.url}/unsubscribe/{store.token(row)}")
         assert store.mailable(row)  # opening the page changed nothing
@@ -213,6 +232,12 @@ def test_unsubscribe_confirm_and_undo_in_chromium(
         page.click("#confirm")
         page.locator("#done").wait_for()
         assert not store.mailable(row)
+        page.goto("http://evil.example/")
+        page.click("#go")
+        page.wait_for_load_state("load")
+        assert "cross-origin request refused" in page.content()
+        assert not store.mailable(row)
+        page.goto(f"{running.url}/unsubscribe/{store.token(row)}")
         page.click("#undo")
         page.locator("#resubscribed").wait_for()
         assert store.mailable(row)

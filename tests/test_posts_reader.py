@@ -168,15 +168,18 @@ def test_status(by_id: dict[str, Post]) -> None:
     assert post_status(by_id["far-future"], later, since) == "due"
 
 
-def test_find_by_id_slug_name_and_path(collection: PostCollection, site: Path) -> None:
+def test_find_by_id_then_path(collection: PostCollection, site: Path) -> None:
     assert collection.find("fish-and-chips").slug == "html-title"
-    assert collection.find("html-title").post_id == "fish-and-chips"
     assert collection.find("2024-12-12-html-title.md").post_id == "fish-and-chips"
     assert collection.find("2024-12-12-html-title").post_id == "fish-and-chips"
+    assert collection.find("_posts/2024-12-12-html-title.md").post_id == "fish-and-chips"
     assert (
         collection.find(str(site / "_posts" / "2024-12-12-html-title.md")).post_id
         == "fish-and-chips"
     )
+    # A slug is neither an id nor a path: it could name several posts.
+    with pytest.raises(PostError, match="no post matches 'html-title'"):
+        collection.find("html-title")
     with pytest.raises(PostError, match="no post matches 'nope'"):
         collection.find("nope")
 

@@ -85,3 +85,48 @@ def test_unsubscribe_url_uses_public_url(tmp_path: Path) -> None:
     cfg.write_text('[web]\npublic_url = "https://news.example.com/"\n')
     url = unsubscribe_url(load_settings(cfg), "abc")
     assert url == "https://news.example.com/unsubscribe/abc"
+
+
+def _respell(token: str) -> dict[str, str]:
+    """Other spellings of the same bytes that a lenient base64 decoder accepts."""
+    middle = len(token) // 2
+    variants = {
+        "padding ==": token + "==",
+        "padding =": token + "=",
+        "padding =====": token + "=====",
+        "trailing !": token + "!",
+        "dot inside": token[:middle] + "." + token[middle:],
+        "space inside": token[:middle] + " " + token[middle:],
+        "newline at end": token + "\n",
+        "percent inside": token[:middle] + "%" + token[middle:],
+        "standard alphabet": token.replace("-", "+").replace("_", "/"),
+    }
+    if len(token) % 4:
+        # The last character of an unpadded token carries unused low bits:
+        # flipping one decodes to the same bytes.
+        alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+        low_bit = alphabet[alphabet.index(token[-1]) ^ 1]
+        variants["unused low bits"] = token[:-1] + low_bit
+    return variants
+
+
+# Three list names whose tokens end in each of base64's three lengths
+# (len % 4 == 3, 0, 2): a lenient decoder accepts different junk for each.
+@pytest.mark.parametrize("list_name", ["weekly", "weekly1", "weekly12"])
+def test_one_token_has_exactly_one_spelling(list_name: str) -> None:
+    # A uid whose token has '-' or '_', so the standard-alphabet variant differs.
+    token = next(
+        t
+        for t in (make_token(SECRET, f"{n:032x}", list_name) for n in range(500))
+        if "-" in t or "_" in t
+    )
+    assert verify_token(SECRET, token) is not None
+    for name, variant in _respell(token).items():
+        assert variant != token, name
+        assert verify_token(SECRET, variant) is None, name
+
+
+def test_non_ascii_and_huge_tokens_are_refused() -> None:
+    token = make_token(SECRET, UID, "weekly")
+    assert verify_token(SECRET, token[:5] + "é" + token[5:]) is None
+    assert verify_token(SECRET, token * 40) is None

@@ -8,6 +8,7 @@ It may import `newsletter.store`, `newsletter.email`, `newsletter.posts`,
 - `importer`: the bulk import into the store
 - `subscribers`: import, export and sync of whole files (the API the CLI uses)
 - `members`: one subscriber or list in the store (add, remove, unsubscribe, counts)
+- `unsubscribes`: a link's one-click unsubscribe, recorded, and its undo (15 minutes)
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from newsletter.delivery.mailings import (
     send_test,
 )
 from newsletter.posts.collection import Post, load_posts
+from newsletter.posts.lookup import require_published
 
 
 @click.command("send")
@@ -64,6 +65,8 @@ def send_cmd(
 
     Safe to interrupt or kill: running it again finishes the mailing without
     sending twice. Once a mailing is done, sending again needs --resend.
+    POST is a post id or a path; an unpublished post (a draft) goes only to
+    --test addresses.
     """
     settings = settings_of(ctx)
     settings.get_list(list_name)
@@ -71,7 +74,9 @@ def send_cmd(
     post = posts.find(post_ref)
     if tests:
         _send_tests(settings, post, list_name, tests, as_json)
-    elif dry_run:
+        return
+    require_published(post)  # a draft goes to --test addresses only, never to a list
+    if dry_run:
         _dry_run(settings, post, list_name, resend, verbose, as_json)
     else:
         _send(settings, post, posts, list_name, resend, wait, as_json)

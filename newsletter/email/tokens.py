@@ -11,10 +11,12 @@ and hosts.
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
 import logging
 import os
+import re
 import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -29,6 +31,9 @@ log = logging.getLogger(__name__)
 _MAC_BYTES = 16  # 128 bits: ample against forgery, keeps URLs short
 ALL_LISTS = "*"  # token scope meaning "every list"
 SECRET_KEY = "unsubscribe.secret"  # its row in the state table
+# What make_token writes: the URL-safe alphabet, no padding.  A token longer
+# than this is never ours (uid, a list name of 100 characters, MAC, encoded).
+_SPELLING = re.compile(r"[A-Za-z0-9_-]{1,1000}")
 
 
 @dataclass(frozen=True)
@@ -74,11 +79,8 @@ def make_token(secret: bytes, subscriber_uid: str, list_name: str) -> str:
 
 def verify_token(secret: bytes, token: str) -> TokenClaim | None:
     """The claim inside a genuine token; None for anything forged or damaged."""
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-    except (ValueError, TypeError):
-        return None
-    if len(raw) <= _MAC_BYTES + 1:
+    raw = _decode_strictly(token)
+    if raw is None or len(raw) <= _MAC_BYTES + 1:
         return None
     payload, sep, mac = (
         raw[: -_MAC_BYTES - 1],
@@ -92,6 +94,25 @@ def verify_token(secret: bytes, token: str) -> TokenClaim | None:
         return TokenClaim(uid, list_name)
     except (UnicodeDecodeError, ValueError):
         return None
+
+
+def _decode_strictly(token: str) -> bytes | None:
+    """The bytes of a token spelled exactly as `make_token` spells them.
+
+    `urlsafe_b64decode` skips characters outside the alphabet, accepts extra
+    padding, the standard alphabet's `+/` and unused low bits in the last
+    character, so many strings decode to one token.  One token, one spelling:
+    decode, encode again, and compare.
+    """
+    if not _SPELLING.fullmatch(token):
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    except (binascii.Error, ValueError):
+        return None
+    if base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") != token:
+        return None
+    return raw
 
 
 def unsubscribe_url(settings: Settings, token: str) -> str:

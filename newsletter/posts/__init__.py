@@ -4,6 +4,7 @@ The first stage of the pipeline.  It may import only `newsletter.config` and
 `newsletter.errors`.
 
 - `collection`: find post files, parse them, `Post`, `PostCollection`, `load_posts`
+- `lookup`: which post a reference (id, else path) names; drafts never mailed
 - `jekyll`: front matter and dates as Jekyll reads them
 - `text`: titles, bylines, excerpts
 - `liquid`: the Liquid subset Jekyll posts use

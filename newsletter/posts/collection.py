@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 from newsletter.config import Settings
 from newsletter.errors import NewsletterError, PostError, Problem
-from newsletter.posts import jekyll, markup, permalink
+from newsletter.posts import jekyll, lookup, markup, permalink
 from newsletter.posts import liquid as liquid_mod
 from newsletter.posts import text as posttext
 
@@ -82,17 +82,16 @@ class Post:
 class PostCollection:
     posts: tuple[Post, ...]
     problems: tuple[Problem, ...]
+    # Where a path reference may start: the posts folder, then the site.
+    roots: tuple[Path, ...] = ()
 
     def find(self, ref: str) -> Post:
-        """A post by id, slug, file name (with or without extension) or path."""
-        for post in self.posts:
-            if ref in (post.post_id, post.slug, post.path.name, post.path.stem, str(post.path)):
-                return post
-        target = Path(ref).expanduser().resolve()
-        for post in self.posts:
-            if post.path.resolve() == target:
-                return post
-        raise PostError(f"no post matches {ref!r} (try `newsletter posts` for the list)")
+        """The one post `ref` names: by id, else by path (see `lookup`)."""
+        return lookup.resolve(self.posts, ref, self.roots)
+
+    def with_id(self, post_id: str) -> Post | None:
+        """The post whose id is exactly `post_id` (None when none or several)."""
+        return lookup.with_id(self.posts, post_id)
 
     @property
     def errors(self) -> tuple[Problem, ...]:
@@ -174,7 +173,8 @@ def load_posts(
         if progress:
             progress()
     posts.sort(key=lambda p: (p.date, str(p.path)))
-    return PostCollection(tuple(posts), tuple(problems))
+    roots = (posts_dir, settings.site.source_dir or settings.base_dir)
+    return PostCollection(tuple(posts), tuple(problems), roots)
 
 
 def read_post(path: Path, settings: Settings) -> Post:

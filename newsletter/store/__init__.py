@@ -24,9 +24,18 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from newsletter.config import Settings
 from newsletter.errors import StoreError
+from newsletter.store.files import private_file
 from newsletter.store.schema import DELIVERY_INDEXES_V2, SCHEMA_VERSION, metadata, schema_version
 
-__all__ = ["now", "open_store", "open_url", "reading"]
+__all__ = [
+    "insert_or_ignore",
+    "now",
+    "open_store",
+    "open_url",
+    "reading",
+    "safe_url",
+    "shared_value",
+]
 
 
 def now() -> datetime:
@@ -56,7 +65,9 @@ def open_url(url: str) -> Engine:
     try:
         parsed = make_url(url)
         if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            # Made empty and 0600 before SQLite opens it (SQLite would use
+            # 0644 & ~umask); its -wal and -shm files copy the database's mode.
+            private_file(Path(parsed.database))
         engine = create_engine(url, future=True)
         if engine.dialect.name == "sqlite":
             event.listen(engine, "connect", _sqlite_pragmas)

@@ -111,6 +111,26 @@ memberships = Table(
     Index("ix_memberships_subscriber", "subscriber_id"),
 )
 
+# What one unsubscribe link's POST changed, so that its undo button reverses
+# exactly that and nothing else (issue 9).  list_id None: a global token.
+# change: status (the subscriber's status went previous_status → unsubscribed)
+# | membership (the membership got unsubscribed_at) | new_membership (an
+# unsubscribed membership was created for someone not on the list).  The
+# stamp it wrote is `changed_at`: if the row no longer carries it, something
+# else changed it since, and the undo leaves it alone.
+unsubscribe_events = Table(
+    "unsubscribe_events",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("subscriber_id", ForeignKey("subscribers.id", ondelete="CASCADE"), nullable=False),
+    Column("list_id", ForeignKey("lists.id", ondelete="CASCADE"), nullable=True),
+    Column("change", String(16), nullable=False),
+    Column("previous_status", String(16), nullable=True),
+    Column("changed_at", UtcDateTime, nullable=False),
+    Column("undone_at", UtcDateTime, nullable=True),
+    Index("ix_unsubscribe_events_subscriber", "subscriber_id"),
+)
+
 # A mailing is (post, list): planned once, automatically at most once (invariant 1).
 # kind: post | digest | resend.  state: planned | sending | paused | done.
 mailings = Table(

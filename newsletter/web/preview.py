@@ -39,7 +39,7 @@ from newsletter.posts.collection import Post
 from newsletter.web.emailview import EmailView
 from newsletter.web.hostcheck import LocalOnlyMiddleware
 from newsletter.web.outbox import list_outbox, read_outbox_message
-from newsletter.web.pages import page
+from newsletter.web.pages import NoSniffMiddleware, page
 from newsletter.web.reload import Broadcaster, watch
 from newsletter.web.site import Preview, Site, list_status, mailing_states, watched_dirs
 from newsletter.web.site import watched_files as config_files
@@ -341,6 +341,7 @@ def create_preview_app(load: Callable[[], Settings], *, live: bool = True) -> St
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.preview = state
     app.add_middleware(LocalOnlyMiddleware)
+    app.add_middleware(NoSniffMiddleware)  # outermost: the guard's refusals get it too
     return app
 
 

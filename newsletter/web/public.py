@@ -2,7 +2,7 @@
 
     POST /unsubscribe/<token>        RFC 8058 one-click (also the confirm button)
     GET  /unsubscribe/<token>        a confirm page; changes nothing
-    POST /unsubscribe/<token>/undo   resubscribe after a mistaken click
+    POST /unsubscribe/<token>/undo   reverse that token's own unsubscribe (15 minutes)
     GET  /unsubscribe/               where the archive's unsubscribe link goes
     GET  /archive/ , /archive/<post> every sent email as a web page
     GET  /healthz                    liveness and database check
@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
@@ -27,6 +28,8 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route
 
 from newsletter.audience import members as subs
+from newsletter.audience.unsubscribes import UNDO_WINDOW, undoable, unsubscribe_by_link
+from newsletter.audience.unsubscribes import undo as undo_unsubscribe
 from newsletter.config import Settings
 from newsletter.email.render import render_email
 from newsletter.email.tokens import ALL_LISTS, load_secret, verify_token
@@ -34,12 +37,15 @@ from newsletter.errors import NewsletterError, PostError, StoreError, Subscriber
 from newsletter.posts.collection import PostCollection
 from newsletter.store import open_store, reading
 from newsletter.web.archive import list_for, neutral_html, sent_posts
-from newsletter.web.pages import PRIVATE_HEADERS, page
+from newsletter.web.pages import PRIVATE_HEADERS, PUBLIC_CSP, NoSniffMiddleware, page
 from newsletter.web.site import Site
 
 ONE_CLICK = "One-Click"
 MAX_BODY = 64 * 1024  # a one-click body is 26 bytes; refuse anything silly
-ARCHIVE_CSP = "script-src 'none'; frame-ancestors 'none'; form-action 'none'"
+ARCHIVE_CSP = "script-src 'none'; frame-ancestors 'none'; form-action 'none'; base-uri 'none'"
+# Archive pages are public, but which issue someone reads is their business:
+# links out of an email (to the blog or elsewhere) carry no Referer.
+ARCHIVE_HEADERS = {"Referrer-Policy": "no-referrer"}
 
 
 @dataclass(frozen=True)
@@ -105,8 +111,12 @@ def is_subscribed(state: PublicState, target: Target) -> bool:
         return False
     if target.list_name is None:
         return True
-    at = subs.membership_lists(state.engine, row.id).get(target.list_name)
-    return at is None
+    member_of = subs.membership_lists(state.engine, row.id)
+    return target.list_name in member_of and member_of[target.list_name] is None
+
+
+def can_undo(state: PublicState, target: Target) -> bool:
+    return undoable(state.engine, target.subscriber.id, target.list_name)
 
 
 def masked(email: str) -> str:
@@ -115,14 +125,19 @@ def masked(email: str) -> str:
     return f"{local[:1]}•••@{domain}"
 
 
+def public_page(name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+    """A page of the public app: no script at all (PUBLIC_CSP)."""
+    return page(name, status_code, csp=PUBLIC_CSP, **context)
+
+
 def _invalid() -> HTMLResponse:
     # One answer for every bad token: no hint whether the address exists.
-    return page("public_invalid.html", 404, headers=PRIVATE_HEADERS)
+    return public_page("public_invalid.html", 404, headers=PRIVATE_HEADERS)
 
 
 def _target_page(request: Request, name: str, target: Target, **extra: Any) -> HTMLResponse:
     state = _state(request)
-    return page(
+    return public_page(
         name,
         headers=PRIVATE_HEADERS,
         site_title=state.settings.site.title,
@@ -130,6 +145,7 @@ def _target_page(request: Request, name: str, target: Target, **extra: Any) -> H
         address=masked(target.subscriber.email),
         list_title=target.list_title,
         action=request.url.path.removesuffix("/undo"),
+        undo_minutes=int(UNDO_WINDOW.total_seconds() // 60),
         **extra,
     )
 
@@ -154,11 +170,14 @@ def unsubscribe_form(request: Request) -> Response:
         if target is None:
             return _invalid()
         subscribed = is_subscribed(state, target)
+        undo_offered = not subscribed and can_undo(state, target)
     except StoreError:
         return _unavailable()
     if subscribed:
         return _target_page(request, "public_confirm.html", target)
-    return _target_page(request, "public_unsubscribed.html", target, changed=False)
+    return _target_page(
+        request, "public_unsubscribed.html", target, changed=False, can_undo=undo_offered
+    )
 
 
 async def one_click(request: Request) -> Response:
@@ -179,53 +198,67 @@ async def one_click(request: Request) -> Response:
             return PlainTextResponse(
                 "expected the form field List-Unsubscribe=One-Click (RFC 8058)\n", status_code=400
             )
-        changed = subs.unsubscribe(
+        changed = unsubscribe_by_link(
             state.engine, target.subscriber.id, target.list_name, reason="one-click (RFC 8058)"
         )
+        undo_offered = can_undo(state, target)
     except StoreError:
         return _unavailable()
-    return _target_page(request, "public_unsubscribed.html", target, changed=changed)
+    return _target_page(
+        request, "public_unsubscribed.html", target, changed=changed, can_undo=undo_offered
+    )
 
 
 async def undo(request: Request) -> Response:
-    """Resubscribe after an unsubscribe made by mistake (the page's undo button)."""
+    """Reverse what this token's own unsubscribe changed (the page's undo button).
+
+    Only from our own page (Origin), only within UNDO_WINDOW, and only that
+    change: a suppression made anywhere else is the owner's to lift.
+    """
     state = _state(request)
+    if not _from_public_origin(request, state.settings):
+        return PlainTextResponse("cross-origin request refused\n", status_code=403)
     try:
         target = resolve_token(state, request.path_params["token"])
         if target is None:
             return _invalid()
-        if target.subscriber.status not in (subs.ACTIVE, subs.UNSUBSCRIBED):
-            # A bounce or complaint is not ours to undo from a web page (invariant 3).
-            return _target_page(request, "public_cannot_undo.html", target)
-        _resubscribe(state.engine, target)
+        outcome = undo_unsubscribe(state.engine, target.subscriber.id, target.list_name)
+        subscribed = is_subscribed(state, target)
     except StoreError:
         return _unavailable()
-    return _target_page(request, "public_resubscribed.html", target)
+    if subscribed:
+        return _target_page(request, "public_resubscribed.html", target)
+    # Not subscribed now: too late, or stopped by something this link did not do.
+    return _target_page(request, "public_cannot_undo.html", target, expired=outcome == "expired")
 
 
-def _resubscribe(engine: Engine, target: Target) -> None:
-    """Undo exactly what this token's unsubscribe did, in one transaction.
+def _from_public_origin(request: Request, settings: Settings) -> bool:
+    """The POST comes from a page of `[web] public_url` (RFC 6454 Origin; Referer
+    when a browser sent no Origin).  Our pages use `Referrer-Policy: same-origin`,
+    with which browsers send the real Origin on a same-origin form POST."""
+    source = request.headers.get("origin") or request.headers.get("referer") or ""
+    expected = _origin(settings.web.public_url)
+    return expected is not None and _origin(source) == expected
 
-    `resubscribe(None)` also clears every per-list unsubscribe; lists left on
-    purpose before must stay left, so they are recorded again.
-    """
-    sid = target.subscriber.id
+
+def _origin(url: str) -> str | None:
+    """`scheme://host[:port]`, lower-cased, default port dropped; None if not a web URL."""
     try:
-        with engine.begin() as conn:
-            if target.list_name is not None:
-                subs.resubscribe(conn, sid, target.list_name)
-                return
-            left_before = [n for n, at in subs.membership_lists(conn, sid).items() if at]
-            subs.resubscribe(conn, sid, None)
-            for name in left_before:
-                subs.unsubscribe(conn, sid, name, reason="kept after undo")
-    except SQLAlchemyError as exc:
-        raise StoreError(f"database write failed: {exc}") from exc
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    default = {"http": 80, "https": 443}[parts.scheme]
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    suffix = f":{port}" if port is not None and port != default else ""
+    return f"{parts.scheme}://{host}{suffix}"
 
 
 def unsubscribe_help(request: Request) -> Response:
     state = _state(request)
-    return page(
+    return public_page(
         "public_help.html",
         site_title=state.settings.site.title,
         site_url=state.settings.site.url,
@@ -242,10 +275,11 @@ def archive_index(request: Request) -> Response:
         posts = state.posts()
     except NewsletterError:
         return PlainTextResponse("the archive is unavailable right now\n", status_code=503)
-    known = {p.post_id: p for p in posts.posts}
-    items = [(e, known[e.post_id]) for e in entries if e.post_id in known]
-    return page(
+    found = ((e, posts.with_id(e.post_id)) for e in entries)
+    items = [(e, post) for e, post in found if post is not None and post.published]
+    return public_page(
         "public_archive.html",
+        headers=ARCHIVE_HEADERS,
         site_title=state.settings.site.title,
         site_url=state.settings.site.url,
         items=items,
@@ -259,14 +293,18 @@ def archive_post(request: Request) -> Response:
         entry = next((e for e in sent_posts(state.engine) if e.post_id == post_id), None)
         if entry is None:
             return PlainTextResponse("no such email in the archive\n", status_code=404)
-        post = state.posts().find(post_id)
+        # The post the mailing sent, by its exact id: never a lookalike, never a draft.
+        post = state.posts().with_id(entry.post_id)
+        if post is None or not post.published:
+            return PlainTextResponse("no such email in the archive\n", status_code=404)
         rendered = render_email(post, state.settings, list_for(state.settings, entry.list_name))
     except PostError:
         return PlainTextResponse("no such email in the archive\n", status_code=404)
     except NewsletterError:
         return PlainTextResponse("the archive is unavailable right now\n", status_code=503)
     return HTMLResponse(
-        neutral_html(rendered, state.settings), headers={"Content-Security-Policy": ARCHIVE_CSP}
+        neutral_html(rendered, state.settings),
+        headers={"Content-Security-Policy": ARCHIVE_CSP, **ARCHIVE_HEADERS},
     )
 
 
@@ -303,5 +341,6 @@ def create_public_app(
         Route("/archive/{post_id:path}", archive_post),
     ]
     app = Starlette(routes=routes)
+    app.add_middleware(NoSniffMiddleware)
     app.state.public = state
     return app

@@ -6,6 +6,7 @@ recipient, `close`, and use as a context manager.  A refusal is data (a
 `TransportError` — `ConnectError` when it is worth retrying later (server down,
 connection refused), plain `TransportError` when the user must fix something
 (TLS refused, a self-signed certificate, bad login).
+`logins` keeps a refused SMTP password from being tried twice by one process.
 """
 
 from __future__ import annotations

@@ -10,10 +10,12 @@ break a DKIM signature).
 from __future__ import annotations
 
 import mailbox
+import os
 import threading
 from pathlib import Path
 
 from newsletter.delivery.transports.base import SendResult, TransportError
+from newsletter.store.files import PRIVATE_FILE, private_dirs
 
 
 class MaildirTransport:
@@ -32,7 +34,7 @@ class MaildirTransport:
             # Made here with exist_ok: Maildir(create=True) fails when another
             # process or thread creates the folder at the same moment.
             for sub in ("tmp", "new", "cur"):
-                (self.path / sub).mkdir(parents=True, exist_ok=True)
+                private_dirs(self.path / sub)  # 0700: messages carry live tokens
             self._box = mailbox.Maildir(self.path, create=False)
         except OSError as exc:
             raise TransportError(f"cannot open the outbox: {exc}", path=self.path) from exc
@@ -47,6 +49,9 @@ class MaildirTransport:
         try:
             with self._lock:
                 key = self._box.add(envelope + message)  # bytes: no parsing
+            # mailbox writes 0666 & ~umask; the folder is 0700 already, this
+            # keeps the file private if it is ever moved or the folder opened up.
+            os.chmod(self.path / "new" / key, PRIVATE_FILE)
         except OSError as exc:
             raise TransportError(f"cannot write to the outbox: {exc}", path=self.path) from exc
         return SendResult(recipient, True, 250, f"stored as {key}")

@@ -22,6 +22,7 @@ from typing import Any
 
 from newsletter.config import SmtpSettings
 from newsletter.delivery.transports.base import ConnectError, SendResult, TransportError
+from newsletter.delivery.transports.logins import LOGINS, Key, login_key
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +145,9 @@ class SmtpTransport:
         if self._conn is not None:
             return
         self._check_policy()
+        key = self._login_key()
+        if key is not None:
+            LOGINS.check(key)  # a password refused before is not tried again
         s = self.settings
         where = f"{s.host}:{s.effective_port}"
         try:
@@ -199,28 +203,41 @@ class SmtpTransport:
         conn.starttls(context=self._context())
         conn.ehlo()
 
-    def _login(self, conn: smtplib.SMTP) -> None:
+    def _login_key(self) -> Key | None:
         s = self.settings
         if not s.username:
+            return None
+        return login_key(s.host, s.effective_port, s.username, s.password() or "")
+
+    def _login(self, conn: smtplib.SMTP) -> None:
+        s = self.settings
+        username, key = s.username, self._login_key()
+        if key is None or not username:
             return
         password = s.password() or ""
-        try:
-            if "plain" in conn.esmtp_features.get("auth", "").lower().split():
-                # One mechanism, once: smtplib.login() would retry a refused
-                # password with every other mechanism the server offers.
-                conn.user, conn.password = s.username, password
-                conn.auth("PLAIN", conn.auth_plain)
-            else:
-                conn.login(s.username, password)
-        except smtplib.SMTPAuthenticationError as exc:
-            # The reply is the server's; the password never appears in it.
-            raise TransportError(
-                f"login as {s.username} refused: {exc.smtp_code} {_text(exc.smtp_error)}",
-                key="smtp.username",
-                code=exc.smtp_code,
-            ) from exc
-        except smtplib.SMTPNotSupportedError as exc:
-            raise TransportError(f"{s.host} does not offer AUTH", key="smtp.username") from exc
+        with LOGINS.attempt(key) as refuse:
+            try:
+                if "plain" in conn.esmtp_features.get("auth", "").lower().split():
+                    # One mechanism, once: smtplib.login() would retry a refused
+                    # password with every other mechanism the server offers.
+                    conn.user, conn.password = username, password
+                    conn.auth("PLAIN", conn.auth_plain)
+                else:
+                    conn.login(username, password)
+            except smtplib.SMTPAuthenticationError as exc:
+                # The reply is the server's; the password never appears in it.
+                error = TransportError(
+                    f"login as {username} refused: {exc.smtp_code} {_text(exc.smtp_error)} "
+                    "(not tried again with this password by this command)",
+                    key="smtp.username",
+                    code=exc.smtp_code,
+                )
+                if exc.smtp_code >= 500:  # permanent: never again with this password
+                    refuse(error)
+                conn.close()
+                raise error from exc
+            except smtplib.SMTPNotSupportedError as exc:
+                raise TransportError(f"{s.host} does not offer AUTH", key="smtp.username") from exc
 
     def close(self) -> None:
         conn, self._conn = self._conn, None

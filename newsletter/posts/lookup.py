@@ -1,0 +1,83 @@
+"""Which post a reference names: an id, else a path; never a guess.
+
+`newsletter send a-post` once mailed a draft because the lookup took the
+first post whose id, slug, file name or stem matched.  A reference now names
+a post exactly: its id first, then its path (relative to the posts folder or
+to the site, or absolute; with or without the extension).  A reference that
+names several posts is an error listing them, so the user picks one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from newsletter.errors import PostError
+
+if TYPE_CHECKING:
+    from newsletter.posts.collection import Post
+
+
+def resolve(posts: Sequence[Post], ref: str, roots: Sequence[Path]) -> Post:
+    """The one post `ref` names; PostError when it names none or several."""
+    by_id = [post for post in posts if post.post_id == ref]
+    if by_id:
+        return _only(ref, by_id, roots)
+    targets = _path_targets(ref, roots)
+    by_path = [post for post in posts if _is_target(post.path, targets)]
+    if by_path:
+        return _only(ref, by_path, roots)
+    raise PostError(
+        f"no post matches {ref!r}: give its id or its path (`newsletter posts` lists them)"
+    )
+
+
+def with_id(posts: Sequence[Post], post_id: str) -> Post | None:
+    """The post whose id is exactly `post_id`; None when none or several are."""
+    found = [post for post in posts if post.post_id == post_id]
+    return found[0] if len(found) == 1 else None
+
+
+def _path_targets(ref: str, roots: Sequence[Path]) -> set[Path]:
+    if not ref.strip():
+        return set()
+    given = Path(ref).expanduser()
+    if given.is_absolute():
+        return {given.resolve()}
+    return {(root / given).resolve() for root in roots}
+
+
+def _is_target(path: Path, targets: set[Path]) -> bool:
+    if not targets:
+        return False
+    full = path.resolve()
+    return full in targets or full.with_suffix("") in targets
+
+
+def _only(ref: str, found: list[Post], roots: Sequence[Path]) -> Post:
+    if len(found) == 1:
+        return found[0]
+    names = ", ".join(f"{_shown(post.path, roots)} (id {post.post_id})" for post in found)
+    raise PostError(f"{ref!r} names {len(found)} posts: {names}; give the path of one")
+
+
+def _shown(path: Path, roots: Sequence[Path]) -> str:
+    """The path as the user would type it: under the site folder when it is."""
+    for root in reversed(roots):  # the site folder last in `roots`: widest first
+        try:
+            return path.resolve().relative_to(root.resolve()).as_posix()
+        except ValueError:
+            continue
+    return str(path)
+
+
+def require_published(post: Post) -> Post:
+    """`post` itself, when it may be mailed to a list (invariant 4 for `send`)."""
+    if not post.published:
+        raise PostError(
+            f"{post.post_id!r} is not published (published: false, draft: true or a "
+            "_drafts folder): render, preview or send it with --test, but not to a list",
+            path=post.path,
+        )
+    return post

@@ -1,0 +1,45 @@
+"""Private files on disk: the state folder, the database, the outbox, the secret.
+
+They hold subscriber addresses and messages with live unsubscribe tokens, so
+whatever this process creates is 0700 (folders) or 0600 (files).  The mode
+given to mkdir/open is masked by the umask, so it is set again with chmod
+right after creation: the result does not depend on the umask.  Folders and
+files that already exist are the user's and are left as they are.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PRIVATE_DIR = 0o700
+PRIVATE_FILE = 0o600
+
+
+def private_dirs(path: Path) -> None:
+    """`mkdir -p path`, each folder it creates 0700."""
+    missing: list[Path] = []
+    folder = Path(path)
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    for made in reversed(missing):
+        try:
+            made.mkdir(mode=PRIVATE_DIR)
+        except FileExistsError:
+            continue  # another process made it at the same moment (and sets its mode)
+        os.chmod(made, PRIVATE_DIR)
+
+
+def private_file(path: Path) -> bool:
+    """Create an empty 0600 file (and its folders) unless it exists; True if made."""
+    private_dirs(Path(path).parent)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE)
+    except FileExistsError:
+        return False
+    try:
+        os.fchmod(fd, PRIVATE_FILE)
+    finally:
+        os.close(fd)
+    return True
