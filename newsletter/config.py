@@ -46,6 +46,9 @@ class SiteSettings:
     permalink: str = DEFAULT_PERMALINK
     excerpt_separator: str = "\n\n"
     author: str | None = None
+    # The language of the emails (<html lang>, and dir="rtl" for Arabic,
+    # Hebrew, Persian...): `lang` of _config.yml, else "en".
+    lang: str = "en"
     # Root of the Jekyll site (for _data/authors.yml); None outside Jekyll.
     source_dir: Path | None = None
 
@@ -61,6 +64,14 @@ class EmailSettings:
     subject: str = "{{ post.title }}"
     content: Literal["excerpt", "full"] = "excerpt"
     templates_dir: Path | None = None
+    # CAN-SPAM wants a valid physical postal address in every commercial email;
+    # printed in the footer of both parts.
+    postal_address: str | None = None
+    # The masthead logo: an absolute URL or a path on the site ("/images/logo.png").
+    logo: str | None = None
+    # A "Manage your subscription" link to <public_url>/preferences/<token>
+    # beside Unsubscribe; off until `serve` has that page.
+    preferences_link: bool = False
 
 
 @dataclass(frozen=True)
@@ -111,10 +122,45 @@ class DkimSettings:
     domain: str | None = None
     selector: str | None = None
     private_key_path: Path | None = None
+    # An optional second key (dual RSA + Ed25519 signing, RFC 8463).
+    second_selector: str | None = None
+    second_private_key_path: Path | None = None
 
     @property
     def enabled(self) -> bool:
         return bool(self.domain and self.selector and self.private_key_path)
+
+
+@dataclass(frozen=True)
+class BouncesSettings:
+    """Where bounces go (VERP) and the mailbox they are read back from."""
+
+    address: str | None = None  # e.g. bounces@example.com -> bounces+<token>@example.com
+    maildir: Path | None = None
+    imap_host: str | None = None
+    port: int = 993  # IMAP over TLS only
+    username: str | None = None
+    password_env: str | None = None
+    mailbox: str = "INBOX"
+    ca_file: Path | None = None  # a private CA for the IMAP server's certificate
+    processed_folder: str = "newsletter-processed"
+    unparsed_folder: str = "newsletter-unparsed"
+    # Soft bounces (4.x.x) suppress an address after this many within this many days.
+    soft_limit: int = 3
+    soft_days: int = 14
+
+    @property
+    def reads_mailbox(self) -> bool:
+        return self.maildir is not None or bool(self.imap_host)
+
+    def password(self) -> str:
+        value = os.environ.get(self.password_env or "")
+        if not self.password_env or value is None:
+            raise ConfigError(
+                f"environment variable {self.password_env or '(none named)'} is not set",
+                key="bounces.password_env",
+            )
+        return value
 
 
 @dataclass(frozen=True)
@@ -166,6 +212,7 @@ class Settings:
     smtp: SmtpSettings = field(default_factory=SmtpSettings)
     dkim: DkimSettings = field(default_factory=DkimSettings)
     unsubscribe: UnsubscribeSettings = field(default_factory=UnsubscribeSettings)
+    bounces: BouncesSettings = field(default_factory=BouncesSettings)
     web: WebSettings = field(default_factory=WebSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
@@ -247,6 +294,7 @@ _SECTIONS = {
     "smtp": SmtpSettings,
     "dkim": DkimSettings,
     "unsubscribe": UnsubscribeSettings,
+    "bounces": BouncesSettings,
     "web": WebSettings,
     "database": DatabaseSettings,
     "schedule": ScheduleSettings,
@@ -411,10 +459,33 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("must be at least 1", path=path, key="delivery.concurrency")
     if settings.delivery.max_attempts < 1:
         raise ConfigError("must be at least 1", path=path, key="delivery.max_attempts")
+    _validate_bounces(settings)
+    if not re.fullmatch(r"[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8})*", settings.site.lang):
+        raise ConfigError(
+            f"expected a language tag like en or pt-BR, got {settings.site.lang!r}",
+            path=path,
+            key="site.lang",
+        )
     since = settings.schedule.since
     if since is not None and since.tzinfo is None:
         anchored = since.replace(tzinfo=settings.site.tz)
         object.__setattr__(settings.schedule, "since", anchored)
+
+
+def _validate_bounces(settings: Settings) -> None:
+    b, path = settings.bounces, settings.config_path
+    if b.address is not None and not re.fullmatch(r"[^@\s+]+@[^@\s]+\.[^@\s]+", b.address):
+        raise ConfigError(
+            "expected an address like bounces@example.com (no '+': VERP adds one)",
+            path=path,
+            key="bounces.address",
+        )
+    if b.maildir is not None and b.imap_host:
+        raise ConfigError("give maildir or imap_host, not both", path=path, key="bounces.maildir")
+    if b.imap_host and not b.username:
+        raise ConfigError("IMAP needs a username", path=path, key="bounces.username")
+    if b.soft_limit < 1 or b.soft_days < 1:
+        raise ConfigError("must be at least 1", path=path, key="bounces.soft_limit")
 
 
 # --------------------------------------------------------------------------- Jekyll
@@ -432,7 +503,7 @@ def _jekyll_site(
     data = read_jekyll_config(path)
     source = path.parent / str(data.get("source", "."))
     found: dict[str, Any] = {"posts_dir": str(source / "_posts"), "source_dir": str(source)}
-    for key in ("url", "baseurl", "title", "timezone", "excerpt_separator"):
+    for key in ("url", "baseurl", "title", "timezone", "excerpt_separator", "lang"):
         if isinstance(data.get(key), str):
             found[key] = data[key]
     permalink = data.get("permalink")
@@ -443,6 +514,8 @@ def _jekyll_site(
         author = author.get("name")
     if isinstance(author, str):
         found["author"] = author
+    if "lang" not in found and isinstance(data.get("locale"), str):
+        found["lang"] = data["locale"].replace("_", "-")  # jekyll-seo-tag's en_US
     return found
 
 

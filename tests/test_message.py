@@ -69,7 +69,8 @@ def test_message_structure_and_headers() -> None:
     assert msg["Subject"] == "Counting Life in Tide Pools"
     assert msg["Date"] == "Sat, 08 Jun 2024 07:00:00 +0000"
     assert msg["Message-ID"] == message_id("m1", "alice@example.com", "tides.example.com")
-    assert msg["List-Id"] == "Tide Notes: every post <everything.tides.example.com>"
+    # A phrase with ":" is quoted (RFC 5322 §3.2.5), so it is not read as a group.
+    assert msg["List-Id"] == '"Tide Notes: every post" <everything.tides.example.com>'
     assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     assert msg["MIME-Version"] == "1.0"
     assert not msg.defects and not any(p.defects for p in parts)

@@ -162,7 +162,7 @@ def test_broken_configuration_shows_the_error_then_recovers(
 
 
 def _without_date(raw: bytes) -> bytes:
-    return re.sub(rb"\r\nDate: [^\r]*", b"", raw)
+    return re.sub(rb"(?m)^Date: [^\r]*\r\n", b"", raw)
 
 
 def test_eml_is_exactly_what_send_builds(client: TestClient, config: Path) -> None:

@@ -36,9 +36,9 @@ def main(ctx: click.Context, config: Path | None) -> None:
 
 def _register() -> None:
     # Each command module adds its commands to the group.
-    from newsletter.cli import daemon, delivery, posts, render, subscribers, web
+    from newsletter.cli import bounces, daemon, delivery, posts, render, subscribers, web
 
-    for module in (posts, render, subscribers, delivery, daemon, web):
+    for module in (posts, render, subscribers, delivery, bounces, daemon, web):
         module.register(main)
 
 

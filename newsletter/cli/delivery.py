@@ -254,18 +254,23 @@ def status_cmd(ctx: click.Context, as_json: bool) -> None:
     from newsletter.cli.daemon import upcoming_json, upcoming_line
     from newsletter.config import utcnow
     from newsletter.daemon.planning import upcoming_sends
+    from newsletter.delivery.bouncebox import bounce_counts_by_mailing
     from newsletter.posts.collection import load_posts
     from newsletter.store import open_store
 
     settings = settings_of(ctx)
     engine = open_store(settings)
     summaries = mailing_summaries(engine)
+    reports = bounce_counts_by_mailing(engine)
     posts = load_posts(settings, bodies=False)
     upcoming = upcoming_sends(settings, posts, engine, utcnow())
     if as_json:
         emit_json(
             {
-                "mailings": [_summary_dict(s) for s in summaries],
+                "mailings": [
+                    {**_summary_dict(s), "reports": _reports(reports.get(s.mailing_id, {}))}
+                    for s in summaries
+                ],
                 "upcoming": [upcoming_json(u) for u in upcoming],
             }
         )
@@ -273,7 +278,7 @@ def status_cmd(ctx: click.Context, as_json: bool) -> None:
     if not summaries:
         click.echo("no mailings yet")
     for s in summaries:
-        click.echo(_status_line(s))
+        click.echo(_status_line(s) + _reports_text(reports.get(s.mailing_id, {})))
         if s.last_error:
             click.echo(f"    last error: {s.last_error}")
     if upcoming:
@@ -296,6 +301,18 @@ def _status_line(s: MailingSummary) -> str:
         f"#{s.mailing_id} {s.post_id} → {s.list_name}{kind}: {_state_text(s)}; "
         f"{s.total} recipient(s){': ' + counts if counts else ''}"
     )
+
+
+def _reports(counts: dict[str, int]) -> dict[str, int]:
+    """Bounce and complaint reports read back for a mailing (newsletter bounces)."""
+    return {k: counts.get(k, 0) for k in ("hard", "soft", "complaint")}
+
+
+def _reports_text(counts: dict[str, int]) -> str:
+    if not counts:
+        return ""
+    c = _reports(counts)
+    return f"; bounces: {c['hard']} hard, {c['soft']} soft; complaints: {c['complaint']}"
 
 
 def _summary_dict(s: MailingSummary) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from newsletter.cli.common import emit_json, handle_errors, json_option, setting
 from newsletter.config import DEFAULT_CONFIG, ListSettings, Settings, utcnow
 from newsletter.daemon.planning import cron_trigger, effective_since
 from newsletter.delivery.mailings import mailed_pairs
-from newsletter.email import render
+from newsletter.email import dkim, render
 from newsletter.errors import NewsletterError, Problem
 from newsletter.posts.collection import PostCollection, load_posts, post_files, post_status
 from newsletter.store import open_store
@@ -109,6 +109,8 @@ def check_cmd(ctx: click.Context, as_json: bool) -> None:
     """
     settings = settings_of(ctx)  # a broken configuration stops here, exit 1
     problems = list(check_settings(settings))
+    records, dkim_problems = dkim.check(settings.dkim)  # loads and test-signs every key
+    problems.extend(dkim_problems)
     collection = _load(settings, "Checking posts")
     problems.extend(collection.problems)
     with progress_bar(len(collection.posts), "Rendering") as advance:
@@ -119,6 +121,8 @@ def check_cmd(ctx: click.Context, as_json: bool) -> None:
     else:
         for problem in problems:
             click.echo(str(problem))
+        for name, value in records:
+            click.echo(f'DKIM: publish TXT at {name}: "{value}"')
         click.echo(_summary(len(collection.posts), tuple(problems), " checked"))
     if errors:
         sys.exit(1)
@@ -166,6 +170,27 @@ def check_settings(settings: Settings) -> Iterator[Problem]:
             settings.smtp.password()
         except NewsletterError as exc:
             yield Problem(exc.message, cfg, None, "error", exc.key)
+    bounces = settings.bounces
+    if bounces.address and not bounces.reads_mailbox:
+        yield Problem(
+            "bounces go to [bounces] address but nothing reads them: "
+            "set [bounces] maildir or imap_host",
+            cfg, None, "warning", "bounces.address",
+        )  # fmt: skip
+    if bounces.imap_host:
+        try:
+            bounces.password()
+        except NewsletterError as exc:
+            yield Problem(exc.message, cfg, None, "error", exc.key)
+    if settings.delivery.transport == "smtp" and not settings.email.postal_address:
+        yield Problem(
+            "no postal address: CAN-SPAM requires one in every commercial email; "
+            "set [email] postal_address (it is printed in the footer)",
+            cfg,
+            None,
+            "warning",
+            "email.postal_address",
+        )
 
 
 def _is_local_url(url: str) -> bool:

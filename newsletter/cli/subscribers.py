@@ -356,11 +356,17 @@ def sync_command(ctx: click.Context, directory: Path | None, dry_run: bool, as_j
 @click.pass_context
 @handle_errors
 def lists_command(ctx: click.Context, as_json: bool) -> None:
-    """Show each list with its title and members counted by status."""
+    """Show each list with its title, members counted by status, and the
+    bounce and complaint reports read back for its mailings."""
+    from newsletter.delivery.bouncebox import bounce_counts_by_list
+
     settings = settings_of(ctx)
     engine = open_store(settings)
     ensure_lists(engine, settings)
     found = [c for c in list_counts(engine) if c.name in settings.lists]
+    # Reports read back by `newsletter bounces`, over the list's mailings.
+    reports = bounce_counts_by_list(engine)
+    kinds = {"hard": "hard bounces", "soft": "soft bounces", "complaint": "complaints"}
     if as_json:
         emit_json(
             [
@@ -368,6 +374,7 @@ def lists_command(ctx: click.Context, as_json: bool) -> None:
                     "name": c.name,
                     "title": c.title,
                     "counts": {s: c.counts.get(s, 0) for s in STATUSES},
+                    "reports": {k: reports.get(c.name, {}).get(k, 0) for k in kinds},
                 }
                 for c in found
             ]
@@ -379,6 +386,11 @@ def lists_command(ctx: click.Context, as_json: bool) -> None:
     for c in found:
         table.add_row(c.name, c.title, *(str(c.counts.get(s, 0)) for s in STATUSES))
     Console(soft_wrap=True).print(table)
+    for c in found:
+        got = reports.get(c.name)
+        if got:
+            counts = ", ".join(f"{got.get(k, 0)} {label}" for k, label in kinds.items())
+            click.echo(f"{c.name}: reports read back: {counts}")
 
 
 def register(group: click.Group) -> None:

@@ -102,6 +102,7 @@ def run_pass(
         collection = PostCollection((), ())
     problems.extend(str(p) for p in collection.problems)
     ensure_lists(engine, settings)
+    _read_bounces(engine, settings, problems)  # before delivering: bounced addresses skip
     since = planning.effective_since(engine, settings, at)
     mailed = mailed_pairs(engine)
     plan = planning.plan_due(collection.posts, settings.lists, since, at, mailed)
@@ -122,6 +123,27 @@ def run_pass(
         delivery=report,
         transport_error=transport_error,
     )
+
+
+def _read_bounces(engine: Engine, settings: Settings, problems: list[str]) -> None:
+    """Each pass reads the bounce mailbox when one is configured; trouble
+    reaching it is a problem of this pass, never the end of the daemon."""
+    if not settings.bounces.reads_mailbox:
+        return
+    from newsletter.delivery.bouncebox import process_bounces
+
+    try:
+        run = process_bounces(engine, settings)
+    except NewsletterError as exc:
+        problems.append(f"error: bounces: {exc}")
+        return
+    problems.extend(f"warning: bounces: {p.key}: {p.message}" for p in run.unparsed)
+    if run.read:
+        log.info(
+            "bounces: %d read, %d hard, %d soft, %d complaint(s), %d suppressed",
+            run.read, run.hard, run.soft, run.complaints, len(run.suppressed),
+            extra={"event": "bounces"},
+        )  # fmt: skip
 
 
 def _plan_posts(

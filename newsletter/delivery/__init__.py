@@ -12,6 +12,8 @@ It may import `newsletter.audience`, `newsletter.email`, `newsletter.posts`,
 - `outgoing`: the bytes per recipient, and test sends
 - `recorder`: group commit of outcomes; `ratelimit`: token bucket, throttle, backoff
 - `transports`: smtp, maildir outbox, memory — one contract
+- `bounces`: VERP envelope senders out; DSN (RFC 3464) and ARF (RFC 5965) reports parsed
+- `bouncebox`: the bounce mailbox (Maildir or IMAP) read once, reports recorded and acted on
 """
 
 from __future__ import annotations

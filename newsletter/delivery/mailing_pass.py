@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Engine
 
 from newsletter.config import Settings
+from newsletter.delivery.bounces import sender_for
 from newsletter.delivery.outgoing import (
     MessageContext,
     build_template,
@@ -30,7 +31,7 @@ from newsletter.delivery.outgoing import (
 )
 from newsletter.delivery.ratelimit import Throttle, TokenBucket, next_attempt
 from newsletter.delivery.recorder import Pending, Recorder
-from newsletter.delivery.report import DeliveryReport, Progress, envelope_sender
+from newsletter.delivery.report import DeliveryReport, Progress
 from newsletter.delivery.rounds import THROTTLE_RETRIES, RoundsStrategy
 from newsletter.delivery.strategy import Strategy, Tally
 from newsletter.delivery.threaded import ThreadedStrategy
@@ -131,7 +132,7 @@ class MailingPass:
         # queue.Queue costs a Python-level Condition round (and a thread wake-up)
         # per put and per get, so rows travel to the workers in small chunks.
         self.chunk = max(1, min(16, self.batch // (self.workers * 4)))
-        self.sender = envelope_sender(settings)
+        self.sender = sender_for(settings)  # VERP: one envelope sender per delivery
         self.write_lock = threading.Lock()
 
     def _batch_size(self) -> int:
@@ -308,10 +309,10 @@ class MailingPass:
             try:
                 if early:
                     ready()
-                    result = transport.send(self.sender, row.email, message)
+                    result = transport.send(self.sender(row.id), row.email, message)
                 else:
                     result = transport.send(  # type: ignore[call-arg]
-                        self.sender, row.email, message, ready=ready
+                        self.sender(row.id), row.email, message, ready=ready
                     )
             except ConnectError as exc:
                 return SendResult(row.email, False, exc.code, exc.message, stage="connect")

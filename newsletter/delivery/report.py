@@ -61,5 +61,6 @@ Progress = Callable[[int, int], None]  # (done, total)
 
 
 def envelope_sender(settings: Settings) -> str:
-    """The bare address of `[email] from`, used as the SMTP envelope sender."""
-    return parseaddr(settings.email.from_)[1] or settings.email.from_
+    """The envelope sender with no delivery to name (test sends): `[bounces]
+    address`, else the bare address of `[email] from`."""
+    return settings.bounces.address or parseaddr(settings.email.from_)[1] or settings.email.from_

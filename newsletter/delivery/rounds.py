@@ -111,7 +111,7 @@ class RoundsStrategy:
                 continue
             core.bucket.acquire()
             reused = transport.connects == connects
-            flight = transport.begin(core.sender, row.email, message, reused=reused)
+            flight = transport.begin(core.sender(row.id), row.email, message, reused=reused)
             flights.append((transport, row, message, mid, flight))
         for transport, _, _, _, flight in flights:
             transport.body(flight)

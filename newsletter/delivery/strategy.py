@@ -66,7 +66,7 @@ class PassCore(Protocol):
     recorder: Recorder
     throttle: Throttle
     bucket: TokenBucket
-    sender: str
+    sender: Callable[[int], str]  # the envelope sender of a delivery (VERP)
 
     def claim(
         self, limit: int, tally: Tally, *, due_by: datetime | None = None

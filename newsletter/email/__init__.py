@@ -5,7 +5,8 @@ It may import `newsletter.posts`, `newsletter.config` and `newsletter.errors`.
 - `render`: Jinja2 templates + premailer → `RenderedEmail` (HTML and text parts)
 - `message`: the MIME bytes, serialised once (`MessageTemplate`), personalised per `Recipient`
 - `tokens`: signed unsubscribe tokens and their URLs
-- `dkim`: signing the exact bytes sent
+- `dkim`: signing the exact bytes sent (RSA and Ed25519, dual signing), DNS records
+- `images`: image sizes from the site's files (Pillow) and captions
 """
 
 from __future__ import annotations

@@ -51,16 +51,19 @@ _SOFT_BREAK = b"=" + CRLF  # quoted-printable soft line break
 TO, MESSAGE_ID, LIST_UNSUBSCRIBE, SUBJECT = 0, 1, 2, 3
 EMAIL_TEXT, NAME_TEXT, UNSUB_TEXT = 4, 5, 6
 EMAIL_HTML, NAME_HTML, UNSUB_HTML = 7, 8, 9
+PREFS_TEXT, PREFS_HTML = 10, 11
 _BODY_SLOTS = {
     "text": {
         PLACEHOLDERS["email"]: EMAIL_TEXT,
         PLACEHOLDERS["name"]: NAME_TEXT,
         PLACEHOLDERS["unsubscribe_url"]: UNSUB_TEXT,
+        PLACEHOLDERS["preferences_url"]: PREFS_TEXT,
     },
     "html": {
         PLACEHOLDERS["email"]: EMAIL_HTML,
         PLACEHOLDERS["name"]: NAME_HTML,
         PLACEHOLDERS["unsubscribe_url"]: UNSUB_HTML,
+        PLACEHOLDERS["preferences_url"]: PREFS_HTML,
     },
 }
 _PLACEHOLDER_RE = re.compile("|".join(re.escape(p) for p in PLACEHOLDERS.values()))
@@ -164,6 +167,7 @@ class MessageTemplate:
         esc_name = html.escape(name).encode()
         esc_url = html.escape(url).encode()
         esc_email = html.escape(address).encode()
+        prefs = preferences_url(url).encode()
         qp = _qp_value
         return [
             b"To: " + format_address(name, address).encode() + CRLF,
@@ -176,6 +180,8 @@ class MessageTemplate:
             qp(esc_email),
             qp(esc_name),
             qp(esc_url),
+            qp(prefs),
+            qp(html.escape(prefs.decode()).encode()),
         ]
 
     def _subject_header(self, recipient: Recipient) -> bytes:
@@ -184,6 +190,7 @@ class MessageTemplate:
         subject = subject.replace(PLACEHOLDERS["name"], one_line(recipient.name))
         subject = subject.replace(PLACEHOLDERS["email"], _clean_address(recipient.email))
         subject = subject.replace(PLACEHOLDERS["unsubscribe_url"], "")
+        subject = subject.replace(PLACEHOLDERS["preferences_url"], "")
         return fold_header("Subject", one_line(subject))
 
 
@@ -247,12 +254,23 @@ def _parse_from(value: str) -> Address:
 
 
 def list_id(settings: Settings, list_name: str) -> str:
-    """RFC 2919: `"Title" <list.site-domain>`; the id is stable, the title cosmetic."""
+    """RFC 2919: `"Title" <list.site-domain>`; the id is stable, the title cosmetic.
+
+    The title is a phrase (RFC 5322 §3.2.5): quoted unless it is plain
+    atoms, or "Field Notes (every post)" would read as a name and a comment.
+    """
     host = (urlsplit(settings.site.url).hostname or "localhost").encode("idna").decode("ascii")
     lst = settings.lists.get(list_name)
-    title = lst.title if lst else list_name
+    title = one_line(lst.title if lst else list_name)
     ident = re.sub(r"[^A-Za-z0-9-]+", "-", list_name).strip("-").lower() or "list"
-    return f"{one_line(title)} <{ident}.{host}>"
+    if not _ATOM_PHRASE.fullmatch(title):
+        title = '"' + title.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return f"{title} <{ident}.{host}>"
+
+
+def preferences_url(unsubscribe_url: str) -> str:
+    """`<public_url>/preferences/<token>`: the same token as the unsubscribe link."""
+    return unsubscribe_url.replace("/unsubscribe/", "/preferences/", 1)
 
 
 def list_unsubscribe_header(url: str, mailto: str | None) -> bytes:
@@ -347,6 +365,7 @@ def fill_placeholders(rendered: RenderedEmail, recipient: Recipient) -> tuple[st
         PLACEHOLDERS["email"]: recipient.email,
         PLACEHOLDERS["name"]: recipient.name,
         PLACEHOLDERS["unsubscribe_url"]: recipient.unsubscribe_url,
+        PLACEHOLDERS["preferences_url"]: preferences_url(recipient.unsubscribe_url),
     }
     html_part, text_part = rendered.html, rendered.text
     for key, value in values.items():

@@ -27,6 +27,7 @@ from markupsafe import Markup
 from premailer import Premailer
 
 from newsletter.config import ListSettings, Settings
+from newsletter.email import images
 from newsletter.errors import RenderError, TemplateError
 from newsletter.posts import markup
 from newsletter.posts.collection import Post
@@ -37,6 +38,7 @@ PLACEHOLDERS = {
     "email": "NLPH0EMAIL0NLPH",
     "name": "NLPH0NAME0NLPH",
     "unsubscribe_url": "NLPH0UNSUBSCRIBE0NLPH",
+    "preferences_url": "NLPH0PREFERENCES0NLPH",
 }
 
 # Gmail clips a message whose HTML exceeds ~102 KB behind "View entire message",
@@ -74,6 +76,17 @@ class RecipientFields:
     email: str = PLACEHOLDERS["email"]
     name: str = PLACEHOLDERS["name"]
     unsubscribe_url: str = PLACEHOLDERS["unsubscribe_url"]
+    preferences_url: str = PLACEHOLDERS["preferences_url"]
+
+
+@dataclass(frozen=True)
+class Hero:
+    """The lead image: its URL, the alt text of its own, its size when known."""
+
+    src: str
+    alt: str
+    width: int
+    height: int | None
 
 
 @dataclass(frozen=True)
@@ -81,6 +94,8 @@ class DigestItem:
     post: Post
     content_html: str
     content_text: str
+    hero: Hero | None = None
+    reading_minutes: int = 1
 
 
 # --------------------------------------------------------------------------- public API
@@ -96,13 +111,15 @@ def render_email(post: Post, settings: Settings, mailing_list: ListSettings) -> 
     context = {
         **_common_context(settings, mailing_list),
         "post": post,
-        "content_html": Markup(content_html),
+        "content_html": Markup(_images(content_html, settings)),
         "content_text": content_text,
         "is_excerpt": not full,
         "archive_url": archive_url(settings, post.post_id),
-        "preheader": _preheader(post.description or content_text),
+        "hero": _hero(post, settings, images.CONTAINER_WIDTH),
+        "reading_minutes": reading_minutes(post),
     }
     subject = render_subject(settings.email.subject or DEFAULT_SUBJECT, env, context)
+    context.update(_intro(post, subject, content_text))
     html = _render(env, "email.html.j2", context)
     text = _render(env, "email.txt.j2", context)
     return _finish(post.post_id, mailing_list.name, subject, html, text)
@@ -124,12 +141,22 @@ def render_digest(
         raise RenderError("a digest needs at least one post", key=f"lists.{mailing_list.name}")
     env = template_environment(settings.email.templates_dir)
     ordered = [_with_safe_title(p) for p in sorted(posts, key=lambda p: p.date)]
-    items = [DigestItem(p, Markup(p.excerpt_html), p.excerpt_text) for p in ordered]
+    items = [
+        DigestItem(
+            p,
+            Markup(_images(p.excerpt_html, settings)),
+            p.excerpt_text,
+            _hero(p, settings, images.CONTENT_WIDTH),
+            reading_minutes(p),
+        )
+        for p in ordered
+    ]
     context = {
         **_common_context(settings, mailing_list),
         "posts": ordered,
         "items": items,
         "archive_url": None,
+        "date_range": _date_range(ordered[0].date, ordered[-1].date),
         "preheader": _preheader(" · ".join(p.title for p in ordered)),
     }
     subject = render_subject(subject_template, env, context)
@@ -176,7 +203,7 @@ class ThemeLoader(jinja2.BaseLoader):
     def get_source(
         self, environment: jinja2.Environment, template: str
     ) -> tuple[str, str | None, Callable[[], bool] | None]:
-        resource = importlib.resources.files("newsletter.templates").joinpath(template)
+        resource = _theme_files().joinpath(template)
         if "/" in template or "\\" in template or not resource.is_file():
             raise jinja2.TemplateNotFound(template)
         source = resource.read_text(encoding="utf-8")
@@ -192,6 +219,20 @@ class ThemeLoader(jinja2.BaseLoader):
                 return False
 
         return source, str(resource), uptodate
+
+
+@functools.lru_cache(maxsize=1)
+def _theme_files() -> Any:
+    """The default theme: the `templates/` beside this package in a source
+    checkout (so each git worktree renders with its own theme even when the
+    editable install points at another checkout), else the installed
+    package `newsletter.templates`."""
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / "pyproject.toml").is_file() and (
+        checkout / "templates" / "_layout.html.j2"
+    ).is_file():
+        return checkout / "templates"
+    return importlib.resources.files("newsletter.templates")
 
 
 @functools.lru_cache(maxsize=8)
@@ -252,15 +293,98 @@ def _jinja_message(exc: jinja2.TemplateError) -> str:
 
 def _common_context(settings: Settings, mailing_list: ListSettings) -> dict[str, Any]:
     recipient = RecipientFields()
+    lang = settings.site.lang
     return {
         "site": settings.site,
         "list": mailing_list,
         "settings": settings,
         "recipient": recipient,
         "unsubscribe_url": recipient.unsubscribe_url,
-        "lang": "en",
+        "preferences_url": (recipient.preferences_url if settings.email.preferences_link else None),
+        "postal_address": one_line(settings.email.postal_address or "") or None,
+        "logo": _logo(settings),
+        "lang": lang,
+        "dir": "rtl" if lang.split("-")[0].lower() in _RTL_LANGUAGES else "ltr",
         "preheader_padding": _PREHEADER_PADDING,
     }
+
+
+# Languages written right to left (the primary subtag of a BCP 47 tag).
+_RTL_LANGUAGES = frozenset(
+    {"ar", "arc", "ckb", "dv", "fa", "he", "ks", "ps", "sd", "ug", "ur", "yi"}
+)
+_WORDS_PER_MINUTE = 230
+
+
+def reading_minutes(post: Post) -> int:
+    """Minutes to read the whole post at ~230 words a minute, at least 1."""
+    words = len(markup.html_to_text(post.body_html).split())
+    return max(1, round(words / _WORDS_PER_MINUTE))
+
+
+def _images(content_html: str, settings: Settings) -> str:
+    return images.add_captions(images.add_sizes(content_html, settings))
+
+
+def _absolute(settings: Settings, ref: str) -> str:
+    if re.match(r"[a-z][a-z0-9+.-]*://", ref, re.I):
+        return ref
+    base = settings.site.url.rstrip("/") + "/" + settings.site.baseurl.strip("/")
+    return base.rstrip("/") + "/" + ref.lstrip("/")
+
+
+def _logo(settings: Settings) -> Hero | None:
+    if not settings.email.logo:
+        return None
+    src = _absolute(settings, settings.email.logo)
+    size = images.sized_image(src, settings, _LOGO_WIDTH)
+    width, height = size if size is not None else (_LOGO_WIDTH, None)
+    return Hero(src, settings.site.title, width, height)
+
+
+_LOGO_WIDTH = 200
+
+
+def _hero(post: Post, settings: Settings, cap: int) -> Hero | None:
+    """The lead image; its alt is the image's own (front matter image_alt or
+    image.alt) and empty when there is none: the title follows right below,
+    so repeating it would only be read twice."""
+    if not post.image:
+        return None
+    alt = "" if one_line(post.image_alt) == one_line(post.title) else post.image_alt
+    size = images.sized_image(post.image, settings, cap)
+    if size is None:
+        return Hero(post.image, alt, cap, None)
+    return Hero(post.image, alt, size[0], size[1])
+
+
+def _normal(text: str) -> str:
+    return re.sub(r"[\W_]+", " ", text.casefold()).strip()
+
+
+def _intro(post: Post, subject: str, content_text: str) -> dict[str, Any]:
+    """Subtitle and preheader that never repeat the subject: a description
+    that contains the title (or the subject) is dropped, and the preheader
+    comes from the first sentence of the excerpt instead."""
+    description = one_line(post.description or "")
+    said = [_normal(post.title), _normal(subject)]
+    repeats = bool(description) and any(s and s in _normal(description) for s in said)
+    subtitle = description if description and not repeats else None
+    if subtitle:
+        return {"subtitle": subtitle, "preheader": _preheader(subtitle)}
+    sentences = re.split(r"(?<=[.!?…])\s+", one_line(content_text))
+    fresh = [x for x in sentences if x and _normal(x) not in said and _normal(x)]
+    return {"subtitle": None, "preheader": _preheader(" ".join(fresh[:1]) or "")}
+
+
+def _date_range(first: datetime, last: datetime) -> str:
+    if first.date() == last.date():
+        return long_date(first)
+    if (first.year, first.month) == (last.year, last.month):
+        return f"{first.day}–{long_date(last)}"
+    if first.year == last.year:
+        return f"{first.day} {_MONTHS[first.month - 1]} – {long_date(last)}"
+    return f"{long_date(first)} – {long_date(last)}"
 
 
 def _with_safe_title(post: Post) -> Post:

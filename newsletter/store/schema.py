@@ -204,3 +204,23 @@ state = Table(
     Column("expires_at", UtcDateTime, nullable=True),
     Column("number", Float, nullable=True),
 )
+
+# One row per bounce or complaint read back from the bounce mailbox.
+# kind: hard | soft | complaint.  `source` is the report's Message-ID (or a
+# digest of its bytes): a report read twice after a crash is recorded once.
+bounce_events = Table(
+    "bounce_events",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("source", String(300), nullable=False),
+    Column("email", String(320), nullable=False),
+    Column("subscriber_id", ForeignKey("subscribers.id", ondelete="CASCADE"), nullable=True),
+    Column("mailing_id", ForeignKey("mailings.id", ondelete="SET NULL"), nullable=True),
+    Column("delivery_id", Integer, nullable=True),
+    Column("kind", String(16), nullable=False),
+    Column("status", String(16), nullable=True),
+    Column("diagnostic", Text, nullable=False, default=""),
+    Column("received_at", UtcDateTime, nullable=False),
+    UniqueConstraint("source", "email", name="uq_bounce_source_email"),
+    Index("ix_bounce_events_subscriber", "subscriber_id", "kind", "received_at"),
+)

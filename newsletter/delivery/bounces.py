@@ -1,0 +1,326 @@
+"""Bounces and complaints: VERP addresses out, DSN and ARF reports in.
+
+Outgoing, each delivery's envelope sender is ``bounces+<token>@domain``
+(VERP) when ``[bounces] address`` is set; the token is the delivery's ledger
+id with an HMAC, so a report that comes back names its delivery and nobody
+can forge one for somebody else's address.
+
+Incoming, `parse_report` reads one message of the bounce mailbox:
+
+* RFC 3464 delivery status notifications (``multipart/report;
+  report-type=delivery-status``), also when the ``message/delivery-status``
+  part sits in some other multipart, and when ``Status:`` is missing and the
+  code is only in ``Diagnostic-Code``;
+* plain-text bounces without a report part: Exim's (``X-Failed-Recipients``
+  header) and qmail's ("Hi. This is the qmail-send program");
+* RFC 5965 ARF complaints (``report-type=feedback-report``), the recipient
+  taken from the VERP sender, the unsubscribe token of the returned message,
+  or ``Original-Rcpt-To`` — providers often redact the latter.
+
+RFC 3463 status classes decide: 5.x.x is a hard bounce, 4.x.x soft, except
+5.2.2 (mailbox full), which is temporary in practice and counted as soft.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from email import message_from_bytes, policy
+from email.message import EmailMessage, Message
+from email.utils import parseaddr
+from typing import Literal
+
+from newsletter.config import Settings
+from newsletter.delivery.report import envelope_sender
+from newsletter.email.tokens import load_secret
+from newsletter.errors import NewsletterError
+
+Kind = Literal["hard", "soft", "complaint"]
+
+_VERP_MAC_BYTES = 10  # 80 bits, 16 base32 characters: short enough for a local part
+
+
+class UnparseableReport(NewsletterError):
+    """A message in the bounce mailbox that is neither a DSN nor a complaint."""
+
+
+@dataclass(frozen=True)
+class BounceEvent:
+    kind: Kind
+    email: str | None  # the recipient, when the report names one
+    status: str | None  # RFC 3463 code, "5.1.1"
+    diagnostic: str
+    verp_text: str | None = None  # where our VERP sender may appear (headers)
+    unsubscribe_token: str | None = None  # from a returned List-Unsubscribe header
+    message_id: str | None = None  # of the returned original message
+
+
+@dataclass(frozen=True)
+class ParsedReport:
+    source: str  # the report's Message-ID, or a digest of its bytes
+    shape: str  # "dsn" | "arf" | "exim" | "qmail"
+    events: tuple[BounceEvent, ...]  # empty for a delay warning
+
+
+# --------------------------------------------------------------------------- VERP
+
+
+def _verp_mac(secret: bytes, delivery_id: int) -> str:
+    mac = hmac.new(secret, f"bounce\0{delivery_id}".encode(), hashlib.sha256).digest()
+    return base64.b32encode(mac[:_VERP_MAC_BYTES]).decode("ascii").lower()
+
+
+def verp_token(secret: bytes, delivery_id: int) -> str:
+    # Lower case only: some servers fold the case of local parts.
+    return f"d{delivery_id}-{_verp_mac(secret, delivery_id)}"
+
+
+def verp_address(bounce_address: str, secret: bytes, delivery_id: int) -> str:
+    local, _, domain = bounce_address.partition("@")
+    return f"{local}+{verp_token(secret, delivery_id)}@{domain}"
+
+
+def sender_for(settings: Settings) -> Callable[[int], str]:
+    """The envelope sender of each delivery (by ledger id): with `[bounces]
+    address`, a VERP address whose signed token names the delivery, so a
+    bounce finds its way back to it."""
+    plain = envelope_sender(settings)
+    address = settings.bounces.address
+    if not address:
+        return lambda _delivery_id: plain
+    secret = load_secret(settings)
+    return lambda delivery_id: verp_address(address, secret, delivery_id)
+
+
+def verify_verp(secret: bytes, token: str) -> int | None:
+    """The delivery id inside a genuine token; None for anything else."""
+    match = re.fullmatch(r"d(\d{1,18})-([a-z2-7]{16})", token.strip().lower())
+    if match is None:
+        return None
+    delivery_id = int(match.group(1))
+    if not hmac.compare_digest(match.group(2), _verp_mac(secret, delivery_id)):
+        return None
+    return delivery_id
+
+
+def verp_tokens_in(text: str, bounce_address: str) -> list[str]:
+    """Every ``local+token@domain`` of our bounce address found in `text`."""
+    local, _, domain = bounce_address.partition("@")
+    pattern = re.escape(local) + r"\+([A-Za-z0-9-]+)@" + re.escape(domain)
+    return re.findall(pattern, text, flags=re.IGNORECASE)
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def parse_report(data: bytes) -> ParsedReport:
+    """Read one message of the bounce mailbox; `UnparseableReport` if it is neither
+    a bounce nor a complaint we understand."""
+    msg = message_from_bytes(data, policy=policy.default)
+    assert isinstance(msg, EmailMessage)
+    source = _source_key(msg, data)
+    report_type = str(msg.get_param("report-type", "", header="content-type") or "").lower()
+    if report_type == "feedback-report" or _part(msg, "message/feedback-report") is not None:
+        return ParsedReport(source, "arf", (_arf(msg),))
+    # A bounce is addressed to the VERP sender: the receiving server's
+    # Delivered-To / X-Original-To, or the report's own To, carry it.
+    envelope = " ".join(
+        str(v) for name in ("delivered-to", "x-original-to", "envelope-to", "to")
+        for v in msg.get_all(name, [])
+    )  # fmt: skip
+    status_part = _part(msg, "message/delivery-status")
+    found: list[tuple[str, list[BounceEvent]]] = []
+    if status_part is not None:
+        found.append(("dsn", list(_dsn(msg, status_part))))
+    else:
+        found += [("exim", _exim(msg)), ("qmail", _qmail(msg))]
+    for shape, events in found:
+        if events or shape == "dsn":  # a DSN with no failure is a delay warning
+            with_envelope = tuple(
+                replace(e, verp_text=" ".join(filter(None, (envelope, e.verp_text))))
+                for e in events
+            )
+            return ParsedReport(source, shape, with_envelope)
+    subject = str(msg.get("subject", ""))[:80]
+    raise UnparseableReport(f"not a delivery status notification or complaint ({subject!r})")
+
+
+def _source_key(msg: Message, data: bytes) -> str:
+    mid = str(msg.get("message-id", "")).strip()
+    return mid[:300] if mid else "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _part(msg: Message, content_type: str) -> Message | None:
+    for part in msg.walk():
+        if part.get_content_type() == content_type:
+            return part
+    return None
+
+
+def _field_groups(part: Message) -> list[Message]:
+    """The header blocks of a message/delivery-status or feedback-report part."""
+    payload = part.get_payload()
+    if str(part.get("content-transfer-encoding", "")).strip().lower() == "base64":
+        # Python parses the base64 text as if it were the fields (Exchange sends this).
+        encoded = payload if isinstance(payload, str) else ""
+        if isinstance(payload, list):
+            encoded = "".join(str(p.get_payload()) for p in payload if isinstance(p, Message))
+        try:
+            payload = base64.b64decode(encoded).decode("utf-8", "replace")
+        except ValueError:
+            return []
+    if isinstance(payload, list):
+        return [p for p in payload if isinstance(p, Message)]
+    raw = payload if isinstance(payload, str) else ""
+    blocks = re.split(r"\r?\n[ \t]*\r?\n", raw.strip())
+    return [message_from_bytes(b.encode("utf-8") + b"\n\n") for b in blocks if b.strip()]
+
+
+_CODE = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
+_SMTP_REPLY = re.compile(r"\b([245])\d\d[ -]")
+
+
+def _status_of(status: str, diagnostic: str) -> str | None:
+    for text in (status, diagnostic):
+        match = _CODE.search(text)
+        if match:
+            return ".".join(match.groups())
+    reply = _SMTP_REPLY.search(diagnostic)  # "550 No such user" without an enhanced code
+    return f"{reply.group(1)}.0.0" if reply else None
+
+
+def classify(status: str | None) -> Kind | None:
+    if status is None:
+        return None
+    if status.startswith("5.2.2"):  # mailbox full: temporary in practice
+        return "soft"
+    return {"5": "hard", "4": "soft"}.get(status[0])  # type: ignore[return-value]
+
+
+def _address(value: str) -> str | None:
+    """``rfc822; a@example.org`` (RFC 3464 address-type; address) -> the address."""
+    value = value.split(";", 1)[-1].strip()
+    address = parseaddr(value)[1] or value
+    return address.lower() if "@" in address else None
+
+
+def _original(msg: Message) -> Message | None:
+    """The returned message (or its headers) inside a report."""
+    for part in msg.walk():
+        ctype = part.get_content_type()
+        if ctype == "message/rfc822":
+            payload = part.get_payload()
+            if isinstance(payload, list) and payload and isinstance(payload[0], Message):
+                return payload[0]
+        if ctype == "text/rfc822-headers":
+            body = part.get_payload(decode=True)
+            if isinstance(body, bytes):
+                return message_from_bytes(body + b"\n\n")
+    return None
+
+
+def _returned_ids(msg: Message) -> dict[str, str | None]:
+    original = _original(msg)
+    if original is None:
+        return {"message_id": None, "unsubscribe": None, "return_path": None}
+    unsubscribe = re.search(
+        r"/unsubscribe/([A-Za-z0-9_-]+)", str(original.get("list-unsubscribe", ""))
+    )
+    return {
+        "message_id": (str(original.get("message-id", "")).strip() or None),
+        "unsubscribe": unsubscribe.group(1) if unsubscribe else None,
+        "return_path": str(original.get("return-path", "")) or None,
+    }
+
+
+def _dsn(msg: Message, status_part: Message) -> Iterator[BounceEvent]:
+    returned = _returned_ids(msg)
+    groups = _field_groups(status_part)
+    for group in groups[1:] or groups:  # the first block is per-message
+        action = str(group.get("action", "")).strip().lower()
+        diagnostic = " ".join(str(group.get("diagnostic-code", "")).split())
+        status = _status_of(str(group.get("status", "")), diagnostic)
+        recipient = _address(
+            str(group.get("final-recipient", "") or group.get("original-recipient", ""))
+        )
+        if action and action != "failed":
+            continue  # delayed / delivered / relayed / expanded: not a bounce
+        kind = classify(status)
+        if kind is None:
+            continue
+        yield BounceEvent(
+            kind, recipient, status, diagnostic or str(group.get("status", "")).strip(),
+            message_id=returned["message_id"], unsubscribe_token=returned["unsubscribe"],
+            verp_text=returned["return_path"],
+        )  # fmt: skip
+
+
+def _arf(msg: Message) -> BounceEvent:
+    part = _part(msg, "message/feedback-report")
+    fields: Message = _field_groups(part)[0] if part is not None else Message()
+    returned = _returned_ids(msg)
+    feedback = str(fields.get("feedback-type", "abuse")).strip().lower()
+    recipient = _address(str(fields.get("original-rcpt-to", "")))
+    verp_text = " ".join(
+        str(v) for v in (fields.get("original-mail-from"), returned["return_path"]) if v
+    )
+    return BounceEvent(
+        "complaint",
+        recipient,
+        None,
+        f"feedback-type: {feedback}",
+        verp_text=verp_text or None,
+        unsubscribe_token=returned["unsubscribe"],
+        message_id=returned["message_id"],
+    )
+
+
+def _text_body(msg: Message) -> str:
+    for part in msg.walk():
+        if part.get_content_type() == "text/plain":
+            body = part.get_payload(decode=True)
+            if isinstance(body, bytes):
+                charset = part.get_content_charset() or "utf-8"
+                return body.decode(charset, "replace")
+    return ""
+
+
+def _exim(msg: Message) -> list[BounceEvent]:
+    """Exim: an ``X-Failed-Recipients`` header and the SMTP reply in the body."""
+    failed = str(msg.get("x-failed-recipients", ""))
+    if not failed:
+        return []
+    body = _text_body(msg)
+    events = []
+    for raw in failed.split(","):
+        address = _address(raw)
+        if address is None:
+            continue
+        around = _near(body, address)
+        status = _status_of("", around) or "5.0.0"  # Exim sends this only on permanent failure
+        events.append(BounceEvent(classify(status) or "hard", address, status, around))
+    return events
+
+
+def _qmail(msg: Message) -> list[BounceEvent]:
+    """qmail: "<a@example.org>:" followed by the remote server's words."""
+    body = _text_body(msg)
+    if "qmail-send program" not in body and "permanent error" not in body.lower():
+        return []
+    events = []
+    for match in re.finditer(r"^<([^<>\s]+@[^<>\s]+)>:\s*\n((?:.+\n?)*)", body, re.MULTILINE):
+        text = " ".join(match.group(2).split())
+        status = _status_of("", text) or "5.0.0"
+        events.append(BounceEvent(classify(status) or "hard", match.group(1).lower(), status, text))
+    return events
+
+
+def _near(body: str, address: str) -> str:
+    """The lines of `body` that follow the first mention of `address`."""
+    at = body.lower().find(address)
+    text = body[at : at + 400] if at >= 0 else body[:400]
+    return " ".join(text.split())
