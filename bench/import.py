@@ -1,9 +1,15 @@
 """Benchmark: import 1,000,000 subscriber rows (1 % invalid, 1 % duplicates), twice.
 
-Run: `python bench/import.py [--rows N]`.  Each import runs in its own
-subprocess so that its peak RSS (ru_maxrss of RUSAGE_CHILDREN) is its own.
+Run: `python bench/import.py [--rows N] [--repeat R]`.  Each import runs in its
+own subprocess so that its peak RSS (ru_maxrss of RUSAGE_CHILDREN) is its own.
 The baseline is `csv.reader` over the same file in the same kind of
 subprocess: the floor any importer pays for reading the bytes.
+
+Two paths, interleaved round by round on fresh databases: `classic` (one
+transaction holding SQLite's write lock for the whole import) and `staged`
+(stage and plan without the lock, merge in one short transaction; the default
+on SQLite).  "lock" is how long the write lock was held: the merge for
+`staged`, the whole import for `classic`.
 Goals on the reference machine: each run ≤ 60 s and peak RSS ≤ 250 MB.
 """
 
@@ -11,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,15 +43,24 @@ print(n)
 """
 
 IMPORT = """
-import sys
+import sys, time
 from pathlib import Path
+import newsletter.audience.subscribers as subs
 from newsletter.config import load_settings
 from newsletter.store import open_store
-from newsletter.audience.subscribers import import_file
+if sys.argv[3] == "classic":
+    subs.STAGED_DIALECTS = ()
 settings = load_settings(Path(sys.argv[2]))
-counts = import_file(open_store(settings), settings, Path(sys.argv[1]), "bench")
+engine = open_store(settings)
+started = time.perf_counter()
+counts = subs.import_file(engine, settings, Path(sys.argv[1]), "bench")
+took = time.perf_counter() - started
 print(counts.as_dict())
+print(f"lock CPU {counts.write_lock_cpu_seconds or 0:.2f} s" if counts.write_lock_cpu_seconds
+      is not None else "lock CPU: the whole import")
+print(f"{counts.write_lock_seconds if counts.write_lock_seconds is not None else took:.3f}")
 """
+PATHS = ("classic", "staged")
 
 
 def generate(path: Path, rows: int, seed: int = 1) -> None:
@@ -89,6 +105,7 @@ def measure(script: str, *args: str) -> tuple[float, float, float, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--repeat", type=int, default=1, help="interleaved rounds per path")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -107,18 +124,34 @@ def main() -> None:
             f"baseline csv.reader : {base_s:6.2f} s wall {base_cpu:6.2f} s CPU  "
             f"{env_rows / base_s:>10,.0f} rows/s  peak RSS {base_rss:6.1f} MB"
         )
-        for label in ("first import", "second import"):
-            secs, cpu, rss, out = measure(IMPORT, str(data), str(config))
-            ok = "ok" if secs <= GOAL_SECONDS and rss <= GOAL_RSS_MB else "MISSED GOAL"
-            print(
-                f"{label:<20}: {secs:6.2f} s wall {cpu:6.2f} s CPU  "
-                f"{env_rows / secs:>10,.0f} rows/s  peak RSS {rss:6.1f} MB  "
-                f"({secs / base_s:.1f}x baseline wall, {cpu / base_cpu:.1f}x CPU)  {ok}"
-            )
-            print(f"    {out}")
-        db = folder / "newsletter.db"
-        if db.exists():
-            print(f"database size: {db.stat().st_size / 1e6:.1f} MB")
+        results: dict[tuple[str, str], list[tuple[float, float, float, float]]] = {}
+        for round_ in range(args.repeat):
+            for path in PATHS if round_ % 2 == 0 else PATHS[::-1]:
+                config = folder / f"{path}.toml"
+                config.write_text(CONFIG.replace("newsletter.db", f"{path}.db"), encoding="utf-8")
+                (folder / f"{path}.db").unlink(missing_ok=True)
+                for label in ("first import", "second import"):
+                    secs, cpu, rss, out = measure(IMPORT, str(data), str(config), path)
+                    *counts, lock_cpu, lock = out.splitlines()
+                    results.setdefault((path, label), []).append((secs, cpu, rss, float(lock)))
+                    ok = "ok" if secs <= GOAL_SECONDS and rss <= GOAL_RSS_MB else "MISSED GOAL"
+                    print(
+                        f"round {round_ + 1} {path:<7} {label:<13}: {secs:6.2f} s wall "
+                        f"{cpu:6.2f} s CPU {env_rows / secs:>9,.0f} rows/s  peak RSS {rss:6.1f} MB"
+                        f"  lock {float(lock):6.2f} s ({lock_cpu})  {ok}"
+                    )
+                    if round_ == 0:
+                        print(f"    {counts[-1]}")
+        print("\nmin / median / max over rounds:")
+        for (path, label), runs in results.items():
+            print(f"{path:<7} {label:<13}: " + "   ".join(
+                f"{name} {_spread([r[i] for r in runs])}"
+                for i, name in enumerate(("wall", "CPU", "RSS", "lock"))
+            ))  # fmt: skip
+
+
+def _spread(values: list[float]) -> str:
+    return f"{min(values):.2f}/{statistics.median(values):.2f}/{max(values):.2f}"
 
 
 if __name__ == "__main__":

@@ -1,3 +1,19 @@
-from newsletter.cli import main
+"""`python -m newsletter` and the `newsletter` console script.
 
-main(prog_name="newsletter")
+SIGTERM is held first thing, before the second of imports the CLI needs
+(see `newsletter.shutdown`).
+"""
+
+from newsletter import shutdown
+
+shutdown.hold()
+
+from newsletter.cli import main as _cli  # noqa: E402  (after hold(), on purpose)
+
+
+def main() -> None:
+    _cli(prog_name="newsletter")
+
+
+if __name__ == "__main__":
+    main()

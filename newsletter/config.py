@@ -69,9 +69,13 @@ class EmailSettings:
     postal_address: str | None = None
     # The masthead logo: an absolute URL or a path on the site ("/images/logo.png").
     logo: str | None = None
-    # A "Manage your subscription" link to <public_url>/preferences/<token>
-    # beside Unsubscribe; off until `serve` has that page.
-    preferences_link: bool = False
+    # A "Manage your subscription" link to the reader's own
+    # <public_url>/preferences/<token> beside Unsubscribe.  None: shown when
+    # some list is `public` (the page has lists to offer); true/false force it.
+    preferences_link: bool | None = None
+    # A post due for several lists reaches a member of more than one once
+    # (the list joined first decides the footer); decided in the ledger.
+    dedupe_across_lists: bool = True
 
 
 @dataclass(frozen=True)
@@ -188,6 +192,22 @@ class DatabaseSettings:
 class ScheduleSettings:
     scan_interval: float = 60.0
     since: datetime | None = None
+    # None: true when [site] url is https (a Jekyll build may lag the post's date).
+    wait_for_page: bool | None = None
+    wait_for_page_timeout: float = 6 * 3600.0
+    wait_for_page_retry: float = 30.0  # first retry; doubles up to 15 minutes
+
+
+@dataclass(frozen=True)
+class SignupSettings:
+    confirm_hours: float = 48.0
+    # Origins allowed to POST the JSON form from a browser (CORS); the HTML
+    # form is checked against these and [web] public_url / [site] url.
+    allowed_origins: tuple[str, ...] = ()
+    # Abuse limits, counted in the database over a sliding window.
+    per_ip_per_hour: int = 20
+    per_address_per_hour: int = 3
+    pending_per_address_per_day: int = 3
 
 
 @dataclass(frozen=True)
@@ -198,6 +218,7 @@ class ListSettings:
     cron: str | None = None
     timezone: str | None = None
     tags: tuple[str, ...] = ()
+    public: bool = False  # offered on the signup form and the preferences page
 
 
 @dataclass(frozen=True)
@@ -216,7 +237,19 @@ class Settings:
     web: WebSettings = field(default_factory=WebSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
+    signup: SignupSettings = field(default_factory=SignupSettings)
     lists: Mapping[str, ListSettings] = field(default_factory=dict)
+
+    @property
+    def waits_for_page(self) -> bool:
+        """`[schedule] wait_for_page`, defaulting to true for an https site."""
+        if self.schedule.wait_for_page is not None:
+            return self.schedule.wait_for_page
+        return self.site.url.lower().startswith("https://")
+
+    @property
+    def public_lists(self) -> tuple[ListSettings, ...]:
+        return tuple(lst for lst in self.lists.values() if lst.public)
 
     @property
     def state_dir(self) -> Path:
@@ -298,6 +331,7 @@ _SECTIONS = {
     "web": WebSettings,
     "database": DatabaseSettings,
     "schedule": ScheduleSettings,
+    "signup": SignupSettings,
 }
 
 
@@ -339,6 +373,11 @@ def _section(
         raise ConfigError(str(exc), path=config_path, key=name) from exc
 
 
+_DURATIONS = frozenset(
+    {"schedule.scan_interval", "schedule.wait_for_page_timeout", "schedule.wait_for_page_retry"}
+)
+
+
 def _coerce(key: str, type_: Any, value: Any, base_dir: Path, config_path: Path | None) -> Any:
     """Turn a TOML value into the field's type, or say which key is wrong."""
     text = str(type_)
@@ -353,7 +392,7 @@ def _coerce(key: str, type_: Any, value: Any, base_dir: Path, config_path: Path 
         return path if path.is_absolute() else base_dir / path
     if key == "schedule.since":
         return parse_since(value, key, config_path)
-    if key == "schedule.scan_interval":
+    if key in _DURATIONS:
         return parse_duration(value, key, config_path)
     if text.startswith("float"):
         if isinstance(value, bool) or not isinstance(value, int | float):
@@ -363,7 +402,7 @@ def _coerce(key: str, type_: Any, value: Any, base_dir: Path, config_path: Path 
         if isinstance(value, bool) or not isinstance(value, int):
             raise bad("an integer")
         return value
-    if text == "bool":
+    if text in ("bool", "bool | None"):
         if not isinstance(value, bool):
             raise bad("true or false")
         return value
@@ -457,6 +496,15 @@ def _validate(settings: Settings) -> None:
             raise ConfigError("a digest list needs a cron", path=path, key=f"lists.{name}.cron")
     if settings.delivery.concurrency < 1:
         raise ConfigError("must be at least 1", path=path, key="delivery.concurrency")
+    if settings.signup.confirm_hours <= 0:
+        raise ConfigError("must be positive", path=path, key="signup.confirm_hours")
+    for origin in settings.signup.allowed_origins:
+        if not re.fullmatch(r"https?://[^/\s]+", origin):
+            raise ConfigError(
+                f"an origin is scheme://host[:port] with no path, got {origin!r}",
+                path=path,
+                key="signup.allowed_origins",
+            )
     if settings.delivery.max_attempts < 1:
         raise ConfigError("must be at least 1", path=path, key="delivery.max_attempts")
     _validate_bounces(settings)

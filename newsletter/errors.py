@@ -45,7 +45,7 @@ class NewsletterError(Exception):
         self.code = code
 
     def __str__(self) -> str:
-        return format_location(self.path, self.line, self.key) + self.message
+        return format_location(self.path, self.line, self.key) + one_line(self.message)
 
 
 class ConfigError(NewsletterError):
@@ -94,6 +94,17 @@ def format_location(path: Path | str | None, line: int | None, key: str | None =
     return "".join(f"{p}: " for p in parts)
 
 
+# Every character `str.splitlines` breaks on, and the other C0/C1 controls
+# (a terminal escape in a CSV cell must not reach the operator's terminal).
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0)) if c != 0x09}
+_CONTROLS.update({0x2028: "\\u2028", 0x2029: "\\u2029"})
+
+
+def one_line(text: str) -> str:
+    """`text` with control and line-breaking characters escaped: a report stays one line."""
+    return text.translate(_CONTROLS)
+
+
 Severity = Literal["error", "warning"]
 
 
@@ -108,7 +119,8 @@ class Problem:
     key: str | None = None
 
     def __str__(self) -> str:
-        return f"{format_location(self.path, self.line, self.key)}{self.severity}: {self.message}"
+        location = format_location(self.path, self.line, self.key)
+        return f"{location}{self.severity}: {one_line(self.message)}"
 
     @classmethod
     def from_error(cls, exc: NewsletterError, severity: Severity = "error") -> Problem:

@@ -17,6 +17,30 @@ from newsletter.delivery.transports.logins import LOGINS
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _theme_from_this_checkout() -> None:
+    """Load `newsletter.templates` (the theme) from this checkout's templates/.
+
+    An editable install maps that package to wherever it was installed from,
+    so tests run from another worktree would read another theme; with a
+    regular install (CI) this loads the same folder the mapping names.
+    """
+    import importlib.util
+    import sys
+
+    theme = ROOT / "templates"
+    spec = importlib.util.spec_from_file_location(
+        "newsletter.templates", theme / "__init__.py", submodule_search_locations=[str(theme)]
+    )
+    if spec is None or spec.loader is None or "newsletter.templates" in sys.modules:
+        return
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["newsletter.templates"] = module
+    spec.loader.exec_module(module)
+
+
+_theme_from_this_checkout()
+
+
 @pytest.fixture(autouse=True)
 def _no_database_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     # A developer's own NEWSLETTER_DATABASE_URL must not leak into the tests.

@@ -87,7 +87,9 @@ def test_add_list_unsubscribe_resubscribe_remove(sample_site: Path) -> None:
     assert again.stdout == "Ada@example.com was already unsubscribed from every list\n"
     readd = cli("subscribers", "add", "ada@example.com", "--list", "sample")
     assert readd.stdout == (
-        "added Ada@example.com to sample (stays unsubscribed: use resubscribe to undo)\n"
+        "added Ada@example.com to sample, but it stays unsubscribed (cli) and gets no mail; "
+        "only with their consent, lift it with "
+        "`newsletter subscribers resubscribe Ada@example.com`\n"
     )
     data = json.loads(cli("subscribers", "list", "--list", "sample", "--json").stdout)
     assert [(d["email"], d["status"]) for d in data] == [("Ada@example.com", "unsubscribed")]
@@ -103,6 +105,24 @@ def test_add_list_unsubscribe_resubscribe_remove(sample_site: Path) -> None:
         1,
         "error: no subscriber with address 'who@example.com'\n",
     )
+
+
+def test_adding_an_address_unsubscribed_from_that_list_says_it_stays_so(
+    sample_site: Path,
+) -> None:
+    cli("subscribers", "add", "a@example.com", "--list", "sample")
+    cli("subscribers", "unsubscribe", "a@example.com", "--list", "sample")
+    readd = cli("subscribers", "add", "a@example.com", "--list", "sample")
+    assert readd.exit_code == 0
+    assert readd.stdout == (
+        "added a@example.com to sample, but it stays unsubscribed from sample and gets no "
+        "mail from it; only with their consent, lift it with "
+        "`newsletter subscribers resubscribe a@example.com --list sample`\n"
+    )
+    listed = cli("subscribers", "list", "--list", "sample")
+    assert listed.stdout == "a@example.com\tunsubscribed\n"
+    other = cli("subscribers", "add", "a@example.com", "--list", "weekly")
+    assert other.stdout == "added a@example.com to weekly\n"  # another list: nothing to say
 
 
 def test_per_list_unsubscribe(sample_site: Path) -> None:
@@ -149,3 +169,35 @@ def test_sync_sample_and_unknown_list(sample_site: Path) -> None:
         "subscribers/typo.csv: error: no list 'typo' in the configuration "
         "(declared: sample, weekly); add [lists.typo] or rename the file\n"
     )
+
+
+def test_a_forced_format_the_header_does_not_fit_is_an_error(sample_site: Path) -> None:
+    path = FIXTURES / "substack_emails.csv"
+    result = cli("subscribers", "import", str(path), "--list", "sample", "--format", "mailchimp")
+    assert result.exit_code == 1
+    assert result.stderr.startswith(
+        f"error: {path}:1: --format mailchimp expects a column 'email address', which the "
+        "header lacks (email, active_subscription,"
+    )
+    assert result.stderr.endswith(
+        "this file looks like a substack export: try --format substack or --format auto\n"
+    )
+    assert len(result.stderr.splitlines()) == 1
+    assert cli("subscribers", "list", "--list", "sample").stdout == ""  # nothing written
+
+
+def test_the_format_used_is_printed_and_in_json(sample_site: Path) -> None:
+    path = FIXTURES / "substack_emails.csv"
+    shown = cli("subscribers", "import", str(path), "--list", "sample", "--dry-run")
+    assert shown.stdout.splitlines()[0] == (
+        f"{path}: read as substack (detected from its header; utf-8, ',')"
+    )
+    forced = cli(
+        "subscribers", "import", str(path), "--list", "sample", "--format", "substack", "--json"
+    )
+    data = json.loads(forced.stdout)
+    assert data["format"] == "substack"
+    assert data["files"] == [
+        {"file": str(path), "format": "substack", "detected": False, "encoding": "utf-8",
+         "delimiter": ","}
+    ]  # fmt: skip

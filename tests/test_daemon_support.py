@@ -100,6 +100,7 @@ url = "sqlite:///{root / "news.db"}"
 
 [schedule]
 scan_interval = "{scan_interval}"
+wait_for_page = false
 {since_line}
 {extra}
 {lists_toml}

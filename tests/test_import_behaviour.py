@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -22,6 +23,7 @@ from test_subscribers_common import (
 )
 
 import newsletter.audience.importer as importer
+import newsletter.audience.staging as staging
 from newsletter.audience.members import (
     add_subscriber,
     get_by_email,
@@ -102,7 +104,9 @@ def test_duplicates_across_chunks_merge_the_same_way(
     x = seen(engine, "x@example.com")
     assert (x.name, x.status) == ("First", "unsubscribed")
     again = run_import(engine, settings, path)
-    assert (again.unchanged, again.updated, again.duplicates, again.kept_suppressed) == (2, 0, 2, 1)
+    # The file's rows for x merge first (unsubscribed wins), so x is unchanged,
+    # exactly as when every row is in one chunk.
+    assert (again.unchanged, again.updated, again.duplicates, again.kept_suppressed) == (3, 0, 2, 0)
 
 
 def test_reimport_counts_new_updated_unchanged(
@@ -202,7 +206,8 @@ def test_unknown_list_touches_nothing(engine: Engine, settings: Settings) -> Non
 def test_error_mid_file_rolls_back_everything(
     engine: Engine, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Fault injection: the third chunk's write fails; the first two must vanish."""
+    """Fault injection, classic path (sync, and an import whose plan went stale):
+    the third chunk's write fails; the first two must vanish."""
     monkeypatch.setattr(importer, "CHUNK_ROWS", 10)
     path = write(
         tmp_path / "big.csv", "email\n" + "".join(f"u{i}@example.com\n" for i in range(50))
@@ -216,10 +221,36 @@ def test_error_mid_file_rolls_back_everything(
             raise SubscriberError("disk on fire")
         real_write(*args)  # type: ignore[arg-type]
 
+    def stale(*_args: object) -> None:
+        raise staging.StaleSnapshot("forced")
+
     monkeypatch.setattr(importer, "_write", failing_write)
+    monkeypatch.setattr(staging, "stage_and_plan", stale)
     with pytest.raises(SubscriberError, match="disk on fire"):
         run_import(engine, settings, path)
     assert count_rows(engine) == (0, 0)
+
+
+def test_error_mid_merge_rolls_back_everything(
+    engine: Engine, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault injection, staged path: the merge fails after the new subscribers
+    were inserted; neither they nor their memberships may remain."""
+    add_subscriber(engine, "before@example.com", "news", name="Before")
+    path = write(
+        tmp_path / "big.csv",
+        "email,name\nbefore@example.com,Renamed\n"
+        + "".join(f"u{i}@example.com,U\n" for i in range(50)),
+    )
+
+    def failing(*_args: object) -> int:
+        raise SubscriberError("disk on fire")
+
+    monkeypatch.setattr(staging, "_apply_changes", failing)
+    with pytest.raises(SubscriberError, match="disk on fire"):
+        run_import(engine, settings, path)
+    assert count_rows(engine) == (1, 1)
+    assert seen(engine, "before@example.com").name == "Before"
 
 
 KILL_CHILD = """
@@ -228,25 +259,23 @@ from pathlib import Path
 from newsletter.config import ListSettings, Settings
 from newsletter.store import open_url
 from newsletter.audience.subscribers import import_file
-import newsletter.audience.importer as importer
+import newsletter.audience.staging as staging
 
 settings = Settings(lists={"news": ListSettings("news", "News")})
 engine = open_url(sys.argv[1])
-writes = 0
-real_write = importer._write
+phase = sys.argv[3]
+def stalled_changes(conn, stamp):
+    # Inside the merge transaction, after the new subscribers went in.
+    print("mid-import merge", flush=True)
+    time.sleep(60)
 
-def counting_write(*args):
-    global writes
-    real_write(*args)
-    writes += 1
-
-importer._write = counting_write
+if phase == "merge":
+    staging._apply_changes = stalled_changes
 
 def progress(done, total):
-    # Progress comes every 8 KB; stop only once three batches of rows have
-    # been written inside the transaction, so that there is something to undo.
-    if writes >= 3:
-        print(f"mid-import {writes}", flush=True)
+    # Progress comes as the file is read (and its rows staged): stop halfway.
+    if phase == "stage" and done > total // 2:
+        print("mid-import stage", flush=True)
         time.sleep(60)
 
 import_file(engine, settings, Path(sys.argv[2]), "news", progress=progress)
@@ -254,9 +283,10 @@ print("finished", flush=True)
 """
 
 
+@pytest.mark.parametrize("phase", ["stage", "merge"])
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill", "ctrl-c"])
 def test_killed_import_leaves_store_as_it_was(
-    engine: Engine, tmp_path: Path, sig: signal.Signals
+    engine: Engine, tmp_path: Path, sig: signal.Signals, phase: str
 ) -> None:
     add_subscriber(engine, "before@example.com", "news")
     path = tmp_path / "big.csv"
@@ -267,7 +297,7 @@ def test_killed_import_leaves_store_as_it_was(
     url = str(engine.url)
     engine.dispose()
     child = subprocess.Popen(
-        [sys.executable, "-c", KILL_CHILD, url, str(path)],
+        [sys.executable, "-c", KILL_CHILD, url, str(path), phase],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -275,8 +305,8 @@ def test_killed_import_leaves_store_as_it_was(
     )
     try:
         assert child.stdout is not None
-        said, written = child.stdout.readline().split()
-        assert said == "mid-import" and int(written) == 3
+        said, where = child.stdout.readline().split()
+        assert (said, where) == ("mid-import", phase)
         child.send_signal(sig)
         child.wait(timeout=30)
     finally:
@@ -444,3 +474,60 @@ def test_touched_bitmap() -> None:
         touched.add(sid)
     assert all(s in touched for s in (1, 7, 8, 1_000_003))
     assert not any(s in touched for s in (0, 2, 9, 1_000_002, 5_000_000))
+
+
+# --------------------------------------------------------------------------- staged import
+
+
+def test_a_staged_import_holds_the_write_lock_only_to_merge(
+    engine: Engine, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While rows are staged and planned, another process may write."""
+    path = write(tmp_path / "f.csv", "email\n" + "".join(f"u{i}@example.com\n" for i in range(30)))
+    real_plan = staging.stage_and_plan
+    other_wrote: list[str] = []
+
+    def plan_then_let_another_write(run: importer.ImportRun, source: object) -> None:
+        real_plan(run, source)  # type: ignore[arg-type]
+        # Still inside phase 1's transaction: a writer that must not wait for it
+        # (timeout=0: "database is locked" at once if the import held the lock).
+        contender = sqlite3.connect(str(engine.url.database), timeout=0, isolation_level=None)
+        contender.execute("BEGIN IMMEDIATE")
+        contender.execute("UPDATE lists SET title = 'Renamed meanwhile' WHERE name = 'news'")
+        contender.execute("COMMIT")
+        contender.close()
+        other_wrote.append("yes")
+
+    monkeypatch.setattr(staging, "stage_and_plan", plan_then_let_another_write)
+    counts = run_import(engine, settings, path)
+    assert other_wrote == ["yes"] and counts.new == 30
+    assert counts.write_lock_seconds is not None
+    assert count_rows(engine) == (30, 30)
+
+
+def test_a_change_made_during_the_import_is_never_overwritten(
+    engine: Engine, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The plan went stale (an unsubscribe and a signup while it was made): the
+    merge rolls back and the import runs again in one transaction."""
+    add_subscriber(engine, "old@example.com", "news", name="Old")
+    path = write(tmp_path / "f.csv", "email,name\nold@example.com,Renamed\nnew@example.com,New\n")
+    real_merge = staging.merge
+    stale: list[int] = []
+
+    def racing_merge(run: importer.ImportRun, stamp: object) -> tuple[float, float]:
+        old = get_by_email(engine, "old@example.com")
+        assert old is not None
+        unsubscribe(engine, old.id, None, reason="web")
+        add_subscriber(engine, "new@example.com", "news", name="Signed Up")
+        try:
+            return real_merge(run, stamp)  # type: ignore[arg-type]
+        except staging.StaleSnapshot:
+            stale.append(1)
+            raise
+
+    monkeypatch.setattr(staging, "merge", racing_merge)
+    counts = run_import(engine, settings, path)
+    assert stale == [1] and counts.write_lock_seconds is None  # the classic path ran
+    assert seen(engine, "old@example.com").status == "unsubscribed"  # not undone
+    assert counts.kept_suppressed == 1 and count_rows(engine) == (2, 2)

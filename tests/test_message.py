@@ -367,3 +367,22 @@ def test_format_address_quotes_specials() -> None:
     assert format_address("Plain Name", "a@example.com") == "Plain Name <a@example.com>"
     assert format_address("Doe, Jane", "a@example.com") == '"Doe, Jane" <a@example.com>'
     assert format_address('Say "hi"\\', "a@example.com") == '"Say \\"hi\\"\\\\" <a@example.com>'
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "=?utf-8?q?Eve=0D=0ABcc:_x@evil.example?=",
+        "=?utf-8?q?Eve=0D=0A?=",  # an atom phrase: would go out bare
+        "=?utf-8?b?RXZlDQpCY2M6IHhAZXZpbC5leGFtcGxl?=",
+        "Eve =?UTF-8?Q?=0A?= Example",
+    ],
+)
+def test_a_name_that_looks_like_an_encoded_word_is_read_back_literally(name: str) -> None:
+    raw = build().personalise(Recipient("eve@example.com", name, ALICE.unsubscribe_url))
+    assert_wire_format(raw)
+    msg = parse(raw)  # the stdlib parser, policy.default, as a mail client reads it
+    (addr,) = msg["To"].addresses
+    assert addr.display_name == name
+    assert "\r" not in str(msg["To"]) and "\n" not in str(msg["To"])
+    assert msg["Bcc"] is None

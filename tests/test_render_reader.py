@@ -77,7 +77,10 @@ def test_check_warns_when_smtp_has_no_postal_address(sample_site: Path) -> None:
 
 def test_the_manage_link_sits_beside_unsubscribe_when_enabled() -> None:
     alice = Recipient(
-        "alice@example.com", "Alice", "https://news.tides.example.com/unsubscribe/TOK"
+        "alice@example.com",
+        "Alice",
+        "https://news.tides.example.com/unsubscribe/TOK",
+        "https://news.tides.example.com/preferences/TOK",
     )
     for enabled in (False, True):
         settings = settings_with(preferences_link=enabled)

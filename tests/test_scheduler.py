@@ -15,7 +15,7 @@ from email import message_from_bytes, policy
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, delete, select, update
 from test_daemon_support import MEMBERS, Site, add_members, engine_of, make_site
 
 from newsletter.config import Settings
@@ -298,19 +298,52 @@ def test_a_second_daemon_is_refused_with_a_clear_message(site: Site) -> None:
     assert second.heartbeat() is True
 
 
-def test_a_lock_without_heartbeat_is_taken_over_after_its_ttl(site: Site) -> None:
+def put_lock(engine: Engine, owner: str, at: datetime, started: float | None = None) -> None:
+    with engine.begin() as conn:
+        conn.execute(delete(state).where(state.c.key == scheduler.LOCK_KEY))
+        conn.execute(
+            state.insert().values(
+                key=scheduler.LOCK_KEY,
+                value=owner,
+                updated_at=at,
+                expires_at=at + timedelta(seconds=30),
+                number=started,
+            )
+        )
+
+
+def test_a_lock_from_another_host_without_heartbeat_is_taken_over_after_its_ttl(
+    site: Site,
+) -> None:
+    engine = engine_of(site.settings())
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    put_lock(engine, "elsewhere.example.com:4242:cafe", at)
+    newcomer = scheduler.DaemonLock(engine, ttl=30, clock=lambda: at + timedelta(seconds=29))
+    with pytest.raises(scheduler.DaemonBusyError, match=r"elsewhere\.example\.com:4242:cafe"):
+        newcomer.acquire()
+    late = scheduler.DaemonLock(engine, ttl=30, clock=lambda: at + timedelta(seconds=30))
+    late.acquire()
+    assert late.heartbeat() is True
+
+
+def test_a_live_holder_on_this_host_keeps_the_lock_whatever_its_heartbeat(site: Site) -> None:
+    """Its heartbeat may have waited behind a long write; its pid says it lives."""
     engine = engine_of(site.settings())
     clock = [datetime(2026, 1, 1, tzinfo=UTC)]
-    stale = scheduler.DaemonLock(engine, ttl=30, clock=lambda: clock[0])
-    stale.acquire()
-    newcomer = scheduler.DaemonLock(engine, ttl=30, clock=lambda: clock[0] + timedelta(seconds=29))
-    with pytest.raises(scheduler.DaemonBusyError):
-        newcomer.acquire()
-    clock[0] += timedelta(seconds=1)
-    late = scheduler.DaemonLock(engine, ttl=30, clock=lambda: clock[0] + timedelta(seconds=30))
-    late.acquire()
-    assert stale.heartbeat() is False  # the stale holder learns it lost the lock
-    assert late.heartbeat() is True
+    holder = scheduler.DaemonLock(engine, ttl=30, clock=lambda: clock[0])
+    holder.acquire()
+    much_later = scheduler.DaemonLock(engine, ttl=30, clock=lambda: clock[0] + timedelta(hours=2))
+    with pytest.raises(scheduler.DaemonBusyError, match="last heartbeat 7200 s ago"):
+        much_later.acquire()
+    assert holder.heartbeat() is True
+
+
+def test_a_reused_pid_does_not_keep_a_dead_daemons_lock(site: Site) -> None:
+    # Same pid as a live process (ours), but that process started at another time.
+    engine = engine_of(site.settings())
+    at = datetime.now(UTC)
+    put_lock(engine, f"{socket.gethostname()}:{os.getpid()}:0ld0wner", at, started=1.0)
+    scheduler.DaemonLock(engine).acquire()
 
 
 def test_a_lock_of_a_dead_process_on_this_host_is_taken_over_at_once(site: Site) -> None:

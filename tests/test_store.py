@@ -4,7 +4,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Connection, select, text
+from sqlalchemy import Connection, inspect, select, text
 from sqlalchemy.exc import OperationalError, StatementError
 
 import newsletter.store as store
@@ -131,3 +131,27 @@ def test_a_database_password_never_appears_in_errors() -> None:
         open_url(url)
     assert "s3cret-pass" not in str(info.value)
     assert "postgresql+psycopg://news:***@127.0.0.1:9/news" in str(info.value)
+
+
+def test_a_version_1_database_gains_the_dedupe_column_and_the_new_tables(tmp_path: Path) -> None:
+    """Schema 2 (readers): deliveries.dedupe_key with its unique index, and the
+    consent, confirmation and signup-hit tables, added to a version-1 file."""
+    url = f"sqlite:///{tmp_path}/db.sqlite"
+    open_url(url)
+    with open_url(url).begin() as conn:  # make it look like version 1
+        conn.execute(text("DROP INDEX uq_deliveries_dedupe"))
+        conn.execute(text("ALTER TABLE deliveries DROP COLUMN dedupe_key"))
+        for table in ("consent_events", "confirmations", "signup_hits"):
+            conn.execute(text(f"DROP TABLE {table}"))
+        conn.execute(text("DELETE FROM schema_version"))
+        conn.execute(text("INSERT INTO schema_version VALUES (1, '2026-01-01 00:00:00')"))
+    engine = open_url(url)
+    with engine.connect() as conn:
+        columns = {c["name"] for c in inspect(conn).get_columns("deliveries")}
+        indexes = {i["name"]: i["unique"] for i in inspect(conn).get_indexes("deliveries")}
+        tables = set(inspect(conn).get_table_names())
+        versions = conn.execute(select(schema_version.c.version)).scalars().all()
+    assert "dedupe_key" in columns
+    assert indexes["uq_deliveries_dedupe"]
+    assert {"consent_events", "confirmations", "signup_hits"} <= tables
+    assert sorted(versions) == [1, 2, 3]

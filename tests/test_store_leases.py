@@ -167,15 +167,15 @@ def test_a_claim_reads_only_what_it_takes_on_sqlite(tmp_path: object) -> None:
     assert "TEMP B-TREE" not in detail
 
 
-def test_a_version_1_database_is_upgraded(database_url: str) -> None:
+def test_a_version_2_database_gains_the_claim_and_lease_indexes(database_url: str) -> None:
     engine = open_url(database_url)
     with engine.begin() as conn:
         for name in ("ix_deliveries_queue", "ix_deliveries_lease", "ix_deliveries_sent_at"):
             conn.execute(text(f"DROP INDEX {name}"))
-        conn.execute(schema_version.delete().where(schema_version.c.version > 1))
+        conn.execute(schema_version.delete().where(schema_version.c.version > 2))
     open_url(database_url)
     with engine.connect() as conn:
-        assert conn.scalar(select(func.max(schema_version.c.version))) == 2
+        assert conn.scalar(select(func.max(schema_version.c.version))) == 3
         names = {ix["name"] for ix in conn.dialect.get_indexes(conn, "deliveries")}
     assert {"ix_deliveries_queue", "ix_deliveries_lease", "ix_deliveries_sent_at"} <= names
 

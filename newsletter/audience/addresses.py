@@ -100,4 +100,12 @@ def _slow_path(text: str) -> Address:
     except EmailNotValidError as exc:
         raise SubscriberError(f"invalid email address {text!r}: {exc}") from exc
     email = checked.ascii_email or checked.normalized
+    # email-validator only enforces RFC 5321's 64-octet local part in strict
+    # mode; a relay may refuse a longer one, so refuse it here, at import.
+    local = email.rpartition("@")[0]
+    if len(local.encode("utf-8")) > _MAX_LOCAL:
+        raise SubscriberError(
+            f"invalid email address {text!r}: the part before the @ is longer than "
+            f"{_MAX_LOCAL} characters"
+        )
     return Address(email, email.lower())

@@ -29,7 +29,9 @@ from typing import IO
 from newsletter.audience.serviceformats import (
     EMAIL_COLUMNS,
     FORMATS,
+    Mapper,
     SourceRow,
+    check_forced_format,
     detect_format,
     mapper_for,
 )
@@ -51,6 +53,7 @@ class FileInfo:
     encoding: str
     delimiter: str
     format: str
+    detected: bool = True  # False: the format was forced with --format
 
 
 def source_size(path: Path) -> int:
@@ -147,7 +150,12 @@ def _read_csv(
     with opener() as raw:
         counted = io.BufferedReader(_CountingReader(raw, offset, progress), _CHUNK)
         text = io.TextIOWrapper(counted, encoding=encoding, newline="")
-        first = text.readline()
+        try:
+            first = text.readline()
+        except UnicodeError as exc:  # a BOM that promised more than the bytes hold
+            raise SubscriberError(
+                f"cannot decode the header as {encoding}: {exc}", path=label, line=1
+            ) from exc
         delimiter = sniff_delimiter(first)
         lines = _chain_first(first, text)
         reader = csv.reader(lines, delimiter=delimiter, skipinitialspace=True)
@@ -182,6 +190,8 @@ def _records(
             return None
         except csv.Error as exc:
             record = exc
+        except UnicodeError as exc:  # the decoder cannot resume after this: stop here
+            raise SubscriberError(f"cannot decode the file: {exc}", path=label, line=start) from exc
         line_num = getattr(reader, "line_num", start)
         return start, record
 
@@ -202,12 +212,14 @@ def _records(
         header = ["email", "name"][: len(header)] + [
             f"column {i + 1}" for i in range(2, len(header))
         ]
+    if fmt != "auto":
+        check_forced_format(fmt, header, name, label)
     chosen = detect_format(header, name) if fmt == "auto" else fmt
     mapper = mapper_for(chosen, header, name, label)
     if infos is not None:
-        infos.append(FileInfo(str(label), encoding, delimiter, chosen))
+        infos.append(FileInfo(str(label), encoding, delimiter, chosen, fmt == "auto"))
     if headerless:
-        yield mapper(*first)
+        yield _mapped(mapper, label, *first)
     while (got := next_record()) is not None:
         start, record = got
         if isinstance(record, csv.Error):
@@ -215,7 +227,16 @@ def _records(
             continue
         if not any(cell.strip() for cell in record):
             continue  # blank lines (and lines of bare delimiters) are not records
-        yield mapper(start, record)
+        yield _mapped(mapper, label, start, record)
+
+
+def _mapped(mapper: Mapper, label: Path, line: int, record: list[str]) -> SourceRow | Problem:
+    """One record through its format's mapper; whatever a hostile cell makes it
+    raise is that row's problem (file, line, reason), never a traceback."""
+    try:
+        return mapper(line, record)
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        return Problem(f"unreadable row: {exc}", label, line)
 
 
 def _is_headerless(header: list[str]) -> bool:

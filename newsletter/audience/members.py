@@ -24,6 +24,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, and_, case, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
+from newsletter.audience import consent
 from newsletter.audience.addresses import email_key, normalise_email
 from newsletter.config import Settings
 from newsletter.errors import StoreError, SubscriberError
@@ -291,12 +292,15 @@ def membership_lists(bind: Bind, subscriber_id: int) -> dict[str, datetime | Non
 # --------------------------------------------------------------------------- writes
 
 
-def add_subscriber(bind: Bind, email: str, list_name: str, *, name: str = "") -> SubscriberRow:
+def add_subscriber(
+    bind: Bind, email: str, list_name: str, *, name: str = "", source: str | None = None
+) -> SubscriberRow:
     """Add an address to a list (creating the subscriber when new).
 
     An existing subscriber keeps its status and an existing membership keeps
     its unsubscribe: adding never makes a suppressed address mailable
-    (invariant 3).  A non-empty `name` replaces the stored one.
+    (invariant 3).  A non-empty `name` replaces the stored one.  With a
+    `source`, a new membership is recorded in the consent history.
     """
     address = normalise_email(email)
     stamp = now()
@@ -326,7 +330,9 @@ def add_subscriber(bind: Bind, email: str, list_name: str, *, name: str = "") ->
                 .where(subscribers.c.id == sid)
                 .values(name=name.strip(), updated_at=stamp)
             )
-        _ensure_membership(conn, lid, int(sid), stamp)
+        joined = _ensure_membership(conn, lid, int(sid), stamp)
+        if joined and source is not None:
+            consent.record(conn, int(sid), "subscribe", source, list_name, at=stamp)
         row = conn.execute(select(*_SUBSCRIBER_COLUMNS).where(subscribers.c.id == sid)).one()
     return _row(row)
 
@@ -354,39 +360,56 @@ def remove_member(bind: Bind, subscriber_id: int, list_name: str) -> bool:
         return bool(result.rowcount)
 
 
-def unsubscribe(bind: Bind, subscriber_id: int, list_name: str | None, *, reason: str) -> bool:
+def unsubscribe(
+    bind: Bind,
+    subscriber_id: int,
+    list_name: str | None,
+    *,
+    reason: str,
+    source: str | None = None,
+) -> bool:
     """Stop mail to a subscriber: from one list, or (None) from every list.
 
     Returns whether anything changed; unsubscribing twice is harmless.  A
     per-list unsubscribe of someone not on the list records the membership as
-    unsubscribed, so an import cannot add them later.
+    unsubscribed, so an import cannot add them later.  With a `source`, a
+    change is recorded in the consent history.
     """
-    stamp = now()
     with writing(bind) as conn:
-        if list_name is None:
-            return _set_status(conn, subscriber_id, UNSUBSCRIBED, reason, stamp)
-        lid = list_id(conn, list_name)
-        _require_subscriber(conn, subscriber_id)
-        if _ensure_membership(conn, lid, subscriber_id, stamp):
-            conn.execute(
-                update(memberships)
-                .where(memberships.c.list_id == lid, memberships.c.subscriber_id == subscriber_id)
-                .values(unsubscribed_at=stamp)
-            )
-            return True
-        result = conn.execute(
+        changed = _unsubscribe(conn, subscriber_id, list_name, reason)
+        if changed and source is not None:
+            consent.record(conn, subscriber_id, "unsubscribe", source, list_name, reason)
+        return changed
+
+
+def _unsubscribe(conn: Connection, subscriber_id: int, list_name: str | None, reason: str) -> bool:
+    stamp = now()
+    if list_name is None:
+        return _set_status(conn, subscriber_id, UNSUBSCRIBED, reason, stamp)
+    lid = list_id(conn, list_name)
+    _require_subscriber(conn, subscriber_id)
+    if _ensure_membership(conn, lid, subscriber_id, stamp):
+        conn.execute(
             update(memberships)
-            .where(
-                memberships.c.list_id == lid,
-                memberships.c.subscriber_id == subscriber_id,
-                memberships.c.unsubscribed_at.is_(None),
-            )
+            .where(memberships.c.list_id == lid, memberships.c.subscriber_id == subscriber_id)
             .values(unsubscribed_at=stamp)
         )
-        return bool(result.rowcount)
+        return True
+    result = conn.execute(
+        update(memberships)
+        .where(
+            memberships.c.list_id == lid,
+            memberships.c.subscriber_id == subscriber_id,
+            memberships.c.unsubscribed_at.is_(None),
+        )
+        .values(unsubscribed_at=stamp)
+    )
+    return bool(result.rowcount)
 
 
-def resubscribe(bind: Bind, subscriber_id: int, list_name: str | None) -> None:
+def resubscribe(
+    bind: Bind, subscriber_id: int, list_name: str | None, *, source: str | None = None
+) -> None:
     """The explicit undo of a suppression: the only way back to mailable.
 
     With a list name, that list's unsubscribe is cleared (the membership is
@@ -412,6 +435,8 @@ def resubscribe(bind: Bind, subscriber_id: int, list_name: str | None) -> None:
             _ensure_membership(conn, lid, subscriber_id, stamp)
             where.append(memberships.c.list_id == lid)
         conn.execute(update(memberships).where(*where).values(unsubscribed_at=None))
+        if source is not None:
+            consent.record(conn, subscriber_id, "resubscribe", source, list_name, at=stamp)
 
 
 def mark_bounced(bind: Bind, subscriber_id: int, *, reason: str) -> None:

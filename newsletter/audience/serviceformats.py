@@ -13,6 +13,7 @@ unsubscribed, bounced, complained.  Which source values map to which is in the
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -110,6 +111,37 @@ def detect_format(header: Sequence[str], file_name: str = "") -> str:
     if cols.has("state") and cols.find("email_address", "email") and cols.find("first_name"):
         return "kit"
     return "generic"
+
+
+# What a forced `--format` needs in the header: each entry is a set of
+# alternatives, one of which must be present.  Without them the rows would be
+# read in the wrong shape (statuses, names and dates all from the wrong cells).
+_EXPECTED: dict[str, tuple[tuple[str, ...], ...]] = {
+    "newsletter": (("email",), ("status",), ("subscribed_at",)),
+    "mailchimp": (("email address",),),
+    "substack": (("email",), ("email_disabled", "active_subscription", "subscription type")),
+    "ghost": (("email",), ("subscribed_to_emails",)),
+    "listmonk": (("email",), ("attributes", "uuid")),
+    "beehiiv": (("email",), ("status",)),
+    "buttondown": (("email",), ("subscriber_type",)),
+    "kit": (("email_address", "email"), ("state",)),
+}
+
+
+def check_forced_format(fmt: str, header: Sequence[str], file_name: str, label: Path) -> None:
+    """A `--format` the header does not fit is an error naming what is missing."""
+    cols = _Columns(header)
+    missing = [" or ".join(repr(n) for n in names) for names in _EXPECTED.get(fmt, ())
+               if cols.find(*names) is None]  # fmt: skip
+    if missing:
+        looks = detect_format(header, file_name)
+        raise SubscriberError(
+            f"--format {fmt} expects a column {', '.join(missing)}, which the header lacks "
+            f"({', '.join(header)}); this file looks like a {looks} export: "
+            f"try --format {looks} or --format auto",
+            path=label,
+            line=1,
+        )
 
 
 def mapper_for(fmt: str, header: Sequence[str], file_name: str, label: Path) -> Mapper:
@@ -402,7 +434,7 @@ def _attributes(
         raw = cells[cols.index[found]].strip() if found and cols.index[found] < len(cells) else ""
         if raw:
             try:
-                extra = json.loads(raw)
+                extra = loads_bounded(raw)
                 if not isinstance(extra, dict):
                     raise ValueError("not a JSON object")
                 attributes.update(extra)
@@ -415,6 +447,30 @@ def _decode_json(value: str) -> Any:
     # Our export writes non-string attributes (and strings that would read as
     # JSON) as JSON, so reading JSON back where it parses restores the type.
     try:
-        return json.loads(value)
+        return loads_bounded(value)
     except ValueError:
         return value
+
+
+MAX_JSON_DEPTH = 32  # attributes are flat in practice; this is ample
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_JSON_BRACKET = re.compile(r"[\[\]{}]")
+
+
+def loads_bounded(text: str) -> Any:
+    """`json.loads`, refusing (ValueError) what nests deeper than `MAX_JSON_DEPTH`.
+
+    The json module recurses once per level: a cell of 100,000 `[` raised
+    RecursionError (a traceback, not a row's problem), and a few hundred levels
+    that do parse would recurse again wherever the value is compared, stored
+    or exported.  Counting brackets outside strings first costs nothing for
+    the flat values real exports hold.
+    """
+    if text.count("[") + text.count("{") > MAX_JSON_DEPTH:
+        depth = deepest = 0
+        for bracket in _JSON_BRACKET.finditer(_JSON_STRING.sub("", text)):
+            depth += 1 if bracket.group() in "[{" else -1
+            deepest = max(deepest, depth)
+        if deepest > MAX_JSON_DEPTH:
+            raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    return json.loads(text)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from typing import IO, Any
 from sqlalchemy import Connection, Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from newsletter.audience import staging
 from newsletter.audience.csvformats import read_source, source_size
 from newsletter.audience.importer import ImportCounts, ImportRun, import_rows, remove_untouched
 from newsletter.audience.members import (
@@ -40,8 +42,16 @@ from newsletter.audience.members import (
 from newsletter.audience.serviceformats import FORMULA_STARTS, NEWSLETTER_HEADER
 from newsletter.config import Settings
 from newsletter.errors import Problem, StoreError, SubscriberError
+from newsletter.store import READ_ONLY, now
 from newsletter.store import reading as read_only
 from newsletter.store.schema import lists, memberships, subscribers
+
+log = logging.getLogger(__name__)
+
+# Where an import stages first and merges quickly (newsletter.audience.staging): SQLite
+# has one writer at a time, so a long import transaction would stop every
+# other writer (the daemon's heartbeat, unsubscribes) for its whole run.
+STAGED_DIALECTS: tuple[str, ...] = ("sqlite",)
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
 
@@ -75,14 +85,62 @@ def import_file(
 
     Invalid rows are skipped and reported in `counts.problems`; everything
     else is written in one transaction, so an interrupted import (crash,
-    Ctrl-C, kill) leaves the store exactly as it was.
+    Ctrl-C, kill) leaves the store exactly as it was.  On SQLite the rows are
+    staged and planned first, without the write lock, and that transaction is
+    only the short merge (`newsletter.audience.staging`); if the store changed under
+    the plan, the import runs again the classic way.
     """
     settings.get_list(list_name)  # a clear "unknown list" before touching anything
     total = source_size(path) if path.exists() else 0
     tick = (lambda done: progress(done, total)) if progress else None
+    if engine.dialect.name in STAGED_DIALECTS:
+        try:
+            return _staged_import(
+                engine, settings, path, list_name, fmt, dry_run, resubscribe, tick
+            )
+        except staging.StaleSnapshot as exc:
+            log.info("%s; importing %s again in one transaction", exc, path)
     with _all_or_nothing(engine, settings, dry_run, "import", path) as conn:
         run = ImportRun(conn, list_id(conn, list_name), resubscribe=resubscribe)
         import_rows(run, read_source(path, fmt, progress=tick, infos=run.counts.files))
+    return run.counts
+
+
+def _staged_import(
+    engine: Engine,
+    settings: Settings,
+    path: Path,
+    list_name: str,
+    fmt: str,
+    dry_run: bool,
+    resubscribe: bool,
+    tick: Callable[[int], None] | None,
+) -> ImportCounts:
+    """Stage and plan without the write lock, then merge in one short transaction
+    (see `newsletter.audience.staging`); a dry run stops after planning."""
+    try:
+        with engine.connect() as conn:
+            if not dry_run:
+                with conn.begin():
+                    ensure_lists(conn, settings)
+            conn.execution_options(**{READ_ONLY: True})  # plain BEGIN: no write lock
+            try:
+                with conn.begin():
+                    lid = conn.scalar(select(lists.c.id).where(lists.c.name == list_name))
+                    run = ImportRun(conn, int(lid or 0), resubscribe=resubscribe)
+                    source = read_source(path, fmt, progress=tick, infos=run.counts.files)
+                    staging.stage_and_plan(run, source)
+                if not dry_run:
+                    conn.execution_options(**{READ_ONLY: False})  # BEGIN IMMEDIATE
+                    held = staging.merge(run, now())
+                    run.counts.write_lock_seconds, run.counts.write_lock_cpu_seconds = held
+            finally:
+                conn.rollback()
+                conn.execution_options(**{READ_ONLY: True})
+                with conn.begin():
+                    staging.drop(conn)
+    except SQLAlchemyError as exc:
+        raise StoreError(f"import failed, nothing was written: {exc}", path=path) from exc
     return run.counts
 
 
@@ -137,7 +195,7 @@ def sync_directory(
                     )
                 )
                 continue
-            run = ImportRun(conn, list_id(conn, path.stem))
+            run = ImportRun(conn, list_id(conn, path.stem), source="sync")
             import_rows(run, read_source(path, "auto", infos=run.counts.files))
             remove_untouched(run)
             results.append(SyncResult(path.stem, path, run.counts))

@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 from sqlalchemy import Connection, select, update
 
+from newsletter.audience import consent
 from newsletter.audience import members as subs
 from newsletter.store import now
 from newsletter.store.schema import memberships, subscribers, unsubscribe_events
@@ -46,7 +47,9 @@ def unsubscribe_by_link(
             select(subscribers.c.status).where(subscribers.c.id == subscriber_id)
         )
         was_member = lid is not None and _membership_stamp(conn, subscriber_id, lid) != _ABSENT
-        changed = subs.unsubscribe(conn, subscriber_id, list_name, reason=reason)
+        changed = subs.unsubscribe(
+            conn, subscriber_id, list_name, reason=reason, source="one-click"
+        )
         if changed:
             conn.execute(
                 unsubscribe_events.insert().values(
@@ -100,6 +103,7 @@ def undo(
             .where(unsubscribe_events.c.id == event.id)
             .values(undone_at=at)
         )
+        consent.record(conn, subscriber_id, "resubscribe", "one-click", list_name, "undo", at)
         return "undone"
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from newsletter import shutdown
 from newsletter.cli.common import AppContext
 
 __all__ = ["main"]
@@ -32,6 +33,12 @@ def main(ctx: click.Context, config: Path | None) -> None:
     `newsletter subscribers import FILE --list L`, `newsletter run --once`.
     """
     ctx.obj = AppContext(config)
+    # `run` and `send` stop cleanly on a SIGTERM noted since start-up; every
+    # other command dies of it, as it would have without the entry point's hold.
+    shutdown.settle(graceful=ctx.invoked_subcommand in GRACEFUL_COMMANDS)
+
+
+GRACEFUL_COMMANDS = ("run", "send")
 
 
 def _register() -> None:

@@ -10,12 +10,13 @@ from typing import Any
 import click
 from sqlalchemy import Engine
 
+from newsletter import shutdown
 from newsletter.audience.subscribers import sync_directory
 from newsletter.cli.common import emit_json, handle_errors, json_option, settings_of
 from newsletter.config import Settings
 from newsletter.daemon.passes import MailingProgress, PassReport
 from newsletter.daemon.planning import UpcomingSend
-from newsletter.daemon.scheduler import Daemon, run_once
+from newsletter.daemon.scheduler import Daemon, DaemonBusyError, run_once
 from newsletter.errors import TransportError
 from newsletter.logging_setup import remove_logging, setup_logging
 from newsletter.store import open_store
@@ -69,18 +70,24 @@ def run(
     With --once it does one pass and prints a summary: for cron or a systemd
     timer.  Posts dated before [schedule] since are never sent.
     """
+    stop = shutdown.stop_event()  # set by a SIGTERM from start-up on
     settings = settings_of(ctx)
     handler = setup_logging(json_lines=log_json)
     try:
         engine = open_store(settings)
-        if sync_first:
+        if sync_first and not stop.is_set():
             _sync_lists(settings, engine, quiet=as_json)
         if not once:
-            with _public_server(settings, enabled=serve):
-                Daemon(settings, engine, watch=not no_watch).serve_forever()
+            daemon = Daemon(settings, engine, watch=not no_watch, stop_event=stop)
+            with _public_server(settings, enabled=serve and not stop.is_set()):
+                daemon.serve_forever()
+            if daemon.lost_lock:  # non-zero, so systemd's Restart=on-failure restarts it
+                raise DaemonBusyError(
+                    "stopped: another process took the daemon lock", key="database.url"
+                )
             return
         with _progress_bar(enabled=sys.stdout.isatty() and not as_json) as progress:
-            report = run_once(settings, engine, progress=progress)
+            report = run_once(settings, engine, progress=progress, stop=stop)
     finally:
         remove_logging(handler)
     for problem in report.problems:

@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from newsletter import shutdown
 from newsletter.cli.common import emit_json, handle_errors, json_option, settings_of
 from newsletter.config import Settings
 from newsletter.delivery.mailings import (
@@ -68,10 +69,14 @@ def send_cmd(
     POST is a post id or a path; an unpublished post (a draft) goes only to
     --test addresses.
     """
+    stop = shutdown.stop_event()  # set by a SIGTERM from start-up on
     settings = settings_of(ctx)
     settings.get_list(list_name)
     posts = load_posts(settings)
     post = posts.find(post_ref)
+    if stop.is_set():
+        click.echo("stopped before sending anything", err=True)
+        return
     if tests:
         _send_tests(settings, post, list_name, tests, as_json)
         return
@@ -79,7 +84,7 @@ def send_cmd(
     if dry_run:
         _dry_run(settings, post, list_name, resend, verbose, as_json)
     else:
-        _send(settings, post, posts, list_name, resend, wait, as_json)
+        _send(settings, post, posts, list_name, resend, wait, as_json, stop)
 
 
 def _send_tests(
@@ -128,7 +133,9 @@ def _send(
     resend: bool,
     wait: float,
     as_json: bool,
+    stop: threading.Event,
 ) -> None:
+    from newsletter.email.tokens import checked_secret
     from newsletter.store import open_store, reading
     from newsletter.store.mailings import latest_mailing
 
@@ -143,10 +150,10 @@ def _send(
         else:
             click.echo(f"{message}; nothing sent (use --resend to send it again)")
         return
+    checked_secret(settings, engine)  # before planning: refuse with nothing changed
     mailing_id = plan_mailing(
         engine, settings, post.post_id, list_name, subject=post.title, resend=resend
     )
-    stop = threading.Event()
     with _stop_on_signals(stop), _progress(enabled=sys.stdout.isatty() and not as_json) as bar:
         report = deliver_mailing(
             engine, settings, mailing_id, posts, progress=bar, wait=wait, stop=stop
@@ -290,6 +297,10 @@ def status_cmd(ctx: click.Context, as_json: bool) -> None:
 def _state_text(s: MailingSummary) -> str:
     if s.state == "paused" and s.paused_until is not None:
         return f"paused until {s.paused_until.isoformat(timespec='seconds')}"
+    if s.state == "waiting":
+        return "waiting for the page"
+    if s.state == "held":
+        return "held (the page never went live)"
     return s.state
 
 

@@ -258,10 +258,13 @@ public_url = "https://news.example.com"
 scan_interval = "60s"
 # Posts dated before this moment are never sent automatically.
 since = "{since}"
+# With an https url the daemon mails a post only once its page answers 200
+# (a Jekyll build can lag the post's date); wait_for_page = false turns it off.
 
 [lists.main]
 title = "Every new post"
 mode = "each"
+# public = true   # offer this list on the signup form (`newsletter snippet --list main`)
 """
 
 

@@ -1,4 +1,4 @@
-"""Commands: `subscribers import|export|add|remove|unsubscribe|resubscribe|list|sync`, `lists`.
+"""Commands: `subscribers import|export|add|remove|unsubscribe|resubscribe|list|sync|show`, `lists`.
 
 Exit status: 0 when everything was done; 1 when the user must fix something
 (an unknown list or address, an unreadable file, and for import/sync any row
@@ -28,6 +28,7 @@ from newsletter.audience.members import (
     ensure_lists,
     get_by_email,
     list_counts,
+    membership_lists,
     remove_member,
     resubscribe,
     unsubscribe,
@@ -134,9 +135,26 @@ def _progress(file: Path) -> Iterator[ProgressFn | None]:
 
 def _finish(counts: ImportCounts, list_name: str, dry_run: bool, as_json: bool) -> None:
     _report_problems(counts.problems, counts.invalid + counts.warnings)
+    files = [
+        {"file": f.name, "format": f.format, "detected": f.detected,
+         "encoding": f.encoding, "delimiter": f.delimiter}
+        for f in counts.files
+    ]  # fmt: skip
     if as_json:
-        emit_json({"list": list_name, "dry_run": dry_run, **counts.as_dict()})
+        formats = sorted({f.format for f in counts.files})
+        emit_json(
+            {
+                "list": list_name,
+                "dry_run": dry_run,
+                "format": formats[0] if len(formats) == 1 else formats,
+                "files": files,
+                **counts.as_dict(),
+            }
+        )
     else:
+        for f in counts.files:  # so a wrong guess is seen before it matters
+            how = "detected from its header" if f.detected else "as given by --format"
+            click.echo(f"{f.name}: read as {f.format} ({how}; {f.encoding}, {f.delimiter!r})")
         _summary_table(counts, list_name, dry_run)
     if counts.invalid:
         sys.exit(1)
@@ -264,9 +282,25 @@ def _require(engine: Engine, email: str) -> SubscriberRow:
 def add_command(ctx: click.Context, email: str, list_name: str, name: str) -> None:
     """Add EMAIL to a list (an unsubscribed address stays unsubscribed)."""
     _, engine = _engine_for(ctx, list_name)
-    row = add_subscriber(engine, email, list_name, name=name)
-    note = "" if row.status == "active" else f" (stays {row.status}: use resubscribe to undo)"
-    click.echo(f"added {row.email} to {list_name}{note}")
+    row = add_subscriber(engine, email, list_name, name=name, source="cli")
+    click.echo(f"added {row.email} to {list_name}{_suppressed_note(engine, row, list_name)}")
+
+
+def _suppressed_note(engine: Engine, row: SubscriberRow, list_name: str) -> str:
+    """Why an added address still gets no mail, and the one way to lift that."""
+    if row.status != "active":
+        return (
+            f", but it stays {row.status} ({row.status_reason or 'no reason recorded'}) "
+            f"and gets no mail; only with their consent, lift it with "
+            f"`newsletter subscribers resubscribe {row.email}`"
+        )
+    if membership_lists(engine, row.id).get(list_name) is not None:
+        return (
+            f", but it stays unsubscribed from {list_name} and gets no mail from it; "
+            f"only with their consent, lift it with "
+            f"`newsletter subscribers resubscribe {row.email} --list {list_name}`"
+        )
+    return ""
 
 
 @subscribers_group.command("remove")
@@ -293,7 +327,7 @@ def unsubscribe_command(ctx: click.Context, email: str, list_name: str | None) -
     """Unsubscribe EMAIL from one list, or from every list."""
     _, engine = _engine_for(ctx, list_name)
     row = _require(engine, email)
-    changed = unsubscribe(engine, row.id, list_name, reason="cli")
+    changed = unsubscribe(engine, row.id, list_name, reason="cli", source="cli")
     scope = list_name or "every list"
     click.echo(
         f"unsubscribed {row.email} from {scope}"
@@ -311,8 +345,54 @@ def resubscribe_command(ctx: click.Context, email: str, list_name: str | None) -
     """Undo an unsubscribe, bounce or complaint for EMAIL (only with their consent)."""
     _, engine = _engine_for(ctx, list_name)
     row = _require(engine, email)
-    resubscribe(engine, row.id, list_name)
+    resubscribe(engine, row.id, list_name, source="cli")
     click.echo(f"resubscribed {row.email} to {list_name or 'every list'}")
+
+
+@subscribers_group.command("show")
+@click.argument("email")
+@json_option
+@click.pass_context
+@handle_errors
+def show_command(ctx: click.Context, email: str, as_json: bool) -> None:
+    """Show EMAIL's status, lists and consent history (every signup,
+    confirmation, unsubscribe and preference change, with time and source)."""
+    from newsletter.audience.consent import history
+    from newsletter.audience.members import membership_lists
+
+    _, engine = _engine_for(ctx, None)
+    row = _require(engine, email)
+    joined = membership_lists(engine, row.id)
+    events = history(engine, row.id)
+    if as_json:
+        emit_json(
+            {
+                "email": row.email,
+                "name": row.name,
+                "status": row.status,
+                "status_reason": row.status_reason,
+                "lists": {n: ("unsubscribed" if at else "subscribed") for n, at in joined.items()},
+                "history": [
+                    {"at": e.at.isoformat(), "action": e.action, "source": e.source,
+                     "list": e.list_name, "detail": e.detail}
+                    for e in events
+                ],
+            }
+        )  # fmt: skip
+        return
+    reason = f" ({row.status_reason})" if row.status_reason else ""
+    click.echo(f"{row.email}{' · ' + row.name if row.name else ''}: {row.status}{reason}")
+    for name, at in joined.items():
+        click.echo(
+            f"  {name}: {'unsubscribed ' + at.isoformat(timespec='seconds') if at else 'subscribed'}"
+        )
+    click.echo("history:" if events else "history: nothing recorded")
+    for e in events:
+        scope = e.list_name or "every list"
+        detail = f" — {e.detail}" if e.detail else ""
+        click.echo(
+            f"  {e.at.isoformat(timespec='seconds')}  {e.action:<12} {scope:<16} via {e.source}{detail}"
+        )
 
 
 # --------------------------------------------------------------------------- sync / lists

@@ -1,4 +1,4 @@
-"""Commands: `preview` (local, live-reloading) and `serve` (public endpoints)."""
+"""Commands: `preview` (local, live-reloading), `serve` (public endpoints), `snippet`."""
 
 from __future__ import annotations
 
@@ -83,7 +83,29 @@ def serve_cmd(ctx: click.Context, host: str | None, port: int | None) -> None:
     run_app(app, host, port, announce=announce)
 
 
+@click.command("snippet")
+@click.option(
+    "--list",
+    "list_names",
+    multiple=True,
+    required=True,
+    help="A public list the form offers (repeat for a choice of lists).",
+)
+@click.pass_context
+@handle_errors
+def snippet_cmd(ctx: click.Context, list_names: tuple[str, ...]) -> None:
+    """Print an HTML signup form to paste into a Jekyll _includes/ file.
+
+    No JavaScript; every field labelled. It posts to `[web] public_url`/subscribe,
+    which `newsletter serve` answers; the lists must say `public = true`.
+    """
+    from newsletter.web.snippet import signup_snippet
+
+    click.echo(signup_snippet(settings_of(ctx), list_names))
+
+
 def register(group: click.Group) -> None:
     """Add this module's commands to the top-level group."""
     group.add_command(preview_cmd)
     group.add_command(serve_cmd)
+    group.add_command(snippet_cmd)

@@ -18,7 +18,7 @@ from sqlalchemy import Engine, func, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from newsletter.config import ListSettings, Settings, utcnow
-from newsletter.daemon import planning
+from newsletter.daemon import pagewait, planning
 from newsletter.delivery.mailings import DeliveryReport
 from newsletter.delivery.transports import Transport
 from newsletter.errors import NewsletterError, TransportError
@@ -149,28 +149,35 @@ def _read_bounces(engine: Engine, settings: Settings, problems: list[str]) -> No
 def _plan_posts(
     engine: Engine, settings: Settings, due: tuple[planning.DueSend, ...], problems: list[str]
 ) -> list[int]:
-    from newsletter.delivery.mailings import plan_mailing
+    """Each due post for all its lists at once, so that a member of several
+    lists is queued once (`[email] dedupe_across_lists`)."""
+    from newsletter.delivery.mailings import plan_post
 
-    ids: list[int] = []
+    by_post: dict[str, list[planning.DueSend]] = {}
     for item in due:
+        by_post.setdefault(item.post.post_id, []).append(item)
+    ids: list[int] = []
+    for post_id, items in by_post.items():
+        names = tuple(item.list_name for item in items)
         try:
-            mailing_id = plan_mailing(engine, settings, item.post.post_id, item.list_name)
+            planned = plan_post(engine, settings, post_id, names)
         except NewsletterError as exc:
-            problems.append(f"error: {item.post.path}: {item.list_name}: {exc}")
+            problems.append(f"error: {items[0].post.path}: {', '.join(names)}: {exc}")
             continue
-        ids.append(mailing_id)
-        log.info(
-            "planned mailing %d: %s -> %s",
-            mailing_id,
-            item.post.post_id,
-            item.list_name,
-            extra={
-                "event": "planned",
-                "mailing_id": mailing_id,
-                "post_id": item.post.post_id,
-                "list": item.list_name,
-            },
-        )
+        for list_name, mailing_id in planned.items():
+            ids.append(mailing_id)
+            log.info(
+                "planned mailing %d: %s -> %s",
+                mailing_id,
+                post_id,
+                list_name,
+                extra={
+                    "event": "planned",
+                    "mailing_id": mailing_id,
+                    "post_id": post_id,
+                    "list": list_name,
+                },
+            )
     return ids
 
 
@@ -280,6 +287,8 @@ def _deliver(
             break
         started = utcnow()
         if _close_if_empty(engine, mailing_id):
+            continue
+        if not pagewait.page_ready(engine, settings, mailing_id, collection, started):
             continue
         due = _due_count(engine, mailing_id, started)
         if due:
@@ -502,7 +511,7 @@ def next_work_time(engine: Engine, now: datetime) -> datetime | None:
         )
         paused = conn.scalar(
             select(func.min(mailings.c.paused_until)).where(
-                mailings.c.state == "paused", mailings.c.paused_until > now
+                mailings.c.state.in_(("paused", pagewait.WAITING)), mailings.c.paused_until > now
             )
         )
     times = [t if t.tzinfo else t.replace(tzinfo=UTC) for t in (retry, paused) if t is not None]

@@ -25,6 +25,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -43,6 +44,7 @@ from newsletter.daemon.passes import (
     run_pass,
 )
 from newsletter.delivery.transports import Transport
+from newsletter.email.tokens import checked_secret
 from newsletter.errors import DeliveryError, NewsletterError, StoreError
 from newsletter.posts.collection import POST_SUFFIXES
 from newsletter.store import safe_url
@@ -88,11 +90,15 @@ class DaemonLock:
         try:
             with self.engine.begin() as conn:
                 row = conn.execute(
-                    select(state.c.value, state.c.updated_at, state.c.expires_at).where(
-                        state.c.key == LOCK_KEY
-                    )
+                    select(
+                        state.c.value, state.c.updated_at, state.c.expires_at, state.c.number
+                    ).where(state.c.key == LOCK_KEY)
                 ).first()
-                if row is not None and row[0] != self.owner and _holder_alive(row[0], row[2], at):
+                if (
+                    row is not None
+                    and row[0] != self.owner
+                    and _holder_alive(row[0], row[2], at, row[3])
+                ):
                     age = max(0, round((at - row[1]).total_seconds()))
                     raise DaemonBusyError(
                         f"another newsletter daemon ({row[0]}, last heartbeat {age} s ago) "
@@ -107,6 +113,7 @@ class DaemonLock:
                         value=self.owner,
                         updated_at=at,
                         expires_at=at + timedelta(seconds=self.ttl),
+                        number=_started(os.getpid()),
                     )
                 )
         except SQLAlchemyError as exc:
@@ -133,19 +140,37 @@ class DaemonLock:
             log.warning("could not release the daemon lock: %s", exc)
 
 
-def _holder_alive(owner: str, expires_at: datetime | None, at: datetime) -> bool:
-    if expires_at is None or expires_at <= at:
-        return False
+def _holder_alive(
+    owner: str, expires_at: datetime | None, at: datetime, started: float | None = None
+) -> bool:
+    """On this host the pid decides, whatever the heartbeat says: a daemon whose
+    heartbeat waited behind a long write (an import holding SQLite's lock) is
+    still alive.  From another host only a fresh heartbeat says so."""
     host, _, rest = owner.partition(":")
     if host != socket.gethostname():
-        return True
+        return expires_at is not None and expires_at > at
     try:
-        os.kill(int(rest.split(":")[0]), 0)
+        pid = int(rest.split(":")[0])
+        os.kill(pid, 0)
     except (ValueError, ProcessLookupError):
         return False
     except PermissionError:
         return True
-    return True
+    # The pid may have been reused since: compare when it started.
+    now_started = _started(pid)
+    return started is None or now_started is None or now_started == started
+
+
+def _started(pid: int) -> float | None:
+    """The process's start time (clock ticks after boot, /proc/<pid>/stat field 22)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return None
+    try:  # the command name (field 2) may hold spaces and parentheses
+        return float(stat.rsplit(")", 1)[1].split()[19])
+    except (IndexError, ValueError):
+        return None
 
 
 def run_once(
@@ -154,12 +179,16 @@ def run_once(
     *,
     transport: Transport | None = None,
     progress: MailingProgress | None = None,
+    stop: threading.Event | None = None,
 ) -> PassReport:
-    """`run --once`: take the lock, one full pass, release."""
+    """`run --once`: take the lock, one full pass, release.
+
+    `stop` set (a SIGTERM) ends the pass after the messages in flight."""
     lock = DaemonLock(engine, db=safe_url(settings.database.url))
     lock.acquire()
     try:
-        return run_pass(settings, engine, transport=transport, progress=progress)
+        checked_secret(settings, engine)  # a changed secret: refuse before sending anything
+        return run_pass(settings, engine, transport=transport, progress=progress, stop=stop)
     finally:
         lock.release()
 
@@ -183,6 +212,7 @@ class Daemon:
         watch: bool = True,
         punctual: bool = True,
         clock: Clock = utcnow,
+        stop_event: threading.Event | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
@@ -190,10 +220,12 @@ class Daemon:
         self.watch = watch
         self.punctual = punctual  # False: scan interval only (the latency baseline)
         self.clock = clock
-        self.stop_event = threading.Event()
+        # The CLI passes the event a SIGTERM sets from process start-up on.
+        self.stop_event = stop_event if stop_event is not None else threading.Event()
         self.lock = DaemonLock(engine, clock=clock, db=safe_url(settings.database.url))
         self.scheduler: Any = None
         self.passes = 0
+        self.lost_lock = False  # set when another process took the lock: exit non-zero
         self.outage = OutageLog()
         self._running = threading.Lock()  # held by the pass in progress
         self._seen_problems: set[str] = set()
@@ -207,6 +239,11 @@ class Daemon:
         from apscheduler.schedulers.background import BackgroundScheduler
 
         self.lock.acquire()
+        try:
+            checked_secret(self.settings, self.engine)  # refuse to start with a changed secret
+        except NewsletterError:
+            self.lock.release()
+            raise
         self.scheduler = BackgroundScheduler(
             timezone=UTC,
             executors={"default": ThreadPoolExecutor(1), "lock": ThreadPoolExecutor(1)},
@@ -264,6 +301,9 @@ class Daemon:
             sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)
         }
         try:
+            if self.stop_event.is_set():  # a SIGTERM during start-up: never start
+                log.info("stopped before starting", extra={"event": "stopped"})
+                return
             self.start()
             while not self.stop_event.wait(0.5):
                 pass
@@ -326,6 +366,7 @@ class Daemon:
                     "the daemon lock was taken by another process; stopping",
                     extra={"event": "lock-lost"},
                 )
+                self.lost_lock = True
                 self.stop_event.set()
         except SQLAlchemyError as exc:
             log.warning("heartbeat failed: %s", exc)

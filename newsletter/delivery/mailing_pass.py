@@ -161,7 +161,9 @@ class MailingPass:
         if allowance == 0:
             return self._pause()
         template = build_template(self.settings, mailing, self.posts)
-        self.context = MessageContext(self.settings, mailing, template, make_signer(self.settings))
+        self.context = MessageContext(
+            self.settings, mailing, template, make_signer(self.settings), self.engine
+        )
         q.set_state(self.engine, mailing.id, "sending")
         finished = sum(counts.get(s, 0) for s in ("sent", "failed", "skipped"))
         tally = Tally(finished, sum(counts.values()), self.progress)

@@ -40,6 +40,7 @@ __all__ = [
     "mailed_pairs",
     "mailing_summaries",
     "plan_mailing",
+    "plan_post",
     "send_test",
 ]
 
@@ -63,36 +64,88 @@ def plan_mailing(
     Returns the mailing id.  An existing mailing for (post, list) is returned
     as it is unless `resend` (a new generation, every mailable member again).
     The snapshot is one transaction: a crash while planning leaves no mailing.
+    A post mailing leaves out whoever already has this post from another
+    list (`[email] dedupe_across_lists`).
     """
+    if kind == "post" and not resend:
+        return plan_post(engine, settings, post_id, (list_name,))[list_name]
+    return _plan(engine, settings, post_id, (list_name,), kind, post_ids, subject, resend)[
+        list_name
+    ]
+
+
+def plan_post(
+    engine: Engine, settings: Settings, post_id: str, list_names: tuple[str, ...]
+) -> dict[str, int]:
+    """Plan one post for several lists at once: list name → mailing id.
+
+    With `[email] dedupe_across_lists` (the default) a member of several of
+    these lists is queued once, on the list they joined first, and nobody is
+    queued who already has this post from an earlier mailing.  The choice is
+    made in one transaction and kept by a unique index on the ledger
+    (`deliveries.dedupe_key`), so it survives kill -9 and holds across hosts.
+    """
+    return _plan(engine, settings, post_id, list_names, "post", (), "", False)
+
+
+def _plan(
+    engine: Engine,
+    settings: Settings,
+    post_id: str,
+    list_names: tuple[str, ...],
+    kind: str,
+    post_ids: tuple[str, ...],
+    subject: str,
+    resend: bool,
+) -> dict[str, int]:
     from newsletter.audience import members as subs
 
-    settings.get_list(list_name)  # an undeclared list is a configuration error
+    for name in list_names:
+        settings.get_list(name)  # an undeclared list is a configuration error
     subs.ensure_lists(engine, settings)
+    dedupe = kind == "post" and not resend and settings.email.dedupe_across_lists
     try:
         with engine.begin() as conn:
-            existing = q.latest_mailing(conn, post_id, list_name)
-            if existing is not None and not resend:
-                return existing.id
-            lid = q.list_id(conn, list_name)
-            if lid is None:  # pragma: no cover - ensure_lists just made it
-                raise DeliveryError(f"unknown list {list_name!r}", key=f"lists.{list_name}")
-            mailing_id = q.insert_mailing(
-                conn,
-                post_id=post_id,
-                list_id=lid,
-                kind="resend" if resend and existing is not None else kind,
-                generation=existing.generation + 1 if existing is not None else 0,
-                subject=subject,
-                post_ids=post_ids,
-            )
-            if mailing_id is None:  # another process planned it meanwhile: theirs stands
-                again = q.latest_mailing(conn, post_id, list_name)
-                assert again is not None
-                return again.id
-            q.snapshot(conn, mailing_id, lid)
-            return mailing_id
+            result: dict[str, int] = {}
+            fresh: list[tuple[str, int, int]] = []  # (list name, list id, mailing id)
+            for name in list_names:
+                existing = q.latest_mailing(conn, post_id, name)
+                if existing is not None and not resend:
+                    result[name] = existing.id
+                    continue
+                lid = q.list_id(conn, name)
+                if lid is None:  # pragma: no cover - ensure_lists just made it
+                    raise DeliveryError(f"unknown list {name!r}", key=f"lists.{name}")
+                mailing_id = q.insert_mailing(
+                    conn,
+                    post_id=post_id,
+                    list_id=lid,
+                    kind="resend" if resend and existing is not None else kind,
+                    generation=existing.generation + 1 if existing is not None else 0,
+                    subject=subject,
+                    post_ids=post_ids,
+                )
+                if mailing_id is None:  # another process planned it meanwhile: theirs stands
+                    again = q.latest_mailing(conn, post_id, name)
+                    assert again is not None
+                    result[name] = again.id
+                    continue
+                result[name] = mailing_id
+                fresh.append((name, lid, mailing_id))
+            rivals = [lid for _, lid, _ in fresh]
+            for _name, lid, mailing_id in fresh:
+                # INSERT … SELECT: the recipients never pass through Python.
+                q.snapshot_list(
+                    conn,
+                    mailing_id,
+                    lid,
+                    rival_list_ids=rivals,
+                    dedupe_key=post_id if dedupe else None,
+                )
+            return result
     except SQLAlchemyError as exc:
-        raise StoreError(f"cannot plan {post_id} for list {list_name}: {exc}") from exc
+        names = ", ".join(list_names)
+        raise StoreError(f"cannot plan {post_id} for list {names}: {exc}") from exc
 
 
 # --------------------------------------------------------------------------- delivering

@@ -12,11 +12,14 @@ import re
 import time
 from collections.abc import Callable
 
+from sqlalchemy import Engine
+
 from newsletter.config import Settings
 from newsletter.delivery.report import DeliveryReport, envelope_sender
 from newsletter.delivery.transports import ConnectError, SendResult, Transport, make_transport
+from newsletter.email.linktokens import make_preferences_token, preferences_url
 from newsletter.email.message import MessageTemplate, Recipient
-from newsletter.email.tokens import load_secret, make_token, unsubscribe_url
+from newsletter.email.tokens import checked_secret, load_secret, make_token, unsubscribe_url
 from newsletter.errors import DeliveryError
 from newsletter.posts.collection import Post, PostCollection
 from newsletter.store import mailings as q
@@ -71,17 +74,24 @@ class MessageContext:
         mailing: q.MailingRow,
         template: MessageTemplate,
         signer: Signer | None,
+        engine: Engine,
     ) -> None:
         self.settings = settings
         self.list_name = mailing.list_name
         self.key = str(mailing.id)
         self.template = template
         self.signer = signer
-        self.secret = load_secret(settings)
+        self.secret = checked_secret(settings, engine)
 
     def message(self, row: q.Claimed) -> bytes:
         token = make_token(self.secret, row.uid, self.list_name)
-        recipient = Recipient(row.email, row.name, unsubscribe_url(self.settings, token))
+        prefs = make_preferences_token(self.secret, row.uid)
+        recipient = Recipient(
+            row.email,
+            row.name,
+            unsubscribe_url(self.settings, token),
+            preferences_url(self.settings, prefs),
+        )
         data = self.template.personalise(recipient, mailing_key=self.key)
         return self.signer(data) if self.signer is not None else data
 
@@ -108,7 +118,9 @@ def send_test_messages(
     try:
         for address in addresses:
             token = make_token(secret, "test", list_name)
-            recipient = Recipient(address, "", unsubscribe_url(settings, token))
+            recipient = Recipient(
+                address, "", unsubscribe_url(settings, token), preferences_url(settings, "test")
+            )
             data = template.personalise(recipient, mailing_key=f"test-{time.time_ns()}")
             data = signer(data) if signer is not None else data
             try:

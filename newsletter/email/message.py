@@ -38,6 +38,7 @@ from email.headerregistry import Address
 from urllib.parse import urlsplit
 
 from newsletter.config import Settings, utcnow
+from newsletter.email.linktokens import preferences_url
 from newsletter.email.render import PLACEHOLDERS, RenderedEmail, one_line
 from newsletter.email.tokens import unsubscribe_url
 from newsletter.errors import RenderError
@@ -79,6 +80,7 @@ class Recipient:
     email: str
     name: str
     unsubscribe_url: str
+    preferences_url: str = ""  # the footer's link to /preferences/<token>
 
 
 SAMPLE_RECIPIENT_EMAIL = "reader@example.com"
@@ -91,6 +93,7 @@ def sample_recipient(settings: Settings) -> Recipient:
         SAMPLE_RECIPIENT_EMAIL,
         SAMPLE_RECIPIENT_NAME,
         unsubscribe_url(settings, "SAMPLE-TOKEN"),
+        preferences_url(settings, "SAMPLE-TOKEN"),
     )
 
 
@@ -163,11 +166,12 @@ class MessageTemplate:
         address = _clean_address(recipient.email)
         name = one_line(recipient.name) if recipient.name else ""
         url = _clean_url(recipient.unsubscribe_url, address)
+        prefs = _clean_url(recipient.preferences_url, address) if recipient.preferences_url else ""
+        prefs_b = prefs.encode()
         name_b, url_b, email_b = name.encode(), url.encode(), address.encode()
         esc_name = html.escape(name).encode()
         esc_url = html.escape(url).encode()
         esc_email = html.escape(address).encode()
-        prefs = preferences_url(url).encode()
         qp = _qp_value
         return [
             b"To: " + format_address(name, address).encode() + CRLF,
@@ -180,8 +184,8 @@ class MessageTemplate:
             qp(esc_email),
             qp(esc_name),
             qp(esc_url),
-            qp(prefs),
-            qp(html.escape(prefs.decode()).encode()),
+            qp(prefs_b),
+            qp(html.escape(prefs).encode()),
         ]
 
     def _subject_header(self, recipient: Recipient) -> bytes:
@@ -268,11 +272,6 @@ def list_id(settings: Settings, list_name: str) -> str:
     return f"{title} <{ident}.{host}>"
 
 
-def preferences_url(unsubscribe_url: str) -> str:
-    """`<public_url>/preferences/<token>`: the same token as the unsubscribe link."""
-    return unsubscribe_url.replace("/unsubscribe/", "/preferences/", 1)
-
-
 def list_unsubscribe_header(url: str, mailto: str | None) -> bytes:
     """RFC 2369/8058 `List-Unsubscribe`, written by hand on one line.
 
@@ -299,7 +298,7 @@ def format_address(name: str, address: str) -> str:
     addr = ascii_domain(address)
     if not name:
         return addr
-    if name.isascii():
+    if name.isascii() and "=?" not in name:
         # A quoted string is never folded (unfolding would keep the space), so
         # cap its length well below the 998-byte line limit.
         name = name[:MAX_ASCII_NAME]
@@ -307,6 +306,9 @@ def format_address(name: str, address: str) -> str:
             return f"{name} <{addr}>"
         quoted = name.replace("\\", "\\\\").replace('"', '\\"')
         return f'"{quoted}" <{addr}>'
+    # Non-ASCII, or ASCII that a reader would take for an RFC 2047 encoded
+    # word (even inside quotes, as Python's parser does): encode the name
+    # itself, so what a reader decodes is exactly the text we were given.
     return f"{_encoded_words(name)} <{addr}>"
 
 
@@ -365,7 +367,7 @@ def fill_placeholders(rendered: RenderedEmail, recipient: Recipient) -> tuple[st
         PLACEHOLDERS["email"]: recipient.email,
         PLACEHOLDERS["name"]: recipient.name,
         PLACEHOLDERS["unsubscribe_url"]: recipient.unsubscribe_url,
-        PLACEHOLDERS["preferences_url"]: preferences_url(recipient.unsubscribe_url),
+        PLACEHOLDERS["preferences_url"]: recipient.preferences_url,
     }
     html_part, text_part = rendered.html, rendered.text
     for key, value in values.items():

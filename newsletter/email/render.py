@@ -291,6 +291,13 @@ def _jinja_message(exc: jinja2.TemplateError) -> str:
     return str(exc.message or exc.__class__.__name__)
 
 
+def _shows_preferences(settings: Settings) -> bool:
+    """The "Manage your subscription" link: forced by `[email] preferences_link`,
+    else shown when some list is public (the page then has lists to offer)."""
+    forced = settings.email.preferences_link
+    return bool(settings.public_lists) if forced is None else forced
+
+
 def _common_context(settings: Settings, mailing_list: ListSettings) -> dict[str, Any]:
     recipient = RecipientFields()
     lang = settings.site.lang
@@ -300,7 +307,7 @@ def _common_context(settings: Settings, mailing_list: ListSettings) -> dict[str,
         "settings": settings,
         "recipient": recipient,
         "unsubscribe_url": recipient.unsubscribe_url,
-        "preferences_url": (recipient.preferences_url if settings.email.preferences_link else None),
+        "preferences_url": recipient.preferences_url if _shows_preferences(settings) else None,
         "postal_address": one_line(settings.email.postal_address or "") or None,
         "logo": _logo(settings),
         "lang": lang,

@@ -19,12 +19,14 @@ import os
 import re
 import secrets
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+
+from sqlalchemy import Engine, select
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from newsletter.config import Settings
-
-if TYPE_CHECKING:
-    from sqlalchemy import Engine
+from newsletter.errors import ConfigError, StoreError
+from newsletter.store import now, reading
+from newsletter.store.schema import state
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,50 @@ def load_secret(settings: Settings, engine: Engine | None = None) -> bytes:
             settings.unsubscribe.secret_env,
         )
     return value
+
+
+FINGERPRINT_KEY = "unsubscribe.secret-fingerprint"
+
+
+def secret_fingerprint(secret: bytes) -> str:
+    """An HMAC of a fixed string under the secret: it identifies the secret and
+    reveals nothing of it (storing it beside the subscribers is safe)."""
+    return hmac.new(
+        secret, b"newsletter unsubscribe secret fingerprint", hashlib.sha256
+    ).hexdigest()
+
+
+def checked_secret(settings: Settings, engine: Engine) -> bytes:
+    """`load_secret`, refused (ConfigError) when it is not the secret this database
+    has used before: a changed `.newsletter/secret`, or the variable unset in one
+    shell, would otherwise silently break every link already sent.  The first
+    use records the fingerprint."""
+    secret = load_secret(settings, engine)
+    fingerprint = secret_fingerprint(secret)
+    query = select(state.c.value).where(state.c.key == FINGERPRINT_KEY)
+    try:
+        with reading(engine) as conn:  # no write lock for the usual case
+            stored = conn.scalar(query)
+        if stored is None:
+            with engine.begin() as conn:
+                conn.execute(
+                    state.insert().values(key=FINGERPRINT_KEY, value=fingerprint, updated_at=now())
+                )
+            return secret
+    except IntegrityError:  # another process recorded one first: compare with that
+        return checked_secret(settings, engine)
+    except SQLAlchemyError as exc:
+        raise StoreError(f"cannot check the unsubscribe secret: {exc}") from exc
+    if not hmac.compare_digest(stored, fingerprint):
+        env = settings.unsubscribe.secret_env
+        source = f"${env}" if os.environ.get(env) else f"the database ({env} unset)"
+        raise ConfigError(
+            f"the unsubscribe secret from {source} is not the one this database's links were "
+            f"made with; every unsubscribe link already sent would break. Use the earlier "
+            f"secret (set {env} as before, or restore that file)",
+            key="unsubscribe.secret_env",
+        )
+    return secret
 
 
 def _mac(secret: bytes, payload: bytes) -> bytes:

@@ -8,7 +8,7 @@ messages may have been in flight.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -16,8 +16,11 @@ from typing import Any
 from sqlalchemy import (
     Connection,
     Engine,
+    Text,
+    and_,
     func,
     literal,
+    or_,
     select,
     update,
 )
@@ -51,6 +54,7 @@ from newsletter.store.schema import (
 
 OPEN_STATUSES = ("queued", "deferred", "sending")
 STATUSES = ("queued", "sending", "sent", "deferred", "failed", "skipped")
+INSERT_BATCH = 1000
 
 
 @dataclass(frozen=True)
@@ -175,34 +179,138 @@ def insert_mailing(
     )
 
 
-def snapshot(conn: Connection, mailing_id: int, list_id: int) -> int:
-    """One queued delivery per mailable member of the list, in the database.
+def snapshot(
+    conn: Connection,
+    mailing_id: int,
+    members: Iterable[tuple[int, str]],
+    *,
+    dedupe_key: str | None = None,
+) -> int:
+    """Insert one queued delivery per (subscriber_id, email), streamed in batches.
 
-    INSERT … SELECT: a million recipients never pass through Python.  The
-    conditions are those of `audience.members.mailable_members` (active,
-    not unsubscribed from this list).
+    With a `dedupe_key` (the post id), the database's unique index refuses a
+    second delivery of that post to the same subscriber in any mailing.
     """
     stamp = now()
-    members = (
-        select(
-            literal(mailing_id),
-            subscribers.c.id,
-            subscribers.c.email,
-            literal("queued"),
-            literal(0),
-            literal(stamp, UtcDateTime),
+    total = 0
+    batch: list[dict[str, Any]] = []
+    for subscriber_id, email in members:
+        batch.append(
+            {
+                "mailing_id": mailing_id,
+                "subscriber_id": subscriber_id,
+                "email": email,
+                "status": "queued",
+                "attempts": 0,
+                "updated_at": stamp,
+                "dedupe_key": dedupe_key,
+            }
         )
-        .join(memberships, memberships.c.subscriber_id == subscribers.c.id)
+        if len(batch) >= INSERT_BATCH:
+            conn.execute(deliveries.insert(), batch)
+            total += len(batch)
+            batch = []
+    if batch:
+        conn.execute(deliveries.insert(), batch)
+        total += len(batch)
+    return total
+
+
+def snapshot_list(
+    conn: Connection,
+    mailing_id: int,
+    list_id: int,
+    *,
+    rival_list_ids: Iterable[int] = (),
+    dedupe_key: str | None = None,
+) -> int:
+    """One queued delivery per chosen member of the list, by INSERT … SELECT.
+
+    A million recipients never pass through Python.  The members are those
+    of `audience.members.mailable_members` (active, not unsubscribed from this
+    list); with a `dedupe_key`, those of `first_joined_members`.
+    """
+    chosen = _members_query(list_id, rival_list_ids, dedupe_key)
+    rows = select(
+        literal(mailing_id),
+        chosen.c.id,
+        chosen.c.email,
+        literal("queued"),
+        literal(0),
+        literal(now(), UtcDateTime),
+        literal(dedupe_key, Text),
+    )
+    columns = [
+        "mailing_id",
+        "subscriber_id",
+        "email",
+        "status",
+        "attempts",
+        "updated_at",
+        "dedupe_key",
+    ]
+    result = conn.execute(deliveries.insert().from_select(columns, rows))
+    return int(result.rowcount)
+
+
+def first_joined_members(
+    conn: Connection, list_id: int, rival_list_ids: Iterable[int], dedupe_key: str
+) -> Iterator[tuple[int, str]]:
+    """Mailable members of a list who get the post through it, streamed.
+
+    A member also on a rival list (one the same post is planned for now) is
+    left to that list when they joined it first (ties: the older list); one
+    who already has a delivery of this post in any mailing is left out.
+    """
+    query = select(_members_query(list_id, rival_list_ids, dedupe_key)).execution_options(
+        yield_per=1000
+    )
+    for row in conn.execute(query):
+        yield int(row.id), str(row.email)
+
+
+def _members_query(list_id: int, rival_list_ids: Iterable[int], dedupe_key: str | None) -> Any:
+    """(id, email) of the list's mailable members in id order, as a subquery."""
+    mine = memberships.alias("mine")
+    query = (
+        select(subscribers.c.id, subscribers.c.email)
+        .join(mine, mine.c.subscriber_id == subscribers.c.id)
         .where(
-            memberships.c.list_id == list_id,
-            memberships.c.unsubscribed_at.is_(None),
+            mine.c.list_id == list_id,
+            mine.c.unsubscribed_at.is_(None),
             subscribers.c.status == "active",
         )
         .order_by(subscribers.c.id)
     )
-    columns = ["mailing_id", "subscriber_id", "email", "status", "attempts", "updated_at"]
-    result = conn.execute(deliveries.insert().from_select(columns, members))
-    return int(result.rowcount)
+    if dedupe_key is None:
+        return query.subquery()
+    already = (
+        select(deliveries.c.id)
+        .where(
+            deliveries.c.dedupe_key == dedupe_key,
+            deliveries.c.subscriber_id == mine.c.subscriber_id,
+        )
+        .exists()
+    )
+    query = query.where(~already)
+    rivals = [r for r in rival_list_ids if r != list_id]
+    if rivals:
+        rival = memberships.alias("rival")
+        earlier = (
+            select(rival.c.list_id)
+            .where(
+                rival.c.subscriber_id == mine.c.subscriber_id,
+                rival.c.list_id.in_(rivals),
+                rival.c.unsubscribed_at.is_(None),
+                or_(
+                    rival.c.created_at < mine.c.created_at,
+                    and_(rival.c.created_at == mine.c.created_at, rival.c.list_id < list_id),
+                ),
+            )
+            .exists()
+        )
+        query = query.where(~earlier)
+    return query.subquery()
 
 
 def counts(conn: Connection, mailing_id: int | None = None) -> dict[int, dict[str, int]]:
@@ -250,6 +358,26 @@ def set_state(
         values["last_error"] = last_error
     with engine.begin() as conn:
         conn.execute(update(mailings).where(mailings.c.id == mailing_id).values(values))
+
+
+def set_gate(
+    engine: Engine,
+    mailing_id: int,
+    state: str,
+    paused_until: datetime | None,
+    note: str | None,
+) -> None:
+    """The page check's verdict: state, next check and the note `status` shows.
+
+    Only an unstarted mailing moves, so a check that races a sending
+    process never drags its mailing back.
+    """
+    with engine.begin() as conn:
+        conn.execute(
+            update(mailings)
+            .where(mailings.c.id == mailing_id, mailings.c.state.in_(("planned", "waiting")))
+            .values(state=state, paused_until=paused_until, last_error=note)
+        )
 
 
 def sent_since(conn: Connection, since: datetime) -> tuple[int, datetime | None]:
@@ -321,6 +449,7 @@ __all__ = [
     "claim",
     "claimable_left",
     "counts",
+    "first_joined_members",
     "free_dead_leases",
     "get_mailing",
     "has_open",
@@ -339,6 +468,8 @@ __all__ = [
     "release",
     "renew",
     "sent_since",
+    "set_gate",
     "set_state",
     "snapshot",
+    "snapshot_list",
 ]

@@ -28,7 +28,7 @@ from sqlalchemy import (
     text,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 2: consent events, confirmations, signup hits, dedupe_key; 3: claim/lease indexes, lease_owner TEXT
 
 
 def new_uid() -> str:
@@ -152,8 +152,8 @@ mailings = Table(
     UniqueConstraint("post_id", "list_id", "generation", name="uq_mailing_post_list"),
 )
 
-# Added in schema version 2 (store.UPGRADES[2] creates them in older databases).
-DELIVERY_INDEXES_V2 = (
+# Added in schema version 3 (store.UPGRADES[3] creates them in older databases).
+DELIVERY_INDEXES_V3 = (
     # Queued rows in id order: a claim reads only the rows it takes.
     Index("ix_deliveries_queue", "mailing_id", "status", "id"),
     # Leased rows by owner (recording, renewing, releasing, freeing dead owners):
@@ -188,10 +188,18 @@ deliveries = Table(
     Column("message_id", String(300), nullable=True),
     Column("sent_at", UtcDateTime, nullable=True),
     Column("updated_at", UtcDateTime, nullable=False),
+    # "One email per person per post": the post id on every delivery of a
+    # deduplicated mailing, NULL otherwise.  The unique index below makes the
+    # rule the database's, so two planners (two hosts) cannot both queue the
+    # same person for the same post; NULLs never collide.
+    Column("dedupe_key", Text, nullable=True),
     UniqueConstraint("mailing_id", "subscriber_id", name="uq_delivery_mailing_subscriber"),
     # Deferred rows in the order they fall due (claims).
     Index("ix_deliveries_claim", "mailing_id", "status", "next_attempt_at"),
-    *DELIVERY_INDEXES_V2,
+    *DELIVERY_INDEXES_V3,
+)
+DEDUPE_INDEX = Index(
+    "uq_deliveries_dedupe", deliveries.c.dedupe_key, deliveries.c.subscriber_id, unique=True
 )
 
 # Small key/value table: daemon lock, generated secrets, last digest times.
@@ -223,4 +231,51 @@ bounce_events = Table(
     Column("received_at", UtcDateTime, nullable=False),
     UniqueConstraint("source", "email", name="uq_bounce_source_email"),
     Index("ix_bounce_events_subscriber", "subscriber_id", "kind", "received_at"),
+)
+
+# The consent record (GDPR art. 7(1)): every signup, confirmation,
+# unsubscribe and preference change, with when and through what.
+# action: signup | confirm | subscribe | unsubscribe | resubscribe | preferences
+#         | import | bounce | complaint.
+# source: form | json | import | cli | one-click | preferences | confirm | sync.
+consent_events = Table(
+    "consent_events",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("subscriber_id", ForeignKey("subscribers.id", ondelete="CASCADE"), nullable=False),
+    Column("at", UtcDateTime, nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("source", String(32), nullable=False),
+    Column("list_name", Text, nullable=True),  # None: every list
+    Column("detail", Text, nullable=True),
+    Index("ix_consent_subscriber", "subscriber_id", "at"),
+)
+
+# One row per confirmation email sent: the link carries the nonce, so a link
+# works once, expires, and can be counted per address per day.
+confirmations = Table(
+    "confirmations",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("nonce", String(32), nullable=False, unique=True, default=new_uid),
+    Column("subscriber_id", ForeignKey("subscribers.id", ondelete="CASCADE"), nullable=False),
+    Column("lists", JSON, nullable=False, default=list),
+    Column("source", String(32), nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("expires_at", UtcDateTime, nullable=False),
+    Column("confirmed_at", UtcDateTime, nullable=True),
+    Index("ix_confirmations_subscriber", "subscriber_id", "created_at"),
+)
+
+# Signup rate limits, counted in the database so several processes share
+# them.  bucket: "ip" | "address"; key: an HMAC of the IP or address (the
+# table never holds either in the clear).
+signup_hits = Table(
+    "signup_hits",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("bucket", String(16), nullable=False),
+    Column("key", String(64), nullable=False),
+    Column("at", UtcDateTime, nullable=False),
+    Index("ix_signup_hits", "bucket", "key", "at"),
 )

@@ -37,6 +37,7 @@ def neutral_recipient(settings: Settings) -> Recipient:
         email="you",
         name="reader",
         unsubscribe_url=f"{settings.web.public_url.rstrip('/')}/unsubscribe/",
+        preferences_url=f"{settings.web.public_url.rstrip('/')}/unsubscribe/",
     )
 
 

@@ -6,6 +6,8 @@
     GET  /unsubscribe/               where the archive's unsubscribe link goes
     GET  /archive/ , /archive/<post> every sent email as a web page
     GET  /healthz                    liveness and database check
+    /subscribe, /confirm/<token>     double opt-in signup (`signup`)
+    /preferences/<token>             a reader's lists (`preferences`)
 
 Every bad token (forged, truncated, for a deleted subscriber or list) gets the
 same 404 page, so the answer never says whether an address is subscribed.
@@ -32,12 +34,14 @@ from newsletter.audience.unsubscribes import UNDO_WINDOW, undoable, unsubscribe_
 from newsletter.audience.unsubscribes import undo as undo_unsubscribe
 from newsletter.config import Settings
 from newsletter.email.render import render_email
-from newsletter.email.tokens import ALL_LISTS, load_secret, verify_token
+from newsletter.email.tokens import ALL_LISTS, checked_secret, verify_token
 from newsletter.errors import NewsletterError, PostError, StoreError, SubscriberError
 from newsletter.posts.collection import PostCollection
 from newsletter.store import open_store, reading
 from newsletter.web.archive import list_for, neutral_html, sent_posts
 from newsletter.web.pages import PRIVATE_HEADERS, PUBLIC_CSP, NoSniffMiddleware, page
+from newsletter.web.preferences import preferences_routes
+from newsletter.web.signup import signup_routes
 from newsletter.web.site import Site
 
 ONE_CLICK = "One-Click"
@@ -330,7 +334,8 @@ def create_public_app(
     """The public app; the store and the token secret are opened now, once."""
     engine = engine if engine is not None else open_engine(settings)
     subs.ensure_lists(engine, settings)
-    state = PublicState(settings, engine, secret if secret is not None else load_secret(settings))
+    secret = secret if secret is not None else checked_secret(settings, engine)
+    state = PublicState(settings, engine, secret)
     routes = [
         Route("/healthz", healthz),
         Route("/unsubscribe/", unsubscribe_help),
@@ -339,6 +344,9 @@ def create_public_app(
         Route("/unsubscribe/{token}/undo", undo, methods=["POST"]),
         Route("/archive/", archive_index),
         Route("/archive/{post_id:path}", archive_post),
+        # Readers' own pages (signup, confirm, preferences) live in their modules.
+        *signup_routes(),
+        *preferences_routes(),
     ]
     app = Starlette(routes=routes)
     app.add_middleware(NoSniffMiddleware)

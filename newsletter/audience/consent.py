@@ -1,0 +1,83 @@
+"""The consent record: who joined or left what, when, and through what.
+
+GDPR (art. 7(1)) asks whoever sends the newsletter to be able to show that
+each reader consented.  Every signup, confirmation, subscribe, unsubscribe
+and preference change is one row of `consent_events`, written in the same
+transaction as the change itself; `newsletter subscribers show EMAIL`
+prints them.  Sources: form, json (the signup form and its JSON twin),
+import, sync, cli, one-click (RFC 8058), preferences (the preferences page).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from newsletter.errors import StoreError
+from newsletter.store import now, reading
+from newsletter.store.schema import consent_events
+
+SOURCES = ("form", "json", "import", "sync", "cli", "one-click", "preferences")
+
+
+@dataclass(frozen=True)
+class ConsentEvent:
+    at: datetime
+    action: str  # signup | confirm | subscribe | unsubscribe | resubscribe | ...
+    source: str
+    list_name: str | None  # None: every list
+    detail: str | None = None
+
+
+def record(
+    conn: Connection,
+    subscriber_id: int,
+    action: str,
+    source: str,
+    list_name: str | None = None,
+    detail: str | None = None,
+    at: datetime | None = None,
+) -> None:
+    """One event, inside the caller's transaction (so it commits with the change)."""
+    conn.execute(
+        consent_events.insert().values(
+            subscriber_id=subscriber_id,
+            at=at or now(),
+            action=action,
+            source=source,
+            list_name=list_name,
+            detail=detail,
+        )
+    )
+
+
+def record_many(conn: Connection, rows: Iterable[dict[str, Any]]) -> None:
+    """Many events at once (imports): dicts with the `record` arguments' names."""
+    batch = [{"list_name": None, "detail": None, "at": now(), **row} for row in rows]
+    if batch:
+        conn.execute(consent_events.insert(), batch)
+
+
+def history(engine: Engine, subscriber_id: int) -> list[ConsentEvent]:
+    """A subscriber's events, oldest first."""
+    query = (
+        select(
+            consent_events.c.at,
+            consent_events.c.action,
+            consent_events.c.source,
+            consent_events.c.list_name,
+            consent_events.c.detail,
+        )
+        .where(consent_events.c.subscriber_id == subscriber_id)
+        .order_by(consent_events.c.at, consent_events.c.id)
+    )
+    try:
+        with reading(engine) as conn:
+            return [ConsentEvent(*row) for row in conn.execute(query)]
+    except SQLAlchemyError as exc:
+        raise StoreError(f"database read failed: {exc}") from exc

@@ -1,0 +1,327 @@
+"""Double opt-in signup, confirmation and the preferences page's changes.
+
+The web layer (`newsletter.web.signup`, `newsletter.web.preferences`) speaks
+HTTP; this module decides, in the database:
+
+* `request_signup`: counts the request against the rate limits, and, when a
+  confirmation is worth sending, records a `confirmations` row (its nonce is
+  what the link carries) and returns it.  It returns None — and the caller
+  answers exactly as when it sends — for a known address that needs nothing,
+  a suppression the reader cannot lift, or too many pending confirmations.
+* `confirm`: spends a confirmation once; the address becomes active on the
+  lists it asked for.  It never lifts an owner's unsubscribe (`cli`, imports),
+  a bounce or a complaint (invariant 3).
+* `set_preferences`: joins and leaves public lists for one subscriber.
+
+Every change writes its consent event in the same transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import Connection, Engine, delete, func, select, update
+
+from newsletter.audience import consent
+from newsletter.audience import members as subs
+from newsletter.audience.addresses import normalise_email
+from newsletter.config import Settings
+from newsletter.errors import SubscriberError
+from newsletter.store.schema import confirmations, memberships, signup_hits, subscribers
+
+WINDOW = timedelta(hours=1)
+DAY = timedelta(days=1)
+# Unsubscribe reasons a reader gave themselves: their own confirmed signup
+# may undo them.  Anything else (the owner's `cli`, an import, a bounce, a
+# complaint) only the owner's `resubscribe` undoes.
+SELF_REASONS = ("one-click", "preferences", "form")
+
+
+class RateLimited(SubscriberError):
+    """Too many signup requests from one address (IP) in the window."""
+
+
+@dataclass(frozen=True)
+class SignupRequest:
+    email: str
+    name: str
+    lists: tuple[str, ...]
+    source: str  # form | json
+    client: str  # the requester's IP (only its HMAC is stored)
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A confirmation to send: its nonce, to whom, for which lists, until when."""
+
+    nonce: str
+    email: str
+    name: str
+    lists: tuple[str, ...]
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class Confirmed:
+    """The outcome of a confirm link's POST."""
+
+    outcome: str  # confirmed | already | expired | invalid | refused
+    email: str = ""
+    name: str = ""
+    uid: str = ""
+    lists: tuple[str, ...] = ()
+    joined: tuple[str, ...] = ()  # lists that became mailable now (welcome email)
+
+
+def _hit_key(secret: bytes, value: str) -> str:
+    return hmac.new(secret, b"signup\0" + value.encode(), hashlib.sha256).hexdigest()[:64]
+
+
+def _count_hits(conn: Connection, bucket: str, key: str, since: datetime) -> int:
+    query = select(func.count()).where(
+        signup_hits.c.bucket == bucket, signup_hits.c.key == key, signup_hits.c.at > since
+    )
+    return int(conn.scalar(query) or 0)
+
+
+def self_suppressed(row: subs.SubscriberRow) -> bool:
+    reason = row.status_reason or ""
+    return row.status == subs.UNSUBSCRIBED and reason.startswith(SELF_REASONS)
+
+
+def request_signup(
+    engine: Engine, settings: Settings, secret: bytes, request: SignupRequest, at: datetime
+) -> Pending | None:
+    """Count the request, decide whether to send a confirmation, record it."""
+    address = normalise_email(request.email)  # SubscriberError: the form says "invalid"
+    limits = settings.signup
+    ip_key = _hit_key(secret, request.client)
+    address_key = _hit_key(secret, address.key)
+    with subs.writing(engine) as conn:
+        conn.execute(delete(signup_hits).where(signup_hits.c.at < at - DAY))
+        if _count_hits(conn, "ip", ip_key, at - WINDOW) >= limits.per_ip_per_hour:
+            raise RateLimited("too many signup requests from this network; try again later")
+        conn.execute(signup_hits.insert().values(bucket="ip", key=ip_key, at=at))
+        conn.execute(signup_hits.insert().values(bucket="address", key=address_key, at=at))
+        if _count_hits(conn, "address", address_key, at - WINDOW) > limits.per_address_per_hour:
+            return None  # quietly: the answer must not say the address was asked for
+        row = _find_or_create(conn, address.email, address.key, request.name, at)
+        if not _worth_confirming(conn, row, request.lists):
+            return None
+        sent_today = conn.scalar(
+            select(func.count()).where(
+                confirmations.c.subscriber_id == row.id,
+                confirmations.c.created_at > at - DAY,
+                confirmations.c.confirmed_at.is_(None),
+            )
+        )
+        if int(sent_today or 0) >= limits.pending_per_address_per_day:
+            return None
+        expires = at + timedelta(hours=limits.confirm_hours)
+        nonce = _insert_confirmation(conn, row.id, request, at, expires)
+        consent.record(
+            conn,
+            row.id,
+            "signup",
+            request.source,
+            ", ".join(request.lists),
+            "confirmation sent",
+            at=at,
+        )
+    return Pending(nonce, row.email, request.name.strip() or row.name, request.lists, expires)
+
+
+def _find_or_create(
+    conn: Connection, email: str, key: str, name: str, at: datetime
+) -> subs.SubscriberRow:
+    found = conn.execute(select(subscribers.c.id).where(subscribers.c.email_key == key)).first()
+    if found is None:
+        conn.execute(
+            subscribers.insert().values(
+                email=email,
+                email_key=key,
+                name=name.strip()[:200],
+                attributes={},
+                status=subs.PENDING,
+                status_reason="awaiting confirmation",
+                status_changed_at=at,
+                created_at=at,
+                updated_at=at,
+            )
+        )
+    row = subs.get_by_email(conn, email)
+    assert row is not None
+    return row
+
+
+def _worth_confirming(conn: Connection, row: subs.SubscriberRow, lists: tuple[str, ...]) -> bool:
+    """No mail to a suppression the reader cannot lift, nor to someone already in."""
+    if row.suppressed and not self_suppressed(row):
+        return False
+    if row.status == subs.ACTIVE:
+        joined = subs.membership_lists(conn, row.id)
+        return any(name not in joined or joined[name] is not None for name in lists)
+    return True
+
+
+def _insert_confirmation(
+    conn: Connection, sid: int, request: SignupRequest, at: datetime, expires: datetime
+) -> str:
+    from newsletter.store.schema import new_uid
+
+    nonce = new_uid()
+    conn.execute(
+        confirmations.insert().values(
+            nonce=nonce,
+            subscriber_id=sid,
+            lists=list(request.lists),
+            source=request.source,
+            created_at=at,
+            expires_at=expires,
+        )
+    )
+    return nonce
+
+
+def confirmation_state(engine: Engine, nonce: str, at: datetime) -> str:
+    """What a confirm link's GET page should say: open | already | expired | invalid."""
+    with subs.reading(engine) as conn:
+        row = conn.execute(
+            select(confirmations.c.confirmed_at, confirmations.c.expires_at).where(
+                confirmations.c.nonce == nonce
+            )
+        ).first()
+    if row is None:
+        return "invalid"
+    if row.confirmed_at is not None:
+        return "already"
+    return "expired" if row.expires_at <= at else "open"
+
+
+def confirm(engine: Engine, settings: Settings, nonce: str, at: datetime) -> Confirmed:
+    """Spend a confirmation: once, before it expires; see the module docstring."""
+    with subs.writing(engine) as conn:
+        row = conn.execute(select(confirmations).where(confirmations.c.nonce == nonce)).first()
+        if row is None:
+            return Confirmed("invalid")
+        if row.confirmed_at is not None:
+            return Confirmed("already")
+        if row.expires_at <= at:
+            return Confirmed("expired")
+        spent = conn.execute(
+            update(confirmations)
+            .where(confirmations.c.id == row.id, confirmations.c.confirmed_at.is_(None))
+            .values(confirmed_at=at)
+        )
+        if not spent.rowcount:  # a concurrent POST got there first
+            return Confirmed("already")
+        person = subs.get_by_id(conn, row.subscriber_id)
+        assert person is not None
+        names = tuple(n for n in row.lists if n in settings.lists)
+        base = Confirmed("refused", person.email, person.name, person.uid, names)
+        if person.suppressed and not self_suppressed(person):
+            consent.record(
+                conn, person.id, "confirm", row.source, None, "refused: " + person.status, at
+            )
+            return base
+        joined = _activate(conn, person, names, at)
+        consent.record(conn, person.id, "confirm", row.source, ", ".join(names), "by link", at)
+    return Confirmed("confirmed", person.email, person.name, person.uid, names, joined)
+
+
+def _activate(
+    conn: Connection, person: subs.SubscriberRow, names: tuple[str, ...], at: datetime
+) -> tuple[str, ...]:
+    """Make the address active on `names`; the lists newly mailable."""
+    before = subs.membership_lists(conn, person.id)
+    if person.status != subs.ACTIVE:
+        if person.status == subs.UNSUBSCRIBED:
+            # A reader's own earlier "every list" unsubscribe: lists they
+            # had not asked for again stay left.
+            for name, left in before.items():
+                if left is None and name not in names:
+                    subs.unsubscribe(conn, person.id, name, reason="kept after signup")
+        conn.execute(
+            update(subscribers)
+            .where(subscribers.c.id == person.id)
+            .values(
+                status=subs.ACTIVE,
+                status_reason="confirmed",
+                status_changed_at=at,
+                updated_at=at,
+            )
+        )
+    joined: list[str] = []
+    for name in names:
+        lid = subs.list_id(conn, name)
+        if name not in before:
+            conn.execute(
+                memberships.insert().values(list_id=lid, subscriber_id=person.id, created_at=at)
+            )
+        elif before[name] is not None:
+            conn.execute(
+                update(memberships)
+                .where(memberships.c.list_id == lid, memberships.c.subscriber_id == person.id)
+                .values(unsubscribed_at=None)
+            )
+        elif person.status == subs.ACTIVE:
+            continue  # already mailable there
+        joined.append(name)
+    return tuple(joined)
+
+
+# --------------------------------------------------------------------------- preferences
+
+
+@dataclass(frozen=True)
+class Choice:
+    name: str
+    title: str
+    subscribed: bool
+
+
+def choices(engine: Engine, settings: Settings, subscriber_id: int) -> list[Choice]:
+    """Each public list, and whether this subscriber gets it now."""
+    person = subs.get_by_id(engine, subscriber_id)
+    joined = subs.membership_lists(engine, subscriber_id)
+    active = person is not None and person.status == subs.ACTIVE
+    return [
+        Choice(lst.name, lst.title, active and lst.name in joined and joined[lst.name] is None)
+        for lst in settings.public_lists
+    ]
+
+
+def set_preferences(
+    engine: Engine, settings: Settings, subscriber_id: int, wanted: set[str], at: datetime
+) -> tuple[list[str], list[str]]:
+    """Join the public lists in `wanted`, leave the others: (joined, left).
+
+    A suppression the reader cannot lift (the owner's, a bounce, a
+    complaint) lets them leave lists but join none.
+    """
+    public = [lst.name for lst in settings.public_lists]
+    joined: list[str] = []
+    left: list[str] = []
+    with subs.writing(engine) as conn:
+        person = subs.get_by_id(conn, subscriber_id)
+        if person is None:
+            raise SubscriberError("no such subscriber")
+        current = subs.membership_lists(conn, subscriber_id)
+        active = person.status == subs.ACTIVE
+        for name in public:
+            getting = active and name in current and current[name] is None
+            if getting and name not in wanted:
+                subs.unsubscribe(conn, subscriber_id, name, reason="preferences")
+                consent.record(conn, subscriber_id, "unsubscribe", "preferences", name, at=at)
+                left.append(name)
+        to_join = tuple(
+            n for n in public if n in wanted and not (active and current.get(n, 1) is None)
+        )
+        if to_join and (person.status == subs.ACTIVE or self_suppressed(person)):
+            joined = list(_activate(conn, person, to_join, at))
+            for name in joined:
+                consent.record(conn, subscriber_id, "subscribe", "preferences", name, at=at)
+    return joined, left

@@ -1,0 +1,393 @@
+"""Double opt-in signup from the blog: `POST /subscribe` and `/confirm/<token>`.
+
+    GET  /subscribe           the signup form (the same one `newsletter snippet` prints)
+    POST /subscribe           an HTML form post or JSON; the answer never says
+                              whether the address was known (no enumeration)
+    OPTIONS /subscribe        CORS preflight, for `[signup] allowed_origins` only
+    GET  /confirm/<token>     a page with a button: link scanners never confirm
+    POST /confirm/<token>     confirms; then the welcome email
+
+Abuse: a honeypot field (`website`), per-IP and per-address limits counted in
+the database, at most `pending_per_address_per_day` confirmations per
+address, Origin/Referer checked on form posts.  Decisions live in
+`newsletter.audience.signup`; the emails are `newsletter.email.notices`,
+sent through the configured transport.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+from urllib.parse import urlsplit
+
+from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from newsletter.audience import signup as flow
+from newsletter.config import Settings, utcnow
+from newsletter.delivery.transports import Transport, TransportError, make_transport
+from newsletter.email.linktokens import (
+    confirm_url,
+    make_confirm_token,
+    make_preferences_token,
+    preferences_url,
+    verify_confirm_token,
+)
+from newsletter.email.notices import build_notice
+from newsletter.errors import NewsletterError, StoreError, SubscriberError
+from newsletter.web.pages import PRIVATE_HEADERS, PUBLIC_CSP
+from newsletter.web.pages import page as _any_page
+
+log = logging.getLogger("newsletter.web")
+
+MAX_BODY = 16 * 1024
+HONEYPOT = "website"
+SENT_MESSAGE = (
+    "Thanks! If the address can be subscribed, a confirmation email is on its way: "
+    "open the link in it to finish."
+)
+
+
+def page(name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+    """A public page: no script at all, never framed (PUBLIC_CSP)."""
+    return _any_page(name, status_code, csp=PUBLIC_CSP, **context)
+
+
+def _state(request: Request) -> Any:
+    return request.app.state.public
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower() if parts.scheme and parts.netloc else ""
+
+
+def form_origins(settings: Settings) -> set[str]:
+    """Where the HTML form may be posted from: the blog, this app, and the listed."""
+    found = {_origin(settings.site.url), _origin(settings.web.public_url)}
+    found |= {o.lower() for o in settings.signup.allowed_origins}
+    return found - {""}
+
+
+def _sender_origin(request: Request) -> str:
+    origin = request.headers.get("origin", "")
+    if origin and origin != "null":
+        return origin.lower()
+    return _origin(request.headers.get("referer", ""))
+
+
+def _same_origin(request: Request, origin: str) -> bool:
+    return urlsplit(origin).netloc == request.headers.get("host", "").lower()
+
+
+def _cors_headers(settings: Settings, request: Request) -> dict[str, str]:
+    origin = request.headers.get("origin", "").lower()
+    if origin and origin in {o.lower() for o in settings.signup.allowed_origins}:
+        return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+    return {"Vary": "Origin"}
+
+
+# --------------------------------------------------------------------------- the form
+
+
+def _form_context(settings: Settings, **extra: Any) -> dict[str, Any]:
+    return {
+        "site_title": settings.site.title,
+        "site_url": settings.site.url,
+        "action": "/subscribe",
+        "public_lists": settings.public_lists,
+        "error": None,
+        "given_email": "",
+        "given_name": "",
+        **extra,
+    }
+
+
+def subscribe_page(request: Request) -> Response:
+    settings: Settings = _state(request).settings
+    if not settings.public_lists:
+        return page("public_signup_closed.html", 404, **_form_context(settings))
+    return page("public_signup.html", **_form_context(settings))
+
+
+def subscribe_preflight(request: Request) -> Response:
+    """CORS preflight for the JSON form: only `[signup] allowed_origins` pass."""
+    settings: Settings = _state(request).settings
+    headers = _cors_headers(settings, request)
+    if "Access-Control-Allow-Origin" not in headers:
+        return Response(status_code=403, headers=headers)
+    headers |= {
+        "Access-Control-Allow-Methods": "POST",
+        "Access-Control-Allow-Headers": "Content-Type",
+        "Access-Control-Max-Age": "600",
+    }
+    return Response(status_code=204, headers=headers)
+
+
+async def _read(request: Request) -> tuple[dict[str, Any], bool]:
+    """The posted fields and whether they came as JSON; ValueError when unreadable."""
+    if int(request.headers.get("content-length") or 0) > MAX_BODY:
+        raise ValueError("request body too large")
+    if request.headers.get("content-type", "").split(";")[0].strip() == "application/json":
+        body = await request.body()
+        if len(body) > MAX_BODY:
+            raise ValueError("request body too large")
+        try:
+            data = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError("the body is not valid JSON") from exc
+        if not isinstance(data, dict):
+            raise ValueError("expected a JSON object")
+        lists = data.get("lists", data.get("list", []))
+        data["lists"] = [lists] if isinstance(lists, str) else lists
+        return data, True
+    try:
+        form = await request.form(max_files=0, max_fields=30)
+    except (HTTPException, MultiPartException, UnicodeDecodeError) as exc:
+        raise ValueError("the form could not be read") from exc
+    fields: dict[str, Any] = {k: form.get(k) for k in ("email", "name", HONEYPOT)}
+    fields["lists"] = form.getlist("list")
+    return fields, False
+
+
+def _lists(settings: Settings, given: Any) -> tuple[str, ...]:
+    public = [lst.name for lst in settings.public_lists]
+    if not isinstance(given, list) or not all(isinstance(n, str) for n in given):
+        raise SubscriberError("lists must be list names")
+    if not given and len(public) == 1:
+        return tuple(public)
+    chosen = tuple(dict.fromkeys(given))
+    if not chosen:
+        raise SubscriberError("choose at least one list")
+    unknown = [n for n in chosen if n not in public]
+    if unknown:
+        raise SubscriberError(f"no public list named {unknown[0]!r}")
+    return chosen
+
+
+async def subscribe(request: Request) -> Response:
+    state = _state(request)
+    settings: Settings = state.settings
+    try:
+        fields, as_json = await _read(request)
+    except ValueError as exc:
+        return JSONResponse({"error": str(exc)}, status_code=400)
+    refusal = _check_origin(request, settings, as_json)
+    if refusal is not None:
+        return refusal
+    cors = _cors_headers(settings, request) if as_json else {}
+    if fields.get(HONEYPOT):
+        # A bot filled the field people cannot see: the usual answer, nothing done.
+        return _sent(request, settings, as_json, cors)
+    email, name = fields.get("email"), fields.get("name") or ""
+    try:
+        if not isinstance(email, str) or not isinstance(name, str):
+            raise SubscriberError("email and name must be text")
+        wanted = flow.SignupRequest(
+            email=email,
+            name=name[:200],
+            lists=_lists(settings, fields.get("lists", [])),
+            source="json" if as_json else "form",
+            client=request.client.host if request.client else "unknown",
+        )
+        pending = await run_in_threadpool(
+            flow.request_signup, state.engine, settings, state.secret, wanted, utcnow()
+        )
+    except flow.RateLimited as exc:
+        return _refused(request, settings, as_json, cors, str(exc), 429)
+    except StoreError:
+        return _refused(request, settings, as_json, cors, "please try again in a minute", 503)
+    except SubscriberError as exc:
+        message = "that does not look like an email address" if "@" not in str(email) else str(exc)
+        return _refused(
+            request, settings, as_json, cors, message, 400, given_email=email, given_name=name
+        )
+    answer = _sent(request, settings, as_json, cors)
+    if pending is not None:
+        # After the answer has gone: how long sending takes must not tell
+        # the requester whether the address needed a confirmation.
+        answer.background = BackgroundTask(_send_confirmation, request, pending)
+    return answer
+
+
+def _check_origin(request: Request, settings: Settings, as_json: bool) -> Response | None:
+    """Form posts must come from the blog or this app; JSON from a listed origin."""
+    origin = _sender_origin(request)
+    if as_json:
+        sent = request.headers.get("origin", "").lower()
+        allowed = {o.lower() for o in settings.signup.allowed_origins}
+        if not sent or sent in allowed or _same_origin(request, sent):
+            return None  # no Origin: not a browser, so no one else's cookies or forms
+        return JSONResponse({"error": "origin not allowed"}, status_code=403)
+    if origin and (origin in form_origins(settings) or _same_origin(request, origin)):
+        return None
+    return page(
+        "public_signup_error.html",
+        403,
+        **_form_context(settings, error="This form can only be sent from the site's own pages."),
+    )
+
+
+def _sent(request: Request, settings: Settings, as_json: bool, cors: dict[str, str]) -> Response:
+    if as_json:
+        return JSONResponse({"status": "ok", "message": SENT_MESSAGE}, 202, headers=cors)
+    return page("public_signup_sent.html", **_form_context(settings, message=SENT_MESSAGE))
+
+
+def _refused(
+    request: Request,
+    settings: Settings,
+    as_json: bool,
+    cors: dict[str, str],
+    message: str,
+    status: int,
+    **fields: Any,
+) -> Response:
+    headers = {**cors, **({"Retry-After": "3600"} if status == 429 else {})}
+    if as_json:
+        return JSONResponse({"error": message}, status, headers=headers)
+    context = _form_context(settings, error=message, **fields)
+    return page("public_signup.html", status, headers=headers, **context)
+
+
+def _transport(request: Request, settings: Settings) -> Transport:
+    given: Transport | None = getattr(request.app.state, "notice_transport", None)
+    return given if given is not None else make_transport(settings)
+
+
+def _deliver(
+    request: Request, settings: Settings, kind: str, to: str, name: str, **ctx: Any
+) -> None:
+    """One reader email through the configured transport; a failure is logged,
+    never shown (the answer must not depend on the address)."""
+    try:
+        notice = build_notice(settings, kind, to, name, ctx)
+        with _transport(request, settings) as transport:
+            result = transport.send(notice.sender, notice.recipient, notice.data)
+        if not result.ok:
+            log.warning("%s email refused for a signup: %s %s", kind, result.code, result.text)
+    except (NewsletterError, TransportError, OSError) as exc:
+        log.error("cannot send the %s email: %s", kind, exc)
+
+
+def _titles(settings: Settings, names: tuple[str, ...]) -> list[Any]:
+    return [settings.lists[n] for n in names if n in settings.lists]
+
+
+def _send_confirmation(request: Request, pending: flow.Pending) -> None:
+    state = _state(request)
+    token = make_confirm_token(state.secret, pending.nonce, pending.expires_at)
+    _deliver(
+        request,
+        state.settings,
+        "confirm",
+        pending.email,
+        pending.name,
+        confirm_url=confirm_url(state.settings, token),
+        lists=_titles(state.settings, pending.lists),
+        expires_at=pending.expires_at,
+        key=pending.nonce,
+    )
+
+
+# --------------------------------------------------------------------------- confirm
+
+
+def _confirm_page(request: Request, name: str, status: int = 200, **extra: Any) -> HTMLResponse:
+    settings: Settings = _state(request).settings
+    return page(
+        name,
+        status,
+        headers=PRIVATE_HEADERS,
+        site_title=settings.site.title,
+        site_url=settings.site.url,
+        action=request.url.path,
+        **extra,
+    )
+
+
+def _claim(request: Request) -> tuple[str, str]:
+    state = _state(request)
+    claim = verify_confirm_token(state.secret, request.path_params["token"])
+    if claim is None:
+        return "invalid", ""
+    if claim.expired(utcnow()):
+        return "expired", claim.nonce
+    return "open", claim.nonce
+
+
+def confirm_form(request: Request) -> Response:
+    """GET changes nothing: mail scanners follow every link."""
+    state = _state(request)
+    verdict, nonce = _claim(request)
+    try:
+        if verdict == "open":
+            verdict = flow.confirmation_state(state.engine, nonce, utcnow())
+    except StoreError:
+        return _confirm_page(
+            request, "public_signup_error.html", 503, error="Please try again in a minute."
+        )
+    return _verdict_page(request, verdict)
+
+
+def _verdict_page(request: Request, verdict: str, **extra: Any) -> Response:
+    if verdict == "open":
+        return _confirm_page(request, "public_signup_confirm.html")
+    if verdict == "already":
+        return _confirm_page(request, "public_signup_done.html", already=True, lists=[], **extra)
+    if verdict == "expired":
+        return _confirm_page(request, "public_signup_expired.html", 410)
+    return _confirm_page(request, "public_signup_invalid.html", 404)
+
+
+async def confirm(request: Request) -> Response:
+    state = _state(request)
+    verdict, nonce = _claim(request)
+    if verdict != "open":
+        return _verdict_page(request, verdict)
+    try:
+        done = await run_in_threadpool(flow.confirm, state.engine, state.settings, nonce, utcnow())
+    except StoreError:
+        return _confirm_page(
+            request, "public_signup_error.html", 503, error="Please try again in a minute."
+        )
+    if done.outcome == "refused":
+        return _confirm_page(request, "public_signup_refused.html")
+    if done.outcome != "confirmed":
+        return _verdict_page(request, done.outcome)
+    token = make_preferences_token(state.secret, done.uid)
+    if done.joined:
+        await run_in_threadpool(
+            _deliver,
+            request,
+            state.settings,
+            "welcome",
+            done.email,
+            done.name,
+            lists=_titles(state.settings, done.joined),
+            preferences_url=preferences_url(state.settings, token),
+            key=done.uid + ",".join(done.joined),
+        )
+    return _confirm_page(
+        request,
+        "public_signup_done.html",
+        already=False,
+        lists=_titles(state.settings, done.lists),
+        preferences=preferences_url(state.settings, token),
+    )
+
+
+def signup_routes() -> list[Route]:
+    return [
+        Route("/subscribe", subscribe_page, methods=["GET"]),
+        Route("/subscribe", subscribe, methods=["POST"]),
+        Route("/subscribe", subscribe_preflight, methods=["OPTIONS"]),
+        Route("/confirm/{token}", confirm_form, methods=["GET"]),
+        Route("/confirm/{token}", confirm, methods=["POST"]),
+    ]

@@ -1,0 +1,31 @@
+"""`newsletter snippet`: the signup form as HTML to paste into a Jekyll `_includes/` file.
+
+The same form `GET /subscribe` shows (`templates/_signup_form.html`), with
+an absolute action URL: no JavaScript, a label for every field, the
+honeypot hidden with the `hidden` attribute (no CSS needed).
+"""
+
+from __future__ import annotations
+
+from newsletter.config import ListSettings, Settings
+from newsletter.errors import ConfigError
+from newsletter.web.pages import render_page
+
+
+def signup_snippet(settings: Settings, list_names: tuple[str, ...]) -> str:
+    chosen: list[ListSettings] = []
+    for name in list_names:
+        lst = settings.get_list(name)
+        if not lst.public:
+            raise ConfigError(
+                "the list is not public: add `public = true` to offer it on the web",
+                path=settings.config_path,
+                key=f"lists.{name}.public",
+            )
+        chosen.append(lst)
+    action = f"{settings.web.public_url.rstrip('/')}/subscribe"
+    form = render_page(
+        "_signup_form.html", action=action, form_lists=chosen, given_email="", given_name=""
+    )
+    names = ", ".join(list_names)
+    return f"<!-- {settings.site.title}: newsletter signup ({names}); from `newsletter snippet` -->\n{form}"

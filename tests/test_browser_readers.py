@@ -1,0 +1,184 @@
+"""Readers in a real headless Chromium with JavaScript switched off: the
+`newsletter snippet` form on a blog page (another origin), the confirm page
+and its button, the preferences page; screenshots at 375 px and desktop in
+tests/artifacts/ (readers-*.png)."""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterator
+from email import message_from_bytes, policy
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from browser_support import CHROMIUM, require_browser
+from smtpserver import free_port
+from test_web_signup import public_config
+from test_web_support import Store, copy_site, make_store
+
+from newsletter.audience import members as subs
+from newsletter.delivery.transports.memory import MemoryTransport
+from newsletter.web.public import create_public_app
+from newsletter.web.server import RunningServer, start_in_thread
+from newsletter.web.snippet import signup_snippet
+
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+SIZES = {"375": {"width": 375, "height": 740}, "desktop": {"width": 1280, "height": 860}}
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    sync_api = require_browser()
+    with sync_api.sync_playwright() as p:
+        launched = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+class Blog:
+    """A static blog page holding the snippet, served from its own origin."""
+
+    def __init__(self, root: Path, port: int) -> None:
+        handler = partial(SimpleHTTPRequestHandler, directory=str(root))
+        handler.log_message = lambda *a: None  # type: ignore[attr-defined]
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), handler)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def readers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[Store, RunningServer, str, MemoryTransport]]:
+    app_port, blog_port = free_port(), free_port()
+    config = public_config(copy_site(tmp_path, monkeypatch))
+    text = config.read_text()
+    text = text.replace(
+        'url = "https://lantern.example.com"', f'url = "http://127.0.0.1:{blog_port}"'
+    )
+    text = text.replace(
+        'public_url = "https://news.lantern.example.com"',
+        f'public_url = "http://127.0.0.1:{app_port}"',
+    )
+    config.write_text(text)
+    store = make_store(config)
+    blog_root = tmp_path / "blog"
+    blog_root.mkdir()
+    form = signup_snippet(store.settings, ("letters", "garden"))
+    (blog_root / "index.html").write_text(
+        "<!doctype html><html lang=en><head><meta charset=utf-8>"
+        '<meta name=viewport content="width=device-width, initial-scale=1">'
+        "<title>Lantern Notes</title></head><body><h1>Lantern Notes</h1>"
+        f"<p>A blog about lamps and gardens.</p>{form}</body></html>",
+        encoding="utf-8",
+    )
+    blog = Blog(blog_root, blog_port)
+    outbox = MemoryTransport()
+    app = create_public_app(store.settings, engine=store.engine, secret=store.secret)
+    app.state.notice_transport = outbox
+    running = start_in_thread(app, "127.0.0.1", app_port)
+    try:
+        yield store, running, f"http://127.0.0.1:{blog_port}/", outbox
+    finally:
+        running.stop()
+        blog.stop()
+
+
+def new_page(browser: Any, size: str, problems: list[str]) -> Any:
+    context = browser.new_context(viewport=SIZES[size], java_script_enabled=False)
+    context.route(
+        "**/*",
+        lambda route: (
+            route.continue_()
+            if route.request.url.startswith("http://127.0.0.1:")
+            else route.abort()
+        ),
+    )
+    page = context.new_page()
+    page.set_default_timeout(10_000)
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    return page
+
+
+def confirm_path(outbox: MemoryTransport, running: RunningServer) -> str:
+    message = message_from_bytes(outbox.outbox[-1].message, policy=policy.default)
+    body = message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    found = re.search(re.escape(running.url) + r"/confirm/[A-Za-z0-9_-]+", body)
+    assert found, body
+    return found.group(0)
+
+
+@pytest.mark.parametrize("size", ["375", "desktop"])
+def test_signup_confirm_and_preferences_without_javascript(
+    browser: Any, readers: tuple[Store, RunningServer, str, MemoryTransport], size: str
+) -> None:
+    store, running, blog_url, outbox = readers
+    problems: list[str] = []
+    page = new_page(browser, size, problems)
+    page.goto(blog_url)
+    # Every field is reachable by its label (what a screen reader announces).
+    page.get_by_label("Email address").fill(f"reader-{size}@example.com")
+    page.get_by_label("Name (optional)").fill("Rae")
+    page.get_by_label("Lantern Notes: garden posts").check()
+    assert page.get_by_label("Lantern Notes letters").is_checked()
+    assert not page.locator("#newsletter-website").is_visible()  # the honeypot
+    page.screenshot(path=str(ARTIFACTS / f"readers-{size}-form.png"), full_page=True)
+    page.get_by_role("button", name="Subscribe").click()
+    page.locator("#sent").wait_for()
+    assert page.url == f"{running.url}/subscribe"
+    page.screenshot(path=str(ARTIFACTS / f"readers-{size}-sent.png"), full_page=True)
+    row = subs.get_by_email(store.engine, f"reader-{size}@example.com")
+    assert row is not None and row.status == "pending"
+
+    page.goto(confirm_path(outbox, running))
+    page.screenshot(path=str(ARTIFACTS / f"readers-{size}-confirm.png"), full_page=True)
+    assert store.status(row) == "pending"  # the page alone confirms nothing
+    page.get_by_role("button", name="Confirm my subscription").click()
+    page.locator("#done").wait_for()
+    assert store.mailable(row, "letters") and store.mailable(row, "garden")
+    page.screenshot(path=str(ARTIFACTS / f"readers-{size}-done.png"), full_page=True)
+
+    page.get_by_role("link", name="Change your lists").click()
+    assert "/preferences/" in page.url
+    assert page.get_by_label("Lantern Notes letters").is_checked()
+    page.get_by_label("Lantern Notes letters").uncheck()
+    page.get_by_role("button", name="Save").click()
+    page.locator("#saved").wait_for()
+    assert "Left: Lantern Notes letters." in page.locator("#saved").inner_text()
+    assert not store.mailable(row, "letters") and store.mailable(row, "garden")
+    page.screenshot(path=str(ARTIFACTS / f"readers-{size}-preferences.png"), full_page=True)
+    # Nothing on these pages overflows a phone's width.
+    assert page.evaluate("document.documentElement.scrollWidth") <= SIZES[size]["width"]
+    assert problems == []
+    page.context.close()
+
+
+@pytest.mark.parametrize("size", ["375", "desktop"])
+def test_the_apps_own_signup_page_posts_to_itself(
+    browser: Any, readers: tuple[Store, RunningServer, str, MemoryTransport], size: str
+) -> None:
+    store, running, _blog, outbox = readers
+    assert subs.get_by_email(store.engine, "sam@example.com") is None
+    problems: list[str] = []
+    page = new_page(browser, size, problems)
+    page.goto(f"{running.url}/subscribe")
+    page.screenshot(path=str(ARTIFACTS / f"readers-{size}-subscribe-page.png"), full_page=True)
+    page.get_by_label("Email address").fill("sam@example.com")
+    page.get_by_role("button", name="Subscribe").click()
+    page.locator("#sent").wait_for()
+    assert [m.recipient for m in outbox.outbox] == ["sam@example.com"]
+    sam = subs.get_by_email(store.engine, "sam@example.com")
+    assert sam is not None and sam.status == "pending"
+    assert problems == []
+    page.context.close()

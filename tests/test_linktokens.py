@@ -1,0 +1,92 @@
+"""Confirm and preferences tokens: HMAC with a purpose, strict decoding, expiry."""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from newsletter.cli import main
+from newsletter.email.linktokens import (
+    make_confirm_token,
+    make_preferences_token,
+    verify_confirm_token,
+    verify_preferences_token,
+)
+
+SECRET = b"token-test-secret"
+UID = "0123456789abcdef0123456789abcdef"
+LATER = datetime(2030, 1, 1, tzinfo=UTC)
+
+
+def test_round_trips() -> None:
+    claim = verify_confirm_token(SECRET, make_confirm_token(SECRET, UID, LATER))
+    assert claim is not None and claim.nonce == UID and claim.expires_at == LATER
+    assert not claim.expired(LATER - timedelta(seconds=1)) and claim.expired(LATER)
+    assert verify_preferences_token(SECRET, make_preferences_token(SECRET, UID)) == UID
+
+
+def test_one_kind_never_passes_for_the_other() -> None:
+    assert verify_confirm_token(SECRET, make_preferences_token(SECRET, UID)) is None
+    assert verify_preferences_token(SECRET, make_confirm_token(SECRET, UID, LATER)) is None
+
+
+def test_another_secret_or_any_changed_character_is_refused() -> None:
+    token = make_preferences_token(SECRET, UID)
+    assert verify_preferences_token(b"other", token) is None
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    for i in range(len(token)):
+        for c in (alphabet[(alphabet.index(token[i]) + 1) % 64],):
+            assert verify_preferences_token(SECRET, token[:i] + c + token[i + 1 :]) is None
+
+
+def test_decoding_is_strict() -> None:
+    token = make_preferences_token(SECRET, UID)
+    raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+    padded = base64.urlsafe_b64encode(raw).decode()
+    standard = base64.b64encode(raw).decode()
+    for bad in (padded if padded != token else token + "=", token + " ", token + "\n",
+                standard.replace("+", "-") + "+/", " " + token, token[:-1], "", "é" * 30):  # fmt: skip
+        assert verify_preferences_token(SECRET, bad) is None, bad
+    # A confirm token's last character carries 2 unused bits: only the
+    # canonical spelling passes (one token, one spelling).
+    confirm = make_confirm_token(SECRET, UID, LATER)
+    raw = base64.urlsafe_b64decode(confirm + "=" * (-len(confirm) % 4))
+    assert len(raw) % 3 == 2
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    twin = confirm[:-1] + alphabet[alphabet.index(confirm[-1]) ^ 1]
+    assert base64.urlsafe_b64decode(twin + "=" * (-len(twin) % 4)) == raw  # same bytes
+    assert verify_confirm_token(SECRET, confirm) is not None
+    assert verify_confirm_token(SECRET, twin) is None
+
+
+def test_snippet_prints_an_accessible_form_without_scripts(tmp_path: Path) -> None:
+    config = tmp_path / "newsletter.toml"
+    config.write_text(
+        '[web]\npublic_url = "https://news.example.com/"\n'
+        '[lists.letters]\ntitle = "Letters"\npublic = true\n'
+        '[lists.digest]\ntitle = "Weekly"\npublic = true\n'
+        '[lists.staff]\ntitle = "Staff"\n'
+    )
+    runner = CliRunner()
+    one = runner.invoke(main, ["--config", str(config), "snippet", "--list", "letters"])
+    assert one.exit_code == 0, one.output
+    html = one.stdout
+    assert 'action="https://news.example.com/subscribe"' in html
+    assert '<input type="hidden" name="list" value="letters">' in html
+    assert '<label for="newsletter-email">' in html and 'id="newsletter-email"' in html
+    assert 'type="email" required autocomplete="email"' in html
+    assert "<p hidden>" in html and 'name="website"' in html  # the honeypot
+    assert "<script" not in html and "style=" not in html
+    two = runner.invoke(
+        main, ["--config", str(config), "snippet", "--list", "letters", "--list", "digest"]
+    )
+    assert two.stdout.count('type="checkbox"') == 2 and "<legend>Lists</legend>" in two.stdout
+    private = runner.invoke(main, ["--config", str(config), "snippet", "--list", "staff"])
+    assert private.exit_code == 1
+    assert "lists.staff.public: the list is not public" in private.stderr
+    unknown = runner.invoke(main, ["--config", str(config), "snippet", "--list", "nope"])
+    assert unknown.exit_code == 1 and "unknown list 'nope'" in unknown.stderr
+    assert runner.invoke(main, ["snippet", "--help"]).exit_code == 0

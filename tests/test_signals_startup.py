@@ -1,0 +1,118 @@
+"""SIGTERM in the first moments of `run` and `send`: a clean stop, exit 0.
+
+Real processes (`python -m newsletter`, the console script's own entry point),
+signalled at several delays after start, most of them inside the second the
+CLI spends importing its libraries.  Python code cannot catch a signal that
+arrives while the interpreter itself is still starting (before it runs
+`newsletter/__main__.py`: ~0.1 s here, most of it site-packages' .pth files), so
+an early case first reads from /proc whether the process catches SIGTERM yet;
+from `INTERPRETER_UP` on (a wide margin over that), exit 0 is required.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from test_daemon_support import add_members, engine_of, make_site
+
+from newsletter.daemon.scheduler import LOCK_KEY
+from newsletter.store.schema import state
+
+DELAYS = (0.05, 0.15, 0.3, 0.6, 1.2, 2.5)
+INTERPRETER_UP = 0.3  # seconds: by then Python runs our code, even on a busy machine
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/<pid>/status")
+
+
+def catches_sigterm(pid: int) -> bool:
+    """SigCgt in /proc: the process has a handler for SIGTERM installed."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) & (1 << (signal.SIGTERM - 1)))
+    return False
+
+
+def terminate_after(args: list[str], delay: float) -> tuple[bool, int, str]:
+    """(caught, exit code, stderr); `caught` is True when SIGTERM had to be caught."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "newsletter", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(delay)
+        caught = delay >= INTERPRETER_UP or catches_sigterm(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return caught, proc.returncode, err
+
+
+def check(caught: bool, code: int, err: str) -> None:
+    assert "Traceback" not in err, err
+    if caught:
+        assert code == 0, err
+    else:  # still inside the interpreter's own start-up: nothing of ours ran yet
+        assert code in (0, -signal.SIGTERM), err
+
+
+@pytest.mark.parametrize("delay", DELAYS)
+def test_sigterm_right_after_run_starts_exits_0(tmp_path: Path, delay: float) -> None:
+    site = make_site(tmp_path, scan_interval="10m")
+    engine = engine_of(site.settings())
+    caught, code, err = terminate_after(["--config", str(site.config), "run", "--no-watch"], delay)
+    check(caught, code, err)
+    with engine.connect() as conn:  # a daemon that stopped never leaves its lock behind
+        assert conn.scalar(select(state.c.value).where(state.c.key == LOCK_KEY)) is None
+
+
+@pytest.mark.parametrize("delay", DELAYS)
+def test_sigterm_right_after_send_starts_exits_0(tmp_path: Path, delay: float) -> None:
+    site = make_site(tmp_path, transport="maildir")
+    site.write_post("2024-05-01-hello.md", "Hello", datetime(2024, 5, 1, tzinfo=UTC))
+    settings = site.settings()
+    emails = [f"reader{i}@example.com" for i in range(40)]
+    add_members(engine_of(settings), "news", emails, settings)
+    args = ["--config", str(site.config), "send", "hello", "--list", "news"]
+    caught, code, err = terminate_after(args, delay)
+    check(caught, code, err)
+    # Whatever the moment, running it again finishes the mailing.
+    again = subprocess.run(
+        [sys.executable, "-m", "newsletter", *args], capture_output=True, text=True, timeout=60
+    )
+    assert again.returncode == 0, again.stderr
+    sent = len(list((tmp_path / "outbox" / "new").iterdir()))
+    assert sent == len(emails)
+
+
+def test_the_handler_is_in_place_long_before_the_cli_is_imported(tmp_path: Path) -> None:
+    """The hold comes first: SIGTERM is caught well before `--help` can answer."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "newsletter", "--help"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        while proc.poll() is None and not catches_sigterm(proc.pid):
+            time.sleep(0.002)
+        assert proc.poll() is None, "the CLI finished before SIGTERM was ever caught"
+    finally:
+        proc.communicate(timeout=20)
+    assert proc.returncode == 0  # --help is not graceful: but no signal came
+
+
+def test_other_commands_still_die_of_a_sigterm_noted_during_start_up(tmp_path: Path) -> None:
+    # `posts` only reads: the hold must not make it ignore a stop request.
+    site = make_site(tmp_path)
+    _caught, code, err = terminate_after(["--config", str(site.config), "posts"], INTERPRETER_UP)
+    assert code == -signal.SIGTERM, err
