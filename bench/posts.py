@@ -14,7 +14,11 @@ folder, then measures, in the same run:
 
 Goal (issue 2): the command over 1,000 posts in ≤ 3 s.
 
-    python bench/posts.py [N]
+`--jekyll` lays the same posts out as a Jekyll site (`_config.yml`, posts
+in `_posts`, `[site] jekyll_config`), the path real blogs take.  To compare
+two versions, run this same script with each on PYTHONPATH, alternately.
+
+    python bench/posts.py [N] [--jekyll]
 """
 
 from __future__ import annotations
@@ -77,9 +81,21 @@ def post_text(i: int) -> str:
     )
 
 
-def generate(root: Path, count: int) -> None:
-    (root / "newsletter.toml").write_text(CONFIG, encoding="utf-8")
-    posts = root / "posts"
+JEKYLL_CONFIG = """\
+title: Bench
+url: https://bench.example.com
+timezone: Europe/Istanbul
+"""
+
+
+def generate(root: Path, count: int, jekyll: bool = False) -> None:
+    if jekyll:
+        (root / "_config.yml").write_text(JEKYLL_CONFIG, encoding="utf-8")
+        config = '[site]\njekyll_config = "_config.yml"\n\n[lists.main]\ntitle = "Main"\n'
+        (root / "newsletter.toml").write_text(config, encoding="utf-8")
+    else:
+        (root / "newsletter.toml").write_text(CONFIG, encoding="utf-8")
+    posts = root / ("_posts" if jekyll else "posts")
     posts.mkdir()
     for i in range(count):
         day = 1 + i % 28
@@ -97,13 +113,14 @@ def timed(label: str, func: object, baseline: float | None = None) -> float:
     return elapsed
 
 
-def main_bench(count: int) -> None:
+def main_bench(count: int, jekyll: bool = False) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        generate(root, count)
-        files = sorted((root / "posts").glob("*.md"))
+        generate(root, count, jekyll)
+        files = sorted((root / ("_posts" if jekyll else "posts")).glob("*.md"))
         settings = load_settings(root / "newsletter.toml")
-        print(f"{count} posts, {sum(f.stat().st_size for f in files) / 1e6:.1f} MB")
+        size = sum(f.stat().st_size for f in files) / 1e6
+        print(f"{count} posts, {size:.1f} MB{' (Jekyll site)' if jekyll else ''}")
         base = timed(
             "baseline: frontmatter.load of every file", lambda: [frontmatter.load(f) for f in files]
         )
@@ -141,4 +158,5 @@ def main_bench(count: int) -> None:
 
 
 if __name__ == "__main__":
-    main_bench(int(sys.argv[1]) if len(sys.argv) > 1 else 1000)
+    args = [a for a in sys.argv[1:] if a != "--jekyll"]
+    main_bench(int(args[0]) if args else 1000, "--jekyll" in sys.argv[1:])

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, time, timedelta
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -51,6 +52,9 @@ class SiteSettings:
     lang: str = "en"
     # Root of the Jekyll site (for _data/authors.yml); None outside Jekyll.
     source_dir: Path | None = None
+    # The whole `_config.yml` (exclude, defaults, collections, …) when the
+    # site is a Jekyll site: then posts are found the way Jekyll finds them.
+    jekyll: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
 
     @property
     def tz(self) -> ZoneInfo:
@@ -218,6 +222,9 @@ class ListSettings:
     cron: str | None = None
     timezone: str | None = None
     tags: tuple[str, ...] = ()
+    # Jekyll categories (front matter and the folders above `_posts`): one
+    # list per language on a multilingual site.
+    categories: tuple[str, ...] = ()
     public: bool = False  # offered on the signup form and the preferences page
 
 
@@ -342,7 +349,7 @@ def _build(raw: dict[str, Any], base_dir: Path, config_path: Path | None) -> Set
             f"unknown section [{sorted(unknown)[0]}]", path=config_path, key=sorted(unknown)[0]
         )
     site_raw = dict(raw.get("site", {}))
-    jekyll = _jekyll_site(site_raw, base_dir, config_path)
+    jekyll, jekyll_data = _jekyll_site(site_raw, base_dir, config_path)
     parts: dict[str, Any] = {}
     for name, cls in _SECTIONS.items():
         values = raw.get(name, {})
@@ -351,6 +358,8 @@ def _build(raw: dict[str, Any], base_dir: Path, config_path: Path | None) -> Set
         if not isinstance(values, dict):
             raise ConfigError(f"[{name}] must be a table", path=config_path, key=name)
         parts[name] = _section(cls, name, values, base_dir, config_path)
+    if jekyll_data is not None:
+        parts["site"] = replace(parts["site"], jekyll=MappingProxyType(jekyll_data))
     lists = _lists(raw.get("lists", {}), config_path)
     settings = Settings(base_dir=base_dir, config_path=config_path, lists=lists, **parts)
     _validate(settings)
@@ -541,11 +550,12 @@ def _validate_bounces(settings: Settings) -> None:
 
 def _jekyll_site(
     site_raw: Mapping[str, Any], base_dir: Path, config_path: Path | None
-) -> dict[str, Any]:
-    """Site values taken from a Jekyll `_config.yml`, in newsletter.toml's terms."""
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Site values taken from a Jekyll `_config.yml`, in newsletter.toml's
+    terms, and the whole `_config.yml` (None when there is none)."""
     value = site_raw.get("jekyll_config")
     if not value:
-        return {}
+        return {}, None
     path = Path(value).expanduser()
     path = path if path.is_absolute() else base_dir / path
     data = read_jekyll_config(path)
@@ -564,7 +574,7 @@ def _jekyll_site(
         found["author"] = author
     if "lang" not in found and isinstance(data.get("locale"), str):
         found["lang"] = data["locale"].replace("_", "-")  # jekyll-seo-tag's en_US
-    return found
+    return found, data
 
 
 def read_jekyll_config(path: Path) -> dict[str, Any]:

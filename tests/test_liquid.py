@@ -66,7 +66,11 @@ def test_jekyll_liquid(source: str, expected: str) -> None:
     [
         ("a {% youtube abc %} b", "a  b", "unknown Liquid tag {% youtube %} dropped"),
         ("{% gallery %}x{% endgallery %}", "x", "unknown Liquid tag {% gallery %} dropped"),
-        ("a {% include note.html param=1 %} b", "a  b", "{% include note.html param=1 %} dropped"),
+        (
+            "a {% include note.html param=1 %} b",
+            "a  b",
+            "{% include note.html %} dropped (not in _includes)",
+        ),
         ("a {% include_relative x.md %} b", "a  b", "{% include_relative x.md %} dropped"),
         ("{{ page.title | shout }}", "A Page", "unknown Liquid filter 'shout' ignored"),
         (

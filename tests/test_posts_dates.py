@@ -30,7 +30,8 @@ PLUS3 = timezone(timedelta(hours=3))
         ),
         ("2024-11-04T06:07:08Z", datetime(2024, 11, 4, 6, 7, 8, tzinfo=UTC)),
         ("2024-11-04T06:07:08+03:00", datetime(2024, 11, 4, 6, 7, 8, tzinfo=PLUS3)),
-        ("2024-11-04T06:07:08.250+03:00", datetime(2024, 11, 4, 6, 7, 8, 250000, tzinfo=PLUS3)),
+        # Jekyll re-parses the YAML Time's text, which has no fraction of a second.
+        ("2024-11-04T06:07:08.250+03:00", datetime(2024, 11, 4, 6, 7, 8, tzinfo=PLUS3)),
         ("2024-11-04 9:05 +0000", datetime(2024, 11, 4, 9, 5, tzinfo=UTC)),  # unpadded, no seconds
         ("2024-11-04 09:05", datetime(2024, 11, 4, 9, 5, tzinfo=ISTANBUL)),  # no zone → site's
         ("2024-11-04", datetime(2024, 11, 4, tzinfo=ISTANBUL)),  # date only
@@ -46,15 +47,15 @@ def test_every_date_form(value: object, expected: datetime) -> None:
     assert parsed.utcoffset() == expected.utcoffset()
 
 
+# Feb 30, 25:00 +0300, +1900 and 20241104 are dates to Jekyll (Ruby rolls
+# them over); see test_jekyll_dates.py.  These are not.
 @pytest.mark.parametrize(
     ("value", "reason"),
     [
-        ("2024-02-30", "impossible date"),
-        ("2023-02-29 10:00", "impossible date"),
-        ("2024-11-04 25:00:00 +0300", "impossible date"),
-        ("2024-11-04 10:00:00 +1900", "impossible date"),
+        ("2024-13-01", "impossible date"),
+        ("2024-11-32", "impossible date"),
         ("next tuesday", "cannot read"),
-        (20241104, "expected a date"),
+        ([2024, 11, 4], "expected a date"),
     ],
 )
 def test_bad_dates_raise_post_error_with_location(value: object, reason: str) -> None:
@@ -119,8 +120,8 @@ def test_impossible_date_is_reported_and_skipped_others_go_on(tmp_path: Path) ->
     settings = _site(
         tmp_path,
         {
-            "2024-02-28-bad.md": "---\ntitle: Bad\nlayout: post\ndate: 2024-02-30\n---\nx\n",
-            "2024-02-31-bad-name.md": "---\ntitle: Bad name\n---\nx\n",
+            "2024-02-28-bad.md": "---\ntitle: Bad\nlayout: post\ndate: 2024-02-32\n---\nx\n",
+            "2024-13-01-bad-name.md": "---\ntitle: Bad name\n---\nx\n",
             "2024-03-01-good.md": "---\ntitle: Good\n---\nx\n",
             "undated.md": "---\ntitle: No date anywhere\n---\nx\n",
         },
@@ -131,6 +132,6 @@ def test_impossible_date_is_reported_and_skipped_others_go_on(tmp_path: Path) ->
     assert lines[0].startswith(
         f"{settings.site.posts_dir / '2024-02-28-bad.md'}:4: date: error: impossible date"
     )
-    assert "2024-02-31-bad-name.md: error: impossible date in the file name" in lines[1]
+    assert "2024-13-01-bad-name.md: error: impossible date in the file name" in lines[1]
     assert "undated.md: date: error: no date" in lines[2]
     assert len(lines) == 3

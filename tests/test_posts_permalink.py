@@ -33,7 +33,10 @@ WHEN = datetime(2024, 3, 7, 9, 5, 4, tzinfo=ZoneInfo("UTC"))
     ],
 )  # fmt: skip
 def test_expand(template: str, categories: tuple[str, ...], expected: str) -> None:
-    assert permalink.expand(template, date=WHEN, slug="my-post", categories=categories) == expected
+    path = permalink.expand(
+        permalink.style(template), date=WHEN, slug="my-post", categories=categories
+    )
+    assert path == expected
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,8 @@ from newsletter.daemon.planning import cron_trigger, effective_since
 from newsletter.delivery.mailings import mailed_pairs
 from newsletter.email import dkim, render
 from newsletter.errors import NewsletterError, Problem
-from newsletter.posts.collection import PostCollection, load_posts, post_files, post_status
+from newsletter.posts.collection import PostCollection, load_posts, post_status
+from newsletter.posts.files import site_post_files, where_posts_are
 from newsletter.store import open_store
 
 
@@ -34,9 +35,20 @@ def progress_bar(total: int, label: str) -> Iterator[Callable[[], None]]:
 
 
 def _load(settings: Settings, label: str, *, bodies: bool = True) -> PostCollection:
-    total = len(post_files(settings.site.posts_dir))
+    total = len(site_post_files(settings))
     with progress_bar(total, label) as advance:
-        return load_posts(settings, progress=advance, bodies=bodies)
+        collection = load_posts(settings, progress=advance, bodies=bodies)
+    if not collection.posts and not collection.problems:
+        # "0 posts, 0 errors" and exit 0 hides a wrong folder: say where we looked.
+        nothing = Problem(
+            f"no posts found in {where_posts_are(settings)}",
+            settings.config_path,
+            None,
+            "warning",
+            "site.posts_dir",
+        )
+        collection = PostCollection((), (nothing,))
+    return collection
 
 
 # --------------------------------------------------------------------------- posts
@@ -72,6 +84,7 @@ def posts_cmd(ctx: click.Context, as_json: bool) -> None:
             "url": p.url,
             "authors": [{"name": a.name, "url": a.url} for a in p.authors],
             "tags": list(p.tags),
+            "categories": list(p.categories),
             "status": post_status(p, now, since, sent=p.post_id in sent_to),
             "sent_to": sent_to.get(p.post_id, []),
         }
@@ -156,15 +169,15 @@ def check_settings(settings: Settings) -> Iterator[Problem]:
     templates = settings.email.templates_dir
     if templates is not None and not templates.is_dir():
         yield Problem("templates folder not found", templates, None, "error", "email.templates_dir")
-    if settings.delivery.transport == "smtp" and _is_local_url(settings.web.public_url):
+    if settings.delivery.transport == "smtp":
+        yield from _placeholders(settings)
+    jekyll = settings.site.jekyll
+    if jekyll is not None and "timezone" not in jekyll:
         yield Problem(
-            f"public_url is {settings.web.public_url}: readers cannot reach the unsubscribe "
-            "links in sent email; set it to where `newsletter serve` is reachable",
-            cfg,
-            None,
-            "warning",
-            "web.public_url",
-        )
+            f"_config.yml sets no timezone: Jekyll then uses the build machine's, "
+            f"newsletter {settings.site.timezone}; dates and URLs may differ by a day",
+            settings.site.jekyll_config, None, "warning", "timezone",
+        )  # fmt: skip
     if settings.delivery.transport == "smtp":
         try:
             settings.smtp.password()
@@ -193,11 +206,42 @@ def check_settings(settings: Settings) -> Iterator[Problem]:
         )
 
 
-def _is_local_url(url: str) -> bool:
+def _placeholders(settings: Settings) -> Iterator[Problem]:
+    """Starter values that would reach real readers once email goes out by SMTP."""
+    from email.utils import parseaddr
     from urllib.parse import urlsplit
 
-    host = urlsplit(url).hostname or ""
-    return host in ("localhost", "127.0.0.1", "::1") or host.endswith(".localhost")
+    cfg = settings.config_path
+    if _is_placeholder_host(urlsplit(settings.web.public_url).hostname or ""):
+        yield Problem(
+            f"public_url is {settings.web.public_url}: readers cannot reach the unsubscribe "
+            "links in sent email; set it to where `newsletter serve` is reachable",
+            cfg, None, "warning", "web.public_url",
+        )  # fmt: skip
+    if _is_placeholder_host(urlsplit(settings.site.url).hostname or ""):
+        where = "in _config.yml" if settings.site.jekyll is not None else "[site] url"
+        yield Problem(
+            f"the site's url is {settings.site.url} ({where}): every post link in sent "
+            "email would point there",
+            cfg, None, "warning", "site.url",
+        )  # fmt: skip
+    sender = parseaddr(settings.email.from_)[1]
+    if _is_placeholder_host(sender.rpartition("@")[2]):
+        yield Problem(
+            f"from is {settings.email.from_}: a placeholder address; replies and "
+            "bounces would be lost and receivers reject it",
+            cfg, None, "warning", "email.from",
+        )  # fmt: skip
+
+
+_PLACEHOLDER_DOMAINS = ("example.com", "example.org", "example.net", "localhost")
+
+
+def _is_placeholder_host(host: str) -> bool:
+    host = host.lower().rstrip(".")
+    if host in ("", "127.0.0.1", "::1") or host.endswith(".localhost"):
+        return True
+    return any(host == d or host.endswith("." + d) for d in _PLACEHOLDER_DOMAINS)
 
 
 def check_templates(
@@ -268,6 +312,14 @@ mode = "each"
 """
 
 
+JEKYLL_SITE = """\
+[site]
+# url, baseurl, title, timezone, permalink, excerpt_separator, defaults and
+# every _posts folder come from Jekyll's own configuration: set them there.
+jekyll_config = "_config.yml"
+"""
+
+
 @click.command("init")
 @click.option("--force", is_flag=True, help=f"Overwrite an existing {DEFAULT_CONFIG}.")
 @handle_errors
@@ -275,19 +327,47 @@ def init_cmd(force: bool) -> None:
     """Start a newsletter in the current folder.
 
     Writes a starter newsletter.toml ([schedule] since = now, so older posts
-    are never sent) and creates posts/ and subscribers/ if they are missing.
+    are never sent) and creates subscribers/ if it is missing.  In a Jekyll
+    site (a _config.yml here) the starter reads the site from _config.yml and
+    says what it found; elsewhere it creates posts/ as well.
     """
     config = Path(DEFAULT_CONFIG)
     if config.exists() and not force:
         click.echo(f"error: {config}: already exists (use --force to overwrite)", err=True)
         sys.exit(1)
     since = utcnow().isoformat(timespec="seconds")
-    config.write_text(STARTER.format(since=since), encoding="utf-8")
+    jekyll_site = Path("_config.yml").is_file()
+    text = STARTER.format(since=since)
+    if jekyll_site:
+        text = JEKYLL_SITE + text[text.index("\n[email]") :]
+    config.write_text(text, encoding="utf-8")
     click.echo(f"wrote {config} (since = {since})")
-    for folder in (Path("posts"), Path("subscribers")):
+    folders = [Path("subscribers")] if jekyll_site else [Path("posts"), Path("subscribers")]
+    if jekyll_site:
+        _describe_jekyll_site(config)
+    for folder in folders:
         if not folder.exists():
             folder.mkdir()
             click.echo(f"created {folder}/")
+
+
+def _describe_jekyll_site(config: Path) -> None:
+    """What `init` found in the Jekyll site, so a wrong guess shows at once."""
+    from newsletter.config import load_settings
+
+    settings = load_settings(config)
+    site = settings.site
+    jekyll = site.jekyll or {}
+    files = site_post_files(settings)
+    folders = sorted({f.site_rel.rsplit("_posts/", 1)[0] + "_posts" for f in files})
+    click.echo("found a Jekyll site (_config.yml):")
+    click.echo(f"  posts: {len(files)} in {', '.join(folders) or 'no _posts folder'}")
+    click.echo(f"  url: {site.url}{site.baseurl}" + ("" if "url" in jekyll else " (not set)"))
+    zone = site.timezone if "timezone" in jekyll else f"{site.timezone} (not set in _config.yml)"
+    click.echo(f"  timezone: {zone}")
+    collection = load_posts(settings, bodies=False)
+    authors = sorted({a.name for p in collection.posts for a in p.authors})
+    click.echo(f"  authors: {', '.join(authors) if authors else 'none'}")
 
 
 def register(group: click.Group) -> None:

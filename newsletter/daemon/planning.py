@@ -8,8 +8,10 @@ so the rules can be tested with an injected clock and no waiting:
   since``, it matches the list's filter, and no mailing exists yet for
   (post, list) — invariants 1 and 4 of DESIGN.md.
 * The filter: a post that names ``lists: [...]`` goes to exactly those lists;
-  otherwise a list with ``tags = [...]`` takes posts sharing at least one tag
-  (case-insensitively) and a list without tags takes every post.
+  otherwise a list with ``categories = [...]`` takes only posts in at least
+  one of those categories, and a list with ``tags = [...]`` only posts sharing
+  at least one tag (both case-insensitively); a list with neither takes every
+  post.
 * A digest list collects every matching post since ``since`` that is not yet
   in one of its digests (nor mailed to it on its own), up to the digest's
   cron slot.
@@ -101,6 +103,8 @@ def list_takes(post: Post, mailing_list: ListSettings) -> bool:
         return False
     if post.lists is not None:
         return mailing_list.name in post.lists
+    if mailing_list.categories and not _folded(post.categories) & _folded(mailing_list.categories):
+        return False
     if not mailing_list.tags:
         return True
     return bool(_folded(post.tags) & _folded(mailing_list.tags))

@@ -3,9 +3,14 @@
 The first stage of the pipeline.  It may import only `newsletter.config` and
 `newsletter.errors`.
 
-- `collection`: find post files, parse them, `Post`, `PostCollection`, `load_posts`
+- `collection`: parse posts into `Post`, `PostCollection`, `load_posts`
+- `files`: which files are posts (every `_posts` folder of a Jekyll site)
+- `source`: pass 1 — front matter with `defaults:`, date, identity, URL
+- `site`: a Jekyll site's rules: discovery, `defaults:`, `_data`, collections, Liquid's `site`
 - `lookup`: which post a reference (id, else path) names; drafts never mailed
 - `jekyll`: front matter and dates as Jekyll reads them
+- `rubytime`: Ruby's `Time.parse`, for dates Jekyll accepts
+- `kramdown`: kramdown's syntax and typography taught to Python-Markdown
 - `text`: titles, bylines, excerpts
 - `liquid`: the Liquid subset Jekyll posts use
 - `permalink`: Jekyll's permalink styles and URLs

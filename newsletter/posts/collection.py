@@ -25,12 +25,19 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from newsletter.config import Settings
-from newsletter.errors import NewsletterError, PostError, Problem
+from newsletter.errors import NewsletterError, Problem
 from newsletter.posts import jekyll, lookup, markup, permalink
 from newsletter.posts import liquid as liquid_mod
+from newsletter.posts import site as jekyllsite
 from newsletter.posts import text as posttext
-
-POST_SUFFIXES = (".md", ".markdown")
+from newsletter.posts.files import (  # noqa: F401 - POST_SUFFIXES, post_files: the package's API
+    POST_SUFFIXES,
+    FoundPost,
+    post_files,
+    site_post_files,
+    where_posts_are,
+)
+from newsletter.posts.source import Source, read_source
 
 # Front-matter keys that become typed fields; every other key lands in `extra`.
 KNOWN_KEYS = frozenset(
@@ -123,21 +130,6 @@ def post_status(
 Progress = Callable[[], None]
 
 
-def post_files(posts_dir: Path) -> list[Path]:
-    """Post files under `posts_dir`, skipping what Jekyll skips (dot files, backups)."""
-    if not posts_dir.is_dir():
-        raise PostError("posts folder not found", path=posts_dir, key="site.posts_dir")
-    found = []
-    for path in posts_dir.rglob("*"):
-        rel = path.relative_to(posts_dir).parts
-        if path.suffix.lower() not in POST_SUFFIXES or path.name.endswith("~"):
-            continue
-        if any(part.startswith((".", "#")) for part in rel) or not path.is_file():
-            continue
-        found.append(path)
-    return sorted(found)
-
-
 def load_posts(
     settings: Settings, *, progress: Progress | None = None, bodies: bool = True
 ) -> PostCollection:
@@ -147,12 +139,12 @@ def load_posts(
     `body_html`, `excerpt_html` and `excerpt_text` empty: for listings only,
     never for rendering.
     """
-    posts_dir = settings.site.posts_dir
-    sources: list[_Source] = []
+    sources: list[Source] = []
     problems: list[Problem] = []
-    for path in post_files(posts_dir):
+    undated: list[Path] = []
+    for found in site_post_files(settings, undated):
         try:
-            sources.append(_read_source(path, posts_dir, settings))
+            sources.append(read_source(found, settings))
         except NewsletterError as exc:
             problems.append(Problem.from_error(exc))
             if progress:
@@ -163,8 +155,8 @@ def load_posts(
         try:
             post = _build_post(source, site, bodies=bodies)
         except NewsletterError as exc:
-            found = Problem.from_error(exc)
-            problems.append(found if found.path else replace(found, path=source.path))
+            problem = Problem.from_error(exc)
+            problems.append(problem if problem.path else replace(problem, path=source.path))
         except Exception as exc:  # invariant 5: one post never stops the rest
             problems.append(Problem(f"cannot read post: {type(exc).__name__}: {exc}", source.path))
         else:
@@ -172,124 +164,33 @@ def load_posts(
             problems.extend(_post_problems(source, post))
         if progress:
             progress()
+    problems.extend(
+        Problem("not a post: Jekyll reads only _posts files named YYYY-MM-DD-title.md", path,
+                None, "warning")
+        for path in undated
+    )  # fmt: skip
     posts.sort(key=lambda p: (p.date, str(p.path)))
-    roots = (posts_dir, settings.site.source_dir or settings.base_dir)
+    roots = (settings.site.posts_dir, settings.site.source_dir or settings.base_dir)
     return PostCollection(tuple(posts), tuple(problems), roots)
 
 
 def read_post(path: Path, settings: Settings) -> Post:
     """One post on its own (its `{% post_url %}` links to other posts are dropped)."""
-    posts_dir = settings.site.posts_dir
-    root = posts_dir if path.is_relative_to(posts_dir) else path.parent
-    source = _read_source(path, root, settings)
+    for found in site_post_files(settings):
+        if found.path.resolve() == path.resolve():
+            break
+    else:
+        posts_dir = settings.site.posts_dir
+        root = posts_dir if path.is_relative_to(posts_dir) else path.parent
+        rel = path.relative_to(root)
+        found = FoundPost(path, rel, rel.as_posix(), ())
+    source = read_source(found, settings)
     return _build_post(source, _SiteContext.build(settings, [source], []))
 
 
-def _post_problems(source: _Source, post: Post) -> Iterator[Problem]:
+def _post_problems(source: Source, post: Post) -> Iterator[Problem]:
     for warning in source.warnings:
         yield Problem(warning.message, post.path, warning.line, "warning", warning.key)
-
-
-# --------------------------------------------------------------------------- pass 1
-
-
-@dataclass
-class _Warnings:
-    """Warnings found while reading one post, with their file lines."""
-
-    items: list[_Warning] = field(default_factory=list)
-
-    def add(self, message: str, line: int | None = None, key: str | None = None) -> None:
-        self.items.append(_Warning(message, line, key))
-
-    def __iter__(self) -> Iterator[_Warning]:
-        return iter(self.items)
-
-
-@dataclass(frozen=True)
-class _Warning:
-    message: str
-    line: int | None
-    key: str | None
-
-    def __str__(self) -> str:
-        return f"line {self.line}: {self.message}" if self.line else self.message
-
-
-@dataclass(frozen=True)
-class _Source:
-    path: Path
-    rel: Path  # under the posts folder
-    front: str  # raw YAML, for line numbers
-    data: dict[str, Any]
-    body: str
-    body_line: int
-    date: datetime  # in the site's timezone
-    file_slug: str
-    slug: str
-    post_id: str
-    categories: tuple[str, ...]
-    site_path: str  # /2024/11/04/slug.html (Jekyll's page.url)
-    url: str  # absolute
-    warnings: _Warnings
-
-
-def _read_source(path: Path, posts_dir: Path, settings: Settings) -> _Source:
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise PostError(f"cannot read: {exc.strerror}", path=path) from exc
-    split = jekyll.split_front_matter(jekyll.decode(raw, path), path)
-    front = jekyll.load_front_matter(split.front_matter, path)
-    warnings = _Warnings()
-    for key, line in front.duplicates:
-        warnings.add(f"duplicate front matter key {key!r}; the last value wins", line, key)
-    data = front.data
-    name = jekyll.parse_file_name(path.stem)
-    date = _date(data, name, split.front_matter, path, settings)
-    given_slug = jekyll.scalar_text(data.get("slug"))
-    slug = permalink.pretty_slug(given_slug) if given_slug else name.slug
-    categories = jekyll.words(data.get("categories")) + jekyll.words(data.get("category"))
-    template = jekyll.scalar_text(data.get("permalink")) or settings.site.permalink
-    site_path = permalink.expand(template, date=date, slug=slug, categories=categories)
-    rel = path.relative_to(posts_dir)
-    post_id = jekyll.scalar_text(data.get("id")) or (rel.parent / name.slug).as_posix()
-    return _Source(
-        path=path,
-        rel=rel,
-        front=split.front_matter,
-        data=data,
-        body=split.body,
-        body_line=split.body_line,
-        date=date,
-        file_slug=name.slug,
-        slug=slug,
-        post_id=post_id,
-        categories=categories,
-        site_path=site_path,
-        url=permalink.site_root(settings.site) + site_path,
-        warnings=warnings,
-    )
-
-
-def _date(
-    data: Mapping[str, Any], name: jekyll.FileName, front: str, path: Path, settings: Settings
-) -> datetime:
-    """Front matter `date:` wins over the file name's; either is read in the site's zone."""
-    tz = settings.site.tz
-    if data.get("date") not in (None, ""):
-        line = jekyll.key_line(front, "date")
-        moment = jekyll.parse_date(data["date"], tz, path=path, line=line)
-    elif name.date is not None:
-        moment = jekyll.file_date(name.date, tz, path)
-    else:
-        raise PostError(
-            "no date: set `date:` in the front matter or name the file YYYY-MM-DD-title.md",
-            path=path,
-            key="date",
-        )
-    # Jekyll shows and builds URLs from the date in the site's timezone.
-    return moment.astimezone(tz)
 
 
 # --------------------------------------------------------------------------- pass 2
@@ -300,14 +201,15 @@ class _SiteContext:
     settings: Settings
     liquid_site: Mapping[str, Any]
     post_urls: Mapping[str, str]  # file stem, path under posts_dir, … → absolute URL
-    authors: Mapping[str, Any]  # Jekyll's _data/authors.yml
+    authors: Mapping[str, Any]  # _data/authors.yml and the authors collection
+    includes: Path | None  # the site's _includes folder
 
     @classmethod
     def build(
-        cls, settings: Settings, sources: list[_Source], problems: list[Problem]
+        cls, settings: Settings, sources: list[Source], problems: list[Problem]
     ) -> _SiteContext:
         site = settings.site
-        liquid_site = {
+        base = {
             "url": site.url.rstrip("/"),
             "baseurl": permalink.normalized_baseurl(site.baseurl),
             "title": site.title,
@@ -315,12 +217,25 @@ class _SiteContext:
             "timezone": site.timezone,
             "time": datetime.now(site.tz),
         }
+        root = site.source_dir or (settings.base_dir if site.jekyll is None else None)
+        variables = jekyllsite.site_variables(
+            root, site.jekyll, base, [_page(s) for s in sources], problems
+        )
         urls: dict[str, str] = {}
         for source in sources:
             stem = source.rel.with_suffix("").as_posix()
-            for key in (source.path.stem, stem, source.rel.as_posix(), source.path.name):
+            keys = (
+                source.path.stem,
+                stem,
+                source.rel.as_posix(),
+                source.path.name,
+                source.site_rel,
+            )
+            for key in keys:
                 urls.setdefault(key, source.url)
-        return cls(settings, liquid_site, urls, _load_authors(settings, problems))
+        includes = root / "_includes" if root is not None else None
+        includes = includes if includes is not None and includes.is_dir() else None
+        return cls(settings, variables.liquid, urls, variables.authors, includes)
 
     def post_url(self, name: str) -> str | None:
         return self.post_urls.get(name.strip().strip("\"'"))
@@ -339,7 +254,7 @@ class _SiteContext:
 _FALSE = (False, "false", "False", "no")
 
 
-def _published(source: _Source) -> bool:
+def _published(source: Source) -> bool:
     """`published: false`, `draft: true` and a `_drafts` folder all mean a draft
     (invariant 4: never sent automatically)."""
     if source.data.get("published", True) in _FALSE:
@@ -349,23 +264,12 @@ def _published(source: _Source) -> bool:
     return "_drafts" not in source.rel.parts
 
 
-def _load_authors(settings: Settings, problems: list[Problem]) -> Mapping[str, Any]:
-    root = settings.site.source_dir or settings.base_dir
-    try:
-        return jekyll.authors_data(root)
-    except NewsletterError as exc:
-        problems.append(
-            Problem(f"authors data ignored: {exc.message}", exc.path, exc.line, "warning")
-        )
-        return {}
-
-
-def _build_post(source: _Source, site: _SiteContext, *, bodies: bool = True) -> Post:
+def _build_post(source: Source, site: _SiteContext, *, bodies: bool = True) -> Post:
     data, warnings = source.data, source.warnings
     title_source = jekyll.scalar_text(data.get("title")) or jekyll.titleize(source.file_slug)
     heading = posttext.title_html(title_source)
     title = posttext.title_text(heading)
-    tags = jekyll.words(data.get("tags")) + jekyll.words(data.get("tag"))
+    tags = jekyll.tags(data)
     body = _liquid(source, site, title)
     if not body.strip():
         warnings.add("empty body: the email will have no excerpt", source.body_line)
@@ -373,12 +277,10 @@ def _build_post(source: _Source, site: _SiteContext, *, bodies: bool = True) -> 
     if byline is not None:
         body = byline.body
     authors = _authors(data, byline, site, source)
-    excerpt_md = _excerpt_markdown(data, body, site)
     body_html = excerpt_html = excerpt_text = ""
     if bodies:
-        body_html = _safe_html(markup.markdown_to_html(body, source.url))
-        excerpt_html = _safe_html(markup.markdown_to_html(excerpt_md, source.url))
-        excerpt_text = markup.html_to_text(excerpt_html)
+        body_html = _safe_html(markup.convert(body, source.url, source.path.suffix))
+        excerpt_html, excerpt_text = _excerpt(source, site, title, body, byline is not None)
     image, image_alt = _image(data, source, site, title)
     return Post(
         path=source.path,
@@ -405,28 +307,40 @@ def _build_post(source: _Source, site: _SiteContext, *, bodies: bool = True) -> 
     )
 
 
-def _liquid(source: _Source, site: _SiteContext, title: str) -> str:
-    page = {
+def _page(source: Source, title: str | None = None) -> dict[str, Any]:
+    """Liquid's `page` (and each of `site.posts`) for a post."""
+    if title is None:
+        given = jekyll.scalar_text(source.data.get("title"))
+        title = given or jekyll.titleize(source.file_slug)
+    return {
         **source.data,
         "title": title,
         "date": source.date,
         "url": source.site_path,
         "slug": source.slug,
         "id": source.post_id,
-        "path": source.rel.as_posix(),
+        "path": source.site_rel,
         "categories": list(source.categories),
-        "tags": list(jekyll.words(source.data.get("tags"))),
+        "tags": list(jekyll.tags(source.data)),
+        "collection": "posts",
     }
+
+
+def _liquid(source: Source, site: _SiteContext, title: str, text: str | None = None) -> str:
+    """The body (or `text`, a part of it: then warnings are not repeated) rendered."""
+    page = _page(source, title)
     result = liquid_mod.render(
-        source.body,
+        source.body if text is None else text,
         site=site.liquid_site,
         page=page,
         post_url=site.post_url,
         link=site.link,
         first_line=source.body_line,
+        includes=site.includes,
     )
-    for warning in result.warnings:
-        source.warnings.add(warning.message, warning.line)
+    if text is None:
+        for warning in result.warnings:
+            source.warnings.add(warning.message, warning.line)
     return result.text
 
 
@@ -439,21 +353,47 @@ def _safe_html(fragment: str) -> str:
     return _TEMPLATE_MARKERS.sub("&#123;", fragment)
 
 
-def _excerpt_markdown(data: Mapping[str, Any], body: str, site: _SiteContext) -> str:
+def _excerpt(
+    source: Source, site: _SiteContext, title: str, body: str, had_byline: bool
+) -> tuple[str, str]:
+    """(HTML, text) of the excerpt: front matter `excerpt`, else Jekyll's (on a
+    Jekyll site) or the first paragraph; where that shows no text (the post
+    opens with `{% assign %}` or a comment), `description`, then the first
+    paragraph with text."""
+    data = source.data
     explicit = data.get("excerpt")
+    candidates: list[str] = []
     if isinstance(explicit, str) and explicit.strip():
-        return explicit
+        candidates.append(explicit)
     separator = data.get("excerpt_separator")
     if not isinstance(separator, str):
         separator = site.settings.site.excerpt_separator
-    return posttext.excerpt_source(body, separator)
+    if site.settings.site.jekyll is not None:
+        raw = source.body
+        # The byline line is not the post's text: the excerpt starts after it.
+        byline = posttext.take_byline(raw) if had_byline else None
+        head = posttext.jekyll_excerpt_source(byline.body if byline else raw, separator)
+        candidates.append(_liquid(source, site, title, head))
+    else:
+        candidates.append(posttext.excerpt_source(body, separator))
+    description = jekyll.scalar_text(data.get("description"))
+    if description:
+        candidates.append(description)
+    candidates.append(posttext.excerpt_source(body, None))
+    html = text = ""
+    for markdown_text in candidates:
+        html = _safe_html(markup.convert(markdown_text, source.url, source.path.suffix))
+        text = markup.html_to_text(html)
+        if text.strip():
+            break
+    return html, text
 
 
 def _authors(
     data: Mapping[str, Any],
     byline: posttext.Byline | None,
     site: _SiteContext,
-    source: _Source,
+    source: Source,
 ) -> tuple[Author, ...]:
     """Front matter `authors`/`author`, else the body's byline, else the site's author."""
     for key in ("authors", "author"):
@@ -495,7 +435,7 @@ def _author(item: Any, known: Mapping[str, Any]) -> Author | None:
 
 
 def _image(
-    data: Mapping[str, Any], source: _Source, site: _SiteContext, title: str
+    data: Mapping[str, Any], source: Source, site: _SiteContext, title: str
 ) -> tuple[str | None, str]:
     value = data.get("image")
     alt = jekyll.scalar_text(data.get("image_alt"))

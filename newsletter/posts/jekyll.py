@@ -9,6 +9,7 @@ them to, and say so where they deliberately differ.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from datetime import date as date_cls
@@ -18,6 +19,7 @@ from typing import Any, ClassVar
 import yaml
 
 from newsletter.errors import PostError
+from newsletter.posts import rubytime
 
 # --------------------------------------------------------------------------- front matter
 
@@ -181,16 +183,23 @@ def parse_file_name(stem: str) -> FileName:
 
 
 def titleize(slug: str) -> str:
-    """Jekyll's title from a slug: `edge-case-no-title` → "Edge Case No Title"."""
-    return " ".join(word[:1].upper() + word[1:] for word in re.split(r"[-_\s]+", slug) if word)
+    """Jekyll's Utils.titleize_slug: `edge-case-no-title` → "Edge Case No Title".
+
+    Only dashes separate words and each word is Ruby-capitalised (the rest
+    lower-cased): `iOS-tips_and-tricks` → "Ios Tips_and Tricks", as Jekyll
+    titles it.
+    """
+    return " ".join(word[:1].upper() + word[1:].lower() for word in slug.split("-") if word)
 
 
 # --------------------------------------------------------------------------- dates
 
-_DATE = re.compile(
-    r"""^\s*(?P<y>\d{4})-(?P<mo>\d{1,2})-(?P<d>\d{1,2})
-    (?:(?:[Tt]|\s+)(?P<h>\d{1,2}):(?P<mi>\d{2})(?::(?P<s>\d{2})(?:[.,](?P<f>\d+))?)?)?
-    \s*(?:(?P<utc>[Zz]|UTC|GMT)|(?P<sign>[+-])(?P<oh>\d{1,2})(?::?(?P<om>\d{2}))?)?\s*$""",
+# YAML 1.1's timestamp (what Psych/SafeYAML turn into a Ruby Time before
+# Jekyll sees it): a time *with seconds*, an optional fraction and zone.
+_YAML_TIMESTAMP = re.compile(
+    r"""^(?P<y>\d{4})-(?P<mo>\d\d?)-(?P<d>\d\d?)(?:[Tt]|[ \t]+)
+    (?P<h>\d\d?):(?P<mi>\d\d):(?P<s>\d\d)(?:\.\d*)?
+    (?:[ \t]*(?:(?P<utc>Z)|(?P<sign>[-+])(?P<oh>\d\d?)(?::(?P<om>\d\d))?))?$""",
     re.X,
 )
 
@@ -198,62 +207,61 @@ _DATE = re.compile(
 def parse_date(
     value: Any, tz: tzinfo, *, path: Path | None = None, line: int | None = None
 ) -> datetime:
-    """Any date form Jekyll accepts → an aware datetime; no zone means `tz`.
+    """A front-matter date → the aware datetime Jekyll 4.3 makes of it.
 
-    `tz` is the site's timezone, never the machine's (Jekyll sets TZ from
-    `_config.yml` before it parses dates).
+    * a YAML timestamp with a time (`2024-11-04 10:00:00`, `…T10:00:00+03:00`)
+      is read by YAML first: *without a zone it is UTC*, and the fraction of a
+      second is lost (Jekyll re-parses the Time's `to_s`);
+    * anything else goes through Ruby's `Time.parse` (`rubytime`): no zone
+      means the site's timezone `tz` (Jekyll sets TZ from `_config.yml`).
     """
     if isinstance(value, datetime):
         return value if value.tzinfo else value.replace(tzinfo=tz)
     if isinstance(value, date_cls):
         return datetime(value.year, value.month, value.day, tzinfo=tz)
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)  # Jekyll parses `value.to_s`
     if not isinstance(value, str):
         raise PostError(f"expected a date, got {value!r}", path=path, line=line, key="date")
-    match = _DATE.match(value)
-    if match is None:
+    text = value.strip()
+    try:
+        match = _YAML_TIMESTAMP.match(text)
+        return _from_timestamp(match) if match else rubytime.parse(text, tz)
+    except (rubytime.RubyTimeError, ValueError, OverflowError) as exc:
+        what = "impossible date" if "range" in str(exc) else "cannot read"
         raise PostError(
-            f"cannot read {value!r} as a date (expected e.g. 2024-11-04 09:30:00 +0300)",
+            f"{what} {value!r} as a date (Jekyll fails on it too); "
+            "write e.g. 2024-11-04 09:30:00 +0300",
             path=path,
             line=line,
             key="date",
-        )
-    try:
-        return _from_match(match, tz)
-    except ValueError as exc:
-        raise PostError(
-            f"impossible date {value!r} ({exc})", path=path, line=line, key="date"
         ) from exc
 
 
-def _from_match(match: re.Match[str], tz: tzinfo) -> datetime:
+def _from_timestamp(match: re.Match[str]) -> datetime:
     g = match.groupdict()
-    zone: tzinfo = tz
-    if g["utc"]:
-        zone = UTC
-    elif g["sign"]:
+    zone: tzinfo = UTC
+    if g["sign"]:
         minutes = int(g["oh"]) * 60 + int(g["om"] or 0)
-        if minutes > 14 * 60:
-            raise ValueError("offset beyond ±14:00")
         zone = timezone(timedelta(minutes=minutes if g["sign"] == "+" else -minutes))
-    micro = int((g["f"] or "0")[:6].ljust(6, "0"))
-    second = min(int(g["s"] or 0), 59)  # a leap second (:60) is clamped, as Ruby does
-    return datetime(
-        int(g["y"]),
-        int(g["mo"]),
-        int(g["d"]),
-        int(g["h"] or 0),
-        int(g["mi"] or 0),
-        second,
-        micro,
-        tzinfo=zone,
+    # Out-of-range parts roll over (10:00:60 is 10:01:00), as in Ruby.
+    start = datetime(int(g["y"]), int(g["mo"]), 1, tzinfo=zone)
+    return start + timedelta(
+        days=int(g["d"]) - 1, hours=int(g["h"]), minutes=int(g["mi"]), seconds=int(g["s"])
     )
 
 
 def file_date(parts: tuple[int, int, int], tz: tzinfo, path: Path) -> datetime:
-    try:
-        return datetime(*parts, tzinfo=tz)
-    except ValueError as exc:
-        raise PostError(f"impossible date in the file name ({exc})", path=path, line=None) from exc
+    """The file name's date, midnight in the site's zone; Feb 30 rolls over
+    into March as Ruby's Time.parse does."""
+    year, month, day = parts
+    if not 1 <= month <= 12 or not 1 <= day <= 31:
+        raise PostError(
+            f"impossible date in the file name ({year}-{month:02d}-{day:02d}; Jekyll fails too)",
+            path=path,
+            line=None,
+        )
+    return (datetime(year, month, 1) + timedelta(days=day - 1)).replace(tzinfo=tz)
 
 
 # --------------------------------------------------------------------------- values
@@ -280,6 +288,51 @@ def words(value: Any) -> tuple[str, ...]:
     return (str(value),)
 
 
+def _plural(data: Mapping[str, Any], singular: str, plural: str) -> list[Any]:
+    """Jekyll's Utils.pluralized_array_from_hash: the singular key as one value
+    (never split), else the plural key (a string split on whitespace)."""
+    if data.get(singular) is not None:
+        value = data[singular]
+        return list(value) if isinstance(value, list) else [value]
+    value = data.get(plural)
+    if isinstance(value, str):
+        return value.split()
+    return [v for v in value if v is not None] if isinstance(value, list) else []
+
+
+def _unique(values: list[Any]) -> tuple[str, ...]:
+    out: list[str] = []
+    for value in values:
+        text = str(value)
+        if text and text not in out:
+            out.append(text)
+    return tuple(out)
+
+
+def categories(
+    front: Mapping[str, Any],
+    defaults: Mapping[str, Any],
+    from_path: tuple[str, ...],
+    merged: Mapping[str, Any],
+) -> tuple[str, ...]:
+    """A post's categories as Jekyll 4 merges them: the folders above
+    `_posts`, then the defaults' `categories`, then the front matter's, then
+    `category` (one category, even with spaces in it)."""
+
+    def split(value: Any) -> list[Any]:
+        if isinstance(value, str):
+            return value.split()
+        return list(value) if isinstance(value, list) else []
+
+    found = list(from_path) + split(defaults.get("categories")) + split(front.get("categories"))
+    return _unique(found + _plural(merged, "category", "categories"))
+
+
+def tags(data: Mapping[str, Any]) -> tuple[str, ...]:
+    """`tag` (one tag) or `tags` (a list, or a string split on whitespace)."""
+    return _unique(_plural(data, "tag", "tags"))
+
+
 def list_names(value: Any) -> tuple[str, ...] | None:
     """Front matter `lists:` (a list, or names separated by commas/spaces)."""
     if value is None:
@@ -291,17 +344,3 @@ def list_names(value: Any) -> tuple[str, ...] | None:
 
 def as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list | tuple) else [value]
-
-
-def authors_data(root: Path) -> dict[str, Any]:
-    """Jekyll's `_data/authors.yml` (or `.yaml`) under `root`; {} when absent."""
-    for name in ("authors.yml", "authors.yaml"):
-        path = root / "_data" / name
-        if not path.is_file():
-            continue
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise PostError(f"cannot read: {exc}", path=path) from exc
-        return load_front_matter(text, path, 1).data
-    return {}

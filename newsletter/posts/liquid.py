@@ -7,10 +7,14 @@ python-liquid 2.x plus Jekyll's own tags and filters:
   and a handful of other Jekyll filters (`date_to_xmlschema`, `slugify`, …);
 * `{% raw %}` (kept literally), `{% comment %}`;
 * `{% highlight lang %}` → a fenced code block (Markdown then highlights it);
-* `{% post_url name %}` and `{% link path %}` → absolute URLs of those posts.
+* `{% post_url name %}` and `{% link path %}` → absolute URLs of those posts;
+* `{% include file.html key=value %}` from the site's `_includes`, with
+  `include.key` inside (Jekyll's syntax, not Shopify's).
 
-Anything else — a plugin's tag, an `{% include %}`, an unknown filter — is
-dropped with a warning naming the tag and its line.  If the remaining Liquid
+Anything else — a plugin's tag, `{% include_relative %}`, an unknown filter —
+is dropped with a warning naming the tag and its line.  A variable that is not
+defined and renders as nothing (`{{ site.data.releases.first.version }}`
+without that data file) is a warning too: the reader would see a hole.  If the remaining Liquid
 still cannot be parsed, every `{% %}` / `{{ }}` is stripped with a warning, so
 no post fails because of Liquid and no `{%` reaches an email.
 """
@@ -18,19 +22,24 @@ no post fails because of Liquid and no `{%` reaches an email.
 from __future__ import annotations
 
 import bisect
+import contextvars
 import functools
 import html
+import io
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from pathlib import Path
+from typing import Any, TextIO
 from urllib.parse import quote, quote_plus
 
-from liquid import Environment
+from liquid import Environment, Undefined
+from liquid.builtin.tags.include_tag import IncludeNode, IncludeTag
 from liquid.exceptions import LiquidError
 from liquid.filter import with_context
+from liquid.loader import BaseLoader, TemplateSource
 
 from newsletter.posts.permalink import is_absolute, normalized_baseurl, slugify
 
@@ -52,10 +61,88 @@ class LiquidResult:
 Resolver = Callable[[str], str | None]
 
 
+# The undefined variables a render printed as nothing: (name, offset in the
+# post's prepared text, or None inside an include).
+_UNDEFINED_SEEN: contextvars.ContextVar[list[tuple[str, int | None, str, bool]] | None] = (
+    contextvars.ContextVar("undefined_seen", default=None)
+)
+
+
+_VARIABLE = re.compile(r"[\w-]+(?:\.[\w-]+|\[[^\]\n]{0,100}\])*")
+
+
+class _RecordingUndefined(Undefined):
+    """Renders as nothing, like Liquid's default, and remembers that it did."""
+
+    def __str__(self) -> str:
+        seen = _UNDEFINED_SEEN.get()
+        if seen is not None:
+            token = self.token
+            if token is None:
+                seen.append((self.name, None, "", False))
+            else:
+                found = _VARIABLE.match(token.source, token.start_index)
+                name = found.group(0) if found and found.group(0) else self.name
+                seen.append((name, token.start_index, token.source, False))
+        return ""
+
+
+class _JekyllIncludeNode(IncludeNode):
+    """Jekyll's include: the parameters are `include.*` inside the file."""
+
+    def render_to_output(self, context: Any, buffer: TextIO) -> int:
+        name = self.name.evaluate(context)
+        out = io.StringIO()
+        try:
+            template = context.env.get_template(str(name), context=context, tag=self.tag)
+            params = {arg.name: arg.value.evaluate(context) for arg in self.args}
+            with context.extend({"include": params}, template=template):
+                template.render_with_context(context, out, partial=True)
+        except LiquidError as exc:
+            # One broken include costs its own output, not the post's Liquid.
+            seen = _UNDEFINED_SEEN.get()
+            if seen is not None:
+                message = f"{{% include {name} %}} dropped: {exc.message}"
+                seen.append((message, self.token.start_index, self.token.source, True))
+            return False
+        buffer.write(out.getvalue())
+        return True
+
+
+class _JekyllIncludeTag(IncludeTag):
+    node_class = _JekyllIncludeNode
+
+
+class _IncludeLoader(BaseLoader):
+    """Files under the site's `_includes`, with Jekyll-only tags made plain."""
+
+    def __init__(self, folder: Path | None) -> None:
+        self.folder = folder
+
+    def get_source(self, env: Environment, template_name: str, **kwargs: object) -> TemplateSource:
+        from liquid.exceptions import TemplateNotFoundError
+
+        if self.folder is None:
+            raise TemplateNotFoundError(template_name)
+        path = (self.folder / template_name).resolve()
+        if not path.is_relative_to(self.folder.resolve()) or not path.is_file():
+            raise TemplateNotFoundError(template_name)
+        text = path.read_text(encoding="utf-8")
+        # Tags in an include are checked like a post's; their warnings would
+        # point at the wrong file, so they are not reported.
+        prepared = _Prepass(text, _nothing, _nothing, 1, self.folder).run().text
+        return TemplateSource(prepared, str(path), None)
+
+
+def _nothing(_: str) -> str | None:
+    return None
+
+
 class _JekyllEnvironment(Environment):
     # A post is not a program: bound runaway loops and output.
     loop_iteration_limit = 100_000
     output_stream_limit = 20_000_000
+    keyword_assignment = True  # {% include x.html key=value %}
 
 
 _RAW = r"\{%-?\s*raw\s*-?%\}.*?\{%-?\s*endraw\s*-?%\}"
@@ -72,7 +159,8 @@ _FILTER = re.compile(r"\|\s*([A-Za-z_][\w-]*)")
 _STRING = re.compile(r"\"[^\"]*\"|'[^']*'")
 _STRIP_ALL = re.compile(r"\{%.{0,1000}?%\}|\{\{.{0,1000}?\}\}|\{(?=[%{])", re.S)
 MAX_WARNINGS = 20  # per post; a page of identical warnings helps nobody
-_DROPPED_TAGS = frozenset({"include", "include_relative", "render"})
+_DROPPED_TAGS = frozenset({"include_relative", "render"})
+_INCLUDE_ARG = re.compile(r"""([\w-]+)\s*=\s*("[^"]*"|'[^']*'|[^\s"']+)""")
 _INTERMEDIATE = frozenset({"else", "elsif", "when"})
 
 
@@ -84,23 +172,52 @@ def render(
     post_url: Resolver,
     link: Resolver,
     first_line: int = 1,
+    includes: Path | None = None,
 ) -> LiquidResult:
-    """`text` with its Liquid rendered; problems become warnings, never errors."""
+    """`text` with its Liquid rendered; problems become warnings, never errors.
+
+    `includes` is the site's `_includes` folder (None: includes are dropped).
+    """
     if "{%" not in text and "{{" not in text:
         return LiquidResult(text, ())
-    prepared = _Prepass(text, post_url, link, first_line).run()
+    prepass = _Prepass(text, post_url, link, first_line, includes)
+    prepared = prepass.run()
     warnings = list(prepared.warnings)
-    env = environment()
+    env = environment(includes)
+    seen: list[tuple[str, int | None, str, bool]] = []
+    token = _UNDEFINED_SEEN.set(seen)
     try:
         template = env.from_string(prepared.text)
         output = template.render(site=site, page=page, jekyll={"environment": "production"})
+        warnings.extend(_undefined_warnings(seen, prepared.text, first_line))
     except LiquidError as exc:
         context = exc.context()
         line = context[0] + first_line - 1 if context else None
         message = str(exc.message)
         warnings.append(LiquidWarning(f"Liquid error, all Liquid markup removed: {message}", line))
         output = _STRIP_ALL.sub("", _unraw(prepared.text))
+    finally:
+        _UNDEFINED_SEEN.reset(token)
     return LiquidResult(output, tuple(warnings))
+
+
+def _undefined_warnings(
+    seen: list[tuple[str, int | None, str, bool]], source: str, first_line: int
+) -> Iterator[LiquidWarning]:
+    reported: set[tuple[str, int | None]] = set()
+    for name, offset, token_source, is_include in seen:
+        line = None
+        if offset is not None and token_source is source:
+            line = source.count("\n", 0, offset) + first_line
+        if is_include:
+            if (name, line) not in reported:
+                reported.add((name, line))
+                yield LiquidWarning(name, line)
+            continue
+        if (name, line) in reported or len(reported) >= MAX_WARNINGS:
+            continue
+        reported.add((name, line))
+        yield LiquidWarning(f"undefined variable '{name}' renders as nothing", line)
 
 
 def _unraw(text: str) -> str:
@@ -110,7 +227,15 @@ def _unraw(text: str) -> str:
 class _Prepass:
     """Rewrites Jekyll-only tags into text and drops unknown ones, one pass."""
 
-    def __init__(self, text: str, post_url: Resolver, link: Resolver, first_line: int) -> None:
+    def __init__(
+        self,
+        text: str,
+        post_url: Resolver,
+        link: Resolver,
+        first_line: int,
+        includes: Path | None = None,
+    ) -> None:
+        self.includes = includes
         self.text = text
         self.post_url = post_url
         self.link = link
@@ -119,7 +244,7 @@ class _Prepass:
         self.dropped = 0
         self._newlines: list[int] | None = None
         self.known = known_tags()
-        self.filters = frozenset(environment().filters)
+        self.filters = frozenset(environment(None).filters)
 
     def run(self) -> LiquidResult:
         out = _TOKEN.sub(self._token, self.text)
@@ -162,6 +287,8 @@ class _Prepass:
             return self._line_start(pos) + "```"
         if name in ("post_url", "link"):
             return self._resolve(name, args, pos)
+        if name in ("include", "include_cached"):  # include_cached: jekyll-include-cache
+            return self._include(args, pos)
         if name in _DROPPED_TAGS:
             self._warn(f"{{% {name} {args} %}} dropped (includes are not available in email)", pos)
             return ""
@@ -171,6 +298,19 @@ class _Prepass:
         if not (name.startswith("end") and name[3:] not in self.known):
             self._warn(f"unknown Liquid tag {{% {name} %}} dropped", pos)
         return ""
+
+    def _include(self, args: str, pos: int) -> str:
+        """Jekyll's `{% include file.html a=b c="d" %}` in python-liquid's syntax."""
+        file_name, _, rest = args.partition(" ")
+        if not file_name or "{{" in file_name:
+            self._warn(f"{{% include {args} %}} dropped (a computed include name)", pos)
+            return ""
+        if self.includes is None or not (self.includes / file_name).is_file():
+            self._warn(f"{{% include {file_name} %}} dropped (not in _includes)", pos)
+            return ""
+        params = "".join(f", {k}={v}" for k, v in _INCLUDE_ARG.findall(rest))
+        self._check_filters(rest, pos)
+        return f"{{% include {json.dumps(file_name)}{params} %}}"
 
     def _line_start(self, pos: int) -> str:
         # A Markdown fence must begin a line.
@@ -193,14 +333,18 @@ class _Prepass:
 
 @functools.cache
 def known_tags() -> frozenset[str]:
-    tags = set(environment().tags) - _DROPPED_TAGS - {"illegal", "content", "output"}
+    tags = set(environment(None).tags) - _DROPPED_TAGS - {"illegal", "content", "output"}
     return frozenset(tags | _INTERMEDIATE | {f"end{t}" for t in tags} | {"raw", "endraw"})
 
 
 @functools.cache
-def environment() -> Environment:
-    """One shared environment: building it costs more than rendering a post."""
-    env = _JekyllEnvironment(strict_filters=False)
+def environment(includes: Path | None = None) -> Environment:
+    """One environment per `_includes` folder: building it costs more than
+    rendering a post (and parsed includes are cached with it)."""
+    env = _JekyllEnvironment(
+        strict_filters=False, loader=_IncludeLoader(includes), undefined=_RecordingUndefined
+    )
+    env.add_tag(_JekyllIncludeTag)
     for name, func in _JEKYLL_FILTERS.items():
         env.add_filter(name, func)
     return env
@@ -258,7 +402,89 @@ def _sentence(value: object, connector: str = "and") -> str:
     return ", ".join(items[:-1]) + f", {connector} " + items[-1]
 
 
+def _items(value: object) -> list[Any]:
+    if isinstance(value, Mapping):
+        return list(value.values())
+    return list(value) if isinstance(value, list | tuple) else []
+
+
+def _get(item: object, key: str) -> object:
+    return item.get(key) if isinstance(item, Mapping) else None
+
+
+def _group_by(value: object, key: str) -> list[dict[str, Any]]:
+    groups: dict[str, list[Any]] = {}
+    for item in _items(value):
+        found = _get(item, key)
+        groups.setdefault("" if found is None else str(found), []).append(item)
+    return [{"name": k, "items": v, "size": len(v)} for k, v in groups.items()]
+
+
+def _test(context: Any, variable: str, expression: str, item: object) -> bool:
+    template = _expression_template(context.env, expression)
+    return template.render(**{**_globals(context), variable: item}) == "1"
+
+
+def _globals(context: Any) -> dict[str, object]:
+    return {k: context.resolve(k) for k in ("site", "page", "include") if k in context.scope}
+
+
+@functools.lru_cache(maxsize=256)
+def _expression_template(env: Environment, expression: str) -> Any:
+    return env.from_string(f"{{% if {expression} %}}1{{% endif %}}")
+
+
+@with_context
+def _where_exp(value: object, variable: str, expression: str, *, context: Any) -> list[Any]:
+    return [item for item in _items(value) if _test(context, variable, expression, item)]
+
+
+@with_context
+def _find_exp(value: object, variable: str, expression: str, *, context: Any) -> object:
+    return next((i for i in _items(value) if _test(context, variable, expression, i)), None)
+
+
+@with_context
+def _group_by_exp(
+    value: object, variable: str, expression: str, *, context: Any
+) -> list[dict[str, Any]]:
+    template = context.env.from_string("{{ " + expression + " }}")
+    groups: dict[str, list[Any]] = {}
+    for item in _items(value):
+        key = template.render(**{**_globals(context), variable: item})
+        groups.setdefault(key, []).append(item)
+    return [{"name": k, "items": v, "size": len(v)} for k, v in groups.items()]
+
+
+def _where(value: object, key: str, wanted: object = None) -> list[Any]:
+    """Jekyll's where: an item whose property is a list matches when it holds the value."""
+    out = []
+    for item in _items(value):
+        found = _get(item, key)
+        if isinstance(found, list | tuple):
+            if str(wanted) in [str(v) for v in found]:
+                out.append(item)
+        elif str(found if found is not None else "") == str(wanted if wanted is not None else ""):
+            out.append(item)
+    return out
+
+
+def _to_list(value: object) -> list[Any]:
+    return list(value) if isinstance(value, list | tuple) else []
+
+
 _JEKYLL_FILTERS: dict[str, Callable[..., object]] = {
+    "where": _where,
+    "where_exp": _where_exp,
+    "find_exp": _find_exp,
+    "group_by": _group_by,
+    "group_by_exp": _group_by_exp,
+    "push": lambda v, x: [*_to_list(v), x],
+    "pop": lambda v, n=1: _to_list(v)[: -int(n) or None],
+    "shift": lambda v, n=1: _to_list(v)[int(n) :],
+    "unshift": lambda v, x: [x, *_to_list(v)],
+    "to_integer": lambda v: int(float(v)) if str(v or "0").strip() else 0,
+    "sample": lambda v, *_: _to_list(v)[:1] and _to_list(v)[0],
     "relative_url": relative_url,
     "absolute_url": absolute_url,
     "date_to_xmlschema": _date_filter(lambda d: d.isoformat()),

@@ -31,9 +31,11 @@ import markdown
 from lxml.html import HtmlElement
 
 from newsletter.errors import RenderError
+from newsletter.posts.kramdown import KramdownExtension
 
 # --------------------------------------------------------------------------- Markdown
 
+# kramdown's typography comes from newsletter.posts.kramdown (smarty is too slow).
 _EXTENSIONS = ["extra", "codehilite", "sane_lists"]
 _EXTENSION_CONFIGS: dict[str, dict[str, Any]] = {
     # noclasses: Pygments writes style="" on every token, which survives
@@ -50,9 +52,26 @@ _local = threading.local()
 def _markdown() -> markdown.Markdown:
     md: markdown.Markdown | None = getattr(_local, "md", None)
     if md is None:
-        md = markdown.Markdown(extensions=_EXTENSIONS, extension_configs=_EXTENSION_CONFIGS)
+        md = markdown.Markdown(
+            extensions=[*_EXTENSIONS, KramdownExtension()], extension_configs=_EXTENSION_CONFIGS
+        )
         _local.md = md
     return md
+
+
+MARKDOWN_SUFFIXES = frozenset({".md", ".markdown", ".mkdown", ".mkdn", ".mkd"})
+
+
+def convert(text: str, base_url: str, suffix: str = ".md") -> str:
+    """A post body as Jekyll converts it by file type: Markdown for Markdown
+    files, HTML as it is (`.html`), anything else as plain text."""
+    suffix = suffix.lower()
+    if suffix in MARKDOWN_SUFFIXES:
+        return markdown_to_html(text, base_url)
+    if suffix in (".html", ".htm"):
+        return sanitise_html(text, base_url)
+    paragraphs = [p for p in re.split(r"\n\s*\n", text.strip()) if p.strip()]
+    return "".join(f"<p>{html.escape(p)}</p>" for p in paragraphs)
 
 
 def markdown_to_html(text: str, base_url: str) -> str:

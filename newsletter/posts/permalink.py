@@ -61,6 +61,15 @@ def pretty_slug(text: str) -> str:
     return _PRETTY_UNSAFE.sub("-", text).strip("-")
 
 
+def style(template: str) -> str:
+    """A site-wide permalink: a named style (`pretty`, …) or a template.
+
+    Only the site's `permalink` and the posts collection's may name a style;
+    a post's own `permalink: pretty` is the literal path `/pretty`, as in Jekyll.
+    """
+    return PERMALINK_STYLES.get(template, template) or DEFAULT_PERMALINK
+
+
 def expand(
     template: str,
     *,
@@ -74,7 +83,7 @@ def expand(
     `date` must already be in the site's timezone: Jekyll converts every post
     date to the site's zone before building the URL.
     """
-    template = PERMALINK_STYLES.get(template, template) or DEFAULT_PERMALINK
+    template = template or DEFAULT_PERMALINK
     values = _placeholders(date, slug, categories, name or slug)
     path = _PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
     path = _SLASHES.sub("/", "/" + path)

@@ -189,6 +189,35 @@ def excerpt_source(body: str, separator: str | None) -> str:
     return head.rstrip() + ("\n\n" + "\n".join(missing) if missing else "")
 
 
+_LIQUID_TAG = re.compile(r"\{%-?\s*(\w+)")
+_LIQUID_BLOCKS = frozenset(
+    {"if", "unless", "for", "case", "capture", "comment", "raw", "highlight", "tablerow"}
+)
+_REFERENCE = re.compile(r"^ {0,3}\[[^\]]+\]:.+$", re.M)
+
+
+def jekyll_excerpt_source(body: str, separator: str) -> str:
+    """Jekyll 4's excerpt of the *raw* body (before Liquid): everything up to
+    the separator (the whole body without one), unclosed Liquid blocks closed,
+    and the reference-link definitions found after it appended."""
+    head, found, tail = body.partition(separator) if separator else (body, "", "")
+    if not head:
+        return ""
+    if "{%" in head:
+        for name in reversed(_LIQUID_TAG.findall(head)):
+            if name in _LIQUID_BLOCKS and not re.search(rf"\{{%-?\s*end{name}\b", head):
+                head += f"\n{{% end{name} %}}"
+    if not found or not tail:
+        return head
+    # kramdown shows a footnote only where it is referenced: keep the
+    # definitions of footnotes the excerpt itself uses.
+    refs = [
+        r for r in _REFERENCE.findall(tail)
+        if not r.lstrip().startswith("[^") or r.lstrip().split("]", 1)[0] + "]" in head
+    ]  # fmt: skip
+    return head + "\n\n" + "\n".join(refs)
+
+
 def _before_separator(body: str, separator: str | None) -> str | None:
     if separator and separator.strip():
         if _MORE.fullmatch(separator.strip()):

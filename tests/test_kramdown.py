@@ -1,0 +1,90 @@
+"""kramdown features as a reader sees them, one sample each.
+
+Each sample's visible text is written down (what Jekyll's kramdown shows);
+`test_kramdown_agrees` asks Debian's kramdown (Jekyll's settings: GFM input,
+no hard wraps) again when ruby has it, so the table cannot drift.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import pytest
+from jekyll_oracle import text_of
+
+from newsletter.posts.markup import markdown_to_html
+
+BASE = "https://blog.example.com/2024/01/01/post.html"
+
+SAMPLES = {
+    "typographic quotes": ('"Double", \'single\', it\'s the \'90s.', "“Double”, ‘single’, it’s the ’90s."),
+    "dashes and ellipsis": ("a -- b --- c... d", "a – b — c… d"),
+    "guillemets": ("<< quoted >>", "« quoted »"),
+    "backslash escapes": ("It\\'s \\*not\\* a \\`tick\\` \\[x\\]", "It's *not* a `tick` [x]"),
+    "block IAL": ("A paragraph.\n{: .lead}", "A paragraph."),
+    "span IAL on an image": ('![logo](/logo.png){: .icon width="70"} text', "text"),
+    "ALD": ("{:note: .callout}\nText.\n{: note}", "Text."),
+    "reference links": ("See [the guide][g].\n\n[g]: https://example.com/ \"Guide\"", "See the guide."),
+    "footnotes": ("Spec[^1].\n\n[^1]: A note.", "Spec 1 . A note."),
+    "definition lists": ("term\n: definition", "term definition"),
+    "abbreviations": ("HTML rocks.\n\n*[HTML]: Hyper Text", "HTML rocks."),
+    "tables": ("| a | b |\n|---|---|\n| 1 | 2 |", "a b 1 2"),
+    "header ids": ("## Title {#custom}\n\nText.", "Title Text."),
+    "comment extension": ("{::comment}\nhidden\n{:/comment}\n\nShown.", "Shown."),
+    "options extension": ('{::options parse_block_html="true" /}\n\nShown.', "Shown."),
+    "markdown in HTML": ('<div markdown="1">\n*em* text\n</div>', "em text"),
+    "literal double brackets": ("see [[Bug #18980]] now", "see [[Bug #18980]] now"),
+    "quotes around emphasis": ('A "quote with *emphasis*" and *"emphasised"*', "A “quote with emphasis ” and “emphasised”"),
+    "nested quotes": ('Nested "outer \'inner\' outer".', "Nested “outer ‘inner’ outer”."),
+    "apostrophes": ("Rock 'n' roll in 's-Hertogenbosch, 5'10\" tall", "Rock ‘n’ roll in ‘s-Hertogenbosch, 5’10” tall"),
+    "quotes around raw HTML": ("<em>'em'</em> and \"html\"", "‘em’ and “html”"),
+    "'s at the start": ("'s-Hertogenbosch is a city.", "’s-Hertogenbosch is a city."),
+    "quotes in code stay": ("`code 'quote'` and 'after'", "code 'quote' and ‘after’"),
+}  # fmt: skip
+
+
+def _spaced(text: str) -> str:
+    # Footnote markers are <sup> elements: compare words, not their spacing.
+    return " ".join(text.replace(".", " . ").split())
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLES))
+def test_kramdown_feature(name: str) -> None:
+    source, visible = SAMPLES[name]
+    html = markdown_to_html(source, BASE)
+    assert "{:" not in html
+    assert _spaced(text_of(html)) == _spaced(visible)
+
+
+KRAMDOWN = """
+require "json"; require "kramdown"; require "kramdown-parser-gfm"
+JSON.parse(STDIN.read).each do |text|
+  html = Kramdown::Document.new(text, input: "GFM", hard_wrap: false, auto_ids: true,
+    footnote_nr: 1, entity_output: :as_char, smart_quotes: "lsquo,rsquo,ldquo,rdquo").to_html
+  puts JSON.generate(html)
+end
+"""
+
+
+def _has_kramdown() -> bool:
+    if shutil.which("ruby") is None:
+        return False
+    probe = ["ruby", "-e", 'require "kramdown"; require "kramdown-parser-gfm"']
+    return subprocess.run(probe, capture_output=True, timeout=60).returncode == 0
+
+
+@pytest.mark.skipif(not _has_kramdown(), reason="ruby's kramdown is not installed")
+def test_kramdown_agrees() -> None:
+    names = sorted(SAMPLES)
+    done = subprocess.run(
+        ["ruby", "-e", KRAMDOWN],
+        input=json.dumps([SAMPLES[n][0] for n in names]),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    for name, line in zip(names, done.stdout.splitlines(), strict=True):
+        assert _spaced(text_of(json.loads(line))) == _spaced(SAMPLES[name][1]), name

@@ -1,0 +1,70 @@
+"""Jekyll's `{% include %}`: parameters as `include.*`, a missing or broken
+include costs only its own output (with a warning naming its line)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from newsletter.posts import liquid
+
+
+def _render(text: str, includes: Path | None) -> liquid.LiquidResult:
+    return liquid.render(
+        text,
+        site={"title": "Site", "data": {"v": "4.2"}},
+        page={"title": "Page"},
+        post_url=lambda _: None,
+        link=lambda _: None,
+        first_line=10,
+        includes=includes,
+    )
+
+
+def _includes(tmp_path: Path, files: dict[str, str]) -> Path:
+    folder = tmp_path / "_includes"
+    for name, text in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text, encoding="utf-8")
+    return folder
+
+
+def test_parameters_variables_and_nesting(tmp_path: Path) -> None:
+    folder = _includes(
+        tmp_path,
+        {
+            "box.html": "[{{ include.title }}|{{ include.n }}|{{ page.title }}|{% include parts/inner.html x=include.title %}]",
+            "parts/inner.html": "<{{ include.x | upcase }}>",
+        },
+    )
+    result = _render(
+        '{% assign t = site.data.v %}{% include box.html title=t n="two words" %}', folder
+    )
+    assert result.text == "[4.2|two words|Page|<4.2>]"
+    assert result.warnings == ()
+
+
+def test_missing_and_broken_includes_cost_only_themselves(tmp_path: Path) -> None:
+    folder = _includes(tmp_path, {"broken.html": "{% if x %}never closed", "ok.html": "ok"})
+    text = "a {% include nope.html %}\nb {% include broken.html %}\nc {% include ok.html %} {{ page.title }}"
+    result = _render(text, folder)
+    assert result.text == "a \nb \nc ok Page"
+    messages = [(w.line, w.message) for w in result.warnings]
+    assert messages[0] == (10, "{% include nope.html %} dropped (not in _includes)")
+    assert messages[1][0] == 11
+    assert messages[1][1].startswith("{% include broken.html %} dropped: ")
+
+
+def test_no_includes_folder_and_computed_names(tmp_path: Path) -> None:
+    result = _render("x{% include a.html %}{% include {{ page.f }} %}y", None)
+    assert result.text == "xy"
+    assert [w.message for w in result.warnings] == [
+        "{% include a.html %} dropped (not in _includes)",
+        "{% include {{ page.f }} %} dropped (a computed include name)",
+    ]
+
+
+def test_include_cannot_leave_the_includes_folder(tmp_path: Path) -> None:
+    folder = _includes(tmp_path, {"ok.html": "ok"})
+    (tmp_path / "secret.txt").write_text("secret", encoding="utf-8")
+    result = _render("{% include ../secret.txt %}", folder)
+    assert "secret" not in result.text
