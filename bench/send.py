@@ -1,23 +1,36 @@
-"""Delivery figures: our SMTP path vs plain smtplib, personalisation, memory.
+"""Delivery figures: our SMTP sender vs plain smtplib and aiosmtplib, personalisation, memory.
 
-    python bench/send.py                 # N = 100,000 through SMTP, C = 4
-    python bench/send.py --n 20000 --concurrency 2
-    python bench/send.py --memory 100000,1000000   # peak RSS, one subprocess per size
+    python bench/send.py                                  # smtp-sink, N = 20k and 100k, C = 1, 4, 8
+    python bench/send.py --n 20000 --concurrency 4 --runs 3 --pipelining off
+    python bench/send.py --also rounds,threaded           # the older strategies too
+    python bench/send.py --sink python                    # the asyncio sink below instead
+    python bench/send.py --personalise                    # personalisation rates only
+    python bench/send.py --memory 100000,1000000          # peak RSS, one subprocess per size
 
-Everything runs on 127.0.0.1: a minimal asyncio SMTP sink (it answers 250 to
-everything) in its own process is shared by both measurements, so the ratio
-compares client work only.  The baseline sends pre-built bytes of the same
-size with plain smtplib over the same number of connections.
+Everything runs on 127.0.0.1 against one sink per PIPELINING mode: Postfix's
+`smtp-sink` (C, event-driven, never the bottleneck; `-p` turns PIPELINING
+off) or a minimal asyncio sink.  The baselines send pre-built bytes of the
+same size over the same number of connections: smtplib with a thread per
+connection, aiosmtplib with a coroutine per connection (neither pipelines).
+Ours is the whole pass: claim, personalise, send, record in the ledger.
+
+Each measurement runs in a fresh subprocess (clean CPU and memory figures);
+within a run the contestants go in rotated order (A/B interleaved), and the
+ratios are taken run by run.  Reported per cell: messages/s min/median/max,
+CPU seconds per 1,000 messages (the whole process, all threads), and the time
+from the start of sending to the first message accepted.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import resource
 import smtplib
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,9 +44,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 POST = "how-sleep-consolidates-memory"
+SMTP_SINK = "/usr/sbin/smtp-sink"
 
 
 # --------------------------------------------------------------------------- the sink
+
+
+EHLO = b"250-sink\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n"
 
 
 async def _sink_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -46,7 +63,7 @@ async def _sink_client(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
                 await reader.readuntil(b"\r\n.\r\n")
                 writer.write(b"250 ok\r\n")
             elif verb == b"EHLO":
-                writer.write(b"250-sink\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n")
+                writer.write(EHLO)
             elif verb == b"QUIT":
                 writer.write(b"221 bye\r\n")
                 await writer.drain()
@@ -60,7 +77,11 @@ async def _sink_client(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
         writer.close()
 
 
-def run_sink(port: int) -> None:
+def run_sink(port: int, pipelining: bool) -> None:
+    global EHLO
+    if not pipelining:
+        EHLO = EHLO.replace(b"250-PIPELINING\r\n", b"")
+
     async def main() -> None:
         server = await asyncio.start_server(_sink_client, "127.0.0.1", port, limit=1 << 20)
         async with server:
@@ -75,13 +96,20 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_sink() -> tuple[subprocess.Popen[bytes], int]:
+def start_sink(pipelining: bool = True) -> tuple[subprocess.Popen[bytes], int]:
+    """The asyncio sink above, in its own process."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, __file__, "--sink", str(port)])
+    cmd = [sys.executable, __file__, "--python-sink", str(port)]
+    proc = subprocess.Popen(cmd + ([] if pipelining else ["--no-pipelining"]))
+    wait_for(port)
+    return proc, port
+
+
+def wait_for(port: int) -> None:
     for _ in range(200):
         try:
             socket.create_connection(("127.0.0.1", port), 0.1).close()
-            return proc, port
+            return
         except OSError:
             time.sleep(0.02)
     raise RuntimeError("the sink did not start")
@@ -90,7 +118,7 @@ def start_sink() -> tuple[subprocess.Popen[bytes], int]:
 # --------------------------------------------------------------------------- a site
 
 
-def make_site(directory: Path, port: int, concurrency: int) -> Any:
+def make_site(directory: Path, port: int, concurrency: int, strategy: str = "streams") -> Any:
     import shutil
 
     from newsletter.config import load_settings
@@ -104,9 +132,11 @@ url = "https://blog.example.com"
 posts_dir = "posts"
 [email]
 from = "Bench <news@example.com>"
+templates_dir = "{ROOT / "templates"}"
 [delivery]
 transport = "smtp"
 concurrency = {concurrency}
+strategy = "{strategy}"
 [smtp]
 host = "127.0.0.1"
 port = {port}
@@ -160,24 +190,63 @@ def add_members(engine: Any, n: int) -> None:
 
 # --------------------------------------------------------------------------- measurements
 
+SENDER = "news@example.com"
 
-def baseline(port: int, message: bytes, n: int, concurrency: int) -> float:
-    """Plain smtplib, pre-built bytes, `concurrency` connections: messages/s."""
 
-    def worker(count: int) -> None:
+def rcpt(i: int) -> str:
+    return f"reader{i:07d}@example.org"
+
+
+def shares(n: int, concurrency: int) -> list[int]:
+    return [n // concurrency + (1 if i < n % concurrency else 0) for i in range(concurrency)]
+
+
+def measure_smtplib(port: int, message: bytes, n: int, concurrency: int) -> tuple[int, float]:
+    """Plain smtplib, a thread per connection: (messages sent, first message time)."""
+    first: list[float] = []
+
+    def worker(offset: int, count: int) -> None:
         conn = smtplib.SMTP("127.0.0.1", port, local_hostname="bench")
-        for i in range(count):
-            conn.sendmail("news@example.com", [f"reader{i:07d}@example.org"], message)
+        for i in range(offset, offset + count):
+            conn.sendmail(SENDER, [rcpt(i)], message)
+            if not first:
+                first.append(time.perf_counter())
         conn.quit()
 
-    share = [n // concurrency + (1 if i < n % concurrency else 0) for i in range(concurrency)]
-    threads = [threading.Thread(target=worker, args=(c,)) for c in share]
-    started = time.perf_counter()
+    counts = shares(n, concurrency)
+    offsets = [sum(counts[:i]) for i in range(concurrency)]
+    threads = [threading.Thread(target=worker, args=a) for a in zip(offsets, counts, strict=True)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return n / (time.perf_counter() - started)
+    return n, first[0]
+
+
+def measure_aiosmtplib(port: int, message: bytes, n: int, concurrency: int) -> tuple[int, float]:
+    """aiosmtplib, a coroutine per connection on one loop."""
+    import aiosmtplib
+
+    first: list[float] = []
+
+    async def worker(offset: int, count: int) -> None:
+        client = aiosmtplib.SMTP(
+            hostname="127.0.0.1", port=port, local_hostname="bench", start_tls=False
+        )
+        await client.connect()
+        for i in range(offset, offset + count):
+            await client.sendmail(SENDER, [rcpt(i)], message)
+            if not first:
+                first.append(time.perf_counter())
+        await client.quit()
+
+    async def main() -> None:
+        counts = shares(n, concurrency)
+        offsets = [sum(counts[:i]) for i in range(concurrency)]
+        await asyncio.gather(*(worker(o, c) for o, c in zip(offsets, counts, strict=True)))
+
+    asyncio.run(main())
+    return n, first[0]
 
 
 def personalisation_rate(settings: Any, n: int) -> tuple[float, float, bytes]:
@@ -206,24 +275,101 @@ def personalisation_rate(settings: Any, n: int) -> tuple[float, float, bytes]:
     return alone, with_token, sample
 
 
-def ours(settings: Any, n: int) -> tuple[float, float, Any]:
-    """Plan + deliver through the real SMTP transport: (plan seconds, messages/s, report)."""
+def prepare(directory: Path, n: int) -> int:
+    """A site with n members and a planned mailing (copied for each run of ours)."""
     from newsletter.audience import members as subs
-    from newsletter.delivery.mailings import deliver_mailing, plan_mailing
-    from newsletter.posts.collection import load_posts
+    from newsletter.delivery.mailings import plan_mailing
     from newsletter.store import open_store
 
+    settings = make_site(directory, 1, 1)
     engine = open_store(settings)
     subs.ensure_lists(engine, settings)
     add_members(engine, n)
-    posts = load_posts(settings)
-    started = time.perf_counter()
     mailing = plan_mailing(engine, settings, POST, "bench")
-    planned = time.perf_counter() - started
-    started = time.perf_counter()
-    report = deliver_mailing(engine, settings, mailing, posts)
-    rate = report.sent / (time.perf_counter() - started)
-    return planned, rate, report
+    engine.dispose()
+    return mailing
+
+
+def measure_ours(
+    template: Path, mailing: int, port: int, concurrency: int, strategy: str
+) -> tuple[int, float]:
+    """The whole pass on a copy of the prepared ledger."""
+    import shutil
+
+    from newsletter.delivery import mailing_pass  # noqa: F401  (imported before the clock)
+    from newsletter.delivery.mailings import deliver_mailing
+    from newsletter.posts.collection import load_posts
+    from newsletter.store import open_store
+
+    work = Path(tempfile.mkdtemp(prefix="bench-ours-"))
+    try:
+        settings = make_site(work, port, concurrency, strategy)
+        shutil.copy(template / "bench.db", work / "bench.db")
+        os.chdir(work)
+        engine = open_store(settings)
+        posts = load_posts(settings)
+        first: list[float] = []
+
+        def progress(done: int, total: int) -> None:
+            if not first:
+                first.append(time.perf_counter())
+
+        global STARTED, CPU_STARTED
+        STARTED, CPU_STARTED = time.perf_counter(), time.process_time()
+        report = deliver_mailing(engine, settings, mailing, posts, progress=progress)
+        return report.sent, first[0]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+STARTED = CPU_STARTED = 0.0
+
+
+def measure(args: argparse.Namespace) -> None:
+    """In a fresh process: one contestant, one JSON line."""
+    global STARTED, CPU_STARTED
+    kind, port, n, concurrency = args.kind, args.port, args.n, args.concurrency
+    message = Path(args.message).read_bytes()
+    STARTED, CPU_STARTED = time.perf_counter(), time.process_time()
+    if kind == "smtplib":
+        sent, first = measure_smtplib(port, message, n, concurrency)
+    elif kind == "aiosmtplib":
+        sent, first = measure_aiosmtplib(port, message, n, concurrency)
+    else:
+        sent, first = measure_ours(Path(args.template), args.mailing, port, concurrency, kind)
+    seconds = time.perf_counter() - STARTED
+    cpu = time.process_time() - CPU_STARTED
+    print(
+        json.dumps(
+            {
+                "kind": kind,
+                "sent": sent,
+                "rate": sent / seconds,
+                "cpu_per_1000": cpu / max(1, sent) * 1000,
+                "first": first - STARTED,
+                "rss_mb": peak_rss_mb(),
+            }
+        ),
+        flush=True,
+    )
+
+
+def run_one(
+    kind: str, port: int, n: int, concurrency: int, files: dict[str, Any]
+) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--measure", kind, "--port", str(port), "--n", str(n)]
+    cmd += ["--concurrency", str(concurrency), "--message", str(files["message"])]
+    cmd += ["--template", str(files["template"]), "--mailing", str(files["mailing"])]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=CHILD_ENV)
+    if out.returncode != 0:
+        raise RuntimeError(f"{kind} failed:\n{out.stderr}")
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    if result["sent"] != n:
+        raise RuntimeError(f"{kind} sent {result['sent']} of {n}")
+    return result
+
+
+CHILD_ENV = {**os.environ, "PYTHONPATH": str(ROOT), "NEWSLETTER_SECRET": "bench-secret"}
 
 
 def peak_rss_mb() -> float:
@@ -259,9 +405,9 @@ def memory_run(n: int, deliver: bool) -> None:
                     row = q.get_mailing(conn, mailing)
                 assert row is not None
                 run = MailingPass(engine, settings, row, posts)
-                from newsletter.delivery.outgoing import _Context, build_template
+                from newsletter.delivery.outgoing import MessageContext, build_template
 
-                ctx = _Context(settings, row, build_template(settings, row, posts), None)
+                ctx = MessageContext(settings, row, build_template(settings, row, posts), None)
                 sent = 0
                 with engine.connect() as conn:
                     for batch in _stream(conn, mailing):
@@ -309,51 +455,148 @@ def _stream(conn: Any, mailing_id: int) -> Any:
         yield [q.Claimed(*r) for r in rows]
 
 
+# --------------------------------------------------------------------------- the comparison
+
+
+def start_smtp_sink(pipelining: bool) -> tuple[subprocess.Popen[bytes], int]:
+    """Postfix's smtp-sink: a C server that is never the bottleneck; -p: no PIPELINING."""
+    port = free_port()
+    cmd = [SMTP_SINK, "-u", "nobody"] if os.geteuid() == 0 else [SMTP_SINK]
+    cmd += ([] if pipelining else ["-p"]) + [f"127.0.0.1:{port}", "1000"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    wait_for(port)
+    return proc, port
+
+
+def stats(values: list[float]) -> tuple[float, float, float]:
+    return min(values), statistics.median(values), max(values)
+
+
+def fmt(values: list[float], spec: str) -> str:
+    low, mid, high = stats(values)
+    return f"{low:{spec}} / {mid:{spec}} / {high:{spec}}"
+
+
+def compare(args: argparse.Namespace) -> None:
+    sizes = [int(v) for v in args.n.split(",")]
+    widths = [int(v) for v in args.concurrency.split(",")]
+    modes = {"on": [True], "off": [False], "both": [True, False]}[args.pipelining]
+    kinds = ["streams", "smtplib", "aiosmtplib", *[k for k in args.also.split(",") if k]]
+    log = open(args.out, "a") if args.out else None  # noqa: SIM115
+    print(f"sink: {args.sink}; runs per cell: {args.runs}; interleaved order, rotated per run")
+    print("rates: msg/s min / median / max; ratios per run: min / median / max;")
+    print("CPU: s per 1,000 messages (median); first: s to the first accepted message (median)\n")
+    with tempfile.TemporaryDirectory() as tmp:
+        message = Path(tmp) / "message.eml"
+        for n in sizes:
+            template = Path(tmp) / f"site-{n}"
+            template.mkdir()
+            started = time.perf_counter()
+            mailing = prepare(template, n)
+            if not message.exists():
+                message.write_bytes(sample_message(template))
+            print(f"N = {n:,}: ledger prepared in {time.perf_counter() - started:.1f} s")
+            files = {"message": message, "template": template, "mailing": mailing}
+            for pipelining in modes:
+                sink, port = (
+                    start_smtp_sink(pipelining) if args.sink == "smtp-sink" else
+                    start_sink(pipelining)
+                )  # fmt: skip
+                try:
+                    for c in widths:
+                        cell(n, c, pipelining, kinds, args.runs, port, files, log)
+                finally:
+                    sink.kill()
+                    sink.wait()
+    if log is not None:
+        log.close()
+
+
+def cell(
+    n: int, c: int, pipelining: bool, kinds: list[str], runs: int, port: int,
+    files: dict[str, Any], log: Any,
+) -> None:  # fmt: skip
+    results: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
+    for run in range(runs):
+        order = kinds[run % len(kinds) :] + kinds[: run % len(kinds)]
+        for kind in order:
+            result = run_one(kind, port, n, c, files)
+            results[kind].append(result)
+            if log is not None:
+                log.write(json.dumps({"n": n, "c": c, "pipelining": pipelining, **result}) + "\n")
+                log.flush()
+    mode = "PIPELINING" if pipelining else "no PIPELINING"
+    print(f"N = {n:,}, C = {c}, {mode}")
+    for kind in kinds:
+        got = results[kind]
+        rates = [r["rate"] for r in got]
+        cpu = statistics.median(r["cpu_per_1000"] for r in got)
+        first = statistics.median(r["first"] for r in got)
+        print(f"  {kind:<11} {fmt(rates, '8,.0f')} msg/s  CPU {cpu:.3f}  first {first:.2f} s")
+    ours = results["streams"]
+    for base in kinds[1:]:
+        ratios = [a["rate"] / b["rate"] for a, b in zip(ours, results[base], strict=True)]
+        cpus = [
+            a["cpu_per_1000"] / b["cpu_per_1000"] for a, b in zip(ours, results[base], strict=True)
+        ]
+        print(f"  streams/{base:<11} rate {fmt(ratios, '.2f')}   CPU {fmt(cpus, '.2f')}")
+    print(flush=True)
+
+
+def sample_message(site: Path) -> bytes:
+    """One personalised message of the bench post: the baselines' bytes."""
+    from newsletter.config import load_settings
+
+    settings = load_settings(site / "newsletter.toml")
+    return personalisation_rate(settings, 1)[2]
+
+
 # --------------------------------------------------------------------------- main
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=100_000)
-    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--n", default="20000,100000", help="comma-separated list sizes")
+    parser.add_argument("--concurrency", default="1,4,8", help="comma-separated connection counts")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--pipelining", choices=["on", "off", "both"], default="both")
+    parser.add_argument("--sink", choices=["smtp-sink", "python"], default="smtp-sink")
+    parser.add_argument("--also", default="", help="older strategies to measure: rounds,threaded")
+    parser.add_argument("--out", default="", help="append every measurement as JSON lines")
+    parser.add_argument("--personalise", action="store_true", help="personalisation rates only")
     parser.add_argument("--memory", default="", help="comma-separated sizes for peak RSS runs")
     parser.add_argument("--deliver", action="store_true", help="memory runs deliver via SMTP")
-    parser.add_argument("--sink", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--memory-run", type=int, help=argparse.SUPPRESS)
+    for hidden in ("--python-sink", "--memory-run", "--port", "--mailing"):
+        parser.add_argument(hidden, type=int, help=argparse.SUPPRESS)
+    for hidden in ("--measure", "--message", "--template"):
+        parser.add_argument(hidden, help=argparse.SUPPRESS)
+    parser.add_argument("--no-pipelining", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.sink:
-        run_sink(args.sink)
-        return
-    if args.memory_run:
+    if args.python_sink:
+        run_sink(args.python_sink, not args.no_pipelining)
+    elif args.measure:
+        args.kind, args.n, args.concurrency = args.measure, int(args.n), int(args.concurrency)
+        measure(args)
+    elif args.memory_run:
         memory_run(args.memory_run, args.deliver)
-        return
-    if args.memory:
+    elif args.memory:
         print("n,processed,rss_after_members_mb,rss_after_plan_mb,peak_rss_mb,seconds")
         for size in args.memory.split(","):
             cmd = [sys.executable, __file__, "--memory-run", size]
             subprocess.run(cmd + (["--deliver"] if args.deliver else []), check=True)
-        return
-    bench(args.n, args.concurrency)
+    elif args.personalise:
+        personalise(int(args.n.split(",")[0]))
+    else:
+        compare(args)
 
 
-def bench(n: int, concurrency: int) -> None:
-    sink, port = start_sink()
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            settings = make_site(Path(tmp), port, concurrency)
-            alone, with_token, sample = personalisation_rate(settings, min(n, 50_000))
-            print(f"message size: {len(sample):,} bytes; N = {n:,}; concurrency = {concurrency}")
-            print(f"personalisation alone:        {alone:10,.0f} msg/s (goal >= 20,000)")
-            print(f"personalisation + token/URL:  {with_token:10,.0f} msg/s")
-            base = baseline(port, sample, n, concurrency)
-            print(f"baseline smtplib (pre-built): {base:10,.0f} msg/s")
-            planned, rate, report = ours(settings, n)
-            print(f"planning (snapshot {n:,}):    {planned:10.2f} s")
-            print(f"newsletter send (SMTP):       {rate:10,.0f} msg/s  (sent {report.sent:,})")
-            print(f"ratio ours / baseline:        {rate / base:10.2f} (goal >= 0.9)")
-            print(f"peak RSS of this process:     {peak_rss_mb():10.1f} MB")
-    finally:
-        sink.kill()
+def personalise(n: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = make_site(Path(tmp), 1, 1)
+        alone, with_token, sample = personalisation_rate(settings, min(n, 50_000))
+        print(f"message size: {len(sample):,} bytes")
+        print(f"personalisation alone:        {alone:10,.0f} msg/s (goal >= 20,000)")
+        print(f"personalisation + token/URL:  {with_token:10,.0f} msg/s")
 
 
 if __name__ == "__main__":

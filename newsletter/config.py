@@ -94,6 +94,11 @@ class DeliverySettings:
     backoff_base: float = 60.0
     backoff_cap: float = 3600.0
     lease_seconds: float = 60.0
+    # How SMTP connections are driven: "streams" (one event loop, each connection
+    # on its own), "rounds" (lockstep on one thread, needs PIPELINING, else
+    # threaded), "threaded" (a thread per connection); "auto": streams when the
+    # server offers PIPELINING, else threaded.
+    strategy: Literal["auto", "streams", "rounds", "threaded"] = "auto"
 
 
 @dataclass(frozen=True)

@@ -41,17 +41,21 @@ def send(config: Path, cwd: Path) -> subprocess.Popen[bytes]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["streams", "rounds"])
 @pytest.mark.parametrize("pipelining", [False, True], ids=["plain", "pipelining"])
 def test_kill_9_mid_mailing_then_resume(
-    sample_site: Path, smtp_server: SmtpTestServer, pipelining: bool
+    sample_site: Path, smtp_server: SmtpTestServer, pipelining: bool, strategy: str
 ) -> None:
-    smtp_server.pipelining = pipelining  # with it, one thread drives every connection
+    smtp_server.pipelining = pipelining
     config = smtp_config(sample_site, smtp_server)
     text = config.read_text()
-    text = text.replace("concurrency = 2\n", f"concurrency = {CONCURRENCY}\n")
+    text = text.replace(
+        "concurrency = 2\n", f'concurrency = {CONCURRENCY}\nstrategy = "{strategy}"\n'
+    )
     text = text.replace("rate_per_second = 0\n", "rate_per_second = 150\n")
     config.write_text(text)
     assert load_settings(config).delivery.concurrency == CONCURRENCY
+    assert load_settings(config).delivery.strategy == strategy
     add_readers(config, N)
 
     first = send(config, sample_site)

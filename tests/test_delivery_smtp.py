@@ -56,12 +56,14 @@ def _secret(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NEWSLETTER_SECRET", "smtp-test-secret")
 
 
+@pytest.mark.parametrize("strategy", ["streams", "rounds"])
 @pytest.mark.parametrize("pipelining", [False, True], ids=["plain", "pipelining"])
 def test_mixed_replies_in_one_mailing(
-    sample_site: Path, smtp_server: SmtpTestServer, pipelining: bool
+    sample_site: Path, smtp_server: SmtpTestServer, pipelining: bool, strategy: str
 ) -> None:
-    smtp_server.pipelining = pipelining  # with it, the one-thread rounds take every message
-    settings = site_settings(sample_site, smtp_server)
+    # "rounds": lockstep rounds with PIPELINING, a thread per connection without.
+    smtp_server.pipelining = pipelining
+    settings = site_settings(sample_site, smtp_server, **{"delivery.strategy": strategy})
     engine = populate(settings, 12)
     smtp_server.script("r001@example.org", "451 4.3.0 Try again later")
     smtp_server.script("r002@example.org", "550 5.1.1 No such user here")
@@ -188,8 +190,9 @@ def test_throttle_pause_doubles_and_resets() -> None:
     assert throttle.hit() == 1.0
 
 
+@pytest.mark.parametrize("strategy", ["streams", "rounds"])
 def test_a_failed_commit_sends_no_further_final_dot(
-    sample_site: Path, smtp_server: SmtpTestServer, monkeypatch: pytest.MonkeyPatch
+    sample_site: Path, smtp_server: SmtpTestServer, monkeypatch: pytest.MonkeyPatch, strategy: str
 ) -> None:
     # Invariant 2 on the one-thread SMTP path: the previous round's outcomes are
     # committed before any final dot of the next; when that commit fails, the
@@ -198,7 +201,7 @@ def test_a_failed_commit_sends_no_further_final_dot(
     from newsletter.store.outcomes import LedgerWriter
 
     smtp_server.pipelining = True
-    settings = site_settings(sample_site, smtp_server)
+    settings = site_settings(sample_site, smtp_server, **{"delivery.strategy": strategy})
     engine = populate(settings, 12)
     mid = plan_mailing(engine, settings, POST, "sample")
 
@@ -208,5 +211,6 @@ def test_a_failed_commit_sends_no_further_final_dot(
     monkeypatch.setattr(LedgerWriter, "write", broken)
     with pytest.raises(StoreError, match="disk full"):
         deliver_mailing(engine, settings, mid, load_posts(settings))
-    # Only the first round (one message per connection) went out.
-    assert len(smtp_server.received) == settings.delivery.concurrency
+    # At most the first message of each connection went out (the rounds send
+    # exactly one per connection; the streams may stop the others sooner).
+    assert 1 <= len(smtp_server.received) <= settings.delivery.concurrency

@@ -7,8 +7,9 @@ It may import `newsletter.audience`, `newsletter.email`, `newsletter.posts`,
 - `report`: what delivery reports back (`DeliveryReport`, `MailingSummary`)
 - `mailing_pass`: one pass over a mailing — the claim/record loop
 - `strategy`: the interface between the pass and how it drives connections
-- `rounds`: lockstep rounds on one thread (servers with PIPELINING)
-- `threaded`: a thread per connection (servers without)
+- `streams`: one event loop, each SMTP connection on its own (the default)
+- `rounds`: lockstep rounds on one thread (servers with PIPELINING; `strategy = "rounds"`)
+- `threaded`: a thread per connection (maildir, memory, a given transport)
 - `outgoing`: the bytes per recipient, and test sends
 - `recorder`: group commit of outcomes; `ratelimit`: token bucket, throttle, backoff
 - `transports`: smtp, maildir outbox, memory — one contract

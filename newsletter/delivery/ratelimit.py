@@ -44,6 +44,18 @@ class TokenBucket:
 
     def acquire(self) -> float:
         """Take one token, sleeping as long as needed; returns the time slept."""
+        wait = self.reserve()
+        # Sleeping outside the lock: the debt is already booked, so the next
+        # caller computes its own wait behind this one.
+        if wait > 0:
+            self._sleep(wait)
+        return wait
+
+    def reserve(self) -> float:
+        """Take one token without sleeping; returns how long to wait before using it.
+
+        For an event loop, which must sleep with `asyncio.sleep`, not block.
+        """
         if self.rate <= 0:
             return 0.0
         with self._lock:
@@ -51,12 +63,7 @@ class TokenBucket:
             self._tokens = min(self.capacity, self._tokens + (current - self._last) * self.rate)
             self._last = current
             self._tokens -= 1.0
-            wait = -self._tokens / self.rate if self._tokens < 0 else 0.0
-        # Sleeping outside the lock: the debt is already booked, so the next
-        # caller computes its own wait behind this one.
-        if wait > 0:
-            self._sleep(wait)
-        return wait
+            return -self._tokens / self.rate if self._tokens < 0 else 0.0
 
 
 def backoff_delay(
@@ -108,10 +115,14 @@ class Throttle:
         with self._lock:
             self._streak = 0
 
+    def remaining(self) -> float:
+        """Seconds until the pause in force is over (<= 0: none)."""
+        with self._lock:
+            return self._until - self._clock()
+
     def wait(self) -> float:
         """Sleep until any pause in force is over; returns the time slept."""
-        with self._lock:
-            remaining = self._until - self._clock()
+        remaining = self.remaining()
         if remaining > 0:
             self._sleep(remaining)
             return remaining

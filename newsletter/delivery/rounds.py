@@ -15,17 +15,15 @@ import logging
 import time
 from typing import Any
 
-from newsletter.delivery.strategy import PassCore, Tally
+from newsletter.delivery.strategy import THROTTLE_RETRIES, PassCore, Tally
 from newsletter.delivery.transports import ConnectError, SendResult, make_transport
 from newsletter.delivery.transports.smtp import SmtpTransport
 from newsletter.store import mailings as q
 from newsletter.store import now
 
-__all__ = ["THROTTLE_RETRIES", "RoundsStrategy"]
+__all__ = ["RoundsStrategy"]
 
 log = logging.getLogger(__name__)
-
-THROTTLE_RETRIES = 5  # re-sends of one message after "slow down" before deferring it
 
 
 class RoundsStrategy:

@@ -2,10 +2,11 @@
 
 `MailingPass` (mailing_pass.py) owns the claim/record loop's shared parts:
 leases, the ledger, rate limits, outcomes, caps.  A `Strategy` decides how
-claimed rows reach SMTP connections: lockstep rounds on one thread when the
+claimed rows reach connections: one event loop with each SMTP connection on
+its own (streams.py, the default), lockstep rounds on one thread when the
 server offers PIPELINING (rounds.py), or a thread per connection
-(threaded.py).  Both see the pass only through `PassCore`, so neither
-imports the other or the pass.
+(threaded.py).  Each sees the pass only through `PassCore`, so none imports
+another or the pass.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from newsletter.delivery.transports import SendResult, Transport
 from newsletter.errors import NewsletterError
 from newsletter.store import mailings as q
 
-__all__ = ["PassCore", "Strategy", "Tally"]
+__all__ = ["THROTTLE_RETRIES", "PassCore", "Strategy", "Tally"]
+
+THROTTLE_RETRIES = 5  # re-sends of one message after "slow down" before deferring it
 
 
 class Tally:

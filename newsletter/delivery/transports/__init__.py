@@ -1,5 +1,8 @@
 """Transports: one small contract, three implementations (smtp, maildir, memory).
 
+`smtp_stream` is the same SMTP session on an event loop, for the streams
+strategy (it is driven by delivery, not used through the contract).
+
 The contract (after Django's mail backends): `open`, `send` bytes to one
 recipient, `close`, and use as a context manager.  A refusal is data (a
 `SendResult`); only a failure of the transport as a whole raises

@@ -50,7 +50,8 @@ def classify(recipient: str, code: int, text: str, stage: str) -> SendResult:
     return SendResult(recipient, False, code, text, permanent=True, stage=stage, bounced=bounced)
 
 
-def _text(reply: bytes | str) -> str:
+def reply_text(reply: bytes | str) -> str:
+    """A reply's text on one line."""
     if isinstance(reply, bytes):
         reply = reply.decode("utf-8", "replace")
     return " ".join(reply.split())
@@ -92,6 +93,60 @@ def stuffed_body(message: bytes) -> bytes:
     return stuffed
 
 
+def tls_context(settings: SmtpSettings) -> ssl.SSLContext:
+    """Verified TLS: smtplib and asyncio verify nothing unless given this."""
+    ca_file = settings.ca_file
+    return ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+
+
+def check_policy(settings: SmtpSettings) -> None:
+    """Refuse clear text except to localhost, and AUTH without TLS always."""
+    s = settings
+    if s.security == "none" and s.host not in LOCALHOST and not s.allow_insecure:
+        raise TransportError(
+            f'refusing to send in clear text to {s.host} (security = "none" is only '
+            "for localhost unless allow_insecure = true)",
+            key="smtp.security",
+        )
+    if s.security == "none" and s.username:
+        raise TransportError(
+            "refusing to log in without TLS (AUTH only after TLS)", key="smtp.username"
+        )
+
+
+def no_starttls(settings: SmtpSettings) -> TransportError:
+    return TransportError(
+        f"{settings.host} does not offer STARTTLS; refusing to send in clear "
+        '(use security = "tls" for port 465)',
+        key="smtp.security",
+    )
+
+
+def tls_error(where: str, exc: ssl.SSLError) -> TransportError:
+    """The one message for a failed TLS handshake (an untrusted certificate says so)."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return TransportError(
+            f"the TLS certificate of {where} is not trusted: {exc.verify_message}",
+            key="smtp.ca_file",
+        )
+    return TransportError(f"TLS with {where} failed: {exc}", key="smtp.security")
+
+
+def login_refused(username: str, code: int, reply: bytes | str) -> TransportError:
+    # The reply is the server's; the password never appears in it.
+    return TransportError(
+        f"login as {username} refused: {code} {reply_text(reply)} "
+        "(not tried again with this password by this command)",
+        key="smtp.username",
+        code=code,
+    )
+
+
+NON_ASCII_LOCAL_PART = (
+    "the address has a non-ASCII local part and the server does not support SMTPUTF8 (RFC 6531)"
+)
+
+
 Ready = Callable[[], None]
 
 
@@ -125,21 +180,10 @@ class SmtpTransport:
     # ------------------------------------------------------------------ connection
 
     def _context(self) -> ssl.SSLContext:
-        ca_file = self.settings.ca_file
-        return ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+        return tls_context(self.settings)
 
     def _check_policy(self) -> None:
-        s = self.settings
-        if s.security == "none" and s.host not in LOCALHOST and not s.allow_insecure:
-            raise TransportError(
-                f'refusing to send in clear text to {s.host} (security = "none" is only '
-                "for localhost unless allow_insecure = true)",
-                key="smtp.security",
-            )
-        if s.security == "none" and s.username:
-            raise TransportError(
-                "refusing to log in without TLS (AUTH only after TLS)", key="smtp.username"
-            )
+        check_policy(self.settings)
 
     def open(self) -> None:
         if self._conn is not None:
@@ -154,16 +198,11 @@ class SmtpTransport:
             conn = self._connect()
             self._secure(conn)
             self._login(conn)
-        except ssl.SSLCertVerificationError as exc:
-            raise TransportError(
-                f"the TLS certificate of {where} is not trusted: {exc.verify_message}",
-                key="smtp.ca_file",
-            ) from exc
         except ssl.SSLError as exc:
-            raise TransportError(f"TLS with {where} failed: {exc}", key="smtp.security") from exc
+            raise tls_error(where, exc) from exc
         except smtplib.SMTPConnectError as exc:
             raise ConnectError(
-                f"{where} refused the connection: {exc.smtp_code} {_text(exc.smtp_error)}",
+                f"{where} refused the connection: {exc.smtp_code} {reply_text(exc.smtp_error)}",
                 code=exc.smtp_code,
             ) from exc
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
@@ -195,11 +234,7 @@ class SmtpTransport:
             return
         if not conn.has_extn("starttls"):
             conn.close()
-            raise TransportError(
-                f"{self.settings.host} does not offer STARTTLS; refusing to send in clear "
-                '(use security = "tls" for port 465)',
-                key="smtp.security",
-            )
+            raise no_starttls(self.settings)
         conn.starttls(context=self._context())
         conn.ehlo()
 
@@ -225,13 +260,7 @@ class SmtpTransport:
                 else:
                     conn.login(username, password)
             except smtplib.SMTPAuthenticationError as exc:
-                # The reply is the server's; the password never appears in it.
-                error = TransportError(
-                    f"login as {username} refused: {exc.smtp_code} {_text(exc.smtp_error)} "
-                    "(not tried again with this password by this command)",
-                    key="smtp.username",
-                    code=exc.smtp_code,
-                )
+                error = login_refused(username, exc.smtp_code, exc.smtp_error)
                 if exc.smtp_code >= 500:  # permanent: never again with this password
                     refuse(error)
                 conn.close()
@@ -280,8 +309,7 @@ class SmtpTransport:
                     recipient,
                     False,
                     None,
-                    "the address has a non-ASCII local part and the server does not "
-                    "support SMTPUTF8 (RFC 6531)",
+                    NON_ASCII_LOCAL_PART,
                     permanent=True,
                     stage="rcpt",
                 )
@@ -368,10 +396,10 @@ class SmtpTransport:
         code, reply = conn.getreply()
         if code != 250:
             return self._refused(recipient, code, reply, "data")
-        return SendResult(recipient, True, code, _text(reply), stage="data")
+        return SendResult(recipient, True, code, reply_text(reply), stage="data")
 
     def _refused(self, recipient: str, code: int, reply: Any, stage: str) -> SendResult:
-        result = classify(recipient, code, _text(reply), stage)
+        result = classify(recipient, code, reply_text(reply), stage)
         if code == 421:
             self._drop()  # the server is closing the channel (RFC 5321 §3.8)
             return result
@@ -444,7 +472,9 @@ class SmtpTransport:
             if code != 250:
                 flight.result = self._refused(flight.recipient, code, reply, "data")
             else:
-                flight.result = SendResult(flight.recipient, True, code, _text(reply), stage="data")
+                flight.result = SendResult(
+                    flight.recipient, True, code, reply_text(reply), stage="data"
+                )
         except (smtplib.SMTPServerDisconnected, smtplib.SMTPResponseException, OSError) as exc:
             self._lost(flight, exc)
 

@@ -1,0 +1,324 @@
+"""Every connection on its own: the default strategy for SMTP.
+
+One event loop drives `concurrency` non-blocking connections
+(transports/smtp_stream.py); each takes the next claimed row as soon as it is
+free, so a slow or stalled connection holds up only itself (the lockstep
+rounds waited for the slowest connection twice per round).  Claims run on a
+helper thread (a claim is long and mostly SQLite's own work, without the
+GIL); the ledger's group commits run on the loop's thread once the ready
+connections have written their next commands (see `Commits`), so a commit
+overlaps the server's work on them.  With or without PIPELINING the design
+is the same; only the number of round trips per message differs.
+
+Invariant 2: a connection writes a message's final dot only after the
+outcome of its previous message is committed (the `ready` hook of
+`StreamSmtp.send`), so each connection has at most one message whose fate
+the ledger does not know.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from newsletter.delivery.recorder import Pending, Recorder
+from newsletter.delivery.strategy import THROTTLE_RETRIES, PassCore, Tally
+from newsletter.delivery.transports import ConnectError, SendResult
+from newsletter.delivery.transports.smtp_stream import Next, Ready, StreamSmtp
+from newsletter.errors import DeliveryError
+from newsletter.store import mailings as q
+from newsletter.store import now
+
+__all__ = ["StreamsStrategy"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+def run_loop(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run `main()` on a fresh event loop, on a helper thread if this one has a loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(main())
+    with ThreadPoolExecutor(1, thread_name_prefix="streams") as pool:
+        return pool.submit(asyncio.run, main()).result()
+
+
+@dataclass(frozen=True)
+class Job:
+    """A claimed row with its bytes, built once even when sent again."""
+
+    row: q.Claimed
+    message: bytes
+    mid: str | None
+
+
+class Commits:
+    """The ledger's group commit, on the loop's thread, at the end of a loop iteration.
+
+    A connection that reaches a final dot with its previous outcome still
+    uncommitted asks for a commit; it runs once every connection that was
+    ready in this iteration has written its next commands, so the server
+    works on them meanwhile, and it takes every outcome settled so far (one
+    commit per round of connections, without waiting for the slowest).
+    Profiled: committing on a helper thread cost more in GIL hand-offs (each
+    socket call had to win the GIL back from it) than the commit itself.
+    """
+
+    def __init__(self, recorder: Recorder) -> None:
+        self.recorder = recorder
+        self._scheduled: asyncio.Future[None] | None = None
+
+    async def wait(self, pending: Pending) -> None:
+        """Until `pending` is committed; raises the commit's error."""
+        while not pending.done:
+            if self._scheduled is None:
+                loop = asyncio.get_running_loop()
+                self._scheduled = loop.create_future()
+                loop.call_soon(self._commit, self._scheduled)
+            # Shared by every waiter, without asyncio.shield (an extra loop
+            # iteration per wait): a cancelled waiter only ever means the
+            # whole pass is being cancelled.
+            await self._scheduled
+        if pending.error is not None:
+            raise pending.error
+
+    def _commit(self, done: asyncio.Future[None]) -> None:
+        self._scheduled = None
+        try:
+            self.recorder.flush()
+        except Exception:  # kept on each Pending of the group; its waiters raise it
+            log.debug("a group commit failed", exc_info=True)
+        finally:
+            if not done.done():
+                done.set_result(None)
+
+
+class StreamsStrategy:
+    def __init__(self, core: PassCore) -> None:
+        self.core = core
+        self.rows: deque[q.Claimed] = deque()
+        self.busy = 0  # connections with a row in hand
+        self.ended = False
+        self.low = max(core.workers * 2, core.batch // 2)  # claim ahead below this
+
+    def run(self, tally: Tally, allowance: int | None, wait: float) -> bool:
+        core = self.core
+        try:
+            paused = run_loop(lambda: self._main(tally, allowance, wait))
+            core.recorder.flush()  # raises if the last outcomes cannot be recorded
+        except BaseException:
+            core.abort.set()
+            raise
+        finally:
+            try:
+                core.recorder.close()
+            finally:
+                core.release()
+        if core.fatal is not None:
+            raise core.fatal
+        return paused
+
+    async def _main(self, tally: Tally, allowance: int | None, wait: float) -> bool:
+        core = self.core
+        self.changed = asyncio.Event()  # rows queued, a connection idle, the end
+        self.db = ThreadPoolExecutor(1, thread_name_prefix="ledger")
+        self.commits = Commits(core.recorder)
+        conns = [StreamSmtp(core.settings.smtp) for _ in range(core.workers)]
+        tasks = [asyncio.create_task(self._connection(c, tally)) for c in conns]
+        watcher = asyncio.create_task(self._watch())
+        try:
+            return await self._feed(tally, allowance, wait)
+        except BaseException:
+            core.abort.set()
+            raise
+        finally:
+            self.ended = True
+            self.changed.set()
+            try:
+                await asyncio.gather(*tasks, return_exceptions=True)
+            finally:
+                watcher.cancel()
+                for conn in conns:
+                    if core.abort.is_set():
+                        conn.abandon()  # never QUIT in the middle of DATA
+                    else:
+                        await conn.close()
+                self.db.shutdown(wait=True)
+
+    async def _db(self, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.db, lambda: call(*args, **kwargs))
+
+    async def _watch(self) -> None:
+        """Wake everyone when a signal handler (another thread's) sets stop or abort."""
+        core = self.core
+        while not (core.stop.is_set() or core.abort.is_set()):
+            await asyncio.sleep(0.05)
+        self.changed.set()
+
+    def _halted(self) -> bool:
+        return self.core.stop.is_set() or self.core.abort.is_set()
+
+    async def _until(self, condition: Callable[[], bool]) -> None:
+        while not (condition() or self._halted()):
+            self.changed.clear()
+            await self.changed.wait()
+
+    # ------------------------------------------------------------------ claiming
+
+    async def _feed(self, tally: Tally, allowance: int | None, wait: float) -> bool:
+        """Keep rows queued ahead of the connections; True when a cap paused the mailing."""
+        core = self.core
+        deadline = time.monotonic() + wait
+        # Without a wait, a row deferred in this pass waits for the next pass.
+        due_by = now() if wait <= 0 else None
+        while not self._halted():
+            await self._until(lambda: len(self.rows) < self.low)
+            if self._halted():
+                break
+            limit = core.batch if allowance is None else min(core.batch, allowance)
+            if limit <= 0:
+                return True
+            rows, skipped = await self._db(core.claim, limit, tally, due_by=due_by)
+            if rows or skipped:
+                if allowance is not None:
+                    allowance -= len(rows)
+                self.rows.extend(rows)
+                self.changed.set()
+                continue
+            # Nothing claimable: once every outcome is in the ledger, look for
+            # deferred rows coming due before the deadline.
+            await self._until(lambda: not self.rows and self.busy == 0)
+            core.recorder.flush()
+            if self._halted() or not await self._db(core.wait_for_due, deadline):
+                break
+        return False
+
+    # ------------------------------------------------------------------ one connection
+
+    async def _connection(self, conn: StreamSmtp, tally: Tally) -> None:
+        core = self.core
+        previous: Pending | None = None
+        job: Job | None = None
+        try:
+            # Connect while the first claim runs; a server that cannot be
+            # reached is reported per message by the sends that follow.
+            with contextlib.suppress(ConnectError):
+                await conn.open()
+            while (job := job or await self._next_job(previous)) is not None:
+                if self._halted():
+                    break
+                self.busy += 1
+                # The next message, when one is queued: its MAIL/RCPT/DATA go
+                # out right behind this one's final dot.
+                upcoming = self._job_now()
+                try:
+                    previous = await self._deliver(conn, job, upcoming, tally, previous)
+                except Exception as exc:
+                    conn.abandon()
+                    core.fail(exc, job.row.email)
+                finally:
+                    self.busy -= 1
+                    if not self.busy:
+                        self.changed.set()  # the feeder may be waiting for all to be idle
+                job = upcoming
+            if previous is not None:
+                await self.commits.wait(previous)
+        except Exception as exc:
+            core.fail(exc, None)
+        finally:
+            self.changed.set()
+
+    def _job_now(self) -> Job | None:
+        if not self.rows or self._halted():
+            return None
+        if len(self.rows) <= self.low:
+            self.changed.set()  # the feeder claims ahead
+        row = self.rows.popleft()
+        return Job(row, *self.core.message(row))
+
+    async def _next_job(self, previous: Pending | None) -> Job | None:
+        """The next claimed row; with none queued, our last outcome is committed first.
+
+        A deferred row must be back in the ledger before the feeder looks for
+        due work again.
+        """
+        if not self.rows and previous is not None and not previous.done:
+            await self.commits.wait(previous)
+        await self._until(lambda: bool(self.rows) or self.ended)
+        return self._job_now()
+
+    async def _deliver(
+        self,
+        conn: StreamSmtp,
+        job: Job,
+        upcoming: Job | None,
+        tally: Tally,
+        previous: Pending | None,
+    ) -> Pending | None:
+        """Send one message; its outcome goes to the recorder, committed by a later `ready`."""
+        core = self.core
+
+        def check() -> None:
+            if previous is not None and previous.error is not None:
+                raise previous.error
+            if core.abort.is_set():  # a failed commit elsewhere: no further final dot
+                raise core.fatal or DeliveryError("delivery stopped", recipient=job.row.email)
+
+        async def committed() -> None:
+            assert previous is not None
+            await self.commits.wait(previous)
+            check()
+
+        def ready() -> Awaitable[None] | None:
+            if previous is not None and not previous.done:
+                if core.workers > 1:
+                    return committed()
+                previous.wait()  # one connection: no other outcome to wait for
+            check()
+            return None
+
+        then = None
+        if upcoming is not None:
+            then = (core.sender(upcoming.row.id), upcoming.row.email, upcoming.message)
+        result = await self._send(conn, job, ready, then)
+        if (wait := ready()) is not None:
+            await wait
+        if result is None:  # stopped while waiting out a throttle
+            return None
+        return core.settle(job.row, result, job.mid, tally)
+
+    async def _send(
+        self, conn: StreamSmtp, job: Job, ready: Ready, then: Next | None
+    ) -> SendResult | None:
+        """As `PassCore.send`, without blocking the loop: throttle, rate, retries."""
+        core = self.core
+        email = job.row.email
+        result: SendResult | None = None
+        for _ in range(THROTTLE_RETRIES):
+            if (pause := core.throttle.remaining()) > 0:
+                await asyncio.sleep(pause)
+            if core.stop.is_set():
+                return None
+            if (delay := core.bucket.reserve()) > 0:
+                await asyncio.sleep(delay)
+            try:
+                result = await conn.send(core.sender(job.row.id), email, job.message, ready, then)
+            except ConnectError as exc:
+                return SendResult(email, False, exc.code, exc.message, stage="connect")
+            if not result.throttled:
+                core.throttle.ok()
+                return result
+            log.info("throttled by the server (%s %s); slowing down", result.code, result.text)
+            core.throttle.hit()
+        return result

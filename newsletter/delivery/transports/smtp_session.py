@@ -1,0 +1,255 @@
+"""Opening an SMTP session on an event loop: the reply parser, connect, EHLO, STARTTLS, AUTH.
+
+The rules are the smtplib transport's (smtp.py), whose helpers this reuses:
+certificates verified with `ssl.create_default_context`, STARTTLS refused
+when not offered, AUTH only after TLS and with one mechanism, once.  Sending
+on the open session is `smtp_stream.StreamSmtp`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import weakref
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from newsletter.config import SmtpSettings
+from newsletter.delivery.transports.base import ConnectError, TransportError
+from newsletter.delivery.transports.logins import LOGINS, Key, login_key
+from newsletter.delivery.transports.smtp import (
+    login_refused,
+    no_starttls,
+    reply_text,
+    tls_context,
+)
+
+__all__ = ["Lost", "Replies", "Session", "open_session"]
+
+Reply = tuple[int, bytes]
+
+
+class Lost(ConnectionError):
+    """The connection closed (or timed out) while we waited for a reply."""
+
+
+class Replies(asyncio.Protocol):
+    """Collects complete SMTP replies (multi-line ones joined) as they arrive."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.replies: deque[Reply] = deque()
+        self._buffer = b""
+        self._lines: list[bytes] = []
+        self._waiter: asyncio.Future[None] | None = None
+        self._need = 0
+        self.lost: BaseException | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer + data if self._buffer else data
+        start = 0
+        while (end := buffer.find(b"\r\n", start)) >= 0:
+            line = buffer[start:end]
+            start = end + 2
+            if line[3:4] == b"-":
+                self._lines.append(line[4:])
+                continue
+            try:
+                code = int(line[:3])
+            except ValueError:
+                code = -1  # a malformed reply: refused like any other code
+            if self._lines:
+                self._lines.append(line[4:])
+                text = b"\n".join(self._lines)
+                self._lines = []
+            else:
+                text = line[4:]
+            self.replies.append((code, text))
+        self._buffer = buffer[start:]
+        waiter = self._waiter
+        if waiter is not None and len(self.replies) >= self._need and not waiter.done():
+            waiter.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = exc or Lost("the server closed the connection")
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def take(self, count: int, timeout: float) -> list[Reply]:
+        """The next `count` replies; raises `Lost` (or TimeoutError) when they do not come."""
+        replies = self.replies
+        if len(replies) < count:
+            if self.lost is not None:
+                raise Lost(f"connection lost: {self.lost}")
+            loop = asyncio.get_running_loop()
+            waiter = self._waiter = loop.create_future()
+            self._need = count
+            timer = loop.call_later(timeout, _expire, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+            if len(replies) < count:
+                raise Lost(f"connection lost: {self.lost}")
+        return [replies.popleft() for _ in range(count)]
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError("timed out"))
+
+
+@dataclass
+class Session:
+    """An open, greeted, secured and logged-in connection."""
+
+    replies: Replies
+    features: dict[str, str] = field(default_factory=dict)
+
+
+async def open_session(settings: SmtpSettings, local_hostname: str) -> Session:
+    """Connect, EHLO, STARTTLS and AUTH as configured; raises as `SmtpTransport.open`."""
+    s = settings
+    key = _key(s)
+    if key is not None:
+        LOGINS.check(key)  # a password refused before is not tried again
+    loop = asyncio.get_running_loop()
+    implicit = tls_context(s) if s.security == "tls" else None
+    async with asyncio.timeout(s.timeout):
+        _, proto = await loop.create_connection(
+            Replies, s.host, s.effective_port, ssl=implicit,
+            server_hostname=s.host if implicit else None,
+        )  # fmt: skip
+    session = Session(proto)
+    try:
+        code, text = await _reply(session, s)
+        if code != 220:
+            where = f"{s.host}:{s.effective_port}"
+            raise ConnectError(
+                f"{where} refused the connection: {code} {reply_text(text)}", code=code
+            )
+        await _ehlo(session, s, local_hostname)
+        if s.security == "starttls":
+            await _starttls(session, s, local_hostname)
+        if key is not None:
+            async with _first_login(key):
+                # One login at a time on this loop until one has succeeded
+                # (LOGINS' own gate is a thread lock: it must not be waited
+                # for by two coroutines of one thread).
+                with LOGINS.attempt(key) as refuse:
+                    await _login(session, s, refuse)
+    except BaseException:
+        if proto.transport is not None:
+            proto.transport.abort()
+        raise
+    return session
+
+
+# Per event loop (an asyncio.Lock belongs to the loop that first waits on it).
+_loop_logins: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Key, asyncio.Lock]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _first_login(key: Key) -> asyncio.Lock:
+    locks = _loop_logins.setdefault(asyncio.get_running_loop(), {})
+    return locks.setdefault(key, asyncio.Lock())
+
+
+def _key(settings: SmtpSettings) -> Key | None:
+    s = settings
+    if not s.username:
+        return None
+    return login_key(s.host, s.effective_port, s.username, s.password() or "")
+
+
+async def _reply(session: Session, settings: SmtpSettings) -> Reply:
+    return (await session.replies.take(1, settings.timeout))[0]
+
+
+async def _command(session: Session, settings: SmtpSettings, line: bytes) -> Reply:
+    transport = session.replies.transport
+    assert transport is not None
+    transport.write(line + b"\r\n")
+    return await _reply(session, settings)
+
+
+async def _ehlo(session: Session, settings: SmtpSettings, local_hostname: str) -> None:
+    code, text = await _command(session, settings, b"EHLO " + local_hostname.encode())
+    session.features = {}
+    if code != 250:  # an old server: HELO and no extensions, as smtplib does
+        await _command(session, settings, b"HELO " + local_hostname.encode())
+        return
+    for line in text.decode("latin-1").split("\n")[1:]:
+        keyword, _, params = line.strip().partition(" ")
+        session.features[keyword.lower()] = params
+
+
+async def _starttls(session: Session, settings: SmtpSettings, local_hostname: str) -> None:
+    if "starttls" not in session.features:
+        raise no_starttls(settings)
+    code, text = await _command(session, settings, b"STARTTLS")
+    if code != 220:
+        raise TransportError(
+            f"STARTTLS refused by {settings.host}: {code} {reply_text(text)}",
+            key="smtp.security",
+        )
+    loop = asyncio.get_running_loop()
+    proto = session.replies
+    assert proto.transport is not None
+    async with asyncio.timeout(settings.timeout):
+        secured = await loop.start_tls(
+            proto.transport, proto, tls_context(settings), server_hostname=settings.host
+        )
+    assert isinstance(secured, asyncio.Transport)
+    proto.transport = secured
+    await _ehlo(session, settings, local_hostname)
+
+
+async def _login(
+    session: Session, settings: SmtpSettings, refuse: Callable[[TransportError], None]
+) -> None:
+    s = settings
+    assert s.username
+    password = s.password() or ""
+    if "auth" not in session.features:
+        raise TransportError(f"{s.host} does not offer AUTH", key="smtp.username")
+    offered = session.features["auth"].upper().split()
+    user = s.username.encode()
+
+    async def command(line: bytes) -> Reply:
+        return await _command(session, s, line)
+
+    if "PLAIN" in offered:
+        # One mechanism, once (as the smtplib transport): no retry with others.
+        code, text = await command(
+            b"AUTH PLAIN " + base64.b64encode(b"\0" + user + b"\0" + password.encode())
+        )
+    elif "LOGIN" in offered:
+        code, text = await command(b"AUTH LOGIN")
+        if code == 334:
+            code, text = await command(base64.b64encode(user))
+        if code == 334:
+            code, text = await command(base64.b64encode(password.encode()))
+    elif "CRAM-MD5" in offered:
+        code, text = await command(b"AUTH CRAM-MD5")
+        if code == 334:
+            digest = hmac.new(password.encode(), base64.b64decode(text), "md5").hexdigest()
+            code, text = await command(base64.b64encode(user + b" " + digest.encode()))
+    else:
+        raise TransportError(
+            f"{s.host} offers no AUTH mechanism we support ({' '.join(offered)})",
+            key="smtp.username",
+        )
+    if code != 235:
+        error = login_refused(s.username, code, text)
+        if code >= 500:  # permanent: never again with this password
+            refuse(error)
+        raise error

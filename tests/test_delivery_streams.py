@@ -1,0 +1,182 @@
+"""The streams strategy over real SMTP (aiosmtpd): each connection on its own.
+
+What the lockstep rounds could not do (a stalled connection held every
+other one up), per-recipient refusals mixed into busy connections, a drop
+mid-DATA, and invariant 2 after kill -9 with several connections.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from smtpserver import DROP, STALL, SmtpTestServer, _Handler
+from test_delivery_smtp import ledger, populate, site_settings
+
+from newsletter.config import Settings
+from newsletter.delivery.mailing_pass import MailingPass
+from newsletter.delivery.mailings import deliver_mailing, plan_mailing
+from newsletter.delivery.rounds import RoundsStrategy
+from newsletter.delivery.streams import StreamsStrategy
+from newsletter.delivery.threaded import ThreadedStrategy
+from newsletter.posts.collection import load_posts
+from newsletter.store import mailings as q
+
+POST = "how-sleep-consolidates-memory"
+
+
+def streams_settings(site: Path, server: SmtpTestServer, **extra: Any) -> Settings:
+    """Settings for `server` with the streams strategy, whatever the server offers."""
+    return site_settings(site, server, **{"delivery.strategy": "streams", **extra})
+
+
+@pytest.fixture(autouse=True)
+def _secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NEWSLETTER_SECRET", "streams-test-secret")
+
+
+@pytest.mark.parametrize("pipelining", [False, True], ids=["plain", "pipelining"])
+def test_the_strategy_follows_the_setting_and_the_server(
+    sample_site: Path, smtp_server: SmtpTestServer, pipelining: bool
+) -> None:
+    smtp_server.pipelining = pipelining
+    base = site_settings(sample_site, smtp_server)
+    posts = load_posts(base)
+    engine = populate(base, 1)
+    with engine.connect() as conn:
+        row = q.get_mailing(conn, plan_mailing(engine, base, POST, "sample"))
+    assert row is not None
+    picked = {}
+    for choice in ("auto", "streams", "rounds", "threaded"):
+        settings = site_settings(sample_site, smtp_server, **{"delivery.strategy": choice})
+        picked[choice] = type(MailingPass(engine, settings, row, posts)._strategy())
+    assert base.delivery.strategy == "auto"
+    assert picked == {
+        "auto": StreamsStrategy if pipelining else ThreadedStrategy,
+        "streams": StreamsStrategy,
+        "rounds": RoundsStrategy if pipelining else ThreadedStrategy,
+        "threaded": ThreadedStrategy,
+    }
+
+
+@pytest.mark.parametrize("pipelining", [False, True], ids=["plain", "pipelining"])
+def test_a_stalled_connection_does_not_hold_up_the_others(
+    sample_site: Path, pipelining: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One recipient's final dot gets no answer for 3 s; meanwhile the other
+    # two connections must keep delivering (the rounds delivered nothing then).
+    stall = 3.0
+    server = SmtpTestServer(pipelining=pipelining, stall_seconds=stall)
+    window: list[float] = []
+    delivered_at: list[float] = []
+    special, record = _Handler._special, SmtpTestServer._record
+
+    async def timed_special(self: _Handler, smtp: Any, session: Any, reply: str) -> str:
+        window.append(time.monotonic())
+        try:
+            return await special(self, smtp, session, reply)
+        finally:
+            window.append(time.monotonic())
+
+    def timed_record(self: SmtpTestServer, *args: Any) -> None:
+        delivered_at.append(time.monotonic())
+        record(self, *args)
+
+    monkeypatch.setattr(_Handler, "_special", timed_special)
+    monkeypatch.setattr(SmtpTestServer, "_record", timed_record)
+    server.script("r003@example.org", STALL, stage="data", times=1)
+    with server:
+        settings = streams_settings(
+            sample_site, server, **{"delivery.concurrency": 3, "smtp.timeout": 10.0}
+        )
+        engine = populate(settings, 150)
+        mid = plan_mailing(engine, settings, POST, "sample")
+        report = deliver_mailing(engine, settings, mid, load_posts(settings))
+    assert (report.sent, report.deferred) == (149, 1)  # the stalled one: 451, deferred
+    assert ledger(engine)["r003@example.org"].last_code == 451
+    start, end = window
+    assert end - start >= stall * 0.9
+    during = sum(start < t < end for t in delivered_at)
+    # Everything else could go out during the stall; far more than the one
+    # round (two messages) the lockstep strategy managed.
+    assert during >= 40, f"only {during} of 149 messages delivered during the stall"
+
+
+@pytest.mark.parametrize("pipelining", [False, True], ids=["plain", "pipelining"])
+def test_mixed_refusals_across_busy_connections(
+    sample_site: Path, smtp_server: SmtpTestServer, pipelining: bool
+) -> None:
+    smtp_server.pipelining = pipelining
+    settings = streams_settings(sample_site, smtp_server, **{"delivery.concurrency": 4})
+    engine = populate(settings, 40)
+    later = {f"r{i:03d}@example.org" for i in range(40) if i % 7 == 1}
+    gone = {f"r{i:03d}@example.org" for i in range(40) if i % 7 == 2}
+    spam = {f"r{i:03d}@example.org" for i in range(40) if i % 7 == 3}
+    for address in later:
+        smtp_server.script(address, "451 4.3.0 Try again later")
+    for address in gone:
+        smtp_server.script(address, "550 5.1.1 No such user here")
+    for address in spam:
+        smtp_server.script(address, "554 5.7.1 Rejected as spam", stage="data")
+    mid = plan_mailing(engine, settings, POST, "sample")
+    report = deliver_mailing(engine, settings, mid, load_posts(settings))
+    refused = later | gone | spam
+    assert (report.sent, report.deferred, report.failed) == (40 - len(refused), len(later), 12)
+    rows = ledger(engine)
+    assert {e for e, r in rows.items() if r.status == "deferred"} == later
+    assert {e for e, r in rows.items() if r.status == "failed"} == gone | spam
+    assert all(rows[e].last_code == 550 for e in gone)
+    assert all(rows[e].last_code == 554 for e in spam)
+    expected = sorted(
+        f"r{i:03d}@example.org" for i in range(40) if f"r{i:03d}@example.org" not in refused
+    )
+    assert sorted(smtp_server.recipients()) == expected  # each once
+
+
+@pytest.mark.parametrize("pipelining", [False, True], ids=["plain", "pipelining"])
+def test_drop_mid_data_on_one_connection_others_go_on(
+    sample_site: Path, smtp_server: SmtpTestServer, pipelining: bool
+) -> None:
+    smtp_server.pipelining = pipelining
+    settings = streams_settings(sample_site, smtp_server, **{"delivery.concurrency": 3})
+    engine = populate(settings, 30)
+    smtp_server.script("r004@example.org", DROP, stage="data", times=1)
+    smtp_server.script("r011@example.org", DROP, stage="rcpt", times=1)
+    mid = plan_mailing(engine, settings, POST, "sample")
+    report = deliver_mailing(engine, settings, mid, load_posts(settings), wait=5)
+    assert (report.sent, report.failed) == (30, 0)
+    rows = ledger(engine)
+    assert (rows["r004@example.org"].status, rows["r004@example.org"].attempts) == ("sent", 2)
+    # A drop before DATA on a reused connection is retried at once (nothing
+    # of the message was accepted) or deferred: either way sent once.
+    assert rows["r011@example.org"].status == "sent"
+    assert sorted(smtp_server.recipients()) == [f"r{i:03d}@example.org" for i in range(30)]
+
+
+def test_stop_finishes_the_messages_in_flight(
+    sample_site: Path, smtp_server: SmtpTestServer
+) -> None:
+    smtp_server.pipelining = True  # with announced envelopes behind each dot
+    settings = streams_settings(
+        sample_site, smtp_server, **{"delivery.concurrency": 3, "delivery.rate_per_second": 60.0}
+    )
+    engine = populate(settings, 60)
+    mid = plan_mailing(engine, settings, POST, "sample")
+    stop = threading.Event()
+    timers: list[threading.Timer] = []
+
+    def progress(done: int, total: int) -> None:
+        if not timers:  # stop 0.3 s after the first message, however slow the start
+            timers.append(threading.Timer(0.3, stop.set))
+            timers[0].start()
+
+    posts = load_posts(settings)
+    report = deliver_mailing(engine, settings, mid, posts, stop=stop, progress=progress)
+    assert 0 < report.sent < 60
+    assert len(smtp_server.received) == report.sent  # nothing half-sent, nothing unrecorded
+    again = deliver_mailing(engine, settings, mid, posts)
+    assert report.sent + again.sent == 60
+    assert sorted(smtp_server.recipients()) == [f"r{i:03d}@example.org" for i in range(60)]

@@ -1,0 +1,294 @@
+"""The event-loop SMTP connection (streams strategy) against a real aiosmtpd server.
+
+The same session rules as the smtplib transport (tests/test_smtp.py): verified
+TLS, AUTH only after TLS, one error message per failure, replies classified
+per recipient; plus what only this connection does: the hook before the
+final dot may be awaited, and the next message's envelope rides behind a dot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from smtpserver import DROP, STALL, SmtpTestServer, TlsMaterial, self_signed_context, tls_material
+
+from newsletter.config import SmtpSettings
+from newsletter.delivery.transports import ConnectError, SendResult, TransportError
+from newsletter.delivery.transports.smtp_stream import StreamSmtp
+from newsletter.errors import StoreError
+
+MSG = b"From: a@example.com\r\nTo: b@example.org\r\nSubject: hi\r\n\r\nbody\r\n.dot\r\n"
+SENDER = "news@example.com"
+T = TypeVar("T")
+
+
+def run(main: Callable[[], Awaitable[T]]) -> T:
+    async def wrapped() -> T:
+        return await main()
+
+    return asyncio.run(wrapped())
+
+
+def plain(server: SmtpTestServer, **kw: Any) -> StreamSmtp:
+    settings = SmtpSettings(host="127.0.0.1", port=server.port, security="none", timeout=5, **kw)
+    return StreamSmtp(settings)
+
+
+def send_all(conn: StreamSmtp, recipients: list[str], *, lookahead: bool = False) -> list[Any]:
+    """Send MSG to each recipient on one connection, then QUIT."""
+
+    async def main() -> list[SendResult]:
+        results = []
+        for i, rcpt in enumerate(recipients):
+            nxt = recipients[i + 1] if lookahead and i + 1 < len(recipients) else None
+            then = (SENDER, nxt, MSG) if nxt else None
+            results.append(await conn.send(SENDER, rcpt, MSG, None, then))
+        await conn.close()
+        return results
+
+    return run(main)
+
+
+@pytest.fixture(params=[False, True], ids=["plain", "pipelining"])
+def any_server(request: pytest.FixtureRequest) -> Iterator[SmtpTestServer]:
+    with SmtpTestServer(pipelining=request.param) as server:
+        yield server
+
+
+@pytest.fixture
+def tls(tmp_path: Path) -> TlsMaterial:
+    return tls_material(tmp_path)
+
+
+# --------------------------------------------------------------------------- replies
+
+
+@pytest.mark.parametrize("lookahead", [False, True], ids=["one-by-one", "lookahead"])
+def test_refusals_per_recipient_on_one_connection(
+    any_server: SmtpTestServer, lookahead: bool
+) -> None:
+    any_server.script("gone@example.org", "550 5.1.1 No such user")
+    any_server.script("later@example.org", "451 4.3.0 Try later")
+    any_server.script("spam@example.org", "554 5.7.1 Looks like spam", stage="data")
+    conn = plain(any_server)
+    rcpts = ["a@example.org", "gone@example.org", "later@example.org", "spam@example.org"]
+    rcpts += ["b@example.org", "spam@example.org", "c@example.org"]
+    results = send_all(conn, rcpts, lookahead=lookahead)
+    assert [r.ok for r in results] == [True, False, False, False, True, False, True]
+    gone, later, spam = results[1], results[2], results[3]
+    assert gone.permanent and gone.bounced and gone.code == 550 and gone.stage == "rcpt"
+    assert not later.permanent and later.code == 451 and not later.throttled
+    assert spam.permanent and not spam.bounced and spam.stage == "data"
+    assert conn.connects == 1
+    assert any_server.recipients() == ["a@example.org", "b@example.org", "c@example.org"]
+    # The dot-stuffed line came back as it was.
+    assert any_server.received[0].data.endswith(b"body\r\n.dot\r\n")
+
+
+def test_drop_mid_data_is_temporary_and_the_next_message_reconnects(
+    any_server: SmtpTestServer,
+) -> None:
+    any_server.script("a@example.org", DROP, stage="data", times=1)
+    conn = plain(any_server)
+    dropped, nxt, again = send_all(
+        conn, ["a@example.org", "b@example.org", "a@example.org"], lookahead=True
+    )
+    assert not dropped.ok and not dropped.permanent and dropped.code is None
+    assert dropped.stage == "data" and "connection lost during data" in dropped.text
+    assert nxt.ok and again.ok and conn.connects == 2
+    assert any_server.recipients() == ["b@example.org", "a@example.org"]
+
+
+def test_421_drops_the_connection_and_is_throttling(any_server: SmtpTestServer) -> None:
+    any_server.script("a@example.org", "421 4.7.0 Too many connections", times=1)
+    conn = plain(any_server)
+    first, second = send_all(conn, ["a@example.org", "a@example.org"])
+    assert first.throttled and not first.ok
+    assert second.ok and conn.connects == 2
+
+
+def test_stalled_server_times_out_as_temporary() -> None:
+    server = SmtpTestServer(stall_seconds=2.0)
+    server.script("slow@example.org", STALL, stage="data", times=1)
+    with server:
+        settings = SmtpSettings(host="127.0.0.1", port=server.port, security="none", timeout=0.3)
+        (result,) = send_all(StreamSmtp(settings), ["slow@example.org"])
+    assert not result.ok and not result.permanent
+    assert "timed out during data" in result.text
+
+
+def test_server_down_is_a_connect_error_then_works_when_up() -> None:
+    server = SmtpTestServer()
+    conn = plain(server)
+    with pytest.raises(ConnectError, match=r"cannot connect to 127\.0\.0\.1:\d+"):
+        send_all(conn, ["a@example.org"])
+    with server:
+        assert send_all(conn, ["a@example.org"])[0].ok
+
+
+def test_idle_connection_closed_by_server_is_reopened(smtp_server: SmtpTestServer) -> None:
+    conn = plain(smtp_server)
+
+    async def main() -> list[SendResult]:
+        first = await conn.send(SENDER, "a@example.org", MSG)
+        smtp_server.stop()
+        smtp_server.start()  # same port: the old connection is dead
+        second = await conn.send(SENDER, "b@example.org", MSG)
+        await conn.close()
+        return [first, second]
+
+    assert all(r.ok for r in run(main))
+    assert smtp_server.recipients() == ["a@example.org", "b@example.org"]
+
+
+def test_non_ascii_local_part_needs_smtputf8(any_server: SmtpTestServer) -> None:
+    refused, idn = send_all(plain(any_server), ["jöran@example.org", "reader@bücher.example"])
+    assert refused.permanent and "SMTPUTF8" in refused.text
+    assert idn.ok and any_server.recipients() == ["reader@xn--bcher-kva.example"]
+    with SmtpTestServer(smtputf8=True, pipelining=True) as server:
+        assert send_all(plain(server), ["jöran@example.org"])[0].ok
+        assert "SMTPUTF8" in server.received[0].mail_options
+
+
+# --------------------------------------------------------------------------- the final dot
+
+
+def test_an_awaited_ready_holds_the_final_dot(any_server: SmtpTestServer) -> None:
+    conn = plain(any_server)
+    seen: list[int] = []
+
+    async def main() -> None:
+        gate = asyncio.Event()
+
+        def ready() -> Awaitable[None]:
+            async def wait() -> None:
+                await gate.wait()
+                seen.append(len(any_server.received))
+
+            return wait()
+
+        sending = asyncio.create_task(conn.send(SENDER, "a@example.org", MSG, ready))
+        await asyncio.sleep(0.3)
+        assert any_server.received == []  # content sent, no dot: nothing kept yet
+        gate.set()
+        assert (await sending).ok
+        await conn.close()
+
+    run(main)
+    assert seen == [0] and any_server.recipients() == ["a@example.org"]
+
+
+def test_a_failing_ready_discards_the_message(any_server: SmtpTestServer) -> None:
+    conn = plain(any_server)
+
+    def fail() -> None:
+        raise StoreError("the ledger is full")
+
+    async def main() -> SendResult:
+        with pytest.raises(StoreError, match="ledger is full"):
+            await conn.send(SENDER, "b@example.org", MSG, fail)
+        result = await conn.send(SENDER, "c@example.org", MSG)  # a fresh connection
+        await conn.close()
+        return result
+
+    assert run(main).ok
+    assert any_server.recipients() == ["c@example.org"] and conn.connects == 2
+
+
+def test_an_announced_message_is_never_sent_without_its_own_send() -> None:
+    # The next envelope went out behind the dot; stopping then (close), or
+    # sending someone else instead, must not turn it into a message.
+    with SmtpTestServer(pipelining=True) as server:
+        conn = plain(server)
+
+        async def main() -> list[SendResult]:
+            first = await conn.send(
+                SENDER, "a@example.org", MSG, None, (SENDER, "b@example.org", MSG)
+            )
+            other = await conn.send(
+                SENDER, "c@example.org", MSG, None, (SENDER, "d@example.org", MSG)
+            )
+            await conn.close()
+            return [first, other]
+
+        assert all(r.ok for r in run(main))
+        assert server.recipients() == ["a@example.org", "c@example.org"]
+        assert conn.connects == 2  # b's open transaction was abandoned, not ended
+
+
+# --------------------------------------------------------------------------- TLS and AUTH
+
+
+def test_starttls_verified_and_auth_after_tls(
+    tls: TlsMaterial, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("TEST_SMTP_PW", "s3cret")
+    caplog.set_level(logging.DEBUG)
+    server = SmtpTestServer(tls="starttls", context=tls.server_context, auth={"editor": "s3cret"})
+    with server:
+        settings = SmtpSettings(
+            host="127.0.0.1", port=server.port, security="starttls", username="editor",
+            password_env="TEST_SMTP_PW", ca_file=tls.ca_file, timeout=5,
+        )  # fmt: skip
+        assert send_all(StreamSmtp(settings), ["a@example.org"])[0].ok
+    assert server.received[0].tls
+    assert server.auth_attempts == [("editor", "s3cret", True)]
+    assert "s3cret" not in caplog.text
+
+
+def test_bad_password_is_a_clear_error_without_the_password(
+    tls: TlsMaterial, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TEST_SMTP_PW", "wrong-pass")
+    server = SmtpTestServer(tls="starttls", context=tls.server_context, auth={"editor": "s3cret"})
+    with server:
+        settings = SmtpSettings(
+            host="127.0.0.1", port=server.port, username="editor",
+            password_env="TEST_SMTP_PW", ca_file=tls.ca_file, timeout=5,
+        )  # fmt: skip
+        with pytest.raises(TransportError, match="login as editor refused: 535") as info:
+            run(StreamSmtp(settings).open)
+    assert "wrong-pass" not in str(info.value)
+
+
+def test_starttls_refused_when_not_offered(smtp_server: SmtpTestServer) -> None:
+    settings = SmtpSettings(host="127.0.0.1", port=smtp_server.port, security="starttls")
+    with pytest.raises(TransportError, match="does not offer STARTTLS; refusing"):
+        run(StreamSmtp(settings).open)
+
+
+def test_untrusted_ca_is_refused(tls: TlsMaterial) -> None:
+    with SmtpTestServer(tls="starttls", context=tls.server_context) as server:
+        settings = SmtpSettings(host="127.0.0.1", port=server.port)  # no ca_file
+        with pytest.raises(TransportError, match=r"certificate of 127\.0\.0\.1:\d+ is not trusted"):
+            run(StreamSmtp(settings).open)
+
+
+def test_self_signed_certificate_is_refused(tmp_path: Path) -> None:
+    with SmtpTestServer(tls="implicit", context=self_signed_context(tmp_path)) as server:
+        settings = SmtpSettings(host="127.0.0.1", port=server.port, security="tls")
+        with pytest.raises(TransportError, match=r"not trusted: self.signed certificate"):
+            run(StreamSmtp(settings).open)
+        assert server.received == []
+
+
+def test_implicit_tls_with_trusted_ca(tls: TlsMaterial) -> None:
+    with SmtpTestServer(tls="implicit", context=tls.server_context, pipelining=True) as server:
+        settings = SmtpSettings(
+            host="127.0.0.1", port=server.port, security="tls", ca_file=tls.ca_file
+        )
+        results = send_all(StreamSmtp(settings), ["a@example.org", "b@example.org"], lookahead=True)
+        assert all(r.ok for r in results)
+        assert [r.tls for r in server.received] == [True, True]
+
+
+def test_clear_text_only_to_localhost_and_never_with_auth() -> None:
+    with pytest.raises(TransportError, match=r"refusing to send in clear text to mail\.example"):
+        run(StreamSmtp(SmtpSettings(host="mail.example.com", security="none")).open)
+    with pytest.raises(TransportError, match="AUTH only after TLS"):
+        run(StreamSmtp(SmtpSettings(host="127.0.0.1", security="none", username="u")).open)
