@@ -93,7 +93,7 @@ class DeliverySettings:
     max_per_day: int | None = None
     backoff_base: float = 60.0
     backoff_cap: float = 3600.0
-    lease_seconds: float = 300.0
+    lease_seconds: float = 60.0
     # How SMTP connections are driven: "streams" (one event loop, each connection
     # on its own), "rounds" (lockstep on one thread, needs PIPELINING, else
     # threaded), "threaded" (a thread per connection); "auto": streams when the
@@ -192,6 +192,9 @@ class WebSettings:
 @dataclass(frozen=True)
 class DatabaseSettings:
     url: str = "sqlite:///.newsletter/newsletter.db"
+    # A PostgreSQL URL carries a password: this variable, when set, replaces
+    # `url`, so the password never has to be written into the file.
+    url_env: str = "NEWSLETTER_DATABASE_URL"
 
 
 @dataclass(frozen=True)
@@ -303,7 +306,14 @@ def load_settings(
     for dotted, value in (overrides or {}).items():
         section, _, key = dotted.partition(".")
         raw.setdefault(section, {})[key] = value
-    return _build(raw, base_dir, config_path)
+    return _database_from_env(_build(raw, base_dir, config_path))
+
+
+def _database_from_env(settings: Settings) -> Settings:
+    url = os.environ.get(settings.database.url_env, "").strip()
+    if not url:
+        return settings
+    return replace(settings, database=replace(settings.database, url=url))
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

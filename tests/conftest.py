@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from pgcluster import PgCluster, find_bindir
 from smtpserver import SmtpTestServer
+from sqlalchemy import Engine
 
 from newsletter.delivery.transports.logins import LOGINS
 
@@ -38,6 +41,12 @@ def _theme_from_this_checkout() -> None:
 _theme_from_this_checkout()
 
 
+@pytest.fixture(autouse=True)
+def _no_database_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A developer's own NEWSLETTER_DATABASE_URL must not leak into the tests.
+    monkeypatch.delenv("NEWSLETTER_DATABASE_URL", raising=False)
+
+
 @pytest.fixture
 def sample_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A copy of the bundled sample (config, posts, subscribers) as the cwd."""
@@ -64,6 +73,75 @@ def smtp_server() -> Iterator[SmtpTestServer]:
         yield server
     finally:
         server.stop()
+
+
+# --- databases: every store, delivery, daemon and web test runs on both -------------
+
+REQUIRE_POSTGRES = os.environ.get("NEWSLETTER_REQUIRE_POSTGRES") == "1"
+# NEWSLETTER_TEST_DATABASES=sqlite (or postgresql) narrows a local run to one.
+DATABASES = [
+    name.strip()
+    for name in os.environ.get("NEWSLETTER_TEST_DATABASES", "sqlite,postgresql").split(",")
+    if name.strip()
+]
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PgCluster]:
+    """One throwaway PostgreSQL cluster for the session (skipped if not installed)."""
+    bindir = find_bindir()
+    if bindir is None or not (bindir / "postgres").exists():
+        if REQUIRE_POSTGRES:
+            pytest.fail("NEWSLETTER_REQUIRE_POSTGRES=1 but PostgreSQL's initdb was not found")
+        pytest.skip("PostgreSQL (initdb/postgres) is not installed")
+    cluster = PgCluster(bindir).start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def pg_url(pg_cluster: PgCluster) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database (a role and its schema) for this test."""
+    role = pg_cluster.create_role()
+    try:
+        yield pg_cluster.url(role)
+    finally:
+        pg_cluster.drop_role(role)
+
+
+@pytest.fixture(params=DATABASES)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The test's own empty database: SQLite in tmp_path, or PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/news.db"
+    url: str = request.getfixturevalue("pg_url")
+    return url
+
+
+@pytest.fixture
+def database_env(database_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every configuration in this test (subprocesses too) uses the test's database."""
+    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", database_url)
+    return database_url
+
+
+@pytest.fixture
+def break_database(request: pytest.FixtureRequest) -> Callable[[Engine], None]:
+    """A function that makes every later connection to this engine's database fail."""
+
+    def breaker(engine: Engine) -> None:
+        engine.dispose()
+        if engine.dialect.name == "sqlite":
+            db_file = Path(str(engine.url.database))
+            db_file.unlink()
+            db_file.mkdir()  # a folder where the database was: every connect fails
+            return
+        cluster: PgCluster = request.getfixturevalue("pg_cluster")
+        cluster.lock_out(str(engine.url.username))
+
+    return breaker
 
 
 @pytest.fixture(autouse=True)

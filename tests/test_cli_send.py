@@ -15,6 +15,9 @@ from newsletter.cli import main
 from newsletter.config import load_settings
 from newsletter.store import open_store
 
+# On SQLite and on PostgreSQL (see conftest.database_url).
+pytestmark = pytest.mark.usefixtures("database_env")
+
 POST = "how-sleep-consolidates-memory"
 
 

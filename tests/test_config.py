@@ -119,3 +119,17 @@ def test_password_comes_only_from_the_environment(
         settings.smtp.password()
     monkeypatch.setenv("TEST_NL_PASSWORD", "s3cret")
     assert settings.smtp.password() == "s3cret"
+
+
+def test_the_database_url_can_come_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A PostgreSQL URL carries a password: it belongs in the environment.
+    config = tmp_path / "newsletter.toml"
+    config.write_text('[database]\nurl = "sqlite:///file.db"\n')
+    assert load_settings(config).database.url == "sqlite:///file.db"
+    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", "postgresql+psycopg://u:p@db.example.net/n")
+    assert load_settings(config).database.url == "postgresql+psycopg://u:p@db.example.net/n"
+    config.write_text('[database]\nurl_env = "MY_DB"\n')
+    monkeypatch.setenv("MY_DB", "sqlite:///other.db")
+    assert load_settings(config).database.url == "sqlite:///other.db"

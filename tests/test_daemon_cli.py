@@ -16,6 +16,9 @@ from newsletter.cli import main
 from newsletter.daemon.scheduler import DaemonLock
 from newsletter.store import open_store
 
+# On SQLite and on PostgreSQL (see conftest.database_url).
+pytestmark = pytest.mark.usefixtures("database_env")
+
 PAST = datetime.now(UTC).replace(microsecond=0) - timedelta(days=30)
 
 
@@ -41,9 +44,6 @@ def test_run_once_on_the_bundled_sample_sends_through_the_maildir(sample_site: P
     subs.ensure_lists(engine, settings)
     for email in ("ada@example.com", "grace@example.com", "linus@example.com"):
         subs.add_subscriber(engine, email, "sample")
-    # Work around a first-use race in MaildirTransport with concurrency 2
-    # (reported to the delivery owner): make the outbox before the run.
-    mailbox.Maildir(settings.delivery.outbox_dir, create=True)
     code, out, err = invoke("run", "--once")
     assert code == 0, err
     assert out == (

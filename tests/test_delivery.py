@@ -25,7 +25,11 @@ from newsletter.delivery.transports.memory import MemoryTransport
 from newsletter.errors import ConfigError, DeliveryError, TransportError
 from newsletter.posts.collection import PostCollection, load_posts
 from newsletter.store import open_store
+from newsletter.store.leases import OwnerLock
 from newsletter.store.schema import deliveries, mailings
+
+# On SQLite and on PostgreSQL (see conftest.database_url).
+pytestmark = pytest.mark.usefixtures("database_env")
 
 POST = "how-sleep-consolidates-memory"
 
@@ -304,7 +308,9 @@ def test_live_lease_of_another_process_is_respected_until_it_expires(setup: Any)
             .where(deliveries.c.id.in_(first_three))
             .values(status="sending", lease_owner="other-host:1:a:b", lease_expires_at=soon)
         )
-    report = deliver_mailing(engine, settings, mid, posts, transport=MemoryTransport())
+    # Alive: on PostgreSQL that is its advisory lock, held here (a no-op on SQLite).
+    with OwnerLock(engine, "other-host:1:a:b"):
+        report = deliver_mailing(engine, settings, mid, posts, transport=MemoryTransport())
     assert report.sent == 7
     assert mailing_summaries(engine)[0].state == "sending"
     past = datetime.now(UTC) - timedelta(seconds=1)

@@ -19,6 +19,9 @@ from newsletter.config import load_settings
 from newsletter.store import open_store
 from newsletter.store.schema import deliveries
 
+# On SQLite and on PostgreSQL (see conftest.database_url).
+pytestmark = pytest.mark.usefixtures("database_env")
+
 POST = "how-sleep-consolidates-memory"
 N = 300
 CONCURRENCY = 3

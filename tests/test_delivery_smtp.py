@@ -19,6 +19,9 @@ from newsletter.posts.collection import load_posts
 from newsletter.store import open_store
 from newsletter.store.schema import deliveries
 
+# On SQLite and on PostgreSQL (see conftest.database_url).
+pytestmark = pytest.mark.usefixtures("database_env")
+
 POST = "how-sleep-consolidates-memory"
 
 
@@ -195,7 +198,7 @@ def test_a_failed_commit_sends_no_further_final_dot(
     # committed before any final dot of the next; when that commit fails, the
     # pass stops and nothing more is accepted by the server.
     from newsletter.errors import StoreError
-    from newsletter.store.leases import LedgerWriter
+    from newsletter.store.outcomes import LedgerWriter
 
     smtp_server.pipelining = True
     settings = site_settings(sample_site, smtp_server, **{"delivery.strategy": strategy})

@@ -101,8 +101,10 @@ def test_generated_secret_and_its_folder(
     config.write_text('[unsubscribe]\nsecret_env = "NL_MODES_SECRET"\n')
     monkeypatch.delenv("NL_MODES_SECRET", raising=False)
     load_secret(load_settings(config))
+    # One secret per deployment: it lives in the (private) database, not in a file.
     assert mode(tmp_path / ".newsletter") == 0o700
-    assert mode(tmp_path / ".newsletter" / "secret") == 0o600
+    assert mode(tmp_path / ".newsletter" / "newsletter.db") == 0o600
+    assert not (tmp_path / ".newsletter" / "secret").exists()
 
 
 def test_send_from_a_fresh_site_leaves_nothing_readable_by_others(

@@ -205,6 +205,7 @@ def test_a_bad_cron_is_a_config_error_naming_the_key() -> None:
 # --------------------------------------------------------------------------- store-backed
 
 
+@pytest.mark.usefixtures("database_env")
 def test_since_defaults_to_the_first_run_and_is_remembered(tmp_path: Path) -> None:
     site = make_site(tmp_path, since=None)
     settings = site.settings()
@@ -216,6 +217,7 @@ def test_since_defaults_to_the_first_run_and_is_remembered(tmp_path: Path) -> No
     assert planning.effective_since(engine, explicit, NOW) == datetime(2025, 6, 1, tzinfo=UTC)
 
 
+@pytest.mark.usefixtures("database_env")
 def test_a_damaged_state_value_reads_as_missing(tmp_path: Path) -> None:
     from newsletter.store.schema import state
 
@@ -227,6 +229,7 @@ def test_a_damaged_state_value_reads_as_missing(tmp_path: Path) -> None:
     assert planning.read_state_time(engine, "k") == NOW
 
 
+@pytest.mark.usefixtures("database_env")
 def test_upcoming_sends_lists_due_future_and_digest_sends(tmp_path: Path) -> None:
     from newsletter.delivery.mailings import plan_mailing
 

@@ -24,6 +24,9 @@ from newsletter.delivery.transports import SendResult
 from newsletter.delivery.transports.memory import MemoryTransport
 from newsletter.store.schema import mailings, state
 
+# On SQLite and on PostgreSQL (see conftest.database_url).
+pytestmark = pytest.mark.usefixtures("database_env")
+
 LAST_YEAR = datetime.now(UTC).replace(microsecond=0) - timedelta(days=300)
 
 

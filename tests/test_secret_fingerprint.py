@@ -53,12 +53,12 @@ def test_send_with_the_variable_unset_in_another_shell_is_refused(
     monkeypatch.setenv("NEWSLETTER_SECRET", "the-first-secret")
     code, _out, err = run("send", POST, "--list", "sample")
     assert (code, err) == (0, "")
-    monkeypatch.delenv("NEWSLETTER_SECRET")  # falls back to a generated .newsletter/secret
+    monkeypatch.delenv("NEWSLETTER_SECRET")  # falls back to the database's generated one
     code, out, err = run("send", POST, "--list", "sample", "--resend")
     assert code == 1 and out == ""
     assert err == (
         "error: unsubscribe.secret_env: the unsubscribe secret from "
-        ".newsletter/secret (NEWSLETTER_SECRET unset) is not the one this "
+        "the database (NEWSLETTER_SECRET unset) is not the one this "
         "database's links were made with; every unsubscribe link already sent would break. "
         "Use the earlier secret (set NEWSLETTER_SECRET as before, or restore that file)\n"
     )
@@ -68,13 +68,17 @@ def test_send_with_the_variable_unset_in_another_shell_is_refused(
     assert outbox(sample_site) == 6
 
 
-def test_a_replaced_secret_file_is_refused_by_send_run_and_serve(
+def test_a_different_secret_is_refused_by_send_run_and_serve(
     sample_site: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("NEWSLETTER_SECRET", raising=False)
     readers(sample_site)
     assert run("send", POST, "--list", "sample")[0] == 0  # generates and records the secret
+    # A stray secret file (another machine's) is ignored: the database's secret stands.
     (sample_site / ".newsletter/secret").write_text("a-new-machine-made-a-new-one")
+    assert run("send", POST, "--list", "sample", "--resend")[0] == 0
+    # A host whose environment names another secret is refused.
+    monkeypatch.setenv("NEWSLETTER_SECRET", "a-new-machine-made-a-new-one")
     code, _out, err = run("send", POST, "--list", "sample", "--resend")
     assert code == 1 and len(err.splitlines()) == 1 and "is not the one" in err
     code, out, err = run("run", "--once")

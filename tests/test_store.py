@@ -23,16 +23,18 @@ def test_created_on_first_use_with_wal_and_foreign_keys(tmp_path: Path) -> None:
         assert conn.scalar(select(schema_version.c.version)) == store.schema.SCHEMA_VERSION
 
 
-def test_reopening_does_not_add_versions(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path}/db.sqlite"
+def test_reopening_does_not_add_versions(database_url: str) -> None:
+    url = database_url
     open_url(url)
     engine = open_url(url)
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM schema_version")).scalar() == 1
 
 
-def test_upgrade_steps_run_once_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    url = f"sqlite:///{tmp_path}/db.sqlite"
+def test_upgrade_steps_run_once_in_order(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = database_url
     open_url(url)
     ran: list[int] = []
 
@@ -43,20 +45,20 @@ def test_upgrade_steps_run_once_in_order(tmp_path: Path, monkeypatch: pytest.Mon
 
         return run
 
-    v = store.schema.SCHEMA_VERSION
-    monkeypatch.setattr(store, "SCHEMA_VERSION", v + 2)
-    monkeypatch.setattr(store, "UPGRADES", {v + 1: step(v + 1), v + 2: step(v + 2)})
+    base = store.schema.SCHEMA_VERSION
+    monkeypatch.setattr(store, "SCHEMA_VERSION", base + 2)
+    monkeypatch.setattr(store, "UPGRADES", {base + 1: step(base + 1), base + 2: step(base + 2)})
     engine = open_url(url)
     open_url(url)  # a second open finds nothing to do
-    assert ran == [v + 1, v + 2]
+    assert ran == [base + 1, base + 2]
     with engine.connect() as conn:
         versions = conn.execute(select(schema_version.c.version)).scalars().all()
-        assert sorted(versions) == [v, v + 1, v + 2]
-        assert conn.execute(text(f"SELECT count(*) FROM extra_{v + 2}")).scalar() == 0
+        assert sorted(versions) == [base, base + 1, base + 2]
+        assert conn.execute(text(f"SELECT count(*) FROM extra_{base + 2}")).scalar() == 0
 
 
-def test_newer_database_is_refused(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path}/db.sqlite"
+def test_newer_database_is_refused(database_url: str) -> None:
+    url = database_url
     engine = open_url(url)
     with engine.begin() as conn:
         conn.execute(schema_version.insert().values(version=99, applied_at=datetime.now(UTC)))
@@ -64,8 +66,8 @@ def test_newer_database_is_refused(tmp_path: Path) -> None:
         open_url(url)
 
 
-def test_times_come_back_aware_and_in_utc(tmp_path: Path) -> None:
-    engine = open_url(f"sqlite:///{tmp_path}/db.sqlite")
+def test_times_come_back_aware_and_in_utc(database_url: str) -> None:
+    engine = open_url(database_url)
     istanbul = timezone(timedelta(hours=3))
     moment = datetime(2024, 11, 4, 0, 0, tzinfo=istanbul)
     with engine.begin() as conn:
@@ -77,8 +79,8 @@ def test_times_come_back_aware_and_in_utc(tmp_path: Path) -> None:
     assert back.utcoffset() == timedelta(0)
 
 
-def test_naive_times_are_refused(tmp_path: Path) -> None:
-    engine = open_url(f"sqlite:///{tmp_path}/db.sqlite")
+def test_naive_times_are_refused(database_url: str) -> None:
+    engine = open_url(database_url)
     with pytest.raises(StatementError, match="naive"), engine.begin() as conn:
         conn.execute(
             subscribers.insert().values(
@@ -122,6 +124,15 @@ def test_reading_connections_do_not_wait_for_a_writer(tmp_path: Path) -> None:
                 blocked.execute(select(subscribers.c.email)).all()
 
 
+def test_a_database_password_never_appears_in_errors() -> None:
+    # Nothing listens on port 9 of 127.0.0.1: the connection is refused.
+    url = "postgresql+psycopg://news:s3cret-pass@127.0.0.1:9/news"
+    with pytest.raises(StoreError) as info:
+        open_url(url)
+    assert "s3cret-pass" not in str(info.value)
+    assert "postgresql+psycopg://news:***@127.0.0.1:9/news" in str(info.value)
+
+
 def test_a_version_1_database_gains_the_dedupe_column_and_the_new_tables(tmp_path: Path) -> None:
     """Schema 2 (readers): deliveries.dedupe_key with its unique index, and the
     consent, confirmation and signup-hit tables, added to a version-1 file."""
@@ -143,4 +154,4 @@ def test_a_version_1_database_gains_the_dedupe_column_and_the_new_tables(tmp_pat
     assert "dedupe_key" in columns
     assert indexes["uq_deliveries_dedupe"]
     assert {"consent_events", "confirmations", "signup_hits"} <= tables
-    assert sorted(versions) == [1, 2]
+    assert sorted(versions) == [1, 2, 3]

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import base64
-import stat
 from pathlib import Path
 
 import pytest
@@ -48,7 +47,8 @@ def test_foreign_secret_and_swapped_list_are_refused() -> None:
     assert verify_token(SECRET, forged_token) is None
 
 
-def test_secret_from_environment_else_generated_once(
+@pytest.mark.usefixtures("database_env")
+def test_secret_from_environment_else_generated_once_per_deployment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cfg = tmp_path / "newsletter.toml"
@@ -59,8 +59,25 @@ def test_secret_from_environment_else_generated_once(
     monkeypatch.delenv("NL_TEST_SECRET")
     first = load_secret(settings)
     assert first and first == load_secret(settings)  # kept, not regenerated
-    path = tmp_path / ".newsletter" / "secret"
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert not (tmp_path / ".newsletter" / "secret").exists()  # in the database, not a file
+    # Another host: its own folder, the same database, the same secret.
+    other = tmp_path / "host-b"
+    other.mkdir()
+    (other / "newsletter.toml").write_text(cfg.read_text())
+    assert load_secret(load_settings(other / "newsletter.toml")) == first
+
+
+@pytest.mark.usefixtures("database_env")
+def test_a_secret_file_of_an_older_version_moves_into_the_database(tmp_path: Path) -> None:
+    cfg = tmp_path / "newsletter.toml"
+    cfg.write_text('[unsubscribe]\nsecret_env = "NL_TEST_SECRET"\n')
+    (tmp_path / ".newsletter").mkdir()
+    (tmp_path / ".newsletter" / "secret").write_bytes(b"old-file-secret\n")
+    assert load_secret(load_settings(cfg)) == b"old-file-secret"  # old links keep working
+    other = tmp_path / "host-b"
+    other.mkdir()
+    (other / "newsletter.toml").write_text(cfg.read_text())
+    assert load_secret(load_settings(other / "newsletter.toml")) == b"old-file-secret"
 
 
 def test_unsubscribe_url_uses_public_url(tmp_path: Path) -> None:

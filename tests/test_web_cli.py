@@ -23,6 +23,9 @@ from newsletter.config import load_settings
 from newsletter.errors import WebError
 from newsletter.web.server import bind_socket, serve_in_thread
 
+# On SQLite and on PostgreSQL (see conftest.database_url).
+pytestmark = pytest.mark.usefixtures("database_env")
+
 
 @pytest.fixture
 def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:

@@ -26,6 +26,9 @@ from newsletter.web.preview import create_preview_app, parse_addresses
 from newsletter.web.reload import Broadcaster, watch
 from newsletter.web.server import preview_in_thread
 
+# On SQLite and on PostgreSQL (see conftest.database_url).
+pytestmark = pytest.mark.usefixtures("database_env")
+
 BASE = "http://127.0.0.1:8025"
 SAME_ORIGIN = {"origin": BASE}
 MESSY = "notes-that-need-fixing"

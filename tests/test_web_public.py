@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from email import message_from_bytes, policy
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+from sqlalchemy import Engine
 from starlette.testclient import TestClient
 from test_web_support import Store, copy_site, make_store
 
@@ -18,6 +19,9 @@ from newsletter.audience import members as subs
 from newsletter.email.tokens import ALL_LISTS, make_token
 from newsletter.web.public import create_public_app
 from newsletter.web.server import TokenRedactingFilter, redact_tokens
+
+# On SQLite and on PostgreSQL (see conftest.database_url).
+pytestmark = pytest.mark.usefixtures("database_env")
 
 ONE_CLICK = {"List-Unsubscribe": "One-Click"}
 SAME_ORIGIN = {"origin": "https://news.lantern.example.com"}  # the undo button's page
@@ -246,13 +250,12 @@ def test_a_failing_write_is_503_not_a_fake_success(client: TestClient, store: St
     assert "try again" in response.text
 
 
-def test_an_unreachable_database_is_503_not_a_bad_link(client: TestClient, store: Store) -> None:
+def test_an_unreachable_database_is_503_not_a_bad_link(
+    client: TestClient, store: Store, break_database: Callable[[Engine], None]
+) -> None:
     uli = store.add("uli@example.com")
     token = store.token(uli)
-    store.engine.dispose()
-    db_file = Path(str(store.engine.url.database))
-    db_file.unlink()
-    db_file.mkdir()
+    break_database(store.engine)
     for response in (
         client.get(f"/unsubscribe/{token}"),
         client.post(f"/unsubscribe/{token}", data=ONE_CLICK),
@@ -314,13 +317,12 @@ def test_healthz_reports_ok(client: TestClient) -> None:
     assert response.json() == {"status": "ok", "database": "ok"}
 
 
-def test_healthz_reports_a_broken_database(store: Store) -> None:
+def test_healthz_reports_a_broken_database(
+    store: Store, break_database: Callable[[Engine], None]
+) -> None:
     app = create_public_app(store.settings, engine=store.engine, secret=store.secret)
     with TestClient(app) as c:
-        store.engine.dispose()
-        db_file = Path(str(store.engine.url.database))
-        db_file.unlink()
-        db_file.mkdir()  # a folder where the database was: every connect fails
+        break_database(store.engine)
         response = c.get("/healthz")
     assert response.status_code == 503
     assert response.json()["status"] == "error"

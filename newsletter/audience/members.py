@@ -28,9 +28,9 @@ from newsletter.audience import consent
 from newsletter.audience.addresses import email_key, normalise_email
 from newsletter.config import Settings
 from newsletter.errors import StoreError, SubscriberError
-from newsletter.store import now
+from newsletter.store import insert_or_ignore, now
 from newsletter.store import reading as read_only
-from newsletter.store.schema import lists, memberships, subscribers
+from newsletter.store.schema import lists, memberships, new_uid, subscribers
 
 ACTIVE = "active"
 PENDING = "pending"
@@ -150,9 +150,9 @@ def ensure_lists(bind: Bind, settings: Settings) -> None:
         existing = {r.name: r.title for r in conn.execute(select(lists.c.name, lists.c.title))}
         for name, declared in settings.lists.items():
             if name not in existing:
-                conn.execute(
-                    lists.insert().values(name=name, title=declared.title, created_at=now())
-                )
+                # Another process (a second host starting) may be creating it too.
+                values = {"name": name, "title": declared.title, "created_at": now()}
+                insert_or_ignore(conn, lists, values, ("name",))
             elif existing[name] != declared.title:
                 conn.execute(update(lists).where(lists.c.name == name).values(title=declared.title))
 
@@ -308,19 +308,22 @@ def add_subscriber(
         lid = list_id(conn, list_name)
         sid = conn.scalar(select(subscribers.c.id).where(subscribers.c.email_key == address.key))
         if sid is None:
-            inserted = conn.execute(
-                subscribers.insert().values(
-                    email=address.email,
-                    email_key=address.key,
-                    name=name.strip(),
-                    attributes={},
-                    status=ACTIVE,
-                    status_changed_at=stamp,
-                    created_at=stamp,
-                    updated_at=stamp,
-                )
-            )
-            sid = inserted.inserted_primary_key[0]  # type: ignore[index]
+            values = {
+                "email": address.email,
+                "email_key": address.key,
+                "uid": new_uid(),
+                "name": name.strip(),
+                "attributes": {},
+                "status": ACTIVE,
+                "status_changed_at": stamp,
+                "created_at": stamp,
+                "updated_at": stamp,
+            }
+            # Idempotent: a concurrent add of the same address (another host) wins or loses.
+            insert_or_ignore(conn, subscribers, values, ("email_key",))
+            sid = conn.execute(
+                select(subscribers.c.id).where(subscribers.c.email_key == address.key)
+            ).scalar_one()
         elif name.strip():
             conn.execute(
                 update(subscribers)
@@ -335,15 +338,8 @@ def add_subscriber(
 
 
 def _ensure_membership(conn: Connection, lid: int, sid: int, stamp: datetime) -> bool:
-    exists = conn.scalar(
-        select(memberships.c.list_id).where(
-            memberships.c.list_id == lid, memberships.c.subscriber_id == sid
-        )
-    )
-    if exists is not None:
-        return False
-    conn.execute(memberships.insert().values(list_id=lid, subscriber_id=sid, created_at=stamp))
-    return True
+    values = {"list_id": lid, "subscriber_id": sid, "created_at": stamp}
+    return insert_or_ignore(conn, memberships, values, ("list_id", "subscriber_id"))
 
 
 def remove_member(bind: Bind, subscriber_id: int, list_name: str) -> bool:

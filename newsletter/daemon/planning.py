@@ -36,7 +36,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from newsletter.config import ListSettings, Settings
 from newsletter.errors import ConfigError, Problem, StoreError
 from newsletter.posts.collection import Post, PostCollection
-from newsletter.store import reading
+from newsletter.store import insert_or_ignore, reading
 from newsletter.store.schema import state
 
 DIGEST_PREFIX = "digest:"
@@ -319,16 +319,17 @@ def write_state_time(
             if current is not None and only_if_missing:
                 return datetime.fromisoformat(current)
             stamp = value.astimezone(UTC)
-            if current is None:
-                conn.execute(
-                    state.insert().values(key=key, value=stamp.isoformat(), updated_at=stamp)
-                )
-            else:
-                conn.execute(
-                    state.update()
-                    .where(state.c.key == key)
-                    .values(value=stamp.isoformat(), updated_at=datetime.now(UTC))
-                )
+            row = {"key": key, "value": stamp.isoformat(), "updated_at": stamp}
+            if current is None and insert_or_ignore(conn, state, row, ("key",)):
+                return stamp
+            if only_if_missing:  # another process wrote it first: theirs stands
+                theirs = conn.execute(select(state.c.value).where(state.c.key == key)).scalar_one()
+                return datetime.fromisoformat(theirs)
+            conn.execute(
+                state.update()
+                .where(state.c.key == key)
+                .values(value=stamp.isoformat(), updated_at=datetime.now(UTC))
+            )
             return stamp
     except SQLAlchemyError as exc:
         raise StoreError(f"cannot write state {key!r}: {exc}") from exc

@@ -47,6 +47,7 @@ from newsletter.delivery.transports import Transport
 from newsletter.email.tokens import checked_secret
 from newsletter.errors import DeliveryError, NewsletterError, StoreError
 from newsletter.posts.collection import POST_SUFFIXES
+from newsletter.store import safe_url
 from newsletter.store.schema import state
 
 log = logging.getLogger("newsletter.daemon")
@@ -183,7 +184,7 @@ def run_once(
     """`run --once`: take the lock, one full pass, release.
 
     `stop` set (a SIGTERM) ends the pass after the messages in flight."""
-    lock = DaemonLock(engine, db=settings.database.url)
+    lock = DaemonLock(engine, db=safe_url(settings.database.url))
     lock.acquire()
     try:
         checked_secret(settings, engine)  # a changed secret: refuse before sending anything
@@ -221,7 +222,7 @@ class Daemon:
         self.clock = clock
         # The CLI passes the event a SIGTERM sets from process start-up on.
         self.stop_event = stop_event if stop_event is not None else threading.Event()
-        self.lock = DaemonLock(engine, clock=clock, db=settings.database.url)
+        self.lock = DaemonLock(engine, clock=clock, db=safe_url(settings.database.url))
         self.scheduler: Any = None
         self.passes = 0
         self.lost_lock = False  # set when another process took the lock: exit non-zero

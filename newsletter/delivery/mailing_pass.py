@@ -50,9 +50,46 @@ from newsletter.posts.collection import PostCollection
 from newsletter.store import mailings as q
 from newsletter.store import now, reading
 
-__all__ = ["MailingPass"]
+__all__ = ["LeaseKeeper", "MailingPass"]
 
 log = logging.getLogger(__name__)
+
+# How often a claim that lost every row to a concurrent claimer tries again
+# (20 ms apart) before the pass believes there is nothing left for it.
+CLAIM_RETRIES = 250
+
+
+class LeaseKeeper:
+    """A thread that keeps a pass's leases alive while it runs.
+
+    Leases are short (`[delivery] lease_seconds`, default 60 s) so that rows
+    of a process that stalls or loses its host go to others within one lease
+    period; this renews ours every third of it and meanwhile frees the rows
+    of dead owners (PostgreSQL: whose advisory lock is gone) for everyone.
+    """
+
+    def __init__(self, core: MailingPass) -> None:
+        self.core = core
+        self.period = max(0.05, min(core.settings.delivery.lease_seconds / 3, 10.0))
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
+
+    def __enter__(self) -> LeaseKeeper:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.thread.join()
+
+    def _run(self) -> None:
+        while not self.done.wait(self.period):
+            try:
+                self.core.keep_leases()
+            except NewsletterError:
+                # The next tick tries again; a lease that lapses meanwhile only
+                # lets another process take the row (fenced outcomes stay right).
+                log.warning("renewing leases failed", exc_info=True)
 
 
 class MailingPass:
@@ -87,7 +124,13 @@ class MailingPass:
         self.workers = d.concurrency if transport is None or is_thread_safe(transport) else 1
         self.bucket = TokenBucket(d.rate_per_second)
         self.throttle = Throttle(min(d.backoff_base, 5.0), d.backoff_cap)
-        self.owner = q.lease_owner()
+        self.owner = q.owner_identity()
+        # Caps hold for the whole deployment: every claim checks them in the database.
+        self.caps = [
+            (cap, window)
+            for cap, window in ((d.max_per_hour, 3600.0), (d.max_per_day, 86400.0))
+            if cap is not None
+        ]
         self.batch = self._batch_size()
         # queue.Queue costs a Python-level Condition round (and a thread wake-up)
         # per put and per get, so rows travel to the workers in small chunks.
@@ -127,8 +170,9 @@ class MailingPass:
         q.set_state(self.engine, mailing.id, "sending")
         finished = sum(counts.get(s, 0) for s in ("sent", "failed", "skipped"))
         tally = Tally(finished, sum(counts.values()), self.progress)
-        self.recorder = Recorder(self.engine, self.write_lock)
-        paused = self._strategy().run(tally, allowance, wait)
+        self.recorder = Recorder(self.engine, self.write_lock, self.owner)
+        with q.OwnerLock(self.engine, self.owner), LeaseKeeper(self):
+            paused = self._strategy().run(tally, allowance, wait)
         return self._finish(tally, paused)
 
     def _strategy(self) -> Strategy:
@@ -177,18 +221,37 @@ class MailingPass:
     def claim(
         self, limit: int, tally: Tally, *, due_by: datetime | None = None
     ) -> tuple[list[q.Claimed], int]:
-        with self.write_lock:  # never fight the recorder for SQLite's write lock
-            rows, skipped = q.claim(
-                self.engine,
-                self.mailing.id,
-                self.owner,
-                limit,
-                self.settings.delivery.lease_seconds,
-                due_by=due_by,
-            )
+        # Retries look only at rows due when this claim began: a row deferred
+        # meanwhile waits for wait_for_due, as before.
+        due_by = min(due_by, now()) if due_by is not None else now()
+        for _ in range(CLAIM_RETRIES):
+            with self.write_lock:  # never fight the recorder for SQLite's write lock
+                rows, skipped = q.claim(
+                    self.engine,
+                    self.mailing.id,
+                    self.owner,
+                    limit,
+                    self.settings.delivery.lease_seconds,
+                    due_by=due_by,
+                    caps=self.caps,
+                )
+            # Nothing, yet rows are claimable: another process was claiming them at
+            # that instant (SKIP LOCKED skipped them).  That must not end the pass.
+            if rows or skipped or self.stop.is_set():
+                break
+            if not q.claimable_left(self.engine, self.mailing.id, due_by=due_by):
+                break
+            self.stop.wait(0.02)
         for _ in range(skipped):
             tally.add("skipped")
+        self._share_rate()
         return rows, skipped
+
+    def _share_rate(self) -> None:
+        """`rate_per_second` is the deployment's: split it between the senders leasing now."""
+        rate = self.settings.delivery.rate_per_second
+        if rate > 0:
+            self.bucket.set_rate(rate / max(1, q.active_senders(self.engine)))
 
     def release(self) -> None:
         q.release(self.engine, self.owner)
@@ -227,6 +290,15 @@ class MailingPass:
             exc = wrapped
         self.fatal = self.fatal or exc
         self.abort.set()
+
+    def keep_leases(self) -> None:
+        """Renew this pass's leases and free dead owners' rows (the LeaseKeeper's tick)."""
+        lease = self.settings.delivery.lease_seconds
+        with self.write_lock:
+            q.renew(self.engine, self.owner, lease)
+            freed = q.free_dead_leases(self.engine)
+        if freed:
+            log.info("freed the leases of %d dead sender(s) of other processes", freed)
 
     # ------------------------------------------------------------------ one message
 

@@ -116,7 +116,7 @@ def _plan(
                 lid = q.list_id(conn, name)
                 if lid is None:  # pragma: no cover - ensure_lists just made it
                     raise DeliveryError(f"unknown list {name!r}", key=f"lists.{name}")
-                result[name] = q.insert_mailing(
+                mailing_id = q.insert_mailing(
                     conn,
                     post_id=post_id,
                     list_id=lid,
@@ -125,17 +125,23 @@ def _plan(
                     subject=subject,
                     post_ids=post_ids,
                 )
-                fresh.append((name, lid, result[name]))
+                if mailing_id is None:  # another process planned it meanwhile: theirs stands
+                    again = q.latest_mailing(conn, post_id, name)
+                    assert again is not None
+                    result[name] = again.id
+                    continue
+                result[name] = mailing_id
+                fresh.append((name, lid, mailing_id))
             rivals = [lid for _, lid, _ in fresh]
-            for name, lid, mailing_id in fresh:
-                if dedupe:
-                    chosen = q.first_joined_members(conn, lid, rivals, post_id)
-                    q.snapshot(conn, mailing_id, chosen, dedupe_key=post_id)
-                else:
-                    members = (
-                        (m.subscriber_id, m.email) for m in subs.mailable_members(conn, name)
-                    )
-                    q.snapshot(conn, mailing_id, members)
+            for _name, lid, mailing_id in fresh:
+                # INSERT … SELECT: the recipients never pass through Python.
+                q.snapshot_list(
+                    conn,
+                    mailing_id,
+                    lid,
+                    rival_list_ids=rivals,
+                    dedupe_key=post_id if dedupe else None,
+                )
             return result
     except SQLAlchemyError as exc:
         names = ", ".join(list_names)

@@ -35,6 +35,13 @@ class TokenBucket:
         self._last = clock()
         self._lock = threading.Lock()
 
+    def set_rate(self, rate: float) -> None:
+        """A new rate from now on (the deployment's rate shared by its senders)."""
+        with self._lock:
+            self.rate = rate
+            self.capacity = max(1.0, rate * 0.2)
+            self._tokens = min(self._tokens, self.capacity)
+
     def acquire(self) -> float:
         """Take one token, sleeping as long as needed; returns the time slept."""
         wait = self.reserve()

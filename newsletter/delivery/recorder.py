@@ -50,8 +50,9 @@ class Recorder:
 
     MAX_GROUP = 256
 
-    def __init__(self, engine: Engine, write_lock: threading.Lock) -> None:
+    def __init__(self, engine: Engine, write_lock: threading.Lock, owner: str) -> None:
         self.engine = engine
+        self.owner = owner  # outcomes are written only where the lease is still this owner's
         self.write_lock = write_lock
         # deque.append / popleft are atomic: submit needs no lock.
         self._queue: collections.deque[Pending] = collections.deque()
@@ -107,7 +108,7 @@ class Recorder:
             if self._writer is None:
                 # Used by one thread at a time (under write_lock), whichever it is.
                 self._conn = self.engine.connect()
-                self._writer = q.LedgerWriter(self._conn)
+                self._writer = q.LedgerWriter(self._conn, self.owner)
             self._writer.write([(p.delivery_id, p.outcome) for p in group])
         except BaseException as exc:  # handed to every waiting worker
             error = exc

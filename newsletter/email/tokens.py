@@ -3,8 +3,9 @@
 A token is `<subscriber uid>\0<list name>\0<mac>` in URL-safe base64; the uid
 is the subscriber's random identifier (never the sequential row id), and the
 MAC is checked in constant time.  The secret comes from the environment variable `[unsubscribe]
-secret_env` names; when that is unset, one is generated once and kept in the
-state folder (with a warning), so links keep working across restarts.
+secret_env` names; when that is unset, one is generated once per deployment and
+kept in the database (with a warning), so links keep working across restarts
+and hosts.
 """
 
 from __future__ import annotations
@@ -25,13 +26,13 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from newsletter.config import Settings
 from newsletter.errors import ConfigError, StoreError
 from newsletter.store import now, reading
-from newsletter.store.files import PRIVATE_FILE, private_dirs
 from newsletter.store.schema import state
 
 log = logging.getLogger(__name__)
 
 _MAC_BYTES = 16  # 128 bits: ample against forgery, keeps URLs short
 ALL_LISTS = "*"  # token scope meaning "every list"
+SECRET_KEY = "unsubscribe.secret"  # its row in the state table
 # What make_token writes: the URL-safe alphabet, no padding.  A token longer
 # than this is never ours (uid, a list name of 100 characters, MAC, encoded).
 _SPELLING = re.compile(r"[A-Za-z0-9_-]{1,1000}")
@@ -43,25 +44,28 @@ class TokenClaim:
     list_name: str  # ALL_LISTS for a global unsubscribe
 
 
-def load_secret(settings: Settings) -> bytes:
-    """The HMAC key: from the environment, else a generated one in the state folder."""
+def load_secret(settings: Settings, engine: Engine | None = None) -> bytes:
+    """The HMAC key: from the environment, else one per deployment kept in the database.
+
+    Every host, `send` and `serve` sharing the database agree on it.  A secret
+    an older version generated into the state folder is moved into the
+    database the first time (so its links keep working).
+    """
     env_value = os.environ.get(settings.unsubscribe.secret_env)
     if env_value:
         return env_value.encode("utf-8")
+    from newsletter.store import open_store, shared_value
+
     path = settings.state_dir / "secret"
-    if path.exists():
-        return path.read_bytes().strip()
-    log.warning(
-        "%s is not set; generated an unsubscribe secret in %s (keep it, or links break)",
-        settings.unsubscribe.secret_env,
-        path,
-    )
-    private_dirs(path.parent)
-    value = secrets.token_urlsafe(32).encode("ascii")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE)
-    os.fchmod(fd, PRIVATE_FILE)  # whatever the umask
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(value)
+    existing = path.read_bytes().strip() if path.exists() else None
+    candidate = existing or secrets.token_urlsafe(32).encode("ascii")
+    bind = engine if engine is not None else open_store(settings)
+    value = shared_value(bind, SECRET_KEY, candidate.decode("ascii")).encode("ascii")
+    if existing is None and value == candidate:
+        log.warning(
+            "%s is not set; generated an unsubscribe secret in the database (keep it, or links break)",
+            settings.unsubscribe.secret_env,
+        )
     return value
 
 
@@ -81,7 +85,7 @@ def checked_secret(settings: Settings, engine: Engine) -> bytes:
     has used before: a changed `.newsletter/secret`, or the variable unset in one
     shell, would otherwise silently break every link already sent.  The first
     use records the fingerprint."""
-    secret = load_secret(settings)
+    secret = load_secret(settings, engine)
     fingerprint = secret_fingerprint(secret)
     query = select(state.c.value).where(state.c.key == FINGERPRINT_KEY)
     try:
@@ -99,9 +103,7 @@ def checked_secret(settings: Settings, engine: Engine) -> bytes:
         raise StoreError(f"cannot check the unsubscribe secret: {exc}") from exc
     if not hmac.compare_digest(stored, fingerprint):
         env = settings.unsubscribe.secret_env
-        source = (
-            f"${env}" if os.environ.get(env) else f"{settings.state_dir / 'secret'} ({env} unset)"
-        )
+        source = f"${env}" if os.environ.get(env) else f"the database ({env} unset)"
         raise ConfigError(
             f"the unsubscribe secret from {source} is not the one this database's links were "
             f"made with; every unsubscribe link already sent would break. Use the earlier "

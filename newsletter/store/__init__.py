@@ -13,22 +13,37 @@ queries on subscribers, lists and memberships live with their stage, in
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, inspect, select, text
+from sqlalchemy import Connection, Engine, Table, create_engine, event, func, inspect, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from newsletter.config import Settings
 from newsletter.errors import StoreError
 from newsletter.store.files import private_file
-from newsletter.store.schema import DEDUPE_INDEX, SCHEMA_VERSION, metadata, schema_version
+from newsletter.store.schema import (
+    DEDUPE_INDEX,
+    DELIVERY_INDEXES_V3,
+    SCHEMA_VERSION,
+    metadata,
+    schema_version,
+)
 
-__all__ = ["bulk_writes", "now", "open_store", "open_url", "reading"]
+__all__ = [
+    "bulk_writes",
+    "insert_or_ignore",
+    "now",
+    "open_store",
+    "open_url",
+    "reading",
+    "safe_url",
+    "shared_value",
+]
 
 
 def now() -> datetime:
@@ -46,6 +61,14 @@ def open_store(settings: Settings) -> Engine:
     return open_url(url)
 
 
+def safe_url(url: str) -> str:
+    """The URL for messages and logs: its password masked."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (SQLAlchemyError, ValueError):
+        return "<an unreadable database URL>"
+
+
 def open_url(url: str) -> Engine:
     try:
         parsed = make_url(url)
@@ -59,7 +82,7 @@ def open_url(url: str) -> Engine:
         upgrade(engine)
         return engine
     except (SQLAlchemyError, OSError) as exc:
-        raise StoreError(f"cannot open database {url}: {exc}") from exc
+        raise StoreError(f"cannot open database {safe_url(url)}: {exc}") from exc
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -116,6 +139,30 @@ def bulk_writes(conn: Connection) -> Iterator[None]:
         cursor.close()
 
 
+def insert_or_ignore(
+    conn: Connection, table: Table, values: dict[str, Any], conflict: Sequence[str]
+) -> bool:
+    """INSERT … ON CONFLICT (conflict) DO NOTHING; True when the row was inserted.
+
+    Creation that several processes may attempt at once (a list, a
+    subscriber, a mailing, a state row): the loser finds the winner's row
+    instead of failing with a unique violation, on PostgreSQL and SQLite alike.
+    """
+    insert: Any
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    statement = (
+        insert(table)
+        .values(values)
+        .on_conflict_do_nothing(index_elements=conflict)
+        # rowcount is not reliable here (psycopg with SQLAlchemy's implicit RETURNING)
+        .returning(*(table.c[name] for name in conflict))
+    )
+    return conn.execute(statement).first() is not None
+
+
 def reading(engine: Engine) -> Connection:
     """A connection for reads only (status, listings, the web app).
 
@@ -125,6 +172,24 @@ def reading(engine: Engine) -> Connection:
     errors only if another writer holds the lock, so do not write with it.
     """
     return engine.connect().execution_options(**{READ_ONLY: True})
+
+
+def shared_value(engine: Engine, key: str, candidate: str) -> str:
+    """The state row `key`, created with `candidate` by whoever comes first.
+
+    One value for the whole deployment (the unsubscribe secret): processes
+    starting together on several hosts all get the winner's value.
+    """
+    from newsletter.store.schema import state
+
+    try:
+        with engine.begin() as conn:
+            row = {"key": key, "value": candidate, "updated_at": now()}
+            if insert_or_ignore(conn, state, row, ("key",)):
+                return candidate
+            return str(conn.execute(select(state.c.value).where(state.c.key == key)).scalar_one())
+    except SQLAlchemyError as exc:
+        raise StoreError(f"cannot read or create the shared value {key!r}: {exc}") from exc
 
 
 def _upgrade_2(conn: Connection) -> None:
@@ -139,12 +204,31 @@ def _upgrade_2(conn: Connection) -> None:
 
 # Each step upgrades the schema from version N-1 to N.  Version 1 is the
 # initial schema created by metadata.create_all.
-UPGRADES: dict[int, Callable[[Connection], None]] = {2: _upgrade_2}
+def _upgrade_to_3(conn: Connection) -> None:
+    # Claims in O(batch) and indexed lease bookkeeping; lease_owner as TEXT.
+    for index in DELIVERY_INDEXES_V3:
+        index.create(conn, checkfirst=True)
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("ALTER TABLE deliveries ALTER COLUMN lease_owner TYPE TEXT")
+
+
+UPGRADES: dict[int, Callable[[Connection], None]] = {2: _upgrade_2, 3: _upgrade_to_3}
+
+# Any constant will do: it only has to be the same in every newsletter process.
+SCHEMA_LOCK = 0x6E6C_7363_6865_6D61  # "nlschema"
 
 
 def upgrade(engine: Engine) -> int:
-    """Create missing tables and run pending upgrade steps; returns the version."""
+    """Create missing tables and run pending upgrade steps; returns the version.
+
+    On PostgreSQL, processes starting together on an empty database would
+    race to create the same tables; a transaction-level advisory lock makes
+    them take turns (DDL is transactional there: the second sees the tables).
+    SQLite's BEGIN IMMEDIATE already serialises them.
+    """
     with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(select(func.pg_advisory_xact_lock(SCHEMA_LOCK)))
         fresh = not inspect(conn).has_table("schema_version")
         metadata.create_all(conn)
         current = conn.scalar(

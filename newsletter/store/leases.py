@@ -1,17 +1,29 @@
-"""Claiming deliveries under a lease, and recording what became of them.
+"""Claiming deliveries under a lease; renewing, releasing and reclaiming leases.
 
 The lease lives in the database (``lease_owner``, ``lease_expires_at``), never
-in process memory, so several processes can share one database.  Claims take
-``queued``/``deferred`` rows that are due, plus ``sending`` rows whose lease
-is free or expired (a crashed sender's); every state change is committed.
+in process memory, and its times come from the database's clock, so several
+processes on several hosts can share one database (invariant 7).  A claim
+takes ``queued``/``deferred`` rows that are due, plus ``sending`` rows whose
+lease is free or expired (a crashed sender's).  It selects the ids first, by
+an index and in order, ``LIMIT n`` (``FOR UPDATE SKIP LOCKED`` on PostgreSQL,
+so concurrent claimers share the rows instead of colliding on them), then
+updates those rows by primary key: O(batch), whatever is left to send.
+
+Owners: each sending process is one owner (`owner_identity`).  On PostgreSQL
+it holds a session advisory lock for as long as it lives (`OwnerLock`): a
+row leased to an owner whose lock is free belongs to a dead process, on any
+host, and is reclaimed at once.  On SQLite (one host) a dead pid says the same.
+Leases are short and renewed while rows are in flight (`renew`), so a
+stalled process loses them within one lease period.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -19,29 +31,22 @@ from typing import Any
 from sqlalchemy import (
     Connection,
     Engine,
-    String,
     and_,
-    bindparam,
     case,
     func,
-    null,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.exc import SQLAlchemyError
 
 from newsletter.errors import StoreError
 from newsletter.store import now
-from newsletter.store.schema import (
-    UtcDateTime,
-    deliveries,
-    mailings,
-    memberships,
-    subscribers,
-)
+from newsletter.store.schema import deliveries, mailings, memberships, subscribers
 
 CLAIMABLE = ("queued", "deferred")
+OWNER_ENV = "NEWSLETTER_OWNER"
 
 
 @dataclass(frozen=True)
@@ -57,21 +62,64 @@ class Claimed:
     message_id: str | None
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """The new state of one delivery after an attempt."""
+# --------------------------------------------------------------------------- owners
 
-    status: str  # sent | deferred | failed | skipped | queued
-    attempts: int
-    code: int | None = None
-    text: str | None = None
-    message_id: str | None = None
-    next_attempt_at: datetime | None = None
+
+def owner_identity() -> str:
+    """This process as a lease owner: $NEWSLETTER_OWNER or host:pid, plus a random part.
+
+    The random part keeps two processes that share a name (containers with
+    one host name, a reused pid, one environment value) from sharing leases.
+    """
+    base = os.environ.get(OWNER_ENV, "").strip() or f"{socket.gethostname()}:{os.getpid()}"
+    return f"{base}:{uuid.uuid4().hex[:8]}"
 
 
 def lease_owner() -> str:
-    """host:pid:random; the pid lets a restart on this host free a dead owner's lease."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    """The old name of `owner_identity`."""
+    return owner_identity()
+
+
+def _owner_key(owner: str) -> int:
+    """The owner's advisory-lock key: 64 bits of its hash, signed as PostgreSQL wants."""
+    return int.from_bytes(hashlib.sha256(owner.encode()).digest()[:8], "big", signed=True)
+
+
+class OwnerLock:
+    """An owner's liveness: a PostgreSQL session advisory lock held on a connection of its own.
+
+    While this process lives the lock is held; when it dies (kill -9, a lost
+    host) PostgreSQL ends its session and frees the lock, and any other
+    process reclaims its rows (`free_dead_leases`).  A no-op on SQLite.
+    """
+
+    def __init__(self, engine: Engine, owner: str) -> None:
+        self.owner = owner
+        self._conn: Connection | None = None
+        if engine.dialect.name != "postgresql":
+            return
+        try:
+            conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            conn.execute(select(func.pg_advisory_lock(_owner_key(owner))))
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot register lease owner {owner}: {exc}") from exc
+        self._conn = conn
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.execute(select(func.pg_advisory_unlock(_owner_key(self.owner))))
+            except SQLAlchemyError:
+                pass  # the session's end frees it anyway
+            finally:
+                conn.close()
+
+    def __enter__(self) -> OwnerLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _pid_alive(pid: int) -> bool:
@@ -84,20 +132,26 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def free_dead_leases(engine: Engine) -> int:
-    """Release leases whose owner ran on this host and is no longer alive.
+def _owner_pid(owner: str) -> int:
+    try:
+        return int(owner.split(":")[1])
+    except (IndexError, ValueError):
+        return -1
 
-    After ``kill -9`` the lease would otherwise block the re-run until it
-    expires; a dead pid on the same host cannot be sending anything.
+
+def free_dead_leases(engine: Engine) -> int:
+    """Release the leases of owners that are no longer alive; returns how many owners.
+
+    PostgreSQL: an owner whose advisory lock nobody holds is dead, whatever
+    host it ran on.  SQLite: an owner that ran on this host under a pid that
+    no longer exists.  After ``kill -9`` the lease would otherwise block the
+    re-run until it expires.
     """
-    host = socket.gethostname()
     with engine.begin() as conn:
         owners = conn.execute(
-            select(deliveries.c.lease_owner)
-            .where(deliveries.c.lease_owner.like(f"{host}:%"))
-            .distinct()
+            select(deliveries.c.lease_owner).where(deliveries.c.lease_owner.is_not(None)).distinct()
         ).scalars()
-        dead = [o for o in owners if not _pid_alive(_owner_pid(o))]
+        dead = [o for o in owners if _is_dead(conn, o)]
         for owner in dead:
             conn.execute(
                 update(deliveries)
@@ -107,25 +161,71 @@ def free_dead_leases(engine: Engine) -> int:
     return len(dead)
 
 
-def _owner_pid(owner: str) -> int:
-    try:
-        return int(owner.split(":")[1])
-    except (IndexError, ValueError):
-        return -1
+def _is_dead(conn: Connection, owner: str) -> bool:
+    if conn.dialect.name == "postgresql":
+        # Taken (for this transaction only) means nobody holds it: its owner is gone.
+        return bool(conn.scalar(select(func.pg_try_advisory_xact_lock(_owner_key(owner)))))
+    host = socket.gethostname()
+    return owner.startswith(f"{host}:") and not _pid_alive(_owner_pid(owner))
 
 
-def _claimable(mailing_id: int, at: datetime, due_by: datetime | None = None) -> Any:
-    lease_free = or_(deliveries.c.lease_owner.is_(None), deliveries.c.lease_expires_at < at)
-    due_at = at if due_by is None else min(at, due_by)
-    due = or_(deliveries.c.next_attempt_at.is_(None), deliveries.c.next_attempt_at <= due_at)
-    # A row left in 'sending' by a crashed process is claimable once its lease is free:
-    # it may have gone out already (≤ concurrency duplicates), but nobody is skipped.
-    return and_(
-        deliveries.c.mailing_id == mailing_id,
-        deliveries.c.status.in_((*CLAIMABLE, "sending")),
-        due,
-        lease_free,
-    )
+# --------------------------------------------------------------------------- claiming
+
+
+def db_now(conn: Connection) -> datetime:
+    """The database's clock on PostgreSQL (one clock for every host); ours on SQLite."""
+    if conn.dialect.name == "postgresql":
+        moment: datetime = conn.scalar(text("SELECT statement_timestamp()"))
+        return moment
+    return now()
+
+
+def _due(at: datetime) -> Any:
+    return or_(deliveries.c.next_attempt_at.is_(None), deliveries.c.next_attempt_at <= at)
+
+
+def _candidates(mailing_id: int, at: datetime, due_at: datetime) -> list[Any]:
+    """The claimable rows as three queries, each served in order by an index.
+
+    Crashed senders' rows first (few: at most the concurrency of the dead),
+    then queued rows by id (ix_deliveries_queue), then deferred rows that are
+    due, oldest due first (ix_deliveries_claim).  No query ever has to look
+    past `limit` rows it can take, so a claim costs the same at the start and
+    at the end of a million-row mailing.
+    """
+    mine = deliveries.c.mailing_id == mailing_id
+    free = or_(deliveries.c.lease_owner.is_(None), deliveries.c.lease_expires_at < at)
+    return [
+        select(deliveries.c.id)
+        .where(mine, deliveries.c.status == "sending", free)
+        .order_by(deliveries.c.id),
+        select(deliveries.c.id)
+        .where(mine, deliveries.c.status == "queued", _due(due_at), free)
+        .order_by(deliveries.c.id),
+        select(deliveries.c.id)
+        .where(
+            mine,
+            deliveries.c.status == "deferred",
+            _due(due_at),
+            free,
+        )
+        .order_by(deliveries.c.next_attempt_at),
+    ]
+
+
+def _claimable_ids(conn: Connection, queries: list[Any], limit: int) -> list[int]:
+    ids: list[int] = []
+    locking = conn.dialect.name == "postgresql"
+    for query in queries:
+        if len(ids) >= limit:
+            break
+        query = query.limit(limit - len(ids))
+        if locking:
+            # Rows another claimer is taking right now are skipped, not waited for;
+            # the row lock re-checks the conditions on the latest committed version.
+            query = query.with_for_update(skip_locked=True)
+        ids.extend(conn.execute(query).scalars())
+    return ids
 
 
 def claim(
@@ -136,40 +236,41 @@ def claim(
     lease_seconds: float,
     *,
     due_by: datetime | None = None,
+    caps: Sequence[tuple[int, float]] = (),
 ) -> tuple[list[Claimed], int]:
-    """Lease up to `limit` due deliveries; skip those no longer mailable.
+    """Lease up to `limit` due deliveries to `owner`; skip those no longer mailable.
 
     `due_by`: only deferred rows due by then (a pass that does not wait leaves
-    those deferred during the pass for the next one).
+    those deferred during the pass for the next one).  `caps`: (messages,
+    window seconds) for the whole deployment (`max_per_hour`, `max_per_day`):
+    what was sent in the window plus what is in flight anywhere counts.
 
-    Returns the claimed rows and how many were marked skipped.
-
-    Joined with the subscriber and membership so that someone who unsubscribed
-    (or bounced) after planning is marked skipped here, in the same transaction.
+    Returns the claimed rows and how many were marked skipped.  Joined with
+    the subscriber and membership so that someone who unsubscribed (or
+    bounced) after planning is marked skipped here, in the same transaction.
     """
-    at = now()
-    # Each batch gets its own tag under the owner, so a later claim never returns
-    # rows of an earlier batch that workers still hold in memory.
-    tag = f"{owner}:{uuid.uuid4().hex[:8]}"
     try:
         with engine.begin() as conn:
-            ids = select(deliveries.c.id).where(_claimable(mailing_id, at, due_by)).limit(limit)
+            at = db_now(conn)
+            due_at = at if due_by is None else min(at, due_by)
+            if caps:
+                limit = min(limit, _room(conn, at, caps))
+                if limit <= 0:
+                    return [], 0
+            ids = _claimable_ids(conn, _candidates(mailing_id, at, due_at), limit)
+            if not ids:
+                return [], 0
             conn.execute(
                 update(deliveries)
-                # The condition again outside the subquery: on PostgreSQL a
-                # concurrent claimer's rows fail this re-check after the row lock.
-                .where(
-                    deliveries.c.id.in_(ids.scalar_subquery()), _claimable(mailing_id, at, due_by)
-                )
+                .where(deliveries.c.id.in_(ids))
                 .values(
                     status="sending",
-                    lease_owner=tag,
+                    lease_owner=owner,
                     lease_expires_at=at + timedelta(seconds=lease_seconds),
                     updated_at=at,
-                ),
+                )
             )
-            rows = conn.execute(_claimed_query(mailing_id, tag)).all()
-            claimed, skipped = _split_mailable(rows)
+            claimed, skipped = _split_mailable(conn.execute(_claimed_query(ids)).all())
             if skipped:
                 conn.execute(
                     update(deliveries)
@@ -187,7 +288,60 @@ def claim(
         raise StoreError(f"cannot claim deliveries of mailing {mailing_id}: {exc}") from exc
 
 
-def _claimed_query(mailing_id: int, owner: str) -> Any:
+# Claims under a cap take turns (PostgreSQL), so that two processes never both
+# see the same room left; without caps claims never wait for each other.
+CAP_LOCK = 0x6E6C_6361_7073  # "nlcaps"
+
+
+def _room(conn: Connection, at: datetime, caps: Sequence[tuple[int, float]]) -> int:
+    """Messages the deployment may still start under every cap."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(select(func.pg_advisory_xact_lock(CAP_LOCK)))
+    in_flight = conn.scalar(
+        select(func.count()).where(
+            deliveries.c.status == "sending", deliveries.c.lease_owner.is_not(None)
+        )
+    )
+    room: int | None = None
+    for cap, window in caps:
+        sent = conn.scalar(
+            select(func.count()).where(
+                deliveries.c.status == "sent",
+                deliveries.c.sent_at >= at - timedelta(seconds=window),
+            )
+        )
+        left = cap - int(sent or 0) - int(in_flight or 0)
+        room = left if room is None else min(room, left)
+    return max(0, room or 0)
+
+
+def active_senders(engine: Engine) -> int:
+    """How many owners hold unexpired leases now (every mailing): the deployment's senders."""
+    with engine.connect() as conn:
+        at = db_now(conn)
+        count = conn.scalar(
+            select(func.count(deliveries.c.lease_owner.distinct())).where(
+                deliveries.c.lease_owner.is_not(None), deliveries.c.lease_expires_at > at
+            )
+        )
+    return int(count or 0)
+
+
+def claimable_left(engine: Engine, mailing_id: int, *, due_by: datetime | None = None) -> bool:
+    """Whether a claim could still find something (rows merely locked by another claimer count).
+
+    A claim that returns nothing while this is true lost a race: try again.
+    """
+    with engine.connect() as conn:
+        at = db_now(conn)
+        due_at = at if due_by is None else min(at, due_by)
+        return any(
+            conn.execute(query.limit(1)).first() is not None
+            for query in _candidates(mailing_id, at, due_at)
+        )
+
+
+def _claimed_query(ids: list[int]) -> Any:
     membership = and_(
         memberships.c.subscriber_id == deliveries.c.subscriber_id,
         memberships.c.list_id == mailings.c.list_id,
@@ -209,11 +363,7 @@ def _claimed_query(mailing_id: int, owner: str) -> Any:
         .join(mailings, mailings.c.id == deliveries.c.mailing_id)
         .join(subscribers, subscribers.c.id == deliveries.c.subscriber_id)
         .outerjoin(memberships, membership)
-        .where(
-            deliveries.c.mailing_id == mailing_id,
-            deliveries.c.lease_owner == owner,
-            deliveries.c.status == "sending",
-        )
+        .where(deliveries.c.id.in_(ids))
         .order_by(deliveries.c.id)
     )
 
@@ -230,145 +380,22 @@ def _split_mailable(rows: Iterable[Any]) -> tuple[list[Claimed], list[int]]:
     return claimed, skipped
 
 
-def record(engine: Engine, delivery_id: int, outcome: Outcome) -> None:
-    """Commit one delivery's new state and release its lease."""
-    at = now()
-    values: dict[str, Any] = {
-        "status": outcome.status,
-        "attempts": outcome.attempts,
-        "last_code": outcome.code,
-        "last_text": outcome.text,
-        "next_attempt_at": outcome.next_attempt_at,
-        "lease_owner": None,
-        "lease_expires_at": None,
-        "updated_at": at,
-    }
-    if outcome.message_id is not None:
-        values["message_id"] = outcome.message_id
-    if outcome.status == "sent":
-        values["sent_at"] = at
+# --------------------------------------------------------------------------- keeping, giving back
+
+
+def renew(engine: Engine, owner: str, lease_seconds: float) -> int:
+    """Extend every lease `owner` holds by `lease_seconds` from now (database clock)."""
     try:
         with engine.begin() as conn:
-            conn.execute(update(deliveries).where(deliveries.c.id == delivery_id).values(values))
+            at = db_now(conn)
+            result = conn.execute(
+                update(deliveries)
+                .where(deliveries.c.lease_owner == owner, deliveries.c.status == "sending")
+                .values(lease_expires_at=at + timedelta(seconds=lease_seconds))
+            )
+            return int(result.rowcount)
     except SQLAlchemyError as exc:
-        raise StoreError(f"cannot record delivery {delivery_id}: {exc}") from exc
-
-
-_RECORD_MANY = (
-    update(deliveries)
-    .where(deliveries.c.id == bindparam("_id"))
-    .values(
-        status=bindparam("_status"),
-        attempts=bindparam("_attempts"),
-        last_code=bindparam("_code"),
-        last_text=bindparam("_text"),
-        next_attempt_at=bindparam("_next", type_=UtcDateTime),
-        message_id=func.coalesce(bindparam("_mid", type_=String), deliveries.c.message_id),
-        sent_at=func.coalesce(bindparam("_sent", type_=UtcDateTime), deliveries.c.sent_at),
-        lease_owner=null(),
-        lease_expires_at=null(),
-        updated_at=bindparam("_at", type_=UtcDateTime),
-    )
-)
-
-
-def record_many(bind: Engine | Connection, outcomes: list[tuple[int, Outcome]]) -> None:
-    """Commit several deliveries' new states in one transaction (group commit)."""
-    try:
-        if isinstance(bind, Connection):
-            with bind.begin():
-                bind.execute(_RECORD_MANY, _record_params(outcomes))
-        else:
-            with bind.begin() as conn:
-                conn.execute(_RECORD_MANY, _record_params(outcomes))
-    except SQLAlchemyError as exc:
-        raise StoreError(f"cannot record {len(outcomes)} deliveries: {exc}") from exc
-
-
-def _record_params(outcomes: list[tuple[int, Outcome]]) -> list[dict[str, Any]]:
-    at = now()
-    return [
-        {
-            "_id": delivery_id,
-            "_status": o.status,
-            "_attempts": o.attempts,
-            "_code": o.code,
-            "_text": o.text,
-            "_next": o.next_attempt_at,
-            "_mid": o.message_id,
-            "_sent": at if o.status == "sent" else None,
-            "_at": at,
-        }
-        for delivery_id, o in outcomes
-    ]
-
-
-class LedgerWriter:
-    """`record_many` for the recorder thread, on the driver's own connection.
-
-    The ledger's hottest write: profiled, SQLAlchemy's transaction and per-row
-    bind processing cost three times SQLite's own work (~73 µs of CPU per
-    commit of two outcomes against ~24 µs here), all of it under the GIL that
-    the sending threads need.  So the statement is compiled once for the
-    dialect and run with driver-level parameters; datetimes are converted
-    once per group.  The connection must be this writer's alone.
-    """
-
-    def __init__(self, conn: Connection) -> None:
-        dialect = conn.dialect
-        compiled = _RECORD_MANY.compile(dialect=dialect)
-        self.sql = compiled.string
-        self.names = list(compiled.positiontup or ()) if compiled.positional else None
-        process = UtcDateTime().bind_processor(dialect)
-        self.stamp: Any = process if process is not None else (lambda value: value)
-        self.driver: Any = conn.connection.driver_connection
-        self.errors: Any = dialect.loaded_dbapi.Error
-        # SQLite runs with the driver's own transaction handling off (see
-        # store._sqlite_pragmas), so the write lock is taken explicitly, as
-        # every other writer does; other drivers begin implicitly.
-        self.begin = "BEGIN IMMEDIATE" if dialect.name == "sqlite" else None
-
-    def write(self, outcomes: list[tuple[int, Outcome]]) -> None:
-        """Commit these outcomes in one transaction, or none of them."""
-        cursor = self.driver.cursor()
-        try:
-            if self.begin is not None:
-                cursor.execute(self.begin)
-            try:
-                cursor.executemany(self.sql, self._parameters(outcomes))
-                if self.begin is not None:
-                    cursor.execute("COMMIT")
-                else:
-                    self.driver.commit()
-            except BaseException:
-                self.driver.rollback() if self.begin is None else cursor.execute("ROLLBACK")
-                raise
-        except self.errors as exc:
-            raise StoreError(f"cannot record {len(outcomes)} deliveries: {exc}") from exc
-        finally:
-            cursor.close()
-
-    def _parameters(self, outcomes: list[tuple[int, Outcome]]) -> list[Any]:
-        at = self.stamp(now())
-        stamp = self.stamp
-        rows = [
-            {
-                "_id": delivery_id,
-                "_status": o.status,
-                "_attempts": o.attempts,
-                "_code": o.code,
-                "_text": o.text,
-                "_next": None if o.next_attempt_at is None else stamp(o.next_attempt_at),
-                "_mid": o.message_id,
-                "_sent": at if o.status == "sent" else None,
-                "_at": at,
-            }
-            for delivery_id, o in outcomes
-        ]
-        if self.names is None:
-            return rows
-        names = self.names
-        return [tuple(row[name] for name in names) for row in rows]
+        raise StoreError(f"cannot renew the leases of {owner}: {exc}") from exc
 
 
 def release(engine: Engine, owner: str) -> None:
@@ -376,7 +403,7 @@ def release(engine: Engine, owner: str) -> None:
     with engine.begin() as conn:
         conn.execute(
             update(deliveries)
-            .where(deliveries.c.lease_owner.like(f"{owner}:%"))
+            .where(deliveries.c.lease_owner == owner)
             .values(
                 # Claimed but never attempted in this pass: back to where it was.
                 status=case(

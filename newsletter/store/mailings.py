@@ -16,30 +16,35 @@ from typing import Any
 from sqlalchemy import (
     Connection,
     Engine,
+    Text,
     and_,
     func,
+    literal,
     or_,
     select,
     update,
 )
 
-from newsletter.store import now
+from newsletter.store import insert_or_ignore, now
 
 # Claiming and recording live in `store.leases`; re-exported for callers
 # that know them from here.
 from newsletter.store.leases import (
     CLAIMABLE,
     Claimed,
-    LedgerWriter,
-    Outcome,
+    OwnerLock,
+    active_senders,
     claim,
+    claimable_left,
     free_dead_leases,
     lease_owner,
-    record,
-    record_many,
+    owner_identity,
     release,
+    renew,
 )
+from newsletter.store.outcomes import LedgerWriter, Outcome, record, record_many
 from newsletter.store.schema import (
+    UtcDateTime,
     deliveries,
     lists,
     mailings,
@@ -146,22 +151,32 @@ def insert_mailing(
     generation: int,
     subject: str,
     post_ids: tuple[str, ...],
-) -> int:
-    result = conn.execute(
-        mailings.insert().values(
-            post_id=post_id,
-            list_id=list_id,
-            kind=kind,
-            generation=generation,
-            subject=subject,
-            state="planned",
-            post_ids=list(post_ids),
-            created_at=now(),
+) -> int | None:
+    """The new mailing's id; None when another process planned it first.
+
+    Idempotent on uq_mailing_post_list: two daemons planning the same post at
+    once get one mailing (the loser waits for the winner's commit, then finds
+    its row), never a unique violation.
+    """
+    values = {
+        "post_id": post_id,
+        "list_id": list_id,
+        "kind": kind,
+        "generation": generation,
+        "subject": subject,
+        "state": "planned",
+        "post_ids": list(post_ids),
+        "created_at": now(),
+    }
+    if not insert_or_ignore(conn, mailings, values, ("post_id", "list_id", "generation")):
+        return None
+    return conn.scalar(
+        select(mailings.c.id).where(
+            mailings.c.post_id == post_id,
+            mailings.c.list_id == list_id,
+            mailings.c.generation == generation,
         )
     )
-    key = result.inserted_primary_key
-    assert key is not None
-    return int(key[0])
 
 
 def snapshot(
@@ -201,6 +216,43 @@ def snapshot(
     return total
 
 
+def snapshot_list(
+    conn: Connection,
+    mailing_id: int,
+    list_id: int,
+    *,
+    rival_list_ids: Iterable[int] = (),
+    dedupe_key: str | None = None,
+) -> int:
+    """One queued delivery per chosen member of the list, by INSERT … SELECT.
+
+    A million recipients never pass through Python.  The members are those
+    of `audience.members.mailable_members` (active, not unsubscribed from this
+    list); with a `dedupe_key`, those of `first_joined_members`.
+    """
+    chosen = _members_query(list_id, rival_list_ids, dedupe_key)
+    rows = select(
+        literal(mailing_id),
+        chosen.c.id,
+        chosen.c.email,
+        literal("queued"),
+        literal(0),
+        literal(now(), UtcDateTime),
+        literal(dedupe_key, Text),
+    )
+    columns = [
+        "mailing_id",
+        "subscriber_id",
+        "email",
+        "status",
+        "attempts",
+        "updated_at",
+        "dedupe_key",
+    ]
+    result = conn.execute(deliveries.insert().from_select(columns, rows))
+    return int(result.rowcount)
+
+
 def first_joined_members(
     conn: Connection, list_id: int, rival_list_ids: Iterable[int], dedupe_key: str
 ) -> Iterator[tuple[int, str]]:
@@ -210,22 +262,28 @@ def first_joined_members(
     left to that list when they joined it first (ties: the older list); one
     who already has a delivery of this post in any mailing is left out.
     """
-    mine = memberships.alias("mine")
-    rival = memberships.alias("rival")
-    rivals = [r for r in rival_list_ids if r != list_id]
-    earlier = (
-        select(rival.c.list_id)
-        .where(
-            rival.c.subscriber_id == mine.c.subscriber_id,
-            rival.c.list_id.in_(rivals),
-            rival.c.unsubscribed_at.is_(None),
-            or_(
-                rival.c.created_at < mine.c.created_at,
-                and_(rival.c.created_at == mine.c.created_at, rival.c.list_id < list_id),
-            ),
-        )
-        .exists()
+    query = select(_members_query(list_id, rival_list_ids, dedupe_key)).execution_options(
+        yield_per=1000
     )
+    for row in conn.execute(query):
+        yield int(row.id), str(row.email)
+
+
+def _members_query(list_id: int, rival_list_ids: Iterable[int], dedupe_key: str | None) -> Any:
+    """(id, email) of the list's mailable members in id order, as a subquery."""
+    mine = memberships.alias("mine")
+    query = (
+        select(subscribers.c.id, subscribers.c.email)
+        .join(mine, mine.c.subscriber_id == subscribers.c.id)
+        .where(
+            mine.c.list_id == list_id,
+            mine.c.unsubscribed_at.is_(None),
+            subscribers.c.status == "active",
+        )
+        .order_by(subscribers.c.id)
+    )
+    if dedupe_key is None:
+        return query.subquery()
     already = (
         select(deliveries.c.id)
         .where(
@@ -234,22 +292,25 @@ def first_joined_members(
         )
         .exists()
     )
-    query = (
-        select(subscribers.c.id, subscribers.c.email)
-        .join(mine, mine.c.subscriber_id == subscribers.c.id)
-        .where(
-            mine.c.list_id == list_id,
-            mine.c.unsubscribed_at.is_(None),
-            subscribers.c.status == "active",
-            ~already,
-        )
-        .order_by(subscribers.c.id)
-        .execution_options(yield_per=1000)
-    )
+    query = query.where(~already)
+    rivals = [r for r in rival_list_ids if r != list_id]
     if rivals:
+        rival = memberships.alias("rival")
+        earlier = (
+            select(rival.c.list_id)
+            .where(
+                rival.c.subscriber_id == mine.c.subscriber_id,
+                rival.c.list_id.in_(rivals),
+                rival.c.unsubscribed_at.is_(None),
+                or_(
+                    rival.c.created_at < mine.c.created_at,
+                    and_(rival.c.created_at == mine.c.created_at, rival.c.list_id < list_id),
+                ),
+            )
+            .exists()
+        )
         query = query.where(~earlier)
-    for row in conn.execute(query):
-        yield int(row.id), str(row.email)
+    return query.subquery()
 
 
 def counts(conn: Connection, mailing_id: int | None = None) -> dict[int, dict[str, int]]:
@@ -382,8 +443,11 @@ __all__ = [
     "LedgerWriter",
     "MailingRow",
     "Outcome",
+    "OwnerLock",
+    "active_senders",
     "all_mailings",
     "claim",
+    "claimable_left",
     "counts",
     "first_joined_members",
     "free_dead_leases",
@@ -398,11 +462,14 @@ __all__ = [
     "member_count",
     "next_due",
     "open_recipients",
+    "owner_identity",
     "record",
     "record_many",
     "release",
+    "renew",
     "sent_since",
     "set_gate",
     "set_state",
     "snapshot",
+    "snapshot_list",
 ]

@@ -25,9 +25,10 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 
-SCHEMA_VERSION = 2  # 2: consent events, confirmations, signup hits, dedupe_key
+SCHEMA_VERSION = 3  # 2: consent events, confirmations, signup hits, dedupe_key; 3: claim/lease indexes, lease_owner TEXT
 
 
 def new_uid() -> str:
@@ -151,6 +152,28 @@ mailings = Table(
     UniqueConstraint("post_id", "list_id", "generation", name="uq_mailing_post_list"),
 )
 
+# Added in schema version 3 (store.UPGRADES[3] creates them in older databases).
+DELIVERY_INDEXES_V3 = (
+    # Queued rows in id order: a claim reads only the rows it takes.
+    Index("ix_deliveries_queue", "mailing_id", "status", "id"),
+    # Leased rows by owner (recording, renewing, releasing, freeing dead owners):
+    # only the few rows in flight are in it.
+    Index(
+        "ix_deliveries_lease",
+        "lease_owner",
+        sqlite_where=text("lease_owner IS NOT NULL"),
+        postgresql_where=text("lease_owner IS NOT NULL"),
+    ),
+    # Deployment-wide caps count what went out in the last hour/day.  Partial:
+    # planning a million rows adds nothing to it.
+    Index(
+        "ix_deliveries_sent_at",
+        "sent_at",
+        sqlite_where=text("sent_at IS NOT NULL"),
+        postgresql_where=text("sent_at IS NOT NULL"),
+    ),
+)
+
 # One row per (mailing, subscriber): the ledger behind invariant 2.
 # status: queued | sending | sent | deferred | failed | skipped.
 deliveries = Table(
@@ -163,7 +186,8 @@ deliveries = Table(
     Column("status", String(16), nullable=False, default="queued"),
     Column("attempts", Integer, nullable=False, default=0),
     Column("next_attempt_at", UtcDateTime, nullable=True),
-    Column("lease_owner", String(64), nullable=True),
+    # TEXT: an owner is host:pid:random or $NEWSLETTER_OWNER; host names can be long.
+    Column("lease_owner", Text, nullable=True),
     Column("lease_expires_at", UtcDateTime, nullable=True),
     Column("last_code", Integer, nullable=True),
     Column("last_text", Text, nullable=True),
@@ -176,7 +200,9 @@ deliveries = Table(
     # same person for the same post; NULLs never collide.
     Column("dedupe_key", Text, nullable=True),
     UniqueConstraint("mailing_id", "subscriber_id", name="uq_delivery_mailing_subscriber"),
+    # Deferred rows in the order they fall due (claims).
     Index("ix_deliveries_claim", "mailing_id", "status", "next_attempt_at"),
+    *DELIVERY_INDEXES_V3,
 )
 DEDUPE_INDEX = Index(
     "uq_deliveries_dedupe", deliveries.c.dedupe_key, deliveries.c.subscriber_id, unique=True
