@@ -8,6 +8,7 @@ from test_render_support import make_post, make_settings
 from newsletter.config import Settings
 from newsletter.email.message import MessageTemplate, Recipient, fill_placeholders, sample_recipient
 from newsletter.email.render import RenderedEmail, render_digest, render_email, template_environment
+from newsletter.posts.collection import Author
 
 POSTAL = "Tide Notes, 12 Harbour Road, Example Bay 00000"
 
@@ -28,6 +29,8 @@ def rendered_emails() -> dict[str, tuple[RenderedEmail, Settings, str]]:
         title_html="Sand Fleas",
         date=make_post().date.replace(day=15),
         image=None,
+        # An avatar in the byline, so the linters see that image too.
+        authors=(Author("Defne Kaya", avatar="https://tides.example.com/images/defne.jpg"),),
     )
     everything = settings.lists["everything"]
     return {

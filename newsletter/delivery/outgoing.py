@@ -43,7 +43,12 @@ def build_template(
     list_settings = settings.get_list(mailing.list_name)
     if mailing.kind == "digest" or mailing.post_ids:
         chosen = tuple(posts.find(pid) for pid in mailing.post_ids)
-        rendered = render.render_digest(chosen, settings, list_settings)
+        rendered = render.render_digest(
+            chosen,
+            settings,
+            list_settings,
+            archive_url=render.digest_archive_url(settings, mailing.id),
+        )
     else:
         rendered = render.render_email(posts.find(mailing.post_id), settings, list_settings)
     return MessageTemplate.build(rendered, settings, subject_prefix=subject_prefix)

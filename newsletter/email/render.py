@@ -135,11 +135,13 @@ def render_digest(
     mailing_list: ListSettings,
     *,
     subject_template: str = DEFAULT_DIGEST_SUBJECT,
+    archive_url: str | None = None,
 ) -> RenderedEmail:
     """Several posts (oldest first) in one email, from digest.html.j2 / digest.txt.j2.
 
     `post_id` of the result is the posts' ids joined with "+", which is stable
-    for the same set of posts.
+    for the same set of posts.  `archive_url` is the "View in browser" page
+    (`digest_archive_url` of the mailing); a preview has none.
     """
     if not posts:
         raise RenderError("a digest needs at least one post", key=f"lists.{mailing_list.name}")
@@ -159,7 +161,7 @@ def render_digest(
         **_common_context(settings, mailing_list),
         "posts": ordered,
         "items": items,
-        "archive_url": None,
+        "archive_url": archive_url,
         "date_range": _date_range(ordered[0].date, ordered[-1].date),
         "preheader": _preheader(" · ".join(p.title for p in ordered)),
     }
@@ -173,6 +175,12 @@ def render_digest(
 def archive_url(settings: Settings, post_id: str) -> str:
     """The public "view in browser" page of a post (served by `newsletter serve`)."""
     return f"{settings.web.public_url.rstrip('/')}/archive/{post_id}"
+
+
+def digest_archive_url(settings: Settings, mailing_id: int) -> str:
+    """The public page of one digest mailing, as it was sent: a digest is
+    archived whole, by its mailing, since its set of posts is the mailing's."""
+    return f"{settings.web.public_url.rstrip('/')}/archive/digest/{mailing_id}"
 
 
 def render_subject(template: str, env: jinja2.Environment, context: dict[str, Any]) -> str:

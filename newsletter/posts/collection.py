@@ -57,6 +57,7 @@ KNOWN_KEYS = frozenset(
 class Author:
     name: str
     url: str | None = None
+    avatar: str | None = None  # absolute URL of a picture (`avatar`), when the site has one
 
 
 @dataclass(frozen=True)
@@ -481,7 +482,9 @@ def _authors(
     for key in ("authors", "author"):
         value = data.get(key)
         if value not in (None, "", []):
-            found = tuple(a for item in jekyll.as_list(value) if (a := _author(item, site.authors)))
+            found = tuple(
+                a for item in jekyll.as_list(value) if (a := _author(item, site.authors, site))
+            )
             if found:
                 return found
             source.warnings.add(
@@ -496,7 +499,7 @@ def _authors(
     return ()
 
 
-def _author(item: Any, known: Mapping[str, Any]) -> Author | None:
+def _author(item: Any, known: Mapping[str, Any], site: _SiteContext) -> Author | None:
     if isinstance(item, str) and item.strip() in known:
         item = known[item.strip()]
         if isinstance(item, str):
@@ -511,9 +514,20 @@ def _author(item: Any, known: Mapping[str, Any]) -> Author | None:
             ),
             None,
         )
-        return Author(name, url) if name else None
+        return Author(name, url, _avatar(item.get("avatar"), site)) if name else None
     name = jekyll.scalar_text(item)
     return Author(name) if name else None
+
+
+def _avatar(value: Any, site: _SiteContext) -> str | None:
+    """An author's `avatar` as an absolute URL.  It is written once for the
+    whole site, so a bare `images/me.png` is site-relative, not post-relative."""
+    ref = jekyll.scalar_text(value)
+    if not ref:
+        return None
+    if not (ref.startswith("/") or permalink.is_absolute(ref)):
+        ref = "/" + ref
+    return permalink.resolve(ref, site.settings.site.url, site.settings.site)
 
 
 def _image(

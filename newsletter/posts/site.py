@@ -277,7 +277,7 @@ def collection_docs(source: Path, label: str, problems: list[Problem]) -> list[d
 def author_index(
     data_authors: Mapping[str, Any], collection: list[dict[str, Any]]
 ) -> dict[str, dict[str, Any]]:
-    """Author key → {name, url}: `_data/authors.yml` first, then the `authors`
+    """Author key → {name, url, avatar}: `_data/authors.yml` first, then the `authors`
     collection (found by file name, `short_name`, `slug` or `name`, shown as
     `full_name`, `display_name`, `title` or `name`)."""
     index: dict[str, dict[str, Any]] = {}
@@ -287,7 +287,11 @@ def author_index(
         )
         if not isinstance(shown, str):
             continue
-        entry = {"name": shown, "url": doc.get("url") or doc.get("website")}
+        entry = {
+            "name": shown,
+            "url": doc.get("url") or doc.get("website"),
+            "avatar": doc.get("avatar"),
+        }
         for key in ("name", "slug", "short_name", "author"):
             if isinstance(doc.get(key), str):
                 index.setdefault(doc[key].strip(), entry)

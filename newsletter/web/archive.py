@@ -79,6 +79,35 @@ def sent_posts(engine: Engine) -> list[ArchiveEntry]:
     return sorted(found.values(), key=_newest_first)
 
 
+@dataclass(frozen=True)
+class DigestEntry:
+    mailing_id: int
+    list_name: str
+    post_ids: tuple[str, ...]
+
+
+def sent_digest(engine: Engine, mailing_id: int) -> DigestEntry | None:
+    """The digest mailing `mailing_id` when it went out (finished, or at least
+    one delivery sent); None for an unknown id, a post mailing or an unsent one."""
+    was_sent = exists().where(
+        deliveries.c.mailing_id == mailings.c.id, deliveries.c.status == "sent"
+    )
+    query = (
+        select(mailings.c.post_ids, lists.c.name)
+        .join(lists, lists.c.id == mailings.c.list_id)
+        .where(mailings.c.id == mailing_id, mailings.c.kind == "digest")
+        .where(or_(mailings.c.state == "done", was_sent))
+    )
+    try:
+        with reading(engine) as conn:
+            row = conn.execute(query).first()
+    except SQLAlchemyError as exc:
+        raise StoreError(f"database read failed: {exc}") from exc
+    if row is None or not row.post_ids:
+        return None
+    return DigestEntry(mailing_id, row.name, tuple(str(p) for p in row.post_ids))
+
+
 def _newest_first(entry: ArchiveEntry) -> float:
     return -entry.sent_at.timestamp() if entry.sent_at is not None else 0.0
 

@@ -5,6 +5,7 @@
     POST /unsubscribe/<token>/undo   reverse that token's own unsubscribe (15 minutes)
     GET  /unsubscribe/               where the archive's unsubscribe link goes
     GET  /archive/ , /archive/<post> every sent email as a web page
+    GET  /archive/digest/<mailing>   a sent digest, whole ("View in browser")
     GET  /healthz                    liveness and database check
     /subscribe, /confirm/<token>     double opt-in signup (`signup`)
     /preferences/<token>             a reader's lists (`preferences`)
@@ -33,12 +34,13 @@ from newsletter.audience import members as subs
 from newsletter.audience.unsubscribes import UNDO_WINDOW, undoable, unsubscribe_by_link
 from newsletter.audience.unsubscribes import undo as undo_unsubscribe
 from newsletter.config import Settings
+from newsletter.email.render import digest_archive_url, render_digest
 from newsletter.email.rendercache import cached_render
 from newsletter.email.tokens import ALL_LISTS, checked_secret, verify_token
 from newsletter.errors import NewsletterError, PostError, StoreError, SubscriberError
 from newsletter.posts.collection import PostCollection
 from newsletter.store import open_store, reading
-from newsletter.web.archive import list_for, neutral_html, sent_posts
+from newsletter.web.archive import list_for, neutral_html, sent_digest, sent_posts
 from newsletter.web.pages import PRIVATE_HEADERS, PUBLIC_CSP, NoSniffMiddleware, page
 from newsletter.web.preferences import preferences_routes
 from newsletter.web.signup import signup_routes
@@ -312,6 +314,36 @@ def archive_post(request: Request) -> Response:
     )
 
 
+def archive_digest(request: Request) -> Response:
+    """A digest mailing as it was sent, its posts by their exact ids; a post
+    unpublished since is left out, and with none left there is no page."""
+    state = _state(request)
+    missing = PlainTextResponse("no such email in the archive\n", status_code=404)
+    try:
+        entry = sent_digest(state.engine, request.path_params["mailing_id"])
+        if entry is None:
+            return missing
+        posts = state.posts()
+        found = (posts.with_id(post_id) for post_id in entry.post_ids)
+        shown = [post for post in found if post is not None and post.published]
+        if not shown:
+            return missing
+        rendered = render_digest(
+            shown,
+            state.settings,
+            list_for(state.settings, entry.list_name),
+            archive_url=digest_archive_url(state.settings, entry.mailing_id),
+        )
+    except PostError:
+        return missing
+    except NewsletterError:
+        return PlainTextResponse("the archive is unavailable right now\n", status_code=503)
+    return HTMLResponse(
+        neutral_html(rendered, state.settings),
+        headers={"Content-Security-Policy": ARCHIVE_CSP, **ARCHIVE_HEADERS},
+    )
+
+
 # --------------------------------------------------------------------------- health
 
 
@@ -343,6 +375,8 @@ def create_public_app(
         Route("/unsubscribe/{token}", one_click, methods=["POST"]),
         Route("/unsubscribe/{token}/undo", undo, methods=["POST"]),
         Route("/archive/", archive_index),
+        # Before the post pages, which would take "digest/<n>" as a post id.
+        Route("/archive/digest/{mailing_id:int}", archive_digest),
         Route("/archive/{post_id:path}", archive_post),
         # Readers' own pages (signup, confirm, preferences) live in their modules.
         *signup_routes(),

@@ -1,0 +1,135 @@
+"""A digest's "View in browser" page over HTTP: the digest mailing as it was
+sent, whole, at /archive/digest/<mailing id>, and the link to it in the email."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+from starlette.testclient import TestClient
+from test_web_support import Store, copy_site, make_store
+
+from newsletter.delivery.mailings import deliver_mailing, plan_mailing
+from newsletter.delivery.transports.memory import MemoryTransport
+from newsletter.posts.collection import load_posts
+from newsletter.web.public import create_public_app
+
+PUBLIC = "https://news.lantern.example.com"
+DIGEST_POSTS = ("tending-a-winter-allotment", "a-lamp-that-listens")
+TITLES = ("Tending a Winter Allotment", "A Lamp That Listens")
+
+
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Store:
+    return make_store(copy_site(tmp_path, monkeypatch))
+
+
+@pytest.fixture
+def client(store: Store) -> Iterator[TestClient]:
+    app = create_public_app(store.settings, engine=store.engine, secret=store.secret)
+    with TestClient(app, base_url=PUBLIC) as c:
+        yield c
+
+
+def send_digest(
+    store: Store, post_ids: tuple[str, ...] = DIGEST_POSTS, *, deliver: bool = True
+) -> tuple[int, MemoryTransport]:
+    """Plan a digest mailing of `post_ids` to "letters" and deliver it for real."""
+    mailing_id = plan_mailing(
+        store.engine,
+        store.settings,
+        "digest/letters/2024-06-01",
+        "letters",
+        kind="digest",
+        post_ids=post_ids,
+        subject="Lantern Notes letters: 2 new posts",
+    )
+    transport = MemoryTransport()
+    if deliver:
+        deliver_mailing(
+            store.engine,
+            store.settings,
+            mailing_id,
+            load_posts(store.settings),
+            transport=transport,
+        )
+    return mailing_id, transport
+
+
+def parts(raw: bytes) -> tuple[str, str]:
+    msg = message_from_bytes(raw, policy=policy.default)
+    assert isinstance(msg, EmailMessage)
+    html = msg.get_body(("html",))
+    text = msg.get_body(("plain",))
+    assert html is not None and text is not None
+    return html.get_content(), text.get_content()
+
+
+def test_digest_email_links_to_its_archive_page(store: Store) -> None:
+    store.add("ria@example.com")
+    mailing_id, transport = send_digest(store)
+    assert len(transport.outbox) == 1
+    html, text = parts(transport.outbox[0].message)
+    url = f"{PUBLIC}/archive/digest/{mailing_id}"
+    assert re.search(f'<a href="{re.escape(url)}"[^>]*>View in browser</a>', html)
+    assert f"View in browser: {url}" in text.splitlines()
+
+
+def test_digest_page_shows_every_post_without_any_token(client: TestClient, store: Store) -> None:
+    sol = store.add("sol@example.com")
+    mailing_id, _ = send_digest(store)
+    response = client.get(f"/archive/digest/{mailing_id}")
+    assert response.status_code == 200
+    for title in TITLES:
+        assert title in response.text
+    assert "Lantern Notes letters" in response.text  # the headline: the list title
+    assert f'href="{PUBLIC}/archive/digest/{mailing_id}"' in response.text
+    assert "NLPH0" not in response.text  # every placeholder filled
+    assert "sol@example.com" not in response.text
+    assert store.token(sol) not in response.text
+    assert f'{PUBLIC}/unsubscribe/"' in response.text
+    csp = response.headers["content-security-policy"]
+    assert "script-src 'none'" in csp
+    assert "<script" not in response.text.lower()
+    assert response.headers["referrer-policy"] == "no-referrer"
+    assert response.headers["x-content-type-options"] == "nosniff"
+
+
+def test_unpublished_post_of_a_digest_is_never_shown(client: TestClient, store: Store) -> None:
+    store.add("tao@example.com")
+    mailing_id, transport = send_digest(store, (*DIGEST_POSTS, "draft-not-yet"))
+    assert len(transport.outbox) == 1
+    assert "Not Yet Ready" in parts(transport.outbox[0].message)[0]  # it did go out
+    response = client.get(f"/archive/digest/{mailing_id}")
+    assert response.status_code == 200
+    assert "Tending a Winter Allotment" in response.text
+    assert "Not Yet Ready" not in response.text
+    assert "This draft must never appear" not in response.text
+
+
+def test_digest_of_only_unpublished_posts_has_no_page(client: TestClient, store: Store) -> None:
+    store.add("uma@example.com")
+    mailing_id, _ = send_digest(store, ("draft-not-yet",))
+    assert client.get(f"/archive/digest/{mailing_id}").status_code == 404
+
+
+def test_unknown_unsent_and_post_mailings_get_404(client: TestClient, store: Store) -> None:
+    store.add("vic@example.com")
+    store.send("tending-a-winter-allotment")  # a post mailing, id 1
+    unsent, _ = send_digest(store, deliver=False)
+    post_mailing = unsent - 1
+    for path in (
+        f"/archive/digest/{post_mailing}",  # not a digest
+        f"/archive/digest/{unsent}",  # planned, nothing sent yet
+        "/archive/digest/9999",
+        "/archive/digest/0",
+    ):
+        response = client.get(path)
+        assert response.status_code == 404, path
+        assert response.text == "no such email in the archive\n"
+    # Not a number: no digest route, and no post with that id either.
+    assert client.get("/archive/digest/abc").status_code == 404
