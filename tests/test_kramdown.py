@@ -88,3 +88,46 @@ def test_kramdown_agrees() -> None:
     )
     for name, line in zip(names, done.stdout.splitlines(), strict=True):
         assert _spaced(text_of(json.loads(line))) == _spaced(SAMPLES[name][1]), name
+
+
+HEADINGS = (
+    '## Hello, World!\n\n## Hello, World!\n\n## 2 *Fast* "quotes" --- it\'s\n\n'
+    "## 123\n\n## Über café\n\n## Use `code_x` now\n\n## !!!\n\n"
+    "## A & B &amp; [link](http://x.y) <b>bold</b>\n\n## Title {#custom}\n\n## Title\n"
+)
+HEADER_IDS = [
+    "hello-world",
+    "hello-world-1",
+    "2-fast-quotes--its",
+    "123",
+    "über-café",
+    "use-code_x-now",
+    None,
+    "a--b--link-bold",
+    "custom",
+    "title",
+]
+
+
+def _ids(html: str) -> list[str | None]:
+    import lxml.html
+
+    return [h.get("id") for h in lxml.html.fromstring(f"<div>{html}</div>").iter("h2")]
+
+
+def test_header_ids_as_kramdown_makes_them() -> None:
+    # An in-page link ([see](#getting-started)) must find its heading.
+    assert _ids(markdown_to_html(HEADINGS, BASE)) == HEADER_IDS
+
+
+@pytest.mark.skipif(not _has_kramdown(), reason="ruby's kramdown is not installed")
+def test_header_ids_agree_with_kramdown() -> None:
+    done = subprocess.run(
+        ["ruby", "-e", KRAMDOWN],
+        input=json.dumps([HEADINGS]),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert _ids(json.loads(done.stdout)) == HEADER_IDS

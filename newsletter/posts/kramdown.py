@@ -30,7 +30,7 @@ import xml.etree.ElementTree as etree
 from markdown import Extension, Markdown
 from markdown.preprocessors import Preprocessor
 from markdown.treeprocessors import Treeprocessor
-from markdown.util import ETX, STX, AtomicString
+from markdown.util import ETX, HTML_PLACEHOLDER_RE, STX, AtomicString
 
 _EXTENSION = re.compile(
     r"\{::(?P<name>comment|nomarkdown)(?:\s[^}]*)?\}(?P<body>.*?)\{:/(?P=name)?\}"
@@ -129,6 +129,34 @@ class _Typography(Treeprocessor):
         return prev
 
 
+_NON_WORD = re.compile(r"[^\w\- ]")
+_HEADINGS = frozenset({"h1", "h2", "h3", "h4", "h5", "h6"})
+
+
+class _HeaderIds(Treeprocessor):
+    """Header ids as kramdown's GFM parser makes them (Jekyll's default input).
+
+    The heading's text, lower-cased, without anything but word characters,
+    hyphens and spaces, spaces and tabs turned into hyphens; the n-th repeat
+    gets `-n`; a heading with no such text gets no id; an explicit `{#id}`
+    is kept.  Anchors such as `[see below](#getting-started)` then work.
+    """
+
+    def run(self, root: etree.Element) -> None:
+        seen: dict[str, int] = {}
+        for el in root.iter():
+            if el.tag not in _HEADINGS or el.get("id"):
+                continue
+            text = HTML_PLACEHOLDER_RE.sub("", "".join(el.itertext()))  # raw HTML tags
+            text = _NON_WORD.sub("", text.lower())
+            ident = text.replace(" ", "-").replace("\t", "-")
+            if not ident:
+                continue
+            count = seen.get(ident, 0)
+            seen[ident] = count + 1
+            el.set("id", ident if count == 0 else f"{ident}-{count}")
+
+
 class KramdownExtension(Extension):
     """Registered after fenced code is stashed, so code samples keep `{::`."""
 
@@ -138,3 +166,4 @@ class KramdownExtension(Extension):
         md.ESCAPED_CHARS.extend(["'", '"'])
         # After inline parsing (20) and attribute lists (8), before escapes are undone (0).
         md.treeprocessors.register(_Typography(md), "kramdown_typography", 5)
+        md.treeprocessors.register(_HeaderIds(md), "kramdown_header_ids", 4)
