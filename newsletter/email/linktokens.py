@@ -15,7 +15,6 @@ spelling of each) and constant-time comparison.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 import re
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from newsletter.config import Settings
+from newsletter.email.tokens import decode_strictly
 
 _MAC_BYTES = 16
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{20,300}")
@@ -53,12 +53,9 @@ def _decode(secret: bytes, purpose: bytes, token: str) -> bytes | None:
     """The payload of a genuine token of this purpose; None for anything else."""
     if not isinstance(token, str) or not _TOKEN.fullmatch(token):
         return None
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-    except (binascii.Error, ValueError):
+    raw = decode_strictly(token)  # one token, one spelling
+    if raw is None:
         return None
-    if base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") != token:
-        return None  # non-canonical spelling (stray bits in the last character)
     payload, mac = raw[:-_MAC_BYTES], raw[-_MAC_BYTES:]
     if len(raw) <= _MAC_BYTES or not hmac.compare_digest(mac, _mac(secret, purpose, payload)):
         return None

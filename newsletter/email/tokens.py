@@ -125,7 +125,7 @@ def make_token(secret: bytes, subscriber_uid: str, list_name: str) -> str:
 
 def verify_token(secret: bytes, token: str) -> TokenClaim | None:
     """The claim inside a genuine token; None for anything forged or damaged."""
-    raw = _decode_strictly(token)
+    raw = decode_strictly(token)
     if raw is None or len(raw) <= _MAC_BYTES + 1:
         return None
     payload, sep, mac = (
@@ -142,7 +142,7 @@ def verify_token(secret: bytes, token: str) -> TokenClaim | None:
         return None
 
 
-def _decode_strictly(token: str) -> bytes | None:
+def decode_strictly(token: str) -> bytes | None:
     """The bytes of a token spelled exactly as `make_token` spells them.
 
     `urlsafe_b64decode` skips characters outside the alphabet, accepts extra
