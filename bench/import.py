@@ -1,6 +1,6 @@
 """Benchmark: import 1,000,000 subscriber rows (1 % invalid, 1 % duplicates), twice.
 
-Run: `python bench/import.py [--rows N] [--repeat R]`.  Each import runs in its
+Run: `python bench/import.py [--rows N] [--repeat R] [--database sqlite|postgresql]`.  Each import runs in its
 own subprocess so that its peak RSS (ru_maxrss of RUSAGE_CHILDREN) is its own.
 The baseline is `csv.reader` over the same file in the same kind of
 subprocess: the floor any importer pays for reading the bytes.
@@ -11,17 +11,26 @@ transaction holding SQLite's write lock for the whole import) and `staged`
 on SQLite).  "lock" is how long the write lock was held: the merge for
 `staged`, the whole import for `classic`.
 Goals on the reference machine: each run ≤ 60 s and peak RSS ≤ 250 MB.
+
+`--database postgresql` starts a throwaway PostgreSQL cluster
+(tests/pgcluster.py: initdb in a temporary folder, fsync off; as root it runs
+as the `postgres` user) and compares, interleaved, `sqlite staged` with
+`postgresql staged` (rows COPYed into the stage) and `postgresql classic`
+(the old single-transaction path, for reference).  Goal: PostgreSQL staged ≤
+1.5x SQLite staged in the same run.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import random
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 GOAL_SECONDS = 60.0
@@ -60,7 +69,24 @@ print(f"lock CPU {counts.write_lock_cpu_seconds or 0:.2f} s" if counts.write_loc
       is not None else "lock CPU: the whole import")
 print(f"{counts.write_lock_seconds if counts.write_lock_seconds is not None else took:.3f}")
 """
-PATHS = ("classic", "staged")
+PATHS = (("sqlite", "classic"), ("sqlite", "staged"))
+PG_PATHS = (("sqlite", "staged"), ("postgresql", "staged"), ("postgresql", "classic"))
+
+
+@contextlib.contextmanager
+def postgres_urls() -> Iterator[object]:
+    """A function giving a fresh, empty PostgreSQL database URL per call."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from pgcluster import PgCluster, find_bindir
+
+    bindir = find_bindir()
+    if bindir is None:
+        raise SystemExit("PostgreSQL's initdb was not found (set PG_BINDIR)")
+    cluster = PgCluster(bindir).start()
+    try:
+        yield lambda: cluster.url(cluster.create_role())
+    finally:
+        cluster.stop()
 
 
 def generate(path: Path, rows: int, seed: int = 1) -> None:
@@ -106,8 +132,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=1, help="interleaved rounds per path")
+    parser.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
+    paths = PATHS if args.database == "sqlite" else PG_PATHS
+    pg = postgres_urls() if args.database == "postgresql" else contextlib.nullcontext(None)
+    with tempfile.TemporaryDirectory() as tmp, pg as new_pg_url:
         folder = Path(tmp)
         data = folder / "subscribers.csv"
         config = folder / "newsletter.toml"
@@ -126,17 +155,19 @@ def main() -> None:
         )
         results: dict[tuple[str, str], list[tuple[float, float, float, float]]] = {}
         for round_ in range(args.repeat):
-            for path in PATHS if round_ % 2 == 0 else PATHS[::-1]:
+            for database, path in paths if round_ % 2 == 0 else paths[::-1]:
                 config = folder / f"{path}.toml"
-                config.write_text(CONFIG.replace("newsletter.db", f"{path}.db"), encoding="utf-8")
                 (folder / f"{path}.db").unlink(missing_ok=True)
+                url = new_pg_url() if database == "postgresql" else f"sqlite:///{path}.db"  # type: ignore[operator]
+                config.write_text(CONFIG.replace("sqlite:///newsletter.db", url), encoding="utf-8")
+                name = f"{database[:6]} {path}"
                 for label in ("first import", "second import"):
                     secs, cpu, rss, out = measure(IMPORT, str(data), str(config), path)
                     *counts, lock_cpu, lock = out.splitlines()
-                    results.setdefault((path, label), []).append((secs, cpu, rss, float(lock)))
+                    results.setdefault((name, label), []).append((secs, cpu, rss, float(lock)))
                     ok = "ok" if secs <= GOAL_SECONDS and rss <= GOAL_RSS_MB else "MISSED GOAL"
                     print(
-                        f"round {round_ + 1} {path:<7} {label:<13}: {secs:6.2f} s wall "
+                        f"round {round_ + 1} {name:<14} {label:<13}: {secs:6.2f} s wall "
                         f"{cpu:6.2f} s CPU {env_rows / secs:>9,.0f} rows/s  peak RSS {rss:6.1f} MB"
                         f"  lock {float(lock):6.2f} s ({lock_cpu})  {ok}"
                     )
@@ -144,7 +175,7 @@ def main() -> None:
                         print(f"    {counts[-1]}")
         print("\nmin / median / max over rounds:")
         for (path, label), runs in results.items():
-            print(f"{path:<7} {label:<13}: " + "   ".join(
+            print(f"{path:<14} {label:<13}: " + "   ".join(
                 f"{name} {_spread([r[i] for r in runs])}"
                 for i, name in enumerate(("wall", "CPU", "RSS", "lock"))
             ))  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import os
 import signal
 import sqlite3
@@ -24,8 +25,10 @@ from test_subscribers_common import (
 
 import newsletter.audience.importer as importer
 import newsletter.audience.staging as staging
+from newsletter.audience import consent
 from newsletter.audience.members import (
     add_subscriber,
+    ensure_lists,
     get_by_email,
     mark_bounced,
     mark_complained,
@@ -49,8 +52,16 @@ def settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def engine(tmp_path: Path, settings: Settings) -> Engine:
-    return make_engine(tmp_path, settings)
+def engine(database_url: str, settings: Settings) -> Engine:
+    """The import rules hold on both databases (SQLite and PostgreSQL)."""
+    engine = open_url(database_url)
+    ensure_lists(engine, settings)
+    return engine
+
+
+def sqlite_only(engine: Engine, why: str) -> None:
+    if engine.dialect.name != "sqlite":
+        pytest.skip(why)
 
 
 def write(path: Path, text: str) -> Path:
@@ -483,6 +494,7 @@ def test_a_staged_import_holds_the_write_lock_only_to_merge(
     engine: Engine, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """While rows are staged and planned, another process may write."""
+    sqlite_only(engine, "SQLite's single write lock")
     path = write(tmp_path / "f.csv", "email\n" + "".join(f"u{i}@example.com\n" for i in range(30)))
     real_plan = staging.stage_and_plan
     other_wrote: list[str] = []
@@ -531,3 +543,76 @@ def test_a_change_made_during_the_import_is_never_overwritten(
     assert stale == [1] and counts.write_lock_seconds is None  # the classic path ran
     assert seen(engine, "old@example.com").status == "unsubscribed"  # not undone
     assert counts.kept_suppressed == 1 and count_rows(engine) == (2, 2)
+
+
+# --------------------------------------------------------------------------- PostgreSQL: COPY
+
+
+def test_postgresql_stages_every_row_with_copy(
+    engine: Engine, settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    if engine.dialect.name != "postgresql":
+        pytest.skip("COPY is PostgreSQL's")
+    add_subscriber(engine, "old@example.com", "weekly", name="Old")
+    path = write(
+        tmp_path / "f.csv",
+        "email,name\nold@example.com,Renamed\n"
+        + "".join(f"u{i}@example.com,U\n" for i in range(30)),
+    )
+    caplog.set_level(logging.DEBUG, logger="newsletter.audience.staging")
+    counts = run_import(engine, settings, path)
+    copied = [r.getMessage() for r in caplog.records if r.getMessage().startswith("COPY")]
+    # Every file row, then the plan: 30 new addresses, 1 existing member, 1 change.
+    assert copied == [
+        "COPY 31 rows into import_rows",
+        "COPY 30 rows into import_new",
+        "COPY 1 rows into import_members",
+        "COPY 1 rows into import_changes",
+    ]
+    assert counts.write_lock_seconds is not None  # the staged merge ran, not the classic path
+    assert (counts.new, counts.updated) == (31, 0) and count_rows(engine) == (31, 32)
+    assert seen(engine, "old@example.com").name == "Renamed"
+
+
+def test_a_bad_row_mid_file_leaves_the_store_unchanged(
+    engine: Engine, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows before it are already streamed into the stage (COPY on PostgreSQL);
+    the failure must leave the real tables, and the connection, as they were."""
+    add_subscriber(engine, "before@example.com", "news", name="Before")
+    path = write(
+        tmp_path / "f.csv",
+        "email,name\nbefore@example.com,Renamed\n"
+        + "".join(f"u{i}@example.com,U\n" for i in range(6000)),
+    )
+    real = importer.normalise_email
+
+    def breaks_on_row_4000(email: str) -> object:
+        if email == "u4000@example.com":
+            raise RuntimeError("disk on fire")
+        return real(email)
+
+    monkeypatch.setattr(importer, "normalise_email", breaks_on_row_4000)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        run_import(engine, settings, path)
+    assert count_rows(engine) == (1, 1)
+    assert seen(engine, "before@example.com").name == "Before"
+    monkeypatch.setattr(importer, "normalise_email", real)
+    assert run_import(engine, settings, path).new == 6000  # no stage left behind
+
+
+def test_each_join_gets_its_consent_record(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    """Staged or classic, an import records one `subscribe` per membership it adds."""
+    old = add_subscriber(engine, "old@example.com", "weekly")
+    path = write(tmp_path / "f.csv", "email\nold@example.com\nnew@example.com\n")
+    run_import(engine, settings, path)
+    new = get_by_email(engine, "new@example.com")
+    assert new is not None
+    for sid in (old.id, new.id):
+        joins = [(e.action, e.source, e.list_name) for e in consent.history(engine, sid)]
+        assert joins[-1] == ("subscribe", "import", "news")
+    assert [e.source for e in consent.history(engine, old.id)].count("import") == 1
+    run_import(engine, settings, path)  # nobody joins: nothing recorded
+    assert [e.source for e in consent.history(engine, old.id)].count("import") == 1

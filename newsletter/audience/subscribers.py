@@ -51,7 +51,8 @@ log = logging.getLogger(__name__)
 # Where an import stages first and merges quickly (newsletter.audience.staging): SQLite
 # has one writer at a time, so a long import transaction would stop every
 # other writer (the daemon's heartbeat, unsubscribes) for its whole run.
-STAGED_DIALECTS: tuple[str, ...] = ("sqlite",)
+# PostgreSQL stages too: its rows go in with COPY, and the merge is set-based.
+STAGED_DIALECTS: tuple[str, ...] = ("sqlite", "postgresql")
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
 
@@ -85,10 +86,11 @@ def import_file(
 
     Invalid rows are skipped and reported in `counts.problems`; everything
     else is written in one transaction, so an interrupted import (crash,
-    Ctrl-C, kill) leaves the store exactly as it was.  On SQLite the rows are
-    staged and planned first, without the write lock, and that transaction is
-    only the short merge (`newsletter.audience.staging`); if the store changed under
-    the plan, the import runs again the classic way.
+    Ctrl-C, kill) leaves the store exactly as it was.  The rows are staged
+    and planned first (SQLite: without the write lock; PostgreSQL: with
+    COPY), and that transaction is only the short merge
+    (`newsletter.audience.staging`); if the store changed under the plan, the
+    import runs again the classic way.
     """
     settings.get_list(list_name)  # a clear "unknown list" before touching anything
     total = source_size(path) if path.exists() else 0
