@@ -10,9 +10,11 @@ business.  This module arranges for passes to happen at the right moments:
 * a `CronTrigger` job per digest list;
 * a one-off job when the earliest deferred retry or paused mailing comes due.
 
-All passes run on one worker thread, so two passes never overlap in a process;
-a second process is refused by the lock row (`DaemonLock`), and
-delivery's own leases make even an overlap harmless.
+All passes run on one worker thread, so two passes never overlap in a process.
+On SQLite a second process is refused by the lock row (`DaemonLock`); on
+PostgreSQL any number of daemons run side by side (`SharedLock`): planning is
+idempotent, claims share the rows, and the few steps that must happen once
+per pass take `store.one_at_a_time`.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from sqlalchemy import Engine, delete, select, update
+from sqlalchemy import Connection, Engine, delete, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from newsletter.config import Settings, utcnow
@@ -47,7 +49,8 @@ from newsletter.delivery.transports import Transport
 from newsletter.email.tokens import checked_secret
 from newsletter.errors import DeliveryError, NewsletterError, StoreError
 from newsletter.posts.collection import POST_SUFFIXES
-from newsletter.store import safe_url
+from newsletter.store import insert_or_ignore, safe_url
+from newsletter.store.leases import owner_identity
 from newsletter.store.schema import state
 
 log = logging.getLogger("newsletter.daemon")
@@ -86,38 +89,55 @@ class DaemonLock:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
     def acquire(self) -> None:
+        """Insert the row if there is none, else take it over from a dead holder.
+
+        Insert-or-ignore then re-read, and a takeover that names the holder it
+        replaces: two daemons starting at the same instant get one lock and
+        one "another daemon" refusal, never a unique violation.
+        """
         at = self.clock()
+        mine = {
+            "value": self.owner,
+            "updated_at": at,
+            "expires_at": at + timedelta(seconds=self.ttl),
+            "number": _started(os.getpid()),
+        }
         try:
             with self.engine.begin() as conn:
-                row = conn.execute(
-                    select(
-                        state.c.value, state.c.updated_at, state.c.expires_at, state.c.number
-                    ).where(state.c.key == LOCK_KEY)
-                ).first()
-                if (
-                    row is not None
-                    and row[0] != self.owner
-                    and _holder_alive(row[0], row[2], at, row[3])
-                ):
-                    age = max(0, round((at - row[1]).total_seconds()))
-                    raise DaemonBusyError(
-                        f"another newsletter daemon ({row[0]}, last heartbeat {age} s ago) "
-                        f"is running on {self.db or 'this database'}; stop it first "
-                        f"(a crashed one is taken over after {self.ttl:g} s)",
-                        key="database.url",
-                    )
-                conn.execute(delete(state).where(state.c.key == LOCK_KEY))
-                conn.execute(
-                    state.insert().values(
-                        key=LOCK_KEY,
-                        value=self.owner,
-                        updated_at=at,
-                        expires_at=at + timedelta(seconds=self.ttl),
-                        number=_started(os.getpid()),
-                    )
-                )
+                if insert_or_ignore(conn, state, {"key": LOCK_KEY, **mine}, ("key",)):
+                    return
+                holder = self._holder(conn)
+                alive = holder is not None and holder[0] != self.owner
+                if alive and _holder_alive(holder[0], holder[2], at, holder[3]):
+                    raise self._busy(holder, at)
+                taken = conn.execute(
+                    update(state)
+                    .where(state.c.key == LOCK_KEY, state.c.value == (holder or (None,))[0])
+                    .values(**mine)
+                ).rowcount
+                if not taken:  # another daemon took it over (or released it) meanwhile
+                    holder = self._holder(conn)
+                    if holder is None:
+                        raise StoreError("the daemon lock changed hands; try again")
+                    raise self._busy(holder, at)
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot take the daemon lock: {exc}") from exc
+
+    def _holder(self, conn: Connection) -> Any:
+        return conn.execute(
+            select(state.c.value, state.c.updated_at, state.c.expires_at, state.c.number).where(
+                state.c.key == LOCK_KEY
+            )
+        ).first()
+
+    def _busy(self, holder: Any, at: datetime) -> DaemonBusyError:
+        age = max(0, round((at - holder[1]).total_seconds()))
+        return DaemonBusyError(
+            f"another newsletter daemon ({holder[0]}, last heartbeat {age} s ago) "
+            f"is running on {self.db or 'this database'}; stop it first "
+            f"(a crashed one is taken over after {self.ttl:g} s)",
+            key="database.url",
+        )
 
     def heartbeat(self) -> bool:
         """Extend the lock; False when another process has taken it from us."""
@@ -138,6 +158,37 @@ class DaemonLock:
                 )
         except SQLAlchemyError as exc:  # the lock simply expires
             log.warning("could not release the daemon lock: %s", exc)
+
+
+class SharedLock:
+    """The daemon "lock" on PostgreSQL: nothing to hold, any number may run.
+
+    Planning there is idempotent (a unique mailing per post and list, planned
+    with INSERT … ON CONFLICT), claims share rows (FOR UPDATE SKIP LOCKED) and
+    a dead owner's leases are freed by its advisory lock, so every daemon
+    plans and delivers; the steps that must not run twice at once take
+    `store.one_at_a_time`.  One daemon dying never stops the others.
+    """
+
+    def __init__(self, *, db: str = "") -> None:
+        self.db = db
+        self.owner = owner_identity()  # for the logs: $NEWSLETTER_OWNER names it
+
+    def acquire(self) -> None:
+        """Nothing to take."""
+
+    def heartbeat(self) -> bool:
+        return True  # never lost: there is no single holder to lose it to
+
+    def release(self) -> None:
+        """Nothing to give back."""
+
+
+def daemon_lock(engine: Engine, *, clock: Clock = utcnow, db: str = "") -> DaemonLock | SharedLock:
+    """One daemon per SQLite database (`DaemonLock`); any number on PostgreSQL."""
+    if engine.dialect.name == "postgresql":
+        return SharedLock(db=db)
+    return DaemonLock(engine, clock=clock, db=db)
 
 
 def _holder_alive(
@@ -181,10 +232,10 @@ def run_once(
     progress: MailingProgress | None = None,
     stop: threading.Event | None = None,
 ) -> PassReport:
-    """`run --once`: take the lock, one full pass, release.
+    """`run --once`: take the lock (SQLite; see `daemon_lock`), one full pass, release.
 
     `stop` set (a SIGTERM) ends the pass after the messages in flight."""
-    lock = DaemonLock(engine, db=safe_url(settings.database.url))
+    lock = daemon_lock(engine, db=safe_url(settings.database.url))
     lock.acquire()
     try:
         checked_secret(settings, engine)  # a changed secret: refuse before sending anything
@@ -222,7 +273,7 @@ class Daemon:
         self.clock = clock
         # The CLI passes the event a SIGTERM sets from process start-up on.
         self.stop_event = stop_event if stop_event is not None else threading.Event()
-        self.lock = DaemonLock(engine, clock=clock, db=safe_url(settings.database.url))
+        self.lock = daemon_lock(engine, clock=clock, db=safe_url(settings.database.url))
         self.scheduler: Any = None
         self.passes = 0
         self.lost_lock = False  # set when another process took the lock: exit non-zero
