@@ -22,6 +22,7 @@ from newsletter.config import Settings
 from newsletter.daemon import passes, planning, scheduler
 from newsletter.delivery.transports import SendResult
 from newsletter.delivery.transports.memory import MemoryTransport
+from newsletter.store import one_at_a_time
 from newsletter.store.schema import mailings, state
 
 # On SQLite and on PostgreSQL (see conftest.database_url).
@@ -199,6 +200,40 @@ def test_a_digest_with_nothing_new_sends_nothing(
     assert anchor == MONDAY_8
 
 
+def test_a_step_is_done_by_one_daemon_at_a_time_on_postgresql(site: Site) -> None:
+    engine = engine_of(site.settings())
+    shared = engine.dialect.name == "postgresql"
+    with (
+        one_at_a_time(engine, "bounces") as first,
+        one_at_a_time(engine, "bounces") as second,
+        one_at_a_time(engine, "other") as other,
+    ):
+        assert first and other
+        assert second is not shared  # SQLite: one daemon, so always its turn
+    with one_at_a_time(engine, "bounces") as again:  # released at the end of the block
+        assert again
+
+
+def test_a_digest_another_daemon_is_planning_is_left_to_it(tmp_path: Path) -> None:
+    site = make_site(tmp_path, lists=DIGEST_LISTS)
+    settings = site.settings()
+    engine = engine_of(settings)
+    add_members(engine, "weekly", settings=settings)
+    key = planning.digest_anchor_key("weekly")
+    planning.write_state_time(engine, key, MONDAY_8 - timedelta(days=7))
+    site.write_post("2026-02-25-p.md", "Fresh", MONDAY_8 - timedelta(days=5))
+    if engine.dialect.name != "postgresql":
+        pytest.skip("one daemon per SQLite database: nobody else plans its digests")
+    with one_at_a_time(engine, "digest:weekly") as theirs:  # another daemon, mid-step
+        assert theirs
+        report, transport = one_pass(settings, engine, now=MONDAY_8 + timedelta(seconds=2))
+    assert report.digests == () and transport.outbox == []
+    assert planning.read_state_time(engine, key) == MONDAY_8 - timedelta(days=7)  # untouched
+    report, transport = one_pass(settings, engine, now=MONDAY_8 + timedelta(seconds=3))
+    assert len(report.digests) == 1 and len(transport.outbox) == 3
+    assert planning.read_state_time(engine, key) == MONDAY_8
+
+
 def test_a_new_digest_list_starts_at_its_next_slot(tmp_path: Path) -> None:
     site = make_site(tmp_path, lists=DIGEST_LISTS)
     settings = site.settings()
@@ -312,6 +347,44 @@ def put_lock(engine: Engine, owner: str, at: datetime, started: float | None = N
         )
 
 
+def race_for_the_lock(locks: list[scheduler.DaemonLock]) -> list[str]:
+    """Every lock's acquire at the same instant: "won", "refused" or the error."""
+    import threading
+
+    go = threading.Barrier(len(locks))
+    outcomes: list[str] = []
+
+    def start(lock: scheduler.DaemonLock) -> None:
+        go.wait()
+        try:
+            lock.acquire()
+            outcomes.append("won")
+        except scheduler.DaemonBusyError as exc:
+            assert "another newsletter daemon" in str(exc)
+            outcomes.append("refused")
+        except Exception as exc:  # the failure this test is about
+            outcomes.append(repr(exc))
+
+    threads = [threading.Thread(target=start, args=(lock,)) for lock in locks]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return outcomes
+
+
+def test_daemons_starting_at_the_same_instant_get_one_lock_and_refusals(site: Site) -> None:
+    # Was a unique violation on PostgreSQL (select-then-insert): now
+    # insert-or-ignore, then re-read the holder.
+    engine = engine_of(site.settings())
+    for _round in range(5):
+        locks = [scheduler.DaemonLock(engine) for _ in range(4)]
+        outcomes = race_for_the_lock(locks)
+        assert sorted(outcomes) == ["refused"] * 3 + ["won"], outcomes
+        for lock in locks:
+            lock.release()
+
+
 def test_a_lock_from_another_host_without_heartbeat_is_taken_over_after_its_ttl(
     site: Site,
 ) -> None:
@@ -379,6 +452,9 @@ def test_run_once_refuses_while_a_daemon_holds_the_lock(
     holder = scheduler.DaemonLock(engine)
     holder.acquire()
     transport = MemoryTransport()
+    if engine.dialect.name == "postgresql":  # any number of daemons: --once runs beside them
+        assert scheduler.run_once(settings, engine, transport=transport).delivery.sent == 3
+        return
     with pytest.raises(scheduler.DaemonBusyError):
         scheduler.run_once(settings, engine, transport=transport)
     assert transport.outbox == []
@@ -442,8 +518,34 @@ def test_the_daemon_schedules_each_digest_on_its_cron(tmp_path: Path) -> None:
         daemon.stop()
 
 
+def test_on_postgresql_every_daemon_runs_and_none_holds_a_lock_row(
+    ready: tuple[Site, Settings, Engine],
+) -> None:
+    _site, settings, engine = ready
+    first = scheduler.Daemon(settings, engine, watch=False)
+    second = scheduler.Daemon(settings, engine, watch=False)
+    shared = engine.dialect.name == "postgresql"
+    first.start()
+    try:
+        if not shared:
+            with pytest.raises(scheduler.DaemonBusyError):
+                second.start()
+            return
+        second.start()
+        second.stop()  # one stopping leaves the other running
+        assert first.lock.heartbeat() and not first.stop_event.is_set()
+        with engine.connect() as conn:
+            assert (
+                conn.scalar(select(state.c.value).where(state.c.key == scheduler.LOCK_KEY)) is None
+            )
+    finally:
+        first.stop()
+
+
 def test_a_daemon_that_loses_its_lock_stops(ready: tuple[Site, Settings, Engine]) -> None:
     _site, settings, engine = ready
+    if engine.dialect.name == "postgresql":
+        pytest.skip("no single daemon lock on PostgreSQL (see the test above)")
     daemon = scheduler.Daemon(settings, engine, watch=False)
     daemon.start()
     try:

@@ -4,7 +4,8 @@ It may import `newsletter.delivery` and everything below it.
 
 - `planning`: pure decisions — which posts are due for which lists, digests, crons
 - `passes`: one pass — sync, plan, deliver — and its report
-- `scheduler`: the long-running `Daemon` (APScheduler, signals, the daemon lock) and `run_once`
+- `lock`: one daemon per SQLite database (`DaemonLock`), any number on PostgreSQL (`SharedLock`)
+- `scheduler`: the long-running `Daemon` (APScheduler, signals) and `run_once`
 """
 
 from __future__ import annotations

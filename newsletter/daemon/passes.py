@@ -23,7 +23,7 @@ from newsletter.delivery.mailings import DeliveryReport
 from newsletter.delivery.transports import Transport
 from newsletter.errors import NewsletterError, TransportError
 from newsletter.posts.collection import Post, PostCollection
-from newsletter.store import reading
+from newsletter.store import one_at_a_time, reading
 from newsletter.store.schema import deliveries, lists, mailings
 
 log = logging.getLogger("newsletter.daemon")
@@ -134,7 +134,11 @@ def _read_bounces(engine: Engine, settings: Settings, problems: list[str]) -> No
     from newsletter.delivery.bouncebox import process_bounces
 
     try:
-        run = process_bounces(engine, settings)
+        # Several daemons on one PostgreSQL: one reads the mailbox per pass.
+        with one_at_a_time(engine, "bounces") as mine:
+            if not mine:
+                return
+            run = process_bounces(engine, settings)
     except NewsletterError as exc:
         problems.append(f"error: bounces: {exc}")
         return
@@ -196,7 +200,12 @@ def _plan_digests(
         if lst.mode != "digest":
             continue
         try:
-            mailing_id = _plan_digest(engine, settings, lst, posts, since, at, mailed)
+            # The slot's state is read and moved on by one daemon at a time
+            # (several on one PostgreSQL); the others leave this list to it.
+            with one_at_a_time(engine, f"digest:{lst.name}") as mine:
+                if not mine:
+                    continue
+                mailing_id = _plan_digest(engine, settings, lst, posts, since, at, mailed)
         except NewsletterError as exc:
             where = "" if exc.key else f"lists.{lst.name}: "
             problems.append(f"error: {where}{exc}")

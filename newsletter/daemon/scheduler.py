@@ -10,30 +10,36 @@ business.  This module arranges for passes to happen at the right moments:
 * a `CronTrigger` job per digest list;
 * a one-off job when the earliest deferred retry or paused mailing comes due.
 
-All passes run on one worker thread, so two passes never overlap in a process;
-a second process is refused by the lock row (`DaemonLock`), and
-delivery's own leases make even an overlap harmless.
+All passes run on one worker thread, so two passes never overlap in a process.
+On SQLite a second process is refused by the lock row (`DaemonLock`); on
+PostgreSQL any number of daemons run side by side (`SharedLock`): planning is
+idempotent, claims share the rows, and the few steps that must happen once
+per pass take `store.one_at_a_time`.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import signal
-import socket
 import threading
-import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from datetime import UTC, datetime
 from types import FrameType
 from typing import Any
 
-from sqlalchemy import Engine, delete, select, update
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from newsletter.config import Settings, utcnow
 from newsletter.daemon import planning
+from newsletter.daemon.lock import (  # noqa: F401 - the lock's names, as before
+    LOCK_KEY,
+    LOCK_TTL,
+    DaemonBusyError,
+    DaemonLock,
+    SharedLock,
+    daemon_lock,
+)
 from newsletter.daemon.passes import (
     Clock,
     MailingProgress,
@@ -45,10 +51,9 @@ from newsletter.daemon.passes import (
 )
 from newsletter.delivery.transports import Transport
 from newsletter.email.tokens import checked_secret
-from newsletter.errors import DeliveryError, NewsletterError, StoreError
+from newsletter.errors import NewsletterError
 from newsletter.posts.collection import POST_SUFFIXES
 from newsletter.store import safe_url
-from newsletter.store.schema import state
 
 log = logging.getLogger("newsletter.daemon")
 
@@ -56,121 +61,6 @@ TransportFactory = Callable[[Settings], Transport]
 
 HEARTBEAT = 5.0  # seconds between lock heartbeats
 STOP_TIMEOUT = 8.0  # SIGTERM → exit within 10 s: wait this long for in-flight sends
-LOCK_KEY = "daemon.lock"
-LOCK_TTL = 30.0  # seconds without a heartbeat before another daemon may take over
-
-
-# --------------------------------------------------------------------------- the lock
-
-
-class DaemonBusyError(DeliveryError):
-    """Another daemon holds the lock on this database."""
-
-
-class DaemonLock:
-    """One row in ``state``: the owner (host:pid:random) and a heartbeat expiry.
-
-    A second daemon is refused while the row is fresh.  A holder that stopped
-    heartbeating (hung, or killed with -9) is taken over after `ttl`; on the
-    same host a dead pid is taken over at once, so a restart after a crash
-    does not have to wait.
-    """
-
-    def __init__(
-        self, engine: Engine, *, ttl: float = LOCK_TTL, clock: Clock = utcnow, db: str = ""
-    ) -> None:
-        self.engine = engine
-        self.ttl = ttl
-        self.clock = clock
-        self.db = db
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-    def acquire(self) -> None:
-        at = self.clock()
-        try:
-            with self.engine.begin() as conn:
-                row = conn.execute(
-                    select(
-                        state.c.value, state.c.updated_at, state.c.expires_at, state.c.number
-                    ).where(state.c.key == LOCK_KEY)
-                ).first()
-                if (
-                    row is not None
-                    and row[0] != self.owner
-                    and _holder_alive(row[0], row[2], at, row[3])
-                ):
-                    age = max(0, round((at - row[1]).total_seconds()))
-                    raise DaemonBusyError(
-                        f"another newsletter daemon ({row[0]}, last heartbeat {age} s ago) "
-                        f"is running on {self.db or 'this database'}; stop it first "
-                        f"(a crashed one is taken over after {self.ttl:g} s)",
-                        key="database.url",
-                    )
-                conn.execute(delete(state).where(state.c.key == LOCK_KEY))
-                conn.execute(
-                    state.insert().values(
-                        key=LOCK_KEY,
-                        value=self.owner,
-                        updated_at=at,
-                        expires_at=at + timedelta(seconds=self.ttl),
-                        number=_started(os.getpid()),
-                    )
-                )
-        except SQLAlchemyError as exc:
-            raise StoreError(f"cannot take the daemon lock: {exc}") from exc
-
-    def heartbeat(self) -> bool:
-        """Extend the lock; False when another process has taken it from us."""
-        at = self.clock()
-        with self.engine.begin() as conn:
-            result = conn.execute(
-                update(state)
-                .where(state.c.key == LOCK_KEY, state.c.value == self.owner)
-                .values(updated_at=at, expires_at=at + timedelta(seconds=self.ttl))
-            )
-            return bool(result.rowcount)
-
-    def release(self) -> None:
-        try:
-            with self.engine.begin() as conn:
-                conn.execute(
-                    delete(state).where(state.c.key == LOCK_KEY, state.c.value == self.owner)
-                )
-        except SQLAlchemyError as exc:  # the lock simply expires
-            log.warning("could not release the daemon lock: %s", exc)
-
-
-def _holder_alive(
-    owner: str, expires_at: datetime | None, at: datetime, started: float | None = None
-) -> bool:
-    """On this host the pid decides, whatever the heartbeat says: a daemon whose
-    heartbeat waited behind a long write (an import holding SQLite's lock) is
-    still alive.  From another host only a fresh heartbeat says so."""
-    host, _, rest = owner.partition(":")
-    if host != socket.gethostname():
-        return expires_at is not None and expires_at > at
-    try:
-        pid = int(rest.split(":")[0])
-        os.kill(pid, 0)
-    except (ValueError, ProcessLookupError):
-        return False
-    except PermissionError:
-        return True
-    # The pid may have been reused since: compare when it started.
-    now_started = _started(pid)
-    return started is None or now_started is None or now_started == started
-
-
-def _started(pid: int) -> float | None:
-    """The process's start time (clock ticks after boot, /proc/<pid>/stat field 22)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
-    except OSError:
-        return None
-    try:  # the command name (field 2) may hold spaces and parentheses
-        return float(stat.rsplit(")", 1)[1].split()[19])
-    except (IndexError, ValueError):
-        return None
 
 
 def run_once(
@@ -181,10 +71,10 @@ def run_once(
     progress: MailingProgress | None = None,
     stop: threading.Event | None = None,
 ) -> PassReport:
-    """`run --once`: take the lock, one full pass, release.
+    """`run --once`: take the lock (SQLite; see `daemon_lock`), one full pass, release.
 
     `stop` set (a SIGTERM) ends the pass after the messages in flight."""
-    lock = DaemonLock(engine, db=safe_url(settings.database.url))
+    lock = daemon_lock(engine, db=safe_url(settings.database.url))
     lock.acquire()
     try:
         checked_secret(settings, engine)  # a changed secret: refuse before sending anything
@@ -222,7 +112,7 @@ class Daemon:
         self.clock = clock
         # The CLI passes the event a SIGTERM sets from process start-up on.
         self.stop_event = stop_event if stop_event is not None else threading.Event()
-        self.lock = DaemonLock(engine, clock=clock, db=safe_url(settings.database.url))
+        self.lock = daemon_lock(engine, clock=clock, db=safe_url(settings.database.url))
         self.scheduler: Any = None
         self.passes = 0
         self.lost_lock = False  # set when another process took the lock: exit non-zero

@@ -13,6 +13,7 @@ queries on subscribers, lists and memberships live with their stage, in
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -38,6 +39,7 @@ __all__ = [
     "bulk_writes",
     "insert_or_ignore",
     "now",
+    "one_at_a_time",
     "open_store",
     "open_url",
     "reading",
@@ -161,6 +163,35 @@ def insert_or_ignore(
         .returning(*(table.c[name] for name in conflict))
     )
     return conn.execute(statement).first() is not None
+
+
+@contextmanager
+def one_at_a_time(engine: Engine, step: str) -> Iterator[bool]:
+    """True when this process may do `step` now; False when another does it.
+
+    For the daemon's steps that must not run twice at once across several
+    daemons on one PostgreSQL (reading the bounce mailbox, a digest's cron
+    state): a transaction-level advisory lock, tried, never waited for, and
+    released when the block ends (or the process dies).  SQLite has one
+    daemon (the daemon lock), so the answer there is always True.
+    """
+    if engine.dialect.name != "postgresql":
+        yield True
+        return
+    key = int.from_bytes(hashlib.sha256(f"step:{step}".encode()).digest()[:8], "big", signed=True)
+    try:
+        conn = engine.connect()
+        transaction = conn.begin()
+        won = bool(conn.scalar(select(func.pg_try_advisory_xact_lock(key))))
+    except SQLAlchemyError as exc:
+        raise StoreError(f"cannot take the lock for {step}: {exc}") from exc
+    try:
+        yield won
+    finally:
+        try:
+            transaction.rollback()  # nothing was written on it: this only unlocks
+        finally:
+            conn.close()
 
 
 def reading(engine: Engine) -> Connection:

@@ -1,0 +1,195 @@
+"""Several real `newsletter run` daemons on one database (issue 12).
+
+On PostgreSQL any number run side by side: each due post is planned once
+(whoever wins), every daemon delivers, and a kill -9 of one leaves the rest
+to finish.  On SQLite a second daemon is still refused with one line.
+Real subprocesses, a real SMTP server on 127.0.0.1, the test's own database.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from email import message_from_bytes, policy
+from pathlib import Path
+
+import pytest
+from smtpserver import SmtpTestServer
+from sqlalchemy import func, select
+from test_cli_send import add_readers, smtp_config
+
+from newsletter.config import load_settings
+from newsletter.store import open_store
+from newsletter.store.schema import deliveries, mailings
+
+CONCURRENCY = 2
+POSTS = 3  # the sample's due posts; its fourth is dated 2031
+READERS = 120
+
+pytestmark = pytest.mark.slow
+
+
+class Running:
+    """One `newsletter run` process whose stderr (JSON log lines) is collected."""
+
+    def __init__(self, config: Path, cwd: Path, owner: str) -> None:
+        env = {**os.environ, "NEWSLETTER_OWNER": owner}
+        env.pop("NEWSLETTER_CONFIG", None)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "newsletter", "--config", str(config), "run", "--no-watch",
+             "--log-json"],
+            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line)
+
+    def events(self, name: str) -> list[dict[str, object]]:
+        records = [json.loads(line) for line in list(self.lines) if line.startswith("{")]
+        return [r for r in records if r.get("event") == name]
+
+    def sent(self) -> int:
+        return sum(int(str(r.get("sent", 0))) for r in self.events("mailing-finish"))
+
+    def stop(self) -> int:
+        """SIGTERM, then its exit status (it must stop within 10 s)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout=15)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+        self._reader.join(timeout=5)
+        return code
+
+    def text(self) -> str:
+        return "".join(self.lines)
+
+
+@pytest.fixture
+def pg_site(sample_site: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", pg_url)
+    monkeypatch.setenv("NEWSLETTER_SECRET", "daemons-test-secret")
+    return sample_site
+
+
+def configure(site: Path, server: SmtpTestServer, rate: int) -> Path:
+    config = smtp_config(site, server)
+    text = config.read_text()
+    text = text.replace("concurrency = 2\n", f"concurrency = {CONCURRENCY}\n")
+    # The deployment's rate (shared by the daemons) makes the run last long
+    # enough for every daemon to start; short leases make small batches.
+    text = text.replace("rate_per_second = 0\n", f"rate_per_second = {rate}\nlease_seconds = 4\n")
+    text = text.replace('scan_interval = "60s"', 'scan_interval = "1s"')
+    config.write_text(text)
+    settings = load_settings(config)
+    assert settings.delivery.rate_per_second == rate and settings.schedule.scan_interval == 1
+    return config
+
+
+def per_post(server: SmtpTestServer) -> Counter[tuple[str, str]]:
+    """(recipient, subject) → how many times it arrived."""
+    counts: Counter[tuple[str, str]] = Counter()
+    for item in list(server.received):
+        subject = str(message_from_bytes(item.data, policy=policy.default)["Subject"])
+        for rcpt in item.rcpt_tos:
+            counts[(rcpt, subject)] += 1
+    return counts
+
+
+def ledger(config: Path) -> tuple[int, dict[str, int]]:
+    engine = open_store(load_settings(config))
+    with engine.connect() as conn:
+        planned = int(conn.scalar(select(func.count()).select_from(mailings)) or 0)
+        query = select(deliveries.c.status, func.count()).group_by(deliveries.c.status)
+        return planned, {status: n for status, n in conn.execute(query).all()}
+
+
+def wait_until_all_sent(config: Path, daemons: list[Running], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while ledger(config)[1] != {"sent": POSTS * READERS}:
+        for daemon in daemons:
+            assert daemon.proc.poll() is None, daemon.text()  # each stays up
+        assert time.monotonic() < deadline, ledger(config)
+        time.sleep(0.2)
+
+
+def test_two_daemons_on_one_postgresql_plan_once_and_both_deliver(
+    pg_site: Path, smtp_server: SmtpTestServer
+) -> None:
+    config = configure(pg_site, smtp_server, rate=40)
+    add_readers(config, READERS)
+    daemons = [Running(config, pg_site, f"daemon-{i}") for i in range(2)]
+    try:
+        wait_until_all_sent(config, daemons)
+    finally:
+        codes = [d.stop() for d in daemons]
+    assert codes == [0, 0], [d.text() for d in daemons]
+    counts = per_post(smtp_server)
+    assert len(counts) == POSTS * READERS  # every post reached every reader
+    assert set(counts.values()) == {1}  # and nobody twice
+    assert ledger(config) == (POSTS, {"sent": POSTS * READERS})  # one mailing per post
+    shares = [d.sent() for d in daemons]
+    assert sum(shares) == POSTS * READERS
+    assert all(share > 0 for share in shares), shares  # both did real work
+
+
+def test_kill_9_of_one_daemon_leaves_the_others_to_finish(
+    pg_site: Path, smtp_server: SmtpTestServer
+) -> None:
+    config = configure(pg_site, smtp_server, rate=40)
+    add_readers(config, READERS)
+    daemons = [Running(config, pg_site, f"daemon-{i}") for i in range(3)]
+    try:
+        deadline = time.monotonic() + 60
+        while len(smtp_server.received) < POSTS * READERS // 4 or not daemons[0].sent():
+            assert daemons[0].proc.poll() is None, daemons[0].text()
+            assert time.monotonic() < deadline, "no progress"
+            time.sleep(0.05)
+        daemons[0].proc.send_signal(signal.SIGKILL)
+        daemons[0].proc.wait()
+        wait_until_all_sent(config, daemons[1:])
+    finally:
+        codes = [d.stop() for d in daemons[1:]]
+    assert codes == [0, 0], [d.text() for d in daemons[1:]]
+    counts = per_post(smtp_server)
+    assert len(counts) == POSTS * READERS  # nobody lost
+    # At most what the dead daemon had in flight went twice.
+    assert sum(n - 1 for n in counts.values()) <= CONCURRENCY
+    assert ledger(config) == (POSTS, {"sent": POSTS * READERS})
+
+
+def test_on_sqlite_a_second_daemon_is_refused_with_one_line(
+    sample_site: Path, smtp_server: SmtpTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NEWSLETTER_SECRET", "daemons-test-secret")
+    config = configure(sample_site, smtp_server, rate=0)
+    first = Running(config, sample_site, "first")
+    try:
+        deadline = time.monotonic() + 30
+        while not first.events("started"):
+            assert first.proc.poll() is None, first.text()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        second = subprocess.run(
+            [sys.executable, "-m", "newsletter", "--config", str(config), "run", "--no-watch"],
+            cwd=sample_site, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert first.proc.poll() is None  # the first one is untouched
+    finally:
+        assert first.stop() == 0, first.text()
+    assert second.returncode == 1 and second.stdout == ""
+    assert len(second.stderr.splitlines()) == 1, second.stderr
+    assert second.stderr.startswith("error: database.url: another newsletter daemon (")
