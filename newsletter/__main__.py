@@ -12,7 +12,10 @@ from newsletter.cli import main as _cli  # noqa: E402  (after hold(), on purpose
 
 
 def main() -> None:
-    _cli(prog_name="newsletter")
+    try:
+        _cli(prog_name="newsletter")
+    finally:
+        shutdown.finish()
 
 
 if __name__ == "__main__":

@@ -51,6 +51,17 @@ def settle(*, graceful: bool) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+def finish() -> None:
+    """A graceful command is returning: a SIGTERM from now on changes nothing.
+
+    Interpreter shutdown puts Python-level handlers back to the default, so a
+    SIGTERM in the last milliseconds of a `send` that had finished its work
+    killed it with -15.  An ignored signal stays ignored through shutdown.
+    """
+    if _held and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def stop_event() -> threading.Event:
     """The event a SIGTERM sets from start-up on; a fresh one when nothing was held
     (the library used in-process, e.g. from tests, never shares a stop flag)."""

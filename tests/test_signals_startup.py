@@ -116,3 +116,18 @@ def test_other_commands_still_die_of_a_sigterm_noted_during_start_up(tmp_path: P
     site = make_site(tmp_path)
     _caught, code, err = terminate_after(["--config", str(site.config), "posts"], INTERPRETER_UP)
     assert code == -signal.SIGTERM, err
+
+
+def test_a_finished_graceful_command_ignores_sigterm_through_interpreter_shutdown() -> None:
+    # Interpreter shutdown resets Python handlers to the default disposition, so a
+    # SIGTERM in a finished `send`'s last milliseconds killed it; SIG_IGN survives.
+    code = (
+        "import os, signal\n"
+        "from newsletter import shutdown\n"
+        "shutdown.hold(); shutdown.settle(graceful=True); shutdown.finish()\n"
+        "ignored = [l for l in open('/proc/self/status') if l.startswith('SigIgn:')][0]\n"
+        "print(bool(int(ignored.split()[1], 16) & (1 << (signal.SIGTERM - 1))))\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert (done.returncode, done.stdout.strip()) == (0, "True"), done.stderr
