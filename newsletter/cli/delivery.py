@@ -18,7 +18,7 @@ from newsletter.cli.common import emit_json, handle_errors, json_option, setting
 # The library is imported inside each function, so `--help` stays cheap.
 if TYPE_CHECKING:
     from newsletter.config import Settings
-    from newsletter.delivery.mailings import DeliveryReport, MailingSummary, Progress
+    from newsletter.delivery.report import DeliveryReport, MailingSummary, Progress
     from newsletter.posts.collection import Post
 
 

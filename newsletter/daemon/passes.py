@@ -19,7 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from newsletter.config import ListSettings, Settings, utcnow
 from newsletter.daemon import pagewait, planning
-from newsletter.delivery.mailings import DeliveryReport
+from newsletter.delivery.report import DeliveryReport
 from newsletter.delivery.transports import Transport
 from newsletter.errors import NewsletterError, TransportError
 from newsletter.posts.collection import Post, PostCollection

@@ -16,7 +16,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from newsletter.config import Settings
-from newsletter.delivery.report import DeliveryReport, MailingSummary, Progress, envelope_sender
+from newsletter.delivery.report import DeliveryReport, MailingSummary, Progress
 from newsletter.delivery.transports import Transport
 from newsletter.errors import (
     ConfigError,
@@ -31,12 +31,8 @@ from newsletter.store import mailings as q
 from newsletter.store import reading
 
 __all__ = [
-    "DeliveryReport",
-    "MailingSummary",
-    "Progress",
     "deliver_due",
     "deliver_mailing",
-    "envelope_sender",
     "mailed_pairs",
     "mailing_summaries",
     "plan_mailing",
