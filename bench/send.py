@@ -512,11 +512,16 @@ def compare(args: argparse.Namespace) -> None:
         log.close()
 
 
+def loadavg() -> str:
+    return "load " + " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
 def cell(
     n: int, c: int, pipelining: bool, kinds: list[str], runs: int, port: int,
     files: dict[str, Any], log: Any,
 ) -> None:  # fmt: skip
     results: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
+    load_before = loadavg()
     for run in range(runs):
         order = kinds[run % len(kinds) :] + kinds[: run % len(kinds)]
         for kind in order:
@@ -526,7 +531,7 @@ def cell(
                 log.write(json.dumps({"n": n, "c": c, "pipelining": pipelining, **result}) + "\n")
                 log.flush()
     mode = "PIPELINING" if pipelining else "no PIPELINING"
-    print(f"N = {n:,}, C = {c}, {mode}")
+    print(f"N = {n:,}, C = {c}, {mode}  ({load_before} -> {loadavg()})")
     for kind in kinds:
         got = results[kind]
         rates = [r["rate"] for r in got]
