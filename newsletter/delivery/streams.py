@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+RETRY_COMMIT = 0.0005  # seconds between tries while a claim holds the write lock
+
 
 def run_loop(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run `main()` on a fresh event loop, on a helper thread if this one has a loop."""
@@ -93,14 +95,18 @@ class Commits:
             raise pending.error
 
     def _commit(self, done: asyncio.Future[None]) -> None:
-        self._scheduled = None
         try:
-            self.recorder.flush()
+            if not self.recorder.try_flush():
+                # A claim (on the ledger thread) holds the write lock for a few
+                # ms: rather than block the loop, keep serving the other
+                # connections, whose outcomes join this group, and try again.
+                asyncio.get_running_loop().call_later(RETRY_COMMIT, self._commit, done)
+                return
         except Exception:  # kept on each Pending of the group; its waiters raise it
             log.debug("a group commit failed", exc_info=True)
-        finally:
-            if not done.done():
-                done.set_result(None)
+        self._scheduled = None
+        if not done.done():
+            done.set_result(None)
 
 
 class StreamsStrategy:
