@@ -5,6 +5,7 @@
     python bench/send.py --also rounds,threaded           # the older strategies too
     python bench/send.py --only streams,streams-p2        # ours with [delivery] processes = 2
     python bench/send.py --cold-render                    # ours renders (no render cache)
+    python bench/send.py --only streams,before:streams    # before/after: main's code (--before)
     python bench/send.py --sink python                    # the asyncio sink below instead
     python bench/send.py --personalise                    # personalisation rates only
     python bench/send.py --memory 100000,1000000          # peak RSS, one subprocess per size
@@ -43,7 +44,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+# The package measured: this checkout, or another one's for a before/after
+# ("--only streams,before:streams --before /path/to/checkout").
+CODE = Path(os.environ.get("BENCH_CODE") or ROOT)
+sys.path.insert(0, str(CODE))
 
 POST = "how-sleep-consolidates-memory"
 SMTP_SINK = "/usr/sbin/smtp-sink"
@@ -141,7 +145,7 @@ templates_dir = "{ROOT / "templates"}"
 transport = "smtp"
 concurrency = {concurrency}
 strategy = "{strategy}"
-processes = {processes}
+{f"processes = {processes}" if processes != 1 else ""}
 [smtp]
 host = "127.0.0.1"
 port = {port}
@@ -378,7 +382,11 @@ def run_one(
     cmd += ["--concurrency", str(concurrency), "--message", str(files["message"])]
     cmd += ["--template", str(files["template"]), "--mailing", str(files["mailing"])]
     cmd += ["--cold-render"] if not RENDERED else []
-    out = subprocess.run(cmd, capture_output=True, text=True, env=CHILD_ENV)
+    env = CHILD_ENV
+    if kind.startswith("before:"):
+        env = {**CHILD_ENV, "BENCH_CODE": BEFORE, "PYTHONPATH": BEFORE}
+        cmd[cmd.index(kind)] = kind.removeprefix("before:")
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode != 0:
         raise RuntimeError(f"{kind} failed:\n{out.stderr}")
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
@@ -387,6 +395,7 @@ def run_one(
     return result
 
 
+BEFORE = "/work/main"  # --before
 CHILD_ENV = {**os.environ, "PYTHONPATH": str(ROOT), "NEWSLETTER_SECRET": "bench-secret"}
 
 
@@ -586,6 +595,7 @@ def sample_message(site: Path) -> bytes:
 
 
 def main() -> None:
+    global RENDERED, BEFORE
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", default="20000,100000", help="comma-separated list sizes")
     parser.add_argument("--concurrency", default="1,4,8", help="comma-separated connection counts")
@@ -595,6 +605,7 @@ def main() -> None:
     parser.add_argument("--also", default="", help="older strategies to measure: rounds,threaded")
     parser.add_argument("--out", default="", help="append every measurement as JSON lines")
     parser.add_argument("--only", default="", help="ours to measure instead: streams,streams-p2")
+    parser.add_argument("--before", default="/work/main", help="the checkout of before:KIND")
     parser.add_argument(
         "--cold-render", action="store_true", help="ours renders the post (no render cache)"
     )
@@ -607,8 +618,8 @@ def main() -> None:
         parser.add_argument(hidden, help=argparse.SUPPRESS)
     parser.add_argument("--no-pipelining", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    global RENDERED
     RENDERED = not args.cold_render
+    BEFORE = args.before
     if args.python_sink:
         run_sink(args.python_sink, not args.no_pipelining)
     elif args.measure:
