@@ -249,7 +249,22 @@ def snapshot_list(
         "updated_at",
         "dedupe_key",
     ]
-    result = conn.execute(deliveries.insert().from_select(columns, rows))
+    insert: Any = deliveries.insert().from_select(columns, rows)
+    if dedupe_key is not None and conn.dialect.name == "postgresql":
+        # Another host planning this post for another list right now queues
+        # its rows unseen by our NOT EXISTS; the dedupe index makes us wait
+        # for its commit, and then its rows stand and ours for those people
+        # are left out, instead of a unique violation losing the whole plan.
+        # Only here: SQLite's planners take turns (BEGIN IMMEDIATE), and a
+        # mailing's own rows cannot collide (one INSERT for a new mailing).
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        insert = (
+            pg_insert(deliveries)
+            .from_select(columns, rows)
+            .on_conflict_do_nothing(index_elements=["dedupe_key", "subscriber_id"])
+        )
+    result = conn.execute(insert)
     return int(result.rowcount)
 
 
