@@ -6,12 +6,15 @@ bench/plan.py, never asserted here.
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, func, inspect, select, text
+from sqlalchemy import Connection, Engine, func, inspect, select, text
 from sqlalchemy.exc import IntegrityError
 
 from newsletter.audience import members as subs
@@ -53,10 +56,11 @@ def queued(engine: Engine, mailing_id: int) -> list[str]:
 def test_two_planners_of_one_post_for_two_lists_race_without_error(pg_url: str) -> None:
     """Host A plans the post for `field` while host B plans it for `essays`.
 
-    B's NOT EXISTS cannot see A's uncommitted rows, so both queue the member
-    of both lists; the unique dedupe index makes B wait for A's commit and
-    then (before the fix) fail with a unique violation: B's whole plan was
-    lost and reported as an error.  Now B leaves that member to A.
+    B's NOT EXISTS could not see A's uncommitted rows, so both queued the
+    member of both lists; the dedupe index then made B wait for A's commit
+    and fail with a unique violation: B's whole plan was lost, reported as
+    an error.  Now B waits for A's turn on the post, then leaves that member
+    to A.
     """
     engine = site_db(pg_url)
     outcome: dict[str, object] = {}
@@ -64,6 +68,7 @@ def test_two_planners_of_one_post_for_two_lists_race_without_error(pg_url: str) 
         # Host A, mid-plan: the mailing and its snapshot written, not yet committed.
         field = q.list_id(conn, "field")
         assert field is not None
+        q.lock_post(conn, "p")  # what plan_post does first
         mid_a = q.insert_mailing(
             conn, post_id="p", list_id=field, kind="post", generation=0, subject="", post_ids=()
         )
@@ -78,7 +83,7 @@ def test_two_planners_of_one_post_for_two_lists_race_without_error(pg_url: str) 
 
         thread = threading.Thread(target=host_b)
         thread.start()
-        time.sleep(1.0)  # B is now waiting on A's uncommitted index entry
+        time.sleep(1.0)  # B is now waiting for A's turn
         assert thread.is_alive()
     thread.join(30)
     assert "error" not in outcome, outcome.get("error")
@@ -134,20 +139,37 @@ def test_a_failed_plan_on_sqlite_also_turns_the_checks_back_on(tmp_path: object)
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
 
 
+def index_sql(conn: Connection, name: str) -> str:
+    """The CREATE INDEX statement of an index, as the database keeps it."""
+    if conn.dialect.name == "postgresql":
+        query = "SELECT indexdef FROM pg_indexes WHERE indexname = :name"
+    else:
+        query = "SELECT sql FROM sqlite_master WHERE name = :name"
+    return str(conn.execute(text(query), {"name": name}).scalar() or "")
+
+
 def test_a_version_3_database_is_upgraded_to_4(database_url: str) -> None:
     engine = open_url(database_url)
     with engine.begin() as conn:  # make it look like version 3
-        conn.execute(text("DROP INDEX ix_deliveries_deferred"))
+        for name in ("ix_deliveries_deferred", "uq_deliveries_dedupe"):
+            conn.execute(text(f"DROP INDEX {name}"))
         conn.execute(
             text(
                 "CREATE INDEX ix_deliveries_claim ON deliveries (mailing_id, status, next_attempt_at)"
             )
         )
+        conn.execute(
+            text(
+                "CREATE UNIQUE INDEX uq_deliveries_dedupe ON deliveries (dedupe_key, subscriber_id)"
+            )
+        )
         if conn.dialect.name == "postgresql":
+            conn.execute(text("DROP INDEX uq_delivery_mailing_subscriber"))
             conn.execute(
                 text(
                     "ALTER TABLE deliveries ADD FOREIGN KEY (mailing_id) REFERENCES mailings (id) "
-                    "ON DELETE CASCADE, ADD FOREIGN KEY (subscriber_id) REFERENCES subscribers (id)"
+                    "ON DELETE CASCADE, ADD FOREIGN KEY (subscriber_id) REFERENCES subscribers (id), "
+                    "ADD CONSTRAINT uq_delivery_mailing_subscriber UNIQUE (mailing_id, subscriber_id)"
                 )
             )
         conn.execute(schema_version.delete().where(schema_version.c.version > 3))
@@ -156,11 +178,91 @@ def test_a_version_3_database_is_upgraded_to_4(database_url: str) -> None:
         assert conn.scalar(select(func.max(schema_version.c.version))) == 4
         names = {ix["name"] for ix in inspect(conn).get_indexes("deliveries")}
         foreign = inspect(conn).get_foreign_keys("deliveries")
+        dedupe = index_sql(conn, "uq_deliveries_dedupe")
+        mailing_subscriber = index_sql(conn, "uq_delivery_mailing_subscriber")
     assert "ix_deliveries_claim" not in names
     assert "ix_deliveries_deferred" in names
+    assert "WHERE" in dedupe and "dedupe_key IS NOT NULL" in dedupe
     if engine.dialect.name == "postgresql":
         assert foreign == []
-    else:  # SQLite keeps them (it cannot drop one without rebuilding the table)
+        assert "UNIQUE" in mailing_subscriber and "dedupe_key IS NULL" in mailing_subscriber
+    else:  # SQLite keeps its table constraints (it cannot drop one without rebuilding the table)
         assert {fk["referred_table"] for fk in foreign} == {"mailings", "subscribers"}
     ids = plan_post(engine, SETTINGS, "p", ("field",))
     assert len(queued(engine, ids["field"])) == 6
+    duplicate_refused(engine, ids["field"], "p")
+
+
+def duplicate_refused(engine: Engine, mailing_id: int, key: str | None) -> None:
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(deliveries.c.subscriber_id, deliveries.c.email).where(
+                deliveries.c.mailing_id == mailing_id
+            )
+        ).first()
+    assert row is not None
+    with pytest.raises(IntegrityError), engine.begin() as conn:
+        conn.execute(
+            deliveries.insert().values(
+                mailing_id=mailing_id, subscriber_id=row.subscriber_id, email=row.email,
+                status="queued", attempts=0, updated_at=datetime.now(UTC), dedupe_key=key,
+            )
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize("dedupe", [True, False], ids=["dedupe", "no-dedupe"])
+def test_a_mailing_never_holds_one_subscriber_twice(database_url: str, dedupe: bool) -> None:
+    """Each row is in one of two partial unique indexes: either way, one per (mailing, person)."""
+    engine = site_db(database_url)
+    settings = SETTINGS
+    if not dedupe:
+        settings = Settings(
+            lists=SETTINGS.lists, email=replace(SETTINGS.email, dedupe_across_lists=False)
+        )
+    ids = plan_post(engine, settings, "p", ("field", "essays"))
+    with engine.connect() as conn:
+        keys = set(conn.execute(select(deliveries.c.dedupe_key)).scalars())
+    assert keys == ({"p"} if dedupe else {None})
+    for mailing_id in ids.values():
+        duplicate_refused(engine, mailing_id, "p" if dedupe else None)
+    resend = plan_mailing(engine, settings, "p", "field", resend=True)
+    duplicate_refused(engine, resend, None)
+
+
+V3_SQLITE = Path(__file__).parent / "fixtures" / "store" / "schema_v3_sqlite.sql"
+
+
+def test_a_sqlite_file_made_by_version_3_upgrades_with_its_ledger(tmp_path: Path) -> None:
+    """The real version-3 schema (table constraints and all), with a mailing half sent."""
+    path = tmp_path / "v3.db"
+    with sqlite3.connect(path) as db:
+        db.executescript(V3_SQLITE.read_text())
+        db.executescript(
+            "INSERT INTO schema_version VALUES (3, '2026-01-01 00:00:00');"
+            "INSERT INTO lists VALUES (1, 'field', 'Field', '2026-01-01 00:00:00');"
+            "INSERT INTO subscribers (id, email, email_key, uid, name, attributes, status, "
+            "created_at, updated_at) VALUES (1, 'a@example.org', 'a@example.org', 'u1', '', "
+            "'{}', 'active', '2026-01-01', '2026-01-01');"
+            "INSERT INTO memberships VALUES (1, 1, '2026-01-01', NULL);"
+            "INSERT INTO mailings (id, post_id, list_id, kind, generation, subject, state, "
+            "post_ids, created_at) VALUES (1, 'old', 1, 'post', 0, '', 'sending', '[]', "
+            "'2026-01-01');"
+            "INSERT INTO deliveries (id, mailing_id, subscriber_id, email, status, attempts, "
+            "next_attempt_at, updated_at, dedupe_key) VALUES (1, 1, 1, 'a@example.org', "
+            "'deferred', 1, '2026-01-01 00:00:00', '2026-01-01', 'old');"
+        )
+    engine = open_url(f"sqlite:///{path}")
+    with engine.connect() as conn:
+        assert conn.scalar(select(func.max(schema_version.c.version))) == 4
+        assert "dedupe_key IS NOT NULL" in index_sql(conn, "uq_deliveries_dedupe")
+        names = {ix["name"] for ix in inspect(conn).get_indexes("deliveries")}
+        assert conn.exec_driver_sql("PRAGMA foreign_key_check").all() == []
+    assert "ix_deliveries_claim" not in names and "ix_deliveries_deferred" in names
+    # The table constraint still refuses a second (mailing, subscriber), key or no key.
+    duplicate_refused(engine, 1, None)
+    # The deferred row is claimable through the new index; planning works.
+    claimed, _ = q.claim(engine, 1, "host:1:x", 10, 60)
+    assert [r.email for r in claimed] == ["a@example.org"]
+    settings = Settings(lists={"field": ListSettings("field", "Field")})
+    mid = plan_mailing(engine, settings, "new", "field")
+    assert queued(engine, mid) == ["a@example.org"]

@@ -102,6 +102,8 @@ def _plan(
     dedupe = kind == "post" and not resend and settings.email.dedupe_across_lists
     try:
         with snapshot_transaction(engine) as conn:
+            if dedupe:
+                q.lock_post(conn, post_id)  # one planner of this post at a time
             result: dict[str, int] = {}
             fresh: list[tuple[str, int, int]] = []  # (list name, list id, mailing id)
             for name in list_names:
