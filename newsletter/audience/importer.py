@@ -20,6 +20,7 @@ Merging rules (invariant 3):
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -127,6 +128,7 @@ class ImportRun:
     counts: ImportCounts = field(default_factory=ImportCounts)
     touched: _Touched = field(default_factory=_Touched)
     raw: _Raw = field(init=False)
+    staged_new: int = 0  # a staged import: new addresses its merge must insert (the check)
 
     def __post_init__(self) -> None:
         self.raw = _Raw(self.conn.dialect)
@@ -367,6 +369,10 @@ class _Raw:
         self._time = _processor(UtcDateTime(), dialect)
         self._json = _processor(subscribers.c.attributes.type, dialect)
         self._empty_json = self._json({})
+        # The text the column's serializer writes (for staged, set-based writes).
+        self.json_text: Callable[[Any], str] = (
+            getattr(dialect, "_json_serializer", None) or json.dumps
+        )
         self._last: tuple[datetime, Any] | None = None
 
     def time(self, value: datetime) -> Any:
