@@ -56,7 +56,9 @@ def _by_normalised(raw: str) -> tuple[str, str] | str:
 
 _ATEXT = string.ascii_letters + string.digits + "!#$%&'*+/=?^_`{|}~-"
 _local = st.text(alphabet=_ATEXT + "..", max_size=20) | st.text(
-    alphabet=_ATEXT + ".", min_size=60, max_size=70  # around the 64-octet limit
+    alphabet=_ATEXT + ".",
+    min_size=60,
+    max_size=70,  # around the 64-octet limit
 )
 _label = st.text(alphabet=string.ascii_letters + string.digits + "-", min_size=0, max_size=66)
 _domain = st.lists(_label, min_size=1, max_size=5).map(".".join) | st.sampled_from(

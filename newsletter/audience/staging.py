@@ -232,8 +232,10 @@ def merge(run: ImportRun, stamp: datetime) -> tuple[float, float]:
     conn = conn.execution_options(preserve_rowcount=True)
     started, cpu = time.perf_counter(), time.process_time()
     with bulk_writes(conn), conn.begin():
-        _check(conn, _insert_staged_new(conn, raw_stamp), run.staged_new, "a new address appeared")
-        _insert_staged_memberships(conn, run, raw_stamp)
+        before = conn.scalar(select(func.max(subscribers.c.id)))
+        added = _insert_staged_new(conn, raw_stamp)
+        _check(conn, added, run.staged_new, "a new address appeared")
+        _insert_staged_memberships(conn, run, raw_stamp, _new_ids(conn, before, added))
         _check(conn, _insert_new(conn), _count(conn, _new), "a new address appeared")
         _insert_memberships(conn, run.list_id)
         members = _insert_existing_members(conn, run.list_id)
@@ -489,9 +491,7 @@ def _against_store(run: ImportRun) -> tuple[Any, Any]:
 
 
 def _rank(status: Any) -> Any:
-    return case(
-        {"unsubscribed": 1, "bounced": 2, "complained": 3}, value=status, else_=0
-    )
+    return case({"unsubscribed": 1, "bounced": 2, "complained": 3}, value=status, else_=0)
 
 
 def _time_reader(dialect: Dialect) -> Callable[[Any], Any]:
@@ -610,19 +610,35 @@ def _insert_staged_new(conn: Connection, raw_stamp: Any) -> int:
     return int(conn.execute(insert(subscribers).from_select(columns, query)).rowcount)
 
 
-def _insert_staged_memberships(conn: Connection, run: ImportRun, raw_stamp: Any) -> None:
-    """Memberships and consent records of the addresses `_insert_staged_new` added
-    (found by their uid: random, so only the rows just inserted carry it)."""
+def _new_ids(conn: Connection, before: int | None, added: int) -> Any:
+    """Which subscribers `_insert_staged_new` just added, as a condition.
+
+    SQLite (one writer, this transaction holds the lock): the ids after the
+    largest one before, if that is exactly `added` rows; scanning them in id
+    order (which is address order) beats probing the uid index row by row.
+    Otherwise (PostgreSQL: other sessions draw from the sequence too): the
+    staged uid, random, so carried only by the rows just inserted."""
+    if conn.dialect.name == "sqlite":
+        after = subscribers.c.id > (before or 0)
+        if conn.scalar(select(func.count()).where(after)) == added:
+            return after
+    return exists().where(_rows.c.uid == subscribers.c.uid)
+
+
+def _insert_staged_memberships(
+    conn: Connection, run: ImportRun, raw_stamp: Any, added: Any
+) -> None:
+    """Memberships and consent records of the subscribers `added` (see `_new_ids`)."""
     r, s = _rows.c, subscribers.c
     stamp = bindparam("stamp", raw_stamp, type_=_RAW)
-    added = _rows.join(subscribers, s.uid == r.uid)
-    joins = select(literal(run.list_id), s.id, func.coalesce(r.since, stamp)).select_from(added)
+    since = select(r.since).where(r.key == s.email_key).limit(1).scalar_subquery()
+    joins = select(literal(run.list_id), s.id, func.coalesce(since, stamp)).where(added)
     conn.execute(insert(memberships).from_select(["list_id", "subscriber_id", "created_at"], joins))
     name = conn.scalar(select(lists.c.name).where(lists.c.id == run.list_id))
     events = select(s.id, stamp, literal("subscribe"), literal(run.source), literal(name))
     conn.execute(
         insert(consent_events).from_select(
-            ["subscriber_id", "at", "action", "source", "list_name"], events.select_from(added)
+            ["subscriber_id", "at", "action", "source", "list_name"], events.where(added)
         )
     )
 
