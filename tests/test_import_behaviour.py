@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import signal
@@ -13,7 +14,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from sqlalchemy import Engine, func, select
+from sqlalchemy.dialects import postgresql as postgresql_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
 from test_subscribers_common import (
     FIXTURES,
     make_engine,
@@ -617,3 +623,19 @@ def test_each_join_gets_its_consent_record(
     assert [e.source for e in consent.history(engine, old.id)].count("import") == 1
     run_import(engine, settings, path)  # nobody joins: nothing recorded
     assert [e.source for e in consent.history(engine, old.id)].count("import") == 1
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@hypothesis_settings(max_examples=500, deadline=None)
+@given(st.dictionaries(st.text(), _JSON, max_size=6))
+def test_staged_attributes_are_the_json_columns_own_text(attributes: dict[str, object]) -> None:
+    """The staged import writes attributes as text, with json.dumps's C encoder
+    built once: the text must be exactly what the JSON column would write."""
+    for dialect in (sqlite_dialect.dialect(), postgresql_dialect.dialect()):
+        assert importer._Raw(dialect).json_text(attributes) == json.dumps(attributes)

@@ -6,14 +6,18 @@ SQLite has one writer at a time.  An import that parsed, validated and wrote
 import is two phases on one connection:
 
 1. **Stage** (no write lock on the main database): rows are parsed and
-   validated, stored in a TEMP table, read back sorted by address so that
-   duplicates anywhere in the file meet and merge, and planned against the
-   store (one IN query per 5,000 addresses, as `importer` does).  The planned
-   writes go to TEMP tables too.  On SQLite a TEMP table lives in its own
-   file: writing it takes no lock other processes wait for.
+   validated and streamed into a TEMP table (one executemany; COPY on
+   PostgreSQL).  The rest is set-based, against the store's snapshot:
+   addresses the file repeats are merged (only those rows come back to
+   Python, `importer`'s rules); rows that may change a stored subscriber or
+   membership are planned in Python (`importer._apply`, one IN query per
+   5,000) into TEMP tables; what is left is new or changes nothing, and is
+   counted by one statement.  On SQLite a TEMP table lives in its own file:
+   writing it takes no lock other processes wait for.
 2. **Merge** (one short write transaction): a handful of set-based
-   statements (`INSERT … SELECT`, `UPDATE … FROM`) copy the plan into the
-   real tables, inside the database engine, with no Python per row.
+   statements (`INSERT … SELECT`, `UPDATE … FROM`) copy the new addresses
+   and the plan into the real tables, inside the database engine, with no
+   Python per row.
 
 All or nothing still holds: nothing reaches the real tables before phase 2,
 which commits at once or not at all.  What phase 1 read may have changed by
@@ -25,9 +29,9 @@ difference it rolls back and the caller re-runs the import the classic way
 PostgreSQL takes the same two phases (there a long transaction blocks no
 other writer, but executemany paid a round trip per batch and SQLAlchemy's
 per-row work: 100k rows took 3.4x SQLite's time): every row goes into the TEMP
-tables with `COPY … FROM STDIN` (psycopg 3's `cursor.copy`, `write_row`), the
-sorted read-back uses a server-side cursor, and the merge statements are the
-same portable set-based ones.
+tables with `COPY … FROM STDIN` (psycopg 3's `cursor.copy`, `write_row`),
+read-backs use server-side cursors, and the statements are the same portable
+set-based ones.
 """
 
 from __future__ import annotations
@@ -235,7 +239,7 @@ def merge(run: ImportRun, stamp: datetime) -> tuple[float, float]:
         before = conn.scalar(select(func.max(subscribers.c.id)))
         added = _insert_staged_new(conn, raw_stamp)
         _check(conn, added, run.staged_new, "a new address appeared")
-        _insert_staged_memberships(conn, run, raw_stamp, _new_ids(conn, before, added))
+        _insert_staged_memberships(conn, run, raw_stamp, before, added)
         _check(conn, _insert_new(conn), _count(conn, _new), "a new address appeared")
         _insert_memberships(conn, run.list_id)
         members = _insert_existing_members(conn, run.list_id)
@@ -610,37 +614,33 @@ def _insert_staged_new(conn: Connection, raw_stamp: Any) -> int:
     return int(conn.execute(insert(subscribers).from_select(columns, query)).rowcount)
 
 
-def _new_ids(conn: Connection, before: int | None, added: int) -> Any:
-    """Which subscribers `_insert_staged_new` just added, as a condition.
-
-    SQLite (one writer, this transaction holds the lock): the ids after the
-    largest one before, if that is exactly `added` rows; scanning them in id
-    order (which is address order) beats probing the uid index row by row.
-    Otherwise (PostgreSQL: other sessions draw from the sequence too): the
-    staged uid, random, so carried only by the rows just inserted."""
-    if conn.dialect.name == "sqlite":
-        after = subscribers.c.id > (before or 0)
-        if conn.scalar(select(func.count()).where(after)) == added:
-            return after
-    return exists().where(_rows.c.uid == subscribers.c.uid)
-
-
 def _insert_staged_memberships(
-    conn: Connection, run: ImportRun, raw_stamp: Any, added: Any
+    conn: Connection, run: ImportRun, raw_stamp: Any, before: int | None, added: int
 ) -> None:
-    """Memberships and consent records of the subscribers `added` (see `_new_ids`)."""
+    """Memberships and consent records of the subscribers `_insert_staged_new` added.
+
+    SQLite (one writer; this transaction holds the lock): they are the ids
+    after the largest one before, if that is exactly `added` rows, and
+    scanning them in id order (which is address order) beats probing the uid
+    index row by row.  Otherwise (PostgreSQL: other sessions draw from the
+    sequence too) they are found by the staged uid: random, so carried only by
+    the rows just inserted (a hash join there)."""
     r, s = _rows.c, subscribers.c
     stamp = bindparam("stamp", raw_stamp, type_=_RAW)
-    since = select(r.since).where(r.key == s.email_key).limit(1).scalar_subquery()
-    joins = select(literal(run.list_id), s.id, func.coalesce(since, stamp)).where(added)
+    after = s.id > (before or 0)
+    if conn.dialect.name == "sqlite" and conn.scalar(select(func.count()).where(after)) == added:
+        since = select(r.since).where(r.key == s.email_key).limit(1).scalar_subquery()
+        joins = select(literal(run.list_id), s.id, func.coalesce(since, stamp)).where(after)
+        events = select(s.id).where(after)
+    else:
+        new = _rows.join(subscribers, s.uid == r.uid)
+        joins = select(literal(run.list_id), s.id, func.coalesce(r.since, stamp)).select_from(new)
+        events = select(s.id).select_from(new)
     conn.execute(insert(memberships).from_select(["list_id", "subscriber_id", "created_at"], joins))
     name = conn.scalar(select(lists.c.name).where(lists.c.id == run.list_id))
-    events = select(s.id, stamp, literal("subscribe"), literal(run.source), literal(name))
-    conn.execute(
-        insert(consent_events).from_select(
-            ["subscriber_id", "at", "action", "source", "list_name"], events.where(added)
-        )
-    )
+    events = events.add_columns(stamp, literal("subscribe"), literal(run.source), literal(name))
+    columns = ["subscriber_id", "at", "action", "source", "list_name"]
+    conn.execute(insert(consent_events).from_select(columns, events))
 
 
 def _as_json(conn: Connection, text: Any) -> Any:
