@@ -9,7 +9,7 @@ subprocess so that its peak RSS (ru_maxrss of the child itself) is its own:
   one INSERT of the four cells per row into a table without indexes, one
   transaction, the store's PRAGMAs: WAL, synchronous=NORMAL).  It validates
   nothing: the floor for "import at the speed of the database" (issue 13);
-* for each code (`after`: this checkout; `before`: `--before DIR`, e.g. main's
+* for each code (`after`: this checkout or `--after DIR`; `before`: `--before DIR`, e.g. main's
   checkout, imported with that DIR first on sys.path) and each database
   (SQLite; PostgreSQL in a throwaway cluster, tests/pgcluster.py): the first
   import into an empty store, then the re-import of the same file (every row
@@ -238,10 +238,13 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=3, help="interleaved rounds")
     parser.add_argument("--before", type=Path, help="another checkout to compare (e.g. main's)")
+    parser.add_argument(
+        "--after", type=Path, default=HERE, help="the checkout measured as `after` (default: this)"
+    )
     parser.add_argument("--databases", default="sqlite,postgresql")
     args = parser.parse_args()
     databases = args.databases.split(",")
-    codes = {"after": HERE}
+    codes = {"after": args.after.resolve()}
     if args.before:
         codes["before"] = args.before.resolve()
     print(f"load average at start: {os.getloadavg()}")

@@ -258,11 +258,6 @@ def merge(run: ImportRun, stamp: datetime) -> tuple[float, float]:
     return time.perf_counter() - started, time.process_time() - cpu
 
 
-def drop(conn: Connection) -> None:
-    for table in TABLES:
-        table.drop(conn, checkfirst=True)
-
-
 # --------------------------------------------------------------------------- phase 1
 
 
