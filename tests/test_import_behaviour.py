@@ -565,7 +565,7 @@ def test_postgresql_stages_every_row_with_copy(
         "email,name\nold@example.com,Renamed\n"
         + "".join(f"u{i}@example.com,U\n" for i in range(30)),
     )
-    caplog.set_level(logging.DEBUG, logger="newsletter.audience.staging")
+    caplog.set_level(logging.DEBUG, logger="newsletter.audience.stagetables")
     counts = run_import(engine, settings, path)
     copied = [r.getMessage() for r in caplog.records if r.getMessage().startswith("COPY")]
     # Every file row, then the plan of the one row that changes a stored
