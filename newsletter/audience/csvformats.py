@@ -229,8 +229,13 @@ def _data_records(
         try:
             for record in reader:
                 start, line_num = line_num + 1, reader.line_num  # type: ignore[attr-defined]
-                if "".join(record).strip():  # blank lines (and bare delimiters) are not records
-                    yield _mapped(mapper, label, start, record)
+                if not "".join(record).strip():  # blank lines (and bare delimiters)
+                    continue
+                try:
+                    row: SourceRow | Problem = mapper(start, record)
+                except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+                    row = Problem(f"unreadable row: {exc}", label, start)  # as in `_mapped`
+                yield row
             return
         except csv.Error as exc:
             start, line_num = line_num + 1, reader.line_num  # type: ignore[attr-defined]

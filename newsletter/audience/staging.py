@@ -80,6 +80,27 @@ class StaleSnapshot(Exception):
     """The store changed under a staged import; re-run it in one transaction."""
 
 
+# SQLite: built after the load (one sort, not a million random inserts),
+# dropped with the table.  It covers what the merge inserts, which then reads
+# the rows in address order from the index alone instead of a million random
+# lookups into the table; duplicates and the memberships' `since` use it too.
+# (PostgreSQL hashes instead, and a long attributes value would not fit in a
+# B-tree entry there.)
+_ROWS_BY_KEY = (
+    "CREATE INDEX import_rows_key ON import_rows "
+    "(key, seq, email, uid, name, status, reason, attributes)"
+)
+# PostgreSQL, for this session only (the connection is closed after an
+# import): TEMP tables live in the backend's own buffers (8 MB by default,
+# settable only before the first TEMP table is touched), and the sorts and
+# hashes of a million rows would spill to disk at the default work_mem.
+_PG_SESSION = (
+    "SET temp_buffers = '256MB'",
+    "SET work_mem = '64MB'",
+    "SET maintenance_work_mem = '256MB'",
+)
+
+
 def stage_and_plan(run: ImportRun, source: Iterable[SourceRow | Problem]) -> None:
     """Phase 1 on `run.conn` (a read-only connection): validate, stage, merge, plan.
 
@@ -88,13 +109,16 @@ def stage_and_plan(run: ImportRun, source: Iterable[SourceRow | Problem]) -> Non
     classified and counted by set-based statements.
     """
     conn = run.conn
+    if conn.dialect.name == "postgresql":
+        for setting in _PG_SESSION:
+            conn.exec_driver_sql(setting)
     for table in TABLES:
         table.drop(conn, checkfirst=True)
         table.create(conn)
     rows_from_file(conn, source, run.counts)
-    # Built after the load (one sort, not 1M random inserts); dropped with the table.
-    conn.exec_driver_sql("CREATE INDEX import_rows_key ON import_rows (key, seq)")
-    if conn.dialect.name == "postgresql":
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql(_ROWS_BY_KEY)
+    else:
         conn.exec_driver_sql("ANALYZE import_rows")  # temp tables get no autovacuum
     merge_duplicates(run)
     plan_changes(run)
@@ -162,8 +186,9 @@ def _staged(
         if isinstance(item, Problem):
             report(item)
             continue
-        for warning in item.warnings:
-            report(Problem(warning, item.path, item.line, "warning"))
+        if item.warnings:
+            for warning in item.warnings:
+                report(Problem(warning, item.path, item.line, "warning"))
         if not item.email:
             report(Problem("no email address", item.path, item.line))
             continue
@@ -228,6 +253,8 @@ def _insert_staged_memberships(
     index row by row.  Otherwise (PostgreSQL: other sessions draw from the
     sequence too) they are found by the staged uid: random, so carried only by
     the rows just inserted (a hash join there)."""
+    if not added:
+        return
     r, s = _rows.c, subscribers.c
     stamp = bindparam("stamp", raw_stamp, type_=_RAW)
     after = s.id > (before or 0)
