@@ -30,6 +30,7 @@ from newsletter.errors import NewsletterError, Problem
 from newsletter.posts import index as post_index
 from newsletter.posts import jekyll, lookup, permalink
 from newsletter.posts import site as jekyllsite
+from newsletter.posts import snapshot as whole
 from newsletter.posts import text as posttext
 from newsletter.posts.files import (  # noqa: F401 - POST_SUFFIXES, post_files: the package's API
     POST_SUFFIXES,
@@ -158,7 +159,8 @@ def load_posts(
     never for rendering.  `bodies="lazy"` lists posts the same way, but
     `find()` returns a post with its HTML, built then: for commands that
     render a few posts of many.  Only posts whose file (or what they read) changed
-    since the last call are parsed again (`newsletter.posts.index`);
+    since the last call are parsed again (`newsletter.posts.index`); when none
+    did, the last load comes back whole (`newsletter.posts.snapshot`);
     `index=False` reads every post and keeps nothing.
     """
     undated: list[Path] = []
@@ -167,8 +169,38 @@ def load_posts(
     # Undated files are in the snapshot too: adding one adds a warning.
     snapshot = [*files, *undated]
     kind = f"bodies={bodies}"
-    if index and (same := post_index.recall(settings, kind, snapshot)) is not None:
+    key = post_index.load_key(settings, snapshot) if index else None
+    if (same := post_index.recall(settings, kind, key)) is not None:
         return same
+    roots = (settings.site.posts_dir, settings.site.source_dir or settings.base_dir)
+    # A listing (`bodies` False or "lazy") is the same either way: one kept load for both.
+    whole_kind = "posts" if bodies is True else "listing"
+    stored = whole.read(settings, whole_kind, key)
+    if stored is not None:
+        posts, problems, urls = stored
+        complete = None
+        if bodies == "lazy":
+            complete = _Completer(settings, found_posts, urls, enabled=index).complete
+        collected = PostCollection(posts, problems, roots, complete)
+    else:
+        collected, urls = _load(settings, found_posts, undated, progress, bodies, index)
+        collected = replace(collected, roots=roots)
+        whole.write(settings, whole_kind, key, (collected.posts, collected.problems, urls))
+    if index:
+        post_index.remember(settings, kind, key, collected)
+    return collected
+
+
+def _load(
+    settings: Settings,
+    found_posts: list[FoundPost],
+    undated: list[Path],
+    progress: Progress | None,
+    bodies: bool | Literal["lazy"],
+    index: bool,
+) -> tuple[PostCollection, Mapping[str, str]]:
+    """Both passes through the index; and the names `{% post_url %}` resolves."""
+    files = [f.path for f in found_posts]
     indexes = post_index.Passes(settings, files, bodies=bodies is True, enabled=index)
     read = partial(_read_indexed, settings=settings)
     sources: list[Source] = []
@@ -203,12 +235,14 @@ def load_posts(
         for path in undated
     )  # fmt: skip
     posts.sort(key=lambda p: (p.date, str(p.path)))
-    complete = _completer(indexes, found_posts, read, site) if bodies == "lazy" else None
-    roots = (settings.site.posts_dir, settings.site.source_dir or settings.base_dir)
-    collected = PostCollection(tuple(posts), tuple(problems), roots, complete)
-    if index:
-        post_index.remember(settings, kind, snapshot, collected)
-    return collected
+    complete = None
+    if bodies == "lazy":
+        ready = (indexes, site)
+        complete = _Completer(settings, found_posts, site.post_urls, enabled=index, ready=ready)
+    collected = PostCollection(
+        tuple(posts), tuple(problems), (), complete.complete if complete else None
+    )
+    return collected, site.post_urls
 
 
 def _read_indexed(found: FoundPost, *, settings: Settings) -> Source:
@@ -233,22 +267,50 @@ def _build_indexed(
     return post, list(_post_problems(source, post))
 
 
-def _completer(
-    indexes: post_index.Passes,
-    found_posts: list[FoundPost],
-    read: Callable[[FoundPost], Source],
-    site: _SiteContext,
-) -> Callable[[Post], Post]:
-    """For `bodies="lazy"`: one listed post again, with its HTML."""
-    by_path = {f.path: f for f in found_posts}
+class _Completer:
+    """For `bodies="lazy"`: one listed post again, with its HTML.
 
-    def complete(post: Post) -> Post:
+    A post built before comes from the index of posts with HTML, checked
+    against `urls` (the names its links resolved through); only building
+    one needs pass 1 of every post and the site's variables, made then."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        found_posts: list[FoundPost],
+        urls: Mapping[str, str],
+        *,
+        enabled: bool,
+        ready: tuple[post_index.Passes, _SiteContext | None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.found = {f.path: f for f in found_posts}
+        self.urls = urls
+        self.read = partial(_read_indexed, settings=settings)
+        if ready is None:
+            files = list(self.found)
+            ready = (post_index.Passes(settings, files, bodies=True, enabled=enabled), None)
+        self.indexes, self.site = ready
+
+    def complete(self, post: Post) -> Post:
+        return self.indexes.whole_post(post.path, partial(self._build, post.path), self.urls)[0]
+
+    def _build(self, path: Path, urls: post_index.Lookups | None) -> tuple[Post, list[Problem]]:
         # A fresh copy of pass 1 (the index hands out copies): building adds warnings to it.
-        source = indexes.source(by_path[post.path], read)
-        build = partial(_build_indexed, source, site, bodies=True)
-        return indexes.whole_post(post.path, build, site.post_urls)[0]
+        source = self.indexes.source(self.found[path], self.read)
+        return _build_indexed(source, self._site(), urls, bodies=True)
 
-    return complete
+    def _site(self) -> _SiteContext:
+        if self.site is None:
+            sources: list[Source] = []
+            problems: list[Problem] = []
+            for found in self.found.values():
+                try:
+                    sources.append(self.indexes.source(found, self.read))
+                except NewsletterError as exc:
+                    problems.append(Problem.from_error(exc))
+            self.site = _SiteContext.build(self.settings, sources, problems)
+        return self.site
 
 
 def read_post(path: Path, settings: Settings) -> Post:
