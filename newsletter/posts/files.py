@@ -10,7 +10,6 @@ from pathlib import Path
 
 from newsletter.config import Settings
 from newsletter.errors import PostError
-from newsletter.posts import site as jekyllsite
 
 POST_SUFFIXES = (".md", ".markdown")
 
@@ -70,6 +69,8 @@ def site_post_files(settings: Settings, undated: list[Path] | None = None) -> li
     `undated`); otherwise every Markdown file under `posts_dir`."""
     site = settings.site
     if site.jekyll is not None and site.source_dir is not None:
+        from newsletter.posts import site as jekyllsite  # (YAML: only for a Jekyll site)
+
         found = []
         for item in jekyllsite.post_files(site.source_dir, site.jekyll, undated):
             inner = item.rel.split("_posts/", 1)[1] if "/_posts/" in item.rel else item.rel

@@ -61,7 +61,7 @@ __all__ = [
     "remember",
 ]
 
-INDEX_FORMAT = 2  # bump when the stored layout changes
+INDEX_FORMAT = 3  # bump when the stored layout changes (3: `Post` moved to `model`)
 # Linux stamps mtimes from a coarse clock (a few ms): two writes of the same size
 # that close together look alike, so a file this recent is also compared by content.
 RACY_NS = 2_000_000_000
