@@ -255,9 +255,9 @@ def renders(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     seen: list[str] = []
     real = render.render_email
 
-    def counting(post: Any, settings: Any, lst: Any) -> Any:
+    def counting(post: Any, settings: Any, lst: Any, **kwargs: Any) -> Any:
         seen.append(post.post_id)
-        return real(post, settings, lst)
+        return real(post, settings, lst, **kwargs)
 
     monkeypatch.setattr(render, "render_email", counting)
     return seen

@@ -80,6 +80,12 @@ def compiled_templates(folder: Path) -> jinja2.BytecodeCache:
     import jinja2
 
     class _Compiled(jinja2.FileSystemBytecodeCache):
+        def load_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+            try:
+                super().load_bytecode(bucket)
+            except OSError:  # no such folder, not a folder: compile
+                pass
+
         def dump_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
             try:
                 _private_folder(folder)

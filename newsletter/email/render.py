@@ -103,9 +103,12 @@ class DigestItem:
 # --------------------------------------------------------------------------- public API
 
 
-def render_email(post: Post, settings: Settings, mailing_list: ListSettings) -> RenderedEmail:
-    """One post for one list: subject, inlined HTML and text, with placeholders."""
-    env = template_environment(settings.email.templates_dir, settings.state_dir / "jinja")
+def render_email(
+    post: Post, settings: Settings, mailing_list: ListSettings, *, cache: bool = True
+) -> RenderedEmail:
+    """One post for one list: subject, inlined HTML and text, with placeholders
+    (`cache=False`: compile the templates and inline the CSS again)."""
+    env = template_environment(settings.email.templates_dir, _kept(settings, "jinja", cache))
     full = settings.email.content == "full"
     content_html = post.body_html if full else post.excerpt_html
     content_text = post.excerpt_text
@@ -128,7 +131,9 @@ def render_email(post: Post, settings: Settings, mailing_list: ListSettings) -> 
     context.update(_intro(post, subject, content_text))
     html = _render(env, "email.html.j2", context)
     text = _render(env, "email.txt.j2", context)
-    return _finish(post.post_id, mailing_list.name, subject, html, text, _inlined(settings))
+    return _finish(
+        post.post_id, mailing_list.name, subject, html, text, _kept(settings, "inlined", cache)
+    )
 
 
 def render_digest(
@@ -138,6 +143,7 @@ def render_digest(
     *,
     subject_template: str = DEFAULT_DIGEST_SUBJECT,
     archive_url: str | None = None,
+    cache: bool = True,
 ) -> RenderedEmail:
     """Several posts (oldest first) in one email, from digest.html.j2 / digest.txt.j2.
 
@@ -147,7 +153,7 @@ def render_digest(
     """
     if not posts:
         raise RenderError("a digest needs at least one post", key=f"lists.{mailing_list.name}")
-    env = template_environment(settings.email.templates_dir, settings.state_dir / "jinja")
+    env = template_environment(settings.email.templates_dir, _kept(settings, "jinja", cache))
     ordered = [_with_safe_title(p) for p in sorted(posts, key=lambda p: p.date)]
     items = [
         DigestItem(
@@ -171,7 +177,9 @@ def render_digest(
     html = _render(env, "digest.html.j2", context)
     text = _render(env, "digest.txt.j2", context)
     post_id = "+".join(p.post_id for p in ordered)
-    return _finish(post_id, mailing_list.name, subject, html, text, _inlined(settings))
+    return _finish(
+        post_id, mailing_list.name, subject, html, text, _kept(settings, "inlined", cache)
+    )
 
 
 def archive_url(settings: Settings, post_id: str) -> str:
@@ -474,9 +482,9 @@ def _strip_external_css(html: str) -> str:
     return _STYLE_BLOCK.sub(lambda m: m.group(1) + _IMPORT.sub("", m.group(2)) + m.group(3), html)
 
 
-def _inlined(settings: Settings) -> Path:
-    """Where inlined HTML is kept (`inlinecache`): premailer runs once per HTML."""
-    return settings.state_dir / "inlined"
+def _kept(settings: Settings, what: str, cache: bool) -> Path | None:
+    """Where inlined HTML and compiled templates are kept (`inlinecache`)."""
+    return settings.state_dir / what if cache else None
 
 
 def _finish(
