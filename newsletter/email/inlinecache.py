@@ -24,6 +24,7 @@ template under its name and a checksum of its source (`compiled_templates`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import os
@@ -81,10 +82,8 @@ def compiled_templates(folder: Path) -> jinja2.BytecodeCache:
 
     class _Compiled(jinja2.FileSystemBytecodeCache):
         def load_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
-            try:
+            with contextlib.suppress(OSError):  # no such folder, not a folder: compile
                 super().load_bytecode(bucket)
-            except OSError:  # no such folder, not a folder: compile
-                pass
 
         def dump_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
             try:
