@@ -135,6 +135,7 @@ def test_nothing_changed_means_no_post_is_read_and_no_parser_loaded(
     code, first, _shown = run_cli("--config", str(config), *command)
     assert code in (0, None)
     assert {"yaml", "liquid"} <= set(loaded_heavy(first))  # the first run reads the posts
+    assert not {"markdown", "lxml"} & set(loaded_heavy(first))  # a listing: no HTML built
     code, again, shown = run_cli("--config", str(config), *command)
     assert code in (0, None)
     assert ("Post 3" if command[0] == "posts" else "3 posts before since") in shown

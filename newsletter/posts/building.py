@@ -108,8 +108,6 @@ def _published(source: Source) -> bool:
 
 
 def build_post(source: Source, site: SiteContext, *, bodies: bool = True) -> Post:
-    from newsletter.posts import markup
-
     data, warnings = source.data, source.warnings
     title_source = jekyll.scalar_text(data.get("title")) or jekyll.titleize(source.file_slug)
     heading = posttext.title_html(title_source)
@@ -124,6 +122,8 @@ def build_post(source: Source, site: SiteContext, *, bodies: bool = True) -> Pos
     authors = _authors(data, byline, site, source)
     body_html = excerpt_html = excerpt_text = ""
     if bodies:
+        from newsletter.posts import markup  # (Markdown, lxml: not for a listing)
+
         body_html = _safe_html(markup.convert(body, source.url, source.path.suffix))
         excerpt_html, excerpt_text = _excerpt(source, site, title, body, byline is not None)
     image, image_alt = _image(data, source, site, title)
