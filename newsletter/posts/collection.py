@@ -204,11 +204,19 @@ class _Completer:
         self.settings = settings
         self.found = {f.path: f for f in found_posts}
         self.urls = urls
+        self.enabled = enabled
         self.read = partial(_read_indexed, settings=settings)
-        if ready is None:
+        self._indexes: post_index.Passes | None = ready[0] if ready else None
+        self.site: SiteContext | None = ready[1] if ready else None
+
+    @property
+    def indexes(self) -> post_index.Passes:
+        if self._indexes is None:  # on first use: most loads complete no post
             files = list(self.found)
-            ready = (post_index.Passes(settings, files, bodies=True, enabled=enabled), None)
-        self.indexes, self.site = ready
+            self._indexes = post_index.Passes(
+                self.settings, files, bodies=True, enabled=self.enabled
+            )
+        return self._indexes
 
     def complete(self, post: Post) -> Post:
         return self.indexes.whole_post(post.path, partial(self._build, post.path), self.urls)[0]
