@@ -25,8 +25,6 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
-from email_validator import EmailNotValidError, validate_email
-
 from newsletter.errors import SubscriberError
 
 # RFC 5322 §3.2.3 atext, joined by single dots: what nearly every real local part is.
@@ -104,6 +102,10 @@ def _domain(domain: str) -> str | None:
 
     None sends the address to the slow path, which then reports the reason.
     """
+    # Imported here (cached per domain, so once per domain): commands that
+    # only read the store, such as `run --once`, never load email-validator.
+    from email_validator import EmailNotValidError, validate_email
+
     try:
         checked = validate_email(f"a@{domain}", check_deliverability=False, allow_smtputf8=False)
     except EmailNotValidError:
@@ -112,6 +114,8 @@ def _domain(domain: str) -> str | None:
 
 
 def _slow_path(text: str) -> Address:
+    from email_validator import EmailNotValidError, validate_email
+
     try:
         checked = validate_email(text, check_deliverability=False, allow_smtputf8=False)
     except EmailNotValidError as exc:
