@@ -18,8 +18,6 @@ from types import MappingProxyType
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import yaml
-
 from newsletter.errors import ConfigError
 
 CONFIG_ENV = "NEWSLETTER_CONFIG"
@@ -591,6 +589,8 @@ def _jekyll_site(
 
 
 def read_jekyll_config(path: Path) -> dict[str, Any]:
+    import yaml  # only a Jekyll site pays for it (a warm listing reads no YAML)
+
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:

@@ -41,9 +41,10 @@ def build_template(
 
     A post's email comes through the render cache: the render `newsletter
     render` or the preview made is reused, and a pass resumed later (the
-    daemon, a re-run) does not pay premailer again (0.4–0.6 s, most of the
-    time to the first message).  A digest's render names its mailing (the
-    archive link), so nothing else could reuse it: it is rendered here.
+    daemon, a re-run) renders nothing (no Markdown, Jinja2 or premailer
+    before the first message).  A digest's render names its mailing (the
+    archive link), so nothing else could reuse it: it is rendered here (its
+    inlining still comes from the inline cache).
     """
     list_settings = settings.get_list(mailing.list_name)
     if mailing.kind == "digest" or mailing.post_ids:

@@ -72,10 +72,13 @@ class RenderCache:
         from newsletter.email import render
 
         def build() -> RenderedEmail:
+            # Disabled (`check --all`): no kept inlining or compiled template either.
             if digest:
-                return render.render_digest(list(posts), self.settings, mailing_list)
+                return render.render_digest(
+                    list(posts), self.settings, mailing_list, cache=self.enabled
+                )
             (post,) = posts
-            return render.render_email(post, self.settings, mailing_list)
+            return render.render_email(post, self.settings, mailing_list, cache=self.enabled)
 
         if not self.enabled:
             return build()

@@ -35,6 +35,7 @@ from sqlalchemy import (
     bindparam,
     case,
     func,
+    literal_column,
     or_,
     select,
     text,
@@ -47,6 +48,10 @@ from newsletter.store import now
 from newsletter.store.schema import deliveries, mailings, memberships, subscribers
 
 CLAIMABLE = ("queued", "deferred")
+# `status = 'deferred'` written into the SQL, not bound: only then can SQLite
+# and PostgreSQL (whose prepared statements plan for any value) prove that a
+# query stays within the partial index ix_deliveries_deferred.
+DEFERRED = deliveries.c.status == literal_column("'deferred'")
 OWNER_ENV = "NEWSLETTER_OWNER"
 
 
@@ -190,7 +195,7 @@ def _candidates(mailing_id: int, at: datetime, due_at: datetime) -> list[Any]:
 
     Crashed senders' rows first (few: at most the concurrency of the dead),
     then queued rows by id (ix_deliveries_queue), then deferred rows that are
-    due, oldest due first (ix_deliveries_claim).  No query ever has to look
+    due, oldest due first (ix_deliveries_deferred).  No query ever has to look
     past `limit` rows it can take, so a claim costs the same at the start and
     at the end of a million-row mailing.
     """
@@ -204,12 +209,7 @@ def _candidates(mailing_id: int, at: datetime, due_at: datetime) -> list[Any]:
         .where(mine, deliveries.c.status == "queued", _due(due_at), free)
         .order_by(deliveries.c.id),
         select(deliveries.c.id)
-        .where(
-            mine,
-            deliveries.c.status == "deferred",
-            _due(due_at),
-            free,
-        )
+        .where(mine, DEFERRED, _due(due_at), free)
         .order_by(deliveries.c.next_attempt_at),
     ]
 
