@@ -223,3 +223,22 @@ def test_the_daemons_next_wake_up_reads_only_by_index(database_url: str) -> None
     assert wake is not None and abs((wake - later).total_seconds()) < 1
     assert statements
     assert unbounded(engine, statements) == []
+
+
+def test_every_partial_index_has_its_condition_in_the_database(database_url: str) -> None:
+    # PostgreSQL's WHERE is attached when its engine is opened (not at import,
+    # which would load its dialect in SQLite processes): check what was created.
+    from sqlalchemy import text
+
+    from newsletter.store.schema import PARTIAL_INDEXES
+
+    engine, _ = ledger(database_url)
+    with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            rows = conn.execute(text("SELECT name, sql FROM sqlite_master WHERE type = 'index'"))
+        else:
+            rows = conn.execute(text("SELECT indexname, indexdef FROM pg_indexes"))
+        created = {name: sql for name, sql in rows if sql}
+    assert len(PARTIAL_INDEXES) == 5
+    for index in PARTIAL_INDEXES:
+        assert " WHERE " in created[str(index.name)].upper(), created[str(index.name)]

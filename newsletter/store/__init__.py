@@ -35,6 +35,7 @@ from newsletter.store.schema import (
     SCHEMA_VERSION,
     metadata,
     schema_version,
+    use_postgresql_conditions,
 )
 
 __all__ = [
@@ -84,6 +85,8 @@ def open_url(url: str) -> Engine:
         engine = create_engine(url, future=True)
         if engine.dialect.name == "sqlite":
             event.listen(engine, "connect", _sqlite_pragmas)
+        else:
+            use_postgresql_conditions()
         upgrade(engine)
         return engine
     except (SQLAlchemyError, OSError) as exc:
