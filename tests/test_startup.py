@@ -140,6 +140,7 @@ def test_nothing_changed_means_no_post_is_read_and_no_parser_loaded(
     assert code in (0, None)
     assert ("Post 3" if command[0] == "posts" else "3 posts before since") in shown
     assert loaded_heavy(again) == ["sqlalchemy"]
+    assert "sqlalchemy.dialects.postgresql" not in again  # a SQLite store needs none of it
     reading = {"newsletter.posts.source", "newsletter.posts.building", "newsletter.posts.site"}
     assert not reading & set(again)
     # An edited post is read again (and only then are the parsers loaded).

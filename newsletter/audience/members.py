@@ -319,8 +319,9 @@ def add_subscriber(
                 "created_at": stamp,
                 "updated_at": stamp,
             }
-            # Idempotent: a concurrent add of the same address (another host) wins or loses.
-            insert_or_ignore(conn, subscribers, values, ("email_key",))
+            # Idempotent: a concurrent add of the same address (another host) wins
+            # or loses.  Any unique index: the same email has the same key.
+            insert_or_ignore(conn, subscribers, values, ("email_key",), any_unique=True)
             sid = conn.execute(
                 select(subscribers.c.id).where(subscribers.c.email_key == address.key)
             ).scalar_one()

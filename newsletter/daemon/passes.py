@@ -24,6 +24,7 @@ from newsletter.delivery.transports import Transport
 from newsletter.errors import NewsletterError, TransportError
 from newsletter.posts.collection import Post, PostCollection
 from newsletter.store import one_at_a_time, reading
+from newsletter.store.leases import DEFERRED
 from newsletter.store.schema import deliveries, lists, mailings
 
 log = logging.getLogger("newsletter.daemon")
@@ -513,10 +514,12 @@ def _log_failure(
 def next_work_time(engine: Engine, now: datetime) -> datetime | None:
     """The earliest deferred retry or paused mailing still to come."""
     with reading(engine) as conn:
+        # Only deferred rows wait for a time (queued ones never carry one), and
+        # they alone are in ix_deliveries_deferred: the literal status lets the
+        # database use it instead of reading every row ever sent, each pass.
         retry = conn.scalar(
             select(func.min(deliveries.c.next_attempt_at)).where(
-                deliveries.c.status.in_(("queued", "deferred")),
-                deliveries.c.next_attempt_at > now,
+                DEFERRED, deliveries.c.next_attempt_at > now
             )
         )
         paused = conn.scalar(

@@ -35,6 +35,7 @@ from newsletter.store.schema import (
     SCHEMA_VERSION,
     metadata,
     schema_version,
+    use_postgresql_conditions,
 )
 
 __all__ = [
@@ -84,6 +85,8 @@ def open_url(url: str) -> Engine:
         engine = create_engine(url, future=True)
         if engine.dialect.name == "sqlite":
             event.listen(engine, "connect", _sqlite_pragmas)
+        else:
+            use_postgresql_conditions()
         upgrade(engine)
         return engine
     except (SQLAlchemyError, OSError) as exc:
@@ -179,13 +182,21 @@ def snapshot_transaction(engine: Engine) -> Iterator[Connection]:
 
 
 def insert_or_ignore(
-    conn: Connection, table: Table, values: dict[str, Any], conflict: Sequence[str]
+    conn: Connection,
+    table: Table,
+    values: dict[str, Any],
+    conflict: Sequence[str],
+    *,
+    any_unique: bool = False,
 ) -> bool:
     """INSERT … ON CONFLICT (conflict) DO NOTHING; True when the row was inserted.
 
     Creation that several processes may attempt at once (a list, a
     subscriber, a mailing, a state row): the loser finds the winner's row
     instead of failing with a unique violation, on PostgreSQL and SQLite alike.
+    `any_unique`: a conflict on any unique index counts (no arbiter), for a
+    table with a second unique index that `conflict` implies (a racing
+    insert can reach that one first, and an arbiter covers only its own).
     """
     insert: Any
     if conn.dialect.name == "postgresql":
@@ -195,7 +206,7 @@ def insert_or_ignore(
     statement = (
         insert(table)
         .values(values)
-        .on_conflict_do_nothing(index_elements=conflict)
+        .on_conflict_do_nothing(index_elements=None if any_unique else conflict)
         # rowcount is not reliable here (psycopg with SQLAlchemy's implicit RETURNING)
         .returning(*(table.c[name] for name in conflict))
     )

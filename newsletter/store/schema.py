@@ -166,7 +166,6 @@ DELIVERY_INDEXES_V3 = (
         "ix_deliveries_lease",
         "lease_owner",
         sqlite_where=text("lease_owner IS NOT NULL"),
-        postgresql_where=text("lease_owner IS NOT NULL"),
     ),
     # Deployment-wide caps count what went out in the last hour/day.  Partial:
     # planning a million rows adds nothing to it.
@@ -174,7 +173,6 @@ DELIVERY_INDEXES_V3 = (
         "ix_deliveries_sent_at",
         "sent_at",
         sqlite_where=text("sent_at IS NOT NULL"),
-        postgresql_where=text("sent_at IS NOT NULL"),
     ),
 )
 
@@ -188,7 +186,6 @@ DEFERRED_INDEX = Index(
     "mailing_id",
     "next_attempt_at",
     sqlite_where=text("status = 'deferred'"),
-    postgresql_where=text("status = 'deferred'"),
 )
 
 # The foreign keys of the ledger, on SQLite only.  On PostgreSQL each is a
@@ -254,7 +251,6 @@ DEDUPE_INDEX = Index(
     deliveries.c.subscriber_id,
     unique=True,
     sqlite_where=text("dedupe_key IS NOT NULL"),
-    postgresql_where=text("dedupe_key IS NOT NULL"),
 )
 MAILING_SUBSCRIBER_INDEX = Index(
     "uq_delivery_mailing_subscriber",
@@ -262,7 +258,6 @@ MAILING_SUBSCRIBER_INDEX = Index(
     deliveries.c.subscriber_id,
     unique=True,
     sqlite_where=text("dedupe_key IS NULL"),
-    postgresql_where=text("dedupe_key IS NULL"),
 )
 
 # Small key/value table: daemon lock, generated secrets, last digest times.
@@ -342,3 +337,22 @@ signup_hits = Table(
     Column("at", UtcDateTime, nullable=False),
     Index("ix_signup_hits", "bucket", "key", "at"),
 )
+
+
+# The partial indexes' conditions on PostgreSQL, attached when a PostgreSQL
+# engine is opened (`store.open_url`): a `postgresql_where=` above would
+# import SQLAlchemy's PostgreSQL dialect in every process, SQLite ones
+# included (30-46 ms of a `run --once`, measured).  SQLite's own spelling
+# (`sqlite_where`) stays on each index; the condition is the same text.
+PARTIAL_INDEXES = tuple(
+    index
+    for index in (*DELIVERY_INDEXES_V3, DEFERRED_INDEX, DEDUPE_INDEX, MAILING_SUBSCRIBER_INDEX)
+    if index.dialect_options["sqlite"]["where"] is not None
+)
+
+
+def use_postgresql_conditions() -> None:
+    """Give each partial index its WHERE for PostgreSQL (idempotent)."""
+    for index in PARTIAL_INDEXES:
+        where = index.dialect_options["sqlite"]["where"]
+        index.dialect_kwargs["postgresql_where"] = where
