@@ -1,92 +1,80 @@
 """Benchmark: import 1,000,000 subscriber rows (1 % invalid, 1 % duplicates), twice.
 
-Run: `python bench/import.py [--rows N] [--repeat R] [--database sqlite|postgresql]`.  Each import runs in its
-own subprocess so that its peak RSS (ru_maxrss of RUSAGE_CHILDREN) is its own.
-The baseline is `csv.reader` over the same file in the same kind of
-subprocess: the floor any importer pays for reading the bytes.
+Run: `python bench/import.py [--rows N] [--repeat R] [--before DIR] [--databases sqlite,postgresql]`.
 
-Two paths, interleaved round by round on fresh databases: `classic` (one
-transaction holding SQLite's write lock for the whole import) and `staged`
-(stage and plan without the lock, merge in one short transaction; the default
-on SQLite).  "lock" is how long the write lock was held: the merge for
-`staged`, the whole import for `classic`.
-Goals on the reference machine: each run ≤ 60 s and peak RSS ≤ 250 MB.
+Per round, interleaved (the order alternates round by round), each in its own
+subprocess so that its peak RSS (ru_maxrss of the child itself) is its own:
 
-`--database postgresql` starts a throwaway PostgreSQL cluster
-(tests/pgcluster.py: initdb in a temporary folder, fsync off; as root it runs
-as the `postgres` user) and compares, interleaved, `sqlite staged` with
-`postgresql staged` (rows COPYed into the stage) and `postgresql classic`
-(the old single-transaction path, for reference).  Goal: PostgreSQL staged ≤
-1.5x SQLite staged in the same run.
+* `baseline`: a plain `sqlite3` `executemany` of the same rows (csv.reader,
+  one INSERT of the four cells per row into a table without indexes, one
+  transaction, the store's PRAGMAs: WAL, synchronous=NORMAL).  It validates
+  nothing: the floor for "import at the speed of the database" (issue 13);
+* for each code (`after`: this checkout or `--after DIR`; `before`: `--before DIR`, e.g. main's
+  checkout, imported with that DIR first on sys.path) and each database
+  (SQLite; PostgreSQL in a throwaway cluster, tests/pgcluster.py): the first
+  import into an empty store, then the re-import of the same file (every row
+  unchanged).
+
+Goals (issue 13, issue 12): SQLite import ≤ 4x the baseline of the same round,
+peak RSS ≤ 150 MB; PostgreSQL ≤ 1.5x SQLite of the same round and code (first
+import and re-import).  `os.getloadavg()` is printed at the start and the end:
+on a shared 2-core machine the ratios (same round) mean more than the seconds.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import random
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-GOAL_SECONDS = 60.0
-GOAL_RSS_MB = 250.0
+HERE = Path(__file__).resolve().parent.parent
+GOAL_RATIO_SQLITE = 4.0
+GOAL_RATIO_PG = 1.5
+GOAL_RSS_MB = 150.0
 
 CONFIG = """\
 [database]
-url = "sqlite:///newsletter.db"
+url = "{url}"
 
 [lists.bench]
 title = "Benchmark"
 """
 
 BASELINE = """
-import csv, sys
+import csv, sqlite3, sys
+db = sqlite3.connect(sys.argv[2], isolation_level=None)
+db.execute("PRAGMA journal_mode=WAL")
+db.execute("PRAGMA synchronous=NORMAL")
+db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, email TEXT, first TEXT, last TEXT, city TEXT)")
 with open(sys.argv[1], newline="", encoding="utf-8") as fh:
-    n = sum(1 for _ in csv.reader(fh))
-print(n)
+    rows = csv.reader(fh)
+    next(rows)
+    db.execute("BEGIN")
+    db.executemany("INSERT INTO t (email, first, last, city) VALUES (?, ?, ?, ?)", rows)
+    db.execute("COMMIT")
+db.close()
 """
 
 IMPORT = """
-import sys, time
+import sys
 from pathlib import Path
 import newsletter.audience.subscribers as subs
 from newsletter.config import load_settings
 from newsletter.store import open_store
-if sys.argv[3] == "classic":
-    subs.STAGED_DIALECTS = ()
 settings = load_settings(Path(sys.argv[2]))
 engine = open_store(settings)
-started = time.perf_counter()
 counts = subs.import_file(engine, settings, Path(sys.argv[1]), "bench")
-took = time.perf_counter() - started
 print(counts.as_dict())
-print(f"lock CPU {counts.write_lock_cpu_seconds or 0:.2f} s" if counts.write_lock_cpu_seconds
-      is not None else "lock CPU: the whole import")
-print(f"{counts.write_lock_seconds if counts.write_lock_seconds is not None else took:.3f}")
+print(f"lock {counts.write_lock_seconds or 0:.2f} s")
 """
-PATHS = (("sqlite", "classic"), ("sqlite", "staged"))
-PG_PATHS = (("sqlite", "staged"), ("postgresql", "staged"), ("postgresql", "classic"))
-
-
-@contextlib.contextmanager
-def postgres_urls() -> Iterator[object]:
-    """A function giving a fresh, empty PostgreSQL database URL per call."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-    from pgcluster import PgCluster, find_bindir
-
-    bindir = find_bindir()
-    if bindir is None:
-        raise SystemExit("PostgreSQL's initdb was not found (set PG_BINDIR)")
-    cluster = PgCluster(bindir).start()
-    try:
-        yield lambda: cluster.url(cluster.create_role())
-    finally:
-        cluster.stop()
 
 
 def generate(path: Path, rows: int, seed: int = 1) -> None:
@@ -107,19 +95,21 @@ def generate(path: Path, rows: int, seed: int = 1) -> None:
             fh.write(f"{email},First{i % 977},Last{i % 991},City {i % 97}\r\n")
 
 
-def measure(script: str, *args: str) -> tuple[float, float, float, str]:
-    """(wall s, CPU s, peak RSS in MB, stdout) of `python -c script args` in a child.
-
-    The child reports its own ru_maxrss (RUSAGE_SELF, kB on Linux) as its last
-    line; RUSAGE_CHILDREN in the parent would give the maximum over all runs.
-    """
+def measure(script: str, code: Path, *args: str) -> tuple[float, float, float, str]:
+    """(wall s, CPU s, peak RSS MB, stdout) of `python -c script args` in a child
+    that imports `newsletter` from `code`.  The child reports its own ru_maxrss."""
     probe = (
         "\nimport resource\nu = resource.getrusage(resource.RUSAGE_SELF)\n"
         "print(u.ru_utime + u.ru_stime)\nprint(u.ru_maxrss)\n"
     )
+    env = {**os.environ, "PYTHONPATH": str(code)}
     start = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-c", script + probe, *args], capture_output=True, text=True, check=False
+        [sys.executable, "-c", script + probe, *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
     )
     seconds = time.perf_counter() - start
     if done.returncode != 0:
@@ -128,61 +118,151 @@ def measure(script: str, *args: str) -> tuple[float, float, float, str]:
     return seconds, float(cpu), int(rss_kb) / 1024, "\n".join(output)
 
 
+@contextlib.contextmanager
+def postgres_urls() -> Iterator[Callable[[], str]]:
+    """A function giving a fresh, empty PostgreSQL database URL per call."""
+    sys.path.insert(0, str(HERE / "tests"))
+    from pgcluster import PgCluster, find_bindir
+
+    bindir = find_bindir()
+    if bindir is None:
+        raise SystemExit("PostgreSQL's initdb was not found (set PG_BINDIR)")
+    cluster = PgCluster(bindir).start()
+    try:
+        yield lambda: cluster.url(cluster.create_role())
+    finally:
+        cluster.stop()
+
+
+Result = dict[str, list[tuple[float, float, float]]]  # label -> [(wall, cpu, rss)]
+
+
+def one_round(
+    round_: int,
+    folder: Path,
+    data: Path,
+    codes: dict[str, Path],
+    databases: list[str],
+    new_pg_url: Callable[[], str] | None,
+    results: Result,
+) -> None:
+    jobs: list[tuple[str, str]] = [("baseline", "")]
+    jobs += [(code, db) for code in codes for db in databases]
+    if round_ % 2:
+        jobs.reverse()
+    walls: dict[str, float] = {}
+    for code, db in jobs:
+        if code == "baseline":
+            target = folder / "baseline.db"
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{target}{suffix}").unlink(missing_ok=True)
+            wall, cpu, rss, _ = measure(BASELINE, HERE, str(data), str(target))
+            _record(results, walls, round_, "baseline", wall, cpu, rss, "")
+            continue
+        if db == "sqlite":
+            target = folder / f"{code}.db"
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{target}{suffix}").unlink(missing_ok=True)
+            url = f"sqlite:///{target}"
+        else:
+            assert new_pg_url is not None
+            url = new_pg_url()
+        config = folder / f"{code}-{db}.toml"
+        config.write_text(CONFIG.format(url=url), encoding="utf-8")
+        for what in ("first", "again"):
+            wall, cpu, rss, out = measure(IMPORT, codes[code], str(data), str(config))
+            counts, lock = out.splitlines()[-2:]
+            note = f"{lock}  {counts if round_ == 0 else ''}"
+            _record(results, walls, round_, f"{code} {db} {what}", wall, cpu, rss, note)
+    base = walls["baseline"]
+    for code in codes:
+        for what in ("first", "again"):
+            sqlite = walls.get(f"{code} sqlite {what}")
+            pg = walls.get(f"{code} postgresql {what}")
+            if sqlite is not None:
+                results.setdefault(f"ratio {code} sqlite {what}/baseline", []).append(
+                    (sqlite / base, 0.0, 0.0)
+                )
+            if sqlite is not None and pg is not None:
+                results.setdefault(f"ratio {code} postgresql/sqlite {what}", []).append(
+                    (pg / sqlite, 0.0, 0.0)
+                )
+
+
+def _record(
+    results: Result,
+    walls: dict[str, float],
+    round_: int,
+    label: str,
+    wall: float,
+    cpu: float,
+    rss: float,
+    note: str,
+) -> None:
+    walls[label] = wall
+    results.setdefault(label, []).append((wall, cpu, rss))
+    print(
+        f"round {round_ + 1} {label:<26}: {wall:7.2f} s wall {cpu:7.2f} s CPU "
+        f"peak RSS {rss:6.1f} MB  {note}",
+        flush=True,
+    )
+
+
+def report(results: Result) -> None:
+    print("\nmin / median / max over rounds:")
+    for label, runs in results.items():
+        if label.startswith("ratio"):
+            continue
+        walls, cpus, rss = zip(*runs, strict=True)
+        over = " RSS OVER GOAL" if max(rss) > GOAL_RSS_MB else ""
+        print(
+            f"{label:<34} wall {_spread(walls)} s  CPU {_spread(cpus)} s  "
+            f"RSS {_spread(rss)} MB{over}"
+        )
+    print("\nratios of walls in the same round (min / median / max):")
+    for label, runs in results.items():
+        if not label.startswith("ratio"):
+            continue
+        values = [r[0] for r in runs]
+        goal = GOAL_RATIO_PG if "postgresql" in label else GOAL_RATIO_SQLITE
+        verdict = "meets" if statistics.median(values) <= goal else "MISSES"
+        print(f"{label[6:]:<34} {_spread(values)}  ({verdict} the goal <= {goal}x by median)")
+
+
+def _spread(values: tuple[float, ...] | list[float]) -> str:
+    return f"{min(values):.2f}/{statistics.median(values):.2f}/{max(values):.2f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--repeat", type=int, default=1, help="interleaved rounds per path")
-    parser.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite")
+    parser.add_argument("--repeat", type=int, default=3, help="interleaved rounds")
+    parser.add_argument("--before", type=Path, help="another checkout to compare (e.g. main's)")
+    parser.add_argument(
+        "--after", type=Path, default=HERE, help="the checkout measured as `after` (default: this)"
+    )
+    parser.add_argument("--databases", default="sqlite,postgresql")
     args = parser.parse_args()
-    paths = PATHS if args.database == "sqlite" else PG_PATHS
-    pg = postgres_urls() if args.database == "postgresql" else contextlib.nullcontext(None)
+    databases = args.databases.split(",")
+    codes = {"after": args.after.resolve()}
+    if args.before:
+        codes["before"] = args.before.resolve()
+    print(f"load average at start: {os.getloadavg()}")
+    pg = postgres_urls() if "postgresql" in databases else contextlib.nullcontext(None)
     with tempfile.TemporaryDirectory() as tmp, pg as new_pg_url:
         folder = Path(tmp)
         data = folder / "subscribers.csv"
-        config = folder / "newsletter.toml"
-        config.write_text(CONFIG, encoding="utf-8")
-        t0 = time.perf_counter()
+        started = time.perf_counter()
         generate(data, args.rows)
-        size_mb = data.stat().st_size / 1e6
+        size = data.stat().st_size / 1e6
         print(
-            f"generated {args.rows:,} rows ({size_mb:.1f} MB) in {time.perf_counter() - t0:.1f} s"
+            f"generated {args.rows:,} rows ({size:.1f} MB) in {time.perf_counter() - started:.1f} s"
         )
-        env_rows = args.rows
-        base_s, base_cpu, base_rss, _ = measure(BASELINE, str(data))
-        print(
-            f"baseline csv.reader : {base_s:6.2f} s wall {base_cpu:6.2f} s CPU  "
-            f"{env_rows / base_s:>10,.0f} rows/s  peak RSS {base_rss:6.1f} MB"
-        )
-        results: dict[tuple[str, str], list[tuple[float, float, float, float]]] = {}
+        results: Result = {}
         for round_ in range(args.repeat):
-            for database, path in paths if round_ % 2 == 0 else paths[::-1]:
-                config = folder / f"{path}.toml"
-                (folder / f"{path}.db").unlink(missing_ok=True)
-                url = new_pg_url() if database == "postgresql" else f"sqlite:///{path}.db"  # type: ignore[operator]
-                config.write_text(CONFIG.replace("sqlite:///newsletter.db", url), encoding="utf-8")
-                name = f"{database[:6]} {path}"
-                for label in ("first import", "second import"):
-                    secs, cpu, rss, out = measure(IMPORT, str(data), str(config), path)
-                    *counts, lock_cpu, lock = out.splitlines()
-                    results.setdefault((name, label), []).append((secs, cpu, rss, float(lock)))
-                    ok = "ok" if secs <= GOAL_SECONDS and rss <= GOAL_RSS_MB else "MISSED GOAL"
-                    print(
-                        f"round {round_ + 1} {name:<14} {label:<13}: {secs:6.2f} s wall "
-                        f"{cpu:6.2f} s CPU {env_rows / secs:>9,.0f} rows/s  peak RSS {rss:6.1f} MB"
-                        f"  lock {float(lock):6.2f} s ({lock_cpu})  {ok}"
-                    )
-                    if round_ == 0:
-                        print(f"    {counts[-1]}")
-        print("\nmin / median / max over rounds:")
-        for (path, label), runs in results.items():
-            print(f"{path:<14} {label:<13}: " + "   ".join(
-                f"{name} {_spread([r[i] for r in runs])}"
-                for i, name in enumerate(("wall", "CPU", "RSS", "lock"))
-            ))  # fmt: skip
-
-
-def _spread(values: list[float]) -> str:
-    return f"{min(values):.2f}/{statistics.median(values):.2f}/{max(values):.2f}"
+            one_round(round_, folder, data, codes, databases, new_pg_url, results)
+        report(results)
+    print(f"load average at end: {os.getloadavg()}")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,9 @@
     python bench/send.py                                  # smtp-sink, N = 20k and 100k, C = 1, 4, 8
     python bench/send.py --n 20000 --concurrency 4 --runs 3 --pipelining off
     python bench/send.py --also rounds,threaded           # the older strategies too
+    python bench/send.py --only streams,streams-p2        # ours with [delivery] processes = 2
+    python bench/send.py --cold-render                    # ours renders (no render cache)
+    python bench/send.py --only streams,before:streams    # before/after: main's code (--before)
     python bench/send.py --sink python                    # the asyncio sink below instead
     python bench/send.py --personalise                    # personalisation rates only
     python bench/send.py --memory 100000,1000000          # peak RSS, one subprocess per size
@@ -41,7 +44,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+# The package measured: this checkout, or another one's for a before/after
+# ("--only streams,before:streams --before /path/to/checkout").
+CODE = Path(os.environ.get("BENCH_CODE") or ROOT)
+sys.path.insert(0, str(CODE))
 
 POST = "how-sleep-consolidates-memory"
 SMTP_SINK = "/usr/sbin/smtp-sink"
@@ -118,7 +124,9 @@ def wait_for(port: int) -> None:
 # --------------------------------------------------------------------------- a site
 
 
-def make_site(directory: Path, port: int, concurrency: int, strategy: str = "streams") -> Any:
+def make_site(
+    directory: Path, port: int, concurrency: int, strategy: str = "streams", processes: int = 1
+) -> Any:
     import shutil
 
     from newsletter.config import load_settings
@@ -137,6 +145,7 @@ templates_dir = "{ROOT / "templates"}"
 transport = "smtp"
 concurrency = {concurrency}
 strategy = "{strategy}"
+{f"processes = {processes}" if processes != 1 else ""}
 [smtp]
 host = "127.0.0.1"
 port = {port}
@@ -303,26 +312,37 @@ def measure_ours(
 
     work = Path(tempfile.mkdtemp(prefix="bench-ours-"))
     try:
-        settings = make_site(work, port, concurrency, strategy)
+        # "streams-p2": the streams strategy with [delivery] processes = 2
+        strategy, _, procs = strategy.partition("-p")
+        settings = make_site(work, port, concurrency, strategy, int(procs or 1))
         shutil.copy(template / "bench.db", work / "bench.db")
+
         os.chdir(work)
         engine = open_store(settings)
         posts = load_posts(settings)
+        if RENDERED:
+            # As after `newsletter render` or the preview of this post: the render is cached.
+            from newsletter.email.rendercache import cached_render
+
+            cached_render([posts.find(POST)], settings, settings.get_list("bench"))
         first: list[float] = []
 
         def progress(done: int, total: int) -> None:
             if not first:
                 first.append(time.perf_counter())
 
-        global STARTED, CPU_STARTED
+        global STARTED, CPU_STARTED, CHILD_CPU
         STARTED, CPU_STARTED = time.perf_counter(), time.process_time()
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        CHILD_CPU = children.ru_utime + children.ru_stime
         report = deliver_mailing(engine, settings, mailing, posts, progress=progress)
         return report.sent, first[0]
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-STARTED = CPU_STARTED = 0.0
+STARTED = CPU_STARTED = CHILD_CPU = 0.0
+RENDERED = True  # --cold-render: ours renders the post (premailer) before its first message
 
 
 def measure(args: argparse.Namespace) -> None:
@@ -338,7 +358,8 @@ def measure(args: argparse.Namespace) -> None:
     else:
         sent, first = measure_ours(Path(args.template), args.mailing, port, concurrency, kind)
     seconds = time.perf_counter() - STARTED
-    cpu = time.process_time() - CPU_STARTED
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)  # worker processes, all joined
+    cpu = time.process_time() - CPU_STARTED + children.ru_utime + children.ru_stime - CHILD_CPU
     print(
         json.dumps(
             {
@@ -360,7 +381,12 @@ def run_one(
     cmd = [sys.executable, __file__, "--measure", kind, "--port", str(port), "--n", str(n)]
     cmd += ["--concurrency", str(concurrency), "--message", str(files["message"])]
     cmd += ["--template", str(files["template"]), "--mailing", str(files["mailing"])]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=CHILD_ENV)
+    cmd += ["--cold-render"] if not RENDERED else []
+    env = CHILD_ENV
+    if kind.startswith("before:"):
+        env = {**CHILD_ENV, "BENCH_CODE": BEFORE, "PYTHONPATH": BEFORE}
+        cmd[cmd.index(kind)] = kind.removeprefix("before:")
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode != 0:
         raise RuntimeError(f"{kind} failed:\n{out.stderr}")
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
@@ -369,6 +395,7 @@ def run_one(
     return result
 
 
+BEFORE = "/work/main"  # --before
 CHILD_ENV = {**os.environ, "PYTHONPATH": str(ROOT), "NEWSLETTER_SECRET": "bench-secret"}
 
 
@@ -482,6 +509,8 @@ def compare(args: argparse.Namespace) -> None:
     widths = [int(v) for v in args.concurrency.split(",")]
     modes = {"on": [True], "off": [False], "both": [True, False]}[args.pipelining]
     kinds = ["streams", "smtplib", "aiosmtplib", *[k for k in args.also.split(",") if k]]
+    if args.only:
+        kinds = [k for k in args.only.split(",") if k] + list(BASELINES)
     log = open(args.out, "a") if args.out else None  # noqa: SIM115
     print(f"sink: {args.sink}; runs per cell: {args.runs}; interleaved order, rotated per run")
     print("rates: msg/s min / median / max; ratios per run: min / median / max;")
@@ -512,11 +541,19 @@ def compare(args: argparse.Namespace) -> None:
         log.close()
 
 
+BASELINES = ("smtplib", "aiosmtplib")
+
+
+def loadavg() -> str:
+    return "load " + " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
 def cell(
     n: int, c: int, pipelining: bool, kinds: list[str], runs: int, port: int,
     files: dict[str, Any], log: Any,
 ) -> None:  # fmt: skip
     results: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
+    load_before = loadavg()
     for run in range(runs):
         order = kinds[run % len(kinds) :] + kinds[: run % len(kinds)]
         for kind in order:
@@ -526,20 +563,23 @@ def cell(
                 log.write(json.dumps({"n": n, "c": c, "pipelining": pipelining, **result}) + "\n")
                 log.flush()
     mode = "PIPELINING" if pipelining else "no PIPELINING"
-    print(f"N = {n:,}, C = {c}, {mode}")
+    print(f"N = {n:,}, C = {c}, {mode}  ({load_before} -> {loadavg()})")
     for kind in kinds:
         got = results[kind]
         rates = [r["rate"] for r in got]
         cpu = statistics.median(r["cpu_per_1000"] for r in got)
         first = statistics.median(r["first"] for r in got)
         print(f"  {kind:<11} {fmt(rates, '8,.0f')} msg/s  CPU {cpu:.3f}  first {first:.2f} s")
-    ours = results["streams"]
-    for base in kinds[1:]:
-        ratios = [a["rate"] / b["rate"] for a, b in zip(ours, results[base], strict=True)]
-        cpus = [
-            a["cpu_per_1000"] / b["cpu_per_1000"] for a, b in zip(ours, results[base], strict=True)
-        ]
-        print(f"  streams/{base:<11} rate {fmt(ratios, '.2f')}   CPU {fmt(cpus, '.2f')}")
+    for mine in [k for k in kinds if k not in BASELINES]:
+        ours = results[mine]
+        for base in BASELINES:
+            theirs = results[base]
+            ratios = [a["rate"] / b["rate"] for a, b in zip(ours, theirs, strict=True)]
+            cpus = [
+                a["cpu_per_1000"] / b["cpu_per_1000"] for a, b in zip(ours, theirs, strict=True)
+            ]
+            label = f"{mine}/{base}"
+            print(f"  {label:<24} rate {fmt(ratios, '.2f')}   CPU {fmt(cpus, '.2f')}")
     print(flush=True)
 
 
@@ -555,6 +595,7 @@ def sample_message(site: Path) -> bytes:
 
 
 def main() -> None:
+    global RENDERED, BEFORE
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", default="20000,100000", help="comma-separated list sizes")
     parser.add_argument("--concurrency", default="1,4,8", help="comma-separated connection counts")
@@ -563,6 +604,11 @@ def main() -> None:
     parser.add_argument("--sink", choices=["smtp-sink", "python"], default="smtp-sink")
     parser.add_argument("--also", default="", help="older strategies to measure: rounds,threaded")
     parser.add_argument("--out", default="", help="append every measurement as JSON lines")
+    parser.add_argument("--only", default="", help="ours to measure instead: streams,streams-p2")
+    parser.add_argument("--before", default="/work/main", help="the checkout of before:KIND")
+    parser.add_argument(
+        "--cold-render", action="store_true", help="ours renders the post (no render cache)"
+    )
     parser.add_argument("--personalise", action="store_true", help="personalisation rates only")
     parser.add_argument("--memory", default="", help="comma-separated sizes for peak RSS runs")
     parser.add_argument("--deliver", action="store_true", help="memory runs deliver via SMTP")
@@ -572,6 +618,8 @@ def main() -> None:
         parser.add_argument(hidden, help=argparse.SUPPRESS)
     parser.add_argument("--no-pipelining", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    RENDERED = not args.cold_render
+    BEFORE = args.before
     if args.python_sink:
         run_sink(args.python_sink, not args.no_pipelining)
     elif args.measure:

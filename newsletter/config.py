@@ -18,13 +18,12 @@ from types import MappingProxyType
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import yaml
-
 from newsletter.errors import ConfigError
 
 CONFIG_ENV = "NEWSLETTER_CONFIG"
 DEFAULT_CONFIG = "newsletter.toml"
 DEFAULT_PERMALINK = "/:categories/:year/:month/:day/:title:output_ext"
+MAX_PROCESSES = 64  # `[delivery] processes`: more is a typo, not a plan
 
 # Jekyll's named permalink styles (https://jekyllrb.com/docs/permalinks/).
 PERMALINK_STYLES = {
@@ -99,6 +98,9 @@ class DeliverySettings:
     # threaded), "threaded" (a thread per connection); "auto": streams when the
     # server offers PIPELINING, else threaded.
     strategy: Literal["auto", "streams", "rounds", "threaded"] = "auto"
+    # SMTP sending processes for a big mailing (each leases its own rows and
+    # drives its share of the `concurrency` connections); 1: this process only.
+    processes: int = 1
 
 
 @dataclass(frozen=True)
@@ -510,6 +512,10 @@ def _validate(settings: Settings) -> None:
             raise ConfigError("a digest list needs a cron", path=path, key=f"lists.{name}.cron")
     if settings.delivery.concurrency < 1:
         raise ConfigError("must be at least 1", path=path, key="delivery.concurrency")
+    if not 1 <= settings.delivery.processes <= MAX_PROCESSES:
+        raise ConfigError(
+            f"must be between 1 and {MAX_PROCESSES}", path=path, key="delivery.processes"
+        )
     if settings.signup.confirm_hours <= 0:
         raise ConfigError("must be positive", path=path, key="signup.confirm_hours")
     for origin in settings.signup.allowed_origins:
@@ -583,6 +589,8 @@ def _jekyll_site(
 
 
 def read_jekyll_config(path: Path) -> dict[str, Any]:
+    import yaml  # only a Jekyll site pays for it (a warm listing reads no YAML)
+
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:

@@ -1,23 +1,42 @@
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
+import click
 from click.testing import CliRunner
 
-from newsletter.cli import main
+from newsletter.cli import COMMAND_MODULES, main
 
 
 def _all_commands(group, prefix=()):  # type: ignore[no-untyped-def]
-    for name, cmd in group.commands.items():
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):
+        cmd = group.get_command(ctx, name)
         yield (*prefix, name), cmd
-        if hasattr(cmd, "commands"):
+        if isinstance(cmd, click.Group):
             yield from _all_commands(cmd, (*prefix, name))
 
 
 def test_every_command_has_help_text() -> None:
     missing = [" ".join(path) for path, cmd in _all_commands(main) if not (cmd.help or "").strip()]
     assert missing == []
+
+
+def test_the_lazy_group_knows_every_command_and_its_module() -> None:
+    """`COMMAND_MODULES` (what `newsletter` lists and loads on use) is exactly
+    what the command modules register: a new command cannot be left out."""
+    registered: dict[str, str] = {}
+    for module in sorted(set(COMMAND_MODULES.values())):
+        group = click.Group()
+        importlib.import_module(f"newsletter.cli.{module}").register(group)
+        registered.update({name: module for name in group.commands})
+    assert registered == COMMAND_MODULES
+    assert {path for path, _cmd in _all_commands(main) if len(path) == 1} == {
+        (name,) for name in COMMAND_MODULES
+    }
+    assert main.get_command(click.Context(main), "no-such-command") is None
 
 
 def test_posts_json_lists_sample_posts(sample_site: Path) -> None:

@@ -161,7 +161,7 @@ def test_check_with_only_warnings_exits_0(sample_site: Path) -> None:
 def test_check_reports_template_errors_per_post(
     sample_site: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def broken(post: object, settings: object, lst: object) -> object:
+    def broken(post: object, settings: object, lst: object, **kwargs: object) -> object:
         raise TemplateError("unexpected '}'", path=Path("templates/email.html.j2"), line=12)
 
     monkeypatch.setattr(render, "render_email", broken)

@@ -364,3 +364,23 @@ def test_a_bug_in_one_send_stops_the_pass_cleanly_and_nobody_is_lost(setup: Any)
     good = MemoryTransport()
     report = deliver_mailing(engine, settings, mid, posts, transport=good)
     assert report.sent == 600 and len({s.recipient for s in good.outbox}) == 600
+
+
+def test_a_rendered_post_is_sent_without_rendering_it_again(
+    setup: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The render `newsletter render` or the preview made is what the mailing sends."""
+    from newsletter.email import render, rendercache
+
+    settings, engine, posts = setup
+    previewed = rendercache.cached_render([posts.find(POST)], settings, settings.get_list("sample"))
+
+    def no_render(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("rendered again")
+
+    monkeypatch.setattr(render, "render_email", no_render)
+    mid = plan_mailing(engine, settings, POST, "sample")
+    transport = MemoryTransport()
+    report = deliver_mailing(engine, settings, mid, posts, transport=transport)
+    assert report.sent == 10 and len(transport.outbox) == 10
+    assert all(previewed.subject in m.message.decode() for m in transport.outbox)

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from newsletter.cli import main
 from newsletter.config import Settings, load_settings
 from newsletter.email import render, rendercache
-from newsletter.posts import collection
+from newsletter.posts import building, collection
 from newsletter.posts import index as post_index
 from newsletter.posts.collection import PostCollection, load_posts
 
@@ -97,7 +97,7 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
         return wrapper
 
     monkeypatch.setattr(collection, "_read_indexed", counting("read", collection._read_indexed))
-    monkeypatch.setattr(collection, "_build_post", counting("build", collection._build_post))
+    monkeypatch.setattr(building, "build_post", counting("build", building.build_post))
     return seen
 
 
@@ -255,9 +255,9 @@ def renders(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     seen: list[str] = []
     real = render.render_email
 
-    def counting(post: Any, settings: Any, lst: Any) -> Any:
+    def counting(post: Any, settings: Any, lst: Any, **kwargs: Any) -> Any:
         seen.append(post.post_id)
-        return real(post, settings, lst)
+        return real(post, settings, lst, **kwargs)
 
     monkeypatch.setattr(render, "render_email", counting)
     return seen

@@ -230,7 +230,7 @@ def test_title_with_newlines_cannot_break_the_subject() -> None:
     [
         (
             "{{ post.nope }}",
-            "subject template: 'newsletter.posts.collection.Post object' has no attribute 'nope'",
+            "subject template: 'newsletter.posts.model.Post object' has no attribute 'nope'",
         ),
         ("{{ post.title", "subject template:"),
         ("{{ '' }}", "the subject template renders to nothing"),

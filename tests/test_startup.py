@@ -99,7 +99,56 @@ def test_the_probe_sees_a_heavy_import(tmp_path: Path) -> None:
     config.write_text('[lists.main]\ntitle = "Main"\n', encoding="utf-8")
     code, modules, shown = run_cli("--config", str(config), "lists", "--json")
     assert code in (0, None) and '"name": "main"' in shown
-    assert {"sqlalchemy", "yaml"} <= set(loaded_heavy(modules))
+    assert "sqlalchemy" in loaded_heavy(modules)
+
+
+def quiet_site(root: Path) -> Path:
+    """Three posts, all before `since` (nothing to send), dated a year back as
+    a blog's files are; a configuration with a list and its own database."""
+    (root / "posts").mkdir()
+    for day in (1, 2, 3):
+        post = root / "posts" / f"2024-01-0{day}-post-{day}.md"
+        post.write_text(
+            f'---\ntitle: "Post {day}"\ntags: [a]\n---\n\nOn {{{{ site.title }}}}, *day* {day}.\n',
+            encoding="utf-8",
+        )
+        os.utime(post, (1_700_000_000 + day, 1_700_000_000 + day))
+    config = root / "newsletter.toml"
+    config.write_text(
+        '[site]\ntitle = "Quiet"\nposts_dir = "posts"\n'
+        f'[database]\nurl = "sqlite:///{root / "news.db"}"\n'
+        '[schedule]\nsince = "2030-01-01T00:00:00+00:00"\n'
+        '[lists.main]\ntitle = "Main"\n',
+        encoding="utf-8",
+    )
+    return config
+
+
+@pytest.mark.parametrize("command", [("run", "--once"), ("posts", "--json")])
+def test_nothing_changed_means_no_post_is_read_and_no_parser_loaded(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    """Issue 13: a second `run --once` (or `posts`) with no post changed takes
+    the last load whole from the state folder: neither YAML nor Liquid nor
+    Markdown is imported, nor email-validator, nor the reading modules."""
+    config = quiet_site(tmp_path)
+    code, first, _shown = run_cli("--config", str(config), *command)
+    assert code in (0, None)
+    assert {"yaml", "liquid"} <= set(loaded_heavy(first))  # the first run reads the posts
+    assert not {"markdown", "lxml"} & set(loaded_heavy(first))  # a listing: no HTML built
+    code, again, shown = run_cli("--config", str(config), *command)
+    assert code in (0, None)
+    assert ("Post 3" if command[0] == "posts" else "3 posts before since") in shown
+    assert loaded_heavy(again) == ["sqlalchemy"]
+    reading = {"newsletter.posts.source", "newsletter.posts.building", "newsletter.posts.site"}
+    assert not reading & set(again)
+    # An edited post is read again (and only then are the parsers loaded).
+    post = tmp_path / "posts" / "2024-01-02-post-2.md"
+    post.write_text(post.read_text(encoding="utf-8").replace("Post 2", "Post two"), "utf-8")
+    os.utime(post, (1_700_000_100, 1_700_000_100))
+    code, edited, shown = run_cli("--config", str(config), "posts", "--json")
+    assert code in (0, None) and "Post two" in shown
+    assert "yaml" in loaded_heavy(edited)
 
 
 def test_version_matches_the_package_metadata() -> None:

@@ -16,7 +16,7 @@ from newsletter.store import mailings as q
 from newsletter.store import open_url
 from newsletter.store.leases import OwnerLock
 from newsletter.store.outcomes import LedgerWriter
-from newsletter.store.schema import deliveries, schema_version
+from newsletter.store.schema import SCHEMA_VERSION, deliveries, schema_version
 
 SETTINGS = Settings(lists={"news": ListSettings("news", "News")})
 
@@ -175,7 +175,7 @@ def test_a_version_2_database_gains_the_claim_and_lease_indexes(database_url: st
         conn.execute(schema_version.delete().where(schema_version.c.version > 2))
     open_url(database_url)
     with engine.connect() as conn:
-        assert conn.scalar(select(func.max(schema_version.c.version))) == 3
+        assert conn.scalar(select(func.max(schema_version.c.version))) == SCHEMA_VERSION
         names = {ix["name"] for ix in conn.dialect.get_indexes(conn, "deliveries")}
     assert {"ix_deliveries_queue", "ix_deliveries_lease", "ix_deliveries_sent_at"} <= names
 

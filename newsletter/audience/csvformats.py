@@ -20,6 +20,7 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import itertools
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -157,14 +158,9 @@ def _read_csv(
                 f"cannot decode the header as {encoding}: {exc}", path=label, line=1
             ) from exc
         delimiter = sniff_delimiter(first)
-        lines = _chain_first(first, text)
+        lines = itertools.chain((first,), text)
         reader = csv.reader(lines, delimiter=delimiter, skipinitialspace=True)
         yield from _records(reader, label, name, fmt, encoding, delimiter, infos)
-
-
-def _chain_first(first: str, rest: IO[str]) -> Iterator[str]:
-    yield first
-    yield from rest
 
 
 def _records(
@@ -220,14 +216,34 @@ def _records(
         infos.append(FileInfo(str(label), encoding, delimiter, chosen, fmt == "auto"))
     if headerless:
         yield _mapped(mapper, label, *first)
-    while (got := next_record()) is not None:
-        start, record = got
-        if isinstance(record, csv.Error):
-            yield Problem(f"unreadable row: {record}", label, start)
-            continue
-        if not any(cell.strip() for cell in record):
-            continue  # blank lines (and lines of bare delimiters) are not records
-        yield _mapped(mapper, label, start, record)
+    yield from _data_records(reader, mapper, label, line_num)
+
+
+def _data_records(
+    reader: Iterator[list[str]], mapper: Mapper, label: Path, line_num: int
+) -> Iterator[SourceRow | Problem]:
+    """The records after the header: a plain for loop over the C reader per row
+    (a million rows), re-entered after a `csv.Error` (the reader resumes on the
+    next line, so one broken row is reported and the rest still imports)."""
+    while True:
+        try:
+            for record in reader:
+                start, line_num = line_num + 1, reader.line_num  # type: ignore[attr-defined]
+                if not "".join(record).strip():  # blank lines (and bare delimiters)
+                    continue
+                try:
+                    row: SourceRow | Problem = mapper(start, record)
+                except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+                    row = Problem(f"unreadable row: {exc}", label, start)  # as in `_mapped`
+                yield row
+            return
+        except csv.Error as exc:
+            start, line_num = line_num + 1, reader.line_num  # type: ignore[attr-defined]
+            yield Problem(f"unreadable row: {exc}", label, start)
+        except UnicodeError as exc:  # the decoder cannot resume after this: stop here
+            raise SubscriberError(
+                f"cannot decode the file: {exc}", path=label, line=line_num + 1
+            ) from exc
 
 
 def _mapped(mapper: Mapper, label: Path, line: int, record: list[str]) -> SourceRow | Problem:

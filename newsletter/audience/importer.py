@@ -20,10 +20,11 @@ Merging rules (invariant 3):
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Connection, Dialect, bindparam, insert, select, type_coerce, update
 from sqlalchemy.types import TypeEngine, UserDefinedType
@@ -127,6 +128,7 @@ class ImportRun:
     counts: ImportCounts = field(default_factory=ImportCounts)
     touched: _Touched = field(default_factory=_Touched)
     raw: _Raw = field(init=False)
+    staged_new: int = 0  # a staged import: new addresses its merge must insert (the check)
 
     def __post_init__(self) -> None:
         self.raw = _Raw(self.conn.dialect)
@@ -367,6 +369,8 @@ class _Raw:
         self._time = _processor(UtcDateTime(), dialect)
         self._json = _processor(subscribers.c.attributes.type, dialect)
         self._empty_json = self._json({})
+        # The text the column's serializer writes (for staged, set-based writes).
+        self.json_text = _json_text(dialect)
         self._last: tuple[datetime, Any] | None = None
 
     def time(self, value: datetime) -> Any:
@@ -376,6 +380,29 @@ class _Raw:
 
     def json(self, value: dict[str, Any]) -> Any:
         return self._json(value) if value else self._empty_json
+
+
+def _json_text(dialect: Dialect) -> Callable[[Any], str]:
+    """`json.dumps` as the JSON column calls it, made once.
+
+    `json.dumps(value)` builds a new C encoder per call, which for a small
+    dict is most of its cost (a million rows: seconds).  This is that same C
+    encoder with `json.dumps`'s defaults, built once; without the circular
+    check, which attributes parsed from a file never need.  The text is
+    identical (tests/test_import_behaviour.py checks it).
+    """
+    serializer = getattr(dialect, "_json_serializer", None)
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if serializer is not None or make is None:
+        return cast(Callable[[Any], str], serializer or json.dumps)
+    defaults = json.JSONEncoder()
+    encode = make(None, defaults.default, json.encoder.encode_basestring_ascii, None,
+                  defaults.key_separator, defaults.item_separator, False, False, True)  # fmt: skip
+
+    def text(value: Any) -> str:
+        return "".join(encode(value, 0))
+
+    return text
 
 
 def _processor(type_: TypeEngine[Any], dialect: Dialect) -> Callable[[Any], Any]:

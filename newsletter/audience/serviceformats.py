@@ -15,10 +15,9 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from newsletter.errors import SubscriberError
 
@@ -52,19 +51,23 @@ _TRUE = {"true", "yes", "1", "y", "t"}
 _FALSE = {"false", "no", "0", "n", "f"}
 
 
-@dataclass(frozen=True)
-class SourceRow:
-    """One usable record, before address validation."""
+class SourceRow(NamedTuple):
+    """One usable record, before address validation.
+
+    Immutable like the frozen dataclasses between the other stages, but a
+    NamedTuple: one is built per row of a million-row file, and a frozen
+    dataclass's `__init__` (one `object.__setattr__` per field) cost four
+    times as much, more than the rest of the mapper."""
 
     path: Path
     line: int
     email: str
-    name: str = ""
-    status: str = "active"
-    reason: str | None = None
-    attributes: dict[str, Any] = field(default_factory=dict)
-    subscribed_at: datetime | None = None
-    warnings: tuple[str, ...] = ()
+    name: str
+    status: str
+    reason: str | None
+    attributes: dict[str, Any]
+    subscribed_at: datetime | None
+    warnings: tuple[str, ...]
 
 
 Mapper = Callable[[int, list[str]], SourceRow]
@@ -157,7 +160,6 @@ def mapper_for(fmt: str, header: Sequence[str], file_name: str, label: Path) -> 
     status_of = _STATUS_RULES[fmt](cols, file_name)
     consumed = {email_col, *_NAME_PARTS, *_CONSUMED.get(fmt, ())}
     email_i = cols.index[email_col]
-    name_i = _name_indexes(cols)
     unescape = fmt == "newsletter"
     keep = [
         (i, _unescape(h) if unescape else h)  # export escapes column names too
@@ -167,25 +169,30 @@ def mapper_for(fmt: str, header: Sequence[str], file_name: str, label: Path) -> 
     since_col = cols.find(*_SINCE.get(fmt, ()))
     since_i = cols.index[since_col] if since_col else None
 
+    full_i, first_i, last_i = _name_indexes(cols)
+    no_attributes = not keep and fmt not in ("ghost", "listmonk")
+
     def mapper(line: int, record: list[str]) -> SourceRow:
+        # Per row of a million: positional cells, no closures, no generators.
         cells = [_unescape(c) for c in record] if unescape else record
-
-        def cell(i: int | None) -> str:
-            return cells[i].strip() if i is not None and i < len(cells) else ""
-
+        size = len(cells)
+        email = cells[email_i].strip() if email_i < size else ""
+        full = cells[full_i].strip() if full_i is not None and full_i < size else ""
+        if full:
+            name = " ".join(full.split())
+        else:
+            first = cells[first_i].strip() if first_i is not None and first_i < size else ""
+            last = cells[last_i].strip() if last_i is not None and last_i < size else ""
+            name = " ".join(f"{first} {last}".split()) if first or last else ""
         status, reason, warnings = status_of(cells)
-        attributes, more = _attributes(fmt, cols, cells, keep)
-        return SourceRow(
-            path=label,
-            line=line,
-            email=cell(email_i),
-            name=_name(cell, name_i),
-            status=status,
-            reason=reason,
-            attributes=attributes,
-            subscribed_at=parse_time(cell(since_i)),
-            warnings=warnings + more,
-        )
+        if no_attributes:
+            attributes: dict[str, Any] = {}
+        else:
+            attributes, more = _attributes(fmt, cols, cells, keep)
+            warnings += more
+        since = cells[since_i].strip() if since_i is not None and since_i < size else ""
+        return SourceRow(label, line, email, name, status, reason, attributes,
+                         parse_time(since) if since else None, warnings)  # fmt: skip
 
     return mapper
 
@@ -199,13 +206,6 @@ def _name_indexes(cols: _Columns) -> tuple[int | None, int | None, int | None]:
         return cols.index[found] if found else None
 
     return idx(NAME_COLUMNS), idx(FIRST_COLUMNS), idx(LAST_COLUMNS)
-
-
-def _name(cell: Callable[[int | None], str], idx: tuple[int | None, ...]) -> str:
-    full, first, last = (cell(i) for i in idx)
-    if full:
-        return " ".join(full.split())
-    return " ".join(f"{first} {last}".split())
 
 
 def _unescape(value: str) -> str:

@@ -6,14 +6,18 @@ SQLite has one writer at a time.  An import that parsed, validated and wrote
 import is two phases on one connection:
 
 1. **Stage** (no write lock on the main database): rows are parsed and
-   validated, stored in a TEMP table, read back sorted by address so that
-   duplicates anywhere in the file meet and merge, and planned against the
-   store (one IN query per 5,000 addresses, as `importer` does).  The planned
-   writes go to TEMP tables too.  On SQLite a TEMP table lives in its own
-   file: writing it takes no lock other processes wait for.
+   validated and streamed into a TEMP table (one executemany; COPY on
+   PostgreSQL).  The rest is set-based, against the store's snapshot:
+   addresses the file repeats are merged (only those rows come back to
+   Python, `importer`'s rules); rows that may change a stored subscriber or
+   membership are planned in Python (`importer._apply`, one IN query per
+   5,000) into TEMP tables; what is left is new or changes nothing, and is
+   counted by one statement.  On SQLite a TEMP table lives in its own file:
+   writing it takes no lock other processes wait for.
 2. **Merge** (one short write transaction): a handful of set-based
-   statements (`INSERT … SELECT`, `UPDATE … FROM`) copy the plan into the
-   real tables, inside the database engine, with no Python per row.
+   statements (`INSERT … SELECT`, `UPDATE … FROM`) copy the new addresses
+   and the plan into the real tables, inside the database engine, with no
+   Python per row.
 
 All or nothing still holds: nothing reaches the real tables before phase 2,
 which commits at once or not at all.  What phase 1 read may have changed by
@@ -25,30 +29,26 @@ difference it rolls back and the caller re-runs the import the classic way
 PostgreSQL takes the same two phases (there a long transaction blocks no
 other writer, but executemany paid a round trip per batch and SQLAlchemy's
 per-row work: 100k rows took 3.4x SQLite's time): every row goes into the TEMP
-tables with `COPY … FROM STDIN` (psycopg 3's `cursor.copy`, `write_row`), the
-sorted read-back uses a server-side cursor, and the merge statements are the
-same portable set-based ones.
+tables with `COPY … FROM STDIN` (psycopg 3's `cursor.copy`, `write_row`),
+read-backs use server-side cursors, and the statements are the same portable
+set-based ones.
 """
 
 from __future__ import annotations
 
-import json
-import logging
+import os
 import time
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
-    Column,
+    JSON,
     Connection,
-    Integer,
-    MetaData,
-    String,
     Table,
-    Text,
     and_,
     bindparam,
+    cast,
     exists,
     func,
     insert,
@@ -56,129 +56,73 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.types import UserDefinedType
 
-from newsletter.audience.importer import (
-    CHUNK_ROWS,
-    ImportRun,
-    _apply,
-    _Incoming,
-    _validated,
-    _Writes,
-)
+from newsletter.audience.addresses import normalised
+from newsletter.audience.importer import ImportCounts, ImportRun, _Raw
 from newsletter.audience.serviceformats import SourceRow
-from newsletter.errors import Problem
+from newsletter.audience.stageplan import count_the_rest, merge_duplicates, plan_changes
+from newsletter.audience.stagetables import (
+    _RAW,
+    TABLES,
+    _changes,
+    _members,
+    _new,
+    _rows,
+    _unsuppress,
+    _write_rows,
+)
+from newsletter.errors import Problem, SubscriberError
 from newsletter.store import bulk_writes
 from newsletter.store.schema import consent_events, lists, memberships, subscribers
-
-log = logging.getLogger(__name__)
 
 
 class StaleSnapshot(Exception):
     """The store changed under a staged import; re-run it in one transaction."""
 
 
-_temp = MetaData()
-
-
-class _Untouched(UserDefinedType[Any]):
-    """Values already converted for the driver (see importer._Raw), kept as they are.
-
-    On SQLite a declared BLOB column has no affinity: stored exactly as bound.
-    PostgreSQL gets the real column type (`_RawTime`, `_RawJson`), so the merge
-    copies and compares like with like."""
-
-    cache_ok = True
-
-    def get_col_spec(self, **_kw: Any) -> str:
-        return "BLOB"
-
-
-class _RawTime(_Untouched):
-    """A timestamp as the driver takes it."""
-
-    cache_ok = True
-
-
-class _RawJson(_Untouched):
-    """A JSON document as the driver takes it."""
-
-    cache_ok = True
-
-
-@compiles(_RawTime, "postgresql")
-def _pg_time(_type: Any, _compiler: Any, **_kw: Any) -> str:
-    return "TIMESTAMP WITH TIME ZONE"
-
-
-@compiles(_RawJson, "postgresql")
-def _pg_json(_type: Any, _compiler: Any, **_kw: Any) -> str:
-    return "JSON"
-
-
-_RAW = _Untouched()
-_TIME = _RawTime()
-_JSON = _RawJson()
-
-
-def _table(name: str, *columns: Column[Any]) -> Table:
-    return Table(name, _temp, *columns, prefixes=["TEMPORARY"])
-
-
-_rows = _table(
-    "import_rows",
-    Column("seq", Integer, primary_key=True),
-    Column("key", Text, nullable=False),
-    Column("email", Text, nullable=False),
-    Column("line", Integer, nullable=False),
-    Column("name", Text, nullable=False),
-    Column("status", String(16), nullable=False),
-    Column("reason", Text),
-    Column("attributes", Text),  # JSON, or NULL for none
-    Column("since", Text),  # ISO 8601, or NULL
+# SQLite: built after the load (one sort, not a million random inserts),
+# dropped with the table.  It covers what the merge inserts, which then reads
+# the rows in address order from the index alone instead of a million random
+# lookups into the table; duplicates and the memberships' `since` use it too.
+# (PostgreSQL hashes instead, and a long attributes value would not fit in a
+# B-tree entry there.)
+_ROWS_BY_KEY = (
+    "CREATE INDEX import_rows_key ON import_rows "
+    "(key, seq, email, uid, name, status, reason, attributes)"
 )
-_new = _table(
-    "import_new",
-    Column("email_key", Text, primary_key=True),
-    Column("email", Text),
-    Column("uid", Text),
-    Column("name", Text),
-    Column("attributes", _JSON),
-    Column("status", Text),
-    Column("status_reason", Text),
-    Column("stamp", _TIME),
-    Column("since", _TIME),
+# PostgreSQL, for this session only (the connection is closed after an
+# import): TEMP tables live in the backend's own buffers (8 MB by default,
+# settable only before the first TEMP table is touched), and the sorts and
+# hashes of a million rows would spill to disk at the default work_mem.
+_PG_SESSION = (
+    "SET temp_buffers = '256MB'",
+    "SET work_mem = '64MB'",
+    "SET maintenance_work_mem = '256MB'",
 )
-_members = _table(
-    "import_members",
-    Column("subscriber_id", Integer, primary_key=True),
-    Column("since", _TIME),
-)
-_changes = _table(
-    "import_changes",
-    Column("id", Integer, primary_key=True),
-    Column("seen", _TIME),  # updated_at as planned against: the optimistic check
-    Column("with_status", Integer),  # 1: status, reason and status_changed_at too
-    Column("status", Text),
-    Column("status_reason", Text),
-    Column("name", Text),
-    Column("attributes", _JSON),
-)
-_unsuppress = _table("import_unsuppress", Column("subscriber_id", Integer, primary_key=True))
-TABLES = (_rows, _new, _members, _changes, _unsuppress)
 
 
 def stage_and_plan(run: ImportRun, source: Iterable[SourceRow | Problem]) -> None:
-    """Phase 1 on `run.conn` (a read-only connection): validate, stage, merge, plan."""
+    """Phase 1 on `run.conn` (a read-only connection): validate, stage, merge, plan.
+
+    Only rows that may change a stored subscriber travel back through Python
+    (`importer`'s rules); new addresses and rows that change nothing are
+    classified and counted by set-based statements.
+    """
     conn = run.conn
+    if conn.dialect.name == "postgresql":
+        for setting in _PG_SESSION:
+            conn.exec_driver_sql(setting)
     for table in TABLES:
         table.drop(conn, checkfirst=True)
         table.create(conn)
-    _stage_rows(conn, _validated(source, run.counts))
-    writer = _StageWriter(run)
-    for chunk in _chunks(_merged(conn, run)):
-        _apply(run, chunk, writer.write)
+    rows_from_file(conn, source, run.counts)
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql(_ROWS_BY_KEY)
+    else:
+        conn.exec_driver_sql("ANALYZE import_rows")  # temp tables get no autovacuum
+    merge_duplicates(run)
+    plan_changes(run)
+    count_the_rest(run)
 
 
 def merge(run: ImportRun, stamp: datetime) -> tuple[float, float]:
@@ -195,6 +139,10 @@ def merge(run: ImportRun, stamp: datetime) -> tuple[float, float]:
     conn = conn.execution_options(preserve_rowcount=True)
     started, cpu = time.perf_counter(), time.process_time()
     with bulk_writes(conn), conn.begin():
+        before = conn.scalar(select(func.max(subscribers.c.id)))
+        added = _insert_staged_new(conn, raw_stamp)
+        _check(conn, added, run.staged_new, "a new address appeared")
+        _insert_staged_memberships(conn, run, raw_stamp, before, added)
         _check(conn, _insert_new(conn), _count(conn, _new), "a new address appeared")
         _insert_memberships(conn, run.list_id)
         members = _insert_existing_members(conn, run.list_id)
@@ -213,185 +161,55 @@ def merge(run: ImportRun, stamp: datetime) -> tuple[float, float]:
     return time.perf_counter() - started, time.process_time() - cpu
 
 
-def drop(conn: Connection) -> None:
-    for table in TABLES:
-        table.drop(conn, checkfirst=True)
+# --------------------------------------------------------------------------- phase 1: the rows
 
 
-# --------------------------------------------------------------------------- phase 1
-
-
-def _stage_rows(conn: Connection, rows: Iterator[_Incoming]) -> None:
-    """Every validated row into the TEMP table, through the driver (SQLAlchemy's
-    per-row parameter handling cost more than SQLite's own work here)."""
+def rows_from_file(
+    conn: Connection, source: Iterable[SourceRow | Problem], counts: ImportCounts
+) -> None:
+    """Every valid row into the TEMP table, through the driver in one stream
+    (SQLAlchemy's per-row parameter handling cost more than SQLite's own work)."""
     names = [c.name for c in _rows.columns]
-    staged = (
-        (seq, row.key, row.email, row.line, row.name, row.status, row.reason,
-         json.dumps(row.attributes) if row.attributes else None,
-         row.subscribed_at.isoformat() if row.subscribed_at else None)
-        for seq, row in enumerate(rows)
-    )  # fmt: skip
-    _write_rows(conn, _rows, names, staged)
+    _write_rows(conn, _rows, names, _staged(source, counts, _Raw(conn.dialect)))
 
 
-def _insert_many(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
-    """Rows whose values are already the driver's into a TEMP table."""
-    names = list(rows[0])
-    _write_rows(conn, table, names, (tuple(r[n] for n in names) for r in rows))
+def _staged(
+    source: Iterable[SourceRow | Problem], counts: ImportCounts, raw: _Raw
+) -> Iterator[tuple[Any, ...]]:
+    """`importer`'s validation, one tuple per valid row in `_rows`' column order.
+
+    The hot loop of an import: no object per row beyond the tuple itself."""
+    report, dumps, uids = counts.report, raw.json_text, _uids()
+    seq = 0
+    for item in source:
+        counts.rows += 1
+        if isinstance(item, Problem):
+            report(item)
+            continue
+        if item.warnings:
+            for warning in item.warnings:
+                report(Problem(warning, item.path, item.line, "warning"))
+        if not item.email:
+            report(Problem("no email address", item.path, item.line))
+            continue
+        try:
+            email, key = normalised(item.email)
+        except SubscriberError as exc:
+            report(Problem(exc.message, item.path, item.line))
+            continue
+        seq += 1
+        attributes, since = item.attributes, item.subscribed_at
+        yield (seq, key, email, item.line, item.name, item.status, item.reason,
+               dumps(attributes) if attributes else None,
+               raw.time(since) if since else None, next(uids))  # fmt: skip
 
 
-def _write_rows(
-    conn: Connection, table: Table, names: list[str], rows: Iterable[tuple[Any, ...]]
-) -> None:
-    """COPY on PostgreSQL, executemany in batches elsewhere."""
-    if conn.dialect.name == "postgresql":
-        _copy_rows(conn, table, names, rows)
-        return
-    statement = insert(table).compile(dialect=conn.dialect, column_keys=names)
-    order = [names.index(n) for n in statement.positiontup or ()]
-    cursor = conn.connection.cursor()
-    try:
-        batch: list[tuple[Any, ...]] = []
-        for row in rows:
-            batch.append(tuple(row[i] for i in order))
-            if len(batch) >= CHUNK_ROWS:
-                cursor.executemany(statement.string, batch)
-                batch = []
-        if batch:
-            cursor.executemany(statement.string, batch)
-    finally:
-        cursor.close()
-
-
-def _copy_rows(
-    conn: Connection, table: Table, names: list[str], rows: Iterable[tuple[Any, ...]]
-) -> None:
-    """`COPY table (names) FROM STDIN`, streamed row by row (psycopg 3 buffers)."""
-    driver = conn.connection.driver_connection
-    assert driver is not None
-    columns = ", ".join(f'"{n}"' for n in names)
-    written = 0
-    statement = f'COPY "{table.name}" ({columns}) FROM STDIN'
-    with driver.cursor() as cursor, cursor.copy(statement) as copy:
-        for row in rows:
-            copy.write_row(row)
-            written += 1
-    log.debug("COPY %d rows into %s", written, table.name)
-
-
-def _merged(conn: Connection, run: ImportRun) -> Iterator[_Incoming]:
-    """One row per address, in address order: a file's duplicates merged in file order."""
-    columns = (_rows.c.email, _rows.c.key, _rows.c.line, _rows.c.name, _rows.c.status,
-               _rows.c.reason, _rows.c.attributes, _rows.c.since)  # fmt: skip
-    postgres = conn.dialect.name == "postgresql"
-    # Only equal keys must meet: byte order sorts faster than a locale's.
-    key = _rows.c.key.collate("C") if postgres else _rows.c.key
-    query = select(*columns).order_by(key, _rows.c.seq).compile(dialect=conn.dialect)
-    # PostgreSQL: a server-side cursor, or psycopg would fetch every row at once.
-    driver = conn.connection.driver_connection
-    assert driver is not None
-    cursor = driver.cursor("import_merged") if postgres else conn.connection.cursor()
-    current: _Incoming | None = None
-    try:
-        cursor.execute(query.string)
-        while batch := cursor.fetchmany(CHUNK_ROWS):
-            for email, key, line, name, status, reason, attributes, since in batch:
-                row = _Incoming(
-                    email,
-                    key,
-                    line,
-                    name,
-                    status,
-                    reason,
-                    json.loads(attributes) if attributes else {},
-                    datetime.fromisoformat(since) if since else None,
-                )
-                if current is not None and current.key == key:
-                    current.merge(row)
-                    run.counts.duplicates += 1
-                    continue
-                if current is not None:
-                    yield current
-                current = row
-    finally:
-        cursor.close()
-    if current is not None:
-        yield current
-
-
-def _chunks(rows: Iterator[_Incoming]) -> Iterator[list[_Incoming]]:
-    chunk: list[_Incoming] = []
-    for row in rows:
-        chunk.append(row)
-        if len(chunk) >= CHUNK_ROWS:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
-class _StageWriter:
-    """`importer._write`'s counterpart: the planned writes go to the TEMP tables
-    (COPY on PostgreSQL, see `_write_rows`)."""
-
-    def __init__(self, run: ImportRun) -> None:
-        self.run = run
-
-    def write(self, run: ImportRun, writes: _Writes, stamp: datetime) -> None:
-        conn, raw = run.conn, run.raw
-        if writes.new_subscribers:
-            since = dict(writes.new_members)
-            _insert_many(
-                conn,
-                _new,
-                [
-                    {
-                        "email_key": n["email_key"],
-                        "email": n["email"],
-                        "uid": n["uid"],
-                        "name": n["name"],
-                        "attributes": n["r_attributes"],
-                        "status": n["status"],
-                        "status_reason": n["status_reason"],
-                        "stamp": n["r_stamp"],
-                        "since": raw.time(since[n["email_key"]]),
-                    }
-                    for n in writes.new_subscribers
-                ],
-            )
-        if writes.members:
-            _insert_many(
-                conn,
-                _members,
-                [
-                    {"subscriber_id": m["subscriber_id"], "since": raw.time(m["created_at"])}
-                    for m in writes.members
-                ],
-            )
-        changes = [(u, 1) for u in writes.status_updates]
-        changes += [(u, 0) for u in writes.detail_updates]
-        if changes:
-            _insert_many(
-                conn,
-                _changes,
-                [
-                    {
-                        "id": u["b_id"],
-                        "seen": u["b_seen"],
-                        "with_status": flag,
-                        "status": u.get("b_status"),
-                        "status_reason": u.get("b_reason"),
-                        "name": u["b_name"],
-                        "attributes": raw.json(u["b_attributes"]),
-                    }
-                    for u, flag in changes
-                ],
-            )
-        if writes.unsuppress_members:
-            conn.execute(
-                insert(_unsuppress),
-                [{"subscriber_id": u["b_sid"]} for u in writes.unsuppress_members],
-            )
+def _uids(batch: int = 4096) -> Iterator[str]:
+    """`new_uid()`'s values (16 random bytes as hex), drawn from the OS in batches."""
+    while True:
+        pool = os.urandom(16 * batch).hex()
+        for start in range(0, 32 * batch, 32):
+            yield pool[start : start + 32]
 
 
 # --------------------------------------------------------------------------- phase 2
@@ -404,6 +222,60 @@ def _count(conn: Connection, table: Table) -> int:
 def _check(conn: Connection, done: int, wanted: int, what: str) -> None:
     if done != wanted:
         raise StaleSnapshot(f"{what} during the import ({done} of {wanted} rows still fit)")
+
+
+def _insert_staged_new(conn: Connection, raw_stamp: Any) -> int:
+    """The new addresses, straight from the stage, in address order (the
+    email and email_key indexes then grow at their ends)."""
+    r = _rows.c
+    stamp = bindparam("stamp", raw_stamp, type_=_RAW)
+    attributes = func.coalesce(r.attributes, "{}")
+    taken = exists().where(subscribers.c.email_key == r.key)
+    columns = ["email", "email_key", "uid", "name", "attributes", "status", "status_reason",
+               "status_changed_at", "created_at", "updated_at"]  # fmt: skip
+    query = (
+        select(r.email, r.key, r.uid, r.name, _as_json(conn, attributes), r.status, r.reason,
+               stamp, stamp, stamp)
+        .where(~taken)
+        .order_by(r.key)
+    )  # fmt: skip
+    return int(conn.execute(insert(subscribers).from_select(columns, query)).rowcount)
+
+
+def _insert_staged_memberships(
+    conn: Connection, run: ImportRun, raw_stamp: Any, before: int | None, added: int
+) -> None:
+    """Memberships and consent records of the subscribers `_insert_staged_new` added.
+
+    SQLite (one writer; this transaction holds the lock): they are the ids
+    after the largest one before, if that is exactly `added` rows, and
+    scanning them in id order (which is address order) beats probing the uid
+    index row by row.  Otherwise (PostgreSQL: other sessions draw from the
+    sequence too) they are found by the staged uid: random, so carried only by
+    the rows just inserted (a hash join there)."""
+    if not added:
+        return
+    r, s = _rows.c, subscribers.c
+    stamp = bindparam("stamp", raw_stamp, type_=_RAW)
+    after = s.id > (before or 0)
+    if conn.dialect.name == "sqlite" and conn.scalar(select(func.count()).where(after)) == added:
+        since = select(r.since).where(r.key == s.email_key).limit(1).scalar_subquery()
+        joins = select(literal(run.list_id), s.id, func.coalesce(since, stamp)).where(after)
+        events = select(s.id).where(after)
+    else:
+        new = _rows.join(subscribers, s.uid == r.uid)
+        joins = select(literal(run.list_id), s.id, func.coalesce(r.since, stamp)).select_from(new)
+        events = select(s.id).select_from(new)
+    conn.execute(insert(memberships).from_select(["list_id", "subscriber_id", "created_at"], joins))
+    name = conn.scalar(select(lists.c.name).where(lists.c.id == run.list_id))
+    events = events.add_columns(stamp, literal("subscribe"), literal(run.source), literal(name))
+    columns = ["subscriber_id", "at", "action", "source", "list_name"]
+    conn.execute(insert(consent_events).from_select(columns, events))
+
+
+def _as_json(conn: Connection, text: Any) -> Any:
+    # SQLite: JSON is text already (a CAST would apply NUMERIC affinity).
+    return text if conn.dialect.name == "sqlite" else cast(text, JSON)
 
 
 def _insert_new(conn: Connection) -> int:

@@ -7,6 +7,7 @@ usage errors exit with 2.
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import click
@@ -18,7 +19,40 @@ from newsletter.cli.common import AppContext
 __all__ = ["main"]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# Which module defines each command: a command's module is imported when the
+# command runs (or `--help` lists it), so `run --once` loads `cli.daemon` alone.
+# tests/test_cli_basics.py checks this against what the modules register.
+COMMAND_MODULES = {
+    "init": "posts",
+    "check": "posts",
+    "posts": "posts",
+    "render": "render",
+    "subscribers": "subscribers",
+    "lists": "subscribers",
+    "send": "delivery",
+    "status": "delivery",
+    "bounces": "bounces",
+    "run": "daemon",
+    "preview": "web",
+    "serve": "web",
+    "snippet": "web",
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose commands are registered by their module on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*COMMAND_MODULES, *self.commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMAND_MODULES:
+            module = importlib.import_module(f"newsletter.cli.{COMMAND_MODULES[cmd_name]}")
+            module.register(self)
+        return self.commands.get(cmd_name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--config",
     type=click.Path(path_type=Path, dir_okay=False),
@@ -41,14 +75,3 @@ def main(ctx: click.Context, config: Path | None) -> None:
 
 
 GRACEFUL_COMMANDS = ("run", "send")
-
-
-def _register() -> None:
-    # Each command module adds its commands to the group.
-    from newsletter.cli import bounces, daemon, delivery, posts, render, subscribers, web
-
-    for module in (posts, render, subscribers, delivery, bounces, daemon, web):
-        module.register(main)
-
-
-_register()

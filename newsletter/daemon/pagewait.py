@@ -13,10 +13,7 @@ owner sends it with `newsletter send POST --list L`.
 
 from __future__ import annotations
 
-import http.client
 import logging
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -55,6 +52,11 @@ Fetch = Callable[[str], Answer]
 
 def fetch_status(url: str) -> Answer:
     """GET the URL (following redirects) and keep only the status line."""
+    # Imported on use: a pass with no mailing to start asks no page.
+    import http.client
+    import urllib.error
+    import urllib.request
+
     request = urllib.request.Request(url, headers={"User-Agent": "newsletter (page check)"})
     try:
         with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT) as response:

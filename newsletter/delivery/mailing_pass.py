@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from multiprocessing.connection import Connection
 
 from sqlalchemy import Engine
 
@@ -30,6 +31,14 @@ from newsletter.delivery.outgoing import (
     describe_result,
     make_signer,
     message_id_of,
+)
+from newsletter.delivery.processes import (
+    Job,
+    Workers,
+    process_count,
+    shares,
+    worker_end,
+    worker_start,
 )
 from newsletter.delivery.ratelimit import Throttle, TokenBucket, next_attempt
 from newsletter.delivery.recorder import Pending, Recorder
@@ -45,12 +54,13 @@ from newsletter.delivery.transports import (
     is_thread_safe,
     make_transport,
 )
+from newsletter.email.message import MessageTemplate
 from newsletter.errors import DeliveryError, NewsletterError
 from newsletter.posts.collection import PostCollection
 from newsletter.store import mailings as q
 from newsletter.store import now, reading
 
-__all__ = ["LeaseKeeper", "MailingPass"]
+__all__ = ["LeaseKeeper", "MailingPass", "run_worker"]
 
 log = logging.getLogger(__name__)
 
@@ -100,14 +110,17 @@ class MailingPass:
         engine: Engine,
         settings: Settings,
         mailing: q.MailingRow,
-        posts: PostCollection,
+        posts: PostCollection | None,
         *,
         transport: Transport | None = None,
         stop: threading.Event | None = None,
         progress: Progress | None = None,
+        template: MessageTemplate | None = None,
     ) -> None:
         self.engine, self.settings, self.mailing = engine, settings, mailing
         self.posts = posts
+        self.template = template  # a worker process is given its parent's
+        self.tally: Tally | None = None
         # A transport made here is closed here; one given by the caller is theirs.
         self.owns_shared = False
         if transport is None:
@@ -138,6 +151,11 @@ class MailingPass:
         self.sender = sender_for(settings)  # VERP: one envelope sender per delivery
         self.write_lock = threading.Lock()
 
+    def limit_batch(self, rows: int) -> None:
+        """Claim at most `rows` at a time (processes sharing a mailing share it evenly)."""
+        self.batch = max(1, min(self.batch, rows))
+        self.chunk = max(1, min(16, self.batch // (self.workers * 4)))
+
     def _batch_size(self) -> int:
         d = self.settings.delivery
         size = max(200, self.workers * 8)
@@ -163,17 +181,59 @@ class MailingPass:
         allowance = self._allowance()
         if allowance == 0:
             return self._pause()
-        template = build_template(self.settings, mailing, self.posts)
+        if self.template is None:
+            assert self.posts is not None
+            self.template = build_template(self.settings, mailing, self.posts)
         self.context = MessageContext(
-            self.settings, mailing, template, make_signer(self.settings), self.engine
+            self.settings, mailing, self.template, make_signer(self.settings), self.engine
         )
         q.set_state(self.engine, mailing.id, "sending")
         finished = sum(counts.get(s, 0) for s in ("sent", "failed", "skipped"))
-        tally = Tally(finished, sum(counts.values()), self.progress)
+        tally = self.tally = Tally(finished, sum(counts.values()), self.progress)
         self.recorder = Recorder(self.engine, self.write_lock, self.owner)
         with q.OwnerLock(self.engine, self.owner), LeaseKeeper(self):
-            paused = self._strategy().run(tally, allowance, wait)
+            open_rows = sum(counts.values()) - finished
+            processes = self._processes(open_rows)
+            if processes == 1:
+                paused = self._strategy().run(tally, allowance, wait)
+            else:
+                paused = self._run_with_workers(processes, open_rows, tally, allowance, wait)
         return self._finish(tally, paused)
+
+    def _processes(self, open_rows: int) -> int:
+        """Worker processes (this one included) for this pass: SMTP, big mailings only."""
+        if self.shared is not None or self.settings.delivery.transport != "smtp":
+            return 1
+        return process_count(self.settings, open_rows)
+
+    def _run_with_workers(
+        self, processes: int, open_rows: int, tally: Tally, allowance: int | None, wait: float
+    ) -> bool:
+        """This process sends a share, `processes - 1` workers the rest (processes.py)."""
+        assert self.template is not None
+        mine, *theirs = shares(self.settings.delivery.concurrency, processes)
+        self.workers = mine
+        # A claim takes a few connections' worth, never the others' share.
+        batch = max(mine * 8, open_rows // (processes * 4))
+        self.limit_batch(batch)
+        url = self.engine.url.render_as_string(hide_password=False)
+        workers = Workers(
+            run_worker, url, self.settings, self.mailing.id, self.template, wait, batch
+        )
+        with workers:
+            workers.start(theirs, tally, self.stop)
+            paused = self._strategy().run(tally, allowance, wait)
+        paused = paused or workers.paused
+        if workers.fatal is not None:
+            raise workers.fatal
+        if workers.lost and not self.stop.is_set():
+            # A worker died (kill -9, OOM): its rows are leased to a dead owner.
+            log.warning("%d worker process(es) died; sending their rows here", workers.lost)
+            q.free_dead_leases(self.engine)
+            self.workers = self.settings.delivery.concurrency
+            allowance = self._allowance()
+            paused = self._strategy().run(tally, allowance, wait) or paused
+        return paused
 
     def _strategy(self) -> Strategy:
         """How SMTP connections are driven (`[delivery] strategy`); threads otherwise.
@@ -412,3 +472,28 @@ class MailingPass:
         return DeliveryReport(
             s["sent"], s["deferred"], s["failed"], s["skipped"], paused, tuple(tally.errors)
         )
+
+
+def run_worker(job: Job, pipe: Connection) -> None:
+    """A worker process's main (`[delivery] processes`, see processes.py): its share."""
+    from newsletter.store import open_url
+
+    stop, reporter = worker_start(pipe)
+    report: DeliveryReport | None = None
+    error: BaseException | None = None
+    try:
+        engine = open_url(job.url)
+        with reading(engine) as conn:
+            mailing = q.get_mailing(conn, job.mailing_id)
+        if mailing is None:
+            raise DeliveryError(f"no mailing with id {job.mailing_id}")
+        run = MailingPass(
+            engine, job.settings, mailing, None, stop=stop, progress=reporter, template=job.template
+        )
+        reporter.source = run
+        run.limit_batch(job.batch)
+        report = run.run(wait=job.wait)
+    except Exception as exc:  # reported to the parent, which raises it
+        log.debug("worker failed", exc_info=True)
+        error = exc
+    worker_end(pipe, reporter, report, error)

@@ -28,7 +28,7 @@ from newsletter.errors import (
 )
 from newsletter.posts.collection import Post, PostCollection
 from newsletter.store import mailings as q
-from newsletter.store import reading
+from newsletter.store import reading, snapshot_transaction
 
 __all__ = [
     "deliver_due",
@@ -101,7 +101,9 @@ def _plan(
     subs.ensure_lists(engine, settings)
     dedupe = kind == "post" and not resend and settings.email.dedupe_across_lists
     try:
-        with engine.begin() as conn:
+        with snapshot_transaction(engine) as conn:
+            if dedupe:
+                q.lock_post(conn, post_id)  # one planner of this post at a time
             result: dict[str, int] = {}
             fresh: list[tuple[str, int, int]] = []  # (list name, list id, mailing id)
             for name in list_names:

@@ -37,11 +37,19 @@ def message_id_of(message: bytes) -> str | None:
 def build_template(
     settings: Settings, mailing: q.MailingRow, posts: PostCollection, *, subject_prefix: str = ""
 ) -> MessageTemplate:
-    """Render once per mailing (post or digest × list)."""
-    from newsletter.email import render
+    """Render once per mailing (post or digest × list).
 
+    A post's email comes through the render cache: the render `newsletter
+    render` or the preview made is reused, and a pass resumed later (the
+    daemon, a re-run) renders nothing (no Markdown, Jinja2 or premailer
+    before the first message).  A digest's render names its mailing (the
+    archive link), so nothing else could reuse it: it is rendered here (its
+    inlining still comes from the inline cache).
+    """
     list_settings = settings.get_list(mailing.list_name)
     if mailing.kind == "digest" or mailing.post_ids:
+        from newsletter.email import render
+
         chosen = tuple(posts.find(pid) for pid in mailing.post_ids)
         rendered = render.render_digest(
             chosen,
@@ -50,7 +58,9 @@ def build_template(
             archive_url=render.digest_archive_url(settings, mailing.id),
         )
     else:
-        rendered = render.render_email(posts.find(mailing.post_id), settings, list_settings)
+        from newsletter.email.rendercache import cached_render
+
+        rendered = cached_render([posts.find(mailing.post_id)], settings, list_settings)
     return MessageTemplate.build(rendered, settings, subject_prefix=subject_prefix)
 
 

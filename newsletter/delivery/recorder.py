@@ -80,6 +80,20 @@ class Recorder:
                 if group[0].error is not None:
                     raise group[0].error
 
+    def try_flush(self) -> bool:
+        """`flush()` unless another thread holds the write lock (a claim): then False at once."""
+        if not self.write_lock.acquire(blocking=False):
+            return False
+        try:
+            while self._queue:
+                group = self._take()
+                self._commit(group)
+                if group[0].error is not None:
+                    raise group[0].error
+        finally:
+            self.write_lock.release()
+        return True
+
     def close(self) -> None:
         """Commit what is left; a failure stays on the `Pending`s (their waiters raise it)."""
         try:

@@ -52,6 +52,22 @@ class Tally:
         if self.progress is not None:
             self.progress(done, self.total)
 
+    def advance(self, count: int) -> None:
+        """Progress made by a worker process (its counts come with `merge`)."""
+        with self.lock:
+            self.done += count
+            done = self.done
+        if self.progress is not None:
+            self.progress(done, self.total)
+
+    def merge(self, counts: dict[str, int], errors: list[str], last_error: str | None) -> None:
+        """A worker process's counts and errors, its progress already `advance`d."""
+        with self.lock:
+            for status, count in counts.items():
+                self.by_status[status] = self.by_status.get(status, 0) + count
+            self.errors.extend(errors[: max(0, 1000 - len(self.errors))])
+            self.last_error = last_error or self.last_error
+
 
 class PassCore(Protocol):
     """What a strategy may use of the pass that runs it."""

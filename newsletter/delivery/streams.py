@@ -5,9 +5,10 @@ One event loop drives `concurrency` non-blocking connections
 free, so a slow or stalled connection holds up only itself (the lockstep
 rounds waited for the slowest connection twice per round).  Claims run on a
 helper thread (a claim is long and mostly SQLite's own work, without the
-GIL); the ledger's group commits run once the ready connections have written
-their next commands (see `Commits`: on the loop's thread for SQLite, on a
-helper thread for PostgreSQL), so a commit overlaps the server's work on them.  With or without PIPELINING the design
+GIL); the ledger's group commits run once the ready connections have
+written their next commands (see `Commits`: on the loop's thread for SQLite,
+on a helper thread for PostgreSQL), so a commit overlaps the server's work
+on them.  With or without PIPELINING the design
 is the same; only the number of round trips per message differs.
 
 Invariant 2: a connection writes a message's final dot only after the
@@ -41,6 +42,8 @@ __all__ = ["StreamsStrategy"]
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+RETRY_COMMIT = 0.0005  # seconds between tries while a claim holds the write lock
 
 
 def run_loop(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
@@ -86,7 +89,7 @@ class Commits:
         self.recorder = recorder
         self._scheduled: asyncio.Future[None] | None = None
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="commits") if off_loop else None
-        self._in_flight = False
+        self._in_flight: asyncio.Future[None] | None = None  # off the loop, running
 
     async def wait(self, pending: Pending) -> None:
         """Until `pending` is committed; raises the commit's error."""
@@ -94,8 +97,8 @@ class Commits:
             if self._scheduled is None:
                 loop = asyncio.get_running_loop()
                 self._scheduled = loop.create_future()
-                if not self._in_flight:
-                    loop.call_soon(self._start)
+                if self._in_flight is None:
+                    loop.call_soon(self._start, self._scheduled)
             # Shared by every waiter, without asyncio.shield (an extra loop
             # iteration per wait): a cancelled waiter only ever means the
             # whole pass is being cancelled.
@@ -107,29 +110,41 @@ class Commits:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
 
-    def _start(self) -> None:
-        done, self._scheduled = self._scheduled, None
-        if done is None:
-            return
+    def _start(self, done: asyncio.Future[None]) -> None:
         if self._pool is None:
-            self._flush()
-            _resolve(done)
+            self._commit(done)
             return
-        self._in_flight = True
+        # Outcomes submitted from now on wait for the next commit.
+        self._scheduled, self._in_flight = None, done
         running = asyncio.get_running_loop().run_in_executor(self._pool, self._flush)
         running.add_done_callback(lambda _: self._finished(done))
 
     def _finished(self, done: asyncio.Future[None]) -> None:
-        self._in_flight = False
+        self._in_flight = None
         _resolve(done)
         if self._scheduled is not None:  # waiters that came during that commit
-            self._start()
+            self._start(self._scheduled)
 
     def _flush(self) -> None:
+        """On the helper thread: waiting for the write lock blocks only this thread."""
         try:
             self.recorder.flush()
         except Exception:  # kept on each Pending of the group; its waiters raise it
             log.debug("a group commit failed", exc_info=True)
+
+    def _commit(self, done: asyncio.Future[None]) -> None:
+        """On the loop's thread (SQLite)."""
+        try:
+            if not self.recorder.try_flush():
+                # A claim (on the ledger thread) holds the write lock for a few
+                # ms: rather than block the loop, keep serving the other
+                # connections, whose outcomes join this group, and try again.
+                asyncio.get_running_loop().call_later(RETRY_COMMIT, self._commit, done)
+                return
+        except Exception:  # kept on each Pending of the group; its waiters raise it
+            log.debug("a group commit failed", exc_info=True)
+        self._scheduled = None
+        _resolve(done)
 
 
 def _resolve(done: asyncio.Future[None]) -> None:

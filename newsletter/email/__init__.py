@@ -4,6 +4,7 @@ It may import `newsletter.posts`, `newsletter.config` and `newsletter.errors`.
 
 - `render`: Jinja2 templates + premailer → `RenderedEmail` (HTML and text parts)
 - `rendercache`: renders kept in the state folder until post, templates, list or settings change
+- `inlinecache`: premailer's output kept in the state folder under a hash of its input HTML
 - `message`: the MIME bytes, serialised once (`MessageTemplate`), personalised per `Recipient`
 - `tokens`: signed unsubscribe tokens and their URLs
 - `dkim`: signing the exact bytes sent (RSA and Ed25519, dual signing), DNS records

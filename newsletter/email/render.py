@@ -26,7 +26,7 @@ import jinja2
 from markupsafe import Markup
 
 from newsletter.config import ListSettings, Settings
-from newsletter.email import images
+from newsletter.email import images, inlinecache
 from newsletter.errors import RenderError, TemplateError
 from newsletter.posts.collection import Post
 
@@ -103,14 +103,19 @@ class DigestItem:
 # --------------------------------------------------------------------------- public API
 
 
-def render_email(post: Post, settings: Settings, mailing_list: ListSettings) -> RenderedEmail:
-    """One post for one list: subject, inlined HTML and text, with placeholders."""
-    env = template_environment(settings.email.templates_dir)
-    from newsletter.posts import markup
-
+def render_email(
+    post: Post, settings: Settings, mailing_list: ListSettings, *, cache: bool = True
+) -> RenderedEmail:
+    """One post for one list: subject, inlined HTML and text, with placeholders
+    (`cache=False`: compile the templates and inline the CSS again)."""
+    env = template_environment(settings.email.templates_dir, _kept(settings, "jinja", cache))
     full = settings.email.content == "full"
     content_html = post.body_html if full else post.excerpt_html
-    content_text = markup.html_to_text(content_html) if full else post.excerpt_text
+    content_text = post.excerpt_text
+    if full:
+        from newsletter.posts import markup  # (lxml: only for a whole post's text)
+
+        content_text = markup.html_to_text(content_html)
     post = _with_safe_title(post)
     context = {
         **_common_context(settings, mailing_list),
@@ -126,7 +131,9 @@ def render_email(post: Post, settings: Settings, mailing_list: ListSettings) -> 
     context.update(_intro(post, subject, content_text))
     html = _render(env, "email.html.j2", context)
     text = _render(env, "email.txt.j2", context)
-    return _finish(post.post_id, mailing_list.name, subject, html, text)
+    return _finish(
+        post.post_id, mailing_list.name, subject, html, text, _kept(settings, "inlined", cache)
+    )
 
 
 def render_digest(
@@ -136,6 +143,7 @@ def render_digest(
     *,
     subject_template: str = DEFAULT_DIGEST_SUBJECT,
     archive_url: str | None = None,
+    cache: bool = True,
 ) -> RenderedEmail:
     """Several posts (oldest first) in one email, from digest.html.j2 / digest.txt.j2.
 
@@ -145,7 +153,7 @@ def render_digest(
     """
     if not posts:
         raise RenderError("a digest needs at least one post", key=f"lists.{mailing_list.name}")
-    env = template_environment(settings.email.templates_dir)
+    env = template_environment(settings.email.templates_dir, _kept(settings, "jinja", cache))
     ordered = [_with_safe_title(p) for p in sorted(posts, key=lambda p: p.date)]
     items = [
         DigestItem(
@@ -169,7 +177,9 @@ def render_digest(
     html = _render(env, "digest.html.j2", context)
     text = _render(env, "digest.txt.j2", context)
     post_id = "+".join(p.post_id for p in ordered)
-    return _finish(post_id, mailing_list.name, subject, html, text)
+    return _finish(
+        post_id, mailing_list.name, subject, html, text, _kept(settings, "inlined", cache)
+    )
 
 
 def archive_url(settings: Settings, post_id: str) -> str:
@@ -248,8 +258,12 @@ def _theme_files() -> Any:
 
 
 @functools.lru_cache(maxsize=8)
-def template_environment(templates_dir: Path | None) -> jinja2.Environment:
-    """One cached Jinja2 environment per templates folder (templates compile once)."""
+def template_environment(
+    templates_dir: Path | None, compiled: Path | None = None
+) -> jinja2.Environment:
+    """One cached Jinja2 environment per templates folder (templates compile
+    once per process; once per change of their source with `compiled`, the
+    folder where the compiled code is kept)."""
     loaders: list[jinja2.BaseLoader] = []
     if templates_dir is not None:
         if not templates_dir.is_dir():
@@ -264,6 +278,7 @@ def template_environment(templates_dir: Path | None) -> jinja2.Environment:
         autoescape=jinja2.select_autoescape(["html", "htm", "xml", "html.j2"]),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
+        bytecode_cache=inlinecache.compiled_templates(compiled) if compiled else None,
     )
     env.filters["long_date"] = long_date
     return env
@@ -467,8 +482,15 @@ def _strip_external_css(html: str) -> str:
     return _STYLE_BLOCK.sub(lambda m: m.group(1) + _IMPORT.sub("", m.group(2)) + m.group(3), html)
 
 
-def _finish(post_id: str, list_name: str, subject: str, html: str, text: str) -> RenderedEmail:
-    inlined = inline_css(html)
+def _kept(settings: Settings, what: str, cache: bool) -> Path | None:
+    """Where inlined HTML and compiled templates are kept (`inlinecache`)."""
+    return settings.state_dir / what if cache else None
+
+
+def _finish(
+    post_id: str, list_name: str, subject: str, html: str, text: str, cache: Path | None
+) -> RenderedEmail:
+    inlined = inlinecache.inlined(html, cache, inline_css)
     warnings: list[str] = []
     size = len(inlined.encode("utf-8"))
     if size > GMAIL_CLIP_BYTES:

@@ -13,8 +13,8 @@ so it is stored under a hash of all of them, as JSON in
 imports neither Jinja2 nor premailer: a hit costs a file read.
 
 Only the result is kept; a render that fails is not, so its error is raised
-again each time.  Sending (`delivery`) renders once per mailing and does not
-go through here.
+again each time.  Sending a post (`delivery.outgoing.build_template`) goes
+through here too, so a previewed post's first message does not wait for premailer.
 """
 
 from __future__ import annotations
@@ -72,10 +72,13 @@ class RenderCache:
         from newsletter.email import render
 
         def build() -> RenderedEmail:
+            # Disabled (`check --all`): no kept inlining or compiled template either.
             if digest:
-                return render.render_digest(list(posts), self.settings, mailing_list)
+                return render.render_digest(
+                    list(posts), self.settings, mailing_list, cache=self.enabled
+                )
             (post,) = posts
-            return render.render_email(post, self.settings, mailing_list)
+            return render.render_email(post, self.settings, mailing_list, cache=self.enabled)
 
         if not self.enabled:
             return build()

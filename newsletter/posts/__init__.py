@@ -3,7 +3,10 @@
 The first stage of the pipeline.  It may import only `newsletter.config` and
 `newsletter.errors`.
 
-- `collection`: parse posts into `Post`, `PostCollection`, `load_posts`
+- `collection`: `load_posts`: both passes through the index, or the last load whole
+- `model`: `Post`, `Author`, `PostCollection`, `post_status`
+- `building`: pass 2 — Liquid, byline, excerpt, Markdown → a `Post`
+- `snapshot`: the last whole load, kept while no post file changed
 - `files`: which files are posts (every `_posts` folder of a Jekyll site)
 - `source`: pass 1 — front matter with `defaults:`, date, identity, URL
 - `site`: a Jekyll site's rules: discovery, `defaults:`, `_data`, collections, Liquid's `site`

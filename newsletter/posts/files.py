@@ -4,29 +4,55 @@ Jekyll finds them, or every Markdown file under `posts_dir` elsewhere.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from newsletter.config import Settings
 from newsletter.errors import PostError
-from newsletter.posts import site as jekyllsite
 
 POST_SUFFIXES = (".md", ".markdown")
 
 
 def post_files(posts_dir: Path) -> list[Path]:
     """Post files under `posts_dir`, skipping what Jekyll skips (dot files, backups)."""
+    return [path for path, _rel in _post_files(posts_dir)]
+
+
+def _post_files(posts_dir: Path) -> list[tuple[Path, str]]:
+    """Each post file and its path under `posts_dir` (with "/"), in path order."""
     if not posts_dir.is_dir():
         raise PostError("posts folder not found", path=posts_dir, key="site.posts_dir")
-    found = []
-    for path in posts_dir.rglob("*"):
-        rel = path.relative_to(posts_dir).parts
-        if path.suffix.lower() not in POST_SUFFIXES or path.name.endswith("~"):
+    found: list[tuple[tuple[str, ...], str]] = []
+    _walk(str(posts_dir), (), found)
+    found.sort()  # by the parts under posts_dir: the order of sorted Paths
+    return [(Path(full), "/".join(rel)) for rel, full in found]
+
+
+def _walk(folder: str, rel: tuple[str, ...], found: list[tuple[tuple[str, ...], str]]) -> None:
+    """`Path.rglob` (symlinked folders not followed, unreadable ones skipped)
+    with the filter on the way: every listing pays for this walk."""
+    try:
+        with os.scandir(folder) as scan:
+            entries = list(scan)
+    except PermissionError:
+        return
+    for entry in entries:
+        name = entry.name
+        if name.startswith((".", "#")):
             continue
-        if any(part.startswith((".", "#")) for part in rel) or not path.is_file():
-            continue
-        found.append(path)
-    return sorted(found)
+        try:
+            folder_here = entry.is_dir(follow_symlinks=False)
+        except OSError:
+            folder_here = False
+        if folder_here:
+            _walk(entry.path, (*rel, name), found)
+        elif (
+            os.path.splitext(name)[1].lower() in POST_SUFFIXES
+            and not name.endswith("~")
+            and entry.is_file()
+        ):
+            found.append(((*rel, name), entry.path))
 
 
 @dataclass(frozen=True)
@@ -43,6 +69,8 @@ def site_post_files(settings: Settings, undated: list[Path] | None = None) -> li
     `undated`); otherwise every Markdown file under `posts_dir`."""
     site = settings.site
     if site.jekyll is not None and site.source_dir is not None:
+        from newsletter.posts import site as jekyllsite  # (YAML: only for a Jekyll site)
+
         found = []
         for item in jekyllsite.post_files(site.source_dir, site.jekyll, undated):
             inner = item.rel.split("_posts/", 1)[1] if "/_posts/" in item.rel else item.rel
@@ -50,11 +78,7 @@ def site_post_files(settings: Settings, undated: list[Path] | None = None) -> li
             rel = Path(*item.categories, inner)
             found.append(FoundPost(item.path, rel, item.rel, item.categories))
         return found
-    posts_dir = site.posts_dir
-    return [
-        FoundPost(path, path.relative_to(posts_dir), path.relative_to(posts_dir).as_posix(), ())
-        for path in post_files(posts_dir)
-    ]
+    return [FoundPost(path, Path(rel), rel, ()) for path, rel in _post_files(site.posts_dir)]
 
 
 def where_posts_are(settings: Settings) -> str:

@@ -35,7 +35,7 @@ import os
 import pickle
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -45,18 +45,23 @@ from newsletter.config import Settings
 
 __all__ = [
     "INDEX_FORMAT",
+    "LoadKey",
     "Lookups",
     "Passes",
     "PostIndex",
     "SiteWatch",
+    "dumps",
+    "file_key",
     "fingerprint",
     "forget",
+    "load_key",
     "open_index",
+    "private_folder",
     "recall",
     "remember",
 ]
 
-INDEX_FORMAT = 2  # bump when the stored layout changes
+INDEX_FORMAT = 3  # bump when the stored layout changes (3: `Post` moved to `model`)
 # Linux stamps mtimes from a coarse clock (a few ms): two writes of the same size
 # that close together look alike, so a file this recent is also compared by content.
 RACY_NS = 2_000_000_000
@@ -295,7 +300,7 @@ class PostIndex:
         value = build(view)
         if key is not None:
             asked = dict(view.asked) if view is not None else {}
-            self.entries[name] = _Entry(key, _dumps(value), asked, content)
+            self.entries[name] = _Entry(key, dumps(value), asked, content)
             self.changed = True
         return value
 
@@ -311,7 +316,7 @@ class PostIndex:
             (INDEX_FORMAT, self.fingerprint, self.entries), protocol=pickle.HIGHEST_PROTOCOL
         )
         try:
-            _state_folder(self.path.parent)
+            private_folder(self.path.parent)
             fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".index-")
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
@@ -333,7 +338,7 @@ def _proxy(value: MappingProxyType[Any, Any]) -> tuple[Any, ...]:
 _DISPATCH = {**copyreg.dispatch_table, MappingProxyType: _proxy}
 
 
-def _dumps(value: object) -> bytes:
+def dumps(value: object) -> bytes:
     """pickle.dumps, also for the read-only mappings a `Post` holds."""
     buffer = io.BytesIO()
     pickler = pickle.Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL)
@@ -383,10 +388,26 @@ class Passes:
         self.settings = settings
         self.enabled = enabled
         self.all_posts = posts_stamp(files)
-        self.sources = open_index(settings, "sources", enabled=enabled)
-        built = "posts" if bodies else "listing"
-        self.built = open_index(settings, built, enabled=enabled, all_posts=self.all_posts)
+        self._kind = "posts" if bodies else "listing"
+        # Each opened when first used: a command that completes one post of a
+        # whole load (`snapshot`) reads the index of posts with HTML alone.
+        self._sources: PostIndex | None = None
+        self._built: PostIndex | None = None
         self._whole: PostIndex | None = None
+
+    @property
+    def sources(self) -> PostIndex:
+        if self._sources is None:
+            self._sources = open_index(self.settings, "sources", enabled=self.enabled)
+        return self._sources
+
+    @property
+    def built(self) -> PostIndex:
+        if self._built is None:
+            self._built = open_index(
+                self.settings, self._kind, enabled=self.enabled, all_posts=self.all_posts
+            )
+        return self._built
 
     def source(self, found: F, read: Callable[[F], T]) -> T:
         """Pass 1 for `found` (a `FoundPost`), keyed by its `path`."""
@@ -411,43 +432,51 @@ class Passes:
         return found
 
     def save(self) -> None:
-        self.sources.save()
-        self.built.save()
+        for index in (self._sources, self._built):
+            if index is not None:
+                index.save()
 
 
 # --------------------------------------------------------------------------- in-process
 
+# What a whole load of the posts depends on: the fingerprint and every file's
+# path, size and mtime_ns.  (`snapshot` keeps a load under it on disk.)
+LoadKey = tuple[str, tuple[tuple[str, FileKey], ...]]
+
+
+def load_key(settings: Settings, files: Sequence[Path]) -> LoadKey | None:
+    """The `LoadKey` of `files` now; None when one is missing or changed less
+    than `RACY_NS` ago (it may change again unseen: read it properly)."""
+    keys = []
+    now = time.time_ns()
+    for path in files:
+        key = file_key(path)
+        if key is None or now - key[1] < RACY_NS:
+            return None
+        keys.append((str(path), key))
+    return fingerprint(settings), tuple(keys)
+
+
 # A long-running process (the daemon, the preview) asks for the same posts
 # again and again: when not one file changed it gets the same (frozen) result.
-_recent: dict[tuple[str, str], tuple[str, tuple[tuple[str, FileKey | None], ...], Any]] = {}
+_recent: dict[tuple[str, str], tuple[LoadKey, Any]] = {}
 
 
-def _snapshot(settings: Settings, files: list[Path]) -> tuple[str, Any] | None:
-    keys = tuple((str(p), file_key(p)) for p in files)
-    now = time.time_ns()
-    if any(key is None or now - key[1] < RACY_NS for _name, key in keys):
-        return None  # a file this recent may change unseen: read it properly
-    return fingerprint(settings), keys
-
-
-def recall(settings: Settings, kind: str, files: list[Path]) -> Any | None:
-    """What `remember` kept for these files, if not one of them (nor the
-    fingerprint) changed since; else None."""
+def recall(settings: Settings, kind: str, key: LoadKey | None) -> Any | None:
+    """What `remember` kept under exactly `key` (see `load_key`), else None."""
     found = _recent.get((str(settings.site.posts_dir), kind))
-    if found is None:
+    if key is None or found is None or found[0] != key:
         return None
-    snapshot = _snapshot(settings, files)
-    if snapshot is None or snapshot != found[:2]:
-        return None
-    return found[2]
+    return found[1]
 
 
-def remember(settings: Settings, kind: str, files: list[Path], value: Any) -> None:
-    snapshot = _snapshot(settings, files)
-    if snapshot is None:
+def remember(settings: Settings, kind: str, key: LoadKey | None, value: Any) -> None:
+    """Keep `value` for `recall` (`key` taken before the load: a file changed
+    meanwhile then no longer matches, and the next load reads it)."""
+    if key is None:
         _recent.pop((str(settings.site.posts_dir), kind), None)
     else:
-        _recent[(str(settings.site.posts_dir), kind)] = (*snapshot, value)
+        _recent[(str(settings.site.posts_dir), kind)] = (key, value)
 
 
 def forget() -> None:
@@ -455,7 +484,7 @@ def forget() -> None:
     _recent.clear()
 
 
-def _state_folder(folder: Path) -> None:
+def private_folder(folder: Path) -> None:
     """The index folder and the state folder above it, private to this user (0700)."""
     for path in (folder.parent, folder):
         if not path.is_dir():

@@ -17,7 +17,7 @@ import contextlib
 import re
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
 from starlette.applications import Starlette
@@ -33,16 +33,19 @@ from starlette.responses import (
 from starlette.routing import Route
 
 from newsletter.config import ListSettings, Settings
-from newsletter.delivery import mailings as delivery
 from newsletter.errors import NewsletterError, PostError
 from newsletter.posts.collection import Post
-from newsletter.web.emailview import EmailView
 from newsletter.web.hostcheck import LocalOnlyMiddleware
-from newsletter.web.outbox import list_outbox, read_outbox_message
 from newsletter.web.pages import NoSniffMiddleware, page
 from newsletter.web.reload import Broadcaster, watch
 from newsletter.web.site import Preview, Site, list_status, mailing_states, watched_dirs
 from newsletter.web.site import watched_files as config_files
+
+if TYPE_CHECKING:
+    from newsletter.web.emailview import EmailView
+
+# What only one route needs (sending a test, the outbox) is imported there:
+# the preview is ready (GET / answered) without it.
 
 # The email itself runs no script and may not navigate the preview around it.
 EMAIL_CSP = "script-src 'none'; frame-ancestors 'self'; form-action 'none'"
@@ -223,6 +226,8 @@ def _send_test(
         return "error", "give at least one address to send the test to"
     if len(addresses) > MAX_TEST_ADDRESSES:
         return "error", f"at most {MAX_TEST_ADDRESSES} test addresses at a time"
+    from newsletter.delivery import mailings as delivery
+
     try:
         report = delivery.send_test(settings, post, lst.name, addresses)
     except NewsletterError as exc:
@@ -237,6 +242,8 @@ def _send_test(
 
 
 def outbox_index(request: Request) -> Response:
+    from newsletter.web.outbox import list_outbox
+
     try:
         settings = _state(request).site.settings()
     except NewsletterError as exc:
@@ -251,6 +258,8 @@ def outbox_index(request: Request) -> Response:
 
 
 def _outbox_view(request: Request) -> tuple[EmailView, str] | Response:
+    from newsletter.web.outbox import read_outbox_message
+
     try:
         settings = _state(request).site.settings()
     except NewsletterError as exc:

@@ -13,23 +13,23 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from newsletter.config import ListSettings, Settings, utcnow
 from newsletter.daemon.planning import list_takes
-from newsletter.delivery.outgoing import make_signer
-from newsletter.email.message import MessageTemplate, sample_recipient
-from newsletter.email.render import RenderedEmail
-from newsletter.email.rendercache import cached_render
 from newsletter.errors import StoreError
 from newsletter.posts.collection import Post, PostCollection, load_posts, post_status
 from newsletter.store import open_store, reading
 from newsletter.store.schema import lists as lists_table
 from newsletter.store.schema import mailings
-from newsletter.web.emailview import EmailView, view_of
-from newsletter.web.lint import Finding, lint_email
+
+if TYPE_CHECKING:
+    from newsletter.email.render import RenderedEmail
+    from newsletter.web.emailview import EmailView
+    from newsletter.web.lint import Finding
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,13 @@ class Preview:
 
 def build_preview(settings: Settings, post: Post, mailing_list: ListSettings) -> Preview:
     """The email exactly as `send` builds it, for a sample recipient."""
+    # Imported for the first post shown: the index is up without them (lxml, MIME).
+    from newsletter.delivery.outgoing import make_signer
+    from newsletter.email.message import MessageTemplate, sample_recipient
+    from newsletter.email.rendercache import cached_render
+    from newsletter.web.emailview import view_of
+    from newsletter.web.lint import lint_email
+
     rendered = cached_render([post], settings, mailing_list)
     template = MessageTemplate.build(rendered, settings)
     raw = template.personalise(

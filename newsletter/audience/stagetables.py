@@ -1,0 +1,155 @@
+"""The TEMP tables of a staged import (`newsletter.audience.staging`) and how
+rows get into them: one streamed executemany on SQLite, `COPY … FROM STDIN` on
+PostgreSQL (psycopg 3's `cursor.copy`, `write_row`)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import Column, Connection, Integer, MetaData, String, Table, Text
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.types import UserDefinedType
+
+log = logging.getLogger(__name__)
+
+_temp = MetaData()
+
+
+class _Untouched(UserDefinedType[Any]):
+    """Values already converted for the driver (see importer._Raw), kept as they are.
+
+    On SQLite a declared BLOB column has no affinity: stored exactly as bound.
+    PostgreSQL gets the real column type (`_RawTime`, `_RawJson`), so the merge
+    copies and compares like with like."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **_kw: Any) -> str:
+        return "BLOB"
+
+
+class _RawTime(_Untouched):
+    """A timestamp as the driver takes it."""
+
+    cache_ok = True
+
+
+class _RawJson(_Untouched):
+    """A JSON document as the driver takes it."""
+
+    cache_ok = True
+
+
+@compiles(_RawTime, "postgresql")
+def _pg_time(_type: Any, _compiler: Any, **_kw: Any) -> str:
+    return "TIMESTAMP WITH TIME ZONE"
+
+
+@compiles(_RawJson, "postgresql")
+def _pg_json(_type: Any, _compiler: Any, **_kw: Any) -> str:
+    return "JSON"
+
+
+_RAW = _Untouched()
+_TIME = _RawTime()
+_JSON = _RawJson()
+
+
+def _table(name: str, *columns: Column[Any]) -> Table:
+    return Table(name, _temp, *columns, prefixes=["TEMPORARY"])
+
+
+_rows = _table(
+    "import_rows",
+    Column("seq", Integer, primary_key=True),
+    Column("key", Text, nullable=False),
+    Column("email", Text, nullable=False),
+    Column("line", Integer, nullable=False),
+    Column("name", Text, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("reason", Text),
+    Column("attributes", Text),  # JSON as the column's serializer writes it, or NULL for none
+    Column("since", _TIME),  # as the driver takes it, or NULL
+    Column("uid", Text, nullable=False),  # used only if the address is new
+)
+_rest = _table("import_rest", Column("seq", Integer, primary_key=True))
+_merged = _table(  # a file's repeated addresses: keep 1 (merged values) or 0 (drop the row)
+    "import_merged",
+    Column("seq", Integer, primary_key=True),
+    Column("keep", Integer, nullable=False),
+    Column("name", Text),
+    Column("status", Text),
+    Column("reason", Text),
+    Column("attributes", Text),
+    Column("since", _TIME),
+)
+_new = _table(
+    "import_new",
+    Column("email_key", Text, primary_key=True),
+    Column("email", Text),
+    Column("uid", Text),
+    Column("name", Text),
+    Column("attributes", _JSON),
+    Column("status", Text),
+    Column("status_reason", Text),
+    Column("stamp", _TIME),
+    Column("since", _TIME),
+)
+_members = _table(
+    "import_members",
+    Column("subscriber_id", Integer, primary_key=True),
+    Column("since", _TIME),
+)
+_changes = _table(
+    "import_changes",
+    Column("id", Integer, primary_key=True),
+    Column("seen", _TIME),  # updated_at as planned against: the optimistic check
+    Column("with_status", Integer),  # 1: status, reason and status_changed_at too
+    Column("status", Text),
+    Column("status_reason", Text),
+    Column("name", Text),
+    Column("attributes", _JSON),
+)
+_unsuppress = _table("import_unsuppress", Column("subscriber_id", Integer, primary_key=True))
+TABLES = (_rows, _rest, _merged, _new, _members, _changes, _unsuppress)
+
+
+def _insert_many(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
+    """Rows whose values are already the driver's into a TEMP table."""
+    names = list(rows[0])
+    _write_rows(conn, table, names, (tuple(r[n] for n in names) for r in rows))
+
+
+def _write_rows(
+    conn: Connection, table: Table, names: list[str], rows: Iterable[tuple[Any, ...]]
+) -> None:
+    """COPY on PostgreSQL, one streamed executemany on SQLite."""
+    if conn.dialect.name == "postgresql":
+        _copy_rows(conn, table, names, rows)
+        return
+    columns = ", ".join(f'"{n}"' for n in names)
+    marks = ", ".join("?" for _ in names)
+    cursor = conn.connection.cursor()
+    try:
+        statement = f'INSERT INTO "{table.name}" ({columns}) VALUES ({marks})'
+        cursor.executemany(statement, rows)  # type: ignore[arg-type]  # sqlite3 takes any iterable
+    finally:
+        cursor.close()
+
+
+def _copy_rows(
+    conn: Connection, table: Table, names: list[str], rows: Iterable[tuple[Any, ...]]
+) -> None:
+    """`COPY table (names) FROM STDIN`, streamed row by row (psycopg 3 buffers)."""
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    columns = ", ".join(f'"{n}"' for n in names)
+    written = 0
+    statement = f'COPY "{table.name}" ({columns}) FROM STDIN'
+    with driver.cursor() as cursor, cursor.copy(statement) as copy:
+        for row in rows:
+            copy.write_row(row)
+            written += 1
+    log.debug("COPY %d rows into %s", written, table.name)

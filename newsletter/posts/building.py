@@ -1,0 +1,310 @@
+"""Pass 2 of reading posts: from a `Source` (front matter, date, URL) to a `Post`.
+
+Renders the body's Liquid, takes out the byline, cuts the excerpt and turns
+the Markdown into HTML (`markup`), with the site's variables (`SiteContext`)
+that every post of a load shares.  `collection` imports this module only
+when a post must be built: a listing served from the index never does.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from newsletter.config import Settings
+from newsletter.errors import Problem
+from newsletter.posts import jekyll, permalink
+from newsletter.posts import site as jekyllsite
+from newsletter.posts import text as posttext
+from newsletter.posts.model import Author, Post
+from newsletter.posts.source import Source
+
+__all__ = ["KNOWN_KEYS", "SiteContext", "build_post"]
+
+# `markup` (Markdown, lxml) and `liquid` are imported where a body is built:
+# a listing (`bodies=False`) never needs them.
+
+# Front-matter keys that become typed fields; every other key lands in `extra`.
+KNOWN_KEYS = frozenset(
+    {
+        "id", "title", "date", "description", "image", "image_alt", "tags", "tag",
+        "categories", "category", "author", "authors", "excerpt", "excerpt_separator",
+        "published", "permalink", "lists", "newsletter", "slug", "draft",
+    }
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SiteContext:
+    settings: Settings
+    liquid_site: Mapping[str, Any]
+    post_urls: Mapping[str, str]  # file stem, path under posts_dir, … → absolute URL
+    authors: Mapping[str, Any]  # _data/authors.yml and the authors collection
+    includes: Path | None  # the site's _includes folder
+
+    @classmethod
+    def build(
+        cls, settings: Settings, sources: list[Source], problems: list[Problem]
+    ) -> SiteContext:
+        site = settings.site
+        base = {
+            "url": site.url.rstrip("/"),
+            "baseurl": permalink.normalized_baseurl(site.baseurl),
+            "title": site.title,
+            "author": site.author,
+            "timezone": site.timezone,
+            "time": datetime.now(site.tz),
+        }
+        root = site.source_dir or (settings.base_dir if site.jekyll is None else None)
+        variables = jekyllsite.site_variables(
+            root, site.jekyll, base, [_page(s) for s in sources], problems
+        )
+        urls: dict[str, str] = {}
+        for source in sources:
+            stem = source.rel.with_suffix("").as_posix()
+            keys = (
+                source.path.stem,
+                stem,
+                source.rel.as_posix(),
+                source.path.name,
+                source.site_rel,
+            )
+            for key in keys:
+                urls.setdefault(key, source.url)
+        includes = root / "_includes" if root is not None else None
+        includes = includes if includes is not None and includes.is_dir() else None
+        return cls(settings, variables.liquid, urls, variables.authors, includes)
+
+    def post_url(self, name: str) -> str | None:
+        return self.post_urls.get(name.strip().strip("\"'"))
+
+    def link(self, target: str) -> str | None:
+        """`{% link _posts/2024-11-04-x.md %}`: the post under any folder prefix."""
+        cleaned = target.strip().strip("\"'").lstrip("/")
+        parts = cleaned.split("/")
+        for start in range(len(parts)):
+            found = self.post_urls.get("/".join(parts[start:]))
+            if found:
+                return found
+        return None
+
+
+_FALSE = (False, "false", "False", "no")
+
+
+def _published(source: Source) -> bool:
+    """`published: false`, `draft: true` and a `_drafts` folder all mean a draft
+    (invariant 4: never sent automatically)."""
+    if source.data.get("published", True) in _FALSE:
+        return False
+    if source.data.get("draft", False) not in (*_FALSE, None):
+        return False
+    return "_drafts" not in source.rel.parts
+
+
+def build_post(source: Source, site: SiteContext, *, bodies: bool = True) -> Post:
+    data, warnings = source.data, source.warnings
+    title_source = jekyll.scalar_text(data.get("title")) or jekyll.titleize(source.file_slug)
+    heading = posttext.title_html(title_source)
+    title = posttext.title_text(heading)
+    tags = jekyll.tags(data)
+    body = _liquid(source, site, title)
+    if not body.strip():
+        warnings.add("empty body: the email will have no excerpt", source.body_line)
+    byline = posttext.take_byline(body)
+    if byline is not None:
+        body = byline.body
+    authors = _authors(data, byline, site, source)
+    body_html = excerpt_html = excerpt_text = ""
+    if bodies:
+        from newsletter.posts import markup  # (Markdown, lxml: not for a listing)
+
+        body_html = _safe_html(markup.convert(body, source.url, source.path.suffix))
+        excerpt_html, excerpt_text = _excerpt(source, site, title, body, byline is not None)
+    image, image_alt = _image(data, source, site, title)
+    return Post(
+        path=source.path,
+        post_id=source.post_id,
+        slug=source.slug,
+        title=title,
+        title_html=heading,
+        date=source.date,
+        url=source.url,
+        description=jekyll.scalar_text(data.get("description")),
+        image=image,
+        image_alt=image_alt,
+        tags=tags,
+        categories=source.categories,
+        authors=authors,
+        excerpt_html=excerpt_html,
+        excerpt_text=excerpt_text,
+        body_html=body_html,
+        published=_published(source),
+        lists=jekyll.list_names(data.get("lists")),
+        newsletter=data.get("newsletter", True) not in _FALSE,
+        warnings=tuple(str(w) for w in warnings),
+        extra=MappingProxyType({k: v for k, v in data.items() if k not in KNOWN_KEYS}),
+    )
+
+
+def _page(source: Source, title: str | None = None) -> dict[str, Any]:
+    """Liquid's `page` (and each of `site.posts`) for a post."""
+    if title is None:
+        given = jekyll.scalar_text(source.data.get("title"))
+        title = given or jekyll.titleize(source.file_slug)
+    return {
+        **source.data,
+        "title": title,
+        "date": source.date,
+        "url": source.site_path,
+        "slug": source.slug,
+        "id": source.post_id,
+        "path": source.site_rel,
+        "categories": list(source.categories),
+        "tags": list(jekyll.tags(source.data)),
+        "collection": "posts",
+    }
+
+
+def _liquid(source: Source, site: SiteContext, title: str, text: str | None = None) -> str:
+    """The body (or `text`, a part of it: then warnings are not repeated) rendered."""
+    from newsletter.posts import liquid as liquid_mod
+
+    page = _page(source, title)
+    result = liquid_mod.render(
+        source.body if text is None else text,
+        site=site.liquid_site,
+        page=page,
+        post_url=site.post_url,
+        link=site.link,
+        first_line=source.body_line,
+        includes=site.includes,
+    )
+    if text is None:
+        for warning in result.warnings:
+            source.warnings.add(warning.message, warning.line)
+    return result.text
+
+
+# The raw text of a `{% raw %}` block may hold `{%` or `{{`; as entities they
+# look the same in a mail client but can never be taken for template syntax.
+_TEMPLATE_MARKERS = re.compile(r"\{(?=[%{])")
+
+
+def _safe_html(fragment: str) -> str:
+    return _TEMPLATE_MARKERS.sub("&#123;", fragment)
+
+
+def _excerpt(
+    source: Source, site: SiteContext, title: str, body: str, had_byline: bool
+) -> tuple[str, str]:
+    """(HTML, text) of the excerpt: front matter `excerpt`, else Jekyll's (on a
+    Jekyll site) or the first paragraph; where that shows no text (the post
+    opens with `{% assign %}` or a comment), `description`, then the first
+    paragraph with text."""
+    from newsletter.posts import markup
+
+    data = source.data
+    explicit = data.get("excerpt")
+    candidates: list[str] = []
+    if isinstance(explicit, str) and explicit.strip():
+        candidates.append(explicit)
+    separator = data.get("excerpt_separator")
+    if not isinstance(separator, str):
+        separator = site.settings.site.excerpt_separator
+    if site.settings.site.jekyll is not None:
+        raw = source.body
+        # The byline line is not the post's text: the excerpt starts after it.
+        byline = posttext.take_byline(raw) if had_byline else None
+        head = posttext.jekyll_excerpt_source(byline.body if byline else raw, separator)
+        candidates.append(_liquid(source, site, title, head))
+    else:
+        candidates.append(posttext.excerpt_source(body, separator))
+    description = jekyll.scalar_text(data.get("description"))
+    if description:
+        candidates.append(description)
+    candidates.append(posttext.excerpt_source(body, None))
+    html = text = ""
+    for markdown_text in candidates:
+        html = _safe_html(markup.convert(markdown_text, source.url, source.path.suffix))
+        text = markup.html_to_text(html)
+        if text.strip():
+            break
+    return html, text
+
+
+def _authors(
+    data: Mapping[str, Any],
+    byline: posttext.Byline | None,
+    site: SiteContext,
+    source: Source,
+) -> tuple[Author, ...]:
+    """Front matter `authors`/`author`, else the body's byline, else the site's author."""
+    for key in ("authors", "author"):
+        value = data.get(key)
+        if value not in (None, "", []):
+            found = tuple(
+                a for item in jekyll.as_list(value) if (a := _author(item, site.authors, site))
+            )
+            if found:
+                return found
+            source.warnings.add(
+                f"{key}: cannot read an author from {value!r}",
+                jekyll.key_line(source.front, key),
+                key,
+            )
+    if byline is not None:
+        return tuple(Author(name, url) for name, url in byline.names)
+    if site.settings.site.author:
+        return (Author(site.settings.site.author),)
+    return ()
+
+
+def _author(item: Any, known: Mapping[str, Any], site: SiteContext) -> Author | None:
+    if isinstance(item, str) and item.strip() in known:
+        item = known[item.strip()]
+        if isinstance(item, str):
+            return Author(posttext.one_line(item))
+    if isinstance(item, Mapping):
+        name = jekyll.scalar_text(item.get("name"))
+        url = next(
+            (
+                jekyll.scalar_text(item.get(k))
+                for k in ("url", "web", "website", "uri")
+                if item.get(k)
+            ),
+            None,
+        )
+        return Author(name, url, _avatar(item.get("avatar"), site)) if name else None
+    name = jekyll.scalar_text(item)
+    return Author(name) if name else None
+
+
+def _avatar(value: Any, site: SiteContext) -> str | None:
+    """An author's `avatar` as an absolute URL.  It is written once for the
+    whole site, so a bare `images/me.png` is site-relative, not post-relative."""
+    ref = jekyll.scalar_text(value)
+    if not ref:
+        return None
+    if not (ref.startswith("/") or permalink.is_absolute(ref)):
+        ref = "/" + ref
+    return permalink.resolve(ref, site.settings.site.url, site.settings.site)
+
+
+def _image(
+    data: Mapping[str, Any], source: Source, site: SiteContext, title: str
+) -> tuple[str | None, str]:
+    value = data.get("image")
+    alt = jekyll.scalar_text(data.get("image_alt"))
+    if isinstance(value, Mapping):
+        alt = alt or jekyll.scalar_text(value.get("alt"))
+        value = next((value[k] for k in ("path", "url", "src", "feature") if value.get(k)), None)
+    ref = jekyll.scalar_text(value)
+    if ref is None:
+        return None, alt or title
+    return permalink.resolve(ref, source.url, site.settings.site), alt or title

@@ -1,0 +1,227 @@
+"""`[delivery] processes`: worker processes share one mailing over real SMTP (aiosmtpd).
+
+Each worker claims its own leases; the parent sends a share too, folds the
+workers' progress and counts into its own, and sends the rows of a worker
+that died.  On SQLite and on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+import os
+import signal
+import threading
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from smtpserver import SmtpTestServer, _Handler
+from test_delivery_smtp import ledger, populate, site_settings
+
+from newsletter.config import load_settings
+from newsletter.delivery import processes
+from newsletter.delivery.mailings import deliver_mailing, mailing_summaries, plan_mailing
+from newsletter.errors import ConfigError
+from newsletter.posts.collection import load_posts
+
+pytestmark = pytest.mark.usefixtures("database_env")
+
+POST = "how-sleep-consolidates-memory"
+
+
+@pytest.fixture(autouse=True)
+def _small_mailings_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers even for a test-sized mailing (only the parent decides how many)."""
+    monkeypatch.setattr(processes, "MIN_ROWS_PER_PROCESS", 1)
+
+
+@pytest.fixture(autouse=True)
+def _secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NEWSLETTER_SECRET", "processes-test-secret")
+
+
+def gate(monkeypatch: pytest.MonkeyPatch, connections: int, seconds: float) -> None:
+    """No DATA is answered before `connections` sessions said EHLO (the worker's
+    too: a fresh interpreter takes a second or two to start), then each takes
+    `seconds`, so a mailing lasts long enough to watch."""
+    real_ehlo, real_data = _Handler.handle_EHLO, _Handler.handle_DATA
+    seen: list[int] = []
+    opened: list[asyncio.Event] = []
+
+    def event() -> asyncio.Event:
+        if not opened:
+            opened.append(asyncio.Event())
+        return opened[0]
+
+    async def ehlo(  # aiosmtpd reads this signature: it must be the full one
+        self: _Handler, smtp: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        seen.append(1)
+        if len(seen) >= connections:
+            event().set()
+        return await real_ehlo(self, smtp, session, envelope, hostname, responses)
+
+    async def data(self: _Handler, smtp: Any, session: Any, envelope: Any) -> str:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event().wait(), 30)
+        await asyncio.sleep(seconds)
+        return await real_data(self, smtp, session, envelope)
+
+    monkeypatch.setattr(_Handler, "handle_EHLO", ehlo)
+    monkeypatch.setattr(_Handler, "handle_DATA", data)
+
+
+@pytest.mark.parametrize("pipelining", [False, True], ids=["plain", "pipelining"])
+def test_workers_share_a_mailing_and_each_recipient_gets_it_once(
+    sample_site: Path,
+    smtp_server: SmtpTestServer,
+    pipelining: bool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    smtp_server.pipelining = pipelining
+    gate(monkeypatch, 4, 0.01)
+    settings = site_settings(
+        sample_site,
+        smtp_server,
+        **{
+            "delivery.processes": 2,
+            "delivery.concurrency": 4,
+            # Named, so that no probe connection counts at the gate.
+            "delivery.strategy": "streams" if pipelining else "threaded",
+        },
+    )
+    engine = populate(settings, 80)
+    smtp_server.script("r007@example.org", "550 5.1.1 No such user here")
+    mid = plan_mailing(engine, settings, POST, "sample")
+    seen: list[tuple[int, int, str]] = []
+    report = deliver_mailing(
+        engine,
+        settings,
+        mid,
+        load_posts(settings),
+        progress=lambda d, t: seen.append((d, t, threading.current_thread().name)),
+    )
+    expected = [f"r{i:03d}@example.org" for i in range(80) if i != 7]
+    assert sorted(smtp_server.recipients()) == expected  # each once, nobody lost
+    assert (report.sent, report.failed, report.deferred) == (79, 1, 0)
+    assert len(report.errors) == 1 and "r007@example.org" in report.errors[0]
+    rows = ledger(engine)
+    assert {e: r.status for e, r in rows.items() if r.status != "sent"} == {
+        "r007@example.org": "failed"
+    }
+    assert all(r.lease_owner is None for r in rows.values())
+    # The worker did real work: its progress reached ours through the pipe.
+    assert any(name == "workers" for _, _, name in seen)
+    assert max(d for d, _, _ in seen) == 80 and {t for _, t, _ in seen} == {80}
+    assert mailing_summaries(engine)[0].state == "done"
+    assert not multiprocessing.active_children()
+
+
+def test_a_killed_worker_s_rows_are_sent_by_the_parent(
+    sample_site: Path, smtp_server: SmtpTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    smtp_server.pipelining = True
+    gate(monkeypatch, 2, 0.02)
+    settings = site_settings(
+        sample_site,
+        smtp_server,
+        **{"delivery.processes": 2, "delivery.concurrency": 2, "delivery.strategy": "streams"},
+    )
+    engine = populate(settings, 60)
+    mid = plan_mailing(engine, settings, POST, "sample")
+    killed: list[int] = []
+
+    def progress(done: int, total: int) -> None:
+        # Once the worker has sent a few, kill -9 it mid-mailing.
+        if not killed and threading.current_thread().name == "workers" and done >= 10:
+            (worker,) = multiprocessing.active_children()
+            assert worker.pid is not None
+            killed.append(worker.pid)
+            os.kill(worker.pid, signal.SIGKILL)
+
+    report = deliver_mailing(engine, settings, mid, load_posts(settings), progress=progress)
+    assert killed
+    received = Counter(smtp_server.recipients())
+    everyone = {f"r{i:03d}@example.org" for i in range(60)}
+    assert set(received) == everyone  # nobody lost
+    # Invariant 2: only the worker's message in flight (one connection) may go twice.
+    assert sum(n - 1 for n in received.values()) <= 1
+    assert all(r.status == "sent" and r.lease_owner is None for r in ledger(engine).values())
+    # The worker's counts up to its last report (every 0.2 s) and ours; a
+    # message counted by the worker but not yet committed was sent again here.
+    assert 40 <= report.sent <= 61 and report.failed == report.deferred == 0
+    assert mailing_summaries(engine)[0].state == "done"
+
+
+def test_a_stop_reaches_the_workers_and_leaves_the_rest_queued(
+    sample_site: Path, smtp_server: SmtpTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    smtp_server.pipelining = True
+    gate(monkeypatch, 2, 0.02)
+    settings = site_settings(
+        sample_site,
+        smtp_server,
+        **{"delivery.processes": 2, "delivery.concurrency": 2, "delivery.strategy": "streams"},
+    )
+    engine = populate(settings, 60)
+    mid = plan_mailing(engine, settings, POST, "sample")
+    stop = threading.Event()
+
+    def progress(done: int, total: int) -> None:
+        if threading.current_thread().name == "workers" and done >= 6:
+            stop.set()
+
+    report = deliver_mailing(
+        engine, settings, mid, load_posts(settings), stop=stop, progress=progress
+    )
+    received = Counter(smtp_server.recipients())
+    rows = ledger(engine)
+    sent = {e for e, r in rows.items() if r.status == "sent"}
+    assert 6 <= len(sent) < 60 and report.sent == len(sent)
+    assert set(received) == sent and max(received.values()) == 1
+    # What was not sent is claimable again at once: no lease left behind.
+    assert all(
+        r.status == "queued" and r.lease_owner is None for e, r in rows.items() if e not in sent
+    )
+    assert not multiprocessing.active_children()
+    # A second run finishes the mailing, nobody twice.
+    deliver_mailing(engine, settings, mid, load_posts(settings))
+    assert sorted(Counter(smtp_server.recipients()).values()) == [1] * 60
+
+
+def test_a_small_mailing_or_a_single_connection_stays_in_one_process(
+    sample_site: Path, smtp_server: SmtpTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(processes, "MIN_ROWS_PER_PROCESS", 2000)
+    settings = site_settings(
+        sample_site, smtp_server, **{"delivery.processes": 4, "delivery.concurrency": 8}
+    )
+    assert processes.process_count(settings, 1999) == 1
+    assert processes.process_count(settings, 5000) == 2
+    assert processes.process_count(settings, 100_000) == 4
+    one = site_settings(sample_site, smtp_server, **{"delivery.processes": 4})
+    assert processes.process_count(one, 100_000) == 2  # concurrency 2: one connection each
+    assert processes.shares(8, 3) == [3, 3, 2]
+
+
+@pytest.mark.parametrize("value", [0, -1, 65])
+def test_processes_must_be_between_1_and_64(sample_site: Path, value: int) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(sample_site / "newsletter.toml", {"delivery.processes": value})
+    assert caught.value.key == "delivery.processes"
+
+
+def test_processes_from_the_file_and_its_default(sample_site: Path) -> None:
+    config = sample_site / "newsletter.toml"
+    assert load_settings(config).delivery.processes == 1
+    text = config.read_text()
+    assert "[delivery]" in text
+    config.write_text(text.replace("[delivery]", "[delivery]\nprocesses = 2", 1))
+    assert load_settings(config).delivery.processes == 2
+    config.write_text(text.replace("[delivery]", '[delivery]\nprocesses = "two"', 1))
+    with pytest.raises(ConfigError) as caught:
+        load_settings(config)
+    assert caught.value.key == "delivery.processes"

@@ -1,0 +1,202 @@
+"""Every statement that claims, records, renews, releases or reclaims reads by an index.
+
+The statements are the ones the code really runs (captured from the engine
+while it claims, records and frees leases), explained by the database with
+their own parameters: on SQLite `EXPLAIN QUERY PLAN`, on PostgreSQL `EXPLAIN`
+with sequential scans and whole-table joins disabled (so the plan shows one
+only if no index can serve the read at all; on a test-sized table they would
+otherwise be cheapest).  A read of `deliveries` is bounded when the index narrows it (an
+equality or range on the index's leading columns), or when the index is one
+of the partial ones that hold only the few rows in flight.  An unbounded
+read is O(rows in the table): the claims of issue 13 that cost 140 ms each at
+a million rows.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, event, update
+
+from newsletter.audience import members as subs
+from newsletter.config import ListSettings, Settings
+from newsletter.delivery.mailings import plan_mailing
+from newsletter.store import mailings as q
+from newsletter.store import open_url
+from newsletter.store.schema import deliveries
+
+SETTINGS = Settings(lists={"news": ListSettings("news", "News")})
+# Partial indexes: they hold only leased, sent or deferred rows, never the queue.
+PARTIAL = {"ix_deliveries_lease", "ix_deliveries_sent_at", "ix_deliveries_deferred"}
+TABLES = ("deliveries", "subscribers", "memberships", "mailings")
+
+Statement = tuple[str, Any]
+
+
+@contextmanager
+def captured(engine: Engine) -> Iterator[list[Statement]]:
+    """The SQL statements on deliveries run inside the block, with their parameters."""
+    seen: list[Statement] = []
+
+    def listen(_conn: Any, _cursor: Any, statement: str, params: Any, *_: Any) -> None:
+        head = statement.lstrip().split(None, 1)[0].upper()
+        if head in ("SELECT", "UPDATE", "DELETE") and "deliveries" in statement:
+            many = isinstance(params, list)
+            seen.append((statement, params[0] if many else params))
+
+    event.listen(engine, "before_cursor_execute", listen)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", listen)
+
+
+def sqlite_reads(engine: Engine, statement: str, params: Any) -> list[tuple[str, str]]:
+    """(table, how) for every table the statement reads: how is "search", "scan" or an index."""
+    with engine.connect() as conn:
+        rows = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, params).all()
+    reads = []
+    for row in rows:
+        detail = str(row[-1])
+        words = detail.split()
+        if words[0] not in ("SCAN", "SEARCH") or words[1] not in TABLES:
+            continue
+        index = next((w for w in words if w in PARTIAL), None)
+        how = index or ("search" if words[0] == "SEARCH" else "scan")
+        reads.append((words[1], how))
+    return reads
+
+
+def pg_reads(engine: Engine, statement: str, params: Any) -> list[tuple[str, str]]:
+    with engine.connect() as conn:
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        # A test-sized table makes whole-table scans and joins cheapest; with them
+        # off, the plan shows one only where no index can serve the read at all.
+        for method in ("seqscan", "hashjoin", "mergejoin"):
+            cursor.execute(f"SET enable_{method} = off")
+        cursor.execute("EXPLAIN (FORMAT JSON) " + statement, params)
+        plan = cursor.fetchone()[0]
+        cursor.close()
+    plan = plan if isinstance(plan, list) else json.loads(plan)
+    reads: list[tuple[str, str]] = []
+
+    def walk(node: dict[str, Any]) -> None:
+        table = node.get("Relation Name")
+        kind = node["Node Type"]
+        if table in TABLES and kind != "ModifyTable":
+            index = node.get("Index Name")
+            if index in PARTIAL:
+                how = index
+            elif "Index Cond" in node or kind == "Bitmap Heap Scan":
+                how = "search"
+            else:
+                how = "scan"
+            reads.append((table, how))
+        for child in node.get("Plans", ()):
+            if child["Node Type"] == "Bitmap Index Scan" and child.get("Index Name") in PARTIAL:
+                reads[-1] = (reads[-1][0], child["Index Name"])
+            walk(child)
+
+    walk(plan[0]["Plan"])
+    return reads
+
+
+def unbounded(engine: Engine, statements: list[Statement]) -> list[str]:
+    explain: Callable[[Engine, str, Any], list[tuple[str, str]]] = (
+        pg_reads if engine.dialect.name == "postgresql" else sqlite_reads
+    )
+    bad = []
+    for statement, params in statements:
+        reads = explain(engine, statement, params)
+        assert reads, f"no table read in the plan of {statement}"
+        for table, how in reads:
+            if how == "scan":
+                bad.append(f"{table} scanned by: {' '.join(statement.split())}")
+    return bad
+
+
+def ledger(url: str) -> tuple[Engine, int]:
+    """A mailing of 30 with rows in every state: queued, leased, deferred, sent."""
+    engine = open_url(url)
+    subs.ensure_lists(engine, SETTINGS)
+    with engine.begin() as conn:
+        for i in range(30):
+            subs.add_subscriber(conn, f"r{i:02d}@example.org", "news")
+    mid = plan_mailing(engine, SETTINGS, "a-post", "news")
+    rows, _ = q.claim(engine, mid, "host:1:a", 6, 60)
+    q.record_many(engine, [(r.id, q.Outcome("sent", 1)) for r in rows[:3]], "host:1:a")
+    q.record_many(engine, [(r.id, q.Outcome("deferred", 1)) for r in rows[3:]], "host:1:a")
+    q.claim(engine, mid, "host:1:b", 4, 60)
+    return engine, mid
+
+
+def test_claims_read_only_by_index(database_url: str) -> None:
+    engine, mid = ledger(database_url)
+    with engine.begin() as conn:  # one deferred row due now, one crashed sender's row
+        conn.execute(update(deliveries).where(deliveries.c.status == "deferred").values(
+            next_attempt_at=None))  # fmt: skip
+    with captured(engine) as statements:
+        rows, _ = q.claim(engine, mid, "host:2:c", 30, 60, caps=[(1000, 3600.0)])
+        q.claimable_left(engine, mid)
+    assert rows
+    kinds = " ".join(s for s, _ in statements)
+    assert "status = 'deferred'" in kinds  # written into the SQL: the partial index applies
+    assert ("SKIP LOCKED" in kinds) == (engine.dialect.name == "postgresql")
+    assert len(statements) >= 6  # the caps' counts, three candidate reads, the update, the join
+    assert unbounded(engine, statements) == []
+
+
+def test_recording_renewing_and_releasing_read_only_by_index(database_url: str) -> None:
+    engine, mid = ledger(database_url)
+    rows, _ = q.claim(engine, mid, "host:3:d", 4, 60)
+    with captured(engine) as statements:
+        q.record_many(engine, [(rows[0].id, q.Outcome("sent", 1))], "host:3:d")
+        q.record(engine, rows[1].id, q.Outcome("failed", 1, code=550), "host:3:d")
+        q.renew(engine, "host:3:d", 60)
+        q.release(engine, "host:3:d")
+        q.active_senders(engine)
+    assert len(statements) == 5
+    assert unbounded(engine, statements) == []
+
+
+def test_freeing_dead_leases_reads_only_the_leased_rows(database_url: str) -> None:
+    engine, mid = ledger(database_url)
+    dead = "ghost-host:999999:dead"
+    if engine.dialect.name == "sqlite":
+        import socket
+
+        dead = f"{socket.gethostname()}:999999999:dead"  # a pid that does not exist here
+    q.claim(engine, mid, dead, 3, 3600)
+    with captured(engine) as statements:
+        assert q.free_dead_leases(engine) >= 1
+    assert any(s.lstrip().upper().startswith("UPDATE") for s, _ in statements)
+    assert unbounded(engine, statements) == []
+
+
+def test_the_check_itself_sees_a_full_scan(database_url: str) -> None:
+    # Without this the tests above could pass on a check that sees nothing.
+    engine, _ = ledger(database_url)
+    with captured(engine) as statements, engine.connect() as conn:
+        conn.execute(deliveries.select().where(deliveries.c.email == "r01@example.org"))
+    assert unbounded(engine, statements) != []
+
+
+@pytest.mark.parametrize("status", ["queued", "deferred"])
+def test_a_plan_on_sqlite_names_the_claim_indexes(tmp_path: object, status: str) -> None:
+    engine, mid = ledger(f"sqlite:///{tmp_path}/db.sqlite")
+    with captured(engine) as statements:
+        q.claim(engine, mid, "host:4:e", 100, 60)  # every candidate query runs
+    [candidate] = [
+        (s, p) for s, p in statements
+        if "ORDER BY" in s and (f"'{status}'" in s or status in p)
+    ]  # fmt: skip
+    with engine.connect() as conn:
+        rows = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + candidate[0], candidate[1]).all()
+    plan = " ".join(str(row[-1]) for row in rows)
+    expected = "ix_deliveries_queue" if status == "queued" else "ix_deliveries_deferred"
+    assert expected in plan
+    assert "TEMP B-TREE" not in plan

@@ -1,0 +1,268 @@
+"""Planning a mailing in the store: one INSERT … SELECT, safe to race, schema version 4.
+
+SQLite and PostgreSQL (the `database_url` fixture).  Speed is measured in
+bench/plan.py, never asserted here.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Connection, Engine, func, inspect, select, text
+from sqlalchemy.exc import IntegrityError
+
+from newsletter.audience import members as subs
+from newsletter.config import ListSettings, Settings
+from newsletter.delivery.mailings import plan_mailing, plan_post
+from newsletter.store import mailings as q
+from newsletter.store import open_url, snapshot_transaction
+from newsletter.store.schema import deliveries, schema_version
+
+SETTINGS = Settings(
+    lists={"field": ListSettings("field", "Field"), "essays": ListSettings("essays", "Essays")}
+)
+BOTH = "both@example.org"
+
+
+def site_db(url: str) -> Engine:
+    engine = open_url(url)
+    subs.ensure_lists(engine, SETTINGS)
+    with engine.begin() as conn:
+        subs.add_subscriber(conn, BOTH, "field")
+        subs.add_subscriber(conn, BOTH, "essays")
+        for i in range(5):
+            subs.add_subscriber(conn, f"f{i}@example.org", "field")
+            subs.add_subscriber(conn, f"e{i}@example.org", "essays")
+    return engine
+
+
+def queued(engine: Engine, mailing_id: int) -> list[str]:
+    with engine.connect() as conn:
+        return list(
+            conn.execute(
+                select(deliveries.c.email)
+                .where(deliveries.c.mailing_id == mailing_id)
+                .order_by(deliveries.c.id)
+            ).scalars()
+        )
+
+
+def test_two_planners_of_one_post_for_two_lists_race_without_error(pg_url: str) -> None:
+    """Host A plans the post for `field` while host B plans it for `essays`.
+
+    B's NOT EXISTS could not see A's uncommitted rows, so both queued the
+    member of both lists; the dedupe index then made B wait for A's commit
+    and fail with a unique violation: B's whole plan was lost, reported as
+    an error.  Now B waits for A's turn on the post, then leaves that member
+    to A.
+    """
+    engine = site_db(pg_url)
+    outcome: dict[str, object] = {}
+    with engine.connect() as conn, conn.begin():
+        # Host A, mid-plan: the mailing and its snapshot written, not yet committed.
+        field = q.list_id(conn, "field")
+        assert field is not None
+        q.lock_post(conn, "p")  # what plan_post does first
+        mid_a = q.insert_mailing(
+            conn, post_id="p", list_id=field, kind="post", generation=0, subject="", post_ids=()
+        )
+        assert mid_a is not None
+        q.snapshot_list(conn, mid_a, field, dedupe_key="p")
+
+        def host_b() -> None:
+            try:
+                outcome["ids"] = plan_post(engine, SETTINGS, "p", ("essays",))
+            except Exception as exc:  # the failure under test
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=host_b)
+        thread.start()
+        time.sleep(1.0)  # B is now waiting for A's turn
+        assert thread.is_alive()
+    thread.join(30)
+    assert "error" not in outcome, outcome.get("error")
+    ids = outcome["ids"]
+    assert isinstance(ids, dict)
+    assert sorted(queued(engine, mid_a)) == sorted([BOTH] + [f"f{i}@example.org" for i in range(5)])
+    assert sorted(queued(engine, ids["essays"])) == [f"e{i}@example.org" for i in range(5)]
+
+
+def test_a_plan_snapshots_every_mailable_member_once_in_id_order(database_url: str) -> None:
+    engine = site_db(database_url)
+    gone = subs.get_by_email(engine, "f2@example.org")
+    assert gone is not None
+    subs.unsubscribe(engine, gone.id, "field", reason="test")
+    ids = plan_post(engine, SETTINGS, "p", ("field", "essays"))
+    field = queued(engine, ids["field"])
+    essays = queued(engine, ids["essays"])
+    # BOTH joined field first; f2 left field; nobody twice.
+    assert field == [BOTH, "f0@example.org", "f1@example.org", "f3@example.org", "f4@example.org"]
+    assert essays == [f"e{i}@example.org" for i in range(5)]
+    # Planning again is a no-op: same mailings, same rows.
+    assert plan_post(engine, SETTINGS, "p", ("field", "essays")) == ids
+    assert queued(engine, ids["field"]) == field
+    # A resend is a new generation with every mailable member again.
+    again = plan_mailing(engine, SETTINGS, "p", "field", resend=True)
+    assert again != ids["field"]
+    assert queued(engine, again) == field
+
+
+def test_planning_leaves_the_connections_foreign_key_checks_on(tmp_path: object) -> None:
+    # SQLite: the snapshot runs with foreign-key enforcement off; every other
+    # write on a pooled connection must still have it on.
+    engine = site_db(f"sqlite:///{tmp_path}/news.db")
+    plan_post(engine, SETTINGS, "p", ("field",))
+    assert engine.pool.checkedin() == 1  # the planning connection, back in the pool
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+    with pytest.raises(IntegrityError, match="FOREIGN KEY"), engine.begin() as conn:
+        conn.execute(
+            deliveries.insert().values(
+                mailing_id=999, subscriber_id=1, email=BOTH, status="queued",
+                attempts=0, updated_at=datetime.now(UTC),
+            )
+        )  # fmt: skip
+
+
+def test_a_failed_plan_on_sqlite_also_turns_the_checks_back_on(tmp_path: object) -> None:
+    engine = site_db(f"sqlite:///{tmp_path}/news.db")
+    with pytest.raises(RuntimeError), snapshot_transaction(engine) as conn:
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 0
+        raise RuntimeError("planning failed")
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+
+
+def index_sql(conn: Connection, name: str) -> str:
+    """The CREATE INDEX statement of an index, as the database keeps it."""
+    if conn.dialect.name == "postgresql":
+        query = "SELECT indexdef FROM pg_indexes WHERE indexname = :name"
+    else:
+        query = "SELECT sql FROM sqlite_master WHERE name = :name"
+    return str(conn.execute(text(query), {"name": name}).scalar() or "")
+
+
+def test_a_version_3_database_is_upgraded_to_4(database_url: str) -> None:
+    engine = open_url(database_url)
+    with engine.begin() as conn:  # make it look like version 3
+        for name in ("ix_deliveries_deferred", "uq_deliveries_dedupe"):
+            conn.execute(text(f"DROP INDEX {name}"))
+        conn.execute(
+            text(
+                "CREATE INDEX ix_deliveries_claim ON deliveries (mailing_id, status, next_attempt_at)"
+            )
+        )
+        conn.execute(
+            text(
+                "CREATE UNIQUE INDEX uq_deliveries_dedupe ON deliveries (dedupe_key, subscriber_id)"
+            )
+        )
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("DROP INDEX uq_delivery_mailing_subscriber"))
+            conn.execute(
+                text(
+                    "ALTER TABLE deliveries ADD FOREIGN KEY (mailing_id) REFERENCES mailings (id) "
+                    "ON DELETE CASCADE, ADD FOREIGN KEY (subscriber_id) REFERENCES subscribers (id), "
+                    "ADD CONSTRAINT uq_delivery_mailing_subscriber UNIQUE (mailing_id, subscriber_id)"
+                )
+            )
+        conn.execute(schema_version.delete().where(schema_version.c.version > 3))
+    engine = site_db(database_url)
+    with engine.connect() as conn:
+        assert conn.scalar(select(func.max(schema_version.c.version))) == 4
+        names = {ix["name"] for ix in inspect(conn).get_indexes("deliveries")}
+        foreign = inspect(conn).get_foreign_keys("deliveries")
+        dedupe = index_sql(conn, "uq_deliveries_dedupe")
+        mailing_subscriber = index_sql(conn, "uq_delivery_mailing_subscriber")
+    assert "ix_deliveries_claim" not in names
+    assert "ix_deliveries_deferred" in names
+    assert "WHERE" in dedupe and "dedupe_key IS NOT NULL" in dedupe
+    if engine.dialect.name == "postgresql":
+        assert foreign == []
+        assert "UNIQUE" in mailing_subscriber and "dedupe_key IS NULL" in mailing_subscriber
+    else:  # SQLite keeps its table constraints (it cannot drop one without rebuilding the table)
+        assert {fk["referred_table"] for fk in foreign} == {"mailings", "subscribers"}
+    ids = plan_post(engine, SETTINGS, "p", ("field",))
+    assert len(queued(engine, ids["field"])) == 6
+    duplicate_refused(engine, ids["field"], "p")
+
+
+def duplicate_refused(engine: Engine, mailing_id: int, key: str | None) -> None:
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(deliveries.c.subscriber_id, deliveries.c.email).where(
+                deliveries.c.mailing_id == mailing_id
+            )
+        ).first()
+    assert row is not None
+    with pytest.raises(IntegrityError), engine.begin() as conn:
+        conn.execute(
+            deliveries.insert().values(
+                mailing_id=mailing_id, subscriber_id=row.subscriber_id, email=row.email,
+                status="queued", attempts=0, updated_at=datetime.now(UTC), dedupe_key=key,
+            )
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize("dedupe", [True, False], ids=["dedupe", "no-dedupe"])
+def test_a_mailing_never_holds_one_subscriber_twice(database_url: str, dedupe: bool) -> None:
+    """Each row is in one of two partial unique indexes: either way, one per (mailing, person)."""
+    engine = site_db(database_url)
+    settings = SETTINGS
+    if not dedupe:
+        settings = Settings(
+            lists=SETTINGS.lists, email=replace(SETTINGS.email, dedupe_across_lists=False)
+        )
+    ids = plan_post(engine, settings, "p", ("field", "essays"))
+    with engine.connect() as conn:
+        keys = set(conn.execute(select(deliveries.c.dedupe_key)).scalars())
+    assert keys == ({"p"} if dedupe else {None})
+    for mailing_id in ids.values():
+        duplicate_refused(engine, mailing_id, "p" if dedupe else None)
+    resend = plan_mailing(engine, settings, "p", "field", resend=True)
+    duplicate_refused(engine, resend, None)
+
+
+V3_SQLITE = Path(__file__).parent / "fixtures" / "store" / "schema_v3_sqlite.sql"
+
+
+def test_a_sqlite_file_made_by_version_3_upgrades_with_its_ledger(tmp_path: Path) -> None:
+    """The real version-3 schema (table constraints and all), with a mailing half sent."""
+    path = tmp_path / "v3.db"
+    with sqlite3.connect(path) as db:
+        db.executescript(V3_SQLITE.read_text())
+        db.executescript(
+            "INSERT INTO schema_version VALUES (3, '2026-01-01 00:00:00');"
+            "INSERT INTO lists VALUES (1, 'field', 'Field', '2026-01-01 00:00:00');"
+            "INSERT INTO subscribers (id, email, email_key, uid, name, attributes, status, "
+            "created_at, updated_at) VALUES (1, 'a@example.org', 'a@example.org', 'u1', '', "
+            "'{}', 'active', '2026-01-01', '2026-01-01');"
+            "INSERT INTO memberships VALUES (1, 1, '2026-01-01', NULL);"
+            "INSERT INTO mailings (id, post_id, list_id, kind, generation, subject, state, "
+            "post_ids, created_at) VALUES (1, 'old', 1, 'post', 0, '', 'sending', '[]', "
+            "'2026-01-01');"
+            "INSERT INTO deliveries (id, mailing_id, subscriber_id, email, status, attempts, "
+            "next_attempt_at, updated_at, dedupe_key) VALUES (1, 1, 1, 'a@example.org', "
+            "'deferred', 1, '2026-01-01 00:00:00', '2026-01-01', 'old');"
+        )
+    engine = open_url(f"sqlite:///{path}")
+    with engine.connect() as conn:
+        assert conn.scalar(select(func.max(schema_version.c.version))) == 4
+        assert "dedupe_key IS NOT NULL" in index_sql(conn, "uq_deliveries_dedupe")
+        names = {ix["name"] for ix in inspect(conn).get_indexes("deliveries")}
+        assert conn.exec_driver_sql("PRAGMA foreign_key_check").all() == []
+    assert "ix_deliveries_claim" not in names and "ix_deliveries_deferred" in names
+    # The table constraint still refuses a second (mailing, subscriber), key or no key.
+    duplicate_refused(engine, 1, None)
+    # The deferred row is claimable through the new index; planning works.
+    claimed, _ = q.claim(engine, 1, "host:1:x", 10, 60)
+    assert [r.email for r in claimed] == ["a@example.org"]
+    settings = Settings(lists={"field": ListSettings("field", "Field")})
+    mid = plan_mailing(engine, settings, "new", "field")
+    assert queued(engine, mid) == ["a@example.org"]
