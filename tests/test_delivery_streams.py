@@ -180,3 +180,65 @@ def test_stop_finishes_the_messages_in_flight(
     again = deliver_mailing(engine, settings, mid, posts)
     assert report.sent + again.sent == 60
     assert sorted(smtp_server.recipients()) == [f"r{i:03d}@example.org" for i in range(60)]
+
+
+def test_commits_leave_the_loop_only_for_a_networked_database(
+    sample_site: Path,
+    smtp_server: SmtpTestServer,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # SQLite commits on the loop's thread; PostgreSQL's commits wait for the
+    # server, so they run on the "commits" thread while the loop goes on.
+    from newsletter.store.outcomes import LedgerWriter
+
+    smtp_server.pipelining = True
+    settings = streams_settings(
+        sample_site, smtp_server, **{"database.url": database_url, "delivery.concurrency": 4}
+    )
+    engine = populate(settings, 40)
+    mid = plan_mailing(engine, settings, POST, "sample")
+    threads: set[str] = set()
+    write = LedgerWriter.write
+
+    def watched(self: LedgerWriter, outcomes: list[Any]) -> int:
+        threads.add(threading.current_thread().name)
+        return write(self, outcomes)
+
+    monkeypatch.setattr(LedgerWriter, "write", watched)
+    report = deliver_mailing(engine, settings, mid, load_posts(settings))
+    assert report.sent == 40
+    received = [rcpt for message in smtp_server.received for rcpt in message.rcpt_tos]
+    assert sorted(received) == sorted(f"r{i:03d}@example.org" for i in range(40))
+    assert {row.status for row in ledger(engine).values()} == {"sent"}
+    on_helper = {name for name in threads if name.startswith("commits")}
+    if engine.dialect.name == "sqlite":
+        assert not on_helper
+    else:
+        assert on_helper
+
+
+def test_a_failed_commit_off_the_loop_stops_the_pass(
+    sample_site: Path,
+    smtp_server: SmtpTestServer,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Invariant 2 holds whichever thread commits: a failed commit stops the
+    # pass before any connection's next final dot.
+    from newsletter.errors import StoreError
+    from newsletter.store.outcomes import LedgerWriter
+
+    smtp_server.pipelining = True
+    settings = streams_settings(sample_site, smtp_server, **{"database.url": database_url})
+    engine = populate(settings, 12)
+    mid = plan_mailing(engine, settings, POST, "sample")
+
+    def broken(self: LedgerWriter, outcomes: list[Any]) -> None:
+        raise StoreError("disk full")
+
+    monkeypatch.setattr(LedgerWriter, "write", broken)
+    with pytest.raises(StoreError, match="disk full"):
+        deliver_mailing(engine, settings, mid, load_posts(settings))
+    assert 1 <= len(smtp_server.received) <= settings.delivery.concurrency
+    assert "sent" not in {row.status for row in ledger(engine).values()}
