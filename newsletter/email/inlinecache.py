@@ -28,10 +28,11 @@ import contextlib
 import hashlib
 import importlib.util
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from newsletter.store.files import write_kept
 
 if TYPE_CHECKING:
     import jinja2
@@ -104,23 +105,4 @@ def _private_folder(folder: Path) -> None:
 
 
 def _write(path: Path, result: str) -> None:
-    folder = path.parent
-    try:
-        _private_folder(folder)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".inlined-")
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(result.encode("utf-8", "surrogatepass"))
-        os.replace(tmp, path)
-        if path.name.startswith("00"):  # now and then (1 write in 256), not every time
-            _prune(folder)
-    except OSError:
-        pass  # a read-only state folder: inline again next time
-
-
-def _prune(folder: Path, keep: int = MAX_ENTRIES) -> None:
-    entries = list(os.scandir(folder))
-    if len(entries) <= keep:
-        return
-    entries.sort(key=lambda e: e.stat().st_mtime_ns)
-    for entry in entries[: len(entries) - keep]:
-        Path(entry.path).unlink(missing_ok=True)
+    write_kept(path, result.encode("utf-8", "surrogatepass"), MAX_ENTRIES)

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -31,6 +29,7 @@ from typing import TYPE_CHECKING
 
 from newsletter.config import ListSettings, Settings
 from newsletter.posts.collection import Post
+from newsletter.store.files import write_kept
 
 if TYPE_CHECKING:
     from newsletter.email.render import RenderedEmail
@@ -158,26 +157,5 @@ def _read(path: Path) -> RenderedEmail | None:
 
 
 def _write(path: Path, rendered: RenderedEmail) -> None:
-    folder = path.parent
-    try:
-        for each in (folder.parent, folder):
-            if not each.is_dir():
-                each.mkdir(mode=0o700, parents=True, exist_ok=True)
-                each.chmod(0o700)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".render-")
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(asdict(rendered), fh, ensure_ascii=False)
-        os.replace(tmp, path)
-        if path.name.startswith("00"):  # now and then (1 write in 256), not every time
-            _prune(folder)
-    except OSError:
-        pass  # a read-only state folder: render again next time
-
-
-def _prune(folder: Path, keep: int = MAX_ENTRIES) -> None:
-    entries = list(os.scandir(folder))
-    if len(entries) <= keep:
-        return
-    entries.sort(key=lambda e: e.stat().st_mtime_ns)
-    for entry in entries[: len(entries) - keep]:
-        Path(entry.path).unlink(missing_ok=True)
+    text = json.dumps(asdict(rendered), ensure_ascii=False)
+    write_kept(path, text.encode("utf-8", "surrogatepass"), MAX_ENTRIES)

@@ -10,6 +10,7 @@ files that already exist are the user's and are left as they are.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 PRIVATE_DIR = 0o700
@@ -43,3 +44,33 @@ def private_file(path: Path) -> bool:
     finally:
         os.close(fd)
     return True
+
+
+def write_kept(path: Path, data: bytes, keep: int) -> None:
+    """Replace one entry of a cache folder in the state folder, atomically.
+
+    The folder is made private if missing; mkstemp's file is already 0600.
+    Now and then (one write in 256: names are hex digests) the oldest entries
+    beyond `keep` are dropped.  A folder that cannot be written only means
+    the work is done again next time, so OSError is swallowed.
+    """
+    folder = path.parent
+    try:
+        private_dirs(folder)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".new-")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+        if path.name.startswith("00"):
+            _prune(folder, keep)
+    except OSError:
+        pass
+
+
+def _prune(folder: Path, keep: int) -> None:
+    entries = list(os.scandir(folder))
+    if len(entries) <= keep:
+        return
+    entries.sort(key=lambda e: e.stat().st_mtime_ns)
+    for entry in entries[: len(entries) - keep]:
+        Path(entry.path).unlink(missing_ok=True)
