@@ -22,7 +22,7 @@ from newsletter.config import ListSettings, Settings
 from newsletter.delivery.mailings import plan_mailing, plan_post
 from newsletter.store import mailings as q
 from newsletter.store import open_url, snapshot_transaction
-from newsletter.store.schema import deliveries, schema_version
+from newsletter.store.schema import SCHEMA_VERSION, deliveries, schema_version
 
 SETTINGS = Settings(
     lists={"field": ListSettings("field", "Field"), "essays": ListSettings("essays", "Essays")}
@@ -175,7 +175,7 @@ def test_a_version_3_database_is_upgraded_to_4(database_url: str) -> None:
         conn.execute(schema_version.delete().where(schema_version.c.version > 3))
     engine = site_db(database_url)
     with engine.connect() as conn:
-        assert conn.scalar(select(func.max(schema_version.c.version))) == 4
+        assert conn.scalar(select(func.max(schema_version.c.version))) == SCHEMA_VERSION
         names = {ix["name"] for ix in inspect(conn).get_indexes("deliveries")}
         foreign = inspect(conn).get_foreign_keys("deliveries")
         dedupe = index_sql(conn, "uq_deliveries_dedupe")
@@ -253,7 +253,7 @@ def test_a_sqlite_file_made_by_version_3_upgrades_with_its_ledger(tmp_path: Path
         )
     engine = open_url(f"sqlite:///{path}")
     with engine.connect() as conn:
-        assert conn.scalar(select(func.max(schema_version.c.version))) == 4
+        assert conn.scalar(select(func.max(schema_version.c.version))) == SCHEMA_VERSION
         assert "dedupe_key IS NOT NULL" in index_sql(conn, "uq_deliveries_dedupe")
         names = {ix["name"] for ix in inspect(conn).get_indexes("deliveries")}
         assert conn.exec_driver_sql("PRAGMA foreign_key_check").all() == []
@@ -266,3 +266,39 @@ def test_a_sqlite_file_made_by_version_3_upgrades_with_its_ledger(tmp_path: Path
     settings = Settings(lists={"field": ListSettings("field", "Field")})
     mid = plan_mailing(engine, settings, "new", "field")
     assert queued(engine, mid) == ["a@example.org"]
+
+
+def test_a_version_4_database_loses_the_import_tables_foreign_keys_on_postgresql(
+    database_url: str,
+) -> None:
+    # Schema 5: memberships and consent_events keep their keys on SQLite only
+    # (on PostgreSQL they were per-row triggers: most of a big import's merge).
+    engine = open_url(database_url)
+    with engine.begin() as conn:  # make it look like version 4
+        if conn.dialect.name == "postgresql":
+            conn.execute(
+                text(
+                    "ALTER TABLE memberships ADD FOREIGN KEY (list_id) REFERENCES lists (id) "
+                    "ON DELETE CASCADE, ADD FOREIGN KEY (subscriber_id) REFERENCES "
+                    "subscribers (id) ON DELETE CASCADE"
+                )
+            )
+            conn.execute(
+                text(
+                    "ALTER TABLE consent_events ADD FOREIGN KEY (subscriber_id) "
+                    "REFERENCES subscribers (id) ON DELETE CASCADE"
+                )
+            )
+        conn.execute(schema_version.delete().where(schema_version.c.version > 4))
+    engine.dispose()
+    engine = open_url(database_url)
+    with engine.connect() as conn:
+        assert conn.scalar(select(func.max(schema_version.c.version))) == SCHEMA_VERSION
+        keys = {
+            table: {fk["referred_table"] for fk in inspect(conn).get_foreign_keys(table)}
+            for table in ("memberships", "consent_events")
+        }
+    if engine.dialect.name == "postgresql":
+        assert keys == {"memberships": set(), "consent_events": set()}
+    else:
+        assert keys == {"memberships": {"lists", "subscribers"}, "consent_events": {"subscribers"}}

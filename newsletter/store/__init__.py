@@ -301,9 +301,7 @@ def _upgrade_to_4(conn: Connection) -> None:
     conn.exec_driver_sql(f"DROP INDEX IF EXISTS {DEDUPE_INDEX.name}")
     DEDUPE_INDEX.create(conn)
     if conn.dialect.name == "postgresql":
-        for foreign_key in inspect(conn).get_foreign_keys("deliveries"):
-            name = foreign_key["name"]
-            conn.exec_driver_sql(f'ALTER TABLE deliveries DROP CONSTRAINT IF EXISTS "{name}"')
+        _drop_foreign_keys(conn, "deliveries")
         conn.exec_driver_sql(
             f"ALTER TABLE deliveries DROP CONSTRAINT IF EXISTS {MAILING_SUBSCRIBER_INDEX.name}"
         )
@@ -313,10 +311,25 @@ def _upgrade_to_4(conn: Connection) -> None:
         MAILING_SUBSCRIBER_INDEX.create(conn, checkfirst=True)
 
 
+def _upgrade_to_5(conn: Connection) -> None:
+    # Importing a million subscribers: PostgreSQL drops the foreign-key
+    # triggers of the bulk-written tables (why: schema.memberships).
+    if conn.dialect.name == "postgresql":
+        for table in ("memberships", "consent_events"):
+            _drop_foreign_keys(conn, table)
+
+
+def _drop_foreign_keys(conn: Connection, table: str) -> None:
+    for foreign_key in inspect(conn).get_foreign_keys(table):
+        name = foreign_key["name"]
+        conn.exec_driver_sql(f'ALTER TABLE {table} DROP CONSTRAINT IF EXISTS "{name}"')
+
+
 UPGRADES: dict[int, Callable[[Connection], None]] = {
     2: _upgrade_2,
     3: _upgrade_to_3,
     4: _upgrade_to_4,
+    5: _upgrade_to_5,
 }
 
 # Any constant will do: it only has to be the same in every newsletter process.

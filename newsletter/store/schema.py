@@ -31,8 +31,9 @@ from sqlalchemy import (
 
 # 2: consent events, confirmations, signup hits, dedupe_key; 3: claim/lease indexes,
 # lease_owner TEXT; 4: planning-friendly ledger (partial deferred and unique indexes, no
-# foreign keys on deliveries on PostgreSQL).
-SCHEMA_VERSION = 4
+# foreign keys on deliveries on PostgreSQL); 5: no foreign keys on memberships and
+# consent_events on PostgreSQL.
+SCHEMA_VERSION = 5
 
 
 def new_uid() -> str:
@@ -104,15 +105,28 @@ lists = Table(
     Column("created_at", UtcDateTime, nullable=False),
 )
 
+# Bulk-written tables whose foreign keys are SQLite's only (schema 5): on
+# PostgreSQL each key is a per-row trigger that looks the parent up again,
+# and a first import of a million rows spent most of its merge in them
+# (memberships and consent records).  The code guarantees them as it does
+# the ledger's (see DELIVERY_FOREIGN_KEYS): these rows are written only for
+# a subscriber and a list read or inserted in the same transaction, and no
+# subscriber or list is ever deleted (statuses change; rows stay).
+def _sqlite_only_key(column: str, parent: str) -> ForeignKeyConstraint:
+    return ForeignKeyConstraint([column], [parent], ondelete="CASCADE").ddl_if(dialect="sqlite")
+
+
 memberships = Table(
     "memberships",
     metadata,
-    Column("list_id", ForeignKey("lists.id", ondelete="CASCADE"), primary_key=True),
-    Column("subscriber_id", ForeignKey("subscribers.id", ondelete="CASCADE"), primary_key=True),
+    Column("list_id", Integer, primary_key=True),
+    Column("subscriber_id", Integer, primary_key=True),
     Column("created_at", UtcDateTime, nullable=False),
     # Per-list unsubscribe ("subscribers unsubscribe EMAIL --list L").
     Column("unsubscribed_at", UtcDateTime, nullable=True),
     Index("ix_memberships_subscriber", "subscriber_id"),
+    _sqlite_only_key("list_id", "lists.id"),
+    _sqlite_only_key("subscriber_id", "subscribers.id"),
 )
 
 # What one unsubscribe link's POST changed, so that its undo button reverses
@@ -300,13 +314,14 @@ consent_events = Table(
     "consent_events",
     metadata,
     Column("id", Integer, primary_key=True),
-    Column("subscriber_id", ForeignKey("subscribers.id", ondelete="CASCADE"), nullable=False),
+    Column("subscriber_id", Integer, nullable=False),
     Column("at", UtcDateTime, nullable=False),
     Column("action", String(32), nullable=False),
     Column("source", String(32), nullable=False),
     Column("list_name", Text, nullable=True),  # None: every list
     Column("detail", Text, nullable=True),
     Index("ix_consent_subscriber", "subscriber_id", "at"),
+    _sqlite_only_key("subscriber_id", "subscribers.id"),
 )
 
 # One row per confirmation email sent: the link carries the nonce, so a link
