@@ -105,6 +105,7 @@ lists = Table(
     Column("created_at", UtcDateTime, nullable=False),
 )
 
+
 # Bulk-written tables whose foreign keys are SQLite's only (schema 5): on
 # PostgreSQL each key is a per-row trigger that looks the parent up again,
 # and a first import of a million rows spent most of its merge in them
