@@ -216,29 +216,3 @@ def test_commits_leave_the_loop_only_for_a_networked_database(
         assert not on_helper
     else:
         assert on_helper
-
-
-def test_a_failed_commit_off_the_loop_stops_the_pass(
-    sample_site: Path,
-    smtp_server: SmtpTestServer,
-    database_url: str,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # Invariant 2 holds whichever thread commits: a failed commit stops the
-    # pass before any connection's next final dot.
-    from newsletter.errors import StoreError
-    from newsletter.store.outcomes import LedgerWriter
-
-    smtp_server.pipelining = True
-    settings = streams_settings(sample_site, smtp_server, **{"database.url": database_url})
-    engine = populate(settings, 12)
-    mid = plan_mailing(engine, settings, POST, "sample")
-
-    def broken(self: LedgerWriter, outcomes: list[Any]) -> None:
-        raise StoreError("disk full")
-
-    monkeypatch.setattr(LedgerWriter, "write", broken)
-    with pytest.raises(StoreError, match="disk full"):
-        deliver_mailing(engine, settings, mid, load_posts(settings))
-    assert 1 <= len(smtp_server.received) <= settings.delivery.concurrency
-    assert "sent" not in {row.status for row in ledger(engine).values()}
