@@ -92,7 +92,8 @@ def test_a_long_import_neither_stalls_the_heartbeat_nor_loses_the_daemon_its_loc
             assert held is not None and held[0] == owner
             if not beats or held[1] != beats[-1]:
                 beats.append(held[1])
-            if once is None and time.monotonic() - started > 3:
+            # Mid-import: an unloaded machine imports the 150k rows in ~3 s.
+            if once is None and time.monotonic() - started > 1:
                 once = subprocess.run(
                     newsletter(site, "run", "--once"), capture_output=True, text=True, timeout=120
                 )
