@@ -19,9 +19,10 @@ from typing import Any
 
 import pytest
 from smtpserver import SmtpTestServer, _Handler
+from sqlalchemy import Engine
 from test_delivery_smtp import ledger, populate, site_settings
 
-from newsletter.config import load_settings
+from newsletter.config import Settings, load_settings
 from newsletter.delivery import processes
 from newsletter.delivery.mailings import deliver_mailing, mailing_summaries, plan_mailing
 from newsletter.errors import ConfigError
@@ -120,18 +121,26 @@ def test_workers_share_a_mailing_and_each_recipient_gets_it_once(
     assert not multiprocessing.active_children()
 
 
-def test_a_killed_worker_s_rows_are_sent_by_the_parent(
-    sample_site: Path, smtp_server: SmtpTestServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    smtp_server.pipelining = True
+def two_slow_workers(
+    site: Path, server: SmtpTestServer, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Settings, Engine, int]:
+    """A planned mailing of 60 for two processes of one streams connection
+    each, sending slowly enough (gated) to be killed or stopped mid-way."""
+    server.pipelining = True
     gate(monkeypatch, 2, 0.02)
     settings = site_settings(
-        sample_site,
-        smtp_server,
+        site,
+        server,
         **{"delivery.processes": 2, "delivery.concurrency": 2, "delivery.strategy": "streams"},
     )
     engine = populate(settings, 60)
-    mid = plan_mailing(engine, settings, POST, "sample")
+    return settings, engine, plan_mailing(engine, settings, POST, "sample")
+
+
+def test_a_killed_worker_s_rows_are_sent_by_the_parent(
+    sample_site: Path, smtp_server: SmtpTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings, engine, mid = two_slow_workers(sample_site, smtp_server, monkeypatch)
     killed: list[int] = []
 
     def progress(done: int, total: int) -> None:
@@ -159,15 +168,7 @@ def test_a_killed_worker_s_rows_are_sent_by_the_parent(
 def test_a_stop_reaches_the_workers_and_leaves_the_rest_queued(
     sample_site: Path, smtp_server: SmtpTestServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    smtp_server.pipelining = True
-    gate(monkeypatch, 2, 0.02)
-    settings = site_settings(
-        sample_site,
-        smtp_server,
-        **{"delivery.processes": 2, "delivery.concurrency": 2, "delivery.strategy": "streams"},
-    )
-    engine = populate(settings, 60)
-    mid = plan_mailing(engine, settings, POST, "sample")
+    settings, engine, mid = two_slow_workers(sample_site, smtp_server, monkeypatch)
     stop = threading.Event()
 
     def progress(done: int, total: int) -> None:
