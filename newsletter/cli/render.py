@@ -13,7 +13,7 @@ from newsletter.cli.common import handle_errors, settings_of
 # The library is imported inside each function, so `--help` stays cheap.
 if TYPE_CHECKING:
     from newsletter.config import ListSettings, Settings
-    from newsletter.email.render import RenderedEmail
+    from newsletter.email.rendered import RenderedEmail
     from newsletter.posts.collection import Post
 
 

@@ -3,6 +3,7 @@
 It may import `newsletter.posts`, `newsletter.config` and `newsletter.errors`.
 
 - `render`: Jinja2 templates + premailer → `RenderedEmail` (HTML and text parts)
+- `rendered`: `RenderedEmail` and its placeholders, without Jinja2 (what a kept render needs)
 - `rendercache`: renders kept in the state folder until post, templates, list or settings change
 - `inlinecache`: premailer's output kept in the state folder under a hash of its input HTML
 - `message`: the MIME bytes, serialised once (`MessageTemplate`), personalised per `Recipient`
@@ -20,15 +21,16 @@ from newsletter.lazy import lazy_exports
 if TYPE_CHECKING:
     from newsletter.email.dkim import Signer
     from newsletter.email.message import MessageTemplate, Recipient
-    from newsletter.email.render import RenderedEmail, render_digest, render_email
+    from newsletter.email.render import render_digest, render_email
     from newsletter.email.rendercache import cached_render
+    from newsletter.email.rendered import RenderedEmail
     from newsletter.email.tokens import load_secret, make_token, unsubscribe_url, verify_token
 
 _EXPORTS = {
     "Signer": "dkim",
     "MessageTemplate": "message",
     "Recipient": "message",
-    "RenderedEmail": "render",
+    "RenderedEmail": "rendered",
     "render_digest": "render",
     "render_email": "render",
     "cached_render": "rendercache",

@@ -39,7 +39,7 @@ from urllib.parse import urlsplit
 
 from newsletter.config import Settings, utcnow
 from newsletter.email.linktokens import preferences_url
-from newsletter.email.render import PLACEHOLDERS, RenderedEmail, one_line
+from newsletter.email.rendered import PLACEHOLDERS, RenderedEmail, one_line
 from newsletter.email.tokens import unsubscribe_url
 from newsletter.errors import RenderError
 

@@ -27,21 +27,17 @@ from markupsafe import Markup
 
 from newsletter.config import ListSettings, Settings
 from newsletter.email import images, inlinecache
+from newsletter.email.rendered import (
+    PLACEHOLDERS,
+    RenderedEmail,
+    one_line,
+)
 from newsletter.errors import RenderError, TemplateError
 from newsletter.posts.collection import Post
 
 # premailer (with cssutils and lxml) and `markup` (Markdown, lxml) are imported
 # where they are used: a command that only reads a cached render, or a
 # message's placeholders, never needs them.
-
-# Rendered into the output in place of per-recipient values; ASCII, no
-# characters that HTML escaping, premailer or quoted-printable would change.
-PLACEHOLDERS = {
-    "email": "NLPH0EMAIL0NLPH",
-    "name": "NLPH0NAME0NLPH",
-    "unsubscribe_url": "NLPH0UNSUBSCRIBE0NLPH",
-    "preferences_url": "NLPH0PREFERENCES0NLPH",
-}
 
 # Gmail clips a message whose HTML exceeds ~102 KB behind "View entire message",
 # hiding the footer and its unsubscribe link.
@@ -59,16 +55,6 @@ _MONTHS = (
     *("January", "February", "March", "April", "May", "June"),
     *("July", "August", "September", "October", "November", "December"),
 )
-
-
-@dataclass(frozen=True)
-class RenderedEmail:
-    post_id: str
-    list_name: str
-    subject: str  # one line, plain text
-    html: str  # inlined, with PLACEHOLDERS for per-recipient values
-    text: str  # plain-text part, with PLACEHOLDERS
-    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -209,11 +195,6 @@ def render_subject(template: str, env: jinja2.Environment, context: dict[str, An
     if not subject:
         raise TemplateError("the subject template renders to nothing", key="email.subject")
     return subject
-
-
-def one_line(value: str) -> str:
-    """Collapse every kind of line break and whitespace run to a single space."""
-    return re.sub(r"[\s\x00-\x1f\x7f\u2028\u2029\x85]+", " ", value).strip()
 
 
 # --------------------------------------------------------------------------- templates

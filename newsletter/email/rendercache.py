@@ -32,7 +32,7 @@ from newsletter.posts.collection import Post
 from newsletter.store.files import write_kept
 
 if TYPE_CHECKING:
-    from newsletter.email.render import RenderedEmail
+    from newsletter.email.rendered import RenderedEmail
 
 __all__ = ["CACHE_FORMAT", "RenderCache", "cached_render", "template_digest"]
 
@@ -68,9 +68,9 @@ class RenderCache:
     def render(
         self, posts: Sequence[Post], mailing_list: ListSettings, *, digest: bool = False
     ) -> RenderedEmail:
-        from newsletter.email import render
-
         def build() -> RenderedEmail:
+            from newsletter.email import render  # (Jinja2: only when rendering)
+
             # Disabled (`check --all`): no kept inlining or compiled template either.
             if digest:
                 return render.render_digest(
@@ -147,7 +147,7 @@ def _file_digest(path: Path) -> str:
 
 
 def _read(path: Path) -> RenderedEmail | None:
-    from newsletter.email.render import RenderedEmail
+    from newsletter.email.rendered import RenderedEmail
 
     try:
         data = json.loads(path.read_text(encoding="utf-8"))

@@ -17,7 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from newsletter.config import ListSettings, Settings
 from newsletter.email.message import Recipient, fill_placeholders
-from newsletter.email.render import RenderedEmail
+from newsletter.email.rendered import RenderedEmail
 from newsletter.errors import StoreError
 from newsletter.store import reading
 from newsletter.store.schema import deliveries, lists, mailings

@@ -14,7 +14,7 @@ from typing import Literal
 import lxml.html
 from lxml import etree
 
-from newsletter.email.render import PLACEHOLDERS, RenderedEmail
+from newsletter.email.rendered import PLACEHOLDERS, RenderedEmail
 
 # Gmail shows "[Message clipped]" and hides the rest (including the
 # unsubscribe link) once the HTML part passes about 102 KB.

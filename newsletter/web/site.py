@@ -27,7 +27,7 @@ from newsletter.store.schema import lists as lists_table
 from newsletter.store.schema import mailings
 
 if TYPE_CHECKING:
-    from newsletter.email.render import RenderedEmail
+    from newsletter.email.rendered import RenderedEmail
     from newsletter.web.emailview import EmailView
     from newsletter.web.lint import Finding
 
