@@ -33,6 +33,7 @@ from newsletter.posts import snapshot as whole
 from newsletter.posts.files import (  # noqa: F401 - POST_SUFFIXES, post_files: the package's API
     POST_SUFFIXES,
     FoundPost,
+    PostFiles,
     post_files,
     site_post_files,
     where_posts_are,
@@ -76,10 +77,9 @@ def load_posts(
     `index=False` reads every post and keeps nothing.
     """
     undated: list[Path] = []
-    found_posts = site_post_files(settings, undated)
-    files = [f.path for f in found_posts]
+    found_files = PostFiles(settings, undated)
     # Undated files are in the snapshot too: adding one adds a warning.
-    snapshot = [*files, *undated]
+    snapshot: list[str | Path] = [*found_files.paths, *undated]
     kind = f"bodies={bodies}"
     key = post_index.load_key(settings, snapshot) if index else None
     if (same := post_index.recall(settings, kind, key)) is not None:
@@ -92,9 +92,14 @@ def load_posts(
         posts, problems, urls = stored
         complete = None
         if bodies == "lazy":
-            complete = _Completer(settings, found_posts, urls, enabled=index).complete
+            stats = dict(key[1]) if key is not None else None
+            completer = _Completer(
+                settings, found_files.found, urls, enabled=index, paths=(found_files.paths, stats)
+            )
+            complete = completer.complete
         collected = PostCollection(posts, problems, roots, complete)
     else:
+        found_posts = found_files.found()
         collected, urls = _load(settings, found_posts, undated, progress, bodies, index)
         collected = replace(collected, roots=roots)
         whole.write(settings, whole_kind, key, (collected.posts, collected.problems, urls))
@@ -152,7 +157,9 @@ def _load(
     complete = None
     if bodies == "lazy":
         ready = (indexes, site)
-        complete = _Completer(settings, found_posts, site.post_urls, enabled=index, ready=ready)
+        complete = _Completer(
+            settings, lambda: found_posts, site.post_urls, enabled=index, ready=ready
+        )
     collected = PostCollection(
         tuple(posts), tuple(problems), (), complete.complete if complete else None
     )
@@ -195,14 +202,19 @@ class _Completer:
     def __init__(
         self,
         settings: Settings,
-        found_posts: list[FoundPost],
+        found_posts: Callable[[], list[FoundPost]],
         urls: Mapping[str, str],
         *,
         enabled: bool,
         ready: tuple[post_index.Passes, SiteContext | None] | None = None,
+        paths: tuple[list[str], Mapping[str, post_index.FileKey] | None] | None = None,
     ) -> None:
         self.settings = settings
-        self.found = {f.path: f for f in found_posts}
+        self._found_posts = found_posts
+        self._found: dict[Path, FoundPost] | None = None
+        # The post files' paths and their sizes and mtimes as the load read
+        # them: `site.posts` for the index without a `FoundPost` or a stat each.
+        self._paths = paths
         self.urls = urls
         self.enabled = enabled
         self.read = partial(_read_indexed, settings=settings)
@@ -210,11 +222,20 @@ class _Completer:
         self.site: SiteContext | None = ready[1] if ready else None
 
     @property
+    def found(self) -> dict[Path, FoundPost]:
+        if self._found is None:  # on first use: most loads complete no post
+            self._found = {f.path: f for f in self._found_posts()}
+        return self._found
+
+    @property
     def indexes(self) -> post_index.Passes:
         if self._indexes is None:  # on first use: most loads complete no post
-            files = list(self.found)
+            stamp = None
+            if self._paths is not None:
+                stamp = post_index.posts_stamp(*self._paths)
+            files = list(self.found) if stamp is None else []
             self._indexes = post_index.Passes(
-                self.settings, files, bodies=True, enabled=self.enabled
+                self.settings, files, bodies=True, enabled=self.enabled, all_posts=stamp
             )
         return self._indexes
 

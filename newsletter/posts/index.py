@@ -111,11 +111,14 @@ def _site_folders(settings: Settings, root: Path) -> list[Path]:
     return [root / "_includes", *(documents / f"_{name}" for name in _collections(settings))]
 
 
-def posts_stamp(files: list[Path]) -> str:
-    """Every post file's path, size and mtime_ns: what `site.posts` is made of."""
+def posts_stamp(files: Sequence[str | Path], known: Mapping[str, FileKey] | None = None) -> str:
+    """Every post file's path, size and mtime_ns: what `site.posts` is made of
+    (`known`: sizes and mtimes already read, by path, as a `LoadKey` holds them)."""
     digest = hashlib.sha256()
-    for path in sorted(files):
-        digest.update(_stat_line(path))
+    # In the order of sorted `Path`s (by their parts), without making them.
+    for name in sorted(map(str, files), key=lambda name: name.split(os.sep)):
+        key = known.get(name) if known is not None else None
+        digest.update(_stat_line(name) if key is None else _key_line(name, key))
     return digest.hexdigest()
 
 
@@ -132,12 +135,16 @@ def _files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
 
 
-def _stat_line(path: Path) -> bytes:
+def _stat_line(path: str | Path) -> bytes:
     try:
-        st = path.stat()
+        st = os.stat(path)
     except OSError:
         return f"{path}\0missing\n".encode()
-    return f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode()
+    return _key_line(str(path), (st.st_size, st.st_mtime_ns))
+
+
+def _key_line(name: str, key: FileKey) -> bytes:
+    return f"{name}\0{key[0]}\0{key[1]}\n".encode()
 
 
 class Lookups(Mapping[str, Any]):
@@ -383,11 +390,17 @@ class Passes:
     without HTML (`bodies`); `whole_post` builds one post with HTML on demand."""
 
     def __init__(
-        self, settings: Settings, files: list[Path], *, bodies: bool, enabled: bool
+        self,
+        settings: Settings,
+        files: list[Path],
+        *,
+        bodies: bool,
+        enabled: bool,
+        all_posts: str | None = None,
     ) -> None:
         self.settings = settings
         self.enabled = enabled
-        self.all_posts = posts_stamp(files)
+        self.all_posts = posts_stamp(files) if all_posts is None else all_posts
         self._kind = "posts" if bodies else "listing"
         # Each opened when first used: a command that completes one post of a
         # whole load (`snapshot`) reads the index of posts with HTML alone.
@@ -444,16 +457,20 @@ class Passes:
 LoadKey = tuple[str, tuple[tuple[str, FileKey], ...]]
 
 
-def load_key(settings: Settings, files: Sequence[Path]) -> LoadKey | None:
+def load_key(settings: Settings, files: Sequence[str | Path]) -> LoadKey | None:
     """The `LoadKey` of `files` now; None when one is missing or changed less
     than `RACY_NS` ago (it may change again unseen: read it properly)."""
     keys = []
-    now = time.time_ns()
+    too_recent = time.time_ns() - RACY_NS
     for path in files:
-        key = file_key(path)
-        if key is None or now - key[1] < RACY_NS:
+        name = str(path)
+        try:
+            st = os.stat(name)
+        except OSError:
             return None
-        keys.append((str(path), key))
+        if st.st_mtime_ns > too_recent:
+            return None
+        keys.append((name, (st.st_size, st.st_mtime_ns)))
     return fingerprint(settings), tuple(keys)
 
 
