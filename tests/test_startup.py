@@ -173,3 +173,29 @@ def test_lazy_choices_still_list_and_check_their_values() -> None:
     assert bad.exit_code == 2 and "'happy' is not one of" in bad.output
     shown = CliRunner().invoke(main, ["subscribers", "import", "--help"]).output
     assert "auto|" + "|".join(FORMATS[:2]) in shown.replace("\n", "").replace(" ", "")
+
+
+def test_a_second_send_of_a_post_loads_no_renderer(tmp_path: Path) -> None:
+    """Issue 13: `send POST --resend` with the post's render kept in the state
+    folder (the first send made it) builds its message from that render:
+    neither Jinja2 nor premailer, lxml or Markdown is imported, nor the
+    module that renders (`email.render`), nor the post readers."""
+    config = quiet_site(tmp_path)
+    outbox = tmp_path / "outbox"
+    with config.open("a", encoding="utf-8") as fh:
+        fh.write(f'[delivery]\ntransport = "maildir"\noutbox_dir = "{outbox}"\n')
+    code, _modules, _shown = run_cli(
+        "--config", str(config), "subscribers", "add", "reader@example.com", "--list", "main"
+    )
+    assert code in (0, None)
+    send = ("--config", str(config), "send", "post-2", "--list", "main", "--resend")
+    code, first, shown = run_cli(*send)
+    assert code in (0, None) and "sent 1," in shown
+    assert "jinja2" in loaded_heavy(first)  # the first send rendered the post
+    code, again, shown = run_cli(*send)
+    assert code in (0, None) and "sent 1," in shown
+    assert loaded_heavy(again) == ["sqlalchemy"]
+    assert "newsletter.email.render" not in again
+    reading = {"newsletter.posts.source", "newsletter.posts.building", "newsletter.posts.site"}
+    assert not reading & set(again)
+    assert len([p for p in outbox.rglob("*") if p.is_file()]) == 2  # both were delivered
