@@ -347,7 +347,7 @@ def _path(value: PurePath) -> tuple[Any, ...]:
     return type(value), (str(value),)
 
 
-_DISPATCH = {
+_DISPATCH: dict[type, Any] = {
     **copyreg.dispatch_table,
     MappingProxyType: _proxy,
     PosixPath: _path,
