@@ -86,6 +86,32 @@ def test_lazy_from_a_whole_load_builds_only_the_post_asked_for(
     assert calls == Counter()
 
 
+def test_lazy_from_a_whole_load_keeps_a_post_that_lists_every_post(
+    blog: Blog, calls: Counter[str]
+) -> None:
+    """A post whose Liquid reads `site.posts` is kept with the stamp of every
+    post file; a whole load hands the completer that stamp from its own key
+    (no stat, no `FoundPost` each): it must match, or every send rebuilds it."""
+    blog.post(
+        "2024-01-05-index.md",
+        "Index",
+        body="{% for p in site.posts %}[{{ p.title }}] {% endfor %}\n",
+    )
+    load_posts(blog.settings(), bodies="lazy").find("index")
+    post_index.forget()  # a new process
+    calls.clear()
+    built = load_posts(blog.settings(), bodies="lazy").find("index")
+    assert calls == Counter()  # from the index of posts with HTML, not rebuilt
+    assert "[Second]" in built.body_html
+    add_post(blog)
+    post_index.forget()
+    calls.clear()
+    again = load_posts(blog.settings(), bodies="lazy").find("index")
+    # Another post file: listed again, and built again with its HTML.
+    assert calls["build:2024-01-05-index.md"] == 2
+    assert "[Fourth]" in again.body_html
+
+
 def edit_post(blog: Blog) -> None:
     blog.post("2024-01-03-third.md", "Third, edited", body="{% include note.html %}\n")
 
