@@ -8,6 +8,7 @@ It may import `newsletter.store`, `newsletter.email`, `newsletter.posts`,
 - `importer`: the bulk import into the store
 - `subscribers`: import, export and sync of whole files (the API the CLI uses)
 - `members`: one subscriber or list in the store (add, remove, unsubscribe, counts)
+- `lists`: the configured lists made rows of the store (what every daemon pass needs of this stage)
 - `unsubscribes`: a link's one-click unsubscribe, recorded, and its undo (15 minutes)
 """
 
@@ -18,10 +19,10 @@ from typing import TYPE_CHECKING
 from newsletter.lazy import lazy_exports
 
 if TYPE_CHECKING:
+    from newsletter.audience.lists import ensure_lists
     from newsletter.audience.members import (
         SubscriberRow,
         add_subscriber,
-        ensure_lists,
         get_by_email,
         list_counts,
         remove_member,
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 _EXPORTS = {
     "SubscriberRow": "members",
     "add_subscriber": "members",
-    "ensure_lists": "members",
+    "ensure_lists": "lists",
     "get_by_email": "members",
     "list_counts": "members",
     "remove_member": "members",

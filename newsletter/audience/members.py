@@ -26,7 +26,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from newsletter.audience import consent
 from newsletter.audience.addresses import email_key, normalise_email
-from newsletter.config import Settings
+from newsletter.audience.lists import ensure_lists  # noqa: F401 - the module's API, as before
 from newsletter.errors import StoreError, SubscriberError
 from newsletter.store import insert_or_ignore, now
 from newsletter.store import reading as read_only
@@ -139,22 +139,6 @@ _SUBSCRIBER_COLUMNS = (
 
 
 # --------------------------------------------------------------------------- lists
-
-
-def ensure_lists(bind: Bind, settings: Settings) -> None:
-    """Insert the lists declared in `settings.lists`, update changed titles.
-
-    Lists removed from the configuration are kept (their history matters).
-    """
-    with writing(bind) as conn:
-        existing = {r.name: r.title for r in conn.execute(select(lists.c.name, lists.c.title))}
-        for name, declared in settings.lists.items():
-            if name not in existing:
-                # Another process (a second host starting) may be creating it too.
-                values = {"name": name, "title": declared.title, "created_at": now()}
-                insert_or_ignore(conn, lists, values, ("name",))
-            elif existing[name] != declared.title:
-                conn.execute(update(lists).where(lists.c.name == name).values(title=declared.title))
 
 
 def list_id(conn: Connection, list_name: str) -> int:

@@ -90,7 +90,7 @@ def run_pass(
 ) -> PassReport:
     """Plan what is due and deliver what has work; never raises a NewsletterError
     for one bad post, list or template — those become `problems`."""
-    from newsletter.audience.members import ensure_lists
+    from newsletter.audience.lists import ensure_lists
     from newsletter.delivery.mailings import mailed_pairs
     from newsletter.posts.collection import load_posts
 
