@@ -320,6 +320,9 @@ class MailingPass:
         message = self.context.message(row)
         return message, message_id_of(message)
 
+    def data(self, row: q.Claimed) -> tuple[bytes, str | None]:
+        return self.context.data(row)
+
     def wait_for_due(self, deadline: float) -> bool:
         """Sleep until the next deferred recipient is due, if that is before the deadline."""
         jobs_left = deadline - time.monotonic()

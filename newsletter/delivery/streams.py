@@ -58,7 +58,7 @@ def run_loop(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
 
 @dataclass(frozen=True)
 class Job:
-    """A claimed row with its bytes, built once even when sent again."""
+    """A claimed row with its DATA content (dot-stuffed), built once even when sent again."""
 
     row: q.Claimed
     message: bytes
@@ -296,7 +296,7 @@ class StreamsStrategy:
         if len(self.rows) <= self.low:
             self.changed.set()  # the feeder claims ahead
         row = self.rows.popleft()
-        return Job(row, *self.core.message(row))
+        return Job(row, *self.core.data(row))
 
     async def _next_job(self, previous: Pending | None) -> Job | None:
         """The next claimed row; with none queued, our last outcome is committed first.
@@ -364,7 +364,9 @@ class StreamsStrategy:
             if (delay := core.bucket.reserve()) > 0:
                 await asyncio.sleep(delay)
             try:
-                result = await conn.send(core.sender(job.row.id), email, job.message, ready, then)
+                result = await conn.send(
+                    core.sender(job.row.id), email, job.message, ready, then, stuffed=True
+                )
             except ConnectError as exc:
                 return SendResult(email, False, exc.code, exc.message, stage="connect")
             if not result.throttled:

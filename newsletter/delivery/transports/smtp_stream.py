@@ -108,8 +108,13 @@ class StreamSmtp:
         message: bytes,
         ready: Ready | None = None,
         then: Next | None = None,
+        *,
+        stuffed: bool = False,
     ) -> SendResult:
         """One message; refusals are data.  Raises ConnectError when the server is unreachable.
+
+        `stuffed`: `message` is DATA content already (`stuffed_body`'s), as the
+        streams build it from the template at a fraction of the cost.
 
         `ready()` is called before the final dot; when it returns an awaitable,
         the dot waits for it.  `then`: the message this connection sends next;
@@ -117,11 +122,12 @@ class StreamSmtp:
         message's final dot (RFC 2920 §3.1), saving a round trip per message.
         """
         reused = self._proto is not None
-        result = await self._attempt(sender, recipient, message, ready, then)
+        body = message if stuffed else stuffed_body(message)
+        result = await self._attempt(sender, recipient, body, ready, then)
         if reused and result.stage == "mail" and result.code is None:
             # The server closed an idle connection; nothing of this message was
             # accepted, so reconnect and try once more.
-            result = await self._attempt(sender, recipient, message, ready, then)
+            result = await self._attempt(sender, recipient, body, ready, then)
         return result
 
     def _envelope(self, sender: str, recipient: str, message: bytes) -> bytes | SendResult:
@@ -227,7 +233,7 @@ class StreamSmtp:
         then: Next | None,
     ) -> SendResult:
         assert proto.transport is not None
-        body = stuffed_body(message)
+        body = message  # stuffed by `send`
         try:
             wait = ready() if ready is not None else None
             if wait is not None:
