@@ -237,8 +237,6 @@ class StreamSmtp:
         try:
             wait = ready() if ready is not None else None
             if wait is not None:
-                proto.transport.write(body)
-                body = b""
                 await wait
         except BaseException:
             self.abandon()  # no final dot: the server discards the message
