@@ -216,3 +216,53 @@ def test_commits_leave_the_loop_only_for_a_networked_database(
         assert not on_helper
     else:
         assert on_helper
+
+
+@pytest.mark.parametrize("strategy", ["streams", "threaded"])
+def test_the_wal_is_checkpointed_beside_the_commits_after_each_claim(
+    sample_site: Path, smtp_server: SmtpTestServer, monkeypatch: pytest.MonkeyPatch, strategy: str
+) -> None:
+    # SQLite's autocheckpoint would run inside the commit that takes the WAL
+    # past 1,000 pages (two fsyncs, in the way of the next final dot): the
+    # feeder checkpoints after each claim instead, on its own thread.
+    from newsletter.delivery.recorder import Recorder
+
+    smtp_server.pipelining = strategy == "streams"
+    settings = site_settings(
+        sample_site,
+        smtp_server,
+        **{"delivery.strategy": strategy, "delivery.concurrency": 2},
+    )
+    engine = populate(settings, 30)
+    mid = plan_mailing(engine, settings, POST, "sample")
+    threads: list[str] = []
+    claims: list[int] = []
+    checkpoint, claim = Recorder.checkpoint, MailingPass.claim
+
+    def watched(self: Recorder) -> None:
+        threads.append(threading.current_thread().name)
+        checkpoint(self)
+
+    def counted(self: MailingPass, *args: Any, **kwargs: Any) -> Any:
+        claims.append(1)
+        return claim(self, *args, **kwargs)
+
+    monkeypatch.setattr(Recorder, "checkpoint", watched)
+    monkeypatch.setattr(MailingPass, "claim", counted)
+    pass_ = MailingPass(engine, settings, _mailing(engine, mid), load_posts(settings))
+    pass_.limit_batch(7)  # several claims
+    report = pass_.run()
+    assert report.sent == 30
+    assert len(threads) == len(claims) >= 5
+    main = threading.main_thread().name
+    if strategy == "streams":  # the loop runs on the main thread, claims on "ledger"
+        assert all(name.startswith("ledger") for name in threads)
+    else:  # the feeder is the main thread; the workers commit
+        assert set(threads) == {main}
+
+
+def _mailing(engine: Any, mid: int) -> q.MailingRow:
+    with engine.connect() as conn:
+        row = q.get_mailing(conn, mid)
+    assert row is not None
+    return row

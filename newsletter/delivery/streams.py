@@ -241,6 +241,8 @@ class StreamsStrategy:
             if limit <= 0:
                 return True
             rows, skipped = await self._db(core.claim, limit, tally, due_by=due_by)
+            # On the ledger thread, beside the loop: see Recorder.checkpoint.
+            await self._db(core.recorder.checkpoint)
             if rows or skipped:
                 if allowance is not None:
                     allowance -= len(rows)

@@ -73,6 +73,7 @@ class ThreadedStrategy:
             if limit <= 0:
                 return True
             rows, skipped = core.claim(limit, tally)
+            core.recorder.checkpoint()  # here, not in a worker's commit (see Recorder)
             if rows or skipped:
                 if allowance is not None:
                     allowance -= len(rows)
