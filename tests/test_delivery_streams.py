@@ -7,6 +7,7 @@ mid-DATA, and invariant 2 after kill -9 with several connections.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from pathlib import Path
@@ -266,3 +267,75 @@ def _mailing(engine: Any, mid: int) -> q.MailingRow:
         row = q.get_mailing(conn, mid)
     assert row is not None
     return row
+
+
+DOTTY_POST = """---
+layout: post
+title: "Dots"
+date: 2024-12-20 07:30:00 +0000
+---
+
+Lines that start with a dot:
+
+.hidden
+
+.
+
+..two
+
+and a last one
+.
+"""
+
+
+@pytest.mark.parametrize(
+    ("strategy", "pipelining"),
+    [("streams", True), ("streams", False), ("threaded", False), ("threaded", True)],
+)
+def test_the_server_receives_exactly_the_personalised_message(
+    sample_site: Path, smtp_server: SmtpTestServer, strategy: str, pipelining: bool
+) -> None:
+    # SMTP transports send DATA content stuffed from the template's pre-stuffed
+    # segments (MessageTemplate.data), not the whole message stuffed per send:
+    # the server must unstuff it back to the very bytes `personalise` makes.
+    from sqlalchemy import select
+
+    from newsletter.delivery.outgoing import MessageContext, build_template
+    from newsletter.store.schema import deliveries, subscribers
+
+    (sample_site / "posts" / "2024-12-20-dots.md").write_text(DOTTY_POST)
+    smtp_server.pipelining = pipelining
+    settings = site_settings(
+        sample_site, smtp_server, **{"delivery.strategy": strategy, "delivery.concurrency": 2}
+    )
+    engine = populate(settings, 6)
+    posts = load_posts(settings)
+    mid = plan_mailing(engine, settings, "dots", "sample")
+    report = deliver_mailing(engine, settings, mid, posts)
+    assert report.sent == 6
+    row = _mailing(engine, mid)
+    context = MessageContext(settings, row, build_template(settings, row, posts), None, engine)
+    query = (
+        select(
+            deliveries.c.id,
+            deliveries.c.subscriber_id,
+            subscribers.c.uid,
+            deliveries.c.email,
+            subscribers.c.name,
+            deliveries.c.attempts,
+            deliveries.c.message_id,
+        )
+        .join(subscribers, subscribers.c.id == deliveries.c.subscriber_id)
+        .where(deliveries.c.mailing_id == mid)
+    )
+    with engine.connect() as conn:
+        expected = {r.email: context.message(q.Claimed(*r)) for r in conn.execute(query)}
+    assert any(b"\r\n." in message for message in expected.values())
+
+    def undated(message: bytes) -> bytes:  # each template build has its own Date
+        return re.sub(rb"^Date: [^\r]*\r\n", b"", message)
+
+    assert len(smtp_server.received) == 6
+    for message in smtp_server.received:
+        (rcpt,) = message.rcpt_tos
+        assert undated(message.data) == undated(expected[rcpt])

@@ -383,9 +383,12 @@ class MailingPass:
         ready: Callable[[], None],
         *,
         tries: int = THROTTLE_RETRIES,
+        stuffed: bool = False,
     ) -> SendResult | None:
+        """`stuffed`: `message` is `data`'s (only for a transport that `accepts_stuffed`)."""
         result: SendResult | None = None
         early = not getattr(transport, "accepts_ready", False)
+        extra = {"stuffed": True} if stuffed else {}
         for _ in range(tries):
             self.throttle.wait()
             if self.stop.is_set():
@@ -397,7 +400,7 @@ class MailingPass:
                     result = transport.send(self.sender(row.id), row.email, message)
                 else:
                     result = transport.send(  # type: ignore[call-arg]
-                        self.sender(row.id), row.email, message, ready=ready
+                        self.sender(row.id), row.email, message, ready=ready, **extra
                     )
             except ConnectError as exc:
                 return SendResult(row.email, False, exc.code, exc.message, stage="connect")

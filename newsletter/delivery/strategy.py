@@ -111,6 +111,7 @@ class PassCore(Protocol):
         ready: Callable[[], None],
         *,
         tries: int = ...,
+        stuffed: bool = ...,
     ) -> SendResult | None: ...
 
     def settle(

@@ -155,6 +155,7 @@ class SmtpTransport:
     # send() takes `ready`: called just before the final dot of DATA, the
     # moment after which the server may keep the message.
     accepts_ready = True
+    accepts_stuffed = True  # `send(..., stuffed=True)`: DATA content built by the template
 
     def __init__(self, settings: SmtpSettings, *, local_hostname: str | None = None) -> None:
         self.settings = settings
@@ -271,14 +272,22 @@ class SmtpTransport:
     # ------------------------------------------------------------------ sending
 
     def send(
-        self, sender: str, recipient: str, message: bytes, *, ready: Ready | None = None
+        self,
+        sender: str,
+        recipient: str,
+        message: bytes,
+        *,
+        ready: Ready | None = None,
+        stuffed: bool = False,
     ) -> SendResult:
+        """One message; `stuffed`: `message` is DATA content already (`stuffed_body`'s)."""
         reused = self._conn is not None
-        result = self._attempt(sender, recipient, message, ready)
+        body = message if stuffed else stuffed_body(message)
+        result = self._attempt(sender, recipient, body, ready)
         if reused and result.stage == "mail" and result.code is None:
             # The server closed an idle connection; nothing of this message was
             # accepted, so reconnect and try once more.
-            result = self._attempt(sender, recipient, message, ready)
+            result = self._attempt(sender, recipient, body, ready)
         return result
 
     def _attempt(
@@ -371,7 +380,7 @@ class SmtpTransport:
     def _content(
         self, conn: smtplib.SMTP, recipient: str, message: bytes, ready: Ready | None
     ) -> SendResult:
-        conn.send(stuffed_body(message))
+        conn.send(message)  # stuffed by `send`
         if ready is not None:
             try:
                 ready()
