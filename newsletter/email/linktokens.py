@@ -15,6 +15,7 @@ spelling of each) and constant-time comparison.
 from __future__ import annotations
 
 import base64
+import hashlib
 import hmac
 import re
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ class ConfirmClaim:
 
 
 def _mac(secret: bytes, purpose: bytes, payload: bytes) -> bytes:
-    return hmac.digest(secret, purpose + b"\0" + payload, "sha256")[:_MAC_BYTES]  # one-shot
+    return hmac.new(secret, purpose + b"\0" + payload, hashlib.sha256).digest()[:_MAC_BYTES]
 
 
 def _encode(secret: bytes, purpose: bytes, payload: bytes) -> str:

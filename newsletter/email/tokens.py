@@ -114,9 +114,7 @@ def checked_secret(settings: Settings, engine: Engine) -> bytes:
 
 
 def _mac(secret: bytes, payload: bytes) -> bytes:
-    # hmac.digest: OpenSSL's one-shot HMAC, ~4x cheaper than an hmac.new object
-    # (a token per recipient of every mailing).
-    return hmac.digest(secret, b"unsubscribe\0" + payload, "sha256")[:_MAC_BYTES]
+    return hmac.new(secret, b"unsubscribe\0" + payload, hashlib.sha256).digest()[:_MAC_BYTES]
 
 
 def make_token(secret: bytes, subscriber_uid: str, list_name: str) -> str:
