@@ -151,10 +151,12 @@ class StreamSmtp:
         if announced is not None and announced[0] is self._proto and announced[1] != recipient:
             self.abandon()  # in DATA for another message: never end that one
         written = announced is not None and announced[0] is self._proto
-        await self.open()
+        if self._proto is None:
+            await self.open()
         proto = self._proto
         assert proto is not None and proto.transport is not None
-        envelope = self._envelope(sender, recipient, message)
+        # Announced behind the last dot: that envelope was built (and valid) then.
+        envelope = b"" if written else self._envelope(sender, recipient, message)
         if isinstance(envelope, SendResult):
             return envelope
         stage = "mail"
