@@ -339,3 +339,69 @@ def test_the_server_receives_exactly_the_personalised_message(
     for message in smtp_server.received:
         (rcpt,) = message.rcpt_tos
         assert undated(message.data) == undated(expected[rcpt])
+
+
+def test_the_message_after_next_is_built_while_the_server_works(
+    sample_site: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With one connection nothing else overlaps the wait for a reply: the
+    # message after the one announced behind the dot is personalised then
+    # (StreamSmtp.send's `prepare`), not after the reply came.
+    server = SmtpTestServer(pipelining=True, stall_seconds=0.5)
+    window: list[float] = []
+    built: dict[str, float] = {}
+    special, data = _Handler._special, MailingPass.data
+
+    async def timed_special(self: _Handler, smtp: Any, session: Any, reply: str) -> str:
+        window.append(time.monotonic())
+        try:
+            return await special(self, smtp, session, reply)
+        finally:
+            window.append(time.monotonic())
+
+    def timed_data(self: MailingPass, row: q.Claimed) -> Any:
+        built[row.email] = time.monotonic()
+        return data(self, row)
+
+    monkeypatch.setattr(_Handler, "_special", timed_special)
+    monkeypatch.setattr(MailingPass, "data", timed_data)
+    server.script("r001@example.org", STALL, stage="data", times=1)
+    with server:
+        settings = streams_settings(sample_site, server, **{"delivery.concurrency": 1})
+        engine = populate(settings, 5)
+        mid = plan_mailing(engine, settings, POST, "sample")
+        report = deliver_mailing(engine, settings, mid, load_posts(settings))
+    assert (report.sent, report.deferred) == (4, 1)
+    _, end = window
+    # r001's dot is out and its reply stalled; r002's envelope rode behind
+    # that dot; r003 is built before the reply (without `prepare`: after it).
+    assert built["r003@example.org"] < end < built["r004@example.org"]
+
+
+def test_a_message_that_cannot_be_built_ahead_fails_the_pass_cleanly(
+    sample_site: Path, smtp_server: SmtpTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Building r003 fails while r001's reply is awaited (`prepare`): the error
+    # is raised where r003 is taken (before r002 goes out, as when it was built
+    # then), never between r001's dot and its reply, which is still recorded.
+    from newsletter.errors import NewsletterError, RenderError
+
+    smtp_server.pipelining = True
+    data = MailingPass.data
+
+    def failing(self: MailingPass, row: q.Claimed) -> Any:
+        if row.email == "r003@example.org":
+            raise RenderError("not a usable address", recipient=row.email)
+        return data(self, row)
+
+    monkeypatch.setattr(MailingPass, "data", failing)
+    settings = streams_settings(sample_site, smtp_server, **{"delivery.concurrency": 1})
+    engine = populate(settings, 6)
+    mid = plan_mailing(engine, settings, POST, "sample")
+    with pytest.raises(NewsletterError, match="usable address"):
+        deliver_mailing(engine, settings, mid, load_posts(settings))
+    rows = ledger(engine)
+    received = sorted(smtp_server.recipients())
+    assert received == ["r000@example.org", "r001@example.org"]
+    assert all(rows[r].status == "sent" for r in received)  # none sent unrecorded
+    assert rows["r003@example.org"].status != "sent"

@@ -147,6 +147,13 @@ class Commits:
         _resolve(done)
 
 
+def _taken(ahead: list[Job | Exception]) -> Job:
+    item = ahead.pop()
+    if isinstance(item, Exception):
+        raise item
+    return item
+
+
 def _resolve(done: asyncio.Future[None]) -> None:
     if not done.done():
         done.set_result(None)
@@ -263,6 +270,22 @@ class StreamsStrategy:
         core = self.core
         previous: Pending | None = None
         job: Job | None = None
+        # The job after `upcoming`, built while the server works on this
+        # connection's message (`prepare`, called once its dot is written):
+        # with one connection nothing else overlaps the wait for a reply.
+        ahead: list[Job | Exception] = []
+
+        def prepare() -> None:
+            if ahead:
+                return
+            try:
+                built = self._job_now()
+            except Exception as exc:  # raised where that job is taken, as before
+                ahead.append(exc)
+                return
+            if built is not None:
+                ahead.append(built)
+
         try:
             # Connect while the first claim runs; a server that cannot be
             # reached is reported per message by the sends that follow.
@@ -274,9 +297,9 @@ class StreamsStrategy:
                 self.busy += 1
                 # The next message, when one is queued: its MAIL/RCPT/DATA go
                 # out right behind this one's final dot.
-                upcoming = self._job_now()
+                upcoming = _taken(ahead) if ahead else self._job_now()
                 try:
-                    previous = await self._deliver(conn, job, upcoming, tally, previous)
+                    previous = await self._deliver(conn, job, upcoming, tally, previous, prepare)
                 except Exception as exc:
                     conn.abandon()
                     core.fail(exc, job.row.email)
@@ -318,6 +341,7 @@ class StreamsStrategy:
         upcoming: Job | None,
         tally: Tally,
         previous: Pending | None,
+        prepare: Callable[[], None] | None = None,
     ) -> Pending | None:
         """Send one message; its outcome goes to the recorder, committed by a later `ready`."""
         core = self.core
@@ -344,7 +368,7 @@ class StreamsStrategy:
         then = None
         if upcoming is not None:
             then = (core.sender(upcoming.row.id), upcoming.row.email, upcoming.message)
-        result = await self._send(conn, job, ready, then)
+        result = await self._send(conn, job, ready, then, prepare)
         if (wait := ready()) is not None:
             await wait
         if result is None:  # stopped while waiting out a throttle
@@ -352,7 +376,12 @@ class StreamsStrategy:
         return core.settle(job.row, result, job.mid, tally)
 
     async def _send(
-        self, conn: StreamSmtp, job: Job, ready: Ready, then: Next | None
+        self,
+        conn: StreamSmtp,
+        job: Job,
+        ready: Ready,
+        then: Next | None,
+        prepare: Callable[[], None] | None = None,
     ) -> SendResult | None:
         """As `PassCore.send`, without blocking the loop: throttle, rate, retries."""
         core = self.core
@@ -367,7 +396,13 @@ class StreamsStrategy:
                 await asyncio.sleep(delay)
             try:
                 result = await conn.send(
-                    core.sender(job.row.id), email, job.message, ready, then, stuffed=True
+                    core.sender(job.row.id),
+                    email,
+                    job.message,
+                    ready,
+                    then,
+                    stuffed=True,
+                    prepare=prepare,
                 )
             except ConnectError as exc:
                 return SendResult(email, False, exc.code, exc.message, stage="connect")

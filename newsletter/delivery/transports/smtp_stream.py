@@ -110,8 +110,12 @@ class StreamSmtp:
         then: Next | None = None,
         *,
         stuffed: bool = False,
+        prepare: Callable[[], None] | None = None,
     ) -> SendResult:
         """One message; refusals are data.  Raises ConnectError when the server is unreachable.
+
+        `prepare()` is called once the final dot is written, before its reply
+        is awaited: work that overlaps the server's (it must not raise).
 
         `stuffed`: `message` is DATA content already (`stuffed_body`'s), as the
         streams build it from the template at a fraction of the cost.
@@ -123,11 +127,11 @@ class StreamSmtp:
         """
         reused = self._proto is not None
         body = message if stuffed else stuffed_body(message)
-        result = await self._attempt(sender, recipient, body, ready, then)
+        result = await self._attempt(sender, recipient, body, ready, then, prepare)
         if reused and result.stage == "mail" and result.code is None:
             # The server closed an idle connection; nothing of this message was
             # accepted, so reconnect and try once more.
-            result = await self._attempt(sender, recipient, body, ready, then)
+            result = await self._attempt(sender, recipient, body, ready, then, prepare)
         return result
 
     def _envelope(self, sender: str, recipient: str, message: bytes) -> bytes | SendResult:
@@ -145,7 +149,13 @@ class StreamSmtp:
         return f"MAIL FROM:<{sender}>{options}\r\nRCPT TO:<{rcpt}>\r\n".encode()
 
     async def _attempt(
-        self, sender: str, recipient: str, message: bytes, ready: Ready | None, then: Next | None
+        self,
+        sender: str,
+        recipient: str,
+        message: bytes,
+        ready: Ready | None,
+        then: Next | None,
+        prepare: Callable[[], None] | None = None,
     ) -> SendResult:
         announced, self._announced = self._announced, None
         if announced is not None and announced[0] is self._proto and announced[1] != recipient:
@@ -170,7 +180,7 @@ class StreamSmtp:
             if refusal is not None:
                 return refusal
             stage = "data"
-            return await self._content(proto, recipient, message, ready, then)
+            return await self._content(proto, recipient, message, ready, then, prepare)
         except (OSError, TimeoutError) as exc:
             self.abandon()
             what = "timed out" if isinstance(exc, TimeoutError) else "connection lost"
@@ -233,6 +243,7 @@ class StreamSmtp:
         message: bytes,
         ready: Ready | None,
         then: Next | None,
+        prepare: Callable[[], None] | None = None,
     ) -> SendResult:
         assert proto.transport is not None
         body = message  # stuffed by `send`
@@ -253,6 +264,8 @@ class StreamSmtp:
         proto.transport.write(body + tail)
         if then is not None and announce:
             self._announced = (proto, then[1])
+        if prepare is not None:
+            prepare()
         code, text = (await self._replies(proto, 1))[0]
         if code == 250:
             return SendResult(recipient, True, code, reply_text(text), stage="data")
