@@ -240,11 +240,12 @@ class MailingPass:
 
         "auto": the streams when the server offers PIPELINING, a thread per
         connection when it does not.  Measured side by side (bench/send.py,
-        smtp-sink, C = 4): without PIPELINING the threads sent ~1.2x what one
-        event loop did (four round trips a message; on a busy machine four
+        smtp-sink): without PIPELINING the threads sent more than one event
+        loop at every C (1 December, load ~8: 1.6x at C = 1, 1.2-1.3x at
+        C = 4 and 8; four round trips a message, and on a busy machine four
         threads also get four shares of the CPU), with it the streams were
         level with the lockstep rounds or ahead, and never held up by a
-        stalled connection.
+        stalled connection.  bench/send.py measures this choice ("ours").
         """
         choice = self.settings.delivery.strategy
         if self.shared is not None or self.settings.delivery.transport != "smtp":
