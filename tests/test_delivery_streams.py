@@ -405,3 +405,41 @@ def test_a_message_that_cannot_be_built_ahead_fails_the_pass_cleanly(
     assert received == ["r000@example.org", "r001@example.org"]
     assert all(rows[r].status == "sent" for r in received)  # none sent unrecorded
     assert rows["r003@example.org"].status != "sent"
+
+
+def test_a_message_built_ahead_is_sent_when_no_other_was_queued(
+    sample_site: Path, smtp_server: SmtpTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # r002 goes out with nothing queued behind it (the next claim is slow);
+    # that claim lands while r002's envelope replies are awaited, so r003 is
+    # built ahead once r002's dot is written.  It must be the next one sent,
+    # not left in hand when the connection looks for work (it was: 5 of 6).
+    import asyncio
+
+    from newsletter.delivery.transports.smtp_stream import StreamSmtp
+
+    smtp_server.pipelining = True
+    claim, pipelined = MailingPass.claim, StreamSmtp._pipelined
+    claims: list[int] = []
+
+    def slow_claim(self: MailingPass, *args: Any, **kwargs: Any) -> Any:
+        claims.append(1)
+        if len(claims) > 1:
+            time.sleep(0.1)
+        return claim(self, *args, **kwargs)
+
+    async def slow_envelope(self: StreamSmtp, proto: Any, recipient: str) -> Any:
+        if recipient == "r002@example.org":
+            await asyncio.sleep(0.4)
+        return await pipelined(self, proto, recipient)
+
+    monkeypatch.setattr(MailingPass, "claim", slow_claim)
+    monkeypatch.setattr(StreamSmtp, "_pipelined", slow_envelope)
+    settings = streams_settings(sample_site, smtp_server, **{"delivery.concurrency": 1})
+    engine = populate(settings, 6)
+    mid = plan_mailing(engine, settings, POST, "sample")
+    pass_ = MailingPass(engine, settings, _mailing(engine, mid), load_posts(settings))
+    pass_.limit_batch(3)
+    report = pass_.run()
+    assert report.sent == 6
+    assert smtp_server.recipients() == [f"r{i:03d}@example.org" for i in range(6)]

@@ -147,7 +147,10 @@ class Commits:
         _resolve(done)
 
 
-def _taken(ahead: list[Job | Exception]) -> Job:
+def _taken(ahead: list[Job | Exception]) -> Job | None:
+    """The job built ahead, if any; a failure to build it is raised here, where it is taken."""
+    if not ahead:
+        return None
     item = ahead.pop()
     if isinstance(item, Exception):
         raise item
@@ -291,13 +294,13 @@ class StreamsStrategy:
             # reached is reported per message by the sends that follow.
             with contextlib.suppress(ConnectError):
                 await conn.open()
-            while (job := job or await self._next_job(previous)) is not None:
+            while (job := job or _taken(ahead) or await self._next_job(previous)) is not None:
                 if self._halted():
                     break
                 self.busy += 1
                 # The next message, when one is queued: its MAIL/RCPT/DATA go
                 # out right behind this one's final dot.
-                upcoming = _taken(ahead) if ahead else self._job_now()
+                upcoming = _taken(ahead) or self._job_now()
                 try:
                     previous = await self._deliver(conn, job, upcoming, tally, previous, prepare)
                 except Exception as exc:
