@@ -120,10 +120,15 @@ def _sqlite_begin_immediate(conn: Connection) -> None:
 READ_ONLY = "newsletter_read_only"
 
 BULK_CACHE_KIB = 65536
+# Planning appends in id order, so a smaller cache does nearly as well
+# (1M rows: 5 % more CPU than with 64 MB), and the cache's pages stay in the
+# process after it (the C allocator keeps them): with 64 MB a `send` of
+# 200,000 peaked at 148 MB RSS, with 16 MB at 90 MB.
+PLAN_CACHE_KIB = 16384
 
 
 @contextmanager
-def bulk_writes(conn: Connection) -> Iterator[None]:
+def bulk_writes(conn: Connection, cache_kib: int = BULK_CACHE_KIB) -> Iterator[None]:
     """A large page cache for one big write transaction on this connection.
 
     SQLite's default cache is 2 MB: a merge inserting 200,000 rows into
@@ -138,7 +143,7 @@ def bulk_writes(conn: Connection) -> Iterator[None]:
     cursor = conn.connection.cursor()
     try:
         previous = int(cursor.execute("PRAGMA cache_size").fetchone()[0])
-        cursor.execute(f"PRAGMA cache_size=-{BULK_CACHE_KIB}")
+        cursor.execute(f"PRAGMA cache_size=-{cache_kib}")
         try:
             yield
         finally:
@@ -154,7 +159,7 @@ def snapshot_transaction(engine: Engine) -> Iterator[Connection]:
     SQLite: foreign-key enforcement is off for this transaction only (its
     rows come from a join on their parents inside it; the per-row checks were
     a quarter of the time of planning a million rows) and the page cache is
-    large (`bulk_writes`).  The pragma only takes effect outside a
+    larger (`bulk_writes`, `PLAN_CACHE_KIB`).  The pragma only takes effect outside a
     transaction, so it is set before BEGIN and set back after the end; a
     connection that cannot be set back is discarded, never pooled with
     enforcement off.  PostgreSQL: a plain transaction.
@@ -169,7 +174,7 @@ def snapshot_transaction(engine: Engine) -> Iterator[Connection]:
         try:
             cursor.execute("PRAGMA foreign_keys=OFF")
             try:
-                with conn.begin(), bulk_writes(conn):
+                with conn.begin(), bulk_writes(conn, PLAN_CACHE_KIB):
                     yield conn
             finally:
                 try:
