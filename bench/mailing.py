@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import send as bench  # noqa: E402  (bench/send.py: the site, the members, the sink)
+import send as bench  # bench/send.py: the site, the members, the sink
 
 POST = bench.POST
 
