@@ -32,6 +32,7 @@ from newsletter.store.schema import (
     DEFERRED_INDEX,
     DELIVERY_INDEXES_V3,
     MAILING_SUBSCRIBER_INDEX,
+    MESSAGE_ID_INDEX,
     SCHEMA_VERSION,
     metadata,
     schema_version,
@@ -319,6 +320,20 @@ def _upgrade_to_5(conn: Connection) -> None:
             _drop_foreign_keys(conn, table)
 
 
+def _upgrade_to_6(conn: Connection) -> None:
+    # Bounces matched by Message-ID read by an index (why: schema.MESSAGE_ID_INDEX);
+    # PostgreSQL drops the unique constraint on subscribers.email (why: the
+    # column's comment in schema.subscribers).  SQLite keeps its table
+    # constraint and its rowid memberships table (changing either means
+    # rebuilding the table): stricter or one B-tree more, same answers.
+    MESSAGE_ID_INDEX.create(conn, checkfirst=True)
+    if conn.dialect.name == "postgresql":
+        for constraint in inspect(conn).get_unique_constraints("subscribers"):
+            if constraint["column_names"] == ["email"]:
+                name = constraint["name"]
+                conn.exec_driver_sql(f'ALTER TABLE subscribers DROP CONSTRAINT "{name}"')
+
+
 def _drop_foreign_keys(conn: Connection, table: str) -> None:
     for foreign_key in inspect(conn).get_foreign_keys(table):
         name = foreign_key["name"]
@@ -330,6 +345,7 @@ UPGRADES: dict[int, Callable[[Connection], None]] = {
     3: _upgrade_to_3,
     4: _upgrade_to_4,
     5: _upgrade_to_5,
+    6: _upgrade_to_6,
 }
 
 # Any constant will do: it only has to be the same in every newsletter process.
