@@ -720,3 +720,32 @@ def test_the_set_based_plan_agrees_with_the_classic_path(
     assert outcomes[0] == outcomes[1]
     staged_counts = outcomes[0][0]
     assert staged_counts["duplicates"] == 2 and staged_counts["unchanged"] >= 1
+
+
+def test_a_membership_starts_when_the_file_says_and_otherwise_now(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    """The merge looks a staged time up only when some row gave one; both
+    kinds of file keep their times (and SQLite's foreign keys all hold)."""
+    from datetime import UTC, datetime, timedelta
+
+    from newsletter.store import now
+
+    given = "email,name,status,subscribed_at\ntimed@example.com,T,active,2020-05-01T10:00:00Z\n"
+    untimed = "email,name,status,subscribed_at\nplain@example.com,P,active,\n"
+    started = now()
+    run_import(engine, settings, write(tmp_path / "timed.csv", given + "loose@example.com,L,,\n"))
+    run_import(engine, settings, write(tmp_path / "untimed.csv", untimed))
+    with engine.connect() as conn:
+        since = dict(
+            conn.execute(
+                select(subscribers.c.email, memberships.c.created_at).join(
+                    memberships, memberships.c.subscriber_id == subscribers.c.id
+                )
+            ).all()
+        )
+        if engine.dialect.name == "sqlite":
+            assert conn.exec_driver_sql("PRAGMA foreign_key_check").all() == []
+    assert since["timed@example.com"] == datetime(2020, 5, 1, 10, tzinfo=UTC)
+    for email in ("loose@example.com", "plain@example.com"):
+        assert started - timedelta(seconds=1) <= since[email] <= now()

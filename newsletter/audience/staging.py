@@ -72,7 +72,7 @@ from newsletter.audience.stagetables import (
     _write_rows,
 )
 from newsletter.errors import Problem, SubscriberError
-from newsletter.store import bulk_writes
+from newsletter.store import parented_bulk_transaction
 from newsletter.store.schema import consent_events, lists, memberships, subscribers
 
 
@@ -123,6 +123,8 @@ def stage_and_plan(run: ImportRun, source: Iterable[SourceRow | Problem]) -> Non
     merge_duplicates(run)
     plan_changes(run)
     count_the_rest(run)
+    since = select(_rows.c.seq).where(_rows.c.since.is_not(None)).limit(1)
+    run.staged_since = conn.scalar(since) is not None
 
 
 def merge(run: ImportRun, stamp: datetime) -> tuple[float, float]:
@@ -131,6 +133,12 @@ def merge(run: ImportRun, stamp: datetime) -> tuple[float, float]:
     Returns how long the write lock was held: (wall seconds, CPU seconds of
     this process, SQLite's work included).  Raises `StaleSnapshot` (after
     rolling back) when the store changed since the plan was made.
+
+    Every row it writes takes its parents from inside the transaction (new
+    subscribers from the insert just made, known ones from the snapshot, the
+    list read by this import), and no subscriber or list is ever deleted:
+    SQLite's per-row foreign-key checks are off for it
+    (`store.parented_bulk_transaction`).
     """
     conn = run.conn
     raw_stamp = run.raw.time(stamp)
@@ -138,7 +146,7 @@ def merge(run: ImportRun, stamp: datetime) -> tuple[float, float]:
     # the checks below need it.
     conn = conn.execution_options(preserve_rowcount=True)
     started, cpu = time.perf_counter(), time.process_time()
-    with bulk_writes(conn), conn.begin():
+    with parented_bulk_transaction(conn):
         before = conn.scalar(select(func.max(subscribers.c.id)))
         added = _insert_staged_new(conn, raw_stamp)
         _check(conn, added, run.staged_new, "a new address appeared")
@@ -259,8 +267,13 @@ def _insert_staged_memberships(
     stamp = bindparam("stamp", raw_stamp, type_=_RAW)
     after = s.id > (before or 0)
     if conn.dialect.name == "sqlite" and conn.scalar(select(func.count()).where(after)) == added:
-        since = select(r.since).where(r.key == s.email_key).limit(1).scalar_subquery()
-        joins = select(literal(run.list_id), s.id, func.coalesce(since, stamp)).where(after)
+        # No row gave a time (most files): every membership starts now, and
+        # the merge skips a lookup per row.
+        since: Any = stamp
+        if run.staged_since:
+            given = select(r.since).where(r.key == s.email_key).limit(1).scalar_subquery()
+            since = func.coalesce(given, stamp)
+        joins = select(literal(run.list_id), s.id, since).where(after)
         events = select(s.id).where(after)
     else:
         new = _rows.join(subscribers, s.uid == r.uid)

@@ -46,6 +46,7 @@ __all__ = [
     "one_at_a_time",
     "open_store",
     "open_url",
+    "parented_bulk_transaction",
     "reading",
     "safe_url",
     "shared_value",
@@ -150,36 +151,43 @@ def bulk_writes(conn: Connection) -> Iterator[None]:
 
 @contextmanager
 def snapshot_transaction(engine: Engine) -> Iterator[Connection]:
-    """One write transaction that inserts a mailing's whole snapshot (planning).
+    """One write transaction that inserts a mailing's whole snapshot (planning):
+    a `parented_bulk_transaction` on a connection of its own."""
+    with engine.connect() as conn, parented_bulk_transaction(conn):
+        yield conn
 
-    SQLite: foreign-key enforcement is off for this transaction only (its
-    rows come from a join on their parents inside it; the per-row checks were
-    a quarter of the time of planning a million rows) and the page cache is
-    large (`bulk_writes`).  The pragma only takes effect outside a
-    transaction, so it is set before BEGIN and set back after the end; a
-    connection that cannot be set back is discarded, never pooled with
+
+@contextmanager
+def parented_bulk_transaction(conn: Connection) -> Iterator[None]:
+    """One big write transaction on `conn` whose rows all come from joins on
+    their parent rows inside it (planning a mailing, an import's merge).
+
+    SQLite: foreign-key enforcement is off for this transaction only (the
+    per-row checks were a quarter of the time of planning a million rows) and
+    the page cache is large (`bulk_writes`).  The pragma only takes effect
+    outside a transaction, so it is set before BEGIN and set back after the
+    end; a connection that cannot be set back is discarded, never pooled with
     enforcement off.  PostgreSQL: a plain transaction.
     """
-    with engine.connect() as conn:
-        if conn.dialect.name != "sqlite":
-            with conn.begin():
-                yield conn
-            return
-        # On the driver's cursor: through SQLAlchemy the PRAGMA would begin a transaction.
-        cursor = conn.connection.cursor()
+    if conn.dialect.name != "sqlite":
+        with conn.begin():
+            yield
+        return
+    # On the driver's cursor: through SQLAlchemy the PRAGMA would begin a transaction.
+    cursor = conn.connection.cursor()
+    try:
+        cursor.execute("PRAGMA foreign_keys=OFF")
         try:
-            cursor.execute("PRAGMA foreign_keys=OFF")
-            try:
-                with conn.begin(), bulk_writes(conn):
-                    yield conn
-            finally:
-                try:
-                    cursor.execute("PRAGMA foreign_keys=ON")
-                except Exception:
-                    conn.invalidate()
-                    raise
+            with conn.begin(), bulk_writes(conn):
+                yield
         finally:
-            cursor.close()
+            try:
+                cursor.execute("PRAGMA foreign_keys=ON")
+            except Exception:
+                conn.invalidate()
+                raise
+    finally:
+        cursor.close()
 
 
 def insert_or_ignore(
