@@ -72,7 +72,7 @@ from newsletter.audience.stagetables import (
     _write_rows,
 )
 from newsletter.errors import Problem, SubscriberError
-from newsletter.store import parented_bulk_transaction
+from newsletter.store import checkpoint_after, parented_bulk_transaction
 from newsletter.store.schema import consent_events, lists, memberships, subscribers
 
 
@@ -131,7 +131,8 @@ def merge(run: ImportRun, stamp: datetime) -> tuple[float, float]:
     """Phase 2: copy the plan into the real tables in one write transaction.
 
     Returns how long the write lock was held: (wall seconds, CPU seconds of
-    this process, SQLite's work included).  Raises `StaleSnapshot` (after
+    this process, SQLite's work included); SQLite's checkpoint of the merge's
+    WAL pages runs after that, holding no lock (`store.checkpoint_after`).  Raises `StaleSnapshot` (after
     rolling back) when the store changed since the plan was made.
 
     Every row it writes takes its parents from inside the transaction (new
@@ -145,7 +146,13 @@ def merge(run: ImportRun, stamp: datetime) -> tuple[float, float]:
     # psycopg's rowcount is gone once SQLAlchemy closes a cursor without rows;
     # the checks below need it.
     conn = conn.execution_options(preserve_rowcount=True)
-    started, cpu = time.perf_counter(), time.process_time()
+    with checkpoint_after(conn):
+        started, cpu = time.perf_counter(), time.process_time()
+        _merge_transaction(run, conn, raw_stamp)
+        return time.perf_counter() - started, time.process_time() - cpu
+
+
+def _merge_transaction(run: ImportRun, conn: Connection, raw_stamp: Any) -> None:
     with parented_bulk_transaction(conn):
         before = conn.scalar(select(func.max(subscribers.c.id)))
         added = _insert_staged_new(conn, raw_stamp)
@@ -166,7 +173,6 @@ def merge(run: ImportRun, stamp: datetime) -> tuple[float, float]:
             )
             .values(unsubscribed_at=None)
         )
-    return time.perf_counter() - started, time.process_time() - cpu
 
 
 # --------------------------------------------------------------------------- phase 1: the rows
