@@ -132,8 +132,9 @@ def merge(run: ImportRun, stamp: datetime) -> tuple[float, float]:
 
     Returns how long the write lock was held: (wall seconds, CPU seconds of
     this process, SQLite's work included); SQLite's checkpoint of the merge's
-    WAL pages runs after that, holding no lock (`store.checkpoint_after`).  Raises `StaleSnapshot` (after
-    rolling back) when the store changed since the plan was made.
+    WAL pages runs after that, holding no lock (`store.checkpoint_after`).
+    Raises `StaleSnapshot` (after rolling back) when the store changed since
+    the plan was made.
 
     Every row it writes takes its parents from inside the transaction (new
     subscribers from the insert just made, known ones from the snapshot, the
@@ -193,29 +194,32 @@ def _staged(
     """`importer`'s validation, one tuple per valid row in `_rows`' column order.
 
     The hot loop of an import: no object per row beyond the tuple itself."""
-    report, dumps, uids = counts.report, raw.json_text, _uids()
-    seq = 0
-    for item in source:
-        counts.rows += 1
-        if isinstance(item, Problem):
-            report(item)
-            continue
-        if item.warnings:
-            for warning in item.warnings:
-                report(Problem(warning, item.path, item.line, "warning"))
-        if not item.email:
-            report(Problem("no email address", item.path, item.line))
-            continue
-        try:
-            email, key = normalised(item.email)
-        except SubscriberError as exc:
-            report(Problem(exc.message, item.path, item.line))
-            continue
-        seq += 1
-        attributes, since = item.attributes, item.subscribed_at
-        yield (seq, key, email, item.line, item.name, item.status, item.reason,
-               dumps(attributes) if attributes else None,
-               raw.time(since) if since else None, next(uids))  # fmt: skip
+    report, dumps, uids, time = counts.report, raw.json_text, _uids(), raw.time
+    seq = rows = 0
+    try:
+        for item in source:
+            rows += 1
+            if isinstance(item, Problem):
+                report(item)
+                continue
+            # One unpacking: a NamedTuple's fields are properties, one call each.
+            path, line, raw_email, name, status, reason, attributes, since, warnings = item
+            for warning in warnings:
+                report(Problem(warning, path, line, "warning"))
+            if not raw_email:
+                report(Problem("no email address", path, line))
+                continue
+            try:
+                email, key = normalised(raw_email)
+            except SubscriberError as exc:
+                report(Problem(exc.message, path, line))
+                continue
+            seq += 1
+            yield (seq, key, email, line, name, status, reason,
+                   dumps(attributes) if attributes else None,
+                   time(since) if since else None, next(uids))  # fmt: skip
+    finally:
+        counts.rows += rows
 
 
 def _uids(batch: int = 4096) -> Iterator[str]:
