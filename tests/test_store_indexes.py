@@ -192,6 +192,17 @@ def test_the_check_itself_sees_a_full_scan(database_url: str) -> None:
     assert unbounded(engine, statements) != []
 
 
+def test_planning_looks_for_earlier_deliveries_of_the_post_by_index(database_url: str) -> None:
+    # Planning asks once whether the post went out already (then each member
+    # is checked against it); with a million rows of other posts, that
+    # question must not read them.
+    engine, _ = ledger(database_url)
+    with captured(engine) as statements:
+        plan_mailing(engine, SETTINGS, "another-post", "news")
+    assert any("dedupe_key" in s for s, _ in statements)
+    assert unbounded(engine, statements) == []
+
+
 @pytest.mark.parametrize("status", ["queued", "deferred"])
 def test_a_plan_on_sqlite_names_the_claim_indexes(tmp_path: object, status: str) -> None:
     engine, mid = ledger(f"sqlite:///{tmp_path}/db.sqlite")
