@@ -551,6 +551,31 @@ def test_a_change_made_during_the_import_is_never_overwritten(
     assert counts.kept_suppressed == 1 and count_rows(engine) == (2, 2)
 
 
+def test_a_reimport_with_nothing_new_inserts_nothing_under_the_lock(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    """Nothing new at planning time: the merge skips the insert of new
+    addresses (it would probe the store once per staged row, lock held)."""
+    from sqlalchemy import event
+
+    path = write(tmp_path / "f.csv", "email,name\na@example.com,A\nb@example.com,B\n")
+    assert run_import(engine, settings, path).new == 2
+    statements: list[str] = []
+
+    def listen(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        statements.append(" ".join(statement.split()))
+
+    event.listen(engine, "before_cursor_execute", listen)
+    try:
+        counts = run_import(engine, settings, path)
+    finally:
+        event.remove(engine, "before_cursor_execute", listen)
+    assert counts.unchanged == 2 and counts.write_lock_seconds is not None
+    inserts = [s for s in statements if s.startswith("INSERT INTO subscribers")]
+    assert inserts and not [s for s in inserts if "FROM import_rows" in s]
+    assert count_rows(engine) == (2, 2)
+
+
 # --------------------------------------------------------------------------- PostgreSQL: COPY
 
 

@@ -156,7 +156,10 @@ def merge(run: ImportRun, stamp: datetime) -> tuple[float, float]:
 def _merge_transaction(run: ImportRun, conn: Connection, raw_stamp: Any) -> None:
     with parented_bulk_transaction(conn):
         before = conn.scalar(select(func.max(subscribers.c.id)))
-        added = _insert_staged_new(conn, raw_stamp)
+        # Nothing new at planning time: nothing can be new now either (no
+        # subscriber is ever deleted), so a re-import does not probe the store
+        # once per staged row while it holds the lock.
+        added = _insert_staged_new(conn, raw_stamp) if run.staged_new else 0
         _check(conn, added, run.staged_new, "a new address appeared")
         _insert_staged_memberships(conn, run, raw_stamp, before, added)
         _check(conn, _insert_new(conn), _count(conn, _new), "a new address appeared")
