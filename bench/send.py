@@ -439,7 +439,8 @@ def memory_run(n: int, deliver: bool) -> None:
                 run = MailingPass(engine, settings, row, posts)
                 from newsletter.delivery.outgoing import MessageContext, build_template
 
-                ctx = MessageContext(settings, row, build_template(settings, row, posts), None)
+                template = build_template(settings, row, posts)
+                ctx = MessageContext(settings, row, template, None, engine)
                 sent = 0
                 with engine.connect() as conn:
                     for batch in _stream(conn, mailing):
