@@ -73,7 +73,7 @@ settings = load_settings(Path(sys.argv[2]))
 engine = open_store(settings)
 counts = subs.import_file(engine, settings, Path(sys.argv[1]), "bench")
 print(counts.as_dict())
-print(f"lock {counts.write_lock_seconds or 0:.2f} s")
+print(f"lock {counts.write_lock_seconds or 0:.2f} s ({counts.write_lock_cpu_seconds or 0:.2f} s CPU)")
 """
 
 

@@ -1,11 +1,12 @@
 """Delivery figures: our SMTP sender vs plain smtplib and aiosmtplib, personalisation, memory.
 
     python bench/send.py                                  # smtp-sink, N = 20k and 100k, C = 1, 4, 8
+    python bench/send.py --only streams,threaded          # ours with a strategy forced
     python bench/send.py --n 20000 --concurrency 4 --runs 3 --pipelining off
     python bench/send.py --also rounds,threaded           # the older strategies too
     python bench/send.py --only streams,streams-p2        # ours with [delivery] processes = 2
     python bench/send.py --cold-render                    # ours renders (no render cache)
-    python bench/send.py --only streams,before:streams    # before/after: main's code (--before)
+    python bench/send.py --only ours,before:ours          # before/after: main's code (--before)
     python bench/send.py --sink python                    # the asyncio sink below instead
     python bench/send.py --personalise                    # personalisation rates only
     python bench/send.py --memory 100000,1000000          # peak RSS, one subprocess per size
@@ -15,7 +16,10 @@ Everything runs on 127.0.0.1 against one sink per PIPELINING mode: Postfix's
 off) or a minimal asyncio sink.  The baselines send pre-built bytes of the
 same size over the same number of connections: smtplib with a thread per
 connection, aiosmtplib with a coroutine per connection (neither pipelines).
-Ours is the whole pass: claim, personalise, send, record in the ledger.
+Ours is the whole pass: claim, personalise, send, record in the ledger,
+with `[delivery] strategy = "auto"` ("ours": what a user gets, whichever
+strategy auto picks for the sink) unless a strategy is named ("streams",
+"threaded", "rounds"; "-p2" after it: `[delivery] processes = 2`).
 
 Each measurement runs in a fresh subprocess (clean CPU and memory figures);
 within a run the contestants go in rotated order (A/B interleaved), and the
@@ -314,6 +318,7 @@ def measure_ours(
     try:
         # "streams-p2": the streams strategy with [delivery] processes = 2
         strategy, _, procs = strategy.partition("-p")
+        strategy = "auto" if strategy == "ours" else strategy
         settings = make_site(work, port, concurrency, strategy, int(procs or 1))
         shutil.copy(template / "bench.db", work / "bench.db")
 
@@ -434,7 +439,8 @@ def memory_run(n: int, deliver: bool) -> None:
                 run = MailingPass(engine, settings, row, posts)
                 from newsletter.delivery.outgoing import MessageContext, build_template
 
-                ctx = MessageContext(settings, row, build_template(settings, row, posts), None)
+                template = build_template(settings, row, posts)
+                ctx = MessageContext(settings, row, template, None, engine)
                 sent = 0
                 with engine.connect() as conn:
                     for batch in _stream(conn, mailing):
@@ -508,7 +514,7 @@ def compare(args: argparse.Namespace) -> None:
     sizes = [int(v) for v in args.n.split(",")]
     widths = [int(v) for v in args.concurrency.split(",")]
     modes = {"on": [True], "off": [False], "both": [True, False]}[args.pipelining]
-    kinds = ["streams", "smtplib", "aiosmtplib", *[k for k in args.also.split(",") if k]]
+    kinds = ["ours", "smtplib", "aiosmtplib", *[k for k in args.also.split(",") if k]]
     if args.only:
         kinds = [k for k in args.only.split(",") if k] + list(BASELINES)
     log = open(args.out, "a") if args.out else None  # noqa: SIM115
@@ -604,7 +610,9 @@ def main() -> None:
     parser.add_argument("--sink", choices=["smtp-sink", "python"], default="smtp-sink")
     parser.add_argument("--also", default="", help="older strategies to measure: rounds,threaded")
     parser.add_argument("--out", default="", help="append every measurement as JSON lines")
-    parser.add_argument("--only", default="", help="ours to measure instead: streams,streams-p2")
+    parser.add_argument(
+        "--only", default="", help="ours to measure instead: ours,streams,threaded,streams-p2"
+    )
     parser.add_argument("--before", default="/work/main", help="the checkout of before:KIND")
     parser.add_argument(
         "--cold-render", action="store_true", help="ours renders the post (no render cache)"

@@ -5,11 +5,16 @@ heartbeat waited behind it, `run --once` then took the "expired" lock and the
 daemon stopped with exit 0.  Now the import stages without the write lock and
 merges in one short transaction, the heartbeat goes on, a live daemon on this
 host keeps its lock, and a daemon that loses its lock anyway exits 1.
+
+The import waits between staging and merging at a test gate
+(`subscribers.TEST_GATE_ENV`) until `run --once` has run: mid-import by
+construction (it once raced an import that had become faster, and lost).
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 import signal
 import subprocess
 import sys
@@ -20,6 +25,7 @@ from pathlib import Path
 from sqlalchemy import Engine, select, update
 from test_daemon_support import Site, engine_of, make_site
 
+from newsletter.audience.subscribers import TEST_GATE_ENV
 from newsletter.daemon.scheduler import LOCK_KEY
 from newsletter.store import reading
 from newsletter.store.schema import state
@@ -76,6 +82,8 @@ def test_a_long_import_neither_stalls_the_heartbeat_nor_loses_the_daemon_its_loc
     with big.open("w", encoding="utf-8") as fh:
         fh.write("email,name,city\n")
         fh.writelines(f"reader{i}@mail{i % 500}.example.com,Reader {i},Town\n" for i in range(ROWS))
+    gate = tmp_path / "gate"
+    gate.mkdir()
     daemon, owner = start_daemon(site, engine)
     try:
         importer = subprocess.Popen(
@@ -83,6 +91,7 @@ def test_a_long_import_neither_stalls_the_heartbeat_nor_loses_the_daemon_its_loc
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            env={**os.environ, TEST_GATE_ENV: str(gate)},
         )
         beats: list[datetime] = []
         once: subprocess.CompletedProcess[str] | None = None
@@ -92,11 +101,12 @@ def test_a_long_import_neither_stalls_the_heartbeat_nor_loses_the_daemon_its_loc
             assert held is not None and held[0] == owner
             if not beats or held[1] != beats[-1]:
                 beats.append(held[1])
-            # Mid-import: an unloaded machine imports the 150k rows in ~3 s.
-            if once is None and time.monotonic() - started > 1:
+            # Mid-import: staged and planned, waiting at the gate to merge.
+            if once is None and (gate / "staged").exists():
                 once = subprocess.run(
                     newsletter(site, "run", "--once"), capture_output=True, text=True, timeout=120
                 )
+                (gate / "go").touch()
             time.sleep(0.2)
         out, err = importer.communicate()
         took = time.monotonic() - started
@@ -108,7 +118,7 @@ def test_a_long_import_neither_stalls_the_heartbeat_nor_loses_the_daemon_its_loc
             time.sleep(0.2)
         assert importer.returncode == 0, err
         assert '"new": 150000' in out
-        assert once is not None, f"the import finished in {took:.1f} s, before run --once"
+        assert once is not None, f"the import finished in {took:.1f} s without reaching the gate"
         assert once.returncode == 1
         assert once.stderr == (
             f"error: database.url: another newsletter daemon ({owner}, last heartbeat "

@@ -7,6 +7,7 @@ mid-DATA, and invariant 2 after kill -9 with several connections.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from pathlib import Path
@@ -216,3 +217,229 @@ def test_commits_leave_the_loop_only_for_a_networked_database(
         assert not on_helper
     else:
         assert on_helper
+
+
+@pytest.mark.parametrize("strategy", ["streams", "threaded"])
+def test_the_wal_is_checkpointed_beside_the_commits_after_each_claim(
+    sample_site: Path, smtp_server: SmtpTestServer, monkeypatch: pytest.MonkeyPatch, strategy: str
+) -> None:
+    # SQLite's autocheckpoint would run inside the commit that takes the WAL
+    # past 1,000 pages (two fsyncs, in the way of the next final dot): the
+    # feeder checkpoints after each claim instead, on its own thread.
+    from newsletter.delivery.recorder import Recorder
+
+    smtp_server.pipelining = strategy == "streams"
+    settings = site_settings(
+        sample_site,
+        smtp_server,
+        **{"delivery.strategy": strategy, "delivery.concurrency": 2},
+    )
+    engine = populate(settings, 30)
+    mid = plan_mailing(engine, settings, POST, "sample")
+    threads: list[str] = []
+    claims: list[int] = []
+    checkpoint, claim = Recorder.checkpoint, MailingPass.claim
+
+    def watched(self: Recorder) -> None:
+        threads.append(threading.current_thread().name)
+        checkpoint(self)
+
+    def counted(self: MailingPass, *args: Any, **kwargs: Any) -> Any:
+        claims.append(1)
+        return claim(self, *args, **kwargs)
+
+    monkeypatch.setattr(Recorder, "checkpoint", watched)
+    monkeypatch.setattr(MailingPass, "claim", counted)
+    pass_ = MailingPass(engine, settings, _mailing(engine, mid), load_posts(settings))
+    pass_.limit_batch(7)  # several claims
+    report = pass_.run()
+    assert report.sent == 30
+    assert len(threads) == len(claims) >= 5
+    main = threading.main_thread().name
+    if strategy == "streams":  # the loop runs on the main thread, claims on "ledger"
+        assert all(name.startswith("ledger") for name in threads)
+    else:  # the feeder is the main thread; the workers commit
+        assert set(threads) == {main}
+
+
+def _mailing(engine: Any, mid: int) -> q.MailingRow:
+    with engine.connect() as conn:
+        row = q.get_mailing(conn, mid)
+    assert row is not None
+    return row
+
+
+DOTTY_POST = """---
+layout: post
+title: "Dots"
+date: 2024-12-20 07:30:00 +0000
+---
+
+Lines that start with a dot:
+
+.hidden
+
+.
+
+..two
+
+and a last one
+.
+"""
+
+
+@pytest.mark.parametrize(
+    ("strategy", "pipelining"),
+    [("streams", True), ("streams", False), ("threaded", False), ("threaded", True)],
+)
+def test_the_server_receives_exactly_the_personalised_message(
+    sample_site: Path, smtp_server: SmtpTestServer, strategy: str, pipelining: bool
+) -> None:
+    # SMTP transports send DATA content stuffed from the template's pre-stuffed
+    # segments (MessageTemplate.data), not the whole message stuffed per send:
+    # the server must unstuff it back to the very bytes `personalise` makes.
+    from sqlalchemy import select
+
+    from newsletter.delivery.outgoing import MessageContext, build_template
+    from newsletter.store.schema import deliveries, subscribers
+
+    (sample_site / "posts" / "2024-12-20-dots.md").write_text(DOTTY_POST)
+    smtp_server.pipelining = pipelining
+    settings = site_settings(
+        sample_site, smtp_server, **{"delivery.strategy": strategy, "delivery.concurrency": 2}
+    )
+    engine = populate(settings, 6)
+    posts = load_posts(settings)
+    mid = plan_mailing(engine, settings, "dots", "sample")
+    report = deliver_mailing(engine, settings, mid, posts)
+    assert report.sent == 6
+    row = _mailing(engine, mid)
+    context = MessageContext(settings, row, build_template(settings, row, posts), None, engine)
+    query = (
+        select(
+            deliveries.c.id,
+            deliveries.c.subscriber_id,
+            subscribers.c.uid,
+            deliveries.c.email,
+            subscribers.c.name,
+            deliveries.c.attempts,
+            deliveries.c.message_id,
+        )
+        .join(subscribers, subscribers.c.id == deliveries.c.subscriber_id)
+        .where(deliveries.c.mailing_id == mid)
+    )
+    with engine.connect() as conn:
+        expected = {r.email: context.message(q.Claimed(*r)) for r in conn.execute(query)}
+    assert any(b"\r\n." in message for message in expected.values())
+
+    def undated(message: bytes) -> bytes:  # each template build has its own Date
+        return re.sub(rb"^Date: [^\r]*\r\n", b"", message)
+
+    assert len(smtp_server.received) == 6
+    for message in smtp_server.received:
+        (rcpt,) = message.rcpt_tos
+        assert undated(message.data) == undated(expected[rcpt])
+
+
+def test_the_message_after_next_is_built_while_the_server_works(
+    sample_site: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With one connection nothing else overlaps the wait for a reply: the
+    # message after the one announced behind the dot is personalised then
+    # (StreamSmtp.send's `prepare`), not after the reply came.
+    server = SmtpTestServer(pipelining=True, stall_seconds=0.5)
+    window: list[float] = []
+    built: dict[str, float] = {}
+    special, data = _Handler._special, MailingPass.data
+
+    async def timed_special(self: _Handler, smtp: Any, session: Any, reply: str) -> str:
+        window.append(time.monotonic())
+        try:
+            return await special(self, smtp, session, reply)
+        finally:
+            window.append(time.monotonic())
+
+    def timed_data(self: MailingPass, row: q.Claimed) -> Any:
+        built[row.email] = time.monotonic()
+        return data(self, row)
+
+    monkeypatch.setattr(_Handler, "_special", timed_special)
+    monkeypatch.setattr(MailingPass, "data", timed_data)
+    server.script("r001@example.org", STALL, stage="data", times=1)
+    with server:
+        settings = streams_settings(sample_site, server, **{"delivery.concurrency": 1})
+        engine = populate(settings, 5)
+        mid = plan_mailing(engine, settings, POST, "sample")
+        report = deliver_mailing(engine, settings, mid, load_posts(settings))
+    assert (report.sent, report.deferred) == (4, 1)
+    _, end = window
+    # r001's dot is out and its reply stalled; r002's envelope rode behind
+    # that dot; r003 is built before the reply (without `prepare`: after it).
+    assert built["r003@example.org"] < end < built["r004@example.org"]
+
+
+def test_a_message_that_cannot_be_built_ahead_fails_the_pass_cleanly(
+    sample_site: Path, smtp_server: SmtpTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Building r003 fails while r001's reply is awaited (`prepare`): the error
+    # is raised where r003 is taken (before r002 goes out, as when it was built
+    # then), never between r001's dot and its reply, which is still recorded.
+    from newsletter.errors import NewsletterError, RenderError
+
+    smtp_server.pipelining = True
+    data = MailingPass.data
+
+    def failing(self: MailingPass, row: q.Claimed) -> Any:
+        if row.email == "r003@example.org":
+            raise RenderError("not a usable address", recipient=row.email)
+        return data(self, row)
+
+    monkeypatch.setattr(MailingPass, "data", failing)
+    settings = streams_settings(sample_site, smtp_server, **{"delivery.concurrency": 1})
+    engine = populate(settings, 6)
+    mid = plan_mailing(engine, settings, POST, "sample")
+    with pytest.raises(NewsletterError, match="usable address"):
+        deliver_mailing(engine, settings, mid, load_posts(settings))
+    rows = ledger(engine)
+    received = sorted(smtp_server.recipients())
+    assert received == ["r000@example.org", "r001@example.org"]
+    assert all(rows[r].status == "sent" for r in received)  # none sent unrecorded
+    assert rows["r003@example.org"].status != "sent"
+
+
+def test_a_message_built_ahead_is_sent_when_no_other_was_queued(
+    sample_site: Path, smtp_server: SmtpTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # r002 goes out with nothing queued behind it (the next claim is slow);
+    # that claim lands while r002's envelope replies are awaited, so r003 is
+    # built ahead once r002's dot is written.  It must be the next one sent,
+    # not left in hand when the connection looks for work (it was: 5 of 6).
+    import asyncio
+
+    from newsletter.delivery.transports.smtp_stream import StreamSmtp
+
+    smtp_server.pipelining = True
+    claim, pipelined = MailingPass.claim, StreamSmtp._pipelined
+    claims: list[int] = []
+
+    def slow_claim(self: MailingPass, *args: Any, **kwargs: Any) -> Any:
+        claims.append(1)
+        if len(claims) > 1:
+            time.sleep(0.1)
+        return claim(self, *args, **kwargs)
+
+    async def slow_envelope(self: StreamSmtp, proto: Any, recipient: str) -> Any:
+        if recipient == "r002@example.org":
+            await asyncio.sleep(0.4)
+        return await pipelined(self, proto, recipient)
+
+    monkeypatch.setattr(MailingPass, "claim", slow_claim)
+    monkeypatch.setattr(StreamSmtp, "_pipelined", slow_envelope)
+    settings = streams_settings(sample_site, smtp_server, **{"delivery.concurrency": 1})
+    engine = populate(settings, 6)
+    mid = plan_mailing(engine, settings, POST, "sample")
+    pass_ = MailingPass(engine, settings, _mailing(engine, mid), load_posts(settings))
+    pass_.limit_batch(3)
+    report = pass_.run()
+    assert report.sent == 6
+    assert smtp_server.recipients() == [f"r{i:03d}@example.org" for i in range(6)]

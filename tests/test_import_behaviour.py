@@ -551,6 +551,31 @@ def test_a_change_made_during_the_import_is_never_overwritten(
     assert counts.kept_suppressed == 1 and count_rows(engine) == (2, 2)
 
 
+def test_a_reimport_with_nothing_new_inserts_nothing_under_the_lock(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    """Nothing new at planning time: the merge skips the insert of new
+    addresses (it would probe the store once per staged row, lock held)."""
+    from sqlalchemy import event
+
+    path = write(tmp_path / "f.csv", "email,name\na@example.com,A\nb@example.com,B\n")
+    assert run_import(engine, settings, path).new == 2
+    statements: list[str] = []
+
+    def listen(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        statements.append(" ".join(statement.split()))
+
+    event.listen(engine, "before_cursor_execute", listen)
+    try:
+        counts = run_import(engine, settings, path)
+    finally:
+        event.remove(engine, "before_cursor_execute", listen)
+    assert counts.unchanged == 2 and counts.write_lock_seconds is not None
+    inserts = [s for s in statements if s.startswith("INSERT INTO subscribers")]
+    assert inserts and not [s for s in inserts if "FROM import_rows" in s]
+    assert count_rows(engine) == (2, 2)
+
+
 # --------------------------------------------------------------------------- PostgreSQL: COPY
 
 
@@ -720,3 +745,32 @@ def test_the_set_based_plan_agrees_with_the_classic_path(
     assert outcomes[0] == outcomes[1]
     staged_counts = outcomes[0][0]
     assert staged_counts["duplicates"] == 2 and staged_counts["unchanged"] >= 1
+
+
+def test_a_membership_starts_when_the_file_says_and_otherwise_now(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    """The merge looks a staged time up only when some row gave one; both
+    kinds of file keep their times (and SQLite's foreign keys all hold)."""
+    from datetime import UTC, datetime, timedelta
+
+    from newsletter.store import now
+
+    given = "email,name,status,subscribed_at\ntimed@example.com,T,active,2020-05-01T10:00:00Z\n"
+    untimed = "email,name,status,subscribed_at\nplain@example.com,P,active,\n"
+    started = now()
+    run_import(engine, settings, write(tmp_path / "timed.csv", given + "loose@example.com,L,,\n"))
+    run_import(engine, settings, write(tmp_path / "untimed.csv", untimed))
+    with engine.connect() as conn:
+        since = dict(
+            conn.execute(
+                select(subscribers.c.email, memberships.c.created_at).join(
+                    memberships, memberships.c.subscriber_id == subscribers.c.id
+                )
+            ).all()
+        )
+        if engine.dialect.name == "sqlite":
+            assert conn.exec_driver_sql("PRAGMA foreign_key_check").all() == []
+    assert since["timed@example.com"] == datetime(2020, 5, 1, 10, tzinfo=UTC)
+    for email in ("loose@example.com", "plain@example.com"):
+        assert started - timedelta(seconds=1) <= since[email] <= now()

@@ -386,3 +386,83 @@ def test_a_name_that_looks_like_an_encoded_word_is_read_back_literally(name: str
     assert addr.display_name == name
     assert "\r" not in str(msg["To"]) and "\n" not in str(msg["To"])
     assert msg["Bcc"] is None
+
+
+# --------------------------------------------------------------------------- SMTP DATA
+
+
+def _dotty_rendered() -> RenderedEmail:
+    """Lines that start with dots everywhere: in the constant text, right after
+    each placeholder, and a lone dot (what would end DATA early)."""
+    from newsletter.email.render import PLACEHOLDERS as PH
+
+    text = (
+        ".starts with a dot\n.\n..two dots\nmiddle . dot\n"
+        f"{PH['name']}\n.after the name {PH['email']}\n.{PH['unsubscribe_url']}.\n"
+        f"{PH['preferences_url']}\n." + "x" * 75 + ".\n.end"
+    )
+    html_part = f"<p>.{PH['name']}</p>\n.<a href='{PH['unsubscribe_url']}'>.</a>\n.{PH['email']}"
+    return RenderedEmail("p", "everything", "Dots", html_part, text)
+
+
+DOTTY_RECIPIENTS = [
+    ALICE,
+    Recipient(
+        ".dot@example.com", ".Leading Dot", "https://u.example.com/.x", "https://p.example.com/."
+    ),
+    Recipient(
+        "a" * 60 + ".b@example.org",
+        "N" * 74 + "." * 10,  # a name wrapped by quoted-printable right before its dots
+        "https://u.example.com/" + "." * 120,
+        "https://p.example.com/" + "a" * 53 + "." * 30,
+    ),
+    Recipient("x@example.net", "", "https://u.example.com/t", ""),
+]
+
+
+@pytest.mark.parametrize("recipient", DOTTY_RECIPIENTS, ids=range(len(DOTTY_RECIPIENTS)))
+def test_data_is_the_personalised_message_dot_stuffed(recipient: Recipient) -> None:
+    """`data` stuffs segment by segment what `stuffed_body` stuffs whole: same bytes."""
+    from newsletter.email.message import stuffed_body
+
+    template = build(rendered=_dotty_rendered())
+    assert template.data_segments is not None  # the fast path, not the fallback
+    raw = template.personalise(recipient, mailing_key="m1")
+    assert b"\r\n." in raw  # the case this is about
+    data, mid = template.data(recipient, mailing_key="m1")
+    assert data == stuffed_body(raw)
+    assert mid == message_id("m1", recipient.email, "tides.example.com")
+    assert not re.search(rb"(^|\r\n)\.\r\n", data)  # no line is a lone dot
+
+
+def test_data_of_the_real_template_matches_for_every_recipient() -> None:
+    from newsletter.email.message import stuffed_body
+
+    template = build()
+    for recipient in DOTTY_RECIPIENTS:
+        raw = template.personalise(recipient, mailing_key="k")
+        assert template.data(recipient, mailing_key="k")[0] == stuffed_body(raw)
+
+
+def test_stuffed_body_normalises_bare_line_ends_and_a_leading_dot() -> None:
+    from newsletter.email.message import stuffed_body
+
+    assert stuffed_body(b".a\nb\r.c\r\n.") == b"..a\r\nb\r\n..c\r\n..\r\n"
+
+
+def test_data_doubles_a_constant_dot_only_at_the_start_of_a_line() -> None:
+    """A constant that starts with a dot: doubled after a header (a line end),
+    not after a quoted-printable value that leaves the line open."""
+    from newsletter.email import message as m
+
+    segments = (b".first\r\n", m.TO, b".after a header\r\n", m.EMAIL_TEXT, b".same line")
+    template = MessageTemplate(
+        build().rendered,
+        make_settings(),
+        segments=segments,
+        data_segments=m._data_segments(segments),
+    )
+    data, _ = template.data(BOB)
+    assert data == m.stuffed_body(template.personalise(BOB))
+    assert data.startswith(b"..first\r\nTo: Bob <bob@example.org>\r\n..after a header\r\n")
+    assert data.endswith(b"bob@example.org.same line\r\n")

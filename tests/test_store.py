@@ -155,4 +155,29 @@ def test_a_version_1_database_gains_the_dedupe_column_and_the_new_tables(tmp_pat
     assert "dedupe_key" in columns
     assert indexes["uq_deliveries_dedupe"]
     assert {"consent_events", "confirmations", "signup_hits"} <= tables
-    assert sorted(versions) == [1, 2, 3, 4, 5]
+    assert sorted(versions) == list(range(1, store.schema.SCHEMA_VERSION + 1))
+
+
+def test_a_big_write_is_checkpointed_after_the_block_not_inside_its_commit(
+    tmp_path: Path,
+) -> None:
+    # An import's merge is timed as holding the write lock; SQLite's automatic
+    # checkpoint (copying the WAL into the file) ran inside its COMMIT call.
+    path = tmp_path / "db.sqlite"
+    engine = open_url(f"sqlite:///{path}")
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE big (x TEXT)")
+    empty = path.stat().st_size
+    with engine.connect() as conn:
+        with store.checkpoint_after(conn):
+            with conn.begin():  # ~2,500 pages: past the automatic checkpoint's 1,000
+                rows = [{"x": f"{i:04d}" * 250} for i in range(10_000)]
+                conn.execute(text("INSERT INTO big (x) VALUES (:x)"), rows)
+            assert path.stat().st_size == empty  # committed, still only in the WAL
+        assert path.stat().st_size > empty + 10_000_000  # checkpointed after the block
+        assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 1000
+    with engine.connect() as conn:  # and without it, SQLite checkpoints in the COMMIT
+        size = path.stat().st_size
+        with conn.begin():
+            conn.execute(text("INSERT INTO big (x) VALUES (:x)"), rows)
+        assert path.stat().st_size > size + 10_000_000

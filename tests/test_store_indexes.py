@@ -1,4 +1,5 @@
-"""Every statement that claims, records, renews, releases or reclaims reads by an index.
+"""Every statement that claims, records, renews, releases or reclaims reads by an index
+(and so does matching a bounce report to its delivery by Message-ID).
 
 The statements are the ones the code really runs (captured from the engine
 while it claims, records and frees leases), explained by the database with
@@ -17,17 +18,20 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from string import Template
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, event, update
+from sqlalchemy import Engine, event, select, update
 
 from newsletter.audience import members as subs
 from newsletter.config import ListSettings, Settings
+from newsletter.delivery.bouncebox import process_bounces
 from newsletter.delivery.mailings import plan_mailing
 from newsletter.store import mailings as q
 from newsletter.store import open_url
-from newsletter.store.schema import deliveries
+from newsletter.store.schema import bounce_events, deliveries
 
 SETTINGS = Settings(lists={"news": ListSettings("news", "News")})
 # Partial indexes: they hold only leased, sent or deferred rows, never the queue.
@@ -188,6 +192,17 @@ def test_the_check_itself_sees_a_full_scan(database_url: str) -> None:
     assert unbounded(engine, statements) != []
 
 
+def test_planning_looks_for_earlier_deliveries_of_the_post_by_index(database_url: str) -> None:
+    # Planning asks once whether the post went out already (then each member
+    # is checked against it); with a million rows of other posts, that
+    # question must not read them.
+    engine, _ = ledger(database_url)
+    with captured(engine) as statements:
+        plan_mailing(engine, SETTINGS, "another-post", "news")
+    assert any("dedupe_key" in s for s, _ in statements)
+    assert unbounded(engine, statements) == []
+
+
 @pytest.mark.parametrize("status", ["queued", "deferred"])
 def test_a_plan_on_sqlite_names_the_claim_indexes(tmp_path: object, status: str) -> None:
     engine, mid = ledger(f"sqlite:///{tmp_path}/db.sqlite")
@@ -239,6 +254,55 @@ def test_every_partial_index_has_its_condition_in_the_database(database_url: str
         else:
             rows = conn.execute(text("SELECT indexname, indexdef FROM pg_indexes"))
         created = {name: sql for name, sql in rows if sql}
-    assert len(PARTIAL_INDEXES) == 5
+    assert len(PARTIAL_INDEXES) == 6
     for index in PARTIAL_INDEXES:
         assert " WHERE " in created[str(index.name)].upper(), created[str(index.name)]
+
+
+class OneReport:
+    """A bounce mailbox holding one report (`bouncebox.Mailbox`)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.done: list[str] = []
+
+    def messages(self) -> Iterator[tuple[str, bytes]]:
+        yield "1", self.data
+
+    def processed(self, ref: str) -> None:
+        self.done.append(ref)
+
+    def unparsed(self, ref: str) -> None:
+        raise AssertionError(f"report {ref} was not understood")
+
+    def close(self) -> None:
+        pass
+
+
+GMAIL_DSN = Path(__file__).parent / "fixtures" / "bounces" / "dsn-gmail-full-message.eml"
+
+
+def test_a_bounce_without_our_verp_token_finds_its_delivery_by_an_index(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A report that kept only the returned message's Message-ID (no VERP
+    # sender of ours): matching it must not read the whole ledger (schema 6).
+    monkeypatch.setenv("NEWSLETTER_SECRET", "index-test-secret")
+    engine, mid = ledger(database_url)
+    rows, _ = q.claim(engine, mid, "host:5:f", 2, 60)
+    sent = [(r.id, q.Outcome("sent", 1, message_id=f"<m{r.id}@example.com>")) for r in rows]
+    q.record_many(engine, sent, "host:5:f")
+    target = rows[1]
+    report = Template(GMAIL_DSN.read_text()).substitute(
+        verp="someone-else@example.net", rcpt=target.email, message_id=f"<m{target.id}@example.com>"
+    )
+    box = OneReport(report.encode())
+    with captured(engine) as statements:
+        process_bounces(engine, SETTINGS, box)
+    assert box.done == ["1"]
+    with engine.connect() as conn:
+        found = conn.execute(select(bounce_events.c.delivery_id, bounce_events.c.email)).all()
+    assert [tuple(f) for f in found] == [(target.id, target.email)]  # by Message-ID only
+    lookups = [(s, p) for s, p in statements if "message_id" in s.split("WHERE", 1)[-1]]
+    assert lookups, statements
+    assert unbounded(engine, lookups) == []

@@ -22,7 +22,7 @@ from newsletter.config import ListSettings, Settings
 from newsletter.delivery.mailings import plan_mailing, plan_post
 from newsletter.store import mailings as q
 from newsletter.store import open_url, snapshot_transaction
-from newsletter.store.schema import SCHEMA_VERSION, deliveries, schema_version
+from newsletter.store.schema import SCHEMA_VERSION, deliveries, schema_version, subscribers
 
 SETTINGS = Settings(
     lists={"field": ListSettings("field", "Field"), "essays": ListSettings("essays", "Essays")}
@@ -257,7 +257,11 @@ def test_a_sqlite_file_made_by_version_3_upgrades_with_its_ledger(tmp_path: Path
         assert "dedupe_key IS NOT NULL" in index_sql(conn, "uq_deliveries_dedupe")
         names = {ix["name"] for ix in inspect(conn).get_indexes("deliveries")}
         assert conn.exec_driver_sql("PRAGMA foreign_key_check").all() == []
+        unique = [u["column_names"] for u in inspect(conn).get_unique_constraints("subscribers")]
     assert "ix_deliveries_claim" not in names and "ix_deliveries_deferred" in names
+    assert "ix_deliveries_message_id" in names  # schema 6
+    # Schema 6 keeps SQLite's table constraint on email (stricter, only slower).
+    assert ["email"] in unique and ["email_key"] in unique
     # The table constraint still refuses a second (mailing, subscriber), key or no key.
     duplicate_refused(engine, 1, None)
     # The deferred row is claimable through the new index; planning works.
@@ -302,3 +306,45 @@ def test_a_version_4_database_loses_the_import_tables_foreign_keys_on_postgresql
         assert keys == {"memberships": set(), "consent_events": set()}
     else:
         assert keys == {"memberships": {"lists", "subscribers"}, "consent_events": {"subscribers"}}
+
+
+def test_a_version_5_database_is_upgraded_to_6_with_its_data(database_url: str) -> None:
+    # Schema 6: deliveries indexed by message_id (bounces), and on PostgreSQL
+    # no unique constraint on subscribers.email (email_key's implies it).
+    engine = site_db(database_url)
+    mid = plan_mailing(engine, SETTINGS, "p", "field")
+    claimed, _ = q.claim(engine, mid, "host:1:v5", 1, 60)
+    q.record_many(engine, [(claimed[0].id, q.Outcome("sent", 1, message_id="<v5@x>"))], "host:1:v5")
+    with engine.begin() as conn:  # make it look like version 5
+        conn.execute(text("DROP INDEX ix_deliveries_message_id"))
+        if conn.dialect.name == "postgresql":
+            conn.execute(
+                text("ALTER TABLE subscribers ADD CONSTRAINT subscribers_email_key UNIQUE (email)")
+            )
+        conn.execute(schema_version.delete().where(schema_version.c.version > 5))
+    engine.dispose()
+    engine = open_url(database_url)
+    with engine.connect() as conn:
+        assert conn.scalar(select(func.max(schema_version.c.version))) == SCHEMA_VERSION
+        message_id = index_sql(conn, "ix_deliveries_message_id")
+        unique = [u["column_names"] for u in inspect(conn).get_unique_constraints("subscribers")]
+        kept = conn.execute(
+            select(deliveries.c.email).where(deliveries.c.message_id == "<v5@x>")
+        ).scalars()
+        assert list(kept) == [claimed[0].email]
+    assert "message_id IS NOT NULL" in message_id
+    if engine.dialect.name == "postgresql":  # SQLite's: see the version-3 file's test
+        assert ["email"] not in unique and ["email_key"] in unique
+    assert len(queued(engine, mid)) == 6  # the ledger and its subscribers are all there
+    # One address, any case, is still one subscriber: email_key refuses the second.
+    subs.add_subscriber(engine, BOTH.upper(), "field")
+    with engine.connect() as conn:
+        assert conn.scalar(select(func.count()).select_from(subscribers)) == 11
+    with pytest.raises(IntegrityError), engine.begin() as conn:
+        conn.execute(
+            subscribers.insert().values(
+                email=BOTH.capitalize(), email_key=BOTH, uid="other", name="",
+                attributes={}, status="active", created_at=datetime.now(UTC),
+                updated_at=datetime.now(UTC),
+            )
+        )  # fmt: skip

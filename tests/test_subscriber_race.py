@@ -1,9 +1,11 @@
 """Hosts adding the same new address at the same instant (PostgreSQL).
 
-`subscribers` has two unique indexes (email and email_key).  ON CONFLICT
-(email_key) covers only the second: a racing insert that reached the email
-index first raised a unique violation instead of finding the winner's row
-(seen once in ~21 rounds of the three-process test in test_scale_out.py).
+`subscribers` had two unique indexes on an address (email and email_key; a
+SQLite file made before schema 6 still has both).  ON CONFLICT (email_key)
+covered only the second: a racing insert that reached the email index first
+raised a unique violation instead of finding the winner's row (seen once in
+~21 rounds of the three-process test in test_scale_out.py).  Since schema 6
+email_key is the only one; the adds must still all succeed.
 """
 
 from __future__ import annotations

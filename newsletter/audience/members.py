@@ -304,7 +304,8 @@ def add_subscriber(
                 "updated_at": stamp,
             }
             # Idempotent: a concurrent add of the same address (another host) wins
-            # or loses.  Any unique index: the same email has the same key.
+            # or loses.  Any unique index: the same email has the same key, and a
+            # SQLite file made before schema 6 still has one on email too.
             insert_or_ignore(conn, subscribers, values, ("email_key",), any_unique=True)
             sid = conn.execute(
                 select(subscribers.c.id).where(subscribers.c.email_key == address.key)

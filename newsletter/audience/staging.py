@@ -72,7 +72,7 @@ from newsletter.audience.stagetables import (
     _write_rows,
 )
 from newsletter.errors import Problem, SubscriberError
-from newsletter.store import bulk_writes
+from newsletter.store import checkpoint_after, parented_bulk_transaction
 from newsletter.store.schema import consent_events, lists, memberships, subscribers
 
 
@@ -123,24 +123,43 @@ def stage_and_plan(run: ImportRun, source: Iterable[SourceRow | Problem]) -> Non
     merge_duplicates(run)
     plan_changes(run)
     count_the_rest(run)
+    since = select(_rows.c.seq).where(_rows.c.since.is_not(None)).limit(1)
+    run.staged_since = conn.scalar(since) is not None
 
 
 def merge(run: ImportRun, stamp: datetime) -> tuple[float, float]:
     """Phase 2: copy the plan into the real tables in one write transaction.
 
     Returns how long the write lock was held: (wall seconds, CPU seconds of
-    this process, SQLite's work included).  Raises `StaleSnapshot` (after
-    rolling back) when the store changed since the plan was made.
+    this process, SQLite's work included); SQLite's checkpoint of the merge's
+    WAL pages runs after that, holding no lock (`store.checkpoint_after`).
+    Raises `StaleSnapshot` (after rolling back) when the store changed since
+    the plan was made.
+
+    Every row it writes takes its parents from inside the transaction (new
+    subscribers from the insert just made, known ones from the snapshot, the
+    list read by this import), and no subscriber or list is ever deleted:
+    SQLite's per-row foreign-key checks are off for it
+    (`store.parented_bulk_transaction`).
     """
     conn = run.conn
     raw_stamp = run.raw.time(stamp)
     # psycopg's rowcount is gone once SQLAlchemy closes a cursor without rows;
     # the checks below need it.
     conn = conn.execution_options(preserve_rowcount=True)
-    started, cpu = time.perf_counter(), time.process_time()
-    with bulk_writes(conn), conn.begin():
+    with checkpoint_after(conn):
+        started, cpu = time.perf_counter(), time.process_time()
+        _merge_transaction(run, conn, raw_stamp)
+        return time.perf_counter() - started, time.process_time() - cpu
+
+
+def _merge_transaction(run: ImportRun, conn: Connection, raw_stamp: Any) -> None:
+    with parented_bulk_transaction(conn):
         before = conn.scalar(select(func.max(subscribers.c.id)))
-        added = _insert_staged_new(conn, raw_stamp)
+        # Nothing new at planning time: nothing can be new now either (no
+        # subscriber is ever deleted), so a re-import does not probe the store
+        # once per staged row while it holds the lock.
+        added = _insert_staged_new(conn, raw_stamp) if run.staged_new else 0
         _check(conn, added, run.staged_new, "a new address appeared")
         _insert_staged_memberships(conn, run, raw_stamp, before, added)
         _check(conn, _insert_new(conn), _count(conn, _new), "a new address appeared")
@@ -158,7 +177,6 @@ def merge(run: ImportRun, stamp: datetime) -> tuple[float, float]:
             )
             .values(unsubscribed_at=None)
         )
-    return time.perf_counter() - started, time.process_time() - cpu
 
 
 # --------------------------------------------------------------------------- phase 1: the rows
@@ -179,29 +197,32 @@ def _staged(
     """`importer`'s validation, one tuple per valid row in `_rows`' column order.
 
     The hot loop of an import: no object per row beyond the tuple itself."""
-    report, dumps, uids = counts.report, raw.json_text, _uids()
-    seq = 0
-    for item in source:
-        counts.rows += 1
-        if isinstance(item, Problem):
-            report(item)
-            continue
-        if item.warnings:
-            for warning in item.warnings:
-                report(Problem(warning, item.path, item.line, "warning"))
-        if not item.email:
-            report(Problem("no email address", item.path, item.line))
-            continue
-        try:
-            email, key = normalised(item.email)
-        except SubscriberError as exc:
-            report(Problem(exc.message, item.path, item.line))
-            continue
-        seq += 1
-        attributes, since = item.attributes, item.subscribed_at
-        yield (seq, key, email, item.line, item.name, item.status, item.reason,
-               dumps(attributes) if attributes else None,
-               raw.time(since) if since else None, next(uids))  # fmt: skip
+    report, dumps, uids, time = counts.report, raw.json_text, _uids(), raw.time
+    seq = rows = 0
+    try:
+        for item in source:
+            rows += 1
+            if isinstance(item, Problem):
+                report(item)
+                continue
+            # One unpacking: a NamedTuple's fields are properties, one call each.
+            path, line, raw_email, name, status, reason, attributes, since, warnings = item
+            for warning in warnings:
+                report(Problem(warning, path, line, "warning"))
+            if not raw_email:
+                report(Problem("no email address", path, line))
+                continue
+            try:
+                email, key = normalised(raw_email)
+            except SubscriberError as exc:
+                report(Problem(exc.message, path, line))
+                continue
+            seq += 1
+            yield (seq, key, email, line, name, status, reason,
+                   dumps(attributes) if attributes else None,
+                   time(since) if since else None, next(uids))  # fmt: skip
+    finally:
+        counts.rows += rows
 
 
 def _uids(batch: int = 4096) -> Iterator[str]:
@@ -259,8 +280,13 @@ def _insert_staged_memberships(
     stamp = bindparam("stamp", raw_stamp, type_=_RAW)
     after = s.id > (before or 0)
     if conn.dialect.name == "sqlite" and conn.scalar(select(func.count()).where(after)) == added:
-        since = select(r.since).where(r.key == s.email_key).limit(1).scalar_subquery()
-        joins = select(literal(run.list_id), s.id, func.coalesce(since, stamp)).where(after)
+        # No row gave a time (most files): every membership starts now, and
+        # the merge skips a lookup per row.
+        since: Any = stamp
+        if run.staged_since:
+            given = select(r.since).where(r.key == s.email_key).limit(1).scalar_subquery()
+            since = func.coalesce(given, stamp)
+        joins = select(literal(run.list_id), s.id, since).where(after)
         events = select(s.id).where(after)
     else:
         new = _rows.join(subscribers, s.uid == r.uid)

@@ -18,6 +18,8 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -55,6 +57,14 @@ log = logging.getLogger(__name__)
 STAGED_DIALECTS: tuple[str, ...] = ("sqlite", "postgresql")
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
+
+# A test hook (tests/test_daemon_import.py): set to a folder, a staged import
+# that has staged and planned (holding no lock) creates `staged` in it and
+# waits, at most TEST_GATE_SECONDS, for `go` to appear there before it
+# merges.  The test then runs `run --once` mid-import by construction, not
+# by racing an import that gets faster.  Unset (always, outside tests): no effect.
+TEST_GATE_ENV = "NEWSLETTER_TEST_IMPORT_GATE"
+TEST_GATE_SECONDS = 120.0
 
 
 @dataclass(frozen=True)
@@ -133,6 +143,7 @@ def _staged_import(
                     source = read_source(path, fmt, progress=tick, infos=run.counts.files)
                     staging.stage_and_plan(run, source)
                 if not dry_run:
+                    _test_gate()
                     conn.execution_options(**{READ_ONLY: False})  # BEGIN IMMEDIATE
                     held = staging.merge(run, now())
                     run.counts.write_lock_seconds, run.counts.write_lock_cpu_seconds = held
@@ -144,6 +155,17 @@ def _staged_import(
     except SQLAlchemyError as exc:
         raise StoreError(f"import failed, nothing was written: {exc}", path=path) from exc
     return run.counts
+
+
+def _test_gate() -> None:
+    """Wait between staging and merging while a test says so (`TEST_GATE_ENV`)."""
+    folder = os.environ.get(TEST_GATE_ENV)
+    if not folder:
+        return
+    (Path(folder) / "staged").touch()
+    deadline = time.monotonic() + TEST_GATE_SECONDS
+    while not (Path(folder) / "go").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 @contextmanager

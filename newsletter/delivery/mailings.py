@@ -131,6 +131,9 @@ def _plan(
                 result[name] = mailing_id
                 fresh.append((name, lid, mailing_id))
             rivals = [lid for _, lid, _ in fresh]
+            # Looked at before this plan inserts anything: its own rows are
+            # kept apart by the rival lists' rule, not by this look-up.
+            before = dedupe and bool(fresh) and q.has_deliveries(conn, post_id)
             for _name, lid, mailing_id in fresh:
                 # INSERT … SELECT: the recipients never pass through Python.
                 q.snapshot_list(
@@ -139,6 +142,7 @@ def _plan(
                     lid,
                     rival_list_ids=rivals,
                     dedupe_key=post_id if dedupe else None,
+                    delivered_before=before,
                 )
             return result
     except SQLAlchemyError as exc:

@@ -18,7 +18,7 @@ from newsletter.config import Settings
 from newsletter.delivery.report import DeliveryReport, envelope_sender
 from newsletter.delivery.transports import ConnectError, SendResult, Transport, make_transport
 from newsletter.email.linktokens import make_preferences_token, preferences_url
-from newsletter.email.message import MessageTemplate, Recipient
+from newsletter.email.message import MessageTemplate, Recipient, stuffed_body
 from newsletter.email.tokens import checked_secret, load_secret, make_token, unsubscribe_url
 from newsletter.errors import DeliveryError
 from newsletter.posts.collection import Post, PostCollection
@@ -99,16 +99,28 @@ class MessageContext:
         self.secret = checked_secret(settings, engine)
 
     def message(self, row: q.Claimed) -> bytes:
-        token = make_token(self.secret, row.uid, self.list_name)
-        prefs = make_preferences_token(self.secret, row.uid)
-        recipient = Recipient(
-            row.email,
-            row.name,
-            unsubscribe_url(self.settings, token),
-            preferences_url(self.settings, prefs),
-        )
-        data = self.template.personalise(recipient, mailing_key=self.key)
+        data = self.template.personalise(self._recipient(row), mailing_key=self.key)
         return self.signer(data) if self.signer is not None else data
+
+    def data(self, row: q.Claimed) -> tuple[bytes, str | None]:
+        """`message` as SMTP DATA content (dot-stuffed, no final dot), and its Message-ID.
+
+        Unsigned, the template stuffs only the per-recipient values (its
+        constant parts were stuffed once); a signature covers the whole
+        message, so a signed one is stuffed whole.
+        """
+        recipient = self._recipient(row)
+        if self.signer is None:
+            return self.template.data(recipient, mailing_key=self.key)
+        signed = self.signer(self.template.personalise(recipient, mailing_key=self.key))
+        return stuffed_body(signed), message_id_of(signed)
+
+    def _recipient(self, row: q.Claimed) -> Recipient:
+        token = make_token(self.secret, row.uid, self.list_name)
+        prefs = ""
+        if self.template.uses_preferences:  # else no footer link: spare its MAC
+            prefs = preferences_url(self.settings, make_preferences_token(self.secret, row.uid))
+        return Recipient(row.email, row.name, unsubscribe_url(self.settings, token), prefs)
 
 
 def send_test_messages(

@@ -99,6 +99,10 @@ class PassCore(Protocol):
         """The personalised (and signed) bytes for `row`, and their Message-ID."""
         ...
 
+    def data(self, row: q.Claimed) -> tuple[bytes, str | None]:
+        """`message` as SMTP DATA content: dot-stuffed, without the final dot line."""
+        ...
+
     def send(
         self,
         transport: Transport,
@@ -107,6 +111,7 @@ class PassCore(Protocol):
         ready: Callable[[], None],
         *,
         tries: int = ...,
+        stuffed: bool = ...,
     ) -> SendResult | None: ...
 
     def settle(

@@ -58,7 +58,7 @@ def run_loop(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
 
 @dataclass(frozen=True)
 class Job:
-    """A claimed row with its bytes, built once even when sent again."""
+    """A claimed row with its DATA content (dot-stuffed), built once even when sent again."""
 
     row: q.Claimed
     message: bytes
@@ -145,6 +145,16 @@ class Commits:
             log.debug("a group commit failed", exc_info=True)
         self._scheduled = None
         _resolve(done)
+
+
+def _taken(ahead: list[Job | Exception]) -> Job | None:
+    """The job built ahead, if any; a failure to build it is raised here, where it is taken."""
+    if not ahead:
+        return None
+    item = ahead.pop()
+    if isinstance(item, Exception):
+        raise item
+    return item
 
 
 def _resolve(done: asyncio.Future[None]) -> None:
@@ -241,6 +251,8 @@ class StreamsStrategy:
             if limit <= 0:
                 return True
             rows, skipped = await self._db(core.claim, limit, tally, due_by=due_by)
+            # On the ledger thread, beside the loop: see Recorder.checkpoint.
+            await self._db(core.recorder.checkpoint)
             if rows or skipped:
                 if allowance is not None:
                     allowance -= len(rows)
@@ -261,20 +273,36 @@ class StreamsStrategy:
         core = self.core
         previous: Pending | None = None
         job: Job | None = None
+        # The job after `upcoming`, built while the server works on this
+        # connection's message (`prepare`, called once its dot is written):
+        # with one connection nothing else overlaps the wait for a reply.
+        ahead: list[Job | Exception] = []
+
+        def prepare() -> None:
+            if ahead:
+                return
+            try:
+                built = self._job_now()
+            except Exception as exc:  # raised where that job is taken, as before
+                ahead.append(exc)
+                return
+            if built is not None:
+                ahead.append(built)
+
         try:
             # Connect while the first claim runs; a server that cannot be
             # reached is reported per message by the sends that follow.
             with contextlib.suppress(ConnectError):
                 await conn.open()
-            while (job := job or await self._next_job(previous)) is not None:
+            while (job := job or _taken(ahead) or await self._next_job(previous)) is not None:
                 if self._halted():
                     break
                 self.busy += 1
                 # The next message, when one is queued: its MAIL/RCPT/DATA go
                 # out right behind this one's final dot.
-                upcoming = self._job_now()
+                upcoming = _taken(ahead) or self._job_now()
                 try:
-                    previous = await self._deliver(conn, job, upcoming, tally, previous)
+                    previous = await self._deliver(conn, job, upcoming, tally, previous, prepare)
                 except Exception as exc:
                     conn.abandon()
                     core.fail(exc, job.row.email)
@@ -296,7 +324,7 @@ class StreamsStrategy:
         if len(self.rows) <= self.low:
             self.changed.set()  # the feeder claims ahead
         row = self.rows.popleft()
-        return Job(row, *self.core.message(row))
+        return Job(row, *self.core.data(row))
 
     async def _next_job(self, previous: Pending | None) -> Job | None:
         """The next claimed row; with none queued, our last outcome is committed first.
@@ -316,6 +344,7 @@ class StreamsStrategy:
         upcoming: Job | None,
         tally: Tally,
         previous: Pending | None,
+        prepare: Callable[[], None] | None = None,
     ) -> Pending | None:
         """Send one message; its outcome goes to the recorder, committed by a later `ready`."""
         core = self.core
@@ -342,7 +371,7 @@ class StreamsStrategy:
         then = None
         if upcoming is not None:
             then = (core.sender(upcoming.row.id), upcoming.row.email, upcoming.message)
-        result = await self._send(conn, job, ready, then)
+        result = await self._send(conn, job, ready, then, prepare)
         if (wait := ready()) is not None:
             await wait
         if result is None:  # stopped while waiting out a throttle
@@ -350,7 +379,12 @@ class StreamsStrategy:
         return core.settle(job.row, result, job.mid, tally)
 
     async def _send(
-        self, conn: StreamSmtp, job: Job, ready: Ready, then: Next | None
+        self,
+        conn: StreamSmtp,
+        job: Job,
+        ready: Ready,
+        then: Next | None,
+        prepare: Callable[[], None] | None = None,
     ) -> SendResult | None:
         """As `PassCore.send`, without blocking the loop: throttle, rate, retries."""
         core = self.core
@@ -364,7 +398,15 @@ class StreamsStrategy:
             if (delay := core.bucket.reserve()) > 0:
                 await asyncio.sleep(delay)
             try:
-                result = await conn.send(core.sender(job.row.id), email, job.message, ready, then)
+                result = await conn.send(
+                    core.sender(job.row.id),
+                    email,
+                    job.message,
+                    ready,
+                    then,
+                    stuffed=True,
+                    prepare=prepare,
+                )
             except ConnectError as exc:
                 return SendResult(email, False, exc.code, exc.message, stage="connect")
             if not result.throttled:

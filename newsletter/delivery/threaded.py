@@ -73,6 +73,7 @@ class ThreadedStrategy:
             if limit <= 0:
                 return True
             rows, skipped = core.claim(limit, tally)
+            core.recorder.checkpoint()  # here, not in a worker's commit (see Recorder)
             if rows or skipped:
                 if allowance is not None:
                     allowance -= len(rows)
@@ -132,13 +133,16 @@ class ThreadedStrategy:
         cannot send this message, and each connection still has at most one
         message whose fate the ledger does not know.
         """
-        message, mid = self.core.message(row)
+        # SMTP takes DATA content built by the template (far cheaper than
+        # stuffing the whole message); the other transports take the message.
+        stuffed = bool(getattr(transport, "accepts_stuffed", False))
+        message, mid = self.core.data(row) if stuffed else self.core.message(row)
 
         def ready() -> None:
             if previous is not None:
                 previous.wait()
 
-        result = self.core.send(transport, row, message, ready)
+        result = self.core.send(transport, row, message, ready, stuffed=stuffed)
         ready()
         if result is None:  # stopped while waiting out a throttle
             return None
