@@ -39,6 +39,22 @@ def _secret(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NEWSLETTER_SECRET", "streams-test-secret")
 
 
+def timed_stall(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The server's scripted special replies (a stall), timed: start and end of each."""
+    window: list[float] = []
+    special = _Handler._special
+
+    async def timed_special(self: _Handler, smtp: Any, session: Any, reply: str) -> str:
+        window.append(time.monotonic())
+        try:
+            return await special(self, smtp, session, reply)
+        finally:
+            window.append(time.monotonic())
+
+    monkeypatch.setattr(_Handler, "_special", timed_special)
+    return window
+
+
 @pytest.mark.parametrize("pipelining", [False, True], ids=["plain", "pipelining"])
 def test_the_strategy_follows_the_setting_and_the_server(
     sample_site: Path, smtp_server: SmtpTestServer, pipelining: bool
@@ -71,22 +87,14 @@ def test_a_stalled_connection_does_not_hold_up_the_others(
     # two connections must keep delivering (the rounds delivered nothing then).
     stall = 3.0
     server = SmtpTestServer(pipelining=pipelining, stall_seconds=stall)
-    window: list[float] = []
+    window = timed_stall(monkeypatch)
     delivered_at: list[float] = []
-    special, record = _Handler._special, SmtpTestServer._record
-
-    async def timed_special(self: _Handler, smtp: Any, session: Any, reply: str) -> str:
-        window.append(time.monotonic())
-        try:
-            return await special(self, smtp, session, reply)
-        finally:
-            window.append(time.monotonic())
+    record = SmtpTestServer._record
 
     def timed_record(self: SmtpTestServer, *args: Any) -> None:
         delivered_at.append(time.monotonic())
         record(self, *args)
 
-    monkeypatch.setattr(_Handler, "_special", timed_special)
     monkeypatch.setattr(SmtpTestServer, "_record", timed_record)
     server.script("r003@example.org", STALL, stage="data", times=1)
     with server:
@@ -348,22 +356,14 @@ def test_the_message_after_next_is_built_while_the_server_works(
     # message after the one announced behind the dot is personalised then
     # (StreamSmtp.send's `prepare`), not after the reply came.
     server = SmtpTestServer(pipelining=True, stall_seconds=0.5)
-    window: list[float] = []
+    window = timed_stall(monkeypatch)
     built: dict[str, float] = {}
-    special, data = _Handler._special, MailingPass.data
-
-    async def timed_special(self: _Handler, smtp: Any, session: Any, reply: str) -> str:
-        window.append(time.monotonic())
-        try:
-            return await special(self, smtp, session, reply)
-        finally:
-            window.append(time.monotonic())
+    data = MailingPass.data
 
     def timed_data(self: MailingPass, row: q.Claimed) -> Any:
         built[row.email] = time.monotonic()
         return data(self, row)
 
-    monkeypatch.setattr(_Handler, "_special", timed_special)
     monkeypatch.setattr(MailingPass, "data", timed_data)
     server.script("r001@example.org", STALL, stage="data", times=1)
     with server:

@@ -199,10 +199,10 @@ def parented_bulk_transaction(conn: Connection, cache_kib: int = BULK_CACHE_KIB)
 
     SQLite: foreign-key enforcement is off for this transaction only (the
     per-row checks were a quarter of the time of planning a million rows) and
-    the page cache is large (`bulk_writes`; planning's `PLAN_CACHE_KIB`).  The pragma only takes effect
-    outside a transaction, so it is set before BEGIN and set back after the
-    end; a connection that cannot be set back is discarded, never pooled with
-    enforcement off.  PostgreSQL: a plain transaction.
+    the page cache is large (`bulk_writes`; planning's `PLAN_CACHE_KIB`).
+    The pragma only takes effect outside a transaction, so it is set before
+    BEGIN and set back after the end; a connection that cannot be set back is
+    discarded, never pooled with enforcement off.  PostgreSQL: a plain transaction.
     """
     if conn.dialect.name != "sqlite":
         with conn.begin():
