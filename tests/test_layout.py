@@ -18,7 +18,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "newsletter"
 
 # Lowest first: a package may import packages on its own level or below.
 LAYERS = ["", "store", "posts", "email", "audience", "delivery", "daemon", "web", "cli"]
-ROOT_MODULES = {"config", "errors", "logging_setup", "lazy", "shutdown"}
+ROOT_MODULES = {"config", "errors", "files", "logging_setup", "lazy", "shutdown"}
 
 
 def module_name(path: Path) -> str:

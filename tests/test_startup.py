@@ -201,3 +201,19 @@ def test_a_second_send_of_a_post_loads_no_renderer(tmp_path: Path) -> None:
     reading = {"newsletter.posts.source", "newsletter.posts.building", "newsletter.posts.site"}
     assert not reading & set(again)
     assert len([p for p in outbox.rglob("*") if p.is_file()]) == 2  # both were delivered
+
+
+def test_a_second_render_of_a_post_loads_neither_renderer_nor_store(tmp_path: Path) -> None:
+    """Issue 13: `render POST` with its render kept in the state folder needs no
+    database (a sample recipient, no real token): SQLAlchemy stays unloaded,
+    as do the renderer and the post readers."""
+    config = quiet_site(tmp_path)
+    render = ("--config", str(config), "render", "post-2", "--format", "text")
+    code, first, shown = run_cli(*render)
+    assert code in (0, None) and "day* 2" not in shown and "day 2" in shown
+    assert "jinja2" in loaded_heavy(first)  # the first render did render
+    code, again, shown_again = run_cli(*render)
+    assert code in (0, None) and shown_again == shown
+    assert loaded_heavy(again) == []
+    assert not {"newsletter.store", "newsletter.email.render"} & set(again)
+    assert not (tmp_path / "news.db").exists()  # nor was a database made

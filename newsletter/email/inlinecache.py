@@ -32,7 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from newsletter.store.files import write_kept
+from newsletter.files import write_kept
 
 if TYPE_CHECKING:
     import jinja2

@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from newsletter.config import ListSettings, Settings
+from newsletter.files import write_kept
 from newsletter.posts.collection import Post
-from newsletter.store.files import write_kept
 
 if TYPE_CHECKING:
     from newsletter.email.rendered import RenderedEmail

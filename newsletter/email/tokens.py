@@ -19,14 +19,15 @@ import os
 import re
 import secrets
 from dataclasses import dataclass
-
-from sqlalchemy import Engine, select
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from typing import TYPE_CHECKING
 
 from newsletter.config import Settings
 from newsletter.errors import ConfigError, StoreError
-from newsletter.store import now, reading
-from newsletter.store.schema import state
+
+# SQLAlchemy and the store are imported where the database is used: making
+# and checking tokens (a preview, `render`) needs neither.
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,12 @@ def checked_secret(settings: Settings, engine: Engine) -> bytes:
     has used before: a changed `.newsletter/secret`, or the variable unset in one
     shell, would otherwise silently break every link already sent.  The first
     use records the fingerprint."""
+    from sqlalchemy import select
+    from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+    from newsletter.store import now, reading
+    from newsletter.store.schema import state
+
     secret = load_secret(settings, engine)
     fingerprint = secret_fingerprint(secret)
     query = select(state.c.value).where(state.c.key == FINGERPRINT_KEY)

@@ -26,7 +26,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from newsletter.config import Settings
 from newsletter.errors import StoreError
-from newsletter.store.files import private_file
+from newsletter.files import private_file
 from newsletter.store.schema import (
     DEDUPE_INDEX,
     DEFERRED_INDEX,

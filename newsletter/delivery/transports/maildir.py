@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 
 from newsletter.delivery.transports.base import SendResult, TransportError
-from newsletter.store.files import PRIVATE_FILE, private_dirs
+from newsletter.files import PRIVATE_FILE, private_dirs
 
 
 class MaildirTransport:
