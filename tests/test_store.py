@@ -1,10 +1,11 @@
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Connection, inspect, select, text
+from sqlalchemy import Connection, Engine, event, inspect, select, text
 from sqlalchemy.exc import OperationalError, StatementError
 
 import newsletter.store as store
@@ -55,6 +56,47 @@ def test_upgrade_steps_run_once_in_order(
         versions = conn.execute(select(schema_version.c.version)).scalars().all()
         assert sorted(versions) == [base, base + 1, base + 2]
         assert conn.execute(text(f"SELECT count(*) FROM extra_{base + 2}")).scalar() == 0
+
+
+def statements_of(func: Callable[[], object]) -> list[str]:
+    """Every SQL statement any engine runs while `func` runs."""
+    seen: list[str] = []
+
+    def record(_conn: Connection, _cursor: object, statement: str, *_args: object) -> None:
+        seen.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", record)
+    try:
+        func()
+    finally:
+        event.remove(Engine, "before_cursor_execute", record)
+    return seen
+
+
+def test_opening_an_up_to_date_database_only_reads(database_url: str) -> None:
+    """Issue 13: every command opens the store; when nothing is to be upgraded
+    the open neither takes SQLite's write lock nor PostgreSQL's advisory lock,
+    nor runs create_all's checks, so it never waits behind a sending process."""
+    first = statements_of(lambda: open_url(database_url))
+    assert any("CREATE TABLE" in s for s in first)  # the first open did create
+    again = " | ".join(statements_of(lambda: open_url(database_url)))
+    assert "schema_version" in again
+    for locked in ("BEGIN IMMEDIATE", "pg_advisory", "CREATE", "INSERT"):
+        assert locked not in again
+
+
+def test_a_missing_table_is_created_again_without_a_new_version(database_url: str) -> None:
+    """The read-only check looks at the tables too: a database at this version
+    that lacks one (a table added without a version step, or dropped) still
+    gets it from create_all."""
+    engine = open_url(database_url)
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE consent_events"))
+    engine.dispose()
+    engine = open_url(database_url)
+    with engine.connect() as conn:
+        assert inspect(conn).has_table("consent_events")
+        assert conn.execute(text("SELECT count(*) FROM schema_version")).scalar() == 1
 
 
 def test_newer_database_is_refused(database_url: str) -> None:

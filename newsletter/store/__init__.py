@@ -401,8 +401,11 @@ def upgrade(engine: Engine) -> int:
     On PostgreSQL, processes starting together on an empty database would
     race to create the same tables; a transaction-level advisory lock makes
     them take turns (DDL is transactional there: the second sees the tables).
-    SQLite's BEGIN IMMEDIATE already serialises them.
+    SQLite's BEGIN IMMEDIATE already serialises them.  Both are taken only
+    when `_up_to_date` finds something to do: every command opens the store.
     """
+    if _up_to_date(engine):
+        return SCHEMA_VERSION
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(select(func.pg_advisory_xact_lock(SCHEMA_LOCK)))
@@ -423,3 +426,21 @@ def upgrade(engine: Engine) -> int:
             UPGRADES[version](conn)
             conn.execute(schema_version.insert().values(version=version, applied_at=now()))
         return SCHEMA_VERSION
+
+
+def _up_to_date(engine: Engine) -> bool:
+    """True when the database is at this version with every table there, read
+    without the write lock (SQLite) or the advisory lock (PostgreSQL).
+
+    That is all `upgrade` could change: create_all adds only missing tables
+    (with their indexes), the steps only move the version on.  Anything else,
+    a failed read included, takes the locked path, which decides and reports.
+    """
+    try:
+        with reading(engine) as conn:
+            if not set(metadata.tables) <= set(inspect(conn).get_table_names()):
+                return False
+            current = conn.scalar(select(func.max(schema_version.c.version)))
+    except SQLAlchemyError:
+        return False
+    return current == SCHEMA_VERSION
