@@ -201,6 +201,17 @@ def test_a_second_send_of_a_post_loads_no_renderer(tmp_path: Path) -> None:
     reading = {"newsletter.posts.source", "newsletter.posts.building", "newsletter.posts.site"}
     assert not reading & set(again)
     assert len([p for p in outbox.rglob("*") if p.is_file()]) == 2  # both were delivered
+    # A maildir pass takes the threaded strategy: nothing of SMTP's (the event
+    # loop's streams, the rounds, smtplib) nor the worker processes is loaded.
+    smtp = {
+        "newsletter.delivery.streams",
+        "newsletter.delivery.rounds",
+        "newsletter.delivery.processes",
+        "newsletter.delivery.transports.smtp",
+        "smtplib",
+        "multiprocessing",
+    }
+    assert not smtp & set(again)
 
 
 def test_a_second_render_of_a_post_loads_neither_renderer_nor_store(tmp_path: Path) -> None:

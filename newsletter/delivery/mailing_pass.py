@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 
@@ -32,20 +32,10 @@ from newsletter.delivery.outgoing import (
     make_signer,
     message_id_of,
 )
-from newsletter.delivery.processes import (
-    Job,
-    Workers,
-    process_count,
-    shares,
-    worker_end,
-    worker_start,
-)
 from newsletter.delivery.ratelimit import Throttle, TokenBucket, next_attempt
 from newsletter.delivery.recorder import Pending, Recorder
 from newsletter.delivery.report import DeliveryReport, Progress
-from newsletter.delivery.rounds import RoundsStrategy
 from newsletter.delivery.strategy import THROTTLE_RETRIES, Strategy, Tally
-from newsletter.delivery.streams import StreamsStrategy
 from newsletter.delivery.threaded import ThreadedStrategy
 from newsletter.delivery.transports import (
     ConnectError,
@@ -59,6 +49,14 @@ from newsletter.errors import DeliveryError, NewsletterError
 from newsletter.posts.collection import PostCollection
 from newsletter.store import mailings as q
 from newsletter.store import now, reading
+
+# SMTP's strategies (the event loop, the lockstep rounds) and the worker
+# processes are imported where an SMTP pass chooses them: a maildir or memory
+# pass (`send` to an outbox, the tests) needs neither, nor multiprocessing.
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+
+    from newsletter.delivery.processes import Job
 
 __all__ = ["LeaseKeeper", "MailingPass", "run_worker"]
 
@@ -204,12 +202,16 @@ class MailingPass:
         """Worker processes (this one included) for this pass: SMTP, big mailings only."""
         if self.shared is not None or self.settings.delivery.transport != "smtp":
             return 1
+        from newsletter.delivery.processes import process_count
+
         return process_count(self.settings, open_rows)
 
     def _run_with_workers(
         self, processes: int, open_rows: int, tally: Tally, allowance: int | None, wait: float
     ) -> bool:
         """This process sends a share, `processes - 1` workers the rest (processes.py)."""
+        from newsletter.delivery.processes import Workers, shares
+
         assert self.template is not None
         mine, *theirs = shares(self.settings.delivery.concurrency, processes)
         self.workers = mine
@@ -250,6 +252,9 @@ class MailingPass:
         choice = self.settings.delivery.strategy
         if self.shared is not None or self.settings.delivery.transport != "smtp":
             return ThreadedStrategy(self)
+        from newsletter.delivery.rounds import RoundsStrategy
+        from newsletter.delivery.streams import StreamsStrategy
+
         if choice == "streams":
             return StreamsStrategy(self)
         if choice == "threaded":
@@ -483,6 +488,7 @@ class MailingPass:
 
 def run_worker(job: Job, pipe: Connection) -> None:
     """A worker process's main (`[delivery] processes`, see processes.py): its share."""
+    from newsletter.delivery.processes import worker_end, worker_start
     from newsletter.store import open_url
 
     stop, reporter = worker_start(pipe)
