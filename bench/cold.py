@@ -15,6 +15,10 @@ with the median CPU over the baseline's.  The baseline, `python -c pass`, runs
 in the same rounds, interleaved (baseline, then each tree, per command, per
 round), so a machine whose load drifts moves them together.
 
+`--sqlalchemy` adds a second reference, `python -c "import sqlalchemy"`, in
+the same rounds: the floor of every command that opens the store (SQLAlchemy
+imports its whole Core, and asyncio, on any import of it).
+
 `--tree NAME=PATH` adds another checkout of the project (say `main` in a git
 worktree) run the same way, with `PYTHONPATH=PATH`, so before and after are
 measured side by side; the default is this checkout alone.  Each tree gets its
@@ -115,6 +119,11 @@ def main() -> None:
         help="Another checkout to measure beside this one (repeatable).",
     )
     parser.add_argument("--only", action="append", default=[], help="Only these commands.")
+    parser.add_argument(
+        "--sqlalchemy",
+        action="store_true",
+        help='Also run `python -c "import sqlalchemy"` (the store\'s floor) in each round.',
+    )
     args = parser.parse_args()
 
     trees = {"this": ROOT}
@@ -135,6 +144,9 @@ def main() -> None:
             blogs[name] = Path(tmp) / f"blog-{name}"
             shutil.copytree(source, blogs[name], copy_function=shutil.copy2)
         bare = [sys.executable, "-c", "pass"]
+        references = [("python -c pass", bare)]
+        if args.sqlalchemy:
+            references.append(("import sqlalchemy", [sys.executable, "-c", "import sqlalchemy"]))
 
         def argv(command: list[str]) -> list[str]:
             return [sys.executable, "-m", "newsletter", *command]
@@ -148,7 +160,7 @@ def main() -> None:
         for _round in range(args.runs):
             for label, command in commands.items():
                 for who, cmd, tree in [
-                    ("python -c pass", bare, ROOT),
+                    *((who, cmd, ROOT) for who, cmd in references),
                     *((name, argv(command), tree) for name, tree in trees.items()),
                 ]:
                     cwd = blogs.get(who, source)
@@ -167,17 +179,17 @@ def main() -> None:
         f"{load_start[0]:.1f}, at end {load[0]:.1f}"
     )
     print(
-        f"{'command':<28} {'who':<15} {'wall s  min   median      max':>26}  "
+        f"{'command':<28} {'who':<17} {'wall s  min   median      max':>26}  "
         f"{'CPU s  min   median      max':>26}  {'peak MiB min median max':>26}  CPU/bare"
     )
     for label in commands:
         base = statistics.median(samples[(label, "python -c pass")].cpu)
-        for who in ["python -c pass", *trees]:
+        for who in [*(who for who, _cmd in references), *trees]:
             s = samples[(label, who)]
             ratio = statistics.median(s.cpu) / base if base else float("nan")
             failed = f"  ({s.failures} failed)" if s.failures else ""
             print(
-                f"{label:<28} {who:<15} {stats(s.wall)}  {stats(s.cpu)}  {stats(s.rss)}  "
+                f"{label:<28} {who:<17} {stats(s.wall)}  {stats(s.cpu)}  {stats(s.rss)}  "
                 f"{ratio:6.1f}×{failed}"
             )
 
