@@ -197,9 +197,13 @@ def ledger_key(conn: Connection, post_id: str | None) -> int:
     """
     if post_id is None:
         made = conn.execute(ledger_keys.insert().values(post_id=None))
-        return int(made.inserted_primary_key[0])
-    insert_or_ignore(conn, ledger_keys, {"post_id": post_id}, ("post_id",))
-    return int(conn.scalar(select(ledger_keys.c.id).where(ledger_keys.c.post_id == post_id)))
+        key = made.inserted_primary_key[0] if made.inserted_primary_key else None
+    else:
+        insert_or_ignore(conn, ledger_keys, {"post_id": post_id}, ("post_id",))
+        key = conn.scalar(select(ledger_keys.c.id).where(ledger_keys.c.post_id == post_id))
+    if key is None:  # pragma: no cover - the insert above just made it
+        raise ValueError(f"no ledger key for {post_id!r}")
+    return int(key)
 
 
 def mailing_ledger_key(conn: Connection, mailing_id: int) -> int:
@@ -523,6 +527,7 @@ __all__ = [
     "OPEN_STATUSES",
     "STATUSES",
     "Claimed",
+    "Earlier",
     "LedgerWriter",
     "MailingRow",
     "Outcome",
@@ -531,7 +536,6 @@ __all__ = [
     "all_mailings",
     "claim",
     "claimable_left",
-    "Earlier",
     "counts",
     "delivered_before",
     "first_joined_members",
