@@ -307,13 +307,16 @@ def measure_ours(
     template: Path, mailing: int, port: int, concurrency: int, strategy: str
 ) -> tuple[int, float]:
     """The whole pass on a copy of the prepared ledger."""
+    import gc
     import shutil
 
+    from newsletter import GC_THRESHOLDS
     from newsletter.delivery import mailing_pass  # noqa: F401  (imported before the clock)
     from newsletter.delivery.mailings import deliver_mailing
     from newsletter.posts.collection import load_posts
     from newsletter.store import open_store
 
+    gc.set_threshold(*GC_THRESHOLDS)  # as in `newsletter send` (newsletter/__main__.py)
     work = Path(tempfile.mkdtemp(prefix="bench-ours-"))
     try:
         # "streams-p2": the streams strategy with [delivery] processes = 2

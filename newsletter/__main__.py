@@ -6,18 +6,10 @@ SIGTERM is held first thing, before the second of imports the CLI needs
 
 import gc
 
-from newsletter import shutdown
+from newsletter import GC_THRESHOLDS, shutdown
 
 shutdown.hold()
-# Start-up creates ~300k long-lived objects (SQLAlchemy, click, the posts);
-# at the default threshold (700) the collector ran ~140 times over them, 13 %
-# of a `run --once` (profiled).  A larger first generation still collects
-# cycles, ~140x less often; memory cost: at most that many young objects.
-# At 50,000 every command still paid one collection (15-25 ms of CPU, its
-# objects scattered over memory) finding a few hundred cycles; the commands
-# people run most (`run --once`, `send`, `render`, `posts`) hold 60-80k
-# objects when they end, so at 100,000 they exit before any.
-gc.set_threshold(100_000, 10, 10)
+gc.set_threshold(*GC_THRESHOLDS)  # see GC_THRESHOLDS
 
 from newsletter.cli import main as _cli  # noqa: E402  (after hold(), on purpose)
 

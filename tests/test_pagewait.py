@@ -27,15 +27,23 @@ POST_PATH = PAST.strftime("/%Y/%m/%d/late-build.html")
 
 
 class LateSite:
-    """Answers 404 for the post until `live_at`, then 200; records each request."""
+    """Answers 404 for the post until `delay` after its first request, then 200.
+
+    Counted from the first request, not from start-up: on a loaded machine
+    the daemon can take a second to ask, and the page must still be missing
+    for several of its checks.  Records each request.
+    """
 
     def __init__(self, delay: float | None) -> None:
-        self.live_at = None if delay is None else time.monotonic() + delay
+        self.delay = delay
+        self.live_at: float | None = None
         self.requests: list[tuple[float, str, int]] = []
         site = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                if site.live_at is None and site.delay is not None:
+                    site.live_at = time.monotonic() + site.delay
                 live = site.live_at is not None and time.monotonic() >= site.live_at
                 code = 200 if live and self.path == POST_PATH else 404
                 site.requests.append((time.monotonic(), self.path, code))

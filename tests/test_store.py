@@ -182,7 +182,9 @@ def test_a_version_1_database_gains_the_dedupe_column_and_the_new_tables(tmp_pat
     open_url(url)
     with open_url(url).begin() as conn:  # make it look like version 1
         conn.execute(text("DROP INDEX uq_deliveries_dedupe"))
-        conn.execute(text("DROP INDEX uq_delivery_mailing_subscriber"))  # it names dedupe_key
+        conn.execute(
+            text("DROP INDEX IF EXISTS uq_delivery_mailing_subscriber")
+        )  # names dedupe_key
         conn.execute(text("ALTER TABLE deliveries DROP COLUMN dedupe_key"))
         for table in ("consent_events", "confirmations", "signup_hits"):
             conn.execute(text(f"DROP TABLE {table}"))

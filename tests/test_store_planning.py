@@ -22,7 +22,13 @@ from newsletter.config import ListSettings, Settings
 from newsletter.delivery.mailings import plan_mailing, plan_post
 from newsletter.store import mailings as q
 from newsletter.store import open_url, snapshot_transaction
-from newsletter.store.schema import SCHEMA_VERSION, deliveries, schema_version, subscribers
+from newsletter.store.schema import (
+    SCHEMA_VERSION,
+    deliveries,
+    delivery_id,
+    schema_version,
+    subscribers,
+)
 
 SETTINGS = Settings(
     lists={"field": ListSettings("field", "Field"), "essays": ListSettings("essays", "Essays")}
@@ -69,11 +75,13 @@ def test_two_planners_of_one_post_for_two_lists_race_without_error(pg_url: str) 
         field = q.list_id(conn, "field")
         assert field is not None
         q.lock_post(conn, "p")  # what plan_post does first
+        key = q.ledger_key(conn, "p")
         mid_a = q.insert_mailing(
-            conn, post_id="p", list_id=field, kind="post", generation=0, subject="", post_ids=()
-        )
+            conn, post_id="p", list_id=field, kind="post", generation=0, subject="",
+            post_ids=(), ledger_key=key,
+        )  # fmt: skip
         assert mid_a is not None
-        q.snapshot_list(conn, mid_a, field, dedupe_key="p")
+        q.snapshot_list(conn, mid_a, field, key, dedupe=True)
 
         def host_b() -> None:
             try:
@@ -186,14 +194,20 @@ def test_a_version_3_database_is_upgraded_to_4(database_url: str) -> None:
     if engine.dialect.name == "postgresql":
         assert foreign == []
         assert "UNIQUE" in mailing_subscriber and "dedupe_key IS NULL" in mailing_subscriber
+        assert "4294967296" in mailing_subscriber  # schema 7: older rows only
     else:  # SQLite keeps its table constraints (it cannot drop one without rebuilding the table)
         assert {fk["referred_table"] for fk in foreign} == {"mailings", "subscribers"}
     ids = plan_post(engine, SETTINGS, "p", ("field",))
     assert len(queued(engine, ids["field"])) == 6
-    duplicate_refused(engine, ids["field"], "p")
+    duplicate_refused(engine, ids["field"])
 
 
-def duplicate_refused(engine: Engine, mailing_id: int, key: str | None) -> None:
+def duplicate_refused(engine: Engine, mailing_id: int, *, legacy: bool = False) -> None:
+    """A second delivery to one of the mailing's subscribers is refused by the database.
+
+    `legacy`: a mailing planned before schema 7 (plain ids), whose rows a
+    unique constraint on (mailing, subscriber) keeps: a row without an id.
+    """
     with engine.connect() as conn:
         row = conn.execute(
             select(deliveries.c.subscriber_id, deliveries.c.email).where(
@@ -202,17 +216,19 @@ def duplicate_refused(engine: Engine, mailing_id: int, key: str | None) -> None:
         ).first()
     assert row is not None
     with pytest.raises(IntegrityError), engine.begin() as conn:
+        if not legacy:  # the way planning writes rows: the id from the mailing's key
+            q.snapshot(conn, mailing_id, [(row.subscriber_id, row.email)])
         conn.execute(
             deliveries.insert().values(
                 mailing_id=mailing_id, subscriber_id=row.subscriber_id, email=row.email,
-                status="queued", attempts=0, updated_at=datetime.now(UTC), dedupe_key=key,
+                status="queued", attempts=0, updated_at=datetime.now(UTC),
             )
         )  # fmt: skip
 
 
 @pytest.mark.parametrize("dedupe", [True, False], ids=["dedupe", "no-dedupe"])
 def test_a_mailing_never_holds_one_subscriber_twice(database_url: str, dedupe: bool) -> None:
-    """Each row is in one of two partial unique indexes: either way, one per (mailing, person)."""
+    """A row's id is its ledger key and subscriber: either way, one per (mailing, person)."""
     engine = site_db(database_url)
     settings = SETTINGS
     if not dedupe:
@@ -221,12 +237,18 @@ def test_a_mailing_never_holds_one_subscriber_twice(database_url: str, dedupe: b
         )
     ids = plan_post(engine, settings, "p", ("field", "essays"))
     with engine.connect() as conn:
-        keys = set(conn.execute(select(deliveries.c.dedupe_key)).scalars())
-    assert keys == ({"p"} if dedupe else {None})
+        keys = {m: q.mailing_ledger_key(conn, m) for m in ids.values()}
+        rows = conn.execute(
+            select(deliveries.c.id, deliveries.c.mailing_id, deliveries.c.subscriber_id)
+        ).all()
+        assert set(conn.execute(select(deliveries.c.dedupe_key)).scalars()) == {None}
+    # Deduplicated: the post's one key for both lists; otherwise one key each.
+    assert len(set(keys.values())) == (1 if dedupe else 2)
+    assert rows and all(r.id == delivery_id(keys[r.mailing_id], r.subscriber_id) for r in rows)
     for mailing_id in ids.values():
-        duplicate_refused(engine, mailing_id, "p" if dedupe else None)
+        duplicate_refused(engine, mailing_id)
     resend = plan_mailing(engine, settings, "p", "field", resend=True)
-    duplicate_refused(engine, resend, None)
+    duplicate_refused(engine, resend)
 
 
 V3_SQLITE = Path(__file__).parent / "fixtures" / "store" / "schema_v3_sqlite.sql"
@@ -263,7 +285,7 @@ def test_a_sqlite_file_made_by_version_3_upgrades_with_its_ledger(tmp_path: Path
     # Schema 6 keeps SQLite's table constraint on email (stricter, only slower).
     assert ["email"] in unique and ["email_key"] in unique
     # The table constraint still refuses a second (mailing, subscriber), key or no key.
-    duplicate_refused(engine, 1, None)
+    duplicate_refused(engine, 1, legacy=True)
     # The deferred row is claimable through the new index; planning works.
     claimed, _ = q.claim(engine, 1, "host:1:x", 10, 60)
     assert [r.email for r in claimed] == ["a@example.org"]
@@ -348,3 +370,96 @@ def test_a_version_5_database_is_upgraded_to_6_with_its_data(database_url: str) 
                 updated_at=datetime.now(UTC),
             )
         )  # fmt: skip
+
+
+def make_version_6(conn: Connection) -> None:
+    """Turn a fresh database back into schema 6: plain ids, no ledger keys, and
+    uq_delivery_mailing_subscriber (PostgreSQL: 32-bit ids from a sequence)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("ALTER TABLE deliveries ALTER COLUMN id TYPE INTEGER"))
+        conn.execute(text("ALTER SEQUENCE deliveries_id_seq AS INTEGER"))
+        conn.execute(text("ALTER TABLE bounce_events ALTER COLUMN delivery_id TYPE INTEGER"))
+    conn.execute(text("ALTER TABLE mailings DROP COLUMN ledger_key"))
+    conn.execute(text("DROP TABLE ledger_keys"))
+    conn.execute(text("DROP INDEX uq_delivery_mailing_subscriber"))
+    conn.execute(
+        text(
+            "CREATE UNIQUE INDEX uq_delivery_mailing_subscriber "
+            "ON deliveries (mailing_id, subscriber_id) WHERE dedupe_key IS NULL"
+        )
+    )
+    conn.execute(schema_version.delete().where(schema_version.c.version > 6))
+
+
+def plan_as_version_6(conn: Connection, post_id: str, list_name: str, key: str | None) -> int:
+    """A mailing planned the way schema 6 did: ids from the default, dedupe_key per row."""
+    lid = q.list_id(conn, list_name)
+    conn.execute(
+        text(
+            "INSERT INTO mailings (post_id, list_id, kind, generation, subject, state, "
+            "post_ids, created_at) VALUES (:p, :l, 'post', 0, '', 'planned', '[]', :at)"
+        ),
+        {"p": post_id, "l": lid, "at": datetime.now(UTC)},
+    )
+    mid = int(conn.scalar(text("SELECT max(id) FROM mailings")))
+    conn.execute(
+        text(
+            "INSERT INTO deliveries (mailing_id, subscriber_id, email, status, attempts, "
+            "updated_at, dedupe_key) SELECT :m, s.id, s.email, 'queued', 0, :at, :k "
+            "FROM subscribers s JOIN memberships m ON m.subscriber_id = s.id "
+            "WHERE m.list_id = :l ORDER BY s.id"
+        ),
+        {"m": mid, "l": lid, "at": datetime.now(UTC), "k": key},
+    )
+    return mid
+
+
+def test_a_version_6_database_is_upgraded_to_7_with_its_ledger(database_url: str) -> None:
+    # Schema 7: delivery ids made of a ledger key and the subscriber (the
+    # primary key keeps one per (mailing or post, person)); rows planned
+    # before keep their ids, and their post is still deduplicated against them.
+    engine = site_db(database_url)
+    with engine.begin() as conn:
+        make_version_6(conn)
+        old = plan_as_version_6(conn, "p", "field", "p")  # deduplicated, schema 6
+        plain = plan_as_version_6(conn, "q", "field", None)  # dedupe off, schema 6
+    engine.dispose()
+    engine = open_url(database_url)
+    with engine.connect() as conn:
+        assert conn.scalar(select(func.max(schema_version.c.version))) == SCHEMA_VERSION
+        # Both partial unique indexes keep the rows planned before; new ones go in neither.
+        assert "4294967296" in index_sql(conn, "uq_delivery_mailing_subscriber")
+        assert "dedupe_key IS NOT NULL" in index_sql(conn, "uq_deliveries_dedupe")
+        old_ids = conn.execute(
+            select(deliveries.c.id).where(deliveries.c.mailing_id.in_((old, plain)))
+        ).scalars()
+        assert all(i < 2**32 for i in old_ids)
+        if conn.dialect.name == "postgresql":
+            types = dict(
+                conn.execute(
+                    text(
+                        "SELECT table_name || '.' || column_name, data_type "
+                        "FROM information_schema.columns WHERE table_schema = current_schema() "
+                        "AND (table_name, column_name) IN "
+                        "(('deliveries', 'id'), ('bounce_events', 'delivery_id'))"
+                    )
+                ).all()
+            )
+            assert types == {"deliveries.id": "bigint", "bounce_events.delivery_id": "bigint"}
+    assert sorted(queued(engine, old)) == sorted([BOTH] + [f"f{i}@example.org" for i in range(5)])
+    # The old mailings are still claimed and refuse a second row per person.
+    claimed, _ = q.claim(engine, old, "host:1:v6", 1, 60)
+    assert [r.email for r in claimed] == [BOTH]
+    duplicate_refused(engine, plain, legacy=True)
+    # "p" planned for essays now: BOTH has it from the schema-6 mailing.
+    essays = plan_mailing(engine, SETTINGS, "p", "essays")
+    assert queued(engine, essays) == [f"e{i}@example.org" for i in range(5)]
+    with engine.connect() as conn:
+        key = q.mailing_ledger_key(conn, essays)
+        new_ids = conn.execute(
+            select(deliveries.c.id, deliveries.c.subscriber_id).where(
+                deliveries.c.mailing_id == essays
+            )
+        ).all()
+    assert all(i == delivery_id(key, s) for i, s in new_ids)
+    duplicate_refused(engine, essays)

@@ -78,8 +78,9 @@ def plan_post(
     With `[email] dedupe_across_lists` (the default) a member of several of
     these lists is queued once, on the list they joined first, and nobody is
     queued who already has this post from an earlier mailing.  The choice is
-    made in one transaction and kept by a unique index on the ledger
-    (`deliveries.dedupe_key`), so it survives kill -9 and holds across hosts.
+    made in one transaction and kept by the ledger's primary key (a delivery's
+    id is made of the post's key and the subscriber: `store.schema.ledger_keys`),
+    so it survives kill -9 and holds across hosts.
     """
     return _plan(engine, settings, post_id, list_names, "post", (), "", False)
 
@@ -105,7 +106,7 @@ def _plan(
             if dedupe:
                 q.lock_post(conn, post_id)  # one planner of this post at a time
             result: dict[str, int] = {}
-            fresh: list[tuple[str, int, int]] = []  # (list name, list id, mailing id)
+            fresh: list[tuple[int, int, int]] = []  # (list id, mailing id, ledger key)
             for name in list_names:
                 existing = q.latest_mailing(conn, post_id, name)
                 if existing is not None and not resend:
@@ -114,6 +115,9 @@ def _plan(
                 lid = q.list_id(conn, name)
                 if lid is None:  # pragma: no cover - ensure_lists just made it
                     raise DeliveryError(f"unknown list {name!r}", key=f"lists.{name}")
+                # Deduplicated: the post's key, shared with its other
+                # mailings; otherwise a key of its own (schema.ledger_keys).
+                key = q.ledger_key(conn, post_id if dedupe else None)
                 mailing_id = q.insert_mailing(
                     conn,
                     post_id=post_id,
@@ -122,6 +126,7 @@ def _plan(
                     generation=existing.generation + 1 if existing is not None else 0,
                     subject=subject,
                     post_ids=post_ids,
+                    ledger_key=key,
                 )
                 if mailing_id is None:  # another process planned it meanwhile: theirs stands
                     again = q.latest_mailing(conn, post_id, name)
@@ -129,20 +134,23 @@ def _plan(
                     result[name] = again.id
                     continue
                 result[name] = mailing_id
-                fresh.append((name, lid, mailing_id))
-            rivals = [lid for _, lid, _ in fresh]
+                fresh.append((lid, mailing_id, key))
+            rivals = [lid for lid, _, _ in fresh]
             # Looked at before this plan inserts anything: its own rows are
             # kept apart by the rival lists' rule, not by this look-up.
-            before = dedupe and bool(fresh) and q.has_deliveries(conn, post_id)
-            for _name, lid, mailing_id in fresh:
+            earlier = q.Earlier()
+            if dedupe and fresh:
+                earlier = q.delivered_before(conn, fresh[0][2], post_id)
+            for lid, mailing_id, key in fresh:
                 # INSERT … SELECT: the recipients never pass through Python.
                 q.snapshot_list(
                     conn,
                     mailing_id,
                     lid,
+                    key,
                     rival_list_ids=rivals,
-                    dedupe_key=post_id if dedupe else None,
-                    delivered_before=before,
+                    dedupe=dedupe,
+                    earlier=earlier,
                 )
             return result
     except SQLAlchemyError as exc:

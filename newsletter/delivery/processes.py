@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import logging
 import multiprocessing
 import signal
@@ -33,6 +34,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
+from newsletter import GC_THRESHOLDS
 from newsletter.config import Settings
 from newsletter.delivery.strategy import Tally
 from newsletter.email.message import MessageTemplate
@@ -243,6 +245,7 @@ def _listen(pipe: Connection, stop: threading.Event) -> None:
 
 def worker_start(pipe: Connection) -> tuple[threading.Event, _Reporter]:
     """In a worker process, before its pass: the stop event and the progress reporter."""
+    gc.set_threshold(*GC_THRESHOLDS)  # as the CLI's process: a spawned one starts afresh
     stop = threading.Event()
     # Ctrl-C reaches the whole process group: the parent decides and says "stop".
     signal.signal(signal.SIGINT, signal.SIG_IGN)

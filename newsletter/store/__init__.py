@@ -347,12 +347,19 @@ def _upgrade_to_4(conn: Connection) -> None:
     if conn.dialect.name == "postgresql":
         _drop_foreign_keys(conn, "deliveries")
         conn.exec_driver_sql(
-            f"ALTER TABLE deliveries DROP CONSTRAINT IF EXISTS {MAILING_SUBSCRIBER_INDEX.name}"
+            f"ALTER TABLE deliveries DROP CONSTRAINT IF EXISTS {MAILING_SUBSCRIBER}"
         )
-    # SQLite keeps its table constraint (see schema.MAILING_SUBSCRIBER_INDEX).
+    # SQLite keeps its table constraint (see schema.DEDUPE_INDEX's comment).
     constraints = {u["name"] for u in inspect(conn).get_unique_constraints("deliveries")}
-    if MAILING_SUBSCRIBER_INDEX.name not in constraints:
-        MAILING_SUBSCRIBER_INDEX.create(conn, checkfirst=True)
+    if MAILING_SUBSCRIBER not in constraints:
+        # Schema 4-6's other partial unique index (narrowed by version 7).
+        conn.exec_driver_sql(
+            f"CREATE UNIQUE INDEX IF NOT EXISTS {MAILING_SUBSCRIBER} "
+            "ON deliveries (mailing_id, subscriber_id) WHERE dedupe_key IS NULL"
+        )
+
+
+MAILING_SUBSCRIBER = "uq_delivery_mailing_subscriber"
 
 
 def _upgrade_to_5(conn: Connection) -> None:
@@ -377,6 +384,26 @@ def _upgrade_to_6(conn: Connection) -> None:
                 conn.exec_driver_sql(f'ALTER TABLE subscribers DROP CONSTRAINT "{name}"')
 
 
+def _upgrade_to_7(conn: Connection) -> None:
+    # Keyed delivery ids (why: schema.ledger_keys): mailings learn their key
+    # (the ledger_keys table itself comes from create_all), PostgreSQL's ids
+    # become 64-bit (a rewrite of the ledger, once), and the partial unique
+    # index that every non-deduplicated row went into keeps only the rows
+    # planned before (why: schema.DEDUPE_INDEX's comment).  Older rows keep
+    # their ids.
+    columns = {c["name"] for c in inspect(conn).get_columns("mailings")}
+    if "ledger_key" not in columns:
+        conn.exec_driver_sql("ALTER TABLE mailings ADD COLUMN ledger_key INTEGER")
+    conn.exec_driver_sql(f"DROP INDEX IF EXISTS {MAILING_SUBSCRIBER}")
+    constraints = {u["name"] for u in inspect(conn).get_unique_constraints("deliveries")}
+    if MAILING_SUBSCRIBER not in constraints:  # SQLite's table constraint before version 4
+        MAILING_SUBSCRIBER_INDEX.create(conn)
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("ALTER TABLE deliveries ALTER COLUMN id TYPE BIGINT")
+        conn.exec_driver_sql("ALTER SEQUENCE IF EXISTS deliveries_id_seq AS BIGINT")
+        conn.exec_driver_sql("ALTER TABLE bounce_events ALTER COLUMN delivery_id TYPE BIGINT")
+
+
 def _drop_foreign_keys(conn: Connection, table: str) -> None:
     for foreign_key in inspect(conn).get_foreign_keys(table):
         name = foreign_key["name"]
@@ -389,6 +416,7 @@ UPGRADES: dict[int, Callable[[Connection], None]] = {
     4: _upgrade_to_4,
     5: _upgrade_to_5,
     6: _upgrade_to_6,
+    7: _upgrade_to_7,
 }
 
 # Any constant will do: it only has to be the same in every newsletter process.

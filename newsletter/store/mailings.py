@@ -15,9 +15,9 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Connection,
     Engine,
-    Text,
     and_,
     func,
     literal,
@@ -45,8 +45,11 @@ from newsletter.store.leases import (
 )
 from newsletter.store.outcomes import LedgerWriter, Outcome, record, record_many
 from newsletter.store.schema import (
+    KEY_SHIFT,
     UtcDateTime,
     deliveries,
+    delivery_id,
+    ledger_keys,
     lists,
     mailings,
     memberships,
@@ -152,8 +155,12 @@ def insert_mailing(
     generation: int,
     subject: str,
     post_ids: tuple[str, ...],
+    ledger_key: int | None = None,
 ) -> int | None:
     """The new mailing's id; None when another process planned it first.
+
+    `ledger_key`: the number in its deliveries' ids (`ledger_key`); planning
+    always gives one.
 
     Idempotent on uq_mailing_post_list: two daemons planning the same post at
     once get one mailing (the loser waits for the winner's commit, then finds
@@ -168,6 +175,7 @@ def insert_mailing(
         "state": "planned",
         "post_ids": list(post_ids),
         "created_at": now(),
+        "ledger_key": ledger_key,
     }
     if not insert_or_ignore(conn, mailings, values, ("post_id", "list_id", "generation")):
         return None
@@ -180,31 +188,52 @@ def insert_mailing(
     )
 
 
-def snapshot(
-    conn: Connection,
-    mailing_id: int,
-    members: Iterable[tuple[int, str]],
-    *,
-    dedupe_key: str | None = None,
-) -> int:
+def ledger_key(conn: Connection, post_id: str | None) -> int:
+    """The key for a new mailing's delivery ids (see `schema.ledger_keys`).
+
+    A post id: that post's key, shared by all its deduplicated mailings, made
+    by whoever comes first (the unique column settles a race between hosts).
+    None: a fresh key of the mailing's own.
+    """
+    if post_id is None:
+        made = conn.execute(ledger_keys.insert().values(post_id=None))
+        key = made.inserted_primary_key[0] if made.inserted_primary_key else None
+    else:
+        insert_or_ignore(conn, ledger_keys, {"post_id": post_id}, ("post_id",))
+        key = conn.scalar(select(ledger_keys.c.id).where(ledger_keys.c.post_id == post_id))
+    if key is None:  # pragma: no cover - the insert above just made it
+        raise ValueError(f"no ledger key for {post_id!r}")
+    return int(key)
+
+
+def mailing_ledger_key(conn: Connection, mailing_id: int) -> int:
+    key = conn.scalar(select(mailings.c.ledger_key).where(mailings.c.id == mailing_id))
+    if key is None:
+        raise ValueError(f"mailing {mailing_id} has no ledger key (planned before schema 7)")
+    return int(key)
+
+
+def snapshot(conn: Connection, mailing_id: int, members: Iterable[tuple[int, str]]) -> int:
     """Insert one queued delivery per (subscriber_id, email), streamed in batches.
 
-    With a `dedupe_key` (the post id), the database's unique index refuses a
-    second delivery of that post to the same subscriber in any mailing.
+    The ids come from the mailing's ledger key (`schema.delivery_id`), so the
+    primary key refuses a second delivery to one subscriber under that key:
+    in this mailing, and for a deduplicated post in any mailing of the post.
     """
+    key = mailing_ledger_key(conn, mailing_id)
     stamp = now()
     total = 0
     batch: list[dict[str, Any]] = []
     for subscriber_id, email in members:
         batch.append(
             {
+                "id": delivery_id(key, subscriber_id),
                 "mailing_id": mailing_id,
                 "subscriber_id": subscriber_id,
                 "email": email,
                 "status": "queued",
                 "attempts": 0,
                 "updated_at": stamp,
-                "dedupe_key": dedupe_key,
             }
         )
         if len(batch) >= INSERT_BATCH:
@@ -236,75 +265,86 @@ def lock_post(conn: Connection, post_id: str) -> None:
     conn.execute(select(func.pg_advisory_xact_lock(int.from_bytes(digest[:8], "big", signed=True))))
 
 
+@dataclass(frozen=True)
+class Earlier:
+    """Where a deduplicated plan looks for people who already have the post.
+
+    `key`: the post's ledger key when rows under it exist (a primary-key
+    probe per member); `post_id`: the post when rows planned before schema 7
+    carry it as dedupe_key (uq_deliveries_dedupe).  Both None: nobody has it
+    yet, and the per-member look-ups are left out (a million index probes
+    that could find nothing: a fifth of planning on PostgreSQL).
+    """
+
+    key: int | None = None
+    post_id: str | None = None
+
+
+def delivered_before(conn: Connection, key: int, post_id: str) -> Earlier:
+    """Whether any mailing already holds a delivery of this post (two index probes)."""
+    low, high = key * KEY_SHIFT, (key + 1) * KEY_SHIFT - 1
+    keyed = select(deliveries.c.id).where(deliveries.c.id.between(low, high)).limit(1)
+    legacy = select(deliveries.c.id).where(deliveries.c.dedupe_key == post_id).limit(1)
+    return Earlier(
+        key if conn.execute(keyed).first() is not None else None,
+        post_id if conn.execute(legacy).first() is not None else None,
+    )
+
+
 def snapshot_list(
     conn: Connection,
     mailing_id: int,
     list_id: int,
+    key: int,
     *,
     rival_list_ids: Iterable[int] = (),
-    dedupe_key: str | None = None,
-    delivered_before: bool = True,
+    dedupe: bool = False,
+    earlier: Earlier = Earlier(),
 ) -> int:
     """One queued delivery per chosen member of the list, by INSERT … SELECT.
 
     A million recipients never pass through Python.  The members are those
     of `audience.members.mailable_members` (active, not unsubscribed from this
-    list); with a `dedupe_key`, those of `first_joined_members`.
-    `delivered_before=False` (the caller saw `has_deliveries(dedupe_key)`
-    false under the post's lock) drops the per-member look-up of earlier
-    deliveries: a million index probes that could find nothing (a fifth of
-    planning on PostgreSQL).
+    list); with `dedupe`, those of `first_joined_members` (the `earlier`
+    deliveries of the post left out).  Each row's id is `delivery_id(key,
+    subscriber)`, computed here, not drawn from a sequence row by row.
     """
-    chosen = _members_query(list_id, rival_list_ids, dedupe_key, delivered_before)
+    chosen = _members_query(list_id, rival_list_ids, dedupe, earlier)
     rows = select(
+        literal(key * KEY_SHIFT, BigInteger) + chosen.c.id,
         literal(mailing_id),
         chosen.c.id,
         chosen.c.email,
         literal("queued"),
         literal(0),
         literal(now(), UtcDateTime),
-        literal(dedupe_key, Text),
     )
-    columns = [
-        "mailing_id",
-        "subscriber_id",
-        "email",
-        "status",
-        "attempts",
-        "updated_at",
-        "dedupe_key",
-    ]
+    columns = ["id", "mailing_id", "subscriber_id", "email", "status", "attempts", "updated_at"]
     result = conn.execute(deliveries.insert().from_select(columns, rows))
     return int(result.rowcount)
 
 
 def first_joined_members(
-    conn: Connection, list_id: int, rival_list_ids: Iterable[int], dedupe_key: str
+    conn: Connection, list_id: int, rival_list_ids: Iterable[int], earlier: Earlier
 ) -> Iterator[tuple[int, str]]:
     """Mailable members of a list who get the post through it, streamed.
 
     A member also on a rival list (one the same post is planned for now) is
     left to that list when they joined it first (ties: the older list); one
-    who already has a delivery of this post in any mailing is left out.
+    who already has a delivery of this post (`earlier`) is left out.
     """
-    query = select(_members_query(list_id, rival_list_ids, dedupe_key)).execution_options(
+    query = select(_members_query(list_id, rival_list_ids, True, earlier)).execution_options(
         yield_per=1000
     )
     for row in conn.execute(query):
         yield int(row.id), str(row.email)
 
 
-def has_deliveries(conn: Connection, dedupe_key: str) -> bool:
-    """Whether any mailing already holds a delivery of this post (one index probe)."""
-    found = select(deliveries.c.id).where(deliveries.c.dedupe_key == dedupe_key).limit(1)
-    return conn.execute(found).first() is not None
-
-
 def _members_query(
     list_id: int,
     rival_list_ids: Iterable[int],
-    dedupe_key: str | None,
-    delivered_before: bool = True,
+    dedupe: bool,
+    earlier: Earlier = Earlier(),
 ) -> Any:
     """(id, email) of the list's mailable members in id order, as a subquery."""
     mine = memberships.alias("mine")
@@ -318,14 +358,14 @@ def _members_query(
         )
         .order_by(subscribers.c.id)
     )
-    if dedupe_key is None:
+    if not dedupe:
         return query.subquery()
-    if delivered_before:
-        query = query.where(~_already_has(mine, dedupe_key))
+    for already in _already_has(mine, earlier):
+        query = query.where(~already)
     rivals = [r for r in rival_list_ids if r != list_id]
     if rivals:
         rival = memberships.alias("rival")
-        earlier = (
+        first = (
             select(rival.c.list_id)
             .where(
                 rival.c.subscriber_id == mine.c.subscriber_id,
@@ -338,20 +378,26 @@ def _members_query(
             )
             .exists()
         )
-        query = query.where(~earlier)
+        query = query.where(~first)
     return query.subquery()
 
 
-def _already_has(mine: Any, dedupe_key: str) -> Any:
-    """EXISTS: the member (of `mine`) has a delivery of this post in any mailing."""
-    return (
-        select(deliveries.c.id)
-        .where(
-            deliveries.c.dedupe_key == dedupe_key,
-            deliveries.c.subscriber_id == mine.c.subscriber_id,
+def _already_has(mine: Any, earlier: Earlier) -> list[Any]:
+    """EXISTS clauses: the member (of `mine`) has a delivery of this post in any mailing."""
+    clauses = []
+    if earlier.key is not None:  # one primary-key probe
+        own_id = literal(earlier.key * KEY_SHIFT, BigInteger) + mine.c.subscriber_id
+        clauses.append(select(deliveries.c.id).where(deliveries.c.id == own_id).exists())
+    if earlier.post_id is not None:  # rows planned before schema 7
+        clauses.append(
+            select(deliveries.c.id)
+            .where(
+                deliveries.c.dedupe_key == earlier.post_id,
+                deliveries.c.subscriber_id == mine.c.subscriber_id,
+            )
+            .exists()
         )
-        .exists()
-    )
+    return clauses
 
 
 def counts(conn: Connection, mailing_id: int | None = None) -> dict[int, dict[str, int]]:
@@ -481,6 +527,7 @@ __all__ = [
     "OPEN_STATUSES",
     "STATUSES",
     "Claimed",
+    "Earlier",
     "LedgerWriter",
     "MailingRow",
     "Outcome",
@@ -490,6 +537,7 @@ __all__ = [
     "claim",
     "claimable_left",
     "counts",
+    "delivered_before",
     "first_joined_members",
     "free_dead_leases",
     "get_mailing",
@@ -497,9 +545,11 @@ __all__ = [
     "insert_mailing",
     "latest_mailing",
     "lease_owner",
+    "ledger_key",
     "list_id",
     "lock_post",
     "mailed_pairs",
+    "mailing_ledger_key",
     "mailings_with_work",
     "member_count",
     "next_due",
