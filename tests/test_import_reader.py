@@ -61,6 +61,7 @@ def children(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
         return real(args, **kwargs)
 
     monkeypatch.setattr(stagereader, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(stagereader, "_spare_core", lambda: True)
     monkeypatch.setattr(stagereader.subprocess, "Popen", popen)
     return started
 
@@ -147,6 +148,18 @@ def test_a_reader_that_dies_is_an_error_not_an_empty_file(
     with pytest.raises(SubscriberError, match="stopped unexpectedly"):
         run_import(engine, settings, path)
     assert list(members(engine, "news")) == []
+
+
+def test_without_a_free_core_the_file_is_read_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(stagereader, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(stagereader.os, "getloadavg", lambda: (2.5, 2.0, 2.0))
+    monkeypatch.setattr(stagereader.os, "cpu_count", lambda: 2)
+    assert not stagereader.worth_a_process(write(tmp_path / "people.csv", ROWS))
+    monkeypatch.setattr(stagereader.os, "getloadavg", lambda: (0.5, 2.0, 2.0))
+    assert stagereader.worth_a_process(tmp_path / "people.csv")
+    assert not stagereader.worth_a_process(tmp_path / "missing.csv")
 
 
 def uids(engine: Engine) -> list[str]:

@@ -160,9 +160,9 @@ def _staged_import(
 def _source(
     conn: Connection, run: ImportRun, path: Path, fmt: str, tick: Callable[[int], None] | None
 ) -> Iterable[SourceRow | Problem] | ValidatedRows:
-    """A big file's rows are read and validated by a second process
-    (`newsletter.audience.stagereader`), a small one's here."""
-    if path.is_file() and path.stat().st_size >= stagereader.PARALLEL_MIN_BYTES:
+    """A big file's rows are read and validated by a second process when a
+    core is free (`newsletter.audience.stagereader`), else here."""
+    if stagereader.worth_a_process(path):
         driver = conn.engine.url.drivername
         return ValidatedRows(path, fmt, driver, run.counts, tick)
     return read_source(path, fmt, progress=tick, infos=run.counts.files)
