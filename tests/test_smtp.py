@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from smtpserver import DROP, STALL, SmtpTestServer, TlsMaterial, self_signed_context, tls_material
+from smtpserver import (
+    DROP,
+    STALL,
+    SmtpTestServer,
+    TlsMaterial,
+    _Handler,
+    self_signed_context,
+    tls_material,
+)
 
 from newsletter.config import SmtpSettings
 from newsletter.delivery.transports import ConnectError, TransportError
@@ -286,6 +297,31 @@ def test_pipelined_session_is_really_pipelined() -> None:
         assert t._conn is not None and t._conn.has_extn("pipelining")
         t.close()
         assert server.received[0].data == b"Subject: x\r\n\r\n.dot\r\n"
+
+
+def test_ready_overlaps_the_servers_answer_to_the_envelope(
+    any_server: SmtpTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ready` (the previous outcome's commit) runs while the server answers MAIL.
+
+    The server holds its answer to MAIL until `ready` has run: a client that
+    calls it only after that answer (a round trip more per message) would
+    make the server wait its full second, and the test sees it.
+    """
+    ran = threading.Event()
+    waited: list[bool] = []
+    mail = _Handler.handle_MAIL
+
+    async def handle_mail(self: _Handler, *args: Any) -> str:
+        waited.append(await asyncio.to_thread(ran.wait, 1.0))
+        return await mail(self, *args)
+
+    monkeypatch.setattr(_Handler, "handle_MAIL", handle_mail)
+    t = plain(any_server)
+    assert t.send(SENDER, "a@example.org", MSG, ready=ran.set).ok
+    t.close()
+    assert waited == [True]
+    assert any_server.recipients() == ["a@example.org"]
 
 
 def test_ready_runs_before_the_final_dot_and_a_failure_discards_the_message(

@@ -30,6 +30,39 @@ class _Job:
     rows: tuple[q.Claimed, ...]
 
 
+class Ahead:
+    """One worker's next message, built while the server answers the current one.
+
+    A failure to build it is kept and raised where that message is taken, so
+    it is reported against its own recipient, as without the look-ahead.
+    """
+
+    def __init__(self, transport: Transport) -> None:
+        # SMTP takes DATA content built by the template (far cheaper than
+        # stuffing the whole message); the other transports take the message.
+        self.stuffed = bool(getattr(transport, "accepts_stuffed", False))
+        self._built: tuple[int, tuple[bytes, str | None] | Exception] | None = None
+
+    def build(self, row: q.Claimed, core: PassCore) -> None:
+        if self._built is not None and self._built[0] == row.id:
+            return  # `ready` runs again when a send is retried
+        try:
+            self._built = (row.id, self._make(row, core))
+        except Exception as exc:
+            self._built = (row.id, exc)
+
+    def take(self, row: q.Claimed, core: PassCore) -> tuple[bytes, str | None]:
+        built, self._built = self._built, None
+        if built is None or built[0] != row.id:
+            return self._make(row, core)
+        if isinstance(built[1], Exception):
+            raise built[1]
+        return built[1]
+
+    def _make(self, row: q.Claimed, core: PassCore) -> tuple[bytes, str | None]:
+        return core.data(row) if self.stuffed else core.message(row)
+
+
 class ThreadedStrategy:
     def __init__(self, core: PassCore) -> None:
         self.core = core
@@ -91,11 +124,14 @@ class ThreadedStrategy:
         previous: Pending | None = None
         try:
             while (job := self._next_job(jobs, previous)) is not None:
-                for row in job.rows:
+                ahead = Ahead(transport)
+                rows = job.rows
+                for i, row in enumerate(rows):
                     if core.stop.is_set() or core.abort.is_set():
                         break  # drain; the leases are released at the end
+                    upcoming = rows[i + 1] if i + 1 < len(rows) else None
                     try:
-                        previous = self._deliver(transport, row, tally, previous)
+                        previous = self._deliver(transport, row, tally, previous, ahead, upcoming)
                     except Exception as exc:
                         core.fail(exc, row.email)
             if previous is not None:
@@ -123,26 +159,33 @@ class ThreadedStrategy:
             return jobs.get()
 
     def _deliver(
-        self, transport: Transport, row: q.Claimed, tally: Tally, previous: Pending | None
+        self,
+        transport: Transport,
+        row: q.Claimed,
+        tally: Tally,
+        previous: Pending | None,
+        ahead: Ahead,
+        upcoming: q.Claimed | None,
     ) -> Pending | None:
         """Send one message; hand its outcome to the recorder without waiting.
 
         The wait for the *previous* outcome's commit happens inside the SMTP
-        transaction of this one, just before the final dot (when the transport
-        supports it): until that dot the server keeps nothing, so a crash then
-        cannot send this message, and each connection still has at most one
-        message whose fate the ledger does not know.
+        transaction of this one, before the final dot (while the server
+        answers MAIL, when the transport supports it): until that dot the
+        server keeps nothing, so a crash then cannot send this message, and
+        each connection still has at most one message whose fate the ledger
+        does not know.  The upcoming message is built then too, so neither
+        piece of work adds to the round trips of a message.
         """
-        # SMTP takes DATA content built by the template (far cheaper than
-        # stuffing the whole message); the other transports take the message.
-        stuffed = bool(getattr(transport, "accepts_stuffed", False))
-        message, mid = self.core.data(row) if stuffed else self.core.message(row)
+        message, mid = ahead.take(row, self.core)
 
         def ready() -> None:
             if previous is not None:
                 previous.wait()
+            if upcoming is not None:
+                ahead.build(upcoming, self.core)
 
-        result = self.core.send(transport, row, message, ready, stuffed=stuffed)
+        result = self.core.send(transport, row, message, ready, stuffed=ahead.stuffed)
         ready()
         if result is None:  # stopped while waiting out a throttle
             return None

@@ -136,6 +136,22 @@ NON_ASCII_LOCAL_PART = (
 Ready = Callable[[], None]
 
 
+def _run_ready(transport: SmtpTransport, ready: Ready | None) -> None:
+    """`ready()` before any final dot; when it fails, no dot ever follows.
+
+    Dropping the connection in the middle of a transaction makes the server
+    discard it (RFC 5321 §3.8), so a failed commit of the previous outcome
+    sends nothing more on this connection.
+    """
+    if ready is None:
+        return
+    try:
+        ready()
+    except BaseException:
+        transport._drop()
+        raise
+
+
 class Flight:
     """One message on its way through `SmtpTransport.begin` … `reply`."""
 
@@ -280,7 +296,11 @@ class SmtpTransport:
         ready: Ready | None = None,
         stuffed: bool = False,
     ) -> SendResult:
-        """One message; `stuffed`: `message` is DATA content already (`stuffed_body`'s)."""
+        """One message; `stuffed`: `message` is DATA content already (`stuffed_body`'s).
+
+        `ready()` runs before the final dot, while the server answers MAIL (or
+        the pipelined MAIL/RCPT/DATA), so its work overlaps a round trip.
+        """
         reused = self._conn is not None
         body = message if stuffed else stuffed_body(message)
         result = self._attempt(sender, recipient, body, ready)
@@ -320,7 +340,11 @@ class SmtpTransport:
         try:
             if conn.has_extn("pipelining"):
                 return self._pipelined(conn, recipient, commands, message, ready)
-            code, reply = self._command(conn, commands[0])
+            # `ready` (the previous outcome's commit) runs while the server
+            # answers MAIL: a round trip it would otherwise add to each message.
+            conn.send(commands[0].encode("utf-8") + b"\r\n")
+            _run_ready(self, ready)
+            code, reply = conn.getreply()
             if code != 250:
                 return self._refused(recipient, code, reply, stage)
             stage = "rcpt"
@@ -331,7 +355,7 @@ class SmtpTransport:
             code, reply = self._command(conn, "DATA")
             if code != 354:
                 return self._refused(recipient, code, reply, stage)
-            return self._content(conn, recipient, message, ready)
+            return self._content(conn, recipient, message)
         except (smtplib.SMTPServerDisconnected, smtplib.SMTPResponseException, OSError) as exc:
             self._drop()
             what = "timed out" if isinstance(exc, TimeoutError) else "connection lost"
@@ -354,10 +378,11 @@ class SmtpTransport:
     ) -> SendResult:
         """MAIL, RCPT and DATA in one write when the server offers PIPELINING (RFC 2920)."""
         conn.send("".join(f"{c}\r\n" for c in (*commands, "DATA")).encode("utf-8"))
+        _run_ready(self, ready)  # while the server answers the envelope
         refusal = self._envelope_replies(conn, recipient)
         if refusal is not None:
             return refusal
-        return self._content(conn, recipient, message, ready)
+        return self._content(conn, recipient, message)
 
     def _envelope_replies(self, conn: smtplib.SMTP, recipient: str) -> SendResult | None:
         """Read the pipelined MAIL, RCPT and DATA replies; the refusal, or None on 354."""
@@ -377,17 +402,10 @@ class SmtpTransport:
             return self._refused(recipient, data_code, data_text, "data")
         return None
 
-    def _content(
-        self, conn: smtplib.SMTP, recipient: str, message: bytes, ready: Ready | None
-    ) -> SendResult:
-        conn.send(message)  # stuffed by `send`
-        if ready is not None:
-            try:
-                ready()
-            except BaseException:
-                self._drop()  # no final dot: the server discards the message
-                raise
-        conn.send(b".\r\n")  # from here the server may keep it
+    def _content(self, conn: smtplib.SMTP, recipient: str, message: bytes) -> SendResult:
+        # The content (stuffed by `send`) and its final dot in one write: from
+        # here the server may keep the message, so `ready` has run already.
+        conn.send(message + b".\r\n")
         code, reply = conn.getreply()
         if code != 250:
             return self._refused(recipient, code, reply, "data")
