@@ -18,6 +18,7 @@ from sqlalchemy import Engine, select
 from test_subscribers_common import make_engine, make_settings, run_import
 
 import newsletter.audience.stagereader as stagereader
+import newsletter.audience.staging as staging
 from newsletter.audience.members import ensure_lists
 from newsletter.audience.subscribers import members
 from newsletter.config import Settings
@@ -160,6 +161,35 @@ def test_without_a_free_core_the_file_is_read_here(
     monkeypatch.setattr(stagereader.os, "getloadavg", lambda: (0.5, 2.0, 2.0))
     assert stagereader.worth_a_process(tmp_path / "people.csv")
     assert not stagereader.worth_a_process(tmp_path / "missing.csv")
+
+
+def test_a_failure_here_stops_the_reader_at_once(
+    engine: Engine,
+    settings: Settings,
+    tmp_path: Path,
+    children: list[list[str]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Fault injection: staging fails after one row while the child is still
+    reading (12 batches, more than it may run ahead); it must not linger."""
+    processes: list[subprocess.Popen[bytes]] = []
+    real = subprocess.Popen
+
+    def popen(args: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        processes.append(real(args, **kwargs))
+        return processes[-1]
+
+    def fails_after_one_row(_conn: object, _table: object, _names: object, rows: Any) -> None:
+        next(iter(rows))
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(stagereader.subprocess, "Popen", popen)
+    monkeypatch.setattr(staging, "_write_rows", fails_after_one_row)
+    lines = ["email"] + [f"user{i}@example.com" for i in range(60_000)]
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        run_import(engine, settings, write(tmp_path / "big.csv", lines))
+    assert len(processes) == 1 and processes[0].poll() is not None
+    assert list(members(engine, "news")) == []
 
 
 def uids(engine: Engine) -> list[str]:

@@ -29,7 +29,7 @@ import subprocess
 import sys
 import threading
 import traceback
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -76,7 +76,7 @@ class ValidatedRows:
     counts: ImportCounts
     progress: Tick | None = None
 
-    def __iter__(self) -> Iterator[tuple[Any, ...]]:
+    def __iter__(self) -> Generator[tuple[Any, ...], None, None]:
         # A plain `python -m` child, not multiprocessing: spawning re-runs the
         # caller's main script in the child, which a script without a
         # `__main__` guard does not survive.  The child imports `newsletter`

@@ -44,6 +44,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Iterable
+from contextlib import closing
 from datetime import datetime
 from typing import Any
 
@@ -193,11 +194,14 @@ def rows_from_file(
     `ValidatedRows` were validated by another process (`stagereader`)."""
     names = [c.name for c in _rows.columns]
     rows = (
-        source
+        iter(source)
         if isinstance(source, ValidatedRows)
         else staged_rows(source, counts, _Raw(conn.dialect))
     )
-    _write_rows(conn, _rows, names, rows)
+    # Closed at once, also on an error: the reader process stops with it (not
+    # whenever the traceback that holds the generator is collected).
+    with closing(rows):
+        _write_rows(conn, _rows, names, rows)
 
 
 # --------------------------------------------------------------------------- phase 2
