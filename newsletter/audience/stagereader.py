@@ -54,7 +54,7 @@ def worth_a_process(path: Path) -> bool:
 
     On a machine whose cores are all busy a second process only splits this
     import's share of them, and the pipe between the two adds work: measured
-    slower there (200,000 rows, load 5 on 2 cores: 10.5 s against 7 s)."""
+    slower there (200,000 rows, load 5 on 2 cores: 10.5–10.7 s against 6.1–8.2 s)."""
     if not path.is_file() or path.stat().st_size < PARALLEL_MIN_BYTES:
         return False
     return _spare_core()
@@ -192,7 +192,7 @@ def main(path: Path, fmt: str, driver: str, out: IO[bytes]) -> None:
 
 def staged_rows(
     source: Iterable[SourceRow | Problem], counts: ImportCounts, raw: _Raw
-) -> Iterator[tuple[Any, ...]]:
+) -> Generator[tuple[Any, ...], None, None]:
     """`importer`'s validation, one tuple per valid row in `_rows`' column order.
 
     The hot loop of an import: no object per row beyond the tuple itself."""

@@ -196,7 +196,7 @@ def rows_from_file(
     `ValidatedRows` were validated by another process (`stagereader`)."""
     names = [c.name for c in _rows.columns]
     rows = (
-        iter(source)
+        source.__iter__()
         if isinstance(source, ValidatedRows)
         else staged_rows(source, counts, _Raw(conn.dialect))
     )
