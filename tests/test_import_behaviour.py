@@ -30,6 +30,7 @@ from test_subscribers_common import (
 )
 
 import newsletter.audience.importer as importer
+import newsletter.audience.stagereader as stagereader
 import newsletter.audience.staging as staging
 from newsletter.audience import consent
 from newsletter.audience.members import (
@@ -276,6 +277,7 @@ from pathlib import Path
 from newsletter.config import ListSettings, Settings
 from newsletter.store import open_url
 from newsletter.audience.subscribers import import_file
+import newsletter.audience.stagereader as stagereader
 import newsletter.audience.staging as staging
 
 settings = Settings(lists={"news": ListSettings("news", "News")})
@@ -617,19 +619,19 @@ def test_a_bad_row_mid_file_leaves_the_store_unchanged(
         "email,name\nbefore@example.com,Renamed\n"
         + "".join(f"u{i}@example.com,U\n" for i in range(6000)),
     )
-    real = staging.normalised  # the staged path's validation, row by row as it streams
+    real = stagereader.normalised  # the staged path's validation, row by row as it streams
 
     def breaks_on_row_4000(email: str) -> object:
         if email == "u4000@example.com":
             raise RuntimeError("disk on fire")
         return real(email)
 
-    monkeypatch.setattr(staging, "normalised", breaks_on_row_4000)
+    monkeypatch.setattr(stagereader, "normalised", breaks_on_row_4000)
     with pytest.raises(RuntimeError, match="disk on fire"):
         run_import(engine, settings, path)
     assert count_rows(engine) == (1, 1)
     assert seen(engine, "before@example.com").name == "Before"
-    monkeypatch.setattr(staging, "normalised", real)
+    monkeypatch.setattr(stagereader, "normalised", real)
     assert run_import(engine, settings, path).new == 6000  # no stage left behind
 
 

@@ -57,12 +57,14 @@ def normalise_email(raw: str) -> Address:
 
 def normalised(raw: str) -> tuple[str, str]:
     """`normalise_email` as a plain (email, key) pair: the import's hot loop."""
-    plain = _PLAIN.fullmatch(raw.strip())
+    text = raw.strip()
+    plain = _PLAIN.fullmatch(text)
     if plain is not None:  # nothing to strip or decode: the common case, one regex
         local, domain = plain.groups()
         ascii_domain = _domain(domain)
         if ascii_domain is not None and len(local) <= _MAX_LOCAL:
-            email = f"{local}@{ascii_domain}"
+            # Most domains are already in their ASCII, lower-case form.
+            email = text if ascii_domain == domain else f"{local}@{ascii_domain}"
             if len(email) <= _MAX_ADDRESS:
                 return email, email.lower()
     text = _strip_decoration(raw)

@@ -72,7 +72,7 @@ _rows = _table(
     Column("reason", Text),
     Column("attributes", Text),  # JSON as the column's serializer writes it, or NULL for none
     Column("since", _TIME),  # as the driver takes it, or NULL
-    Column("uid", Text, nullable=False),  # used only if the address is new
+    Column("uid", Text, nullable=False),  # the random half of its uid, if the address is new
 )
 _rest = _table("import_rest", Column("seq", Integer, primary_key=True))
 _merged = _table(  # a file's repeated addresses: keep 1 (merged values) or 0 (drop the row)

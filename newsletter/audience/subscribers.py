@@ -20,7 +20,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -30,7 +30,7 @@ from typing import IO, Any
 from sqlalchemy import Connection, Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from newsletter.audience import staging
+from newsletter.audience import stagereader, staging
 from newsletter.audience.csvformats import read_source, source_size
 from newsletter.audience.importer import ImportCounts, ImportRun, import_rows, remove_untouched
 from newsletter.audience.members import (
@@ -41,7 +41,8 @@ from newsletter.audience.members import (
     ensure_lists,
     list_id,
 )
-from newsletter.audience.serviceformats import FORMULA_STARTS, NEWSLETTER_HEADER
+from newsletter.audience.serviceformats import FORMULA_STARTS, NEWSLETTER_HEADER, SourceRow
+from newsletter.audience.stagereader import ValidatedRows
 from newsletter.config import Settings
 from newsletter.errors import Problem, StoreError, SubscriberError
 from newsletter.store import READ_ONLY, now
@@ -140,8 +141,7 @@ def _staged_import(
                 with conn.begin():
                     lid = conn.scalar(select(lists.c.id).where(lists.c.name == list_name))
                     run = ImportRun(conn, int(lid or 0), resubscribe=resubscribe)
-                    source = read_source(path, fmt, progress=tick, infos=run.counts.files)
-                    staging.stage_and_plan(run, source)
+                    staging.stage_and_plan(run, _source(conn, run, path, fmt, tick))
                 if not dry_run:
                     _test_gate()
                     conn.execution_options(**{READ_ONLY: False})  # BEGIN IMMEDIATE
@@ -155,6 +155,17 @@ def _staged_import(
     except SQLAlchemyError as exc:
         raise StoreError(f"import failed, nothing was written: {exc}", path=path) from exc
     return run.counts
+
+
+def _source(
+    conn: Connection, run: ImportRun, path: Path, fmt: str, tick: Callable[[int], None] | None
+) -> Iterable[SourceRow | Problem] | ValidatedRows:
+    """A big file's rows are read and validated by a second process when a
+    core is free (`newsletter.audience.stagereader`), else here."""
+    if stagereader.worth_a_process(path):
+        driver = conn.engine.url.drivername
+        return ValidatedRows(path, fmt, driver, run.counts, tick)
+    return read_source(path, fmt, progress=tick, infos=run.counts.files)
 
 
 def _test_gate() -> None:

@@ -94,7 +94,10 @@ subscribers = Table(
     # it case-sensitively, so we never rewrite what people typed).  Filled in
     # from `email` when an insert does not give it.
     Column("email_key", String(320), nullable=False, unique=True, default=_email_key),
-    # Random, never sequential: what unsubscribe tokens and URLs carry.
+    # Unguessable, never the row id: what unsubscribe tokens and URLs carry.  32 hex
+    # digits: 128 random bits (`new_uid`), or (a staged import) the import's time,
+    # the row's rank and 64 random bits, so the import appends to this index
+    # (newsletter.audience.staging._ordered_uids).
     Column("uid", String(32), nullable=False, unique=True, default=new_uid),
     Column("name", String(200), nullable=False, default=""),
     Column("attributes", JSON, nullable=False, default=dict),

@@ -1,0 +1,213 @@
+"""A big file is read and validated by a second process (audience/stagereader.py),
+and the merge gives new subscribers ordered uids (audience/staging.py).
+
+Both must change nothing an import reports or stores: the same counts, the same
+problems (file, line, reason) in file order, the same file facts, the same
+members, errors with the same message and location, progress to the end.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, select
+from test_subscribers_common import make_engine, make_settings, run_import
+
+import newsletter.audience.stagereader as stagereader
+import newsletter.audience.staging as staging
+from newsletter.audience.members import ensure_lists
+from newsletter.audience.subscribers import members
+from newsletter.config import Settings
+from newsletter.errors import SubscriberError
+from newsletter.store import open_url
+from newsletter.store.schema import subscribers
+
+ROWS = [  # our own export's header: `subscribed_at` is when they joined
+    "email,name,status,subscribed_at,city",
+    "a@example.com,Ann,active,2023-05-01T10:00:00Z,Oslo",
+    "not-an-address,Bad,active,,Rome",
+    ",Nobody,active,,Rome",
+    "b@example.com,Bob,zombie,,Lima",  # unknown status: a warning, pending
+    "A@EXAMPLE.COM,Ann Again,unsubscribed,,",  # a duplicate: the unsubscribe wins
+    "c@example.org,,active,,'=1+2",
+    "",
+    "d@example.net,Dee,bounced,2022-01-02 03:04:05,42",
+]
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings("news", base_dir=tmp_path)
+
+
+@pytest.fixture
+def engine(database_url: str, settings: Settings) -> Engine:
+    engine = open_url(database_url)
+    ensure_lists(engine, settings)
+    return engine
+
+
+@pytest.fixture
+def children(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """Every file counts as big; the command lines of the children started."""
+    started: list[list[str]] = []
+    real = subprocess.Popen
+
+    def popen(args: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        started.append(args)
+        return real(args, **kwargs)
+
+    monkeypatch.setattr(stagereader, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(stagereader, "_spare_core", lambda: True)
+    monkeypatch.setattr(stagereader.subprocess, "Popen", popen)
+    return started
+
+
+def write(path: Path, lines: list[str]) -> Path:
+    path.write_text("\r\n".join(lines) + "\r\n", encoding="utf-8")
+    return path
+
+
+def outcome(engine: Engine, settings: Settings, path: Path) -> tuple[Any, ...]:
+    ticks: list[tuple[int, int]] = []
+    counts = run_import(engine, settings, path, progress=lambda d, t: ticks.append((d, t)))
+    problems = [(p.message, p.path, p.line, p.severity) for p in counts.problems]
+    stored = sorted(
+        (m.email, m.name, m.status, m.subscribed_at.isoformat() if m.subscribed_at.year < 2024
+         else "now", sorted(m.attributes.items()))
+        for m in members(engine, "news")
+    )  # fmt: skip
+    return counts.as_dict(), problems, counts.files, stored, ticks[-1][0] == ticks[-1][1]
+
+
+def test_a_big_file_read_by_a_second_process_imports_exactly_the_same(
+    engine: Engine,
+    settings: Settings,
+    tmp_path: Path,
+    children: list[list[str]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    path = write(tmp_path / "people.csv", ROWS)
+    parallel = outcome(engine, settings, path)
+    assert len(children) == 1 and children[0][1:3] == ["-m", stagereader.__name__]
+    monkeypatch.setattr(stagereader, "PARALLEL_MIN_BYTES", 1 << 60)
+    reference = outcome(make_engine(tmp_path, settings), settings, path)
+    assert len(children) == 1  # the reference was read here
+    assert parallel == reference
+    counts, problems, _files, stored, progress_to_the_end = parallel
+    assert (counts["rows"], counts["new"], counts["invalid"], counts["duplicates"]) == (7, 4, 2, 1)
+    assert [(line, severity) for _m, _p, line, severity in problems] == [
+        (3, "error"),
+        (4, "error"),
+        (5, "warning"),
+    ]
+    assert problems[0][1] == path and "not-an-address" in problems[0][0]
+    assert stored[0][:3] == ("a@example.com", "Ann", "unsubscribed")
+    assert stored[0][3] == "2023-05-01T10:00:00+00:00"
+    assert stored[2][4] == [("city", "=1+2")] and stored[3][3:] == (
+        "2022-01-02T03:04:05+00:00",
+        [("city", 42)],
+    )
+    assert progress_to_the_end
+
+
+def test_errors_of_the_second_process_are_raised_with_their_location(
+    engine: Engine, settings: Settings, tmp_path: Path, children: list[list[str]]
+) -> None:
+    empty = tmp_path / "empty.csv"
+    empty.write_text("\n\n", encoding="utf-8")
+    with pytest.raises(SubscriberError) as raised:
+        run_import(engine, settings, empty)
+    assert str(raised.value) == f"{empty}: the file is empty (no header line)"
+    wrong = write(tmp_path / "wrong.csv", ["email,name", "a@example.com,Ann"])
+    with pytest.raises(SubscriberError, match="--format ghost expects") as raised:
+        run_import(engine, settings, wrong, fmt="ghost")
+    assert (raised.value.path, raised.value.line) == (wrong, 1)
+    assert len(children) == 2
+    assert run_import(engine, settings, wrong).new == 1  # nothing left behind
+
+
+def test_a_reader_that_dies_is_an_error_not_an_empty_file(
+    engine: Engine,
+    settings: Settings,
+    tmp_path: Path,
+    children: list[list[str]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Fault injection: the child exits without a word (killed, out of memory)."""
+    real = subprocess.Popen
+
+    def dies(args: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        return real([args[0], "-c", "import sys; sys.exit(9)"], **kwargs)
+
+    monkeypatch.setattr(stagereader.subprocess, "Popen", dies)
+    path = write(tmp_path / "people.csv", ROWS)
+    with pytest.raises(SubscriberError, match="stopped unexpectedly"):
+        run_import(engine, settings, path)
+    assert list(members(engine, "news")) == []
+
+
+def test_without_a_free_core_the_file_is_read_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(stagereader, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(stagereader.os, "getloadavg", lambda: (2.5, 2.0, 2.0))
+    monkeypatch.setattr(stagereader.os, "cpu_count", lambda: 2)
+    assert not stagereader.worth_a_process(write(tmp_path / "people.csv", ROWS))
+    monkeypatch.setattr(stagereader.os, "getloadavg", lambda: (0.5, 2.0, 2.0))
+    assert stagereader.worth_a_process(tmp_path / "people.csv")
+    assert not stagereader.worth_a_process(tmp_path / "missing.csv")
+
+
+def test_a_failure_here_stops_the_reader_at_once(
+    engine: Engine,
+    settings: Settings,
+    tmp_path: Path,
+    children: list[list[str]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Fault injection: staging fails after one row while the child is still
+    reading (12 batches, more than it may run ahead); it must not linger."""
+    processes: list[subprocess.Popen[bytes]] = []
+    real = subprocess.Popen
+
+    def popen(args: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        processes.append(real(args, **kwargs))
+        return processes[-1]
+
+    def fails_after_one_row(_conn: object, _table: object, _names: object, rows: Any) -> None:
+        next(iter(rows))
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(stagereader.subprocess, "Popen", popen)
+    monkeypatch.setattr(staging, "_write_rows", fails_after_one_row)
+    lines = ["email"] + [f"user{i}@example.com" for i in range(60_000)]
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        run_import(engine, settings, write(tmp_path / "big.csv", lines))
+    assert len(processes) == 1 and processes[0].poll() is not None
+    assert list(members(engine, "news")) == []
+
+
+def uids(engine: Engine) -> list[str]:
+    with engine.connect() as conn:
+        return list(conn.scalars(select(subscribers.c.uid).order_by(subscribers.c.id)))
+
+
+def test_imported_uids_ascend_in_insert_order_and_stay_unguessable(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    """The uid index grows at its end, and half of every uid is random."""
+    lines = ["email"] + [f"user{(i * 7919) % 3000}@example.com" for i in range(3000)]
+    run_import(engine, settings, write(tmp_path / "many.csv", lines))
+    first = uids(engine)
+    assert len(first) == len(set(first)) == 3000
+    assert all(re.fullmatch(r"[0-9a-f]{32}", u) for u in first)
+    assert first == sorted(first)  # in id order, which is the insert's order
+    random_halves = [u[16:] for u in first]
+    assert len(set(random_halves)) == 3000 and random_halves != sorted(random_halves)
+    run_import(engine, settings, write(tmp_path / "more.csv", ["email", "new@example.com"]))
+    assert len(set(uids(engine))) == 3001
