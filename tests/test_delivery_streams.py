@@ -55,6 +55,19 @@ def timed_stall(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     return window
 
 
+def timed_builds(monkeypatch: pytest.MonkeyPatch) -> dict[str, float]:
+    """When each recipient's message is built (personalised): email -> time."""
+    built: dict[str, float] = {}
+    data = MailingPass.data
+
+    def timed_data(self: MailingPass, row: q.Claimed) -> Any:
+        built[row.email] = time.monotonic()
+        return data(self, row)
+
+    monkeypatch.setattr(MailingPass, "data", timed_data)
+    return built
+
+
 @pytest.mark.parametrize("pipelining", [False, True], ids=["plain", "pipelining"])
 def test_the_strategy_follows_the_setting_and_the_server(
     sample_site: Path, smtp_server: SmtpTestServer, pipelining: bool
@@ -357,14 +370,7 @@ def test_the_message_after_next_is_built_while_the_server_works(
     # (StreamSmtp.send's `prepare`), not after the reply came.
     server = SmtpTestServer(pipelining=True, stall_seconds=0.5)
     window = timed_stall(monkeypatch)
-    built: dict[str, float] = {}
-    data = MailingPass.data
-
-    def timed_data(self: MailingPass, row: q.Claimed) -> Any:
-        built[row.email] = time.monotonic()
-        return data(self, row)
-
-    monkeypatch.setattr(MailingPass, "data", timed_data)
+    built = timed_builds(monkeypatch)
     server.script("r001@example.org", STALL, stage="data", times=1)
     with server:
         settings = streams_settings(sample_site, server, **{"delivery.concurrency": 1})

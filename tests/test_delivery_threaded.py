@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from smtpserver import SmtpTestServer, _Handler
 from test_delivery_smtp import ledger, populate, site_settings
+from test_delivery_streams import timed_builds
 
 from newsletter.config import Settings
 from newsletter.delivery.mailing_pass import MailingPass
@@ -65,14 +66,7 @@ def test_the_next_message_is_built_while_the_server_answers_mail(
 ) -> None:
     smtp_server.pipelining = pipelining
     window = stall_second_mail(monkeypatch)
-    built: dict[str, float] = {}
-    data = MailingPass.data
-
-    def timed_data(self: MailingPass, row: q.Claimed) -> Any:
-        built[row.email] = time.monotonic()
-        return data(self, row)
-
-    monkeypatch.setattr(MailingPass, "data", timed_data)
+    built = timed_builds(monkeypatch)
     settings = threaded(sample_site, smtp_server)
     engine = populate(settings, 4)
     mid = plan_mailing(engine, settings, POST, "sample")
