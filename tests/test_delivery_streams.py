@@ -68,6 +68,36 @@ def timed_builds(monkeypatch: pytest.MonkeyPatch) -> dict[str, float]:
     return built
 
 
+def failing_build(monkeypatch: pytest.MonkeyPatch, email: str) -> None:
+    """Building `email`'s message raises a RenderError (the others build as usual)."""
+    from newsletter.errors import RenderError
+
+    data = MailingPass.data
+
+    def failing(self: MailingPass, row: q.Claimed) -> Any:
+        if row.email == email:
+            raise RenderError("not a usable address", recipient=row.email)
+        return data(self, row)
+
+    monkeypatch.setattr(MailingPass, "data", failing)
+
+
+def nothing_lost_by_a_failed_build(
+    engine: Any, settings: Settings, server: SmtpTestServer, failed: str
+) -> None:
+    """The pass fails on `failed`'s build; only r000 and r001 went out, each recorded."""
+    from newsletter.errors import NewsletterError
+
+    mid = plan_mailing(engine, settings, POST, "sample")
+    with pytest.raises(NewsletterError, match="usable address"):
+        deliver_mailing(engine, settings, mid, load_posts(settings))
+    rows = ledger(engine)
+    received = sorted(server.recipients())
+    assert received == ["r000@example.org", "r001@example.org"]
+    assert all(rows[r].status == "sent" for r in received)  # none sent unrecorded
+    assert rows[failed].status != "sent"
+
+
 @pytest.mark.parametrize("pipelining", [False, True], ids=["plain", "pipelining"])
 def test_the_strategy_follows_the_setting_and_the_server(
     sample_site: Path, smtp_server: SmtpTestServer, pipelining: bool
@@ -390,27 +420,11 @@ def test_a_message_that_cannot_be_built_ahead_fails_the_pass_cleanly(
     # Building r003 fails while r001's reply is awaited (`prepare`): the error
     # is raised where r003 is taken (before r002 goes out, as when it was built
     # then), never between r001's dot and its reply, which is still recorded.
-    from newsletter.errors import NewsletterError, RenderError
-
     smtp_server.pipelining = True
-    data = MailingPass.data
-
-    def failing(self: MailingPass, row: q.Claimed) -> Any:
-        if row.email == "r003@example.org":
-            raise RenderError("not a usable address", recipient=row.email)
-        return data(self, row)
-
-    monkeypatch.setattr(MailingPass, "data", failing)
+    failing_build(monkeypatch, "r003@example.org")
     settings = streams_settings(sample_site, smtp_server, **{"delivery.concurrency": 1})
     engine = populate(settings, 6)
-    mid = plan_mailing(engine, settings, POST, "sample")
-    with pytest.raises(NewsletterError, match="usable address"):
-        deliver_mailing(engine, settings, mid, load_posts(settings))
-    rows = ledger(engine)
-    received = sorted(smtp_server.recipients())
-    assert received == ["r000@example.org", "r001@example.org"]
-    assert all(rows[r].status == "sent" for r in received)  # none sent unrecorded
-    assert rows["r003@example.org"].status != "sent"
+    nothing_lost_by_a_failed_build(engine, settings, smtp_server, "r003@example.org")
 
 
 def test_a_message_built_ahead_is_sent_when_no_other_was_queued(

@@ -16,14 +16,11 @@ from typing import Any
 import pytest
 from smtpserver import SmtpTestServer, _Handler
 from test_delivery_smtp import ledger, populate, site_settings
-from test_delivery_streams import timed_builds
+from test_delivery_streams import failing_build, nothing_lost_by_a_failed_build, timed_builds
 
 from newsletter.config import Settings
-from newsletter.delivery.mailing_pass import MailingPass
 from newsletter.delivery.mailings import deliver_mailing, plan_mailing
-from newsletter.errors import NewsletterError, RenderError
 from newsletter.posts.collection import load_posts
-from newsletter.store import mailings as q
 
 POST = "how-sleep-consolidates-memory"
 STALL = 0.4  # seconds the server holds its answer to one MAIL
@@ -86,21 +83,7 @@ def test_a_message_that_cannot_be_built_ahead_fails_the_pass_cleanly(
     # Building r002 fails while r001's MAIL is answered: the error is raised
     # where r002 is taken (as when it was built then), r001 still goes out
     # and is recorded, and nothing after it is sent.
-    data = MailingPass.data
-
-    def failing(self: MailingPass, row: q.Claimed) -> Any:
-        if row.email == "r002@example.org":
-            raise RenderError("not a usable address", recipient=row.email)
-        return data(self, row)
-
-    monkeypatch.setattr(MailingPass, "data", failing)
+    failing_build(monkeypatch, "r002@example.org")
     settings = threaded(sample_site, smtp_server)
     engine = populate(settings, 5)
-    mid = plan_mailing(engine, settings, POST, "sample")
-    with pytest.raises(NewsletterError, match="usable address"):
-        deliver_mailing(engine, settings, mid, load_posts(settings))
-    rows = ledger(engine)
-    received = sorted(smtp_server.recipients())
-    assert received == ["r000@example.org", "r001@example.org"]
-    assert all(rows[r].status == "sent" for r in received)  # none sent unrecorded
-    assert rows["r002@example.org"].status != "sent"
+    nothing_lost_by_a_failed_build(engine, settings, smtp_server, "r002@example.org")
