@@ -72,6 +72,19 @@ def setup_logging(
     return handler
 
 
+def current_logging() -> tuple[bool, int] | None:
+    """(JSON lines?, level) of `setup_logging`'s handler in this process; None without one.
+
+    What a spawned worker process needs to log as its parent does: it starts
+    a fresh interpreter with no handler, where INFO lines would vanish.
+    """
+    logger = logging.getLogger("newsletter")
+    for handler in logger.handlers:
+        if handler.get_name() == "newsletter-daemon":
+            return isinstance(handler.formatter, JsonFormatter), logger.level
+    return None
+
+
 def remove_logging(handler: logging.Handler) -> None:
     """Undo `setup_logging` (the CLI does this on exit so tests stay isolated)."""
     for name in ("newsletter", "apscheduler"):

@@ -249,3 +249,39 @@ def test_a_worker_collects_garbage_as_the_cli_does() -> None:
         signal.signal(signal.SIGTERM, handlers[1])
         ours.close()  # the listening thread sees the pipe close and ends
         theirs.close()
+
+
+def test_a_worker_logs_as_the_cli_does(
+    sample_site: Path,
+    smtp_server: SmtpTestServer,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """With the daemon's logging set up (JSON lines here), a spawned worker's
+    INFO lines reach the same standard error; a fresh interpreter has no
+    handler, and they vanished."""
+    import json
+    import sys
+
+    from newsletter.logging_setup import remove_logging, setup_logging
+
+    smtp_server.pipelining = True
+    gate(monkeypatch, 2, 0.01)
+    settings = site_settings(
+        sample_site,
+        smtp_server,
+        **{"delivery.processes": 2, "delivery.concurrency": 2, "delivery.strategy": "streams"},
+    )
+    engine = populate(settings, 20)
+    mid = plan_mailing(engine, settings, POST, "sample")
+    handler = setup_logging(json_lines=True, stream=sys.__stderr__)
+    try:
+        report = deliver_mailing(engine, settings, mid, load_posts(settings))
+    finally:
+        remove_logging(handler)
+    assert report.sent == 20
+    lines = [json.loads(line) for line in capfd.readouterr().err.splitlines() if line[:1] == "{"]
+    shares = [line for line in lines if "takes its share of mailing" in line["message"]]
+    assert len(shares) == 1  # the one worker's (the parent runs its share in place)
+    assert shares[0]["level"] == "info" and f"of mailing {mid} " in shares[0]["message"]
+    assert str(os.getpid()) not in shares[0]["message"]

@@ -15,6 +15,7 @@ batch or two is ever held.  Building the bytes lives in `outgoing`.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -491,9 +492,15 @@ def run_worker(job: Job, pipe: Connection) -> None:
     from newsletter.delivery.processes import worker_end, worker_start
     from newsletter.store import open_url
 
-    stop, reporter = worker_start(pipe)
+    stop, reporter = worker_start(pipe, job.log)
     report: DeliveryReport | None = None
     error: BaseException | None = None
+    log.info(
+        "sending process %d takes its share of mailing %s (%d connections)",
+        os.getpid(),
+        job.mailing_id,
+        job.settings.delivery.concurrency,
+    )
     try:
         engine = open_url(job.url)
         with reading(engine) as conn:

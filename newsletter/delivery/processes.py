@@ -39,6 +39,7 @@ from newsletter.config import Settings
 from newsletter.delivery.strategy import Tally
 from newsletter.email.message import MessageTemplate
 from newsletter.errors import DeliveryError, NewsletterError
+from newsletter.logging_setup import current_logging, setup_logging
 
 __all__ = ["Job", "Workers", "process_count", "shares", "worker_end", "worker_start"]
 
@@ -72,6 +73,7 @@ class Job:
     template: MessageTemplate
     wait: float
     batch: int  # rows per claim: a small mailing is shared, not taken by the first claim
+    log: tuple[bool, int] | None = None  # the parent's logging (`current_logging`)
 
 
 class Workers:
@@ -112,6 +114,7 @@ class Workers:
                 self.template,
                 self.wait,
                 self.batch,
+                current_logging(),
             )
             ours, theirs = context.Pipe()
             proc = context.Process(target=self.target, args=(job, theirs), name="newsletter-sender")
@@ -243,9 +246,18 @@ def _listen(pipe: Connection, stop: threading.Event) -> None:
     stop.set()
 
 
-def worker_start(pipe: Connection) -> tuple[threading.Event, _Reporter]:
-    """In a worker process, before its pass: the stop event and the progress reporter."""
-    gc.set_threshold(*GC_THRESHOLDS)  # as the CLI's process: a spawned one starts afresh
+def worker_start(
+    pipe: Connection, log: tuple[bool, int] | None = None
+) -> tuple[threading.Event, _Reporter]:
+    """In a worker process, before its pass: the stop event and the progress reporter.
+
+    A spawned worker starts afresh: it takes the CLI's GC thresholds and, when
+    the parent logs through `setup_logging` (`log`), the same log lines, on
+    the standard error it shares with the parent.
+    """
+    gc.set_threshold(*GC_THRESHOLDS)
+    if log is not None:
+        setup_logging(json_lines=log[0], level=log[1])
     stop = threading.Event()
     # Ctrl-C reaches the whole process group: the parent decides and says "stop".
     signal.signal(signal.SIGINT, signal.SIG_IGN)
