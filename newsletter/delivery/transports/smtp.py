@@ -136,22 +136,6 @@ NON_ASCII_LOCAL_PART = (
 Ready = Callable[[], None]
 
 
-def _run_ready(transport: SmtpTransport, ready: Ready | None) -> None:
-    """`ready()` before any final dot; when it fails, no dot ever follows.
-
-    Dropping the connection in the middle of a transaction makes the server
-    discard it (RFC 5321 §3.8), so a failed commit of the previous outcome
-    sends nothing more on this connection.
-    """
-    if ready is None:
-        return
-    try:
-        ready()
-    except BaseException:
-        transport._drop()
-        raise
-
-
 class Flight:
     """One message on its way through `SmtpTransport.begin` … `reply`."""
 
@@ -211,8 +195,8 @@ class SmtpTransport:
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
             raise ConnectError(f"cannot connect to {where}: {exc}") from exc
         if conn.sock is not None:
-            # The final ".\r\n" goes out as its own small write (see _content);
-            # without TCP_NODELAY, Nagle's algorithm would hold it for an ACK.
+            # Commands and the rounds' final ".\r\n" (see `end`) go out as small
+            # writes; without TCP_NODELAY, Nagle's algorithm would hold them for an ACK.
             conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._conn = conn
         self.connects += 1
@@ -343,7 +327,7 @@ class SmtpTransport:
             # `ready` (the previous outcome's commit) runs while the server
             # answers MAIL: a round trip it would otherwise add to each message.
             conn.send(commands[0].encode("utf-8") + b"\r\n")
-            _run_ready(self, ready)
+            self._ready(ready)
             code, reply = conn.getreply()
             if code != 250:
                 return self._refused(recipient, code, reply, stage)
@@ -378,7 +362,7 @@ class SmtpTransport:
     ) -> SendResult:
         """MAIL, RCPT and DATA in one write when the server offers PIPELINING (RFC 2920)."""
         conn.send("".join(f"{c}\r\n" for c in (*commands, "DATA")).encode("utf-8"))
-        _run_ready(self, ready)  # while the server answers the envelope
+        self._ready(ready)  # while the server answers the envelope
         refusal = self._envelope_replies(conn, recipient)
         if refusal is not None:
             return refusal
@@ -401,6 +385,21 @@ class SmtpTransport:
         if data_code != 354:
             return self._refused(recipient, data_code, data_text, "data")
         return None
+
+    def _ready(self, ready: Ready | None) -> None:
+        """`ready()` before any final dot; when it fails, no dot ever follows.
+
+        Dropping the connection in the middle of a transaction makes the server
+        discard it (RFC 5321 §3.8), so a failed commit of the previous outcome
+        sends nothing more on this connection.
+        """
+        if ready is None:
+            return
+        try:
+            ready()
+        except BaseException:
+            self._drop()
+            raise
 
     def _content(self, conn: smtplib.SMTP, recipient: str, message: bytes) -> SendResult:
         # The content (stuffed by `send`) and its final dot in one write: from
