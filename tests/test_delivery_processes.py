@@ -122,18 +122,23 @@ def test_workers_share_a_mailing_and_each_recipient_gets_it_once(
 
 
 def two_slow_workers(
-    site: Path, server: SmtpTestServer, monkeypatch: pytest.MonkeyPatch
+    site: Path,
+    server: SmtpTestServer,
+    monkeypatch: pytest.MonkeyPatch,
+    size: int = 60,
+    seconds: float = 0.02,
 ) -> tuple[Settings, Engine, int]:
-    """A planned mailing of 60 for two processes of one streams connection
-    each, sending slowly enough (gated) to be killed or stopped mid-way."""
+    """A planned mailing of `size` for two processes of one streams connection
+    each, sending slowly enough (gated: `seconds` a message) to be killed or
+    stopped mid-way."""
     server.pipelining = True
-    gate(monkeypatch, 2, 0.02)
+    gate(monkeypatch, 2, seconds)
     settings = site_settings(
         site,
         server,
         **{"delivery.processes": 2, "delivery.concurrency": 2, "delivery.strategy": "streams"},
     )
-    engine = populate(settings, 60)
+    engine = populate(settings, size)
     return settings, engine, plan_mailing(engine, settings, POST, "sample")
 
 
@@ -265,15 +270,7 @@ def test_a_worker_logs_as_the_cli_does(
 
     from newsletter.logging_setup import remove_logging, setup_logging
 
-    smtp_server.pipelining = True
-    gate(monkeypatch, 2, 0.01)
-    settings = site_settings(
-        sample_site,
-        smtp_server,
-        **{"delivery.processes": 2, "delivery.concurrency": 2, "delivery.strategy": "streams"},
-    )
-    engine = populate(settings, 20)
-    mid = plan_mailing(engine, settings, POST, "sample")
+    settings, engine, mid = two_slow_workers(sample_site, smtp_server, monkeypatch, 20, 0.01)
     handler = setup_logging(json_lines=True, stream=sys.__stderr__)
     try:
         report = deliver_mailing(engine, settings, mid, load_posts(settings))
