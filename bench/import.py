@@ -1,9 +1,14 @@
 """Benchmark: import 1,000,000 subscriber rows (1 % invalid, 1 % duplicates), twice.
 
-Run: `python bench/import.py [--rows N] [--repeat R] [--before DIR] [--databases sqlite,postgresql]`.
+Run: `python bench/import.py [--rows N] [--repeat R] [--before DIR] [--databases sqlite,postgresql]
+[--reader auto|always|never]`.
 
 Per round, interleaved (the order alternates round by round), each in its own
-subprocess so that its peak RSS (ru_maxrss of the child itself) is its own:
+subprocess so that its peak RSS (ru_maxrss of the child itself) is its own.
+An import may start a process of its own that reads and validates the file
+(`newsletter.audience.stagereader`): its CPU seconds are added to the
+import's, and its peak RSS is printed beside the import's (`reader`), so the
+figures count every process the import ran:
 
 * `baseline`: a plain `sqlite3` `executemany` of the same rows (csv.reader,
   one INSERT of the four cells per row into a table without indexes, one
@@ -64,9 +69,13 @@ db.close()
 """
 
 IMPORT = """
-import sys
+import os, sys
 from pathlib import Path
 import newsletter.audience.subscribers as subs
+reader = os.environ.get("BENCH_IMPORT_READER", "auto")
+if reader != "auto":  # --reader: the reader process on (always) or off (never), whatever the load
+    import newsletter.audience.stagereader as stagereader
+    stagereader._spare_core = lambda: reader == "always"
 from newsletter.config import load_settings
 from newsletter.store import open_store
 settings = load_settings(Path(sys.argv[2]))
@@ -95,12 +104,18 @@ def generate(path: Path, rows: int, seed: int = 1) -> None:
             fh.write(f"{email},First{i % 977},Last{i % 991},City {i % 97}\r\n")
 
 
-def measure(script: str, code: Path, *args: str) -> tuple[float, float, float, str]:
-    """(wall s, CPU s, peak RSS MB, stdout) of `python -c script args` in a child
-    that imports `newsletter` from `code`.  The child reports its own ru_maxrss."""
+def measure(script: str, code: Path, *args: str) -> tuple[float, float, float, float, str]:
+    """(wall s, CPU s, peak RSS MB, its processes' peak RSS MB, stdout) of
+    `python -c script args` in a child that imports `newsletter` from `code`.
+
+    The child reports its own ru_maxrss, and the CPU seconds and largest
+    ru_maxrss of the processes it waited for (RUSAGE_CHILDREN: the import's
+    reader process), whose CPU is counted in the total."""
     probe = (
         "\nimport resource\nu = resource.getrusage(resource.RUSAGE_SELF)\n"
-        "print(u.ru_utime + u.ru_stime)\nprint(u.ru_maxrss)\n"
+        "c = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+        "print(u.ru_utime + u.ru_stime + c.ru_utime + c.ru_stime)\nprint(u.ru_maxrss)\n"
+        "print(c.ru_maxrss)\n"
     )
     env = {**os.environ, "PYTHONPATH": str(code)}
     start = time.perf_counter()
@@ -114,8 +129,8 @@ def measure(script: str, code: Path, *args: str) -> tuple[float, float, float, s
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         raise SystemExit(f"child failed:\n{done.stderr}")
-    *output, cpu, rss_kb = done.stdout.strip().splitlines()
-    return seconds, float(cpu), int(rss_kb) / 1024, "\n".join(output)
+    *output, cpu, rss_kb, children_kb = done.stdout.strip().splitlines()
+    return seconds, float(cpu), int(rss_kb) / 1024, int(children_kb) / 1024, "\n".join(output)
 
 
 @contextlib.contextmanager
@@ -134,7 +149,8 @@ def postgres_urls() -> Iterator[Callable[[], str]]:
         cluster.stop()
 
 
-Result = dict[str, list[tuple[float, float, float]]]  # label -> [(wall, cpu, rss)]
+# label -> [(wall, cpu, rss, the reader process's rss)]
+Result = dict[str, list[tuple[float, float, float, float]]]
 
 
 def one_round(
@@ -156,8 +172,8 @@ def one_round(
             target = folder / "baseline.db"
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{target}{suffix}").unlink(missing_ok=True)
-            wall, cpu, rss, _ = measure(BASELINE, HERE, str(data), str(target))
-            _record(results, walls, round_, "baseline", wall, cpu, rss, "")
+            wall, cpu, rss, _, _ = measure(BASELINE, HERE, str(data), str(target))
+            _record(results, walls, round_, "baseline", wall, cpu, (rss, 0.0), "")
             continue
         if db == "sqlite":
             target = folder / f"{code}.db"
@@ -170,10 +186,11 @@ def one_round(
         config = folder / f"{code}-{db}.toml"
         config.write_text(CONFIG.format(url=url), encoding="utf-8")
         for what in ("first", "again"):
-            wall, cpu, rss, out = measure(IMPORT, codes[code], str(data), str(config))
+            wall, cpu, rss, reader, out = measure(IMPORT, codes[code], str(data), str(config))
             counts, lock = out.splitlines()[-2:]
             note = f"{lock}  {counts if round_ == 0 else ''}"
-            _record(results, walls, round_, f"{code} {db} {what}", wall, cpu, rss, note)
+            label = f"{code} {db} {what}"
+            _record(results, walls, round_, label, wall, cpu, (rss, reader), note)
     base = walls["baseline"]
     for code in codes:
         for what in ("first", "again"):
@@ -181,11 +198,11 @@ def one_round(
             pg = walls.get(f"{code} postgresql {what}")
             if sqlite is not None:
                 results.setdefault(f"ratio {code} sqlite {what}/baseline", []).append(
-                    (sqlite / base, 0.0, 0.0)
+                    (sqlite / base, 0.0, 0.0, 0.0)
                 )
             if sqlite is not None and pg is not None:
                 results.setdefault(f"ratio {code} postgresql/sqlite {what}", []).append(
-                    (pg / sqlite, 0.0, 0.0)
+                    (pg / sqlite, 0.0, 0.0, 0.0)
                 )
 
 
@@ -196,14 +213,17 @@ def _record(
     label: str,
     wall: float,
     cpu: float,
-    rss: float,
+    peaks: tuple[float, float],
     note: str,
 ) -> None:
+    """One measurement; `peaks`: (the import's peak RSS, its reader process's or 0)."""
+    rss, reader = peaks
     walls[label] = wall
-    results.setdefault(label, []).append((wall, cpu, rss))
+    results.setdefault(label, []).append((wall, cpu, rss, reader))
+    read = f" (reader {reader:5.1f} MB)" if reader else ""
     print(
         f"round {round_ + 1} {label:<26}: {wall:7.2f} s wall {cpu:7.2f} s CPU "
-        f"peak RSS {rss:6.1f} MB  {note}",
+        f"peak RSS {rss:6.1f} MB{read}  {note}",
         flush=True,
     )
 
@@ -213,11 +233,12 @@ def report(results: Result) -> None:
     for label, runs in results.items():
         if label.startswith("ratio"):
             continue
-        walls, cpus, rss = zip(*runs, strict=True)
-        over = " RSS OVER GOAL" if max(rss) > GOAL_RSS_MB else ""
+        walls, cpus, rss, readers = zip(*runs, strict=True)
+        over = " RSS OVER GOAL" if max(rss + readers) > GOAL_RSS_MB else ""
+        read = f"  reader RSS {_spread(readers)} MB" if max(readers) else ""
         print(
             f"{label:<34} wall {_spread(walls)} s  CPU {_spread(cpus)} s  "
-            f"RSS {_spread(rss)} MB{over}"
+            f"RSS {_spread(rss)} MB{read}{over}"
         )
     print("\nratios of walls in the same round (min / median / max):")
     for label, runs in results.items():
@@ -242,12 +263,19 @@ def main() -> None:
         "--after", type=Path, default=HERE, help="the checkout measured as `after` (default: this)"
     )
     parser.add_argument("--databases", default="sqlite,postgresql")
+    parser.add_argument(
+        "--reader",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="a big file's reader process: as the load decides (auto), or forced on or off",
+    )
     args = parser.parse_args()
+    os.environ["BENCH_IMPORT_READER"] = args.reader  # read by IMPORT in each child
     databases = args.databases.split(",")
     codes = {"after": args.after.resolve()}
     if args.before:
         codes["before"] = args.before.resolve()
-    print(f"load average at start: {os.getloadavg()}")
+    print(f"load average at start: {os.getloadavg()}; reader process: {args.reader}")
     pg = postgres_urls() if "postgresql" in databases else contextlib.nullcontext(None)
     with tempfile.TemporaryDirectory() as tmp, pg as new_pg_url:
         folder = Path(tmp)
