@@ -553,6 +553,40 @@ def test_a_change_made_during_the_import_is_never_overwritten(
     assert counts.kept_suppressed == 1 and count_rows(engine) == (2, 2)
 
 
+def test_an_address_added_during_an_import_of_only_new_ones_is_never_overwritten(
+    engine: Engine, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every staged row was new at planning, so the merge inserts them without
+    probing the store row by row: a signup of one of them meanwhile fails the
+    unique index, and the import runs again in one transaction instead of
+    failing or overwriting the signup."""
+    path = write(
+        tmp_path / "f.csv", "email,name\n" + "".join(f"u{i}@example.com,U\n" for i in range(30))
+    )
+    real_merge = staging.merge
+    stale: list[str] = []
+
+    def racing_merge(run: importer.ImportRun, stamp: object) -> tuple[float, float]:
+        assert run.staged_only_new and run.staged_new == 30
+        add_subscriber(engine, "U7@example.com", "weekly", name="Signed Up")
+        signed_up = get_by_email(engine, "u7@example.com")
+        assert signed_up is not None
+        unsubscribe(engine, signed_up.id, None, reason="web")
+        try:
+            return real_merge(run, stamp)  # type: ignore[arg-type]
+        except staging.StaleSnapshot as exc:
+            stale.append(str(exc))
+            raise
+
+    monkeypatch.setattr(staging, "merge", racing_merge)
+    counts = run_import(engine, settings, path)
+    assert len(stale) == 1 and "a new address appeared" in stale[0]
+    assert counts.write_lock_seconds is None  # the classic path ran
+    assert (counts.new, counts.kept_suppressed) == (29, 1)
+    assert seen(engine, "u7@example.com").status == "unsubscribed"  # not undone
+    assert count_rows(engine) == (30, 31)  # u7 is on both lists, the others on one
+
+
 def test_a_reimport_with_nothing_new_inserts_nothing_under_the_lock(
     engine: Engine, settings: Settings, tmp_path: Path
 ) -> None:

@@ -129,6 +129,7 @@ class ImportRun:
     touched: _Touched = field(default_factory=_Touched)
     raw: _Raw = field(init=False)
     staged_new: int = 0  # a staged import: new addresses its merge must insert (the check)
+    staged_only_new: bool = False  # a staged import: every staged row was new when planned
     staged_since: bool = True  # a staged import: whether any staged row gives a time
 
     def __post_init__(self) -> None:

@@ -168,6 +168,7 @@ def count_the_rest(run: ImportRun) -> None:
         ).select_from(joined)
     ).one()
     run.staged_new = int(new)
+    run.staged_only_new = int(new) == int(total)
     run.counts.new += int(new)
     run.counts.kept_suppressed += int(kept_count)
     run.counts.unchanged += int(total) - int(new) - int(kept_count)
