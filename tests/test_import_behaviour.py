@@ -783,6 +783,44 @@ def test_the_set_based_plan_agrees_with_the_classic_path(
     assert staged_counts["duplicates"] == 2 and staged_counts["unchanged"] >= 1
 
 
+def test_a_first_import_into_an_empty_store_agrees_with_the_classic_path(
+    database_url: str, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An empty store: every staged row is new, counted without joining the
+    stage to the store (nothing to plan), and the store and counts are the
+    one-transaction path's, repeated addresses and statuses included."""
+    from sqlalchemy import event
+
+    import newsletter.audience.subscribers as subscribers_module
+
+    outcomes = []
+    for staged in (True, False):
+        engine = open_url(database_url)
+        ensure_lists(engine, settings)
+        with engine.begin() as conn:
+            for table in (memberships, subscribers):
+                conn.execute(table.delete())
+        if not staged:
+            monkeypatch.setattr(subscribers_module, "STAGED_DIALECTS", ())
+        statements: list[str] = []
+
+        def listen(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+            statements.append(" ".join(statement.split()))
+
+        event.listen(engine, "before_cursor_execute", listen)
+        counts = run_import(engine, settings, write(tmp_path / "file.csv", FILE_ROWS))
+        event.remove(engine, "before_cursor_execute", listen)
+        monkeypatch.undo()
+        assert (counts.write_lock_seconds is not None) == staged
+        if staged:
+            joins = [s for s in statements if "FROM import_rows LEFT OUTER JOIN subscribers" in s]
+            assert joins == []
+        outcomes.append((counts.as_dict(), _snapshot(engine)))
+        engine.dispose()
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[0][0]["new"] == 10 and outcomes[0][0]["duplicates"] == 2
+
+
 def test_a_membership_starts_when_the_file_says_and_otherwise_now(
     engine: Engine, settings: Settings, tmp_path: Path
 ) -> None:

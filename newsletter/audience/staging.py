@@ -66,7 +66,12 @@ from sqlalchemy.exc import IntegrityError
 
 from newsletter.audience.importer import ImportCounts, ImportRun, _Raw
 from newsletter.audience.serviceformats import SourceRow
-from newsletter.audience.stageplan import count_the_rest, merge_duplicates, plan_changes
+from newsletter.audience.stageplan import (
+    count_all_new,
+    count_the_rest,
+    merge_duplicates,
+    plan_changes,
+)
 from newsletter.audience.stagereader import ValidatedRows, staged_rows
 from newsletter.audience.stagetables import (
     _RAW,
@@ -130,8 +135,11 @@ def stage_and_plan(run: ImportRun, source: Iterable[SourceRow | Problem] | Valid
     else:
         conn.exec_driver_sql("ANALYZE import_rows")  # temp tables get no autovacuum
     merge_duplicates(run)
-    plan_changes(run)
-    count_the_rest(run)
+    if conn.scalar(select(subscribers.c.id).limit(1)) is None:
+        count_all_new(run)  # an empty store (a first import): nothing to plan
+    else:
+        plan_changes(run)
+        count_the_rest(run)
     since = select(_rows.c.seq).where(_rows.c.since.is_not(None)).limit(1)
     run.staged_since = conn.scalar(since) is not None
 
