@@ -64,7 +64,8 @@ _label = st.text(alphabet=string.ascii_letters + string.digits + "-", min_size=0
 _domain = st.lists(_label, min_size=1, max_size=5).map(".".join) | st.sampled_from(
     ["example.com", "EXAMPLE.ORG", "example.com.", "-x.example.net", "xn--bcher-kva.example",
      "a" * 250 + ".com", "example", "localhost", "127.0.0.1", "[127.0.0.1]", "bücher.example",
-     "example..com", "ex_ample.com", "123.example", "example.123"]
+     "example..com", "ex_ample.com", "123.example", "example.123", "XN--BCHER-KVA.EXAMPLE",
+     "Xn--Bcher-Kva.Example", "EXAMPLE.COM.", "LOCALHOST"]
 )  # fmt: skip
 _noise = st.sampled_from(["", " ", "\t", "<", ">", "mailto:", "@", '"', "é", "\u00a0", "\u200b"])
 

@@ -61,7 +61,10 @@ def normalised(raw: str) -> tuple[str, str]:
     plain = _PLAIN.fullmatch(text)
     if plain is not None:  # nothing to strip or decode: the common case, one regex
         local, domain = plain.groups()
-        ascii_domain = _domain(domain)
+        # Cached by its lower-case form: `Example.COM` and `example.com` are
+        # one domain to IDNA (UTS #46 maps ASCII to lower case first), and a
+        # file that spells its domains both ways validates each once.
+        ascii_domain = _domain(domain.lower())
         if ascii_domain is not None and len(local) <= _MAX_LOCAL:
             # Most domains are already in their ASCII, lower-case form.
             email = text if ascii_domain == domain else f"{local}@{ascii_domain}"
