@@ -58,8 +58,8 @@ from newsletter.store.schema import UtcDateTime, memberships, subscribers
 T = TypeVar("T")
 
 
-_FIELDS = (_rows.c.email, _rows.c.key, _rows.c.line, _rows.c.name, _rows.c.status,
-           _rows.c.reason, _rows.c.attributes, _rows.c.since)  # fmt: skip
+_FIELDS = (_rows.c.email, _rows.c.key, _rows.c.name, _rows.c.status, _rows.c.reason,
+           _rows.c.attributes, _rows.c.since)  # fmt: skip
 
 
 def _streamed(conn: Connection, query: Select[Any]) -> Iterator[Row[Any]]:
@@ -73,8 +73,9 @@ def _streamed(conn: Connection, query: Select[Any]) -> Iterator[Row[Any]]:
 
 def _incoming(row: Sequence[Any], since: Callable[[Any], Any]) -> _Incoming:
     """A staged row as `importer` plans it (`since`: the time column's result processor)."""
-    email, key, line, name, status, reason, attributes, when = row
-    return _Incoming(email, key, line, name, status, reason,
+    email, key, name, status, reason, attributes, when = row
+    # No line: its problems were reported while staging, and planning never reports one.
+    return _Incoming(email, key, 0, name, status, reason,
                      json.loads(attributes) if attributes else {},
                      since(when) if when is not None else None)  # fmt: skip
 

@@ -217,7 +217,7 @@ def staged_rows(
                 report(Problem(exc.message, path, line))
                 continue
             seq += 1
-            yield (seq, key, email, line, name, status, reason,
+            yield (seq, key, email, name, status, reason,
                    dumps(attributes) if attributes else None,
                    time(since) if since else None, next(uids))  # fmt: skip
     finally:

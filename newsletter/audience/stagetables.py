@@ -66,7 +66,6 @@ _rows = _table(
     Column("seq", Integer, primary_key=True),
     Column("key", Text, nullable=False),
     Column("email", Text, nullable=False),
-    Column("line", Integer, nullable=False),
     Column("name", Text, nullable=False),
     Column("status", String(16), nullable=False),
     Column("reason", Text),
