@@ -8,6 +8,7 @@ members, errors with the same message and location, progress to the end.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -154,13 +155,34 @@ def test_a_reader_that_dies_is_an_error_not_an_empty_file(
 def test_without_a_free_core_the_file_is_read_here(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The idle cores are measured now (/proc/stat over a tenth of a second),
+    not taken from the load average, which trails by a minute: a quiet
+    machine just after a busy minute has a core free."""
     monkeypatch.setattr(stagereader, "PARALLEL_MIN_BYTES", 0)
-    monkeypatch.setattr(stagereader.os, "getloadavg", lambda: (2.5, 2.0, 2.0))
+    monkeypatch.setattr(stagereader, "IDLE_WINDOW", 0.0)
     monkeypatch.setattr(stagereader.os, "cpu_count", lambda: 2)
-    assert not stagereader.worth_a_process(write(tmp_path / "people.csv", ROWS))
-    monkeypatch.setattr(stagereader.os, "getloadavg", lambda: (0.5, 2.0, 2.0))
-    assert stagereader.worth_a_process(tmp_path / "people.csv")
+    monkeypatch.setattr(stagereader.os, "getloadavg", lambda: (3.0, 3.0, 3.0))  # the last minute
+    path = write(tmp_path / "people.csv", ROWS)
+    # (idle, all) ticks before and after the window: 19 of 20 idle, then 12 of 20.
+    for ticks, spare in (([(100, 200), (119, 220)], True), ([(100, 200), (112, 220)], False)):
+        monkeypatch.setattr(stagereader, "_cpu_ticks", iter(ticks).__next__)
+        assert stagereader.worth_a_process(path) is spare
     assert not stagereader.worth_a_process(tmp_path / "missing.csv")
+    # Where /proc/stat cannot say, the load average decides.
+    monkeypatch.setattr(stagereader, "_cpu_ticks", lambda: None)
+    assert not stagereader.worth_a_process(path)
+    monkeypatch.setattr(stagereader.os, "getloadavg", lambda: (0.5, 2.0, 2.0))
+    assert stagereader.worth_a_process(path)
+
+
+@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="Linux's /proc/stat")
+def test_the_idle_cores_come_from_proc_stat() -> None:
+    before = stagereader._cpu_ticks()
+    idle = stagereader._idle_cores(os.cpu_count() or 1)
+    after = stagereader._cpu_ticks()
+    assert before is not None and after is not None
+    assert after[0] >= before[0] and after[1] > before[1] > before[0] > 0
+    assert idle is not None and 0.0 <= idle <= (os.cpu_count() or 1) + 0.01
 
 
 def test_a_failure_here_stops_the_reader_at_once(

@@ -28,6 +28,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
@@ -54,15 +55,67 @@ def worth_a_process(path: Path) -> bool:
 
     On a machine whose cores are all busy a second process only splits this
     import's share of them, and the pipe between the two adds work: measured
-    slower there (200,000 rows, load 5 on 2 cores: 10.5–10.7 s against 6.1–8.2 s)."""
+    slower there (200,000 rows, load 5 on 2 cores: 10.5–10.7 s against 6.1–8.2 s;
+    1,000,000 rows, load 4: 17–22 s against 14 s)."""
     if not path.is_file() or path.stat().st_size < PARALLEL_MIN_BYTES:
         return False
     return _spare_core()
 
 
 def _spare_core() -> bool:
+    """Whether the other processes leave a core free for the reader (and one for us).
+
+    Measured now, over `IDLE_WINDOW` seconds (Linux's /proc/stat), where the
+    system has it: the load average trails by a minute, so on a quiet machine
+    an import that followed another busy one (a script, a benchmark) still
+    saw the load of the one before and read the file alone.  Elsewhere, the
+    one-minute load average."""
     cores = os.cpu_count() or 1
-    return cores >= 2 and os.getloadavg()[0] <= cores - 1
+    if cores < 2:
+        return False
+    idle = _idle_cores(cores)
+    if idle is not None:
+        return idle >= SPARE_IDLE_CORES
+    return os.getloadavg()[0] <= cores - 1
+
+
+IDLE_WINDOW = 0.1  # seconds: 10 clock ticks per core; a file this big takes seconds
+# Our own process and the reader each need most of a core: with more than
+# half a core taken by others on a 2-core machine, the two only split what
+# is left and the pipe's work comes on top.
+SPARE_IDLE_CORES = 1.5
+
+
+def _idle_cores(cores: int) -> float | None:
+    """How many cores stood idle over the next `IDLE_WINDOW` seconds, or None
+    where /proc/stat cannot say.  This process sleeps meanwhile: the figure is
+    what every other process leaves."""
+    before = _cpu_ticks()
+    if before is None:
+        return None
+    time.sleep(IDLE_WINDOW)
+    after = _cpu_ticks()
+    if after is None or after[1] <= before[1]:
+        return None
+    return cores * (after[0] - before[0]) / (after[1] - before[1])
+
+
+def _cpu_ticks() -> tuple[int, int] | None:
+    """(idle, all) clock ticks of every core since boot: /proc/stat's first line
+    (user nice system idle iowait irq softirq steal; idle counts iowait, and a
+    virtual machine's stolen ticks are busy)."""
+    try:
+        with open("/proc/stat", "rb") as stat:
+            fields = stat.readline().split()
+    except OSError:
+        return None
+    if len(fields) < 9 or fields[0] != b"cpu":
+        return None
+    try:
+        ticks = [int(f) for f in fields[1:9]]
+    except ValueError:
+        return None
+    return ticks[3] + ticks[4], sum(ticks)
 
 
 @dataclass(frozen=True)
