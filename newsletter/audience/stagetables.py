@@ -73,7 +73,9 @@ _rows = _table(
     Column("since", _TIME),  # as the driver takes it, or NULL
     Column("uid", Text, nullable=False),  # the random half of its uid, if the address is new
 )
-_rest = _table("import_rest", Column("seq", Integer, primary_key=True))
+_rest = _table(  # staged rows of stored addresses, and what they are (`stageplan.plan_changes`)
+    "import_rest", Column("seq", Integer, primary_key=True), Column("what", Integer, nullable=False)
+)
 _merged = _table(  # a file's repeated addresses: keep 1 (merged values) or 0 (drop the row)
     "import_merged",
     Column("seq", Integer, primary_key=True),

@@ -12,7 +12,7 @@ import is two phases on one connection:
    Python, `importer`'s rules); rows that may change a stored subscriber or
    membership are planned in Python (`importer._apply`, one IN query per
    5,000) into TEMP tables; what is left is new or changes nothing, and is
-   counted by one statement.  On SQLite a TEMP table lives in its own file:
+   counted from one classifying pass.  On SQLite a TEMP table lives in its own file:
    writing it takes no lock other processes wait for.
 2. **Merge** (one short write transaction): a handful of set-based
    statements (`INSERT … SELECT`, `UPDATE … FROM`) copy the new addresses
@@ -68,7 +68,6 @@ from newsletter.audience.importer import ImportCounts, ImportRun, _Raw
 from newsletter.audience.serviceformats import SourceRow
 from newsletter.audience.stageplan import (
     count_all_new,
-    count_the_rest,
     merge_duplicates,
     plan_changes,
 )
@@ -147,7 +146,6 @@ def stage_and_plan(run: ImportRun, source: Iterable[SourceRow | Problem] | Valid
         count_all_new(run)  # an empty store (a first import): nothing to plan
     else:
         plan_changes(run)
-        count_the_rest(run)
     since = select(_rows.c.seq).where(_rows.c.since.is_not(None)).limit(1)
     run.staged_since = conn.scalar(since) is not None
 
