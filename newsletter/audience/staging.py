@@ -183,11 +183,15 @@ def _merge_transaction(run: ImportRun, conn: Connection, raw_stamp: Any) -> None
         # once per staged row while it holds the lock.
         if run.staged_new:
             _insert_staged_new(conn, run, raw_stamp)
-        _check(conn, _insert_new(conn), _count(conn, _new), "a new address appeared")
-        _insert_memberships(conn, run.list_id)
+        # What planning sent through Python (often nothing): an empty plan
+        # table costs no statement that would still scan a real table.
+        planned_new = _count(conn, _new)
+        if planned_new:
+            _check(conn, _insert_new(conn), planned_new, "a new address appeared")
+            _insert_memberships(conn, run.list_id)
         members = _insert_existing_members(conn, run.list_id)
         _check(conn, members, _count(conn, _members), "a membership appeared")
-        _record_joins(conn, run, raw_stamp)
+        _record_joins(conn, run, raw_stamp, with_new=planned_new > 0)
         changed = _apply_changes(conn, raw_stamp)
         _check(conn, changed, _count(conn, _changes), "a subscriber changed")
         conn.execute(
@@ -424,8 +428,9 @@ def _insert_existing_members(conn: Connection, list_id: int) -> int:
     return conn.execute(statement).rowcount
 
 
-def _record_joins(conn: Connection, run: ImportRun, raw_stamp: Any) -> None:
-    """The consent record of each membership the merge added, as `importer` writes it."""
+def _record_joins(conn: Connection, run: ImportRun, raw_stamp: Any, *, with_new: bool) -> None:
+    """The consent record of each membership the merge added from the plan, as
+    `importer` writes it (`with_new`: the plan held new subscribers)."""
     name = conn.scalar(select(lists.c.name).where(lists.c.id == run.list_id))
     columns = ["subscriber_id", "at", "action", "source", "list_name"]
     fixed = (
@@ -436,7 +441,7 @@ def _record_joins(conn: Connection, run: ImportRun, raw_stamp: Any) -> None:
     )
     new = select(subscribers.c.id, *fixed).join(_new, subscribers.c.email_key == _new.c.email_key)
     existing = select(_members.c.subscriber_id, *fixed)
-    for query in (new, existing):
+    for query in (new, existing) if with_new else (existing,):
         conn.execute(insert(consent_events).from_select(columns, query))
 
 
