@@ -233,3 +233,20 @@ def test_imported_uids_ascend_in_insert_order_and_stay_unguessable(
     assert len(set(random_halves)) == 3000 and random_halves != sorted(random_halves)
     run_import(engine, settings, write(tmp_path / "more.csv", ["email", "new@example.com"]))
     assert len(set(uids(engine))) == 3001
+
+
+def test_frames_are_marshal_for_plain_rows_and_pickle_for_the_rest() -> None:
+    """Plain rows (str, int, None) go as marshal, the child's quicker codec;
+    PostgreSQL's staged times (datetime), counts and problems as pickle; both
+    come back as they went."""
+    from datetime import UTC, datetime
+
+    from newsletter.audience.importer import ImportCounts
+
+    plain = ("rows", [(1, "a@example.com", "A", None), (2, "b@example.com", "", "x")], 10)
+    timed = ("rows", [(1, "a@example.com", datetime(2023, 5, 1, tzinfo=UTC))], 20)
+    counts = ImportCounts(rows=3, invalid=1)
+    for message, codec in ((plain, b"m"), (timed, b"p"), (("end", counts, 30), b"p")):
+        frame = stagereader._encode(message)
+        assert frame[:1] == codec
+        assert stagereader._decode(frame) == message
