@@ -128,17 +128,9 @@ def stage_and_plan(run: ImportRun, source: Iterable[SourceRow | Problem] | Valid
     for table in TABLES:
         table.drop(conn, checkfirst=True)
         table.create(conn)
-    # SQLite: with a reader process this one mostly waits for rows, so it
-    # keeps the index up to date as they come (1M rows: +0.6 s of CPU here,
-    # where it waited anyway, and no 1.1 s sort after the last row); alone,
-    # it sorts once after the load.
-    index_first = isinstance(source, ValidatedRows)
-    if conn.dialect.name == "sqlite" and index_first:
-        conn.exec_driver_sql(_ROWS_BY_KEY)
     rows_from_file(conn, source, run.counts)
     if conn.dialect.name == "sqlite":
-        if not index_first:
-            conn.exec_driver_sql(_ROWS_BY_KEY)
+        conn.exec_driver_sql(_ROWS_BY_KEY)
     else:
         conn.exec_driver_sql("ANALYZE import_rows")  # temp tables get no autovacuum
     merge_duplicates(run)
