@@ -1,7 +1,7 @@
 """Benchmark: import 1,000,000 subscriber rows (1 % invalid, 1 % duplicates), twice.
 
 Run: `python bench/import.py [--rows N] [--repeat R] [--before DIR] [--databases sqlite,postgresql]
-[--reader auto|always|never]`.
+[--reader auto|always|never] [--floor]`.
 
 Per round, interleaved (the order alternates round by round), each in its own
 subprocess so that its peak RSS (ru_maxrss of the child itself) is its own.
@@ -64,6 +64,47 @@ with open(sys.argv[1], newline="", encoding="utf-8") as fh:
     next(rows)
     db.execute("BEGIN")
     db.executemany("INSERT INTO t (email, first, last, city) VALUES (?, ?, ?, ?)", rows)
+    db.execute("COMMIT")
+db.close()
+"""
+
+# --floor: what this schema costs SQLite with nothing else (no validation, no
+# staging, no line numbers, no reader process, the write lock held throughout,
+# duplicates dropped by the unique index): the file's rows straight into the
+# store's real tables and indexes (subscribers, memberships, consent records)
+# in file order, one transaction; the import's own work is what lies between
+# this and its time.
+SCHEMA = """
+import sys
+from newsletter.store import open_url
+open_url(f"sqlite:///{sys.argv[2]}").dispose()
+"""
+FLOOR = """
+import csv, itertools, json, random, sqlite3, sys
+db = sqlite3.connect(sys.argv[2], isolation_level=None)
+for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "cache_size=-65536", "foreign_keys=OFF"):
+    db.execute(f"PRAGMA {pragma}")
+stamp = "2026-01-01 00:00:00.000000"
+db.execute("INSERT INTO lists (name, title, created_at) VALUES ('bench', '', ?)", (stamp,))
+def rows(reader):
+    for rank, (email, first, last, city) in enumerate(reader, 1):
+        uid = f"{rank:016x}{random.getrandbits(64):016x}"
+        yield (email, email.lower(), uid, f"{first} {last}", json.dumps({"city": city}))
+with open(sys.argv[1], newline="", encoding="utf-8") as fh:
+    reader = csv.reader(fh)
+    next(reader)
+    db.execute("BEGIN IMMEDIATE")
+    db.executemany(
+        "INSERT OR IGNORE INTO subscribers (email, email_key, uid, name, attributes, status,"
+        " status_changed_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'active', ?1, ?1, ?1)"
+        .replace("?1", repr(stamp)),
+        rows(reader),
+    )
+    db.execute("INSERT INTO memberships (list_id, subscriber_id, created_at) SELECT 1, id, ? FROM subscribers", (stamp,))
+    db.execute(
+        "INSERT INTO consent_events (subscriber_id, at, action, source, list_name)"
+        " SELECT id, ?, 'subscribe', 'import', 'bench' FROM subscribers", (stamp,)
+    )
     db.execute("COMMIT")
 db.close()
 """
@@ -161,19 +202,24 @@ def one_round(
     databases: list[str],
     new_pg_url: Callable[[], str] | None,
     results: Result,
+    floor: bool = False,
 ) -> None:
     jobs: list[tuple[str, str]] = [("baseline", "")]
+    jobs += [("floor", "")] if floor else []
     jobs += [(code, db) for code in codes for db in databases]
     if round_ % 2:
         jobs.reverse()
     walls: dict[str, float] = {}
     for code, db in jobs:
-        if code == "baseline":
-            target = folder / "baseline.db"
+        if code in ("baseline", "floor"):
+            target = folder / f"{code}.db"
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{target}{suffix}").unlink(missing_ok=True)
-            wall, cpu, rss, _, _ = measure(BASELINE, HERE, str(data), str(target))
-            _record(results, walls, round_, "baseline", wall, cpu, (rss, 0.0), "")
+            script = BASELINE if code == "baseline" else FLOOR
+            if code == "floor":  # the store's schema, empty (not timed)
+                measure(SCHEMA, HERE, str(data), str(target))
+            wall, cpu, rss, _, _ = measure(script, HERE, str(data), str(target))
+            _record(results, walls, round_, code, wall, cpu, (rss, 0.0), "")
             continue
         if db == "sqlite":
             target = folder / f"{code}.db"
@@ -192,6 +238,8 @@ def one_round(
             label = f"{code} {db} {what}"
             _record(results, walls, round_, label, wall, cpu, (rss, reader), note)
     base = walls["baseline"]
+    if floor:
+        results.setdefault("ratio floor/baseline", []).append((walls["floor"] / base, 0, 0, 0))
     for code in codes:
         for what in ("first", "again"):
             sqlite = walls.get(f"{code} sqlite {what}")
@@ -245,6 +293,9 @@ def report(results: Result) -> None:
         if not label.startswith("ratio"):
             continue
         values = [r[0] for r in runs]
+        if "floor" in label:
+            print(f"{label[6:]:<34} {_spread(values)}  (no goal: the schema's own cost)")
+            continue
         goal = GOAL_RATIO_PG if "postgresql" in label else GOAL_RATIO_SQLITE
         verdict = "meets" if statistics.median(values) <= goal else "MISSES"
         print(f"{label[6:]:<34} {_spread(values)}  ({verdict} the goal <= {goal}x by median)")
@@ -263,6 +314,11 @@ def main() -> None:
         "--after", type=Path, default=HERE, help="the checkout measured as `after` (default: this)"
     )
     parser.add_argument("--databases", default="sqlite,postgresql")
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also time FLOOR: this schema's SQLite work alone (no validation, no staging)",
+    )
     parser.add_argument(
         "--reader",
         choices=("auto", "always", "never"),
@@ -288,7 +344,7 @@ def main() -> None:
         )
         results: Result = {}
         for round_ in range(args.repeat):
-            one_round(round_, folder, data, codes, databases, new_pg_url, results)
+            one_round(round_, folder, data, codes, databases, new_pg_url, results, args.floor)
         report(results)
     print(f"load average at end: {os.getloadavg()}")
 
