@@ -163,6 +163,7 @@ def mapper_for(fmt: str, header: Sequence[str], file_name: str, label: Path) -> 
             line=1,
         )
     status_of = _STATUS_RULES[fmt](cols, file_name)
+    always = status_of.result if isinstance(status_of, _Always) else None
     consumed = {email_col, *_NAME_PARTS, *_CONSUMED.get(fmt, ())}
     email_i = cols.index[email_col]
     unescape = fmt == "newsletter"
@@ -191,7 +192,7 @@ def mapper_for(fmt: str, header: Sequence[str], file_name: str, label: Path) -> 
             first = cells[first_i].strip() if first_i is not None and first_i < size else ""
             last = cells[last_i].strip() if last_i is not None and last_i < size else ""
             name = " ".join(f"{first} {last}".split()) if first or last else ""
-        status, reason, warnings = status_of(cells)
+        status, reason, warnings = status_of(cells) if always is None else always
         attributes: dict[str, Any]
         if no_attributes:
             attributes = {}
@@ -272,8 +273,7 @@ def _mapped(column: str, table: dict[str, str], service: str) -> Callable[..., S
             return "pending", f"{service}: {value}", (warning,)
 
         if cols.find(column) is None:  # no such column: one answer for every row
-            fixed = status([])
-            return lambda _cells: fixed
+            return _Always(status([]))
         return status
 
     return rule
@@ -296,6 +296,19 @@ _GENERIC = {
 }
 
 
+class _Always:
+    """A status rule with one answer for every row (the file has no column
+    for it): the mapper reads `result` once instead of calling it per row."""
+
+    __slots__ = ("result",)
+
+    def __init__(self, result: StatusResult) -> None:
+        self.result = result
+
+    def __call__(self, _cells: list[str]) -> StatusResult:
+        return self.result
+
+
 def _generic(cols: _Columns, file_name: str) -> StatusRule:
     # An optional `status` column (our own export writes one).  A value we do
     # not know is not guessed to be "active": better unmailed than unwanted.
@@ -312,7 +325,7 @@ def _mailchimp(cols: _Columns, file_name: str) -> StatusRule:
         fixed = ("bounced", "mailchimp: cleaned", ())
     else:
         fixed = ("active", None, ())
-    return lambda _cells: fixed
+    return _Always(fixed)
 
 
 def _substack(cols: _Columns, _file: str) -> StatusRule:

@@ -21,6 +21,7 @@ so is any file when no core is free (`worth_a_process`).
 from __future__ import annotations
 
 import contextlib
+import gc
 import marshal
 import os
 import pickle
@@ -38,6 +39,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import newsletter
+from newsletter import GC_THRESHOLDS
 from newsletter.audience.addresses import normalised
 from newsletter.audience.importer import ImportCounts, _Raw
 from newsletter.audience.serviceformats import SourceRow
@@ -276,8 +278,9 @@ def staged_rows(
                 continue
             # One unpacking: a NamedTuple's fields are properties, one call each.
             path, line, raw_email, name, status, reason, attributes, since, warnings = item
-            for warning in warnings:
-                report(Problem(warning, path, line, "warning"))
+            if warnings:  # rare: no loop to set up for every row
+                for warning in warnings:
+                    report(Problem(warning, path, line, "warning"))
             if not raw_email:
                 report(Problem("no email address", path, line))
                 continue
@@ -306,4 +309,8 @@ def _uids(batch: int = 4096) -> Iterator[str]:
 if __name__ == "__main__":
     # Ctrl-C reaches the whole process group: the parent stops the import (and this).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The CLI's thresholds, as every newsletter process (`newsletter.GC_THRESHOLDS`):
+    # at the default one the collector walked each batch on its way to the
+    # pipe (callgrind, 200,000 rows: 1.5 % of this process's instructions).
+    gc.set_threshold(*GC_THRESHOLDS)
     main(Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.stdout.buffer)
