@@ -4,9 +4,11 @@ Reading, mapping and validating a row costs Python three times what SQLite
 spends storing it in the stage (1M rows: ~6 s against ~2.5 s), and one
 process did both in turn.  Here a child process (spawned: nothing of this
 process's connections or threads is inherited) runs exactly the same code,
-`read_source` through `staged_rows`, and sends the stage's tuples back in
-batches (marshal), while this process writes the previous batch into the TEMP
-table.  At most `_AHEAD` batches wait between the two, so the child is never
+`read_source` through `validated_rows`, and sends the valid rows back in
+batches (marshal), while this process makes the stage's tuples of the
+previous batch (`staged_rows`: numbers, attributes as JSON text, uids) and
+writes them into the TEMP table: the split that keeps both processes about
+equally busy.  At most `_AHEAD` batches wait between the two, so the child is never
 far ahead: memory stays flat.
 
 What the child learned comes back with the rows: every counted row, the
@@ -123,8 +125,8 @@ def _cpu_ticks() -> tuple[int, int] | None:
 
 @dataclass(frozen=True)
 class ValidatedRows:
-    """The stage's tuples of one file, validated by a child process; iterating
-    runs the child and fills `counts` (rows, problems, files) as `staged_rows` would."""
+    """`validated_rows`' tuples of one file, from a child process; iterating
+    runs the child and fills `counts` (rows, problems, files) as `validated_rows` would."""
 
     path: Path
     fmt: str
@@ -224,7 +226,7 @@ def _add_counts(counts: ImportCounts, child: ImportCounts) -> None:
 
 
 def main(path: Path, fmt: str, driver: str, out: IO[bytes]) -> None:
-    """The child: `read_source` → `staged_rows`, in batches onto `out` (`_encode`)."""
+    """The child: `read_source` → `validated_rows`, in batches onto `out` (`_encode`)."""
     # Imported here: the parent needs none of this to start the child.
     from sqlalchemy.engine import make_url
 
@@ -244,7 +246,8 @@ def main(path: Path, fmt: str, driver: str, out: IO[bytes]) -> None:
     counts = ImportCounts()
     try:
         raw = _Raw(make_url(f"{driver}://").get_dialect()())
-        rows = staged_rows(read_source(path, fmt, progress=note, infos=counts.files), counts, raw)
+        source = read_source(path, fmt, progress=note, infos=counts.files)
+        rows = validated_rows(source, counts, raw)
         while batch := list(islice(rows, BATCH_ROWS)):
             send(("rows", batch, done))
         message: tuple[str, Any, int] = ("end", counts, done)
@@ -262,14 +265,19 @@ def main(path: Path, fmt: str, driver: str, out: IO[bytes]) -> None:
 # --------------------------------------------------------------------------- the rows
 
 
-def staged_rows(
+def validated_rows(
     source: Iterable[SourceRow | Problem], counts: ImportCounts, raw: _Raw
 ) -> Generator[tuple[Any, ...], None, None]:
-    """`importer`'s validation, one tuple per valid row in `_rows`' column order.
+    """`importer`'s validation: one (key, email, name, status, reason,
+    attributes or None, since as the driver takes it or None) per valid row;
+    every problem reported, every row counted.
 
-    The hot loop of an import: no object per row beyond the tuple itself."""
-    report, dumps, uids, time = counts.report, raw.json_text, _uids(), raw.time
-    seq = rows = 0
+    The first half of an import's hot loop, and what a reader process runs:
+    the rest (`staged_rows`) stays with the process that stages, which else
+    waited for a child doing all of it (1M rows: the child ~7 s of CPU, this
+    process ~3 s)."""
+    report, time = counts.report, raw.time
+    rows = 0
     try:
         for item in source:
             rows += 1
@@ -289,12 +297,31 @@ def staged_rows(
             except SubscriberError as exc:
                 report(Problem(exc.message, path, line))
                 continue
-            seq += 1
-            yield (seq, key, email, name, status, reason,
-                   dumps(attributes) if attributes else None,
-                   time(since) if since else None, next(uids))  # fmt: skip
+            yield (key, email, name, status, reason, attributes or None,
+                   time(since) if since else None)  # fmt: skip
     finally:
         counts.rows += rows
+
+
+def staged_rows(
+    rows: Iterator[tuple[Any, ...]], raw: _Raw
+) -> Generator[tuple[Any, ...], None, None]:
+    """`validated_rows`' tuples as the stage's, in `_rows`' column order: a
+    number in file order, the attributes as the JSON column's own text, the
+    random half of a uid.  No object per row beyond the tuple itself.
+
+    Closing this closes `rows` at once (a reader process stops with it)."""
+    dumps, uids = raw.json_text, _uids()
+    seq = 0
+    try:
+        for key, email, name, status, reason, attributes, since in rows:
+            seq += 1
+            yield (seq, key, email, name, status, reason,
+                   dumps(attributes) if attributes else None, since, next(uids))  # fmt: skip
+    finally:
+        close = getattr(rows, "close", None)
+        if close is not None:
+            close()
 
 
 def _uids(batch: int = 4096) -> Iterator[str]:

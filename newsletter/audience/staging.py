@@ -71,7 +71,7 @@ from newsletter.audience.stageplan import (
     merge_duplicates,
     plan_changes,
 )
-from newsletter.audience.stagereader import ValidatedRows, staged_rows
+from newsletter.audience.stagereader import ValidatedRows, staged_rows, validated_rows
 from newsletter.audience.stagetables import (
     _RAW,
     TABLES,
@@ -206,11 +206,13 @@ def rows_from_file(
     (SQLAlchemy's per-row parameter handling cost more than SQLite's own work);
     `ValidatedRows` were validated by another process (`stagereader`)."""
     names = [c.name for c in _rows.columns]
-    rows = (
+    raw = _Raw(conn.dialect)
+    valid = (
         source.__iter__()
         if isinstance(source, ValidatedRows)
-        else staged_rows(source, counts, _Raw(conn.dialect))
+        else validated_rows(source, counts, raw)
     )
+    rows = staged_rows(valid, raw)
     # Closed at once, also on an error: the reader process stops with it (not
     # whenever the traceback that holds the generator is collected).
     with closing(rows):
