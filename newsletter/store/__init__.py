@@ -14,6 +14,7 @@ queries on subscribers, lists and memberships live with their stage, in
 from __future__ import annotations
 
 import hashlib
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -42,6 +43,7 @@ from newsletter.store.schema import (
 __all__ = [
     "bulk_writes",
     "checkpoint_after",
+    "close_all",
     "insert_or_ignore",
     "now",
     "one_at_a_time",
@@ -78,6 +80,10 @@ def safe_url(url: str) -> str:
         return "<an unreadable database URL>"
 
 
+# Every engine `open_url` made, for `close_all`.
+_OPENED: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
 def open_url(url: str) -> Engine:
     try:
         parsed = make_url(url)
@@ -91,9 +97,23 @@ def open_url(url: str) -> Engine:
         else:
             use_postgresql_conditions()
         upgrade(engine)
+        _OPENED.add(engine)
         return engine
     except (SQLAlchemyError, OSError) as exc:
         raise StoreError(f"cannot open database {safe_url(url)}: {exc}") from exc
+
+
+def close_all() -> None:
+    """Close the pooled connections of every engine still open.
+
+    For the command line's exit, which leaves its objects to the operating
+    system instead of collecting them (`newsletter.__main__`): a connection
+    the collector no longer closes is closed here, so SQLite still
+    checkpoints and removes its -wal and -shm files, and PostgreSQL sees a
+    client that said goodbye.
+    """
+    for engine in list(_OPENED):
+        engine.dispose()
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
