@@ -283,3 +283,34 @@ def test_the_entry_point_still_exits_with_the_commands_status(tmp_path: Path) ->
     assert run_entry_point("no-such-command").returncode == 2
     missing = run_entry_point("--config", str(tmp_path / "missing.toml"), "lists")
     assert missing.returncode == 1 and "error:" in missing.stderr
+
+
+def test_a_store_that_fails_to_close_changes_no_exit_status(tmp_path: Path) -> None:
+    """Closing the store on the way out never turns the command's outcome
+    into a traceback: the system closes what could not be closed."""
+    config = quiet_site(tmp_path)
+    failing = EXIT_PROBE.replace(
+        "from newsletter.__main__ import main",
+        "import newsletter.store as store\n"
+        "def broken():\n    raise OSError('injected: cannot close')\n"
+        "store.close_all = broken\n"
+        "from newsletter.__main__ import main",
+    )
+    assert "store.close_all = broken" in failing
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    unknown_list = ("subscribers", "list", "--list", "nosuch")  # the store opened, then 1
+    for command, status in ((("lists",), 0), (unknown_list, 1)):
+        done = subprocess.run(
+            [sys.executable, "-c", failing, "--config", str(config), *command],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+        assert done.returncode == status, done.stderr
+        assert "injected" not in done.stderr and "Traceback" not in done.stderr
+        assert ("unknown list 'nosuch'" in done.stderr) == (status == 1)
+        assert "frozen" in done.stderr  # it still left the objects to the system
