@@ -14,6 +14,8 @@ queries on subscribers, lists and memberships live with their stage, in
 from __future__ import annotations
 
 import hashlib
+import logging
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -53,6 +55,8 @@ __all__ = [
     "shared_value",
     "snapshot_transaction",
 ]
+
+log = logging.getLogger(__name__)
 
 
 def now() -> datetime:
@@ -450,10 +454,29 @@ def upgrade(engine: Engine) -> int:
                 f"the database is at schema version {current}, newer than this "
                 f"newsletter ({SCHEMA_VERSION}); upgrade newsletter"
             )
-        for version in range(current + 1, SCHEMA_VERSION + 1):
-            UPGRADES[version](conn)
-            conn.execute(schema_version.insert().values(version=version, applied_at=now()))
+        if current < SCHEMA_VERSION:
+            _run_upgrades(conn, current)
         return SCHEMA_VERSION
+
+
+def _run_upgrades(conn: Connection, current: int) -> None:
+    # Said before and after: a step can rewrite a big table in one statement
+    # (version 7 on PostgreSQL: the whole ledger), which shows no progress.
+    log.info(
+        "upgrading the database from schema version %d to %d (one transaction; "
+        "a big ledger can take a while)",
+        current,
+        SCHEMA_VERSION,
+    )
+    started = time.monotonic()
+    for version in range(current + 1, SCHEMA_VERSION + 1):
+        UPGRADES[version](conn)
+        conn.execute(schema_version.insert().values(version=version, applied_at=now()))
+    log.info(
+        "upgraded the database to schema version %d in %.1f s",
+        SCHEMA_VERSION,
+        time.monotonic() - started,
+    )
 
 
 def _up_to_date(engine: Engine) -> bool:
