@@ -22,8 +22,8 @@ from smtpserver import (
 
 from newsletter.config import SmtpSettings
 from newsletter.delivery.transports import ConnectError, TransportError
-from newsletter.delivery.transports.smtp import (
-    SmtpTransport,
+from newsletter.delivery.transports.smtp import SmtpTransport
+from newsletter.delivery.transports.smtp_common import (
     ascii_address,
     classify,
     dot_stuffed,

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -33,7 +34,7 @@ def test_reopening_does_not_add_versions(database_url: str) -> None:
 
 
 def test_upgrade_steps_run_once_in_order(
-    database_url: str, monkeypatch: pytest.MonkeyPatch
+    database_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     url = database_url
     open_url(url)
@@ -49,9 +50,16 @@ def test_upgrade_steps_run_once_in_order(
     base = store.schema.SCHEMA_VERSION
     monkeypatch.setattr(store, "SCHEMA_VERSION", base + 2)
     monkeypatch.setattr(store, "UPGRADES", {base + 1: step(base + 1), base + 2: step(base + 2)})
+    caplog.set_level(logging.INFO, logger="newsletter.store")
     engine = open_url(url)
-    open_url(url)  # a second open finds nothing to do
+    # What the user sees while a step may rewrite a big table, and after.
+    said = [r.getMessage() for r in caplog.records if r.name == "newsletter.store"]
+    assert said[0].startswith(f"upgrading the database from schema version {base} to {base + 2}")
+    assert said[1].startswith(f"upgraded the database to schema version {base + 2} in ")
+    caplog.clear()
+    open_url(url)  # a second open finds nothing to do, and says nothing
     assert ran == [base + 1, base + 2]
+    assert not [r for r in caplog.records if r.name == "newsletter.store"]
     with engine.connect() as conn:
         versions = conn.execute(select(schema_version.c.version)).scalars().all()
         assert sorted(versions) == [base, base + 1, base + 2]

@@ -14,6 +14,8 @@ queries on subscribers, lists and memberships live with their stage, in
 from __future__ import annotations
 
 import hashlib
+import logging
+import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -56,6 +58,8 @@ __all__ = [
     "snapshot_transaction",
 ]
 
+log = logging.getLogger(__name__)
+
 
 def now() -> datetime:
     return datetime.now(UTC)
@@ -80,8 +84,7 @@ def safe_url(url: str) -> str:
         return "<an unreadable database URL>"
 
 
-# Every engine `open_url` made, for `close_all`.
-_OPENED: weakref.WeakSet[Engine] = weakref.WeakSet()
+_OPENED: weakref.WeakSet[Engine] = weakref.WeakSet()  # every engine made, for `close_all`
 
 
 def open_url(url: str) -> Engine:
@@ -92,26 +95,21 @@ def open_url(url: str) -> Engine:
             # 0644 & ~umask); its -wal and -shm files copy the database's mode.
             private_file(Path(parsed.database))
         engine = create_engine(url, future=True)
+        _OPENED.add(engine)
         if engine.dialect.name == "sqlite":
             event.listen(engine, "connect", _sqlite_pragmas)
         else:
             use_postgresql_conditions()
         upgrade(engine)
-        _OPENED.add(engine)
         return engine
     except (SQLAlchemyError, OSError) as exc:
         raise StoreError(f"cannot open database {safe_url(url)}: {exc}") from exc
 
 
 def close_all() -> None:
-    """Close the pooled connections of every engine still open.
-
-    For the command line's exit, which leaves its objects to the operating
-    system instead of collecting them (`newsletter.__main__`): a connection
-    the collector no longer closes is closed here, so SQLite still
-    checkpoints and removes its -wal and -shm files, and PostgreSQL sees a
-    client that said goodbye.
-    """
+    """Close the pooled connections of every engine still open: the command
+    line's exit leaves its objects to the system, not to the collector
+    (`newsletter.__main__`), so SQLite still removes its -wal and -shm files."""
     for engine in list(_OPENED):
         engine.dispose()
 
@@ -470,10 +468,29 @@ def upgrade(engine: Engine) -> int:
                 f"the database is at schema version {current}, newer than this "
                 f"newsletter ({SCHEMA_VERSION}); upgrade newsletter"
             )
-        for version in range(current + 1, SCHEMA_VERSION + 1):
-            UPGRADES[version](conn)
-            conn.execute(schema_version.insert().values(version=version, applied_at=now()))
+        if current < SCHEMA_VERSION:
+            _run_upgrades(conn, current)
         return SCHEMA_VERSION
+
+
+def _run_upgrades(conn: Connection, current: int) -> None:
+    # Said before and after: a step can rewrite a big table in one statement
+    # (version 7 on PostgreSQL: the whole ledger), which shows no progress.
+    log.info(
+        "upgrading the database from schema version %d to %d (one transaction; "
+        "a big ledger can take a while)",
+        current,
+        SCHEMA_VERSION,
+    )
+    started = time.monotonic()
+    for version in range(current + 1, SCHEMA_VERSION + 1):
+        UPGRADES[version](conn)
+        conn.execute(schema_version.insert().values(version=version, applied_at=now()))
+    log.info(
+        "upgraded the database to schema version %d in %.1f s",
+        SCHEMA_VERSION,
+        time.monotonic() - started,
+    )
 
 
 def _up_to_date(engine: Engine) -> bool:
