@@ -93,6 +93,22 @@ def test_opening_an_up_to_date_database_only_reads(database_url: str) -> None:
         assert locked not in again
 
 
+def test_a_shared_value_once_made_is_only_read(database_url: str) -> None:
+    """Issue 13: `run --once` and `send` read the unsubscribe secret each time;
+    once some process made it, reading it takes no write lock (SQLite's
+    BEGIN IMMEDIATE waited behind a sending process) and inserts nothing.
+    The first one still creates it, and a later candidate never replaces it."""
+    engine = open_url(database_url)
+    made = " | ".join(statements_of(lambda: store.shared_value(engine, "k", "first")))
+    assert "INSERT" in made
+    seen: list[str] = []
+    again = statements_of(lambda: seen.append(store.shared_value(engine, "k", "second")))
+    assert seen == ["first"]
+    for locked in ("BEGIN IMMEDIATE", "INSERT", "UPDATE"):
+        assert locked not in " | ".join(again)
+    engine.dispose()
+
+
 def test_a_missing_table_is_created_again_without_a_new_version(database_url: str) -> None:
     """The read-only check looks at the tables too: a database at this version
     that lacks one (a table added without a version step, or dropped) still

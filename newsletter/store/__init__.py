@@ -319,11 +319,16 @@ def shared_value(engine: Engine, key: str, candidate: str) -> str:
     """The state row `key`, created with `candidate` by whoever comes first.
 
     One value for the whole deployment (the unsubscribe secret): processes
-    starting together on several hosts all get the winner's value.
+    starting together on several hosts all get the winner's value.  Once it
+    exists it is only read: no write lock for what every command asks.
     """
     from newsletter.store.schema import state
 
     try:
+        with reading(engine) as conn:
+            found = conn.scalar(select(state.c.value).where(state.c.key == key))
+        if found is not None:
+            return str(found)
         with engine.begin() as conn:
             row = {"key": key, "value": candidate, "updated_at": now()}
             if insert_or_ignore(conn, state, row, ("key",)):
