@@ -40,6 +40,15 @@ log = logging.getLogger(__name__)
 Ready = Callable[[], None]
 
 
+def _write(conn: smtplib.SMTP, data: bytes) -> None:
+    """`conn.send` minus its audit event and its error translation: smtplib
+    turns every failed send, a timeout included, into "Server not connected",
+    so a stalled server read as a lost connection."""
+    if conn.sock is None:
+        raise smtplib.SMTPServerDisconnected("not connected")
+    conn.sock.sendall(data)
+
+
 class Flight:
     """One message on its way through `SmtpTransport.begin` … `reply`."""
 
@@ -230,7 +239,7 @@ class SmtpTransport:
                 return self._pipelined(conn, recipient, commands, message, ready)
             # `ready` (the previous outcome's commit) runs while the server
             # answers MAIL: a round trip it would otherwise add to each message.
-            conn.send(commands[0].encode("utf-8") + b"\r\n")
+            _write(conn, commands[0].encode("utf-8") + b"\r\n")
             self._ready(ready)
             code, reply = conn.getreply()
             if code != 250:
@@ -253,7 +262,7 @@ class SmtpTransport:
     def _command(conn: smtplib.SMTP, line: str) -> tuple[int, bytes]:
         # Straight to the socket: smtplib's mail()/rcpt() re-parse each address
         # with email.utils, which costs more than the round trip on loopback.
-        conn.send(line.encode("utf-8") + b"\r\n")
+        _write(conn, line.encode("utf-8") + b"\r\n")
         return conn.getreply()
 
     def _pipelined(
@@ -265,7 +274,7 @@ class SmtpTransport:
         ready: Ready | None,
     ) -> SendResult:
         """MAIL, RCPT and DATA in one write when the server offers PIPELINING (RFC 2920)."""
-        conn.send("".join(f"{c}\r\n" for c in (*commands, "DATA")).encode("utf-8"))
+        _write(conn, "".join(f"{c}\r\n" for c in (*commands, "DATA")).encode("utf-8"))
         self._ready(ready)  # while the server answers the envelope
         refusal = self._envelope_replies(conn, recipient)
         if refusal is not None:
@@ -280,7 +289,7 @@ class SmtpTransport:
         if data_code == 354 and refused:
             # RFC 2920 §3.1: a server may accept DATA although every RCPT failed;
             # end the empty message at once, then reset.
-            conn.send(b".\r\n")
+            _write(conn, b".\r\n")
             conn.getreply()
         if mail_code != 250:
             return self._refused(recipient, mail_code, mail_text, "mail")
@@ -308,7 +317,7 @@ class SmtpTransport:
     def _content(self, conn: smtplib.SMTP, recipient: str, message: bytes) -> SendResult:
         # The content (stuffed by `send`) and its final dot in one write: from
         # here the server may keep the message, so `ready` has run already.
-        conn.send(message + b".\r\n")
+        _write(conn, message + b".\r\n")
         code, reply = conn.getreply()
         if code != 250:
             return self._refused(recipient, code, reply, "data")
@@ -346,7 +355,7 @@ class SmtpTransport:
         rcpt = ascii_address(recipient)[0]
         options = " BODY=8BITMIME" if not message.isascii() and conn.has_extn("8bitmime") else ""
         try:
-            conn.send(f"MAIL FROM:<{sender}>{options}\r\nRCPT TO:<{rcpt}>\r\nDATA\r\n".encode())
+            _write(conn, f"MAIL FROM:<{sender}>{options}\r\nRCPT TO:<{rcpt}>\r\nDATA\r\n".encode())
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
             self._lost(flight, exc)
         return flight
@@ -359,7 +368,7 @@ class SmtpTransport:
         try:
             flight.result = self._envelope_replies(conn, flight.recipient)
             if flight.result is None:
-                conn.send(stuffed_body(flight.message))
+                _write(conn, stuffed_body(flight.message))
         except (smtplib.SMTPServerDisconnected, smtplib.SMTPResponseException, OSError) as exc:
             self._lost(flight, exc)
 
@@ -369,7 +378,7 @@ class SmtpTransport:
         if flight.result is not None or conn is None:
             return
         try:
-            conn.send(b".\r\n")
+            _write(conn, b".\r\n")
             flight.dotted = True
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
             self._lost(flight, exc)
