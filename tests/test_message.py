@@ -19,11 +19,11 @@ from test_render_support import (
 )
 
 from newsletter.config import EmailSettings, Settings, UnsubscribeSettings
+from newsletter.email.headers import format_address
 from newsletter.email.message import (
     MessageTemplate,
     Recipient,
     fill_placeholders,
-    format_address,
     message_id,
 )
 from newsletter.email.render import RenderedEmail, render_email

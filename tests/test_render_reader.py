@@ -14,7 +14,8 @@ from test_render_support import make_post, make_settings, parse
 
 from newsletter.cli import main
 from newsletter.config import Settings, SiteSettings, load_settings
-from newsletter.email.message import MessageTemplate, Recipient, list_id
+from newsletter.email.headers import list_id
+from newsletter.email.message import MessageTemplate, Recipient
 from newsletter.email.render import PLACEHOLDERS, render_digest, render_email, template_environment
 
 ADDRESS = "Tide Notes, 12 Harbour Road, Example Bay 00000"

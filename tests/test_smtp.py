@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,8 +24,8 @@ from smtpserver import (
 
 from newsletter.config import SmtpSettings
 from newsletter.delivery.transports import ConnectError, TransportError
-from newsletter.delivery.transports.smtp import (
-    SmtpTransport,
+from newsletter.delivery.transports.smtp import SmtpTransport
+from newsletter.delivery.transports.smtp_common import (
     ascii_address,
     classify,
     dot_stuffed,
@@ -343,3 +345,41 @@ def test_ready_runs_before_the_final_dot_and_a_failure_discards_the_message(
     t.close()
     # Without the final dot the server kept nothing of b's message.
     assert any_server.recipients() == ["a@example.org", "c@example.org"]
+
+
+def test_a_server_that_stops_reading_mid_data_times_out_as_temporary() -> None:
+    """The send side of the timeout: the server takes DATA, then reads nothing more."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(10)
+    stop = threading.Event()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.sendall(b"220 sink ESMTP\r\n")
+            lines = conn.makefile("rb")
+            for line in lines:
+                verb = line[:4].upper()
+                if verb in (b"EHLO", b"HELO"):
+                    conn.sendall(b"250 sink\r\n")
+                elif verb == b"DATA":
+                    conn.sendall(b"354 go ahead\r\n")
+                    break
+                else:
+                    conn.sendall(b"250 ok\r\n")
+            stop.wait(10)  # reads nothing more: the client's send buffer fills
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    port = listener.getsockname()[1]
+    t = SmtpTransport(SmtpSettings(host="127.0.0.1", port=port, security="none", timeout=0.5))
+    big = MSG + (b"y" * 998 + b"\r\n") * 64_000  # 64 MB: more than any socket buffer
+    started = time.monotonic()
+    result = t.send(SENDER, "b@example.org", big)
+    elapsed = time.monotonic() - started
+    stop.set()
+    t.close()
+    listener.close()
+    assert not result.ok and not result.permanent
+    assert result.text.startswith("timed out during data"), result.text
+    assert elapsed < 5

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -33,7 +34,7 @@ def test_reopening_does_not_add_versions(database_url: str) -> None:
 
 
 def test_upgrade_steps_run_once_in_order(
-    database_url: str, monkeypatch: pytest.MonkeyPatch
+    database_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     url = database_url
     open_url(url)
@@ -49,9 +50,16 @@ def test_upgrade_steps_run_once_in_order(
     base = store.schema.SCHEMA_VERSION
     monkeypatch.setattr(store, "SCHEMA_VERSION", base + 2)
     monkeypatch.setattr(store, "UPGRADES", {base + 1: step(base + 1), base + 2: step(base + 2)})
+    caplog.set_level(logging.INFO, logger="newsletter.store")
     engine = open_url(url)
-    open_url(url)  # a second open finds nothing to do
+    # What the user sees while a step may rewrite a big table, and after.
+    said = [r.getMessage() for r in caplog.records if r.name == "newsletter.store"]
+    assert said[0].startswith(f"upgrading the database from schema version {base} to {base + 2}")
+    assert said[1].startswith(f"upgraded the database to schema version {base + 2} in ")
+    caplog.clear()
+    open_url(url)  # a second open finds nothing to do, and says nothing
     assert ran == [base + 1, base + 2]
+    assert not [r for r in caplog.records if r.name == "newsletter.store"]
     with engine.connect() as conn:
         versions = conn.execute(select(schema_version.c.version)).scalars().all()
         assert sorted(versions) == [base, base + 1, base + 2]
@@ -83,6 +91,22 @@ def test_opening_an_up_to_date_database_only_reads(database_url: str) -> None:
     assert "schema_version" in again
     for locked in ("BEGIN IMMEDIATE", "pg_advisory", "CREATE", "INSERT"):
         assert locked not in again
+
+
+def test_a_shared_value_once_made_is_only_read(database_url: str) -> None:
+    """Issue 13: `run --once` and `send` read the unsubscribe secret each time;
+    once some process made it, reading it takes no write lock (SQLite's
+    BEGIN IMMEDIATE waited behind a sending process) and inserts nothing.
+    The first one still creates it, and a later candidate never replaces it."""
+    engine = open_url(database_url)
+    made = " | ".join(statements_of(lambda: store.shared_value(engine, "k", "first")))
+    assert "INSERT" in made
+    seen: list[str] = []
+    again = statements_of(lambda: seen.append(store.shared_value(engine, "k", "second")))
+    assert seen == ["first"]
+    for locked in ("BEGIN IMMEDIATE", "INSERT", "UPDATE"):
+        assert locked not in " | ".join(again)
+    engine.dispose()
 
 
 def test_a_missing_table_is_created_again_without_a_new_version(database_url: str) -> None:

@@ -18,8 +18,9 @@ from typing import Any
 
 from newsletter.config import Settings, utcnow
 from newsletter.email.dkim import Signer
-from newsletter.email.message import format_address, one_line
+from newsletter.email.headers import format_address
 from newsletter.email.render import _render, template_environment
+from newsletter.email.rendered import one_line
 
 KINDS = ("confirm", "welcome")
 

@@ -14,6 +14,9 @@ queries on subscribers, lists and memberships live with their stage, in
 from __future__ import annotations
 
 import hashlib
+import logging
+import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -42,6 +45,7 @@ from newsletter.store.schema import (
 __all__ = [
     "bulk_writes",
     "checkpoint_after",
+    "close_all",
     "insert_or_ignore",
     "now",
     "one_at_a_time",
@@ -53,6 +57,8 @@ __all__ = [
     "shared_value",
     "snapshot_transaction",
 ]
+
+log = logging.getLogger(__name__)
 
 
 def now() -> datetime:
@@ -78,6 +84,9 @@ def safe_url(url: str) -> str:
         return "<an unreadable database URL>"
 
 
+_OPENED: weakref.WeakSet[Engine] = weakref.WeakSet()  # every engine made, for `close_all`
+
+
 def open_url(url: str) -> Engine:
     try:
         parsed = make_url(url)
@@ -86,6 +95,7 @@ def open_url(url: str) -> Engine:
             # 0644 & ~umask); its -wal and -shm files copy the database's mode.
             private_file(Path(parsed.database))
         engine = create_engine(url, future=True)
+        _OPENED.add(engine)
         if engine.dialect.name == "sqlite":
             event.listen(engine, "connect", _sqlite_pragmas)
         else:
@@ -94,6 +104,14 @@ def open_url(url: str) -> Engine:
         return engine
     except (SQLAlchemyError, OSError) as exc:
         raise StoreError(f"cannot open database {safe_url(url)}: {exc}") from exc
+
+
+def close_all() -> None:
+    """Close the pooled connections of every engine still open: the command
+    line's exit leaves its objects to the system, not to the collector
+    (`newsletter.__main__`), so SQLite still removes its -wal and -shm files."""
+    for engine in list(_OPENED):
+        engine.dispose()
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -301,11 +319,16 @@ def shared_value(engine: Engine, key: str, candidate: str) -> str:
     """The state row `key`, created with `candidate` by whoever comes first.
 
     One value for the whole deployment (the unsubscribe secret): processes
-    starting together on several hosts all get the winner's value.
+    starting together on several hosts all get the winner's value.  Once it
+    exists it is only read: no write lock for what every command asks.
     """
     from newsletter.store.schema import state
 
     try:
+        with reading(engine) as conn:
+            found = conn.scalar(select(state.c.value).where(state.c.key == key))
+        if found is not None:
+            return str(found)
         with engine.begin() as conn:
             row = {"key": key, "value": candidate, "updated_at": now()}
             if insert_or_ignore(conn, state, row, ("key",)):
@@ -450,10 +473,29 @@ def upgrade(engine: Engine) -> int:
                 f"the database is at schema version {current}, newer than this "
                 f"newsletter ({SCHEMA_VERSION}); upgrade newsletter"
             )
-        for version in range(current + 1, SCHEMA_VERSION + 1):
-            UPGRADES[version](conn)
-            conn.execute(schema_version.insert().values(version=version, applied_at=now()))
+        if current < SCHEMA_VERSION:
+            _run_upgrades(conn, current)
         return SCHEMA_VERSION
+
+
+def _run_upgrades(conn: Connection, current: int) -> None:
+    # Said before and after: a step can rewrite a big table in one statement
+    # (version 7 on PostgreSQL: the whole ledger), which shows no progress.
+    log.info(
+        "upgrading the database from schema version %d to %d (one transaction; "
+        "a big ledger can take a while)",
+        current,
+        SCHEMA_VERSION,
+    )
+    started = time.monotonic()
+    for version in range(current + 1, SCHEMA_VERSION + 1):
+        UPGRADES[version](conn)
+        conn.execute(schema_version.insert().values(version=version, applied_at=now()))
+    log.info(
+        "upgraded the database to schema version %d in %.1f s",
+        SCHEMA_VERSION,
+        time.monotonic() - started,
+    )
 
 
 def _up_to_date(engine: Engine) -> bool:

@@ -11,9 +11,7 @@ connection reused, so one recipient never blocks the others.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import re
 import smtplib
 import socket
 import ssl
@@ -23,117 +21,32 @@ from typing import Any
 from newsletter.config import SmtpSettings
 from newsletter.delivery.transports.base import ConnectError, SendResult, TransportError
 from newsletter.delivery.transports.logins import LOGINS, Key, login_key
+from newsletter.delivery.transports.smtp_common import (
+    NON_ASCII_LOCAL_PART,
+    ascii_address,
+    check_policy,
+    classify,
+    login_refused,
+    no_starttls,
+    reply_text,
+    tls_context,
+    tls_error,
+)
 from newsletter.email.message import stuffed_body
 
 log = logging.getLogger(__name__)
 
-LOCALHOST = {"localhost", "127.0.0.1", "::1"}
-_ENHANCED = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})\b")
-
-
-def enhanced_status(text: str) -> str | None:
-    """The RFC 3463 enhanced status code at the start of a reply text, if any."""
-    match = _ENHANCED.match(text)
-    return ".".join(match.groups()) if match else None
-
-
-def classify(recipient: str, code: int, text: str, stage: str) -> SendResult:
-    """Turn one SMTP reply into a `SendResult`."""
-    if 200 <= code < 300:
-        return SendResult(recipient, True, code, text, stage=stage)
-    status = enhanced_status(text) or ""
-    # RFC 5321 §4.2.3: 421 means the server is closing the channel; 454 and
-    # 451 4.7.x are what providers answer when a sender goes too fast.
-    throttled = code in (421, 454) or (code == 451 and status.startswith("4.7."))
-    if 400 <= code < 500:
-        return SendResult(recipient, False, code, text, throttled=throttled, stage=stage)
-    bounced = stage == "rcpt" and status.startswith("5.1.")
-    return SendResult(recipient, False, code, text, permanent=True, stage=stage, bounced=bounced)
-
-
-def reply_text(reply: bytes | str) -> str:
-    """A reply's text on one line."""
-    if isinstance(reply, bytes):
-        reply = reply.decode("utf-8", "replace")
-    return " ".join(reply.split())
-
-
-def ascii_address(address: str) -> tuple[str, bool]:
-    """(address with an IDNA domain, whether the local part needs SMTPUTF8)."""
-    local, sep, domain = address.rpartition("@")
-    if not sep:
-        return address, not address.isascii()
-    if not domain.isascii():
-        # Left as it is when IDNA cannot encode it: the server's refusal names it.
-        with contextlib.suppress(UnicodeError):
-            domain = domain.encode("idna").decode("ascii")
-    return f"{local}@{domain}", not local.isascii()
-
-
-def dot_stuffed(message: bytes) -> bytes:
-    """The DATA payload: CRLF line ends, leading dots doubled, the final dot line.
-
-    RFC 5321 §4.5.2 transparency.  Messages from `message` are CRLF already;
-    only a message with a bare CR or LF takes the slower normalising path.
-    """
-    return stuffed_body(message) + b".\r\n"
-
-
-def tls_context(settings: SmtpSettings) -> ssl.SSLContext:
-    """Verified TLS: smtplib and asyncio verify nothing unless given this."""
-    ca_file = settings.ca_file
-    return ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
-
-
-def check_policy(settings: SmtpSettings) -> None:
-    """Refuse clear text except to localhost, and AUTH without TLS always."""
-    s = settings
-    if s.security == "none" and s.host not in LOCALHOST and not s.allow_insecure:
-        raise TransportError(
-            f'refusing to send in clear text to {s.host} (security = "none" is only '
-            "for localhost unless allow_insecure = true)",
-            key="smtp.security",
-        )
-    if s.security == "none" and s.username:
-        raise TransportError(
-            "refusing to log in without TLS (AUTH only after TLS)", key="smtp.username"
-        )
-
-
-def no_starttls(settings: SmtpSettings) -> TransportError:
-    return TransportError(
-        f"{settings.host} does not offer STARTTLS; refusing to send in clear "
-        '(use security = "tls" for port 465)',
-        key="smtp.security",
-    )
-
-
-def tls_error(where: str, exc: ssl.SSLError) -> TransportError:
-    """The one message for a failed TLS handshake (an untrusted certificate says so)."""
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return TransportError(
-            f"the TLS certificate of {where} is not trusted: {exc.verify_message}",
-            key="smtp.ca_file",
-        )
-    return TransportError(f"TLS with {where} failed: {exc}", key="smtp.security")
-
-
-def login_refused(username: str, code: int, reply: bytes | str) -> TransportError:
-    # The reply is the server's; the password never appears in it.
-    return TransportError(
-        f"login as {username} refused: {code} {reply_text(reply)} "
-        "(not tried again with this password by this command)",
-        key="smtp.username",
-        code=code,
-    )
-
-
-NON_ASCII_LOCAL_PART = (
-    "the address has a non-ASCII local part and the server does not support SMTPUTF8 (RFC 6531)"
-)
-
 
 Ready = Callable[[], None]
+
+
+def _write(conn: smtplib.SMTP, data: bytes) -> None:
+    """`conn.send` minus its audit event and its error translation: smtplib
+    turns every failed send, a timeout included, into "Server not connected",
+    so a stalled server read as a lost connection."""
+    if conn.sock is None:
+        raise smtplib.SMTPServerDisconnected("not connected")
+    conn.sock.sendall(data)
 
 
 class Flight:
@@ -326,7 +239,7 @@ class SmtpTransport:
                 return self._pipelined(conn, recipient, commands, message, ready)
             # `ready` (the previous outcome's commit) runs while the server
             # answers MAIL: a round trip it would otherwise add to each message.
-            conn.send(commands[0].encode("utf-8") + b"\r\n")
+            _write(conn, commands[0].encode("utf-8") + b"\r\n")
             self._ready(ready)
             code, reply = conn.getreply()
             if code != 250:
@@ -349,7 +262,7 @@ class SmtpTransport:
     def _command(conn: smtplib.SMTP, line: str) -> tuple[int, bytes]:
         # Straight to the socket: smtplib's mail()/rcpt() re-parse each address
         # with email.utils, which costs more than the round trip on loopback.
-        conn.send(line.encode("utf-8") + b"\r\n")
+        _write(conn, line.encode("utf-8") + b"\r\n")
         return conn.getreply()
 
     def _pipelined(
@@ -361,7 +274,7 @@ class SmtpTransport:
         ready: Ready | None,
     ) -> SendResult:
         """MAIL, RCPT and DATA in one write when the server offers PIPELINING (RFC 2920)."""
-        conn.send("".join(f"{c}\r\n" for c in (*commands, "DATA")).encode("utf-8"))
+        _write(conn, "".join(f"{c}\r\n" for c in (*commands, "DATA")).encode("utf-8"))
         self._ready(ready)  # while the server answers the envelope
         refusal = self._envelope_replies(conn, recipient)
         if refusal is not None:
@@ -376,7 +289,7 @@ class SmtpTransport:
         if data_code == 354 and refused:
             # RFC 2920 §3.1: a server may accept DATA although every RCPT failed;
             # end the empty message at once, then reset.
-            conn.send(b".\r\n")
+            _write(conn, b".\r\n")
             conn.getreply()
         if mail_code != 250:
             return self._refused(recipient, mail_code, mail_text, "mail")
@@ -404,7 +317,7 @@ class SmtpTransport:
     def _content(self, conn: smtplib.SMTP, recipient: str, message: bytes) -> SendResult:
         # The content (stuffed by `send`) and its final dot in one write: from
         # here the server may keep the message, so `ready` has run already.
-        conn.send(message + b".\r\n")
+        _write(conn, message + b".\r\n")
         code, reply = conn.getreply()
         if code != 250:
             return self._refused(recipient, code, reply, "data")
@@ -442,7 +355,7 @@ class SmtpTransport:
         rcpt = ascii_address(recipient)[0]
         options = " BODY=8BITMIME" if not message.isascii() and conn.has_extn("8bitmime") else ""
         try:
-            conn.send(f"MAIL FROM:<{sender}>{options}\r\nRCPT TO:<{rcpt}>\r\nDATA\r\n".encode())
+            _write(conn, f"MAIL FROM:<{sender}>{options}\r\nRCPT TO:<{rcpt}>\r\nDATA\r\n".encode())
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
             self._lost(flight, exc)
         return flight
@@ -455,7 +368,7 @@ class SmtpTransport:
         try:
             flight.result = self._envelope_replies(conn, flight.recipient)
             if flight.result is None:
-                conn.send(stuffed_body(flight.message))
+                _write(conn, stuffed_body(flight.message))
         except (smtplib.SMTPServerDisconnected, smtplib.SMTPResponseException, OSError) as exc:
             self._lost(flight, exc)
 
@@ -465,7 +378,7 @@ class SmtpTransport:
         if flight.result is not None or conn is None:
             return
         try:
-            conn.send(b".\r\n")
+            _write(conn, b".\r\n")
             flight.dotted = True
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
             self._lost(flight, exc)

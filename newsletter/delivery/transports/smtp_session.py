@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from newsletter.config import SmtpSettings
 from newsletter.delivery.transports.base import ConnectError, TransportError
 from newsletter.delivery.transports.logins import LOGINS, Key, login_key
-from newsletter.delivery.transports.smtp import (
+from newsletter.delivery.transports.smtp_common import (
     login_refused,
     no_starttls,
     reply_text,

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 
 from newsletter.config import SmtpSettings
 from newsletter.delivery.transports.base import ConnectError, SendResult
-from newsletter.delivery.transports.smtp import (
+from newsletter.delivery.transports.smtp_common import (
     NON_ASCII_LOCAL_PART,
     ascii_address,
     check_policy,

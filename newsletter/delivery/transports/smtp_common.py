@@ -1,0 +1,135 @@
+"""What every SMTP connection of ours shares, threaded (smtp.py) or on an
+event loop (smtp_stream.py, smtp_session.py): reply classification by code
+and enhanced status (RFC 3463), address encoding, DATA transparency, the TLS
+and clear-text policy, and the errors a session raises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import ssl
+
+from newsletter.config import SmtpSettings
+from newsletter.delivery.transports.base import SendResult, TransportError
+from newsletter.email.message import stuffed_body
+
+__all__ = [
+    "LOCALHOST",
+    "NON_ASCII_LOCAL_PART",
+    "ascii_address",
+    "check_policy",
+    "classify",
+    "dot_stuffed",
+    "enhanced_status",
+    "login_refused",
+    "no_starttls",
+    "reply_text",
+    "tls_context",
+    "tls_error",
+]
+
+LOCALHOST = {"localhost", "127.0.0.1", "::1"}
+_ENHANCED = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})\b")
+
+
+def enhanced_status(text: str) -> str | None:
+    """The RFC 3463 enhanced status code at the start of a reply text, if any."""
+    match = _ENHANCED.match(text)
+    return ".".join(match.groups()) if match else None
+
+
+def classify(recipient: str, code: int, text: str, stage: str) -> SendResult:
+    """Turn one SMTP reply into a `SendResult`."""
+    if 200 <= code < 300:
+        return SendResult(recipient, True, code, text, stage=stage)
+    status = enhanced_status(text) or ""
+    # RFC 5321 §4.2.3: 421 means the server is closing the channel; 454 and
+    # 451 4.7.x are what providers answer when a sender goes too fast.
+    throttled = code in (421, 454) or (code == 451 and status.startswith("4.7."))
+    if 400 <= code < 500:
+        return SendResult(recipient, False, code, text, throttled=throttled, stage=stage)
+    bounced = stage == "rcpt" and status.startswith("5.1.")
+    return SendResult(recipient, False, code, text, permanent=True, stage=stage, bounced=bounced)
+
+
+def reply_text(reply: bytes | str) -> str:
+    """A reply's text on one line."""
+    if isinstance(reply, bytes):
+        reply = reply.decode("utf-8", "replace")
+    return " ".join(reply.split())
+
+
+def ascii_address(address: str) -> tuple[str, bool]:
+    """(address with an IDNA domain, whether the local part needs SMTPUTF8)."""
+    local, sep, domain = address.rpartition("@")
+    if not sep:
+        return address, not address.isascii()
+    if not domain.isascii():
+        # Left as it is when IDNA cannot encode it: the server's refusal names it.
+        with contextlib.suppress(UnicodeError):
+            domain = domain.encode("idna").decode("ascii")
+    return f"{local}@{domain}", not local.isascii()
+
+
+def dot_stuffed(message: bytes) -> bytes:
+    """The DATA payload: CRLF line ends, leading dots doubled, the final dot line.
+
+    RFC 5321 §4.5.2 transparency.  Messages from `message` are CRLF already;
+    only a message with a bare CR or LF takes the slower normalising path.
+    """
+    return stuffed_body(message) + b".\r\n"
+
+
+def tls_context(settings: SmtpSettings) -> ssl.SSLContext:
+    """Verified TLS: smtplib and asyncio verify nothing unless given this."""
+    ca_file = settings.ca_file
+    return ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+
+
+def check_policy(settings: SmtpSettings) -> None:
+    """Refuse clear text except to localhost, and AUTH without TLS always."""
+    s = settings
+    if s.security == "none" and s.host not in LOCALHOST and not s.allow_insecure:
+        raise TransportError(
+            f'refusing to send in clear text to {s.host} (security = "none" is only '
+            "for localhost unless allow_insecure = true)",
+            key="smtp.security",
+        )
+    if s.security == "none" and s.username:
+        raise TransportError(
+            "refusing to log in without TLS (AUTH only after TLS)", key="smtp.username"
+        )
+
+
+def no_starttls(settings: SmtpSettings) -> TransportError:
+    return TransportError(
+        f"{settings.host} does not offer STARTTLS; refusing to send in clear "
+        '(use security = "tls" for port 465)',
+        key="smtp.security",
+    )
+
+
+def tls_error(where: str, exc: ssl.SSLError) -> TransportError:
+    """The one message for a failed TLS handshake (an untrusted certificate says so)."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return TransportError(
+            f"the TLS certificate of {where} is not trusted: {exc.verify_message}",
+            key="smtp.ca_file",
+        )
+    return TransportError(f"TLS with {where} failed: {exc}", key="smtp.security")
+
+
+def login_refused(username: str, code: int, reply: bytes | str) -> TransportError:
+    # The reply is the server's; the password never appears in it.
+    return TransportError(
+        f"login as {username} refused: {code} {reply_text(reply)} "
+        "(not tried again with this password by this command)",
+        key="smtp.username",
+        code=code,
+    )
+
+
+NON_ASCII_LOCAL_PART = (
+    "the address has a non-ASCII local part and the server does not support SMTPUTF8 (RFC 6531)"
+)

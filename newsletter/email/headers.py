@@ -1,0 +1,177 @@
+"""Header values of our messages: folding, addresses, List-Id and List-Unsubscribe.
+
+Every value is one line before it is folded: CR/LF and other controls in a
+name, an address, a subject or a URL are refused or collapsed, so nothing
+per recipient can inject a header.  Non-ASCII goes out as RFC 2047 encoded
+words (and IDNA domains), except `List-Unsubscribe`, written by hand on one
+line because Gmail ignores an encoded one (RFC 2369, 8058).
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import re
+from email import policy
+from email.header import Header
+from email.headerregistry import Address
+from urllib.parse import urlsplit
+
+from newsletter.config import Settings
+from newsletter.email.rendered import one_line
+from newsletter.errors import RenderError
+
+__all__ = [
+    "MAX_ASCII_NAME",
+    "ascii_domain",
+    "clean_address",
+    "clean_url",
+    "fold_address",
+    "fold_header",
+    "format_address",
+    "list_id",
+    "list_unsubscribe_header",
+    "parse_from",
+]
+
+CRLF = b"\r\n"
+_POLICY = policy.SMTP  # linesep CRLF, 78-column folding, RFC 2047 for non-ASCII
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_ATOM_PHRASE = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?: [A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
+MAX_ASCII_NAME = 300
+
+
+def fold_header(name: str, value: str) -> bytes:
+    """`Name: value` folded at 78 columns, RFC 2047-encoded where non-ASCII, CRLF."""
+    if "=?" in value:
+        # Text that merely looks like an encoded word must be encoded itself,
+        # or readers would decode it (RFC 2047 §6.2); the policy leaves it be.
+        encoded = Header(value, "utf-8", header_name=name).encode(linesep="\r\n")
+        return f"{name}: {encoded}\r\n".encode("ascii")
+    header = _POLICY.header_factory(name, value)
+    return header.fold(policy=_POLICY).encode("ascii")
+
+
+def fold_address(name: str, value: str, key: str) -> bytes:
+    if _CONTROL.search(value):
+        raise RenderError(f"{name} must be one line", key=key)
+    try:
+        header = _POLICY.header_factory(name, value)
+        if getattr(header, "defects", None):
+            raise ValueError(header.defects[0])
+        return header.fold(policy=_POLICY).encode("ascii")
+    except (ValueError, TypeError, IndexError) as exc:
+        raise RenderError(f"not a valid address: {value!r}", key=key) from exc
+
+
+def parse_from(value: str) -> Address:
+    fold_address("From", value, "email.from")
+    header = _POLICY.header_factory("From", value)
+    addresses: list[Address] = list(getattr(header, "addresses", ()))
+    if len(addresses) != 1 or not addresses[0].domain:
+        raise RenderError(f"expected one address, got {value!r}", key="email.from")
+    return addresses[0]
+
+
+def list_id(settings: Settings, list_name: str) -> str:
+    """RFC 2919: `"Title" <list.site-domain>`; the id is stable, the title cosmetic.
+
+    The title is a phrase (RFC 5322 §3.2.5): quoted unless it is plain
+    atoms, or "Field Notes (every post)" would read as a name and a comment.
+    """
+    host = (urlsplit(settings.site.url).hostname or "localhost").encode("idna").decode("ascii")
+    lst = settings.lists.get(list_name)
+    title = one_line(lst.title if lst else list_name)
+    ident = re.sub(r"[^A-Za-z0-9-]+", "-", list_name).strip("-").lower() or "list"
+    if not _ATOM_PHRASE.fullmatch(title):
+        title = '"' + title.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return f"{title} <{ident}.{host}>"
+
+
+def list_unsubscribe_header(url: str, mailto: str | None) -> bytes:
+    """RFC 2369/8058 `List-Unsubscribe`, written by hand on one line.
+
+    Python's policy would RFC 2047-encode a long value, which Gmail ignores;
+    the value is ASCII (URLs), so it never needs encoding.  Only if the line
+    would pass 998 bytes does the mailto go on a continuation line.
+    """
+    entries = [f"<{url}>"]
+    if mailto:
+        target = mailto if mailto.startswith("mailto:") else f"mailto:{mailto}"
+        entries.append(f"<{target}?subject=unsubscribe>")
+    line = "List-Unsubscribe: " + ", ".join(entries)
+    if len(line) > 998 and len(entries) > 1:
+        line = "List-Unsubscribe: " + entries[0] + ",\r\n " + entries[1]
+    return line.encode("ascii") + CRLF
+
+
+def format_address(name: str, address: str) -> str:
+    """A To value: `Name <addr>`; quoted or RFC 2047-encoded as the name needs.
+
+    The domain is written in IDNA (xn--) form so that the header is ASCII
+    unless the local part itself is not (then it needs SMTPUTF8, RFC 6531).
+    """
+    addr = ascii_domain(address)
+    if not name:
+        return addr
+    if name.isascii() and "=?" not in name:
+        # A quoted string is never folded (unfolding would keep the space), so
+        # cap its length well below the 998-byte line limit.
+        name = name[:MAX_ASCII_NAME]
+        if _ATOM_PHRASE.fullmatch(name):
+            return f"{name} <{addr}>"
+        quoted = name.replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{quoted}" <{addr}>'
+    # Non-ASCII, or ASCII that a reader would take for an RFC 2047 encoded
+    # word (even inside quotes, as Python's parser does): encode the name
+    # itself, so what a reader decodes is exactly the text we were given.
+    return f"{_encoded_words(name)} <{addr}>"
+
+
+def _encoded_words(text: str) -> str:
+    """RFC 2047 `B` encoded words of ≤ 75 characters, folded onto new lines."""
+    words: list[bytes] = []
+    chunk = b""
+    for char in text:
+        data = char.encode("utf-8")
+        if len(chunk) + len(data) > 45:  # 45 bytes → 60 base64 chars + 12 = 72
+            words.append(chunk)
+            chunk = b""
+        chunk += data
+    words.append(chunk)
+    return "\r\n ".join(f"=?utf-8?b?{base64.b64encode(w).decode('ascii')}?=" for w in words)
+
+
+def ascii_domain(address: str) -> str:
+    local, at, domain = address.rpartition("@")
+    if not at:
+        return address
+    idna = _idna(domain)
+    return address if idna is None else f"{local}@{idna}"
+
+
+@functools.lru_cache(maxsize=4096)
+def _idna(domain: str) -> str | None:
+    """Cached: Python's idna codec is slow, and a list has few distinct domains."""
+    try:
+        return domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        return None  # not IDNA-encodable: send as UTF-8 (SMTPUTF8)
+
+
+_UNUSABLE_IN_ADDRESS = re.compile(r'[\x00-\x1f\x7f<>," ]')
+# A URL goes into a header verbatim: printable ASCII only, no '<' or '>' (RFC 2369).
+_HEADER_URL = re.compile(r"[!-;=?-~]+")
+
+
+def clean_address(address: str) -> str:
+    address = address.strip()
+    if not address or _UNUSABLE_IN_ADDRESS.search(address):
+        raise RenderError("not a usable address", recipient=address)
+    return address
+
+
+def clean_url(url: str, recipient: str) -> str:
+    if not _HEADER_URL.fullmatch(url):
+        raise RenderError(f"unusable unsubscribe URL {url!r}", recipient=recipient)
+    return url
