@@ -804,8 +804,10 @@ def test_a_first_import_into_an_empty_store_agrees_with_the_classic_path(
             monkeypatch.setattr(subscribers_module, "STAGED_DIALECTS", ())
         statements: list[str] = []
 
-        def listen(_conn: object, _cursor: object, statement: str, *_: object) -> None:
-            statements.append(" ".join(statement.split()))
+        def listen(
+            _conn: object, _cursor: object, statement: str, *_: object, into: list[str] = statements
+        ) -> None:
+            into.append(" ".join(statement.split()))
 
         event.listen(engine, "before_cursor_execute", listen)
         counts = run_import(engine, settings, write(tmp_path / "file.csv", FILE_ROWS))
