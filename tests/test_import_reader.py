@@ -132,18 +132,28 @@ def test_errors_of_the_second_process_are_raised_with_their_location(
     assert run_import(engine, settings, wrong).new == 1  # nothing left behind
 
 
+@pytest.mark.parametrize(
+    "last_words",
+    [
+        "",  # exits without a word (killed, out of memory)
+        # killed in the middle of a frame: its length says 100 bytes, 3 came
+        "sys.stdout.buffer.write((100).to_bytes(8, 'big') + b'mxy'); sys.stdout.flush(); ",
+    ],
+    ids=["silent", "mid-frame"],
+)
 def test_a_reader_that_dies_is_an_error_not_an_empty_file(
     engine: Engine,
     settings: Settings,
     tmp_path: Path,
     children: list[list[str]],
     monkeypatch: pytest.MonkeyPatch,
+    last_words: str,
 ) -> None:
-    """Fault injection: the child exits without a word (killed, out of memory)."""
+    """Fault injection: the child dies before it says its end."""
     real = subprocess.Popen
 
     def dies(args: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
-        return real([args[0], "-c", "import sys; sys.exit(9)"], **kwargs)
+        return real([args[0], "-c", f"import sys; {last_words}sys.exit(9)"], **kwargs)
 
     monkeypatch.setattr(stagereader.subprocess, "Popen", dies)
     path = write(tmp_path / "people.csv", ROWS)

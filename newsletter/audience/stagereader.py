@@ -191,11 +191,14 @@ def _widen(fd: int) -> None:
 
 
 def _read_frame(stream: IO[bytes]) -> bytes:
-    """One length-prefixed frame; b"" at the end of the stream."""
+    """One length-prefixed frame; b"" at the end of the stream, or where it
+    ends inside a frame (a child killed mid-write): cut short, it is no frame."""
     head = stream.read(_HEAD)
     if len(head) < _HEAD:
         return b""
-    return stream.read(int.from_bytes(head, "big"))
+    size = int.from_bytes(head, "big")
+    frame = stream.read(size)
+    return frame if len(frame) == size else b""
 
 
 def _encode(message: tuple[str, Any, int]) -> bytes:
