@@ -3,9 +3,13 @@ undo, forged tokens, the archive and /healthz, with the store checked after each
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from email import message_from_bytes, policy
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -16,9 +20,10 @@ from starlette.testclient import TestClient
 from test_web_support import Store, copy_site, make_store
 
 from newsletter.audience import members as subs
+from newsletter.email.linktokens import make_confirm_token, make_preferences_token
 from newsletter.email.tokens import ALL_LISTS, make_token
 from newsletter.web.public import create_public_app
-from newsletter.web.server import TokenRedactingFilter, redact_tokens
+from newsletter.web.server import TokenRedactingFilter, redact_tokens, start_in_thread
 
 # On SQLite and on PostgreSQL (see conftest.database_url).
 pytestmark = pytest.mark.usefixtures("database_env")
@@ -344,3 +349,31 @@ def test_access_log_never_shows_a_whole_token(store: Store) -> None:
     assert token not in line
     assert f"/unsubscribe/{token[:6]}…/undo?x=1" in line
     assert redact_tokens("GET /archive/post") == "GET /archive/post"
+
+
+def test_access_log_of_a_real_server_shows_no_whole_link_token(store: Store) -> None:
+    """Every token in a URL is a key: a preferences token lets its holder leave
+    every list, a confirm token subscribes someone.  None may reach the log whole."""
+    row = store.add("ana@example.com")
+    tokens = {
+        "unsubscribe": store.token(row),
+        "preferences": make_preferences_token(store.secret, row.uid),
+        "confirm": make_confirm_token(store.secret, "a" * 32, datetime(2030, 1, 1, tzinfo=UTC)),
+    }
+    app = create_public_app(store.settings, engine=store.engine, secret=store.secret)
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+    with start_in_thread(app, access_log=True, log_level="info") as server:
+        access = logging.getLogger("uvicorn.access")
+        access.addHandler(handler)
+        try:
+            for kind, token in tokens.items():
+                with contextlib.suppress(urllib.error.HTTPError):
+                    urllib.request.urlopen(f"{server.url}/{kind}/{token}", timeout=10).close()
+        finally:
+            access.removeHandler(handler)
+    assert len(lines) == 3, lines
+    for kind, token in tokens.items():
+        assert not any(token in line for line in lines), kind
+        assert any(f"/{kind}/{token[:6]}…" in line for line in lines), kind

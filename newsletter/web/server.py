@@ -24,8 +24,9 @@ from newsletter.config import Settings
 from newsletter.errors import WebError
 
 # Keep enough of a token to tell two requests apart in a log, never enough
-# to use it: whoever reads the log must not be able to unsubscribe anyone.
-_TOKEN_IN_PATH = re.compile(r"(/unsubscribe/)([^/?#\s\"]{6})[^/?#\s\"]*")
+# to use it: whoever reads the log must not be able to unsubscribe anyone,
+# change their lists (preferences) or confirm a signup.
+_TOKEN_IN_PATH = re.compile(r"(/(?:unsubscribe|preferences|confirm)/)([^/?#\s\"]{6})[^/?#\s\"]*")
 GRACEFUL_SECONDS = 2
 
 
@@ -34,7 +35,8 @@ def redact_tokens(text: str) -> str:
 
 
 class TokenRedactingFilter(logging.Filter):
-    """Shortens /unsubscribe/<token> in every record of the logger it sits on."""
+    """Shortens the token of /unsubscribe/, /preferences/ and /confirm/ links
+    in every record of the logger it sits on."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.msg, str):
