@@ -527,6 +527,7 @@ def _validate(settings: Settings) -> None:
             )
     if settings.delivery.max_attempts < 1:
         raise ConfigError("must be at least 1", path=path, key="delivery.max_attempts")
+    _validate_ports(settings)
     _validate_bounces(settings)
     if not re.fullmatch(r"[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8})*", settings.site.lang):
         raise ConfigError(
@@ -538,6 +539,23 @@ def _validate(settings: Settings) -> None:
     if since is not None and since.tzinfo is None:
         anchored = since.replace(tzinfo=settings.site.tz)
         object.__setattr__(settings.schedule, "since", anchored)
+
+
+def _validate_ports(settings: Settings) -> None:
+    """A port out of range is this file's error, not a traceback from bind() or
+    connect() when a command starts.  Port 0 only means something to listen on."""
+    ports = [
+        ("web.port", settings.web.port, 0),
+        ("smtp.port", settings.smtp.port, 1),
+        ("bounces.port", settings.bounces.port, 1),
+    ]
+    for key, port, lowest in ports:
+        if port is not None and not lowest <= port <= 65535:
+            raise ConfigError(
+                f"must be between {lowest} and 65535, got {port}",
+                path=settings.config_path,
+                key=key,
+            )
 
 
 def _validate_bounces(settings: Settings) -> None:

@@ -73,6 +73,30 @@ def test_broken_configuration_exits_1(tmp_path: Path, command: str) -> None:
     assert result.output == f"error: {bad}: web.port: expected an integer, got 'eighty'\n"
 
 
+@pytest.mark.parametrize(
+    ("text", "key", "lowest"),
+    [
+        ("[web]\nport = 99999\n", "web.port", 0),
+        ("[web]\nport = -1\n", "web.port", 0),
+        ("[smtp]\nport = 99999\n", "smtp.port", 1),
+        ("[smtp]\nport = 0\n", "smtp.port", 1),
+        ("[bounces]\nport = 70000\n", "bounces.port", 1),
+    ],
+)
+def test_a_port_out_of_range_in_the_file_names_its_key(
+    tmp_path: Path, text: str, key: str, lowest: int
+) -> None:
+    """One line naming the key, not OverflowError's traceback from bind()."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text(text)
+    result = CliRunner().invoke(main, ["--config", str(bad), "serve"])
+    assert result.exit_code == 1
+    value = text.split("= ")[1].strip()
+    assert result.output == (
+        f"error: {bad}: {key}: must be between {lowest} and 65535, got {value}\n"
+    )
+
+
 def test_bad_port_is_a_usage_error(config: Path) -> None:
     result = CliRunner().invoke(main, ["--config", str(config), "serve", "--port", "70000"])
     assert result.exit_code == 2
