@@ -97,6 +97,18 @@ def test_a_port_out_of_range_in_the_file_names_its_key(
     )
 
 
+@pytest.mark.parametrize(
+    "host",
+    ["nonsense.invalid", "203.0.113.7"],  # no such name; not this machine's address
+)
+def test_a_bad_host_is_blamed_not_the_port(config: Path, host: str) -> None:
+    result = CliRunner().invoke(main, ["--config", str(config), "serve", "--host", host])
+    assert result.exit_code == 1
+    assert result.output.startswith(f"error: cannot listen on {host}:8080: ")
+    assert "--port" not in result.output
+    assert result.output.endswith("(check --host or [web] host)\n")
+
+
 def test_bad_port_is_a_usage_error(config: Path) -> None:
     result = CliRunner().invoke(main, ["--config", str(config), "serve", "--port", "70000"])
     assert result.exit_code == 2

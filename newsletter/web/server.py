@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import re
 import socket
@@ -63,7 +64,11 @@ def bind_socket(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         reason = exc.strerror or str(exc)
-        raise WebError(f"cannot listen on {host}:{port}: {reason} (try another --port)") from exc
+        # Only a taken or privileged port is cured by another port; an unknown
+        # name or an address this machine does not have is the host's fault.
+        port_trouble = exc.errno in (errno.EADDRINUSE, errno.EACCES)
+        hint = "try another --port" if port_trouble else "check --host or [web] host"
+        raise WebError(f"cannot listen on {host}:{port}: {reason} ({hint})") from exc
     sock.set_inheritable(True)
     return sock
 
