@@ -528,6 +528,7 @@ def _validate(settings: Settings) -> None:
     if settings.delivery.max_attempts < 1:
         raise ConfigError("must be at least 1", path=path, key="delivery.max_attempts")
     _validate_ports(settings)
+    _validate_public_url(settings)
     _validate_bounces(settings)
     if not re.fullmatch(r"[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8})*", settings.site.lang):
         raise ConfigError(
@@ -539,6 +540,18 @@ def _validate(settings: Settings) -> None:
     if since is not None and since.tzinfo is None:
         anchored = since.replace(tzinfo=settings.site.tz)
         object.__setattr__(settings.schedule, "since", anchored)
+
+
+def _validate_public_url(settings: Settings) -> None:
+    """Every email's List-Unsubscribe and footer links start with it, so it
+    must be a URL a mailbox provider can POST to: a scheme and a host."""
+    url = settings.web.public_url
+    if not re.fullmatch(r"https?://[^/\s?#@]+(/[^\s?#]*)?", url):
+        raise ConfigError(
+            f'expected an absolute URL like "https://news.example.com", got {url!r}',
+            path=settings.config_path,
+            key="web.public_url",
+        )
 
 
 def _validate_ports(settings: Settings) -> None:

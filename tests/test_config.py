@@ -58,6 +58,26 @@ def test_bad_values_name_their_key(tmp_path: Path, text: str, key: str) -> None:
     assert key in str(info.value)
 
 
+@pytest.mark.parametrize(
+    "url",
+    ["news.example.com", "/news", "ftp://news.example.com", "https://", "https://a b.example.com"],
+)
+def test_public_url_must_be_a_web_url(tmp_path: Path, url: str) -> None:
+    """Every email's List-Unsubscribe and footer links start with it: without a
+    scheme and host they are links no mailbox provider or reader can follow."""
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, f'[web]\npublic_url = "{url}"\n'))
+    assert info.value.key == "web.public_url"
+    assert repr(url) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "url", ["https://news.example.com", "http://127.0.0.1:8080", "https://example.com/news/"]
+)
+def test_public_url_accepts_web_urls(tmp_path: Path, url: str) -> None:
+    assert load_settings(write(tmp_path, f'[web]\npublic_url = "{url}"\n')).web.public_url == url
+
+
 def test_broken_toml_reports_the_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_settings(write(tmp_path, '[site]\ntitle = "ok"\nurl = \n'))
