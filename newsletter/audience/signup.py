@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -76,6 +77,19 @@ class Confirmed:
     joined: tuple[str, ...] = ()  # lists that became mailable now (welcome email)
 
 
+# Line breaks of every kind, other control characters (NUL, ESC, DEL) and
+# whitespace runs.  A name typed into a form is one line; a bot's name with
+# line breaks would write its own paragraphs into the confirmation email, and
+# PostgreSQL refuses NUL in text outright.
+_NAME_JUNK = re.compile(r"[\s\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+MAX_NAME = 200
+
+
+def clean_name(value: str) -> str:
+    """A name from a signup, as one printable line of at most MAX_NAME characters."""
+    return _NAME_JUNK.sub(" ", value).strip()[:MAX_NAME].rstrip()
+
+
 def _hit_key(secret: bytes, value: str) -> str:
     return hmac.new(secret, b"signup\0" + value.encode(), hashlib.sha256).hexdigest()[:64]
 
@@ -97,6 +111,7 @@ def request_signup(
 ) -> Pending | None:
     """Count the request, decide whether to send a confirmation, record it."""
     address = normalise_email(request.email)  # SubscriberError: the form says "invalid"
+    name = clean_name(request.name)
     limits = settings.signup
     ip_key = _hit_key(secret, request.client)
     address_key = _hit_key(secret, address.key)
@@ -108,7 +123,7 @@ def request_signup(
         conn.execute(signup_hits.insert().values(bucket="address", key=address_key, at=at))
         if _count_hits(conn, "address", address_key, at - WINDOW) > limits.per_address_per_hour:
             return None  # quietly: the answer must not say the address was asked for
-        row = _find_or_create(conn, address.email, address.key, request.name, at)
+        row = _find_or_create(conn, address.email, address.key, name, at)
         if not _worth_confirming(conn, row, request.lists):
             return None
         sent_today = conn.scalar(
@@ -131,7 +146,7 @@ def request_signup(
             "confirmation sent",
             at=at,
         )
-    return Pending(nonce, row.email, request.name.strip() or row.name, request.lists, expires)
+    return Pending(nonce, row.email, name or row.name, request.lists, expires)
 
 
 def _find_or_create(

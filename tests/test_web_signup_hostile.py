@@ -1,0 +1,85 @@
+"""Hostile input to the signup form: names and addresses made to break the
+confirmation email or the store."""
+
+from __future__ import annotations
+
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+from test_web_signup import APP, BLOG, client_for, public_config
+from test_web_support import copy_site, make_store
+
+from newsletter.audience import members as subs
+from newsletter.delivery.transports.memory import MemoryTransport
+
+pytestmark = pytest.mark.usefixtures("database_env")
+
+HOSTILE_NAMES = [
+    "Ana\r\nBcc: victim@example.net",
+    "Ana\n\nYOU WON: claim at http://prize.example.net\n",
+    "Ana\x00Bell",
+    "Ana\x1b[31mBell\u2028\u2029\x7f",
+]
+
+
+def parsed(data: bytes) -> EmailMessage:
+    return message_from_bytes(data, policy=policy.default)  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["form", "json"])
+@pytest.mark.parametrize("name", HOSTILE_NAMES)
+def test_a_hostile_name_is_kept_to_one_clean_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, as_json: bool
+) -> None:
+    store = make_store(public_config(copy_site(tmp_path, monkeypatch)))
+    outbox = MemoryTransport()
+    with client_for(store, outbox) as client:
+        if as_json:
+            answer = client.post(
+                "/subscribe", json={"email": "ana@example.com", "name": name, "lists": ["letters"]}
+            )
+        else:
+            answer = client.post(
+                "/subscribe",
+                data={"email": "ana@example.com", "name": name, "list": "letters"},
+                headers={"Origin": BLOG},
+            )
+    assert answer.status_code in (200, 202), answer.text
+    found = subs.get_by_email(store.engine, "ana@example.com")
+    assert found is not None
+    assert found.name.isprintable() and found.name.startswith("Ana"), repr(found.name)
+    [sent] = outbox.outbox
+    message = parsed(sent.message)
+    assert message["Bcc"] is None
+    assert message["To"].addresses[0].addr_spec == "ana@example.com"
+    assert len(message["To"].addresses) == 1
+    text = message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    greeting = text.splitlines()[0]
+    assert greeting.startswith("Hello Ana") and greeting.isprintable(), repr(greeting)
+    assert not any(line.startswith("YOU WON") for line in text.splitlines())
+    assert APP in text
+
+
+@pytest.mark.parametrize(
+    "email",
+    [
+        "ana\x00@example.com",
+        "ana@example.com\r\nBcc: victim@example.net",
+        "ana@example.com\x00",
+        "ana@exa\x00mple.com",
+        "ana@example.com, bo@example.net",
+        "Ana <ana@example.com>",
+    ],
+)
+def test_a_hostile_address_is_refused_as_invalid(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, email: str
+) -> None:
+    """400 with the form (never a 503 "try again" from the database), no email."""
+    store = make_store(public_config(copy_site(tmp_path, monkeypatch)))
+    outbox = MemoryTransport()
+    with client_for(store, outbox) as client:
+        answer = client.post("/subscribe", json={"email": email, "lists": ["letters"]})
+    assert answer.status_code == 400, answer.text
+    assert outbox.outbox == []
