@@ -147,6 +147,17 @@ def test_user_errors_exit_1_with_one_line(sample_site: Path) -> None:
     assert err.count("\n") == 1
 
 
+@pytest.mark.parametrize("bad", ["bo b@example.com", "<bo@example.com>", "a@example.com,b@x.org"])
+def test_an_unusable_test_address_is_named_in_the_error(sample_site: Path, bad: str) -> None:
+    """With several --test addresses, the error says which one is wrong."""
+    code, out, err = run(
+        "send", POST, "--list", "sample", "--test", "me@example.com", "--test", bad
+    )
+    assert code == 1 and out == ""
+    assert err == f"error: not a usable address: {bad!r}\n"
+    assert not (sample_site / ".newsletter/outbox").exists()  # nothing went, not even to me@
+
+
 def test_usage_error_exits_2(sample_site: Path) -> None:
     code, _, err = run("send", POST)
     assert code == 2 and "Missing option '--list'" in err

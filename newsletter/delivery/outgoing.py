@@ -133,7 +133,12 @@ def send_test_messages(
 ) -> DeliveryReport:
     """Send a "[TEST] " copy to each address; nothing is recorded."""
     from newsletter.email import render
+    from newsletter.email.headers import clean_address
 
+    if not addresses:
+        raise DeliveryError("no test address given")
+    for address in addresses:
+        clean_address(address)  # every one before any is sent: all or nothing
     rendered = render.render_email(post, settings, settings.get_list(list_name))
     template = MessageTemplate.build(rendered, settings, subject_prefix="[TEST] ")
     signer = make_signer(settings)
@@ -162,6 +167,4 @@ def send_test_messages(
     finally:
         if own:
             transport.close()
-    if not addresses:
-        raise DeliveryError("no test address given")
     return DeliveryReport(sent=sent, failed=failed, errors=tuple(errors))

@@ -167,7 +167,7 @@ _HEADER_URL = re.compile(r"[!-;=?-~]+")
 def clean_address(address: str) -> str:
     address = address.strip()
     if not address or _UNUSABLE_IN_ADDRESS.search(address):
-        raise RenderError("not a usable address", recipient=address)
+        raise RenderError(f"not a usable address: {address!r}", recipient=address)
     return address
 
 
