@@ -133,3 +133,17 @@ def test_unknown_unsent_and_post_mailings_get_404(client: TestClient, store: Sto
         assert response.text == "no such email in the archive\n"
     # Not a number: no digest route, and no post with that id either.
     assert client.get("/archive/digest/abc").status_code == 404
+
+
+@pytest.mark.parametrize("mailing_id", [str(2**31), str(2**63), "9" * 40])
+def test_a_mailing_id_too_big_for_the_database_is_404(
+    database_env: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mailing_id: str
+) -> None:
+    """Not a 500 from the driver's integer overflow (SQLite) nor a 503 from
+    PostgreSQL's "integer out of range": ids are 32-bit there."""
+    store = make_store(copy_site(tmp_path, monkeypatch))
+    app = create_public_app(store.settings, engine=store.engine, secret=store.secret)
+    with TestClient(app, base_url=PUBLIC) as client:
+        response = client.get(f"/archive/digest/{mailing_id}")
+    assert response.status_code == 404
+    assert response.text == "no such email in the archive\n"

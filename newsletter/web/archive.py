@@ -86,9 +86,16 @@ class DigestEntry:
     post_ids: tuple[str, ...]
 
 
+# mailings.id is an Integer column: 32-bit on PostgreSQL, which answers a
+# bigger number with "integer out of range" (SQLite's driver overflows at 2**63).
+MAX_ID = 2**31
+
+
 def sent_digest(engine: Engine, mailing_id: int) -> DigestEntry | None:
     """The digest mailing `mailing_id` when it went out (finished, or at least
     one delivery sent); None for an unknown id, a post mailing or an unsent one."""
+    if not 0 < mailing_id < MAX_ID:
+        return None  # no such row; asking the driver would overflow (a 500)
     was_sent = exists().where(
         deliveries.c.mailing_id == mailings.c.id, deliveries.c.status == "sent"
     )
