@@ -303,3 +303,19 @@ def test_run_serve_answers_public_endpoints_beside_the_daemon(tmp_path: Path) ->
     assert f"serving unsubscribe and archive at http://127.0.0.1:{port}" in err
     with pytest.raises(OSError):  # stopped with the daemon
         urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2)
+
+
+def test_run_serve_on_a_taken_port_points_at_web_port(tmp_path: Path) -> None:
+    """`run` has no --port: the one line says which setting to change."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        site = make_site(tmp_path, extra=f'[web]\nhost = "127.0.0.1"\nport = {port}\n')
+        code, _out, err = invoke("--config", str(site.config), "run", "--no-watch", "--serve")
+    assert code == 1
+    assert err.endswith(
+        f"error: cannot listen on 127.0.0.1:{port}: Address already in use (change [web] port)\n"
+    )

@@ -54,7 +54,13 @@ def install_log_filter() -> None:
             logger.addFilter(TokenRedactingFilter())
 
 
-def bind_socket(host: str, port: int) -> socket.socket:
+# What to change when the address is taken / the host is wrong: the CLI's
+# options, or, for `run --serve` (which has none), the settings.
+CLI_HINTS = ("try another --port", "check --host or [web] host")
+SETTINGS_HINTS = ("change [web] port", "check [web] host")
+
+
+def bind_socket(host: str, port: int, hints: tuple[str, str] = CLI_HINTS) -> socket.socket:
     family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -67,7 +73,7 @@ def bind_socket(host: str, port: int) -> socket.socket:
         # Only a taken or privileged port is cured by another port; an unknown
         # name or an address this machine does not have is the host's fault.
         port_trouble = exc.errno in (errno.EADDRINUSE, errno.EACCES)
-        hint = "try another --port" if port_trouble else "check --host or [web] host"
+        hint = hints[0] if port_trouble else hints[1]
         raise WebError(f"cannot listen on {host}:{port}: {reason} ({hint})") from exc
     sock.set_inheritable(True)
     return sock
@@ -143,9 +149,10 @@ def start_in_thread(
     access_log: bool = False,
     log_level: str = "warning",
     startup_timeout: float = 10.0,
+    hints: tuple[str, str] = CLI_HINTS,
 ) -> RunningServer:
     """Serve `app` from a daemon thread; returns once it accepts connections."""
-    sock = bind_socket(host, port)
+    sock = bind_socket(host, port, hints)
     actual_port = sock.getsockname()[1]
     server = uvicorn.Server(_config(app, access_log=access_log, log_level=log_level))
     thread = threading.Thread(
@@ -174,6 +181,7 @@ def serve_in_thread(
         settings.web.port if port is None else port,
         access_log=True,
         log_level="info",
+        hints=SETTINGS_HINTS if host is None and port is None else CLI_HINTS,
     )
 
 
