@@ -164,6 +164,35 @@ def test_unopenable_database_is_a_store_error(tmp_path: Path) -> None:
         open_url(f"sqlite:///{blocker}/db.sqlite")
 
 
+@pytest.mark.parametrize(
+    "url", ["mysql://u:secret@db.example.com/news", "oracle://u:secret@db.example.com/news"]
+)
+def test_an_unsupported_database_is_a_store_error(url: str) -> None:
+    """Not ModuleNotFoundError's traceback from a driver that is not installed;
+    the message says what is supported and hides the password."""
+    with pytest.raises(StoreError, match="cannot open database") as info:
+        open_url(url)
+    assert "sqlite" in str(info.value) and "postgresql" in str(info.value)
+    assert "secret" not in str(info.value)
+
+
+@pytest.mark.parametrize("url", ["mysql://u:secret@db.example.com/news", "not a url"])
+def test_status_with_an_unsupported_database_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    from click.testing import CliRunner
+
+    from newsletter.cli import main
+
+    config = tmp_path / "newsletter.toml"
+    config.write_text(f'[database]\nurl = "{url}"\n')
+    monkeypatch.delenv("NEWSLETTER_DATABASE_URL", raising=False)
+    result = CliRunner().invoke(main, ["--config", str(config), "status"])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: cannot open database ")
+    assert result.stderr.count("\n") == 1
+
+
 def test_reading_connections_do_not_wait_for_a_writer(tmp_path: Path) -> None:
     # A long write (an import) holds SQLite's write lock; status and the web
     # app read through `reading()` and must neither wait nor fail meanwhile.

@@ -87,9 +87,17 @@ def safe_url(url: str) -> str:
 _OPENED: weakref.WeakSet[Engine] = weakref.WeakSet()  # every engine made, for `close_all`
 
 
+SUPPORTED_BACKENDS = ("sqlite", "postgresql")
+
+
 def open_url(url: str) -> Engine:
     try:
         parsed = make_url(url)
+        if parsed.get_backend_name() not in SUPPORTED_BACKENDS:
+            raise StoreError(
+                f"cannot open database {safe_url(url)}: "
+                "only sqlite:/// and postgresql:// databases are supported"
+            )
         if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
             # Made empty and 0600 before SQLite opens it (SQLite would use
             # 0644 & ~umask); its -wal and -shm files copy the database's mode.
@@ -103,6 +111,8 @@ def open_url(url: str) -> Engine:
         upgrade(engine)
         return engine
     except (SQLAlchemyError, OSError) as exc:
+        raise StoreError(f"cannot open database {safe_url(url)}: {exc}") from exc
+    except ImportError as exc:  # postgresql+<driver> whose driver is not installed
         raise StoreError(f"cannot open database {safe_url(url)}: {exc}") from exc
 
 
