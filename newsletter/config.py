@@ -327,6 +327,10 @@ def _read_toml(path: Path) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         line = _toml_error_line(str(exc))
         raise ConfigError(f"invalid TOML: {exc}", path=path, line=line) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError("not UTF-8 text (TOML files are UTF-8)", path=path) from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror or exc}", path=path) from exc
 
 
 def _toml_error_line(message: str) -> int | None:

@@ -78,6 +78,25 @@ def test_public_url_accepts_web_urls(tmp_path: Path, url: str) -> None:
     assert load_settings(write(tmp_path, f'[web]\npublic_url = "{url}"\n')).web.public_url == url
 
 
+def test_a_config_file_that_is_not_utf8_is_one_error(tmp_path: Path) -> None:
+    """TOML is UTF-8 (a file saved as Latin-1 or UTF-16): not a traceback."""
+    cfg = tmp_path / "newsletter.toml"
+    cfg.write_bytes('[site]\ntitle = "Café"\n'.encode("utf-16"))
+    with pytest.raises(ConfigError) as info:
+        load_settings(cfg)
+    assert info.value.path == cfg
+    assert "not UTF-8" in str(info.value)
+
+
+def test_an_unreadable_config_file_is_one_error(tmp_path: Path) -> None:
+    cfg = tmp_path / "newsletter.toml"
+    cfg.mkdir()  # a folder where the file should be (as with NEWSLETTER_CONFIG)
+    with pytest.raises(ConfigError) as info:
+        load_settings(cfg)
+    assert info.value.path == cfg
+    assert "cannot read" in str(info.value)
+
+
 def test_broken_toml_reports_the_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_settings(write(tmp_path, '[site]\ntitle = "ok"\nurl = \n'))
