@@ -199,3 +199,41 @@ def test_command_serves_until_ctrl_c(config: Path, command: list[str], banner: s
     assert proc.returncode == 0, err
     assert out.splitlines()[0] == banner.format(port=port)
     assert "Traceback" not in err
+
+
+def test_ctrl_c_with_a_page_open_stops_the_preview_cleanly(config: Path) -> None:
+    """A writer's open tab holds /events (live reload): Ctrl-C must end that
+    stream at once, not wait out uvicorn's grace period and print the
+    cancelled task's traceback."""
+    port = _free_port()
+    env = {**os.environ, "NEWSLETTER_CONFIG": str(config)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "newsletter", "preview", "--no-open", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=config.parent,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                page = socket.create_connection(("127.0.0.1", port), timeout=5)
+                break
+            except OSError:
+                assert proc.poll() is None, proc.communicate()
+                assert time.monotonic() < deadline, "the preview never answered"
+                time.sleep(0.1)
+        with page:
+            page.sendall(b"GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            assert b"event: hello" in page.recv(4096) or b"event: hello" in page.recv(4096)
+            proc.send_signal(signal.SIGINT)
+            _out, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err, err
+    assert "timeout graceful shutdown exceeded" not in err

@@ -56,7 +56,17 @@ def preview_cmd(ctx: click.Context, port: int, open_browser: bool) -> None:
         if open_browser:
             threading.Timer(0.5, webbrowser.open, args=(url,)).start()
 
-    run_app(create_preview_app(load), PREVIEW_HOST, port, access_log=False, announce=announce)
+    app = create_preview_app(load)
+    # Ctrl-C ends the open pages' live-reload streams first (see run_app).
+    close_streams = app.state.preview.broadcaster.close
+    run_app(
+        app,
+        PREVIEW_HOST,
+        port,
+        access_log=False,
+        announce=announce,
+        before_shutdown=[close_streams],
+    )
 
 
 @click.command("serve")

@@ -93,6 +93,22 @@ def _config(app: ASGIApp, *, access_log: bool, log_level: str) -> uvicorn.Config
     return config
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server, running `before_shutdown` (in the event loop) as soon
+    as it starts shutting down: before it waits for open connections, so that
+    endless streams (live reload's /events) can end instead of being cancelled
+    with a traceback once the grace period is over."""
+
+    def __init__(self, config: uvicorn.Config, before_shutdown: list[Callable[[], None]]) -> None:
+        super().__init__(config)
+        self.before_shutdown = before_shutdown
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for hook in self.before_shutdown:
+            hook()
+        await super().shutdown(sockets)
+
+
 def run_app(
     app: ASGIApp,
     host: str,
@@ -100,13 +116,15 @@ def run_app(
     *,
     access_log: bool = True,
     announce: Callable[[str], None] | None = None,
+    before_shutdown: list[Callable[[], None]] | None = None,
 ) -> None:
     """Serve in the foreground until Ctrl-C; `announce` gets the URL once bound."""
     sock = bind_socket(host, port)
     if announce is not None:
         shown = f"[{host}]" if ":" in host else host
         announce(f"http://{shown}:{sock.getsockname()[1]}/")
-    server = uvicorn.Server(_config(app, access_log=access_log, log_level="info"))
+    config = _config(app, access_log=access_log, log_level="info")
+    server = _Server(config, before_shutdown or [])
     # uvicorn shuts down cleanly, then re-raises the Ctrl-C it caught;
     # stopping a server with Ctrl-C is success, not click's "Aborted!".
     with contextlib.suppress(KeyboardInterrupt):
