@@ -237,3 +237,21 @@ def test_ctrl_c_with_a_page_open_stops_the_preview_cleanly(config: Path) -> None
     assert proc.returncode == 0, err
     assert "Traceback" not in err, err
     assert "timeout graceful shutdown exceeded" not in err
+
+
+@pytest.mark.parametrize("command", [["serve"], ["run", "--serve", "--no-watch"]])
+def test_serving_without_a_configuration_file_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    """Started in the wrong folder (a service's WorkingDirectory), `serve` made a
+    new empty database and secret there and answered every reader's unsubscribe
+    link with "not valid"; it must stop and say why instead."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("NEWSLETTER_CONFIG", raising=False)
+    result = CliRunner().invoke(main, command)
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "error: no newsletter.toml in this folder: give --config FILE or set "
+        "$NEWSLETTER_CONFIG (without it every unsubscribe link would be refused)\n"
+    )
+    assert list(tmp_path.iterdir()) == []  # no database, no secret made

@@ -22,6 +22,7 @@ __all__ = [
     "emit_json",
     "handle_errors",
     "json_option",
+    "require_config_file",
     "settings_of",
 ]
 
@@ -62,6 +63,19 @@ def handle_errors(func: F) -> F:
 
 def settings_of(ctx: click.Context) -> Settings:
     return cast(AppContext, ctx.find_root().obj).settings
+
+
+def require_config_file(settings: Settings) -> None:
+    """Serving readers with the built-in defaults (no newsletter.toml found: a
+    service started in the wrong folder) would make a new database and secret
+    there and refuse every unsubscribe link already sent."""
+    from newsletter.errors import ConfigError
+
+    if settings.config_path is None:
+        raise ConfigError(
+            "no newsletter.toml in this folder: give --config FILE or set "
+            "$NEWSLETTER_CONFIG (without it every unsubscribe link would be refused)"
+        )
 
 
 def emit_json(data: Any) -> None:

@@ -10,7 +10,13 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from newsletter import shutdown
-from newsletter.cli.common import emit_json, handle_errors, json_option, settings_of
+from newsletter.cli.common import (
+    emit_json,
+    handle_errors,
+    json_option,
+    require_config_file,
+    settings_of,
+)
 
 # The library is imported inside each function, so `--help` stays cheap.
 if TYPE_CHECKING:
@@ -76,6 +82,8 @@ def run(
 
     stop = shutdown.stop_event()  # set by a SIGTERM from start-up on
     settings = settings_of(ctx)
+    if serve:
+        require_config_file(settings)
     handler = setup_logging(json_lines=log_json)
     try:
         engine = open_store(settings)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, cast
 
 import click
 
-from newsletter.cli.common import AppContext, handle_errors, settings_of
+from newsletter.cli.common import AppContext, handle_errors, require_config_file, settings_of
 
 if TYPE_CHECKING:
     from newsletter.config import Settings
@@ -86,6 +86,7 @@ def serve_cmd(ctx: click.Context, host: str | None, port: int | None) -> None:
     from newsletter.web.server import run_app
 
     settings = settings_of(ctx)
+    require_config_file(settings)
     host = host or settings.web.host
     port = settings.web.port if port is None else port
     app = create_public_app(settings)
