@@ -228,6 +228,30 @@ def test_init_refuses_to_overwrite_unless_forced(
     assert "[schedule]" in (tmp_path / "newsletter.toml").read_text()
 
 
+def test_init_where_a_folder_is_a_file_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not "ok" with posts/ missing (every later command then fails), and
+    nothing written: fix the folder, run init again."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "posts").write_text("")
+    result = CliRunner().invoke(main, ["init"])
+    assert result.exit_code == 1
+    assert result.stderr == "error: posts: exists and is not a folder\n"
+    assert not (tmp_path / "newsletter.toml").exists()
+
+
+def test_init_that_cannot_write_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "newsletter.toml").mkdir()  # stands for any unwritable file
+    result = CliRunner().invoke(main, ["init", "--force"])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: newsletter.toml: cannot write: ")
+    assert result.stderr.count("\n") == 1
+
+
 def test_help_texts(sample_site: Path) -> None:
     for command in ("posts", "check", "init"):
         result = CliRunner().invoke(main, [command, "--help"])

@@ -375,6 +375,7 @@ def init_cmd(force: bool) -> None:
     says what it found; elsewhere it creates posts/ as well.
     """
     from newsletter.config import DEFAULT_CONFIG, utcnow
+    from newsletter.errors import ConfigError
 
     config = Path(DEFAULT_CONFIG)
     if config.exists() and not force:
@@ -385,14 +386,23 @@ def init_cmd(force: bool) -> None:
     text = STARTER.format(since=since)
     if jekyll_site:
         text = JEKYLL_SITE + text[text.index("\n[email]") :]
-    config.write_text(text, encoding="utf-8")
-    click.echo(f"wrote {config} (since = {since})")
     folders = [Path("subscribers")] if jekyll_site else [Path("posts"), Path("subscribers")]
+    for folder in folders:  # before writing anything: all or nothing
+        if folder.exists() and not folder.is_dir():
+            raise ConfigError("exists and is not a folder", path=folder)
+    try:
+        config.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot write: {exc.strerror or exc}", path=config) from exc
+    click.echo(f"wrote {config} (since = {since})")
     if jekyll_site:
         _describe_jekyll_site(config)
     for folder in folders:
         if not folder.exists():
-            folder.mkdir()
+            try:
+                folder.mkdir()
+            except OSError as exc:
+                raise ConfigError(f"cannot create: {exc.strerror or exc}", path=folder) from exc
             click.echo(f"created {folder}/")
 
 
