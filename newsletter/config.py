@@ -502,6 +502,9 @@ def _lists(raw: Any, config_path: Path | None) -> dict[str, ListSettings]:
     return result
 
 
+MAX_CONFIRM_HOURS = 24 * 365
+
+
 def _validate(settings: Settings) -> None:
     path = settings.config_path
     for key, zone in [("site.timezone", settings.site.timezone)] + [
@@ -520,8 +523,12 @@ def _validate(settings: Settings) -> None:
         raise ConfigError(
             f"must be between 1 and {MAX_PROCESSES}", path=path, key="delivery.processes"
         )
-    if settings.signup.confirm_hours <= 0:
-        raise ConfigError("must be positive", path=path, key="signup.confirm_hours")
+    if not 0 < settings.signup.confirm_hours <= MAX_CONFIRM_HOURS:  # nan fails too
+        raise ConfigError(
+            f"must be more than 0 and at most {MAX_CONFIRM_HOURS} (a year)",
+            path=path,
+            key="signup.confirm_hours",
+        )
     for origin in settings.signup.allowed_origins:
         if not re.fullmatch(r"https?://[^/\s]+", origin):
             raise ConfigError(

@@ -49,6 +49,10 @@ def test_env_var_selects_the_config(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         ("[lists.weekly]\nmode = 'digest'\n", "lists.weekly.cron"),
         ("[schedule]\nscan_interval = 'soon'\n", "schedule.scan_interval"),
         ("[schedule]\nsince = 'yesterday'\n", "schedule.since"),
+        # A link "valid" past the year 9999 made every signup a 500.
+        ("[signup]\nconfirm_hours = 100000000\n", "signup.confirm_hours"),
+        ("[signup]\nconfirm_hours = inf\n", "signup.confirm_hours"),
+        ("[signup]\nconfirm_hours = nan\n", "signup.confirm_hours"),
     ],
 )
 def test_bad_values_name_their_key(tmp_path: Path, text: str, key: str) -> None:
