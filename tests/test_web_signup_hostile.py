@@ -83,3 +83,27 @@ def test_a_hostile_address_is_refused_as_invalid(
         answer = client.post("/subscribe", json={"email": email, "lists": ["letters"]})
     assert answer.status_code == 400, answer.text
     assert outbox.outbox == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 8000 + b"]" * 8000,
+        b'{"email": "ana@example.com", "lists": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+    ],
+    ids=["array", "lists"],
+)
+def test_deeply_nested_json_is_a_400(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, body: bytes
+) -> None:
+    """Within the size limit, but nested past the JSON parser's recursion
+    limit: a 400 like any other unreadable body, not a 500."""
+    store = make_store(public_config(copy_site(tmp_path, monkeypatch)))
+    outbox = MemoryTransport()
+    with client_for(store, outbox) as client:
+        answer = client.post(
+            "/subscribe", content=body, headers={"content-type": "application/json"}
+        )
+    assert answer.status_code == 400
+    assert answer.json() == {"error": "the body is not valid JSON"}
+    assert outbox.outbox == []

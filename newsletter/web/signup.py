@@ -140,7 +140,8 @@ async def _read(request: Request) -> tuple[dict[str, Any], bool]:
             raise ValueError("request body too large")
         try:
             data = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+            # RecursionError: nested deeper than the parser goes (16 KB of "[").
             raise ValueError("the body is not valid JSON") from exc
         if not isinstance(data, dict):
             raise ValueError("expected a JSON object")
