@@ -466,3 +466,17 @@ def test_settings_reload_uses_the_loader(config: Path) -> None:
         config.write_text(config.read_text().replace('Lantern Notes"', 'Lantern Notebook"'))
         assert "Lantern Notebook" in c.get("/").text
         assert len(calls) == 2
+
+
+@pytest.mark.parametrize("seen", ["9" * 5000, "²", "-1", "abc"])
+def test_events_with_a_malformed_generation_starts_from_now(config: Path, seen: str) -> None:
+    """`?g=` is the page's own number; anything else (too long for int(),
+    a Unicode digit) is ignored, not a 500."""
+    running = preview_in_thread(lambda: load_settings(config), live=False)
+    try:
+        with httpx.stream("GET", f"{running.url}/events", params={"g": seen}, timeout=5) as stream:
+            assert stream.status_code == 200
+            lines = stream.iter_lines()
+            assert [next(lines) for _ in range(3)] == ["retry: 500", "event: hello", "data: 0"]
+    finally:
+        running.stop()

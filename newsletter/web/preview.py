@@ -301,7 +301,9 @@ def outbox_eml(request: Request) -> Response:
 
 async def events(request: Request) -> Response:
     seen_text = request.query_params.get("g", "")
-    seen = int(seen_text) if seen_text.isdigit() else None
+    # The page's own generation; anything else (a Unicode digit, more digits
+    # than int() takes) is ignored rather than a 500.
+    seen = int(seen_text) if re.fullmatch(r"[0-9]{1,18}", seen_text) else None
     return StreamingResponse(
         _state(request).broadcaster.stream(seen),
         media_type="text/event-stream",
