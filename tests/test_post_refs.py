@@ -108,6 +108,21 @@ def test_loose_references_match_nothing(config: Path, ref: str) -> None:
         load_posts(load_settings(config)).find(ref)
 
 
+@pytest.mark.parametrize("ref", ["a\x00post", "~no-such-user-here/a-post.md", "~no-such-user-here"])
+def test_unresolvable_paths_match_nothing(config: Path, ref: str) -> None:
+    """A NUL (the preview's /post/%00) or an unknown ~user: "no post matches",
+    not ValueError / RuntimeError from pathlib (a 500, a traceback)."""
+    with pytest.raises(PostError, match="no post matches"):
+        load_posts(load_settings(config)).find(ref)
+
+
+def test_preview_of_an_unresolvable_reference_is_a_404(config: Path) -> None:
+    app = create_preview_app(lambda: load_settings(config), live=False)
+    with TestClient(app, base_url="http://127.0.0.1:8025") as client:
+        assert client.get("/post/%00").status_code == 404
+        assert client.get("/eml/~no-such-user-here").status_code == 404
+
+
 def test_an_ambiguous_reference_lists_the_candidates(config: Path) -> None:
     posts = config.parent / "posts"
     (posts / "2024-06-01-twin.md").write_text("---\ntitle: One\nid: twin\n---\nx\n")

@@ -40,9 +40,12 @@ def with_id(posts: Sequence[Post], post_id: str) -> Post | None:
 
 
 def _path_targets(ref: str, roots: Sequence[Path]) -> set[Path]:
-    if not ref.strip():
+    if not ref.strip() or "\0" in ref:  # no file name holds a NUL
         return set()
-    given = Path(ref).expanduser()
+    try:
+        given = Path(ref).expanduser()
+    except RuntimeError:  # ~user for a user this machine does not have
+        return set()
     if given.is_absolute():
         return {given.resolve()}
     return {(root / given).resolve() for root in roots}
