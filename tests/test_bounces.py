@@ -227,6 +227,39 @@ def test_a_forged_verp_token_is_not_trusted(sent: Sent, sample_site: Path) -> No
     assert status_of(sent, "r0@example.org") == "active"
 
 
+# Headers that Python's email parser (3.11) fails on with an IndexError or an
+# AttributeError instead of a defect: found by mutating the fixtures.
+HOSTILE_HEADERS = [b"To: a@", b'To: "', b"To: a@[", b"To: =?utf-8?q?=ff?= <a@"]
+
+
+@pytest.mark.parametrize("header", HOSTILE_HEADERS, ids=lambda h: h.decode())
+def test_a_malformed_header_is_an_unparseable_report(sent: Sent, header: bytes) -> None:
+    with pytest.raises(UnparseableReport, match="malformed"):
+        parse_report(header + b"\r\n" + sent.fill("dsn-postfix-hard.eml", "r0@example.org"))
+
+
+def test_a_malformed_report_is_set_aside_and_the_others_go_on(
+    sent: Sent, sample_site: Path
+) -> None:
+    # One such message in the box stopped every read of it, pass after pass
+    # (it stayed in new/): anyone could halt bounce handling with one email.
+    box = sample_site / "box"
+    drop(box, "a-hostile", b"To: a@\r\n" + sent.fill("dsn-postfix-hard.eml", "r1@example.org"))
+    # A mangled header of the returned message: the report's own VERP address still counts.
+    returned = sent.fill("dsn-gmail-full-message.eml", "r2@example.org")
+    returned = returned.replace(b"\nSubject: How", b"\nMessage-ID: <\nSubject: How", 1)
+    drop(box, "b-mangled-inside", returned)
+    drop(box, "c-good", sent.fill("dsn-postfix-hard.eml", "r0@example.org"))
+    run = process_bounces(sent.engine, sent.settings)
+    assert (run.read, run.hard) == (3, 2)
+    assert sorted(run.suppressed) == ["r0@example.org", "r2@example.org"]
+    (hostile,) = run.unparsed
+    assert Path(hostile.key).name == "a-hostile" and "malformed" in hostile.message
+    assert status_of(sent, "r1@example.org") == "active"
+    assert list((box / "new").iterdir()) == []
+    assert len(list((box / ".newsletter-unparsed" / "cur").iterdir())) == 1
+
+
 def test_a_missing_maildir_is_a_config_error(sample_site: Path) -> None:
     with pytest.raises(ConfigError, match="not a Maildir"):
         MaildirBox(sample_site / "nowhere", "p", "u")
