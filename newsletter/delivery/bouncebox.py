@@ -129,7 +129,7 @@ class ImapBox:
     without MOVE, copied, flagged \\Deleted and expunged."""
 
     def __init__(self, settings: Settings) -> None:
-        b = settings.bounces
+        b = self.settings = settings.bounces
         context = ssl.create_default_context(cafile=str(b.ca_file) if b.ca_file else None)
         self.folders = {"processed": b.processed_folder, "unparsed": b.unparsed_folder}
         try:
@@ -160,16 +160,37 @@ class ImapBox:
             raise DeliveryError(f"IMAP {what} failed: {data!r}", key="bounces")
         return data
 
+    @contextlib.contextmanager
+    def _talking(self) -> Iterator[None]:
+        """A connection lost in the middle of the session is one clear error.
+
+        imaplib raises `IMAP4.abort` (or a bare OSError) then; what was read
+        and filed before it stays done, the rest waits for the next read.
+        """
+        try:
+            yield
+        except (OSError, imaplib.IMAP4.error) as exc:
+            where = f"{self.settings.imap_host}:{self.settings.port}"
+            raise DeliveryError(
+                f"IMAP connection to {where} lost: {exc}", key="bounces.imap_host"
+            ) from exc
+
     def messages(self) -> Iterator[tuple[str, bytes]]:
-        data = self._ok(self.imap.uid("SEARCH", "ALL"), "search")
+        with self._talking():
+            data = self._ok(self.imap.uid("SEARCH", "ALL"), "search")
         uids = data[0].decode().split() if data and isinstance(data[0], bytes) else []
         for uid in uids:
-            fetched = self._ok(self.imap.uid("FETCH", uid, "(BODY.PEEK[])"), "fetch")
+            with self._talking():
+                fetched = self._ok(self.imap.uid("FETCH", uid, "(BODY.PEEK[])"), "fetch")
             body = next((p[1] for p in fetched if isinstance(p, tuple)), None)
             if isinstance(body, bytes):
                 yield uid, body
 
     def _move(self, uid: str, target: str) -> None:
+        with self._talking():
+            self._file(uid, target)
+
+    def _file(self, uid: str, target: str) -> None:
         folder = _quote(self.folders[target])
         if folder not in self.created:
             self.imap.create(folder)  # NO when it exists: fine
