@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -258,6 +259,35 @@ def test_a_malformed_report_is_set_aside_and_the_others_go_on(
     assert status_of(sent, "r1@example.org") == "active"
     assert list((box / "new").iterdir()) == []
     assert len(list((box / ".newsletter-unparsed" / "cur").iterdir())) == 1
+
+
+def test_a_message_filed_meanwhile_by_another_reader_is_skipped(
+    sent: Sent, sample_site: Path
+) -> None:
+    # `newsletter bounces` run while the daemon reads the same Maildir: a
+    # file listed by one can be gone (moved by the other) when it is read.
+    box = sample_site / "box"
+    for who in ("r0", "r1", "r2"):
+        drop(box, who, sent.fill("dsn-postfix-hard.eml", f"{who}@example.org"))
+    mailbox = MaildirBox(box, "newsletter-processed", "newsletter-unparsed")
+    other = MaildirBox(box, "newsletter-processed", "newsletter-unparsed")
+
+    class Racing(MaildirBox):
+        def messages(self) -> Iterator[tuple[str, bytes]]:
+            for n, (ref, data) in enumerate(mailbox.messages()):
+                if n == 0:  # the other reader files r1 and r2 meanwhile
+                    for who in ("r1", "r2"):
+                        other.processed(str(box / "new" / who))
+                yield ref, data
+
+        def processed(self, ref: str) -> None:
+            mailbox.processed(ref)
+            mailbox.processed(ref)  # and a report both read: filed by the other first
+
+    run = process_bounces(sent.engine, sent.settings, Racing(box, "p", "u"))
+    assert (run.read, run.hard, run.suppressed) == (1, 1, ("r0@example.org",))
+    assert list((box / "new").iterdir()) == []
+    assert len(list((box / ".newsletter-processed" / "cur").iterdir())) == 3
 
 
 def test_a_missing_maildir_is_a_config_error(sample_site: Path) -> None:

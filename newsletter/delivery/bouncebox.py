@@ -101,7 +101,11 @@ class MaildirBox:
         for sub in ("new", "cur"):
             for path in sorted((self.root / sub).iterdir()):
                 if path.is_file() and not path.name.startswith("."):
-                    yield str(path), path.read_bytes()
+                    try:
+                        data = path.read_bytes()
+                    except FileNotFoundError:
+                        continue  # filed meanwhile by another reader (the daemon, the command)
+                    yield str(path), data
 
     def _move(self, ref: str, target: str) -> None:
         folder = self.targets[target]
@@ -109,7 +113,10 @@ class MaildirBox:
             (folder / sub).mkdir(parents=True, exist_ok=True)
         path = Path(ref)
         name = path.name if ":2," in path.name else f"{path.name}:2,S"  # read: 'S'een
-        os.rename(path, folder / "cur" / name)  # same file system: atomic
+        # Same file system: atomic.  Gone already: another reader read it too
+        # and filed it first (its report is recorded once either way).
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(path, folder / "cur" / name)
 
     def processed(self, ref: str) -> None:
         self._move(ref, "processed")
