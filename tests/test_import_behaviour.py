@@ -180,6 +180,36 @@ def test_resubscribe_flag_does_not_override_unsubscribe_rows(
     assert seen(engine, "u@example.com").status == "unsubscribed"
 
 
+def test_resubscribe_never_undoes_a_suppression_the_file_gave_in_an_earlier_chunk(
+    engine: Engine, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The one-transaction path (sync, an import whose plan went stale) works
+    in chunks: a later row of an address the file already suppressed meets
+    that suppression in the store.  `--resubscribe` lifts the store's old
+    suppressions, never the file's own: the strongest status in the file wins,
+    as within one chunk and on the staged path."""
+    import newsletter.audience.subscribers as subscribers_module
+
+    add_subscriber(engine, "old@example.com", "news")
+    monkeypatch.setattr(subscribers_module, "STAGED_DIALECTS", ())
+    monkeypatch.setattr(importer, "CHUNK_ROWS", 2)
+    path = write(
+        tmp_path / "in.csv",
+        """
+        email,status
+        new@example.com,complained
+        old@example.com,unsubscribed
+        NEW@example.com,active
+        OLD@example.com,active
+        """,
+    )
+    counts = run_import(engine, settings, path, resubscribe=True)
+    assert counts.write_lock_seconds is None  # the classic path ran
+    assert seen(engine, "new@example.com").status == "complained"
+    assert seen(engine, "old@example.com").status == "unsubscribed"
+    assert counts.duplicates == 2
+
+
 def test_import_upgrades_suppression_but_never_downgrades(
     engine: Engine, settings: Settings, tmp_path: Path
 ) -> None:
