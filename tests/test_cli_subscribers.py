@@ -201,3 +201,24 @@ def test_the_format_used_is_printed_and_in_json(sample_site: Path) -> None:
         {"file": str(path), "format": "substack", "detected": False, "encoding": "utf-8",
          "delimiter": ","}
     ]  # fmt: skip
+
+
+def test_a_pipe_is_refused_with_a_clear_line_not_read_as_empty(sample_site: Path) -> None:
+    """`import <(unzip -p export.zip)` hands over a pipe (/dev/fd/N): an import
+    reads its file twice (the encoding first), and the second read of a pipe
+    found nothing, which was reported as "the file is empty"."""
+    import os
+
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"email\npiped@example.com\n")
+    os.close(write_end)
+    try:
+        result = cli("subscribers", "import", f"/dev/fd/{read_end}", "--list", "sample")
+    finally:
+        os.close(read_end)
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"error: /dev/fd/{read_end}: not a regular file (a pipe or a device cannot be "
+        "read twice, and an import reads its file twice); save it to a file and import that\n"
+    )
+    assert cli("subscribers", "list", "--list", "sample").stdout == ""

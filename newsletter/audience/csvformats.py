@@ -59,6 +59,7 @@ class FileInfo:
 
 def source_size(path: Path) -> int:
     """Bytes `read_source` will report progress against."""
+    _require_regular(path)
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:
             return sum(i.file_size for i in _csv_members(archive))
@@ -75,6 +76,7 @@ def read_source(
     """Every record of a CSV file or a Mailchimp ZIP, in file order."""
     if fmt != "auto" and fmt not in FORMATS:
         raise SubscriberError(f"unknown format {fmt!r}", path=path)
+    _require_regular(path)
     try:
         if zipfile.is_zipfile(path):
             yield from _read_zip(path, fmt, progress, infos)
@@ -85,6 +87,18 @@ def read_source(
         raise SubscriberError("file not found", path=path) from None
     except (OSError, zipfile.BadZipFile) as exc:
         raise SubscriberError(f"cannot read file: {exc}", path=path) from exc
+
+
+def _require_regular(path: Path) -> None:
+    """A pipe (`<(unzip -p …)`, /dev/stdin) is refused up front: the encoding is
+    sniffed in a first pass and the rows read in a second, and a pipe's second
+    read finds nothing (which read as "the file is empty")."""
+    if path.exists() and not path.is_file() and not path.is_dir():
+        raise SubscriberError(
+            "not a regular file (a pipe or a device cannot be read twice, and an import "
+            "reads its file twice); save it to a file and import that",
+            path=path,
+        )
 
 
 def _csv_members(archive: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
