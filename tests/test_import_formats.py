@@ -337,6 +337,45 @@ def test_headerless_list_of_addresses(engine: Engine, settings: Settings, tmp_pa
     assert [p.line for p in counts.problems] == [3]
 
 
+def test_cells_beyond_the_header_are_a_warning_not_lost_silently(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    """An unquoted comma in a name (`Smith, John`) makes a row longer than
+    the header: the row is imported, and the cells that fit no column are
+    named in a warning (they were dropped without a word).  Empty trailing
+    cells (a spreadsheet's ragged rows) are nothing to report."""
+    path = tmp_path / "ragged.csv"
+    path.write_text(
+        "email,name\nsmith@example.com,Smith, John\nok@example.com,Ok,,\nshort@example.com\n",
+        encoding="utf-8",
+    )
+    counts = run_import(engine, settings, path)
+    assert (counts.new, counts.invalid, counts.warnings) == (3, 0, 1)
+    assert [(p.line, p.severity, p.message) for p in counts.problems] == [
+        (2, "warning", "1 cell more than the header's 2 columns, not imported: 'John'")
+    ]
+    assert seen(engine, "smith@example.com").name == "Smith"
+
+
+def test_repeated_and_blank_header_names_keep_every_column(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    """Two columns of one name (case aside), or several without a name: each
+    cell is kept under a name of its own, where the last cell of a name
+    overwrote the others and a second `name` column was dropped."""
+    path = tmp_path / "repeated.csv"
+    path.write_text(
+        "email,name,Name,tag,Tag,,\nr@example.com,Ann,Anna,red,blue,x,y\n", encoding="utf-8"
+    )
+    counts = run_import(engine, settings, path)
+    assert (counts.new, counts.warnings) == (1, 0)
+    got = seen(engine, "r@example.com")
+    assert got.name == "Ann"
+    assert got.attributes == {
+        "Name 2": "Anna", "tag": "red", "Tag 2": "blue", "column 6": "x", "column 7": "y",
+    }  # fmt: skip
+
+
 def test_oversized_field_is_one_bad_row(engine: Engine, settings: Settings, tmp_path: Path) -> None:
     path = tmp_path / "huge.csv"
     huge = "x" * 200_000  # over csv's default 128 kB field limit

@@ -176,6 +176,7 @@ def mapper_for(fmt: str, header: Sequence[str], file_name: str, label: Path) -> 
     since_i = cols.index[since_col] if since_col else None
 
     full_i, first_i, last_i = _name_indexes(cols)
+    width = len(cols.header)
     no_attributes = not keep and fmt not in ("ghost", "listmonk")
     # Plain text cells, kept as they are (every format but these): inline below.
     plain_attributes = fmt not in ("newsletter", "ghost", "listmonk")
@@ -206,10 +207,25 @@ def mapper_for(fmt: str, header: Sequence[str], file_name: str, label: Path) -> 
             attributes, more = _attributes(fmt, cols, cells, keep)
             warnings += more
         since = cells[since_i].strip() if since_i is not None and since_i < size else ""
+        if size > width:  # an unquoted comma, most often: say what was left out
+            warnings += _beyond_header(cells, width)
         return _new_row(SourceRow, (label, line, email, name, status, reason, attributes,
                                     parse_time(since) if since else None, warnings))  # fmt: skip
 
     return mapper
+
+
+def _beyond_header(cells: list[str], width: int) -> tuple[str, ...]:
+    extra = [c.strip() for c in cells[width:] if c.strip()]
+    if not extra:  # empty trailing cells: a spreadsheet's ragged rows
+        return ()
+    shown = ", ".join(repr(c[:40] + "…" if len(c) > 40 else c) for c in extra[:5])
+    more = f" and {len(extra) - 5} more" if len(extra) > 5 else ""
+    cells_word = "cell" if len(extra) == 1 else "cells"
+    return (
+        f"{len(extra)} {cells_word} more than the header's {width} columns, "
+        f"not imported: {shown}{more}",
+    )
 
 
 _NAME_PARTS = frozenset(NAME_COLUMNS + FIRST_COLUMNS + LAST_COLUMNS)
