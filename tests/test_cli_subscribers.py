@@ -222,3 +222,21 @@ def test_a_pipe_is_refused_with_a_clear_line_not_read_as_empty(sample_site: Path
         "read twice, and an import reads its file twice); save it to a file and import that\n"
     )
     assert cli("subscribers", "list", "--list", "sample").stdout == ""
+
+
+def test_remove_says_whether_it_was_never_on_the_list_or_stays_unsubscribed(
+    sample_site: Path,
+) -> None:
+    """`remove` of someone not on the list said "(an unsubscribe stays
+    recorded)" whether or not there was any unsubscribe to keep."""
+    cli("subscribers", "add", "a@example.com", "--list", "sample")
+    never = cli("subscribers", "remove", "a@example.com", "--list", "weekly")
+    assert (never.exit_code, never.stdout) == (0, "a@example.com is not on weekly\n")
+    cli("subscribers", "unsubscribe", "a@example.com", "--list", "sample")
+    kept = cli("subscribers", "remove", "a@example.com", "--list", "sample")
+    assert (kept.exit_code, kept.stdout) == (
+        0,
+        "a@example.com stays recorded as unsubscribed from sample, so that no import "
+        "or sync adds it back\n",
+    )
+    assert cli("subscribers", "list", "--list", "sample").stdout == "a@example.com\tunsubscribed\n"

@@ -325,14 +325,19 @@ def _suppressed_note(engine: Engine, row: SubscriberRow, list_name: str) -> str:
 @handle_errors
 def remove_command(ctx: click.Context, email: str, list_name: str) -> None:
     """Take EMAIL off a list (no unsubscribe is recorded; see `unsubscribe`)."""
-    from newsletter.audience.members import remove_member
+    from newsletter.audience.members import membership_lists, remove_member
 
     _, engine = _engine_for(ctx, list_name)
     row = _require(engine, email)
     if remove_member(engine, row.id, list_name):
         click.echo(f"removed {row.email} from {list_name}")
+    elif list_name in membership_lists(engine, row.id):  # kept: it is a per-list unsubscribe
+        click.echo(
+            f"{row.email} stays recorded as unsubscribed from {list_name}, "
+            "so that no import or sync adds it back"
+        )
     else:
-        click.echo(f"{row.email} is not on {list_name} (an unsubscribe stays recorded)")
+        click.echo(f"{row.email} is not on {list_name}")
 
 
 @subscribers_group.command("unsubscribe")
