@@ -490,6 +490,39 @@ def test_sync_unknown_list_file_is_reported(engine: Engine, settings: Settings) 
     assert get_by_email(engine, "b@example.com") is None
 
 
+def test_a_broken_sync_file_is_reported_and_the_other_lists_still_sync(
+    engine: Engine, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Invariant 5: a list file that cannot be read (cut short mid-file, or
+    empty) is one reported problem; its list stays as it was, even the rows
+    read before the break, and every other file still syncs.  It stopped the
+    whole sync, and with it `run --sync`'s sending."""
+    add_subscriber(engine, "old@example.com", "news")
+    folder = settings.base_dir / "subscribers"
+    folder.mkdir()
+    # UTF-16 cut in the middle of a character: the decoder stops at the end,
+    # after the rows before it were written (one row per chunk here).
+    text = "email\na@example.com\nb@example.com\n".encode("utf-16")
+    (folder / "news.csv").write_bytes(text + b"\x00")
+    write(folder / "weekly.csv", "email\nw@example.com\n")
+    monkeypatch.setattr(importer, "CHUNK_ROWS", 1)
+    results, problems = sync_directory(engine, settings, folder)
+    assert [r.list_name for r in results] == ["weekly"]
+    assert len(problems) == 1 and str(problems[0]).startswith(
+        f"{folder / 'news.csv'}:4: error: cannot decode the file"
+    )
+    assert statuses(engine, "weekly") == {"w@example.com": "active"}
+    assert statuses(engine, "news") == {"old@example.com": "active"}
+    assert get_by_email(engine, "a@example.com") is None
+    (folder / "news.csv").write_bytes(b"")
+    results, problems = sync_directory(engine, settings, folder)
+    assert [str(p) for p in problems] == [
+        f"{folder / 'news.csv'}: error: the file is empty (no header line)"
+    ]
+    assert [r.list_name for r in results] == ["weekly"]
+    assert statuses(engine, "news") == {"old@example.com": "active"}
+
+
 def test_sync_dry_run(engine: Engine, settings: Settings) -> None:
     folder = settings.base_dir / "subscribers"
     folder.mkdir()

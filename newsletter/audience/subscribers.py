@@ -231,8 +231,18 @@ def sync_directory(
                 )
                 continue
             run = ImportRun(conn, list_id(conn, path.stem), source="sync")
-            import_rows(run, read_source(path, "auto", infos=run.counts.files))
-            remove_untouched(run)
+            # A file that cannot be read (cut short, empty, no email column)
+            # is one problem: its list stays as it was, the others still sync
+            # (invariant 5).  The savepoint takes back what it wrote before the break.
+            savepoint = conn.begin_nested()
+            try:
+                import_rows(run, read_source(path, "auto", infos=run.counts.files))
+                remove_untouched(run)
+            except SubscriberError as exc:
+                savepoint.rollback()
+                problems.append(Problem.from_error(exc))
+                continue
+            savepoint.commit()
             results.append(SyncResult(path.stem, path, run.counts))
     return results, problems
 
