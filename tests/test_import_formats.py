@@ -376,6 +376,24 @@ def test_repeated_and_blank_header_names_keep_every_column(
     }  # fmt: skip
 
 
+def test_a_time_out_of_range_is_ignored_not_the_whole_row(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    """A subscribed-since time that exists but not in UTC (year 1 east of
+    Greenwich, 9999-12-31 west of it) is unreadable like any other: the
+    subscriber is imported without it.  OverflowError threw the row away."""
+    path = tmp_path / "times.csv"
+    path.write_text(
+        "email,name,status,subscribed_at\n"
+        "early@example.com,E,active,0001-01-01T00:00:00+05:00\n"
+        "late@example.com,L,active,9999-12-31T23:59:59-01:00\n",
+        encoding="utf-8",
+    )
+    counts = run_import(engine, settings, path)
+    assert (counts.new, counts.invalid, counts.problems) == (2, 0, [])
+    assert seen(engine, "early@example.com").mailable and seen(engine, "late@example.com").mailable
+
+
 def test_oversized_field_is_one_bad_row(engine: Engine, settings: Settings, tmp_path: Path) -> None:
     path = tmp_path / "huge.csv"
     huge = "x" * 200_000  # over csv's default 128 kB field limit
