@@ -437,6 +437,46 @@ def test_round_trip_export_import_export_is_identical(
     assert seen(other, "on@example.com", "copy").status == "unsubscribed"
 
 
+def test_round_trip_keeps_attributes_named_like_the_fixed_columns(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    """Attributes can carry any key (listmonk's JSON, a spreadsheet's
+    `subscribed_at` column): export wrote none named like its own first four
+    columns, and import read a later `Name` or `First Name` column as the
+    name (or dropped it).  In our own export every column after the fourth is
+    an attribute, whatever its name; a value's outer whitespace, which import
+    trims from a bare cell, survives JSON-quoted."""
+    attributes = {
+        "Name": "Nick", "first_name": "F", "email": "other@example.org", "status": "vip",
+        "subscribed_at": "2019", "K": 1, "k": 2, "": "blank", "name 2": "n2",
+        "padded": " x ", "tab": "\tx", "space": " ",
+    }  # fmt: skip
+    source = io.StringIO()
+    csv_writer = __import__("csv").writer(source)
+    csv_writer.writerow(["email", "name", "attributes"])
+    csv_writer.writerow(["a@example.com", "Ann", json.dumps(attributes)])
+    csv_writer.writerow(["b@example.com", "", json.dumps({"First Name": "Bob"})])
+    path = tmp_path / "listmonk.csv"
+    path.write_text(source.getvalue(), encoding="utf-8")
+    run_import(engine, settings, path)
+    assert seen(engine, "a@example.com").attributes == attributes
+    first = io.StringIO()
+    export_list(engine, "news", first)
+    exported = tmp_path / "export.csv"
+    exported.write_text(first.getvalue(), encoding="utf-8", newline="")
+    other_settings = make_settings("copy")
+    (tmp_path / "other").mkdir()
+    other = make_engine(tmp_path / "other", other_settings)
+    counts = run_import(other, other_settings, exported, "copy")
+    assert (counts.files[0].format, counts.invalid, counts.warnings) == ("newsletter", 0, 0)
+    ann, bob = seen(other, "a@example.com", "copy"), seen(other, "b@example.com", "copy")
+    assert (ann.name, ann.attributes) == ("Ann", attributes)
+    assert (bob.name, bob.attributes) == ("", {"First Name": "Bob"})
+    second = io.StringIO()
+    export_list(other, "copy", second)
+    assert second.getvalue() == first.getvalue()
+
+
 def test_export_status_filter(engine: Engine, settings: Settings) -> None:
     run_import(engine, settings, FIXTURES / "kit.csv")
     out = io.StringIO()

@@ -360,19 +360,21 @@ def test_cells_beyond_the_header_are_a_warning_not_lost_silently(
 def test_repeated_and_blank_header_names_keep_every_column(
     engine: Engine, settings: Settings, tmp_path: Path
 ) -> None:
-    """Two columns of one name (case aside), or several without a name: each
-    cell is kept under a name of its own, where the last cell of a name
-    overwrote the others and a second `name` column was dropped."""
+    """Two columns of one name, or several without a name: each cell is kept
+    under a name of its own, where the last cell of a name overwrote the
+    others and a second `name` column (case aside) was dropped."""
     path = tmp_path / "repeated.csv"
     path.write_text(
-        "email,name,Name,tag,Tag,,\nr@example.com,Ann,Anna,red,blue,x,y\n", encoding="utf-8"
+        "email,name,Name,tag,tag,Tag,,\nr@example.com,Ann,Anna,red,blue,pink,x,y\n",
+        encoding="utf-8",
     )
     counts = run_import(engine, settings, path)
     assert (counts.new, counts.warnings) == (1, 0)
     got = seen(engine, "r@example.com")
     assert got.name == "Ann"
     assert got.attributes == {
-        "Name 2": "Anna", "tag": "red", "Tag 2": "blue", "column 6": "x", "column 7": "y",
+        "Name": "Anna", "tag": "red", "tag 2": "blue", "Tag": "pink", "column 7": "x",
+        "column 8": "y",
     }  # fmt: skip
 
 

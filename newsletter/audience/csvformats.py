@@ -220,8 +220,6 @@ def _records(
             header = [cell.strip().strip("\ufeff").strip() for cell in record]
             first = (start, record)
     headerless = _is_headerless(header)
-    if not headerless:
-        header = _unique_names(header)
     if headerless:
         # A bare list of addresses (pasted from somewhere): no header line.
         header = ["email", "name"][: len(header)] + [
@@ -273,24 +271,6 @@ def _mapped(mapper: Mapper, label: Path, line: int, record: list[str]) -> Source
         return mapper(line, record)
     except (ValueError, TypeError, OverflowError, RecursionError) as exc:
         return Problem(f"unreadable row: {exc}", label, line)
-
-
-def _unique_names(header: list[str]) -> list[str]:
-    """Every column a name of its own: a blank one is `column N`, a repeated
-    one (case aside) `NAME 2`, `NAME 3`…, so that no cell overwrites another
-    under one attribute name (the first of a name is still the one read as
-    email, name or status)."""
-    names: list[str] = []
-    taken: set[str] = set()
-    for i, name in enumerate(header):
-        base = name or f"column {i + 1}"
-        unique, n = base, 1
-        while unique.lower() in taken:
-            n += 1
-            unique = f"{base} {n}"
-        taken.add(unique.lower())
-        names.append(unique)
-    return names
 
 
 def _is_headerless(header: list[str]) -> bool:

@@ -164,18 +164,21 @@ def mapper_for(fmt: str, header: Sequence[str], file_name: str, label: Path) -> 
         )
     status_of = _STATUS_RULES[fmt](cols, file_name)
     always = status_of.result if isinstance(status_of, _Always) else None
-    consumed = {email_col, *_NAME_PARTS, *_CONSUMED.get(fmt, ())}
     email_i = cols.index[email_col]
     unescape = fmt == "newsletter"
-    keep = [
-        (i, _unescape(h) if unescape else h)  # export escapes column names too
-        for i, h in enumerate(cols.header)
-        if h.strip().lower() not in consumed
-    ]
     since_col = cols.find(*_SINCE.get(fmt, ()))
     since_i = cols.index[since_col] if since_col else None
-
-    full_i, first_i, last_i = _name_indexes(cols)
+    if unescape:
+        # Our own export: the name is its `name` column, and every column but
+        # the four it starts with is an attribute, whatever its name (a
+        # listmonk attribute may be called `Name`, `email` or `first_name`).
+        full_i, first_i, last_i = cols.index.get("name"), None, None
+        used = {email_i, full_i, cols.index.get("status"), since_i}
+    else:
+        full_i, first_i, last_i = _name_indexes(cols)
+        consumed = {email_col, *_NAME_PARTS, *_CONSUMED.get(fmt, ())}
+        used = {cols.index[n] for n in consumed if n in cols.index}
+    keep = _attribute_columns(cols.header, used, exact=unescape)
     width = len(cols.header)
     no_attributes = not keep and fmt not in ("ghost", "listmonk")
     # Plain text cells, kept as they are (every format but these): inline below.
@@ -213,6 +216,31 @@ def mapper_for(fmt: str, header: Sequence[str], file_name: str, label: Path) -> 
                                     parse_time(since) if since else None, warnings))  # fmt: skip
 
     return mapper
+
+
+def _attribute_columns(
+    header: list[str], used: set[int | None], *, exact: bool
+) -> list[tuple[int, str]]:
+    """(index, attribute name) of every column not read as email, name, status
+    or time.  A repeated name is kept as `NAME 2`, `NAME 3`… and a blank one
+    as `column N`, so that no cell overwrites another under one name.  Our
+    own export's names are taken exactly, with the formula guard removed."""
+    keep: list[tuple[int, str]] = []
+    taken: set[str] = set()
+    for i, header_name in enumerate(header):
+        if i in used:
+            continue
+        if exact:
+            name = _unescape(header_name)  # export escapes column names too
+        else:
+            base = name = header_name or f"column {i + 1}"
+            n = 1
+            while name in taken:
+                n += 1
+                name = f"{base} {n}"
+        taken.add(name)
+        keep.append((i, name))
+    return keep
 
 
 def _beyond_header(cells: list[str], width: int) -> tuple[str, ...]:

@@ -306,7 +306,9 @@ def export_list(
     keys: set[str] = set()
     for member in members(engine, list_name, statuses):
         keys.update(member.attributes)
-    attribute_keys = sorted(keys - set(NEWSLETTER_HEADER))
+    # Every key, even one named like a fixed column: import reads each column
+    # after the fourth as an attribute.
+    attribute_keys = sorted(keys)
     writer = csv.writer(out, lineterminator="\r\n")  # RFC 4180 §2: CRLF
     writer.writerow([*NEWSLETTER_HEADER, *(escape_cell(k) for k in attribute_keys)])
     count = 0
@@ -335,13 +337,15 @@ def escape_cell(value: str) -> str:
 def encode_attribute(value: Any) -> str:
     """An attribute as one cell: plain strings as they are, everything else as JSON.
 
-    A string that would itself read as JSON (`"42"`, `"true"`, `""`) is written
-    JSON-quoted, so import restores strings as strings and numbers as numbers.
+    A string that would itself read as JSON (`"42"`, `"true"`, `""`), or that
+    starts or ends with whitespace (which import trims from a bare cell), is
+    written JSON-quoted, so import restores strings as strings and numbers as
+    numbers.
     """
     if value is None:
         return ""
     if isinstance(value, str):
-        if value and not _is_json(value):
+        if value and value == value.strip() and not _is_json(value):
             return value
         return json.dumps(value, ensure_ascii=False)
     return json.dumps(value, ensure_ascii=False, sort_keys=True)
