@@ -139,6 +139,23 @@ def test_sniff_delimiter_ignores_quoted() -> None:
     assert sniff_delimiter("email|name|x\n") == "|"
 
 
+def test_a_delimiter_that_finds_the_email_column_wins_over_a_count(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    """A semicolon file whose header has as many commas as semicolons (or
+    more) in a column name was split on commas, and then had "no email
+    column"."""
+    assert sniff_delimiter("email;name;notes (a, b)\r\n") == ";"
+    assert sniff_delimiter("E-Mail;Name;Notiz (a, b, c)\n") == ";"
+    assert sniff_delimiter("email,name,notes; more; even more\n") == ","
+    assert sniff_delimiter("a,b;c\n") == ","  # no email column either way: the count, as before
+    path = tmp_path / "semi.csv"
+    path.write_text("email;name;notes (a, b)\nsemi@example.com;Semi;n, m\n", encoding="utf-8")
+    counts = run_import(engine, settings, path)
+    assert (counts.new, counts.files[0].delimiter) == (1, ";")
+    assert seen(engine, "semi@example.com").attributes == {"notes (a, b)": "n, m"}
+
+
 # --------------------------------------------------------------------------- services
 
 

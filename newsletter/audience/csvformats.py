@@ -314,7 +314,9 @@ def sniff_encoding(raw: IO[bytes]) -> str:
 
 
 def sniff_delimiter(header_line: str) -> str:
-    """The delimiter the header uses most, outside quotes (`,` on a tie)."""
+    """The delimiter that splits the header into an email column, else the
+    one it uses most, outside quotes (`,` on a tie).  A semicolon file may
+    have as many commas in a column name (`notes (a, b)`)."""
     counts = dict.fromkeys(_DELIMITERS, 0)
     quoted = False
     for char in header_line:
@@ -322,5 +324,9 @@ def sniff_delimiter(header_line: str) -> str:
             quoted = not quoted
         elif not quoted and char in counts:
             counts[char] += 1
-    best = max(_DELIMITERS, key=lambda d: counts[d])
-    return best if counts[best] > 0 else ","
+    ranked = sorted((d for d in _DELIMITERS if counts[d]), key=lambda d: -counts[d])
+    for delimiter in ranked:
+        cells = next(csv.reader([header_line], delimiter=delimiter, skipinitialspace=True), [])
+        if any(c.strip().strip("\ufeff").strip().lower() in EMAIL_COLUMNS for c in cells):
+            return delimiter
+    return ranked[0] if ranked else ","
