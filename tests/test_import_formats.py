@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
-from test_subscribers_common import FIXTURES, make_engine, make_settings, run_import, seen
+from test_subscribers_common import (
+    FIXTURES,
+    make_engine,
+    make_settings,
+    run_import,
+    seen,
+    statuses,
+)
 
 from newsletter.audience.csvformats import read_source, sniff_delimiter
 from newsletter.audience.serviceformats import SourceRow, detect_format
@@ -221,6 +228,50 @@ def test_mailchimp_single_unsubscribed_file_by_columns(
     renamed.write_bytes((FIXTURES / "mailchimp/unsubscribed_members_export_3f2a.csv").read_bytes())
     run_import(engine, settings, renamed)
     assert seen(engine, "gone@example.com").status == "unsubscribed"
+
+
+def _damaged_zip(path: Path, damage: str) -> Path:
+    """A Mailchimp-like ZIP, password-protected, packed with a method Python
+    lacks (Deflate64: Windows' for big folders), or with its deflate stream
+    scrambled."""
+    import struct
+
+    body = "email\n" + "".join(f"user{i}@example.com\n" for i in range(2000))
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("subscribed_members_export.csv", body)
+    data = bytearray(path.read_bytes())
+    central = data.find(b"PK\x01\x02")
+    if damage == "encrypted":  # general purpose flag bit 0, local and central headers
+        data[6] |= 1
+        data[central + 8] |= 1
+    elif damage == "deflate64":  # compression method 9
+        data[8:10] = data[central + 10 : central + 12] = struct.pack("<H", 9)
+    else:
+        for i in range(120, 180):
+            data[i] ^= 0x55
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        ("encrypted", "is password-protected"),
+        ("deflate64", "is packed with a compression method Python cannot unpack"),
+        ("scrambled", "is damaged"),
+    ],
+)
+def test_a_zip_that_cannot_be_unpacked_is_one_clear_error(
+    engine: Engine, settings: Settings, tmp_path: Path, damage: str, reason: str
+) -> None:
+    """These raised RuntimeError, NotImplementedError and zlib.error: a
+    traceback instead of a line naming the file."""
+    path = _damaged_zip(tmp_path / "export.zip", damage)
+    with pytest.raises(SubscriberError) as caught:
+        run_import(engine, settings, path)
+    assert str(caught.value).startswith(f"{path}:subscribed_members_export.csv: {reason}")
+    assert "unzip it" in str(caught.value) or damage == "scrambled"
+    assert statuses(engine) == {}
 
 
 def test_zip_without_csv(engine: Engine, settings: Settings, tmp_path: Path) -> None:

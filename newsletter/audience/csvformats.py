@@ -21,7 +21,9 @@ import codecs
 import csv
 import io
 import itertools
+import lzma
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,8 +127,40 @@ def _read_zip(
             def opener(info: zipfile.ZipInfo = info) -> IO[bytes]:
                 return archive.open(info)
 
-            yield from _read_csv(opener, Path(label), info.filename, fmt, offset, progress, infos)
+            try:
+                yield from _read_csv(
+                    opener, Path(label), info.filename, fmt, offset, progress, infos
+                )
+            except _UNPACKING_ERRORS as exc:
+                if _not_zipfiles(exc):
+                    raise  # a bug, shown as one
+                raise SubscriberError(_unpacking_problem(exc), path=Path(label)) from exc
             offset += info.file_size
+
+
+# What zipfile raises for a member it cannot unpack: a password (RuntimeError),
+# a compression method it lacks such as Deflate64 (NotImplementedError), or a
+# damaged stream (zlib's, bz2's and lzma's errors, a CRC or a cut-short end).
+_UNPACKING_ERRORS = (
+    RuntimeError, NotImplementedError, zlib.error, EOFError, zipfile.BadZipFile, lzma.LZMAError,
+)  # fmt: skip
+
+
+def _not_zipfiles(exc: BaseException) -> bool:
+    """A RuntimeError other than zipfile's "is encrypted" (NotImplementedError is one too)."""
+    plain_runtime = type(exc) is RuntimeError
+    return plain_runtime and "encrypted" not in str(exc)
+
+
+def _unpacking_problem(exc: BaseException) -> str:
+    if isinstance(exc, NotImplementedError):
+        return (
+            "is packed with a compression method Python cannot unpack: unzip it and "
+            "import the CSV file"
+        )
+    if isinstance(exc, RuntimeError):
+        return "is password-protected: unzip it and import the CSV file"
+    return f"is damaged ({exc}): download the export again"
 
 
 class _CountingReader(io.RawIOBase):
