@@ -282,6 +282,34 @@ def test_zip_without_csv(engine: Engine, settings: Settings, tmp_path: Path) -> 
         run_import(engine, settings, path)
 
 
+@pytest.mark.parametrize(
+    ("name", "members", "kind"),
+    [
+        ("members.xlsx", {"[Content_Types].xml": "", "xl/workbook.xml": ""}, "an Excel workbook"),
+        ("members.ods", {"mimetype": "application/vnd.oasis.opendocument.spreadsheet",
+                         "content.xml": "", "META-INF/manifest.xml": ""},
+         "an OpenDocument spreadsheet"),
+        ("members.numbers", {"Index/Document.iwa": ""}, "a Numbers document"),
+    ],
+)  # fmt: skip
+def test_a_spreadsheet_workbook_is_told_to_be_saved_as_csv(
+    engine: Engine, settings: Settings, tmp_path: Path, name: str, members: dict[str, str],
+    kind: str,
+) -> None:  # fmt: skip
+    """An .xlsx or .ods file is a ZIP too: it was "the ZIP file holds no .csv
+    file", which says nothing to someone who never made a ZIP."""
+    path = tmp_path / name
+    with zipfile.ZipFile(path, "w") as archive:
+        for member, text in members.items():
+            archive.writestr(member, text)
+    with pytest.raises(SubscriberError) as caught:
+        run_import(engine, settings, path)
+    assert str(caught.value) == (
+        f"{path}: this is {kind}, not a CSV file: save it as CSV (UTF-8) from your "
+        "spreadsheet program and import that"
+    )
+
+
 def test_substack_email_list(engine: Engine, settings: Settings) -> None:
     run_import(engine, settings, FIXTURES / "substack_emails.csv")
     assert seen(engine, "reader@example.com").mailable

@@ -119,7 +119,7 @@ def _read_zip(
     with zipfile.ZipFile(path) as archive:
         members = _csv_members(archive)
         if not members:
-            raise SubscriberError("the ZIP file holds no .csv file", path=path)
+            raise SubscriberError(_no_csv_inside(archive), path=path)
         offset = 0
         for info in members:
             label = f"{path}:{info.filename}"
@@ -136,6 +136,25 @@ def _read_zip(
                     raise  # a bug, shown as one
                 raise SubscriberError(_unpacking_problem(exc), path=Path(label)) from exc
             offset += info.file_size
+
+
+def _no_csv_inside(archive: zipfile.ZipFile) -> str:
+    """Why a ZIP without a CSV cannot be imported: a spreadsheet workbook
+    (.xlsx and .ods are ZIPs) is told to be saved as CSV."""
+    names = set(archive.namelist())
+    kind = None
+    if "[Content_Types].xml" in names and any(n.startswith("xl/") for n in names):
+        kind = "an Excel workbook"
+    elif "content.xml" in names and "META-INF/manifest.xml" in names:
+        kind = "an OpenDocument spreadsheet"
+    elif any(n.startswith("Index/") and n.endswith(".iwa") for n in names):
+        kind = "a Numbers document"
+    if kind is None:
+        return "the ZIP file holds no .csv file"
+    return (
+        f"this is {kind}, not a CSV file: save it as CSV (UTF-8) from your spreadsheet "
+        "program and import that"
+    )
 
 
 # What zipfile raises for a member it cannot unpack: a password (RuntimeError),
