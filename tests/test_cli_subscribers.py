@@ -240,3 +240,17 @@ def test_remove_says_whether_it_was_never_on_the_list_or_stays_unsubscribed(
         "or sync adds it back\n",
     )
     assert cli("subscribers", "list", "--list", "sample").stdout == "a@example.com\tunsubscribed\n"
+
+
+def test_resubscribe_of_someone_never_unsubscribed_says_nothing_changed(
+    sample_site: Path,
+) -> None:
+    cli("subscribers", "add", "a@example.com", "--list", "sample")
+    result = cli("subscribers", "resubscribe", "a@example.com")
+    assert (result.exit_code, result.stdout) == (
+        0,
+        "a@example.com was not unsubscribed from every list; nothing changed\n",
+    )
+    on_list = cli("subscribers", "resubscribe", "a@example.com", "--list", "sample")
+    assert on_list.stdout == "a@example.com was not unsubscribed from sample; nothing changed\n"
+    assert "resubscribe" not in cli("subscribers", "show", "a@example.com").stdout

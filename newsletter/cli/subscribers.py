@@ -371,8 +371,11 @@ def resubscribe_command(ctx: click.Context, email: str, list_name: str | None) -
 
     _, engine = _engine_for(ctx, list_name)
     row = _require(engine, email)
-    resubscribe(engine, row.id, list_name, source="cli")
-    click.echo(f"resubscribed {row.email} to {list_name or 'every list'}")
+    scope = list_name or "every list"
+    if resubscribe(engine, row.id, list_name, source="cli"):
+        click.echo(f"resubscribed {row.email} to {scope}")
+    else:
+        click.echo(f"{row.email} was not unsubscribed from {scope}; nothing changed")
 
 
 @subscribers_group.command("show")
