@@ -139,6 +139,32 @@ def test_broken_csv_quoting_fails_with_line(tmp_path: Path) -> None:
     assert (row.line, row.email, row.name.strip()) == (2, "a@example.com", "unterminated")
 
 
+def test_a_stray_quote_that_swallows_rows_is_reported(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    """A quote opened and not closed on its line reads the following lines
+    as one cell, up to the next quote in the file: those rows vanished into a
+    name, without a word (exit 0).  Now the row is an error naming the lines
+    it swallowed; the rows after it still import (invariant 5)."""
+    path = tmp_path / "stray.csv"
+    path.write_text(
+        'email,name\na@example.com,"Bob\nb@example.com,Carl\nc@example.com,Dan\n'
+        'd@example.com,"Eve"\ne@example.com,Fay\n',
+        encoding="utf-8",
+    )
+    counts = run_import(engine, settings, path)
+    assert (counts.new, counts.invalid) == (1, 1)
+    assert [str(p) for p in counts.problems] == [
+        f"{path}:2: error: a quote opened on line 2 runs on to line 5, so lines 3-5, which "
+        "look like rows of their own, were read as one cell: fix the quote and import again"
+    ]
+    assert statuses(engine) == {"e@example.com": "active"}
+    # To the end of the file, too.
+    path.write_text('email,name\na@example.com,"Bob\nb@example.com,Carl\n', encoding="utf-8")
+    counts = run_import(engine, settings, path)
+    assert counts.invalid == 1 and "runs on to line 3" in counts.problems[0].message
+
+
 def test_sniff_delimiter_ignores_quoted() -> None:
     assert sniff_delimiter('"a;b;c",x,y\r\n') == ","
     assert sniff_delimiter("email;name\r\n") == ";"

@@ -22,6 +22,7 @@ import csv
 import io
 import itertools
 import lzma
+import re
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -302,6 +303,15 @@ def _data_records(
                 start, line_num = line_num + 1, reader.line_num  # type: ignore[attr-defined]
                 if not "".join(record).strip():  # blank lines (and bare delimiters)
                     continue
+                if line_num > start and _swallows_rows(record):  # a quoted newline: rare
+                    yield Problem(
+                        f"a quote opened on line {start} runs on to line {line_num}, so lines "
+                        f"{start + 1}-{line_num}, which look like rows of their own, were read "
+                        "as one cell: fix the quote and import again",
+                        label,
+                        start,
+                    )
+                    continue
                 try:
                     row: SourceRow | Problem = mapper(start, record)
                 except (ValueError, TypeError, OverflowError, RecursionError) as exc:
@@ -315,6 +325,23 @@ def _data_records(
             raise SubscriberError(
                 f"cannot decode the file: {exc}", path=label, line=line_num + 1
             ) from exc
+
+
+# A line that is a row of its own: cells, one of them a bare address.
+_ADDRESS_CELL = re.compile(r"""\s*"?[^\s@",;|]+@[^\s@",;|]+\.[^\s@",;|]+"?\s*""")
+
+
+def _swallows_rows(record: list[str]) -> bool:
+    """Whether a cell spanning lines holds lines that look like rows (a quote
+    opened and not closed on its line reads on to the next quote in the
+    file): a line of several cells, one of them an address.  A multi-line
+    note that mentions an address in passing is not one."""
+    for cell in record:
+        for line in cell.splitlines()[1:]:
+            cells = re.split(r"[,;\t|]", line)
+            if len(cells) > 1 and any(_ADDRESS_CELL.fullmatch(c) for c in cells):
+                return True
+    return False
 
 
 def _mapped(mapper: Mapper, label: Path, line: int, record: list[str]) -> SourceRow | Problem:
