@@ -254,3 +254,20 @@ def test_resubscribe_of_someone_never_unsubscribed_says_nothing_changed(
     on_list = cli("subscribers", "resubscribe", "a@example.com", "--list", "sample")
     assert on_list.stdout == "a@example.com was not unsubscribed from sample; nothing changed\n"
     assert "resubscribe" not in cli("subscribers", "show", "a@example.com").stdout
+
+
+def test_unsubscribe_of_a_bounced_address_says_it_is_bounced(sample_site: Path) -> None:
+    """It said "was already unsubscribed" of an address that never was,
+    but bounced (or complained): a different record, for a different reason."""
+    Path("bounced.csv").write_text("email,status\nb@example.com,bounced\n", encoding="utf-8")
+    assert cli("subscribers", "import", "bounced.csv", "--list", "sample").exit_code == 0
+    result = cli("subscribers", "unsubscribe", "b@example.com")
+    assert (result.exit_code, result.stdout) == (
+        0,
+        "b@example.com is already bounced (import: bounced), which stops all its mail; "
+        "nothing changed\n",
+    )
+    cli("subscribers", "add", "u@example.com", "--list", "sample")
+    cli("subscribers", "unsubscribe", "u@example.com")
+    again = cli("subscribers", "unsubscribe", "u@example.com")
+    assert again.stdout == "u@example.com was already unsubscribed from every list\n"

@@ -353,11 +353,16 @@ def unsubscribe_command(ctx: click.Context, email: str, list_name: str | None) -
     row = _require(engine, email)
     changed = unsubscribe(engine, row.id, list_name, reason="cli", source="cli")
     scope = list_name or "every list"
-    click.echo(
-        f"unsubscribed {row.email} from {scope}"
-        if changed
-        else f"{row.email} was already unsubscribed from {scope}"
-    )
+    if changed:
+        click.echo(f"unsubscribed {row.email} from {scope}")
+    elif list_name is None and row.status in ("bounced", "complained"):
+        reason = row.status_reason or "no reason recorded"
+        click.echo(
+            f"{row.email} is already {row.status} ({reason}), which stops all its mail; "
+            "nothing changed"
+        )
+    else:
+        click.echo(f"{row.email} was already unsubscribed from {scope}")
 
 
 @subscribers_group.command("resubscribe")
