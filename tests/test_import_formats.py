@@ -336,6 +336,28 @@ def test_a_spreadsheet_workbook_is_told_to_be_saved_as_csv(
     )
 
 
+@pytest.mark.parametrize(
+    ("head", "said"),
+    [
+        (bytes.fromhex("d0cf11e0a1b11ae1") + bytes(504),
+         "this is an Excel 97-2003 workbook (.xls), not a CSV file: save it as CSV (UTF-8) "
+         "from your spreadsheet program and import that"),
+        (__import__("gzip").compress(b"email\na@example.com\n"),
+         "this is a gzip file, not a CSV file: unpack it (gunzip) and import the CSV file"),
+    ],
+)  # fmt: skip
+def test_a_binary_workbook_or_gzip_file_is_named_for_what_it_is(
+    engine: Engine, settings: Settings, tmp_path: Path, head: bytes, said: str
+) -> None:
+    """They were read as Latin-1 text: "no email column in the header (…
+    found: ÐÏ\x11à¡±…)", a line of escaped binary."""
+    path = tmp_path / "members.bin"
+    path.write_bytes(head)
+    with pytest.raises(SubscriberError) as caught:
+        run_import(engine, settings, path)
+    assert str(caught.value) == f"{path}: {said}"
+
+
 def test_substack_email_list(engine: Engine, settings: Settings) -> None:
     run_import(engine, settings, FIXTURES / "substack_emails.csv")
     assert seen(engine, "reader@example.com").mailable

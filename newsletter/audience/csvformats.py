@@ -215,6 +215,8 @@ def _read_csv(
     infos: list[FileInfo] | None,
 ) -> Iterator[SourceRow | Problem]:
     with opener() as raw:
+        _refuse_binary(raw.read(8), label)
+    with opener() as raw:
         encoding = sniff_encoding(raw)
     with opener() as raw:
         counted = io.BufferedReader(_CountingReader(raw, offset, progress), _CHUNK)
@@ -229,6 +231,21 @@ def _read_csv(
         lines = itertools.chain((first,), text)
         reader = csv.reader(lines, delimiter=delimiter, skipinitialspace=True)
         yield from _records(reader, label, name, fmt, encoding, delimiter, infos)
+
+
+# Files people take for their list that are not CSV (read as Latin-1, they
+# gave "no email column" and a header of escaped binary).
+_BINARY_KINDS = (
+    (bytes.fromhex("d0cf11e0a1b11ae1"), "an Excel 97-2003 workbook (.xls)", "save it as CSV (UTF-8) "
+     "from your spreadsheet program and import that"),
+    (b"\x1f\x8b", "a gzip file", "unpack it (gunzip) and import the CSV file"),
+)  # fmt: skip
+
+
+def _refuse_binary(head: bytes, label: Path) -> None:
+    for magic, kind, what_to_do in _BINARY_KINDS:
+        if head.startswith(magic):
+            raise SubscriberError(f"this is {kind}, not a CSV file: {what_to_do}", path=label)
 
 
 def _records(
