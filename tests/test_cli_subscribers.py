@@ -271,3 +271,22 @@ def test_unsubscribe_of_a_bounced_address_says_it_is_bounced(sample_site: Path) 
     cli("subscribers", "unsubscribe", "u@example.com")
     again = cli("subscribers", "unsubscribe", "u@example.com")
     assert again.stdout == "u@example.com was already unsubscribed from every list\n"
+
+
+def test_a_name_with_line_breaks_cannot_forge_lines_of_the_listing(sample_site: Path) -> None:
+    """A name comes from anyone who signs up (the public form takes any
+    text): one holding a newline and tabs printed as a second member, with
+    any status, in `subscribers list`, which scripts read line by line."""
+    forged = "Eve\nmallory@example.com\tactive\tMallory"
+    assert (
+        cli("subscribers", "add", "eve@example.com", "--list", "sample", "--name", forged).exit_code
+        == 0
+    )
+    listed = cli("subscribers", "list", "--list", "sample")
+    assert listed.stdout == (
+        "eve@example.com\tactive\tEve\\x0amallory@example.com\\x09active\\x09Mallory\n"
+    )
+    shown = cli("subscribers", "show", "eve@example.com").stdout.splitlines()[0]
+    assert shown == "eve@example.com · Eve\\x0amallory@example.com\\x09active\\x09Mallory: active"
+    data = json.loads(cli("subscribers", "list", "--list", "sample", "--json").stdout)
+    assert data[0]["name"] == forged  # JSON carries it exactly

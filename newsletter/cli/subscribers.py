@@ -243,7 +243,7 @@ def list_command(
     rows = members(engine, list_name, frozenset(statuses) or None)
     if not as_json:
         for m in rows:
-            click.echo(f"{m.email}\t{m.status}\t{m.name}".rstrip("\t"))
+            click.echo(f"{m.email}\t{m.status}\t{_shown(m.name)}".rstrip("\t"))
         return
     # Streamed by hand: a long list must not be built in memory first.
     click.echo("[", nl=False)
@@ -257,6 +257,15 @@ def list_command(
         }
         click.echo(("," if i else "") + "\n  " + json.dumps(item, ensure_ascii=False), nl=False)
     click.echo("\n]")
+
+
+def _shown(text: str) -> str:
+    """A name (anyone's text: the signup form takes any) on one line of a
+    listing, its controls and tabs escaped, so it cannot forge a line or a
+    column that scripts reading the listing would take for a member."""
+    from newsletter.errors import one_line
+
+    return one_line(text).replace("\t", "\\x09")
 
 
 # --------------------------------------------------------------------------- single addresses
@@ -414,8 +423,9 @@ def show_command(ctx: click.Context, email: str, as_json: bool) -> None:
             }
         )  # fmt: skip
         return
-    reason = f" ({row.status_reason})" if row.status_reason else ""
-    click.echo(f"{row.email}{' · ' + row.name if row.name else ''}: {row.status}{reason}")
+    reason = f" ({_shown(row.status_reason)})" if row.status_reason else ""
+    name = f" · {_shown(row.name)}" if row.name else ""
+    click.echo(f"{row.email}{name}: {row.status}{reason}")
     for name, at in joined.items():
         click.echo(
             f"  {name}: {'unsubscribed ' + at.isoformat(timespec='seconds') if at else 'subscribed'}"
