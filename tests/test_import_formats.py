@@ -89,6 +89,25 @@ def test_late_non_utf8_byte_still_detected(tmp_path: Path) -> None:
     assert len(rows) == 60_001 and rows[-1].name == "Zoë"
 
 
+def test_a_file_of_utf8_and_a_few_cp1252_bytes_reads_both_right(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    """Two exports pasted together, or a row added by another program: one
+    cp1252 é among UTF-8 text made the whole file cp1252, and every UTF-8
+    name turned to mojibake ("ZoÃ«") without a word."""
+    path = tmp_path / "mixed.csv"
+    path.write_bytes(
+        "email,name\nzoe@example.com,Zoë Müller\n".encode()
+        + "jose@example.com,José\n".encode("cp1252")
+        + "yuki@example.com,雪\n".encode()
+    )
+    counts = run_import(engine, settings, path)
+    assert (counts.new, counts.invalid) == (3, 0)
+    assert counts.files[0].encoding == "utf-8 (a few bytes cp1252)"
+    names = {e: seen(engine, f"{e}@example.com").name for e in ("zoe", "jose", "yuki")}
+    assert names == {"zoe": "Zoë Müller", "jose": "José", "yuki": "雪"}
+
+
 def test_invalid_rows_reported_with_line_and_reason(engine: Engine, settings: Settings) -> None:
     counts = run_import(engine, settings, FIXTURES / "bad_rows.csv")
     problems = {p.line: p.message for p in counts.problems}

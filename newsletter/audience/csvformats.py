@@ -4,7 +4,8 @@
 record it cannot use), whatever the file looks like:
 
 * encoding: UTF-8 with or without BOM, UTF-16 with BOM (Excel's "Unicode
-  text"), else cp1252 (Excel's "CSV"), else Latin-1 (never fails);
+  text"), UTF-8 with a few cp1252 bytes, else cp1252 (Excel's "CSV"), else
+  Latin-1 (never fails);
 * delimiter: `,` `;` TAB or `|`, whichever the header line holds most of;
 * CRLF, quoted commas and newlines, blank lines, stray whitespace;
 * a Mailchimp export ZIP: every CSV inside, with the status its file name
@@ -220,7 +221,10 @@ def _read_csv(
         encoding = sniff_encoding(raw)
     with opener() as raw:
         counted = io.BufferedReader(_CountingReader(raw, offset, progress), _CHUNK)
-        text = io.TextIOWrapper(counted, encoding=encoding, newline="")
+        codec, errors = (
+            ("utf-8", "newsletter-cp1252") if encoding == MIXED_UTF8 else (encoding, None)
+        )
+        text = io.TextIOWrapper(counted, encoding=codec, errors=errors, newline="")
         try:
             first = text.readline()
         except UnicodeError as exc:  # a BOM that promised more than the bytes hold
@@ -402,12 +406,39 @@ def sniff_encoding(raw: IO[bytes]) -> str:
         pass
     raw.seek(0)
     decoder = codecs.getincrementaldecoder("cp1252")()
-    try:
-        while chunk := raw.read(_CHUNK):
-            decoder.decode(chunk)
-        return "cp1252"
-    except UnicodeDecodeError:
-        return "latin-1"  # every byte decodes; names may look odd, addresses survive
+    utf8_seen, cp1252_ok = False, True
+    while chunk := raw.read(_CHUNK):
+        # UTF-8 text with a few bytes from elsewhere (two exports pasted
+        # together): read as cp1252, every UTF-8 name would turn to mojibake.
+        utf8_seen = utf8_seen or _UTF8_MULTIBYTE.search(chunk) is not None
+        if cp1252_ok:
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError:
+                cp1252_ok = False
+    if utf8_seen:
+        return MIXED_UTF8
+    # latin-1: every byte decodes; names may look odd, addresses survive
+    return "cp1252" if cp1252_ok else "latin-1"
+
+
+# UTF-8 read with each byte that is not UTF-8 taken as cp1252 (`_cp1252_byte`).
+MIXED_UTF8 = "utf-8 (a few bytes cp1252)"
+_UTF8_MULTIBYTE = re.compile(
+    rb"[\xc2-\xdf][\x80-\xbf]|[\xe0-\xef][\x80-\xbf]{2}|[\xf0-\xf4][\x80-\xbf]{3}"
+)
+_CP1252 = [bytes([b]).decode("cp1252", errors="ignore") or chr(b) for b in range(256)]
+
+
+def _cp1252_byte(exc: UnicodeError) -> tuple[str, int]:
+    """The decode error handler of `MIXED_UTF8`: a byte that is not UTF-8 is
+    cp1252 (Latin-1 where cp1252 leaves it undefined); never fails."""
+    if not isinstance(exc, UnicodeDecodeError):
+        raise exc
+    return "".join(_CP1252[b] for b in exc.object[exc.start : exc.end]), exc.end
+
+
+codecs.register_error("newsletter-cp1252", _cp1252_byte)
 
 
 def sniff_delimiter(header_line: str) -> str:
