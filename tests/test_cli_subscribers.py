@@ -290,3 +290,29 @@ def test_a_name_with_line_breaks_cannot_forge_lines_of_the_listing(sample_site: 
     assert shown == "eve@example.com · Eve\\x0amallory@example.com\\x09active\\x09Mallory: active"
     data = json.loads(cli("subscribers", "list", "--list", "sample", "--json").stdout)
     assert data[0]["name"] == forged  # JSON carries it exactly
+
+
+def test_a_full_disk_under_standard_output_is_one_line_not_a_traceback(
+    sample_site: Path,
+) -> None:
+    """`subscribers export > backup.csv` on a full disk (here /dev/full) was
+    an OSError traceback; `list` too."""
+    import os
+    import subprocess
+    import sys
+
+    if not os.path.exists("/dev/full"):
+        import pytest
+
+        pytest.skip("needs /dev/full")
+    cli("subscribers", "import", "subscribers/sample.csv", "--list", "sample")
+    for command in ("export", "list"):
+        with open("/dev/full", "w") as full:
+            done = subprocess.run(
+                [sys.executable, "-m", "newsletter", "subscribers", command, "--list", "sample"],
+                stdout=full, stderr=subprocess.PIPE, text=True, cwd=sample_site, check=False,
+            )  # fmt: skip
+        assert (done.returncode, done.stderr) == (
+            1,
+            "error: cannot write to standard output: No space left on device\n",
+        ), command

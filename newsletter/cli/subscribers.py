@@ -212,7 +212,8 @@ def export_command(
     ensure_lists(engine, settings)
     wanted = frozenset(statuses) or None
     if output is None:
-        export_list(engine, list_name, sys.stdout, wanted)
+        with _writing_stdout():
+            export_list(engine, list_name, sys.stdout, wanted)
         return
     try:
         with output.open("w", encoding="utf-8", newline="") as fh:
@@ -241,22 +242,38 @@ def list_command(
     engine = open_store(settings)
     ensure_lists(engine, settings)
     rows = members(engine, list_name, frozenset(statuses) or None)
-    if not as_json:
-        for m in rows:
-            click.echo(f"{m.email}\t{m.status}\t{_shown(m.name)}".rstrip("\t"))
-        return
-    # Streamed by hand: a long list must not be built in memory first.
-    click.echo("[", nl=False)
-    for i, m in enumerate(rows):
-        item = {
-            "email": m.email,
-            "name": m.name,
-            "status": m.status,
-            "subscribed_at": m.subscribed_at.isoformat(),
-            "attributes": m.attributes,
-        }
-        click.echo(("," if i else "") + "\n  " + json.dumps(item, ensure_ascii=False), nl=False)
-    click.echo("\n]")
+    with _writing_stdout():
+        if not as_json:
+            for m in rows:
+                click.echo(f"{m.email}\t{m.status}\t{_shown(m.name)}".rstrip("\t"))
+            return
+        # Streamed by hand: a long list must not be built in memory first.
+        click.echo("[", nl=False)
+        for i, m in enumerate(rows):
+            item = {
+                "email": m.email,
+                "name": m.name,
+                "status": m.status,
+                "subscribed_at": m.subscribed_at.isoformat(),
+                "attributes": m.attributes,
+            }
+            click.echo(("," if i else "") + "\n  " + json.dumps(item, ensure_ascii=False), nl=False)
+        click.echo("\n]")
+
+
+@contextmanager
+def _writing_stdout() -> Iterator[None]:
+    """`export > backup.csv` on a full disk: one line, not an OSError traceback
+    (a closed pipe, `| head`, stays quiet as before)."""
+    from newsletter.errors import SubscriberError
+
+    try:
+        yield
+        sys.stdout.flush()  # what is still buffered fails here, not at exit
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise SubscriberError(f"cannot write to standard output: {exc.strerror}") from exc
 
 
 def _shown(text: str) -> str:
