@@ -402,6 +402,20 @@ def test_ghost_members(engine: Engine, settings: Settings) -> None:
     assert counts.new == 3
 
 
+def test_ghost_labels_never_hold_an_empty_label(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    """`vip, ,early` (a label deleted by hand) and a trailing comma gave an
+    empty label "" beside the real ones."""
+    path = tmp_path / "ghost.csv"
+    path.write_text(
+        'email,name,subscribed_to_emails,labels\ng@example.com,G,true,"vip, ,early, "\n',
+        encoding="utf-8",
+    )
+    run_import(engine, settings, path)
+    assert seen(engine, "g@example.com").attributes["labels"] == ["vip", "early"]
+
+
 def test_listmonk_import_shape_bad_json_warns(engine: Engine, settings: Settings) -> None:
     counts = run_import(engine, settings, FIXTURES / "listmonk_import.csv", fmt="listmonk")
     assert seen(engine, "dev@example.com").attributes == {"city": "Bengaluru", "projects": 3}

@@ -502,7 +502,8 @@ def _attributes(
         if value:
             attributes[name] = _decode_json(value) if fmt == "newsletter" else value
     if fmt == "ghost" and "labels" in attributes:
-        attributes["labels"] = [v.strip() for v in str(attributes["labels"]).split(",") if v]
+        labels = (v.strip() for v in str(attributes["labels"]).split(","))
+        attributes["labels"] = [label for label in labels if label]
     if fmt == "listmonk":
         found = cols.find("attributes")
         raw = cells[cols.index[found]].strip() if found and cols.index[found] < len(cells) else ""
