@@ -21,6 +21,10 @@ def test_every_subscribers_command_has_help(sample_site: Path) -> None:
         result = cli("subscribers", command, "--help")
         assert result.exit_code == 0 and "Usage:" in result.stdout, command
     assert "never commit real ones" in cli("subscribers", "--help").stdout
+    # sync deletes memberships: its help says so, not only "mirror".
+    assert "no longer in their list's file are taken off" in " ".join(
+        cli("subscribers", "sync", "--help").stdout.split()
+    )
     assert cli("lists", "--help").exit_code == 0
 
 

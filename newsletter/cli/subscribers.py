@@ -472,7 +472,11 @@ def show_command(ctx: click.Context, email: str, as_json: bool) -> None:
 @click.pass_context
 @handle_errors
 def sync_command(ctx: click.Context, directory: Path | None, dry_run: bool, as_json: bool) -> None:
-    """Make every list mirror subscribers/<list>.csv (unsubscribes still win)."""
+    """Make every list mirror subscribers/<list>.csv (unsubscribes still win).
+
+    Members whose address is no longer in their list's file are taken off
+    that list; try --dry-run first.
+    """
     from newsletter.audience.subscribers import sync_directory
     from newsletter.store import open_store
 
