@@ -516,6 +516,39 @@ def test_sync_mirrors_files_and_is_idempotent(engine: Engine, settings: Settings
     assert statuses(engine, "news")["c@example.com"] == "active"
 
 
+def test_sync_takes_nobody_off_a_list_whose_file_has_unreadable_rows(
+    engine: Engine, settings: Settings
+) -> None:
+    """A row that cannot be read may be a member's: sync took everyone whose
+    row failed off the list, and a file whose every row failed (an empty
+    `Email` column beside the real `Email Address`) emptied the list.  Now
+    the valid rows still join and update, nobody leaves, and a problem
+    says why."""
+    folder = settings.base_dir / "subscribers"
+    folder.mkdir()
+    write(folder / "news.csv", "email\na@example.com\nb@example.com\nc@example.com\n")
+    sync_directory(engine, settings, folder)
+    write(folder / "news.csv", "email,name\na@example.com,A\nb@example,B\nd@example.com,D\n")
+    results, problems = sync_directory(engine, settings, folder)
+    counts = results[0].counts
+    assert (counts.new, counts.invalid, counts.removed) == (1, 1, 0)
+    assert [str(p) for p in problems] == [
+        f"{folder / 'news.csv'}: error: nobody was taken off list 'news': 1 row of the file "
+        "could not be read (each is reported with its line), and a member's address may be "
+        "in it; fix the file and sync again"
+    ]
+    assert sorted(statuses(engine, "news")) == [
+        "a@example.com", "b@example.com", "c@example.com", "d@example.com",
+    ]  # fmt: skip
+    write(folder / "news.csv", "Email,Email Address\n,a@example.com\n,d@example.com\n")
+    results, problems = sync_directory(engine, settings, folder)
+    assert results[0].counts.invalid == 2 and len(statuses(engine, "news")) == 4
+    write(folder / "news.csv", "email\na@example.com\n")  # all readable: it mirrors again
+    results, problems = sync_directory(engine, settings, folder)
+    assert (results[0].counts.removed, problems) == (3, [])
+    assert statuses(engine, "news") == {"a@example.com": "active"}
+
+
 def test_sync_unknown_list_file_is_reported(engine: Engine, settings: Settings) -> None:
     folder = settings.base_dir / "subscribers"
     folder.mkdir()

@@ -237,7 +237,10 @@ def sync_directory(
             savepoint = conn.begin_nested()
             try:
                 import_rows(run, read_source(path, "auto", infos=run.counts.files))
-                remove_untouched(run)
+                if run.counts.invalid:  # a member's row may be among them: nobody leaves
+                    problems.append(_kept_everyone(path, run.counts.invalid))
+                else:
+                    remove_untouched(run)
             except SubscriberError as exc:
                 savepoint.rollback()
                 problems.append(Problem.from_error(exc))
@@ -245,6 +248,16 @@ def sync_directory(
             savepoint.commit()
             results.append(SyncResult(path.stem, path, run.counts))
     return results, problems
+
+
+def _kept_everyone(path: Path, invalid: int) -> Problem:
+    rows = "1 row" if invalid == 1 else f"{invalid} rows"
+    return Problem(
+        f"nobody was taken off list {path.stem!r}: {rows} of the file could not be read "
+        "(each is reported with its line), and a member's address may be in it; fix the "
+        "file and sync again",
+        path,
+    )
 
 
 # --------------------------------------------------------------------------- members
