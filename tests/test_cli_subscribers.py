@@ -320,3 +320,22 @@ def test_a_full_disk_under_standard_output_is_one_line_not_a_traceback(
             1,
             "error: cannot write to standard output: No space left on device\n",
         ), command
+
+
+def test_a_bounce_reason_from_a_returned_message_stays_on_its_line(sample_site: Path) -> None:
+    """A bounce's reason quotes the returned message (anyone can mail the
+    bounce address): `show` and `add` printed its line breaks raw."""
+    from newsletter.audience.members import get_by_email, mark_bounced
+    from newsletter.config import load_settings
+    from newsletter.store import open_store
+
+    cli("subscribers", "add", "b@example.com", "--list", "sample")
+    engine = open_store(load_settings(sample_site / "newsletter.toml"))
+    row = get_by_email(engine, "b@example.com")
+    assert row is not None
+    mark_bounced(engine, row.id, reason="bounce 5.1.1: gone\nforged@example.com: active")
+    engine.dispose()
+    shown = cli("subscribers", "show", "b@example.com").stdout.splitlines()
+    assert shown[0] == "b@example.com: bounced (bounce 5.1.1: gone\\x0aforged@example.com: active)"
+    added = cli("subscribers", "add", "b@example.com", "--list", "weekly").stdout
+    assert added.count("\n") == 1 and "gone\\x0aforged" in added

@@ -331,7 +331,7 @@ def _suppressed_note(engine: Engine, row: SubscriberRow, list_name: str) -> str:
 
     if row.status != "active":
         return (
-            f", but it stays {row.status} ({row.status_reason or 'no reason recorded'}) "
+            f", but it stays {row.status} ({_shown(row.status_reason or 'no reason recorded')}) "
             f"and gets no mail; only with their consent, lift it with "
             f"`newsletter subscribers resubscribe {row.email}`"
         )
@@ -382,7 +382,7 @@ def unsubscribe_command(ctx: click.Context, email: str, list_name: str | None) -
     if changed:
         click.echo(f"unsubscribed {row.email} from {scope}")
     elif list_name is None and row.status in ("bounced", "complained"):
-        reason = row.status_reason or "no reason recorded"
+        reason = _shown(row.status_reason or "no reason recorded")
         click.echo(
             f"{row.email} is already {row.status} ({reason}), which stops all its mail; "
             "nothing changed"
@@ -450,7 +450,7 @@ def show_command(ctx: click.Context, email: str, as_json: bool) -> None:
     click.echo("history:" if events else "history: nothing recorded")
     for e in events:
         scope = e.list_name or "every list"
-        detail = f" — {e.detail}" if e.detail else ""
+        detail = f" — {_shown(e.detail)}" if e.detail else ""
         click.echo(
             f"  {e.at.isoformat(timespec='seconds')}  {e.action:<12} {scope:<16} via {e.source}{detail}"
         )
