@@ -6,7 +6,8 @@ record it cannot use), whatever the file looks like:
 * encoding: UTF-8 with or without BOM, UTF-16 with BOM (Excel's "Unicode
   text"), UTF-8 with a few cp1252 bytes, else cp1252 (Excel's "CSV"), else
   Latin-1 (never fails);
-* delimiter: `,` `;` TAB or `|`, whichever the header line holds most of;
+* delimiter: `,` `;` TAB or `|`, the one that splits the header into an
+  email column, else whichever the header line holds most of;
 * CRLF, quoted commas and newlines, blank lines, stray whitespace;
 * a Mailchimp export ZIP: every CSV inside, with the status its file name
   implies (`unsubscribed_…` → unsubscribed, `cleaned_…` → bounced).
