@@ -90,3 +90,19 @@ def test_the_fast_path_agrees_with_email_validator(
 )  # fmt: skip
 def test_the_fast_path_agrees_on_edge_cases(raw: str) -> None:
     assert _by_normalised(raw) == _by_email_validator(raw)
+
+
+@pytest.mark.parametrize(
+    ("raw", "email"),
+    [
+        ("Alice <alice@Example.COM>", "alice@example.com"),
+        ('"Smith, John" <john@example.org>', "john@example.org"),
+        ("  Zoë Müller <mailto:zoe@example.net> ", "zoe@example.net"),
+        ("<a@example.com>", "a@example.com"),
+    ],
+)
+def test_a_name_and_address_form_gives_the_address(raw: str, email: str) -> None:
+    """`Name <addr>` (what a mail client's copy or a contacts export gives)
+    was refused: "a display name and angle brackets … are not permitted",
+    though the module says it drops those brackets."""
+    assert normalise_email(raw).email == email

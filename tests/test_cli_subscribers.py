@@ -21,6 +21,10 @@ def test_every_subscribers_command_has_help(sample_site: Path) -> None:
         result = cli("subscribers", command, "--help")
         assert result.exit_code == 0 and "Usage:" in result.stdout, command
     assert "never commit real ones" in cli("subscribers", "--help").stdout
+    # sync deletes memberships: its help says so, not only "mirror".
+    assert "no longer in their list's file are taken off" in " ".join(
+        cli("subscribers", "sync", "--help").stdout.split()
+    )
     assert cli("lists", "--help").exit_code == 0
 
 
@@ -201,3 +205,137 @@ def test_the_format_used_is_printed_and_in_json(sample_site: Path) -> None:
         {"file": str(path), "format": "substack", "detected": False, "encoding": "utf-8",
          "delimiter": ","}
     ]  # fmt: skip
+
+
+def test_a_pipe_is_refused_with_a_clear_line_not_read_as_empty(sample_site: Path) -> None:
+    """`import <(unzip -p export.zip)` hands over a pipe (/dev/fd/N): an import
+    reads its file twice (the encoding first), and the second read of a pipe
+    found nothing, which was reported as "the file is empty"."""
+    import os
+
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"email\npiped@example.com\n")
+    os.close(write_end)
+    try:
+        result = cli("subscribers", "import", f"/dev/fd/{read_end}", "--list", "sample")
+    finally:
+        os.close(read_end)
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"error: /dev/fd/{read_end}: not a regular file (a pipe or a device cannot be "
+        "read twice, and an import reads its file twice); save it to a file and import that\n"
+    )
+    assert cli("subscribers", "list", "--list", "sample").stdout == ""
+
+
+def test_remove_says_whether_it_was_never_on_the_list_or_stays_unsubscribed(
+    sample_site: Path,
+) -> None:
+    """`remove` of someone not on the list said "(an unsubscribe stays
+    recorded)" whether or not there was any unsubscribe to keep."""
+    cli("subscribers", "add", "a@example.com", "--list", "sample")
+    never = cli("subscribers", "remove", "a@example.com", "--list", "weekly")
+    assert (never.exit_code, never.stdout) == (0, "a@example.com is not on weekly\n")
+    cli("subscribers", "unsubscribe", "a@example.com", "--list", "sample")
+    kept = cli("subscribers", "remove", "a@example.com", "--list", "sample")
+    assert (kept.exit_code, kept.stdout) == (
+        0,
+        "a@example.com stays recorded as unsubscribed from sample, so that no import "
+        "or sync adds it back\n",
+    )
+    assert cli("subscribers", "list", "--list", "sample").stdout == "a@example.com\tunsubscribed\n"
+
+
+def test_resubscribe_of_someone_never_unsubscribed_says_nothing_changed(
+    sample_site: Path,
+) -> None:
+    cli("subscribers", "add", "a@example.com", "--list", "sample")
+    result = cli("subscribers", "resubscribe", "a@example.com")
+    assert (result.exit_code, result.stdout) == (
+        0,
+        "a@example.com was not unsubscribed from every list; nothing changed\n",
+    )
+    on_list = cli("subscribers", "resubscribe", "a@example.com", "--list", "sample")
+    assert on_list.stdout == "a@example.com was not unsubscribed from sample; nothing changed\n"
+    assert "resubscribe" not in cli("subscribers", "show", "a@example.com").stdout
+
+
+def test_unsubscribe_of_a_bounced_address_says_it_is_bounced(sample_site: Path) -> None:
+    """It said "was already unsubscribed" of an address that never was,
+    but bounced (or complained): a different record, for a different reason."""
+    Path("bounced.csv").write_text("email,status\nb@example.com,bounced\n", encoding="utf-8")
+    assert cli("subscribers", "import", "bounced.csv", "--list", "sample").exit_code == 0
+    result = cli("subscribers", "unsubscribe", "b@example.com")
+    assert (result.exit_code, result.stdout) == (
+        0,
+        "b@example.com is already bounced (import: bounced), which stops all its mail; "
+        "nothing changed\n",
+    )
+    cli("subscribers", "add", "u@example.com", "--list", "sample")
+    cli("subscribers", "unsubscribe", "u@example.com")
+    again = cli("subscribers", "unsubscribe", "u@example.com")
+    assert again.stdout == "u@example.com was already unsubscribed from every list\n"
+
+
+def test_a_name_with_line_breaks_cannot_forge_lines_of_the_listing(sample_site: Path) -> None:
+    """A name comes from anyone who signs up (the public form takes any
+    text): one holding a newline and tabs printed as a second member, with
+    any status, in `subscribers list`, which scripts read line by line."""
+    forged = "Eve\nmallory@example.com\tactive\tMallory"
+    assert (
+        cli("subscribers", "add", "eve@example.com", "--list", "sample", "--name", forged).exit_code
+        == 0
+    )
+    listed = cli("subscribers", "list", "--list", "sample")
+    assert listed.stdout == (
+        "eve@example.com\tactive\tEve\\x0amallory@example.com\\x09active\\x09Mallory\n"
+    )
+    shown = cli("subscribers", "show", "eve@example.com").stdout.splitlines()[0]
+    assert shown == "eve@example.com · Eve\\x0amallory@example.com\\x09active\\x09Mallory: active"
+    data = json.loads(cli("subscribers", "list", "--list", "sample", "--json").stdout)
+    assert data[0]["name"] == forged  # JSON carries it exactly
+
+
+def test_a_full_disk_under_standard_output_is_one_line_not_a_traceback(
+    sample_site: Path,
+) -> None:
+    """`subscribers export > backup.csv` on a full disk (here /dev/full) was
+    an OSError traceback; `list` too."""
+    import os
+    import subprocess
+    import sys
+
+    if not os.path.exists("/dev/full"):
+        import pytest
+
+        pytest.skip("needs /dev/full")
+    cli("subscribers", "import", "subscribers/sample.csv", "--list", "sample")
+    for command in ("export", "list"):
+        with open("/dev/full", "w") as full:
+            done = subprocess.run(
+                [sys.executable, "-m", "newsletter", "subscribers", command, "--list", "sample"],
+                stdout=full, stderr=subprocess.PIPE, text=True, cwd=sample_site, check=False,
+            )  # fmt: skip
+        assert (done.returncode, done.stderr) == (
+            1,
+            "error: cannot write to standard output: No space left on device\n",
+        ), command
+
+
+def test_a_bounce_reason_from_a_returned_message_stays_on_its_line(sample_site: Path) -> None:
+    """A bounce's reason quotes the returned message (anyone can mail the
+    bounce address): `show` and `add` printed its line breaks raw."""
+    from newsletter.audience.members import get_by_email, mark_bounced
+    from newsletter.config import load_settings
+    from newsletter.store import open_store
+
+    cli("subscribers", "add", "b@example.com", "--list", "sample")
+    engine = open_store(load_settings(sample_site / "newsletter.toml"))
+    row = get_by_email(engine, "b@example.com")
+    assert row is not None
+    mark_bounced(engine, row.id, reason="bounce 5.1.1: gone\nforged@example.com: active")
+    engine.dispose()
+    shown = cli("subscribers", "show", "b@example.com").stdout.splitlines()
+    assert shown[0] == "b@example.com: bounced (bounce 5.1.1: gone\\x0aforged@example.com: active)"
+    added = cli("subscribers", "add", "b@example.com", "--list", "weekly").stdout
+    assert added.count("\n") == 1 and "gone\\x0aforged" in added

@@ -180,6 +180,36 @@ def test_resubscribe_flag_does_not_override_unsubscribe_rows(
     assert seen(engine, "u@example.com").status == "unsubscribed"
 
 
+def test_resubscribe_never_undoes_a_suppression_the_file_gave_in_an_earlier_chunk(
+    engine: Engine, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The one-transaction path (sync, an import whose plan went stale) works
+    in chunks: a later row of an address the file already suppressed meets
+    that suppression in the store.  `--resubscribe` lifts the store's old
+    suppressions, never the file's own: the strongest status in the file wins,
+    as within one chunk and on the staged path."""
+    import newsletter.audience.subscribers as subscribers_module
+
+    add_subscriber(engine, "old@example.com", "news")
+    monkeypatch.setattr(subscribers_module, "STAGED_DIALECTS", ())
+    monkeypatch.setattr(importer, "CHUNK_ROWS", 2)
+    path = write(
+        tmp_path / "in.csv",
+        """
+        email,status
+        new@example.com,complained
+        old@example.com,unsubscribed
+        NEW@example.com,active
+        OLD@example.com,active
+        """,
+    )
+    counts = run_import(engine, settings, path, resubscribe=True)
+    assert counts.write_lock_seconds is None  # the classic path ran
+    assert seen(engine, "new@example.com").status == "complained"
+    assert seen(engine, "old@example.com").status == "unsubscribed"
+    assert counts.duplicates == 2
+
+
 def test_import_upgrades_suppression_but_never_downgrades(
     engine: Engine, settings: Settings, tmp_path: Path
 ) -> None:
@@ -407,6 +437,46 @@ def test_round_trip_export_import_export_is_identical(
     assert seen(other, "on@example.com", "copy").status == "unsubscribed"
 
 
+def test_round_trip_keeps_attributes_named_like_the_fixed_columns(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    """Attributes can carry any key (listmonk's JSON, a spreadsheet's
+    `subscribed_at` column): export wrote none named like its own first four
+    columns, and import read a later `Name` or `First Name` column as the
+    name (or dropped it).  In our own export every column after the fourth is
+    an attribute, whatever its name; a value's outer whitespace, which import
+    trims from a bare cell, survives JSON-quoted."""
+    attributes = {
+        "Name": "Nick", "first_name": "F", "email": "other@example.org", "status": "vip",
+        "subscribed_at": "2019", "K": 1, "k": 2, "": "blank", "name 2": "n2",
+        "padded": " x ", "tab": "\tx", "space": " ",
+    }  # fmt: skip
+    source = io.StringIO()
+    csv_writer = __import__("csv").writer(source)
+    csv_writer.writerow(["email", "name", "attributes"])
+    csv_writer.writerow(["a@example.com", "Ann", json.dumps(attributes)])
+    csv_writer.writerow(["b@example.com", "", json.dumps({"First Name": "Bob"})])
+    path = tmp_path / "listmonk.csv"
+    path.write_text(source.getvalue(), encoding="utf-8")
+    run_import(engine, settings, path)
+    assert seen(engine, "a@example.com").attributes == attributes
+    first = io.StringIO()
+    export_list(engine, "news", first)
+    exported = tmp_path / "export.csv"
+    exported.write_text(first.getvalue(), encoding="utf-8", newline="")
+    other_settings = make_settings("copy")
+    (tmp_path / "other").mkdir()
+    other = make_engine(tmp_path / "other", other_settings)
+    counts = run_import(other, other_settings, exported, "copy")
+    assert (counts.files[0].format, counts.invalid, counts.warnings) == ("newsletter", 0, 0)
+    ann, bob = seen(other, "a@example.com", "copy"), seen(other, "b@example.com", "copy")
+    assert (ann.name, ann.attributes) == ("Ann", attributes)
+    assert (bob.name, bob.attributes) == ("", {"First Name": "Bob"})
+    second = io.StringIO()
+    export_list(other, "copy", second)
+    assert second.getvalue() == first.getvalue()
+
+
 def test_export_status_filter(engine: Engine, settings: Settings) -> None:
     run_import(engine, settings, FIXTURES / "kit.csv")
     out = io.StringIO()
@@ -446,6 +516,39 @@ def test_sync_mirrors_files_and_is_idempotent(engine: Engine, settings: Settings
     assert statuses(engine, "news")["c@example.com"] == "active"
 
 
+def test_sync_takes_nobody_off_a_list_whose_file_has_unreadable_rows(
+    engine: Engine, settings: Settings
+) -> None:
+    """A row that cannot be read may be a member's: sync took everyone whose
+    row failed off the list, and a file whose every row failed (an empty
+    `Email` column beside the real `Email Address`) emptied the list.  Now
+    the valid rows still join and update, nobody leaves, and a problem
+    says why."""
+    folder = settings.base_dir / "subscribers"
+    folder.mkdir()
+    write(folder / "news.csv", "email\na@example.com\nb@example.com\nc@example.com\n")
+    sync_directory(engine, settings, folder)
+    write(folder / "news.csv", "email,name\na@example.com,A\nb@example,B\nd@example.com,D\n")
+    results, problems = sync_directory(engine, settings, folder)
+    counts = results[0].counts
+    assert (counts.new, counts.invalid, counts.removed) == (1, 1, 0)
+    assert [str(p) for p in problems] == [
+        f"{folder / 'news.csv'}: error: nobody was taken off list 'news': 1 row of the file "
+        "could not be read (each is reported with its line), and a member's address may be "
+        "in it; fix the file and sync again"
+    ]
+    assert sorted(statuses(engine, "news")) == [
+        "a@example.com", "b@example.com", "c@example.com", "d@example.com",
+    ]  # fmt: skip
+    write(folder / "news.csv", "Email,Email Address\n,a@example.com\n,d@example.com\n")
+    results, problems = sync_directory(engine, settings, folder)
+    assert results[0].counts.invalid == 2 and len(statuses(engine, "news")) == 4
+    write(folder / "news.csv", "email\na@example.com\n")  # all readable: it mirrors again
+    results, problems = sync_directory(engine, settings, folder)
+    assert (results[0].counts.removed, problems) == (3, [])
+    assert statuses(engine, "news") == {"a@example.com": "active"}
+
+
 def test_sync_unknown_list_file_is_reported(engine: Engine, settings: Settings) -> None:
     folder = settings.base_dir / "subscribers"
     folder.mkdir()
@@ -458,6 +561,39 @@ def test_sync_unknown_list_file_is_reported(engine: Engine, settings: Settings) 
         "(declared: news, weekly); add [lists.typo] or rename the file"
     ]
     assert get_by_email(engine, "b@example.com") is None
+
+
+def test_a_broken_sync_file_is_reported_and_the_other_lists_still_sync(
+    engine: Engine, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Invariant 5: a list file that cannot be read (cut short mid-file, or
+    empty) is one reported problem; its list stays as it was, even the rows
+    read before the break, and every other file still syncs.  It stopped the
+    whole sync, and with it `run --sync`'s sending."""
+    add_subscriber(engine, "old@example.com", "news")
+    folder = settings.base_dir / "subscribers"
+    folder.mkdir()
+    # UTF-16 cut in the middle of a character: the decoder stops at the end,
+    # after the rows before it were written (one row per chunk here).
+    text = "email\na@example.com\nb@example.com\n".encode("utf-16")
+    (folder / "news.csv").write_bytes(text + b"\x00")
+    write(folder / "weekly.csv", "email\nw@example.com\n")
+    monkeypatch.setattr(importer, "CHUNK_ROWS", 1)
+    results, problems = sync_directory(engine, settings, folder)
+    assert [r.list_name for r in results] == ["weekly"]
+    assert len(problems) == 1 and str(problems[0]).startswith(
+        f"{folder / 'news.csv'}:4: error: cannot decode the file"
+    )
+    assert statuses(engine, "weekly") == {"w@example.com": "active"}
+    assert statuses(engine, "news") == {"old@example.com": "active"}
+    assert get_by_email(engine, "a@example.com") is None
+    (folder / "news.csv").write_bytes(b"")
+    results, problems = sync_directory(engine, settings, folder)
+    assert [str(p) for p in problems] == [
+        f"{folder / 'news.csv'}: error: the file is empty (no header line)"
+    ]
+    assert [r.list_name for r in results] == ["weekly"]
+    assert statuses(engine, "news") == {"old@example.com": "active"}
 
 
 def test_sync_dry_run(engine: Engine, settings: Settings) -> None:

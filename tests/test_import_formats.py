@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
-from test_subscribers_common import FIXTURES, make_engine, make_settings, run_import, seen
+from test_subscribers_common import (
+    FIXTURES,
+    make_engine,
+    make_settings,
+    run_import,
+    seen,
+    statuses,
+)
 
 from newsletter.audience.csvformats import read_source, sniff_delimiter
 from newsletter.audience.serviceformats import SourceRow, detect_format
@@ -82,6 +89,25 @@ def test_late_non_utf8_byte_still_detected(tmp_path: Path) -> None:
     assert len(rows) == 60_001 and rows[-1].name == "Zoë"
 
 
+def test_a_file_of_utf8_and_a_few_cp1252_bytes_reads_both_right(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    """Two exports pasted together, or a row added by another program: one
+    cp1252 é among UTF-8 text made the whole file cp1252, and every UTF-8
+    name turned to mojibake ("ZoÃ«") without a word."""
+    path = tmp_path / "mixed.csv"
+    path.write_bytes(
+        "email,name\nzoe@example.com,Zoë Müller\n".encode()
+        + "jose@example.com,José\n".encode("cp1252")
+        + "yuki@example.com,雪\n".encode()
+    )
+    counts = run_import(engine, settings, path)
+    assert (counts.new, counts.invalid) == (3, 0)
+    assert counts.files[0].encoding == "utf-8 (a few bytes cp1252)"
+    names = {e: seen(engine, f"{e}@example.com").name for e in ("zoe", "jose", "yuki")}
+    assert names == {"zoe": "Zoë Müller", "jose": "José", "yuki": "雪"}
+
+
 def test_invalid_rows_reported_with_line_and_reason(engine: Engine, settings: Settings) -> None:
     counts = run_import(engine, settings, FIXTURES / "bad_rows.csv")
     problems = {p.line: p.message for p in counts.problems}
@@ -132,11 +158,54 @@ def test_broken_csv_quoting_fails_with_line(tmp_path: Path) -> None:
     assert (row.line, row.email, row.name.strip()) == (2, "a@example.com", "unterminated")
 
 
+def test_a_stray_quote_that_swallows_rows_is_reported(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    """A quote opened and not closed on its line reads the following lines
+    as one cell, up to the next quote in the file: those rows vanished into a
+    name, without a word (exit 0).  Now the row is an error naming the lines
+    it swallowed; the rows after it still import (invariant 5)."""
+    path = tmp_path / "stray.csv"
+    path.write_text(
+        'email,name\na@example.com,"Bob\nb@example.com,Carl\nc@example.com,Dan\n'
+        'd@example.com,"Eve"\ne@example.com,Fay\n',
+        encoding="utf-8",
+    )
+    counts = run_import(engine, settings, path)
+    assert (counts.new, counts.invalid) == (1, 1)
+    assert [str(p) for p in counts.problems] == [
+        f"{path}:2: error: a quote opened on line 2 runs on to line 5, so lines 3-5, which "
+        "look like rows of their own, were read as one cell: fix the quote and import again"
+    ]
+    assert statuses(engine) == {"e@example.com": "active"}
+    # To the end of the file, too.
+    path.write_text('email,name\na@example.com,"Bob\nb@example.com,Carl\n', encoding="utf-8")
+    counts = run_import(engine, settings, path)
+    assert counts.invalid == 1 and "runs on to line 3" in counts.problems[0].message
+
+
 def test_sniff_delimiter_ignores_quoted() -> None:
     assert sniff_delimiter('"a;b;c",x,y\r\n') == ","
     assert sniff_delimiter("email;name\r\n") == ";"
     assert sniff_delimiter("email\r\n") == ","
     assert sniff_delimiter("email|name|x\n") == "|"
+
+
+def test_a_delimiter_that_finds_the_email_column_wins_over_a_count(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    """A semicolon file whose header has as many commas as semicolons (or
+    more) in a column name was split on commas, and then had "no email
+    column"."""
+    assert sniff_delimiter("email;name;notes (a, b)\r\n") == ";"
+    assert sniff_delimiter("E-Mail;Name;Notiz (a, b, c)\n") == ";"
+    assert sniff_delimiter("email,name,notes; more; even more\n") == ","
+    assert sniff_delimiter("a,b;c\n") == ","  # no email column either way: the count, as before
+    path = tmp_path / "semi.csv"
+    path.write_text("email;name;notes (a, b)\nsemi@example.com;Semi;n, m\n", encoding="utf-8")
+    counts = run_import(engine, settings, path)
+    assert (counts.new, counts.files[0].delimiter) == (1, ";")
+    assert seen(engine, "semi@example.com").attributes == {"notes (a, b)": "n, m"}
 
 
 # --------------------------------------------------------------------------- services
@@ -206,12 +275,106 @@ def test_mailchimp_single_unsubscribed_file_by_columns(
     assert seen(engine, "gone@example.com").status == "unsubscribed"
 
 
+def _damaged_zip(path: Path, damage: str) -> Path:
+    """A Mailchimp-like ZIP, password-protected, packed with a method Python
+    lacks (Deflate64: Windows' for big folders), or with its deflate stream
+    scrambled."""
+    import struct
+
+    body = "email\n" + "".join(f"user{i}@example.com\n" for i in range(2000))
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("subscribed_members_export.csv", body)
+    data = bytearray(path.read_bytes())
+    central = data.find(b"PK\x01\x02")
+    if damage == "encrypted":  # general purpose flag bit 0, local and central headers
+        data[6] |= 1
+        data[central + 8] |= 1
+    elif damage == "deflate64":  # compression method 9
+        data[8:10] = data[central + 10 : central + 12] = struct.pack("<H", 9)
+    else:
+        for i in range(120, 180):
+            data[i] ^= 0x55
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        ("encrypted", "is password-protected"),
+        ("deflate64", "is packed with a compression method Python cannot unpack"),
+        ("scrambled", "is damaged"),
+    ],
+)
+def test_a_zip_that_cannot_be_unpacked_is_one_clear_error(
+    engine: Engine, settings: Settings, tmp_path: Path, damage: str, reason: str
+) -> None:
+    """These raised RuntimeError, NotImplementedError and zlib.error: a
+    traceback instead of a line naming the file."""
+    path = _damaged_zip(tmp_path / "export.zip", damage)
+    with pytest.raises(SubscriberError) as caught:
+        run_import(engine, settings, path)
+    assert str(caught.value).startswith(f"{path}:subscribed_members_export.csv: {reason}")
+    assert "unzip it" in str(caught.value) or damage == "scrambled"
+    assert statuses(engine) == {}
+
+
 def test_zip_without_csv(engine: Engine, settings: Settings, tmp_path: Path) -> None:
     path = tmp_path / "empty.zip"
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("notes.txt", "nothing")
     with pytest.raises(SubscriberError, match=r"the ZIP file holds no \.csv file"):
         run_import(engine, settings, path)
+
+
+@pytest.mark.parametrize(
+    ("name", "members", "kind"),
+    [
+        ("members.xlsx", {"[Content_Types].xml": "", "xl/workbook.xml": ""}, "an Excel workbook"),
+        ("members.ods", {"mimetype": "application/vnd.oasis.opendocument.spreadsheet",
+                         "content.xml": "", "META-INF/manifest.xml": ""},
+         "an OpenDocument spreadsheet"),
+        ("members.numbers", {"Index/Document.iwa": ""}, "a Numbers document"),
+    ],
+)  # fmt: skip
+def test_a_spreadsheet_workbook_is_told_to_be_saved_as_csv(
+    engine: Engine, settings: Settings, tmp_path: Path, name: str, members: dict[str, str],
+    kind: str,
+) -> None:  # fmt: skip
+    """An .xlsx or .ods file is a ZIP too: it was "the ZIP file holds no .csv
+    file", which says nothing to someone who never made a ZIP."""
+    path = tmp_path / name
+    with zipfile.ZipFile(path, "w") as archive:
+        for member, text in members.items():
+            archive.writestr(member, text)
+    with pytest.raises(SubscriberError) as caught:
+        run_import(engine, settings, path)
+    assert str(caught.value) == (
+        f"{path}: this is {kind}, not a CSV file: save it as CSV (UTF-8) from your "
+        "spreadsheet program and import that"
+    )
+
+
+@pytest.mark.parametrize(
+    ("head", "said"),
+    [
+        (bytes.fromhex("d0cf11e0a1b11ae1") + bytes(504),
+         "this is an Excel 97-2003 workbook (.xls), not a CSV file: save it as CSV (UTF-8) "
+         "from your spreadsheet program and import that"),
+        (__import__("gzip").compress(b"email\na@example.com\n"),
+         "this is a gzip file, not a CSV file: unpack it (gunzip) and import the CSV file"),
+    ],
+)  # fmt: skip
+def test_a_binary_workbook_or_gzip_file_is_named_for_what_it_is(
+    engine: Engine, settings: Settings, tmp_path: Path, head: bytes, said: str
+) -> None:
+    """They were read as Latin-1 text: "no email column in the header (…
+    found: ÐÏ\x11à¡±…)", a line of escaped binary."""
+    path = tmp_path / "members.bin"
+    path.write_bytes(head)
+    with pytest.raises(SubscriberError) as caught:
+        run_import(engine, settings, path)
+    assert str(caught.value) == f"{path}: {said}"
 
 
 def test_substack_email_list(engine: Engine, settings: Settings) -> None:
@@ -237,6 +400,20 @@ def test_ghost_members(engine: Engine, settings: Settings) -> None:
     assert seen(engine, "quiet@example.com").status == "unsubscribed"
     assert seen(engine, "deleted@example.com").status == "unsubscribed"
     assert counts.new == 3
+
+
+def test_ghost_labels_never_hold_an_empty_label(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    """`vip, ,early` (a label deleted by hand) and a trailing comma gave an
+    empty label "" beside the real ones."""
+    path = tmp_path / "ghost.csv"
+    path.write_text(
+        'email,name,subscribed_to_emails,labels\ng@example.com,G,true,"vip, ,early, "\n',
+        encoding="utf-8",
+    )
+    run_import(engine, settings, path)
+    assert seen(engine, "g@example.com").attributes["labels"] == ["vip", "early"]
 
 
 def test_listmonk_import_shape_bad_json_warns(engine: Engine, settings: Settings) -> None:
@@ -335,6 +512,65 @@ def test_headerless_list_of_addresses(engine: Engine, settings: Settings, tmp_pa
     assert (counts.new, counts.invalid) == (2, 1)
     assert seen(engine, "one@example.com").name == "One"
     assert [p.line for p in counts.problems] == [3]
+
+
+def test_cells_beyond_the_header_are_a_warning_not_lost_silently(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    """An unquoted comma in a name (`Smith, John`) makes a row longer than
+    the header: the row is imported, and the cells that fit no column are
+    named in a warning (they were dropped without a word).  Empty trailing
+    cells (a spreadsheet's ragged rows) are nothing to report."""
+    path = tmp_path / "ragged.csv"
+    path.write_text(
+        "email,name\nsmith@example.com,Smith, John\nok@example.com,Ok,,\nshort@example.com\n",
+        encoding="utf-8",
+    )
+    counts = run_import(engine, settings, path)
+    assert (counts.new, counts.invalid, counts.warnings) == (3, 0, 1)
+    assert [(p.line, p.severity, p.message) for p in counts.problems] == [
+        (2, "warning", "1 cell more than the header's 2 columns, not imported: 'John'")
+    ]
+    assert seen(engine, "smith@example.com").name == "Smith"
+
+
+def test_repeated_and_blank_header_names_keep_every_column(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    """Two columns of one name, or several without a name: each cell is kept
+    under a name of its own, where the last cell of a name overwrote the
+    others and a second `name` column (case aside) was dropped."""
+    path = tmp_path / "repeated.csv"
+    path.write_text(
+        "email,name,Name,tag,tag,Tag,,\nr@example.com,Ann,Anna,red,blue,pink,x,y\n",
+        encoding="utf-8",
+    )
+    counts = run_import(engine, settings, path)
+    assert (counts.new, counts.warnings) == (1, 0)
+    got = seen(engine, "r@example.com")
+    assert got.name == "Ann"
+    assert got.attributes == {
+        "Name": "Anna", "tag": "red", "tag 2": "blue", "Tag": "pink", "column 7": "x",
+        "column 8": "y",
+    }  # fmt: skip
+
+
+def test_a_time_out_of_range_is_ignored_not_the_whole_row(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    """A subscribed-since time that exists but not in UTC (year 1 east of
+    Greenwich, 9999-12-31 west of it) is unreadable like any other: the
+    subscriber is imported without it.  OverflowError threw the row away."""
+    path = tmp_path / "times.csv"
+    path.write_text(
+        "email,name,status,subscribed_at\n"
+        "early@example.com,E,active,0001-01-01T00:00:00+05:00\n"
+        "late@example.com,L,active,9999-12-31T23:59:59-01:00\n",
+        encoding="utf-8",
+    )
+    counts = run_import(engine, settings, path)
+    assert (counts.new, counts.invalid, counts.problems) == (2, 0, [])
+    assert seen(engine, "early@example.com").mailable and seen(engine, "late@example.com").mailable
 
 
 def test_oversized_field_is_one_bad_row(engine: Engine, settings: Settings, tmp_path: Path) -> None:

@@ -150,6 +150,25 @@ def test_resubscribe_is_the_undo(engine: Engine) -> None:
     assert is_mailable(engine, row.id, "news")
 
 
+def test_a_resubscribe_that_changes_nothing_says_so_and_records_nothing(engine: Engine) -> None:
+    """The consent history is a record of what happened: `resubscribe` of
+    someone who was never unsubscribed wrote a "resubscribe" event anyway
+    (and the CLI said "resubscribed")."""
+    from newsletter.audience.consent import history
+
+    row = add_subscriber(engine, "a@example.com", "news", source="cli")
+    assert resubscribe(engine, row.id, None, source="cli") is False
+    assert resubscribe(engine, row.id, "news", source="cli") is False
+    assert [e.action for e in history(engine, row.id)] == ["subscribe"]
+    assert resubscribe(engine, row.id, "weekly", source="cli") is True  # joins weekly
+    unsubscribe(engine, row.id, "news", reason="x")
+    assert resubscribe(engine, row.id, None, source="cli") is True
+    mark_bounced(engine, row.id, reason="550")
+    assert resubscribe(engine, row.id, "news", source="cli") is True
+    assert [e.action for e in history(engine, row.id)] == ["subscribe"] + ["resubscribe"] * 3
+    assert is_mailable(engine, row.id, "news") and is_mailable(engine, row.id, "weekly")
+
+
 def test_writes_on_missing_subscriber_fail_cleanly(engine: Engine) -> None:
     for call in (
         lambda: mark_bounced(engine, 999, reason="x"),

@@ -94,8 +94,8 @@ def is_valid_email(raw: str) -> bool:
 
 def _strip_decoration(raw: str) -> str:
     text = raw.strip()
-    if text.startswith("<") and text.endswith(">"):
-        text = text[1:-1].strip()
+    if text.endswith(">") and "<" in text:  # `<addr>` or `Name <addr>`: the address
+        text = text[text.rindex("<") + 1 : -1].strip()
     if text[:7].lower() == "mailto:":
         text = text[7:].strip()
     return text

@@ -4,8 +4,10 @@
 record it cannot use), whatever the file looks like:
 
 * encoding: UTF-8 with or without BOM, UTF-16 with BOM (Excel's "Unicode
-  text"), else cp1252 (Excel's "CSV"), else Latin-1 (never fails);
-* delimiter: `,` `;` TAB or `|`, whichever the header line holds most of;
+  text"), UTF-8 with a few cp1252 bytes, else cp1252 (Excel's "CSV"), else
+  Latin-1 (never fails);
+* delimiter: `,` `;` TAB or `|`, the one that splits the header into an
+  email column, else whichever the header line holds most of;
 * CRLF, quoted commas and newlines, blank lines, stray whitespace;
 * a Mailchimp export ZIP: every CSV inside, with the status its file name
   implies (`unsubscribed_…` → unsubscribed, `cleaned_…` → bounced).
@@ -21,7 +23,10 @@ import codecs
 import csv
 import io
 import itertools
+import lzma
+import re
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +64,7 @@ class FileInfo:
 
 def source_size(path: Path) -> int:
     """Bytes `read_source` will report progress against."""
+    _require_regular(path)
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:
             return sum(i.file_size for i in _csv_members(archive))
@@ -75,6 +81,7 @@ def read_source(
     """Every record of a CSV file or a Mailchimp ZIP, in file order."""
     if fmt != "auto" and fmt not in FORMATS:
         raise SubscriberError(f"unknown format {fmt!r}", path=path)
+    _require_regular(path)
     try:
         if zipfile.is_zipfile(path):
             yield from _read_zip(path, fmt, progress, infos)
@@ -85,6 +92,18 @@ def read_source(
         raise SubscriberError("file not found", path=path) from None
     except (OSError, zipfile.BadZipFile) as exc:
         raise SubscriberError(f"cannot read file: {exc}", path=path) from exc
+
+
+def _require_regular(path: Path) -> None:
+    """A pipe (`<(unzip -p …)`, /dev/stdin) is refused up front: the encoding is
+    sniffed in a first pass and the rows read in a second, and a pipe's second
+    read finds nothing (which read as "the file is empty")."""
+    if path.exists() and not path.is_file() and not path.is_dir():
+        raise SubscriberError(
+            "not a regular file (a pipe or a device cannot be read twice, and an import "
+            "reads its file twice); save it to a file and import that",
+            path=path,
+        )
 
 
 def _csv_members(archive: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
@@ -103,7 +122,7 @@ def _read_zip(
     with zipfile.ZipFile(path) as archive:
         members = _csv_members(archive)
         if not members:
-            raise SubscriberError("the ZIP file holds no .csv file", path=path)
+            raise SubscriberError(_no_csv_inside(archive), path=path)
         offset = 0
         for info in members:
             label = f"{path}:{info.filename}"
@@ -111,8 +130,59 @@ def _read_zip(
             def opener(info: zipfile.ZipInfo = info) -> IO[bytes]:
                 return archive.open(info)
 
-            yield from _read_csv(opener, Path(label), info.filename, fmt, offset, progress, infos)
+            try:
+                yield from _read_csv(
+                    opener, Path(label), info.filename, fmt, offset, progress, infos
+                )
+            except _UNPACKING_ERRORS as exc:
+                if _not_zipfiles(exc):
+                    raise  # a bug, shown as one
+                raise SubscriberError(_unpacking_problem(exc), path=Path(label)) from exc
             offset += info.file_size
+
+
+def _no_csv_inside(archive: zipfile.ZipFile) -> str:
+    """Why a ZIP without a CSV cannot be imported: a spreadsheet workbook
+    (.xlsx and .ods are ZIPs) is told to be saved as CSV."""
+    names = set(archive.namelist())
+    kind = None
+    if "[Content_Types].xml" in names and any(n.startswith("xl/") for n in names):
+        kind = "an Excel workbook"
+    elif "content.xml" in names and "META-INF/manifest.xml" in names:
+        kind = "an OpenDocument spreadsheet"
+    elif any(n.startswith("Index/") and n.endswith(".iwa") for n in names):
+        kind = "a Numbers document"
+    if kind is None:
+        return "the ZIP file holds no .csv file"
+    return (
+        f"this is {kind}, not a CSV file: save it as CSV (UTF-8) from your spreadsheet "
+        "program and import that"
+    )
+
+
+# What zipfile raises for a member it cannot unpack: a password (RuntimeError),
+# a compression method it lacks such as Deflate64 (NotImplementedError), or a
+# damaged stream (zlib's, bz2's and lzma's errors, a CRC or a cut-short end).
+_UNPACKING_ERRORS = (
+    RuntimeError, NotImplementedError, zlib.error, EOFError, zipfile.BadZipFile, lzma.LZMAError,
+)  # fmt: skip
+
+
+def _not_zipfiles(exc: BaseException) -> bool:
+    """A RuntimeError other than zipfile's "is encrypted" (NotImplementedError is one too)."""
+    plain_runtime = type(exc) is RuntimeError
+    return plain_runtime and "encrypted" not in str(exc)
+
+
+def _unpacking_problem(exc: BaseException) -> str:
+    if isinstance(exc, NotImplementedError):
+        return (
+            "is packed with a compression method Python cannot unpack: unzip it and "
+            "import the CSV file"
+        )
+    if isinstance(exc, RuntimeError):
+        return "is password-protected: unzip it and import the CSV file"
+    return f"is damaged ({exc}): download the export again"
 
 
 class _CountingReader(io.RawIOBase):
@@ -147,10 +217,15 @@ def _read_csv(
     infos: list[FileInfo] | None,
 ) -> Iterator[SourceRow | Problem]:
     with opener() as raw:
+        _refuse_binary(raw.read(8), label)
+    with opener() as raw:
         encoding = sniff_encoding(raw)
     with opener() as raw:
         counted = io.BufferedReader(_CountingReader(raw, offset, progress), _CHUNK)
-        text = io.TextIOWrapper(counted, encoding=encoding, newline="")
+        codec, errors = (
+            ("utf-8", "newsletter-cp1252") if encoding == MIXED_UTF8 else (encoding, None)
+        )
+        text = io.TextIOWrapper(counted, encoding=codec, errors=errors, newline="")
         try:
             first = text.readline()
         except UnicodeError as exc:  # a BOM that promised more than the bytes hold
@@ -161,6 +236,21 @@ def _read_csv(
         lines = itertools.chain((first,), text)
         reader = csv.reader(lines, delimiter=delimiter, skipinitialspace=True)
         yield from _records(reader, label, name, fmt, encoding, delimiter, infos)
+
+
+# Files people take for their list that are not CSV (read as Latin-1, they
+# gave "no email column" and a header of escaped binary).
+_BINARY_KINDS = (
+    (bytes.fromhex("d0cf11e0a1b11ae1"), "an Excel 97-2003 workbook (.xls)", "save it as CSV (UTF-8) "
+     "from your spreadsheet program and import that"),
+    (b"\x1f\x8b", "a gzip file", "unpack it (gunzip) and import the CSV file"),
+)  # fmt: skip
+
+
+def _refuse_binary(head: bytes, label: Path) -> None:
+    for magic, kind, what_to_do in _BINARY_KINDS:
+        if head.startswith(magic):
+            raise SubscriberError(f"this is {kind}, not a CSV file: {what_to_do}", path=label)
 
 
 def _records(
@@ -235,6 +325,15 @@ def _data_records(
                 start, line_num = line_num + 1, reader.line_num  # type: ignore[attr-defined]
                 if not "".join(record).strip():  # blank lines (and bare delimiters)
                     continue
+                if line_num > start and _swallows_rows(record):  # a quoted newline: rare
+                    yield Problem(
+                        f"a quote opened on line {start} runs on to line {line_num}, so lines "
+                        f"{start + 1}-{line_num}, which look like rows of their own, were read "
+                        "as one cell: fix the quote and import again",
+                        label,
+                        start,
+                    )
+                    continue
                 try:
                     row: SourceRow | Problem = mapper(start, record)
                 except (ValueError, TypeError, OverflowError, RecursionError) as exc:
@@ -248,6 +347,23 @@ def _data_records(
             raise SubscriberError(
                 f"cannot decode the file: {exc}", path=label, line=line_num + 1
             ) from exc
+
+
+# A line that is a row of its own: cells, one of them a bare address.
+_ADDRESS_CELL = re.compile(r"""\s*"?[^\s@",;|]+@[^\s@",;|]+\.[^\s@",;|]+"?\s*""")
+
+
+def _swallows_rows(record: list[str]) -> bool:
+    """Whether a cell spanning lines holds lines that look like rows (a quote
+    opened and not closed on its line reads on to the next quote in the
+    file): a line of several cells, one of them an address.  A multi-line
+    note that mentions an address in passing is not one."""
+    for cell in record:
+        for line in cell.splitlines()[1:]:
+            cells = re.split(r"[,;\t|]", line)
+            if len(cells) > 1 and any(_ADDRESS_CELL.fullmatch(c) for c in cells):
+                return True
+    return False
 
 
 def _mapped(mapper: Mapper, label: Path, line: int, record: list[str]) -> SourceRow | Problem:
@@ -291,16 +407,45 @@ def sniff_encoding(raw: IO[bytes]) -> str:
         pass
     raw.seek(0)
     decoder = codecs.getincrementaldecoder("cp1252")()
-    try:
-        while chunk := raw.read(_CHUNK):
-            decoder.decode(chunk)
-        return "cp1252"
-    except UnicodeDecodeError:
-        return "latin-1"  # every byte decodes; names may look odd, addresses survive
+    utf8_seen, cp1252_ok = False, True
+    while chunk := raw.read(_CHUNK):
+        # UTF-8 text with a few bytes from elsewhere (two exports pasted
+        # together): read as cp1252, every UTF-8 name would turn to mojibake.
+        utf8_seen = utf8_seen or _UTF8_MULTIBYTE.search(chunk) is not None
+        if cp1252_ok:
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError:
+                cp1252_ok = False
+    if utf8_seen:
+        return MIXED_UTF8
+    # latin-1: every byte decodes; names may look odd, addresses survive
+    return "cp1252" if cp1252_ok else "latin-1"
+
+
+# UTF-8 read with each byte that is not UTF-8 taken as cp1252 (`_cp1252_byte`).
+MIXED_UTF8 = "utf-8 (a few bytes cp1252)"
+_UTF8_MULTIBYTE = re.compile(
+    rb"[\xc2-\xdf][\x80-\xbf]|[\xe0-\xef][\x80-\xbf]{2}|[\xf0-\xf4][\x80-\xbf]{3}"
+)
+_CP1252 = [bytes([b]).decode("cp1252", errors="ignore") or chr(b) for b in range(256)]
+
+
+def _cp1252_byte(exc: UnicodeError) -> tuple[str, int]:
+    """The decode error handler of `MIXED_UTF8`: a byte that is not UTF-8 is
+    cp1252 (Latin-1 where cp1252 leaves it undefined); never fails."""
+    if not isinstance(exc, UnicodeDecodeError):
+        raise exc
+    return "".join(_CP1252[b] for b in exc.object[exc.start : exc.end]), exc.end
+
+
+codecs.register_error("newsletter-cp1252", _cp1252_byte)
 
 
 def sniff_delimiter(header_line: str) -> str:
-    """The delimiter the header uses most, outside quotes (`,` on a tie)."""
+    """The delimiter that splits the header into an email column, else the
+    one it uses most, outside quotes (`,` on a tie).  A semicolon file may
+    have as many commas in a column name (`notes (a, b)`)."""
     counts = dict.fromkeys(_DELIMITERS, 0)
     quoted = False
     for char in header_line:
@@ -308,5 +453,9 @@ def sniff_delimiter(header_line: str) -> str:
             quoted = not quoted
         elif not quoted and char in counts:
             counts[char] += 1
-    best = max(_DELIMITERS, key=lambda d: counts[d])
-    return best if counts[best] > 0 else ","
+    ranked = sorted((d for d in _DELIMITERS if counts[d]), key=lambda d: -counts[d])
+    for delimiter in ranked:
+        cells = next(csv.reader([header_line], delimiter=delimiter, skipinitialspace=True), [])
+        if any(c.strip().strip("\ufeff").strip().lower() in EMAIL_COLUMNS for c in cells):
+            return delimiter
+    return ranked[0] if ranked else ","

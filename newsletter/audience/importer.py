@@ -269,10 +269,14 @@ def _plan_existing(
     sid = int(found["id"])
     duplicate = sid in run.touched
     run.touched.add(sid)
+    # An earlier row of this file (an earlier chunk) already wrote this
+    # subscriber: a suppression there is the file's own, which --resubscribe
+    # never lifts (the strongest status in the file wins, as within a chunk).
+    resubscribe = run.resubscribe and not duplicate
     on_list = sid in member_state
     list_unsubscribed = member_state.get(sid) is not None
     wants_mail = row.status in _MAILABLE_WISH
-    status = _merged_status(found["status"], row.status, run.resubscribe)
+    status = _merged_status(found["status"], row.status, resubscribe)
     kept = (
         wants_mail and not run.resubscribe and (found["status"] in SUPPRESSED or list_unsubscribed)
     )
@@ -305,7 +309,7 @@ def _plan_existing(
         writes.members.append(
             {"list_id": run.list_id, "subscriber_id": sid, "created_at": row.subscribed_at or stamp}
         )
-    elif list_unsubscribed and run.resubscribe and wants_mail:
+    elif list_unsubscribed and resubscribe and wants_mail:
         writes.unsuppress_members.append({"b_sid": sid})
         changed = True
     if duplicate:

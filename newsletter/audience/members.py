@@ -395,17 +395,19 @@ def _unsubscribe(conn: Connection, subscriber_id: int, list_name: str | None, re
 
 def resubscribe(
     bind: Bind, subscriber_id: int, list_name: str | None, *, source: str | None = None
-) -> None:
+) -> bool:
     """The explicit undo of a suppression: the only way back to mailable.
 
     With a list name, that list's unsubscribe is cleared (the membership is
     created if missing) and the subscriber becomes active again.  With None,
     the subscriber becomes active and every per-list unsubscribe is cleared.
+    Returns whether anything changed; only a change is recorded in the
+    consent history (with a `source`).
     """
     stamp = now()
     with writing(bind) as conn:
         _require_subscriber(conn, subscriber_id)
-        conn.execute(
+        changed = conn.execute(
             update(subscribers)
             .where(subscribers.c.id == subscriber_id, subscribers.c.status != ACTIVE)
             .values(
@@ -414,15 +416,20 @@ def resubscribe(
                 status_changed_at=stamp,
                 updated_at=stamp,
             )
-        )
+        ).rowcount
         where = [memberships.c.subscriber_id == subscriber_id]
         if list_name is not None:
             lid = list_id(conn, list_name)
-            _ensure_membership(conn, lid, subscriber_id, stamp)
+            changed += _ensure_membership(conn, lid, subscriber_id, stamp)
             where.append(memberships.c.list_id == lid)
-        conn.execute(update(memberships).where(*where).values(unsubscribed_at=None))
-        if source is not None:
+        changed += conn.execute(
+            update(memberships)
+            .where(*where, memberships.c.unsubscribed_at.is_not(None))
+            .values(unsubscribed_at=None)
+        ).rowcount
+        if changed and source is not None:
             consent.record(conn, subscriber_id, "resubscribe", source, list_name, at=stamp)
+        return bool(changed)
 
 
 def mark_bounced(bind: Bind, subscriber_id: int, *, reason: str) -> None:

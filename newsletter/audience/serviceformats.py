@@ -164,18 +164,22 @@ def mapper_for(fmt: str, header: Sequence[str], file_name: str, label: Path) -> 
         )
     status_of = _STATUS_RULES[fmt](cols, file_name)
     always = status_of.result if isinstance(status_of, _Always) else None
-    consumed = {email_col, *_NAME_PARTS, *_CONSUMED.get(fmt, ())}
     email_i = cols.index[email_col]
     unescape = fmt == "newsletter"
-    keep = [
-        (i, _unescape(h) if unescape else h)  # export escapes column names too
-        for i, h in enumerate(cols.header)
-        if h.strip().lower() not in consumed
-    ]
     since_col = cols.find(*_SINCE.get(fmt, ()))
     since_i = cols.index[since_col] if since_col else None
-
-    full_i, first_i, last_i = _name_indexes(cols)
+    if unescape:
+        # Our own export: the name is its `name` column, and every column but
+        # the four it starts with is an attribute, whatever its name (a
+        # listmonk attribute may be called `Name`, `email` or `first_name`).
+        full_i, first_i, last_i = cols.index.get("name"), None, None
+        used = {email_i, full_i, cols.index.get("status"), since_i}
+    else:
+        full_i, first_i, last_i = _name_indexes(cols)
+        consumed = {email_col, *_NAME_PARTS, *_CONSUMED.get(fmt, ())}
+        used = {cols.index[n] for n in consumed if n in cols.index}
+    keep = _attribute_columns(cols.header, used, exact=unescape)
+    width = len(cols.header)
     no_attributes = not keep and fmt not in ("ghost", "listmonk")
     # Plain text cells, kept as they are (every format but these): inline below.
     plain_attributes = fmt not in ("newsletter", "ghost", "listmonk")
@@ -206,10 +210,50 @@ def mapper_for(fmt: str, header: Sequence[str], file_name: str, label: Path) -> 
             attributes, more = _attributes(fmt, cols, cells, keep)
             warnings += more
         since = cells[since_i].strip() if since_i is not None and since_i < size else ""
+        if size > width:  # an unquoted comma, most often: say what was left out
+            warnings += _beyond_header(cells, width)
         return _new_row(SourceRow, (label, line, email, name, status, reason, attributes,
                                     parse_time(since) if since else None, warnings))  # fmt: skip
 
     return mapper
+
+
+def _attribute_columns(
+    header: list[str], used: set[int | None], *, exact: bool
+) -> list[tuple[int, str]]:
+    """(index, attribute name) of every column not read as email, name, status
+    or time.  A repeated name is kept as `NAME 2`, `NAME 3`… and a blank one
+    as `column N`, so that no cell overwrites another under one name.  Our
+    own export's names are taken exactly, with the formula guard removed."""
+    keep: list[tuple[int, str]] = []
+    taken: set[str] = set()
+    for i, header_name in enumerate(header):
+        if i in used:
+            continue
+        if exact:
+            name = _unescape(header_name)  # export escapes column names too
+        else:
+            base = name = header_name or f"column {i + 1}"
+            n = 1
+            while name in taken:
+                n += 1
+                name = f"{base} {n}"
+        taken.add(name)
+        keep.append((i, name))
+    return keep
+
+
+def _beyond_header(cells: list[str], width: int) -> tuple[str, ...]:
+    extra = [c.strip() for c in cells[width:] if c.strip()]
+    if not extra:  # empty trailing cells: a spreadsheet's ragged rows
+        return ()
+    shown = ", ".join(repr(c[:40] + "…" if len(c) > 40 else c) for c in extra[:5])
+    more = f" and {len(extra) - 5} more" if len(extra) > 5 else ""
+    cells_word = "cell" if len(extra) == 1 else "cells"
+    return (
+        f"{len(extra)} {cells_word} more than the header's {width} columns, "
+        f"not imported: {shown}{more}",
+    )
 
 
 _NAME_PARTS = frozenset(NAME_COLUMNS + FIRST_COLUMNS + LAST_COLUMNS)
@@ -235,9 +279,9 @@ def parse_time(text: str) -> datetime | None:
         return None
     try:
         value = datetime.fromisoformat(text.replace(" UTC", "").replace("Z", "+00:00"))
-    except ValueError:
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except (ValueError, OverflowError):  # year 1 east of UTC has no UTC time
         return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 # --------------------------------------------------------------------------- statuses
@@ -458,7 +502,8 @@ def _attributes(
         if value:
             attributes[name] = _decode_json(value) if fmt == "newsletter" else value
     if fmt == "ghost" and "labels" in attributes:
-        attributes["labels"] = [v.strip() for v in str(attributes["labels"]).split(",") if v]
+        labels = (v.strip() for v in str(attributes["labels"]).split(","))
+        attributes["labels"] = [label for label in labels if label]
     if fmt == "listmonk":
         found = cols.find("attributes")
         raw = cells[cols.index[found]].strip() if found and cols.index[found] < len(cells) else ""

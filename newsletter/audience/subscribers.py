@@ -231,10 +231,33 @@ def sync_directory(
                 )
                 continue
             run = ImportRun(conn, list_id(conn, path.stem), source="sync")
-            import_rows(run, read_source(path, "auto", infos=run.counts.files))
-            remove_untouched(run)
+            # A file that cannot be read (cut short, empty, no email column)
+            # is one problem: its list stays as it was, the others still sync
+            # (invariant 5).  The savepoint takes back what it wrote before the break.
+            savepoint = conn.begin_nested()
+            try:
+                import_rows(run, read_source(path, "auto", infos=run.counts.files))
+                if run.counts.invalid:  # a member's row may be among them: nobody leaves
+                    problems.append(_kept_everyone(path, run.counts.invalid))
+                else:
+                    remove_untouched(run)
+            except SubscriberError as exc:
+                savepoint.rollback()
+                problems.append(Problem.from_error(exc))
+                continue
+            savepoint.commit()
             results.append(SyncResult(path.stem, path, run.counts))
     return results, problems
+
+
+def _kept_everyone(path: Path, invalid: int) -> Problem:
+    rows = "1 row" if invalid == 1 else f"{invalid} rows"
+    return Problem(
+        f"nobody was taken off list {path.stem!r}: {rows} of the file could not be read "
+        "(each is reported with its line), and a member's address may be in it; fix the "
+        "file and sync again",
+        path,
+    )
 
 
 # --------------------------------------------------------------------------- members
@@ -296,7 +319,9 @@ def export_list(
     keys: set[str] = set()
     for member in members(engine, list_name, statuses):
         keys.update(member.attributes)
-    attribute_keys = sorted(keys - set(NEWSLETTER_HEADER))
+    # Every key, even one named like a fixed column: import reads each column
+    # after the fourth as an attribute.
+    attribute_keys = sorted(keys)
     writer = csv.writer(out, lineterminator="\r\n")  # RFC 4180 §2: CRLF
     writer.writerow([*NEWSLETTER_HEADER, *(escape_cell(k) for k in attribute_keys)])
     count = 0
@@ -325,13 +350,15 @@ def escape_cell(value: str) -> str:
 def encode_attribute(value: Any) -> str:
     """An attribute as one cell: plain strings as they are, everything else as JSON.
 
-    A string that would itself read as JSON (`"42"`, `"true"`, `""`) is written
-    JSON-quoted, so import restores strings as strings and numbers as numbers.
+    A string that would itself read as JSON (`"42"`, `"true"`, `""`), or that
+    starts or ends with whitespace (which import trims from a bare cell), is
+    written JSON-quoted, so import restores strings as strings and numbers as
+    numbers.
     """
     if value is None:
         return ""
     if isinstance(value, str):
-        if value and not _is_json(value):
+        if value and value == value.strip() and not _is_json(value):
             return value
         return json.dumps(value, ensure_ascii=False)
     return json.dumps(value, ensure_ascii=False, sort_keys=True)

@@ -212,7 +212,8 @@ def export_command(
     ensure_lists(engine, settings)
     wanted = frozenset(statuses) or None
     if output is None:
-        export_list(engine, list_name, sys.stdout, wanted)
+        with _writing_stdout():
+            export_list(engine, list_name, sys.stdout, wanted)
         return
     try:
         with output.open("w", encoding="utf-8", newline="") as fh:
@@ -241,22 +242,47 @@ def list_command(
     engine = open_store(settings)
     ensure_lists(engine, settings)
     rows = members(engine, list_name, frozenset(statuses) or None)
-    if not as_json:
-        for m in rows:
-            click.echo(f"{m.email}\t{m.status}\t{m.name}".rstrip("\t"))
-        return
-    # Streamed by hand: a long list must not be built in memory first.
-    click.echo("[", nl=False)
-    for i, m in enumerate(rows):
-        item = {
-            "email": m.email,
-            "name": m.name,
-            "status": m.status,
-            "subscribed_at": m.subscribed_at.isoformat(),
-            "attributes": m.attributes,
-        }
-        click.echo(("," if i else "") + "\n  " + json.dumps(item, ensure_ascii=False), nl=False)
-    click.echo("\n]")
+    with _writing_stdout():
+        if not as_json:
+            for m in rows:
+                click.echo(f"{m.email}\t{m.status}\t{_shown(m.name)}".rstrip("\t"))
+            return
+        # Streamed by hand: a long list must not be built in memory first.
+        click.echo("[", nl=False)
+        for i, m in enumerate(rows):
+            item = {
+                "email": m.email,
+                "name": m.name,
+                "status": m.status,
+                "subscribed_at": m.subscribed_at.isoformat(),
+                "attributes": m.attributes,
+            }
+            click.echo(("," if i else "") + "\n  " + json.dumps(item, ensure_ascii=False), nl=False)
+        click.echo("\n]")
+
+
+@contextmanager
+def _writing_stdout() -> Iterator[None]:
+    """`export > backup.csv` on a full disk: one line, not an OSError traceback
+    (a closed pipe, `| head`, stays quiet as before)."""
+    from newsletter.errors import SubscriberError
+
+    try:
+        yield
+        sys.stdout.flush()  # what is still buffered fails here, not at exit
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise SubscriberError(f"cannot write to standard output: {exc.strerror}") from exc
+
+
+def _shown(text: str) -> str:
+    """A name (anyone's text: the signup form takes any) on one line of a
+    listing, its controls and tabs escaped, so it cannot forge a line or a
+    column that scripts reading the listing would take for a member."""
+    from newsletter.errors import one_line
+
+    return one_line(text).replace("\t", "\\x09")
 
 
 # --------------------------------------------------------------------------- single addresses
@@ -305,7 +331,7 @@ def _suppressed_note(engine: Engine, row: SubscriberRow, list_name: str) -> str:
 
     if row.status != "active":
         return (
-            f", but it stays {row.status} ({row.status_reason or 'no reason recorded'}) "
+            f", but it stays {row.status} ({_shown(row.status_reason or 'no reason recorded')}) "
             f"and gets no mail; only with their consent, lift it with "
             f"`newsletter subscribers resubscribe {row.email}`"
         )
@@ -325,14 +351,19 @@ def _suppressed_note(engine: Engine, row: SubscriberRow, list_name: str) -> str:
 @handle_errors
 def remove_command(ctx: click.Context, email: str, list_name: str) -> None:
     """Take EMAIL off a list (no unsubscribe is recorded; see `unsubscribe`)."""
-    from newsletter.audience.members import remove_member
+    from newsletter.audience.members import membership_lists, remove_member
 
     _, engine = _engine_for(ctx, list_name)
     row = _require(engine, email)
     if remove_member(engine, row.id, list_name):
         click.echo(f"removed {row.email} from {list_name}")
+    elif list_name in membership_lists(engine, row.id):  # kept: it is a per-list unsubscribe
+        click.echo(
+            f"{row.email} stays recorded as unsubscribed from {list_name}, "
+            "so that no import or sync adds it back"
+        )
     else:
-        click.echo(f"{row.email} is not on {list_name} (an unsubscribe stays recorded)")
+        click.echo(f"{row.email} is not on {list_name}")
 
 
 @subscribers_group.command("unsubscribe")
@@ -348,11 +379,16 @@ def unsubscribe_command(ctx: click.Context, email: str, list_name: str | None) -
     row = _require(engine, email)
     changed = unsubscribe(engine, row.id, list_name, reason="cli", source="cli")
     scope = list_name or "every list"
-    click.echo(
-        f"unsubscribed {row.email} from {scope}"
-        if changed
-        else f"{row.email} was already unsubscribed from {scope}"
-    )
+    if changed:
+        click.echo(f"unsubscribed {row.email} from {scope}")
+    elif list_name is None and row.status in ("bounced", "complained"):
+        reason = _shown(row.status_reason or "no reason recorded")
+        click.echo(
+            f"{row.email} is already {row.status} ({reason}), which stops all its mail; "
+            "nothing changed"
+        )
+    else:
+        click.echo(f"{row.email} was already unsubscribed from {scope}")
 
 
 @subscribers_group.command("resubscribe")
@@ -366,8 +402,11 @@ def resubscribe_command(ctx: click.Context, email: str, list_name: str | None) -
 
     _, engine = _engine_for(ctx, list_name)
     row = _require(engine, email)
-    resubscribe(engine, row.id, list_name, source="cli")
-    click.echo(f"resubscribed {row.email} to {list_name or 'every list'}")
+    scope = list_name or "every list"
+    if resubscribe(engine, row.id, list_name, source="cli"):
+        click.echo(f"resubscribed {row.email} to {scope}")
+    else:
+        click.echo(f"{row.email} was not unsubscribed from {scope}; nothing changed")
 
 
 @subscribers_group.command("show")
@@ -401,8 +440,9 @@ def show_command(ctx: click.Context, email: str, as_json: bool) -> None:
             }
         )  # fmt: skip
         return
-    reason = f" ({row.status_reason})" if row.status_reason else ""
-    click.echo(f"{row.email}{' · ' + row.name if row.name else ''}: {row.status}{reason}")
+    reason = f" ({_shown(row.status_reason)})" if row.status_reason else ""
+    name = f" · {_shown(row.name)}" if row.name else ""
+    click.echo(f"{row.email}{name}: {row.status}{reason}")
     for name, at in joined.items():
         click.echo(
             f"  {name}: {'unsubscribed ' + at.isoformat(timespec='seconds') if at else 'subscribed'}"
@@ -410,7 +450,7 @@ def show_command(ctx: click.Context, email: str, as_json: bool) -> None:
     click.echo("history:" if events else "history: nothing recorded")
     for e in events:
         scope = e.list_name or "every list"
-        detail = f" — {e.detail}" if e.detail else ""
+        detail = f" — {_shown(e.detail)}" if e.detail else ""
         click.echo(
             f"  {e.at.isoformat(timespec='seconds')}  {e.action:<12} {scope:<16} via {e.source}{detail}"
         )
@@ -432,7 +472,11 @@ def show_command(ctx: click.Context, email: str, as_json: bool) -> None:
 @click.pass_context
 @handle_errors
 def sync_command(ctx: click.Context, directory: Path | None, dry_run: bool, as_json: bool) -> None:
-    """Make every list mirror subscribers/<list>.csv (unsubscribes still win)."""
+    """Make every list mirror subscribers/<list>.csv (unsubscribes still win).
+
+    Members whose address is no longer in their list's file are taken off
+    that list; try --dry-run first.
+    """
     from newsletter.audience.subscribers import sync_directory
     from newsletter.store import open_store
 
