@@ -50,6 +50,13 @@ def _render(text: str, first_line: int = 1) -> liquid.LiquidResult:
         ("{% if page.title %}yes{% else %}no{% endif %}", "yes"),
         ("{% for t in page.tags %}{{ t }},{% endfor %}", "x,y,"),
         ("{% assign n = 'Hello World' | slugify %}{{ n }}", "hello-world"),
+        # each of Jekyll's modes, as `ruby -rjekyll` slugifies this text:
+        ("{{ 'The _config.yml  Café!' | slugify }}", "the-config-yml-café"),
+        ("{{ 'The _config.yml  Café!' | slugify: 'raw' }}", "the-_config.yml-café!"),
+        ("{{ 'The _config.yml  Café!' | slugify: 'pretty' }}", "the-_config.yml-café!"),
+        ("{{ 'The _config.yml  Café!' | slugify: 'ascii' }}", "the-config-yml-caf"),
+        ("{{ 'The _config.yml  Café!' | slugify: 'latin' }}", "the-config-yml-cafe"),
+        ("{{ 'The _config.yml  Café!' | slugify: 'none' }}", "the _config.yml  café!"),
         ("{{ page.tags | array_to_sentence_string }}", "x and y"),
         ("{{ '<a&b>' | xml_escape }}", "&lt;a&amp;b&gt;"),
         ("no liquid at all {", "no liquid at all {"),

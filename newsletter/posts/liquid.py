@@ -41,7 +41,7 @@ from liquid.exceptions import LiquidError
 from liquid.filter import with_context
 from liquid.loader import BaseLoader, TemplateSource
 
-from newsletter.posts.permalink import is_absolute, normalized_baseurl, slugify
+from newsletter.posts.permalink import is_absolute, normalized_baseurl, slugify_mode
 
 
 @dataclass(frozen=True)
@@ -494,7 +494,7 @@ _JEKYLL_FILTERS: dict[str, Callable[..., object]] = {
     "xml_escape": lambda v: html.escape(str(v or "")),
     "cgi_escape": lambda v: quote_plus(str(v or "")),
     "uri_escape": lambda v: quote(str(v or ""), safe="/:@!$&'()*+,;=-._~%?#[]"),
-    "slugify": lambda v, *_: slugify(str(v or "")),
+    "slugify": lambda v, mode=None, *_: slugify_mode(str(v or ""), mode and str(mode)),
     "jsonify": lambda v: json.dumps(v, default=str, ensure_ascii=False),
     "number_of_words": lambda v, *_: len(str(v or "").split()),
     "array_to_sentence_string": _sentence,

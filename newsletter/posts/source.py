@@ -83,7 +83,8 @@ def read_source(found: FoundPost, settings: Settings) -> Source:
     name = jekyll.parse_file_name(path.stem)
     date = _date(data, name, split.front_matter, path, settings)
     given_slug = jekyll.scalar_text(data.get("slug"))
-    slug = permalink.pretty_slug(given_slug) if given_slug else name.slug
+    # Jekyll drops the file name's trailing dots (`wait....md`) from its slug.
+    slug = permalink.pretty_slug(given_slug) if given_slug else name.slug.rstrip(".")
     categories = jekyll.categories(front.data, defaults, found.categories, data)
     site_path = permalink.expand(
         _permalink(data, settings), date=date, slug=slug, categories=categories, name=path.stem
