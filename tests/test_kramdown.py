@@ -131,3 +131,65 @@ def test_header_ids_agree_with_kramdown() -> None:
         check=True,
     )
     assert _ids(json.loads(done.stdout)) == HEADER_IDS
+
+
+# Lists nest where the item's text starts (kramdown, GFM), not only at four
+# spaces (Python-Markdown); a fence inside an item is code of that item.
+LISTS = {
+    "two-space nesting": ("- fruit\n  - apple\n  - pear\n- veg", "ul(li(ul(li,li)),li)"),
+    "three-space nesting": ("* a\n   * b\n      * c\n* d", "ul(li(ul(li(ul(li)))),li)"),
+    "under a number": ("1. one\n   - x\n   - y\n2. two", "ol(li(ul(li,li)),li)"),
+    "four spaces still nest": ("- a\n    - b", "ul(li(ul(li)))"),
+    "fence in an item": (
+        "1. Install:\n\n   ```bash\n   make install\n   ```\n\n2. Run it",
+        "ol(li(p,pre),li(p))",
+    ),
+    "fence at the root stays": ("```\n- not a list\n  - really\n```", "pre"),
+    "indented code in an item": ("- a\n\n      code line\n\n- b", "ul(li(p,pre),li(p))"),
+    "a rule is no item": ("- a\n\n* * *\n\ntext", "ul(li),hr,p"),
+    "a lazy line": ("- a\nlazy\n- b", "ul(li,li)"),
+}  # fmt: skip
+_SHAPE_TAGS = frozenset({"ul", "ol", "li", "p", "pre", "hr"})
+
+
+def _shape(fragment: str) -> str:
+    import lxml.html
+
+    def walk(el: object) -> list[str]:
+        parts = []
+        for child in el:  # type: ignore[attr-defined]
+            if not isinstance(child.tag, str):
+                continue
+            inner = walk(child)
+            if child.tag in _SHAPE_TAGS:
+                parts.append(f"{child.tag}({','.join(inner)})" if inner else child.tag)
+            else:
+                parts.extend(inner)
+        return parts
+
+    return ",".join(walk(lxml.html.fragment_fromstring(fragment, create_parent="div")))
+
+
+@pytest.mark.parametrize("name", sorted(LISTS))
+def test_lists_nest_as_in_kramdown(name: str) -> None:
+    source, shape = LISTS[name]
+    html = markdown_to_html(source, BASE)
+    assert _shape(html) == shape
+    if "make install" in source:
+        assert "```" not in html and "make" in text_of(html.split("<pre")[1])
+
+
+@pytest.mark.skipif(not _has_kramdown(), reason="ruby's kramdown is not installed")
+def test_lists_agree_with_kramdown() -> None:
+    names = sorted(LISTS)
+    done = subprocess.run(
+        ["ruby", "-e", KRAMDOWN],
+        input=json.dumps([LISTS[n][0] for n in names]),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    for name, line in zip(names, done.stdout.splitlines(), strict=True):
+        # Rouge wraps a fence in <div>s (not shapes); the shape is the same.
+        assert _shape(json.loads(line)) == LISTS[name][1], name

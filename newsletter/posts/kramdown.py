@@ -58,6 +58,103 @@ class _KramdownExtensions(Preprocessor):
         return strip_extensions(text).split("\n") if "{::" in text else lines
 
 
+# A list item's marker (kramdown: `*`, `+`, `-`, or a number and `.`), with
+# the spaces up to its text; a thematic break (`* * *`) is not one.
+_LIST_MARKER = re.compile(r"^( *)([*+-]|\d{1,9}\.)( {1,4}(?=\S)| *$)")
+_RULE = re.compile(r"^ {0,3}([-*_])(?: *\1){2,} *$")
+_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
+_TAB = 4  # Python-Markdown's indent for a nested block
+
+
+class _ListIndent(Preprocessor):
+    """List items indented as kramdown reads them, for Python-Markdown.
+
+    kramdown (and GFM) take a list item's content to start where its first
+    line's text starts, so `- fruit` / `  - apple` nests `apple` and a fence
+    indented under `1. ` belongs to the item.  Python-Markdown nests only at
+    four spaces, and reads fenced code only at the document's root: the nested
+    list was flattened and the fence became inline code.  Lines inside a list
+    item are re-indented to four spaces per level (what is indented beyond the
+    item's text keeps that extra), and a fence inside an item is rendered by
+    the fenced-code preprocessor itself and indented as a block of the item.
+    """
+
+    def run(self, lines: list[str]) -> list[str]:
+        if not any(_LIST_MARKER.match(line) for line in lines):
+            return lines
+        out: list[str] = []
+        items: list[int] = []  # the content column of each open item, outermost first
+        fence = ""  # the fence of a root-level code block being copied
+        blank_before = True
+        i = 0
+        while i < len(lines):
+            line = lines[i]
+            i += 1
+            if fence:
+                out.append(line)
+                if line.strip().startswith(fence) and not line.strip().strip(fence[0]):
+                    fence = ""
+                continue
+            if not line.strip():
+                out.append(line)
+                blank_before = True
+                continue
+            indent = len(line) - len(line.lstrip(" "))
+            marker = _LIST_MARKER.match(line)
+            if marker and not _RULE.match(line) and (not items or indent < items[-1] + _TAB):
+                while items and indent < items[-1]:
+                    items.pop()
+                if not items and indent >= _TAB:  # an indented code block's line
+                    out.append(line)
+                    blank_before = False
+                    continue
+                extra = indent - items[-1] if items else indent
+                out.append(" " * (_TAB * len(items) + extra) + line[indent:])
+                text = line[marker.end() :]
+                width = len(marker.group(0)) if text.strip() else indent + len(marker.group(2)) + 1
+                items.append(width)
+                blank_before = False
+                continue
+            if items and indent < items[-1]:
+                if not blank_before:  # a lazy line continues the paragraph
+                    out.append(line)
+                    continue
+                while items and indent < items[-1]:
+                    items.pop()
+            blank_before = False
+            if not items:
+                opened = _FENCE.match(line)
+                fence = opened.group(1) if opened else ""
+                out.append(line)
+                continue
+            prefix = " " * (_TAB * len(items))
+            opened = _FENCE.match(line[items[-1] :])
+            if opened:
+                block, i = self._fence(lines, i - 1, items[-1], opened.group(1))
+                if block is not None:
+                    out.extend(prefix + b if b.strip() else b for b in ["", *block, ""])
+                    blank_before = True
+                    continue
+            out.append(prefix + line[items[-1] :])
+        return out
+
+    def _fence(
+        self, lines: list[str], start: int, column: int, fence: str
+    ) -> tuple[list[str] | None, int]:
+        """The fenced block at `start` inside an item whose text is at
+        `column`, rendered (a placeholder line), and the index after it."""
+        block: list[str] = []
+        for j in range(start, len(lines)):
+            text = lines[j]
+            cut = min(column, len(text) - len(text.lstrip(" ")))
+            block.append(text[cut:])
+            stripped = text.strip()
+            if j > start and stripped.startswith(fence) and not stripped.strip(fence[0]):
+                fenced = self.md.preprocessors["fenced_code_block"]
+                return fenced.run(block), j + 1
+        return None, start + 1  # never closed: left to Python-Markdown
+
+
 _VERBATIM = frozenset({"code", "pre", "kbd", "samp", "script", "style", "tt", "math", "svg"})
 _BLOCK = frozenset(
     {"p", "li", "dt", "dd", "td", "th", "blockquote", "div", "h1", "h2", "h3", "h4", "h5",
@@ -162,6 +259,8 @@ class KramdownExtension(Extension):
 
     def extendMarkdown(self, md: Markdown) -> None:
         md.preprocessors.register(_KramdownExtensions(md), "kramdown_extensions", 22)
+        # After whitespace is normalised (30, tabs expanded), before fences are read (25).
+        md.preprocessors.register(_ListIndent(md), "kramdown_list_indent", 27)
         # A backslash keeps a quote straight: escape it like `*` or `_`.
         md.ESCAPED_CHARS.extend(["'", '"'])
         # After inline parsing (20) and attribute lists (8), before escapes are undone (0).
