@@ -42,6 +42,9 @@ SAMPLES = {
     "quotes around raw HTML": ("<em>'em'</em> and \"html\"", "‘em’ and “html”"),
     "'s at the start": ("'s-Hertogenbosch is a city.", "’s-Hertogenbosch is a city."),
     "quotes in code stay": ("`code 'quote'` and 'after'", "code 'quote' and ‘after’"),
+    "strikethrough": ("~~gone~~ and ~~ kept ~~ and H~2~O", "gone and ~~ kept ~~ and H~2~O"),
+    "guillemets around a word": ("x <<word>> y", "x «word» y"),
+    "backslash line break": ("a\\\nb", "a b"),
 }  # fmt: skip
 
 
@@ -193,3 +196,11 @@ def test_lists_agree_with_kramdown() -> None:
     for name, line in zip(names, done.stdout.splitlines(), strict=True):
         # Rouge wraps a fence in <div>s (not shapes); the shape is the same.
         assert _shape(json.loads(line)) == LISTS[name][1], name
+
+
+def test_gfm_strikethrough_line_break_and_task_items() -> None:
+    html = markdown_to_html("~~gone~~ a\\\nb", BASE)
+    assert html == "<p><del>gone</del> a<br>\nb</p>"
+    # kramdown's disabled checkboxes reach no inbox: the item says it instead.
+    tasks = markdown_to_html("- [ ] todo\n- [x] done\n- [y] not a task", BASE)
+    assert text_of(tasks) == "\u2610 todo \u2611 done [y] not a task"

@@ -28,6 +28,11 @@ import re
 import xml.etree.ElementTree as etree
 
 from markdown import Extension, Markdown
+from markdown.inlinepatterns import (
+    InlineProcessor,
+    SimpleTagInlineProcessor,
+    SubstituteTagInlineProcessor,
+)
 from markdown.preprocessors import Preprocessor
 from markdown.treeprocessors import Treeprocessor
 from markdown.util import ETX, HTML_PLACEHOLDER_RE, STX, AtomicString
@@ -254,6 +259,36 @@ class _HeaderIds(Treeprocessor):
             el.set("id", ident if count == 0 else f"{ident}-{count}")
 
 
+class _Guillemets(InlineProcessor):
+    """`<<` / `>>` are « / » before a tag is looked for: `<<word>>` is no
+    `<word>` tag (whose text the sanitiser would drop with it)."""
+
+    def handleMatch(  # type: ignore[override]
+        self, m: re.Match[str], data: str
+    ) -> tuple[str, int, int]:
+        return _SYMBOL_TEXT[m.group(0)], m.start(0), m.end(0)
+
+
+_TASK = re.compile(r"^\[([ xX])\]\s+")
+
+
+class _TaskLists(Treeprocessor):
+    """GFM task items (`- [ ] todo`, `- [x] done`): kramdown makes a disabled
+    checkbox, which no inbox shows (and the sanitiser drops); ☐ / ☑ say it."""
+
+    def run(self, root: etree.Element) -> None:
+        for item in root.iter("li"):
+            holder = (
+                item[0]
+                if len(item) and item[0].tag == "p" and not (item.text or "").strip()
+                else item
+            )
+            match = _TASK.match(holder.text or "")
+            if match:
+                box = "\u2611 " if match.group(1) in "xX" else "\u2610 "
+                holder.text = box + (holder.text or "")[match.end() :]
+
+
 class KramdownExtension(Extension):
     """Registered after fenced code is stashed, so code samples keep `{::`."""
 
@@ -266,3 +301,13 @@ class KramdownExtension(Extension):
         # After inline parsing (20) and attribute lists (8), before escapes are undone (0).
         md.treeprocessors.register(_Typography(md), "kramdown_typography", 5)
         md.treeprocessors.register(_HeaderIds(md), "kramdown_header_ids", 4)
+        md.treeprocessors.register(_TaskLists(md), "kramdown_task_lists", 3)
+        # GFM's `~~struck~~` (not `~one~`); after code spans (190), like emphasis.
+        strike = r"(?<!~)(~~)(?![~\s])(.+?)(?<![~\s])~~(?!~)"
+        md.inlinePatterns.register(SimpleTagInlineProcessor(strike, "del"), "kramdown_strike", 65)
+        # Before inline HTML (90) and autolinks (120) are looked for.
+        md.inlinePatterns.register(_Guillemets(r"<<|>>", md), "kramdown_guillemets", 125)
+        # GFM's hard line break: a backslash at the end of a line.
+        md.inlinePatterns.register(
+            SubstituteTagInlineProcessor(r"\\\n", "br"), "kramdown_backslash_break", 11
+        )
