@@ -35,6 +35,10 @@ def _render(text: str, first_line: int = 1) -> liquid.LiquidResult:
         ),
         ("{{ page.title }} {{ page.url }}", "A Page /2024/01/01/a.html"),
         ("{{ '/img/x.png' | relative_url }}", "/blog/img/x.png"),
+        # escaped as Jekyll's Addressable normalize does (checked with ruby -rjekyll):
+        ("{{ '/café/x y.pdf?q=a b#f' | relative_url }}", "/blog/caf%C3%A9/x%20y.pdf?q=a%20b#f"),
+        ("{{ 'x%20y' | absolute_url }}", "https://example.com/blog/x%20y"),
+        ("{{ '/a[1]' | relative_url }}", "/blog/a%5B1%5D"),
         ("{{ 'img/x.png' | absolute_url }}", "https://example.com/blog/img/x.png"),
         ("{{ 'https://example.org/y' | absolute_url }}", "https://example.org/y"),
         ("{% raw %}{{ kept }} {% if %}{% endraw %}", "{{ kept }} {% if %}"),
@@ -149,6 +153,51 @@ def test_date_filters_work_on_page_date() -> None:
         link=lambda _: None,
     )
     assert result.text == "November 4, 2024 / 2024-11-04T06:00:00+00:00"
+
+
+def test_date_to_string_ordinal_and_us_style() -> None:
+    """Jekyll's optional arguments (`"ordinal"`, `"US"`); they used to make the
+    whole post's Liquid fail ("takes 1 positional argument")."""
+    from datetime import UTC, datetime
+
+    days = {d: datetime(2024, 11, d, tzinfo=UTC) for d in (1, 2, 3, 11, 22)}
+    template = (
+        '{{ d | date_to_string }}|{{ d | date_to_string: "ordinal" }}|'
+        '{{ d | date_to_string: "ordinal", "US" }}|{{ d | date_to_long_string: "ordinal", "US" }}'
+    )
+    seen = {}
+    for day, moment in days.items():
+        result = liquid.render(
+            template.replace("d |", "page.date |"),
+            site=SITE,
+            page={"date": moment},
+            post_url=lambda _: None,
+            link=lambda _: None,
+        )
+        assert result.warnings == ()
+        seen[day] = result.text
+    assert seen[1] == "01 Nov 2024|1st Nov 2024|Nov 1st, 2024|November 1st, 2024"
+    assert seen[2].split("|")[1] == "2nd Nov 2024"
+    assert seen[3].split("|")[1] == "3rd Nov 2024"
+    assert seen[11].split("|")[1] == "11th Nov 2024"
+    assert seen[22].split("|")[2] == "Nov 22nd, 2024"
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        # `{%- if %}` trims what follows the fence, `-%}` what precedes it:
+        # the fence still closes / opens on a line of its own.
+        (
+            "{% highlight py %}x{% endhighlight %}\n\n{%- if true -%} after {%- endif -%}",
+            "```py\nx\n```\nafter",
+        ),
+        ("{% if true -%}\n{% highlight py %}x\n{% endhighlight %}{% endif %}", "\n```py\nx\n```"),
+        ("a {{- '' -}}\n{% highlight py %}x\n{% endhighlight %}", "a\n```py\nx\n```"),
+    ],
+)
+def test_highlight_fences_survive_whitespace_control(source: str, expected: str) -> None:
+    assert _render(source).text == expected
 
 
 def test_a_flood_of_stray_markup_is_capped_and_removed() -> None:

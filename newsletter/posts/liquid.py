@@ -162,6 +162,12 @@ MAX_WARNINGS = 20  # per post; a page of identical warnings helps nobody
 _DROPPED_TAGS = frozenset({"include_relative", "render"})
 _INCLUDE_ARG = re.compile(r"""([\w-]+)\s*=\s*("[^"]*"|'[^']*'|[^\s"']+)""")
 _INTERMEDIATE = frozenset({"else", "elsif", "when"})
+# Whitespace control next to a `{% highlight %}` fence: a line break that no
+# `{%-` / `-%}` can trim (a raw block's text is not trimmed).
+_URL_SAFE = "/:@!$&'()*+,;=-._~%?#"
+_KEPT_NEWLINE = "{% raw %}\n{% endraw %}"
+_TRIMS_BEFORE = re.compile(r"\s*\{[{%]-")
+_TRIMS_AFTER = re.compile(r"-[%}]\}\s*\Z")
 
 
 def render(
@@ -282,9 +288,14 @@ class _Prepass:
             lang = args.split()[0] if args else ""
             after = match.end()
             newline = "" if after >= len(self.text) or self.text[after] == "\n" else "\n"
-            return self._line_start(pos) + f"```{lang}" + newline
+            # `{% endif -%}` before it would trim the line break the fence needs.
+            trimmed = _TRIMS_AFTER.search(self.text, 0, pos)
+            start = _KEPT_NEWLINE if trimmed else self._line_start(pos)
+            return start + f"```{lang}" + newline
         if name == "endhighlight":
-            return self._line_start(pos) + "```"
+            # `{%- if %}` after it would trim the line break that closes the fence.
+            trimmed = _TRIMS_BEFORE.match(self.text, match.end())
+            return self._line_start(pos) + "```" + (_KEPT_NEWLINE if trimmed else "")
         if name in ("post_url", "link"):
             return self._resolve(name, args, pos)
         if name in ("include", "include_cached"):  # include_cached: jekyll-include-cache
@@ -365,7 +376,10 @@ def relative_url(value: object, *, context: Any) -> str:
     text = str(value or "")
     if is_absolute(text):
         return text
-    return normalized_baseurl(_site_value(context, "baseurl")) + "/" + text.lstrip("/")
+    path = normalized_baseurl(_site_value(context, "baseurl")) + "/" + text.lstrip("/")
+    # Addressable's normalize, as in Jekyll: `/my file.pdf` → `/my%20file.pdf`
+    # (a Markdown link with a space in it is no link); `%20` stays as it is.
+    return quote(path, safe=_URL_SAFE)
 
 
 @with_context
@@ -387,10 +401,29 @@ def _as_datetime(value: object) -> datetime | None:
     return None
 
 
-def _date_filter(fmt: Callable[[datetime], str]) -> Callable[[object], object]:
-    def apply(value: object) -> object:
+def _date_filter(fmt: Callable[[datetime], str]) -> Callable[..., object]:
+    def apply(value: object, *_: object) -> object:
         moment = _as_datetime(value)
         return fmt(moment) if moment is not None else value
+
+    return apply
+
+
+def _date_to_string(month: str) -> Callable[..., object]:
+    """Jekyll's `date_to_string` / `date_to_long_string` with their optional
+    `"ordinal"` type and `"US"` style: `4th Nov 2024`, `Nov 4th, 2024`."""
+
+    def apply(value: object, kind: object = None, style: object = None, *_: object) -> object:
+        moment = _as_datetime(value)
+        if moment is None:
+            return value
+        if kind != "ordinal":
+            return moment.strftime(f"%d {month} %Y")
+        day = moment.day
+        suffix = "th" if 11 <= day % 100 <= 13 else {1: "st", 2: "nd", 3: "rd"}.get(day % 10, "th")
+        if style == "US":
+            return moment.strftime(f"{month} {day}{suffix}, %Y")
+        return moment.strftime(f"{day}{suffix} {month} %Y")
 
     return apply
 
@@ -489,8 +522,8 @@ _JEKYLL_FILTERS: dict[str, Callable[..., object]] = {
     "absolute_url": absolute_url,
     "date_to_xmlschema": _date_filter(lambda d: d.isoformat()),
     "date_to_rfc822": _date_filter(lambda d: d.strftime("%a, %d %b %Y %H:%M:%S %z")),
-    "date_to_string": _date_filter(lambda d: d.strftime("%d %b %Y")),
-    "date_to_long_string": _date_filter(lambda d: d.strftime("%d %B %Y")),
+    "date_to_string": _date_to_string("%b"),
+    "date_to_long_string": _date_to_string("%B"),
     "xml_escape": lambda v: html.escape(str(v or "")),
     "cgi_escape": lambda v: quote_plus(str(v or "")),
     "uri_escape": lambda v: quote(str(v or ""), safe="/:@!$&'()*+,;=-._~%?#[]"),
