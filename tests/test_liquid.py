@@ -63,6 +63,13 @@ def _render(text: str, first_line: int = 1) -> liquid.LiquidResult:
         ("{{ 'The _config.yml  Café!' | slugify: 'none' }}", "the _config.yml  café!"),
         ("{{ page.tags | array_to_sentence_string }}", "x and y"),
         ("{{ '<a&b>' | xml_escape }}", "&lt;a&amp;b&gt;"),
+        # Ruby's to_i: text that is no number is 0, never an unreadable post.
+        ("{{ 'x' | to_integer }} {{ '12px' | to_integer }} {{ '3.7' | to_integer }}", "0 12 3"),
+        ("{{ true | to_integer }} {{ nil | to_integer }} {{ -2.5 | to_integer }}", "1 0 -2"),
+        (
+            "{{ page.tags | pop: 'x' | join: ',' }} {{ page.tags | shift: '1' | join: ',' }}",
+            "x,y y",
+        ),
         ("no liquid at all {", "no liquid at all {"),
     ],
 )
@@ -205,3 +212,24 @@ def test_a_flood_of_stray_markup_is_capped_and_removed() -> None:
     assert "{%" not in result.text and "{{" not in result.text
     assert len(result.warnings) == liquid.MAX_WARNINGS + 1
     assert result.warnings[-1].message == "… and 5980 more Liquid warnings"
+
+
+def test_a_python_error_inside_a_filter_is_a_warning_not_an_unreadable_post(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broken(value: object) -> object:
+        raise ValueError("cannot take that")
+
+    real = liquid.environment
+
+    def with_broken(includes: Path | None = None) -> object:
+        env = real(includes)
+        env.add_filter("broken", broken)
+        return env
+
+    monkeypatch.setattr(liquid, "environment", with_broken)
+    monkeypatch.setitem(liquid._JEKYLL_FILTERS, "broken", broken)
+    result = _render("Kept {{ 'x' | broken }} text")
+    assert result.text == "Kept  text"
+    (warning,) = result.warnings
+    assert warning.message == "Liquid error, all Liquid markup removed: cannot take that"

@@ -196,10 +196,12 @@ def render(
         template = env.from_string(prepared.text)
         output = template.render(site=site, page=page, jekyll={"environment": "production"})
         warnings.extend(_undefined_warnings(seen, prepared.text, first_line))
-    except LiquidError as exc:
-        context = exc.context()
+    except (LiquidError, ValueError, TypeError, ArithmeticError, LookupError) as exc:
+        # A filter given what it cannot take (python-liquid passes a Python
+        # error through unwrapped) is the same as a Liquid error: a warning.
+        context = exc.context() if isinstance(exc, LiquidError) else None
         line = context[0] + first_line - 1 if context else None
-        message = str(exc.message)
+        message = str(exc.message) if isinstance(exc, LiquidError) else f"{exc}"
         warnings.append(LiquidWarning(f"Liquid error, all Liquid markup removed: {message}", line))
         output = _STRIP_ALL.sub("", _unraw(prepared.text))
     finally:
@@ -506,6 +508,20 @@ def _to_list(value: object) -> list[Any]:
     return list(value) if isinstance(value, list | tuple) else []
 
 
+_LEADING_INT = re.compile(r"\s*([+-]?\d+)")
+
+
+def _ruby_int(value: object) -> int:
+    """Ruby's `to_i`, which Jekyll's filters use: `"12px"` is 12, `"x"` is 0
+    (Python's int() raised, and the post was skipped as unreadable)."""
+    if isinstance(value, bool):
+        return int(value)  # Jekyll's to_integer: true is 1, false 0
+    if isinstance(value, int | float):
+        return int(value)
+    match = _LEADING_INT.match(str(value or ""))
+    return int(match.group(1)) if match else 0
+
+
 _JEKYLL_FILTERS: dict[str, Callable[..., object]] = {
     "where": _where,
     "where_exp": _where_exp,
@@ -513,10 +529,10 @@ _JEKYLL_FILTERS: dict[str, Callable[..., object]] = {
     "group_by": _group_by,
     "group_by_exp": _group_by_exp,
     "push": lambda v, x: [*_to_list(v), x],
-    "pop": lambda v, n=1: _to_list(v)[: -int(n) or None],
-    "shift": lambda v, n=1: _to_list(v)[int(n) :],
+    "pop": lambda v, n=1: _to_list(v)[: -max(_ruby_int(n), 0) or None],
+    "shift": lambda v, n=1: _to_list(v)[max(_ruby_int(n), 0) :],
     "unshift": lambda v, x: [x, *_to_list(v)],
-    "to_integer": lambda v: int(float(v)) if str(v or "0").strip() else 0,
+    "to_integer": _ruby_int,
     "sample": lambda v, *_: _to_list(v)[:1] and _to_list(v)[0],
     "relative_url": relative_url,
     "absolute_url": absolute_url,
