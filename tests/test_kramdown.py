@@ -45,6 +45,8 @@ SAMPLES = {
     "strikethrough": ("~~gone~~ and ~~ kept ~~ and H~2~O", "gone and ~~ kept ~~ and H~2~O"),
     "guillemets around a word": ("x <<word>> y", "x «word» y"),
     "backslash line break": ("a\\\nb", "a b"),
+    "table of contents": ("* TOC\n{:toc}\n\n## A\n\n### B\n\n## C", "A B C A B C"),
+    "toc without a heading": ("Intro.\n\n1. x\n{:toc}\n\n## Kept\n{:.no_toc}", "Intro. Kept"),
 }  # fmt: skip
 
 
@@ -151,6 +153,7 @@ LISTS = {
     "indented code in an item": ("- a\n\n      code line\n\n- b", "ul(li(p,pre),li(p))"),
     "a rule is no item": ("- a\n\n* * *\n\ntext", "ul(li),hr,p"),
     "a lazy line": ("- a\nlazy\n- b", "ul(li,li)"),
+    "a table of contents": ("* TOC\n{:toc}\n\n# A\n\n### B\n\n## C\n\n# D", "ul(li(ul(li,li)),li)"),
 }  # fmt: skip
 _SHAPE_TAGS = frozenset({"ul", "ol", "li", "p", "pre", "hr"})
 

@@ -259,6 +259,70 @@ class _HeaderIds(Treeprocessor):
             el.set("id", ident if count == 0 else f"{ident}-{count}")
 
 
+_NO_TOC_IAL = re.compile(r"^\{:\s*\.no_toc\s*\}$")
+
+
+class _Toc(Treeprocessor):
+    """kramdown's table of contents: a list whose one item is marked `{:toc}`
+    (`* TOC` / `{:toc}`) becomes a list of links to the headings, nested by
+    level; a heading with the class `no_toc` is left out.  Python-Markdown
+    showed the item's text ("TOC") as a bullet."""
+
+    def run(self, root: etree.Element) -> None:
+        for parent in list(root.iter()):
+            for index, lst in enumerate(list(parent)):
+                items = [c for c in lst if c.tag == "li"] if lst.tag in ("ul", "ol") else []
+                if len(items) == 1 and "toc" in items[0].attrib:
+                    parent.remove(lst)
+                    parent.insert(index, self._toc(root, lst.tag))
+                    parent[index].tail = lst.tail
+
+    def _toc(self, root: etree.Element, tag: str) -> etree.Element:
+        toc = etree.Element(tag, {"id": "markdown-toc"})
+        stack: list[tuple[int, etree.Element]] = []  # (level, its item)
+        for level, heading in _toc_headings(root):
+            item = etree.Element("li")
+            link = etree.SubElement(item, "a", {"href": "#" + (heading.get("id") or "")})
+            link.text = heading.text
+            for child in heading:
+                link.append(_copy(child))
+            while stack and stack[-1][0] >= level:
+                stack.pop()
+            if stack:
+                above = stack[-1][1]
+                sub = above.find(tag)
+                if sub is None:
+                    sub = etree.SubElement(above, tag)
+                sub.append(item)
+            else:
+                toc.append(item)
+            stack.append((level, item))
+        return toc
+
+
+def _toc_headings(root: etree.Element) -> list[tuple[int, etree.Element]]:
+    found = []
+    for parent in root.iter():
+        children = list(parent)
+        for i, el in enumerate(children):
+            if el.tag not in _HEADINGS or not el.get("id"):
+                continue
+            after = children[i + 1] if i + 1 < len(children) else None
+            marked = after is not None and after.tag == "p" and _NO_TOC_IAL.match(after.text or "")
+            if "no_toc" in (el.get("class") or "").split() or marked:
+                continue
+            found.append((int(el.tag[1]), el))
+    return found
+
+
+def _copy(el: etree.Element) -> etree.Element:
+    clone = etree.Element(el.tag, dict(el.attrib))
+    clone.text, clone.tail = el.text, el.tail
+    for child in el:
+        clone.append(_copy(child))
+    return clone
+
+
 class _Guillemets(InlineProcessor):
     """`<<` / `>>` are « / » before a tag is looked for: `<<word>>` is no
     `<word>` tag (whose text the sanitiser would drop with it)."""
@@ -301,6 +365,7 @@ class KramdownExtension(Extension):
         # After inline parsing (20) and attribute lists (8), before escapes are undone (0).
         md.treeprocessors.register(_Typography(md), "kramdown_typography", 5)
         md.treeprocessors.register(_HeaderIds(md), "kramdown_header_ids", 4)
+        md.treeprocessors.register(_Toc(md), "kramdown_toc", 3.5)
         md.treeprocessors.register(_TaskLists(md), "kramdown_task_lists", 3)
         # GFM's `~~struck~~` (not `~one~`); after code spans (190), like emphasis.
         strike = r"(?<!~)(~~)(?![~\s])(.+?)(?<![~\s])~~(?!~)"
