@@ -348,6 +348,25 @@ def test_non_ascii_from_name_is_encoded() -> None:
     assert parse(raw)["From"].addresses[0].display_name == "Gelgit Notları"
 
 
+def test_non_ascii_from_domain_is_idna_not_an_encoded_word() -> None:
+    """An encoded word is no part of an address (RFC 2047 §5): the domain goes
+    in IDNA form, in the header and as the envelope sender."""
+    settings = make_settings(
+        from_="Gelgit Notları <letters@gelgit-notları.example>",
+        reply_to="Yanıt <yanit@gelgit-notları.example>",
+    )
+    template = build(settings)
+    raw = template.personalise(ALICE)
+    head = raw.split(b"\r\n\r\n", 1)[0]
+    assert b"=?" not in head.split(b"@", 1)[1].split(b">", 1)[0]
+    msg = parse(raw)
+    (sender,) = msg["From"].addresses
+    assert sender.display_name == "Gelgit Notları"
+    assert sender.addr_spec == "letters@xn--gelgit-notlar-gbc.example"
+    assert msg["Reply-To"].addresses[0].addr_spec == "yanit@xn--gelgit-notlar-gbc.example"
+    assert template.sender == "letters@xn--gelgit-notlar-gbc.example"
+
+
 def test_sample_message_for_previews() -> None:
     msg = parse(build().sample())
     assert msg["To"] == "Sample Reader <reader@example.com>"

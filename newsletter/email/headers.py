@@ -15,6 +15,7 @@ import re
 from email import policy
 from email.header import Header
 from email.headerregistry import Address
+from typing import Any
 from urllib.parse import urlsplit
 
 from newsletter.config import Settings
@@ -56,7 +57,7 @@ def fold_address(name: str, value: str, key: str) -> bytes:
     if _CONTROL.search(value):
         raise RenderError(f"{name} must be one line", key=key)
     try:
-        header = _POLICY.header_factory(name, value)
+        header = _ascii_domains(name, _POLICY.header_factory(name, value))
         if getattr(header, "defects", None):
             raise ValueError(header.defects[0])
         return header.fold(policy=_POLICY).encode("ascii")
@@ -64,9 +65,21 @@ def fold_address(name: str, value: str, key: str) -> bytes:
         raise RenderError(f"not a valid address: {value!r}", key=key) from exc
 
 
+def _ascii_domains(name: str, header: Any) -> Any:
+    """`header` with each non-ASCII domain in IDNA form: the policy would write
+    an encoded word inside the address, which is no address (RFC 2047 §5)."""
+    addresses: tuple[Address, ...] = tuple(getattr(header, "addresses", ()))
+    if all(a.domain.isascii() for a in addresses):
+        return header
+    ascii_addresses = [
+        Address(a.display_name, a.username, _idna(a.domain) or a.domain) for a in addresses
+    ]
+    return _POLICY.header_factory(name, ", ".join(str(a) for a in ascii_addresses))
+
+
 def parse_from(value: str) -> Address:
     fold_address("From", value, "email.from")
-    header = _POLICY.header_factory("From", value)
+    header = _ascii_domains("From", _POLICY.header_factory("From", value))
     addresses: list[Address] = list(getattr(header, "addresses", ()))
     if len(addresses) != 1 or not addresses[0].domain:
         raise RenderError(f"expected one address, got {value!r}", key="email.from")
