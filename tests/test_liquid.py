@@ -93,7 +93,7 @@ def test_jekyll_liquid(source: str, expected: str) -> None:
         ("{{ page.title | shout }}", "A Page", "unknown Liquid filter 'shout' ignored"),
         (
             "[x]({% post_url 1999-01-01-none %})",
-            "[x]()",
+            f"[x]({liquid.MISSING_LINK})",  # the sanitiser drops the href, keeps "x"
             "{% post_url 1999-01-01-none %}: no such post",
         ),
         ("{% if broken", " if broken", "unterminated Liquid markup '{%' dropped"),
@@ -233,3 +233,21 @@ def test_a_python_error_inside_a_filter_is_a_warning_not_an_unreadable_post(
     assert result.text == "Kept  text"
     (warning,) = result.warnings
     assert warning.message == "Liquid error, all Liquid markup removed: cannot take that"
+
+
+def test_a_link_to_no_post_is_no_link_to_the_post_itself(tmp_path: Path) -> None:
+    """`[about]({% link about.md %})` with no such post: the words stay, without
+    a link (an empty target led to the post itself), and a warning says so."""
+    folder = tmp_path / "posts"
+    folder.mkdir()
+    (folder / "2024-02-02-links.md").write_text(
+        "---\ntitle: Links\n---\nSee [about]({% link about.md %}), "
+        '<a href="{% post_url 2020-01-01-gone %}">gone</a> and {% link x.md %}.\n',
+        encoding="utf-8",
+    )
+    settings = Settings(
+        base_dir=tmp_path, site=SiteSettings(posts_dir=folder, url="https://example.com")
+    )
+    (post,) = load_posts(settings).posts
+    assert post.body_html == "<p>See <a>about</a>, <a>gone</a> and .</p>"
+    assert sum("no such post; link dropped" in w for w in post.warnings) == 3

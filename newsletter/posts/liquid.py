@@ -164,6 +164,8 @@ _INCLUDE_ARG = re.compile(r"""([\w-]+)\s*=\s*("[^"]*"|'[^']*'|[^\s"']+)""")
 _INTERMEDIATE = frozenset({"else", "elsif", "when"})
 # Whitespace control next to a `{% highlight %}` fence: a line break that no
 # `{%-` / `-%}` can trim (a raw block's text is not trimmed).
+# An unknown scheme: `markup.sanitise_html` removes the href, keeps the words.
+MISSING_LINK = "missing-link:"
 _URL_SAFE = "/:@!$&'()*+,;=-._~%?#"
 _KEPT_NEWLINE = "{% raw %}\n{% endraw %}"
 _TRIMS_BEFORE = re.compile(r"\s*\{[{%]-")
@@ -299,7 +301,7 @@ class _Prepass:
             trimmed = _TRIMS_BEFORE.match(self.text, match.end())
             return self._line_start(pos) + "```" + (_KEPT_NEWLINE if trimmed else "")
         if name in ("post_url", "link"):
-            return self._resolve(name, args, pos)
+            return self._resolve(name, args, pos, match.end())
         if name in ("include", "include_cached"):  # include_cached: jekyll-include-cache
             return self._include(args, pos)
         if name in _DROPPED_TAGS:
@@ -329,13 +331,18 @@ class _Prepass:
         # A Markdown fence must begin a line.
         return "" if pos == 0 or self.text[pos - 1] == "\n" else "\n"
 
-    def _resolve(self, name: str, args: str, pos: int) -> str:
+    def _resolve(self, name: str, args: str, pos: int, end: int) -> str:
         target = args.split()[0] if args else ""
         resolver = self.post_url if name == "post_url" else self.link
         url = resolver(target) if target else None
         if url is None:
             self._warn(f"{{% {name} {target} %}}: no such post; link dropped", pos)
-            return ""
+            # As a link's target (`[about]({% link about.md %})`), an empty
+            # one would lead to the post itself: a scheme the sanitiser drops
+            # leaves the words without a link.
+            before, after = self.text[:pos].rstrip(), self.text[end:].lstrip()
+            linked = before.endswith(("](", 'href="', "href='")) and after[:1] in (")", '"', "'")
+            return MISSING_LINK if linked else ""
         return url
 
     def _check_filters(self, source: str, pos: int) -> None:
