@@ -251,3 +251,15 @@ def test_a_link_to_no_post_is_no_link_to_the_post_itself(tmp_path: Path) -> None
     (post,) = load_posts(settings).posts
     assert post.body_html == "<p>See <a>about</a>, <a>gone</a> and .</p>"
     assert sum("no such post; link dropped" in w for w in post.warnings) == 3
+
+
+def test_highlight_in_a_list_item_stays_in_the_item() -> None:
+    """The fence keeps the tag's indent: the code block is the item's (as in
+    Jekyll), not a block at the margin that ends the list."""
+    from newsletter.posts.markup import markdown_to_html
+
+    source = "1. Step:\n\n   {% highlight bash %}\n   make\n   {% endhighlight %}\n\n2. Two"
+    text = _render(source).text
+    assert text == "1. Step:\n\n   ```bash\n   make\n   ```\n\n2. Two"
+    html = markdown_to_html(text, "https://example.com/p.html")
+    assert html.count("<ol") == 1 and html.index("<pre") < html.index("Two")

@@ -68,6 +68,7 @@ class _KramdownExtensions(Preprocessor):
 _LIST_MARKER = re.compile(r"^( *)([*+-]|\d{1,9}\.)( {1,4}(?=\S)| *$)")
 _RULE = re.compile(r"^ {0,3}([-*_])(?: *\1){2,} *$")
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
+_INDENTED_FENCE = re.compile(r"^ {1,3}(?:`{3,}|~{3,})")
 _TAB = 4  # Python-Markdown's indent for a nested block
 
 
@@ -81,11 +82,12 @@ class _ListIndent(Preprocessor):
     list was flattened and the fence became inline code.  Lines inside a list
     item are re-indented to four spaces per level (what is indented beyond the
     item's text keeps that extra), and a fence inside an item is rendered by
-    the fenced-code preprocessor itself and indented as a block of the item.
+    the fenced-code preprocessor itself and indented as a block of the item;
+    a fence indented one to three spaces outside a list starts at the margin.
     """
 
     def run(self, lines: list[str]) -> list[str]:
-        if not any(_LIST_MARKER.match(line) for line in lines):
+        if not any(_LIST_MARKER.match(line) or _INDENTED_FENCE.match(line) for line in lines):
             return lines
         out: list[str] = []
         items: list[int] = []  # the content column of each open item, outermost first
@@ -96,9 +98,9 @@ class _ListIndent(Preprocessor):
             line = lines[i]
             i += 1
             if fence:
-                out.append(line)
-                if line.strip().startswith(fence) and not line.strip().strip(fence[0]):
-                    fence = ""
+                closing = line.strip().startswith(fence) and not line.strip().strip(fence[0])
+                out.append(line.lstrip(" ") if closing else line)
+                fence = "" if closing else fence
                 continue
             if not line.strip():
                 out.append(line)
@@ -130,7 +132,9 @@ class _ListIndent(Preprocessor):
             if not items:
                 opened = _FENCE.match(line)
                 fence = opened.group(1) if opened else ""
-                out.append(line)
+                # A fence may be indented up to three spaces (GFM); Python-Markdown
+                # reads one only at the margin.  Its lines keep their indent.
+                out.append(line.lstrip(" ") if opened else line)
                 continue
             prefix = " " * (_TAB * len(items))
             opened = _FENCE.match(line[items[-1] :])

@@ -323,8 +323,10 @@ class _Prepass:
         return f"{{% include {json.dumps(file_name)}{params} %}}"
 
     def _line_start(self, pos: int) -> str:
-        # A Markdown fence must begin a line.
-        return "" if pos == 0 or self.text[pos - 1] == "\n" else "\n"
+        # A Markdown fence must begin a line; after only an indent (the tag in
+        # a list item) it does, and keeps that indent (`kramdown` nests it).
+        start = self.text.rfind("\n", 0, pos) + 1
+        return "" if not self.text[start:pos].strip(" \t") else "\n"
 
     def _resolve(self, name: str, args: str, pos: int, end: int) -> str:
         target = args.split()[0] if args else ""
