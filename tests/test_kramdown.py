@@ -153,6 +153,10 @@ LISTS = {
     "indented code in an item": ("- a\n\n      code line\n\n- b", "ul(li(p,pre),li(p))"),
     "a rule is no item": ("- a\n\n* * *\n\ntext", "ul(li),hr,p"),
     "a lazy line": ("- a\nlazy\n- b", "ul(li,li)"),
+    "a list right after a paragraph": ("Steps:\n- a\n- b", "p,ul(li,li)"),
+    "numbers right after a paragraph": ("Steps:\n1. a\n2. b", "p,ol(li,li)"),
+    "an item after a second paragraph": ("- a\n\n  b para\n- c", "ul(li(p,p),li(p))"),
+    "a tight item with two lines": ("- a\n  more\n- b", "ul(li,li)"),
     "a fence indented at the root": ("Para\n\n  ```ruby\n  puts 1\n  ```\n\nEnd", "p,pre,p"),
     "a table of contents": ("* TOC\n{:toc}\n\n# A\n\n### B\n\n## C\n\n# D", "ul(li(ul(li,li)),li)"),
 }  # fmt: skip

@@ -93,6 +93,10 @@ class _ListIndent(Preprocessor):
         items: list[int] = []  # the content column of each open item, outermost first
         fence = ""  # the fence of a root-level code block being copied
         blank_before = True
+        # The last line was a paragraph's, and the list has a blank line in
+        # it: kramdown starts a list (or the next item) right after such a
+        # line; Python-Markdown wants a blank line first, or reads on.
+        after_text = loose = False
         i = 0
         while i < len(lines):
             line = lines[i]
@@ -104,27 +108,32 @@ class _ListIndent(Preprocessor):
                 continue
             if not line.strip():
                 out.append(line)
-                blank_before = True
+                blank_before, after_text, loose = True, False, loose or bool(items)
                 continue
             indent = len(line) - len(line.lstrip(" "))
             marker = _LIST_MARKER.match(line)
             if marker and not _RULE.match(line) and (not items or indent < items[-1] + _TAB):
+                had_items = bool(items)
                 while items and indent < items[-1]:
                     items.pop()
                 if not items and indent >= _TAB:  # an indented code block's line
                     out.append(line)
                     blank_before = False
                     continue
+                if after_text and (not had_items or loose):
+                    out.append("")
+                loose = loose and had_items
                 extra = indent - items[-1] if items else indent
                 out.append(" " * (_TAB * len(items) + extra) + line[indent:])
                 text = line[marker.end() :]
                 width = len(marker.group(0)) if text.strip() else indent + len(marker.group(2)) + 1
                 items.append(width)
-                blank_before = False
+                blank_before = after_text = False
                 continue
             if items and indent < items[-1]:
                 if not blank_before:  # a lazy line continues the paragraph
                     out.append(line)
+                    after_text = True
                     continue
                 while items and indent < items[-1]:
                     items.pop()
@@ -135,6 +144,8 @@ class _ListIndent(Preprocessor):
                 # A fence may be indented up to three spaces (GFM); Python-Markdown
                 # reads one only at the margin.  Its lines keep their indent.
                 out.append(line.lstrip(" ") if opened else line)
+                after_text = not opened and indent < _TAB and line.lstrip()[0] not in "<|#>"
+                loose = False
                 continue
             prefix = " " * (_TAB * len(items))
             opened = _FENCE.match(line[items[-1] :])
@@ -142,9 +153,10 @@ class _ListIndent(Preprocessor):
                 block, i = self._fence(lines, i - 1, items[-1], opened.group(1))
                 if block is not None:
                     out.extend(prefix + b if b.strip() else b for b in ["", *block, ""])
-                    blank_before = True
+                    blank_before, after_text = True, False
                     continue
             out.append(prefix + line[items[-1] :])
+            after_text = indent - items[-1] < _TAB
         return out
 
     def _fence(
