@@ -17,6 +17,14 @@ from urllib.parse import quote, urljoin, urlsplit
 from newsletter.config import DEFAULT_PERMALINK, PERMALINK_STYLES, SiteSettings
 
 OUTPUT_EXT = ".html"
+# What Jekyll converts to HTML by default (`markdown_ext`, any case, and HTML);
+# any other post keeps its own extension in `:output_ext` (`notes.txt`).
+_CONVERTED = frozenset({".md", ".markdown", ".mkdown", ".mkdn", ".mkd", ".html"})
+
+
+def output_ext(suffix: str) -> str:
+    return OUTPUT_EXT if suffix.lower() in _CONVERTED or not suffix else suffix
+
 
 # Longest names first so that `:title` never eats the start of `:titles`, etc.
 _PLACEHOLDER_NAMES = (
@@ -109,6 +117,7 @@ def expand(
     slug: str,
     categories: tuple[str, ...] = (),
     name: str | None = None,
+    ext: str = OUTPUT_EXT,
 ) -> str:
     """The site-relative path for a post (always starts with `/`).
 
@@ -117,6 +126,7 @@ def expand(
     """
     template = template or DEFAULT_PERMALINK
     values = _placeholders(date, slug, categories, name or slug)
+    values["output_ext"] = ext
     path = _PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
     # Jekyll's URL#sanitize_url: `..` is a `/`, `./` goes, slashes squeeze.
     path = ("/" + path).replace("..", "/").replace("./", "")

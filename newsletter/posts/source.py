@@ -87,7 +87,12 @@ def read_source(found: FoundPost, settings: Settings) -> Source:
     slug = permalink.pretty_slug(given_slug) if given_slug else name.slug.rstrip(".")
     categories = jekyll.categories(front.data, defaults, found.categories, data)
     site_path = permalink.expand(
-        _permalink(data, settings), date=date, slug=slug, categories=categories, name=path.stem
+        _permalink(data, settings),
+        date=date,
+        slug=slug,
+        categories=categories,
+        name=path.stem,
+        ext=permalink.output_ext(path.suffix),
     )
     rel = found.rel
     post_id = jekyll.scalar_text(data.get("id")) or (rel.parent / name.slug).as_posix()
