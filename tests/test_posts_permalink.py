@@ -153,4 +153,3 @@ def test_file_name_slug_is_slugified_as_jekyll_does(tmp_path: Path) -> None:
 def test_dot_dot_in_a_url_is_a_slash_as_in_jekyll(tmp_path: Path) -> None:
     posts = _load(tmp_path, {"2024-03-07-dots..and.md": "---\n---\nx\n"}, permalink="/:title/")
     assert posts["dots..and"].url == "https://example.com/dots/and/"  # type: ignore[attr-defined]
-
