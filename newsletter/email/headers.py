@@ -31,6 +31,7 @@ __all__ = [
     "fold_header",
     "format_address",
     "list_id",
+    "list_id_header",
     "list_unsubscribe_header",
     "parse_from",
 ]
@@ -92,13 +93,28 @@ def list_id(settings: Settings, list_name: str) -> str:
     The title is a phrase (RFC 5322 §3.2.5): quoted unless it is plain
     atoms, or "Field Notes (every post)" would read as a name and a comment.
     """
+    title, ident = _list_title_and_id(settings, list_name)
+    if not _ATOM_PHRASE.fullmatch(title):
+        title = '"' + title.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return f"{title} <{ident}>"
+
+
+def list_id_header(settings: Settings, list_name: str) -> bytes:
+    """The `List-Id` header line.  A non-ASCII title goes as encoded words
+    itself (RFC 2047 §5(3): a phrase may be encoded words), never quoted
+    first: the quotes and backslashes would be read back as its text."""
+    title, ident = _list_title_and_id(settings, list_name)
+    if title.isascii():
+        return fold_header("List-Id", list_id(settings, list_name))
+    return f"List-Id: {_encoded_words(title)}\r\n <{ident}>\r\n".encode("ascii")
+
+
+def _list_title_and_id(settings: Settings, list_name: str) -> tuple[str, str]:
     host = (urlsplit(settings.site.url).hostname or "localhost").encode("idna").decode("ascii")
     lst = settings.lists.get(list_name)
     title = one_line(lst.title if lst else list_name)
     ident = re.sub(r"[^A-Za-z0-9-]+", "-", list_name).strip("-").lower() or "list"
-    if not _ATOM_PHRASE.fullmatch(title):
-        title = '"' + title.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return f"{title} <{ident}.{host}>"
+    return title, f"{ident}.{host}"
 
 
 def list_unsubscribe_header(url: str, mailto: str | None) -> bytes:
