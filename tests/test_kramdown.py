@@ -154,6 +154,7 @@ LISTS = {
     "a rule is no item": ("- a\n\n* * *\n\ntext", "ul(li),hr,p"),
     "a lazy line": ("- a\nlazy\n- b", "ul(li,li)"),
     "a list right after a paragraph": ("Steps:\n- a\n- b", "p,ul(li,li)"),
+    "a list right after a quote": ("> quoted\n- a", "p,ul(li)"),
     "numbers right after a paragraph": ("Steps:\n1. a\n2. b", "p,ol(li,li)"),
     "an item after a second paragraph": ("- a\n\n  b para\n- c", "ul(li(p,p),li(p))"),
     "a tight item with two lines": ("- a\n  more\n- b", "ul(li,li)"),

@@ -144,7 +144,7 @@ class _ListIndent(Preprocessor):
                 # A fence may be indented up to three spaces (GFM); Python-Markdown
                 # reads one only at the margin.  Its lines keep their indent.
                 out.append(line.lstrip(" ") if opened else line)
-                after_text = not opened and indent < _TAB and line.lstrip()[0] not in "<|#>"
+                after_text = not opened and indent < _TAB and line.lstrip()[0] not in "<#"
                 loose = False
                 continue
             prefix = " " * (_TAB * len(items))
