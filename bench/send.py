@@ -35,6 +35,7 @@ import asyncio
 import json
 import os
 import resource
+import shlex
 import smtplib
 import socket
 import statistics
@@ -396,10 +397,14 @@ def run_one(
     if kind.startswith("before:"):
         env = {**CHILD_ENV, "BENCH_CODE": BEFORE, "PYTHONPATH": BEFORE}
         cmd[cmd.index(kind)] = kind.removeprefix("before:")
+    if kind != "smtplib" and kind != "aiosmtplib" and (wrap := os.environ.get("BENCH_WRAP")):
+        # e.g. BENCH_WRAP="py-spy record -o /tmp/p.txt -f raw --" profiles our runs only
+        cmd = shlex.split(wrap) + cmd
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode != 0:
         raise RuntimeError(f"{kind} failed:\n{out.stderr}")
-    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    lines = out.stdout.strip().splitlines()  # a BENCH_WRAP tool may print after ours
+    result: dict[str, Any] = json.loads(next(x for x in reversed(lines) if x.startswith("{")))
     if result["sent"] != n:
         raise RuntimeError(f"{kind} sent {result['sent']} of {n}")
     return result

@@ -565,8 +565,14 @@ def _jekyll_site(
     """Site values taken from a Jekyll `_config.yml`, in newsletter.toml's
     terms, and the whole `_config.yml` (None when there is none)."""
     value = site_raw.get("jekyll_config")
-    if not value:
+    if value is None or value == "":
         return {}, None
+    if not isinstance(value, str):
+        raise ConfigError(
+            f"expected a path to a _config.yml, got {value!r}",
+            path=config_path,
+            key="site.jekyll_config",
+        )
     path = Path(value).expanduser()
     path = path if path.is_absolute() else base_dir / path
     data = read_jekyll_config(path)
@@ -595,6 +601,10 @@ def read_jekyll_config(path: Path) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         raise ConfigError("Jekyll configuration not found", path=path) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not UTF-8 text: {exc}", path=path) from exc
+    except (OSError, ValueError) as exc:  # a folder, no permission, a NUL in the name
+        raise ConfigError(f"cannot read the Jekyll configuration: {exc}", path=path) from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None

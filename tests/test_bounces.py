@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -225,6 +226,68 @@ def test_a_forged_verp_token_is_not_trusted(sent: Sent, sample_site: Path) -> No
     run = process_bounces(sent.engine, sent.settings)
     assert run.unknown == ("stranger@example.net",) and run.suppressed == ()
     assert status_of(sent, "r0@example.org") == "active"
+
+
+# Headers that Python's email parser (3.11) fails on with an IndexError or an
+# AttributeError instead of a defect: found by mutating the fixtures.
+HOSTILE_HEADERS = [b"To: a@", b'To: "', b"To: a@[", b"To: =?utf-8?q?=ff?= <a@"]
+
+
+@pytest.mark.parametrize("header", HOSTILE_HEADERS, ids=lambda h: h.decode())
+def test_a_malformed_header_is_an_unparseable_report(sent: Sent, header: bytes) -> None:
+    with pytest.raises(UnparseableReport, match="malformed"):
+        parse_report(header + b"\r\n" + sent.fill("dsn-postfix-hard.eml", "r0@example.org"))
+
+
+def test_a_malformed_report_is_set_aside_and_the_others_go_on(
+    sent: Sent, sample_site: Path
+) -> None:
+    # One such message in the box stopped every read of it, pass after pass
+    # (it stayed in new/): anyone could halt bounce handling with one email.
+    box = sample_site / "box"
+    drop(box, "a-hostile", b"To: a@\r\n" + sent.fill("dsn-postfix-hard.eml", "r1@example.org"))
+    # A mangled header of the returned message: the report's own VERP address still counts.
+    returned = sent.fill("dsn-gmail-full-message.eml", "r2@example.org")
+    returned = returned.replace(b"\nSubject: How", b"\nMessage-ID: <\nSubject: How", 1)
+    drop(box, "b-mangled-inside", returned)
+    drop(box, "c-good", sent.fill("dsn-postfix-hard.eml", "r0@example.org"))
+    run = process_bounces(sent.engine, sent.settings)
+    assert (run.read, run.hard) == (3, 2)
+    assert sorted(run.suppressed) == ["r0@example.org", "r2@example.org"]
+    (hostile,) = run.unparsed
+    assert Path(hostile.key).name == "a-hostile" and "malformed" in hostile.message
+    assert status_of(sent, "r1@example.org") == "active"
+    assert list((box / "new").iterdir()) == []
+    assert len(list((box / ".newsletter-unparsed" / "cur").iterdir())) == 1
+
+
+def test_a_message_filed_meanwhile_by_another_reader_is_skipped(
+    sent: Sent, sample_site: Path
+) -> None:
+    # `newsletter bounces` run while the daemon reads the same Maildir: a
+    # file listed by one can be gone (moved by the other) when it is read.
+    box = sample_site / "box"
+    for who in ("r0", "r1", "r2"):
+        drop(box, who, sent.fill("dsn-postfix-hard.eml", f"{who}@example.org"))
+    mailbox = MaildirBox(box, "newsletter-processed", "newsletter-unparsed")
+    other = MaildirBox(box, "newsletter-processed", "newsletter-unparsed")
+
+    class Racing(MaildirBox):
+        def messages(self) -> Iterator[tuple[str, bytes]]:
+            for n, (ref, data) in enumerate(mailbox.messages()):
+                if n == 0:  # the other reader files r1 and r2 meanwhile
+                    for who in ("r1", "r2"):
+                        other.processed(str(box / "new" / who))
+                yield ref, data
+
+        def processed(self, ref: str) -> None:
+            mailbox.processed(ref)
+            mailbox.processed(ref)  # and a report both read: filed by the other first
+
+    run = process_bounces(sent.engine, sent.settings, Racing(box, "p", "u"))
+    assert (run.read, run.hard, run.suppressed) == (1, 1, ("r0@example.org",))
+    assert list((box / "new").iterdir()) == []
+    assert len(list((box / ".newsletter-processed" / "cur").iterdir())) == 3
 
 
 def test_a_missing_maildir_is_a_config_error(sample_site: Path) -> None:

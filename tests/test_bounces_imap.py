@@ -121,3 +121,25 @@ def test_nothing_listens_is_one_clear_error(sample_site: Path, tmp_path: Path) -
     )  # fmt: skip
     with pytest.raises(DeliveryError, match=r"cannot reach IMAP server 127\.0\.0\.1"):
         process_bounces(sent.engine, sent.settings)
+
+
+def test_a_connection_lost_mid_read_is_one_clear_error_and_keeps_what_was_filed(
+    sample_site: Path, imap: DovecotServer
+) -> None:
+    sent = send_mailing(sample_site, 6, **imap.settings_overrides())
+    fill(imap, sent)
+
+    class DiesAfterTheFirst(ImapBox):
+        def processed(self, ref: str) -> None:
+            super().processed(ref)
+            imap.stop()  # the server goes away in the middle of the session
+
+    box = DiesAfterTheFirst(sent.settings)
+    try:
+        with pytest.raises(DeliveryError, match=r"IMAP connection to 127\.0\.0\.1:\d+ lost"):
+            process_bounces(sent.engine, sent.settings, box)
+    finally:
+        box.close()
+    # The first report, read and filed before the loss, is recorded.
+    assert statuses(sent)["r0"] == "bounced"
+    assert statuses(sent)["r1"] == "active"

@@ -86,6 +86,31 @@ def test_durations(value: object, seconds: float) -> None:
     assert parse_duration(value) == seconds
 
 
+@pytest.mark.parametrize(
+    ("value", "setup", "message"),
+    [
+        ("1", None, r"site\.jekyll_config.*expected a path to a _config\.yml, got 1"),
+        ('["_config.yml"]', None, r"expected a path to a _config\.yml, got \['_config\.yml'\]"),
+        ('"blog"', "folder", r"blog.*cannot read the Jekyll configuration"),
+        ('"_config.yml"', "latin-1", r"_config\.yml.*not UTF-8 text"),
+        ('"bad\\u0000name.yml"', None, r"cannot read the Jekyll configuration"),
+    ],
+    ids=["number", "list", "a-folder", "latin-1", "nul"],
+)
+def test_an_unusable_jekyll_config_is_one_error_naming_it(
+    tmp_path: Path, value: str, setup: str | None, message: str
+) -> None:
+    # Each was a TypeError, IsADirectoryError, UnicodeDecodeError or
+    # ValueError traceback out of every command.
+    if setup == "folder":
+        (tmp_path / "blog").mkdir()
+    if setup == "latin-1":
+        (tmp_path / "_config.yml").write_bytes("title: Caf\xe9\n".encode("latin-1"))
+    cfg = write(tmp_path, f"[site]\njekyll_config = {value}\n")
+    with pytest.raises(ConfigError, match=message):
+        load_settings(cfg)
+
+
 def test_jekyll_config_supplies_site_values(tmp_path: Path) -> None:
     site = tmp_path / "blog"
     (site / "_posts").mkdir(parents=True)

@@ -234,6 +234,7 @@ def test_title_with_newlines_cannot_break_the_subject() -> None:
         ),
         ("{{ post.title", "subject template:"),
         ("{{ '' }}", "the subject template renders to nothing"),
+        ("{{ post.title + 1 }}", "subject template: TypeError: can only concatenate str"),
     ],
 )
 def test_bad_subject_template_is_reported_with_its_key(template: str, message: str) -> None:
@@ -274,6 +275,41 @@ def test_undefined_variable_in_template_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "email.txt.j2").write_text("{{ post.no_such_field }}\n", encoding="utf-8")
     with pytest.raises(TemplateError, match="no_such_field"):
         render_default(templates_dir=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("files", "where", "message"),
+    [
+        (
+            {"email.txt.j2": "ok\n{{ post.title + 1 }}\n"},
+            ("email.txt.j2", 2),
+            "TypeError: can only",
+        ),
+        ({"email.html.j2": "{{ 1 / 0 }}"}, ("email.html.j2", 1), "ZeroDivisionError"),
+        (
+            {"email.html.j2": '{% include "email.html.j2" %}'},
+            ("email.html.j2", 1),
+            "RecursionError",
+        ),
+        (
+            {"email.html.j2": 'a\n{% include "part.j2" %}', "part.j2": "\n\n{{ 1 / 0 }}"},
+            ("part.j2", 3),
+            "ZeroDivisionError",
+        ),
+        ({"email.txt.j2": "\n{{ post.no_such_field }}\n"}, ("email.txt.j2", 2), "no_such_field"),
+    ],
+    ids=["type-error", "division", "includes-itself", "in-an-include", "undefined"],
+)
+def test_a_failing_expression_is_the_templates_error_at_its_line(
+    tmp_path: Path, files: dict[str, str], where: tuple[str, int], message: str
+) -> None:
+    # Each but the last was a Python traceback out of render, send and run.
+    for name, text in files.items():
+        (tmp_path / name).write_text(text, encoding="utf-8")
+    with pytest.raises(TemplateError) as info:
+        render_default(templates_dir=tmp_path)
+    assert (info.value.path, info.value.line) == (tmp_path / where[0], where[1])
+    assert message in str(info.value)
 
 
 def test_missing_templates_dir_is_a_config_key_error(tmp_path: Path) -> None:

@@ -101,7 +101,11 @@ class MaildirBox:
         for sub in ("new", "cur"):
             for path in sorted((self.root / sub).iterdir()):
                 if path.is_file() and not path.name.startswith("."):
-                    yield str(path), path.read_bytes()
+                    try:
+                        data = path.read_bytes()
+                    except FileNotFoundError:
+                        continue  # filed meanwhile by another reader (the daemon, the command)
+                    yield str(path), data
 
     def _move(self, ref: str, target: str) -> None:
         folder = self.targets[target]
@@ -109,7 +113,10 @@ class MaildirBox:
             (folder / sub).mkdir(parents=True, exist_ok=True)
         path = Path(ref)
         name = path.name if ":2," in path.name else f"{path.name}:2,S"  # read: 'S'een
-        os.rename(path, folder / "cur" / name)  # same file system: atomic
+        # Same file system: atomic.  Gone already: another reader read it too
+        # and filed it first (its report is recorded once either way).
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(path, folder / "cur" / name)
 
     def processed(self, ref: str) -> None:
         self._move(ref, "processed")
@@ -129,7 +136,7 @@ class ImapBox:
     without MOVE, copied, flagged \\Deleted and expunged."""
 
     def __init__(self, settings: Settings) -> None:
-        b = settings.bounces
+        b = self.settings = settings.bounces
         context = ssl.create_default_context(cafile=str(b.ca_file) if b.ca_file else None)
         self.folders = {"processed": b.processed_folder, "unparsed": b.unparsed_folder}
         try:
@@ -160,16 +167,37 @@ class ImapBox:
             raise DeliveryError(f"IMAP {what} failed: {data!r}", key="bounces")
         return data
 
+    @contextlib.contextmanager
+    def _talking(self) -> Iterator[None]:
+        """A connection lost in the middle of the session is one clear error.
+
+        imaplib raises `IMAP4.abort` (or a bare OSError) then; what was read
+        and filed before it stays done, the rest waits for the next read.
+        """
+        try:
+            yield
+        except (OSError, imaplib.IMAP4.error) as exc:
+            where = f"{self.settings.imap_host}:{self.settings.port}"
+            raise DeliveryError(
+                f"IMAP connection to {where} lost: {exc}", key="bounces.imap_host"
+            ) from exc
+
     def messages(self) -> Iterator[tuple[str, bytes]]:
-        data = self._ok(self.imap.uid("SEARCH", "ALL"), "search")
+        with self._talking():
+            data = self._ok(self.imap.uid("SEARCH", "ALL"), "search")
         uids = data[0].decode().split() if data and isinstance(data[0], bytes) else []
         for uid in uids:
-            fetched = self._ok(self.imap.uid("FETCH", uid, "(BODY.PEEK[])"), "fetch")
+            with self._talking():
+                fetched = self._ok(self.imap.uid("FETCH", uid, "(BODY.PEEK[])"), "fetch")
             body = next((p[1] for p in fetched if isinstance(p, tuple)), None)
             if isinstance(body, bytes):
                 yield uid, body
 
     def _move(self, uid: str, target: str) -> None:
+        with self._talking():
+            self._file(uid, target)
+
+    def _file(self, uid: str, target: str) -> None:
         folder = _quote(self.folders[target])
         if folder not in self.created:
             self.imap.create(folder)  # NO when it exists: fine

@@ -30,6 +30,7 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from email import message_from_bytes, policy
+from email.errors import MessageError
 from email.message import EmailMessage, Message
 from email.utils import parseaddr
 from typing import Literal
@@ -117,9 +118,27 @@ def verp_tokens_in(text: str, bounce_address: str) -> list[str]:
 # --------------------------------------------------------------------------- parsing
 
 
+# Anyone can mail the bounce address, and Python's email parser fails on some
+# malformed headers (`To: a@`, `Message-ID: <`) with an IndexError,
+# AttributeError or HeaderParseError where it should record a defect; deep
+# nesting raises RecursionError.
+PARSER_FAILURES = (LookupError, AttributeError, TypeError, ValueError, MessageError, RecursionError)
+
+
 def parse_report(data: bytes) -> ParsedReport:
     """Read one message of the bounce mailbox; `UnparseableReport` if it is neither
-    a bounce nor a complaint we understand."""
+    a bounce nor a complaint we understand, or cannot be read at all."""
+    try:
+        return _parse_report(data)
+    except PARSER_FAILURES as exc:
+        # Set aside like any other message we do not understand, instead of
+        # stopping every read of the mailbox (it stayed in new/, pass after pass).
+        raise UnparseableReport(
+            f"malformed message: Python's email parser failed ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+def _parse_report(data: bytes) -> ParsedReport:
     msg = message_from_bytes(data, policy=policy.default)
     assert isinstance(msg, EmailMessage)
     source = _source_key(msg, data)
@@ -227,14 +246,23 @@ def _returned_ids(msg: Message) -> dict[str, str | None]:
     original = _original(msg)
     if original is None:
         return {"message_id": None, "unsubscribe": None, "return_path": None}
-    unsubscribe = re.search(
-        r"/unsubscribe/([A-Za-z0-9_-]+)", str(original.get("list-unsubscribe", ""))
-    )
+    unsubscribe = re.search(r"/unsubscribe/([A-Za-z0-9_-]+)", _text(original, "list-unsubscribe"))
     return {
-        "message_id": (str(original.get("message-id", "")).strip() or None),
+        "message_id": _text(original, "message-id").strip() or None,
         "unsubscribe": unsubscribe.group(1) if unsubscribe else None,
-        "return_path": str(original.get("return-path", "")) or None,
+        "return_path": _text(original, "return-path") or None,
     }
+
+
+def _text(msg: Message, name: str) -> str:
+    """A header of the returned message; '' when the parser fails on it.
+
+    A mangled header there must not hide the report's own VERP address.
+    """
+    try:
+        return str(msg.get(name, ""))
+    except PARSER_FAILURES:
+        return ""
 
 
 def _dsn(msg: Message, status_part: Message) -> Iterator[BounceEvent]:

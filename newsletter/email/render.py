@@ -16,6 +16,7 @@ import functools
 import importlib.resources
 import logging
 import re
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -32,7 +33,7 @@ from newsletter.email.rendered import (
     RenderedEmail,
     one_line,
 )
-from newsletter.errors import RenderError, TemplateError
+from newsletter.errors import NewsletterError, RenderError, TemplateError
 from newsletter.posts.collection import Post
 
 # premailer (with cssutils and lxml) and `markup` (Markdown, lxml) are imported
@@ -191,6 +192,12 @@ def render_subject(template: str, env: jinja2.Environment, context: dict[str, An
         raise TemplateError(
             f"subject template: {_jinja_message(exc)}", key="email.subject"
         ) from exc
+    except NewsletterError:
+        raise
+    except Exception as exc:  # an expression failed: {{ post.title + 1 }}
+        raise TemplateError(
+            f"subject template: {type(exc).__name__}: {exc}", key="email.subject"
+        ) from exc
     subject = one_line(raw)
     if not subject:
         raise TemplateError("the subject template renders to nothing", key="email.subject")
@@ -285,7 +292,35 @@ def _render(env: jinja2.Environment, name: str, context: dict[str, Any]) -> str:
     except jinja2.TemplateNotFound as exc:
         raise TemplateError(f"template not found: {exc.name}", key="email.templates_dir") from exc
     except jinja2.TemplateError as exc:
-        raise TemplateError(_jinja_message(exc), path=_template_path(env, name)) from exc
+        path, line = _failing_line(exc, _template_path(env, name))
+        raise TemplateError(_jinja_message(exc), path=path, line=line) from exc
+    except NewsletterError:
+        raise
+    except Exception as exc:
+        # An expression of the template failed ({{ post.title + 1 }}: a
+        # TypeError; an include of itself: a RecursionError): the template's
+        # error, at its line, rather than a traceback out of the command.
+        path, line = _failing_line(exc, _template_path(env, name))
+        raise TemplateError(f"{type(exc).__name__}: {exc}", path=path, line=line) from exc
+
+
+def _failing_line(exc: BaseException, fallback: str) -> tuple[str, int | None]:
+    """The template file and line where `exc` was raised, from Jinja's rewritten traceback.
+
+    Jinja gives each template's frames the template's file name and line
+    numbers; the innermost one is where the expression failed (in an included
+    template, that one).
+    """
+    found: tuple[str, int | None] = (fallback, None)
+    for frame, line in traceback.walk_tb(exc.__traceback__):
+        if _JINJA_FRAME.intersection(frame.f_globals):
+            found = (frame.f_code.co_filename, line)
+    return found
+
+
+# Globals Jinja puts in a template's frames: its rewritten ones (jinja2.debug)
+# and those of the compiled template code.
+_JINJA_FRAME = frozenset(("__jinja_exception__", "__jinja_template__"))
 
 
 def _template_path(env: jinja2.Environment, name: str) -> str:
