@@ -213,3 +213,11 @@ def test_gfm_strikethrough_line_break_and_task_items() -> None:
     # kramdown's disabled checkboxes reach no inbox: the item says it instead.
     tasks = markdown_to_html("- [ ] todo\n- [x] done\n- [y] not a task", BASE)
     assert text_of(tasks) == "\u2610 todo \u2611 done [y] not a task"
+
+
+@pytest.mark.parametrize("source", ["Title\n-\n\ntext", "Title\n- \n\ntext", "Text\n1.\n\nx"])
+def test_an_empty_item_does_not_interrupt_a_paragraph(source: str) -> None:
+    """`Title` / `-` is a heading (kramdown's too), not a paragraph and a list."""
+    html = markdown_to_html(source, BASE)
+    assert "<li" not in html
+    assert ("<h2" in html) == source.startswith("Title")

@@ -120,12 +120,13 @@ class _ListIndent(Preprocessor):
                     out.append(line)
                     blank_before = False
                     continue
-                if after_text and (not had_items or loose):
+                text = line[marker.end() :]
+                # An empty item never interrupts a paragraph: `Title` / `-` is a heading.
+                if after_text and (not had_items or loose) and text.strip():
                     out.append("")
                 loose = loose and had_items
                 extra = indent - items[-1] if items else indent
                 out.append(" " * (_TAB * len(items) + extra) + line[indent:])
-                text = line[marker.end() :]
                 width = len(marker.group(0)) if text.strip() else indent + len(marker.group(2)) + 1
                 items.append(width)
                 blank_before = after_text = False
