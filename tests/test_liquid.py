@@ -263,3 +263,24 @@ def test_highlight_in_a_list_item_stays_in_the_item() -> None:
     assert text == "1. Step:\n\n   ```bash\n   make\n   ```\n\n2. Two"
     html = markdown_to_html(text, "https://example.com/p.html")
     assert html.count("<ol") == 1 and html.index("<pre") < html.index("Two")
+
+
+def test_a_date_prints_as_jekyll_prints_it(tmp_path: Path) -> None:
+    """`{{ page.date }}` is Ruby's Time#to_s in the site's zone, as `jekyll
+    build` prints it (also through jsonify and site.posts)."""
+    folder = tmp_path / "posts"
+    folder.mkdir()
+    (folder / "2024-01-01-d.md").write_text(
+        "---\ndate: 2024-01-01 10:00:00 +0300\n---\n"
+        "When: {{ page.date }} / {{ page.date | jsonify }} / {{ site.posts.first.date }}"
+        ' / {{ page.date | date: "%-d %b" }}\n',
+        encoding="utf-8",
+    )
+    settings = Settings(
+        base_dir=tmp_path, site=SiteSettings(posts_dir=folder, url="https://example.com")
+    )
+    (post,) = load_posts(settings).posts
+    assert post.body_html == (
+        "<p>When: 2024-01-01 07:00:00 +0000 / \u201c2024-01-01 07:00:00 +0000\u201d"
+        " / 2024-01-01 07:00:00 +0000 / 1 Jan</p>"
+    )
