@@ -59,13 +59,38 @@ CASES = [
     ("2024-02-30", "2024-03-01T00:00:00+03:00"),
     ("2023-02-29 10:00", "2023-03-01T10:00:00+03:00"),
     ("2024-11-04 25:00:00 +0300", "2024-11-05T01:00:00+03:00"),
+    ("2024-02-31 10:00:00", "2024-03-02T13:00:00+03:00"),
+    ("2024-11-04 23:59:60", "2024-11-05T03:00:00+03:00"),
+    # Quoted, it is a string to YAML: Time.parse reads it in the site's zone.
+    ('"2024-11-04 10:00:00"', "2024-11-04T10:00:00+03:00"),
+    ("'2024-11-04T10:00:00'", "2024-11-04T10:00:00+03:00"),
+    ('"2024-11-04 10:00:00 +03"', "2024-11-04T10:00:00+03:00"),
 ]
-FAILING = ["next tuesday", "12/31/2019", "2020-13-45", "garbage"]
+# YAML's timestamp past Time.utc's range (hour 24 only as 24:00:00, second
+# 60 at most) fails Jekyll's build: a typo must not mail at the wrong time.
+FAILING = [
+    "next tuesday",
+    "12/31/2019",
+    "2020-13-45",
+    "garbage",
+    "2024-11-04 25:00:00",
+    "2024-11-04 10:60:00",
+    "2024-11-04 24:00:01",
+    "2024-11-04 23:59:61",
+    "2024-11-32 10:00:00",
+    "2024-11-00 10:00:00",
+]
+
+
+def _parse(text: str, line: int | None = None) -> datetime:
+    """`text` as written after `date:`; a quoted one is a YAML string."""
+    quoted = text[:1] in ("'", '"')
+    return parse_date(text.strip("'\"") if quoted else text, TZ, line=line, quoted=quoted)
 
 
 @pytest.mark.parametrize(("text", "expected"), CASES)
 def test_date_forms(text: str, expected: str) -> None:
-    moment = parse_date(text, TZ)
+    moment = _parse(text)
     assert moment == datetime.fromisoformat(expected)  # the same instant
     assert moment.astimezone(TZ).isoformat() == expected
 
@@ -73,7 +98,7 @@ def test_date_forms(text: str, expected: str) -> None:
 @pytest.mark.parametrize("text", FAILING)
 def test_what_jekyll_rejects_is_one_clear_error(text: str) -> None:
     with pytest.raises(PostError) as info:
-        parse_date(text, TZ, line=3)
+        _parse(text, line=3)
     assert info.value.line == 3
     assert f"{text!r} as a date (Jekyll fails on it too)" in info.value.message
     assert "\n" not in info.value.message

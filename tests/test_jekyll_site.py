@@ -272,3 +272,24 @@ def test_collections_dir_holds_the_posts(tmp_path: Path) -> None:
         ("_posts/2024-01-01-a.md", ()),
         ("en/_posts/2024-01-01-b.md", ("en",)),
     ]
+
+
+def test_output_ext_is_html_only_for_what_jekyll_converts(tmp_path: Path) -> None:
+    """Checked with `jekyll build`: Markdown (any case) and HTML posts end in
+    `.html`; a `.txt` or `.htm` post keeps its own extension."""
+    config = _site(
+        tmp_path,
+        "url: https://example.org\ntimezone: UTC\npermalink: /:title:output_ext\n",
+        {
+            f"_posts/2024-03-07-{name}": "---\n---\nx\n"
+            for name in ("upper.MD", "long.markdown", "page.html", "notes.txt", "old.htm")
+        },
+    )
+    urls = {p.slug: p.url for p in load_posts(load_settings(config)).posts}
+    assert urls == {
+        "upper": "https://example.org/upper.html",
+        "long": "https://example.org/long.html",
+        "page": "https://example.org/page.html",
+        "notes": "https://example.org/notes.txt",
+        "old": "https://example.org/old.htm",
+    }

@@ -42,6 +42,11 @@ SAMPLES = {
     "quotes around raw HTML": ("<em>'em'</em> and \"html\"", "‘em’ and “html”"),
     "'s at the start": ("'s-Hertogenbosch is a city.", "’s-Hertogenbosch is a city."),
     "quotes in code stay": ("`code 'quote'` and 'after'", "code 'quote' and ‘after’"),
+    "strikethrough": ("~~gone~~ and ~~ kept ~~ and H~2~O", "gone and ~~ kept ~~ and H~2~O"),
+    "guillemets around a word": ("x <<word>> y", "x «word» y"),
+    "backslash line break": ("a\\\nb", "a b"),
+    "table of contents": ("* TOC\n{:toc}\n\n## A\n\n### B\n\n## C", "A B C A B C"),
+    "toc without a heading": ("Intro.\n\n1. x\n{:toc}\n\n## Kept\n{:.no_toc}", "Intro. Kept"),
 }  # fmt: skip
 
 
@@ -131,3 +136,88 @@ def test_header_ids_agree_with_kramdown() -> None:
         check=True,
     )
     assert _ids(json.loads(done.stdout)) == HEADER_IDS
+
+
+# Lists nest where the item's text starts (kramdown, GFM), not only at four
+# spaces (Python-Markdown); a fence inside an item is code of that item.
+LISTS = {
+    "two-space nesting": ("- fruit\n  - apple\n  - pear\n- veg", "ul(li(ul(li,li)),li)"),
+    "three-space nesting": ("* a\n   * b\n      * c\n* d", "ul(li(ul(li(ul(li)))),li)"),
+    "under a number": ("1. one\n   - x\n   - y\n2. two", "ol(li(ul(li,li)),li)"),
+    "four spaces still nest": ("- a\n    - b", "ul(li(ul(li)))"),
+    "fence in an item": (
+        "1. Install:\n\n   ```bash\n   make install\n   ```\n\n2. Run it",
+        "ol(li(p,pre),li(p))",
+    ),
+    "fence at the root stays": ("```\n- not a list\n  - really\n```", "pre"),
+    "indented code in an item": ("- a\n\n      code line\n\n- b", "ul(li(p,pre),li(p))"),
+    "a rule is no item": ("- a\n\n* * *\n\ntext", "ul(li),hr,p"),
+    "a lazy line": ("- a\nlazy\n- b", "ul(li,li)"),
+    "a list right after a paragraph": ("Steps:\n- a\n- b", "p,ul(li,li)"),
+    "a list right after a quote": ("> quoted\n- a", "p,ul(li)"),
+    "numbers right after a paragraph": ("Steps:\n1. a\n2. b", "p,ol(li,li)"),
+    "an item after a second paragraph": ("- a\n\n  b para\n- c", "ul(li(p,p),li(p))"),
+    "a tight item with two lines": ("- a\n  more\n- b", "ul(li,li)"),
+    "a fence indented at the root": ("Para\n\n  ```ruby\n  puts 1\n  ```\n\nEnd", "p,pre,p"),
+    "a table of contents": ("* TOC\n{:toc}\n\n# A\n\n### B\n\n## C\n\n# D", "ul(li(ul(li,li)),li)"),
+}  # fmt: skip
+_SHAPE_TAGS = frozenset({"ul", "ol", "li", "p", "pre", "hr"})
+
+
+def _shape(fragment: str) -> str:
+    import lxml.html
+
+    def walk(el: object) -> list[str]:
+        parts = []
+        for child in el:  # type: ignore[attr-defined]
+            if not isinstance(child.tag, str):
+                continue
+            inner = walk(child)
+            if child.tag in _SHAPE_TAGS:
+                parts.append(f"{child.tag}({','.join(inner)})" if inner else child.tag)
+            else:
+                parts.extend(inner)
+        return parts
+
+    return ",".join(walk(lxml.html.fragment_fromstring(fragment, create_parent="div")))
+
+
+@pytest.mark.parametrize("name", sorted(LISTS))
+def test_lists_nest_as_in_kramdown(name: str) -> None:
+    source, shape = LISTS[name]
+    html = markdown_to_html(source, BASE)
+    assert _shape(html) == shape
+    if "make install" in source:
+        assert "```" not in html and "make" in text_of(html.split("<pre")[1])
+
+
+@pytest.mark.skipif(not _has_kramdown(), reason="ruby's kramdown is not installed")
+def test_lists_agree_with_kramdown() -> None:
+    names = sorted(LISTS)
+    done = subprocess.run(
+        ["ruby", "-e", KRAMDOWN],
+        input=json.dumps([LISTS[n][0] for n in names]),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    for name, line in zip(names, done.stdout.splitlines(), strict=True):
+        # Rouge wraps a fence in <div>s (not shapes); the shape is the same.
+        assert _shape(json.loads(line)) == LISTS[name][1], name
+
+
+def test_gfm_strikethrough_line_break_and_task_items() -> None:
+    html = markdown_to_html("~~gone~~ a\\\nb", BASE)
+    assert html == "<p><del>gone</del> a<br>\nb</p>"
+    # kramdown's disabled checkboxes reach no inbox: the item says it instead.
+    tasks = markdown_to_html("- [ ] todo\n- [x] done\n- [y] not a task", BASE)
+    assert text_of(tasks) == "\u2610 todo \u2611 done [y] not a task"
+
+
+@pytest.mark.parametrize("source", ["Title\n-\n\ntext", "Title\n- \n\ntext", "Text\n1.\n\nx"])
+def test_an_empty_item_does_not_interrupt_a_paragraph(source: str) -> None:
+    """`Title` / `-` is a heading (kramdown's too), not a paragraph and a list."""
+    html = markdown_to_html(source, BASE)
+    assert "<li" not in html
+    assert ("<h2" in html) == source.startswith("Title")

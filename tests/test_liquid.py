@@ -35,6 +35,10 @@ def _render(text: str, first_line: int = 1) -> liquid.LiquidResult:
         ),
         ("{{ page.title }} {{ page.url }}", "A Page /2024/01/01/a.html"),
         ("{{ '/img/x.png' | relative_url }}", "/blog/img/x.png"),
+        # escaped as Jekyll's Addressable normalize does (checked with ruby -rjekyll):
+        ("{{ '/café/x y.pdf?q=a b#f' | relative_url }}", "/blog/caf%C3%A9/x%20y.pdf?q=a%20b#f"),
+        ("{{ 'x%20y' | absolute_url }}", "https://example.com/blog/x%20y"),
+        ("{{ '/a[1]' | relative_url }}", "/blog/a%5B1%5D"),
         ("{{ 'img/x.png' | absolute_url }}", "https://example.com/blog/img/x.png"),
         ("{{ 'https://example.org/y' | absolute_url }}", "https://example.org/y"),
         ("{% raw %}{{ kept }} {% if %}{% endraw %}", "{{ kept }} {% if %}"),
@@ -50,8 +54,22 @@ def _render(text: str, first_line: int = 1) -> liquid.LiquidResult:
         ("{% if page.title %}yes{% else %}no{% endif %}", "yes"),
         ("{% for t in page.tags %}{{ t }},{% endfor %}", "x,y,"),
         ("{% assign n = 'Hello World' | slugify %}{{ n }}", "hello-world"),
+        # each of Jekyll's modes, as `ruby -rjekyll` slugifies this text:
+        ("{{ 'The _config.yml  Café!' | slugify }}", "the-config-yml-café"),
+        ("{{ 'The _config.yml  Café!' | slugify: 'raw' }}", "the-_config.yml-café!"),
+        ("{{ 'The _config.yml  Café!' | slugify: 'pretty' }}", "the-_config.yml-café!"),
+        ("{{ 'The _config.yml  Café!' | slugify: 'ascii' }}", "the-config-yml-caf"),
+        ("{{ 'The _config.yml  Café!' | slugify: 'latin' }}", "the-config-yml-cafe"),
+        ("{{ 'The _config.yml  Café!' | slugify: 'none' }}", "the _config.yml  café!"),
         ("{{ page.tags | array_to_sentence_string }}", "x and y"),
         ("{{ '<a&b>' | xml_escape }}", "&lt;a&amp;b&gt;"),
+        # Ruby's to_i: text that is no number is 0, never an unreadable post.
+        ("{{ 'x' | to_integer }} {{ '12px' | to_integer }} {{ '3.7' | to_integer }}", "0 12 3"),
+        ("{{ true | to_integer }} {{ nil | to_integer }} {{ -2.5 | to_integer }}", "1 0 -2"),
+        (
+            "{{ page.tags | pop: 'x' | join: ',' }} {{ page.tags | shift: '1' | join: ',' }}",
+            "x,y y",
+        ),
         ("no liquid at all {", "no liquid at all {"),
     ],
 )
@@ -75,7 +93,7 @@ def test_jekyll_liquid(source: str, expected: str) -> None:
         ("{{ page.title | shout }}", "A Page", "unknown Liquid filter 'shout' ignored"),
         (
             "[x]({% post_url 1999-01-01-none %})",
-            "[x]()",
+            f"[x]({liquid.MISSING_LINK})",  # the sanitiser drops the href, keeps "x"
             "{% post_url 1999-01-01-none %}: no such post",
         ),
         ("{% if broken", " if broken", "unterminated Liquid markup '{%' dropped"),
@@ -144,8 +162,125 @@ def test_date_filters_work_on_page_date() -> None:
     assert result.text == "November 4, 2024 / 2024-11-04T06:00:00+00:00"
 
 
+def test_date_to_string_ordinal_and_us_style() -> None:
+    """Jekyll's optional arguments (`"ordinal"`, `"US"`); they used to make the
+    whole post's Liquid fail ("takes 1 positional argument")."""
+    from datetime import UTC, datetime
+
+    days = {d: datetime(2024, 11, d, tzinfo=UTC) for d in (1, 2, 3, 11, 22)}
+    template = (
+        '{{ d | date_to_string }}|{{ d | date_to_string: "ordinal" }}|'
+        '{{ d | date_to_string: "ordinal", "US" }}|{{ d | date_to_long_string: "ordinal", "US" }}'
+    )
+    seen = {}
+    for day, moment in days.items():
+        result = liquid.render(
+            template.replace("d |", "page.date |"),
+            site=SITE,
+            page={"date": moment},
+            post_url=lambda _: None,
+            link=lambda _: None,
+        )
+        assert result.warnings == ()
+        seen[day] = result.text
+    assert seen[1] == "01 Nov 2024|1st Nov 2024|Nov 1st, 2024|November 1st, 2024"
+    assert seen[2].split("|")[1] == "2nd Nov 2024"
+    assert seen[3].split("|")[1] == "3rd Nov 2024"
+    assert seen[11].split("|")[1] == "11th Nov 2024"
+    assert seen[22].split("|")[2] == "Nov 22nd, 2024"
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        # `{%- if %}` trims what follows the fence, `-%}` what precedes it:
+        # the fence still closes / opens on a line of its own.
+        (
+            "{% highlight py %}x{% endhighlight %}\n\n{%- if true -%} after {%- endif -%}",
+            "```py\nx\n```\nafter",
+        ),
+        ("{% if true -%}\n{% highlight py %}x\n{% endhighlight %}{% endif %}", "\n```py\nx\n```"),
+        ("a {{- '' -}}\n{% highlight py %}x\n{% endhighlight %}", "a\n```py\nx\n```"),
+    ],
+)
+def test_highlight_fences_survive_whitespace_control(source: str, expected: str) -> None:
+    assert _render(source).text == expected
+
+
 def test_a_flood_of_stray_markup_is_capped_and_removed() -> None:
     result = _render("x {% y {{ z " * 3000)
     assert "{%" not in result.text and "{{" not in result.text
     assert len(result.warnings) == liquid.MAX_WARNINGS + 1
     assert result.warnings[-1].message == "… and 5980 more Liquid warnings"
+
+
+def test_a_python_error_inside_a_filter_is_a_warning_not_an_unreadable_post(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broken(value: object) -> object:
+        raise ValueError("cannot take that")
+
+    real = liquid.environment
+
+    def with_broken(includes: Path | None = None) -> object:
+        env = real(includes)
+        env.add_filter("broken", broken)
+        return env
+
+    monkeypatch.setattr(liquid, "environment", with_broken)
+    monkeypatch.setitem(liquid._JEKYLL_FILTERS, "broken", broken)
+    result = _render("Kept {{ 'x' | broken }} text")
+    assert result.text == "Kept  text"
+    (warning,) = result.warnings
+    assert warning.message == "Liquid error, all Liquid markup removed: cannot take that"
+
+
+def test_a_link_to_no_post_is_no_link_to_the_post_itself(tmp_path: Path) -> None:
+    """`[about]({% link about.md %})` with no such post: the words stay, without
+    a link (an empty target led to the post itself), and a warning says so."""
+    folder = tmp_path / "posts"
+    folder.mkdir()
+    (folder / "2024-02-02-links.md").write_text(
+        "---\ntitle: Links\n---\nSee [about]({% link about.md %}), "
+        '<a href="{% post_url 2020-01-01-gone %}">gone</a> and {% link x.md %}.\n',
+        encoding="utf-8",
+    )
+    settings = Settings(
+        base_dir=tmp_path, site=SiteSettings(posts_dir=folder, url="https://example.com")
+    )
+    (post,) = load_posts(settings).posts
+    assert post.body_html == "<p>See <a>about</a>, <a>gone</a> and .</p>"
+    assert sum("no such post; link dropped" in w for w in post.warnings) == 3
+
+
+def test_highlight_in_a_list_item_stays_in_the_item() -> None:
+    """The fence keeps the tag's indent: the code block is the item's (as in
+    Jekyll), not a block at the margin that ends the list."""
+    from newsletter.posts.markup import markdown_to_html
+
+    source = "1. Step:\n\n   {% highlight bash %}\n   make\n   {% endhighlight %}\n\n2. Two"
+    text = _render(source).text
+    assert text == "1. Step:\n\n   ```bash\n   make\n   ```\n\n2. Two"
+    html = markdown_to_html(text, "https://example.com/p.html")
+    assert html.count("<ol") == 1 and html.index("<pre") < html.index("Two")
+
+
+def test_a_date_prints_as_jekyll_prints_it(tmp_path: Path) -> None:
+    """`{{ page.date }}` is Ruby's Time#to_s in the site's zone, as `jekyll
+    build` prints it (also through jsonify and site.posts)."""
+    folder = tmp_path / "posts"
+    folder.mkdir()
+    (folder / "2024-01-01-d.md").write_text(
+        "---\ndate: 2024-01-01 10:00:00 +0300\n---\n"
+        "When: {{ page.date }} / {{ page.date | jsonify }} / {{ site.posts.first.date }}"
+        ' / {{ page.date | date: "%-d %b" }}\n',
+        encoding="utf-8",
+    )
+    settings = Settings(
+        base_dir=tmp_path, site=SiteSettings(posts_dir=folder, url="https://example.com")
+    )
+    (post,) = load_posts(settings).posts
+    assert post.body_html == (
+        "<p>When: 2024-01-01 07:00:00 +0000 / \u201c2024-01-01 07:00:00 +0000\u201d"
+        " / 2024-01-01 07:00:00 +0000 / 1 Jan</p>"
+    )

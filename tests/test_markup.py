@@ -257,3 +257,10 @@ def test_markdown_failure_is_a_render_error(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(markdown.Markdown, "convert", boom)
     with pytest.raises(RenderError, match="cannot convert Markdown: extension exploded"):
         md("text")
+
+
+def test_text_keeps_strikethrough_visible() -> None:
+    """`~~was~~ is` says the opposite without its strike: the plain text part
+    marks it as GFM writes it."""
+    text = html_to_text(markdown_to_html("Price: ~~$20~~ $15, <s>old</s> <del> </del>new", BASE))
+    assert text == "Price: ~~$20~~ $15, ~~old~~ new"

@@ -18,7 +18,7 @@ from test_render_support import (
     urls_in,
 )
 
-from newsletter.config import EmailSettings, Settings, UnsubscribeSettings
+from newsletter.config import EmailSettings, ListSettings, Settings, UnsubscribeSettings
 from newsletter.email.headers import format_address
 from newsletter.email.message import (
     MessageTemplate,
@@ -346,6 +346,40 @@ def test_non_ascii_from_name_is_encoded() -> None:
     raw = build(settings).personalise(ALICE)
     assert raw.split(b"\r\n\r\n", 1)[0].isascii()
     assert parse(raw)["From"].addresses[0].display_name == "Gelgit Notları"
+
+
+def test_non_ascii_from_domain_is_idna_not_an_encoded_word() -> None:
+    """An encoded word is no part of an address (RFC 2047 §5): the domain goes
+    in IDNA form, in the header and as the envelope sender."""
+    settings = make_settings(
+        from_="Gelgit Notları <letters@gelgit-notları.example>",
+        reply_to="Yanıt <yanit@gelgit-notları.example>",
+    )
+    template = build(settings)
+    raw = template.personalise(ALICE)
+    head = raw.split(b"\r\n\r\n", 1)[0]
+    assert b"=?" not in head.split(b"@", 1)[1].split(b">", 1)[0]
+    msg = parse(raw)
+    (sender,) = msg["From"].addresses
+    assert sender.display_name == "Gelgit Notları"
+    assert sender.addr_spec == "letters@xn--gelgit-notlar-gbc.example"
+    assert msg["Reply-To"].addresses[0].addr_spec == "yanit@xn--gelgit-notlar-gbc.example"
+    assert template.sender == "letters@xn--gelgit-notlar-gbc.example"
+
+
+def test_non_ascii_list_title_is_encoded_without_its_quotes() -> None:
+    """Quoting first and encoding the quoted string put the quotes and their
+    backslashes inside the encoded word: a reader saw `"Gelgit \\"notları\\""`."""
+    base = make_settings()
+    title = 'Gelgit "notları": her yazı'
+    lists = {"everything": ListSettings(name="everything", title=title)}
+    settings = Settings(site=base.site, web=base.web, email=base.email, lists=lists)
+    raw = build(settings).personalise(ALICE)
+    head = raw.split(b"\r\n\r\n", 1)[0]
+    assert head.isascii()
+    line = head.split(b"List-Id: ", 1)[1].split(b"\r\nList-Unsubscribe:", 1)[0]
+    assert all(len(part) <= 78 for part in line.split(b"\r\n"))
+    assert str(parse(raw)["List-Id"]) == f"{title} <everything.tides.example.com>"
 
 
 def test_sample_message_for_previews() -> None:

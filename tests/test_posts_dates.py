@@ -135,3 +135,39 @@ def test_impossible_date_is_reported_and_skipped_others_go_on(tmp_path: Path) ->
     assert "2024-13-01-bad-name.md: error: impossible date in the file name" in lines[1]
     assert "undated.md: date: error: no date" in lines[2]
     assert len(lines) == 3
+
+
+def test_a_quoted_date_is_text_read_in_the_site_zone(tmp_path: Path) -> None:
+    """Quoted, `2024-11-04 10:00:00` is a string to YAML, so Jekyll's Time.parse
+    reads it in the site's zone; unquoted it is a YAML timestamp, UTC.  A
+    nested `date:` (not the post's) is never mistaken for it."""
+    settings = _site(
+        tmp_path,
+        {
+            "2024-11-04-quoted.md": '---\ndate: "2024-11-04 10:00:00"\n---\nx\n',
+            "2024-11-04-single.md": "---\ndate: '2024-11-04T10:00:00'\n---\nx\n",
+            "2024-11-04-plain.md": "---\ndate: 2024-11-04 10:00:00\nevent: {date: 'x'}\n---\nx\n",
+        },
+    )
+    dates = {p.slug: p.date.isoformat() for p in load_posts(settings).posts}
+    assert dates == {
+        "quoted": "2024-11-04T10:00:00+03:00",
+        "single": "2024-11-04T10:00:00+03:00",
+        "plain": "2024-11-04T13:00:00+03:00",
+    }
+
+
+def test_a_time_past_ruby_range_is_an_error_not_a_rolled_over_date(tmp_path: Path) -> None:
+    settings = _site(
+        tmp_path,
+        {
+            "2024-11-04-typo.md": "---\ntitle: Typo\ndate: 2024-11-04 25:00:00\n---\nx\n",
+            "2024-11-04-good.md": "---\ntitle: Good\n---\nx\n",
+        },
+    )
+    collection = load_posts(settings)
+    assert [p.title for p in collection.posts] == ["Good"]
+    (problem,) = collection.problems
+    assert str(problem).startswith(
+        f"{settings.site.posts_dir / '2024-11-04-typo.md'}:3: date: error: impossible date"
+    )

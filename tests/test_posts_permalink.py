@@ -121,3 +121,35 @@ def test_drafts_are_unpublished(tmp_path: Path) -> None:
         "not-draft": True,
         "published-no": False,
     }
+
+
+def test_file_name_slug_is_slugified_as_jekyll_does(tmp_path: Path) -> None:
+    """Jekyll slugifies the file name's slug for `:title` ("pretty", case kept),
+    `:slug` and `:name` (default: letters, marks and digits only, lower-cased);
+    the ids stay the file names' (checked against `jekyll build`)."""
+    posts = _load(
+        tmp_path,
+        {
+            "2024-03-07-Spaces and CAPS.md": "---\n---\nx\n",
+            "2024-03-07-a--b.md": "---\n---\nx\n",
+            "2024-03-07--lead.md": "---\n---\nx\n",
+            "2024-03-07-Cap_Under.md": "---\n---\nx\n",
+            "2024-03-07-q?mark#x.md": "---\n---\nx\n",
+            "2024-03-07-fm.md": "---\nslug: Slug_With Under\n---\nx\n",
+        },
+        permalink="/:title/:slug/:name",
+    )
+    urls = {k: p.url.removeprefix("https://example.com") for k, p in posts.items()}  # type: ignore[attr-defined]
+    assert urls == {
+        "Spaces and CAPS": "/Spaces-and-CAPS/spaces-and-caps/2024-03-07-spaces-and-caps",
+        "a--b": "/a-b/a-b/2024-03-07-a-b",
+        "-lead": "/lead/lead/2024-03-07-lead",
+        "Cap_Under": "/Cap_Under/cap-under/2024-03-07-cap-under",
+        "q?mark#x": "/q-mark-x/q-mark-x/2024-03-07-q-mark-x",
+        "fm": "/Slug_With-Under/slug-with-under/2024-03-07-fm",
+    }
+
+
+def test_dot_dot_in_a_url_is_a_slash_as_in_jekyll(tmp_path: Path) -> None:
+    posts = _load(tmp_path, {"2024-03-07-dots..and.md": "---\n---\nx\n"}, permalink="/:title/")
+    assert posts["dots..and"].url == "https://example.com/dots/and/"  # type: ignore[attr-defined]

@@ -19,6 +19,13 @@ from newsletter.posts.text import excerpt_source, take_byline, title_html, title
         ("Fish &amp; Chips", "Fish &amp; Chips", "Fish & Chips"),
         ("A **bold** _claim_", "A <strong>bold</strong> <em>claim</em>", "A bold claim"),
         ("Use `a_b*c`", "Use <code>a_b*c</code>", "Use a_b*c"),
+        # A code span is literal: `<T>` in it is text, not a tag to drop.
+        (
+            "Understanding `Option<T>` and `<script>` in *Rust*",
+            "Understanding <code>Option&lt;T&gt;</code> and <code>&lt;script&gt;</code> in <em>Rust</em>",
+            "Understanding Option<T> and <script> in Rust",
+        ),
+        ("`a & b` &amp; c", "<code>a &amp; b</code> &amp; c", "a & b & c"),
         ('<a href="javascript:x()">Link</a> <b onclick="x">B</b>', "Link <b>B</b>", "Link B"),
         ("<style>p{}</style>Styled", "Styled", "Styled"),
         ("[Linked](https://example.com) words", "Linked words", "Linked words"),

@@ -110,3 +110,33 @@ def test_render_help() -> None:
     code, out, _, _ = run("render", "--help")
     assert code == 0
     assert "--format [html|text|eml]" in out and "sample recipient" in out
+
+
+def test_a_post_that_failed_to_load_says_why_by_any_reference(sample_site: Path) -> None:
+    """`render broken` (its id), its stem or its path without the extension
+    names the file that failed: the reason is shown, not "no post matches"."""
+    (sample_site / "posts" / "news").mkdir()
+    (sample_site / "posts" / "news" / "2024-05-01-broken.md").write_text(
+        '---\ntitle: "unclosed\n---\nx\n', encoding="utf-8"
+    )
+    for ref in (
+        "news/broken",
+        "news/2024-05-01-broken",
+        "posts/news/2024-05-01-broken",
+        "posts/news/2024-05-01-broken.md",
+    ):
+        code, out, err, _ = run("render", ref)
+        assert code == 1, ref
+        assert err.startswith("error: posts/news/2024-05-01-broken.md:2: invalid YAML"), (ref, err)
+        assert err.count("\n") == 1 and out == ""
+    code, _, err, _ = run("render", "broken")  # a bare slug is no reference (docs/posts.md)
+    assert err.startswith("error: no post matches 'broken'")
+
+
+def test_send_names_why_a_broken_post_failed(sample_site: Path) -> None:
+    (sample_site / "posts" / "2024-05-01-broken.md").write_text(
+        "---\ntitle: x\ndate: 2024-13-45\n---\nx\n", encoding="utf-8"
+    )
+    code, _, err, _ = run("send", "broken", "--list", "sample", "--dry-run")
+    assert code == 1
+    assert err.startswith("error: posts/2024-05-01-broken.md:3: date: ") and "date" in err, err

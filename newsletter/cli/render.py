@@ -67,17 +67,9 @@ def render_cmd(
 
 def find_post(settings: Settings, ref: str) -> Post:
     """The post `ref` names; when it is one that failed to load, say why."""
-    from newsletter.errors import PostError
     from newsletter.posts.collection import load_posts
 
-    collection = load_posts(settings, bodies="lazy")  # HTML for the one post found
-    try:
-        return collection.find(ref)
-    except PostError:
-        for problem in collection.problems:
-            if problem.path is not None and ref in (str(problem.path), problem.path.name):
-                raise PostError(problem.message, path=problem.path, line=problem.line) from None
-        raise
+    return load_posts(settings, bodies="lazy").find(ref)  # HTML for the one post found
 
 
 def choose_list(settings: Settings, list_name: str | None) -> ListSettings:

@@ -15,6 +15,7 @@ import re
 from email import policy
 from email.header import Header
 from email.headerregistry import Address
+from typing import Any
 from urllib.parse import urlsplit
 
 from newsletter.config import Settings
@@ -30,6 +31,7 @@ __all__ = [
     "fold_header",
     "format_address",
     "list_id",
+    "list_id_header",
     "list_unsubscribe_header",
     "parse_from",
 ]
@@ -56,7 +58,7 @@ def fold_address(name: str, value: str, key: str) -> bytes:
     if _CONTROL.search(value):
         raise RenderError(f"{name} must be one line", key=key)
     try:
-        header = _POLICY.header_factory(name, value)
+        header = _ascii_domains(name, _POLICY.header_factory(name, value))
         if getattr(header, "defects", None):
             raise ValueError(header.defects[0])
         return header.fold(policy=_POLICY).encode("ascii")
@@ -64,9 +66,21 @@ def fold_address(name: str, value: str, key: str) -> bytes:
         raise RenderError(f"not a valid address: {value!r}", key=key) from exc
 
 
+def _ascii_domains(name: str, header: Any) -> Any:
+    """`header` with each non-ASCII domain in IDNA form: the policy would write
+    an encoded word inside the address, which is no address (RFC 2047 §5)."""
+    addresses: tuple[Address, ...] = tuple(getattr(header, "addresses", ()))
+    if all(a.domain.isascii() for a in addresses):
+        return header
+    ascii_addresses = [
+        Address(a.display_name, a.username, _idna(a.domain) or a.domain) for a in addresses
+    ]
+    return _POLICY.header_factory(name, ", ".join(str(a) for a in ascii_addresses))
+
+
 def parse_from(value: str) -> Address:
     fold_address("From", value, "email.from")
-    header = _POLICY.header_factory("From", value)
+    header = _ascii_domains("From", _POLICY.header_factory("From", value))
     addresses: list[Address] = list(getattr(header, "addresses", ()))
     if len(addresses) != 1 or not addresses[0].domain:
         raise RenderError(f"expected one address, got {value!r}", key="email.from")
@@ -79,13 +93,28 @@ def list_id(settings: Settings, list_name: str) -> str:
     The title is a phrase (RFC 5322 §3.2.5): quoted unless it is plain
     atoms, or "Field Notes (every post)" would read as a name and a comment.
     """
+    title, ident = _list_title_and_id(settings, list_name)
+    if not _ATOM_PHRASE.fullmatch(title):
+        title = '"' + title.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return f"{title} <{ident}>"
+
+
+def list_id_header(settings: Settings, list_name: str) -> bytes:
+    """The `List-Id` header line.  A non-ASCII title goes as encoded words
+    itself (RFC 2047 §5(3): a phrase may be encoded words), never quoted
+    first: the quotes and backslashes would be read back as its text."""
+    title, ident = _list_title_and_id(settings, list_name)
+    if title.isascii():
+        return fold_header("List-Id", list_id(settings, list_name))
+    return f"List-Id: {_encoded_words(title)}\r\n <{ident}>\r\n".encode("ascii")
+
+
+def _list_title_and_id(settings: Settings, list_name: str) -> tuple[str, str]:
     host = (urlsplit(settings.site.url).hostname or "localhost").encode("idna").decode("ascii")
     lst = settings.lists.get(list_name)
     title = one_line(lst.title if lst else list_name)
     ident = re.sub(r"[^A-Za-z0-9-]+", "-", list_name).strip("-").lower() or "list"
-    if not _ATOM_PHRASE.fullmatch(title):
-        title = '"' + title.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return f"{title} <{ident}.{host}>"
+    return title, f"{ident}.{host}"
 
 
 def list_unsubscribe_header(url: str, mailto: str | None) -> bytes:

@@ -40,7 +40,7 @@ from newsletter.email.headers import (
     fold_address,
     fold_header,
     format_address,
-    list_id,
+    list_id_header,
     list_unsubscribe_header,
     parse_from,
 )
@@ -280,7 +280,7 @@ def _constant_headers(
         headers.append(fold_header("Subject", subject))
     headers += [
         MESSAGE_ID,
-        fold_header("List-Id", list_id(settings, rendered.list_name)),
+        list_id_header(settings, rendered.list_name),
         LIST_UNSUBSCRIBE,
         b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n",  # RFC 8058 §3.1
         b"MIME-Version: 1.0\r\n",

@@ -22,6 +22,7 @@ from newsletter.posts import jekyll, permalink
 from newsletter.posts import site as jekyllsite
 from newsletter.posts import text as posttext
 from newsletter.posts.model import Author, Post
+from newsletter.posts.rubytime import RubyTime
 from newsletter.posts.source import Source
 
 __all__ = ["KNOWN_KEYS", "SiteContext", "build_post"]
@@ -58,7 +59,7 @@ class SiteContext:
             "title": site.title,
             "author": site.author,
             "timezone": site.timezone,
-            "time": datetime.now(site.tz),
+            "time": RubyTime.of(datetime.now(site.tz)),
         }
         root = site.source_dir or (settings.base_dir if site.jekyll is None else None)
         variables = jekyllsite.site_variables(
@@ -160,7 +161,7 @@ def _page(source: Source, title: str | None = None) -> dict[str, Any]:
     return {
         **source.data,
         "title": title,
-        "date": source.date,
+        "date": RubyTime.of(source.date),
         "url": source.site_path,
         "slug": source.slug,
         "id": source.post_id,

@@ -95,14 +95,24 @@ class _FrontMatterLoader(_BaseLoader):
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self.duplicates: list[tuple[str, int]] = []
+        self.quoted: set[str] = set()
+        self._root: Any = None
+
+    def construct_document(self, node: Any) -> Any:
+        self._root = node
+        return super().construct_document(node)
 
     def construct_mapping(self, node: Any, deep: bool = False) -> Any:
         seen: set[str] = set()
-        for key_node, _ in node.value:
+        for key_node, value_node in node.value:
             if isinstance(key_node, yaml.ScalarNode):
                 if key_node.value in seen:
                     self.duplicates.append((key_node.value, key_node.start_mark.line))
                 seen.add(key_node.value)
+                # A quoted value is a string to YAML, never a timestamp.
+                quoted = isinstance(value_node, yaml.ScalarNode) and value_node.style in ("'", '"')
+                if node is self._root and quoted:
+                    self.quoted.add(str(key_node.value))
         return super().construct_mapping(node, deep=deep)
 
 
@@ -110,6 +120,7 @@ class _FrontMatterLoader(_BaseLoader):
 class FrontMatter:
     data: dict[str, Any]
     duplicates: tuple[tuple[str, int], ...]  # (key, file line)
+    quoted: frozenset[str] = frozenset()  # top-level keys whose value is quoted
 
 
 def load_front_matter(source: str, path: Path, first_line: int = 2) -> FrontMatter:
@@ -132,7 +143,7 @@ def load_front_matter(source: str, path: Path, first_line: int = 2) -> FrontMatt
             line=first_line,
         )
     dupes = tuple((str(key), line + first_line) for key, line in loader.duplicates)
-    return FrontMatter({str(k): v for k, v in data.items()}, dupes)
+    return FrontMatter({str(k): v for k, v in data.items()}, dupes, frozenset(loader.quoted))
 
 
 def _yaml_error(exc: yaml.YAMLError, path: Path, source: str, first_line: int) -> PostError:
@@ -205,7 +216,12 @@ _YAML_TIMESTAMP = re.compile(
 
 
 def parse_date(
-    value: Any, tz: tzinfo, *, path: Path | None = None, line: int | None = None
+    value: Any,
+    tz: tzinfo,
+    *,
+    path: Path | None = None,
+    line: int | None = None,
+    quoted: bool = False,
 ) -> datetime:
     """A front-matter date → the aware datetime Jekyll 4.3 makes of it.
 
@@ -213,7 +229,9 @@ def parse_date(
       is read by YAML first: *without a zone it is UTC*, and the fraction of a
       second is lost (Jekyll re-parses the Time's `to_s`);
     * anything else goes through Ruby's `Time.parse` (`rubytime`): no zone
-      means the site's timezone `tz` (Jekyll sets TZ from `_config.yml`).
+      means the site's timezone `tz` (Jekyll sets TZ from `_config.yml`);
+      so does a `quoted` value, a string to YAML: `"2024-11-04 10:00:00"`
+      is 10:00 in the site's zone.
     """
     if isinstance(value, datetime):
         return value if value.tzinfo else value.replace(tzinfo=tz)
@@ -225,7 +243,7 @@ def parse_date(
         raise PostError(f"expected a date, got {value!r}", path=path, line=line, key="date")
     text = value.strip()
     try:
-        match = _YAML_TIMESTAMP.match(text)
+        match = None if quoted else _YAML_TIMESTAMP.match(text)
         return _from_timestamp(match) if match else rubytime.parse(text, tz)
     except (rubytime.RubyTimeError, ValueError, OverflowError) as exc:
         what = "impossible date" if "range" in str(exc) else "cannot read"
@@ -244,11 +262,16 @@ def _from_timestamp(match: re.Match[str]) -> datetime:
     if g["sign"]:
         minutes = int(g["oh"]) * 60 + int(g["om"] or 0)
         zone = timezone(timedelta(minutes=minutes if g["sign"] == "+" else -minutes))
-    # Out-of-range parts roll over (10:00:60 is 10:01:00), as in Ruby.
+    day, hour, minute, second = int(g["d"]), int(g["h"]), int(g["mi"]), int(g["s"])
+    # Ruby's Time.utc, which Psych calls, takes a day up to 31, 24:00:00 and a
+    # 60th second and rolls them over (10:00:60 is 10:01:00); beyond that it
+    # fails, and so does Jekyll's build.
+    if not (1 <= day <= 31 and minute <= 59 and second <= 60) or hour > 24:
+        raise ValueError("a part of the time is out of range")
+    if hour == 24 and (minute or second):
+        raise ValueError("a part of the time is out of range")
     start = datetime(int(g["y"]), int(g["mo"]), 1, tzinfo=zone)
-    return start + timedelta(
-        days=int(g["d"]) - 1, hours=int(g["h"]), minutes=int(g["mi"]), seconds=int(g["s"])
-    )
+    return start + timedelta(days=day - 1, hours=hour, minutes=minute, seconds=second)
 
 
 def file_date(parts: tuple[int, int, int], tz: tzinfo, path: Path) -> datetime:

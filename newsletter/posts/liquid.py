@@ -24,24 +24,20 @@ from __future__ import annotations
 import bisect
 import contextvars
 import functools
-import html
 import io
 import json
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
-from urllib.parse import quote, quote_plus
 
 from liquid import Environment, Undefined
 from liquid.builtin.tags.include_tag import IncludeNode, IncludeTag
 from liquid.exceptions import LiquidError
-from liquid.filter import with_context
 from liquid.loader import BaseLoader, TemplateSource
 
-from newsletter.posts.permalink import is_absolute, normalized_baseurl, slugify
+from newsletter.posts.liquidfilters import JEKYLL_FILTERS as _JEKYLL_FILTERS
 
 
 @dataclass(frozen=True)
@@ -162,6 +158,13 @@ MAX_WARNINGS = 20  # per post; a page of identical warnings helps nobody
 _DROPPED_TAGS = frozenset({"include_relative", "render"})
 _INCLUDE_ARG = re.compile(r"""([\w-]+)\s*=\s*("[^"]*"|'[^']*'|[^\s"']+)""")
 _INTERMEDIATE = frozenset({"else", "elsif", "when"})
+# Whitespace control next to a `{% highlight %}` fence: a line break that no
+# `{%-` / `-%}` can trim (a raw block's text is not trimmed).
+# An unknown scheme: `markup.sanitise_html` removes the href, keeps the words.
+MISSING_LINK = "missing-link:"
+_KEPT_NEWLINE = "{% raw %}\n{% endraw %}"
+_TRIMS_BEFORE = re.compile(r"\s*\{[{%]-")
+_TRIMS_AFTER = re.compile(r"-[%}]\}\s*\Z")
 
 
 def render(
@@ -190,10 +193,12 @@ def render(
         template = env.from_string(prepared.text)
         output = template.render(site=site, page=page, jekyll={"environment": "production"})
         warnings.extend(_undefined_warnings(seen, prepared.text, first_line))
-    except LiquidError as exc:
-        context = exc.context()
+    except (LiquidError, ValueError, TypeError, ArithmeticError, LookupError) as exc:
+        # A filter given what it cannot take (python-liquid passes a Python
+        # error through unwrapped) is the same as a Liquid error: a warning.
+        context = exc.context() if isinstance(exc, LiquidError) else None
         line = context[0] + first_line - 1 if context else None
-        message = str(exc.message)
+        message = str(exc.message) if isinstance(exc, LiquidError) else f"{exc}"
         warnings.append(LiquidWarning(f"Liquid error, all Liquid markup removed: {message}", line))
         output = _STRIP_ALL.sub("", _unraw(prepared.text))
     finally:
@@ -282,11 +287,16 @@ class _Prepass:
             lang = args.split()[0] if args else ""
             after = match.end()
             newline = "" if after >= len(self.text) or self.text[after] == "\n" else "\n"
-            return self._line_start(pos) + f"```{lang}" + newline
+            # `{% endif -%}` before it would trim the line break the fence needs.
+            trimmed = _TRIMS_AFTER.search(self.text, 0, pos)
+            start = _KEPT_NEWLINE if trimmed else self._line_start(pos)
+            return start + f"```{lang}" + newline
         if name == "endhighlight":
-            return self._line_start(pos) + "```"
+            # `{%- if %}` after it would trim the line break that closes the fence.
+            trimmed = _TRIMS_BEFORE.match(self.text, match.end())
+            return self._line_start(pos) + "```" + (_KEPT_NEWLINE if trimmed else "")
         if name in ("post_url", "link"):
-            return self._resolve(name, args, pos)
+            return self._resolve(name, args, pos, match.end())
         if name in ("include", "include_cached"):  # include_cached: jekyll-include-cache
             return self._include(args, pos)
         if name in _DROPPED_TAGS:
@@ -313,16 +323,23 @@ class _Prepass:
         return f"{{% include {json.dumps(file_name)}{params} %}}"
 
     def _line_start(self, pos: int) -> str:
-        # A Markdown fence must begin a line.
-        return "" if pos == 0 or self.text[pos - 1] == "\n" else "\n"
+        # A Markdown fence must begin a line; after only an indent (the tag in
+        # a list item) it does, and keeps that indent (`kramdown` nests it).
+        start = self.text.rfind("\n", 0, pos) + 1
+        return "" if not self.text[start:pos].strip(" \t") else "\n"
 
-    def _resolve(self, name: str, args: str, pos: int) -> str:
+    def _resolve(self, name: str, args: str, pos: int, end: int) -> str:
         target = args.split()[0] if args else ""
         resolver = self.post_url if name == "post_url" else self.link
         url = resolver(target) if target else None
         if url is None:
             self._warn(f"{{% {name} {target} %}}: no such post; link dropped", pos)
-            return ""
+            # As a link's target (`[about]({% link about.md %})`), an empty
+            # one would lead to the post itself: a scheme the sanitiser drops
+            # leaves the words without a link.
+            before, after = self.text[:pos].rstrip(), self.text[end:].lstrip()
+            linked = before.endswith(("](", 'href="', "href='")) and after[:1] in (")", '"', "'")
+            return MISSING_LINK if linked else ""
         return url
 
     def _check_filters(self, source: str, pos: int) -> None:
@@ -348,159 +365,3 @@ def environment(includes: Path | None = None) -> Environment:
     for name, func in _JEKYLL_FILTERS.items():
         env.add_filter(name, func)
     return env
-
-
-# --------------------------------------------------------------------------- Jekyll filters
-# https://jekyllrb.com/docs/liquid/filters/
-
-
-def _site_value(context: Any, key: str) -> str:
-    site = context.resolve("site", default={})
-    value = site.get(key, "") if isinstance(site, Mapping) else ""
-    return str(value or "")
-
-
-@with_context
-def relative_url(value: object, *, context: Any) -> str:
-    text = str(value or "")
-    if is_absolute(text):
-        return text
-    return normalized_baseurl(_site_value(context, "baseurl")) + "/" + text.lstrip("/")
-
-
-@with_context
-def absolute_url(value: object, *, context: Any) -> str:
-    text = str(value or "")
-    if is_absolute(text):
-        return text
-    return _site_value(context, "url").rstrip("/") + relative_url(text, context=context)
-
-
-def _as_datetime(value: object) -> datetime | None:
-    if isinstance(value, datetime):
-        return value
-    if isinstance(value, str):
-        try:
-            return datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-        except ValueError:
-            return None
-    return None
-
-
-def _date_filter(fmt: Callable[[datetime], str]) -> Callable[[object], object]:
-    def apply(value: object) -> object:
-        moment = _as_datetime(value)
-        return fmt(moment) if moment is not None else value
-
-    return apply
-
-
-def _sentence(value: object, connector: str = "and") -> str:
-    items = [str(v) for v in value] if isinstance(value, list | tuple) else [str(value)]
-    if len(items) <= 2:
-        return f" {connector} ".join(items)
-    return ", ".join(items[:-1]) + f", {connector} " + items[-1]
-
-
-def _items(value: object) -> list[Any]:
-    if isinstance(value, Mapping):
-        return list(value.values())
-    return list(value) if isinstance(value, list | tuple) else []
-
-
-def _get(item: object, key: str) -> object:
-    return item.get(key) if isinstance(item, Mapping) else None
-
-
-def _group_by(value: object, key: str) -> list[dict[str, Any]]:
-    groups: dict[str, list[Any]] = {}
-    for item in _items(value):
-        found = _get(item, key)
-        groups.setdefault("" if found is None else str(found), []).append(item)
-    return [{"name": k, "items": v, "size": len(v)} for k, v in groups.items()]
-
-
-def _test(context: Any, variable: str, expression: str, item: object) -> bool:
-    template = _expression_template(context.env, expression)
-    return template.render(**{**_globals(context), variable: item}) == "1"
-
-
-def _globals(context: Any) -> dict[str, object]:
-    return {k: context.resolve(k) for k in ("site", "page", "include") if k in context.scope}
-
-
-@functools.lru_cache(maxsize=256)
-def _expression_template(env: Environment, expression: str) -> Any:
-    return env.from_string(f"{{% if {expression} %}}1{{% endif %}}")
-
-
-@with_context
-def _where_exp(value: object, variable: str, expression: str, *, context: Any) -> list[Any]:
-    return [item for item in _items(value) if _test(context, variable, expression, item)]
-
-
-@with_context
-def _find_exp(value: object, variable: str, expression: str, *, context: Any) -> object:
-    return next((i for i in _items(value) if _test(context, variable, expression, i)), None)
-
-
-@with_context
-def _group_by_exp(
-    value: object, variable: str, expression: str, *, context: Any
-) -> list[dict[str, Any]]:
-    template = context.env.from_string("{{ " + expression + " }}")
-    groups: dict[str, list[Any]] = {}
-    for item in _items(value):
-        key = template.render(**{**_globals(context), variable: item})
-        groups.setdefault(key, []).append(item)
-    return [{"name": k, "items": v, "size": len(v)} for k, v in groups.items()]
-
-
-def _where(value: object, key: str, wanted: object = None) -> list[Any]:
-    """Jekyll's where: an item whose property is a list matches when it holds the value."""
-    out = []
-    for item in _items(value):
-        found = _get(item, key)
-        if isinstance(found, list | tuple):
-            if str(wanted) in [str(v) for v in found]:
-                out.append(item)
-        elif str(found if found is not None else "") == str(wanted if wanted is not None else ""):
-            out.append(item)
-    return out
-
-
-def _to_list(value: object) -> list[Any]:
-    return list(value) if isinstance(value, list | tuple) else []
-
-
-_JEKYLL_FILTERS: dict[str, Callable[..., object]] = {
-    "where": _where,
-    "where_exp": _where_exp,
-    "find_exp": _find_exp,
-    "group_by": _group_by,
-    "group_by_exp": _group_by_exp,
-    "push": lambda v, x: [*_to_list(v), x],
-    "pop": lambda v, n=1: _to_list(v)[: -int(n) or None],
-    "shift": lambda v, n=1: _to_list(v)[int(n) :],
-    "unshift": lambda v, x: [x, *_to_list(v)],
-    "to_integer": lambda v: int(float(v)) if str(v or "0").strip() else 0,
-    "sample": lambda v, *_: _to_list(v)[:1] and _to_list(v)[0],
-    "relative_url": relative_url,
-    "absolute_url": absolute_url,
-    "date_to_xmlschema": _date_filter(lambda d: d.isoformat()),
-    "date_to_rfc822": _date_filter(lambda d: d.strftime("%a, %d %b %Y %H:%M:%S %z")),
-    "date_to_string": _date_filter(lambda d: d.strftime("%d %b %Y")),
-    "date_to_long_string": _date_filter(lambda d: d.strftime("%d %B %Y")),
-    "xml_escape": lambda v: html.escape(str(v or "")),
-    "cgi_escape": lambda v: quote_plus(str(v or "")),
-    "uri_escape": lambda v: quote(str(v or ""), safe="/:@!$&'()*+,;=-._~%?#[]"),
-    "slugify": lambda v, *_: slugify(str(v or "")),
-    "jsonify": lambda v: json.dumps(v, default=str, ensure_ascii=False),
-    "number_of_words": lambda v, *_: len(str(v or "").split()),
-    "array_to_sentence_string": _sentence,
-    "normalize_whitespace": lambda v: " ".join(str(v or "").split()),
-    # The whole body goes through Markdown afterwards; these can be identities.
-    "markdownify": lambda v: str(v or ""),
-    "smartify": lambda v: str(v or ""),
-    "inspect": lambda v: repr(v),
-}

@@ -9,14 +9,17 @@ names several posts is an error listing them, so the user picks one.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from newsletter.errors import PostError
+from newsletter.errors import PostError, Problem
 
 if TYPE_CHECKING:
     from newsletter.posts.collection import Post
+
+_DATE_PREFIX = re.compile(r"^\d{4}-\d{1,2}-\d{1,2}-(?=.)")
 
 
 def resolve(posts: Sequence[Post], ref: str, roots: Sequence[Path]) -> Post:
@@ -31,6 +34,35 @@ def resolve(posts: Sequence[Post], ref: str, roots: Sequence[Path]) -> Post:
     raise PostError(
         f"no post matches {ref!r}: give its id or its path (`newsletter posts` lists them)"
     )
+
+
+def failed(problems: Sequence[Problem], ref: str, roots: Sequence[Path]) -> Problem | None:
+    """The error of a file that failed to load, when `ref` names that file the
+    way it would name the post: its would-be id (the path under the posts
+    folder without the date prefix and extension), else its path."""
+    targets = _path_targets(ref, roots)
+    for problem in problems:
+        if problem.severity != "error" or problem.path is None:
+            continue
+        if _is_target(problem.path, targets) or ref in _would_be_id(problem.path, roots):
+            return problem
+    return None
+
+
+def _would_be_id(path: Path, roots: Sequence[Path]) -> set[str]:
+    """The ids the file would have had, under each root; on a Jekyll site
+    the `_posts` folder is no part of it (`news/_posts/x.md` → `news/x`)."""
+    ids = set()
+    for root in roots:
+        try:
+            rel = path.resolve().relative_to(root.resolve())
+        except ValueError:
+            continue
+        folders = list(rel.parent.parts)
+        if "_posts" in folders:
+            folders.remove("_posts")
+        ids.add(Path(*folders, _DATE_PREFIX.sub("", rel.stem)).as_posix())
+    return ids
 
 
 def with_id(posts: Sequence[Post], post_id: str) -> Post | None:

@@ -476,6 +476,8 @@ def _inline(el: HtmlElement) -> str:
             return f"{text} ({href})" if label else href
     if el.tag == "sup" and el.find("a") is not None:
         return f"[{_squash(text)}]"
+    if el.tag in ("del", "s", "strike") and text.strip():
+        return f"~~{text}~~"  # struck text read as plain text says the opposite
     return text
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
 
-from newsletter.errors import Problem
+from newsletter.errors import PostError, Problem
 from newsletter.posts import lookup
 
 __all__ = ["Author", "Post", "PostCollection", "PostStatus", "post_status"]
@@ -67,8 +67,18 @@ class PostCollection:
     complete: Callable[[Post], Post] | None = field(default=None, compare=False, repr=False)
 
     def find(self, ref: str) -> Post:
-        """The one post `ref` names: by id, else by path (see `lookup`)."""
-        return self._whole(lookup.resolve(self.posts, ref, self.roots))
+        """The one post `ref` names: by id, else by path (see `lookup`); when
+        it names a file that failed to load, the error says why."""
+        try:
+            found = lookup.resolve(self.posts, ref, self.roots)
+        except PostError:
+            problem = lookup.failed(self.problems, ref, self.roots)
+            if problem is None:
+                raise
+            raise PostError(
+                problem.message, path=problem.path, line=problem.line, key=problem.key
+            ) from None
+        return self._whole(found)
 
     def with_id(self, post_id: str, *, whole: bool = True) -> Post | None:
         """The post whose id is exactly `post_id` (None when none or several);

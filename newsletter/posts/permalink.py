@@ -10,12 +10,21 @@ URL the pipeline hands on is absolute.
 from __future__ import annotations
 
 import re
+import unicodedata
 from datetime import datetime
 from urllib.parse import quote, urljoin, urlsplit
 
 from newsletter.config import DEFAULT_PERMALINK, PERMALINK_STYLES, SiteSettings
 
 OUTPUT_EXT = ".html"
+# What Jekyll converts to HTML by default (`markdown_ext`, any case, and HTML);
+# any other post keeps its own extension in `:output_ext` (`notes.txt`).
+_CONVERTED = frozenset({".md", ".markdown", ".mkdown", ".mkdn", ".mkd", ".html"})
+
+
+def output_ext(suffix: str) -> str:
+    return OUTPUT_EXT if suffix.lower() in _CONVERTED or not suffix else suffix
+
 
 # Longest names first so that `:title` never eats the start of `:titles`, etc.
 _PLACEHOLDER_NAMES = (
@@ -43,22 +52,53 @@ _PLACEHOLDER_NAMES = (
 )
 _PLACEHOLDER = re.compile(":(" + "|".join(_PLACEHOLDER_NAMES) + ")")
 _SLASHES = re.compile(r"/{2,}")
-_SLUG_UNSAFE = re.compile(r"[^\w-]+", re.UNICODE)
-# Jekyll's "pretty" slugify keeps these besides letters and digits.
-_PRETTY_UNSAFE = re.compile(r"[^\w._~!$&'()+,;=@-]+", re.UNICODE)
+# Jekyll's "pretty" slugify keeps these besides letters, marks and digits.
+_PRETTY_KEEP = frozenset("._~!$&'()+,;=@")
+_HYPHENS = re.compile(r"-{2,}")
 # Characters Jekyll leaves unescaped in a URL path (RFC 3986 §3.3 pchar + "/").
 _PATH_SAFE = "/:@!$&'()*+,;=-._~%"
 
 
+def _jekyll_slug(text: str, keep: frozenset[str] = frozenset()) -> str:
+    """Jekyll's Utils.slugify core: every run of characters that are not a
+    letter, a mark, a decimal digit (Ruby's `\\p{L}\\p{M}\\p{Nd}`) or in
+    `keep` becomes one `-`; a leading and a trailing `-` go."""
+    chars = (
+        ch
+        if ch in keep or unicodedata.category(ch)[0] in "LM" or unicodedata.category(ch) == "Nd"
+        else "-"
+        for ch in text
+    )
+    return _HYPHENS.sub("-", "".join(chars)).strip("-")
+
+
 def slugify(text: str) -> str:
-    """Jekyll's default slugify: lower-case, runs of non-word characters → `-`."""
-    return _SLUG_UNSAFE.sub("-", text.lower()).strip("-")
+    """Jekyll's default slugify: lower-case, runs of other characters → `-`."""
+    return _jekyll_slug(text).lower()
 
 
 def pretty_slug(text: str) -> str:
-    """Jekyll's `slugify(text, mode: "pretty", cased: true)`, used for a
-    front-matter `slug:` in `:title`."""
-    return _PRETTY_UNSAFE.sub("-", text).strip("-")
+    """Jekyll's `slugify(text, mode: "pretty", cased: true)`, used for `:title`."""
+    return _jekyll_slug(text, _PRETTY_KEEP)
+
+
+def slugify_mode(text: str, mode: str | None = None) -> str:
+    """Jekyll's `slugify` filter with its `mode` argument."""
+    mode = mode or "default"
+    if mode == "raw":
+        slug = re.sub(r"\s+", "-", text).strip("-")
+    elif mode == "pretty":
+        slug = pretty_slug(text)
+    elif mode in ("ascii", "latin"):
+        if mode == "latin":  # I18n.transliterate: accents dropped, the rest "?"
+            text = unicodedata.normalize("NFKD", text)
+            text = "".join(c for c in text if not unicodedata.combining(c))
+        slug = re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")
+    elif mode == "default":
+        slug = _jekyll_slug(text)
+    else:
+        slug = text
+    return slug.lower()
 
 
 def style(template: str) -> str:
@@ -77,6 +117,7 @@ def expand(
     slug: str,
     categories: tuple[str, ...] = (),
     name: str | None = None,
+    ext: str = OUTPUT_EXT,
 ) -> str:
     """The site-relative path for a post (always starts with `/`).
 
@@ -85,8 +126,11 @@ def expand(
     """
     template = template or DEFAULT_PERMALINK
     values = _placeholders(date, slug, categories, name or slug)
+    values["output_ext"] = ext
     path = _PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
-    path = _SLASHES.sub("/", "/" + path)
+    # Jekyll's URL#sanitize_url: `..` is a `/`, `./` goes, slashes squeeze.
+    path = ("/" + path).replace("..", "/").replace("./", "")
+    path = _SLASHES.sub("/", path)
     return quote(path, safe=_PATH_SAFE)
 
 
@@ -115,9 +159,9 @@ def _placeholders(
         "hour": f"{date.hour:02d}",
         "minute": f"{date.minute:02d}",
         "second": f"{date.second:02d}",
-        "title": slug,
+        "title": pretty_slug(slug),
         "slug": slugify(slug),
-        "name": name,
+        "name": slugify(name),
         "categories": "/".join(unique),
         "slugified_categories": "/".join(slugify(c) for c in unique),
         "output_ext": OUTPUT_EXT,

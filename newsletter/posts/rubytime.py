@@ -155,3 +155,15 @@ def _year(text: str) -> int:
     if len(digits.lstrip("-+")) <= 2 and not text.startswith("-"):
         year += 1900 if year >= 69 else 2000  # Date._parse's two-digit years
     return year
+
+
+class RubyTime(datetime):
+    """A time that Liquid prints as Ruby's `Time#to_s`, as Jekyll shows
+    `{{ page.date }}`: `2024-01-01 10:00:00 +0300`, not Python's `…+03:00`."""
+
+    def __str__(self) -> str:
+        return self.strftime("%Y-%m-%d %H:%M:%S %z").rstrip()
+
+    @classmethod
+    def of(cls, moment: datetime) -> RubyTime:
+        return cls.combine(moment.date(), moment.timetz())

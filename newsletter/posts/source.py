@@ -81,12 +81,18 @@ def read_source(found: FoundPost, settings: Settings) -> Source:
     defaults = jekyllsite.defaults_for(config, found.site_rel) if config is not None else {}
     data = jekyllsite.deep_merge(defaults, data) if defaults else data
     name = jekyll.parse_file_name(path.stem)
-    date = _date(data, name, split.front_matter, path, settings)
+    date = _date(data, name, split.front_matter, path, settings, "date" in front.quoted)
     given_slug = jekyll.scalar_text(data.get("slug"))
-    slug = permalink.pretty_slug(given_slug) if given_slug else name.slug
+    # Jekyll drops the file name's trailing dots (`wait....md`) from its slug.
+    slug = permalink.pretty_slug(given_slug) if given_slug else name.slug.rstrip(".")
     categories = jekyll.categories(front.data, defaults, found.categories, data)
     site_path = permalink.expand(
-        _permalink(data, settings), date=date, slug=slug, categories=categories, name=path.stem
+        _permalink(data, settings),
+        date=date,
+        slug=slug,
+        categories=categories,
+        name=path.stem,
+        ext=permalink.output_ext(path.suffix),
     )
     rel = found.rel
     post_id = jekyll.scalar_text(data.get("id")) or (rel.parent / name.slug).as_posix()
@@ -123,13 +129,18 @@ def _permalink(data: Mapping[str, Any], settings: Settings) -> str:
 
 
 def _date(
-    data: Mapping[str, Any], name: jekyll.FileName, front: str, path: Path, settings: Settings
+    data: Mapping[str, Any],
+    name: jekyll.FileName,
+    front: str,
+    path: Path,
+    settings: Settings,
+    quoted: bool,
 ) -> datetime:
     """Front matter `date:` wins over the file name's; either is read in the site's zone."""
     tz = settings.site.tz
     if data.get("date") not in (None, ""):
         line = jekyll.key_line(front, "date")
-        moment = jekyll.parse_date(data["date"], tz, path=path, line=line)
+        moment = jekyll.parse_date(data["date"], tz, path=path, line=line, quoted=quoted)
     elif name.date is not None:
         moment = jekyll.file_date(name.date, tz, path)
     else:

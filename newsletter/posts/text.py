@@ -77,16 +77,17 @@ def title_html(raw: str) -> str:
     text = one_line(raw)
     if not _NEEDS_WORK.search(text):
         return html.escape(text, quote=False)
-    sanitiser = _InlineSanitiser()
-    sanitiser.feed(text)
-    safe = sanitiser.result()
     codes: list[str] = []
 
     def keep_code(match: re.Match[str]) -> str:
-        codes.append(match.group(1))
+        codes.append(html.escape(match.group(1), quote=False))
         return f"\x00{len(codes) - 1}\x00"
 
-    safe = _CODE_SPAN.sub(keep_code, safe)
+    # Code spans first: `Option<T>` inside one is text, not a tag to drop.
+    text = _CODE_SPAN.sub(keep_code, text.replace("\x00", ""))
+    sanitiser = _InlineSanitiser()
+    sanitiser.feed(text)
+    safe = sanitiser.result()
     safe = _MD_LINK.sub(lambda m: m.group(1), safe)
     safe = _STRONG.sub(r"<strong>\2</strong>", safe)
     safe = _EMPHASIS.sub(r"<em>\2</em>", safe)
