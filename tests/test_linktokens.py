@@ -90,3 +90,19 @@ def test_snippet_prints_an_accessible_form_without_scripts(tmp_path: Path) -> No
     unknown = runner.invoke(main, ["--config", str(config), "snippet", "--list", "nope"])
     assert unknown.exit_code == 1 and "unknown list 'nope'" in unknown.stderr
     assert runner.invoke(main, ["snippet", "--help"]).exit_code == 0
+
+
+def test_the_snippets_comment_survives_a_title_with_dashes(tmp_path: Path) -> None:
+    config = tmp_path / "newsletter.toml"
+    config.write_text(
+        '[site]\ntitle = "Notes --> <b>bold</b> -- more"\n'
+        '[web]\npublic_url = "https://news.example.com/"\n'
+        '[lists.letters]\ntitle = "Letters"\npublic = true\n'
+    )
+    out = CliRunner().invoke(main, ["--config", str(config), "snippet", "--list", "letters"])
+    assert out.exit_code == 0, out.output
+    comment, _, form = out.stdout.partition("\n")
+    # One comment on the first line, ended only at its end: the title's
+    # "-->" ended it there and printed the rest of the title on the page.
+    assert comment.startswith("<!-- ") and comment.endswith(" -->")
+    assert comment.count("--") == 2 and "<form" in form

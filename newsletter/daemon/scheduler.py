@@ -183,7 +183,12 @@ class Daemon:
         if self._watcher is not None:
             self._watcher.join(timeout=2)
         self.lock.release()
-        log.info("daemon stopped after %d passes", self.passes, extra={"event": "stopped"})
+        log.info(
+            "daemon stopped after %d pass%s",
+            self.passes,
+            "" if self.passes == 1 else "es",
+            extra={"event": "stopped"},
+        )
 
     def serve_forever(self) -> None:
         """Run until SIGTERM or SIGINT, then stop cleanly (exit status 0)."""

@@ -28,4 +28,6 @@ def signup_snippet(settings: Settings, list_names: tuple[str, ...]) -> str:
         "_signup_form.html", action=action, form_lists=chosen, given_email="", given_name=""
     )
     names = ", ".join(list_names)
-    return f"<!-- {settings.site.title}: newsletter signup ({names}); from `newsletter snippet` -->\n{form}"
+    note = f"{settings.site.title}: newsletter signup ({names}); from `newsletter snippet`"
+    # "--" may not appear in a comment, and "-->" in a title would end it early.
+    return f"<!-- {note.replace('--', '- -')} -->\n{form}"
