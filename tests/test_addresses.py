@@ -106,3 +106,16 @@ def test_a_name_and_address_form_gives_the_address(raw: str, email: str) -> None
     was refused: "a display name and angle brackets … are not permitted",
     though the module says it drops those brackets."""
     assert normalise_email(raw).email == email
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "a@example.com, Bo <bo@example.net>",
+        "a@example.com <bo@example.net>",
+        "x; Bo <bo@example.net>",
+    ],
+)
+def test_two_addresses_in_one_cell_are_refused_not_read_as_the_last(raw: str) -> None:
+    with pytest.raises(SubscriberError):
+        normalise_email(raw)

@@ -92,10 +92,18 @@ def is_valid_email(raw: str) -> bool:
     return True
 
 
+_QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
+_ADDRESS_LIKE = re.compile(r"[@,;<>]")
+
+
 def _strip_decoration(raw: str) -> str:
     text = raw.strip()
     if text.endswith(">") and "<" in text:  # `<addr>` or `Name <addr>`: the address
-        text = text[text.rindex("<") + 1 : -1].strip()
+        start = text.rindex("<")
+        # Only when what comes before is a display name: in "a@x, Bo <b@y>"
+        # it is another address, and the cell is refused rather than read as b@y.
+        if not _ADDRESS_LIKE.search(_QUOTED.sub("", text[:start])):
+            text = text[start + 1 : -1].strip()
     if text[:7].lower() == "mailto:":
         text = text[7:].strip()
     return text
