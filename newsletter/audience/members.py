@@ -25,7 +25,7 @@ from sqlalchemy import Connection, Engine, and_, case, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from newsletter.audience import consent
-from newsletter.audience.addresses import email_key, normalise_email
+from newsletter.audience.addresses import Address, email_key, normalise_email
 from newsletter.audience.lists import ensure_lists  # noqa: F401 - the module's API, as before
 from newsletter.errors import StoreError, SubscriberError
 from newsletter.store import insert_or_ignore, now
@@ -292,24 +292,7 @@ def add_subscriber(
         lid = list_id(conn, list_name)
         sid = conn.scalar(select(subscribers.c.id).where(subscribers.c.email_key == address.key))
         if sid is None:
-            values = {
-                "email": address.email,
-                "email_key": address.key,
-                "uid": new_uid(),
-                "name": name.strip(),
-                "attributes": {},
-                "status": ACTIVE,
-                "status_changed_at": stamp,
-                "created_at": stamp,
-                "updated_at": stamp,
-            }
-            # Idempotent: a concurrent add of the same address (another host) wins
-            # or loses.  Any unique index: the same email has the same key, and a
-            # SQLite file made before schema 6 still has one on email too.
-            insert_or_ignore(conn, subscribers, values, ("email_key",), any_unique=True)
-            sid = conn.execute(
-                select(subscribers.c.id).where(subscribers.c.email_key == address.key)
-            ).scalar_one()
+            sid, _ = _insert_subscriber(conn, address, name, stamp)
         elif name.strip():
             conn.execute(
                 update(subscribers)
@@ -321,6 +304,31 @@ def add_subscriber(
             consent.record(conn, int(sid), "subscribe", source, list_name, at=stamp)
         row = conn.execute(select(*_SUBSCRIBER_COLUMNS).where(subscribers.c.id == sid)).one()
     return _row(row)
+
+
+def _insert_subscriber(
+    conn: Connection, address: Address, name: str, stamp: datetime
+) -> tuple[int, bool]:
+    """An active subscriber for `address`: (its id, whether this call created it)."""
+    values = {
+        "email": address.email,
+        "email_key": address.key,
+        "uid": new_uid(),
+        "name": name.strip(),
+        "attributes": {},
+        "status": ACTIVE,
+        "status_changed_at": stamp,
+        "created_at": stamp,
+        "updated_at": stamp,
+    }
+    # Idempotent: a concurrent add of the same address (another host) wins
+    # or loses.  Any unique index: the same email has the same key, and a
+    # SQLite file made before schema 6 still has one on email too.
+    created = insert_or_ignore(conn, subscribers, values, ("email_key",), any_unique=True)
+    sid = conn.execute(
+        select(subscribers.c.id).where(subscribers.c.email_key == address.key)
+    ).scalar_one()
+    return int(sid), created
 
 
 def _ensure_membership(conn: Connection, lid: int, sid: int, stamp: datetime) -> bool:
@@ -366,6 +374,34 @@ def unsubscribe(
         if changed and source is not None:
             consent.record(conn, subscriber_id, "unsubscribe", source, list_name, reason)
         return changed
+
+
+def unsubscribe_address(
+    bind: Bind, email: str, list_name: str | None, *, reason: str, source: str
+) -> tuple[SubscriberRow, bool, bool]:
+    """`unsubscribe` by address, keeping the request of one not known yet.
+
+    Someone may ask to be removed before their address was ever imported.
+    The request becomes a subscriber on no list with status unsubscribed
+    (None), or an active subscriber whose only membership is an unsubscribed
+    one of `list_name`, as `unsubscribe` records for a non-member: so no
+    import, sync or signup adds them later (invariant 3).  Returns the row,
+    whether this call created it, and whether anything changed.
+    """
+    found = get_by_email(bind, email)
+    if found is not None:
+        return found, False, unsubscribe(bind, found.id, list_name, reason=reason, source=source)
+    address = normalise_email(email)
+    with writing(bind) as conn:
+        if list_name is not None:
+            list_id(conn, list_name)  # an unknown list: an error before anything is written
+        sid, created = _insert_subscriber(conn, address, "", now())
+        changed = _unsubscribe(conn, sid, list_name, reason)
+        if changed:
+            detail = f"{reason}; not a subscriber yet" if created else reason
+            consent.record(conn, sid, "unsubscribe", source, list_name, detail)
+        row = conn.execute(select(*_SUBSCRIBER_COLUMNS).where(subscribers.c.id == sid)).one()
+    return _row(row), created, changed
 
 
 def _unsubscribe(conn: Connection, subscriber_id: int, list_name: str | None, reason: str) -> bool:

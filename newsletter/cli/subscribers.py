@@ -372,14 +372,24 @@ def remove_command(ctx: click.Context, email: str, list_name: str) -> None:
 @click.pass_context
 @handle_errors
 def unsubscribe_command(ctx: click.Context, email: str, list_name: str | None) -> None:
-    """Unsubscribe EMAIL from one list, or from every list."""
-    from newsletter.audience.members import unsubscribe
+    """Unsubscribe EMAIL from one list, or from every list.
+
+    An address not known yet is recorded as unsubscribed, so that no later
+    import or sync adds it.
+    """
+    from newsletter.audience.members import unsubscribe_address
 
     _, engine = _engine_for(ctx, list_name)
-    row = _require(engine, email)
-    changed = unsubscribe(engine, row.id, list_name, reason="cli", source="cli")
+    row, created, changed = unsubscribe_address(
+        engine, email, list_name, reason="cli", source="cli"
+    )
     scope = list_name or "every list"
-    if changed:
+    if created:
+        click.echo(
+            f"{row.email} is not a subscriber yet: recorded as unsubscribed from {scope}; "
+            f"an import will not add it{' to ' + list_name if list_name else ''}"
+        )
+    elif changed:
         click.echo(f"unsubscribed {row.email} from {scope}")
     elif list_name is None and row.status in ("bounced", "complained"):
         reason = _shown(row.status_reason or "no reason recorded")
