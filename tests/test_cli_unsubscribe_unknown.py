@@ -121,3 +121,53 @@ def test_unsubscribe_of_an_invalid_unknown_address_is_an_error(sample_site: Path
     assert cli("subscribers", "unsubscribe", "a@example.com", "--list", "nope").exit_code == 1
     missing = cli("subscribers", "show", "a@example.com")  # the unknown list recorded nothing
     assert missing.stderr == "error: no subscriber with address 'a@example.com'\n"
+
+
+def test_resubscribe_does_not_put_anyone_on_a_list_they_never_joined(
+    sample_site: Path, database_env: str
+) -> None:
+    """A per-list unsubscribe of a non-member records an unsubscribed
+    membership (so imports keep them out); `resubscribe EMAIL` then cleared
+    it too and mailed them a list they had never joined."""
+    cli("subscribers", "add", "a@example.com", "--list", "sample")
+    cli("subscribers", "unsubscribe", "a@example.com", "--list", "sample")  # joined, then left
+    cli("subscribers", "unsubscribe", "a@example.com", "--list", "weekly")  # never joined
+    cli("subscribers", "unsubscribe", "a@example.com")
+    back = cli("subscribers", "resubscribe", "a@example.com")
+    assert back.stdout == (
+        "resubscribed a@example.com to every list; it stays unsubscribed from weekly, "
+        "which it never joined (`newsletter subscribers resubscribe a@example.com --list weekly` "
+        "adds it)\n"
+    )
+    assert mailable(database_env, "sample") == ["a@example.com"]
+    assert mailable(database_env, "weekly") == []
+    shown = json.loads(cli("subscribers", "show", "a@example.com", "--json").stdout)
+    assert shown["status"] == "active" and shown["lists"]["weekly"] == "unsubscribed"
+    # Still kept out of weekly by an import; only the explicit per-list undo adds it.
+    assert import_csv(sample_site / "w.csv", "weekly", "a@example.com")["kept_suppressed"] == 1
+    joined = cli("subscribers", "resubscribe", "a@example.com", "--list", "weekly")
+    assert joined.stdout == "resubscribed a@example.com to weekly\n"
+    assert mailable(database_env, "weekly") == ["a@example.com"]
+    # Joined now: a later unsubscribe and global resubscribe brings it back like any list.
+    cli("subscribers", "unsubscribe", "a@example.com", "--list", "weekly")
+    again = cli("subscribers", "resubscribe", "a@example.com")
+    assert again.stdout == "resubscribed a@example.com to every list\n"
+    assert mailable(database_env, "weekly") == ["a@example.com"]
+
+
+def test_resubscribe_of_an_address_recorded_before_it_was_known(
+    sample_site: Path, database_env: str
+) -> None:
+    cli("subscribers", "unsubscribe", "early@example.com", "--list", "weekly")
+    back = cli("subscribers", "resubscribe", "early@example.com")
+    assert back.stdout == (
+        "early@example.com was not unsubscribed from every list; nothing changed; it stays "
+        "unsubscribed from weekly, which it never joined (`newsletter subscribers resubscribe "
+        "early@example.com --list weekly` adds it)\n"
+    )
+    assert mailable(database_env, "weekly") == []
+    cli("subscribers", "unsubscribe", "late@example.com")
+    lifted = cli("subscribers", "resubscribe", "late@example.com")
+    assert lifted.stdout == "resubscribed late@example.com to every list\n"
+    shown = json.loads(cli("subscribers", "show", "late@example.com", "--json").stdout)
+    assert (shown["status"], shown["lists"]) == ("active", {})

@@ -45,6 +45,11 @@ _RANK = {ACTIVE: 0, PENDING: 0, UNSUBSCRIBED: 1, BOUNCED: 2, COMPLAINED: 3}
 
 Bind = Engine | Connection
 
+# A membership that only keeps a per-list unsubscribe of someone who was not
+# on the list (`_unsubscribe` creates it and stamps both with one instant):
+# a global `resubscribe` leaves it, since they never asked for that list.
+_NEVER_JOINED = memberships.c.created_at == memberships.c.unsubscribed_at
+
 
 @dataclass(frozen=True)
 class Member:
@@ -273,6 +278,19 @@ def membership_lists(bind: Bind, subscriber_id: int) -> dict[str, datetime | Non
         return {name: at for name, at in conn.execute(query)}
 
 
+def never_joined(bind: Bind, subscriber_id: int) -> list[str]:
+    """The lists this subscriber is recorded as unsubscribed from without
+    ever having joined them (a per-list unsubscribe of a non-member)."""
+    query = (
+        select(lists.c.name)
+        .join(memberships, memberships.c.list_id == lists.c.id)
+        .where(memberships.c.subscriber_id == subscriber_id, _NEVER_JOINED)
+        .order_by(lists.c.name)
+    )
+    with reading(bind) as conn:
+        return list(conn.scalars(query))
+
+
 # --------------------------------------------------------------------------- writes
 
 
@@ -436,7 +454,8 @@ def resubscribe(
 
     With a list name, that list's unsubscribe is cleared (the membership is
     created if missing) and the subscriber becomes active again.  With None,
-    the subscriber becomes active and every per-list unsubscribe is cleared.
+    the subscriber becomes active and every per-list unsubscribe is cleared,
+    except those of lists they never joined (`never_joined`): those stay.
     Returns whether anything changed; only a change is recorded in the
     consent history (with a `source`).
     """
@@ -458,6 +477,8 @@ def resubscribe(
             lid = list_id(conn, list_name)
             changed += _ensure_membership(conn, lid, subscriber_id, stamp)
             where.append(memberships.c.list_id == lid)
+        else:
+            where.append(~_NEVER_JOINED)
         changed += conn.execute(
             update(memberships)
             .where(*where, memberships.c.unsubscribed_at.is_not(None))

@@ -407,16 +407,27 @@ def unsubscribe_command(ctx: click.Context, email: str, list_name: str | None) -
 @click.pass_context
 @handle_errors
 def resubscribe_command(ctx: click.Context, email: str, list_name: str | None) -> None:
-    """Undo an unsubscribe, bounce or complaint for EMAIL (only with their consent)."""
-    from newsletter.audience.members import resubscribe
+    """Undo an unsubscribe, bounce or complaint for EMAIL (only with their consent).
+
+    Without --list, lists EMAIL was unsubscribed from without ever joining
+    them stay so.
+    """
+    from newsletter.audience.members import never_joined, resubscribe
 
     _, engine = _engine_for(ctx, list_name)
     row = _require(engine, email)
     scope = list_name or "every list"
     if resubscribe(engine, row.id, list_name, source="cli"):
-        click.echo(f"resubscribed {row.email} to {scope}")
+        done = f"resubscribed {row.email} to {scope}"
     else:
-        click.echo(f"{row.email} was not unsubscribed from {scope}; nothing changed")
+        done = f"{row.email} was not unsubscribed from {scope}; nothing changed"
+    kept = never_joined(engine, row.id) if list_name is None else []
+    for name in kept:  # a per-list unsubscribe of a non-member: only --list lifts it
+        done += (
+            f"; it stays unsubscribed from {name}, which it never joined "
+            f"(`newsletter subscribers resubscribe {row.email} --list {name}` adds it)"
+        )
+    click.echo(done)
 
 
 @subscribers_group.command("show")
