@@ -17,7 +17,14 @@ from typing import TYPE_CHECKING
 
 import click
 
-from newsletter.cli.common import LazyChoice, emit_json, handle_errors, json_option, settings_of
+from newsletter.cli.common import (
+    LazyChoice,
+    emit_json,
+    handle_errors,
+    json_option,
+    problem_json,
+    settings_of,
+)
 
 # The library (SQLAlchemy, rich) is imported inside each command, so `--help` stays cheap.
 if TYPE_CHECKING:
@@ -142,6 +149,9 @@ def _finish(counts: ImportCounts, list_name: str, dry_run: bool, as_json: bool) 
                 "format": formats[0] if len(formats) == 1 else formats,
                 "files": files,
                 **counts.as_dict(),
+                # The first MAX_PROBLEMS (each with file, line, reason); the rest only counted.
+                "problems": [problem_json(p) for p in counts.problems],
+                "problems_not_listed": counts.invalid + counts.warnings - len(counts.problems),
             }
         )
     else:
