@@ -403,7 +403,7 @@ def unsubscribe_address(
     The request becomes a subscriber on no list with status unsubscribed
     (None), or an active subscriber whose only membership is an unsubscribed
     one of `list_name`, as `unsubscribe` records for a non-member: so no
-    import, sync or signup adds them later (invariant 3).  Returns the row,
+    import or sync adds them later (invariant 3).  Returns the row,
     whether this call created it, and whether anything changed.
     """
     found = get_by_email(bind, email)
