@@ -339,3 +339,39 @@ def test_a_bounce_reason_from_a_returned_message_stays_on_its_line(sample_site: 
     assert shown[0] == "b@example.com: bounced (bounce 5.1.1: gone\\x0aforged@example.com: active)"
     added = cli("subscribers", "add", "b@example.com", "--list", "weekly").stdout
     assert added.count("\n") == 1 and "gone\\x0aforged" in added
+
+
+def test_import_json_includes_the_problems(sample_site: Path) -> None:
+    """`--json` gave only the counts: the rows skipped (file, line, reason)
+    were on stderr alone, for a script to parse out of text."""
+    path = FIXTURES / "bad_rows.csv"
+    result = cli("subscribers", "import", str(path), "--list", "sample", "--json")
+    assert result.exit_code == 1
+    data = json.loads(result.stdout)
+    assert data["invalid"] == 6 and len(data["problems"]) == 6 + data["warnings"]
+    assert data["problems"][:2] == [
+        {
+            "severity": "error",
+            "path": str(path),
+            "line": 3,
+            "key": None,
+            "message": "invalid email address 'no-at-sign.example.com': "
+            "An email address must have an @-sign.",
+        },
+        {"severity": "error", "path": str(path), "line": 4, "key": None,
+         "message": "no email address"},
+    ]  # fmt: skip
+    assert data["problems_not_listed"] == 0
+    assert len(result.stderr.splitlines()) == 6  # the text report stays on stderr
+
+
+def test_import_json_says_how_many_problems_it_left_out(sample_site: Path) -> None:
+    from newsletter.audience.importer import MAX_PROBLEMS
+
+    rows = "".join(f"bad{i}\n" for i in range(MAX_PROBLEMS + 5))
+    Path("many.csv").write_text("email\nok@example.com\n" + rows, encoding="utf-8")
+    result = cli("subscribers", "import", "many.csv", "--list", "sample", "--json")
+    data = json.loads(result.stdout)
+    assert (data["new"], data["invalid"]) == (1, MAX_PROBLEMS + 5)
+    assert len(data["problems"]) == MAX_PROBLEMS and data["problems_not_listed"] == 5
+    assert data["problems"][-1]["line"] == MAX_PROBLEMS + 2

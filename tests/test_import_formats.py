@@ -132,7 +132,8 @@ def test_no_email_column_is_one_clear_error(engine: Engine, settings: Settings) 
         run_import(engine, settings, FIXTURES / "no_email_column.csv")
     assert str(info.value) == (
         f"{FIXTURES / 'no_email_column.csv'}:1: no email column in the header (looked for: "
-        "email, e-mail, email address, email_address, emailaddress, mail; found: name, city)"
+        "email, e-mail, email address, email_address, emailaddress, mail, or a localized one "
+        "such as e-mail-adresse, courriel, correo electrónico; found: name, city)"
     )
 
 

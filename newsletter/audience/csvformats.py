@@ -39,6 +39,7 @@ from newsletter.audience.serviceformats import (
     SourceRow,
     check_forced_format,
     detect_format,
+    header_key,
     mapper_for,
 )
 from newsletter.errors import Problem, SubscriberError
@@ -377,7 +378,7 @@ def _mapped(mapper: Mapper, label: Path, line: int, record: list[str]) -> Source
 
 def _is_headerless(header: list[str]) -> bool:
     """True when the "header" is really a first row: its first cell is an address."""
-    first = header[0].lower() if header else ""
+    first = header_key(header[0]) if header else ""
     return "@" in first and first not in EMAIL_COLUMNS
 
 
@@ -456,6 +457,6 @@ def sniff_delimiter(header_line: str) -> str:
     ranked = sorted((d for d in _DELIMITERS if counts[d]), key=lambda d: -counts[d])
     for delimiter in ranked:
         cells = next(csv.reader([header_line], delimiter=delimiter, skipinitialspace=True), [])
-        if any(c.strip().strip("\ufeff").strip().lower() in EMAIL_COLUMNS for c in cells):
+        if any(header_key(c) in EMAIL_COLUMNS for c in cells):
             return delimiter
     return ranked[0] if ranked else ","

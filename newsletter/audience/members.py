@@ -25,7 +25,7 @@ from sqlalchemy import Connection, Engine, and_, case, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from newsletter.audience import consent
-from newsletter.audience.addresses import email_key, normalise_email
+from newsletter.audience.addresses import Address, email_key, normalise_email
 from newsletter.audience.lists import ensure_lists  # noqa: F401 - the module's API, as before
 from newsletter.errors import StoreError, SubscriberError
 from newsletter.store import insert_or_ignore, now
@@ -44,6 +44,11 @@ SUPPRESSED = frozenset({UNSUBSCRIBED, BOUNCED, COMPLAINED})
 _RANK = {ACTIVE: 0, PENDING: 0, UNSUBSCRIBED: 1, BOUNCED: 2, COMPLAINED: 3}
 
 Bind = Engine | Connection
+
+# A membership that only keeps a per-list unsubscribe of someone who was not
+# on the list (`_unsubscribe` creates it and stamps both with one instant):
+# a global `resubscribe` leaves it, since they never asked for that list.
+_NEVER_JOINED = memberships.c.created_at == memberships.c.unsubscribed_at
 
 
 @dataclass(frozen=True)
@@ -273,6 +278,19 @@ def membership_lists(bind: Bind, subscriber_id: int) -> dict[str, datetime | Non
         return {name: at for name, at in conn.execute(query)}
 
 
+def never_joined(bind: Bind, subscriber_id: int) -> list[str]:
+    """The lists this subscriber is recorded as unsubscribed from without
+    ever having joined them (a per-list unsubscribe of a non-member)."""
+    query = (
+        select(lists.c.name)
+        .join(memberships, memberships.c.list_id == lists.c.id)
+        .where(memberships.c.subscriber_id == subscriber_id, _NEVER_JOINED)
+        .order_by(lists.c.name)
+    )
+    with reading(bind) as conn:
+        return list(conn.scalars(query))
+
+
 # --------------------------------------------------------------------------- writes
 
 
@@ -292,24 +310,7 @@ def add_subscriber(
         lid = list_id(conn, list_name)
         sid = conn.scalar(select(subscribers.c.id).where(subscribers.c.email_key == address.key))
         if sid is None:
-            values = {
-                "email": address.email,
-                "email_key": address.key,
-                "uid": new_uid(),
-                "name": name.strip(),
-                "attributes": {},
-                "status": ACTIVE,
-                "status_changed_at": stamp,
-                "created_at": stamp,
-                "updated_at": stamp,
-            }
-            # Idempotent: a concurrent add of the same address (another host) wins
-            # or loses.  Any unique index: the same email has the same key, and a
-            # SQLite file made before schema 6 still has one on email too.
-            insert_or_ignore(conn, subscribers, values, ("email_key",), any_unique=True)
-            sid = conn.execute(
-                select(subscribers.c.id).where(subscribers.c.email_key == address.key)
-            ).scalar_one()
+            sid, _ = _insert_subscriber(conn, address, name, stamp)
         elif name.strip():
             conn.execute(
                 update(subscribers)
@@ -321,6 +322,31 @@ def add_subscriber(
             consent.record(conn, int(sid), "subscribe", source, list_name, at=stamp)
         row = conn.execute(select(*_SUBSCRIBER_COLUMNS).where(subscribers.c.id == sid)).one()
     return _row(row)
+
+
+def _insert_subscriber(
+    conn: Connection, address: Address, name: str, stamp: datetime
+) -> tuple[int, bool]:
+    """An active subscriber for `address`: (its id, whether this call created it)."""
+    values = {
+        "email": address.email,
+        "email_key": address.key,
+        "uid": new_uid(),
+        "name": name.strip(),
+        "attributes": {},
+        "status": ACTIVE,
+        "status_changed_at": stamp,
+        "created_at": stamp,
+        "updated_at": stamp,
+    }
+    # Idempotent: a concurrent add of the same address (another host) wins
+    # or loses.  Any unique index: the same email has the same key, and a
+    # SQLite file made before schema 6 still has one on email too.
+    created = insert_or_ignore(conn, subscribers, values, ("email_key",), any_unique=True)
+    sid = conn.execute(
+        select(subscribers.c.id).where(subscribers.c.email_key == address.key)
+    ).scalar_one()
+    return int(sid), created
 
 
 def _ensure_membership(conn: Connection, lid: int, sid: int, stamp: datetime) -> bool:
@@ -368,6 +394,34 @@ def unsubscribe(
         return changed
 
 
+def unsubscribe_address(
+    bind: Bind, email: str, list_name: str | None, *, reason: str, source: str
+) -> tuple[SubscriberRow, bool, bool]:
+    """`unsubscribe` by address, keeping the request of one not known yet.
+
+    Someone may ask to be removed before their address was ever imported.
+    The request becomes a subscriber on no list with status unsubscribed
+    (None), or an active subscriber whose only membership is an unsubscribed
+    one of `list_name`, as `unsubscribe` records for a non-member: so no
+    import or sync adds them later (invariant 3).  Returns the row,
+    whether this call created it, and whether anything changed.
+    """
+    found = get_by_email(bind, email)
+    if found is not None:
+        return found, False, unsubscribe(bind, found.id, list_name, reason=reason, source=source)
+    address = normalise_email(email)
+    with writing(bind) as conn:
+        if list_name is not None:
+            list_id(conn, list_name)  # an unknown list: an error before anything is written
+        sid, created = _insert_subscriber(conn, address, "", now())
+        changed = _unsubscribe(conn, sid, list_name, reason)
+        if changed:
+            detail = f"{reason}; not a subscriber yet" if created else reason
+            consent.record(conn, sid, "unsubscribe", source, list_name, detail)
+        row = conn.execute(select(*_SUBSCRIBER_COLUMNS).where(subscribers.c.id == sid)).one()
+    return _row(row), created, changed
+
+
 def _unsubscribe(conn: Connection, subscriber_id: int, list_name: str | None, reason: str) -> bool:
     stamp = now()
     if list_name is None:
@@ -400,7 +454,8 @@ def resubscribe(
 
     With a list name, that list's unsubscribe is cleared (the membership is
     created if missing) and the subscriber becomes active again.  With None,
-    the subscriber becomes active and every per-list unsubscribe is cleared.
+    the subscriber becomes active and every per-list unsubscribe is cleared,
+    except those of lists they never joined (`never_joined`): those stay.
     Returns whether anything changed; only a change is recorded in the
     consent history (with a `source`).
     """
@@ -422,6 +477,8 @@ def resubscribe(
             lid = list_id(conn, list_name)
             changed += _ensure_membership(conn, lid, subscriber_id, stamp)
             where.append(memberships.c.list_id == lid)
+        else:
+            where.append(~_NEVER_JOINED)
         changed += conn.execute(
             update(memberships)
             .where(*where, memberships.c.unsubscribed_at.is_not(None))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,7 +34,14 @@ FORMATS = (
     "kit",
 )
 
-EMAIL_COLUMNS = ("email", "e-mail", "email address", "email_address", "emailaddress", "mail")
+_ENGLISH_EMAIL_COLUMNS = ("email", "e-mail", "email address", "email_address", "emailaddress",
+                          "mail")  # fmt: skip
+# German, French, Spanish, Dutch, Italian spreadsheets and mail programs.
+_LOCALIZED_EMAIL_COLUMNS = ("e-mail-adresse", "e-mail adresse", "e-mail address",
+                            "adresse e-mail", "adresse email", "adresse électronique", "courriel",
+                            "correo electrónico", "correo electronico", "e-mailadres",
+                            "emailadres", "indirizzo email", "indirizzo e-mail")  # fmt: skip
+EMAIL_COLUMNS = _ENGLISH_EMAIL_COLUMNS + _LOCALIZED_EMAIL_COLUMNS
 NAME_COLUMNS = ("name", "full name", "full_name", "fullname", "display name")
 # English first, then the headers German, French and Spanish spreadsheets use.
 FIRST_COLUMNS = ("first name", "first_name", "firstname", "fname", "given name", "vorname",
@@ -78,6 +86,12 @@ Mapper = Callable[[int, list[str]], SourceRow]
 _new_row = tuple.__new__
 
 
+def header_key(name: str) -> str:
+    """A header cell as the column names here are spelled: trimmed, lower
+    case, accents composed (a Mac may write `ó` as `o` + a combining accent)."""
+    return unicodedata.normalize("NFC", name.strip().strip("\ufeff").strip()).lower()
+
+
 class _Columns:
     """Case-insensitive access to a record's cells by header name."""
 
@@ -85,7 +99,7 @@ class _Columns:
         self.header = list(header)
         self.index: dict[str, int] = {}
         for i, name in enumerate(header):
-            self.index.setdefault(name.strip().lower(), i)
+            self.index.setdefault(header_key(name), i)
 
     def find(self, *names: str) -> str | None:
         return next((n for n in names if n in self.index), None)
@@ -157,7 +171,8 @@ def mapper_for(fmt: str, header: Sequence[str], file_name: str, label: Path) -> 
     email_col = cols.find(*EMAIL_COLUMNS)
     if email_col is None:
         raise SubscriberError(
-            f"no email column in the header (looked for: {', '.join(EMAIL_COLUMNS)}; "
+            f"no email column in the header (looked for: {', '.join(_ENGLISH_EMAIL_COLUMNS)}, "
+            "or a localized one such as e-mail-adresse, courriel, correo electrónico; "
             f"found: {', '.join(header)})",
             path=label,
             line=1,

@@ -15,6 +15,7 @@ import click
 # (issue 13, "start in 50 ms"); each command imports what it uses when it runs.
 if TYPE_CHECKING:
     from newsletter.config import Settings
+    from newsletter.errors import Problem
 
 __all__ = [
     "AppContext",
@@ -22,6 +23,7 @@ __all__ = [
     "emit_json",
     "handle_errors",
     "json_option",
+    "problem_json",
     "require_config_file",
     "settings_of",
 ]
@@ -80,6 +82,17 @@ def require_config_file(settings: Settings) -> None:
 
 def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+def problem_json(problem: Problem) -> dict[str, Any]:
+    """One reported problem (a post, a CSV row) as `--json` output shows it."""
+    return {
+        "severity": problem.severity,
+        "path": str(problem.path) if problem.path else None,
+        "line": problem.line,
+        "key": problem.key,
+        "message": problem.message,
+    }
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")

@@ -6,11 +6,17 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
-from newsletter.cli.common import emit_json, handle_errors, json_option, settings_of
+from newsletter.cli.common import (
+    emit_json,
+    handle_errors,
+    json_option,
+    problem_json,
+    settings_of,
+)
 
 # The library is imported inside each command, so `--help` stays cheap.
 if TYPE_CHECKING:
@@ -155,7 +161,7 @@ def check_cmd(ctx: click.Context, everything: bool, as_json: bool) -> None:
         )
     errors = [p for p in problems if p.severity == "error"]
     if as_json:
-        emit_json([_problem_json(p) for p in problems])
+        emit_json([problem_json(p) for p in problems])
     else:
         for problem in problems:
             click.echo(str(problem))
@@ -164,16 +170,6 @@ def check_cmd(ctx: click.Context, everything: bool, as_json: bool) -> None:
         click.echo(_summary(len(collection.posts), tuple(problems), " checked"))
     if errors:
         sys.exit(1)
-
-
-def _problem_json(problem: Problem) -> dict[str, Any]:
-    return {
-        "severity": problem.severity,
-        "path": str(problem.path) if problem.path else None,
-        "line": problem.line,
-        "key": problem.key,
-        "message": problem.message,
-    }
 
 
 def check_settings(settings: Settings) -> Iterator[Problem]:

@@ -17,7 +17,14 @@ from typing import TYPE_CHECKING
 
 import click
 
-from newsletter.cli.common import LazyChoice, emit_json, handle_errors, json_option, settings_of
+from newsletter.cli.common import (
+    LazyChoice,
+    emit_json,
+    handle_errors,
+    json_option,
+    problem_json,
+    settings_of,
+)
 
 # The library (SQLAlchemy, rich) is imported inside each command, so `--help` stays cheap.
 if TYPE_CHECKING:
@@ -142,6 +149,9 @@ def _finish(counts: ImportCounts, list_name: str, dry_run: bool, as_json: bool) 
                 "format": formats[0] if len(formats) == 1 else formats,
                 "files": files,
                 **counts.as_dict(),
+                # The first MAX_PROBLEMS (each with file, line, reason); the rest only counted.
+                "problems": [problem_json(p) for p in counts.problems],
+                "problems_not_listed": counts.invalid + counts.warnings - len(counts.problems),
             }
         )
     else:
@@ -372,14 +382,24 @@ def remove_command(ctx: click.Context, email: str, list_name: str) -> None:
 @click.pass_context
 @handle_errors
 def unsubscribe_command(ctx: click.Context, email: str, list_name: str | None) -> None:
-    """Unsubscribe EMAIL from one list, or from every list."""
-    from newsletter.audience.members import unsubscribe
+    """Unsubscribe EMAIL from one list, or from every list.
+
+    An address not known yet is recorded as unsubscribed, so that no later
+    import or sync adds it.
+    """
+    from newsletter.audience.members import unsubscribe_address
 
     _, engine = _engine_for(ctx, list_name)
-    row = _require(engine, email)
-    changed = unsubscribe(engine, row.id, list_name, reason="cli", source="cli")
+    row, created, changed = unsubscribe_address(
+        engine, email, list_name, reason="cli", source="cli"
+    )
     scope = list_name or "every list"
-    if changed:
+    if created:
+        click.echo(
+            f"{row.email} is not a subscriber yet: recorded as unsubscribed from {scope}; "
+            f"an import will not add it{' to ' + list_name if list_name else ''}"
+        )
+    elif changed:
         click.echo(f"unsubscribed {row.email} from {scope}")
     elif list_name is None and row.status in ("bounced", "complained"):
         reason = _shown(row.status_reason or "no reason recorded")
@@ -397,16 +417,27 @@ def unsubscribe_command(ctx: click.Context, email: str, list_name: str | None) -
 @click.pass_context
 @handle_errors
 def resubscribe_command(ctx: click.Context, email: str, list_name: str | None) -> None:
-    """Undo an unsubscribe, bounce or complaint for EMAIL (only with their consent)."""
-    from newsletter.audience.members import resubscribe
+    """Undo an unsubscribe, bounce or complaint for EMAIL (only with their consent).
+
+    Without --list, lists EMAIL was unsubscribed from without ever joining
+    them stay so.
+    """
+    from newsletter.audience.members import never_joined, resubscribe
 
     _, engine = _engine_for(ctx, list_name)
     row = _require(engine, email)
     scope = list_name or "every list"
     if resubscribe(engine, row.id, list_name, source="cli"):
-        click.echo(f"resubscribed {row.email} to {scope}")
+        done = f"resubscribed {row.email} to {scope}"
     else:
-        click.echo(f"{row.email} was not unsubscribed from {scope}; nothing changed")
+        done = f"{row.email} was not unsubscribed from {scope}; nothing changed"
+    kept = never_joined(engine, row.id) if list_name is None else []
+    for name in kept:  # a per-list unsubscribe of a non-member: only --list lifts it
+        done += (
+            f"; it stays unsubscribed from {name}, which it never joined "
+            f"(`newsletter subscribers resubscribe {row.email} --list {name}` adds it)"
+        )
+    click.echo(done)
 
 
 @subscribers_group.command("show")

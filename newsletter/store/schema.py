@@ -135,7 +135,9 @@ memberships = Table(
     Column("list_id", Integer, primary_key=True),
     Column("subscriber_id", Integer, primary_key=True),
     Column("created_at", UtcDateTime, nullable=False),
-    # Per-list unsubscribe ("subscribers unsubscribe EMAIL --list L").
+    # Per-list unsubscribe ("subscribers unsubscribe EMAIL --list L").  Equal
+    # to created_at: recorded for someone who never joined the list
+    # (newsletter.audience.members._NEVER_JOINED).
     Column("unsubscribed_at", UtcDateTime, nullable=True),
     Index("ix_memberships_subscriber", "subscriber_id"),
     _sqlite_only_key("list_id", "lists.id"),
