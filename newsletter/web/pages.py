@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from starlette.datastructures import MutableHeaders
@@ -91,3 +92,36 @@ class NoSniffMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_header)
+
+
+def url_prefix(public_url: str) -> str:
+    """The path of `[web] public_url` (`/news` for `https://example.com/news/`),
+    "" when it has none."""
+    return urlsplit(public_url).path.rstrip("/")
+
+
+class PrefixMiddleware:
+    """Serves the app as if mounted at `prefix`: for a reverse proxy that
+    forwards `<prefix>/x` as `/x`.  The prefix goes back into the request's
+    path (and becomes its ASGI root_path), so every URL made from the request
+    (form actions, the router's slash redirects) points under it again.  A
+    request that kept the prefix (a proxy that does not strip) is left alone."""
+
+    def __init__(self, app: ASGIApp, prefix: str) -> None:
+        self.app = app
+        self.prefix = prefix
+        self.raw_prefix = prefix.encode("ascii", "replace")
+        self.path_prefix = unquote(prefix)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.prefix:
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        scope = dict(scope, root_path=self.path_prefix)
+        if not (path == self.path_prefix or path.startswith(self.path_prefix + "/")):
+            scope["path"] = self.path_prefix + path
+            raw = scope.get("raw_path")
+            if raw is not None:
+                scope["raw_path"] = self.raw_prefix + raw
+        await self.app(scope, receive, send)

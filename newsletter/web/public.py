@@ -41,7 +41,14 @@ from newsletter.errors import NewsletterError, PostError, StoreError, Subscriber
 from newsletter.posts.collection import PostCollection
 from newsletter.store import open_store, reading
 from newsletter.web.archive import list_for, neutral_html, sent_digest, sent_posts
-from newsletter.web.pages import PRIVATE_HEADERS, PUBLIC_CSP, NoSniffMiddleware, page
+from newsletter.web.pages import (
+    PRIVATE_HEADERS,
+    PUBLIC_CSP,
+    NoSniffMiddleware,
+    PrefixMiddleware,
+    page,
+    url_prefix,
+)
 from newsletter.web.preferences import preferences_routes
 from newsletter.web.signup import signup_routes
 from newsletter.web.site import Site
@@ -383,6 +390,8 @@ def create_public_app(
         *preferences_routes(),
     ]
     app = Starlette(routes=routes)
+    # Behind a proxy at https://host/news, the pages' URLs keep the /news.
+    app.add_middleware(PrefixMiddleware, prefix=url_prefix(settings.web.public_url))
     app.add_middleware(NoSniffMiddleware)
     app.state.public = state
     return app

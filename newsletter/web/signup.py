@@ -41,7 +41,7 @@ from newsletter.email.linktokens import (
 )
 from newsletter.email.notices import build_notice
 from newsletter.errors import NewsletterError, StoreError, SubscriberError
-from newsletter.web.pages import PRIVATE_HEADERS, PUBLIC_CSP
+from newsletter.web.pages import PRIVATE_HEADERS, PUBLIC_CSP, url_prefix
 from newsletter.web.pages import page as _any_page
 
 log = logging.getLogger("newsletter.web")
@@ -100,7 +100,7 @@ def _form_context(settings: Settings, **extra: Any) -> dict[str, Any]:
     return {
         "site_title": settings.site.title,
         "site_url": settings.site.url,
-        "action": "/subscribe",
+        "action": f"{url_prefix(settings.web.public_url)}/subscribe",
         "public_lists": settings.public_lists,
         "error": None,
         "given_email": "",
