@@ -41,6 +41,7 @@ from newsletter.errors import NewsletterError, PostError, StoreError, Subscriber
 from newsletter.posts.collection import PostCollection
 from newsletter.store import open_store, reading
 from newsletter.web.archive import list_for, neutral_html, sent_digest, sent_posts
+from newsletter.web.bodies import buffered
 from newsletter.web.pages import (
     PRIVATE_HEADERS,
     PUBLIC_CSP,
@@ -195,10 +196,11 @@ def unsubscribe_form(request: Request) -> Response:
 
 async def one_click(request: Request) -> Response:
     """RFC 8058 §3.2: a POST with List-Unsubscribe=One-Click; answer 200, no redirect."""
-    if int(request.headers.get("content-length") or 0) > MAX_BODY:
+    whole = await buffered(request, MAX_BODY)
+    if whole is None:
         return PlainTextResponse("request body too large\n", status_code=413)
     try:
-        form = await request.form(max_files=0, max_fields=20)
+        form = await whole.form(max_files=0, max_fields=20)
         value = form.get("List-Unsubscribe")
     except (HTTPException, MultiPartException, UnicodeDecodeError):  # a malformed body
         value = None
