@@ -45,8 +45,8 @@ from newsletter.web.bodies import buffered
 from newsletter.web.pages import (
     PRIVATE_HEADERS,
     PUBLIC_CSP,
-    NoSniffMiddleware,
     PrefixMiddleware,
+    SecureStarlette,
     page,
     url_prefix,
 )
@@ -391,9 +391,8 @@ def create_public_app(
         *signup_routes(),
         *preferences_routes(),
     ]
-    app = Starlette(routes=routes)
+    app = SecureStarlette(routes=routes)  # security headers on every answer, 500s included
     # Behind a proxy at https://host/news, the pages' URLs keep the /news.
     app.add_middleware(PrefixMiddleware, prefix=url_prefix(settings.web.public_url))
-    app.add_middleware(NoSniffMiddleware)
     app.state.public = state
     return app
