@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from starlette.applications import Starlette
@@ -127,8 +127,8 @@ class PrefixMiddleware:
     def __init__(self, app: ASGIApp, prefix: str) -> None:
         self.app = app
         self.prefix = prefix
-        self.raw_prefix = prefix.encode("ascii", "replace")
-        self.path_prefix = unquote(prefix)
+        self.path_prefix = unquote(prefix)  # ASGI's path is decoded, raw_path is not
+        self.raw_prefix = quote(self.path_prefix).encode("ascii")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self.prefix:
