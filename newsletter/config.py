@@ -529,6 +529,10 @@ def _validate(settings: Settings) -> None:
             path=path,
             key="signup.confirm_hours",
         )
+    for key in ("per_ip_per_hour", "per_address_per_hour", "pending_per_address_per_day"):
+        # 0 or less would refuse every signup (429, or silently no email).
+        if getattr(settings.signup, key) < 1:
+            raise ConfigError("must be at least 1", path=path, key=f"signup.{key}")
     for origin in settings.signup.allowed_origins:
         if not re.fullmatch(r"https?://[^/\s]+", origin):
             raise ConfigError(

@@ -53,6 +53,14 @@ def test_env_var_selects_the_config(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         ("[signup]\nconfirm_hours = 100000000\n", "signup.confirm_hours"),
         ("[signup]\nconfirm_hours = inf\n", "signup.confirm_hours"),
         ("[signup]\nconfirm_hours = nan\n", "signup.confirm_hours"),
+        # A limit below 1 was accepted, then refused every signup (429 or no email).
+        ("[signup]\nper_ip_per_hour = -1\n", "signup.per_ip_per_hour"),
+        ("[signup]\nper_ip_per_hour = 0\n", "signup.per_ip_per_hour"),
+        ("[signup]\nper_address_per_hour = -3\n", "signup.per_address_per_hour"),
+        ("[signup]\nper_address_per_hour = 0\n", "signup.per_address_per_hour"),
+        ("[signup]\npending_per_address_per_day = -1\n", "signup.pending_per_address_per_day"),
+        ("[signup]\npending_per_address_per_day = 0\n", "signup.pending_per_address_per_day"),
+        ("[signup]\nper_ip_per_hour = true\n", "signup.per_ip_per_hour"),
     ],
 )
 def test_bad_values_name_their_key(tmp_path: Path, text: str, key: str) -> None:

@@ -87,6 +87,7 @@ def test_every_public_response_has_nosniff_and_no_inline_script(
     assert {r.status_code for r in responses} >= {200, 400, 403, 404, 405}
     for response in responses:
         assert response.headers.get("x-content-type-options") == "nosniff", response.request.url
+        assert "frame-ancestors" in csp(response), response.request.url  # JSON and text too
         check_scripts(response)
 
 
@@ -105,6 +106,28 @@ def test_archive_pages_have_a_referrer_policy(public: TestClient, store: Store) 
         response = public.get(path)
         assert response.status_code == 200
         assert response.headers["referrer-policy"] == "no-referrer", path
+
+
+def check_crash_answer(response: httpx.Response) -> None:
+    """Starlette's outermost error middleware made this 500: it carries the
+    same headers as every other answer, and a policy that allows nothing."""
+    assert response.status_code == 500
+    assert response.headers.get("x-content-type-options") == "nosniff"
+    policy = csp(response)
+    assert policy["default-src"] == "'none'" and policy["frame-ancestors"] == "'none'"
+
+
+def crash(*args: object, **kwargs: object) -> None:
+    raise RuntimeError("an unexpected bug")
+
+
+def test_a_500_from_an_unexpected_error_has_the_security_headers(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("newsletter.web.public.sent_posts", crash)
+    app = create_public_app(store.settings, engine=store.engine, secret=store.secret)
+    with TestClient(app, base_url=PUBLIC, raise_server_exceptions=False) as client:
+        check_crash_answer(client.get("/archive/"))
 
 
 # --------------------------------------------------------------------------- preview
@@ -135,6 +158,7 @@ def test_every_preview_response_has_nosniff_and_nonced_scripts(
     assert {r.status_code for r in responses} >= {200, 403, 404}
     for response in responses:
         assert response.headers.get("x-content-type-options") == "nosniff", response.request.url
+        assert "frame-ancestors" in csp(response), response.request.url  # JSON and text too
         check_scripts(response)
     post_page = responses[1]
     assert "<script" in post_page.text
@@ -144,3 +168,12 @@ def test_every_preview_response_has_nosniff_and_nonced_scripts(
     second = re.findall(r"'nonce-([^']+)'", again.headers["content-security-policy"])
     assert first and second and first != second  # a fresh nonce per response
     assert len(first[0]) >= 22  # at least 128 bits
+
+
+def test_a_500_in_the_preview_has_the_security_headers(
+    preview_config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("newsletter.web.preview.mailing_states", crash)
+    app = create_preview_app(lambda: load_settings(preview_config), live=False)
+    with TestClient(app, base_url=PREVIEW, raise_server_exceptions=False) as client:
+        check_crash_answer(client.get("/"))

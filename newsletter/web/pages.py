@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import secrets
 from typing import Any
+from urllib.parse import quote, unquote, urlsplit
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from starlette.applications import Starlette
 from starlette.datastructures import MutableHeaders
 from starlette.responses import HTMLResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -71,10 +73,16 @@ def page(
     )
 
 
-class NoSniffMiddleware:
-    """`X-Content-Type-Options: nosniff` on every response, the router's and the
-    guards' own included: a browser must never read a text or JSON answer as
-    HTML or script."""
+# For answers that set no policy of their own (text, JSON, a download, the 500
+# of an unexpected error): nothing may load, run or frame them.
+FALLBACK_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+
+
+class SecurityHeadersMiddleware:
+    """`X-Content-Type-Options: nosniff` on every response (a browser must never
+    read a text or JSON answer as HTML or script), and FALLBACK_CSP on any
+    that has no Content-Security-Policy.  `SecureStarlette` puts it outside
+    Starlette's own error middleware, so the 500s that makes carry them too."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -84,10 +92,53 @@ class NoSniffMiddleware:
             await self.app(scope, receive, send)
             return
 
-        async def send_with_header(message: Message) -> None:
+        async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
                 headers["X-Content-Type-Options"] = "nosniff"
+                headers.setdefault("Content-Security-Policy", FALLBACK_CSP)
             await send(message)
 
-        await self.app(scope, receive, send_with_header)
+        await self.app(scope, receive, send_with_headers)
+
+
+class SecureStarlette(Starlette):
+    """Starlette with SecurityHeadersMiddleware outermost: middleware added with
+    `add_middleware` sits inside ServerErrorMiddleware, whose 500 answer to
+    an unexpected exception would otherwise go out without the headers."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return SecurityHeadersMiddleware(super().build_middleware_stack())
+
+
+def url_prefix(public_url: str) -> str:
+    """The path of `[web] public_url` (`/news` for `https://example.com/news/`),
+    "" when it has none."""
+    return urlsplit(public_url).path.rstrip("/")
+
+
+class PrefixMiddleware:
+    """Serves the app as if mounted at `prefix`: for a reverse proxy that
+    forwards `<prefix>/x` as `/x`.  The prefix goes back into the request's
+    path (and becomes its ASGI root_path), so every URL made from the request
+    (form actions, the router's slash redirects) points under it again.  A
+    request that kept the prefix (a proxy that does not strip) is left alone."""
+
+    def __init__(self, app: ASGIApp, prefix: str) -> None:
+        self.app = app
+        self.prefix = prefix
+        self.path_prefix = unquote(prefix)  # ASGI's path is decoded, raw_path is not
+        self.raw_prefix = quote(self.path_prefix).encode("ascii")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.prefix:
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        scope = dict(scope, root_path=self.path_prefix)
+        if not (path == self.path_prefix or path.startswith(self.path_prefix + "/")):
+            scope["path"] = self.path_prefix + path
+            raw = scope.get("raw_path")
+            if raw is not None:
+                scope["raw_path"] = self.raw_prefix + raw
+        await self.app(scope, receive, send)

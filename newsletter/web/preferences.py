@@ -25,6 +25,7 @@ from newsletter.audience import signup as flow
 from newsletter.config import Settings, utcnow
 from newsletter.email.linktokens import verify_preferences_token
 from newsletter.errors import StoreError, SubscriberError
+from newsletter.web.bodies import buffered
 from newsletter.web.pages import PRIVATE_HEADERS, PUBLIC_CSP
 from newsletter.web.pages import page as _any_page
 
@@ -92,10 +93,11 @@ def preferences_form(request: Request) -> Response:
 
 async def preferences_save(request: Request) -> Response:
     state = request.app.state.public
-    if int(request.headers.get("content-length") or 0) > MAX_BODY:
+    whole = await buffered(request, MAX_BODY)
+    if whole is None:
         return Response("request body too large\n", status_code=413, media_type="text/plain")
     try:
-        form = await request.form(max_files=0, max_fields=100)
+        form = await whole.form(max_files=0, max_fields=100)
         wanted = {v for v in form.getlist("list") if isinstance(v, str)}
     except (HTTPException, MultiPartException, UnicodeDecodeError):
         return Response("the form could not be read\n", status_code=400, media_type="text/plain")

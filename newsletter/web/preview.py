@@ -36,7 +36,7 @@ from newsletter.config import ListSettings, Settings
 from newsletter.errors import NewsletterError, PostError
 from newsletter.posts.collection import Post
 from newsletter.web.hostcheck import LocalOnlyMiddleware
-from newsletter.web.pages import NoSniffMiddleware, page
+from newsletter.web.pages import SecureStarlette, page
 from newsletter.web.reload import Broadcaster, watch
 from newsletter.web.site import Preview, Site, list_status, mailing_states, watched_dirs
 from newsletter.web.site import watched_files as config_files
@@ -349,10 +349,10 @@ def create_preview_app(load: Callable[[], Settings], *, live: bool = True) -> St
         Route("/outbox/{key}/eml", outbox_eml),
         Route("/events", events),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    # Security headers on every answer: the guard's refusals and 500s included.
+    app = SecureStarlette(routes=routes, lifespan=lifespan)
     app.state.preview = state
     app.add_middleware(LocalOnlyMiddleware)
-    app.add_middleware(NoSniffMiddleware)  # outermost: the guard's refusals get it too
     return app
 
 

@@ -41,7 +41,15 @@ from newsletter.errors import NewsletterError, PostError, StoreError, Subscriber
 from newsletter.posts.collection import PostCollection
 from newsletter.store import open_store, reading
 from newsletter.web.archive import list_for, neutral_html, sent_digest, sent_posts
-from newsletter.web.pages import PRIVATE_HEADERS, PUBLIC_CSP, NoSniffMiddleware, page
+from newsletter.web.bodies import buffered
+from newsletter.web.pages import (
+    PRIVATE_HEADERS,
+    PUBLIC_CSP,
+    PrefixMiddleware,
+    SecureStarlette,
+    page,
+    url_prefix,
+)
 from newsletter.web.preferences import preferences_routes
 from newsletter.web.signup import signup_routes
 from newsletter.web.site import Site
@@ -188,10 +196,11 @@ def unsubscribe_form(request: Request) -> Response:
 
 async def one_click(request: Request) -> Response:
     """RFC 8058 §3.2: a POST with List-Unsubscribe=One-Click; answer 200, no redirect."""
-    if int(request.headers.get("content-length") or 0) > MAX_BODY:
+    whole = await buffered(request, MAX_BODY)
+    if whole is None:
         return PlainTextResponse("request body too large\n", status_code=413)
     try:
-        form = await request.form(max_files=0, max_fields=20)
+        form = await whole.form(max_files=0, max_fields=20)
         value = form.get("List-Unsubscribe")
     except (HTTPException, MultiPartException, UnicodeDecodeError):  # a malformed body
         value = None
@@ -382,7 +391,8 @@ def create_public_app(
         *signup_routes(),
         *preferences_routes(),
     ]
-    app = Starlette(routes=routes)
-    app.add_middleware(NoSniffMiddleware)
+    app = SecureStarlette(routes=routes)  # security headers on every answer, 500s included
+    # Behind a proxy at https://host/news, the pages' URLs keep the /news.
+    app.add_middleware(PrefixMiddleware, prefix=url_prefix(settings.web.public_url))
     app.state.public = state
     return app

@@ -41,7 +41,8 @@ from newsletter.email.linktokens import (
 )
 from newsletter.email.notices import build_notice
 from newsletter.errors import NewsletterError, StoreError, SubscriberError
-from newsletter.web.pages import PRIVATE_HEADERS, PUBLIC_CSP
+from newsletter.web.bodies import buffered
+from newsletter.web.pages import PRIVATE_HEADERS, PUBLIC_CSP, url_prefix
 from newsletter.web.pages import page as _any_page
 
 log = logging.getLogger("newsletter.web")
@@ -100,7 +101,7 @@ def _form_context(settings: Settings, **extra: Any) -> dict[str, Any]:
     return {
         "site_title": settings.site.title,
         "site_url": settings.site.url,
-        "action": "/subscribe",
+        "action": f"{url_prefix(settings.web.public_url)}/subscribe",
         "public_lists": settings.public_lists,
         "error": None,
         "given_email": "",
@@ -132,12 +133,11 @@ def subscribe_preflight(request: Request) -> Response:
 
 async def _read(request: Request) -> tuple[dict[str, Any], bool]:
     """The posted fields and whether they came as JSON; ValueError when unreadable."""
-    if int(request.headers.get("content-length") or 0) > MAX_BODY:
+    whole = await buffered(request, MAX_BODY)
+    if whole is None:
         raise ValueError("request body too large")
     if request.headers.get("content-type", "").split(";")[0].strip() == "application/json":
-        body = await request.body()
-        if len(body) > MAX_BODY:
-            raise ValueError("request body too large")
+        body = await whole.body()
         try:
             data = json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
@@ -149,7 +149,7 @@ async def _read(request: Request) -> tuple[dict[str, Any], bool]:
         data["lists"] = [lists] if isinstance(lists, str) else lists
         return data, True
     try:
-        form = await request.form(max_files=0, max_fields=30)
+        form = await whole.form(max_files=0, max_fields=30)
     except (HTTPException, MultiPartException, UnicodeDecodeError) as exc:
         raise ValueError("the form could not be read") from exc
     fields: dict[str, Any] = {k: form.get(k) for k in ("email", "name", HONEYPOT)}
