@@ -545,6 +545,7 @@ def _validate(settings: Settings) -> None:
     _validate_ports(settings)
     _validate_public_url(settings)
     _validate_bounces(settings)
+    _validate_unsubscribe_mailto(settings, path)
     if not re.fullmatch(r"[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8})*", settings.site.lang):
         raise ConfigError(
             f"expected a language tag like en or pt-BR, got {settings.site.lang!r}",
@@ -555,6 +556,21 @@ def _validate(settings: Settings) -> None:
     if since is not None and since.tzinfo is None:
         anchored = since.replace(tzinfo=settings.site.tz)
         object.__setattr__(settings.schedule, "since", anchored)
+
+
+# One addr-spec (no quoted local part), optionally `mailto:` before it and an
+# RFC 6068 query after it: it goes verbatim into every List-Unsubscribe header.
+_MAILTO = re.compile(r"(?i:mailto:)?[^\s<>\"(),;:@?]+@[^\s<>\"(),;:@?]+(\?[^\s<>\"]*)?")
+
+
+def _validate_unsubscribe_mailto(settings: Settings, path: Path | None) -> None:
+    mailto = settings.unsubscribe.mailto
+    if mailto is not None and not _MAILTO.fullmatch(mailto):
+        raise ConfigError(
+            f"expected one address like unsubscribe@example.com, got {mailto!r}",
+            path=path,
+            key="unsubscribe.mailto",
+        )
 
 
 def _validate_public_url(settings: Settings) -> None:

@@ -71,6 +71,36 @@ def test_bad_values_name_their_key(tmp_path: Path, text: str, key: str) -> None:
 
 
 @pytest.mark.parametrize(
+    "mailto",
+    [
+        "unsubscribe",
+        "a b@example.com",
+        "unsub@example.com>, <https://evil.example/",
+        "unsub@example.com, other@example.com",
+        '"unsub"@example.com',
+        "unsub@example.com?subject=a b",
+        "https://example.com/unsubscribe",
+    ],
+)
+def test_unsubscribe_mailto_must_be_one_address(tmp_path: Path, mailto: str) -> None:
+    """It goes verbatim into every List-Unsubscribe header: a space, a '>' or
+    a second address made it an unusable (or a second, foreign) URL."""
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, f"[unsubscribe]\nmailto = '{mailto}'\n"))
+    assert info.value.key == "unsubscribe.mailto"
+    assert repr(mailto) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "mailto",
+    ["unsub@example.com", "mailto:unsub@example.com?subject=stop", "ünsub@exämple.com"],
+)
+def test_unsubscribe_mailto_accepts_an_address_or_a_mailto_url(tmp_path: Path, mailto: str) -> None:
+    path = write(tmp_path, f"[unsubscribe]\nmailto = '{mailto}'\n")
+    assert load_settings(path).unsubscribe.mailto == mailto
+
+
+@pytest.mark.parametrize(
     "url",
     ["news.example.com", "/news", "ftp://news.example.com", "https://", "https://a b.example.com"],
 )

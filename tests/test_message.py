@@ -100,6 +100,38 @@ def test_list_unsubscribe_without_mailto_and_no_reply_to() -> None:
     assert msg["Reply-To"] is None
 
 
+@pytest.mark.parametrize(
+    ("mailto", "url"),
+    [
+        # A non-ASCII domain crashed every message (UnicodeEncodeError).
+        ("unsubscribe@tïdes.example.com", "mailto:unsubscribe@xn--tdes-5pa.example.com"),
+        ("jürgen@tides.example.com", "mailto:j%C3%BCrgen@tides.example.com"),
+        # A query of its own got a second "?" appended.
+        ("unsub@tides.example.com?subject=stop", "mailto:unsub@tides.example.com?subject=stop"),
+        ("mailto:unsub@tides.example.com?body=x", "mailto:unsub@tides.example.com?body=x"),
+        ("MAILTO:unsub@tides.example.com", "mailto:unsub@tides.example.com"),
+    ],
+)
+def test_list_unsubscribe_mailto_is_an_ascii_url(mailto: str, url: str) -> None:
+    base = make_settings()
+    settings = Settings(
+        site=base.site,
+        email=base.email,
+        web=base.web,
+        lists=base.lists,
+        unsubscribe=UnsubscribeSettings(mailto=mailto),
+    )
+    raw = build(settings).personalise(ALICE)
+    (line,) = [ln for ln in raw.split(b"\r\n") if ln.startswith(b"List-Unsubscribe:")]
+    entries = line.decode("ascii").split(": ", 1)[1].split(", ")
+    assert entries[0] == "<https://news.tides.example.com/unsubscribe/tokA>"
+    target = entries[1][1:-1]
+    assert target.startswith(url)
+    assert target.count("?") == 1 and "subject=" in target
+    if "subject=" not in url:
+        assert target.endswith("subject=unsubscribe")
+
+
 def test_long_unsubscribe_url_stays_on_one_line() -> None:
     url = "https://news.tides.example.com/unsubscribe/" + "t" * 300
     raw = build().personalise(Recipient("a@example.com", "", url))

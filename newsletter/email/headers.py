@@ -16,7 +16,7 @@ from email import policy
 from email.header import Header
 from email.headerregistry import Address
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from newsletter.config import Settings
 from newsletter.email.rendered import one_line
@@ -33,6 +33,7 @@ __all__ = [
     "list_id",
     "list_id_header",
     "list_unsubscribe_header",
+    "mailto_url",
     "parse_from",
 ]
 
@@ -126,12 +127,31 @@ def list_unsubscribe_header(url: str, mailto: str | None) -> bytes:
     """
     entries = [f"<{url}>"]
     if mailto:
-        target = mailto if mailto.startswith("mailto:") else f"mailto:{mailto}"
-        entries.append(f"<{target}?subject=unsubscribe>")
+        entries.append(f"<{mailto_url(mailto)}>")
     line = "List-Unsubscribe: " + ", ".join(entries)
     if len(line) > 998 and len(entries) > 1:
         line = "List-Unsubscribe: " + entries[0] + ",\r\n " + entries[1]
     return line.encode("ascii") + CRLF
+
+
+@functools.lru_cache(maxsize=16)
+def mailto_url(mailto: str) -> str:
+    """`[unsubscribe] mailto` (an address, or a mailto: URL with a query) as an
+    ASCII RFC 6068 URL with `subject=unsubscribe` unless it names a subject:
+    the domain in IDNA form, a non-ASCII local part percent-encoded (a header
+    URL is ASCII; config validation already refused spaces and '<>')."""
+    target = mailto[7:] if mailto[:7].lower() == "mailto:" else mailto
+    target, _, query = target.partition("?")
+    local, _, domain = target.rpartition("@")
+    address = f"{quote(local, safe=_MAILTO_SAFE)}@{_idna(domain) or quote(domain)}"
+    params = [p for p in query.split("&") if p]
+    if not any(p.lower().startswith("subject=") for p in params):
+        params.append("subject=unsubscribe")
+    return f"mailto:{address}?{'&'.join(quote(p, safe=_MAILTO_SAFE + '=') for p in params)}"
+
+
+# RFC 6068 §2: what may stay as it is in a mailto address (and its percent escapes).
+_MAILTO_SAFE = "!$'*+-.^_`{|}~%&"
 
 
 def format_address(name: str, address: str) -> str:
