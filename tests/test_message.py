@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.policy
+import email.utils
 import re
 from datetime import UTC, datetime
 from email.header import decode_header, make_header
@@ -412,6 +413,38 @@ def test_non_ascii_list_title_is_encoded_without_its_quotes() -> None:
     line = head.split(b"List-Id: ", 1)[1].split(b"\r\nList-Unsubscribe:", 1)[0]
     assert all(len(part) <= 78 for part in line.split(b"\r\n"))
     assert str(parse(raw)["List-Id"]) == f"{title} <everything.tides.example.com>"
+
+
+@pytest.mark.parametrize(
+    "title",
+    [
+        'Quo"ted =?utf-8?q?x?= title',  # looks like an encoded word
+        "x(y)" * 50,  # one long word that needs quoting
+        "A" * 200,  # one long atom
+        "Gelgit notları" + " ve notlar" * 8,  # encoded words: the first line was 81 columns
+        "Field Notes: every post, with a rather long title that goes past 78 columns",
+        "Tide Notes",
+    ],
+)
+def test_list_id_keeps_its_id_outside_encoded_words(title: str) -> None:
+    """RFC 2919: `List-Id: phrase <list-id>`.  A title with "=?" or a word
+    too long to fold had the whole value, `<list-id>` and the quotes
+    included, encoded: filters matching the id found nothing."""
+    base = make_settings()
+    lists = {"everything": ListSettings(name="everything", title=title)}
+    settings = Settings(site=base.site, web=base.web, email=base.email, lists=lists)
+    raw = build(settings).personalise(ALICE)
+    head = raw.split(b"\r\n\r\n", 1)[0]
+    value = head.split(b"List-Id: ", 1)[1].split(b"\r\nList-Unsubscribe:", 1)[0]
+    assert all(len(part) <= 78 for part in (b"List-Id: " + value).split(b"\r\n"))
+    unfolded = value.replace(b"\r\n", b"").decode("ascii")
+    phrase, ident = unfolded.rsplit(" ", 1)
+    assert ident == "<everything.tides.example.com>"
+    if phrase.startswith('"'):
+        assert "=?" not in phrase  # RFC 2047 §5: never inside a quoted string
+        assert email.utils.unquote(phrase) == title
+    else:
+        assert str(make_header(decode_header(phrase))) == title
 
 
 def test_sample_message_for_previews() -> None:

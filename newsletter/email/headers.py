@@ -105,9 +105,26 @@ def list_id_header(settings: Settings, list_name: str) -> bytes:
     itself (RFC 2047 §5(3): a phrase may be encoded words), never quoted
     first: the quotes and backslashes would be read back as its text."""
     title, ident = _list_title_and_id(settings, list_name)
-    if title.isascii():
-        return fold_header("List-Id", list_id(settings, list_name))
-    return f"List-Id: {_encoded_words(title)}\r\n <{ident}>\r\n".encode("ascii")
+    if title.isascii() and "=?" not in title:
+        # Folded here at the spaces (in a quoted string too: unfolding keeps
+        # the space): the policy would encode a long word, and with it the
+        # quotes and `<list-id>`, which belong outside encoded words (§5).
+        lines = _fold_words("List-Id:", list_id(settings, list_name).split(" "))
+        if all(len(line) <= 78 for line in lines):
+            return ("\r\n".join(lines) + "\r\n").encode("ascii")
+    return f"List-Id: {_encoded_words(title, 9)}\r\n <{ident}>\r\n".encode("ascii")
+
+
+def _fold_words(start: str, words: list[str]) -> list[str]:
+    """`start` and `words` joined by spaces, each space a fold where a line
+    would pass 78 columns (RFC 5322 §2.2.3)."""
+    lines = [start]
+    for word in words:
+        if len(lines[-1]) + 1 + len(word) > 78 and lines[-1] != start:
+            lines.append(" " + word)
+        else:
+            lines[-1] += " " + word
+    return lines
 
 
 def _list_title_and_id(settings: Settings, list_name: str) -> tuple[str, str]:
@@ -177,15 +194,18 @@ def format_address(name: str, address: str) -> str:
     return f"{_encoded_words(name)} <{addr}>"
 
 
-def _encoded_words(text: str) -> str:
-    """RFC 2047 `B` encoded words of ≤ 75 characters, folded onto new lines."""
+def _encoded_words(text: str, column: int = 4) -> str:
+    """RFC 2047 `B` encoded words of ≤ 75 characters, folded onto new lines;
+    the first starts at `column` (after `To: `), and no line passes 78."""
     words: list[bytes] = []
     chunk = b""
+    room = min(45, (78 - column - 12) // 4 * 3)  # 45 bytes → 60 base64 chars + 12 = 72
     for char in text:
         data = char.encode("utf-8")
-        if len(chunk) + len(data) > 45:  # 45 bytes → 60 base64 chars + 12 = 72
+        if len(chunk) + len(data) > room and chunk:
             words.append(chunk)
             chunk = b""
+            room = 45
         chunk += data
     words.append(chunk)
     return "\r\n ".join(f"=?utf-8?b?{base64.b64encode(w).decode('ascii')}?=" for w in words)
