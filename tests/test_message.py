@@ -266,6 +266,18 @@ def test_long_non_ascii_name_is_split_into_valid_encoded_words() -> None:
     assert str(make_header(decode_header(phrase))) == name.strip()
 
 
+@pytest.mark.parametrize("name", ["Zoë Ünal-Çelik Aydınlıoğlu Şahin", "é" * 67, "Zoë"])
+def test_to_with_an_encoded_name_keeps_lines_within_78(name: str) -> None:
+    """RFC 5322 §2.1.1: the last encoded word and the address made 86 columns."""
+    recipient = Recipient("zoe.unal-celik@example.com", name, ALICE.unsubscribe_url)
+    raw = build().personalise(recipient)
+    value = raw.split(b"\r\nTo: ", 1)[1].split(b"\r\nReply-To:")[0]
+    assert all(len(line) <= 78 for line in (b"To: " + value).split(b"\r\n"))
+    assert parse(raw)["To"].addresses[0].addr_spec == recipient.email
+    phrase = value.decode("ascii").replace("\r\n", "").rsplit(" <", 1)[0]
+    assert str(make_header(decode_header(phrase))) == name
+
+
 def test_name_with_newlines_cannot_inject_headers() -> None:
     evil = Recipient("eve@example.com", "Eve\r\nBcc: all@example.org", ALICE.unsubscribe_url)
     msg = parse(build().personalise(evil))

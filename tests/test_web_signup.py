@@ -8,6 +8,7 @@ import re
 from collections.abc import Iterator
 from datetime import timedelta
 from email import message_from_bytes, policy
+from email.header import decode_header, make_header
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -160,6 +161,26 @@ def test_json_signup_from_an_allowed_origin_gets_cors_headers(
     jo = row(store, "jo@example.com")
     assert store.mailable(jo, "garden") and not store.mailable(jo, "letters")
     assert history(store.engine, jo.id)[0].source == "json"
+
+
+@pytest.mark.parametrize(
+    "name", ["Zoë Ünal-Çelik Aydınlıoğlu Şahin", "محمد بن عبد الله الأنصاري", "Ann =?utf-8?q?x?="]
+)
+def test_a_non_ascii_name_gets_its_confirmation_email(
+    client: TestClient, outbox: MemoryTransport, name: str
+) -> None:
+    """format_address folds a long encoded name onto two lines; the notice put
+    that into EmailMessage, which refuses CR/LF: a 500 and no email."""
+    answer = form(client, "zoe@example.com", "letters", name=name)
+    assert answer.status_code == 200
+    [sent] = outbox.outbox
+    head = sent.message.split(b"\r\n\r\n", 1)[0]
+    assert head.isascii() and max(len(line) for line in head.split(b"\r\n")) <= 78
+    found = re.search(rb"(?:^|\r\n)To: (.*?)\r\n(?![ \t])", head + b"\r\n", re.S)
+    assert found is not None
+    phrase = found.group(1).decode().replace("\r\n", "").rsplit(" <", 1)[0]
+    # Decoded as mail clients do (RFC 2047 §6.2: no space between encoded words).
+    assert str(make_header(decode_header(phrase))) == name
 
 
 def test_a_pending_address_receives_no_post(client: TestClient, store: Store) -> None:

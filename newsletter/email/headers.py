@@ -191,7 +191,11 @@ def format_address(name: str, address: str) -> str:
     # Non-ASCII, or ASCII that a reader would take for an RFC 2047 encoded
     # word (even inside quotes, as Python's parser does): encode the name
     # itself, so what a reader decodes is exactly the text we were given.
-    return f"{_encoded_words(name)} <{addr}>"
+    words = _encoded_words(name)
+    # The address on a line of its own when it would take the last past 78.
+    last = words.rsplit("\r\n", 1)[-1]
+    space = "\r\n " if len(last) + len(addr) + 7 > 78 else " "
+    return f"{words}{space}<{addr}>"
 
 
 def _encoded_words(text: str, column: int = 4) -> str:

@@ -51,7 +51,6 @@ def build_notice(
     html = _render(env, f"{kind}.html.j2", full)
     msg = EmailMessage(policy=SMTP)
     msg["From"] = settings.email.from_
-    msg["To"] = format_address(one_line(name), to)
     msg["Subject"] = subject
     msg["Date"] = email.utils.format_datetime(date or utcnow())
     sender = email.utils.parseaddr(settings.email.from_)[1]
@@ -64,7 +63,11 @@ def build_notice(
     msg["Auto-Submitted"] = "auto-generated"
     msg.set_content(text)
     msg.add_alternative(html, subtype="html")
-    data = msg.as_bytes()
+    # `To` is written by format_address itself, as for posts: EmailMessage
+    # refuses its folded encoded words (CR/LF), and would re-read a name that
+    # looks like an encoded word ("=?utf-8?q?x?=") as one.
+    to_line = f"To: {format_address(one_line(name), to)}\r\n".encode()
+    data = to_line + msg.as_bytes()
     if settings.dkim.enabled:
         data = Signer.from_settings(settings.dkim).sign(data)
     return Notice(sender, to, data)
