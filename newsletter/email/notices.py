@@ -18,7 +18,7 @@ from typing import Any
 
 from newsletter.config import Settings, utcnow
 from newsletter.email.dkim import Signer
-from newsletter.email.headers import format_address
+from newsletter.email.headers import fold_address, fold_header, format_address, parse_from
 from newsletter.email.render import _render, template_environment
 from newsletter.email.rendered import one_line
 
@@ -49,25 +49,28 @@ def build_notice(
     subject = one_line(_render(env, f"{kind}.subject.j2", full))
     text = _render(env, f"{kind}.txt.j2", full)
     html = _render(env, f"{kind}.html.j2", full)
+    sender = parse_from(settings.email.from_)
+    # From, To, Reply-To and Subject are written by the helpers posts use:
+    # EmailMessage would write a non-ASCII From domain raw (UnicodeEncodeError),
+    # refuse a long name's folded encoded words (CR/LF), and read a name or a
+    # subject that looks like an encoded word ("=?utf-8?q?x?=") as one.
+    head = [
+        fold_address("From", settings.email.from_, "email.from"),
+        f"To: {format_address(one_line(name), to)}\r\n".encode("ascii"),
+        fold_header("Subject", subject),
+    ]
+    if settings.email.reply_to:
+        head.append(fold_address("Reply-To", settings.email.reply_to, "email.reply_to"))
     msg = EmailMessage(policy=SMTP)
-    msg["From"] = settings.email.from_
-    msg["Subject"] = subject
     msg["Date"] = email.utils.format_datetime(date or utcnow())
-    sender = email.utils.parseaddr(settings.email.from_)[1]
-    domain = sender.rpartition("@")[2] or "localhost"
+    domain = sender.domain or "localhost"
     digest = hashlib.sha256(f"{kind}\0{to}\0{context.get('key', '')}".encode()).hexdigest()[:32]
     msg["Message-ID"] = f"<{digest}@{domain}>"
-    if settings.email.reply_to:
-        msg["Reply-To"] = settings.email.reply_to
     # RFC 3834: an automatic message; vacation responders must not answer it.
     msg["Auto-Submitted"] = "auto-generated"
     msg.set_content(text)
     msg.add_alternative(html, subtype="html")
-    # `To` is written by format_address itself, as for posts: EmailMessage
-    # refuses its folded encoded words (CR/LF), and would re-read a name that
-    # looks like an encoded word ("=?utf-8?q?x?=") as one.
-    to_line = f"To: {format_address(one_line(name), to)}\r\n".encode()
-    data = to_line + msg.as_bytes()
+    data = b"".join(head) + msg.as_bytes()
     if settings.dkim.enabled:
         data = Signer.from_settings(settings.dkim).sign(data)
-    return Notice(sender, to, data)
+    return Notice(sender.addr_spec, to, data)
