@@ -129,6 +129,31 @@ def test_lang_and_dir_come_from_the_site(tmp_path: Path) -> None:
     assert load_settings(tmp_path / "newsletter.toml").site.lang == "fa-IR"
 
 
+def test_a_posts_own_lang_wins_over_the_sites() -> None:
+    """One list per language (categories) on an English site: an Arabic post
+    went out as lang="en" dir="ltr", laid out and read aloud as English."""
+    settings = make_settings()
+    _, html, _ = render(settings, extra={"lang": "ar"})
+    assert '<html lang="ar" dir="rtl"' in html
+    assert '<td class="content" dir="rtl"' in html
+    _, html, _ = render(settings, extra={"lang": "pt-BR"})
+    assert '<html lang="pt-BR" dir="ltr"' in html
+    for bad in ("../../x", 42, "", None):  # not a language tag: the site's
+        _, html, _ = render(settings, extra={"lang": bad})
+        assert '<html lang="en" dir="ltr"' in html
+
+
+def test_a_digest_of_posts_in_one_language_takes_it() -> None:
+    settings = make_settings()
+    lst = settings.lists["everything"]
+    arabic = [make_post(extra={"lang": "ar"}), make_post(post_id="b", extra={"lang": "ar"})]
+    html = render_digest(arabic, settings, lst, cache=False).html
+    assert '<html lang="ar" dir="rtl"' in html
+    mixed = [make_post(extra={"lang": "ar"}), make_post(post_id="b")]
+    html = render_digest(mixed, settings, lst, cache=False).html
+    assert '<html lang="en" dir="ltr"' in html
+
+
 # --------------------------------------------------------------------------- preheader
 
 

@@ -105,7 +105,7 @@ def render_email(
         content_text = markup.html_to_text(content_html)
     post = _with_safe_title(post)
     context = {
-        **_common_context(settings, mailing_list),
+        **_common_context(settings, mailing_list, [post]),
         "post": post,
         "content_html": Markup(_images(content_html, settings)),
         "content_text": content_text,
@@ -153,7 +153,7 @@ def render_digest(
         for p in ordered
     ]
     context = {
-        **_common_context(settings, mailing_list),
+        **_common_context(settings, mailing_list, ordered),
         "posts": ordered,
         "items": items,
         "archive_url": archive_url,
@@ -341,9 +341,11 @@ def _shows_preferences(settings: Settings) -> bool:
     return bool(settings.public_lists) if forced is None else forced
 
 
-def _common_context(settings: Settings, mailing_list: ListSettings) -> dict[str, Any]:
+def _common_context(
+    settings: Settings, mailing_list: ListSettings, posts: Sequence[Post]
+) -> dict[str, Any]:
     recipient = RecipientFields()
-    lang = settings.site.lang
+    lang = _language(settings, posts)
     return {
         "site": settings.site,
         "list": mailing_list,
@@ -359,6 +361,17 @@ def _common_context(settings: Settings, mailing_list: ListSettings) -> dict[str,
     }
 
 
+def _language(settings: Settings, posts: Sequence[Post]) -> str:
+    """The posts' own `lang` (front matter, Jekyll's `page.lang`) when they
+    share one, else the site's: a multilingual site has a list per language."""
+    tags = {p.extra.get("lang") for p in posts}
+    lang = tags.pop() if len(tags) == 1 else None
+    if isinstance(lang, str) and _LANGUAGE_TAG.fullmatch(lang):
+        return lang
+    return settings.site.lang
+
+
+_LANGUAGE_TAG = re.compile(r"[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8})*")
 # Languages written right to left (the primary subtag of a BCP 47 tag).
 _RTL_LANGUAGES = frozenset(
     {"ar", "arc", "ckb", "dv", "fa", "he", "ks", "ps", "sd", "ug", "ur", "yi"}
