@@ -186,6 +186,22 @@ def test_a_fresh_description_is_the_subtitle_and_the_preheader() -> None:
     assert preheader_of(html) == "One Saturday, three rock pools and a notebook"
 
 
+def test_the_preheader_is_prose_without_image_alts_or_urls() -> None:
+    """The inbox preview came from the text part: "[A shore crab] Crabs walk
+    sideways (https://…)" — bracketed alt text and raw URLs."""
+    body = (
+        "![A shore crab](https://tides.example.com/images/crab.jpg)\n\n"
+        "Crabs walk [sideways](https://example.org/crabs) on the shore. More.\n\n"
+        "<!--more-->\n\nRest."
+    )
+    _, html, text = render(make_settings(), body_md=body, description=None)
+    assert preheader_of(html) == "Crabs walk sideways on the shore."
+    assert "sideways (https://example.org/crabs)" in text  # the text part keeps them
+    only_image = "![A shore crab](https://tides.example.com/images/crab.jpg)\n\n<!--more-->\n"
+    _, html, _ = render(make_settings(), body_md=only_image, description=None)
+    assert 'class="preheader"' not in html or "[A shore crab]" not in html
+
+
 # --------------------------------------------------------------------------- images
 
 

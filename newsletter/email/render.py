@@ -115,7 +115,7 @@ def render_email(
         "reading_minutes": reading_minutes(post),
     }
     subject = render_subject(settings.email.subject or DEFAULT_SUBJECT, env, context)
-    context.update(_intro(post, subject, content_text))
+    context.update(_intro(post, subject, _prose(content_html)))
     html = _render(env, "email.html.j2", context)
     text = _render(env, "email.txt.j2", context)
     return _finish(
@@ -440,6 +440,18 @@ def _intro(post: Post, subject: str, content_text: str) -> dict[str, Any]:
     sentences = re.split(r"(?<=[.!?…])\s+", one_line(content_text))
     fresh = [x for x in sentences if x and _normal(x) not in said and _normal(x)]
     return {"subtitle": None, "preheader": _preheader(" ".join(fresh[:1]) or "")}
+
+
+_IMG = re.compile(r"<img\b[^>]*>", re.I)
+_HREF = re.compile(r"(<a\b[^>]*?)\shref=(\"[^\"]*\"|'[^']*'|[^\s>]*)", re.I)
+
+
+def _prose(content_html: str) -> str:
+    """The content as the inbox preview shows it: the text part's rendering
+    without its "[image alt]" and "(URL)" asides."""
+    from newsletter.posts import markup
+
+    return markup.html_to_text(_HREF.sub(r"\1", _IMG.sub("", content_html)))
 
 
 def _date_range(first: datetime, last: datetime) -> str:
