@@ -16,6 +16,7 @@ from datetime import datetime, time, timedelta
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
+from urllib.parse import quote, urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from newsletter.errors import ConfigError
@@ -189,6 +190,27 @@ class WebSettings:
     public_url: str = "http://127.0.0.1:8080"
     host: str = "127.0.0.1"
     port: int = 8080
+
+    @property
+    def public_base(self) -> str:
+        """`public_url` without its final '/', as an ASCII URI for the links
+        in emails (a header takes no IRI, RFC 3987 §3.1): the host in IDNA
+        form, the rest UTF-8 percent-encoded."""
+        return _ascii_uri(self.public_url.rstrip("/"))
+
+
+def _ascii_uri(url: str) -> str:
+    if url.isascii():
+        return url
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    try:
+        host = host.encode("idna").decode("ascii")
+    except UnicodeError:
+        host = quote(host, safe="")
+    netloc = host if parts.port is None else f"{host}:{parts.port}"
+    path = quote(parts.path, safe="/%:@!$&'()*+,;=~")
+    return urlunsplit((parts.scheme, netloc, path, quote(parts.query, safe="=&%/?"), ""))
 
 
 @dataclass(frozen=True)

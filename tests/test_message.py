@@ -5,6 +5,7 @@ from __future__ import annotations
 import email.policy
 import email.utils
 import re
+from dataclasses import replace
 from datetime import UTC, datetime
 from email.header import decode_header, make_header
 from email.message import EmailMessage
@@ -21,13 +22,15 @@ from test_render_support import (
 
 from newsletter.config import EmailSettings, ListSettings, Settings, UnsubscribeSettings
 from newsletter.email.headers import format_address
+from newsletter.email.linktokens import confirm_url, preferences_url
 from newsletter.email.message import (
     MessageTemplate,
     Recipient,
     fill_placeholders,
     message_id,
 )
-from newsletter.email.render import RenderedEmail, render_email
+from newsletter.email.render import RenderedEmail, digest_archive_url, render_email
+from newsletter.email.tokens import unsubscribe_url
 from newsletter.errors import RenderError
 
 DATE = datetime(2024, 6, 8, 7, 0, tzinfo=UTC)
@@ -131,6 +134,32 @@ def test_list_unsubscribe_mailto_is_an_ascii_url(mailto: str, url: str) -> None:
     assert target.count("?") == 1 and "subject=" in target
     if "subject=" not in url:
         assert target.endswith("subject=unsubscribe")
+
+
+def test_a_non_ascii_public_url_goes_out_as_an_ascii_uri() -> None:
+    """`check` accepted it, then every message failed ("unusable unsubscribe
+    URL"): the header needs a URI, so the host goes in IDNA form and the
+    path percent-encoded (RFC 3987 §3.1), in the header and in the body."""
+    base = make_settings()
+    settings = replace(base, web=replace(base.web, public_url="https://bülten.example.com/nöws/"))
+    template = build(settings)
+    recipient = Recipient(
+        "a@example.com",
+        "Ann",
+        unsubscribe_url(settings, "tok"),
+        preferences_url(settings, "ptok"),
+    )
+    raw = template.personalise(recipient)
+    assert_wire_format(raw)
+    base_uri = "https://xn--blten-kva.example.com/n%C3%B6ws"
+    msg = parse(raw)
+    assert msg["List-Unsubscribe"].startswith(f"<{base_uri}/unsubscribe/tok>")
+    text, html = bodies(msg)
+    assert f"{base_uri}/unsubscribe/tok" in text
+    assert f"{base_uri}/archive/tide-pools" in text
+    assert f'href="{base_uri}/archive/tide-pools"' in html
+    assert confirm_url(settings, "c") == f"{base_uri}/confirm/c"
+    assert digest_archive_url(settings, 7) == f"{base_uri}/archive/digest/7"
 
 
 def test_long_unsubscribe_url_stays_on_one_line() -> None:

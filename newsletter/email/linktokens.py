@@ -97,8 +97,8 @@ def verify_preferences_token(secret: bytes, token: str) -> str | None:
 
 
 def confirm_url(settings: Settings, token: str) -> str:
-    return f"{settings.web.public_url.rstrip('/')}/confirm/{token}"
+    return f"{settings.web.public_base}/confirm/{token}"
 
 
 def preferences_url(settings: Settings, token: str) -> str:
-    return f"{settings.web.public_url.rstrip('/')}/preferences/{token}"
+    return f"{settings.web.public_base}/preferences/{token}"

@@ -171,13 +171,13 @@ def render_digest(
 
 def archive_url(settings: Settings, post_id: str) -> str:
     """The public "view in browser" page of a post (served by `newsletter serve`)."""
-    return f"{settings.web.public_url.rstrip('/')}/archive/{post_id}"
+    return f"{settings.web.public_base}/archive/{post_id}"
 
 
 def digest_archive_url(settings: Settings, mailing_id: int) -> str:
     """The public page of one digest mailing, as it was sent: a digest is
     archived whole, by its mailing, since its set of posts is the mailing's."""
-    return f"{settings.web.public_url.rstrip('/')}/archive/digest/{mailing_id}"
+    return f"{settings.web.public_base}/archive/digest/{mailing_id}"
 
 
 def render_subject(template: str, env: jinja2.Environment, context: dict[str, Any]) -> str:

@@ -169,4 +169,4 @@ def decode_strictly(token: str) -> bytes | None:
 
 
 def unsubscribe_url(settings: Settings, token: str) -> str:
-    return f"{settings.web.public_url.rstrip('/')}/unsubscribe/{token}"
+    return f"{settings.web.public_base}/unsubscribe/{token}"
