@@ -202,6 +202,27 @@ def test_the_preheader_is_prose_without_image_alts_or_urls() -> None:
     assert 'class="preheader"' not in html or "[A shore crab]" not in html
 
 
+@pytest.mark.parametrize(
+    ("title", "width"),
+    [
+        ("A " + "very long title that keeps going " * 9, 0),  # 300 characters
+        ("日本語のタイトル", 16),  # wide characters take two columns
+        ("Counting Life in Tide Pools", 27),
+    ],
+)
+def test_the_text_title_is_wrapped_and_underlined_to_its_width(title: str, width: int) -> None:
+    """A 300-character title was one 300-column line over 300 '='; a CJK
+    title's underline was half as wide as the title."""
+    _, _, text = render(make_settings(), title=title, title_html=title)
+    lines = text.splitlines()
+    rule = next(i for i, line in enumerate(lines) if line and set(line) == {"="})
+    start = lines.index("", 0) + 1  # the title follows the masthead's blank line
+    heading = lines[start:rule]
+    assert " ".join(heading) == " ".join(title.split())
+    assert all(len(line) <= 72 for line in heading)
+    assert len(lines[rule]) == (width or max(len(line) for line in heading))
+
+
 # --------------------------------------------------------------------------- images
 
 

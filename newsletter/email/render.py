@@ -16,7 +16,9 @@ import functools
 import importlib.resources
 import logging
 import re
+import textwrap
 import traceback
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -269,6 +271,7 @@ def template_environment(
         bytecode_cache=inlinecache.compiled_templates(compiled) if compiled else None,
     )
     env.filters["long_date"] = long_date
+    env.filters["text_heading"] = text_heading
     return env
 
 
@@ -280,6 +283,21 @@ def _subject_environment(env: jinja2.Environment) -> jinja2.Environment:
 def long_date(value: datetime) -> str:
     """`4 November 2024`, independent of the machine's locale."""
     return f"{value.day} {_MONTHS[value.month - 1]} {value.year}"
+
+
+def text_heading(title: str, rule: str = "=") -> str:
+    """A plain-text heading: the title wrapped at 72 columns, underlined as
+    wide as its longest line (a wide CJK character takes two columns)."""
+    lines = textwrap.wrap(title, 72, break_long_words=False, break_on_hyphens=False)
+    lines = lines or [title]
+    return "\n".join(lines) + "\n" + rule * min(72, max(map(_columns, lines)))
+
+
+def _columns(text: str) -> int:
+    return sum(
+        2 if unicodedata.east_asian_width(c) in "WF" else 0 if unicodedata.combining(c) else 1
+        for c in text
+    )
 
 
 def _render(env: jinja2.Environment, name: str, context: dict[str, Any]) -> str:
