@@ -114,3 +114,37 @@ def test_no_avatar_no_image(site: tuple[Settings, dict[str, Post]]) -> None:
     assert avatars(rendered.html) == []
     assert 'class="avatar"' not in rendered.html
     assert "Pat Plain" in rendered.html
+
+
+def test_author_links_and_images_are_absolute_and_never_scripts(tmp_path: Path) -> None:
+    """The body's links were resolved and screened; the byline's were not: a
+    front matter `url: /about` reached readers as a dead relative link, and
+    `javascript:` went into the email and the public archive page as written."""
+    _write(
+        tmp_path,
+        {
+            "_config.yml": "url: https://example.org\nbaseurl: /blog\ntimezone: UTC\n",
+            "_data/authors.yml": "dana:\n  name: Dana Data\n  url: /about/dana/\n",
+            "_posts/2024-01-01-front.md": "---\ntitle: Front\nauthors:\n"
+            "  - dana\n  - name: Eve\n    url: 'javascript:alert(1)'\n"
+            "    avatar: 'VBScript:msgbox(2)'\n"
+            "image: 'javascript:alert(3)'\n---\nx\n",
+            "_posts/2024-01-02-body.md": "---\ntitle: Body\n---\n"
+            "### Author: [Sam](people/sam.html)\n\nText.\n",
+            "newsletter.toml": '[site]\njekyll_config = "_config.yml"\n'
+            '[web]\npublic_url = "https://news.example.org"\n[lists.all]\n',
+        },
+    )
+    settings = load_settings(tmp_path / "newsletter.toml")
+    posts = {p.slug: p for p in load_posts(settings).posts}
+    front = posts["front"]
+    assert [(a.name, a.url, a.avatar) for a in front.authors] == [
+        ("Dana Data", "https://example.org/blog/about/dana/", None),
+        ("Eve", None, None),
+    ]
+    assert front.image is None
+    html = render_email(front, settings, settings.lists["all"], cache=False).html
+    assert "script:" not in html.lower()
+    assert 'href="https://example.org/blog/about/dana/"' in html
+    (sam,) = posts["body"].authors
+    assert sam.url == "https://example.org/blog/2024/01/02/people/sam.html"

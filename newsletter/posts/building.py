@@ -260,7 +260,10 @@ def _authors(
                 key,
             )
     if byline is not None:
-        return tuple(Author(name, url) for name, url in byline.names)
+        # A link in the body: relative to the post, as the body's own links.
+        return tuple(
+            Author(name, url and _link(url, source.url, site)) for name, url in byline.names
+        )
     if site.settings.site.author:
         return (Author(site.settings.site.author),)
     return ()
@@ -281,20 +284,33 @@ def _author(item: Any, known: Mapping[str, Any], site: SiteContext) -> Author | 
             ),
             None,
         )
-        return Author(name, url, _avatar(item.get("avatar"), site)) if name else None
+        link = _site_link(url, site)
+        return Author(name, link, _site_link(item.get("avatar"), site)) if name else None
     name = jekyll.scalar_text(item)
     return Author(name) if name else None
 
 
-def _avatar(value: Any, site: SiteContext) -> str | None:
-    """An author's `avatar` as an absolute URL.  It is written once for the
-    whole site, so a bare `images/me.png` is site-relative, not post-relative."""
+def _site_link(value: Any, site: SiteContext) -> str | None:
+    """An author's `url` or `avatar` as an absolute URL.  It is written once for
+    the whole site, so a bare `images/me.png` is site-relative, not post-relative."""
     ref = jekyll.scalar_text(value)
     if not ref:
         return None
     if not (ref.startswith("/") or permalink.is_absolute(ref)):
         ref = "/" + ref
-    return permalink.resolve(ref, site.settings.site.url, site.settings.site)
+    return _link(ref, site.settings.site.url, site)
+
+
+# Browsers ignore ASCII whitespace and controls inside a scheme (java\tscript:).
+_SCRIPT_SCHEME = re.compile(r"(?:javascript|vbscript|data(?!image/)):", re.I)
+
+
+def _link(ref: str, page_url: str, site: SiteContext) -> str | None:
+    """`ref` resolved like a link in the body, None for a script (or a
+    non-image `data:`) URL: it becomes an href or a src in every email."""
+    if _SCRIPT_SCHEME.match(re.sub(r"[\x00-\x20]", "", ref)):
+        return None
+    return permalink.resolve(ref, page_url, site.settings.site)
 
 
 def _image(
@@ -308,4 +324,4 @@ def _image(
     ref = jekyll.scalar_text(value)
     if ref is None:
         return None, alt or title
-    return permalink.resolve(ref, source.url, site.settings.site), alt or title
+    return _link(ref, source.url, site), alt or title
