@@ -55,3 +55,12 @@ def test_a_site_title_that_looks_like_an_encoded_word_stays_literal() -> None:
     settings = replace(base, site=replace(base.site, title="Notes =?utf-8?q?x?="))
     notice = build_notice(settings, "confirm", "zoe@example.com", "", CONTEXT)
     assert parse(notice.data)["Subject"] == "Confirm your subscription to Notes =?utf-8?q?x?="
+
+
+@pytest.mark.parametrize("kind", ["confirm", "welcome"])
+def test_the_footer_starts_with_the_signature_separator(kind: str) -> None:
+    notice = build_notice(
+        make_settings(), kind, "zoe@example.com", "", {**CONTEXT, "preferences_url": "https://x"}
+    )
+    text = parse(notice.data).get_body(("plain",))
+    assert text is not None and "\n-- \n" in text.get_content().replace("\r\n", "\n")

@@ -223,6 +223,18 @@ def test_the_text_title_is_wrapped_and_underlined_to_its_width(title: str, width
     assert len(lines[rule]) == (width or max(len(line) for line in heading))
 
 
+def test_the_footer_starts_with_the_signature_separator() -> None:
+    """RFC 3676 §4.3: "-- " (with its space) marks the signature, so mail
+    clients leave it out of a reply's quote; "--" quoted the reader's own
+    unsubscribe link into every reply to the editor."""
+    _, _, text = render(make_settings())
+    _, digest_text = digest(make_settings())
+    for part in (text, digest_text):
+        lines = part.splitlines()
+        assert lines[lines.index("-- ") + 1].startswith("You are receiving this")
+        assert "--" not in lines
+
+
 # --------------------------------------------------------------------------- images
 
 

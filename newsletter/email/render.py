@@ -567,7 +567,12 @@ def _finish(
     )
 
 
+def _rstrip(line: str) -> str:
+    return line if line == "-- " else line.rstrip()
+
+
 def _tidy_text(text: str) -> str:
-    """No trailing spaces, at most one blank line in a row, one final newline."""
-    lines = [line.rstrip() for line in text.replace("\r\n", "\n").split("\n")]
+    """No trailing spaces (but the "-- " signature separator's), at most one
+    blank line in a row, one final newline."""
+    lines = [_rstrip(line) for line in text.replace("\r\n", "\n").split("\n")]
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip("\n") + "\n"
