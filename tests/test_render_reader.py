@@ -290,6 +290,22 @@ def test_every_image_of_the_theme_has_a_width_for_outlook(site_with_images: Sett
     assert 'width="200" height="133"' in logo and 'alt="Tide Notes"' in logo
 
 
+@pytest.mark.parametrize(
+    ("logo", "src"),
+    [
+        ("//cdn.example.net/logo.png", "https://cdn.example.net/logo.png"),
+        ("images/logo.png", "https://tides.example.com/images/logo.png"),
+        ("HTTPS://CDN.example.net/Logo.png", "HTTPS://CDN.example.net/Logo.png"),
+    ],
+)
+def test_the_logo_url_is_absolute(logo: str, src: str) -> None:
+    """A protocol-relative logo became https://site/cdn.example.net/logo.png."""
+    base = make_settings()
+    _, html, _ = render(replace(base, email=replace(base.email, logo=logo)))
+    tag = next(t for t in re.findall(r"<img\b[^>]*>", html) if 'class="logo"' in t)
+    assert f'src="{src}"' in tag
+
+
 def test_a_titled_image_gets_a_caption(site_with_images: Settings) -> None:
     settings = replace(site_with_images, email=replace(site_with_images.email, content="full"))
     _, html, _ = render(settings, body_md='![A crab](/images/small.jpg "A shore crab, 4 cm")\n')

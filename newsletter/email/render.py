@@ -412,6 +412,8 @@ def _images(content_html: str, settings: Settings) -> str:
 def _absolute(settings: Settings, ref: str) -> str:
     if re.match(r"[a-z][a-z0-9+.-]*://", ref, re.I):
         return ref
+    if ref.startswith("//"):  # protocol-relative: the site's scheme
+        return f"{settings.site.url.split(':', 1)[0]}:{ref}"
     base = settings.site.url.rstrip("/") + "/" + settings.site.baseurl.strip("/")
     return base.rstrip("/") + "/" + ref.lstrip("/")
 
