@@ -256,10 +256,7 @@ def test_dual_signing_carries_two_signatures_that_each_verify(
         b"Message-ID: <forged@example.net>\r\n",
         b"List-Id: Forged <forged.example.net>\r\n",
     ],
-    ids=[
-        "subject", "from", "list-unsubscribe", "list-unsubscribe-post", "reply-to", "to",
-        "content-type", "mime-version", "date", "message-id", "list-id",
-    ],  # fmt: skip
+    ids=lambda added: added.split(b":")[0].decode().lower(),
 )
 def test_a_header_added_on_top_breaks_both_signatures(
     tmp_path: Path, key_files: tuple[Path, bytes], added: bytes
