@@ -235,6 +235,18 @@ def test_the_footer_starts_with_the_signature_separator() -> None:
         assert "--" not in lines
 
 
+def test_a_description_with_markup_and_entities_reads_as_plain_text() -> None:
+    """front matter `description` went out raw: "&amp;amp; &lt;b&gt;" in the
+    HTML, "*tiny* &amp; <b>bold</b>" in the text part and the preheader."""
+    description = "A *tiny* &amp; <b>bold</b> [link](https://example.org) experiment"
+    _, html, text = render(make_settings(), description=description)
+    plain = "A tiny & bold link experiment"
+    assert plain in text.splitlines()
+    assert preheader_of(html) == "A tiny &amp; bold link experiment"
+    subtitle = re.search(r'<p class="subtitle"[^>]*>(.*?)</p>', html, re.S)
+    assert subtitle is not None and subtitle.group(1) == "A tiny &amp; bold link experiment"
+
+
 # --------------------------------------------------------------------------- images
 
 

@@ -36,6 +36,7 @@ from newsletter.email.rendered import (
     one_line,
 )
 from newsletter.errors import NewsletterError, RenderError, TemplateError
+from newsletter.posts import text as posttext
 from newsletter.posts.collection import Post
 
 # premailer (with cssutils and lxml) and `markup` (Markdown, lxml) are imported
@@ -451,7 +452,8 @@ def _intro(post: Post, subject: str, content_text: str) -> dict[str, Any]:
     """Subtitle and preheader that never repeat the subject: a description
     that contains the title (or the subject) is dropped, and the preheader
     comes from the first sentence of the excerpt instead."""
-    description = one_line(post.description or "")
+    # Front matter text with Markdown, HTML or entities: plain, as the title.
+    description = posttext.title_text(posttext.title_html(post.description or ""))
     said = [_normal(post.title), _normal(subject)]
     repeats = bool(description) and any(s and s in _normal(description) for s in said)
     subtitle = description if description and not repeats else None
