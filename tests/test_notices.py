@@ -64,3 +64,20 @@ def test_the_footer_starts_with_the_signature_separator(kind: str) -> None:
     )
     text = parse(notice.data).get_body(("plain",))
     assert text is not None and "\n-- \n" in text.get_content().replace("\r\n", "\n")
+
+
+@pytest.mark.parametrize("kind", ["confirm", "welcome"])
+def test_a_non_ascii_notice_is_seven_bit_clean_like_a_post(kind: str) -> None:
+    """Posts are quoted-printable; the notices went out `8bit`, which a server
+    without 8BITMIME (RFC 6152) need not accept."""
+    base = make_settings()
+    settings = replace(base, site=replace(base.site, title="Gelgit Notları 🌊"))
+    notice = build_notice(
+        settings, kind, "zoe@example.com", "Zoë", {**CONTEXT, "preferences_url": "https://x"}
+    )
+    assert notice.data.isascii()
+    msg = parse(notice.data)
+    for part in msg.iter_parts():
+        assert part["Content-Transfer-Encoding"] in ("quoted-printable", "base64", "7bit")
+    text = msg.get_body(("plain",))
+    assert text is not None and "Gelgit Notları 🌊" in text.get_content()

@@ -23,6 +23,7 @@ from newsletter.email.render import _render, template_environment
 from newsletter.email.rendered import one_line
 
 KINDS = ("confirm", "welcome")
+_POLICY = SMTP.clone(cte_type="7bit")
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,9 @@ def build_notice(
     ]
     if settings.email.reply_to:
         head.append(fold_address("Reply-To", settings.email.reply_to, "email.reply_to"))
-    msg = EmailMessage(policy=SMTP)
+    # 7-bit clean, as posts are (quoted-printable or base64 for non-ASCII):
+    # SMTP's default `8bit` needs a server with 8BITMIME (RFC 6152).
+    msg = EmailMessage(policy=_POLICY)
     msg["Date"] = email.utils.format_datetime(date or utcnow())
     domain = sender.domain or "localhost"
     digest = hashlib.sha256(f"{kind}\0{to}\0{context.get('key', '')}".encode()).hexdigest()[:32]
