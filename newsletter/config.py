@@ -208,6 +208,7 @@ def _ascii_uri(url: str) -> str:
         host = host.encode("idna").decode("ascii")
     except UnicodeError:
         host = quote(host, safe="")
+    host = f"[{host}]" if ":" in host else host  # IPv6
     netloc = host if parts.port is None else f"{host}:{parts.port}"
     path = quote(parts.path, safe="/%:@!$&'()*+,;=~")
     return urlunsplit((parts.scheme, netloc, path, quote(parts.query, safe="=&%/?"), ""))

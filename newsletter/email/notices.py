@@ -57,7 +57,8 @@ def build_notice(
     # subject that looks like an encoded word ("=?utf-8?q?x?=") as one.
     head = [
         fold_address("From", settings.email.from_, "email.from"),
-        f"To: {format_address(one_line(name), to)}\r\n".encode("ascii"),
+        # UTF-8 only for a non-ASCII local part (sent with SMTPUTF8, RFC 6531).
+        f"To: {format_address(one_line(name), to)}\r\n".encode(),
         fold_header("Subject", subject),
     ]
     if settings.email.reply_to:
