@@ -81,3 +81,9 @@ def test_a_non_ascii_notice_is_seven_bit_clean_like_a_post(kind: str) -> None:
         assert part["Content-Transfer-Encoding"] in ("quoted-printable", "base64", "7bit")
     text = msg.get_body(("plain",))
     assert text is not None and "Gelgit Notları 🌊" in text.get_content()
+
+
+def test_a_non_ascii_local_part_is_written_as_utf8() -> None:
+    """An internationalised address (RFC 6531) went into `.encode("ascii")`."""
+    notice = build_notice(make_settings(), "confirm", "zoë@exämple.com", "Zoë", CONTEXT)
+    assert "\r\nTo: =?utf-8?b?Wm/Dqw==?= <zoë@xn--exmple-cua.com>\r\n".encode() in notice.data
