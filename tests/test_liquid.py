@@ -250,7 +250,8 @@ def test_a_link_to_no_post_is_no_link_to_the_post_itself(tmp_path: Path) -> None
     )
     (post,) = load_posts(settings).posts
     assert post.body_html == "<p>See <a>about</a>, <a>gone</a> and .</p>"
-    assert sum("no such post; link dropped" in w for w in post.warnings) == 3
+    assert sum("link dropped" in w for w in post.warnings) == 3
+    assert any("link about.md %}: no such post, page or file" in w for w in post.warnings)
 
 
 def test_highlight_in_a_list_item_stays_in_the_item() -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 from newsletter.config import Settings
 from newsletter.errors import Problem
-from newsletter.posts import jekyll, permalink
+from newsletter.posts import jekyll, pages, permalink
 from newsletter.posts import site as jekyllsite
 from newsletter.posts import text as posttext
 from newsletter.posts.model import Author, Post
@@ -44,7 +44,9 @@ KNOWN_KEYS = frozenset(
 class SiteContext:
     settings: Settings
     liquid_site: Mapping[str, Any]
-    post_urls: Mapping[str, str]  # file stem, path under posts_dir, … → absolute URL
+    # File stem, path under posts_dir, … → absolute URL; `pages.PAGE` + a
+    # page's or static file's path → its URL (`pages.LinkTargets`).
+    post_urls: Mapping[str, str]
     authors: Mapping[str, Any]  # _data/authors.yml and the authors collection
     includes: Path | None  # the site's _includes folder
 
@@ -79,14 +81,20 @@ class SiteContext:
                 urls.setdefault(key, source.url)
         includes = root / "_includes" if root is not None else None
         includes = includes if includes is not None and includes.is_dir() else None
-        return cls(settings, variables.liquid, urls, variables.authors, includes)
+        targets = pages.LinkTargets(urls, settings)
+        return cls(settings, variables.liquid, targets, variables.authors, includes)
 
     def post_url(self, name: str) -> str | None:
         return self.post_urls.get(name.strip().strip("\"'"))
 
     def link(self, target: str) -> str | None:
-        """`{% link _posts/2024-11-04-x.md %}`: the post under any folder prefix."""
-        cleaned = target.strip().strip("\"'").lstrip("/")
+        """`{% link about.md %}`: that page or static file, exactly, as Jekyll
+        finds it; `{% link _posts/2024-11-04-x.md %}`: the post under any folder prefix."""
+        cleaned = target.strip().strip("\"'")
+        page = self.post_urls.get(pages.PAGE + cleaned)
+        if page:
+            return page
+        cleaned = cleaned.lstrip("/")
         parts = cleaned.split("/")
         for start in range(len(parts)):
             found = self.post_urls.get("/".join(parts[start:]))

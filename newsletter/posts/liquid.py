@@ -329,11 +329,13 @@ class _Prepass:
         return "" if not self.text[start:pos].strip(" \t") else "\n"
 
     def _resolve(self, name: str, args: str, pos: int, end: int) -> str:
-        target = args.split()[0] if args else ""
+        # `{% link my notes/a b.md %}`: Jekyll's link takes the whole path.
+        target = args if name == "link" else args.split()[0] if args else ""
         resolver = self.post_url if name == "post_url" else self.link
         url = resolver(target) if target else None
         if url is None:
-            self._warn(f"{{% {name} {target} %}}: no such post; link dropped", pos)
+            what = "no such post" if name == "post_url" else "no such post, page or file"
+            self._warn(f"{{% {name} {target} %}}: {what}; link dropped", pos)
             # As a link's target (`[about]({% link about.md %})`), an empty
             # one would lead to the post itself: a scheme the sanitiser drops
             # leaves the words without a link.
