@@ -154,14 +154,25 @@ LISTS = {
     "a rule is no item": ("- a\n\n* * *\n\ntext", "ul(li),hr,p"),
     "a lazy line": ("- a\nlazy\n- b", "ul(li,li)"),
     "a list right after a paragraph": ("Steps:\n- a\n- b", "p,ul(li,li)"),
-    "a list right after a quote": ("> quoted\n- a", "p,ul(li)"),
+    # A line after a quoted one is the quote's (lazy), a list too, up to a blank line.
+    "a list right after a quote": ("> quoted\n- a\n\nb", "blockquote(p,ul(li)),p"),
+    "a fence in a quote": ("> ```\n> x = 1\n> ```\n\nafter", "blockquote(pre),p"),
+    "two-space nesting in a quote": (
+        "> Quote:\n>\n> - a\n>   - b\n>   - c\n> - d", "blockquote(p,ul(li(ul(li,li)),li))"
+    ),
+    "under a number in a quote": ("> 1. one\n>    - x\n> 2. two", "blockquote(ol(li(ul(li)),li))"),
+    "a quote in a quote": ("> > - a\n> >   - b\n>\n> c", "blockquote(blockquote(ul(li(ul(li)))),p)"),
+    "a fence in a quoted item": (
+        "> 1. Run:\n>\n>    ```\n>    make\n>    ```\n>\n> 2. Done",
+        "blockquote(ol(li(p,pre),li(p)))",
+    ),
     "numbers right after a paragraph": ("Steps:\n1. a\n2. b", "p,ol(li,li)"),
     "an item after a second paragraph": ("- a\n\n  b para\n- c", "ul(li(p,p),li(p))"),
     "a tight item with two lines": ("- a\n  more\n- b", "ul(li,li)"),
     "a fence indented at the root": ("Para\n\n  ```ruby\n  puts 1\n  ```\n\nEnd", "p,pre,p"),
     "a table of contents": ("* TOC\n{:toc}\n\n# A\n\n### B\n\n## C\n\n# D", "ul(li(ul(li,li)),li)"),
 }  # fmt: skip
-_SHAPE_TAGS = frozenset({"ul", "ol", "li", "p", "pre", "hr"})
+_SHAPE_TAGS = frozenset({"ul", "ol", "li", "p", "pre", "hr", "blockquote"})
 
 
 def _shape(fragment: str) -> str:

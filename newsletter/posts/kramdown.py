@@ -69,6 +69,7 @@ _LIST_MARKER = re.compile(r"^( *)([*+-]|\d{1,9}\.)( {1,4}(?=\S)| *$)")
 _RULE = re.compile(r"^ {0,3}([-*_])(?: *\1){2,} *$")
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 _INDENTED_FENCE = re.compile(r"^ {1,3}(?:`{3,}|~{3,})")
+_QUOTE = re.compile(r"^ {0,3}> ?")
 _TAB = 4  # Python-Markdown's indent for a nested block
 
 
@@ -87,8 +88,15 @@ class _ListIndent(Preprocessor):
     """
 
     def run(self, lines: list[str]) -> list[str]:
-        if not any(_LIST_MARKER.match(line) or _INDENTED_FENCE.match(line) for line in lines):
+        if not any(
+            _LIST_MARKER.match(s) or _INDENTED_FENCE.match(s) or _QUOTE.match(s) for s in lines
+        ):
             return lines
+        return self._lines(lines, quoted=False)
+
+    def _lines(self, lines: list[str], *, quoted: bool) -> list[str]:
+        """`lines` re-indented; `quoted`: they are a blockquote's, whose fences
+        Python-Markdown would not see (it reads them only at the margin)."""
         out: list[str] = []
         items: list[int] = []  # the content column of each open item, outermost first
         fence = ""  # the fence of a root-level code block being copied
@@ -109,6 +117,10 @@ class _ListIndent(Preprocessor):
             if not line.strip():
                 out.append(line)
                 blank_before, after_text, loose = True, False, loose or bool(items)
+                continue
+            if not items and _QUOTE.match(line):
+                i = self._quote(lines, i - 1, out)
+                blank_before = after_text = loose = False
                 continue
             indent = len(line) - len(line.lstrip(" "))
             marker = _LIST_MARKER.match(line)
@@ -141,6 +153,12 @@ class _ListIndent(Preprocessor):
             blank_before = False
             if not items:
                 opened = _FENCE.match(line)
+                if opened and quoted:
+                    block, i = self._fence(lines, i - 1, indent, opened.group(1))
+                    if block is not None:
+                        out.extend(["", *block, ""])
+                        blank_before, after_text = True, False
+                        continue
                 fence = opened.group(1) if opened else ""
                 # A fence may be indented up to three spaces (GFM); Python-Markdown
                 # reads one only at the margin.  Its lines keep their indent.
@@ -159,6 +177,17 @@ class _ListIndent(Preprocessor):
             out.append(prefix + line[items[-1] :])
             after_text = indent - items[-1] < _TAB
         return out
+
+    def _quote(self, lines: list[str], start: int, out: list[str]) -> int:
+        """The blockquote at `start` (up to a blank line, lazy lines included,
+        as kramdown reads it) with its own lines re-indented, onto `out`; the
+        index after it.  (Python-Markdown's blockquote sees no preprocessor.)"""
+        end = start
+        while end < len(lines) and lines[end].strip():
+            end += 1
+        inner = [_QUOTE.sub("", line, count=1) for line in lines[start:end]]
+        out.extend(f"> {line}" if line.strip() else ">" for line in self._lines(inner, quoted=True))
+        return end
 
     def _fence(
         self, lines: list[str], start: int, column: int, fence: str
