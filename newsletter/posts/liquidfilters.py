@@ -179,6 +179,12 @@ def _ruby_int(value: object) -> int:
     return int(match.group(1)) if match else 0
 
 
+def _markdownify(value: object) -> str:
+    from newsletter.posts import markup  # (Markdown: only for a post that asks)
+
+    return markup.markdownify(str(value or ""))
+
+
 JEKYLL_FILTERS: dict[str, Callable[..., object]] = {
     "where": _where,
     "where_exp": _where_exp,
@@ -205,8 +211,9 @@ JEKYLL_FILTERS: dict[str, Callable[..., object]] = {
     "number_of_words": lambda v, *_: len(str(v or "").split()),
     "array_to_sentence_string": _sentence,
     "normalize_whitespace": lambda v: " ".join(str(v or "").split()),
-    # The whole body goes through Markdown afterwards; these can be identities.
-    "markdownify": lambda v: str(v or ""),
+    # HTML: in an include's HTML block Markdown is not read again.
+    "markdownify": _markdownify,
+    # The whole body goes through Markdown (and its typography) afterwards.
     "smartify": lambda v: str(v or ""),
     "inspect": lambda v: repr(v),
 }
