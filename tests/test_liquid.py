@@ -62,6 +62,8 @@ def _render(text: str, first_line: int = 1) -> liquid.LiquidResult:
         ("{{ 'The _config.yml  Café!' | slugify: 'latin' }}", "the-config-yml-cafe"),
         ("{{ 'The _config.yml  Café!' | slugify: 'none' }}", "the _config.yml  café!"),
         ("{{ page.tags | array_to_sentence_string }}", "x and y"),
+        # Ruby's to_json, as `jekyll build` prints it: no spaces.
+        ("{{ page.tags | jsonify }}", '["x","y"]'),
         ("{{ '<a&b>' | xml_escape }}", "&lt;a&amp;b&gt;"),
         # Ruby's to_i: text that is no number is 0, never an unreadable post.
         ("{{ 'x' | to_integer }} {{ '12px' | to_integer }} {{ '3.7' | to_integer }}", "0 12 3"),

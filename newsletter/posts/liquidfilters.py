@@ -207,7 +207,7 @@ JEKYLL_FILTERS: dict[str, Callable[..., object]] = {
     "cgi_escape": lambda v: quote_plus(str(v or "")),
     "uri_escape": lambda v: quote(str(v or ""), safe="/:@!$&'()*+,;=-._~%?#[]"),
     "slugify": lambda v, mode=None, *_: slugify_mode(str(v or ""), mode and str(mode)),
-    "jsonify": lambda v: json.dumps(v, default=str, ensure_ascii=False),
+    "jsonify": lambda v: json.dumps(v, default=str, ensure_ascii=False, separators=(",", ":")),
     "number_of_words": lambda v, *_: len(str(v or "").split()),
     "array_to_sentence_string": _sentence,
     "normalize_whitespace": lambda v: " ".join(str(v or "").split()),
