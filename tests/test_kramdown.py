@@ -232,3 +232,52 @@ def test_an_empty_item_does_not_interrupt_a_paragraph(source: str) -> None:
     html = markdown_to_html(source, BASE)
     assert "<li" not in html
     assert ("<h2" in html) == source.startswith("Title")
+
+
+# GFM (kramdown's GFM parser, so Jekyll) wants a space after an ATX heading's
+# hashes: '#hashtag' at a line's start is a paragraph, not a giant heading.
+HASHES = {
+    "#Hashtag at the start": "p",
+    "#5 is a number": "p",
+    "##Two": "p",
+    "#": "p",
+    "# ": "p",
+    "Para\n#tag": "p",
+    "# Real": "h1",
+    "## #tag heading": "h2",
+    "###\tTabbed": "h3",
+    "#### Four ####": "h4",
+    "Para\n## Heading": "p,h2",
+    "    # code": "pre",
+}
+
+
+def _top_tags(fragment: str) -> str:
+    import lxml.html
+
+    root = lxml.html.fragment_fromstring(fragment, create_parent="div")
+    tags = [child for child in root if isinstance(child.tag, str)]
+    # Pygments wraps a code block in <div class="codehilite">.
+    return ",".join("pre" if c.get("class") == "codehilite" else str(c.tag) for c in tags)
+
+
+@pytest.mark.parametrize("source", sorted(HASHES))
+def test_a_hash_needs_a_space_to_make_a_heading(source: str) -> None:
+    html = markdown_to_html(source, BASE)
+    assert _top_tags(html) == HASHES[source]
+    assert source.strip().lstrip("#").strip().split("#")[0].strip() in text_of(html)
+
+
+@pytest.mark.skipif(not _has_kramdown(), reason="ruby's kramdown is not installed")
+def test_hashes_agree_with_kramdown() -> None:
+    names = sorted(HASHES)
+    done = subprocess.run(
+        ["ruby", "-e", KRAMDOWN],
+        input=json.dumps(names),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    for name, line in zip(names, done.stdout.splitlines(), strict=True):
+        assert _top_tags(json.loads(line)) == HASHES[name], name

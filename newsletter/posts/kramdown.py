@@ -28,6 +28,7 @@ import re
 import xml.etree.ElementTree as etree
 
 from markdown import Extension, Markdown
+from markdown.blockprocessors import HashHeaderProcessor
 from markdown.inlinepatterns import (
     InlineProcessor,
     SimpleTagInlineProcessor,
@@ -399,6 +400,17 @@ class _TaskLists(Treeprocessor):
                 holder.text = box + (holder.text or "")[match.end() :]
 
 
+class _GfmHashHeader(HashHeaderProcessor):
+    """An ATX heading as kramdown's GFM parser reads it: the hashes are
+    followed by a space or tab and text; `#hashtag` at a line's start (or a
+    lone `#`) is a paragraph's text, not a heading."""
+
+    RE = re.compile(
+        r"(?:^|\n)(?P<level>#{1,6})(?=[ \t]+\S)"
+        r"(?P<header>(?:\\.|[^\\#]|#+(?=[^#\n]))*?)#*(?:\n|$)"
+    )
+
+
 class KramdownExtension(Extension):
     """Registered after fenced code is stashed, so code samples keep `{::`."""
 
@@ -406,6 +418,7 @@ class KramdownExtension(Extension):
         md.preprocessors.register(_KramdownExtensions(md), "kramdown_extensions", 22)
         # After whitespace is normalised (30, tabs expanded), before fences are read (25).
         md.preprocessors.register(_ListIndent(md), "kramdown_list_indent", 27)
+        md.parser.blockprocessors.register(_GfmHashHeader(md.parser), "hashheader", 70)
         # A backslash keeps a quote straight: escape it like `*` or `_`.
         md.ESCAPED_CHARS.extend(["'", '"'])
         # After inline parsing (20) and attribute lists (8), before escapes are undone (0).
