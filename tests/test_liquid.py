@@ -287,3 +287,40 @@ def test_a_date_prints_as_jekyll_prints_it(tmp_path: Path) -> None:
         "<p>When: 2024-01-01 07:00:00 +0000 / \u201c2024-01-01 07:00:00 +0000\u201d"
         " / 2024-01-01 07:00:00 +0000 / 1 Jan</p>"
     )
+
+
+@pytest.mark.parametrize(
+    ("name", "front", "permalink", "expected"),
+    [
+        # `jekyll build` of each (Jekyll's page.id, not newsletter's post id).
+        (
+            "2024-03-13-ids.md",
+            "id: custom-7\nslug: other-slug\n",
+            "/:year/:month/:title/",
+            "/2024/03/other-slug 2024-03-13-ids.md .md _posts/2024-03-13-ids.md",
+        ),
+        (
+            "2024-03-14-plain.markdown",
+            "",
+            "date",
+            "/2024/03/14/plain 2024-03-14-plain.markdown .markdown _posts/2024-03-14-plain.markdown",
+        ),
+        ("2024-03-14-top.md", "", "/:title", "/top 2024-03-14-top.md .md _posts/2024-03-14-top.md"),
+    ],
+)
+def test_page_id_name_ext_and_relative_path_as_jekyll_has_them(
+    tmp_path: Path, name: str, front: str, permalink: str, expected: str
+) -> None:
+    from newsletter.config import load_settings
+
+    (tmp_path / "_config.yml").write_text(f"permalink: {permalink}\n", encoding="utf-8")
+    (tmp_path / "newsletter.toml").write_text('[site]\njekyll_config = "_config.yml"\n')
+    (tmp_path / "_posts").mkdir()
+    (tmp_path / "_posts" / name).write_text(
+        f"---\ntitle: T\n{front}---\n"
+        "{{ page.id }} {{ page.name }} {{ page.ext }} {{ page.relative_path }}\n",
+        encoding="utf-8",
+    )
+    (post,) = load_posts(load_settings(tmp_path / "newsletter.toml"), index=False).posts
+    assert post.body_html == f"<p>{expected}</p>"
+    assert not post.warnings

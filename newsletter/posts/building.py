@@ -8,6 +8,7 @@ when a post must be built: a listing served from the index never does.
 
 from __future__ import annotations
 
+import posixpath
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -172,7 +173,11 @@ def _page(source: Source, title: str | None = None) -> dict[str, Any]:
         "date": RubyTime.of(source.date),
         "url": source.site_path,
         "slug": source.slug,
-        "id": source.post_id,
+        # Jekyll's Document#id (not newsletter's post id): the URL's folder and the slug.
+        "id": posixpath.join(posixpath.dirname(source.site_path.rstrip("/")) or "/", source.slug),
+        "name": source.path.name,
+        "ext": source.path.suffix,
+        "relative_path": source.site_rel,
         "path": source.site_rel,
         "categories": list(source.categories),
         "tags": list(jekyll.tags(source.data)),
