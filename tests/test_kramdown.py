@@ -37,6 +37,8 @@ SAMPLES = {
     "markdown in HTML": ('<div markdown="1">\n*em* text\n</div>', "em text"),
     "literal double brackets": ("see [[Bug #18980]] now", "see [[Bug #18980]] now"),
     "quotes around emphasis": ('A "quote with *emphasis*" and *"emphasised"*', "A “quote with emphasis ” and “emphasised”"),
+    "quotes before a link or emphasis": ('Read "[the post](x)", "**bold**" and \'_em_\'.', "Read “ the post ”, “ bold ” and ‘ em ’."),
+    "a quote before a line break": ('He said "no"  \nthen left.', "He said “no” then left."),
     "nested quotes": ('Nested "outer \'inner\' outer".', "Nested “outer ‘inner’ outer”."),
     "apostrophes": ("Rock 'n' roll in 's-Hertogenbosch, 5'10\" tall", "Rock ‘n’ roll in ‘s-Hertogenbosch, 5’10” tall"),
     "quotes around raw HTML": ("<em>'em'</em> and \"html\"", "‘em’ and “html”"),

@@ -220,9 +220,10 @@ _POSSESSIVE = re.compile(r"s\b")
 _START = "\x00"  # "before" at the start of a block
 
 
-def typographic(text: str, prev: str = "\x00") -> str:
+def typographic(text: str, prev: str = "\x00", following: str = " ") -> str:
     """kramdown's smart quotes and symbols for one run of text; `prev` is the
-    character before it (from the text of the previous element)."""
+    character before it (from the text of the previous element), `following`
+    the one after it (`"[a link](x)"`: the link's first letter)."""
     if not any(c in text for c in "'\"-.<>"):
         return text
     text = _SYMBOLS.sub(lambda m: _SYMBOL_TEXT[m.group(0)], text)
@@ -235,7 +236,7 @@ def typographic(text: str, prev: str = "\x00") -> str:
         if char in (STX, ETX):
             hidden = char == STX
         elif not hidden:
-            after = text[i + 1] if i + 1 < len(text) else " "
+            after = text[i + 1] if i + 1 < len(text) else following
             char = _quote(char, before, after, text, i)
             before = char
         out.append(char)
@@ -265,17 +266,31 @@ class _Typography(Treeprocessor):
             return text[-1] if text else prev
         if el.tag in _BLOCK:
             prev = _START
+        children = list(el)
         if el.text:
             if not isinstance(el.text, AtomicString):
-                el.text = typographic(el.text, prev)
+                el.text = typographic(el.text, prev, _next_visible(children, 0))
             prev = el.text[-1]
-        for child in el:
+        for index, child in enumerate(children):
             prev = self._walk(child, prev)
             if child.tail:
                 if not isinstance(child.tail, AtomicString):
-                    child.tail = typographic(child.tail, prev)
+                    child.tail = typographic(child.tail, prev, _next_visible(children, index + 1))
                 prev = child.tail[-1]
         return prev
+
+
+def _next_visible(children: list[etree.Element], start: int) -> str:
+    """The first character a reader sees in `children[start:]` (an image is
+    something; a line break, or nothing, is a space)."""
+    for child in children[start:]:
+        if child.tag == "br":
+            return " "
+        text = "".join(child.itertext()) or ("" if child.tag is etree.Comment else "x")
+        text += child.tail or ""
+        if text:
+            return text[0]
+    return " "
 
 
 _NON_WORD = re.compile(r"[^\w\- ]")
