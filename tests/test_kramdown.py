@@ -147,6 +147,12 @@ LISTS = {
     "three-space nesting": ("* a\n   * b\n      * c\n* d", "ul(li(ul(li(ul(li)))),li)"),
     "under a number": ("1. one\n   - x\n   - y\n2. two", "ol(li(ul(li,li)),li)"),
     "four spaces still nest": ("- a\n    - b", "ul(li(ul(li)))"),
+    # A marker of the other kind, right under an item (any indent), is a
+    # list inside it: the item's lazy line, which a list interrupts.
+    "bullets under a number": ("1. a\n  - b\n2. c", "ol(li(ul(li)),li)"),
+    "a number under a bullet at the margin": ("- a\n1. b\n- c", "ul(li(ol(li)),li)"),
+    "mixed kinds three deep": ("- x\n  1. a\n   - b", "ul(li(ol(li(ul(li)))))"),
+    "another kind after a blank line": ("1. a\n\n  - b", "ol(li),ul(li)"),
     "fence in an item": (
         "1. Install:\n\n   ```bash\n   make install\n   ```\n\n2. Run it",
         "ol(li(p,pre),li(p))",

@@ -100,6 +100,7 @@ class _ListIndent(Preprocessor):
         Python-Markdown would not see (it reads them only at the margin)."""
         out: list[str] = []
         items: list[int] = []  # the content column of each open item, outermost first
+        ordered: list[bool] = []  # whether each open item's list is numbered
         fence = ""  # the fence of a root-level code block being copied
         blank_before = True
         # The last line was a paragraph's, and the list has a blank line in
@@ -127,8 +128,17 @@ class _ListIndent(Preprocessor):
             marker = _LIST_MARKER.match(line)
             if marker and not _RULE.match(line) and (not items or indent < items[-1] + _TAB):
                 had_items = bool(items)
+                numbered = marker.group(2)[0].isdigit()
+                # The level this item would join, and the kind of list there.
+                level = next((k for k, column in enumerate(items) if indent < column), None)
+                if level is not None and not blank_before and numbered != ordered[level]:
+                    # Not that kind, right under an item: a list inside it (kramdown).
+                    line, indent = " " * items[-1] + line[indent:], items[-1]
+                    marker = _LIST_MARKER.match(line)
+                    assert marker is not None
                 while items and indent < items[-1]:
                     items.pop()
+                del ordered[len(items) :]
                 if not items and indent >= _TAB:  # an indented code block's line
                     out.append(line)
                     blank_before = False
@@ -142,6 +152,7 @@ class _ListIndent(Preprocessor):
                 out.append(" " * (_TAB * len(items) + extra) + line[indent:])
                 width = len(marker.group(0)) if text.strip() else indent + len(marker.group(2)) + 1
                 items.append(width)
+                ordered.append(numbered)
                 blank_before = after_text = False
                 continue
             if items and indent < items[-1]:
@@ -151,6 +162,7 @@ class _ListIndent(Preprocessor):
                     continue
                 while items and indent < items[-1]:
                     items.pop()
+                del ordered[len(items) :]
             blank_before = False
             if not items:
                 opened = _FENCE.match(line)
