@@ -324,3 +324,44 @@ def test_page_id_name_ext_and_relative_path_as_jekyll_has_them(
     (post,) = load_posts(load_settings(tmp_path / "newsletter.toml"), index=False).posts
     assert post.body_html == f"<p>{expected}</p>"
     assert not post.warnings
+
+
+@pytest.mark.parametrize(
+    ("baseurl", "expected"),
+    [
+        # `jekyll build` of each: post_url and link print the site-relative
+        # URL (with baseurl), so `{{ site.url }}{% post_url %}` is a whole URL.
+        (
+            "",
+            '<a href="https://example.com/2024/01/01/a.html">a</a> '
+            '<a href="https://example.com/2024/01/01/a.html">b</a> '
+            '<a href="https://example.com/about.html">c</a> /2024/01/01/a.html',
+        ),
+        (
+            "/blog",  # Jekyll 4 doubles a baseurl written before the tag, as here
+            '<a href="https://example.com/blog/blog/2024/01/01/a.html">a</a> '
+            '<a href="https://example.com/blog/2024/01/01/a.html">b</a> '
+            '<a href="https://example.com/blog/about.html">c</a> /blog/2024/01/01/a.html',
+        ),
+    ],
+)
+def test_post_url_and_link_print_what_jekyll_prints(
+    tmp_path: Path, baseurl: str, expected: str
+) -> None:
+    from newsletter.config import load_settings
+
+    (tmp_path / "_config.yml").write_text(
+        f"url: https://example.com\nbaseurl: '{baseurl}'\n", encoding="utf-8"
+    )
+    (tmp_path / "newsletter.toml").write_text('[site]\njekyll_config = "_config.yml"\n')
+    (tmp_path / "about.md").write_text("---\ntitle: About\n---\nMe.\n", encoding="utf-8")
+    (tmp_path / "_posts").mkdir()
+    (tmp_path / "_posts" / "2024-01-01-a.md").write_text("---\n---\nA.\n", encoding="utf-8")
+    (tmp_path / "_posts" / "2024-01-02-b.md").write_text(
+        "---\n---\n[a]({{ site.url }}{{ site.baseurl }}{% post_url 2024-01-01-a %}) "
+        "[b]({{ site.url }}{% post_url 2024-01-01-a %}) "
+        "[c]({{ site.url }}{% link about.md %}) {% post_url 2024-01-01-a %}\n",
+        encoding="utf-8",
+    )
+    posts = load_posts(load_settings(tmp_path / "newsletter.toml"), index=False).posts
+    assert posts[1].body_html == f"<p>{expected}</p>"

@@ -45,8 +45,8 @@ KNOWN_KEYS = frozenset(
 class SiteContext:
     settings: Settings
     liquid_site: Mapping[str, Any]
-    # File stem, path under posts_dir, … → absolute URL; `pages.PAGE` + a
-    # page's or static file's path → its URL (`pages.LinkTargets`).
+    # File stem, path under posts_dir, … → URL under `baseurl`; `pages.PAGE` +
+    # a page's or static file's path → its URL (`pages.LinkTargets`).
     post_urls: Mapping[str, str]
     authors: Mapping[str, Any]  # _data/authors.yml and the authors collection
     includes: Path | None  # the site's _includes folder
@@ -69,6 +69,7 @@ class SiteContext:
             root, site.jekyll, base, [_page(s) for s in sources], problems
         )
         urls: dict[str, str] = {}
+        baseurl = permalink.normalized_baseurl(site.baseurl)
         for source in sources:
             stem = source.rel.with_suffix("").as_posix()
             keys = (
@@ -79,7 +80,9 @@ class SiteContext:
                 source.site_rel,
             )
             for key in keys:
-                urls.setdefault(key, source.url)
+                # Site-relative, as Jekyll prints it (`{{ site.url }}{% post_url x %}`
+                # is then a whole URL); Markdown's links are made absolute later.
+                urls.setdefault(key, baseurl + source.site_path)
         includes = root / "_includes" if root is not None else None
         includes = includes if includes is not None and includes.is_dir() else None
         targets = pages.LinkTargets(urls, settings)

@@ -7,7 +7,8 @@ python-liquid 2.x plus Jekyll's own tags and filters:
   and a handful of other Jekyll filters (`date_to_xmlschema`, `slugify`, …);
 * `{% raw %}` (kept literally), `{% comment %}`;
 * `{% highlight lang %}` → a fenced code block (Markdown then highlights it);
-* `{% post_url name %}` and `{% link path %}` → absolute URLs of those posts;
+* `{% post_url name %}` and `{% link path %}` → URLs of those posts and pages
+  (under `baseurl`, as Jekyll prints them);
 * `{% include file.html key=value %}` from the site's `_includes`, with
   `include.key` inside (Jekyll's syntax, not Shopify's).
 
@@ -52,8 +53,8 @@ class LiquidResult:
     warnings: tuple[LiquidWarning, ...]
 
 
-# `{% post_url name %}` / `{% link path %}` resolver: the name → an absolute
-# URL, or None when nothing matches.
+# `{% post_url name %}` / `{% link path %}` resolver: the name → its URL
+# (under `baseurl`: Markdown's links are made absolute later), or None.
 Resolver = Callable[[str], str | None]
 
 

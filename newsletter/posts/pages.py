@@ -47,7 +47,7 @@ FileKey = tuple[int, int]
 
 
 class LinkTargets(Mapping[str, str]):
-    """Post names → absolute URLs, and `PAGE + path` → a page's, read when asked.
+    """Post names → URLs under `baseurl`, and `PAGE + path` → a page's, read when asked.
 
     Iterating (and `len`) sees the posts only; pickled, it is the plain
     mapping of posts (a page is read again by whoever asks next)."""
@@ -104,9 +104,7 @@ class LinkTargets(Mapping[str, str]):
         found = page_url(path, rel, site.jekyll or {}, site.permalink)
         if found is None:
             return None
-        return site.url.rstrip("/") + quote(
-            permalink.normalized_baseurl(site.baseurl) + found, safe=_URL_SAFE
-        )
+        return quote(permalink.normalized_baseurl(site.baseurl) + found, safe=_URL_SAFE)
 
 
 def files_unchanged(consulted: tuple[tuple[str, FileKey | None], ...]) -> bool:
