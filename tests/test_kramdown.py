@@ -289,3 +289,59 @@ def test_hashes_agree_with_kramdown() -> None:
     )
     for name, line in zip(names, done.stdout.splitlines(), strict=True):
         assert _top_tags(json.loads(line)) == HASHES[name], name
+
+
+# kramdown reads a block whose every line has a '|' as a table, without a
+# header row (`jekyll build` shows 'Photo: NASA | Public domain' as one).
+PIPES = {
+    "Photo: NASA | Public domain": "table(tr(td,td))",
+    "Two | cells\nand | more": "table(tr(td,td),tr(td,td))",
+    "| lead | pipe": "table(tr(td,td))",
+    "Not a table \\| escaped": "p",
+    "Code `a | b` here": "p",
+    "Line one\nLine | two": "p",
+    "- item | pipe": "ul(li(table(tr(td,td))))",
+    "> quote | pipe": "blockquote(table(tr(td,td)))",
+    "| a | b |\n|---|---|\n| 1 | 2 |": "table(tr(th,th),tr(td,td))",
+}
+
+
+def _table_shape(fragment: str) -> str:
+    import lxml.html
+
+    def walk(el: object) -> list[str]:
+        parts = []
+        for child in el:  # type: ignore[attr-defined]
+            if not isinstance(child.tag, str):
+                continue
+            inner = walk(child)
+            if child.tag in ("thead", "tbody"):
+                parts.extend(inner)
+            elif child.tag in ("p", "ul", "li", "blockquote", "table", "tr", "td", "th"):
+                parts.append(f"{child.tag}({','.join(inner)})" if inner else child.tag)
+        return parts
+
+    return ",".join(walk(lxml.html.fragment_fromstring(fragment, create_parent="div")))
+
+
+@pytest.mark.parametrize("source", sorted(PIPES))
+def test_lines_with_pipes_are_a_table_as_in_kramdown(source: str) -> None:
+    html = markdown_to_html(source, BASE)
+    assert _table_shape(html) == PIPES[source]
+    assert "\\" not in text_of(html)
+
+
+@pytest.mark.skipif(not _has_kramdown(), reason="ruby's kramdown is not installed")
+def test_pipes_agree_with_kramdown() -> None:
+    names = sorted(PIPES)
+    done = subprocess.run(
+        ["ruby", "-e", KRAMDOWN],
+        input=json.dumps(names),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    for name, line in zip(names, done.stdout.splitlines(), strict=True):
+        assert _table_shape(json.loads(line)) == PIPES[name], name
+        assert text_of(markdown_to_html(name, BASE)) == text_of(json.loads(line)), name

@@ -28,7 +28,7 @@ import re
 import xml.etree.ElementTree as etree
 
 from markdown import Extension, Markdown
-from markdown.blockprocessors import HashHeaderProcessor
+from markdown.blockprocessors import BlockProcessor, HashHeaderProcessor
 from markdown.inlinepatterns import (
     InlineProcessor,
     SimpleTagInlineProcessor,
@@ -438,6 +438,50 @@ class _GfmHashHeader(HashHeaderProcessor):
     )
 
 
+_PIPE = re.compile(r"(?<!\\)\|")
+_CODE_SPAN = re.compile(r"(`+).+?\1")
+_SEPARATOR_ROW = re.compile(r"^[ \t]*\|?[ \t]*:?-+:?[ \t]*(?:\|[ \t]*:?-*:?[ \t]*)*$")
+
+
+class _PipeRows(BlockProcessor):
+    """kramdown's table without a header: a block whose every line has a `|`
+    (not escaped, not in code) is a table, `Photo: NASA | Public domain` a row
+    of two cells.  (A GFM table, with its `|---|` line, is the tables extension's.)"""
+
+    def test(self, parent: etree.Element, block: str) -> bool:
+        lines = block.split("\n")
+        if any(_SEPARATOR_ROW.match(line) for line in lines):
+            return False
+        return all(_PIPE.search(_CODE_SPAN.sub("", line)) for line in lines)
+
+    def run(self, parent: etree.Element, blocks: list[str]) -> None:
+        body = etree.SubElement(etree.SubElement(parent, "table"), "tbody")
+        for line in blocks.pop(0).split("\n"):
+            row = etree.SubElement(body, "tr")
+            for cell in _cells(line):
+                etree.SubElement(row, "td").text = cell.strip()
+
+
+def _cells(line: str) -> list[str]:
+    """`line` split at its pipes (not escaped, not in code), an outer `|` dropped."""
+    cells, start, i = [], 0, 0
+    while i < len(line):
+        code = _CODE_SPAN.match(line, i) if line[i] == "`" else None
+        if code:
+            i = code.end()
+            continue
+        if line[i] == "|" and (i == 0 or line[i - 1] != "\\"):
+            cells.append(line[start:i])
+            start = i + 1
+        i += 1
+    cells.append(line[start:])
+    if not cells[0].strip():
+        cells.pop(0)
+    if len(cells) > 1 and not cells[-1].strip():
+        cells.pop()
+    return cells
+
+
 class KramdownExtension(Extension):
     """Registered after fenced code is stashed, so code samples keep `{::`."""
 
@@ -446,6 +490,8 @@ class KramdownExtension(Extension):
         # After whitespace is normalised (30, tabs expanded), before fences are read (25).
         md.preprocessors.register(_ListIndent(md), "kramdown_list_indent", 27)
         md.parser.blockprocessors.register(_GfmHashHeader(md.parser), "hashheader", 70)
+        # After footnotes (17) and references (15) are taken, before paragraphs (10).
+        md.parser.blockprocessors.register(_PipeRows(md.parser), "kramdown_pipe_rows", 12)
         # A backslash keeps a quote straight: escape it like `*` or `_`.
         md.ESCAPED_CHARS.extend(["'", '"'])
         # After inline parsing (20) and attribute lists (8), before escapes are undone (0).
