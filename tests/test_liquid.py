@@ -365,3 +365,28 @@ def test_post_url_and_link_print_what_jekyll_prints(
     )
     posts = load_posts(load_settings(tmp_path / "newsletter.toml"), index=False).posts
     assert posts[1].body_html == f"<p>{expected}</p>"
+
+
+def test_ruby_only_date_formats_print_as_jekyll_prints_them(tmp_path: Path) -> None:
+    """Ruby's strftime: %s is the epoch of the instant (Python's read the wall
+    clock as the machine's), %:z, %L and %N exist; "now" is in the site's zone."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    from newsletter.config import load_settings
+
+    (tmp_path / "_config.yml").write_text("timezone: Europe/Istanbul\n", encoding="utf-8")
+    (tmp_path / "newsletter.toml").write_text('[site]\njekyll_config = "_config.yml"\n')
+    (tmp_path / "_posts").mkdir()
+    (tmp_path / "_posts" / "2024-03-16-d.md").write_text(
+        "---\ndate: 2024-03-16 09:05:07 +0100\n---\n"
+        '{{ page.date | date: "%s/%:z/%L/%N/%3N/%%s/%H:%M %z" }} '
+        '{{ "now" | date: "%z" }}\n',
+        encoding="utf-8",
+    )
+    (post,) = load_posts(load_settings(tmp_path / "newsletter.toml"), index=False).posts
+    now_zone = datetime.now(ZoneInfo("Europe/Istanbul")).strftime("%z")
+    # `jekyll build`: 1710576307/+03:00/000/000000000/000/%s/11:05 +0300
+    assert post.body_html == (
+        f"<p>1710576307/+03:00/000/000000000/000/%s/11:05 +0300 {now_zone}</p>"
+    )
