@@ -93,3 +93,33 @@ def test_markdownify_in_an_include_is_html(tmp_path: Path) -> None:
     assert "The <em>upper</em> site\u2019s closed." in post.body_html
     assert "<strong>bold</strong>" in post.body_html
     assert "*" not in post.body_html
+
+
+def test_post_url_and_link_inside_an_include(tmp_path: Path) -> None:
+    """`jekyll build` resolves them inside an include as in the post: here
+    <a href="/blog/2024/01/01/a.html">A</a> <a href="/blog/about.html">About</a>."""
+    from newsletter.config import load_settings
+    from newsletter.posts import load_posts
+
+    (tmp_path / "_config.yml").write_text(
+        "url: https://example.com\nbaseurl: /blog\n", encoding="utf-8"
+    )
+    (tmp_path / "newsletter.toml").write_text('[site]\njekyll_config = "_config.yml"\n')
+    (tmp_path / "about.md").write_text("---\ntitle: About\n---\nMe.\n", encoding="utf-8")
+    _includes(
+        tmp_path,
+        {
+            "related.html": '<p><a href="{% post_url 2024-01-01-a %}">A</a> '
+            '<a href="{% link about.md %}">About</a></p>\n'
+        },
+    )
+    (tmp_path / "_posts").mkdir()
+    (tmp_path / "_posts" / "2024-01-01-a.md").write_text("---\n---\nA.\n", encoding="utf-8")
+    (tmp_path / "_posts" / "2024-01-02-b.md").write_text(
+        "---\n---\n{% include related.html %}\n", encoding="utf-8"
+    )
+    posts = load_posts(load_settings(tmp_path / "newsletter.toml"), index=False).posts
+    assert posts[1].body_html == (
+        '<p><a href="https://example.com/blog/2024/01/01/a.html">A</a> '
+        '<a href="https://example.com/blog/about.html">About</a></p>'
+    )

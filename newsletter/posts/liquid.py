@@ -65,6 +65,12 @@ _UNDEFINED_SEEN: contextvars.ContextVar[list[tuple[str, int | None, str, bool]] 
 )
 
 
+# The resolvers of the post being rendered, for the includes it reads.
+_RESOLVERS: contextvars.ContextVar[tuple[Resolver, Resolver] | None] = contextvars.ContextVar(
+    "resolvers", default=None
+)
+
+
 _VARIABLE = re.compile(r"[\w-]+(?:\.[\w-]+|\[[^\]\n]{0,100}\])*")
 
 
@@ -126,8 +132,11 @@ class _IncludeLoader(BaseLoader):
             raise TemplateNotFoundError(template_name)
         text = path.read_text(encoding="utf-8")
         # Tags in an include are checked like a post's; their warnings would
-        # point at the wrong file, so they are not reported.
-        prepared = _Prepass(text, _nothing, _nothing, 1, self.folder).run().text
+        # point at the wrong file, so they are not reported.  `{% post_url %}`
+        # and `{% link %}` resolve as in the post including it (read each time:
+        # this loader keeps nothing).
+        post_url, link = _RESOLVERS.get() or (_nothing, _nothing)
+        prepared = _Prepass(text, post_url, link, 1, self.folder).run().text
         return TemplateSource(prepared, str(path), None)
 
 
@@ -190,6 +199,7 @@ def render(
     env = environment(includes)
     seen: list[tuple[str, int | None, str, bool]] = []
     token = _UNDEFINED_SEEN.set(seen)
+    resolvers = _RESOLVERS.set((post_url, link))
     try:
         template = env.from_string(prepared.text)
         output = template.render(site=site, page=page, jekyll={"environment": "production"})
@@ -204,6 +214,7 @@ def render(
         output = _STRIP_ALL.sub("", _unraw(prepared.text))
     finally:
         _UNDEFINED_SEEN.reset(token)
+        _RESOLVERS.reset(resolvers)
     return LiquidResult(output, tuple(warnings))
 
 
