@@ -140,7 +140,7 @@ def page_url(path: Path, rel: str, config: Mapping[str, Any], style: str) -> str
     folder = "/" + "/".join(parts[:-1]) if len(parts) > 1 else ""
     try:
         with path.open("rb") as fh:
-            page = bool(_YAML_HEADER.match(fh.readline()))
+            page = bool(_YAML_HEADER.match(fh.readline(4096)))  # a video has no lines
     except OSError:
         return None
     if not page:  # a static file: its own path, trailing dots of its name dropped
