@@ -12,9 +12,10 @@ of
   `_config.yml`, the Jekyll `_data`, `_includes` and collection files (such
   as `_authors`) and the source of this package, so that a changed
   configuration or a new version of the parser re-reads every post;
-* the cross-post lookups the post made (`{% post_url %}`, `{% link %}`): each
-  answer is recorded with the entry and checked again, so renaming or adding
-  another post re-reads only the posts that link to it;
+* the cross-post lookups the post made (`{% post_url %}`, `{% link %}`, to a
+  page too: `pages.LinkTargets`): each answer is recorded with the entry and
+  checked again, so renaming or adding another post (or a linked page's new
+  permalink) re-reads only the posts that link to it;
 * for a post whose Liquid read `site.posts`, `site.categories`, `site.tags`
   or a collection (`SiteWatch`): every post file's path, size and mtime_ns,
   so adding, removing or editing any post re-reads it.
