@@ -25,6 +25,7 @@ import socket
 import ssl
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -298,3 +299,81 @@ class SmtpTestServer:
         if ca_file is not None:
             values["smtp.ca_file"] = str(ca_file)
         return values
+
+
+# What a raw server does for one line: None, the usual reply; bytes, written
+# instead; DROP, close the socket; a list, each of those in turn.
+RawAction = bytes | str | None
+RawRule = Callable[[bytes], "RawAction | list[RawAction]"]
+
+
+class RawSmtpServer:
+    """A hand-written SMTP peer on a raw socket, for replies aiosmtpd cannot give
+    (a malformed reply, a refusal written while the client is still sending DATA).
+
+    `rule(line)` sees each command line (and "DATA-CONTENT" once the content
+    starts) and returns the bytes to answer, DROP, or None for the usual reply.
+    """
+
+    def __init__(self, rule: RawRule, *, pipelining: bool = False) -> None:
+        self.rule = rule
+        self.pipelining = pipelining
+        self.messages = 0
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._session, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket, line: bytes, usual: bytes) -> bool:
+        actions = self.rule(line)
+        for action in actions if isinstance(actions, list) else [actions]:
+            if action == DROP:
+                conn.shutdown(socket.SHUT_RDWR)
+                conn.close()
+                return False
+            conn.sendall(action if isinstance(action, bytes) else usual)
+        return True
+
+    def _session(self, conn: socket.socket) -> None:
+        extensions = b"250-PIPELINING\r\n" if self.pipelining else b""
+        with conn:
+            conn.sendall(b"220 raw ESMTP\r\n")
+            lines = conn.makefile("rb")
+            for line in lines:
+                verb = line[:4].upper()
+                if verb == b"EHLO":
+                    usual = b"250-raw\r\n" + extensions + b"250 8BITMIME\r\n"
+                elif verb == b"QUIT":
+                    usual = b"221 bye\r\n"
+                elif verb == b"DATA":
+                    usual = b"354 go ahead\r\n"
+                else:
+                    usual = b"250 ok\r\n"
+                if not self._answer(conn, line, usual) or verb == b"QUIT":
+                    return
+                if verb == b"DATA" and not self._content(conn, lines):
+                    return
+
+    def _content(self, conn: socket.socket, lines: Any) -> bool:
+        if not self._answer(conn, b"DATA-CONTENT", b""):
+            return False
+        for line in lines:
+            if line == b".\r\n":
+                self.messages += 1
+                return self._answer(conn, b".", b"250 queued\r\n")
+        return False
+
+    def settings(self, **kw: Any) -> Any:
+        from newsletter.config import SmtpSettings
+
+        return SmtpSettings(host="127.0.0.1", port=self.port, security="none", **kw)
+
+    def close(self) -> None:
+        self._listener.close()

@@ -15,6 +15,7 @@ import pytest
 from smtpserver import (
     DROP,
     STALL,
+    RawSmtpServer,
     SmtpTestServer,
     TlsMaterial,
     _Handler,
@@ -383,3 +384,53 @@ def test_a_server_that_stops_reading_mid_data_times_out_as_temporary() -> None:
     assert not result.ok and not result.permanent
     assert result.text.startswith("timed out during data"), result.text
     assert elapsed < 5
+
+
+@pytest.mark.parametrize("pipelining", [False, True], ids=["plain", "pipelining"])
+@pytest.mark.parametrize("garbage", [b"garbage\r\n", b"\r\n", b"2\r\n"])
+def test_a_malformed_reply_is_temporary_and_the_session_starts_afresh(
+    pipelining: bool, garbage: bytes
+) -> None:
+    """Not an SMTP reply (RFC 5321 §4.2): the session is out of step, not the
+    recipient refused for good; the next recipient goes on a new connection."""
+
+    def rule(line: bytes) -> bytes | None:
+        return garbage if line.startswith(b"RCPT TO:<bad@") else None
+
+    server = RawSmtpServer(rule, pipelining=pipelining)
+    t = SmtpTransport(server.settings(timeout=5))
+    try:
+        results = [
+            t.send(SENDER, r, MSG) for r in ("a@example.org", "bad@example.org", "c@example.org")
+        ]
+    finally:
+        t.close()
+        server.close()
+    a, bad, c = results
+    assert a.ok and c.ok
+    assert not bad.ok and not bad.permanent and not bad.bounced
+    assert bad.text.startswith("malformed reply from the server"), bad.text
+    assert server.messages == 2
+    assert t.connects == 2
+
+
+def test_a_refusal_written_while_the_content_is_sent_is_read() -> None:
+    """A server may answer 552 (message too big) before the client has written
+    the whole message, then close: the client's write fails, the reply is
+    there to read, and it is permanent (not a lost connection retried later)."""
+
+    def rule(line: bytes) -> list[bytes | str | None] | None:
+        if line == b"DATA-CONTENT":
+            return [b"552 5.3.4 Message too big for system\r\n", DROP]
+        return None
+
+    server = RawSmtpServer(rule)
+    t = SmtpTransport(server.settings(timeout=5))
+    big = MSG + (b"y" * 998 + b"\r\n") * 16_000  # 16 MB: more than the socket buffers hold
+    try:
+        result = t.send(SENDER, "b@example.org", big)
+    finally:
+        t.close()
+        server.close()
+    assert (result.ok, result.code, result.permanent) == (False, 552, True), result
+    assert result.text == "5.3.4 Message too big for system"

@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from smtpserver import DROP, STALL, SmtpTestServer, TlsMaterial, self_signed_context, tls_material
+from smtpserver import (
+    DROP,
+    STALL,
+    RawSmtpServer,
+    SmtpTestServer,
+    TlsMaterial,
+    self_signed_context,
+    tls_material,
+)
 
 from newsletter.config import SmtpSettings
 from newsletter.delivery.transports import ConnectError, SendResult, TransportError
@@ -292,3 +300,35 @@ def test_clear_text_only_to_localhost_and_never_with_auth() -> None:
         run(StreamSmtp(SmtpSettings(host="mail.example.com", security="none")).open)
     with pytest.raises(TransportError, match="AUTH only after TLS"):
         run(StreamSmtp(SmtpSettings(host="127.0.0.1", security="none", username="u")).open)
+
+
+@pytest.mark.parametrize("lookahead", [False, True])
+@pytest.mark.parametrize("pipelining", [False, True], ids=["plain", "pipelining"])
+@pytest.mark.parametrize("stage", ["rcpt", "data"])
+def test_a_malformed_reply_is_temporary_and_the_session_starts_afresh(
+    pipelining: bool, stage: str, lookahead: bool
+) -> None:
+    """Not an SMTP reply (RFC 5321 §4.2): the session is out of step, not the
+    recipient refused for good; the next recipient goes on a new connection."""
+    marks = {"rcpt": 0, "data": 0}
+
+    def rule(line: bytes) -> bytes | None:
+        if line.startswith(b"RCPT TO:<"):
+            marks["rcpt"] = line.startswith(b"RCPT TO:<bad@")
+            return b"garbage\r\n" if marks["rcpt"] and stage == "rcpt" else None
+        if line == b"." and marks["rcpt"] and stage == "data":
+            return b"garbage\r\n"
+        return None
+
+    server = RawSmtpServer(rule, pipelining=pipelining)
+    conn = StreamSmtp(server.settings(timeout=5))
+    try:
+        a, bad, c = send_all(
+            conn, ["a@example.org", "bad@example.org", "c@example.org"], lookahead=lookahead
+        )
+    finally:
+        server.close()
+    assert a.ok and c.ok, (a, c)
+    assert not bad.ok and not bad.permanent and not bad.bounced
+    assert bad.text.startswith("malformed reply from the server"), bad.text
+    assert conn.connects == 2

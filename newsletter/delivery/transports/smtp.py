@@ -27,6 +27,7 @@ from newsletter.delivery.transports.smtp_common import (
     check_policy,
     classify,
     login_refused,
+    malformed,
     no_starttls,
     reply_text,
     tls_context,
@@ -47,6 +48,15 @@ def _write(conn: smtplib.SMTP, data: bytes) -> None:
     if conn.sock is None:
         raise smtplib.SMTPServerDisconnected("not connected")
     conn.sock.sendall(data)
+
+
+def _early_refusal(conn: smtplib.SMTP) -> tuple[int, bytes] | None:
+    """The refusal a server wrote before it stopped reading, if there is one."""
+    try:
+        code, reply = conn.getreply()
+    except (smtplib.SMTPException, OSError):
+        return None
+    return (code, reply) if 400 <= code < 600 else None
 
 
 class Flight:
@@ -286,9 +296,10 @@ class SmtpTransport:
         replies = [conn.getreply() for _ in range(3)]
         (mail_code, mail_text), (rcpt_code, rcpt_text), (data_code, data_text) = replies
         refused = mail_code != 250 or rcpt_code not in (250, 251)
-        if data_code == 354 and refused:
+        if data_code == 354 and refused and not (malformed(mail_code) or malformed(rcpt_code)):
             # RFC 2920 §3.1: a server may accept DATA although every RCPT failed;
-            # end the empty message at once, then reset.
+            # end the empty message at once, then reset.  (Out of step, the
+            # connection is dropped instead: the server may hold a recipient.)
             _write(conn, b".\r\n")
             conn.getreply()
         if mail_code != 250:
@@ -317,7 +328,15 @@ class SmtpTransport:
     def _content(self, conn: smtplib.SMTP, recipient: str, message: bytes) -> SendResult:
         # The content (stuffed by `send`) and its final dot in one write: from
         # here the server may keep the message, so `ready` has run already.
-        _write(conn, message + b".\r\n")
+        try:
+            _write(conn, message + b".\r\n")
+        except ConnectionError:
+            # A server may refuse (552: too big) before reading the whole
+            # message, then close; its reply, not our failed write, is the outcome.
+            early = _early_refusal(conn)
+            if early is None:
+                raise
+            return self._refused(recipient, *early, "data")
         code, reply = conn.getreply()
         if code != 250:
             return self._refused(recipient, code, reply, "data")
@@ -325,8 +344,8 @@ class SmtpTransport:
 
     def _refused(self, recipient: str, code: int, reply: Any, stage: str) -> SendResult:
         result = classify(recipient, code, reply_text(reply), stage)
-        if code == 421:
-            self._drop()  # the server is closing the channel (RFC 5321 §3.8)
+        if code == 421 or malformed(code):
+            self._drop()  # the server is closing the channel (RFC 5321 §3.8), or out of step
             return result
         try:
             self._conn.rset() if self._conn is not None else None

@@ -16,6 +16,7 @@ from newsletter.email.message import stuffed_body
 
 __all__ = [
     "LOCALHOST",
+    "MALFORMED",
     "NON_ASCII_LOCAL_PART",
     "ascii_address",
     "check_policy",
@@ -23,6 +24,7 @@ __all__ = [
     "dot_stuffed",
     "enhanced_status",
     "login_refused",
+    "malformed",
     "no_starttls",
     "reply_text",
     "tls_context",
@@ -39,8 +41,19 @@ def enhanced_status(text: str) -> str | None:
     return ".".join(match.groups()) if match else None
 
 
+def malformed(code: int) -> bool:
+    """Whether a reply code is no SMTP reply at all (the parsers give -1 for
+    one without three digits): the session is out of step with the server,
+    so the connection must be dropped, never reused."""
+    return not 200 <= code < 600
+
+
 def classify(recipient: str, code: int, text: str, stage: str) -> SendResult:
     """Turn one SMTP reply into a `SendResult`."""
+    if malformed(code):
+        # RFC 5321 §4.2: a reply is three digits, then text.  Garbage is the
+        # server's (or the network's) trouble, not this recipient's: temporary.
+        return SendResult(recipient, False, None, MALFORMED, stage=stage)
     if 200 <= code < 300:
         return SendResult(recipient, True, code, text, stage=stage)
     status = enhanced_status(text) or ""
@@ -129,6 +142,8 @@ def login_refused(username: str, code: int, reply: bytes | str) -> TransportErro
         code=code,
     )
 
+
+MALFORMED = "malformed reply from the server (not an SMTP reply; the connection is dropped)"
 
 NON_ASCII_LOCAL_PART = (
     "the address has a non-ASCII local part and the server does not support SMTPUTF8 (RFC 6531)"

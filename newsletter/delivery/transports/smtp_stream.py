@@ -25,6 +25,7 @@ from newsletter.delivery.transports.smtp_common import (
     ascii_address,
     check_policy,
     classify,
+    malformed,
     reply_text,
     stuffed_body,
     tls_error,
@@ -196,9 +197,10 @@ class StreamSmtp:
         replies = await self._replies(proto, 3)
         (mail_code, mail_text), (rcpt_code, rcpt_text), (data_code, data_text) = replies
         refused = mail_code != 250 or rcpt_code not in (250, 251)
-        if data_code == 354 and refused:
+        if data_code == 354 and refused and not (malformed(mail_code) or malformed(rcpt_code)):
             # RFC 2920 §3.1: a server may accept DATA although every RCPT failed;
-            # end the empty message at once, then reset.
+            # end the empty message at once, then reset.  (Out of step, the
+            # connection is dropped instead: the server may hold a recipient.)
             proto.transport.write(b".\r\n")
             self._owed += 1
         if mail_code != 250:
@@ -272,7 +274,7 @@ class StreamSmtp:
         if announce:
             # The transaction ended with the dot either way; an RSET now would
             # reset the next one, already under way.
-            if code == 421:
+            if code == 421 or malformed(code):
                 self.abandon()
             return classify(recipient, code, reply_text(text), "data")
         refusal = self._refused(recipient, code, text, "data")
@@ -284,8 +286,8 @@ class StreamSmtp:
         """Classify the refusal; reset the session (its reply is read with the next ones)."""
         result = classify(recipient, code, reply_text(text), stage)
         proto = self._proto
-        if code == 421 or proto is None or proto.transport is None:
-            self.abandon()  # the server is closing the channel (RFC 5321 §3.8)
+        if code == 421 or malformed(code) or proto is None or proto.transport is None:
+            self.abandon()  # the server is closing the channel (RFC 5321 §3.8), or out of step
             return result
         proto.transport.write(b"RSET\r\n")
         self._owed += 1
