@@ -244,6 +244,45 @@ def test_a_new_digest_list_starts_at_its_next_slot(tmp_path: Path) -> None:
     assert report.digests == () and transport.outbox == []  # first sight: anchor = now
 
 
+DAILY_BERLIN = (
+    '[lists.daily]\ntitle = "Daily"\nmode = "digest"\ncron = "30 2 * * *"\n'
+    'timezone = "Europe/Berlin"\n'
+)
+
+
+@pytest.mark.parametrize(
+    ("night", "slot"),
+    [
+        # Autumn: 02:00-03:00 happens twice (CEST, then CET); 02:30 is one slot.
+        (datetime(2026, 10, 24, 22, 0, tzinfo=UTC), datetime(2026, 10, 25, 0, 30, tzinfo=UTC)),
+        # Spring: 02:00-03:00 does not exist; the slot moves on, never skipped.
+        (datetime(2026, 3, 28, 22, 0, tzinfo=UTC), datetime(2026, 3, 29, 1, 30, tzinfo=UTC)),
+    ],
+    ids=["autumn", "spring"],
+)
+def test_a_daily_digest_goes_once_on_a_night_the_clocks_change(
+    tmp_path: Path, night: datetime, slot: datetime
+) -> None:
+    """A fixed-hour cron fires once a day however the wall clock moves (as
+    cron(8) does): the repeated hour of autumn is no second slot."""
+    site = make_site(tmp_path, lists=DAILY_BERLIN)
+    settings = site.settings()
+    engine = engine_of(settings)
+    add_members(engine, "daily", settings=settings)
+    planning.write_state_time(engine, planning.digest_anchor_key("daily"), night)
+    site.write_post("p-evening.md", "Evening Post", night - timedelta(hours=2))
+    # Another post between the two 02:30s of autumn: a second slot would mail it.
+    site.write_post("p-night.md", "Night Post", slot + timedelta(minutes=20))
+    planned: list[int] = []
+    for minutes in range(0, 10 * 60, 10):  # a pass every 10 minutes, 22:00-08:00 UTC
+        report, _ = one_pass(settings, engine, now=night + timedelta(minutes=minutes))
+        planned.extend(report.digests)
+    with engine.connect() as conn:
+        ids = conn.execute(select(mailings.c.post_id).order_by(mailings.c.id)).scalars().all()
+    assert ids == [planning.digest_post_id("daily", slot)]
+    assert len(planned) == 1
+
+
 # --------------------------------------------------------------------------- bad input
 
 

@@ -211,11 +211,26 @@ def cron_trigger(mailing_list: ListSettings, zone: ZoneInfo) -> object:
 def next_digest_time(
     mailing_list: ListSettings, zone: ZoneInfo, after: datetime
 ) -> datetime | None:
-    """The first cron slot strictly after `after` (UTC)."""
+    """The first cron slot strictly after `after` (UTC).
+
+    As cron(8) does, a cron with a fixed minute and hour fires once when the
+    clocks go back: the second pass through the repeated hour (`fold` 1) is
+    no slot of its own, or a daily digest would go twice that night.  A
+    wildcard hour or minute (`*`, `*/15`) fires in both passes, since each is
+    an hour of its own.  A slot in the hour skipped in spring moves to the
+    first time after it (APScheduler's rule), so it is never lost.
+    """
     trigger = cron_trigger(mailing_list, zone)
+    fixed = not any(f.startswith("*") for f in (mailing_list.cron or "").split()[:2])
     start = after + timedelta(microseconds=1)
-    nxt = trigger.get_next_fire_time(None, start)  # type: ignore[attr-defined]
-    return nxt.astimezone(UTC) if nxt is not None else None
+    while True:
+        nxt = trigger.get_next_fire_time(None, start)  # type: ignore[attr-defined]
+        if nxt is None:
+            return None
+        slot: datetime = nxt.astimezone(UTC)
+        if not (fixed and slot.astimezone(zone).fold):
+            return slot
+        start = slot + timedelta(microseconds=1)
 
 
 def digest_slot(
