@@ -260,12 +260,15 @@ def upcoming_sends(
     posts: PostCollection | Iterable[Post],
     engine: Engine,
     now: datetime,
+    problems: list[ConfigError] | None = None,
 ) -> list[UpcomingSend]:
     """Every send the daemon will make (post × list × time), soonest first.
 
     Posts due but not yet planned (the next scan takes them) carry `now`;
     future posts carry their date; digest lists carry their next slot with the
-    posts that would be in it so far.
+    posts that would be in it so far.  A digest list with a bad `cron` is left
+    out (the daemon disables it alone) and its error added to `problems`;
+    without that list the error is raised.
     """
     from newsletter.delivery.mailings import mailed_pairs
 
@@ -280,8 +283,14 @@ def upcoming_sends(
             if wanted and (post.post_id, lst.name) not in mailed:
                 result.append(UpcomingSend(post.post_id, post.title, lst.name, post.date))
     for lst in settings.lists.values():
-        if lst.mode == "digest":
+        if lst.mode != "digest":
+            continue
+        try:
             result.extend(_upcoming_digest(settings, lst, items, engine, since, now, mailed))
+        except ConfigError as exc:
+            if problems is None:
+                raise
+            problems.append(exc)
     return sorted(result, key=lambda u: (u.at, u.list_name, u.post_id))
 
 
