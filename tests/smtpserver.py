@@ -135,6 +135,10 @@ class _Handler:
     def __init__(self, server: SmtpTestServer) -> None:
         self.server = server
 
+    async def auth_XOAUTH2(self, server: SMTP, args: list[str]) -> AuthResult:
+        """A mechanism the client does not speak (offered only when not excluded)."""
+        return AuthResult(success=False, handled=False)
+
     async def handle_EHLO(
         self, smtp: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
     ) -> list[str]:
@@ -189,6 +193,8 @@ class SmtpTestServer:
     auth: dict[str, str] | None = None
     smtputf8: bool = False
     pipelining: bool = False  # advertise PIPELINING (RFC 2920)
+    # AUTH mechanisms not offered; XOAUTH2 (never accepting) only when a test asks.
+    auth_exclude: tuple[str, ...] = ("XOAUTH2",)
     stall_seconds: float = 2.0
     port: int = field(default_factory=free_port)
     received: list[Received] = field(default_factory=list)
@@ -262,6 +268,7 @@ class SmtpTestServer:
         if self.auth is not None:
             kwargs["authenticator"] = self._authenticate
             kwargs["auth_require_tls"] = True
+            kwargs["auth_exclude_mechanism"] = list(self.auth_exclude)
         controller = Controller(
             _Handler(self),
             hostname="127.0.0.1",

@@ -246,6 +246,35 @@ def test_bad_password_is_a_clear_error_without_the_password(
     assert "wrong-pass" not in str(info.value)
 
 
+@pytest.mark.parametrize("mechanisms", [("XOAUTH2",), ()], ids=["unknown-only", "none"])
+def test_auth_without_a_mechanism_we_speak_stops_the_command(
+    tls: TlsMaterial, monkeypatch: pytest.MonkeyPatch, mechanisms: tuple[str, ...]
+) -> None:
+    """A configuration problem, as in the streams transport: a TransportError
+    (the command stops, nothing spent), never a ConnectError that defers every
+    recipient and spends their attempts on a server that will never take them."""
+    monkeypatch.setenv("TEST_SMTP_PW", "s3cret")
+    excluded = tuple(m for m in ("PLAIN", "LOGIN", "XOAUTH2") if m not in mechanisms)
+    server = SmtpTestServer(
+        tls="starttls", context=tls.server_context, auth={"editor": "s3cret"}, auth_exclude=excluded
+    )
+    settings = SmtpSettings(
+        host="127.0.0.1",
+        port=server.port,
+        username="editor",
+        password_env="TEST_SMTP_PW",
+        ca_file=tls.ca_file,
+        timeout=5,
+    )
+    with server, pytest.raises(TransportError) as info:
+        SmtpTransport(settings).open()
+    assert not isinstance(info.value, ConnectError)
+    assert info.value.key == "smtp.username"
+    expected = "offers no AUTH mechanism we support" if mechanisms else "does not offer AUTH"
+    assert expected in str(info.value)
+    assert server.auth_attempts == []
+
+
 def test_starttls_refused_when_not_offered(smtp_server: SmtpTestServer) -> None:
     settings = SmtpSettings(host="127.0.0.1", port=smtp_server.port, security="starttls")
     with pytest.raises(TransportError, match="does not offer STARTTLS; refusing"):

@@ -19,11 +19,12 @@ from collections.abc import Callable
 from typing import Any
 
 from newsletter.config import SmtpSettings
-from newsletter.delivery.transports.base import ConnectError, SendResult, TransportError
+from newsletter.delivery.transports.base import ConnectError, SendResult
 from newsletter.delivery.transports.logins import LOGINS, Key, login_key
 from newsletter.delivery.transports.smtp_common import (
     NON_ASCII_LOCAL_PART,
     ascii_address,
+    auth_unusable,
     check_policy,
     classify,
     login_refused,
@@ -160,9 +161,16 @@ class SmtpTransport:
         if key is None or not username:
             return
         password = s.password() or ""
+        offered = conn.esmtp_features.get("auth", "").upper().split()
+        unusable = auth_unusable(s.host, offered)
+        if unusable is not None:
+            # smtplib's own "No suitable authentication method found" is an
+            # OSError, which `open` would report as a connection failure.
+            conn.close()
+            raise unusable
         with LOGINS.attempt(key) as refuse:
             try:
-                if "plain" in conn.esmtp_features.get("auth", "").lower().split():
+                if "PLAIN" in offered:
                     # One mechanism, once: smtplib.login() would retry a refused
                     # password with every other mechanism the server offers.
                     conn.user, conn.password = username, password
@@ -175,8 +183,6 @@ class SmtpTransport:
                     refuse(error)
                 conn.close()
                 raise error from exc
-            except smtplib.SMTPNotSupportedError as exc:
-                raise TransportError(f"{s.host} does not offer AUTH", key="smtp.username") from exc
 
     def close(self) -> None:
         conn, self._conn = self._conn, None

@@ -19,6 +19,7 @@ __all__ = [
     "MALFORMED",
     "NON_ASCII_LOCAL_PART",
     "ascii_address",
+    "auth_unusable",
     "check_policy",
     "classify",
     "dot_stuffed",
@@ -121,6 +122,25 @@ def no_starttls(settings: SmtpSettings) -> TransportError:
         '(use security = "tls" for port 465)',
         key="smtp.security",
     )
+
+
+SUPPORTED_AUTH = ("PLAIN", "LOGIN", "CRAM-MD5")  # what both transports speak
+
+
+def auth_unusable(host: str, offered: list[str]) -> TransportError | None:
+    """Why AUTH cannot be tried with what the server offers (None: it can).
+
+    A configuration problem that stops the command (nothing spent), never a
+    connection failure that would defer every recipient.
+    """
+    if not offered:  # no AUTH keyword, or one with no mechanism after it
+        return TransportError(f"{host} does not offer AUTH", key="smtp.username")
+    if not set(offered) & set(SUPPORTED_AUTH):
+        return TransportError(
+            f"{host} offers no AUTH mechanism we support ({' '.join(offered)})",
+            key="smtp.username",
+        )
+    return None
 
 
 def tls_error(where: str, exc: ssl.SSLError) -> TransportError:

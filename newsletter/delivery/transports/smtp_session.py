@@ -20,6 +20,7 @@ from newsletter.config import SmtpSettings
 from newsletter.delivery.transports.base import ConnectError, TransportError
 from newsletter.delivery.transports.logins import LOGINS, Key, login_key
 from newsletter.delivery.transports.smtp_common import (
+    auth_unusable,
     login_refused,
     no_starttls,
     reply_text,
@@ -219,9 +220,10 @@ async def _login(
     s = settings
     assert s.username
     password = s.password() or ""
-    if "auth" not in session.features:
-        raise TransportError(f"{s.host} does not offer AUTH", key="smtp.username")
-    offered = session.features["auth"].upper().split()
+    offered = session.features.get("auth", "").upper().split()
+    unusable = auth_unusable(s.host, offered)
+    if unusable is not None:
+        raise unusable
     user = s.username.encode()
 
     async def command(line: bytes) -> Reply:
@@ -243,11 +245,8 @@ async def _login(
         if code == 334:
             digest = hmac.new(password.encode(), base64.b64decode(text), "md5").hexdigest()
             code, text = await command(base64.b64encode(user + b" " + digest.encode()))
-    else:
-        raise TransportError(
-            f"{s.host} offers no AUTH mechanism we support ({' '.join(offered)})",
-            key="smtp.username",
-        )
+    else:  # pragma: no cover - auth_unusable refused it
+        raise AssertionError(offered)
     if code != 235:
         error = login_refused(s.username, code, text)
         if code >= 500:  # permanent: never again with this password
