@@ -318,8 +318,8 @@ class RawSmtpServer:
     """A hand-written SMTP peer on a raw socket, for replies aiosmtpd cannot give
     (a malformed reply, a refusal written while the client is still sending DATA).
 
-    `rule(line)` sees each command line (and "DATA-CONTENT" once the content
-    starts) and returns the bytes to answer, DROP, or None for the usual reply.
+    `rule(line)` sees "GREETING" first, then each command line (and
+    "DATA-CONTENT" once the content starts, "." at its end), and returns the bytes to answer, DROP, or None for the usual reply.
     """
 
     def __init__(self, rule: RawRule, *, pipelining: bool = False) -> None:
@@ -351,7 +351,8 @@ class RawSmtpServer:
     def _session(self, conn: socket.socket) -> None:
         extensions = b"250-PIPELINING\r\n" if self.pipelining else b""
         with conn:
-            conn.sendall(b"220 raw ESMTP\r\n")
+            if not self._answer(conn, b"GREETING", b"220 raw ESMTP\r\n"):
+                return
             lines = conn.makefile("rb")
             for line in lines:
                 verb = line[:4].upper()
@@ -381,6 +382,17 @@ class RawSmtpServer:
         from newsletter.config import SmtpSettings
 
         return SmtpSettings(host="127.0.0.1", port=self.port, security="none", **kw)
+
+    def settings_overrides(self) -> dict[str, Any]:
+        """Keys for `load_settings(path, overrides)` that send through this server."""
+        return {
+            "delivery.transport": "smtp",
+            "smtp.host": "127.0.0.1",
+            "smtp.port": self.port,
+            "smtp.security": "none",
+            "smtp.timeout": 5.0,
+            "smtp.username": "",
+        }
 
     def close(self) -> None:
         self._listener.close()
