@@ -463,3 +463,24 @@ def test_a_refusal_written_while_the_content_is_sent_is_read() -> None:
         server.close()
     assert (result.ok, result.code, result.permanent) == (False, 552, True), result
     assert result.text == "5.3.4 Message too big for system"
+
+
+@pytest.mark.parametrize("pipelining", [False, True], ids=["plain", "pipelining"])
+def test_a_421_then_close_at_mail_is_throttling_not_a_lost_connection(pipelining: bool) -> None:
+    """RFC 5321 §3.8: a server closing the channel answers 421 to the next
+    command and closes; with the envelope pipelined, the replies to RCPT and
+    DATA never come, and the 421 must still be what the result says."""
+
+    def rule(line: bytes) -> list[bytes | str | None] | None:
+        if line.startswith(b"MAIL FROM:"):
+            return [b"421 4.7.0 Too many messages, closing\r\n", DROP]
+        return None
+
+    server = RawSmtpServer(rule, pipelining=pipelining)
+    t = SmtpTransport(server.settings(timeout=5))
+    try:
+        result = t.send(SENDER, "a@example.org", MSG)
+    finally:
+        t.close()
+        server.close()
+    assert (result.ok, result.code, result.throttled) == (False, 421, True), result

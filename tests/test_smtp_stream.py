@@ -332,3 +332,22 @@ def test_a_malformed_reply_is_temporary_and_the_session_starts_afresh(
     assert not bad.ok and not bad.permanent and not bad.bounced
     assert bad.text.startswith("malformed reply from the server"), bad.text
     assert conn.connects == 2
+
+
+@pytest.mark.parametrize("pipelining", [False, True], ids=["plain", "pipelining"])
+def test_a_421_then_close_at_mail_is_throttling_not_a_lost_connection(pipelining: bool) -> None:
+    """RFC 5321 §3.8: a server closing the channel answers 421 to the next
+    command and closes; with the envelope pipelined, the replies to RCPT and
+    DATA never come, and the 421 must still be what the result says."""
+
+    def rule(line: bytes) -> list[bytes | str | None] | None:
+        if line.startswith(b"MAIL FROM:"):
+            return [b"421 4.7.0 Too many messages, closing\r\n", DROP]
+        return None
+
+    server = RawSmtpServer(rule, pipelining=pipelining)
+    try:
+        (result,) = send_all(StreamSmtp(server.settings(timeout=5)), ["a@example.org"])
+    finally:
+        server.close()
+    assert (result.ok, result.code, result.throttled) == (False, 421, True), result

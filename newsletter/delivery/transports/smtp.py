@@ -299,7 +299,12 @@ class SmtpTransport:
 
     def _envelope_replies(self, conn: smtplib.SMTP, recipient: str) -> SendResult | None:
         """Read the pipelined MAIL, RCPT and DATA replies; the refusal, or None on 354."""
-        replies = [conn.getreply() for _ in range(3)]
+        replies: list[tuple[int, bytes]] = []
+        for stage in ("mail", "rcpt", "data"):
+            code, text = conn.getreply()
+            if code == 421:  # closing (RFC 5321 §3.8): the other replies never come
+                return self._refused(recipient, code, text, stage)
+            replies.append((code, text))
         (mail_code, mail_text), (rcpt_code, rcpt_text), (data_code, data_text) = replies
         refused = mail_code != 250 or rcpt_code not in (250, 251)
         if data_code == 354 and refused and not (malformed(mail_code) or malformed(rcpt_code)):

@@ -30,7 +30,7 @@ from newsletter.delivery.transports.smtp_common import (
     stuffed_body,
     tls_error,
 )
-from newsletter.delivery.transports.smtp_session import Replies, open_session
+from newsletter.delivery.transports.smtp_session import Lost, Replies, open_session
 
 __all__ = ["StreamSmtp"]
 
@@ -188,13 +188,35 @@ class StreamSmtp:
             return SendResult(recipient, False, None, f"{what} during {stage}: {exc}", stage=stage)
 
     async def _replies(self, proto: Replies, count: int) -> list[Reply]:
-        owed, self._owed = self._owed, 0
-        return (await proto.take(owed + count, self.timeout))[owed:]
+        owed = self._owed
+        replies = await proto.take(owed + count, self.timeout)
+        self._owed = 0
+        return replies[owed:]
+
+    def _closing(self, proto: Replies, recipient: str) -> SendResult | None:
+        """After the server closed mid-envelope: its 421, if it sent one first.
+
+        RFC 5321 §3.8: a server shutting the channel answers the next command
+        with 421 and closes, so the other pipelined replies never come; the
+        421 (throttling) is the outcome, not a lost connection.
+        """
+        got = list(proto.replies)[self._owed :]
+        for (code, text), stage in zip(got, ("mail", "rcpt", "data"), strict=False):
+            if code == 421:
+                self.abandon()
+                return classify(recipient, code, reply_text(text), stage)
+        return None
 
     async def _pipelined(self, proto: Replies, recipient: str) -> SendResult | None:
         """The replies to MAIL, RCPT and DATA written in one go; the refusal, or None on 354."""
         assert proto.transport is not None
-        replies = await self._replies(proto, 3)
+        try:
+            replies = await self._replies(proto, 3)
+        except Lost:
+            closing = self._closing(proto, recipient)
+            if closing is None:
+                raise
+            return closing
         (mail_code, mail_text), (rcpt_code, rcpt_text), (data_code, data_text) = replies
         refused = mail_code != 250 or rcpt_code not in (250, 251)
         if data_code == 354 and refused and not (malformed(mail_code) or malformed(rcpt_code)):
