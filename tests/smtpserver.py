@@ -381,7 +381,7 @@ class RawSmtpServer:
     def settings(self, **kw: Any) -> Any:
         from newsletter.config import SmtpSettings
 
-        return SmtpSettings(host="127.0.0.1", port=self.port, security="none", **kw)
+        return SmtpSettings(**{"host": "127.0.0.1", "port": self.port, "security": "none", **kw})
 
     def settings_overrides(self) -> dict[str, Any]:
         """Keys for `load_settings(path, overrides)` that send through this server."""

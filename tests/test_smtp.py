@@ -484,3 +484,29 @@ def test_a_421_then_close_at_mail_is_throttling_not_a_lost_connection(pipelining
         t.close()
         server.close()
     assert (result.ok, result.code, result.throttled) == (False, 421, True), result
+
+
+def test_starttls_refused_by_the_server_stops_the_command() -> None:
+    """STARTTLS offered, then refused (454): as when it is not offered, a
+    TransportError that stops the command with nothing spent (docs/delivery.md),
+    as in the streams transport, not a ConnectError deferring every recipient."""
+
+    def rule(line: bytes) -> bytes | None:
+        if line.upper().startswith(b"EHLO"):  # smtplib writes "ehlo"
+            return b"250-raw\r\n250 STARTTLS\r\n"
+        if line.upper().startswith(b"STARTTLS"):
+            return b"454 4.7.0 TLS not available due to temporary reason\r\n"
+        return None
+
+    server = RawSmtpServer(rule)
+    try:
+        with pytest.raises(TransportError) as info:
+            SmtpTransport(server.settings(timeout=5, security="starttls")).open()
+    finally:
+        server.close()
+    assert not isinstance(info.value, ConnectError)
+    assert info.value.key == "smtp.security"
+    assert str(info.value) == (
+        "smtp.security: STARTTLS refused by 127.0.0.1: 454 4.7.0 TLS not available due to "
+        "temporary reason"
+    )

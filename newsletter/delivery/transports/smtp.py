@@ -31,6 +31,7 @@ from newsletter.delivery.transports.smtp_common import (
     malformed,
     no_starttls,
     reply_text,
+    starttls_refused,
     tls_context,
     tls_error,
 )
@@ -146,7 +147,12 @@ class SmtpTransport:
         if not conn.has_extn("starttls"):
             conn.close()
             raise no_starttls(self.settings)
-        conn.starttls(context=self._context())
+        try:
+            conn.starttls(context=self._context())
+        except smtplib.SMTPResponseException as exc:
+            # An OSError, which `open` would report as a connection failure.
+            conn.close()
+            raise starttls_refused(self.settings, exc.smtp_code, exc.smtp_error) from exc
         conn.ehlo()
 
     def _login_key(self) -> Key | None:

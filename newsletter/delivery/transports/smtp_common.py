@@ -28,6 +28,7 @@ __all__ = [
     "malformed",
     "no_starttls",
     "reply_text",
+    "starttls_refused",
     "tls_context",
     "tls_error",
 ]
@@ -141,6 +142,13 @@ def auth_unusable(host: str, offered: list[str]) -> TransportError | None:
             key="smtp.username",
         )
     return None
+
+
+def starttls_refused(settings: SmtpSettings, code: int, reply: bytes | str) -> TransportError:
+    """STARTTLS offered, then refused: as when it is missing, never sent in clear."""
+    return TransportError(
+        f"STARTTLS refused by {settings.host}: {code} {reply_text(reply)}", key="smtp.security"
+    )
 
 
 def tls_error(where: str, exc: ssl.SSLError) -> TransportError:

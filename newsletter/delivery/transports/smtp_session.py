@@ -24,6 +24,7 @@ from newsletter.delivery.transports.smtp_common import (
     login_refused,
     no_starttls,
     reply_text,
+    starttls_refused,
     tls_context,
 )
 
@@ -198,10 +199,7 @@ async def _starttls(session: Session, settings: SmtpSettings, local_hostname: st
         raise no_starttls(settings)
     code, text = await _command(session, settings, b"STARTTLS")
     if code != 220:
-        raise TransportError(
-            f"STARTTLS refused by {settings.host}: {code} {reply_text(text)}",
-            key="smtp.security",
-        )
+        raise starttls_refused(settings, code, text)
     loop = asyncio.get_running_loop()
     proto = session.replies
     assert proto.transport is not None
