@@ -3,6 +3,7 @@ disk, a real SQLite store and the in-memory transport; the clock is injected."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
@@ -13,6 +14,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, delete, select, update
@@ -659,3 +661,42 @@ def test_a_post_for_a_list_without_members_finishes_at_once(site: Site) -> None:
     assert report.problems == () and transport.outbox == []
     with engine.connect() as conn:
         assert conn.scalar(select(mailings.c.state)) == "done"
+
+
+def test_the_scan_goes_on_when_the_system_clock_goes_back(
+    ready: tuple[Site, Settings, Engine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """APScheduler times its interval jobs on the wall clock: after the clock
+    steps back an hour, the next scan (and lock heartbeat) would wait that hour.
+    The daemon notices the step and runs them again at once."""
+    import apscheduler.schedulers.base as aps_base
+
+    _site, settings, engine = ready
+    offset = {"seconds": 0.0}
+    real = datetime
+
+    class Shifted(datetime):
+        @classmethod
+        def now(cls, tz: Any = None) -> Any:
+            return real.now(tz) + timedelta(seconds=offset["seconds"])
+
+    monkeypatch.setattr(aps_base, "datetime", Shifted)
+    monkeypatch.setattr(scheduler, "_wall", lambda: time.time() + offset["seconds"])
+    settings = dataclasses.replace(
+        settings, schedule=dataclasses.replace(settings.schedule, scan_interval=0.3)
+    )
+    daemon = scheduler.Daemon(settings, engine, watch=False)
+    daemon.start()
+    try:
+        deadline = time.monotonic() + 10
+        while daemon.passes < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        offset["seconds"] = -3600.0  # the clock steps back an hour
+        time.sleep(0.5)
+        before = daemon.passes  # a pass already under way may finish meanwhile
+        deadline = time.monotonic() + 5
+        while daemon.passes < before + 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert daemon.passes >= before + 2
+    finally:
+        daemon.stop()
