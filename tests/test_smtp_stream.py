@@ -351,3 +351,30 @@ def test_a_421_then_close_at_mail_is_throttling_not_a_lost_connection(pipelining
     finally:
         server.close()
     assert (result.ok, result.code, result.throttled) == (False, 421, True), result
+
+
+def test_a_refusal_written_while_the_content_is_sent_is_read() -> None:
+    """As the smtplib transport: a 552 (too big) written before the server has
+    read the whole message, then a close, is the outcome (permanent)."""
+
+    def rule(line: bytes) -> list[bytes | str | None] | None:
+        if line == b"DATA-CONTENT":
+            return [b"552 5.3.4 Message too big for system\r\n", DROP]
+        return None
+
+    server = RawSmtpServer(rule)
+    big = MSG + (b"y" * 998 + b"\r\n") * 16_000  # 16 MB: more than the socket buffers hold
+
+    async def main() -> SendResult:
+        conn = StreamSmtp(server.settings(timeout=5))
+        try:
+            return await conn.send(SENDER, "b@example.org", big)
+        finally:
+            await conn.close()
+
+    try:
+        result = run(main)
+    finally:
+        server.close()
+    assert (result.ok, result.code, result.permanent) == (False, 552, True), result
+    assert result.text == "5.3.4 Message too big for system"
