@@ -139,6 +139,11 @@ class _Handler:
         """A mechanism the client does not speak (offered only when not excluded)."""
         return AuthResult(success=False, handled=False)
 
+    async def auth_CRAM__MD5(self, server: SMTP, args: list[str]) -> AuthResult:
+        """A challenge that is not base64 (offered only when not excluded)."""
+        await server.challenge_auth("!not base64!", encode_to_b64=False)
+        return AuthResult(success=False, handled=False)
+
     async def handle_EHLO(
         self, smtp: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
     ) -> list[str]:
@@ -193,8 +198,9 @@ class SmtpTestServer:
     auth: dict[str, str] | None = None
     smtputf8: bool = False
     pipelining: bool = False  # advertise PIPELINING (RFC 2920)
-    # AUTH mechanisms not offered; XOAUTH2 (never accepting) only when a test asks.
-    auth_exclude: tuple[str, ...] = ("XOAUTH2",)
+    # AUTH mechanisms not offered; XOAUTH2 (never accepting) and CRAM-MD5 (a
+    # malformed challenge) only when a test asks.
+    auth_exclude: tuple[str, ...] = ("XOAUTH2", "CRAM-MD5")
     stall_seconds: float = 2.0
     port: int = field(default_factory=free_port)
     received: list[Received] = field(default_factory=list)

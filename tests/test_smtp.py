@@ -254,7 +254,7 @@ def test_auth_without_a_mechanism_we_speak_stops_the_command(
     (the command stops, nothing spent), never a ConnectError that defers every
     recipient and spends their attempts on a server that will never take them."""
     monkeypatch.setenv("TEST_SMTP_PW", "s3cret")
-    excluded = tuple(m for m in ("PLAIN", "LOGIN", "XOAUTH2") if m not in mechanisms)
+    excluded = tuple(m for m in ("PLAIN", "LOGIN", "CRAM-MD5", "XOAUTH2") if m not in mechanisms)
     server = SmtpTestServer(
         tls="starttls", context=tls.server_context, auth={"editor": "s3cret"}, auth_exclude=excluded
     )
@@ -510,3 +510,30 @@ def test_starttls_refused_by_the_server_stops_the_command() -> None:
         "smtp.security: STARTTLS refused by 127.0.0.1: 454 4.7.0 TLS not available due to "
         "temporary reason"
     )
+
+
+def test_a_malformed_cram_md5_challenge_is_one_clear_error(
+    tls: TlsMaterial, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A challenge that is not base64: the server's fault, said in one line
+    naming the key, not an internal error (binascii.Error) from deep in AUTH."""
+    monkeypatch.setenv("TEST_SMTP_PW", "s3cret")
+    server = SmtpTestServer(
+        tls="starttls",
+        context=tls.server_context,
+        auth={"editor": "s3cret"},
+        auth_exclude=("PLAIN", "LOGIN", "XOAUTH2"),
+    )
+    settings = SmtpSettings(
+        host="127.0.0.1",
+        port=server.port,
+        username="editor",
+        password_env="TEST_SMTP_PW",
+        ca_file=tls.ca_file,
+        timeout=5,
+    )
+    with server, pytest.raises(TransportError) as info:
+        SmtpTransport(settings).open()
+    assert not isinstance(info.value, ConnectError)
+    assert info.value.key == "smtp.username"
+    assert "sent a malformed AUTH challenge" in str(info.value)

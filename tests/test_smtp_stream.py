@@ -378,3 +378,25 @@ def test_a_refusal_written_while_the_content_is_sent_is_read() -> None:
         server.close()
     assert (result.ok, result.code, result.permanent) == (False, 552, True), result
     assert result.text == "5.3.4 Message too big for system"
+
+
+def test_a_malformed_cram_md5_challenge_is_one_clear_error(
+    tls: TlsMaterial, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TEST_SMTP_PW", "s3cret")
+    server = SmtpTestServer(
+        tls="starttls",
+        context=tls.server_context,
+        auth={"editor": "s3cret"},
+        auth_exclude=("PLAIN", "LOGIN", "XOAUTH2"),
+    )
+    with server:
+        settings = SmtpSettings(
+            host="127.0.0.1", port=server.port, username="editor",
+            password_env="TEST_SMTP_PW", ca_file=tls.ca_file, timeout=5,
+        )  # fmt: skip
+        with pytest.raises(TransportError) as info:
+            run(StreamSmtp(settings).open)
+    assert not isinstance(info.value, ConnectError)
+    assert info.value.key == "smtp.username"
+    assert "sent a malformed AUTH challenge" in str(info.value)

@@ -11,6 +11,7 @@ connection reused, so one recipient never blocks the others.
 
 from __future__ import annotations
 
+import binascii
 import logging
 import smtplib
 import socket
@@ -25,6 +26,7 @@ from newsletter.delivery.transports.smtp_common import (
     NON_ASCII_LOCAL_PART,
     ascii_address,
     auth_unusable,
+    bad_challenge,
     check_policy,
     classify,
     login_refused,
@@ -183,6 +185,9 @@ class SmtpTransport:
                     conn.auth("PLAIN", conn.auth_plain)
                 else:
                     conn.login(username, password)
+            except binascii.Error as exc:  # CRAM-MD5's challenge is not base64
+                conn.close()
+                raise bad_challenge(s.host, exc) from exc
             except smtplib.SMTPAuthenticationError as exc:
                 error = login_refused(username, exc.smtp_code, exc.smtp_error)
                 if exc.smtp_code >= 500:  # permanent: never again with this password

@@ -20,6 +20,7 @@ __all__ = [
     "NON_ASCII_LOCAL_PART",
     "ascii_address",
     "auth_unusable",
+    "bad_challenge",
     "check_policy",
     "classify",
     "dot_stuffed",
@@ -142,6 +143,11 @@ def auth_unusable(host: str, offered: list[str]) -> TransportError | None:
             key="smtp.username",
         )
     return None
+
+
+def bad_challenge(host: str, exc: ValueError) -> TransportError:
+    """An AUTH challenge that is not base64 (RFC 4954 §4): the server's fault."""
+    return TransportError(f"{host} sent a malformed AUTH challenge ({exc})", key="smtp.username")
 
 
 def starttls_refused(settings: SmtpSettings, code: int, reply: bytes | str) -> TransportError:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import hmac
 import weakref
 from collections import deque
@@ -21,6 +22,7 @@ from newsletter.delivery.transports.base import ConnectError, TransportError
 from newsletter.delivery.transports.logins import LOGINS, Key, login_key
 from newsletter.delivery.transports.smtp_common import (
     auth_unusable,
+    bad_challenge,
     login_refused,
     no_starttls,
     reply_text,
@@ -241,7 +243,11 @@ async def _login(
     elif "CRAM-MD5" in offered:
         code, text = await command(b"AUTH CRAM-MD5")
         if code == 334:
-            digest = hmac.new(password.encode(), base64.b64decode(text), "md5").hexdigest()
+            try:
+                challenge = base64.b64decode(text, validate=True)
+            except binascii.Error as exc:
+                raise bad_challenge(s.host, exc) from exc
+            digest = hmac.new(password.encode(), challenge, "md5").hexdigest()
             code, text = await command(base64.b64encode(user + b" " + digest.encode()))
     else:  # pragma: no cover - auth_unusable refused it
         raise AssertionError(offered)
