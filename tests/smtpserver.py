@@ -25,6 +25,7 @@ import socket
 import ssl
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -134,6 +135,15 @@ class _Handler:
     def __init__(self, server: SmtpTestServer) -> None:
         self.server = server
 
+    async def auth_XOAUTH2(self, server: SMTP, args: list[str]) -> AuthResult:
+        """A mechanism the client does not speak (offered only when not excluded)."""
+        return AuthResult(success=False, handled=False)
+
+    async def auth_CRAM__MD5(self, server: SMTP, args: list[str]) -> AuthResult:
+        """A challenge that is not base64 (offered only when not excluded)."""
+        await server.challenge_auth("!not base64!", encode_to_b64=False)
+        return AuthResult(success=False, handled=False)
+
     async def handle_EHLO(
         self, smtp: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
     ) -> list[str]:
@@ -188,6 +198,9 @@ class SmtpTestServer:
     auth: dict[str, str] | None = None
     smtputf8: bool = False
     pipelining: bool = False  # advertise PIPELINING (RFC 2920)
+    # AUTH mechanisms not offered; XOAUTH2 (never accepting) and CRAM-MD5 (a
+    # malformed challenge) only when a test asks.
+    auth_exclude: tuple[str, ...] = ("XOAUTH2", "CRAM-MD5")
     stall_seconds: float = 2.0
     port: int = field(default_factory=free_port)
     received: list[Received] = field(default_factory=list)
@@ -261,6 +274,7 @@ class SmtpTestServer:
         if self.auth is not None:
             kwargs["authenticator"] = self._authenticate
             kwargs["auth_require_tls"] = True
+            kwargs["auth_exclude_mechanism"] = list(self.auth_exclude)
         controller = Controller(
             _Handler(self),
             hostname="127.0.0.1",
@@ -298,3 +312,93 @@ class SmtpTestServer:
         if ca_file is not None:
             values["smtp.ca_file"] = str(ca_file)
         return values
+
+
+# What a raw server does for one line: None, the usual reply; bytes, written
+# instead; DROP, close the socket; a list, each of those in turn.
+RawAction = bytes | str | None
+RawRule = Callable[[bytes], "RawAction | list[RawAction]"]
+
+
+class RawSmtpServer:
+    """A hand-written SMTP peer on a raw socket, for replies aiosmtpd cannot give
+    (a malformed reply, a refusal written while the client is still sending DATA).
+
+    `rule(line)` sees "GREETING" first, then each command line (and
+    "DATA-CONTENT" once the content starts, "." at its end), and returns the bytes to answer, DROP, or None for the usual reply.
+    """
+
+    def __init__(self, rule: RawRule, *, pipelining: bool = False) -> None:
+        self.rule = rule
+        self.pipelining = pipelining
+        self.messages = 0
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._session, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket, line: bytes, usual: bytes) -> bool:
+        actions = self.rule(line)
+        for action in actions if isinstance(actions, list) else [actions]:
+            if action == DROP:
+                conn.shutdown(socket.SHUT_RDWR)
+                conn.close()
+                return False
+            conn.sendall(action if isinstance(action, bytes) else usual)
+        return True
+
+    def _session(self, conn: socket.socket) -> None:
+        extensions = b"250-PIPELINING\r\n" if self.pipelining else b""
+        with conn:
+            if not self._answer(conn, b"GREETING", b"220 raw ESMTP\r\n"):
+                return
+            lines = conn.makefile("rb")
+            for line in lines:
+                verb = line[:4].upper()
+                if verb == b"EHLO":
+                    usual = b"250-raw\r\n" + extensions + b"250 8BITMIME\r\n"
+                elif verb == b"QUIT":
+                    usual = b"221 bye\r\n"
+                elif verb == b"DATA":
+                    usual = b"354 go ahead\r\n"
+                else:
+                    usual = b"250 ok\r\n"
+                if not self._answer(conn, line, usual) or verb == b"QUIT":
+                    return
+                if verb == b"DATA" and not self._content(conn, lines):
+                    return
+
+    def _content(self, conn: socket.socket, lines: Any) -> bool:
+        if not self._answer(conn, b"DATA-CONTENT", b""):
+            return False
+        for line in lines:
+            if line == b".\r\n":
+                self.messages += 1
+                return self._answer(conn, b".", b"250 queued\r\n")
+        return False
+
+    def settings(self, **kw: Any) -> Any:
+        from newsletter.config import SmtpSettings
+
+        return SmtpSettings(**{"host": "127.0.0.1", "port": self.port, "security": "none", **kw})
+
+    def settings_overrides(self) -> dict[str, Any]:
+        """Keys for `load_settings(path, overrides)` that send through this server."""
+        return {
+            "delivery.transport": "smtp",
+            "smtp.host": "127.0.0.1",
+            "smtp.port": self.port,
+            "smtp.security": "none",
+            "smtp.timeout": 5.0,
+            "smtp.username": "",
+        }
+
+    def close(self) -> None:
+        self._listener.close()

@@ -202,3 +202,27 @@ def test_send_to_a_list_with_no_members_finishes_at_once(sample_site: Path) -> N
     assert (code, out) == (0, "sent 0, deferred 0, failed 0, skipped 0\n"), err
     assert time.monotonic() - started < 10
     assert run("status")[1].startswith(f"#1 {POST} → sample: done; 0 recipient(s)\n")
+
+
+def test_status_with_a_bad_digest_cron_still_shows_everything_else(sample_site: Path) -> None:
+    """A bad `cron` disables that digest only (docs/daemon.md): `status` still
+    lists the mailings and the other sends to come, then the problem in one line."""
+    config = sample_site / "newsletter.toml"
+    add_readers(config, 2)
+    assert run("send", POST, "--list", "sample")[0] == 0
+    text = config.read_text()
+    assert 'cron = "0 8 * * MON"' in text
+    config.write_text(text.replace('cron = "0 8 * * MON"', 'cron = "every monday"'))
+    code, out, err = run("status")
+    assert code == 1
+    assert out.startswith(f"#1 {POST} → sample: done; 2 recipient(s): sent 2\n")
+    assert "upcoming:\n" in out and "→ sample" in out.split("upcoming:")[1]
+    assert err == (
+        "error: lists.weekly.cron: invalid cron 'every monday': "
+        "Wrong number of fields; got 2, expected 5\n"
+    )
+    code, out, err = run("status", "--json")
+    assert code == 1
+    data = json.loads(out)
+    assert [m["post"] for m in data["mailings"]] == [POST]
+    assert data["problems"] == [err.removeprefix("error: ").rstrip("\n")]

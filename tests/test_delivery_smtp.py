@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from smtpserver import DROP, SmtpTestServer
+from smtpserver import DROP, RawSmtpServer, SmtpTestServer
 from sqlalchemy import Engine, select
 
 from newsletter.audience import members as subs
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.usefixtures("database_env")
 POST = "how-sleep-consolidates-memory"
 
 
-def site_settings(site: Path, server: SmtpTestServer, **extra: Any) -> Settings:
+def site_settings(site: Path, server: SmtpTestServer | RawSmtpServer, **extra: Any) -> Settings:
     values = {
         "database.url": f"sqlite:///{site}/ledger.db",
         "delivery.backoff_base": 0.01,
@@ -224,3 +224,35 @@ def test_a_failed_commit_sends_no_further_final_dot(
     # exactly one per connection; the streams may stop the others sooner).
     assert 1 <= len(smtp_server.received) <= settings.delivery.concurrency
     assert "sent" not in {row.status for row in ledger(engine).values()}
+
+
+@pytest.mark.parametrize("strategy", ["streams", "threaded", "rounds"])
+def test_a_421_greeting_is_throttling_and_spends_no_attempt(
+    sample_site: Path, strategy: str
+) -> None:
+    """Providers say "too many connections" in the greeting (421, RFC 5321
+    §3.8): slow down as for any 421 (docs/delivery.md), without spending
+    the recipients' attempts, which would fail them all after max_attempts."""
+    refusals = {"left": 3}
+
+    def rule(line: bytes) -> list[bytes | str | None] | None:
+        if line == b"GREETING" and refusals["left"] > 0:
+            refusals["left"] -= 1
+            return [b"421 4.7.0 Too many connections, try again later\r\n", DROP]
+        return None
+
+    server = RawSmtpServer(rule, pipelining=True)
+    try:
+        settings = site_settings(
+            sample_site, server, **{"delivery.strategy": strategy, "delivery.concurrency": 1}
+        )
+        engine = populate(settings, 3)
+        mid = plan_mailing(engine, settings, POST, "sample")
+        report = deliver_mailing(engine, settings, mid, load_posts(settings), wait=5)
+    finally:
+        server.close()
+    assert refusals["left"] == 0
+    assert report.sent == 3 and server.messages == 3
+    rows = ledger(engine)
+    assert {r.status for r in rows.values()} == {"sent"}
+    assert [r.attempts for r in rows.values()] == [1, 1, 1]

@@ -252,6 +252,11 @@ def test_excerpt_jekylls_then_the_documented_fallback(tmp_path: Path) -> None:
                 "---\nexcerpt_separator: <!--cut-->\n---\nOne.\n\nTwo.<!--cut-->Three.\n"
             ),
             "_posts/2024-01-04-front-matter.md": "---\nexcerpt: Given *here*.\n---\nBody.\n",
+            # Jekyll's excerpt is a table of contents without a heading: empty.
+            "_posts/2024-01-05-toc.md": (
+                "---\n---\n* TOC\n{:toc}\n\n## Part one\n\nOpening words.\n\nMore.\n"
+            ),
+            "_posts/2024-01-06-numbered-toc.md": "---\n---\n1. toc\n{: toc}\n\nWords.\n",
         },
     )
     posts = {p.slug: p.excerpt_text for p in load_posts(load_settings(config)).posts}
@@ -260,6 +265,8 @@ def test_excerpt_jekylls_then_the_documented_fallback(tmp_path: Path) -> None:
         "undescribed": "First real paragraph.",
         "own-separator": "One.\n\nTwo.",
         "front-matter": "Given here.",
+        "toc": "Opening words.",
+        "numbered-toc": "Words.",
     }
 
 

@@ -37,6 +37,8 @@ SAMPLES = {
     "markdown in HTML": ('<div markdown="1">\n*em* text\n</div>', "em text"),
     "literal double brackets": ("see [[Bug #18980]] now", "see [[Bug #18980]] now"),
     "quotes around emphasis": ('A "quote with *emphasis*" and *"emphasised"*', "A “quote with emphasis ” and “emphasised”"),
+    "quotes before a link or emphasis": ('Read "[the post](x)", "**bold**" and \'_em_\'.', "Read “ the post ”, “ bold ” and ‘ em ’."),
+    "a quote before a line break": ('He said "no"  \nthen left.', "He said “no” then left."),
     "nested quotes": ('Nested "outer \'inner\' outer".', "Nested “outer ‘inner’ outer”."),
     "apostrophes": ("Rock 'n' roll in 's-Hertogenbosch, 5'10\" tall", "Rock ‘n’ roll in ‘s-Hertogenbosch, 5’10” tall"),
     "quotes around raw HTML": ("<em>'em'</em> and \"html\"", "‘em’ and “html”"),
@@ -145,6 +147,12 @@ LISTS = {
     "three-space nesting": ("* a\n   * b\n      * c\n* d", "ul(li(ul(li(ul(li)))),li)"),
     "under a number": ("1. one\n   - x\n   - y\n2. two", "ol(li(ul(li,li)),li)"),
     "four spaces still nest": ("- a\n    - b", "ul(li(ul(li)))"),
+    # A marker of the other kind, right under an item (any indent), is a
+    # list inside it: the item's lazy line, which a list interrupts.
+    "bullets under a number": ("1. a\n  - b\n2. c", "ol(li(ul(li)),li)"),
+    "a number under a bullet at the margin": ("- a\n1. b\n- c", "ul(li(ol(li)),li)"),
+    "mixed kinds three deep": ("- x\n  1. a\n   - b", "ul(li(ol(li(ul(li)))))"),
+    "another kind after a blank line": ("1. a\n\n  - b", "ol(li),ul(li)"),
     "fence in an item": (
         "1. Install:\n\n   ```bash\n   make install\n   ```\n\n2. Run it",
         "ol(li(p,pre),li(p))",
@@ -154,14 +162,25 @@ LISTS = {
     "a rule is no item": ("- a\n\n* * *\n\ntext", "ul(li),hr,p"),
     "a lazy line": ("- a\nlazy\n- b", "ul(li,li)"),
     "a list right after a paragraph": ("Steps:\n- a\n- b", "p,ul(li,li)"),
-    "a list right after a quote": ("> quoted\n- a", "p,ul(li)"),
+    # A line after a quoted one is the quote's (lazy), a list too, up to a blank line.
+    "a list right after a quote": ("> quoted\n- a\n\nb", "blockquote(p,ul(li)),p"),
+    "a fence in a quote": ("> ```\n> x = 1\n> ```\n\nafter", "blockquote(pre),p"),
+    "two-space nesting in a quote": (
+        "> Quote:\n>\n> - a\n>   - b\n>   - c\n> - d", "blockquote(p,ul(li(ul(li,li)),li))"
+    ),
+    "under a number in a quote": ("> 1. one\n>    - x\n> 2. two", "blockquote(ol(li(ul(li)),li))"),
+    "a quote in a quote": ("> > - a\n> >   - b\n>\n> c", "blockquote(blockquote(ul(li(ul(li)))),p)"),
+    "a fence in a quoted item": (
+        "> 1. Run:\n>\n>    ```\n>    make\n>    ```\n>\n> 2. Done",
+        "blockquote(ol(li(p,pre),li(p)))",
+    ),
     "numbers right after a paragraph": ("Steps:\n1. a\n2. b", "p,ol(li,li)"),
     "an item after a second paragraph": ("- a\n\n  b para\n- c", "ul(li(p,p),li(p))"),
     "a tight item with two lines": ("- a\n  more\n- b", "ul(li,li)"),
     "a fence indented at the root": ("Para\n\n  ```ruby\n  puts 1\n  ```\n\nEnd", "p,pre,p"),
     "a table of contents": ("* TOC\n{:toc}\n\n# A\n\n### B\n\n## C\n\n# D", "ul(li(ul(li,li)),li)"),
 }  # fmt: skip
-_SHAPE_TAGS = frozenset({"ul", "ol", "li", "p", "pre", "hr"})
+_SHAPE_TAGS = frozenset({"ul", "ol", "li", "p", "pre", "hr", "blockquote"})
 
 
 def _shape(fragment: str) -> str:
@@ -221,3 +240,108 @@ def test_an_empty_item_does_not_interrupt_a_paragraph(source: str) -> None:
     html = markdown_to_html(source, BASE)
     assert "<li" not in html
     assert ("<h2" in html) == source.startswith("Title")
+
+
+# GFM (kramdown's GFM parser, so Jekyll) wants a space after an ATX heading's
+# hashes: '#hashtag' at a line's start is a paragraph, not a giant heading.
+HASHES = {
+    "#Hashtag at the start": "p",
+    "#5 is a number": "p",
+    "##Two": "p",
+    "#": "p",
+    "# ": "p",
+    "Para\n#tag": "p",
+    "# Real": "h1",
+    "## #tag heading": "h2",
+    "###\tTabbed": "h3",
+    "#### Four ####": "h4",
+    "Para\n## Heading": "p,h2",
+    "    # code": "pre",
+}
+
+
+def _top_tags(fragment: str) -> str:
+    import lxml.html
+
+    root = lxml.html.fragment_fromstring(fragment, create_parent="div")
+    tags = [child for child in root if isinstance(child.tag, str)]
+    # Pygments wraps a code block in <div class="codehilite">.
+    return ",".join("pre" if c.get("class") == "codehilite" else str(c.tag) for c in tags)
+
+
+@pytest.mark.parametrize("source", sorted(HASHES))
+def test_a_hash_needs_a_space_to_make_a_heading(source: str) -> None:
+    html = markdown_to_html(source, BASE)
+    assert _top_tags(html) == HASHES[source]
+    assert source.strip().lstrip("#").strip().split("#")[0].strip() in text_of(html)
+
+
+@pytest.mark.skipif(not _has_kramdown(), reason="ruby's kramdown is not installed")
+def test_hashes_agree_with_kramdown() -> None:
+    names = sorted(HASHES)
+    done = subprocess.run(
+        ["ruby", "-e", KRAMDOWN],
+        input=json.dumps(names),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    for name, line in zip(names, done.stdout.splitlines(), strict=True):
+        assert _top_tags(json.loads(line)) == HASHES[name], name
+
+
+# kramdown reads a block whose every line has a '|' as a table, without a
+# header row (`jekyll build` shows 'Photo: NASA | Public domain' as one).
+PIPES = {
+    "Photo: NASA | Public domain": "table(tr(td,td))",
+    "Two | cells\nand | more": "table(tr(td,td),tr(td,td))",
+    "| lead | pipe": "table(tr(td,td))",
+    "Not a table \\| escaped": "p",
+    "Code `a | b` here": "p",
+    "Line one\nLine | two": "p",
+    "- item | pipe": "ul(li(table(tr(td,td))))",
+    "> quote | pipe": "blockquote(table(tr(td,td)))",
+    "| a | b |\n|---|---|\n| 1 | 2 |": "table(tr(th,th),tr(td,td))",
+}
+
+
+def _table_shape(fragment: str) -> str:
+    import lxml.html
+
+    def walk(el: object) -> list[str]:
+        parts = []
+        for child in el:  # type: ignore[attr-defined]
+            if not isinstance(child.tag, str):
+                continue
+            inner = walk(child)
+            if child.tag in ("thead", "tbody"):
+                parts.extend(inner)
+            elif child.tag in ("p", "ul", "li", "blockquote", "table", "tr", "td", "th"):
+                parts.append(f"{child.tag}({','.join(inner)})" if inner else child.tag)
+        return parts
+
+    return ",".join(walk(lxml.html.fragment_fromstring(fragment, create_parent="div")))
+
+
+@pytest.mark.parametrize("source", sorted(PIPES))
+def test_lines_with_pipes_are_a_table_as_in_kramdown(source: str) -> None:
+    html = markdown_to_html(source, BASE)
+    assert _table_shape(html) == PIPES[source]
+    assert "\\" not in text_of(html)
+
+
+@pytest.mark.skipif(not _has_kramdown(), reason="ruby's kramdown is not installed")
+def test_pipes_agree_with_kramdown() -> None:
+    names = sorted(PIPES)
+    done = subprocess.run(
+        ["ruby", "-e", KRAMDOWN],
+        input=json.dumps(names),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    for name, line in zip(names, done.stdout.splitlines(), strict=True):
+        assert _table_shape(json.loads(line)) == PIPES[name], name
+        assert text_of(markdown_to_html(name, BASE)) == text_of(json.loads(line)), name

@@ -62,6 +62,8 @@ def _render(text: str, first_line: int = 1) -> liquid.LiquidResult:
         ("{{ 'The _config.yml  Café!' | slugify: 'latin' }}", "the-config-yml-cafe"),
         ("{{ 'The _config.yml  Café!' | slugify: 'none' }}", "the _config.yml  café!"),
         ("{{ page.tags | array_to_sentence_string }}", "x and y"),
+        # Ruby's to_json, as `jekyll build` prints it: no spaces.
+        ("{{ page.tags | jsonify }}", '["x","y"]'),
         ("{{ '<a&b>' | xml_escape }}", "&lt;a&amp;b&gt;"),
         # Ruby's to_i: text that is no number is 0, never an unreadable post.
         ("{{ 'x' | to_integer }} {{ '12px' | to_integer }} {{ '3.7' | to_integer }}", "0 12 3"),
@@ -250,7 +252,8 @@ def test_a_link_to_no_post_is_no_link_to_the_post_itself(tmp_path: Path) -> None
     )
     (post,) = load_posts(settings).posts
     assert post.body_html == "<p>See <a>about</a>, <a>gone</a> and .</p>"
-    assert sum("no such post; link dropped" in w for w in post.warnings) == 3
+    assert sum("link dropped" in w for w in post.warnings) == 3
+    assert any("link about.md %}: no such post, page or file" in w for w in post.warnings)
 
 
 def test_highlight_in_a_list_item_stays_in_the_item() -> None:
@@ -283,4 +286,107 @@ def test_a_date_prints_as_jekyll_prints_it(tmp_path: Path) -> None:
     assert post.body_html == (
         "<p>When: 2024-01-01 07:00:00 +0000 / \u201c2024-01-01 07:00:00 +0000\u201d"
         " / 2024-01-01 07:00:00 +0000 / 1 Jan</p>"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "front", "permalink", "expected"),
+    [
+        # `jekyll build` of each (Jekyll's page.id, not newsletter's post id).
+        (
+            "2024-03-13-ids.md",
+            "id: custom-7\nslug: other-slug\n",
+            "/:year/:month/:title/",
+            "/2024/03/other-slug 2024-03-13-ids.md .md _posts/2024-03-13-ids.md",
+        ),
+        (
+            "2024-03-14-plain.markdown",
+            "",
+            "date",
+            "/2024/03/14/plain 2024-03-14-plain.markdown .markdown _posts/2024-03-14-plain.markdown",
+        ),
+        ("2024-03-14-top.md", "", "/:title", "/top 2024-03-14-top.md .md _posts/2024-03-14-top.md"),
+    ],
+)
+def test_page_id_name_ext_and_relative_path_as_jekyll_has_them(
+    tmp_path: Path, name: str, front: str, permalink: str, expected: str
+) -> None:
+    from newsletter.config import load_settings
+
+    (tmp_path / "_config.yml").write_text(f"permalink: {permalink}\n", encoding="utf-8")
+    (tmp_path / "newsletter.toml").write_text('[site]\njekyll_config = "_config.yml"\n')
+    (tmp_path / "_posts").mkdir()
+    (tmp_path / "_posts" / name).write_text(
+        f"---\ntitle: T\n{front}---\n"
+        "{{ page.id }} {{ page.name }} {{ page.ext }} {{ page.relative_path }}\n",
+        encoding="utf-8",
+    )
+    (post,) = load_posts(load_settings(tmp_path / "newsletter.toml"), index=False).posts
+    assert post.body_html == f"<p>{expected}</p>"
+    assert not post.warnings
+
+
+@pytest.mark.parametrize(
+    ("baseurl", "expected"),
+    [
+        # `jekyll build` of each: post_url and link print the site-relative
+        # URL (with baseurl), so `{{ site.url }}{% post_url %}` is a whole URL.
+        (
+            "",
+            '<a href="https://example.com/2024/01/01/a.html">a</a> '
+            '<a href="https://example.com/2024/01/01/a.html">b</a> '
+            '<a href="https://example.com/about.html">c</a> /2024/01/01/a.html',
+        ),
+        (
+            "/blog",  # Jekyll 4 doubles a baseurl written before the tag, as here
+            '<a href="https://example.com/blog/blog/2024/01/01/a.html">a</a> '
+            '<a href="https://example.com/blog/2024/01/01/a.html">b</a> '
+            '<a href="https://example.com/blog/about.html">c</a> /blog/2024/01/01/a.html',
+        ),
+    ],
+)
+def test_post_url_and_link_print_what_jekyll_prints(
+    tmp_path: Path, baseurl: str, expected: str
+) -> None:
+    from newsletter.config import load_settings
+
+    (tmp_path / "_config.yml").write_text(
+        f"url: https://example.com\nbaseurl: '{baseurl}'\n", encoding="utf-8"
+    )
+    (tmp_path / "newsletter.toml").write_text('[site]\njekyll_config = "_config.yml"\n')
+    (tmp_path / "about.md").write_text("---\ntitle: About\n---\nMe.\n", encoding="utf-8")
+    (tmp_path / "_posts").mkdir()
+    (tmp_path / "_posts" / "2024-01-01-a.md").write_text("---\n---\nA.\n", encoding="utf-8")
+    (tmp_path / "_posts" / "2024-01-02-b.md").write_text(
+        "---\n---\n[a]({{ site.url }}{{ site.baseurl }}{% post_url 2024-01-01-a %}) "
+        "[b]({{ site.url }}{% post_url 2024-01-01-a %}) "
+        "[c]({{ site.url }}{% link about.md %}) {% post_url 2024-01-01-a %}\n",
+        encoding="utf-8",
+    )
+    posts = load_posts(load_settings(tmp_path / "newsletter.toml"), index=False).posts
+    assert posts[1].body_html == f"<p>{expected}</p>"
+
+
+def test_ruby_only_date_formats_print_as_jekyll_prints_them(tmp_path: Path) -> None:
+    """Ruby's strftime: %s is the epoch of the instant (Python's read the wall
+    clock as the machine's), %:z, %L and %N exist; "now" is in the site's zone."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    from newsletter.config import load_settings
+
+    (tmp_path / "_config.yml").write_text("timezone: Europe/Istanbul\n", encoding="utf-8")
+    (tmp_path / "newsletter.toml").write_text('[site]\njekyll_config = "_config.yml"\n')
+    (tmp_path / "_posts").mkdir()
+    (tmp_path / "_posts" / "2024-03-16-d.md").write_text(
+        "---\ndate: 2024-03-16 09:05:07 +0100\n---\n"
+        '{{ page.date | date: "%s/%:z/%L/%N/%3N/%%s/%H:%M %z" }} '
+        '{{ "now" | date: "%z" }}\n',
+        encoding="utf-8",
+    )
+    (post,) = load_posts(load_settings(tmp_path / "newsletter.toml"), index=False).posts
+    now_zone = datetime.now(ZoneInfo("Europe/Istanbul")).strftime("%z")
+    # `jekyll build`: 1710576307/+03:00/000/000000000/000/%s/11:05 +0300
+    assert post.body_html == (
+        f"<p>1710576307/+03:00/000/000000000/000/%s/11:05 +0300 {now_zone}</p>"
     )

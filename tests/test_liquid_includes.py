@@ -68,3 +68,58 @@ def test_include_cannot_leave_the_includes_folder(tmp_path: Path) -> None:
     (tmp_path / "secret.txt").write_text("secret", encoding="utf-8")
     result = _render("{% include ../secret.txt %}", folder)
     assert "secret" not in result.text
+
+
+def test_markdownify_in_an_include_is_html(tmp_path: Path) -> None:
+    """Jekyll's markdownify makes HTML: inside an include's HTML block, where
+    Markdown is not read again, '*upper*' showed with its asterisks."""
+    from newsletter.config import load_settings
+    from newsletter.posts import load_posts
+
+    (tmp_path / "_config.yml").write_text("title: T\n", encoding="utf-8")
+    (tmp_path / "newsletter.toml").write_text('[site]\njekyll_config = "_config.yml"\n')
+    _includes(
+        tmp_path,
+        {"note.html": '<div class="note">\n  <p>{{ include.text | markdownify }}</p>\n</div>\n'},
+    )
+    (tmp_path / "_posts").mkdir()
+    (tmp_path / "_posts" / "2024-01-01-n.md").write_text(
+        '---\ntitle: N\n---\n{% include note.html text="The *upper* site\'s closed." %}\n\n'
+        "{{ '**bold**' | markdownify }}\n",
+        encoding="utf-8",
+    )
+    (post,) = load_posts(load_settings(tmp_path / "newsletter.toml"), index=False).posts
+    # `jekyll build`: <div class="note"><p><p>The <em>upper</em> site’s closed.</p>\n</p></div>
+    assert "The <em>upper</em> site\u2019s closed." in post.body_html
+    assert "<strong>bold</strong>" in post.body_html
+    assert "*" not in post.body_html
+
+
+def test_post_url_and_link_inside_an_include(tmp_path: Path) -> None:
+    """`jekyll build` resolves them inside an include as in the post: here
+    <a href="/blog/2024/01/01/a.html">A</a> <a href="/blog/about.html">About</a>."""
+    from newsletter.config import load_settings
+    from newsletter.posts import load_posts
+
+    (tmp_path / "_config.yml").write_text(
+        "url: https://example.com\nbaseurl: /blog\n", encoding="utf-8"
+    )
+    (tmp_path / "newsletter.toml").write_text('[site]\njekyll_config = "_config.yml"\n')
+    (tmp_path / "about.md").write_text("---\ntitle: About\n---\nMe.\n", encoding="utf-8")
+    _includes(
+        tmp_path,
+        {
+            "related.html": '<p><a href="{% post_url 2024-01-01-a %}">A</a> '
+            '<a href="{% link about.md %}">About</a></p>\n'
+        },
+    )
+    (tmp_path / "_posts").mkdir()
+    (tmp_path / "_posts" / "2024-01-01-a.md").write_text("---\n---\nA.\n", encoding="utf-8")
+    (tmp_path / "_posts" / "2024-01-02-b.md").write_text(
+        "---\n---\n{% include related.html %}\n", encoding="utf-8"
+    )
+    posts = load_posts(load_settings(tmp_path / "newsletter.toml"), index=False).posts
+    assert posts[1].body_html == (
+        '<p><a href="https://example.com/blog/2024/01/01/a.html">A</a> '
+        '<a href="https://example.com/blog/about.html">About</a></p>'
+    )

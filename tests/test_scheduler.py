@@ -3,6 +3,7 @@ disk, a real SQLite store and the in-memory transport; the clock is injected."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
@@ -13,6 +14,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, delete, select, update
@@ -242,6 +244,45 @@ def test_a_new_digest_list_starts_at_its_next_slot(tmp_path: Path) -> None:
     site.write_post("2026-02-25-p.md", "Old News", MONDAY_8 - timedelta(days=5))
     report, transport = one_pass(settings, engine, now=MONDAY_8 + timedelta(hours=1))
     assert report.digests == () and transport.outbox == []  # first sight: anchor = now
+
+
+DAILY_BERLIN = (
+    '[lists.daily]\ntitle = "Daily"\nmode = "digest"\ncron = "30 2 * * *"\n'
+    'timezone = "Europe/Berlin"\n'
+)
+
+
+@pytest.mark.parametrize(
+    ("night", "slot"),
+    [
+        # Autumn: 02:00-03:00 happens twice (CEST, then CET); 02:30 is one slot.
+        (datetime(2026, 10, 24, 22, 0, tzinfo=UTC), datetime(2026, 10, 25, 0, 30, tzinfo=UTC)),
+        # Spring: 02:00-03:00 does not exist; the slot moves on, never skipped.
+        (datetime(2026, 3, 28, 22, 0, tzinfo=UTC), datetime(2026, 3, 29, 1, 30, tzinfo=UTC)),
+    ],
+    ids=["autumn", "spring"],
+)
+def test_a_daily_digest_goes_once_on_a_night_the_clocks_change(
+    tmp_path: Path, night: datetime, slot: datetime
+) -> None:
+    """A fixed-hour cron fires once a day however the wall clock moves (as
+    cron(8) does): the repeated hour of autumn is no second slot."""
+    site = make_site(tmp_path, lists=DAILY_BERLIN)
+    settings = site.settings()
+    engine = engine_of(settings)
+    add_members(engine, "daily", settings=settings)
+    planning.write_state_time(engine, planning.digest_anchor_key("daily"), night)
+    site.write_post("p-evening.md", "Evening Post", night - timedelta(hours=2))
+    # Another post between the two 02:30s of autumn: a second slot would mail it.
+    site.write_post("p-night.md", "Night Post", slot + timedelta(minutes=20))
+    planned: list[int] = []
+    for minutes in range(0, 10 * 60, 10):  # a pass every 10 minutes, 22:00-08:00 UTC
+        report, _ = one_pass(settings, engine, now=night + timedelta(minutes=minutes))
+        planned.extend(report.digests)
+    with engine.connect() as conn:
+        ids = conn.execute(select(mailings.c.post_id).order_by(mailings.c.id)).scalars().all()
+    assert ids == [planning.digest_post_id("daily", slot)]
+    assert len(planned) == 1
 
 
 # --------------------------------------------------------------------------- bad input
@@ -620,3 +661,42 @@ def test_a_post_for_a_list_without_members_finishes_at_once(site: Site) -> None:
     assert report.problems == () and transport.outbox == []
     with engine.connect() as conn:
         assert conn.scalar(select(mailings.c.state)) == "done"
+
+
+def test_the_scan_goes_on_when_the_system_clock_goes_back(
+    ready: tuple[Site, Settings, Engine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """APScheduler times its interval jobs on the wall clock: after the clock
+    steps back an hour, the next scan (and lock heartbeat) would wait that hour.
+    The daemon notices the step and runs them again at once."""
+    import apscheduler.schedulers.base as aps_base
+
+    _site, settings, engine = ready
+    offset = {"seconds": 0.0}
+    real = datetime
+
+    class Shifted(datetime):
+        @classmethod
+        def now(cls, tz: Any = None) -> Any:
+            return real.now(tz) + timedelta(seconds=offset["seconds"])
+
+    monkeypatch.setattr(aps_base, "datetime", Shifted)
+    monkeypatch.setattr(scheduler, "_wall", lambda: time.time() + offset["seconds"])
+    settings = dataclasses.replace(
+        settings, schedule=dataclasses.replace(settings.schedule, scan_interval=0.3)
+    )
+    daemon = scheduler.Daemon(settings, engine, watch=False)
+    daemon.start()
+    try:
+        deadline = time.monotonic() + 10
+        while daemon.passes < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        offset["seconds"] = -3600.0  # the clock steps back an hour
+        time.sleep(0.5)
+        before = daemon.passes  # a pass already under way may finish meanwhile
+        deadline = time.monotonic() + 5
+        while daemon.passes < before + 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert daemon.passes >= before + 2
+    finally:
+        daemon.stop()

@@ -15,6 +15,7 @@ import pytest
 from smtpserver import (
     DROP,
     STALL,
+    RawSmtpServer,
     SmtpTestServer,
     TlsMaterial,
     _Handler,
@@ -245,6 +246,35 @@ def test_bad_password_is_a_clear_error_without_the_password(
     assert "wrong-pass" not in str(info.value)
 
 
+@pytest.mark.parametrize("mechanisms", [("XOAUTH2",), ()], ids=["unknown-only", "none"])
+def test_auth_without_a_mechanism_we_speak_stops_the_command(
+    tls: TlsMaterial, monkeypatch: pytest.MonkeyPatch, mechanisms: tuple[str, ...]
+) -> None:
+    """A configuration problem, as in the streams transport: a TransportError
+    (the command stops, nothing spent), never a ConnectError that defers every
+    recipient and spends their attempts on a server that will never take them."""
+    monkeypatch.setenv("TEST_SMTP_PW", "s3cret")
+    excluded = tuple(m for m in ("PLAIN", "LOGIN", "CRAM-MD5", "XOAUTH2") if m not in mechanisms)
+    server = SmtpTestServer(
+        tls="starttls", context=tls.server_context, auth={"editor": "s3cret"}, auth_exclude=excluded
+    )
+    settings = SmtpSettings(
+        host="127.0.0.1",
+        port=server.port,
+        username="editor",
+        password_env="TEST_SMTP_PW",
+        ca_file=tls.ca_file,
+        timeout=5,
+    )
+    with server, pytest.raises(TransportError) as info:
+        SmtpTransport(settings).open()
+    assert not isinstance(info.value, ConnectError)
+    assert info.value.key == "smtp.username"
+    expected = "offers no AUTH mechanism we support" if mechanisms else "does not offer AUTH"
+    assert expected in str(info.value)
+    assert server.auth_attempts == []
+
+
 def test_starttls_refused_when_not_offered(smtp_server: SmtpTestServer) -> None:
     settings = SmtpSettings(host="127.0.0.1", port=smtp_server.port, security="starttls")
     with pytest.raises(TransportError, match="does not offer STARTTLS; refusing"):
@@ -383,3 +413,127 @@ def test_a_server_that_stops_reading_mid_data_times_out_as_temporary() -> None:
     assert not result.ok and not result.permanent
     assert result.text.startswith("timed out during data"), result.text
     assert elapsed < 5
+
+
+@pytest.mark.parametrize("pipelining", [False, True], ids=["plain", "pipelining"])
+@pytest.mark.parametrize("garbage", [b"garbage\r\n", b"\r\n", b"2\r\n"])
+def test_a_malformed_reply_is_temporary_and_the_session_starts_afresh(
+    pipelining: bool, garbage: bytes
+) -> None:
+    """Not an SMTP reply (RFC 5321 §4.2): the session is out of step, not the
+    recipient refused for good; the next recipient goes on a new connection."""
+
+    def rule(line: bytes) -> bytes | None:
+        return garbage if line.startswith(b"RCPT TO:<bad@") else None
+
+    server = RawSmtpServer(rule, pipelining=pipelining)
+    t = SmtpTransport(server.settings(timeout=5))
+    try:
+        results = [
+            t.send(SENDER, r, MSG) for r in ("a@example.org", "bad@example.org", "c@example.org")
+        ]
+    finally:
+        t.close()
+        server.close()
+    a, bad, c = results
+    assert a.ok and c.ok
+    assert not bad.ok and not bad.permanent and not bad.bounced
+    assert bad.text.startswith("malformed reply from the server"), bad.text
+    assert server.messages == 2
+    assert t.connects == 2
+
+
+def test_a_refusal_written_while_the_content_is_sent_is_read() -> None:
+    """A server may answer 552 (message too big) before the client has written
+    the whole message, then close: the client's write fails, the reply is
+    there to read, and it is permanent (not a lost connection retried later)."""
+
+    def rule(line: bytes) -> list[bytes | str | None] | None:
+        if line == b"DATA-CONTENT":
+            return [b"552 5.3.4 Message too big for system\r\n", DROP]
+        return None
+
+    server = RawSmtpServer(rule)
+    t = SmtpTransport(server.settings(timeout=5))
+    big = MSG + (b"y" * 998 + b"\r\n") * 16_000  # 16 MB: more than the socket buffers hold
+    try:
+        result = t.send(SENDER, "b@example.org", big)
+    finally:
+        t.close()
+        server.close()
+    assert (result.ok, result.code, result.permanent) == (False, 552, True), result
+    assert result.text == "5.3.4 Message too big for system"
+
+
+@pytest.mark.parametrize("pipelining", [False, True], ids=["plain", "pipelining"])
+def test_a_421_then_close_at_mail_is_throttling_not_a_lost_connection(pipelining: bool) -> None:
+    """RFC 5321 §3.8: a server closing the channel answers 421 to the next
+    command and closes; with the envelope pipelined, the replies to RCPT and
+    DATA never come, and the 421 must still be what the result says."""
+
+    def rule(line: bytes) -> list[bytes | str | None] | None:
+        if line.startswith(b"MAIL FROM:"):
+            return [b"421 4.7.0 Too many messages, closing\r\n", DROP]
+        return None
+
+    server = RawSmtpServer(rule, pipelining=pipelining)
+    t = SmtpTransport(server.settings(timeout=5))
+    try:
+        result = t.send(SENDER, "a@example.org", MSG)
+    finally:
+        t.close()
+        server.close()
+    assert (result.ok, result.code, result.throttled) == (False, 421, True), result
+
+
+def test_starttls_refused_by_the_server_stops_the_command() -> None:
+    """STARTTLS offered, then refused (454): as when it is not offered, a
+    TransportError that stops the command with nothing spent (docs/delivery.md),
+    as in the streams transport, not a ConnectError deferring every recipient."""
+
+    def rule(line: bytes) -> bytes | None:
+        if line.upper().startswith(b"EHLO"):  # smtplib writes "ehlo"
+            return b"250-raw\r\n250 STARTTLS\r\n"
+        if line.upper().startswith(b"STARTTLS"):
+            return b"454 4.7.0 TLS not available due to temporary reason\r\n"
+        return None
+
+    server = RawSmtpServer(rule)
+    try:
+        with pytest.raises(TransportError) as info:
+            SmtpTransport(server.settings(timeout=5, security="starttls")).open()
+    finally:
+        server.close()
+    assert not isinstance(info.value, ConnectError)
+    assert info.value.key == "smtp.security"
+    assert str(info.value) == (
+        "smtp.security: STARTTLS refused by 127.0.0.1: 454 4.7.0 TLS not available due to "
+        "temporary reason"
+    )
+
+
+def test_a_malformed_cram_md5_challenge_is_one_clear_error(
+    tls: TlsMaterial, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A challenge that is not base64: the server's fault, said in one line
+    naming the key, not an internal error (binascii.Error) from deep in AUTH."""
+    monkeypatch.setenv("TEST_SMTP_PW", "s3cret")
+    server = SmtpTestServer(
+        tls="starttls",
+        context=tls.server_context,
+        auth={"editor": "s3cret"},
+        auth_exclude=("PLAIN", "LOGIN", "XOAUTH2"),
+    )
+    settings = SmtpSettings(
+        host="127.0.0.1",
+        port=server.port,
+        username="editor",
+        password_env="TEST_SMTP_PW",
+        ca_file=tls.ca_file,
+        timeout=5,
+    )
+    with server, pytest.raises(TransportError) as info:
+        SmtpTransport(settings).open()
+    assert not isinstance(info.value, ConnectError)
+    assert info.value.key == "smtp.username"
+    assert "sent a malformed AUTH challenge" in str(info.value)

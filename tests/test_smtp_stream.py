@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from smtpserver import DROP, STALL, SmtpTestServer, TlsMaterial, self_signed_context, tls_material
+from smtpserver import (
+    DROP,
+    STALL,
+    RawSmtpServer,
+    SmtpTestServer,
+    TlsMaterial,
+    self_signed_context,
+    tls_material,
+)
 
 from newsletter.config import SmtpSettings
 from newsletter.delivery.transports import ConnectError, SendResult, TransportError
@@ -292,3 +300,103 @@ def test_clear_text_only_to_localhost_and_never_with_auth() -> None:
         run(StreamSmtp(SmtpSettings(host="mail.example.com", security="none")).open)
     with pytest.raises(TransportError, match="AUTH only after TLS"):
         run(StreamSmtp(SmtpSettings(host="127.0.0.1", security="none", username="u")).open)
+
+
+@pytest.mark.parametrize("lookahead", [False, True])
+@pytest.mark.parametrize("pipelining", [False, True], ids=["plain", "pipelining"])
+@pytest.mark.parametrize("stage", ["rcpt", "data"])
+def test_a_malformed_reply_is_temporary_and_the_session_starts_afresh(
+    pipelining: bool, stage: str, lookahead: bool
+) -> None:
+    """Not an SMTP reply (RFC 5321 §4.2): the session is out of step, not the
+    recipient refused for good; the next recipient goes on a new connection."""
+    marks = {"rcpt": 0, "data": 0}
+
+    def rule(line: bytes) -> bytes | None:
+        if line.startswith(b"RCPT TO:<"):
+            marks["rcpt"] = line.startswith(b"RCPT TO:<bad@")
+            return b"garbage\r\n" if marks["rcpt"] and stage == "rcpt" else None
+        if line == b"." and marks["rcpt"] and stage == "data":
+            return b"garbage\r\n"
+        return None
+
+    server = RawSmtpServer(rule, pipelining=pipelining)
+    conn = StreamSmtp(server.settings(timeout=5))
+    try:
+        a, bad, c = send_all(
+            conn, ["a@example.org", "bad@example.org", "c@example.org"], lookahead=lookahead
+        )
+    finally:
+        server.close()
+    assert a.ok and c.ok, (a, c)
+    assert not bad.ok and not bad.permanent and not bad.bounced
+    assert bad.text.startswith("malformed reply from the server"), bad.text
+    assert conn.connects == 2
+
+
+@pytest.mark.parametrize("pipelining", [False, True], ids=["plain", "pipelining"])
+def test_a_421_then_close_at_mail_is_throttling_not_a_lost_connection(pipelining: bool) -> None:
+    """RFC 5321 §3.8: a server closing the channel answers 421 to the next
+    command and closes; with the envelope pipelined, the replies to RCPT and
+    DATA never come, and the 421 must still be what the result says."""
+
+    def rule(line: bytes) -> list[bytes | str | None] | None:
+        if line.startswith(b"MAIL FROM:"):
+            return [b"421 4.7.0 Too many messages, closing\r\n", DROP]
+        return None
+
+    server = RawSmtpServer(rule, pipelining=pipelining)
+    try:
+        (result,) = send_all(StreamSmtp(server.settings(timeout=5)), ["a@example.org"])
+    finally:
+        server.close()
+    assert (result.ok, result.code, result.throttled) == (False, 421, True), result
+
+
+def test_a_refusal_written_while_the_content_is_sent_is_read() -> None:
+    """As the smtplib transport: a 552 (too big) written before the server has
+    read the whole message, then a close, is the outcome (permanent)."""
+
+    def rule(line: bytes) -> list[bytes | str | None] | None:
+        if line == b"DATA-CONTENT":
+            return [b"552 5.3.4 Message too big for system\r\n", DROP]
+        return None
+
+    server = RawSmtpServer(rule)
+    big = MSG + (b"y" * 998 + b"\r\n") * 16_000  # 16 MB: more than the socket buffers hold
+
+    async def main() -> SendResult:
+        conn = StreamSmtp(server.settings(timeout=5))
+        try:
+            return await conn.send(SENDER, "b@example.org", big)
+        finally:
+            await conn.close()
+
+    try:
+        result = run(main)
+    finally:
+        server.close()
+    assert (result.ok, result.code, result.permanent) == (False, 552, True), result
+    assert result.text == "5.3.4 Message too big for system"
+
+
+def test_a_malformed_cram_md5_challenge_is_one_clear_error(
+    tls: TlsMaterial, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TEST_SMTP_PW", "s3cret")
+    server = SmtpTestServer(
+        tls="starttls",
+        context=tls.server_context,
+        auth={"editor": "s3cret"},
+        auth_exclude=("PLAIN", "LOGIN", "XOAUTH2"),
+    )
+    with server:
+        settings = SmtpSettings(
+            host="127.0.0.1", port=server.port, username="editor",
+            password_env="TEST_SMTP_PW", ca_file=tls.ca_file, timeout=5,
+        )  # fmt: skip
+        with pytest.raises(TransportError) as info:
+            run(StreamSmtp(settings).open)
+    assert not isinstance(info.value, ConnectError)
+    assert info.value.key == "smtp.username"
+    assert "sent a malformed AUTH challenge" in str(info.value)

@@ -165,7 +165,11 @@ def test_signup_confirm_and_preferences_through_the_prefix(
     prefs_page = browser.get(prefs.group(1))
     assert prefs_page.status_code == 200
     assert form_action(prefs_page) == prefs.group(1)
-    saved = browser.post(form_action(prefs_page), data={})  # leave every list
+    saved = browser.post(  # leave every list, as a browser posts the form with none ticked
+        form_action(prefs_page),
+        content=b"",
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
     assert saved.status_code == 200 and "Lantern Notes letters" in saved.text
     bo = subs.get_by_email(store.engine, "bo@example.com")
     assert bo is not None and not store.mailable(bo)

@@ -310,6 +310,23 @@ def test_a_reader_who_left_by_one_click_may_come_back_by_signing_up(
     assert not store.mailable(ola, "staff")  # not asked for again: stays left
 
 
+def test_confirming_never_lifts_an_owners_unsubscribe_from_one_list(
+    client: TestClient, store: Store, outbox: MemoryTransport
+) -> None:
+    # docs/web.md: confirming lifts a reader's own unsubscribe, never the
+    # owner's.  The owner's unsubscribe from one list was lifted: the
+    # membership keeps no reason, only the consent record says who left.
+    pia = store.add("pia@example.com", "letters")
+    store.add("pia@example.com", "garden")
+    subs.unsubscribe(store.engine, pia.id, "letters", reason="cli", source="cli")
+    subs.unsubscribe(store.engine, pia.id, "garden", reason="one-click", source="one-click")
+    form(client, "pia@example.com", "letters", "garden")
+    done = client.post(link(outbox.outbox[0].message, "confirm"))
+    assert "Lantern Notes: garden posts" in done.text and "Lantern Notes letters" not in done.text
+    assert not store.mailable(pia, "letters")  # the owner's: only `resubscribe` lifts it
+    assert store.mailable(pia, "garden")  # her own: her confirmed signup lifts it
+
+
 # --------------------------------------------------------------------------- abuse
 
 

@@ -31,7 +31,13 @@ from newsletter.audience import members as subs
 from newsletter.audience.addresses import normalise_email
 from newsletter.config import Settings
 from newsletter.errors import SubscriberError
-from newsletter.store.schema import confirmations, memberships, signup_hits, subscribers
+from newsletter.store.schema import (
+    confirmations,
+    consent_events,
+    memberships,
+    signup_hits,
+    subscribers,
+)
 
 WINDOW = timedelta(hours=1)
 DAY = timedelta(days=1)
@@ -39,6 +45,8 @@ DAY = timedelta(days=1)
 # may undo them.  Anything else (the owner's `cli`, an import, a bounce, a
 # complaint) only the owner's `resubscribe` undoes.
 SELF_REASONS = ("one-click", "preferences", "form")
+# The same for one list, by the consent record's source of its unsubscribe.
+SELF_SOURCES = ("one-click", "preferences")
 
 
 class RateLimited(SubscriberError):
@@ -244,6 +252,9 @@ def confirm(engine: Engine, settings: Settings, nonce: str, at: datetime) -> Con
             return base
         joined = _activate(conn, person, names, at)
         consent.record(conn, person.id, "confirm", row.source, ", ".join(names), "by link", at)
+        # The page lists what they will get: not a list the owner took them off.
+        now_on = subs.membership_lists(conn, person.id)
+        names = tuple(n for n in names if n in now_on and now_on[n] is None)
     return Confirmed("confirmed", person.email, person.name, person.uid, names, joined)
 
 
@@ -277,6 +288,8 @@ def _activate(
                 memberships.insert().values(list_id=lid, subscriber_id=person.id, created_at=at)
             )
         elif before[name] is not None:
+            if not _left_by_themselves(conn, person.id, name):
+                continue  # the owner's (or an import's) unsubscribe: only `resubscribe` lifts it
             conn.execute(
                 update(memberships)
                 .where(memberships.c.list_id == lid, memberships.c.subscriber_id == person.id)
@@ -286,6 +299,26 @@ def _activate(
             continue  # already mailable there
         joined.append(name)
     return tuple(joined)
+
+
+def _left_by_themselves(conn: Connection, subscriber_id: int, list_name: str) -> bool:
+    """Whether the reader's last unsubscribe from this list was their own.
+
+    A membership keeps only when it was left; the consent record says who
+    did it.  A membership left with no record of it (older stores) is taken
+    as the reader's, as before that record existed.
+    """
+    source = conn.execute(
+        select(consent_events.c.source)
+        .where(
+            consent_events.c.subscriber_id == subscriber_id,
+            consent_events.c.action == "unsubscribe",
+            consent_events.c.list_name == list_name,
+        )
+        .order_by(consent_events.c.at.desc(), consent_events.c.id.desc())
+        .limit(1)
+    ).scalar()
+    return source is None or source in SELF_SOURCES
 
 
 # --------------------------------------------------------------------------- preferences

@@ -19,6 +19,7 @@ from newsletter.cli.common import emit_json, handle_errors, json_option, setting
 if TYPE_CHECKING:
     from newsletter.config import Settings
     from newsletter.delivery.report import DeliveryReport, MailingSummary, Progress
+    from newsletter.errors import ConfigError
     from newsletter.posts.collection import Post
 
 
@@ -271,7 +272,8 @@ def status_cmd(ctx: click.Context, as_json: bool) -> None:
     summaries = mailing_summaries(engine)
     reports = bounce_counts_by_mailing(engine)
     posts = load_posts(settings, bodies=False)
-    upcoming = upcoming_sends(settings, posts, engine, utcnow())
+    problems: list[ConfigError] = []  # a bad digest cron: the rest is still shown
+    upcoming = upcoming_sends(settings, posts, engine, utcnow(), problems)
     if as_json:
         emit_json(
             {
@@ -280,8 +282,10 @@ def status_cmd(ctx: click.Context, as_json: bool) -> None:
                     for s in summaries
                 ],
                 "upcoming": [upcoming_json(u) for u in upcoming],
+                "problems": [str(p) for p in problems],
             }
         )
+        _exit_on(problems)
         return
     if not summaries:
         click.echo("no mailings yet")
@@ -293,6 +297,14 @@ def status_cmd(ctx: click.Context, as_json: bool) -> None:
         click.echo("upcoming:")
         for item in upcoming:
             click.echo(f"  {upcoming_line(item)}")
+    _exit_on(problems)
+
+
+def _exit_on(problems: list[ConfigError]) -> None:
+    for problem in problems:
+        click.echo(f"error: {problem}", err=True)
+    if problems:
+        sys.exit(1)
 
 
 def _state_text(s: MailingSummary) -> str:

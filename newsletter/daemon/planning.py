@@ -211,11 +211,26 @@ def cron_trigger(mailing_list: ListSettings, zone: ZoneInfo) -> object:
 def next_digest_time(
     mailing_list: ListSettings, zone: ZoneInfo, after: datetime
 ) -> datetime | None:
-    """The first cron slot strictly after `after` (UTC)."""
+    """The first cron slot strictly after `after` (UTC).
+
+    As cron(8) does, a cron with a fixed minute and hour fires once when the
+    clocks go back: the second pass through the repeated hour (`fold` 1) is
+    no slot of its own, or a daily digest would go twice that night.  A
+    wildcard hour or minute (`*`, `*/15`) fires in both passes, since each is
+    an hour of its own.  A slot in the hour skipped in spring moves to the
+    first time after it (APScheduler's rule), so it is never lost.
+    """
     trigger = cron_trigger(mailing_list, zone)
+    fixed = not any(f.startswith("*") for f in (mailing_list.cron or "").split()[:2])
     start = after + timedelta(microseconds=1)
-    nxt = trigger.get_next_fire_time(None, start)  # type: ignore[attr-defined]
-    return nxt.astimezone(UTC) if nxt is not None else None
+    while True:
+        nxt = trigger.get_next_fire_time(None, start)  # type: ignore[attr-defined]
+        if nxt is None:
+            return None
+        slot: datetime = nxt.astimezone(UTC)
+        if not (fixed and slot.astimezone(zone).fold):
+            return slot
+        start = slot + timedelta(microseconds=1)
 
 
 def digest_slot(
@@ -245,12 +260,15 @@ def upcoming_sends(
     posts: PostCollection | Iterable[Post],
     engine: Engine,
     now: datetime,
+    problems: list[ConfigError] | None = None,
 ) -> list[UpcomingSend]:
     """Every send the daemon will make (post × list × time), soonest first.
 
     Posts due but not yet planned (the next scan takes them) carry `now`;
     future posts carry their date; digest lists carry their next slot with the
-    posts that would be in it so far.
+    posts that would be in it so far.  A digest list with a bad `cron` is left
+    out (the daemon disables it alone) and its error added to `problems`;
+    without that list the error is raised.
     """
     from newsletter.delivery.mailings import mailed_pairs
 
@@ -265,8 +283,14 @@ def upcoming_sends(
             if wanted and (post.post_id, lst.name) not in mailed:
                 result.append(UpcomingSend(post.post_id, post.title, lst.name, post.date))
     for lst in settings.lists.values():
-        if lst.mode == "digest":
+        if lst.mode != "digest":
+            continue
+        try:
             result.extend(_upcoming_digest(settings, lst, items, engine, since, now, mailed))
+        except ConfigError as exc:
+            if problems is None:
+                raise
+            problems.append(exc)
     return sorted(result, key=lambda u: (u.at, u.list_name, u.post_id))
 
 

@@ -19,9 +19,11 @@ per pass take `store.one_at_a_time`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from types import FrameType
@@ -61,6 +63,7 @@ TransportFactory = Callable[[Settings], Transport]
 
 HEARTBEAT = 5.0  # seconds between lock heartbeats
 STOP_TIMEOUT = 8.0  # SIGTERM → exit within 10 s: wait this long for in-flight sends
+CLOCK_STEP = 2.0  # seconds the wall clock may fall back (against the monotonic one) unnoticed
 
 
 def run_once(
@@ -120,6 +123,7 @@ class Daemon:
         self._running = threading.Lock()  # held by the pass in progress
         self._seen_problems: set[str] = set()
         self._watcher: threading.Thread | None = None
+        self._clock_watch: threading.Thread | None = None
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -154,6 +158,10 @@ class Daemon:
         )
         self._add_digest_jobs()
         self.scheduler.start()
+        self._clock_watch = threading.Thread(
+            target=self._watch_clock, name="watch-clock", daemon=True
+        )
+        self._clock_watch.start()
         if self.watch:
             self._watcher = threading.Thread(target=self._watch, name="watch-posts", daemon=True)
             self._watcher.start()
@@ -180,8 +188,9 @@ class Daemon:
             self._running.release()
         else:
             log.warning("a pass is still running after %g s; exiting anyway", STOP_TIMEOUT)
-        if self._watcher is not None:
-            self._watcher.join(timeout=2)
+        for thread in (self._watcher, self._clock_watch):
+            if thread is not None:
+                thread.join(timeout=2)
         self.lock.release()
         log.info(
             "daemon stopped after %d pass%s",
@@ -214,6 +223,31 @@ class Daemon:
             extra={"event": "signal"},
         )
         self.stop_event.set()
+
+    def _watch_clock(self) -> None:
+        """Run the scan and the heartbeat at once when the wall clock steps back.
+
+        APScheduler times interval jobs on the wall clock: after a step back
+        (NTP, a restored VM) their next runs lie that far ahead, so the daemon
+        would neither scan nor refresh its lock until the clock caught up.
+        """
+        wall, mono = _wall(), time.monotonic()
+        while not self.stop_event.wait(0.5):
+            now_wall, now_mono = _wall(), time.monotonic()
+            step = (now_wall - wall) - (now_mono - mono)
+            wall, mono = now_wall, now_mono
+            if step >= -CLOCK_STEP or self.scheduler is None or not self.scheduler.running:
+                continue
+            log.warning(
+                "the system clock went back %.0f s; scanning now", -step, extra={"event": "clock"}
+            )
+            from apscheduler.jobstores.base import JobLookupError
+
+            for job_id in ("scan", "heartbeat"):
+                with contextlib.suppress(JobLookupError):
+                    self.scheduler.modify_job(
+                        job_id, next_run_time=datetime.fromtimestamp(now_wall, UTC)
+                    )
 
     # ----------------------------------------------------------------- jobs
 
@@ -361,3 +395,8 @@ class Daemon:
                     self.wake("files changed")
         except Exception as exc:  # a missing folder must not stop the daemon
             log.warning("cannot watch %s (%s); relying on the scan", posts_dir, exc)
+
+
+def _wall() -> float:
+    """The wall clock (a seam for tests that step it)."""
+    return time.time()

@@ -36,7 +36,7 @@ from newsletter.delivery.outgoing import (
 from newsletter.delivery.ratelimit import Throttle, TokenBucket, next_attempt
 from newsletter.delivery.recorder import Pending, Recorder
 from newsletter.delivery.report import DeliveryReport, Progress
-from newsletter.delivery.strategy import THROTTLE_RETRIES, Strategy, Tally
+from newsletter.delivery.strategy import THROTTLE_RETRIES, Strategy, Tally, connect_failure
 from newsletter.delivery.threaded import ThreadedStrategy
 from newsletter.delivery.transports import (
     ConnectError,
@@ -410,7 +410,7 @@ class MailingPass:
                         self.sender(row.id), row.email, message, ready=ready, **extra
                     )
             except ConnectError as exc:
-                return SendResult(row.email, False, exc.code, exc.message, stage="connect")
+                result = connect_failure(row.email, exc)
             if not result.throttled:
                 self.throttle.ok()
                 return result

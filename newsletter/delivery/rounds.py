@@ -15,8 +15,8 @@ import logging
 import time
 from typing import Any
 
-from newsletter.delivery.strategy import THROTTLE_RETRIES, PassCore, Tally
-from newsletter.delivery.transports import ConnectError, SendResult, make_transport
+from newsletter.delivery.strategy import THROTTLE_RETRIES, PassCore, Tally, connect_failure
+from newsletter.delivery.transports import ConnectError, make_transport
 from newsletter.delivery.transports.smtp import SmtpTransport
 from newsletter.store import mailings as q
 from newsletter.store import now
@@ -101,7 +101,7 @@ class RoundsStrategy:
             try:
                 fast = transport.pipelines(row.email)
             except ConnectError as exc:
-                result = SendResult(row.email, False, exc.code, exc.message, stage="connect")
+                result = connect_failure(row.email, exc)
                 core.settle(row, result, mid, tally)
                 continue
             if not fast:

@@ -20,13 +20,24 @@ from newsletter.config import Settings
 from newsletter.delivery.ratelimit import Throttle, TokenBucket
 from newsletter.delivery.recorder import Pending, Recorder
 from newsletter.delivery.report import Progress
-from newsletter.delivery.transports import SendResult, Transport
+from newsletter.delivery.transports import ConnectError, SendResult, Transport
 from newsletter.errors import NewsletterError
 from newsletter.store import mailings as q
 
-__all__ = ["THROTTLE_RETRIES", "PassCore", "Strategy", "Tally"]
+__all__ = ["THROTTLE_RETRIES", "PassCore", "Strategy", "Tally", "connect_failure"]
 
 THROTTLE_RETRIES = 5  # re-sends of one message after "slow down" before deferring it
+
+
+def connect_failure(recipient: str, exc: ConnectError) -> SendResult:
+    """A connection that never opened, as one recipient's (temporary) result.
+
+    A 421 greeting ("too many connections", RFC 5321 §3.8) or 454 is the
+    server saying "slow down", as the same codes later in a session are:
+    throttled, so every connection pauses and no attempt is spent.
+    """
+    throttled = exc.code in (421, 454)
+    return SendResult(recipient, False, exc.code, exc.message, throttled=throttled, stage="connect")
 
 
 class Tally:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from newsletter.delivery.recorder import Pending, Recorder
-from newsletter.delivery.strategy import THROTTLE_RETRIES, PassCore, Tally
+from newsletter.delivery.strategy import THROTTLE_RETRIES, PassCore, Tally, connect_failure
 from newsletter.delivery.transports import ConnectError, SendResult
 from newsletter.delivery.transports.smtp_stream import Next, Ready, StreamSmtp
 from newsletter.errors import DeliveryError
@@ -408,7 +408,7 @@ class StreamsStrategy:
                     prepare=prepare,
                 )
             except ConnectError as exc:
-                return SendResult(email, False, exc.code, exc.message, stage="connect")
+                result = connect_failure(email, exc)
             if not result.throttled:
                 core.throttle.ok()
                 return result

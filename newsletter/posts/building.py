@@ -8,6 +8,7 @@ when a post must be built: a listing served from the index never does.
 
 from __future__ import annotations
 
+import posixpath
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from typing import Any
 
 from newsletter.config import Settings
 from newsletter.errors import Problem
-from newsletter.posts import jekyll, permalink
+from newsletter.posts import jekyll, pages, permalink
 from newsletter.posts import site as jekyllsite
 from newsletter.posts import text as posttext
 from newsletter.posts.model import Author, Post
@@ -44,7 +45,9 @@ KNOWN_KEYS = frozenset(
 class SiteContext:
     settings: Settings
     liquid_site: Mapping[str, Any]
-    post_urls: Mapping[str, str]  # file stem, path under posts_dir, … → absolute URL
+    # File stem, path under posts_dir, … → URL under `baseurl`; `pages.PAGE` +
+    # a page's or static file's path → its URL (`pages.LinkTargets`).
+    post_urls: Mapping[str, str]
     authors: Mapping[str, Any]  # _data/authors.yml and the authors collection
     includes: Path | None  # the site's _includes folder
 
@@ -66,6 +69,7 @@ class SiteContext:
             root, site.jekyll, base, [_page(s) for s in sources], problems
         )
         urls: dict[str, str] = {}
+        baseurl = permalink.normalized_baseurl(site.baseurl)
         for source in sources:
             stem = source.rel.with_suffix("").as_posix()
             keys = (
@@ -76,17 +80,25 @@ class SiteContext:
                 source.site_rel,
             )
             for key in keys:
-                urls.setdefault(key, source.url)
+                # Site-relative, as Jekyll prints it (`{{ site.url }}{% post_url x %}`
+                # is then a whole URL); Markdown's links are made absolute later.
+                urls.setdefault(key, baseurl + source.site_path)
         includes = root / "_includes" if root is not None else None
         includes = includes if includes is not None and includes.is_dir() else None
-        return cls(settings, variables.liquid, urls, variables.authors, includes)
+        targets = pages.LinkTargets(urls, settings)
+        return cls(settings, variables.liquid, targets, variables.authors, includes)
 
     def post_url(self, name: str) -> str | None:
         return self.post_urls.get(name.strip().strip("\"'"))
 
     def link(self, target: str) -> str | None:
-        """`{% link _posts/2024-11-04-x.md %}`: the post under any folder prefix."""
-        cleaned = target.strip().strip("\"'").lstrip("/")
+        """`{% link about.md %}`: that page or static file, exactly, as Jekyll
+        finds it; `{% link _posts/2024-11-04-x.md %}`: the post under any folder prefix."""
+        cleaned = target.strip().strip("\"'")
+        page = self.post_urls.get(pages.PAGE + cleaned)
+        if page:
+            return page
+        cleaned = cleaned.lstrip("/")
         parts = cleaned.split("/")
         for start in range(len(parts)):
             found = self.post_urls.get("/".join(parts[start:]))
@@ -164,7 +176,11 @@ def _page(source: Source, title: str | None = None) -> dict[str, Any]:
         "date": RubyTime.of(source.date),
         "url": source.site_path,
         "slug": source.slug,
-        "id": source.post_id,
+        # Jekyll's Document#id (not newsletter's post id): the URL's folder and the slug.
+        "id": posixpath.join(posixpath.dirname(source.site_path.rstrip("/")) or "/", source.slug),
+        "name": source.path.name,
+        "ext": source.path.suffix,
+        "relative_path": source.site_rel,
         "path": source.site_rel,
         "categories": list(source.categories),
         "tags": list(jekyll.tags(source.data)),

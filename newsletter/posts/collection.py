@@ -88,8 +88,10 @@ def load_posts(
     # A listing (`bodies` False or "lazy") is the same either way: one kept load for both.
     whole_kind = "posts" if bodies is True else "listing"
     stored = whole.read(settings, whole_kind, key)
+    if stored is not None and not _pages_unchanged(stored[3]):
+        stored = None  # a page a post links to changed
     if stored is not None:
-        posts, problems, urls = stored
+        posts, problems, urls, linked = stored
         complete = None
         if bodies == "lazy":
             stats = dict(key[1]) if key is not None else None
@@ -102,10 +104,25 @@ def load_posts(
         found_posts = found_files.found()
         collected, urls = _load(settings, found_posts, undated, progress, bodies, index)
         collected = replace(collected, roots=roots)
-        whole.write(settings, whole_kind, key, (collected.posts, collected.problems, urls))
+        from newsletter.posts import pages  # (imported by `_load` already)
+
+        linked = urls.consulted() if isinstance(urls, pages.LinkTargets) else ()
+        if linked is None:  # a linked page changed too recently to be trusted
+            key = None
+        whole.write(settings, whole_kind, key, (collected.posts, collected.problems, urls, linked))
     if index:
-        post_index.remember(settings, kind, key, collected)
+        still = partial(_pages_unchanged, linked) if linked else None
+        post_index.remember(settings, kind, key, collected, still)
     return collected
+
+
+def _pages_unchanged(linked: tuple[tuple[str, post_index.FileKey | None], ...]) -> bool:
+    """The pages and static files the posts' `{% link %}`s read are as they were."""
+    if not linked:
+        return True
+    from newsletter.posts import pages
+
+    return pages.files_unchanged(linked)
 
 
 def _load(
@@ -215,7 +232,8 @@ class _Completer:
         # The post files' paths and their sizes and mtimes as the load read
         # them: `site.posts` for the index without a `FoundPost` or a stat each.
         self._paths = paths
-        self.urls = urls
+        self._urls = urls
+        self._targets: Mapping[str, str] | None = None
         self.enabled = enabled
         self.read = partial(_read_indexed, settings=settings)
         self._indexes: post_index.Passes | None = ready[0] if ready else None
@@ -238,6 +256,15 @@ class _Completer:
                 self.settings, files, bodies=True, enabled=self.enabled, all_posts=stamp
             )
         return self._indexes
+
+    @property
+    def urls(self) -> Mapping[str, str]:
+        """The names links resolve through, pages included (`pages.LinkTargets`)."""
+        if self._targets is None:
+            from newsletter.posts import pages
+
+            self._targets = pages.LinkTargets.of(self._urls, self.settings)
+        return self._targets
 
     def complete(self, post: Post) -> Post:
         return self.indexes.whole_post(post.path, partial(self._build, post.path), self.urls)[0]

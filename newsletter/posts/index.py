@@ -12,9 +12,10 @@ of
   `_config.yml`, the Jekyll `_data`, `_includes` and collection files (such
   as `_authors`) and the source of this package, so that a changed
   configuration or a new version of the parser re-reads every post;
-* the cross-post lookups the post made (`{% post_url %}`, `{% link %}`): each
-  answer is recorded with the entry and checked again, so renaming or adding
-  another post re-reads only the posts that link to it;
+* the cross-post lookups the post made (`{% post_url %}`, `{% link %}`, to a
+  page too: `pages.LinkTargets`): each answer is recorded with the entry and
+  checked again, so renaming or adding another post (or a linked page's new
+  permalink) re-reads only the posts that link to it;
 * for a post whose Liquid read `site.posts`, `site.categories`, `site.tags`
   or a collection (`SiteWatch`): every post file's path, size and mtime_ns,
   so adding, removing or editing any post re-reads it.
@@ -61,7 +62,7 @@ __all__ = [
     "remember",
 ]
 
-INDEX_FORMAT = 3  # bump when the stored layout changes (3: `Post` moved to `model`)
+INDEX_FORMAT = 4  # bump when the stored layout changes (4: a whole load lists linked pages)
 # Linux stamps mtimes from a coarse clock (a few ms): two writes of the same size
 # that close together look alike, so a file this recent is also compared by content.
 RACY_NS = 2_000_000_000
@@ -488,7 +489,7 @@ def load_key(settings: Settings, files: Sequence[str | Path]) -> LoadKey | None:
 
 # A long-running process (the daemon, the preview) asks for the same posts
 # again and again: when not one file changed it gets the same (frozen) result.
-_recent: dict[tuple[str, str], tuple[LoadKey, Any]] = {}
+_recent: dict[tuple[str, str], tuple[LoadKey, Any, Callable[[], bool] | None]] = {}
 
 
 def recall(settings: Settings, kind: str, key: LoadKey | None) -> Any | None:
@@ -496,16 +497,25 @@ def recall(settings: Settings, kind: str, key: LoadKey | None) -> Any | None:
     found = _recent.get((str(settings.site.posts_dir), kind))
     if key is None or found is None or found[0] != key:
         return None
+    if found[2] is not None and not found[2]():
+        return None
     return found[1]
 
 
-def remember(settings: Settings, kind: str, key: LoadKey | None, value: Any) -> None:
+def remember(
+    settings: Settings,
+    kind: str,
+    key: LoadKey | None,
+    value: Any,
+    still_valid: Callable[[], bool] | None = None,
+) -> None:
     """Keep `value` for `recall` (`key` taken before the load: a file changed
-    meanwhile then no longer matches, and the next load reads it)."""
+    meanwhile then no longer matches, and the next load reads it), while
+    `still_valid()` (what else it read, such as a linked page, is unchanged)."""
     if key is None:
         _recent.pop((str(settings.site.posts_dir), kind), None)
     else:
-        _recent[(str(settings.site.posts_dir), kind)] = (key, value)
+        _recent[(str(settings.site.posts_dir), kind)] = (key, value, still_valid)
 
 
 def forget() -> None:

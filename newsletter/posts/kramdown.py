@@ -28,6 +28,7 @@ import re
 import xml.etree.ElementTree as etree
 
 from markdown import Extension, Markdown
+from markdown.blockprocessors import BlockProcessor, HashHeaderProcessor
 from markdown.inlinepatterns import (
     InlineProcessor,
     SimpleTagInlineProcessor,
@@ -69,6 +70,7 @@ _LIST_MARKER = re.compile(r"^( *)([*+-]|\d{1,9}\.)( {1,4}(?=\S)| *$)")
 _RULE = re.compile(r"^ {0,3}([-*_])(?: *\1){2,} *$")
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 _INDENTED_FENCE = re.compile(r"^ {1,3}(?:`{3,}|~{3,})")
+_QUOTE = re.compile(r"^ {0,3}> ?")
 _TAB = 4  # Python-Markdown's indent for a nested block
 
 
@@ -87,10 +89,18 @@ class _ListIndent(Preprocessor):
     """
 
     def run(self, lines: list[str]) -> list[str]:
-        if not any(_LIST_MARKER.match(line) or _INDENTED_FENCE.match(line) for line in lines):
+        if not any(
+            _LIST_MARKER.match(s) or _INDENTED_FENCE.match(s) or _QUOTE.match(s) for s in lines
+        ):
             return lines
+        return self._lines(lines, quoted=False)
+
+    def _lines(self, lines: list[str], *, quoted: bool) -> list[str]:
+        """`lines` re-indented; `quoted`: they are a blockquote's, whose fences
+        Python-Markdown would not see (it reads them only at the margin)."""
         out: list[str] = []
         items: list[int] = []  # the content column of each open item, outermost first
+        ordered: list[bool] = []  # whether each open item's list is numbered
         fence = ""  # the fence of a root-level code block being copied
         blank_before = True
         # The last line was a paragraph's, and the list has a blank line in
@@ -110,12 +120,25 @@ class _ListIndent(Preprocessor):
                 out.append(line)
                 blank_before, after_text, loose = True, False, loose or bool(items)
                 continue
+            if not items and _QUOTE.match(line):
+                i = self._quote(lines, i - 1, out)
+                blank_before = after_text = loose = False
+                continue
             indent = len(line) - len(line.lstrip(" "))
             marker = _LIST_MARKER.match(line)
             if marker and not _RULE.match(line) and (not items or indent < items[-1] + _TAB):
                 had_items = bool(items)
+                numbered = marker.group(2)[0].isdigit()
+                # The level this item would join, and the kind of list there.
+                level = next((k for k, column in enumerate(items) if indent < column), None)
+                if level is not None and not blank_before and numbered != ordered[level]:
+                    # Not that kind, right under an item: a list inside it (kramdown).
+                    line, indent = " " * items[-1] + line[indent:], items[-1]
+                    marker = _LIST_MARKER.match(line)
+                    assert marker is not None
                 while items and indent < items[-1]:
                     items.pop()
+                del ordered[len(items) :]
                 if not items and indent >= _TAB:  # an indented code block's line
                     out.append(line)
                     blank_before = False
@@ -129,6 +152,7 @@ class _ListIndent(Preprocessor):
                 out.append(" " * (_TAB * len(items) + extra) + line[indent:])
                 width = len(marker.group(0)) if text.strip() else indent + len(marker.group(2)) + 1
                 items.append(width)
+                ordered.append(numbered)
                 blank_before = after_text = False
                 continue
             if items and indent < items[-1]:
@@ -138,9 +162,16 @@ class _ListIndent(Preprocessor):
                     continue
                 while items and indent < items[-1]:
                     items.pop()
+                del ordered[len(items) :]
             blank_before = False
             if not items:
                 opened = _FENCE.match(line)
+                if opened and quoted:
+                    block, i = self._fence(lines, i - 1, indent, opened.group(1))
+                    if block is not None:
+                        out.extend(["", *block, ""])
+                        blank_before, after_text = True, False
+                        continue
                 fence = opened.group(1) if opened else ""
                 # A fence may be indented up to three spaces (GFM); Python-Markdown
                 # reads one only at the margin.  Its lines keep their indent.
@@ -159,6 +190,17 @@ class _ListIndent(Preprocessor):
             out.append(prefix + line[items[-1] :])
             after_text = indent - items[-1] < _TAB
         return out
+
+    def _quote(self, lines: list[str], start: int, out: list[str]) -> int:
+        """The blockquote at `start` (up to a blank line, lazy lines included,
+        as kramdown reads it) with its own lines re-indented, onto `out`; the
+        index after it.  (Python-Markdown's blockquote sees no preprocessor.)"""
+        end = start
+        while end < len(lines) and lines[end].strip():
+            end += 1
+        inner = [_QUOTE.sub("", line, count=1) for line in lines[start:end]]
+        out.extend(f"> {line}" if line.strip() else ">" for line in self._lines(inner, quoted=True))
+        return end
 
     def _fence(
         self, lines: list[str], start: int, column: int, fence: str
@@ -190,9 +232,10 @@ _POSSESSIVE = re.compile(r"s\b")
 _START = "\x00"  # "before" at the start of a block
 
 
-def typographic(text: str, prev: str = "\x00") -> str:
+def typographic(text: str, prev: str = "\x00", following: str = " ") -> str:
     """kramdown's smart quotes and symbols for one run of text; `prev` is the
-    character before it (from the text of the previous element)."""
+    character before it (from the text of the previous element), `following`
+    the one after it (`"[a link](x)"`: the link's first letter)."""
     if not any(c in text for c in "'\"-.<>"):
         return text
     text = _SYMBOLS.sub(lambda m: _SYMBOL_TEXT[m.group(0)], text)
@@ -205,7 +248,7 @@ def typographic(text: str, prev: str = "\x00") -> str:
         if char in (STX, ETX):
             hidden = char == STX
         elif not hidden:
-            after = text[i + 1] if i + 1 < len(text) else " "
+            after = text[i + 1] if i + 1 < len(text) else following
             char = _quote(char, before, after, text, i)
             before = char
         out.append(char)
@@ -235,17 +278,31 @@ class _Typography(Treeprocessor):
             return text[-1] if text else prev
         if el.tag in _BLOCK:
             prev = _START
+        children = list(el)
         if el.text:
             if not isinstance(el.text, AtomicString):
-                el.text = typographic(el.text, prev)
+                el.text = typographic(el.text, prev, _next_visible(children, 0))
             prev = el.text[-1]
-        for child in el:
+        for index, child in enumerate(children):
             prev = self._walk(child, prev)
             if child.tail:
                 if not isinstance(child.tail, AtomicString):
-                    child.tail = typographic(child.tail, prev)
+                    child.tail = typographic(child.tail, prev, _next_visible(children, index + 1))
                 prev = child.tail[-1]
         return prev
+
+
+def _next_visible(children: list[etree.Element], start: int) -> str:
+    """The first character a reader sees in `children[start:]` (an image is
+    something; a line break, or nothing, is a space)."""
+    for child in children[start:]:
+        if child.tag == "br":
+            return " "
+        text = "".join(child.itertext()) or ("" if child.tag is etree.Comment else "x")
+        text += child.tail or ""
+        if text:
+            return text[0]
+    return " "
 
 
 _NON_WORD = re.compile(r"[^\w\- ]")
@@ -370,6 +427,61 @@ class _TaskLists(Treeprocessor):
                 holder.text = box + (holder.text or "")[match.end() :]
 
 
+class _GfmHashHeader(HashHeaderProcessor):
+    """An ATX heading as kramdown's GFM parser reads it: the hashes are
+    followed by a space or tab and text; `#hashtag` at a line's start (or a
+    lone `#`) is a paragraph's text, not a heading."""
+
+    RE = re.compile(
+        r"(?:^|\n)(?P<level>#{1,6})(?=[ \t]+\S)"
+        r"(?P<header>(?:\\.|[^\\#]|#+(?=[^#\n]))*?)#*(?:\n|$)"
+    )
+
+
+_PIPE = re.compile(r"(?<!\\)\|")
+_CODE_SPAN = re.compile(r"(`+).+?\1")
+_SEPARATOR_ROW = re.compile(r"^[ \t]*\|?[ \t]*:?-+:?[ \t]*(?:\|[ \t]*:?-*:?[ \t]*)*$")
+
+
+class _PipeRows(BlockProcessor):
+    """kramdown's table without a header: a block whose every line has a `|`
+    (not escaped, not in code) is a table, `Photo: NASA | Public domain` a row
+    of two cells.  (A GFM table, with its `|---|` line, is the tables extension's.)"""
+
+    def test(self, parent: etree.Element, block: str) -> bool:
+        lines = block.split("\n")
+        if any(_SEPARATOR_ROW.match(line) for line in lines):
+            return False
+        return all(_PIPE.search(_CODE_SPAN.sub("", line)) for line in lines)
+
+    def run(self, parent: etree.Element, blocks: list[str]) -> None:
+        body = etree.SubElement(etree.SubElement(parent, "table"), "tbody")
+        for line in blocks.pop(0).split("\n"):
+            row = etree.SubElement(body, "tr")
+            for cell in _cells(line):
+                etree.SubElement(row, "td").text = cell.strip()
+
+
+def _cells(line: str) -> list[str]:
+    """`line` split at its pipes (not escaped, not in code), an outer `|` dropped."""
+    cells, start, i = [], 0, 0
+    while i < len(line):
+        code = _CODE_SPAN.match(line, i) if line[i] == "`" else None
+        if code:
+            i = code.end()
+            continue
+        if line[i] == "|" and (i == 0 or line[i - 1] != "\\"):
+            cells.append(line[start:i])
+            start = i + 1
+        i += 1
+    cells.append(line[start:])
+    if not cells[0].strip():
+        cells.pop(0)
+    if len(cells) > 1 and not cells[-1].strip():
+        cells.pop()
+    return cells
+
+
 class KramdownExtension(Extension):
     """Registered after fenced code is stashed, so code samples keep `{::`."""
 
@@ -377,6 +489,9 @@ class KramdownExtension(Extension):
         md.preprocessors.register(_KramdownExtensions(md), "kramdown_extensions", 22)
         # After whitespace is normalised (30, tabs expanded), before fences are read (25).
         md.preprocessors.register(_ListIndent(md), "kramdown_list_indent", 27)
+        md.parser.blockprocessors.register(_GfmHashHeader(md.parser), "hashheader", 70)
+        # After footnotes (17) and references (15) are taken, before paragraphs (10).
+        md.parser.blockprocessors.register(_PipeRows(md.parser), "kramdown_pipe_rows", 12)
         # A backslash keeps a quote straight: escape it like `*` or `_`.
         md.ESCAPED_CHARS.extend(["'", '"'])
         # After inline parsing (20) and attribute lists (8), before escapes are undone (0).

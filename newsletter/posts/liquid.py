@@ -7,7 +7,8 @@ python-liquid 2.x plus Jekyll's own tags and filters:
   and a handful of other Jekyll filters (`date_to_xmlschema`, `slugify`, …);
 * `{% raw %}` (kept literally), `{% comment %}`;
 * `{% highlight lang %}` → a fenced code block (Markdown then highlights it);
-* `{% post_url name %}` and `{% link path %}` → absolute URLs of those posts;
+* `{% post_url name %}` and `{% link path %}` → URLs of those posts and pages
+  (under `baseurl`, as Jekyll prints them);
 * `{% include file.html key=value %}` from the site's `_includes`, with
   `include.key` inside (Jekyll's syntax, not Shopify's).
 
@@ -52,8 +53,8 @@ class LiquidResult:
     warnings: tuple[LiquidWarning, ...]
 
 
-# `{% post_url name %}` / `{% link path %}` resolver: the name → an absolute
-# URL, or None when nothing matches.
+# `{% post_url name %}` / `{% link path %}` resolver: the name → its URL
+# (under `baseurl`: Markdown's links are made absolute later), or None.
 Resolver = Callable[[str], str | None]
 
 
@@ -61,6 +62,12 @@ Resolver = Callable[[str], str | None]
 # post's prepared text, or None inside an include).
 _UNDEFINED_SEEN: contextvars.ContextVar[list[tuple[str, int | None, str, bool]] | None] = (
     contextvars.ContextVar("undefined_seen", default=None)
+)
+
+
+# The resolvers of the post being rendered, for the includes it reads.
+_RESOLVERS: contextvars.ContextVar[tuple[Resolver, Resolver] | None] = contextvars.ContextVar(
+    "resolvers", default=None
 )
 
 
@@ -125,8 +132,11 @@ class _IncludeLoader(BaseLoader):
             raise TemplateNotFoundError(template_name)
         text = path.read_text(encoding="utf-8")
         # Tags in an include are checked like a post's; their warnings would
-        # point at the wrong file, so they are not reported.
-        prepared = _Prepass(text, _nothing, _nothing, 1, self.folder).run().text
+        # point at the wrong file, so they are not reported.  `{% post_url %}`
+        # and `{% link %}` resolve as in the post including it (read each time:
+        # this loader keeps nothing).
+        post_url, link = _RESOLVERS.get() or (_nothing, _nothing)
+        prepared = _Prepass(text, post_url, link, 1, self.folder).run().text
         return TemplateSource(prepared, str(path), None)
 
 
@@ -189,6 +199,7 @@ def render(
     env = environment(includes)
     seen: list[tuple[str, int | None, str, bool]] = []
     token = _UNDEFINED_SEEN.set(seen)
+    resolvers = _RESOLVERS.set((post_url, link))
     try:
         template = env.from_string(prepared.text)
         output = template.render(site=site, page=page, jekyll={"environment": "production"})
@@ -203,6 +214,7 @@ def render(
         output = _STRIP_ALL.sub("", _unraw(prepared.text))
     finally:
         _UNDEFINED_SEEN.reset(token)
+        _RESOLVERS.reset(resolvers)
     return LiquidResult(output, tuple(warnings))
 
 
@@ -329,11 +341,13 @@ class _Prepass:
         return "" if not self.text[start:pos].strip(" \t") else "\n"
 
     def _resolve(self, name: str, args: str, pos: int, end: int) -> str:
-        target = args.split()[0] if args else ""
+        # `{% link my notes/a b.md %}`: Jekyll's link takes the whole path.
+        target = args if name == "link" else args.split()[0] if args else ""
         resolver = self.post_url if name == "post_url" else self.link
         url = resolver(target) if target else None
         if url is None:
-            self._warn(f"{{% {name} {target} %}}: no such post; link dropped", pos)
+            what = "no such post" if name == "post_url" else "no such post, page or file"
+            self._warn(f"{{% {name} {target} %}}: {what}; link dropped", pos)
             # As a link's target (`[about]({% link about.md %})`), an empty
             # one would lead to the post itself: a scheme the sanitiser drops
             # leaves the words without a link.

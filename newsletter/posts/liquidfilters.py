@@ -15,11 +15,14 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 from urllib.parse import quote, quote_plus
+from zoneinfo import ZoneInfo
 
 from liquid import Environment
+from liquid.builtin.filters.misc import date as liquid_date
 from liquid.filter import with_context
 
 from newsletter.posts.permalink import is_absolute, normalized_baseurl, slugify_mode
+from newsletter.posts.rubytime import RubyTime
 
 _URL_SAFE = "/:@!$&'()*+,;=-._~%?#"
 
@@ -47,6 +50,42 @@ def absolute_url(value: object, *, context: Any) -> str:
     if is_absolute(text):
         return text
     return _site_value(context, "url").rstrip("/") + relative_url(text, context=context)
+
+
+# What Ruby's strftime has and Python's has not (or reads otherwise: `%s`).
+_RUBY_ONLY = re.compile(r"%%|%s|%:z|%-?\d*N|%L")
+
+
+def _ruby_strftime(moment: datetime, fmt: str) -> str:
+    def ruby(match: re.Match[str]) -> str:
+        spec = match.group(0)
+        if spec == "%%":
+            return spec
+        if spec == "%s":  # the instant, not the wall clock read in the machine's zone
+            return str(int(moment.timestamp()))
+        if spec == "%:z":
+            offset = moment.strftime("%z")
+            return f"{offset[:3]}:{offset[3:]}" if offset else ""
+        if spec == "%L":
+            return f"{moment.microsecond // 1000:03d}"
+        digits = int(spec[1:-1].lstrip("-") or 9)  # %N, %3N: fractions of a second
+        return f"{moment.microsecond:06d}".ljust(digits, "0")[:digits]
+
+    return moment.strftime(_RUBY_ONLY.sub(ruby, fmt))
+
+
+@with_context
+def _date(value: object, fmt: object = None, *, context: Any) -> object:
+    """Liquid's `date` with Ruby's strftime, and "now" in the site's zone."""
+    if isinstance(value, str) and value in ("now", "today"):
+        try:
+            zone = ZoneInfo(_site_value(context, "timezone") or "localtime")
+        except (ValueError, KeyError):  # KeyError: ZoneInfoNotFoundError
+            zone = None
+        value = RubyTime.of(datetime.now(zone).astimezone(zone))
+    if isinstance(value, datetime) and isinstance(fmt, str):
+        return _ruby_strftime(value, fmt)
+    return liquid_date(value, fmt, environment=context.env)
 
 
 def _as_datetime(value: object) -> datetime | None:
@@ -179,6 +218,12 @@ def _ruby_int(value: object) -> int:
     return int(match.group(1)) if match else 0
 
 
+def _markdownify(value: object) -> str:
+    from newsletter.posts import markup  # (Markdown: only for a post that asks)
+
+    return markup.markdownify(str(value or ""))
+
+
 JEKYLL_FILTERS: dict[str, Callable[..., object]] = {
     "where": _where,
     "where_exp": _where_exp,
@@ -191,6 +236,7 @@ JEKYLL_FILTERS: dict[str, Callable[..., object]] = {
     "unshift": lambda v, x: [x, *_to_list(v)],
     "to_integer": _ruby_int,
     "sample": lambda v, *_: _to_list(v)[:1] and _to_list(v)[0],
+    "date": _date,
     "relative_url": relative_url,
     "absolute_url": absolute_url,
     "date_to_xmlschema": _date_filter(lambda d: d.isoformat()),
@@ -201,12 +247,13 @@ JEKYLL_FILTERS: dict[str, Callable[..., object]] = {
     "cgi_escape": lambda v: quote_plus(str(v or "")),
     "uri_escape": lambda v: quote(str(v or ""), safe="/:@!$&'()*+,;=-._~%?#[]"),
     "slugify": lambda v, mode=None, *_: slugify_mode(str(v or ""), mode and str(mode)),
-    "jsonify": lambda v: json.dumps(v, default=str, ensure_ascii=False),
+    "jsonify": lambda v: json.dumps(v, default=str, ensure_ascii=False, separators=(",", ":")),
     "number_of_words": lambda v, *_: len(str(v or "").split()),
     "array_to_sentence_string": _sentence,
     "normalize_whitespace": lambda v: " ".join(str(v or "").split()),
-    # The whole body goes through Markdown afterwards; these can be identities.
-    "markdownify": lambda v: str(v or ""),
+    # HTML: in an include's HTML block Markdown is not read again.
+    "markdownify": _markdownify,
+    # The whole body goes through Markdown (and its typography) afterwards.
     "smartify": lambda v: str(v or ""),
     "inspect": lambda v: repr(v),
 }

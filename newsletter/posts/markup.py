@@ -74,6 +74,12 @@ def convert(text: str, base_url: str, suffix: str = ".md") -> str:
     return "".join(f"<p>{html.escape(p)}</p>" for p in paragraphs)
 
 
+def markdownify(text: str) -> str:
+    """Jekyll's `markdownify` filter: the site's Markdown as HTML, a newline
+    after (sanitised with the rest of the post, whose HTML it lands in)."""
+    return _markdown().reset().convert(text) + "\n"
+
+
 def markdown_to_html(text: str, base_url: str) -> str:
     """Markdown (already Liquid-rendered) → sanitised HTML with absolute URLs.
 

@@ -51,7 +51,7 @@ class PostFile:
     categories: tuple[str, ...]  # from the folders above `_posts`
 
 
-def _entry_filter(config: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+def entry_filter(config: Mapping[str, Any]) -> tuple[list[str], list[str]]:
     exclude = [str(e) for e in config.get("exclude") or [] if e is not None]
     include = [str(e) for e in config.get("include") or [] if e is not None]
     destination = str(config.get("destination") or "_site")
@@ -66,7 +66,7 @@ def _matches(patterns: list[str], rel: str) -> bool:
     return False
 
 
-def _kept(rel: str, name: str, exclude: list[str], include: list[str]) -> bool:
+def kept(rel: str, name: str, exclude: list[str], include: list[str]) -> bool:
     """Jekyll's EntryFilter for one entry (`rel` is relative to the source)."""
     if _matches(include, rel) or name == ".htaccess":
         return True
@@ -84,7 +84,7 @@ def post_files(
     Markdown files in a `_posts` folder without a date in their name are not
     posts to Jekyll; they are appended to `undated` (to be warned about).
     """
-    exclude, include = _entry_filter(config)
+    exclude, include = entry_filter(config)
     # With `collections_dir`, Jekyll reads posts only below it, and paths and
     # categories are relative to it.
     collections_dir = str(config.get("collections_dir") or "").strip("/")
@@ -130,7 +130,7 @@ def _readable_dirs(source: Path, rel: str, exclude: list[str], include: list[str
         return
     for entry in entries:
         child = f"{rel}/{entry.name}" if rel else entry.name
-        if entry.is_dir() and not entry.is_symlink() and _kept(child, entry.name, exclude, include):
+        if entry.is_dir() and not entry.is_symlink() and kept(child, entry.name, exclude, include):
             yield from _readable_dirs(source, child, exclude, include)
 
 

@@ -10,6 +10,8 @@ the result of the load is the same, so it is kept whole, under
 * the fingerprint, and
 * every post file's path, size and mtime_ns (and the undated files', whose
   warnings are part of the load): `index.load_key`,
+* and, stored with the load and checked after the key matches, the size and
+  mtime_ns of each page or static file a `{% link %}` read (`pages.LinkTargets.consulted`),
 
 and handed back by one read.  Any difference, or a file changed less than
 `index.RACY_NS` ago (a coarse mtime could hide a second edit), falls back to

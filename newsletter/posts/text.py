@@ -175,6 +175,8 @@ def _looks_like_name(text: str, strict: bool) -> bool:
 _MORE = re.compile(r"<!--\s*more\s*-->", re.I)
 _FENCE = re.compile(r"^[ ]{0,3}(```|~~~)", re.M)
 _SKIP_BLOCK = re.compile(r"^[ ]{0,3}(?:#{1,6}(?:\s|$)|\{:|<!--)")
+# kramdown's table of contents (`* TOC` / `{:toc}`): no text of the post's own.
+_TOC_BLOCK = re.compile(r"[ ]{0,3}(?:[*+-]|\d{1,9}\.)[ \t]+\S[^\n]*\n[ ]{0,3}\{:\s*toc\s*\}\s*")
 _LINK_DEFINITION = re.compile(r"^[ ]{0,3}\[[^\]]+\]:[ \t]*\S.*$", re.M)
 
 
@@ -233,10 +235,13 @@ def _before_separator(body: str, separator: str | None) -> str | None:
 
 def first_paragraph(body: str) -> str:
     """Jekyll's default excerpt (up to the first blank line), skipping leading
-    headings, attribute lines and comments, and never cutting a code fence."""
+    headings, attribute lines, comments and a table of contents, and never
+    cutting a code fence."""
     blocks = re.split(r"\n[ \t]*\n", body.strip("\n"))
     index = 0
-    while index < len(blocks) - 1 and _SKIP_BLOCK.match(blocks[index]):
+    while index < len(blocks) - 1 and (
+        _SKIP_BLOCK.match(blocks[index]) or _TOC_BLOCK.fullmatch(blocks[index])
+    ):
         index += 1
     taken = [blocks[index]] if blocks else []
     # An odd number of fence markers means the blank line split a code block.

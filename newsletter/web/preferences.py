@@ -91,6 +91,9 @@ def preferences_form(request: Request) -> Response:
         return _unavailable()
 
 
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
 async def preferences_save(request: Request) -> Response:
     state = request.app.state.public
     whole = await buffered(request, MAX_BODY)
@@ -105,6 +108,10 @@ async def preferences_save(request: Request) -> Response:
         person = await run_in_threadpool(_subscriber, request)
         if person is None:
             return _invalid()
+        if not _is_form(request):
+            return Response(
+                "expected the preferences form\n", status_code=415, media_type="text/plain"
+            )
         joined, left = await run_in_threadpool(
             flow.set_preferences, state.engine, state.settings, person.id, wanted, utcnow()
         )
@@ -115,6 +122,15 @@ async def preferences_save(request: Request) -> Response:
         return _invalid()
     except StoreError:
         return _unavailable()
+
+
+def _is_form(request: Request) -> bool:
+    """Whether the body is a form: Starlette reads any other body as an empty
+    form, and an empty form means "no list ticked", so JSON or a bare POST (a
+    scanner, a script) left every list.  A browser always sends the form's
+    type, even with nothing ticked."""
+    kind = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    return kind in FORM_TYPES
 
 
 def preferences_routes() -> list[Route]:

@@ -284,12 +284,16 @@ def _titles(settings: Settings, names: tuple[str, ...]) -> list[Any]:
 def _send_confirmation(request: Request, pending: flow.Pending) -> None:
     state = _state(request)
     token = make_confirm_token(state.secret, pending.nonce, pending.expires_at)
+    # Anyone can type anyone's address in the form: the name given beside it
+    # is a stranger's text until the owner confirms, so the confirmation
+    # leaves it out (neither greeting nor To) and cannot carry a bot's message
+    # to that inbox under our domain.  The welcome email uses it.
     _deliver(
         request,
         state.settings,
         "confirm",
         pending.email,
-        pending.name,
+        "",
         confirm_url=confirm_url(state.settings, token),
         lists=_titles(state.settings, pending.lists),
         expires_at=pending.expires_at,

@@ -11,6 +11,7 @@ connection reused, so one recipient never blocks the others.
 
 from __future__ import annotations
 
+import binascii
 import logging
 import smtplib
 import socket
@@ -19,16 +20,20 @@ from collections.abc import Callable
 from typing import Any
 
 from newsletter.config import SmtpSettings
-from newsletter.delivery.transports.base import ConnectError, SendResult, TransportError
+from newsletter.delivery.transports.base import ConnectError, SendResult
 from newsletter.delivery.transports.logins import LOGINS, Key, login_key
 from newsletter.delivery.transports.smtp_common import (
     NON_ASCII_LOCAL_PART,
     ascii_address,
+    auth_unusable,
+    bad_challenge,
     check_policy,
     classify,
     login_refused,
+    malformed,
     no_starttls,
     reply_text,
+    starttls_refused,
     tls_context,
     tls_error,
 )
@@ -47,6 +52,15 @@ def _write(conn: smtplib.SMTP, data: bytes) -> None:
     if conn.sock is None:
         raise smtplib.SMTPServerDisconnected("not connected")
     conn.sock.sendall(data)
+
+
+def _early_refusal(conn: smtplib.SMTP) -> tuple[int, bytes] | None:
+    """The refusal a server wrote before it stopped reading, if there is one."""
+    try:
+        code, reply = conn.getreply()
+    except (smtplib.SMTPException, OSError):
+        return None
+    return (code, reply) if 400 <= code < 600 else None
 
 
 class Flight:
@@ -135,7 +149,12 @@ class SmtpTransport:
         if not conn.has_extn("starttls"):
             conn.close()
             raise no_starttls(self.settings)
-        conn.starttls(context=self._context())
+        try:
+            conn.starttls(context=self._context())
+        except smtplib.SMTPResponseException as exc:
+            # An OSError, which `open` would report as a connection failure.
+            conn.close()
+            raise starttls_refused(self.settings, exc.smtp_code, exc.smtp_error) from exc
         conn.ehlo()
 
     def _login_key(self) -> Key | None:
@@ -150,23 +169,31 @@ class SmtpTransport:
         if key is None or not username:
             return
         password = s.password() or ""
+        offered = conn.esmtp_features.get("auth", "").upper().split()
+        unusable = auth_unusable(s.host, offered)
+        if unusable is not None:
+            # smtplib's own "No suitable authentication method found" is an
+            # OSError, which `open` would report as a connection failure.
+            conn.close()
+            raise unusable
         with LOGINS.attempt(key) as refuse:
             try:
-                if "plain" in conn.esmtp_features.get("auth", "").lower().split():
+                if "PLAIN" in offered:
                     # One mechanism, once: smtplib.login() would retry a refused
                     # password with every other mechanism the server offers.
                     conn.user, conn.password = username, password
                     conn.auth("PLAIN", conn.auth_plain)
                 else:
                     conn.login(username, password)
+            except binascii.Error as exc:  # CRAM-MD5's challenge is not base64
+                conn.close()
+                raise bad_challenge(s.host, exc) from exc
             except smtplib.SMTPAuthenticationError as exc:
                 error = login_refused(username, exc.smtp_code, exc.smtp_error)
                 if exc.smtp_code >= 500:  # permanent: never again with this password
                     refuse(error)
                 conn.close()
                 raise error from exc
-            except smtplib.SMTPNotSupportedError as exc:
-                raise TransportError(f"{s.host} does not offer AUTH", key="smtp.username") from exc
 
     def close(self) -> None:
         conn, self._conn = self._conn, None
@@ -283,12 +310,18 @@ class SmtpTransport:
 
     def _envelope_replies(self, conn: smtplib.SMTP, recipient: str) -> SendResult | None:
         """Read the pipelined MAIL, RCPT and DATA replies; the refusal, or None on 354."""
-        replies = [conn.getreply() for _ in range(3)]
+        replies: list[tuple[int, bytes]] = []
+        for stage in ("mail", "rcpt", "data"):
+            code, text = conn.getreply()
+            if code == 421:  # closing (RFC 5321 §3.8): the other replies never come
+                return self._refused(recipient, code, text, stage)
+            replies.append((code, text))
         (mail_code, mail_text), (rcpt_code, rcpt_text), (data_code, data_text) = replies
         refused = mail_code != 250 or rcpt_code not in (250, 251)
-        if data_code == 354 and refused:
+        if data_code == 354 and refused and not (malformed(mail_code) or malformed(rcpt_code)):
             # RFC 2920 §3.1: a server may accept DATA although every RCPT failed;
-            # end the empty message at once, then reset.
+            # end the empty message at once, then reset.  (Out of step, the
+            # connection is dropped instead: the server may hold a recipient.)
             _write(conn, b".\r\n")
             conn.getreply()
         if mail_code != 250:
@@ -317,7 +350,15 @@ class SmtpTransport:
     def _content(self, conn: smtplib.SMTP, recipient: str, message: bytes) -> SendResult:
         # The content (stuffed by `send`) and its final dot in one write: from
         # here the server may keep the message, so `ready` has run already.
-        _write(conn, message + b".\r\n")
+        try:
+            _write(conn, message + b".\r\n")
+        except ConnectionError:
+            # A server may refuse (552: too big) before reading the whole
+            # message, then close; its reply, not our failed write, is the outcome.
+            early = _early_refusal(conn)
+            if early is None:
+                raise
+            return self._refused(recipient, *early, "data")
         code, reply = conn.getreply()
         if code != 250:
             return self._refused(recipient, code, reply, "data")
@@ -325,8 +366,8 @@ class SmtpTransport:
 
     def _refused(self, recipient: str, code: int, reply: Any, stage: str) -> SendResult:
         result = classify(recipient, code, reply_text(reply), stage)
-        if code == 421:
-            self._drop()  # the server is closing the channel (RFC 5321 §3.8)
+        if code == 421 or malformed(code):
+            self._drop()  # the server is closing the channel (RFC 5321 §3.8), or out of step
             return result
         try:
             self._conn.rset() if self._conn is not None else None

@@ -16,15 +16,20 @@ from newsletter.email.message import stuffed_body
 
 __all__ = [
     "LOCALHOST",
+    "MALFORMED",
     "NON_ASCII_LOCAL_PART",
     "ascii_address",
+    "auth_unusable",
+    "bad_challenge",
     "check_policy",
     "classify",
     "dot_stuffed",
     "enhanced_status",
     "login_refused",
+    "malformed",
     "no_starttls",
     "reply_text",
+    "starttls_refused",
     "tls_context",
     "tls_error",
 ]
@@ -39,8 +44,19 @@ def enhanced_status(text: str) -> str | None:
     return ".".join(match.groups()) if match else None
 
 
+def malformed(code: int) -> bool:
+    """Whether a reply code is no SMTP reply at all (the parsers give -1 for
+    one without three digits): the session is out of step with the server,
+    so the connection must be dropped, never reused."""
+    return not 200 <= code < 600
+
+
 def classify(recipient: str, code: int, text: str, stage: str) -> SendResult:
     """Turn one SMTP reply into a `SendResult`."""
+    if malformed(code):
+        # RFC 5321 §4.2: a reply is three digits, then text.  Garbage is the
+        # server's (or the network's) trouble, not this recipient's: temporary.
+        return SendResult(recipient, False, None, MALFORMED, stage=stage)
     if 200 <= code < 300:
         return SendResult(recipient, True, code, text, stage=stage)
     status = enhanced_status(text) or ""
@@ -110,6 +126,37 @@ def no_starttls(settings: SmtpSettings) -> TransportError:
     )
 
 
+SUPPORTED_AUTH = ("PLAIN", "LOGIN", "CRAM-MD5")  # what both transports speak
+
+
+def auth_unusable(host: str, offered: list[str]) -> TransportError | None:
+    """Why AUTH cannot be tried with what the server offers (None: it can).
+
+    A configuration problem that stops the command (nothing spent), never a
+    connection failure that would defer every recipient.
+    """
+    if not offered:  # no AUTH keyword, or one with no mechanism after it
+        return TransportError(f"{host} does not offer AUTH", key="smtp.username")
+    if not set(offered) & set(SUPPORTED_AUTH):
+        return TransportError(
+            f"{host} offers no AUTH mechanism we support ({' '.join(offered)})",
+            key="smtp.username",
+        )
+    return None
+
+
+def bad_challenge(host: str, exc: ValueError) -> TransportError:
+    """An AUTH challenge that is not base64 (RFC 4954 §4): the server's fault."""
+    return TransportError(f"{host} sent a malformed AUTH challenge ({exc})", key="smtp.username")
+
+
+def starttls_refused(settings: SmtpSettings, code: int, reply: bytes | str) -> TransportError:
+    """STARTTLS offered, then refused: as when it is missing, never sent in clear."""
+    return TransportError(
+        f"STARTTLS refused by {settings.host}: {code} {reply_text(reply)}", key="smtp.security"
+    )
+
+
 def tls_error(where: str, exc: ssl.SSLError) -> TransportError:
     """The one message for a failed TLS handshake (an untrusted certificate says so)."""
     if isinstance(exc, ssl.SSLCertVerificationError):
@@ -129,6 +176,8 @@ def login_refused(username: str, code: int, reply: bytes | str) -> TransportErro
         code=code,
     )
 
+
+MALFORMED = "malformed reply from the server (not an SMTP reply; the connection is dropped)"
 
 NON_ASCII_LOCAL_PART = (
     "the address has a non-ASCII local part and the server does not support SMTPUTF8 (RFC 6531)"

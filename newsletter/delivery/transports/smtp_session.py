@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import hmac
 import weakref
 from collections import deque
@@ -20,9 +21,12 @@ from newsletter.config import SmtpSettings
 from newsletter.delivery.transports.base import ConnectError, TransportError
 from newsletter.delivery.transports.logins import LOGINS, Key, login_key
 from newsletter.delivery.transports.smtp_common import (
+    auth_unusable,
+    bad_challenge,
     login_refused,
     no_starttls,
     reply_text,
+    starttls_refused,
     tls_context,
 )
 
@@ -197,10 +201,7 @@ async def _starttls(session: Session, settings: SmtpSettings, local_hostname: st
         raise no_starttls(settings)
     code, text = await _command(session, settings, b"STARTTLS")
     if code != 220:
-        raise TransportError(
-            f"STARTTLS refused by {settings.host}: {code} {reply_text(text)}",
-            key="smtp.security",
-        )
+        raise starttls_refused(settings, code, text)
     loop = asyncio.get_running_loop()
     proto = session.replies
     assert proto.transport is not None
@@ -219,9 +220,10 @@ async def _login(
     s = settings
     assert s.username
     password = s.password() or ""
-    if "auth" not in session.features:
-        raise TransportError(f"{s.host} does not offer AUTH", key="smtp.username")
-    offered = session.features["auth"].upper().split()
+    offered = session.features.get("auth", "").upper().split()
+    unusable = auth_unusable(s.host, offered)
+    if unusable is not None:
+        raise unusable
     user = s.username.encode()
 
     async def command(line: bytes) -> Reply:
@@ -241,13 +243,14 @@ async def _login(
     elif "CRAM-MD5" in offered:
         code, text = await command(b"AUTH CRAM-MD5")
         if code == 334:
-            digest = hmac.new(password.encode(), base64.b64decode(text), "md5").hexdigest()
+            try:
+                challenge = base64.b64decode(text, validate=True)
+            except binascii.Error as exc:
+                raise bad_challenge(s.host, exc) from exc
+            digest = hmac.new(password.encode(), challenge, "md5").hexdigest()
             code, text = await command(base64.b64encode(user + b" " + digest.encode()))
-    else:
-        raise TransportError(
-            f"{s.host} offers no AUTH mechanism we support ({' '.join(offered)})",
-            key="smtp.username",
-        )
+    else:  # pragma: no cover - auth_unusable refused it
+        raise AssertionError(offered)
     if code != 235:
         error = login_refused(s.username, code, text)
         if code >= 500:  # permanent: never again with this password

@@ -25,11 +25,12 @@ from newsletter.delivery.transports.smtp_common import (
     ascii_address,
     check_policy,
     classify,
+    malformed,
     reply_text,
     stuffed_body,
     tls_error,
 )
-from newsletter.delivery.transports.smtp_session import Replies, open_session
+from newsletter.delivery.transports.smtp_session import Lost, Replies, open_session
 
 __all__ = ["StreamSmtp"]
 
@@ -187,18 +188,41 @@ class StreamSmtp:
             return SendResult(recipient, False, None, f"{what} during {stage}: {exc}", stage=stage)
 
     async def _replies(self, proto: Replies, count: int) -> list[Reply]:
-        owed, self._owed = self._owed, 0
-        return (await proto.take(owed + count, self.timeout))[owed:]
+        owed = self._owed
+        replies = await proto.take(owed + count, self.timeout)
+        self._owed = 0
+        return replies[owed:]
+
+    def _closing(self, proto: Replies, recipient: str) -> SendResult | None:
+        """After the server closed mid-envelope: its 421, if it sent one first.
+
+        RFC 5321 §3.8: a server shutting the channel answers the next command
+        with 421 and closes, so the other pipelined replies never come; the
+        421 (throttling) is the outcome, not a lost connection.
+        """
+        got = list(proto.replies)[self._owed :]
+        for (code, text), stage in zip(got, ("mail", "rcpt", "data"), strict=False):
+            if code == 421:
+                self.abandon()
+                return classify(recipient, code, reply_text(text), stage)
+        return None
 
     async def _pipelined(self, proto: Replies, recipient: str) -> SendResult | None:
         """The replies to MAIL, RCPT and DATA written in one go; the refusal, or None on 354."""
         assert proto.transport is not None
-        replies = await self._replies(proto, 3)
+        try:
+            replies = await self._replies(proto, 3)
+        except Lost:
+            closing = self._closing(proto, recipient)
+            if closing is None:
+                raise
+            return closing
         (mail_code, mail_text), (rcpt_code, rcpt_text), (data_code, data_text) = replies
         refused = mail_code != 250 or rcpt_code not in (250, 251)
-        if data_code == 354 and refused:
+        if data_code == 354 and refused and not (malformed(mail_code) or malformed(rcpt_code)):
             # RFC 2920 §3.1: a server may accept DATA although every RCPT failed;
-            # end the empty message at once, then reset.
+            # end the empty message at once, then reset.  (Out of step, the
+            # connection is dropped instead: the server may hold a recipient.)
             proto.transport.write(b".\r\n")
             self._owed += 1
         if mail_code != 250:
@@ -272,7 +296,7 @@ class StreamSmtp:
         if announce:
             # The transaction ended with the dot either way; an RSET now would
             # reset the next one, already under way.
-            if code == 421:
+            if code == 421 or malformed(code):
                 self.abandon()
             return classify(recipient, code, reply_text(text), "data")
         refusal = self._refused(recipient, code, text, "data")
@@ -284,8 +308,8 @@ class StreamSmtp:
         """Classify the refusal; reset the session (its reply is read with the next ones)."""
         result = classify(recipient, code, reply_text(text), stage)
         proto = self._proto
-        if code == 421 or proto is None or proto.transport is None:
-            self.abandon()  # the server is closing the channel (RFC 5321 §3.8)
+        if code == 421 or malformed(code) or proto is None or proto.transport is None:
+            self.abandon()  # the server is closing the channel (RFC 5321 §3.8), or out of step
             return result
         proto.transport.write(b"RSET\r\n")
         self._owed += 1
