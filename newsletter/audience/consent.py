@@ -63,6 +63,21 @@ def record_many(conn: Connection, rows: Iterable[dict[str, Any]]) -> None:
         conn.execute(consent_events.insert(), batch)
 
 
+def last_unsubscribe_source(conn: Connection, subscriber_id: int, list_name: str) -> str | None:
+    """Who left this list last (the source of the latest unsubscribe from it); None if unrecorded."""
+    source: str | None = conn.execute(
+        select(consent_events.c.source)
+        .where(
+            consent_events.c.subscriber_id == subscriber_id,
+            consent_events.c.action == "unsubscribe",
+            consent_events.c.list_name == list_name,
+        )
+        .order_by(consent_events.c.at.desc(), consent_events.c.id.desc())
+        .limit(1)
+    ).scalar()
+    return source
+
+
 def history(engine: Engine, subscriber_id: int) -> list[ConsentEvent]:
     """A subscriber's events, oldest first."""
     query = (

@@ -31,13 +31,7 @@ from newsletter.audience import members as subs
 from newsletter.audience.addresses import normalise_email
 from newsletter.config import Settings
 from newsletter.errors import SubscriberError
-from newsletter.store.schema import (
-    confirmations,
-    consent_events,
-    memberships,
-    signup_hits,
-    subscribers,
-)
+from newsletter.store.schema import confirmations, memberships, signup_hits, subscribers
 
 WINDOW = timedelta(hours=1)
 DAY = timedelta(days=1)
@@ -308,16 +302,7 @@ def _left_by_themselves(conn: Connection, subscriber_id: int, list_name: str) ->
     did it.  A membership left with no record of it (older stores) is taken
     as the reader's, as before that record existed.
     """
-    source = conn.execute(
-        select(consent_events.c.source)
-        .where(
-            consent_events.c.subscriber_id == subscriber_id,
-            consent_events.c.action == "unsubscribe",
-            consent_events.c.list_name == list_name,
-        )
-        .order_by(consent_events.c.at.desc(), consent_events.c.id.desc())
-        .limit(1)
-    ).scalar()
+    source = consent.last_unsubscribe_source(conn, subscriber_id, list_name)
     return source is None or source in SELF_SOURCES
 
 
