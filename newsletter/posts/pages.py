@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -113,11 +114,13 @@ def files_unchanged(consulted: tuple[tuple[str, FileKey | None], ...]) -> bool:
 
 
 def _stat(path: Path) -> FileKey | None:
+    """`index.file_key` for a regular file only (a folder is no page), and
+    None for a name the system refuses (a NUL in it); one stat call."""
     try:
         st = os.stat(path)
     except (OSError, ValueError):
         return None
-    return (st.st_size, st.st_mtime_ns) if os.path.isfile(path) else None
+    return (st.st_size, st.st_mtime_ns) if stat.S_ISREG(st.st_mode) else None
 
 
 def page_url(path: Path, rel: str, config: Mapping[str, Any], style: str) -> str | None:
