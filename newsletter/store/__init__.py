@@ -437,6 +437,20 @@ def _upgrade_to_7(conn: Connection) -> None:
         conn.exec_driver_sql("ALTER TABLE bounce_events ALTER COLUMN delivery_id TYPE BIGINT")
 
 
+def _upgrade_to_8(conn: Connection) -> None:
+    # Who planned each mailing (why: schema.mailings.origin).  A database
+    # cannot tell for the mailings it already holds: a resend is always the
+    # owner's; any other is taken as the daemon's, which most are, so that a
+    # post pulled mid-mailing stops (invariant 4; an owner's own mailing
+    # stopped this way goes on with `newsletter send`, which takes it over).
+    columns = {c["name"] for c in inspect(conn).get_columns("mailings")}
+    if "origin" not in columns:
+        conn.exec_driver_sql(
+            "ALTER TABLE mailings ADD COLUMN origin VARCHAR(16) NOT NULL DEFAULT 'daemon'"
+        )
+    conn.exec_driver_sql("UPDATE mailings SET origin = 'send' WHERE kind = 'resend'")
+
+
 def _drop_foreign_keys(conn: Connection, table: str) -> None:
     for foreign_key in inspect(conn).get_foreign_keys(table):
         name = foreign_key["name"]
@@ -450,6 +464,7 @@ UPGRADES: dict[int, Callable[[Connection], None]] = {
     5: _upgrade_to_5,
     6: _upgrade_to_6,
     7: _upgrade_to_7,
+    8: _upgrade_to_8,
 }
 
 # Any constant will do: it only has to be the same in every newsletter process.
