@@ -292,6 +292,7 @@ def mailing_summaries(engine: Engine) -> list[MailingSummary]:
             finished_at=m.finished_at,
             paused_until=m.paused_until,
             subject=m.subject,
+            origin=m.origin,
         )
         for m in rows
     ]
