@@ -195,7 +195,7 @@ mailings = Table(
     # Schema 8: who planned it, AUTOMATIC (the daemon: withdrawn when its post
     # is pulled, invariant 4) or EXPLICIT (`newsletter send`: the owner's
     # choice, never withdrawn).  Mailings planned before are AUTOMATIC but
-    # for resends (store.UPGRADES[8]).
+    # for resends (store.upgrades.upgrade_to_8).
     Column("origin", String(16), nullable=False, server_default="daemon"),
     UniqueConstraint("post_id", "list_id", "generation", name="uq_mailing_post_list"),
 )
@@ -230,7 +230,7 @@ def delivery_id(ledger_key: int, subscriber_id: int) -> int:
     return ledger_key * KEY_SHIFT + subscriber_id
 
 
-# Added in schema version 3 (store.UPGRADES[3] creates them in older databases).
+# Added in schema version 3 (store.upgrades.upgrade_to_3 creates them in older databases).
 DELIVERY_INDEXES_V3 = (
     # Queued rows in id order: a claim reads only the rows it takes.
     Index("ix_deliveries_queue", "mailing_id", "status", "id"),
