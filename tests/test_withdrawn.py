@@ -105,8 +105,9 @@ def test_a_pulled_post_is_not_sent_to_the_rest(
 
 
 def test_a_post_redated_into_the_future_waits_for_its_new_date(
-    ready: tuple[Site, Settings, Engine],
+    ready: tuple[Site, Settings, Engine], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("NEWSLETTER_SECRET", "withdrawn-test-secret")
     site, settings, engine = ready
     first = first_recipient_only(settings, engine).outbox[0].recipient
     later = datetime.now(UTC).replace(microsecond=0) + timedelta(days=3)
@@ -116,6 +117,9 @@ def test_a_post_redated_into_the_future_waits_for_its_new_date(
     with engine.connect() as conn:
         state, until = conn.execute(select(mailings.c.state, mailings.c.paused_until)).one()
     assert state == "postponed" and until == later
+    code, out = run_cli(site, "status")
+    assert code == 0
+    assert f"upcoming:\n  {later.isoformat()}  pulled → news\n" in out
     assert passes.next_work_time(engine, datetime.now(UTC)) == later
     # Its date comes: the rest get it, the first recipient not again.
     _report, transport = later_pass(settings, engine, now=later + timedelta(seconds=1))
