@@ -27,7 +27,7 @@ from newsletter.daemon.passlog import (
 )
 from newsletter.delivery.report import DeliveryReport
 from newsletter.delivery.transports import Transport
-from newsletter.errors import NewsletterError, TransportError
+from newsletter.errors import NewsletterError, TransportError, database_reason
 from newsletter.posts.collection import Post, PostCollection
 from newsletter.store import one_at_a_time, reading
 from newsletter.store.halts import AUTOMATIC, POSTPONED
@@ -363,7 +363,7 @@ def _deliver(
             problems.append(f"error: mailing {mailing_id}: {exc}")
             continue
         except SQLAlchemyError as exc:  # a busy or broken database: next pass retries
-            problems.append(f"error: mailing {mailing_id}: database: {exc}")
+            problems.append(f"error: mailing {mailing_id}: database: {database_reason(exc)}")
             continue
         total += report
         counted = report.sent or report.deferred or report.failed or report.skipped

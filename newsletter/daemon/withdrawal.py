@@ -26,7 +26,7 @@ from datetime import datetime
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from newsletter.errors import StoreError
+from newsletter.errors import StoreError, database_reason
 from newsletter.posts import lookup
 from newsletter.posts.collection import PostCollection
 from newsletter.store import halts, reading
@@ -83,7 +83,8 @@ def review(
             if found is not None:
                 _apply(engine, mailing, found)
     except SQLAlchemyError as exc:
-        raise StoreError(f"cannot review the mailings of pulled posts: {exc}") from exc
+        reason = database_reason(exc)
+        raise StoreError(f"cannot review the mailings of pulled posts: {reason}") from exc
 
 
 def _apply(engine: Engine, mailing: halts.Watched, found: Verdict) -> None:

@@ -101,9 +101,10 @@ class LeaseKeeper:
                 self._renew()
             try:
                 self.core.check_halt()
-            except NewsletterError:
-                # The claims refuse a halted mailing's rows anyway.
-                log.warning("checking whether the mailing was withdrawn failed", exc_info=True)
+            except NewsletterError as exc:
+                # The next tick tries again, and the claims refuse a halted
+                # mailing's rows anyway: one line, no traceback.
+                log.warning("checking whether the mailing was withdrawn failed: %s", exc)
 
     def _renew(self) -> None:
         try:

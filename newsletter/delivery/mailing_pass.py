@@ -49,7 +49,7 @@ from newsletter.delivery.transports import (
     make_transport,
 )
 from newsletter.email.message import MessageTemplate
-from newsletter.errors import DeliveryError, NewsletterError, StoreError
+from newsletter.errors import DeliveryError, NewsletterError, StoreError, database_reason
 from newsletter.posts.collection import PostCollection
 from newsletter.store import mailings as q
 from newsletter.store import now, reading
@@ -351,7 +351,8 @@ class MailingPass:
             with reading(self.engine) as conn:
                 halted = q.halted_now(conn, self.mailing.id, now())
         except SQLAlchemyError as exc:
-            raise StoreError(f"cannot read mailing {self.mailing.id}: {exc}") from exc
+            reason = database_reason(exc)
+            raise StoreError(f"cannot read mailing {self.mailing.id}: {reason}") from exc
         if halted and not self.halted:
             self.halted = True
             log.info("mailing %s halted: this pass stops", self.mailing.id)

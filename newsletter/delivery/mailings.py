@@ -27,6 +27,7 @@ from newsletter.errors import (
     RenderError,
     StoreError,
     TemplateError,
+    database_reason,
 )
 from newsletter.posts.collection import Post, PostCollection
 from newsletter.store import mailings as q
@@ -178,7 +179,7 @@ def _plan(
             return result
     except SQLAlchemyError as exc:
         names = ", ".join(list_names)
-        raise StoreError(f"cannot plan {post_id} for list {names}: {exc}") from exc
+        raise StoreError(f"cannot plan {post_id} for list {names}: {database_reason(exc)}") from exc
 
 
 # --------------------------------------------------------------------------- delivering
@@ -278,7 +279,7 @@ def mailing_summaries(engine: Engine) -> list[MailingSummary]:
             rows = q.all_mailings(conn)
             counts = q.counts(conn)
     except SQLAlchemyError as exc:
-        raise StoreError(f"cannot read mailings: {exc}") from exc
+        raise StoreError(f"cannot read mailings: {database_reason(exc)}") from exc
     return [
         MailingSummary(
             mailing_id=m.id,
@@ -308,4 +309,4 @@ def mailed_pairs(engine: Engine) -> set[tuple[str, str]]:
         with reading(engine) as conn:
             return q.mailed_pairs(conn)
     except SQLAlchemyError as exc:
-        raise StoreError(f"cannot read mailings: {exc}") from exc
+        raise StoreError(f"cannot read mailings: {database_reason(exc)}") from exc
