@@ -82,10 +82,15 @@ def delete(site: Site) -> None:
     (site.posts / POST).unlink()
 
 
+def opt_out(site: Site) -> None:
+    site.write_post(POST, "Pulled", LAST_YEAR, extra="newsletter: false\n")
+
+
 WITHDRAWALS: dict[str, Callable[[Site], None]] = {
     "unpublished": unpublish,
     "draft": make_draft,
     "deleted": delete,
+    "opted-out": opt_out,
 }
 
 
