@@ -110,14 +110,23 @@ def test_a_pulled_post_is_not_sent_to_the_rest(
 
 
 def test_a_post_redated_into_the_future_waits_for_its_new_date(
-    ready: tuple[Site, Settings, Engine], monkeypatch: pytest.MonkeyPatch
+    ready: tuple[Site, Settings, Engine],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     monkeypatch.setenv("NEWSLETTER_SECRET", "withdrawn-test-secret")
     site, settings, engine = ready
     first = first_recipient_only(settings, engine).outbox[0].recipient
     later = datetime.now(UTC).replace(microsecond=0) + timedelta(days=3)
     site.write_post(POST, "Pulled", later)
-    _report, transport = later_pass(settings, engine)
+    with caplog.at_level(logging.INFO, logger="newsletter.daemon"):
+        _report, transport = later_pass(settings, engine)
+        later_pass(settings, engine)  # the same date: nothing new to say
+    postponed = [r.getMessage() for r in caplog.records if "postponed" in r.getMessage()]
+    assert postponed == [
+        f"mailing 1 postponed: pulled -> news: its post is now dated {later.isoformat()}; "
+        f"the rest get it at {later.isoformat()}; sent 1, not sent 2"
+    ]
     assert transport.outbox == []
     with engine.connect() as conn:
         state, until = conn.execute(select(mailings.c.state, mailings.c.paused_until)).one()
