@@ -6,7 +6,7 @@ It may import `newsletter.store`, `newsletter.email`, `newsletter.posts`,
 - `addresses`: validating and normalising an address
 - `csvformats`, `serviceformats`: reading any CSV and the exports of Mailchimp, Substack, …
   (`servicestatuses`: what each service's status columns mean in our terms)
-- `importer`: the bulk import into the store
+- `importer`: the bulk import into the store (its writes: `importwrites`)
 - `subscribers`: import, export and sync of whole files (the API the CLI uses)
 - `members`: one subscriber or list in the store (add, remove, unsubscribe, counts;
   the statuses, rows and reads in `memberreads`)
