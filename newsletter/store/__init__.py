@@ -6,8 +6,9 @@ The SQLite-specific bits (WAL, foreign keys, busy timeout) live in
 
 The bottom of the pipeline: it may import only `newsletter.config` and
 `newsletter.errors`.  Modules: `schema` (the tables), `mailings` (mailings,
-deliveries, claims), `leases` (lease owners, the daemon lock, state).  The
-queries on subscribers, lists and memberships live with their stage, in
+deliveries, claims), `leases` (lease owners, the daemon lock, state),
+`bulk` (one big write transaction), `upgrades` (the schema's upgrade steps).
+The queries on subscribers, lists and memberships live with their stage, in
 `newsletter.audience.members`.
 """
 
@@ -17,30 +18,32 @@ import hashlib
 import logging
 import time
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, create_engine, event, func, inspect, select, text
+from sqlalchemy import Connection, Engine, Table, create_engine, event, func, inspect, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from newsletter.config import Settings
 from newsletter.errors import StoreError
 from newsletter.files import private_file
+from newsletter.store.bulk import (
+    bulk_writes,
+    checkpoint_after,
+    parented_bulk_transaction,
+    snapshot_transaction,
+)
 from newsletter.store.schema import (
-    DEDUPE_INDEX,
-    DEFERRED_INDEX,
-    DELIVERY_INDEXES_V3,
-    MAILING_SUBSCRIBER_INDEX,
-    MESSAGE_ID_INDEX,
     SCHEMA_VERSION,
     metadata,
     schema_version,
     use_postgresql_conditions,
 )
+from newsletter.store.upgrades import UPGRADES
 
 __all__ = [
     "bulk_writes",
@@ -150,108 +153,6 @@ def _sqlite_begin_immediate(conn: Connection) -> None:
 
 READ_ONLY = "newsletter_read_only"
 
-BULK_CACHE_KIB = 65536
-# Planning appends in id order, so a smaller cache does nearly as well
-# (1M rows: 5 % more CPU than with 64 MB), and the cache's pages stay in the
-# process after it (the C allocator keeps them): with 64 MB a `send` of
-# 200,000 peaked at 148 MB RSS, with 16 MB at 90 MB.
-PLAN_CACHE_KIB = 16384
-
-
-@contextmanager
-def bulk_writes(conn: Connection, cache_kib: int = BULK_CACHE_KIB) -> Iterator[None]:
-    """A large page cache for one big write transaction on this connection.
-
-    SQLite's default cache is 2 MB: a merge inserting 200,000 rows into
-    indexes keyed by random uids spills dirty pages to the WAL mid-transaction
-    and thrashes, which on a busy machine multiplied the time the write lock
-    was held.  Pages are allocated only as used; the default comes back after.
-    """
-    if conn.dialect.name != "sqlite":
-        yield
-        return
-    # On the driver's cursor: through SQLAlchemy the PRAGMA would begin a transaction.
-    cursor = conn.connection.cursor()
-    try:
-        previous = int(cursor.execute("PRAGMA cache_size").fetchone()[0])
-        cursor.execute(f"PRAGMA cache_size=-{cache_kib}")
-        try:
-            yield
-        finally:
-            cursor.execute(f"PRAGMA cache_size={previous}")
-    finally:
-        cursor.close()
-
-
-@contextmanager
-def checkpoint_after(conn: Connection) -> Iterator[None]:
-    """SQLite: the WAL checkpoint of a big write transaction made by this
-    connection runs after the block, not inside its COMMIT.
-
-    When a COMMIT leaves more than 1,000 pages in the WAL, SQLite copies them
-    into the database file inside that COMMIT call, but after the write lock
-    is released (other writers commit meanwhile: measured).  A merge timed
-    around its transaction then counted that copy as time the lock was held.
-    The same PASSIVE checkpoint runs here after the block instead; nothing
-    about durability changes (the WAL already holds the committed data).
-    """
-    if conn.dialect.name != "sqlite":
-        yield
-        return
-    # On the driver's cursor: through SQLAlchemy the PRAGMA would begin a transaction.
-    cursor = conn.connection.cursor()
-    try:
-        previous = int(cursor.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
-        cursor.execute("PRAGMA wal_autocheckpoint=0")
-        try:
-            yield
-        finally:
-            cursor.execute(f"PRAGMA wal_autocheckpoint={previous}")
-        cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
-    finally:
-        cursor.close()
-
-
-@contextmanager
-def snapshot_transaction(engine: Engine) -> Iterator[Connection]:
-    """One write transaction that inserts a mailing's whole snapshot (planning):
-    a `parented_bulk_transaction` on a connection of its own."""
-    with engine.connect() as conn, parented_bulk_transaction(conn, PLAN_CACHE_KIB):
-        yield conn
-
-
-@contextmanager
-def parented_bulk_transaction(conn: Connection, cache_kib: int = BULK_CACHE_KIB) -> Iterator[None]:
-    """One big write transaction on `conn` whose rows all come from joins on
-    their parent rows inside it (planning a mailing, an import's merge).
-
-    SQLite: foreign-key enforcement is off for this transaction only (the
-    per-row checks were a quarter of the time of planning a million rows) and
-    the page cache is large (`bulk_writes`; planning's `PLAN_CACHE_KIB`).
-    The pragma only takes effect outside a transaction, so it is set before
-    BEGIN and set back after the end; a connection that cannot be set back is
-    discarded, never pooled with enforcement off.  PostgreSQL: a plain transaction.
-    """
-    if conn.dialect.name != "sqlite":
-        with conn.begin():
-            yield
-        return
-    # On the driver's cursor: through SQLAlchemy the PRAGMA would begin a transaction.
-    cursor = conn.connection.cursor()
-    try:
-        cursor.execute("PRAGMA foreign_keys=OFF")
-        try:
-            with conn.begin(), bulk_writes(conn, cache_kib):
-                yield
-        finally:
-            try:
-                cursor.execute("PRAGMA foreign_keys=ON")
-            except Exception:
-                conn.invalidate()
-                raise
-    finally:
-        cursor.close()
-
 
 def insert_or_ignore(
     conn: Connection,
@@ -347,110 +248,6 @@ def shared_value(engine: Engine, key: str, candidate: str) -> str:
     except SQLAlchemyError as exc:
         raise StoreError(f"cannot read or create the shared value {key!r}: {exc}") from exc
 
-
-def _upgrade_2(conn: Connection) -> None:
-    """Version 2: the new tables come from create_all; deliveries gains dedupe_key."""
-    columns = {c["name"] for c in inspect(conn).get_columns("deliveries")}
-    if "dedupe_key" not in columns:
-        conn.execute(text("ALTER TABLE deliveries ADD COLUMN dedupe_key TEXT"))
-    indexes = {i["name"] for i in inspect(conn).get_indexes("deliveries")}
-    if DEDUPE_INDEX.name not in indexes:
-        DEDUPE_INDEX.create(conn)
-
-
-# Each step upgrades the schema from version N-1 to N.  Version 1 is the
-# initial schema created by metadata.create_all.
-def _upgrade_to_3(conn: Connection) -> None:
-    # Claims in O(batch) and indexed lease bookkeeping; lease_owner as TEXT.
-    for index in DELIVERY_INDEXES_V3:
-        index.create(conn, checkfirst=True)
-    if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql("ALTER TABLE deliveries ALTER COLUMN lease_owner TYPE TEXT")
-
-
-def _upgrade_to_4(conn: Connection) -> None:
-    # Planning a million rows in seconds: fewer indexes per row (why:
-    # schema.DEFERRED_INDEX, schema.DEDUPE_INDEX), and PostgreSQL drops the
-    # ledger's foreign-key triggers (why: schema.DELIVERY_FOREIGN_KEYS).
-    conn.exec_driver_sql("DROP INDEX IF EXISTS ix_deliveries_claim")
-    DEFERRED_INDEX.create(conn, checkfirst=True)
-    # Rebuilt partial: the NULL keys of every other mailing's rows leave it.
-    conn.exec_driver_sql(f"DROP INDEX IF EXISTS {DEDUPE_INDEX.name}")
-    DEDUPE_INDEX.create(conn)
-    if conn.dialect.name == "postgresql":
-        _drop_foreign_keys(conn, "deliveries")
-        conn.exec_driver_sql(
-            f"ALTER TABLE deliveries DROP CONSTRAINT IF EXISTS {MAILING_SUBSCRIBER}"
-        )
-    # SQLite keeps its table constraint (see schema.DEDUPE_INDEX's comment).
-    constraints = {u["name"] for u in inspect(conn).get_unique_constraints("deliveries")}
-    if MAILING_SUBSCRIBER not in constraints:
-        # Schema 4-6's other partial unique index (narrowed by version 7).
-        conn.exec_driver_sql(
-            f"CREATE UNIQUE INDEX IF NOT EXISTS {MAILING_SUBSCRIBER} "
-            "ON deliveries (mailing_id, subscriber_id) WHERE dedupe_key IS NULL"
-        )
-
-
-MAILING_SUBSCRIBER = "uq_delivery_mailing_subscriber"
-
-
-def _upgrade_to_5(conn: Connection) -> None:
-    # Importing a million subscribers: PostgreSQL drops the foreign-key
-    # triggers of the bulk-written tables (why: schema.memberships).
-    if conn.dialect.name == "postgresql":
-        for table in ("memberships", "consent_events"):
-            _drop_foreign_keys(conn, table)
-
-
-def _upgrade_to_6(conn: Connection) -> None:
-    # Bounces matched by Message-ID read by an index (why: schema.MESSAGE_ID_INDEX);
-    # PostgreSQL drops the unique constraint on subscribers.email (why: the
-    # column's comment in schema.subscribers).  SQLite keeps its table
-    # constraint and its rowid memberships table (changing either means
-    # rebuilding the table): stricter or one B-tree more, same answers.
-    MESSAGE_ID_INDEX.create(conn, checkfirst=True)
-    if conn.dialect.name == "postgresql":
-        for constraint in inspect(conn).get_unique_constraints("subscribers"):
-            if constraint["column_names"] == ["email"]:
-                name = constraint["name"]
-                conn.exec_driver_sql(f'ALTER TABLE subscribers DROP CONSTRAINT "{name}"')
-
-
-def _upgrade_to_7(conn: Connection) -> None:
-    # Keyed delivery ids (why: schema.ledger_keys): mailings learn their key
-    # (the ledger_keys table itself comes from create_all), PostgreSQL's ids
-    # become 64-bit (a rewrite of the ledger, once), and the partial unique
-    # index that every non-deduplicated row went into keeps only the rows
-    # planned before (why: schema.DEDUPE_INDEX's comment).  Older rows keep
-    # their ids.
-    columns = {c["name"] for c in inspect(conn).get_columns("mailings")}
-    if "ledger_key" not in columns:
-        conn.exec_driver_sql("ALTER TABLE mailings ADD COLUMN ledger_key INTEGER")
-    conn.exec_driver_sql(f"DROP INDEX IF EXISTS {MAILING_SUBSCRIBER}")
-    constraints = {u["name"] for u in inspect(conn).get_unique_constraints("deliveries")}
-    if MAILING_SUBSCRIBER not in constraints:  # SQLite's table constraint before version 4
-        MAILING_SUBSCRIBER_INDEX.create(conn)
-    if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql("ALTER TABLE deliveries ALTER COLUMN id TYPE BIGINT")
-        conn.exec_driver_sql("ALTER SEQUENCE IF EXISTS deliveries_id_seq AS BIGINT")
-        conn.exec_driver_sql("ALTER TABLE bounce_events ALTER COLUMN delivery_id TYPE BIGINT")
-
-
-def _drop_foreign_keys(conn: Connection, table: str) -> None:
-    for foreign_key in inspect(conn).get_foreign_keys(table):
-        name = foreign_key["name"]
-        conn.exec_driver_sql(f'ALTER TABLE {table} DROP CONSTRAINT IF EXISTS "{name}"')
-
-
-UPGRADES: dict[int, Callable[[Connection], None]] = {
-    2: _upgrade_2,
-    3: _upgrade_to_3,
-    4: _upgrade_to_4,
-    5: _upgrade_to_5,
-    6: _upgrade_to_6,
-    7: _upgrade_to_7,
-}
 
 # Any constant will do: it only has to be the same in every newsletter process.
 SCHEMA_LOCK = 0x6E6C_7363_6865_6D61  # "nlschema"
