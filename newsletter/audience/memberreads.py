@@ -18,7 +18,7 @@ from sqlalchemy import Connection, Engine, and_, case, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from newsletter.audience.addresses import email_key, normalise_email
-from newsletter.errors import StoreError, SubscriberError
+from newsletter.errors import StoreError, SubscriberError, database_reason
 from newsletter.store import reading as read_only
 from newsletter.store.schema import lists, memberships, subscribers
 
@@ -90,7 +90,7 @@ def writing(bind: Bind) -> Iterator[Connection]:
         else:
             yield bind
     except SQLAlchemyError as exc:
-        raise StoreError(f"database write failed: {exc}") from exc
+        raise StoreError(f"database write failed: {database_reason(exc)}") from exc
 
 
 @contextmanager
@@ -102,7 +102,7 @@ def reading(bind: Bind) -> Iterator[Connection]:
         else:
             yield bind
     except SQLAlchemyError as exc:
-        raise StoreError(f"database read failed: {exc}") from exc
+        raise StoreError(f"database read failed: {database_reason(exc)}") from exc
 
 
 def row_of(row: Any) -> SubscriberRow:
