@@ -5,9 +5,11 @@ It may import `newsletter.store`, `newsletter.email`, `newsletter.posts`,
 
 - `addresses`: validating and normalising an address
 - `csvformats`, `serviceformats`: reading any CSV and the exports of Mailchimp, Substack, …
-- `importer`: the bulk import into the store
+  (`servicestatuses`: what each service's status columns mean in our terms)
+- `importer`: the bulk import into the store (its writes: `importwrites`)
 - `subscribers`: import, export and sync of whole files (the API the CLI uses)
-- `members`: one subscriber or list in the store (add, remove, unsubscribe, counts)
+- `members`: one subscriber or list in the store (add, remove, unsubscribe, counts;
+  the statuses, rows and reads in `memberreads`)
 - `lists`: the configured lists made rows of the store (what every daemon pass needs of this stage)
 - `unsubscribes`: a link's one-click unsubscribe, recorded, and its undo (15 minutes)
 """

@@ -23,9 +23,11 @@ __all__ = [
     "emit_json",
     "handle_errors",
     "json_option",
+    "list_option",
     "problem_json",
     "require_config_file",
     "settings_of",
+    "shown",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -96,6 +98,16 @@ def problem_json(problem: Problem) -> dict[str, Any]:
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+list_option = click.option("--list", "list_name", required=True, help="The list (see `lists`).")
+
+
+def shown(text: str) -> str:
+    """A name (anyone's text: the signup form takes any) on one line of a
+    listing, its controls and tabs escaped, so it cannot forge a line or a
+    column that scripts reading the listing would take for a member."""
+    from newsletter.errors import one_line
+
+    return one_line(text).replace("\t", "\\x09")
 
 
 class LazyChoice(click.Choice):

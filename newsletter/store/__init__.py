@@ -6,8 +6,9 @@ The SQLite-specific bits (WAL, foreign keys, busy timeout) live in
 
 The bottom of the pipeline: it may import only `newsletter.config` and
 `newsletter.errors`.  Modules: `schema` (the tables), `mailings` (mailings,
-deliveries, claims), `leases` (lease owners, the daemon lock, state).  The
-queries on subscribers, lists and memberships live with their stage, in
+deliveries, claims), `leases` (lease owners, the daemon lock, state),
+`bulk` (one big write transaction), `upgrades` (the schema's upgrade steps).
+The queries on subscribers, lists and memberships live with their stage, in
 `newsletter.audience.members`.
 """
 
@@ -17,7 +18,7 @@ import hashlib
 import logging
 import time
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,6 +33,12 @@ from newsletter.errors import StoreError, database_reason
 from newsletter.files import private_file
 from newsletter.logging_setup import quiet_library_logs
 from newsletter.store import upgrades as steps
+from newsletter.store.bulk import (
+    bulk_writes,
+    checkpoint_after,
+    parented_bulk_transaction,
+    snapshot_transaction,
+)
 from newsletter.store.schema import (
     SCHEMA_VERSION,
     metadata,
@@ -147,108 +154,6 @@ def _sqlite_begin_immediate(conn: Connection) -> None:
 
 
 READ_ONLY = "newsletter_read_only"
-
-BULK_CACHE_KIB = 65536
-# Planning appends in id order, so a smaller cache does nearly as well
-# (1M rows: 5 % more CPU than with 64 MB), and the cache's pages stay in the
-# process after it (the C allocator keeps them): with 64 MB a `send` of
-# 200,000 peaked at 148 MB RSS, with 16 MB at 90 MB.
-PLAN_CACHE_KIB = 16384
-
-
-@contextmanager
-def bulk_writes(conn: Connection, cache_kib: int = BULK_CACHE_KIB) -> Iterator[None]:
-    """A large page cache for one big write transaction on this connection.
-
-    SQLite's default cache is 2 MB: a merge inserting 200,000 rows into
-    indexes keyed by random uids spills dirty pages to the WAL mid-transaction
-    and thrashes, which on a busy machine multiplied the time the write lock
-    was held.  Pages are allocated only as used; the default comes back after.
-    """
-    if conn.dialect.name != "sqlite":
-        yield
-        return
-    # On the driver's cursor: through SQLAlchemy the PRAGMA would begin a transaction.
-    cursor = conn.connection.cursor()
-    try:
-        previous = int(cursor.execute("PRAGMA cache_size").fetchone()[0])
-        cursor.execute(f"PRAGMA cache_size=-{cache_kib}")
-        try:
-            yield
-        finally:
-            cursor.execute(f"PRAGMA cache_size={previous}")
-    finally:
-        cursor.close()
-
-
-@contextmanager
-def checkpoint_after(conn: Connection) -> Iterator[None]:
-    """SQLite: the WAL checkpoint of a big write transaction made by this
-    connection runs after the block, not inside its COMMIT.
-
-    When a COMMIT leaves more than 1,000 pages in the WAL, SQLite copies them
-    into the database file inside that COMMIT call, but after the write lock
-    is released (other writers commit meanwhile: measured).  A merge timed
-    around its transaction then counted that copy as time the lock was held.
-    The same PASSIVE checkpoint runs here after the block instead; nothing
-    about durability changes (the WAL already holds the committed data).
-    """
-    if conn.dialect.name != "sqlite":
-        yield
-        return
-    # On the driver's cursor: through SQLAlchemy the PRAGMA would begin a transaction.
-    cursor = conn.connection.cursor()
-    try:
-        previous = int(cursor.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
-        cursor.execute("PRAGMA wal_autocheckpoint=0")
-        try:
-            yield
-        finally:
-            cursor.execute(f"PRAGMA wal_autocheckpoint={previous}")
-        cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
-    finally:
-        cursor.close()
-
-
-@contextmanager
-def snapshot_transaction(engine: Engine) -> Iterator[Connection]:
-    """One write transaction that inserts a mailing's whole snapshot (planning):
-    a `parented_bulk_transaction` on a connection of its own."""
-    with engine.connect() as conn, parented_bulk_transaction(conn, PLAN_CACHE_KIB):
-        yield conn
-
-
-@contextmanager
-def parented_bulk_transaction(conn: Connection, cache_kib: int = BULK_CACHE_KIB) -> Iterator[None]:
-    """One big write transaction on `conn` whose rows all come from joins on
-    their parent rows inside it (planning a mailing, an import's merge).
-
-    SQLite: foreign-key enforcement is off for this transaction only (the
-    per-row checks were a quarter of the time of planning a million rows) and
-    the page cache is large (`bulk_writes`; planning's `PLAN_CACHE_KIB`).
-    The pragma only takes effect outside a transaction, so it is set before
-    BEGIN and set back after the end; a connection that cannot be set back is
-    discarded, never pooled with enforcement off.  PostgreSQL: a plain transaction.
-    """
-    if conn.dialect.name != "sqlite":
-        with conn.begin():
-            yield
-        return
-    # On the driver's cursor: through SQLAlchemy the PRAGMA would begin a transaction.
-    cursor = conn.connection.cursor()
-    try:
-        cursor.execute("PRAGMA foreign_keys=OFF")
-        try:
-            with conn.begin(), bulk_writes(conn, cache_kib):
-                yield
-        finally:
-            try:
-                cursor.execute("PRAGMA foreign_keys=ON")
-            except Exception:
-                conn.invalidate()
-                raise
-    finally:
-        cursor.close()
 
 
 def insert_or_ignore(

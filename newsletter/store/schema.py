@@ -138,7 +138,7 @@ memberships = Table(
     Column("created_at", UtcDateTime, nullable=False),
     # Per-list unsubscribe ("subscribers unsubscribe EMAIL --list L").  Equal
     # to created_at: recorded for someone who never joined the list
-    # (newsletter.audience.members._NEVER_JOINED).
+    # (newsletter.audience.memberreads.NEVER_JOINED).
     Column("unsubscribed_at", UtcDateTime, nullable=True),
     Index("ix_memberships_subscriber", "subscriber_id"),
     _sqlite_only_key("list_id", "lists.id"),

@@ -1,0 +1,222 @@
+"""What each service's export says about a subscriber's status, in our terms.
+
+One status rule per format (`STATUS_RULES`: the columns of a header in, a
+function from one record's cells to (status, reason, warnings) out), the
+columns each format reads rather than keeps as attributes (`CONSUMED`), and
+where it keeps the time someone subscribed (`SINCE`).  `serviceformats`
+builds each row's mapper from these.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from newsletter.audience.serviceformats import _Columns
+
+_TRUE = {"true", "yes", "1", "y", "t"}
+_FALSE = {"false", "no", "0", "n", "f"}
+
+StatusResult = tuple[str, str | None, tuple[str, ...]]
+StatusRule = Callable[[list[str]], StatusResult]
+
+
+def _lookup(cols: _Columns, *names: str) -> Callable[[list[str]], str]:
+    found = cols.find(*names)
+    i = cols.index[found] if found else None
+
+    def get(cells: list[str]) -> str:
+        return cells[i].strip().lower() if i is not None and i < len(cells) else ""
+
+    return get
+
+
+def _mapped(column: str, table: dict[str, str], service: str) -> Callable[..., StatusRule]:
+    """A rule reading one state column through a table; unknown → pending."""
+
+    def rule(cols: _Columns, _file: str) -> StatusRule:
+        get = _lookup(cols, column)
+
+        def status(cells: list[str]) -> StatusResult:
+            value = get(cells)
+            if value in table:
+                ours = table[value]
+                return ours, None if ours == "active" else f"{service}: {value}", ()
+            if not value:
+                return "active", None, ()
+            warning = f"unknown {column} {value!r}; imported as pending (not mailable)"
+            return "pending", f"{service}: {value}", (warning,)
+
+        if cols.find(column) is None:  # no such column: one answer for every row
+            return Always(status([]))
+        return status
+
+    return rule
+
+
+_GENERIC = {
+    "active": "active",
+    "subscribed": "active",
+    "enabled": "active",
+    "confirmed": "active",
+    "pending": "pending",
+    "unconfirmed": "pending",
+    "unsubscribed": "unsubscribed",
+    "blocklisted": "unsubscribed",
+    "opted out": "unsubscribed",
+    "cancelled": "unsubscribed",
+    "bounced": "bounced",
+    "cleaned": "bounced",
+    "complained": "complained",
+}
+
+
+class Always:
+    """A status rule with one answer for every row (the file has no column
+    for it): the mapper reads `result` once instead of calling it per row."""
+
+    __slots__ = ("result",)
+
+    def __init__(self, result: StatusResult) -> None:
+        self.result = result
+
+    def __call__(self, _cells: list[str]) -> StatusResult:
+        return self.result
+
+
+def _generic(cols: _Columns, file_name: str) -> StatusRule:
+    # An optional `status` column (our own export writes one).  A value we do
+    # not know is not guessed to be "active": better unmailed than unwanted.
+    return _mapped("status", _GENERIC, "import")(cols, file_name)
+
+
+def _mailchimp(cols: _Columns, file_name: str) -> StatusRule:
+    # The export ZIP names its files subscribed_/unsubscribed_/cleaned_members_…;
+    # a single file is recognised by its UNSUB_TIME / CLEAN_TIME columns.
+    lowered = Path(file_name).name.lower()
+    if lowered.startswith("unsubscribed") or cols.has("unsub_time"):
+        fixed: StatusResult = ("unsubscribed", "mailchimp: unsubscribed", ())
+    elif lowered.startswith("cleaned") or cols.has("clean_time"):
+        fixed = ("bounced", "mailchimp: cleaned", ())
+    else:
+        fixed = ("active", None, ())
+    return Always(fixed)
+
+
+def _substack(cols: _Columns, _file: str) -> StatusRule:
+    disabled = _lookup(cols, "email_disabled")
+
+    def status(cells: list[str]) -> StatusResult:
+        if disabled(cells) in _TRUE:
+            return "unsubscribed", "substack: email_disabled", ()
+        return "active", None, ()
+
+    return status
+
+
+def _ghost(cols: _Columns, _file: str) -> StatusRule:
+    subscribed = _lookup(cols, "subscribed_to_emails")
+    deleted = _lookup(cols, "deleted_at")
+
+    def status(cells: list[str]) -> StatusResult:
+        if deleted(cells):
+            return "unsubscribed", "ghost: deleted", ()
+        if subscribed(cells) in _FALSE:
+            return "unsubscribed", "ghost: subscribed_to_emails=false", ()
+        return "active", None, ()
+
+    return status
+
+
+def _beehiiv(cols: _Columns, _file: str) -> StatusRule:
+    state = _lookup(cols, "status")
+    unsubscribed_at = _lookup(cols, "unsubscribed_at")
+    table = {
+        "active": "active",
+        "pending": "pending",
+        "validating": "pending",
+        "inactive": "unsubscribed",
+        "unsubscribed": "unsubscribed",
+        "invalid": "bounced",
+    }
+
+    def status(cells: list[str]) -> StatusResult:
+        if unsubscribed_at(cells):
+            return "unsubscribed", "beehiiv: unsubscribed_at", ()
+        value = state(cells)
+        if not value:
+            return "active", None, ()
+        ours = table.get(value)
+        if ours is None:
+            warning = f"unknown status {value!r}; imported as pending (not mailable)"
+            return "pending", f"beehiiv: {value}", (warning,)
+        return ours, None if ours == "active" else f"beehiiv: {value}", ()
+
+    return status
+
+
+_LISTMONK = {"enabled": "active", "blocklisted": "unsubscribed", "disabled": "unsubscribed"}
+_BUTTONDOWN = {
+    "regular": "active",
+    "premium": "active",
+    "gifted": "active",
+    "trialed": "active",
+    "churning": "active",
+    "past_due": "active",
+    "unactivated": "pending",
+    "paused": "pending",
+    "unsubscribed": "unsubscribed",
+    "removed": "unsubscribed",
+    "undeliverable": "bounced",
+    "bounced": "bounced",
+    "complained": "complained",
+    "spammy": "complained",
+}
+_KIT = {
+    "active": "active",
+    "cold": "active",
+    "inactive": "pending",
+    "unconfirmed": "pending",
+    "cancelled": "unsubscribed",
+    "canceled": "unsubscribed",
+    "bounced": "bounced",
+    "complained": "complained",
+}
+
+STATUS_RULES: dict[str, Callable[[_Columns, str], StatusRule]] = {
+    "generic": _generic,
+    "newsletter": _generic,
+    "mailchimp": _mailchimp,
+    "substack": _substack,
+    "ghost": _ghost,
+    "listmonk": _mapped("status", _LISTMONK, "listmonk"),
+    "beehiiv": _beehiiv,
+    "buttondown": _mapped("subscriber_type", _BUTTONDOWN, "buttondown"),
+    "kit": _mapped("state", _KIT, "kit"),
+}
+
+# Columns a format turns into status/name/time rather than attributes.
+CONSUMED: dict[str, tuple[str, ...]] = {
+    "generic": ("status",),
+    "newsletter": ("status", "subscribed_at"),
+    "mailchimp": ("optin_time",),
+    "substack": ("email_disabled", "created_at"),
+    "ghost": ("subscribed_to_emails", "deleted_at", "created_at"),
+    "listmonk": ("status", "created_at", "updated_at", "attributes"),
+    "beehiiv": ("status", "unsubscribed_at", "created_at"),
+    "buttondown": ("subscriber_type", "creation_date"),
+    "kit": ("state", "created_at"),
+}
+# Where the time someone subscribed lives.
+SINCE: dict[str, tuple[str, ...]] = {
+    "newsletter": ("subscribed_at",),
+    "mailchimp": ("optin_time", "confirm_time"),
+    "substack": ("created_at", "start date"),
+    "ghost": ("created_at",),
+    "listmonk": ("created_at",),
+    "beehiiv": ("created_at",),
+    "buttondown": ("creation_date",),
+    "kit": ("created_at",),
+}

@@ -1,0 +1,127 @@
+"""The checks a loaded configuration must pass, key by key and across
+sections; each failure is a `ConfigError` naming the key."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from newsletter.config.settings import Settings
+from newsletter.errors import ConfigError
+
+MAX_PROCESSES = 64  # `[delivery] processes`: more is a typo, not a plan
+MAX_CONFIRM_HOURS = 24 * 365
+
+
+def validate(settings: Settings) -> None:
+    path = settings.config_path
+    for key, zone in [("site.timezone", settings.site.timezone)] + [
+        (f"lists.{n}.timezone", lst.timezone) for n, lst in settings.lists.items() if lst.timezone
+    ]:
+        try:
+            ZoneInfo(zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(f"unknown timezone {zone!r}", path=path, key=key) from None
+    for name, lst in settings.lists.items():
+        if lst.mode == "digest" and not lst.cron:
+            raise ConfigError("a digest list needs a cron", path=path, key=f"lists.{name}.cron")
+    if settings.delivery.concurrency < 1:
+        raise ConfigError("must be at least 1", path=path, key="delivery.concurrency")
+    if not 1 <= settings.delivery.processes <= MAX_PROCESSES:
+        raise ConfigError(
+            f"must be between 1 and {MAX_PROCESSES}", path=path, key="delivery.processes"
+        )
+    if not 0 < settings.signup.confirm_hours <= MAX_CONFIRM_HOURS:  # nan fails too
+        raise ConfigError(
+            f"must be more than 0 and at most {MAX_CONFIRM_HOURS} (a year)",
+            path=path,
+            key="signup.confirm_hours",
+        )
+    for key in ("per_ip_per_hour", "per_address_per_hour", "pending_per_address_per_day"):
+        # 0 or less would refuse every signup (429, or silently no email).
+        if getattr(settings.signup, key) < 1:
+            raise ConfigError("must be at least 1", path=path, key=f"signup.{key}")
+    for origin in settings.signup.allowed_origins:
+        if not re.fullmatch(r"https?://[^/\s]+", origin):
+            raise ConfigError(
+                f"an origin is scheme://host[:port] with no path, got {origin!r}",
+                path=path,
+                key="signup.allowed_origins",
+            )
+    if settings.delivery.max_attempts < 1:
+        raise ConfigError("must be at least 1", path=path, key="delivery.max_attempts")
+    _validate_ports(settings)
+    _validate_public_url(settings)
+    _validate_bounces(settings)
+    _validate_unsubscribe_mailto(settings, path)
+    if not re.fullmatch(r"[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8})*", settings.site.lang):
+        raise ConfigError(
+            f"expected a language tag like en or pt-BR, got {settings.site.lang!r}",
+            path=path,
+            key="site.lang",
+        )
+    since = settings.schedule.since
+    if since is not None and since.tzinfo is None:
+        anchored = since.replace(tzinfo=settings.site.tz)
+        object.__setattr__(settings.schedule, "since", anchored)
+
+
+# One addr-spec (no quoted local part), optionally `mailto:` before it and an
+# RFC 6068 query after it: it goes verbatim into every List-Unsubscribe header.
+_MAILTO = re.compile(r"(?i:mailto:)?[^\s<>\"(),;:@?]+@[^\s<>\"(),;:@?]+(\?[^\s<>\"]*)?")
+
+
+def _validate_unsubscribe_mailto(settings: Settings, path: Path | None) -> None:
+    mailto = settings.unsubscribe.mailto
+    if mailto is not None and not _MAILTO.fullmatch(mailto):
+        raise ConfigError(
+            f"expected one address like unsubscribe@example.com, got {mailto!r}",
+            path=path,
+            key="unsubscribe.mailto",
+        )
+
+
+def _validate_public_url(settings: Settings) -> None:
+    """Every email's List-Unsubscribe and footer links start with it, so it
+    must be a URL a mailbox provider can POST to: a scheme and a host."""
+    url = settings.web.public_url
+    if not re.fullmatch(r"https?://[^/\s?#@]+(/[^\s?#]*)?", url):
+        raise ConfigError(
+            f'expected an absolute URL like "https://news.example.com", got {url!r}',
+            path=settings.config_path,
+            key="web.public_url",
+        )
+
+
+def _validate_ports(settings: Settings) -> None:
+    """A port out of range is this file's error, not a traceback from bind() or
+    connect() when a command starts.  Port 0 only means something to listen on."""
+    ports = [
+        ("web.port", settings.web.port, 0),
+        ("smtp.port", settings.smtp.port, 1),
+        ("bounces.port", settings.bounces.port, 1),
+    ]
+    for key, port, lowest in ports:
+        if port is not None and not lowest <= port <= 65535:
+            raise ConfigError(
+                f"must be between {lowest} and 65535, got {port}",
+                path=settings.config_path,
+                key=key,
+            )
+
+
+def _validate_bounces(settings: Settings) -> None:
+    b, path = settings.bounces, settings.config_path
+    if b.address is not None and not re.fullmatch(r"[^@\s+]+@[^@\s]+\.[^@\s]+", b.address):
+        raise ConfigError(
+            "expected an address like bounces@example.com (no '+': VERP adds one)",
+            path=path,
+            key="bounces.address",
+        )
+    if b.maildir is not None and b.imap_host:
+        raise ConfigError("give maildir or imap_host, not both", path=path, key="bounces.maildir")
+    if b.imap_host and not b.username:
+        raise ConfigError("IMAP needs a username", path=path, key="bounces.username")
+    if b.soft_limit < 1 or b.soft_days < 1:
+        raise ConfigError("must be at least 1", path=path, key="bounces.soft_limit")
