@@ -31,6 +31,7 @@ COMMAND_MODULES = {
     "lists": "subscribers",
     "send": "delivery",
     "status": "delivery",
+    "cancel": "delivery",
     "bounces": "bounces",
     "run": "daemon",
     "preview": "web",

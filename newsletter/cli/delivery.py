@@ -167,12 +167,27 @@ def _send(
         click.echo(_summary_line(report))
     for line in report.errors:
         click.echo(f"failed: {line}", err=True)
-    if stop.is_set():
+    if _cancelled(engine, mailing_id):
+        click.echo(
+            f"stopped: mailing {mailing_id} was cancelled with `newsletter cancel`; "
+            "the rest do not get it (`newsletter send` of it again sends it to them)",
+            err=True,
+        )
+    elif stop.is_set():
         click.echo(
             "stopped: the messages in flight were finished; run the same command again "
             "to send the rest",
             err=True,
         )
+
+
+def _cancelled(engine: Any, mailing_id: int) -> bool:
+    from newsletter.store import reading
+    from newsletter.store.mailings import get_mailing
+
+    with reading(engine) as conn:
+        found = get_mailing(conn, mailing_id)
+    return found is not None and found.state == "cancelled"
 
 
 @contextmanager
@@ -251,6 +266,58 @@ def _summary_line(report: DeliveryReport) -> str:
     return line
 
 
+# --------------------------------------------------------------------------- cancel
+
+
+class MailingId(click.ParamType):
+    """A mailing's number as `status` shows it: `4` or `#4`."""
+
+    name = "MAILING"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        text = str(value).strip().removeprefix("#")
+        if text.isdigit() and int(text) > 0:
+            return int(text)
+        self.fail(f"{value!r} is not a mailing number (as `newsletter status` shows: 4 or #4)")
+
+
+@click.command("cancel")
+@click.argument("mailing_id", metavar="MAILING", type=MailingId())
+@json_option
+@click.pass_context
+@handle_errors
+def cancel_cmd(ctx: click.Context, mailing_id: int, as_json: bool) -> None:
+    """Cancel the rest of MAILING (its number in `newsletter status`).
+
+    Nobody else gets it: every process sending it stops within seconds (the
+    messages already on the wire finish), the daemon never resumes it, and
+    `status` shows who got it.  `newsletter send POST --list L` of the same
+    post and list sends the rest after all, each reader once.
+    """
+    from newsletter.delivery.mailings import cancel_mailing
+    from newsletter.store import open_store
+
+    found = cancel_mailing(open_store(settings_of(ctx)), mailing_id)
+    if as_json:
+        emit_json(
+            {
+                "mailing": mailing_id,
+                "post": found.post_id,
+                "list": found.list_name,
+                "cancelled": found.changed,
+                "was": found.was,
+                "sent": found.sent,
+                "not_sent": found.not_sent,
+            }
+        )
+        return
+    what = "cancelled" if found.changed else "was already cancelled"
+    click.echo(
+        f"mailing {mailing_id} {what}: {found.post_id} -> {found.list_name}: "
+        f"sent {found.sent}, not sent {found.not_sent}"
+    )
+
+
 # --------------------------------------------------------------------------- status
 
 
@@ -295,7 +362,7 @@ def status_cmd(ctx: click.Context, as_json: bool) -> None:
         click.echo(_status_line(s) + _reports_text(reports.get(s.mailing_id, {})))
         if s.last_error:
             # A withdrawn or postponed mailing's note says why, not an error.
-            label = "why" if s.state in ("withdrawn", "postponed") else "last error"
+            label = "why" if s.state in ("withdrawn", "postponed", "cancelled") else "last error"
             click.echo(f"    {label}: {s.last_error}")
     if upcoming:
         click.echo("upcoming:")
@@ -320,6 +387,8 @@ def _state_text(s: MailingSummary) -> str:
         return "held (the page never went live)"
     if s.state == "withdrawn":
         return "withdrawn (its post was pulled)"
+    if s.state == "cancelled":
+        return "cancelled (by the owner)"
     if s.state == "postponed" and s.paused_until is not None:
         return f"postponed until {s.paused_until.isoformat(timespec='seconds')}"
     return s.state
@@ -366,5 +435,5 @@ def _summary_dict(s: MailingSummary) -> dict[str, Any]:
 
 def register(group: click.Group) -> None:
     """Add this module's commands to the top-level group."""
-    for command in (send_cmd, status_cmd):
+    for command in (send_cmd, status_cmd, cancel_cmd):
         group.add_command(command)

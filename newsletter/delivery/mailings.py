@@ -32,7 +32,7 @@ from newsletter.errors import (
 from newsletter.posts.collection import Post, PostCollection
 from newsletter.store import mailings as q
 from newsletter.store import reading, snapshot_transaction
-from newsletter.store.halts import EXPLICIT, take_over
+from newsletter.store.halts import CANCELLED, EXPLICIT, Cancelled, cancel, take_over
 
 __all__ = [
     "deliver_due",
@@ -131,7 +131,8 @@ def _plan(
             for name in list_names:
                 existing = q.latest_mailing(conn, post_id, name)
                 if existing is not None and not resend:
-                    if plan.origin == EXPLICIT and existing.origin != EXPLICIT:
+                    mine = existing.origin == EXPLICIT and existing.state != CANCELLED
+                    if plan.origin == EXPLICIT and not mine:
                         take_over(conn, existing.id)
                     result[name] = existing.id
                     continue
@@ -253,6 +254,27 @@ def deliver_due(
             q.set_state(engine, mailing_id, "sending", last_error=str(exc))
             report += DeliveryReport(errors=(f"mailing {mailing_id}: {exc}",))
     return report
+
+
+def cancel_mailing(engine: Engine, mailing_id: int) -> Cancelled:
+    """The owner's `newsletter cancel`: the rest of an unfinished mailing never goes.
+
+    Every process sending it stops at its next claim or within ~2 s
+    (`delivery.keeper`); the daemon never resumes it; `send` of the same post
+    and list sends the rest after all.  Already cancelled: said, not an error.
+    """
+    try:
+        found = cancel(engine, mailing_id)
+    except SQLAlchemyError as exc:
+        reason = database_reason(exc)
+        raise StoreError(f"cannot cancel mailing {mailing_id}: {reason}") from exc
+    if found is None:
+        raise DeliveryError(f"no mailing {mailing_id} (see `newsletter status`)")
+    if found.was == "done":
+        raise DeliveryError(
+            f"mailing {mailing_id} is done: everyone on it got it; nothing to cancel"
+        )
+    return found
 
 
 def send_test(

@@ -9,6 +9,10 @@ once more, or its date come (`newsletter.daemon.withdrawal` decides when).  Only
 a mailing the daemon planned (`AUTOMATIC`) is halted this way: one the owner
 started with `newsletter send` (`EXPLICIT`) is their choice.
 
+The owner's `newsletter cancel` stops any unfinished mailing for good
+(``cancelled``): the daemon never resumes it; only the owner's `send` of the
+same post and list sends the rest (`take_over`).
+
 Every change is one conditional UPDATE, so with several daemons on one
 PostgreSQL one of them makes it (and logs it) and the others see it; claims
 refuse the rows of a halted mailing in their own transaction (`store.leases`),
@@ -21,13 +25,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, or_, select, update
+from sqlalchemy import Connection, Engine, and_, func, or_, select, update
 
 from newsletter.store.schema import AUTOMATIC, EXPLICIT, deliveries, lists, mailings
 
 WITHDRAWN = "withdrawn"
 POSTPONED = "postponed"
-HALTED = (WITHDRAWN, POSTPONED)
+HALTED = (WITHDRAWN, POSTPONED)  # by the daemon, as the post allows: it may resume them
+CANCELLED = "cancelled"  # by the owner: only their `send` resumes it
+STOPPED = (*HALTED, CANCELLED)  # no pass works on these
 # States a halt may move a mailing out of: anything unfinished the daemon
 # would send.  `held` (its page never went live) waits for the owner already.
 ACTIVE = ("planned", "waiting", "sending", "paused")
@@ -36,11 +42,14 @@ _OPEN = ("queued", "deferred", "sending")
 __all__ = [
     "ACTIVE",
     "AUTOMATIC",
+    "CANCELLED",
     "EXPLICIT",
     "HALTED",
     "POSTPONED",
+    "STOPPED",
     "WITHDRAWN",
     "Watched",
+    "cancel",
     "halt",
     "halted_now",
     "not_halted",
@@ -51,8 +60,8 @@ __all__ = [
 
 
 def not_halted() -> Any:
-    """The WHERE clause of a mailing that is neither withdrawn nor postponed."""
-    return mailings.c.state.not_in(HALTED)
+    """The WHERE clause of a mailing that is not withdrawn, postponed or cancelled."""
+    return mailings.c.state.not_in(STOPPED)
 
 
 @dataclass(frozen=True)
@@ -152,10 +161,11 @@ def resume(engine: Engine, mailing_id: int, halted_as: str) -> bool:
 
 
 def take_over(conn: Connection, mailing_id: int) -> None:
-    """`newsletter send` on a mailing the daemon planned: it is the owner's now.
+    """`newsletter send` on a mailing the daemon planned, or one the owner
+    cancelled: it is the owner's now.
 
     The owner chose to send it (`send` refuses a draft), so the daemon no
-    longer withdraws or postpones it; a halted one goes on.
+    longer withdraws or postpones it; a halted or cancelled one goes on.
     """
     conn.execute(
         update(mailings)
@@ -164,19 +174,64 @@ def take_over(conn: Connection, mailing_id: int) -> None:
     )
     conn.execute(
         update(mailings)
-        .where(mailings.c.id == mailing_id, mailings.c.state.in_(HALTED))
+        .where(mailings.c.id == mailing_id, mailings.c.state.in_(STOPPED))
         .values(state="sending", paused_until=None, last_error=None)
     )
 
 
 def halted_now(conn: Connection, mailing_id: int, at: datetime) -> bool:
-    """Whether the mailing's rows may not be claimed now: it is withdrawn, or
-    postponed to a time still to come (the database's clock, `at`)."""
+    """Whether the mailing's rows may not be claimed now: it is withdrawn or
+    cancelled, or postponed to a time still to come (the database's clock, `at`)."""
     query = select(mailings.c.id).where(
         mailings.c.id == mailing_id,
         or_(
-            mailings.c.state == WITHDRAWN,
+            mailings.c.state.in_((WITHDRAWN, CANCELLED)),
             and_(mailings.c.state == POSTPONED, mailings.c.paused_until > at),
         ),
     )
     return conn.execute(query).first() is not None
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    """What `cancel` found: the state it was in, and who got it and who not."""
+
+    post_id: str
+    list_name: str
+    was: str
+    changed: bool  # False: it was cancelled already
+    sent: int
+    not_sent: int
+
+
+def cancel(engine: Engine, mailing_id: int) -> Cancelled | None:
+    """The owner's stop: an unfinished mailing is cancelled; None: no such mailing.
+
+    One conditional UPDATE (a finished mailing stays done); the rows still
+    queued or deferred stay so, as the record of who did not get it, and the
+    claims of every process refuse them from this commit on (`halted_now`).
+    """
+    with engine.begin() as conn:
+        found = conn.execute(
+            select(mailings.c.state, mailings.c.post_id, lists.c.name)
+            .join(lists, lists.c.id == mailings.c.list_id)
+            .where(mailings.c.id == mailing_id)
+        ).first()
+        if found is None:
+            return None
+        changed = conn.execute(
+            update(mailings)
+            .where(mailings.c.id == mailing_id, mailings.c.state.not_in(("done", CANCELLED)))
+            .values(state=CANCELLED, paused_until=None, last_error="cancelled by the owner")
+        ).rowcount
+        tally: dict[str, int] = {
+            str(status): int(n)
+            for status, n in conn.execute(
+                select(deliveries.c.status, func.count())
+                .where(deliveries.c.mailing_id == mailing_id)
+                .group_by(deliveries.c.status)
+            )
+        }
+    left = sum(tally.get(s, 0) for s in _OPEN)
+    before, post_id, list_name = found
+    return Cancelled(post_id, list_name, str(before), bool(changed), tally.get("sent", 0), left)

@@ -17,7 +17,14 @@ from typing import Any
 from sqlalchemy import Connection, Engine, func, select, update
 
 from newsletter.store import insert_or_ignore, now
-from newsletter.store.halts import AUTOMATIC, EXPLICIT, HALTED, halted_now, not_halted
+from newsletter.store.halts import (
+    AUTOMATIC,
+    EXPLICIT,
+    HALTED,
+    STOPPED,
+    halted_now,
+    not_halted,
+)
 
 # Claiming and recording live in `store.leases`, planning in
 # `store.snapshots`; re-exported for callers that know them from here.
@@ -272,11 +279,11 @@ def mailings_with_work(conn: Connection) -> Iterator[int]:
     """Mailings that are not done (planned, sending, paused), oldest first.
 
     Withdrawn and postponed ones (`store.halts`) wait for the daemon to
-    resume them, or for the owner's `send`.
+    resume them, or for the owner's `send`; cancelled ones for the owner's `send`.
     """
     query = (
         select(mailings.c.id)
-        .where(mailings.c.state != "done", mailings.c.state.not_in(HALTED))
+        .where(mailings.c.state != "done", mailings.c.state.not_in(STOPPED))
         .order_by(mailings.c.id)
     )
     yield from conn.execute(query).scalars()
