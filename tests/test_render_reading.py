@@ -227,3 +227,40 @@ def test_the_inbox_preview_never_reaches_the_masthead(description: str | None) -
     digest = render_digest([post], settings, settings.lists["weekly"]).html
     for part in (html, digest):
         assert "Tide Notes" not in preview_text(part)[:200]
+
+
+# --------------------------------------------------------------------------- right to left
+
+
+def test_a_right_to_left_post_quotes_with_a_bar_on_the_right() -> None:
+    """An Arabic post's blockquote kept its bar and padding on the left, the
+    far end of right-to-left lines."""
+    body = "مرحبا.\n\n> اقتباس طويل\n"
+    settings = make_settings(content="full")
+    html = render_email(make_post(body, extra={"lang": "ar"}), settings,
+                        settings.lists["everything"]).html  # fmt: skip
+    quote = re.search(r"<blockquote\b[^>]*>", html)
+    assert quote is not None
+    assert "border-right:3px solid" in quote.group(0)
+    assert "border-left:0" in quote.group(0) and "padding:4px 16px 4px 0" in quote.group(0)
+    html = render_email(make_post(body), settings, settings.lists["everything"]).html
+    quote = re.search(r"<blockquote\b[^>]*>", html)
+    assert quote is not None and "border-left:3px solid" in quote.group(0)
+
+
+# --------------------------------------------------------------------------- avatar
+
+
+def test_the_avatar_is_not_read_before_the_name_it_sits_beside() -> None:
+    """alt="Defne Kaya" beside the linked name: screen readers said the name
+    twice, and with images off the byline read "By Defne Kaya Defne Kaya"."""
+    from newsletter.posts.collection import Author
+
+    author = Author(
+        "Defne Kaya", "https://example.org/defne", avatar="https://tides.example.com/d.jpg"
+    )
+    settings = make_settings()
+    html = render_email(make_post(authors=(author,)), settings, settings.lists["everything"]).html
+    avatar = re.search(r'<img class="avatar"[^>]*>', html)
+    assert avatar is not None and 'alt=""' in avatar.group(0)
+    assert "Defne Kaya</a>" in html
