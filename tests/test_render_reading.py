@@ -182,6 +182,14 @@ def test_footnote_links_stay_inside_a_full_email() -> None:
     assert re.search(r'class="footnote-backref"[^>]*>(↩|&#8617;)(\ufe0e|&#65038;)</a>', html)
 
 
+def test_links_to_the_posts_own_headings_stay_inside_the_email() -> None:
+    body = "[Jump to the results](#results)\n\n## Results {#results}\n\nText.\n\n[Elsewhere](#nowhere)\n"
+    settings = make_settings(content="full")
+    html = render_email(make_post(body), settings, settings.lists["everything"]).html
+    assert 'href="#results"' in html and 'id="results"' in html
+    assert f'href="{POST_URL}#nowhere"' in html  # no such place in the email: the web page
+
+
 def test_footnotes_in_a_digest_keep_their_web_links() -> None:
     """Two posts' "fn:1" would collide inside one digest: links go to the post."""
     body = "Text with a note[^1].\n\n[^1]: The note.\n\n<!--more-->\n\nMore.\n"

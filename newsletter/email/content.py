@@ -2,8 +2,8 @@
 
 - images get their size and captions (`images`);
 - the post's headings sit below the email's own title (one `<h1>`);
-- in a single-post email, footnote links point inside the email instead of
-  opening the web page (a digest keeps them on the web: two posts' `fn:1`
+- in a single-post email, footnote links (and a table of contents' links)
+  point inside the email instead of opening the web page (a digest keeps them on the web: two posts' `fn:1`
   would collide), and the "↩" back-link is text, not an emoji;
 - the preheader, the line an inbox shows after the subject, is prose: never
   the text part's rules, footnote numbers, image alt text or URLs.
@@ -45,7 +45,7 @@ def for_email(
     content_html = images.add_captions(images.add_sizes(content_html, settings))
     content_html = shift_headings(content_html, top_heading)
     if page_url is not None:
-        content_html = local_footnotes(content_html, page_url)
+        content_html = local_anchors(content_html, page_url)
     return _BACKREF_ARROW.sub(rf"\1\2{_TEXT_PRESENTATION}\3", content_html)
 
 
@@ -60,8 +60,9 @@ def shift_headings(content_html: str, top: int) -> str:
     )
 
 
-def local_footnotes(content_html: str, page_url: str) -> str:
-    """`href="<post URL>#fn:1"` -> `href="#fn:1"` when `id="fn:1"` is in the content."""
+def local_anchors(content_html: str, page_url: str) -> str:
+    """`href="<post URL>#fn:1"` -> `href="#fn:1"` when `id="fn:1"` is in the
+    content: footnotes, and a table of contents' links to the headings."""
     ids = set(re.findall(r'\bid="([^"]+)"', content_html))
     prefix = re.escape(html.escape(page_url, quote=True))
 
@@ -69,7 +70,7 @@ def local_footnotes(content_html: str, page_url: str) -> str:
         fragment = match.group(1)
         return f'href="#{fragment}"' if html.unescape(fragment) in ids else match.group(0)
 
-    return re.sub(rf'href="{prefix}#((?:fn|fnref):[^"]+)"', one, content_html)
+    return re.sub(rf'href="{prefix}#([^"]+)"', one, content_html)
 
 
 # --------------------------------------------------------------------------- preheader
