@@ -272,3 +272,33 @@ def test_the_avatar_is_not_read_before_the_name_it_sits_beside() -> None:
     avatar = re.search(r'<img class="avatar"[^>]*>', html)
     assert avatar is not None and 'alt=""' in avatar.group(0)
     assert "Defne Kaya</a>" in html
+
+
+def test_a_digest_in_a_right_to_left_language_points_its_arrows_the_right_way() -> None:
+    settings = make_settings()
+    posts = [make_post(extra={"lang": "he"}), make_post(post_id="b", extra={"lang": "he"})]
+    html = render_digest(posts, settings, settings.lists["weekly"]).html
+    assert "Read the full post ←" in html and "→" not in html
+    html = render_digest([make_post()], settings, settings.lists["weekly"]).html
+    assert "Read the full post →" in html
+
+
+# --------------------------------------------------------------------------- image sizes
+
+
+def test_an_authors_oversized_width_attribute_is_capped_for_outlook() -> None:
+    """<img width="3000" height="1500"> written in the post went out as is:
+    Outlook (which ignores max-width) laid the email out 3,000 px wide."""
+    body = (
+        '<img src="https://cdn.example.net/wide.jpg" alt="Wide" width="3000" height="1500">\n\n'
+        '<img src="https://cdn.example.net/small.jpg" alt="Small" width="120" height="80">\n\n'
+        '<img src="https://cdn.example.net/odd.jpg" alt="Odd" width="100%">\n'
+    )
+    settings = make_settings(content="full")
+    html = render_email(make_post(body), settings, settings.lists["everything"]).html
+    tags = {
+        alt: t for t in re.findall(r"<img\b[^>]*>", html) for alt in re.findall(r'alt="(\w+)"', t)
+    }
+    assert 'width="536" height="268"' in tags["Wide"]
+    assert 'width="120" height="80"' in tags["Small"]
+    assert 'width="100%"' in tags["Odd"]
