@@ -15,7 +15,7 @@ from browser_support import CHROMIUM, require_browser
 from test_render_support import make_post, make_settings
 
 from newsletter.email.message import fill_placeholders, sample_recipient
-from newsletter.email.render import render_email
+from newsletter.email.render import render_digest, render_email
 
 pytestmark = pytest.mark.browser
 
@@ -104,9 +104,10 @@ WIDE_POST = (
 
 
 @pytest.fixture(scope="module")
-def wide_email(tmp_path_factory: pytest.TempPathFactory) -> str:
+def wide_emails(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """A post with a 3000 px image of the site's own, a long URL, a wide table
-    and a long code line, rendered whole."""
+    and a long code line, rendered whole; and in a digest (its excerpt is all
+    of it there)."""
     from dataclasses import replace
 
     from PIL import Image
@@ -116,22 +117,32 @@ def wide_email(tmp_path_factory: pytest.TempPathFactory) -> str:
     Image.new("RGB", (3000, 1500), "teal").save(site / "images" / "wide.png")
     base = make_settings(content="full")
     settings = replace(base, site=replace(base.site, source_dir=site, posts_dir=site / "_posts"))
-    post = make_post(WIDE_POST, image="https://tides.example.com/images/wide.png")
+    hero = "https://tides.example.com/images/wide.png"
+    post = make_post(WIDE_POST, image=hero)
     rendered = render_email(post, settings, settings.lists["everything"], cache=False)
     assert 'width="536" height="268"' in rendered.html  # the size came from the file
-    return fill_placeholders(rendered, sample_recipient(settings))[0]
+    whole = make_post(WIDE_POST.replace("<!--more-->", ""), image=hero)
+    digest = render_digest([whole], settings, settings.lists["weekly"], cache=False)
+    assert "argument_29" in digest.html and "column 9" in digest.html
+    recipient = sample_recipient(settings)
+    return {
+        "post": fill_placeholders(rendered, recipient)[0],
+        "digest": fill_placeholders(digest, recipient)[0],
+    }
 
 
 STYLE_BLOCK = re.compile(r"<style\b[^>]*>.*?</style>", re.S | re.I)
 
 
+@pytest.mark.parametrize("kind", ["post", "digest"])
 @pytest.mark.parametrize("styles", ["kept", "stripped"])
 def test_a_phone_never_scrolls_sideways_even_without_style_support(
-    browser: object, wide_email: str, styles: str
+    browser: object, wide_emails: dict[str, str], styles: str, kind: str
 ) -> None:
     """Clients that drop <style> (Gmail's apps with other accounts, many
     webmails) got a 1,200 px wide email: `white-space: pre-wrap` for code
     lived only in an @media rule, so one long code line widened the layout."""
+    wide_email = wide_emails[kind]
     html = wide_email if styles == "kept" else STYLE_BLOCK.sub("", wide_email)
     assert ("<style" in html) == (styles == "kept")
     page = open_page(browser, html, 375)
