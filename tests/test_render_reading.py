@@ -302,3 +302,12 @@ def test_an_authors_oversized_width_attribute_is_capped_for_outlook() -> None:
     assert 'width="536" height="268"' in tags["Wide"]
     assert 'width="120" height="80"' in tags["Small"]
     assert 'width="100%"' in tags["Odd"]
+
+
+def test_the_preheader_skips_headings_and_their_text_underlines() -> None:
+    """An excerpt opening with "## Why" previewed as "Why === Tide pools…"."""
+    body = "## Why we went\n\nTide pools are small laboratories. More.\n\n<!--more-->\n\nRest.\n"
+    settings = make_settings()
+    html = render_email(make_post(body, description=None), settings,
+                        settings.lists["everything"]).html  # fmt: skip
+    assert preheader_of(html) == "Tide pools are small laboratories."

@@ -3,8 +3,9 @@
 - images get their size and captions (`images`);
 - the post's headings sit below the email's own title (one `<h1>`);
 - in a single-post email, footnote links (and a table of contents' links)
-  point inside the email instead of opening the web page (a digest keeps them on the web: two posts' `fn:1`
-  would collide), and the "↩" back-link is text, not an emoji;
+  point inside the email instead of opening the web page (a digest keeps
+  them on the web: two posts' `fn:1` would collide), and the "↩" back-link
+  is text, not an emoji;
 - the preheader, the line an inbox shows after the subject, is prose: never
   the text part's rules, footnote numbers, image alt text or URLs.
 """
@@ -41,7 +42,7 @@ def for_email(
 ) -> str:
     """The content as the template places it: `top_heading` is the highest
     heading level the post may use; `page_url` (the post's URL) makes its
-    footnote links local, None leaves them on the web."""
+    in-page links local, None leaves them on the web."""
     content_html = images.add_captions(images.add_sizes(content_html, settings))
     content_html = shift_headings(content_html, top_heading)
     if page_url is not None:
@@ -68,7 +69,7 @@ def local_anchors(content_html: str, page_url: str) -> str:
 
     def one(match: re.Match[str]) -> str:
         fragment = match.group(1)
-        return f'href="#{fragment}"' if html.unescape(fragment) in ids else match.group(0)
+        return f'href="#{fragment}"' if fragment in ids else match.group(0)
 
     return re.sub(rf'href="{prefix}#([^"]+)"', one, content_html)
 
@@ -76,9 +77,11 @@ def local_anchors(content_html: str, page_url: str) -> str:
 # --------------------------------------------------------------------------- preheader
 
 # What the inbox preview must not show: images (their alt text), footnote
-# numbers and notes, rules, code and tables (their text is not a sentence).
+# numbers and notes, rules, headings (their text underlines), code and tables
+# (their text is not a sentence).
 _NOT_PROSE = (
-    "//img|//hr|//pre|//table|//*[contains(concat(' ', @class, ' '), ' footnote ')]"
+    "//img|//hr|//pre|//table|//h1|//h2|//h3|//h4|//h5|//h6"
+    "|//*[contains(concat(' ', @class, ' '), ' footnote ')]"
     "|//sup[a[contains(@class, 'footnote-ref')]]"
 )
 
