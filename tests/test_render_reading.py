@@ -311,3 +311,21 @@ def test_the_preheader_skips_headings_and_their_text_underlines() -> None:
     html = render_email(make_post(body, description=None), settings,
                         settings.lists["everything"]).html  # fmt: skip
     assert preheader_of(html) == "Tide pools are small laboratories."
+
+
+# --------------------------------------------------------------------------- links
+
+
+def test_the_lead_image_link_is_never_an_empty_link() -> None:
+    """The lead image's alt is empty when it would repeat the title, which
+    left its link with no name: screen readers announced "link" and a URL."""
+    settings = make_settings()
+    for alt, hidden in (("Counting Life in Tide Pools", True), ("A tide pool at dawn", False)):
+        html = render_email(make_post(image_alt=alt), settings, settings.lists["everything"]).html
+        link = re.search(r'<a\b[^>]*>(?=<img class="hero-img")', html)
+        assert link is not None
+        assert (
+            'aria-hidden="true"' in link.group(0) and 'tabindex="-1"' in link.group(0)
+        ) is hidden
+        # The title's link to the same page follows, with its words.
+        assert re.search(r'<h1 class="title"[^>]*><a href="' + re.escape(POST_URL), html)
