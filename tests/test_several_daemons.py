@@ -193,3 +193,67 @@ def test_on_sqlite_a_second_daemon_is_refused_with_one_line(
     assert second.returncode == 1 and second.stdout == ""
     assert len(second.stderr.splitlines()) == 1, second.stderr
     assert second.stderr.startswith("error: database.url: another newsletter daemon (")
+
+
+def test_a_post_pulled_mid_mailing_stops_every_daemon_and_is_logged_once(
+    pg_site: Path, smtp_server: SmtpTestServer
+) -> None:
+    """Two daemons send a post; it is unpublished mid-mailing.  Both stop
+    sending it (the halt is one update in the database), one of them logs
+    it, and the other posts still reach everyone."""
+    config = configure(pg_site, smtp_server, rate=20)
+    text = config.read_text().replace("lease_seconds = 4\n", "lease_seconds = 1.5\n")
+    config.write_text(text)  # a sending pass reads its post again every 0.5 s
+    add_readers(config, READERS)
+    daemons = [Running(config, pg_site, f"daemon-{i}") for i in range(2)]
+    engine = open_store(load_settings(config))
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with engine.connect() as conn:
+                row = conn.execute(
+                    select(mailings.c.post_id, func.count())
+                    .join(deliveries, deliveries.c.mailing_id == mailings.c.id)
+                    .where(deliveries.c.status == "sent")
+                    .group_by(mailings.c.post_id)
+                ).first()
+            if row is not None and row[1] >= 10:
+                break
+            assert time.monotonic() < deadline, "no progress"
+            time.sleep(0.05)
+        pulled = row[0]
+        (path,) = (pg_site / "posts").glob(f"*-{pulled}.md")
+        path.write_text(path.read_text().replace("---\n", "---\npublished: false\n", 1))
+        deadline = time.monotonic() + 120
+        while True:  # the other posts finish
+            with engine.connect() as conn:
+                done = conn.execute(
+                    select(mailings.c.post_id, mailings.c.state).order_by(mailings.c.id)
+                ).all()
+            if len(done) == POSTS and all(s == "done" for p, s in done if p != pulled):
+                break
+            assert time.monotonic() < deadline, done
+            time.sleep(0.2)
+    finally:
+        codes = [d.stop() for d in daemons]
+    assert codes == [0, 0], [d.text() for d in daemons]
+    states = dict(done)
+    assert states[pulled] == "withdrawn"
+    withdrawn = [e for d in daemons for e in d.events("mailing-withdrawn")]
+    assert len(withdrawn) == 1, withdrawn  # logged once, by the daemon that made it
+    assert withdrawn[0]["post_id"] == pulled
+    with engine.connect() as conn:
+        by_status = dict(
+            conn.execute(
+                select(deliveries.c.status, func.count())
+                .join(mailings, mailings.c.id == deliveries.c.mailing_id)
+                .where(mailings.c.post_id == pulled)
+                .group_by(deliveries.c.status)
+            ).all()
+        )
+    sent = by_status.get("sent", 0)
+    assert withdrawn[0]["sent"] <= sent < READERS // 2, by_status  # stopped early
+    assert by_status.get("queued", 0) == READERS - sent  # the rest wait, none leased
+    counts = per_post(smtp_server)
+    assert len(counts) == (POSTS - 1) * READERS + sent  # what the ledger says went
+    assert set(counts.values()) == {1}

@@ -152,6 +152,8 @@ def _send(
             click.echo(f"{message}; nothing sent (use --resend to send it again)")
         return
     checked_secret(settings, engine)  # before planning: refuse with nothing changed
+    # The owner's mailing from now on: one the daemon planned and withdrew or
+    # postponed goes on, and is never halted again (store.halts.take_over).
     mailing_id = plan_mailing(
         engine, settings, post.post_id, list_name, subject=post.title, resend=resend
     )
@@ -292,7 +294,9 @@ def status_cmd(ctx: click.Context, as_json: bool) -> None:
     for s in summaries:
         click.echo(_status_line(s) + _reports_text(reports.get(s.mailing_id, {})))
         if s.last_error:
-            click.echo(f"    last error: {s.last_error}")
+            # A withdrawn or postponed mailing's note says why, not an error.
+            label = "why" if s.state in ("withdrawn", "postponed") else "last error"
+            click.echo(f"    {label}: {s.last_error}")
     if upcoming:
         click.echo("upcoming:")
         for item in upcoming:
@@ -314,6 +318,10 @@ def _state_text(s: MailingSummary) -> str:
         return "waiting for the page"
     if s.state == "held":
         return "held (the page never went live)"
+    if s.state == "withdrawn":
+        return "withdrawn (its post was pulled)"
+    if s.state == "postponed" and s.paused_until is not None:
+        return f"postponed until {s.paused_until.isoformat(timespec='seconds')}"
     return s.state
 
 
@@ -346,6 +354,7 @@ def _summary_dict(s: MailingSummary) -> dict[str, Any]:
         "list": s.list_name,
         "kind": s.kind,
         "state": s.state,
+        "planned_by": s.origin,
         "paused_until": s.paused_until.isoformat() if s.paused_until else None,
         "counts": dict(s.counts),
         "total": s.total,

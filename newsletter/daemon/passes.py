@@ -12,22 +12,39 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 from sqlalchemy import Engine, func, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from newsletter.config import ListSettings, Settings, utcnow
 from newsletter.daemon import pagewait, planning
+from newsletter.daemon.passlog import (
+    OutageLog,
+    describe_mailing,
+    log_finish,
+    log_skipped,
+    log_start,
+)
 from newsletter.delivery.report import DeliveryReport
 from newsletter.delivery.transports import Transport
 from newsletter.errors import NewsletterError, TransportError, database_reason
 from newsletter.posts.collection import Post, PostCollection
 from newsletter.store import one_at_a_time, reading
+from newsletter.store.halts import AUTOMATIC, POSTPONED
 from newsletter.store.leases import DEFERRED
-from newsletter.store.schema import deliveries, lists, mailings
+from newsletter.store.schema import deliveries, mailings
 
 log = logging.getLogger("newsletter.daemon")
+
+__all__ = [
+    "Clock",
+    "MailingProgress",
+    "OutageLog",
+    "PassReport",
+    "log_skipped",
+    "next_work_time",
+    "run_pass",
+]
 
 Clock = Callable[[], datetime]
 MailingProgress = Callable[[int, int, int], None]  # (mailing id, done, total)
@@ -51,33 +68,6 @@ class PassReport:
     transport_error: str | None = None
 
 
-@dataclass
-class OutageLog:
-    """Keeps a mail-server outage to one log line per retry window.
-
-    A connection failure defers every recipient with no SMTP code; with
-    jittered back-off they come due one by one, and a line each would bury
-    the log.  The first failure says what happened and when the round of
-    retries ends; later ones inside that round go to DEBUG.
-    """
-
-    quiet_until: datetime | None = None
-    down: bool = False
-
-    def failed(self, at: datetime, round_ends: datetime | None) -> bool:
-        """Record a failure; True when it deserves a log line."""
-        loud = not self.down or self.quiet_until is None or at >= self.quiet_until
-        self.down = True
-        if loud:
-            self.quiet_until = round_ends
-        return loud
-
-    def recovered(self) -> bool:
-        """True once, on the first success after an outage."""
-        was, self.down, self.quiet_until = self.down, False, None
-        return was
-
-
 def run_pass(
     settings: Settings,
     engine: Engine,
@@ -99,9 +89,11 @@ def run_pass(
     try:
         # Planning reads front matter; HTML is built for the posts a mailing sends.
         collection = load_posts(settings, bodies="lazy")
+        clock: Clock | None = _pass_clock(at)
     except NewsletterError as exc:
         problems.append(f"error: {exc}")
         collection = PostCollection((), ())
+        clock = None  # no posts read: no verdict on any mailing's post
     problems.extend(str(p) for p in collection.problems)
     ensure_lists(engine, settings)
     _read_bounces(engine, settings, problems)  # before delivering: bounced addresses skip
@@ -111,8 +103,18 @@ def run_pass(
     problems.extend(str(p) for p in plan.problems)
     planned = _plan_posts(engine, settings, plan.due, problems)
     digests = _plan_digests(engine, settings, collection.posts, since, at, mailed, problems)
+    if clock is not None:
+        _review(engine, collection, at, problems)
     report, transport_error = _deliver(
-        engine, settings, collection, transport, stop, problems, outage or OutageLog(), progress
+        engine,
+        settings,
+        collection,
+        transport,
+        stop,
+        problems,
+        outage or OutageLog(),
+        progress,
+        clock,
     )
     return PassReport(
         at=at,
@@ -152,6 +154,40 @@ def _read_bounces(engine: Engine, settings: Settings, problems: list[str]) -> No
         )  # fmt: skip
 
 
+def _pass_clock(at: datetime) -> Clock:
+    """This pass's time as it goes on (`at` may be injected, in tests)."""
+    started = utcnow()
+    return lambda: at + (utcnow() - started)
+
+
+def _review(engine: Engine, posts: PostCollection, at: datetime, problems: list[str]) -> None:
+    """Withdraw, postpone or resume the daemon's mailings of pulled posts (`withdrawal`)."""
+    from newsletter.daemon import withdrawal
+
+    try:
+        withdrawal.review(engine, posts, at)
+    except NewsletterError as exc:
+        problems.append(f"error: {exc}")
+
+
+def _watcher(
+    settings: Settings, engine: Engine, mailing_id: int, clock: Clock
+) -> Callable[[], None]:
+    """What a sending pass calls every few seconds: the post, read again, may
+    have been pulled meanwhile (`MailingPass.check_halt`)."""
+    from newsletter.daemon import withdrawal
+    from newsletter.posts.collection import load_posts
+
+    def watch() -> None:
+        try:
+            posts = load_posts(settings, bodies="lazy")
+        except NewsletterError:
+            return  # no posts read, no verdict; the next pass reports it
+        withdrawal.review(engine, posts, clock(), mailing_id)
+
+    return watch
+
+
 def _plan_posts(
     engine: Engine, settings: Settings, due: tuple[planning.DueSend, ...], problems: list[str]
 ) -> list[int]:
@@ -166,7 +202,7 @@ def _plan_posts(
     for post_id, items in by_post.items():
         names = tuple(item.list_name for item in items)
         try:
-            planned = plan_post(engine, settings, post_id, names)
+            planned = plan_post(engine, settings, post_id, names, origin=AUTOMATIC)
         except NewsletterError as exc:
             problems.append(f"error: {items[0].post.path}: {', '.join(names)}: {exc}")
             continue
@@ -246,6 +282,7 @@ def _plan_digest(
             kind="digest",
             post_ids=digest.post_ids,
             subject=f"{lst.title}: {len(chosen)} new post{'s' if len(chosen) != 1 else ''}",
+            origin=AUTOMATIC,
         )
         log.info(
             "planned digest %d for %s: %d posts",
@@ -283,9 +320,12 @@ def _deliver(
     problems: list[str],
     outage: OutageLog,
     progress: MailingProgress | None = None,
+    clock: Clock | None = None,
 ) -> tuple[DeliveryReport, str | None]:
     """Every mailing with work, one at a time, so that one broken mailing (its
-    post deleted, its template broken) is reported and the others still go."""
+    template broken) is reported and the others still go.  `clock`: the
+    pass's time when its posts were read (each sending pass then watches
+    for its post being pulled)."""
     from newsletter.delivery.mailings import deliver_mailing
     from newsletter.store.mailings import free_dead_leases, mailings_with_work
 
@@ -303,7 +343,7 @@ def _deliver(
             continue
         due = _due_count(engine, mailing_id, started)
         if due:
-            _log_start(engine, mailing_id, due)
+            log_start(engine, mailing_id, due)
         try:
             report = deliver_mailing(
                 engine,
@@ -313,6 +353,7 @@ def _deliver(
                 transport=transport,
                 stop=stop,
                 progress=_bound(progress, mailing_id),
+                watch=None if clock is None else _watcher(settings, engine, mailing_id, clock),
             )
         except TransportError as exc:
             # The transport as a whole (TLS refused, bad login): the other
@@ -328,8 +369,8 @@ def _deliver(
         counted = report.sent or report.deferred or report.failed or report.skipped
         # mailings_with_work only yields unfinished mailings: "done" now means
         # this pass finished it, even when the last send was an earlier pass.
-        if due or counted or _describe_mailing(engine, mailing_id)[3] == "done":
-            _log_finish(engine, mailing_id, report, started, outage)
+        if due or counted or describe_mailing(engine, mailing_id)[3] == "done":
+            log_finish(engine, mailing_id, report, started, outage)
     return total, None
 
 
@@ -353,7 +394,7 @@ def _close_if_empty(engine: Engine, mailing_id: int) -> bool:
     if open_work:
         return False
     q.set_state(engine, mailing_id, "done")
-    post_id, list_name, _kind, _state = _describe_mailing(engine, mailing_id)
+    post_id, list_name, _kind, _state = describe_mailing(engine, mailing_id)
     log.info(
         "mailing %d finished: %s -> %s: nobody to send to",
         mailing_id,
@@ -380,137 +421,6 @@ def _due_count(engine: Engine, mailing_id: int, at: datetime) -> int:
         return int(conn.scalar(query) or 0)
 
 
-def _describe_mailing(engine: Engine, mailing_id: int) -> tuple[str, str, str, str]:
-    query = (
-        select(mailings.c.post_id, lists.c.name, mailings.c.kind, mailings.c.state)
-        .join(lists, lists.c.id == mailings.c.list_id)
-        .where(mailings.c.id == mailing_id)
-    )
-    with reading(engine) as conn:
-        row = conn.execute(query).first()
-    return (row[0], row[1], row[2], row[3]) if row is not None else ("?", "?", "?", "?")
-
-
-def _log_start(engine: Engine, mailing_id: int, due: int) -> None:
-    post_id, list_name, kind, _state = _describe_mailing(engine, mailing_id)
-    log.info(
-        "mailing %d start: %s -> %s, %d recipient%s due",
-        mailing_id,
-        post_id,
-        list_name,
-        due,
-        "s" if due != 1 else "",
-        extra={
-            "event": "mailing-start",
-            "mailing_id": mailing_id,
-            "post_id": post_id,
-            "list": list_name,
-            "kind": kind,
-            "due": due,
-        },
-    )
-
-
-def _log_finish(
-    engine: Engine, mailing_id: int, report: DeliveryReport, started: datetime, outage: OutageLog
-) -> None:
-    """One line per mailing (counts) and one per failure, grouped: when the
-    server is down every recipient fails the same way, and that is one line."""
-    post_id, list_name, kind, state_ = _describe_mailing(engine, mailing_id)
-    with reading(engine) as conn:
-        failures = conn.execute(
-            select(
-                deliveries.c.email,
-                deliveries.c.status,
-                deliveries.c.last_code,
-                deliveries.c.last_text,
-                deliveries.c.next_attempt_at,
-            ).where(
-                deliveries.c.mailing_id == mailing_id,
-                deliveries.c.updated_at >= started,
-                deliveries.c.status.in_(("deferred", "failed")),
-            )
-        ).all()
-    if report.sent and outage.recovered():
-        log.info("mail server reachable again; delivering", extra={"event": "transport-up"})
-    groups: dict[tuple[str, int | None, str], list[Any]] = {}
-    for email, status, code, text, retry in failures:
-        groups.setdefault((status, code, text or ""), []).append((email, retry))
-    for (status, code, text), items in groups.items():
-        _log_failure(mailing_id, status, code, text, items, outage)
-    log.info(
-        "mailing %d %s: %s -> %s: sent %d, deferred %d, failed %d, skipped %d",
-        mailing_id,
-        "finished" if state_ == "done" else state_,
-        post_id,
-        list_name,
-        report.sent,
-        report.deferred,
-        report.failed,
-        report.skipped,
-        extra={
-            "event": "mailing-finish",
-            "mailing_id": mailing_id,
-            "post_id": post_id,
-            "list": list_name,
-            "kind": kind,
-            "state": state_,
-            "sent": report.sent,
-            "deferred": report.deferred,
-            "failed": report.failed,
-            "skipped": report.skipped,
-        },
-    )
-
-
-def _log_failure(
-    mailing_id: int,
-    status: str,
-    code: int | None,
-    text: str,
-    items: list[Any],
-    outage: OutageLog,
-) -> None:
-    emails = [e for e, _ in items]
-    retries = [r for _, r in items if r is not None]
-    who = emails[0] if len(emails) == 1 else f"{len(emails)} recipients ({emails[0]}, ...)"
-    fields = {
-        "mailing_id": mailing_id,
-        "recipient": emails[0],
-        "recipients": len(emails),
-        "code": code,
-        "text": text,
-    }
-    if status == "deferred" and code is None:  # no SMTP reply at all: the server is down
-        level = (
-            logging.WARNING
-            if outage.failed(utcnow(), max(retries, default=None))
-            else logging.DEBUG
-        )
-        when = f"; retrying from {min(retries).isoformat(timespec='seconds')}" if retries else ""
-        log.log(
-            level,
-            "mail server unavailable: %s; %s deferred%s",
-            text,
-            who,
-            when,
-            extra={"event": "transport-down", **fields},
-        )
-        return
-    when = f"; retry at {min(retries).isoformat(timespec='seconds')}" if retries else ""
-    code_text = str(code) if code is not None else "-"
-    log.warning(
-        "mailing %d: %s %s: %s %s%s",
-        mailing_id,
-        who,
-        status,
-        code_text,
-        text,
-        when,
-        extra={"event": status, **fields},
-    )
-
-
 def next_work_time(engine: Engine, now: datetime) -> datetime | None:
     """The earliest deferred retry or paused mailing still to come."""
     with reading(engine) as conn:
@@ -524,22 +434,9 @@ def next_work_time(engine: Engine, now: datetime) -> datetime | None:
         )
         paused = conn.scalar(
             select(func.min(mailings.c.paused_until)).where(
-                mailings.c.state.in_(("paused", pagewait.WAITING)), mailings.c.paused_until > now
+                mailings.c.state.in_(("paused", pagewait.WAITING, POSTPONED)),
+                mailings.c.paused_until > now,
             )
         )
     times = [t if t.tzinfo else t.replace(tzinfo=UTC) for t in (retry, paused) if t is not None]
     return min(times) if times else None
-
-
-def log_skipped(report: PassReport) -> None:
-    """The first run on an old blog says what `since` held back (invariant 4)."""
-    if report.before_since and report.since is not None:
-        count = len(report.before_since)
-        log.info(
-            "%d post%s before since=%s %s skipped",
-            count,
-            "s" if count != 1 else "",
-            report.since.isoformat(),
-            "were" if count != 1 else "was",
-            extra={"event": "skipped", "count": count},
-        )

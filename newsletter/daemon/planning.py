@@ -282,6 +282,7 @@ def upcoming_sends(
             wanted = lst.mode == "each" and list_takes(post, lst)
             if wanted and (post.post_id, lst.name) not in mailed:
                 result.append(UpcomingSend(post.post_id, post.title, lst.name, post.date))
+    result.extend(_postponed(engine, items))
     for lst in settings.lists.values():
         if lst.mode != "digest":
             continue
@@ -292,6 +293,23 @@ def upcoming_sends(
                 raise
             problems.append(exc)
     return sorted(result, key=lambda u: (u.at, u.list_name, u.post_id))
+
+
+def _postponed(engine: Engine, items: tuple[Post, ...]) -> list[UpcomingSend]:
+    """The rest of each mailing postponed with its re-dated post (`withdrawal`)."""
+    from newsletter.store import halts
+
+    titles = {p.post_id: p.title for p in items}
+    try:
+        with reading(engine) as conn:
+            watched = halts.watched(conn)
+    except SQLAlchemyError as exc:
+        raise StoreError(f"cannot read mailings: {database_reason(exc)}") from exc
+    return [
+        UpcomingSend(m.post_id, titles.get(m.post_id, m.post_id), m.list_name, m.paused_until)
+        for m in watched
+        if m.state == halts.POSTPONED and m.paused_until is not None
+    ]
 
 
 def _upcoming_digest(

@@ -23,9 +23,12 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from newsletter.config import Settings
 from newsletter.delivery.bounces import sender_for
+from newsletter.delivery.caps import cap_allowance, cap_resume_at
+from newsletter.delivery.keeper import LeaseKeeper, PassStop
 from newsletter.delivery.outgoing import (
     MessageContext,
     build_template,
@@ -46,7 +49,7 @@ from newsletter.delivery.transports import (
     make_transport,
 )
 from newsletter.email.message import MessageTemplate
-from newsletter.errors import DeliveryError, NewsletterError
+from newsletter.errors import DeliveryError, NewsletterError, StoreError, database_reason
 from newsletter.posts.collection import PostCollection
 from newsletter.store import mailings as q
 from newsletter.store import now, reading
@@ -68,39 +71,6 @@ log = logging.getLogger(__name__)
 CLAIM_RETRIES = 250
 
 
-class LeaseKeeper:
-    """A thread that keeps a pass's leases alive while it runs.
-
-    Leases are short (`[delivery] lease_seconds`, default 60 s) so that rows
-    of a process that stalls or loses its host go to others within one lease
-    period; this renews ours every third of it and meanwhile frees the rows
-    of dead owners (PostgreSQL: whose advisory lock is gone) for everyone.
-    """
-
-    def __init__(self, core: MailingPass) -> None:
-        self.core = core
-        self.period = max(0.05, min(core.settings.delivery.lease_seconds / 3, 10.0))
-        self.done = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
-
-    def __enter__(self) -> LeaseKeeper:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.done.set()
-        self.thread.join()
-
-    def _run(self) -> None:
-        while not self.done.wait(self.period):
-            try:
-                self.core.keep_leases()
-            except NewsletterError:
-                # The next tick tries again; a lease that lapses meanwhile only
-                # lets another process take the row (fenced outcomes stay right).
-                log.warning("renewing leases failed", exc_info=True)
-
-
 class MailingPass:
     """Deliver what is claimable of one mailing, now."""
 
@@ -115,7 +85,11 @@ class MailingPass:
         stop: threading.Event | None = None,
         progress: Progress | None = None,
         template: MessageTemplate | None = None,
+        watch: Callable[[], None] | None = None,
     ) -> None:
+        """`stop`: the caller's (a shutdown); `watch`: called now and then
+        while sending (the daemon re-reads the post there and withdraws the
+        mailing if it was pulled, `daemon.withdrawal`)."""
         self.engine, self.settings, self.mailing = engine, settings, mailing
         self.posts = posts
         self.template = template  # a worker process is given its parent's
@@ -128,7 +102,10 @@ class MailingPass:
             if is_thread_safe(candidate):
                 transport, self.owns_shared = candidate, True
         self.shared = transport
-        self.stop = stop or threading.Event()
+        # The pass's own stop: the caller's, or its mailing halted (`check_halt`).
+        self.stop: threading.Event = PassStop(stop)
+        self.watch = watch
+        self.halted = False
         self.abort = threading.Event()
         self.fatal: NewsletterError | None = None
         self.progress = progress
@@ -361,6 +338,26 @@ class MailingPass:
         self.fatal = self.fatal or exc
         self.abort.set()
 
+    @property
+    def lease_seconds(self) -> float:
+        return self.settings.delivery.lease_seconds
+
+    def check_halt(self) -> None:
+        """Stop the pass, as a shutdown would, once its mailing is withdrawn or
+        postponed (the keeper's tick); the claims already refuse its rows."""
+        if self.watch is not None:
+            self.watch()
+        try:
+            with reading(self.engine) as conn:
+                halted = q.halted_now(conn, self.mailing.id, now())
+        except SQLAlchemyError as exc:
+            reason = database_reason(exc)
+            raise StoreError(f"cannot read mailing {self.mailing.id}: {reason}") from exc
+        if halted and not self.halted:
+            self.halted = True
+            log.info("mailing %s halted: this pass stops", self.mailing.id)
+            self.stop.set()
+
     def keep_leases(self) -> None:
         """Renew this pass's leases and free dead owners' rows (the LeaseKeeper's tick)."""
         lease = self.settings.delivery.lease_seconds
@@ -442,29 +439,10 @@ class MailingPass:
 
     def _allowance(self) -> int | None:
         """Messages still allowed by max_per_hour / max_per_day (None: no cap)."""
-        d = self.settings.delivery
-        left: int | None = None
-        for cap, window in ((d.max_per_hour, 3600), (d.max_per_day, 86400)):
-            if cap is None:
-                continue
-            with reading(self.engine) as conn:
-                sent, _ = q.sent_since(conn, now() - timedelta(seconds=window))
-            room = max(0, cap - sent)
-            left = room if left is None else min(left, room)
-        return left
+        return cap_allowance(self.engine, self.settings.delivery)
 
     def _resume_at(self) -> datetime:
-        d = self.settings.delivery
-        at = now()
-        resume = at
-        for cap, window in ((d.max_per_hour, 3600), (d.max_per_day, 86400)):
-            if cap is None:
-                continue
-            with reading(self.engine) as conn:
-                sent, oldest = q.sent_since(conn, at - timedelta(seconds=window))
-            if sent >= cap and oldest is not None:
-                resume = max(resume, oldest + timedelta(seconds=window))
-        return resume
+        return cap_resume_at(self.engine, self.settings.delivery)
 
     def _pause(self) -> DeliveryReport:
         until = self._resume_at()

@@ -11,6 +11,8 @@ skipped and at most the in-flight messages (≤ concurrency) sent twice
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -30,6 +32,7 @@ from newsletter.errors import (
 from newsletter.posts.collection import Post, PostCollection
 from newsletter.store import mailings as q
 from newsletter.store import reading, snapshot_transaction
+from newsletter.store.halts import EXPLICIT, take_over
 
 __all__ = [
     "deliver_due",
@@ -55,6 +58,7 @@ def plan_mailing(
     post_ids: tuple[str, ...] = (),
     subject: str = "",
     resend: bool = False,
+    origin: str = EXPLICIT,
 ) -> int:
     """Create the mailing (post × list) and snapshot its recipients; idempotent.
 
@@ -62,17 +66,23 @@ def plan_mailing(
     as it is unless `resend` (a new generation, every mailable member again).
     The snapshot is one transaction: a crash while planning leaves no mailing.
     A post mailing leaves out whoever already has this post from another
-    list (`[email] dedupe_across_lists`).
+    list (`[email] dedupe_across_lists`).  `origin`: who plans it, EXPLICIT
+    (the owner, `newsletter send`: an existing mailing becomes theirs) or
+    AUTOMATIC (the daemon: withdrawn if its post is pulled, `store.halts`).
     """
     if kind == "post" and not resend:
-        return plan_post(engine, settings, post_id, (list_name,))[list_name]
-    return _plan(engine, settings, post_id, (list_name,), kind, post_ids, subject, resend)[
-        list_name
-    ]
+        return plan_post(engine, settings, post_id, (list_name,), origin=origin)[list_name]
+    plan = _Plan(kind, post_ids, subject, resend, origin)
+    return _plan(engine, settings, post_id, (list_name,), plan)[list_name]
 
 
 def plan_post(
-    engine: Engine, settings: Settings, post_id: str, list_names: tuple[str, ...]
+    engine: Engine,
+    settings: Settings,
+    post_id: str,
+    list_names: tuple[str, ...],
+    *,
+    origin: str = EXPLICIT,
 ) -> dict[str, int]:
     """Plan one post for several lists at once: list name → mailing id.
 
@@ -83,7 +93,18 @@ def plan_post(
     id is made of the post's key and the subscriber: `store.schema.ledger_keys`),
     so it survives kill -9 and holds across hosts.
     """
-    return _plan(engine, settings, post_id, list_names, "post", (), "", False)
+    return _plan(engine, settings, post_id, list_names, _Plan(origin=origin))
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What kind of mailing `_plan` makes (see `plan_mailing`)."""
+
+    kind: str = "post"
+    post_ids: tuple[str, ...] = ()
+    subject: str = ""
+    resend: bool = False
+    origin: str = EXPLICIT
 
 
 def _plan(
@@ -91,12 +112,11 @@ def _plan(
     settings: Settings,
     post_id: str,
     list_names: tuple[str, ...],
-    kind: str,
-    post_ids: tuple[str, ...],
-    subject: str,
-    resend: bool,
+    plan: _Plan,
 ) -> dict[str, int]:
     from newsletter.audience import members as subs
+
+    kind, resend = plan.kind, plan.resend
 
     for name in list_names:
         settings.get_list(name)  # an undeclared list is a configuration error
@@ -111,6 +131,8 @@ def _plan(
             for name in list_names:
                 existing = q.latest_mailing(conn, post_id, name)
                 if existing is not None and not resend:
+                    if plan.origin == EXPLICIT and existing.origin != EXPLICIT:
+                        take_over(conn, existing.id)
                     result[name] = existing.id
                     continue
                 lid = q.list_id(conn, name)
@@ -125,9 +147,10 @@ def _plan(
                     list_id=lid,
                     kind="resend" if resend and existing is not None else kind,
                     generation=existing.generation + 1 if existing is not None else 0,
-                    subject=subject,
-                    post_ids=post_ids,
+                    subject=plan.subject,
+                    post_ids=plan.post_ids,
                     ledger_key=key,
+                    origin=plan.origin,
                 )
                 if mailing_id is None:  # another process planned it meanwhile: theirs stands
                     again = q.latest_mailing(conn, post_id, name)
@@ -172,6 +195,7 @@ def deliver_mailing(
     stop: threading.Event | None = None,
     progress: Progress | None = None,
     wait: float = 0.0,
+    watch: Callable[[], None] | None = None,
 ) -> DeliveryReport:
     """Send every claimable delivery of one mailing; return what happened.
 
@@ -179,7 +203,9 @@ def deliver_mailing(
     otherwise a single worker); by default each of `[delivery] concurrency`
     workers makes its own from the settings.  `wait`: how many seconds to keep
     going for deferred recipients whose retry comes due meanwhile (0: one pass
-    over what is due now; the daemon or a re-run does the rest).
+    over what is due now; the daemon or a re-run does the rest).  `watch`:
+    called now and then while sending (the daemon's check that the post was
+    not pulled meanwhile); a withdrawn or postponed mailing stops the pass.
     """
     from newsletter.delivery.mailing_pass import MailingPass
 
@@ -188,7 +214,14 @@ def deliver_mailing(
     if mailing is None:
         raise DeliveryError(f"no mailing with id {mailing_id}")
     return MailingPass(
-        engine, settings, mailing, posts, transport=transport, stop=stop, progress=progress
+        engine,
+        settings,
+        mailing,
+        posts,
+        transport=transport,
+        stop=stop,
+        progress=progress,
+        watch=watch,
     ).run(wait=wait)
 
 
@@ -260,6 +293,7 @@ def mailing_summaries(engine: Engine) -> list[MailingSummary]:
             finished_at=m.finished_at,
             paused_until=m.paused_until,
             subject=m.subject,
+            origin=m.origin,
         )
         for m in rows
     ]

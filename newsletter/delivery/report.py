@@ -44,13 +44,15 @@ class MailingSummary:
     post_id: str
     list_name: str
     kind: str  # post | digest | resend
-    state: str  # planned | sending | paused | done
+    # planned | waiting | held | sending | paused | withdrawn | postponed | done
+    state: str
     counts: Mapping[str, int] = field(default_factory=dict)  # by delivery status
     last_error: str | None = None
     created_at: datetime | None = None
     finished_at: datetime | None = None
     paused_until: datetime | None = None
     subject: str = ""
+    origin: str = "daemon"  # who planned it: "daemon" or "send" (store.halts)
 
     @property
     def total(self) -> int:

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, create_engine, event, func, inspect, select, text
+from sqlalchemy import Connection, Engine, Table, create_engine, event, func, inspect, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -31,12 +31,8 @@ from newsletter.config import Settings
 from newsletter.errors import StoreError, database_reason
 from newsletter.files import private_file
 from newsletter.logging_setup import quiet_library_logs
+from newsletter.store import upgrades as steps
 from newsletter.store.schema import (
-    DEDUPE_INDEX,
-    DEFERRED_INDEX,
-    DELIVERY_INDEXES_V3,
-    MAILING_SUBSCRIBER_INDEX,
-    MESSAGE_ID_INDEX,
     SCHEMA_VERSION,
     metadata,
     schema_version,
@@ -352,108 +348,16 @@ def shared_value(engine: Engine, key: str, candidate: str) -> str:
         ) from exc
 
 
-def _upgrade_2(conn: Connection) -> None:
-    """Version 2: the new tables come from create_all; deliveries gains dedupe_key."""
-    columns = {c["name"] for c in inspect(conn).get_columns("deliveries")}
-    if "dedupe_key" not in columns:
-        conn.execute(text("ALTER TABLE deliveries ADD COLUMN dedupe_key TEXT"))
-    indexes = {i["name"] for i in inspect(conn).get_indexes("deliveries")}
-    if DEDUPE_INDEX.name not in indexes:
-        DEDUPE_INDEX.create(conn)
-
-
-# Each step upgrades the schema from version N-1 to N.  Version 1 is the
-# initial schema created by metadata.create_all.
-def _upgrade_to_3(conn: Connection) -> None:
-    # Claims in O(batch) and indexed lease bookkeeping; lease_owner as TEXT.
-    for index in DELIVERY_INDEXES_V3:
-        index.create(conn, checkfirst=True)
-    if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql("ALTER TABLE deliveries ALTER COLUMN lease_owner TYPE TEXT")
-
-
-def _upgrade_to_4(conn: Connection) -> None:
-    # Planning a million rows in seconds: fewer indexes per row (why:
-    # schema.DEFERRED_INDEX, schema.DEDUPE_INDEX), and PostgreSQL drops the
-    # ledger's foreign-key triggers (why: schema.DELIVERY_FOREIGN_KEYS).
-    conn.exec_driver_sql("DROP INDEX IF EXISTS ix_deliveries_claim")
-    DEFERRED_INDEX.create(conn, checkfirst=True)
-    # Rebuilt partial: the NULL keys of every other mailing's rows leave it.
-    conn.exec_driver_sql(f"DROP INDEX IF EXISTS {DEDUPE_INDEX.name}")
-    DEDUPE_INDEX.create(conn)
-    if conn.dialect.name == "postgresql":
-        _drop_foreign_keys(conn, "deliveries")
-        conn.exec_driver_sql(
-            f"ALTER TABLE deliveries DROP CONSTRAINT IF EXISTS {MAILING_SUBSCRIBER}"
-        )
-    # SQLite keeps its table constraint (see schema.DEDUPE_INDEX's comment).
-    constraints = {u["name"] for u in inspect(conn).get_unique_constraints("deliveries")}
-    if MAILING_SUBSCRIBER not in constraints:
-        # Schema 4-6's other partial unique index (narrowed by version 7).
-        conn.exec_driver_sql(
-            f"CREATE UNIQUE INDEX IF NOT EXISTS {MAILING_SUBSCRIBER} "
-            "ON deliveries (mailing_id, subscriber_id) WHERE dedupe_key IS NULL"
-        )
-
-
-MAILING_SUBSCRIBER = "uq_delivery_mailing_subscriber"
-
-
-def _upgrade_to_5(conn: Connection) -> None:
-    # Importing a million subscribers: PostgreSQL drops the foreign-key
-    # triggers of the bulk-written tables (why: schema.memberships).
-    if conn.dialect.name == "postgresql":
-        for table in ("memberships", "consent_events"):
-            _drop_foreign_keys(conn, table)
-
-
-def _upgrade_to_6(conn: Connection) -> None:
-    # Bounces matched by Message-ID read by an index (why: schema.MESSAGE_ID_INDEX);
-    # PostgreSQL drops the unique constraint on subscribers.email (why: the
-    # column's comment in schema.subscribers).  SQLite keeps its table
-    # constraint and its rowid memberships table (changing either means
-    # rebuilding the table): stricter or one B-tree more, same answers.
-    MESSAGE_ID_INDEX.create(conn, checkfirst=True)
-    if conn.dialect.name == "postgresql":
-        for constraint in inspect(conn).get_unique_constraints("subscribers"):
-            if constraint["column_names"] == ["email"]:
-                name = constraint["name"]
-                conn.exec_driver_sql(f'ALTER TABLE subscribers DROP CONSTRAINT "{name}"')
-
-
-def _upgrade_to_7(conn: Connection) -> None:
-    # Keyed delivery ids (why: schema.ledger_keys): mailings learn their key
-    # (the ledger_keys table itself comes from create_all), PostgreSQL's ids
-    # become 64-bit (a rewrite of the ledger, once), and the partial unique
-    # index that every non-deduplicated row went into keeps only the rows
-    # planned before (why: schema.DEDUPE_INDEX's comment).  Older rows keep
-    # their ids.
-    columns = {c["name"] for c in inspect(conn).get_columns("mailings")}
-    if "ledger_key" not in columns:
-        conn.exec_driver_sql("ALTER TABLE mailings ADD COLUMN ledger_key INTEGER")
-    conn.exec_driver_sql(f"DROP INDEX IF EXISTS {MAILING_SUBSCRIBER}")
-    constraints = {u["name"] for u in inspect(conn).get_unique_constraints("deliveries")}
-    if MAILING_SUBSCRIBER not in constraints:  # SQLite's table constraint before version 4
-        MAILING_SUBSCRIBER_INDEX.create(conn)
-    if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql("ALTER TABLE deliveries ALTER COLUMN id TYPE BIGINT")
-        conn.exec_driver_sql("ALTER SEQUENCE IF EXISTS deliveries_id_seq AS BIGINT")
-        conn.exec_driver_sql("ALTER TABLE bounce_events ALTER COLUMN delivery_id TYPE BIGINT")
-
-
-def _drop_foreign_keys(conn: Connection, table: str) -> None:
-    for foreign_key in inspect(conn).get_foreign_keys(table):
-        name = foreign_key["name"]
-        conn.exec_driver_sql(f'ALTER TABLE {table} DROP CONSTRAINT IF EXISTS "{name}"')
-
-
+# Each step upgrades the schema from version N-1 to N (`store.upgrades`).
+# Version 1 is the initial schema created by metadata.create_all.
 UPGRADES: dict[int, Callable[[Connection], None]] = {
-    2: _upgrade_2,
-    3: _upgrade_to_3,
-    4: _upgrade_to_4,
-    5: _upgrade_to_5,
-    6: _upgrade_to_6,
-    7: _upgrade_to_7,
+    2: steps.upgrade_to_2,
+    3: steps.upgrade_to_3,
+    4: steps.upgrade_to_4,
+    5: steps.upgrade_to_5,
+    6: steps.upgrade_to_6,
+    7: steps.upgrade_to_7,
+    8: steps.upgrade_to_8,
 }
 
 # Any constant will do: it only has to be the same in every newsletter process.

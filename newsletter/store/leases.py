@@ -46,6 +46,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from newsletter.errors import StoreError, database_reason
 from newsletter.store import now
+from newsletter.store.halts import halted_now
 from newsletter.store.schema import deliveries, mailings, memberships, subscribers
 
 CLAIMABLE = ("queued", "deferred")
@@ -265,10 +266,13 @@ def claim(
     Returns the claimed rows and how many were marked skipped.  Joined with
     the subscriber and membership so that someone who unsubscribed (or
     bounced) after planning is marked skipped here, in the same transaction.
+    Nothing of a withdrawn or postponed mailing (`store.halts`).
     """
     try:
         with engine.begin() as conn:
             at = db_now(conn)
+            if halted_now(conn, mailing_id, at):
+                return [], 0
             due_at = at if due_by is None else min(at, due_by)
             if caps:
                 limit = min(limit, _room(conn, at, caps))
@@ -352,6 +356,8 @@ def claimable_left(engine: Engine, mailing_id: int, *, due_by: datetime | None =
     """
     with engine.connect() as conn:
         at = db_now(conn)
+        if halted_now(conn, mailing_id, at):
+            return False
         due_at = at if due_by is None else min(at, due_by)
         parameters = {**_candidate_parameters(mailing_id, at, due_at), "limit": 1}
         return any(conn.execute(query, parameters).first() is not None for query in _CANDIDATES)

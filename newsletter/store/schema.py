@@ -36,8 +36,9 @@ from sqlalchemy import (
 # consent_events on PostgreSQL; 6: no unique index on subscribers.email (email_key's
 # implies it), memberships WITHOUT ROWID on SQLite, deliveries indexed by message_id;
 # 7: keyed delivery ids (ledger_keys, mailings.ledger_key, bigint ids on PostgreSQL),
-# uq_delivery_mailing_subscriber dropped and uq_deliveries_dedupe kept for older rows.
-SCHEMA_VERSION = 7
+# uq_delivery_mailing_subscriber dropped and uq_deliveries_dedupe kept for older rows;
+# 8: mailings.origin (who planned a mailing: the daemon's can be withdrawn).
+SCHEMA_VERSION = 8
 
 
 def new_uid() -> str:
@@ -170,7 +171,8 @@ unsubscribe_events = Table(
 )
 
 # A mailing is (post, list): planned once, automatically at most once (invariant 1).
-# kind: post | digest | resend.  state: planned | sending | paused | done.
+# kind: post | digest | resend.  state: planned | waiting | held | sending | paused
+# | withdrawn | postponed | done (the last two: `store.halts`).
 mailings = Table(
     "mailings",
     metadata,
@@ -190,8 +192,16 @@ mailings = Table(
     # The number in the ids of this mailing's deliveries (`delivery_id`);
     # NULL for a mailing planned before schema 7 (its rows have plain ids).
     Column("ledger_key", Integer, nullable=True),
+    # Schema 8: who planned it, AUTOMATIC (the daemon: withdrawn when its post
+    # is pulled, invariant 4) or EXPLICIT (`newsletter send`: the owner's
+    # choice, never withdrawn).  Mailings planned before are AUTOMATIC but
+    # for resends (store.upgrades.upgrade_to_8).
+    Column("origin", String(16), nullable=False, server_default="daemon"),
     UniqueConstraint("post_id", "list_id", "generation", name="uq_mailing_post_list"),
 )
+
+AUTOMATIC = "daemon"
+EXPLICIT = "send"
 
 # Schema 7: where delivery ids come from.  A delivery's id is
 # `ledger_key * 2**32 + subscriber_id` (`delivery_id`), so the ledger's primary
@@ -220,7 +230,7 @@ def delivery_id(ledger_key: int, subscriber_id: int) -> int:
     return ledger_key * KEY_SHIFT + subscriber_id
 
 
-# Added in schema version 3 (store.UPGRADES[3] creates them in older databases).
+# Added in schema version 3 (store.upgrades.upgrade_to_3 creates them in older databases).
 DELIVERY_INDEXES_V3 = (
     # Queued rows in id order: a claim reads only the rows it takes.
     Index("ix_deliveries_queue", "mailing_id", "status", "id"),

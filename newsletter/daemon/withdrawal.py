@@ -1,0 +1,123 @@
+"""A post pulled while the daemon mails it: the rest waits (invariant 4).
+
+Before delivering, each pass looks at every unfinished mailing the daemon
+planned (`store.halts.watched`) against the posts as they are now, and a pass
+that is sending looks again every few seconds (`MailingPass.check_halt`):
+
+* the post unpublished (``published: false``, ``draft: true``, a ``_drafts``
+  folder), opted out (``newsletter: false``) or gone (deleted, or its id
+  changed): the mailing is ``withdrawn``;
+* the post re-dated into the future: ``postponed`` until that date;
+* the post may go again (published once more, present again, its date come):
+  the mailing resumes and the rest get it; nobody who got it gets it twice
+  (invariant 1), exactly as if each recipient's copy waited for the post.
+
+A file that fails to load is no verdict (an editor's half-saved file must
+not stop a mailing): the pass reports it, as before.  A mailing the owner
+sent with `newsletter send` is never halted here.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from newsletter.errors import StoreError, database_reason
+from newsletter.posts import lookup
+from newsletter.posts.collection import PostCollection
+from newsletter.store import halts, reading
+from newsletter.store import mailings as q
+
+log = logging.getLogger("newsletter.daemon")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the post allows now: `state` None (it may go), WITHDRAWN or POSTPONED."""
+
+    state: str | None
+    reason: str = ""
+    until: datetime | None = None  # POSTPONED: the post's new date
+    then: str = ""  # when the rest goes, for the note and the log
+
+
+MAY_GO = Verdict(None)
+
+
+def verdict(posts: PostCollection, post_id: str, at: datetime) -> Verdict | None:
+    """Whether the daemon may send this post at `at`; None when it cannot tell."""
+    post = posts.with_id(post_id, whole=False)
+    if post is None:
+        if any(p.post_id == post_id for p in posts.posts):
+            return None  # several posts claim the id: the pass reports that
+        if lookup.failed(posts.problems, post_id, posts.roots) is not None:
+            return None  # its file fails to load: reported, not a withdrawal
+        gone = "its post is gone (deleted, or its id changed)"
+        return Verdict(halts.WITHDRAWN, gone, then="if it comes back")
+    if not post.published:
+        why = "its post is unpublished (published: false, draft: true or a _drafts folder)"
+        return Verdict(halts.WITHDRAWN, why, then="if it is published again")
+    if not post.newsletter:
+        why = "its post opted out (newsletter: false)"
+        return Verdict(halts.WITHDRAWN, why, then="if it opts in again")
+    if post.date > at:
+        when = post.date.isoformat()
+        return Verdict(halts.POSTPONED, f"its post is now dated {when}", post.date, f"at {when}")
+    return MAY_GO
+
+
+def review(
+    engine: Engine, posts: PostCollection, at: datetime, mailing_id: int | None = None
+) -> None:
+    """Halt or resume the daemon's unfinished post mailings (one, or all) as
+    their posts now allow; each change is logged once, by the process that made it."""
+    try:
+        with reading(engine) as conn:
+            watched = halts.watched(conn, mailing_id)
+        for mailing in watched:
+            found = verdict(posts, mailing.post_id, at)
+            if found is not None:
+                _apply(engine, mailing, found)
+    except SQLAlchemyError as exc:
+        reason = database_reason(exc)
+        raise StoreError(f"cannot review the mailings of pulled posts: {reason}") from exc
+
+
+def _apply(engine: Engine, mailing: halts.Watched, found: Verdict) -> None:
+    if found.state is None:
+        if mailing.state in halts.HALTED and halts.resume(engine, mailing.id, mailing.state):
+            _log(engine, mailing, "resumed", "its post may go again")
+        return
+    note = f"{found.state}: {found.reason}; the rest get it {found.then}"
+    if halts.halt(engine, mailing.id, found.state, found.until, note) is not None:
+        _log(engine, mailing, found.state, f"{found.reason}; the rest get it {found.then}")
+
+
+def _log(engine: Engine, mailing: halts.Watched, what: str, why: str) -> None:
+    """One line with the post, the list and who got it and who not (yet)."""
+    with reading(engine) as conn:
+        counts = q.counts(conn, mailing.id).get(mailing.id, {})
+    sent = counts.get("sent", 0)
+    left = sum(counts.get(s, 0) for s in q.OPEN_STATUSES)
+    log.info(
+        "mailing %d %s: %s -> %s: %s; sent %d, not sent %d",
+        mailing.id,
+        what,
+        mailing.post_id,
+        mailing.list_name,
+        why,
+        sent,
+        left,
+        extra={
+            "event": f"mailing-{what}",
+            "mailing_id": mailing.id,
+            "post_id": mailing.post_id,
+            "list": mailing.list_name,
+            "sent": sent,
+            "not_sent": left,
+        },
+    )
