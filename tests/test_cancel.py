@@ -95,7 +95,7 @@ def test_a_cancelled_mailing_is_never_resumed_by_the_daemon(tmp_path: Path) -> N
 
 
 def test_send_after_cancel_sends_the_rest_once(tmp_path: Path) -> None:
-    site, settings, engine = started_by_the_daemon(tmp_path)
+    site, _settings, engine = started_by_the_daemon(tmp_path)
     assert cli(site, "cancel", "#1").exit_code == 0
     sent = cli(site, "send", "long", "--list", "news")
     assert sent.exit_code == 0, sent.output
@@ -107,7 +107,7 @@ def test_send_after_cancel_sends_the_rest_once(tmp_path: Path) -> None:
 
 
 def test_cancel_what_cannot_be_cancelled(tmp_path: Path) -> None:
-    site, settings, engine = started_by_the_daemon(tmp_path)
+    site, _settings, _engine = started_by_the_daemon(tmp_path)
     unknown = cli(site, "cancel", "7")
     assert unknown.exit_code == 1
     assert unknown.stderr == "error: no mailing 7 (see `newsletter status`)\n"
@@ -142,9 +142,9 @@ def test_cancel_stops_a_running_send_within_seconds(
     engine.dispose()
     site.write_post(POST, "Long", LAST_YEAR)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    command = ["send", "long", "--list", "news"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "newsletter", "--config", str(site.config), "send", "long"]
-        + ["--list", "news"],
+        [sys.executable, "-m", "newsletter", "--config", str(site.config), *command],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -157,7 +157,7 @@ def test_cancel_stops_a_running_send_within_seconds(
         cancelled = cli(site, "cancel", "1")
         assert cancelled.exit_code == 0, cancelled.output
         at = time.monotonic()
-        out, err = proc.communicate(timeout=30)
+        _out, err = proc.communicate(timeout=30)
         took = time.monotonic() - at
     finally:
         if proc.poll() is None:

@@ -37,6 +37,12 @@ CLIENTS = "outlook.windows,gmail.*,apple-mail.*"
 ACCEPTED = {
     ("@media", "outlook.windows"): "Outlook ignores @media: it gets the inline desktop layout",
     ("@media", "gmail.mobile-webmail"): "no <style> at all there: the inline desktop layout",
+    ("white-space", "outlook.windows"): (
+        "pre-wrap on code, inline for clients without <style>; Word keeps <pre> as it was"
+    ),
+    ("Local anchors", "gmail.ios"): (
+        "footnote links inside a full email: inert there, the note is just below"
+    ),
     ("display:none", "gmail.mobile-webmail"): (
         "the hidden preheader: Gmail's legacy mobile web client shows it in 1 px type"
     ),

@@ -136,7 +136,7 @@ def test_text_part_carries_the_same_content() -> None:
     assert "By Defne Kaya and Sam Ortiz · 8 June 2024" in text
     assert "Tide pools are small laboratories" in text
     assert f"Read the full post: {POST_URL}" in text
-    assert f"Unsubscribe: {PLACEHOLDERS['unsubscribe_url']}" in text
+    assert re.search(rf"Unsubscribe:\s+{PLACEHOLDERS['unsubscribe_url']}\n", text)
     assert "<" not in text.replace("<3", "")
     assert all(line in ("-- ", line.rstrip()) for line in text.splitlines())  # RFC 3676 "-- "
 
@@ -156,7 +156,11 @@ def test_media_queries_stay_in_style_everything_else_is_inlined() -> None:
 
 def test_all_urls_absolute_and_all_images_have_alt() -> None:
     _, html, _ = render_default(content="full")
+    ids = set(re.findall(r'\bid="([^"]+)"', html))
     for url in urls_in(html):
+        if url.startswith("#"):  # a footnote link to its note, in this same email
+            assert url[1:] in ids and url.startswith(("#fn:", "#fnref:")), url
+            continue
         assert url.startswith(("https://", "mailto:")) or url == PLACEHOLDERS["unsubscribe_url"], (
             url
         )
@@ -252,7 +256,8 @@ def test_user_template_overrides_one_file_and_falls_back_for_the_rest(tmp_path: 
         "CUSTOM {{ post.title }} {{ unsubscribe_url }}\n", encoding="utf-8"
     )
     _, html, text = render_default(templates_dir=tmp_path)
-    assert text == f"CUSTOM Counting Life in Tide Pools {PLACEHOLDERS['unsubscribe_url']}\n"
+    # (an unsubscribe URL is long: over 78 columns it gets a line of its own)
+    assert text == f"CUSTOM Counting Life in Tide Pools\n{PLACEHOLDERS['unsubscribe_url']}\n"
     assert "Read the full post" in html  # default theme still used for HTML
 
 

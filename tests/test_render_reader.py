@@ -90,7 +90,9 @@ def test_the_manage_link_sits_beside_unsubscribe_when_enabled() -> None:
         html = msg.get_body(("html",)).get_content()  # type: ignore[union-attr]
         text = msg.get_body(("plain",)).get_content()  # type: ignore[union-attr]
         link = "https://news.tides.example.com/preferences/TOK"
-        assert (link in html and f"Manage your subscription: {link}" in text) == enabled
+        assert (
+            link in html and re.search(rf"Manage your subscription:\s+{link}", text) is not None
+        ) == enabled
         assert PLACEHOLDERS["preferences_url"] not in html + text
         if enabled:
             assert re.search(

@@ -3,6 +3,10 @@
 It may import `newsletter.posts`, `newsletter.config` and `newsletter.errors`.
 
 - `render`: Jinja2 templates + premailer → `RenderedEmail` (HTML and text parts)
+- `theme`: the Jinja2 environments (user folder, default theme), filters, template errors
+- `content`: the post's HTML made for an inbox (headings, footnotes, images), the preheader
+- `inline`: premailer, the CSS into style="" attributes
+- `textpart`: the plain-text part tidied and wrapped at 78 columns
 - `rendered`: `RenderedEmail` and its placeholders, without Jinja2 (what a kept render needs)
 - `rendercache`: renders kept in the state folder until post, templates, list or settings change
 - `inlinecache`: premailer's output kept in the state folder under a hash of its input HTML

@@ -86,12 +86,15 @@ def sized_image(url: str, settings: Settings, cap: int) -> tuple[int, int] | Non
 
 
 def add_sizes(content_html: str, settings: Settings, cap: int = CONTENT_WIDTH) -> str:
-    """Give each local `<img>` without a width its real size, capped at `cap`."""
+    """Give each local `<img>` without a width its real size, capped at `cap`;
+    an author's own `width` over `cap` comes down to it (height in proportion)."""
 
     def one(match: re.Match[str]) -> str:
         tag = match.group(0)
         attrs = {k.lower(): v for k, v in _ATTR.findall(tag)}
-        if "width" in attrs or "src" not in attrs:
+        if "width" in attrs:
+            return _capped(tag, attrs, cap)
+        if "src" not in attrs:
             return tag
         size = sized_image(html.unescape(attrs["src"]), settings, cap)
         if size is None:
@@ -100,6 +103,23 @@ def add_sizes(content_html: str, settings: Settings, cap: int = CONTENT_WIDTH) -
         return f'{tag[: -len(end)].rstrip()} width="{size[0]}" height="{size[1]}"{end}'
 
     return _IMG.sub(one, content_html)
+
+
+_SIZE_ATTR = re.compile(r'\s(width|height)="[^"]*"', re.I)
+
+
+def _capped(tag: str, attrs: dict[str, str], cap: int) -> str:
+    """`width="3000" height="1500"` -> `width="536" height="268"`: Outlook
+    ignores max-width and would lay the email out as wide as the attribute."""
+    width, height = attrs["width"].strip(), attrs.get("height", "").strip()
+    if not width.isdigit() or int(width) <= cap:
+        return tag  # within the column, or a percentage: as the author wrote it
+    size = f' width="{cap}"'
+    if height.isdigit() and int(width) > 0:
+        size += f' height="{max(1, round(int(height) * cap / int(width)))}"'
+    stripped = _SIZE_ATTR.sub("", tag)
+    end = "/>" if stripped.endswith("/>") else ">"
+    return f"{stripped[: -len(end)].rstrip()}{size}{end}"
 
 
 def add_captions(content_html: str) -> str:

@@ -19,8 +19,8 @@ from typing import Any
 from newsletter.config import Settings, utcnow
 from newsletter.email.dkim import Signer
 from newsletter.email.headers import fold_address, fold_header, format_address, parse_from
-from newsletter.email.render import _render, template_environment
 from newsletter.email.rendered import one_line
+from newsletter.email.theme import render_template, template_environment
 
 KINDS = ("confirm", "welcome")
 _POLICY = SMTP.clone(cte_type="7bit")
@@ -47,9 +47,9 @@ def build_notice(
     """Render `<kind>.subject.j2`, `.txt.j2` and `.html.j2` into one message."""
     env = template_environment(settings.email.templates_dir)
     full = {"site": settings.site, "settings": settings, "name": name, "email": to, **context}
-    subject = one_line(_render(env, f"{kind}.subject.j2", full))
-    text = _render(env, f"{kind}.txt.j2", full)
-    html = _render(env, f"{kind}.html.j2", full)
+    subject = one_line(render_template(env, f"{kind}.subject.j2", full))
+    text = render_template(env, f"{kind}.txt.j2", full)
+    html = render_template(env, f"{kind}.html.j2", full)
     sender = parse_from(settings.email.from_)
     # From, To, Reply-To and Subject are written by the helpers posts use:
     # EmailMessage would write a non-ASCII From domain raw (UnicodeEncodeError),

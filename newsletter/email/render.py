@@ -5,21 +5,15 @@ Per-recipient values are left as the tokens in `PLACEHOLDERS`; `message`
 substitutes them into pre-serialised bytes for each recipient, so a mailing
 to 10,000 people renders once.
 
-Templates come from `[email] templates_dir` when set, file by file falling
-back to the default theme shipped as the package `newsletter.templates`
-(the repository's top-level `templates/`).
+Beside it: `theme` (the Jinja2 environments and filters), `content` (the
+post's HTML made for an inbox, the preheader), `inline` (premailer) and
+`textpart` (the plain-text part's tidying and wrapping).
 """
 
 from __future__ import annotations
 
-import functools
-import importlib.resources
-import logging
 import re
-import textwrap
-import traceback
-import unicodedata
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -29,11 +23,21 @@ import jinja2
 from markupsafe import Markup
 
 from newsletter.config import ListSettings, Settings
-from newsletter.email import images, inlinecache
+from newsletter.email import content, images, inlinecache
+from newsletter.email.inline import inline_css
 from newsletter.email.rendered import (
     PLACEHOLDERS,
     RenderedEmail,
     one_line,
+)
+from newsletter.email.textpart import tidy_text
+from newsletter.email.theme import (
+    jinja_message,
+    long_date,
+    month_name,
+    render_template,
+    subject_environment,
+    template_environment,
 )
 from newsletter.errors import NewsletterError, RenderError, TemplateError
 from newsletter.posts import text as posttext
@@ -43,21 +47,24 @@ from newsletter.posts.collection import Post
 # where they are used: a command that only reads a cached render, or a
 # message's placeholders, never needs them.
 
+__all__ = [
+    "PLACEHOLDERS",
+    "RenderedEmail",
+    "archive_url",
+    "digest_archive_url",
+    "inline_css",
+    "render_digest",
+    "render_email",
+    "render_subject",
+    "template_environment",
+]
+
 # Gmail clips a message whose HTML exceeds ~102 KB behind "View entire message",
 # hiding the footer and its unsubscribe link.
 GMAIL_CLIP_BYTES = 102 * 1024
 DEFAULT_SUBJECT = "{{ post.title }}"
 DEFAULT_DIGEST_SUBJECT = (
     "{{ list.title }}: {{ posts | length }} new post{{ '' if posts | length == 1 else 's' }}"
-)
-PREHEADER_CHARS = 140
-# Zero-width padding after the preheader stops clients from filling the inbox
-# preview with the body text that follows it.
-_PREHEADER_PADDING = Markup("&#847;&zwnj;&nbsp;" * 30)
-
-_MONTHS = (
-    *("January", "February", "March", "April", "May", "June"),
-    *("July", "August", "September", "October", "November", "December"),
 )
 
 
@@ -110,7 +117,9 @@ def render_email(
     context = {
         **_common_context(settings, mailing_list, [post]),
         "post": post,
-        "content_html": Markup(_images(content_html, settings)),
+        "content_html": Markup(
+            content.for_email(content_html, settings, top_heading=2, page_url=post.url)
+        ),
         "content_text": content_text,
         "is_excerpt": not full,
         "archive_url": archive_url(settings, post.post_id),
@@ -118,9 +127,10 @@ def render_email(
         "reading_minutes": reading_minutes(post),
     }
     subject = render_subject(settings.email.subject or DEFAULT_SUBJECT, env, context)
-    context.update(_intro(post, subject, _prose(content_html)))
-    html = _render(env, "email.html.j2", context)
-    text = _render(env, "email.txt.j2", context)
+    context.update(_intro(post, subject, content_html, context["reading_minutes"]))
+    context["preheader_padding"] = content.preheader_padding(context["preheader"])
+    html = render_template(env, "email.html.j2", context)
+    text = render_template(env, "email.txt.j2", context)
     return _finish(
         post.post_id, mailing_list.name, subject, html, text, _kept(settings, "inlined", cache)
     )
@@ -148,7 +158,7 @@ def render_digest(
     items = [
         DigestItem(
             p,
-            Markup(_images(p.excerpt_html, settings)),
+            Markup(content.for_email(p.excerpt_html, settings, top_heading=3, page_url=None)),
             p.excerpt_text,
             _hero(p, settings, images.CONTENT_WIDTH),
             reading_minutes(p),
@@ -161,11 +171,12 @@ def render_digest(
         "items": items,
         "archive_url": archive_url,
         "date_range": _date_range(ordered[0].date, ordered[-1].date),
-        "preheader": _preheader(" · ".join(p.title for p in ordered)),
+        "preheader": content.preheader(" · ".join(p.title for p in ordered)),
     }
+    context["preheader_padding"] = content.preheader_padding(context["preheader"])
     subject = render_subject(subject_template, env, context)
-    html = _render(env, "digest.html.j2", context)
-    text = _render(env, "digest.txt.j2", context)
+    html = render_template(env, "digest.html.j2", context)
+    text = render_template(env, "digest.txt.j2", context)
     post_id = "+".join(p.post_id for p in ordered)
     return _finish(
         post_id, mailing_list.name, subject, html, text, _kept(settings, "inlined", cache)
@@ -190,11 +201,9 @@ def render_subject(template: str, env: jinja2.Environment, context: dict[str, An
     §2.2); runs of whitespace collapse to one space.
     """
     try:
-        raw = _subject_environment(env).from_string(template).render(context)
+        raw = subject_environment(env).from_string(template).render(context)
     except jinja2.TemplateError as exc:
-        raise TemplateError(
-            f"subject template: {_jinja_message(exc)}", key="email.subject"
-        ) from exc
+        raise TemplateError(f"subject template: {jinja_message(exc)}", key="email.subject") from exc
     except NewsletterError:
         raise
     except Exception as exc:  # an expression failed: {{ post.title + 1 }}
@@ -205,152 +214,6 @@ def render_subject(template: str, env: jinja2.Environment, context: dict[str, An
     if not subject:
         raise TemplateError("the subject template renders to nothing", key="email.subject")
     return subject
-
-
-# --------------------------------------------------------------------------- templates
-
-
-class ThemeLoader(jinja2.BaseLoader):
-    """Loads the default theme from the installed package `newsletter.templates`."""
-
-    def get_source(
-        self, environment: jinja2.Environment, template: str
-    ) -> tuple[str, str | None, Callable[[], bool] | None]:
-        resource = _theme_files().joinpath(template)
-        if "/" in template or "\\" in template or not resource.is_file():
-            raise jinja2.TemplateNotFound(template)
-        source = resource.read_text(encoding="utf-8")
-        if not isinstance(resource, Path):  # inside a zip: cannot change
-            return source, str(resource), lambda: True
-        # On disk (an editable install): let the preview pick up theme edits.
-        mtime = resource.stat().st_mtime
-
-        def uptodate() -> bool:
-            try:
-                return resource.stat().st_mtime == mtime
-            except OSError:
-                return False
-
-        return source, str(resource), uptodate
-
-
-@functools.lru_cache(maxsize=1)
-def _theme_files() -> Any:
-    """The default theme: the `templates/` beside this package in a source
-    checkout (so each git worktree renders with its own theme even when the
-    editable install points at another checkout), else the installed
-    package `newsletter.templates`."""
-    checkout = Path(__file__).resolve().parents[2]
-    if (checkout / "pyproject.toml").is_file() and (
-        checkout / "templates" / "_layout.html.j2"
-    ).is_file():
-        return checkout / "templates"
-    return importlib.resources.files("newsletter.templates")
-
-
-@functools.lru_cache(maxsize=8)
-def template_environment(
-    templates_dir: Path | None, compiled: Path | None = None
-) -> jinja2.Environment:
-    """One cached Jinja2 environment per templates folder (templates compile
-    once per process; once per change of their source with `compiled`, the
-    folder where the compiled code is kept)."""
-    loaders: list[jinja2.BaseLoader] = []
-    if templates_dir is not None:
-        if not templates_dir.is_dir():
-            raise TemplateError(
-                "templates folder not found", path=templates_dir, key="email.templates_dir"
-            )
-        loaders.append(jinja2.FileSystemLoader(str(templates_dir)))
-    loaders.append(ThemeLoader())
-    env = jinja2.Environment(
-        loader=jinja2.ChoiceLoader(loaders),
-        # HTML templates escape by default; the text ones must not (& stays &).
-        autoescape=jinja2.select_autoescape(["html", "htm", "xml", "html.j2"]),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        bytecode_cache=inlinecache.compiled_templates(compiled) if compiled else None,
-    )
-    env.filters["long_date"] = long_date
-    env.filters["text_heading"] = text_heading
-    return env
-
-
-def _subject_environment(env: jinja2.Environment) -> jinja2.Environment:
-    """The subject is plain text: same filters, no HTML escaping."""
-    return env.overlay(autoescape=False)
-
-
-def long_date(value: datetime) -> str:
-    """`4 November 2024`, independent of the machine's locale."""
-    return f"{value.day} {_MONTHS[value.month - 1]} {value.year}"
-
-
-def text_heading(title: str, rule: str = "=") -> str:
-    """A plain-text heading: the title wrapped at 72 columns, underlined as
-    wide as its longest line (a wide CJK character takes two columns)."""
-    lines = textwrap.wrap(title, 72, break_long_words=False, break_on_hyphens=False)
-    lines = lines or [title]
-    return "\n".join(lines) + "\n" + rule * min(72, max(map(_columns, lines)))
-
-
-def _columns(text: str) -> int:
-    return sum(
-        2 if unicodedata.east_asian_width(c) in "WF" else 0 if unicodedata.combining(c) else 1
-        for c in text
-    )
-
-
-def _render(env: jinja2.Environment, name: str, context: dict[str, Any]) -> str:
-    try:
-        return env.get_template(name).render(context)
-    except jinja2.TemplateSyntaxError as exc:
-        raise TemplateError(
-            f"template syntax error: {exc.message}", path=exc.filename or name, line=exc.lineno
-        ) from exc
-    except jinja2.TemplateNotFound as exc:
-        raise TemplateError(f"template not found: {exc.name}", key="email.templates_dir") from exc
-    except jinja2.TemplateError as exc:
-        path, line = _failing_line(exc, _template_path(env, name))
-        raise TemplateError(_jinja_message(exc), path=path, line=line) from exc
-    except NewsletterError:
-        raise
-    except Exception as exc:
-        # An expression of the template failed ({{ post.title + 1 }}: a
-        # TypeError; an include of itself: a RecursionError): the template's
-        # error, at its line, rather than a traceback out of the command.
-        path, line = _failing_line(exc, _template_path(env, name))
-        raise TemplateError(f"{type(exc).__name__}: {exc}", path=path, line=line) from exc
-
-
-def _failing_line(exc: BaseException, fallback: str) -> tuple[str, int | None]:
-    """The template file and line where `exc` was raised, from Jinja's rewritten traceback.
-
-    Jinja gives each template's frames the template's file name and line
-    numbers; the innermost one is where the expression failed (in an included
-    template, that one).
-    """
-    found: tuple[str, int | None] = (fallback, None)
-    for frame, line in traceback.walk_tb(exc.__traceback__):
-        if _JINJA_FRAME.intersection(frame.f_globals):
-            found = (frame.f_code.co_filename, line)
-    return found
-
-
-# Globals Jinja puts in a template's frames: its rewritten ones (jinja2.debug)
-# and those of the compiled template code.
-_JINJA_FRAME = frozenset(("__jinja_exception__", "__jinja_template__"))
-
-
-def _template_path(env: jinja2.Environment, name: str) -> str:
-    try:
-        return env.get_template(name).filename or name
-    except jinja2.TemplateError:
-        return name
-
-
-def _jinja_message(exc: jinja2.TemplateError) -> str:
-    return str(exc.message or exc.__class__.__name__)
 
 
 def _shows_preferences(settings: Settings) -> bool:
@@ -376,7 +239,6 @@ def _common_context(
         "logo": _logo(settings),
         "lang": lang,
         "dir": "rtl" if lang.split("-")[0].lower() in _RTL_LANGUAGES else "ltr",
-        "preheader_padding": _PREHEADER_PADDING,
     }
 
 
@@ -404,10 +266,6 @@ def reading_minutes(post: Post) -> int:
 
     words = len(markup.html_to_text(post.body_html).split())
     return max(1, round(words / _WORDS_PER_MINUTE))
-
-
-def _images(content_html: str, settings: Settings) -> str:
-    return images.add_captions(images.add_sizes(content_html, settings))
 
 
 def _absolute(settings: Settings, ref: str) -> str:
@@ -444,36 +302,29 @@ def _hero(post: Post, settings: Settings, cap: int) -> Hero | None:
     return Hero(post.image, alt, size[0], size[1])
 
 
-def _normal(text: str) -> str:
-    return re.sub(r"[\W_]+", " ", text.casefold()).strip()
-
-
-def _intro(post: Post, subject: str, content_text: str) -> dict[str, Any]:
+def _intro(post: Post, subject: str, content_html: str, minutes: int) -> dict[str, Any]:
     """Subtitle and preheader that never repeat the subject: a description
     that contains the title (or the subject) is dropped, and the preheader
-    comes from the first sentence of the excerpt instead."""
+    comes from the first sentence of the excerpt instead; from the post's
+    when the excerpt has none (an image), else from the byline, so the inbox
+    never previews the logo's alt text and the footer."""
     # Front matter text with Markdown, HTML or entities: plain, as the title.
     description = posttext.title_text(posttext.title_html(post.description or ""))
-    said = [_normal(post.title), _normal(subject)]
-    repeats = bool(description) and any(s and s in _normal(description) for s in said)
-    subtitle = description if description and not repeats else None
-    if subtitle:
-        return {"subtitle": subtitle, "preheader": _preheader(subtitle)}
-    sentences = re.split(r"(?<=[.!?…])\s+", one_line(content_text))
-    fresh = [x for x in sentences if x and _normal(x) not in said and _normal(x)]
-    return {"subtitle": None, "preheader": _preheader(" ".join(fresh[:1]) or "")}
-
-
-_IMG = re.compile(r"<img\b[^>]*>", re.I)
-_HREF = re.compile(r"(<a\b[^>]*?)\shref=(\"[^\"]*\"|'[^']*'|[^\s>]*)", re.I)
-
-
-def _prose(content_html: str) -> str:
-    """The content as the inbox preview shows it: the text part's rendering
-    without its "[image alt]" and "(URL)" asides."""
-    from newsletter.posts import markup
-
-    return markup.html_to_text(_HREF.sub(r"\1", _IMG.sub("", content_html)))
+    said = [content.normal(post.title), content.normal(subject)]
+    repeats = bool(description) and any(s and s in content.normal(description) for s in said)
+    if description and not repeats:
+        return {"subtitle": description, "preheader": content.preheader(description)}
+    sentence = content.first_fresh_sentence(content.prose(content_html), said)
+    if not sentence and content_html != post.body_html:
+        sentence = content.first_fresh_sentence(content.prose(post.body_html), said)
+    if not sentence:
+        authors = " and ".join(a.name for a in post.authors)
+        sentence = " · ".join(
+            x
+            for x in (authors and f"By {authors}", long_date(post.date), f"{minutes} min read")
+            if x
+        )
+    return {"subtitle": None, "preheader": content.preheader(sentence)}
 
 
 def _date_range(first: datetime, last: datetime) -> str:
@@ -482,7 +333,7 @@ def _date_range(first: datetime, last: datetime) -> str:
     if (first.year, first.month) == (last.year, last.month):
         return f"{first.day}–{long_date(last)}"
     if first.year == last.year:
-        return f"{first.day} {_MONTHS[first.month - 1]} – {long_date(last)}"
+        return f"{first.day} {month_name(first.month)} – {long_date(last)}"
     return f"{long_date(first)} – {long_date(last)}"
 
 
@@ -492,57 +343,6 @@ def _with_safe_title(post: Post) -> Post:
 
     safe = markup.sanitise_html(post.title_html, post.url)
     return post if safe == post.title_html else replace(post, title_html=safe)
-
-
-def _preheader(text: str) -> str:
-    text = one_line(text)
-    if len(text) <= PREHEADER_CHARS:
-        return text
-    return text[:PREHEADER_CHARS].rsplit(" ", 1)[0] + "…"
-
-
-# --------------------------------------------------------------------------- inlining
-
-
-def inline_css(html: str) -> str:
-    """premailer: every rule into style="", @media rules kept in a <style> block.
-
-    No network: the theme's CSS is in the document, and a user's template
-    that links a remote stylesheet must not make rendering fetch it.
-    """
-    from premailer import Premailer
-
-    html = _strip_external_css(html)
-    try:
-        return str(
-            Premailer(
-                html,
-                allow_network=False,
-                allow_loading_external_files=False,
-                disable_link_rewrites=True,  # URLs are absolute already
-                # The template's width/height attributes are for Outlook; CSS
-                # like width:100% must not overwrite them.
-                disable_basic_attributes=["width", "height"],
-                strip_important=False,
-                keep_style_tags=False,
-                disable_validation=True,
-                cssutils_logging_level=logging.CRITICAL,
-            ).transform()
-        )
-    except Exception as exc:  # premailer/cssutils raise many unrelated types
-        raise RenderError(f"cannot inline CSS: {exc}") from exc
-
-
-_STYLE_BLOCK = re.compile(r"(<style\b[^>]*>)(.*?)(</style>)", re.S | re.I)
-_IMPORT = re.compile(r"@import\b[^;]*;?", re.I)
-_STYLESHEET_LINK = re.compile(r"<link\b[^>]*\bstylesheet\b[^>]*>", re.I)
-
-
-def _strip_external_css(html: str) -> str:
-    """Remote stylesheets would be fetched by cssutils (`@import`) or by the
-    reader's mail client (`<link>`); neither belongs in an email."""
-    html = _STYLESHEET_LINK.sub("", html)
-    return _STYLE_BLOCK.sub(lambda m: m.group(1) + _IMPORT.sub("", m.group(2)) + m.group(3), html)
 
 
 def _kept(settings: Settings, what: str, cache: bool) -> Path | None:
@@ -566,17 +366,6 @@ def _finish(
         list_name=list_name,
         subject=subject,
         html=inlined,
-        text=_tidy_text(text),
+        text=tidy_text(text),
         warnings=tuple(warnings),
     )
-
-
-def _rstrip(line: str) -> str:
-    return line if line == "-- " else line.rstrip()
-
-
-def _tidy_text(text: str) -> str:
-    """No trailing spaces (but the "-- " signature separator's), at most one
-    blank line in a row, one final newline."""
-    lines = [_rstrip(line) for line in text.replace("\r\n", "\n").split("\n")]
-    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip("\n") + "\n"
