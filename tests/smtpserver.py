@@ -24,6 +24,7 @@ import asyncio
 import socket
 import ssl
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -314,9 +315,19 @@ class SmtpTestServer:
         return values
 
 
+@dataclass(frozen=True)
+class Slowly:
+    """A raw server action: write `data` one byte every `every` seconds (a
+    server that trickles a reply, each byte well within a read timeout)."""
+
+    data: bytes
+    every: float
+
+
 # What a raw server does for one line: None, the usual reply; bytes, written
-# instead; DROP, close the socket; a list, each of those in turn.
-RawAction = bytes | str | None
+# instead; a `Slowly`, written byte by byte; DROP, close the socket; a list,
+# each of those in turn.
+RawAction = bytes | str | Slowly | None
 RawRule = Callable[[bytes], "RawAction | list[RawAction]"]
 
 
@@ -351,7 +362,19 @@ class RawSmtpServer:
                 conn.shutdown(socket.SHUT_RDWR)
                 conn.close()
                 return False
+            if isinstance(action, Slowly):
+                return self._trickle(conn, action)
             conn.sendall(action if isinstance(action, bytes) else usual)
+        return True
+
+    @staticmethod
+    def _trickle(conn: socket.socket, action: Slowly) -> bool:
+        for i in range(len(action.data)):
+            try:
+                conn.sendall(action.data[i : i + 1])
+            except OSError:  # the client gave up and closed
+                return False
+            time.sleep(action.every)
         return True
 
     def _session(self, conn: socket.socket) -> None:

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from newsletter.config import SmtpSettings
+from newsletter.delivery.transports import smtp_wire
 from newsletter.delivery.transports.base import ConnectError, SendResult
 from newsletter.delivery.transports.logins import LOGINS, Key, login_key
 from newsletter.delivery.transports.smtp_common import (
@@ -131,14 +132,14 @@ class SmtpTransport:
     def _connect(self) -> smtplib.SMTP:
         s = self.settings
         if s.security == "tls":
-            return smtplib.SMTP_SSL(
+            return smtp_wire.SMTP_SSL(
                 s.host,
                 s.effective_port,
                 local_hostname=self.local_hostname,
                 timeout=s.timeout,
                 context=self._context(),
             )
-        return smtplib.SMTP(
+        return smtp_wire.SMTP(
             s.host, s.effective_port, local_hostname=self.local_hostname, timeout=s.timeout
         )
 
@@ -263,7 +264,11 @@ class SmtpTransport:
         stage = "mail"
         try:
             if conn.has_extn("pipelining"):
-                return self._pipelined(conn, recipient, commands, message, ready)
+                refusal = self._pipelined(conn, recipient, commands, ready)
+                if refusal is not None:
+                    return refusal
+                stage = "data"  # from here the server may keep the message: never retried
+                return self._content(conn, recipient, message)
             # `ready` (the previous outcome's commit) runs while the server
             # answers MAIL: a round trip it would otherwise add to each message.
             _write(conn, commands[0].encode("utf-8") + b"\r\n")
@@ -297,16 +302,14 @@ class SmtpTransport:
         conn: smtplib.SMTP,
         recipient: str,
         commands: tuple[str, str],
-        message: bytes,
         ready: Ready | None,
-    ) -> SendResult:
-        """MAIL, RCPT and DATA in one write when the server offers PIPELINING (RFC 2920)."""
+    ) -> SendResult | None:
+        """MAIL, RCPT and DATA in one write when the server offers PIPELINING (RFC 2920).
+
+        The refusal, or None when the server awaits the content."""
         _write(conn, "".join(f"{c}\r\n" for c in (*commands, "DATA")).encode("utf-8"))
         self._ready(ready)  # while the server answers the envelope
-        refusal = self._envelope_replies(conn, recipient)
-        if refusal is not None:
-            return refusal
-        return self._content(conn, recipient, message)
+        return self._envelope_replies(conn, recipient)
 
     def _envelope_replies(self, conn: smtplib.SMTP, recipient: str) -> SendResult | None:
         """Read the pipelined MAIL, RCPT and DATA replies; the refusal, or None on 354."""
@@ -398,7 +401,7 @@ class SmtpTransport:
         try:
             _write(conn, f"MAIL FROM:<{sender}>{options}\r\nRCPT TO:<{rcpt}>\r\nDATA\r\n".encode())
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
-            self._lost(flight, exc)
+            self._lost(flight, exc, "mail")
         return flight
 
     def body(self, flight: Flight) -> None:
@@ -408,21 +411,38 @@ class SmtpTransport:
             return
         try:
             flight.result = self._envelope_replies(conn, flight.recipient)
-            if flight.result is None:
-                _write(conn, stuffed_body(flight.message))
         except (smtplib.SMTPServerDisconnected, smtplib.SMTPResponseException, OSError) as exc:
-            self._lost(flight, exc)
+            self._lost(flight, exc, "mail")
+            return
+        if flight.result is None:
+            self._write_content(flight, stuffed_body(flight.message))
 
     def end(self, flight: Flight) -> None:
         """The final dot: from here the server may keep the message."""
         conn = self._conn
         if flight.result is not None or conn is None:
             return
+        flight.dotted = self._write_content(flight, b".\r\n")
+
+    def _write_content(self, flight: Flight, data: bytes) -> bool:
+        """Write content (or its final dot); False when the connection failed.
+
+        A server may refuse (552: too big) before reading the whole message,
+        then close: its reply, not our failed write, is the outcome, as in
+        `_content`.
+        """
+        conn = self._conn
+        assert conn is not None
         try:
-            _write(conn, b".\r\n")
-            flight.dotted = True
+            _write(conn, data)
+            return True
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
-            self._lost(flight, exc)
+            early = _early_refusal(conn) if isinstance(exc, ConnectionError) else None
+            if early is None:
+                self._lost(flight, exc, "data")
+            else:
+                flight.result = self._refused(flight.recipient, *early, "data")
+            return False
 
     def reply(self, flight: Flight) -> None:
         conn = self._conn
@@ -442,19 +462,20 @@ class SmtpTransport:
                     flight.recipient, True, code, reply_text(reply), stage="data"
                 )
         except (smtplib.SMTPServerDisconnected, smtplib.SMTPResponseException, OSError) as exc:
-            self._lost(flight, exc)
+            self._lost(flight, exc, "data")
 
     def abandon(self) -> None:
         """Drop the connection without QUIT: a message without its final dot is discarded."""
         self._drop()
 
-    def _lost(self, flight: Flight, exc: BaseException) -> None:
-        """As `_attempt` does: drop the connection; `retry` when it was a reused one."""
+    def _lost(self, flight: Flight, exc: BaseException, stage: str) -> None:
+        """As `_attempt` does: drop the connection; `retry` when a reused one
+        failed before the content (an idle connection the server closed)."""
         self._drop()
         what = "timed out" if isinstance(exc, TimeoutError) else "connection lost"
-        flight.retry = flight.reused
+        flight.retry = flight.reused and stage == "mail"
         flight.result = SendResult(
-            flight.recipient, False, None, f"{what} during mail: {exc}", stage="mail"
+            flight.recipient, False, None, f"{what} during {stage}: {exc}", stage=stage
         )
 
     def __enter__(self) -> SmtpTransport:

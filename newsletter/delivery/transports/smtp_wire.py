@@ -1,0 +1,112 @@
+"""smtplib connections whose replies have a deadline and a size limit.
+
+smtplib's `timeout` bounds each socket read, not a reply: a server that
+trickles one byte a second holds a connection (and a mailing) for ever, and
+a multiline reply may grow without bound.  These subclasses replace
+`getreply` only (every command of smtplib reads through it): a whole reply
+must arrive within `timeout` (as the event-loop transport's replies must,
+see smtp_session.Replies.take), and one larger than `MAX_REPLY` bytes, or
+with lines of different codes (RFC 5321 §4.2.1), is no reply at all.
+"""
+
+from __future__ import annotations
+
+import smtplib
+import socket
+import time
+
+__all__ = ["MAX_LINE", "MAX_REPLY", "SMTP", "SMTP_SSL", "ReplyTooLong"]
+
+MAX_LINE = 8192  # smtplib's own limit on one reply line
+MAX_REPLY = 64 * 1024  # a reply, lines together: an EHLO list is a few hundred bytes
+
+
+class ReplyTooLong(smtplib.SMTPServerDisconnected):
+    """A reply (or one line of it) beyond any sane size: the connection is dropped."""
+
+
+class _Reader:
+    """Reply lines from one socket, read within a deadline."""
+
+    __slots__ = ("buffer", "sock", "timeout")
+
+    def __init__(self, sock: socket.socket, timeout: float) -> None:
+        self.sock = sock
+        self.timeout = timeout  # the socket's own, for each read (and write)
+        self.buffer = b""
+
+    def reply(self) -> tuple[int, bytes]:
+        """One reply: (code, text lines joined by LF), as smtplib's `getreply`."""
+        deadline = time.monotonic() + self.timeout
+        lines: list[bytes] = []
+        codes: set[bytes] = set()
+        size = 0
+        try:
+            while True:
+                line = self._line(deadline)
+                size += len(line)
+                if size > MAX_REPLY:
+                    raise ReplyTooLong(f"the server's reply is longer than {MAX_REPLY} bytes")
+                lines.append(line[4:].strip(b" \t\r\n"))
+                codes.add(line[:3])
+                if line[3:4] != b"-":
+                    break
+        finally:
+            if self.sock.gettimeout() != self.timeout:
+                self.sock.settimeout(self.timeout)  # writes keep the usual timeout
+        try:
+            code = int(line[:3]) if len(codes) == 1 else -1  # mixed codes: out of step
+        except ValueError:
+            code = -1
+        return code, b"\n".join(lines)
+
+    def _line(self, deadline: float) -> bytes:
+        buffer = self.buffer
+        while (end := buffer.find(b"\n")) < 0:
+            if len(buffer) > MAX_LINE:
+                raise ReplyTooLong(f"a line of the server's reply is longer than {MAX_LINE} bytes")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no complete reply within {self.timeout:g} s")
+            if left < self.timeout:
+                self.sock.settimeout(left)  # only a reply that comes in pieces pays this
+            try:
+                chunk = self.sock.recv(65536)
+            except TimeoutError:
+                raise TimeoutError(f"no complete reply within {self.timeout:g} s") from None
+            if not chunk:
+                raise smtplib.SMTPServerDisconnected("Connection unexpectedly closed")
+            buffer += chunk
+        self.buffer = buffer[end + 1 :]
+        return buffer[: end + 1]
+
+
+class _Deadlines(smtplib.SMTP):
+    _reader: _Reader | None = None
+
+    def getreply(self) -> tuple[int, bytes]:
+        sock = self.sock
+        if sock is None:
+            raise smtplib.SMTPServerDisconnected("not connected")
+        reader = self._reader
+        if reader is None or reader.sock is not sock:  # new, or secured by STARTTLS
+            timeout = self.timeout if isinstance(self.timeout, int | float) else None
+            reader = self._reader = _Reader(sock, timeout or 300.0)
+        try:
+            code, text = reader.reply()
+        except OSError:  # out of step from here: as smtplib, close (smtplib errors are OSErrors)
+            self.close()
+            raise
+        return code, text
+
+    def close(self) -> None:
+        self._reader = None
+        super().close()
+
+
+class SMTP(_Deadlines):
+    pass
+
+
+class SMTP_SSL(_Deadlines, smtplib.SMTP_SSL):
+    pass

@@ -1,0 +1,103 @@
+"""Whole mailings against misbehaving SMTP servers (raw sockets on 127.0.0.1):
+each strategy gives the same outcome, and the rest of the mailing goes on
+(invariant 5)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from smtpserver import DROP, RawAction, RawSmtpServer, Slowly
+from sqlalchemy import Engine, select
+from test_delivery_smtp import POST, populate, site_settings
+
+from newsletter.delivery.mailings import deliver_mailing, plan_mailing
+from newsletter.posts.collection import load_posts
+from newsletter.store.schema import deliveries
+
+STRATEGIES = ["streams", "threaded", "rounds"]
+
+
+@pytest.fixture(autouse=True)
+def _secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NEWSLETTER_SECRET", "smtp-test-secret")
+
+
+def ledger(engine: Engine) -> dict[str, Any]:
+    with engine.connect() as conn:
+        return {r.email: r for r in conn.execute(select(deliveries))}
+
+
+class ByRecipient:
+    """A raw-server rule that answers one recipient's lines its own way.
+
+    The recipient is tracked per session (the raw server runs one thread each).
+    """
+
+    def __init__(self, victim: str, answers: dict[bytes, RawAction | list[RawAction]]) -> None:
+        self.victim = victim.encode()
+        self.answers = answers
+        self.session = threading.local()
+
+    def __call__(self, line: bytes) -> RawAction | list[RawAction]:
+        if line.startswith(b"RCPT TO:<"):
+            self.session.current = line[9:].split(b">")[0]
+        if getattr(self.session, "current", b"") != self.victim:
+            return None
+        for start, answer in self.answers.items():
+            if line.startswith(start):
+                return answer
+        return None
+
+
+def run(
+    site: Path, server: RawSmtpServer, strategy: str, n: int, **extra: Any
+) -> tuple[Engine, Any]:
+    settings = site_settings(site, server, **{"delivery.strategy": strategy, **extra})
+    engine = populate(settings, n)
+    mid = plan_mailing(engine, settings, POST, "sample")
+    return engine, deliver_mailing(engine, settings, mid, load_posts(settings))
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_a_trickled_reply_times_out_as_a_whole(sample_site: Path, strategy: str) -> None:
+    """A server that trickles its reply to the final dot one byte every 0.1 s
+    never lets a per-read timeout (1 s) expire; the reply as a whole must:
+    that recipient is deferred ("timed out during data"), the others are sent."""
+    rule = ByRecipient("r001@example.org", {b".": Slowly(b"250 " + b"x" * 200 + b"\r\n", 0.1)})
+    server = RawSmtpServer(rule, pipelining=True)
+    started = time.monotonic()
+    try:
+        engine, report = run(sample_site, server, strategy, 4, **{"smtp.timeout": 1.0})
+    finally:
+        server.close()
+    elapsed = time.monotonic() - started
+    assert elapsed < 12, elapsed  # the trickle alone lasts 20 s
+    assert (report.sent, report.deferred, report.failed) == (3, 1, 0)
+    slow = ledger(engine)["r001@example.org"]
+    assert slow.status == "deferred"
+    assert slow.last_text.startswith("timed out during data"), slow.last_text
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_a_refusal_while_the_content_is_written_is_that_recipients_failure(
+    sample_site: Path, strategy: str
+) -> None:
+    """A server may answer the content early (552, too big) and close: the
+    recipient fails for good with the server's code and text in every
+    strategy, never "connection lost" (retried later, to be refused again)."""
+    too_big = [b"552 5.3.4 Message too big for system\r\n", DROP]
+    rule = ByRecipient("r001@example.org", {b"DATA-CONTENT": too_big})
+    server = RawSmtpServer(rule, pipelining=True)
+    try:
+        engine, report = run(sample_site, server, strategy, 4)
+    finally:
+        server.close()
+    assert (report.sent, report.deferred, report.failed) == (3, 0, 1)
+    refused = ledger(engine)["r001@example.org"]
+    assert (refused.status, refused.last_code) == ("failed", 552)
+    assert refused.last_text == "552 5.3.4 Message too big for system"
+    assert server.messages == 3
