@@ -21,6 +21,7 @@ at this server.  The `smtp_server` fixture in conftest.py yields a started one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
 import threading
@@ -322,6 +323,7 @@ class Slowly:
 
     data: bytes
     every: float
+    after: float = 0.0  # seconds before the first byte
 
 
 # What a raw server does for one line: None, the usual reply; bytes, written
@@ -355,20 +357,30 @@ class RawSmtpServer:
                 return
             threading.Thread(target=self._session, args=(conn,), daemon=True).start()
 
-    def _answer(self, conn: socket.socket, line: bytes, usual: bytes) -> bool:
+    def _answer(self, conn: socket.socket, line: bytes, usual: bytes) -> bytes | None:
+        """Act on one line; what was written last, or None once the connection is closed."""
         actions = self.rule(line)
+        written = b""
         for action in actions if isinstance(actions, list) else [actions]:
             if action == DROP:
                 conn.shutdown(socket.SHUT_RDWR)
                 conn.close()
-                return False
+                return None
             if isinstance(action, Slowly):
-                return self._trickle(conn, action)
-            conn.sendall(action if isinstance(action, bytes) else usual)
-        return True
+                written = action.data
+                if not self._trickle(conn, action):
+                    return None
+                continue
+            written = action if isinstance(action, bytes) else usual
+            try:
+                conn.sendall(written)
+            except OSError:  # the client dropped us (a flood it stopped reading)
+                return None
+        return written
 
     @staticmethod
     def _trickle(conn: socket.socket, action: Slowly) -> bool:
+        time.sleep(action.after)
         for i in range(len(action.data)):
             try:
                 conn.sendall(action.data[i : i + 1])
@@ -378,9 +390,13 @@ class RawSmtpServer:
         return True
 
     def _session(self, conn: socket.socket) -> None:
+        with contextlib.suppress(ConnectionError):  # the client dropped a server it gave up on
+            self._converse(conn)
+
+    def _converse(self, conn: socket.socket) -> None:
         extensions = b"250-PIPELINING\r\n" if self.pipelining else b""
         with conn:
-            if not self._answer(conn, b"GREETING", b"220 raw ESMTP\r\n"):
+            if self._answer(conn, b"GREETING", b"220 raw ESMTP\r\n") is None:
                 return
             lines = conn.makefile("rb")
             for line in lines:
@@ -393,18 +409,24 @@ class RawSmtpServer:
                     usual = b"354 go ahead\r\n"
                 else:
                     usual = b"250 ok\r\n"
-                if not self._answer(conn, line, usual) or verb == b"QUIT":
+                written = self._answer(conn, line, usual)
+                if written is None or verb == b"QUIT":
                     return
-                if verb == b"DATA" and not self._content(conn, lines):
+                # Content follows only a 354 (a refused DATA leaves the session in commands).
+                if (
+                    verb == b"DATA"
+                    and written.startswith(b"354")
+                    and not self._content(conn, lines)
+                ):
                     return
 
     def _content(self, conn: socket.socket, lines: Any) -> bool:
-        if not self._answer(conn, b"DATA-CONTENT", b""):
+        if self._answer(conn, b"DATA-CONTENT", b"") is None:
             return False
         for line in lines:
             if line == b".\r\n":
                 self.messages += 1
-                return self._answer(conn, b".", b"250 queued\r\n")
+                return self._answer(conn, b".", b"250 queued\r\n") is not None
         return False
 
     def settings(self, **kw: Any) -> Any:

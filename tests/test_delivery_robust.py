@@ -101,3 +101,70 @@ def test_a_refusal_while_the_content_is_written_is_that_recipients_failure(
     assert (refused.status, refused.last_code) == ("failed", 552)
     assert refused.last_text == "552 5.3.4 Message too big for system"
     assert server.messages == 3
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_a_554_to_data_after_the_recipient_was_accepted_fails_only_that_one(
+    sample_site: Path, strategy: str
+) -> None:
+    """RCPT accepted, DATA refused for good: that recipient fails with the
+    server's words; the session is reset and the others are sent (invariant 5)."""
+    rule = ByRecipient("r001@example.org", {b"DATA": b"554 5.7.1 Transaction failed\r\n"})
+    server = RawSmtpServer(rule, pipelining=True)
+    try:
+        engine, report = run(sample_site, server, strategy, 4)
+    finally:
+        server.close()
+    assert (report.sent, report.deferred, report.failed) == (3, 0, 1)
+    refused = ledger(engine)["r001@example.org"]
+    assert (refused.status, refused.last_code) == ("failed", 554)
+    assert refused.last_text == "554 5.7.1 Transaction failed"
+    assert server.messages == 3
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_a_421_in_the_middle_of_a_pipelined_envelope_is_throttling(
+    sample_site: Path, strategy: str
+) -> None:
+    """A 421 to RCPT, then the close: the replies to DATA never come.  That
+    recipient is slowed down and sent again, no attempt spent; nobody else
+    is affected."""
+    closing = {"left": 1}
+
+    def rule(line: bytes) -> RawAction | list[RawAction]:
+        if line.startswith(b"RCPT TO:<r001@") and closing["left"]:
+            closing["left"] -= 1
+            return [b"421 4.7.0 Too busy, closing\r\n", DROP]
+        return None
+
+    server = RawSmtpServer(rule, pipelining=True)
+    try:
+        engine, report = run(sample_site, server, strategy, 4)
+    finally:
+        server.close()
+    assert closing["left"] == 0
+    assert (report.sent, report.deferred, report.failed) == (4, 0, 0)
+    assert ledger(engine)["r001@example.org"].attempts == 1
+    assert server.messages == 4
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_a_message_over_the_servers_size_is_never_offered(sample_site: Path, strategy: str) -> None:
+    """The server advertises SIZE 100 (RFC 1870): every message is larger, so
+    each recipient fails for good saying so, and no content is uploaded."""
+
+    def rule(line: bytes) -> RawAction | list[RawAction]:
+        if line.upper().startswith(b"EHLO"):
+            return b"250-raw\r\n250-PIPELINING\r\n250 SIZE 100\r\n"
+        return None
+
+    server = RawSmtpServer(rule, pipelining=True)
+    try:
+        engine, report = run(sample_site, server, strategy, 3)
+    finally:
+        server.close()
+    assert (report.sent, report.deferred, report.failed) == (0, 0, 3)
+    for row in ledger(engine).values():
+        assert row.status == "failed" and row.attempts == 1
+        assert "larger than the server accepts (SIZE 100" in row.last_text, row.last_text
+    assert server.messages == 0

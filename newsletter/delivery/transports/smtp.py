@@ -34,9 +34,11 @@ from newsletter.delivery.transports.smtp_common import (
     malformed,
     no_starttls,
     reply_text,
+    size_limit,
     starttls_refused,
     tls_context,
     tls_error,
+    too_big,
 )
 from newsletter.email.message import stuffed_body
 
@@ -91,6 +93,7 @@ class SmtpTransport:
         self.local_hostname = local_hostname or socket.gethostname() or "localhost"
         self._conn: smtplib.SMTP | None = None
         self.connects = 0
+        self._limit = 0  # the server's SIZE (RFC 1870); 0: none
 
     # ------------------------------------------------------------------ connection
 
@@ -127,6 +130,7 @@ class SmtpTransport:
             # writes; without TCP_NODELAY, Nagle's algorithm would hold them for an ACK.
             conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._conn = conn
+        self._limit = size_limit(conn.esmtp_features.get("size"))
         self.connects += 1
 
     def _connect(self) -> smtplib.SMTP:
@@ -241,6 +245,8 @@ class SmtpTransport:
         self.open()
         conn = self._conn
         assert conn is not None
+        if self._limit and len(message) > self._limit:
+            return too_big(recipient, len(message), self._limit)
         rcpt, needs_utf8 = ascii_address(recipient)
         mail_options: list[str] = []
         if needs_utf8:
@@ -396,6 +402,9 @@ class SmtpTransport:
         assert conn is not None
         flight = Flight(recipient, message)
         flight.reused = reused
+        if self._limit and len(message) > self._limit:
+            flight.result = too_big(recipient, len(message), self._limit)
+            return flight
         rcpt = ascii_address(recipient)[0]
         options = " BODY=8BITMIME" if not message.isascii() and conn.has_extn("8bitmime") else ""
         try:

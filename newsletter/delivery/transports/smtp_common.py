@@ -17,6 +17,8 @@ from newsletter.email.message import stuffed_body
 __all__ = [
     "LOCALHOST",
     "MALFORMED",
+    "MAX_LINE",
+    "MAX_REPLY",
     "NON_ASCII_LOCAL_PART",
     "ascii_address",
     "auth_unusable",
@@ -29,12 +31,18 @@ __all__ = [
     "malformed",
     "no_starttls",
     "reply_text",
+    "size_limit",
     "starttls_refused",
     "tls_context",
     "tls_error",
+    "too_big",
 ]
 
 LOCALHOST = {"localhost", "127.0.0.1", "::1"}
+# Bounds on what a server may make us hold for one reply (memory): smtplib's
+# own limit on a line, and on a whole reply (an EHLO list is a few hundred bytes).
+MAX_LINE = 8192
+MAX_REPLY = 64 * 1024
 _ENHANCED = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})\b")
 
 
@@ -67,6 +75,28 @@ def classify(recipient: str, code: int, text: str, stage: str) -> SendResult:
         return SendResult(recipient, False, code, text, throttled=throttled, stage=stage)
     bounced = stage == "rcpt" and status.startswith("5.1.")
     return SendResult(recipient, False, code, text, permanent=True, stage=stage, bounced=bounced)
+
+
+def size_limit(advertised: str | None) -> int:
+    """The message size a server accepts, from its EHLO SIZE parameter (RFC 1870);
+    0 when it gives none (no SIZE, "SIZE", "SIZE 0") or one that is no number."""
+    try:
+        return max(0, int((advertised or "").split()[0]))
+    except (IndexError, ValueError):
+        return 0
+
+
+def too_big(recipient: str, size: int, limit: int) -> SendResult:
+    """A message over the server's SIZE: not offered at all, and permanent
+    (RFC 1870 §6: the server would refuse it with 552 every time)."""
+    return SendResult(
+        recipient,
+        False,
+        None,
+        f"the message ({size} bytes) is larger than the server accepts (SIZE {limit}, RFC 1870)",
+        permanent=True,
+        stage="data",
+    )
 
 
 def reply_text(reply: bytes | str) -> str:

@@ -21,6 +21,8 @@ from newsletter.config import SmtpSettings
 from newsletter.delivery.transports.base import ConnectError, TransportError
 from newsletter.delivery.transports.logins import LOGINS, Key, login_key
 from newsletter.delivery.transports.smtp_common import (
+    MAX_LINE,
+    MAX_REPLY,
     auth_unusable,
     bad_challenge,
     login_refused,
@@ -39,6 +41,10 @@ class Lost(ConnectionError):
     """The connection closed (or timed out) while we waited for a reply."""
 
 
+class ReplyTooLong(Lost):
+    """A reply (or a line of it) beyond any sane size: the connection is dropped."""
+
+
 class Replies(asyncio.Protocol):
     """Collects complete SMTP replies (multi-line ones joined) as they arrive."""
 
@@ -47,6 +53,9 @@ class Replies(asyncio.Protocol):
         self.replies: deque[Reply] = deque()
         self._buffer = b""
         self._lines: list[bytes] = []
+        self._code = b""  # a multiline reply's code, from its first line
+        self._size = 0  # and its bytes so far
+        self._mixed = False  # and whether its lines' codes differ
         self._waiter: asyncio.Future[None] | None = None
         self._need = 0
         self.lost: BaseException | None = None
@@ -62,25 +71,56 @@ class Replies(asyncio.Protocol):
             line = buffer[start:end]
             start = end + 2
             if line[3:4] == b"-":
-                self._lines.append(line[4:])
+                if not self._more(line):
+                    return
                 continue
             try:
                 code = int(line[:3])
             except ValueError:
                 code = -1  # a malformed reply: refused like any other code
             if self._lines:
-                self._lines.append(line[4:])
+                if not self._more(line):
+                    return
+                if self._mixed:
+                    code = -1  # RFC 5321 §4.2.1: one code per reply; else out of step
                 text = b"\n".join(self._lines)
                 self._lines = []
             else:
                 text = line[4:]
             self.replies.append((code, text))
         self._buffer = buffer[start:]
+        if len(self._buffer) > MAX_LINE:
+            self._drop(
+                ReplyTooLong(f"a line of the server's reply is longer than {MAX_LINE} bytes")
+            )
+            return
         waiter = self._waiter
         if waiter is not None and len(self.replies) >= self._need and not waiter.done():
             waiter.set_result(None)
 
+    def _more(self, line: bytes) -> bool:
+        """Keep one line of a multiline reply; False once the reply is too long
+        (the connection is dropped)."""
+        if not self._lines:
+            self._code, self._size, self._mixed = line[:3], 0, False
+        self._size += len(line)
+        if self._size > MAX_REPLY:
+            self._drop(ReplyTooLong(f"the server's reply is longer than {MAX_REPLY} bytes"))
+            return False
+        self._mixed = self._mixed or line[:3] != self._code
+        self._lines.append(line[4:])
+        return True
+
+    def _drop(self, why: Lost) -> None:
+        """Stop reading a server that sends more than any reply may hold (memory)."""
+        self._buffer, self._lines = b"", []
+        if self.transport is not None:
+            self.transport.abort()
+        self.connection_lost(why)
+
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.lost is not None:
+            return  # dropped by `_drop`: keep its reason
         self.lost = exc or Lost("the server closed the connection")
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
@@ -101,6 +141,8 @@ class Replies(asyncio.Protocol):
                 timer.cancel()
                 self._waiter = None
             if len(replies) < count:
+                if isinstance(self.lost, ReplyTooLong):
+                    raise self.lost
                 raise Lost(f"connection lost: {self.lost}")
         return [replies.popleft() for _ in range(count)]
 

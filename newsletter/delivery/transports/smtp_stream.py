@@ -27,8 +27,10 @@ from newsletter.delivery.transports.smtp_common import (
     classify,
     malformed,
     reply_text,
+    size_limit,
     stuffed_body,
     tls_error,
+    too_big,
 )
 from newsletter.delivery.transports.smtp_session import Lost, Replies, open_session
 
@@ -51,6 +53,7 @@ class StreamSmtp:
         self.connects = 0
         self._proto: Replies | None = None
         self._features: dict[str, str] = {}
+        self._limit = 0  # the server's SIZE (RFC 1870); 0: none
         self._owed = 0  # replies to RSETs written without waiting (PIPELINING)
         # (connection, recipient) whose MAIL/RCPT/DATA went out behind the last dot
         self._announced: tuple[Replies, str] | None = None
@@ -74,8 +77,11 @@ class StreamSmtp:
         except ssl.SSLError as exc:
             raise tls_error(self.where, exc) from exc
         except (OSError, TimeoutError) as exc:  # Lost is an OSError
-            raise ConnectError(f"cannot connect to {self.where}: {exc}") from exc
+            # asyncio.timeout's TimeoutError says nothing by itself.
+            detail = str(exc) or f"timed out after {self.timeout:g} s"
+            raise ConnectError(f"cannot connect to {self.where}: {detail}") from exc
         self._proto, self._features = session.replies, session.features
+        self._limit = size_limit(self._features.get("size"))
         self._owed = 0
         self.connects += 1
 
@@ -137,6 +143,8 @@ class StreamSmtp:
 
     def _envelope(self, sender: str, recipient: str, message: bytes) -> bytes | SendResult:
         """MAIL and RCPT for one message, or its refusal when the server cannot take it."""
+        if self._limit and len(message) > self._limit:
+            return too_big(recipient, len(message), self._limit)
         rcpt, needs_utf8 = ascii_address(recipient)
         options = ""
         if needs_utf8:
@@ -183,9 +191,13 @@ class StreamSmtp:
             stage = "data"
             return await self._content(proto, recipient, message, ready, then, prepare)
         except (OSError, TimeoutError) as exc:
-            self.abandon()
-            what = "timed out" if isinstance(exc, TimeoutError) else "connection lost"
-            return SendResult(recipient, False, None, f"{what} during {stage}: {exc}", stage=stage)
+            return self._broken(recipient, stage, exc)
+
+    def _broken(self, recipient: str, stage: str, exc: BaseException) -> SendResult:
+        """The connection failed (closed, timed out): dropped, the message deferred."""
+        self.abandon()
+        what = "timed out" if isinstance(exc, TimeoutError) else "connection lost"
+        return SendResult(recipient, False, None, f"{what} during {stage}: {exc}", stage=stage)
 
     async def _replies(self, proto: Replies, count: int) -> list[Reply]:
         owed = self._owed
@@ -237,19 +249,17 @@ class StreamSmtp:
         """Without PIPELINING: one command, one reply (RFC 5321 §4.1.1)."""
         assert proto.transport is not None
         mail, to, _ = envelope.split(b"\r\n")
-        for line, stage, good in ((mail, "mail", (250,)), (to, "rcpt", (250, 251))):
+        steps = ((mail, "mail", 250), (to, "rcpt", 250), (b"DATA", "data", 354))
+        for line, stage, good in steps:
             proto.transport.write(line + b"\r\n")
-            code, text = (await self._replies(proto, 1))[0]
-            if code not in good:
+            try:
+                code, text = (await self._replies(proto, 1))[0]
+            except (OSError, TimeoutError) as exc:  # named by its stage, as smtplib's
+                return self._broken(recipient, stage, exc)
+            if code != good and not (stage == "rcpt" and code == 251):
                 refusal = self._refused(recipient, code, text, stage)
                 await self._settle_rset(proto)
                 return refusal
-        proto.transport.write(b"DATA\r\n")
-        code, text = (await self._replies(proto, 1))[0]
-        if code != 354:
-            refusal = self._refused(recipient, code, text, "data")
-            await self._settle_rset(proto)
-            return refusal
         return None
 
     async def _settle_rset(self, proto: Replies) -> None:

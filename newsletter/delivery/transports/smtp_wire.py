@@ -15,10 +15,9 @@ import smtplib
 import socket
 import time
 
-__all__ = ["MAX_LINE", "MAX_REPLY", "SMTP", "SMTP_SSL", "ReplyTooLong"]
+from newsletter.delivery.transports.smtp_common import MAX_LINE, MAX_REPLY
 
-MAX_LINE = 8192  # smtplib's own limit on one reply line
-MAX_REPLY = 64 * 1024  # a reply, lines together: an EHLO list is a few hundred bytes
+__all__ = ["SMTP", "SMTP_SSL", "ReplyTooLong"]
 
 
 class ReplyTooLong(smtplib.SMTPServerDisconnected):
