@@ -25,59 +25,75 @@ class ReplyTooLong(smtplib.SMTPServerDisconnected):
 
 
 class _Reader:
-    """Reply lines from one socket, read within a deadline."""
+    """Reply lines from one socket, each reply read within a deadline."""
 
-    __slots__ = ("buffer", "sock", "timeout")
+    __slots__ = ("buffer", "pos", "sock", "timeout")
 
     def __init__(self, sock: socket.socket, timeout: float) -> None:
         self.sock = sock
         self.timeout = timeout  # the socket's own, for each read (and write)
         self.buffer = b""
+        self.pos = 0  # where the unread part of `buffer` starts
 
     def reply(self) -> tuple[int, bytes]:
         """One reply: (code, text lines joined by LF), as smtplib's `getreply`."""
-        deadline = time.monotonic() + self.timeout
-        lines: list[bytes] = []
-        codes: set[bytes] = set()
-        size = 0
+        started = time.monotonic()
+        line = self._line(started)
+        if line[3:4] != b"-":  # the usual one-line reply: nothing more to check
+            return _code(line), line[4:].strip(b" \t\r\n")
+        lines = [line[4:].strip(b" \t\r\n")]
+        first, mixed, size = line[:3], False, len(line)
+        while line[3:4] == b"-":
+            line = self._line(started)
+            size += len(line)
+            if size > MAX_REPLY:
+                raise ReplyTooLong(f"the server's reply is longer than {MAX_REPLY} bytes")
+            lines.append(line[4:].strip(b" \t\r\n"))
+            mixed = mixed or line[:3] != first
+        # RFC 5321 §4.2.1: one code per reply; mixed codes mean out of step.
+        return -1 if mixed else _code(line), b"\n".join(lines)
+
+    def _line(self, started: float) -> bytes:
+        buffer, pos = self.buffer, self.pos
+        end = buffer.find(b"\n", pos)
+        if end < 0:
+            buffer, pos = self._fill(buffer[pos:], started), 0
+            end = buffer.find(b"\n")
+        self.pos = end + 1
+        return buffer[pos : end + 1]
+
+    def _fill(self, buffer: bytes, started: float) -> bytes:
+        """Read until `buffer` holds a line end, within `timeout` of `started`."""
         try:
-            while True:
-                line = self._line(deadline)
-                size += len(line)
-                if size > MAX_REPLY:
-                    raise ReplyTooLong(f"the server's reply is longer than {MAX_REPLY} bytes")
-                lines.append(line[4:].strip(b" \t\r\n"))
-                codes.add(line[:3])
-                if line[3:4] != b"-":
-                    break
+            while b"\n" not in buffer:
+                if len(buffer) > MAX_LINE:
+                    raise ReplyTooLong(
+                        f"a line of the server's reply is longer than {MAX_LINE} bytes"
+                    )
+                left = started + self.timeout - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"no complete reply within {self.timeout:g} s")
+                if left < self.timeout:
+                    self.sock.settimeout(left)  # only a reply in pieces pays this
+                try:
+                    chunk = self.sock.recv(65536)
+                except TimeoutError:
+                    raise TimeoutError(f"no complete reply within {self.timeout:g} s") from None
+                if not chunk:
+                    raise smtplib.SMTPServerDisconnected("Connection unexpectedly closed")
+                buffer += chunk
         finally:
             if self.sock.gettimeout() != self.timeout:
                 self.sock.settimeout(self.timeout)  # writes keep the usual timeout
-        try:
-            code = int(line[:3]) if len(codes) == 1 else -1  # mixed codes: out of step
-        except ValueError:
-            code = -1
-        return code, b"\n".join(lines)
+        self.buffer = buffer
+        return buffer
 
-    def _line(self, deadline: float) -> bytes:
-        buffer = self.buffer
-        while (end := buffer.find(b"\n")) < 0:
-            if len(buffer) > MAX_LINE:
-                raise ReplyTooLong(f"a line of the server's reply is longer than {MAX_LINE} bytes")
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"no complete reply within {self.timeout:g} s")
-            if left < self.timeout:
-                self.sock.settimeout(left)  # only a reply that comes in pieces pays this
-            try:
-                chunk = self.sock.recv(65536)
-            except TimeoutError:
-                raise TimeoutError(f"no complete reply within {self.timeout:g} s") from None
-            if not chunk:
-                raise smtplib.SMTPServerDisconnected("Connection unexpectedly closed")
-            buffer += chunk
-        self.buffer = buffer[end + 1 :]
-        return buffer[: end + 1]
+
+def _code(line: bytes) -> int:
+    try:
+        return int(line[:3])
+    except ValueError:
+        return -1  # not an SMTP reply: the callers drop the connection
 
 
 class _Deadlines(smtplib.SMTP):
