@@ -207,6 +207,7 @@ class SmtpTestServer:
     port: int = field(default_factory=free_port)
     received: list[Received] = field(default_factory=list)
     auth_attempts: list[tuple[str, str, bool]] = field(default_factory=list)  # user, pw, tls
+    auth_busy: int = 0  # logins still to answer "454 4.7.0 Temporary authentication failure"
     connections: int = 0
 
     def __post_init__(self) -> None:
@@ -264,6 +265,11 @@ class SmtpTestServer:
             return AuthResult(success=False, handled=False)
         user, password = data.login.decode(), data.password.decode()
         self.auth_attempts.append((user, password, _is_tls(smtp, session)))
+        with self._lock:
+            busy, self.auth_busy = self.auth_busy > 0, max(0, self.auth_busy - 1)
+        if busy:
+            message = "454 4.7.0 Temporary authentication failure"
+            return AuthResult(success=False, handled=False, message=message)
         ok = self.auth is not None and self.auth.get(user) == password
         if not ok:
             return AuthResult(success=False, handled=False)  # aiosmtpd then answers 535

@@ -30,7 +30,7 @@ from newsletter.delivery.transports.smtp_common import (
     bad_challenge,
     check_policy,
     classify,
-    login_refused,
+    login_failed,
     malformed,
     no_starttls,
     reply_text,
@@ -194,7 +194,7 @@ class SmtpTransport:
                 conn.close()
                 raise bad_challenge(s.host, exc) from exc
             except smtplib.SMTPAuthenticationError as exc:
-                error = login_refused(username, exc.smtp_code, exc.smtp_error)
+                error = login_failed(username, exc.smtp_code, exc.smtp_error)
                 if exc.smtp_code >= 500:  # permanent: never again with this password
                     refuse(error)
                 conn.close()

@@ -11,7 +11,7 @@ import re
 import ssl
 
 from newsletter.config import SmtpSettings
-from newsletter.delivery.transports.base import SendResult, TransportError
+from newsletter.delivery.transports.base import ConnectError, SendResult, TransportError
 from newsletter.email.message import stuffed_body
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "classify",
     "dot_stuffed",
     "enhanced_status",
+    "login_failed",
     "login_refused",
     "malformed",
     "no_starttls",
@@ -205,6 +206,18 @@ def login_refused(username: str, code: int, reply: bytes | str) -> TransportErro
         key="smtp.username",
         code=code,
     )
+
+
+def login_failed(username: str, code: int, reply: bytes | str) -> TransportError:
+    """A login refused: for good (5xx, `login_refused`), or, for a 454
+    (RFC 4954 §6, "temporary authentication failure"), for now: a connection
+    failure the pass slows down for, as a 454 greeting, never stopping the
+    command over one connection's hiccup."""
+    if code == 454:
+        return ConnectError(
+            f"login as {username} refused for now: {code} {reply_text(reply)}", code=code
+        )
+    return login_refused(username, code, reply)
 
 
 MALFORMED = "malformed reply from the server (not an SMTP reply; the connection is dropped)"

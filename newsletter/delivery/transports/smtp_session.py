@@ -25,7 +25,7 @@ from newsletter.delivery.transports.smtp_common import (
     MAX_REPLY,
     auth_unusable,
     bad_challenge,
-    login_refused,
+    login_failed,
     no_starttls,
     reply_text,
     starttls_refused,
@@ -294,7 +294,7 @@ async def _login(
     else:  # pragma: no cover - auth_unusable refused it
         raise AssertionError(offered)
     if code != 235:
-        error = login_refused(s.username, code, text)
+        error = login_failed(s.username, code, text)
         if code >= 500:  # permanent: never again with this password
             refuse(error)
         raise error
