@@ -216,3 +216,97 @@ def test_a_tls_handshake_that_trickles_times_out(kind: str) -> None:
         server.close()
     assert time.monotonic() - started < 5
     assert "timed out" in str(info.value) or "within" in str(info.value), info.value
+
+
+def answer(verb: bytes, victim: bytes, reply: bytes) -> Any:
+    """A rule answering `verb` with `reply` in the victim's transactions only."""
+    state = {"victim": False}
+
+    def rule(line: bytes) -> RawAction | list[RawAction]:
+        if line.startswith(b"MAIL FROM:"):
+            state["victim"] = False
+        if line.startswith(b"RCPT TO:<"):
+            state["victim"] = line.startswith(b"RCPT TO:<" + victim)
+        return reply if state["victim"] and line.upper().startswith(verb) else None
+
+    return rule
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("pipelining", [False, True], ids=["plain", "pipelining"])
+@pytest.mark.parametrize(
+    ("verb", "reply"),
+    [(b"DATA", b"250 2.0.0 Ok\r\n"), (b"RCPT", b"354 go ahead\r\n"), (b"DATA", b"220 hi\r\n")],
+    ids=["250-to-DATA", "354-to-RCPT", "220-to-DATA"],
+)
+def test_a_positive_reply_out_of_place_is_no_success_and_no_bounce(
+    kind: str, pipelining: bool, verb: bytes, reply: bytes
+) -> None:
+    """A 250 where DATA needs 354 is not "sent" (no content ever went out:
+    the reader would silently miss the message), and a 354 to RCPT is not a
+    permanent refusal: the session is out of step, so the reply is malformed
+    (deferred, the connection dropped) and the next recipient goes on."""
+    victim = b"odd@"
+    rule = answer(verb, victim, reply)
+    if verb == b"RCPT":
+        rule = at_rcpt_of(victim, reply)
+    server = RawSmtpServer(rule, pipelining=pipelining)
+    try:
+        (odd, c), connects = send_each(
+            kind, server.settings(timeout=2), ["odd@example.org", "c@example.org"]
+        )
+    finally:
+        server.close()
+    assert (odd.ok, odd.permanent, odd.bounced) == (False, False, False), odd
+    assert odd.text.startswith("malformed reply"), odd.text
+    assert c.ok, c
+    assert server.messages == 1 and connects == 2
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_flood_of_unasked_replies_is_not_kept(kind: str) -> None:
+    """Memory: a server that answers one command with a million short replies
+    (each under any size limit) is dropped, not queued reply by reply."""
+    server = RawSmtpServer(at_rcpt_of(b"flood@", b"250 ok\r\n" * 1_000_000))
+    started = time.monotonic()
+    try:
+        (flood, c), connects = send_each(
+            kind, server.settings(timeout=5), ["flood@example.org", "c@example.org"]
+        )
+    finally:
+        server.close()
+    assert time.monotonic() - started < 5
+    assert not flood.ok and not flood.permanent, flood
+    assert c.ok and connects == 2
+
+
+def test_streams_an_idle_connection_keeps_no_unasked_replies() -> None:
+    """The event loop reads while a connection waits for its next message: a
+    server that floods replies after a 250 must not fill memory meanwhile
+    (16 MB of "250 ok" here); the connection is dropped and the next
+    message goes out on a new one."""
+
+    def rule(line: bytes) -> RawAction | list[RawAction]:
+        return b"250 queued\r\n" + b"250 ok\r\n" * 2_000_000 if line == b"." else None
+
+    server = RawSmtpServer(rule, pipelining=True)
+
+    async def main() -> tuple[SendResult, int, SendResult, int]:
+        conn = StreamSmtp(server.settings(timeout=5))
+        try:
+            first = await conn.send(SENDER, "a@example.org", MSG)
+            await asyncio.sleep(0.5)  # idle: the flood arrives
+            proto = conn._proto  # what this connection holds
+            held = len(proto.replies) if proto is not None else 0
+            second = await conn.send(SENDER, "c@example.org", MSG)
+            return first, held, second, conn.connects
+        finally:
+            conn.abandon()
+
+    try:
+        first, held, second, connects = asyncio.run(main())
+    finally:
+        server.close()
+    assert first.ok and second.ok, (first, second)
+    assert held < 10_000, held  # what one read (64 KiB) brought at most, not 2,000,000
+    assert connects == 2

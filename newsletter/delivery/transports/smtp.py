@@ -33,6 +33,7 @@ from newsletter.delivery.transports.smtp_common import (
     login_failed,
     malformed,
     no_starttls,
+    refusal_code,
     reply_text,
     size_limit,
     starttls_refused,
@@ -281,15 +282,15 @@ class SmtpTransport:
             self._ready(ready)
             code, reply = conn.getreply()
             if code != 250:
-                return self._refused(recipient, code, reply, stage)
+                return self._refused(recipient, refusal_code(code), reply, stage)
             stage = "rcpt"
             code, reply = self._command(conn, commands[1])
             if code not in (250, 251):
-                return self._refused(recipient, code, reply, stage)
+                return self._refused(recipient, refusal_code(code), reply, stage)
             stage = "data"
             code, reply = self._command(conn, "DATA")
             if code != 354:
-                return self._refused(recipient, code, reply, stage)
+                return self._refused(recipient, refusal_code(code), reply, stage)
             return self._content(conn, recipient, message)
         except (smtplib.SMTPServerDisconnected, smtplib.SMTPResponseException, OSError) as exc:
             self._drop()
@@ -327,6 +328,10 @@ class SmtpTransport:
             replies.append((code, text))
         (mail_code, mail_text), (rcpt_code, rcpt_text), (data_code, data_text) = replies
         refused = mail_code != 250 or rcpt_code not in (250, 251)
+        if refused or data_code != 354:  # a positive reply out of place: out of step
+            mail_code = mail_code if mail_code == 250 else refusal_code(mail_code)
+            rcpt_code = rcpt_code if rcpt_code in (250, 251) else refusal_code(rcpt_code)
+            data_code = data_code if data_code == 354 else refusal_code(data_code)
         if data_code == 354 and refused and not (malformed(mail_code) or malformed(rcpt_code)):
             # RFC 2920 §3.1: a server may accept DATA although every RCPT failed;
             # end the empty message at once, then reset.  (Out of step, the

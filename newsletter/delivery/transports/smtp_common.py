@@ -31,6 +31,7 @@ __all__ = [
     "login_refused",
     "malformed",
     "no_starttls",
+    "refusal_code",
     "reply_text",
     "size_limit",
     "starttls_refused",
@@ -58,6 +59,14 @@ def malformed(code: int) -> bool:
     one without three digits): the session is out of step with the server,
     so the connection must be dropped, never reused."""
     return not 200 <= code < 600
+
+
+def refusal_code(code: int) -> int:
+    """The code of a reply that is not the one a command needed (250, 354):
+    a 2xx or 3xx there (a 250 to DATA, a 354 to RCPT) is no refusal but a
+    session out of step, malformed (-1): never "sent" for content that never
+    went out, never a bounce."""
+    return code if 400 <= code < 600 else -1
 
 
 def classify(recipient: str, code: int, text: str, stage: str) -> SendResult:

@@ -41,8 +41,14 @@ class Lost(ConnectionError):
     """The connection closed (or timed out) while we waited for a reply."""
 
 
-class ReplyTooLong(Lost):
-    """A reply (or a line of it) beyond any sane size: the connection is dropped."""
+class Overflow(Lost):
+    """More from the server than any reply may hold (a reply or a line beyond
+    any sane size, replies nobody asked for): the connection is dropped."""
+
+
+# Replies kept unread: a few are owed at most (pipelined RSETs, an envelope);
+# more arrive only from a server that answers what was never asked.
+MAX_PENDING = 64
 
 
 class Replies(asyncio.Protocol):
@@ -89,10 +95,13 @@ class Replies(asyncio.Protocol):
                 text = line[4:]
             self.replies.append((code, text))
         self._buffer = buffer[start:]
-        if len(self._buffer) > MAX_LINE:
+        if len(self.replies) > MAX_PENDING:
             self._drop(
-                ReplyTooLong(f"a line of the server's reply is longer than {MAX_LINE} bytes")
+                Overflow(f"the server sent more than {MAX_PENDING} replies nobody asked for")
             )
+            return
+        if len(self._buffer) > MAX_LINE:
+            self._drop(Overflow(f"a line of the server's reply is longer than {MAX_LINE} bytes"))
             return
         waiter = self._waiter
         if waiter is not None and len(self.replies) >= self._need and not waiter.done():
@@ -105,7 +114,7 @@ class Replies(asyncio.Protocol):
             self._code, self._size, self._mixed = line[:3], 0, False
         self._size += len(line)
         if self._size > MAX_REPLY:
-            self._drop(ReplyTooLong(f"the server's reply is longer than {MAX_REPLY} bytes"))
+            self._drop(Overflow(f"the server's reply is longer than {MAX_REPLY} bytes"))
             return False
         self._mixed = self._mixed or line[:3] != self._code
         self._lines.append(line[4:])
@@ -113,7 +122,7 @@ class Replies(asyncio.Protocol):
 
     def _drop(self, why: Lost) -> None:
         """Stop reading a server that sends more than any reply may hold (memory)."""
-        self._buffer, self._lines = b"", []
+        self._buffer, self._lines = b"", []  # the replies complete so far stay readable
         if self.transport is not None:
             self.transport.abort()
         self.connection_lost(why)
@@ -141,7 +150,7 @@ class Replies(asyncio.Protocol):
                 timer.cancel()
                 self._waiter = None
             if len(replies) < count:
-                if isinstance(self.lost, ReplyTooLong):
+                if isinstance(self.lost, Overflow):
                     raise self.lost
                 raise Lost(f"connection lost: {self.lost}")
         return [replies.popleft() for _ in range(count)]

@@ -26,6 +26,7 @@ from newsletter.delivery.transports.smtp_common import (
     check_policy,
     classify,
     malformed,
+    refusal_code,
     reply_text,
     size_limit,
     stuffed_body,
@@ -167,6 +168,8 @@ class StreamSmtp:
         prepare: Callable[[], None] | None = None,
     ) -> SendResult:
         announced, self._announced = self._announced, None
+        if self._proto is not None and self._proto.lost is not None:
+            self.abandon()  # closed (or dropped) while idle: what it holds is stale
         if announced is not None and announced[0] is self._proto and announced[1] != recipient:
             self.abandon()  # in DATA for another message: never end that one
         written = announced is not None and announced[0] is self._proto
@@ -231,6 +234,10 @@ class StreamSmtp:
             return closing
         (mail_code, mail_text), (rcpt_code, rcpt_text), (data_code, data_text) = replies
         refused = mail_code != 250 or rcpt_code not in (250, 251)
+        if refused or data_code != 354:  # a positive reply out of place: out of step
+            mail_code = mail_code if mail_code == 250 else refusal_code(mail_code)
+            rcpt_code = rcpt_code if rcpt_code in (250, 251) else refusal_code(rcpt_code)
+            data_code = data_code if data_code == 354 else refusal_code(data_code)
         if data_code == 354 and refused and not (malformed(mail_code) or malformed(rcpt_code)):
             # RFC 2920 §3.1: a server may accept DATA although every RCPT failed;
             # end the empty message at once, then reset.  (Out of step, the
@@ -257,7 +264,7 @@ class StreamSmtp:
             except (OSError, TimeoutError) as exc:  # named by its stage, as smtplib's
                 return self._broken(recipient, stage, exc)
             if code != good and not (stage == "rcpt" and code == 251):
-                refusal = self._refused(recipient, code, text, stage)
+                refusal = self._refused(recipient, refusal_code(code), text, stage)
                 await self._settle_rset(proto)
                 return refusal
         return None
