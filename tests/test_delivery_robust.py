@@ -168,3 +168,19 @@ def test_a_message_over_the_servers_size_is_never_offered(sample_site: Path, str
         assert row.status == "failed" and row.attempts == 1
         assert "larger than the server accepts (SIZE 100" in row.last_text, row.last_text
     assert server.messages == 0
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_a_250_to_data_is_not_a_sent_message(sample_site: Path, strategy: str) -> None:
+    """A server out of step answers DATA with 250: no content went out, so
+    the recipient is deferred (malformed reply), never recorded as sent."""
+    rule = ByRecipient("r001@example.org", {b"DATA": b"250 2.0.0 Ok\r\n"})
+    server = RawSmtpServer(rule, pipelining=True)
+    try:
+        engine, report = run(sample_site, server, strategy, 4)
+    finally:
+        server.close()
+    assert (report.sent, report.deferred, report.failed) == (3, 1, 0)
+    odd = ledger(engine)["r001@example.org"]
+    assert odd.status == "deferred" and odd.last_text.startswith("malformed reply"), odd
+    assert server.messages == 3

@@ -310,3 +310,60 @@ def test_streams_an_idle_connection_keeps_no_unasked_replies() -> None:
     assert first.ok and second.ok, (first, second)
     assert held < 10_000, held  # what one read (64 KiB) brought at most, not 2,000,000
     assert connects == 2
+
+
+def every_reply(shape: Any) -> Any:
+    """A rule giving each usual reply reshaped by `shape` (bytes -> action)."""
+    usual = {
+        b"GREETING": b"220-raw ESMTP\r\n220 welcome\r\n",
+        b"EHLO": b"250-raw\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 10000000\r\n",
+        b"MAIL": b"250 2.1.0 ok\r\n",
+        b"RCPT": b"250 2.1.5 ok\r\n",
+        b"DATA": b"354 go ahead\r\n",
+        b".": b"250-2.0.0 queued\r\n250 as 12345\r\n",
+        b"RSET": b"250 ok\r\n",
+        b"QUIT": b"221 bye\r\n",
+    }
+
+    def rule(line: bytes) -> RawAction | list[RawAction]:
+        if line == b"DATA-CONTENT":
+            return None
+        for verb, reply in usual.items():
+            if line.upper().startswith(verb) and (verb != b"." or line == b"."):
+                return shape(reply)
+        return None
+
+    return rule
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("pipelining", [False, True], ids=["plain", "pipelining"])
+def test_replies_split_at_every_byte_are_read_whole(kind: str, pipelining: bool) -> None:
+    """TCP keeps no message boundaries: every reply of the session (multiline
+    greeting, EHLO, the final dot's) arrives one byte per packet, splitting
+    CR from LF and codes from their text; each is read whole and in step."""
+    server = RawSmtpServer(every_reply(lambda reply: Slowly(reply, 0.001)), pipelining=pipelining)
+    try:
+        results, connects = send_each(
+            kind, server.settings(timeout=5), ["a@example.org", "b@example.org"]
+        )
+    finally:
+        server.close()
+    assert [r.ok for r in results] == [True, True], results
+    assert results[0].text.replace("\n", " ") == "2.0.0 queued as 12345"
+    assert server.messages == 2 and connects == 1
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_replies_ending_in_a_bare_lf_are_read_alike(kind: str) -> None:
+    """RFC 5321 wants CRLF, some servers send LF alone: smtplib reads them,
+    so the event loop must too (not wait for a CRLF until the timeout)."""
+    server = RawSmtpServer(every_reply(lambda reply: reply.replace(b"\r\n", b"\n")))
+    started = time.monotonic()
+    try:
+        results, _ = send_each(kind, server.settings(timeout=2), ["a@example.org"])
+    finally:
+        server.close()
+    assert time.monotonic() - started < 2
+    assert [r.ok for r in results] == [True], results
+    assert server.messages == 1

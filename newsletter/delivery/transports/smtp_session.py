@@ -73,9 +73,10 @@ class Replies(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         buffer = self._buffer + data if self._buffer else data
         start = 0
-        while (end := buffer.find(b"\r\n", start)) >= 0:
-            line = buffer[start:end]
-            start = end + 2
+        while (end := buffer.find(b"\n", start)) >= 0:
+            # CRLF, or LF alone from a sloppy server, as smtplib reads them.
+            line = buffer[start : end - 1 if end > start and buffer[end - 1] == 13 else end]
+            start = end + 1
             if line[3:4] == b"-":
                 if not self._more(line):
                     return
