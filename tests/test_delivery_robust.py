@@ -16,6 +16,7 @@ from test_delivery_smtp import POST, populate, site_settings
 
 from newsletter.delivery.mailings import deliver_mailing, plan_mailing
 from newsletter.posts.collection import load_posts
+from newsletter.store import open_store
 from newsletter.store.schema import deliveries
 
 STRATEGIES = ["streams", "threaded", "rounds"]
@@ -184,3 +185,55 @@ def test_a_250_to_data_is_not_a_sent_message(sample_site: Path, strategy: str) -
     odd = ledger(engine)["r001@example.org"]
     assert odd.status == "deferred" and odd.last_text.startswith("malformed reply"), odd
     assert server.messages == 3
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_a_server_that_stops_offering_starttls_gets_nothing_in_clear(
+    sample_site: Path, strategy: str
+) -> None:
+    """A downgrade (STARTTLS stripped from EHLO) with security = "starttls":
+    the command stops with the reason; no envelope, let alone content, is
+    sent in clear, and nobody's attempts are spent."""
+    from newsletter.delivery.transports import TransportError
+
+    seen: list[bytes] = []
+
+    def rule(line: bytes) -> RawAction | list[RawAction]:
+        seen.append(line)
+        return None  # the usual EHLO: no STARTTLS
+
+    server = RawSmtpServer(rule, pipelining=True)
+    try:
+        with pytest.raises(TransportError, match="does not offer STARTTLS; refusing"):
+            run(sample_site, server, strategy, 3, **{"smtp.security": "starttls"})
+    finally:
+        server.close()
+    assert not any(line.upper().startswith((b"MAIL", b"RCPT", b"DATA")) for line in seen), seen
+    assert server.messages == 0
+    engine = open_store(site_settings(sample_site, server))
+    assert {(r.status, r.attempts) for r in ledger(engine).values()} == {("queued", 0)}
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_a_huge_ehlo_is_a_connection_failure_not_a_memory_sink(
+    sample_site: Path, strategy: str
+) -> None:
+    """An EHLO reply of 100,000 extension lines: no connection is opened on it
+    (the recipients are deferred, temporary), and it is not held in memory."""
+
+    def rule(line: bytes) -> RawAction | list[RawAction]:
+        if line.upper().startswith(b"EHLO"):
+            extensions = b"250-X-EXTENSION-" + b"x" * 40 + b"\r\n"
+            return b"250-raw\r\n" + extensions * 100_000 + b"250 PIPELINING\r\n"
+        return None
+
+    server = RawSmtpServer(rule, pipelining=True)
+    try:
+        engine, report = run(sample_site, server, strategy, 2, **{"delivery.max_attempts": 5})
+    finally:
+        server.close()
+    assert (report.sent, report.deferred, report.failed) == (0, 2, 0)
+    for row in ledger(engine).values():
+        assert (row.status, row.attempts) == ("deferred", 1)
+        assert row.last_text.endswith("the server's reply is longer than 65536 bytes"), row
+    assert server.messages == 0
