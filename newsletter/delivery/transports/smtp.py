@@ -41,30 +41,13 @@ from newsletter.delivery.transports.smtp_common import (
     tls_error,
     too_big,
 )
+from newsletter.delivery.transports.smtp_wire import early_refusal, write
 from newsletter.email.message import stuffed_body
 
 log = logging.getLogger(__name__)
 
 
 Ready = Callable[[], None]
-
-
-def _write(conn: smtplib.SMTP, data: bytes) -> None:
-    """`conn.send` minus its audit event and its error translation: smtplib
-    turns every failed send, a timeout included, into "Server not connected",
-    so a stalled server read as a lost connection."""
-    if conn.sock is None:
-        raise smtplib.SMTPServerDisconnected("not connected")
-    conn.sock.sendall(data)
-
-
-def _early_refusal(conn: smtplib.SMTP) -> tuple[int, bytes] | None:
-    """The refusal a server wrote before it stopped reading, if there is one."""
-    try:
-        code, reply = conn.getreply()
-    except (smtplib.SMTPException, OSError):
-        return None
-    return (code, reply) if 400 <= code < 600 else None
 
 
 class Flight:
@@ -278,7 +261,7 @@ class SmtpTransport:
                 return self._content(conn, recipient, message)
             # `ready` (the previous outcome's commit) runs while the server
             # answers MAIL: a round trip it would otherwise add to each message.
-            _write(conn, commands[0].encode("utf-8") + b"\r\n")
+            write(conn, commands[0].encode("utf-8") + b"\r\n")
             self._ready(ready)
             code, reply = conn.getreply()
             if code != 250:
@@ -301,7 +284,7 @@ class SmtpTransport:
     def _command(conn: smtplib.SMTP, line: str) -> tuple[int, bytes]:
         # Straight to the socket: smtplib's mail()/rcpt() re-parse each address
         # with email.utils, which costs more than the round trip on loopback.
-        _write(conn, line.encode("utf-8") + b"\r\n")
+        write(conn, line.encode("utf-8") + b"\r\n")
         return conn.getreply()
 
     def _pipelined(
@@ -314,7 +297,7 @@ class SmtpTransport:
         """MAIL, RCPT and DATA in one write when the server offers PIPELINING (RFC 2920).
 
         The refusal, or None when the server awaits the content."""
-        _write(conn, "".join(f"{c}\r\n" for c in (*commands, "DATA")).encode("utf-8"))
+        write(conn, "".join(f"{c}\r\n" for c in (*commands, "DATA")).encode("utf-8"))
         self._ready(ready)  # while the server answers the envelope
         return self._envelope_replies(conn, recipient)
 
@@ -336,7 +319,7 @@ class SmtpTransport:
             # RFC 2920 §3.1: a server may accept DATA although every RCPT failed;
             # end the empty message at once, then reset.  (Out of step, the
             # connection is dropped instead: the server may hold a recipient.)
-            _write(conn, b".\r\n")
+            write(conn, b".\r\n")
             conn.getreply()
         if mail_code != 250:
             return self._refused(recipient, mail_code, mail_text, "mail")
@@ -365,11 +348,11 @@ class SmtpTransport:
         # The content (stuffed by `send`) and its final dot in one write: from
         # here the server may keep the message, so `ready` has run already.
         try:
-            _write(conn, message + b".\r\n")
+            write(conn, message + b".\r\n")
         except ConnectionError:
             # A server may refuse (552: too big) before reading the whole
             # message, then close; its reply, not our failed write, is the outcome.
-            early = _early_refusal(conn)
+            early = early_refusal(conn)
             if early is None:
                 raise
             return self._refused(recipient, *early, "data")
@@ -413,7 +396,7 @@ class SmtpTransport:
         rcpt = ascii_address(recipient)[0]
         options = " BODY=8BITMIME" if not message.isascii() and conn.has_extn("8bitmime") else ""
         try:
-            _write(conn, f"MAIL FROM:<{sender}>{options}\r\nRCPT TO:<{rcpt}>\r\nDATA\r\n".encode())
+            write(conn, f"MAIL FROM:<{sender}>{options}\r\nRCPT TO:<{rcpt}>\r\nDATA\r\n".encode())
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
             self._lost(flight, exc, "mail")
         return flight
@@ -448,10 +431,10 @@ class SmtpTransport:
         conn = self._conn
         assert conn is not None
         try:
-            _write(conn, data)
+            write(conn, data)
             return True
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
-            early = _early_refusal(conn) if isinstance(exc, ConnectionError) else None
+            early = early_refusal(conn) if isinstance(exc, ConnectionError) else None
             if early is None:
                 self._lost(flight, exc, "data")
             else:

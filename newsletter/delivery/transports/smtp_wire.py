@@ -7,6 +7,8 @@ a multiline reply may grow without bound.  These subclasses replace
 must arrive within `timeout` (as the event-loop transport's replies must,
 see smtp_session.Replies.take), and one larger than `MAX_REPLY` bytes, or
 with lines of different codes (RFC 5321 §4.2.1), is no reply at all.
+`write` and `early_refusal` are the transport's raw writes and the reply
+it reads when a write fails.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import time
 
 from newsletter.delivery.transports.smtp_common import MAX_LINE, MAX_REPLY
 
-__all__ = ["SMTP", "SMTP_SSL", "ReplyTooLong"]
+__all__ = ["SMTP", "SMTP_SSL", "ReplyTooLong", "early_refusal", "write"]
 
 
 class ReplyTooLong(smtplib.SMTPServerDisconnected):
@@ -125,3 +127,21 @@ class SMTP(_Deadlines):
 
 class SMTP_SSL(_Deadlines, smtplib.SMTP_SSL):
     pass
+
+
+def write(conn: smtplib.SMTP, data: bytes) -> None:
+    """`conn.send` minus its audit event and its error translation: smtplib
+    turns every failed send, a timeout included, into "Server not connected",
+    so a stalled server read as a lost connection."""
+    if conn.sock is None:
+        raise smtplib.SMTPServerDisconnected("not connected")
+    conn.sock.sendall(data)
+
+
+def early_refusal(conn: smtplib.SMTP) -> tuple[int, bytes] | None:
+    """The refusal a server wrote before it stopped reading, if there is one."""
+    try:
+        code, reply = conn.getreply()
+    except (smtplib.SMTPException, OSError):
+        return None
+    return (code, reply) if 400 <= code < 600 else None
