@@ -21,9 +21,11 @@ at this server.  The `smtp_server` fixture in conftest.py yields a started one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -205,6 +207,7 @@ class SmtpTestServer:
     port: int = field(default_factory=free_port)
     received: list[Received] = field(default_factory=list)
     auth_attempts: list[tuple[str, str, bool]] = field(default_factory=list)  # user, pw, tls
+    auth_busy: int = 0  # logins still to answer "454 4.7.0 Temporary authentication failure"
     connections: int = 0
 
     def __post_init__(self) -> None:
@@ -262,6 +265,11 @@ class SmtpTestServer:
             return AuthResult(success=False, handled=False)
         user, password = data.login.decode(), data.password.decode()
         self.auth_attempts.append((user, password, _is_tls(smtp, session)))
+        with self._lock:
+            busy, self.auth_busy = self.auth_busy > 0, max(0, self.auth_busy - 1)
+        if busy:
+            message = "454 4.7.0 Temporary authentication failure"
+            return AuthResult(success=False, handled=False, message=message)
         ok = self.auth is not None and self.auth.get(user) == password
         if not ok:
             return AuthResult(success=False, handled=False)  # aiosmtpd then answers 535
@@ -314,9 +322,20 @@ class SmtpTestServer:
         return values
 
 
+@dataclass(frozen=True)
+class Slowly:
+    """A raw server action: write `data` one byte every `every` seconds (a
+    server that trickles a reply, each byte well within a read timeout)."""
+
+    data: bytes
+    every: float
+    after: float = 0.0  # seconds before the first byte
+
+
 # What a raw server does for one line: None, the usual reply; bytes, written
-# instead; DROP, close the socket; a list, each of those in turn.
-RawAction = bytes | str | None
+# instead; a `Slowly`, written byte by byte; DROP, close the socket; a list,
+# each of those in turn.
+RawAction = bytes | str | Slowly | None
 RawRule = Callable[[bytes], "RawAction | list[RawAction]"]
 
 
@@ -344,20 +363,46 @@ class RawSmtpServer:
                 return
             threading.Thread(target=self._session, args=(conn,), daemon=True).start()
 
-    def _answer(self, conn: socket.socket, line: bytes, usual: bytes) -> bool:
+    def _answer(self, conn: socket.socket, line: bytes, usual: bytes) -> bytes | None:
+        """Act on one line; what was written last, or None once the connection is closed."""
         actions = self.rule(line)
+        written = b""
         for action in actions if isinstance(actions, list) else [actions]:
             if action == DROP:
                 conn.shutdown(socket.SHUT_RDWR)
                 conn.close()
+                return None
+            if isinstance(action, Slowly):
+                written = action.data
+                if not self._trickle(conn, action):
+                    return None
+                continue
+            written = action if isinstance(action, bytes) else usual
+            try:
+                conn.sendall(written)
+            except OSError:  # the client dropped us (a flood it stopped reading)
+                return None
+        return written
+
+    @staticmethod
+    def _trickle(conn: socket.socket, action: Slowly) -> bool:
+        time.sleep(action.after)
+        for i in range(len(action.data)):
+            try:
+                conn.sendall(action.data[i : i + 1])
+            except OSError:  # the client gave up and closed
                 return False
-            conn.sendall(action if isinstance(action, bytes) else usual)
+            time.sleep(action.every)
         return True
 
     def _session(self, conn: socket.socket) -> None:
+        with contextlib.suppress(ConnectionError):  # the client dropped a server it gave up on
+            self._converse(conn)
+
+    def _converse(self, conn: socket.socket) -> None:
         extensions = b"250-PIPELINING\r\n" if self.pipelining else b""
         with conn:
-            if not self._answer(conn, b"GREETING", b"220 raw ESMTP\r\n"):
+            if self._answer(conn, b"GREETING", b"220 raw ESMTP\r\n") is None:
                 return
             lines = conn.makefile("rb")
             for line in lines:
@@ -370,18 +415,24 @@ class RawSmtpServer:
                     usual = b"354 go ahead\r\n"
                 else:
                     usual = b"250 ok\r\n"
-                if not self._answer(conn, line, usual) or verb == b"QUIT":
+                written = self._answer(conn, line, usual)
+                if written is None or verb == b"QUIT":
                     return
-                if verb == b"DATA" and not self._content(conn, lines):
+                # Content follows only a 354 (a refused DATA leaves the session in commands).
+                if (
+                    verb == b"DATA"
+                    and written.startswith(b"354")
+                    and not self._content(conn, lines)
+                ):
                     return
 
     def _content(self, conn: socket.socket, lines: Any) -> bool:
-        if not self._answer(conn, b"DATA-CONTENT", b""):
+        if self._answer(conn, b"DATA-CONTENT", b"") is None:
             return False
         for line in lines:
             if line == b".\r\n":
                 self.messages += 1
-                return self._answer(conn, b".", b"250 queued\r\n")
+                return self._answer(conn, b".", b"250 queued\r\n") is not None
         return False
 
     def settings(self, **kw: Any) -> Any:

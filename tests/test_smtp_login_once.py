@@ -113,3 +113,60 @@ def test_a_refused_login_is_remembered_across_transports(
     assert len(server.auth_attempts) == 1
     assert len(messages) == 1
     assert "not tried again" in messages.pop()
+
+
+def test_a_temporary_login_refusal_slows_down_instead_of_stopping(
+    sample_site: Path,
+    server: SmtpTestServer,
+    tls: TlsMaterial,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """454 4.7.0 to AUTH (RFC 4954: temporary, e.g. the provider's password
+    backend is down) is the server saying "later", as a 454 greeting is: the
+    mailing pauses and goes on, no attempt spent, instead of stopping the
+    whole command on one connection's hiccup."""
+    monkeypatch.setenv("NEWSLETTER_SECRET", "login-once-secret")
+    monkeypatch.setenv("NEWSLETTER_SMTP_PASSWORD", "right-password")
+    config = auth_config(sample_site, server, tls)
+    add_readers(config, 9)
+    server.auth_busy = 2  # the PIPELINING probe's login, then a worker's
+    result = CliRunner().invoke(main, ["--config", str(config), "send", POST, "--list", "sample"])
+    assert result.exit_code == 0, result.output + result.stderr
+    assert server.auth_busy == 0 and len(server.auth_attempts) >= 3
+    assert len(server.recipients()) == 9
+    engine = open_store(load_settings(config))
+    with engine.connect() as conn:
+        assert counts(conn, 1)[1] == {"sent": 9}
+    engine.dispose()
+
+
+@pytest.mark.parametrize("kind", ["threaded", "streams"])
+def test_a_temporary_login_refusal_is_a_connection_failure(
+    server: SmtpTestServer, tls: TlsMaterial, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """Not remembered, not "not tried again": a ConnectError with the code."""
+    import asyncio
+
+    from newsletter.delivery.transports import ConnectError
+    from newsletter.delivery.transports.smtp_stream import StreamSmtp
+
+    monkeypatch.setenv("LOGIN_ONCE_PW", "right-password")
+    settings = SmtpSettings(
+        host="127.0.0.1",
+        port=server.port,
+        username=USER,
+        password_env="LOGIN_ONCE_PW",
+        ca_file=tls.ca_file,
+        timeout=5,
+    )
+    server.auth_busy = 1
+    with pytest.raises(ConnectError) as info:
+        if kind == "threaded":
+            SmtpTransport(settings).open()
+        else:
+            asyncio.run(StreamSmtp(settings).open())
+    assert info.value.code == 454
+    assert "454 4.7.0 Temporary authentication failure" in str(info.value)
+    assert "not tried again" not in str(info.value)
+    SmtpTransport(settings).open()  # the next login is tried, and succeeds
+    assert len(server.auth_attempts) == 2

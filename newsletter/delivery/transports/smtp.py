@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from newsletter.config import SmtpSettings
+from newsletter.delivery.transports import smtp_wire
 from newsletter.delivery.transports.base import ConnectError, SendResult
 from newsletter.delivery.transports.logins import LOGINS, Key, login_key
 from newsletter.delivery.transports.smtp_common import (
@@ -29,38 +30,24 @@ from newsletter.delivery.transports.smtp_common import (
     bad_challenge,
     check_policy,
     classify,
-    login_refused,
+    login_failed,
     malformed,
     no_starttls,
+    refusal_code,
     reply_text,
+    size_limit,
     starttls_refused,
     tls_context,
     tls_error,
+    too_big,
 )
+from newsletter.delivery.transports.smtp_wire import early_refusal, write
 from newsletter.email.message import stuffed_body
 
 log = logging.getLogger(__name__)
 
 
 Ready = Callable[[], None]
-
-
-def _write(conn: smtplib.SMTP, data: bytes) -> None:
-    """`conn.send` minus its audit event and its error translation: smtplib
-    turns every failed send, a timeout included, into "Server not connected",
-    so a stalled server read as a lost connection."""
-    if conn.sock is None:
-        raise smtplib.SMTPServerDisconnected("not connected")
-    conn.sock.sendall(data)
-
-
-def _early_refusal(conn: smtplib.SMTP) -> tuple[int, bytes] | None:
-    """The refusal a server wrote before it stopped reading, if there is one."""
-    try:
-        code, reply = conn.getreply()
-    except (smtplib.SMTPException, OSError):
-        return None
-    return (code, reply) if 400 <= code < 600 else None
 
 
 class Flight:
@@ -90,6 +77,7 @@ class SmtpTransport:
         self.local_hostname = local_hostname or socket.gethostname() or "localhost"
         self._conn: smtplib.SMTP | None = None
         self.connects = 0
+        self._limit = 0  # the server's SIZE (RFC 1870); 0: none
 
     # ------------------------------------------------------------------ connection
 
@@ -126,19 +114,20 @@ class SmtpTransport:
             # writes; without TCP_NODELAY, Nagle's algorithm would hold them for an ACK.
             conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._conn = conn
+        self._limit = size_limit(conn.esmtp_features.get("size"))
         self.connects += 1
 
     def _connect(self) -> smtplib.SMTP:
         s = self.settings
         if s.security == "tls":
-            return smtplib.SMTP_SSL(
+            return smtp_wire.SMTP_SSL(
                 s.host,
                 s.effective_port,
                 local_hostname=self.local_hostname,
                 timeout=s.timeout,
                 context=self._context(),
             )
-        return smtplib.SMTP(
+        return smtp_wire.SMTP(
             s.host, s.effective_port, local_hostname=self.local_hostname, timeout=s.timeout
         )
 
@@ -189,7 +178,7 @@ class SmtpTransport:
                 conn.close()
                 raise bad_challenge(s.host, exc) from exc
             except smtplib.SMTPAuthenticationError as exc:
-                error = login_refused(username, exc.smtp_code, exc.smtp_error)
+                error = login_failed(username, exc.smtp_code, exc.smtp_error)
                 if exc.smtp_code >= 500:  # permanent: never again with this password
                     refuse(error)
                 conn.close()
@@ -240,6 +229,8 @@ class SmtpTransport:
         self.open()
         conn = self._conn
         assert conn is not None
+        if self._limit and len(message) > self._limit:
+            return too_big(recipient, len(message), self._limit)
         rcpt, needs_utf8 = ascii_address(recipient)
         mail_options: list[str] = []
         if needs_utf8:
@@ -263,22 +254,26 @@ class SmtpTransport:
         stage = "mail"
         try:
             if conn.has_extn("pipelining"):
-                return self._pipelined(conn, recipient, commands, message, ready)
+                refusal = self._pipelined(conn, recipient, commands, ready)
+                if refusal is not None:
+                    return refusal
+                stage = "data"  # from here the server may keep the message: never retried
+                return self._content(conn, recipient, message)
             # `ready` (the previous outcome's commit) runs while the server
             # answers MAIL: a round trip it would otherwise add to each message.
-            _write(conn, commands[0].encode("utf-8") + b"\r\n")
+            write(conn, commands[0].encode("utf-8") + b"\r\n")
             self._ready(ready)
             code, reply = conn.getreply()
             if code != 250:
-                return self._refused(recipient, code, reply, stage)
+                return self._refused(recipient, refusal_code(code), reply, stage)
             stage = "rcpt"
             code, reply = self._command(conn, commands[1])
             if code not in (250, 251):
-                return self._refused(recipient, code, reply, stage)
+                return self._refused(recipient, refusal_code(code), reply, stage)
             stage = "data"
             code, reply = self._command(conn, "DATA")
             if code != 354:
-                return self._refused(recipient, code, reply, stage)
+                return self._refused(recipient, refusal_code(code), reply, stage)
             return self._content(conn, recipient, message)
         except (smtplib.SMTPServerDisconnected, smtplib.SMTPResponseException, OSError) as exc:
             self._drop()
@@ -289,7 +284,7 @@ class SmtpTransport:
     def _command(conn: smtplib.SMTP, line: str) -> tuple[int, bytes]:
         # Straight to the socket: smtplib's mail()/rcpt() re-parse each address
         # with email.utils, which costs more than the round trip on loopback.
-        _write(conn, line.encode("utf-8") + b"\r\n")
+        write(conn, line.encode("utf-8") + b"\r\n")
         return conn.getreply()
 
     def _pipelined(
@@ -297,16 +292,14 @@ class SmtpTransport:
         conn: smtplib.SMTP,
         recipient: str,
         commands: tuple[str, str],
-        message: bytes,
         ready: Ready | None,
-    ) -> SendResult:
-        """MAIL, RCPT and DATA in one write when the server offers PIPELINING (RFC 2920)."""
-        _write(conn, "".join(f"{c}\r\n" for c in (*commands, "DATA")).encode("utf-8"))
+    ) -> SendResult | None:
+        """MAIL, RCPT and DATA in one write when the server offers PIPELINING (RFC 2920).
+
+        The refusal, or None when the server awaits the content."""
+        write(conn, "".join(f"{c}\r\n" for c in (*commands, "DATA")).encode("utf-8"))
         self._ready(ready)  # while the server answers the envelope
-        refusal = self._envelope_replies(conn, recipient)
-        if refusal is not None:
-            return refusal
-        return self._content(conn, recipient, message)
+        return self._envelope_replies(conn, recipient)
 
     def _envelope_replies(self, conn: smtplib.SMTP, recipient: str) -> SendResult | None:
         """Read the pipelined MAIL, RCPT and DATA replies; the refusal, or None on 354."""
@@ -318,11 +311,15 @@ class SmtpTransport:
             replies.append((code, text))
         (mail_code, mail_text), (rcpt_code, rcpt_text), (data_code, data_text) = replies
         refused = mail_code != 250 or rcpt_code not in (250, 251)
+        if refused or data_code != 354:  # a positive reply out of place: out of step
+            mail_code = mail_code if mail_code == 250 else refusal_code(mail_code)
+            rcpt_code = rcpt_code if rcpt_code in (250, 251) else refusal_code(rcpt_code)
+            data_code = data_code if data_code == 354 else refusal_code(data_code)
         if data_code == 354 and refused and not (malformed(mail_code) or malformed(rcpt_code)):
             # RFC 2920 §3.1: a server may accept DATA although every RCPT failed;
             # end the empty message at once, then reset.  (Out of step, the
             # connection is dropped instead: the server may hold a recipient.)
-            _write(conn, b".\r\n")
+            write(conn, b".\r\n")
             conn.getreply()
         if mail_code != 250:
             return self._refused(recipient, mail_code, mail_text, "mail")
@@ -351,11 +348,11 @@ class SmtpTransport:
         # The content (stuffed by `send`) and its final dot in one write: from
         # here the server may keep the message, so `ready` has run already.
         try:
-            _write(conn, message + b".\r\n")
+            write(conn, message + b".\r\n")
         except ConnectionError:
             # A server may refuse (552: too big) before reading the whole
             # message, then close; its reply, not our failed write, is the outcome.
-            early = _early_refusal(conn)
+            early = early_refusal(conn)
             if early is None:
                 raise
             return self._refused(recipient, *early, "data")
@@ -393,12 +390,15 @@ class SmtpTransport:
         assert conn is not None
         flight = Flight(recipient, message)
         flight.reused = reused
+        if self._limit and len(message) > self._limit:
+            flight.result = too_big(recipient, len(message), self._limit)
+            return flight
         rcpt = ascii_address(recipient)[0]
         options = " BODY=8BITMIME" if not message.isascii() and conn.has_extn("8bitmime") else ""
         try:
-            _write(conn, f"MAIL FROM:<{sender}>{options}\r\nRCPT TO:<{rcpt}>\r\nDATA\r\n".encode())
+            write(conn, f"MAIL FROM:<{sender}>{options}\r\nRCPT TO:<{rcpt}>\r\nDATA\r\n".encode())
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
-            self._lost(flight, exc)
+            self._lost(flight, exc, "mail")
         return flight
 
     def body(self, flight: Flight) -> None:
@@ -408,21 +408,38 @@ class SmtpTransport:
             return
         try:
             flight.result = self._envelope_replies(conn, flight.recipient)
-            if flight.result is None:
-                _write(conn, stuffed_body(flight.message))
         except (smtplib.SMTPServerDisconnected, smtplib.SMTPResponseException, OSError) as exc:
-            self._lost(flight, exc)
+            self._lost(flight, exc, "mail")
+            return
+        if flight.result is None:
+            self._write_content(flight, stuffed_body(flight.message))
 
     def end(self, flight: Flight) -> None:
         """The final dot: from here the server may keep the message."""
         conn = self._conn
         if flight.result is not None or conn is None:
             return
+        flight.dotted = self._write_content(flight, b".\r\n")
+
+    def _write_content(self, flight: Flight, data: bytes) -> bool:
+        """Write content (or its final dot); False when the connection failed.
+
+        A server may refuse (552: too big) before reading the whole message,
+        then close: its reply, not our failed write, is the outcome, as in
+        `_content`.
+        """
+        conn = self._conn
+        assert conn is not None
         try:
-            _write(conn, b".\r\n")
-            flight.dotted = True
+            write(conn, data)
+            return True
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
-            self._lost(flight, exc)
+            early = early_refusal(conn) if isinstance(exc, ConnectionError) else None
+            if early is None:
+                self._lost(flight, exc, "data")
+            else:
+                flight.result = self._refused(flight.recipient, *early, "data")
+            return False
 
     def reply(self, flight: Flight) -> None:
         conn = self._conn
@@ -442,19 +459,20 @@ class SmtpTransport:
                     flight.recipient, True, code, reply_text(reply), stage="data"
                 )
         except (smtplib.SMTPServerDisconnected, smtplib.SMTPResponseException, OSError) as exc:
-            self._lost(flight, exc)
+            self._lost(flight, exc, "data")
 
     def abandon(self) -> None:
         """Drop the connection without QUIT: a message without its final dot is discarded."""
         self._drop()
 
-    def _lost(self, flight: Flight, exc: BaseException) -> None:
-        """As `_attempt` does: drop the connection; `retry` when it was a reused one."""
+    def _lost(self, flight: Flight, exc: BaseException, stage: str) -> None:
+        """As `_attempt` does: drop the connection; `retry` when a reused one
+        failed before the content (an idle connection the server closed)."""
         self._drop()
         what = "timed out" if isinstance(exc, TimeoutError) else "connection lost"
-        flight.retry = flight.reused
+        flight.retry = flight.reused and stage == "mail"
         flight.result = SendResult(
-            flight.recipient, False, None, f"{what} during mail: {exc}", stage="mail"
+            flight.recipient, False, None, f"{what} during {stage}: {exc}", stage=stage
         )
 
     def __enter__(self) -> SmtpTransport:

@@ -11,12 +11,14 @@ import re
 import ssl
 
 from newsletter.config import SmtpSettings
-from newsletter.delivery.transports.base import SendResult, TransportError
+from newsletter.delivery.transports.base import ConnectError, SendResult, TransportError
 from newsletter.email.message import stuffed_body
 
 __all__ = [
     "LOCALHOST",
     "MALFORMED",
+    "MAX_LINE",
+    "MAX_REPLY",
     "NON_ASCII_LOCAL_PART",
     "ascii_address",
     "auth_unusable",
@@ -25,16 +27,24 @@ __all__ = [
     "classify",
     "dot_stuffed",
     "enhanced_status",
+    "login_failed",
     "login_refused",
     "malformed",
     "no_starttls",
+    "refusal_code",
     "reply_text",
+    "size_limit",
     "starttls_refused",
     "tls_context",
     "tls_error",
+    "too_big",
 ]
 
 LOCALHOST = {"localhost", "127.0.0.1", "::1"}
+# Bounds on what a server may make us hold for one reply (memory): smtplib's
+# own limit on a line, and on a whole reply (an EHLO list is a few hundred bytes).
+MAX_LINE = 8192
+MAX_REPLY = 64 * 1024
 _ENHANCED = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})\b")
 
 
@@ -49,6 +59,14 @@ def malformed(code: int) -> bool:
     one without three digits): the session is out of step with the server,
     so the connection must be dropped, never reused."""
     return not 200 <= code < 600
+
+
+def refusal_code(code: int) -> int:
+    """The code of a reply that is not the one a command needed (250, 354):
+    a 2xx or 3xx there (a 250 to DATA, a 354 to RCPT) is no refusal but a
+    session out of step, malformed (-1): never "sent" for content that never
+    went out, never a bounce."""
+    return code if 400 <= code < 600 else -1
 
 
 def classify(recipient: str, code: int, text: str, stage: str) -> SendResult:
@@ -67,6 +85,28 @@ def classify(recipient: str, code: int, text: str, stage: str) -> SendResult:
         return SendResult(recipient, False, code, text, throttled=throttled, stage=stage)
     bounced = stage == "rcpt" and status.startswith("5.1.")
     return SendResult(recipient, False, code, text, permanent=True, stage=stage, bounced=bounced)
+
+
+def size_limit(advertised: str | None) -> int:
+    """The message size a server accepts, from its EHLO SIZE parameter (RFC 1870);
+    0 when it gives none (no SIZE, "SIZE", "SIZE 0") or one that is no number."""
+    try:
+        return max(0, int((advertised or "").split()[0]))
+    except (IndexError, ValueError):
+        return 0
+
+
+def too_big(recipient: str, size: int, limit: int) -> SendResult:
+    """A message over the server's SIZE: not offered at all, and permanent
+    (RFC 1870 §6: the server would refuse it with 552 every time)."""
+    return SendResult(
+        recipient,
+        False,
+        None,
+        f"the message ({size} bytes) is larger than the server accepts (SIZE {limit}, RFC 1870)",
+        permanent=True,
+        stage="data",
+    )
 
 
 def reply_text(reply: bytes | str) -> str:
@@ -175,6 +215,18 @@ def login_refused(username: str, code: int, reply: bytes | str) -> TransportErro
         key="smtp.username",
         code=code,
     )
+
+
+def login_failed(username: str, code: int, reply: bytes | str) -> TransportError:
+    """A login refused: for good (5xx, `login_refused`), or, for a 454
+    (RFC 4954 §6, "temporary authentication failure"), for now: a connection
+    failure the pass slows down for, as a 454 greeting, never stopping the
+    command over one connection's hiccup."""
+    if code == 454:
+        return ConnectError(
+            f"login as {username} refused for now: {code} {reply_text(reply)}", code=code
+        )
+    return login_refused(username, code, reply)
 
 
 MALFORMED = "malformed reply from the server (not an SMTP reply; the connection is dropped)"

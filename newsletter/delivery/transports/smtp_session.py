@@ -21,9 +21,11 @@ from newsletter.config import SmtpSettings
 from newsletter.delivery.transports.base import ConnectError, TransportError
 from newsletter.delivery.transports.logins import LOGINS, Key, login_key
 from newsletter.delivery.transports.smtp_common import (
+    MAX_LINE,
+    MAX_REPLY,
     auth_unusable,
     bad_challenge,
-    login_refused,
+    login_failed,
     no_starttls,
     reply_text,
     starttls_refused,
@@ -39,6 +41,16 @@ class Lost(ConnectionError):
     """The connection closed (or timed out) while we waited for a reply."""
 
 
+class Overflow(Lost):
+    """More from the server than any reply may hold (a reply or a line beyond
+    any sane size, replies nobody asked for): the connection is dropped."""
+
+
+# Replies kept unread: a few are owed at most (pipelined RSETs, an envelope);
+# more arrive only from a server that answers what was never asked.
+MAX_PENDING = 64
+
+
 class Replies(asyncio.Protocol):
     """Collects complete SMTP replies (multi-line ones joined) as they arrive."""
 
@@ -47,6 +59,9 @@ class Replies(asyncio.Protocol):
         self.replies: deque[Reply] = deque()
         self._buffer = b""
         self._lines: list[bytes] = []
+        self._code = b""  # a multiline reply's code, from its first line
+        self._size = 0  # and its bytes so far
+        self._mixed = False  # and whether its lines' codes differ
         self._waiter: asyncio.Future[None] | None = None
         self._need = 0
         self.lost: BaseException | None = None
@@ -58,29 +73,64 @@ class Replies(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         buffer = self._buffer + data if self._buffer else data
         start = 0
-        while (end := buffer.find(b"\r\n", start)) >= 0:
-            line = buffer[start:end]
-            start = end + 2
+        while (end := buffer.find(b"\n", start)) >= 0:
+            # CRLF, or LF alone from a sloppy server, as smtplib reads them.
+            line = buffer[start : end - 1 if end > start and buffer[end - 1] == 13 else end]
+            start = end + 1
             if line[3:4] == b"-":
-                self._lines.append(line[4:])
+                if not self._more(line):
+                    return
                 continue
             try:
                 code = int(line[:3])
             except ValueError:
                 code = -1  # a malformed reply: refused like any other code
             if self._lines:
-                self._lines.append(line[4:])
+                if not self._more(line):
+                    return
+                if self._mixed:
+                    code = -1  # RFC 5321 §4.2.1: one code per reply; else out of step
                 text = b"\n".join(self._lines)
                 self._lines = []
             else:
                 text = line[4:]
             self.replies.append((code, text))
         self._buffer = buffer[start:]
+        if len(self.replies) > MAX_PENDING:
+            self._drop(
+                Overflow(f"the server sent more than {MAX_PENDING} replies nobody asked for")
+            )
+            return
+        if len(self._buffer) > MAX_LINE:
+            self._drop(Overflow(f"a line of the server's reply is longer than {MAX_LINE} bytes"))
+            return
         waiter = self._waiter
         if waiter is not None and len(self.replies) >= self._need and not waiter.done():
             waiter.set_result(None)
 
+    def _more(self, line: bytes) -> bool:
+        """Keep one line of a multiline reply; False once the reply is too long
+        (the connection is dropped)."""
+        if not self._lines:
+            self._code, self._size, self._mixed = line[:3], 0, False
+        self._size += len(line)
+        if self._size > MAX_REPLY:
+            self._drop(Overflow(f"the server's reply is longer than {MAX_REPLY} bytes"))
+            return False
+        self._mixed = self._mixed or line[:3] != self._code
+        self._lines.append(line[4:])
+        return True
+
+    def _drop(self, why: Lost) -> None:
+        """Stop reading a server that sends more than any reply may hold (memory)."""
+        self._buffer, self._lines = b"", []  # the replies complete so far stay readable
+        if self.transport is not None:
+            self.transport.abort()
+        self.connection_lost(why)
+
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.lost is not None:
+            return  # dropped by `_drop`: keep its reason
         self.lost = exc or Lost("the server closed the connection")
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
@@ -101,6 +151,8 @@ class Replies(asyncio.Protocol):
                 timer.cancel()
                 self._waiter = None
             if len(replies) < count:
+                if isinstance(self.lost, Overflow):
+                    raise self.lost
                 raise Lost(f"connection lost: {self.lost}")
         return [replies.popleft() for _ in range(count)]
 
@@ -252,7 +304,7 @@ async def _login(
     else:  # pragma: no cover - auth_unusable refused it
         raise AssertionError(offered)
     if code != 235:
-        error = login_refused(s.username, code, text)
+        error = login_failed(s.username, code, text)
         if code >= 500:  # permanent: never again with this password
             refuse(error)
         raise error

@@ -26,9 +26,12 @@ from newsletter.delivery.transports.smtp_common import (
     check_policy,
     classify,
     malformed,
+    refusal_code,
     reply_text,
+    size_limit,
     stuffed_body,
     tls_error,
+    too_big,
 )
 from newsletter.delivery.transports.smtp_session import Lost, Replies, open_session
 
@@ -51,6 +54,7 @@ class StreamSmtp:
         self.connects = 0
         self._proto: Replies | None = None
         self._features: dict[str, str] = {}
+        self._limit = 0  # the server's SIZE (RFC 1870); 0: none
         self._owed = 0  # replies to RSETs written without waiting (PIPELINING)
         # (connection, recipient) whose MAIL/RCPT/DATA went out behind the last dot
         self._announced: tuple[Replies, str] | None = None
@@ -74,8 +78,11 @@ class StreamSmtp:
         except ssl.SSLError as exc:
             raise tls_error(self.where, exc) from exc
         except (OSError, TimeoutError) as exc:  # Lost is an OSError
-            raise ConnectError(f"cannot connect to {self.where}: {exc}") from exc
+            # asyncio.timeout's TimeoutError says nothing by itself.
+            detail = str(exc) or f"timed out after {self.timeout:g} s"
+            raise ConnectError(f"cannot connect to {self.where}: {detail}") from exc
         self._proto, self._features = session.replies, session.features
+        self._limit = size_limit(self._features.get("size"))
         self._owed = 0
         self.connects += 1
 
@@ -137,6 +144,8 @@ class StreamSmtp:
 
     def _envelope(self, sender: str, recipient: str, message: bytes) -> bytes | SendResult:
         """MAIL and RCPT for one message, or its refusal when the server cannot take it."""
+        if self._limit and len(message) > self._limit:
+            return too_big(recipient, len(message), self._limit)
         rcpt, needs_utf8 = ascii_address(recipient)
         options = ""
         if needs_utf8:
@@ -159,6 +168,8 @@ class StreamSmtp:
         prepare: Callable[[], None] | None = None,
     ) -> SendResult:
         announced, self._announced = self._announced, None
+        if self._proto is not None and self._proto.lost is not None:
+            self.abandon()  # closed (or dropped) while idle: what it holds is stale
         if announced is not None and announced[0] is self._proto and announced[1] != recipient:
             self.abandon()  # in DATA for another message: never end that one
         written = announced is not None and announced[0] is self._proto
@@ -183,9 +194,13 @@ class StreamSmtp:
             stage = "data"
             return await self._content(proto, recipient, message, ready, then, prepare)
         except (OSError, TimeoutError) as exc:
-            self.abandon()
-            what = "timed out" if isinstance(exc, TimeoutError) else "connection lost"
-            return SendResult(recipient, False, None, f"{what} during {stage}: {exc}", stage=stage)
+            return self._broken(recipient, stage, exc)
+
+    def _broken(self, recipient: str, stage: str, exc: BaseException) -> SendResult:
+        """The connection failed (closed, timed out): dropped, the message deferred."""
+        self.abandon()
+        what = "timed out" if isinstance(exc, TimeoutError) else "connection lost"
+        return SendResult(recipient, False, None, f"{what} during {stage}: {exc}", stage=stage)
 
     async def _replies(self, proto: Replies, count: int) -> list[Reply]:
         owed = self._owed
@@ -219,6 +234,10 @@ class StreamSmtp:
             return closing
         (mail_code, mail_text), (rcpt_code, rcpt_text), (data_code, data_text) = replies
         refused = mail_code != 250 or rcpt_code not in (250, 251)
+        if refused or data_code != 354:  # a positive reply out of place: out of step
+            mail_code = mail_code if mail_code == 250 else refusal_code(mail_code)
+            rcpt_code = rcpt_code if rcpt_code in (250, 251) else refusal_code(rcpt_code)
+            data_code = data_code if data_code == 354 else refusal_code(data_code)
         if data_code == 354 and refused and not (malformed(mail_code) or malformed(rcpt_code)):
             # RFC 2920 §3.1: a server may accept DATA although every RCPT failed;
             # end the empty message at once, then reset.  (Out of step, the
@@ -237,19 +256,17 @@ class StreamSmtp:
         """Without PIPELINING: one command, one reply (RFC 5321 §4.1.1)."""
         assert proto.transport is not None
         mail, to, _ = envelope.split(b"\r\n")
-        for line, stage, good in ((mail, "mail", (250,)), (to, "rcpt", (250, 251))):
+        steps = ((mail, "mail", 250), (to, "rcpt", 250), (b"DATA", "data", 354))
+        for line, stage, good in steps:
             proto.transport.write(line + b"\r\n")
-            code, text = (await self._replies(proto, 1))[0]
-            if code not in good:
-                refusal = self._refused(recipient, code, text, stage)
+            try:
+                code, text = (await self._replies(proto, 1))[0]
+            except (OSError, TimeoutError) as exc:  # named by its stage, as smtplib's
+                return self._broken(recipient, stage, exc)
+            if code != good and not (stage == "rcpt" and code == 251):
+                refusal = self._refused(recipient, refusal_code(code), text, stage)
                 await self._settle_rset(proto)
                 return refusal
-        proto.transport.write(b"DATA\r\n")
-        code, text = (await self._replies(proto, 1))[0]
-        if code != 354:
-            refusal = self._refused(recipient, code, text, "data")
-            await self._settle_rset(proto)
-            return refusal
         return None
 
     async def _settle_rset(self, proto: Replies) -> None:

@@ -1,0 +1,239 @@
+"""Whole mailings against misbehaving SMTP servers (raw sockets on 127.0.0.1):
+each strategy gives the same outcome, and the rest of the mailing goes on
+(invariant 5)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from smtpserver import DROP, RawAction, RawSmtpServer, Slowly
+from sqlalchemy import Engine, select
+from test_delivery_smtp import POST, populate, site_settings
+
+from newsletter.delivery.mailings import deliver_mailing, plan_mailing
+from newsletter.posts.collection import load_posts
+from newsletter.store import open_store
+from newsletter.store.schema import deliveries
+
+STRATEGIES = ["streams", "threaded", "rounds"]
+
+
+@pytest.fixture(autouse=True)
+def _secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NEWSLETTER_SECRET", "smtp-test-secret")
+
+
+def ledger(engine: Engine) -> dict[str, Any]:
+    with engine.connect() as conn:
+        return {r.email: r for r in conn.execute(select(deliveries))}
+
+
+class ByRecipient:
+    """A raw-server rule that answers one recipient's lines its own way.
+
+    The recipient is tracked per session (the raw server runs one thread each).
+    """
+
+    def __init__(self, victim: str, answers: dict[bytes, RawAction | list[RawAction]]) -> None:
+        self.victim = victim.encode()
+        self.answers = answers
+        self.session = threading.local()
+
+    def __call__(self, line: bytes) -> RawAction | list[RawAction]:
+        if line.startswith(b"RCPT TO:<"):
+            self.session.current = line[9:].split(b">")[0]
+        if getattr(self.session, "current", b"") != self.victim:
+            return None
+        for start, answer in self.answers.items():
+            if line.startswith(start):
+                return answer
+        return None
+
+
+def run(
+    site: Path, server: RawSmtpServer, strategy: str, n: int, **extra: Any
+) -> tuple[Engine, Any]:
+    settings = site_settings(site, server, **{"delivery.strategy": strategy, **extra})
+    engine = populate(settings, n)
+    mid = plan_mailing(engine, settings, POST, "sample")
+    return engine, deliver_mailing(engine, settings, mid, load_posts(settings))
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_a_trickled_reply_times_out_as_a_whole(sample_site: Path, strategy: str) -> None:
+    """A server that trickles its reply to the final dot one byte every 0.1 s
+    never lets a per-read timeout (1 s) expire; the reply as a whole must:
+    that recipient is deferred ("timed out during data"), the others are sent."""
+    rule = ByRecipient("r001@example.org", {b".": Slowly(b"250 " + b"x" * 200 + b"\r\n", 0.1)})
+    server = RawSmtpServer(rule, pipelining=True)
+    started = time.monotonic()
+    try:
+        engine, report = run(sample_site, server, strategy, 4, **{"smtp.timeout": 1.0})
+    finally:
+        server.close()
+    elapsed = time.monotonic() - started
+    assert elapsed < 12, elapsed  # the trickle alone lasts 20 s
+    assert (report.sent, report.deferred, report.failed) == (3, 1, 0)
+    slow = ledger(engine)["r001@example.org"]
+    assert slow.status == "deferred"
+    assert slow.last_text.startswith("timed out during data"), slow.last_text
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_a_refusal_while_the_content_is_written_is_that_recipients_failure(
+    sample_site: Path, strategy: str
+) -> None:
+    """A server may answer the content early (552, too big) and close: the
+    recipient fails for good with the server's code and text in every
+    strategy, never "connection lost" (retried later, to be refused again)."""
+    too_big = [b"552 5.3.4 Message too big for system\r\n", DROP]
+    rule = ByRecipient("r001@example.org", {b"DATA-CONTENT": too_big})
+    server = RawSmtpServer(rule, pipelining=True)
+    try:
+        engine, report = run(sample_site, server, strategy, 4)
+    finally:
+        server.close()
+    assert (report.sent, report.deferred, report.failed) == (3, 0, 1)
+    refused = ledger(engine)["r001@example.org"]
+    assert (refused.status, refused.last_code) == ("failed", 552)
+    assert refused.last_text == "552 5.3.4 Message too big for system"
+    assert server.messages == 3
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_a_554_to_data_after_the_recipient_was_accepted_fails_only_that_one(
+    sample_site: Path, strategy: str
+) -> None:
+    """RCPT accepted, DATA refused for good: that recipient fails with the
+    server's words; the session is reset and the others are sent (invariant 5)."""
+    rule = ByRecipient("r001@example.org", {b"DATA": b"554 5.7.1 Transaction failed\r\n"})
+    server = RawSmtpServer(rule, pipelining=True)
+    try:
+        engine, report = run(sample_site, server, strategy, 4)
+    finally:
+        server.close()
+    assert (report.sent, report.deferred, report.failed) == (3, 0, 1)
+    refused = ledger(engine)["r001@example.org"]
+    assert (refused.status, refused.last_code) == ("failed", 554)
+    assert refused.last_text == "554 5.7.1 Transaction failed"
+    assert server.messages == 3
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_a_421_in_the_middle_of_a_pipelined_envelope_is_throttling(
+    sample_site: Path, strategy: str
+) -> None:
+    """A 421 to RCPT, then the close: the replies to DATA never come.  That
+    recipient is slowed down and sent again, no attempt spent; nobody else
+    is affected."""
+    closing = {"left": 1}
+
+    def rule(line: bytes) -> RawAction | list[RawAction]:
+        if line.startswith(b"RCPT TO:<r001@") and closing["left"]:
+            closing["left"] -= 1
+            return [b"421 4.7.0 Too busy, closing\r\n", DROP]
+        return None
+
+    server = RawSmtpServer(rule, pipelining=True)
+    try:
+        engine, report = run(sample_site, server, strategy, 4)
+    finally:
+        server.close()
+    assert closing["left"] == 0
+    assert (report.sent, report.deferred, report.failed) == (4, 0, 0)
+    assert ledger(engine)["r001@example.org"].attempts == 1
+    assert server.messages == 4
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_a_message_over_the_servers_size_is_never_offered(sample_site: Path, strategy: str) -> None:
+    """The server advertises SIZE 100 (RFC 1870): every message is larger, so
+    each recipient fails for good saying so, and no content is uploaded."""
+
+    def rule(line: bytes) -> RawAction | list[RawAction]:
+        if line.upper().startswith(b"EHLO"):
+            return b"250-raw\r\n250-PIPELINING\r\n250 SIZE 100\r\n"
+        return None
+
+    server = RawSmtpServer(rule, pipelining=True)
+    try:
+        engine, report = run(sample_site, server, strategy, 3)
+    finally:
+        server.close()
+    assert (report.sent, report.deferred, report.failed) == (0, 0, 3)
+    for row in ledger(engine).values():
+        assert row.status == "failed" and row.attempts == 1
+        assert "larger than the server accepts (SIZE 100" in row.last_text, row.last_text
+    assert server.messages == 0
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_a_250_to_data_is_not_a_sent_message(sample_site: Path, strategy: str) -> None:
+    """A server out of step answers DATA with 250: no content went out, so
+    the recipient is deferred (malformed reply), never recorded as sent."""
+    rule = ByRecipient("r001@example.org", {b"DATA": b"250 2.0.0 Ok\r\n"})
+    server = RawSmtpServer(rule, pipelining=True)
+    try:
+        engine, report = run(sample_site, server, strategy, 4)
+    finally:
+        server.close()
+    assert (report.sent, report.deferred, report.failed) == (3, 1, 0)
+    odd = ledger(engine)["r001@example.org"]
+    assert odd.status == "deferred" and odd.last_text.startswith("malformed reply"), odd
+    assert server.messages == 3
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_a_server_that_stops_offering_starttls_gets_nothing_in_clear(
+    sample_site: Path, strategy: str
+) -> None:
+    """A downgrade (STARTTLS stripped from EHLO) with security = "starttls":
+    the command stops with the reason; no envelope, let alone content, is
+    sent in clear, and nobody's attempts are spent."""
+    from newsletter.delivery.transports import TransportError
+
+    seen: list[bytes] = []
+
+    def rule(line: bytes) -> RawAction | list[RawAction]:
+        seen.append(line)
+        return None  # the usual EHLO: no STARTTLS
+
+    server = RawSmtpServer(rule, pipelining=True)
+    try:
+        with pytest.raises(TransportError, match="does not offer STARTTLS; refusing"):
+            run(sample_site, server, strategy, 3, **{"smtp.security": "starttls"})
+    finally:
+        server.close()
+    assert not any(line.upper().startswith((b"MAIL", b"RCPT", b"DATA")) for line in seen), seen
+    assert server.messages == 0
+    engine = open_store(site_settings(sample_site, server))
+    assert {(r.status, r.attempts) for r in ledger(engine).values()} == {("queued", 0)}
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_a_huge_ehlo_is_a_connection_failure_not_a_memory_sink(
+    sample_site: Path, strategy: str
+) -> None:
+    """An EHLO reply of 100,000 extension lines: no connection is opened on it
+    (the recipients are deferred, temporary), and it is not held in memory."""
+
+    def rule(line: bytes) -> RawAction | list[RawAction]:
+        if line.upper().startswith(b"EHLO"):
+            extensions = b"250-X-EXTENSION-" + b"x" * 40 + b"\r\n"
+            return b"250-raw\r\n" + extensions * 100_000 + b"250 PIPELINING\r\n"
+        return None
+
+    server = RawSmtpServer(rule, pipelining=True)
+    try:
+        engine, report = run(sample_site, server, strategy, 2, **{"delivery.max_attempts": 5})
+    finally:
+        server.close()
+    assert (report.sent, report.deferred, report.failed) == (0, 2, 0)
+    for row in ledger(engine).values():
+        assert (row.status, row.attempts) == ("deferred", 1)
+        assert row.last_text.endswith("the server's reply is longer than 65536 bytes"), row
+    assert server.messages == 0
