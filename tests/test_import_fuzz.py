@@ -151,6 +151,9 @@ NASTY = {
     "export_deep.csv": "email,name,status,subscribed_at,prefs\r\n"
     "ada@example.com,Ada,active,2024-05-01T00:00:00+00:00," + nested(5000, "{") + "\r\n",
     "nul_bom.csv": "\ufeffemail,name\r\nada@example.com,A\x00da\r\n\x00\x00\r\n",
+    # A header cell over the csv module's field limit (131,072 characters):
+    # found by the fuzzer above as a UTF-16 BOM before ASCII, one huge "line".
+    "huge_header.csv": 'email,"' + "x" * 140_000 + '"\r\nada@example.com,Ada\r\n',
 }
 
 

@@ -456,7 +456,10 @@ def sniff_delimiter(header_line: str) -> str:
             counts[char] += 1
     ranked = sorted((d for d in _DELIMITERS if counts[d]), key=lambda d: -counts[d])
     for delimiter in ranked:
-        cells = next(csv.reader([header_line], delimiter=delimiter, skipinitialspace=True), [])
+        try:
+            cells = next(csv.reader([header_line], delimiter=delimiter, skipinitialspace=True), [])
+        except csv.Error:  # a cell over the field limit: not this delimiter's header
+            continue
         if any(header_key(c) in EMAIL_COLUMNS for c in cells):
             return delimiter
     return ranked[0] if ranked else ","
