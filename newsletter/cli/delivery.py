@@ -308,13 +308,19 @@ def cancel_cmd(ctx: click.Context, mailing_id: int, as_json: bool) -> None:
                 "was": found.was,
                 "sent": found.sent,
                 "not_sent": found.not_sent,
+                "in_flight": found.in_flight,
             }
         )
         return
     what = "cancelled" if found.changed else "was already cancelled"
+    flight = (
+        f", in flight {found.in_flight} (a sending process holds them: they may still go)"
+        if found.in_flight
+        else ""
+    )
     click.echo(
         f"mailing {mailing_id} {what}: {found.post_id} -> {found.list_name}: "
-        f"sent {found.sent}, not sent {found.not_sent}"
+        f"sent {found.sent}, not sent {found.not_sent}{flight}"
     )
 
 

@@ -456,8 +456,16 @@ class MailingPass:
         paused = paused and still_open
         state = "paused" if paused else ("sending" if still_open else "done")
         until = self._resume_at() if paused else None
+        # Nothing open is final (no row ever opens again): everyone got it, so
+        # it is done even when it was halted or cancelled while the last ones
+        # were in flight; `status` must not say a finished mailing was stopped.
         q.set_state(
-            self.engine, self.mailing.id, state, paused_until=until, last_error=tally.last_error
+            self.engine,
+            self.mailing.id,
+            state,
+            paused_until=until,
+            last_error=tally.last_error,
+            over_halt=not still_open,
         )
         s = tally.by_status
         return DeliveryReport(

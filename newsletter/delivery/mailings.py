@@ -32,7 +32,14 @@ from newsletter.errors import (
 from newsletter.posts.collection import Post, PostCollection
 from newsletter.store import mailings as q
 from newsletter.store import reading, snapshot_transaction
-from newsletter.store.halts import CANCELLED, EXPLICIT, Cancelled, cancel, take_over
+from newsletter.store.halts import (
+    CANCELLED,
+    EXPLICIT,
+    Cancelled,
+    cancel,
+    supersede,
+    take_over,
+)
 
 __all__ = [
     "deliver_due",
@@ -160,6 +167,8 @@ def _plan(
                     continue
                 result[name] = mailing_id
                 fresh.append((lid, mailing_id, key))
+                if existing is not None:
+                    supersede(conn, existing.id, mailing_id)
             rivals = [lid for lid, _, _ in fresh]
             # Looked at before this plan inserts anything: its own rows are
             # kept apart by the rival lists' rule, not by this look-up.
@@ -273,6 +282,12 @@ def cancel_mailing(engine: Engine, mailing_id: int) -> Cancelled:
     if found.was == "done":
         raise DeliveryError(
             f"mailing {mailing_id} is done: everyone on it got it; nothing to cancel"
+        )
+    if not found.changed and found.was != CANCELLED and not found.left:
+        # Its pass is about to say `done` (`MailingPass._finish`).
+        raise DeliveryError(
+            f"mailing {mailing_id} has nothing left to send (sent {found.sent}, "
+            "not sent 0); nothing to cancel"
         )
     return found
 

@@ -54,6 +54,7 @@ __all__ = [
     "halted_now",
     "not_halted",
     "resume",
+    "supersede",
     "take_over",
     "watched",
 ]
@@ -179,6 +180,21 @@ def take_over(conn: Connection, mailing_id: int) -> None:
     )
 
 
+def supersede(conn: Connection, mailing_id: int, by: int) -> None:
+    """`send --resend` planned mailing `by` for everyone: the unfinished older
+    one of the same post and list stops for good (cancelled), or the daemon
+    would resume it and its rest would get the post twice."""
+    conn.execute(
+        update(mailings)
+        .where(mailings.c.id == mailing_id, mailings.c.state != "done")
+        .values(
+            state=CANCELLED,
+            paused_until=None,
+            last_error=f"superseded by mailing {by} (send --resend)",
+        )
+    )
+
+
 def halted_now(conn: Connection, mailing_id: int, at: datetime) -> bool:
     """Whether the mailing's rows may not be claimed now: it is withdrawn or
     cancelled, or postponed to a time still to come (the database's clock, `at`)."""
@@ -199,18 +215,30 @@ class Cancelled:
     post_id: str
     list_name: str
     was: str
-    changed: bool  # False: it was cancelled already
+    changed: bool  # False: it was cancelled already, or nothing was left to send
     sent: int
-    not_sent: int
+    not_sent: int  # queued or deferred: they do not get it
+    in_flight: int = 0  # claimed by a sending process: the messages in hand may still go
+
+    @property
+    def left(self) -> bool:
+        """Whether anything was unfinished: otherwise there is nothing to cancel."""
+        return bool(self.not_sent or self.in_flight)
 
 
 def cancel(engine: Engine, mailing_id: int) -> Cancelled | None:
     """The owner's stop: an unfinished mailing is cancelled; None: no such mailing.
 
-    One conditional UPDATE (a finished mailing stays done); the rows still
+    One conditional UPDATE: a finished mailing stays done, and so does one
+    with nothing left to send whose pass has not yet said so.  The rows still
     queued or deferred stay so, as the record of who did not get it, and the
     claims of every process refuse them from this commit on (`halted_now`).
     """
+    left = (
+        select(deliveries.c.id)
+        .where(deliveries.c.mailing_id == mailing_id, deliveries.c.status.in_(_OPEN))
+        .exists()
+    )
     with engine.begin() as conn:
         found = conn.execute(
             select(mailings.c.state, mailings.c.post_id, lists.c.name)
@@ -221,7 +249,11 @@ def cancel(engine: Engine, mailing_id: int) -> Cancelled | None:
             return None
         changed = conn.execute(
             update(mailings)
-            .where(mailings.c.id == mailing_id, mailings.c.state.not_in(("done", CANCELLED)))
+            .where(
+                mailings.c.id == mailing_id,
+                mailings.c.state.not_in(("done", CANCELLED)),
+                left,
+            )
             .values(state=CANCELLED, paused_until=None, last_error="cancelled by the owner")
         ).rowcount
         tally: dict[str, int] = {
@@ -232,6 +264,13 @@ def cancel(engine: Engine, mailing_id: int) -> Cancelled | None:
                 .group_by(deliveries.c.status)
             )
         }
-    left = sum(tally.get(s, 0) for s in _OPEN)
     before, post_id, list_name = found
-    return Cancelled(post_id, list_name, str(before), bool(changed), tally.get("sent", 0), left)
+    return Cancelled(
+        post_id,
+        list_name,
+        str(before),
+        bool(changed),
+        tally.get("sent", 0),
+        tally.get("queued", 0) + tally.get("deferred", 0),
+        tally.get("sending", 0),
+    )

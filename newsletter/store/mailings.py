@@ -230,13 +230,14 @@ def set_state(
     last_error: str | None = None,
     over_halt: bool = False,
 ) -> None:
-    """Move a mailing on.  A withdrawn or postponed one (`store.halts`) stays
-    so unless `over_halt` (a pass the owner started): a pass that ends after
-    the daemon withdrew its mailing must not undo that."""
+    """Move a mailing on.  A withdrawn, postponed or cancelled one
+    (`store.halts`) stays so unless `over_halt`: a pass that ends after its
+    mailing was halted must not undo that, except to say it finished (its
+    halt's note goes with it: `last_error` is then exactly what is given)."""
     values: dict[str, Any] = {"state": state, "paused_until": paused_until}
     if state == "done":
         values["finished_at"] = now()
-    if last_error is not None:
+    if last_error is not None or over_halt:
         values["last_error"] = last_error
     query = update(mailings).where(mailings.c.id == mailing_id)
     if not over_halt:

@@ -1,0 +1,157 @@
+"""A mailing's life cycle under review: halts, cancels, resends, and what the
+other commands then say.  Each test is a defect found in review (it failed
+before its fix).  On SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+from sqlalchemy import Engine, select
+from test_daemon_support import MEMBERS, Site, add_members, engine_of, make_site
+
+from newsletter.cli import main
+from newsletter.config import Settings
+from newsletter.daemon import passes
+from newsletter.delivery.transports.memory import MemoryTransport
+from newsletter.store.schema import deliveries, mailings
+
+pytestmark = pytest.mark.usefixtures("database_env")
+
+LAST_YEAR = datetime.now(UTC).replace(microsecond=0) - timedelta(days=300)
+POST = "2025-01-02-life.md"
+
+
+def cli(site: Site, *args: str) -> Result:
+    return CliRunner().invoke(main, ["--config", str(site.config), *args])
+
+
+def states(engine: Engine) -> list[tuple[int, str]]:
+    with engine.connect() as conn:
+        rows = conn.execute(select(mailings.c.id, mailings.c.state).order_by(mailings.c.id))
+        return [(int(i), str(s)) for i, s in rows]
+
+
+def received(engine: Engine) -> Counter[str]:
+    """How many times each address was sent the post, over every mailing."""
+    with engine.connect() as conn:
+        rows = conn.execute(select(deliveries.c.email).where(deliveries.c.status == "sent"))
+        return Counter(rows.scalars())
+
+
+@pytest.fixture
+def started(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Site, Settings, Engine]:
+    """The daemon's mailing of a post, stopped after its first message."""
+    monkeypatch.setenv("NEWSLETTER_SECRET", "lifecycle-test-secret")
+    site = make_site(tmp_path)
+    settings = site.settings()
+    engine = engine_of(settings)
+    add_members(engine, "news", settings=settings)
+    site.write_post(POST, "Life", LAST_YEAR)
+    stop = threading.Event()
+
+    def progress(_mailing: int, done: int, _total: int) -> None:
+        if done >= 1:
+            stop.set()
+
+    transport = MemoryTransport()
+    passes.run_pass(settings, engine, transport=transport, stop=stop, progress=progress)
+    assert len(transport.outbox) == 1
+    return site, settings, engine
+
+
+def later_pass(settings: Settings, engine: Engine, now: datetime | None = None) -> MemoryTransport:
+    transport = MemoryTransport()
+    passes.run_pass(settings, engine, now=now, transport=transport)
+    return transport
+
+
+# --------------------------------------------------------------------------- resend
+
+
+@pytest.mark.parametrize("pulled", ["withdrawn", "postponed", "sending"])
+def test_a_resend_supersedes_an_unfinished_mailing_nobody_gets_it_twice(
+    started: tuple[Site, Settings, Engine], pulled: str
+) -> None:
+    """`send --resend` sends to everyone; the older, unfinished mailing of the
+    same post and list must not then go on to the rest (the daemon resumed a
+    withdrawn or postponed one when the post came back: a second copy)."""
+    site, settings, engine = started
+    later = datetime.now(UTC).replace(microsecond=0) + timedelta(days=3)
+    if pulled == "withdrawn":
+        site.write_post(POST, "Life", LAST_YEAR, extra="published: false\n")
+    elif pulled == "postponed":
+        site.write_post(POST, "Life", later)
+    if pulled != "sending":
+        later_pass(settings, engine)
+        assert states(engine) == [(1, pulled)]
+        site.write_post(POST, "Life", LAST_YEAR)  # back, as it was
+    resent = cli(site, "send", "life", "--list", "news", "--resend")
+    assert resent.exit_code == 0, resent.output
+    # The daemon, at any time from now on, sends nothing more.
+    assert later_pass(settings, engine).outbox == []
+    assert later_pass(settings, engine, now=later + timedelta(seconds=1)).outbox == []
+    got = received(engine)
+    # The first reader had it from mailing 1 and again from the resend (that
+    # is what --resend means); every other reader exactly once.
+    assert sorted(got.values()) == [1, 1, 2]
+    assert states(engine)[0][1] == "cancelled"
+    assert states(engine)[1] == (2, "done")
+    status = cli(site, "status")
+    assert "superseded by mailing 2 (send --resend)" in status.output
+
+
+# --------------------------------------------------------------------------- cancel
+
+
+def test_a_cancel_that_comes_while_the_last_recipients_are_in_flight(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The owner cancels while the pass has every remaining row in hand: those
+    go (the messages in hand finish), so everyone got it.  The mailing must
+    end `done`, not `cancelled` with nobody left out, and `cancel` must not
+    count the rows in flight as "not sent"."""
+    monkeypatch.setenv("NEWSLETTER_SECRET", "lifecycle-test-secret")
+    site = make_site(tmp_path)
+    settings = site.settings()
+    engine = engine_of(settings)
+    add_members(engine, "news", settings=settings)
+    site.write_post(POST, "Life", LAST_YEAR)
+    said: list[Result] = []
+
+    def cancel_on_first(recipient: str) -> None:
+        if not said:
+            said.append(cli(site, "cancel", "1"))
+
+    passes.run_pass(settings, engine, transport=MemoryTransport(cancel_on_first))  # type: ignore[arg-type]
+    assert said[0].exit_code == 0, said[0].output
+    assert said[0].output == (
+        "mailing 1 cancelled: life -> news: sent 0, not sent 0, "
+        "in flight 3 (a sending process holds them: they may still go)\n"
+    )
+    assert received(engine) == Counter({m: 1 for m in MEMBERS})
+    assert states(engine) == [(1, "done")]
+    status = cli(site, "status").output
+    assert "#1 life → news: done; 3 recipient(s): sent 3\n" in status
+    assert "cancelled" not in status
+
+
+def test_cancel_with_nothing_left_to_send_says_so(
+    started: tuple[Site, Settings, Engine],
+) -> None:
+    """Every row finished (sent, failed, skipped) but the pass has not yet
+    written `done`: nothing is left to cancel."""
+    site, _settings, engine = started
+    with engine.begin() as conn:
+        conn.execute(deliveries.update().values(status="sent"))
+    result = cli(site, "cancel", "1")
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "error: mailing 1 has nothing left to send (sent 3, not sent 0); nothing to cancel\n"
+    )
+    assert states(engine) == [(1, "sending")]
