@@ -109,7 +109,8 @@ class LeaseKeeper:
     def _renew(self) -> None:
         try:
             self.core.keep_leases()
-        except NewsletterError:
+        except NewsletterError as exc:
             # The next tick tries again; a lease that lapses meanwhile only
             # lets another process take the row (fenced outcomes stay right).
-            log.warning("renewing leases failed", exc_info=True)
+            # One line in the database's words (`errors.database_reason`).
+            log.warning("renewing leases failed: %s; the next tick tries again", exc)

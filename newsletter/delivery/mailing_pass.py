@@ -28,6 +28,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from newsletter.config import Settings
 from newsletter.delivery.bounces import sender_for
 from newsletter.delivery.caps import cap_allowance, cap_resume_at
+from newsletter.delivery.choosing import choose_strategy
 from newsletter.delivery.keeper import LeaseKeeper, PassStop
 from newsletter.delivery.outgoing import (
     MessageContext,
@@ -40,7 +41,6 @@ from newsletter.delivery.ratelimit import Throttle, TokenBucket, next_attempt
 from newsletter.delivery.recorder import Pending, Recorder
 from newsletter.delivery.report import DeliveryReport, Progress
 from newsletter.delivery.strategy import THROTTLE_RETRIES, Strategy, Tally, connect_failure
-from newsletter.delivery.threaded import ThreadedStrategy
 from newsletter.delivery.transports import (
     ConnectError,
     SendResult,
@@ -216,49 +216,8 @@ class MailingPass:
         return paused
 
     def _strategy(self) -> Strategy:
-        """How SMTP connections are driven (`[delivery] strategy`); threads otherwise.
-
-        "auto": the streams when the server offers PIPELINING, a thread per
-        connection when it does not.  Measured side by side (bench/send.py,
-        smtp-sink): without PIPELINING the threads sent more than one event
-        loop at every C (1 December, load ~8: 1.6x at C = 1, 1.2-1.3x at
-        C = 4 and 8; four round trips a message, and on a busy machine four
-        threads also get four shares of the CPU), with it the streams were
-        level with the lockstep rounds or ahead, and never held up by a
-        stalled connection.  bench/send.py measures this choice ("ours").
-        """
-        choice = self.settings.delivery.strategy
-        if self.shared is not None or self.settings.delivery.transport != "smtp":
-            return ThreadedStrategy(self)
-        from newsletter.delivery.rounds import RoundsStrategy
-        from newsletter.delivery.streams import StreamsStrategy
-
-        if choice == "streams":
-            return StreamsStrategy(self)
-        if choice == "threaded":
-            return ThreadedStrategy(self)
-        if not self._server_pipelines():
-            return ThreadedStrategy(self)
-        return RoundsStrategy(self) if choice == "rounds" else StreamsStrategy(self)
-
-    def _server_pipelines(self) -> bool:
-        """Whether the SMTP server offers PIPELINING (one-thread rounds need it).
-
-        Without it each message costs three more round trips, which a thread
-        per connection overlaps.  Any trouble connecting is left to the
-        threaded path, which reports it as it always has.
-        """
-        if self.settings.delivery.transport != "smtp":
-            return False
-        from newsletter.delivery.transports.smtp import SmtpTransport
-
-        probe = make_transport(self.settings)
-        try:
-            return isinstance(probe, SmtpTransport) and probe.pipelines("probe@example.org")
-        except NewsletterError:
-            return False
-        finally:
-            probe.close()
+        """How connections are driven (`delivery.choosing`)."""
+        return choose_strategy(self, self.settings, shared=self.shared is not None)
 
     # ------------------------------------------------------------------ for the strategies
 
@@ -363,7 +322,11 @@ class MailingPass:
         lease = self.settings.delivery.lease_seconds
         with self.write_lock:
             q.renew(self.engine, self.owner, lease)
-            freed = q.free_dead_leases(self.engine)
+            try:
+                freed = q.free_dead_leases(self.engine)
+            except SQLAlchemyError as exc:  # translated: the keeper logs one line
+                reason = database_reason(exc)
+                raise StoreError(f"cannot free the leases of dead senders: {reason}") from exc
         if freed:
             log.info("freed the leases of %d dead sender(s) of other processes", freed)
 
