@@ -48,8 +48,9 @@ def test_posts_json_has_every_field_and_status(sample_site: Path) -> None:
         "categories",
         "status",
         "sent_to",
+        "mailings",
     }
-    assert first["sent_to"] == []
+    assert first["sent_to"] == [] and first["mailings"] == []
     assert first["id"] == "how-sleep-consolidates-memory"
     assert first["date"] == "2024-10-14T07:30:00+03:00"
     assert first["url"] == (

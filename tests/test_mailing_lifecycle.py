@@ -155,3 +155,50 @@ def test_cancel_with_nothing_left_to_send_says_so(
         "error: mailing 1 has nothing left to send (sent 3, not sent 0); nothing to cancel\n"
     )
     assert states(engine) == [(1, "sending")]
+
+
+# --------------------------------------------------------------------------- newsletter posts
+
+
+def posts_listing(site: Site) -> tuple[str, dict[str, object]]:
+    import json
+
+    text = cli(site, "posts")
+    assert text.exit_code == 0, text.output
+    rows = json.loads(cli(site, "posts", "--json").output)
+    return text.output, next(r for r in rows if r["id"] == "life")
+
+
+@pytest.mark.parametrize(
+    ("how", "word"),
+    [
+        ("sending", "sending"),
+        ("withdrawn", "withdrawn"),
+        ("postponed", "postponed"),
+        ("cancelled", "cancelled"),
+        ("done", "sent"),
+    ],
+)
+def test_the_posts_listing_says_where_the_mailing_stands(
+    started: tuple[Site, Settings, Engine], how: str, word: str
+) -> None:
+    """`newsletter posts` said `sent` for any post with a mailing, also one
+    pulled, cancelled or still going out to half the list."""
+    site, settings, engine = started
+    later = datetime.now(UTC).replace(microsecond=0) + timedelta(days=3)
+    if how == "withdrawn":
+        site.write_post(POST, "Life", LAST_YEAR, extra="published: false\n")
+        later_pass(settings, engine)
+    elif how == "postponed":
+        site.write_post(POST, "Life", later)
+        later_pass(settings, engine)
+    elif how == "cancelled":
+        assert cli(site, "cancel", "1").exit_code == 0
+    elif how == "done":
+        later_pass(settings, engine)
+    assert states(engine) == [(1, how)]
+    text, row = posts_listing(site)
+    assert f"  {word:<12}  Life  " in text
+    assert row["status"] == word
+    assert row["sent_to"] == ["news"]
+    assert row["mailings"] == [{"mailing": 1, "list": "news", "state": how}]

@@ -21,6 +21,7 @@ from newsletter.cli.common import (
 # The library is imported inside each command, so `--help` stays cheap.
 if TYPE_CHECKING:
     from newsletter.config import Settings
+    from newsletter.delivery.mailings import PostMailing
     from newsletter.errors import Problem
     from newsletter.posts.collection import PostCollection
 
@@ -72,14 +73,18 @@ def _load(
 def posts_cmd(ctx: click.Context, as_json: bool) -> None:
     """List every post with its date, URL, authors, tags and status.
 
-    STATUS is `sent` (a mailing exists for it), `due` (would be sent),
-    `future` (not before its date), `unpublished` (published: false),
-    `opted-out` (newsletter: false) or `before-since` (older than [schedule]
-    since, or than the first run when since is unset).  Problems go to stderr.
+    STATUS, for a post with a mailing: `sent` (done), `sending` (under way,
+    paused by a cap or waiting for its page), `postponed` or `withdrawn` (its
+    post was re-dated or pulled mid-mailing), `held` (its page never went
+    live) or `cancelled` (`newsletter cancel`); with several lists, the one
+    that needs a look.  Without one: `due` (would be sent), `future` (not
+    before its date), `unpublished` (published: false), `opted-out`
+    (newsletter: false) or `before-since` (older than [schedule] since, or
+    than the first run when since is unset).  Problems go to stderr.
     """
     from newsletter.config import utcnow
     from newsletter.daemon.planning import effective_since
-    from newsletter.delivery.mailings import mailed_pairs
+    from newsletter.delivery.mailings import mailed_pairs, post_mailings
     from newsletter.posts.collection import post_status
     from newsletter.store import open_store
 
@@ -92,6 +97,7 @@ def posts_cmd(ctx: click.Context, as_json: bool) -> None:
     sent_to: dict[str, list[str]] = {}
     for post_id, list_name in sorted(mailed_pairs(engine)):
         sent_to.setdefault(post_id, []).append(list_name)
+    mailed = post_mailings(engine)
     rows = [
         {
             "path": str(p.path),
@@ -102,8 +108,13 @@ def posts_cmd(ctx: click.Context, as_json: bool) -> None:
             "authors": [{"name": a.name, "url": a.url} for a in p.authors],
             "tags": list(p.tags),
             "categories": list(p.categories),
-            "status": post_status(p, now, since, sent=p.post_id in sent_to),
+            "status": _mailing_word(mailed.get(p.post_id, []))
+            or post_status(p, now, since, sent=p.post_id in sent_to),
             "sent_to": sent_to.get(p.post_id, []),
+            "mailings": [
+                {"mailing": m.mailing_id, "list": m.list_name, "state": m.state}
+                for m in mailed.get(p.post_id, [])
+            ],
         }
         for p in collection.posts
     ]
@@ -115,6 +126,28 @@ def posts_cmd(ctx: click.Context, as_json: bool) -> None:
         click.echo(_summary(len(rows), collection.problems))
     for problem in collection.problems:
         click.echo(str(problem), err=True)
+
+
+# A mailing's state as a post's status; the first of these found wins, so a
+# post sent to one list and withdrawn from another says `withdrawn`.
+_WORDS = {
+    "planned": "sending",
+    "sending": "sending",
+    "paused": "sending",
+    "waiting": "sending",
+    "postponed": "postponed",
+    "held": "held",
+    "withdrawn": "withdrawn",
+    "cancelled": "cancelled",
+    "done": "sent",
+}
+_FIRST = ("sending", "postponed", "held", "withdrawn", "cancelled", "sent")
+
+
+def _mailing_word(found: list[PostMailing]) -> str | None:
+    """What a post's mailings say of it (`delivery.mailings.post_mailings`)."""
+    words = {_WORDS.get(m.state, m.state) for m in found}
+    return next((w for w in _FIRST if w in words), None) if words else None
 
 
 def _summary(count: int, problems: tuple[Problem, ...], verb: str = "") -> str:

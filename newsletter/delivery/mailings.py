@@ -42,12 +42,14 @@ from newsletter.store.halts import (
 )
 
 __all__ = [
+    "PostMailing",
     "deliver_due",
     "deliver_mailing",
     "mailed_pairs",
     "mailing_summaries",
     "plan_mailing",
     "plan_post",
+    "post_mailings",
     "send_test",
 ]
 
@@ -347,3 +349,28 @@ def mailed_pairs(engine: Engine) -> set[tuple[str, str]]:
             return q.mailed_pairs(conn)
     except SQLAlchemyError as exc:
         raise StoreError(f"cannot read mailings: {database_reason(exc)}") from exc
+
+
+@dataclass(frozen=True)
+class PostMailing:
+    """The latest mailing of a post to a list, as `newsletter posts` shows it."""
+
+    mailing_id: int
+    list_name: str
+    state: str
+
+
+def post_mailings(engine: Engine) -> dict[str, list[PostMailing]]:
+    """Post id → its latest mailing to each list (a digest counts for its posts)."""
+    try:
+        with reading(engine) as conn:
+            rows = q.post_mailings(conn)
+    except SQLAlchemyError as exc:
+        raise StoreError(f"cannot read mailings: {database_reason(exc)}") from exc
+    latest: dict[tuple[str, str], PostMailing] = {}
+    for mailing_id, post_id, list_name, state in rows:  # oldest first: the last one stands
+        latest[(post_id, list_name)] = PostMailing(mailing_id, list_name, state)
+    found: dict[str, list[PostMailing]] = {}
+    for (post_id, _name), mailing in sorted(latest.items()):
+        found.setdefault(post_id, []).append(mailing)
+    return found

@@ -302,6 +302,23 @@ def mailed_pairs(conn: Connection) -> set[tuple[str, str]]:
     return pairs
 
 
+def post_mailings(conn: Connection) -> list[tuple[int, str, str, str]]:
+    """(mailing id, post id, list, state) for every post a mailing carries
+    (a digest: each of its posts), oldest mailing first."""
+    query = (
+        select(
+            mailings.c.id, mailings.c.post_id, lists.c.name, mailings.c.state, mailings.c.post_ids
+        )
+        .join(lists, lists.c.id == mailings.c.list_id)
+        .order_by(mailings.c.id)
+    )
+    found: list[tuple[int, str, str, str]] = []
+    for mailing_id, post_id, list_name, state, post_ids in conn.execute(query):
+        for pid in post_ids or (post_id,):
+            found.append((int(mailing_id), str(pid), str(list_name), str(state)))
+    return found
+
+
 def open_recipients(conn: Connection, mailing_id: int) -> Iterator[str]:
     """Addresses of a mailing's deliveries not yet finished, streamed."""
     query = (
@@ -367,6 +384,7 @@ __all__ = [
     "next_due",
     "open_recipients",
     "owner_identity",
+    "post_mailings",
     "record",
     "record_many",
     "release",
