@@ -202,3 +202,43 @@ def test_the_posts_listing_says_where_the_mailing_stands(
     assert row["status"] == word
     assert row["sent_to"] == ["news"]
     assert row["mailings"] == [{"mailing": 1, "list": "news", "state": how}]
+
+
+# --------------------------------------------------------------------------- digests
+
+WEEKLY = '[lists.weekly]\ntitle = "Weekly"\nmode = "digest"\ncron = "0 8 * * MON"\n'
+MONDAY = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
+
+
+def test_a_cancelled_digest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from newsletter.daemon import planning
+
+    monkeypatch.setenv("NEWSLETTER_SECRET", "lifecycle-test-secret")
+    site = make_site(tmp_path, lists=WEEKLY)
+    settings = site.settings()
+    engine = engine_of(settings)
+    add_members(engine, "weekly", settings=settings)
+    planning.write_state_time(
+        engine, planning.digest_anchor_key("weekly"), MONDAY - timedelta(days=7)
+    )
+    site.write_post("2026-02-25-notes.md", "Notes", MONDAY - timedelta(days=5))
+    stop = threading.Event()
+    first = MemoryTransport()
+    passes.run_pass(
+        settings,
+        engine,
+        now=MONDAY + timedelta(seconds=1),
+        transport=first,
+        stop=stop,
+        progress=lambda _m, done, _t: stop.set(),
+    )
+    assert len(first.outbox) == 1
+    cancelled = cli(site, "cancel", "1")
+    print(cancelled.output)
+    print(cli(site, "status").output)
+    print(cli(site, "send", "digest:weekly:2026-03-02T08:00:00+00:00", "--list", "weekly").output)
+    site.write_post("2026-03-04-more.md", "More", MONDAY + timedelta(days=2))
+    nxt = later_pass(settings, engine, now=MONDAY + timedelta(days=7, seconds=1))
+    print(states(engine), [s.recipient for s in nxt.outbox])
+    print(cli(site, "posts").output)
+    assert 0

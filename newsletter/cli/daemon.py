@@ -213,7 +213,7 @@ def _progress_bar(*, enabled: bool) -> Iterator[MailingProgress | None]:
 
 
 # --------------------------------------------------------------------------- status helpers
-# `newsletter status` (cli/delivery.py) shows upcoming sends with these:
+# `newsletter status` (cli/mailings.py) shows upcoming sends with these:
 #     upcoming = planning.upcoming_sends(settings, load_posts(settings), engine, utcnow())
 #     for u in upcoming: click.echo(upcoming_line(u))   /   [upcoming_json(u) ...]
 
