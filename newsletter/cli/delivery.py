@@ -61,7 +61,8 @@ def send_cmd(
     Safe to interrupt or kill: running it again finishes the mailing without
     sending twice. Once a mailing is done, sending again needs --resend.
     POST is a post id or a path; an unpublished post (a draft) goes only to
-    --test addresses.
+    --test addresses.  A digest the daemon planned (its id as `status` shows
+    it, `digest:LIST:SLOT`) is sent on, e.g. after `newsletter cancel`.
     """
     from newsletter.posts.collection import load_posts
     from newsletter.posts.lookup import require_published
@@ -70,18 +71,51 @@ def send_cmd(
     settings = settings_of(ctx)
     settings.get_list(list_name)
     posts = load_posts(settings, bodies="lazy")  # HTML only for the posts sent
-    post = posts.find(post_ref)
+    post: Post | None = None
+    if _is_digest(post_ref):
+        _digest_exists(settings, post_ref, list_name, tests or resend)
+    else:
+        post = posts.find(post_ref)
     if stop.is_set():
         click.echo("stopped before sending anything", err=True)
         return
-    if tests:
-        _send_tests(settings, post, list_name, tests, as_json)
-        return
-    require_published(post)  # a draft goes to --test addresses only, never to a list
+    post_id, title = post_ref, ""
+    if post is not None:
+        if tests:
+            _send_tests(settings, post, list_name, tests, as_json)
+            return
+        require_published(post)  # a draft goes to --test addresses only, never to a list
+        post_id, title = post.post_id, post.title
     if dry_run:
-        _dry_run(settings, post, list_name, resend, verbose, as_json)
+        _dry_run(settings, post_id, list_name, resend, verbose, as_json)
     else:
-        _send(settings, post, posts, list_name, resend, wait, as_json, stop)
+        _send(settings, post_id, title, posts, list_name, resend, wait, as_json, stop)
+
+
+def _is_digest(post_ref: str) -> bool:
+    from newsletter.daemon.planning import DIGEST_PREFIX
+
+    return post_ref.startswith(DIGEST_PREFIX)
+
+
+def _digest_exists(settings: Settings, digest_id: str, list_name: str, again: object) -> None:
+    """A digest is only ever planned by the daemon: `send` goes on with one
+    (`again`: --test or --resend was given, which take a post)."""
+    from newsletter.errors import DeliveryError
+    from newsletter.store import open_store, reading
+    from newsletter.store.mailings import latest_mailing
+
+    if again:
+        raise DeliveryError(
+            f"{digest_id!r}: a digest is not sent again or as a test; "
+            "--test and --resend take a post"
+        )
+    with reading(open_store(settings)) as conn:
+        found = latest_mailing(conn, digest_id, list_name)
+    if found is None or found.kind != "digest":
+        raise DeliveryError(
+            f"no digest {digest_id!r} of list {list_name!r} (`newsletter status` lists them)"
+        )
 
 
 def _send_tests(
@@ -101,7 +135,7 @@ def _send_tests(
 
 
 def _dry_run(
-    settings: Settings, post: Post, list_name: str, resend: bool, verbose: bool, as_json: bool
+    settings: Settings, post_id: str, list_name: str, resend: bool, verbose: bool, as_json: bool
 ) -> None:
     from newsletter.audience import members as subs
     from newsletter.store import open_store, reading
@@ -110,15 +144,15 @@ def _dry_run(
     engine = open_store(settings)
     subs.ensure_lists(engine, settings)
     with reading(engine) as conn:
-        existing = latest_mailing(conn, post.post_id, list_name)
+        existing = latest_mailing(conn, post_id, list_name)
         if existing is not None and not resend:
             who = list(open_recipients(conn, existing.id))
         else:
             who = [m.email for m in subs.mailable_members(conn, list_name)]
     if as_json:
-        emit_json({"post": post.post_id, "list": list_name, "count": len(who), "recipients": who})
+        emit_json({"post": post_id, "list": list_name, "count": len(who), "recipients": who})
         return
-    click.echo(f"would send {post.post_id!r} to {len(who)} subscriber(s) of list {list_name!r}")
+    click.echo(f"would send {post_id!r} to {len(who)} subscriber(s) of list {list_name!r}")
     if verbose:
         for email in who:
             click.echo(f"  {email}")
@@ -126,7 +160,8 @@ def _dry_run(
 
 def _send(
     settings: Settings,
-    post: Post,
+    post_id: str,
+    title: str,
     posts: Any,
     list_name: str,
     resend: bool,
@@ -141,10 +176,10 @@ def _send(
 
     engine = open_store(settings)
     with reading(engine) as conn:
-        existing = latest_mailing(conn, post.post_id, list_name)
+        existing = latest_mailing(conn, post_id, list_name)
     if existing is not None and existing.state == "done" and not resend:
         when = existing.finished_at.isoformat(timespec="seconds") if existing.finished_at else ""
-        message = f"{post.post_id!r} was already sent to list {list_name!r} {when}".rstrip()
+        message = f"{post_id!r} was already sent to list {list_name!r} {when}".rstrip()
         if as_json:
             emit_json({"already_sent": True, "mailing": existing.id, "message": message})
         else:
@@ -153,9 +188,7 @@ def _send(
     checked_secret(settings, engine)  # before planning: refuse with nothing changed
     # The owner's mailing from now on: one the daemon planned and withdrew or
     # postponed goes on, and is never halted again (store.halts.take_over).
-    mailing_id = plan_mailing(
-        engine, settings, post.post_id, list_name, subject=post.title, resend=resend
-    )
+    mailing_id = plan_mailing(engine, settings, post_id, list_name, subject=title, resend=resend)
     with _stop_on_signals(stop), _progress(enabled=sys.stdout.isatty() and not as_json) as bar:
         report = deliver_mailing(
             engine, settings, mailing_id, posts, progress=bar, wait=wait, stop=stop

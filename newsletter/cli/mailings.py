@@ -41,7 +41,9 @@ def cancel_cmd(ctx: click.Context, mailing_id: int, as_json: bool) -> None:
     Nobody else gets it: every process sending it stops within seconds (the
     messages already on the wire finish), the daemon never resumes it, and
     `status` shows who got it.  `newsletter send POST --list L` of the same
-    post and list sends the rest after all, each reader once.
+    post (of a digest: its id, as `status` shows it) and list sends the rest
+    after all, each reader once; a cancelled digest's posts are not carried
+    by the next digest.
     """
     from newsletter.delivery.mailings import cancel_mailing
     from newsletter.store import open_store
@@ -71,6 +73,10 @@ def cancel_cmd(ctx: click.Context, mailing_id: int, as_json: bool) -> None:
         f"mailing {mailing_id} {what}: {found.post_id} -> {found.list_name}: "
         f"sent {found.sent}, not sent {found.not_sent}{flight}"
     )
+    if found.changed and found.not_sent:
+        click.echo(
+            f"(`newsletter send {found.post_id} --list {found.list_name}` sends the rest after all)"
+        )
 
 
 # --------------------------------------------------------------------------- status
