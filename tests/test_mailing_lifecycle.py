@@ -277,3 +277,40 @@ def test_a_cancelled_digest_is_resumed_by_send_and_not_carried_again(
     resend = cli(site, "send", DIGEST, "--list", "weekly", "--resend")
     assert resend.exit_code == 1
     assert "a digest is not sent again" in resend.stderr
+
+
+# --------------------------------------------------------------------------- run --once
+
+
+def test_run_once_says_which_mailing_it_withdrew_and_resumed(
+    started: tuple[Site, Settings, Engine],
+) -> None:
+    """`run --once` (cron) printed "Sent 0" and nothing else when it withdrew
+    a mailing: the one line a cron mail shows must say why nothing went."""
+    import json
+
+    site, _settings, _engine = started
+    site.write_post(POST, "Life", LAST_YEAR, extra="published: false\n")
+    result = cli(site, "run", "--once")
+    assert result.exit_code == 0, result.output
+    assert (
+        "Withdrawn: mailing 1, life -> news: its post is unpublished (published: false, "
+        "draft: true or a _drafts folder); the rest get it if it is published again; "
+        "sent 1, not sent 2.\n"
+    ) in result.stdout
+    site.write_post(POST, "Life", LAST_YEAR)
+    again = cli(site, "run", "--once", "--json")
+    assert again.exit_code == 0, again.output
+    data = json.loads(again.stdout)
+    assert data["sent"] == 2
+    assert data["halts"] == [
+        {
+            "mailing": 1,
+            "post": "life",
+            "list": "news",
+            "change": "resumed",
+            "why": "its post may go again",
+            "sent": 1,
+            "not_sent": 2,
+        }
+    ]

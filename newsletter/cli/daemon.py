@@ -169,6 +169,11 @@ def summary_lines(report: PassReport) -> list[str]:
     lines.append(f"Sent {d.sent}, deferred {d.deferred}, failed {d.failed}, skipped {d.skipped}.")
     if d.paused:
         lines.append("Paused by a sending cap; the next run resumes.")
+    for c in report.halts:
+        lines.append(
+            f"{c.change.capitalize()}: mailing {c.mailing_id}, {c.post_id} -> {c.list_name}: "
+            f"{c.why}; sent {c.sent}, not sent {c.not_sent}."
+        )
     for post in report.future[:5]:
         lines.append(f"Next: {post.post_id} at {post.date.isoformat()}.")
     return lines
@@ -190,6 +195,18 @@ def report_json(report: PassReport) -> dict[str, Any]:
         "future": [{"post_id": p.post_id, "date": p.date.isoformat()} for p in report.future],
         "problems": list(report.problems),
         "transport_error": report.transport_error,
+        "halts": [
+            {
+                "mailing": c.mailing_id,
+                "post": c.post_id,
+                "list": c.list_name,
+                "change": c.change,
+                "why": c.why,
+                "sent": c.sent,
+                "not_sent": c.not_sent,
+            }
+            for c in report.halts
+        ],
     }
 
 

@@ -25,6 +25,7 @@ from newsletter.daemon.passlog import (
     log_skipped,
     log_start,
 )
+from newsletter.daemon.withdrawal import Change
 from newsletter.delivery.report import DeliveryReport
 from newsletter.delivery.transports import Transport
 from newsletter.errors import NewsletterError, TransportError, database_reason
@@ -66,6 +67,8 @@ class PassReport:
     problems: tuple[str, ...] = ()
     delivery: DeliveryReport = field(default_factory=DeliveryReport)
     transport_error: str | None = None
+    # Mailings this pass withdrew, postponed or resumed (its post pulled or back).
+    halts: tuple[Change, ...] = ()
 
 
 def run_pass(
@@ -103,8 +106,9 @@ def run_pass(
     problems.extend(str(p) for p in plan.problems)
     planned = _plan_posts(engine, settings, plan.due, problems)
     digests = _plan_digests(engine, settings, collection.posts, since, at, mailed, problems)
+    changes: list[Change] = []  # the sending passes' watchers add theirs
     if clock is not None:
-        _review(engine, collection, at, problems)
+        changes += _review(engine, collection, at, problems)
     report, transport_error = _deliver(
         engine,
         settings,
@@ -115,6 +119,7 @@ def run_pass(
         outage or OutageLog(),
         progress,
         clock,
+        changes,
     )
     return PassReport(
         at=at,
@@ -126,6 +131,7 @@ def run_pass(
         problems=tuple(problems),
         delivery=report,
         transport_error=transport_error,
+        halts=tuple(changes),
     )
 
 
@@ -160,18 +166,21 @@ def _pass_clock(at: datetime) -> Clock:
     return lambda: at + (utcnow() - started)
 
 
-def _review(engine: Engine, posts: PostCollection, at: datetime, problems: list[str]) -> None:
+def _review(
+    engine: Engine, posts: PostCollection, at: datetime, problems: list[str]
+) -> list[Change]:
     """Withdraw, postpone or resume the daemon's mailings of pulled posts (`withdrawal`)."""
     from newsletter.daemon import withdrawal
 
     try:
-        withdrawal.review(engine, posts, at)
+        return withdrawal.review(engine, posts, at)
     except NewsletterError as exc:
         problems.append(f"error: {exc}")
+        return []
 
 
 def _watcher(
-    settings: Settings, engine: Engine, mailing_id: int, clock: Clock
+    settings: Settings, engine: Engine, mailing_id: int, clock: Clock, changes: list[Change]
 ) -> Callable[[], None]:
     """What a sending pass calls every few seconds: the post, read again, may
     have been pulled meanwhile (`MailingPass.check_halt`)."""
@@ -183,7 +192,7 @@ def _watcher(
             posts = load_posts(settings, bodies="lazy")
         except NewsletterError:
             return  # no posts read, no verdict; the next pass reports it
-        withdrawal.review(engine, posts, clock(), mailing_id)
+        changes.extend(withdrawal.review(engine, posts, clock(), mailing_id))
 
     return watch
 
@@ -321,6 +330,7 @@ def _deliver(
     outage: OutageLog,
     progress: MailingProgress | None = None,
     clock: Clock | None = None,
+    changes: list[Change] | None = None,
 ) -> tuple[DeliveryReport, str | None]:
     """Every mailing with work, one at a time, so that one broken mailing (its
     template broken) is reported and the others still go.  `clock`: the
@@ -329,6 +339,7 @@ def _deliver(
     from newsletter.delivery.mailings import deliver_mailing
     from newsletter.store.mailings import free_dead_leases, mailings_with_work
 
+    changes = [] if changes is None else changes
     free_dead_leases(engine)
     with reading(engine) as conn:
         ids = list(mailings_with_work(conn))
@@ -353,7 +364,9 @@ def _deliver(
                 transport=transport,
                 stop=stop,
                 progress=_bound(progress, mailing_id),
-                watch=None if clock is None else _watcher(settings, engine, mailing_id, clock),
+                watch=None
+                if clock is None
+                else _watcher(settings, engine, mailing_id, clock, changes),
             )
         except TransportError as exc:
             # The transport as a whole (TLS refused, bad login): the other

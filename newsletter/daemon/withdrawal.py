@@ -48,6 +48,19 @@ class Verdict:
 MAY_GO = Verdict(None)
 
 
+@dataclass(frozen=True)
+class Change:
+    """A halt or resume this process made (`run --once` prints it)."""
+
+    mailing_id: int
+    post_id: str
+    list_name: str
+    change: str  # WITHDRAWN, POSTPONED or "resumed"
+    why: str
+    sent: int
+    not_sent: int
+
+
 def verdict(posts: PostCollection, post_id: str, at: datetime) -> Verdict | None:
     """Whether the daemon may send this post at `at`; None when it cannot tell."""
     post = posts.with_id(post_id, whole=False)
@@ -72,32 +85,37 @@ def verdict(posts: PostCollection, post_id: str, at: datetime) -> Verdict | None
 
 def review(
     engine: Engine, posts: PostCollection, at: datetime, mailing_id: int | None = None
-) -> None:
+) -> list[Change]:
     """Halt or resume the daemon's unfinished post mailings (one, or all) as
-    their posts now allow; each change is logged once, by the process that made it."""
+    their posts now allow; each change is logged once, by the process that
+    made it, and returned."""
+    changes: list[Change] = []
     try:
         with reading(engine) as conn:
             watched = halts.watched(conn, mailing_id)
         for mailing in watched:
             found = verdict(posts, mailing.post_id, at)
-            if found is not None:
-                _apply(engine, mailing, found)
+            change = _apply(engine, mailing, found) if found is not None else None
+            if change is not None:
+                changes.append(change)
+        return changes
     except SQLAlchemyError as exc:
         reason = database_reason(exc)
         raise StoreError(f"cannot review the mailings of pulled posts: {reason}") from exc
 
 
-def _apply(engine: Engine, mailing: halts.Watched, found: Verdict) -> None:
+def _apply(engine: Engine, mailing: halts.Watched, found: Verdict) -> Change | None:
     if found.state is None:
         if mailing.state in halts.HALTED and halts.resume(engine, mailing.id, mailing.state):
-            _log(engine, mailing, "resumed", "its post may go again")
-        return
+            return _log(engine, mailing, "resumed", "its post may go again")
+        return None
     note = f"{found.state}: {found.reason}; the rest get it {found.then}"
     if halts.halt(engine, mailing.id, found.state, found.until, note) is not None:
-        _log(engine, mailing, found.state, f"{found.reason}; the rest get it {found.then}")
+        return _log(engine, mailing, found.state, f"{found.reason}; the rest get it {found.then}")
+    return None
 
 
-def _log(engine: Engine, mailing: halts.Watched, what: str, why: str) -> None:
+def _log(engine: Engine, mailing: halts.Watched, what: str, why: str) -> Change:
     """One line with the post, the list and who got it and who not (yet)."""
     with reading(engine) as conn:
         counts = q.counts(conn, mailing.id).get(mailing.id, {})
@@ -121,3 +139,4 @@ def _log(engine: Engine, mailing: halts.Watched, what: str, why: str) -> None:
             "not_sent": left,
         },
     )
+    return Change(mailing.id, mailing.post_id, mailing.list_name, what, why, sent, left)
