@@ -314,3 +314,46 @@ def test_run_once_says_which_mailing_it_withdrew_and_resumed(
             "not_sent": 2,
         }
     ]
+
+
+@pytest.mark.parametrize("pulled", ["withdrawn", "postponed"])
+def test_a_halted_mailing_cancelled_stays_cancelled_when_its_post_comes_back(
+    started: tuple[Site, Settings, Engine], pulled: str
+) -> None:
+    """Checked, held already: the daemon resumes only what it halted."""
+    site, settings, engine = started
+    later = datetime.now(UTC).replace(microsecond=0) + timedelta(days=3)
+    if pulled == "withdrawn":
+        site.write_post(POST, "Life", LAST_YEAR, extra="draft: true\n")
+    else:
+        site.write_post(POST, "Life", later)
+    later_pass(settings, engine)
+    assert states(engine) == [(1, pulled)]
+    assert cli(site, "cancel", "1").exit_code == 0
+    site.write_post(POST, "Life", LAST_YEAR)
+    assert later_pass(settings, engine).outbox == []
+    assert later_pass(settings, engine, now=later + timedelta(seconds=1)).outbox == []
+    assert states(engine) == [(1, "cancelled")]
+    assert "upcoming" not in cli(site, "status").output
+    assert passes.next_work_time(engine, datetime.now(UTC)) is None
+
+
+def test_a_mailing_paused_by_a_cap_then_cancelled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Checked, held already: the cap's pause gives way to the cancel, and no
+    pass (nor the daemon's wake-up time) comes back for it."""
+    monkeypatch.setenv("NEWSLETTER_SECRET", "lifecycle-test-secret")
+    site = make_site(tmp_path)
+    settings = site.settings({"delivery.max_per_hour": 1})
+    engine = engine_of(settings)
+    add_members(engine, "news", settings=settings)
+    site.write_post(POST, "Life", LAST_YEAR)
+    assert len(later_pass(settings, engine).outbox) == 1
+    assert states(engine) == [(1, "paused")]
+    assert passes.next_work_time(engine, datetime.now(UTC)) is not None
+    assert cli(site, "cancel", "1").exit_code == 0
+    assert passes.next_work_time(engine, datetime.now(UTC)) is None
+    far = datetime.now(UTC) + timedelta(hours=2)
+    assert later_pass(settings, engine, now=far).outbox == []
+    assert states(engine) == [(1, "cancelled")]

@@ -202,7 +202,8 @@ def _send(
     if _cancelled(engine, mailing_id):
         click.echo(
             f"stopped: mailing {mailing_id} was cancelled with `newsletter cancel`; "
-            "the rest do not get it (`newsletter send` of it again sends it to them)",
+            f"the rest do not get it (`newsletter send {post_id} --list {list_name}` "
+            "again sends it to them)",
             err=True,
         )
     elif stop.is_set():
