@@ -254,7 +254,10 @@ def test_a_cancelled_digest_is_resumed_by_send_and_not_carried_again(
     assert list(carried) == ["more"]
     dry = cli(site, "send", DIGEST, "--list", "weekly", "--dry-run")
     assert dry.exit_code == 0, dry.output
-    assert dry.output == f"would send {DIGEST!r} to 2 subscriber(s) of list 'weekly'\n"
+    assert dry.output == (
+        f"would send {DIGEST!r} to 2 subscriber(s) of list 'weekly' "
+        "(the rest of mailing 1, cancelled)\n"
+    )
     resumed = cli(site, "send", DIGEST, "--list", "weekly")
     assert resumed.exit_code == 0, resumed.output
     assert resumed.output.startswith("sent 2, deferred 0, failed 0, skipped 0")
@@ -357,3 +360,59 @@ def test_a_mailing_paused_by_a_cap_then_cancelled(
     far = datetime.now(UTC) + timedelta(hours=2)
     assert later_pass(settings, engine, now=far).outbox == []
     assert states(engine) == [(1, "cancelled")]
+
+
+# --------------------------------------------------------------------------- races
+
+
+def test_a_withdrawal_racing_the_owners_take_over_leaves_it_the_owners(
+    started: tuple[Site, Settings, Engine],
+) -> None:
+    """Checked, held already: `send` takes the daemon's mailing over in its
+    planning transaction while another daemon withdraws it.  The withdrawal
+    waits for that transaction (a row lock on PostgreSQL, the write lock on
+    SQLite) and then finds the mailing the owner's: nothing to withdraw."""
+    from newsletter.store import halts
+
+    _site, _settings, engine = started
+    outcome: list[str | None] = []
+    with engine.connect() as conn, conn.begin():
+        halts.take_over(conn, 1)
+        racer = threading.Thread(
+            target=lambda: outcome.append(
+                halts.halt(engine, 1, halts.WITHDRAWN, None, "withdrawn: its post is gone")
+            )
+        )
+        racer.start()
+        racer.join(timeout=0.5)
+        assert racer.is_alive()  # it waits for the take-over's commit
+    racer.join(timeout=30)
+    assert outcome == [None]
+    with engine.connect() as conn:
+        row = conn.execute(select(mailings.c.state, mailings.c.origin)).one()
+    assert tuple(row) == ("sending", "send")
+
+
+# --------------------------------------------------------------------------- send's options
+
+
+def test_send_dry_run_says_what_send_would_do(started: tuple[Site, Settings, Engine]) -> None:
+    """--dry-run said "would send it to 0 subscriber(s)" for a mailing that is
+    done, where `send` says it was already sent; for a cancelled one it
+    counts the rest, which `send` sends."""
+    site, settings, engine = started
+    assert cli(site, "cancel", "1").exit_code == 0
+    dry = cli(site, "send", "life", "--list", "news", "--dry-run")
+    assert dry.output == (
+        "would send 'life' to 2 subscriber(s) of list 'news' (the rest of mailing 1, cancelled)\n"
+    )
+    test = cli(site, "send", "life", "--list", "news", "--test", "me@example.net")
+    assert test.exit_code == 0 and states(engine) == [(1, "cancelled")]
+    later_pass(settings, engine)
+    assert cli(site, "send", "life", "--list", "news").exit_code == 0
+    done = cli(site, "send", "life", "--list", "news", "--dry-run")
+    assert done.exit_code == 0
+    assert done.output.startswith("'life' was already sent to list 'news' ")
+    assert done.output.endswith("; nothing would be sent (use --resend to send it again)\n")
+    resend = cli(site, "send", "life", "--list", "news", "--dry-run", "--resend")
+    assert resend.output == "would send 'life' to 3 subscriber(s) of list 'news'\n"

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from newsletter.config import Settings
     from newsletter.delivery.report import DeliveryReport, Progress
     from newsletter.posts.collection import Post
+    from newsletter.store.mailings import MailingRow
 
 
 @click.command("send")
@@ -149,10 +150,23 @@ def _dry_run(
             who = list(open_recipients(conn, existing.id))
         else:
             who = [m.email for m in subs.mailable_members(conn, list_name)]
-    if as_json:
-        emit_json({"post": post_id, "list": list_name, "count": len(who), "recipients": who})
+    going_on = existing if existing is not None and not resend else None
+    if going_on is not None and going_on.state == "done":  # as `send` would say
+        _already_sent(going_on, post_id, list_name, as_json, "would be")
         return
-    click.echo(f"would send {post_id!r} to {len(who)} subscriber(s) of list {list_name!r}")
+    if as_json:
+        emit_json(
+            {
+                "post": post_id,
+                "list": list_name,
+                "count": len(who),
+                "recipients": who,
+                "mailing": going_on.id if going_on else None,
+            }
+        )
+        return
+    rest = f" (the rest of mailing {going_on.id}, {going_on.state})" if going_on else ""
+    click.echo(f"would send {post_id!r} to {len(who)} subscriber(s) of list {list_name!r}{rest}")
     if verbose:
         for email in who:
             click.echo(f"  {email}")
@@ -178,12 +192,7 @@ def _send(
     with reading(engine) as conn:
         existing = latest_mailing(conn, post_id, list_name)
     if existing is not None and existing.state == "done" and not resend:
-        when = existing.finished_at.isoformat(timespec="seconds") if existing.finished_at else ""
-        message = f"{post_id!r} was already sent to list {list_name!r} {when}".rstrip()
-        if as_json:
-            emit_json({"already_sent": True, "mailing": existing.id, "message": message})
-        else:
-            click.echo(f"{message}; nothing sent (use --resend to send it again)")
+        _already_sent(existing, post_id, list_name, as_json, "")
         return
     checked_secret(settings, engine)  # before planning: refuse with nothing changed
     # The owner's mailing from now on: one the daemon planned and withdrew or
@@ -212,6 +221,18 @@ def _send(
             "to send the rest",
             err=True,
         )
+
+
+def _already_sent(
+    existing: MailingRow, post_id: str, list_name: str, as_json: bool, would: str
+) -> None:
+    when = existing.finished_at.isoformat(timespec="seconds") if existing.finished_at else ""
+    message = f"{post_id!r} was already sent to list {list_name!r} {when}".rstrip()
+    if as_json:
+        emit_json({"already_sent": True, "mailing": existing.id, "message": message})
+    else:
+        nothing = f"nothing {would} sent" if would else "nothing sent"
+        click.echo(f"{message}; {nothing} (use --resend to send it again)")
 
 
 def _cancelled(engine: Any, mailing_id: int) -> bool:
