@@ -1,7 +1,7 @@
 """What runs beside a mailing pass: the thread that keeps its leases, and its stop.
 
 Split from `mailing_pass` (which re-exports `LeaseKeeper`).  The keeper's tick
-also asks whether the mailing was withdrawn or postponed meanwhile
+also asks whether the mailing was withdrawn, postponed or cancelled meanwhile
 (`store.halts`), by this process's daemon or by another on the same database,
 and if so stops the pass the way a shutdown does: the messages in hand are
 finished, the rest are given back.
@@ -104,7 +104,10 @@ class LeaseKeeper:
             except NewsletterError as exc:
                 # The next tick tries again, and the claims refuse a halted
                 # mailing's rows anyway: one line, no traceback.
-                log.warning("checking whether the mailing was withdrawn failed: %s", exc)
+                log.warning(
+                    "checking whether the mailing was halted failed: %s; the next tick asks again",
+                    exc,
+                )
 
     def _renew(self) -> None:
         try:

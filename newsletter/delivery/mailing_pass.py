@@ -302,8 +302,8 @@ class MailingPass:
         return self.settings.delivery.lease_seconds
 
     def check_halt(self) -> None:
-        """Stop the pass, as a shutdown would, once its mailing is withdrawn or
-        postponed (the keeper's tick); the claims already refuse its rows."""
+        """Stop the pass, as a shutdown would, once its mailing is withdrawn,
+        postponed or cancelled (the keeper's tick); the claims already refuse its rows."""
         if self.watch is not None:
             self.watch()
         try:

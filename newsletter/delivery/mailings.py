@@ -217,7 +217,7 @@ def deliver_mailing(
     going for deferred recipients whose retry comes due meanwhile (0: one pass
     over what is due now; the daemon or a re-run does the rest).  `watch`:
     called now and then while sending (the daemon's check that the post was
-    not pulled meanwhile); a withdrawn or postponed mailing stops the pass.
+    not pulled meanwhile); a withdrawn, postponed or cancelled mailing stops the pass.
     """
     from newsletter.delivery.mailing_pass import MailingPass
 

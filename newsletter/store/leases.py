@@ -266,7 +266,7 @@ def claim(
     Returns the claimed rows and how many were marked skipped.  Joined with
     the subscriber and membership so that someone who unsubscribed (or
     bounced) after planning is marked skipped here, in the same transaction.
-    Nothing of a withdrawn or postponed mailing (`store.halts`).
+    Nothing of a withdrawn, postponed or cancelled mailing (`store.halts`).
     """
     try:
         with engine.begin() as conn:
