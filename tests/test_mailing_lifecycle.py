@@ -416,3 +416,29 @@ def test_send_dry_run_says_what_send_would_do(started: tuple[Site, Settings, Eng
     assert done.output.endswith("; nothing would be sent (use --resend to send it again)\n")
     resend = cli(site, "send", "life", "--list", "news", "--dry-run", "--resend")
     assert resend.output == "would send 'life' to 3 subscriber(s) of list 'news'\n"
+
+
+def test_a_failure_of_an_earlier_pass_stays_in_status_once_done(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pass that finishes a mailing writes `done` over a halt now (the last
+    rows in flight); it must not wipe the last error an earlier pass kept."""
+    from newsletter.delivery.transports import SendResult
+
+    monkeypatch.setenv("NEWSLETTER_SECRET", "lifecycle-test-secret")
+    site = make_site(tmp_path)
+    settings = site.settings()
+    engine = engine_of(settings)
+    add_members(engine, "news", settings=settings)
+    site.write_post(POST, "Life", LAST_YEAR)
+    stop = threading.Event()
+
+    def refuse_first(recipient: str) -> SendResult | None:
+        stop.set()
+        return SendResult(recipient, False, 550, "5.1.1 No such user", permanent=True)
+
+    passes.run_pass(settings, engine, transport=MemoryTransport(refuse_first), stop=stop)
+    assert len(later_pass(settings, engine).outbox) == 2
+    assert states(engine) == [(1, "done")]
+    status = cli(site, "status").output
+    assert "    last error: " in status and "550" in status

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, func, select, update
+from sqlalchemy import Connection, Engine, case, func, select, update
 
 from newsletter.store import insert_or_ignore, now
 from newsletter.store.halts import (
@@ -232,13 +232,17 @@ def set_state(
 ) -> None:
     """Move a mailing on.  A withdrawn, postponed or cancelled one
     (`store.halts`) stays so unless `over_halt`: a pass that ends after its
-    mailing was halted must not undo that, except to say it finished (its
-    halt's note goes with it: `last_error` is then exactly what is given)."""
+    mailing was halted must not undo that, except to say it finished (the
+    halt's note goes with the halt; an earlier pass's last error stays)."""
     values: dict[str, Any] = {"state": state, "paused_until": paused_until}
     if state == "done":
         values["finished_at"] = now()
-    if last_error is not None or over_halt:
+    if last_error is not None:
         values["last_error"] = last_error
+    elif over_halt:
+        values["last_error"] = case(
+            (mailings.c.state.in_(STOPPED), None), else_=mailings.c.last_error
+        )
     query = update(mailings).where(mailings.c.id == mailing_id)
     if not over_halt:
         query = query.where(not_halted())
