@@ -1,7 +1,8 @@
 """The public archive: every email that went out, as a web page.
 
 Only posts with a finished mailing (or at least one delivery actually sent)
-are listed, so drafts and unsent posts never leak through the archive.  The
+are listed, so drafts and unsent posts never leak through the archive, nor
+a post pulled mid-mailing (`sent_posts`).  The
 per-recipient placeholders are replaced with neutral words and the
 unsubscribe link points at a page that explains where the real one is: an
 archive page must never carry a working token.
@@ -12,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Engine, exists, or_, select
+from sqlalchemy import Engine, and_, exists, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from newsletter.config import ListSettings, Settings
@@ -20,6 +21,7 @@ from newsletter.email.message import Recipient, fill_placeholders
 from newsletter.email.rendered import RenderedEmail
 from newsletter.errors import StoreError, database_reason
 from newsletter.store import reading
+from newsletter.store.halts import HALTED
 from newsletter.store.schema import deliveries, lists, mailings
 
 
@@ -46,10 +48,17 @@ def neutral_html(rendered: RenderedEmail, settings: Settings) -> str:
 
 
 def sent_posts(engine: Engine) -> list[ArchiveEntry]:
-    """One entry per sent post (its first list), newest first."""
+    """One entry per sent post (its first list), newest first.
+
+    A post whose unfinished mailing the daemon halted (`store.halts`: pulled,
+    opted out or re-dated into the future, which Jekyll does not publish
+    yet) is left out until it may go again; one the owner cancelled stays
+    (the post is live, and the emails that went out link here).
+    """
     was_sent = exists().where(
         deliveries.c.mailing_id == mailings.c.id, deliveries.c.status == "sent"
     )
+    shown = or_(mailings.c.state == "done", and_(was_sent, mailings.c.state.not_in(HALTED)))
     query = (
         select(
             mailings.c.post_id,
@@ -60,7 +69,7 @@ def sent_posts(engine: Engine) -> list[ArchiveEntry]:
             mailings.c.created_at,
         )
         .join(lists, lists.c.id == mailings.c.list_id)
-        .where(or_(mailings.c.state == "done", was_sent))
+        .where(shown)
         .order_by(mailings.c.id)
     )
     try:
