@@ -8,10 +8,11 @@ when a post must be built: a listing served from the index never does.
 
 from __future__ import annotations
 
+import contextvars
 import posixpath
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from types import MappingProxyType
@@ -19,7 +20,7 @@ from typing import Any
 
 from newsletter.config import Settings
 from newsletter.errors import Problem
-from newsletter.posts import jekyll, pages, permalink
+from newsletter.posts import drops, jekyll, pages, permalink
 from newsletter.posts import site as jekyllsite
 from newsletter.posts import text as posttext
 from newsletter.posts.model import Author, Post
@@ -50,6 +51,10 @@ class SiteContext:
     post_urls: Mapping[str, str]
     authors: Mapping[str, Any]  # _data/authors.yml and the authors collection
     includes: Path | None  # the site's _includes folder
+    root: Path | None = None  # the site's source (`include_relative` stays inside it)
+    # Each post's entry in `site.posts` by path, and their order (`previous`, `next`).
+    shelf: drops.Shelf = field(default_factory=drops.Shelf)
+    sources: Mapping[str, Source] = field(default_factory=dict)
 
     @classmethod
     def build(
@@ -65,9 +70,9 @@ class SiteContext:
             "time": RubyTime.of(datetime.now(site.tz)),
         }
         root = site.source_dir or (settings.base_dir if site.jekyll is None else None)
-        variables = jekyllsite.site_variables(
-            root, site.jekyll, base, [_page(s) for s in sources], problems
-        )
+        shelf = drops.Shelf()
+        entries = shelf.arrange([shelf.drop(_page(s), _order(s)) for s in sources])
+        variables = jekyllsite.site_variables(root, site.jekyll, base, entries, problems)
         urls: dict[str, str] = {}
         baseurl = permalink.normalized_baseurl(site.baseurl)
         for source in sources:
@@ -86,7 +91,25 @@ class SiteContext:
         includes = root / "_includes" if root is not None else None
         includes = includes if includes is not None and includes.is_dir() else None
         targets = pages.LinkTargets(urls, settings)
-        return cls(settings, variables.liquid, targets, variables.authors, includes)
+        by_path = {s.site_rel: s for s in sources}
+        context = cls(
+            settings, variables.liquid, targets, variables.authors, includes, root, shelf, by_path
+        )
+        shelf.render_excerpt = context.liquid_excerpt
+        return context
+
+    def liquid_excerpt(self, path: str) -> str:
+        """`post.excerpt` of the post at `path` (Jekyll's `relative_path`) as
+        Jekyll renders it: Liquid (with that post as `page`), then its converter."""
+        source = self.sources.get(path)
+        if source is None:
+            return ""
+        return excerpt_for_liquid(source, _CURRENT_SITE.get() or self)
+
+    def include_file(self, path: Path) -> str | None:
+        """A digest of the file `{% include_relative %}` reads (None: missing),
+        asked through the post's lookups so that the index sees it change."""
+        return self.post_urls.get(pages.FILE + str(path))
 
     def post_url(self, name: str) -> str | None:
         return self.post_urls.get(name.strip().strip("\"'"))
@@ -106,6 +129,12 @@ class SiteContext:
                 return found
         return None
 
+
+# The site context a post renders with (the index's watching one, while it
+# builds a post): an excerpt read from Liquid renders with it too.
+_CURRENT_SITE: contextvars.ContextVar[SiteContext | None] = contextvars.ContextVar(
+    "current_site", default=None
+)
 
 _FALSE = (False, "false", "False", "no")
 
@@ -165,6 +194,11 @@ def build_post(source: Source, site: SiteContext, *, bodies: bool = True) -> Pos
     )
 
 
+def _order(source: Source) -> tuple[Any, ...]:
+    """Jekyll's Document#<=>: by date, then by path."""
+    return (source.date, str(source.path))
+
+
 def _page(source: Source, title: str | None = None) -> dict[str, Any]:
     """Liquid's `page` (and each of `site.posts`) for a post."""
     if title is None:
@@ -192,16 +226,26 @@ def _liquid(source: Source, site: SiteContext, title: str, text: str | None = No
     """The body (or `text`, a part of it: then warnings are not repeated) rendered."""
     from newsletter.posts import liquid as liquid_mod
 
-    page = _page(source, title)
-    result = liquid_mod.render(
-        source.body if text is None else text,
-        site=site.liquid_site,
-        page=page,
-        post_url=site.post_url,
-        link=site.link,
-        first_line=source.body_line,
-        includes=site.includes,
-    )
+    fields = _page(source, title)
+    entry = site.shelf.drop(fields, _order(source))
+    page = entry.as_page(site.liquid_site)
+    relative = None
+    if site.root is not None:
+        relative = liquid_mod.Relative(source.path.parent, site.root, site.include_file)
+    token = _CURRENT_SITE.set(site)
+    try:
+        result = liquid_mod.render(
+            source.body if text is None else text,
+            site=drops.PostSite(site.liquid_site, page),
+            page=page,
+            post_url=site.post_url,
+            link=site.link,
+            first_line=source.body_line,
+            includes=site.includes,
+            relative=relative,
+        )
+    finally:
+        _CURRENT_SITE.reset(token)
     if text is None:
         for warning in result.warnings:
             source.warnings.add(warning.message, warning.line)
@@ -215,6 +259,31 @@ _TEMPLATE_MARKERS = re.compile(r"\{(?=[%{])")
 
 def _safe_html(fragment: str) -> str:
     return _TEMPLATE_MARKERS.sub("&#123;", fragment)
+
+
+def _separator(source: Source, site: SiteContext) -> str:
+    separator = source.data.get("excerpt_separator")
+    return separator if isinstance(separator, str) else site.settings.site.excerpt_separator
+
+
+def excerpt_for_liquid(source: Source, site: SiteContext) -> str:
+    """Jekyll's `post.excerpt`: the raw content (byline line and all: Jekyll
+    knows no bylines) up to the separator, its Liquid rendered with the post as
+    `page`, then converted as the post is (Markdown to HTML, the rest as is).
+    Not sanitised here: it lands in a post's text, which is."""
+    title = jekyll.scalar_text(source.data.get("title")) or jekyll.titleize(source.file_slug)
+    head = posttext.jekyll_excerpt_source(source.body, _separator(source, site))
+    rendered = _liquid(source, site, title, head)
+    if source.path.suffix.lower() not in jekyllsite.MARKDOWN_EXTS:
+        return rendered
+    from newsletter.posts import markup
+
+    # kramdown leaves a blank line between blocks; Python-Markdown does not.
+    # It shows where the excerpt lands in Markdown again (`| strip_html` in a list).
+    return _BLOCK_END.sub("\\1\n\n", markup.markdownify(rendered))
+
+
+_BLOCK_END = re.compile(r"(</(?:p|[uod]l|h[1-6]|blockquote|pre|table|div)>|<hr\s*/?>)\n(?=<)")
 
 
 def _excerpt(
@@ -231,9 +300,7 @@ def _excerpt(
     candidates: list[str] = []
     if isinstance(explicit, str) and explicit.strip():
         candidates.append(explicit)
-    separator = data.get("excerpt_separator")
-    if not isinstance(separator, str):
-        separator = site.settings.site.excerpt_separator
+    separator = _separator(source, site)
     if site.settings.site.jekyll is not None:
         raw = source.body
         # The byline line is not the post's text: the excerpt starts after it.

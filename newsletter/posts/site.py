@@ -19,7 +19,7 @@ import csv
 import fnmatch
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -313,16 +313,16 @@ def site_variables(
     source: Path | None,
     config: Mapping[str, Any] | None,
     base: Mapping[str, Any],
-    pages: list[dict[str, Any]],
+    pages: Sequence[dict[str, Any]],
     problems: list[Problem],
 ) -> SiteVariables:
     """Liquid's `site`: the `_config.yml` keys, `base` (url, title, … as
-    newsletter resolved them), `site.data`, `site.posts` (newest first),
+    newsletter resolved them), `site.data`, `site.posts` (`pages`, newest first),
     `site.categories`, `site.tags` and every collection's documents."""
     liquid: dict[str, Any] = {**(config or {}), **base}
     data = load_data(source / "_data", problems) if source is not None else {}
     liquid["data"] = data
-    newest = sorted(pages, key=lambda p: p["date"], reverse=True)
+    newest = list(pages)  # sorted by the caller, as Jekyll sorts them (`drops.Shelf.arrange`)
     liquid["posts"] = newest
     liquid["categories"] = _grouped(newest, "categories")
     liquid["tags"] = _grouped(newest, "tags")
