@@ -214,7 +214,9 @@ def load_data(folder: Path, problems: list[Problem]) -> dict[str, Any]:
         try:
             value = _data_file(entry)
         except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError, csv.Error) as exc:
-            problems.append(Problem(f"data file ignored: {exc}", entry, None, "warning"))
+            problems.append(
+                Problem(f"data file ignored: {_one_line(exc)}", entry, _error_line(exc), "warning")
+            )
             continue
         if value is not _SKIP:
             data[entry.stem] = value
@@ -222,6 +224,23 @@ def load_data(folder: Path, problems: list[Problem]) -> dict[str, Any]:
 
 
 _SKIP = object()
+
+
+def _error_line(exc: Exception) -> int | None:
+    """The 1-based line a YAML or JSON error points at, if it says."""
+    if isinstance(exc, json.JSONDecodeError):
+        return exc.lineno
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    return mark.line + 1 if mark is not None else None
+
+
+def _one_line(exc: Exception) -> str:
+    if isinstance(exc, yaml.MarkedYAMLError):
+        # Its own text repeats the file name and line, which the problem shows.
+        return " ".join(str(part) for part in (exc.context, exc.problem) if part)
+    if isinstance(exc, json.JSONDecodeError):
+        return exc.msg
+    return str(exc)
 
 
 def _data_file(path: Path) -> Any:
