@@ -127,7 +127,9 @@ def test_an_excerpt_renders_only_when_read_and_once(
     loaded = _load(config, index=False)
     assert "Next: P4." in _by_slug(loaded)["p3"].body_html
     assert calls == []  # neighbours come from the front matter already read
-    listing = "{% for p in site.posts limit:2 %}[{{ p.excerpt | strip_html | strip }}]{% endfor %}\n"
+    listing = (
+        "{% for p in site.posts limit:2 %}[{{ p.excerpt | strip_html | strip }}]{% endfor %}\n"
+    )
     _write(tmp_path / "_posts/2024-01-01-p1.md", post("P1", "One.\n\n" + listing))
     _write(tmp_path / "_posts/2024-01-02-p2.md", post("P2", "Two.\n\n" + listing))
     loaded = _load(config, index=False)
