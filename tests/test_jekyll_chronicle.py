@@ -4,7 +4,8 @@
 `site.posts` with `limit` and same-day posts, `where` / `sort` over
 `site.data` (yml, json, csv), dates and tags through filters, `page.url` /
 `page.id` under a category folder, `{% capture %}` / `{% assign %}` across an
-include, `{% raw %}`, and Liquid 5's `truncatewords`.
+include, `{% raw %}`, `{% highlight %}` with `linenos`, the order of
+`site.tags`, and Liquid 5's `truncatewords`.
 
 Each test names the post showing one feature and compares what a reader sees
 of it (tests/jekyll_oracle.py's `text_of`), plus the HTML where its shape
@@ -21,7 +22,7 @@ import pytest
 from jekyll_oracle import build, jekyll_available, text_of
 
 from newsletter.config import load_settings
-from newsletter.posts import Post, load_posts
+from newsletter.posts import Post, load_posts, markup
 
 if not jekyll_available():
     if os.environ.get("NEWSLETTER_REQUIRE_JEKYLL") == "1":
@@ -57,6 +58,7 @@ FEATURES = {
     "page.url, page.id, date and join filters": "en/_posts/2024-03-14-in-english.md",
     "site.data with where and sort, raw": "_posts/2024-03-16-data.md",
     "capture and assign across an include": "_posts/2024-03-18-capture.md",
+    "highlight linenos, site.tags in Jekyll's order": "_posts/2024-03-20-code.md",
 }
 
 
@@ -96,3 +98,13 @@ def test_the_neighbours_links_are_jekyll_s(both: tuple[dict[str, Any], dict[str,
     assert re.findall(r'href="([^"]*)"', ours[path].body_html) == [
         "https://blog.example.com" + links[0]
     ]
+
+
+def test_numbered_code_reads_as_code_in_the_text_part(
+    both: tuple[dict[str, Any], dict[str, Post]],
+) -> None:
+    """Jekyll's gutter of line numbers is for the eye: the plain-text part
+    keeps the code as it was written, indented, without them."""
+    _, ours = both
+    text = markup.html_to_text(ours["_posts/2024-03-20-code.md"].body_html)
+    assert '\n\n    def stars\n      "*" * 3\n    end\n\n    print("plain")\n\n' in text

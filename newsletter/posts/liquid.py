@@ -327,7 +327,10 @@ class _Prepass:
     def _tag(self, match: re.Match[str]) -> str:
         name, args, pos = match.group("name"), match.group("args").strip(), match.start()
         if name == "highlight":
-            lang = args.split()[0] if args else ""
+            lang, *options = args.split() or [""]
+            if any(o.startswith("linenos") for o in options):
+                # Jekyll numbers the lines in a gutter (Rouge's table); so does Pygments.
+                lang = "{ " + (f".{lang} " if lang else "") + 'linenums="1" }'
             after = match.end()
             newline = "" if after >= len(self.text) or self.text[after] == "\n" else "\n"
             # `{% endif -%}` before it would trim the line break the fence needs.

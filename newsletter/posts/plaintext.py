@@ -105,6 +105,11 @@ def _block(el: HtmlElement, prefix: str) -> Iterator[str]:
         yield "\n".join(_list_items(el, prefix))
     elif tag == "blockquote":
         yield from _text_blocks(el, prefix + "> ")
+    elif tag == "table" and "codehilitetable" in (el.get("class") or "").split():
+        # `{% highlight x linenos %}`: the numbers are for the eye, not for copying.
+        code = el.find(".//td[@class='code']//pre")
+        if code is not None:
+            yield from _block(code, prefix)
     elif tag == "table":
         yield "\n".join(_table_rows(el, prefix))
     else:

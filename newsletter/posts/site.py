@@ -360,9 +360,11 @@ def site_variables(
     return SiteVariables(liquid, authors)
 
 
-def _grouped(pages: list[dict[str, Any]], key: str) -> dict[str, list[dict[str, Any]]]:
+def _grouped(newest: list[dict[str, Any]], key: str) -> dict[str, list[dict[str, Any]]]:
+    """Jekyll's Site#post_attr_hash: names in the order the oldest post first
+    uses them (`{% for tag in site.tags %}`), each name's posts newest first."""
     groups: dict[str, list[dict[str, Any]]] = {}
-    for page in pages:
+    for page in reversed(newest):
         for name in page.get(key) or ():
             groups.setdefault(str(name), []).append(page)
-    return groups
+    return {name: found[::-1] for name, found in groups.items()}
