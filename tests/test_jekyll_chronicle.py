@@ -5,7 +5,8 @@
 `site.data` (yml, json, csv), dates and tags through filters, `page.url` /
 `page.id` under a category folder, `{% capture %}` / `{% assign %}` across an
 include, `{% raw %}`, `{% highlight %}` with `linenos`, the order of
-`site.tags`, and Liquid 5's `truncatewords`.
+`site.tags`, `post.content` (rendered for older posts, raw for the post
+itself) and Liquid 5's `truncatewords`.
 
 Each test names the post showing one feature and compares what a reader sees
 of it (tests/jekyll_oracle.py's `text_of`), plus the HTML where its shape
@@ -59,6 +60,7 @@ FEATURES = {
     "site.data with where and sort, raw": "_posts/2024-03-16-data.md",
     "capture and assign across an include": "_posts/2024-03-18-capture.md",
     "highlight linenos, site.tags in Jekyll's order": "_posts/2024-03-20-code.md",
+    "post.content of older posts, page.content": "_posts/2024-03-22-archive.md",
 }
 
 

@@ -188,3 +188,27 @@ def test_the_index_sees_a_new_neighbour_and_an_included_file(
     assert "Note two!" in body(False)
     _write(tmp_path / "_posts/_inc/note.md", "Note three\n", age=9)
     assert "Note three" in body(True)
+
+
+def test_content_is_rendered_for_older_posts_only(tmp_path: Path) -> None:
+    """As Jekyll, which renders posts oldest first: an older post's content
+    is its HTML; the post's own and a newer one's are still as written."""
+    newest = (
+        "*{{ page.title }}*\n\n"
+        "{% for p in site.posts offset:1 %}[{{ p.title }}: {{ p.content | strip }}]\n{% endfor %}\n"
+        "Own: {{ page.content | size }}\n"
+    )
+    config = _site(
+        tmp_path,
+        {
+            "_posts/2024-01-01-a.md": post("A", "*{{ page.title }}* one.\n\n"
+                                       "Newest: {{ site.posts.first.content | size }}\n"),
+            "_posts/2024-01-02-b.md": post("B", "*{{ page.title }}* two.\n"),
+            "_posts/2024-01-03-c.md": post("C", newest),
+        },
+    )  # fmt: skip
+    posts = _by_slug(_load(config, index=False))
+    assert "<em>B</em> two.</p>]" in posts["c"].body_html  # rendered
+    assert "[A: <p><em>A</em> one.</p>" in posts["c"].body_html
+    assert f"Own: {len(newest)}" in posts["c"].body_html  # its own: as written
+    assert f"Newest: {len(newest)}" in posts["a"].body_html  # a newer one: as written

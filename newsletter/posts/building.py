@@ -95,7 +95,7 @@ class SiteContext:
         context = cls(
             settings, variables.liquid, targets, variables.authors, includes, root, shelf, by_path
         )
-        shelf.render_excerpt = context.liquid_excerpt
+        shelf.renderer = context
         return context
 
     def liquid_excerpt(self, path: str) -> str:
@@ -105,6 +105,17 @@ class SiteContext:
         if source is None:
             return ""
         return excerpt_for_liquid(source, _CURRENT_SITE.get() or self)
+
+    def liquid_content(self, path: str) -> str:
+        """`post.content` of a post rendered already: its Liquid, then its converter."""
+        source = self.sources.get(path)
+        if source is None:
+            return ""
+        return _converted(source, _CURRENT_SITE.get() or self, source.body)
+
+    def raw_content(self, path: str) -> str:
+        source = self.sources.get(path)
+        return source.body if source is not None else ""
 
     def include_file(self, path: Path) -> str | None:
         """A digest of the file `{% include_relative %}` reads (None: missing),
@@ -234,16 +245,17 @@ def _liquid(source: Source, site: SiteContext, title: str, text: str | None = No
         relative = liquid_mod.Relative(source.path.parent, site.root, site.include_file)
     token = _CURRENT_SITE.set(site)
     try:
-        result = liquid_mod.render(
-            source.body if text is None else text,
-            site=drops.PostSite(site.liquid_site, page),
-            page=page,
-            post_url=site.post_url,
-            link=site.link,
-            first_line=source.body_line,
-            includes=site.includes,
-            relative=relative,
-        )
+        with drops.rendering(entry.sort_key):
+            result = liquid_mod.render(
+                source.body if text is None else text,
+                site=drops.PostSite(site.liquid_site, page),
+                page=page,
+                post_url=site.post_url,
+                link=site.link,
+                first_line=source.body_line,
+                includes=site.includes,
+                relative=relative,
+            )
     finally:
         _CURRENT_SITE.reset(token)
     if text is None:
@@ -271,18 +283,28 @@ def excerpt_for_liquid(source: Source, site: SiteContext) -> str:
     knows no bylines) up to the separator, its Liquid rendered with the post as
     `page`, then converted as the post is (Markdown to HTML, the rest as is).
     Not sanitised here: it lands in a post's text, which is."""
-    title = jekyll.scalar_text(source.data.get("title")) or jekyll.titleize(source.file_slug)
     head = posttext.jekyll_excerpt_source(source.body, _separator(source, site))
-    rendered = _liquid(source, site, title, head)
+    return _converted(source, site, head)
+
+
+def _converted(source: Source, site: SiteContext, text: str) -> str:
+    """`text` (the post's or a part of it) as Jekyll renders it for Liquid:
+    its Liquid with the post as `page`, then the post's converter."""
+    title = jekyll.scalar_text(source.data.get("title")) or jekyll.titleize(source.file_slug)
+    rendered = _liquid(source, site, title, text)
     if source.path.suffix.lower() not in jekyllsite.MARKDOWN_EXTS:
         return rendered
     from newsletter.posts import markup
 
-    # kramdown leaves a blank line between blocks; Python-Markdown does not.
-    # It shows where the excerpt lands in Markdown again (`| strip_html` in a list).
-    return _BLOCK_END.sub("\\1\n\n", markup.markdownify(rendered))
+    # kramdown leaves a blank line between blocks (it shows where the excerpt
+    # lands in Markdown again: `| strip_html` in a list) and drops the spaces
+    # that ended a paragraph's last line (`| number_of_words` counts them);
+    # Python-Markdown does neither.
+    html = _PARAGRAPH_END.sub("</p>", markup.markdownify(rendered))
+    return _BLOCK_END.sub("\\1\n\n", html)
 
 
+_PARAGRAPH_END = re.compile(r"[ \t]+</p>")
 _BLOCK_END = re.compile(r"(</(?:p|[uod]l|h[1-6]|blockquote|pre|table|div)>|<hr\s*/?>)\n(?=<)")
 
 

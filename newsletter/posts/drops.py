@@ -8,6 +8,9 @@ excerpt.rb, related_posts.rb):
 * `excerpt`: the post's content up to its `excerpt_separator` (or the site's),
   rendered (Liquid, then Markdown) with the post as `page`; a front matter
   `excerpt:` is used as written, as Jekyll does;
+* `content`: what Jekyll holds while it renders the posts oldest first: an
+  older post's content is rendered (Liquid, then Markdown: HTML), the post's
+  own and a newer one's still as written (Markdown and Liquid, raw);
 * `previous` / `next`: the neighbouring posts by date (ties by path), nil at
   either end;
 * `site.related_posts`: without `--lsi`, the ten newest posts other than this one.
@@ -20,35 +23,49 @@ post is rendered for it, except an `excerpt` actually read.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
-from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from collections.abc import Iterator, Mapping
+from typing import Any, Protocol
 
-__all__ = ["PostDrop", "PostSite", "Shelf"]
+__all__ = ["PostDrop", "PostSite", "Renderer", "Shelf", "rendering"]
 
-LAZY_KEYS = frozenset({"excerpt", "previous", "next"})
+LAZY_KEYS = frozenset({"excerpt", "content", "previous", "next"})
 RELATED_POSTS = 10  # Jekyll's RelatedPosts without LSI: `last(11).reverse - [post]`, first 10
 
 # The excerpts being rendered (by path): a post whose excerpt reads its own
 # excerpt would never finish (Jekyll overflows its stack); here it is empty.
-_RENDERING: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar(
+_RENDERING: contextvars.ContextVar[frozenset[tuple[str, str]]] = contextvars.ContextVar(
     "excerpts_rendering", default=frozenset()
 )
 
-ExcerptRenderer = Callable[[str], str]  # the post's `path` → its rendered excerpt
+# The post being rendered (its sort key): whose `content` is rendered already.
+_RENDERING_NOW: contextvars.ContextVar[tuple[Any, ...] | None] = contextvars.ContextVar(
+    "rendering_now", default=None
+)
+
+
+class Renderer(Protocol):
+    """What renders a post's parts for Liquid, by the post's `path`."""
+
+    def liquid_excerpt(self, path: str) -> str: ...
+
+    def liquid_content(self, path: str) -> str: ...
+
+    def raw_content(self, path: str) -> str: ...
 
 
 class Shelf:
-    """Every post of one load in date order, and how to render an excerpt.
+    """Every post of one load in date order, and how to render its parts.
 
-    `render_excerpt` is set once the site's context exists (it needs `site`
-    itself); until then, and without one, an excerpt is empty."""
+    `renderer` is set once the site's context exists (it needs `site`
+    itself); until then, and without one, an excerpt or content is empty."""
 
     def __init__(self) -> None:
         self.oldest_first: list[PostDrop] = []
         self._position: dict[str, int] = {}
-        self.render_excerpt: ExcerptRenderer | None = None
-        self._excerpts: dict[str, str] = {}
+        self.renderer: Renderer | None = None
+        self._made: dict[tuple[str, str], str] = {}
 
     def drop(self, fields: Mapping[str, Any], sort_key: tuple[Any, ...]) -> PostDrop:
         found = PostDrop(fields, self)
@@ -69,17 +86,45 @@ class Shelf:
         return self.oldest_first[at + step]
 
     def excerpt(self, path: str) -> str:
-        if path in self._excerpts:
-            return self._excerpts[path]
-        rendering = _RENDERING.get()
-        if self.render_excerpt is None or path in rendering:
+        return self._rendered("excerpt", path)
+
+    def content(self, path: str) -> str:
+        if self.renderer is None:
             return ""
-        token = _RENDERING.set(rendering | {path})
+        at, now = self._position.get(path), _RENDERING_NOW.get()
+        mine = self.oldest_first[at].sort_key if at is not None else None
+        if now is None or mine is None or mine >= now:
+            return self.renderer.raw_content(path)
+        return self._rendered("content", path)
+
+    def _rendered(self, part: str, path: str) -> str:
+        if (part, path) in self._made:
+            return self._made[(part, path)]
+        rendering = _RENDERING.get()
+        if self.renderer is None or (part, path) in rendering:
+            return ""
+        token = _RENDERING.set(rendering | {(part, path)})
         try:
-            self._excerpts[path] = self.render_excerpt(path)
+            renderer = self.renderer
+            made = (
+                renderer.liquid_excerpt(path)
+                if part == "excerpt"
+                else renderer.liquid_content(path)
+            )
+            self._made[(part, path)] = made
         finally:
             _RENDERING.reset(token)
-        return self._excerpts[path]
+        return made
+
+
+@contextlib.contextmanager
+def rendering(sort_key: tuple[Any, ...]) -> Iterator[None]:
+    """While the post with `sort_key` renders: posts older than it are rendered."""
+    token = _RENDERING_NOW.set(sort_key)
+    try:
+        yield
+    finally:
+        _RENDERING_NOW.reset(token)
 
 
 class PostDrop(dict[str, Any]):
@@ -103,6 +148,8 @@ class PostDrop(dict[str, Any]):
         path = str(dict.get(self, "path"))
         if key == "excerpt":
             return self._shelf.excerpt(path)
+        if key == "content":
+            return self._shelf.content(path)
         if self._site is not None:
             self._site.get("posts")  # the page depends on the other posts
         return self._shelf.neighbour(path, -1 if key == "previous" else 1)
