@@ -105,6 +105,29 @@ def one_line(text: str) -> str:
     return text.translate(_CONTROLS)
 
 
+def database_reason(exc: BaseException) -> str:
+    """A database error in the driver's own words, on one line.
+
+    SQLAlchemy's text of an error repeats the statement and its parameters
+    (subscribers' addresses among them: not for a log) and ends with a link
+    to its documentation; the driver's message (`exc.orig`) is what tells an
+    operator what happened ("database is locked", "connection refused",
+    "terminating connection due to administrator command").  Duck-typed, so
+    this module needs no SQLAlchemy import.
+    """
+    orig = getattr(exc, "orig", None)
+    text = str(orig) if isinstance(orig, BaseException) else str(exc)
+    lines = [
+        line.strip()
+        for line in text.splitlines()
+        if line.strip() and not line.lstrip().startswith(("(Background on this error", "[SQL:"))
+    ]
+    reason = "; ".join(lines) or type(orig or exc).__name__
+    if getattr(exc, "connection_invalidated", False):
+        reason = f"connection lost: {reason}"
+    return reason
+
+
 Severity = Literal["error", "warning"]
 
 

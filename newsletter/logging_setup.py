@@ -52,6 +52,72 @@ def make_handler(*, json_lines: bool, stream: TextIO | None = None) -> logging.H
     return handler
 
 
+# Loggers of the libraries under the store whose WARNING and ERROR lines an
+# operator should see (a connection lost, a pool reset that failed), one line
+# each: `DatabaseLines` on whichever handler writes them.
+DATABASE_LOGGERS = ("sqlalchemy.pool", "psycopg")
+
+
+class DatabaseLines(logging.Filter):
+    """A library's error with a traceback (SQLAlchemy's pool logs one when a
+    connection it resets is already gone) as one line with the driver's reason:
+    the log stays one event per line, and the traceback says nothing an
+    operator can act on.  Other loggers' records pass unchanged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and record.name.startswith(DATABASE_LOGGERS):
+            from newsletter.errors import database_reason
+
+            record.msg = f"database: {record.getMessage()}: {database_reason(exc)}"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+class OverlappingScans(logging.Filter):
+    """Drop APScheduler's warning that the scan job was skipped because the
+    previous pass is still running: a long (paced) mailing spans many scan
+    intervals by design, and the next pass starts when it ends."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        skipped = "maximum number of running instances" in str(record.msg)
+        return not (skipped and "_pass" in record.getMessage())
+
+
+class StderrLines(logging.StreamHandler):
+    """`warning: <message>` on whatever `sys.stderr` is when a record comes
+    (click's test runner swaps it), for the database libraries' lines in a
+    command without the daemon's handler (where Python's last-resort handler
+    would print their tracebacks)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+        self.addFilter(DatabaseLines())
+        self.set_name("newsletter-library")
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: TextIO) -> None:
+        pass
+
+
+def quiet_library_logs() -> None:
+    """Library lines one line each, once per process (idempotent): every store open calls it."""
+    for name in DATABASE_LOGGERS:
+        logger = logging.getLogger(name)
+        if not logger.handlers:
+            logger.addHandler(StderrLines())
+    scheduler = logging.getLogger("apscheduler.scheduler")
+    if not any(isinstance(f, OverlappingScans) for f in scheduler.filters):
+        scheduler.addFilter(OverlappingScans())
+
+
 def setup_logging(
     *, json_lines: bool = False, level: int = logging.INFO, stream: TextIO | None = None
 ) -> logging.Handler:
@@ -61,10 +127,12 @@ def setup_logging(
     WARNING: the daemon logs what it does in its own words.
     """
     handler = make_handler(json_lines=json_lines, stream=stream)
-    for name in ("newsletter", "apscheduler"):
+    handler.addFilter(DatabaseLines())
+    quiet_library_logs()
+    for name in ("newsletter", "apscheduler", *DATABASE_LOGGERS):
         logger = logging.getLogger(name)
         for old in list(logger.handlers):
-            if old.get_name() == "newsletter-daemon":
+            if old.get_name() in ("newsletter-daemon", "newsletter-library"):
                 logger.removeHandler(old)
         logger.addHandler(handler)
     logging.getLogger("newsletter").setLevel(level)
@@ -87,5 +155,6 @@ def current_logging() -> tuple[bool, int] | None:
 
 def remove_logging(handler: logging.Handler) -> None:
     """Undo `setup_logging` (the CLI does this on exit so tests stay isolated)."""
-    for name in ("newsletter", "apscheduler"):
+    for name in ("newsletter", "apscheduler", *DATABASE_LOGGERS):
         logging.getLogger(name).removeHandler(handler)
+    quiet_library_logs()  # the database libraries' lines go back to plain stderr

@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from smtpserver import free_port
 from sqlalchemy import Connection, Engine, event, inspect, select, text
 from sqlalchemy.exc import OperationalError, StatementError
 
@@ -278,3 +279,24 @@ def test_a_big_write_is_checkpointed_after_the_block_not_inside_its_commit(
         with conn.begin():
             conn.execute(text("INSERT INTO big (x) VALUES (:x)"), rows)
         assert path.stat().st_size > size + 10_000_000
+
+
+def test_an_unreachable_postgresql_is_one_readable_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server's own words, on one line: no escaped newlines, no SQLAlchemy
+    "Background on this error" link, no password."""
+    from click.testing import CliRunner
+
+    from newsletter.cli import main
+
+    port = free_port()  # nothing listens there
+    config = tmp_path / "newsletter.toml"
+    config.write_text(f'[database]\nurl = "postgresql+psycopg://u:secret@127.0.0.1:{port}/news"\n')
+    monkeypatch.delenv("NEWSLETTER_DATABASE_URL", raising=False)
+    result = CliRunner().invoke(main, ["--config", str(config), "status"])
+    assert result.exit_code == 1
+    line = result.stderr
+    assert line.startswith("error: cannot open database ") and line.count("\n") == 1
+    assert "Connection refused" in line
+    assert "\\x0a" not in line and "sqlalche.me" not in line and "secret" not in line

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from newsletter.errors import StoreError
+from newsletter.errors import StoreError, database_reason
 from newsletter.store import now, reading
 from newsletter.store.schema import consent_events
 
@@ -95,4 +95,4 @@ def history(engine: Engine, subscriber_id: int) -> list[ConsentEvent]:
         with reading(engine) as conn:
             return [ConsentEvent(*row) for row in conn.execute(query)]
     except SQLAlchemyError as exc:
-        raise StoreError(f"database read failed: {exc}") from exc
+        raise StoreError(f"database read failed: {database_reason(exc)}") from exc

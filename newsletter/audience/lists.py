@@ -11,7 +11,7 @@ from sqlalchemy import Connection, Engine, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from newsletter.config import Settings
-from newsletter.errors import StoreError
+from newsletter.errors import StoreError, database_reason
 from newsletter.store import insert_or_ignore, now
 from newsletter.store.schema import lists
 
@@ -30,7 +30,7 @@ def ensure_lists(bind: Engine | Connection, settings: Settings) -> None:
         else:
             _ensure(bind, settings)
     except SQLAlchemyError as exc:
-        raise StoreError(f"database write failed: {exc}") from exc
+        raise StoreError(f"database write failed: {database_reason(exc)}") from exc
 
 
 def _ensure(conn: Connection, settings: Settings) -> None:

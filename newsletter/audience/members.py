@@ -27,7 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from newsletter.audience import consent
 from newsletter.audience.addresses import Address, email_key, normalise_email
 from newsletter.audience.lists import ensure_lists  # noqa: F401 - the module's API, as before
-from newsletter.errors import StoreError, SubscriberError
+from newsletter.errors import StoreError, SubscriberError, database_reason
 from newsletter.store import insert_or_ignore, now
 from newsletter.store import reading as read_only
 from newsletter.store.schema import lists, memberships, new_uid, subscribers
@@ -103,7 +103,7 @@ def writing(bind: Bind) -> Iterator[Connection]:
         else:
             yield bind
     except SQLAlchemyError as exc:
-        raise StoreError(f"database write failed: {exc}") from exc
+        raise StoreError(f"database write failed: {database_reason(exc)}") from exc
 
 
 @contextmanager
@@ -115,7 +115,7 @@ def reading(bind: Bind) -> Iterator[Connection]:
         else:
             yield bind
     except SQLAlchemyError as exc:
-        raise StoreError(f"database read failed: {exc}") from exc
+        raise StoreError(f"database read failed: {database_reason(exc)}") from exc
 
 
 def _row(row: Any) -> SubscriberRow:

@@ -44,7 +44,7 @@ from newsletter.audience.members import (
 from newsletter.audience.serviceformats import FORMULA_STARTS, NEWSLETTER_HEADER, SourceRow
 from newsletter.audience.stagereader import ValidatedRows
 from newsletter.config import Settings
-from newsletter.errors import Problem, StoreError, SubscriberError
+from newsletter.errors import Problem, StoreError, SubscriberError, database_reason
 from newsletter.store import READ_ONLY, now
 from newsletter.store import reading as read_only
 from newsletter.store.schema import lists, memberships, subscribers
@@ -153,7 +153,9 @@ def _staged_import(
                 # opens a fresh one next time.
                 conn.invalidate()
     except SQLAlchemyError as exc:
-        raise StoreError(f"import failed, nothing was written: {exc}", path=path) from exc
+        raise StoreError(
+            f"import failed, nothing was written: {database_reason(exc)}", path=path
+        ) from exc
     return run.counts
 
 
@@ -194,7 +196,9 @@ def _all_or_nothing(
             else:
                 transaction.commit()
     except SQLAlchemyError as exc:
-        raise StoreError(f"{what} failed, nothing was written: {exc}", path=path) from exc
+        raise StoreError(
+            f"{what} failed, nothing was written: {database_reason(exc)}", path=path
+        ) from exc
 
 
 @dataclass(frozen=True)
@@ -298,7 +302,7 @@ def members(
                     row.email, row.name, status, row.created_at, dict(row.attributes or {})
                 )
     except SQLAlchemyError as exc:
-        raise StoreError(f"cannot read list {list_name!r}: {exc}") from exc
+        raise StoreError(f"cannot read list {list_name!r}: {database_reason(exc)}") from exc
 
 
 # --------------------------------------------------------------------------- export

@@ -21,7 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from newsletter.config import utcnow
 from newsletter.daemon.passes import Clock
-from newsletter.errors import DeliveryError, StoreError
+from newsletter.errors import DeliveryError, StoreError, database_reason
 from newsletter.store import insert_or_ignore
 from newsletter.store.leases import owner_identity
 from newsletter.store.schema import state
@@ -87,7 +87,7 @@ class DaemonLock:
                         raise StoreError("the daemon lock changed hands; try again")
                     raise self._busy(holder, at)
         except SQLAlchemyError as exc:
-            raise StoreError(f"cannot take the daemon lock: {exc}") from exc
+            raise StoreError(f"cannot take the daemon lock: {database_reason(exc)}") from exc
 
     def _holder(self, conn: Connection) -> Any:
         return conn.execute(
@@ -123,7 +123,7 @@ class DaemonLock:
                     delete(state).where(state.c.key == LOCK_KEY, state.c.value == self.owner)
                 )
         except SQLAlchemyError as exc:  # the lock simply expires
-            log.warning("could not release the daemon lock: %s", exc)
+            log.warning("could not release the daemon lock: %s", database_reason(exc))
 
 
 class SharedLock:

@@ -21,7 +21,7 @@ from newsletter.config import ListSettings, Settings, utcnow
 from newsletter.daemon import pagewait, planning
 from newsletter.delivery.report import DeliveryReport
 from newsletter.delivery.transports import Transport
-from newsletter.errors import NewsletterError, TransportError
+from newsletter.errors import NewsletterError, TransportError, database_reason
 from newsletter.posts.collection import Post, PostCollection
 from newsletter.store import one_at_a_time, reading
 from newsletter.store.leases import DEFERRED
@@ -322,7 +322,7 @@ def _deliver(
             problems.append(f"error: mailing {mailing_id}: {exc}")
             continue
         except SQLAlchemyError as exc:  # a busy or broken database: next pass retries
-            problems.append(f"error: mailing {mailing_id}: database: {exc}")
+            problems.append(f"error: mailing {mailing_id}: database: {database_reason(exc)}")
             continue
         total += report
         counted = report.sent or report.deferred or report.failed or report.skipped

@@ -34,7 +34,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from newsletter.config import ListSettings, Settings
-from newsletter.errors import ConfigError, Problem, StoreError
+from newsletter.errors import ConfigError, Problem, StoreError, database_reason
 from newsletter.posts.collection import Post, PostCollection
 from newsletter.store import insert_or_ignore, reading
 from newsletter.store.schema import state
@@ -323,7 +323,7 @@ def read_state_time(engine: Engine, key: str) -> datetime | None:
         with reading(engine) as conn:
             value = conn.scalar(select(state.c.value).where(state.c.key == key))
     except SQLAlchemyError as exc:
-        raise StoreError(f"cannot read state {key!r}: {exc}") from exc
+        raise StoreError(f"cannot read state {key!r}: {database_reason(exc)}") from exc
     if value is None:
         return None
     try:
@@ -356,7 +356,7 @@ def write_state_time(
             )
             return stamp
     except SQLAlchemyError as exc:
-        raise StoreError(f"cannot write state {key!r}: {exc}") from exc
+        raise StoreError(f"cannot write state {key!r}: {database_reason(exc)}") from exc
 
 
 def effective_since(

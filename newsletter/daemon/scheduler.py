@@ -53,7 +53,7 @@ from newsletter.daemon.passes import (
 )
 from newsletter.delivery.transports import Transport
 from newsletter.email.tokens import checked_secret
-from newsletter.errors import NewsletterError
+from newsletter.errors import NewsletterError, database_reason
 from newsletter.posts.collection import POST_SUFFIXES
 from newsletter.store import safe_url
 
@@ -298,7 +298,7 @@ class Daemon:
                 self.lost_lock = True
                 self.stop_event.set()
         except SQLAlchemyError as exc:
-            log.warning("heartbeat failed: %s", exc)
+            log.warning("heartbeat failed: %s", database_reason(exc))
 
     def _pass(self, reason: str) -> None:
         with self._running:

@@ -25,6 +25,7 @@ from newsletter.errors import (
     RenderError,
     StoreError,
     TemplateError,
+    database_reason,
 )
 from newsletter.posts.collection import Post, PostCollection
 from newsletter.store import mailings as q
@@ -155,7 +156,7 @@ def _plan(
             return result
     except SQLAlchemyError as exc:
         names = ", ".join(list_names)
-        raise StoreError(f"cannot plan {post_id} for list {names}: {exc}") from exc
+        raise StoreError(f"cannot plan {post_id} for list {names}: {database_reason(exc)}") from exc
 
 
 # --------------------------------------------------------------------------- delivering
@@ -245,7 +246,7 @@ def mailing_summaries(engine: Engine) -> list[MailingSummary]:
             rows = q.all_mailings(conn)
             counts = q.counts(conn)
     except SQLAlchemyError as exc:
-        raise StoreError(f"cannot read mailings: {exc}") from exc
+        raise StoreError(f"cannot read mailings: {database_reason(exc)}") from exc
     return [
         MailingSummary(
             mailing_id=m.id,
@@ -274,4 +275,4 @@ def mailed_pairs(engine: Engine) -> set[tuple[str, str]]:
         with reading(engine) as conn:
             return q.mailed_pairs(conn)
     except SQLAlchemyError as exc:
-        raise StoreError(f"cannot read mailings: {exc}") from exc
+        raise StoreError(f"cannot read mailings: {database_reason(exc)}") from exc

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from newsletter.config import Settings
-from newsletter.errors import ConfigError, StoreError
+from newsletter.errors import ConfigError, StoreError, database_reason
 
 # SQLAlchemy and the store are imported where the database is used: making
 # and checking tokens (a preview, `render`) needs neither.
@@ -107,7 +107,7 @@ def checked_secret(settings: Settings, engine: Engine) -> bytes:
     except IntegrityError:  # another process recorded one first: compare with that
         return checked_secret(settings, engine)
     except SQLAlchemyError as exc:
-        raise StoreError(f"cannot check the unsubscribe secret: {exc}") from exc
+        raise StoreError(f"cannot check the unsubscribe secret: {database_reason(exc)}") from exc
     if not hmac.compare_digest(stored, fingerprint):
         env = settings.unsubscribe.secret_env
         source = f"${env}" if os.environ.get(env) else f"the database ({env} unset)"

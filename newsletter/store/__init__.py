@@ -28,8 +28,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from newsletter.config import Settings
-from newsletter.errors import StoreError
+from newsletter.errors import StoreError, database_reason
 from newsletter.files import private_file
+from newsletter.logging_setup import quiet_library_logs
 from newsletter.store.schema import (
     DEDUPE_INDEX,
     DEFERRED_INDEX,
@@ -103,6 +104,7 @@ def open_url(url: str) -> Engine:
             # 0644 & ~umask); its -wal and -shm files copy the database's mode.
             private_file(Path(parsed.database))
         engine = create_engine(url, future=True)
+        quiet_library_logs()  # a lost connection's pool warning: one line, no traceback
         _OPENED.add(engine)
         if engine.dialect.name == "sqlite":
             event.listen(engine, "connect", _sqlite_pragmas)
@@ -111,9 +113,9 @@ def open_url(url: str) -> Engine:
         upgrade(engine)
         return engine
     except (SQLAlchemyError, OSError) as exc:
-        raise StoreError(f"cannot open database {safe_url(url)}: {exc}") from exc
+        raise StoreError(f"cannot open database {safe_url(url)}: {database_reason(exc)}") from exc
     except ImportError as exc:  # postgresql+<driver> whose driver is not installed
-        raise StoreError(f"cannot open database {safe_url(url)}: {exc}") from exc
+        raise StoreError(f"cannot open database {safe_url(url)}: {database_reason(exc)}") from exc
 
 
 def close_all() -> None:
@@ -304,7 +306,7 @@ def one_at_a_time(engine: Engine, step: str) -> Iterator[bool]:
         transaction = conn.begin()
         won = bool(conn.scalar(select(func.pg_try_advisory_xact_lock(key))))
     except SQLAlchemyError as exc:
-        raise StoreError(f"cannot take the lock for {step}: {exc}") from exc
+        raise StoreError(f"cannot take the lock for {step}: {database_reason(exc)}") from exc
     try:
         yield won
     finally:
@@ -345,7 +347,9 @@ def shared_value(engine: Engine, key: str, candidate: str) -> str:
                 return candidate
             return str(conn.execute(select(state.c.value).where(state.c.key == key)).scalar_one())
     except SQLAlchemyError as exc:
-        raise StoreError(f"cannot read or create the shared value {key!r}: {exc}") from exc
+        raise StoreError(
+            f"cannot read or create the shared value {key!r}: {database_reason(exc)}"
+        ) from exc
 
 
 def _upgrade_2(conn: Connection) -> None:

@@ -44,7 +44,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import SQLAlchemyError
 
-from newsletter.errors import StoreError
+from newsletter.errors import StoreError, database_reason
 from newsletter.store import now
 from newsletter.store.schema import deliveries, mailings, memberships, subscribers
 
@@ -109,7 +109,9 @@ class OwnerLock:
             conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
             conn.execute(select(func.pg_advisory_lock(_owner_key(owner))))
         except SQLAlchemyError as exc:
-            raise StoreError(f"cannot register lease owner {owner}: {exc}") from exc
+            raise StoreError(
+                f"cannot register lease owner {owner}: {database_reason(exc)}"
+            ) from exc
         self._conn = conn
 
     def close(self) -> None:
@@ -299,7 +301,9 @@ def claim(
                 )
             return claimed, len(skipped)
     except SQLAlchemyError as exc:
-        raise StoreError(f"cannot claim deliveries of mailing {mailing_id}: {exc}") from exc
+        raise StoreError(
+            f"cannot claim deliveries of mailing {mailing_id}: {database_reason(exc)}"
+        ) from exc
 
 
 # Claims under a cap take turns (PostgreSQL), so that two processes never both
@@ -425,7 +429,7 @@ def renew(engine: Engine, owner: str, lease_seconds: float) -> int:
             )
             return int(result.rowcount)
     except SQLAlchemyError as exc:
-        raise StoreError(f"cannot renew the leases of {owner}: {exc}") from exc
+        raise StoreError(f"cannot renew the leases of {owner}: {database_reason(exc)}") from exc
 
 
 def release(engine: Engine, owner: str) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, String, bindparam, func, null, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from newsletter.errors import StoreError
+from newsletter.errors import StoreError, database_reason
 from newsletter.store import now
 from newsletter.store.schema import UtcDateTime, deliveries
 
@@ -73,7 +73,9 @@ def record_many(bind: Engine | Connection, outcomes: list[tuple[int, Outcome]], 
             with bind.begin() as conn:
                 written = conn.execute(_RECORD, _params(outcomes, owner, now())).rowcount
     except SQLAlchemyError as exc:
-        raise StoreError(f"cannot record {len(outcomes)} deliveries: {exc}") from exc
+        raise StoreError(
+            f"cannot record {len(outcomes)} deliveries: {database_reason(exc)}"
+        ) from exc
     return _checked(written, outcomes, owner)
 
 

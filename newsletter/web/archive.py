@@ -18,7 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from newsletter.config import ListSettings, Settings
 from newsletter.email.message import Recipient, fill_placeholders
 from newsletter.email.rendered import RenderedEmail
-from newsletter.errors import StoreError
+from newsletter.errors import StoreError, database_reason
 from newsletter.store import reading
 from newsletter.store.schema import deliveries, lists, mailings
 
@@ -67,7 +67,7 @@ def sent_posts(engine: Engine) -> list[ArchiveEntry]:
         with reading(engine) as conn:
             rows = conn.execute(query).all()
     except SQLAlchemyError as exc:
-        raise StoreError(f"database read failed: {exc}") from exc
+        raise StoreError(f"database read failed: {database_reason(exc)}") from exc
     found: dict[str, ArchiveEntry] = {}
     for row in rows:
         post_ids = list(row.post_ids or []) if row.kind == "digest" else [row.post_id]
@@ -109,7 +109,7 @@ def sent_digest(engine: Engine, mailing_id: int) -> DigestEntry | None:
         with reading(engine) as conn:
             row = conn.execute(query).first()
     except SQLAlchemyError as exc:
-        raise StoreError(f"database read failed: {exc}") from exc
+        raise StoreError(f"database read failed: {database_reason(exc)}") from exc
     if row is None or not row.post_ids:
         return None
     return DigestEntry(mailing_id, row.name, tuple(str(p) for p in row.post_ids))

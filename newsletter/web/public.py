@@ -37,7 +37,13 @@ from newsletter.config import Settings
 from newsletter.email.render import digest_archive_url, render_digest
 from newsletter.email.rendercache import cached_render
 from newsletter.email.tokens import ALL_LISTS, checked_secret, verify_token
-from newsletter.errors import NewsletterError, PostError, StoreError, SubscriberError
+from newsletter.errors import (
+    NewsletterError,
+    PostError,
+    StoreError,
+    SubscriberError,
+    database_reason,
+)
 from newsletter.posts.collection import PostCollection
 from newsletter.store import open_store, reading
 from newsletter.web.archive import list_for, neutral_html, sent_digest, sent_posts
@@ -115,7 +121,7 @@ def _list_exists(engine: Engine, name: str) -> bool:
     except SubscriberError:
         return False
     except SQLAlchemyError as exc:
-        raise StoreError(f"database read failed: {exc}") from exc
+        raise StoreError(f"database read failed: {database_reason(exc)}") from exc
     return True
 
 
