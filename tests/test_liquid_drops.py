@@ -212,3 +212,32 @@ def test_content_is_rendered_for_older_posts_only(tmp_path: Path) -> None:
     assert "[A: <p><em>A</em> one.</p>" in posts["c"].body_html
     assert f"Own: {len(newest)}" in posts["c"].body_html  # its own: as written
     assert f"Newest: {len(newest)}" in posts["a"].body_html  # a newer one: as written
+
+
+def test_a_shared_excerpt_s_included_file_is_seen_by_every_post_reading_it(
+    tmp_path: Path,
+) -> None:
+    """Two posts read B's excerpt (rendered once per load, for the first of
+    them); B's excerpt includes a file.  When that file changes, both re-render."""
+    reader = "{% for p in site.posts %}{% if p.title == 'B' %}[{{ p.excerpt | strip_html | strip }}]{% endif %}{% endfor %}\n"
+    config = _site(
+        tmp_path,
+        {
+            "_posts/2024-01-01-a.md": post("A", reader),
+            "_posts/2024-01-02-b.md": post("B", "{% include_relative _inc/n.md %}\n"),
+            "_posts/2024-01-03-c.md": post("C", reader),
+            "_posts/_inc/n.md": "One",
+        },
+    )
+
+    def bodies(new_process: bool) -> list[str]:
+        if new_process:
+            post_index.forget()
+        found = _by_slug(_load(config))
+        return [found["a"].body_html, found["c"].body_html]
+
+    assert bodies(True) == ["<p>[One]</p>", "<p>[One]</p>"]
+    _write(tmp_path / "_posts/_inc/n.md", "Two!", age=5)
+    assert bodies(False) == ["<p>[Two!]</p>", "<p>[Two!]</p>"]
+    _write(tmp_path / "_posts/_inc/n.md", "Three", age=9)
+    assert bodies(True) == ["<p>[Three]</p>", "<p>[Three]</p>"]

@@ -11,8 +11,8 @@ from __future__ import annotations
 import contextvars
 import posixpath
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from types import MappingProxyType
@@ -98,24 +98,37 @@ class SiteContext:
         shelf.renderer = context
         return context
 
-    def liquid_excerpt(self, path: str) -> str:
+    def liquid_excerpt(self, path: str) -> drops.Made:
         """`post.excerpt` of the post at `path` (Jekyll's `relative_path`) as
         Jekyll renders it: Liquid (with that post as `page`), then its converter."""
         source = self.sources.get(path)
         if source is None:
-            return ""
-        return excerpt_for_liquid(source, _CURRENT_SITE.get() or self)
+            return drops.Made("")
+        return self._recorded(lambda site: excerpt_for_liquid(source, site))
 
-    def liquid_content(self, path: str) -> str:
+    def liquid_content(self, path: str) -> drops.Made:
         """`post.content` of a post rendered already: its Liquid, then its converter."""
         source = self.sources.get(path)
         if source is None:
-            return ""
-        return _converted(source, _CURRENT_SITE.get() or self, source.body)
+            return drops.Made("")
+        return self._recorded(lambda site: _converted(source, site, source.body))
 
     def raw_content(self, path: str) -> str:
         source = self.sources.get(path)
         return source.body if source is not None else ""
+
+    def replay(self, asked: tuple[str, ...]) -> None:
+        """Look up again what a cached render looked up, through the post
+        rendering now (the index records each name with its answer)."""
+        urls = (_CURRENT_SITE.get() or self).post_urls
+        for key in asked:
+            urls.get(key)
+
+    def _recorded(self, make: Callable[[SiteContext], str]) -> drops.Made:
+        site = _CURRENT_SITE.get() or self
+        recorder = _Recorder(site.post_urls)
+        text = make(replace(site, post_urls=recorder))
+        return drops.Made(text, tuple(recorder.asked))
 
     def include_file(self, path: Path) -> str | None:
         """A digest of the file `{% include_relative %}` reads (None: missing),
@@ -139,6 +152,33 @@ class SiteContext:
             if found:
                 return found
         return None
+
+
+class _Recorder(Mapping[str, str]):
+    """A view of the names links resolve through that notes each name asked."""
+
+    def __init__(self, inner: Mapping[str, str]) -> None:
+        self.inner = inner
+        self.asked: dict[str, None] = {}
+
+    def __getitem__(self, key: str) -> str:
+        self.asked[key] = None
+        return self.inner[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.asked[key] = None
+        return self.inner.get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        if isinstance(key, str):
+            self.asked[key] = None
+        return key in self.inner
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.inner)
+
+    def __len__(self) -> int:
+        return len(self.inner)
 
 
 # The site context a post renders with (the index's watching one, while it

@@ -26,9 +26,10 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
-__all__ = ["PostDrop", "PostSite", "Renderer", "Shelf", "rendering"]
+__all__ = ["Made", "PostDrop", "PostSite", "Renderer", "Shelf", "rendering"]
 
 LAZY_KEYS = frozenset({"excerpt", "content", "previous", "next"})
 RELATED_POSTS = 10  # Jekyll's RelatedPosts without LSI: `last(11).reverse - [post]`, first 10
@@ -45,14 +46,26 @@ _RENDERING_NOW: contextvars.ContextVar[tuple[Any, ...] | None] = contextvars.Con
 )
 
 
+@dataclass(frozen=True)
+class Made:
+    """A rendered part of a post, and the names its render looked up (other
+    posts, pages, included files): whoever reads it again, from the cache,
+    looked them up too, for the index to see them change."""
+
+    text: str
+    asked: tuple[str, ...] = ()
+
+
 class Renderer(Protocol):
     """What renders a post's parts for Liquid, by the post's `path`."""
 
-    def liquid_excerpt(self, path: str) -> str: ...
+    def liquid_excerpt(self, path: str) -> Made: ...
 
-    def liquid_content(self, path: str) -> str: ...
+    def liquid_content(self, path: str) -> Made: ...
 
     def raw_content(self, path: str) -> str: ...
+
+    def replay(self, asked: tuple[str, ...]) -> None: ...
 
 
 class Shelf:
@@ -65,7 +78,7 @@ class Shelf:
         self.oldest_first: list[PostDrop] = []
         self._position: dict[str, int] = {}
         self.renderer: Renderer | None = None
-        self._made: dict[tuple[str, str], str] = {}
+        self._made: dict[tuple[str, str], Made] = {}
 
     def drop(self, fields: Mapping[str, Any], sort_key: tuple[Any, ...]) -> PostDrop:
         found = PostDrop(fields, self)
@@ -98,23 +111,26 @@ class Shelf:
         return self._rendered("content", path)
 
     def _rendered(self, part: str, path: str) -> str:
-        if (part, path) in self._made:
-            return self._made[(part, path)]
+        renderer = self.renderer
+        if renderer is None:
+            return ""
+        made = self._made.get((part, path))
+        if made is not None:
+            renderer.replay(made.asked)
+            return made.text
         rendering = _RENDERING.get()
-        if self.renderer is None or (part, path) in rendering:
+        if (part, path) in rendering:
             return ""
         token = _RENDERING.set(rendering | {(part, path)})
         try:
-            renderer = self.renderer
-            made = (
-                renderer.liquid_excerpt(path)
-                if part == "excerpt"
-                else renderer.liquid_content(path)
-            )
+            if part == "excerpt":
+                made = renderer.liquid_excerpt(path)
+            else:
+                made = renderer.liquid_content(path)
             self._made[(part, path)] = made
         finally:
             _RENDERING.reset(token)
-        return made
+        return made.text
 
 
 @contextlib.contextmanager
