@@ -43,7 +43,11 @@ def _render(text: str, first_line: int = 1) -> liquid.LiquidResult:
         ("{{ 'https://example.org/y' | absolute_url }}", "https://example.org/y"),
         ("{% raw %}{{ kept }} {% if %}{% endraw %}", "{{ kept }} {% if %}"),
         ("a{% comment %} hidden {% youtube x %} {% endcomment %}b", "ab"),
-        ("{% highlight ruby linenos %}\nputs 1\n{% endhighlight %}", "```ruby\nputs 1\n```"),
+        # Numbered lines, as Jekyll's Rouge gutter (Pygments' table).
+        (
+            "{% highlight ruby linenos %}\nputs 1\n{% endhighlight %}",
+            '```{ .ruby linenums="1" }\nputs 1\n```',
+        ),
         ("Text {% highlight py %}x{% endhighlight %}", "Text \n```py\nx\n```"),
         ("{% highlight py %}x\n{% endhighlight %}", "```py\nx\n```"),
         ("[a]({% post_url 2024-01-01-a %})", "[a](https://example.com/blog/2024/01/01/a.html)"),

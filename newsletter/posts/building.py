@@ -8,10 +8,11 @@ when a post must be built: a listing served from the index never does.
 
 from __future__ import annotations
 
+import contextvars
 import posixpath
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from types import MappingProxyType
@@ -19,7 +20,7 @@ from typing import Any
 
 from newsletter.config import Settings
 from newsletter.errors import Problem
-from newsletter.posts import jekyll, pages, permalink
+from newsletter.posts import drops, jekyll, pages, permalink
 from newsletter.posts import site as jekyllsite
 from newsletter.posts import text as posttext
 from newsletter.posts.model import Author, Post
@@ -50,6 +51,10 @@ class SiteContext:
     post_urls: Mapping[str, str]
     authors: Mapping[str, Any]  # _data/authors.yml and the authors collection
     includes: Path | None  # the site's _includes folder
+    root: Path | None = None  # the site's source (`include_relative` stays inside it)
+    # Each post's entry in `site.posts` by path, and their order (`previous`, `next`).
+    shelf: drops.Shelf = field(default_factory=drops.Shelf)
+    sources: Mapping[str, Source] = field(default_factory=dict)
 
     @classmethod
     def build(
@@ -65,9 +70,9 @@ class SiteContext:
             "time": RubyTime.of(datetime.now(site.tz)),
         }
         root = site.source_dir or (settings.base_dir if site.jekyll is None else None)
-        variables = jekyllsite.site_variables(
-            root, site.jekyll, base, [_page(s) for s in sources], problems
-        )
+        shelf = drops.Shelf()
+        entries = shelf.arrange([shelf.drop(_page(s), _order(s)) for s in sources])
+        variables = jekyllsite.site_variables(root, site.jekyll, base, entries, problems)
         urls: dict[str, str] = {}
         baseurl = permalink.normalized_baseurl(site.baseurl)
         for source in sources:
@@ -86,7 +91,49 @@ class SiteContext:
         includes = root / "_includes" if root is not None else None
         includes = includes if includes is not None and includes.is_dir() else None
         targets = pages.LinkTargets(urls, settings)
-        return cls(settings, variables.liquid, targets, variables.authors, includes)
+        by_path = {s.site_rel: s for s in sources}
+        context = cls(
+            settings, variables.liquid, targets, variables.authors, includes, root, shelf, by_path
+        )
+        shelf.renderer = context
+        return context
+
+    def liquid_excerpt(self, path: str) -> drops.Made:
+        """`post.excerpt` of the post at `path` (Jekyll's `relative_path`) as
+        Jekyll renders it: Liquid (with that post as `page`), then its converter."""
+        source = self.sources.get(path)
+        if source is None:
+            return drops.Made("")
+        return self._recorded(lambda site: excerpt_for_liquid(source, site))
+
+    def liquid_content(self, path: str) -> drops.Made:
+        """`post.content` of a post rendered already: its Liquid, then its converter."""
+        source = self.sources.get(path)
+        if source is None:
+            return drops.Made("")
+        return self._recorded(lambda site: _converted(source, site, source.body))
+
+    def raw_content(self, path: str) -> str:
+        source = self.sources.get(path)
+        return source.body if source is not None else ""
+
+    def replay(self, asked: tuple[str, ...]) -> None:
+        """Look up again what a cached render looked up, through the post
+        rendering now (the index records each name with its answer)."""
+        urls = (_CURRENT_SITE.get() or self).post_urls
+        for key in asked:
+            urls.get(key)
+
+    def _recorded(self, make: Callable[[SiteContext], str]) -> drops.Made:
+        site = _CURRENT_SITE.get() or self
+        recorder = _Recorder(site.post_urls)
+        text = make(replace(site, post_urls=recorder))
+        return drops.Made(text, tuple(recorder.asked))
+
+    def include_file(self, path: Path) -> str | None:
+        """A digest of the file `{% include_relative %}` reads (None: missing),
+        asked through the post's lookups so that the index sees it change."""
+        return self.post_urls.get(pages.FILE + str(path))
 
     def post_url(self, name: str) -> str | None:
         return self.post_urls.get(name.strip().strip("\"'"))
@@ -106,6 +153,39 @@ class SiteContext:
                 return found
         return None
 
+
+class _Recorder(Mapping[str, str]):
+    """A view of the names links resolve through that notes each name asked."""
+
+    def __init__(self, inner: Mapping[str, str]) -> None:
+        self.inner = inner
+        self.asked: dict[str, None] = {}
+
+    def __getitem__(self, key: str) -> str:
+        self.asked[key] = None
+        return self.inner[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.asked[key] = None
+        return self.inner.get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        if isinstance(key, str):
+            self.asked[key] = None
+        return key in self.inner
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.inner)
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+
+# The site context a post renders with (the index's watching one, while it
+# builds a post): an excerpt read from Liquid renders with it too.
+_CURRENT_SITE: contextvars.ContextVar[SiteContext | None] = contextvars.ContextVar(
+    "current_site", default=None
+)
 
 _FALSE = (False, "false", "False", "no")
 
@@ -165,6 +245,11 @@ def build_post(source: Source, site: SiteContext, *, bodies: bool = True) -> Pos
     )
 
 
+def _order(source: Source) -> tuple[Any, ...]:
+    """Jekyll's Document#<=>: by date, then by path."""
+    return (source.date, str(source.path))
+
+
 def _page(source: Source, title: str | None = None) -> dict[str, Any]:
     """Liquid's `page` (and each of `site.posts`) for a post."""
     if title is None:
@@ -192,16 +277,27 @@ def _liquid(source: Source, site: SiteContext, title: str, text: str | None = No
     """The body (or `text`, a part of it: then warnings are not repeated) rendered."""
     from newsletter.posts import liquid as liquid_mod
 
-    page = _page(source, title)
-    result = liquid_mod.render(
-        source.body if text is None else text,
-        site=site.liquid_site,
-        page=page,
-        post_url=site.post_url,
-        link=site.link,
-        first_line=source.body_line,
-        includes=site.includes,
-    )
+    fields = _page(source, title)
+    entry = site.shelf.drop(fields, _order(source))
+    page = entry.as_page(site.liquid_site)
+    relative = None
+    if site.root is not None:
+        relative = liquid_mod.Relative(source.path.parent, site.root, site.include_file)
+    token = _CURRENT_SITE.set(site)
+    try:
+        with drops.rendering(entry.sort_key):
+            result = liquid_mod.render(
+                source.body if text is None else text,
+                site=drops.PostSite(site.liquid_site, page),
+                page=page,
+                post_url=site.post_url,
+                link=site.link,
+                first_line=source.body_line,
+                includes=site.includes,
+                relative=relative,
+            )
+    finally:
+        _CURRENT_SITE.reset(token)
     if text is None:
         for warning in result.warnings:
             source.warnings.add(warning.message, warning.line)
@@ -215,6 +311,41 @@ _TEMPLATE_MARKERS = re.compile(r"\{(?=[%{])")
 
 def _safe_html(fragment: str) -> str:
     return _TEMPLATE_MARKERS.sub("&#123;", fragment)
+
+
+def _separator(source: Source, site: SiteContext) -> str:
+    separator = source.data.get("excerpt_separator")
+    return separator if isinstance(separator, str) else site.settings.site.excerpt_separator
+
+
+def excerpt_for_liquid(source: Source, site: SiteContext) -> str:
+    """Jekyll's `post.excerpt`: the raw content (byline line and all: Jekyll
+    knows no bylines) up to the separator, its Liquid rendered with the post as
+    `page`, then converted as the post is (Markdown to HTML, the rest as is).
+    Not sanitised here: it lands in a post's text, which is."""
+    head = posttext.jekyll_excerpt_source(source.body, _separator(source, site))
+    return _converted(source, site, head)
+
+
+def _converted(source: Source, site: SiteContext, text: str) -> str:
+    """`text` (the post's or a part of it) as Jekyll renders it for Liquid:
+    its Liquid with the post as `page`, then the post's converter."""
+    title = jekyll.scalar_text(source.data.get("title")) or jekyll.titleize(source.file_slug)
+    rendered = _liquid(source, site, title, text)
+    if source.path.suffix.lower() not in jekyllsite.MARKDOWN_EXTS:
+        return rendered
+    from newsletter.posts import markup
+
+    # kramdown leaves a blank line between blocks (it shows where the excerpt
+    # lands in Markdown again: `| strip_html` in a list) and drops the spaces
+    # that ended a paragraph's last line (`| number_of_words` counts them);
+    # Python-Markdown does neither.
+    html = _PARAGRAPH_END.sub("</p>", markup.markdownify(rendered))
+    return _BLOCK_END.sub("\\1\n\n", html)
+
+
+_PARAGRAPH_END = re.compile(r"[ \t]+</p>")
+_BLOCK_END = re.compile(r"(</(?:p|[uod]l|h[1-6]|blockquote|pre|table|div)>|<hr\s*/?>)\n(?=<)")
 
 
 def _excerpt(
@@ -231,9 +362,7 @@ def _excerpt(
     candidates: list[str] = []
     if isinstance(explicit, str) and explicit.strip():
         candidates.append(explicit)
-    separator = data.get("excerpt_separator")
-    if not isinstance(separator, str):
-        separator = site.settings.site.excerpt_separator
+    separator = _separator(source, site)
     if site.settings.site.jekyll is not None:
         raw = source.body
         # The byline line is not the post's text: the excerpt starts after it.

@@ -10,9 +10,11 @@ python-liquid 2.x plus Jekyll's own tags and filters:
 * `{% post_url name %}` and `{% link path %}` → URLs of those posts and pages
   (under `baseurl`, as Jekyll prints them);
 * `{% include file.html key=value %}` from the site's `_includes`, with
-  `include.key` inside (Jekyll's syntax, not Shopify's).
+  `include.key` inside (Jekyll's syntax, not Shopify's), and
+  `{% include_relative file.md %}` from the post's own folder (never outside
+  the site, never with `..`: Jekyll refuses those too).
 
-Anything else — a plugin's tag, `{% include_relative %}`, an unknown filter —
+Anything else — a plugin's tag, an unknown filter —
 is dropped with a warning naming the tag and its line.  A variable that is not
 defined and renders as nothing (`{{ site.data.releases.first.version }}`
 without that data file) is a warning too: the reader would see a hole.  If the remaining Liquid
@@ -65,10 +67,26 @@ _UNDEFINED_SEEN: contextvars.ContextVar[list[tuple[str, int | None, str, bool]] 
 )
 
 
+@dataclass(frozen=True)
+class Relative:
+    """Where `{% include_relative %}` looks: the post's own folder, inside the
+    site's source.  `digest` reads a file's digest (None: no such file) through
+    the post's lookups, so that the post index sees the file change."""
+
+    folder: Path
+    root: Path
+    digest: Callable[[Path], str | None]
+
+
 # The resolvers of the post being rendered, for the includes it reads.
-_RESOLVERS: contextvars.ContextVar[tuple[Resolver, Resolver] | None] = contextvars.ContextVar(
-    "resolvers", default=None
+_RESOLVERS: contextvars.ContextVar[tuple[Resolver, Resolver, Relative | None] | None] = (
+    contextvars.ContextVar("resolvers", default=None)
 )
+# The name an `{% include_relative %}` becomes for the include loader.
+_RELATIVE = "include_relative:"
+# Jekyll's IncludeTag#validate_file_name: no `..`, `./`, `//` and only these characters.
+_BAD_SEQUENCE = re.compile(r"[./]{2,}")
+_FILE_CHARS = re.compile(r"[\w/.\-()+~#@]+")
 
 
 _VARIABLE = re.compile(r"[\w-]+(?:\.[\w-]+|\[[^\]\n]{0,100}\])*")
@@ -125,18 +143,27 @@ class _IncludeLoader(BaseLoader):
     def get_source(self, env: Environment, template_name: str, **kwargs: object) -> TemplateSource:
         from liquid.exceptions import TemplateNotFoundError
 
-        if self.folder is None:
+        post_url, link, relative = _RESOLVERS.get() or (_nothing, _nothing, None)
+        if template_name.startswith(_RELATIVE):
+            path = Path(template_name[len(_RELATIVE) :])
+            # Checked by the prepass already; again here, where it is read.
+            if relative is None or not path.is_relative_to(relative.root.resolve()):
+                raise TemplateNotFoundError(template_name)
+        elif self.folder is None:
             raise TemplateNotFoundError(template_name)
-        path = (self.folder / template_name).resolve()
-        if not path.is_relative_to(self.folder.resolve()) or not path.is_file():
-            raise TemplateNotFoundError(template_name)
-        text = path.read_text(encoding="utf-8")
+        else:
+            path = (self.folder / template_name).resolve()
+            if not path.is_relative_to(self.folder.resolve()):
+                raise TemplateNotFoundError(template_name)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise TemplateNotFoundError(template_name) from exc
         # Tags in an include are checked like a post's; their warnings would
-        # point at the wrong file, so they are not reported.  `{% post_url %}`
-        # and `{% link %}` resolve as in the post including it (read each time:
-        # this loader keeps nothing).
-        post_url, link = _RESOLVERS.get() or (_nothing, _nothing)
-        prepared = _Prepass(text, post_url, link, 1, self.folder).run().text
+        # point at the wrong file, so they are not reported.  `{% post_url %}`,
+        # `{% link %}` and `{% include_relative %}` resolve as in the post
+        # including it (read each time: this loader keeps nothing).
+        prepared = _Prepass(text, post_url, link, 1, self.folder, relative).run().text
         return TemplateSource(prepared, str(path), None)
 
 
@@ -165,7 +192,7 @@ _FILTER = re.compile(r"\|\s*([A-Za-z_][\w-]*)")
 _STRING = re.compile(r"\"[^\"]*\"|'[^']*'")
 _STRIP_ALL = re.compile(r"\{%.{0,1000}?%\}|\{\{.{0,1000}?\}\}|\{(?=[%{])", re.S)
 MAX_WARNINGS = 20  # per post; a page of identical warnings helps nobody
-_DROPPED_TAGS = frozenset({"include_relative", "render"})
+_DROPPED_TAGS = frozenset({"render"})
 _INCLUDE_ARG = re.compile(r"""([\w-]+)\s*=\s*("[^"]*"|'[^']*'|[^\s"']+)""")
 _INTERMEDIATE = frozenset({"else", "elsif", "when"})
 # Whitespace control next to a `{% highlight %}` fence: a line break that no
@@ -186,20 +213,22 @@ def render(
     link: Resolver,
     first_line: int = 1,
     includes: Path | None = None,
+    relative: Relative | None = None,
 ) -> LiquidResult:
     """`text` with its Liquid rendered; problems become warnings, never errors.
 
-    `includes` is the site's `_includes` folder (None: includes are dropped).
+    `includes` is the site's `_includes` folder (None: includes are dropped);
+    `relative` where `{% include_relative %}` reads (None: dropped too).
     """
     if "{%" not in text and "{{" not in text:
         return LiquidResult(text, ())
-    prepass = _Prepass(text, post_url, link, first_line, includes)
+    prepass = _Prepass(text, post_url, link, first_line, includes, relative)
     prepared = prepass.run()
     warnings = list(prepared.warnings)
     env = environment(includes)
     seen: list[tuple[str, int | None, str, bool]] = []
     token = _UNDEFINED_SEEN.set(seen)
-    resolvers = _RESOLVERS.set((post_url, link))
+    resolvers = _RESOLVERS.set((post_url, link, relative))
     try:
         template = env.from_string(prepared.text)
         output = template.render(site=site, page=page, jekyll={"environment": "production"})
@@ -251,8 +280,10 @@ class _Prepass:
         link: Resolver,
         first_line: int,
         includes: Path | None = None,
+        relative: Relative | None = None,
     ) -> None:
         self.includes = includes
+        self.relative = relative
         self.text = text
         self.post_url = post_url
         self.link = link
@@ -296,7 +327,10 @@ class _Prepass:
     def _tag(self, match: re.Match[str]) -> str:
         name, args, pos = match.group("name"), match.group("args").strip(), match.start()
         if name == "highlight":
-            lang = args.split()[0] if args else ""
+            lang, *options = args.split() or [""]
+            if any(o.startswith("linenos") for o in options):
+                # Jekyll numbers the lines in a gutter (Rouge's table); so does Pygments.
+                lang = "{ " + (f".{lang} " if lang else "") + 'linenums="1" }'
             after = match.end()
             newline = "" if after >= len(self.text) or self.text[after] == "\n" else "\n"
             # `{% endif -%}` before it would trim the line break the fence needs.
@@ -311,6 +345,8 @@ class _Prepass:
             return self._resolve(name, args, pos, match.end())
         if name in ("include", "include_cached"):  # include_cached: jekyll-include-cache
             return self._include(args, pos)
+        if name == "include_relative":
+            return self._include_relative(args, pos)
         if name in _DROPPED_TAGS:
             self._warn(f"{{% {name} {args} %}} dropped (includes are not available in email)", pos)
             return ""
@@ -333,6 +369,35 @@ class _Prepass:
         params = "".join(f", {k}={v}" for k, v in _INCLUDE_ARG.findall(rest))
         self._check_filters(rest, pos)
         return f"{{% include {json.dumps(file_name)}{params} %}}"
+
+    def _include_relative(self, args: str, pos: int) -> str:
+        """`{% include_relative file.md a=b %}`: a file beside the post, inside the site."""
+        file_name, _, rest = args.partition(" ")
+        problem = None
+        if not file_name or "{{" in file_name:
+            problem = "a computed include name"
+        elif not _FILE_CHARS.fullmatch(file_name) or _BAD_SEQUENCE.search(file_name):
+            problem = "a name with '..', './' or '//' or other characters Jekyll refuses"
+        elif self.relative is None:
+            problem = "not in a site"
+        if problem is None and self.relative is not None:
+            path = (self.relative.folder / file_name.lstrip("/")).resolve()
+            if not path.is_relative_to(self.relative.root.resolve()):
+                problem = "outside the site"
+            elif self.relative.digest(path) is None:
+                problem = f"no such file in {self._shown(self.relative.folder)}"
+        if problem is not None:
+            self._warn(f"{{% include_relative {file_name} %}} dropped ({problem})", pos)
+            return ""
+        params = "".join(f", {k}={v}" for k, v in _INCLUDE_ARG.findall(rest))
+        self._check_filters(rest, pos)
+        return f"{{% include {json.dumps(_RELATIVE + str(path))}{params} %}}"
+
+    def _shown(self, folder: Path) -> str:
+        relative = self.relative
+        if relative is not None and folder.is_relative_to(relative.root):
+            return folder.relative_to(relative.root).as_posix() + "/"
+        return str(folder)
 
     def _line_start(self, pos: int) -> str:
         # A Markdown fence must begin a line; after only an indent (the tag in

@@ -224,7 +224,21 @@ def _markdownify(value: object) -> str:
     return markup.markdownify(str(value or ""))
 
 
+def _truncatewords(value: object, words: object = 15, ending: object = "...") -> object:
+    """Liquid 5's (Debian's jekyll 4.3 runs liquid 5.4): exactly `words` words
+    are left as they are; python-liquid's (Liquid 4's) adds the ellipsis to them."""
+    if value is None:
+        return None
+    text = str(value)
+    count = max(_ruby_int(words), 1)
+    parts = text.split(None, count)
+    if len(parts) <= count:
+        return text
+    return " ".join(parts[:count]) + ("" if ending is None else str(ending))
+
+
 JEKYLL_FILTERS: dict[str, Callable[..., object]] = {
+    "truncatewords": _truncatewords,
     "where": _where,
     "where_exp": _where_exp,
     "find_exp": _find_exp,

@@ -12,16 +12,15 @@ plain-text part):
   attribute lines that python-markdown leaves as text (`{: .notice}`,
   `{:toc}`), and makes every URL absolute as a browser would resolve it from
   the post's own URL.
-* `html_to_text(fragment)`: readable plain text, links as `text (url)`.
+* `html_to_text(fragment)`: readable plain text, links as `text (url)`
+  (`newsletter.posts.plaintext`, re-exported here).
 """
 
 from __future__ import annotations
 
 import html
 import re
-import textwrap
 import threading
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qs, urljoin, urlsplit
 
@@ -32,6 +31,8 @@ from lxml.html import HtmlElement
 
 from newsletter.errors import RenderError
 from newsletter.posts.kramdown import KramdownExtension
+from newsletter.posts.plaintext import html_to_text as html_to_text
+from newsletter.posts.plaintext import parse_fragment as _parse_fragment
 
 # --------------------------------------------------------------------------- Markdown
 
@@ -138,14 +139,6 @@ _VIDEO_HOSTS = {
     "wistia.com": "Wistia",
     "wistia.net": "Wistia",
 }
-
-
-def _parse_fragment(fragment: str) -> HtmlElement:
-    """An HTML fragment inside one `<div>`; lxml's errors become a RenderError."""
-    try:
-        return lxml.html.fragment_fromstring(fragment, create_parent="div")
-    except (lxml.etree.ParserError, ValueError) as exc:
-        raise RenderError(f"cannot parse HTML: {exc}") from exc
 
 
 def sanitise_html(fragment: str, base_url: str) -> str:
@@ -340,171 +333,3 @@ def _inner_html(root: HtmlElement) -> str:
     parts = [html.escape(root.text or "", quote=False)]
     parts.extend(lxml.html.tostring(child, encoding="unicode") for child in root)
     return "".join(parts).strip()
-
-
-# --------------------------------------------------------------------------- HTML → text
-
-_BLOCKS = frozenset(
-    {
-        "p",
-        "div",
-        "section",
-        "article",
-        "header",
-        "footer",
-        "blockquote",
-        "ul",
-        "ol",
-        "dl",
-        "dt",
-        "dd",
-        "table",
-        "tr",
-        "figure",
-        "figcaption",
-        "hr",
-        "h1",
-        "h2",
-        "h3",
-        "h4",
-        "h5",
-        "h6",
-        "pre",
-        "li",
-    }
-)
-_WIDTH = 72
-_SKIP_TEXT = frozenset({"script", "style", "head", "title", "template"})
-# A <br> inside a paragraph; source newlines are soft and get re-wrapped.
-_BR = "\u2028"
-
-
-def html_to_text(fragment: str) -> str:
-    """Readable plain text from an HTML fragment (links as `text (url)`).
-
-    Paragraphs are wrapped at 72 columns (never inside a URL), headings are
-    underlined, list items get a bullet or their number, code stays verbatim.
-    """
-    if not fragment.strip():
-        return ""
-    root = _parse_fragment(fragment)
-    blocks = list(_text_blocks(root, prefix=""))
-    text = "\n\n".join(b for b in blocks if b.strip())
-    return re.sub(r"\n{3,}", "\n\n", text).strip()
-
-
-def _text_blocks(el: HtmlElement, prefix: str) -> Iterator[str]:
-    """Yield one string per block-level element, in document order."""
-    inline: list[str] = [el.text or ""] if el.tag not in _SKIP_TEXT else []
-    for child in el:
-        if not isinstance(child.tag, str):
-            inline.append(child.tail or "")
-            continue
-        if child.tag in _BLOCKS:
-            yield _wrap("".join(inline), prefix)
-            inline = []
-            yield from _block(child, prefix)
-        else:
-            inline.append(_inline(child))
-        inline.append(child.tail or "")
-    yield _wrap("".join(inline), prefix)
-
-
-def _block(el: HtmlElement, prefix: str) -> Iterator[str]:
-    tag = el.tag
-    if tag == "pre":
-        code = el.text_content().rstrip("\n")
-        yield "\n".join((prefix + "    " + line).rstrip() for line in code.split("\n"))
-    elif tag == "hr":
-        yield prefix + "-" * 20
-    elif tag in ("h1", "h2", "h3", "h4", "h5", "h6"):
-        title = _squash(_inline_children(el))
-        yield f"{prefix}{title}\n{prefix}{('=' if tag in ('h1', 'h2') else '-') * len(title)}"
-    elif tag in ("ul", "ol"):
-        yield "\n".join(_list_items(el, prefix))
-    elif tag == "blockquote":
-        yield from _text_blocks(el, prefix + "> ")
-    elif tag == "table":
-        yield "\n".join(_table_rows(el, prefix))
-    else:
-        yield from _text_blocks(el, prefix)
-
-
-def _list_items(el: HtmlElement, prefix: str) -> Iterator[str]:
-    items = [li for li in el if isinstance(li.tag, str) and li.tag == "li"]
-    for number, li in enumerate(items, start=int(el.get("start", "1") or 1)):
-        marker = f"{number}. " if el.tag == "ol" else "- "
-        inner = [b for b in _text_blocks(li, "") if b.strip()]
-        body = "\n".join(inner)
-        lines = body.split("\n")
-        yield (
-            prefix
-            + marker
-            + lines[0]
-            + "".join("\n" + prefix + " " * len(marker) + line for line in lines[1:])
-        )
-
-
-def _table_rows(el: HtmlElement, prefix: str) -> Iterator[str]:
-    for tr in el.iter("tr"):
-        cells = [_squash(_inline_children(c)) for c in tr if c.tag in ("td", "th")]
-        yield prefix + " | ".join(cells)
-
-
-def _inline_children(el: HtmlElement) -> str:
-    parts = [el.text or ""]
-    for child in el:
-        if isinstance(child.tag, str):
-            parts.append(_inline(child))
-        parts.append(child.tail or "")
-    return "".join(parts)
-
-
-def _inline(el: HtmlElement) -> str:
-    if el.tag in _SKIP_TEXT:
-        return ""
-    if el.tag == "br":
-        return _BR
-    if el.tag == "img":
-        alt = (el.get("alt") or "").strip()
-        return f"[{alt}]" if alt else ""
-    text = _inline_children(el)
-    if el.tag == "a":
-        href = el.get("href") or ""
-        classes = (el.get("class") or "").split()
-        if "footnote-backref" in classes:
-            return ""
-        if "footnote-ref" in classes:
-            return text
-        label = _squash(text)
-        # In-page anchors (footnote refs) and links that repeat their text need no URL.
-        if href and not href.startswith("#") and href not in (label, f"mailto:{label}"):
-            return f"{text} ({href})" if label else href
-    if el.tag == "sup" and el.find("a") is not None:
-        return f"[{_squash(text)}]"
-    if el.tag in ("del", "s", "strike") and text.strip():
-        return f"~~{text}~~"  # struck text read as plain text says the opposite
-    return text
-
-
-def _squash(text: str) -> str:
-    return re.sub(r"\s+", " ", text).strip()
-
-
-def _wrap(text: str, prefix: str) -> str:
-    lines = []
-    for line in text.split(_BR):  # keep <br> breaks
-        squashed = _squash(line)
-        if not squashed:
-            continue
-        lines.extend(
-            textwrap.wrap(
-                squashed,
-                width=_WIDTH,
-                initial_indent=prefix,
-                subsequent_indent=prefix,
-                break_long_words=False,  # a long URL stays whole and clickable
-                break_on_hyphens=False,
-            )
-        )
-    return "\n".join(lines)

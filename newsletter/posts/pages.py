@@ -22,6 +22,7 @@ the page files read, for the whole load kept in the state folder.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import stat
@@ -34,9 +35,10 @@ from urllib.parse import quote
 from newsletter.config import Settings
 from newsletter.posts import permalink
 
-__all__ = ["PAGE", "LinkTargets", "page_url"]
+__all__ = ["FILE", "PAGE", "LinkTargets", "page_url"]
 
 PAGE = "\0page:"  # the key prefix of a page or static file (never a post's name)
+FILE = "\0file:"  # the key prefix of a file `{% include_relative %}` reads: its digest
 _RACY_NS = 2_000_000_000  # as index.RACY_NS: a fresher file may change unseen
 _HTML = frozenset({".html", ".xhtml", ".htm"})
 _YAML_HEADER = re.compile(rb"---\s*\r?\n")  # Jekyll's Utils.has_yaml_header?
@@ -65,6 +67,8 @@ class LinkTargets(Mapping[str, str]):
         return urls if isinstance(urls, LinkTargets) else cls(urls, settings)
 
     def __getitem__(self, key: str) -> str:
+        if key.startswith(FILE):
+            return self._file(key)
         if not key.startswith(PAGE):
             return self.posts[key]
         rel = key[len(PAGE) :]
@@ -88,6 +92,18 @@ class LinkTargets(Mapping[str, str]):
         """Each page file read (or found missing) with its size and mtime then;
         None when one had changed too recently to be trusted by those."""
         return None if self._racy else tuple(sorted(self._consulted.items()))
+
+    def _file(self, key: str) -> str:
+        """The sha256 of a file a post includes (`KeyError`: none there)."""
+        path = Path(key[len(FILE) :])
+        stat_key = _stat(path)
+        self._consulted[str(path)] = stat_key
+        if stat_key is not None and time.time_ns() - stat_key[1] < _RACY_NS:
+            self._racy = True
+        try:
+            return hashlib.sha256(path.read_bytes()).hexdigest()
+        except (OSError, ValueError):
+            raise KeyError(key) from None
 
     def _page(self, rel: str) -> str | None:
         site = self.settings.site

@@ -19,7 +19,7 @@ import csv
 import fnmatch
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -214,7 +214,9 @@ def load_data(folder: Path, problems: list[Problem]) -> dict[str, Any]:
         try:
             value = _data_file(entry)
         except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError, csv.Error) as exc:
-            problems.append(Problem(f"data file ignored: {exc}", entry, None, "warning"))
+            problems.append(
+                Problem(f"data file ignored: {_one_line(exc)}", entry, _error_line(exc), "warning")
+            )
             continue
         if value is not _SKIP:
             data[entry.stem] = value
@@ -222,6 +224,23 @@ def load_data(folder: Path, problems: list[Problem]) -> dict[str, Any]:
 
 
 _SKIP = object()
+
+
+def _error_line(exc: Exception) -> int | None:
+    """The 1-based line a YAML or JSON error points at, if it says."""
+    if isinstance(exc, json.JSONDecodeError):
+        return exc.lineno
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    return mark.line + 1 if mark is not None else None
+
+
+def _one_line(exc: Exception) -> str:
+    if isinstance(exc, yaml.MarkedYAMLError):
+        # Its own text repeats the file name and line, which the problem shows.
+        return " ".join(str(part) for part in (exc.context, exc.problem) if part)
+    if isinstance(exc, json.JSONDecodeError):
+        return exc.msg
+    return str(exc)
 
 
 def _data_file(path: Path) -> Any:
@@ -313,16 +332,16 @@ def site_variables(
     source: Path | None,
     config: Mapping[str, Any] | None,
     base: Mapping[str, Any],
-    pages: list[dict[str, Any]],
+    pages: Sequence[dict[str, Any]],
     problems: list[Problem],
 ) -> SiteVariables:
     """Liquid's `site`: the `_config.yml` keys, `base` (url, title, … as
-    newsletter resolved them), `site.data`, `site.posts` (newest first),
+    newsletter resolved them), `site.data`, `site.posts` (`pages`, newest first),
     `site.categories`, `site.tags` and every collection's documents."""
     liquid: dict[str, Any] = {**(config or {}), **base}
     data = load_data(source / "_data", problems) if source is not None else {}
     liquid["data"] = data
-    newest = sorted(pages, key=lambda p: p["date"], reverse=True)
+    newest = list(pages)  # sorted by the caller, as Jekyll sorts them (`drops.Shelf.arrange`)
     liquid["posts"] = newest
     liquid["categories"] = _grouped(newest, "categories")
     liquid["tags"] = _grouped(newest, "tags")
@@ -341,9 +360,11 @@ def site_variables(
     return SiteVariables(liquid, authors)
 
 
-def _grouped(pages: list[dict[str, Any]], key: str) -> dict[str, list[dict[str, Any]]]:
+def _grouped(newest: list[dict[str, Any]], key: str) -> dict[str, list[dict[str, Any]]]:
+    """Jekyll's Site#post_attr_hash: names in the order the oldest post first
+    uses them (`{% for tag in site.tags %}`), each name's posts newest first."""
     groups: dict[str, list[dict[str, Any]]] = {}
-    for page in pages:
+    for page in reversed(newest):
         for name in page.get(key) or ():
             groups.setdefault(str(name), []).append(page)
-    return groups
+    return {name: found[::-1] for name, found in groups.items()}
