@@ -484,3 +484,25 @@ def test_the_archive_leaves_out_a_post_pulled_mid_mailing(
         app = create_public_app(settings, engine=engine, secret=b"k" * 32)
         with TestClient(app, base_url="https://news.example.com") as client:
             assert "Life" in client.get("/archive/").text
+
+
+# --------------------------------------------------------------------------- the posts folder
+
+
+def test_an_empty_posts_folder_withdraws_nothing(
+    started: tuple[Site, Settings, Engine],
+) -> None:
+    """A posts folder with no post at all (a share not mounted yet on one of
+    several hosts, a checkout being replaced) read as "every post deleted":
+    the daemon withdrew every unfinished mailing, and the hosts that still
+    had the posts resumed them, back and forth.  Like a folder that cannot be
+    read, it is no verdict on any post."""
+    site, settings, engine = started
+    kept = (site.posts / POST).read_bytes()
+    (site.posts / POST).unlink()
+    report = passes.run_pass(settings, engine, transport=MemoryTransport())
+    assert states(engine) == [(1, "sending")]
+    assert any("no posts" in p or "no post" in p for p in report.problems), report.problems
+    (site.posts / POST).write_bytes(kept)
+    assert len(later_pass(settings, engine).outbox) == 2
+    assert states(engine) == [(1, "done")]

@@ -40,6 +40,10 @@ def ready(tmp_path: Path) -> tuple[Site, Settings, Engine]:
     engine = engine_of(settings)
     add_members(engine, "news", settings=settings)
     site.write_post(POST, "Pulled", LAST_YEAR)
+    # Another post (before `since`, never sent): deleting the pulled one
+    # leaves a folder with posts, not an empty one (no verdict, see
+    # test_mailing_lifecycle.test_an_empty_posts_folder_withdraws_nothing).
+    site.write_post("2023-05-01-older.md", "Older", datetime(2023, 5, 1, tzinfo=UTC))
     return site, settings, engine
 
 

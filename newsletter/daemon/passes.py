@@ -92,7 +92,9 @@ def run_pass(
     try:
         # Planning reads front matter; HTML is built for the posts a mailing sends.
         collection = load_posts(settings, bodies="lazy")
-        clock: Clock | None = _pass_clock(at)
+        # No post at all is no verdict on any (a share not mounted yet on
+        # this host, a checkout being replaced), as an unreadable folder.
+        clock: Clock | None = _pass_clock(at) if collection.posts else None
     except NewsletterError as exc:
         problems.append(f"error: {exc}")
         collection = PostCollection((), ())
@@ -192,6 +194,8 @@ def _watcher(
             posts = load_posts(settings, bodies="lazy")
         except NewsletterError:
             return  # no posts read, no verdict; the next pass reports it
+        if not posts.posts:
+            return  # an empty folder: no verdict either (`run_pass`)
         changes.extend(withdrawal.review(engine, posts, clock(), mailing_id))
 
     return watch
