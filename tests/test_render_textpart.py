@@ -1,0 +1,83 @@
+"""The text part and the excerpt as a reader sees them: footnotes an excerpt
+does not refer to, quoted paragraphs, links, heading levels and widths,
+tables.  Posts go through the real reader (a Jekyll site on disk) or through
+`make_post`'s Markdown, then through `render_email`."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_render_support import make_settings
+
+from newsletter.config import load_settings
+from newsletter.email.render import render_email, template_environment
+from newsletter.posts import load_posts
+from newsletter.posts.collection import Post
+
+
+@pytest.fixture(autouse=True)
+def _fresh_environments() -> Iterator[None]:
+    template_environment.cache_clear()
+    yield
+    template_environment.cache_clear()
+
+
+def read_post(tmp_path: Path, body: str) -> Post:
+    """`body` as a post of a Jekyll site, read as `newsletter` reads it."""
+    (tmp_path / "_posts").mkdir()
+    (tmp_path / "_config.yml").write_text("url: https://tides.example.com\ntimezone: UTC\n")
+    (tmp_path / "_posts" / "2024-06-08-tide-pools.md").write_text(body, encoding="utf-8")
+    config = tmp_path / "newsletter.toml"
+    config.write_text('[site]\njekyll_config = "_config.yml"\n[lists.all]\n', encoding="utf-8")
+    (post,) = load_posts(load_settings(config)).posts
+    return post
+
+
+def text_part(post: Post, content: str = "excerpt") -> str:
+    settings = make_settings(content=content)
+    return render_email(post, settings, settings.lists["everything"]).text
+
+
+def body_of(text: str) -> str:
+    """The post's part of the text: after the byline, before "Read …"."""
+    start = text.index(" min read\n") + len(" min read\n")
+    end = re.search(r"\nRead (the full post|it on the web)", text)
+    assert end is not None
+    return text[start : end.start()].strip("\n")
+
+
+# --------------------------------------------------------------------------- footnotes
+
+
+def test_an_excerpt_shows_only_the_footnotes_it_refers_to(tmp_path: Path) -> None:
+    """Jekyll appends every footnote definition to an excerpt and kramdown
+    shows the referenced ones; python-markdown printed them all, so an
+    image-only excerpt ended in a stray "1. The note."."""
+    post = read_post(
+        tmp_path,
+        "---\ntitle: Tide pools\nexcerpt_separator: <!--more-->\n---\n"
+        "![A tide chart](/chart.png)\n\nRead second[^b].\n\n[^a]: Nobody refers to me.\n\n"
+        "<!--more-->\n\nRead first[^c], then again[^b].\n\n[^c]: Note C.\n[^b]: Note B.\n",
+    )
+    assert 'id="fn:a"' not in post.excerpt_html and "Nobody refers" not in post.excerpt_text
+    assert re.search(r'href="[^"]*#fn:b">1</a>', post.excerpt_html)  # kramdown's number
+    assert body_of(text_part(post)).endswith("Read second[1].\n\n--------------------\n\n"
+                                             "1. Note B.")  # fmt: skip
+    full = body_of(text_part(post, "full"))
+    assert "Nobody refers" not in full
+    # kramdown numbers notes in the order the text first refers to them.
+    assert "Read second[1]." in full and "Read first[2], then again[1]." in full
+    assert full.endswith("1. Note B.\n2. Note C.")
+
+
+def test_an_image_only_excerpt_has_no_footnote_list(tmp_path: Path) -> None:
+    post = read_post(
+        tmp_path,
+        "---\ntitle: Tide pools\n---\n![A tide pool](/pool.jpg)\n\n"
+        "The pool filled at noon[^n].\n\n[^n]: Exactly at noon.\n",
+    )
+    assert "footnote" not in post.excerpt_html
+    assert body_of(text_part(post)) == "[A tide pool]"
