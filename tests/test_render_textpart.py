@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_render_support import make_settings
+from test_render_support import make_post, make_settings
 
 from newsletter.config import load_settings
 from newsletter.email.render import render_email, template_environment
@@ -81,3 +81,11 @@ def test_an_image_only_excerpt_has_no_footnote_list(tmp_path: Path) -> None:
     )
     assert "footnote" not in post.excerpt_html
     assert body_of(text_part(post)) == "[A tide pool]"
+
+
+def test_a_notes_second_back_link_is_numbered_and_never_an_emoji() -> None:
+    body = "Once[^n] and twice[^n].\n\n[^n]: The note.\n"
+    settings = make_settings(content="full")
+    html = render_email(make_post(body), settings, settings.lists["everything"]).html
+    arrows = re.findall(r'class="footnote-backref"[^>]*>(.*?)</a>', html)
+    assert arrows == ["↩\ufe0e", "↩\ufe0e<sup>2</sup>"]

@@ -33,7 +33,9 @@ _HEADING_TAG = re.compile(r"<(/?)h([1-6])\b", re.I)
 _HEADING_OPEN = re.compile(r"<h([1-6])\b", re.I)
 # python-markdown's back-link arrow; U+FE0E asks for the text glyph (iOS
 # otherwise draws the blue "↩️" emoji button).
-_BACKREF_ARROW = re.compile(r'(<a\b[^>]*class="footnote-backref"[^>]*>)(↩|&#8617;)(</a>)')
+_BACKREF_ARROW = re.compile(
+    r'(<a\b[^>]*class="footnote-backref"[^>]*>)(↩|&#8617;)((?:<sup>\d+</sup>)?</a>)'
+)
 _TEXT_PRESENTATION = "\ufe0e"
 
 
