@@ -89,3 +89,20 @@ def test_a_notes_second_back_link_is_numbered_and_never_an_emoji() -> None:
     html = render_email(make_post(body), settings, settings.lists["everything"]).html
     arrows = re.findall(r'class="footnote-backref"[^>]*>(.*?)</a>', html)
     assert arrows == ["↩\ufe0e", "↩\ufe0e<sup>2</sup>"]
+
+
+# --------------------------------------------------------------------------- quotes
+
+
+def test_a_quotes_paragraphs_stay_inside_the_quote() -> None:
+    """A blank line without ">" between a quote's paragraphs ended the quote
+    for every reader that colours or folds quoted text."""
+    body = (
+        "Before.\n\n> First quoted paragraph.\n>\n> Second quoted paragraph.\n>\n"
+        "> > Nested one.\n> >\n> > Nested two.\n\nAfter.\n"
+    )
+    text = body_of(text_part(make_post(body), "full"))
+    assert text == (
+        "Before.\n\n> First quoted paragraph.\n>\n> Second quoted paragraph.\n>\n"
+        "> > Nested one.\n> >\n> > Nested two.\n\nAfter."
+    )

@@ -104,7 +104,11 @@ def _block(el: HtmlElement, prefix: str) -> Iterator[str]:
     elif tag in ("ul", "ol"):
         yield "\n".join(_list_items(el, prefix))
     elif tag == "blockquote":
-        yield from _text_blocks(el, prefix + "> ")
+        # A blank line without ">" would end the quote: join its paragraphs
+        # with a quoted empty line (">", no trailing space).
+        inner = prefix + "> "
+        blocks = [b for b in _text_blocks(el, inner) if b.strip()]
+        yield f"\n{inner.rstrip()}\n".join(blocks)
     elif tag == "table" and "codehilitetable" in (el.get("class") or "").split():
         # `{% highlight x linenos %}`: the numbers are for the eye, not for copying.
         code = el.find(".//td[@class='code']//pre")
