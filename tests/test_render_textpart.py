@@ -106,3 +106,32 @@ def test_a_quotes_paragraphs_stay_inside_the_quote() -> None:
         "Before.\n\n> First quoted paragraph.\n>\n> Second quoted paragraph.\n>\n"
         "> > Nested one.\n> >\n> > Nested two.\n\nAfter."
     )
+
+
+# --------------------------------------------------------------------------- links
+
+
+def test_links_are_text_then_the_url_in_angle_brackets() -> None:
+    """`text (url)` ended in a ")" a linkifier could take into the URL, or
+    leave out of one that holds ")" itself (RFC 3986 Appendix C)."""
+    body = (
+        "See [the crab](https://en.example.org/wiki/Crab_(animal)), "
+        "<https://tides.example.com/a>, "
+        "[tides.example.com/b](https://tides.example.com/b/) and "
+        "[mail us](mailto:editor@example.com) or "
+        "[editor@example.com](mailto:editor@example.com).\n"
+    )
+    text = body_of(text_part(make_post(body), "full"))
+    assert " ".join(text.split()) == (
+        "See the crab <https://en.example.org/wiki/Crab_(animal)>, "
+        "<https://tides.example.com/a>, <https://tides.example.com/b/> and "
+        "mail us <mailto:editor@example.com> or editor@example.com."
+    )
+
+
+def test_every_url_of_the_text_part_is_in_angle_brackets() -> None:
+    for content in ("excerpt", "full"):
+        settings = make_settings(content=content, preferences_link=True)
+        text = render_email(make_post(), settings, settings.lists["everything"]).text
+        words = [w.strip(".,") for w in text.split() if re.search(r"://|SCRIBE0|ENCES0", w)]
+        assert len(words) >= 5 and all(w.startswith("<") and w.endswith(">") for w in words), words

@@ -12,7 +12,7 @@ plain-text part):
   attribute lines that python-markdown leaves as text (`{: .notice}`,
   `{:toc}`), and makes every URL absolute as a browser would resolve it from
   the post's own URL.
-* `html_to_text(fragment)`: readable plain text, links as `text (url)`
+* `html_to_text(fragment)`: readable plain text, links as `text <url>`
   (`newsletter.posts.plaintext`, re-exported here).
 """
 

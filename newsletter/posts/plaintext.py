@@ -1,5 +1,5 @@
 """HTML → plain text, for the text part of an email and for excerpts:
-`html_to_text(fragment)` gives readable text, links as `text (url)`.
+`html_to_text(fragment)` gives readable text, links as `text <url>`.
 (Split from `markup`, which makes the HTML.)"""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from lxml.html import HtmlElement
 
 from newsletter.errors import RenderError
 
-__all__ = ["html_to_text", "parse_fragment"]
+__all__ = ["html_to_text", "link_text", "parse_fragment"]
 
 
 def parse_fragment(fragment: str) -> HtmlElement:
@@ -61,7 +61,7 @@ _BR = "\u2028"
 
 
 def html_to_text(fragment: str) -> str:
-    """Readable plain text from an HTML fragment (links as `text (url)`).
+    """Readable plain text from an HTML fragment (links as `text <url>`).
 
     Paragraphs are wrapped at 72 columns (never inside a URL), headings are
     underlined, list items get a bullet or their number, code stays verbatim.
@@ -160,21 +160,46 @@ def _inline(el: HtmlElement) -> str:
         return f"[{alt}]" if alt else ""
     text = _inline_children(el)
     if el.tag == "a":
-        href = el.get("href") or ""
         classes = (el.get("class") or "").split()
         if "footnote-backref" in classes:
             return ""
         if "footnote-ref" in classes:
             return text
-        label = _squash(text)
-        # In-page anchors (footnote refs) and links that repeat their text need no URL.
-        if href and not href.startswith("#") and href not in (label, f"mailto:{label}"):
-            return f"{text} ({href})" if label else href
+        return _link(text, el.get("href") or "")
     if el.tag == "sup" and el.find("a") is not None:
         return f"[{_squash(text)}]"
     if el.tag in ("del", "s", "strike") and text.strip():
         return f"~~{text}~~"  # struck text read as plain text says the opposite
     return text
+
+
+def _link(text: str, href: str) -> str:
+    """`text <url>`, the URL in angle brackets (RFC 3986 Appendix C): no
+    linkifier takes a closing ")" or a full stop into it, as it may with
+    `text (url)`.  A link whose text is its URL is written once, `<url>`
+    (html2text's "automatic link"); in-page anchors keep their text only."""
+    label = _squash(text)
+    if not href or href.startswith("#"):
+        return text
+    if href == f"mailto:{label}":
+        return text  # an address reads as one, and every client links it
+    if not label or _same_url(label, href):
+        return link_text("", href)
+    return link_text(text, href)
+
+
+def link_text(text: str, url: str) -> str:
+    """How the text part writes a link: `text <url>`, or `<url>` alone."""
+    return f"{text} <{url}>" if text.strip() else f"<{url}>"
+
+
+def _same_url(label: str, href: str) -> bool:
+    """`example.org/a` and `https://example.org/a/` name the link's own URL."""
+
+    def bare(url: str) -> str:
+        return re.sub(r"^[a-z][a-z0-9+.-]*://", "", url, flags=re.I).rstrip("/")
+
+    return label == href or bare(label) == bare(href)
 
 
 def _squash(text: str) -> str:
