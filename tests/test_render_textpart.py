@@ -135,3 +135,38 @@ def test_every_url_of_the_text_part_is_in_angle_brackets() -> None:
         text = render_email(make_post(), settings, settings.lists["everything"]).text
         words = [w.strip(".,") for w in text.split() if re.search(r"://|SCRIBE0|ENCES0", w)]
         assert len(words) >= 5 and all(w.startswith("<") and w.endswith(">") for w in words), words
+
+
+# --------------------------------------------------------------------------- headings
+
+
+def test_the_posts_headings_are_ruled_below_the_title_by_level() -> None:
+    """A post's `#`/`##` headings were underlined with "=", as the email's
+    title: the reader could not tell a section from the title."""
+    body = "Intro.\n\n# Part\n\nText.\n\n## Sub part\n\nText.\n\n### Detail\n\nText.\n"
+    text = text_part(make_post(body), "full")
+    assert "Counting Life in Tide Pools\n===========================" in text
+    post = body_of(text)
+    assert "Part\n----\n" in post and "Sub part\n~~~~~~~~\n" in post
+    assert "Detail\n......\n" in post
+    # A post that starts at h2 reads the same: levels are the email's, not the source's.
+    shifted = re.sub(r"\n(#+) ", r"\n\1# ", body)
+    assert body_of(text_part(make_post(shifted), "full")) == post
+
+
+def test_a_cjk_heading_is_underlined_to_its_display_width() -> None:
+    """ "天気の記録" takes ten columns; its rule took five."""
+    body = "前書き。\n\n## 天気の記録\n\n本文。\n\n## Café ́ notes\n\nText.\n"
+    post = body_of(text_part(make_post(body), "full"))
+    assert "天気の記録\n----------\n" in post
+    assert "Café ́ notes\n-----------\n" in post  # a combining mark takes no column
+
+
+def test_a_digest_rules_the_posts_headings_below_its_post_titles() -> None:
+    from newsletter.email.render import render_digest
+
+    body = "## Part\n\nText.\n\n<!--more-->\n\nMore.\n"
+    settings = make_settings()
+    text = render_digest([make_post(body)], settings, settings.lists["weekly"]).text
+    assert "Counting Life in Tide Pools\n---------------------------" in text
+    assert "Part\n~~~~\n" in text

@@ -63,6 +63,18 @@ def shift_headings(content_html: str, top: int) -> str:
     )
 
 
+def as_text(content_html: str, top_heading: int, known: str | None = None) -> str:
+    """The content for the text part, its headings ruled by their level in
+    the email (below the title's "="), as `for_email` places them in the HTML.
+    `known` is the content's text already made (the post's `excerpt_text`):
+    right as it is when the content has no heading."""
+    if known is not None and not _HEADING_OPEN.search(content_html):
+        return known
+    from newsletter.posts import markup  # (lxml: only for a heading or a whole post)
+
+    return markup.html_to_text(shift_headings(content_html, top_heading))
+
+
 def local_anchors(content_html: str, page_url: str) -> str:
     """`href="<post URL>#fn:1"` -> `href="#fn:1"` when `id="fn:1"` is in the
     content: footnotes, and a table of contents' links to the headings."""

@@ -13,6 +13,7 @@ import lxml.html
 from lxml.html import HtmlElement
 
 from newsletter.errors import RenderError
+from newsletter.posts import textwidth
 
 __all__ = ["html_to_text", "link_text", "parse_fragment"]
 
@@ -99,8 +100,8 @@ def _block(el: HtmlElement, prefix: str) -> Iterator[str]:
     elif tag == "hr":
         yield prefix + "-" * 20
     elif tag in ("h1", "h2", "h3", "h4", "h5", "h6"):
-        title = _squash(_inline_children(el))
-        yield f"{prefix}{title}\n{prefix}{('=' if tag in ('h1', 'h2') else '-') * len(title)}"
+        title = _squash(_inline_children(el).replace(_BR, " "))
+        yield textwidth.underlined(title, textwidth.RULES[int(tag[1])], prefix)
     elif tag in ("ul", "ol"):
         yield "\n".join(_list_items(el, prefix))
     elif tag == "blockquote":
