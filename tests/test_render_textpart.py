@@ -170,3 +170,54 @@ def test_a_digest_rules_the_posts_headings_below_its_post_titles() -> None:
     text = render_digest([make_post(body)], settings, settings.lists["weekly"]).text
     assert "Counting Life in Tide Pools\n---------------------------" in text
     assert "Part\n~~~~\n" in text
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def test_a_table_that_fits_is_aligned_in_columns() -> None:
+    """Rows were "Creature | Count" lines, no column lined up with the next."""
+    body = (
+        "| Creature | Count | Pool |\n|:--|--:|:-:|\n"
+        "| Periwinkles | 41 | north |\n| Anemones | 7 | 天気 |\n| Crabs | 1203 | [x](/x) |\n"
+    )
+    text = body_of(text_part(make_post(body), "full"))
+    assert text == (
+        "Creature     Count  Pool\n"
+        "-----------  -----  -------------------------------\n"
+        "Periwinkles     41  north\n"
+        "Anemones         7  天気\n"  # two wide characters take four columns
+        "Crabs         1203  x <https://tides.example.com/x>"
+    )
+
+
+def test_a_table_too_wide_for_78_columns_reads_as_one_block_per_row() -> None:
+    """A five-column row ran to 120 columns, then was wrapped mid-row."""
+    body = (
+        "Before.\n\n| Creature | Where | When | Count | Notes |\n|---|---|---|---|---|\n"
+        "| Periwinkles on the north rock | the upper pool | at the lowest tide | 41 "
+        "| counted twice by two people |\n| Crabs | under the weed | at noon | 3 | |\n\n"
+        "> | Key | Value |\n> |---|---|\n> | "
+        + "a long quoted value " * 3
+        + "| "
+        + "more " * 5
+        + "|\n"
+    )
+    text = body_of(text_part(make_post(body), "full"))
+    assert text == (
+        "Before.\n\n"
+        "Creature: Periwinkles on the north rock\nWhere: the upper pool\n"
+        "When: at the lowest tide\nCount: 41\nNotes: counted twice by two people\n\n"
+        "Creature: Crabs\nWhere: under the weed\nWhen: at noon\nCount: 3\n\n"
+        "> Key: " + ("a long quoted value " * 3).strip() + "\n> Value: " + ("more " * 5).strip()
+    )
+    assert max(len(line) for line in text.splitlines()) <= 78
+
+
+def test_a_table_without_a_header_row_is_aligned_without_a_rule() -> None:
+    body = (
+        "<table><tr><td>Tide</td><td>06:12</td></tr>"
+        "<tr><td>Sunrise</td><td>05:40</td></tr></table>\n"
+    )
+    text = body_of(text_part(make_post(body), "full"))
+    assert text == "Tide     06:12\nSunrise  05:40"

@@ -13,7 +13,7 @@ import lxml.html
 from lxml.html import HtmlElement
 
 from newsletter.errors import RenderError
-from newsletter.posts import textwidth
+from newsletter.posts import texttable, textwidth
 
 __all__ = ["html_to_text", "link_text", "parse_fragment"]
 
@@ -116,7 +116,7 @@ def _block(el: HtmlElement, prefix: str) -> Iterator[str]:
         if code is not None:
             yield from _block(code, prefix)
     elif tag == "table":
-        yield "\n".join(_table_rows(el, prefix))
+        yield _table(el, prefix)
     else:
         yield from _text_blocks(el, prefix)
 
@@ -136,10 +136,34 @@ def _list_items(el: HtmlElement, prefix: str) -> Iterator[str]:
         )
 
 
-def _table_rows(el: HtmlElement, prefix: str) -> Iterator[str]:
+def _table(el: HtmlElement, prefix: str) -> str:
+    rows = []
     for tr in el.iter("tr"):
-        cells = [_squash(_inline_children(c)) for c in tr if c.tag in ("td", "th")]
-        yield prefix + " | ".join(cells)
+        if _enclosing_table(tr) is not el:
+            continue  # a nested table's rows are read as its cell's text
+        rows.append(
+            [
+                texttable.Cell(
+                    _squash(_inline_children(c).replace(_BR, " ")), c.tag == "th", _align(c)
+                )
+                for c in tr
+                if c.tag in ("td", "th")
+            ]
+        )
+    return texttable.table_text(rows, prefix)
+
+
+def _enclosing_table(el: HtmlElement) -> HtmlElement | None:
+    parent = el.getparent()
+    while parent is not None and parent.tag != "table":
+        parent = parent.getparent()
+    return parent
+
+
+def _align(cell: HtmlElement) -> str:
+    style = re.sub(r"\s", "", (cell.get("style") or "").lower())
+    found = re.search(r"text-align:(left|right|center)", style)
+    return found.group(1) if found else (cell.get("align") or "left").lower()
 
 
 def _inline_children(el: HtmlElement) -> str:
