@@ -221,3 +221,15 @@ def test_a_table_without_a_header_row_is_aligned_without_a_rule() -> None:
     )
     text = body_of(text_part(make_post(body), "full"))
     assert text == "Tide     06:12\nSunrise  05:40"
+
+
+def test_a_table_in_a_list_item_counts_the_items_indent() -> None:
+    """78 columns of table fit at the margin, not behind "- " and a quote."""
+    head = "| " + " | ".join(["H" * 18] * 4) + " |\n|---|---|---|---|\n"
+    row = "| " + " | ".join(["x" * 18] * 4) + " |\n"
+    flat = body_of(text_part(make_post(head + row), "full"))
+    assert flat.splitlines()[0] == "  ".join(["H" * 18] * 4)  # 78 columns: aligned
+    quoted = "".join("    > " + line + "\n" for line in (head + row).splitlines())
+    nested = body_of(text_part(make_post("- An item:\n\n" + quoted), "full"))
+    assert max(len(line) for line in nested.splitlines()) <= 78, nested
+    assert "  > " + "H" * 18 + ": " + "x" * 18 in nested.splitlines()

@@ -75,8 +75,9 @@ def html_to_text(fragment: str) -> str:
     return re.sub(r"\n{3,}", "\n\n", text).strip()
 
 
-def _text_blocks(el: HtmlElement, prefix: str) -> Iterator[str]:
-    """Yield one string per block-level element, in document order."""
+def _text_blocks(el: HtmlElement, prefix: str, indent: int = 0) -> Iterator[str]:
+    """Yield one string per block-level element, in document order (`indent`:
+    the columns a list item's marker will add in front of each line)."""
     inline: list[str] = [el.text or ""] if el.tag not in _SKIP_TEXT else []
     for child in el:
         if not isinstance(child.tag, str):
@@ -85,14 +86,14 @@ def _text_blocks(el: HtmlElement, prefix: str) -> Iterator[str]:
         if child.tag in _BLOCKS:
             yield _wrap("".join(inline), prefix)
             inline = []
-            yield from _block(child, prefix)
+            yield from _block(child, prefix, indent)
         else:
             inline.append(_inline(child))
         inline.append(child.tail or "")
     yield _wrap("".join(inline), prefix)
 
 
-def _block(el: HtmlElement, prefix: str) -> Iterator[str]:
+def _block(el: HtmlElement, prefix: str, indent: int = 0) -> Iterator[str]:
     tag = el.tag
     if tag == "pre":
         code = el.text_content().rstrip("\n")
@@ -103,12 +104,12 @@ def _block(el: HtmlElement, prefix: str) -> Iterator[str]:
         title = _squash(_inline_children(el).replace(_BR, " "))
         yield textwidth.underlined(title, textwidth.RULES[int(tag[1])], prefix)
     elif tag in ("ul", "ol"):
-        yield "\n".join(_list_items(el, prefix))
+        yield "\n".join(_list_items(el, prefix, indent))
     elif tag == "blockquote":
         # A blank line without ">" would end the quote: join its paragraphs
         # with a quoted empty line (">", no trailing space).
         inner = prefix + "> "
-        blocks = [b for b in _text_blocks(el, inner) if b.strip()]
+        blocks = [b for b in _text_blocks(el, inner, indent) if b.strip()]
         yield f"\n{inner.rstrip()}\n".join(blocks)
     elif tag == "table" and "codehilitetable" in (el.get("class") or "").split():
         # `{% highlight x linenos %}`: the numbers are for the eye, not for copying.
@@ -116,16 +117,17 @@ def _block(el: HtmlElement, prefix: str) -> Iterator[str]:
         if code is not None:
             yield from _block(code, prefix)
     elif tag == "table":
-        yield _table(el, prefix)
+        yield _table(el, prefix, indent)
     else:
-        yield from _text_blocks(el, prefix)
+        yield from _text_blocks(el, prefix, indent)
 
 
-def _list_items(el: HtmlElement, prefix: str) -> Iterator[str]:
+def _list_items(el: HtmlElement, prefix: str, indent: int) -> Iterator[str]:
     items = [li for li in el if isinstance(li.tag, str) and li.tag == "li"]
     for number, li in enumerate(items, start=int(el.get("start", "1") or 1)):
         marker = f"{number}. " if el.tag == "ol" else "- "
-        inner = [b for b in _text_blocks(li, "") if b.strip()]
+        own = indent + textwidth.columns(prefix) + len(marker)
+        inner = [b for b in _text_blocks(li, "", own) if b.strip()]
         body = "\n".join(inner)
         lines = body.split("\n")
         yield (
@@ -136,7 +138,7 @@ def _list_items(el: HtmlElement, prefix: str) -> Iterator[str]:
         )
 
 
-def _table(el: HtmlElement, prefix: str) -> str:
+def _table(el: HtmlElement, prefix: str, indent: int) -> str:
     rows = []
     for tr in el.iter("tr"):
         if _enclosing_table(tr) is not el:
@@ -150,7 +152,7 @@ def _table(el: HtmlElement, prefix: str) -> str:
                 if c.tag in ("td", "th")
             ]
         )
-    return texttable.table_text(rows, prefix)
+    return texttable.table_text(rows, prefix, indent)
 
 
 def _enclosing_table(el: HtmlElement) -> HtmlElement | None:

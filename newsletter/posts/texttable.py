@@ -29,8 +29,9 @@ class Cell:
     align: str = "left"  # "left" | "right" | "center"
 
 
-def table_text(rows: Sequence[Sequence[Cell]], prefix: str = "") -> str:
-    """`rows` as text, each line starting with `prefix` (a quote's "> ")."""
+def table_text(rows: Sequence[Sequence[Cell]], prefix: str = "", indent: int = 0) -> str:
+    """`rows` as text, each line starting with `prefix` (a quote's "> "), to
+    be indented `indent` more columns (inside a list item)."""
     rows = [row for row in rows if row]
     if not rows:
         return ""
@@ -39,9 +40,10 @@ def table_text(rows: Sequence[Sequence[Cell]], prefix: str = "") -> str:
     count = max(len(r) for r in rows)
     grid = [_padded(r, count) for r in ([head] if head else []) + body]
     widths = [max(columns(row[i].text) for row in grid) for i in range(count)]
-    if columns(prefix) + sum(widths) + len(_GAP) * (count - 1) <= MAX_COLUMNS:
+    margin = indent + columns(prefix)
+    if margin + sum(widths) + len(_GAP) * (count - 1) <= MAX_COLUMNS:
         return _aligned(grid, widths, prefix, has_head=head is not None)
-    return _blocks(head, body, prefix)
+    return _blocks(head, body, prefix, margin)
 
 
 def _padded(row: Sequence[Cell], count: int) -> list[Cell]:
@@ -74,10 +76,10 @@ def _line(row: list[Cell], widths: list[int], aligns: list[str], prefix: str) ->
     return (prefix + _GAP.join(cells)).rstrip()
 
 
-def _blocks(head: list[Cell] | None, body: list[list[Cell]], prefix: str) -> str:
+def _blocks(head: list[Cell] | None, body: list[list[Cell]], prefix: str, margin: int) -> str:
     """One block per row: "Header: value" lines (just the values without a
     header row), a blank line (quoted inside a quote) between rows."""
-    width = max(20, WRAP_COLUMNS - columns(prefix))
+    width = max(20, WRAP_COLUMNS - margin + columns(prefix))
     blocks = []
     for row in body:
         lines = []
