@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_render_support import make_post, make_settings
+from test_render_support import POST_URL, make_post, make_settings
 
 from newsletter.config import load_settings
 from newsletter.email.render import render_email, template_environment
@@ -233,3 +233,10 @@ def test_a_table_in_a_list_item_counts_the_items_indent() -> None:
     nested = body_of(text_part(make_post("- An item:\n\n" + quoted), "full"))
     assert max(len(line) for line in nested.splitlines()) <= 78, nested
     assert "  > " + "H" * 18 + ": " + "x" * 18 in nested.splitlines()
+
+
+def test_an_html_posts_own_footnote_list_is_left_as_written() -> None:
+    from newsletter.posts import markup
+
+    own = '<p>Text.</p><div class="footnote"><ol><li>A note of its own.</li></ol></div>'
+    assert "A note of its own." in markup.sanitise_html(own, POST_URL)

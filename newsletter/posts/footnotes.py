@@ -26,7 +26,10 @@ def _one_list(root: HtmlElement, box: HtmlElement) -> None:
     ol = box.find("ol")
     if ol is None:
         return
-    notes = {li.get("id", "")[3:]: li for li in ol if li.tag == "li"}
+    items = [li for li in ol if li.tag == "li"]
+    notes = {li.get("id", "")[3:]: li for li in items if li.get("id", "").startswith("fn:")}
+    if not notes or len(notes) != len(items):
+        return  # not python-markdown's list (an HTML post's own): as written
     refs = [
         a
         for a in root.iter("a")
