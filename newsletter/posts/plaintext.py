@@ -15,7 +15,7 @@ from lxml.html import HtmlElement
 from newsletter.errors import RenderError
 from newsletter.posts import texttable, textwidth
 
-__all__ = ["html_to_text", "link_text", "parse_fragment"]
+__all__ = ["html_to_text", "parse_fragment"]
 
 
 def parse_fragment(fragment: str) -> HtmlElement:
@@ -211,11 +211,11 @@ def _link(text: str, href: str) -> str:
     if href == f"mailto:{label}":
         return text  # an address reads as one, and every client links it
     if not label or _same_url(label, href):
-        return link_text("", href)
-    return link_text(text, href)
+        return _link_text("", href)
+    return _link_text(text, href)
 
 
-def link_text(text: str, url: str) -> str:
+def _link_text(text: str, url: str) -> str:
     """How the text part writes a link: `text <url>`, or `<url>` alone."""
     return f"{text} <{url}>" if text.strip() else f"<{url}>"
 
