@@ -30,6 +30,9 @@ def underlined(title: str, rule: str, prefix: str = "") -> str:
     """`title` wrapped at 72 columns (less `prefix`), underlined with `rule`
     as wide as its longest line."""
     width = max(20, HEADING_WIDTH - columns(prefix))
+    wide = columns(title)
+    if wide <= width:  # the usual heading: one line, no textwrap
+        return f"{prefix}{title}\n{prefix}{rule * wide}"
     lines = textwrap.wrap(title, width, break_long_words=False, break_on_hyphens=False)
     lines = lines or [title]
     rule_line = rule * min(width, max(map(columns, lines)))
