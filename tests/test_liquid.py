@@ -146,7 +146,7 @@ def test_posts_never_let_liquid_markers_through(tmp_path: Path) -> None:
     for html in (post.body_html, post.excerpt_html):
         assert "{%" not in html and "{{" not in html
     assert post.excerpt_text.startswith(
-        "Intro Liquid on T, see t (https://example.com/b/2024/01/01/target.html)"
+        "Intro Liquid on T, see t <https://example.com/b/2024/01/01/target.html>"
     )
     assert post.url == "https://example.com/b/tech/2024/02/02/liquid.html"
     # the raw block is shown as written (as HTML character references)

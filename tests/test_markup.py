@@ -211,9 +211,11 @@ def test_text_links_headings_lists_and_code() -> None:
         "- one\n- two\n\n1. first\n2. second\n\n```\ncode  line\n```\n\n> quoted\n"
     )
     text = html_to_text(html)
-    assert "Section\n=======" in text
-    assert "the docs (https://blog.example.com/docs/)" in text
-    assert "https://example.org/x (https://example.org/x)" not in text
+    assert "Section\n-------" in text  # an h2: a section rule, not the title's "="
+    # RFC 3986 Appendix C: the URL in angle brackets; a URL that is its own
+    # text written once.
+    assert "the docs <https://blog.example.com/docs/>" in text
+    assert "and\n<https://example.org/x>." in text and "https://example.org/x <" not in text
     assert "- one\n- two" in text and "1. first\n2. second" in text
     assert "    code  line" in text
     assert "> quoted" in text

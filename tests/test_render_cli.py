@@ -32,7 +32,7 @@ def test_render_text(sample_site: Path) -> None:
     assert code == 0
     assert "Measuring Reaction Times with a Few Lines of Python\n====" in out
     # (the URL on a line of its own: with a real token it is too long to share one)
-    assert "Unsubscribe:\nhttps://news.fieldnotes.example.com/unsubscribe/SAMPLE-TOKEN" in out
+    assert "Unsubscribe:\n<https://news.fieldnotes.example.com/unsubscribe/SAMPLE-TOKEN>" in out
 
 
 def test_render_eml_is_a_whole_message(sample_site: Path) -> None:

@@ -91,7 +91,7 @@ def test_the_manage_link_sits_beside_unsubscribe_when_enabled() -> None:
         text = msg.get_body(("plain",)).get_content()  # type: ignore[union-attr]
         link = "https://news.tides.example.com/preferences/TOK"
         assert (
-            link in html and re.search(rf"Manage your subscription:\s+{link}", text) is not None
+            link in html and re.search(rf"Manage your subscription:\s+<{link}>", text) is not None
         ) == enabled
         assert PLACEHOLDERS["preferences_url"] not in html + text
         if enabled:
@@ -198,7 +198,7 @@ def test_the_preheader_is_prose_without_image_alts_or_urls() -> None:
     )
     _, html, text = render(make_settings(), body_md=body, description=None)
     assert preheader_of(html) == "Crabs walk sideways on the shore."
-    assert "sideways (https://example.org/crabs)" in text  # the text part keeps them
+    assert "sideways <https://example.org/crabs>" in text  # the text part keeps them
     only_image = "![A shore crab](https://tides.example.com/images/crab.jpg)\n\n<!--more-->\n"
     _, html, _ = render(make_settings(), body_md=only_image, description=None)
     assert 'class="preheader"' not in html or "[A shore crab]" not in html

@@ -79,7 +79,7 @@ def test_the_text_part_is_wrapped_at_78_columns_and_urls_stay_whole(
     ]
     assert long == []
     for url in (READER.unsubscribe_url, READER.preferences_url, POST_URL):
-        assert url in text.split()  # whole, and a word of its own
+        assert f"<{url}>" in text.split()  # whole, and a word of its own
     assert "You are receiving this because" in text and READER.email in text
     if content == "full" and list_name == "everything":
         assert "    " + "a_long_code_line_" * 8 in text.splitlines()  # code is never rewrapped
@@ -94,8 +94,10 @@ def test_the_footer_keeps_its_signature_separator_and_labels() -> None:
     footer = lines[lines.index("-- ") :]
     assert footer[0] == "-- "
     joined = "\n".join(footer)
-    assert re.search(r"Unsubscribe:\s+" + re.escape(READER.unsubscribe_url), joined)
-    assert re.search(r"Manage your subscription:\s+" + re.escape(READER.preferences_url), joined)
+    assert re.search(r"Unsubscribe:\s+<" + re.escape(READER.unsubscribe_url) + ">", joined)
+    assert re.search(
+        r"Manage your subscription:\s+<" + re.escape(READER.preferences_url) + ">", joined
+    )
 
 
 # --------------------------------------------------------------------------- preheader

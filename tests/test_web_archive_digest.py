@@ -76,7 +76,7 @@ def test_digest_email_links_to_its_archive_page(store: Store) -> None:
     html, text = parts(transport.outbox[0].message)
     url = f"{PUBLIC}/archive/digest/{mailing_id}"
     assert re.search(f'<a href="{re.escape(url)}"[^>]*>View in browser</a>', html)
-    assert f"View in browser: {url}" in text.splitlines()
+    assert f"View in browser: <{url}>" in text.splitlines()
 
 
 def test_digest_page_shows_every_post_without_any_token(client: TestClient, store: Store) -> None:

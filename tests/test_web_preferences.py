@@ -187,7 +187,9 @@ def test_every_email_footer_links_to_this_readers_preferences(
         message = message_from_bytes(item.message, policy=policy.default)
         text = message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
         html = message.get_body(("html",)).get_content()  # type: ignore[union-attr]
-        found = re.search(rf"Manage your subscription:\s+{APP}(/preferences/[A-Za-z0-9_-]+)", text)
+        found = re.search(
+            rf"Manage your subscription:\s+<{APP}(/preferences/[A-Za-z0-9_-]+)>", text
+        )
         assert found, text
         assert re.search(rf'href="{APP}{found.group(1)}"[^>]*>Manage your subscription</a>', html)
         links[item.recipient] = found.group(1)

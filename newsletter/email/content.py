@@ -33,7 +33,9 @@ _HEADING_TAG = re.compile(r"<(/?)h([1-6])\b", re.I)
 _HEADING_OPEN = re.compile(r"<h([1-6])\b", re.I)
 # python-markdown's back-link arrow; U+FE0E asks for the text glyph (iOS
 # otherwise draws the blue "↩️" emoji button).
-_BACKREF_ARROW = re.compile(r'(<a\b[^>]*class="footnote-backref"[^>]*>)(↩|&#8617;)(</a>)')
+_BACKREF_ARROW = re.compile(
+    r'(<a\b[^>]*class="footnote-backref"[^>]*>)(↩|&#8617;)((?:<sup>\d+</sup>)?</a>)'
+)
 _TEXT_PRESENTATION = "\ufe0e"
 
 
@@ -59,6 +61,18 @@ def shift_headings(content_html: str, top: int) -> str:
     return _HEADING_TAG.sub(
         lambda m: f"<{m.group(1)}h{min(6, int(m.group(2)) + shift)}", content_html
     )
+
+
+def as_text(content_html: str, top_heading: int, known: str | None = None) -> str:
+    """The content for the text part, its headings ruled by their level in
+    the email (below the title's "="), as `for_email` places them in the HTML.
+    `known` is the content's text already made (the post's `excerpt_text`):
+    right as it is when the content has no heading."""
+    if known is not None and not _HEADING_OPEN.search(content_html):
+        return known
+    from newsletter.posts import markup  # (lxml: only for a heading or a whole post)
+
+    return markup.html_to_text(shift_headings(content_html, top_heading))
 
 
 def local_anchors(content_html: str, page_url: str) -> str:

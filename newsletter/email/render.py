@@ -108,11 +108,7 @@ def render_email(
     env = template_environment(settings.email.templates_dir, _kept(settings, "jinja", cache))
     full = settings.email.content == "full"
     content_html = post.body_html if full else post.excerpt_html
-    content_text = post.excerpt_text
-    if full:
-        from newsletter.posts import markup  # (lxml: only for a whole post's text)
-
-        content_text = markup.html_to_text(content_html)
+    content_text = content.as_text(content_html, 2, None if full else post.excerpt_text)
     post = _with_safe_title(post)
     context = {
         **_common_context(settings, mailing_list, [post]),
@@ -159,7 +155,7 @@ def render_digest(
         DigestItem(
             p,
             Markup(content.for_email(p.excerpt_html, settings, top_heading=3, page_url=None)),
-            p.excerpt_text,
+            content.as_text(p.excerpt_html, 3, p.excerpt_text),
             _hero(p, settings, images.CONTENT_WIDTH),
             reading_minutes(p),
         )

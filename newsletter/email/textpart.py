@@ -4,7 +4,8 @@ line of code).
 
 The post's own text comes wrapped at 72 columns from `posts.markup`; what
 runs longer is the template's (the footer names the reader's address, "Read
-the full post: <URL>") or a table row.  RFC 5322 §2.1.1 asks for 78
+the full post: <URL>"); a table comes aligned only when it fits
+(`posts.texttable`).  RFC 5322 §2.1.1 asks for 78
 characters a line; here it is for the reader's terminal, not the wire.
 """
 

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import functools
 import importlib.resources
-import textwrap
 import traceback
-import unicodedata
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -22,6 +20,7 @@ import jinja2
 
 from newsletter.email import inlinecache
 from newsletter.errors import NewsletterError, TemplateError
+from newsletter.posts import textwidth
 
 _MONTHS = (
     *("January", "February", "March", "April", "May", "June"),
@@ -113,16 +112,7 @@ def long_date(value: datetime) -> str:
 def text_heading(title: str, rule: str = "=") -> str:
     """A plain-text heading: the title wrapped at 72 columns, underlined as
     wide as its longest line (a wide CJK character takes two columns)."""
-    lines = textwrap.wrap(title, 72, break_long_words=False, break_on_hyphens=False)
-    lines = lines or [title]
-    return "\n".join(lines) + "\n" + rule * min(72, max(map(_columns, lines)))
-
-
-def _columns(text: str) -> int:
-    return sum(
-        2 if unicodedata.east_asian_width(c) in "WF" else 0 if unicodedata.combining(c) else 1
-        for c in text
-    )
+    return textwidth.underlined(title, rule)
 
 
 def render_template(env: jinja2.Environment, name: str, context: dict[str, Any]) -> str:

@@ -12,7 +12,7 @@ plain-text part):
   attribute lines that python-markdown leaves as text (`{: .notice}`,
   `{:toc}`), and makes every URL absolute as a browser would resolve it from
   the post's own URL.
-* `html_to_text(fragment)`: readable plain text, links as `text (url)`
+* `html_to_text(fragment)`: readable plain text, links as `text <url>`
   (`newsletter.posts.plaintext`, re-exported here).
 """
 
@@ -30,6 +30,7 @@ import markdown
 from lxml.html import HtmlElement
 
 from newsletter.errors import RenderError
+from newsletter.posts import footnotes
 from newsletter.posts.kramdown import KramdownExtension
 from newsletter.posts.plaintext import html_to_text as html_to_text
 from newsletter.posts.plaintext import parse_fragment as _parse_fragment
@@ -146,6 +147,8 @@ def sanitise_html(fragment: str, base_url: str) -> str:
     if not fragment.strip():
         return ""
     root = _parse_fragment(fragment)
+    if "footnote" in fragment:
+        footnotes.as_kramdown(root)
     _replace_embeds(root, base_url)
     _drop_active(root)
     _drop_ial_text(root)

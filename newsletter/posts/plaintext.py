@@ -1,5 +1,5 @@
 """HTML → plain text, for the text part of an email and for excerpts:
-`html_to_text(fragment)` gives readable text, links as `text (url)`.
+`html_to_text(fragment)` gives readable text, links as `text <url>`.
 (Split from `markup`, which makes the HTML.)"""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import lxml.html
 from lxml.html import HtmlElement
 
 from newsletter.errors import RenderError
+from newsletter.posts import texttable, textwidth
 
 __all__ = ["html_to_text", "parse_fragment"]
 
@@ -61,7 +62,7 @@ _BR = "\u2028"
 
 
 def html_to_text(fragment: str) -> str:
-    """Readable plain text from an HTML fragment (links as `text (url)`).
+    """Readable plain text from an HTML fragment (links as `text <url>`).
 
     Paragraphs are wrapped at 72 columns (never inside a URL), headings are
     underlined, list items get a bullet or their number, code stays verbatim.
@@ -74,8 +75,9 @@ def html_to_text(fragment: str) -> str:
     return re.sub(r"\n{3,}", "\n\n", text).strip()
 
 
-def _text_blocks(el: HtmlElement, prefix: str) -> Iterator[str]:
-    """Yield one string per block-level element, in document order."""
+def _text_blocks(el: HtmlElement, prefix: str, indent: int = 0) -> Iterator[str]:
+    """Yield one string per block-level element, in document order (`indent`:
+    the columns a list item's marker will add in front of each line)."""
     inline: list[str] = [el.text or ""] if el.tag not in _SKIP_TEXT else []
     for child in el:
         if not isinstance(child.tag, str):
@@ -84,14 +86,14 @@ def _text_blocks(el: HtmlElement, prefix: str) -> Iterator[str]:
         if child.tag in _BLOCKS:
             yield _wrap("".join(inline), prefix)
             inline = []
-            yield from _block(child, prefix)
+            yield from _block(child, prefix, indent)
         else:
             inline.append(_inline(child))
         inline.append(child.tail or "")
     yield _wrap("".join(inline), prefix)
 
 
-def _block(el: HtmlElement, prefix: str) -> Iterator[str]:
+def _block(el: HtmlElement, prefix: str, indent: int = 0) -> Iterator[str]:
     tag = el.tag
     if tag == "pre":
         code = el.text_content().rstrip("\n")
@@ -99,28 +101,33 @@ def _block(el: HtmlElement, prefix: str) -> Iterator[str]:
     elif tag == "hr":
         yield prefix + "-" * 20
     elif tag in ("h1", "h2", "h3", "h4", "h5", "h6"):
-        title = _squash(_inline_children(el))
-        yield f"{prefix}{title}\n{prefix}{('=' if tag in ('h1', 'h2') else '-') * len(title)}"
+        title = _squash(_inline_children(el).replace(_BR, " "))
+        yield textwidth.underlined(title, textwidth.RULES[int(tag[1])], prefix)
     elif tag in ("ul", "ol"):
-        yield "\n".join(_list_items(el, prefix))
+        yield "\n".join(_list_items(el, prefix, indent))
     elif tag == "blockquote":
-        yield from _text_blocks(el, prefix + "> ")
+        # A blank line without ">" would end the quote: join its paragraphs
+        # with a quoted empty line (">", no trailing space).
+        inner = prefix + "> "
+        blocks = [b for b in _text_blocks(el, inner, indent) if b.strip()]
+        yield f"\n{inner.rstrip()}\n".join(blocks)
     elif tag == "table" and "codehilitetable" in (el.get("class") or "").split():
         # `{% highlight x linenos %}`: the numbers are for the eye, not for copying.
         code = el.find(".//td[@class='code']//pre")
         if code is not None:
             yield from _block(code, prefix)
     elif tag == "table":
-        yield "\n".join(_table_rows(el, prefix))
+        yield _table(el, prefix, indent)
     else:
-        yield from _text_blocks(el, prefix)
+        yield from _text_blocks(el, prefix, indent)
 
 
-def _list_items(el: HtmlElement, prefix: str) -> Iterator[str]:
+def _list_items(el: HtmlElement, prefix: str, indent: int) -> Iterator[str]:
     items = [li for li in el if isinstance(li.tag, str) and li.tag == "li"]
     for number, li in enumerate(items, start=int(el.get("start", "1") or 1)):
         marker = f"{number}. " if el.tag == "ol" else "- "
-        inner = [b for b in _text_blocks(li, "") if b.strip()]
+        own = indent + textwidth.columns(prefix) + len(marker)
+        inner = [b for b in _text_blocks(li, "", own) if b.strip()]
         body = "\n".join(inner)
         lines = body.split("\n")
         yield (
@@ -131,10 +138,34 @@ def _list_items(el: HtmlElement, prefix: str) -> Iterator[str]:
         )
 
 
-def _table_rows(el: HtmlElement, prefix: str) -> Iterator[str]:
+def _table(el: HtmlElement, prefix: str, indent: int) -> str:
+    rows = []
     for tr in el.iter("tr"):
-        cells = [_squash(_inline_children(c)) for c in tr if c.tag in ("td", "th")]
-        yield prefix + " | ".join(cells)
+        if _enclosing_table(tr) is not el:
+            continue  # a nested table's rows are read as its cell's text
+        rows.append(
+            [
+                texttable.Cell(
+                    _squash(_inline_children(c).replace(_BR, " ")), c.tag == "th", _align(c)
+                )
+                for c in tr
+                if c.tag in ("td", "th")
+            ]
+        )
+    return texttable.table_text(rows, prefix, indent)
+
+
+def _enclosing_table(el: HtmlElement) -> HtmlElement | None:
+    parent = el.getparent()
+    while parent is not None and parent.tag != "table":
+        parent = parent.getparent()
+    return parent
+
+
+def _align(cell: HtmlElement) -> str:
+    style = re.sub(r"\s", "", (cell.get("style") or "").lower())
+    found = re.search(r"text-align:(left|right|center)", style)
+    return found.group(1) if found else (cell.get("align") or "left").lower()
 
 
 def _inline_children(el: HtmlElement) -> str:
@@ -156,21 +187,46 @@ def _inline(el: HtmlElement) -> str:
         return f"[{alt}]" if alt else ""
     text = _inline_children(el)
     if el.tag == "a":
-        href = el.get("href") or ""
         classes = (el.get("class") or "").split()
         if "footnote-backref" in classes:
             return ""
         if "footnote-ref" in classes:
             return text
-        label = _squash(text)
-        # In-page anchors (footnote refs) and links that repeat their text need no URL.
-        if href and not href.startswith("#") and href not in (label, f"mailto:{label}"):
-            return f"{text} ({href})" if label else href
+        return _link(text, el.get("href") or "")
     if el.tag == "sup" and el.find("a") is not None:
         return f"[{_squash(text)}]"
     if el.tag in ("del", "s", "strike") and text.strip():
         return f"~~{text}~~"  # struck text read as plain text says the opposite
     return text
+
+
+def _link(text: str, href: str) -> str:
+    """`text <url>`, the URL in angle brackets (RFC 3986 Appendix C): no
+    linkifier takes a closing ")" or a full stop into it, as it may with
+    `text (url)`.  A link whose text is its URL is written once, `<url>`
+    (html2text's "automatic link"); in-page anchors keep their text only."""
+    label = _squash(text)
+    if not href or href.startswith("#"):
+        return text
+    if href == f"mailto:{label}":
+        return text  # an address reads as one, and every client links it
+    if not label or _same_url(label, href):
+        return _link_text("", href)
+    return _link_text(text, href)
+
+
+def _link_text(text: str, url: str) -> str:
+    """How the text part writes a link: `text <url>`, or `<url>` alone."""
+    return f"{text} <{url}>" if text.strip() else f"<{url}>"
+
+
+def _same_url(label: str, href: str) -> bool:
+    """`example.org/a` and `https://example.org/a/` name the link's own URL."""
+
+    def bare(url: str) -> str:
+        return re.sub(r"^[a-z][a-z0-9+.-]*://", "", url, flags=re.I).rstrip("/")
+
+    return label == href or bare(label) == bare(href)
 
 
 def _squash(text: str) -> str:
