@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -22,7 +21,7 @@ import pytest
 from click.testing import CliRunner, Result
 from smtpserver import SmtpTestServer
 from sqlalchemy import Engine, func, select
-from test_daemon_support import Site, add_members, engine_of, make_site
+from test_daemon_support import Site, add_members, engine_of, first_recipient_only, make_site
 
 from newsletter.cli import main
 from newsletter.config import Settings
@@ -61,15 +60,7 @@ def started_by_the_daemon(tmp_path: Path) -> tuple[Site, Settings, Engine]:
     engine = engine_of(settings)
     add_members(engine, "news", settings=settings)
     site.write_post(POST, "Long", LAST_YEAR)
-    stop = threading.Event()
-
-    def progress(_mailing: int, done: int, _total: int) -> None:
-        if done >= 1:
-            stop.set()
-
-    transport = MemoryTransport()
-    passes.run_pass(settings, engine, transport=transport, stop=stop, progress=progress)
-    assert len(transport.outbox) == 1
+    first_recipient_only(settings, engine)
     return site, settings, engine
 
 

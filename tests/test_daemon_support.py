@@ -6,6 +6,7 @@ No tests live here; pytest collects the module and finds none.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,6 +16,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from newsletter.config import Settings, load_settings
+from newsletter.delivery.transports.memory import MemoryTransport
 from newsletter.store import open_store
 
 FIXTURES = Path(__file__).parent / "fixtures" / "daemon"
@@ -126,3 +128,19 @@ def add_members(
 
 def engine_of(settings: Settings) -> Engine:
     return open_store(settings)
+
+
+def first_recipient_only(settings: Settings, engine: Engine) -> MemoryTransport:
+    """A daemon pass that plans the post and is stopped after one message."""
+    from newsletter.daemon import passes
+
+    stop = threading.Event()
+    transport = MemoryTransport()
+
+    def progress(_mailing: int, done: int, _total: int) -> None:
+        if done >= 1:
+            stop.set()
+
+    report = passes.run_pass(settings, engine, transport=transport, stop=stop, progress=progress)
+    assert len(report.planned) == 1 and len(transport.outbox) == 1
+    return transport

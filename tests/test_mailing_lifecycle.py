@@ -13,7 +13,14 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 from sqlalchemy import Engine, select
-from test_daemon_support import MEMBERS, Site, add_members, engine_of, make_site
+from test_daemon_support import (
+    MEMBERS,
+    Site,
+    add_members,
+    engine_of,
+    first_recipient_only,
+    make_site,
+)
 
 from newsletter.cli import main
 from newsletter.config import Settings
@@ -53,15 +60,7 @@ def started(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Site, Sett
     engine = engine_of(settings)
     add_members(engine, "news", settings=settings)
     site.write_post(POST, "Life", LAST_YEAR)
-    stop = threading.Event()
-
-    def progress(_mailing: int, done: int, _total: int) -> None:
-        if done >= 1:
-            stop.set()
-
-    transport = MemoryTransport()
-    passes.run_pass(settings, engine, transport=transport, stop=stop, progress=progress)
-    assert len(transport.outbox) == 1
+    first_recipient_only(settings, engine)
     return site, settings, engine
 
 

@@ -19,7 +19,14 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import Engine, select, text
-from test_daemon_support import MEMBERS, Site, add_members, engine_of, make_site
+from test_daemon_support import (
+    MEMBERS,
+    Site,
+    add_members,
+    engine_of,
+    first_recipient_only,
+    make_site,
+)
 
 from newsletter.cli import main
 from newsletter.config import Settings
@@ -45,20 +52,6 @@ def ready(tmp_path: Path) -> tuple[Site, Settings, Engine]:
     # test_mailing_lifecycle.test_an_empty_posts_folder_withdraws_nothing).
     site.write_post("2023-05-01-older.md", "Older", datetime(2023, 5, 1, tzinfo=UTC))
     return site, settings, engine
-
-
-def first_recipient_only(settings: Settings, engine: Engine) -> MemoryTransport:
-    """A daemon pass that plans the post and is stopped after one message."""
-    stop = threading.Event()
-    transport = MemoryTransport()
-
-    def progress(_mailing: int, done: int, _total: int) -> None:
-        if done >= 1:
-            stop.set()
-
-    report = passes.run_pass(settings, engine, transport=transport, stop=stop, progress=progress)
-    assert len(report.planned) == 1 and len(transport.outbox) == 1
-    return transport
 
 
 def later_pass(
