@@ -197,7 +197,11 @@ def _members_query(
             mine.c.unsubscribed_at.is_(None),
             subscribers.c.status == "active",
         )
-        .order_by(subscribers.c.id)
+        # The same order as subscribers.id, but the one the membership key
+        # (list_id, subscriber_id) already gives: SQLite does not carry ORDER BY
+        # across the join and sorted the rows in a temporary B-tree (1M rows:
+        # ~0.3 s of CPU and a sorter as big as the page cache).
+        .order_by(mine.c.subscriber_id)
     )
     if not dedupe:
         return query.subquery()
