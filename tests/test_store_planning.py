@@ -177,6 +177,17 @@ def test_freed_memory_is_given_back_where_glibc_can() -> None:
     assert bulk.release_freed_memory() is True
 
 
+def test_planning_where_memory_cannot_be_given_back_still_plans(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No malloc_trim (musl, macOS, a Python without ctypes): nothing is done.
+    monkeypatch.setattr(bulk, "_malloc_trim", lambda: None)
+    assert bulk.release_freed_memory() is False
+    engine = site_db(f"sqlite:///{tmp_path}/news.db")
+    ids = plan_post(engine, SETTINGS, "p", ("field",))
+    assert len(queued(engine, ids["field"])) == 6
+
+
 @pytest.mark.parametrize("dedupe", [True, False])
 def test_planning_on_sqlite_reads_the_members_in_key_order_without_sorting(
     tmp_path: object, dedupe: bool
