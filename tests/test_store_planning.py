@@ -164,9 +164,16 @@ def test_planning_on_sqlite_gives_its_page_cache_back_after_the_commit(
             seen.append(conn.scalar(select(func.count()).select_from(deliveries)) or 0)
         return True
 
+    with engine.begin() as conn:
+        for i in range(5, 40):
+            subs.add_subscriber(conn, f"f{i}@example.org", "field")
     monkeypatch.setattr(bulk, "release_freed_memory", release)
+    monkeypatch.setattr(bulk, "GIVE_BACK_ROWS", 30)  # as if 30 rows were a big plan
     plan_post(engine, SETTINGS, "p", ("field",))
-    assert seen == [6]  # once, after the commit: BOTH and f0-f4
+    assert seen == [41]  # once, after the commit: BOTH and f0-f39
+    # A smaller plan leaves the default cache alone: nothing to give back.
+    plan_post(engine, SETTINGS, "p", ("essays",))  # e0-e4 (BOTH has the post)
+    assert seen == [41]
 
 
 @pytest.mark.skipif(

@@ -18,6 +18,10 @@ BULK_CACHE_KIB = 65536
 # process after it unless given back (`release_freed_memory`): with 64 MB a
 # `send` of 200,000 peaked at 148 MB RSS, with 16 MB at 90 MB.
 PLAN_CACHE_KIB = 16384
+# Rows a big transaction must write before its cache is worth handing back
+# (`release_freed_memory`): below this the default 2 MB cache holds the
+# pages, nothing was freed, and a `send` to a few readers need not load ctypes.
+GIVE_BACK_ROWS = 20_000
 
 
 @contextmanager
@@ -100,6 +104,7 @@ def parented_bulk_transaction(conn: Connection, cache_kib: int = BULK_CACHE_KIB)
         return
     # On the driver's cursor: through SQLAlchemy the PRAGMA would begin a transaction.
     cursor = conn.connection.cursor()
+    written = _rows_written(conn)
     try:
         cursor.execute("PRAGMA foreign_keys=OFF")
         try:
@@ -116,7 +121,17 @@ def parented_bulk_transaction(conn: Connection, cache_kib: int = BULK_CACHE_KIB)
         # The large cache's pages were freed when it shrank back after the
         # commit; without this the C allocator keeps them for the rest of the
         # process (a `send` of 1,000,000: its whole sending, ~15 MB).
-        release_freed_memory()
+        if _rows_written(conn) - written >= GIVE_BACK_ROWS:
+            release_freed_memory()
+
+
+def _rows_written(conn: Connection) -> int:
+    """Rows this SQLite connection has inserted, updated or deleted since it
+    was opened (0 once it is closed or invalidated)."""
+    try:
+        return int(conn.connection.driver_connection.total_changes)  # type: ignore[union-attr]
+    except Exception:  # closed, invalidated: nothing to compare
+        return 0
 
 
 def release_freed_memory() -> bool:
