@@ -16,9 +16,9 @@ temporary folder, and measures in the same run:
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -115,4 +115,6 @@ def main(count: int) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 200)
+    cli = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+    cli.add_argument("posts", nargs="?", type=int, default=200, help="extra generated posts")
+    main(cli.parse_args().posts)
