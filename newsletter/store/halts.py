@@ -25,9 +25,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, func, or_, select, update
+from sqlalchemy import Connection, Engine, and_, or_, select, update
 
 from newsletter.store.schema import AUTOMATIC, EXPLICIT, deliveries, lists, mailings
+from newsletter.store.tallies import OPEN_STATUSES, counts
 
 WITHDRAWN = "withdrawn"
 POSTPONED = "postponed"
@@ -37,7 +38,6 @@ STOPPED = (*HALTED, CANCELLED)  # no pass works on these
 # States a halt may move a mailing out of: anything unfinished the daemon
 # would send.  `held` (its page never went live) waits for the owner already.
 ACTIVE = ("planned", "waiting", "sending", "paused")
-_OPEN = ("queued", "deferred", "sending")
 
 __all__ = [
     "ACTIVE",
@@ -112,7 +112,7 @@ def halt(
         before = conn.scalar(select(mailings.c.state).where(mailings.c.id == mailing_id))
         left = (
             select(deliveries.c.id)
-            .where(deliveries.c.mailing_id == mailing_id, deliveries.c.status.in_(_OPEN))
+            .where(deliveries.c.mailing_id == mailing_id, deliveries.c.status.in_(OPEN_STATUSES))
             .exists()
         )
         changed = conn.execute(
@@ -142,7 +142,7 @@ def resume(engine: Engine, mailing_id: int, halted_as: str) -> bool:
     with engine.begin() as conn:
         started = conn.execute(
             select(deliveries.c.id)
-            .where(deliveries.c.mailing_id == mailing_id, deliveries.c.status.not_in(_OPEN))
+            .where(deliveries.c.mailing_id == mailing_id, deliveries.c.status.not_in(OPEN_STATUSES))
             .limit(1)
         ).first()
         changed = conn.execute(
@@ -236,7 +236,7 @@ def cancel(engine: Engine, mailing_id: int) -> Cancelled | None:
     """
     left = (
         select(deliveries.c.id)
-        .where(deliveries.c.mailing_id == mailing_id, deliveries.c.status.in_(_OPEN))
+        .where(deliveries.c.mailing_id == mailing_id, deliveries.c.status.in_(OPEN_STATUSES))
         .exists()
     )
     with engine.begin() as conn:
@@ -256,14 +256,7 @@ def cancel(engine: Engine, mailing_id: int) -> Cancelled | None:
             )
             .values(state=CANCELLED, paused_until=None, last_error="cancelled by the owner")
         ).rowcount
-        tally: dict[str, int] = {
-            str(status): int(n)
-            for status, n in conn.execute(
-                select(deliveries.c.status, func.count())
-                .where(deliveries.c.mailing_id == mailing_id)
-                .group_by(deliveries.c.status)
-            )
-        }
+        tally = counts(conn, mailing_id).get(mailing_id, {})  # in this transaction
     before, post_id, list_name = found
     return Cancelled(
         post_id,
