@@ -11,7 +11,9 @@ started with `newsletter send` (`EXPLICIT`) is their choice.
 
 The owner's `newsletter cancel` stops any unfinished mailing for good
 (``cancelled``): the daemon never resumes it; only the owner's `send` of the
-same post and list sends the rest (`take_over`).
+same post and list sends the rest (`take_over`).  Its members who are also
+on another list with a deduplicated mailing of the post get it from that
+mailing instead (`store.handover`).
 
 Every change is one conditional UPDATE, so with several daemons on one
 PostgreSQL one of them makes it (and logs it) and the others see it; claims
@@ -27,6 +29,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, or_, select, update
 
+from newsletter.store.handover import HandedOver, hand_over
 from newsletter.store.schema import AUTOMATIC, EXPLICIT, deliveries, lists, mailings
 from newsletter.store.tallies import OPEN_STATUSES, counts
 
@@ -52,6 +55,7 @@ __all__ = [
     "cancel",
     "halt",
     "halted_now",
+    "handed_over_note",
     "not_halted",
     "resume",
     "supersede",
@@ -219,6 +223,9 @@ class Cancelled:
     sent: int
     not_sent: int  # queued or deferred: they do not get it
     in_flight: int = 0  # claimed by a sending process: the messages in hand may still go
+    # Members also on another list whose mailing of the post goes on
+    # (`store.handover`): they get it from that list; not in `not_sent`.
+    handed_over: tuple[HandedOver, ...] = ()
 
     @property
     def left(self) -> bool:
@@ -256,6 +263,15 @@ def cancel(engine: Engine, mailing_id: int) -> Cancelled | None:
             )
             .values(state=CANCELLED, paused_until=None, last_error="cancelled by the owner")
         ).rowcount
+        # Only the cancel that made the change hands over: a mailing cancelled
+        # by `send --resend` (`supersede`) has its rest in the new mailing.
+        moved = tuple(hand_over(conn, mailing_id, CANCELLED)) if changed else ()
+        if moved:
+            conn.execute(
+                update(mailings)
+                .where(mailings.c.id == mailing_id)
+                .values(last_error=f"cancelled by the owner; {handed_over_note(moved)}")
+            )
         tally = counts(conn, mailing_id).get(mailing_id, {})  # in this transaction
     before, post_id, list_name = found
     return Cancelled(
@@ -266,4 +282,13 @@ def cancel(engine: Engine, mailing_id: int) -> Cancelled | None:
         tally.get("sent", 0),
         tally.get("queued", 0) + tally.get("deferred", 0),
         tally.get("sending", 0),
+        moved,
+    )
+
+
+def handed_over_note(moved: tuple[HandedOver, ...]) -> str:
+    """'2 also on list essays handed over to its mailing 7', one clause per list."""
+    return "; ".join(
+        f"{h.recipients} also on list {h.list_name} handed over to its mailing {h.mailing_id}"
+        for h in moved
     )

@@ -1,0 +1,118 @@
+"""Members of a cancelled deduplicated mailing handed over to another list's.
+
+With `[email] dedupe_across_lists` a post planned for several lists queues a
+member of more than one once, on the list they joined first, under the
+post's one ledger key (`store.snapshots`).  When the owner cancels that
+list's mailing, its other lists' mailings of the post have no row for them:
+left there, they would lose a post they are due on a list nobody cancelled.
+So `store.halts.cancel` hands the rows still queued or deferred of every
+such member over to the mailing of another list they are still on (the one
+they joined first among those), in its own transaction: the row keeps its id
+(the post's ledger key and the subscriber), so the primary key still allows
+one delivery of the post per person, and it goes out with that list's
+footer and unsubscribe link.  Rows a sending process holds (`sending`) are
+left alone: their messages may still go.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, and_, or_, select, update
+
+from newsletter.store import now
+from newsletter.store.schema import deliveries, lists, mailings, memberships, subscribers
+
+__all__ = ["HandedOver", "hand_over"]
+
+_WAITING = ("queued", "deferred")  # not yet sent, and held by no process
+
+
+@dataclass(frozen=True)
+class HandedOver:
+    """Rows of a cancelled mailing now another list's mailing's."""
+
+    mailing_id: int
+    list_name: str
+    recipients: int
+
+
+def hand_over(conn: Connection, mailing_id: int, cancelled: str) -> list[HandedOver]:
+    """Move the waiting rows of the cancelled mailing's members who are on
+    another list with a deduplicated mailing of the same post that is not
+    `cancelled`; one UPDATE per such mailing, in the caller's transaction.
+
+    A receiving mailing that had finished goes back to ``sending`` so the
+    next pass sends them.  Nothing moves for a mailing of its own ledger key
+    (a digest, a resend, dedupe off): nobody else's mailing left them out.
+    """
+    found = conn.execute(
+        select(mailings.c.ledger_key, mailings.c.kind).where(mailings.c.id == mailing_id)
+    ).first()
+    if found is None or found.ledger_key is None or found.kind != "post":
+        return []
+    others = conn.execute(
+        select(mailings.c.id, mailings.c.list_id, lists.c.name, mailings.c.state)
+        .join(lists, lists.c.id == mailings.c.list_id)
+        .where(
+            mailings.c.ledger_key == found.ledger_key,
+            mailings.c.id != mailing_id,
+            mailings.c.kind == "post",
+            mailings.c.state != cancelled,
+        )
+        .order_by(mailings.c.id)
+    ).all()
+    list_ids = [row.list_id for row in others]
+    moved: list[HandedOver] = []
+    for other in others:
+        count = conn.execute(
+            update(deliveries)
+            .where(
+                deliveries.c.mailing_id == mailing_id,
+                deliveries.c.status.in_(_WAITING),
+                deliveries.c.subscriber_id.in_(_takers(other.list_id, list_ids)),
+            )
+            .values(mailing_id=other.id, updated_at=now())
+        ).rowcount
+        if not count:
+            continue
+        moved.append(HandedOver(int(other.id), str(other.name), int(count)))
+        if other.state == "done":
+            conn.execute(
+                update(mailings)
+                .where(mailings.c.id == other.id, mailings.c.state == "done")
+                .values(state="sending", finished_at=None)
+            )
+    return moved
+
+
+def _takers(list_id: int, list_ids: list[int]) -> Any:
+    """Subscribers the list's mailing takes: mailable members of the list who
+    joined no other of `list_ids` earlier (ties: the older list), as planning
+    chooses (`store.snapshots.first_joined_members`)."""
+    mine = memberships.alias("mine")
+    rival = memberships.alias("rival")
+    earlier = (
+        select(rival.c.list_id)
+        .where(
+            rival.c.subscriber_id == mine.c.subscriber_id,
+            rival.c.list_id.in_([i for i in list_ids if i != list_id]),
+            rival.c.unsubscribed_at.is_(None),
+            or_(
+                rival.c.created_at < mine.c.created_at,
+                and_(rival.c.created_at == mine.c.created_at, rival.c.list_id < list_id),
+            ),
+        )
+        .exists()
+    )
+    return (
+        select(mine.c.subscriber_id)
+        .join(subscribers, subscribers.c.id == mine.c.subscriber_id)
+        .where(
+            mine.c.list_id == list_id,
+            mine.c.unsubscribed_at.is_(None),
+            subscribers.c.status == "active",
+            ~earlier,
+        )
+    )
