@@ -24,7 +24,7 @@ from sqlalchemy import Connection, and_, or_, select, update
 from newsletter.store import now
 from newsletter.store.schema import deliveries, lists, mailings, memberships, subscribers
 
-__all__ = ["HandedOver", "hand_over"]
+__all__ = ["HandedOver", "hand_over", "move_waiting"]
 
 _WAITING = ("queued", "deferred")  # not yet sent, and held by no process
 
@@ -53,7 +53,7 @@ def hand_over(conn: Connection, mailing_id: int, cancelled: str) -> list[HandedO
     if found is None or found.ledger_key is None or found.kind != "post":
         return []
     others = conn.execute(
-        select(mailings.c.id, mailings.c.list_id, lists.c.name, mailings.c.state)
+        select(mailings.c.id, mailings.c.list_id, lists.c.name)
         .join(lists, lists.c.id == mailings.c.list_id)
         .where(
             mailings.c.ledger_key == found.ledger_key,
@@ -66,25 +66,36 @@ def hand_over(conn: Connection, mailing_id: int, cancelled: str) -> list[HandedO
     list_ids = [row.list_id for row in others]
     moved: list[HandedOver] = []
     for other in others:
-        count = conn.execute(
-            update(deliveries)
-            .where(
-                deliveries.c.mailing_id == mailing_id,
-                deliveries.c.status.in_(_WAITING),
-                deliveries.c.subscriber_id.in_(_takers(other.list_id, list_ids)),
-            )
-            .values(mailing_id=other.id, updated_at=now())
-        ).rowcount
-        if not count:
-            continue
-        moved.append(HandedOver(int(other.id), str(other.name), int(count)))
-        if other.state == "done":
-            conn.execute(
-                update(mailings)
-                .where(mailings.c.id == other.id, mailings.c.state == "done")
-                .values(state="sending", finished_at=None)
-            )
+        count = move_waiting(
+            conn,
+            mailing_id,
+            other.id,
+            deliveries.c.subscriber_id.in_(_takers(other.list_id, list_ids)),
+        )
+        if count:
+            moved.append(HandedOver(int(other.id), str(other.name), count))
     return moved
+
+
+def move_waiting(conn: Connection, source: int, target: int, *only: Any) -> int:
+    """Move the source mailing's waiting rows (those matching `only`) to the
+    target; a finished target goes back to ``sending`` to send them.  The
+    rows keep their ids, so the primary key still refuses a second delivery
+    under the same ledger key; how many moved."""
+    count = int(
+        conn.execute(
+            update(deliveries)
+            .where(deliveries.c.mailing_id == source, deliveries.c.status.in_(_WAITING), *only)
+            .values(mailing_id=target, updated_at=now())
+        ).rowcount
+    )
+    if count:
+        conn.execute(
+            update(mailings)
+            .where(mailings.c.id == target, mailings.c.state == "done")
+            .values(state="sending", finished_at=None)
+        )
+    return count
 
 
 def _takers(list_id: int, list_ids: list[int]) -> Any:
