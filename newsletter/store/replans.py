@@ -19,6 +19,7 @@ no later digest of the list, since those who had the first part have it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, select, update
 
@@ -44,7 +45,7 @@ class WatchedDigest:
     post_ids: tuple[str, ...]
 
 
-def _latest() -> object:
+def _latest() -> Any:
     """No later generation of the same digest id and list exists."""
     later = mailings.alias("later")
     return ~(
@@ -74,7 +75,7 @@ def watched_digests(conn: Connection, mailing_id: int | None = None) -> list[Wat
             mailings.c.origin == AUTOMATIC,
             mailings.c.kind == "digest",
             mailings.c.state.in_((*ACTIVE, *HALTED)),
-            _latest(),  # type: ignore[arg-type]
+            _latest(),
         )
         .order_by(mailings.c.id)
     )
@@ -96,49 +97,62 @@ def replan(
     finished, the owner took it over, its posts changed meanwhile, or
     another process re-planned it first (the next generation's unique key).
     """
-    with engine.begin() as conn:
-        old = conn.execute(
-            select(mailings.c.list_id, mailings.c.generation).where(
-                mailings.c.id == digest.id,
-                mailings.c.origin == AUTOMATIC,
-                mailings.c.state.in_((*ACTIVE, *HALTED)),
-            )
-        ).first()
-        left = conn.execute(
-            select(deliveries.c.id)
-            .where(deliveries.c.mailing_id == digest.id, deliveries.c.status.in_(OPEN_STATUSES))
-            .limit(1)
-        ).first()
-        if old is None or left is None:
-            return None
-        values = {
-            "post_id": digest.post_id,
-            "list_id": old.list_id,
-            "kind": "digest",
-            "generation": old.generation + 1,
-            "subject": subject,
-            "state": "planned",
-            "post_ids": list(keep),
-            "created_at": now(),
-            "ledger_key": ledger_key(conn, None),
-            "origin": AUTOMATIC,
-        }
-        if not insert_or_ignore(conn, mailings, values, ("post_id", "list_id", "generation")):
-            return None  # another daemon did it; its transaction made the same change
-        new = conn.scalar(
-            select(mailings.c.id).where(
-                mailings.c.post_id == digest.post_id,
-                mailings.c.list_id == old.list_id,
-                mailings.c.generation == old.generation + 1,
-            )
+    try:
+        with engine.begin() as conn:
+            return _replan(conn, digest, keep, subject, note)
+    except _Lost:
+        return None  # rolled back: another daemon made the same change first
+
+
+class _Lost(Exception):
+    """Another process planned the next generation first: undo this transaction."""
+
+
+def _replan(
+    conn: Connection, digest: WatchedDigest, keep: tuple[str, ...], subject: str, note: str
+) -> int | None:
+    old = conn.execute(
+        select(mailings.c.list_id, mailings.c.generation).where(
+            mailings.c.id == digest.id,
+            mailings.c.origin == AUTOMATIC,
+            mailings.c.state.in_((*ACTIVE, *HALTED)),
         )
-        assert new is not None
-        conn.execute(
-            update(mailings)
-            .where(mailings.c.id == digest.id)
-            .values(state=WITHDRAWN, paused_until=None, last_error=note.format(new=new))
+    ).first()
+    left = conn.execute(
+        select(deliveries.c.id)
+        .where(deliveries.c.mailing_id == digest.id, deliveries.c.status.in_(OPEN_STATUSES))
+        .limit(1)
+    ).first()
+    if old is None or left is None:
+        return None
+    values = {
+        "post_id": digest.post_id,
+        "list_id": old.list_id,
+        "kind": "digest",
+        "generation": old.generation + 1,
+        "subject": subject,
+        "state": "planned",
+        "post_ids": list(keep),
+        "created_at": now(),
+        "ledger_key": ledger_key(conn, None),
+        "origin": AUTOMATIC,
+    }
+    if not insert_or_ignore(conn, mailings, values, ("post_id", "list_id", "generation")):
+        raise _Lost  # its fresh ledger key goes with the rollback
+    new = conn.scalar(
+        select(mailings.c.id).where(
+            mailings.c.post_id == digest.post_id,
+            mailings.c.list_id == old.list_id,
+            mailings.c.generation == old.generation + 1,
         )
-        move_waiting(conn, digest.id, int(new))
+    )
+    assert new is not None
+    conn.execute(
+        update(mailings)
+        .where(mailings.c.id == digest.id)
+        .values(state=WITHDRAWN, paused_until=None, last_error=note.format(new=new))
+    )
+    move_waiting(conn, digest.id, int(new))
     return int(new)
 
 
