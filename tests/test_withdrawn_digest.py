@@ -124,7 +124,15 @@ def test_the_rest_get_the_digest_without_the_pulled_post(
     site, settings, engine, first = started
     [had] = [m.recipient for m in first.outbox]
     PULLS[how](site)
-    transport = later_pass(settings, engine, MONDAY + timedelta(minutes=1))
+    report = passes.run_pass(
+        settings,
+        engine,
+        now=MONDAY + timedelta(minutes=1),
+        transport=(transport := MemoryTransport()),
+    )
+    assert report.problems == (), report.problems
+    [change] = report.halts
+    assert (change.change, change.sent, change.not_sent) == ("withdrawn", 1, 2)
     rest = sorted(set(MEMBERS) - {had})
     assert sorted(m.recipient for m in transport.outbox) == rest  # each once
     for message in transport.outbox:

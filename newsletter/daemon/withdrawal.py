@@ -158,15 +158,23 @@ def _review_digest(
     if new is None:
         return None
     why = f"{why}; the rest get the digest without it: mailing {new}"
-    return _log(engine, digest, halts.WITHDRAWN, why)
+    return _log(engine, digest, halts.WITHDRAWN, why, rest_in=new)
 
 
 def _log(
-    engine: Engine, mailing: halts.Watched | replans.WatchedDigest, what: str, why: str
+    engine: Engine,
+    mailing: halts.Watched | replans.WatchedDigest,
+    what: str,
+    why: str,
+    rest_in: int | None = None,
 ) -> Change:
-    """One line with the post, the list and who got it and who not (yet)."""
+    """One line with the post, the list and who got it and who not (yet);
+    `rest_in`: the mailing that holds the rest now (a re-planned digest's)."""
     with reading(engine) as conn:
         counts = q.counts(conn, mailing.id).get(mailing.id, {})
+        if rest_in is not None:
+            rest = q.counts(conn, rest_in).get(rest_in, {})
+            counts = {**rest, "sent": counts.get("sent", 0)}
     sent = counts.get("sent", 0)
     left = sum(counts.get(s, 0) for s in q.OPEN_STATUSES)
     log.info(
