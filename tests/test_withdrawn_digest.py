@@ -235,3 +235,41 @@ def test_a_post_pulled_while_the_digest_is_sending_stops_it_and_the_rest_get_the
     # The first is done when the messages it had in flight all went (nobody
     # came back to it), as any stopped mailing with nobody left.
     assert (first_state, second_state) in {("withdrawn", "done"), ("done", "done")}
+
+
+def test_a_second_replan_of_the_same_digest_changes_nothing(
+    started: tuple[Site, Settings, Engine, MemoryTransport],
+) -> None:
+    """Two daemons re-planning one digest at once: the next generation's
+    unique key lets one do it; the other's transaction is rolled back whole
+    (no second new digest, no stray ledger key, nobody moved twice)."""
+    from sqlalchemy import func, update
+
+    from newsletter.store import replans
+    from newsletter.store.schema import ledger_keys
+
+    _site, _settings, engine, _first = started
+    with engine.connect() as conn:
+        [digest] = replans.watched_digests(conn)
+    with engine.begin() as conn:  # one row still in a sender's hands: the old one has work
+        queued = select(func.min(deliveries.c.id)).where(deliveries.c.status == "queued")
+        held = conn.scalar(queued)
+        conn.execute(update(deliveries).where(deliveries.c.id == held).values(status="sending"))
+        keys = conn.scalar(select(func.count()).select_from(ledger_keys))
+    keep = digest.post_ids[:2]
+    note = "withdrawn: test; the rest get the digest without it: mailing {new}"
+    new = replans.replan(engine, digest, keep, "Weekly: 2 new posts", note)
+    assert new is not None
+    assert replans.replan(engine, digest, keep, "Weekly: 2 new posts", note) is None
+    assert [(i, state) for i, state, _posts, _note in digests(engine)] == [
+        (digest.id, "withdrawn"),
+        (new, "planned"),
+    ]
+    with engine.connect() as conn:
+        assert conn.scalar(select(func.count()).select_from(ledger_keys)) == keys + 1
+        by_mailing = dict(
+            conn.execute(
+                select(deliveries.c.mailing_id, func.count()).group_by(deliveries.c.mailing_id)
+            ).all()
+        )
+    assert by_mailing == {digest.id: 2, new: 1}  # sent one + in hand one; the rest moved
