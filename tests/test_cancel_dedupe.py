@@ -5,6 +5,7 @@ the list they joined first.  Cancelling that list's mailing must not deprive
 them of the other list's: whoever was queued on the cancelled mailing and is
 still on another list whose mailing of the post goes on is handed over to
 that mailing (its footer, its unsubscribe link), and gets the post once.
+Leaving that first list alone (a per-list unsubscribe) does the same.
 On SQLite and PostgreSQL.
 """
 
@@ -157,3 +158,38 @@ def test_nobody_is_handed_to_a_cancelled_mailing(tmp_path: Path) -> None:
     transport = MemoryTransport()
     passes.run_pass(site.settings(), engine, transport=transport)
     assert transport.outbox == []
+
+
+# --------------------------------------------------------------------------- leaving the list that held them
+
+
+def test_unsubscribing_from_the_list_that_held_them_leaves_the_other_lists_copy(
+    tmp_path: Path,
+) -> None:
+    """A member of both lists, queued on the one they joined first, leaves
+    that list only: that list's mailing skips them, and they get the post
+    from the list they are still on (its footer), once."""
+    site, engine, planned = site_with_members(tmp_path)
+    field, essays = planned["field"], planned["essays"]
+    result = cli(site, "subscribers", "unsubscribe", BOTH, "--list", "field")
+    assert result.exit_code == 0, result.output
+    transport = MemoryTransport()
+    passes.run_pass(site.settings(), engine, transport=transport)
+    got = Counter(m.recipient for m in transport.outbox)
+    assert got == {BOTH: 1, "essaysonly@example.com": 1, "fieldonly@example.com": 1}
+    [mine] = [m for m in transport.outbox if m.recipient == BOTH]
+    assert footer_list(mine.message) == "Essays"
+    assert holders(engine)[BOTH] == (essays, "sent")
+    assert (state_of(engine, field), state_of(engine, essays)) == ("done", "done")
+    again = MemoryTransport()
+    passes.run_pass(site.settings(), engine, transport=again)
+    assert again.outbox == []
+
+
+def test_leaving_every_list_is_still_a_skip(tmp_path: Path) -> None:
+    site, engine, planned = site_with_members(tmp_path)
+    assert cli(site, "subscribers", "unsubscribe", BOTH).exit_code == 0
+    transport = MemoryTransport()
+    passes.run_pass(site.settings(), engine, transport=transport)
+    assert BOTH not in {m.recipient for m in transport.outbox}
+    assert holders(engine)[BOTH] == (planned["field"], "skipped")

@@ -12,6 +12,10 @@ they joined first among those), in its own transaction: the row keeps its id
 one delivery of the post per person, and it goes out with that list's
 footer and unsubscribe link.  Rows a sending process holds (`sending`) are
 left alone: their messages may still go.
+
+The same holds for a member who leaves the list that held their copy but
+stays on another: the claim that would skip them hands them over instead
+(`hand_over_leavers`, in the claim's transaction).
 """
 
 from __future__ import annotations
@@ -19,12 +23,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, and_, or_, select, update
+from sqlalchemy import Connection, and_, case, or_, select, update
 
 from newsletter.store import now
 from newsletter.store.schema import deliveries, lists, mailings, memberships, subscribers
 
-__all__ = ["HandedOver", "hand_over", "move_waiting"]
+__all__ = ["HandedOver", "hand_over", "hand_over_leavers", "move_waiting"]
 
 _WAITING = ("queued", "deferred")  # not yet sent, and held by no process
 
@@ -38,6 +42,73 @@ class HandedOver:
     recipients: int
 
 
+def _others(conn: Connection, mailing_id: int, cancelled: str) -> list[Any]:
+    """The other lists' deduplicated mailings of this mailing's post that go
+    on (id, list_id, name); none for a mailing of its own ledger key."""
+    found = conn.execute(
+        select(mailings.c.ledger_key, mailings.c.kind).where(mailings.c.id == mailing_id)
+    ).first()
+    if found is None or found.ledger_key is None or found.kind != "post":
+        return []
+    return list(
+        conn.execute(
+            select(mailings.c.id, mailings.c.list_id, lists.c.name)
+            .join(lists, lists.c.id == mailings.c.list_id)
+            .where(
+                mailings.c.ledger_key == found.ledger_key,
+                mailings.c.id != mailing_id,
+                mailings.c.kind == "post",
+                mailings.c.state != cancelled,
+            )
+            .order_by(mailings.c.id)
+        ).all()
+    )
+
+
+def hand_over_leavers(
+    conn: Connection, mailing_id: int, ids: list[int], cancelled: str
+) -> set[int]:
+    """Of the rows a claim found no longer mailable on this mailing's list
+    (`ids`, leased by that claim), those of members still on another list
+    whose deduplicated mailing of the post goes on move to that mailing,
+    unleased and waiting again, instead of being skipped: leaving the list
+    that held their copy must not take the post from them on the list they
+    stay on.  Returns the ids moved (the rest are skipped as before)."""
+    others = _others(conn, mailing_id, cancelled)
+    list_ids = [row.list_id for row in others]
+    moved: set[int] = set()
+    for other in others:
+        left = [i for i in ids if i not in moved]
+        if not left:
+            break
+        taken = deliveries.c.subscriber_id.in_(_takers(other.list_id, list_ids))
+        found = conn.execute(
+            select(deliveries.c.id).where(deliveries.c.id.in_(left), taken)
+        ).scalars()
+        chosen = [int(i) for i in found]
+        if not chosen:
+            continue
+        conn.execute(
+            update(deliveries)
+            .where(deliveries.c.id.in_(chosen))
+            .values(
+                mailing_id=other.id,
+                # Leased by the claim that found them: back to where they were.
+                status=case((deliveries.c.attempts > 0, "deferred"), else_="queued"),
+                lease_owner=None,
+                lease_expires_at=None,
+                updated_at=now(),
+            )
+        )
+        conn.execute(
+            update(mailings)
+            .where(mailings.c.id == other.id, mailings.c.state == "done")
+            .values(state="sending", finished_at=None)
+        )
+        moved.update(chosen)
+    return moved
+
+
 def hand_over(conn: Connection, mailing_id: int, cancelled: str) -> list[HandedOver]:
     """Move the waiting rows of the cancelled mailing's members who are on
     another list with a deduplicated mailing of the same post that is not
@@ -47,22 +118,7 @@ def hand_over(conn: Connection, mailing_id: int, cancelled: str) -> list[HandedO
     next pass sends them.  Nothing moves for a mailing of its own ledger key
     (a digest, a resend, dedupe off): nobody else's mailing left them out.
     """
-    found = conn.execute(
-        select(mailings.c.ledger_key, mailings.c.kind).where(mailings.c.id == mailing_id)
-    ).first()
-    if found is None or found.ledger_key is None or found.kind != "post":
-        return []
-    others = conn.execute(
-        select(mailings.c.id, mailings.c.list_id, lists.c.name)
-        .join(lists, lists.c.id == mailings.c.list_id)
-        .where(
-            mailings.c.ledger_key == found.ledger_key,
-            mailings.c.id != mailing_id,
-            mailings.c.kind == "post",
-            mailings.c.state != cancelled,
-        )
-        .order_by(mailings.c.id)
-    ).all()
+    others = _others(conn, mailing_id, cancelled)
     list_ids = [row.list_id for row in others]
     moved: list[HandedOver] = []
     for other in others:
