@@ -116,6 +116,7 @@ def test_cancel_what_cannot_be_cancelled(tmp_path: Path) -> None:
         "sent": 1,
         "not_sent": 2,
         "in_flight": 0,
+        "handed_over": [],
     }
     assert cli(site, "send", "long", "--list", "news").exit_code == 0
     done = cli(site, "cancel", "1")

@@ -17,7 +17,7 @@ from test_delivery_smtp import POST, populate, site_settings
 from newsletter.delivery.mailings import deliver_mailing, plan_mailing
 from newsletter.posts.collection import load_posts
 from newsletter.store import open_store
-from newsletter.store.schema import deliveries
+from newsletter.store.schema import deliveries, subscribers
 
 STRATEGIES = ["streams", "threaded", "rounds"]
 
@@ -237,3 +237,47 @@ def test_a_huge_ehlo_is_a_connection_failure_not_a_memory_sink(
         assert (row.status, row.attempts) == ("deferred", 1)
         assert row.last_text.endswith("the server's reply is longer than 65536 bytes"), row
     assert server.messages == 0
+
+
+@pytest.mark.parametrize("nth", [1, 2], ids=["first", "second"])
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelining", "plain"])
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_a_554_to_mail_from_then_a_close_is_the_servers_refusal(
+    sample_site: Path, strategy: str, pipelining: bool, nth: int
+) -> None:
+    """A server refuses the sender of one session for good (554 to MAIL FROM)
+    and closes, so the replies to a pipelined RCPT and DATA never come.  The
+    outcome is the server's 554, code and text, for good (failed at once, as
+    a 5xx to MAIL is), never "connection lost" (deferred, retried, and the
+    server's words lost); the connection is replaced and the others are sent.
+    `second`: the refused MAIL is a reused connection's, which the streams
+    write right behind the previous message's final dot."""
+    refused = {"left": 1}
+    words = b"554 5.7.1 Sender address rejected: access denied"
+    session = threading.local()  # the raw server runs a thread per session
+
+    def rule(line: bytes) -> RawAction | list[RawAction]:
+        if line.startswith(b"MAIL FROM:"):
+            session.mails = getattr(session, "mails", 0) + 1
+            if session.mails == nth and refused["left"]:
+                refused["left"] -= 1
+                return [words + b"\r\n", DROP]
+        return None
+
+    server = RawSmtpServer(rule, pipelining=pipelining)
+    try:
+        engine, report = run(sample_site, server, strategy, 4)
+    finally:
+        server.close()
+    assert refused["left"] == 0
+    assert (report.sent, report.deferred, report.failed) == (3, 0, 1), report
+    (row,) = [r for r in ledger(engine).values() if r.status != "sent"]
+    assert (row.status, row.attempts, row.last_code) == ("failed", 1, 554)
+    assert row.last_text == words.decode()
+    assert report.errors == (f"{row.email}: {words.decode()}",)
+    with engine.connect() as conn:  # a refused sender says nothing of the address
+        status = conn.execute(
+            select(subscribers.c.status).where(subscribers.c.id == row.subscriber_id)
+        ).scalar_one()
+    assert status == "active"
+    assert server.messages == 3

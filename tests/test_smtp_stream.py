@@ -353,6 +353,40 @@ def test_a_421_then_close_at_mail_is_throttling_not_a_lost_connection(pipelining
     assert (result.ok, result.code, result.throttled) == (False, 421, True), result
 
 
+def test_a_554_to_an_announced_mail_then_close_is_read_after_an_idle_pause() -> None:
+    """The second envelope goes out behind the first message's dot; the server
+    answers it 554 and closes while the connection waits (the pass records,
+    builds the next message).  The 554 is still the second message's outcome,
+    never "closed while idle" (reconnected, sent again in spite of the server)."""
+    mails = {"n": 0}
+
+    def rule(line: bytes) -> list[bytes | str | None] | None:
+        if line.startswith(b"MAIL FROM:"):
+            mails["n"] += 1
+            if mails["n"] == 2:
+                return [b"554 5.7.1 Sender rejected\r\n", DROP]
+        return None
+
+    server = RawSmtpServer(rule, pipelining=True)
+    conn = StreamSmtp(server.settings(timeout=5))
+
+    async def main() -> list[SendResult]:
+        first = await conn.send(SENDER, "a@example.org", MSG, None, (SENDER, "b@example.org", MSG))
+        await asyncio.sleep(0.3)  # the close arrives before the next send
+        second = await conn.send(SENDER, "b@example.org", MSG)
+        await conn.close()
+        return [first, second]
+
+    try:
+        first, second = run(main)
+    finally:
+        server.close()
+    assert first.ok, first
+    assert (second.ok, second.code, second.permanent, second.stage) == (False, 554, True, "mail")
+    assert second.text == "5.7.1 Sender rejected"
+    assert server.messages == 1 and conn.connects == 1
+
+
 def test_a_refusal_written_while_the_content_is_sent_is_read() -> None:
     """As the smtplib transport: a 552 (too big) written before the server has
     read the whole message, then a close, is the outcome (permanent)."""

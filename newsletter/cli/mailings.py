@@ -43,10 +43,12 @@ def cancel_cmd(ctx: click.Context, mailing_id: int, as_json: bool) -> None:
     `status` shows who got it.  `newsletter send POST --list L` of the same
     post (of a digest: its id, as `status` shows it) and list sends the rest
     after all, each reader once; a cancelled digest's posts are not carried
-    by the next digest.
+    by the next digest.  With dedupe_across_lists, its members also on
+    another list whose mailing of the post goes on get it from that list.
     """
     from newsletter.delivery.mailings import cancel_mailing
     from newsletter.store import open_store
+    from newsletter.store.halts import handed_over_note
 
     found = cancel_mailing(open_store(settings_of(ctx)), mailing_id)
     if as_json:
@@ -60,6 +62,10 @@ def cancel_cmd(ctx: click.Context, mailing_id: int, as_json: bool) -> None:
                 "sent": found.sent,
                 "not_sent": found.not_sent,
                 "in_flight": found.in_flight,
+                "handed_over": [
+                    {"mailing": h.mailing_id, "list": h.list_name, "recipients": h.recipients}
+                    for h in found.handed_over
+                ],
             }
         )
         return
@@ -69,9 +75,10 @@ def cancel_cmd(ctx: click.Context, mailing_id: int, as_json: bool) -> None:
         if found.in_flight
         else ""
     )
+    handed = f"; {handed_over_note(found.handed_over)}" if found.handed_over else ""
     click.echo(
         f"mailing {mailing_id} {what}: {found.post_id} -> {found.list_name}: "
-        f"sent {found.sent}, not sent {found.not_sent}{flight}"
+        f"sent {found.sent}, not sent {found.not_sent}{flight}{handed}"
     )
     if found.changed and found.not_sent:
         click.echo(

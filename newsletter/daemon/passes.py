@@ -294,7 +294,7 @@ def _plan_digest(
             lst.name,
             kind="digest",
             post_ids=digest.post_ids,
-            subject=f"{lst.title}: {len(chosen)} new post{'s' if len(chosen) != 1 else ''}",
+            subject=planning.digest_subject(lst.title, len(chosen)),
             origin=AUTOMATIC,
         )
         log.info(

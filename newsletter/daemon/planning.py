@@ -162,6 +162,11 @@ def plan_due(
 # --------------------------------------------------------------------------- digests
 
 
+def digest_subject(title: str, count: int) -> str:
+    """A digest's subject: the list's title and how many posts it carries."""
+    return f"{title}: {count} new post{'s' if count != 1 else ''}"
+
+
 def digest_post_id(list_name: str, slot: datetime) -> str:
     """`digest:<list>:<ISO slot, UTC>`: the same slot gives the same id, so two
     daemons (or a restart) firing one cron slot plan one mailing."""

@@ -12,6 +12,12 @@ that is sending looks again every few seconds (`MailingPass.check_halt`):
   the mailing resumes and the rest get it; nobody who got it gets it twice
   (invariant 1), exactly as if each recipient's copy waited for the post.
 
+A digest lists several posts: when one of them is pulled, the digest is
+withdrawn and its rest get a new digest of the posts that may still go
+(`store.replans`); when every one is pulled, it is withdrawn until one may
+go again.  Its first readers had the pulled post, so no later digest of the
+list carries it.
+
 A file that fails to load is no verdict (an editor's half-saved file must
 not stop a mailing): the pass reports it, as before.  A mailing the owner
 sent with `newsletter send` is never halted here.
@@ -26,10 +32,11 @@ from datetime import datetime
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from newsletter.daemon.planning import digest_subject
 from newsletter.errors import StoreError, database_reason
 from newsletter.posts import lookup
 from newsletter.posts.collection import PostCollection
-from newsletter.store import halts, reading
+from newsletter.store import halts, reading, replans
 from newsletter.store import mailings as q
 
 log = logging.getLogger("newsletter.daemon")
@@ -91,11 +98,18 @@ def review(
     made it, and returned."""
     changes: list[Change] = []
     try:
+        if mailing_id is None:
+            replans.sweep(engine)  # rows a stopped sender gave back to a re-planned digest
         with reading(engine) as conn:
             watched = halts.watched(conn, mailing_id)
+            digests = replans.watched_digests(conn, mailing_id)
         for mailing in watched:
             found = verdict(posts, mailing.post_id, at)
             change = _apply(engine, mailing, found) if found is not None else None
+            if change is not None:
+                changes.append(change)
+        for digest in digests:
+            change = _review_digest(engine, posts, at, digest)
             if change is not None:
                 changes.append(change)
         return changes
@@ -115,10 +129,52 @@ def _apply(engine: Engine, mailing: halts.Watched, found: Verdict) -> Change | N
     return None
 
 
-def _log(engine: Engine, mailing: halts.Watched, what: str, why: str) -> Change:
-    """One line with the post, the list and who got it and who not (yet)."""
+def _review_digest(
+    engine: Engine, posts: PostCollection, at: datetime, digest: replans.WatchedDigest
+) -> Change | None:
+    """A digest whose posts may all go goes on (or resumes); one with a post
+    pulled is re-planned without it for its rest, or withdrawn when none is left."""
+    found = {pid: verdict(posts, pid, at) for pid in digest.post_ids}
+    if any(v is None for v in found.values()):
+        return None  # a post file that fails to load: no verdict (reported)
+    pulled = {pid: v for pid, v in found.items() if v is not None and v.state is not None}
+    if not pulled:
+        if digest.state in halts.HALTED and halts.resume(engine, digest.id, digest.state):
+            return _log(engine, digest, "resumed", "its posts may go again")
+        return None
+    # "its post x is unpublished (…)", one clause per pulled post
+    why = "; ".join(v.reason.replace("its post", f"its post {pid}", 1) for pid, v in pulled.items())
+    keep = tuple(pid for pid in digest.post_ids if pid not in pulled)
+    if not keep:
+        then = "when one of its posts may go again"
+        note = f"{halts.WITHDRAWN}: {why}; the rest get it {then}"
+        if halts.halt(engine, digest.id, halts.WITHDRAWN, None, note) is None:
+            return None
+        return _log(engine, digest, halts.WITHDRAWN, f"{why}; the rest get it {then}")
+    escaped = why.replace("{", "{{").replace("}", "}}")
+    note = f"{halts.WITHDRAWN}: {escaped}; the rest get the digest without it: mailing {{new}}"
+    subject = digest_subject(digest.list_title, len(keep))
+    new = replans.replan(engine, digest, keep, subject, note)
+    if new is None:
+        return None
+    why = f"{why}; the rest get the digest without it: mailing {new}"
+    return _log(engine, digest, halts.WITHDRAWN, why, rest_in=new)
+
+
+def _log(
+    engine: Engine,
+    mailing: halts.Watched | replans.WatchedDigest,
+    what: str,
+    why: str,
+    rest_in: int | None = None,
+) -> Change:
+    """One line with the post, the list and who got it and who not (yet);
+    `rest_in`: the mailing that holds the rest now (a re-planned digest's)."""
     with reading(engine) as conn:
         counts = q.counts(conn, mailing.id).get(mailing.id, {})
+        if rest_in is not None:
+            rest = q.counts(conn, rest_in).get(rest_in, {})
+            counts = {**rest, "sent": counts.get("sent", 0)}
     sent = counts.get("sent", 0)
     left = sum(counts.get(s, 0) for s in q.OPEN_STATUSES)
     log.info(

@@ -24,7 +24,8 @@ Entries live in the state folder (`.newsletter/`, created 0700) as pickles,
 one file per pass kind: the index holds what this tool wrote for this user
 and nothing read from elsewhere; a file that cannot be read is ignored and
 rewritten.  This module knows nothing of `Post`: `collection` hands it the
-values and the function that builds one.
+values and the function that builds one.  The keys themselves (a file's,
+the fingerprint, a whole load's) are made in `stamps` (re-exported here).
 """
 
 from __future__ import annotations
@@ -36,16 +37,30 @@ import os
 import pickle
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PosixPath, PurePath, PurePosixPath, PureWindowsPath, WindowsPath
 from types import MappingProxyType
 from typing import Any, Protocol, TypeVar
 
 from newsletter.config import Settings
+from newsletter.posts.stamps import (
+    INDEX_FORMAT,
+    RACY_NS,
+    FileKey,
+    LoadKey,
+    collections_of,
+    content_digest,
+    file_key,
+    fingerprint,
+    load_key,
+    posts_stamp,
+)
 
 __all__ = [
     "INDEX_FORMAT",
+    "RACY_NS",
+    "FileKey",
     "LoadKey",
     "Lookups",
     "Passes",
@@ -57,16 +72,11 @@ __all__ = [
     "forget",
     "load_key",
     "open_index",
+    "posts_stamp",
     "private_folder",
     "recall",
     "remember",
 ]
-
-INDEX_FORMAT = 4  # bump when the stored layout changes (4: a whole load lists linked pages)
-# Linux stamps mtimes from a coarse clock (a few ms): two writes of the same size
-# that close together look alike, so a file this recent is also compared by content.
-RACY_NS = 2_000_000_000
-_PACKAGE = Path(__file__).resolve().parent
 
 T = TypeVar("T")
 
@@ -77,75 +87,6 @@ class _HasPath(Protocol):
 
 
 F = TypeVar("F", bound=_HasPath)
-FileKey = tuple[int, int]  # size, mtime_ns
-
-
-def fingerprint(settings: Settings) -> str:
-    """What every parse reads besides the post's own file."""
-    digest = hashlib.sha256()
-    digest.update(f"{INDEX_FORMAT}\0{settings.site!r}".encode())
-    root = settings.site.source_dir or settings.base_dir
-    # Jekyll's own files (small, edited by hand: by content): `_config.yml`
-    # may hold what the parser reads beyond `[site]` (such as `defaults:`).
-    jekyll = [settings.site.jekyll_config] if settings.site.jekyll_config else []
-    for path in (*jekyll, *_files(root / "_data")):
-        digest.update(f"{path}\0{_content_digest(path)}\n".encode())
-    # What Liquid and the byline may read besides: includes and collection documents.
-    for folder in _site_folders(settings, root):
-        for path in _files(folder):
-            digest.update(_stat_line(path))
-    for path in _files(_PACKAGE):
-        digest.update(_stat_line(path))
-    return digest.hexdigest()
-
-
-def _collections(settings: Settings) -> list[str]:
-    """The Jekyll collections besides posts (`_config.yml` `collections:`)."""
-    labels = (settings.site.jekyll or {}).get("collections")
-    names = sorted(str(k) for k in labels) if isinstance(labels, Mapping) else []
-    return [name for name in names if name != "posts"]
-
-
-def _site_folders(settings: Settings, root: Path) -> list[Path]:
-    inner = str((settings.site.jekyll or {}).get("collections_dir") or "").strip("/")
-    documents = root / inner if inner else root
-    return [root / "_includes", *(documents / f"_{name}" for name in _collections(settings))]
-
-
-def posts_stamp(files: Sequence[str | Path], known: Mapping[str, FileKey] | None = None) -> str:
-    """Every post file's path, size and mtime_ns: what `site.posts` is made of
-    (`known`: sizes and mtimes already read, by path, as a `LoadKey` holds them)."""
-    digest = hashlib.sha256()
-    # In the order of sorted `Path`s (by their parts), without making them.
-    for name in sorted(map(str, files), key=lambda name: name.split(os.sep)):
-        key = known.get(name) if known is not None else None
-        digest.update(_stat_line(name) if key is None else _key_line(name, key))
-    return digest.hexdigest()
-
-
-def _content_digest(path: Path) -> str | None:
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError:
-        return None
-
-
-def _files(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
-
-
-def _stat_line(path: str | Path) -> bytes:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return f"{path}\0missing\n".encode()
-    return _key_line(str(path), (st.st_size, st.st_mtime_ns))
-
-
-def _key_line(name: str, key: FileKey) -> bytes:
-    return f"{name}\0{key[0]}\0{key[1]}\n".encode()
 
 
 class Lookups(Mapping[str, Any]):
@@ -200,7 +141,7 @@ class SiteWatch(Mapping[str, Any]):
 
     def __init__(self, inner: Mapping[str, Any], settings: Settings) -> None:
         self.inner = inner
-        self.watched = {"posts", "categories", "tags", "collections", *_collections(settings)}
+        self.watched = {"posts", "categories", "tags", "collections", *collections_of(settings)}
         self.touched = False
 
     def __getitem__(self, key: str) -> Any:
@@ -292,7 +233,7 @@ class PostIndex:
             key is not None
             and entry is not None
             and entry.key == key
-            and (entry.content is None or entry.content == _content_digest(path))
+            and (entry.content is None or entry.content == content_digest(path))
             and (lookups is None or _still_valid(entry.asked, lookups, self.all_posts))
         ):
             self.hits += 1
@@ -303,7 +244,7 @@ class PostIndex:
         self.misses += 1
         # Hashed before reading: if the file changes meanwhile, the next call re-reads it.
         racy = key is not None and time.time_ns() - key[1] < RACY_NS
-        content = _content_digest(path) if racy else None
+        content = content_digest(path) if racy else None
         view = Lookups(lookups, self.all_posts) if lookups is not None else None
         value = build(view)
         if key is not None:
@@ -365,14 +306,6 @@ def dumps(value: object) -> bytes:
     pickler.dispatch_table = _DISPATCH
     pickler.dump(value)
     return buffer.getvalue()
-
-
-def file_key(path: Path) -> FileKey | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return st.st_size, st.st_mtime_ns
 
 
 def open_index(
@@ -464,28 +397,6 @@ class Passes:
 
 
 # --------------------------------------------------------------------------- in-process
-
-# What a whole load of the posts depends on: the fingerprint and every file's
-# path, size and mtime_ns.  (`snapshot` keeps a load under it on disk.)
-LoadKey = tuple[str, tuple[tuple[str, FileKey], ...]]
-
-
-def load_key(settings: Settings, files: Sequence[str | Path]) -> LoadKey | None:
-    """The `LoadKey` of `files` now; None when one is missing or changed less
-    than `RACY_NS` ago (it may change again unseen: read it properly)."""
-    keys = []
-    too_recent = time.time_ns() - RACY_NS
-    for path in files:
-        name = str(path)
-        try:
-            st = os.stat(name)
-        except OSError:
-            return None
-        if st.st_mtime_ns > too_recent:
-            return None
-        keys.append((name, (st.st_size, st.st_mtime_ns)))
-    return fingerprint(settings), tuple(keys)
-
 
 # A long-running process (the daemon, the preview) asks for the same posts
 # again and again: when not one file changed it gets the same (frozen) result.

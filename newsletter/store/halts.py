@@ -11,7 +11,9 @@ started with `newsletter send` (`EXPLICIT`) is their choice.
 
 The owner's `newsletter cancel` stops any unfinished mailing for good
 (``cancelled``): the daemon never resumes it; only the owner's `send` of the
-same post and list sends the rest (`take_over`).
+same post and list sends the rest (`take_over`).  Its members who are also
+on another list with a deduplicated mailing of the post get it from that
+mailing instead (`store.handover`).
 
 Every change is one conditional UPDATE, so with several daemons on one
 PostgreSQL one of them makes it (and logs it) and the others see it; claims
@@ -25,9 +27,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, func, or_, select, update
+from sqlalchemy import Connection, Engine, and_, or_, select, update
 
+from newsletter.store.handover import HandedOver, hand_over
 from newsletter.store.schema import AUTOMATIC, EXPLICIT, deliveries, lists, mailings
+from newsletter.store.tallies import OPEN_STATUSES, counts
 
 WITHDRAWN = "withdrawn"
 POSTPONED = "postponed"
@@ -37,7 +41,6 @@ STOPPED = (*HALTED, CANCELLED)  # no pass works on these
 # States a halt may move a mailing out of: anything unfinished the daemon
 # would send.  `held` (its page never went live) waits for the owner already.
 ACTIVE = ("planned", "waiting", "sending", "paused")
-_OPEN = ("queued", "deferred", "sending")
 
 __all__ = [
     "ACTIVE",
@@ -52,6 +55,7 @@ __all__ = [
     "cancel",
     "halt",
     "halted_now",
+    "handed_over_note",
     "not_halted",
     "resume",
     "supersede",
@@ -112,7 +116,7 @@ def halt(
         before = conn.scalar(select(mailings.c.state).where(mailings.c.id == mailing_id))
         left = (
             select(deliveries.c.id)
-            .where(deliveries.c.mailing_id == mailing_id, deliveries.c.status.in_(_OPEN))
+            .where(deliveries.c.mailing_id == mailing_id, deliveries.c.status.in_(OPEN_STATUSES))
             .exists()
         )
         changed = conn.execute(
@@ -142,7 +146,7 @@ def resume(engine: Engine, mailing_id: int, halted_as: str) -> bool:
     with engine.begin() as conn:
         started = conn.execute(
             select(deliveries.c.id)
-            .where(deliveries.c.mailing_id == mailing_id, deliveries.c.status.not_in(_OPEN))
+            .where(deliveries.c.mailing_id == mailing_id, deliveries.c.status.not_in(OPEN_STATUSES))
             .limit(1)
         ).first()
         changed = conn.execute(
@@ -219,6 +223,9 @@ class Cancelled:
     sent: int
     not_sent: int  # queued or deferred: they do not get it
     in_flight: int = 0  # claimed by a sending process: the messages in hand may still go
+    # Members also on another list whose mailing of the post goes on
+    # (`store.handover`): they get it from that list; not in `not_sent`.
+    handed_over: tuple[HandedOver, ...] = ()
 
     @property
     def left(self) -> bool:
@@ -236,7 +243,7 @@ def cancel(engine: Engine, mailing_id: int) -> Cancelled | None:
     """
     left = (
         select(deliveries.c.id)
-        .where(deliveries.c.mailing_id == mailing_id, deliveries.c.status.in_(_OPEN))
+        .where(deliveries.c.mailing_id == mailing_id, deliveries.c.status.in_(OPEN_STATUSES))
         .exists()
     )
     with engine.begin() as conn:
@@ -256,14 +263,16 @@ def cancel(engine: Engine, mailing_id: int) -> Cancelled | None:
             )
             .values(state=CANCELLED, paused_until=None, last_error="cancelled by the owner")
         ).rowcount
-        tally: dict[str, int] = {
-            str(status): int(n)
-            for status, n in conn.execute(
-                select(deliveries.c.status, func.count())
-                .where(deliveries.c.mailing_id == mailing_id)
-                .group_by(deliveries.c.status)
+        # Only the cancel that made the change hands over: a mailing cancelled
+        # by `send --resend` (`supersede`) has its rest in the new mailing.
+        moved = tuple(hand_over(conn, mailing_id, CANCELLED)) if changed else ()
+        if moved:
+            conn.execute(
+                update(mailings)
+                .where(mailings.c.id == mailing_id)
+                .values(last_error=f"cancelled by the owner; {handed_over_note(moved)}")
             )
-        }
+        tally = counts(conn, mailing_id).get(mailing_id, {})  # in this transaction
     before, post_id, list_name = found
     return Cancelled(
         post_id,
@@ -273,4 +282,13 @@ def cancel(engine: Engine, mailing_id: int) -> Cancelled | None:
         tally.get("sent", 0),
         tally.get("queued", 0) + tally.get("deferred", 0),
         tally.get("sending", 0),
+        moved,
+    )
+
+
+def handed_over_note(moved: tuple[HandedOver, ...]) -> str:
+    """'2 also on list essays handed over to its mailing 7', one clause per list."""
+    return "; ".join(
+        f"{h.recipients} also on list {h.list_name} handed over to its mailing {h.mailing_id}"
+        for h in moved
     )

@@ -46,7 +46,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from newsletter.errors import StoreError, database_reason
 from newsletter.store import now
-from newsletter.store.halts import halted_now
+from newsletter.store.halts import CANCELLED, halted_now
+from newsletter.store.handover import hand_over_leavers
 from newsletter.store.schema import deliveries, mailings, memberships, subscribers
 
 CLAIMABLE = ("queued", "deferred")
@@ -291,6 +292,11 @@ def claim(
                 },
             )
             claimed, skipped = _split_mailable(conn.execute(_CLAIMED, {"ids": ids}).all())
+            if skipped:
+                # Still on another list with this post's deduplicated mailing:
+                # that list's copy, not a skip (rare: one more look per claim).
+                moved = hand_over_leavers(conn, mailing_id, skipped, CANCELLED)
+                skipped = [i for i in skipped if i not in moved]
             if skipped:
                 conn.execute(
                     update(deliveries)

@@ -1,8 +1,9 @@
 """Queries on mailings and deliveries: states, counts, who planned what.
 
 Claiming under a database lease and recording outcomes live in
-`store.leases`, planning snapshots in `store.snapshots`, a withdrawn
-automatic mailing's states in `store.halts` (all re-exported here).  Every
+`store.leases`, planning snapshots in `store.snapshots`, counts by status in
+`store.tallies`, a withdrawn automatic mailing's states in `store.halts`
+(all re-exported here).  Every
 state transition is its own committed transaction: after ``kill -9`` the
 ledger says exactly which messages may have been in flight.
 """
@@ -54,9 +55,7 @@ from newsletter.store.snapshots import (
     snapshot,
     snapshot_list,
 )
-
-OPEN_STATUSES = ("queued", "deferred", "sending")
-STATUSES = ("queued", "sending", "sent", "deferred", "failed", "skipped")
+from newsletter.store.tallies import OPEN_STATUSES, STATUSES, counts
 
 
 @dataclass(frozen=True)
@@ -189,19 +188,6 @@ def insert_mailing(
             mailings.c.generation == generation,
         )
     )
-
-
-def counts(conn: Connection, mailing_id: int | None = None) -> dict[int, dict[str, int]]:
-    """{mailing_id: {status: n}} for one or every mailing."""
-    query = select(deliveries.c.mailing_id, deliveries.c.status, func.count()).group_by(
-        deliveries.c.mailing_id, deliveries.c.status
-    )
-    if mailing_id is not None:
-        query = query.where(deliveries.c.mailing_id == mailing_id)
-    result: dict[int, dict[str, int]] = {}
-    for mid, status, n in conn.execute(query):
-        result.setdefault(mid, {})[status] = n
-    return result
 
 
 def next_due(conn: Connection, mailing_id: int) -> datetime | None:

@@ -33,6 +33,7 @@ from newsletter.delivery.transports.smtp_common import (
     login_failed,
     malformed,
     no_starttls,
+    refusal_before_close,
     refusal_code,
     reply_text,
     size_limit,
@@ -305,7 +306,16 @@ class SmtpTransport:
         """Read the pipelined MAIL, RCPT and DATA replies; the refusal, or None on 354."""
         replies: list[tuple[int, bytes]] = []
         for stage in ("mail", "rcpt", "data"):
-            code, text = conn.getreply()
+            try:
+                code, text = conn.getreply()
+            except (smtplib.SMTPServerDisconnected, OSError):
+                # Closed after a refusal (554 to MAIL FROM, then the close):
+                # the server's reply is the outcome, not the lost connection.
+                refusal = refusal_before_close(recipient, replies)
+                if refusal is None:
+                    raise
+                self._drop()
+                return refusal
             if code == 421:  # closing (RFC 5321 §3.8): the other replies never come
                 return self._refused(recipient, code, text, stage)
             replies.append((code, text))

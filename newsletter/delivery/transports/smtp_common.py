@@ -31,6 +31,7 @@ __all__ = [
     "login_refused",
     "malformed",
     "no_starttls",
+    "refusal_before_close",
     "refusal_code",
     "reply_text",
     "size_limit",
@@ -85,6 +86,27 @@ def classify(recipient: str, code: int, text: str, stage: str) -> SendResult:
         return SendResult(recipient, False, code, text, throttled=throttled, stage=stage)
     bounced = stage == "rcpt" and status.startswith("5.1.")
     return SendResult(recipient, False, code, text, permanent=True, stage=stage, bounced=bounced)
+
+
+# What each pipelined envelope reply must be (RFC 2920 §3.1), in order.
+_ENVELOPE = (("mail", (250,)), ("rcpt", (250, 251)), ("data", (354,)))
+
+
+def refusal_before_close(recipient: str, replies: list[tuple[int, bytes]]) -> SendResult | None:
+    """After a server closed (or stalled) mid-envelope: the refusal it sent
+    first, if any, from the replies read so far (MAIL's, RCPT's, DATA's).
+
+    RFC 5321 §3.8: a server shutting the channel answers with 421 and closes;
+    one that refuses a sender for good (554 to MAIL FROM, "transaction
+    failed") often closes too, so the other pipelined replies never come.  The
+    server's reply, not a lost connection, is the outcome: a 554 fails for
+    good with the server's words, where "connection lost" would be retried
+    (on a reused connection at once) and the server's answer never shown.
+    """
+    for (code, text), (stage, good) in zip(replies, _ENVELOPE, strict=False):
+        if code not in good:
+            return classify(recipient, refusal_code(code), reply_text(text), stage)
+    return None
 
 
 def size_limit(advertised: str | None) -> int:

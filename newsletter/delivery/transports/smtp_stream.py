@@ -26,6 +26,7 @@ from newsletter.delivery.transports.smtp_common import (
     check_policy,
     classify,
     malformed,
+    refusal_before_close,
     refusal_code,
     reply_text,
     size_limit,
@@ -169,6 +170,12 @@ class StreamSmtp:
     ) -> SendResult:
         announced, self._announced = self._announced, None
         if self._proto is not None and self._proto.lost is not None:
+            if announced == (self._proto, recipient):
+                # This envelope went out behind the last dot: the server may
+                # have refused it (554 to MAIL) before it closed.
+                closing = self._closing(self._proto, recipient)
+                if closing is not None:
+                    return closing
             self.abandon()  # closed (or dropped) while idle: what it holds is stale
         if announced is not None and announced[0] is self._proto and announced[1] != recipient:
             self.abandon()  # in DATA for another message: never end that one
@@ -209,25 +216,25 @@ class StreamSmtp:
         return replies[owed:]
 
     def _closing(self, proto: Replies, recipient: str) -> SendResult | None:
-        """After the server closed mid-envelope: its 421, if it sent one first.
+        """After the server closed mid-envelope: the refusal it sent first, if any.
 
         RFC 5321 §3.8: a server shutting the channel answers the next command
-        with 421 and closes, so the other pipelined replies never come; the
-        421 (throttling) is the outcome, not a lost connection.
+        with 421 and closes (throttling); one refusing the sender for good
+        answers MAIL with 554 and closes.  Either way the other pipelined
+        replies never come, and the server's reply is the outcome, not a lost
+        connection (`refusal_before_close`).
         """
-        got = list(proto.replies)[self._owed :]
-        for (code, text), stage in zip(got, ("mail", "rcpt", "data"), strict=False):
-            if code == 421:
-                self.abandon()
-                return classify(recipient, code, reply_text(text), stage)
-        return None
+        refusal = refusal_before_close(recipient, list(proto.replies)[self._owed :])
+        if refusal is not None:
+            self.abandon()
+        return refusal
 
     async def _pipelined(self, proto: Replies, recipient: str) -> SendResult | None:
         """The replies to MAIL, RCPT and DATA written in one go; the refusal, or None on 354."""
         assert proto.transport is not None
         try:
             replies = await self._replies(proto, 3)
-        except Lost:
+        except (Lost, TimeoutError):
             closing = self._closing(proto, recipient)
             if closing is None:
                 raise
