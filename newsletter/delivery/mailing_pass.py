@@ -40,6 +40,7 @@ from newsletter.delivery.outgoing import (
 from newsletter.delivery.ratelimit import Throttle, TokenBucket, next_attempt
 from newsletter.delivery.recorder import Pending, Recorder
 from newsletter.delivery.report import DeliveryReport, Progress
+from newsletter.delivery.senders import SenderRefusals, refuses_sender
 from newsletter.delivery.strategy import THROTTLE_RETRIES, Strategy, Tally, connect_failure
 from newsletter.delivery.transports import (
     ConnectError,
@@ -125,6 +126,7 @@ class MailingPass:
         # per put and per get, so rows travel to the workers in small chunks.
         self.chunk = max(1, min(16, self.batch // (self.workers * 4)))
         self.sender = sender_for(settings)  # VERP: one envelope sender per delivery
+        self.refusals = SenderRefusals()  # MAIL FROM refused again and again: stop (senders.py)
         self.write_lock = threading.Lock()
 
     def limit_batch(self, rows: int) -> None:
@@ -340,6 +342,8 @@ class MailingPass:
             self._bounce(row, result)
         error = None if result.ok else f"{row.email}: {describe_result(result)}"
         tally.add(outcome.status, error)
+        if (stop := self.refusals.note(result, self.sender(row.id))) is not None:
+            self.fail(stop, row.email)
         return pending
 
     def send(
@@ -387,7 +391,7 @@ class MailingPass:
             at = now() + timedelta(seconds=self.throttle.hit())
             return q.Outcome("deferred", row.attempts, result.code, result.text, mid, at)
         attempts = row.attempts + 1
-        if result.permanent or attempts >= d.max_attempts:
+        if (result.permanent and not refuses_sender(result)) or attempts >= d.max_attempts:
             return q.Outcome("failed", attempts, result.code, describe_result(result), mid)
         at = next_attempt(now(), attempts, d.backoff_base, d.backoff_cap)
         return q.Outcome("deferred", attempts, result.code, describe_result(result), mid, at)

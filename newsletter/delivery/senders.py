@@ -1,0 +1,62 @@
+"""A server that refuses the envelope sender refuses the mailing, not the recipient.
+
+A 5xx to MAIL FROM (550 or 553 "sender address rejected", 554, 530
+"authentication required", 555 "parameters not recognised") says nothing of
+the recipient it came with: it is about the account or `[smtp] from`, e.g. a
+provider that accepts only the login's own address.  Each such refusal failed
+its recipient for good, so a misconfigured first `send` marked a whole list
+failed in one pass.  Now it defers its recipient (an attempt spent, as any
+temporary failure), and `STOP_AFTER` of them with no message accepted in
+between stop the pass with the server's words: the rest stays queued for the
+pass after the fix.  (552 to MAIL is the message's size, SIZE=: still that
+message's own failure.)
+"""
+
+from __future__ import annotations
+
+import threading
+
+from newsletter.delivery.transports import SendResult
+from newsletter.errors import TransportError
+
+__all__ = ["STOP_AFTER", "SenderRefusals", "refuses_sender"]
+
+STOP_AFTER = 3  # sender refusals in a row, across connections, that stop the pass
+
+
+def refuses_sender(result: SendResult) -> bool:
+    """A permanent refusal of MAIL FROM, other than the message's size."""
+    code = result.code
+    return (
+        not result.ok
+        and result.stage == "mail"
+        and code is not None
+        and 500 <= code < 600
+        and code != 552
+    )
+
+
+class SenderRefusals:
+    """Counts sender refusals in a row (thread-safe: every connection reports here)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._in_a_row = 0
+
+    def note(self, result: SendResult, sender: str) -> TransportError | None:
+        """The error that stops the pass, once `STOP_AFTER` refusals came in a row."""
+        with self._lock:
+            if result.ok:
+                self._in_a_row = 0
+                return None
+            if not refuses_sender(result):
+                return None
+            self._in_a_row += 1
+            if self._in_a_row < STOP_AFTER:
+                return None
+        return TransportError(
+            f"the SMTP server refuses the envelope sender <{sender}>: "
+            f"{result.code} {result.text}".rstrip()
+            + "; check [smtp] from (or the [bounces] address, which is the envelope sender "
+            "when set) against what the account may send as; the rest of the mailing stays queued"
+        )
