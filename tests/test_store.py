@@ -26,6 +26,41 @@ def test_created_on_first_use_with_wal_and_foreign_keys(tmp_path: Path) -> None:
         assert conn.scalar(select(schema_version.c.version)) == store.schema.SCHEMA_VERSION
 
 
+def test_new_sqlite_store_has_16k_pages_and_an_older_file_keeps_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A new file takes store.SQLITE_PAGE_SIZE (issue 13: the merge of a big
+    # import); one made with 4 kB pages (every store before) keeps them and
+    # its rows, and still takes writes.
+    def page_size(engine: Engine) -> int:
+        with engine.connect() as conn:
+            return int(conn.exec_driver_sql("PRAGMA page_size").scalar() or 0)
+
+    new = open_url(f"sqlite:///{tmp_path}/new.db")
+    assert page_size(new) == store.SQLITE_PAGE_SIZE == 16384
+    new.dispose()
+    old_url = f"sqlite:///{tmp_path}/old.db"
+    with monkeypatch.context() as patch:
+        patch.setattr(store, "SQLITE_PAGE_SIZE", 4096)
+        old = open_url(old_url)
+        with old.begin() as conn:
+            conn.execute(subscribers.insert().values(email="a@example.com", **_stamps()))
+        old.dispose()
+    reopened = open_url(old_url)
+    assert page_size(reopened) == 4096
+    with reopened.begin() as conn:
+        conn.execute(subscribers.insert().values(email="b@example.com", **_stamps()))
+        emails = conn.scalars(select(subscribers.c.email).order_by(subscribers.c.id)).all()
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    assert emails == ["a@example.com", "b@example.com"]
+    reopened.dispose()
+
+
+def _stamps() -> dict[str, datetime]:
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    return {"created_at": at, "updated_at": at}
+
+
 def test_reopening_does_not_add_versions(database_url: str) -> None:
     url = database_url
     open_url(url)
