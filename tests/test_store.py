@@ -26,7 +26,7 @@ def test_created_on_first_use_with_wal_and_foreign_keys(tmp_path: Path) -> None:
         assert conn.scalar(select(schema_version.c.version)) == store.schema.SCHEMA_VERSION
 
 
-def test_new_sqlite_store_has_16k_pages_and_an_older_file_keeps_its_own(
+def test_new_sqlite_store_has_8k_pages_and_an_older_file_keeps_its_own(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A new file takes store.SQLITE_PAGE_SIZE (issue 13: the merge of a big
@@ -37,7 +37,7 @@ def test_new_sqlite_store_has_16k_pages_and_an_older_file_keeps_its_own(
             return int(conn.exec_driver_sql("PRAGMA page_size").scalar() or 0)
 
     new = open_url(f"sqlite:///{tmp_path}/new.db")
-    assert page_size(new) == store.SQLITE_PAGE_SIZE == 16384
+    assert page_size(new) == store.SQLITE_PAGE_SIZE == 8192
     new.dispose()
     old_url = f"sqlite:///{tmp_path}/old.db"
     with monkeypatch.context() as patch:

@@ -129,7 +129,7 @@ def close_all() -> None:
         engine.dispose()
 
 
-SQLITE_PAGE_SIZE = 16384
+SQLITE_PAGE_SIZE = 8192
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -139,10 +139,12 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     # Taken only by a database not created yet (this precedes WAL mode, after
     # which no page size changes): an existing file keeps its own, 4 kB for
-    # any made before.  16 kB pages made the merge of a million imported
+    # any made before.  8 kB pages made the merge of a million imported
     # subscribers (three tables, four indexes: ~480 MB that no page cache
-    # holds) about a third quicker, and its WAL checkpoint too (issue 13;
-    # figures in docs/subscribers.md, Performance).
+    # holds) and its WAL checkpoint about a third quicker, as 16 kB did; but
+    # each group commit of delivery outcomes writes whole pages to the WAL,
+    # so sending pays per page size: +0.008 s of CPU per 1,000 messages at
+    # 8 kB, +0.016 s at 16 kB (issue 13; docs/subscribers.md, Performance).
     cur.execute(f"PRAGMA page_size={SQLITE_PAGE_SIZE}")
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA foreign_keys=ON")
