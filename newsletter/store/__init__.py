@@ -129,7 +129,7 @@ def close_all() -> None:
         engine.dispose()
 
 
-SQLITE_PAGE_SIZE = 8192
+SQLITE_PAGE_SIZE = 4096
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -138,13 +138,12 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     dbapi_conn.isolation_level = None  # let SQLAlchemy's BEGIN below take over
     cur = dbapi_conn.cursor()
     # Taken only by a database not created yet (this precedes WAL mode, after
-    # which no page size changes): an existing file keeps its own, 4 kB for
-    # any made before.  8 kB pages made the merge of a million imported
-    # subscribers (three tables, four indexes: ~480 MB that no page cache
-    # holds) and its WAL checkpoint about a third quicker, as 16 kB did; but
-    # each group commit of delivery outcomes writes whole pages to the WAL,
-    # so sending pays per page size: +0.008 s of CPU per 1,000 messages at
-    # 8 kB, +0.016 s at 16 kB (issue 13; docs/subscribers.md, Performance).
+    # which no page size changes): an existing file keeps its own.  SQLite's
+    # default, on purpose (issue 13): 8 or 16 kB pages took a third off an
+    # import merge's write lock under heavy load, but no end-to-end import
+    # got faster in interleaved rounds, while every group commit of delivery
+    # outcomes writes whole pages to the WAL (+0.008 s of CPU per 1,000
+    # messages at 8 kB, +0.016 s at 16 kB).  docs/subscribers.md, Performance.
     cur.execute(f"PRAGMA page_size={SQLITE_PAGE_SIZE}")
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA foreign_keys=ON")
