@@ -26,6 +26,41 @@ def test_created_on_first_use_with_wal_and_foreign_keys(tmp_path: Path) -> None:
         assert conn.scalar(select(schema_version.c.version)) == store.schema.SCHEMA_VERSION
 
 
+def test_new_sqlite_store_takes_its_page_size_and_an_existing_file_keeps_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A new file takes store.SQLITE_PAGE_SIZE; one made with another size
+    # (issue 13 measured 8 and 16 kB) keeps it, its rows and WAL mode, and
+    # still takes writes.
+    def page_size(engine: Engine) -> int:
+        with engine.connect() as conn:
+            return int(conn.exec_driver_sql("PRAGMA page_size").scalar() or 0)
+
+    new = open_url(f"sqlite:///{tmp_path}/new.db")
+    assert page_size(new) == store.SQLITE_PAGE_SIZE == 4096
+    new.dispose()
+    other_url = f"sqlite:///{tmp_path}/other.db"
+    with monkeypatch.context() as patch:
+        patch.setattr(store, "SQLITE_PAGE_SIZE", 16384)
+        other = open_url(other_url)
+        with other.begin() as conn:
+            conn.execute(subscribers.insert().values(email="a@example.com", **_stamps()))
+        other.dispose()
+    reopened = open_url(other_url)
+    assert page_size(reopened) == 16384
+    with reopened.begin() as conn:
+        conn.execute(subscribers.insert().values(email="b@example.com", **_stamps()))
+        emails = conn.scalars(select(subscribers.c.email).order_by(subscribers.c.id)).all()
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    assert emails == ["a@example.com", "b@example.com"]
+    reopened.dispose()
+
+
+def _stamps() -> dict[str, datetime]:
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    return {"created_at": at, "updated_at": at}
+
+
 def test_reopening_does_not_add_versions(database_url: str) -> None:
     url = database_url
     open_url(url)
@@ -266,19 +301,21 @@ def test_a_big_write_is_checkpointed_after_the_block_not_inside_its_commit(
     with engine.begin() as conn:
         conn.exec_driver_sql("CREATE TABLE big (x TEXT)")
     empty = path.stat().st_size
+    # ~2,500 pages, whatever their size: past the automatic checkpoint's 1,000.
+    written = 2_500 * store.SQLITE_PAGE_SIZE
     with engine.connect() as conn:
         with store.checkpoint_after(conn):
-            with conn.begin():  # ~2,500 pages: past the automatic checkpoint's 1,000
-                rows = [{"x": f"{i:04d}" * 250} for i in range(10_000)]
+            with conn.begin():
+                rows = [{"x": f"{i:04d}" * 250} for i in range(written // 1_000)]
                 conn.execute(text("INSERT INTO big (x) VALUES (:x)"), rows)
             assert path.stat().st_size == empty  # committed, still only in the WAL
-        assert path.stat().st_size > empty + 10_000_000  # checkpointed after the block
+        assert path.stat().st_size > empty + written * 0.9  # checkpointed after the block
         assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 1000
     with engine.connect() as conn:  # and without it, SQLite checkpoints in the COMMIT
         size = path.stat().st_size
         with conn.begin():
             conn.execute(text("INSERT INTO big (x) VALUES (:x)"), rows)
-        assert path.stat().st_size > size + 10_000_000
+        assert path.stat().st_size > size + written * 0.9
 
 
 def test_an_unreachable_postgresql_is_one_readable_line(
