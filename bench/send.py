@@ -7,6 +7,7 @@
     python bench/send.py --only streams,streams-p2        # ours with [delivery] processes = 2
     python bench/send.py --cold-render                    # ours renders (no render cache)
     python bench/send.py --only ours,before:ours          # before/after: main's code (--before)
+    python bench/send.py --baselines smtplib              # skip aiosmtplib (the slowest run)
     python bench/send.py --sink python                    # the asyncio sink below instead
     python bench/send.py --personalise                    # personalisation rates only
     python bench/send.py --memory 100000,1000000          # peak RSS, one subprocess per size
@@ -524,7 +525,9 @@ def compare(args: argparse.Namespace) -> None:
     sizes = [int(v) for v in args.n.split(",")]
     widths = [int(v) for v in args.concurrency.split(",")]
     modes = {"on": [True], "off": [False], "both": [True, False]}[args.pipelining]
-    kinds = ["ours", "smtplib", "aiosmtplib", *[k for k in args.also.split(",") if k]]
+    global BASELINES
+    BASELINES = tuple(b for b in args.baselines.split(",") if b)
+    kinds = ["ours", *BASELINES, *[k for k in args.also.split(",") if k]]
     if args.only:
         kinds = [k for k in args.only.split(",") if k] + list(BASELINES)
     log = open(args.out, "a") if args.out else None  # noqa: SIM115
@@ -557,7 +560,7 @@ def compare(args: argparse.Namespace) -> None:
         log.close()
 
 
-BASELINES = ("smtplib", "aiosmtplib")
+BASELINES: tuple[str, ...] = ("smtplib", "aiosmtplib")  # --baselines
 
 
 def loadavg() -> str:
@@ -596,6 +599,12 @@ def cell(
             ]
             label = f"{mine}/{base}"
             print(f"  {label:<24} rate {fmt(ratios, '.2f')}   CPU {fmt(cpus, '.2f')}")
+        if (before := f"before:{mine}") in results:  # the A/B itself, run by run
+            pairs = list(zip(ours, results[before], strict=True))
+            ratios = [a["rate"] / b["rate"] for a, b in pairs]
+            cpus = [a["cpu_per_1000"] / b["cpu_per_1000"] for a, b in pairs]
+            label = f"{mine}/{before}"
+            print(f"  {label:<24} rate {fmt(ratios, '.2f')}   CPU {fmt(cpus, '.2f')}")
     print(flush=True)
 
 
@@ -622,6 +631,11 @@ def main() -> None:
     parser.add_argument("--out", default="", help="append every measurement as JSON lines")
     parser.add_argument(
         "--only", default="", help="ours to measure instead: ours,streams,threaded,streams-p2"
+    )
+    parser.add_argument(
+        "--baselines",
+        default="smtplib,aiosmtplib",
+        help="baselines to run beside ours (aiosmtplib is slow: --baselines smtplib saves time)",
     )
     parser.add_argument("--before", default="/work/main", help="the checkout of before:KIND")
     parser.add_argument(

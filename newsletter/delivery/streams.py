@@ -251,13 +251,16 @@ class StreamsStrategy:
             if limit <= 0:
                 return True
             rows, skipped = await self._db(core.claim, limit, tally, due_by=due_by)
-            # On the ledger thread, beside the loop: see Recorder.checkpoint.
-            await self._db(core.recorder.checkpoint)
             if rows or skipped:
                 if allowance is not None:
                     allowance -= len(rows)
                 self.rows.extend(rows)
                 self.changed.set()
+            # On the ledger thread, beside the loop (see Recorder.checkpoint),
+            # once the connections have the rows: not in the way of the first
+            # message (measured: 3-5 ms of it).
+            await self._db(core.recorder.checkpoint)
+            if rows or skipped:
                 continue
             # Nothing claimable: once every outcome is in the ledger, look for
             # deferred rows coming due before the deadline.
