@@ -393,8 +393,15 @@ class MailingPass:
             # Still throttled after retries: defer without spending an attempt.
             at = now() + timedelta(seconds=self.throttle.hit())
             return q.Outcome("deferred", row.attempts, result.code, result.text, mid, at)
+        if refuses_sender(result):
+            # The sender refused says nothing of the recipient: no attempt spent,
+            # or a few passes before the owner fixes [smtp] from would fail them.
+            at = next_attempt(now(), max(1, row.attempts), d.backoff_base, d.backoff_cap)
+            return q.Outcome(
+                "deferred", row.attempts, result.code, describe_result(result), mid, at
+            )
         attempts = row.attempts + 1
-        if (result.permanent and not refuses_sender(result)) or attempts >= d.max_attempts:
+        if result.permanent or attempts >= d.max_attempts:
             return q.Outcome("failed", attempts, result.code, describe_result(result), mid)
         at = next_attempt(now(), attempts, d.backoff_base, d.backoff_cap)
         return q.Outcome("deferred", attempts, result.code, describe_result(result), mid, at)

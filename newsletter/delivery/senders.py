@@ -5,8 +5,8 @@ A 5xx to MAIL FROM (550 or 553 "sender address rejected", 554, 530
 the recipient it came with: it is about the account or `[smtp] from`, e.g. a
 provider that accepts only the login's own address.  Each such refusal failed
 its recipient for good, so a misconfigured first `send` marked a whole list
-failed in one pass.  Now it defers its recipient (an attempt spent, as any
-temporary failure), and `STOP_AFTER` of them with no message accepted in
+failed in one pass.  Now it defers its recipient without spending an attempt
+(so passes before the fix cannot use up theirs), and `STOP_AFTER` of them with no message accepted in
 between stop the pass with the server's words: the rest stays queued for the
 pass after the fix.  (552 to MAIL is the message's size, SIZE=: still that
 message's own failure.)
