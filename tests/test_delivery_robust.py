@@ -10,10 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from smtpserver import DROP, RawAction, RawSmtpServer, Slowly
 from sqlalchemy import Engine, select
 from test_delivery_smtp import POST, populate, site_settings
 
+from newsletter.cli import main
+from newsletter.config import load_settings
 from newsletter.delivery.mailings import deliver_mailing, plan_mailing
 from newsletter.delivery.senders import STOP_AFTER
 from newsletter.errors import TransportError
@@ -241,6 +244,28 @@ def test_a_huge_ehlo_is_a_connection_failure_not_a_memory_sink(
     assert server.messages == 0
 
 
+SENDER_REFUSED = b"553 5.7.1 Sender address rejected: not owned by user"
+
+
+class RefusedSender:
+    """A raw-server rule: every MAIL FROM refused while `on`, and the rest of
+    the envelope answered as Postfix does then (so no empty message is taken)."""
+
+    def __init__(self) -> None:
+        self.on = True
+
+    def __call__(self, line: bytes) -> RawAction | list[RawAction]:
+        if not self.on:
+            return None
+        if line.startswith(b"MAIL FROM:"):
+            return SENDER_REFUSED + b"\r\n"
+        if line.startswith(b"RCPT TO:"):
+            return b"503 5.5.1 Error: need MAIL command\r\n"
+        if line.startswith(b"DATA"):
+            return b"554 5.5.1 Error: no valid recipients\r\n"
+        return None
+
+
 @pytest.mark.parametrize("pipelining", [True, False], ids=["pipelining", "plain"])
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_a_server_that_refuses_the_sender_stops_the_pass_and_fails_nobody(
@@ -252,20 +277,8 @@ def test_a_server_that_refuses_the_sender_stops_the_pass_and_fails_nobody(
     a row stop the pass with the server's words and what to check; nobody
     fails, nothing is sent, and once the server takes the sender the next pass
     sends every recipient, once."""
-    words = b"553 5.7.1 Sender address rejected: not owned by user"
-    refusing = {"on": True}
-
-    def rule(line: bytes) -> RawAction | list[RawAction]:
-        if not refusing["on"]:
-            return None
-        if line.startswith(b"MAIL FROM:"):
-            return words + b"\r\n"
-        if line.startswith(b"RCPT TO:"):  # as Postfix answers the rest of the envelope
-            return b"503 5.5.1 Error: need MAIL command\r\n"
-        if line.startswith(b"DATA"):
-            return b"554 5.5.1 Error: no valid recipients\r\n"
-        return None
-
+    words = SENDER_REFUSED
+    rule = RefusedSender()
     server = RawSmtpServer(rule, pipelining=pipelining)
     try:
         settings = site_settings(sample_site, server, **{"delivery.strategy": strategy})
@@ -286,7 +299,7 @@ def test_a_server_that_refuses_the_sender_stops_the_pass_and_fails_nobody(
             with pytest.raises(TransportError):
                 deliver_mailing(engine, settings, mid, load_posts(settings))
         assert "failed" not in {r.status for r in ledger(engine).values()}
-        refusing["on"] = False  # the owner fixed [smtp] from
+        rule.on = False  # the owner fixed [smtp] from
         time.sleep(0.2)  # past the deferred rows' backoff (capped at 0.05 s here)
         report = deliver_mailing(engine, settings, mid, load_posts(settings))
     finally:
@@ -294,6 +307,37 @@ def test_a_server_that_refuses_the_sender_stops_the_pass_and_fails_nobody(
     assert (report.sent, report.failed) == (12, 0), report
     assert server.messages == 12
     assert {r.status for r in ledger(engine).values()} == {"sent"}
+
+
+def test_send_stops_on_a_refused_sender_with_one_line_and_exit_status_1(
+    sample_site: Path,
+) -> None:
+    """What the owner sees from `newsletter send` when the server refuses the
+    sender: the server's words and what to check, on one line, exit status 1,
+    no traceback; no recipient failed."""
+    words = SENDER_REFUSED
+    server = RawSmtpServer(RefusedSender(), pipelining=True)
+    try:
+        text = (sample_site / "newsletter.toml").read_text()
+        text = text.replace('transport = "maildir"', 'transport = "smtp"')
+        text = text.replace(
+            'host = "smtp.example.com"', f'host = "127.0.0.1"\nport = {server.port}'
+        )
+        text = text.replace('security = "starttls"', 'security = "none"')
+        text = text.replace('username = "newsletter@fieldnotes.example.com"', 'username = ""')
+        (sample_site / "newsletter.toml").write_text(text)
+        settings = load_settings(sample_site / "newsletter.toml")
+        populate(settings, 6).dispose()
+        result = CliRunner().invoke(main, ["send", POST, "--list", "sample"])
+    finally:
+        server.close()
+    assert result.exit_code == 1, result.output
+    assert words.decode() in result.stderr and "[smtp] from" in result.stderr
+    assert "Traceback" not in result.output + result.stderr
+    assert result.stderr.strip().count("\n") == 0, result.stderr
+    engine = open_store(settings)
+    assert "failed" not in {r.status for r in ledger(engine).values()}
+    assert server.messages == 0
 
 
 @pytest.mark.parametrize("nth", [1, 2], ids=["first", "second"])
