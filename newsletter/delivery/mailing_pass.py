@@ -40,7 +40,7 @@ from newsletter.delivery.outgoing import (
 from newsletter.delivery.ratelimit import Throttle, TokenBucket, next_attempt
 from newsletter.delivery.recorder import Pending, Recorder
 from newsletter.delivery.report import DeliveryReport, Progress
-from newsletter.delivery.senders import SenderRefusals, refuses_sender
+from newsletter.delivery.senders import SenderRefusals, refused_sender_error, refuses_sender
 from newsletter.delivery.strategy import THROTTLE_RETRIES, Strategy, Tally, connect_failure
 from newsletter.delivery.transports import (
     ConnectError,
@@ -345,8 +345,8 @@ class MailingPass:
             self._bounce(row, result)
         error = None if result.ok else f"{row.email}: {describe_result(result)}"
         tally.add(outcome.status, error)
-        if (stop := self.refusals.note(result, self.sender(row.id))) is not None:
-            self.fail(stop, row.email)
+        if self.refusals.note(result):
+            self.fail(refused_sender_error(result, self.sender(row.id)), row.email)
         return pending
 
     def send(

@@ -19,7 +19,7 @@ import threading
 from newsletter.delivery.transports import SendResult
 from newsletter.errors import TransportError
 
-__all__ = ["STOP_AFTER", "SenderRefusals", "refuses_sender"]
+__all__ = ["STOP_AFTER", "SenderRefusals", "refused_sender_error", "refuses_sender"]
 
 STOP_AFTER = 3  # sender refusals in a row, across connections, that stop the pass
 
@@ -43,20 +43,25 @@ class SenderRefusals:
         self._lock = threading.Lock()
         self._in_a_row = 0
 
-    def note(self, result: SendResult, sender: str) -> TransportError | None:
-        """The error that stops the pass, once `STOP_AFTER` refusals came in a row."""
+    def note(self, result: SendResult) -> bool:
+        """True once `STOP_AFTER` sender refusals came in a row: stop the pass."""
+        if result.ok:
+            if self._in_a_row:  # read without the lock: the common case costs nothing
+                with self._lock:
+                    self._in_a_row = 0
+            return False
+        if not refuses_sender(result):
+            return False
         with self._lock:
-            if result.ok:
-                self._in_a_row = 0
-                return None
-            if not refuses_sender(result):
-                return None
             self._in_a_row += 1
-            if self._in_a_row < STOP_AFTER:
-                return None
-        return TransportError(
-            f"the SMTP server refuses the envelope sender <{sender}>: "
-            f"{result.code} {result.text}".rstrip()
-            + "; check [smtp] from (or the [bounces] address, which is the envelope sender "
-            "when set) against what the account may send as; the rest of the mailing stays queued"
-        )
+            return self._in_a_row >= STOP_AFTER
+
+
+def refused_sender_error(result: SendResult, sender: str) -> TransportError:
+    """What stops the pass: the server's words, and what to check."""
+    return TransportError(
+        f"the SMTP server refuses the envelope sender <{sender}>: "
+        f"{result.code} {result.text}".rstrip()
+        + "; check [smtp] from (or the [bounces] address, which is the envelope sender "
+        "when set) against what the account may send as; the rest of the mailing stays queued"
+    )
