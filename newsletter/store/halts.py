@@ -31,7 +31,7 @@ from sqlalchemy import Connection, Engine, and_, or_, select, update
 
 from newsletter.store.handover import HandedOver, hand_over
 from newsletter.store.schema import AUTOMATIC, EXPLICIT, deliveries, lists, mailings
-from newsletter.store.tallies import OPEN_STATUSES, counts
+from newsletter.store.tallies import OPEN_STATUSES, counts, open_rows
 
 WITHDRAWN = "withdrawn"
 POSTPONED = "postponed"
@@ -114,11 +114,6 @@ def halt(
     """
     with engine.begin() as conn:
         before = conn.scalar(select(mailings.c.state).where(mailings.c.id == mailing_id))
-        left = (
-            select(deliveries.c.id)
-            .where(deliveries.c.mailing_id == mailing_id, deliveries.c.status.in_(OPEN_STATUSES))
-            .exists()
-        )
         changed = conn.execute(
             update(mailings)
             .where(
@@ -130,7 +125,7 @@ def halt(
                     mailings.c.state != state,
                     mailings.c.paused_until.is_distinct_from(until),
                 ),
-                left,
+                open_rows(mailing_id),
             )
             .values(state=state, paused_until=until, last_error=note)
         ).rowcount
@@ -241,11 +236,6 @@ def cancel(engine: Engine, mailing_id: int) -> Cancelled | None:
     queued or deferred stay so, as the record of who did not get it, and the
     claims of every process refuse them from this commit on (`halted_now`).
     """
-    left = (
-        select(deliveries.c.id)
-        .where(deliveries.c.mailing_id == mailing_id, deliveries.c.status.in_(OPEN_STATUSES))
-        .exists()
-    )
     with engine.begin() as conn:
         found = conn.execute(
             select(mailings.c.state, mailings.c.post_id, lists.c.name)
@@ -259,7 +249,7 @@ def cancel(engine: Engine, mailing_id: int) -> Cancelled | None:
             .where(
                 mailings.c.id == mailing_id,
                 mailings.c.state.not_in(("done", CANCELLED)),
-                left,
+                open_rows(mailing_id),
             )
             .values(state=CANCELLED, paused_until=None, last_error="cancelled by the owner")
         ).rowcount

@@ -55,7 +55,7 @@ from newsletter.store.snapshots import (
     snapshot,
     snapshot_list,
 )
-from newsletter.store.tallies import OPEN_STATUSES, STATUSES, counts
+from newsletter.store.tallies import OPEN_STATUSES, STATUSES, counts, has_open
 
 
 @dataclass(frozen=True)
@@ -196,15 +196,6 @@ def next_due(conn: Connection, mailing_id: int) -> datetime | None:
     return conn.scalar(
         query.where(deliveries.c.mailing_id == mailing_id, deliveries.c.status.in_(OPEN_STATUSES))
     )
-
-
-def has_open(conn: Connection, mailing_id: int) -> bool:
-    query = (
-        select(deliveries.c.id)
-        .where(deliveries.c.mailing_id == mailing_id, deliveries.c.status.in_(OPEN_STATUSES))
-        .limit(1)
-    )
-    return conn.execute(query).first() is not None
 
 
 def set_state(

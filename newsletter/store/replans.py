@@ -28,7 +28,7 @@ from newsletter.store.halts import ACTIVE, HALTED, WITHDRAWN
 from newsletter.store.handover import move_waiting
 from newsletter.store.schema import AUTOMATIC, deliveries, lists, mailings
 from newsletter.store.snapshots import ledger_key
-from newsletter.store.tallies import OPEN_STATUSES
+from newsletter.store.tallies import has_open
 
 __all__ = ["WatchedDigest", "replan", "sweep", "watched_digests"]
 
@@ -118,12 +118,7 @@ def _replan(
             mailings.c.state.in_((*ACTIVE, *HALTED)),
         )
     ).first()
-    left = conn.execute(
-        select(deliveries.c.id)
-        .where(deliveries.c.mailing_id == digest.id, deliveries.c.status.in_(OPEN_STATUSES))
-        .limit(1)
-    ).first()
-    if old is None or left is None:
+    if old is None or not has_open(conn, digest.id):
         return None
     values = {
         "post_id": digest.post_id,

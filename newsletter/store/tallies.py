@@ -8,11 +8,11 @@ numbers it prints are the ones its UPDATE saw).  It lives below both because
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, Exists, func, select
 
 from newsletter.store.schema import deliveries
 
-__all__ = ["OPEN_STATUSES", "STATUSES", "counts"]
+__all__ = ["OPEN_STATUSES", "STATUSES", "counts", "has_open", "open_rows"]
 
 OPEN_STATUSES = ("queued", "deferred", "sending")  # not yet sent, failed or skipped
 STATUSES = ("queued", "sending", "sent", "deferred", "failed", "skipped")
@@ -30,3 +30,18 @@ def counts(conn: Connection, mailing_id: int | None = None) -> dict[int, dict[st
     for mid, status, n in conn.execute(query):
         result.setdefault(int(mid), {})[str(status)] = int(n)
     return result
+
+
+def open_rows(mailing_id: int) -> Exists:
+    """EXISTS: the mailing has a delivery not yet sent, failed or skipped
+    (a condition for the UPDATEs that may only touch an unfinished mailing)."""
+    return (
+        select(deliveries.c.id)
+        .where(deliveries.c.mailing_id == mailing_id, deliveries.c.status.in_(OPEN_STATUSES))
+        .exists()
+    )
+
+
+def has_open(conn: Connection, mailing_id: int) -> bool:
+    """Whether the mailing has a delivery not yet sent, failed or skipped."""
+    return bool(conn.scalar(select(open_rows(mailing_id))))
