@@ -100,11 +100,7 @@ def hand_over_leavers(
                 updated_at=now(),
             )
         )
-        conn.execute(
-            update(mailings)
-            .where(mailings.c.id == other.id, mailings.c.state == "done")
-            .values(state="sending", finished_at=None)
-        )
+        _reopen(conn, other.id)
         moved.update(chosen)
     return moved
 
@@ -146,12 +142,17 @@ def move_waiting(conn: Connection, source: int, target: int, *only: Any) -> int:
         ).rowcount
     )
     if count:
-        conn.execute(
-            update(mailings)
-            .where(mailings.c.id == target, mailings.c.state == "done")
-            .values(state="sending", finished_at=None)
-        )
+        _reopen(conn, target)
     return count
+
+
+def _reopen(conn: Connection, mailing_id: int) -> None:
+    """A finished mailing that was given rows goes back to ``sending`` to send them."""
+    conn.execute(
+        update(mailings)
+        .where(mailings.c.id == mailing_id, mailings.c.state == "done")
+        .values(state="sending", finished_at=None)
+    )
 
 
 def _takers(list_id: int, list_ids: list[int]) -> Any:

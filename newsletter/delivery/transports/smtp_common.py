@@ -99,9 +99,10 @@ def refusal_before_close(recipient: str, replies: list[tuple[int, bytes]]) -> Se
     RFC 5321 §3.8: a server shutting the channel answers with 421 and closes;
     one that refuses a sender for good (554 to MAIL FROM, "transaction
     failed") often closes too, so the other pipelined replies never come.  The
-    server's reply, not a lost connection, is the outcome: a 554 fails for
-    good with the server's words, where "connection lost" would be retried
-    (on a reused connection at once) and the server's answer never shown.
+    server's reply, not a lost connection, is the outcome, with its words,
+    where "connection lost" would be re-sent at once on a reused connection
+    and the server's answer never shown (what a refused sender then means for
+    the recipient and the pass: `delivery.senders`).
     """
     for (code, text), (stage, good) in zip(replies, _ENVELOPE, strict=False):
         if code not in good:
