@@ -51,15 +51,23 @@ def received(engine: Engine) -> Counter[str]:
         return Counter(rows.scalars())
 
 
-@pytest.fixture
-def started(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Site, Settings, Engine]:
-    """The daemon's mailing of a post, stopped after its first message."""
+def site_with_post(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Site, Settings, Engine]:
+    """A site whose list `news` has its members and one post of last year, due."""
     monkeypatch.setenv("NEWSLETTER_SECRET", "lifecycle-test-secret")
     site = make_site(tmp_path)
     settings = site.settings()
     engine = engine_of(settings)
     add_members(engine, "news", settings=settings)
     site.write_post(POST, "Life", LAST_YEAR)
+    return site, settings, engine
+
+
+@pytest.fixture
+def started(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Site, Settings, Engine]:
+    """The daemon's mailing of a post, stopped after its first message."""
+    site, settings, engine = site_with_post(tmp_path, monkeypatch)
     first_recipient_only(settings, engine)
     return site, settings, engine
 
@@ -115,12 +123,7 @@ def test_a_cancel_that_comes_while_the_last_recipients_are_in_flight(
     go (the messages in hand finish), so everyone got it.  The mailing must
     end `done`, not `cancelled` with nobody left out, and `cancel` must not
     count the rows in flight as "not sent"."""
-    monkeypatch.setenv("NEWSLETTER_SECRET", "lifecycle-test-secret")
-    site = make_site(tmp_path)
-    settings = site.settings()
-    engine = engine_of(settings)
-    add_members(engine, "news", settings=settings)
-    site.write_post(POST, "Life", LAST_YEAR)
+    site, settings, engine = site_with_post(tmp_path, monkeypatch)
     said: list[Result] = []
 
     def cancel_on_first(recipient: str) -> None:
@@ -424,12 +427,7 @@ def test_a_failure_of_an_earlier_pass_stays_in_status_once_done(
     rows in flight); it must not wipe the last error an earlier pass kept."""
     from newsletter.delivery.transports import SendResult
 
-    monkeypatch.setenv("NEWSLETTER_SECRET", "lifecycle-test-secret")
-    site = make_site(tmp_path)
-    settings = site.settings()
-    engine = engine_of(settings)
-    add_members(engine, "news", settings=settings)
-    site.write_post(POST, "Life", LAST_YEAR)
+    site, settings, engine = site_with_post(tmp_path, monkeypatch)
     stop = threading.Event()
 
     def refuse_first(recipient: str) -> SendResult | None:
