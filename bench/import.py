@@ -160,12 +160,16 @@ def measure(script: str, code: Path, *args: str) -> tuple[float, float, float, f
     )
     env = {**os.environ, "PYTHONPATH": str(code)}
     start = time.perf_counter()
+    # Run in `code`'s folder: `python -c` and the reader's `python -m` put the
+    # working directory first on sys.path, before PYTHONPATH, so a `--before`
+    # child started from another checkout's root imported that checkout.
     done = subprocess.run(
         [sys.executable, "-c", script + probe, *args],
         capture_output=True,
         text=True,
         check=False,
         env=env,
+        cwd=code,
     )
     seconds = time.perf_counter() - start
     if done.returncode != 0:
