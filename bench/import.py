@@ -20,6 +20,9 @@ figures count every process the import ran:
   import into an empty store, then the re-import of the same file (every row
   unchanged).
 
+With `--floor`, each code's FLOOR too (below).  Each SQLite store's size (its
+file and WAL) is printed after each run that wrote it.
+
 Goals (issue 13, issue 12): SQLite import ≤ 4x the baseline of the same round,
 peak RSS ≤ 150 MB; PostgreSQL ≤ 1.5x SQLite of the same round and code (first
 import and re-import).  `os.getloadavg()` is printed at the start and the end:
@@ -73,18 +76,26 @@ db.close()
 # duplicates dropped by the unique index): the file's rows straight into the
 # store's real tables and indexes (subscribers, memberships, consent records)
 # in file order, one transaction; the import's own work is what lies between
-# this and its time.
+# this and its time.  Timed for each code measured (`after`, `before`), each
+# with its own schema and its own stored form of a time, which SCHEMA (not
+# timed) prints after making the empty store.
 SCHEMA = """
 import sys
+from datetime import UTC, datetime
 from newsletter.store import open_url
-open_url(f"sqlite:///{sys.argv[2]}").dispose()
+from newsletter.store.schema import UtcDateTime
+engine = open_url(f"sqlite:///{sys.argv[2]}")
+engine.dispose()
+# The floor's one time, as that code's store type writes it (text or integer).
+process = UtcDateTime().dialect_impl(engine.dialect).bind_processor(engine.dialect)
+print(repr(process(datetime(2026, 1, 1, tzinfo=UTC))))
 """
 FLOOR = """
-import csv, itertools, json, random, sqlite3, sys
+import ast, csv, itertools, json, random, sqlite3, sys
 db = sqlite3.connect(sys.argv[2], isolation_level=None)
 for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "cache_size=-65536", "foreign_keys=OFF"):
     db.execute(f"PRAGMA {pragma}")
-stamp = "2026-01-01 00:00:00.000000"
+stamp = ast.literal_eval(sys.argv[3])  # the code's own form of a time (SCHEMA printed it)
 db.execute("INSERT INTO lists (name, title, created_at) VALUES ('bench', '', ?)", (stamp,))
 def rows(reader):
     for rank, (email, first, last, city) in enumerate(reader, 1):
@@ -209,21 +220,28 @@ def one_round(
     floor: bool = False,
 ) -> None:
     jobs: list[tuple[str, str]] = [("baseline", "")]
-    jobs += [("floor", "")] if floor else []
+    jobs += [("floor", code) for code in codes] if floor else []
     jobs += [(code, db) for code in codes for db in databases]
     if round_ % 2:
         jobs.reverse()
     walls: dict[str, float] = {}
     for code, db in jobs:
-        if code in ("baseline", "floor"):
-            target = folder / f"{code}.db"
+        if code == "baseline":
+            target = folder / "baseline.db"
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{target}{suffix}").unlink(missing_ok=True)
-            script = BASELINE if code == "baseline" else FLOOR
-            if code == "floor":  # the store's schema, empty (not timed)
-                measure(SCHEMA, HERE, str(data), str(target))
-            wall, cpu, rss, _, _ = measure(script, HERE, str(data), str(target))
+            wall, cpu, rss, _, _ = measure(BASELINE, HERE, str(data), str(target))
             _record(results, walls, round_, code, wall, cpu, (rss, 0.0), "")
+            continue
+        if code == "floor":  # `db` names the code whose schema is measured
+            target = folder / f"floor-{db}.db"
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{target}{suffix}").unlink(missing_ok=True)
+            # The store's schema, empty, and its form of a time (not timed).
+            stamp = measure(SCHEMA, codes[db], str(data), str(target))[-1].splitlines()[-1]
+            wall, cpu, rss, _, _ = measure(FLOOR, codes[db], str(data), str(target), stamp)
+            note = f"database {_size_mb(target):.0f} MB"
+            _record(results, walls, round_, f"floor {db}", wall, cpu, (rss, 0.0), note)
             continue
         if db == "sqlite":
             target = folder / f"{code}.db"
@@ -239,11 +257,14 @@ def one_round(
             wall, cpu, rss, reader, out = measure(IMPORT, codes[code], str(data), str(config))
             counts, lock = out.splitlines()[-2:]
             note = f"{lock}  {counts if round_ == 0 else ''}"
+            if db == "sqlite":
+                note = f"database {_size_mb(target):.0f} MB  {note}"
             label = f"{code} {db} {what}"
             _record(results, walls, round_, label, wall, cpu, (rss, reader), note)
     base = walls["baseline"]
-    if floor:
-        results.setdefault("ratio floor/baseline", []).append((walls["floor"] / base, 0, 0, 0))
+    for code in codes if floor else ():
+        ratio = walls[f"floor {code}"] / base
+        results.setdefault(f"ratio floor {code}/baseline", []).append((ratio, 0, 0, 0))
     for code in codes:
         for what in ("first", "again"):
             sqlite = walls.get(f"{code} sqlite {what}")
@@ -256,6 +277,12 @@ def one_round(
                 results.setdefault(f"ratio {code} postgresql/sqlite {what}", []).append(
                     (pg / sqlite, 0.0, 0.0, 0.0)
                 )
+
+
+def _size_mb(database: Path) -> float:
+    """A SQLite store's size: its file and its WAL."""
+    files = (Path(f"{database}{suffix}") for suffix in ("", "-wal"))
+    return sum(f.stat().st_size for f in files if f.exists()) / 1e6
 
 
 def _record(
@@ -321,7 +348,7 @@ def main() -> None:
     parser.add_argument(
         "--floor",
         action="store_true",
-        help="also time FLOOR: this schema's SQLite work alone (no validation, no staging)",
+        help="also time FLOOR for each code: its schema's SQLite work alone (no validation)",
     )
     parser.add_argument(
         "--reader",
