@@ -46,6 +46,10 @@ def test_env_var_selects_the_config(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         ("[delivery]\nconcurrency = 'two'\n", "delivery.concurrency"),
         ("[smtp]\nsecurity = 'ssl3'\n", "smtp.security"),
         ("[site]\ncolour = 'blue'\n", "site.colour"),
+        # Filled in from _config.yml, not keys of the file: `jekyll = "x"` was
+        # accepted and every command then died with a traceback.
+        ("[site]\njekyll = 'x'\n", "site.jekyll"),
+        ("[site]\nsource_dir = 'x'\n", "site.source_dir"),
         ("[lists.weekly]\nmode = 'digest'\n", "lists.weekly.cron"),
         ("[schedule]\nscan_interval = 'soon'\n", "schedule.scan_interval"),
         ("[schedule]\nsince = 'yesterday'\n", "schedule.since"),

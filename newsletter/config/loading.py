@@ -105,6 +105,11 @@ _SECTIONS = {
 }
 
 
+# Fields of `SiteSettings` that come from `[site] jekyll_config` alone (the
+# site's folder and its whole _config.yml), never keys of the file.
+_DERIVED_SITE_KEYS = frozenset({"source_dir", "jekyll"})
+
+
 def _build(raw: dict[str, Any], base_dir: Path, config_path: Path | None) -> Settings:
     unknown = set(raw) - set(_SECTIONS) - {"lists"}
     if unknown:
@@ -112,6 +117,8 @@ def _build(raw: dict[str, Any], base_dir: Path, config_path: Path | None) -> Set
             f"unknown section [{sorted(unknown)[0]}]", path=config_path, key=sorted(unknown)[0]
         )
     site_raw = dict(raw.get("site", {}))
+    for key in sorted(_DERIVED_SITE_KEYS & set(site_raw)):
+        raise ConfigError(f"unknown key {key!r}", path=config_path, key=f"site.{key}")
     jekyll, jekyll_data = _jekyll_site(site_raw, base_dir, config_path)
     parts: dict[str, Any] = {}
     for name, cls in _SECTIONS.items():
