@@ -202,3 +202,34 @@ def test_the_architecture_table_names_every_module() -> None:
         if not found:
             missing.append(str(relative))
     assert missing == [], "modules missing from docs/architecture.md"
+
+
+# --------------------------------------------------------------------------- --help
+
+
+def test_a_group_help_names_every_subcommand() -> None:
+    ctx = click.Context(main)
+    group = main.get_command(ctx, "subscribers")
+    assert isinstance(group, click.Group)
+    summary = (group.help or "").split("\n\n")[0]
+    missing = [name for name in group.list_commands(ctx) if name not in summary]
+    assert missing == [], "`subscribers --help` does not name these"
+
+
+@pytest.mark.parametrize("command", ["render", "send"])
+def test_help_says_what_post_names_as_the_lookup_does(command: str) -> None:
+    """A post reference is an id, else a path (newsletter/posts/lookup.py,
+    docs/posts.md); a slug or a bare file name is no longer matched."""
+    cmd = main.get_command(click.Context(main), command)
+    assert cmd is not None and cmd.help is not None
+    help_text = " ".join(cmd.help.split())
+    assert "post id or a path" in help_text
+    assert "slug" not in help_text
+
+
+def test_serve_help_names_every_public_endpoint_kind() -> None:
+    serve = main.get_command(click.Context(main), "serve")
+    assert serve is not None
+    summary = (serve.help or "").split("\n\n")[0]
+    for word in ("signup", "unsubscribe", "preferences", "archive", "/healthz"):
+        assert word in summary

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 def render_cmd(
     ctx: click.Context, post: str, list_name: str | None, fmt: str, output: Path | None
 ) -> None:
-    """Render POST (an id, slug, file name or path) as an email.
+    """Render POST (a post id or a path) as an email.
 
     The output is exactly what subscribers get, with a made-up recipient
     (reader@example.com) in the per-recipient places.  Warnings (such as an

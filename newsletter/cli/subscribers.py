@@ -51,7 +51,8 @@ status_option = click.option(
 # The one-address commands (add, remove, ...) live in cli.members.
 @click.group("subscribers", commands=MEMBER_COMMANDS)
 def subscribers_group() -> None:
-    """Manage subscriber lists: import, export, add, remove, unsubscribe, sync.
+    """Manage subscriber lists: import, export, list, sync, add, remove, unsubscribe,
+    resubscribe, show.
 
     Subscriber files hold personal data: never commit real ones to a public
     repository (.gitignore keeps subscribers/*.csv out, except the sample).

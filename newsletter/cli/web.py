@@ -77,7 +77,7 @@ def preview_cmd(ctx: click.Context, port: int, open_browser: bool) -> None:
 @click.pass_context
 @handle_errors
 def serve_cmd(ctx: click.Context, host: str | None, port: int | None) -> None:
-    """Serve the public endpoints: one-click unsubscribe, archive, /healthz.
+    """Serve the public endpoints: signup, one-click unsubscribe, preferences, archive, /healthz.
 
     Put it behind a TLS reverse proxy at [web] public_url; emails link to
     <public_url>/unsubscribe/<token> and <public_url>/archive/<post>.
