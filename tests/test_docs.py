@@ -8,6 +8,7 @@ to fix, instead of being found by a reader."""
 from __future__ import annotations
 
 import re
+import shlex
 from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
@@ -233,3 +234,41 @@ def test_serve_help_names_every_public_endpoint_kind() -> None:
     summary = (serve.help or "").split("\n\n")[0]
     for word in ("signup", "unsubscribe", "preferences", "archive", "/healthz"):
         assert word in summary
+
+
+# --------------------------------------------------------------------------- shell examples
+
+
+def _shell_examples() -> list[tuple[str, str]]:
+    """Every `newsletter …` line in a fenced block of README.md and docs/*.md
+    (shell, a transcript's `$ `, a systemd `ExecStart=`), its comment and the
+    `[…]` that mark an optional part removed."""
+    found = []
+    for path in [ROOT / "README.md", *DOCS]:
+        text = path.read_text(encoding="utf-8")
+        for block in re.finditer(r"```\w*\n(.*?)```", text, re.S):
+            for line in block.group(1).splitlines():
+                match = re.search(r"(?:^|\$ |/)newsletter (\S.*)", line)
+                if match:
+                    words = shlex.split(match.group(1), comments=True)
+                    found.append((path.name, " ".join(w.strip("[]") for w in words)))
+    return found
+
+
+@pytest.mark.parametrize(("where", "line"), _shell_examples())
+def test_every_shell_example_parses_as_a_command(where: str, line: str) -> None:
+    """click parses the example as the real CLI would (commands, options,
+    their values and arguments) without running it."""
+    words = line.split()
+    ctx = click.Context(main, info_name="newsletter")
+    cmd: click.Command = main
+    while isinstance(cmd, click.Group):  # the groups take no option in these examples
+        name, words = words[0], words[1:]
+        found = cmd.get_command(ctx, name)
+        assert found is not None, f"{where}: unknown command {name!r}"
+        ctx, cmd = click.Context(found, info_name=name, parent=ctx), found
+    cmd.make_context(ctx.info_name, words, parent=ctx.parent)  # exits 2 on a usage error
+
+
+def test_the_docs_have_shell_examples() -> None:
+    assert len(_shell_examples()) >= 20
