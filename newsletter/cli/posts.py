@@ -386,8 +386,9 @@ mode = "each"
 
 JEKYLL_SITE = """\
 [site]
-# url, baseurl, title, timezone, permalink, excerpt_separator, defaults and
-# every _posts folder come from Jekyll's own configuration: set them there.
+# url, baseurl, title, timezone, permalink, excerpt_separator, author, lang,
+# defaults and every _posts folder come from Jekyll's own configuration: set
+# them there.
 jekyll_config = "_config.yml"
 """
 
