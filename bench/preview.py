@@ -90,6 +90,8 @@ def answered(port: int) -> bool:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as answer:
             return bool(answer.status == 200)
+    except urllib.error.HTTPError as exc:  # it answered, and not with the index
+        raise SystemExit(f"GET / answered {exc.code}") from exc
     except (urllib.error.URLError, ConnectionError):
         return False
 
