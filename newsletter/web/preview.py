@@ -64,13 +64,24 @@ def _state(request: Request) -> PreviewState:
     return state
 
 
-def _common(request: Request) -> dict[str, Any]:
+def _page(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
+    """One of the preview's pages, its templates' compiled code kept in the
+    state folder (beside the email theme's) from one start to the next."""
     state = _state(request)
-    return {"live": state.live, "generation": state.broadcaster.generation, "title": "Preview"}
+    settings = state.site.last_good
+    return page(
+        name,
+        status,
+        compiled=settings.state_dir / "jinja" if settings is not None else None,
+        live=state.live,
+        generation=state.broadcaster.generation,
+        title="Preview",
+        **context,
+    )
 
 
 def _error_page(request: Request, exc: NewsletterError, status: int = 500) -> HTMLResponse:
-    return page("preview_error.html", status, **_common(request), error=str(exc))
+    return _page(request, "preview_error.html", status, error=str(exc))
 
 
 # --------------------------------------------------------------------------- index
@@ -94,9 +105,9 @@ def index(request: Request) -> Response:
         }
         for post in reversed(posts.posts)
     ]
-    return page(
+    return _page(
+        request,
         "preview_index.html",
-        **_common(request),
         site_title=settings.site.title,
         rows=rows,
         problems=posts.problems,
@@ -142,9 +153,9 @@ def post_page(request: Request) -> Response:
         return _error_page(request, exc)
     query = urlencode({"list": lst.name})
     quoted = quote(post.post_id)
-    return page(
+    return _page(
+        request,
         "preview_post.html",
-        **_common(request),
         preview=preview,
         view=preview.message,
         post=post,
@@ -249,9 +260,9 @@ def outbox_index(request: Request) -> Response:
     except NewsletterError as exc:
         return _error_page(request, exc)
     outbox_dir = settings.delivery.outbox_dir
-    return page(
+    return _page(
+        request,
         "preview_outbox.html",
-        **_common(request),
         outbox_dir=outbox_dir,
         entries=list_outbox(outbox_dir),
     )
@@ -276,9 +287,9 @@ def outbox_message(request: Request) -> Response:
     if isinstance(found, Response):
         return found
     view, key = found
-    return page(
+    return _page(
+        request,
         "preview_message.html",
-        **_common(request),
         view=view,
         key=key,
         html_url=f"/outbox/{key}/html",
