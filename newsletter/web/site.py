@@ -173,6 +173,17 @@ class Site:
                 self._posts = None
             return self._settings
 
+    def changed(self) -> bool:
+        """Whether a watched file changed since the settings, and the posts if
+        they were read, were last read (nothing is read again here)."""
+        with self._lock:
+            if self._settings is None:
+                return False
+            if tuple(_walk(watched_files(self._settings))) != self._config_print:
+                return True
+            read = self._posts is not None
+            return read and tuple(_walk(watched_dirs(self._settings))) != self._print
+
     def posts(self) -> PostCollection:
         with self._lock:
             settings = self.settings()
