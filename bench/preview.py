@@ -11,6 +11,12 @@ min / median / max of the wall seconds from the start of the process to that
 from /proc/PID/task/*/schedstat (nanoseconds; /proc/PID/stat counts 10 ms
 ticks).
 
+`--callgrind N` also counts, in N more runs per tree, the instructions the
+process executes up to that 200 (valgrind's callgrind, every thread; dumped
+by `callgrind_control -d` when the 200 arrives): user-space work only, but the
+same whatever else the machine runs, so a few percent between two trees shows
+where the wall time of a loaded machine cannot.
+
 `--tree NAME=PATH` adds another checkout (say main, in a git worktree) run
 the same way with `PYTHONPATH=PATH`, interleaved round by round, in an order
 that alternates, so a machine whose load drifts moves them together.  Each
@@ -61,12 +67,15 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def start_once(blog: Path, tree: Path) -> tuple[float, float]:
-    """(wall, CPU) seconds from starting `newsletter preview` to its first 200 for GET /."""
+def start_once(blog: Path, tree: Path, callgrind: Path | None = None) -> tuple[float, float]:
+    """(wall, CPU) seconds from starting `newsletter preview` to its first 200 for
+    GET /; with `callgrind`, the process runs under it and dumps its counts there."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "NEWSLETTER_CONFIG"}
     env["PYTHONPATH"] = str(tree)
     argv = [sys.executable, "-m", "newsletter", "preview", "--no-open", "--port", str(port)]
+    if callgrind is not None:
+        argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={callgrind}", *argv]
     with tempfile.TemporaryFile() as log:  # uvicorn's lines, shown if the preview dies
         start = time.perf_counter()
         proc = subprocess.Popen(argv, cwd=blog, env=env, stdout=subprocess.DEVNULL, stderr=log)
@@ -76,13 +85,31 @@ def start_once(blog: Path, tree: Path) -> tuple[float, float]:
                     log.seek(0)
                     said = log.read().decode(errors="replace")
                     raise SystemExit(f"preview exited {proc.returncode} ({tree}): {said}")
-                time.sleep(0.002)
+                time.sleep(0.002 if callgrind is None else 0.05)
             wall = time.perf_counter() - start
             cpu = cpu_seconds(proc.pid)
+            if callgrind is not None:
+                dump = ["callgrind_control", "-d", str(proc.pid)]
+                quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+                subprocess.run(dump, check=True, **quiet)
         finally:
             proc.terminate()
-            proc.wait(timeout=30)
+            proc.wait(timeout=60)
     return wall, cpu
+
+
+def instructions(blog: Path, tree: Path, folder: Path) -> int:
+    """Instructions executed up to the first 200 (callgrind's first dump)."""
+    out = folder / "callgrind.out"
+    start_once(blog, tree, out)
+    found = 0
+    for dump in folder.glob("callgrind.out*"):
+        for line in dump.read_text(errors="replace").splitlines():
+            if line.startswith("totals:"):
+                # The dump at the 200; the one at exit counts only the way out.
+                found = max(found, int(line.split()[1]))
+        dump.unlink()
+    return found
 
 
 def answered(port: int) -> bool:
@@ -104,6 +131,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--posts", type=int, default=1000, help="Posts in the blog (1000).")
     parser.add_argument("--runs", type=int, default=7, help="Measured runs per tree (7).")
+    parser.add_argument(
+        "--callgrind",
+        type=int,
+        default=0,
+        metavar="N",
+        help="Also count instructions to the 200 under callgrind, N runs per tree.",
+    )
     parser.add_argument(
         "--tree",
         action="append",
@@ -137,6 +171,14 @@ def main() -> None:
         for name, runs in got.items():
             walls, cpus = [w for w, _c in runs], [c for _w, c in runs]
             print(f"{name:<10} {three(walls):>22}   {three(cpus):>22}")
+        counted: dict[str, list[int]] = {name: [] for name in trees}
+        for _ in range(args.callgrind):
+            for name in trees:
+                counted[name].append(instructions(blogs[name], trees[name], Path(tmp)))
+        for name, counts in counted.items():
+            if counts:
+                shown = " ".join(f"{count / 1e6:,.0f}" for count in counts)
+                print(f"{name:<10} instructions to the 200 (millions): {shown}")
     print(f"load at the end {os.getloadavg()[0]:.1f}  (goal: ≤ 1 s wall)")
 
 
