@@ -154,8 +154,8 @@ async def _watch_once(
         step=50,
         recursive=True,
     )
+    waiting = asyncio.ensure_future(anext(changes))
     try:
-        waiting = asyncio.ensure_future(anext(changes))
         if ready is not None:
             # awatch sets its watches up in its first step, before its first
             # wait (in a thread); this task runs again only after that step.
@@ -175,4 +175,7 @@ async def _watch_once(
         await stop.wait()
         return False
     finally:
-        await changes.aclose()
+        # Closed here, not by the garbage collector; a step still running
+        # (this task cancelled while it waits in its thread) ends with `stop`.
+        if waiting.done():
+            await changes.aclose()
