@@ -9,9 +9,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -255,3 +257,32 @@ def test_serving_without_a_configuration_file_is_refused(
         "$NEWSLETTER_CONFIG (without it every unsubscribe link would be refused)\n"
     )
     assert list(tmp_path.iterdir()) == []  # no database, no secret made
+
+
+def test_preview_opens_the_browser_on_its_url(
+    config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--open` hands the announced URL to the browser (the server itself is
+    left out here: the socket is bound before the URL is announced)."""
+    import webbrowser
+
+    import newsletter.web.server as server
+
+    opened: list[str] = []
+    done = threading.Event()
+
+    def browser(url: str) -> bool:
+        opened.append(url)
+        done.set()
+        return True
+
+    def run_app(app: object, host: str, port: int, **kwargs: Any) -> None:
+        kwargs["announce"](f"http://{host}:{port}/")
+
+    monkeypatch.setattr(webbrowser, "open", browser)
+    monkeypatch.setattr(server, "run_app", run_app)
+    result = CliRunner().invoke(main, ["--config", str(config), "preview", "--port", "8125"])
+    assert result.exit_code == 0, result.output
+    assert result.output == "Preview on http://127.0.0.1:8125/ (Ctrl-C to stop)\n"
+    assert done.wait(10)
+    assert opened == ["http://127.0.0.1:8125/"]

@@ -379,6 +379,33 @@ def test_edited_post_shows_without_the_watcher(client: TestClient, config: Path)
     assert "Minding a Winter Allotment" in client.get(f"/html/{CLEAN}").text
 
 
+def test_a_post_added_in_a_sub_folder_shows_without_the_watcher(
+    client: TestClient, config: Path
+) -> None:
+    """The preview's stat fingerprint walks the posts folder to the bottom, as
+    the post reader does."""
+    folder = config.parent / "posts" / "2025" / "autumn"
+    folder.mkdir(parents=True)
+    assert "Pruning in the Rain" not in client.get("/").text
+    (folder / "2025-10-04-pruning-in-the-rain.md").write_text(
+        '---\ntitle: "Pruning in the Rain"\ntags: [Gardening]\n---\n\nWet shears.\n'
+    )
+    assert "Pruning in the Rain" in client.get("/").text
+
+
+def test_a_template_edited_in_a_theme_sub_folder_shows_without_the_watcher(config: Path) -> None:
+    theme = config.parent / "my-theme"
+    (theme / "parts").mkdir(parents=True)
+    (theme / "parts" / "sign-off.txt").write_text("Yours, the gardener\n")
+    (theme / "email.txt.j2").write_text(
+        "{{ post.title }}\n{% include 'parts/sign-off.txt' %}{{ unsubscribe_url }}\n"
+    )
+    with _client(config, **{"email.templates_dir": str(theme)}) as client:
+        assert "Yours, the gardener" in client.get(f"/post/{CLEAN}").text
+        (theme / "parts" / "sign-off.txt").write_text("Yours, the night gardener\n")
+        assert "Yours, the night gardener" in client.get(f"/post/{CLEAN}").text
+
+
 def test_broadcaster_stream_announces_changes() -> None:
     async def scenario() -> list[str]:
         hub = Broadcaster()

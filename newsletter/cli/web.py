@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import webbrowser
 from typing import TYPE_CHECKING, cast
 
 import click
@@ -54,7 +53,7 @@ def preview_cmd(ctx: click.Context, port: int, open_browser: bool) -> None:
     def announce(url: str) -> None:
         click.echo(f"Preview on {url} (Ctrl-C to stop)")
         if open_browser:
-            threading.Timer(0.5, webbrowser.open, args=(url,)).start()
+            open_in_browser(url)
 
     app = create_preview_app(load)
     # Ctrl-C ends the open pages' live-reload streams first (see run_app).
@@ -67,6 +66,16 @@ def preview_cmd(ctx: click.Context, port: int, open_browser: bool) -> None:
         announce=announce,
         before_shutdown=[close_streams],
     )
+
+
+def open_in_browser(url: str) -> None:
+    """Open `url` now, from a thread (a text-mode browser would hold the
+    command).  The socket already listens when the URL is announced, so the
+    browser's first request waits in its queue until the app answers it: no
+    need to wait for the server to start first."""
+    import webbrowser  # only with --open
+
+    threading.Thread(target=webbrowser.open, args=(url,), name="browser", daemon=True).start()
 
 
 @click.command("serve")

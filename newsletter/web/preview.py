@@ -37,7 +37,7 @@ from newsletter.errors import NewsletterError, PostError
 from newsletter.posts.collection import Post
 from newsletter.web.hostcheck import LocalOnlyMiddleware
 from newsletter.web.pages import SecureStarlette, page
-from newsletter.web.reload import Broadcaster, watch
+from newsletter.web.reload import Broadcaster, FirstAnswer, watch
 from newsletter.web.site import Preview, Site, list_status, mailing_states, watched_dirs
 from newsletter.web.site import watched_files as config_files
 
@@ -57,6 +57,7 @@ class PreviewState:
         self.site = Site(load)
         self.broadcaster = Broadcaster()
         self.live = live
+        self.answered: asyncio.Event | None = None  # the first answer went out (live)
 
 
 def _state(request: Request) -> PreviewState:
@@ -64,13 +65,24 @@ def _state(request: Request) -> PreviewState:
     return state
 
 
-def _common(request: Request) -> dict[str, Any]:
+def _page(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
+    """One of the preview's pages, its templates' compiled code kept in the
+    state folder (beside the email theme's) from one start to the next."""
     state = _state(request)
-    return {"live": state.live, "generation": state.broadcaster.generation, "title": "Preview"}
+    settings = state.site.last_good
+    return page(
+        name,
+        status,
+        compiled=settings.state_dir / "jinja" if settings is not None else None,
+        live=state.live,
+        generation=state.broadcaster.generation,
+        title="Preview",
+        **context,
+    )
 
 
 def _error_page(request: Request, exc: NewsletterError, status: int = 500) -> HTMLResponse:
-    return page("preview_error.html", status, **_common(request), error=str(exc))
+    return _page(request, "preview_error.html", status, error=str(exc))
 
 
 # --------------------------------------------------------------------------- index
@@ -94,9 +106,9 @@ def index(request: Request) -> Response:
         }
         for post in reversed(posts.posts)
     ]
-    return page(
+    return _page(
+        request,
         "preview_index.html",
-        **_common(request),
         site_title=settings.site.title,
         rows=rows,
         problems=posts.problems,
@@ -142,9 +154,9 @@ def post_page(request: Request) -> Response:
         return _error_page(request, exc)
     query = urlencode({"list": lst.name})
     quoted = quote(post.post_id)
-    return page(
+    return _page(
+        request,
         "preview_post.html",
-        **_common(request),
         preview=preview,
         view=preview.message,
         post=post,
@@ -249,9 +261,9 @@ def outbox_index(request: Request) -> Response:
     except NewsletterError as exc:
         return _error_page(request, exc)
     outbox_dir = settings.delivery.outbox_dir
-    return page(
+    return _page(
+        request,
         "preview_outbox.html",
-        **_common(request),
         outbox_dir=outbox_dir,
         entries=list_outbox(outbox_dir),
     )
@@ -276,9 +288,9 @@ def outbox_message(request: Request) -> Response:
     if isinstance(found, Response):
         return found
     view, key = found
-    return page(
+    return _page(
+        request,
         "preview_message.html",
-        **_common(request),
         view=view,
         key=key,
         html_url=f"/outbox/{key}/html",
@@ -318,20 +330,13 @@ def create_preview_app(load: Callable[[], Settings], *, live: bool = True) -> St
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         stop = asyncio.Event()
-        task = None
-        if live:
-            task = asyncio.create_task(
-                watch(
-                    state.broadcaster,
-                    lambda: _safe(watched_dirs, state.site),
-                    lambda: _safe(config_files, state.site),
-                    stop,
-                )
-            )
+        answered = state.answered = asyncio.Event()
+        task = asyncio.create_task(_watch_after_first_answer(state, stop)) if live else None
         try:
             yield
         finally:
             stop.set()
+            answered.set()  # a watcher still waiting for it ends now
             state.broadcaster.close()
             if task is not None:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -352,8 +357,32 @@ def create_preview_app(load: Callable[[], Settings], *, live: bool = True) -> St
     # Security headers on every answer: the guard's refusals and 500s included.
     app = SecureStarlette(routes=routes, lifespan=lifespan)
     app.state.preview = state
+    if live:
+        app.add_middleware(FirstAnswer, answered=lambda: state.answered)
     app.add_middleware(LocalOnlyMiddleware)
     return app
+
+
+async def _watch_after_first_answer(state: PreviewState, stop: asyncio.Event) -> None:
+    """Live reload, from the first answer on: the first page does not wait for
+    inotify to be set up on the posts and the theme."""
+    if state.answered is not None:
+        await state.answered.wait()
+    site = state.site
+
+    async def catch_up() -> None:
+        # A page served before the watcher was up shows what the site read
+        # then; if a watched file changed since, that page reloads.
+        if await run_in_threadpool(site.changed):
+            state.broadcaster.bump()
+
+    await watch(
+        state.broadcaster,
+        lambda: _safe(watched_dirs, site),
+        lambda: _safe(config_files, site),
+        stop,
+        ready=catch_up,
+    )
 
 
 def _safe(paths_of: Callable[[Settings], list[Path]], site: Site) -> list[Path]:

@@ -3,16 +3,25 @@
 One watcher task per app bumps a generation number; every open page holds an
 `EventSource` on /events and reloads itself when the number changes.  The page
 keeps its width and tab in the URL hash, so a reload lands where it was.
+
+The watcher is for pages already open, so the preview starts it once its
+first answer has gone out (`FirstAnswer`), not before: setting up inotify on
+the posts and the theme would otherwise come before the first page.  What
+changed in between is caught up when the watcher is up (`watch`'s `ready`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import watchfiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    import watchfiles
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +74,39 @@ class Broadcaster:
                 yield ": keepalive\n\n"
 
 
+class FirstAnswer:
+    """Sets `answered()`'s event once the app has sent the body (or, for a
+    stream, the first part) of its first response."""
+
+    def __init__(self, app: ASGIApp, answered: Callable[[], asyncio.Event | None]) -> None:
+        self.app = app
+        self.answered = answered
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        event = self.answered() if scope["type"] == "http" else None
+        if event is None or event.is_set():
+            await self.app(scope, receive, send)
+            return
+
+        async def sending(message: Message) -> None:
+            await send(message)
+            if message["type"] == "http.response.body":
+                event.set()
+
+        await self.app(scope, receive, sending)
+
+
 async def watch(
     broadcaster: Broadcaster,
     dirs: Callable[[], list[Path]],
     files: Callable[[], list[Path]],
     stop: asyncio.Event,
+    ready: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
-    """Bump the broadcaster on every change until `stop`; re-plan on config edits."""
+    """Bump the broadcaster on every change until `stop`; re-plan on config edits.
+
+    `ready` is awaited once, when the first watcher is set up: from then on
+    every change is seen, and `ready` can look for what changed before."""
     while not stop.is_set():
         watch_dirs, watch_files = dirs(), files()
         roots = [*watch_dirs, *{f.parent for f in watch_files}]
@@ -81,7 +116,10 @@ async def watch(
         wanted = {str(f) for f in watch_files}
         prefixes = tuple(str(d) + "/" for d in watch_dirs)
 
-        replan = await _watch_once(roots, _filter(wanted, prefixes), wanted, stop, broadcaster)
+        replan = await _watch_once(
+            roots, _filter(wanted, prefixes), wanted, stop, broadcaster, ready
+        )
+        ready = None
         if not replan:
             return
 
@@ -103,22 +141,41 @@ async def _watch_once(
     config_files: set[str],
     stop: asyncio.Event,
     broadcaster: Broadcaster,
+    ready: Callable[[], Awaitable[None]] | None,
 ) -> bool:
     """Watch until a configuration file changes (True: re-plan) or `stop` (False)."""
+    import watchfiles  # uvicorn imports it too; the in-process app needs it only here
+
+    changes = watchfiles.awatch(
+        *roots,
+        watch_filter=relevant,
+        stop_event=stop,
+        debounce=DEBOUNCE_MS,
+        step=50,
+        recursive=True,
+    )
+    waiting = asyncio.ensure_future(anext(changes))
     try:
-        async for changes in watchfiles.awatch(
-            *roots,
-            watch_filter=relevant,
-            stop_event=stop,
-            debounce=DEBOUNCE_MS,
-            step=50,
-            recursive=True,
-        ):
-            log.debug("reloading after %s", changes)
+        if ready is not None:
+            # awatch sets its watches up in its first step, before its first
+            # wait (in a thread); this task runs again only after that step.
+            await asyncio.sleep(0)
+            await ready()
+        while True:
+            batch = await waiting
+            log.debug("reloading after %s", batch)
             broadcaster.bump()
-            if any(path in config_files for _, path in changes):
+            if any(path in config_files for _, path in batch):
                 return True
+            waiting = asyncio.ensure_future(anext(changes))
+    except StopAsyncIteration:  # `stop`
+        return False
     except (OSError, RuntimeError) as exc:  # e.g. inotify watch limit reached
         log.warning("live reload is off: %s", exc)
         await stop.wait()
-    return False
+        return False
+    finally:
+        # Closed here, not by the garbage collector; a step still running
+        # (this task cancelled while it waits in its thread) ends with `stop`.
+        if waiting.done():
+            await changes.aclose()
