@@ -247,7 +247,7 @@ class MailingPass:
             # that instant (SKIP LOCKED skipped them).  That must not end the pass.
             if rows or skipped or self.stop.is_set():
                 break
-            if not q.claimable_left(self.engine, self.mailing.id, due_by=due_by):
+            if not q.claimable_left(self.engine, self.mailing.id, due_by=due_by, owner=self.owner):
                 break
             self.stop.wait(0.02)
         for _ in range(skipped):
