@@ -126,7 +126,8 @@ class MailingPass:
         # per put and per get, so rows travel to the workers in small chunks.
         self.chunk = max(1, min(16, self.batch // (self.workers * 4)))
         self.sender = sender_for(settings)  # VERP: one envelope sender per delivery
-        self.refusals = SenderRefusals()  # MAIL FROM refused again and again: stop (senders.py)
+        # MAIL FROM refused again and again: stop; one VERP sender refused: its own (senders.py)
+        self.refusals = SenderRefusals(per_recipient=bool(settings.bounces.address))
         self.write_lock = threading.Lock()
 
     def limit_batch(self, rows: int) -> None:
@@ -156,6 +157,8 @@ class MailingPass:
                     q.set_state(self.engine, mailing.id, "done")
                 return DeliveryReport()
             counts = q.counts(conn, mailing.id).get(mailing.id, {})
+            if self.refusals.per_recipient:
+                self.refusals.accepted = q.has_sent(conn, mailing.id)
         allowance = self._allowance()
         if allowance == 0:
             return self._pause()
@@ -393,6 +396,15 @@ class MailingPass:
             # Still throttled after retries: defer without spending an attempt.
             at = now() + timedelta(seconds=self.throttle.hit())
             return q.Outcome("deferred", row.attempts, result.code, result.text, mid, at)
+        if refuses_sender(result) and self.refusals.spends_attempt(result):
+            # One VERP sender refused while the server takes our others: this
+            # recipient's own, retried as usual, then failed (senders.py).
+            attempts = row.attempts + 1
+            text = describe_result(result)
+            if attempts >= d.max_attempts:
+                return q.Outcome("failed", attempts, result.code, text, mid)
+            at = next_attempt(now(), attempts, d.backoff_base, d.backoff_cap)
+            return q.Outcome("deferred", attempts, result.code, text, mid, at)
         if refuses_sender(result):
             # The sender refused says nothing of the recipient: no attempt spent,
             # or a few passes before the owner fixes [smtp] from would fail them.

@@ -55,7 +55,7 @@ from newsletter.store.snapshots import (
     snapshot,
     snapshot_list,
 )
-from newsletter.store.tallies import OPEN_STATUSES, STATUSES, counts, has_open
+from newsletter.store.tallies import OPEN_STATUSES, STATUSES, counts, has_open, has_sent
 
 
 @dataclass(frozen=True)
@@ -352,6 +352,7 @@ __all__ = [
     "get_mailing",
     "halted_now",
     "has_open",
+    "has_sent",
     "insert_mailing",
     "latest_mailing",
     "lease_owner",
