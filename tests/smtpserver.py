@@ -6,6 +6,7 @@
     server.script("b@example.com", "454 4.7.0 Throttling", times=2)  # twice, then normal
     server.script("c@example.com", DROP, stage="data")                # drop mid-DATA
     server.script("d@example.com", STALL, stage="data")               # never answer
+    server.script("e@example.com", SLOW, stage="data")                # 250, but late
     ... send ...
     server.received        # [Received(mail_from, rcpt_tos, data, tls, auth)]
     server.stop()
@@ -38,6 +39,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 DROP = "DROP"  # close the connection without a reply
 STALL = "STALL"  # answer nothing for `stall_seconds`
+SLOW = "SLOW"  # at "data": take the message, but answer 250 only after `stall_seconds`
 
 
 def free_port() -> int:
@@ -175,6 +177,10 @@ class _Handler:
     async def handle_DATA(self, smtp: SMTP, session: Session, envelope: Envelope) -> str:
         for address in envelope.rcpt_tos:
             reply = self.server._next_reply(address, "data")
+            if reply == SLOW:
+                self.server._record(envelope, session, smtp)
+                await asyncio.sleep(self.server.stall_seconds)
+                return "250 Message accepted, slowly"
             if reply is not None:
                 return await self._special(smtp, session, reply)
         self.server._record(envelope, session, smtp)

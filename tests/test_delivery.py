@@ -77,6 +77,44 @@ def test_plan_snapshots_members_and_is_idempotent(setup: Any) -> None:
     assert (POST, "sample") in mailed_pairs(engine)
 
 
+def test_a_pass_counts_its_mailing_only_for_a_progress_total(
+    setup: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Counting every row by status costs a scan of the mailing (2-9 ms at
+    20k rows): a pass without a progress bar (the daemon's) skips it; with one,
+    the bar still starts from what earlier passes finished."""
+    from newsletter.store import mailings as q
+
+    settings, engine, posts = setup
+    counted: list[int | None] = []
+    counts = q.counts
+    monkeypatch.setattr(
+        q, "counts", lambda conn, mid=None: counted.append(mid) or counts(conn, mid)
+    )
+    mid = plan_mailing(engine, settings, POST, "sample")
+    with engine.begin() as conn:  # an earlier pass sent four
+        first = conn.scalar(select(deliveries.c.id).order_by(deliveries.c.id))
+        conn.execute(update(deliveries).where(deliveries.c.id < first + 4).values(status="sent"))
+        conn.execute(update(deliveries).where(deliveries.c.id == first + 4).values(status="failed"))
+    with engine.begin() as conn:  # and one more is left for the pass with a bar
+        conn.execute(update(deliveries).where(deliveries.c.id > first + 5).values(status="skipped"))
+    report = deliver_mailing(engine, settings, mid, posts, transport=MemoryTransport())
+    assert report.sent == 1 and counted == []
+    with engine.begin() as conn:
+        conn.execute(update(deliveries).where(deliveries.c.id > first + 5).values(status="queued"))
+    seen: list[tuple[int, int]] = []
+    report = deliver_mailing(
+        engine,
+        settings,
+        mid,
+        posts,
+        transport=MemoryTransport(),
+        progress=lambda d, t: seen.append((d, t)),
+    )
+    assert report.sent == 4 and counted == [mid]
+    assert seen == [(7, 10), (8, 10), (9, 10), (10, 10)]
+
+
 def test_plan_unknown_list_is_a_config_error(setup: Any) -> None:
     settings, engine, _ = setup
     with pytest.raises(ConfigError, match="unknown list 'nope'"):

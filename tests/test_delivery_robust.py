@@ -286,7 +286,7 @@ def test_a_server_that_refuses_the_sender_stops_the_pass_and_fails_nobody(
         mid = plan_mailing(engine, settings, POST, "sample")
         with pytest.raises(TransportError) as caught:
             deliver_mailing(engine, settings, mid, load_posts(settings))
-        assert words.decode() in str(caught.value) and "[smtp] from" in str(caught.value)
+        assert words.decode() in str(caught.value) and "[email] from" in str(caught.value)
         rows = list(ledger(engine).values())
         assert {r.status for r in rows} <= {"queued", "deferred"}, rows
         deferred = [r for r in rows if r.status == "deferred"]
@@ -299,7 +299,7 @@ def test_a_server_that_refuses_the_sender_stops_the_pass_and_fails_nobody(
             with pytest.raises(TransportError):
                 deliver_mailing(engine, settings, mid, load_posts(settings))
         assert "failed" not in {r.status for r in ledger(engine).values()}
-        rule.on = False  # the owner fixed [smtp] from
+        rule.on = False  # the owner fixed [email] from
         time.sleep(0.2)  # past the deferred rows' backoff (capped at 0.05 s here)
         report = deliver_mailing(engine, settings, mid, load_posts(settings))
     finally:
@@ -332,7 +332,7 @@ def test_send_stops_on_a_refused_sender_with_one_line_and_exit_status_1(
     finally:
         server.close()
     assert result.exit_code == 1, result.output
-    assert words.decode() in result.stderr and "[smtp] from" in result.stderr
+    assert words.decode() in result.stderr and "[email] from" in result.stderr
     assert "Traceback" not in result.output + result.stderr
     assert result.stderr.strip().count("\n") == 0, result.stderr
     engine = open_store(settings)

@@ -9,6 +9,8 @@ tests pin where that work happens and that a failure in it loses nothing.
 from __future__ import annotations
 
 import asyncio
+import collections
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -16,14 +18,18 @@ from typing import Any
 import pytest
 from smtpserver import SmtpTestServer, _Handler
 from test_delivery_smtp import ledger, populate, site_settings
-from test_delivery_streams import failing_build, nothing_lost_by_a_failed_build, timed_builds
+from test_delivery_streams import failing_build, nothing_lost_by_a_failed_build
 
 from newsletter.config import Settings
+from newsletter.delivery.mailing_pass import MailingPass
 from newsletter.delivery.mailings import deliver_mailing, plan_mailing
 from newsletter.posts.collection import load_posts
+from newsletter.store import mailings as q
 
 POST = "how-sleep-consolidates-memory"
-STALL = 0.4  # seconds the server holds its answer to one MAIL
+# How long the server may hold its answer to one MAIL waiting for the look-ahead:
+# without it the wait always runs out; with it, it ends as soon as the build.
+HOLD = 10.0
 
 
 @pytest.fixture(autouse=True)
@@ -32,26 +38,45 @@ def _secret(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def threaded(site: Path, server: SmtpTestServer) -> Settings:
+    # A client timeout well past HOLD: the server's answer is late, never lost.
     return site_settings(
-        site, server, **{"delivery.strategy": "threaded", "delivery.concurrency": 1}
+        site,
+        server,
+        **{"delivery.strategy": "threaded", "delivery.concurrency": 1, "smtp.timeout": 3 * HOLD},
     )
 
 
-def stall_second_mail(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """The server holds its answer to the second MAIL (r001's); start and end, timed."""
-    window: list[float] = []
+def built_events(monkeypatch: pytest.MonkeyPatch) -> dict[str, threading.Event]:
+    """One event per recipient, set when its message has been built (personalised)."""
+    built: dict[str, threading.Event] = collections.defaultdict(threading.Event)
+    data = MailingPass.data
+
+    def noted(self: MailingPass, row: q.Claimed) -> Any:
+        made = data(self, row)
+        built[row.email].set()
+        return made
+
+    monkeypatch.setattr(MailingPass, "data", noted)
+    return built
+
+
+def hold_second_mail(monkeypatch: pytest.MonkeyPatch, until: threading.Event) -> list[bool]:
+    """The server holds its answer to the second MAIL (r001's) until `until` is
+    set (at most HOLD seconds); what it saw: whether `until` came first."""
+    seen: list[bool] = []
     mail = _Handler.handle_MAIL
 
-    async def slow_mail(self: _Handler, *args: Any) -> str:
+    async def held_mail(self: _Handler, *args: Any) -> str:
         self.server.mails = getattr(self.server, "mails", 0) + 1
         if self.server.mails == 2:
-            window.append(time.monotonic())
-            await asyncio.sleep(STALL)
-            window.append(time.monotonic())
+            deadline = time.monotonic() + HOLD
+            while not until.is_set() and time.monotonic() < deadline:
+                await asyncio.sleep(0.005)
+            seen.append(until.is_set())
         return await mail(self, *args)
 
-    monkeypatch.setattr(_Handler, "handle_MAIL", slow_mail)
-    return window
+    monkeypatch.setattr(_Handler, "handle_MAIL", held_mail)
+    return seen
 
 
 @pytest.mark.parametrize("pipelining", [False, True], ids=["plain", "pipelining"])
@@ -62,18 +87,18 @@ def test_the_next_message_is_built_while_the_server_answers_mail(
     pipelining: bool,
 ) -> None:
     smtp_server.pipelining = pipelining
-    window = stall_second_mail(monkeypatch)
-    built = timed_builds(monkeypatch)
+    built = built_events(monkeypatch)
+    seen = hold_second_mail(monkeypatch, built["r002@example.org"])
     settings = threaded(sample_site, smtp_server)
     engine = populate(settings, 4)
     mid = plan_mailing(engine, settings, POST, "sample")
     report = deliver_mailing(engine, settings, mid, load_posts(settings))
     assert report.sent == 4
     assert smtp_server.recipients() == [f"r{i:03d}@example.org" for i in range(4)]
-    start, end = window
-    # r001's MAIL is answered late; r002 was built meanwhile (without the
-    # look-ahead it would be built after r001's reply, well after `end`).
-    assert start < built["r002@example.org"] < end
+    # r001's MAIL is not answered until r002 is built: only the look-ahead
+    # builds it then (without it, r002 is built after r001's reply, and the
+    # server gives up waiting: False).  No clock decides it.
+    assert seen == [True]
     assert all(row.status == "sent" for row in ledger(engine).values())
 
 

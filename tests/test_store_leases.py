@@ -129,6 +129,24 @@ def test_an_expired_lease_is_claimable_by_anyone(database_url: str) -> None:
         assert len(q.claim(engine, mid, "other:1:b", 2, 60)[0]) == 2
 
 
+def test_an_owner_never_claims_its_own_lapsed_lease_again(database_url: str) -> None:
+    """The owner holds those rows in memory (in flight): claiming them again
+    would send them twice from one live process.  Another owner may take them."""
+    engine, mid = planned(database_url, 3)
+    with OwnerLock(engine, "stalled:1:a"):
+        held, _ = q.claim(engine, mid, "stalled:1:a", 2, 60)
+        with engine.begin() as conn:
+            past = datetime.now(UTC) - timedelta(seconds=1)
+            conn.execute(update(deliveries).values(lease_expires_at=past))
+        again, _ = q.claim(engine, mid, "stalled:1:a", 3, 60)
+        assert {r.id for r in again}.isdisjoint(r.id for r in held)
+        assert len(again) == 1  # the third, never leased
+        assert not q.claimable_left(engine, mid, owner="stalled:1:a")
+        assert q.claimable_left(engine, mid, owner="other:1:b")
+        taken, _ = q.claim(engine, mid, "other:1:b", 3, 60)
+        assert {r.id for r in taken} == {r.id for r in held}
+
+
 def test_a_dead_owner_is_reclaimed_at_once_a_live_one_never(pg_url: str) -> None:
     # PostgreSQL: liveness is the owner's session advisory lock, whatever its host.
     engine, mid = planned(pg_url, 4)

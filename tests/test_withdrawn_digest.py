@@ -8,6 +8,7 @@ digest of the list (its first readers have it).  On SQLite and PostgreSQL.
 
 from __future__ import annotations
 
+import json
 import threading
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
@@ -273,3 +274,38 @@ def test_a_second_replan_of_the_same_digest_changes_nothing(
             ).all()
         )
     assert by_mailing == {digest.id: 2, new: 1}  # sent one + in hand one; the rest moved
+
+
+def test_a_replanned_digest_that_finishes_keeps_why_in_status(
+    started: tuple[Site, Settings, Engine, MemoryTransport],
+) -> None:
+    """A sender still holds one reader's row when the post is pulled: the old
+    digest is withdrawn with a note naming the new one, the rest move there.
+    When that row's message goes out and its pass ends, the old digest is
+    done, and `status` still says why it has so few recipients and where the
+    rest went (before, the note was erased as the mailing finished)."""
+    from newsletter.store import mailings as q
+
+    site, _settings, engine, _first = started
+    [(old, *_)] = digests(engine)
+    owner = q.owner_identity()  # a live sender (this process) holds one row
+    with q.OwnerLock(engine, owner):
+        [held], _ = q.claim(engine, old, owner, 1, 600)
+        unpublish(site)
+        transport = later_pass(site.settings(), engine, MONDAY + timedelta(minutes=1))
+        assert len(transport.outbox) == len(MEMBERS) - 2  # all but the first and the held
+        # The holder's message went out; its pass records it and ends (MailingPass._finish).
+        assert q.record_many(engine, [(held.id, q.Outcome("sent", 1))], owner) == 1
+        q.set_state(engine, old, "done", over_halt=True)
+    (_, old_state, _, note), (new, new_state, _, _) = digests(engine)
+    assert (old_state, new_state) == ("done", "done")
+    assert note is not None and f"the rest get the digest without it: mailing {new}" in note
+    status = CliRunner().invoke(main, ["--config", str(site.config), "status"])
+    lines = status.output.splitlines()
+    at = lines.index(next(line for line in lines if line.startswith(f"#{old} ")))
+    assert lines[at].endswith(": done; 2 recipient(s): sent 2"), lines
+    assert lines[at + 1].startswith("    why: withdrawn: its post wednesday-notes "), lines
+    assert lines[at + 1].endswith(f"the rest get the digest without it: mailing {new}")
+    as_json = CliRunner().invoke(main, ["--config", str(site.config), "status", "--json"])
+    [entry] = [m for m in json.loads(as_json.output)["mailings"] if m["id"] == old]
+    assert entry["state"] == "done" and entry["last_error"] == note

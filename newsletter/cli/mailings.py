@@ -103,6 +103,7 @@ def status_cmd(ctx: click.Context, as_json: bool) -> None:
     from newsletter.delivery.mailings import mailing_summaries
     from newsletter.posts.collection import load_posts
     from newsletter.store import open_store
+    from newsletter.store.halts import is_halt_note
 
     settings = settings_of(ctx)
     engine = open_store(settings)
@@ -129,8 +130,10 @@ def status_cmd(ctx: click.Context, as_json: bool) -> None:
     for s in summaries:
         click.echo(_status_line(s) + _reports_text(reports.get(s.mailing_id, {})))
         if s.last_error:
-            # A withdrawn or postponed mailing's note says why, not an error.
-            label = "why" if s.state in ("withdrawn", "postponed", "cancelled") else "last error"
+            # A withdrawn or postponed mailing's note says why, not an error; so
+            # does a finished one's whose rest went to a later mailing.
+            stopped = s.state in ("withdrawn", "postponed", "cancelled")
+            label = "why" if stopped or is_halt_note(s.last_error) else "last error"
             click.echo(f"    {label}: {s.last_error}")
     if upcoming:
         click.echo("upcoming:")

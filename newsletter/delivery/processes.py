@@ -203,7 +203,11 @@ class _Reporter:
 
     Counts go with the progress, not only at the end: a worker killed
     mid-mailing has its work up to its last report in the parent's report.
+    It counts calls, never reads (done, total): its pass need not count the
+    mailing's rows for a total (`wants_total`, see `MailingPass.run`).
     """
+
+    wants_total = False
 
     def __init__(self, pipe: Connection) -> None:
         self.pipe = pipe

@@ -56,12 +56,29 @@ __all__ = [
     "halt",
     "halted_now",
     "handed_over_note",
+    "is_halt_note",
     "not_halted",
     "resume",
     "supersede",
     "take_over",
     "watched",
 ]
+
+
+# How the notes written here and by `daemon.withdrawal` begin: a finished
+# mailing whose rest went to a later one keeps its note (`mailings.set_state`),
+# and `status` labels it "why", not "last error".
+NOTE_STARTS = (
+    f"{WITHDRAWN}: ",
+    f"{POSTPONED}: ",
+    "cancelled by the owner",
+    "superseded by mailing ",
+)
+
+
+def is_halt_note(note: str | None) -> bool:
+    """Whether a mailing's note says why it was halted (not a delivery error)."""
+    return note is not None and note.startswith(NOTE_STARTS)
 
 
 def not_halted() -> Any:

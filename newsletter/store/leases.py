@@ -14,7 +14,9 @@ it holds a session advisory lock for as long as it lives (`OwnerLock`): a
 row leased to an owner whose lock is free belongs to a dead process, on any
 host, and is reclaimed at once.  On SQLite (one host) a dead pid says the same.
 Leases are short and renewed while rows are in flight (`renew`), so a
-stalled process loses them within one lease period.
+stalled process loses them within one lease period, to other owners only: a
+live owner never claims its own rows again, lapsed or not (they are in its
+hands until their outcome is recorded or it releases them).
 """
 
 from __future__ import annotations
@@ -205,7 +207,18 @@ def _candidate_queries() -> list[Any]:
     all of it inside the claim's write transaction.
     """
     mine = deliveries.c.mailing_id == bindparam("mailing_id")
-    free = or_(deliveries.c.lease_owner.is_(None), deliveries.c.lease_expires_at < bindparam("at"))
+    # An expired lease is free for anyone but its own owner: that owner is
+    # alive (it is claiming) and holds the row in memory, in flight or about
+    # to be; taking it again would send it twice from one live process
+    # (invariant 2 allows that only after a crash).  Its outcome, or the
+    # owner's `release` at the end of the pass, gives the row back.
+    free = or_(
+        deliveries.c.lease_owner.is_(None),
+        and_(
+            deliveries.c.lease_expires_at < bindparam("at"),
+            deliveries.c.lease_owner != bindparam("owner", type_=deliveries.c.lease_owner.type),
+        ),
+    )
     due = or_(
         deliveries.c.next_attempt_at.is_(None),
         deliveries.c.next_attempt_at <= bindparam("due_at"),
@@ -233,8 +246,10 @@ _CANDIDATES = _candidate_queries()
 _CANDIDATES_LOCKING = [query.with_for_update(skip_locked=True) for query in _CANDIDATES]
 
 
-def _candidate_parameters(mailing_id: int, at: datetime, due_at: datetime) -> dict[str, Any]:
-    return {"mailing_id": mailing_id, "at": at, "due_at": due_at}
+def _candidate_parameters(
+    mailing_id: int, at: datetime, due_at: datetime, owner: str
+) -> dict[str, Any]:
+    return {"mailing_id": mailing_id, "at": at, "due_at": due_at, "owner": owner}
 
 
 def _claimable_ids(conn: Connection, parameters: dict[str, Any], limit: int) -> list[int]:
@@ -279,7 +294,8 @@ def claim(
                 limit = min(limit, _room(conn, at, caps))
                 if limit <= 0:
                     return [], 0
-            ids = _claimable_ids(conn, _candidate_parameters(mailing_id, at, due_at), limit)
+            parameters = _candidate_parameters(mailing_id, at, due_at, owner)
+            ids = _claimable_ids(conn, parameters, limit)
             if not ids:
                 return [], 0
             conn.execute(
@@ -355,8 +371,12 @@ def active_senders(engine: Engine) -> int:
     return int(count or 0)
 
 
-def claimable_left(engine: Engine, mailing_id: int, *, due_by: datetime | None = None) -> bool:
-    """Whether a claim could still find something (rows merely locked by another claimer count).
+def claimable_left(
+    engine: Engine, mailing_id: int, *, due_by: datetime | None = None, owner: str = ""
+) -> bool:
+    """Whether `owner`'s claim could still find something (rows merely locked
+    by another claimer count; the owner's own lapsed leases do not, see
+    `_candidate_queries`).
 
     A claim that returns nothing while this is true lost a race: try again.
     """
@@ -365,7 +385,7 @@ def claimable_left(engine: Engine, mailing_id: int, *, due_by: datetime | None =
         if halted_now(conn, mailing_id, at):
             return False
         due_at = at if due_by is None else min(at, due_by)
-        parameters = {**_candidate_parameters(mailing_id, at, due_at), "limit": 1}
+        parameters = {**_candidate_parameters(mailing_id, at, due_at, owner), "limit": 1}
         return any(conn.execute(query, parameters).first() is not None for query in _CANDIDATES)
 
 

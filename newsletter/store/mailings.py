@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, case, func, select, update
+from sqlalchemy import Connection, Engine, and_, case, func, select, update
 
 from newsletter.store import insert_or_ignore, now
 from newsletter.store.halts import (
@@ -55,7 +55,7 @@ from newsletter.store.snapshots import (
     snapshot,
     snapshot_list,
 )
-from newsletter.store.tallies import OPEN_STATUSES, STATUSES, counts, has_open
+from newsletter.store.tallies import OPEN_STATUSES, STATUSES, counts, has_open, has_sent
 
 
 @dataclass(frozen=True)
@@ -209,22 +209,44 @@ def set_state(
 ) -> None:
     """Move a mailing on.  A withdrawn, postponed or cancelled one
     (`store.halts`) stays so unless `over_halt`: a pass that ends after its
-    mailing was halted must not undo that, except to say it finished (the
-    halt's note goes with the halt; an earlier pass's last error stays)."""
+    mailing was halted must not undo that, except to say it finished.  Then
+    the halt's note goes with the halt ("the rest get it when ..." is no
+    longer true: nobody is left), unless the rest went to a later mailing of
+    the same post and list (a re-planned digest, `send --resend`): the note
+    says so and `status` keeps showing it, or a finished mailing of two
+    readers out of a list of thousands would say nothing of why.  An earlier
+    pass's last error stays."""
     values: dict[str, Any] = {"state": state, "paused_until": paused_until}
     if state == "done":
         values["finished_at"] = now()
-    if last_error is not None:
-        values["last_error"] = last_error
-    elif over_halt:
+    if over_halt:
+        error = mailings.c.last_error if last_error is None else last_error
         values["last_error"] = case(
-            (mailings.c.state.in_(STOPPED), None), else_=mailings.c.last_error
+            (and_(mailings.c.state.in_(STOPPED), _successor()), mailings.c.last_error),
+            (mailings.c.state.in_(STOPPED), last_error),
+            else_=error,
         )
+    elif last_error is not None:
+        values["last_error"] = last_error
     query = update(mailings).where(mailings.c.id == mailing_id)
     if not over_halt:
         query = query.where(not_halted())
     with engine.begin() as conn:
         conn.execute(query.values(values))
+
+
+def _successor() -> Any:
+    """EXISTS: a later mailing of the same post and list (where a halt sent the rest)."""
+    later = mailings.alias("later")
+    return (
+        select(later.c.id)
+        .where(
+            later.c.post_id == mailings.c.post_id,
+            later.c.list_id == mailings.c.list_id,
+            later.c.generation > mailings.c.generation,
+        )
+        .exists()
+    )
 
 
 def set_gate(
@@ -352,6 +374,7 @@ __all__ = [
     "get_mailing",
     "halted_now",
     "has_open",
+    "has_sent",
     "insert_mailing",
     "latest_mailing",
     "lease_owner",

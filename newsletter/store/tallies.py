@@ -12,7 +12,7 @@ from sqlalchemy import Connection, Exists, func, select
 
 from newsletter.store.schema import deliveries
 
-__all__ = ["OPEN_STATUSES", "STATUSES", "counts", "has_open", "open_rows"]
+__all__ = ["OPEN_STATUSES", "STATUSES", "counts", "has_open", "has_sent", "open_rows"]
 
 OPEN_STATUSES = ("queued", "deferred", "sending")  # not yet sent, failed or skipped
 STATUSES = ("queued", "sending", "sent", "deferred", "failed", "skipped")
@@ -45,3 +45,11 @@ def open_rows(mailing_id: int) -> Exists:
 def has_open(conn: Connection, mailing_id: int) -> bool:
     """Whether the mailing has a delivery not yet sent, failed or skipped."""
     return bool(conn.scalar(select(open_rows(mailing_id))))
+
+
+def has_sent(conn: Connection, mailing_id: int) -> bool:
+    """Whether a message of the mailing went out (one look into ix_deliveries_queue)."""
+    query = select(deliveries.c.id).where(
+        deliveries.c.mailing_id == mailing_id, deliveries.c.status == "sent"
+    )
+    return bool(conn.scalar(select(query.exists())))

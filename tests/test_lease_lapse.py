@@ -1,0 +1,83 @@
+"""A lease that lapses while its message is in flight (invariant 2).
+
+A live pass holds its claimed rows in memory until their outcomes are
+committed.  When the lease of one of them lapses meanwhile (a server that
+takes longer than the lease to answer the final dot while the keeper's
+renewals fail, e.g. another process holding SQLite's write lock), the row may
+go to another process, whose outcome then wins (fenced outcomes), but the
+same pass must never claim it again: it would send it a second time while
+the first copy is still in flight, and only a crash may send twice.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from smtpserver import SLOW, SmtpTestServer
+from test_delivery_smtp import POST, ledger, populate, site_settings
+
+from newsletter.delivery.mailings import deliver_mailing, plan_mailing
+from newsletter.errors import StoreError
+from newsletter.posts.collection import load_posts
+from newsletter.store import mailings as q
+
+LEASE = 0.3  # seconds; the slow answer takes five times that
+SLOW_FOR = 1.5
+
+
+@pytest.fixture(autouse=True)
+def _secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NEWSLETTER_SECRET", "lease-test-secret")
+
+
+def failing_renewals(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Every renewal fails as a locked database does; the keeper logs it and goes on."""
+    calls: list[int] = []
+
+    def locked(_engine: object, owner: str, _lease: float) -> int:
+        calls.append(1)
+        raise StoreError(f"cannot renew the leases of {owner}: database is locked")
+
+    monkeypatch.setattr(q, "renew", locked)
+    return calls
+
+
+@pytest.mark.parametrize("renewals", ["kept", "failing"])
+@pytest.mark.parametrize("strategy", ["streams", "threaded", "rounds"])
+def test_a_row_whose_lease_lapses_in_flight_is_not_claimed_again_by_its_pass(
+    sample_site: Path,
+    smtp_server: SmtpTestServer,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    strategy: str,
+    renewals: str,
+) -> None:
+    """r000's final dot is answered 250 only after 1.5 s (five leases); the
+    other connection is free meanwhile and claims again and again.  Before,
+    with the renewals failing, the lapsed row was claimed by the same pass and
+    sent on the other connection: r000 received twice by one live process."""
+    smtp_server.pipelining = strategy != "threaded"
+    smtp_server.stall_seconds = SLOW_FOR
+    smtp_server.script("r000@example.org", SLOW, stage="data", times=1)
+    if renewals == "failing":
+        calls = failing_renewals(monkeypatch)
+    settings = site_settings(
+        sample_site,
+        smtp_server,
+        **{
+            "database.url": database_url,
+            "delivery.strategy": strategy,
+            "delivery.lease_seconds": LEASE,
+            "delivery.concurrency": 2,
+        },
+    )
+    engine = populate(settings, 6)
+    mid = plan_mailing(engine, settings, POST, "sample")
+    report = deliver_mailing(engine, settings, mid, load_posts(settings))
+    if renewals == "failing":
+        assert calls, "the keeper never tried to renew"
+    received = smtp_server.recipients()
+    assert sorted(received) == [f"r{i:03d}@example.org" for i in range(6)], received
+    assert report.sent == 6, report
+    assert {row.status for row in ledger(engine).values()} == {"sent"}
