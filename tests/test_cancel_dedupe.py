@@ -193,3 +193,47 @@ def test_leaving_every_list_is_still_a_skip(tmp_path: Path) -> None:
     passes.run_pass(site.settings(), engine, transport=transport)
     assert BOTH not in {m.recipient for m in transport.outbox}
     assert holders(engine)[BOTH] == (planned["field"], "skipped")
+
+
+def test_a_cancelled_mailing_that_finishes_keeps_where_its_readers_went(tmp_path: Path) -> None:
+    """A sender holds `fieldonly`'s row when the owner cancels: `both` is
+    handed over to the essays mailing.  When the held message goes out and
+    its pass ends, the cancelled mailing is done, and `status` still says it
+    was cancelled and where `both` went (before, finishing erased the note:
+    only a later mailing of the same list kept it)."""
+    from newsletter.store import mailings as q
+
+    site, engine, planned = site_with_members(tmp_path)
+    field, essays = planned["field"], planned["essays"]
+    owner = q.owner_identity()
+    with q.OwnerLock(engine, owner):
+        with engine.begin() as conn:  # a live sender holds fieldonly's row
+            conn.execute(
+                deliveries.update()
+                .where(deliveries.c.mailing_id == field, deliveries.c.email != BOTH)
+                .values(
+                    status="sending",
+                    lease_owner=owner,
+                    lease_expires_at=datetime.now(UTC) + timedelta(minutes=10),
+                )
+            )
+        assert cli(site, "cancel", str(field)).exit_code == 0
+        assert holders(engine)[BOTH] == (essays, "queued")
+        with engine.connect() as conn:
+            row = conn.scalar(
+                select(deliveries.c.id).where(
+                    deliveries.c.mailing_id == field, deliveries.c.status == "sending"
+                )
+            )
+        # The held message went out; its pass records it and ends (MailingPass._finish).
+        assert q.record_many(engine, [(row, q.Outcome("sent", 1))], owner) == 1
+        q.set_state(engine, field, "done", over_halt=True)
+    status = json.loads(cli(site, "status", "--json").output)
+    [entry] = [m for m in status["mailings"] if m["id"] == field]
+    assert entry["state"] == "done"
+    assert entry["last_error"] == (
+        f"cancelled by the owner; 1 also on list essays handed over to its mailing {essays}"
+    )
+    lines = cli(site, "status").output.splitlines()
+    at = lines.index(next(line for line in lines if line.startswith(f"#{field} ")))
+    assert lines[at + 1].startswith("    why: cancelled by the owner; 1 also on list essays")

@@ -48,6 +48,7 @@ __all__ = [
     "CANCELLED",
     "EXPLICIT",
     "HALTED",
+    "HANDED_OVER",
     "POSTPONED",
     "STOPPED",
     "WITHDRAWN",
@@ -293,9 +294,11 @@ def cancel(engine: Engine, mailing_id: int) -> Cancelled | None:
     )
 
 
+HANDED_OVER = " handed over to its mailing "  # in a note: some readers went to another list's
+
+
 def handed_over_note(moved: tuple[HandedOver, ...]) -> str:
     """'2 also on list essays handed over to its mailing 7', one clause per list."""
     return "; ".join(
-        f"{h.recipients} also on list {h.list_name} handed over to its mailing {h.mailing_id}"
-        for h in moved
+        f"{h.recipients} also on list {h.list_name}{HANDED_OVER}{h.mailing_id}" for h in moved
     )

@@ -15,13 +15,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, case, func, select, update
+from sqlalchemy import Connection, Engine, and_, case, func, or_, select, update
 
 from newsletter.store import insert_or_ignore, now
 from newsletter.store.halts import (
     AUTOMATIC,
     EXPLICIT,
     HALTED,
+    HANDED_OVER,
     STOPPED,
     halted_now,
     not_halted,
@@ -211,18 +212,19 @@ def set_state(
     (`store.halts`) stays so unless `over_halt`: a pass that ends after its
     mailing was halted must not undo that, except to say it finished.  Then
     the halt's note goes with the halt ("the rest get it when ..." is no
-    longer true: nobody is left), unless the rest went to a later mailing of
-    the same post and list (a re-planned digest, `send --resend`): the note
-    says so and `status` keeps showing it, or a finished mailing of two
-    readers out of a list of thousands would say nothing of why.  An earlier
-    pass's last error stays."""
+    longer true: nobody is left), unless the rest went elsewhere: to a later
+    mailing of the same post and list (a re-planned digest, `send
+    --resend`), or, for a cancel, to another list's mailing of the post
+    (`HANDED_OVER`).  Then the note says so and `status` keeps showing it,
+    or a finished mailing of two readers out of a list of thousands would
+    say nothing of why.  An earlier pass's last error stays."""
     values: dict[str, Any] = {"state": state, "paused_until": paused_until}
     if state == "done":
         values["finished_at"] = now()
     if over_halt:
         error = mailings.c.last_error if last_error is None else last_error
         values["last_error"] = case(
-            (and_(mailings.c.state.in_(STOPPED), _successor()), mailings.c.last_error),
+            (and_(mailings.c.state.in_(STOPPED), _rest_went_elsewhere()), mailings.c.last_error),
             (mailings.c.state.in_(STOPPED), last_error),
             else_=error,
         )
@@ -235,10 +237,11 @@ def set_state(
         conn.execute(query.values(values))
 
 
-def _successor() -> Any:
-    """EXISTS: a later mailing of the same post and list (where a halt sent the rest)."""
+def _rest_went_elsewhere() -> Any:
+    """A later mailing of the same post and list exists (where a halt sent the
+    rest), or the note names another list's mailing that took some readers."""
     later = mailings.alias("later")
-    return (
+    successor = (
         select(later.c.id)
         .where(
             later.c.post_id == mailings.c.post_id,
@@ -247,6 +250,7 @@ def _successor() -> Any:
         )
         .exists()
     )
+    return or_(successor, mailings.c.last_error.contains(HANDED_OVER, autoescape=True))
 
 
 def set_gate(
