@@ -18,7 +18,7 @@ import pytest
 from newsletter.config import Settings, load_settings
 from newsletter.web import reload
 from newsletter.web.reload import Broadcaster, watch
-from newsletter.web.site import watched_dirs, watched_files
+from newsletter.web.site import Site, watched_dirs, watched_files
 
 # Up to this long for a reload that should come; a change that should not is
 # given this long too (the watcher's debounce is 0.2 s).
@@ -44,6 +44,15 @@ title = "Lantern Notes letters"
 """
 
 
+JEKYLL_CONFIG = """\
+title: Lantern Notes
+url: https://lantern.example.com
+collections:
+  authors:
+    output: false
+"""
+
+
 @pytest.fixture
 def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A Jekyll site with the newsletter's configuration at its root, and the
@@ -53,6 +62,8 @@ def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for folder in (
         "_posts/2024",
         "_includes",
+        "_data",
+        "_authors",
         "_layouts",
         "_site",
         "theme/parts",
@@ -61,9 +72,13 @@ def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     ):
         (root / folder).mkdir(parents=True)
     (root / "newsletter.toml").write_text(CONFIG)
-    (root / "_config.yml").write_text("title: Lantern Notes\nurl: https://lantern.example.com\n")
-    (root / "_posts" / "2024-03-02-winter.md").write_text("---\ntitle: Winter\n---\n\nCold.\n")
-    (root / "_includes" / "note.html").write_text("<p>note</p>\n")
+    (root / "_config.yml").write_text(JEKYLL_CONFIG)
+    (root / "_posts" / "2024-03-02-winter.md").write_text(
+        "---\ntitle: Winter\n---\n\nCold. {% include note.html %}\n"
+    )
+    (root / "_includes" / "note.html").write_text("<p>A note from the shed.</p>\n")
+    (root / "_data" / "shed.yml").write_text("tools: [spade]\n")
+    (root / "_authors" / "ana.md").write_text("---\nname: Ana\n---\n")
     (root / "theme" / "email.txt.j2").write_text("{{ post.title }}\n")
     (root / "theme" / "parts" / "sign-off.txt").write_text("Yours\n")
     (root / "_site" / "index.html").write_text("<html></html>\n")
@@ -153,7 +168,17 @@ def replace_by_rename(path: Path, text: str) -> Edit:
 
 @pytest.mark.parametrize(
     "kind",
-    ["post", "post in a sub-folder", "new post", "theme template", "theme part", "_config.yml"],
+    [
+        "post",
+        "post in a sub-folder",
+        "new post",
+        "theme template",
+        "theme part",
+        "_config.yml",
+        "include",
+        "_data file",
+        "collection document",
+    ],
 )
 def test_each_kind_of_file_a_preview_is_made_from_reloads_it(site: Path, kind: str) -> None:
     settings = load_settings(site / "newsletter.toml")
@@ -166,6 +191,9 @@ def test_each_kind_of_file_a_preview_is_made_from_reloads_it(site: Path, kind: s
         "theme template": append(site / "theme" / "email.txt.j2"),
         "theme part": append(site / "theme" / "parts" / "sign-off.txt"),
         "_config.yml": append(site / "_config.yml", "description: more\n"),
+        "include": append(site / "_includes" / "note.html"),
+        "_data file": append(site / "_data" / "shed.yml", "more: [rake]\n"),
+        "collection document": append(site / "_authors" / "ana.md"),
     }[kind]
     assert reloads(settings, [edit]) == [1]
 
@@ -211,3 +239,20 @@ def test_a_file_beside_the_configuration_is_seen_but_does_not_reload(site: Path)
     there wakes the watcher (it is filtered out), one below it does not."""
     settings = load_settings(site / "newsletter.toml")
     assert reloads(settings, [append(site / "README.md")]) == [0]
+
+
+def test_an_edited_include_shows_without_the_watcher(site: Path) -> None:
+    """The stat fingerprint each request takes covers what the watcher watches:
+    a post's include, edited, is read again (the page the reload asks for is
+    not the one made before)."""
+    preview_site = Site(lambda: load_settings(site / "newsletter.toml"))
+
+    def winter() -> str:
+        posts = preview_site.posts()
+        found = posts.with_id(posts.posts[0].post_id)
+        assert found is not None
+        return found.body_html
+
+    assert "A note from the shed." in winter()
+    (site / "_includes" / "note.html").write_text("<p>A note from the greenhouse.</p>\n")
+    assert "A note from the greenhouse." in winter()
