@@ -256,3 +256,19 @@ def test_an_edited_include_shows_without_the_watcher(site: Path) -> None:
     assert "A note from the shed." in winter()
     (site / "_includes" / "note.html").write_text("<p>A note from the greenhouse.</p>\n")
     assert "A note from the greenhouse." in winter()
+
+
+def test_a_posts_folder_replaced_whole_is_watched_again(site: Path) -> None:
+    """A tool that swaps the posts folder for a new one (a sync, a checkout
+    into a fresh folder): the watcher follows the new folder, as the whole-site
+    watch did."""
+    settings = load_settings(site / "newsletter.toml")
+    posts = site / "_posts"
+
+    def swap() -> None:
+        fresh = site / "_posts.new"
+        shutil.copytree(posts, fresh)
+        posts.rename(site / "_posts.old")
+        fresh.rename(posts)
+
+    assert reloads(settings, [swap, append(posts / "2024-03-02-winter.md")]) == [1, 1]

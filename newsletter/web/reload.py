@@ -118,7 +118,9 @@ async def watch(
         if not watch_dirs and not folders:
             await stop.wait()
             return
-        wanted = {str(f) for f in watch_files}
+        # A watched folder itself (deleted, or another moved in its place)
+        # reloads and re-plans: its watch went with the old folder.
+        wanted = {str(f) for f in (*watch_files, *watch_dirs)}
         prefixes = tuple(str(d) + "/" for d in watch_dirs)
 
         replan = await _watch_once(
@@ -138,7 +140,7 @@ def _folders_of(files: list[Path], dirs: list[Path]) -> list[Path]:
 def _filter(
     wanted: set[str], prefixes: tuple[str, ...]
 ) -> Callable[[watchfiles.Change, str], bool]:
-    """Only the configuration files and what lies under the watched folders."""
+    """Only the configuration files, the watched folders and what lies under them."""
 
     def relevant(_change: watchfiles.Change, path: str) -> bool:
         return path in wanted or path.startswith(prefixes)
@@ -163,12 +165,12 @@ async def _watch_once(
     trees: list[Path],
     folders: list[Path],
     relevant: Callable[[watchfiles.Change, str], bool],
-    config_files: set[str],
+    replan_on: set[str],
     stop: asyncio.Event,
     broadcaster: Broadcaster,
     ready: Callable[[], Awaitable[None]] | None,
 ) -> bool:
-    """Watch until a configuration file changes (True: re-plan) or `stop` (False).
+    """Watch until a path of `replan_on` changes (True: re-plan) or `stop` (False).
 
     watchfiles takes `recursive` per watcher, not per path: `trees` (recursive)
     and `folders` (top level only) are two watchers, waited on together."""
@@ -203,7 +205,7 @@ async def _watch_once(
                 waiting[asyncio.ensure_future(anext(changes))] = changes
             log.debug("reloading after %s", batch)
             broadcaster.bump()
-            if any(path in config_files for _, path in batch):
+            if any(path in replan_on for _, path in batch):
                 return True
     except StopAsyncIteration:  # `stop`
         return False
