@@ -103,7 +103,8 @@ async def watch(
     stop: asyncio.Event,
     ready: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
-    """Bump the broadcaster on every change until `stop`; re-plan on config edits.
+    """Bump the broadcaster on every change until `stop`; re-plan when a
+    configuration file or a watched folder itself changes.
 
     `dirs` are watched to the bottom; the folders of `files` only at their top
     level (a site's `.git`, `_site`, `node_modules` and state folder, with its
