@@ -106,7 +106,9 @@ def test_an_edited_page_template_is_compiled_again_not_served_stale(
 @dataclass
 class Spy:
     """watchfiles.awatch, recording at each start whether the app had answered
-    a request by then, after running `before` (an edit landing just then)."""
+    a request by then, after running `before` (an edit landing just then).
+    A round of watching starts two: the posts and the theme (recursively) and
+    the configuration's folder (its top level)."""
 
     before: Callable[[], None] = lambda: None
     preview: PreviewState | None = None
@@ -167,7 +169,7 @@ def test_the_watcher_starts_once_the_first_page_went_out(
             assert until_reload(lines) == "event: reload"
     finally:
         running.stop()
-    assert spy.starts == [True]
+    assert spy.starts == [True, True]
 
 
 def test_a_post_edited_before_the_watcher_is_up_still_reloads_the_open_page(
@@ -186,4 +188,4 @@ def test_a_post_edited_before_the_watcher_is_up_still_reloads_the_open_page(
         assert "A Radio That Listens" in httpx.get(f"{running.url}/", timeout=10).text
     finally:
         running.stop()
-    assert spy.starts == [True]
+    assert spy.starts == [True, True]

@@ -28,6 +28,7 @@ __all__ = [
     "fingerprint",
     "load_key",
     "posts_stamp",
+    "site_folders",
 ]
 
 INDEX_FORMAT = 4  # bump when the stored layout changes (4: a whole load lists linked pages)
@@ -63,6 +64,13 @@ def collections_of(settings: Settings) -> list[str]:
     labels = (settings.site.jekyll or {}).get("collections")
     names = sorted(str(k) for k in labels) if isinstance(labels, Mapping) else []
     return [name for name in names if name != "posts"]
+
+
+def site_folders(settings: Settings) -> list[Path]:
+    """The site's folders a parse reads besides the posts: `_data`, `_includes`
+    and the collections' (the preview watches these, as `fingerprint` reads them)."""
+    root = settings.site.source_dir or settings.base_dir
+    return [root / "_data", *_site_folders(settings, root)]
 
 
 def _site_folders(settings: Settings, root: Path) -> list[Path]:

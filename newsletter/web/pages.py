@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote, urlsplit
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
@@ -15,6 +15,9 @@ from starlette.responses import HTMLResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from newsletter.email.inlinecache import compiled_templates
+
+if TYPE_CHECKING:
+    from newsletter.config import Settings
 
 
 @functools.lru_cache(maxsize=8)
@@ -33,6 +36,12 @@ def environment(compiled: Path | None = None) -> Environment:
         lstrip_blocks=True,
         bytecode_cache=compiled_templates(compiled) if compiled is not None else None,
     )
+
+
+def kept_pages(settings: Settings) -> Path:
+    """Where both apps keep their pages' compiled templates: the state folder's
+    jinja/, beside the email theme's (`environment`'s `compiled`)."""
+    return settings.state_dir / "jinja"
 
 
 # Pages about one subscriber must not be cached or indexed, and must not leak
@@ -88,6 +97,15 @@ def page(
         status_code=status_code,
         headers={"Content-Security-Policy": csp or app_csp(nonce), **(headers or {})},
     )
+
+
+def public_page(
+    settings: Settings, name: str, status_code: int = 200, **context: Any
+) -> HTMLResponse:
+    """A page of the public app (`newsletter serve`): no script at all, never
+    framed (PUBLIC_CSP); its templates' compiled code kept in the state folder
+    from one start to the next, as the preview's."""
+    return page(name, status_code, csp=PUBLIC_CSP, compiled=kept_pages(settings), **context)
 
 
 # For answers that set no policy of their own (text, JSON, a download, the 500

@@ -26,15 +26,9 @@ from newsletter.config import Settings, utcnow
 from newsletter.email.linktokens import verify_preferences_token
 from newsletter.errors import StoreError, SubscriberError
 from newsletter.web.bodies import buffered
-from newsletter.web.pages import PRIVATE_HEADERS, PUBLIC_CSP
-from newsletter.web.pages import page as _any_page
+from newsletter.web.pages import PRIVATE_HEADERS, public_page
 
 MAX_BODY = 16 * 1024
-
-
-def page(name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
-    """A public page: no script at all, never framed (PUBLIC_CSP)."""
-    return _any_page(name, status_code, csp=PUBLIC_CSP, **context)
 
 
 def _masked(email: str) -> str:
@@ -54,7 +48,8 @@ def _page(
     state = request.app.state.public
     settings: Settings = state.settings
     fresh = subs.get_by_id(state.engine, person.id) or person
-    return page(
+    return public_page(
+        settings,
         "public_preferences.html",
         status,
         headers=PRIVATE_HEADERS,
@@ -68,8 +63,9 @@ def _page(
     )
 
 
-def _invalid() -> HTMLResponse:
-    return page("public_invalid.html", 404, headers=PRIVATE_HEADERS)
+def _invalid(request: Request) -> HTMLResponse:
+    settings: Settings = request.app.state.public.settings
+    return public_page(settings, "public_invalid.html", 404, headers=PRIVATE_HEADERS)
 
 
 def _unavailable() -> Response:
@@ -85,7 +81,7 @@ def preferences_form(request: Request) -> Response:
     try:
         person = _subscriber(request)
         if person is None:
-            return _invalid()
+            return _invalid(request)
         return _page(request, person)
     except StoreError:
         return _unavailable()
@@ -107,7 +103,7 @@ async def preferences_save(request: Request) -> Response:
     try:
         person = await run_in_threadpool(_subscriber, request)
         if person is None:
-            return _invalid()
+            return _invalid(request)
         if not _is_form(request):
             return Response(
                 "expected the preferences form\n", status_code=415, media_type="text/plain"
@@ -119,7 +115,7 @@ async def preferences_save(request: Request) -> Response:
         saved = (tuple(titles[n].title for n in joined), tuple(titles[n].title for n in left))
         return _page(request, person, saved=saved)
     except SubscriberError:
-        return _invalid()
+        return _invalid(request)
     except StoreError:
         return _unavailable()
 

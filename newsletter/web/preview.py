@@ -36,7 +36,7 @@ from newsletter.config import ListSettings, Settings
 from newsletter.errors import NewsletterError, PostError
 from newsletter.posts.collection import Post
 from newsletter.web.hostcheck import LocalOnlyMiddleware
-from newsletter.web.pages import SecureStarlette, page
+from newsletter.web.pages import SecureStarlette, kept_pages, page
 from newsletter.web.reload import Broadcaster, FirstAnswer, watch
 from newsletter.web.site import Preview, Site, list_status, mailing_states, watched_dirs
 from newsletter.web.site import watched_files as config_files
@@ -73,7 +73,7 @@ def _page(request: Request, name: str, status: int = 200, **context: Any) -> HTM
     return page(
         name,
         status,
-        compiled=settings.state_dir / "jinja" if settings is not None else None,
+        compiled=kept_pages(settings) if settings is not None else None,
         live=state.live,
         generation=state.broadcaster.generation,
         title="Preview",

@@ -50,12 +50,11 @@ from newsletter.web.archive import list_for, neutral_html, sent_digest, sent_pos
 from newsletter.web.bodies import buffered
 from newsletter.web.pages import (
     PRIVATE_HEADERS,
-    PUBLIC_CSP,
     PrefixMiddleware,
     SecureStarlette,
-    page,
     url_prefix,
 )
+from newsletter.web.pages import public_page as public
 from newsletter.web.preferences import preferences_routes
 from newsletter.web.signup import signup_routes
 from newsletter.web.site import Site
@@ -145,19 +144,22 @@ def masked(email: str) -> str:
     return f"{local[:1]}•••@{domain}"
 
 
-def public_page(name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
-    """A page of the public app: no script at all (PUBLIC_CSP)."""
-    return page(name, status_code, csp=PUBLIC_CSP, **context)
+def public_page(
+    request: Request, name: str, status_code: int = 200, **context: Any
+) -> HTMLResponse:
+    """A page of the public app (`pages.public_page`)."""
+    return public(_state(request).settings, name, status_code, **context)
 
 
-def _invalid() -> HTMLResponse:
+def _invalid(request: Request) -> HTMLResponse:
     # One answer for every bad token: no hint whether the address exists.
-    return public_page("public_invalid.html", 404, headers=PRIVATE_HEADERS)
+    return public_page(request, "public_invalid.html", 404, headers=PRIVATE_HEADERS)
 
 
 def _target_page(request: Request, name: str, target: Target, **extra: Any) -> HTMLResponse:
     state = _state(request)
     return public_page(
+        request,
         name,
         headers=PRIVATE_HEADERS,
         site_title=state.settings.site.title,
@@ -188,7 +190,7 @@ def unsubscribe_form(request: Request) -> Response:
     try:
         target = resolve_token(state, request.path_params["token"])
         if target is None:
-            return _invalid()
+            return _invalid(request)
         subscribed = is_subscribed(state, target)
         undo_offered = not subscribed and can_undo(state, target)
     except StoreError:
@@ -214,7 +216,7 @@ async def one_click(request: Request) -> Response:
     try:
         target = resolve_token(state, request.path_params["token"])
         if target is None:
-            return _invalid()
+            return _invalid(request)
         if value != ONE_CLICK:
             return PlainTextResponse(
                 "expected the form field List-Unsubscribe=One-Click (RFC 8058)\n", status_code=400
@@ -242,7 +244,7 @@ async def undo(request: Request) -> Response:
     try:
         target = resolve_token(state, request.path_params["token"])
         if target is None:
-            return _invalid()
+            return _invalid(request)
         outcome = undo_unsubscribe(state.engine, target.subscriber.id, target.list_name)
         subscribed = is_subscribed(state, target)
     except StoreError:
@@ -280,6 +282,7 @@ def _origin(url: str) -> str | None:
 def unsubscribe_help(request: Request) -> Response:
     state = _state(request)
     return public_page(
+        request,
         "public_help.html",
         site_title=state.settings.site.title,
         site_url=state.settings.site.url,
@@ -299,6 +302,7 @@ def archive_index(request: Request) -> Response:
     found = ((e, posts.with_id(e.post_id, whole=False)) for e in entries)  # titles only
     items = [(e, post) for e, post in found if post is not None and post.published]
     return public_page(
+        request,
         "public_archive.html",
         headers=ARCHIVE_HEADERS,
         site_title=state.settings.site.title,

@@ -16,7 +16,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -103,31 +103,45 @@ async def watch(
     stop: asyncio.Event,
     ready: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
-    """Bump the broadcaster on every change until `stop`; re-plan on config edits.
+    """Bump the broadcaster on every change until `stop`; re-plan when a
+    configuration file or a watched folder itself changes.
+
+    `dirs` are watched to the bottom; the folders of `files` only at their top
+    level (a site's `.git`, `_site`, `node_modules` and state folder, with its
+    database and WAL, lie below the configuration file: watching them would
+    cost inotify set-up per folder and a wake-up per write).
 
     `ready` is awaited once, when the first watcher is set up: from then on
     every change is seen, and `ready` can look for what changed before."""
     while not stop.is_set():
         watch_dirs, watch_files = dirs(), files()
-        roots = [*watch_dirs, *{f.parent for f in watch_files}]
-        if not roots:
+        folders = _folders_of(watch_files, watch_dirs)
+        if not watch_dirs and not folders:
             await stop.wait()
             return
-        wanted = {str(f) for f in watch_files}
+        # A watched folder itself (deleted, or another moved in its place)
+        # reloads and re-plans: its watch went with the old folder.
+        wanted = {str(f) for f in (*watch_files, *watch_dirs)}
         prefixes = tuple(str(d) + "/" for d in watch_dirs)
 
         replan = await _watch_once(
-            roots, _filter(wanted, prefixes), wanted, stop, broadcaster, ready
+            watch_dirs, folders, _filter(wanted, prefixes), wanted, stop, broadcaster, ready
         )
         ready = None
         if not replan:
             return
 
 
+def _folders_of(files: list[Path], dirs: list[Path]) -> list[Path]:
+    """The folders holding `files`, but none a watched dir already covers."""
+    folders = dict.fromkeys(f.parent for f in files)
+    return [f for f in folders if not any(f.is_relative_to(d) for d in dirs)]
+
+
 def _filter(
     wanted: set[str], prefixes: tuple[str, ...]
 ) -> Callable[[watchfiles.Change, str], bool]:
-    """Only the configuration files and what lies under the watched folders."""
+    """Only the configuration files, the watched folders and what lies under them."""
 
     def relevant(_change: watchfiles.Change, path: str) -> bool:
         return path in wanted or path.startswith(prefixes)
@@ -135,39 +149,65 @@ def _filter(
     return relevant
 
 
+class _RoundEnd(asyncio.Event):
+    """Set by `set()` (the round is over: a re-plan, or awatch's own task
+    cancelled) or when `stop` is.  awatch checks it between steps, from its
+    thread; setting `stop` itself on a re-plan would end the whole watch."""
+
+    def __init__(self, stop: asyncio.Event) -> None:
+        super().__init__()
+        self._stop = stop
+
+    def is_set(self) -> bool:
+        return super().is_set() or self._stop.is_set()
+
+
 async def _watch_once(
-    roots: list[Path],
+    trees: list[Path],
+    folders: list[Path],
     relevant: Callable[[watchfiles.Change, str], bool],
-    config_files: set[str],
+    replan_on: set[str],
     stop: asyncio.Event,
     broadcaster: Broadcaster,
     ready: Callable[[], Awaitable[None]] | None,
 ) -> bool:
-    """Watch until a configuration file changes (True: re-plan) or `stop` (False)."""
+    """Watch until a path of `replan_on` changes (True: re-plan) or `stop` (False).
+
+    watchfiles takes `recursive` per watcher, not per path: `trees` (recursive)
+    and `folders` (top level only) are two watchers, waited on together."""
     import watchfiles  # uvicorn imports it too; the in-process app needs it only here
 
-    changes = watchfiles.awatch(
-        *roots,
-        watch_filter=relevant,
-        stop_event=stop,
-        debounce=DEBOUNCE_MS,
-        step=50,
-        recursive=True,
-    )
-    waiting = asyncio.ensure_future(anext(changes))
+    ending = _RoundEnd(stop)
+    watchers = [
+        watchfiles.awatch(
+            *paths,
+            watch_filter=relevant,
+            stop_event=ending,
+            debounce=DEBOUNCE_MS,
+            step=50,
+            recursive=recursive,
+        )
+        for paths, recursive in ((trees, True), (folders, False))
+        if paths
+    ]
+    waiting = {asyncio.ensure_future(anext(changes)): changes for changes in watchers}
     try:
         if ready is not None:
             # awatch sets its watches up in its first step, before its first
-            # wait (in a thread); this task runs again only after that step.
+            # wait (in a thread); this task runs again only after those steps.
             await asyncio.sleep(0)
             await ready()
         while True:
-            batch = await waiting
+            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            batch = set()
+            for step in done:
+                changes = waiting.pop(step)
+                batch |= step.result()
+                waiting[asyncio.ensure_future(anext(changes))] = changes
             log.debug("reloading after %s", batch)
             broadcaster.bump()
-            if any(path in config_files for _, path in batch):
+            if any(path in replan_on for _, path in batch):
                 return True
-            waiting = asyncio.ensure_future(anext(changes))
     except StopAsyncIteration:  # `stop`
         return False
     except (OSError, RuntimeError) as exc:  # e.g. inotify watch limit reached
@@ -175,7 +215,19 @@ async def _watch_once(
         await stop.wait()
         return False
     finally:
-        # Closed here, not by the garbage collector; a step still running
-        # (this task cancelled while it waits in its thread) ends with `stop`.
-        if waiting.done():
-            await changes.aclose()
+        # Closed here, not by the garbage collector.  A step still running
+        # (the other watcher's, or this task cancelled while it waits in its
+        # thread) ends with `ending` within its 50 ms and closes its watcher.
+        ending.set()
+        for step, changes in waiting.items():
+            if step.done():
+                _outcome(step)
+                await changes.aclose()
+            else:
+                step.add_done_callback(_outcome)
+
+
+def _outcome(step: asyncio.Future[Any]) -> None:
+    """Retrieve a finished step's exception (its round is over: nothing to do)."""
+    if not step.cancelled():
+        step.exception()

@@ -42,8 +42,8 @@ from newsletter.email.linktokens import (
 from newsletter.email.notices import build_notice
 from newsletter.errors import NewsletterError, StoreError, SubscriberError
 from newsletter.web.bodies import buffered
-from newsletter.web.pages import PRIVATE_HEADERS, PUBLIC_CSP, url_prefix
-from newsletter.web.pages import page as _any_page
+from newsletter.web.pages import PRIVATE_HEADERS, url_prefix
+from newsletter.web.pages import public_page as page
 
 log = logging.getLogger("newsletter.web")
 
@@ -53,11 +53,6 @@ SENT_MESSAGE = (
     "Thanks! If the address can be subscribed, a confirmation email is on its way: "
     "open the link in it to finish."
 )
-
-
-def page(name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
-    """A public page: no script at all, never framed (PUBLIC_CSP)."""
-    return _any_page(name, status_code, csp=PUBLIC_CSP, **context)
 
 
 def _state(request: Request) -> Any:
@@ -113,8 +108,8 @@ def _form_context(settings: Settings, **extra: Any) -> dict[str, Any]:
 def subscribe_page(request: Request) -> Response:
     settings: Settings = _state(request).settings
     if not settings.public_lists:
-        return page("public_signup_closed.html", 404, **_form_context(settings))
-    return page("public_signup.html", **_form_context(settings))
+        return page(settings, "public_signup_closed.html", 404, **_form_context(settings))
+    return page(settings, "public_signup.html", **_form_context(settings))
 
 
 def subscribe_preflight(request: Request) -> Response:
@@ -229,6 +224,7 @@ def _check_origin(request: Request, settings: Settings, as_json: bool) -> Respon
     if origin and (origin in form_origins(settings) or _same_origin(request, origin)):
         return None
     return page(
+        settings,
         "public_signup_error.html",
         403,
         **_form_context(settings, error="This form can only be sent from the site's own pages."),
@@ -238,7 +234,9 @@ def _check_origin(request: Request, settings: Settings, as_json: bool) -> Respon
 def _sent(request: Request, settings: Settings, as_json: bool, cors: dict[str, str]) -> Response:
     if as_json:
         return JSONResponse({"status": "ok", "message": SENT_MESSAGE}, 202, headers=cors)
-    return page("public_signup_sent.html", **_form_context(settings, message=SENT_MESSAGE))
+    return page(
+        settings, "public_signup_sent.html", **_form_context(settings, message=SENT_MESSAGE)
+    )
 
 
 def _refused(
@@ -254,7 +252,7 @@ def _refused(
     if as_json:
         return JSONResponse({"error": message}, status, headers=headers)
     context = _form_context(settings, error=message, **fields)
-    return page("public_signup.html", status, headers=headers, **context)
+    return page(settings, "public_signup.html", status, headers=headers, **context)
 
 
 def _transport(request: Request, settings: Settings) -> Transport:
@@ -307,6 +305,7 @@ def _send_confirmation(request: Request, pending: flow.Pending) -> None:
 def _confirm_page(request: Request, name: str, status: int = 200, **extra: Any) -> HTMLResponse:
     settings: Settings = _state(request).settings
     return page(
+        settings,
         name,
         status,
         headers=PRIVATE_HEADERS,

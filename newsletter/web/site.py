@@ -23,6 +23,7 @@ from newsletter.config import ListSettings, Settings, utcnow
 from newsletter.daemon.planning import list_takes
 from newsletter.errors import StoreError
 from newsletter.posts.collection import Post, PostCollection, load_posts, post_status
+from newsletter.posts.stamps import site_folders
 from newsletter.store import open_store, reading
 from newsletter.store.schema import lists as lists_table
 from newsletter.store.schema import mailings
@@ -93,8 +94,10 @@ def watched_files(settings: Settings) -> list[Path]:
 
 
 def watched_dirs(settings: Settings) -> list[Path]:
-    """Folders watched recursively: posts and templates."""
-    return [p.resolve() for p in (settings.site.posts_dir, *theme_dirs(settings)) if p.is_dir()]
+    """Folders watched recursively: the posts, what else a post is read from
+    (Jekyll's `_data`, `_includes`, collections) and the templates."""
+    folders = (settings.site.posts_dir, *site_folders(settings), *theme_dirs(settings))
+    return [p.resolve() for p in folders if p.is_dir()]
 
 
 def _walk(paths: list[Path]) -> Iterator[tuple[str, int, int]]:

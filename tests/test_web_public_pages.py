@@ -1,0 +1,105 @@
+"""The public app's pages: their compiled templates kept in the state folder
+between starts (as the preview's), and never a stale one after an edit."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import pytest
+from starlette.testclient import TestClient
+from test_web_support import Store, copy_site, make_store
+
+from newsletter.web import pages
+from newsletter.web.public import create_public_app
+
+# On SQLite and on PostgreSQL (see conftest.database_url).
+pytestmark = pytest.mark.usefixtures("database_env")
+
+# A page from each module that makes them: the unsubscribe help and the one
+# answer to a bad token (public), the signup form (signup), a bad
+# preferences link (preferences), a bad confirmation link, the archive.
+PAGES = {
+    "/unsubscribe/": 200,
+    "/unsubscribe/forged": 404,
+    "/subscribe": 404,  # no list is public in the fixture: the "closed" page
+    "/preferences/forged": 404,
+    "/confirm/forged": 404,
+    "/archive/": 200,
+}
+
+
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Store:
+    return make_store(copy_site(tmp_path, monkeypatch))
+
+
+def served(store: Store, paths: list[str] | None = None) -> dict[str, str]:
+    """Each page's text, from a new app (as `newsletter serve` makes one)."""
+    app = create_public_app(store.settings, engine=store.engine, secret=store.secret)
+    found = {}
+    with TestClient(app, base_url="https://news.lantern.example.com") as client:
+        for path in paths or list(PAGES):
+            answer = client.get(path)
+            assert answer.status_code == PAGES[path], path
+            assert "<html" in answer.text
+            found[path] = answer.text
+    return found
+
+
+def as_a_new_process() -> None:
+    """Only what is on disk is left: the pages' environments are made again."""
+    pages.environment.cache_clear()
+
+
+def refuse_to_compile(monkeypatch: pytest.MonkeyPatch) -> None:
+    def compile_(*_args: Any, **_kwargs: Any) -> None:
+        raise AssertionError("a template was compiled")
+
+    monkeypatch.setattr(jinja2.Environment, "compile", compile_)
+
+
+def edit_page(monkeypatch: pytest.MonkeyPatch, name: str, edit: Callable[[str], str]) -> None:
+    """The pages ship inside the package: an edit (an upgrade, a developer's
+    change) reaches Jinja2 as new source from the same file name."""
+    source_of = jinja2.PackageLoader.get_source
+
+    def get_source(
+        self: jinja2.PackageLoader, environment: jinja2.Environment, template: str
+    ) -> tuple[str, str | None, Callable[[], bool] | None]:
+        source, filename, uptodate = source_of(self, environment, template)
+        return (edit(source) if template == name else source), filename, uptodate
+
+    monkeypatch.setattr(jinja2.PackageLoader, "get_source", get_source)
+
+
+def test_the_public_pages_are_compiled_once_and_kept_in_the_state_folder(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    as_a_new_process()
+    first = served(store)
+    assert list((store.settings.state_dir / "jinja").iterdir())
+    as_a_new_process()
+    with monkeypatch.context() as patched:
+        refuse_to_compile(patched)
+        again = served(store)
+    assert again == first  # the public pages carry no nonce: the same bytes
+    assert "Unsubscribing" in again["/unsubscribe/"]
+
+
+def test_an_edited_public_template_is_compiled_again_not_served_stale(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    as_a_new_process()
+    assert "Edited heading" not in served(store, ["/unsubscribe/"])["/unsubscribe/"]
+    as_a_new_process()
+    edit_page(monkeypatch, "public_help.html", lambda s: s.replace("<h1>", "<h1>Edited heading "))
+    assert (
+        "<h1>Edited heading Unsubscribing</h1>" in served(store, ["/unsubscribe/"])["/unsubscribe/"]
+    )
+    # and the base the public pages extend
+    as_a_new_process()
+    edit_page(monkeypatch, "public_base.html", lambda s: s.replace("<body>", "<body>Edited base"))
+    assert "Edited base" in served(store, ["/subscribe"])["/subscribe"]

@@ -1,0 +1,274 @@
+"""What the preview's file watcher watches: every file that can change a
+preview reloads the page, and nothing else in the site wakes the watcher
+(its state folder with the database and WAL, .git, _site, node_modules)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import sqlite3
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from newsletter.config import Settings, load_settings
+from newsletter.web import reload
+from newsletter.web.reload import Broadcaster, watch
+from newsletter.web.site import Site, watched_dirs, watched_files
+
+# Up to this long for a reload that should come; a change that should not is
+# given this long too (the watcher's debounce is 0.2 s).
+WAIT = 2.0
+
+CONFIG = """\
+[site]
+jekyll_config = "_config.yml"
+timezone = "Europe/Lisbon"
+
+[email]
+from = "Lantern Notes <letters@lantern.example.com>"
+templates_dir = "theme"
+
+[unsubscribe]
+mailto = "leave@lantern.example.com"
+
+[database]
+url = "sqlite:///.newsletter/newsletter.db"
+
+[lists.letters]
+title = "Lantern Notes letters"
+"""
+
+
+JEKYLL_CONFIG = """\
+title: Lantern Notes
+url: https://lantern.example.com
+collections:
+  authors:
+    output: false
+"""
+
+
+@pytest.fixture
+def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A Jekyll site with the newsletter's configuration at its root, and the
+    folders a real one has beside the posts."""
+    monkeypatch.delenv("NEWSLETTER_CONFIG", raising=False)
+    root = tmp_path / "site"
+    for folder in (
+        "_posts/2024",
+        "_includes",
+        "_data",
+        "_authors",
+        "_layouts",
+        "_site",
+        "theme/parts",
+        ".newsletter",
+        "node_modules/pkg",
+    ):
+        (root / folder).mkdir(parents=True)
+    (root / "newsletter.toml").write_text(CONFIG)
+    (root / "_config.yml").write_text(JEKYLL_CONFIG)
+    (root / "_posts" / "2024-03-02-winter.md").write_text(
+        "---\ntitle: Winter\n---\n\nCold. {% include note.html %}\n"
+    )
+    (root / "_includes" / "note.html").write_text("<p>A note from the shed.</p>\n")
+    (root / "_data" / "shed.yml").write_text("tools: [spade]\n")
+    (root / "_authors" / "ana.md").write_text("---\nname: Ana\n---\n")
+    (root / "theme" / "email.txt.j2").write_text("{{ post.title }}\n")
+    (root / "theme" / "parts" / "sign-off.txt").write_text("Yours\n")
+    (root / "_site" / "index.html").write_text("<html></html>\n")
+    (root / "node_modules" / "pkg" / "index.js").write_text("\n")
+    (root / "README.md").write_text("A site.\n")
+    git("init", "-q", ".", cwd=root)
+    return root
+
+
+def git(*args: str, cwd: Path) -> None:
+    """git, as a writer would run it (only its .git folder is made without it)."""
+    found = shutil.which("git")
+    if found is None:
+        (cwd / ".git").mkdir(exist_ok=True)
+        (cwd / ".git" / "index").write_bytes(os.urandom(64))
+        return
+    env = {**os.environ, "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"}
+    names = {"NAME": "Writer", "EMAIL": "writer@example.com"}
+    env |= {
+        f"GIT_{who}_{key}": value for who in ("AUTHOR", "COMMITTER") for key, value in names.items()
+    }
+    subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True)
+
+
+class Counted:
+    """`reload._filter`'s functions, counting their calls: one per change the
+    watcher was woken for, kept or not."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls: list[str] = []
+        make = reload._filter
+
+        def counting(wanted: set[str], prefixes: tuple[str, ...]) -> Callable[..., bool]:
+            relevant = make(wanted, prefixes)
+
+            def called(change: object, path: str) -> bool:
+                self.calls.append(path)
+                return relevant(change, path)  # type: ignore[arg-type]
+
+            return called
+
+        monkeypatch.setattr(reload, "_filter", counting)
+
+
+Edit = Callable[[], object]
+
+
+def reloads(settings: Settings, edits: list[Edit]) -> list[int]:
+    """How many reloads each edit caused, the watcher planned as the preview plans it."""
+
+    async def scenario() -> list[int]:
+        hub, stop = Broadcaster(), asyncio.Event()
+        task = asyncio.create_task(
+            watch(hub, lambda: watched_dirs(settings), lambda: watched_files(settings), stop)
+        )
+        seen = []
+        for edit in edits:
+            await asyncio.sleep(0.3)  # the watcher is up (again, after a re-plan)
+            before = hub.generation
+            await asyncio.to_thread(edit)
+            deadline = time.monotonic() + WAIT
+            while hub.generation == before and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.3)  # a second reload for the same edit would show now
+            seen.append(hub.generation - before)
+        stop.set()
+        await asyncio.wait_for(task, 5)
+        return seen
+
+    return asyncio.run(scenario())
+
+
+def append(path: Path, text: str = "\nmore\n") -> Edit:
+    return lambda: path.write_text(path.read_text() + text)
+
+
+def replace_by_rename(path: Path, text: str) -> Edit:
+    """The way many editors save: a new file renamed over the old one."""
+
+    def save() -> None:
+        fresh = path.with_name(f".{path.name}.swp")
+        fresh.write_text(path.read_text() + text)
+        os.replace(fresh, path)
+
+    return save
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "post",
+        "post in a sub-folder",
+        "new post",
+        "theme template",
+        "theme part",
+        "_config.yml",
+        "include",
+        "_data file",
+        "collection document",
+    ],
+)
+def test_each_kind_of_file_a_preview_is_made_from_reloads_it(site: Path, kind: str) -> None:
+    settings = load_settings(site / "newsletter.toml")
+    edit = {
+        "post": append(site / "_posts" / "2024-03-02-winter.md"),
+        "post in a sub-folder": lambda: (
+            site / "_posts" / "2024" / "2024-04-01-spring.md"
+        ).write_text("---\ntitle: Spring\n---\n\nWarm.\n"),
+        "new post": lambda: (site / "_posts" / "2024-05-01-may.md").write_text("---\n---\nMay\n"),
+        "theme template": append(site / "theme" / "email.txt.j2"),
+        "theme part": append(site / "theme" / "parts" / "sign-off.txt"),
+        "_config.yml": append(site / "_config.yml", "description: more\n"),
+        "include": append(site / "_includes" / "note.html"),
+        "_data file": append(site / "_data" / "shed.yml", "more: [rake]\n"),
+        "collection document": append(site / "_authors" / "ana.md"),
+    }[kind]
+    assert reloads(settings, [edit]) == [1]
+
+
+def test_the_configuration_file_reloads_whether_written_or_renamed_over(site: Path) -> None:
+    settings = load_settings(site / "newsletter.toml")
+    config = site / "newsletter.toml"
+    edits = [append(config, "\n# a comment\n"), replace_by_rename(config, "\n# another\n")]
+    # Twice: after the first edit the watcher is planned again (a re-plan),
+    # and the second still reaches it.
+    assert reloads(settings, edits) == [1, 1]
+
+
+def test_the_site_beside_the_posts_neither_reloads_nor_wakes_the_watcher(
+    site: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = load_settings(site / "newsletter.toml")
+    counted = Counted(monkeypatch)
+
+    def database_writes() -> None:
+        # The state folder's SQLite database in WAL mode, as the store opens it.
+        with sqlite3.connect(site / ".newsletter" / "newsletter.db") as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("CREATE TABLE IF NOT EXISTS t (x)")
+            db.executemany("INSERT INTO t VALUES (?)", [(n,) for n in range(50)])
+        db.close()
+
+    edits: list[Edit] = [
+        database_writes,
+        lambda: git("add", "-A", cwd=site),
+        lambda: git("commit", "-q", "-m", "A post", cwd=site),
+        lambda: (site / "_site" / "index.html").write_text("<html>rebuilt</html>\n"),
+        lambda: (site / "_site" / "2024").mkdir(),
+        lambda: (site / "node_modules" / "pkg" / "index.js").write_text("// new\n"),
+        lambda: (site / ".newsletter" / "jinja").mkdir(),
+    ]
+    assert reloads(settings, edits) == [0] * len(edits)
+    assert counted.calls == []
+
+
+def test_a_file_beside_the_configuration_is_seen_but_does_not_reload(site: Path) -> None:
+    """The configuration's folder is watched at its top level only: a file
+    there wakes the watcher (it is filtered out), one below it does not."""
+    settings = load_settings(site / "newsletter.toml")
+    assert reloads(settings, [append(site / "README.md")]) == [0]
+
+
+def test_an_edited_include_shows_without_the_watcher(site: Path) -> None:
+    """The stat fingerprint each request takes covers what the watcher watches:
+    a post's include, edited, is read again (the page the reload asks for is
+    not the one made before)."""
+    preview_site = Site(lambda: load_settings(site / "newsletter.toml"))
+
+    def winter() -> str:
+        posts = preview_site.posts()
+        found = posts.with_id(posts.posts[0].post_id)
+        assert found is not None
+        return found.body_html
+
+    assert "A note from the shed." in winter()
+    (site / "_includes" / "note.html").write_text("<p>A note from the greenhouse.</p>\n")
+    assert "A note from the greenhouse." in winter()
+
+
+def test_a_posts_folder_replaced_whole_is_watched_again(site: Path) -> None:
+    """A tool that swaps the posts folder for a new one (a sync, a checkout
+    into a fresh folder): the watcher follows the new folder, as the whole-site
+    watch did."""
+    settings = load_settings(site / "newsletter.toml")
+    posts = site / "_posts"
+
+    def swap() -> None:
+        fresh = site / "_posts.new"
+        shutil.copytree(posts, fresh)
+        posts.rename(site / "_posts.old")
+        fresh.rename(posts)
+
+    assert reloads(settings, [swap, append(posts / "2024-03-02-winter.md")]) == [1, 1]
