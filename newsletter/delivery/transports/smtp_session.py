@@ -16,6 +16,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 from newsletter.config import SmtpSettings
 from newsletter.delivery.transports.base import ConnectError, TransportError
@@ -67,8 +68,9 @@ class Replies(asyncio.Protocol):
         self.lost: BaseException | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # Not an isinstance check: uvloop's transports have asyncio.Transport's
+        # methods without deriving from it.
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         buffer = self._buffer + data if self._buffer else data
@@ -261,8 +263,8 @@ async def _starttls(session: Session, settings: SmtpSettings, local_hostname: st
         secured = await loop.start_tls(
             proto.transport, proto, tls_context(settings), server_hostname=settings.host
         )
-    assert isinstance(secured, asyncio.Transport)
-    proto.transport = secured
+    assert secured is not None
+    proto.transport = cast(asyncio.Transport, secured)  # uvloop's: see connection_made
     await _ehlo(session, settings, local_hostname)
 
 
