@@ -7,9 +7,11 @@ mid-DATA, and invariant 2 after kill -9 with several connections.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,21 @@ def streams_settings(site: Path, server: SmtpTestServer, **extra: Any) -> Settin
 @pytest.fixture(autouse=True)
 def _secret(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NEWSLETTER_SECRET", "streams-test-secret")
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def each_loop(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The pass on asyncio's loop, then on uvloop's (what bench/send.py's
+    ours-uvloop installs: asyncio.run's loop made by uvloop's policy)."""
+    if request.param == "asyncio":
+        yield
+        return
+    uvloop = pytest.importorskip("uvloop")
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    try:
+        yield
+    finally:
+        asyncio.set_event_loop_policy(None)
 
 
 def timed_stall(monkeypatch: pytest.MonkeyPatch) -> list[float]:
@@ -123,6 +140,7 @@ def test_the_strategy_follows_the_setting_and_the_server(
 
 
 @pytest.mark.parametrize("pipelining", [False, True], ids=["plain", "pipelining"])
+@pytest.mark.usefixtures("each_loop")
 def test_a_stalled_connection_does_not_hold_up_the_others(
     sample_site: Path, pipelining: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -158,6 +176,7 @@ def test_a_stalled_connection_does_not_hold_up_the_others(
 
 
 @pytest.mark.parametrize("pipelining", [False, True], ids=["plain", "pipelining"])
+@pytest.mark.usefixtures("each_loop")
 def test_mixed_refusals_across_busy_connections(
     sample_site: Path, smtp_server: SmtpTestServer, pipelining: bool
 ) -> None:
@@ -189,6 +208,7 @@ def test_mixed_refusals_across_busy_connections(
 
 
 @pytest.mark.parametrize("pipelining", [False, True], ids=["plain", "pipelining"])
+@pytest.mark.usefixtures("each_loop")
 def test_drop_mid_data_on_one_connection_others_go_on(
     sample_site: Path, smtp_server: SmtpTestServer, pipelining: bool
 ) -> None:
@@ -208,6 +228,7 @@ def test_drop_mid_data_on_one_connection_others_go_on(
     assert sorted(smtp_server.recipients()) == [f"r{i:03d}@example.org" for i in range(30)]
 
 
+@pytest.mark.usefixtures("each_loop")
 def test_stop_finishes_the_messages_in_flight(
     sample_site: Path, smtp_server: SmtpTestServer
 ) -> None:
