@@ -72,6 +72,16 @@ class Replies(asyncio.Protocol):
         # methods without deriving from it.
         self.transport = cast(asyncio.Transport, transport)
 
+    def write(self, data: bytes) -> None:
+        """Send `data`; dropped once the connection is closing or lost, where the
+        replies then say so.  asyncio's transports drop it themselves; uvloop's
+        raise RuntimeError ("the handler is closed"), e.g. while the content goes
+        out to a server that refused it and closed."""
+        transport = self.transport
+        assert transport is not None
+        if not transport.is_closing():
+            transport.write(data)
+
     def data_received(self, data: bytes) -> None:
         buffer = self._buffer + data if self._buffer else data
         start = 0
@@ -233,9 +243,7 @@ async def _reply(session: Session, settings: SmtpSettings) -> Reply:
 
 
 async def _command(session: Session, settings: SmtpSettings, line: bytes) -> Reply:
-    transport = session.replies.transport
-    assert transport is not None
-    transport.write(line + b"\r\n")
+    session.replies.write(line + b"\r\n")
     return await _reply(session, settings)
 
 
