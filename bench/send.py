@@ -5,7 +5,7 @@
     python bench/send.py --n 20000 --concurrency 4 --runs 3 --pipelining off
     python bench/send.py --also rounds,threaded           # the older strategies too
     python bench/send.py --only streams,streams-p2        # ours with [delivery] processes = 2
-    python bench/send.py --only ours,ours-uvloop          # ours on uvloop's event loop too
+    python bench/send.py --only ours,ours-asyncio         # ours on asyncio's event loop too
     python bench/send.py --cold-render                    # ours renders (no render cache)
     python bench/send.py --only ours,before:ours          # before/after: main's code (--before)
     python bench/send.py --baselines smtplib              # skip aiosmtplib (the slowest run)
@@ -21,8 +21,8 @@ connection, aiosmtplib with a coroutine per connection (neither pipelines).
 Ours is the whole pass: claim, personalise, send, record in the ledger,
 with `[delivery] strategy = "auto"` ("ours": what a user gets, whichever
 strategy auto picks for the sink) unless a strategy is named ("streams",
-"threaded", "rounds"; "-p2" after it: `[delivery] processes = 2`; "-uvloop"
-or "-asyncio" last: the streams' event loop, see `set_event_loop`).
+"threaded", "rounds"; "-p2" after it: `[delivery] processes = 2`; "-asyncio"
+or "-uvloop" last: the streams' event loop, see `set_event_loop`).
 
 Each measurement runs in a fresh subprocess (clean CPU and memory figures);
 within a run the contestants go in rotated order (A/B interleaved), and the
@@ -133,7 +133,12 @@ def wait_for(port: int) -> None:
 
 
 def make_site(
-    directory: Path, port: int, concurrency: int, strategy: str = "streams", processes: int = 1
+    directory: Path,
+    port: int,
+    concurrency: int,
+    strategy: str = "streams",
+    processes: int = 1,
+    event_loop: str = "",
 ) -> Any:
     import shutil
 
@@ -154,6 +159,7 @@ transport = "smtp"
 concurrency = {concurrency}
 strategy = "{strategy}"
 {f"processes = {processes}" if processes != 1 else ""}
+{'event_loop = "asyncio"' if event_loop == "asyncio" else ""}
 [smtp]
 host = "127.0.0.1"
 port = {port}
@@ -329,7 +335,7 @@ def measure_ours(
         strategy, event_loop = split_loop(strategy)
         strategy, _, procs = strategy.partition("-p")
         strategy = "auto" if strategy == "ours" else strategy
-        settings = make_site(work, port, concurrency, strategy, int(procs or 1))
+        settings = make_site(work, port, concurrency, strategy, int(procs or 1), event_loop)
         shutil.copy(template / "bench.db", work / "bench.db")
 
         os.chdir(work)
@@ -369,7 +375,9 @@ def split_loop(kind: str) -> tuple[str, str]:
 
 
 def set_event_loop(event_loop: str) -> None:
-    """The loop asyncio.run makes in this process (the streams' loop), when one is named."""
+    """The loop asyncio.run makes in this process, when one is named: the streams' loop
+    for a checkout from before `[delivery] event_loop` (before:ours-uvloop); since, "ours"
+    is on uvloop when it is installed and "-asyncio" also sets event_loop = "asyncio"."""
     if event_loop == "uvloop":
         import uvloop
 
@@ -660,7 +668,7 @@ def main() -> None:
     parser.add_argument(
         "--only",
         default="",
-        help="ours to measure instead: ours,streams,threaded,streams-p2,ours-uvloop",
+        help="ours to measure instead: ours,streams,threaded,streams-p2,ours-asyncio",
     )
     parser.add_argument(
         "--baselines",

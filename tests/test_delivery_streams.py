@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from newsletter.config import Settings
 from newsletter.delivery.mailing_pass import MailingPass
 from newsletter.delivery.mailings import deliver_mailing, plan_mailing
 from newsletter.delivery.rounds import RoundsStrategy
-from newsletter.delivery.streams import StreamsStrategy
+from newsletter.delivery.streams import StreamsStrategy, loop_factory, run_loop
 from newsletter.delivery.threaded import ThreadedStrategy
 from newsletter.posts.collection import load_posts
 from newsletter.store import mailings as q
@@ -31,9 +31,13 @@ from newsletter.store import mailings as q
 POST = "how-sleep-consolidates-memory"
 
 
+EVENT_LOOP = "auto"  # `each_loop` sets it per test
+
+
 def streams_settings(site: Path, server: SmtpTestServer, **extra: Any) -> Settings:
     """Settings for `server` with the streams strategy, whatever the server offers."""
-    return site_settings(site, server, **{"delivery.strategy": "streams", **extra})
+    chosen = {"delivery.strategy": "streams", "delivery.event_loop": EVENT_LOOP}
+    return site_settings(site, server, **{**chosen, **extra})
 
 
 @pytest.fixture(autouse=True)
@@ -42,18 +46,31 @@ def _secret(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(params=["asyncio", "uvloop"])
-def each_loop(request: pytest.FixtureRequest) -> Iterator[None]:
-    """The pass on asyncio's loop, then on uvloop's (what bench/send.py's
-    ours-uvloop installs: asyncio.run's loop made by uvloop's policy)."""
-    if request.param == "asyncio":
-        yield
-        return
+def each_loop(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pass on asyncio's loop (`[delivery] event_loop = "asyncio"`), then on
+    uvloop's ("auto", the default, with uvloop installed)."""
+    if request.param == "uvloop":
+        pytest.importorskip("uvloop")
+        monkeypatch.setitem(globals(), "EVENT_LOOP", "auto")
+    else:
+        monkeypatch.setitem(globals(), "EVENT_LOOP", "asyncio")
+
+
+def test_auto_takes_uvloop_when_installed_and_asyncio_on_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     uvloop = pytest.importorskip("uvloop")
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    try:
-        yield
-    finally:
-        asyncio.set_event_loop_policy(None)
+    assert loop_factory("auto") is uvloop.new_event_loop
+    assert loop_factory("asyncio") is None  # asyncio.Runner's own loop
+    assert run_loop(running_loop, "auto").__module__.startswith("uvloop")
+    assert isinstance(run_loop(running_loop, "asyncio"), asyncio.SelectorEventLoop)
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # not installed (Windows): asyncio's
+    assert loop_factory("auto") is None
+    assert isinstance(run_loop(running_loop, "auto"), asyncio.SelectorEventLoop)
+
+
+async def running_loop() -> asyncio.AbstractEventLoop:
+    return asyncio.get_running_loop()
 
 
 def timed_stall(monkeypatch: pytest.MonkeyPatch) -> list[float]:
