@@ -5,6 +5,7 @@
     python bench/send.py --n 20000 --concurrency 4 --runs 3 --pipelining off
     python bench/send.py --also rounds,threaded           # the older strategies too
     python bench/send.py --only streams,streams-p2        # ours with [delivery] processes = 2
+    python bench/send.py --only ours,ours-asyncio         # ours on asyncio's event loop too
     python bench/send.py --cold-render                    # ours renders (no render cache)
     python bench/send.py --only ours,before:ours          # before/after: main's code (--before)
     python bench/send.py --baselines smtplib              # skip aiosmtplib (the slowest run)
@@ -20,7 +21,8 @@ connection, aiosmtplib with a coroutine per connection (neither pipelines).
 Ours is the whole pass: claim, personalise, send, record in the ledger,
 with `[delivery] strategy = "auto"` ("ours": what a user gets, whichever
 strategy auto picks for the sink) unless a strategy is named ("streams",
-"threaded", "rounds"; "-p2" after it: `[delivery] processes = 2`).
+"threaded", "rounds"; "-p2" after it: `[delivery] processes = 2`; "-asyncio"
+or "-uvloop" last: the streams' event loop, see `set_event_loop`).
 
 Each measurement runs in a fresh subprocess (clean CPU and memory figures);
 within a run the contestants go in rotated order (A/B interleaved), and the
@@ -131,7 +133,12 @@ def wait_for(port: int) -> None:
 
 
 def make_site(
-    directory: Path, port: int, concurrency: int, strategy: str = "streams", processes: int = 1
+    directory: Path,
+    port: int,
+    concurrency: int,
+    strategy: str = "streams",
+    processes: int = 1,
+    event_loop: str = "",
 ) -> Any:
     import shutil
 
@@ -152,6 +159,7 @@ transport = "smtp"
 concurrency = {concurrency}
 strategy = "{strategy}"
 {f"processes = {processes}" if processes != 1 else ""}
+{'event_loop = "asyncio"' if event_loop == "asyncio" else ""}
 [smtp]
 host = "127.0.0.1"
 port = {port}
@@ -324,9 +332,10 @@ def measure_ours(
     work = Path(tempfile.mkdtemp(prefix="bench-ours-"))
     try:
         # "streams-p2": the streams strategy with [delivery] processes = 2
+        strategy, event_loop = split_loop(strategy)
         strategy, _, procs = strategy.partition("-p")
         strategy = "auto" if strategy == "ours" else strategy
-        settings = make_site(work, port, concurrency, strategy, int(procs or 1))
+        settings = make_site(work, port, concurrency, strategy, int(procs or 1), event_loop)
         shutil.copy(template / "bench.db", work / "bench.db")
 
         os.chdir(work)
@@ -347,10 +356,34 @@ def measure_ours(
         STARTED, CPU_STARTED = time.perf_counter(), time.process_time()
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
         CHILD_CPU = children.ru_utime + children.ru_stime
+        set_event_loop(event_loop)  # on the clock: uvloop's import is part of the pass
         report = deliver_mailing(engine, settings, mailing, posts, progress=progress)
         return report.sent, first[0]
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+LOOPS = ("-uvloop", "-asyncio")
+
+
+def split_loop(kind: str) -> tuple[str, str]:
+    """The kind and its loop suffix: ours-uvloop -> (ours, uvloop); none -> (kind, "")."""
+    for suffix in LOOPS:
+        if kind.endswith(suffix):
+            return kind.removesuffix(suffix), suffix[1:]
+    return kind, ""
+
+
+def set_event_loop(event_loop: str) -> None:
+    """The loop asyncio.run makes in this process, when one is named: the streams' loop
+    for a checkout from before `[delivery] event_loop` (before:ours-uvloop); since, "ours"
+    is on uvloop when it is installed and "-asyncio" also sets event_loop = "asyncio"."""
+    if event_loop == "uvloop":
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    elif event_loop == "asyncio":
+        asyncio.set_event_loop_policy(asyncio.DefaultEventLoopPolicy())
 
 
 STARTED = CPU_STARTED = CHILD_CPU = 0.0
@@ -599,11 +632,14 @@ def cell(
             ]
             label = f"{mine}/{base}"
             print(f"  {label:<24} rate {fmt(ratios, '.2f')}   CPU {fmt(cpus, '.2f')}")
-        if (before := f"before:{mine}") in results:  # the A/B itself, run by run
-            pairs = list(zip(ours, results[before], strict=True))
+        # The A/B itself, run by run: against main's code, or the same on another loop.
+        for other in (f"before:{mine}", split_loop(mine)[0]):
+            if other == mine or other not in results:
+                continue
+            pairs = list(zip(ours, results[other], strict=True))
             ratios = [a["rate"] / b["rate"] for a, b in pairs]
             cpus = [a["cpu_per_1000"] / b["cpu_per_1000"] for a, b in pairs]
-            label = f"{mine}/{before}"
+            label = f"{mine}/{other}"
             print(f"  {label:<24} rate {fmt(ratios, '.2f')}   CPU {fmt(cpus, '.2f')}")
     print(flush=True)
 
@@ -630,7 +666,9 @@ def main() -> None:
     parser.add_argument("--also", default="", help="older strategies to measure: rounds,threaded")
     parser.add_argument("--out", default="", help="append every measurement as JSON lines")
     parser.add_argument(
-        "--only", default="", help="ours to measure instead: ours,streams,threaded,streams-p2"
+        "--only",
+        default="",
+        help="ours to measure instead: ours,streams,threaded,streams-p2,ours-asyncio",
     )
     parser.add_argument(
         "--baselines",

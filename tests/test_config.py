@@ -74,6 +74,16 @@ def test_bad_values_name_their_key(tmp_path: Path, text: str, key: str) -> None:
     assert key in str(info.value)
 
 
+def test_the_event_loop_is_auto_or_asyncio(tmp_path: Path) -> None:
+    assert load_settings(write(tmp_path, "")).delivery.event_loop == "auto"
+    chosen = load_settings(write(tmp_path, "[delivery]\nevent_loop = 'asyncio'\n"))
+    assert chosen.delivery.event_loop == "asyncio"
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, "[delivery]\nevent_loop = 'uvloop'\n"))
+    assert info.value.key == "delivery.event_loop"
+    assert "expected 'auto' or 'asyncio', got 'uvloop'" in str(info.value)
+
+
 @pytest.mark.parametrize(
     "mailto",
     [

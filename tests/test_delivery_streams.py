@@ -7,7 +7,9 @@ mid-DATA, and invariant 2 after kill -9 with several connections.
 
 from __future__ import annotations
 
+import asyncio
 import re
+import sys
 import threading
 import time
 from pathlib import Path
@@ -21,7 +23,7 @@ from newsletter.config import Settings
 from newsletter.delivery.mailing_pass import MailingPass
 from newsletter.delivery.mailings import deliver_mailing, plan_mailing
 from newsletter.delivery.rounds import RoundsStrategy
-from newsletter.delivery.streams import StreamsStrategy
+from newsletter.delivery.streams import StreamsStrategy, loop_factory, run_loop
 from newsletter.delivery.threaded import ThreadedStrategy
 from newsletter.posts.collection import load_posts
 from newsletter.store import mailings as q
@@ -29,14 +31,46 @@ from newsletter.store import mailings as q
 POST = "how-sleep-consolidates-memory"
 
 
+EVENT_LOOP = "auto"  # `each_loop` sets it per test
+
+
 def streams_settings(site: Path, server: SmtpTestServer, **extra: Any) -> Settings:
     """Settings for `server` with the streams strategy, whatever the server offers."""
-    return site_settings(site, server, **{"delivery.strategy": "streams", **extra})
+    chosen = {"delivery.strategy": "streams", "delivery.event_loop": EVENT_LOOP}
+    return site_settings(site, server, **{**chosen, **extra})
 
 
 @pytest.fixture(autouse=True)
 def _secret(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NEWSLETTER_SECRET", "streams-test-secret")
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def each_loop(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pass on asyncio's loop (`[delivery] event_loop = "asyncio"`), then on
+    uvloop's ("auto", the default, with uvloop installed)."""
+    if request.param == "uvloop":
+        pytest.importorskip("uvloop")
+        monkeypatch.setitem(globals(), "EVENT_LOOP", "auto")
+    else:
+        monkeypatch.setitem(globals(), "EVENT_LOOP", "asyncio")
+
+
+def test_auto_takes_uvloop_when_installed_and_asyncio_on_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    uvloop = pytest.importorskip("uvloop")
+    assert loop_factory("auto") is uvloop.new_event_loop
+    assert loop_factory("asyncio") is None  # asyncio.Runner's own loop
+    assert run_loop(running_loop, "auto").__module__.startswith("uvloop")
+    assert isinstance(run_loop(running_loop, "asyncio"), asyncio.SelectorEventLoop)
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # not installed (Windows): asyncio's
+    assert loop_factory("auto") is None
+    assert isinstance(run_loop(running_loop, "auto"), asyncio.SelectorEventLoop)
+
+
+async def running_loop() -> asyncio.AbstractEventLoop:
+    return asyncio.get_running_loop()
 
 
 def timed_stall(monkeypatch: pytest.MonkeyPatch) -> list[float]:
@@ -123,6 +157,7 @@ def test_the_strategy_follows_the_setting_and_the_server(
 
 
 @pytest.mark.parametrize("pipelining", [False, True], ids=["plain", "pipelining"])
+@pytest.mark.usefixtures("each_loop")
 def test_a_stalled_connection_does_not_hold_up_the_others(
     sample_site: Path, pipelining: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -158,6 +193,7 @@ def test_a_stalled_connection_does_not_hold_up_the_others(
 
 
 @pytest.mark.parametrize("pipelining", [False, True], ids=["plain", "pipelining"])
+@pytest.mark.usefixtures("each_loop")
 def test_mixed_refusals_across_busy_connections(
     sample_site: Path, smtp_server: SmtpTestServer, pipelining: bool
 ) -> None:
@@ -189,6 +225,7 @@ def test_mixed_refusals_across_busy_connections(
 
 
 @pytest.mark.parametrize("pipelining", [False, True], ids=["plain", "pipelining"])
+@pytest.mark.usefixtures("each_loop")
 def test_drop_mid_data_on_one_connection_others_go_on(
     sample_site: Path, smtp_server: SmtpTestServer, pipelining: bool
 ) -> None:
@@ -208,6 +245,7 @@ def test_drop_mid_data_on_one_connection_others_go_on(
     assert sorted(smtp_server.recipients()) == [f"r{i:03d}@example.org" for i in range(30)]
 
 
+@pytest.mark.usefixtures("each_loop")
 def test_stop_finishes_the_messages_in_flight(
     sample_site: Path, smtp_server: SmtpTestServer
 ) -> None:

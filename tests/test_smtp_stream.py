@@ -73,10 +73,27 @@ def tls(tmp_path: Path) -> TlsMaterial:
     return tls_material(tmp_path)
 
 
+@pytest.fixture(params=["asyncio", "uvloop"])
+def each_loop(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test on asyncio's loop, then on uvloop's (bench/send.py's ours-uvloop):
+    TLS, timeouts and drops must behave the same on both."""
+    if request.param == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+
+        def run_uvloop(main: Callable[[], Awaitable[T]]) -> T:
+            async def wrapped() -> T:
+                return await main()
+
+            return uvloop.run(wrapped())
+
+        monkeypatch.setitem(globals(), "run", run_uvloop)
+
+
 # --------------------------------------------------------------------------- replies
 
 
 @pytest.mark.parametrize("lookahead", [False, True], ids=["one-by-one", "lookahead"])
+@pytest.mark.usefixtures("each_loop")
 def test_refusals_per_recipient_on_one_connection(
     any_server: SmtpTestServer, lookahead: bool
 ) -> None:
@@ -98,6 +115,7 @@ def test_refusals_per_recipient_on_one_connection(
     assert any_server.received[0].data.endswith(b"body\r\n.dot\r\n")
 
 
+@pytest.mark.usefixtures("each_loop")
 def test_drop_mid_data_is_temporary_and_the_next_message_reconnects(
     any_server: SmtpTestServer,
 ) -> None:
@@ -112,6 +130,7 @@ def test_drop_mid_data_is_temporary_and_the_next_message_reconnects(
     assert any_server.recipients() == ["b@example.org", "a@example.org"]
 
 
+@pytest.mark.usefixtures("each_loop")
 def test_421_drops_the_connection_and_is_throttling(any_server: SmtpTestServer) -> None:
     any_server.script("a@example.org", "421 4.7.0 Too many connections", times=1)
     conn = plain(any_server)
@@ -120,6 +139,7 @@ def test_421_drops_the_connection_and_is_throttling(any_server: SmtpTestServer) 
     assert second.ok and conn.connects == 2
 
 
+@pytest.mark.usefixtures("each_loop")
 def test_stalled_server_times_out_as_temporary() -> None:
     server = SmtpTestServer(stall_seconds=2.0)
     server.script("slow@example.org", STALL, stage="data", times=1)
@@ -232,6 +252,7 @@ def test_an_announced_message_is_never_sent_without_its_own_send() -> None:
 # --------------------------------------------------------------------------- TLS and AUTH
 
 
+@pytest.mark.usefixtures("each_loop")
 def test_starttls_verified_and_auth_after_tls(
     tls: TlsMaterial, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -270,6 +291,7 @@ def test_starttls_refused_when_not_offered(smtp_server: SmtpTestServer) -> None:
         run(StreamSmtp(settings).open)
 
 
+@pytest.mark.usefixtures("each_loop")
 def test_untrusted_ca_is_refused(tls: TlsMaterial) -> None:
     with SmtpTestServer(tls="starttls", context=tls.server_context) as server:
         settings = SmtpSettings(host="127.0.0.1", port=server.port)  # no ca_file
@@ -277,6 +299,7 @@ def test_untrusted_ca_is_refused(tls: TlsMaterial) -> None:
             run(StreamSmtp(settings).open)
 
 
+@pytest.mark.usefixtures("each_loop")
 def test_self_signed_certificate_is_refused(tmp_path: Path) -> None:
     with SmtpTestServer(tls="implicit", context=self_signed_context(tmp_path)) as server:
         settings = SmtpSettings(host="127.0.0.1", port=server.port, security="tls")
@@ -285,6 +308,7 @@ def test_self_signed_certificate_is_refused(tmp_path: Path) -> None:
         assert server.received == []
 
 
+@pytest.mark.usefixtures("each_loop")
 def test_implicit_tls_with_trusted_ca(tls: TlsMaterial) -> None:
     with SmtpTestServer(tls="implicit", context=tls.server_context, pipelining=True) as server:
         settings = SmtpSettings(
@@ -353,6 +377,7 @@ def test_a_421_then_close_at_mail_is_throttling_not_a_lost_connection(pipelining
     assert (result.ok, result.code, result.throttled) == (False, 421, True), result
 
 
+@pytest.mark.usefixtures("each_loop")
 def test_a_554_to_an_announced_mail_then_close_is_read_after_an_idle_pause() -> None:
     """The second envelope goes out behind the first message's dot; the server
     answers it 554 and closes while the connection waits (the pass records,

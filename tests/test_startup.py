@@ -33,6 +33,7 @@ HEAVY = (
     "cssutils",
     "dkim",
     "watchfiles",
+    "uvloop",
     "email_validator",
 )
 

@@ -93,6 +93,10 @@ class DeliverySettings:
     # SMTP sending processes for a big mailing (each leases its own rows and
     # drives its share of the `concurrency` connections); 1: this process only.
     processes: int = 1
+    # The streams' event loop: "auto" takes uvloop's when it is installed (it
+    # is a dependency except on Windows; measured: docs/delivery.md), else
+    # asyncio's own; "asyncio" always asyncio's.
+    event_loop: Literal["auto", "asyncio"] = "auto"
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 from newsletter.config import SmtpSettings
 from newsletter.delivery.transports.base import ConnectError, TransportError
@@ -67,8 +68,19 @@ class Replies(asyncio.Protocol):
         self.lost: BaseException | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # Not an isinstance check: uvloop's transports have asyncio.Transport's
+        # methods without deriving from it.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def write(self, data: bytes) -> None:
+        """Send `data`; dropped once the connection is closing or lost, where the
+        replies then say so.  asyncio's transports drop it themselves; uvloop's
+        raise RuntimeError ("the handler is closed"), e.g. while the content goes
+        out to a server that refused it and closed."""
+        transport = self.transport
+        assert transport is not None
+        if not transport.is_closing():
+            transport.write(data)
 
     def data_received(self, data: bytes) -> None:
         buffer = self._buffer + data if self._buffer else data
@@ -231,9 +243,7 @@ async def _reply(session: Session, settings: SmtpSettings) -> Reply:
 
 
 async def _command(session: Session, settings: SmtpSettings, line: bytes) -> Reply:
-    transport = session.replies.transport
-    assert transport is not None
-    transport.write(line + b"\r\n")
+    session.replies.write(line + b"\r\n")
     return await _reply(session, settings)
 
 
@@ -261,8 +271,8 @@ async def _starttls(session: Session, settings: SmtpSettings, local_hostname: st
         secured = await loop.start_tls(
             proto.transport, proto, tls_context(settings), server_hostname=settings.host
         )
-    assert isinstance(secured, asyncio.Transport)
-    proto.transport = secured
+    assert secured is not None
+    proto.transport = cast(asyncio.Transport, secured)  # uvloop's: see connection_made
     await _ehlo(session, settings, local_hostname)
 
 

@@ -101,7 +101,7 @@ class StreamSmtp:
         if proto is None or proto.transport is None:
             return
         try:
-            proto.transport.write(b"QUIT\r\n")
+            proto.write(b"QUIT\r\n")
             await self._replies(proto, 1)  # after any RSET replies still owed
         except (OSError, TimeoutError):
             pass
@@ -192,7 +192,7 @@ class StreamSmtp:
         try:
             if "pipelining" in self._features:
                 if not written:
-                    proto.transport.write(envelope + b"DATA\r\n")
+                    proto.write(envelope + b"DATA\r\n")
                 refusal = await self._pipelined(proto, recipient)
             else:
                 refusal = await self._stepwise(proto, recipient, envelope)
@@ -249,7 +249,7 @@ class StreamSmtp:
             # RFC 2920 §3.1: a server may accept DATA although every RCPT failed;
             # end the empty message at once, then reset.  (Out of step, the
             # connection is dropped instead: the server may hold a recipient.)
-            proto.transport.write(b".\r\n")
+            proto.write(b".\r\n")
             self._owed += 1
         if mail_code != 250:
             return self._refused(recipient, mail_code, mail_text, "mail")
@@ -265,7 +265,7 @@ class StreamSmtp:
         mail, to, _ = envelope.split(b"\r\n")
         steps = ((mail, "mail", 250), (to, "rcpt", 250), (b"DATA", "data", 354))
         for line, stage, good in steps:
-            proto.transport.write(line + b"\r\n")
+            proto.write(line + b"\r\n")
             try:
                 code, text = (await self._replies(proto, 1))[0]
             except (OSError, TimeoutError) as exc:  # named by its stage, as smtplib's
@@ -309,7 +309,7 @@ class StreamSmtp:
             announce = not isinstance(envelope, SendResult)
             if not isinstance(envelope, SendResult):
                 tail += envelope + b"DATA\r\n"
-        proto.transport.write(body + tail)
+        proto.write(body + tail)
         if then is not None and announce:
             self._announced = (proto, then[1])
         if prepare is not None:
@@ -335,6 +335,6 @@ class StreamSmtp:
         if code == 421 or malformed(code) or proto is None or proto.transport is None:
             self.abandon()  # the server is closing the channel (RFC 5321 §3.8), or out of step
             return result
-        proto.transport.write(b"RSET\r\n")
+        proto.write(b"RSET\r\n")
         self._owed += 1
         return result
