@@ -10,14 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import jinja2
 import pytest
 import watchfiles
 from starlette.testclient import TestClient
-from test_web_support import copy_site
+from test_web_support import as_a_new_process, copy_site, edit_page, refuse_to_compile
 
 from newsletter.config import load_settings
-from newsletter.web import pages
 from newsletter.web.preview import PreviewState, create_preview_app
 from newsletter.web.server import RunningServer, preview_in_thread
 
@@ -44,32 +42,6 @@ def index_of(config: Path) -> str:
 def without_nonces(page: str) -> str:
     """A page without its per-response script nonces."""
     return re.sub(r"nonce[-=]\"?[A-Za-z0-9_-]+", "nonce", page)
-
-
-def as_a_new_process() -> None:
-    """Only what is on disk is left: the pages' environments are made again."""
-    pages.environment.cache_clear()
-
-
-def refuse_to_compile(monkeypatch: pytest.MonkeyPatch) -> None:
-    def compile_(*_args: Any, **_kwargs: Any) -> None:
-        raise AssertionError("a template was compiled")
-
-    monkeypatch.setattr(jinja2.Environment, "compile", compile_)
-
-
-def edit_page(monkeypatch: pytest.MonkeyPatch, name: str, edit: Callable[[str], str]) -> None:
-    """The preview's pages ship inside the package: an edit (an upgrade, a
-    developer's change) reaches Jinja2 as new source from the same file name."""
-    source_of = jinja2.PackageLoader.get_source
-
-    def get_source(
-        self: jinja2.PackageLoader, environment: jinja2.Environment, template: str
-    ) -> tuple[str, str | None, Callable[[], bool] | None]:
-        source, filename, uptodate = source_of(self, environment, template)
-        return (edit(source) if template == name else source), filename, uptodate
-
-    monkeypatch.setattr(jinja2.PackageLoader, "get_source", get_source)
 
 
 def test_the_pages_are_compiled_once_and_kept_in_the_state_folder(

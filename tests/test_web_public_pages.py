@@ -3,16 +3,19 @@ between starts (as the preview's), and never a stale one after an edit."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import jinja2
 import pytest
 from starlette.testclient import TestClient
-from test_web_support import Store, copy_site, make_store
+from test_web_support import (
+    Store,
+    as_a_new_process,
+    copy_site,
+    edit_page,
+    make_store,
+    refuse_to_compile,
+)
 
-from newsletter.web import pages
 from newsletter.web.public import create_public_app
 
 # On SQLite and on PostgreSQL (see conftest.database_url).
@@ -47,32 +50,6 @@ def served(store: Store, paths: list[str] | None = None) -> dict[str, str]:
             assert "<html" in answer.text
             found[path] = answer.text
     return found
-
-
-def as_a_new_process() -> None:
-    """Only what is on disk is left: the pages' environments are made again."""
-    pages.environment.cache_clear()
-
-
-def refuse_to_compile(monkeypatch: pytest.MonkeyPatch) -> None:
-    def compile_(*_args: Any, **_kwargs: Any) -> None:
-        raise AssertionError("a template was compiled")
-
-    monkeypatch.setattr(jinja2.Environment, "compile", compile_)
-
-
-def edit_page(monkeypatch: pytest.MonkeyPatch, name: str, edit: Callable[[str], str]) -> None:
-    """The pages ship inside the package: an edit (an upgrade, a developer's
-    change) reaches Jinja2 as new source from the same file name."""
-    source_of = jinja2.PackageLoader.get_source
-
-    def get_source(
-        self: jinja2.PackageLoader, environment: jinja2.Environment, template: str
-    ) -> tuple[str, str | None, Callable[[], bool] | None]:
-        source, filename, uptodate = source_of(self, environment, template)
-        return (edit(source) if template == name else source), filename, uptodate
-
-    monkeypatch.setattr(jinja2.PackageLoader, "get_source", get_source)
 
 
 def test_the_public_pages_are_compiled_once_and_kept_in_the_state_folder(

@@ -4,9 +4,12 @@ with subscribers, and mailings that really went out through the memory transport
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import jinja2
 import pytest
 from sqlalchemy import Engine
 
@@ -17,6 +20,7 @@ from newsletter.delivery.transports.memory import MemoryTransport
 from newsletter.email.tokens import make_token
 from newsletter.posts.collection import load_posts
 from newsletter.store import open_store
+from newsletter.web import pages
 
 FIXTURE_SITE = Path(__file__).resolve().parent / "fixtures" / "web" / "site"
 SECRET = "lantern-web-test-secret"
@@ -71,3 +75,34 @@ def make_store(config: Path) -> Store:
     engine = open_store(settings)
     subs.ensure_lists(engine, settings)
     return Store(settings, engine, SECRET.encode())
+
+
+# --------------------------------------------------------------------------- kept templates
+
+
+def as_a_new_process() -> None:
+    """Only what is on disk is left: the pages' environments are made again."""
+    pages.environment.cache_clear()
+
+
+def refuse_to_compile(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any template compiled from now on fails the test (they must come from jinja/)."""
+
+    def compile_(*_args: Any, **_kwargs: Any) -> None:
+        raise AssertionError("a template was compiled")
+
+    monkeypatch.setattr(jinja2.Environment, "compile", compile_)
+
+
+def edit_page(monkeypatch: pytest.MonkeyPatch, name: str, edit: Callable[[str], str]) -> None:
+    """The pages ship inside the package: an edit (an upgrade, a developer's
+    change) reaches Jinja2 as new source from the same file name."""
+    source_of = jinja2.PackageLoader.get_source
+
+    def get_source(
+        self: jinja2.PackageLoader, environment: jinja2.Environment, template: str
+    ) -> tuple[str, str | None, Callable[[], bool] | None]:
+        source, filename, uptodate = source_of(self, environment, template)
+        return (edit(source) if template == name else source), filename, uptodate
+
+    monkeypatch.setattr(jinja2.PackageLoader, "get_source", get_source)

@@ -58,6 +58,7 @@ __all__ = [
     "halted_now",
     "handed_over_note",
     "is_halt_note",
+    "later_generation",
     "not_halted",
     "resume",
     "supersede",
@@ -80,6 +81,21 @@ NOTE_STARTS = (
 def is_halt_note(note: str | None) -> bool:
     """Whether a mailing's note says why it was halted (not a delivery error)."""
     return note is not None and note.startswith(NOTE_STARTS)
+
+
+def later_generation() -> Any:
+    """EXISTS: a later mailing of the same post (or digest id) and list: a
+    re-planned digest, a `send --resend`, where a halt sent the rest."""
+    later = mailings.alias("later")
+    return (
+        select(later.c.id)
+        .where(
+            later.c.post_id == mailings.c.post_id,
+            later.c.list_id == mailings.c.list_id,
+            later.c.generation > mailings.c.generation,
+        )
+        .exists()
+    )
 
 
 def not_halted() -> Any:

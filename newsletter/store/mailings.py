@@ -25,6 +25,7 @@ from newsletter.store.halts import (
     HANDED_OVER,
     STOPPED,
     halted_now,
+    later_generation,
     not_halted,
 )
 
@@ -240,17 +241,7 @@ def set_state(
 def _rest_went_elsewhere() -> Any:
     """A later mailing of the same post and list exists (where a halt sent the
     rest), or the note names another list's mailing that took some readers."""
-    later = mailings.alias("later")
-    successor = (
-        select(later.c.id)
-        .where(
-            later.c.post_id == mailings.c.post_id,
-            later.c.list_id == mailings.c.list_id,
-            later.c.generation > mailings.c.generation,
-        )
-        .exists()
-    )
-    return or_(successor, mailings.c.last_error.contains(HANDED_OVER, autoescape=True))
+    return or_(later_generation(), mailings.c.last_error.contains(HANDED_OVER, autoescape=True))
 
 
 def set_gate(

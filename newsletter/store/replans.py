@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, and_, select, update
 
 from newsletter.store import insert_or_ignore, now
-from newsletter.store.halts import ACTIVE, HALTED, WITHDRAWN
+from newsletter.store.halts import ACTIVE, HALTED, WITHDRAWN, later_generation
 from newsletter.store.handover import move_waiting
 from newsletter.store.schema import AUTOMATIC, deliveries, lists, mailings
 from newsletter.store.snapshots import ledger_key
@@ -47,16 +47,7 @@ class WatchedDigest:
 
 def _latest() -> Any:
     """No later generation of the same digest id and list exists."""
-    later = mailings.alias("later")
-    return ~(
-        select(later.c.id)
-        .where(
-            later.c.post_id == mailings.c.post_id,
-            later.c.list_id == mailings.c.list_id,
-            later.c.generation > mailings.c.generation,
-        )
-        .exists()
-    )
+    return ~later_generation()
 
 
 def watched_digests(conn: Connection, mailing_id: int | None = None) -> list[WatchedDigest]:
