@@ -8,6 +8,7 @@ mid-DATA, and invariant 2 after kill -9 with several connections.
 from __future__ import annotations
 
 import asyncio
+import collections
 import re
 import sys
 import threading
@@ -89,17 +90,23 @@ def timed_stall(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     return window
 
 
-def timed_builds(monkeypatch: pytest.MonkeyPatch) -> dict[str, float]:
-    """When each recipient's message is built (personalised): email -> time."""
-    built: dict[str, float] = {}
+def built_events(monkeypatch: pytest.MonkeyPatch) -> dict[str, threading.Event]:
+    """One event per recipient, set when its message has been built (personalised)."""
+    built: dict[str, threading.Event] = collections.defaultdict(threading.Event)
     data = MailingPass.data
 
-    def timed_data(self: MailingPass, row: q.Claimed) -> Any:
-        built[row.email] = time.monotonic()
-        return data(self, row)
+    def noted(self: MailingPass, row: q.Claimed) -> Any:
+        made = data(self, row)
+        built[row.email].set()
+        return made
 
-    monkeypatch.setattr(MailingPass, "data", timed_data)
+    monkeypatch.setattr(MailingPass, "data", noted)
     return built
+
+
+# How long the test server may hold a reply waiting for a look-ahead build:
+# without the look-ahead the wait always runs out; with it, it ends at the build.
+HOLD = 10.0
 
 
 def failing_build(monkeypatch: pytest.MonkeyPatch, email: str) -> None:
@@ -431,25 +438,38 @@ def test_the_server_receives_exactly_the_personalised_message(
 
 
 def test_the_message_after_next_is_built_while_the_server_works(
-    sample_site: Path, monkeypatch: pytest.MonkeyPatch
+    sample_site: Path, smtp_server: SmtpTestServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # With one connection nothing else overlaps the wait for a reply: the
     # message after the one announced behind the dot is personalised then
-    # (StreamSmtp.send's `prepare`), not after the reply came.
-    server = SmtpTestServer(pipelining=True, stall_seconds=0.5)
-    window = timed_stall(monkeypatch)
-    built = timed_builds(monkeypatch)
-    server.script("r001@example.org", STALL, stage="data", times=1)
-    with server:
-        settings = streams_settings(sample_site, server, **{"delivery.concurrency": 1})
-        engine = populate(settings, 5)
-        mid = plan_mailing(engine, settings, POST, "sample")
-        report = deliver_mailing(engine, settings, mid, load_posts(settings))
-    assert (report.sent, report.deferred) == (4, 1)
-    _, end = window
-    # r001's dot is out and its reply stalled; r002's envelope rode behind
-    # that dot; r003 is built before the reply (without `prepare`: after it).
-    assert built["r003@example.org"] < end < built["r004@example.org"]
+    # (StreamSmtp.send's `prepare`), not after the reply came.  The server
+    # holds its reply to r001's dot until r003 has been built: only the
+    # look-ahead builds it then (without it, r003 is built after that reply
+    # and the server gives up waiting).  No clock decides it.
+    smtp_server.pipelining = True
+    built = built_events(monkeypatch)
+    seen: list[tuple[bool, bool]] = []
+    handle_data = _Handler.handle_DATA
+
+    async def held_data(self: _Handler, smtp: Any, session: Any, envelope: Any) -> str:
+        if "r001@example.org" in envelope.rcpt_tos:
+            deadline = time.monotonic() + HOLD
+            while not built["r003@example.org"].is_set() and time.monotonic() < deadline:
+                await asyncio.sleep(0.005)
+            seen.append((built["r003@example.org"].is_set(), built["r004@example.org"].is_set()))
+        return await handle_data(self, smtp, session, envelope)
+
+    monkeypatch.setattr(_Handler, "handle_DATA", held_data)
+    settings = streams_settings(
+        sample_site, smtp_server, **{"delivery.concurrency": 1, "smtp.timeout": 3 * HOLD}
+    )
+    engine = populate(settings, 5)
+    mid = plan_mailing(engine, settings, POST, "sample")
+    report = deliver_mailing(engine, settings, mid, load_posts(settings))
+    assert report.sent == 5
+    # r002's envelope rode behind r001's dot; r003 was built while r001's
+    # reply was held; r004 only after it (one message ahead, no more).
+    assert seen == [(True, False)]
 
 
 def test_a_message_that_cannot_be_built_ahead_fails_the_pass_cleanly(

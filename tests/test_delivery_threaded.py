@@ -9,7 +9,6 @@ tests pin where that work happens and that a failure in it loses nothing.
 from __future__ import annotations
 
 import asyncio
-import collections
 import threading
 import time
 from pathlib import Path
@@ -18,18 +17,18 @@ from typing import Any
 import pytest
 from smtpserver import SmtpTestServer, _Handler
 from test_delivery_smtp import ledger, populate, site_settings
-from test_delivery_streams import failing_build, nothing_lost_by_a_failed_build
+from test_delivery_streams import (
+    HOLD,
+    built_events,
+    failing_build,
+    nothing_lost_by_a_failed_build,
+)
 
 from newsletter.config import Settings
-from newsletter.delivery.mailing_pass import MailingPass
 from newsletter.delivery.mailings import deliver_mailing, plan_mailing
 from newsletter.posts.collection import load_posts
-from newsletter.store import mailings as q
 
 POST = "how-sleep-consolidates-memory"
-# How long the server may hold its answer to one MAIL waiting for the look-ahead:
-# without it the wait always runs out; with it, it ends as soon as the build.
-HOLD = 10.0
 
 
 @pytest.fixture(autouse=True)
@@ -44,20 +43,6 @@ def threaded(site: Path, server: SmtpTestServer) -> Settings:
         server,
         **{"delivery.strategy": "threaded", "delivery.concurrency": 1, "smtp.timeout": 3 * HOLD},
     )
-
-
-def built_events(monkeypatch: pytest.MonkeyPatch) -> dict[str, threading.Event]:
-    """One event per recipient, set when its message has been built (personalised)."""
-    built: dict[str, threading.Event] = collections.defaultdict(threading.Event)
-    data = MailingPass.data
-
-    def noted(self: MailingPass, row: q.Claimed) -> Any:
-        made = data(self, row)
-        built[row.email].set()
-        return made
-
-    monkeypatch.setattr(MailingPass, "data", noted)
-    return built
 
 
 def hold_second_mail(monkeypatch: pytest.MonkeyPatch, until: threading.Event) -> list[bool]:
