@@ -409,16 +409,8 @@ class MailingPass:
             # Still throttled after retries: defer without spending an attempt.
             at = now() + timedelta(seconds=self.throttle.hit())
             return q.Outcome("deferred", row.attempts, result.code, result.text, mid, at)
-        if refuses_sender(result) and self.refusals.spends_attempt(result):
-            # One VERP sender refused while the server takes our others: this
-            # recipient's own, retried as usual, then failed (senders.py).
-            attempts = row.attempts + 1
-            text = describe_result(result)
-            if attempts >= d.max_attempts:
-                return q.Outcome("failed", attempts, result.code, text, mid)
-            at = next_attempt(now(), attempts, d.backoff_base, d.backoff_cap)
-            return q.Outcome("deferred", attempts, result.code, text, mid, at)
-        if refuses_sender(result):
+        refused_sender = refuses_sender(result)
+        if refused_sender and not self.refusals.spends_attempt(result):
             # The sender refused says nothing of the recipient: no attempt spent,
             # or a few passes before the owner fixes [email] from would fail them.
             at = next_attempt(now(), max(1, row.attempts), d.backoff_base, d.backoff_cap)
@@ -426,7 +418,9 @@ class MailingPass:
                 "deferred", row.attempts, result.code, describe_result(result), mid, at
             )
         attempts = row.attempts + 1
-        if result.permanent or attempts >= d.max_attempts:
+        # One VERP sender refused while the server takes our others is this
+        # recipient's own (senders.py): retried as usual despite its 5xx, then failed.
+        if (result.permanent and not refused_sender) or attempts >= d.max_attempts:
             return q.Outcome("failed", attempts, result.code, describe_result(result), mid)
         at = next_attempt(now(), attempts, d.backoff_base, d.backoff_cap)
         return q.Outcome("deferred", attempts, result.code, describe_result(result), mid, at)
