@@ -4,9 +4,12 @@ line each, in the database's words, never a traceback in the daemon's log."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from pathlib import Path
 
 import pytest
+from smtpserver import SLOW, SmtpTestServer
 
 from newsletter.delivery.keeper import LeaseKeeper
 from newsletter.errors import StoreError
@@ -79,3 +82,74 @@ def test_a_database_error_while_freeing_dead_leases_does_not_end_the_keeper(
     with pytest.raises(StoreError, match="database is locked"):
         core.keep_leases()
     assert calls == [1]
+
+
+LEASE = 0.3  # seconds
+SLOW_FOR = 1.5  # the halt check, and the server's answer to the final dot: five leases
+
+
+@pytest.mark.parametrize("strategy", ["streams", "threaded"])
+def test_a_slow_halt_check_never_holds_up_the_lease_renewal(
+    sample_site: Path,
+    smtp_server: SmtpTestServer,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    strategy: str,
+) -> None:
+    """The halt check (here its `watch`, the daemon re-reading the posts, as
+    slow as a stalled disk or database) takes five leases while r000's
+    message is in flight.  Before, the renewal waited on the same thread: the
+    lease lapsed and another sender claimed r000 while this pass still sent
+    it.  Now the renewal has a thread of its own: nobody else can take r000."""
+    from test_delivery_smtp import POST, populate, site_settings
+
+    from newsletter.delivery.mailings import deliver_mailing, plan_mailing
+    from newsletter.posts.collection import load_posts
+    from newsletter.store import mailings as q
+
+    monkeypatch.setenv("NEWSLETTER_SECRET", "keeper-test-secret")
+    smtp_server.pipelining = strategy != "threaded"
+    smtp_server.stall_seconds = SLOW_FOR
+    smtp_server.script("r000@example.org", SLOW, stage="data", times=1)
+    settings = site_settings(
+        sample_site,
+        smtp_server,
+        **{
+            "database.url": database_url,
+            "delivery.strategy": strategy,
+            "delivery.lease_seconds": LEASE,
+            "delivery.concurrency": 1,
+        },
+    )
+    engine = populate(settings, 1)
+    mid = plan_mailing(engine, settings, POST, "sample")
+    slow = threading.Event()
+    watched: list[float] = []
+
+    def watch() -> None:
+        watched.append(time.monotonic())
+        if not slow.is_set():
+            slow.set()
+            time.sleep(SLOW_FOR)
+
+    taken: list[str] = []
+    done = threading.Event()
+
+    def another_sender() -> None:
+        slow.wait()  # r000 is ours by then: the keeper ticks only while the pass sends
+        while not done.wait(0.02):
+            rows, _skipped = q.claim(engine, mid, "elsewhere:1:keeper-test", 10, 60.0)
+            taken.extend(row.email for row in rows)
+
+    other = threading.Thread(target=another_sender)
+    other.start()
+    try:
+        report = deliver_mailing(engine, settings, mid, load_posts(settings), watch=watch)
+    finally:
+        done.set()
+        slow.set()
+        other.join()
+    assert watched, "the halt check never ran"
+    assert len(smtp_server.recipients()) == 1
+    assert taken == []
+    assert (report.sent, report.deferred) == (1, 0), report

@@ -1,10 +1,10 @@
-"""What runs beside a mailing pass: the thread that keeps its leases, and its stop.
+"""What runs beside a mailing pass: the threads that keep its leases and watch for its stop.
 
-Split from `mailing_pass` (which re-exports `LeaseKeeper`).  The keeper's tick
-also asks whether the mailing was withdrawn, postponed or cancelled meanwhile
-(`store.halts`), by this process's daemon or by another on the same database,
-and if so stops the pass the way a shutdown does: the messages in hand are
-finished, the rest are given back.
+Split from `mailing_pass` (which re-exports `LeaseKeeper`).  The keeper also
+asks, on a thread of its own, whether the mailing was withdrawn, postponed or
+cancelled meanwhile (`store.halts`), by this process's daemon or by another on
+the same database, and if so stops the pass the way a shutdown does: the
+messages in hand are finished, the rest are given back.
 """
 
 from __future__ import annotations
@@ -68,14 +68,18 @@ class PassStop(threading.Event):
 
 
 class LeaseKeeper:
-    """A thread that keeps a pass's leases alive while it runs.
+    """Two threads that keep a pass's leases alive and watch for its halt.
 
     Leases are short (`[delivery] lease_seconds`, default 60 s) so that rows
     of a process that stalls or loses its host go to others within one lease
-    period; this renews ours every third of it (at most 10 s apart) and
+    period; one thread renews ours every third of it (at most 10 s apart) and
     meanwhile frees the rows of dead owners (PostgreSQL: whose advisory lock
-    is gone) for everyone; every `HALT_EVERY` seconds it stops the pass if
-    its mailing was halted.
+    is gone) for everyone.  The other, every `HALT_EVERY` seconds (sooner
+    with short leases), stops the pass if its mailing was halted.  They
+    shared one thread before: a halt check held up for longer than a lease
+    (the daemon's `watch` re-reading posts on a stalled disk, a read waiting
+    on a stalled database) let our leases lapse, and another sender could
+    claim rows this pass was still sending.
     """
 
     def __init__(self, core: Kept) -> None:
@@ -83,22 +87,27 @@ class LeaseKeeper:
         self.renew_every = max(0.05, min(core.lease_seconds / 3, 10.0))
         self.period = min(self.renew_every, HALT_EVERY)
         self.done = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
+        self.threads = [
+            threading.Thread(target=self._keep, name="lease-keeper", daemon=True),
+            threading.Thread(target=self._watch, name="halt-check", daemon=True),
+        ]
 
     def __enter__(self) -> LeaseKeeper:
-        self.thread.start()
+        for thread in self.threads:
+            thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.done.set()
-        self.thread.join()
+        for thread in self.threads:
+            thread.join()
 
-    def _run(self) -> None:
-        renewed = time.monotonic()
+    def _keep(self) -> None:
+        while not self.done.wait(self.renew_every):
+            self._renew()
+
+    def _watch(self) -> None:
         while not self.done.wait(self.period):
-            if time.monotonic() - renewed >= self.renew_every * 0.999:
-                renewed = time.monotonic()
-                self._renew()
             try:
                 self.core.check_halt()
             except NewsletterError as exc:
