@@ -16,10 +16,12 @@ from test_delivery_smtp import POST, populate, site_settings
 
 from newsletter.config import Settings
 from newsletter.delivery.bounces import sender_for
-from newsletter.delivery.mailings import deliver_mailing, plan_mailing
+from newsletter.delivery.mailings import deliver_due, deliver_mailing, plan_mailing
 from newsletter.delivery.senders import STOP_AFTER
 from newsletter.errors import TransportError
 from newsletter.posts.collection import load_posts
+from newsletter.store import reading
+from newsletter.store.mailings import get_mailing
 
 BOUNCES = "bounces@example.org"
 VICTIM = "r000@example.org"  # first in line: refused before anything is accepted
@@ -56,15 +58,27 @@ class RefusedOneSender:
         return None
 
 
+class CountedRefusal(RefusedSender):
+    """`RefusedSender` that counts the MAIL FROMs it refused."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refused = 0
+
+    def __call__(self, line: bytes) -> RawAction | list[RawAction]:
+        if self.on and line.startswith(b"MAIL FROM:"):
+            self.refused += 1
+        return super().__call__(line)
+
+
 def planned(
-    site: Path, server: RawSmtpServer, strategy: str, url: str
+    site: Path, server: RawSmtpServer, strategy: str, url: str, n: int = 6, *, verp: bool = True
 ) -> tuple[Settings, Engine, int]:
+    extra = {"bounces.address": BOUNCES} if verp else {}
     settings = site_settings(
-        site,
-        server,
-        **{"delivery.strategy": strategy, "bounces.address": BOUNCES, "database.url": url},
+        site, server, **{"delivery.strategy": strategy, "database.url": url, **extra}
     )
-    engine = populate(settings, 6)
+    engine = populate(settings, n)
     return settings, engine, plan_mailing(engine, settings, POST, "sample")
 
 
@@ -135,3 +149,54 @@ def test_a_server_refusing_every_verp_sender_still_fails_nobody(
         server.close()
     assert (report.sent, report.failed) == (6, 0), report
     assert server.messages == 6
+
+
+@pytest.mark.parametrize(
+    ("strategy", "recipients", "verp"),
+    [*((s, 1, True) for s in STRATEGIES), ("streams", 2, True), ("streams", 1, False)],
+)
+def test_a_small_mailing_whose_sender_is_never_accepted_ends_failed_naming_the_sender(
+    sample_site: Path, strategy: str, recipients: int, verp: bool, database_url: str
+) -> None:
+    """A mailing of fewer recipients than `STOP_AFTER` whose envelope sender the
+    server refuses, and has never accepted (likely our configuration: the
+    `[bounces]` address, or `[email] from`, not one the account may use).
+    Before, each pass deferred them without an attempt and without stopping
+    (one or two refusals never make `STOP_AFTER` in a row): the mailing stayed
+    deferred for ever, and the pass said nothing of the sender.  Now each pass
+    stops with the sender and the server's reply, each refusal spends an
+    attempt (the stop rule cannot spare anyone here: nobody else is left to
+    protect), and after `max_attempts` passes the recipients are failed, the
+    mailing is done and says why, and no later pass tries again."""
+    rule = CountedRefusal()
+    server = RawSmtpServer(rule, pipelining=strategy != "threaded")
+    try:
+        settings, engine, mid = planned(
+            sample_site, server, strategy, database_url, recipients, verp=verp
+        )
+        sender = sender_for(settings)(ledger(engine)[VICTIM].id)  # [email] from without VERP
+        attempts = settings.delivery.max_attempts
+        for done in range(1, attempts + 1):
+            with pytest.raises(TransportError) as caught:
+                deliver_mailing(engine, settings, mid, load_posts(settings))
+            assert f"<{sender}>" in str(caught.value) or recipients > 1, caught.value
+            assert SENDER_REFUSED.decode() in str(caught.value)
+            rows = ledger(engine).values()
+            assert {r.attempts for r in rows} == {done}, list(rows)
+            time.sleep(0.1)  # past the deferred rows' backoff (capped at 0.05 s here)
+        report = deliver_due(engine, settings, load_posts(settings))  # nothing left to try
+    finally:
+        server.close()
+    rows = ledger(engine).values()
+    assert {(r.status, r.attempts, r.last_code, r.last_text) for r in rows} == {
+        ("failed", attempts, 553, SENDER_REFUSED.decode())
+    }
+    assert rule.refused == attempts * recipients
+    assert (report.sent, report.deferred, report.failed) == (0, 0, 0)
+    with reading(engine) as conn:
+        mailing = get_mailing(conn, mid)
+    assert mailing is not None and mailing.state == "done"
+    assert mailing.last_error is not None
+    assert "refuses the envelope sender <" in mailing.last_error
+    assert SENDER_REFUSED.decode() in mailing.last_error
+    assert server.messages == 0

@@ -40,7 +40,7 @@ from newsletter.delivery.outgoing import (
 from newsletter.delivery.ratelimit import Throttle, TokenBucket, next_attempt
 from newsletter.delivery.recorder import Pending, Recorder
 from newsletter.delivery.report import DeliveryReport, Progress
-from newsletter.delivery.senders import SenderRefusals, refused_sender_error, refuses_sender
+from newsletter.delivery.senders import STOP_AFTER, SenderRefusals, refuses_sender
 from newsletter.delivery.strategy import THROTTLE_RETRIES, Strategy, Tally, connect_failure
 from newsletter.delivery.transports import (
     ConnectError,
@@ -127,7 +127,10 @@ class MailingPass:
         self.chunk = max(1, min(16, self.batch // (self.workers * 4)))
         self.sender = sender_for(settings)  # VERP: one envelope sender per delivery
         # MAIL FROM refused again and again: stop; one VERP sender refused: its own (senders.py)
-        self.refusals = SenderRefusals(per_recipient=bool(settings.bounces.address))
+        self.refusals = SenderRefusals(
+            per_recipient=bool(settings.bounces.address), ledger=self._refusal_ledger
+        )
+        self.refused: NewsletterError | None = None  # sender refusals stopped the pass
         self.write_lock = threading.Lock()
 
     def limit_batch(self, rows: int) -> None:
@@ -161,8 +164,6 @@ class MailingPass:
             # for a progress bar's total or to split a big mailing between
             # processes; a daemon's pass and the workers need neither.
             counts = q.counts(conn, mailing.id).get(mailing.id, {}) if self._counted() else {}
-            if self.refusals.per_recipient:
-                self.refusals.accepted = q.has_sent(conn, mailing.id)
         allowance = self._allowance()
         if allowance == 0:
             return self._pause()
@@ -176,14 +177,30 @@ class MailingPass:
         finished = sum(counts.get(s, 0) for s in ("sent", "failed", "skipped"))
         tally = self.tally = Tally(finished, sum(counts.values()), self.progress)
         self.recorder = Recorder(self.engine, self.write_lock, self.owner)
-        with q.OwnerLock(self.engine, self.owner), LeaseKeeper(self):
-            open_rows = sum(counts.values()) - finished
-            processes = self._processes(open_rows)
-            if processes == 1:
-                paused = self._strategy().run(tally, allowance, wait)
-            else:
-                paused = self._run_with_workers(processes, open_rows, tally, allowance, wait)
-        return self._finish(tally, paused)
+        try:
+            with q.OwnerLock(self.engine, self.owner), LeaseKeeper(self):
+                open_rows = sum(counts.values()) - finished
+                processes = self._processes(open_rows)
+                if processes == 1:
+                    paused = self._strategy().run(tally, allowance, wait)
+                else:
+                    paused = self._run_with_workers(processes, open_rows, tally, allowance, wait)
+        except NewsletterError as exc:
+            if exc is not self.refused:
+                raise
+            paused = False
+        # Refused senders stop the pass with their words, which `status` keeps.
+        refused = self.refused or self.refusals.unanswered()
+        report = self._finish(tally, paused, refused)
+        if refused is not None:
+            raise refused
+        return report
+
+    def _refusal_ledger(self) -> tuple[bool, int]:
+        """A message sent, open deliveries up to `STOP_AFTER` (`SenderRefusals`)."""
+        with reading(self.engine) as conn:
+            sent = q.has_sent(conn, self.mailing.id)
+            return sent, q.open_count(conn, self.mailing.id, up_to=STOP_AFTER)
 
     def _counted(self) -> bool:
         """Whether this pass needs its mailing's rows counted (see `run`)."""
@@ -361,8 +378,9 @@ class MailingPass:
             self._bounce(row, result)
         error = None if result.ok else f"{row.email}: {describe_result(result)}"
         tally.add(outcome.status, error)
-        if self.refusals.note(result):
-            self.fail(refused_sender_error(result, self.sender(row.id)), row.email)
+        if self.refusals.note(result, self.sender(row.id) if refuses_sender(result) else ""):
+            self.refused = self.refusals.error()
+            self.fail(self.refused, row.email)
         return pending
 
     def send(
@@ -419,7 +437,8 @@ class MailingPass:
             )
         attempts = row.attempts + 1
         # One VERP sender refused while the server takes our others is this
-        # recipient's own (senders.py): retried as usual despite its 5xx, then failed.
+        # recipient's own, and with so few left nobody's attempt is spared
+        # (senders.py): retried as usual despite its 5xx, then failed.
         if (result.permanent and not refused_sender) or attempts >= d.max_attempts:
             return q.Outcome("failed", attempts, result.code, describe_result(result), mid)
         at = next_attempt(now(), attempts, d.backoff_base, d.backoff_cap)
@@ -446,7 +465,9 @@ class MailingPass:
         log.info("mailing %s paused until %s (sending cap reached)", self.mailing.id, until)
         return DeliveryReport(paused=True)
 
-    def _finish(self, tally: Tally, paused: bool) -> DeliveryReport:
+    def _finish(
+        self, tally: Tally, paused: bool, refused: NewsletterError | None = None
+    ) -> DeliveryReport:
         with reading(self.engine) as conn:
             still_open = q.has_open(conn, self.mailing.id)
         paused = paused and still_open
@@ -460,7 +481,7 @@ class MailingPass:
             self.mailing.id,
             state,
             paused_until=until,
-            last_error=tally.last_error,
+            last_error=tally.last_error if refused is None else str(refused),
             over_halt=not still_open,
         )
         s = tally.by_status

@@ -57,7 +57,14 @@ from newsletter.store.snapshots import (
     snapshot,
     snapshot_list,
 )
-from newsletter.store.tallies import OPEN_STATUSES, STATUSES, counts, has_open, has_sent
+from newsletter.store.tallies import (
+    OPEN_STATUSES,
+    STATUSES,
+    counts,
+    has_open,
+    has_sent,
+    open_count,
+)
 
 
 @dataclass(frozen=True)
@@ -381,6 +388,7 @@ __all__ = [
     "mailings_with_work",
     "member_count",
     "next_due",
+    "open_count",
     "open_recipients",
     "owner_identity",
     "post_mailings",

@@ -12,7 +12,15 @@ from sqlalchemy import Connection, Exists, func, select
 
 from newsletter.store.schema import deliveries
 
-__all__ = ["OPEN_STATUSES", "STATUSES", "counts", "has_open", "has_sent", "open_rows"]
+__all__ = [
+    "OPEN_STATUSES",
+    "STATUSES",
+    "counts",
+    "has_open",
+    "has_sent",
+    "open_count",
+    "open_rows",
+]
 
 OPEN_STATUSES = ("queued", "deferred", "sending")  # not yet sent, failed or skipped
 STATUSES = ("queued", "sending", "sent", "deferred", "failed", "skipped")
@@ -53,3 +61,14 @@ def has_sent(conn: Connection, mailing_id: int) -> bool:
         deliveries.c.mailing_id == mailing_id, deliveries.c.status == "sent"
     )
     return bool(conn.scalar(select(query.exists())))
+
+
+def open_count(conn: Connection, mailing_id: int, *, up_to: int) -> int:
+    """How many deliveries of the mailing are not yet sent, failed or skipped,
+    counted no further than `up_to` (as many looks into ix_deliveries_queue)."""
+    query = (
+        select(deliveries.c.id)
+        .where(deliveries.c.mailing_id == mailing_id, deliveries.c.status.in_(OPEN_STATUSES))
+        .limit(up_to)
+    )
+    return int(conn.scalar(select(func.count()).select_from(query.subquery())) or 0)
