@@ -272,3 +272,87 @@ def test_a_posts_folder_replaced_whole_is_watched_again(site: Path) -> None:
         fresh.rename(posts)
 
     assert reloads(settings, [swap, append(posts / "2024-03-02-winter.md")]) == [1, 1]
+
+
+def linking_post(site: Path) -> Callable[[Site], str]:
+    """A post linking to a page below the site's root (`docs/about.md`); what
+    the preview's Site makes of its body."""
+    (site / "docs").mkdir()
+    (site / "docs" / "about.md").write_text("---\npermalink: /about-us/\n---\nAbout\n")
+    (site / "_posts" / "2024-03-03-linked.md").write_text(
+        "---\ntitle: Linked\n---\n\nSee [the shed]({% link docs/about.md %}).\n"
+    )
+    # Written a while ago: a load of files this fresh is never kept (`stamps.RACY_NS`).
+    past = time.time() - 60
+    for path in (*site.rglob("*.md"), *site.rglob("*.yml")):
+        os.utime(path, (past, past))
+
+    def body(preview_site: Site) -> str:
+        posts = preview_site.posts()
+        (listed,) = [p for p in posts.posts if p.title == "Linked"]
+        found = posts.with_id(listed.post_id)
+        assert found is not None
+        return found.body_html
+
+    return body
+
+
+def test_a_linked_pages_new_permalink_shows_without_the_watcher(site: Path) -> None:
+    """The page a post's `{% link %}` names is compared on each request, as the
+    watched folders are: its new permalink shows on the next page.  Before,
+    the preview kept the old URL until another watched file changed."""
+    body = linking_post(site)
+    preview_site = Site(lambda: load_settings(site / "newsletter.toml"))
+    assert '/about-us/"' in body(preview_site)
+    assert not preview_site.changed()
+    (site / "docs" / "about.md").write_text("---\npermalink: /the-shed/\n---\nAbout\n")
+    assert preview_site.changed()
+    assert '/the-shed/"' in body(preview_site)
+
+
+def site_reloads(preview_site: Site, edits: list[Edit]) -> list[int]:
+    """`reloads`, the watcher planned by the preview's own `watch_site`."""
+    from newsletter.web.preview import watch_site
+
+    async def scenario() -> list[int]:
+        hub, stop = Broadcaster(), asyncio.Event()
+        task = asyncio.create_task(watch_site(preview_site, hub, stop))
+        seen = []
+        for edit in edits:
+            await asyncio.sleep(0.3)  # the watcher is up (again, after a re-plan)
+            before = hub.generation
+            await asyncio.to_thread(edit)
+            deadline = time.monotonic() + WAIT
+            while hub.generation == before and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.3)  # a second reload for the same edit would show now
+            seen.append(hub.generation - before)
+        stop.set()
+        await asyncio.wait_for(task, 5)
+        return seen
+
+    return asyncio.run(scenario())
+
+
+def test_a_page_a_post_links_to_reloads_the_preview(site: Path) -> None:
+    """Before, `docs/about.md` (linked with `{% link %}`) was not watched: a
+    new permalink showed only after another change.  Now it reloads, and so
+    does a page a post is edited to link to (the watcher plans again when the
+    posts, read again for the reloaded page, link elsewhere)."""
+    body = linking_post(site)
+    (site / "docs" / "faq.md").write_text("---\npermalink: /faq/\n---\nFAQ\n")
+    preview_site = Site(lambda: load_settings(site / "newsletter.toml"))
+    body(preview_site)  # the page the browser shows
+    post = site / "_posts" / "2024-03-03-linked.md"
+
+    def link_the_faq() -> None:
+        post.write_text(post.read_text() + "\nAnd [the FAQ]({% link docs/faq.md %}).\n")
+
+    edits: list[Edit] = [
+        lambda: (site / "docs" / "about.md").write_text("---\npermalink: /shed/\n---\nA\n"),
+        link_the_faq,
+        lambda: body(preview_site),  # the reloaded page reads the post again: no file changes
+        lambda: (site / "docs" / "faq.md").write_text("---\npermalink: /questions/\n---\nQ\n"),
+    ]
+    assert site_reloads(preview_site, edits) == [1, 1, 0, 1]
+    assert "/questions/" in body(preview_site)

@@ -99,7 +99,7 @@ def load_posts(
                 settings, found_files.found, urls, enabled=index, paths=(found_files.paths, stats)
             )
             complete = completer.complete
-        collected = PostCollection(posts, problems, roots, complete)
+        collected = PostCollection(posts, problems, roots, complete, linked)
     else:
         found_posts = found_files.found()
         collected, urls = _load(settings, found_posts, undated, progress, bodies, index)
@@ -110,6 +110,8 @@ def load_posts(
         if linked is None:  # a linked page changed too recently to be trusted
             key = None
         whole.write(settings, whole_kind, key, (collected.posts, collected.problems, urls, linked))
+        if isinstance(urls, pages.LinkTargets):
+            collected = replace(collected, linked=urls.read_so_far())
     if index:
         still = partial(_pages_unchanged, linked) if linked else None
         post_index.remember(settings, kind, key, collected, still)

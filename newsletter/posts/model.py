@@ -65,6 +65,9 @@ class PostCollection:
     roots: tuple[Path, ...] = ()
     # With `load_posts(bodies="lazy")`: fills in a post's HTML when it is looked up.
     complete: Callable[[Post], Post] | None = field(default=None, compare=False, repr=False)
+    # Each page or file the posts' `{% link %}` and `{% include_relative %}`
+    # read, with its (size, mtime_ns) then (`pages.LinkTargets`).
+    linked: tuple[tuple[str, tuple[int, int] | None], ...] = field(default=(), compare=False)
 
     def find(self, ref: str) -> Post:
         """The one post `ref` names: by id, else by path (see `lookup`); when

@@ -93,6 +93,10 @@ class LinkTargets(Mapping[str, str]):
         None when one had changed too recently to be trusted by those."""
         return None if self._racy else tuple(sorted(self._consulted.items()))
 
+    def read_so_far(self) -> tuple[tuple[str, FileKey | None], ...]:
+        """`consulted`, even when one of them changed too recently to be trusted."""
+        return tuple(sorted(self._consulted.items()))
+
     def _file(self, key: str) -> str:
         """The sha256 of a file a post includes (`KeyError`: none there)."""
         path = Path(key[len(FILE) :])

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
@@ -376,13 +376,37 @@ async def _watch_after_first_answer(state: PreviewState, stop: asyncio.Event) ->
         if await run_in_threadpool(site.changed):
             state.broadcaster.bump()
 
-    await watch(
-        state.broadcaster,
-        lambda: _safe(watched_dirs, site),
-        lambda: _safe(config_files, site),
-        stop,
-        ready=catch_up,
-    )
+    await watch_site(site, state.broadcaster, stop, ready=catch_up)
+
+
+async def watch_site(
+    site: Site,
+    broadcaster: Broadcaster,
+    stop: asyncio.Event,
+    ready: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Bump `broadcaster` whenever a file `site` shows changes, until `stop`:
+    its folders and configuration files, and each page or file its posts
+    link to or include (`{% link %}`, `{% include_relative %}`), watched again
+    whenever a load of the posts finds they link elsewhere."""
+    loop = asyncio.get_running_loop()
+    replan = asyncio.Event()
+
+    def linked_elsewhere() -> None:
+        loop.call_soon_threadsafe(replan.set)
+
+    site.on_linked = linked_elsewhere
+    try:
+        await watch(
+            broadcaster,
+            lambda: _safe(watched_dirs, site),
+            lambda: [*_safe(config_files, site), *site.linked_files()],
+            stop,
+            ready=ready,
+            replan=replan,
+        )
+    finally:
+        site.on_linked = None
 
 
 def _safe(paths_of: Callable[[Settings], list[Path]], site: Site) -> list[Path]:

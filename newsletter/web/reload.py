@@ -102,9 +102,11 @@ async def watch(
     files: Callable[[], list[Path]],
     stop: asyncio.Event,
     ready: Callable[[], Awaitable[None]] | None = None,
+    replan: asyncio.Event | None = None,
 ) -> None:
     """Bump the broadcaster on every change until `stop`; re-plan when a
-    configuration file or a watched folder itself changes.
+    configuration file or a watched folder itself changes, or when `replan`
+    is set (`dirs` or `files` would answer differently now).
 
     `dirs` are watched to the bottom; the folders of `files` only at their top
     level (a site's `.git`, `_site`, `node_modules` and state folder, with its
@@ -124,11 +126,18 @@ async def watch(
         wanted = {str(f) for f in (*watch_files, *watch_dirs)}
         prefixes = tuple(str(d) + "/" for d in watch_dirs)
 
-        replan = await _watch_once(
-            watch_dirs, folders, _filter(wanted, prefixes), wanted, stop, broadcaster, ready
+        again = await _watch_once(
+            watch_dirs,
+            folders,
+            _filter(wanted, prefixes),
+            wanted,
+            stop,
+            broadcaster,
+            ready,
+            replan,
         )
         ready = None
-        if not replan:
+        if not again:
             return
 
 
@@ -170,8 +179,10 @@ async def _watch_once(
     stop: asyncio.Event,
     broadcaster: Broadcaster,
     ready: Callable[[], Awaitable[None]] | None,
+    replan: asyncio.Event | None = None,
 ) -> bool:
-    """Watch until a path of `replan_on` changes (True: re-plan) or `stop` (False).
+    """Watch until a path of `replan_on` changes or `replan` is set (True:
+    re-plan), or `stop` (False).
 
     watchfiles takes `recursive` per watcher, not per path: `trees` (recursive)
     and `folders` (top level only) are two watchers, waited on together."""
@@ -190,7 +201,11 @@ async def _watch_once(
         for paths, recursive in ((trees, True), (folders, False))
         if paths
     ]
-    waiting = {asyncio.ensure_future(anext(changes)): changes for changes in watchers}
+    waiting: dict[asyncio.Future[Any], Any] = {
+        asyncio.ensure_future(anext(changes)): changes for changes in watchers
+    }
+    # Set meanwhile (a post now links to another page): the next round watches it.
+    replanned = asyncio.ensure_future(replan.wait()) if replan is not None else None
     try:
         if ready is not None:
             # awatch sets its watches up in its first step, before its first
@@ -198,15 +213,22 @@ async def _watch_once(
             await asyncio.sleep(0)
             await ready()
         while True:
-            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-            batch = set()
+            steps = [*waiting, *([replanned] if replanned is not None else [])]
+            done, _ = await asyncio.wait(steps, return_when=asyncio.FIRST_COMPLETED)
+            batch: set[tuple[watchfiles.Change, str]] = set()
             for step in done:
+                if step is replanned:
+                    continue
                 changes = waiting.pop(step)
                 batch |= step.result()
                 waiting[asyncio.ensure_future(anext(changes))] = changes
-            log.debug("reloading after %s", batch)
-            broadcaster.bump()
+            if batch:
+                log.debug("reloading after %s", batch)
+                broadcaster.bump()
             if any(path in replan_on for _, path in batch):
+                return True
+            if replan is not None and replanned in done:
+                replan.clear()
                 return True
     except StopAsyncIteration:  # `stop`
         return False
@@ -219,6 +241,8 @@ async def _watch_once(
         # (the other watcher's, or this task cancelled while it waits in its
         # thread) ends with `ending` within its 50 ms and closes its watcher.
         ending.set()
+        if replanned is not None:
+            replanned.cancel()
         for step, changes in waiting.items():
             if step.done():
                 _outcome(step)

@@ -23,6 +23,7 @@ from newsletter.config import ListSettings, Settings, utcnow
 from newsletter.daemon.planning import list_takes
 from newsletter.errors import StoreError
 from newsletter.posts.collection import Post, PostCollection, load_posts, post_status
+from newsletter.posts.pages import files_unchanged
 from newsletter.posts.stamps import site_folders
 from newsletter.store import open_store, reading
 from newsletter.store.schema import lists as lists_table
@@ -151,6 +152,9 @@ class Site:
         self._posts: PostCollection | None = None
         self._previews: dict[tuple[str, str], Preview] = {}
         self._engines: dict[str, Engine] = {}
+        # Called (from the thread that read them) when the posts link to other
+        # pages than before: the live reload's watcher plans again.
+        self.on_linked: Callable[[], None] | None = None
 
     def engine(self) -> Engine | None:
         """The store, opened once per database URL; None while it cannot be opened."""
@@ -184,17 +188,33 @@ class Site:
                 return False
             if tuple(_walk(watched_files(self._settings))) != self._config_print:
                 return True
-            read = self._posts is not None
-            return read and tuple(_walk(watched_dirs(self._settings))) != self._print
+            if self._posts is None:
+                return False
+            return self._posts_changed(tuple(_walk(watched_dirs(self._settings))))
+
+    def _posts_changed(self, fingerprint: tuple[tuple[str, int, int], ...]) -> bool:
+        """The watched folders, or a page a post links to, changed."""
+        assert self._posts is not None
+        return fingerprint != self._print or not files_unchanged(self._posts.linked)
+
+    def linked_files(self) -> list[Path]:
+        """The pages and files the posts link to or include
+        (`{% link %}`, `{% include_relative %}`): watched as single files."""
+        with self._lock:
+            posts = self._posts
+        return [] if posts is None else [Path(name) for name, _key in posts.linked]
 
     def posts(self) -> PostCollection:
         with self._lock:
             settings = self.settings()
             fingerprint = tuple(_walk(watched_dirs(settings)))
-            if self._posts is None or fingerprint != self._print:
+            if self._posts is None or self._posts_changed(fingerprint):
+                before = self.linked_files()
                 self._posts = load_posts(settings, bodies="lazy")  # HTML when previewed
                 self._print = fingerprint
                 self._previews = {}
+                if self.on_linked is not None and self.linked_files() != before:
+                    self.on_linked()
             return self._posts
 
     def preview(self, post: Post, mailing_list: ListSettings) -> Preview:
