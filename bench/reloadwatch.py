@@ -83,7 +83,8 @@ def write_database(root: Path, commits: int) -> None:
 
 def plans(config: Path) -> dict[str, Plan]:
     settings = load_settings(config)
-    dirs, files = watched_dirs(settings), watched_files(settings)
+    dirs = [d for d in watched_dirs(settings) if d.is_dir()]  # as `reload.watch` watches
+    files = watched_files(settings)
     before = [p.resolve() for p in (settings.site.posts_dir, *theme_dirs(settings))]
     return {
         "whole": [([*before, *{f.parent for f in files}], True)],

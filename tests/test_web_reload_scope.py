@@ -356,3 +356,20 @@ def test_a_page_a_post_links_to_reloads_the_preview(site: Path) -> None:
     ]
     assert site_reloads(preview_site, edits) == [1, 1, 0, 1]
     assert "/questions/" in body(preview_site)
+
+
+@pytest.mark.parametrize("folder", ["_data", "_includes", "theme"])
+def test_a_watched_folder_made_after_the_start_is_watched_at_once(site: Path, folder: str) -> None:
+    """A folder the preview reads from (`_data`, `_includes`, `[email]
+    templates_dir`) that did not exist when the watcher was planned: its first
+    file reloads the page, and so does the next edit (the watcher watches it
+    from then on).  Before, neither did until something else re-planned it."""
+    shutil.rmtree(site / folder)
+    settings = load_settings(site / "newsletter.toml")
+    made = site / folder / "first.yml"
+
+    def make() -> None:
+        made.parent.mkdir()
+        made.write_text("tools: [spade]\n")
+
+    assert reloads(settings, [make, append(made, "more: [rake]\n")]) == [1, 1]

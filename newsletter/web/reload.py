@@ -113,17 +113,23 @@ async def watch(
     database and WAL, lie below the configuration file: watching them would
     cost inotify set-up per folder and a wake-up per write).
 
+    A folder of `dirs` not there yet is watched for in its parent (when that
+    is there): made, it reloads and re-plans, so its files are seen from the
+    first one.
+
     `ready` is awaited once, when the first watcher is set up: from then on
     every change is seen, and `ready` can look for what changed before."""
     while not stop.is_set():
-        watch_dirs, watch_files = dirs(), files()
-        folders = _folders_of(watch_files, watch_dirs)
+        planned, watch_files = dirs(), files()
+        watch_dirs = [d for d in planned if d.is_dir()]
+        missing = [d for d in planned if not d.is_dir()]
+        folders = [f for f in _folders_of([*watch_files, *missing], watch_dirs) if f.is_dir()]
         if not watch_dirs and not folders:
             await stop.wait()
             return
-        # A watched folder itself (deleted, or another moved in its place)
-        # reloads and re-plans: its watch went with the old folder.
-        wanted = {str(f) for f in (*watch_files, *watch_dirs)}
+        # A watched folder itself (deleted, made, or another moved in its
+        # place) reloads and re-plans: its watch went with the old folder.
+        wanted = {str(f) for f in (*watch_files, *planned)}
         prefixes = tuple(str(d) + "/" for d in watch_dirs)
 
         again = await _watch_once(

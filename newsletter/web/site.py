@@ -96,9 +96,10 @@ def watched_files(settings: Settings) -> list[Path]:
 
 def watched_dirs(settings: Settings) -> list[Path]:
     """Folders watched recursively: the posts, what else a post is read from
-    (Jekyll's `_data`, `_includes`, collections) and the templates."""
+    (Jekyll's `_data`, `_includes`, collections) and the templates; also
+    those not made yet (`reload.watch` watches for them)."""
     folders = (settings.site.posts_dir, *site_folders(settings), *theme_dirs(settings))
-    return [p.resolve() for p in folders if p.is_dir()]
+    return [p.resolve() for p in folders]
 
 
 def _walk(paths: list[Path]) -> Iterator[tuple[str, int, int]]:
