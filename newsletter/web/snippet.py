@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from newsletter.config import ListSettings, Settings
 from newsletter.errors import ConfigError
-from newsletter.web.pages import render_page
+from newsletter.web.pages import kept_pages, render_page
 
 
 def signup_snippet(settings: Settings, list_names: tuple[str, ...]) -> str:
@@ -24,8 +24,15 @@ def signup_snippet(settings: Settings, list_names: tuple[str, ...]) -> str:
             )
         chosen.append(lst)
     action = f"{settings.web.public_url.rstrip('/')}/subscribe"
+    # Its compiled code kept in the state folder, as the public pages' (the
+    # same form): each `newsletter snippet` is a new process.
     form = render_page(
-        "_signup_form.html", action=action, form_lists=chosen, given_email="", given_name=""
+        "_signup_form.html",
+        kept_pages(settings),
+        action=action,
+        form_lists=chosen,
+        given_email="",
+        given_name="",
     )
     names = ", ".join(list_names)
     note = f"{settings.site.title}: newsletter signup ({names}); from `newsletter snippet`"
