@@ -373,3 +373,29 @@ def test_a_watched_folder_made_after_the_start_is_watched_at_once(site: Path, fo
         made.write_text("tools: [spade]\n")
 
     assert reloads(settings, [make, append(made, "more: [rake]\n")]) == [1, 1]
+
+
+def test_a_post_in_a_category_folder_shows_and_reloads(site: Path) -> None:
+    """Jekyll reads every `_posts` folder of the site (`en/_posts`: category
+    "en"), not only the top one.  Before, only `_posts` was watched and
+    compared: an edit to `en/_posts/...` neither reloaded the preview nor
+    showed on the next page.  Now every folder the posts were found in is."""
+    english = site / "en" / "_posts" / "2024-03-04-spring.md"
+    english.parent.mkdir(parents=True)
+    english.write_text("---\ntitle: Spring\n---\n\nBuds.\n")
+    past = time.time() - 60
+    for path in site.rglob("*.md"):
+        os.utime(path, (past, past))
+    preview_site = Site(lambda: load_settings(site / "newsletter.toml"))
+
+    def body() -> str:
+        posts = preview_site.posts()
+        (listed,) = [p for p in posts.posts if p.title == "Spring"]
+        found = posts.with_id(listed.post_id)
+        assert found is not None
+        return found.body_html
+
+    assert "Buds." in body()
+    edits: list[Edit] = [append(english, "\nBlossom.\n"), body]
+    assert site_reloads(preview_site, edits) == [1, 0]
+    assert "Blossom." in body()

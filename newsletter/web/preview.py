@@ -386,27 +386,28 @@ async def watch_site(
     ready: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Bump `broadcaster` whenever a file `site` shows changes, until `stop`:
-    its folders and configuration files, and each page or file its posts
-    link to or include (`{% link %}`, `{% include_relative %}`), watched again
-    whenever a load of the posts finds they link elsewhere."""
+    its folders and configuration files, every `_posts` folder its posts were
+    found in, and each page or file they link to or include (`{% link %}`,
+    `{% include_relative %}`); planned again whenever a load of the posts
+    finds them in other folders or linking elsewhere."""
     loop = asyncio.get_running_loop()
     replan = asyncio.Event()
 
-    def linked_elsewhere() -> None:
+    def plan_again() -> None:
         loop.call_soon_threadsafe(replan.set)
 
-    site.on_linked = linked_elsewhere
+    site.on_replan = plan_again
     try:
         await watch(
             broadcaster,
-            lambda: _safe(watched_dirs, site),
+            lambda: [*_safe(watched_dirs, site), *site.post_dirs()],
             lambda: [*_safe(config_files, site), *site.linked_files()],
             stop,
             ready=ready,
             replan=replan,
         )
     finally:
-        site.on_linked = None
+        site.on_replan = None
 
 
 def _safe(paths_of: Callable[[Settings], list[Path]], site: Site) -> list[Path]:

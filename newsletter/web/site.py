@@ -102,6 +102,19 @@ def watched_dirs(settings: Settings) -> list[Path]:
     return [p.resolve() for p in folders]
 
 
+def post_folders(posts: PostCollection, watched: list[Path]) -> list[Path]:
+    """The `_posts` folders the posts (and the broken ones) were found in that
+    `watched` does not cover: a Jekyll site's `en/_posts` (category "en")."""
+    marker = f"{os.sep}_posts{os.sep}"
+    names = dict.fromkeys(  # by string: a `Path` and a resolve each cost ~40 ms on 1,000
+        str(path)[: str(path).rfind(marker) + len(marker) - 1]
+        for path in (*(p.path for p in posts.posts), *(p.path for p in posts.problems))
+        if path is not None and marker in str(path)
+    )
+    folders = dict.fromkeys(Path(name).resolve() for name in names)
+    return [f for f in folders if not any(f.is_relative_to(w) for w in watched)]
+
+
 def _walk(paths: list[Path]) -> Iterator[tuple[str, int, int]]:
     """(path, mtime, size) of each file and of everything under each folder,
     as `sorted(root.rglob("*"))` lists them."""
@@ -153,9 +166,10 @@ class Site:
         self._posts: PostCollection | None = None
         self._previews: dict[tuple[str, str], Preview] = {}
         self._engines: dict[str, Engine] = {}
+        self._post_dirs: list[Path] = []  # `post_folders` of the posts read last
         # Called (from the thread that read them) when the posts link to other
-        # pages than before: the live reload's watcher plans again.
-        self.on_linked: Callable[[], None] | None = None
+        # pages, or lie in other folders, than before: the watcher plans again.
+        self.on_replan: Callable[[], None] | None = None
 
     def engine(self) -> Engine | None:
         """The store, opened once per database URL; None while it cannot be opened."""
@@ -191,7 +205,15 @@ class Site:
                 return True
             if self._posts is None:
                 return False
-            return self._posts_changed(tuple(_walk(watched_dirs(self._settings))))
+            return self._posts_changed(tuple(_walk(self._folders(self._settings))))
+
+    def _folders(self, settings: Settings) -> list[Path]:
+        return [*watched_dirs(settings), *self._post_dirs]
+
+    def post_dirs(self) -> list[Path]:
+        """The other `_posts` folders the posts were found in (`post_folders`)."""
+        with self._lock:
+            return list(self._post_dirs)
 
     def _posts_changed(self, fingerprint: tuple[tuple[str, int, int], ...]) -> bool:
         """The watched folders, or a page a post links to, changed."""
@@ -208,14 +230,17 @@ class Site:
     def posts(self) -> PostCollection:
         with self._lock:
             settings = self.settings()
-            fingerprint = tuple(_walk(watched_dirs(settings)))
+            fingerprint = tuple(_walk(self._folders(settings)))
             if self._posts is None or self._posts_changed(fingerprint):
-                before = self.linked_files()
+                before = (self.linked_files(), self._post_dirs)
                 self._posts = load_posts(settings, bodies="lazy")  # HTML when previewed
+                self._post_dirs = post_folders(self._posts, watched_dirs(settings))
+                if self._post_dirs != before[1]:
+                    fingerprint = tuple(_walk(self._folders(settings)))
                 self._print = fingerprint
                 self._previews = {}
-                if self.on_linked is not None and self.linked_files() != before:
-                    self.on_linked()
+                if self.on_replan is not None and (self.linked_files(), self._post_dirs) != before:
+                    self.on_replan()
             return self._posts
 
     def preview(self, post: Post, mailing_list: ListSettings) -> Preview:
