@@ -309,12 +309,14 @@ def test_a_server_that_refuses_the_sender_stops_the_pass_and_fails_nobody(
     assert {r.status for r in ledger(engine).values()} == {"sent"}
 
 
+@pytest.mark.parametrize("recipients", [6, 1])
 def test_send_stops_on_a_refused_sender_with_one_line_and_exit_status_1(
-    sample_site: Path,
+    sample_site: Path, recipients: int
 ) -> None:
     """What the owner sees from `newsletter send` when the server refuses the
     sender: the server's words and what to check, on one line, exit status 1,
-    no traceback; no recipient failed."""
+    no traceback; no recipient failed.  With one recipient too: before, that
+    `send` said "deferred 1" and exited 0 (one refusal is not three in a row)."""
     words = SENDER_REFUSED
     server = RawSmtpServer(RefusedSender(), pipelining=True)
     try:
@@ -327,7 +329,7 @@ def test_send_stops_on_a_refused_sender_with_one_line_and_exit_status_1(
         text = text.replace('username = "newsletter@fieldnotes.example.com"', 'username = ""')
         (sample_site / "newsletter.toml").write_text(text)
         settings = load_settings(sample_site / "newsletter.toml")
-        populate(settings, 6).dispose()
+        populate(settings, recipients).dispose()
         result = CliRunner().invoke(main, ["send", POST, "--list", "sample"])
     finally:
         server.close()
