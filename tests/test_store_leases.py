@@ -121,7 +121,7 @@ def test_renew_extends_only_our_leases_from_the_database_clock(database_url: str
 def test_an_expired_lease_is_claimable_by_anyone(database_url: str) -> None:
     engine, mid = planned(database_url, 2)
     with OwnerLock(engine, "stalled:1:a"):  # alive, yet its lease ran out
-        q.claim(engine, mid, "stalled:1:a", 2, 0.2)
+        q.claim(engine, mid, "stalled:1:a", 2, 60)  # runs out below, not by the clock
         assert q.claim(engine, mid, "other:1:b", 2, 60)[0] == []
         with engine.begin() as conn:
             past = datetime.now(UTC) - timedelta(seconds=1)
