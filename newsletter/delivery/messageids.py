@@ -2,8 +2,9 @@
 
 A delivery's Message-ID is ``<{mailing}.{delivery}.{tag}@{domain}>``: the
 mailing it went out in, the delivery's ledger id, and a tag, the first 80
-bits of an HMAC of both under the unsubscribe secret (the key the VERP
-tokens and the unsubscribe links use), in lower-case base32.
+bits of an HMAC-SHA256 of both under the unsubscribe secret (the key the
+VERP tokens and the unsubscribe links use), in lower-case hex (base32, as
+VERP's, cost 1.4 µs more a message: measured with timeit).
 
 Why: the Message-ID used to be a hash stored in ``deliveries.message_id``
 (indexed, so that a bounce quoting it could be matched), which made every
@@ -25,30 +26,33 @@ index, as before.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import hmac
 import re
 
-_TAG_BYTES = 10  # 80 bits, 16 base32 characters, as the VERP tokens
+_TAG_BYTES = 10  # 80 bits, as the VERP tokens
 _PURPOSE = b"message-id\0"
 # Lower case on the way in: a Message-ID is case-sensitive, but a report
-# may come back through software that folds it; base32 in lower case and
-# digits survive that.
-_FORM = re.compile(r"<?(\d{1,10})\.(\d{1,19})\.([a-z2-7]{16})@[^<>\s]+>?")
+# may come back through software that folds it; digits and lower-case hex
+# survive that.
+_FORM = re.compile(r"<?(\d{1,10})\.(\d{1,19})\.([0-9a-f]{20})@[^<>\s]+>?")
+
+
+def _keyed(secret: bytes) -> hmac.HMAC:
+    # A digest name, not hashlib.sha256: OpenSSL's HMAC, whose copy is cheap.
+    return hmac.new(secret, _PURPOSE, "sha256")
 
 
 def _tag(keyed: hmac.HMAC, mailing_id: int, delivery_id: int) -> str:
     mac = keyed.copy()
     mac.update(f"{mailing_id}.{delivery_id}".encode("ascii"))
-    return base64.b32encode(mac.digest()[:_TAG_BYTES]).decode("ascii").lower()
+    return mac.digest()[:_TAG_BYTES].hex()
 
 
 class MessageIds:
     """The Message-IDs of one mailing's deliveries (the keyed HMAC set up once)."""
 
     def __init__(self, secret: bytes, mailing_id: int, domain: str) -> None:
-        self.keyed = hmac.new(secret, _PURPOSE, hashlib.sha256)
+        self.keyed = _keyed(secret)
         self.mailing_id = mailing_id
         self.domain = domain
 
@@ -69,7 +73,7 @@ def delivery_of(secret: bytes, message_id: str) -> tuple[int, int] | None:
     if match is None:
         return None
     mailing_id, delivery_id = int(match.group(1)), int(match.group(2))
-    keyed = hmac.new(secret, _PURPOSE, hashlib.sha256)
+    keyed = _keyed(secret)
     if not hmac.compare_digest(match.group(3), _tag(keyed, mailing_id, delivery_id)):
         return None
     return mailing_id, delivery_id
