@@ -206,3 +206,40 @@ def test_a_bounce_of_a_message_id_stored_before_still_matches(
         )
     assert bounce(engine, settings, legacy) == (target.subscriber_id,)
     assert statuses(engine, 3) == ["bounced", "active", "active"]
+
+
+@pytest.mark.parametrize("dedupe", [True, False], ids=["dedupe", "each-list"])
+def test_a_post_due_for_two_lists_names_the_mailing_each_message_went_out_in(
+    tmp_path: Path, smtp_server: SmtpTestServer, dedupe: bool
+) -> None:
+    # Deduplicated, a member of both lists has one delivery (one id for the
+    # post's ledger key), sent from the list joined first; without, one per
+    # list.  Each Message-ID names the mailing that sent it and its own row.
+    from test_dedupe import BOTH, members, run_once, two_list_site
+
+    from newsletter.store import open_store
+
+    site = two_list_site(tmp_path, smtp_server.port)
+    if not dedupe:
+        text = site.config.read_text().replace(
+            '[email]\nfrom = "Test Notes <news@example.com>"',
+            '[email]\nfrom = "Test Notes <news@example.com>"\ndedupe_across_lists = false',
+        )
+        site.config.write_text(text)
+    members(site)
+    run_once(site)
+    engine = open_store(site.settings())
+    with engine.connect() as conn:
+        rows = {
+            (r.mailing_id, r.id): r.email
+            for r in conn.execute(
+                select(deliveries.c.mailing_id, deliveries.c.id, deliveries.c.email)
+            )
+        }
+    got = received_ids(smtp_server)
+    assert len(got) == len(rows) == (3 if dedupe else 4)
+    assert [rcpt for rcpt, _ in got].count(BOTH) == (1 if dedupe else 2)
+    named = [delivery_of(SECRET.encode(), mid) for _, mid in got]
+    for (rcpt, _), delivery in zip(got, named, strict=True):
+        assert delivery is not None and rows[delivery] == rcpt  # its own row, its mailing
+    assert len(set(named)) == len(named)
