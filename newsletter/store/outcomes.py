@@ -10,9 +10,12 @@ a column named in SET (and every partial index whose WHERE names one),
 whatever the values, 10-20 µs each on a commit of ~50: so the Message-ID is
 not written (it names its delivery, `delivery.messageids`, and needs
 neither column nor index; rows from before keep theirs).  The lease is
-cleared, although a finished row's status alone keeps claims off it: the
-lease index holds only the rows in flight because of it, and `release`,
-`free_dead_leases` and `active_senders` read leases whatever the status.
+still cleared, moving ix_deliveries_lease: a deferred row must be claimable
+at once (the claims take a leased row only once the lease expired, and
+never its own owner's), the index holds only the rows in flight because of
+it, and `release`, `free_dead_leases` and `active_senders` read leases
+whatever the status (a finished row's stale lease would be counted as a
+live sender, and walked and rewritten by each of them).
 """
 
 from __future__ import annotations
