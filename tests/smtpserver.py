@@ -182,6 +182,8 @@ class _Handler:
                 await asyncio.sleep(self.server.stall_seconds)
                 return "250 Message accepted, slowly"
             if reply is not None:
+                if reply not in (DROP, STALL):  # refused, but read to the end
+                    self.server._record(envelope, session, smtp, self.server.refused)
                 return await self._special(smtp, session, reply)
         self.server._record(envelope, session, smtp)
         return "250 Message accepted"
@@ -212,6 +214,7 @@ class SmtpTestServer:
     stall_seconds: float = 2.0
     port: int = field(default_factory=free_port)
     received: list[Received] = field(default_factory=list)
+    refused: list[Received] = field(default_factory=list)  # content answered by a script
     auth_attempts: list[tuple[str, str, bool]] = field(default_factory=list)  # user, pw, tls
     auth_busy: int = 0  # logins still to answer "454 4.7.0 Temporary authentication failure"
     connections: int = 0
@@ -242,12 +245,18 @@ class SmtpTestServer:
                     rules.popleft()
             return rule.reply
 
-    def _record(self, envelope: Envelope, session: Session, smtp: SMTP) -> None:
+    def _record(
+        self,
+        envelope: Envelope,
+        session: Session,
+        smtp: SMTP,
+        into: list[Received] | None = None,
+    ) -> None:
         data = envelope.original_content or envelope.content or b""
         if isinstance(data, str):  # pragma: no cover - decode_data is off
             data = data.encode()
         with self._lock:
-            self.received.append(
+            (self.received if into is None else into).append(
                 Received(
                     envelope.mail_from or "",
                     tuple(envelope.rcpt_tos),

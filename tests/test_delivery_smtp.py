@@ -14,6 +14,7 @@ from sqlalchemy import Engine, select
 from newsletter.audience import members as subs
 from newsletter.config import Settings, load_settings
 from newsletter.delivery.mailings import deliver_mailing, mailing_summaries, plan_mailing
+from newsletter.delivery.messageids import delivery_of
 from newsletter.delivery.ratelimit import Throttle, TokenBucket
 from newsletter.posts.collection import load_posts
 from newsletter.store import open_store
@@ -101,7 +102,7 @@ def test_received_messages_parse_back(sample_site: Path, smtp_server: SmtpTestSe
         rcpt = item.rcpt_tos[0]
         assert rcpt in str(msg["To"])
         assert msg["From"] and msg["Subject"] and msg["Date"]
-        assert msg["Message-ID"] == rows[rcpt].message_id
+        assert delivery_of(b"smtp-test-secret", msg["Message-ID"]) == (mid, rows[rcpt].id)
         ids.add(msg["Message-ID"])
     assert len(ids) == 8
 

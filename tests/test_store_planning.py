@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, Engine, event, func, inspect, select, text
+from sqlalchemy import Connection, Engine, event, func, inspect, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from newsletter.audience import members as subs
@@ -414,8 +414,11 @@ def test_a_version_5_database_is_upgraded_to_6_with_its_data(database_url: str) 
     engine = site_db(database_url)
     mid = plan_mailing(engine, SETTINGS, "p", "field")
     claimed, _ = q.claim(engine, mid, "host:1:v5", 1, 60)
-    q.record_many(engine, [(claimed[0].id, q.Outcome("sent", 1, message_id="<v5@x>"))], "host:1:v5")
-    with engine.begin() as conn:  # make it look like version 5
+    q.record_many(engine, [(claimed[0].id, q.Outcome("sent", 1))], "host:1:v5")
+    with engine.begin() as conn:  # make it look like version 5, which stored Message-IDs
+        conn.execute(
+            update(deliveries).where(deliveries.c.id == claimed[0].id).values(message_id="<v5@x>")
+        )
         conn.execute(text("DROP INDEX ix_deliveries_message_id"))
         if conn.dialect.name == "postgresql":
             conn.execute(

@@ -39,6 +39,7 @@ from newsletter.delivery.bounces import (
     verify_verp,
     verp_tokens_in,
 )
+from newsletter.delivery.messageids import delivery_of
 from newsletter.email.tokens import load_secret, verify_token
 from newsletter.errors import ConfigError, DeliveryError, Problem
 from newsletter.store.schema import bounce_events, deliveries, lists, mailings
@@ -298,7 +299,8 @@ def _identify(
     engine: Engine, settings: Settings, secret: bytes, event: BounceEvent
 ) -> _Target | None:
     """Who a report is about: our VERP token first (it cannot be forged), then
-    the returned message's unsubscribe token, its Message-ID, the address."""
+    the returned message's Message-ID (signed, `delivery.messageids`, or one
+    recorded by an older version), its unsubscribe token, the address."""
     address = settings.bounces.address
     with engine.connect() as conn:
         for token in verp_tokens_in(event.verp_text or "", address) if address else []:
@@ -311,7 +313,16 @@ def _identify(
             ).first()  # fmt: skip
             if row is not None:
                 return _Target(row.subscriber_id, row.email, row.mailing_id, delivery_id)
-        if event.message_id:
+        named = delivery_of(secret, event.message_id) if event.message_id else None
+        if named is not None:
+            mailing_id, delivery_id = named
+            held = conn.execute(
+                select(deliveries.c.subscriber_id, deliveries.c.email)
+                .where(deliveries.c.id == delivery_id)
+            ).first()  # fmt: skip
+            if held is not None:  # the mailing it went out in (the row may have moved since)
+                return _Target(held.subscriber_id, held.email, mailing_id, delivery_id)
+        elif event.message_id:  # any other: one an older version recorded with its row
             found = conn.execute(
                 select(deliveries.c.id, deliveries.c.subscriber_id, deliveries.c.email,
                        deliveries.c.mailing_id)

@@ -372,7 +372,8 @@ class MailingPass:
 
     def settle(self, row: q.Claimed, result: SendResult, mid: str | None, tally: Tally) -> Pending:
         """Hand the outcome to the recorder, count it, mark a bounce."""
-        outcome = self._outcome(row, result, mid)
+        # `mid` is not recorded: a delivery's Message-ID names it (delivery.messageids).
+        outcome = self._outcome(row, result)
         pending = self.recorder.submit(row.id, outcome)
         if result.bounced:
             self._bounce(row, result)
@@ -419,30 +420,28 @@ class MailingPass:
             self.throttle.hit()
         return result
 
-    def _outcome(self, row: q.Claimed, result: SendResult, mid: str | None) -> q.Outcome:
+    def _outcome(self, row: q.Claimed, result: SendResult) -> q.Outcome:
         d = self.settings.delivery
         if result.ok:
-            return q.Outcome("sent", row.attempts + 1, result.code, result.text, mid)
+            return q.Outcome("sent", row.attempts + 1, result.code, result.text)
         if result.throttled:
             # Still throttled after retries: defer without spending an attempt.
             at = now() + timedelta(seconds=self.throttle.hit())
-            return q.Outcome("deferred", row.attempts, result.code, result.text, mid, at)
+            return q.Outcome("deferred", row.attempts, result.code, result.text, at)
         refused_sender = refuses_sender(result)
         if refused_sender and not self.refusals.spends_attempt(result):
             # The sender refused says nothing of the recipient: no attempt spent,
             # or a few passes before the owner fixes [email] from would fail them.
             at = next_attempt(now(), max(1, row.attempts), d.backoff_base, d.backoff_cap)
-            return q.Outcome(
-                "deferred", row.attempts, result.code, describe_result(result), mid, at
-            )
+            return q.Outcome("deferred", row.attempts, result.code, describe_result(result), at)
         attempts = row.attempts + 1
         # One VERP sender refused while the server takes our others is this
         # recipient's own, and with so few left nobody's attempt is spared
         # (senders.py): retried as usual despite its 5xx, then failed.
         if (result.permanent and not refused_sender) or attempts >= d.max_attempts:
-            return q.Outcome("failed", attempts, result.code, describe_result(result), mid)
+            return q.Outcome("failed", attempts, result.code, describe_result(result))
         at = next_attempt(now(), attempts, d.backoff_base, d.backoff_cap)
-        return q.Outcome("deferred", attempts, result.code, describe_result(result), mid, at)
+        return q.Outcome("deferred", attempts, result.code, describe_result(result), at)
 
     def _bounce(self, row: q.Claimed, result: SendResult) -> None:
         from newsletter.audience import members as subs

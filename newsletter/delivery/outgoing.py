@@ -15,6 +15,7 @@ from collections.abc import Callable
 from sqlalchemy import Engine
 
 from newsletter.config import Settings
+from newsletter.delivery.messageids import MessageIds
 from newsletter.delivery.report import DeliveryReport, envelope_sender
 from newsletter.delivery.transports import ConnectError, SendResult, Transport, make_transport
 from newsletter.email.linktokens import make_preferences_token, preferences_url
@@ -93,13 +94,18 @@ class MessageContext:
     ) -> None:
         self.settings = settings
         self.list_name = mailing.list_name
-        self.key = str(mailing.id)
         self.template = template
         self.signer = signer
         self.secret = checked_secret(settings, engine)
+        self.message_ids = MessageIds(self.secret, mailing.id, template.domain)
+
+    def message_id(self, row: q.Claimed) -> str:
+        """The delivery's Message-ID: the one it recorded under an older version
+        (its retries keep it), else the one naming it (`delivery.messageids`)."""
+        return row.message_id or self.message_ids(row.id)
 
     def message(self, row: q.Claimed) -> bytes:
-        data = self.template.personalise(self._recipient(row), mailing_key=self.key)
+        data = self.template.personalise(self._recipient(row), message_id=self.message_id(row))
         return self.signer(data) if self.signer is not None else data
 
     def data(self, row: q.Claimed) -> tuple[bytes, str | None]:
@@ -110,9 +116,10 @@ class MessageContext:
         message, so a signed one is stuffed whole.
         """
         recipient = self._recipient(row)
+        mid = self.message_id(row)
         if self.signer is None:
-            return self.template.data(recipient, mailing_key=self.key)
-        signed = self.signer(self.template.personalise(recipient, mailing_key=self.key))
+            return self.template.data(recipient, message_id=mid)
+        signed = self.signer(self.template.personalise(recipient, message_id=mid))
         return stuffed_body(signed), message_id_of(signed)
 
     def _recipient(self, row: q.Claimed) -> Recipient:

@@ -164,9 +164,15 @@ class MessageTemplate:
         """The `send --test` variant: the subject starts with "[TEST] "."""
         return cls.build(rendered, settings, subject_prefix=TEST_PREFIX, date=date)
 
-    def personalise(self, recipient: Recipient, *, mailing_key: str = "") -> bytes:
-        """The exact bytes for one recipient (CRLF line endings, lines ≤ 998)."""
-        values, _ = self._values(recipient, mailing_key)
+    def personalise(
+        self, recipient: Recipient, *, mailing_key: str = "", message_id: str | None = None
+    ) -> bytes:
+        """The exact bytes for one recipient (CRLF line endings, lines ≤ 998).
+
+        `message_id`: the Message-ID to carry (a mailing's deliveries name
+        theirs, `delivery.messageids`); without it, one hashed from
+        `mailing_key` and the address (previews, test sends)."""
+        values, _ = self._values(recipient, mailing_key, message_id)
         return b"".join([s if isinstance(s, bytes) else values[s] for s in self.segments])
 
     @functools.cached_property
@@ -174,7 +180,9 @@ class MessageTemplate:
         """Whether the body links to the preferences page (else no token is needed)."""
         return any(s in _PREFS_SLOTS for s in self.segments if isinstance(s, int))
 
-    def data(self, recipient: Recipient, *, mailing_key: str = "") -> tuple[bytes, str]:
+    def data(
+        self, recipient: Recipient, *, mailing_key: str = "", message_id: str | None = None
+    ) -> tuple[bytes, str]:
         """`personalise`'s bytes as SMTP DATA content (dot-stuffed, without the final
         dot line) and the message's Message-ID.
 
@@ -183,7 +191,7 @@ class MessageTemplate:
         per-recipient values are looked at here (profiled: stuffing the whole
         10 KB message cost more than personalising it).
         """
-        values, mid = self._values(recipient, mailing_key)
+        values, mid = self._values(recipient, mailing_key, message_id)
         plan = self.data_segments
         if plan is None:
             raw = b"".join([s if isinstance(s, bytes) else values[s] for s in self.segments])
@@ -217,14 +225,18 @@ class MessageTemplate:
     def _slots(self) -> frozenset[int]:
         return frozenset(s for s in self.segments if isinstance(s, int))
 
-    def _values(self, recipient: Recipient, mailing_key: str) -> tuple[list[bytes], str]:
+    def _values(
+        self, recipient: Recipient, mailing_key: str, message_id_: str | None = None
+    ) -> tuple[list[bytes], str]:
         """Each slot's bytes (only the slots this template has; b"" for the others)
         and the Message-ID."""
         slots = self._slots
         address = clean_address(recipient.email)
         name = one_line(recipient.name) if recipient.name else ""
         url = clean_url(recipient.unsubscribe_url, address)
-        mid = message_id(mailing_key, address, self.domain)
+        # A given Message-ID is ours (derived, or read back from the ledger
+        # where only `<…>` without CR/LF was ever stored): used as it is.
+        mid = message_id_ or message_id(mailing_key, address, self.domain)
         qp = _qp_value
         values = [b""] * 12
         values[TO] = b"To: " + format_address(name, address).encode() + CRLF

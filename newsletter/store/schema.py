@@ -253,7 +253,10 @@ DELIVERY_INDEXES_V3 = (
 # Added in schema version 6: a bounce report without our VERP token is matched
 # by the returned message's Message-ID (`delivery.bouncebox`), which was a
 # full scan of the ledger per report.  Partial: only sent rows carry one, so
-# planning a million queued rows adds nothing to it.
+# planning a million queued rows adds nothing to it.  Since December 2026 no
+# row gets one: a Message-ID names its delivery (`delivery.messageids`) and
+# is not stored, so recording an outcome does not move this index; it serves
+# the bounces of the rows recorded before.
 MESSAGE_ID_INDEX = Index(
     "ix_deliveries_message_id",
     "message_id",
