@@ -42,7 +42,7 @@ from newsletter.delivery.transports.smtp_common import (
     tls_error,
     too_big,
 )
-from newsletter.delivery.transports.smtp_wire import early_refusal, write
+from newsletter.delivery.transports.smtp_wire import early_refusal, kernel_timeouts, write
 from newsletter.email.message import stuffed_body
 
 log = logging.getLogger(__name__)
@@ -114,6 +114,9 @@ class SmtpTransport:
             # Commands and the rounds' final ".\r\n" (see `end`) go out as small
             # writes; without TCP_NODELAY, Nagle's algorithm would hold them for an ACK.
             conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # No poll() before each read and write, as smtplib's own blocking
+            # socket (smtp_wire); TLS keeps Python's timeout.
+            kernel_timeouts(conn)
         self._conn = conn
         self._limit = size_limit(conn.esmtp_features.get("size"))
         self.connects += 1
