@@ -1,9 +1,12 @@
 """The thread-per-connection strategy's overlaps: work done while the server answers.
 
-Without PIPELINING a message costs four round trips; the worker commits the
-previous outcome and builds the next message while the server answers MAIL
-(threaded.Ahead), instead of adding that work to the round trips.  These
-tests pin where that work happens and that a failure in it loses nothing.
+Without PIPELINING a message costs four round trips; the worker builds the
+next message while the server answers MAIL (threaded.Ahead), and commits the
+previous outcome then too, or, with several connections, after the server's
+354 to DATA (grouped with the other workers' outcomes), instead of adding
+that work to the round trips.  These tests pin where that work happens, that
+the commit still comes before the final dot, and that a failure in it loses
+nothing.
 """
 
 from __future__ import annotations
