@@ -6,6 +6,7 @@ import asyncio
 import logging
 import socket
 import struct
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -459,6 +460,7 @@ def test_a_server_that_reads_slowly_times_out_the_write_as_a_whole() -> None:
     assert elapsed < 3
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only (smtp_wire)")
 def test_a_plain_connection_leaves_its_timeout_to_the_kernel_and_tls_does_not(
     starttls_server: SmtpTestServer, tls: TlsMaterial, monkeypatch: pytest.MonkeyPatch
 ) -> None:

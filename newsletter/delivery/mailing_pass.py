@@ -378,7 +378,8 @@ class MailingPass:
         late: bool = False,
     ) -> SendResult | None:
         """`stuffed`: `message` is `data`'s (only for a transport that `accepts_stuffed`);
-        `spare`: work for a later reply wait than `ready`'s (`SmtpTransport.send`)."""
+        `spare`: work to overlap a reply wait that need not precede the final
+        dot; `late`: `ready` once the server has answered DATA (both: `SmtpTransport.send`)."""
         result: SendResult | None = None
         early = not getattr(transport, "accepts_ready", False)
         extra: dict[str, object] = {"stuffed": True} if stuffed else {}

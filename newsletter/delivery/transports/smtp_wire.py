@@ -25,6 +25,7 @@ import smtplib
 import socket
 import ssl
 import struct
+import sys
 import time
 
 from newsletter.delivery.transports.smtp_common import MAX_LINE, MAX_REPLY
@@ -180,10 +181,15 @@ def kernel_timeouts(conn: smtplib.SMTP) -> bool:
     """Make an open plain connection's socket blocking, its timeout the kernel's.
 
     A TLS socket keeps Python's timeout: an SSL read on a blocking socket
-    whose kernel timeout expires is not reported as one.  False: unchanged.
+    whose kernel timeout expires is not reported as one.  Only on Linux,
+    where `struct timeval` is two longs and an expired SO_RCVTIMEO is EAGAIN
+    (Windows takes milliseconds, and leaves such a socket unusable).
+    False: unchanged.
     """
     sock = conn.sock
     if not isinstance(conn, _Deadlines) or sock is None or isinstance(sock, ssl.SSLSocket):
+        return False
+    if not sys.platform.startswith("linux"):
         return False
     sock.settimeout(None)
     _set_timeout(sock, conn.seconds(), kernel=True)
