@@ -1,9 +1,12 @@
 """The thread-per-connection strategy's overlaps: work done while the server answers.
 
-Without PIPELINING a message costs four round trips; the worker commits the
-previous outcome and builds the next message while the server answers MAIL
-(threaded.Ahead), instead of adding that work to the round trips.  These
-tests pin where that work happens and that a failure in it loses nothing.
+Without PIPELINING a message costs four round trips; the worker builds the
+next message while the server answers MAIL (threaded.Ahead), and commits the
+previous outcome then too, or, with several connections, after the server's
+354 to DATA (grouped with the other workers' outcomes), instead of adding
+that work to the round trips.  These tests pin where that work happens, that
+the commit still comes before the final dot, and that a failure in it loses
+nothing.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from smtpserver import SmtpTestServer, _Handler
+from smtpserver import DROP, SmtpTestServer, _Handler
 from test_delivery_smtp import ledger, populate, site_settings
 from test_delivery_streams import (
     HOLD,
@@ -97,3 +100,51 @@ def test_a_message_that_cannot_be_built_ahead_fails_the_pass_cleanly(
     settings = threaded(sample_site, smtp_server)
     engine = populate(settings, 5)
     nothing_lost_by_a_failed_build(engine, settings, smtp_server, "r002@example.org")
+
+
+@pytest.mark.parametrize("faults", [False, True], ids=["clean", "faults"])
+def test_with_several_connections_the_previous_outcome_is_committed_before_the_next_dot(
+    sample_site: Path, smtp_server: SmtpTestServer, monkeypatch: pytest.MonkeyPatch, faults: bool
+) -> None:
+    """Invariant 2 with the threads' group commit: with several connections a
+    worker commits its previous outcome only once the server has answered DATA
+    (threaded.py, `late`), still before the final dot.  When the server has a
+    message whole, the one before it on that connection is in the ledger; with
+    451/550 refusals and a dropped connection each recipient is recorded once."""
+    smtp_server.pipelining = False
+    if faults:
+        smtp_server.script("r005@example.org", "451 4.3.0 Try later", times=1)
+        smtp_server.script("r011@example.org", "550 5.1.1 No such user")
+        smtp_server.script("r017@example.org", DROP, stage="data", times=1)
+    settings = site_settings(
+        sample_site, smtp_server, **{"delivery.strategy": "threaded", "delivery.concurrency": 4}
+    )
+    engine = populate(settings, 40)
+    mid = plan_mailing(engine, settings, POST, "sample")
+    last: dict[int, str] = {}  # connection (aiosmtpd session) -> its last whole message
+    unrecorded: list[str] = []
+    data = _Handler.handle_DATA
+
+    async def checked(self: _Handler, smtp: Any, session: Any, envelope: Any) -> str:
+        previous = last.get(id(session))
+        if previous is not None:
+            status = ledger(engine)[previous].status
+            if status not in ("sent", "failed", "deferred"):
+                unrecorded.append(f"{previous}: {status}")
+        last[id(session)] = envelope.rcpt_tos[0]
+        return await data(self, smtp, session, envelope)
+
+    monkeypatch.setattr(_Handler, "handle_DATA", checked)
+    report = deliver_mailing(engine, settings, mid, load_posts(settings), wait=5)
+    assert unrecorded == []
+    assert len(last) >= 2  # several connections took part
+    rows = ledger(engine)
+    got = sorted(smtp_server.recipients())
+    if not faults:
+        assert report.sent == 40 and got == [f"r{i:03d}@example.org" for i in range(40)]
+        return
+    assert rows["r011@example.org"].status == "failed"
+    assert report.sent == 39 and report.failed == 1
+    # Each recipient once: the 451 and the dropped one went again later, once.
+    assert got == sorted(f"r{i:03d}@example.org" for i in range(40) if i != 11)
+    assert rows["r005@example.org"].attempts == 2 and rows["r017@example.org"].attempts == 2

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import struct
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -413,6 +415,85 @@ def test_a_server_that_stops_reading_mid_data_times_out_as_temporary() -> None:
     assert not result.ok and not result.permanent
     assert result.text.startswith("timed out during data"), result.text
     assert elapsed < 5
+
+
+def test_a_server_that_reads_slowly_times_out_the_write_as_a_whole() -> None:
+    """The kernel's send timeout (smtp_wire.kernel_timeouts) is per system call:
+    a server that reads a little now and then must not keep one write going for
+    ever.  The whole write of the content has `timeout` seconds, as a reply has."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(10)
+    stop = threading.Event()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.sendall(b"220 sink ESMTP\r\n")
+            lines = conn.makefile("rb")
+            for line in lines:
+                verb = line[:4].upper()
+                if verb in (b"EHLO", b"HELO"):
+                    conn.sendall(b"250 sink\r\n")
+                elif verb == b"DATA":
+                    conn.sendall(b"354 go ahead\r\n")
+                    break
+                else:
+                    conn.sendall(b"250 ok\r\n")
+            conn.setblocking(True)
+            while not stop.wait(0.05):  # 64 KB every 0.05 s: never a stall of 0.5 s
+                if not conn.recv(65536):
+                    break
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    port = listener.getsockname()[1]
+    t = SmtpTransport(SmtpSettings(host="127.0.0.1", port=port, security="none", timeout=0.5))
+    big = MSG + (b"y" * 998 + b"\r\n") * 64_000  # 64 MB: ~50 s at the server's pace
+    started = time.monotonic()
+    result = t.send(SENDER, "b@example.org", big)
+    elapsed = time.monotonic() - started
+    stop.set()
+    t.close()
+    listener.close()
+    assert not result.ok and not result.permanent
+    assert result.text.startswith("timed out during data"), result.text
+    assert elapsed < 3
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only (smtp_wire)")
+def test_a_plain_connection_leaves_its_timeout_to_the_kernel_and_tls_does_not(
+    starttls_server: SmtpTestServer, tls: TlsMaterial, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No poll() before each read and write on a plain connection (as smtplib's
+    blocking socket); a TLS socket keeps Python's timeout (smtp_wire)."""
+    server = SmtpTestServer()
+    with server:
+        t = SmtpTransport(
+            SmtpSettings(host="127.0.0.1", port=server.port, security="none", timeout=7.5)
+        )
+        assert t.send(SENDER, "a@example.org", MSG).ok
+        sock = t._conn.sock if t._conn is not None else None
+        assert sock is not None and sock.gettimeout() is None
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16)
+        assert struct.unpack("@ll", raw) == (7, 500_000)
+        assert t.send(SENDER, "b@example.org", MSG).ok  # the same connection, still right
+        assert t.connects == 1
+        t.close()
+    assert server.recipients() == ["a@example.org", "b@example.org"]
+    monkeypatch.setenv("TEST_SMTP_PW", "s3cret")
+    settings = SmtpSettings(
+        host="127.0.0.1",
+        port=starttls_server.port,
+        security="starttls",
+        username="editor",
+        password_env="TEST_SMTP_PW",
+        ca_file=tls.ca_file,
+        timeout=5,
+    )
+    with SmtpTransport(settings) as secure:
+        assert secure.send(SENDER, "c@example.org", MSG).ok
+        tls_sock = secure._conn.sock if secure._conn is not None else None
+        assert tls_sock is not None and tls_sock.gettimeout() == 5
 
 
 @pytest.mark.parametrize("pipelining", [False, True], ids=["plain", "pipelining"])

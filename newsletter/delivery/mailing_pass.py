@@ -393,11 +393,19 @@ class MailingPass:
         *,
         tries: int = THROTTLE_RETRIES,
         stuffed: bool = False,
+        spare: Callable[[], None] | None = None,
+        late: bool = False,
     ) -> SendResult | None:
-        """`stuffed`: `message` is `data`'s (only for a transport that `accepts_stuffed`)."""
+        """`stuffed`: `message` is `data`'s (only for a transport that `accepts_stuffed`);
+        `spare`: work to overlap a reply wait that need not precede the final
+        dot; `late`: `ready` once the server has answered DATA (both: `SmtpTransport.send`)."""
         result: SendResult | None = None
         early = not getattr(transport, "accepts_ready", False)
-        extra = {"stuffed": True} if stuffed else {}
+        extra: dict[str, object] = {"stuffed": True} if stuffed else {}
+        if spare is not None:
+            extra["spare"] = spare
+        if late:
+            extra["late"] = True
         for _ in range(tries):
             self.throttle.wait()
             if self.stop.is_set():
@@ -406,6 +414,8 @@ class MailingPass:
             try:
                 if early:
                     ready()
+                    if spare is not None:
+                        spare()
                     result = transport.send(self.sender(row.id), row.email, message)
                 else:
                     result = transport.send(  # type: ignore[call-arg]

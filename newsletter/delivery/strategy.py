@@ -123,6 +123,8 @@ class PassCore(Protocol):
         *,
         tries: int = ...,
         stuffed: bool = ...,
+        spare: Callable[[], None] | None = ...,
+        late: bool = ...,
     ) -> SendResult | None: ...
 
     def settle(

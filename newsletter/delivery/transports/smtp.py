@@ -42,7 +42,7 @@ from newsletter.delivery.transports.smtp_common import (
     tls_error,
     too_big,
 )
-from newsletter.delivery.transports.smtp_wire import early_refusal, write
+from newsletter.delivery.transports.smtp_wire import early_refusal, kernel_timeouts, write
 from newsletter.email.message import stuffed_body
 
 log = logging.getLogger(__name__)
@@ -114,6 +114,9 @@ class SmtpTransport:
             # Commands and the rounds' final ".\r\n" (see `end`) go out as small
             # writes; without TCP_NODELAY, Nagle's algorithm would hold them for an ACK.
             conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # No poll() before each read and write, as smtplib's own blocking
+            # socket (smtp_wire); TLS keeps Python's timeout.
+            kernel_timeouts(conn)
         self._conn = conn
         self._limit = size_limit(conn.esmtp_features.get("size"))
         self.connects += 1
@@ -209,23 +212,35 @@ class SmtpTransport:
         *,
         ready: Ready | None = None,
         stuffed: bool = False,
+        spare: Ready | None = None,
+        late: bool = False,
     ) -> SendResult:
         """One message; `stuffed`: `message` is DATA content already (`stuffed_body`'s).
 
         `ready()` runs before the final dot, while the server answers MAIL (or
-        the pipelined MAIL/RCPT/DATA), so its work overlaps a round trip.
+        the pipelined MAIL/RCPT/DATA), so its work overlaps a round trip;
+        `spare()` (work that must not raise) right after it.  `late`: without
+        PIPELINING, `ready()` runs only once the server has answered DATA,
+        just before the content (the threads' group commit, threaded.py).
+        Either may run twice when a message is sent again on a new connection.
         """
         reused = self._conn is not None
         body = message if stuffed else stuffed_body(message)
-        result = self._attempt(sender, recipient, body, ready)
+        result = self._attempt(sender, recipient, body, ready, spare, late)
         if reused and result.stage == "mail" and result.code is None:
             # The server closed an idle connection; nothing of this message was
             # accepted, so reconnect and try once more.
-            result = self._attempt(sender, recipient, body, ready)
+            result = self._attempt(sender, recipient, body, ready, spare, late)
         return result
 
     def _attempt(
-        self, sender: str, recipient: str, message: bytes, ready: Ready | None
+        self,
+        sender: str,
+        recipient: str,
+        message: bytes,
+        ready: Ready | None,
+        spare: Ready | None = None,
+        late: bool = False,
     ) -> SendResult:
         self.open()
         conn = self._conn
@@ -255,15 +270,20 @@ class SmtpTransport:
         stage = "mail"
         try:
             if conn.has_extn("pipelining"):
-                refusal = self._pipelined(conn, recipient, commands, ready)
+                refusal = self._pipelined(conn, recipient, commands, ready, spare)
                 if refusal is not None:
                     return refusal
                 stage = "data"  # from here the server may keep the message: never retried
                 return self._content(conn, recipient, message)
             # `ready` (the previous outcome's commit) runs while the server
-            # answers MAIL: a round trip it would otherwise add to each message.
+            # answers MAIL: a round trip it would otherwise add to each message
+            # (`late`: after DATA's 354, when other connections' outcomes have
+            # joined it in one transaction).
             write(conn, commands[0].encode("utf-8") + b"\r\n")
-            self._ready(ready)
+            if not late:
+                self._ready(ready)
+            if spare is not None:
+                spare()
             code, reply = conn.getreply()
             if code != 250:
                 return self._refused(recipient, refusal_code(code), reply, stage)
@@ -275,6 +295,8 @@ class SmtpTransport:
             code, reply = self._command(conn, "DATA")
             if code != 354:
                 return self._refused(recipient, refusal_code(code), reply, stage)
+            if late:
+                self._ready(ready)
             return self._content(conn, recipient, message)
         except (smtplib.SMTPServerDisconnected, smtplib.SMTPResponseException, OSError) as exc:
             self._drop()
@@ -294,12 +316,15 @@ class SmtpTransport:
         recipient: str,
         commands: tuple[str, str],
         ready: Ready | None,
+        spare: Ready | None = None,
     ) -> SendResult | None:
         """MAIL, RCPT and DATA in one write when the server offers PIPELINING (RFC 2920).
 
         The refusal, or None when the server awaits the content."""
         write(conn, "".join(f"{c}\r\n" for c in (*commands, "DATA")).encode("utf-8"))
         self._ready(ready)  # while the server answers the envelope
+        if spare is not None:
+            spare()
         return self._envelope_replies(conn, recipient)
 
     def _envelope_replies(self, conn: smtplib.SMTP, recipient: str) -> SendResult | None:
