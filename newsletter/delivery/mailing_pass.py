@@ -35,7 +35,6 @@ from newsletter.delivery.outgoing import (
     build_template,
     describe_result,
     make_signer,
-    message_id_of,
 )
 from newsletter.delivery.ratelimit import Throttle, TokenBucket, next_attempt
 from newsletter.delivery.recorder import Pending, Recorder
@@ -297,11 +296,10 @@ class MailingPass:
     def release(self) -> None:
         q.release(self.engine, self.owner)
 
-    def message(self, row: q.Claimed) -> tuple[bytes, str | None]:
-        message = self.context.message(row)
-        return message, message_id_of(message)
+    def message(self, row: q.Claimed) -> bytes:
+        return self.context.message(row)
 
-    def data(self, row: q.Claimed) -> tuple[bytes, str | None]:
+    def data(self, row: q.Claimed) -> bytes:
         return self.context.data(row)
 
     def wait_for_due(self, deadline: float) -> bool:
@@ -370,9 +368,8 @@ class MailingPass:
 
     # ------------------------------------------------------------------ one message
 
-    def settle(self, row: q.Claimed, result: SendResult, mid: str | None, tally: Tally) -> Pending:
+    def settle(self, row: q.Claimed, result: SendResult, tally: Tally) -> Pending:
         """Hand the outcome to the recorder, count it, mark a bounce."""
-        # `mid` is not recorded: a delivery's Message-ID names it (delivery.messageids).
         outcome = self._outcome(row, result)
         pending = self.recorder.submit(row.id, outcome)
         if result.bounced:

@@ -8,7 +8,6 @@ to send (the fast path: no re-rendering).  `send_test_messages` is `send
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable
 
@@ -24,15 +23,6 @@ from newsletter.email.tokens import checked_secret, load_secret, make_token, uns
 from newsletter.errors import DeliveryError
 from newsletter.posts.collection import Post, PostCollection
 from newsletter.store import mailings as q
-
-_MESSAGE_ID = re.compile(rb"^Message-ID:[ \t]*(<[^>\r\n]+>)", re.IGNORECASE | re.MULTILINE)
-
-
-def message_id_of(message: bytes) -> str | None:
-    """The Message-ID header of serialised bytes (header block only)."""
-    head = message.split(b"\r\n\r\n", 1)[0]
-    match = _MESSAGE_ID.search(head)
-    return match.group(1).decode("ascii", "replace") if match else None
 
 
 def build_template(
@@ -108,8 +98,8 @@ class MessageContext:
         data = self.template.personalise(self._recipient(row), message_id=self.message_id(row))
         return self.signer(data) if self.signer is not None else data
 
-    def data(self, row: q.Claimed) -> tuple[bytes, str | None]:
-        """`message` as SMTP DATA content (dot-stuffed, no final dot), and its Message-ID.
+    def data(self, row: q.Claimed) -> bytes:
+        """`message` as SMTP DATA content (dot-stuffed, no final dot).
 
         Unsigned, the template stuffs only the per-recipient values (its
         constant parts were stuffed once); a signature covers the whole
@@ -118,9 +108,9 @@ class MessageContext:
         recipient = self._recipient(row)
         mid = self.message_id(row)
         if self.signer is None:
-            return self.template.data(recipient, message_id=mid)
+            return self.template.data(recipient, message_id=mid)[0]
         signed = self.signer(self.template.personalise(recipient, message_id=mid))
-        return stuffed_body(signed), message_id_of(signed)
+        return stuffed_body(signed)
 
     def _recipient(self, row: q.Claimed) -> Recipient:
         token = make_token(self.secret, row.uid, self.list_name)

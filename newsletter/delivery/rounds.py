@@ -90,10 +90,10 @@ class RoundsStrategy:
 
     def _round(self, transports: list[SmtpTransport], rows: list[q.Claimed], tally: Tally) -> None:
         core = self.core
-        flights: list[tuple[SmtpTransport, q.Claimed, bytes, str | None, Any]] = []
-        slow: list[tuple[SmtpTransport, q.Claimed, bytes, str | None, int]] = []
+        flights: list[tuple[SmtpTransport, q.Claimed, bytes, Any]] = []
+        slow: list[tuple[SmtpTransport, q.Claimed, bytes, int]] = []
         for transport, row in zip(transports, rows, strict=False):
-            message, mid = core.message(row)
+            message = core.message(row)
             core.throttle.wait()
             if core.stop.is_set():
                 break
@@ -102,23 +102,23 @@ class RoundsStrategy:
                 fast = transport.pipelines(row.email)
             except ConnectError as exc:
                 result = connect_failure(row.email, exc)
-                core.settle(row, result, mid, tally)
+                core.settle(row, result, tally)
                 continue
             if not fast:
-                slow.append((transport, row, message, mid, THROTTLE_RETRIES))
+                slow.append((transport, row, message, THROTTLE_RETRIES))
                 continue
             core.bucket.acquire()
             reused = transport.connects == connects
             flight = transport.begin(core.sender(row.id), row.email, message, reused=reused)
-            flights.append((transport, row, message, mid, flight))
-        for transport, _, _, _, flight in flights:
+            flights.append((transport, row, message, flight))
+        for transport, _, _, flight in flights:
             transport.body(flight)
         core.recorder.flush()  # the previous round's outcomes, before any final dot
-        for transport, _, _, _, flight in flights:
+        for transport, _, _, flight in flights:
             transport.end(flight)
-        for transport, _, _, _, flight in flights:
+        for transport, _, _, flight in flights:
             transport.reply(flight)
-        for transport, row, message, mid, flight in flights:
+        for transport, row, message, flight in flights:
             result = flight.result
             if flight.retry or result.throttled:
                 if result.throttled:
@@ -127,11 +127,11 @@ class RoundsStrategy:
                     )
                     core.throttle.hit()
                 tries = THROTTLE_RETRIES - 1 if result.throttled else THROTTLE_RETRIES
-                slow.append((transport, row, message, mid, tries))
+                slow.append((transport, row, message, tries))
                 continue
             core.throttle.ok()
-            core.settle(row, result, mid, tally)
-        for transport, row, message, mid, tries in slow:
+            core.settle(row, result, tally)
+        for transport, row, message, tries in slow:
             again = core.send(transport, row, message, core.recorder.flush, tries=tries)
             if again is not None:  # None: stopped while waiting out a throttle
-                core.settle(row, again, mid, tally)
+                core.settle(row, again, tally)

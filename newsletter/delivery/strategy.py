@@ -106,11 +106,11 @@ class PassCore(Protocol):
 
     def release(self) -> None: ...
 
-    def message(self, row: q.Claimed) -> tuple[bytes, str | None]:
-        """The personalised (and signed) bytes for `row`, and their Message-ID."""
+    def message(self, row: q.Claimed) -> bytes:
+        """The personalised (and signed) bytes for `row`."""
         ...
 
-    def data(self, row: q.Claimed) -> tuple[bytes, str | None]:
+    def data(self, row: q.Claimed) -> bytes:
         """`message` as SMTP DATA content: dot-stuffed, without the final dot line."""
         ...
 
@@ -127,9 +127,7 @@ class PassCore(Protocol):
         late: bool = ...,
     ) -> SendResult | None: ...
 
-    def settle(
-        self, row: q.Claimed, result: SendResult, mid: str | None, tally: Tally
-    ) -> Pending: ...
+    def settle(self, row: q.Claimed, result: SendResult, tally: Tally) -> Pending: ...
 
     def fail(self, exc: Exception, recipient: str | None) -> None: ...
 

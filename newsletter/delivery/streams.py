@@ -86,7 +86,6 @@ class Job:
 
     row: q.Claimed
     message: bytes
-    mid: str | None
 
 
 class Commits:
@@ -353,7 +352,7 @@ class StreamsStrategy:
         if len(self.rows) <= self.low:
             self.changed.set()  # the feeder claims ahead
         row = self.rows.popleft()
-        return Job(row, *self.core.data(row))
+        return Job(row, self.core.data(row))
 
     async def _next_job(self, previous: Pending | None) -> Job | None:
         """The next claimed row; with none queued, our last outcome is committed first.
@@ -405,7 +404,7 @@ class StreamsStrategy:
             await wait
         if result is None:  # stopped while waiting out a throttle
             return None
-        return core.settle(job.row, result, job.mid, tally)
+        return core.settle(job.row, result, tally)
 
     async def _send(
         self,

@@ -41,7 +41,7 @@ class Ahead:
         # SMTP takes DATA content built by the template (far cheaper than
         # stuffing the whole message); the other transports take the message.
         self.stuffed = bool(getattr(transport, "accepts_stuffed", False))
-        self._built: tuple[int, tuple[bytes, str | None] | Exception] | None = None
+        self._built: tuple[int, bytes | Exception] | None = None
 
     def build(self, row: q.Claimed, core: PassCore) -> None:
         if self._built is not None and self._built[0] == row.id:
@@ -51,7 +51,7 @@ class Ahead:
         except Exception as exc:
             self._built = (row.id, exc)
 
-    def take(self, row: q.Claimed, core: PassCore) -> tuple[bytes, str | None]:
+    def take(self, row: q.Claimed, core: PassCore) -> bytes:
         built, self._built = self._built, None
         if built is None or built[0] != row.id:
             return self._make(row, core)
@@ -59,7 +59,7 @@ class Ahead:
             raise built[1]
         return built[1]
 
-    def _make(self, row: q.Claimed, core: PassCore) -> tuple[bytes, str | None]:
+    def _make(self, row: q.Claimed, core: PassCore) -> bytes:
         return core.data(row) if self.stuffed else core.message(row)
 
 
@@ -184,7 +184,7 @@ class ThreadedStrategy:
         committed in its MAIL wait); the other threads use the core while
         this one commits.
         """
-        message, mid = ahead.take(row, self.core)
+        message = ahead.take(row, self.core)
 
         def ready() -> None:
             if previous is not None:
@@ -202,4 +202,4 @@ class ThreadedStrategy:
         spare()
         if result is None:  # stopped while waiting out a throttle
             return None
-        return self.core.settle(row, result, mid, tally)
+        return self.core.settle(row, result, tally)
