@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from smtpserver import SmtpTestServer, free_port
+from smtpserver import SmtpTestServer
 from sqlalchemy import select
 from test_daemon_support import MEMBERS, Site, add_members, engine_of, make_site
 
@@ -112,8 +112,8 @@ def test_without_a_watcher_the_scan_interval_notices_new_files(
 def test_the_server_down_then_up(
     tmp_path: Path, daemon_of: Callable[..., Daemon], caplog: pytest.LogCaptureFixture
 ) -> None:
-    port = free_port()
-    site = smtp_site(tmp_path, port, scan_interval="0.5s", max_attempts=50)
+    srv = SmtpTestServer()  # its port bound, not listening: connections are refused
+    site = smtp_site(tmp_path, srv.port, scan_interval="0.5s", max_attempts=50)
     site.write_post("2025-06-01-patient.md", "Patient", PAST)
 
     def events(name: str) -> list[logging.LogRecord]:
@@ -125,7 +125,7 @@ def test_the_server_down_then_up(
     with caplog.at_level(logging.INFO, logger="newsletter"):
         daemon = daemon_of(site)
         assert wait_for(lambda: daemon.passes >= 3, 5.0)
-        with SmtpTestServer(port=port) as srv:
+        with srv:
             # Keep the server up until the daemon has recorded the last reply.
             assert wait_for(finished, 8.0)
             assert sorted(srv.recipients()) == sorted(MEMBERS)
