@@ -88,6 +88,7 @@ class Received:
     tls: bool
     auth: str | None
     mail_options: tuple[str, ...] = ()
+    at: float = 0.0  # time.time() when the server took it (before its reply)
 
 
 @dataclass
@@ -215,6 +216,7 @@ class _Handler:
             if reply is not None:
                 return await self._special(smtp, session, reply)
         self.server._record(envelope, session, smtp)
+        await self.server._held()
         return "250 Message accepted"
 
     async def _special(self, smtp: SMTP, session: Session, reply: str) -> str:
@@ -253,6 +255,8 @@ class SmtpTestServer:
         self._rules: dict[tuple[str, str], deque[_Rule]] = {}
         self._lock = threading.Lock()
         self._controller: Controller | None = None
+        self._hold_after: int | None = None
+        self._released = threading.Event()
         self._sock: socket.socket | None = _bound_socket(self.port)
         self.port = int(self._sock.getsockname()[1])
 
@@ -290,8 +294,27 @@ class SmtpTestServer:
                     _is_tls(smtp, session),
                     session.auth_data.login.decode() if session.auth_data else None,
                     tuple(envelope.mail_options),
+                    time.time(),
                 )
             )
+
+    def hold(self, after: int) -> None:
+        """From the `after`-th message on, take each message (it is in `received`)
+        but keep its reply until `release()`: a sender stuck mid-mailing, with
+        its messages in flight, for as long as a test needs (however slow the
+        machine), instead of a race against its rate."""
+        with self._lock:
+            self._hold_after = after
+        self._released.clear()
+
+    def release(self) -> None:
+        self._released.set()
+
+    async def _held(self) -> None:
+        with self._lock:
+            holding = self._hold_after is not None and len(self.received) >= self._hold_after
+        while holding and not self._released.is_set():
+            await asyncio.sleep(0.01)
 
     def recipients(self) -> list[str]:
         with self._lock:
@@ -339,6 +362,7 @@ class SmtpTestServer:
         return self
 
     def stop(self) -> None:
+        self.release()
         if self._controller is not None:
             self._controller.stop()
             self._controller = None
