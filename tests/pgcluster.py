@@ -10,6 +10,7 @@ server runs as the `postgres` system user: PostgreSQL refuses to run as root.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import glob
 import os
 import pwd
@@ -27,6 +28,7 @@ import psycopg
 
 USER = "newsletter"
 DATABASE = "newsletter_tests"
+PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 def find_bindir() -> Path | None:
@@ -117,7 +119,7 @@ class PgCluster:
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
-            preexec_fn=self._demote,
+            preexec_fn=self._server_child,
             cwd=self.root,
         )
         log.close()
@@ -143,6 +145,17 @@ class PgCluster:
                     raise RuntimeError("postgres did not start: " + text) from None
                 time.sleep(0.05)
         return False
+
+    def _server_child(self) -> None:
+        """In the forked child, before postgres: demoted (as root), and told to
+        stop when the test process dies without `stop()` (a killed pytest left
+        its cluster running for good)."""
+        if self._demote is not None:
+            self._demote()
+        # After the demotion, which clears it.  SIGINT: a fast shutdown.  The
+        # signal comes when the thread that started it ends: start clusters
+        # from the main thread (the session fixture does).
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGINT)
 
     def _is_ours(self, conn: psycopg.Connection) -> bool:
         """The server on `self.port` runs on this cluster's folder (trust
