@@ -10,6 +10,7 @@ server runs as the `postgres` system user: PostgreSQL refuses to run as root.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import glob
 import os
 import pwd
@@ -27,6 +28,7 @@ import psycopg
 
 USER = "newsletter"
 DATABASE = "newsletter_tests"
+PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 def find_bindir() -> Path | None:
@@ -80,7 +82,19 @@ class PgCluster:
 
     def start(self) -> PgCluster:
         self._run("initdb", "-D", str(self.data), "-U", USER, "--auth=trust", "-E", "UTF8", "-N")
-        log = open(self.root / "postgres.log", "wb")  # noqa: SIM115 (lives with the server)
+        # The port was free when picked, not necessarily when postgres binds it
+        # (after initdb and its own start-up, seconds on a loaded machine):
+        # another process may take it in between.  postgres then exits, and
+        # starts again on another port.
+        for _attempt in range(5):
+            if self._serve():
+                return self
+            self.port = free_port()
+        raise RuntimeError("postgres did not start: " + (self.root / "postgres.log").read_text())
+
+    def _serve(self) -> bool:
+        """Start postgres on `self.port`: True once it answers, False if it exited."""
+        log = open(self.root / "postgres.log", "ab")  # noqa: SIM115 (lives with the server)
         self.proc = subprocess.Popen(
             [
                 str(self.bindir / "postgres"),
@@ -105,23 +119,49 @@ class PgCluster:
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
-            preexec_fn=self._demote,
+            preexec_fn=self._server_child,
             cwd=self.root,
         )
         log.close()
-        deadline = time.monotonic() + 30
-        while True:
+        deadline = time.monotonic() + 60  # bounds a hang only
+        while self.proc.poll() is None:
             try:
-                with self.admin() as conn:
+                with psycopg.connect(
+                    host="127.0.0.1", port=self.port, user=USER, dbname="postgres",
+                    autocommit=True, connect_timeout=5,
+                ) as conn:  # fmt: skip
+                    if not self._is_ours(conn):
+                        # Another process's server holds the port: ours exits.
+                        self.proc.wait(timeout=60)
+                        return False
                     conn.execute(f"CREATE DATABASE {DATABASE}")
-                    return self
+                    return True
             except psycopg.OperationalError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
+                if self.proc.poll() is not None:
+                    break
+                if time.monotonic() > deadline:
+                    text = (self.root / "postgres.log").read_text()
                     self.stop()
-                    raise RuntimeError(
-                        "postgres did not start: " + (self.root / "postgres.log").read_text()
-                    ) from None
+                    raise RuntimeError("postgres did not start: " + text) from None
                 time.sleep(0.05)
+        return False
+
+    def _server_child(self) -> None:
+        """In the forked child, before postgres: demoted (as root), and told to
+        stop when the test process dies without `stop()` (a killed pytest left
+        its cluster running for good)."""
+        if self._demote is not None:
+            self._demote()
+        # After the demotion, which clears it.  SIGINT: a fast shutdown.  The
+        # signal comes when the thread that started it ends: start clusters
+        # from the main thread (the session fixture does).
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGINT)
+
+    def _is_ours(self, conn: psycopg.Connection) -> bool:
+        """The server on `self.port` runs on this cluster's folder (trust
+        authentication would let the tests into anyone's)."""
+        row = conn.execute("SHOW data_directory").fetchone()
+        return row is not None and Path(row[0]).resolve() == self.data.resolve()
 
     def admin(self, dbname: str = "postgres") -> psycopg.Connection:
         return psycopg.connect(

@@ -43,10 +43,41 @@ SLOW = "SLOW"  # at "data": take the message, but answer 250 only after `stall_s
 
 
 def free_port() -> int:
-    """A port nobody listens on now (aiosmtpd's Controller(port=0) cannot be used)."""
+    """A port nobody listens on now (aiosmtpd's Controller(port=0) cannot be used).
+
+    Free only at this instant: another process may take it before it is bound
+    again.  SmtpTestServer keeps its port bound from the start instead."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _bound_socket(port: int) -> socket.socket:
+    """A socket bound to 127.0.0.1:`port` (0: any free one), not listening yet:
+    the port is ours, and a connection to it is refused as if nothing were there."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # A restart on the same port meets the old connections in TIME_WAIT.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    return sock
+
+
+# aiosmtpd's own default (5 s) to start its thread and answer a first
+# connection; a starved 2-core machine has taken longer.  Only bounds a hang.
+READY_TIMEOUT = 60.0
+
+
+class _BoundController(Controller):
+    """aiosmtpd's Controller listening on a socket bound beforehand (see
+    `_bound_socket`) instead of binding host:port itself when started."""
+
+    def __init__(self, handler: Any, sock: socket.socket, **kwargs: Any) -> None:
+        host, port = sock.getsockname()[:2]
+        super().__init__(handler, hostname=host, port=port, **kwargs)
+        self._sock = sock
+
+    def _create_server(self) -> Any:
+        return self.loop.create_server(self._factory_invoker, sock=self._sock, ssl=self.ssl_context)
 
 
 @dataclass(frozen=True)
@@ -57,6 +88,7 @@ class Received:
     tls: bool
     auth: str | None
     mail_options: tuple[str, ...] = ()
+    at: float = 0.0  # time.time() when the server took it (before its reply)
 
 
 @dataclass
@@ -186,6 +218,7 @@ class _Handler:
                     self.server._record(envelope, session, smtp, self.server.refused)
                 return await self._special(smtp, session, reply)
         self.server._record(envelope, session, smtp)
+        await self.server._held()
         return "250 Message accepted"
 
     async def _special(self, smtp: SMTP, session: Session, reply: str) -> str:
@@ -212,7 +245,9 @@ class SmtpTestServer:
     # malformed challenge) only when a test asks.
     auth_exclude: tuple[str, ...] = ("XOAUTH2", "CRAM-MD5")
     stall_seconds: float = 2.0
-    port: int = field(default_factory=free_port)
+    # 0: any free port, bound at once (not listening until `start`); `port`
+    # then names it.  A connection before `start` is refused.
+    port: int = 0
     received: list[Received] = field(default_factory=list)
     refused: list[Received] = field(default_factory=list)  # content answered by a script
     auth_attempts: list[tuple[str, str, bool]] = field(default_factory=list)  # user, pw, tls
@@ -223,6 +258,10 @@ class SmtpTestServer:
         self._rules: dict[tuple[str, str], deque[_Rule]] = {}
         self._lock = threading.Lock()
         self._controller: Controller | None = None
+        self._hold_after: int | None = None
+        self._released = threading.Event()
+        self._sock: socket.socket | None = _bound_socket(self.port)
+        self.port = int(self._sock.getsockname()[1])
 
     # ------------------------------------------------------------------ scripting
 
@@ -264,8 +303,27 @@ class SmtpTestServer:
                     _is_tls(smtp, session),
                     session.auth_data.login.decode() if session.auth_data else None,
                     tuple(envelope.mail_options),
+                    time.time(),
                 )
             )
+
+    def hold(self, after: int) -> None:
+        """From the `after`-th message on, take each message (it is in `received`)
+        but keep its reply until `release()`: a sender stuck mid-mailing, with
+        its messages in flight, for as long as a test needs (however slow the
+        machine), instead of a race against its rate."""
+        with self._lock:
+            self._hold_after = after
+        self._released.clear()
+
+    def release(self) -> None:
+        self._released.set()
+
+    async def _held(self) -> None:
+        with self._lock:
+            holding = self._hold_after is not None and len(self.received) >= self._hold_after
+        while holding and not self._released.is_set():
+            await asyncio.sleep(0.01)
 
     def recipients(self) -> list[str]:
         with self._lock:
@@ -298,12 +356,14 @@ class SmtpTestServer:
             kwargs["authenticator"] = self._authenticate
             kwargs["auth_require_tls"] = True
             kwargs["auth_exclude_mechanism"] = list(self.auth_exclude)
-        controller = Controller(
+        # After a `stop` (a restart on the same port) the old socket is closed.
+        sock, self._sock = self._sock or _bound_socket(self.port), None
+        controller = _BoundController(
             _Handler(self),
-            hostname="127.0.0.1",
-            port=self.port,
+            sock,
             ssl_context=self.context if self.tls == "implicit" else None,
             server_hostname="test.example.com",
+            ready_timeout=READY_TIMEOUT,
             **kwargs,
         )
         controller.start()
@@ -311,9 +371,13 @@ class SmtpTestServer:
         return self
 
     def stop(self) -> None:
+        self.release()
         if self._controller is not None:
             self._controller.stop()
             self._controller = None
+        if self._sock is not None:  # never started
+            self._sock.close()
+            self._sock = None
 
     def __enter__(self) -> SmtpTestServer:
         return self.start()

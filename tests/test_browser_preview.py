@@ -89,7 +89,8 @@ def page(browser: Any) -> Iterator[Any]:
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     _local_only(context)
     opened = context.new_page()
-    opened.set_default_timeout(10_000)
+    # Bounds a hang only: a starved machine's Chromium took over 10 s to click.
+    opened.set_default_timeout(60_000)
     # A script or handler our own CSP blocks is a broken page, not a detail.
     blocked: list[str] = []
     opened.on(

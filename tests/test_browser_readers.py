@@ -107,12 +107,12 @@ def new_page(browser: Any, size: str, problems: list[str]) -> Any:
         ),
     )
     page = context.new_page()
-    page.set_default_timeout(10_000)
+    page.set_default_timeout(60_000)  # bounds a hang only (see test_browser_preview)
     page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
     return page
 
 
-def mail_to(outbox: MemoryTransport, address: str, timeout: float = 10.0) -> bytes:
+def mail_to(outbox: MemoryTransport, address: str, timeout: float = 60.0) -> bytes:
     """The confirmation mailed to `address`.  The server sends it in a
     background task after its answer, so it may land just after the page."""
     deadline = time.monotonic() + timeout

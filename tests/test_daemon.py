@@ -4,19 +4,22 @@ and two daemons on one database (real subprocesses)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
-from smtpserver import SmtpTestServer, free_port
+from smtpserver import SmtpTestServer
 from sqlalchemy import select
 from test_daemon_support import MEMBERS, Site, add_members, engine_of, make_site
 
@@ -69,31 +72,58 @@ def daemon_of() -> Iterator[Callable[..., Daemon]]:
 # --------------------------------------------------------------------------- punctual
 
 
-def test_a_future_post_goes_out_within_2s_of_its_date_and_not_before(
+def test_a_future_post_goes_out_at_its_date_and_not_before(
     tmp_path: Path, server: SmtpTestServer, daemon_of: Callable[..., Daemon]
 ) -> None:
     # A long scan interval and no watcher: only the one-off job can be punctual.
     site = smtp_site(tmp_path, server.port, scan_interval="10m")
+    settings = site.settings()
+    add_members(engine_of(settings), "news", MEMBERS, settings=settings)  # before the clock runs
     date = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=3)
     site.write_post("2030-01-01-soon.md", "Soon", date)
-    daemon_of(site)
+    daemon_of(site, members=())
     assert not wait_for(lambda: bool(server.received), date.timestamp() - time.time() - 0.05)
-    assert wait_for(lambda: bool(server.received), 4.0)
-    first = time.time()
-    assert date.timestamp() <= first <= date.timestamp() + 2.0
-    assert wait_for(lambda: len(server.recipients()) == 3, 3.0)
+    assert wait_for(lambda: len(server.recipients()) == 3, 60.0)
     assert sorted(server.recipients()) == sorted(MEMBERS)
+    first = min(r.at for r in server.received)  # when the server took it
+    # The next scan is 10 minutes away: only the one-off job sends it this
+    # soon.  How soon is measured, not asserted (about 2 s, docs/daemon.md,
+    # bench/latency.py): a starved machine took 3.6 s to render and send it.
+    assert date.timestamp() <= first <= date.timestamp() + 60
+
+
+@pytest.fixture
+def watching(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Set once a watchfiles watcher has its inotify watches in place: they are
+    set up when it makes its RustNotify, before it first waits for a change."""
+    import watchfiles.main
+
+    ready = threading.Event()
+    real = watchfiles.main.RustNotify
+
+    def notify(*args: Any, **kwargs: Any) -> Any:
+        watcher = real(*args, **kwargs)
+        ready.set()
+        return watcher
+
+    monkeypatch.setattr(watchfiles.main, "RustNotify", notify)
+    return ready
 
 
 def test_a_file_dropped_in_while_running_is_sent(
-    tmp_path: Path, server: SmtpTestServer, daemon_of: Callable[..., Daemon]
+    tmp_path: Path,
+    server: SmtpTestServer,
+    daemon_of: Callable[..., Daemon],
+    watching: threading.Event,
 ) -> None:
     site = smtp_site(tmp_path, server.port, scan_interval="10m")
     daemon = daemon_of(site, watch=True)
-    assert wait_for(lambda: daemon.passes >= 1, 3.0)
-    time.sleep(0.3)  # let the watcher settle on the folder
+    assert wait_for(lambda: daemon.passes >= 1, 60.0)
+    # Not a fixed pause: a starved machine had not set the watch up after 0.3 s.
+    assert watching.wait(60.0)
     site.write_post("2025-06-01-dropped.md", "Dropped In", PAST)
-    assert wait_for(lambda: len(server.recipients()) == 3, 5.0)
+    # The next scan is 10 minutes away: only the watcher sends it this soon.
+    assert wait_for(lambda: len(server.recipients()) == 3, 60.0)
     assert sorted(server.recipients()) == sorted(MEMBERS)
 
 
@@ -102,18 +132,18 @@ def test_without_a_watcher_the_scan_interval_notices_new_files(
 ) -> None:
     site = smtp_site(tmp_path, server.port, scan_interval="0.5s")
     daemon = daemon_of(site, watch=False)
-    assert wait_for(lambda: daemon.passes >= 1, 3.0)
+    assert wait_for(lambda: daemon.passes >= 1, 60.0)
     site.write_post("2025-06-01-scanned.md", "Scanned", PAST)
     # Well under the default scan interval (60 s), so only the 0.5 s one passes;
     # generous, as a loaded machine took over 3 s to render and send once.
-    assert wait_for(lambda: len(server.recipients()) == 3, 10.0)
+    assert wait_for(lambda: len(server.recipients()) == 3, 30.0)
 
 
 def test_the_server_down_then_up(
     tmp_path: Path, daemon_of: Callable[..., Daemon], caplog: pytest.LogCaptureFixture
 ) -> None:
-    port = free_port()
-    site = smtp_site(tmp_path, port, scan_interval="0.5s", max_attempts=50)
+    srv = SmtpTestServer()  # its port bound, not listening: connections are refused
+    site = smtp_site(tmp_path, srv.port, scan_interval="0.5s", max_attempts=50)
     site.write_post("2025-06-01-patient.md", "Patient", PAST)
 
     def events(name: str) -> list[logging.LogRecord]:
@@ -124,10 +154,11 @@ def test_the_server_down_then_up(
 
     with caplog.at_level(logging.INFO, logger="newsletter"):
         daemon = daemon_of(site)
-        assert wait_for(lambda: daemon.passes >= 3, 5.0)
-        with SmtpTestServer(port=port) as srv:
+        # Both bound a hang only: a pass on a starved machine took seconds.
+        assert wait_for(lambda: daemon.passes >= 3, 60.0)
+        with srv:
             # Keep the server up until the daemon has recorded the last reply.
-            assert wait_for(finished, 8.0)
+            assert wait_for(finished, 60.0)
             assert sorted(srv.recipients()) == sorted(MEMBERS)
     down = [r for r in events("transport-down") if r.levelno == logging.WARNING]
     assert down, "the outage was never logged"
@@ -144,15 +175,17 @@ def test_the_server_down_then_up(
 # --------------------------------------------------------------------------- processes
 
 
-def spawn(site: Site, *args: str) -> subprocess.Popen[str]:
+def spawn(site: Site, *args: str, stderr: Path | None = None) -> subprocess.Popen[str]:
+    """`newsletter run`; its stderr piped, or written to `stderr` (to read while it runs)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "newsletter", "--config", str(site.config), "run", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    with open(stderr, "w") if stderr else contextlib.nullcontext(subprocess.PIPE) as err:
+        return subprocess.Popen(
+            [sys.executable, "-m", "newsletter", "--config", str(site.config), "run", *args],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            env=env,
+        )
 
 
 def many_members(count: int) -> tuple[str, ...]:
@@ -164,27 +197,33 @@ def test_sigterm_mid_mailing_then_restart_reaches_everyone_once(
     tmp_path: Path, server: SmtpTestServer
 ) -> None:
     members = many_members(40)
-    site = smtp_site(tmp_path, server.port, scan_interval="10m", rate=20, concurrency=2)
+    # A client timeout well past how long the server holds its replies.
+    site = smtp_site(tmp_path, server.port, scan_interval="10m", concurrency=2, smtp_timeout=120)
     settings = site.settings()
     add_members(engine_of(settings), "news", members, settings=settings)
     site.write_post("2025-06-01-long.md", "Long", PAST)
-    proc = spawn(site, "--no-watch")
+    # From the 5th message on the server keeps its replies until the daemon has
+    # noted the SIGTERM: before, it raced the rest of the mailing (35 messages
+    # at 20/s), which a slow signal delivery lost on a loaded machine.
+    server.hold(after=5)
+    errors = tmp_path / "daemon.err"
+    proc = spawn(site, "--no-watch", stderr=errors)
     try:
-        assert wait_for(lambda: len(server.recipients()) >= 5, 10.0)
-        stopped_at = time.monotonic()
+        assert wait_for(lambda: len(server.recipients()) >= 5, 60.0)
         proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=10)
-        assert time.monotonic() - stopped_at < 10
+        assert wait_for(lambda: "received SIGTERM" in errors.read_text(), 60.0)
+        server.release()
+        proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
-    _out, err = proc.communicate()
+    proc.communicate()
+    err = errors.read_text()
     assert proc.returncode == 0, err
-    assert "received SIGTERM" in err
     partial = len(server.recipients())
     assert 5 <= partial < len(members)  # it really stopped mid-mailing
     rerun = spawn(site, "--once")
-    out, err = rerun.communicate(timeout=30)
+    out, err = rerun.communicate(timeout=120)
     assert rerun.returncode == 0, err
     counts = Counter(server.recipients())
     assert sorted(counts) == sorted(members)
@@ -215,7 +254,7 @@ def test_two_daemons_on_one_database_mail_each_recipient_once(
         for proc in procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-        results = [(p.wait(timeout=10), *p.communicate()) for p in procs]
+        results = [(p.wait(timeout=60), *p.communicate()) for p in procs]
     codes = sorted(code for code, _out, _err in results)
     assert codes == ([0, 0] if shared else [0, 1]), results
     if not shared:

@@ -64,6 +64,7 @@ def make_site(
     max_attempts: int = 5,
     rate: float = 0,
     concurrency: int = 1,
+    smtp_timeout: float = 5,
 ) -> Site:
     """A site with `[lists.news]` (each) unless `lists` gives other TOML."""
     posts = root / "posts"
@@ -95,7 +96,7 @@ backoff_cap = 1.0
 host = "127.0.0.1"
 port = {smtp_port}
 security = "none"
-timeout = 5
+timeout = {smtp_timeout}
 
 [database]
 url = "sqlite:///{root / "news.db"}"

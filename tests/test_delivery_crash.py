@@ -99,22 +99,24 @@ def test_sigterm_finishes_in_flight_then_rerun_sends_the_rest_once(
     sample_site: Path, smtp_server: SmtpTestServer
 ) -> None:
     config = smtp_config(sample_site, smtp_server)
-    config.write_text(
-        config.read_text().replace("rate_per_second = 0\n", "rate_per_second = 100\n")
-    )
+    fast = config.read_text().replace("rate_per_second = 0\n", "rate_per_second = 100\n")
+    # The first run at 10 a second: the 100 after the first 20 would take 10 s,
+    # ample for the SIGTERM to be handled on a loaded machine (at 100/s it raced 1 s).
+    config.write_text(fast.replace("rate_per_second = 100\n", "rate_per_second = 10\n"))
     add_readers(config, 120)
     first = send(config, sample_site)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while len(smtp_server.received) < 20:
         assert first.poll() is None and time.monotonic() < deadline
         time.sleep(0.01)
     first.send_signal(signal.SIGTERM)
-    out, err = first.communicate(timeout=10)
+    out, err = first.communicate(timeout=60)
     assert first.returncode == 0, err.decode()
     assert "stopped: the messages in flight were finished" in err.decode()
     partial = len(smtp_server.received)
     assert partial < 120
     assert out.decode().startswith(f"sent {partial}, ")
+    config.write_text(fast)
     second = send(config, sample_site)
     out, err = second.communicate(timeout=60)
     assert second.returncode == 0, err.decode()

@@ -127,6 +127,7 @@ STARTER = textwrap.dedent(
     from newsletter.store import open_url
 
     url, go = sys.argv[1], Path(sys.argv[2])
+    (go.parent / f"ready-{sys.argv[3]}").touch()  # imported, about to wait
     while not go.exists():
         time.sleep(0.001)
     engine = open_url(url)  # creates the schema: three at the same instant
@@ -146,15 +147,28 @@ def test_three_processes_create_the_schema_and_plan_the_same_post_at_once(
     go = tmp_path / "go"
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", STARTER, pg_url, str(go)],
+            [sys.executable, "-c", STARTER, pg_url, str(go), str(i)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
-        for _ in range(3)
+        for i in range(3)
     ]
-    time.sleep(1.0)  # every interpreter started and waiting
-    go.touch()
-    results = [p.communicate(timeout=60) for p in procs]
+    # Every interpreter started and waiting: not a fixed 1 s, which a loaded
+    # machine's imports outlast (the processes then did not start together).
+    deadline = time.monotonic() + 60
+    try:
+        while len(list(tmp_path.glob("ready-*"))) < 3:
+            dead = [p.communicate() for p in procs if p.poll() is not None]
+            assert not dead, dead
+            assert time.monotonic() < deadline, "the interpreters never got ready"
+            time.sleep(0.01)
+        go.touch()
+        results = [p.communicate(timeout=60) for p in procs]
+    finally:  # none left waiting for `go` after a failure
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     for proc, (_out, err) in zip(procs, results, strict=True):
         assert proc.returncode == 0, err.decode()
     assert len({out.strip() for out, _ in results}) == 1  # one mailing for all three
