@@ -54,7 +54,6 @@ from newsletter.errors import DeliveryError, NewsletterError, StoreError, databa
 from newsletter.posts.collection import PostCollection
 from newsletter.store import mailings as q
 from newsletter.store import now, reading
-from newsletter.store.writelock import WriteLock, write_lock
 
 # SMTP's strategies (the event loop, the lockstep rounds) and the worker
 # processes are imported where an SMTP pass chooses them: a maildir or memory
@@ -129,10 +128,7 @@ class MailingPass:
         self.sender = sender_for(settings)  # VERP: one envelope sender per delivery
         # MAIL FROM refused again and again: stop; one VERP sender refused: its own (senders.py)
         self.refusals = SenderRefusals(per_recipient=bool(settings.bounces.address))
-        # Every write of this pass holds it (see `WriteLock`); `run` shares it
-        # with sibling processes when the pass is split (SQLite only).
-        self.write_lock = WriteLock()
-        self.shared_writes = False  # a worker process of a split pass (`run_worker`)
+        self.write_lock = threading.Lock()
 
     def limit_batch(self, rows: int) -> None:
         """Claim at most `rows` at a time (processes sharing a mailing share it evenly)."""
@@ -179,19 +175,14 @@ class MailingPass:
         q.set_state(self.engine, mailing.id, "sending")
         finished = sum(counts.get(s, 0) for s in ("sent", "failed", "skipped"))
         tally = self.tally = Tally(finished, sum(counts.values()), self.progress)
-        open_rows = sum(counts.values()) - finished
-        processes = self._processes(open_rows)
-        if processes > 1 or self.shared_writes:
-            self.write_lock = write_lock(self.engine, shared=True)
         self.recorder = Recorder(self.engine, self.write_lock, self.owner)
-        try:
-            with q.OwnerLock(self.engine, self.owner), LeaseKeeper(self):
-                if processes == 1:
-                    paused = self._strategy().run(tally, allowance, wait)
-                else:
-                    paused = self._run_with_workers(processes, open_rows, tally, allowance, wait)
-        finally:
-            self.write_lock.close()
+        with q.OwnerLock(self.engine, self.owner), LeaseKeeper(self):
+            open_rows = sum(counts.values()) - finished
+            processes = self._processes(open_rows)
+            if processes == 1:
+                paused = self._strategy().run(tally, allowance, wait)
+            else:
+                paused = self._run_with_workers(processes, open_rows, tally, allowance, wait)
         return self._finish(tally, paused)
 
     def _counted(self) -> bool:
@@ -503,7 +494,6 @@ def run_worker(job: Job, pipe: Connection) -> None:
         )
         reporter.source = run
         run.limit_batch(job.batch)
-        run.shared_writes = True  # its writes take turns with its siblings' (WriteLock)
         report = run.run(wait=job.wait)
     except Exception as exc:  # reported to the parent, which raises it
         log.debug("worker failed", exc_info=True)

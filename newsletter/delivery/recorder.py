@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import collections
 import logging
+import threading
 
 from sqlalchemy import Connection, Engine
 
 from newsletter.store import mailings as q
-from newsletter.store.writelock import WriteLock
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class Recorder:
 
     MAX_GROUP = 256
 
-    def __init__(self, engine: Engine, write_lock: WriteLock, owner: str) -> None:
+    def __init__(self, engine: Engine, write_lock: threading.Lock, owner: str) -> None:
         self.engine = engine
         self.owner = owner  # outcomes are written only where the lease is still this owner's
         self.write_lock = write_lock

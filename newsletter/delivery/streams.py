@@ -109,23 +109,11 @@ class Commits:
     and an outcome submitted during a commit goes in the next one.
     """
 
-    def __init__(
-        self, recorder: Recorder, *, off_loop: bool = False, wait_off_loop: bool = False
-    ) -> None:
+    def __init__(self, recorder: Recorder, *, off_loop: bool = False) -> None:
         self.recorder = recorder
         self._scheduled: asyncio.Future[None] | None = None
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="commits") if off_loop else None
         self._in_flight: asyncio.Future[None] | None = None  # off the loop, running
-        # `wait_off_loop`: the write lock is shared with other processes (a
-        # split pass on SQLite, store/writelock.py), whose commits and claims
-        # hold it for milliseconds.  A commit that finds it taken then waits
-        # for it on a helper thread, in flock, and so starts the moment it is
-        # free, while the loop goes on.  Measured against retrying every
-        # RETRY_COMMIT on the loop: rate 1.14 / 1.01 ×, CPU 1.04 / 1.01 × at
-        # C = 4 / 8 (docs/delivery.md, "A second sending process").
-        self._waiter = (
-            ThreadPoolExecutor(1, thread_name_prefix="commits") if wait_off_loop else None
-        )
 
     async def wait(self, pending: Pending) -> None:
         """Until `pending` is committed; raises the commit's error."""
@@ -143,9 +131,8 @@ class Commits:
             raise pending.error
 
     def close(self) -> None:
-        for pool in (self._pool, self._waiter):
-            if pool is not None:
-                pool.shutdown(wait=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
 
     def _start(self, done: asyncio.Future[None]) -> None:
         if self._pool is None:
@@ -173,25 +160,15 @@ class Commits:
         """On the loop's thread (SQLite)."""
         try:
             if not self.recorder.try_flush():
-                self._wait_for_lock(done)
+                # A claim (on the ledger thread) holds the write lock for a few
+                # ms: rather than block the loop, keep serving the other
+                # connections, whose outcomes join this group, and try again.
+                asyncio.get_running_loop().call_later(RETRY_COMMIT, self._commit, done)
                 return
         except Exception:  # kept on each Pending of the group; its waiters raise it
             log.debug("a group commit failed", exc_info=True)
         self._scheduled = None
         _resolve(done)
-
-    def _wait_for_lock(self, done: asyncio.Future[None]) -> None:
-        loop = asyncio.get_running_loop()
-        if self._waiter is None:
-            # A claim (on the ledger thread) holds the write lock for a few
-            # ms: rather than block the loop, keep serving the other
-            # connections, whose outcomes join this group, and try again.
-            loop.call_later(RETRY_COMMIT, self._commit, done)
-            return
-        # Outcomes submitted from now on wait for the next commit.
-        self._scheduled, self._in_flight = None, done
-        running = loop.run_in_executor(self._waiter, self._flush)
-        running.add_done_callback(lambda _: self._finished(done))
 
 
 def _taken(ahead: list[Job | Exception]) -> Job | None:
@@ -241,8 +218,7 @@ class StreamsStrategy:
         self.changed = asyncio.Event()  # rows queued, a connection idle, the end
         self.db = ThreadPoolExecutor(1, thread_name_prefix="ledger")
         networked = core.recorder.engine.dialect.name != "sqlite"
-        shared = core.recorder.write_lock.shared  # with sibling processes (SQLite)
-        self.commits = Commits(core.recorder, off_loop=networked, wait_off_loop=shared)
+        self.commits = Commits(core.recorder, off_loop=networked)
         conns = [StreamSmtp(core.settings.smtp) for _ in range(core.workers)]
         tasks = [asyncio.create_task(self._connection(c, tally)) for c in conns]
         watcher = asyncio.create_task(self._watch())
