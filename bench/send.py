@@ -137,7 +137,7 @@ def make_site(
     port: int,
     concurrency: int,
     strategy: str = "streams",
-    processes: int = 1,
+    processes: int | None = None,
     event_loop: str = "",
 ) -> Any:
     import shutil
@@ -158,7 +158,7 @@ templates_dir = "{ROOT / "templates"}"
 transport = "smtp"
 concurrency = {concurrency}
 strategy = "{strategy}"
-{f"processes = {processes}" if processes != 1 else ""}
+{f"processes = {processes}" if processes is not None else ""}
 {'event_loop = "asyncio"' if event_loop == "asyncio" else ""}
 [smtp]
 host = "127.0.0.1"
@@ -332,10 +332,12 @@ def measure_ours(
     work = Path(tempfile.mkdtemp(prefix="bench-ours-"))
     try:
         # "streams-p2": the streams strategy with [delivery] processes = 2
+        # ("-p1": one process; none: the default)
         strategy, event_loop = split_loop(strategy)
         strategy, _, procs = strategy.partition("-p")
         strategy = "auto" if strategy == "ours" else strategy
-        settings = make_site(work, port, concurrency, strategy, int(procs or 1), event_loop)
+        processes = int(procs) if procs else None
+        settings = make_site(work, port, concurrency, strategy, processes, event_loop)
         shutil.copy(template / "bench.db", work / "bench.db")
 
         os.chdir(work)
