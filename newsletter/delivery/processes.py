@@ -78,9 +78,9 @@ def process_count(
 
     "auto" splits only where a second process was measured to pay: a big
     mailing, several connections, two cores, and the threaded strategy (a
-    server without PIPELINING).  With PIPELINING one event loop per process
-    already sends as fast as two processes on one SQLite file, for half the
-    CPU (docs/delivery.md, "A second sending process").  `cores` (the cores
+    server without PIPELINING).  With PIPELINING one process's event loop
+    already sends as fast as two processes on one SQLite file, for about two
+    thirds of their CPU (docs/delivery.md, "A second sending process").  `cores` (the cores
     this process may run on) and `threads` (whether the pass will use the
     threaded strategy: it may probe the server, so it is asked last) are
     given by tests.
