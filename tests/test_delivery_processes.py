@@ -292,7 +292,7 @@ def test_processes_must_be_auto_or_between_1_and_64(sample_site: Path, value: ob
 
 def test_processes_from_the_file_and_its_default(sample_site: Path) -> None:
     config = sample_site / "newsletter.toml"
-    assert load_settings(config).delivery.processes == "auto"
+    assert load_settings(config).delivery.processes == 1
     text = config.read_text()
     assert "[delivery]" in text
     config.write_text(text.replace("[delivery]", "[delivery]\nprocesses = 2", 1))

@@ -92,10 +92,11 @@ class DeliverySettings:
     strategy: Literal["auto", "streams", "rounds", "threaded"] = "auto"
     # SMTP sending processes for a big mailing (each leases its own rows and
     # drives its share of the `concurrency` connections); 1: this process only;
-    # "auto": 2 where that was measured to pay (a big mailing, several
-    # connections, two cores, threads: a server without PIPELINING), else 1
-    # (`delivery.processes.process_count`).
-    processes: int | Literal["auto"] = "auto"
+    # "auto": 2 for a big mailing over several connections with threads (a
+    # server without PIPELINING) on two cores, else 1
+    # (`delivery.processes.process_count`); not the default: it paid only on
+    # a busy machine (docs/delivery.md, "A second sending process").
+    processes: int | Literal["auto"] = 1
     # The streams' event loop: "auto" takes uvloop's when it is installed (it
     # is a dependency except on Windows; measured: docs/delivery.md), else
     # asyncio's own; "asyncio" always asyncio's.

@@ -159,8 +159,8 @@ class MailingPass:
             # Every row of the mailing counted by status (a scan of its part of
             # ix_deliveries_queue: 2-9 ms at 20k rows, growing with it), only
             # for a progress bar's total or to split a big mailing between
-            # processes (an SMTP pass with `processes` other than 1, "auto"
-            # by default); the workers and a maildir pass need neither.
+            # processes (an SMTP pass with `processes` other than 1); a
+            # daemon's pass, the workers and a maildir pass need neither.
             counts = q.counts(conn, mailing.id).get(mailing.id, {}) if self._counted() else {}
             if self.refusals.per_recipient:
                 self.refusals.accepted = q.has_sent(conn, mailing.id)
