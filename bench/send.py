@@ -137,7 +137,7 @@ def make_site(
     port: int,
     concurrency: int,
     strategy: str = "streams",
-    processes: int = 1,
+    processes: int | None = None,
     event_loop: str = "",
 ) -> Any:
     import shutil
@@ -158,7 +158,7 @@ templates_dir = "{ROOT / "templates"}"
 transport = "smtp"
 concurrency = {concurrency}
 strategy = "{strategy}"
-{f"processes = {processes}" if processes != 1 else ""}
+{f"processes = {processes}" if processes is not None else ""}
 {'event_loop = "asyncio"' if event_loop == "asyncio" else ""}
 [smtp]
 host = "127.0.0.1"
@@ -332,10 +332,12 @@ def measure_ours(
     work = Path(tempfile.mkdtemp(prefix="bench-ours-"))
     try:
         # "streams-p2": the streams strategy with [delivery] processes = 2
+        # ("-p1": one process; none: the default)
         strategy, event_loop = split_loop(strategy)
         strategy, _, procs = strategy.partition("-p")
         strategy = "auto" if strategy == "ours" else strategy
-        settings = make_site(work, port, concurrency, strategy, int(procs or 1), event_loop)
+        processes = int(procs) if procs else None
+        settings = make_site(work, port, concurrency, strategy, processes, event_loop)
         shutil.copy(template / "bench.db", work / "bench.db")
 
         os.chdir(work)
@@ -428,6 +430,10 @@ def run_one(
     cmd += ["--template", str(files["template"]), "--mailing", str(files["mailing"])]
     cmd += ["--cold-render"] if not RENDERED else []
     env = CHILD_ENV
+    if "@" in kind:  # a variant: the same code with environment variables (--variant)
+        cmd[cmd.index(kind)], _, name = kind.partition("@")
+        env = {**CHILD_ENV, **VARIANTS[name]}
+        kind = cmd[cmd.index("--measure") + 1]
     if kind.startswith("before:"):
         env = {**CHILD_ENV, "BENCH_CODE": BEFORE, "PYTHONPATH": BEFORE}
         cmd[cmd.index(kind)] = kind.removeprefix("before:")
@@ -445,6 +451,7 @@ def run_one(
 
 
 BEFORE = "/work/main"  # --before
+VARIANTS: dict[str, dict[str, str]] = {}  # --variant NAME=VAR=VALUE: kinds ending in @NAME
 CHILD_ENV = {**os.environ, "PYTHONPATH": str(ROOT), "NEWSLETTER_SECRET": "bench-secret"}
 
 
@@ -633,7 +640,7 @@ def cell(
             label = f"{mine}/{base}"
             print(f"  {label:<24} rate {fmt(ratios, '.2f')}   CPU {fmt(cpus, '.2f')}")
         # The A/B itself, run by run: against main's code, or the same on another loop.
-        for other in (f"before:{mine}", split_loop(mine)[0]):
+        for other in (f"before:{mine}", split_loop(mine)[0], mine.partition("@")[0]):
             if other == mine or other not in results:
                 continue
             pairs = list(zip(ours, results[other], strict=True))
@@ -686,8 +693,17 @@ def main() -> None:
         parser.add_argument(hidden, type=int, help=argparse.SUPPRESS)
     for hidden in ("--measure", "--message", "--template"):
         parser.add_argument(hidden, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="NAME=VAR=VALUE[,VAR=VALUE]: kinds ending in @NAME run with these variables",
+    )
     parser.add_argument("--no-pipelining", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    for variant in args.variant:
+        name, _, assignments = variant.partition("=")
+        VARIANTS[name] = dict(a.split("=", 1) for a in assignments.split(",") if a)
     RENDERED = not args.cold_render
     BEFORE = args.before
     if args.python_sink:

@@ -213,11 +213,81 @@ def test_a_small_mailing_or_a_single_connection_stays_in_one_process(
     assert processes.shares(8, 3) == [3, 3, 2]
 
 
-@pytest.mark.parametrize("value", [0, -1, 65])
-def test_processes_must_be_between_1_and_64(sample_site: Path, value: int) -> None:
+def test_auto_splits_a_big_mailing_over_several_connections_on_two_cores(
+    sample_site: Path, smtp_server: SmtpTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(processes, "MIN_ROWS_PER_PROCESS", 2000)
+    monkeypatch.setattr(processes, "AUTO_MIN_ROWS", 10_000)
+    auto = {"delivery.processes": "auto", "delivery.concurrency": 4}
+    settings = site_settings(sample_site, smtp_server, **auto)
+
+    def count(settings: Settings, rows: int, cores: int, threads: bool = True) -> int:
+        return processes.process_count(settings, rows, cores, lambda: threads)
+
+    assert count(settings, 9_999, cores=2) == 1  # small
+    assert count(settings, 10_000, cores=2) == 2  # big
+    assert count(settings, 10_000, cores=2, threads=False) == 1  # the streams (PIPELINING)
+    assert count(settings, 1_000_000, cores=8) == 2  # two, measured
+    assert count(settings, 1_000_000, cores=1) == 1  # one core
+    single = site_settings(sample_site, smtp_server, **{**auto, "delivery.concurrency": 1})
+    assert count(single, 1_000_000, cores=2) == 1  # one connection
+    forced = site_settings(sample_site, smtp_server, **{**auto, "delivery.processes": 3})
+    assert count(forced, 10_000, cores=1, threads=False) == 3  # a number still forces
+    # The cores this process may use (taskset, a container), not the machine's;
+    # whether the server pipelines, asked of the server (aiosmtpd here does).
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert processes.usable_cores() == 2
+    smtp_server.pipelining = False
+    assert processes.uses_threads(settings)
+    assert processes.process_count(settings, 50_000) == 2
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3}, raising=False)
+    assert processes.process_count(settings, 50_000) == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    smtp_server.pipelining = True
+    assert not processes.uses_threads(settings)
+    assert processes.process_count(settings, 50_000) == 1
+    threaded = site_settings(sample_site, smtp_server, **{**auto, "delivery.strategy": "threaded"})
+    assert processes.uses_threads(threaded) and count(threaded, 50_000, cores=2) == 2
+
+
+@pytest.mark.parametrize("size", [30, 29], ids=["big", "small"])
+def test_auto_in_a_pass_splits_only_a_big_mailing(
+    sample_site: Path, smtp_server: SmtpTestServer, monkeypatch: pytest.MonkeyPatch, size: int
+) -> None:
+    """The pass asks `process_count` with the real core count: here at least 2."""
+    monkeypatch.setattr(processes, "AUTO_MIN_ROWS", 30)
+    monkeypatch.setattr(processes, "usable_cores", lambda: 2)
+    smtp_server.pipelining = False  # "auto" splits the threaded strategy only
+    gate(monkeypatch, 2, 0.01)  # both connections open before any message: both processes send
+    settings = site_settings(
+        sample_site,
+        smtp_server,
+        **{
+            "delivery.processes": "auto",
+            "delivery.concurrency": 2,
+            "delivery.strategy": "threaded",
+        },
+    )
+    engine = populate(settings, size)
+    mid = plan_mailing(engine, settings, POST, "sample")
+    threads: set[str] = set()
+    report = deliver_mailing(
+        engine,
+        settings,
+        mid,
+        load_posts(settings),
+        progress=lambda d, t: threads.add(threading.current_thread().name),
+    )
+    assert report.sent == size and sorted(Counter(smtp_server.recipients()).values()) == [1] * size
+    assert ("workers" in threads) == (size == 30)  # a worker process reported progress
+
+
+@pytest.mark.parametrize("value", [0, -1, 65, "two", "Auto", True, 1.5])
+def test_processes_must_be_auto_or_between_1_and_64(sample_site: Path, value: object) -> None:
     with pytest.raises(ConfigError) as caught:
         load_settings(sample_site / "newsletter.toml", {"delivery.processes": value})
     assert caught.value.key == "delivery.processes"
+    assert "auto" in str(caught.value)
 
 
 def test_processes_from_the_file_and_its_default(sample_site: Path) -> None:

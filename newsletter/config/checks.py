@@ -28,9 +28,10 @@ def validate(settings: Settings) -> None:
             raise ConfigError("a digest list needs a cron", path=path, key=f"lists.{name}.cron")
     if settings.delivery.concurrency < 1:
         raise ConfigError("must be at least 1", path=path, key="delivery.concurrency")
-    if not 1 <= settings.delivery.processes <= MAX_PROCESSES:
+    processes = settings.delivery.processes
+    if processes != "auto" and not 1 <= processes <= MAX_PROCESSES:
         raise ConfigError(
-            f"must be between 1 and {MAX_PROCESSES}", path=path, key="delivery.processes"
+            f'must be "auto" or between 1 and {MAX_PROCESSES}', path=path, key="delivery.processes"
         )
     if not 0 < settings.signup.confirm_hours <= MAX_CONFIRM_HOURS:  # nan fails too
         raise ConfigError(

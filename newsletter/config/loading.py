@@ -173,6 +173,10 @@ def _coerce(key: str, type_: Any, value: Any, base_dir: Path, config_path: Path 
         return parse_since(value, key, config_path)
     if key in _DURATIONS:
         return parse_duration(value, key, config_path)
+    if key == "delivery.processes":
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool)):
+            return value
+        raise bad('"auto" or a whole number of processes')
     if text.startswith("float"):
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise bad("a number")

@@ -91,8 +91,12 @@ class DeliverySettings:
     # server offers PIPELINING, else threaded.
     strategy: Literal["auto", "streams", "rounds", "threaded"] = "auto"
     # SMTP sending processes for a big mailing (each leases its own rows and
-    # drives its share of the `concurrency` connections); 1: this process only.
-    processes: int = 1
+    # drives its share of the `concurrency` connections); 1: this process only;
+    # "auto": 2 for a big mailing over several connections with threads (a
+    # server without PIPELINING) on two cores, else 1
+    # (`delivery.processes.process_count`); not the default: it paid only on
+    # a busy machine (docs/delivery.md, "A second sending process").
+    processes: int | Literal["auto"] = 1
     # The streams' event loop: "auto" takes uvloop's when it is installed (it
     # is a dependency except on Windows; measured: docs/delivery.md), else
     # asyncio's own; "asyncio" always asyncio's.

@@ -161,7 +161,8 @@ class MailingPass:
             # Every row of the mailing counted by status (a scan of its part of
             # ix_deliveries_queue: 2-9 ms at 20k rows, growing with it), only
             # for a progress bar's total or to split a big mailing between
-            # processes; a daemon's pass and the workers need neither.
+            # processes (an SMTP pass with `processes` other than 1); a
+            # daemon's pass, the workers and a maildir pass need neither.
             counts = q.counts(conn, mailing.id).get(mailing.id, {}) if self._counted() else {}
         allowance = self._allowance()
         if allowance == 0:
@@ -214,8 +215,9 @@ class MailingPass:
     def _processes(self, open_rows: int) -> int:
         """Worker processes (this one included) for this pass: SMTP, big mailings only."""
         if not self._may_split():
-            # One process (the default): no import of multiprocessing (~5 ms
-            # before the first message, measured).
+            # One process (`processes = 1`, or not SMTP): no import of the
+            # worker machinery (~5 ms before the first message, measured);
+            # processes.py imports multiprocessing only once a pass splits.
             return 1
         from newsletter.delivery.processes import process_count
 

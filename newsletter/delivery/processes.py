@@ -25,14 +25,13 @@ import contextlib
 import dataclasses
 import gc
 import logging
-import multiprocessing
+import os
 import signal
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from multiprocessing.connection import Connection, wait
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from newsletter import GC_THRESHOLDS
 from newsletter.config import Settings
@@ -41,21 +40,79 @@ from newsletter.email.message import MessageTemplate
 from newsletter.errors import DeliveryError, NewsletterError
 from newsletter.logging_setup import current_logging, setup_logging
 
-__all__ = ["Job", "Workers", "process_count", "shares", "worker_end", "worker_start"]
+# multiprocessing (~3 ms to import) only once a pass splits: with
+# `processes = "auto"` every SMTP pass asks `process_count` first.
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+
+__all__ = [
+    "Job",
+    "Workers",
+    "process_count",
+    "shares",
+    "usable_cores",
+    "uses_threads",
+    "worker_end",
+    "worker_start",
+]
 
 log = logging.getLogger(__name__)
 
 # Below this many open rows per process a worker's start-up (a fresh
 # interpreter and its imports, ~0.5 s of CPU) costs more than it saves.
 MIN_ROWS_PER_PROCESS = 2000
+# `processes = "auto"` splits a mailing with at least this many open rows
+# (measured: docs/delivery.md, "A second sending process").
+AUTO_MIN_ROWS = 10_000
 REPORT_EVERY = 0.2  # seconds between a worker's progress messages
 JOIN_GRACE = 30.0  # seconds a stopped worker gets to finish its messages in flight
 
 
-def process_count(settings: Settings, open_rows: int) -> int:
-    """How many processes (this one included) should send a mailing of `open_rows`."""
+def process_count(
+    settings: Settings,
+    open_rows: int,
+    cores: int | None = None,
+    threads: Callable[[], bool] | None = None,
+) -> int:
+    """How many processes (this one included) should send a mailing of `open_rows`.
+
+    "auto" splits only where a second process was measured to pay: a big
+    mailing, several connections, two cores, and the threaded strategy (a
+    server without PIPELINING).  With PIPELINING one process's event loop
+    already sends as fast as two processes on one SQLite file, for about two
+    thirds of their CPU (docs/delivery.md, "A second sending process").  `cores` (the cores
+    this process may run on) and `threads` (whether the pass will use the
+    threaded strategy: it may probe the server, so it is asked last) are
+    given by tests.
+    """
     d = settings.delivery
-    return max(1, min(d.processes, d.concurrency, open_rows // MIN_ROWS_PER_PROCESS))
+    wanted = d.processes
+    if wanted == "auto":
+        cores = usable_cores() if cores is None else cores
+        if cores < 2 or d.concurrency < 2 or open_rows < AUTO_MIN_ROWS:
+            return 1
+        if not (threads or (lambda: uses_threads(settings)))():
+            return 1
+        wanted = 2  # the split measured (on two cores)
+    return max(1, min(wanted, d.concurrency, open_rows // MIN_ROWS_PER_PROCESS))
+
+
+def uses_threads(settings: Settings) -> bool:
+    """Whether an SMTP pass drives its connections with threads (`delivery.choosing`)."""
+    strategy = settings.delivery.strategy
+    if strategy == "auto":
+        from newsletter.delivery.choosing import server_pipelines
+
+        return not server_pipelines(settings)  # one probe connection
+    return strategy == "threaded"
+
+
+def usable_cores() -> int:
+    """The cores this process may run on: its affinity (a container's or taskset's
+    limit), not the machine's count."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def shares(total: int, parts: int) -> list[int]:
@@ -102,6 +159,8 @@ class Workers:
         self._reader: threading.Thread | None = None
 
     def start(self, concurrencies: list[int], tally: Tally, stop: threading.Event) -> None:
+        import multiprocessing
+
         context = multiprocessing.get_context("spawn")
         for concurrency in concurrencies:
             delivery = dataclasses.replace(
@@ -157,6 +216,8 @@ class Workers:
     # ------------------------------------------------------------------ the reader thread
 
     def _read(self, tally: Tally, stop: threading.Event) -> None:
+        from multiprocessing.connection import Connection, wait
+
         told = False
         open_pipes = list(self.pipes)
         while open_pipes:
