@@ -10,7 +10,7 @@ import shutil
 import sqlite3
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -20,9 +20,10 @@ from newsletter.web import reload
 from newsletter.web.reload import Broadcaster, watch
 from newsletter.web.site import Site, watched_dirs, watched_files
 
-# Up to this long for a reload that should come; a change that should not is
-# given this long too (the watcher's debounce is 0.2 s).
+# A change that should not reload is given this long to show that it does
+# not (the watcher's debounce is 0.2 s); one that should gets up to LONG.
 WAIT = 2.0
+LONG = 60.0
 
 CONFIG = """\
 [site]
@@ -124,31 +125,69 @@ class Counted:
 
 
 Edit = Callable[[], object]
+NOTIFIERS: list[object] = []  # the watchers made: their watches are in place
 
 
-def reloads(settings: Settings, edits: list[Edit]) -> list[int]:
-    """How many reloads each edit caused, the watcher planned as the preview plans it."""
+@pytest.fixture(autouse=True)
+def _notifiers(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Record each watchfiles watcher made: it sets its inotify watches up when
+    made, so an edit after that is seen (a fixed pause was not, on a starved
+    machine)."""
+    import watchfiles.main
+
+    real = watchfiles.main.RustNotify
+
+    def notify(*args: object, **kwargs: object) -> object:
+        made = real(*args, **kwargs)
+        NOTIFIERS.append(made)
+        return made
+
+    monkeypatch.setattr(watchfiles.main, "RustNotify", notify)
+    yield
+    NOTIFIERS.clear()
+
+
+def count_reloads(
+    start: Callable[[Broadcaster, asyncio.Event], Awaitable[None]],
+    edits: list[Edit],
+    expected: list[int],
+) -> list[int]:
+    """How many reloads each edit caused, with the watcher `start` runs.
+
+    A reload that should come gets `LONG` (a loaded machine is slow to notice);
+    an edit that should cause none gets `WAIT`, the time a wrong reload would
+    take to show.  The first edit waits until the watcher has its watches."""
 
     async def scenario() -> list[int]:
         hub, stop = Broadcaster(), asyncio.Event()
-        task = asyncio.create_task(
-            watch(hub, lambda: watched_dirs(settings), lambda: watched_files(settings), stop)
-        )
+        task = asyncio.create_task(start(hub, stop))
+        deadline = time.monotonic() + LONG
+        while not NOTIFIERS and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
         seen = []
-        for edit in edits:
-            await asyncio.sleep(0.3)  # the watcher is up (again, after a re-plan)
+        for edit, wanted in zip(edits, expected, strict=True):
+            await asyncio.sleep(0.3)  # the watcher is up again after a re-plan
             before = hub.generation
             await asyncio.to_thread(edit)
-            deadline = time.monotonic() + WAIT
+            deadline = time.monotonic() + (LONG if wanted else WAIT)
             while hub.generation == before and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
             await asyncio.sleep(0.3)  # a second reload for the same edit would show now
             seen.append(hub.generation - before)
         stop.set()
-        await asyncio.wait_for(task, 5)
+        await asyncio.wait_for(task, 60)
         return seen
 
     return asyncio.run(scenario())
+
+
+def expect_reloads(settings: Settings, edits: list[Edit], expected: list[int]) -> None:
+    """`count_reloads` with the watcher planned as the preview plans it."""
+
+    def start(hub: Broadcaster, stop: asyncio.Event) -> Awaitable[None]:
+        return watch(hub, lambda: watched_dirs(settings), lambda: watched_files(settings), stop)
+
+    assert count_reloads(start, edits, expected) == expected
 
 
 def append(path: Path, text: str = "\nmore\n") -> Edit:
@@ -195,7 +234,7 @@ def test_each_kind_of_file_a_preview_is_made_from_reloads_it(site: Path, kind: s
         "_data file": append(site / "_data" / "shed.yml", "more: [rake]\n"),
         "collection document": append(site / "_authors" / "ana.md"),
     }[kind]
-    assert reloads(settings, [edit]) == [1]
+    expect_reloads(settings, [edit], [1])
 
 
 def test_the_configuration_file_reloads_whether_written_or_renamed_over(site: Path) -> None:
@@ -204,7 +243,7 @@ def test_the_configuration_file_reloads_whether_written_or_renamed_over(site: Pa
     edits = [append(config, "\n# a comment\n"), replace_by_rename(config, "\n# another\n")]
     # Twice: after the first edit the watcher is planned again (a re-plan),
     # and the second still reaches it.
-    assert reloads(settings, edits) == [1, 1]
+    expect_reloads(settings, edits, [1, 1])
 
 
 def test_the_site_beside_the_posts_neither_reloads_nor_wakes_the_watcher(
@@ -230,7 +269,7 @@ def test_the_site_beside_the_posts_neither_reloads_nor_wakes_the_watcher(
         lambda: (site / "node_modules" / "pkg" / "index.js").write_text("// new\n"),
         lambda: (site / ".newsletter" / "jinja").mkdir(),
     ]
-    assert reloads(settings, edits) == [0] * len(edits)
+    expect_reloads(settings, edits, [0] * len(edits))
     assert counted.calls == []
 
 
@@ -238,7 +277,7 @@ def test_a_file_beside_the_configuration_is_seen_but_does_not_reload(site: Path)
     """The configuration's folder is watched at its top level only: a file
     there wakes the watcher (it is filtered out), one below it does not."""
     settings = load_settings(site / "newsletter.toml")
-    assert reloads(settings, [append(site / "README.md")]) == [0]
+    expect_reloads(settings, [append(site / "README.md")], [0])
 
 
 def test_an_edited_include_shows_without_the_watcher(site: Path) -> None:
@@ -271,7 +310,7 @@ def test_a_posts_folder_replaced_whole_is_watched_again(site: Path) -> None:
         posts.rename(site / "_posts.old")
         fresh.rename(posts)
 
-    assert reloads(settings, [swap, append(posts / "2024-03-02-winter.md")]) == [1, 1]
+    expect_reloads(settings, [swap, append(posts / "2024-03-02-winter.md")], [1, 1])
 
 
 def linking_post(site: Path) -> Callable[[Site], str]:
@@ -310,28 +349,14 @@ def test_a_linked_pages_new_permalink_shows_without_the_watcher(site: Path) -> N
     assert '/the-shed/"' in body(preview_site)
 
 
-def site_reloads(preview_site: Site, edits: list[Edit]) -> list[int]:
-    """`reloads`, the watcher planned by the preview's own `watch_site`."""
+def expect_site_reloads(preview_site: Site, edits: list[Edit], expected: list[int]) -> None:
+    """`count_reloads`, the watcher planned by the preview's own `watch_site`."""
     from newsletter.web.preview import watch_site
 
-    async def scenario() -> list[int]:
-        hub, stop = Broadcaster(), asyncio.Event()
-        task = asyncio.create_task(watch_site(preview_site, hub, stop))
-        seen = []
-        for edit in edits:
-            await asyncio.sleep(0.3)  # the watcher is up (again, after a re-plan)
-            before = hub.generation
-            await asyncio.to_thread(edit)
-            deadline = time.monotonic() + WAIT
-            while hub.generation == before and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
-            await asyncio.sleep(0.3)  # a second reload for the same edit would show now
-            seen.append(hub.generation - before)
-        stop.set()
-        await asyncio.wait_for(task, 5)
-        return seen
+    def start(hub: Broadcaster, stop: asyncio.Event) -> Awaitable[None]:
+        return watch_site(preview_site, hub, stop)
 
-    return asyncio.run(scenario())
+    assert count_reloads(start, edits, expected) == expected
 
 
 def test_a_page_a_post_links_to_reloads_the_preview(site: Path) -> None:
@@ -354,7 +379,7 @@ def test_a_page_a_post_links_to_reloads_the_preview(site: Path) -> None:
         lambda: body(preview_site),  # the reloaded page reads the post again: no file changes
         lambda: (site / "docs" / "faq.md").write_text("---\npermalink: /questions/\n---\nQ\n"),
     ]
-    assert site_reloads(preview_site, edits) == [1, 1, 0, 1]
+    expect_site_reloads(preview_site, edits, [1, 1, 0, 1])
     assert "/questions/" in body(preview_site)
 
 
@@ -372,7 +397,7 @@ def test_a_watched_folder_made_after_the_start_is_watched_at_once(site: Path, fo
         made.parent.mkdir()
         made.write_text("tools: [spade]\n")
 
-    assert reloads(settings, [make, append(made, "more: [rake]\n")]) == [1, 1]
+    expect_reloads(settings, [make, append(made, "more: [rake]\n")], [1, 1])
 
 
 def test_a_post_in_a_category_folder_shows_and_reloads(site: Path) -> None:
@@ -397,5 +422,5 @@ def test_a_post_in_a_category_folder_shows_and_reloads(site: Path) -> None:
 
     assert "Buds." in body()
     edits: list[Edit] = [append(english, "\nBlossom.\n"), body]
-    assert site_reloads(preview_site, edits) == [1, 0]
+    expect_site_reloads(preview_site, edits, [1, 0])
     assert "Blossom." in body()
