@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -50,8 +51,11 @@ def cpu_seconds(pid: int) -> float:
     return (utime + stime) / os.sysconf("SC_CLK_TCK")
 
 
-def terminate_after(args: list[str], delay: float) -> tuple[bool, int, str]:
-    """(caught, exit code, stderr); `caught` is True when SIGTERM had to be caught."""
+def signalled(
+    args: list[str], before: Callable[[subprocess.Popen[str]], bool]
+) -> tuple[bool, int, str]:
+    """(what `before` said, exit code, stderr) of a command sent SIGTERM once
+    `before` returns."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "newsletter", *args],
         stdout=subprocess.PIPE,
@@ -59,16 +63,25 @@ def terminate_after(args: list[str], delay: float) -> tuple[bool, int, str]:
         text=True,
     )
     try:
-        time.sleep(delay)
-        # Read before the signal: both can only have grown by the time it lands.
-        caught = cpu_seconds(proc.pid) >= INTERPRETER_UP or catches_sigterm(proc.pid)
+        said = before(proc)
         proc.send_signal(signal.SIGTERM)
         _out, err = proc.communicate(timeout=20)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    return caught, proc.returncode, err
+    return said, proc.returncode, err
+
+
+def terminate_after(args: list[str], delay: float) -> tuple[bool, int, str]:
+    """(caught, exit code, stderr); `caught` is True when SIGTERM had to be caught."""
+
+    def wait(proc: subprocess.Popen[str]) -> bool:
+        time.sleep(delay)
+        # Read before the signal: both can only have grown by the time it lands.
+        return cpu_seconds(proc.pid) >= INTERPRETER_UP or catches_sigterm(proc.pid)
+
+    return signalled(args, wait)
 
 
 def check(caught: bool, code: int, err: str) -> None:
@@ -129,23 +142,15 @@ def test_other_commands_still_die_of_a_sigterm_noted_during_start_up(tmp_path: P
     # The signal goes as soon as the hold is in place, long before `posts` can
     # finish: a fixed delay raced the command itself, which got faster than it.
     site = make_site(tmp_path)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "newsletter", "--config", str(site.config), "posts"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
+
+    def held(proc: subprocess.Popen[str]) -> bool:
         while proc.poll() is None and not catches_sigterm(proc.pid):
             time.sleep(0.001)
-        assert proc.poll() is None, "`posts` finished before SIGTERM was ever caught"
-        proc.send_signal(signal.SIGTERM)
-        _out, err = proc.communicate(timeout=20)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == -signal.SIGTERM, err
+        return proc.poll() is None
+
+    running, code, err = signalled(["--config", str(site.config), "posts"], held)
+    assert running, "`posts` finished before SIGTERM was ever caught"
+    assert code == -signal.SIGTERM, err
 
 
 def test_a_finished_graceful_command_ignores_sigterm_through_interpreter_shutdown() -> None:
