@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from smtpserver import SLOW, SmtpTestServer
+from smtpserver import SmtpTestServer
 
 from newsletter.delivery.keeper import LeaseKeeper
 from newsletter.errors import StoreError
@@ -84,10 +84,6 @@ def test_a_database_error_while_freeing_dead_leases_does_not_end_the_keeper(
     assert calls == [1]
 
 
-LEASE = 0.3  # seconds
-SLOW_FOR = 1.5  # the halt check, and the server's answer to the final dot: five leases
-
-
 @pytest.mark.parametrize("strategy", ["streams", "threaded"])
 def test_a_slow_halt_check_never_holds_up_the_lease_renewal(
     sample_site: Path,
@@ -101,28 +97,16 @@ def test_a_slow_halt_check_never_holds_up_the_lease_renewal(
     message is in flight.  Before, the renewal waited on the same thread: the
     lease lapsed and another sender claimed r000 while this pass still sent
     it.  Now the renewal has a thread of its own: nobody else can take r000."""
-    from test_delivery_smtp import POST, populate, site_settings
+    from test_lease_lapse import SLOW_FOR, slow_first_mailing
 
-    from newsletter.delivery.mailings import deliver_mailing, plan_mailing
+    from newsletter.delivery.mailings import deliver_mailing
     from newsletter.posts.collection import load_posts
     from newsletter.store import mailings as q
 
     monkeypatch.setenv("NEWSLETTER_SECRET", "keeper-test-secret")
-    smtp_server.pipelining = strategy != "threaded"
-    smtp_server.stall_seconds = SLOW_FOR
-    smtp_server.script("r000@example.org", SLOW, stage="data", times=1)
-    settings = site_settings(
-        sample_site,
-        smtp_server,
-        **{
-            "database.url": database_url,
-            "delivery.strategy": strategy,
-            "delivery.lease_seconds": LEASE,
-            "delivery.concurrency": 1,
-        },
+    engine, settings, mid = slow_first_mailing(
+        sample_site, smtp_server, database_url, strategy, connections=1, members=1
     )
-    engine = populate(settings, 1)
-    mid = plan_mailing(engine, settings, POST, "sample")
     slow = threading.Event()
     watched: list[float] = []
 

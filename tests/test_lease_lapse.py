@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pytest
 from smtpserver import SLOW, SmtpTestServer
+from sqlalchemy import Engine
 from test_delivery_smtp import POST, ledger, populate, site_settings
 
+from newsletter.config import Settings
 from newsletter.delivery.mailings import deliver_mailing, plan_mailing
 from newsletter.errors import StoreError
 from newsletter.posts.collection import load_posts
@@ -43,6 +45,34 @@ def failing_renewals(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return calls
 
 
+def slow_first_mailing(
+    site: Path,
+    smtp_server: SmtpTestServer,
+    database_url: str,
+    strategy: str,
+    *,
+    connections: int,
+    members: int,
+) -> tuple[Engine, Settings, int]:
+    """A planned mailing whose first recipient's final dot the server answers
+    only after `SLOW_FOR` (five leases of `LEASE`): (engine, settings, mailing)."""
+    smtp_server.pipelining = strategy != "threaded"
+    smtp_server.stall_seconds = SLOW_FOR
+    smtp_server.script("r000@example.org", SLOW, stage="data", times=1)
+    settings = site_settings(
+        site,
+        smtp_server,
+        **{
+            "database.url": database_url,
+            "delivery.strategy": strategy,
+            "delivery.lease_seconds": LEASE,
+            "delivery.concurrency": connections,
+        },
+    )
+    engine = populate(settings, members)
+    return engine, settings, plan_mailing(engine, settings, POST, "sample")
+
+
 @pytest.mark.parametrize("renewals", ["kept", "failing"])
 @pytest.mark.parametrize("strategy", ["streams", "threaded", "rounds"])
 def test_a_row_whose_lease_lapses_in_flight_is_not_claimed_again_by_its_pass(
@@ -57,23 +87,11 @@ def test_a_row_whose_lease_lapses_in_flight_is_not_claimed_again_by_its_pass(
     other connection is free meanwhile and claims again and again.  Before,
     with the renewals failing, the lapsed row was claimed by the same pass and
     sent on the other connection: r000 received twice by one live process."""
-    smtp_server.pipelining = strategy != "threaded"
-    smtp_server.stall_seconds = SLOW_FOR
-    smtp_server.script("r000@example.org", SLOW, stage="data", times=1)
     if renewals == "failing":
         calls = failing_renewals(monkeypatch)
-    settings = site_settings(
-        sample_site,
-        smtp_server,
-        **{
-            "database.url": database_url,
-            "delivery.strategy": strategy,
-            "delivery.lease_seconds": LEASE,
-            "delivery.concurrency": 2,
-        },
+    engine, settings, mid = slow_first_mailing(
+        sample_site, smtp_server, database_url, strategy, connections=2, members=6
     )
-    engine = populate(settings, 6)
-    mid = plan_mailing(engine, settings, POST, "sample")
     report = deliver_mailing(engine, settings, mid, load_posts(settings))
     if renewals == "failing":
         assert calls, "the keeper never tried to renew"
