@@ -205,6 +205,20 @@ def test_non_ascii_local_part_with_smtputf8_server() -> None:
 # --------------------------------------------------------------------------- TLS and AUTH
 
 
+def starttls_settings(server: SmtpTestServer, tls: TlsMaterial) -> SmtpSettings:
+    """STARTTLS to `server`, its certificate verified, AUTH as editor with the
+    password in TEST_SMTP_PW."""
+    return SmtpSettings(
+        host="127.0.0.1",
+        port=server.port,
+        security="starttls",
+        username="editor",
+        password_env="TEST_SMTP_PW",
+        ca_file=tls.ca_file,
+        timeout=5,
+    )
+
+
 def test_starttls_verified_and_auth_after_tls(
     starttls_server: SmtpTestServer,
     tls: TlsMaterial,
@@ -213,15 +227,7 @@ def test_starttls_verified_and_auth_after_tls(
 ) -> None:
     monkeypatch.setenv("TEST_SMTP_PW", "s3cret")
     caplog.set_level(logging.DEBUG)
-    settings = SmtpSettings(
-        host="127.0.0.1",
-        port=starttls_server.port,
-        security="starttls",
-        username="editor",
-        password_env="TEST_SMTP_PW",
-        ca_file=tls.ca_file,
-        timeout=5,
-    )
+    settings = starttls_settings(starttls_server, tls)
     with SmtpTransport(settings) as t:
         assert t.send(SENDER, "a@example.org", MSG).ok
     assert starttls_server.received[0].tls
@@ -466,15 +472,7 @@ def test_a_plain_connection_leaves_its_timeout_to_the_kernel_and_tls_does_not(
         t.close()
     assert server.recipients() == ["a@example.org", "b@example.org"]
     monkeypatch.setenv("TEST_SMTP_PW", "s3cret")
-    settings = SmtpSettings(
-        host="127.0.0.1",
-        port=starttls_server.port,
-        security="starttls",
-        username="editor",
-        password_env="TEST_SMTP_PW",
-        ca_file=tls.ca_file,
-        timeout=5,
-    )
+    settings = starttls_settings(starttls_server, tls)
     with SmtpTransport(settings) as secure:
         assert secure.send(SENDER, "c@example.org", MSG).ok
         tls_sock = secure._conn.sock if secure._conn is not None else None
