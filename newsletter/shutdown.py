@@ -12,6 +12,14 @@ Once click knows the command, `settle()` decides what the note means:
 * any other command gets the default disposition back, and a SIGTERM noted
   meanwhile is delivered again, so it dies by the signal exactly as before.
 
+A stop has a budget as a whole: `STOP_BUDGET` seconds after the first
+SIGTERM (or Ctrl-C) the process is gone, whatever it was waiting for.  The
+orderly stop (the messages in flight finish, leases and the daemon lock are
+released) fits in it; a mail server that does not answer the last message
+within it (an SMTP timeout is 30 s by default) no longer holds the exit: that
+message is left as after a crash, retried by the next run (it may arrive
+twice, invariant 2), and the process exits 0 at the deadline (`stopping()`).
+
 Stdlib only, so that importing it costs nothing.  A signal that arrives while
 the interpreter itself is still starting (before Python runs this module,
 ~0.1 s after exec here) cannot be caught by any Python code.
@@ -19,17 +27,61 @@ the interpreter itself is still starting (before Python runs this module,
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import signal
+import sys
 import threading
+import time
 from types import FrameType
+
+# SIGTERM → gone within this many seconds (docs/daemon.md; systemd's
+# TimeoutStopSec there is 15), whatever is stuck: one deadline for every wait.
+STOP_BUDGET = 10.0
 
 _EVENT = threading.Event()
 _held = False
+_graceful = False
+_deadline: float | None = None
 
 
 def _note(_signum: int, _frame: FrameType | None) -> None:
     _EVENT.set()
+    if _graceful:
+        stopping()
+
+
+def stopping() -> None:
+    """A stop began (the first signal): exit 0 at `STOP_BUDGET` from now if the
+    command has not ended by then.  Only in the real command (held by the entry
+    point): the library used in-process (tests) is never exited from under."""
+    global _deadline
+    if not _held or _deadline is not None:
+        return
+    _deadline = time.monotonic() + STOP_BUDGET
+    threading.Thread(target=_give_up, args=(_deadline,), name="stop-budget", daemon=True).start()
+
+
+def _give_up(deadline: float) -> None:
+    # A daemon thread: it runs on while the interpreter, at exit, joins a
+    # sending thread still blocked on a silent server, and ends that wait.
+    time.sleep(max(0.0, deadline - time.monotonic()))
+    message = (
+        f"stopped: {STOP_BUDGET:g} s after the signal a message still had no answer from "
+        "the mail server; exiting without it: the next run retries it (it may arrive twice)"
+    )
+    logger = logging.getLogger("newsletter")
+    if logger.handlers:
+        logger.warning(message, extra={"event": "stop-budget"})
+        for handler in logger.handlers:
+            handler.flush()
+    else:
+        sys.stderr.write(message + "\n")
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # closed, a broken pipe
+            stream.flush()
+    os._exit(0)
 
 
 def hold() -> None:
@@ -42,7 +94,11 @@ def hold() -> None:
 
 def settle(*, graceful: bool) -> None:
     """Keep noting SIGTERM for a graceful command; else restore (and re-deliver) it."""
-    global _held
+    global _held, _graceful
+    if _held and graceful:
+        _graceful = True
+        if _EVENT.is_set():  # noted during start-up: the stop began then
+            stopping()
     if not _held or graceful:
         return
     _held = False

@@ -355,6 +355,44 @@ def test_a_paused_mailing_sets_the_next_wake_up(ready: tuple[Site, Settings, Eng
     assert passes.next_work_time(engine, datetime.now(UTC)) == until
 
 
+def test_a_pass_as_of_a_later_time_resumes_a_mailing_paused_until_before_it(
+    ready: tuple[Site, Settings, Engine],
+) -> None:
+    """`run_pass(now=...)` moves the whole pass: a pause (a sending cap's
+    `paused until`) is over when the pass's time is past it, not the wall
+    clock's; and not over before, whatever the wall clock says."""
+    from newsletter.delivery.mailings import plan_mailing
+
+    site, settings, engine = ready
+    site.write_post("2025-01-02-x.md", "X", LAST_YEAR)
+    mailing_id = plan_mailing(engine, settings, "x", "news")
+    until = datetime.now(UTC) + timedelta(hours=2)
+
+    def pause(until: datetime) -> None:
+        with engine.begin() as conn:
+            conn.execute(
+                update(mailings)
+                .where(mailings.c.id == mailing_id)
+                .values(state="paused", paused_until=until)
+            )
+
+    pause(until)
+    report, transport = one_pass(settings, engine, now=until - timedelta(minutes=1))
+    assert (report.delivery.sent, transport.outbox) == (0, [])  # not yet, as of then
+    report, transport = one_pass(settings, engine, now=until + timedelta(minutes=1))
+    assert report.delivery.sent == len(MEMBERS) == len(transport.outbox)  # over, as of then
+
+    # The reverse: the wall clock is past the pause, the pass's time is not.
+    site.write_post("2025-01-03-y.md", "Y", LAST_YEAR)
+    mailing_id = plan_mailing(engine, settings, "y", "news")
+    until = datetime.now(UTC) - timedelta(minutes=5)
+    pause(until)
+    report, transport = one_pass(settings, engine, now=until - timedelta(hours=1))
+    assert (report.delivery.sent, transport.outbox) == (0, [])
+    report, transport = one_pass(settings, engine, now=until + timedelta(seconds=1))
+    assert report.delivery.sent == len(MEMBERS) == len(transport.outbox)
+
+
 # --------------------------------------------------------------------------- the lock
 
 

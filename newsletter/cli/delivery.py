@@ -256,6 +256,7 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
         stop.set()
+        shutdown.stopping()  # gone within its budget, even if the server never answers
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:

@@ -88,13 +88,17 @@ def run_pass(
     from newsletter.posts.collection import load_posts
 
     at = now or utcnow()
+    # One clock for the pass's decisions of what is due (planning, a pause's
+    # or a page wait's end, a pulled post): `now` moves all of them, tests too.
+    # Leases, claims and retry times stay on the database's clock (`store.leases`).
+    pass_clock = _pass_clock(at)
     problems: list[str] = []
     try:
         # Planning reads front matter; HTML is built for the posts a mailing sends.
         collection = load_posts(settings, bodies="lazy")
         # No post at all is no verdict on any (a share not mounted yet on
         # this host, a checkout being replaced), as an unreadable folder.
-        clock: Clock | None = _pass_clock(at) if collection.posts else None
+        clock: Clock | None = pass_clock if collection.posts else None
     except NewsletterError as exc:
         problems.append(f"error: {exc}")
         collection = PostCollection((), ())
@@ -122,6 +126,7 @@ def run_pass(
         progress,
         clock,
         changes,
+        pass_clock,
     )
     return PassReport(
         at=at,
@@ -335,11 +340,13 @@ def _deliver(
     progress: MailingProgress | None = None,
     clock: Clock | None = None,
     changes: list[Change] | None = None,
+    pass_clock: Clock = utcnow,
 ) -> tuple[DeliveryReport, str | None]:
     """Every mailing with work, one at a time, so that one broken mailing (its
     template broken) is reported and the others still go.  `clock`: the
     pass's time when its posts were read (each sending pass then watches
-    for its post being pulled)."""
+    for its post being pulled); `pass_clock`: the pass's time, which says
+    whether a pause or a page wait is over (`run_pass`)."""
     from newsletter.delivery.mailings import deliver_mailing
     from newsletter.store.mailings import free_dead_leases, mailings_with_work
 
@@ -351,12 +358,13 @@ def _deliver(
     for mailing_id in ids:
         if stop is not None and stop.is_set():
             break
-        started = utcnow()
+        started = utcnow()  # how long it took (`log_finish`): the wall clock's
         if _close_if_empty(engine, mailing_id):
             continue
-        if not pagewait.page_ready(engine, settings, mailing_id, collection, started):
+        at = pass_clock()
+        if not pagewait.page_ready(engine, settings, mailing_id, collection, at):
             continue
-        due = _due_count(engine, mailing_id, started)
+        due = _due_count(engine, mailing_id, at)
         if due:
             log_start(engine, mailing_id, due)
         try:
@@ -368,6 +376,7 @@ def _deliver(
                 transport=transport,
                 stop=stop,
                 progress=_bound(progress, mailing_id),
+                clock=pass_clock,
                 watch=None
                 if clock is None
                 else _watcher(settings, engine, mailing_id, clock, changes),

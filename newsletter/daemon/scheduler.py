@@ -32,6 +32,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from newsletter import shutdown
 from newsletter.config import Settings, utcnow
 from newsletter.daemon import planning
 from newsletter.daemon.lock import (  # noqa: F401 - the lock's names, as before
@@ -62,7 +63,11 @@ log = logging.getLogger("newsletter.daemon")
 TransportFactory = Callable[[Settings], Transport]
 
 HEARTBEAT = 5.0  # seconds between lock heartbeats
-STOP_TIMEOUT = 8.0  # SIGTERM → exit within 10 s: wait this long for in-flight sends
+# SIGTERM → exit within 10 s (`shutdown.STOP_BUDGET`): the stop's waits (the
+# pass's messages in flight, then the watcher threads) share this deadline,
+# which leaves the rest for releasing the lock; a pass stuck on a silent
+# server past it is left behind (the CLI exits without it).
+STOP_TIMEOUT = 8.0
 CLOCK_STEP = 2.0  # seconds the wall clock may fall back (against the monotonic one) unnoticed
 
 
@@ -184,13 +189,14 @@ class Daemon:
             # joining the worker, and a finishing pass that (re)schedules jobs
             # needs that lock.  `_running` is the wait instead.
             self.scheduler.shutdown(wait=False)
+        deadline = time.monotonic() + STOP_TIMEOUT
         if self._running.acquire(timeout=STOP_TIMEOUT):
             self._running.release()
         else:
             log.warning("a pass is still running after %g s; exiting anyway", STOP_TIMEOUT)
         for thread in (self._watcher, self._clock_watch):
             if thread is not None:
-                thread.join(timeout=2)
+                thread.join(timeout=max(0.0, deadline - time.monotonic()))
         self.lock.release()
         log.info(
             "daemon stopped after %d pass%s",
@@ -223,6 +229,7 @@ class Daemon:
             extra={"event": "signal"},
         )
         self.stop_event.set()
+        shutdown.stopping()  # the command is gone within its budget, whatever is stuck
 
     def _watch_clock(self) -> None:
         """Run the scan and the heartbeat at once when the wall clock steps back.

@@ -80,11 +80,15 @@ class MailingPass:
         progress: Progress | None = None,
         template: MessageTemplate | None = None,
         watch: Callable[[], None] | None = None,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
         """`stop`: the caller's (a shutdown); `watch`: called now and then
         while sending (the daemon re-reads the post there and withdraws the
-        mailing if it was pulled, `daemon.withdrawal`)."""
+        mailing if it was pulled, `daemon.withdrawal`); `clock`: the time that
+        ends a pause (a daemon pass's, `run_pass(now=...)`), the wall clock by
+        default; claims and retry times keep the database's (`store.leases`)."""
         self.engine, self.settings, self.mailing = engine, settings, mailing
+        self.clock = clock or now
         self.posts = posts
         self.template = template  # a worker process is given its parent's
         self.tally: Tally | None = None
@@ -144,7 +148,7 @@ class MailingPass:
     def run(self, *, wait: float = 0.0) -> DeliveryReport:
         mailing = self.mailing
         q.free_dead_leases(self.engine)
-        at = now()
+        at = self.clock()
         if mailing.state == "paused" and mailing.paused_until and mailing.paused_until > at:
             return DeliveryReport(paused=True)
         with reading(self.engine) as conn:

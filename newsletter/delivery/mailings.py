@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -208,6 +209,7 @@ def deliver_mailing(
     progress: Progress | None = None,
     wait: float = 0.0,
     watch: Callable[[], None] | None = None,
+    clock: Callable[[], datetime] | None = None,
 ) -> DeliveryReport:
     """Send every claimable delivery of one mailing; return what happened.
 
@@ -218,6 +220,8 @@ def deliver_mailing(
     over what is due now; the daemon or a re-run does the rest).  `watch`:
     called now and then while sending (the daemon's check that the post was
     not pulled meanwhile); a withdrawn, postponed or cancelled mailing stops the pass.
+    `clock`: the time that says whether a pause is over (the daemon's pass
+    time, which tests move); the wall clock by default.
     """
     from newsletter.delivery.mailing_pass import MailingPass
 
@@ -234,6 +238,7 @@ def deliver_mailing(
         stop=stop,
         progress=progress,
         watch=watch,
+        clock=clock,
     ).run(wait=wait)
 
 
