@@ -479,7 +479,15 @@ def test_events_endpoint_reloads_after_a_save(config: Path, watched: Watched) ->
             # Not a fixed pause: a starved machine had not set the watch up after 0.3 s.
             assert watched.wait(post)
             post.write_text(post.read_text() + "\nOne more line.\n")
-            assert "event: reload" in lines
+            # Keepalives keep the stream busy: the read timeout alone would
+            # not end a stream that never reloads.
+            deadline = time.monotonic() + 60
+            for line in lines:
+                if line == "event: reload":
+                    break
+                assert time.monotonic() < deadline, "no reload within 60 s of the save"
+            else:
+                pytest.fail("the stream ended without a reload")
     finally:
         running.stop()
     assert not running.thread.is_alive()
