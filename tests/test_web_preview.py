@@ -455,8 +455,8 @@ def test_watch_bumps_on_post_template_and_config_changes(tmp_path: Path, watched
             path.write_text("changed")
             # An ignored file gets a shorter wait: nothing should come anyway
             # (a bump it caused would still show at the next path's count).
-            # The other waits only bound a hang.
-            deadline = time.monotonic() + (0.8 if path.suffix == ".txt" else 60)
+            # The other waits only bound a hang (3 x 30 s, under pytest-timeout's 120 s).
+            deadline = time.monotonic() + (0.8 if path.suffix == ".txt" else 30)
             while hub.generation == before and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
             seen.append(hub.generation - before)
