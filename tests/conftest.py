@@ -11,6 +11,7 @@ import pytest
 from pgcluster import PgCluster, find_bindir
 from smtpserver import SmtpTestServer
 from sqlalchemy import Engine
+from watchready import Watched
 
 from newsletter.delivery.transports.logins import LOGINS
 
@@ -151,3 +152,14 @@ def _fresh_smtp_logins() -> Iterator[None]:
     LOGINS.forget()
     yield
     LOGINS.forget()
+
+
+@pytest.fixture
+def watched(monkeypatch: pytest.MonkeyPatch) -> Watched:
+    """Which folders the watchfiles watchers made from now on watch
+    (tests/watchready.py): wait for a watch rather than sleep."""
+    import watchfiles.main
+
+    seen = Watched()
+    monkeypatch.setattr(watchfiles.main, "RustNotify", seen.wrap(watchfiles.main.RustNotify))
+    return seen

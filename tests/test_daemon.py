@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -188,6 +189,32 @@ def spawn(site: Site, *args: str, stderr: Path | None = None) -> subprocess.Pope
         )
 
 
+# `newsletter run` with its daemon's DEBUG lines ("pass N (scan) done")
+# logged too, to count its passes from outside.
+COUNTED = (
+    "import logging, runpy; "
+    "logging.getLogger('newsletter.daemon').setLevel(logging.DEBUG); "
+    "runpy.run_module('newsletter', run_name='__main__', alter_sys=True)"
+)
+
+
+def spawn_counted(site: Site, stderr: Path, *args: str) -> subprocess.Popen[str]:
+    """`newsletter run` whose stderr (with a line per pass) goes to `stderr`."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with open(stderr, "w") as err:
+        return subprocess.Popen(
+            [sys.executable, "-c", COUNTED, "--config", str(site.config), "run", *args],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            env=env,
+        )
+
+
+def passes_done(stderr: Path) -> int:
+    return len(re.findall(r"pass \d+ \(\w+\) done", stderr.read_text()))
+
+
 def many_members(count: int) -> tuple[str, ...]:
     return tuple(f"reader{i:03d}@example.com" for i in range(count))
 
@@ -242,19 +269,33 @@ def test_two_daemons_on_one_database_mail_each_recipient_once(
     # SQLite: one daemon per database, the second is refused; PostgreSQL:
     # both run (tests/test_several_daemons.py shows them sharing the work).
     shared = engine_of(settings).dialect.name == "postgresql"
-    procs = [spawn(site, "--no-watch"), spawn(site, "--no-watch")]
+    logs = [tmp_path / "daemon-0.err", tmp_path / "daemon-1.err"]
+    procs = [spawn_counted(site, log, "--no-watch") for log in logs]
     try:
         # Generous: on a loaded machine each interpreter takes seconds to import.
         if not shared:
             assert wait_for(lambda: any(p.poll() is not None for p in procs), 30.0)
         assert wait_for(lambda: len(server.recipients()) >= 3, 30.0)
-        time.sleep(1.2)  # two more scans: a duplicate would show now
+        # Two more passes of each running daemon, not a fixed 1.2 s (a starved
+        # machine's daemon may scan no more in that time): a duplicate would
+        # show now.  60 s bounds a hang.
+        running = [
+            (p, log, passes_done(log))
+            for p, log in zip(procs, logs, strict=True)
+            if p.poll() is None
+        ]
+        assert wait_for(
+            lambda: all(passes_done(log) >= seen + 2 for _p, log, seen in running), 60.0, 0.05
+        ), [log.read_text() for log in logs]
         assert shared is all(p.poll() is None for p in procs)
     finally:
         for proc in procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-        results = [(p.wait(timeout=60), *p.communicate()) for p in procs]
+        codes_outs = [(p.wait(timeout=60), p.communicate()[0]) for p in procs]
+    results = [
+        (code, out, log.read_text()) for (code, out), log in zip(codes_outs, logs, strict=True)
+    ]
     codes = sorted(code for code, _out, _err in results)
     assert codes == ([0, 0] if shared else [0, 1]), results
     if not shared:

@@ -128,15 +128,33 @@ def wait_until_all_sent(config: Path, daemons: list[Running], timeout: float = 1
         time.sleep(0.2)
 
 
+def delivering(daemon: Running) -> bool:
+    """The daemon has started a mailing with recipients due."""
+    return any(int(str(r.get("due", 0))) > 0 for r in daemon.events("mailing-start"))
+
+
 def test_two_daemons_on_one_postgresql_plan_once_and_both_deliver(
     pg_site: Path, smtp_server: SmtpTestServer
 ) -> None:
     config = configure(pg_site, smtp_server, rate=40)
     add_readers(config, READERS)
+    # The mailings cannot end before both daemons deliver: the server keeps
+    # its replies from the 5th message until each has started a mailing with
+    # recipients due.  Before, the rate alone (360 messages, 9 s) had to
+    # outlast the second interpreter's start, which a loaded machine can take.
+    smtp_server.hold(after=5)
     daemons = [Running(config, pg_site, f"daemon-{i}") for i in range(2)]
     try:
+        deadline = time.monotonic() + 60  # bounds a hang
+        while not all(delivering(d) for d in daemons):
+            for daemon in daemons:
+                assert daemon.proc.poll() is None, daemon.text()
+            assert time.monotonic() < deadline, [d.text() for d in daemons]
+            time.sleep(0.1)
+        smtp_server.release()
         wait_until_all_sent(config, daemons)
     finally:
+        smtp_server.release()
         codes = [d.stop() for d in daemons]
     assert codes == [0, 0], [d.text() for d in daemons]
     counts = per_post(smtp_server)

@@ -141,10 +141,12 @@ def test_421_drops_the_connection_and_is_throttling(any_server: SmtpTestServer) 
 
 @pytest.mark.usefixtures("each_loop")
 def test_stalled_server_times_out_as_temporary() -> None:
-    server = SmtpTestServer(stall_seconds=2.0)
+    # The server stalls far longer than the client's timeout, which is long
+    # enough that a starved machine's ordinary replies beat it (0.3 s was not).
+    server = SmtpTestServer(stall_seconds=60.0)
     server.script("slow@example.org", STALL, stage="data", times=1)
     with server:
-        settings = SmtpSettings(host="127.0.0.1", port=server.port, security="none", timeout=0.3)
+        settings = SmtpSettings(host="127.0.0.1", port=server.port, security="none", timeout=3)
         (result,) = send_all(StreamSmtp(settings), ["slow@example.org"])
     assert not result.ok and not result.permanent
     assert "timed out during data" in result.text
@@ -191,16 +193,21 @@ def test_an_awaited_ready_holds_the_final_dot(any_server: SmtpTestServer) -> Non
     seen: list[int] = []
 
     async def main() -> None:
-        gate = asyncio.Event()
+        gate, asked = asyncio.Event(), asyncio.Event()
 
         def ready() -> Awaitable[None]:
             async def wait() -> None:
+                asked.set()
                 await gate.wait()
                 seen.append(len(any_server.received))
 
             return wait()
 
         sending = asyncio.create_task(conn.send(SENDER, "a@example.org", MSG, ready))
+        # From the moment the content is sent, not from the start (a starved
+        # machine may not have connected in 0.3 s): a dot sent early would
+        # reach the server in this window.
+        await asyncio.wait_for(asked.wait(), 60)
         await asyncio.sleep(0.3)
         assert any_server.received == []  # content sent, no dot: nothing kept yet
         gate.set()
@@ -397,7 +404,14 @@ def test_a_554_to_an_announced_mail_then_close_is_read_after_an_idle_pause() -> 
 
     async def main() -> list[SendResult]:
         first = await conn.send(SENDER, "a@example.org", MSG, None, (SENDER, "b@example.org", MSG))
-        await asyncio.sleep(0.3)  # the close arrives before the next send
+        # The close arrives before the next send: waited for, not slept on
+        # (on a starved machine 0.3 s may not see it, and nothing is checked).
+        proto = conn._proto
+        for _ in range(1200):
+            if proto is None or proto.lost is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert proto is None or proto.lost is not None, "the server's close never arrived"
         second = await conn.send(SENDER, "b@example.org", MSG)
         await conn.close()
         return [first, second]

@@ -62,6 +62,23 @@ def queued(engine: Engine, mailing_id: int) -> list[str]:
         )
 
 
+def _waits_on_a_lock(engine: Engine, timeout: float) -> bool:
+    """Whether a session of this database waits on a lock (PostgreSQL) within
+    `timeout`, which only bounds a hang."""
+    waiting = text(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+    )
+    deadline = time.monotonic() + timeout
+    with engine.connect() as conn:
+        while time.monotonic() < deadline:
+            if conn.execute(waiting).scalar_one():
+                return True
+            conn.rollback()  # a fresh snapshot of pg_stat_activity
+            time.sleep(0.02)
+    return False
+
+
 def test_two_planners_of_one_post_for_two_lists_race_without_error(pg_url: str) -> None:
     """Host A plans the post for `field` while host B plans it for `essays`.
 
@@ -94,7 +111,9 @@ def test_two_planners_of_one_post_for_two_lists_race_without_error(pg_url: str) 
 
         thread = threading.Thread(target=host_b)
         thread.start()
-        time.sleep(1.0)  # B is now waiting for A's turn
+        # Not a fixed pause (a starved B may not have got that far in 1 s, and
+        # the test would then check no race): until B waits on a lock.
+        assert _waits_on_a_lock(engine, 60.0), "host B never waited for A's turn"
         assert thread.is_alive()
     thread.join(30)
     assert "error" not in outcome, outcome.get("error")

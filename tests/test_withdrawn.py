@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -312,7 +311,17 @@ def test_a_halt_made_by_another_process_stops_a_sender_that_did_not_see_it(
     )
     stale_posts = load_posts(settings, bodies="lazy")
     lagging = open_url(database_url)
-    behind = MemoryTransport()
+    # The lagging sender's 4th message waits until the other process has
+    # recorded the halt: not a race between the rest of its mailing (36
+    # messages, 3.6 s) and that process's pass, which a loaded machine lost.
+    sending, halted = threading.Event(), threading.Event()
+
+    def hold_the_fourth(_recipient: str) -> None:
+        if len(behind.outbox) == 3:
+            sending.set()
+            halted.wait(60)  # bounds a hang
+
+    behind = MemoryTransport(hold_the_fourth)
     sender = threading.Thread(
         target=deliver_mailing,
         args=(lagging, settings, 1, stale_posts),
@@ -320,13 +329,12 @@ def test_a_halt_made_by_another_process_stops_a_sender_that_did_not_see_it(
     )
     sender.start()
     try:
-        deadline = time.monotonic() + 10
-        while len(behind.outbox) < 3 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        assert sending.wait(60)
         unpublish(site)
         _report, mine = later_pass(settings, engine)
     finally:
-        sender.join(timeout=30)
+        halted.set()
+        sender.join(timeout=60)
     assert not sender.is_alive()
     assert mine.outbox == []
     assert 3 <= len(behind.outbox) <= 30
