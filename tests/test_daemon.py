@@ -11,18 +11,17 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 from smtpserver import SmtpTestServer
 from sqlalchemy import select
 from test_daemon_support import MEMBERS, Site, add_members, engine_of, make_site
+from watchready import Watched
 
 from newsletter.daemon.scheduler import Daemon
 from newsletter.store.schema import deliveries
@@ -93,35 +92,17 @@ def test_a_future_post_goes_out_at_its_date_and_not_before(
     assert date.timestamp() <= first <= date.timestamp() + 60
 
 
-@pytest.fixture
-def watching(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
-    """Set once a watchfiles watcher has its inotify watches in place: they are
-    set up when it makes its RustNotify, before it first waits for a change."""
-    import watchfiles.main
-
-    ready = threading.Event()
-    real = watchfiles.main.RustNotify
-
-    def notify(*args: Any, **kwargs: Any) -> Any:
-        watcher = real(*args, **kwargs)
-        ready.set()
-        return watcher
-
-    monkeypatch.setattr(watchfiles.main, "RustNotify", notify)
-    return ready
-
-
 def test_a_file_dropped_in_while_running_is_sent(
     tmp_path: Path,
     server: SmtpTestServer,
     daemon_of: Callable[..., Daemon],
-    watching: threading.Event,
+    watched: Watched,
 ) -> None:
     site = smtp_site(tmp_path, server.port, scan_interval="10m")
     daemon = daemon_of(site, watch=True)
     assert wait_for(lambda: daemon.passes >= 1, 60.0)
     # Not a fixed pause: a starved machine had not set the watch up after 0.3 s.
-    assert watching.wait(60.0)
+    assert wait_for(watched.made, 60.0)
     site.write_post("2025-06-01-dropped.md", "Dropped In", PAST)
     # The next scan is 10 minutes away: only the watcher sends it this soon.
     assert wait_for(lambda: len(server.recipients()) == 3, 60.0)

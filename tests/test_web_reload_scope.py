@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
+from watchready import Watched
 
 from newsletter.config import Settings, load_settings
 from newsletter.web import reload
@@ -125,26 +126,14 @@ class Counted:
 
 
 Edit = Callable[[], object]
-NOTIFIERS: list[object] = []  # the watchers made: their watches are in place
+WATCHED: list[Watched] = []  # this test's `watched` (conftest.py)
 
 
 @pytest.fixture(autouse=True)
-def _notifiers(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Record each watchfiles watcher made: it sets its inotify watches up when
-    made, so an edit after that is seen (a fixed pause was not, on a starved
-    machine)."""
-    import watchfiles.main
-
-    real = watchfiles.main.RustNotify
-
-    def notify(*args: object, **kwargs: object) -> object:
-        made = real(*args, **kwargs)
-        NOTIFIERS.append(made)
-        return made
-
-    monkeypatch.setattr(watchfiles.main, "RustNotify", notify)
+def _watched(watched: Watched) -> Iterator[None]:
+    WATCHED.append(watched)
     yield
-    NOTIFIERS.clear()
+    WATCHED.clear()
 
 
 def count_reloads(
@@ -162,7 +151,7 @@ def count_reloads(
         hub, stop = Broadcaster(), asyncio.Event()
         task = asyncio.create_task(start(hub, stop))
         deadline = time.monotonic() + LONG
-        while not NOTIFIERS and time.monotonic() < deadline:
+        while not WATCHED[0].made() and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         seen = []
         for edit, wanted in zip(edits, expected, strict=True):

@@ -31,6 +31,11 @@ class Watched:
 
         return notify
 
+    def made(self) -> bool:
+        """At least one watcher is set up (whatever it watches)."""
+        with self._changed:
+            return bool(self._paths)
+
     def covers(self, path: Path) -> bool:
         """A watcher is set up on `path` or on a folder above it."""
         path = path.resolve()
