@@ -15,10 +15,12 @@ batch or two is ever held.  Building the bytes lives in `outgoing`.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -55,8 +57,12 @@ from newsletter.store import now, reading
 # SMTP's strategies (the event loop, the lockstep rounds) and the worker
 # processes are imported where an SMTP pass chooses them: a maildir or memory
 # pass (`send` to an outbox, the tests) needs neither, nor multiprocessing.
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
 
-__all__ = ["LeaseKeeper", "MailingPass"]
+    from newsletter.delivery.processes import Job
+
+__all__ = ["LeaseKeeper", "MailingPass", "run_worker"]
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +231,7 @@ class MailingPass:
         self, processes: int, open_rows: int, tally: Tally, allowance: int | None, wait: float
     ) -> bool:
         """This process sends a share, `processes - 1` workers the rest (processes.py)."""
-        from newsletter.delivery.processes import Workers, run_worker, shares
+        from newsletter.delivery.processes import Workers, shares
 
         assert self.template is not None
         mine, *theirs = shares(self.settings.delivery.concurrency, processes)
@@ -494,3 +500,35 @@ class MailingPass:
         return DeliveryReport(
             s["sent"], s["deferred"], s["failed"], s["skipped"], paused, tuple(tally.errors)
         )
+
+
+def run_worker(job: Job, pipe: Connection) -> None:
+    """A worker process's main (`[delivery] processes`, see processes.py): its share."""
+    from newsletter.delivery.processes import worker_end, worker_start
+    from newsletter.store import open_url
+
+    stop, reporter = worker_start(pipe, job.log)
+    report: DeliveryReport | None = None
+    error: BaseException | None = None
+    log.info(
+        "sending process %d takes its share of mailing %s (%d connections)",
+        os.getpid(),
+        job.mailing_id,
+        job.settings.delivery.concurrency,
+    )
+    try:
+        engine = open_url(job.url)
+        with reading(engine) as conn:
+            mailing = q.get_mailing(conn, job.mailing_id)
+        if mailing is None:
+            raise DeliveryError(f"no mailing with id {job.mailing_id}")
+        run = MailingPass(
+            engine, job.settings, mailing, None, stop=stop, progress=reporter, template=job.template
+        )
+        reporter.source = run
+        run.limit_batch(job.batch)
+        report = run.run(wait=job.wait)
+    except Exception as exc:  # reported to the parent, which raises it
+        log.debug("worker failed", exc_info=True)
+        error = exc
+    worker_end(pipe, reporter, report, error)

@@ -35,7 +35,6 @@ from typing import TYPE_CHECKING, Any
 
 from newsletter import GC_THRESHOLDS
 from newsletter.config import Settings
-from newsletter.delivery.report import DeliveryReport
 from newsletter.delivery.strategy import Tally
 from newsletter.email.message import MessageTemplate
 from newsletter.errors import DeliveryError, NewsletterError
@@ -50,7 +49,6 @@ __all__ = [
     "Job",
     "Workers",
     "process_count",
-    "run_worker",
     "shares",
     "usable_cores",
     "uses_threads",
@@ -148,7 +146,7 @@ class Workers:
         wait: float,
         batch: int,
     ) -> None:
-        self.target = target  # the worker's main (run_worker)
+        self.target = target  # the worker's main (mailing_pass.run_worker)
         self.url, self.settings, self.mailing_id = url, settings, mailing_id
         self.template, self.wait, self.batch = template, wait, batch
         self.procs: list[Any] = []
@@ -353,38 +351,3 @@ def worker_end(
             pipe.send(("failed", errors, last, text))
     finally:
         pipe.close()
-
-
-def run_worker(job: Job, pipe: Connection) -> None:
-    """A worker process's main (`[delivery] processes`, see processes.py): its share."""
-    # The pass itself is imported here, not at the top: mailing_pass imports
-    # this module only once a pass splits.
-    from newsletter.delivery.mailing_pass import MailingPass
-    from newsletter.store import mailings as q
-    from newsletter.store import open_url, reading
-
-    stop, reporter = worker_start(pipe, job.log)
-    report: DeliveryReport | None = None
-    error: BaseException | None = None
-    log.info(
-        "sending process %d takes its share of mailing %s (%d connections)",
-        os.getpid(),
-        job.mailing_id,
-        job.settings.delivery.concurrency,
-    )
-    try:
-        engine = open_url(job.url)
-        with reading(engine) as conn:
-            mailing = q.get_mailing(conn, job.mailing_id)
-        if mailing is None:
-            raise DeliveryError(f"no mailing with id {job.mailing_id}")
-        run = MailingPass(
-            engine, job.settings, mailing, None, stop=stop, progress=reporter, template=job.template
-        )
-        reporter.source = run
-        run.limit_batch(job.batch)
-        report = run.run(wait=job.wait)
-    except Exception as exc:  # reported to the parent, which raises it
-        log.debug("worker failed", exc_info=True)
-        error = exc
-    worker_end(pipe, reporter, report, error)
