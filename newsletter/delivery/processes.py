@@ -91,7 +91,7 @@ def process_count(
         cores = usable_cores() if cores is None else cores
         if cores < 2 or d.concurrency < 2 or open_rows < AUTO_MIN_ROWS:
             return 1
-        if not (threads or (lambda: uses_threads(settings)))():
+        if not (threads() if threads is not None else uses_threads(settings)):
             return 1
         wanted = 2  # the split measured (on two cores)
     return max(1, min(wanted, d.concurrency, open_rows // MIN_ROWS_PER_PROCESS))
