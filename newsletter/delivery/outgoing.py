@@ -108,7 +108,7 @@ class MessageContext:
         recipient = self._recipient(row)
         mid = self.message_id(row)
         if self.signer is None:
-            return self.template.data(recipient, message_id=mid)[0]
+            return self.template.data(recipient, message_id=mid)
         signed = self.signer(self.template.personalise(recipient, message_id=mid))
         return stuffed_body(signed)
 

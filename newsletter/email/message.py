@@ -172,7 +172,7 @@ class MessageTemplate:
         `message_id`: the Message-ID to carry (a mailing's deliveries name
         theirs, `delivery.messageids`); without it, one hashed from
         `mailing_key` and the address (previews, test sends)."""
-        values, _ = self._values(recipient, mailing_key, message_id)
+        values = self._values(recipient, mailing_key, message_id)
         return b"".join([s if isinstance(s, bytes) else values[s] for s in self.segments])
 
     @functools.cached_property
@@ -182,20 +182,20 @@ class MessageTemplate:
 
     def data(
         self, recipient: Recipient, *, mailing_key: str = "", message_id: str | None = None
-    ) -> tuple[bytes, str]:
+    ) -> bytes:
         """`personalise`'s bytes as SMTP DATA content (dot-stuffed, without the final
-        dot line) and the message's Message-ID.
+        dot line).
 
         The same bytes as `transports.smtp.stuffed_body(personalise(...))`, but
         the constant segments were stuffed once, at build: only the short
         per-recipient values are looked at here (profiled: stuffing the whole
         10 KB message cost more than personalising it).
         """
-        values, mid = self._values(recipient, mailing_key, message_id)
+        values = self._values(recipient, mailing_key, message_id)
         plan = self.data_segments
         if plan is None:
             raw = b"".join([s if isinstance(s, bytes) else values[s] for s in self.segments])
-            return stuffed_body(raw), mid
+            return stuffed_body(raw)
         out: list[bytes] = []
         eol = True  # at the start of a line
         for seg in plan:
@@ -215,7 +215,7 @@ class MessageTemplate:
                 eol = eol_after
         if not eol:
             out.append(CRLF)
-        return b"".join(out), mid
+        return b"".join(out)
 
     def sample(self, *, mailing_key: str = "preview") -> bytes:
         """The message for a made-up recipient (previews, `render --format eml`)."""
@@ -227,9 +227,8 @@ class MessageTemplate:
 
     def _values(
         self, recipient: Recipient, mailing_key: str, message_id_: str | None = None
-    ) -> tuple[list[bytes], str]:
-        """Each slot's bytes (only the slots this template has; b"" for the others)
-        and the Message-ID."""
+    ) -> list[bytes]:
+        """Each slot's bytes (only the slots this template has; b"" for the others)."""
         slots = self._slots
         address = clean_address(recipient.email)
         name = one_line(recipient.name) if recipient.name else ""
@@ -261,7 +260,7 @@ class MessageTemplate:
             prefs = clean_url(prefs, address) if prefs else ""
             values[PREFS_TEXT] = qp(prefs.encode())
             values[PREFS_HTML] = qp(html.escape(prefs).encode())
-        return values, mid
+        return values
 
     def _subject_header(self, recipient: Recipient) -> bytes:
         """Only when the subject template used a recipient field (slow path)."""
