@@ -14,6 +14,8 @@ import sys
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from newsletter import shutdown
+
 # Attributes every LogRecord has; anything else came in through `extra=`.
 _STANDARD = set(vars(logging.LogRecord("x", 0, "x", 0, "x", None, None))) | {
     "message",
@@ -137,6 +139,7 @@ def setup_logging(
         logger.addHandler(handler)
     logging.getLogger("newsletter").setLevel(level)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    shutdown.log_to(handler)  # the stop budget's last line, after the command removed it
     return handler
 
 

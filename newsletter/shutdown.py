@@ -44,6 +44,11 @@ _EVENT = threading.Event()
 _held = False
 _graceful = False
 _deadline: float | None = None
+# The daemon's log handler (`logging_setup.setup_logging`), kept after the
+# command removed it: the forced exit comes after `run` returned and took its
+# handler off, while the interpreter waits for a sending thread, and its line
+# must still be written as every other one (a JSON line under --log-json).
+_log_handler: logging.Handler | None = None
 
 
 def _note(_signum: int, _frame: FrameType | None) -> None:
@@ -72,9 +77,20 @@ def _give_up(deadline: float) -> None:
         "the mail server; exiting without it: the next run retries it (it may arrive twice)"
     )
     logger = logging.getLogger("newsletter")
-    if logger.handlers:
-        logger.warning(message, extra={"event": "stop-budget"})
-        for handler in logger.handlers:
+    handlers = list(logger.handlers) or ([_log_handler] if _log_handler is not None else [])
+    if handlers:
+        record = logger.makeRecord(
+            "newsletter",
+            logging.WARNING,
+            __file__,
+            0,
+            message,
+            None,
+            None,
+            extra={"event": "stop-budget"},
+        )
+        for handler in handlers:
+            handler.handle(record)
             handler.flush()
     else:
         sys.stderr.write(message + "\n")
@@ -82,6 +98,13 @@ def _give_up(deadline: float) -> None:
         with contextlib.suppress(OSError, ValueError):  # closed, a broken pipe
             stream.flush()
     os._exit(0)
+
+
+def log_to(handler: logging.Handler) -> None:
+    """The handler the forced exit's line goes to when the command has removed
+    its own by then (see `_log_handler`)."""
+    global _log_handler
+    _log_handler = handler
 
 
 def hold() -> None:

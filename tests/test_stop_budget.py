@@ -10,6 +10,7 @@ of slack for a loaded machine, never a speed.
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -75,3 +76,48 @@ def test_sigterm_while_the_server_keeps_its_reply_exits_within_the_budget(
     finally:
         server.release()
         server.stop()
+
+
+def test_the_forced_exit_under_log_json_is_a_json_line(tmp_path: Path) -> None:
+    """`run --log-json`: the line the stop budget writes when it ends the
+    process is JSON as every other line, and says what happened."""
+    server = SmtpTestServer().start()
+    try:
+        server.hold(0)
+        site = make_site(
+            tmp_path, transport="smtp", smtp_port=server.port, smtp_timeout=SMTP_TIMEOUT
+        )
+        site.write_post("2025-01-02-held.md", "Held", datetime.now(UTC) - timedelta(days=30))
+        settings = site.settings()
+        add_members(engine_of(settings), "news", settings=settings)
+        proc = newsletter(site, "run", "--no-watch", "--log-json")
+        try:
+            deadline = time.monotonic() + 120  # start-up under load: bounds a hang
+            while not server.received and time.monotonic() < deadline and proc.poll() is None:
+                time.sleep(0.05)
+            assert server.received, "nothing reached the server"
+            proc.send_signal(signal.SIGTERM)
+            _out, err = proc.communicate(timeout=STOP_BUDGET + SLACK)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+        lines = json_lines(err)
+        forced = [line for line in lines if line.get("event") == "stop-budget"]
+        assert len(forced) == 1, err
+        assert "a message still had no answer from the mail server" in forced[0]["message"]
+        assert forced[0]["level"] == "warning"
+    finally:
+        server.release()
+        server.stop()
+
+
+def json_lines(err: str) -> list[dict[str, object]]:
+    """Every stderr line as JSON; the first that is not fails the test, with the whole stderr."""
+    parsed = []
+    for line in err.splitlines():
+        try:
+            parsed.append(json.loads(line))
+        except ValueError:
+            pytest.fail(f"not a JSON line: {line!r}\nstderr:\n{err}")
+    return parsed
