@@ -25,6 +25,7 @@ from newsletter.audience import members as subs
 from newsletter.config import Settings
 from newsletter.delivery.bouncebox import process_bounces
 from newsletter.delivery.mailings import deliver_mailing, plan_mailing
+from newsletter.delivery import messageids
 from newsletter.delivery.messageids import delivery_of, message_id_for
 from newsletter.posts.collection import load_posts
 from newsletter.store import mailings as q
@@ -56,6 +57,29 @@ def test_a_message_id_names_its_delivery_and_refuses_any_alteration() -> None:
     assert delivery_of(b"k", mid.replace(tag, tag[:-1] + ("a" if tag[-1] != "a" else "b"))) is None
     old = "<" + hashlib.sha256(b"7\0r@example.org").hexdigest()[:32] + "@example.com>"
     assert delivery_of(b"k", old) is None and delivery_of(b"k", "<garbage>") is None
+
+
+def test_many_bounces_of_one_mailing_name_their_deliveries_with_one_pad() -> None:
+    """A mailing's pad (an HMAC) is made once per (mailing, secret) however
+    many of its bounces are parsed, and the ids are those of a fresh start;
+    another secret's pad is never taken for it (the cache is keyed by both)."""
+    messageids._pad.cache_clear()
+    deliveries_of = {m: [2**32 * m + i for i in range(300)] for m in (3, 4)}
+    sent = {
+        (m, d): message_id_for(b"k", m, d, "example.com")
+        for m, ds in deliveries_of.items()
+        for d in ds
+    }
+    other = {key: message_id_for(b"other", *key, "example.com") for key in sent}
+    assert set(sent.values()).isdisjoint(other.values())
+    messageids._pad.cache_clear()
+    for key, mid in sent.items():  # interleaved: the secrets take turns
+        assert delivery_of(b"k", mid) == key
+        assert delivery_of(b"other", other[key]) == key
+        assert delivery_of(b"other", mid) is None
+    info = messageids._pad.cache_info()
+    assert info.misses == 4  # two mailings x two secrets
+    assert info.hits == 3 * len(sent) - 4
 
 
 def test_the_outcome_update_does_not_name_the_message_id() -> None:

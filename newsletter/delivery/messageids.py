@@ -30,6 +30,7 @@ index, as before.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import re
 
@@ -48,6 +49,10 @@ def _keyed(secret: bytes) -> hmac.HMAC:
     return hmac.new(secret, _PURPOSE, "sha256")
 
 
+# Per (secret, mailing): bounces arrive by the hundred for one mailing, and
+# `delivery_of` made its pad again for each.  Small: a pad is an int, and a
+# bounce run touches a few recent mailings.
+@functools.lru_cache(maxsize=256)
 def _pad(secret: bytes, mailing_id: int) -> int:
     mac = hmac.digest(secret, _PAD_PURPOSE + str(mailing_id).encode("ascii"), "sha256")
     return int.from_bytes(mac[:_PAD_BYTES], "big")
