@@ -305,9 +305,16 @@ def test_streams_an_idle_connection_keeps_no_unasked_replies() -> None:
         conn = StreamSmtp(server.settings(timeout=5))
         try:
             first = await conn.send(SENDER, "a@example.org", MSG)
-            await asyncio.sleep(0.5)  # idle: the flood arrives
             proto = conn._proto  # what this connection holds
-            held = len(proto.replies) if proto is not None else 0
+            assert proto is not None
+            # Idle until the connection has met the flood and dropped it (its
+            # state, not a guess at how long the flood takes on a busy machine:
+            # a fixed sleep let a late flood pass the test without being read).
+            deadline = time.monotonic() + 60  # bounds a hang
+            while proto.lost is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            assert "replies nobody asked for" in str(proto.lost), proto.lost
+            held = len(proto.replies)
             second = await conn.send(SENDER, "c@example.org", MSG)
             return first, held, second, conn.connects
         finally:
