@@ -79,16 +79,28 @@ def _waits_on_a_lock(engine: Engine, timeout: float) -> bool:
     return False
 
 
-def test_two_planners_of_one_post_for_two_lists_race_without_error(pg_url: str) -> None:
+@pytest.mark.parametrize("key_before", [False, True], ids=["first-plan", "key-exists"])
+def test_two_planners_of_one_post_for_two_lists_race_without_error(
+    pg_url: str, key_before: bool
+) -> None:
     """Host A plans the post for `field` while host B plans it for `essays`.
 
     B's NOT EXISTS could not see A's uncommitted rows, so both queued the
     member of both lists; the dedupe index then made B wait for A's commit
     and fail with a unique violation: B's whole plan was lost, reported as
     an error.  Now B waits for A's turn on the post, then leaves that member
-    to A.
+    to A: exactly one mailing per list, each recipient planned once.
+
+    `key-exists`: the post's ledger key was made before (the post went to
+    another list earlier, or a plan of it was cancelled).  On a first plan
+    B also waits on A's new ledger key (its unique column), which hid the
+    race: without `lock_post` that case passed; this one fails (B's plan is
+    lost to the primary key of BOTH's delivery, the same id under one key).
     """
     engine = site_db(pg_url)
+    if key_before:
+        with engine.begin() as conn:
+            q.ledger_key(conn, "p")
     outcome: dict[str, object] = {}
     with engine.connect() as conn, conn.begin():
         # Host A, mid-plan: the mailing and its snapshot written, not yet committed.
@@ -121,6 +133,11 @@ def test_two_planners_of_one_post_for_two_lists_race_without_error(pg_url: str) 
     assert isinstance(ids, dict)
     assert sorted(queued(engine, mid_a)) == sorted([BOTH] + [f"f{i}@example.org" for i in range(5)])
     assert sorted(queued(engine, ids["essays"])) == [f"e{i}@example.org" for i in range(5)]
+    with engine.connect() as conn:  # one mailing per list, nobody planned twice
+        mailings_of = conn.execute(select(deliveries.c.mailing_id).distinct()).scalars().all()
+        emails = conn.execute(select(deliveries.c.email)).scalars().all()
+    assert sorted(mailings_of) == sorted([mid_a, ids["essays"]])
+    assert len(emails) == len(set(emails)) == 11
 
 
 def test_a_plan_snapshots_every_mailable_member_once_in_id_order(database_url: str) -> None:
