@@ -8,7 +8,8 @@ Once click knows the command, `settle()` decides what the note means:
 
 * `run` and `send` stop cleanly: they take `stop_event()` as their own stop
   flag, so a signal noted during start-up makes them stop before (or as soon
-  as) they begin, with exit status 0;
+  as) they begin: the daemon with exit status 0, `send` and `run --once`
+  with `STOPPED` (cut short: running them again finishes the work);
 * any other command gets the default disposition back, and a SIGTERM noted
   meanwhile is delivered again, so it dies by the signal exactly as before.
 
@@ -18,7 +19,9 @@ orderly stop (the messages in flight finish, leases and the daemon lock are
 released) fits in it; a mail server that does not answer the last message
 within it (an SMTP timeout is 30 s by default) no longer holds the exit: that
 message is left as after a crash, retried by the next run (it may arrive
-twice, invariant 2), and the process exits 0 at the deadline (`stopping()`).
+twice, invariant 2), and the process exits at the deadline (`stopping()`):
+the daemon with 0, `send` and `run --once` with `STOPPED` after printing
+their summary of what was done (`at_forced_exit`).
 
 Stdlib only, so that importing it costs nothing.  A signal that arrives while
 the interpreter itself is still starting (before Python runs this module,
@@ -34,11 +37,17 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from types import FrameType
 
 # SIGTERM → gone within this many seconds (docs/daemon.md; systemd's
 # TimeoutStopSec there is 15), whatever is stuck: one deadline for every wait.
 STOP_BUDGET = 10.0
+
+# The exit status of a `send` or `run --once` that a SIGTERM or Ctrl-C (or the
+# stop budget) ended before it was done: running it again finishes the work.
+# 0, 1 and 2 keep their meanings (success, a problem to fix, a usage error).
+STOPPED = 3
 
 _EVENT = threading.Event()
 _held = False
@@ -49,6 +58,13 @@ _deadline: float | None = None
 # handler off, while the interpreter waits for a sending thread, and its line
 # must still be written as every other one (a JSON line under --log-json).
 _log_handler: logging.Handler | None = None
+# What the forced exit does for the command that registered it
+# (`at_forced_exit`): its summary of what was done, and its exit status.
+_report: Callable[[], None] | None = None
+_status = 0
+# The summary reads the database: a server that does not answer either must
+# not hold the exit past the budget by more than this.
+REPORT_SECONDS = 2.0
 
 
 def _note(_signum: int, _frame: FrameType | None) -> None:
@@ -58,8 +74,8 @@ def _note(_signum: int, _frame: FrameType | None) -> None:
 
 
 def stopping() -> None:
-    """A stop began (the first signal): exit 0 at `STOP_BUDGET` from now if the
-    command has not ended by then.  Only in the real command (held by the entry
+    """A stop began (the first signal): exit at `STOP_BUDGET` from now if the
+    command has not ended by then (see `at_forced_exit`).  Only in the real command (held by the entry
     point): the library used in-process (tests) is never exited from under."""
     global _deadline
     if not _held or _deadline is not None:
@@ -85,7 +101,7 @@ def _give_up(deadline: float) -> None:
             __file__,
             0,
             message,
-            None,
+            (),
             None,
             extra={"event": "stop-budget"},
         )
@@ -94,10 +110,24 @@ def _give_up(deadline: float) -> None:
             handler.flush()
     else:
         sys.stderr.write(message + "\n")
+    if _report is not None:
+        # A daemon thread too: the exit below ends it if the database hangs.
+        summary = threading.Thread(target=_report, name="stop-report", daemon=True)
+        summary.start()
+        summary.join(REPORT_SECONDS)
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):  # closed, a broken pipe
             stream.flush()
-    os._exit(0)
+    os._exit(_status)
+
+
+def at_forced_exit(report: Callable[[], None] | None, *, status: int = 0) -> None:
+    """Before the forced exit: `report()` prints what the command did (given at
+    most `REPORT_SECONDS`), then the process exits with `status`.  `send` and
+    `run --once` print their summary and exit `STOPPED`; the daemon, whose
+    normal end is a SIGTERM, keeps 0 (the default)."""
+    global _report, _status
+    _report, _status = report, status
 
 
 def log_to(handler: logging.Handler) -> None:

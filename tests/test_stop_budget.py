@@ -1,6 +1,8 @@
 """SIGTERM to a real `run` or `send` whose mail server never answers: the
-process is gone within the stop's budget (`shutdown.STOP_BUDGET`), exit 0,
-not after the SMTP timeout; the next run sends to everyone.
+process is gone within the stop's budget (`shutdown.STOP_BUDGET`), not after
+the SMTP timeout (exit 0 for the daemon, `shutdown.STOPPED` for a `send` or
+`run --once` cut short, which still print their summary); the next run sends
+to everyone.
 
 Real processes, a real SMTP server on 127.0.0.1 that takes the message and
 keeps its reply (`SmtpTestServer.hold`), SQLite and PostgreSQL.  The bound
@@ -21,7 +23,7 @@ from pathlib import Path
 import pytest
 from test_daemon_support import MEMBERS, Site, add_members, engine_of, make_site
 
-from newsletter.shutdown import STOP_BUDGET
+from newsletter.shutdown import STOP_BUDGET, STOPPED
 from tests.smtpserver import SmtpTestServer
 
 pytestmark = pytest.mark.usefixtures("database_env")
@@ -63,7 +65,8 @@ def test_sigterm_while_the_server_keeps_its_reply_exits_within_the_budget(
             if proc.poll() is None:
                 proc.kill()
                 proc.communicate()
-        assert proc.returncode == 0, err
+        # The daemon's normal end is a SIGTERM (0); a `send` cut short says so.
+        assert proc.returncode == (0 if command == "run" else STOPPED), err
         assert took < STOP_BUDGET + SLACK, err
         assert "a message still had no answer from the mail server" in err
         server.release()
@@ -121,3 +124,90 @@ def json_lines(err: str) -> list[dict[str, object]]:
         except ValueError:
             pytest.fail(f"not a JSON line: {line!r}\nstderr:\n{err}")
     return parsed
+
+
+def held_site(tmp_path: Path, server: SmtpTestServer) -> Site:
+    """Three members, one connection; the server answers the first message
+    only (`hold(after=2)`): one sent, one in flight for good, one queued."""
+    server.hold(after=2)
+    site = make_site(tmp_path, transport="smtp", smtp_port=server.port, smtp_timeout=SMTP_TIMEOUT)
+    site.write_post("2025-01-02-held.md", "Held", datetime.now(UTC) - timedelta(days=30))
+    settings = site.settings()
+    add_members(engine_of(settings), "news", settings=settings)
+    return site
+
+
+def stopped_json(site: Site, server: SmtpTestServer, *args: str) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of a command sent SIGTERM once the server
+    holds its second message; the budget then ends it."""
+    proc = newsletter(site, *args)
+    try:
+        deadline = time.monotonic() + 120  # start-up under load: bounds a hang
+        while len(server.received) < 2 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert len(server.received) == 2, "the second message never reached the server"
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=STOP_BUDGET + SLACK)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return proc.returncode, out, err
+
+
+@pytest.mark.parametrize("command", ["run", "send"])
+def test_a_json_command_ended_by_the_budget_prints_what_it_did(
+    tmp_path: Path, command: str
+) -> None:
+    """`send --json` and `run --once --json` cut short by the stop budget: the
+    summary is still printed (one sent, two left: the one in flight and the
+    queued one) and the exit status says the command was stopped."""
+    server = SmtpTestServer().start()
+    try:
+        site = held_site(tmp_path, server)
+        args = ("run", "--once") if command == "run" else ("send", "held", "--list", "news")
+        code, out, err = stopped_json(site, server, *args, "--json")
+        assert code == STOPPED, err
+        assert "a message still had no answer from the mail server" in err
+        summary = json.loads(out)
+        assert summary["stopped"] is True
+        assert (summary["sent"], summary["deferred"], summary["failed"]) == (1, 0, 0)
+        assert summary["left"] == 2
+    finally:
+        server.release()
+        server.stop()
+
+
+def test_send_json_stopped_in_time_prints_its_summary_and_exits_stopped(
+    tmp_path: Path,
+) -> None:
+    """SIGTERM and the held reply comes within the budget: the orderly stop
+    prints the summary as usual, marked stopped, and exits `STOPPED`."""
+    server = SmtpTestServer().start()
+    try:
+        site = held_site(tmp_path, server)
+        proc = newsletter(site, "send", "held", "--list", "news", "--json")
+        try:
+            deadline = time.monotonic() + 120
+            while len(server.received) < 2 and time.monotonic() < deadline and proc.poll() is None:
+                time.sleep(0.05)
+            assert len(server.received) == 2, "the second message never reached the server"
+            proc.send_signal(signal.SIGTERM)
+            time.sleep(1.0)  # the signal noted, most likely: the assertions hold either way
+            server.release()
+            out, err = proc.communicate(timeout=STOP_BUDGET + SLACK)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+        assert proc.returncode == STOPPED, err
+        assert "no answer from the mail server" not in err  # the orderly stop, not the budget
+        summary = json.loads(out)
+        assert summary["stopped"] is True
+        # The held message was answered: sent.  The third one only if the
+        # signal was handled after that reply (a loaded machine).
+        assert summary["sent"] >= 2 and summary["sent"] + summary["left"] == len(MEMBERS)
+        assert (summary["deferred"], summary["failed"]) == (0, 0)
+    finally:
+        server.release()
+        server.stop()

@@ -20,6 +20,8 @@ from newsletter.cli.common import (
 
 # The library is imported inside each function, so `--help` stays cheap.
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from sqlalchemy import Engine
 
     from newsletter.config import Settings
@@ -78,7 +80,7 @@ def run(
     from newsletter.daemon.scheduler import Daemon, DaemonBusyError, run_once
     from newsletter.errors import TransportError
     from newsletter.logging_setup import remove_logging, setup_logging
-    from newsletter.store import open_store
+    from newsletter.store import now, open_store
 
     stop = shutdown.stop_event()  # set by a SIGTERM from start-up on
     settings = settings_of(ctx)
@@ -98,14 +100,23 @@ def run(
                     "stopped: another process took the daemon lock", key="database.url"
                 )
             return
+        started = now()
+        # The stop budget may end the pass while a message waits for its
+        # reply: what was done so far is then printed from the database.
+        shutdown.at_forced_exit(
+            lambda: _print_forced(engine, started, as_json), status=shutdown.STOPPED
+        )
         with _progress_bar(enabled=sys.stdout.isatty() and not as_json) as progress:
             report = run_once(settings, engine, progress=progress, stop=stop)
+        stopped = stop.is_set()
+        left = _left(engine)
+        shutdown.at_forced_exit(None, status=shutdown.STOPPED if stopped else 0)  # printed below
     finally:
         remove_logging(handler)
     for problem in report.problems:
         click.echo(problem, err=True)
     if as_json:
-        emit_json(report_json(report))
+        emit_json(report_json(report) | {"stopped": stopped, "left": left})
     else:
         for line in summary_lines(report):
             click.echo(line)
@@ -115,6 +126,38 @@ def run(
         )
     if report.problems and any(p.startswith("error:") or ": error:" in p for p in report.problems):
         sys.exit(1)
+    if stopped:
+        click.echo(
+            f"stopped: {left} deliveries left; the next run (or `run --once`) goes on", err=True
+        )
+        sys.exit(shutdown.STOPPED)
+
+
+def _left(engine: Engine) -> int:
+    from newsletter.store import reading
+    from newsletter.store.mailings import open_in_active
+
+    with reading(engine) as conn:
+        return open_in_active(conn)
+
+
+def _print_forced(engine: Engine, started: datetime, as_json: bool) -> None:
+    """The summary when the stop budget ends `run --once` (from its thread):
+    the deliveries claimed or recorded since the pass began, as the database
+    has them; in flight counts as left."""
+    from newsletter.store import reading
+    from newsletter.store.tallies import changed_since
+
+    with reading(engine) as conn:
+        done = changed_since(conn, started)
+    counts = {status: done.get(status, 0) for status in ("sent", "deferred", "failed", "skipped")}
+    left = _left(engine)
+    if as_json:
+        emit_json(counts | {"stopped": True, "left": left})
+    else:
+        click.echo(
+            ", ".join(f"{k.capitalize()} {v}" for k, v in counts.items()) + f"; {left} left."
+        )
 
 
 def _sync_lists(settings: Settings, engine: Engine, *, quiet: bool) -> None:

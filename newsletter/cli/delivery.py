@@ -17,6 +17,8 @@ from newsletter.cli.common import emit_json, handle_errors, json_option, setting
 
 # The library is imported inside each function, so `--help` stays cheap.
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from newsletter.config import Settings
     from newsletter.delivery.report import DeliveryReport, Progress
     from newsletter.posts.collection import Post
@@ -78,8 +80,7 @@ def send_cmd(
     else:
         post = posts.find(post_ref)
     if stop.is_set():
-        click.echo("stopped before sending anything", err=True)
-        return
+        _stopped_before_sending(as_json)
     post_id, title = post_ref, ""
     if post is not None:
         if tests:
@@ -185,7 +186,7 @@ def _send(
 ) -> None:
     from newsletter.delivery.mailings import deliver_mailing, plan_mailing
     from newsletter.email.tokens import checked_secret
-    from newsletter.store import open_store, reading
+    from newsletter.store import now, open_store, reading
     from newsletter.store.mailings import latest_mailing
 
     engine = open_store(settings)
@@ -198,12 +199,23 @@ def _send(
     # The owner's mailing from now on: one the daemon planned and withdrew or
     # postponed goes on, and is never halted again (store.halts.take_over).
     mailing_id = plan_mailing(engine, settings, post_id, list_name, subject=title, resend=resend)
+    started = now()
+    # The stop budget may end the process while a message waits for its
+    # reply: what was done so far is then printed from the database.
+    shutdown.at_forced_exit(
+        lambda: _print_forced(engine, mailing_id, started, as_json), status=shutdown.STOPPED
+    )
     with _stop_on_signals(stop), _progress(enabled=sys.stdout.isatty() and not as_json) as bar:
         report = deliver_mailing(
             engine, settings, mailing_id, posts, progress=bar, wait=wait, stop=stop
         )
+    left = _left(engine, mailing_id)
+    stopped = stop.is_set()
+    # Printed now: a forced exit after this (the interpreter waiting for a
+    # sending thread) only sets the exit status.
+    shutdown.at_forced_exit(None, status=shutdown.STOPPED if stopped else 0)
     if as_json:
-        emit_json({"mailing": mailing_id, **_report_dict(report)})
+        emit_json({"mailing": mailing_id, **_report_dict(report), "stopped": stopped, "left": left})
     else:
         click.echo(_summary_line(report))
     for line in report.errors:
@@ -215,12 +227,56 @@ def _send(
             "again sends it to them)",
             err=True,
         )
-    elif stop.is_set():
+    elif stopped:
         click.echo(
             "stopped: the messages in flight were finished; run the same command again "
             "to send the rest",
             err=True,
         )
+    if stopped:
+        sys.exit(shutdown.STOPPED)
+
+
+def _stopped_before_sending(as_json: bool) -> None:
+    """A SIGTERM noted while the command was starting: nothing was planned or sent."""
+    if as_json:
+        from newsletter.delivery.report import DeliveryReport
+
+        nothing = _report_dict(DeliveryReport())
+        emit_json({"mailing": None, **nothing, "stopped": True, "left": None})
+    click.echo("stopped before sending anything", err=True)
+    sys.exit(shutdown.STOPPED)
+
+
+def _left(engine: Any, mailing_id: int) -> int:
+    """The mailing's deliveries not yet sent, failed or skipped (queued, deferred, in flight)."""
+    from newsletter.store import reading
+    from newsletter.store.tallies import open_count
+
+    with reading(engine) as conn:
+        return open_count(conn, mailing_id, up_to=2**62)
+
+
+def _print_forced(engine: Any, mailing_id: int, started: datetime, as_json: bool) -> None:
+    """The summary when the stop budget ends `send` (from the stop-budget thread):
+    this run's outcomes as the database has them; in flight counts as left."""
+    from newsletter.delivery.report import DeliveryReport
+    from newsletter.store import reading
+    from newsletter.store.tallies import changed_since
+
+    with reading(engine) as conn:
+        done = changed_since(conn, started, mailing_id)
+    report = DeliveryReport(
+        sent=done.get("sent", 0),
+        deferred=done.get("deferred", 0),
+        failed=done.get("failed", 0),
+        skipped=done.get("skipped", 0),
+    )
+    left = _left(engine, mailing_id)
+    if as_json:
+        emit_json({"mailing": mailing_id, **_report_dict(report), "stopped": True, "left": left})
+    else:
+        click.echo(f"{_summary_line(report)}; {left} left")
 
 
 def _already_sent(

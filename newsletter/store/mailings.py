@@ -19,6 +19,7 @@ from sqlalchemy import Connection, Engine, and_, case, func, or_, select, update
 
 from newsletter.store import insert_or_ignore, now
 from newsletter.store.halts import (
+    ACTIVE,
     AUTOMATIC,
     EXPLICIT,
     HALTED,
@@ -335,6 +336,18 @@ def open_recipients(conn: Connection, mailing_id: int) -> Iterator[str]:
     yield from conn.execute(query).scalars()
 
 
+def open_in_active(conn: Connection) -> int:
+    """Deliveries not yet sent, failed or skipped of every mailing still being
+    sent (not halted, cancelled or done): what the next `run` goes on with."""
+    query = (
+        select(func.count())
+        .select_from(deliveries)
+        .join(mailings, mailings.c.id == deliveries.c.mailing_id)
+        .where(deliveries.c.status.in_(OPEN_STATUSES), mailings.c.state.in_(ACTIVE))
+    )
+    return int(conn.scalar(query) or 0)
+
+
 def member_count(conn: Connection, list_name: str) -> int:
     """Convenience for callers that only need a count (``send --dry-run``)."""
     query = (
@@ -389,6 +402,7 @@ __all__ = [
     "member_count",
     "next_due",
     "open_count",
+    "open_in_active",
     "open_recipients",
     "owner_identity",
     "post_mailings",

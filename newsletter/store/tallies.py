@@ -8,6 +8,8 @@ numbers it prints are the ones its UPDATE saw).  It lives below both because
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from sqlalchemy import Connection, Exists, func, select
 
 from newsletter.store.schema import deliveries
@@ -15,6 +17,7 @@ from newsletter.store.schema import deliveries
 __all__ = [
     "OPEN_STATUSES",
     "STATUSES",
+    "changed_since",
     "counts",
     "has_open",
     "has_sent",
@@ -38,6 +41,23 @@ def counts(conn: Connection, mailing_id: int | None = None) -> dict[int, dict[st
     for mid, status, n in conn.execute(query):
         result.setdefault(int(mid), {})[str(status)] = int(n)
     return result
+
+
+def changed_since(
+    conn: Connection, since: datetime, mailing_id: int | None = None
+) -> dict[str, int]:
+    """{status: n} of the deliveries (of one mailing, or of all) claimed or
+    recorded from `since` on: what a command did until it was cut short, when
+    it cannot say so itself (`shutdown`'s forced exit).  Reads every row of
+    the mailing (or the table): only for that last summary."""
+    query = (
+        select(deliveries.c.status, func.count())
+        .where(deliveries.c.updated_at >= since)
+        .group_by(deliveries.c.status)
+    )
+    if mailing_id is not None:
+        query = query.where(deliveries.c.mailing_id == mailing_id)
+    return {str(status): int(n) for status, n in conn.execute(query)}
 
 
 def open_rows(mailing_id: int) -> Exists:
