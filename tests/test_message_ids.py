@@ -23,9 +23,9 @@ from test_store_indexes import GMAIL_DSN, OneReport
 
 from newsletter.audience import members as subs
 from newsletter.config import Settings
+from newsletter.delivery import messageids
 from newsletter.delivery.bouncebox import process_bounces
 from newsletter.delivery.mailings import deliver_mailing, plan_mailing
-from newsletter.delivery import messageids
 from newsletter.delivery.messageids import delivery_of, message_id_for
 from newsletter.posts.collection import load_posts
 from newsletter.store import mailings as q
