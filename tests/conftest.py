@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from pgcluster import PgCluster, find_bindir
+from sample_site import date_the_future_post
 from smtpserver import SmtpTestServer
 from sqlalchemy import Engine
 from watchready import Watched
@@ -50,13 +51,15 @@ def _no_database_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def sample_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A copy of the bundled sample (config, posts, subscribers) as the cwd."""
+    """A copy of the bundled sample (config, posts, subscribers) as the cwd,
+    its future post dated from today (`SAMPLE_FUTURE_DATE`)."""
     for name in ("newsletter.toml", "posts", "subscribers"):
         src = ROOT / name
         if src.is_dir():
             shutil.copytree(src, tmp_path / name)
         else:
             shutil.copy(src, tmp_path / name)
+    date_the_future_post(tmp_path / "posts")
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("NEWSLETTER_CONFIG", raising=False)
     return tmp_path

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from sample_site import SAMPLE_FUTURE_DATE, SAMPLE_FUTURE_POST
 from smtpserver import SmtpTestServer
 
 from newsletter.audience import members as subs
@@ -96,13 +97,13 @@ def test_send_over_smtp_and_status(sample_site: Path, smtp_server: SmtpTestServe
     )
     # the sent post is no longer upcoming for that list; the future one is, at its date
     assert f"{POST} → sample\n" not in out
-    assert "  2031-03-09T10:00:00+03:00  a-letter-from-the-future → sample\n" in out
+    assert f"  {SAMPLE_FUTURE_DATE.isoformat()}  {SAMPLE_FUTURE_POST} → sample\n" in out
     code, out, _ = run("--config", str(config), "status", "--json")
     data = json.loads(out)
     first = data["mailings"][0]
     assert first["counts"] == {"sent": 3, "failed": 1} and first["state"] == "done"
     upcoming = {(u["post"], u["list"]) for u in data["upcoming"]}
-    assert ("a-letter-from-the-future", "sample") in upcoming
+    assert (SAMPLE_FUTURE_POST, "sample") in upcoming
     assert (POST, "sample") not in upcoming
 
 

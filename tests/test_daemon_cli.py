@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from sample_site import SAMPLE_FUTURE_DATE, SAMPLE_FUTURE_POST
 from test_daemon_support import MEMBERS, add_members, engine_of, make_site
 
 from newsletter.audience import members as subs
@@ -49,7 +50,7 @@ def test_run_once_on_the_bundled_sample_sends_through_the_maildir(sample_site: P
     assert out == (
         "Planned 3 mailings and 0 digests.\n"
         "Sent 9, deferred 0, failed 0, skipped 0.\n"
-        "Next: a-letter-from-the-future at 2031-03-09T10:00:00+03:00.\n"
+        f"Next: {SAMPLE_FUTURE_POST} at {SAMPLE_FUTURE_DATE.isoformat()}.\n"
     )
     assert len(list(mailbox.Maildir(settings.delivery.outbox_dir))) == 9
     assert "mailing 1 finished: how-sleep-consolidates-memory -> sample: sent 3" in err

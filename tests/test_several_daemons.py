@@ -29,7 +29,7 @@ from newsletter.store import open_store
 from newsletter.store.schema import deliveries, mailings
 
 CONCURRENCY = 2
-POSTS = 3  # the sample's due posts; its fourth is dated 2031
+POSTS = 3  # the sample's due posts; its fourth is dated ahead (conftest.SAMPLE_FUTURE_DATE)
 READERS = 120
 
 pytestmark = pytest.mark.slow
