@@ -211,3 +211,26 @@ def test_send_json_stopped_in_time_prints_its_summary_and_exits_stopped(
     finally:
         server.release()
         server.stop()
+
+
+@pytest.mark.parametrize(
+    ("command", "line"),
+    [
+        ("run", "Sent 1, deferred 0, failed 0, skipped 0; 2 left.\n"),
+        ("send", "sent 1, deferred 0, failed 0, skipped 0; 2 left\n"),
+    ],
+)
+def test_a_command_ended_by_the_budget_prints_its_summary_line(
+    tmp_path: Path, command: str, line: str
+) -> None:
+    """Without --json the same summary as a line (the counts are this run's)."""
+    server = SmtpTestServer().start()
+    try:
+        site = held_site(tmp_path, server)
+        args = ("run", "--once") if command == "run" else ("send", "held", "--list", "news")
+        code, out, err = stopped_json(site, server, *args)
+        assert code == STOPPED, err
+        assert out.endswith(line), out
+    finally:
+        server.release()
+        server.stop()

@@ -155,9 +155,8 @@ def _print_forced(engine: Engine, started: datetime, as_json: bool) -> None:
     if as_json:
         emit_json(counts | {"stopped": True, "left": left})
     else:
-        click.echo(
-            ", ".join(f"{k.capitalize()} {v}" for k, v in counts.items()) + f"; {left} left."
-        )
+        listed = ", ".join(f"{status} {n}" for status, n in counts.items())
+        click.echo(f"{listed.capitalize()}; {left} left.")  # as `summary_lines` words it
 
 
 def _sync_lists(settings: Settings, engine: Engine, *, quiet: bool) -> None:
