@@ -139,12 +139,15 @@ def nothing_lost_by_a_failed_build(
     assert rows[failed].status != "sent"
 
 
+@pytest.mark.parametrize("concurrency", [1, 4])
 @pytest.mark.parametrize("pipelining", [False, True], ids=["plain", "pipelining"])
 def test_the_strategy_follows_the_setting_and_the_server(
-    sample_site: Path, smtp_server: SmtpTestServer, pipelining: bool
+    sample_site: Path, smtp_server: SmtpTestServer, pipelining: bool, concurrency: int
 ) -> None:
+    # "auto": the streams for several connections with or without PIPELINING
+    # (measured faster, for less CPU); a thread for one connection without it.
     smtp_server.pipelining = pipelining
-    base = site_settings(sample_site, smtp_server)
+    base = site_settings(sample_site, smtp_server, **{"delivery.concurrency": concurrency})
     posts = load_posts(base)
     engine = populate(base, 1)
     with engine.connect() as conn:
@@ -152,11 +155,15 @@ def test_the_strategy_follows_the_setting_and_the_server(
     assert row is not None
     picked = {}
     for choice in ("auto", "streams", "rounds", "threaded"):
-        settings = site_settings(sample_site, smtp_server, **{"delivery.strategy": choice})
+        settings = site_settings(
+            sample_site,
+            smtp_server,
+            **{"delivery.strategy": choice, "delivery.concurrency": concurrency},
+        )
         picked[choice] = type(MailingPass(engine, settings, row, posts)._strategy())
     assert base.delivery.strategy == "auto"
     assert picked == {
-        "auto": StreamsStrategy if pipelining else ThreadedStrategy,
+        "auto": StreamsStrategy if pipelining or concurrency > 1 else ThreadedStrategy,
         "streams": StreamsStrategy,
         "rounds": RoundsStrategy if pipelining else ThreadedStrategy,
         "threaded": ThreadedStrategy,

@@ -19,14 +19,22 @@ def choose_strategy(core: PassCore, settings: Settings, *, shared: bool) -> Stra
     """How SMTP connections are driven (`[delivery] strategy`); threads otherwise.
 
     `shared`: the pass sends through one transport its caller gave (threads).
-    "auto": the streams when the server offers PIPELINING, a thread per
-    connection when it does not.  Measured side by side (bench/send.py,
-    smtp-sink): without PIPELINING the threads sent more than one event
-    loop at every C (1 December, load ~8: 1.6x at C = 1, 1.2-1.3x at
-    C = 4 and 8; four round trips a message, and on a busy machine four
-    threads also get four shares of the CPU), with it the streams were
-    level with the lockstep rounds or ahead, and never held up by a
-    stalled connection.  bench/send.py measures this choice ("ours").
+    "auto": the streams (one event loop) for two connections or more,
+    whether the server offers PIPELINING or not; for one connection the
+    streams with PIPELINING, a thread without it (one probe connection
+    asks).  Measured without PIPELINING (bench/send.py --pipelining off
+    --only threaded,streams, smtp-sink -p, N = 20,000, 3 runs interleaved,
+    2 December, evening), streams / threads run by run, medians at C = 1 /
+    2 / 4 / 8: quiet (load 0.7-3.1) rate 0.71 / 1.12 / 1.51 / 1.80, CPU
+    per message 1.52 / 0.73 / 0.61 / 0.54; with two `nice` CPU hogs (load
+    2.3-6.3) rate 0.97 / 1.27 / 1.21 / 1.53, CPU 1.32 / 0.86 / 0.81 /
+    0.70.  At one connection the loop's per-callback cost over four round
+    trips a message is not shared with other connections, and the thread
+    is ahead; with several, one loop's grouped commits beat a thread per
+    connection's GIL hand-offs.  (The
+    threads were chosen without PIPELINING on 1 December at load ~8,
+    before the streams ran on uvloop; "threads win under load" no longer
+    held with the hogs.)  bench/send.py measures this choice ("ours").
     """
     choice = settings.delivery.strategy
     if shared or settings.delivery.transport != "smtp":
@@ -38,6 +46,8 @@ def choose_strategy(core: PassCore, settings: Settings, *, shared: bool) -> Stra
         return StreamsStrategy(core)
     if choice == "threaded":
         return ThreadedStrategy(core)
+    if choice == "auto" and core.workers > 1:
+        return StreamsStrategy(core)  # no probe: the streams either way
     if not server_pipelines(settings):
         return ThreadedStrategy(core)
     return RoundsStrategy(core) if choice == "rounds" else StreamsStrategy(core)
