@@ -365,6 +365,51 @@ def test_the_wal_is_checkpointed_beside_the_commits_after_each_claim(
         assert set(threads) == {main}
 
 
+@pytest.mark.usefixtures("each_loop")
+def test_a_commit_blocked_by_a_claim_goes_when_the_claim_ends(
+    sample_site: Path, smtp_server: SmtpTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A claim holds the write lock; a commit asked for meanwhile is tried
+    # again on a timer (1 ms), or at once when the claim gives the lock back.
+    # With the timer made endless, only the second way can finish the pass.
+    from newsletter.delivery import streams
+    from newsletter.delivery.recorder import Recorder
+
+    smtp_server.pipelining = True
+    settings = streams_settings(sample_site, smtp_server, **{"delivery.concurrency": 2})
+    engine = populate(settings, 40)
+    mid = plan_mailing(engine, settings, POST, "sample")
+    claim, try_flush = q.claim, Recorder.try_flush
+    blocked: list[int] = []
+
+    def slow_claim(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.2)  # under the write lock, while the connections send
+        return claim(*args, **kwargs)
+
+    def counted(self: Recorder) -> bool:
+        done = try_flush(self)
+        if not done:
+            blocked.append(1)
+        return done
+
+    monkeypatch.setattr(q, "claim", slow_claim)
+    monkeypatch.setattr(Recorder, "try_flush", counted)
+    monkeypatch.setattr(streams, "RETRY_COMMIT", 3600.0)
+    pass_ = MailingPass(engine, settings, _mailing(engine, mid), load_posts(settings))
+    pass_.limit_batch(10)  # claims ahead while messages go out
+    finished = threading.Event()
+    result: list[Any] = []
+    runner = threading.Thread(target=lambda: (result.append(pass_.run()), finished.set()))
+    runner.daemon = True
+    runner.start()
+    assert finished.wait(30), "a blocked commit waited for its retry timer"
+    assert blocked, "no commit met a claim: the test proves nothing"
+    assert result[0].sent == 40
+    received = [rcpt for message in smtp_server.received for rcpt in message.rcpt_tos]
+    assert sorted(received) == sorted(f"r{i:03d}@example.org" for i in range(40))
+    assert {row.status for row in ledger(engine).values()} == {"sent"}
+
+
 def _mailing(engine: Any, mid: int) -> q.MailingRow:
     with engine.connect() as conn:
         row = q.get_mailing(conn, mid)

@@ -473,3 +473,46 @@ def test_a_malformed_cram_md5_challenge_is_one_clear_error(
     assert not isinstance(info.value, ConnectError)
     assert info.value.key == "smtp.username"
     assert "sent a malformed AUTH challenge" in str(info.value)
+
+
+@pytest.mark.parametrize("event_loop", ["asyncio", "uvloop"])
+def test_each_wait_for_replies_has_its_own_deadline(event_loop: str) -> None:
+    # One timer per connection, re-armed when it fires (Replies.take): a
+    # wait that starts after an earlier one's deadline-to-be still gets its
+    # whole timeout, and one whose replies never come still times out.
+    from newsletter.delivery.transports.smtp_session import Replies
+
+    async def main() -> tuple[float, float]:
+        loop = asyncio.get_running_loop()
+        written: list[asyncio.StreamWriter] = []
+
+        async def serve(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            written.append(writer)
+            writer.write(b"220 ready\r\n")
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        _, proto = await loop.create_connection(Replies, "127.0.0.1", port)
+        assert (await proto.take(1, 0.3)) == [(220, b"ready")]  # arms the timer
+        await asyncio.sleep(0.2)
+        # Due 0.25 s into a 0.3 s wait: after the first wait's deadline, in time for this one.
+        loop.call_later(0.25, written[0].write, b"250 ok\r\n")
+        started = loop.time()
+        assert (await proto.take(1, 0.3)) == [(250, b"ok")]
+        kept = loop.time() - started
+        started = loop.time()
+        with pytest.raises(TimeoutError):
+            await proto.take(1, 0.3)  # nothing more comes
+        expired = loop.time() - started
+        assert proto.transport is not None
+        proto.transport.close()
+        server.close()
+        return kept, expired
+
+    if event_loop == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        kept, expired = uvloop.run(main())
+    else:
+        kept, expired = asyncio.run(main())
+    assert kept < 0.3
+    assert 0.29 <= expired < 2.0
