@@ -237,17 +237,24 @@ def test_auto_splits_a_big_mailing_over_several_connections_on_two_cores(
     # whether the server pipelines, asked of the server (aiosmtpd here does).
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     assert processes.usable_cores() == 2
-    smtp_server.pipelining = False
-    assert processes.uses_threads(settings)
-    assert processes.process_count(settings, 50_000) == 2
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3}, raising=False)
-    assert processes.process_count(settings, 50_000) == 1
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
-    smtp_server.pipelining = True
-    assert not processes.uses_threads(settings)
-    assert processes.process_count(settings, 50_000) == 1
     threaded = site_settings(sample_site, smtp_server, **{**auto, "delivery.strategy": "threaded"})
-    assert processes.uses_threads(threaded) and count(threaded, 50_000, cores=2) == 2
+    assert processes.uses_threads(threaded)
+    assert processes.process_count(threaded, 50_000) == 2
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3}, raising=False)
+    assert processes.process_count(threaded, 50_000) == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    # `strategy = "auto"` streams several connections with or without
+    # PIPELINING, so it never splits; one connection without PIPELINING is
+    # a thread (the server is asked), with it the streams.
+    for pipelining in (False, True):
+        smtp_server.pipelining = pipelining
+        assert not processes.uses_threads(settings)
+        assert processes.process_count(settings, 50_000) == 1
+    single_auto = site_settings(sample_site, smtp_server, **{**auto, "delivery.concurrency": 1})
+    smtp_server.pipelining = False
+    assert processes.uses_threads(single_auto)
+    smtp_server.pipelining = True
+    assert not processes.uses_threads(single_auto)
 
 
 @pytest.mark.parametrize("size", [30, 29], ids=["big", "small"])

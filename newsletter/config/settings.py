@@ -87,13 +87,14 @@ class DeliverySettings:
     lease_seconds: float = 60.0
     # How SMTP connections are driven: "streams" (one event loop, each connection
     # on its own), "rounds" (lockstep on one thread, needs PIPELINING, else
-    # threaded), "threaded" (a thread per connection); "auto": streams when the
-    # server offers PIPELINING, else threaded.
+    # threaded), "threaded" (a thread per connection); "auto": streams for two
+    # connections or more, and for one when the server offers PIPELINING, else
+    # threaded.
     strategy: Literal["auto", "streams", "rounds", "threaded"] = "auto"
     # SMTP sending processes for a big mailing (each leases its own rows and
     # drives its share of the `concurrency` connections); 1: this process only;
-    # "auto": 2 for a big mailing over several connections with threads (a
-    # server without PIPELINING) on two cores, else 1
+    # "auto": 2 for a big mailing over several connections with
+    # strategy = "threaded" on two cores, else 1
     # (`delivery.processes.process_count`); not the default: it paid only on
     # a busy machine (docs/delivery.md, "A second sending process").
     processes: int | Literal["auto"] = 1

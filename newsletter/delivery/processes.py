@@ -77,8 +77,9 @@ def process_count(
     """How many processes (this one included) should send a mailing of `open_rows`.
 
     "auto" splits only where a second process was measured to pay: a big
-    mailing, several connections, two cores, and the threaded strategy (a
-    server without PIPELINING).  With PIPELINING one process's event loop
+    mailing, several connections, two cores, and the threaded strategy
+    (`strategy = "threaded"`: "auto" takes the streams for several
+    connections).  With PIPELINING one process's event loop
     already sends as fast as two processes on one SQLite file, for about two
     thirds of their CPU (docs/delivery.md, "A second sending process").  `cores` (the cores
     this process may run on) and `threads` (whether the pass will use the
@@ -98,13 +99,22 @@ def process_count(
 
 
 def uses_threads(settings: Settings) -> bool:
-    """Whether an SMTP pass drives its connections with threads (`delivery.choosing`)."""
-    strategy = settings.delivery.strategy
-    if strategy == "auto":
+    """Whether an SMTP pass drives its connections with threads (`delivery.choosing`).
+
+    "auto" takes the streams at two connections or more, with or without
+    PIPELINING, and a thread only for one connection to a server without
+    it; so a split is asked for "threaded" alone (two processes' streams
+    without PIPELINING, 0.90 of smtplib at C = 4, lost to one process's
+    1.12: docs/delivery.md).
+    """
+    d = settings.delivery
+    if d.strategy == "auto":
+        if d.concurrency > 1:
+            return False  # the streams, no probe needed
         from newsletter.delivery.choosing import server_pipelines
 
         return not server_pipelines(settings)  # one probe connection
-    return strategy == "threaded"
+    return d.strategy == "threaded"
 
 
 def usable_cores() -> int:
