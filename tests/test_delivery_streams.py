@@ -365,6 +365,54 @@ def test_the_wal_is_checkpointed_beside_the_commits_after_each_claim(
         assert set(threads) == {main}
 
 
+@pytest.mark.parametrize("strategy", ["streams", "rounds", "threaded"])
+def test_claims_start_small_and_double_up_to_the_cap(
+    sample_site: Path, smtp_server: SmtpTestServer, monkeypatch: pytest.MonkeyPatch, strategy: str
+) -> None:
+    # The first claim small (the first message soon), then each full claim
+    # twice the last, up to the cap: a claim's fixed cost spread wider.
+    from newsletter.delivery import mailing_pass
+
+    monkeypatch.setattr(mailing_pass, "FIRST_CLAIM", 3)
+    monkeypatch.setattr(mailing_pass, "CLAIM_CAP", 100)
+    settings = site_settings(
+        sample_site, smtp_server, **{"delivery.strategy": strategy, "delivery.concurrency": 1}
+    )
+    engine = populate(settings, 70)
+    mid = plan_mailing(engine, settings, POST, "sample")
+    limits: list[int] = []
+    claim = MailingPass.claim
+
+    def counted(self: MailingPass, limit: int, *args: Any, **kwargs: Any) -> Any:
+        limits.append(limit)
+        return claim(self, limit, *args, **kwargs)
+
+    monkeypatch.setattr(MailingPass, "claim", counted)
+    pass_ = MailingPass(engine, settings, _mailing(engine, mid), load_posts(settings))
+    assert (pass_.batch, pass_.batch_cap) == (8, 100)  # concurrency 1: 8 rows at least
+    report = pass_.run()
+    assert report.sent == 70
+    assert sorted(collections.Counter(smtp_server.recipients()).values()) == [1] * 70
+    # 8 + 16 + 32 = 56; 64 asked, 14 taken: a short claim does not grow the next.
+    assert limits == [8, 16, 32, 64, 64]
+    pass_._grow(64, 64)
+    assert pass_.batch == 100  # not 128: the cap
+    # A rate limit caps the growth: never more than a quarter lease's worth.
+    slow = site_settings(
+        sample_site,
+        smtp_server,
+        **{
+            "delivery.rate_per_second": 0.5,
+            "delivery.lease_seconds": 60,
+            "delivery.concurrency": 1,
+        },
+    )
+    capped = MailingPass(engine, slow, _mailing(engine, mid), load_posts(slow))
+    assert (capped.batch, capped.batch_cap) == (7, 7)
+    capped.limit_batch(5)  # a split pass's share caps it too
+    assert (capped.batch, capped.batch_cap) == (5, 5)
+
+
 @pytest.mark.usefixtures("each_loop")
 def test_a_commit_blocked_by_a_claim_goes_when_the_claim_ends(
     sample_site: Path, smtp_server: SmtpTestServer, monkeypatch: pytest.MonkeyPatch

@@ -69,6 +69,9 @@ log = logging.getLogger(__name__)
 # How often a claim that lost every row to a concurrent claimer tries again
 # (20 ms apart) before the pass believes there is nothing left for it.
 CLAIM_RETRIES = 250
+# Rows in a pass's first claim, and the most a claim grows to (`_batch_sizes`).
+FIRST_CLAIM = 200
+CLAIM_CAP = 1600
 
 
 class MailingPass:
@@ -124,7 +127,9 @@ class MailingPass:
             for cap, window in ((d.max_per_hour, 3600.0), (d.max_per_day, 86400.0))
             if cap is not None
         ]
-        self.batch = self._batch_size()
+        # The first claim is small, so that the first message leaves soon; each
+        # full claim after it doubles, up to `batch_cap` (`_grow`).
+        self.batch, self.batch_cap = self._batch_sizes()
         # queue.Queue costs a Python-level Condition round (and a thread wake-up)
         # per put and per get, so rows travel to the workers in small chunks.
         self.chunk = max(1, min(16, self.batch // (self.workers * 4)))
@@ -138,16 +143,33 @@ class MailingPass:
 
     def limit_batch(self, rows: int) -> None:
         """Claim at most `rows` at a time (processes sharing a mailing share it evenly)."""
-        self.batch = max(1, min(self.batch, rows))
+        self.batch_cap = max(1, min(self.batch_cap, rows))
+        self.batch = min(self.batch, self.batch_cap)
         self.chunk = max(1, min(16, self.batch // (self.workers * 4)))
 
-    def _batch_size(self) -> int:
+    def _batch_sizes(self) -> tuple[int, int]:
+        """The first claim's size and the most a claim grows to.
+
+        A claim has a large fixed cost (with a 20,000-row mailing on SQLite
+        2.2-3.1 ms for 50 rows, 3.9-5.8 ms for 200, 8.2-9.2 ms for 800) and
+        holds the write lock meanwhile, stalling the outcomes' commits; claims
+        of 800-2,000 rows lowered the CPU per message in 14 of 18 paired runs
+        (docs/delivery.md, "Claim size").  Leases are renewed for every row
+        held, so a big claim does not lapse while it waits its turn.
+        """
         d = self.settings.delivery
-        size = max(200, self.workers * 8)
+        first = max(FIRST_CLAIM, self.workers * 8)
+        cap = max(CLAIM_CAP, first)
         if d.rate_per_second > 0:
             # Never claim more than can go out well within the lease.
-            size = min(size, max(1, int(d.rate_per_second * d.lease_seconds / 4)))
-        return size
+            cap = min(cap, max(1, int(d.rate_per_second * d.lease_seconds / 4)))
+        return min(first, cap), cap
+
+    def _grow(self, limit: int, taken: int) -> None:
+        """After a claim that took all it asked for, the next asks for twice as many."""
+        if taken >= limit and self.batch < self.batch_cap:
+            self.batch = min(self.batch * 2, self.batch_cap)
+            self.chunk = max(1, min(16, self.batch // (self.workers * 4)))
 
     # ------------------------------------------------------------------ the pass
 
@@ -290,6 +312,7 @@ class MailingPass:
             self.stop.wait(0.02)
         for _ in range(skipped):
             tally.add("skipped")
+        self._grow(limit, len(rows) + skipped)
         self._share_rate()
         return rows, skipped
 

@@ -209,7 +209,11 @@ class StreamsStrategy:
         self.rows: deque[q.Claimed] = deque()
         self.busy = 0  # connections with a row in hand
         self.ended = False
-        self.low = max(core.workers * 2, core.batch // 2)  # claim ahead below this
+
+    @property
+    def low(self) -> int:
+        """Claim ahead below this many rows in hand (the claims grow: `MailingPass._grow`)."""
+        return max(self.core.workers * 2, self.core.batch // 2)
 
     def run(self, tally: Tally, allowance: int | None, wait: float) -> bool:
         core = self.core
