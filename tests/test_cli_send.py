@@ -228,3 +228,34 @@ def test_status_with_a_bad_digest_cron_still_shows_everything_else(sample_site: 
     data = json.loads(out)
     assert [m["post"] for m in data["mailings"]] == [POST]
     assert data["problems"] == [err.removeprefix("error: ").rstrip("\n")]
+
+
+
+def test_a_stop_after_the_last_outcome_is_not_a_stopped_send(
+    sample_site: Path, smtp_server: SmtpTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM that lands once every reader has their outcome: the send did
+    all it had to, so it exits 0 and reports no stop.  (A stop with readers
+    left exits `STOPPED`: tests/test_stop_budget.py.)"""
+    from typing import Any
+
+    from newsletter.delivery import mailings
+
+    config = smtp_config(sample_site, smtp_server)
+    add_readers(config, 3)
+    real = mailings.deliver_mailing
+
+    def then_stopped(*args: Any, stop: Any, **kwargs: Any) -> Any:
+        report = real(*args, stop=stop, **kwargs)
+        stop.set()  # the signal arrives after the pass, before the summary
+        return report
+
+    monkeypatch.setattr(mailings, "deliver_mailing", then_stopped)
+    result = CliRunner().invoke(
+        main, ["--config", str(config), "send", POST, "--list", "sample", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert (summary["sent"], summary["left"], summary["stopped"]) == (3, 0, False)
+    assert "stopped" not in result.stderr
+    assert len(smtp_server.received) == 3

@@ -210,7 +210,8 @@ def _send(
             engine, settings, mailing_id, posts, progress=bar, wait=wait, stop=stop
         )
     left = _left(engine, mailing_id)
-    stopped = stop.is_set()
+    # A stop that came once every delivery had its outcome cut nothing short.
+    stopped = stop.is_set() and left > 0
     # Printed now: a forced exit after this (the interpreter waiting for a
     # sending thread) only sets the exit status.
     shutdown.at_forced_exit(None, status=shutdown.STOPPED if stopped else 0)
