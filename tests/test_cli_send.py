@@ -230,7 +230,6 @@ def test_status_with_a_bad_digest_cron_still_shows_everything_else(sample_site: 
     assert data["problems"] == [err.removeprefix("error: ").rstrip("\n")]
 
 
-
 def test_a_stop_after_the_last_outcome_is_not_a_stopped_send(
     sample_site: Path, smtp_server: SmtpTestServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
