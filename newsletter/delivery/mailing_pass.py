@@ -130,9 +130,7 @@ class MailingPass:
         # The first claim is small, so that the first message leaves soon; each
         # full claim after it doubles, up to `batch_cap` (`_grow`).
         self.batch, self.batch_cap = self._batch_sizes()
-        # queue.Queue costs a Python-level Condition round (and a thread wake-up)
-        # per put and per get, so rows travel to the workers in small chunks.
-        self.chunk = max(1, min(16, self.batch // (self.workers * 4)))
+        self.chunk = self._chunk()
         self.sender = sender_for(settings)  # VERP: one envelope sender per delivery
         # MAIL FROM refused again and again: stop; one VERP sender refused: its own (senders.py)
         self.refusals = SenderRefusals(
@@ -145,7 +143,12 @@ class MailingPass:
         """Claim at most `rows` at a time (processes sharing a mailing share it evenly)."""
         self.batch_cap = max(1, min(self.batch_cap, rows))
         self.batch = min(self.batch, self.batch_cap)
-        self.chunk = max(1, min(16, self.batch // (self.workers * 4)))
+        self.chunk = self._chunk()
+
+    def _chunk(self) -> int:
+        # queue.Queue costs a Python-level Condition round (and a thread wake-up)
+        # per put and per get, so rows travel to the workers in small chunks.
+        return max(1, min(16, self.batch // (self.workers * 4)))
 
     def _batch_sizes(self) -> tuple[int, int]:
         """The first claim's size and the most a claim grows to.
@@ -169,7 +172,7 @@ class MailingPass:
         """After a claim that took all it asked for, the next asks for twice as many."""
         if taken >= limit and self.batch < self.batch_cap:
             self.batch = min(self.batch * 2, self.batch_cap)
-            self.chunk = max(1, min(16, self.batch // (self.workers * 4)))
+            self.chunk = self._chunk()
 
     # ------------------------------------------------------------------ the pass
 
