@@ -1,6 +1,8 @@
 """Benchmark: the store's side of sending, claims and group commits of outcomes.
 
 Run: `python bench/outcomes.py [--n 200000] [--group 4] [--repeat 3] [--before DIR]`.
+`--group 0`: the pass's `Recorder` instead, one outcome waited for at a time
+(a connection at C = 1; journaled on a SQLite file since December 2026).
 
 A fresh SQLite store gets N active members on one list and a mailing
 planned for them (`store.snapshots.snapshot_list`; not timed).  Then, timed,
@@ -35,13 +37,13 @@ HERE = Path(__file__).resolve().parent.parent
 CHILD = """
 import json, sys, time
 from datetime import UTC, datetime
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, select, update
 from newsletter.store import open_url
 from newsletter.store.leases import claim
 from newsletter.store.mailings import insert_mailing
 from newsletter.email.message import message_id
 from newsletter.store.outcomes import LedgerWriter, Outcome
-from newsletter.store.schema import lists, mailings, memberships, subscribers
+from newsletter.store.schema import deliveries, lists, mailings, memberships, subscribers
 from newsletter.store.snapshots import snapshot_list
 
 database, n, group = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -72,10 +74,40 @@ def outcome(c):
         return Outcome("sent", 1, 250, "2.0.0 Ok", message_id=mid)
     return Outcome("sent", 1, 250, "2.0.0 Ok")
 
-connection = engine.connect()
-writer = LedgerWriter(connection, owner)
 sent, recording = 0, 0.0
 wall, cpu = time.perf_counter(), time.process_time()
+if group == 0:
+    # The pass's Recorder, one outcome waited for at a time (a connection at
+    # C = 1): a commit each, or (a SQLite file, since December 2026) an
+    # appended journal line each and a fold before every claim.
+    import threading
+    from newsletter.delivery.recorder import Recorder
+    recorder = Recorder(engine, threading.Lock(), owner)
+    fold = getattr(recorder, "fold", lambda: None)
+    while True:
+        started = time.process_time()
+        fold()
+        recording += time.process_time() - started
+        claimed, _ = claim(engine, mailing, owner, 200, 300.0)
+        if not claimed:
+            break
+        for c in claimed:
+            o = outcome(c)
+            started = time.process_time()
+            recorder.submit(c.id, o).wait()
+            recording += time.process_time() - started
+    started = time.process_time()
+    recorder.close()
+    recording += time.process_time() - started
+    with engine.connect() as conn:
+        sent = conn.scalar(select(func.count()).select_from(deliveries).where(
+            deliveries.c.status == "sent"))
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    engine.dispose()
+    print(json.dumps({"sent": sent, "wall": wall, "cpu": cpu, "recording": recording}))
+    sys.exit(0)
+connection = engine.connect()
+writer = LedgerWriter(connection, owner)
 while True:
     claimed, _ = claim(engine, mailing, owner, 200, 300.0)
     if not claimed:
@@ -118,7 +150,12 @@ def run(label: str, code: Path, folder: Path, n: int, group: int) -> dict[str, f
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=200_000)
-    parser.add_argument("--group", type=int, default=4, help="outcomes per commit")
+    parser.add_argument(
+        "--group",
+        type=int,
+        default=4,
+        help="outcomes per commit; 0: the pass's Recorder, one outcome at a time (journaled on SQLite)",
+    )
     parser.add_argument("--repeat", type=int, default=3, help="interleaved rounds")
     parser.add_argument("--before", type=Path, help="another checkout to compare (e.g. main's)")
     args = parser.parse_args()

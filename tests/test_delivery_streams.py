@@ -305,9 +305,9 @@ def test_commits_leave_the_loop_only_for_a_networked_database(
     threads: set[str] = set()
     write = LedgerWriter.write
 
-    def watched(self: LedgerWriter, outcomes: list[Any]) -> int:
+    def watched(self: LedgerWriter, outcomes: list[Any], *times: Any) -> int:
         threads.add(threading.current_thread().name)
-        return write(self, outcomes)
+        return write(self, outcomes, *times)
 
     monkeypatch.setattr(LedgerWriter, "write", watched)
     report = deliver_mailing(engine, settings, mid, load_posts(settings))
@@ -422,7 +422,11 @@ def test_a_commit_blocked_by_a_claim_goes_when_the_claim_ends(
     # With the timer made endless, only the second way can finish the pass.
     from newsletter.delivery import streams
     from newsletter.delivery.recorder import Recorder
+    from newsletter.store import journal
 
+    # The group commits themselves: without the outcome journal that a
+    # SQLite file's pass keeps (store.journal), as on an in-memory database.
+    monkeypatch.setattr(journal, "folder_of", lambda _engine: None)
     smtp_server.pipelining = True
     settings = streams_settings(sample_site, smtp_server, **{"delivery.concurrency": 2})
     engine = populate(settings, 40)

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from smtpserver import DROP, SmtpTestServer, _Handler
-from test_delivery_smtp import ledger, populate, site_settings
+from test_delivery_smtp import ledger, populate, recorded, site_settings
 from test_delivery_streams import (
     HOLD,
     built_events,
@@ -128,7 +128,7 @@ def test_with_several_connections_the_previous_outcome_is_committed_before_the_n
     async def checked(self: _Handler, smtp: Any, session: Any, envelope: Any) -> str:
         previous = last.get(id(session))
         if previous is not None:
-            status = ledger(engine)[previous].status
+            status = recorded(engine)[previous]
             if status not in ("sent", "failed", "deferred"):
                 unrecorded.append(f"{previous}: {status}")
         last[id(session)] = envelope.rcpt_tos[0]

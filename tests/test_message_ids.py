@@ -29,7 +29,7 @@ from newsletter.delivery.mailings import deliver_mailing, plan_mailing
 from newsletter.delivery.messageids import delivery_of, message_id_for
 from newsletter.posts.collection import load_posts
 from newsletter.store import mailings as q
-from newsletter.store.outcomes import _RECORD
+from newsletter.store.outcomes import RECORD
 from newsletter.store.schema import bounce_events, deliveries
 
 SECRET = "message-id-test-secret"
@@ -84,7 +84,7 @@ def test_many_bounces_of_one_mailing_name_their_deliveries_with_one_pad() -> Non
 
 def test_the_outcome_update_does_not_name_the_message_id() -> None:
     # SQLite moves every index on a column named in SET, whatever the value.
-    assert "message_id" not in str(_RECORD)
+    assert "message_id" not in str(RECORD)
 
 
 def smtp_mailing(

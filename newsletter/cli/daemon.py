@@ -146,12 +146,15 @@ def _print_forced(engine: Engine, started: datetime, as_json: bool) -> None:
     the deliveries claimed or recorded since the pass began, as the database
     has them; in flight counts as left."""
     from newsletter.store import reading
-    from newsletter.store.tallies import changed_since
+    from newsletter.store.journal import unfolded_lines
+    from newsletter.store.mailings import open_in_active
+    from newsletter.store.tallies import changed_since, with_journaled
 
+    journaled = unfolded_lines(engine, started)  # before the database: see there
     with reading(engine) as conn:
-        done = changed_since(conn, started)
+        done, finished = with_journaled(conn, changed_since(conn, started), journaled)
+        left = max(0, open_in_active(conn) - finished)
     counts = {status: done.get(status, 0) for status in ("sent", "deferred", "failed", "skipped")}
-    left = _left(engine)
     if as_json:
         emit_json(counts | {"stopped": True, "left": left})
     else:

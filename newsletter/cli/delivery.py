@@ -263,17 +263,20 @@ def _print_forced(engine: Any, mailing_id: int, started: datetime, as_json: bool
     this run's outcomes as the database has them; in flight counts as left."""
     from newsletter.delivery.report import DeliveryReport
     from newsletter.store import reading
-    from newsletter.store.tallies import changed_since
+    from newsletter.store.journal import unfolded_lines
+    from newsletter.store.tallies import changed_since, open_count, with_journaled
 
+    journaled = unfolded_lines(engine, started)  # before the database: see there
     with reading(engine) as conn:
         done = changed_since(conn, started, mailing_id)
+        done, finished = with_journaled(conn, done, journaled, mailing_id)
+        left = max(0, open_count(conn, mailing_id, up_to=2**62) - finished)
     report = DeliveryReport(
         sent=done.get("sent", 0),
         deferred=done.get("deferred", 0),
         failed=done.get("failed", 0),
         skipped=done.get("skipped", 0),
     )
-    left = _left(engine, mailing_id)
     if as_json:
         emit_json({"mailing": mailing_id, **_report_dict(report), "stopped": True, "left": left})
     else:

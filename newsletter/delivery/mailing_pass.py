@@ -218,6 +218,10 @@ class MailingPass:
             if exc is not self.refused:
                 raise
             paused = False
+        finally:
+            # The strategy closed it; not when the pass failed before one ran
+            # (its journal's lock and files go with it).
+            self.recorder.close()
         # Refused senders stop the pass with their words, which `status` keeps.
         refused = self.refused or self.refusals.unanswered()
         report = self._finish(tally, paused, refused)
@@ -227,6 +231,7 @@ class MailingPass:
 
     def _refusal_ledger(self) -> tuple[bool, int]:
         """A message sent, open deliveries up to `STOP_AFTER` (`SenderRefusals`)."""
+        self.recorder.fold()
         with reading(self.engine) as conn:
             sent = q.has_sent(conn, self.mailing.id)
             return sent, q.open_count(conn, self.mailing.id, up_to=STOP_AFTER)
@@ -278,6 +283,8 @@ class MailingPass:
             # A worker died (kill -9, OOM): its rows are leased to a dead owner.
             log.warning("%d worker process(es) died; sending their rows here", workers.lost)
             q.free_dead_leases(self.engine)
+            if not self.recorder.owes:  # the strategy closed it: a journal of its own again
+                self.recorder = Recorder(self.engine, self.write_lock, self.owner)
             self.workers = self.settings.delivery.concurrency
             allowance = self._allowance()
             paused = self._strategy().run(tally, allowance, wait) or paused
@@ -295,6 +302,8 @@ class MailingPass:
         # Retries look only at rows due when this claim began: a row deferred
         # meanwhile waits for wait_for_due, as before.
         due_by = min(due_by, now()) if due_by is not None else now()
+        # The journaled outcomes first: deferred rows become claimable again.
+        self.recorder.fold()
         for _ in range(CLAIM_RETRIES):
             with self.write_lock:  # never fight the recorder for SQLite's write lock
                 rows, skipped = q.claim(
@@ -326,6 +335,12 @@ class MailingPass:
             self.bucket.set_rate(rate / max(1, q.active_senders(self.engine)))
 
     def release(self) -> None:
+        if self.recorder.owes:
+            # The last fold failed: releasing would send the journaled rows
+            # again.  Their leases stay until `free_dead_leases` folds the
+            # journal (its lock is free now) and frees them.
+            log.warning("leases of %s kept: outcomes still in its journal", self.owner)
+            return
         q.release(self.engine, self.owner)
 
     def message(self, row: q.Claimed) -> bytes:
@@ -339,6 +354,7 @@ class MailingPass:
         jobs_left = deadline - time.monotonic()
         if jobs_left <= 0:
             return False
+        self.recorder.fold()  # this pass's deferred rows, with their times
         with reading(self.engine) as conn:
             due = q.next_due(conn, self.mailing.id)
         if due is None:

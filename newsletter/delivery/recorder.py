@@ -5,9 +5,13 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+import time
+from datetime import UTC, datetime
 
 from sqlalchemy import Connection, Engine
 
+from newsletter.errors import StoreError
+from newsletter.store import journal
 from newsletter.store import mailings as q
 
 log = logging.getLogger(__name__)
@@ -46,6 +50,12 @@ class Recorder:
     one transaction.  Profiled: a separate recorder thread cost a GIL hand-off
     to it and one back for every commit; here the worker that would have
     waited does the work itself.
+
+    On a SQLite file the outcomes go to the pass's journal instead
+    (`store.journal`): `submit` appends the line, so the outcome is safe at
+    once and nobody waits; `fold` puts the journaled lines into the ledger
+    in one transaction, and the pass calls it before it claims, reads its
+    own outcomes or gives its leases back.
     """
 
     MAX_GROUP = 256
@@ -58,11 +68,55 @@ class Recorder:
         self._queue: collections.deque[Pending] = collections.deque()
         self._conn: Connection | None = None
         self._writer: q.LedgerWriter | None = None
+        self._journal: journal.Journal | None = None
+        self.owes = False  # journaled outcomes the ledger may not have (a failed last fold)
+        self._broken: StoreError | None = None  # an outcome the journal could not take
+        folder = journal.folder_of(engine)
+        if folder is not None:
+            try:
+                self._journal = journal.Journal(folder, owner)
+            except OSError as exc:
+                raise StoreError(f"cannot open the outcome journal in {folder}: {exc}") from exc
 
     def submit(self, delivery_id: int, outcome: q.Outcome) -> Pending:
         pending = Pending(self, delivery_id, outcome)
-        self._queue.append(pending)
+        if self._journal is None:
+            self._queue.append(pending)
+            return pending
+        try:
+            self._journal.append(journal.Line(delivery_id, outcome, time.time()))
+        except OSError as exc:
+            # Raised by this outcome's wait and by every later flush or fold:
+            # the rounds never wait on one outcome, they flush.
+            pending.error = self._broken = journal.journal_error(exc, 1)
+        pending.done = True
         return pending
+
+    def fold(self) -> None:
+        """Journaled outcomes into the ledger, in one transaction (none without a journal).
+
+        Raises StoreError if they cannot be; they stay journaled, for the next fold.
+        """
+        if self._broken is not None:
+            raise self._broken
+        if self._journal is None or not self._journal.pending():
+            return
+        with self.write_lock:
+            try:
+                lines, number = self._journal.take()
+            except OSError as exc:  # the next file could not be made: nothing moved
+                raise journal.journal_error(exc, len(self._journal.lines)) from exc
+            if not lines:
+                self._journal.folded(number)
+                return
+            outcomes = [(line.delivery_id, line.outcome) for line in lines]
+            times = [datetime.fromtimestamp(line.at, UTC) for line in lines]
+            try:
+                self._ledger().write(outcomes, times)
+            except BaseException:
+                self._journal.give_back(lines)
+                raise
+            self._journal.folded(number)
 
     def record(self, delivery_id: int, outcome: q.Outcome) -> None:
         self.submit(delivery_id, outcome).wait()
@@ -73,6 +127,12 @@ class Recorder:
         Raises the error of a commit that failed here (it is also kept on each
         of that group's `Pending`, for their waiters).
         """
+        if self._journal is not None:
+            if until is None:
+                self.fold()
+            elif self._broken is not None:
+                raise self._broken
+            return
         with self.write_lock:
             while self._queue and (until is None or not until.done):
                 group = self._take()
@@ -80,8 +140,21 @@ class Recorder:
                 if group[0].error is not None:
                     raise group[0].error
 
+    def secure(self) -> None:
+        """Every outcome submitted so far is safe from a crash: journaled (then
+        nothing to do but raise a failed append) or committed (`flush`)."""
+        if self._journal is None:
+            self.flush()
+        elif self._broken is not None:
+            raise self._broken
+
     def try_flush(self) -> bool:
-        """`flush()` unless another thread holds the write lock (a claim): then False at once."""
+        """`flush()` unless another thread holds the write lock (a claim): then False at once.
+
+        With a journal nothing is owed: the outcomes are safe, the next claim folds them.
+        """
+        if self._journal is not None:
+            return True
         if not self.write_lock.acquire(blocking=False):
             return False
         try:
@@ -112,14 +185,22 @@ class Recorder:
 
     def close(self) -> None:
         """Commit what is left; a failure stays on the `Pending`s (their waiters raise it)."""
+        folded = False
         try:
             self.flush()
+            folded = True
         except Exception:
             log.warning("recording the last delivery outcomes failed", exc_info=True)
         finally:
             conn, self._conn, self._writer = self._conn, None, None
             if conn is not None:
                 conn.close()
+            journal_, self._journal = self._journal, None
+            if journal_ is not None:
+                # Unfolded lines stay on file, their lock free: the next
+                # `free_dead_leases` (this process's or another's) folds them.
+                self.owes = not folded
+                journal_.close(remove=folded)
 
     def _take(self) -> list[Pending]:
         group: list[Pending] = []
@@ -135,13 +216,16 @@ class Recorder:
         """Under write_lock: one transaction for the group; its error goes to every waiter."""
         error: BaseException | None = None
         try:
-            if self._writer is None:
-                # Used by one thread at a time (under write_lock), whichever it is.
-                self._conn = self.engine.connect()
-                self._writer = q.LedgerWriter(self._conn, self.owner)
-            self._writer.write([(p.delivery_id, p.outcome) for p in group])
+            self._ledger().write([(p.delivery_id, p.outcome) for p in group])
         except BaseException as exc:  # handed to every waiting worker
             error = exc
         for pending in group:
             pending.error = error
             pending.done = True
+
+    def _ledger(self) -> q.LedgerWriter:
+        """Under write_lock: used by one thread at a time, whichever it is."""
+        if self._writer is None:
+            self._conn = self.engine.connect()
+            self._writer = q.LedgerWriter(self._conn, self.owner)
+        return self._writer

@@ -113,7 +113,7 @@ class RoundsStrategy:
             flights.append((transport, row, message, flight))
         for transport, _, _, flight in flights:
             transport.body(flight)
-        core.recorder.flush()  # the previous round's outcomes, before any final dot
+        core.recorder.secure()  # the previous round's outcomes, before any final dot
         for transport, _, _, flight in flights:
             transport.end(flight)
         for transport, _, _, flight in flights:
@@ -132,6 +132,6 @@ class RoundsStrategy:
             core.throttle.ok()
             core.settle(row, result, tally)
         for transport, row, message, tries in slow:
-            again = core.send(transport, row, message, core.recorder.flush, tries=tries)
+            again = core.send(transport, row, message, core.recorder.secure, tries=tries)
             if again is not None:  # None: stopped while waiting out a throttle
                 core.settle(row, again, tally)

@@ -47,7 +47,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import SQLAlchemyError
 
 from newsletter.errors import StoreError, database_reason
-from newsletter.store import now
+from newsletter.store import journal, now
 from newsletter.store.halts import CANCELLED, halted_now
 from newsletter.store.handover import hand_over_leavers
 from newsletter.store.schema import deliveries, mailings, memberships, subscribers
@@ -160,17 +160,27 @@ def free_dead_leases(engine: Engine) -> int:
     no longer exists.  After ``kill -9`` the lease would otherwise block the
     re-run until it expires.
     """
-    with engine.begin() as conn:
-        owners = conn.execute(
-            select(deliveries.c.lease_owner).where(deliveries.c.lease_owner.is_not(None)).distinct()
-        ).scalars()
-        dead = [o for o in owners if _is_dead(conn, o)]
-        for owner in dead:
-            conn.execute(
-                update(deliveries)
-                .where(deliveries.c.lease_owner == owner)
-                .values(lease_owner=None, lease_expires_at=None)
-            )
+    recovered = journal.Recovered()
+    try:
+        with engine.begin() as conn:
+            # SQLite: a dead owner's journaled outcomes first (store.journal), or
+            # freeing its leases would send those rows again.
+            journal.recover(conn, journal.folder_of(engine), recovered)
+            owners = conn.execute(
+                select(deliveries.c.lease_owner)
+                .where(deliveries.c.lease_owner.is_not(None))
+                .distinct()
+            ).scalars()
+            dead = [o for o in owners if _is_dead(conn, o)]
+            for owner in dead:
+                conn.execute(
+                    update(deliveries)
+                    .where(deliveries.c.lease_owner == owner)
+                    .values(lease_owner=None, lease_expires_at=None)
+                )
+        recovered.committed()  # their journals go only now
+    finally:
+        recovered.close()
     return len(dead)
 
 
@@ -252,14 +262,31 @@ def _candidate_parameters(
     return {"mailing_id": mailing_id, "at": at, "due_at": due_at, "owner": owner}
 
 
-def _claimable_ids(conn: Connection, parameters: dict[str, Any], limit: int) -> list[int]:
+def _claimable_ids(
+    conn: Connection, parameters: dict[str, Any], limit: int
+) -> tuple[list[int], int]:
+    """The ids to claim, and how many of them (the first ones) were lapsed leases."""
     ids: list[int] = []
+    lapsed = 0
     locking = conn.dialect.name == "postgresql"
-    for query in _CANDIDATES_LOCKING if locking else _CANDIDATES:
+    for number, query in enumerate(_CANDIDATES_LOCKING if locking else _CANDIDATES):
         if len(ids) >= limit:
             break
         ids.extend(conn.execute(query, {**parameters, "limit": limit - len(ids)}).scalars())
-    return ids
+        if number == 0:
+            lapsed = len(ids)
+    return ids, lapsed
+
+
+def _fold_lapsed(conn: Connection, engine: Engine, ids: list[int]) -> int:
+    """SQLite: the journaled outcomes of the live owners whose lapsed rows a claim found."""
+    folder = journal.folder_of(engine)
+    if folder is None:
+        return 0
+    owners = conn.execute(
+        select(deliveries.c.lease_owner).where(deliveries.c.id.in_(ids)).distinct()
+    ).scalars()
+    return journal.fold_lapsed(conn, folder, [o for o in owners if o is not None])
 
 
 def claim(
@@ -295,7 +322,9 @@ def claim(
                 if limit <= 0:
                     return [], 0
             parameters = _candidate_parameters(mailing_id, at, due_at, owner)
-            ids = _claimable_ids(conn, parameters, limit)
+            ids, lapsed = _claimable_ids(conn, parameters, limit)
+            if lapsed and _fold_lapsed(conn, engine, ids[:lapsed]):
+                ids, _ = _claimable_ids(conn, parameters, limit)  # without the rows just folded
             if not ids:
                 return [], 0
             conn.execute(

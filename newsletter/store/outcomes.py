@@ -46,7 +46,7 @@ class Outcome:
     next_attempt_at: datetime | None = None
 
 
-_RECORD = (
+RECORD = (
     update(deliveries)
     .where(deliveries.c.id == bindparam("_id"), deliveries.c.lease_owner == bindparam("_owner"))
     .values(
@@ -78,10 +78,10 @@ def record_many(bind: Engine | Connection, outcomes: list[tuple[int, Outcome]], 
     try:
         if isinstance(bind, Connection):
             with bind.begin():
-                written = bind.execute(_RECORD, _params(outcomes, owner, now())).rowcount
+                written = bind.execute(RECORD, _params(outcomes, owner, now())).rowcount
         else:
             with bind.begin() as conn:
-                written = conn.execute(_RECORD, _params(outcomes, owner, now())).rowcount
+                written = conn.execute(RECORD, _params(outcomes, owner, now())).rowcount
     except SQLAlchemyError as exc:
         raise StoreError(
             f"cannot record {len(outcomes)} deliveries: {database_reason(exc)}"
@@ -102,21 +102,29 @@ def _checked(written: int, outcomes: list[tuple[int, Outcome]], owner: str) -> i
     return written
 
 
-def _params(outcomes: list[tuple[int, Outcome]], owner: str, at: Any) -> list[dict[str, Any]]:
-    return [
-        {
-            "_id": delivery_id,
-            "_owner": owner,
-            "_status": o.status,
-            "_attempts": o.attempts,
-            "_code": o.code,
-            "_text": o.text,
-            "_next": o.next_attempt_at,
-            "_sent": at if o.status == "sent" else None,
-            "_at": at,
-        }
-        for delivery_id, o in outcomes
-    ]
+def outcome_parameters(delivery_id: int, o: Outcome, owner: str, at: Any) -> dict[str, Any]:
+    """RECORD's parameters for one outcome reached at `at`."""
+    return {
+        "_id": delivery_id,
+        "_owner": owner,
+        "_status": o.status,
+        "_attempts": o.attempts,
+        "_code": o.code,
+        "_text": o.text,
+        "_next": o.next_attempt_at,
+        "_sent": at if o.status == "sent" else None,
+        "_at": at,
+    }
+
+
+def _params(
+    outcomes: list[tuple[int, Outcome]], owner: str, at: Any, times: list[Any] | None = None
+) -> list[dict[str, Any]]:
+    if times is not None:
+        return [
+            outcome_parameters(i, o, owner, t) for (i, o), t in zip(outcomes, times, strict=True)
+        ]
+    return [outcome_parameters(i, o, owner, at) for i, o in outcomes]
 
 
 class LedgerWriter:
@@ -132,7 +140,7 @@ class LedgerWriter:
 
     def __init__(self, conn: Connection, owner: str) -> None:
         dialect = conn.dialect
-        compiled = _RECORD.compile(dialect=dialect)
+        compiled = RECORD.compile(dialect=dialect)
         self.owner = owner
         self.sql = compiled.string
         self.names = list(compiled.positiontup or ()) if compiled.positional else None
@@ -145,14 +153,19 @@ class LedgerWriter:
         # every other writer does; other drivers begin implicitly.
         self.begin = "BEGIN IMMEDIATE" if dialect.name == "sqlite" else None
 
-    def write(self, outcomes: list[tuple[int, Outcome]]) -> int:
-        """Commit these outcomes in one transaction, or none of them; returns how many held."""
+    def write(
+        self, outcomes: list[tuple[int, Outcome]], times: list[datetime] | None = None
+    ) -> int:
+        """Commit these outcomes in one transaction, or none of them; returns how many held.
+
+        `times`: when each was reached (a journal's fold); otherwise now, for all.
+        """
         cursor = self.driver.cursor()
         try:
             if self.begin is not None:
                 cursor.execute(self.begin)
             try:
-                cursor.executemany(self.sql, self._parameters(outcomes))
+                cursor.executemany(self.sql, self._parameters(outcomes, times))
                 written = cursor.rowcount
                 if self.begin is not None:
                     cursor.execute("COMMIT")
@@ -167,9 +180,12 @@ class LedgerWriter:
             cursor.close()
         return _checked(written, outcomes, self.owner)
 
-    def _parameters(self, outcomes: list[tuple[int, Outcome]]) -> list[Any]:
+    def _parameters(
+        self, outcomes: list[tuple[int, Outcome]], times: list[datetime] | None = None
+    ) -> list[Any]:
         stamp = self.stamp
-        rows = _params(outcomes, self.owner, stamp(now()))
+        stamped = None if times is None else [stamp(t) for t in times]
+        rows = _params(outcomes, self.owner, stamp(now()) if stamped is None else None, stamped)
         for row in rows:
             if row["_next"] is not None:
                 row["_next"] = stamp(row["_next"])

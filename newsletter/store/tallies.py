@@ -23,6 +23,7 @@ __all__ = [
     "has_sent",
     "open_count",
     "open_rows",
+    "with_journaled",
 ]
 
 OPEN_STATUSES = ("queued", "deferred", "sending")  # not yet sent, failed or skipped
@@ -49,7 +50,8 @@ def changed_since(
     """{status: n} of the deliveries (of one mailing, or of all) claimed or
     recorded from `since` on: what a command did until it was cut short, when
     it cannot say so itself (`shutdown`'s forced exit).  Reads every row of
-    the mailing (or the table): only for that last summary."""
+    the mailing (or the table): only for that last summary (with
+    `with_journaled` on SQLite)."""
     query = (
         select(deliveries.c.status, func.count())
         .where(deliveries.c.updated_at >= since)
@@ -58,6 +60,27 @@ def changed_since(
     if mailing_id is not None:
         query = query.where(deliveries.c.mailing_id == mailing_id)
     return {str(status): int(n) for status, n in conn.execute(query)}
+
+
+def with_journaled(
+    conn: Connection,
+    done: dict[str, int],
+    journaled: dict[int, str],
+    mailing_id: int | None = None,
+) -> tuple[dict[str, int], int]:
+    """`changed_since`'s counts with the outcomes only journaled yet (rows still
+    "sending", store.journal) counted as what they are; and how many of those
+    finished a delivery (sent, failed, skipped), which an open count includes.
+    `journaled`: `journal.unfolded_lines`, read before this transaction began."""
+    from newsletter.store.journal import still_sending
+
+    counts = dict(done)
+    finished = 0
+    for status, n in still_sending(conn, journaled, mailing_id).items():
+        counts[status] = counts.get(status, 0) + n
+        counts["sending"] = counts.get("sending", 0) - n
+        finished += 0 if status in OPEN_STATUSES else n
+    return counts, finished
 
 
 def open_rows(mailing_id: int) -> Exists:
