@@ -123,19 +123,23 @@ os._exit(9)  # kill -9: no fold, no release
 """
 
 
-def test_a_killed_senders_journal_is_folded_before_its_leases_are_freed(
-    sample_site: Path, smtp_server: SmtpTestServer
-) -> None:
-    engine, mailing = planned(sample_site, smtp_server, 5)
-    url = str(engine.url)
+def crashed_sender(site: Path, engine: Engine, mailing: int) -> str:
+    """Run CRASHING_SENDER on this database; its owner."""
     done = subprocess.run(
-        [sys.executable, "-c", CRASHING_SENDER, str(sample_site / "newsletter.toml"), url,
+        [sys.executable, "-c", CRASHING_SENDER, str(site / "newsletter.toml"), str(engine.url),
          str(mailing)],
         capture_output=True, text=True, check=False,
         env={**os.environ, "PYTHONPATH": str(Path(newsletter.__file__).parents[1])},
     )  # fmt: skip
     assert done.returncode == 9, done.stderr
-    owner = done.stdout.strip()
+    return done.stdout.strip()
+
+
+def test_a_killed_senders_journal_is_folded_before_its_leases_are_freed(
+    sample_site: Path, smtp_server: SmtpTestServer
+) -> None:
+    engine, mailing = planned(sample_site, smtp_server, 5)
+    owner = crashed_sender(sample_site, engine, mailing)
     assert {r.lease_owner for r in ledger(engine).values() if r.status == "sending"} == {owner}
     assert files(engine)  # its lock and its lines are left behind
 
@@ -324,14 +328,7 @@ def test_a_recovery_rolled_back_leaves_the_journal(
     from newsletter.store import leases
 
     engine, mailing = planned(sample_site, smtp_server, 3)
-    url = str(engine.url)
-    done = subprocess.run(
-        [sys.executable, "-c", CRASHING_SENDER, str(sample_site / "newsletter.toml"), url,
-         str(mailing)],
-        capture_output=True, text=True, check=False,
-        env={**os.environ, "PYTHONPATH": str(Path(newsletter.__file__).parents[1])},
-    )  # fmt: skip
-    assert done.returncode == 9, done.stderr
+    crashed_sender(sample_site, engine, mailing)
     left = files(engine)
 
     def failing(*_: object) -> bool:
