@@ -45,6 +45,17 @@ def planned(site: Path, server: SmtpTestServer, n: int) -> tuple[Engine, int]:
     return engine, plan_mailing(engine, settings, POST, "sample")
 
 
+def journaling(
+    site: Path, server: SmtpTestServer, n: int, *, lease: float = 60.0
+) -> tuple[Engine, int, list[q.Claimed], Recorder]:
+    """n planned recipients, all claimed by a pass whose recorder journals:
+    (engine, mailing, the rows, the recorder: its `owner` is the pass's)."""
+    engine, mailing = planned(site, server, n)
+    owner = q.owner_identity()
+    rows, _ = q.claim(engine, mailing, owner, n, lease)
+    return engine, mailing, rows, Recorder(engine, threading.Lock(), owner)
+
+
 def files(engine: Engine) -> list[str]:
     folder = journal.folder_of(engine)
     assert folder is not None
@@ -54,10 +65,7 @@ def files(engine: Engine) -> list[str]:
 def test_outcomes_are_journaled_at_once_and_folded_in_one_transaction(
     sample_site: Path, smtp_server: SmtpTestServer
 ) -> None:
-    engine, mailing = planned(sample_site, smtp_server, 6)
-    owner = q.owner_identity()
-    rows, _ = q.claim(engine, mailing, owner, 6, 60.0)
-    recorder = Recorder(engine, threading.Lock(), owner)
+    engine, _mailing, rows, recorder = journaling(sample_site, smtp_server, 6)
     reached = time.time()
     deferred = q.Outcome("deferred", 1, 451, "4.3.0 later", datetime(2030, 1, 1, tzinfo=UTC))
     for row in rows[:3]:
@@ -67,7 +75,7 @@ def test_outcomes_are_journaled_at_once_and_folded_in_one_transaction(
     assert {r.status for r in ledger(engine).values()} == {"sending"}
     folder = journal.folder_of(engine)
     assert folder is not None and folder.stat().st_mode & 0o077 == 0
-    lines = journal.read_lines(folder, journal.file_name(owner))
+    lines = journal.read_lines(folder, journal.file_name(recorder.owner))
     assert [line.delivery_id for line in lines] == [row.id for row in rows[:3]]
     assert lines[0].outcome == SENT and lines[1].outcome == deferred
 
@@ -81,7 +89,7 @@ def test_outcomes_are_journaled_at_once_and_folded_in_one_transaction(
     assert state["r001@example.org"].status == "deferred"
     assert state["r001@example.org"].next_attempt_at.year == 2030
     assert state["r003@example.org"].status == "sending"  # never journaled: still leased
-    assert journal.read_lines(folder, journal.file_name(owner)) == []
+    assert journal.read_lines(folder, journal.file_name(recorder.owner)) == []
 
     recorder.submit(rows[3].id, SENT)
     recorder.close()  # folds the rest and leaves no file behind
@@ -159,10 +167,7 @@ def test_a_killed_senders_journal_is_folded_before_its_leases_are_freed(
 def test_a_live_senders_journal_is_left_to_it(
     sample_site: Path, smtp_server: SmtpTestServer
 ) -> None:
-    engine, mailing = planned(sample_site, smtp_server, 2)
-    owner = q.owner_identity()
-    rows, _ = q.claim(engine, mailing, owner, 2, 60.0)
-    recorder = Recorder(engine, threading.Lock(), owner)
+    engine, _mailing, rows, recorder = journaling(sample_site, smtp_server, 2)
     recorder.submit(rows[0].id, SENT)
     assert q.free_dead_leases(engine) == 0  # as another process would: this owner lives
     assert ledger(engine)["r000@example.org"].status == "sending"
@@ -176,10 +181,7 @@ def test_a_claim_that_takes_a_stalled_senders_rows_folds_its_journal_first(
 ) -> None:
     # Alive but stalled past its lease: its rows go to another sender, except
     # those whose outcome it journaled (they went out; invariant 2).
-    engine, mailing = planned(sample_site, smtp_server, 3)
-    stalled = q.owner_identity()
-    rows, _ = q.claim(engine, mailing, stalled, 3, 0.05)
-    recorder = Recorder(engine, threading.Lock(), stalled)
+    engine, mailing, rows, recorder = journaling(sample_site, smtp_server, 3, lease=0.05)
     recorder.submit(rows[0].id, SENT)
     time.sleep(0.1)
     taken, _ = q.claim(engine, mailing, q.owner_identity(), 10, 60.0)
@@ -192,10 +194,7 @@ def test_a_claim_that_takes_a_stalled_senders_rows_folds_its_journal_first(
 def test_a_journal_that_cannot_be_written_fails_the_outcome(
     sample_site: Path, smtp_server: SmtpTestServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    engine, mailing = planned(sample_site, smtp_server, 1)
-    owner = q.owner_identity()
-    rows, _ = q.claim(engine, mailing, owner, 1, 60.0)
-    recorder = Recorder(engine, threading.Lock(), owner)
+    engine, _mailing, rows, recorder = journaling(sample_site, smtp_server, 1)
 
     def full(_fd: int, _data: bytes) -> int:
         raise OSError(28, "No space left on device")
@@ -216,10 +215,7 @@ def test_a_fold_that_fails_keeps_the_lines_and_the_leases(
 ) -> None:
     from newsletter.store.outcomes import LedgerWriter
 
-    engine, mailing = planned(sample_site, smtp_server, 2)
-    owner = q.owner_identity()
-    rows, _ = q.claim(engine, mailing, owner, 2, 60.0)
-    recorder = Recorder(engine, threading.Lock(), owner)
+    engine, _mailing, rows, recorder = journaling(sample_site, smtp_server, 2)
     recorder.submit(rows[0].id, SENT)
 
     def locked(*_: object) -> int:
@@ -259,10 +255,7 @@ def test_appends_racing_folds_land_exactly_once(
     sample_site: Path, smtp_server: SmtpTestServer
 ) -> None:
     # Workers append while the feeder folds (each fold starts the next file).
-    engine, mailing = planned(sample_site, smtp_server, 200)
-    owner = q.owner_identity()
-    rows, _ = q.claim(engine, mailing, owner, 200, 60.0)
-    recorder = Recorder(engine, threading.Lock(), owner)
+    engine, _mailing, rows, recorder = journaling(sample_site, smtp_server, 200)
     done = threading.Event()
 
     def worker(share: list[q.Claimed]) -> None:
@@ -297,10 +290,7 @@ def test_appends_racing_folds_land_exactly_once(
 def test_a_fold_whose_next_file_cannot_be_made_loses_nothing(
     sample_site: Path, smtp_server: SmtpTestServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    engine, mailing = planned(sample_site, smtp_server, 3)
-    owner = q.owner_identity()
-    rows, _ = q.claim(engine, mailing, owner, 3, 60.0)
-    recorder = Recorder(engine, threading.Lock(), owner)
+    engine, _mailing, rows, recorder = journaling(sample_site, smtp_server, 3)
     recorder.submit(rows[0].id, SENT)
     real = journal.Journal._open
     refused: list[int] = []
