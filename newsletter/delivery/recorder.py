@@ -6,7 +6,6 @@ import collections
 import logging
 import threading
 import time
-from datetime import UTC, datetime
 
 from sqlalchemy import Connection, Engine
 
@@ -110,7 +109,7 @@ class Recorder:
                 self._journal.folded(number)
                 return
             outcomes = [(line.delivery_id, line.outcome) for line in lines]
-            times = [datetime.fromtimestamp(line.at, UTC) for line in lines]
+            times = [line.when for line in lines]
             try:
                 self._ledger().write(outcomes, times)
             except BaseException:

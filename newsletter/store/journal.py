@@ -62,6 +62,10 @@ class Line:
     outcome: Outcome
     at: float  # time.time()
 
+    @property
+    def when(self) -> datetime:
+        return datetime.fromtimestamp(self.at, UTC)
+
 
 def folder_of(engine: Engine) -> Path | None:
     """The journal folder of a SQLite file database; None otherwise (nothing journaled)."""
@@ -164,9 +168,8 @@ class Journal:
 
     def folded(self, number: int) -> None:
         """Every line up to file `number` is in the ledger: its files go."""
-        for path in self.folder.glob(f"{self.name}.*.log"):
-            n = _number_of(path)
-            if n is not None and n <= number:
+        for n, path in _logs(self.folder, self.name):
+            if n <= number:
                 path.unlink(missing_ok=True)
 
     def close(self, *, remove: bool) -> None:
@@ -209,11 +212,19 @@ def _number_of(path: Path) -> int | None:
         return None
 
 
+def _logs(folder: Path, name: str) -> list[tuple[int, Path]]:
+    """An owner's journal files by number, oldest first."""
+    return sorted((n, p) for p in folder.glob(f"{name}.*.log") if (n := _number_of(p)) is not None)
+
+
 def read_lines(folder: Path, name: str) -> list[Line]:
     """Every complete line of an owner's files, oldest file first."""
-    files = sorted((n, p) for p in folder.glob(f"{name}.*.log") if (n := _number_of(p)) is not None)
+    return _read([path for _, path in _logs(folder, name)])
+
+
+def _read(paths: list[Path]) -> list[Line]:
     lines: list[Line] = []
-    for _, path in files:
+    for path in paths:
         try:
             raw = path.read_bytes()
         except FileNotFoundError:  # folded and deleted meanwhile by its live owner
@@ -224,21 +235,17 @@ def read_lines(folder: Path, name: str) -> list[Line]:
 
 def apply(conn: Connection, owner: str, lines: Iterable[Line]) -> int:
     """Fold an owner's lines in the caller's transaction (fenced); returns how many held."""
-    rows = [
-        outcome_parameters(line.delivery_id, line.outcome, owner, _stamp(line.at)) for line in lines
-    ]
+    rows = [outcome_parameters(line.delivery_id, line.outcome, owner, line.when) for line in lines]
     if not rows:
         return 0
     return int(conn.execute(RECORD, rows).rowcount)
 
 
-def _stamp(at: float) -> datetime:
-    return datetime.fromtimestamp(at, UTC)
-
-
-def _owners(folder: Path) -> Iterator[tuple[str, Path]]:
+def _owners(folder: Path) -> Iterator[tuple[str, str, Path]]:
+    """(owner, its file name, its lock file) of every journal in the folder."""
     for lock in folder.glob("*.lock"):
-        yield unquote(lock.name[: -len(".lock")]), lock
+        name = lock.name.removesuffix(".lock")
+        yield unquote(name), name, lock
 
 
 class Recovered:
@@ -250,7 +257,6 @@ class Recovered:
     """
 
     def __init__(self) -> None:
-        self.owners: list[str] = []
         self._held: list[tuple[int, Path, list[Path]]] = []
 
     def committed(self) -> None:
@@ -274,7 +280,7 @@ def recover(conn: Connection, folder: Path | None, recovered: Recovered) -> None
     """
     if folder is None or not folder.is_dir():
         return
-    for owner, lock in _owners(folder):
+    for owner, name, lock in _owners(folder):
         try:
             fd = os.open(lock, os.O_RDWR)
         except FileNotFoundError:  # its owner closed it meanwhile
@@ -284,12 +290,10 @@ def recover(conn: Connection, folder: Path | None, recovered: Recovered) -> None
         except BlockingIOError:
             os.close(fd)
             continue  # alive
-        name = lock.name[: -len(".lock")]
-        logs = list(folder.glob(f"{name}.*.log"))
+        logs = [path for _, path in _logs(folder, name)]
         recovered._held.append((fd, lock, logs))
-        held = apply(conn, owner, read_lines(folder, name))
+        held = apply(conn, owner, _read(logs))
         log.info("folded %d journaled outcome(s) of dead sender %s", held, owner)
-        recovered.owners.append(owner)
 
 
 def fold_lapsed(conn: Connection, folder: Path | None, owners: Iterable[str]) -> int:
@@ -316,8 +320,8 @@ def unfolded_lines(engine: Engine, since: datetime) -> dict[int, str]:
         return {}
     start = since.timestamp()
     latest: dict[int, str] = {}
-    for lock in folder.glob("*.lock"):
-        for line in read_lines(folder, lock.name[: -len(".lock")]):
+    for _, name, _ in _owners(folder):
+        for line in read_lines(folder, name):
             if line.at >= start:
                 latest[line.delivery_id] = line.outcome.status
     return latest
