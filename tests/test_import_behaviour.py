@@ -822,6 +822,61 @@ def test_each_join_gets_its_consent_record(
     assert [e.source for e in consent.history(engine, old.id)].count("import") == 1
 
 
+@pytest.mark.parametrize("path_kind", ["staged", "classic"])
+def test_each_status_an_import_changes_is_in_the_consent_record(
+    engine: Engine,
+    settings: Settings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    path_kind: str,
+) -> None:
+    """`--resubscribe` lifting an unsubscribe (everywhere or from this list)
+    and a file's own unsubscribe, bounce or complaint: one event each, as
+    `subscribers resubscribe` and `unsubscribe` record theirs; before, the
+    history of someone an import brought back still ended in "unsubscribe"."""
+    import newsletter.audience.subscribers as subscribers_module
+
+    if path_kind == "classic":
+        monkeypatch.setattr(subscribers_module, "STAGED_DIALECTS", ())
+    gone = add_subscriber(engine, "gone@example.com", "news")
+    unsubscribe(engine, gone.id, None, reason="link")
+    left = add_subscriber(engine, "left@example.com", "news")
+    unsubscribe(engine, left.id, "news", reason="link")
+    for name in ("quits", "bounces", "complains", "stays"):
+        add_subscriber(engine, f"{name}@example.com", "news")
+    path = write(
+        tmp_path / "f.csv",
+        """
+        email,status
+        gone@example.com,active
+        left@example.com,active
+        quits@example.com,unsubscribed
+        bounces@example.com,bounced
+        complains@example.com,complained
+        stays@example.com,active
+        """,
+    )
+
+    def events(address: str) -> list[tuple[str, str, str | None]]:
+        found = get_by_email(engine, address)
+        assert found is not None
+        return [(e.action, e.source, e.list_name) for e in consent.history(engine, found.id)]
+
+    names = ("gone", "left", "quits", "bounces", "complains", "stays")
+    before = {name: len(events(f"{name}@example.com")) for name in names}
+    counts = run_import(engine, settings, path, resubscribe=True)
+    assert (counts.write_lock_seconds is None) == (path_kind == "classic")
+    assert events("gone@example.com")[-1:] == [("resubscribe", "import", None)]
+    assert events("left@example.com")[-1:] == [("resubscribe", "import", "news")]
+    assert events("quits@example.com")[-1:] == [("unsubscribe", "import", None)]
+    assert events("bounces@example.com")[-1:] == [("bounce", "import", None)]
+    assert events("complains@example.com")[-1:] == [("complaint", "import", None)]
+    after = {name: len(events(f"{name}@example.com")) for name in names}
+    assert after == {**{name: n + 1 for name, n in before.items()}, "stays": before["stays"]}
+    run_import(engine, settings, path, resubscribe=True)  # nothing changes: nothing recorded
+    assert {name: len(events(f"{name}@example.com")) for name in names} == after
+
+
 _JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),

@@ -24,6 +24,20 @@ from newsletter.store.schema import consent_events
 
 SOURCES = ("form", "json", "import", "sync", "cli", "one-click", "preferences")
 
+# An import's change of a subscriber's own status, as the record names it: a
+# suppression the file gave, or (the reason the import writes) one that
+# `--resubscribe` lifted.
+STATUS_ACTIONS = {"unsubscribed": "unsubscribe", "bounced": "bounce", "complained": "complaint"}
+RESUBSCRIBED_BY_IMPORT = "resubscribed by import"
+
+
+def status_action(status: str, reason: str | None) -> str | None:
+    """The event of an import that set `status` (with `reason`), or None when
+    the change is not one of consent (pending to active, say)."""
+    if status in STATUS_ACTIONS:
+        return STATUS_ACTIONS[status]
+    return "resubscribe" if reason == RESUBSCRIBED_BY_IMPORT else None
+
 
 @dataclass(frozen=True)
 class ConsentEvent:

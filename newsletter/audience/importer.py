@@ -27,6 +27,7 @@ from typing import Any
 
 from sqlalchemy import Connection, select, type_coerce
 
+from newsletter.audience import consent
 from newsletter.audience.addresses import normalise_email
 from newsletter.audience.csvformats import FileInfo
 from newsletter.audience.importwrites import _PreBound, _Raw, _write
@@ -325,7 +326,7 @@ def _plan_existing(
 def _reason(stored: str, status: str, given: str | None) -> str | None:
     if status in SUPPRESSED:
         return given or "imported"
-    return "resubscribed by import" if stored in SUPPRESSED else None
+    return consent.RESUBSCRIBED_BY_IMPORT if stored in SUPPRESSED else None
 
 
 def _merged_status(stored: str, incoming: str, resubscribe: bool) -> str:

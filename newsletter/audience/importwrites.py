@@ -150,6 +150,7 @@ def _write(run: ImportRun, writes: _Writes, stamp: datetime) -> None:
     ):
         if batch:
             conn.execute(statement, [{**b, "b_stamp": stamp} for b in batch])
+    _record_statuses(run, writes.status_updates, stamp)
     if writes.unsuppress_members:
         conn.execute(
             update(memberships)
@@ -160,19 +161,39 @@ def _write(run: ImportRun, writes: _Writes, stamp: datetime) -> None:
             .values(unsubscribed_at=None),
             writes.unsuppress_members,
         )
+        lifted = [m["b_sid"] for m in writes.unsuppress_members]
+        _record(run, lifted, "resubscribe", stamp)
 
 
 def _record_joins(run: ImportRun, subscriber_ids: list[int], stamp: datetime) -> None:
     """The consent record of each new membership (`subscribers show`)."""
+    _record(run, subscriber_ids, "subscribe", stamp)
+
+
+def _record(run: ImportRun, subscriber_ids: list[int], action: str, stamp: datetime) -> None:
+    """One `action` on this import's list per subscriber, in the consent record."""
     name = run.conn.scalar(select(lists.c.name).where(lists.c.id == run.list_id))
     consent.record_many(
         run.conn,
         (
-            {"subscriber_id": sid, "action": "subscribe", "source": run.source,
+            {"subscriber_id": sid, "action": action, "source": run.source,
              "list_name": name, "at": stamp}
             for sid in subscriber_ids
         ),
     )  # fmt: skip
+
+
+def _record_statuses(run: ImportRun, updates: list[dict[str, Any]], stamp: datetime) -> None:
+    """The consent record of each status the import changed that is one of
+    consent: a suppression the file gave, one `--resubscribe` lifted (every
+    list: a status is the subscriber's own)."""
+    events = []
+    for update_ in updates:
+        action = consent.status_action(update_["b_status"], update_["b_reason"])
+        if action is not None:
+            events.append({"subscriber_id": update_["b_id"], "action": action,
+                           "source": run.source, "detail": update_["b_reason"], "at": stamp})  # fmt: skip
+    consent.record_many(run.conn, events)
 
 
 def _insert_subscribers(conn: Connection, rows: list[dict[str, Any]]) -> dict[str, int]:

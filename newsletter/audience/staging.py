@@ -54,16 +54,20 @@ from sqlalchemy import (
     Table,
     and_,
     bindparam,
+    case,
     cast,
     exists,
     func,
     insert,
     literal,
+    null,
+    or_,
     select,
     update,
 )
 from sqlalchemy.exc import IntegrityError
 
+from newsletter.audience import consent
 from newsletter.audience.importer import ImportCounts, ImportRun, _Raw
 from newsletter.audience.serviceformats import SourceRow
 from newsletter.audience.stageplan import (
@@ -194,6 +198,7 @@ def _merge_transaction(run: ImportRun, conn: Connection, raw_stamp: Any) -> None
             )
             .values(unsubscribed_at=None)
         )
+        _record_statuses(conn, run, raw_stamp)
 
 
 # --------------------------------------------------------------------------- phase 1: the rows
@@ -437,6 +442,29 @@ def _record_joins(conn: Connection, run: ImportRun, raw_stamp: Any, *, with_new:
     existing = select(_members.c.subscriber_id, *fixed)
     for query in (new, existing) if with_new else (existing,):
         conn.execute(insert(consent_events).from_select(columns, query))
+
+
+def _record_statuses(conn: Connection, run: ImportRun, raw_stamp: Any) -> None:
+    """The consent record of each status the merge changed that is one of
+    consent, and of each unsubscribe from this list it lifted, as `importwrites`
+    writes them (`consent.status_action`)."""
+    c = _changes.c
+    columns = ["subscriber_id", "at", "action", "source", "list_name", "detail"]
+    at, source = bindparam("at", raw_stamp, type_=_RAW), literal(run.source)
+    suppressions = consent.STATUS_ACTIONS
+    action = case(
+        *((c.status == status, literal(name)) for status, name in suppressions.items()),
+        else_=literal("resubscribe"),
+    )
+    changed = select(c.id, at, action, source, null(), c.status_reason).where(
+        c.with_status == 1,
+        or_(c.status.in_(suppressions), c.status_reason == consent.RESUBSCRIBED_BY_IMPORT),
+    )
+    conn.execute(insert(consent_events).from_select(columns, changed))
+    name = conn.scalar(select(lists.c.name).where(lists.c.id == run.list_id))
+    lifted = select(_unsuppress.c.subscriber_id, at, literal("resubscribe"), source, literal(name),
+                    null())  # fmt: skip
+    conn.execute(insert(consent_events).from_select(columns, lifted))
 
 
 def _apply_changes(conn: Connection, raw_stamp: Any) -> int:
