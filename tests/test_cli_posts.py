@@ -300,3 +300,60 @@ def test_check_warns_when_smtp_mail_would_link_to_localhost(tmp_path: Path) -> N
     cfg.write_text(cfg.read_text().replace("http://127.0.0.1:8080", "https://news.fieldnotes.test"))
     result = CliRunner().invoke(main, ["--config", str(cfg), "check"])
     assert "public_url" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("email", "key", "reason"),
+    [
+        ('from = "not an address"', "email.from", "not a valid address: 'not an address'"),
+        ('from = ""', "email.from", "expected one address, got ''"),
+        ('reply_to = "a@b@c"', "email.reply_to", "not a valid address: 'a@b@c'"),
+    ],
+)
+def test_check_refuses_a_sender_no_email_could_carry(
+    tmp_path: Path, email: str, key: str, reason: str
+) -> None:
+    """Every render and send failed on such an address while `check` said 0 errors."""
+    cfg = tmp_path / "newsletter.toml"
+    (tmp_path / "posts").mkdir()
+    cfg.write_text(f"[email]\n{email}\n[lists.main]\n", encoding="utf-8")
+    result = CliRunner().invoke(main, ["--config", str(cfg), "check"])
+    assert result.exit_code == 1
+    assert f"{key}: error: {reason}" in result.output
+    assert "1 error(s)" in result.output
+    cfg.write_text('[email]\nfrom = "Notes <news@fieldnotes.test>"\nreply_to = "r@fieldnotes.test"\n'
+                   "[lists.main]\n", encoding="utf-8")  # fmt: skip
+    result = CliRunner().invoke(main, ["--config", str(cfg), "check"])
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("url", ["fieldnotes.example.com", "", "ftp://fieldnotes.example.com"])
+def test_a_site_url_without_scheme_and_host_is_refused(tmp_path: Path, url: str) -> None:
+    """Every link of every email starts with it: relative links reach no reader."""
+    cfg = tmp_path / "newsletter.toml"
+    (tmp_path / "posts").mkdir()
+    cfg.write_text(f'[site]\nurl = "{url}"\n[lists.main]\n', encoding="utf-8")
+    result = CliRunner().invoke(main, ["--config", str(cfg), "check"])
+    assert result.exit_code == 1
+    assert f'site.url: expected an absolute URL like "https://blog.example.com", got {url!r}' in (
+        result.output
+    )
+    for good in ("https://fieldnotes.example.com", "http://x.example.github.io/blog/"):
+        cfg.write_text(f'[site]\nurl = "{good}"\n[lists.main]\n', encoding="utf-8")
+        assert CliRunner().invoke(main, ["--config", str(cfg), "check"]).exit_code == 0
+
+
+def test_a_jekyll_url_without_scheme_says_how_to_override_it(tmp_path: Path) -> None:
+    (tmp_path / "_posts").mkdir()
+    (tmp_path / "_config.yml").write_text('url: ""\ntimezone: UTC\n', encoding="utf-8")
+    cfg = tmp_path / "newsletter.toml"
+    cfg.write_text('[site]\njekyll_config = "_config.yml"\n[lists.main]\n', encoding="utf-8")
+    result = CliRunner().invoke(main, ["--config", str(cfg), "check"])
+    assert result.exit_code == 1
+    assert "(from _config.yml: set [site] url to override it)" in result.output
+    cfg.write_text(
+        '[site]\njekyll_config = "_config.yml"\nurl = "https://fieldnotes.example.com"\n'
+        "[lists.main]\n",
+        encoding="utf-8",
+    )
+    assert CliRunner().invoke(main, ["--config", str(cfg), "check"]).exit_code == 0

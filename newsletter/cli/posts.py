@@ -224,6 +224,7 @@ def check_settings(settings: Settings) -> Iterator[Problem]:
                 cron_trigger(mailing_list, settings.site.tz)
             except NewsletterError as exc:
                 yield Problem(exc.message, cfg, None, "error", exc.key)
+    yield from _senders(settings)
     templates = settings.email.templates_dir
     if templates is not None and not templates.is_dir():
         yield Problem("templates folder not found", templates, None, "error", "email.templates_dir")
@@ -262,6 +263,23 @@ def check_settings(settings: Settings) -> Iterator[Problem]:
             "warning",
             "email.postal_address",
         )
+
+
+def _senders(settings: Settings) -> Iterator[Problem]:
+    """From and Reply-To as every email's headers write them: else each render
+    and send would fail on them, one after the other, while `check` passed."""
+    from newsletter.email.headers import fold_address, parse_from
+    from newsletter.errors import NewsletterError, Problem
+
+    checks = [lambda: parse_from(settings.email.from_)]
+    if settings.email.reply_to:
+        reply_to = settings.email.reply_to
+        checks.append(lambda: fold_address("Reply-To", reply_to, "email.reply_to"))
+    for check in checks:
+        try:
+            check()
+        except NewsletterError as exc:
+            yield Problem(exc.message, settings.config_path, None, "error", exc.key)
 
 
 def _placeholders(settings: Settings) -> Iterator[Problem]:

@@ -54,6 +54,7 @@ def validate(settings: Settings) -> None:
         raise ConfigError("must be at least 1", path=path, key="delivery.max_attempts")
     _validate_ports(settings)
     _validate_public_url(settings)
+    _validate_site_url(settings)
     _validate_bounces(settings)
     _validate_unsubscribe_mailto(settings, path)
     if not re.fullmatch(r"[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8})*", settings.site.lang):
@@ -83,15 +84,33 @@ def _validate_unsubscribe_mailto(settings: Settings, path: Path | None) -> None:
         )
 
 
+# A scheme and a host, then any path: what every link of an email starts with.
+_ABSOLUTE_URL = r"https?://[^/\s?#@]+(/[^\s?#]*)?"
+
+
 def _validate_public_url(settings: Settings) -> None:
     """Every email's List-Unsubscribe and footer links start with it, so it
     must be a URL a mailbox provider can POST to: a scheme and a host."""
     url = settings.web.public_url
-    if not re.fullmatch(r"https?://[^/\s?#@]+(/[^\s?#]*)?", url):
+    if not re.fullmatch(_ABSOLUTE_URL, url):
         raise ConfigError(
             f'expected an absolute URL like "https://news.example.com", got {url!r}',
             path=settings.config_path,
             key="web.public_url",
+        )
+
+
+def _validate_site_url(settings: Settings) -> None:
+    """Every post link and image in an email starts with it: without a scheme
+    and a host ("blog.example.com", or a Jekyll `url: ""`) they would all be
+    relative, which no mail reader can follow."""
+    url = settings.site.url
+    if not re.fullmatch(_ABSOLUTE_URL, url):
+        where = " (from _config.yml: set [site] url to override it)" if settings.site.jekyll else ""
+        raise ConfigError(
+            f'expected an absolute URL like "https://blog.example.com", got {url!r}{where}',
+            path=settings.config_path,
+            key="site.url",
         )
 
 
