@@ -253,3 +253,28 @@ def test_the_database_url_can_come_from_the_environment(
     config.write_text('[database]\nurl_env = "MY_DB"\n')
     monkeypatch.setenv("MY_DB", "sqlite:///other.db")
     assert load_settings(config).database.url == "sqlite:///other.db"
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "ident"),
+    [("AbC", "abc", "abc"), ("a..b.", "a-b", "a-b"), ("My_List_2", "my-list-2", "my-list-2")],
+)
+def test_two_lists_one_list_id_is_refused(
+    tmp_path: Path, first: str, second: str, ident: str
+) -> None:
+    """RFC 2919: readers' filters sort mail by List-Id; two lists must not share one."""
+    cfg = write(tmp_path, f'[lists."{first}"]\n[lists."{second}"]\n')
+    with pytest.raises(ConfigError) as caught:
+        load_settings(cfg)
+    assert caught.value.key == f"lists.{second}"
+    assert f"lists {first!r} and {second!r} would share one List-Id ({ident}." in str(caught.value)
+    assert set(load_settings(write(tmp_path, f'[lists."{first}"]\n[lists.other]\n')).lists) == {
+        first,
+        "other",
+    }
+
+
+@pytest.mark.parametrize("name", ["-.-", "bücher", "_x"])
+def test_a_bad_list_name_says_what_the_rule_is(tmp_path: Path, name: str) -> None:
+    with pytest.raises(ConfigError, match="starts with an ASCII letter or digit"):
+        load_settings(write(tmp_path, f'[lists."{name}"]\n'))

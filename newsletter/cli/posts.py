@@ -271,7 +271,7 @@ def _senders(settings: Settings) -> Iterator[Problem]:
     from newsletter.email.headers import fold_address, parse_from
     from newsletter.errors import NewsletterError, Problem
 
-    checks = [lambda: parse_from(settings.email.from_)]
+    checks: list[Callable[[], object]] = [lambda: parse_from(settings.email.from_)]
     if settings.email.reply_to:
         reply_to = settings.email.reply_to
         checks.append(lambda: fold_address("Reply-To", reply_to, "email.reply_to"))

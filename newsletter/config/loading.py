@@ -30,6 +30,7 @@ from newsletter.config.settings import (
     SmtpSettings,
     UnsubscribeSettings,
     WebSettings,
+    list_ident,
 )
 from newsletter.errors import ConfigError
 
@@ -234,6 +235,19 @@ def parse_since(value: Any, key: str = "schedule.since", path: Path | None = Non
     raise ConfigError(f"expected a date or ISO 8601 datetime, got {value!r}", path=path, key=key)
 
 
+def _one_id_per_list(lists: dict[str, ListSettings], name: str, config_path: Path | None) -> None:
+    """RFC 2919: a List-Id names one list; readers' filters sort mail by it."""
+    ident = list_ident(name)
+    for other in lists:
+        if list_ident(other) == ident:
+            raise ConfigError(
+                f"lists {other!r} and {name!r} would share one List-Id ({ident}.<site host>): "
+                "rename one",
+                path=config_path,
+                key=f"lists.{name}",
+            )
+
+
 def _lists(raw: Any, config_path: Path | None) -> dict[str, ListSettings]:
     if not isinstance(raw, dict):
         raise ConfigError("[lists] must be a table of lists", path=config_path, key="lists")
@@ -241,10 +255,12 @@ def _lists(raw: Any, config_path: Path | None) -> dict[str, ListSettings]:
     for name, values in raw.items():
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
             raise ConfigError(
-                "a list name may hold letters, digits, '_', '.' and '-'",
+                "a list name starts with an ASCII letter or digit and holds only those, "
+                "'_', '.' and '-'",
                 path=config_path,
                 key=f"lists.{name}",
             )
+        _one_id_per_list(result, name, config_path)
         if not isinstance(values, dict):
             raise ConfigError("must be a table", path=config_path, key=f"lists.{name}")
         values = {"title": name, **values}

@@ -5,6 +5,7 @@ the checks across keys are `checks`."""
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -256,6 +257,13 @@ class ListSettings:
     # list per language on a multilingual site.
     categories: tuple[str, ...] = ()
     public: bool = False  # offered on the signup form and the preferences page
+
+
+def list_ident(name: str) -> str:
+    """A list name as its List-Id writes it: lower case, every run of other
+    characters than letters, digits and '-' one '-' (config refuses two lists
+    that this makes equal: one id per list)."""
+    return re.sub(r"[^A-Za-z0-9-]+", "-", name).strip("-").lower() or "list"
 
 
 @dataclass(frozen=True)

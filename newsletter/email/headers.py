@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from newsletter.config import Settings
+from newsletter.config.settings import list_ident
 from newsletter.email.rendered import one_line
 from newsletter.errors import RenderError
 
@@ -131,8 +132,7 @@ def _list_title_and_id(settings: Settings, list_name: str) -> tuple[str, str]:
     host = (urlsplit(settings.site.url).hostname or "localhost").encode("idna").decode("ascii")
     lst = settings.lists.get(list_name)
     title = one_line(lst.title if lst else list_name)
-    ident = re.sub(r"[^A-Za-z0-9-]+", "-", list_name).strip("-").lower() or "list"
-    return title, f"{ident}.{host}"
+    return title, f"{list_ident(list_name)}.{host}"
 
 
 def list_unsubscribe_header(url: str, mailto: str | None) -> bytes:
