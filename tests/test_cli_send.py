@@ -258,3 +258,30 @@ def test_a_stop_after_the_last_outcome_is_not_a_stopped_send(
     assert (summary["sent"], summary["left"], summary["stopped"]) == (3, 0, False)
     assert "stopped" not in result.stderr
     assert len(smtp_server.received) == 3
+
+
+def test_a_server_that_cannot_be_reached_is_named_in_the_summary(sample_site: Path) -> None:
+    """Deferrals exit 0 (they are retried), but why they happened was only in
+    `newsletter status`: the summaries of `send` and `run --once` say it once."""
+    server = SmtpTestServer()  # never started: its port refuses connections
+    config = smtp_config(sample_site, server)
+    add_readers(config, 2)
+    refused = f"cannot connect to 127.0.0.1:{server.port}"
+    code, out, _ = run("--config", str(config), "send", POST, "--list", "sample")
+    assert code == 0
+    assert out.startswith("sent 0, deferred 2, failed 0, skipped 0")
+    assert f"; last error: reader01@example.org: {refused}" in out
+    code, out, _ = run("--config", str(config), "send", POST, "--list", "sample", "--resend",
+                       "--json")  # fmt: skip
+    assert code == 0
+    report = json.loads(out)
+    assert report["deferred"] == 2 and refused in report["last_error"]
+    code, out, _ = run("--config", str(config), "run", "--once")
+    assert code == 0
+    lines = out.splitlines()
+    sent = next(i for i, line in enumerate(lines) if line.startswith("Sent 0, deferred "))
+    assert lines[sent + 1].startswith("Last error: ") and refused in lines[sent + 1]
+    with server:
+        code, out, _ = run("--config", str(config), "send", POST, "--list", "sample", "--resend")
+    assert code == 0
+    assert out.startswith("sent 2, deferred 0") and "last error" not in out

@@ -212,6 +212,8 @@ def summary_lines(report: PassReport) -> list[str]:
     )
     d = report.delivery
     lines.append(f"Sent {d.sent}, deferred {d.deferred}, failed {d.failed}, skipped {d.skipped}.")
+    if d.deferred and d.last_error:  # why (failures have a line each already)
+        lines.append(f"Last error: {d.last_error}")
     if d.paused:
         lines.append("Paused by a sending cap; the next run resumes.")
     for c in report.halts:
@@ -237,6 +239,7 @@ def report_json(report: PassReport) -> dict[str, Any]:
         "skipped": d.skipped,
         "paused": d.paused,
         "errors": list(d.errors),
+        "last_error": d.last_error,
         "future": [{"post_id": p.post_id, "date": p.date.isoformat()} for p in report.future],
         "problems": list(report.problems),
         "transport_error": report.transport_error,

@@ -366,6 +366,7 @@ def _report_dict(report: DeliveryReport) -> dict[str, Any]:
         "skipped": report.skipped,
         "paused": report.paused,
         "errors": list(report.errors),
+        "last_error": report.last_error,
     }
 
 
@@ -378,7 +379,16 @@ def _summary_line(report: DeliveryReport) -> str:
         line += " (paused: sending cap reached; `newsletter run` resumes it later)"
     elif report.deferred:
         line += " (deferred ones are retried by `newsletter run` or by sending again)"
-    return line
+    return line + _last_error(report)
+
+
+def _last_error(report: DeliveryReport) -> str:
+    """Why deliveries were deferred, once: a server that could not be
+    reached, say, which else only `newsletter status` told (failures have a
+    line each already)."""
+    if report.deferred and report.last_error:
+        return f"; last error: {report.last_error}"
+    return ""
 
 
 def register(group: click.Group) -> None:

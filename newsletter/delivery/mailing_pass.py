@@ -530,18 +530,20 @@ class MailingPass:
         # Nothing open is final (no row ever opens again): everyone got it, so
         # it is done even when it was halted or cancelled while the last ones
         # were in flight; `status` must not say a finished mailing was stopped.
+        last_error = tally.last_error if refused is None else str(refused)
         q.set_state(
             self.engine,
             self.mailing.id,
             state,
             paused_until=until,
-            last_error=tally.last_error if refused is None else str(refused),
+            last_error=last_error,
             over_halt=not still_open,
         )
         s = tally.by_status
         return DeliveryReport(
-            s["sent"], s["deferred"], s["failed"], s["skipped"], paused, tuple(tally.errors)
-        )
+            s["sent"], s["deferred"], s["failed"], s["skipped"], paused, tuple(tally.errors),
+            last_error,
+        )  # fmt: skip
 
 
 def run_worker(job: Job, pipe: Connection) -> None:

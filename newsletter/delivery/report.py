@@ -26,6 +26,9 @@ class DeliveryReport:
     skipped: int = 0
     paused: bool = False  # an hourly/daily cap stopped the pass
     errors: tuple[str, ...] = ()  # one line per failed recipient
+    # Why the last recipient deferred or failed was (an SMTP reply, "cannot
+    # connect to …"): what a summary of deferrals alone can say of them.
+    last_error: str | None = None
 
     def __add__(self, other: DeliveryReport) -> DeliveryReport:
         return DeliveryReport(
@@ -35,6 +38,7 @@ class DeliveryReport:
             self.skipped + other.skipped,
             self.paused or other.paused,
             self.errors + other.errors,
+            other.last_error or self.last_error,
         )
 
 
