@@ -15,9 +15,10 @@ Why this is safe:
   That also honours RFC 5322 §2.1.1 (998) whatever premailer produced.
 * The MIME boundary starts with `=_`, a sequence quoted-printable can never
   produce, so it cannot collide with the content.
-* Every line ends in CRLF; header values are folded by Python's email policy
-  (RFC 2047 encoded words for non-ASCII), except `List-Unsubscribe`, written
-  by hand on one line because Gmail ignores an encoded one (RFC 2369, 8058).
+* Every line ends in CRLF; header values are folded by `headers` (RFC 2047
+  encoded words for non-ASCII, a space of the text never between two of
+  them), except `List-Unsubscribe`, written by hand on one line because
+  Gmail ignores an encoded one (RFC 2369, 8058).
 * CR/LF in any per-recipient value is refused or collapsed: no header
   injection through a name, an address or a subject.
 """
