@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import quopri
 import random
 import re
 from dataclasses import replace
@@ -21,7 +22,8 @@ from test_render_support import make_settings
 from newsletter.cli import main
 from newsletter.config import ListSettings
 from newsletter.email.headers import fold_address, fold_header, format_address, list_id_header
-from newsletter.email.rendered import one_line
+from newsletter.email.message import _BODY_SLOTS, _qp_segments, _qp_value
+from newsletter.email.rendered import PLACEHOLDERS, one_line
 
 FRENCH = "Ça ne marche pas: l'été où j'ai appris à déboguer mes tests à Besançon et à Orléans"
 _ENCODED_WORD = re.compile(r"=\?[^?]*\?[bBqQ]\?[^?]*\?=")
@@ -300,3 +302,118 @@ def test_generated_list_titles_read_back_exactly() -> None:
         else:
             assert rfc2047(phrase) == title, header
             assert python_reads(header)["List-Id"] == f"{title} {ident}", header
+
+
+# --------------------------------------------------------------------------- quoted-printable
+
+
+def _line(rng: random.Random) -> str:
+    """One line of a body: often 73-80 characters (where the soft break fell
+    at 77), some long, with "=", non-ASCII, tabs and trailing spaces."""
+    length = rng.choice([rng.randint(73, 80), rng.randint(0, 72), rng.randint(81, 400)])
+    alphabet = rng.choice(["a", "ab =", "aé", "a=", "日本", "x\t y", "🎉a", ".a"])
+    line = "".join(rng.choice(alphabet) for _ in range(length))
+    return line + rng.choice(["", "", " ", "  ", "\t", "="])
+
+
+def bodies(count: int, seed: int) -> list[str]:
+    """Bodies of generated lines (LF or CRLF), with placeholders here and there."""
+    rng = random.Random(seed)
+    out = [
+        "a" * 76 + PLACEHOLDERS["name"],  # the 77-character line
+        "a" * 73 + "=" + PLACEHOLDERS["email"],  # "=3D" ends it at 76: cut before it
+        "a" * 70 + "é" + PLACEHOLDERS["email"],  # "=C3=A9" ends it at 76
+        "a" * 75 + "é" + PLACEHOLDERS["name"] + "tail",
+        " " * 76 + PLACEHOLDERS["name"],
+        "=" * 30 + PLACEHOLDERS["unsubscribe_url"] + "=" * 30,
+        "a" * 75 + " \nnext",  # b2a_qp escapes the trailing space after measuring: 78
+        "a" * 74 + "\t\r\nnext\n",
+    ]
+    placeholders = list(PLACEHOLDERS.values())
+    while len(out) < count:
+        lines = [_line(rng) for _ in range(rng.randint(1, 12))]
+        for i in rng.sample(range(len(lines)), rng.randint(0, min(4, len(lines)))):
+            cut = rng.randint(0, len(lines[i]))
+            lines[i] = lines[i][:cut] + rng.choice(placeholders) + lines[i][cut:]
+        out.append(rng.choice(["\n", "\r\n"]).join(lines) + rng.choice(["", "\n", "\r\n"]))
+    return out
+
+
+BODIES = bodies(800, seed=2045)
+# One value per placeholder, of the lengths that fill a line: b2a_qp left a
+# 76-character value as it was, and the soft break after it made 77.
+VALUES = {
+    PLACEHOLDERS["email"]: "r" * 64 + "@example.com",  # 76 characters
+    PLACEHOLDERS["name"]: "Zoë Ünal " * 9 + "=",
+    PLACEHOLDERS["unsubscribe_url"]: "https://news.example.test/unsubscribe/" + "t" * 38,
+    PLACEHOLDERS["preferences_url"]: "https://news.example.test/preferences/" + "p=" * 20,
+}
+
+
+def encoded_body(content: str, kind: str) -> bytes:
+    """`content` as a message carries it: `_qp_segments`' constants, each slot
+    filled by `_qp_value` as `personalise` fills it (with `VALUES`)."""
+    values = {slot: VALUES[p] for p, slot in _BODY_SLOTS[kind].items()}
+    out = []
+    for seg in _qp_segments(content, _BODY_SLOTS[kind]):
+        out.append(seg if isinstance(seg, bytes) else _qp_value(values[seg].encode()))
+    return b"".join(out)
+
+
+def expected_text(content: str) -> bytes:
+    """What a reader decodes: the values in place, CRLF line ends (RFC 2046 §4.1.1)."""
+    for placeholder, value in VALUES.items():
+        content = content.replace(placeholder, value)
+    return content.replace("\r\n", "\n").replace("\n", "\r\n").encode("utf-8")
+
+
+@pytest.mark.parametrize("kind", ["text", "html"])
+def test_generated_bodies_stay_within_76_and_decode_exactly(kind: str) -> None:
+    """RFC 2045 §6.7: a line is at most 76 characters, the soft break's "="
+    included; `_qp_segments` appended it to a 76-character line."""
+    for content in BODIES:
+        body = encoded_body(content, kind)
+        lines = body.split(b"\r\n")
+        assert b"\n" not in body.replace(b"\r\n", b"") and b"\r" not in body.replace(b"\r\n", b"")
+        assert max(len(line) for line in lines) <= 76, [ln for ln in lines if len(ln) > 76]
+        want = expected_text(content)
+        assert quopri.decodestring(body) == want
+        part = email.message_from_bytes(
+            b'Content-Type: text/plain; charset="utf-8"\r\n'
+            b"Content-Transfer-Encoding: quoted-printable\r\n\r\n" + body,
+            policy=email.policy.default,
+        )
+        assert part.get_payload(decode=True) == want
+
+
+@pytest.mark.parametrize("length", range(70, 82))
+def test_a_value_of_any_length_leaves_room_for_its_soft_break(length: int) -> None:
+    for value in ["v" * length, "v" * (length - 2) + "=x", "é" * (length // 2)]:
+        encoded = _qp_value(value.encode()) + b"=\r\n"  # as the slot sits in a part
+        assert all(len(line) <= 76 for line in encoded.split(b"\r\n")), encoded
+        assert quopri.decodestring(encoded) == value.encode()
+
+
+def test_the_77_character_line_end_to_end(sample_site: Path) -> None:
+    """The reproduction: a post titled "T" with the slug pppppppp put
+    `…Field Notes</a> =C2=B7 <a href=3D"=` on a line of 77 characters."""
+    (sample_site / "posts" / "2025-01-15-pppppppp.md").write_text(
+        "---\ntitle: T\ndate: 2025-01-15\n---\nbody\n", encoding="utf-8"
+    )
+    runner = CliRunner()
+    result = runner.invoke(main, ["render", "pppppppp", "--format", "eml"])
+    assert result.exit_code == 0, result.stderr
+    raw = result.stdout_bytes
+    for line in raw.split(b"\r\n"):
+        # List-Unsubscribe is one line on purpose (Gmail ignores a folded one).
+        assert len(line) <= 78 or line.startswith(b"List-Unsubscribe: "), line
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    assert isinstance(msg, email.message.EmailMessage) and not msg.defects
+    html_part, text_part = msg.get_body(("html",)), msg.get_body(("plain",))
+    assert html_part is not None and text_part is not None
+    for part in (html_part, text_part):
+        assert part["Content-Transfer-Encoding"] == "quoted-printable"
+        encoded = part.get_payload(decode=False).encode("ascii")
+        assert all(len(line) <= 76 for line in encoded.splitlines()), part.get_content_type()
+    html = runner.invoke(main, ["render", "pppppppp", "--format", "html"]).stdout
+    assert html_part.get_content().replace("\r\n", "\n").rstrip() == html.rstrip()
