@@ -5,15 +5,19 @@ name, an address, a subject or a URL are refused or collapsed, so nothing
 per recipient can inject a header.  Non-ASCII goes out as RFC 2047 encoded
 words (and IDNA domains), except `List-Unsubscribe`, written by hand on one
 line because Gmail ignores an encoded one (RFC 2369, 8058).
+
+Whitespace between two encoded words is no text (RFC 2047 §6.2): a space of
+the text goes inside an encoded word, or between an encoded word and a word
+kept as it is, never between two encoded words (`_units`, `_fold`).
 """
 
 from __future__ import annotations
 
 import base64
 import functools
+import itertools
 import re
 from email import policy
-from email.header import Header
 from email.headerregistry import Address
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -43,17 +47,30 @@ _POLICY = policy.SMTP  # linesep CRLF, 78-column folding, RFC 2047 for non-ASCII
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _ATOM_PHRASE = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?: [A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
 MAX_ASCII_NAME = 300
+# What `fold_header` and a display name keep as they are (a word at a time):
+# printable ASCII in unstructured text, RFC 5322 atext in a phrase.
+_TEXT_WORD = re.compile(r"[!-~]+")
+_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+")
+_PRINTABLE = re.compile(r"[ -~]*")
+_LONE_SPACE = re.compile(r"(?<! ) (?! )")  # where a quoted string folds
+# RFC 2047 §5(3): what a Q encoded word carries as it is wherever it stands
+# (in a phrase too); a space is "_", any other byte "=XX".
+_Q_LITERAL = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789!*+-/")
+_Q = [chr(c) if c in _Q_LITERAL else "_" if c == 32 else f"={c:02X}" for c in range(256)]
+_Q_ONE = bytes(sorted(_Q_LITERAL)) + b" "  # the bytes Q writes as one character
 
 
 def fold_header(name: str, value: str) -> bytes:
-    """`Name: value` folded at 78 columns, RFC 2047-encoded where non-ASCII, CRLF."""
-    if "=?" in value:
-        # Text that merely looks like an encoded word must be encoded itself,
-        # or readers would decode it (RFC 2047 §6.2); the policy leaves it be.
-        encoded = Header(value, "utf-8", header_name=name).encode(linesep="\r\n")
-        return f"{name}: {encoded}\r\n".encode("ascii")
-    header = _POLICY.header_factory(name, value)
-    return header.fold(policy=_POLICY).encode("ascii")
+    """`Name: value` (unstructured text: Subject, Date) folded at 78 columns,
+    RFC 2047-encoded where non-ASCII, CRLF.
+
+    Written here, not by Python's policy: the policy folded between two
+    encoded words at a space of the text, and whitespace between encoded
+    words is no text (RFC 2047 §6.2), so every reader lost that space
+    ("appris à" read "apprisà"); it also wrote 76-character encoded words.
+    """
+    start = f"{name}:"
+    return _fold(start, _units(value, _TEXT_WORD, 78 - len(start) - 1))
 
 
 def fold_address(name: str, value: str, key: str) -> bytes:
@@ -63,9 +80,27 @@ def fold_address(name: str, value: str, key: str) -> bytes:
         header = _ascii_domains(name, _POLICY.header_factory(name, value))
         if getattr(header, "defects", None):
             raise ValueError(header.defects[0])
-        return header.fold(policy=_POLICY).encode("ascii")
+        addresses: tuple[Address, ...] = tuple(getattr(header, "addresses", ()))
+        if any(g.display_name is not None for g in getattr(header, "groups", ())) or not all(
+            a.addr_spec.isascii() for a in addresses
+        ):
+            return header.fold(policy=_POLICY).encode("ascii")  # a group, or SMTPUTF8
+        if all(_PRINTABLE.fullmatch(a.display_name) for a in addresses):
+            folded: str = header.fold(policy=_POLICY)
+            if folded.count("\r\n") == 1 and "=?" not in folded:
+                return folded.encode("ascii")  # one line, nothing encoded
     except (ValueError, TypeError, IndexError) as exc:
         raise RenderError(f"not a valid address: {value!r}", key=key) from exc
+    # Folded or encoded, the policy's phrase loses what a subject lost (a
+    # space between encoded words) and, folded, a quoted name its quotes
+    # (`"Doe, Jane, …"` read as several addresses): written here instead.
+    start = f"{name}:"
+    units: list[tuple[str, bool]] = []
+    for i, address in enumerate(addresses):
+        units += _phrase_units(address.display_name, 78 - len(start) - 1)
+        comma = "," if i + 1 < len(addresses) else ""
+        units.append((f"<{address.addr_spec}>{comma}", False))
+    return _fold(start, units)
 
 
 def _ascii_domains(name: str, header: Any) -> Any:
@@ -114,6 +149,94 @@ def list_id_header(settings: Settings, list_name: str) -> bytes:
         if all(len(line) <= 78 for line in lines):
             return ("\r\n".join(lines) + "\r\n").encode("ascii")
     return f"List-Id: {_encoded_words(title, 9)}\r\n <{ident}>\r\n".encode("ascii")
+
+
+def _units(text: str, plain: re.Pattern[str], longest: int) -> list[tuple[str, bool]]:
+    """`text` as the units `_fold` writes with a space between each, as
+    (unit, encode): a word `plain` matches, without "=?" and at most `longest`
+    long, as it is; each run of other words as one unit to encode, the spaces
+    between its words inside it.  Whitespace between two encoded words is no
+    text (RFC 2047 §6.2), so two units to encode are never next to each other:
+    every space `_fold` writes between units is one of the text's."""
+    words = text.split(" ")
+    keep = [len(w) <= longest and bool(plain.fullmatch(w)) and "=?" not in w for w in words]
+    for i, word in enumerate(words):
+        # An empty word (two spaces, a leading or a trailing one) between
+        # kept words would be an empty encoded word: a neighbour joins it.
+        if not word and (i == 0 or keep[i - 1]) and (i + 1 == len(words) or keep[i + 1]):
+            if i + 1 < len(words):
+                keep[i + 1] = False
+            elif i:
+                keep[i - 1] = False
+    units: list[tuple[str, bool]] = []
+    for kept, group in itertools.groupby(zip(words, keep, strict=True), key=lambda p: p[1]):
+        run = [word for word, _ in group]
+        if kept:
+            units += [(word, False) for word in run]
+        elif run != [""]:  # "" only when the whole text is empty
+            units.append((" ".join(run), True))
+    return units
+
+
+def _phrase_units(name: str, longest: int) -> list[tuple[str, bool]]:
+    """A display name as `_fold` units: printable ASCII as atoms or one quoted
+    string (folded at its spaces: unfolding keeps them), else encoded words
+    where atoms will not do (RFC 2047 §5(3))."""
+    if not name:
+        return []
+    if _PRINTABLE.fullmatch(name) and "=?" not in name:
+        phrase = name
+        if not _ATOM_PHRASE.fullmatch(name):
+            phrase = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        words = _LONE_SPACE.split(phrase)
+        if all(len(word) <= longest for word in words):
+            return [(word, False) for word in words]
+    return _units(name, _ATOM, longest)
+
+
+def _fold(start: str, units: list[tuple[str, bool]]) -> bytes:
+    """`start` and `units` (see `_units`) as a header, CRLF, no line past 78
+    columns (RFC 5322 §2.1.1) unless a unit kept as it is would not fit one.
+
+    A unit to encode becomes `utf-8` encoded words of ≤ 75 characters
+    (RFC 2047 §2), Q or B whichever is shorter, split between characters
+    (never inside one, §5) to fill each line; the folds between them are
+    whitespace between encoded words, which readers drop (§6.2).
+    """
+    lines = [start]
+    for text, encode in units:
+        if not encode:
+            if len(lines[-1]) + 1 + len(text) > 78 and lines[-1] != start:
+                lines.append("")
+            lines[-1] += " " + text
+            continue
+        data = text.encode("utf-8")
+        b = _word_size(data, True) < _word_size(data, False)
+        width = min(75, 77 - len(lines[-1]))  # the first word, on this line
+        chunk = b""
+        for char in text:
+            piece = char.encode("utf-8")
+            if _word_size(chunk + piece, b) > width:
+                if chunk:
+                    lines[-1] += " " + _encoded_word(chunk, b)
+                lines.append("")
+                width, chunk = 75, b""
+            chunk += piece
+        lines[-1] += " " + _encoded_word(chunk, b)
+    return ("\r\n".join(lines) + "\r\n").encode("ascii")
+
+
+def _word_size(data: bytes, b: bool) -> int:
+    """The length of `data`'s encoded word: B (base64) or Q."""
+    if b:
+        return 12 + (len(data) + 2) // 3 * 4  # "=?utf-8?b?" + "?="
+    return 12 + len(data) + 2 * len(data.translate(None, _Q_ONE))
+
+
+def _encoded_word(data: bytes, b: bool) -> str:
+    if b:
+        return f"=?utf-8?b?{base64.b64encode(data).decode('ascii')}?="
+    return "=?utf-8?q?" + "".join([_Q[c] for c in data]) + "?="
 
 
 def _fold_words(start: str, words: list[str]) -> list[str]:

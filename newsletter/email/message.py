@@ -11,13 +11,15 @@ Why this is safe:
 * Both body parts are quoted-printable (RFC 2045 §6.7), encoded with
   `binascii.b2a_qp` chunk by chunk *between* placeholders; every placeholder
   sits on its own soft-broken line, so a placeholder is never split or
-  encoded and every line stays ≤ 76 characters even after substitution.
+  encoded and every line stays ≤ 76 characters even after substitution
+  (`_qp`, `_qp_value`: b2a_qp alone leaves some lines of 77 or 78).
   That also honours RFC 5322 §2.1.1 (998) whatever premailer produced.
 * The MIME boundary starts with `=_`, a sequence quoted-printable can never
   produce, so it cannot collide with the content.
-* Every line ends in CRLF; header values are folded by Python's email policy
-  (RFC 2047 encoded words for non-ASCII), except `List-Unsubscribe`, written
-  by hand on one line because Gmail ignores an encoded one (RFC 2369, 8058).
+* Every line ends in CRLF; header values are folded by `headers` (RFC 2047
+  encoded words for non-ASCII, a space of the text never between two of
+  them), except `List-Unsubscribe`, written by hand on one line because
+  Gmail ignores an encoded one (RFC 2369, 8058).
 * CR/LF in any per-recipient value is refused or collapsed: no header
   injection through a name, an address or a subject.
 """
@@ -332,7 +334,7 @@ def _qp_segments(content: str, slots: dict[str, int]) -> list[Segment]:
     pos = 0
     for match in _PLACEHOLDER_RE.finditer(content):
         if match.start() > pos:
-            out += [_qp(content[pos : match.start()]), _SOFT_BREAK]
+            out += [_qp(content[pos : match.start()], soft_break_after=True), _SOFT_BREAK]
         out += [slots[match.group(0)], _SOFT_BREAK]
         pos = match.end()
     if pos < len(content):
@@ -340,14 +342,61 @@ def _qp_segments(content: str, slots: dict[str, int]) -> list[Segment]:
     return out
 
 
-def _qp(text: str) -> bytes:
+def _qp(text: str, *, soft_break_after: bool = False) -> bytes:
+    """`text` quoted-printable, CRLF, no line past 76 (RFC 2045 §6.7 (5));
+    `soft_break_after`: with room for the "=" of a soft break after it."""
     encoded = binascii.b2a_qp(text.encode("utf-8"), quotetabs=False, istext=True, header=False)
+    if _ESCAPED_LINE_END.search(encoded):
+        # b2a_qp escapes a space or tab that ends a line after it measured
+        # the line: such a line can reach 78 characters.
+        encoded = _LONG_LINE.sub(lambda m: _wrap(m.group(0), 76), encoded)
+    if soft_break_after:
+        encoded = _room_for_soft_break(encoded)
     return encoded.replace(b"\n", CRLF)
 
 
 def _qp_value(value: bytes) -> bytes:
-    # Values are one line (CR/LF removed before); b2a_qp still wraps at 76.
-    return binascii.b2a_qp(value, quotetabs=False, istext=False, header=False).replace(b"\n", CRLF)
+    """A per-recipient value quoted-printable, ready for the soft break after
+    its slot.  Run for every value of every recipient: kept to the fewest calls."""
+    # Values are one line (CR/LF removed before: b2a_qp would measure an
+    # escaped LF as a line end); b2a_qp still wraps at 76.  Positional
+    # arguments (quotetabs, istext, header): keywords cost more per call.
+    encoded = _b2a_qp(value, False, False, False)
+    if len(encoded) <= 75:
+        return encoded  # one line, with room for the soft break after it
+    if encoded.rfind(b"\n", -76) < 0:  # its last line passes 75
+        encoded = _room_for_soft_break(encoded)
+    return encoded.replace(b"\n", CRLF)
+
+
+_b2a_qp = binascii.b2a_qp
+_ESCAPED_LINE_END = re.compile(rb"=(?:20|09)\n")
+_LONG_LINE = re.compile(rb"[^\n]{77,}")
+
+
+def _room_for_soft_break(encoded: bytes) -> bytes:
+    """`encoded` (quoted-printable, LF) with its last line ≤ 75 characters.
+
+    b2a_qp keeps a line it breaks to 76 characters with its "=", but leaves
+    a last line of 76 as it is: the soft break after it made 77.
+    """
+    start = encoded.rfind(b"\n") + 1
+    if len(encoded) - start <= 75:
+        return encoded
+    return encoded[:start] + _wrap(encoded[start:], 75)
+
+
+def _wrap(line: bytes, last: int) -> bytes:
+    """One quoted-printable line cut by soft breaks: each line ≤ 76 characters
+    with its "=", the last ≤ `last`; never inside an escape `=XX` (a literal
+    "=" is always escaped, so every "=" starts one)."""
+    lines = []
+    while len(line) > last:
+        cut = 74 if line[74] == 61 else 73 if line[73] == 61 else 75  # 61: "="
+        lines.append(line[:cut] + b"=")
+        line = line[cut:]
+    lines.append(line)
+    return b"\n".join(lines)
 
 
 def _merge(segments: list[Segment]) -> list[Segment]:
