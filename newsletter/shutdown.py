@@ -1,17 +1,22 @@
-"""SIGTERM from the very first moment of a command, not only once it is running.
+"""SIGTERM and Ctrl-C from the very first moment of a command, not only once it is running.
 
 Importing the CLI takes about a second (SQLAlchemy, Liquid, Markdown ...), and
 until `run` or `send` installed their own handlers a SIGTERM (systemd stopping
-a unit that had just started) killed the process with -15.  So the entry point
-calls `hold()` before importing anything else: a SIGTERM is then only *noted*.
+a unit that had just started) killed the process with -15, and a Ctrl-C
+printed a traceback or click's "Aborted!".  So the entry point calls `hold()`
+before importing anything else: SIGTERM and SIGINT are then only *noted*.
 Once click knows the command, `settle()` decides what the note means:
 
 * `run` and `send` stop cleanly: they take `stop_event()` as their own stop
   flag, so a signal noted during start-up makes them stop before (or as soon
   as) they begin: the daemon with exit status 0, `send` and `run --once`
-  with `STOPPED` (cut short: running them again finishes the work);
-* any other command gets the default disposition back, and a SIGTERM noted
-  meanwhile is delivered again, so it dies by the signal exactly as before.
+  with `STOPPED` (cut short: running them again finishes the work).  The
+  same handler stays theirs to the end, for both signals: one path for a
+  stop whatever the command (the daemon, once serving, logs it too); a
+  second signal while they stop ends them at once;
+* any other command gets the default dispositions back: a SIGTERM noted
+  meanwhile is delivered again, so it dies by the signal exactly as before,
+  and a Ctrl-C is raised (KeyboardInterrupt) where click reports it.
 
 A stop has a budget as a whole: `STOP_BUDGET` seconds after the first
 SIGTERM (or Ctrl-C) the process is gone, whatever it was waiting for.  The
@@ -39,6 +44,7 @@ import threading
 import time
 from collections.abc import Callable
 from types import FrameType
+from typing import Any
 
 # SIGTERM → gone within this many seconds (docs/daemon.md; systemd's
 # TimeoutStopSec there is 15), whatever is stuck: one deadline for every wait.
@@ -49,9 +55,16 @@ STOP_BUDGET = 10.0
 # 0, 1 and 2 keep their meanings (success, a problem to fix, a usage error).
 STOPPED = 3
 
+# What the entry point holds (Ctrl-C first: whoever sees SIGTERM caught knows
+# that SIGINT is too).
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _EVENT = threading.Event()
 _held = False
 _graceful = False
+_noted: set[int] = set()  # which signals came while held
+# SIGINT as the process started: a shell starts a background job with it
+# ignored, and that stays so.
+_int_at_start: Callable[[int, FrameType | None], Any] | int | None = signal.default_int_handler
 _deadline: float | None = None
 # The daemon's log handler (`logging_setup.setup_logging`), kept after the
 # command removed it: the forced exit comes after `run` returned and took its
@@ -67,7 +80,12 @@ _status = 0
 REPORT_SECONDS = 2.0
 
 
-def _note(_signum: int, _frame: FrameType | None) -> None:
+def _note(signum: int, _frame: FrameType | None) -> None:
+    if _graceful and _EVENT.is_set():  # a second signal while stopping: die of it now
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
+    _noted.add(signum)
     _EVENT.set()
     if _graceful:
         stopping()
@@ -138,15 +156,20 @@ def log_to(handler: logging.Handler) -> None:
 
 
 def hold() -> None:
-    """Note SIGTERM instead of dying of it, until `settle()` (entry point only)."""
-    global _held
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _note)
-        _held = True
+    """Note SIGTERM and Ctrl-C instead of dying of them, until `settle()` (entry point only)."""
+    global _held, _int_at_start
+    if threading.current_thread() is not threading.main_thread():
+        return
+    _int_at_start = signal.getsignal(signal.SIGINT)
+    for sig in _SIGNALS:
+        if sig != signal.SIGINT or _int_at_start is not signal.SIG_IGN:
+            signal.signal(sig, _note)
+    _held = True
 
 
 def settle(*, graceful: bool) -> None:
-    """Keep noting SIGTERM for a graceful command; else restore (and re-deliver) it."""
+    """Keep noting both signals for a graceful command; else restore them (and
+    deliver again what was noted)."""
     global _held, _graceful
     if _held and graceful:
         _graceful = True
@@ -156,27 +179,32 @@ def settle(*, graceful: bool) -> None:
         return
     _held = False
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    if _EVENT.is_set():
+    signal.signal(signal.SIGINT, _int_at_start)
+    if signal.SIGTERM in _noted:
         os.kill(os.getpid(), signal.SIGTERM)
+    if signal.SIGINT in _noted:  # click reports it ("Aborted!")
+        raise KeyboardInterrupt
 
 
 def finish() -> None:
-    """A graceful command is returning: a SIGTERM from now on changes nothing.
+    """A graceful command is returning: a SIGTERM or Ctrl-C from now on changes nothing.
 
     Interpreter shutdown puts Python-level handlers back to the default, so a
     SIGTERM in the last milliseconds of a `send` that had finished its work
     killed it with -15.  An ignored signal stays ignored through shutdown.
     """
     if _held and threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for sig in _SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
 
 
 def stop_event() -> threading.Event:
-    """The event a SIGTERM sets from start-up on; a fresh one when nothing was held
-    (the library used in-process, e.g. from tests, never shares a stop flag)."""
+    """The event a SIGTERM or Ctrl-C sets from start-up on; a fresh one when
+    nothing was held (the library used in-process, e.g. from tests, never
+    shares a stop flag)."""
     return _EVENT if _held else threading.Event()
 
 
 def requested() -> bool:
-    """True when a SIGTERM arrived while held."""
+    """True when a SIGTERM or Ctrl-C arrived while held."""
     return _held and _EVENT.is_set()
