@@ -158,8 +158,8 @@ def log_to(handler: logging.Handler) -> None:
 def hold() -> None:
     """Note SIGTERM and Ctrl-C instead of dying of them, until `settle()` (entry point only)."""
     global _held, _int_at_start
-    if threading.current_thread() is not threading.main_thread():
-        return
+    if _held or threading.current_thread() is not threading.main_thread():
+        return  # held already: SIGINT's disposition at the start was taken then
     _int_at_start = signal.getsignal(signal.SIGINT)
     for sig in _SIGNALS:
         if sig != signal.SIGINT or _int_at_start is not signal.SIG_IGN:
