@@ -18,6 +18,10 @@ Once click knows the command, `settle()` decides what the note means:
   meanwhile is delivered again, so it dies by the signal exactly as before,
   and a Ctrl-C is raised (KeyboardInterrupt) where click reports it.
 
+A command whose work is one transaction (`subscribers import`) takes Ctrl-C
+as a stop until that transaction commits, and no longer after
+(`until_saved`, `saving`).
+
 A stop has a budget as a whole: `STOP_BUDGET` seconds after the first
 SIGTERM (or Ctrl-C) the process is gone, whatever it was waiting for.  The
 orderly stop (the messages in flight finish, leases and the daemon lock are
@@ -42,7 +46,8 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
@@ -51,7 +56,8 @@ from typing import Any
 STOP_BUDGET = 10.0
 
 # The exit status of a `send` or `run --once` that a SIGTERM or Ctrl-C (or the
-# stop budget) ended before it was done: running it again finishes the work.
+# stop budget) ended before it was done, and of an import that Ctrl-C stopped
+# before it was saved: running it again finishes the work.
 # 0, 1 and 2 keep their meanings (success, a problem to fix, a usage error).
 STOPPED = 3
 
@@ -61,10 +67,15 @@ _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _EVENT = threading.Event()
 _held = False
 _graceful = False
+_cli = False  # this process is the command line's own (`hold()` ran in it)
 _noted: set[int] = set()  # which signals came while held
 # SIGINT as the process started: a shell starts a background job with it
 # ignored, and that stays so.
 _int_at_start: Callable[[int, FrameType | None], Any] | int | None = signal.default_int_handler
+# Ctrl-C in a command whose work is one transaction (`until_saved`): whether
+# one came, and whether that transaction is committing (None: no such command).
+_ctrl_c = False
+_saving: bool | None = None
 _deadline: float | None = None
 # The daemon's log handler (`logging_setup.setup_logging`), kept after the
 # command removed it: the forced exit comes after `run` returned and took its
@@ -157,14 +168,14 @@ def log_to(handler: logging.Handler) -> None:
 
 def hold() -> None:
     """Note SIGTERM and Ctrl-C instead of dying of them, until `settle()` (entry point only)."""
-    global _held, _int_at_start
+    global _held, _cli, _int_at_start
     if _held or threading.current_thread() is not threading.main_thread():
         return  # held already: SIGINT's disposition at the start was taken then
     _int_at_start = signal.getsignal(signal.SIGINT)
     for sig in _SIGNALS:
         if sig != signal.SIGINT or _int_at_start is not signal.SIG_IGN:
             signal.signal(sig, _note)
-    _held = True
+    _held = _cli = True
 
 
 def settle(*, graceful: bool) -> None:
@@ -208,3 +219,48 @@ def stop_event() -> threading.Event:
 def requested() -> bool:
     """True when a SIGTERM or Ctrl-C arrived while held."""
     return _held and _EVENT.is_set()
+
+
+def _interrupt(_signum: int, _frame: FrameType | None) -> None:
+    global _ctrl_c
+    _ctrl_c = True
+    if not _saving:
+        raise KeyboardInterrupt
+
+
+@contextmanager
+def until_saved() -> Iterator[Callable[[], bool]]:
+    """Ctrl-C stops the block (KeyboardInterrupt, as Python raises it) until
+    `saving()` says the work's transaction commits; from then on it is only noted.
+
+    For a command whose work is one transaction (`subscribers import`): a
+    Ctrl-C that came once the COMMIT began can neither cut the commit from
+    what the command then says about it nor turn a saved import into a
+    failure: the work is done, the command ends as if it had not come.
+    Yields whether a Ctrl-C came: a driver may turn one into an error of its
+    own (sqlite3 does, inside a Python function a statement calls).  Ctrl-C
+    stays ignored after a saved block in the command line's own process
+    (its exit is all that is left, as `finish()` does for `run` and `send`);
+    elsewhere the previous handler comes back.  Main thread only: signals
+    reach no other.
+    """
+    global _ctrl_c, _saving
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    previous = signal.signal(signal.SIGINT, _interrupt)
+    _ctrl_c, _saving = False, False
+    try:
+        yield lambda: _ctrl_c
+    finally:
+        saved, _saving = _saving, None
+        signal.signal(signal.SIGINT, signal.SIG_IGN if saved and _cli else previous)
+
+
+def saving() -> None:
+    """The work's COMMIT follows: a Ctrl-C from now on, to the end of
+    `until_saved`, is only noted.  Call it last inside the transaction, after
+    its last statement; outside `until_saved` it does nothing."""
+    global _saving
+    if _saving is not None:
+        _saving = True
