@@ -1,17 +1,26 @@
-"""SIGTERM from the very first moment of a command, not only once it is running.
+"""SIGTERM and Ctrl-C from the very first moment of a command, not only once it is running.
 
 Importing the CLI takes about a second (SQLAlchemy, Liquid, Markdown ...), and
 until `run` or `send` installed their own handlers a SIGTERM (systemd stopping
-a unit that had just started) killed the process with -15.  So the entry point
-calls `hold()` before importing anything else: a SIGTERM is then only *noted*.
+a unit that had just started) killed the process with -15, and a Ctrl-C
+printed a traceback or click's "Aborted!".  So the entry point calls `hold()`
+before importing anything else: SIGTERM and SIGINT are then only *noted*.
 Once click knows the command, `settle()` decides what the note means:
 
 * `run` and `send` stop cleanly: they take `stop_event()` as their own stop
   flag, so a signal noted during start-up makes them stop before (or as soon
   as) they begin: the daemon with exit status 0, `send` and `run --once`
-  with `STOPPED` (cut short: running them again finishes the work);
-* any other command gets the default disposition back, and a SIGTERM noted
-  meanwhile is delivered again, so it dies by the signal exactly as before.
+  with `STOPPED` (cut short: running them again finishes the work).  The
+  same handler stays theirs to the end, for both signals: one path for a
+  stop whatever the command (the daemon, once serving, logs it too); a
+  second signal while they stop ends them at once;
+* any other command gets the default dispositions back: a SIGTERM noted
+  meanwhile is delivered again, so it dies by the signal exactly as before,
+  and a Ctrl-C is raised (KeyboardInterrupt) where click reports it.
+
+A command whose work is one transaction (`subscribers import`) takes Ctrl-C
+as a stop until that transaction commits, and no longer after
+(`until_saved`, `saving`).
 
 A stop has a budget as a whole: `STOP_BUDGET` seconds after the first
 SIGTERM (or Ctrl-C) the process is gone, whatever it was waiting for.  The
@@ -37,21 +46,36 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from types import FrameType
+from typing import Any
 
 # SIGTERM → gone within this many seconds (docs/daemon.md; systemd's
 # TimeoutStopSec there is 15), whatever is stuck: one deadline for every wait.
 STOP_BUDGET = 10.0
 
 # The exit status of a `send` or `run --once` that a SIGTERM or Ctrl-C (or the
-# stop budget) ended before it was done: running it again finishes the work.
+# stop budget) ended before it was done, and of an import that Ctrl-C stopped
+# before it was saved: running it again finishes the work.
 # 0, 1 and 2 keep their meanings (success, a problem to fix, a usage error).
 STOPPED = 3
 
+# What the entry point holds (Ctrl-C first: whoever sees SIGTERM caught knows
+# that SIGINT is too).
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _EVENT = threading.Event()
 _held = False
 _graceful = False
+_cli = False  # this process is the command line's own (`hold()` ran in it)
+_noted: set[int] = set()  # which signals came while held
+# SIGINT as the process started: a shell starts a background job with it
+# ignored, and that stays so.
+_int_at_start: Callable[[int, FrameType | None], Any] | int | None = signal.default_int_handler
+# Ctrl-C in a command whose work is one transaction (`until_saved`): whether
+# one came, and whether that transaction is committing (None: no such command).
+_ctrl_c = False
+_saving: bool | None = None
 _deadline: float | None = None
 # The daemon's log handler (`logging_setup.setup_logging`), kept after the
 # command removed it: the forced exit comes after `run` returned and took its
@@ -67,7 +91,12 @@ _status = 0
 REPORT_SECONDS = 2.0
 
 
-def _note(_signum: int, _frame: FrameType | None) -> None:
+def _note(signum: int, _frame: FrameType | None) -> None:
+    if _graceful and _EVENT.is_set():  # a second signal while stopping: die of it now
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
+    _noted.add(signum)
     _EVENT.set()
     if _graceful:
         stopping()
@@ -138,15 +167,20 @@ def log_to(handler: logging.Handler) -> None:
 
 
 def hold() -> None:
-    """Note SIGTERM instead of dying of it, until `settle()` (entry point only)."""
-    global _held
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _note)
-        _held = True
+    """Note SIGTERM and Ctrl-C instead of dying of them, until `settle()` (entry point only)."""
+    global _held, _cli, _int_at_start
+    if _held or threading.current_thread() is not threading.main_thread():
+        return  # held already: SIGINT's disposition at the start was taken then
+    _int_at_start = signal.getsignal(signal.SIGINT)
+    for sig in _SIGNALS:
+        if sig != signal.SIGINT or _int_at_start is not signal.SIG_IGN:
+            signal.signal(sig, _note)
+    _held = _cli = True
 
 
 def settle(*, graceful: bool) -> None:
-    """Keep noting SIGTERM for a graceful command; else restore (and re-deliver) it."""
+    """Keep noting both signals for a graceful command; else restore them (and
+    deliver again what was noted)."""
     global _held, _graceful
     if _held and graceful:
         _graceful = True
@@ -156,27 +190,77 @@ def settle(*, graceful: bool) -> None:
         return
     _held = False
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    if _EVENT.is_set():
+    signal.signal(signal.SIGINT, _int_at_start)
+    if signal.SIGTERM in _noted:
         os.kill(os.getpid(), signal.SIGTERM)
+    if signal.SIGINT in _noted:  # click reports it ("Aborted!")
+        raise KeyboardInterrupt
 
 
 def finish() -> None:
-    """A graceful command is returning: a SIGTERM from now on changes nothing.
+    """A graceful command is returning: a SIGTERM or Ctrl-C from now on changes nothing.
 
     Interpreter shutdown puts Python-level handlers back to the default, so a
     SIGTERM in the last milliseconds of a `send` that had finished its work
     killed it with -15.  An ignored signal stays ignored through shutdown.
     """
     if _held and threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for sig in _SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
 
 
 def stop_event() -> threading.Event:
-    """The event a SIGTERM sets from start-up on; a fresh one when nothing was held
-    (the library used in-process, e.g. from tests, never shares a stop flag)."""
+    """The event a SIGTERM or Ctrl-C sets from start-up on; a fresh one when
+    nothing was held (the library used in-process, e.g. from tests, never
+    shares a stop flag)."""
     return _EVENT if _held else threading.Event()
 
 
 def requested() -> bool:
-    """True when a SIGTERM arrived while held."""
+    """True when a SIGTERM or Ctrl-C arrived while held."""
     return _held and _EVENT.is_set()
+
+
+def _interrupt(_signum: int, _frame: FrameType | None) -> None:
+    global _ctrl_c
+    _ctrl_c = True
+    if not _saving:
+        raise KeyboardInterrupt
+
+
+@contextmanager
+def until_saved() -> Iterator[Callable[[], bool]]:
+    """Ctrl-C stops the block (KeyboardInterrupt, as Python raises it) until
+    `saving()` says the work's transaction commits; from then on it is only noted.
+
+    For a command whose work is one transaction (`subscribers import`): a
+    Ctrl-C that came once the COMMIT began can neither cut the commit from
+    what the command then says about it nor turn a saved import into a
+    failure: the work is done, the command ends as if it had not come.
+    Yields whether a Ctrl-C came: a driver may turn one into an error of its
+    own (sqlite3 does, inside a Python function a statement calls).  Ctrl-C
+    stays ignored after a saved block in the command line's own process
+    (its exit is all that is left, as `finish()` does for `run` and `send`);
+    elsewhere the previous handler comes back.  Main thread only: signals
+    reach no other.
+    """
+    global _ctrl_c, _saving
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    previous = signal.signal(signal.SIGINT, _interrupt)
+    _ctrl_c, _saving = False, False
+    try:
+        yield lambda: _ctrl_c
+    finally:
+        saved, _saving = _saving, None
+        signal.signal(signal.SIGINT, signal.SIG_IGN if saved and _cli else previous)
+
+
+def saving() -> None:
+    """The work's COMMIT follows: a Ctrl-C from now on, to the end of
+    `until_saved`, is only noted.  Call it last inside the transaction, after
+    its last statement; outside `until_saved` it does nothing."""
+    global _saving
+    if _saving is not None:
+        _saving = True

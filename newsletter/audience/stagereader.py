@@ -140,11 +140,17 @@ class ValidatedRows:
         # from where this process did.
         root = str(Path(newsletter.__file__).resolve().parent.parent)
         path_var = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+        # In a process group of its own: a terminal's Ctrl-C goes to the
+        # foreground group, and reached the child while Python was still
+        # starting there (before it could ignore it), which printed a
+        # traceback of its own ("Fatal Python error ... KeyboardInterrupt").
+        # This process stops the import, and the child with it (below).
         child = subprocess.Popen(
             [sys.executable, "-m", __name__, str(self.path), self.fmt, self.driver],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             env={**os.environ, "PYTHONPATH": path_var},
+            process_group=0,
         )
         assert child.stdout is not None
         _widen(child.stdout.fileno())
@@ -334,7 +340,9 @@ def _uids(batch: int = 4096) -> Iterator[str]:
 
 
 if __name__ == "__main__":
-    # Ctrl-C reaches the whole process group: the parent stops the import (and this).
+    # Ctrl-C is the parent's to handle: it stops the import, and this with it
+    # (a group of its own keeps a terminal's away; a signal sent to this
+    # process by hand is ignored as well).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # The CLI's thresholds, as every newsletter process (`newsletter.GC_THRESHOLDS`):
     # at the default one the collector walked each batch on its way to the

@@ -67,6 +67,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
+from newsletter import shutdown
 from newsletter.audience import consent
 from newsletter.audience.importer import ImportCounts, ImportRun, _Raw
 from newsletter.audience.serviceformats import SourceRow
@@ -199,6 +200,10 @@ def _merge_transaction(run: ImportRun, conn: Connection, raw_stamp: Any) -> None
             .values(unsubscribed_at=None)
         )
         _record_statuses(conn, run, raw_stamp)
+        # The COMMIT follows: a Ctrl-C until here rolls the merge back (the
+        # store as it was); from here it can no longer stop the import, which
+        # then ends as if it had not come (`shutdown.until_saved`).
+        shutdown.saving()
 
 
 # --------------------------------------------------------------------------- phase 1: the rows

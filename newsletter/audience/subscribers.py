@@ -30,6 +30,7 @@ from typing import IO, Any
 from sqlalchemy import Connection, Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from newsletter import shutdown
 from newsletter.audience import stagereader, staging
 from newsletter.audience.csvformats import read_source, source_size
 from newsletter.audience.importer import ImportCounts, ImportRun, import_rows, remove_untouched
@@ -63,7 +64,10 @@ Progress = Callable[[int, int], None]  # (bytes done, bytes total)
 # that has staged and planned (holding no lock) creates `staged` in it and
 # waits, at most TEST_GATE_SECONDS, for `go` to appear there before it
 # merges.  The test then runs `run --once` mid-import by construction, not
-# by racing an import that gets faster.  Unset (always, outside tests): no effect.
+# by racing an import that gets faster.  Where the folder also holds
+# `wait-merged`, the import creates `merged` once its merge committed and
+# waits for `go-merged` (tests/test_import_ctrl_c.py: a Ctrl-C just after the
+# commit).  Unset (always, outside tests): no effect.
 TEST_GATE_ENV = "NEWSLETTER_TEST_IMPORT_GATE"
 TEST_GATE_SECONDS = 120.0
 
@@ -143,10 +147,11 @@ def _staged_import(
                     run = ImportRun(conn, int(lid or 0), resubscribe=resubscribe)
                     staging.stage_and_plan(run, _source(conn, run, path, fmt, tick))
                 if not dry_run:
-                    _test_gate()
+                    _test_gate("staged")
                     conn.execution_options(**{READ_ONLY: False})  # BEGIN IMMEDIATE
                     held = staging.merge(run, now())
                     run.counts.write_lock_seconds, run.counts.write_lock_cpu_seconds = held
+                    _test_gate("merged")
             finally:
                 # Closing the driver's connection takes the TEMP tables with it
                 # (for a million rows, quicker than dropping them): the pool
@@ -170,14 +175,18 @@ def _source(
     return read_source(path, fmt, progress=tick, infos=run.counts.files)
 
 
-def _test_gate() -> None:
-    """Wait between staging and merging while a test says so (`TEST_GATE_ENV`)."""
+def _test_gate(point: str) -> None:
+    """Wait at `point` (`staged`, `merged`) while a test says so (`TEST_GATE_ENV`)."""
     folder = os.environ.get(TEST_GATE_ENV)
     if not folder:
         return
-    (Path(folder) / "staged").touch()
+    gate = Path(folder)
+    if point != "staged" and not (gate / f"wait-{point}").exists():
+        return
+    (gate / point).touch()
+    go = gate / ("go" if point == "staged" else f"go-{point}")
     deadline = time.monotonic() + TEST_GATE_SECONDS
-    while not (Path(folder) / "go").exists() and time.monotonic() < deadline:
+    while not go.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
 
 
@@ -194,6 +203,7 @@ def _all_or_nothing(
             if dry_run:
                 transaction.rollback()
             else:
+                shutdown.saving()  # a Ctrl-C from now on cannot stop it (`shutdown.until_saved`)
                 transaction.commit()
     except SQLAlchemyError as exc:
         raise StoreError(

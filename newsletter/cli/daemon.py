@@ -82,7 +82,7 @@ def run(
     from newsletter.logging_setup import remove_logging, setup_logging
     from newsletter.store import now, open_store
 
-    stop = shutdown.stop_event()  # set by a SIGTERM from start-up on
+    stop = shutdown.stop_event()  # set by a SIGTERM or Ctrl-C from start-up on
     settings = settings_of(ctx)
     if serve:
         require_config_file(settings)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import sys
 import threading
 from collections.abc import Iterator
@@ -70,7 +68,7 @@ def send_cmd(
     from newsletter.posts.collection import load_posts
     from newsletter.posts.lookup import require_published
 
-    stop = shutdown.stop_event()  # set by a SIGTERM from start-up on
+    stop = shutdown.stop_event()  # set by a SIGTERM or Ctrl-C from start-up on
     settings = settings_of(ctx)
     settings.get_list(list_name)
     posts = load_posts(settings, bodies="lazy")  # HTML only for the posts sent
@@ -205,7 +203,9 @@ def _send(
     shutdown.at_forced_exit(
         lambda: _print_forced(engine, mailing_id, started, as_json), status=shutdown.STOPPED
     )
-    with _stop_on_signals(stop), _progress(enabled=sys.stdout.isatty() and not as_json) as bar:
+    # SIGTERM or Ctrl-C sets `stop` (`shutdown`, since start-up): the messages in
+    # flight finish, then the pass stops; a second signal ends the process at once.
+    with _progress(enabled=sys.stdout.isatty() and not as_json) as bar:
         report = deliver_mailing(
             engine, settings, mailing_id, posts, progress=bar, wait=wait, stop=stop
         )
@@ -302,28 +302,6 @@ def _cancelled(engine: Any, mailing_id: int) -> bool:
     with reading(engine) as conn:
         found = get_mailing(conn, mailing_id)
     return found is not None and found.state == "cancelled"
-
-
-@contextmanager
-def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """Ctrl-C or SIGTERM: finish the messages in flight, then stop (a second one kills)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, _frame: Any) -> None:
-        if stop.is_set():
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-        stop.set()
-        shutdown.stopping()  # gone within its budget, even if the server never answers
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 @contextmanager

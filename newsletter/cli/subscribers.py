@@ -4,7 +4,8 @@
 Exit status: 0 when everything was done; 1 when the user must fix something
 (an unknown list or address, an unreadable file, and for import/sync any row
 that was skipped as invalid, although every valid row was still imported);
-2 for usage errors.
+2 for usage errors; 3 (`shutdown.STOPPED`) for an import or sync that Ctrl-C
+stopped before it was saved (nothing was written: run it again).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from newsletter import shutdown
 from newsletter.cli.common import (
     LazyChoice,
     emit_json,
@@ -34,6 +36,7 @@ from newsletter.cli.members import MEMBER_COMMANDS
 if TYPE_CHECKING:
     from newsletter.audience.importer import ImportCounts
     from newsletter.audience.subscribers import Progress as ProgressFn
+    from newsletter.config import Settings
     from newsletter.errors import Problem
 
 PROGRESS_MIN_BYTES = 1 << 20  # a bar for files over 1 MB, when stdout is a terminal
@@ -94,25 +97,54 @@ def import_command(
     """Import FILE (a CSV or a Mailchimp export ZIP) into a list.
 
     Invalid rows are reported with their line number and skipped; the rest is
-    imported in one transaction. Exit status 1 if any row was skipped.
+    imported in one transaction. Exit status 1 if any row was skipped; 3 if
+    Ctrl-C stopped it before it was saved (the store is then as it was).
     """
-    from newsletter.audience.subscribers import import_file
-    from newsletter.store import open_store
+    with _ctrl_c_stops("import", "import the file"):
+        from newsletter.audience.subscribers import import_file
+        from newsletter.store import open_store
 
-    settings = settings_of(ctx)
-    engine = open_store(settings)
-    with _progress(file) as tick:
-        counts = import_file(
-            engine,
-            settings,
-            file,
-            list_name,
-            fmt=fmt,
-            dry_run=dry_run,
-            resubscribe=resubscribe,
-            progress=tick,
-        )
-    _finish(counts, list_name, dry_run, as_json)
+        settings = settings_of(ctx)
+        engine = open_store(settings)
+        with _progress(file) as tick:
+            counts = import_file(
+                engine,
+                settings,
+                file,
+                list_name,
+                fmt=fmt,
+                dry_run=dry_run,
+                resubscribe=resubscribe,
+                progress=tick,
+            )
+        _finish(counts, list_name, dry_run, as_json)
+
+
+@contextmanager
+def _ctrl_c_stops(what: str, again: str) -> Iterator[None]:
+    """Ctrl-C before the work's one transaction commits: the store as it was,
+    one line that says so, exit status `STOPPED`.  Once it commits, the
+    command ends as if none had come: its summary, its status
+    (`shutdown.until_saved`).  Never click's "Aborted!", never a traceback."""
+    from newsletter.errors import NewsletterError
+
+    with shutdown.until_saved() as interrupted:
+        try:
+            yield
+            return
+        except KeyboardInterrupt:
+            pass
+        except NewsletterError:
+            if not interrupted():
+                raise
+            # The Ctrl-C became the driver's own error ("import failed,
+            # nothing was written: user-defined function raised exception").
+    click.echo(
+        f"stopped: Ctrl-C before the {what} was saved; the store is as it was "
+        f"(run the same command again to {again})",
+        err=True,
+    )
+    sys.exit(shutdown.STOPPED)
 
 
 @contextmanager
@@ -306,12 +338,17 @@ def sync_command(ctx: click.Context, directory: Path | None, dry_run: bool, as_j
     """Make every list mirror subscribers/<list>.csv (unsubscribes still win).
 
     Members whose address is no longer in their list's file are taken off
-    that list; try --dry-run first.
+    that list; try --dry-run first.  All lists in one transaction: Ctrl-C
+    before it is saved leaves the store as it was (exit status 3).
     """
+    with _ctrl_c_stops("sync", "sync the lists"):
+        _sync(settings_of(ctx), directory, dry_run, as_json)
+
+
+def _sync(settings: Settings, directory: Path | None, dry_run: bool, as_json: bool) -> None:
     from newsletter.audience.subscribers import sync_directory
     from newsletter.store import open_store
 
-    settings = settings_of(ctx)
     folder = directory if directory is not None else settings.base_dir / "subscribers"
     engine = open_store(settings)
     results, problems = sync_directory(engine, settings, folder, dry_run=dry_run)

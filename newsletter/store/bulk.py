@@ -9,6 +9,7 @@ import functools
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from sqlalchemy import Connection, Engine
 
@@ -44,9 +45,9 @@ def bulk_writes(conn: Connection, cache_kib: int = BULK_CACHE_KIB) -> Iterator[N
         try:
             yield
         finally:
-            cursor.execute(f"PRAGMA cache_size={previous}")
+            _set_back(conn, cursor, f"PRAGMA cache_size={previous}")
     finally:
-        cursor.close()
+        _close(conn, cursor)
 
 
 @contextmanager
@@ -72,10 +73,10 @@ def checkpoint_after(conn: Connection) -> Iterator[None]:
         try:
             yield
         finally:
-            cursor.execute(f"PRAGMA wal_autocheckpoint={previous}")
-        cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            _set_back(conn, cursor, f"PRAGMA wal_autocheckpoint={previous}")
+        cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")  # only after a block that ended well
     finally:
-        cursor.close()
+        _close(conn, cursor)
 
 
 @contextmanager
@@ -112,12 +113,12 @@ def parented_bulk_transaction(conn: Connection, cache_kib: int = BULK_CACHE_KIB)
                 yield
         finally:
             try:
-                cursor.execute("PRAGMA foreign_keys=ON")
+                _set_back(conn, cursor, "PRAGMA foreign_keys=ON")
             except Exception:
                 conn.invalidate()
                 raise
     finally:
-        cursor.close()
+        _close(conn, cursor)
         # The large cache's pages were freed when it shrank back after the
         # commit; without this the C allocator keeps them for the rest of the
         # process (a `send` of 1,000,000: its whole sending, ~15 MB).
@@ -125,9 +126,36 @@ def parented_bulk_transaction(conn: Connection, cache_kib: int = BULK_CACHE_KIB)
             release_freed_memory()
 
 
+def _set_back(conn: Connection, cursor: Any, pragma: str) -> None:
+    """A pragma set back on the driver's connection, unless SQLAlchemy closed
+    that connection meanwhile (`_still_open`): setting it there raised an
+    error of sqlite3's own that hid why (a Ctrl-C's traceback, not "stopped")."""
+    if _still_open(conn, cursor):
+        cursor.execute(pragma)
+
+
+def _close(conn: Connection, cursor: Any) -> None:
+    """The driver's cursor closed, unless its connection is closed already."""
+    if _still_open(conn, cursor):
+        cursor.close()
+
+
+def _still_open(conn: Connection, cursor: Any) -> bool:
+    """Whether `cursor`'s driver connection is still the one `conn` holds.
+
+    SQLAlchemy closes it (invalidates `conn`) when a statement is interrupted
+    (a KeyboardInterrupt inside the driver's call: Ctrl-C), and `conn` opens a
+    new one when it is used again."""
+    if conn.closed or conn.invalidated:
+        return False
+    return conn.connection.driver_connection is cursor.connection
+
+
 def _rows_written(conn: Connection) -> int:
     """Rows this SQLite connection has inserted, updated or deleted since it
     was opened (0 once it is closed or invalidated)."""
+    if conn.invalidated:  # asking would open a new connection
+        return 0
     try:
         return int(conn.connection.driver_connection.total_changes)  # type: ignore[union-attr]
     except Exception:  # closed, invalidated: nothing to compare
