@@ -145,9 +145,10 @@ def list_id_header(settings: Settings, list_name: str) -> bytes:
         # Folded here at the spaces (in a quoted string too: unfolding keeps
         # the space): the policy would encode a long word, and with it the
         # quotes and `<list-id>`, which belong outside encoded words (§5).
-        lines = _fold_words("List-Id:", list_id(settings, list_name).split(" "))
-        if all(len(line) <= 78 for line in lines):
-            return ("\r\n".join(lines) + "\r\n").encode("ascii")
+        words = [(word, False) for word in list_id(settings, list_name).split(" ")]
+        folded = _fold("List-Id:", words)
+        if all(len(line) <= 78 for line in folded.split(b"\r\n")):
+            return folded
     return f"List-Id: {_encoded_words(title, 9)}\r\n <{ident}>\r\n".encode("ascii")
 
 
@@ -237,18 +238,6 @@ def _encoded_word(data: bytes, b: bool) -> str:
     if b:
         return f"=?utf-8?b?{base64.b64encode(data).decode('ascii')}?="
     return "=?utf-8?q?" + "".join([_Q[c] for c in data]) + "?="
-
-
-def _fold_words(start: str, words: list[str]) -> list[str]:
-    """`start` and `words` joined by spaces, each space a fold where a line
-    would pass 78 columns (RFC 5322 §2.2.3)."""
-    lines = [start]
-    for word in words:
-        if len(lines[-1]) + 1 + len(word) > 78 and lines[-1] != start:
-            lines.append(" " + word)
-        else:
-            lines[-1] += " " + word
-    return lines
 
 
 def _list_title_and_id(settings: Settings, list_name: str) -> tuple[str, str]:
