@@ -212,8 +212,8 @@ def summary_lines(report: PassReport) -> list[str]:
     )
     d = report.delivery
     lines.append(f"Sent {d.sent}, deferred {d.deferred}, failed {d.failed}, skipped {d.skipped}.")
-    if d.deferred and d.last_error:  # why (failures have a line each already)
-        lines.append(f"Last error: {d.last_error}")
+    if d.deferral_reason:
+        lines.append(f"Last error: {d.deferral_reason}")
     if d.paused:
         lines.append("Paused by a sending cap; the next run resumes.")
     for c in report.halts:

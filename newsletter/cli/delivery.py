@@ -357,16 +357,9 @@ def _summary_line(report: DeliveryReport) -> str:
         line += " (paused: sending cap reached; `newsletter run` resumes it later)"
     elif report.deferred:
         line += " (deferred ones are retried by `newsletter run` or by sending again)"
-    return line + _last_error(report)
-
-
-def _last_error(report: DeliveryReport) -> str:
-    """Why deliveries were deferred, once: a server that could not be
-    reached, say, which else only `newsletter status` told (failures have a
-    line each already)."""
-    if report.deferred and report.last_error:
-        return f"; last error: {report.last_error}"
-    return ""
+    # Why, once (a server that could not be reached, say): else only `status` told.
+    reason = report.deferral_reason
+    return line + (f"; last error: {reason}" if reason else "")
 
 
 def register(group: click.Group) -> None:

@@ -30,6 +30,12 @@ class DeliveryReport:
     # connect to …"): what a summary of deferrals alone can say of them.
     last_error: str | None = None
 
+    @property
+    def deferral_reason(self) -> str | None:
+        """`last_error` when some were deferred: why, which a summary says once
+        (a deferral exits 0 and is retried; failures have a line each already)."""
+        return self.last_error if self.deferred else None
+
     def __add__(self, other: DeliveryReport) -> DeliveryReport:
         return DeliveryReport(
             self.sent + other.sent,
