@@ -18,9 +18,10 @@ Once click knows the command, `settle()` decides what the note means:
   meanwhile is delivered again, so it dies by the signal exactly as before,
   and a Ctrl-C is raised (KeyboardInterrupt) where click reports it.
 
-A command whose work is one transaction (`subscribers import`) takes Ctrl-C
-as a stop until that transaction commits, and no longer after
-(`until_saved`, `saving`).
+A command whose work is one transaction (`subscribers import`, `sync`) takes
+Ctrl-C as a stop until that transaction commits, and no longer after
+(`until_saved`, `saving`); from its very start: its group keeps a Ctrl-C noted
+(`settle(ctrl_c_later=True)`) until the command's `until_saved` takes it over.
 
 A stop has a budget as a whole: `STOP_BUDGET` seconds after the first
 SIGTERM (or Ctrl-C) the process is gone, whatever it was waiting for.  The
@@ -178,9 +179,11 @@ def hold() -> None:
     _held = _cli = True
 
 
-def settle(*, graceful: bool) -> None:
+def settle(*, graceful: bool, ctrl_c_later: bool = False) -> None:
     """Keep noting both signals for a graceful command; else restore them (and
-    deliver again what was noted)."""
+    deliver again what was noted).  `ctrl_c_later`: the command is not known
+    yet (a group's subcommand): Ctrl-C stays noted until `release_ctrl_c()`
+    or `until_saved()` takes it over."""
     global _held, _graceful
     if _held and graceful:
         _graceful = True
@@ -190,10 +193,19 @@ def settle(*, graceful: bool) -> None:
         return
     _held = False
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, _int_at_start)
     if signal.SIGTERM in _noted:
         os.kill(os.getpid(), signal.SIGTERM)
-    if signal.SIGINT in _noted:  # click reports it ("Aborted!")
+    if not ctrl_c_later:
+        release_ctrl_c()
+
+
+def release_ctrl_c() -> None:
+    """Ctrl-C's own disposition back, a Ctrl-C noted meanwhile raised
+    (KeyboardInterrupt: click reports it, "Aborted!"); nothing if not held."""
+    if signal.getsignal(signal.SIGINT) is not _note:
+        return
+    signal.signal(signal.SIGINT, _int_at_start)
+    if signal.SIGINT in _noted:
         raise KeyboardInterrupt
 
 
@@ -238,7 +250,9 @@ def until_saved() -> Iterator[Callable[[], bool]]:
     what the command then says about it nor turn a saved import into a
     failure: the work is done, the command ends as if it had not come.
     Yields whether a Ctrl-C came: a driver may turn one into an error of its
-    own (sqlite3 does, inside a Python function a statement calls).  Ctrl-C
+    own (sqlite3 does, inside a Python function a statement calls), and one
+    that came while the command was starting (held since, `settle`) is
+    already there when the block begins: the caller stops at once.  Ctrl-C
     stays ignored after a saved block in the command line's own process
     (its exit is all that is left, as `finish()` does for `run` and `send`);
     elsewhere the previous handler comes back.  Main thread only: signals
@@ -250,6 +264,9 @@ def until_saved() -> Iterator[Callable[[], bool]]:
         return
     previous = signal.signal(signal.SIGINT, _interrupt)
     _ctrl_c, _saving = False, False
+    if previous is _note:  # held since start-up (`settle(ctrl_c_later=True)`)
+        # A Ctrl-C while the command was starting is this block's to act on.
+        _ctrl_c, previous = signal.SIGINT in _noted, _int_at_start
     try:
         yield lambda: _ctrl_c
     finally:

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, func, select
 from test_daemon_support import Site, add_members, engine_of, make_site
+from test_signals_startup import INTERPRETER_UP, catches_sigterm, cpu_seconds
 
 from newsletter.audience.subscribers import TEST_GATE_ENV
 from newsletter.shutdown import STOPPED
@@ -219,3 +220,31 @@ def test_ctrl_c_right_after_the_merge_committed_is_a_finished_import(tmp_path: P
     assert err == ""
     assert f"news: imported {ROWS} rows: {ROWS} new, 0 updated" in out
     assert counts(engine) == (ROWS + 1, ROWS + 1)
+
+
+START_DELAYS = (0.05, 0.15, 0.3, 0.6)
+
+
+@pytest.mark.parametrize("delay", START_DELAYS)
+def test_ctrl_c_while_the_import_starts_is_a_stop_too(
+    tmp_path: Path, delay: float, database_url: str
+) -> None:
+    """A Ctrl-C inside the second the command spends starting (its libraries,
+    the store) is the same stop as one during the import: one line, `STOPPED`,
+    the store as it was; never click's "Aborted!" with status 1."""
+    site, engine, big = import_site(tmp_path)
+    before = counts(engine)
+    engine.dispose()
+    proc = start(site, big)
+    try:
+        time.sleep(delay)
+        # Read before the signal: it can only have grown by the time it lands.
+        ours = cpu_seconds(proc.pid) >= INTERPRETER_UP or catches_sigterm(proc.pid)
+        os.killpg(proc.pid, signal.SIGINT)
+    finally:
+        out, err = finish(proc)
+    if not ours:  # still inside the interpreter's own start-up: Python's KeyboardInterrupt
+        assert proc.returncode in (STOPPED, 1, -signal.SIGINT), err
+    else:
+        assert (proc.returncode, out, err) == (STOPPED, "", STOPPED_LINE)
+    assert counts(engine) == before

@@ -72,7 +72,11 @@ def main(ctx: click.Context, config: Path | None) -> None:
     ctx.obj = AppContext(config)
     # `run` and `send` stop cleanly on a SIGTERM noted since start-up; every
     # other command dies of it, as it would have without the entry point's hold.
-    shutdown.settle(graceful=ctx.invoked_subcommand in GRACEFUL_COMMANDS)
+    # `subscribers` decides Ctrl-C's meaning once it knows its own subcommand.
+    shutdown.settle(
+        graceful=ctx.invoked_subcommand in GRACEFUL_COMMANDS,
+        ctrl_c_later=ctx.invoked_subcommand == "subscribers",
+    )
 
 
 GRACEFUL_COMMANDS = ("run", "send")

@@ -53,13 +53,22 @@ status_option = click.option(
 
 # The one-address commands (add, remove, ...) live in cli.members.
 @click.group("subscribers", commands=MEMBER_COMMANDS)
-def subscribers_group() -> None:
+@click.pass_context
+def subscribers_group(ctx: click.Context) -> None:
     """Manage subscriber lists: import, export, list, sync, add, remove, unsubscribe,
     resubscribe, show.
 
     Subscriber files hold personal data: never commit real ones to a public
     repository (.gitignore keeps subscribers/*.csv out, except the sample).
     """
+    # A Ctrl-C noted since start-up stops import and sync as one during their
+    # work does (`_ctrl_c_stops`); every other command gets click's default.
+    if ctx.invoked_subcommand not in ONE_TRANSACTION:
+        shutdown.release_ctrl_c()
+
+
+# Whose work is one transaction: Ctrl-C before it commits leaves the store as it was.
+ONE_TRANSACTION = ("import", "sync")
 
 
 # --------------------------------------------------------------------------- import
@@ -130,6 +139,8 @@ def _ctrl_c_stops(what: str, again: str) -> Iterator[None]:
 
     with shutdown.until_saved() as interrupted:
         try:
+            if interrupted():  # a Ctrl-C while the command was starting
+                raise KeyboardInterrupt
             yield
             return
         except KeyboardInterrupt:
