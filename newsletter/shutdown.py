@@ -94,13 +94,23 @@ REPORT_SECONDS = 2.0
 
 def _note(signum: int, _frame: FrameType | None) -> None:
     if _graceful and _EVENT.is_set():  # a second signal while stopping: die of it now
-        signal.signal(signum, signal.SIG_DFL)
-        os.kill(os.getpid(), signum)
+        insist(signum)
         return
     _noted.add(signum)
     _EVENT.set()
     if _graceful:
         stopping()
+
+
+def insist(signum: int) -> None:
+    """A second signal while the command stops: it dies of that signal now,
+    the message in flight left as after a crash (retried by the next run).
+    Only in the command line's own process: the library used in-process
+    (tests) is never killed from under."""
+    if not _cli:
+        return
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
 
 
 def stopping() -> None:

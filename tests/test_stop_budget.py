@@ -226,3 +226,44 @@ def test_a_command_ended_by_the_budget_prints_its_summary_line(
     finally:
         server.release()
         server.stop()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl-c"])
+@pytest.mark.parametrize("command", ["run", "send"])
+def test_a_second_signal_while_stopping_ends_the_process_at_once(
+    tmp_path: Path, command: str, sig: signal.Signals
+) -> None:
+    """The first signal waits for the message in flight (up to the budget);
+    a second one is the owner insisting: the process dies of it then and there
+    (docs/daemon.md), the daemon as `send` does."""
+    server = SmtpTestServer().start()
+    try:
+        server.hold(0)
+        site = make_site(
+            tmp_path, transport="smtp", smtp_port=server.port, smtp_timeout=SMTP_TIMEOUT
+        )
+        site.write_post("2025-01-02-held.md", "Held", datetime.now(UTC) - timedelta(days=30))
+        settings = site.settings()
+        add_members(engine_of(settings), "news", settings=settings)
+        args = ("run", "--no-watch") if command == "run" else ("send", "held", "--list", "news")
+        proc = newsletter(site, *args)
+        try:
+            deadline = time.monotonic() + 120  # start-up under load: bounds a hang
+            while not server.received and time.monotonic() < deadline and proc.poll() is None:
+                time.sleep(0.05)
+            assert server.received, "nothing reached the server"
+            proc.send_signal(sig)
+            time.sleep(0.5)  # the first one handled: the stop has begun
+            assert proc.poll() is None, proc.communicate()
+            proc.send_signal(sig)
+            _out, err = proc.communicate(timeout=STOP_BUDGET + SLACK)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+        assert proc.returncode == -sig, err
+        # Not the budget's exit: the second signal ended it before then.
+        assert "a message still had no answer" not in err
+    finally:
+        server.release()
+        server.stop()

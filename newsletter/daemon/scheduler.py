@@ -124,6 +124,7 @@ class Daemon:
         self.scheduler: Any = None
         self.passes = 0
         self.lost_lock = False  # set when another process took the lock: exit non-zero
+        self._signals = 0  # SIGTERM and Ctrl-C received while serving: a second one ends it at once
         self.outage = OutageLog()
         self._running = threading.Lock()  # held by the pass in progress
         self._seen_problems: set[str] = set()
@@ -223,6 +224,15 @@ class Daemon:
                 signal.signal(sig, handler)
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self._signals += 1
+        if self._signals > 1:  # the owner insists: no more waiting for in-flight messages
+            log.warning(
+                "received %s again: exiting now",
+                signal.Signals(signum).name,
+                extra={"event": "signal"},
+            )
+            shutdown.insist(signum)
+            return
         log.info(
             "received %s: finishing in-flight messages",
             signal.Signals(signum).name,
