@@ -285,3 +285,57 @@ def test_a_server_that_cannot_be_reached_is_named_in_the_summary(sample_site: Pa
         code, out, _ = run("--config", str(config), "send", POST, "--list", "sample", "--resend")
     assert code == 0
     assert out.startswith("sent 2, deferred 0") and "last error" not in out
+
+
+def test_dry_run_with_test_addresses_sends_nothing(sample_site: Path) -> None:
+    code, out, err = run("send", POST, "--list", "sample", "--test", "me@example.com", "--dry-run")
+    assert (code, err) == (0, "")
+    assert out == f"would send a test message of '{POST}' to me@example.com\n"
+    assert not (sample_site / ".newsletter/outbox").exists()
+    code, out, _ = run(
+        "send", POST, "--list", "sample", "--test", "me@example.com", "--dry-run", "--json"
+    )
+    assert (code, json.loads(out)) == (
+        0, {"test": True, "dry_run": True, "post": POST, "to": ["me@example.com"]}
+    )  # fmt: skip
+    assert not (sample_site / ".newsletter/outbox").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (["--test", "me@example.com", "--resend"], "--resend"),
+        (["-v"], "--verbose"),
+    ],
+    ids=["test-and-resend", "verbose-alone"],
+)
+def test_options_that_would_be_ignored_are_usage_errors(
+    sample_site: Path, flags: list[str], says: str
+) -> None:
+    add_readers(sample_site / "newsletter.toml", 1)
+    code, out, err = run("send", POST, "--list", "sample", *flags)
+    assert (code, out) == (2, "")
+    assert says in err
+    assert not (sample_site / ".newsletter/outbox").exists()
+
+
+@pytest.mark.parametrize("bad", ["notanaddress", "a@b"])
+def test_a_test_address_is_checked_as_a_subscribers_would_be(sample_site: Path, bad: str) -> None:
+    code, out, err = run(
+        "send", POST, "--list", "sample", "--test", "me@example.com", "--test", bad
+    )
+    assert (code, out) == (1, "")
+    assert err.startswith(f"error: invalid email address {bad!r}: "), err
+    assert not (sample_site / ".newsletter/outbox").exists()
+
+
+def test_a_test_address_given_twice_gets_one_copy(
+    sample_site: Path, smtp_server: SmtpTestServer
+) -> None:
+    config = smtp_config(sample_site, smtp_server)
+    code, out, _ = run(
+        "--config", str(config), "send", POST, "--list", "sample",
+        "--test", "me@example.com", "--test", "ME@Example.com ",
+    )  # fmt: skip
+    assert (code, out) == (0, f"sent 1 test message(s) of '{POST}'\n")
+    assert smtp_server.recipients() == ["me@example.com"]

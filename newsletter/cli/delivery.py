@@ -68,6 +68,7 @@ def send_cmd(
     from newsletter.posts.collection import load_posts
     from newsletter.posts.lookup import require_published
 
+    _refuse_ignored(tests, resend, verbose, dry_run)
     stop = shutdown.stop_event()  # set by a SIGTERM or Ctrl-C from start-up on
     settings = settings_of(ctx)
     settings.get_list(list_name)
@@ -82,7 +83,7 @@ def send_cmd(
     post_id, title = post_ref, ""
     if post is not None:
         if tests:
-            _send_tests(settings, post, list_name, tests, as_json)
+            _send_tests(settings, post, list_name, tests, as_json, dry_run)
             return
         require_published(post)  # a draft goes to --test addresses only, never to a list
         post_id, title = post.post_id, post.title
@@ -90,6 +91,17 @@ def send_cmd(
         _dry_run(settings, post_id, list_name, resend, verbose, as_json)
     else:
         _send(settings, post_id, title, posts, list_name, resend, wait, as_json, stop)
+
+
+def _refuse_ignored(tests: tuple[str, ...], resend: bool, verbose: bool, dry_run: bool) -> None:
+    """A combination whose one half would be silently ignored is a usage error."""
+    if tests and resend:
+        raise click.UsageError(
+            "--resend sends the post to the whole list again and --test sends copies "
+            "to ADDR only: give one of them"
+        )
+    if verbose and not dry_run:
+        raise click.UsageError("--verbose lists the recipients of a --dry-run: add --dry-run")
 
 
 def _is_digest(post_ref: str) -> bool:
@@ -119,10 +131,23 @@ def _digest_exists(settings: Settings, digest_id: str, list_name: str, again: ob
 
 
 def _send_tests(
-    settings: Settings, post: Post, list_name: str, addresses: tuple[str, ...], as_json: bool
+    settings: Settings,
+    post: Post,
+    list_name: str,
+    addresses: tuple[str, ...],
+    as_json: bool,
+    dry_run: bool,
 ) -> None:
     from newsletter.delivery.mailings import send_test
+    from newsletter.delivery.outgoing import test_recipients
 
+    if dry_run:  # checked as they would be, sent to none
+        to = test_recipients(addresses)
+        if as_json:
+            emit_json({"test": True, "dry_run": True, "post": post.post_id, "to": list(to)})
+        else:
+            click.echo(f"would send a test message of {post.post_id!r} to {', '.join(to)}")
+        return
     report = send_test(settings, post, list_name, addresses)
     if as_json:
         emit_json({"test": True, **_report_dict(report)})

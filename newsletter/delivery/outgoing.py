@@ -20,7 +20,7 @@ from newsletter.delivery.transports import ConnectError, SendResult, Transport, 
 from newsletter.email.linktokens import make_preferences_token, preferences_url
 from newsletter.email.message import MessageTemplate, Recipient, stuffed_body
 from newsletter.email.tokens import checked_secret, load_secret, make_token, unsubscribe_url
-from newsletter.errors import DeliveryError
+from newsletter.errors import DeliveryError, RenderError
 from newsletter.posts.collection import Post, PostCollection
 from newsletter.store import mailings as q
 
@@ -120,6 +120,26 @@ class MessageContext:
         return Recipient(row.email, row.name, unsubscribe_url(self.settings, token), prefs)
 
 
+def test_recipients(addresses: tuple[str, ...]) -> tuple[str, ...]:
+    """`--test` addresses checked as a subscriber's would be, each once
+    (case-insensitively), in the order given; the first bad one raises."""
+    from newsletter.audience.addresses import normalised
+    from newsletter.email.headers import clean_address
+    from newsletter.errors import SubscriberError
+
+    if not addresses:
+        raise DeliveryError("no test address given")
+    unique: dict[str, str] = {}
+    for address in addresses:
+        clean_address(address)  # what no header may carry, named as such
+        try:
+            email, key = normalised(address)
+        except SubscriberError as exc:
+            raise RenderError(exc.message, recipient=address) from None
+        unique.setdefault(key, email)
+    return tuple(unique.values())
+
+
 def send_test_messages(
     settings: Settings,
     post: Post,
@@ -130,12 +150,8 @@ def send_test_messages(
 ) -> DeliveryReport:
     """Send a "[TEST] " copy to each address; nothing is recorded."""
     from newsletter.email import render
-    from newsletter.email.headers import clean_address
 
-    if not addresses:
-        raise DeliveryError("no test address given")
-    for address in addresses:
-        clean_address(address)  # every one before any is sent: all or nothing
+    addresses = test_recipients(addresses)  # every one before any is sent: all or nothing
     rendered = render.render_email(post, settings, settings.get_list(list_name))
     template = MessageTemplate.build(rendered, settings, subject_prefix="[TEST] ")
     signer = make_signer(settings)
