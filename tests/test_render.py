@@ -250,6 +250,18 @@ def test_bad_subject_template_is_reported_with_its_key(template: str, message: s
     assert message in str(info.value)
 
 
+def test_a_missing_value_in_the_subject_is_no_text_not_none() -> None:
+    """Jinja prints None as "None"; in a subject that is a word the reader
+    sees (a post without `description:`).  Liquid prints nil as nothing: so
+    does the subject, and one with nothing left is the error it always was."""
+    settings = make_settings(subject="{{ post.title }}{{ post.description }}")
+    post = make_post(description=None)
+    assert render_email(post, settings, settings.lists["everything"]).subject == post.title
+    settings = make_settings(subject="{{ post.description }}")
+    with pytest.raises(TemplateError, match="the subject template renders to nothing"):
+        render_email(post, settings, settings.lists["everything"])
+
+
 # --------------------------------------------------------------------------- user templates
 
 

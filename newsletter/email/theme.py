@@ -95,8 +95,14 @@ def template_environment(
 
 
 def subject_environment(env: jinja2.Environment) -> jinja2.Environment:
-    """The subject is plain text: same filters, no HTML escaping."""
-    return env.overlay(autoescape=False)
+    """The subject is plain text: same filters, no HTML escaping, and a None
+    (a post without `description:`) is no text, as Liquid's nil is, never
+    the word "None" in a reader's inbox."""
+    return env.overlay(autoescape=False, finalize=_none_is_nothing)
+
+
+def _none_is_nothing(value: object) -> object:
+    return "" if value is None else value
 
 
 def month_name(month: int) -> str:
