@@ -250,6 +250,22 @@ def test_bad_subject_template_is_reported_with_its_key(template: str, message: s
     assert message in str(info.value)
 
 
+def test_the_site_links_go_to_the_blogs_home_with_its_baseurl() -> None:
+    """A GitHub project site lives at url + baseurl (`https://user.github.io/repo/`):
+    the site title, the logo and the text footer link there, not to the host
+    alone (another site, or a 404).  Without a baseurl they are `site.url`."""
+    settings = make_settings(logo="/logo.png")
+    site = replace(settings.site, baseurl="/repo")
+    out = render_email(make_post(), replace(settings, site=site), settings.lists["everything"])
+    home = "https://tides.example.com/repo/"
+    links = re.findall(r'<a [^>]*href="(https://tides\.example\.com[^"]*)"', out.html)
+    assert links.count(home) == 2, links  # the logo (else the title) and the footer
+    assert 'https://tides.example.com"' not in out.html
+    assert f"Tide Notes: <{home}>" in out.text
+    plain = render_email(make_post(), settings, settings.lists["everything"])
+    assert "Tide Notes: <https://tides.example.com>" in plain.text
+
+
 def test_a_missing_value_in_the_subject_is_no_text_not_none() -> None:
     """Jinja prints None as "None"; in a subject that is a word the reader
     sees (a post without `description:`).  Liquid prints nil as nothing: so

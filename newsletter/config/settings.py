@@ -49,6 +49,14 @@ class SiteSettings:
     jekyll: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
 
     @property
+    def home(self) -> str:
+        """The blog's front page: `url` and `baseurl` (Jekyll's `site.url` +
+        `site.baseurl`), `https://user.github.io/repo/` for a project site;
+        `url` as given when there is no baseurl."""
+        base = self.baseurl.strip("/")
+        return f"{self.url.rstrip('/')}/{base}/" if base else self.url
+
+    @property
     def tz(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
 

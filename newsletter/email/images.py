@@ -37,8 +37,7 @@ def site_root(settings: Settings) -> Path:
 
 def local_file(url: str, settings: Settings) -> Path | None:
     """The file behind an image URL of this site, when it exists in the source."""
-    base = settings.site.url.rstrip("/") + "/" + settings.site.baseurl.strip("/")
-    base = base.rstrip("/") + "/"
+    base = settings.site.home.rstrip("/") + "/"
     if not url.startswith(base):
         return None
     relative = unquote(urlsplit(url[len(base) :]).path)

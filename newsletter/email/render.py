@@ -269,8 +269,7 @@ def _absolute(settings: Settings, ref: str) -> str:
         return ref
     if ref.startswith("//"):  # protocol-relative: the site's scheme
         return f"{settings.site.url.split(':', 1)[0]}:{ref}"
-    base = settings.site.url.rstrip("/") + "/" + settings.site.baseurl.strip("/")
-    return base.rstrip("/") + "/" + ref.lstrip("/")
+    return settings.site.home.rstrip("/") + "/" + ref.lstrip("/")
 
 
 def _logo(settings: Settings) -> Hero | None:
