@@ -357,3 +357,54 @@ def test_a_jekyll_url_without_scheme_says_how_to_override_it(tmp_path: Path) -> 
         encoding="utf-8",
     )
     assert CliRunner().invoke(main, ["--config", str(cfg), "check"]).exit_code == 0
+
+
+SLEEP = "posts/2024-10-14-how-sleep-consolidates-memory.md"
+AGAIN = "posts/2024-12-09-how-sleep-consolidates-memory.md"
+
+
+def _second_post_with_the_same_slug(site: Path, front: str = "") -> None:
+    """A newer post whose file name differs from an older one's only by its
+    date (a yearly "year in review", a series): Jekyll's two posts, one id here."""
+    text = (site / SLEEP).read_text(encoding="utf-8")
+    text = text.replace(
+        "date:   2024-10-14 07:30:00 +0300", f"{front}date: 2024-12-09 08:00:00 +0000"
+    )
+    (site / AGAIN).write_text(text.replace("How Sleep Turns", "Sleep, Again, Turns"), "utf-8")
+
+
+def test_two_posts_with_one_id_are_an_error_never_a_silent_skip(sample_site: Path) -> None:
+    _second_post_with_the_same_slug(sample_site)
+    result = CliRunner().invoke(main, ["check"])
+    assert result.exit_code == 1
+    lines = [line for line in result.stdout.splitlines() if "same id" in line]
+    assert len(lines) == 2, result.stdout  # one per file, each naming the other
+    assert lines[0].startswith(f"{SLEEP}: id: error: ") and AGAIN in lines[0]
+    assert lines[1].startswith(f"{AGAIN}: id: error: ") and SLEEP in lines[1]
+    assert "id: 2024-12-09-how-sleep-consolidates-memory" in lines[1]
+    # The daemon plans neither (which one would the id's mailing be?), says
+    # why, and sends the rest.
+    result = CliRunner().invoke(main, ["run", "--once"])
+    assert result.exit_code == 1
+    assert "same id" in result.stderr
+    sent = json.loads(CliRunner().invoke(main, ["posts", "--json"]).stdout)
+    by_path = {row["path"]: row for row in sent}
+    assert by_path[SLEEP]["sent_to"] == [] and by_path[AGAIN]["sent_to"] == []
+    assert by_path["posts/2024-11-18-measuring-reaction-times-in-python.md"]["sent_to"] == [
+        "sample"
+    ]
+    # Nor does `send`, given the path of one: its mailing would be the other's too.
+    result = CliRunner().invoke(main, ["send", AGAIN, "--list", "sample"])
+    assert result.exit_code == 1
+    assert "same id" in result.stderr and "id:" in result.stderr
+
+
+def test_an_id_of_its_own_makes_the_newer_post_a_post_of_its_own(sample_site: Path) -> None:
+    _second_post_with_the_same_slug(sample_site, front="id: sleep-again\n")
+    assert "same id" not in CliRunner().invoke(main, ["check"]).output
+    result = CliRunner().invoke(main, ["run", "--once"])
+    assert result.exit_code == 0, result.stderr
+    rows = {
+        row["path"]: row for row in json.loads(CliRunner().invoke(main, ["posts", "--json"]).stdout)
+    }
+    assert rows[SLEEP]["sent_to"] == ["sample"] and rows[AGAIN]["sent_to"] == ["sample"]

@@ -86,6 +86,7 @@ def send_cmd(
             _send_tests(settings, post, list_name, tests, as_json, dry_run)
             return
         require_published(post)  # a draft goes to --test addresses only, never to a list
+        posts.require_own_id(post)  # its mailing is recorded by id: the id must be its alone
         post_id, title = post.post_id, post.title
     if dry_run:
         _dry_run(settings, post_id, list_name, resend, verbose, as_json)

@@ -35,6 +35,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from newsletter.config import ListSettings, Settings
 from newsletter.errors import ConfigError, Problem, StoreError, database_reason
+from newsletter.posts import lookup
 from newsletter.posts.collection import Post, PostCollection
 from newsletter.store import insert_or_ignore, reading
 from newsletter.store.schema import state
@@ -136,8 +137,11 @@ def plan_due(
     future: list[Post] = []
     before: list[Post] = []
     problems: list[Problem] = []
+    posts = tuple(posts)
+    # Which of them a mailing sent would be unknowable (their error says so).
+    shared = lookup.shared_ids(posts)
     for post in posts:
-        if not is_candidate(post):
+        if not is_candidate(post) or post.post_id in shared:
             continue
         for name in unknown_lists(post, lists):
             problems.append(
@@ -186,10 +190,13 @@ def digest_posts(
     mailed to it on their own; re-dating or retitling a post does not change
     its id, so it is never listed twice.
     """
+    posts = tuple(posts)
+    shared = lookup.shared_ids(posts)  # listed by id: the one it names is unknowable
     chosen = [
         post
         for post in posts
         if is_candidate(post)
+        and post.post_id not in shared
         and list_takes(post, mailing_list)
         and since <= post.date <= until
         and post.post_id not in excluded

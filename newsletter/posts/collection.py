@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Literal
 from newsletter.config import Settings
 from newsletter.errors import NewsletterError, Problem
 from newsletter.posts import index as post_index
+from newsletter.posts import lookup
 from newsletter.posts import snapshot as whole
 from newsletter.posts.files import (  # noqa: F401 - POST_SUFFIXES, post_files: the package's API
     POST_SUFFIXES,
@@ -103,7 +104,8 @@ def load_posts(
     else:
         found_posts = found_files.found()
         collected, urls = _load(settings, found_posts, undated, progress, bodies, index)
-        collected = replace(collected, roots=roots)
+        shared = lookup.shared_id_problems(collected.posts, roots)
+        collected = replace(collected, roots=roots, problems=(*collected.problems, *shared))
         from newsletter.posts import pages  # (imported by `_load` already)
 
         linked = urls.consulted() if isinstance(urls, pages.LinkTargets) else ()

@@ -10,8 +10,8 @@ names several posts is an error listing them, so the user picks one.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Iterable, Sequence
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from newsletter.errors import PostError, Problem
@@ -42,7 +42,9 @@ def failed(problems: Sequence[Problem], ref: str, roots: Sequence[Path]) -> Prob
     folder without the date prefix and extension), else its path."""
     targets = _path_targets(ref, roots)
     for problem in problems:
-        if problem.severity != "error" or problem.path is None:
+        # A shared id's error is on posts that did load: a reference to them
+        # is answered by `resolve` ("names 2 posts"), not by that error.
+        if problem.severity != "error" or problem.path is None or problem.key == "id":
             continue
         if _is_target(problem.path, targets) or ref in _would_be_id(problem.path, roots):
             return problem
@@ -69,6 +71,44 @@ def with_id(posts: Sequence[Post], post_id: str) -> Post | None:
     """The post whose id is exactly `post_id`; None when none or several are."""
     found = [post for post in posts if post.post_id == post_id]
     return found[0] if len(found) == 1 else None
+
+
+def shared_ids(posts: Iterable[Post]) -> dict[str, list[Post]]:
+    """Each id that more than one post has, with those posts, oldest first."""
+    by_id: dict[str, list[Post]] = {}
+    for post in posts:
+        by_id.setdefault(post.post_id, []).append(post)
+    return {
+        post_id: sorted(group, key=lambda p: (p.date, str(p.path)))
+        for post_id, group in by_id.items()
+        if len(group) > 1
+    }
+
+
+def shared_id_problems(posts: Iterable[Post], roots: Sequence[Path]) -> list[Problem]:
+    """An error on each post whose id another post has too.
+
+    The id leaves out the file name's date so that re-dating a post never
+    mails it again; two files whose names differ only in their date (a
+    yearly "year in review") are then one id, and the ledger could not tell
+    which of them a mailing sent.  Neither is planned until one has an `id:`
+    of its own (the newer, whose suggested id is its dated file name)."""
+    problems = []
+    for post_id, group in shared_ids(posts).items():
+        for i, post in enumerate(group):
+            others = ", ".join(_shown(o.path, roots) for o in group if o is not post)
+            if i == 0:
+                fix = "the newer one has an `id:` of its own in its front matter"
+            else:
+                dated = (PurePosixPath(post_id).parent / post.path.stem).as_posix()
+                fix = f"this one has an `id:` of its own in its front matter (e.g. `id: {dated}`)"
+            problems.append(Problem(
+                f"has the same id {post_id!r} as {others} (file names that differ only in "
+                f"their date are one post, so that re-dating never mails a post twice): "
+                f"neither is sent until {fix}",
+                post.path, None, "error", "id",
+            ))  # fmt: skip
+    return problems
 
 
 def _path_targets(ref: str, roots: Sequence[Path]) -> set[Path]:

@@ -91,6 +91,14 @@ class PostCollection:
             return found
         return self._whole(found)
 
+    def require_own_id(self, post: Post) -> Post:
+        """`post` itself, when no other post has its id (a mailing of it to a
+        list is recorded by id); else that error (`lookup.shared_id_problems`)."""
+        for problem in self.problems:
+            if problem.key == "id" and problem.severity == "error" and problem.path == post.path:
+                raise PostError(problem.message, path=problem.path, key=problem.key)
+        return post
+
     def _whole(self, post: Post) -> Post:
         return post if self.complete is None else self.complete(post)
 
