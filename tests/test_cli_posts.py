@@ -408,3 +408,18 @@ def test_an_id_of_its_own_makes_the_newer_post_a_post_of_its_own(sample_site: Pa
         row["path"]: row for row in json.loads(CliRunner().invoke(main, ["posts", "--json"]).stdout)
     }
     assert rows[SLEEP]["sent_to"] == ["sample"] and rows[AGAIN]["sent_to"] == ["sample"]
+
+
+def test_a_post_naming_an_unknown_list_is_a_warning_of_check_and_posts(sample_site: Path) -> None:
+    """`lists: [weekley]` sends the post to no list: `check` says so before
+    the daemon would (it warned only while planning), and `posts` too."""
+    path = sample_site / "posts" / "2024-12-20-typo.md"
+    path.write_text("---\ntitle: Typo\ndate: 2024-12-20\nlists: [weekley]\n---\nBody.\n")
+    warning = "posts/2024-12-20-typo.md: lists: warning: names unknown list 'weekley'"
+    result = CliRunner().invoke(main, ["check"])
+    assert warning in result.stdout.splitlines(), result.stdout
+    assert result.exit_code == 0  # a warning: the rest is fine
+    result = CliRunner().invoke(main, ["posts"])
+    assert warning in result.stderr.splitlines(), result.stderr
+    result = CliRunner().invoke(main, ["run", "--once"])
+    assert result.stderr.count("names unknown list 'weekley'") == 1, result.stderr

@@ -83,7 +83,7 @@ def posts_cmd(ctx: click.Context, as_json: bool) -> None:
     than the first run when since is unset).  Problems go to stderr.
     """
     from newsletter.config import utcnow
-    from newsletter.daemon.planning import effective_since
+    from newsletter.daemon.planning import effective_since, unknown_list_problems
     from newsletter.delivery.mailings import mailed_pairs, post_mailings
     from newsletter.posts.collection import post_status
     from newsletter.store import open_store
@@ -118,13 +118,14 @@ def posts_cmd(ctx: click.Context, as_json: bool) -> None:
         }
         for p in collection.posts
     ]
+    problems = (*collection.problems, *unknown_list_problems(collection.posts, settings.lists))
     if as_json:
         emit_json(rows)
     else:
         for row in rows:
             click.echo(f"{row['date']}  {row['status']:<12}  {row['title']}  {row['url']}")
-        click.echo(_summary(len(rows), collection.problems))
-    for problem in collection.problems:
+        click.echo(_summary(len(rows), problems))
+    for problem in problems:
         click.echo(str(problem), err=True)
 
 
@@ -178,6 +179,7 @@ def check_cmd(ctx: click.Context, everything: bool, as_json: bool) -> None:
     settings = settings_of(ctx)  # a broken configuration stops here, exit 1
     problems = list(check_settings(settings))
     from newsletter.config import DkimSettings
+    from newsletter.daemon.planning import unknown_list_problems
 
     if settings.dkim != DkimSettings():  # (else dkimpy and cryptography stay unloaded)
         from newsletter.email import dkim
@@ -188,6 +190,7 @@ def check_cmd(ctx: click.Context, everything: bool, as_json: bool) -> None:
         records = []
     collection = _load(settings, "Checking posts", index=not everything)
     problems.extend(collection.problems)
+    problems.extend(unknown_list_problems(collection.posts, settings.lists))
     with progress_bar(len(collection.posts), "Rendering") as advance:
         problems.extend(
             check_templates(settings, collection, progress=advance, cache=not everything)

@@ -121,6 +121,18 @@ def unknown_lists(post: Post, known: Iterable[str]) -> tuple[str, ...]:
     return tuple(name for name in post.lists or () if name not in names)
 
 
+def unknown_list_problems(posts: Iterable[Post], lists: Iterable[str]) -> list[Problem]:
+    """A warning for each list a post's `lists:` names that the configuration
+    lacks (a typo sends the post to none): the daemon's, `check`'s and `posts`'."""
+    known = set(lists)
+    return [
+        Problem(f"names unknown list {name!r}", post.path, None, "warning", "lists")
+        for post in posts
+        if is_candidate(post)
+        for name in unknown_lists(post, known)
+    ]
+
+
 # --------------------------------------------------------------------------- each lists
 
 
@@ -136,17 +148,13 @@ def plan_due(
     due: list[DueSend] = []
     future: list[Post] = []
     before: list[Post] = []
-    problems: list[Problem] = []
     posts = tuple(posts)
+    problems = unknown_list_problems(posts, lists)
     # Which of them a mailing sent would be unknowable (their error says so).
     shared = lookup.shared_ids(posts)
     for post in posts:
         if not is_candidate(post) or post.post_id in shared:
             continue
-        for name in unknown_lists(post, lists):
-            problems.append(
-                Problem(f"names unknown list {name!r}", post.path, None, "warning", "lists")
-            )
         targets = [
             lst.name
             for lst in each
