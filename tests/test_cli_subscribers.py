@@ -375,3 +375,38 @@ def test_import_json_says_how_many_problems_it_left_out(sample_site: Path) -> No
     assert (data["new"], data["invalid"]) == (1, MAX_PROBLEMS + 5)
     assert len(data["problems"]) == MAX_PROBLEMS and data["problems_not_listed"] == 5
     assert data["problems"][-1]["line"] == MAX_PROBLEMS + 2
+
+
+def _members(list_name: str) -> dict[str, str]:
+    rows = json.loads(cli("subscribers", "list", "--list", list_name, "--json").stdout)
+    return {row["email"]: row["status"] for row in rows}
+
+
+def test_resubscribe_to_one_list_lifts_a_global_unsubscribe_for_that_list_only(
+    sample_site: Path,
+) -> None:
+    """The person re-consented to one list: the others they left with the
+    global unsubscribe stay left (it made them mailable on every list)."""
+    for name in ("sample", "weekly"):
+        cli("subscribers", "add", "g@example.com", "--list", name)
+    cli("subscribers", "unsubscribe", "g@example.com")
+    result = cli("subscribers", "resubscribe", "g@example.com", "--list", "sample")
+    assert result.exit_code == 0, result.output
+    assert "resubscribed g@example.com to sample" in result.stdout
+    assert "stays unsubscribed from weekly" in result.stdout
+    assert _members("sample")["g@example.com"] == "active"
+    assert _members("weekly").get("g@example.com", "unsubscribed") != "active"
+    shown = json.loads(cli("subscribers", "show", "g@example.com", "--json").stdout)
+    assert shown["lists"]["weekly"] is not None  # unsubscribed from it (its time)
+
+
+def test_resubscribe_does_not_skip_a_pending_signups_confirmation(sample_site: Path) -> None:
+    path = sample_site / "pending.csv"
+    path.write_text("email,status\np@example.com,pending\n", encoding="utf-8")
+    assert cli("subscribers", "import", str(path), "--list", "sample").exit_code == 0
+    added = cli("subscribers", "add", "p@example.com", "--list", "weekly")
+    assert "resubscribe" not in added.stdout and "pending" in added.stdout
+    result = cli("subscribers", "resubscribe", "p@example.com")
+    assert result.exit_code == 1
+    assert "pending" in result.stderr and "confirm" in result.stderr
+    assert _members("sample")["p@example.com"] == "pending"

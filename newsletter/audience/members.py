@@ -253,18 +253,23 @@ def resubscribe(
     """The explicit undo of a suppression: the only way back to mailable.
 
     With a list name, that list's unsubscribe is cleared (the membership is
-    created if missing) and the subscriber becomes active again.  With None,
-    the subscriber becomes active and every per-list unsubscribe is cleared,
+    created if missing) and the subscriber becomes active again, for that
+    list only: the person re-consented to it, so a suppression lifted this
+    way leaves every other list they were on unsubscribed.  With None, the
+    subscriber becomes active and every per-list unsubscribe is cleared,
     except those of lists they never joined (`never_joined`): those stay.
+    Never for a pending signup: only its own confirmation makes it active.
     Returns whether anything changed; only a change is recorded in the
     consent history (with a `source`).
     """
     stamp = now()
     with writing(bind) as conn:
         _require_subscriber(conn, subscriber_id)
-        changed = conn.execute(
+        lifted = conn.execute(
             update(subscribers)
-            .where(subscribers.c.id == subscriber_id, subscribers.c.status != ACTIVE)
+            .where(
+                subscribers.c.id == subscriber_id, subscribers.c.status.not_in((ACTIVE, PENDING))
+            )
             .values(
                 status=ACTIVE,
                 status_reason="resubscribed",
@@ -272,11 +277,14 @@ def resubscribe(
                 updated_at=stamp,
             )
         ).rowcount
+        changed = lifted
         where = [memberships.c.subscriber_id == subscriber_id]
         if list_name is not None:
             lid = list_id(conn, list_name)
             changed += _ensure_membership(conn, lid, subscriber_id, stamp)
             where.append(memberships.c.list_id == lid)
+            if lifted:
+                _keep_the_others_left(conn, subscriber_id, lid, stamp)
         else:
             where.append(~NEVER_JOINED)
         changed += conn.execute(
@@ -287,6 +295,20 @@ def resubscribe(
         if changed and source is not None:
             consent.record(conn, subscriber_id, "resubscribe", source, list_name, at=stamp)
         return bool(changed)
+
+
+def _keep_the_others_left(conn: Connection, subscriber_id: int, kept: int, stamp: datetime) -> None:
+    """A suppression lifted for one list: each other list the subscriber is
+    still a member of gets a per-list unsubscribe, so only `kept` mails them."""
+    conn.execute(
+        update(memberships)
+        .where(
+            memberships.c.subscriber_id == subscriber_id,
+            memberships.c.list_id != kept,
+            memberships.c.unsubscribed_at.is_(None),
+        )
+        .values(unsubscribed_at=stamp)
+    )
 
 
 def mark_bounced(bind: Bind, subscriber_id: int, *, reason: str) -> None:

@@ -69,6 +69,11 @@ def _suppressed_note(engine: Engine, row: SubscriberRow, list_name: str) -> str:
     """Why an added address still gets no mail, and the one way to lift that."""
     from newsletter.audience.members import membership_lists
 
+    if row.status == "pending":
+        return (
+            f", but it stays pending ({shown(row.status_reason or 'no reason recorded')}) "
+            "and gets no mail until it confirms its signup (its confirmation link)"
+        )
     if row.status != "active":
         return (
             f", but it stays {row.status} ({shown(row.status_reason or 'no reason recorded')}) "
@@ -152,15 +157,26 @@ def resubscribe_command(ctx: click.Context, email: str, list_name: str | None) -
     Without --list, lists EMAIL was unsubscribed from without ever joining
     them stay so.
     """
-    from newsletter.audience.members import never_joined, resubscribe
+    from newsletter.audience.members import membership_lists, never_joined, resubscribe
+    from newsletter.errors import SubscriberError
 
     _, engine = _engine_for(ctx, list_name)
     row = _require(engine, email)
+    if row.status == "pending":  # no suppression to undo: a consent never given
+        raise SubscriberError(
+            f"{row.email} is pending: it has not confirmed its signup, and only its "
+            "confirmation link makes it active (resubscribe undoes an unsubscribe, "
+            "bounce or complaint)"
+        )
     scope = list_name or "every list"
     if resubscribe(engine, row.id, list_name, source="cli"):
         done = f"resubscribed {row.email} to {scope}"
     else:
         done = f"{row.email} was not unsubscribed from {scope}; nothing changed"
+    if list_name is not None:
+        left = [n for n, at in membership_lists(engine, row.id).items() if at and n != list_name]
+        if left:  # a global suppression lifted for this list only
+            done += f"; it stays unsubscribed from {', '.join(sorted(left))}"
     kept = never_joined(engine, row.id) if list_name is None else []
     for name in kept:  # a per-list unsubscribe of a non-member: only --list lifts it
         done += (
