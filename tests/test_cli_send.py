@@ -339,3 +339,19 @@ def test_a_test_address_given_twice_gets_one_copy(
     )  # fmt: skip
     assert (code, out) == (0, f"sent 1 test message(s) of '{POST}'\n")
     assert smtp_server.recipients() == ["me@example.com"]
+
+
+def test_status_says_why_a_mailing_every_pass_fails_on_is_stuck(
+    sample_site: Path, smtp_server: SmtpTestServer
+) -> None:
+    """An explicit mailing whose post is gone fails on every pass ("no post
+    matches"): `status` showed it planned with its queue and no reason."""
+    config = smtp_config(sample_site, smtp_server)
+    add_readers(config, 2)
+    smtp_server.script("reader01@example.org", "451 4.3.0 Try later")  # one left queued
+    run("--config", str(config), "send", POST, "--list", "sample")
+    (sample_site / "posts" / f"2024-10-14-{POST}.md").unlink()
+    code, _, err = run("--config", str(config), "run", "--once")
+    assert code == 1 and f"no post matches '{POST}'" in err
+    code, out, _ = run("--config", str(config), "status")
+    assert f"last error: no post matches '{POST}'" in out, out

@@ -7,6 +7,7 @@ bad post, list or template: those become `PassReport.problems` (invariant 5).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -33,6 +34,7 @@ from newsletter.posts.collection import Post, PostCollection
 from newsletter.store import one_at_a_time, reading
 from newsletter.store.halts import AUTOMATIC, POSTPONED
 from newsletter.store.leases import DEFERRED
+from newsletter.store.mailings import note_error
 from newsletter.store.schema import deliveries, mailings
 
 log = logging.getLogger("newsletter.daemon")
@@ -387,6 +389,8 @@ def _deliver(
             return total, str(exc)
         except NewsletterError as exc:
             problems.append(f"error: mailing {mailing_id}: {exc}")
+            with contextlib.suppress(SQLAlchemyError):  # said above; the store may be down
+                note_error(engine, mailing_id, str(exc))
             continue
         except SQLAlchemyError as exc:  # a busy or broken database: next pass retries
             problems.append(f"error: mailing {mailing_id}: database: {database_reason(exc)}")

@@ -272,6 +272,13 @@ def set_gate(
         )
 
 
+def note_error(engine: Engine, mailing_id: int, error: str) -> None:
+    """Why a pass could not deliver this mailing at all (its post is gone, its
+    template broke): `status` shows it as the mailing's last error."""
+    with engine.begin() as conn:
+        conn.execute(update(mailings).where(mailings.c.id == mailing_id).values(last_error=error))
+
+
 def sent_since(conn: Connection, since: datetime) -> tuple[int, datetime | None]:
     """How many messages went out since `since`, and the oldest such send time."""
     row = conn.execute(
