@@ -36,6 +36,14 @@ from newsletter.posts.text import excerpt_source, take_byline, title_html, title
             "One Bcc: x@example.com end",
         ),
         ("<em>never closed", "<em>never closed</em>", "never closed"),
+        # A generic type outside a code span is no HTML element: it is text
+        # (Jekyll's `{{ page.title | escape }}` shows it), not a tag to drop.
+        (
+            "Why Vec<T> beats List<String>, and Map<K, V></K>",
+            "Why Vec&lt;T&gt; beats List&lt;String&gt;, and Map&lt;K, V&gt;&lt;/K&gt;",
+            "Why Vec<T> beats List<String>, and Map<K, V></K>",
+        ),
+        ("a <span>real</span> <br>tag", "a real tag", "a real tag"),
     ],
 )
 def test_title_html_and_text(raw: str, html: str, text: str) -> None:

@@ -18,6 +18,19 @@ _TITLE_TAGS = frozenset(
 )
 # Elements whose *content* is not text a reader should see.
 _DROP_CONTENT = frozenset({"script", "style", "template", "iframe", "object", "noscript"})
+# HTML's elements (and SVG's root): a tag naming none of them (`Vec<T>`,
+# `List<String>` in a title about code) is text, shown as written.
+_ELEMENT_NAMES = """\
+a abbr address area article aside audio b base bdi bdo blockquote body br button
+canvas caption center cite code col colgroup data datalist dd del details dfn dialog
+div dl dt em embed fieldset figcaption figure font footer form h1 h2 h3 h4 h5 h6
+head header hgroup hr html i iframe img input ins kbd label legend li link main map
+mark math menu meta meter nav noscript object ol optgroup option output p param
+picture pre progress q rp rt ruby s samp script search section select slot small
+source span strike strong style sub summary sup svg table tbody td template textarea
+tfoot th thead time title tr track tt u ul var video wbr
+"""
+_HTML_ELEMENTS = frozenset(_ELEMENT_NAMES.split())
 
 
 class _InlineSanitiser(HTMLParser):
@@ -86,12 +99,22 @@ def title_html(raw: str) -> str:
     # Code spans first: `Option<T>` inside one is text, not a tag to drop.
     text = _CODE_SPAN.sub(keep_code, text.replace("\x00", ""))
     sanitiser = _InlineSanitiser()
-    sanitiser.feed(text)
+    sanitiser.feed(_TAG_START.sub(_text_unless_html, text))
     safe = sanitiser.result()
     safe = _MD_LINK.sub(lambda m: m.group(1), safe)
     safe = _STRONG.sub(r"<strong>\2</strong>", safe)
     safe = _EMPHASIS.sub(r"<em>\2</em>", safe)
     return re.sub(r"\x00(\d+)\x00", lambda m: f"<code>{codes[int(m.group(1))]}</code>", safe)
+
+
+_TAG_START = re.compile(r"<(/?)([A-Za-z][^\s/>]*)")
+
+
+def _text_unless_html(match: re.Match[str]) -> str:
+    """A tag naming no HTML element, as text for the parser (an entity it decodes)."""
+    return (
+        match.group(0) if match.group(2).lower() in _HTML_ELEMENTS else "&lt;" + match.group(0)[1:]
+    )
 
 
 def title_text(heading_html: str) -> str:
