@@ -394,3 +394,30 @@ def test_ruby_only_date_formats_print_as_jekyll_prints_them(tmp_path: Path) -> N
     assert post.body_html == (
         f"<p>1710576307/+03:00/000/000000000/000/%s/11:05 +0300 {now_zone}</p>"
     )
+
+
+def test_an_emails_html_never_carries_liquid_markers(tmp_path: Path) -> None:
+    """A `{% raw %}` block in the excerpt: its `{%` and `{{` reached the
+    email's HTML as written, in the hidden preheader (plain text, escaped
+    for HTML only) and wherever lxml wrote a reference back while the CSS
+    was inlined.  In the HTML they are references; the plain text shows them."""
+    from newsletter.config import ListSettings
+    from newsletter.email.render import render_email
+
+    folder = tmp_path / "posts"
+    folder.mkdir()
+    (folder / "2024-02-02-raw.md").write_text(
+        "---\ntitle: Raw\n---\nWrite {% raw %}{% if %} and {{ x }}{% endraw %} in Liquid.\n",
+        encoding="utf-8",
+    )
+    settings = Settings(
+        base_dir=tmp_path, site=SiteSettings(posts_dir=folder, url="https://example.com", title="T")
+    )
+    post = load_posts(settings).find("raw")
+    email = render_email(post, settings, ListSettings(name="all", title="All"))
+    assert "{%" not in email.html and "{{" not in email.html
+    assert (
+        email.html.count("Write &#123;% if %} and &#123;{ x }} in Liquid.") >= 2
+    )  # preheader, excerpt
+    assert "Write {% if %} and {{ x }} in Liquid." in email.text
+    assert "{" in email.html.split("<style", 1)[1].split("</style>", 1)[0]  # the CSS as it was

@@ -345,10 +345,22 @@ def _kept(settings: Settings, what: str, cache: bool) -> Path | None:
     return settings.state_dir / what if cache else None
 
 
+# `{%` and `{{` outside the <style> block (whose text is CSS, not HTML: no
+# character reference is read there, and CSS never has either).
+_TEMPLATE_MARK = re.compile(r"(<style\b.*?</style>)|\{(?=[%{])", re.S | re.I)
+
+
+def _no_template_marks(html: str) -> str:
+    """A post's literal `{%` or `{{` (a `{% raw %}` block) as `&#123;`, which
+    reads the same: lxml, inlining the CSS, wrote the posts' references back
+    as `{`, and the preheader (plain text) never had them."""
+    return _TEMPLATE_MARK.sub(lambda m: m.group(1) or "&#123;", html)
+
+
 def _finish(
     post_id: str, list_name: str, subject: str, html: str, text: str, cache: Path | None
 ) -> RenderedEmail:
-    inlined = inlinecache.inlined(html, cache, inline_css)
+    inlined = _no_template_marks(inlinecache.inlined(html, cache, inline_css))
     warnings: list[str] = []
     size = len(inlined.encode("utf-8"))
     if size > GMAIL_CLIP_BYTES:
