@@ -28,7 +28,8 @@ _ZONE_TEXT = r"(?:gmt|utc?)?[-+]\d+(?:[,.:]\d+(?::\d+)?)?|[A-Za-z.\s]+(?:standar
 _TIME = re.compile(
     r"(\d+):(\d+)(?::(\d+)(?:[,.](\d+))?)?\s*(?:([ap])(?:m\b|\.m\.))?"
     rf"(?:\s*({_ZONE_TEXT}))?"
-    r"|\b(\d+)\s*([ap])(?:m\b|\.m\.)",
+    r"|\b(\d+)\s*([ap])(?:m\b|\.m\.)"
+    rf"(?:\s*({_ZONE_TEXT}))?",  # a zone after "3pm" too, as Ruby's date_parse.c reads it
     re.I,
 )
 _EU = re.compile(rf"'?(\d+)[^-\d\s']*\s*({_MONTH})(?:\s*,?\s*('?-?\d+))?", re.I)
@@ -77,7 +78,8 @@ def parse(text: str, tz: tzinfo) -> datetime:
 def _time(match: re.Match[str], tz: tzinfo) -> tuple[int, int, int, int, tzinfo | None]:
     if match.group(7):  # "1pm"
         hour = _meridian(int(match.group(7)), match.group(8))
-        return hour, 0, 0, 0, None
+        zone = zone_offset(match.group(9), tz) if match.group(9) else None
+        return hour, 0, 0, 0, zone
     hour, minute = int(match.group(1)), int(match.group(2))
     second = int(match.group(3) or 0)
     micro = int((match.group(4) or "0")[:6].ljust(6, "0"))
