@@ -3,6 +3,7 @@ override it, never report "0 posts" silently, flag placeholders before SMTP."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import tomllib
 from pathlib import Path
@@ -97,5 +98,32 @@ def test_check_flags_placeholders_when_sending_by_smtp(news_site: Path) -> None:
     out = result.output
     assert "web.public_url: warning: public_url is https://news.example.com" in out
     assert "site.url: warning: the site's url is http://localhost:4000 (in _config.yml)" in out
-    assert "email.from: warning: from is My blog <newsletter@example.com>: a placeholder" in out
+    assert (
+        "email.from: warning: from is Example Language News <newsletter@example.com>: a placeholder"
+        in out
+    )
     assert result.exit_code == 0  # warnings, not errors
+
+
+@pytest.mark.parametrize(
+    ("title", "sender"),
+    [
+        (None, "My blog <newsletter@example.com>"),  # _config.yml names none
+        ("Field Notes", "Field Notes <newsletter@example.com>"),
+        ('Notes, "Quoted" & Café', '"Notes, \\"Quoted\\" & Café" <newsletter@example.com>'),
+    ],
+)
+def test_init_names_the_sender_after_the_sites_title(
+    news_site: Path, title: str | None, sender: str
+) -> None:
+    """The starter's From is the blog's name from _config.yml (it was "My
+    blog" whatever the site); the address stays a placeholder to set."""
+    config = news_site / "_config.yml"
+    lines = [ln for ln in config.read_text().splitlines() if not ln.startswith("title:")]
+    if title is not None:
+        lines.append(f"title: {json.dumps(title)}")
+    config.write_text("\n".join(lines) + "\n")
+    assert CliRunner().invoke(main, ["init"]).exit_code == 0
+    written = tomllib.loads((news_site / "newsletter.toml").read_text())
+    assert written["email"]["from"] == sender
+    assert load_settings(news_site / "newsletter.toml").email.from_ == sender

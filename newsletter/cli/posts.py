@@ -437,6 +437,7 @@ def init_cmd(force: bool) -> None:
     text = STARTER.format(since=since)
     if jekyll_site:
         text = JEKYLL_SITE + text[text.index("\n[email]") :]
+        text = text.replace('"My blog <newsletter@example.com>"', _sender_of(Path("_config.yml")))
     folders = [Path("subscribers")] if jekyll_site else [Path("posts"), Path("subscribers")]
     for folder in folders:  # before writing anything: all or nothing
         if folder.exists() and not folder.is_dir():
@@ -455,6 +456,23 @@ def init_cmd(force: bool) -> None:
             except OSError as exc:
                 raise ConfigError(f"cannot create: {exc.strerror or exc}", path=folder) from exc
             click.echo(f"created {folder}/")
+
+
+def _sender_of(jekyll_config: Path) -> str:
+    """The starter's From as a TOML string: the site's `title:`, as a phrase
+    (quoted when it is more than atoms), at the placeholder address."""
+    import json
+
+    import yaml
+
+    from newsletter.email.headers import phrase
+
+    try:
+        title = (yaml.safe_load(jekyll_config.read_text(encoding="utf-8")) or {}).get("title")
+    except (OSError, UnicodeError, yaml.YAMLError, AttributeError):
+        title = None  # `check` reports a broken _config.yml; the starter keeps its placeholder
+    name = " ".join(title.split()) if isinstance(title, str) and title.strip() else "My blog"
+    return json.dumps(f"{phrase(name)} <newsletter@example.com>", ensure_ascii=False)
 
 
 def _describe_jekyll_site(config: Path) -> None:

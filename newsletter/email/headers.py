@@ -131,9 +131,15 @@ def list_id(settings: Settings, list_name: str) -> str:
     atoms, or "Field Notes (every post)" would read as a name and a comment.
     """
     title, ident = _list_title_and_id(settings, list_name)
-    if not _ATOM_PHRASE.fullmatch(title):
-        title = '"' + title.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return f"{title} <{ident}>"
+    return f"{phrase(title)} <{ident}>"
+
+
+def phrase(text: str) -> str:
+    """`text` as an RFC 5322 phrase: as it is when it is atoms, else one
+    quoted string (backslash and quote escaped)."""
+    if _ATOM_PHRASE.fullmatch(text):
+        return text
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def list_id_header(settings: Settings, list_name: str) -> bytes:
@@ -186,10 +192,7 @@ def _phrase_units(name: str, longest: int) -> list[tuple[str, bool]]:
     if not name:
         return []
     if _PRINTABLE.fullmatch(name) and "=?" not in name:
-        phrase = name
-        if not _ATOM_PHRASE.fullmatch(name):
-            phrase = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        words = _LONE_SPACE.split(phrase)
+        words = _LONE_SPACE.split(phrase(name))
         if all(len(word) <= longest for word in words):
             return [(word, False) for word in words]
     return _units(name, _ATOM, longest)
@@ -295,11 +298,7 @@ def format_address(name: str, address: str) -> str:
     if name.isascii() and "=?" not in name:
         # A quoted string is never folded (unfolding would keep the space), so
         # cap its length well below the 998-byte line limit.
-        name = name[:MAX_ASCII_NAME]
-        if _ATOM_PHRASE.fullmatch(name):
-            return f"{name} <{addr}>"
-        quoted = name.replace("\\", "\\\\").replace('"', '\\"')
-        return f'"{quoted}" <{addr}>'
+        return f"{phrase(name[:MAX_ASCII_NAME])} <{addr}>"
     # Non-ASCII, or ASCII that a reader would take for an RFC 2047 encoded
     # word (even inside quotes, as Python's parser does): encode the name
     # itself, so what a reader decodes is exactly the text we were given.
