@@ -209,6 +209,20 @@ def test_a_delimiter_that_finds_the_email_column_wins_over_a_count(
     assert seen(engine, "semi@example.com").attributes == {"notes (a, b)": "n, m"}
 
 
+def test_a_headerless_list_is_split_where_a_cell_is_an_address(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    """A bare semicolon list whose first name holds a comma: split on commas
+    (a tie, so the default) no cell was an address, and every row was refused."""
+    assert sniff_delimiter("a@example.com;Alice, A\n") == ";"
+    assert sniff_delimiter("a@example.com,Alice; A\n") == ","
+    path = tmp_path / "bare.csv"
+    path.write_text("a@example.com;Alice, A\nb@example.com;Bob\n", encoding="utf-8")
+    counts = run_import(engine, settings, path)
+    assert (counts.new, counts.invalid, counts.files[0].delimiter) == (2, 0, ";")
+    assert seen(engine, "a@example.com").name == "Alice, A"
+
+
 # --------------------------------------------------------------------------- services
 
 

@@ -444,9 +444,10 @@ codecs.register_error("newsletter-cp1252", _cp1252_byte)
 
 
 def sniff_delimiter(header_line: str) -> str:
-    """The delimiter that splits the header into an email column, else the
-    one it uses most, outside quotes (`,` on a tie).  A semicolon file may
-    have as many commas in a column name (`notes (a, b)`)."""
+    """The delimiter that splits the header into an email column (or, in a
+    bare list of addresses, a cell that is one), else the one it uses most,
+    outside quotes (`,` on a tie).  A semicolon file may have as many commas
+    in a column name (`notes (a, b)`) or, headerless, in a name (`Alice, A`)."""
     counts = dict.fromkeys(_DELIMITERS, 0)
     quoted = False
     for char in header_line:
@@ -460,6 +461,6 @@ def sniff_delimiter(header_line: str) -> str:
             cells = next(csv.reader([header_line], delimiter=delimiter, skipinitialspace=True), [])
         except csv.Error:  # a cell over the field limit: not this delimiter's header
             continue
-        if any(header_key(c) in EMAIL_COLUMNS for c in cells):
+        if any(header_key(c) in EMAIL_COLUMNS or _ADDRESS_CELL.fullmatch(c) for c in cells):
             return delimiter
     return ranked[0] if ranked else ","
