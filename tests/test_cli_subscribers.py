@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner, Result
 from test_subscribers_common import FIXTURES
 
@@ -375,3 +376,20 @@ def test_import_json_says_how_many_problems_it_left_out(sample_site: Path) -> No
     assert (data["new"], data["invalid"]) == (1, MAX_PROBLEMS + 5)
     assert len(data["problems"]) == MAX_PROBLEMS and data["problems_not_listed"] == 5
     assert data["problems"][-1]["line"] == MAX_PROBLEMS + 2
+
+
+@pytest.mark.usefixtures("database_env")
+def test_a_name_argument_that_is_not_utf8_is_stored_with_a_replacement_character(
+    sample_site: Path,
+) -> None:
+    """A byte that is not UTF-8 in argv reaches Python as a lone surrogate
+    (surrogateescape), which no database driver can write: a traceback.
+    It becomes U+FFFD, as everywhere else a name is stored."""
+    added = cli("subscribers", "add", "rene@example.com", "--list", "sample", "--name", "Ren\udce9")
+    assert added.exit_code == 0, added.output
+    again = cli(
+        "subscribers", "add", "rene@example.com", "--list", "sample", "--name", "\udce9mile"
+    )
+    assert again.exit_code == 0, again.output
+    data = json.loads(cli("subscribers", "list", "--list", "sample", "--json").stdout)
+    assert [m["name"] for m in data] == ["\ufffdmile"]

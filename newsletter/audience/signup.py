@@ -89,7 +89,7 @@ MAX_NAME = 200
 
 def clean_name(value: str) -> str:
     """A name from a signup, as one printable line of at most MAX_NAME characters."""
-    return _NAME_JUNK.sub(" ", value).strip()[:MAX_NAME].rstrip()
+    return _NAME_JUNK.sub(" ", subs.storable_name(value)).strip()[:MAX_NAME].rstrip()
 
 
 def _hit_key(secret: bytes, value: str) -> str:
