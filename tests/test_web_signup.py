@@ -482,3 +482,79 @@ def test_config_rejects_an_origin_with_a_path(tmp_path: Path) -> None:
     config.write_text('[signup]\nallowed_origins = ["https://example.net/form"]\n')
     with pytest.raises(ConfigError, match=r"signup\.allowed_origins"):
         load_settings(config)
+
+
+# --------------------------------------------------------------------------- owner's per-list unsubscribe
+
+
+def owner_unsubscribes(store: Store, email: str, list_name: str) -> None:
+    """`newsletter subscribers unsubscribe EMAIL --list L`, as the owner runs it."""
+    from click.testing import CliRunner
+
+    from newsletter.cli import main
+
+    config = str(store.settings.config_path)
+    result = CliRunner().invoke(
+        main, ["--config", config, "subscribers", "unsubscribe", email, "--list", list_name]
+    )
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.usefixtures("database_env")
+@pytest.mark.parametrize("known", [True, False], ids=["member", "never-subscribed"])
+def test_no_confirmation_for_a_list_the_owner_took_the_address_off(
+    client: TestClient, store: Store, outbox: MemoryTransport, known: bool
+) -> None:
+    """docs/web.md: no email is sent to an owner-suppressed address; the
+    answer is the one every address gets."""
+    if known:
+        store.add("rex@example.com", "letters")
+    owner_unsubscribes(store, "rex@example.com", "letters")
+    answer = form(client, "rex@example.com", "letters")
+    usual = form(client, "newcomer@example.com", "letters")
+    assert (answer.status_code, answer.text) == (usual.status_code, usual.text)
+    as_json = client.post("/subscribe", json={"email": "rex@example.com", "lists": ["letters"]})
+    assert as_json.status_code == 202
+    assert [m.recipient for m in outbox.outbox] == ["newcomer@example.com"]
+    rex = row(store, "rex@example.com")
+    assert [e.action for e in history(store.engine, rex.id)] == ["unsubscribe"]
+
+
+@pytest.mark.usefixtures("database_env")
+def test_a_confirmation_asks_only_for_the_lists_the_owner_left_open(
+    client: TestClient, store: Store, outbox: MemoryTransport
+) -> None:
+    sam = store.add("sam@example.com", "garden")
+    owner_unsubscribes(store, "sam@example.com", "letters")
+    subs.unsubscribe(store.engine, sam.id, "garden", reason="one-click", source="one-click")
+    form(client, "sam@example.com", "letters", "garden")
+    [confirmation] = outbox.outbox
+    text = parsed(confirmation.message).get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert "garden posts" in text and "Lantern Notes letters" not in text
+    done = client.post(link(confirmation.message, "confirm"))
+    assert "You are subscribed" in done.text and "garden posts" in done.text
+    assert store.mailable(sam, "garden") and not store.mailable(sam, "letters")
+    signup = history(store.engine, sam.id)[-2]
+    assert (signup.action, signup.list_name) == ("signup", "garden")
+
+
+@pytest.mark.usefixtures("database_env")
+def test_confirming_after_the_owner_took_the_address_off_says_it_cannot_be_subscribed(
+    client: TestClient, store: Store, outbox: MemoryTransport
+) -> None:
+    """The owner's per-list unsubscribe between the signup and the click: the
+    done page said "Welcome! You will get:" over an empty list and the
+    consent record said "confirm … by link"."""
+    form(client, "tia@example.com", "letters")
+    path = link(outbox.outbox[0].message, "confirm")
+    owner_unsubscribes(store, "tia@example.com", "letters")
+    answer = client.post(path)
+    assert answer.status_code == 200 and "cannot be subscribed here" in answer.text
+    assert "You are subscribed" not in answer.text
+    tia = row(store, "tia@example.com")
+    assert not store.mailable(tia, "letters")
+    assert len(outbox.outbox) == 1  # no welcome
+    last = history(store.engine, tia.id)[-1]
+    assert (last.action, last.detail) == ("confirm", "refused: unsubscribed by the owner")
+    again = client.post(path)
+    assert "Already confirmed" in again.text

@@ -6,7 +6,8 @@
 The token follows the unsubscribe token's rules (HMAC, strict decoding, one
 per subscriber; `newsletter.email.linktokens`), so a bad one gets the same
 404 page whether or not the address exists.  A suppression the reader cannot
-lift (the owner's, a bounce, a complaint) lets them leave lists, never join.
+lift (the owner's, a bounce, a complaint) lets them leave lists, never join;
+nor is a list joined that the owner took them off (the page says so).
 """
 
 from __future__ import annotations
@@ -108,11 +109,14 @@ async def preferences_save(request: Request) -> Response:
             return Response(
                 "expected the preferences form\n", status_code=415, media_type="text/plain"
             )
-        joined, left = await run_in_threadpool(
+        done = await run_in_threadpool(
             flow.set_preferences, state.engine, state.settings, person.id, wanted, utcnow()
         )
         titles = state.settings.lists
-        saved = (tuple(titles[n].title for n in joined), tuple(titles[n].title for n in left))
+        saved = tuple(
+            tuple(titles[n].title for n in names)
+            for names in (done.joined, done.left, done.refused)
+        )
         return _page(request, person, saved=saved)
     except SubscriberError:
         return _invalid(request)

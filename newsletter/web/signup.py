@@ -361,7 +361,8 @@ async def confirm(request: Request) -> Response:
         return _confirm_page(
             request, "public_signup_error.html", 503, error="Please try again in a minute."
         )
-    if done.outcome == "refused":
+    if done.outcome == "refused" or (done.outcome == "confirmed" and not done.lists):
+        # Never "Welcome! You will get:" over nothing.
         return _confirm_page(request, "public_signup_refused.html")
     if done.outcome != "confirmed":
         return _verdict_page(request, done.outcome)
