@@ -558,3 +558,65 @@ def test_confirming_after_the_owner_took_the_address_off_says_it_cannot_be_subsc
     assert (last.action, last.detail) == ("confirm", "refused: unsubscribed by the owner")
     again = client.post(path)
     assert "Already confirmed" in again.text
+
+
+# --------------------------------------------------------------------------- origins, spelled otherwise
+
+
+def client_with(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, site_url: str, origins: str
+) -> TestClient:
+    config = public_config(copy_site(tmp_path, monkeypatch))
+    text = config.read_text().replace('url = "https://lantern.example.com"', f'url = "{site_url}"')
+    config.write_text(text.replace('allowed_origins = ["https://widgets.example.net"]', origins))
+    return client_for(make_store(config), MemoryTransport())
+
+
+@pytest.mark.parametrize(
+    ("site_url", "origin"),
+    [
+        ("https://fieldnotes.example.com:443", "https://fieldnotes.example.com"),
+        ("http://fieldnotes.example.com:80/blog", "http://fieldnotes.example.com"),
+        ("https://bücher.example", "https://xn--bcher-kva.example"),
+        ("https://Straße.example:8443", "https://xn--strae-oqa.example:8443"),
+    ],
+)
+def test_the_blogs_origin_matches_however_its_url_is_spelled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, site_url: str, origin: str
+) -> None:
+    """Browsers send an origin without the scheme's default port and with an
+    IDN host in its ASCII form (UTS #46, as they do: "ß" stays "ß"); the
+    check compared the raw netlocs, so these blogs' own forms got 403."""
+    with client_with(tmp_path, monkeypatch, site_url, "") as client:
+        assert form(client, "vi@example.com", "letters", origin=origin).status_code == 200
+        referer = client.post(
+            "/subscribe", data={"email": "wu@example.com", "list": "letters"},
+            headers={"Referer": f"{origin}/about/"},
+        )  # fmt: skip
+        assert referer.status_code == 200
+        other = form(client, "xi@example.com", "letters", origin="https://example.com")
+        assert other.status_code == 403
+
+
+def test_an_allowed_origin_with_its_default_port_passes_cors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    origins = 'allowed_origins = ["https://widgets.example.net:443", "https://bücher.example"]'
+    with client_with(tmp_path, monkeypatch, BLOG, origins) as client:
+        for sent in (WIDGET, "https://xn--bcher-kva.example"):
+            ok = client.options(
+                "/subscribe",
+                headers={"Origin": sent, "Access-Control-Request-Method": "POST"},
+            )
+            assert ok.status_code == 204, sent
+            # The header names the origin exactly as the browser sent it.
+            assert ok.headers["access-control-allow-origin"] == sent
+            posted = client.post(
+                "/subscribe", json={"email": "yo@example.com", "lists": ["letters"]},
+                headers={"Origin": sent},
+            )  # fmt: skip
+            assert posted.status_code == 202, sent
+            assert posted.headers["access-control-allow-origin"] == sent
+            assert form(client, "zu@example.com", "letters", origin=sent).status_code == 200
+        evil = client.options("/subscribe", headers={"Origin": "https://widgets.example.net:8443"})
+        assert evil.status_code == 403

@@ -268,3 +268,27 @@ def test_undo_just_inside_the_window_works(client: TestClient, store: Store) -> 
     _age(store, lea, 14)
     assert "subscribed to Lantern Notes letters again" in undo(client, token)
     assert store.mailable(lea)
+
+
+@pytest.mark.usefixtures("database_env")
+def test_undo_from_an_idn_public_url_passes_the_origin_check(config: Path) -> None:
+    """The browser sends the IDN host in its ASCII form; the check compared
+    it with the Unicode host of `[web] public_url` and refused (403)."""
+    text = config.read_text().replace(
+        'public_url = "https://news.lantern.example.com"',
+        'public_url = "https://Nachrichten.bücher.example:443"',
+    )
+    config.write_text(text)
+    store = make_store(config)
+    sent = "https://nachrichten.xn--bcher-kva.example"
+    app = create_public_app(store.settings, engine=store.engine, secret=store.secret)
+    with TestClient(app, base_url=sent) as client:
+        dee = store.add("dee@example.com")
+        unsubscribe(client, store.token(dee))
+        assert "again" in undo(client, store.token(dee), {"origin": sent})
+        assert store.mailable(dee)
+        refused = client.post(
+            f"/unsubscribe/{store.token(dee)}/undo",
+            headers={"origin": "https://xn--bcher-kva.example"},
+        )
+        assert refused.status_code == 403
