@@ -620,3 +620,27 @@ def test_an_allowed_origin_with_its_default_port_passes_cors(
             assert form(client, "zu@example.com", "letters", origin=sent).status_code == 200
         evil = client.options("/subscribe", headers={"Origin": "https://widgets.example.net:8443"})
         assert evil.status_code == 403
+
+
+@pytest.mark.usefixtures("database_env")
+def test_the_lists_kept_left_after_a_signup_are_in_the_consent_record(
+    client: TestClient, store: Store, outbox: MemoryTransport
+) -> None:
+    """Back from a one-click "every list" unsubscribe by confirming one list:
+    the others became per-list unsubscribes with no consent record."""
+    ula = store.add("ula@example.com", "letters")
+    store.add("ula@example.com", "staff")
+    subs.unsubscribe(store.engine, ula.id, None, reason="one-click (RFC 8058)", source="one-click")
+    form(client, "ula@example.com", "garden")
+    client.post(link(outbox.outbox[0].message, "confirm"))
+    assert store.mailable(ula, "garden") and not store.mailable(ula, "letters")
+    events = [(e.action, e.source, e.list_name, e.detail) for e in history(store.engine, ula.id)]
+    assert sorted(e for e in events if e[3] == "kept after signup") == [
+        ("unsubscribe", "form", "letters", "kept after signup"),
+        ("unsubscribe", "form", "staff", "kept after signup"),
+    ]
+    assert ("confirm", "form", "garden", "by link") in events
+    # Their own choice still: a later signup for letters may lift it.
+    form(client, "ula@example.com", "letters")
+    client.post(link(outbox.outbox[-1].message, "confirm"))
+    assert store.mailable(ula, "letters")

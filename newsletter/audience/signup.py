@@ -39,8 +39,9 @@ DAY = timedelta(days=1)
 # may undo them.  Anything else (the owner's `cli`, an import, a bounce, a
 # complaint) only the owner's `resubscribe` undoes.
 SELF_REASONS = ("one-click", "preferences", "form")
-# The same for one list, by the consent record's source of its unsubscribe.
-SELF_SOURCES = ("one-click", "preferences")
+# The same for one list, by the consent record's source of its unsubscribe
+# (form, json: a list kept left when a signup brought the reader back).
+SELF_SOURCES = ("one-click", "preferences", "form", "json")
 
 
 class RateLimited(SubscriberError):
@@ -260,7 +261,7 @@ def confirm(engine: Engine, settings: Settings, nonce: str, at: datetime) -> Con
             detail = "refused: unsubscribed by the owner"
             consent.record(conn, person.id, "confirm", row.source, ", ".join(blocked), detail, at)
             return base
-        joined = _activate(conn, person, names, at)
+        joined = _activate(conn, person, names, at, row.source)
         consent.record(conn, person.id, "confirm", row.source, ", ".join(names), "by link", at)
         # The page lists what they will get: not a list the owner took them off.
         now_on = subs.membership_lists(conn, person.id)
@@ -269,20 +270,26 @@ def confirm(engine: Engine, settings: Settings, nonce: str, at: datetime) -> Con
 
 
 def _activate(
-    conn: Connection, person: subs.SubscriberRow, names: tuple[str, ...], at: datetime
+    conn: Connection,
+    person: subs.SubscriberRow,
+    names: tuple[str, ...],
+    at: datetime,
+    source: str,
 ) -> tuple[str, ...]:
     """Make the address active on `names`; the lists newly mailable.
 
-    The callers leave out the lists the owner took them off (`_owner_left`).
+    The callers leave out the lists the owner took them off (`_owner_left`);
+    `source` is the consent record's, for the lists kept left.
     """
     before = subs.membership_lists(conn, person.id)
     if person.status != subs.ACTIVE:
         if person.status == subs.UNSUBSCRIBED:
             # A reader's own earlier "every list" unsubscribe: lists they
-            # had not asked for again stay left.
+            # had not asked for again stay left, in the consent record too.
+            kept = "kept after preferences" if source == "preferences" else "kept after signup"
             for name, left in before.items():
                 if left is None and name not in names:
-                    subs.unsubscribe(conn, person.id, name, reason="kept after signup")
+                    subs.unsubscribe(conn, person.id, name, reason=kept, source=source)
         conn.execute(
             update(subscribers)
             .where(subscribers.c.id == person.id)
@@ -402,7 +409,7 @@ def _join_from_preferences(
     """Join `names`: (joined, refused: the lists the owner took them off)."""
     blocked = _owner_left(conn, person.id, names)
     allowed = tuple(n for n in names if n not in blocked)
-    joined = _activate(conn, person, allowed, at) if allowed else ()
+    joined = _activate(conn, person, allowed, at, "preferences") if allowed else ()
     for name in joined:
         consent.record(conn, person.id, "subscribe", "preferences", name, at=at)
     return joined, tuple(n for n in names if n in blocked)
