@@ -417,3 +417,27 @@ def test_view_in_browser_links_are_percent_encoded_and_served(
             index = answer.read().decode()
     for _, encoded in ODD_POSTS.values():
         assert f'href="{encoded.removeprefix("/archive/")}"' in index
+
+
+def test_a_405_names_every_method_its_path_takes(client: TestClient, store: Store) -> None:
+    """Each path with GET and POST was two routes, and the 405 of the first
+    (`OPTIONS /unsubscribe/<token>`) said `allow: GET, HEAD`, without POST."""
+    token = store.token(store.add("wyn@example.com"))
+    expected = {
+        f"/unsubscribe/{token}": {"GET", "HEAD", "POST"},
+        f"/preferences/{token}": {"GET", "HEAD", "POST"},
+        f"/confirm/{token}": {"GET", "HEAD", "POST"},
+        "/subscribe": {"GET", "HEAD", "POST", "OPTIONS"},
+    }
+    for path, methods in expected.items():
+        for method in ("OPTIONS", "DELETE", "PUT"):
+            if method in methods:
+                continue
+            answer = client.request(method, path)
+            assert answer.status_code == 405, (method, path)
+            assert set(answer.headers["allow"].split(", ")) == methods, (method, path)
+            assert answer.headers["x-content-type-options"] == "nosniff"
+    # Each method still reaches its own handler.
+    assert client.get(f"/unsubscribe/{token}").status_code == 200
+    assert client.head(f"/unsubscribe/{token}").status_code == 200
+    assert client.post(f"/unsubscribe/{token}", data=ONE_CLICK).status_code == 200

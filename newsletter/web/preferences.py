@@ -27,7 +27,7 @@ from newsletter.config import Settings, utcnow
 from newsletter.email.linktokens import verify_preferences_token
 from newsletter.errors import StoreError, SubscriberError
 from newsletter.web.bodies import buffered
-from newsletter.web.pages import PRIVATE_HEADERS, public_page
+from newsletter.web.pages import PRIVATE_HEADERS, method_route, public_page
 
 MAX_BODY = 16 * 1024
 
@@ -135,6 +135,5 @@ def _is_form(request: Request) -> bool:
 
 def preferences_routes() -> list[Route]:
     return [
-        Route("/preferences/{token}", preferences_form, methods=["GET"]),
-        Route("/preferences/{token}", preferences_save, methods=["POST"]),
+        method_route("/preferences/{token}", {"GET": preferences_form, "POST": preferences_save})
     ]

@@ -52,6 +52,7 @@ from newsletter.web.pages import (
     PRIVATE_HEADERS,
     PrefixMiddleware,
     SecureStarlette,
+    method_route,
     url_prefix,
 )
 from newsletter.web.pages import public_page as public
@@ -375,8 +376,7 @@ def create_public_app(
     routes = [
         Route("/healthz", healthz),
         Route("/unsubscribe/", unsubscribe_help),
-        Route("/unsubscribe/{token}", unsubscribe_form, methods=["GET"]),
-        Route("/unsubscribe/{token}", one_click, methods=["POST"]),
+        method_route("/unsubscribe/{token}", {"GET": unsubscribe_form, "POST": one_click}),
         Route("/unsubscribe/{token}/undo", undo, methods=["POST"]),
         Route("/archive/", archive_index),
         # Before the post pages, which would take "digest/<n>" as a post id.

@@ -42,7 +42,7 @@ from newsletter.email.notices import build_notice
 from newsletter.errors import NewsletterError, StoreError, SubscriberError
 from newsletter.web.bodies import buffered
 from newsletter.web.origins import host_origin, origin_of
-from newsletter.web.pages import PRIVATE_HEADERS, url_prefix
+from newsletter.web.pages import PRIVATE_HEADERS, method_route, url_prefix
 from newsletter.web.pages import public_page as page
 
 log = logging.getLogger("newsletter.web")
@@ -394,9 +394,9 @@ async def confirm(request: Request) -> Response:
 
 def signup_routes() -> list[Route]:
     return [
-        Route("/subscribe", subscribe_page, methods=["GET"]),
-        Route("/subscribe", subscribe, methods=["POST"]),
-        Route("/subscribe", subscribe_preflight, methods=["OPTIONS"]),
-        Route("/confirm/{token}", confirm_form, methods=["GET"]),
-        Route("/confirm/{token}", confirm, methods=["POST"]),
+        method_route(
+            "/subscribe",
+            {"GET": subscribe_page, "POST": subscribe, "OPTIONS": subscribe_preflight},
+        ),
+        method_route("/confirm/{token}", {"GET": confirm_form, "POST": confirm}),
     ]
