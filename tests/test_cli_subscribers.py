@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner, Result
 from test_subscribers_common import FIXTURES
 
@@ -410,3 +411,20 @@ def test_resubscribe_does_not_skip_a_pending_signups_confirmation(sample_site: P
     assert result.exit_code == 1
     assert "pending" in result.stderr and "confirm" in result.stderr
     assert _members("sample")["p@example.com"] == "pending"
+
+
+@pytest.mark.usefixtures("database_env")
+def test_a_name_argument_that_is_not_utf8_is_stored_with_a_replacement_character(
+    sample_site: Path,
+) -> None:
+    """A byte that is not UTF-8 in argv reaches Python as a lone surrogate
+    (surrogateescape), which no database driver can write: a traceback.
+    It becomes U+FFFD, as everywhere else a name is stored."""
+    added = cli("subscribers", "add", "rene@example.com", "--list", "sample", "--name", "Ren\udce9")
+    assert added.exit_code == 0, added.output
+    again = cli(
+        "subscribers", "add", "rene@example.com", "--list", "sample", "--name", "\udce9mile"
+    )
+    assert again.exit_code == 0, again.output
+    data = json.loads(cli("subscribers", "list", "--list", "sample", "--json").stdout)
+    assert [m["name"] for m in data] == ["\ufffdmile"]

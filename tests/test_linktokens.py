@@ -106,3 +106,27 @@ def test_the_snippets_comment_survives_a_title_with_dashes(tmp_path: Path) -> No
     # "-->" ended it there and printed the rest of the title on the page.
     assert comment.startswith("<!-- ") and comment.endswith(" -->")
     assert comment.count("--") == 2 and "<form" in form
+
+
+def test_a_list_named_twice_is_offered_once(tmp_path: Path) -> None:
+    """`--list sample --list sample` printed two identical checkboxes."""
+    config = tmp_path / "newsletter.toml"
+    config.write_text(
+        '[web]\npublic_url = "https://news.example.com/"\n'
+        '[lists.letters]\ntitle = "Letters"\npublic = true\n'
+        '[lists.digest]\ntitle = "Weekly"\npublic = true\n'
+    )
+    runner = CliRunner()
+    twice = runner.invoke(
+        main, ["--config", str(config), "snippet", "--list", "letters", "--list", "letters"]
+    )
+    assert twice.exit_code == 0, twice.output
+    once = runner.invoke(main, ["--config", str(config), "snippet", "--list", "letters"])
+    assert twice.stdout == once.stdout  # one list: the hidden field, no checkbox
+    mixed = runner.invoke(
+        main,
+        ["--config", str(config), "snippet", *("--list", "digest", "--list", "letters") * 2],
+    )
+    assert mixed.stdout.count('type="checkbox"') == 2
+    assert mixed.stdout.index('value="digest"') < mixed.stdout.index('value="letters"')
+    assert "(digest, letters)" in mixed.stdout.splitlines()[0]

@@ -220,3 +220,37 @@ def test_one_click_and_its_undo_are_in_the_consent_record(client: TestClient, st
         ("unsubscribe", "one-click", "letters", "one-click (RFC 8058)"),
         ("resubscribe", "one-click", "letters", "undo"),
     ]
+
+
+@pytest.mark.usefixtures("database_env")
+def test_ticking_a_list_the_owner_took_the_address_off_says_why_nothing_changed(
+    client: TestClient, store: Store
+) -> None:
+    """It said "Saved. Nothing changed." and no more."""
+    lu = store.add("lu@example.com", "garden")
+    subs.unsubscribe(store.engine, lu.id, "letters", reason="cli", source="cli")
+    saved = client.post(url(store, lu), data={"list": ["letters", "garden"]})
+    assert saved.status_code == 200
+    assert "Nothing changed." not in saved.text
+    assert (
+        "Not joined: Lantern Notes letters (you were taken off it in a way only the "
+        "site's owner can undo)." in saved.text
+    )
+    assert boxes(saved.text) == {"letters": False, "garden": True}
+    assert not store.mailable(lu, "letters") and store.mailable(lu, "garden")
+    assert [e.action for e in history(store.engine, lu.id)] == ["unsubscribe"]
+
+
+@pytest.mark.usefixtures("database_env")
+def test_the_lists_kept_left_from_the_preferences_page_are_recorded(
+    client: TestClient, store: Store
+) -> None:
+    vic = store.add("vic@example.com", "letters")
+    subs.unsubscribe(store.engine, vic.id, None, reason="one-click (RFC 8058)", source="one-click")
+    client.post(url(store, vic), data={"list": ["garden"]})
+    assert store.mailable(vic, "garden") and not store.mailable(vic, "letters")
+    events = [(e.action, e.source, e.list_name, e.detail) for e in history(store.engine, vic.id)]
+    assert ("unsubscribe", "preferences", "letters", "kept after preferences") in events
+    # Still the reader's own: the page may join it again.
+    client.post(url(store, vic), data={"list": ["garden", "letters"]})
+    assert store.mailable(vic, "letters")

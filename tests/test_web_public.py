@@ -377,3 +377,67 @@ def test_access_log_of_a_real_server_shows_no_whole_link_token(store: Store) -> 
     for kind, token in tokens.items():
         assert not any(token in line for line in lines), kind
         assert any(f"/{kind}/{token[:6]}…" in line for line in lines), kind
+
+
+ODD_POSTS = {
+    "2024-12-17-c#-tips.md": ("c#-tips", "/archive/c%23-tips"),
+    "2024-12-18-50%-off-a-spade?.md": ("50%-off-a-spade?", "/archive/50%25-off-a-spade%3F"),
+    "news/2024-12-19-bees.md": ("news/bees", "/archive/news/bees"),
+}
+
+
+def test_view_in_browser_links_are_percent_encoded_and_served(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A post id with "#", "?" or "%" went into the link as it is: the
+    browser asked for /archive/c (the rest a fragment).  The index page
+    encoded its links already; the email now says the same, and the server
+    (a real uvicorn on 127.0.0.1) finds the post from the encoded path."""
+    config = copy_site(tmp_path, monkeypatch)
+    for name in ODD_POSTS:
+        path = config.parent / "posts" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        title = f"Odd {path.stem}"
+        path.write_text(f'---\ntitle: "{title}"\n---\n\nBody of {title}.\n')
+    store = make_store(config)
+    store.add("una@example.com")
+    app = create_public_app(store.settings, engine=store.engine, secret=store.secret)
+    public = "https://news.lantern.example.com"
+    with start_in_thread(app) as server:
+        for post_id, encoded in ODD_POSTS.values():
+            [sent] = store.send(post_id).outbox
+            message = message_from_bytes(sent.message, policy=policy.default)
+            text = message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+            found = re.search(r"View in browser:\s+<([^>]+)>", text)
+            assert found is not None and found.group(1) == public + encoded, text
+            with urllib.request.urlopen(server.url + encoded, timeout=10) as answer:
+                assert answer.status == 200
+                assert "Body of Odd" in answer.read().decode()
+        with urllib.request.urlopen(server.url + "/archive/", timeout=10) as answer:
+            index = answer.read().decode()
+    for _, encoded in ODD_POSTS.values():
+        assert f'href="{encoded.removeprefix("/archive/")}"' in index
+
+
+def test_a_405_names_every_method_its_path_takes(client: TestClient, store: Store) -> None:
+    """Each path with GET and POST was two routes, and the 405 of the first
+    (`OPTIONS /unsubscribe/<token>`) said `allow: GET, HEAD`, without POST."""
+    token = store.token(store.add("wyn@example.com"))
+    expected = {
+        f"/unsubscribe/{token}": {"GET", "HEAD", "POST"},
+        f"/preferences/{token}": {"GET", "HEAD", "POST"},
+        f"/confirm/{token}": {"GET", "HEAD", "POST"},
+        "/subscribe": {"GET", "HEAD", "POST", "OPTIONS"},
+    }
+    for path, methods in expected.items():
+        for method in ("OPTIONS", "DELETE", "PUT"):
+            if method in methods:
+                continue
+            answer = client.request(method, path)
+            assert answer.status_code == 405, (method, path)
+            assert set(answer.headers["allow"].split(", ")) == methods, (method, path)
+            assert answer.headers["x-content-type-options"] == "nosniff"
+    # Each method still reaches its own handler.
+    assert client.get(f"/unsubscribe/{token}").status_code == 200
+    assert client.head(f"/unsubscribe/{token}").status_code == 200
+    assert client.post(f"/unsubscribe/{token}", data=ONE_CLICK).status_code == 200

@@ -482,3 +482,165 @@ def test_config_rejects_an_origin_with_a_path(tmp_path: Path) -> None:
     config.write_text('[signup]\nallowed_origins = ["https://example.net/form"]\n')
     with pytest.raises(ConfigError, match=r"signup\.allowed_origins"):
         load_settings(config)
+
+
+# --------------------------------------------------------------------------- owner's per-list unsubscribe
+
+
+def owner_unsubscribes(store: Store, email: str, list_name: str) -> None:
+    """`newsletter subscribers unsubscribe EMAIL --list L`, as the owner runs it."""
+    from click.testing import CliRunner
+
+    from newsletter.cli import main
+
+    config = str(store.settings.config_path)
+    result = CliRunner().invoke(
+        main, ["--config", config, "subscribers", "unsubscribe", email, "--list", list_name]
+    )
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.usefixtures("database_env")
+@pytest.mark.parametrize("known", [True, False], ids=["member", "never-subscribed"])
+def test_no_confirmation_for_a_list_the_owner_took_the_address_off(
+    client: TestClient, store: Store, outbox: MemoryTransport, known: bool
+) -> None:
+    """docs/web.md: no email is sent to an owner-suppressed address; the
+    answer is the one every address gets."""
+    if known:
+        store.add("rex@example.com", "letters")
+    owner_unsubscribes(store, "rex@example.com", "letters")
+    answer = form(client, "rex@example.com", "letters")
+    usual = form(client, "newcomer@example.com", "letters")
+    assert (answer.status_code, answer.text) == (usual.status_code, usual.text)
+    as_json = client.post("/subscribe", json={"email": "rex@example.com", "lists": ["letters"]})
+    assert as_json.status_code == 202
+    assert [m.recipient for m in outbox.outbox] == ["newcomer@example.com"]
+    rex = row(store, "rex@example.com")
+    assert [e.action for e in history(store.engine, rex.id)] == ["unsubscribe"]
+
+
+@pytest.mark.usefixtures("database_env")
+def test_a_confirmation_asks_only_for_the_lists_the_owner_left_open(
+    client: TestClient, store: Store, outbox: MemoryTransport
+) -> None:
+    sam = store.add("sam@example.com", "garden")
+    owner_unsubscribes(store, "sam@example.com", "letters")
+    subs.unsubscribe(store.engine, sam.id, "garden", reason="one-click", source="one-click")
+    form(client, "sam@example.com", "letters", "garden")
+    [confirmation] = outbox.outbox
+    text = parsed(confirmation.message).get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert "garden posts" in text and "Lantern Notes letters" not in text
+    done = client.post(link(confirmation.message, "confirm"))
+    assert "You are subscribed" in done.text and "garden posts" in done.text
+    assert store.mailable(sam, "garden") and not store.mailable(sam, "letters")
+    signup = history(store.engine, sam.id)[-2]
+    assert (signup.action, signup.list_name) == ("signup", "garden")
+
+
+@pytest.mark.usefixtures("database_env")
+def test_confirming_after_the_owner_took_the_address_off_says_it_cannot_be_subscribed(
+    client: TestClient, store: Store, outbox: MemoryTransport
+) -> None:
+    """The owner's per-list unsubscribe between the signup and the click: the
+    done page said "Welcome! You will get:" over an empty list and the
+    consent record said "confirm … by link"."""
+    form(client, "tia@example.com", "letters")
+    path = link(outbox.outbox[0].message, "confirm")
+    owner_unsubscribes(store, "tia@example.com", "letters")
+    answer = client.post(path)
+    assert answer.status_code == 200 and "cannot be subscribed here" in answer.text
+    assert "You are subscribed" not in answer.text
+    tia = row(store, "tia@example.com")
+    assert not store.mailable(tia, "letters")
+    assert len(outbox.outbox) == 1  # no welcome
+    last = history(store.engine, tia.id)[-1]
+    assert (last.action, last.detail) == ("confirm", "refused: unsubscribed by the owner")
+    again = client.post(path)
+    assert "Already confirmed" in again.text
+
+
+# --------------------------------------------------------------------------- origins, spelled otherwise
+
+
+def client_with(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, site_url: str, origins: str
+) -> TestClient:
+    config = public_config(copy_site(tmp_path, monkeypatch))
+    text = config.read_text().replace('url = "https://lantern.example.com"', f'url = "{site_url}"')
+    config.write_text(text.replace('allowed_origins = ["https://widgets.example.net"]', origins))
+    return client_for(make_store(config), MemoryTransport())
+
+
+@pytest.mark.parametrize(
+    ("site_url", "origin"),
+    [
+        ("https://fieldnotes.example.com:443", "https://fieldnotes.example.com"),
+        ("http://fieldnotes.example.com:80/blog", "http://fieldnotes.example.com"),
+        ("https://bücher.example", "https://xn--bcher-kva.example"),
+        ("https://Straße.example:8443", "https://xn--strae-oqa.example:8443"),
+    ],
+)
+def test_the_blogs_origin_matches_however_its_url_is_spelled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, site_url: str, origin: str
+) -> None:
+    """Browsers send an origin without the scheme's default port and with an
+    IDN host in its ASCII form (UTS #46, as they do: "ß" stays "ß"); the
+    check compared the raw netlocs, so these blogs' own forms got 403."""
+    with client_with(tmp_path, monkeypatch, site_url, "") as client:
+        assert form(client, "vi@example.com", "letters", origin=origin).status_code == 200
+        referer = client.post(
+            "/subscribe", data={"email": "wu@example.com", "list": "letters"},
+            headers={"Referer": f"{origin}/about/"},
+        )  # fmt: skip
+        assert referer.status_code == 200
+        other = form(client, "xi@example.com", "letters", origin="https://example.com")
+        assert other.status_code == 403
+
+
+def test_an_allowed_origin_with_its_default_port_passes_cors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    origins = 'allowed_origins = ["https://widgets.example.net:443", "https://bücher.example"]'
+    with client_with(tmp_path, monkeypatch, BLOG, origins) as client:
+        for sent in (WIDGET, "https://xn--bcher-kva.example"):
+            ok = client.options(
+                "/subscribe",
+                headers={"Origin": sent, "Access-Control-Request-Method": "POST"},
+            )
+            assert ok.status_code == 204, sent
+            # The header names the origin exactly as the browser sent it.
+            assert ok.headers["access-control-allow-origin"] == sent
+            posted = client.post(
+                "/subscribe", json={"email": "yo@example.com", "lists": ["letters"]},
+                headers={"Origin": sent},
+            )  # fmt: skip
+            assert posted.status_code == 202, sent
+            assert posted.headers["access-control-allow-origin"] == sent
+            assert form(client, "zu@example.com", "letters", origin=sent).status_code == 200
+        evil = client.options("/subscribe", headers={"Origin": "https://widgets.example.net:8443"})
+        assert evil.status_code == 403
+
+
+@pytest.mark.usefixtures("database_env")
+def test_the_lists_kept_left_after_a_signup_are_in_the_consent_record(
+    client: TestClient, store: Store, outbox: MemoryTransport
+) -> None:
+    """Back from a one-click "every list" unsubscribe by confirming one list:
+    the others became per-list unsubscribes with no consent record."""
+    ula = store.add("ula@example.com", "letters")
+    store.add("ula@example.com", "staff")
+    subs.unsubscribe(store.engine, ula.id, None, reason="one-click (RFC 8058)", source="one-click")
+    form(client, "ula@example.com", "garden")
+    client.post(link(outbox.outbox[0].message, "confirm"))
+    assert store.mailable(ula, "garden") and not store.mailable(ula, "letters")
+    events = [(e.action, e.source, e.list_name, e.detail) for e in history(store.engine, ula.id)]
+    assert sorted(e for e in events if e[3] == "kept after signup") == [
+        ("unsubscribe", "form", "letters", "kept after signup"),
+        ("unsubscribe", "form", "staff", "kept after signup"),
+    ]
+    assert ("confirm", "form", "garden", "by link") in events
+    # Their own choice still: a later signup for letters may lift it.
+    form(client, "ula@example.com", "letters")
+    client.post(link(outbox.outbox[-1].message, "confirm"))
+    assert store.mailable(ula, "letters")

@@ -3,16 +3,20 @@ confirmation email or the store."""
 
 from __future__ import annotations
 
+import json
+import re
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
+from sqlalchemy import func, select
 from test_web_signup import APP, BLOG, client_for, public_config
 from test_web_support import copy_site, make_store
 
 from newsletter.audience import members as subs
 from newsletter.delivery.transports.memory import MemoryTransport
+from newsletter.store.schema import signup_hits
 
 pytestmark = pytest.mark.usefixtures("database_env")
 
@@ -112,3 +116,30 @@ def test_deeply_nested_json_is_a_400(
     assert answer.status_code == 400
     assert answer.json() == {"error": "the body is not valid JSON"}
     assert outbox.outbox == []
+
+
+@pytest.mark.parametrize("escaped", ["\\ud800", "Ana \\udfff", "\\udce9Bell\\ud83d"])
+def test_a_lone_surrogate_in_the_name_is_replaced_not_a_500(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, escaped: str
+) -> None:
+    """JSON may spell a lone surrogate (`"\\ud800"`), which no encoding can
+    write: the insert failed with UnicodeEncodeError, a 500, and the
+    rate-limit hit was rolled back with it.  Each becomes U+FFFD, as a form
+    post's undecodable bytes do."""
+    store = make_store(public_config(copy_site(tmp_path, monkeypatch)))
+    outbox = MemoryTransport()
+    # Spelled out: httpx's json= cannot encode a lone surrogate.
+    body = '{"email": "surr1@example.com", "name": "NAME", "lists": ["letters"]}'
+    body = body.replace("NAME", escaped)
+    with client_for(store, outbox) as client:
+        answer = client.post(
+            "/subscribe", content=body.encode(), headers={"content-type": "application/json"}
+        )
+    assert answer.status_code == 202, answer.text
+    found = subs.get_by_email(store.engine, "surr1@example.com")
+    assert found is not None
+    expected = json.loads(f'"{escaped}"')
+    assert found.name == re.sub("[\ud800-\udfff]", "\ufffd", expected).strip()
+    assert [m.recipient for m in outbox.outbox] == ["surr1@example.com"]
+    with store.engine.connect() as conn:
+        assert conn.scalar(select(func.count()).select_from(signup_hits)) == 2  # ip, address

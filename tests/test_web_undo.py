@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -18,6 +19,7 @@ from starlette.testclient import TestClient
 from test_web_support import Store, copy_site, make_store
 
 from newsletter.audience import members as subs
+from newsletter.audience.consent import history
 from newsletter.cli import main
 from newsletter.email.tokens import ALL_LISTS
 from newsletter.store.schema import memberships, subscribers, unsubscribe_events
@@ -119,11 +121,13 @@ def test_undo_never_lifts_a_global_unsubscribe(client: TestClient, store: Store)
     # The per-list link of the same reader: undo without a POST of its own...
     assert REFUSED in undo(client, store.token(dan))
     assert store.status(dan) == "unsubscribed" and not store.mailable(dan)
-    # ...and after its own POST, undo reverses that POST only.
+    # ...and after its own POST neither: putting the membership back would
+    # send nothing while every list is left, so nothing is reversed or
+    # recorded (the page said "cannot", the consent record "resubscribe").
     unsubscribe(client, store.token(dan))
     assert store.left(dan) == {"letters"}
     assert REFUSED in undo(client, store.token(dan))
-    assert store.left(dan) == set()
+    assert store.left(dan) == {"letters"}
     assert store.status(dan) == "unsubscribed" and not store.mailable(dan)
 
 
@@ -268,3 +272,57 @@ def test_undo_just_inside_the_window_works(client: TestClient, store: Store) -> 
     _age(store, lea, 14)
     assert "subscribed to Lantern Notes letters again" in undo(client, token)
     assert store.mailable(lea)
+
+
+@pytest.mark.usefixtures("database_env")
+def test_undo_from_an_idn_public_url_passes_the_origin_check(config: Path) -> None:
+    """The browser sends the IDN host in its ASCII form; the check compared
+    it with the Unicode host of `[web] public_url` and refused (403)."""
+    text = config.read_text().replace(
+        'public_url = "https://news.lantern.example.com"',
+        'public_url = "https://Nachrichten.bücher.example:443"',
+    )
+    config.write_text(text)
+    store = make_store(config)
+    sent = "https://nachrichten.xn--bcher-kva.example"
+    app = create_public_app(store.settings, engine=store.engine, secret=store.secret)
+    with TestClient(app, base_url=sent) as client:
+        dee = store.add("dee@example.com")
+        unsubscribe(client, store.token(dee))
+        assert "again" in undo(client, store.token(dee), {"origin": sent})
+        assert store.mailable(dee)
+        refused = client.post(
+            f"/unsubscribe/{store.token(dee)}/undo",
+            headers={"origin": "https://xn--bcher-kva.example"},
+        )
+        assert refused.status_code == 403
+
+
+@pytest.mark.usefixtures("database_env")
+@pytest.mark.parametrize(
+    "stop",
+    [
+        lambda e, sid: subs.mark_bounced(e, sid, reason="550 5.1.1"),
+        lambda e, sid: subs.mark_complained(e, sid, reason="feedback loop"),
+        lambda e, sid: subs.unsubscribe(e, sid, None, reason="one-click", source="one-click"),
+    ],
+    ids=["bounce", "complaint", "another-links-global-unsubscribe"],
+)
+def test_no_undo_offered_nor_recorded_once_the_address_stopped_otherwise(
+    client: TestClient, store: Store, stop: Any
+) -> None:
+    """After this link's unsubscribe from one list, a bounce, a complaint or
+    an unsubscribe from every list stopped the address: the page offered
+    "Subscribe again", whose answer was "We cannot subscribe this address
+    again from here", while the membership was put back and the consent
+    record said "resubscribe … undo"."""
+    eve = store.add("eve@example.com")
+    token = store.token(eve)
+    unsubscribe(client, token)
+    stop(store.engine, eve.id)
+    page = client.get(f"/unsubscribe/{token}")
+    assert 'id="undo"' not in page.text
+    assert REFUSED in undo(client, token)
+    assert store.left(eve) == {"letters"}
+    assert not store.mailable(eve)
+    assert "resubscribe" not in [e.action for e in history(store.engine, eve.id)]

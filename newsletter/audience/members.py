@@ -18,6 +18,7 @@ and every name of it is importable from here as before.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 
 from sqlalchemy import Connection, select, update
@@ -84,6 +85,7 @@ __all__ = [
     "reading",
     "remove_member",
     "resubscribe",
+    "storable_name",
     "unsubscribe",
     "unsubscribe_address",
     "writing",
@@ -92,6 +94,18 @@ __all__ = [
 # How strong each status is: a weaker one never overwrites a stronger one
 # (a complaint outranks a bounce, which outranks an unsubscribe).
 _RANK = {ACTIVE: 0, PENDING: 0, UNSUBSCRIBED: 1, BOUNCED: 2, COMPLAINED: 3}
+
+
+# A str can hold lone surrogates, which no encoding writes: a JSON "\ud800",
+# or a byte of argv that is not UTF-8 (kept by surrogateescape).  The
+# database driver then fails the whole transaction.
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def storable_name(value: str) -> str:
+    """`value` with each lone surrogate as U+FFFD, as a form post's undecodable
+    bytes already arrive: what every name is, before it is stored."""
+    return _SURROGATES.sub("\ufffd", value)
 
 
 def add_subscriber(
@@ -105,6 +119,7 @@ def add_subscriber(
     `source`, a new membership is recorded in the consent history.
     """
     address = normalise_email(email)
+    name = storable_name(name)
     stamp = now()
     with writing(bind) as conn:
         lid = list_id(conn, list_name)

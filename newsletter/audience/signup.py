@@ -39,8 +39,9 @@ DAY = timedelta(days=1)
 # may undo them.  Anything else (the owner's `cli`, an import, a bounce, a
 # complaint) only the owner's `resubscribe` undoes.
 SELF_REASONS = ("one-click", "preferences", "form")
-# The same for one list, by the consent record's source of its unsubscribe.
-SELF_SOURCES = ("one-click", "preferences")
+# The same for one list, by the consent record's source of its unsubscribe
+# (form, json: a list kept left when a signup brought the reader back).
+SELF_SOURCES = ("one-click", "preferences", "form", "json")
 
 
 class RateLimited(SubscriberError):
@@ -89,7 +90,7 @@ MAX_NAME = 200
 
 def clean_name(value: str) -> str:
     """A name from a signup, as one printable line of at most MAX_NAME characters."""
-    return _NAME_JUNK.sub(" ", value).strip()[:MAX_NAME].rstrip()
+    return _NAME_JUNK.sub(" ", subs.storable_name(value)).strip()[:MAX_NAME].rstrip()
 
 
 def _hit_key(secret: bytes, value: str) -> str:
@@ -126,7 +127,8 @@ def request_signup(
         if _count_hits(conn, "address", address_key, at - WINDOW) > limits.per_address_per_hour:
             return None  # quietly: the answer must not say the address was asked for
         row = _find_or_create(conn, address.email, address.key, name, at)
-        if not _worth_confirming(conn, row, request.lists):
+        lists = _to_confirm(conn, row, request.lists)
+        if not lists:
             return None
         sent_today = conn.scalar(
             select(func.count()).where(
@@ -138,17 +140,11 @@ def request_signup(
         if int(sent_today or 0) >= limits.pending_per_address_per_day:
             return None
         expires = at + timedelta(hours=limits.confirm_hours)
-        nonce = _insert_confirmation(conn, row.id, request, at, expires)
+        nonce = _insert_confirmation(conn, row.id, lists, request.source, at, expires)
         consent.record(
-            conn,
-            row.id,
-            "signup",
-            request.source,
-            ", ".join(request.lists),
-            "confirmation sent",
-            at=at,
+            conn, row.id, "signup", request.source, ", ".join(lists), "confirmation sent", at=at
         )
-    return Pending(nonce, row.email, name or row.name, request.lists, expires)
+    return Pending(nonce, row.email, name or row.name, lists, expires)
 
 
 def _find_or_create(
@@ -174,18 +170,32 @@ def _find_or_create(
     return row
 
 
-def _worth_confirming(conn: Connection, row: subs.SubscriberRow, lists: tuple[str, ...]) -> bool:
-    """No mail to a suppression the reader cannot lift, nor to someone already in."""
+def _to_confirm(
+    conn: Connection, row: subs.SubscriberRow, lists: tuple[str, ...]
+) -> tuple[str, ...]:
+    """The lists a confirmation asks for; none means no mail.
+
+    Nothing for a suppression the reader cannot lift or for someone already
+    on every list; never a list the owner took them off (docs/web.md: no
+    email to an owner-suppressed address)."""
     if row.suppressed and not self_suppressed(row):
-        return False
+        return ()
+    blocked = _owner_left(conn, row.id, lists)
+    wanted = tuple(name for name in lists if name not in blocked)
     if row.status == subs.ACTIVE:
         joined = subs.membership_lists(conn, row.id)
-        return any(name not in joined or joined[name] is not None for name in lists)
-    return True
+        if all(name in joined and joined[name] is None for name in wanted):
+            return ()
+    return wanted
 
 
 def _insert_confirmation(
-    conn: Connection, sid: int, request: SignupRequest, at: datetime, expires: datetime
+    conn: Connection,
+    sid: int,
+    lists: tuple[str, ...],
+    source: str,
+    at: datetime,
+    expires: datetime,
 ) -> str:
     from newsletter.store.schema import new_uid
 
@@ -194,8 +204,8 @@ def _insert_confirmation(
         confirmations.insert().values(
             nonce=nonce,
             subscriber_id=sid,
-            lists=list(request.lists),
-            source=request.source,
+            lists=list(lists),
+            source=source,
             created_at=at,
             expires_at=expires,
         )
@@ -244,7 +254,14 @@ def confirm(engine: Engine, settings: Settings, nonce: str, at: datetime) -> Con
                 conn, person.id, "confirm", row.source, None, "refused: " + person.status, at
             )
             return base
-        joined = _activate(conn, person, names, at)
+        # The owner took them off a list since the signup: only `resubscribe` lifts that.
+        blocked = _owner_left(conn, person.id, names)
+        names = tuple(n for n in names if n not in blocked)
+        if not names:
+            detail = "refused: unsubscribed by the owner"
+            consent.record(conn, person.id, "confirm", row.source, ", ".join(blocked), detail, at)
+            return base
+        joined = _activate(conn, person, names, at, row.source)
         consent.record(conn, person.id, "confirm", row.source, ", ".join(names), "by link", at)
         # The page lists what they will get: not a list the owner took them off.
         now_on = subs.membership_lists(conn, person.id)
@@ -253,17 +270,26 @@ def confirm(engine: Engine, settings: Settings, nonce: str, at: datetime) -> Con
 
 
 def _activate(
-    conn: Connection, person: subs.SubscriberRow, names: tuple[str, ...], at: datetime
+    conn: Connection,
+    person: subs.SubscriberRow,
+    names: tuple[str, ...],
+    at: datetime,
+    source: str,
 ) -> tuple[str, ...]:
-    """Make the address active on `names`; the lists newly mailable."""
+    """Make the address active on `names`; the lists newly mailable.
+
+    The callers leave out the lists the owner took them off (`_owner_left`);
+    `source` is the consent record's, for the lists kept left.
+    """
     before = subs.membership_lists(conn, person.id)
     if person.status != subs.ACTIVE:
         if person.status == subs.UNSUBSCRIBED:
             # A reader's own earlier "every list" unsubscribe: lists they
-            # had not asked for again stay left.
+            # had not asked for again stay left, in the consent record too.
+            kept = "kept after preferences" if source == "preferences" else "kept after signup"
             for name, left in before.items():
                 if left is None and name not in names:
-                    subs.unsubscribe(conn, person.id, name, reason="kept after signup")
+                    subs.unsubscribe(conn, person.id, name, reason=kept, source=source)
         conn.execute(
             update(subscribers)
             .where(subscribers.c.id == person.id)
@@ -282,8 +308,6 @@ def _activate(
                 memberships.insert().values(list_id=lid, subscriber_id=person.id, created_at=at)
             )
         elif before[name] is not None:
-            if not _left_by_themselves(conn, person.id, name):
-                continue  # the owner's (or an import's) unsubscribe: only `resubscribe` lifts it
             conn.execute(
                 update(memberships)
                 .where(memberships.c.list_id == lid, memberships.c.subscriber_id == person.id)
@@ -293,6 +317,16 @@ def _activate(
             continue  # already mailable there
         joined.append(name)
     return tuple(joined)
+
+
+def _owner_left(conn: Connection, subscriber_id: int, names: tuple[str, ...]) -> set[str]:
+    """The lists of `names` the owner (or an import) took this address off."""
+    left = subs.membership_lists(conn, subscriber_id)
+    return {
+        name
+        for name in names
+        if left.get(name) is not None and not _left_by_themselves(conn, subscriber_id, name)
+    }
 
 
 def _left_by_themselves(conn: Connection, subscriber_id: int, list_name: str) -> bool:
@@ -327,16 +361,27 @@ def choices(engine: Engine, settings: Settings, subscriber_id: int) -> list[Choi
     ]
 
 
+@dataclass(frozen=True)
+class Saved:
+    """What a preferences POST changed, and the ticked lists it could not join."""
+
+    joined: tuple[str, ...]
+    left: tuple[str, ...]
+    refused: tuple[str, ...]  # the owner took the reader off them
+
+
 def set_preferences(
     engine: Engine, settings: Settings, subscriber_id: int, wanted: set[str], at: datetime
-) -> tuple[list[str], list[str]]:
-    """Join the public lists in `wanted`, leave the others: (joined, left).
+) -> Saved:
+    """Join the public lists in `wanted`, leave the others.
 
     A suppression the reader cannot lift (the owner's, a bounce, a
-    complaint) lets them leave lists but join none.
+    complaint) lets them leave lists but join none; a list the owner took
+    them off is not joined either.
     """
     public = [lst.name for lst in settings.public_lists]
-    joined: list[str] = []
+    joined: tuple[str, ...] = ()
+    refused: tuple[str, ...] = ()
     left: list[str] = []
     with subs.writing(engine) as conn:
         person = subs.get_by_id(conn, subscriber_id)
@@ -353,8 +398,18 @@ def set_preferences(
         to_join = tuple(
             n for n in public if n in wanted and not (active and current.get(n, 1) is None)
         )
-        if to_join and (person.status == subs.ACTIVE or self_suppressed(person)):
-            joined = list(_activate(conn, person, to_join, at))
-            for name in joined:
-                consent.record(conn, subscriber_id, "subscribe", "preferences", name, at=at)
-    return joined, left
+        if to_join and (active or self_suppressed(person)):
+            joined, refused = _join_from_preferences(conn, person, to_join, at)
+    return Saved(joined, tuple(left), refused)
+
+
+def _join_from_preferences(
+    conn: Connection, person: subs.SubscriberRow, names: tuple[str, ...], at: datetime
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Join `names`: (joined, refused: the lists the owner took them off)."""
+    blocked = _owner_left(conn, person.id, names)
+    allowed = tuple(n for n in names if n not in blocked)
+    joined = _activate(conn, person, allowed, at, "preferences") if allowed else ()
+    for name in joined:
+        consent.record(conn, person.id, "subscribe", "preferences", name, at=at)
+    return joined, tuple(n for n in names if n in blocked)

@@ -9,6 +9,10 @@ reverse that change, and only that change, for `UNDO_WINDOW`:
   removed or suppressed by the owner, an import, a bounce): nothing to undo;
 * the row no longer carries the event's stamp (the owner resubscribed and
   unsubscribed it again since, or a bounce came in): nothing to undo;
+* a per-list event while the subscriber is not active (a bounce, a
+  complaint, an unsubscribe from every list since): putting the membership
+  back would send nothing, so the page offers no undo and nothing is
+  recorded;
 * older than the window: refused, so an old forwarded email cannot put an
   address back on a list.
 
@@ -96,7 +100,7 @@ def undo(
             return "nothing"
         if event.changed_at < at - UNDO_WINDOW:
             return "expired"
-        if not _reverse(conn, event, at):
+        if not _still_ours(conn, event) or not _reverse(conn, event, at):
             return "nothing"
         conn.execute(
             update(unsubscribe_events)
@@ -151,11 +155,16 @@ def _membership_is_ours(event: Any) -> Any:
 
 
 def _still_ours(conn: Connection, event: Any) -> bool:
-    """The row still carries the stamp this event wrote: nothing changed it since."""
+    """The row still carries the stamp this event wrote (nothing changed it
+    since), and undoing it would make the address mailable again."""
     if event.change == _STATUS:
         query = select(subscribers.c.id).where(*_status_is_ours(event))
     else:
-        query = select(memberships.c.list_id).where(*_membership_is_ours(event))
+        query = (
+            select(memberships.c.list_id)
+            .join(subscribers, subscribers.c.id == memberships.c.subscriber_id)
+            .where(*_membership_is_ours(event), subscribers.c.status == subs.ACTIVE)
+        )
     return conn.execute(query).first() is not None
 
 

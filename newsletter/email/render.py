@@ -180,8 +180,15 @@ def render_digest(
 
 
 def archive_url(settings: Settings, post_id: str) -> str:
-    """The public "view in browser" page of a post (served by `newsletter serve`)."""
-    return f"{settings.web.public_base}/archive/{post_id}"
+    """The public "view in browser" page of a post (served by `newsletter serve`).
+
+    Percent-encoded as the archive index's links are (Jinja's `urlencode`):
+    a "#", "?" or "%" in a post id would end or garble the path; "/" stays,
+    for posts in subfolders (`news/bees`).
+    """
+    from urllib.parse import quote
+
+    return f"{settings.web.public_base}/archive/{quote(post_id, safe='/')}"
 
 
 def digest_archive_url(settings: Settings, mailing_id: int) -> str:

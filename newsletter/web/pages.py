@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import secrets
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote, urlsplit
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
-from starlette.responses import HTMLResponse
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from newsletter.email.inlinecache import compiled_templates
@@ -177,3 +182,26 @@ class PrefixMiddleware:
             if raw is not None:
                 scope["raw_path"] = self.raw_prefix + raw
         await self.app(scope, receive, send)
+
+
+Handler = Callable[[Request], Any]  # returns a Response, or awaits to one
+
+
+def method_route(path: str, handlers: Mapping[str, Handler]) -> Route:
+    """One route for every method `path` takes, each to its own handler.
+
+    Starlette answers a method no route takes with the 405 of the first
+    route whose path matches, and its `Allow` named only that route's
+    methods: `OPTIONS /unsubscribe/<token>` said `GET, HEAD`, without POST
+    (RFC 9110 §15.5.6: Allow lists the methods the resource supports).
+    """
+
+    async def endpoint(request: Request) -> Response:
+        handler = handlers.get(request.method) or handlers["GET"]  # HEAD: the GET page
+        if inspect.iscoroutinefunction(handler):
+            answer: Response = await handler(request)
+        else:  # as Starlette runs a plain function: off the event loop
+            answer = await run_in_threadpool(handler, request)
+        return answer
+
+    return Route(path, endpoint, methods=list(handlers))

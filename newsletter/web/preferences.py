@@ -6,7 +6,8 @@
 The token follows the unsubscribe token's rules (HMAC, strict decoding, one
 per subscriber; `newsletter.email.linktokens`), so a bad one gets the same
 404 page whether or not the address exists.  A suppression the reader cannot
-lift (the owner's, a bounce, a complaint) lets them leave lists, never join.
+lift (the owner's, a bounce, a complaint) lets them leave lists, never join;
+nor is a list joined that the owner took them off (the page says so).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from newsletter.config import Settings, utcnow
 from newsletter.email.linktokens import verify_preferences_token
 from newsletter.errors import StoreError, SubscriberError
 from newsletter.web.bodies import buffered
-from newsletter.web.pages import PRIVATE_HEADERS, public_page
+from newsletter.web.pages import PRIVATE_HEADERS, method_route, public_page
 
 MAX_BODY = 16 * 1024
 
@@ -108,11 +109,14 @@ async def preferences_save(request: Request) -> Response:
             return Response(
                 "expected the preferences form\n", status_code=415, media_type="text/plain"
             )
-        joined, left = await run_in_threadpool(
+        done = await run_in_threadpool(
             flow.set_preferences, state.engine, state.settings, person.id, wanted, utcnow()
         )
         titles = state.settings.lists
-        saved = (tuple(titles[n].title for n in joined), tuple(titles[n].title for n in left))
+        saved = tuple(
+            tuple(titles[n].title for n in names)
+            for names in (done.joined, done.left, done.refused)
+        )
         return _page(request, person, saved=saved)
     except SubscriberError:
         return _invalid(request)
@@ -131,6 +135,5 @@ def _is_form(request: Request) -> bool:
 
 def preferences_routes() -> list[Route]:
     return [
-        Route("/preferences/{token}", preferences_form, methods=["GET"]),
-        Route("/preferences/{token}", preferences_save, methods=["POST"]),
+        method_route("/preferences/{token}", {"GET": preferences_form, "POST": preferences_save})
     ]

@@ -19,7 +19,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
@@ -48,10 +47,12 @@ from newsletter.posts.collection import PostCollection
 from newsletter.store import open_store, reading
 from newsletter.web.archive import list_for, neutral_html, sent_digest, sent_posts
 from newsletter.web.bodies import buffered
+from newsletter.web.origins import origin_of
 from newsletter.web.pages import (
     PRIVATE_HEADERS,
     PrefixMiddleware,
     SecureStarlette,
+    method_route,
     url_prefix,
 )
 from newsletter.web.pages import public_page as public
@@ -260,23 +261,8 @@ def _from_public_origin(request: Request, settings: Settings) -> bool:
     when a browser sent no Origin).  Our pages use `Referrer-Policy: same-origin`,
     with which browsers send the real Origin on a same-origin form POST."""
     source = request.headers.get("origin") or request.headers.get("referer") or ""
-    expected = _origin(settings.web.public_url)
-    return expected is not None and _origin(source) == expected
-
-
-def _origin(url: str) -> str | None:
-    """`scheme://host[:port]`, lower-cased, default port dropped; None if not a web URL."""
-    try:
-        parts = urlsplit(url.strip())
-        port = parts.port
-    except ValueError:
-        return None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return None
-    default = {"http": 80, "https": 443}[parts.scheme]
-    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-    suffix = f":{port}" if port is not None and port != default else ""
-    return f"{parts.scheme}://{host}{suffix}"
+    expected = origin_of(settings.web.public_url)
+    return expected is not None and origin_of(source) == expected
 
 
 def unsubscribe_help(request: Request) -> Response:
@@ -390,8 +376,7 @@ def create_public_app(
     routes = [
         Route("/healthz", healthz),
         Route("/unsubscribe/", unsubscribe_help),
-        Route("/unsubscribe/{token}", unsubscribe_form, methods=["GET"]),
-        Route("/unsubscribe/{token}", one_click, methods=["POST"]),
+        method_route("/unsubscribe/{token}", {"GET": unsubscribe_form, "POST": one_click}),
         Route("/unsubscribe/{token}/undo", undo, methods=["POST"]),
         Route("/archive/", archive_index),
         # Before the post pages, which would take "digest/<n>" as a post id.

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 from typing import Any
-from urllib.parse import urlsplit
 
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
@@ -42,7 +41,8 @@ from newsletter.email.linktokens import (
 from newsletter.email.notices import build_notice
 from newsletter.errors import NewsletterError, StoreError, SubscriberError
 from newsletter.web.bodies import buffered
-from newsletter.web.pages import PRIVATE_HEADERS, url_prefix
+from newsletter.web.origins import host_origin, origin_of
+from newsletter.web.pages import PRIVATE_HEADERS, method_route, url_prefix
 from newsletter.web.pages import public_page as page
 
 log = logging.getLogger("newsletter.web")
@@ -59,32 +59,36 @@ def _state(request: Request) -> Any:
     return request.app.state.public
 
 
-def _origin(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}".lower() if parts.scheme and parts.netloc else ""
-
-
 def form_origins(settings: Settings) -> set[str]:
     """Where the HTML form may be posted from: the blog, this app, and the listed."""
-    found = {_origin(settings.site.url), _origin(settings.web.public_url)}
-    found |= {o.lower() for o in settings.signup.allowed_origins}
-    return found - {""}
+    found = {origin_of(settings.site.url), origin_of(settings.web.public_url)}
+    return {o for o in found if o is not None} | cors_origins(settings)
 
 
-def _sender_origin(request: Request) -> str:
+def cors_origins(settings: Settings) -> set[str]:
+    """`[signup] allowed_origins`, as browsers spell them (`origins.origin_of`)."""
+    found = (origin_of(o) for o in settings.signup.allowed_origins)
+    return {o for o in found if o is not None}
+
+
+def _sender_origin(request: Request) -> str | None:
     origin = request.headers.get("origin", "")
     if origin and origin != "null":
-        return origin.lower()
-    return _origin(request.headers.get("referer", ""))
+        return origin_of(origin)
+    return origin_of(request.headers.get("referer", ""))
 
 
-def _same_origin(request: Request, origin: str) -> bool:
-    return urlsplit(origin).netloc == request.headers.get("host", "").lower()
+def _same_origin(request: Request, origin: str | None) -> bool:
+    """A form on this app's own host (what `Host` names), however it is proxied."""
+    if origin is None:
+        return False
+    return origin == host_origin(origin.partition(":")[0], request.headers.get("host", ""))
 
 
 def _cors_headers(settings: Settings, request: Request) -> dict[str, str]:
-    origin = request.headers.get("origin", "").lower()
-    if origin and origin in {o.lower() for o in settings.signup.allowed_origins}:
+    origin = request.headers.get("origin", "")
+    if origin and origin_of(origin) in cors_origins(settings):
+        # As the browser sent it: it compares this header with its own origin.
         return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
     return {"Vary": "Origin"}
 
@@ -214,14 +218,14 @@ async def subscribe(request: Request) -> Response:
 
 def _check_origin(request: Request, settings: Settings, as_json: bool) -> Response | None:
     """Form posts must come from the blog or this app; JSON from a listed origin."""
-    origin = _sender_origin(request)
     if as_json:
-        sent = request.headers.get("origin", "").lower()
-        allowed = {o.lower() for o in settings.signup.allowed_origins}
-        if not sent or sent in allowed or _same_origin(request, sent):
+        sent = request.headers.get("origin", "")
+        origin = origin_of(sent)
+        if not sent or origin in cors_origins(settings) or _same_origin(request, origin):
             return None  # no Origin: not a browser, so no one else's cookies or forms
         return JSONResponse({"error": "origin not allowed"}, status_code=403)
-    if origin and (origin in form_origins(settings) or _same_origin(request, origin)):
+    origin = _sender_origin(request)
+    if origin in form_origins(settings) or _same_origin(request, origin):
         return None
     return page(
         settings,
@@ -361,7 +365,8 @@ async def confirm(request: Request) -> Response:
         return _confirm_page(
             request, "public_signup_error.html", 503, error="Please try again in a minute."
         )
-    if done.outcome == "refused":
+    if done.outcome == "refused" or (done.outcome == "confirmed" and not done.lists):
+        # Never "Welcome! You will get:" over nothing.
         return _confirm_page(request, "public_signup_refused.html")
     if done.outcome != "confirmed":
         return _verdict_page(request, done.outcome)
@@ -389,9 +394,9 @@ async def confirm(request: Request) -> Response:
 
 def signup_routes() -> list[Route]:
     return [
-        Route("/subscribe", subscribe_page, methods=["GET"]),
-        Route("/subscribe", subscribe, methods=["POST"]),
-        Route("/subscribe", subscribe_preflight, methods=["OPTIONS"]),
-        Route("/confirm/{token}", confirm_form, methods=["GET"]),
-        Route("/confirm/{token}", confirm, methods=["POST"]),
+        method_route(
+            "/subscribe",
+            {"GET": subscribe_page, "POST": subscribe, "OPTIONS": subscribe_preflight},
+        ),
+        method_route("/confirm/{token}", {"GET": confirm_form, "POST": confirm}),
     ]

@@ -13,6 +13,8 @@ from newsletter.web.pages import kept_pages, render_page
 
 
 def signup_snippet(settings: Settings, list_names: tuple[str, ...]) -> str:
+    # A list named twice (`--list a --list a`) is offered once, in the order first named.
+    list_names = tuple(dict.fromkeys(list_names))
     chosen: list[ListSettings] = []
     for name in list_names:
         lst = settings.get_list(name)
