@@ -644,3 +644,17 @@ def test_the_lists_kept_left_after_a_signup_are_in_the_consent_record(
     form(client, "ula@example.com", "letters")
     client.post(link(outbox.outbox[-1].message, "confirm"))
     assert store.mailable(ula, "letters")
+
+
+def test_the_pages_link_back_to_the_blogs_home_with_its_baseurl(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A GitHub project site's home is url + baseurl: the page's link back
+    to the blog went to the host alone (another site, or a 404)."""
+    config = public_config(copy_site(tmp_path, monkeypatch))
+    text = config.read_text()
+    config.write_text(text.replace(f'url = "{BLOG}"', f'url = "{BLOG}"\nbaseurl = "/notes"', 1))
+    with client_for(make_store(config), None) as client:
+        page = client.get("/subscribe").text
+    assert f'href="{BLOG}/notes/"' in page
+    assert f'href="{BLOG}"' not in page

@@ -55,7 +55,7 @@ def _page(
         status,
         headers=PRIVATE_HEADERS,
         site_title=settings.site.title,
-        site_url=settings.site.url,
+        site_url=settings.site.home,
         action=request.url.path,
         address=_masked(fresh.email),
         choices=flow.choices(state.engine, settings, fresh.id),

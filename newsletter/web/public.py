@@ -164,7 +164,7 @@ def _target_page(request: Request, name: str, target: Target, **extra: Any) -> H
         name,
         headers=PRIVATE_HEADERS,
         site_title=state.settings.site.title,
-        site_url=state.settings.site.url,
+        site_url=state.settings.site.home,
         address=masked(target.subscriber.email),
         list_title=target.list_title,
         action=request.url.path.removesuffix("/undo"),
@@ -271,7 +271,7 @@ def unsubscribe_help(request: Request) -> Response:
         request,
         "public_help.html",
         site_title=state.settings.site.title,
-        site_url=state.settings.site.url,
+        site_url=state.settings.site.home,
     )
 
 
@@ -292,7 +292,7 @@ def archive_index(request: Request) -> Response:
         "public_archive.html",
         headers=ARCHIVE_HEADERS,
         site_title=state.settings.site.title,
-        site_url=state.settings.site.url,
+        site_url=state.settings.site.home,
         items=items,
     )
 

@@ -99,7 +99,7 @@ def _cors_headers(settings: Settings, request: Request) -> dict[str, str]:
 def _form_context(settings: Settings, **extra: Any) -> dict[str, Any]:
     return {
         "site_title": settings.site.title,
-        "site_url": settings.site.url,
+        "site_url": settings.site.home,
         "action": f"{url_prefix(settings.web.public_url)}/subscribe",
         "public_lists": settings.public_lists,
         "error": None,
@@ -314,7 +314,7 @@ def _confirm_page(request: Request, name: str, status: int = 200, **extra: Any) 
         status,
         headers=PRIVATE_HEADERS,
         site_title=settings.site.title,
-        site_url=settings.site.url,
+        site_url=settings.site.home,
         action=request.url.path,
         **extra,
     )
