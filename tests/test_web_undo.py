@@ -326,3 +326,18 @@ def test_no_undo_offered_nor_recorded_once_the_address_stopped_otherwise(
     assert store.left(eve) == {"letters"}
     assert not store.mailable(eve)
     assert "resubscribe" not in [e.action for e in history(store.engine, eve.id)]
+
+
+def test_global_undo_names_the_lists_that_stay_left(client: TestClient, store: Store) -> None:
+    """Undoing an unsubscribe from every list brings back the status, not a
+    list left on its own before: the page said "subscribed to every list
+    again" while that list stayed unsubscribed."""
+    cy = store.add("cy@example.com")
+    store.add("cy@example.com", "garden")
+    unsubscribe(client, store.token(cy, "garden"))  # garden alone, first
+    everywhere = store.token(cy, ALL_LISTS)
+    unsubscribe(client, everywhere)
+    text = undo(client, everywhere)
+    assert store.mailable(cy, "letters") and not store.mailable(cy, "garden")
+    assert "every list" not in text
+    assert "stays unsubscribed from Lantern Notes: garden posts" in text

@@ -135,6 +135,15 @@ def is_subscribed(state: PublicState, target: Target) -> bool:
     return target.list_name in member_of and member_of[target.list_name] is None
 
 
+def _still_left(state: PublicState, target: Target) -> list[str]:
+    """A global undo: the titles of the lists left on their own before (the
+    undo brings back the status, not those)."""
+    if target.list_name is not None:
+        return []
+    member_of = subs.membership_lists(state.engine, target.subscriber.id)
+    return [list_for(state.settings, n).title for n, left in sorted(member_of.items()) if left]
+
+
 def can_undo(state: PublicState, target: Target) -> bool:
     return undoable(state.engine, target.subscriber.id, target.list_name)
 
@@ -251,7 +260,8 @@ async def undo(request: Request) -> Response:
     except StoreError:
         return _unavailable()
     if subscribed:
-        return _target_page(request, "public_resubscribed.html", target)
+        left = _still_left(state, target)
+        return _target_page(request, "public_resubscribed.html", target, still_left=left)
     # Not subscribed now: too late, or stopped by something this link did not do.
     return _target_page(request, "public_cannot_undo.html", target, expired=outcome == "expired")
 
