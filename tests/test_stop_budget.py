@@ -37,26 +37,35 @@ def newsletter(site: Site, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def started_and_held(
+    tmp_path: Path, server: SmtpTestServer, command: str
+) -> tuple[Site, subprocess.Popen[str]]:
+    """`run` or `send` of a post to three members, once its first message
+    reached a server that keeps every reply (`hold(0)`, until `release()`)."""
+    server.hold(0)
+    site = make_site(tmp_path, transport="smtp", smtp_port=server.port, smtp_timeout=SMTP_TIMEOUT)
+    site.write_post("2025-01-02-held.md", "Held", datetime.now(UTC) - timedelta(days=30))
+    settings = site.settings()
+    add_members(engine_of(settings), "news", settings=settings)
+    args = ("run", "--no-watch") if command == "run" else ("send", "held", "--list", "news")
+    proc = newsletter(site, *args)
+    deadline = time.monotonic() + 120  # start-up under load: bounds a hang
+    while not server.received and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    if not server.received:
+        proc.kill()
+        pytest.fail(f"nothing reached the server: {proc.communicate()}")
+    return site, proc
+
+
 @pytest.mark.parametrize("command", ["run", "send"])
 def test_sigterm_while_the_server_keeps_its_reply_exits_within_the_budget(
     tmp_path: Path, command: str
 ) -> None:
     server = SmtpTestServer().start()
     try:
-        server.hold(0)  # every message taken, no reply until `release()`
-        site = make_site(
-            tmp_path, transport="smtp", smtp_port=server.port, smtp_timeout=SMTP_TIMEOUT
-        )
-        site.write_post("2025-01-02-held.md", "Held", datetime.now(UTC) - timedelta(days=30))
-        settings = site.settings()
-        add_members(engine_of(settings), "news", settings=settings)
-        args = ("run", "--no-watch") if command == "run" else ("send", "held", "--list", "news")
-        proc = newsletter(site, *args)
+        site, proc = started_and_held(tmp_path, server, command)
         try:
-            deadline = time.monotonic() + 120  # start-up under load: bounds a hang
-            while not server.received and time.monotonic() < deadline and proc.poll() is None:
-                time.sleep(0.05)
-            assert server.received, "nothing reached the server"
             signalled = time.monotonic()
             proc.send_signal(signal.SIGTERM)
             _out, err = proc.communicate(timeout=STOP_BUDGET + SLACK)
@@ -238,20 +247,8 @@ def test_a_second_signal_while_stopping_ends_the_process_at_once(
     (docs/daemon.md), the daemon as `send` does."""
     server = SmtpTestServer().start()
     try:
-        server.hold(0)
-        site = make_site(
-            tmp_path, transport="smtp", smtp_port=server.port, smtp_timeout=SMTP_TIMEOUT
-        )
-        site.write_post("2025-01-02-held.md", "Held", datetime.now(UTC) - timedelta(days=30))
-        settings = site.settings()
-        add_members(engine_of(settings), "news", settings=settings)
-        args = ("run", "--no-watch") if command == "run" else ("send", "held", "--list", "news")
-        proc = newsletter(site, *args)
+        _site, proc = started_and_held(tmp_path, server, command)
         try:
-            deadline = time.monotonic() + 120  # start-up under load: bounds a hang
-            while not server.received and time.monotonic() < deadline and proc.poll() is None:
-                time.sleep(0.05)
-            assert server.received, "nothing reached the server"
             proc.send_signal(sig)
             time.sleep(0.5)  # the first one handled: the stop has begun
             assert proc.poll() is None, proc.communicate()
