@@ -877,6 +877,102 @@ def test_each_status_an_import_changes_is_in_the_consent_record(
     assert {name: len(events(f"{name}@example.com")) for name in names} == after
 
 
+def _history(engine: Engine, address: str) -> list[tuple[str, str, str | None, str | None]]:
+    found = get_by_email(engine, address)
+    assert found is not None, address
+    return [(e.action, e.source, e.list_name, e.detail) for e in consent.history(engine, found.id)]
+
+
+@pytest.mark.parametrize("store", ["empty", "not empty"])
+@pytest.mark.parametrize("path_kind", ["staged", "classic"])
+def test_a_suppressed_status_a_file_gives_is_recorded_not_a_subscribe(
+    engine: Engine,
+    settings: Settings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    path_kind: str,
+    store: str,
+) -> None:
+    """A new address the file gives as unsubscribed, bounced or complained
+    got a `subscribe` record and nothing else: the history claimed a consent
+    the file does not show and hid the suppression.  Such a row now records
+    the suppression (every list, its reason as the detail) and no
+    `subscribe`, a new address as one already stored (on another list)."""
+    import newsletter.audience.subscribers as subscribers_module
+
+    if path_kind == "classic":
+        monkeypatch.setattr(subscribers_module, "STAGED_DIALECTS", ())
+    if store == "not empty":
+        add_subscriber(engine, "known@example.com", "weekly")
+    path = write(
+        tmp_path / "f.csv",
+        """
+        email,status
+        quits@example.com,unsubscribed
+        bounces@example.com,bounced
+        complains@example.com,complained
+        joins@example.com,active
+        waits@example.com,pending
+        known@example.com,unsubscribed
+        """,
+    )
+    counts = run_import(engine, settings, path)
+    assert (counts.write_lock_seconds is None) == (path_kind == "classic")
+    assert _history(engine, "quits@example.com") == [
+        ("unsubscribe", "import", None, "import: unsubscribed")
+    ]
+    assert _history(engine, "bounces@example.com") == [
+        ("bounce", "import", None, "import: bounced")
+    ]
+    assert _history(engine, "complains@example.com") == [
+        ("complaint", "import", None, "import: complained")
+    ]
+    assert _history(engine, "joins@example.com") == [("subscribe", "import", "news", None)]
+    assert _history(engine, "waits@example.com") == [("subscribe", "import", "news", None)]
+    assert _history(engine, "known@example.com")[-1:] == [
+        ("unsubscribe", "import", None, "import: unsubscribed")
+    ]
+    assert statuses(engine)["bounces@example.com"] == "bounced"  # still on the list
+    recorded = {a: _history(engine, a) for a in ("quits@example.com", "known@example.com")}
+    run_import(engine, settings, path)  # nothing changes: nothing recorded
+    assert {a: _history(engine, a) for a in recorded} == recorded
+
+
+@pytest.mark.parametrize("path_kind", ["staged", "classic"])
+def test_a_mailchimp_unsubscribed_export_records_the_unsubscribes(
+    engine: Engine,
+    settings: Settings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    path_kind: str,
+) -> None:
+    """The same through a Mailchimp export (its OPTIN_TIME: the staged merge's
+    other branch, which looks each staged row up again)."""
+    import newsletter.audience.subscribers as subscribers_module
+
+    if path_kind == "classic":
+        monkeypatch.setattr(subscribers_module, "STAGED_DIALECTS", ())
+    path = tmp_path / "unsubscribed_members_export_abc.csv"
+    path.write_bytes((FIXTURES / "mailchimp/unsubscribed_members_export_3f2a.csv").read_bytes())
+    run_import(engine, settings, path)
+    assert _history(engine, "gone@example.com") == [
+        ("unsubscribe", "import", None, "mailchimp: unsubscribed")
+    ]
+
+
+def test_sync_records_a_suppressed_status_of_a_new_address(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    folder = tmp_path / "subscribers"
+    folder.mkdir()
+    write(folder / "weekly.csv", "email,status\nsy1@example.com,unsubscribed\n")
+    _, problems = sync_directory(engine, settings, folder)
+    assert problems == []
+    assert _history(engine, "sy1@example.com") == [
+        ("unsubscribe", "sync", None, "import: unsubscribed")
+    ]
+
+
 _JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
