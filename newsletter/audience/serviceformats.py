@@ -21,7 +21,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from newsletter.audience.servicestatuses import CONSUMED, SINCE, STATUS_RULES, Always
+from newsletter.audience.servicestatuses import (
+    CONSUMED,
+    MAILCHIMP_EXPORT_NAME,
+    SINCE,
+    STATUS_RULES,
+    Always,
+    mailchimp_file_kind,
+)
 from newsletter.errors import SubscriberError
 
 FORMATS = (
@@ -132,6 +139,31 @@ def detect_format(header: Sequence[str], file_name: str = "") -> str:
     if cols.has("state") and cols.find("email_address", "email") and cols.find("first_name"):
         return "kit"
     return "generic"
+
+
+def mailchimp_refusal(header: Sequence[str], file_name: str, *, in_zip: bool) -> str | None:
+    """Why the members of a Mailchimp file cannot be imported, or None.
+
+    Its name or its UNSUB_TIME / CLEAN_TIME column says what they are.  A ZIP's
+    member without either, or a file named like one of Mailchimp's own with
+    another word (`nonsubscribed_members_export_….csv`: contacts who never
+    subscribed), would otherwise be imported as active: the unsafe guess.
+    A single file under a name of its own is the subscribed one."""
+    cols = _Columns(header)
+    if mailchimp_file_kind(file_name) or cols.find("unsub_time", "clean_time"):
+        return None
+    if not in_zip and not MAILCHIMP_EXPORT_NAME.match(Path(file_name).name.lower()):
+        return None
+    fix = (
+        "take it out of the ZIP, or import the other files one by one"
+        if in_zip
+        else "import it only if they did subscribe, renamed subscribed_….csv"
+    )
+    return (
+        "a Mailchimp file whose name does not say its members' status (the export names "
+        "them subscribed_…, unsubscribed_… and cleaned_…; nonsubscribed_… lists contacts "
+        f"who never subscribed), so nothing was imported: {fix}"
+    )
 
 
 # What a forced `--format` needs in the header: each entry is a set of
