@@ -386,7 +386,7 @@ def test_escape_cell_and_attribute_encoding() -> None:
     assert encode_attribute("") == '""'
     assert encode_attribute(42) == "42"
     assert encode_attribute(["a", "b"]) == '["a", "b"]'
-    assert encode_attribute(None) == ""
+    assert encode_attribute(None) == "null"  # an empty cell is "no such key"
 
 
 def test_round_trip_export_import_export_is_identical(
@@ -475,6 +475,58 @@ def test_round_trip_keeps_attributes_named_like_the_fixed_columns(
     second = io.StringIO()
     export_list(other, "copy", second)
     assert second.getvalue() == first.getvalue()
+
+
+def test_round_trip_keeps_keys_with_outer_spaces_and_null_values(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    """A key's outer whitespace was written bare, and import trims header
+    names: `" a"` came back as `a` and overwrote the real `a`, a lone
+    `" lead"` came back as `lead`.  A null value was written as an empty
+    cell, which import skips: the key was gone.  Both survive now, and a
+    key or a value that merely looks like their encoding stays as it is."""
+    attributes = {"a": "A1", " a": "A2", "nul": None, '"q"': "quoted key", "n": "null"}
+    path = tmp_path / "listmonk.csv"
+    path.write_text(
+        "email,name,attributes\n"
+        + "k@example.com,K,"
+        + '"'
+        + json.dumps(attributes).replace('"', '""')
+        + '"\n'
+        + 'l@example.com,L,"{"" lead "": ""L""}"\n',
+        encoding="utf-8",
+    )
+    run_import(engine, settings, path)
+    assert seen(engine, "k@example.com").attributes == attributes
+    first = io.StringIO()
+    export_list(engine, "news", first)
+    exported = tmp_path / "export.csv"
+    exported.write_text(first.getvalue(), encoding="utf-8", newline="")
+    other_settings = make_settings("copy")
+    (tmp_path / "other").mkdir()
+    other = make_engine(tmp_path / "other", other_settings)
+    counts = run_import(other, other_settings, exported, "copy")
+    assert (counts.files[0].format, counts.invalid, counts.warnings) == ("newsletter", 0, 0)
+    assert seen(other, "k@example.com", "copy").attributes == attributes
+    assert seen(other, "l@example.com", "copy").attributes == {" lead ": "L"}
+    second = io.StringIO()
+    export_list(other, "copy", second)
+    assert second.getvalue() == first.getvalue()
+
+
+def test_our_exports_repeated_header_names_do_not_overwrite_each_other(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    """A hand-edited export (two `a` columns) kept only the last cell; a
+    header that starts with `"` but is no JSON string is taken as it is."""
+    path = tmp_path / "e.csv"
+    path.write_text(
+        'email,name,status,subscribed_at,a,a,"""x"\n'
+        "r@example.com,R,active,2024-01-01T00:00:00+00:00,1,2,3\n",
+        encoding="utf-8",
+    )
+    run_import(engine, settings, path)
+    assert seen(engine, "r@example.com").attributes == {"a": 1, "a 2": 2, '"x': 3}
 
 
 def test_export_status_filter(engine: Engine, settings: Settings) -> None:

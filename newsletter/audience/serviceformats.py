@@ -63,6 +63,8 @@ NEWSLETTER_HEADER = ("email", "name", "status", "subscribed_at")
 # A cell our export prefixed with ' against spreadsheet formula injection.
 FORMULA_PREFIX = "'"
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", FORMULA_PREFIX)
+# An attribute name our export wrote as a JSON string (`subscribers.encode_key`).
+KEY_QUOTE = '"'
 
 
 class SourceRow(NamedTuple):
@@ -270,23 +272,34 @@ def _attribute_columns(
     """(index, attribute name) of every column not read as email, name, status
     or time.  A repeated name is kept as `NAME 2`, `NAME 3`… and a blank one
     as `column N`, so that no cell overwrites another under one name.  Our
-    own export's names are taken exactly, with the formula guard removed."""
+    own export's names are taken exactly (a blank one too), with the formula
+    guard removed and a JSON-quoted name decoded (`_exact_name`)."""
     keep: list[tuple[int, str]] = []
     taken: set[str] = set()
     for i, header_name in enumerate(header):
         if i in used:
             continue
-        if exact:
-            name = _unescape(header_name)  # export escapes column names too
-        else:
-            base = name = header_name or f"column {i + 1}"
-            n = 1
-            while name in taken:
-                n += 1
-                name = f"{base} {n}"
+        base = name = _exact_name(header_name) if exact else header_name or f"column {i + 1}"
+        n = 1
+        while name in taken:
+            n += 1
+            name = f"{base} {n}"
         taken.add(name)
         keep.append((i, name))
     return keep
+
+
+def _exact_name(header_name: str) -> str:
+    """An attribute's name as our export wrote it (`subscribers.encode_key`):
+    its formula guard removed, and, JSON-quoted, decoded."""
+    name = _unescape(header_name)  # export escapes column names too
+    if name.startswith(KEY_QUOTE):
+        try:
+            decoded = json.loads(name)
+        except ValueError:
+            return name
+        return decoded if isinstance(decoded, str) else name
+    return name
 
 
 def _beyond_header(cells: list[str], width: int) -> tuple[str, ...]:
