@@ -428,3 +428,21 @@ def test_a_name_argument_that_is_not_utf8_is_stored_with_a_replacement_character
     assert again.exit_code == 0, again.output
     data = json.loads(cli("subscribers", "list", "--list", "sample", "--json").stdout)
     assert [m["name"] for m in data] == ["\ufffdmile"]
+
+
+def test_a_mailchimp_zip_with_a_file_of_unknown_status_is_refused(sample_site: Path) -> None:
+    import zipfile
+
+    header = '"Email Address","First Name",MEMBER_RATING,OPTIN_TIME,LEID\n'
+    with zipfile.ZipFile("export.zip", "w") as archive:
+        archive.writestr("subscribed_members_export_abc.csv", header + "in@example.com,In,1,,1\n")
+        archive.writestr(
+            "nonsubscribed_members_export_abc.csv", header + "no@example.com,No,1,,2\n"
+        )
+    result = cli("subscribers", "import", "export.zip", "--list", "sample")
+    assert result.exit_code == 1
+    assert result.stderr.startswith(
+        "error: export.zip:nonsubscribed_members_export_abc.csv: a Mailchimp file whose name "
+        "does not say its members' status"
+    )
+    assert _members("sample") == {}

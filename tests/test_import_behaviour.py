@@ -386,7 +386,7 @@ def test_escape_cell_and_attribute_encoding() -> None:
     assert encode_attribute("") == '""'
     assert encode_attribute(42) == "42"
     assert encode_attribute(["a", "b"]) == '["a", "b"]'
-    assert encode_attribute(None) == ""
+    assert encode_attribute(None) == "null"  # an empty cell is "no such key"
 
 
 def test_round_trip_export_import_export_is_identical(
@@ -475,6 +475,58 @@ def test_round_trip_keeps_attributes_named_like_the_fixed_columns(
     second = io.StringIO()
     export_list(other, "copy", second)
     assert second.getvalue() == first.getvalue()
+
+
+def test_round_trip_keeps_keys_with_outer_spaces_and_null_values(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    """A key's outer whitespace was written bare, and import trims header
+    names: `" a"` came back as `a` and overwrote the real `a`, a lone
+    `" lead"` came back as `lead`.  A null value was written as an empty
+    cell, which import skips: the key was gone.  Both survive now, and a
+    key or a value that merely looks like their encoding stays as it is."""
+    attributes = {"a": "A1", " a": "A2", "nul": None, '"q"': "quoted key", "n": "null"}
+    path = tmp_path / "listmonk.csv"
+    path.write_text(
+        "email,name,attributes\n"
+        + "k@example.com,K,"
+        + '"'
+        + json.dumps(attributes).replace('"', '""')
+        + '"\n'
+        + 'l@example.com,L,"{"" lead "": ""L""}"\n',
+        encoding="utf-8",
+    )
+    run_import(engine, settings, path)
+    assert seen(engine, "k@example.com").attributes == attributes
+    first = io.StringIO()
+    export_list(engine, "news", first)
+    exported = tmp_path / "export.csv"
+    exported.write_text(first.getvalue(), encoding="utf-8", newline="")
+    other_settings = make_settings("copy")
+    (tmp_path / "other").mkdir()
+    other = make_engine(tmp_path / "other", other_settings)
+    counts = run_import(other, other_settings, exported, "copy")
+    assert (counts.files[0].format, counts.invalid, counts.warnings) == ("newsletter", 0, 0)
+    assert seen(other, "k@example.com", "copy").attributes == attributes
+    assert seen(other, "l@example.com", "copy").attributes == {" lead ": "L"}
+    second = io.StringIO()
+    export_list(other, "copy", second)
+    assert second.getvalue() == first.getvalue()
+
+
+def test_our_exports_repeated_header_names_do_not_overwrite_each_other(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    """A hand-edited export (two `a` columns) kept only the last cell; a
+    header that starts with `"` but is no JSON string is taken as it is."""
+    path = tmp_path / "e.csv"
+    path.write_text(
+        'email,name,status,subscribed_at,a,a,"""x"\n'
+        "r@example.com,R,active,2024-01-01T00:00:00+00:00,1,2,3\n",
+        encoding="utf-8",
+    )
+    run_import(engine, settings, path)
+    assert seen(engine, "r@example.com").attributes == {"a": 1, "a 2": 2, '"x': 3}
 
 
 def test_export_status_filter(engine: Engine, settings: Settings) -> None:
@@ -875,6 +927,102 @@ def test_each_status_an_import_changes_is_in_the_consent_record(
     assert after == {**{name: n + 1 for name, n in before.items()}, "stays": before["stays"]}
     run_import(engine, settings, path, resubscribe=True)  # nothing changes: nothing recorded
     assert {name: len(events(f"{name}@example.com")) for name in names} == after
+
+
+def _history(engine: Engine, address: str) -> list[tuple[str, str, str | None, str | None]]:
+    found = get_by_email(engine, address)
+    assert found is not None, address
+    return [(e.action, e.source, e.list_name, e.detail) for e in consent.history(engine, found.id)]
+
+
+@pytest.mark.parametrize("store", ["empty", "not empty"])
+@pytest.mark.parametrize("path_kind", ["staged", "classic"])
+def test_a_suppressed_status_a_file_gives_is_recorded_not_a_subscribe(
+    engine: Engine,
+    settings: Settings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    path_kind: str,
+    store: str,
+) -> None:
+    """A new address the file gives as unsubscribed, bounced or complained
+    got a `subscribe` record and nothing else: the history claimed a consent
+    the file does not show and hid the suppression.  Such a row now records
+    the suppression (every list, its reason as the detail) and no
+    `subscribe`, a new address as one already stored (on another list)."""
+    import newsletter.audience.subscribers as subscribers_module
+
+    if path_kind == "classic":
+        monkeypatch.setattr(subscribers_module, "STAGED_DIALECTS", ())
+    if store == "not empty":
+        add_subscriber(engine, "known@example.com", "weekly")
+    path = write(
+        tmp_path / "f.csv",
+        """
+        email,status
+        quits@example.com,unsubscribed
+        bounces@example.com,bounced
+        complains@example.com,complained
+        joins@example.com,active
+        waits@example.com,pending
+        known@example.com,unsubscribed
+        """,
+    )
+    counts = run_import(engine, settings, path)
+    assert (counts.write_lock_seconds is None) == (path_kind == "classic")
+    assert _history(engine, "quits@example.com") == [
+        ("unsubscribe", "import", None, "import: unsubscribed")
+    ]
+    assert _history(engine, "bounces@example.com") == [
+        ("bounce", "import", None, "import: bounced")
+    ]
+    assert _history(engine, "complains@example.com") == [
+        ("complaint", "import", None, "import: complained")
+    ]
+    assert _history(engine, "joins@example.com") == [("subscribe", "import", "news", None)]
+    assert _history(engine, "waits@example.com") == [("subscribe", "import", "news", None)]
+    assert _history(engine, "known@example.com")[-1:] == [
+        ("unsubscribe", "import", None, "import: unsubscribed")
+    ]
+    assert statuses(engine)["bounces@example.com"] == "bounced"  # still on the list
+    recorded = {a: _history(engine, a) for a in ("quits@example.com", "known@example.com")}
+    run_import(engine, settings, path)  # nothing changes: nothing recorded
+    assert {a: _history(engine, a) for a in recorded} == recorded
+
+
+@pytest.mark.parametrize("path_kind", ["staged", "classic"])
+def test_a_mailchimp_unsubscribed_export_records_the_unsubscribes(
+    engine: Engine,
+    settings: Settings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    path_kind: str,
+) -> None:
+    """The same through a Mailchimp export (its OPTIN_TIME: the staged merge's
+    other branch, which looks each staged row up again)."""
+    import newsletter.audience.subscribers as subscribers_module
+
+    if path_kind == "classic":
+        monkeypatch.setattr(subscribers_module, "STAGED_DIALECTS", ())
+    path = tmp_path / "unsubscribed_members_export_abc.csv"
+    path.write_bytes((FIXTURES / "mailchimp/unsubscribed_members_export_3f2a.csv").read_bytes())
+    run_import(engine, settings, path)
+    assert _history(engine, "gone@example.com") == [
+        ("unsubscribe", "import", None, "mailchimp: unsubscribed")
+    ]
+
+
+def test_sync_records_a_suppressed_status_of_a_new_address(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    folder = tmp_path / "subscribers"
+    folder.mkdir()
+    write(folder / "weekly.csv", "email,status\nsy1@example.com,unsubscribed\n")
+    _, problems = sync_directory(engine, settings, folder)
+    assert problems == []
+    assert _history(engine, "sy1@example.com") == [
+        ("unsubscribe", "sync", None, "import: unsubscribed")
+    ]
 
 
 _JSON = st.recursive(

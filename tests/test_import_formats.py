@@ -290,6 +290,63 @@ def test_mailchimp_single_unsubscribed_file_by_columns(
     assert seen(engine, "gone@example.com").status == "unsubscribed"
 
 
+_MAILCHIMP_HEADER = '"Email Address","First Name","Last Name",MEMBER_RATING,OPTIN_TIME,LEID,EUID\n'
+
+
+@pytest.mark.parametrize("name", ["nonsubscribed_members_export_abc.csv", "members_abc.csv"])
+def test_a_mailchimp_zip_member_whose_name_gives_no_status_is_refused(
+    engine: Engine, settings: Settings, tmp_path: Path, name: str
+) -> None:
+    """Only `subscribed_`, `unsubscribed_` and `cleaned_` say what a ZIP's
+    member file holds; any other (Mailchimp's `nonsubscribed_…`: contacts
+    who never subscribed) was imported as active.  `subscribed_` is the end
+    of `nonsubscribed_`: the whole word must match."""
+    path = tmp_path / "export.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        for csv_file in sorted((FIXTURES / "mailchimp").iterdir()):
+            archive.write(csv_file, csv_file.name)
+        archive.writestr(name, _MAILCHIMP_HEADER + "never@example.com,Never,Opted,1,,1,a\n")
+    with pytest.raises(SubscriberError) as caught:
+        run_import(engine, settings, path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}:{name}: a Mailchimp file whose name does not say")
+    assert "nothing was imported" in message
+    assert statuses(engine) == {}
+
+
+def test_a_single_mailchimp_file_named_for_another_status_is_refused(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    path = tmp_path / "nonsubscribed_members_export_abc.csv"
+    path.write_text(_MAILCHIMP_HEADER + "never@example.com,Never,Opted,1,,1,a\n")
+    with pytest.raises(SubscriberError, match="a Mailchimp file whose name does not say"):
+        run_import(engine, settings, path)
+    assert statuses(engine) == {}
+
+
+def test_mailchimp_names_and_columns_that_do_say_the_status(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    """A single file under a name of its own is read by its columns (no
+    UNSUB_TIME or CLEAN_TIME: subscribed); a ZIP member whose name gives no
+    status but whose columns do is read by them (never more mailable)."""
+    single = tmp_path / "my export.csv"
+    single.write_text(_MAILCHIMP_HEADER + "kept@example.com,Kept,On,1,,1,a\n")
+    run_import(engine, settings, single)
+    path = tmp_path / "export.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.write(FIXTURES / "mailchimp/cleaned_members_export_3f2a.csv", "archived.csv")
+        subscribed = FIXTURES / "mailchimp/subscribed_members_export_3f2a.csv"
+        archive.write(subscribed, "Subscribed_Members_Export_3F2A.CSV")
+    run_import(engine, settings, path)
+    assert statuses(engine) == {
+        "kept@example.com": "active",
+        "bounced@example.org": "bounced",
+        "sub.one@example.com": "active",
+        "Both.Ways@example.com": "active",
+    }
+
+
 def _damaged_zip(path: Path, damage: str) -> Path:
     """A Mailchimp-like ZIP, password-protected, packed with a method Python
     lacks (Deflate64: Windows' for big folders), or with its deflate stream

@@ -10,7 +10,8 @@ record it cannot use), whatever the file looks like:
   email column, else whichever the header line holds most of;
 * CRLF, quoted commas and newlines, blank lines, stray whitespace;
 * a Mailchimp export ZIP: every CSV inside, with the status its file name
-  implies (`unsubscribed_…` → unsubscribed, `cleaned_…` → bounced).
+  implies (`unsubscribed_…` → unsubscribed, `cleaned_…` → bounced); a member
+  whose name implies none is refused (`serviceformats.mailchimp_refusal`).
 
 Which columns each service's export contributes is in `newsletter.audience.serviceformats`
 (and docs/subscribers.md).  Line numbers are physical lines of the file (the
@@ -40,6 +41,7 @@ from newsletter.audience.serviceformats import (
     check_forced_format,
     detect_format,
     header_key,
+    mailchimp_refusal,
     mapper_for,
 )
 from newsletter.errors import Problem, SubscriberError
@@ -133,7 +135,7 @@ def _read_zip(
 
             try:
                 yield from _read_csv(
-                    opener, Path(label), info.filename, fmt, offset, progress, infos
+                    opener, Path(label), info.filename, fmt, offset, progress, infos, in_zip=True
                 )
             except _UNPACKING_ERRORS as exc:
                 if _not_zipfiles(exc):
@@ -216,6 +218,8 @@ def _read_csv(
     offset: int,
     progress: Progress | None,
     infos: list[FileInfo] | None,
+    *,
+    in_zip: bool = False,
 ) -> Iterator[SourceRow | Problem]:
     with opener() as raw:
         _refuse_binary(raw.read(8), label)
@@ -236,7 +240,7 @@ def _read_csv(
         delimiter = sniff_delimiter(first)
         lines = itertools.chain((first,), text)
         reader = csv.reader(lines, delimiter=delimiter, skipinitialspace=True)
-        yield from _records(reader, label, name, fmt, encoding, delimiter, infos)
+        yield from _records(reader, label, name, fmt, encoding, delimiter, infos, in_zip)
 
 
 # Files people take for their list that are not CSV (read as Latin-1, they
@@ -262,6 +266,7 @@ def _records(
     encoding: str,
     delimiter: str,
     infos: list[FileInfo] | None,
+    in_zip: bool,
 ) -> Iterator[SourceRow | Problem]:
     """The header is read (and the format found) now; the records as they are
     iterated.  Not a generator itself: one generator less for each of a
@@ -305,6 +310,9 @@ def _records(
     if fmt != "auto":
         check_forced_format(fmt, header, name, label)
     chosen = detect_format(header, name) if fmt == "auto" else fmt
+    refusal = mailchimp_refusal(header, name, in_zip=in_zip) if chosen == "mailchimp" else None
+    if refusal is not None:
+        raise SubscriberError(refusal, path=label)
     mapper = mapper_for(chosen, header, name, label)
     if infos is not None:
         infos.append(FileInfo(str(label), encoding, delimiter, chosen, fmt == "auto"))

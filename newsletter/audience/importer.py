@@ -130,6 +130,7 @@ class ImportRun:
     staged_new: int = 0  # a staged import: new addresses its merge must insert (the check)
     staged_only_new: bool = False  # a staged import: every staged row was new when planned
     staged_since: bool = True  # a staged import: whether any staged row gives a time
+    staged_suppressed: bool = True  # ... and whether any gives unsubscribed, bounced, complained
 
     def __post_init__(self) -> None:
         self.raw = _Raw(self.conn.dialect)
@@ -305,9 +306,12 @@ def _plan_existing(
             {"b_id": sid, "b_name": name, "b_attributes": attributes, "b_seen": found["seen"]}
         )
     if not on_list:
+        # A row the file gives as unsubscribed (bounced, complained) shows no
+        # consent to this list: its join gets no `subscribe` record.
         writes.members.append(
-            {"list_id": run.list_id, "subscriber_id": sid, "created_at": row.subscribed_at or stamp}
-        )
+            {"list_id": run.list_id, "subscriber_id": sid, "created_at": row.subscribed_at or stamp,
+             "suppressed": row.status in SUPPRESSED}
+        )  # fmt: skip
     elif list_unsubscribed and resubscribe and wants_mail:
         writes.unsuppress_members.append({"b_sid": sid})
         changed = True

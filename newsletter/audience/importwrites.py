@@ -129,13 +129,9 @@ _INSERT_MEMBERSHIP = insert(memberships).values(created_at=bindparam("r_since", 
 
 def _write(run: ImportRun, writes: _Writes, stamp: datetime) -> None:
     conn = run.conn
+    statuses = [(u["b_id"], u["b_status"], u["b_reason"]) for u in writes.status_updates]
     if writes.new_subscribers:
-        ids = _insert_subscribers(conn, writes.new_subscribers)
-        for key, since in writes.new_members:
-            run.touched.add(ids[key])
-            writes.members.append(
-                {"list_id": run.list_id, "subscriber_id": ids[key], "created_at": since}
-            )
+        statuses += _insert_new(run, writes)
     if writes.members:
         rows = [
             {"list_id": m["list_id"], "subscriber_id": m["subscriber_id"],
@@ -143,14 +139,14 @@ def _write(run: ImportRun, writes: _Writes, stamp: datetime) -> None:
             for m in writes.members
         ]  # fmt: skip
         conn.execute(_INSERT_MEMBERSHIP, rows)
-        _record_joins(run, [m["subscriber_id"] for m in writes.members], stamp)
+        _record_joins(run, writes.members, stamp)
     for batch, statement in (
         (writes.status_updates, _STATUS_UPDATE),
         (writes.detail_updates, _DETAIL_UPDATE),
     ):
         if batch:
             conn.execute(statement, [{**b, "b_stamp": stamp} for b in batch])
-    _record_statuses(run, writes.status_updates, stamp)
+    _record_statuses(run, statuses, stamp)
     if writes.unsuppress_members:
         conn.execute(
             update(memberships)
@@ -165,9 +161,31 @@ def _write(run: ImportRun, writes: _Writes, stamp: datetime) -> None:
         _record(run, lifted, "resubscribe", stamp)
 
 
-def _record_joins(run: ImportRun, subscriber_ids: list[int], stamp: datetime) -> None:
-    """The consent record of each new membership (`subscribers show`)."""
-    _record(run, subscriber_ids, "subscribe", stamp)
+def _insert_new(run: ImportRun, writes: _Writes) -> list[tuple[int, str, str | None]]:
+    """Insert the new subscribers and queue their memberships.
+
+    Returns (id, status, reason) of those that arrived unsubscribed, bounced
+    or complained: that status is their consent record, not a `subscribe`
+    (`_record_joins`)."""
+    ids = _insert_subscribers(run.conn, writes.new_subscribers)
+    arrived = [(ids[n["email_key"]], n["status"], n["status_reason"])
+               for n in writes.new_subscribers if n["status"] in consent.STATUS_ACTIONS]  # fmt: skip
+    unconsented = {sid for sid, _, _ in arrived}
+    for key, since in writes.new_members:
+        sid = ids[key]
+        run.touched.add(sid)
+        writes.members.append({"list_id": run.list_id, "subscriber_id": sid, "created_at": since,
+                               "suppressed": sid in unconsented})  # fmt: skip
+    return arrived
+
+
+def _record_joins(run: ImportRun, members: list[dict[str, Any]], stamp: datetime) -> None:
+    """The consent record of each new membership (`subscribers show`): a
+    `subscribe`, but not where the file gave the address a suppressed status
+    (`suppressed`): such a row shows no consent, and its status is recorded
+    instead (`_record_statuses`)."""
+    joined = [m["subscriber_id"] for m in members if not m["suppressed"]]
+    _record(run, joined, "subscribe", stamp)
 
 
 def _record(run: ImportRun, subscriber_ids: list[int], action: str, stamp: datetime) -> None:
@@ -183,16 +201,19 @@ def _record(run: ImportRun, subscriber_ids: list[int], action: str, stamp: datet
     )  # fmt: skip
 
 
-def _record_statuses(run: ImportRun, updates: list[dict[str, Any]], stamp: datetime) -> None:
-    """The consent record of each status the import changed that is one of
-    consent: a suppression the file gave, one `--resubscribe` lifted (every
-    list: a status is the subscriber's own)."""
+def _record_statuses(
+    run: ImportRun, statuses: list[tuple[int, str, str | None]], stamp: datetime
+) -> None:
+    """The consent record of each status the import set that is one of
+    consent, as (subscriber id, status, reason): a suppression the file gave
+    (a new address's too), one `--resubscribe` lifted (every list: a status
+    is the subscriber's own)."""
     events = []
-    for update_ in updates:
-        action = consent.status_action(update_["b_status"], update_["b_reason"])
+    for sid, status, reason in statuses:
+        action = consent.status_action(status, reason)
         if action is not None:
-            events.append({"subscriber_id": update_["b_id"], "action": action,
-                           "source": run.source, "detail": update_["b_reason"], "at": stamp})  # fmt: skip
+            events.append({"subscriber_id": sid, "action": action, "source": run.source,
+                           "detail": reason, "at": stamp})  # fmt: skip
     consent.record_many(run.conn, events)
 
 

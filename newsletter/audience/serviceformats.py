@@ -21,7 +21,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from newsletter.audience.servicestatuses import CONSUMED, SINCE, STATUS_RULES, Always
+from newsletter.audience.servicestatuses import (
+    CONSUMED,
+    MAILCHIMP_EXPORT_NAME,
+    SINCE,
+    STATUS_RULES,
+    Always,
+    mailchimp_file_kind,
+)
 from newsletter.errors import SubscriberError
 
 FORMATS = (
@@ -56,6 +63,8 @@ NEWSLETTER_HEADER = ("email", "name", "status", "subscribed_at")
 # A cell our export prefixed with ' against spreadsheet formula injection.
 FORMULA_PREFIX = "'"
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", FORMULA_PREFIX)
+# An attribute name our export wrote as a JSON string (`subscribers.encode_key`).
+KEY_QUOTE = '"'
 
 
 class SourceRow(NamedTuple):
@@ -132,6 +141,31 @@ def detect_format(header: Sequence[str], file_name: str = "") -> str:
     if cols.has("state") and cols.find("email_address", "email") and cols.find("first_name"):
         return "kit"
     return "generic"
+
+
+def mailchimp_refusal(header: Sequence[str], file_name: str, *, in_zip: bool) -> str | None:
+    """Why the members of a Mailchimp file cannot be imported, or None.
+
+    Its name or its UNSUB_TIME / CLEAN_TIME column says what they are.  A ZIP's
+    member without either, or a file named like one of Mailchimp's own with
+    another word (`nonsubscribed_members_export_….csv`: contacts who never
+    subscribed), would otherwise be imported as active: the unsafe guess.
+    A single file under a name of its own is the subscribed one."""
+    cols = _Columns(header)
+    if mailchimp_file_kind(file_name) or cols.find("unsub_time", "clean_time"):
+        return None
+    if not in_zip and not MAILCHIMP_EXPORT_NAME.match(Path(file_name).name.lower()):
+        return None
+    fix = (
+        "take it out of the ZIP, or import the other files one by one"
+        if in_zip
+        else "import it only if they did subscribe, renamed subscribed_….csv"
+    )
+    return (
+        "a Mailchimp file whose name does not say its members' status (the export names "
+        "them subscribed_…, unsubscribed_… and cleaned_…; nonsubscribed_… lists contacts "
+        f"who never subscribed), so nothing was imported: {fix}"
+    )
 
 
 # What a forced `--format` needs in the header: each entry is a set of
@@ -238,23 +272,34 @@ def _attribute_columns(
     """(index, attribute name) of every column not read as email, name, status
     or time.  A repeated name is kept as `NAME 2`, `NAME 3`… and a blank one
     as `column N`, so that no cell overwrites another under one name.  Our
-    own export's names are taken exactly, with the formula guard removed."""
+    own export's names are taken exactly (a blank one too), with the formula
+    guard removed and a JSON-quoted name decoded (`_exact_name`)."""
     keep: list[tuple[int, str]] = []
     taken: set[str] = set()
     for i, header_name in enumerate(header):
         if i in used:
             continue
-        if exact:
-            name = _unescape(header_name)  # export escapes column names too
-        else:
-            base = name = header_name or f"column {i + 1}"
-            n = 1
-            while name in taken:
-                n += 1
-                name = f"{base} {n}"
+        base = name = _exact_name(header_name) if exact else header_name or f"column {i + 1}"
+        n = 1
+        while name in taken:
+            n += 1
+            name = f"{base} {n}"
         taken.add(name)
         keep.append((i, name))
     return keep
+
+
+def _exact_name(header_name: str) -> str:
+    """An attribute's name as our export wrote it (`subscribers.encode_key`):
+    its formula guard removed, and, JSON-quoted, decoded."""
+    name = _unescape(header_name)  # export escapes column names too
+    if name.startswith(KEY_QUOTE):
+        try:
+            decoded = json.loads(name)
+        except ValueError:
+            return name
+        return decoded if isinstance(decoded, str) else name
+    return name
 
 
 def _beyond_header(cells: list[str], width: int) -> tuple[str, ...]:

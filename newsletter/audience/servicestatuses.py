@@ -9,6 +9,7 @@ builds each row's mapper from these.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -92,13 +93,27 @@ def _generic(cols: _Columns, file_name: str) -> StatusRule:
     return _mapped("status", _GENERIC, "import")(cols, file_name)
 
 
+# The member files of Mailchimp's export ZIP, by the word their names start
+# with (`subscribed_members_export_….csv`).  The whole word: `subscribed_` is
+# also how `unsubscribed_` and `nonsubscribed_` (contacts who never
+# subscribed) end.  Any other name says nothing (`serviceformats.mailchimp_refusal`).
+MAILCHIMP_FILES = ("subscribed", "unsubscribed", "cleaned")
+MAILCHIMP_EXPORT_NAME = re.compile(r"[a-z]+_members_export")
+
+
+def mailchimp_file_kind(file_name: str) -> str | None:
+    """`subscribed`, `unsubscribed` or `cleaned`, from a Mailchimp export's file name; else None."""
+    word = Path(file_name).name.lower().partition("_")[0]
+    return word if word in MAILCHIMP_FILES else None
+
+
 def _mailchimp(cols: _Columns, file_name: str) -> StatusRule:
-    # The export ZIP names its files subscribed_/unsubscribed_/cleaned_members_…;
-    # a single file is recognised by its UNSUB_TIME / CLEAN_TIME columns.
-    lowered = Path(file_name).name.lower()
-    if lowered.startswith("unsubscribed") or cols.has("unsub_time"):
+    # A single file may have a name of its own: its UNSUB_TIME / CLEAN_TIME
+    # columns say the same, and a file without either is the subscribed one.
+    kind = mailchimp_file_kind(file_name)
+    if kind == "unsubscribed" or cols.has("unsub_time"):
         fixed: StatusResult = ("unsubscribed", "mailchimp: unsubscribed", ())
-    elif lowered.startswith("cleaned") or cols.has("clean_time"):
+    elif kind == "cleaned" or cols.has("clean_time"):
         fixed = ("bounced", "mailchimp: cleaned", ())
     else:
         fixed = ("active", None, ())

@@ -282,7 +282,11 @@ class _StageWriter:
                 conn,
                 _members,
                 [
-                    {"subscriber_id": m["subscriber_id"], "since": raw.time(m["created_at"])}
+                    {
+                        "subscriber_id": m["subscriber_id"],
+                        "since": raw.time(m["created_at"]),
+                        "suppressed": int(m["suppressed"]),
+                    }
                     for m in writes.members
                 ],
             )

@@ -102,6 +102,7 @@ _members = _table(
     "import_members",
     Column("subscriber_id", Integer, primary_key=True),
     Column("since", _TIME),
+    Column("suppressed", Integer),  # 1: the file gave a suppressed status (no `subscribe`)
 )
 _changes = _table(
     "import_changes",

@@ -42,7 +42,12 @@ from newsletter.audience.members import (
     ensure_lists,
     list_id,
 )
-from newsletter.audience.serviceformats import FORMULA_STARTS, NEWSLETTER_HEADER, SourceRow
+from newsletter.audience.serviceformats import (
+    FORMULA_STARTS,
+    KEY_QUOTE,
+    NEWSLETTER_HEADER,
+    SourceRow,
+)
 from newsletter.audience.stagereader import ValidatedRows
 from newsletter.config import Settings
 from newsletter.errors import Problem, StoreError, SubscriberError, database_reason
@@ -337,15 +342,17 @@ def export_list(
     # after the fourth as an attribute.
     attribute_keys = sorted(keys)
     writer = csv.writer(out, lineterminator="\r\n")  # RFC 4180 §2: CRLF
-    writer.writerow([*NEWSLETTER_HEADER, *(escape_cell(k) for k in attribute_keys)])
+    writer.writerow([*NEWSLETTER_HEADER, *(escape_cell(encode_key(k)) for k in attribute_keys)])
     count = 0
     for member in members(engine, list_name, statuses):
+        values = member.attributes
         cells = [
             member.email,
             member.name,
             member.status,
             member.subscribed_at.isoformat(),
-            *(encode_attribute(member.attributes.get(k)) for k in attribute_keys),
+            # An empty cell: no such key (a null value is written `null`).
+            *(encode_attribute(values[k]) if k in values else "" for k in attribute_keys),
         ]
         writer.writerow([escape_cell(c) for c in cells])
         count += 1
@@ -361,16 +368,24 @@ def escape_cell(value: str) -> str:
     return "'" + value if value.startswith(FORMULA_STARTS) else value
 
 
+def encode_key(key: str) -> str:
+    """An attribute's name as its column's header cell: as it is, but
+    JSON-quoted where import would read it otherwise (`KEY_QUOTE`): outer
+    whitespace (import trims header names; `" a"` came back as `a`, over a
+    real `a`) or a leading `"` (which import reads as such a quote)."""
+    if key.startswith(KEY_QUOTE) or key != key.strip().strip("\ufeff").strip():
+        return json.dumps(key, ensure_ascii=False)
+    return key
+
+
 def encode_attribute(value: Any) -> str:
     """An attribute as one cell: plain strings as they are, everything else as JSON.
 
     A string that would itself read as JSON (`"42"`, `"true"`, `""`), or that
     starts or ends with whitespace (which import trims from a bare cell), is
     written JSON-quoted, so import restores strings as strings and numbers as
-    numbers.
+    numbers.  None is `null` (an empty cell is a member without the key).
     """
-    if value is None:
-        return ""
     if isinstance(value, str):
         if value and value == value.strip() and not _is_json(value):
             return value
