@@ -521,3 +521,14 @@ def test_events_with_a_malformed_generation_starts_from_now(config: Path, seen: 
             assert [next(lines) for _ in range(3)] == ["retry: 500", "event: hello", "data: 0"]
     finally:
         running.stop()
+
+
+def test_a_notice_in_a_link_is_never_shown(client: TestClient) -> None:
+    """The banner after a test send said whatever `?notice=` held: a link to
+    the preview could show the writer any text as the tool's own message."""
+    response = client.get(
+        f"/post/{CLEAN}",
+        params={"notice": "Your SMTP password expired: see evil.example", "level": "error"},
+    )
+    assert response.status_code == 200
+    assert "evil.example" not in response.text and 'id="notice"' not in response.text

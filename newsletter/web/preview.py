@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
 # The email itself runs no script and may not navigate the preview around it.
 EMAIL_CSP = "script-src 'none'; frame-ancestors 'self'; form-action 'none'"
 MAX_TEST_ADDRESSES = 10
+MAX_NOTICES = 32  # test sends' notices kept for the page after them
 
 
 class PreviewState:
@@ -58,6 +60,17 @@ class PreviewState:
         self.broadcaster = Broadcaster()
         self.live = live
         self.answered: asyncio.Event | None = None  # the first answer went out (live)
+        # What a test send said, by a random key the redirect after it carries:
+        # the page shows only these, never text a link brings (`?notice=`).
+        self.notices: dict[str, tuple[str, str]] = {}
+
+    def keep_notice(self, level: str, notice: str) -> str:
+        """Keep a test send's (level, notice) for the page after it; its key."""
+        key = secrets.token_urlsafe(12)
+        self.notices[key] = (level, notice)
+        while len(self.notices) > MAX_NOTICES:  # the oldest first (dicts keep order)
+            del self.notices[next(iter(self.notices))]
+        return key
 
 
 def _state(request: Request) -> PreviewState:
@@ -166,10 +179,14 @@ def post_page(request: Request) -> Response:
         html_url=f"/html/{quoted}?{query}",
         eml_url=f"/eml/{quoted}?{query}",
         send_url=f"/send-test/{quoted}?{query}",
-        notice=request.query_params.get("notice"),
-        notice_level=request.query_params.get("level", "ok"),
+        notice=_notice(_state(request), request.query_params.get("notice", "")),
         transport=settings.delivery.transport,
     )
+
+
+def _notice(state: PreviewState, key: str) -> tuple[str, str] | None:
+    """(level, text) a test send kept under `key`; None for any other key."""
+    return state.notices.get(key)
 
 
 def _preview_or_error(request: Request) -> Preview | Response:
@@ -226,7 +243,7 @@ async def send_test(request: Request) -> Response:
     except NewsletterError as exc:
         return PlainTextResponse(str(exc) + "\n", status_code=500)
     level, notice = await run_in_threadpool(_send_test, settings, post, lst, addresses)
-    query = urlencode({"list": lst.name, "notice": notice, "level": level})
+    query = urlencode({"list": lst.name, "notice": _state(request).keep_notice(level, notice)})
     return RedirectResponse(f"/post/{quote(post.post_id)}?{query}", status_code=303)
 
 
