@@ -446,3 +446,22 @@ def test_a_mailchimp_zip_with_a_file_of_unknown_status_is_refused(sample_site: P
         "does not say its members' status"
     )
     assert _members("sample") == {}
+
+
+def test_a_list_left_out_of_the_configuration_is_named_where_lists_are_shown(
+    sample_site: Path,
+) -> None:
+    """Renaming [lists.sample] (and its file) starts an empty list under the
+    new name; the old one keeps its members and their unsubscribes, silently."""
+    assert cli("subscribers", "sync").exit_code == 0
+    config = sample_site / "newsletter.toml"
+    config.write_text(config.read_text().replace("[lists.sample]", "[lists.samples]"))
+    (sample_site / "subscribers" / "sample.csv").rename(sample_site / "subscribers/samples.csv")
+    warning = (
+        "warning: list 'sample' (3 members in the store) is not in newsletter.toml: "
+        "renamed or removed?"
+    )
+    shown = cli("lists")
+    assert shown.exit_code == 0 and warning in shown.stderr, shown.stderr
+    synced = cli("subscribers", "sync")
+    assert synced.exit_code == 0 and warning in synced.stderr, synced.stderr

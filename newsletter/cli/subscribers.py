@@ -35,6 +35,7 @@ from newsletter.cli.members import MEMBER_COMMANDS
 # The library (SQLAlchemy, rich) is imported inside each command, so `--help` stays cheap.
 if TYPE_CHECKING:
     from newsletter.audience.importer import ImportCounts
+    from newsletter.audience.memberreads import ListCounts
     from newsletter.audience.subscribers import Progress as ProgressFn
     from newsletter.config import Settings
     from newsletter.errors import Problem
@@ -357,12 +358,14 @@ def sync_command(ctx: click.Context, directory: Path | None, dry_run: bool, as_j
 
 
 def _sync(settings: Settings, directory: Path | None, dry_run: bool, as_json: bool) -> None:
+    from newsletter.audience.members import list_counts
     from newsletter.audience.subscribers import sync_directory
     from newsletter.store import open_store
 
     folder = directory if directory is not None else settings.base_dir / "subscribers"
     engine = open_store(settings)
     results, problems = sync_directory(engine, settings, folder, dry_run=dry_run)
+    _warn_unconfigured(list_counts(engine), settings)
     all_problems = problems + [p for r in results for p in r.counts.problems]
     _report_problems(all_problems, len(all_problems))
     if as_json:
@@ -395,7 +398,9 @@ def lists_command(ctx: click.Context, as_json: bool) -> None:
     settings = settings_of(ctx)
     engine = open_store(settings)
     ensure_lists(engine, settings)
-    found = [c for c in list_counts(engine) if c.name in settings.lists]
+    counted = list_counts(engine)
+    found = [c for c in counted if c.name in settings.lists]
+    _warn_unconfigured(counted, settings)
     # Reports read back by `newsletter bounces`, over the list's mailings.
     reports = bounce_counts_by_list(engine)
     kinds = {"hard": "hard bounces", "soft": "soft bounces", "complaint": "complaints"}
@@ -423,6 +428,22 @@ def lists_command(ctx: click.Context, as_json: bool) -> None:
         if got:
             counts = ", ".join(f"{got.get(k, 0)} {label}" for k, label in kinds.items())
             click.echo(f"{c.name}: reports read back: {counts}")
+
+
+def _warn_unconfigured(counted: list[ListCounts], settings: Settings) -> None:
+    """A list the store holds members of that the configuration no longer
+    names (renamed, removed): its members and their unsubscribes stay with
+    it, and a list under a new name starts empty, so say so."""
+    for c in counted:
+        members = sum(c.counts.values())
+        if c.name not in settings.lists and members:
+            click.echo(
+                f"warning: list {c.name!r} ({members} member{'' if members == 1 else 's'} in "
+                "the store) is not in newsletter.toml: renamed or removed? Its members and "
+                "their unsubscribes stay with it; a list under another name starts without "
+                f"them (name it [lists.{c.name}] again to keep them)",
+                err=True,
+            )
 
 
 def register(group: click.Group) -> None:
