@@ -465,3 +465,9 @@ def test_a_list_left_out_of_the_configuration_is_named_where_lists_are_shown(
     assert shown.exit_code == 0 and warning in shown.stderr, shown.stderr
     synced = cli("subscribers", "sync")
     assert synced.exit_code == 0 and warning in synced.stderr, synced.stderr
+
+
+def test_show_of_something_that_is_no_address_says_so(sample_site: Path) -> None:
+    result = cli("subscribers", "show", "not-an-address")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: invalid email address 'not-an-address': ")

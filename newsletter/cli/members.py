@@ -41,11 +41,13 @@ def _engine_for(ctx: click.Context, list_name: str | None) -> tuple[Settings, En
 
 
 def _require(engine: Engine, email: str) -> SubscriberRow:
+    from newsletter.audience.addresses import normalise_email
     from newsletter.audience.members import get_by_email
     from newsletter.errors import SubscriberError
 
     row = get_by_email(engine, email)
     if row is None:
+        normalise_email(email)  # no address at all: say that, not "no subscriber"
         raise SubscriberError(f"no subscriber with address {email.strip()!r}", recipient=email)
     return row
 
