@@ -355,3 +355,30 @@ def test_status_says_why_a_mailing_every_pass_fails_on_is_stuck(
     assert code == 1 and f"no post matches '{POST}'" in err
     code, out, _ = run("--config", str(config), "status")
     assert f"last error: no post matches '{POST}'" in out, out
+
+
+def test_a_post_mailed_before_deduplication_is_not_mailed_again_to_another_list(
+    sample_site: Path,
+) -> None:
+    """A ledger from schema 1 had no dedupe key: its rows told no later
+    mailing who already had the post, and a send of it to a second list
+    mailed its members again (the upgrade fills the key in)."""
+    from sqlalchemy import text
+
+    config = sample_site / "newsletter.toml"
+    config.write_text(config.read_text() + '\n[lists.second]\ntitle = "Second"\n')
+    add_readers(config, 3)
+    add_readers(config, 4, "second")  # reader00-02 on both lists, reader03 on second only
+    assert run("send", POST, "--list", "sample")[0] == 0
+    engine = open_store(load_settings(config))
+    with engine.begin() as conn:  # the ledger as schema 1 left it
+        conn.execute(text("UPDATE deliveries SET id = subscriber_id, dedupe_key = NULL"))
+        conn.execute(text("UPDATE mailings SET ledger_key = NULL"))
+        conn.execute(text("DELETE FROM ledger_keys"))
+        conn.execute(text("DELETE FROM schema_version WHERE version > 1"))
+    engine.dispose()
+    code, out, err = run("send", POST, "--list", "second")
+    assert code == 0, err
+    assert out.startswith("sent 1,"), out  # reader03 alone
+    box = mailbox.Maildir(sample_site / ".newsletter/outbox", create=False)
+    assert sorted(m["To"] for m in box) == [f"reader{i:02d}@example.org" for i in (0, 1, 2, 3)]

@@ -274,6 +274,7 @@ UPGRADES: dict[int, Callable[[Connection], None]] = {
     6: steps.upgrade_to_6,
     7: steps.upgrade_to_7,
     8: steps.upgrade_to_8,
+    9: steps.upgrade_to_9,
 }
 
 # Any constant will do: it only has to be the same in every newsletter process.

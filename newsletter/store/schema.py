@@ -37,8 +37,10 @@ from sqlalchemy import (
 # implies it), memberships WITHOUT ROWID on SQLite, deliveries indexed by message_id;
 # 7: keyed delivery ids (ledger_keys, mailings.ledger_key, bigint ids on PostgreSQL),
 # uq_delivery_mailing_subscriber dropped and uq_deliveries_dedupe kept for older rows;
-# 8: mailings.origin (who planned a mailing: the daemon's can be withdrawn).
-SCHEMA_VERSION = 8
+# 8: mailings.origin (who planned a mailing: the daemon's can be withdrawn);
+# 9: no new column, but outcome journals beside the store (`store.journal`),
+# which a sender of version 8 would not read: the number makes it refuse the store.
+SCHEMA_VERSION = 9
 
 
 def new_uid() -> str:

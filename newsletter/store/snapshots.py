@@ -112,23 +112,46 @@ class Earlier:
 
     `key`: the post's ledger key when rows under it exist (a primary-key
     probe per member); `post_id`: the post when rows planned before schema 7
-    carry it as dedupe_key (uq_deliveries_dedupe).  Both None: nobody has it
-    yet, and the per-member look-ups are left out (a million index probes
-    that could find nothing: a fifth of planning on PostgreSQL).
+    carry it as dedupe_key (uq_deliveries_dedupe); `plain_post`: the post
+    when rows planned before schema 7 without a dedupe_key (schema 1, which
+    had none, or a list that did not deduplicate) are in a mailing of it.
+    All None: nobody has it yet, and the per-member look-ups are left out (a
+    million index probes that could find nothing: a fifth of planning on
+    PostgreSQL).
     """
 
     key: int | None = None
     post_id: str | None = None
+    plain_post: str | None = None
 
 
 def delivered_before(conn: Connection, key: int, post_id: str) -> Earlier:
-    """Whether any mailing already holds a delivery of this post (two index probes)."""
+    """Whether any mailing already holds a delivery of this post (three index probes)."""
     low, high = key * KEY_SHIFT, (key + 1) * KEY_SHIFT - 1
     keyed = select(deliveries.c.id).where(deliveries.c.id.between(low, high)).limit(1)
     legacy = select(deliveries.c.id).where(deliveries.c.dedupe_key == post_id).limit(1)
+    plain = _plain_rows(post_id).with_only_columns(deliveries.c.id).limit(1)
     return Earlier(
         key if conn.execute(keyed).first() is not None else None,
         post_id if conn.execute(legacy).first() is not None else None,
+        post_id if conn.execute(plain).first() is not None else None,
+    )
+
+
+def _plain_rows(post_id: str) -> Any:
+    """Rows of this post planned before schema 7 without a dedupe_key: found
+    through their mailings (a post has few), then the partial unique index
+    on (mailing, subscriber) that holds exactly such rows, whose conditions
+    are repeated here so that the planner takes it."""
+    return (
+        select(deliveries.c.id)
+        .join(mailings, mailings.c.id == deliveries.c.mailing_id)
+        .where(
+            mailings.c.post_id == post_id,
+            mailings.c.kind == "post",
+            deliveries.c.dedupe_key.is_(None),
+            deliveries.c.id < KEY_SHIFT,
+        )
     )
 
 
@@ -242,4 +265,7 @@ def _already_has(mine: Any, earlier: Earlier) -> list[Any]:
             )
             .exists()
         )
+    if earlier.plain_post is not None:  # and those without a dedupe_key
+        plain = _plain_rows(earlier.plain_post)
+        clauses.append(plain.where(deliveries.c.subscriber_id == mine.c.subscriber_id).exists())
     return clauses

@@ -119,6 +119,14 @@ def upgrade_to_8(conn: Connection) -> None:
     conn.exec_driver_sql("UPDATE mailings SET origin = 'send' WHERE kind = 'resend'")
 
 
+def upgrade_to_9(conn: Connection) -> None:
+    # Nothing to change in the tables: the version itself is the step.  A
+    # sender of version 8 ignores the outcome journals beside the store
+    # (store.journal) and sent their messages again; it now refuses the store
+    # ("newer than this newsletter").
+    del conn
+
+
 def drop_foreign_keys(conn: Connection, table: str) -> None:
     for foreign_key in inspect(conn).get_foreign_keys(table):
         name = foreign_key["name"]
