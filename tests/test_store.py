@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from smtpserver import free_port
-from sqlalchemy import Connection, Engine, event, inspect, select, text
+from sqlalchemy import Connection, Engine, create_engine, event, func, inspect, select, text
 from sqlalchemy.exc import OperationalError, StatementError
 
 import newsletter.store as store
@@ -337,3 +337,34 @@ def test_an_unreachable_postgresql_is_one_readable_line(
     assert line.startswith("error: cannot open database ") and line.count("\n") == 1
     assert "Connection refused" in line
     assert "\\x0a" not in line and "sqlalche.me" not in line and "secret" not in line
+
+
+def test_no_upgrade_under_a_running_older_daemon(tmp_path: Path) -> None:
+    """An older daemon never looks at the version again once it runs: an
+    upgrade under it (any command of a newer newsletter opens the store)
+    left it writing the old way into the new schema (ids in the keyed
+    range: later mailings of a post then skipped people as served)."""
+    from newsletter.daemon.lock import LOCK_KEY
+    from newsletter.store.schema import state
+
+    url = f"sqlite:///{tmp_path}/db.sqlite"
+    engine = open_url(url)
+    soon = datetime.now(UTC) + timedelta(seconds=30)
+    with engine.begin() as conn:
+        conn.execute(schema_version.delete().where(schema_version.c.version > 8))
+        conn.execute(
+            state.insert().values(
+                key=LOCK_KEY, value="oldhost:4242:abcd1234", updated_at=datetime.now(UTC),
+                expires_at=soon, number=1.0,
+            )
+        )  # fmt: skip
+    engine.dispose()
+    with pytest.raises(StoreError, match="oldhost:4242") as info:
+        open_url(url)
+    assert "stop it" in str(info.value)
+    with create_engine(url).begin() as conn:  # the daemon stopped (its lock lapsed)
+        conn.execute(state.update().values(expires_at=datetime.now(UTC) - timedelta(seconds=1)))
+    with open_url(url).connect() as conn:
+        assert (
+            conn.scalar(select(func.max(schema_version.c.version))) == store.schema.SCHEMA_VERSION
+        )

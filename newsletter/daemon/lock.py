@@ -13,7 +13,6 @@ import os
 import socket
 import uuid
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, delete, select, update
@@ -22,13 +21,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from newsletter.config import utcnow
 from newsletter.daemon.passes import Clock
 from newsletter.errors import DeliveryError, StoreError, database_reason
-from newsletter.store import insert_or_ignore
+from newsletter.store import DAEMON_LOCK_KEY, insert_or_ignore
+from newsletter.store.holders import holder_alive, process_started
 from newsletter.store.leases import owner_identity
 from newsletter.store.schema import state
 
 log = logging.getLogger("newsletter.daemon")
 
-LOCK_KEY = "daemon.lock"
+LOCK_KEY = DAEMON_LOCK_KEY  # the store reads it too: no upgrade under a running daemon
 LOCK_TTL = 30.0  # seconds without a heartbeat before another daemon may take over
 
 
@@ -66,7 +66,7 @@ class DaemonLock:
             "value": self.owner,
             "updated_at": at,
             "expires_at": at + timedelta(seconds=self.ttl),
-            "number": _started(os.getpid()),
+            "number": process_started(os.getpid()),
         }
         try:
             with self.engine.begin() as conn:
@@ -74,7 +74,7 @@ class DaemonLock:
                     return
                 holder = self._holder(conn)
                 alive = holder is not None and holder[0] != self.owner
-                if alive and _holder_alive(holder[0], holder[2], at, holder[3]):
+                if alive and holder_alive(holder[0], holder[2], at, holder[3]):
                     raise self._busy(holder, at)
                 taken = conn.execute(
                     update(state)
@@ -155,36 +155,3 @@ def daemon_lock(engine: Engine, *, clock: Clock = utcnow, db: str = "") -> Daemo
     if engine.dialect.name == "postgresql":
         return SharedLock(db=db)
     return DaemonLock(engine, clock=clock, db=db)
-
-
-def _holder_alive(
-    owner: str, expires_at: datetime | None, at: datetime, started: float | None = None
-) -> bool:
-    """On this host the pid decides, whatever the heartbeat says: a daemon whose
-    heartbeat waited behind a long write (an import holding SQLite's lock) is
-    still alive.  From another host only a fresh heartbeat says so."""
-    host, _, rest = owner.partition(":")
-    if host != socket.gethostname():
-        return expires_at is not None and expires_at > at
-    try:
-        pid = int(rest.split(":")[0])
-        os.kill(pid, 0)
-    except (ValueError, ProcessLookupError):
-        return False
-    except PermissionError:
-        return True
-    # The pid may have been reused since: compare when it started.
-    now_started = _started(pid)
-    return started is None or now_started is None or now_started == started
-
-
-def _started(pid: int) -> float | None:
-    """The process's start time (clock ticks after boot, /proc/<pid>/stat field 22)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
-    except OSError:
-        return None
-    try:  # the command name (field 2) may hold spaces and parentheses
-        return float(stat.rsplit(")", 1)[1].split()[19])
-    except (IndexError, ValueError):
-        return None

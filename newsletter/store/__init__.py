@@ -39,10 +39,12 @@ from newsletter.store.bulk import (
     parented_bulk_transaction,
     snapshot_transaction,
 )
+from newsletter.store.holders import holder_alive
 from newsletter.store.schema import (
     SCHEMA_VERSION,
     metadata,
     schema_version,
+    state,
     use_postgresql_conditions,
 )
 
@@ -309,8 +311,34 @@ def upgrade(engine: Engine) -> int:
                 f"newsletter ({SCHEMA_VERSION}); upgrade newsletter"
             )
         if current < SCHEMA_VERSION:
+            _no_older_daemon(conn)
             _run_upgrades(conn, current)
         return SCHEMA_VERSION
+
+
+# The daemon lock's row in `state` (newsletter.daemon.lock, unchanged since version 1).
+DAEMON_LOCK_KEY = "daemon.lock"
+
+
+def _no_older_daemon(conn: Connection) -> None:
+    """Refuse to upgrade under a running daemon: it is an older newsletter's
+    (a current one would have upgraded), it never checks the version again,
+    and it would go on writing the old way into the new schema.  Its lock
+    row names it while it lives (its pid on this host, else a fresh
+    heartbeat: `holders.holder_alive`; SQLite: on PostgreSQL daemons hold
+    no such row)."""
+    lock = conn.execute(
+        select(state.c.value, state.c.expires_at, state.c.number).where(
+            state.c.key == DAEMON_LOCK_KEY
+        )
+    ).first()
+    if lock is None or not holder_alive(lock.value, lock.expires_at, now(), lock.number):
+        return
+    raise StoreError(
+        f"a newsletter daemon ({lock.value}) is running on this database, from an older "
+        "newsletter: stop it, then run this again (the database must be upgraded to "
+        f"schema version {SCHEMA_VERSION} first, and that daemon would not know it)"
+    )
 
 
 def _run_upgrades(conn: Connection, current: int) -> None:
