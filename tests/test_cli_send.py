@@ -382,3 +382,21 @@ def test_a_post_mailed_before_deduplication_is_not_mailed_again_to_another_list(
     assert out.startswith("sent 1,"), out  # reader03 alone
     box = mailbox.Maildir(sample_site / ".newsletter/outbox", create=False)
     assert sorted(m["To"] for m in box) == [f"reader{i:02d}@example.org" for i in (0, 1, 2, 3)]
+
+
+def test_dry_run_leaves_out_who_already_has_the_post_from_another_list(sample_site: Path) -> None:
+    """The dry run counted every member; the send then left out the ones
+    another list's mailing of the post had reached (`dedupe_across_lists`)."""
+    config = sample_site / "newsletter.toml"
+    config.write_text(config.read_text() + '\n[lists.second]\ntitle = "Second"\n')
+    add_readers(config, 3)
+    add_readers(config, 4, "second")  # reader00-02 on both lists
+    assert run("send", POST, "--list", "sample")[0] == 0
+    code, out, _ = run("send", POST, "--list", "second", "--dry-run", "-v")
+    assert code == 0
+    assert out.splitlines() == [
+        f"would send '{POST}' to 1 subscriber(s) of list 'second'",
+        "  reader03@example.org",
+    ]
+    code, out, _ = run("send", POST, "--list", "second")
+    assert out.startswith("sent 1,"), out

@@ -166,6 +166,7 @@ def _dry_run(
     from newsletter.audience import members as subs
     from newsletter.store import open_store, reading
     from newsletter.store.mailings import latest_mailing, open_recipients
+    from newsletter.store.snapshots import first_time_readers
 
     engine = open_store(settings)
     subs.ensure_lists(engine, settings)
@@ -173,6 +174,9 @@ def _dry_run(
         existing = latest_mailing(conn, post_id, list_name)
         if existing is not None and not resend:
             who = list(open_recipients(conn, existing.id))
+        elif not resend and settings.email.dedupe_across_lists:
+            # As the send would plan it: not to whoever has it from another list.
+            who = first_time_readers(conn, subs.list_id(conn, list_name), post_id)
         else:
             who = [m.email for m in subs.mailable_members(conn, list_name)]
     going_on = existing if existing is not None and not resend else None

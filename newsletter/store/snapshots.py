@@ -125,17 +125,30 @@ class Earlier:
     plain_post: str | None = None
 
 
-def delivered_before(conn: Connection, key: int, post_id: str) -> Earlier:
-    """Whether any mailing already holds a delivery of this post (three index probes)."""
-    low, high = key * KEY_SHIFT, (key + 1) * KEY_SHIFT - 1
-    keyed = select(deliveries.c.id).where(deliveries.c.id.between(low, high)).limit(1)
+def delivered_before(conn: Connection, key: int | None, post_id: str) -> Earlier:
+    """Whether any mailing already holds a delivery of this post (three index
+    probes); `key`: the post's ledger key, None when it has none yet."""
+    keyed = None
+    if key is not None:
+        low, high = key * KEY_SHIFT, (key + 1) * KEY_SHIFT - 1
+        probe = select(deliveries.c.id).where(deliveries.c.id.between(low, high)).limit(1)
+        keyed = key if conn.execute(probe).first() is not None else None
     legacy = select(deliveries.c.id).where(deliveries.c.dedupe_key == post_id).limit(1)
     plain = _plain_rows(post_id).with_only_columns(deliveries.c.id).limit(1)
     return Earlier(
-        key if conn.execute(keyed).first() is not None else None,
+        keyed,
         post_id if conn.execute(legacy).first() is not None else None,
         post_id if conn.execute(plain).first() is not None else None,
     )
+
+
+def first_time_readers(conn: Connection, list_id: int, post_id: str) -> list[str]:
+    """The addresses a deduplicated plan of this post for this list alone
+    would queue now, read only (`send --dry-run`): its mailable members but
+    those an earlier mailing of the post already holds."""
+    key = conn.scalar(select(ledger_keys.c.id).where(ledger_keys.c.post_id == post_id))
+    chosen = _members_query(list_id, (), True, delivered_before(conn, key, post_id))
+    return [str(email) for email in conn.execute(select(chosen.c.email)).scalars()]
 
 
 def _plain_rows(post_id: str) -> Any:
