@@ -284,6 +284,22 @@ def until_saved() -> Iterator[Callable[[], bool]]:
         signal.signal(signal.SIGINT, signal.SIG_IGN if saved and _cli else previous)
 
 
+def handled_interrupt() -> None:
+    """A KeyboardInterrupt was caught and handled: the process must not die of
+    it at exit after all.
+
+    CPython (3.11, 3.12) notes "a KeyboardInterrupt left the code" in a
+    global when one leaves code that `exec` ran from a string, and it does
+    not forget that note when the caller catches the exception.  Under
+    `python -m newsletter`, the interpreter reads the note at exit and
+    kills itself with SIGINT: a Ctrl-C that landed inside a dataclass's
+    generated `__init__` being compiled (a module imported lazily while the
+    import started) turned the import's `STOPPED` into -2.  Running code
+    from a string again clears the note; the next KeyboardInterrupt that
+    really goes unhandled sets it again."""
+    exec("")  # an empty string: see above
+
+
 def saving() -> None:
     """The work's COMMIT follows: a Ctrl-C from now on, to the end of
     `until_saved`, is only noted.  Call it last inside the transaction, after

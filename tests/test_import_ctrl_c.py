@@ -248,3 +248,41 @@ def test_ctrl_c_while_the_import_starts_is_a_stop_too(
     else:
         assert (proc.returncode, out, err) == (STOPPED, "", STOPPED_LINE)
     assert counts(engine) == before
+
+
+# Run as `python -m` (where CPython looks at exit for a KeyboardInterrupt that
+# left the main module): a Ctrl-C raised inside code run from a string, as a
+# dataclass's generated methods are, the moment the import's work begins.
+FROM_A_STRING = """
+import os, runpy, signal
+import newsletter.audience.subscribers as subscribers
+
+def interrupted(*_args, **_kwargs):
+    exec("os.kill(os.getpid(), signal.SIGINT)\\nwhile True: pass")
+
+subscribers.import_file = interrupted
+runpy.run_module("newsletter", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_a_ctrl_c_inside_code_run_from_a_string_is_a_stop_too(
+    tmp_path: Path, database_url: str
+) -> None:
+    """CPython remembers that a KeyboardInterrupt left code run by `exec`
+    from a string even once it was caught, and at the exit of `python -m`
+    it then kills itself with SIGINT (-2): the stop must clear that."""
+    site, engine, big = import_site(tmp_path)
+    before = counts(engine)
+    engine.dispose()
+    (tmp_path / "ctrl_c_in_exec.py").write_text(FROM_A_STRING, encoding="utf-8")
+    args = ["--config", str(site.config), "subscribers", "import", str(big), "--list", "news"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    done = subprocess.run(
+        [sys.executable, "-m", "ctrl_c_in_exec", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (STOPPED, "", STOPPED_LINE)
+    assert counts(engine) == before

@@ -34,8 +34,15 @@ from newsletter.store import open_url
 from newsletter.store.schema import bounce_events, deliveries
 
 SETTINGS = Settings(lists={"news": ListSettings("news", "News")})
-# Partial indexes: they hold only leased, sent or deferred rows, never the queue.
-PARTIAL = {"ix_deliveries_lease", "ix_deliveries_sent_at", "ix_deliveries_deferred"}
+# Partial indexes: they hold only leased, sent or deferred rows, never the
+# queue, or (uq_delivery_mailing_subscriber) only the rows planned before
+# schema 7, which PostgreSQL may read whole when they are few.
+PARTIAL = {
+    "ix_deliveries_lease",
+    "ix_deliveries_sent_at",
+    "ix_deliveries_deferred",
+    "uq_delivery_mailing_subscriber",
+}
 TABLES = ("deliveries", "subscribers", "memberships", "mailings")
 
 Statement = tuple[str, Any]

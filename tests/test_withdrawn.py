@@ -361,14 +361,14 @@ def test_a_version_7_database_learns_who_planned_its_mailings(
         # A resend now supersedes mailing 1 (cancelled); before, it went on.
         conn.execute(mailings.update().where(mailings.c.id == 1).values(state="sending"))
         conn.execute(text("ALTER TABLE mailings DROP COLUMN origin"))
-        conn.execute(text("DELETE FROM schema_version WHERE version = 8"))
+        conn.execute(text("DELETE FROM schema_version WHERE version >= 8"))
     engine.dispose()
     upgraded = engine_of(settings)
     with upgraded.connect() as conn:
         origins = conn.execute(select(mailings.c.id, mailings.c.origin).order_by(mailings.c.id))
         assert origins.all() == [(1, "daemon"), (2, "send")]
         versions = conn.execute(select(schema_version.c.version)).scalars().all()
-    assert max(versions) == SCHEMA_VERSION == 8
+    assert max(versions) == SCHEMA_VERSION
     unpublish(site)
     _report, transport = later_pass(settings, upgraded)
     assert sorted(s.recipient for s in transport.outbox) == sorted(MEMBERS)  # the resend

@@ -151,6 +151,7 @@ def _ctrl_c_stops(what: str, again: str) -> Iterator[None]:
                 raise
             # The Ctrl-C became the driver's own error ("import failed,
             # nothing was written: user-defined function raised exception").
+    shutdown.handled_interrupt()
     click.echo(
         f"stopped: Ctrl-C before the {what} was saved; the store is as it was "
         f"(run the same command again to {again})",
