@@ -282,11 +282,17 @@ def test_a_name_with_line_breaks_cannot_forge_lines_of_the_listing(sample_site: 
     """A name comes from anyone who signs up (the public form takes any
     text): one holding a newline and tabs printed as a second member, with
     any status, in `subscribers list`, which scripts read line by line."""
+    from newsletter.audience.members import add_subscriber, ensure_lists
+    from newsletter.config import load_settings
+    from newsletter.store import open_store
+
     forged = "Eve\nmallory@example.com\tactive\tMallory"
-    assert (
-        cli("subscribers", "add", "eve@example.com", "--list", "sample", "--name", forged).exit_code
-        == 0
-    )
+    # Stored as it came (a store written before names were made one line).
+    settings = load_settings(sample_site / "newsletter.toml")
+    engine = open_store(settings)
+    ensure_lists(engine, settings)
+    add_subscriber(engine, "eve@example.com", "sample", name=forged)
+    engine.dispose()
     listed = cli("subscribers", "list", "--list", "sample")
     assert listed.stdout == (
         "eve@example.com\tactive\tEve\\x0amallory@example.com\\x09active\\x09Mallory\n"
@@ -295,6 +301,18 @@ def test_a_name_with_line_breaks_cannot_forge_lines_of_the_listing(sample_site: 
     assert shown == "eve@example.com · Eve\\x0amallory@example.com\\x09active\\x09Mallory: active"
     data = json.loads(cli("subscribers", "list", "--list", "sample", "--json").stdout)
     assert data[0]["name"] == forged  # JSON carries it exactly
+
+
+def test_a_name_given_to_add_is_stored_as_one_line(sample_site: Path) -> None:
+    """`add --name` with a pasted line break, a tab or an escape character
+    stored them, and every email's greeting then had a paragraph of its own."""
+    pasted = "Ada\r\n  Lovelace\t\x1b[31m"
+    assert (
+        cli("subscribers", "add", "ada@example.com", "--list", "sample", "--name", pasted).exit_code
+        == 0
+    )
+    data = json.loads(cli("subscribers", "list", "--list", "sample", "--json").stdout)
+    assert [m["name"] for m in data] == ["Ada Lovelace [31m"]
 
 
 def test_a_full_disk_under_standard_output_is_one_line_not_a_traceback(

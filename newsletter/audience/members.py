@@ -108,6 +108,20 @@ def storable_name(value: str) -> str:
     return _SURROGATES.sub("\ufffd", value)
 
 
+# Line breaks of every kind, other control characters (NUL, ESC, DEL) and
+# whitespace runs.  A name typed into a form or on a command line is one line;
+# a bot's name with line breaks would write its own paragraphs into the
+# confirmation email, and PostgreSQL refuses NUL in text outright.
+_NAME_JUNK = re.compile(r"[\s\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+MAX_NAME = 200
+
+
+def clean_name(value: str) -> str:
+    """A name typed by someone (a signup form, `subscribers add --name`), as
+    one printable line of at most MAX_NAME characters."""
+    return _NAME_JUNK.sub(" ", storable_name(value)).strip()[:MAX_NAME].rstrip()
+
+
 def add_subscriber(
     bind: Bind, email: str, list_name: str, *, name: str = "", source: str | None = None
 ) -> SubscriberRow:

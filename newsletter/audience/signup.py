@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -80,19 +79,6 @@ class Confirmed:
     joined: tuple[str, ...] = ()  # lists that became mailable now (welcome email)
 
 
-# Line breaks of every kind, other control characters (NUL, ESC, DEL) and
-# whitespace runs.  A name typed into a form is one line; a bot's name with
-# line breaks would write its own paragraphs into the confirmation email, and
-# PostgreSQL refuses NUL in text outright.
-_NAME_JUNK = re.compile(r"[\s\x00-\x1f\x7f-\x9f\u2028\u2029]+")
-MAX_NAME = 200
-
-
-def clean_name(value: str) -> str:
-    """A name from a signup, as one printable line of at most MAX_NAME characters."""
-    return _NAME_JUNK.sub(" ", subs.storable_name(value)).strip()[:MAX_NAME].rstrip()
-
-
 def _hit_key(secret: bytes, value: str) -> str:
     return hmac.new(secret, b"signup\0" + value.encode(), hashlib.sha256).hexdigest()[:64]
 
@@ -114,7 +100,7 @@ def request_signup(
 ) -> Pending | None:
     """Count the request, decide whether to send a confirmation, record it."""
     address = normalise_email(request.email)  # SubscriberError: the form says "invalid"
-    name = clean_name(request.name)
+    name = subs.clean_name(request.name)
     limits = settings.signup
     ip_key = _hit_key(secret, request.client)
     address_key = _hit_key(secret, address.key)

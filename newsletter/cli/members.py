@@ -60,10 +60,11 @@ def _require(engine: Engine, email: str) -> SubscriberRow:
 @handle_errors
 def add_command(ctx: click.Context, email: str, list_name: str, name: str) -> None:
     """Add EMAIL to a list (an unsubscribed address stays unsubscribed)."""
-    from newsletter.audience.members import add_subscriber
+    from newsletter.audience.members import add_subscriber, clean_name
 
     _, engine = _engine_for(ctx, list_name)
-    row = add_subscriber(engine, email, list_name, name=name, source="cli")
+    # One line, as a signup's: a pasted line break would start a paragraph of its own in emails.
+    row = add_subscriber(engine, email, list_name, name=clean_name(name), source="cli")
     click.echo(f"added {row.email} to {list_name}{_suppressed_note(engine, row, list_name)}")
 
 
