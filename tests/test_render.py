@@ -192,6 +192,39 @@ def test_hostile_title_html_is_sanitised() -> None:
     assert re.search(r"<h1[^>]*>.*?>Bad <img ", out.html, re.S)  # the safe part stays
 
 
+def test_front_matter_values_are_escaped_in_the_html_pieces() -> None:
+    """The byline, the lead image and the tags come from the front matter as
+    text: they were written into the HTML as they were (the shared macros
+    file was not an escaping template), so an alt text could add an event
+    handler to the image and a tag an element of its own."""
+    from newsletter.posts.collection import Author
+
+    settings = make_settings()
+    post = make_post(
+        image_alt='say "hi" & x" onerror="alert(1)',
+        tags=("<img src=x onerror=alert(2)>", "R&D"),
+        authors=(Author("Evil <i>Name</i>", 'https://example.org/a?b=1&c="2'),),
+    )
+    import lxml.html
+
+    for out in (
+        render_email(post, settings, settings.lists["everything"]),
+        render_digest([post], settings, settings.lists["weekly"]),
+    ):
+        tree = lxml.html.fromstring(out.html)
+        handlers = [a for e in tree.iter() for a in getattr(e, "attrib", {}) if a.startswith("on")]
+        assert handlers == []
+        [hero] = tree.find_class("hero-img")
+        assert hero.get("alt") == 'say "hi" & x" onerror="alert(1)'
+        assert tree.xpath("//i") == []
+        [author] = [a for a in tree.iter("a") if a.text == "Evil <i>Name</i>"]
+        assert author.get("href") == 'https://example.org/a?b=1&c="2'
+        assert "By Evil <i>Name</i> · 8 June 2024" in out.text  # the text part stays text
+    tree = lxml.html.fromstring(render_email(post, settings, settings.lists["everything"]).html)
+    assert [t.text for t in tree.find_class("tag")] == ["#<img src=x onerror=alert(2)>", "#R&D"]
+    assert len(tree.xpath("//img")) == 1  # the hero alone
+
+
 def test_no_author_no_image_no_description() -> None:
     settings = make_settings()
     post = make_post(authors=(), image=None, description=None, tags=())
@@ -279,6 +312,33 @@ def test_a_missing_value_in_the_subject_is_no_text_not_none() -> None:
 
 
 # --------------------------------------------------------------------------- user templates
+
+
+def test_a_theme_copied_before_the_split_macros_escapes_too(tmp_path: Path) -> None:
+    """A theme folder whose copies of the templates import from "_macros.j2"
+    (as the default theme's did) gets the same escaped pieces, each once,
+    and plain text in its text part."""
+    import lxml.html
+
+    from newsletter.posts.collection import Author
+
+    theme = Path(__file__).resolve().parents[1] / "templates"
+    for name, kind in (("email.html.j2", "html"), ("email.txt.j2", "txt")):
+        source = (theme / name).read_text(encoding="utf-8")
+        old = source.replace(f'"_macros.{kind}.j2"', '"_macros.j2"')
+        assert old != source
+        (tmp_path / name).write_text(old, encoding="utf-8")
+    settings = make_settings(templates_dir=tmp_path)
+    post = make_post(
+        image_alt='x" onerror="y()', authors=(Author("A & <b>B</b>", "https://e.org/"),)
+    )
+    out = render_email(post, settings, settings.lists["everything"])
+    default = render_email(post, make_settings(), settings.lists["everything"])
+    assert (out.html, out.text) == (default.html, default.text)
+    tree = lxml.html.fromstring(out.html)
+    assert tree.find_class("hero-img")[0].get("alt") == 'x" onerror="y()'
+    assert [a.text for a in tree.iter("a") if a.get("href") == "https://e.org/"] == ["A & <b>B</b>"]
+    assert "By A & <b>B</b> · 8 June 2024" in out.text
 
 
 def test_user_template_overrides_one_file_and_falls_back_for_the_rest(tmp_path: Path) -> None:
