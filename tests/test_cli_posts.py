@@ -286,6 +286,22 @@ def test_check_reports_a_bad_digest_cron(tmp_path: Path) -> None:
     assert "lists.weekly.cron: error: invalid cron '61 8 * * MON'" in result.output
 
 
+def test_check_reports_a_cron_that_never_comes_or_does_nothing(tmp_path: Path) -> None:
+    """30 February never comes: the digest would never go (the daemon only
+    logged "next at never"); a cron on a list that is no digest was ignored
+    without a word while the list mailed every post at once."""
+    cfg = tmp_path / "newsletter.toml"
+    (tmp_path / "posts").mkdir()
+    cfg.write_text(
+        '[lists.never]\nmode = "digest"\ncron = "0 8 30 2 *"\n[lists.x]\ncron = "0 8 * * MON"\n',
+        encoding="utf-8",
+    )
+    result = CliRunner().invoke(main, ["--config", str(cfg), "check"])
+    assert result.exit_code == 1
+    assert "lists.never.cron: error: '0 8 30 2 *' never comes (no such date)" in result.output
+    assert "lists.x.cron: warning: no effect: the list mails each post" in result.output
+
+
 def test_check_warns_when_smtp_mail_would_link_to_localhost(tmp_path: Path) -> None:
     cfg = tmp_path / "newsletter.toml"
     (tmp_path / "posts").mkdir()

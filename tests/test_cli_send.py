@@ -221,7 +221,7 @@ def test_status_with_a_bad_digest_cron_still_shows_everything_else(sample_site: 
     assert "upcoming:\n" in out and "→ sample" in out.split("upcoming:")[1]
     assert err == (
         "error: lists.weekly.cron: invalid cron 'every monday': "
-        "Wrong number of fields; got 2, expected 5\n"
+        "5 fields wanted (minute hour day month weekday), got 2\n"
     )
     code, out, err = run("status", "--json")
     assert code == 1

@@ -162,7 +162,10 @@ def test_a_bad_cron_is_reported_and_the_each_lists_still_go(tmp_path: Path) -> N
     code, out, err = invoke("--config", str(site.config), "run", "--once")
     assert code == 1
     assert "Sent 3," in out
-    assert "error: lists.weekly.cron: invalid cron 'at eight': Wrong number of fields" in err
+    assert (
+        "error: lists.weekly.cron: invalid cron 'at eight': 5 fields wanted (minute hour day month weekday), got 2"
+        in err
+    )
 
 
 def test_sigint_stops_the_daemon_with_exit_0(tmp_path: Path) -> None:

@@ -195,6 +195,71 @@ def test_digest_post_id_is_stable_per_slot() -> None:
     assert plan.post_ids == ("a",)
 
 
+def slots(cron: str, after: datetime, count: int, zone: str = "UTC") -> list[datetime]:
+    """The next `count` slots of `cron` after `after`, as wall times in `zone`."""
+    mailing_list = ListSettings("d", "D", mode="digest", cron=cron)
+    tz = ZoneInfo(zone)
+    found: list[datetime] = []
+    for _ in range(count):
+        nxt = planning.next_digest_time(mailing_list, tz, after)
+        assert nxt is not None
+        found.append(nxt.astimezone(tz).replace(tzinfo=None))
+        after = nxt
+    return found
+
+
+SATURDAY = datetime(2025, 1, 4, 12, 0, tzinfo=UTC)  # Monday is the 6th
+
+
+@pytest.mark.parametrize(
+    ("weekday", "days"),
+    [
+        ("1", [6, 13]),  # cron(8): 1 is Monday (APScheduler alone read it as Tuesday)
+        ("0", [5, 12]),  # 0 is Sunday
+        ("7", [5, 12]),  # and so is 7
+        ("MON", [6, 13]),
+        ("1-5", [6, 7, 8, 9, 10, 13]),  # weekdays: Monday to Friday
+        ("0,6", [5, 11, 12, 18]),  # the weekend
+        ("*/2", [5, 7, 9, 11, 12]),  # Sunday, Tuesday, Thursday, Saturday
+        ("5-7", [5, 10, 11, 12]),  # Friday to Sunday
+    ],
+)
+def test_cron_weekdays_mean_what_they_mean_in_crontab(weekday: str, days: list[int]) -> None:
+    found = slots(f"0 8 * * {weekday}", SATURDAY, len(days))
+    assert [d.day for d in found] == days
+    assert all(d.hour == 8 for d in found)
+
+
+def test_a_cron_with_both_day_fields_fires_when_either_matches() -> None:
+    """cron(8): with both the day of the month and the weekday restricted,
+    a day that matches either is a slot (APScheduler alone needs both)."""
+    found = slots("0 8 1 * 1", datetime(2025, 1, 1, 12, tzinfo=UTC), 4)
+    assert [(d.month, d.day) for d in found] == [(1, 6), (1, 13), (1, 20), (1, 27)]
+    found = slots("0 8 1 * 1", datetime(2025, 1, 27, 12, tzinfo=UTC), 2)
+    assert [(d.month, d.day) for d in found] == [(2, 1), (2, 3)]
+
+
+@pytest.mark.parametrize(
+    ("zone", "cron", "night", "slot"),
+    [
+        # Santiago moves its clocks from 00:00 to 01:00 on 7 September 2025:
+        # 00:30 does not exist that day; the slot moves past the gap, the
+        # day's digest is not skipped to the 8th.
+        ("America/Santiago", "30 0 * * *", datetime(2025, 9, 6, 13, tzinfo=UTC),
+         datetime(2025, 9, 7, 1, 30)),
+        ("America/Havana", "0 0 * * *", datetime(2025, 3, 8, 12, tzinfo=UTC),
+         datetime(2025, 3, 9, 1, 0)),
+        # A weekly Sunday slot in the gap: not a week late.
+        ("America/Santiago", "30 0 * * SUN", datetime(2025, 9, 6, 13, tzinfo=UTC),
+         datetime(2025, 9, 7, 1, 30)),
+    ],
+)  # fmt: skip
+def test_a_slot_in_a_midnight_gap_fires_after_it_the_same_day(
+    zone: str, cron: str, night: datetime, slot: datetime
+) -> None:
+    assert slots(cron, night, 1, zone) == [slot]
+
+
 def test_a_bad_cron_is_a_config_error_naming_the_key() -> None:
     bad = ListSettings("weekly", "W", mode="digest", cron="every monday")
     with pytest.raises(ConfigError) as info:

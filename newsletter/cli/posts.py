@@ -20,7 +20,7 @@ from newsletter.cli.common import (
 
 # The library is imported inside each command, so `--help` stays cheap.
 if TYPE_CHECKING:
-    from newsletter.config import Settings
+    from newsletter.config import ListSettings, Settings
     from newsletter.delivery.mailings import PostMailing
     from newsletter.errors import Problem
     from newsletter.posts.collection import PostCollection
@@ -208,10 +208,32 @@ def check_cmd(ctx: click.Context, everything: bool, as_json: bool) -> None:
         sys.exit(1)
 
 
+def _cron_problems(mailing_list: ListSettings, settings: Settings) -> Iterator[Problem]:
+    """A digest's cron that cannot be read or never fires; a cron on a list
+    that is no digest (it mails each post at once: the cron does nothing)."""
+    from datetime import UTC, datetime
+
+    from newsletter.daemon.planning import cron_trigger, cron_zone
+    from newsletter.errors import NewsletterError, Problem
+
+    cfg, key = settings.config_path, f"lists.{mailing_list.name}.cron"
+    if mailing_list.mode != "digest":
+        why = 'no effect: the list mails each post as it is due (mode = "digest" to use it)'
+        yield Problem(why, cfg, None, "warning", key)
+        return
+    try:
+        trigger = cron_trigger(mailing_list, cron_zone(mailing_list, settings))
+    except NewsletterError as exc:
+        yield Problem(exc.message, cfg, None, "error", exc.key)
+        return
+    if trigger.get_next_fire_time(None, datetime.now(UTC)) is None:  # type: ignore[attr-defined]
+        why = f"{mailing_list.cron!r} never comes (no such date): the digest would never go"
+        yield Problem(why, cfg, None, "error", key)
+
+
 def check_settings(settings: Settings) -> Iterator[Problem]:
     """What loading the configuration cannot see: missing folders and secrets."""
     from newsletter.config import DEFAULT_CONFIG
-    from newsletter.daemon.planning import cron_trigger
     from newsletter.errors import NewsletterError, Problem
 
     cfg = settings.config_path
@@ -223,10 +245,7 @@ def check_settings(settings: Settings) -> Iterator[Problem]:
         )
     for mailing_list in settings.lists.values():
         if mailing_list.cron:
-            try:
-                cron_trigger(mailing_list, settings.site.tz)
-            except NewsletterError as exc:
-                yield Problem(exc.message, cfg, None, "error", exc.key)
+            yield from _cron_problems(mailing_list, settings)
     yield from _senders(settings)
     templates = settings.email.templates_dir
     if templates is not None and not templates.is_dir():

@@ -217,11 +217,12 @@ def cron_zone(mailing_list: ListSettings, settings: Settings) -> ZoneInfo:
 
 
 def cron_trigger(mailing_list: ListSettings, zone: ZoneInfo) -> object:
-    """APScheduler's crontab parser, used only as a calculator here."""
-    from apscheduler.triggers.cron import CronTrigger
+    """The list's cron as crontab reads it (`cronslots`), over APScheduler's
+    calculator: the daemon's digest job's trigger, and the slots here."""
+    from newsletter.daemon.cronslots import CronSlots
 
     try:
-        return CronTrigger.from_crontab(mailing_list.cron or "", timezone=zone)
+        return CronSlots(mailing_list.cron or "", zone)
     except ValueError as exc:
         raise ConfigError(
             f"invalid cron {mailing_list.cron!r}: {exc}", key=f"lists.{mailing_list.name}.cron"
@@ -237,8 +238,9 @@ def next_digest_time(
     clocks go back: the second pass through the repeated hour (`fold` 1) is
     no slot of its own, or a daily digest would go twice that night.  A
     wildcard hour or minute (`*`, `*/15`) fires in both passes, since each is
-    an hour of its own.  A slot in the hour skipped in spring moves to the
-    first time after it (APScheduler's rule), so it is never lost.
+    an hour of its own.  A slot in the hour skipped in spring moves past the
+    gap by as much as it was into it (02:30 in a 02:00-03:00 gap fires at
+    03:30), so it is never lost, even where the gap swallows midnight.
     """
     trigger = cron_trigger(mailing_list, zone)
     fixed = not any(f.startswith("*") for f in (mailing_list.cron or "").split()[:2])
