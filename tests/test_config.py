@@ -32,6 +32,23 @@ def test_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
     assert settings.delivery.outbox_dir == tmp_path / "out"
 
 
+def test_default_folders_are_beside_the_config_file_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`newsletter --config ../site/newsletter.toml posts` from another folder
+    looked for posts/ there, and wrote the outbox (live unsubscribe links)
+    into that folder's .newsletter/, while the database was beside the file."""
+    (tmp_path / "site").mkdir()
+    cfg = write(tmp_path / "site", '[site]\ntitle = "T"\n')
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    settings = load_settings(cfg)
+    assert settings.site.posts_dir == tmp_path / "site" / "posts"
+    assert settings.delivery.outbox_dir == tmp_path / "site" / ".newsletter" / "outbox"
+    assert settings.state_dir == tmp_path / "site" / ".newsletter"
+
+
 def test_env_var_selects_the_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = write(tmp_path, '[site]\ntitle = "From env"\n')
     monkeypatch.setenv("NEWSLETTER_CONFIG", str(cfg))
@@ -253,6 +270,27 @@ def test_the_database_url_can_come_from_the_environment(
     config.write_text('[database]\nurl_env = "MY_DB"\n')
     monkeypatch.setenv("MY_DB", "sqlite:///other.db")
     assert load_settings(config).database.url == "sqlite:///other.db"
+
+
+@pytest.mark.parametrize(
+    "url", ["sqlite://", "sqlite:///:memory:", "sqlite+pysqlite://", "SQLITE://?cache=shared"]
+)
+def test_a_database_in_memory_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    """It forgot every mailing when the command ended: each run mailed every
+    post to everyone again and said "Sent 0" (its threads could not use it)."""
+    config = tmp_path / "newsletter.toml"
+    config.write_text(f'[database]\nurl = "{url}"\n')
+    with pytest.raises(ConfigError, match="in-memory SQLite database forgets") as info:
+        load_settings(config)
+    assert info.value.key == "database.url"
+    config.write_text("")
+    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", url)
+    with pytest.raises(ConfigError, match=r"\(from \$NEWSLETTER_DATABASE_URL\)"):
+        load_settings(config)
+    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", "sqlite:///memory.db")  # a file
+    assert load_settings(config).database.url == "sqlite:///memory.db"
 
 
 @pytest.mark.parametrize(

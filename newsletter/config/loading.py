@@ -66,9 +66,28 @@ def load_settings(
 
 def _database_from_env(settings: Settings) -> Settings:
     url = os.environ.get(settings.database.url_env, "").strip()
-    if not url:
-        return settings
-    return replace(settings, database=replace(settings.database, url=url))
+    if url:
+        settings = replace(settings, database=replace(settings.database, url=url))
+    _kept_on_disk(settings, url and settings.database.url_env)
+    return settings
+
+
+# sqlite://, sqlite:///:memory: (any driver, any query): a database in memory.
+_IN_MEMORY = re.compile(r"sqlite(\+\w+)?://(/(:memory:)?)?(\?.*)?", re.IGNORECASE)
+
+
+def _kept_on_disk(settings: Settings, env: str) -> None:
+    """The ledger must outlive the command: in memory it went with every
+    run's end, and each run mailed everything again while saying "Sent 0"."""
+    if _IN_MEMORY.fullmatch(settings.database.url):
+        where = f" (from ${env})" if env else ""
+        raise ConfigError(
+            f"an in-memory SQLite database{where} forgets every mailing when the command "
+            "ends, and the next run would mail everything again: give a file, "
+            'e.g. "sqlite:///.newsletter/newsletter.db"',
+            path=settings.config_path,
+            key="database.url",
+        )
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -147,6 +166,12 @@ def _section(
         if f is None:
             raise ConfigError(f"unknown key {key!r}", path=config_path, key=f"{name}.{key}")
         kwargs[f.name] = _coerce(f"{name}.{key}", f.type, value, base_dir, config_path)
+    for f in fields(cls):
+        # A default folder (posts/, .newsletter/outbox) lies beside the
+        # configuration as a written one does, not in whatever folder
+        # `--config` was given from.
+        if f.name not in kwargs and isinstance(f.default, Path) and not f.default.is_absolute():
+            kwargs[f.name] = base_dir / f.default
     try:
         return cls(**kwargs)
     except TypeError as exc:  # pragma: no cover - guarded by the loop above
