@@ -49,6 +49,43 @@ def test_default_folders_are_beside_the_config_file_too(
     assert settings.state_dir == tmp_path / "site" / ".newsletter"
 
 
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ('[schedule]\nscan_interval = "1ms"\n', "schedule.scan_interval"),  # a busy loop
+        ("[schedule]\nscan_interval = inf\n", "schedule.scan_interval"),  # OverflowError
+        ('[schedule]\nscan_interval = "99999999999h"\n', "schedule.scan_interval"),
+        ("[delivery]\nrate_per_second = inf\n", "delivery.rate_per_second"),
+        ("[delivery]\nrate_per_second = -5\n", "delivery.rate_per_second"),
+        ("[delivery]\nrate_per_second = nan\n", "delivery.rate_per_second"),
+        ("[delivery]\nconcurrency = 100000\n", "delivery.concurrency"),  # no threads left
+        ("[delivery]\nconcurrency = 0\n", "delivery.concurrency"),
+        ("[delivery]\nmax_per_hour = 0\n", "delivery.max_per_hour"),  # paused for ever
+        ("[delivery]\nmax_per_day = -1\n", "delivery.max_per_day"),
+        ("[delivery]\nlease_seconds = 0\n", "delivery.lease_seconds"),
+        ("[delivery]\nbackoff_base = -1\n", "delivery.backoff_base"),
+        ("[delivery]\nbackoff_cap = nan\n", "delivery.backoff_cap"),
+        ("[smtp]\ntimeout = 0\n", "smtp.timeout"),
+        ("[smtp]\ntimeout = nan\n", "smtp.timeout"),
+    ],
+)
+def test_numbers_out_of_range_are_refused_with_their_key(
+    tmp_path: Path, text: str, key: str
+) -> None:
+    with pytest.raises(ConfigError, match="must be at least") as info:
+        load_settings(write(tmp_path, text))
+    assert info.value.key == key
+
+
+def test_numbers_at_the_edges_of_their_range_are_taken(tmp_path: Path) -> None:
+    text = (
+        '[schedule]\nscan_interval = "0.5s"\n[delivery]\nrate_per_second = 0\n'
+        "concurrency = 1000\nmax_per_hour = 1\nbackoff_base = 0\n[smtp]\ntimeout = 3600\n"
+    )
+    settings = load_settings(write(tmp_path, text))
+    assert (settings.schedule.scan_interval, settings.delivery.concurrency) == (0.5, 1000)
+
+
 def test_env_var_selects_the_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = write(tmp_path, '[site]\ntitle = "From env"\n')
     monkeypatch.setenv("NEWSLETTER_CONFIG", str(cfg))

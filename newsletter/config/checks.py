@@ -26,8 +26,6 @@ def validate(settings: Settings) -> None:
     for name, lst in settings.lists.items():
         if lst.mode == "digest" and not lst.cron:
             raise ConfigError("a digest list needs a cron", path=path, key=f"lists.{name}.cron")
-    if settings.delivery.concurrency < 1:
-        raise ConfigError("must be at least 1", path=path, key="delivery.concurrency")
     processes = settings.delivery.processes
     if processes != "auto" and not 1 <= processes <= MAX_PROCESSES:
         raise ConfigError(
@@ -52,6 +50,7 @@ def validate(settings: Settings) -> None:
             )
     if settings.delivery.max_attempts < 1:
         raise ConfigError("must be at least 1", path=path, key="delivery.max_attempts")
+    _validate_ranges(settings, path)
     _validate_ports(settings)
     _validate_public_url(settings)
     _validate_site_url(settings)
@@ -67,6 +66,41 @@ def validate(settings: Settings) -> None:
     if since is not None and since.tzinfo is None:
         anchored = since.replace(tzinfo=settings.site.tz)
         object.__setattr__(settings.schedule, "since", anchored)
+
+
+DAY = 86400.0
+MAX_CONCURRENCY = 1000  # connections (threads, for the threaded strategy)
+
+
+def _ranges(settings: Settings) -> list[tuple[str, float | None, float, float, str]]:
+    """(key, value, lowest, highest, unit) of every number with a sensible range."""
+    schedule, delivery = settings.schedule, settings.delivery
+    return [
+        ("schedule.scan_interval", schedule.scan_interval, 0.1, DAY, "s"),
+        ("schedule.wait_for_page_timeout", schedule.wait_for_page_timeout, 0, 30 * DAY, "s"),
+        ("schedule.wait_for_page_retry", schedule.wait_for_page_retry, 0.1, DAY, "s"),
+        ("delivery.rate_per_second", delivery.rate_per_second, 0, 1e6, ""),
+        ("delivery.concurrency", delivery.concurrency, 1, MAX_CONCURRENCY, ""),
+        ("delivery.max_per_hour", delivery.max_per_hour, 1, float("inf"), ""),
+        ("delivery.max_per_day", delivery.max_per_day, 1, float("inf"), ""),
+        ("delivery.backoff_base", delivery.backoff_base, 0, 30 * DAY, "s"),
+        ("delivery.backoff_cap", delivery.backoff_cap, 0, 30 * DAY, "s"),
+        ("delivery.lease_seconds", delivery.lease_seconds, 1, DAY, "s"),
+        ("smtp.timeout", settings.smtp.timeout, 0.1, 3600, "s"),
+    ]
+
+
+def _validate_ranges(settings: Settings, path: Path | None) -> None:
+    """Out of range, a number stopped the command with a traceback (an
+    infinite interval overflowed the scheduler, 100,000 connections could
+    not get their threads), spun (a 1 ms scan) or stalled for ever (an
+    hourly cap of 0 paused every mailing); NaN compares false to everything,
+    so it fails here too."""
+    for key, value, low, high, unit in _ranges(settings):
+        if value is None or low <= value <= high:
+            continue
+        top = "" if high == float("inf") else f" and at most {high:g}{unit}"
+        raise ConfigError(f"must be at least {low:g}{unit}{top}, got {value!r}", path=path, key=key)
 
 
 # One addr-spec (no quoted local part), optionally `mailto:` before it and an
