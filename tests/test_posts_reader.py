@@ -133,8 +133,9 @@ def test_title_html_is_safe_and_subject_is_one_plain_line(by_id: dict[str, Post]
         "Fish &amp; Chips: <em>Really</em> <em>good</em> <code>code</code> Bcc: victim@example.com"
     )
     assert "script" not in post.title_html and "alert" not in post.title_html
-    # image as a mapping with alt; ../ resolves against the post URL like a browser.
-    assert post.image == "https://fixtures.example.com/notes/2024/12/assets/chips.png"
+    # image as a mapping with alt; ../ from the site's root (url + baseurl /notes/),
+    # as Jekyll's relative_url would print /notes/../assets/chips.png.
+    assert post.image == "https://fixtures.example.com/assets/chips.png"
     assert post.image_alt == "A plate of chips"
 
 
@@ -229,3 +230,29 @@ def test_jekyll_config_supplies_separator_author_and_permalink(tmp_path: Path) -
     assert post.authors == (Author("Site Author"),)
     assert post.excerpt_text == "One.\n\nTwo."
     assert post.date.isoformat() == "2024-05-06T00:00:00+09:00"
+
+
+@pytest.mark.parametrize(
+    ("ref", "expected"),
+    [
+        ("assets/img/big.png", "https://jekyll.example.org/blog/assets/img/big.png"),
+        ("./assets/img/big.png", "https://jekyll.example.org/blog/assets/img/big.png"),
+        ("/assets/img/big.png", "https://jekyll.example.org/blog/assets/img/big.png"),
+        ("https://cdn.example.net/a.png", "https://cdn.example.net/a.png"),
+    ],
+)
+def test_a_relative_front_matter_image_is_site_relative(
+    tmp_path: Path, ref: str, expected: str
+) -> None:
+    """As Jekyll's themes and plugins read it (jekyll-seo-tag's og:image,
+    jekyll-feed's thumbnail: `absolute_url`; themes: `relative_url`): from
+    the site's root with its baseurl.  Resolved against the post's URL it
+    was a page that does not exist (/blog/2024/09/01/assets/img/big.png)."""
+    (tmp_path / "_posts").mkdir()
+    (tmp_path / "_config.yml").write_text("url: https://jekyll.example.org\nbaseurl: /blog\n")
+    (tmp_path / "newsletter.toml").write_text('[site]\njekyll_config = "_config.yml"\n')
+    (tmp_path / "_posts" / "2024-09-01-hero.md").write_text(
+        f"---\ntitle: Hero\nimage: {ref}\n---\nBody.\n"
+    )
+    (post,) = load_posts(load_settings(tmp_path / "newsletter.toml")).posts
+    assert post.image == expected

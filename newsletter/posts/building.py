@@ -469,4 +469,6 @@ def _image(
     ref = jekyll.scalar_text(value)
     if ref is None:
         return None, alt or title
-    return _link(ref, source.url, site), alt or title
+    # From the site's root, as Jekyll's themes and plugins read it
+    # (`relative_url`, jekyll-seo-tag's `absolute_url`), not from the post's page.
+    return _link(ref, site.settings.site.home.rstrip("/") + "/", site), alt or title
