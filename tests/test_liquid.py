@@ -228,8 +228,8 @@ def test_a_python_error_inside_a_filter_is_a_warning_not_an_unreadable_post(
 
     real = liquid.environment
 
-    def with_broken(includes: Path | None = None) -> object:
-        env = real(includes)
+    def with_broken(includes: Path | None = None, error_mode: str = "warn") -> object:
+        env = real(includes, error_mode)
         env.add_filter("broken", broken)
         return env
 

@@ -17,7 +17,11 @@ python-liquid 2.x plus Jekyll's own tags and filters:
 Anything else — a plugin's tag, an unknown filter —
 is dropped with a warning naming the tag and its line.  A variable that is not
 defined and renders as nothing (`{{ site.data.releases.first.version }}`
-without that data file) is a warning too: the reader would see a hole.  If the remaining Liquid
+without that data file) is a warning too: the reader would see a hole.  A
+`{{ … }}` the strict parser refuses (`{{ .Name }}`: code of another template
+language) is parsed laxly, as Jekyll parses it (`liquidlax`), with a warning
+unless `_config.yml` says `liquid: error_mode: lax`; `strict` makes any syntax
+error a `PostError`, as Jekyll's build stops.  If the remaining Liquid
 still cannot be parsed, every `{% %}` / `{{ }}` is stripped with a warning, so
 no post fails because of Liquid and no `{%` reaches an email.
 """
@@ -37,9 +41,11 @@ from typing import Any, TextIO
 
 from liquid import Environment, Undefined
 from liquid.builtin.tags.include_tag import IncludeNode, IncludeTag
-from liquid.exceptions import LiquidError
+from liquid.exceptions import LiquidError, LiquidSyntaxError
 from liquid.loader import BaseLoader, TemplateSource
 
+from newsletter.errors import PostError
+from newsletter.posts import liquidlax
 from newsletter.posts.liquidfilters import JEKYLL_FILTERS as _JEKYLL_FILTERS
 
 
@@ -97,7 +103,7 @@ class _RecordingUndefined(Undefined):
 
     def __str__(self) -> str:
         seen = _UNDEFINED_SEEN.get()
-        if seen is not None:
+        if seen is not None and not liquidlax.LAX_RENDERING.get():
             token = self.token
             if token is None:
                 seen.append((self.name, None, "", False))
@@ -120,6 +126,8 @@ class _JekyllIncludeNode(IncludeNode):
             with context.extend({"include": params}, template=template):
                 template.render_with_context(context, out, partial=True)
         except LiquidError as exc:
+            if isinstance(exc, LiquidSyntaxError) and context.env.error_mode == liquidlax.STRICT:
+                raise  # Jekyll's build fails on it
             # One broken include costs its own output, not the post's Liquid.
             seen = _UNDEFINED_SEEN.get()
             if seen is not None:
@@ -176,6 +184,7 @@ class _JekyllEnvironment(Environment):
     loop_iteration_limit = 100_000
     output_stream_limit = 20_000_000
     keyword_assignment = True  # {% include x.html key=value %}
+    error_mode = liquidlax.WARN  # the site's `liquid: error_mode`, for `LaxOutput`
 
 
 _RAW = r"\{%-?\s*raw\s*-?%\}.*?\{%-?\s*endraw\s*-?%\}"
@@ -202,6 +211,7 @@ MISSING_LINK = "missing-link:"
 _KEPT_NEWLINE = "{% raw %}\n{% endraw %}"
 _TRIMS_BEFORE = re.compile(r"\s*\{[{%]-")
 _TRIMS_AFTER = re.compile(r"-[%}]\}\s*\Z")
+_RAW_HINT = "wrap code in {% raw %}…{% endraw %} to show it as written"
 
 
 def render(
@@ -225,13 +235,15 @@ def render(
     prepass = _Prepass(text, post_url, link, first_line, includes, relative)
     prepared = prepass.run()
     warnings = list(prepared.warnings)
-    env = environment(includes)
+    mode = liquidlax.error_mode(site)
+    env = environment(includes, mode)
     seen: list[tuple[str, int | None, str, bool]] = []
     token = _UNDEFINED_SEEN.set(seen)
     resolvers = _RESOLVERS.set((post_url, link, relative))
     try:
-        template = env.from_string(prepared.text)
+        template, syntax = _parse(env, prepared.text)
         output = template.render(site=site, page=page, jekyll={"environment": "production"})
+        warnings.extend(_syntax_warnings(syntax, prepared.text, first_line))
         warnings.extend(_undefined_warnings(seen, prepared.text, first_line))
     except (LiquidError, ValueError, TypeError, ArithmeticError, LookupError) as exc:
         # A filter given what it cannot take (python-liquid passes a Python
@@ -239,12 +251,48 @@ def render(
         context = exc.context() if isinstance(exc, LiquidError) else None
         line = context[0] + first_line - 1 if context else None
         message = str(exc.message) if isinstance(exc, LiquidError) else f"{exc}"
+        if mode == liquidlax.STRICT and isinstance(exc, LiquidSyntaxError):
+            raise _strict_error(exc, first_line) from exc
         warnings.append(LiquidWarning(f"Liquid error, all Liquid markup removed: {message}", line))
         output = _STRIP_ALL.sub("", _unraw(prepared.text))
     finally:
         _UNDEFINED_SEEN.reset(token)
         _RESOLVERS.reset(resolvers)
     return LiquidResult(output, tuple(warnings))
+
+
+def _parse(env: Environment, text: str) -> tuple[Any, list[tuple[str, int]]]:
+    """The post's template, and the statements parsed laxly (message, offset)."""
+    syntax: list[tuple[str, int]] = []
+    token = liquidlax.SYNTAX_SEEN.set(syntax)
+    try:
+        return env.from_string(text), syntax
+    finally:
+        liquidlax.SYNTAX_SEEN.reset(token)
+
+
+def _syntax_warnings(
+    syntax: list[tuple[str, int]], source: str, first_line: int
+) -> Iterator[LiquidWarning]:
+    for message, offset in syntax[:MAX_WARNINGS]:
+        line = source.count("\n", 0, offset) + first_line
+        yield LiquidWarning(f"{message}; rendered laxly, as Jekyll does ({_RAW_HINT})", line)
+    if len(syntax) > MAX_WARNINGS:
+        more = len(syntax) - MAX_WARNINGS
+        yield LiquidWarning(f"… and {more} more Liquid syntax warnings", None)
+
+
+def _strict_error(exc: LiquidSyntaxError, first_line: int) -> PostError:
+    """`liquid: error_mode: strict`: Jekyll's build stops, the post is an error."""
+    context = exc.context()
+    message = str(exc.message)
+    if not message.startswith("Liquid syntax error"):
+        message = f"Liquid syntax error: {message}"
+    strict = "(_config.yml sets liquid: error_mode: strict)"
+    if exc.template_name:  # in an include: a line of that file, not of the post
+        where = f", line {context[0]}" if context else ""
+        return PostError(f"{message} in {exc.template_name}{where} {strict}")
+    return PostError(f"{message} {strict}", line=context[0] + first_line - 1 if context else None)
 
 
 def _undefined_warnings(
@@ -434,13 +482,15 @@ def known_tags() -> frozenset[str]:
 
 
 @functools.cache
-def environment(includes: Path | None = None) -> Environment:
-    """One environment per `_includes` folder: building it costs more than
-    rendering a post (and parsed includes are cached with it)."""
+def environment(includes: Path | None = None, error_mode: str = liquidlax.WARN) -> Environment:
+    """One environment per `_includes` folder and error mode: building it costs
+    more than rendering a post (and parsed includes are cached with it)."""
     env = _JekyllEnvironment(
         strict_filters=False, loader=_IncludeLoader(includes), undefined=_RecordingUndefined
     )
+    env.error_mode = error_mode
     env.add_tag(_JekyllIncludeTag)
+    env.add_tag(liquidlax.LaxOutput)
     for name, func in _JEKYLL_FILTERS.items():
         env.add_filter(name, func)
     return env
