@@ -302,6 +302,19 @@ def test_check_reports_a_cron_that_never_comes_or_does_nothing(tmp_path: Path) -
     assert "lists.x.cron: warning: no effect: the list mails each post" in result.output
 
 
+def test_check_reports_a_bounce_maildir_that_is_not_one(tmp_path: Path) -> None:
+    cfg = tmp_path / "newsletter.toml"
+    (tmp_path / "posts").mkdir()
+    cfg.write_text('[bounces]\naddress = "b@example.com"\nmaildir = "box"\n', encoding="utf-8")
+    result = CliRunner().invoke(main, ["--config", str(cfg), "check"])
+    assert result.exit_code == 1
+    assert "box: bounces.maildir: error: not a Maildir (no new/ and cur/)" in result.output
+    for folder in ("new", "cur", "tmp"):
+        (tmp_path / "box" / folder).mkdir(parents=True)
+    result = CliRunner().invoke(main, ["--config", str(cfg), "check"])
+    assert "bounces.maildir" not in result.output
+
+
 def test_check_warns_when_smtp_mail_would_link_to_localhost(tmp_path: Path) -> None:
     cfg = tmp_path / "newsletter.toml"
     (tmp_path / "posts").mkdir()

@@ -271,6 +271,10 @@ def check_settings(settings: Settings) -> Iterator[Problem]:
             "set [bounces] maildir or imap_host",
             cfg, None, "warning", "bounces.address",
         )  # fmt: skip
+    maildir = bounces.maildir
+    if maildir is not None and not all((maildir / d).is_dir() for d in ("new", "cur")):
+        # As `bounces` and `run` say it: check passed, then every pass failed.
+        yield Problem("not a Maildir (no new/ and cur/)", maildir, None, "error", "bounces.maildir")
     if bounces.imap_host:
         try:
             bounces.password()
