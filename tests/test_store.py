@@ -225,8 +225,27 @@ def test_status_with_an_unsupported_database_is_one_line(
     monkeypatch.delenv("NEWSLETTER_DATABASE_URL", raising=False)
     result = CliRunner().invoke(main, ["--config", str(config), "status"])
     assert result.exit_code == 1
-    assert result.stderr.startswith("error: cannot open database ")
+    assert result.stderr.startswith("error: database.url: cannot open database ")
     assert result.stderr.count("\n") == 1
+    # From the environment, the line names the variable, not the file's key alone.
+    config.write_text("")
+    monkeypatch.setenv("NEWSLETTER_DATABASE_URL", url)
+    result = CliRunner().invoke(main, ["--config", str(config), "status"])
+    assert result.stderr.endswith(" (the URL is $NEWSLETTER_DATABASE_URL)\n")
+    assert "secret" not in result.stderr
+
+
+def test_a_heroku_style_postgres_url_says_how_to_write_it(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from newsletter.cli import main
+
+    config = tmp_path / "newsletter.toml"
+    config.write_text('[database]\nurl = "postgres://u@db.example.com/news"\n')
+    result = CliRunner().invoke(main, ["--config", str(config), "status"])
+    assert result.stderr.endswith(
+        "; write postgresql:// (SQLAlchemy no longer reads postgres://)\n"
+    )
 
 
 def test_reading_connections_do_not_wait_for_a_writer(tmp_path: Path) -> None:

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import re
 import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -79,7 +81,25 @@ def open_store(settings: Settings) -> Engine:
         rel = url.removeprefix("sqlite:///")
         if rel and rel != ":memory:":
             url = "sqlite:///" + str((settings.base_dir / rel).resolve())
-    return open_url(url)
+    try:
+        return open_url(url)
+    except _BadUrl as exc:
+        raise _named(exc, settings) from exc.__cause__
+
+
+def _named(exc: StoreError, settings: Settings) -> StoreError:
+    """A URL that cannot be read, with where it came from: the configuration's
+    `database.url`, or the environment variable that overrides it."""
+    env = settings.database.url_env
+    from_env = os.environ.get(env, "").strip() == settings.database.url
+    message = exc.message + (f" (the URL is ${env})" if from_env else "")
+    if re.match(r"postgres(\+\w+)?://", settings.database.url, re.IGNORECASE):
+        message += "; write postgresql:// (SQLAlchemy no longer reads postgres://)"
+    return StoreError(message, key="database.url")
+
+
+class _BadUrl(StoreError):
+    """The URL itself: unreadable, or a database that is not supported."""
 
 
 def safe_url(url: str) -> str:
@@ -99,11 +119,14 @@ SUPPORTED_BACKENDS = ("sqlite", "postgresql")
 def open_url(url: str) -> Engine:
     try:
         parsed = make_url(url)
-        if parsed.get_backend_name() not in SUPPORTED_BACKENDS:
-            raise StoreError(
-                f"cannot open database {safe_url(url)}: "
-                "only sqlite:/// and postgresql:// databases are supported"
-            )
+    except (SQLAlchemyError, ValueError) as exc:
+        raise _BadUrl(f"cannot open database {safe_url(url)}: {database_reason(exc)}") from exc
+    if parsed.get_backend_name() not in SUPPORTED_BACKENDS:
+        raise _BadUrl(
+            f"cannot open database {safe_url(url)}: "
+            "only sqlite:/// and postgresql:// databases are supported"
+        )
+    try:
         if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
             # Made empty and 0600 before SQLite opens it (SQLite would use
             # 0644 & ~umask); its -wal and -shm files copy the database's mode.
