@@ -345,3 +345,38 @@ def test_pipes_agree_with_kramdown() -> None:
     for name, line in zip(names, done.stdout.splitlines(), strict=True):
         assert _table_shape(json.loads(line)) == PIPES[name], name
         assert text_of(markdown_to_html(name, BASE)) == text_of(json.loads(line)), name
+
+
+BOXED = """<div class="box">
+**bold** and [a link](https://example.org/x)
+</div>
+
+```html
+<div class="box">**fenced**</div>
+```
+
+    <div>indented</div>
+
+<div markdown="0">**raw**</div>
+"""
+
+
+def test_parse_block_html_reads_markdown_in_html_blocks_but_not_in_code() -> None:
+    """`_config.yml`'s `kramdown: parse_block_html: true` (kramdown's own
+    option): Markdown inside an HTML block is Markdown; code stays code, and
+    `markdown="0"` keeps an element's content raw."""
+    on = markdown_to_html(BOXED, "https://example.org/p/", block_html=True)
+    assert '<div class="box">\n<p><strong>bold</strong> and <a href="https://example.org/x">' in on
+    assert '&lt;div class="box"&gt;**fenced**' in text_free(on)
+    assert "&lt;div&gt;indented&lt;/div&gt;" in on
+    assert "**raw**" in on
+    assert "markdown=" not in on
+    off = markdown_to_html(BOXED, "https://example.org/p/")
+    assert "**bold**" in off and "<strong>bold</strong>" not in off  # Python-Markdown's own rule
+
+
+def text_free(html: str) -> str:
+    """The HTML without Pygments' span tags (a highlighted code block's text)."""
+    import re
+
+    return re.sub(r"</?span[^>]*>", "", html)

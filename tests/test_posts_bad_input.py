@@ -106,12 +106,12 @@ def test_a_failing_renderer_stops_only_that_post(
 ) -> None:
     real = markup.markdown_to_html
 
-    def flaky(text: str, base_url: str) -> str:
+    def flaky(text: str, base_url: str, *, block_html: bool = False) -> str:
         if "EXPLODE" in text:
             raise RenderError("markdown exploded")
         if "CRASH" in text:
             raise ZeroDivisionError("unexpected")
-        return real(text, base_url)
+        return real(text, base_url, block_html=block_html)
 
     monkeypatch.setattr(markup, "markdown_to_html", flaky)
     settings = _settings(

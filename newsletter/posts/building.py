@@ -56,6 +56,12 @@ class SiteContext:
     shelf: drops.Shelf = field(default_factory=drops.Shelf)
     sources: Mapping[str, Source] = field(default_factory=dict)
 
+    @property
+    def block_html(self) -> bool:
+        """`_config.yml`'s `kramdown: parse_block_html: true`: Markdown inside HTML blocks."""
+        options = (self.settings.site.jekyll or {}).get("kramdown")
+        return isinstance(options, Mapping) and options.get("parse_block_html") is True
+
     @classmethod
     def build(
         cls, settings: Settings, sources: list[Source], problems: list[Problem]
@@ -217,7 +223,9 @@ def build_post(source: Source, site: SiteContext, *, bodies: bool = True) -> Pos
     if bodies:
         from newsletter.posts import markup  # (Markdown, lxml: not for a listing)
 
-        body_html = _safe_html(markup.convert(body, source.url, source.path.suffix))
+        body_html = _safe_html(
+            markup.convert(body, source.url, source.path.suffix, block_html=site.block_html)
+        )
         excerpt_html, excerpt_text = _excerpt(source, site, title, body, byline is not None)
     image, image_alt = _image(data, source, site, title)
     return Post(
@@ -377,7 +385,10 @@ def _excerpt(
     candidates.append(posttext.excerpt_source(body, None))
     html = text = ""
     for markdown_text in candidates:
-        html = _safe_html(markup.convert(markdown_text, source.url, source.path.suffix))
+        suffix = source.path.suffix
+        html = _safe_html(
+            markup.convert(markdown_text, source.url, suffix, block_html=site.block_html)
+        )
         text = markup.html_to_text(html)
         if text.strip():
             break

@@ -51,25 +51,32 @@ _EXTENSION_CONFIGS: dict[str, dict[str, Any]] = {
 _local = threading.local()
 
 
-def _markdown() -> markdown.Markdown:
-    md: markdown.Markdown | None = getattr(_local, "md", None)
+def _markdown(block_html: bool = False) -> markdown.Markdown:
+    """This thread's converter; `block_html`: kramdown's `parse_block_html`
+    (`blockhtml`), a converter of its own."""
+    name = "md_block_html" if block_html else "md"
+    md: markdown.Markdown | None = getattr(_local, name, None)
     if md is None:
-        md = markdown.Markdown(
-            extensions=[*_EXTENSIONS, KramdownExtension()], extension_configs=_EXTENSION_CONFIGS
-        )
-        _local.md = md
+        extensions: list[Any] = [*_EXTENSIONS, KramdownExtension()]
+        if block_html:
+            from newsletter.posts.blockhtml import ParseBlockHtml
+
+            extensions.append(ParseBlockHtml())
+        md = markdown.Markdown(extensions=extensions, extension_configs=_EXTENSION_CONFIGS)
+        setattr(_local, name, md)
     return md
 
 
 MARKDOWN_SUFFIXES = frozenset({".md", ".markdown", ".mkdown", ".mkdn", ".mkd"})
 
 
-def convert(text: str, base_url: str, suffix: str = ".md") -> str:
+def convert(text: str, base_url: str, suffix: str = ".md", *, block_html: bool = False) -> str:
     """A post body as Jekyll converts it by file type: Markdown for Markdown
-    files, HTML as it is (`.html`), anything else as plain text."""
+    files, HTML as it is (`.html`), anything else as plain text.
+    `block_html`: Markdown inside HTML blocks too (kramdown's `parse_block_html`)."""
     suffix = suffix.lower()
     if suffix in MARKDOWN_SUFFIXES:
-        return markdown_to_html(text, base_url)
+        return markdown_to_html(text, base_url, block_html=block_html)
     if suffix in (".html", ".htm"):
         return sanitise_html(text, base_url)
     paragraphs = [p for p in re.split(r"\n\s*\n", text.strip()) if p.strip()]
@@ -82,13 +89,13 @@ def markdownify(text: str) -> str:
     return _markdown().reset().convert(text) + "\n"
 
 
-def markdown_to_html(text: str, base_url: str) -> str:
+def markdown_to_html(text: str, base_url: str, *, block_html: bool = False) -> str:
     """Markdown (already Liquid-rendered) → sanitised HTML with absolute URLs.
 
     `base_url` is the URL of the page the Markdown belongs to (the post's URL):
     relative links and images resolve against it as a browser would.
     """
-    md = _markdown()
+    md = _markdown(block_html)
     try:
         raw = md.reset().convert(text)
     except Exception as exc:  # python-markdown raises bare exceptions from extensions
@@ -225,13 +232,17 @@ def _youtube_id(path: str, query: str, host: str) -> str | None:
     return parse_qs(query).get("v", [None])[0]
 
 
+_DROP_ATTRIBUTES = ("srcdoc", "formaction", "markdown")
+
+
 def _drop_active(root: HtmlElement) -> None:
     for el in _iter_tags(root, *_DROP):
         _remove(el)
     for el in _iter_tags(root):
         for name in list(el.attrib):
-            # on* handlers run script; srcdoc/formaction smuggle documents/forms in.
-            if name.lower().startswith("on") or name.lower() in ("srcdoc", "formaction"):
+            # on* handlers run script; srcdoc/formaction smuggle documents/forms in;
+            # kramdown's markdown="0" is read by the converter, no markup of the email.
+            if name.lower().startswith("on") or name.lower() in _DROP_ATTRIBUTES:
                 del el.attrib[name]
         # Old Outlook/IE run CSS expression() and javascript: URLs in styles.
         style = re.sub(r"[\s\\]", "", el.get("style") or "").lower()
