@@ -124,6 +124,41 @@ def test_cancel_what_cannot_be_cancelled(tmp_path: Path) -> None:
     assert done.stderr == "error: mailing 1 is done: everyone on it got it; nothing to cancel\n"
 
 
+def dead_owner(engine: Engine) -> str:
+    """A lease owner whose process is gone: on this host under a pid that no
+    longer runs (SQLite), or without the advisory lock a live one holds (PostgreSQL)."""
+    import socket
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    return f"{socket.gethostname()}:{gone.pid}:killed"
+
+
+def test_status_and_cancel_do_not_count_a_dead_senders_rows_as_in_flight(
+    tmp_path: Path,
+) -> None:
+    """A `send` killed with -9 left its claimed rows leased: `status` showed
+    them as sending and `cancel` as in flight ("a sending process holds
+    them: they may still go") though no process was alive."""
+    from sqlalchemy import update
+
+    site, _settings, engine = started_by_the_daemon(tmp_path)
+    far = datetime.now(UTC) + timedelta(hours=1)
+    with engine.begin() as conn:
+        conn.execute(
+            update(deliveries)
+            .where(deliveries.c.status == "queued")
+            .values(status="sending", lease_owner=dead_owner(engine), lease_expires_at=far)
+        )
+    status = cli(site, "status")
+    assert status.exit_code == 0
+    assert "sending 2" not in status.output and "queued 2" in status.output
+    cancelled = cli(site, "cancel", "1", "--json")
+    assert cancelled.exit_code == 0
+    assert json.loads(cancelled.output)["in_flight"] == 0
+    assert json.loads(cancelled.output)["not_sent"] == 2
+
+
 @pytest.mark.slow
 def test_cancel_stops_a_running_send_within_seconds(
     tmp_path: Path, smtp_server: SmtpTestServer

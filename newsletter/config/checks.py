@@ -85,7 +85,7 @@ def _ranges(settings: Settings) -> list[tuple[str, float | None, float, float, s
         ("delivery.max_per_day", delivery.max_per_day, 1, float("inf"), ""),
         ("delivery.backoff_base", delivery.backoff_base, 0, 30 * DAY, "s"),
         ("delivery.backoff_cap", delivery.backoff_cap, 0, 30 * DAY, "s"),
-        ("delivery.lease_seconds", delivery.lease_seconds, 1, DAY, "s"),
+        ("delivery.lease_seconds", delivery.lease_seconds, 0.1, DAY, "s"),
         ("smtp.timeout", settings.smtp.timeout, 0.1, 3600, "s"),
     ]
 

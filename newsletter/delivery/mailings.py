@@ -10,6 +10,7 @@ skipped and at most the in-flight messages (≤ concurrency) sent twice
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -279,6 +280,7 @@ def cancel_mailing(engine: Engine, mailing_id: int) -> Cancelled:
     (`delivery.keeper`); the daemon never resumes it; `send` of the same post
     and list sends the rest after all.  Already cancelled: said, not an error.
     """
+    _free_dead_leases(engine)
     try:
         found = cancel(engine, mailing_id)
     except SQLAlchemyError as exc:
@@ -299,6 +301,17 @@ def cancel_mailing(engine: Engine, mailing_id: int) -> Cancelled:
     return found
 
 
+def _free_dead_leases(engine: Engine) -> None:
+    """A `send` killed with -9 left its rows leased: fold its journal and free
+    them (a sending process does the same before it claims), so that `status`
+    and `cancel` count them as waiting, not in flight.  Best effort: a
+    database that refuses the write still shows its counts."""
+    from newsletter.store.mailings import free_dead_leases
+
+    with contextlib.suppress(SQLAlchemyError, StoreError):
+        free_dead_leases(engine)
+
+
 def send_test(
     settings: Settings,
     post: Post,
@@ -317,11 +330,13 @@ def send_test(
 
 
 def mailing_summaries(engine: Engine) -> list[MailingSummary]:
-    """Every mailing, oldest first, with its delivery counts by status."""
+    """Every mailing, oldest first, with its delivery counts by status (a
+    sender that is gone holds nothing in flight: `q.shown_counts`)."""
+    _free_dead_leases(engine)
     try:
         with reading(engine) as conn:
             rows = q.all_mailings(conn)
-            counts = q.counts(conn)
+            counts = q.shown_counts(conn)
     except SQLAlchemyError as exc:
         raise StoreError(f"cannot read mailings: {database_reason(exc)}") from exc
     return [

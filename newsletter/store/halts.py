@@ -31,7 +31,7 @@ from sqlalchemy import Connection, Engine, and_, or_, select, update
 
 from newsletter.store.handover import HandedOver, hand_over
 from newsletter.store.schema import AUTOMATIC, EXPLICIT, deliveries, lists, mailings
-from newsletter.store.tallies import OPEN_STATUSES, counts, open_rows
+from newsletter.store.tallies import OPEN_STATUSES, open_rows, shown_counts
 
 WITHDRAWN = "withdrawn"
 POSTPONED = "postponed"
@@ -296,7 +296,7 @@ def cancel(engine: Engine, mailing_id: int) -> Cancelled | None:
                 .where(mailings.c.id == mailing_id)
                 .values(last_error=f"cancelled by the owner; {handed_over_note(moved)}")
             )
-        tally = counts(conn, mailing_id).get(mailing_id, {})  # in this transaction
+        tally = shown_counts(conn, mailing_id).get(mailing_id, {})  # in this transaction
     before, post_id, list_name = found
     return Cancelled(
         post_id,

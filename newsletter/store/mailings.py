@@ -65,6 +65,7 @@ from newsletter.store.tallies import (
     has_open,
     has_sent,
     open_count,
+    shown_counts,
 )
 
 
@@ -420,6 +421,7 @@ __all__ = [
     "sent_since",
     "set_gate",
     "set_state",
+    "shown_counts",
     "snapshot",
     "snapshot_list",
 ]

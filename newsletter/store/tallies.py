@@ -23,6 +23,7 @@ __all__ = [
     "has_sent",
     "open_count",
     "open_rows",
+    "shown_counts",
     "with_journaled",
 ]
 
@@ -41,6 +42,35 @@ def counts(conn: Connection, mailing_id: int | None = None) -> dict[int, dict[st
     result: dict[int, dict[str, int]] = {}
     for mid, status, n in conn.execute(query):
         result.setdefault(int(mid), {})[str(status)] = int(n)
+    return result
+
+
+def shown_counts(conn: Connection, mailing_id: int | None = None) -> dict[int, dict[str, int]]:
+    """`counts` as `status` and `cancel` show them: a row left "sending" by a
+    sender that is gone (its lease freed: no owner) is queued again, or
+    deferred once tried, as a clean stop would have left it (`leases.release`);
+    only a row some live process holds is in flight."""
+    result = counts(conn, mailing_id)
+    busy = [mid for mid, by in result.items() if by.get("sending")]
+    if not busy:
+        return result
+    tried = deliveries.c.attempts > 0
+    unowned = (
+        select(deliveries.c.mailing_id, tried, func.count())
+        .where(
+            deliveries.c.mailing_id.in_(busy),
+            deliveries.c.status == "sending",
+            deliveries.c.lease_owner.is_(None),
+        )
+        .group_by(deliveries.c.mailing_id, tried)
+    )
+    for mid, was_tried, n in conn.execute(unowned):
+        by = result[int(mid)]
+        by["sending"] -= int(n)
+        key = "deferred" if was_tried else "queued"
+        by[key] = by.get(key, 0) + int(n)
+        if not by["sending"]:
+            del by["sending"]
     return result
 
 
