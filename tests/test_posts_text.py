@@ -35,7 +35,6 @@ from newsletter.posts.text import excerpt_source, take_byline, title_html, title
             "One Bcc: x@example.com end",
             "One Bcc: x@example.com end",
         ),
-        ("<em>never closed", "<em>never closed</em>", "never closed"),
         # A generic type outside a code span is no HTML element: it is text
         # (Jekyll's `{{ page.title | escape }}` shows it), not a tag to drop.
         (
@@ -44,8 +43,30 @@ from newsletter.posts.text import excerpt_source, take_byline, title_html, title
             "Why Vec<T> beats List<String>, and Map<K, V></K>",
         ),
         ("a <span>real</span> <br>tag", "a real tag", "a real tag"),
+        # Only well-formed markup is HTML: an element opened and closed, or a
+        # line break. An element named alone is the title's topic, and text
+        # (Jekyll's themes print `{{ page.title | escape }}`): it lost words.
+        ("The <script> tag explained", "The &lt;script&gt; tag explained",
+         "The <script> tag explained"),
+        ("Comparing <select> and <input> elements",
+         "Comparing &lt;select&gt; and &lt;input&gt; elements",
+         "Comparing <select> and <input> elements"),
+        ("Using <p> vs <div> for layout", "Using &lt;p&gt; vs &lt;div&gt; for layout",
+         "Using <p> vs <div> for layout"),
+        ("Less-than: a<b and 3 <5 and <3 love and x<y>z",
+         "Less-than: a&lt;b and 3 &lt;5 and &lt;3 love and x&lt;y&gt;z",
+         "Less-than: a<b and 3 <5 and <3 love and x<y>z"),
+        ("Using <template> & Vec<T> in *Rust*",
+         "Using &lt;template&gt; &amp; Vec&lt;T&gt; in <em>Rust</em>",
+         "Using <template> & Vec<T> in Rust"),
+        ("A lone </b> stays", "A lone &lt;/b&gt; stays", "A lone </b> stays"),
+        ("<em>never closed", "&lt;em&gt;never closed", "<em>never closed"),
+        # A real script element (opened and closed) is dropped with its content.
+        ("Bad <script>alert(1)</script>!", "Bad !", "Bad !"),
+        ("<b>bold <i>both</b> italic</i>", "<b>bold <i>both</i></b> italic", "bold both italic"),
+        ('<img src="x" onerror="y()">Pic', "Pic", "Pic"),
     ],
-)
+)  # fmt: skip
 def test_title_html_and_text(raw: str, html: str, text: str) -> None:
     assert title_html(raw) == html
     assert title_text(title_html(raw)) == text

@@ -99,7 +99,7 @@ def title_html(raw: str) -> str:
     # Code spans first: `Option<T>` inside one is text, not a tag to drop.
     text = _CODE_SPAN.sub(keep_code, text.replace("\x00", ""))
     sanitiser = _InlineSanitiser()
-    sanitiser.feed(_TAG_START.sub(_text_unless_html, text))
+    sanitiser.feed(_markup_only(text))
     safe = sanitiser.result()
     safe = _MD_LINK.sub(lambda m: m.group(1), safe)
     safe = _STRONG.sub(r"<strong>\2</strong>", safe)
@@ -107,14 +107,67 @@ def title_html(raw: str) -> str:
     return re.sub(r"\x00(\d+)\x00", lambda m: f"<code>{codes[int(m.group(1))]}</code>", safe)
 
 
-_TAG_START = re.compile(r"<(/?)([A-Za-z][^\s/>]*)")
+# A well-formed tag: an element's name, attributes whose values are quoted
+# or bare (no `<` anywhere), an optional `/` and `>`. `a<b and 3 <5 ... x<y>`
+# is no tag, though a browser would read `<b and 3 <5 ...>` as one.
+_TAG = re.compile(
+    r"""<(?P<end>/?)(?P<name>[A-Za-z][A-Za-z0-9-]*)
+    (?P<attrs>(?:\s+[^\s"'<>/=]+(?:\s*=\s*(?:"[^"<]*"|'[^'<]*'|[^\s"'<>=`]+))?)*)
+    \s*(?P<close>/?)>""",
+    re.X,
+)
+_COMMENT = re.compile(r"<!--.*?-->", re.S)
+_VOID_ELEMENTS = frozenset(
+    {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "param",
+     "source", "track", "wbr"}
+)  # fmt: skip
+# Void elements a title uses as markup even bare (a line break); another one
+# named bare (`<input>`, `<img>`) is what the post is about: text.
+_BARE_MARKUP = frozenset({"br", "wbr"})
 
 
-def _text_unless_html(match: re.Match[str]) -> str:
-    """A tag naming no HTML element, as text for the parser (an entity it decodes)."""
-    return (
-        match.group(0) if match.group(2).lower() in _HTML_ELEMENTS else "&lt;" + match.group(0)[1:]
-    )
+def _markup_only(text: str) -> str:
+    """`text` with every `<` that starts no well-formed markup written `&lt;`.
+
+    A title is text (Jekyll's themes print `{{ page.title | escape }}`); only
+    an element that is opened *and* closed (`<em>x</em>`), a line break, a
+    void element with attributes or a comment counts as HTML.  A lone
+    `<script>` or `<p>` is the title's topic: taken for a tag it swallowed
+    the rest of the title (a script's content) or its own name.
+    """
+    kept = {m.start() for m in _COMMENT.finditer(text)}
+    kept |= _well_formed_tags(text)
+    out: list[str] = []
+    last = 0
+    for index in (i for i, c in enumerate(text) if c == "<"):
+        out.append(text[last:index])
+        out.append("<" if index in kept else "&lt;")
+        last = index + 1
+    out.append(text[last:])
+    return "".join(out)
+
+
+def _well_formed_tags(text: str) -> set[int]:
+    """Where the tags start that are markup: each end tag with the nearest
+    open tag of its name before it, a void element bare or with attributes."""
+    kept: set[int] = set()
+    opened: list[tuple[str, int]] = []
+    for match in _TAG.finditer(text):
+        name = match.group("name").lower()
+        if name not in _HTML_ELEMENTS:
+            continue
+        if name in _VOID_ELEMENTS:
+            if name in _BARE_MARKUP or match.group("attrs") or match.group("close"):
+                kept.add(match.start())
+        elif not match.group("end"):
+            if not match.group("close"):  # `<p/>` opens nothing in HTML
+                opened.append((name, match.start()))
+        else:
+            for depth in range(len(opened) - 1, -1, -1):
+                if opened[depth][0] == name:
+                    kept |= {opened.pop(depth)[1], match.start()}
+                    break
+    return kept
 
 
 def title_text(heading_html: str) -> str:
