@@ -65,6 +65,16 @@ from newsletter.posts.text import excerpt_source, take_byline, title_html, title
         ("Bad <script>alert(1)</script>!", "Bad !", "Bad !"),
         ("<b>bold <i>both</b> italic</i>", "<b>bold <i>both</i></b> italic", "bold both italic"),
         ('<img src="x" onerror="y()">Pic', "Pic", "Pic"),
+        # Underscores inside a word, and a word wrapped in two of them (a
+        # Python dunder), are no emphasis: the title shows them, as Jekyll's.
+        ("Understanding __init__ and __name__", "Understanding __init__ and __name__",
+         "Understanding __init__ and __name__"),
+        ("Call __init__.py or __slots__, foo__bar__baz and my__dunder__",
+         "Call __init__.py or __slots__, foo__bar__baz and my__dunder__",
+         "Call __init__.py or __slots__, foo__bar__baz and my__dunder__"),
+        ("_private_ names like _x", "<em>private</em> names like _x", "private names like _x"),
+        ("A __strong claim__ and __two__ words", "A <strong>strong claim</strong> and __two__ words",
+         "A strong claim and __two__ words"),
     ],
 )  # fmt: skip
 def test_title_html_and_text(raw: str, html: str, text: str) -> None:

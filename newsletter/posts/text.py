@@ -70,8 +70,13 @@ class _InlineSanitiser(HTMLParser):
 
 
 _CODE_SPAN = re.compile(r"`([^`]+)`")
-_STRONG = re.compile(r"(\*\*|__)(?=\S)(.+?)(?<=\S)\1")
-_EMPHASIS = re.compile(r"(?<![\w*])([*_])(?=\S)(.+?)(?<=\S)\1(?![\w*])")
+_STRONG = re.compile(r"(\*\*)(?=\S)(.+?)(?<=\S)\1")
+_EMPHASIS = re.compile(r"(?<![\w*])(\*)(?=\S)(.+?)(?<=\S)\1(?![\w*])")
+# Underscores are emphasis only around words, never inside one (`foo__bar__baz`,
+# `snake_case`: Markdown's rule), and a word wrapped in two of them is a
+# Python dunder (`__init__`), shown as written: Jekyll prints titles as text.
+_STRONG_UNDERSCORES = re.compile(r"(?<!\w)(__)(?!\w+__(?!\w))(?=\S)(.+?)(?<=\S)(?<!_)__(?!\w)")
+_EMPHASIS_UNDERSCORE = re.compile(r"(?<![\w*])(_)(?![_\s])(.+?)(?<![_\s])_(?![\w*])")
 _MD_LINK = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")
 _NEEDS_WORK = re.compile(r"[<&*_`\[]")
 
@@ -102,8 +107,10 @@ def title_html(raw: str) -> str:
     sanitiser.feed(_markup_only(text))
     safe = sanitiser.result()
     safe = _MD_LINK.sub(lambda m: m.group(1), safe)
-    safe = _STRONG.sub(r"<strong>\2</strong>", safe)
-    safe = _EMPHASIS.sub(r"<em>\2</em>", safe)
+    for strong in (_STRONG, _STRONG_UNDERSCORES):
+        safe = strong.sub(r"<strong>\2</strong>", safe)
+    for emphasis in (_EMPHASIS, _EMPHASIS_UNDERSCORE):
+        safe = emphasis.sub(r"<em>\2</em>", safe)
     return re.sub(r"\x00(\d+)\x00", lambda m: f"<code>{codes[int(m.group(1))]}</code>", safe)
 
 
