@@ -218,6 +218,40 @@ def test_authors_from_data_and_collection(tmp_path: Path) -> None:
     ]
 
 
+def test_an_author_entry_without_a_name_is_never_another_person(tmp_path: Path) -> None:
+    """`author: alice` whose `_data/authors.yml` entry has no `name` was
+    bylined "By Site Owner" (with a warning), and `bob` in a list of
+    authors vanished; the site author's `url: /about/` was dropped.  An
+    entry is shown as its `name`, else `display_name`, else its key (as
+    jekyll-seo-tag does); a site-relative url is made absolute."""
+    config = _site(
+        tmp_path,
+        "url: https://example.org\nbaseurl: /blog\ntimezone: UTC\n"
+        "author:\n  name: Site Owner\n  url: /about/\n",
+        {
+            "_data/authors.yml": "alice: {twitter: alice}\n"
+            "bob: {display_name: Bob B, web: https://bob.example}\n"
+            "alice2: {name: Alice A}\n'Carol Key': {name: Carol C}\n",
+            "_posts/2024-01-01-a.md": "---\nauthor: alice\n---\nx\n",
+            "_posts/2024-01-02-b.md": "---\nauthors: [alice2, bob, 'Carol Key', dave]\n---\nx\n",
+            "_posts/2024-01-03-c.md": "---\ntitle: C\n---\nx\n",
+        },
+    )
+    collection = load_posts(load_settings(config))
+    posts = {p.slug: p for p in collection.posts}
+    assert [(a.name, a.url) for a in posts["a"].authors] == [("alice", None)]
+    assert [(a.name, a.url) for a in posts["b"].authors] == [
+        ("Alice A", None),
+        ("Bob B", "https://bob.example"),
+        ("Carol C", None),
+        ("dave", None),
+    ]
+    assert [(a.name, a.url) for a in posts["c"].authors] == [
+        ("Site Owner", "https://example.org/blog/about/")
+    ]
+    assert collection.problems == ()
+
+
 def test_no_front_matter_and_html_posts(tmp_path: Path) -> None:
     config = _site(
         tmp_path,

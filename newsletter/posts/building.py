@@ -409,30 +409,52 @@ def _authors(
         return tuple(
             Author(name, url and _link(url, source.url, site)) for name, url in byline.names
         )
-    if site.settings.site.author:
-        return (Author(site.settings.site.author),)
-    return ()
+    return _site_author(site)
 
 
 def _author(item: Any, known: Mapping[str, Any], site: SiteContext) -> Author | None:
-    if isinstance(item, str) and item.strip() in known:
-        item = known[item.strip()]
-        if isinstance(item, str):
-            return Author(posttext.one_line(item))
+    key = item.strip() if isinstance(item, str) else None
+    if key and key in known:
+        entry = known[key]
+        if isinstance(entry, str):
+            return Author(posttext.one_line(entry))
+        # An entry without a name (`alice: {twitter: alice}`) is still alice:
+        # never nobody, never the site's author.
+        return _author_entry(entry if isinstance(entry, Mapping) else {}, key, site)
     if isinstance(item, Mapping):
-        name = jekyll.scalar_text(item.get("name"))
-        url = next(
-            (
-                jekyll.scalar_text(item.get(k))
-                for k in ("url", "web", "website", "uri")
-                if item.get(k)
-            ),
-            None,
-        )
-        link = _site_link(url, site)
-        return Author(name, link, _site_link(item.get("avatar"), site)) if name else None
+        return _author_entry(item, None, site)
     name = jekyll.scalar_text(item)
     return Author(name) if name else None
+
+
+def _author_entry(entry: Mapping[str, Any], key: str | None, site: SiteContext) -> Author | None:
+    """An author's mapping, shown as its `name`, else `display_name`, else the
+    `_data/authors.yml` key it was found by (as jekyll-seo-tag shows it)."""
+    shown = (jekyll.scalar_text(entry.get(k)) for k in ("name", "display_name"))
+    name = next((n for n in shown if n), None) or key
+    if not name:
+        return None
+    url = next(
+        (
+            jekyll.scalar_text(entry.get(k))
+            for k in ("url", "web", "website", "uri")
+            if entry.get(k)
+        ),
+        None,
+    )
+    return Author(name, _site_link(url, site), _site_link(entry.get("avatar"), site))
+
+
+def _site_author(site: SiteContext) -> tuple[Author, ...]:
+    """The site's author, with the `url` and `avatar` of `_config.yml`'s
+    `author:` mapping when that is who it is (newsletter.toml may name another)."""
+    name = site.settings.site.author
+    if not name:
+        return ()
+    given = (site.settings.site.jekyll or {}).get("author")
+    if isinstance(given, Mapping) and jekyll.scalar_text(given.get("name")) == name:
+        return (_author_entry(given, name, site) or Author(name),)
+    return (Author(name),)
 
 
 def _site_link(value: Any, site: SiteContext) -> str | None:
