@@ -95,6 +95,10 @@ def test_title_html_and_text(raw: str, html: str, text: str) -> None:
         ("*By Ludwig van Beethoven*", (("Ludwig van Beethoven", None),)),
         ("By [Dana](https://example.org/d)", (("Dana", "https://example.org/d"),)),
         ("Written by: Sam O'Neil", (("Sam O'Neil", None),)),
+        ("By Martin Luther King Jr.", (("Martin Luther King Jr", None),)),
+        ("By J. A. Smith", (("J. A. Smith", None),)),
+        ("By Ana, Bo and Cy", (("Ana", None), ("Bo", None), ("Cy", None))),
+        ("### By: Dana Okafor", (("Dana Okafor", None),)),
     ],
 )  # fmt: skip
 def test_bylines_are_recognised_and_removed(
@@ -115,6 +119,16 @@ def test_bylines_are_recognised_and_removed(
         "Some text first.\n\nBy Dana Okafor\n",  # only the leading line counts
         "## Authors and their habits\n",
         "By [a link](https://example.org) in a sentence.\n",
+        # A heading is never a `By` byline, nor is a sentence (it ends in
+        # punctuation, or a comma starts a clause that names nobody).
+        "## By Popular Demand\n\nWe added it.\n",
+        "### **By Design**\n",
+        "By Tuesday, We Knew.\n",
+        "By Tuesday, We Knew\n",
+        "By Then, It Was Over\n",
+        "By The Numbers\n",
+        "By Morning!\n",
+        "By Dana Okafor, Our Editor\n",
     ],
 )
 def test_prose_is_not_a_byline(body: str) -> None:
@@ -195,6 +209,21 @@ def test_byline_precedence(tmp_path: Path) -> None:
     assert posts["site"].authors == (Author("Site Owner"),)
     assert posts["bad"].authors == (Author("Site Owner"),)
     assert posts["bad"].warnings == ("line 2: author: cannot read an author from [{'nick': 'x'}]",)
+
+
+def test_an_opening_heading_stays_in_the_post(tmp_path: Path) -> None:
+    """`## By Popular Demand` was taken for a byline: the email said "By
+    Popular Demand · …" and the heading was gone from the post."""
+    settings = _settings(
+        tmp_path,
+        {
+            "2024-01-01-x.md": "---\n---\n## By Popular Demand\n\nWe added it.\n",
+            "2024-01-02-y.md": "---\n---\nBy Tuesday, We Knew.\n\nMore.\n",
+        },
+    )
+    x, y = load_posts(settings).posts
+    assert x.authors == () and "By Popular Demand</h2>" in x.body_html
+    assert y.authors == () and "By Tuesday, We Knew." in y.body_html
 
 
 def test_no_byline_at_all(tmp_path: Path) -> None:

@@ -192,7 +192,7 @@ class Byline:
 
 
 _BYLINE = re.compile(
-    r"""^[ ]{0,3}(?:\#{1,6}[ \t]*)?(?:[*_]{1,2})?
+    r"""^[ ]{0,3}(?P<heading>\#{1,6}[ \t]*)?(?:[*_]{1,2})?
     (?P<label>authors?[ \t]*:|written[ \t]+by[ \t]*:?|posted[ \t]+by[ \t]*:?|by[ \t]*:?)
     (?:[*_]{1,2})?[ \t]*(?P<rest>\S.*?)[ \t#]*$""",
     re.I | re.X,
@@ -203,13 +203,28 @@ _PARTICLES = frozenset(
     {"van", "von", "de", "der", "den", "da", "di", "du", "la", "le", "bin", "al", "y", "del"}
 )
 _NAME_WORD = re.compile(r"^[^\W\d_][\w.'’-]*$")
+# Words no name is made of: they make `By Tuesday, We Knew` or `By The
+# Numbers` a sentence or a title.  (Months that are also first names,
+# April, May, June, August, are left out.)
+_NOT_NAME_TEXT = """\
+i me we us you he him she her it they them my our your his its their this that these
+those the a an then now there here so all any every some no not is was were are be been
+monday tuesday wednesday thursday friday saturday sunday today tomorrow yesterday
+january february march july september october november december
+"""
+_NOT_NAME_WORDS = frozenset(_NOT_NAME_TEXT.split())
+# A sentence ends in punctuation; a name may end in an initial or `Jr.`.
+_SENTENCE_END = re.compile(r"[.,!?:;…]$")
+_ABBREVIATION_END = re.compile(r"(?:^|\s)[A-Z][a-z]?\.$")
 
 
 def take_byline(body: str) -> Byline | None:
     """A leading `### Author: [Name](url)`, `Author: Name` or `By Name` line.
 
     Only the first non-blank line counts, and a `By ...` line only when what
-    follows looks like names (so "By the way, ..." stays in the post).
+    follows looks like names (so "By the way, ..." stays in the post), it
+    is no heading (`## By Popular Demand`) and no sentence (`By Tuesday, We
+    Knew.`): a line taken for a byline leaves the post.
     """
     start = len(body) - len(body.lstrip("\n "))
     end = body.find("\n", start)
@@ -218,7 +233,12 @@ def take_byline(body: str) -> Byline | None:
     if match is None:
         return None
     rest = match.group("rest").strip().strip("*_").strip()
-    strict = match.group("label").lower().startswith("by")
+    label = match.group("label").lower()
+    if match.group("heading") and ":" not in label:
+        return None  # `## By Popular Demand` is a heading; `### Author: X` a byline
+    strict = label.startswith("by")
+    if strict and _SENTENCE_END.search(rest) and not _ABBREVIATION_END.search(rest):
+        return None  # `By Tuesday, We Knew.`
     names = _names(rest, strict)
     if not names:
         return None
@@ -244,9 +264,11 @@ def _looks_like_name(text: str, strict: bool) -> bool:
     if not all(_NAME_WORD.match(w) for w in words):
         return False
     if strict:
-        # "By Dana Okafor" yes; "By the way" no.
-        return words[0][0].isupper() and all(
-            w[0].isupper() or w.lower() in _PARTICLES for w in words
+        # "By Dana Okafor" yes; "By the way", "By Then, It Was Over" no.
+        return (
+            words[0][0].isupper()
+            and all(w[0].isupper() or w.lower() in _PARTICLES for w in words)
+            and not any(w.lower() in _NOT_NAME_WORDS for w in words)  # (`A.` is an initial)
         )
     return True
 
