@@ -252,6 +252,29 @@ def test_an_author_entry_without_a_name_is_never_another_person(tmp_path: Path) 
     assert collection.problems == ()
 
 
+def test_a_quoted_published_false_is_published_as_jekyll_does(tmp_path: Path) -> None:
+    """`published: "false"` is a string, true to Ruby: Jekyll publishes the
+    post.  It was listed unpublished and never mailed; now it follows
+    Jekyll, with a warning that the quoted string is true."""
+    config = _site(
+        tmp_path,
+        "url: https://example.org\ntimezone: UTC\n",
+        {
+            "_posts/2024-01-01-a.md": '---\npublished: "false"\n---\nx\n',
+            "_posts/2024-01-02-b.md": "---\npublished: false\n---\nx\n",
+            "_posts/2024-01-03-c.md": "---\npublished: 'no'\n---\nx\n",
+            "_posts/2024-01-04-d.md": "---\npublished: no\n---\nx\n",
+        },
+    )
+    collection = load_posts(load_settings(config))
+    published = {p.slug: p.published for p in collection.posts}
+    assert published == {"a": True, "b": False, "c": True, "d": False}
+    warned = {(p.path.name, p.line, p.severity) for p in collection.problems}
+    assert warned == {("2024-01-01-a.md", 2, "warning"), ("2024-01-03-c.md", 2, "warning")}
+    (problem, _) = sorted(collection.problems, key=lambda p: str(p.path))
+    assert "quoted" in problem.message and "published: false" in problem.message
+
+
 def test_no_front_matter_and_html_posts(tmp_path: Path) -> None:
     config = _site(
         tmp_path,

@@ -190,11 +190,25 @@ _CURRENT_SITE: contextvars.ContextVar[SiteContext | None] = contextvars.ContextV
 _FALSE = (False, "false", "False", "no")
 
 
+# A quoted `published: "false"` is a string, true to Ruby: Jekyll publishes it.
+_FALSE_WORDS = frozenset({"false", "no", "off", "n", "0"})
+
+
 def _published(source: Source) -> bool:
     """`published: false`, `draft: true` and a `_drafts` folder all mean a draft
-    (invariant 4: never sent automatically)."""
-    if source.data.get("published", True) in _FALSE:
+    (invariant 4: never sent automatically).  Only a YAML `false` unpublishes,
+    as in Jekyll (`data["published"] == false`); a quoted "false" is warned of."""
+    published = source.data.get("published", True)
+    if published is False:
         return False
+    if isinstance(published, str | int) and str(published).strip().lower() in _FALSE_WORDS:
+        source.warnings.add(
+            f"published: {published!r} is quoted (or a number), which Jekyll takes as "
+            "true: the post is published and will be mailed; write `published: false` "
+            "without quotes to hold it back",
+            jekyll.key_line(source.front, "published"),
+            "published",
+        )
     if source.data.get("draft", False) not in (*_FALSE, None):
         return False
     return "_drafts" not in source.rel.parts
@@ -220,6 +234,7 @@ def build_post(source: Source, site: SiteContext, *, bodies: bool = True) -> Pos
         body_html = _safe_html(markup.convert(body, source.url, source.path.suffix))
         excerpt_html, excerpt_text = _excerpt(source, site, title, body, byline is not None)
     image, image_alt = _image(data, source, site, title)
+    published = _published(source)  # (before `warnings` is read: it may add one)
     return Post(
         path=source.path,
         post_id=source.post_id,
@@ -237,7 +252,7 @@ def build_post(source: Source, site: SiteContext, *, bodies: bool = True) -> Pos
         excerpt_html=excerpt_html,
         excerpt_text=excerpt_text,
         body_html=body_html,
-        published=_published(source),
+        published=published,
         lists=jekyll.list_names(data.get("lists")),
         newsletter=data.get("newsletter", True) not in _FALSE,
         warnings=tuple(str(w) for w in warnings),
