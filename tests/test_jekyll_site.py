@@ -252,6 +252,45 @@ def test_an_author_entry_without_a_name_is_never_another_person(tmp_path: Path) 
     assert collection.problems == ()
 
 
+def test_two_posts_jekyll_writes_to_one_page_are_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two posts with `permalink: /same/`: Jekyll warns "Conflict: The
+    following destination is shared by multiple files" and both emails
+    would link to one page; `check` said nothing."""
+    from click.testing import CliRunner
+
+    from newsletter.cli import main
+
+    config = _site(
+        tmp_path,
+        "url: https://example.org\ntimezone: UTC\n",
+        {
+            "_posts/2024-01-01-a.md": "---\npermalink: /same/\n---\nx\n",
+            "_posts/2024-01-02-b.md": "---\npermalink: /same/index.html\n---\nx\n",
+            "_posts/2024-01-03-c.md": "---\npermalink: /other\n---\nx\n",
+            "_posts/2024-01-04-d.md": "---\npermalink: /other.html\n---\nx\n",
+            "_posts/2024-01-05-e.md": "---\npermalink: /same/\npublished: false\n---\nx\n",
+            "_posts/2024-01-06-f.md": "---\ntitle: F\n---\nx\n",
+        },
+    )
+    problems = load_posts(load_settings(config)).problems
+    shared = sorted((p.path.name, p.severity) for p in problems if "same page" in p.message)
+    assert shared == [
+        ("2024-01-01-a.md", "warning"),
+        ("2024-01-02-b.md", "warning"),
+        ("2024-01-03-c.md", "warning"),
+        ("2024-01-04-d.md", "warning"),
+    ]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("NEWSLETTER_CONFIG", str(config))
+    result = CliRunner().invoke(main, ["check"])
+    lines = [line for line in result.stdout.splitlines() if "same page" in line]
+    assert lines[0].startswith(f"{tmp_path / '_posts/2024-01-01-a.md'}: permalink: warning: ")
+    assert "_posts/2024-01-02-b.md" in lines[0] and "/same/" in lines[0]
+    assert len(lines) == 4, result.stdout
+
+
 def test_a_quoted_published_false_is_published_as_jekyll_does(tmp_path: Path) -> None:
     """`published: "false"` is a string, true to Ruby: Jekyll publishes the
     post.  It was listed unpublished and never mailed; now it follows
