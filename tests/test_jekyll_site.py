@@ -218,6 +218,102 @@ def test_authors_from_data_and_collection(tmp_path: Path) -> None:
     ]
 
 
+def test_an_author_entry_without_a_name_is_never_another_person(tmp_path: Path) -> None:
+    """`author: alice` whose `_data/authors.yml` entry has no `name` was
+    bylined "By Site Owner" (with a warning), and `bob` in a list of
+    authors vanished; the site author's `url: /about/` was dropped.  An
+    entry is shown as its `name`, else `display_name`, else its key (as
+    jekyll-seo-tag does); a site-relative url is made absolute."""
+    config = _site(
+        tmp_path,
+        "url: https://example.org\nbaseurl: /blog\ntimezone: UTC\n"
+        "author:\n  name: Site Owner\n  url: /about/\n",
+        {
+            "_data/authors.yml": "alice: {twitter: alice}\n"
+            "bob: {display_name: Bob B, web: https://bob.example}\n"
+            "alice2: {name: Alice A}\n'Carol Key': {name: Carol C}\n",
+            "_posts/2024-01-01-a.md": "---\nauthor: alice\n---\nx\n",
+            "_posts/2024-01-02-b.md": "---\nauthors: [alice2, bob, 'Carol Key', dave]\n---\nx\n",
+            "_posts/2024-01-03-c.md": "---\ntitle: C\n---\nx\n",
+        },
+    )
+    collection = load_posts(load_settings(config))
+    posts = {p.slug: p for p in collection.posts}
+    assert [(a.name, a.url) for a in posts["a"].authors] == [("alice", None)]
+    assert [(a.name, a.url) for a in posts["b"].authors] == [
+        ("Alice A", None),
+        ("Bob B", "https://bob.example"),
+        ("Carol C", None),
+        ("dave", None),
+    ]
+    assert [(a.name, a.url) for a in posts["c"].authors] == [
+        ("Site Owner", "https://example.org/blog/about/")
+    ]
+    assert collection.problems == ()
+
+
+def test_two_posts_jekyll_writes_to_one_page_are_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two posts with `permalink: /same/`: Jekyll warns "Conflict: The
+    following destination is shared by multiple files" and both emails
+    would link to one page; `check` said nothing."""
+    from click.testing import CliRunner
+
+    from newsletter.cli import main
+
+    config = _site(
+        tmp_path,
+        "url: https://example.org\ntimezone: UTC\n",
+        {
+            "_posts/2024-01-01-a.md": "---\npermalink: /same/\n---\nx\n",
+            "_posts/2024-01-02-b.md": "---\npermalink: /same/index.html\n---\nx\n",
+            "_posts/2024-01-03-c.md": "---\npermalink: /other\n---\nx\n",
+            "_posts/2024-01-04-d.md": "---\npermalink: /other.html\n---\nx\n",
+            "_posts/2024-01-05-e.md": "---\npermalink: /same/\npublished: false\n---\nx\n",
+            "_posts/2024-01-06-f.md": "---\ntitle: F\n---\nx\n",
+        },
+    )
+    problems = load_posts(load_settings(config)).problems
+    shared = sorted((p.path.name, p.severity) for p in problems if "same page" in p.message)
+    assert shared == [
+        ("2024-01-01-a.md", "warning"),
+        ("2024-01-02-b.md", "warning"),
+        ("2024-01-03-c.md", "warning"),
+        ("2024-01-04-d.md", "warning"),
+    ]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("NEWSLETTER_CONFIG", str(config))
+    result = CliRunner().invoke(main, ["check"])
+    lines = [line for line in result.stdout.splitlines() if "same page" in line]
+    assert lines[0].startswith(f"{tmp_path / '_posts/2024-01-01-a.md'}: permalink: warning: ")
+    assert "_posts/2024-01-02-b.md" in lines[0] and "/same/" in lines[0]
+    assert len(lines) == 4, result.stdout
+
+
+def test_a_quoted_published_false_is_published_as_jekyll_does(tmp_path: Path) -> None:
+    """`published: "false"` is a string, true to Ruby: Jekyll publishes the
+    post.  It was listed unpublished and never mailed; now it follows
+    Jekyll, with a warning that the quoted string is true."""
+    config = _site(
+        tmp_path,
+        "url: https://example.org\ntimezone: UTC\n",
+        {
+            "_posts/2024-01-01-a.md": '---\npublished: "false"\n---\nx\n',
+            "_posts/2024-01-02-b.md": "---\npublished: false\n---\nx\n",
+            "_posts/2024-01-03-c.md": "---\npublished: 'no'\n---\nx\n",
+            "_posts/2024-01-04-d.md": "---\npublished: no\n---\nx\n",
+        },
+    )
+    collection = load_posts(load_settings(config))
+    published = {p.slug: p.published for p in collection.posts}
+    assert published == {"a": True, "b": False, "c": True, "d": False}
+    warned = {(p.path.name, p.line, p.severity) for p in collection.problems}
+    assert warned == {("2024-01-01-a.md", 2, "warning"), ("2024-01-03-c.md", 2, "warning")}
+    (problem, _) = sorted(collection.problems, key=lambda p: str(p.path))
+    assert "quoted" in problem.message and "published: false" in problem.message
+
+
 def test_no_front_matter_and_html_posts(tmp_path: Path) -> None:
     config = _site(
         tmp_path,

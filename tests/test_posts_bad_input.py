@@ -41,6 +41,12 @@ GOOD = "---\ntitle: Good\n---\nFine.\n"
         (b"---\ntitle: ok\n---\n\nna\xefve\n", 5, "not UTF-8"),
         ("---\ndate: 2024-13-01\n---\nx\n", 2, "impossible date"),
         ("---\ndate: soon\n---\nx\n", 2, "cannot read 'soon' as a date"),
+        # An empty `date:` is no date Jekyll can read ("Invalid date ''"): it
+        # was taken silently from the file name.
+        ("---\ndate:\n---\nx\n", 2, "cannot read '' as a date"),
+        ('---\ndate: ""\n---\nx\n', 2, "cannot read '' as a date"),
+        ("---\ndate: ~\n---\nx\n", 2, "cannot read '' as a date"),
+        ("---\ndate: ' '\n---\nx\n", 2, "cannot read ' ' as a date"),
     ],
 )
 def test_one_problem_per_broken_file(

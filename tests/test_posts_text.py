@@ -35,7 +35,6 @@ from newsletter.posts.text import excerpt_source, take_byline, title_html, title
             "One Bcc: x@example.com end",
             "One Bcc: x@example.com end",
         ),
-        ("<em>never closed", "<em>never closed</em>", "never closed"),
         # A generic type outside a code span is no HTML element: it is text
         # (Jekyll's `{{ page.title | escape }}` shows it), not a tag to drop.
         (
@@ -44,8 +43,40 @@ from newsletter.posts.text import excerpt_source, take_byline, title_html, title
             "Why Vec<T> beats List<String>, and Map<K, V></K>",
         ),
         ("a <span>real</span> <br>tag", "a real tag", "a real tag"),
+        # Only well-formed markup is HTML: an element opened and closed, or a
+        # line break. An element named alone is the title's topic, and text
+        # (Jekyll's themes print `{{ page.title | escape }}`): it lost words.
+        ("The <script> tag explained", "The &lt;script&gt; tag explained",
+         "The <script> tag explained"),
+        ("Comparing <select> and <input> elements",
+         "Comparing &lt;select&gt; and &lt;input&gt; elements",
+         "Comparing <select> and <input> elements"),
+        ("Using <p> vs <div> for layout", "Using &lt;p&gt; vs &lt;div&gt; for layout",
+         "Using <p> vs <div> for layout"),
+        ("Less-than: a<b and 3 <5 and <3 love and x<y>z",
+         "Less-than: a&lt;b and 3 &lt;5 and &lt;3 love and x&lt;y&gt;z",
+         "Less-than: a<b and 3 <5 and <3 love and x<y>z"),
+        ("Using <template> & Vec<T> in *Rust*",
+         "Using &lt;template&gt; &amp; Vec&lt;T&gt; in <em>Rust</em>",
+         "Using <template> & Vec<T> in Rust"),
+        ("A lone </b> stays", "A lone &lt;/b&gt; stays", "A lone </b> stays"),
+        ("<em>never closed", "&lt;em&gt;never closed", "<em>never closed"),
+        # A real script element (opened and closed) is dropped with its content.
+        ("Bad <script>alert(1)</script>!", "Bad !", "Bad !"),
+        ("<b>bold <i>both</b> italic</i>", "<b>bold <i>both</i></b> italic", "bold both italic"),
+        ('<img src="x" onerror="y()">Pic', "Pic", "Pic"),
+        # Underscores inside a word, and a word wrapped in two of them (a
+        # Python dunder), are no emphasis: the title shows them, as Jekyll's.
+        ("Understanding __init__ and __name__", "Understanding __init__ and __name__",
+         "Understanding __init__ and __name__"),
+        ("Call __init__.py or __slots__, foo__bar__baz and my__dunder__",
+         "Call __init__.py or __slots__, foo__bar__baz and my__dunder__",
+         "Call __init__.py or __slots__, foo__bar__baz and my__dunder__"),
+        ("_private_ names like _x", "<em>private</em> names like _x", "private names like _x"),
+        ("A __strong claim__ and __two__ words", "A <strong>strong claim</strong> and __two__ words",
+         "A strong claim and __two__ words"),
     ],
-)
+)  # fmt: skip
 def test_title_html_and_text(raw: str, html: str, text: str) -> None:
     assert title_html(raw) == html
     assert title_text(title_html(raw)) == text
@@ -64,6 +95,10 @@ def test_title_html_and_text(raw: str, html: str, text: str) -> None:
         ("*By Ludwig van Beethoven*", (("Ludwig van Beethoven", None),)),
         ("By [Dana](https://example.org/d)", (("Dana", "https://example.org/d"),)),
         ("Written by: Sam O'Neil", (("Sam O'Neil", None),)),
+        ("By Martin Luther King Jr.", (("Martin Luther King Jr", None),)),
+        ("By J. A. Smith", (("J. A. Smith", None),)),
+        ("By Ana, Bo and Cy", (("Ana", None), ("Bo", None), ("Cy", None))),
+        ("### By: Dana Okafor", (("Dana Okafor", None),)),
     ],
 )  # fmt: skip
 def test_bylines_are_recognised_and_removed(
@@ -84,6 +119,16 @@ def test_bylines_are_recognised_and_removed(
         "Some text first.\n\nBy Dana Okafor\n",  # only the leading line counts
         "## Authors and their habits\n",
         "By [a link](https://example.org) in a sentence.\n",
+        # A heading is never a `By` byline, nor is a sentence (it ends in
+        # punctuation, or a comma starts a clause that names nobody).
+        "## By Popular Demand\n\nWe added it.\n",
+        "### **By Design**\n",
+        "By Tuesday, We Knew.\n",
+        "By Tuesday, We Knew\n",
+        "By Then, It Was Over\n",
+        "By The Numbers\n",
+        "By Morning!\n",
+        "By Dana Okafor, Our Editor\n",
     ],
 )
 def test_prose_is_not_a_byline(body: str) -> None:
@@ -164,6 +209,21 @@ def test_byline_precedence(tmp_path: Path) -> None:
     assert posts["site"].authors == (Author("Site Owner"),)
     assert posts["bad"].authors == (Author("Site Owner"),)
     assert posts["bad"].warnings == ("line 2: author: cannot read an author from [{'nick': 'x'}]",)
+
+
+def test_an_opening_heading_stays_in_the_post(tmp_path: Path) -> None:
+    """`## By Popular Demand` was taken for a byline: the email said "By
+    Popular Demand · …" and the heading was gone from the post."""
+    settings = _settings(
+        tmp_path,
+        {
+            "2024-01-01-x.md": "---\n---\n## By Popular Demand\n\nWe added it.\n",
+            "2024-01-02-y.md": "---\n---\nBy Tuesday, We Knew.\n\nMore.\n",
+        },
+    )
+    x, y = load_posts(settings).posts
+    assert x.authors == () and "By Popular Demand</h2>" in x.body_html
+    assert y.authors == () and "By Tuesday, We Knew." in y.body_html
 
 
 def test_no_byline_at_all(tmp_path: Path) -> None:

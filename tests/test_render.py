@@ -192,6 +192,27 @@ def test_hostile_title_html_is_sanitised() -> None:
     assert re.search(r"<h1[^>]*>.*?>Bad <img ", out.html, re.S)  # the safe part stays
 
 
+def test_a_title_naming_an_element_keeps_its_words() -> None:
+    """`The <script> tag explained` was mailed as "The": a lone element name
+    was taken for a tag (a script's, with all that followed as its content).
+    Only well-formed markup is HTML; the rest is text, escaped in the HTML."""
+    from newsletter.posts.text import title_html, title_text
+
+    settings = make_settings()
+    heading = title_html("The <script> tag explained")
+    post = make_post(
+        title=title_text(heading),
+        title_html=heading,
+        description="Using <template> & Vec<T> in *Rust*",
+    )
+    out = render_email(post, settings, settings.lists["everything"])
+    assert out.subject == "The <script> tag explained"
+    assert "The &lt;script&gt; tag explained" in out.html
+    assert "Using &lt;template&gt; &amp; Vec&lt;T&gt; in Rust" in out.html
+    assert "<script" not in out.html and "<template" not in out.html
+    assert "The <script> tag explained" in out.text
+
+
 def test_front_matter_values_are_escaped_in_the_html_pieces() -> None:
     """The byline, the lead image and the tags come from the front matter as
     text: they were written into the HTML as they were (the shared macros

@@ -20,10 +20,11 @@ from typing import Any
 
 from newsletter.config import Settings
 from newsletter.errors import Problem
+from newsletter.posts import authors as postauthors
 from newsletter.posts import drops, jekyll, pages, permalink
 from newsletter.posts import site as jekyllsite
 from newsletter.posts import text as posttext
-from newsletter.posts.model import Author, Post
+from newsletter.posts.model import Post
 from newsletter.posts.rubytime import RubyTime
 from newsletter.posts.source import Source
 
@@ -196,11 +197,25 @@ _CURRENT_SITE: contextvars.ContextVar[SiteContext | None] = contextvars.ContextV
 _FALSE = (False, "false", "False", "no")
 
 
+# A quoted `published: "false"` is a string, true to Ruby: Jekyll publishes it.
+_FALSE_WORDS = frozenset({"false", "no", "off", "n", "0"})
+
+
 def _published(source: Source) -> bool:
     """`published: false`, `draft: true` and a `_drafts` folder all mean a draft
-    (invariant 4: never sent automatically)."""
-    if source.data.get("published", True) in _FALSE:
+    (invariant 4: never sent automatically).  Only a YAML `false` unpublishes,
+    as in Jekyll (`data["published"] == false`); a quoted "false" is warned of."""
+    published = source.data.get("published", True)
+    if published is False:
         return False
+    if isinstance(published, str | int) and str(published).strip().lower() in _FALSE_WORDS:
+        source.warnings.add(
+            f"published: {published!r} is quoted (or a number), which Jekyll takes as "
+            "true: the post is published and will be mailed; write `published: false` "
+            "without quotes to hold it back",
+            jekyll.key_line(source.front, "published"),
+            "published",
+        )
     if source.data.get("draft", False) not in (*_FALSE, None):
         return False
     return "_drafts" not in source.rel.parts
@@ -218,7 +233,7 @@ def build_post(source: Source, site: SiteContext, *, bodies: bool = True) -> Pos
     byline = posttext.take_byline(body)
     if byline is not None:
         body = byline.body
-    authors = _authors(data, byline, site, source)
+    authors = postauthors.post_authors(data, byline, site, source)
     body_html = excerpt_html = excerpt_text = ""
     if bodies:
         from newsletter.posts import markup  # (Markdown, lxml: not for a listing)
@@ -228,6 +243,7 @@ def build_post(source: Source, site: SiteContext, *, bodies: bool = True) -> Pos
         )
         excerpt_html, excerpt_text = _excerpt(source, site, title, body, byline is not None)
     image, image_alt = _image(data, source, site, title)
+    published = _published(source)  # (before `warnings` is read: it may add one)
     return Post(
         path=source.path,
         post_id=source.post_id,
@@ -245,7 +261,7 @@ def build_post(source: Source, site: SiteContext, *, bodies: bool = True) -> Pos
         excerpt_html=excerpt_html,
         excerpt_text=excerpt_text,
         body_html=body_html,
-        published=_published(source),
+        published=published,
         lists=jekyll.list_names(data.get("lists")),
         newsletter=data.get("newsletter", True) not in _FALSE,
         warnings=tuple(str(w) for w in warnings),
@@ -395,80 +411,6 @@ def _excerpt(
     return html, text
 
 
-def _authors(
-    data: Mapping[str, Any],
-    byline: posttext.Byline | None,
-    site: SiteContext,
-    source: Source,
-) -> tuple[Author, ...]:
-    """Front matter `authors`/`author`, else the body's byline, else the site's author."""
-    for key in ("authors", "author"):
-        value = data.get(key)
-        if value not in (None, "", []):
-            found = tuple(
-                a for item in jekyll.as_list(value) if (a := _author(item, site.authors, site))
-            )
-            if found:
-                return found
-            source.warnings.add(
-                f"{key}: cannot read an author from {value!r}",
-                jekyll.key_line(source.front, key),
-                key,
-            )
-    if byline is not None:
-        # A link in the body: relative to the post, as the body's own links.
-        return tuple(
-            Author(name, url and _link(url, source.url, site)) for name, url in byline.names
-        )
-    if site.settings.site.author:
-        return (Author(site.settings.site.author),)
-    return ()
-
-
-def _author(item: Any, known: Mapping[str, Any], site: SiteContext) -> Author | None:
-    if isinstance(item, str) and item.strip() in known:
-        item = known[item.strip()]
-        if isinstance(item, str):
-            return Author(posttext.one_line(item))
-    if isinstance(item, Mapping):
-        name = jekyll.scalar_text(item.get("name"))
-        url = next(
-            (
-                jekyll.scalar_text(item.get(k))
-                for k in ("url", "web", "website", "uri")
-                if item.get(k)
-            ),
-            None,
-        )
-        link = _site_link(url, site)
-        return Author(name, link, _site_link(item.get("avatar"), site)) if name else None
-    name = jekyll.scalar_text(item)
-    return Author(name) if name else None
-
-
-def _site_link(value: Any, site: SiteContext) -> str | None:
-    """An author's `url` or `avatar` as an absolute URL.  It is written once for
-    the whole site, so a bare `images/me.png` is site-relative, not post-relative."""
-    ref = jekyll.scalar_text(value)
-    if not ref:
-        return None
-    if not (ref.startswith("/") or permalink.is_absolute(ref)):
-        ref = "/" + ref
-    return _link(ref, site.settings.site.url, site)
-
-
-# Browsers ignore ASCII whitespace and controls inside a scheme (java\tscript:).
-_SCRIPT_SCHEME = re.compile(r"(?:javascript|vbscript|data(?!image/)):", re.I)
-
-
-def _link(ref: str, page_url: str, site: SiteContext) -> str | None:
-    """`ref` resolved like a link in the body, None for a script (or a
-    non-image `data:`) URL: it becomes an href or a src in every email."""
-    if _SCRIPT_SCHEME.match(re.sub(r"[\x00-\x20]", "", ref)):
-        return None
-    return permalink.resolve(ref, page_url, site.settings.site)
-
-
 def _image(
     data: Mapping[str, Any], source: Source, site: SiteContext, title: str
 ) -> tuple[str | None, str]:
@@ -482,4 +424,5 @@ def _image(
         return None, alt or title
     # From the site's root, as Jekyll's themes and plugins read it
     # (`relative_url`, jekyll-seo-tag's `absolute_url`), not from the post's page.
-    return _link(ref, site.settings.site.home.rstrip("/") + "/", site), alt or title
+    home = site.settings.site.home.rstrip("/") + "/"
+    return postauthors.safe_link(ref, home, site.settings.site), alt or title

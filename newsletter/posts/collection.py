@@ -105,6 +105,7 @@ def load_posts(
         found_posts = found_files.found()
         collected, urls = _load(settings, found_posts, undated, progress, bodies, index)
         shared = lookup.shared_id_problems(collected.posts, roots)
+        shared += lookup.shared_page_problems(collected.posts, roots)
         collected = replace(collected, roots=roots, problems=(*collected.problems, *shared))
         from newsletter.posts import pages  # (imported by `_load` already)
 

@@ -13,8 +13,10 @@ import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
+from urllib.parse import unquote, urlsplit
 
 from newsletter.errors import PostError, Problem
+from newsletter.posts import permalink
 
 if TYPE_CHECKING:
     from newsletter.posts.collection import Post
@@ -109,6 +111,40 @@ def shared_id_problems(posts: Iterable[Post], roots: Sequence[Path]) -> list[Pro
                 post.path, None, "error", "id",
             ))  # fmt: skip
     return problems
+
+
+def shared_page_problems(posts: Iterable[Post], roots: Sequence[Path]) -> list[Problem]:
+    """A warning on each published post whose page another one is written to
+    as well (two `permalink: /same/`): Jekyll warns "Conflict: The following
+    destination is shared by multiple files", and each email would link to
+    one page, showing one of the two posts."""
+    by_page: dict[str, list[Post]] = {}
+    for post in posts:
+        if post.published:  # Jekyll writes no page for an unpublished post
+            by_page.setdefault(_destination(post), []).append(post)
+    problems = []
+    for page, group in by_page.items():
+        if len(group) < 2:
+            continue
+        for post in sorted(group, key=lambda p: str(p.path)):
+            others = ", ".join(_shown(o.path, roots) for o in group if o is not post)
+            problems.append(Problem(
+                f"shares its URL {urlsplit(post.url).path} with {others}: Jekyll writes "
+                f"one page ({page}) for both, the same page for each email to link to "
+                "(set another `permalink:` on one)",
+                post.path, None, "warning", "permalink",
+            ))  # fmt: skip
+    return problems
+
+
+def _destination(post: Post) -> str:
+    """The file Jekyll writes a post to (Document#destination): `/x/` is
+    `/x/index.html`, `/x` is `/x.html`, as `/x.html` is."""
+    path = unquote(urlsplit(post.url).path)
+    if path.endswith("/"):
+        return path + "index.html"
+    ext = permalink.output_ext(post.path.suffix)
+    return path if path.endswith(ext) else path + ext
 
 
 def _path_targets(ref: str, roots: Sequence[Path]) -> set[Path]:

@@ -138,9 +138,12 @@ def _date(
 ) -> datetime:
     """Front matter `date:` wins over the file name's; either is read in the site's zone."""
     tz = settings.site.tz
-    if data.get("date") not in (None, ""):
+    if "date" in data:
+        # Jekyll parses any `date:` it is given, an empty one too (its build
+        # fails: "Invalid date ''"), never falling back to the file name's.
+        value = "" if data["date"] is None else data["date"]
         line = jekyll.key_line(front, "date")
-        moment = jekyll.parse_date(data["date"], tz, path=path, line=line, quoted=quoted)
+        moment = jekyll.parse_date(value, tz, path=path, line=line, quoted=quoted)
     elif name.date is not None:
         moment = jekyll.file_date(name.date, tz, path)
     else:

@@ -70,8 +70,13 @@ class _InlineSanitiser(HTMLParser):
 
 
 _CODE_SPAN = re.compile(r"`([^`]+)`")
-_STRONG = re.compile(r"(\*\*|__)(?=\S)(.+?)(?<=\S)\1")
-_EMPHASIS = re.compile(r"(?<![\w*])([*_])(?=\S)(.+?)(?<=\S)\1(?![\w*])")
+_STRONG = re.compile(r"(\*\*)(?=\S)(.+?)(?<=\S)\1")
+_EMPHASIS = re.compile(r"(?<![\w*])(\*)(?=\S)(.+?)(?<=\S)\1(?![\w*])")
+# Underscores are emphasis only around words, never inside one (`foo__bar__baz`,
+# `snake_case`: Markdown's rule), and a word wrapped in two of them is a
+# Python dunder (`__init__`), shown as written: Jekyll prints titles as text.
+_STRONG_UNDERSCORES = re.compile(r"(?<!\w)(__)(?!\w+__(?!\w))(?=\S)(.+?)(?<=\S)(?<!_)__(?!\w)")
+_EMPHASIS_UNDERSCORE = re.compile(r"(?<![\w*])(_)(?![_\s])(.+?)(?<![_\s])_(?![\w*])")
 _MD_LINK = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")
 _NEEDS_WORK = re.compile(r"[<&*_`\[]")
 
@@ -99,22 +104,77 @@ def title_html(raw: str) -> str:
     # Code spans first: `Option<T>` inside one is text, not a tag to drop.
     text = _CODE_SPAN.sub(keep_code, text.replace("\x00", ""))
     sanitiser = _InlineSanitiser()
-    sanitiser.feed(_TAG_START.sub(_text_unless_html, text))
+    sanitiser.feed(_markup_only(text))
     safe = sanitiser.result()
     safe = _MD_LINK.sub(lambda m: m.group(1), safe)
-    safe = _STRONG.sub(r"<strong>\2</strong>", safe)
-    safe = _EMPHASIS.sub(r"<em>\2</em>", safe)
+    for strong in (_STRONG, _STRONG_UNDERSCORES):
+        safe = strong.sub(r"<strong>\2</strong>", safe)
+    for emphasis in (_EMPHASIS, _EMPHASIS_UNDERSCORE):
+        safe = emphasis.sub(r"<em>\2</em>", safe)
     return re.sub(r"\x00(\d+)\x00", lambda m: f"<code>{codes[int(m.group(1))]}</code>", safe)
 
 
-_TAG_START = re.compile(r"<(/?)([A-Za-z][^\s/>]*)")
+# A well-formed tag: an element's name, attributes whose values are quoted
+# or bare (no `<` anywhere), an optional `/` and `>`. `a<b and 3 <5 ... x<y>`
+# is no tag, though a browser would read `<b and 3 <5 ...>` as one.
+_TAG = re.compile(
+    r"""<(?P<end>/?)(?P<name>[A-Za-z][A-Za-z0-9-]*)
+    (?P<attrs>(?:\s+[^\s"'<>/=]+(?:\s*=\s*(?:"[^"<]*"|'[^'<]*'|[^\s"'<>=`]+))?)*)
+    \s*(?P<close>/?)>""",
+    re.X,
+)
+_COMMENT = re.compile(r"<!--.*?-->", re.S)
+_VOID_ELEMENTS = frozenset(
+    {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "param",
+     "source", "track", "wbr"}
+)  # fmt: skip
+# Void elements a title uses as markup even bare (a line break); another one
+# named bare (`<input>`, `<img>`) is what the post is about: text.
+_BARE_MARKUP = frozenset({"br", "wbr"})
 
 
-def _text_unless_html(match: re.Match[str]) -> str:
-    """A tag naming no HTML element, as text for the parser (an entity it decodes)."""
-    return (
-        match.group(0) if match.group(2).lower() in _HTML_ELEMENTS else "&lt;" + match.group(0)[1:]
-    )
+def _markup_only(text: str) -> str:
+    """`text` with every `<` that starts no well-formed markup written `&lt;`.
+
+    A title is text (Jekyll's themes print `{{ page.title | escape }}`); only
+    an element that is opened *and* closed (`<em>x</em>`), a line break, a
+    void element with attributes or a comment counts as HTML.  A lone
+    `<script>` or `<p>` is the title's topic: taken for a tag it swallowed
+    the rest of the title (a script's content) or its own name.
+    """
+    kept = {m.start() for m in _COMMENT.finditer(text)}
+    kept |= _well_formed_tags(text)
+    out: list[str] = []
+    last = 0
+    for index in (i for i, c in enumerate(text) if c == "<"):
+        out.append(text[last:index])
+        out.append("<" if index in kept else "&lt;")
+        last = index + 1
+    out.append(text[last:])
+    return "".join(out)
+
+
+def _well_formed_tags(text: str) -> set[int]:
+    """Where the tags start that are markup: each end tag with the nearest
+    open tag of its name before it, a void element bare or with attributes."""
+    kept: set[int] = set()
+    opened: list[tuple[str, int]] = []
+    for match in _TAG.finditer(text):
+        name = match.group("name").lower()
+        if name not in _HTML_ELEMENTS:
+            continue
+        if name in _VOID_ELEMENTS:
+            if name in _BARE_MARKUP or match.group("attrs") or match.group("close"):
+                kept.add(match.start())
+        elif not match.group("end"):
+            if not match.group("close"):  # `<p/>` opens nothing in HTML
+                opened.append((name, match.start()))
+        else:
+            for depth in range(len(opened) - 1, -1, -1):
+                if opened[depth][0] == name:
+                    kept |= {opened.pop(depth)[1], match.start()}
+                    break
+    return kept
 
 
 def title_text(heading_html: str) -> str:
@@ -132,7 +192,7 @@ class Byline:
 
 
 _BYLINE = re.compile(
-    r"""^[ ]{0,3}(?:\#{1,6}[ \t]*)?(?:[*_]{1,2})?
+    r"""^[ ]{0,3}(?P<heading>\#{1,6}[ \t]*)?(?:[*_]{1,2})?
     (?P<label>authors?[ \t]*:|written[ \t]+by[ \t]*:?|posted[ \t]+by[ \t]*:?|by[ \t]*:?)
     (?:[*_]{1,2})?[ \t]*(?P<rest>\S.*?)[ \t#]*$""",
     re.I | re.X,
@@ -143,13 +203,28 @@ _PARTICLES = frozenset(
     {"van", "von", "de", "der", "den", "da", "di", "du", "la", "le", "bin", "al", "y", "del"}
 )
 _NAME_WORD = re.compile(r"^[^\W\d_][\w.'’-]*$")
+# Words no name is made of: they make `By Tuesday, We Knew` or `By The
+# Numbers` a sentence or a title.  (Months that are also first names,
+# April, May, June, August, are left out.)
+_NOT_NAME_TEXT = """\
+i me we us you he him she her it they them my our your his its their this that these
+those the a an then now there here so all any every some no not is was were are be been
+monday tuesday wednesday thursday friday saturday sunday today tomorrow yesterday
+january february march july september october november december
+"""
+_NOT_NAME_WORDS = frozenset(_NOT_NAME_TEXT.split())
+# A sentence ends in punctuation; a name may end in an initial or `Jr.`.
+_SENTENCE_END = re.compile(r"[.,!?:;…]$")
+_ABBREVIATION_END = re.compile(r"(?:^|\s)[A-Z][a-z]?\.$")
 
 
 def take_byline(body: str) -> Byline | None:
     """A leading `### Author: [Name](url)`, `Author: Name` or `By Name` line.
 
     Only the first non-blank line counts, and a `By ...` line only when what
-    follows looks like names (so "By the way, ..." stays in the post).
+    follows looks like names (so "By the way, ..." stays in the post), it
+    is no heading (`## By Popular Demand`) and no sentence (`By Tuesday, We
+    Knew.`): a line taken for a byline leaves the post.
     """
     start = len(body) - len(body.lstrip("\n "))
     end = body.find("\n", start)
@@ -158,7 +233,12 @@ def take_byline(body: str) -> Byline | None:
     if match is None:
         return None
     rest = match.group("rest").strip().strip("*_").strip()
-    strict = match.group("label").lower().startswith("by")
+    label = match.group("label").lower()
+    if match.group("heading") and ":" not in label:
+        return None  # `## By Popular Demand` is a heading; `### Author: X` a byline
+    strict = label.startswith("by")
+    if strict and _SENTENCE_END.search(rest) and not _ABBREVIATION_END.search(rest):
+        return None  # `By Tuesday, We Knew.`
     names = _names(rest, strict)
     if not names:
         return None
@@ -184,9 +264,11 @@ def _looks_like_name(text: str, strict: bool) -> bool:
     if not all(_NAME_WORD.match(w) for w in words):
         return False
     if strict:
-        # "By Dana Okafor" yes; "By the way" no.
-        return words[0][0].isupper() and all(
-            w[0].isupper() or w.lower() in _PARTICLES for w in words
+        # "By Dana Okafor" yes; "By the way", "By Then, It Was Over" no.
+        return (
+            words[0][0].isupper()
+            and all(w[0].isupper() or w.lower() in _PARTICLES for w in words)
+            and not any(w.lower() in _NOT_NAME_WORDS for w in words)  # (`A.` is an initial)
         )
     return True
 
