@@ -152,3 +152,18 @@ def test_progress_is_called_once_per_file(tmp_path: Path) -> None:
     collection = load_posts(settings, progress=lambda: calls.append(1))
     assert len(calls) == 3
     assert {p.post_id for p in collection.posts} == {"a", "sub/c"}
+
+
+def test_a_quoted_published_false_holds_a_post_back_outside_a_jekyll_site(
+    tmp_path: Path,
+) -> None:
+    """No Jekyll publishes a plain folder's posts: a quoted "false" is taken
+    at its word (a mail cannot be taken back), with a warning that Jekyll
+    would read it as true.  (On a Jekyll site it is published: test_jekyll_site.)"""
+    settings = _settings(
+        tmp_path, {"2024-01-01-a.md": '---\npublished: "false"\n---\nx\n', "2024-01-02-b.md": GOOD}
+    )
+    collection = load_posts(settings)
+    assert {p.slug: p.published for p in collection.posts} == {"a": False, "b": True}
+    (problem,) = collection.problems
+    assert problem.severity == "warning" and "taken as false here" in problem.message

@@ -201,14 +201,26 @@ _FALSE = (False, "false", "False", "no")
 _FALSE_WORDS = frozenset({"false", "no", "off", "n", "0"})
 
 
-def _published(source: Source) -> bool:
+def _published(source: Source, jekyll_site: bool) -> bool:
     """`published: false`, `draft: true` and a `_drafts` folder all mean a draft
-    (invariant 4: never sent automatically).  Only a YAML `false` unpublishes,
-    as in Jekyll (`data["published"] == false`); a quoted "false" is warned of."""
+    (invariant 4: never sent automatically).  On a Jekyll site only a YAML
+    `false` unpublishes, as in Jekyll (`data["published"] == false`): a quoted
+    "false" is true there, the post is on the blog, and it is mailed, with a
+    warning.  In a plain folder of posts, where no Jekyll publishes anything,
+    a quoted "false" holds the post back (a mail cannot be taken back), with
+    a warning too."""
     published = source.data.get("published", True)
     if published is False:
         return False
     if isinstance(published, str | int) and str(published).strip().lower() in _FALSE_WORDS:
+        if not jekyll_site:
+            source.warnings.add(
+                f"published: {published!r} is quoted (or a number): taken as false here, "
+                "but Jekyll would take it as true; write `published: false` without quotes",
+                jekyll.key_line(source.front, "published"),
+                "published",
+            )
+            return False
         source.warnings.add(
             f"published: {published!r} is quoted (or a number), which Jekyll takes as "
             "true: the post is published and will be mailed; write `published: false` "
@@ -243,7 +255,8 @@ def build_post(source: Source, site: SiteContext, *, bodies: bool = True) -> Pos
         )
         excerpt_html, excerpt_text = _excerpt(source, site, title, body, byline is not None)
     image, image_alt = _image(data, source, site, title)
-    published = _published(source)  # (before `warnings` is read: it may add one)
+    # (before `warnings` is read: it may add one)
+    published = _published(source, site.settings.site.jekyll is not None)
     return Post(
         path=source.path,
         post_id=source.post_id,
