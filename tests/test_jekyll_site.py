@@ -396,3 +396,48 @@ def test_output_ext_is_html_only_for_what_jekyll_converts(tmp_path: Path) -> Non
         "notes": "https://example.org/notes.txt",
         "old": "https://example.org/old.htm",
     }
+
+
+def test_a_draft_renders_and_goes_to_test_addresses_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Jekyll site's `_drafts/` are no posts (Jekyll builds them only with
+    --drafts, dated by their file's time), but a writer looks at one before
+    publishing it: `render` and `send --test` found no post to match."""
+    import os
+
+    from click.testing import CliRunner
+
+    from newsletter.cli import main
+
+    config = _site(
+        tmp_path,
+        "url: https://example.org\ntimezone: UTC\n",
+        {
+            "_posts/2024-01-01-live.md": "---\ntitle: Live\n---\nOn the blog.\n",
+            "_drafts/next-idea.md": "---\ntitle: Next Idea\n---\nNot yet *out*.\n",
+        },
+    )
+    stamp = datetime(2026, 3, 4, 5, 6, tzinfo=UTC).timestamp()
+    os.utime(tmp_path / "_drafts" / "next-idea.md", (stamp, stamp))
+    monkeypatch.chdir(tmp_path)
+    assert [p.slug for p in load_posts(load_settings(config)).posts] == ["live"]
+
+    def run(*args: str) -> tuple[int, str, str]:
+        result = CliRunner().invoke(main, ["--config", str(config), *args])
+        return result.exit_code, result.stdout, result.stderr
+
+    for ref in ("next-idea", "_drafts/next-idea.md"):
+        code, out, _ = run("render", ref, "--format", "text")
+        assert code == 0 and "Next Idea" in out and "Not yet out." in out
+        assert "4 March 2026" in out  # the file's time, as `jekyll build --drafts` dates it
+    code, _, err = run("send", "next-idea", "--list", "all")
+    assert code == 1 and "is not published" in err and "_drafts folder" in err
+    code, out, _ = run(
+        "send", "next-idea", "--list", "all", "--test", "me@example.com", "--dry-run"
+    )
+    assert code == 0 and "would send a test message of 'next-idea'" in out
+    # Only the site's own drafts: no path outside `_drafts/` is read as one.
+    (tmp_path / "elsewhere.md").write_text("---\ntitle: X\n---\nx\n", encoding="utf-8")
+    assert run("render", "elsewhere.md")[0] == 1
+    assert run("render", "_drafts/../elsewhere.md")[0] == 1

@@ -139,6 +139,20 @@ def test_index_lists_posts_with_status_per_list(client: TestClient, config: Path
     assert "2024-03-02" in rows[CLEAN]
 
 
+def test_a_draft_in_the_sites_drafts_folder_previews_by_its_name(
+    client: TestClient, config: Path
+) -> None:
+    """`_drafts/next-idea.md` is no post of the blog yet: its page showed
+    "no post matches"; a writer previews it before publishing it."""
+    settings = load_settings(config)
+    drafts = (settings.site.source_dir or settings.base_dir) / "_drafts"
+    drafts.mkdir(exist_ok=True)
+    (drafts / "next-idea.md").write_text("---\ntitle: Next Idea\n---\nSoon.\n", encoding="utf-8")
+    page = client.get("/post/next-idea")
+    assert page.status_code == 200 and "Next Idea" in page.text
+    assert client.get("/post/not-a-draft").status_code == 404
+
+
 def test_index_reports_unreadable_posts(client: TestClient, config: Path) -> None:
     (config.parent / "posts" / "2024-10-10-broken.md").write_text("---\ntitle: [unclosed\n---\nx\n")
     page = client.get("/")

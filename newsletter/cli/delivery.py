@@ -65,7 +65,7 @@ def send_cmd(
     --test addresses.  A digest the daemon planned (its id as `status` shows
     it, `digest:LIST:SLOT`) is sent on, e.g. after `newsletter cancel`.
     """
-    from newsletter.posts.collection import load_posts
+    from newsletter.posts.collection import find_post_or_draft, load_posts
     from newsletter.posts.lookup import require_published
 
     _refuse_ignored(tests, resend, verbose, dry_run)
@@ -77,7 +77,7 @@ def send_cmd(
     if _is_digest(post_ref):
         _digest_exists(settings, post_ref, list_name, tests or resend)
     else:
-        post = posts.find(post_ref)
+        post = find_post_or_draft(posts, post_ref, settings)  # a draft: --test only
     if stop.is_set():
         _stopped_before_sending(as_json)
     post_id, title = post_ref, ""

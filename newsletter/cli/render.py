@@ -67,9 +67,10 @@ def render_cmd(
 
 def find_post(settings: Settings, ref: str) -> Post:
     """The post `ref` names; when it is one that failed to load, say why."""
-    from newsletter.posts.collection import load_posts
+    from newsletter.posts.collection import find_post_or_draft, load_posts
 
-    return load_posts(settings, bodies="lazy").find(ref)  # HTML for the one post found
+    # HTML for the one post found; a draft in _drafts/ renders too.
+    return find_post_or_draft(load_posts(settings, bodies="lazy"), ref, settings)
 
 
 def choose_list(settings: Settings, list_name: str | None) -> ListSettings:

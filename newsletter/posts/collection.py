@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from newsletter.config import Settings
-from newsletter.errors import NewsletterError, Problem
+from newsletter.errors import NewsletterError, PostError, Problem
 from newsletter.posts import index as post_index
 from newsletter.posts import lookup
 from newsletter.posts import snapshot as whole
@@ -292,6 +292,40 @@ class _Completer:
                     problems.append(Problem.from_error(exc))
             self.site = SiteContext.build(self.settings, sources, problems)
         return self.site
+
+
+def find_post_or_draft(posts: PostCollection, ref: str, settings: Settings) -> Post:
+    """The post `ref` names, or else a draft in the site's `_drafts` folder
+    (Jekyll's: never read into the collection, never mailed to a list):
+    by its path or its name, to render, preview or send with --test."""
+    try:
+        return posts.find(ref)
+    except PostError:
+        draft = _draft_file(ref, settings)
+        if draft is None:
+            raise
+    # Read alone, its path is no longer under `_drafts` for `building._published`.
+    return replace(read_post(draft, settings), published=False)
+
+
+def _draft_file(ref: str, settings: Settings) -> Path | None:
+    source = settings.site.source_dir or settings.base_dir
+    drafts = source / "_drafts"
+    given = Path(ref).expanduser()
+    candidates = [given, source / given] if given.suffix else []
+    candidates += [drafts / f"{ref}{suffix}" for suffix in sorted(markup_suffixes())]
+    inside = drafts.resolve()
+    for path in candidates:
+        # Only the site's own drafts: the preview server passes a URL's words here.
+        if path.is_file() and path.resolve().is_relative_to(inside):
+            return path.resolve()
+    return None
+
+
+def markup_suffixes() -> frozenset[str]:
+    from newsletter.posts.site import MARKDOWN_EXTS
+
+    return MARKDOWN_EXTS
 
 
 def read_post(path: Path, settings: Settings) -> Post:

@@ -10,7 +10,8 @@ tests/test_jekyll_oracle.py:
   Jekyll's own default excludes), unless `include` names it;
 * a post file is named `YYYY-MM-DD-slug.ext` (other files are not posts);
 * the folders above `_posts` become the post's first categories;
-* `_drafts` are never read.
+* `_drafts` are never read as posts (`collection.find_post_or_draft` reads one
+  alone, for `render`, the preview and `send --test`).
 """
 
 from __future__ import annotations

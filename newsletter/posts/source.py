@@ -146,6 +146,9 @@ def _date(
         moment = jekyll.parse_date(value, tz, path=path, line=line, quoted=quoted)
     elif name.date is not None:
         moment = jekyll.file_date(name.date, tz, path)
+    elif "_drafts" in path.parts:
+        # `jekyll build --drafts` dates an undated draft by its file's mtime.
+        moment = datetime.fromtimestamp(path.stat().st_mtime, tz)
     else:
         raise PostError(
             "no date: set `date:` in the front matter or name the file YYYY-MM-DD-title.md",

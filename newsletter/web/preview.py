@@ -35,7 +35,7 @@ from starlette.routing import Route
 
 from newsletter.config import ListSettings, Settings
 from newsletter.errors import NewsletterError, PostError
-from newsletter.posts.collection import Post
+from newsletter.posts.collection import Post, find_post_or_draft
 from newsletter.web.hostcheck import LocalOnlyMiddleware
 from newsletter.web.pages import SecureStarlette, kept_pages, page
 from newsletter.web.reload import Broadcaster, FirstAnswer, watch
@@ -136,7 +136,7 @@ def _resolve(request: Request) -> tuple[Settings, Post, ListSettings]:
     """The post and list a request names; PostError (→ 404) when it names none."""
     site = _state(request).site
     settings = site.settings()
-    post = site.posts().find(request.path_params["post_id"])
+    post = find_post_or_draft(site.posts(), request.path_params["post_id"], settings)
     if not settings.lists:
         # No list declared yet: preview against an implicit one so writers
         # can still see their post.
