@@ -199,8 +199,11 @@ def _field_groups(part: Message) -> list[Message]:
     return [message_from_bytes(b.encode("utf-8") + b"\n\n") for b in blocks if b.strip()]
 
 
-_CODE = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
-_SMTP_REPLY = re.compile(r"\b([245])\d\d[ -]")
+# A code is never part of a longer dotted number: "4.5.6" inside the MX's
+# address 10.4.5.6, or "250 " ending 10.0.2.250, is no status (RFC 3463).
+_NOT_IN_NUMBER = r"(?<![\w.])"
+_CODE = re.compile(_NOT_IN_NUMBER + r"([245])\.(\d{1,3})\.(\d{1,3})(?!\w|\.\d)")
+_SMTP_REPLY = re.compile(_NOT_IN_NUMBER + r"([245])\d\d[ -]")
 
 
 def _status_of(status: str, diagnostic: str) -> str | None:

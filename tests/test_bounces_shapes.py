@@ -1,0 +1,99 @@
+"""Report texts that real servers (and auto-responders) send, read by `parse_report`.
+
+Each text here once read wrong: a status code taken from an IP address, an
+auto-reply taken for a qmail bounce, an RFC 3464 comment, an unknown charset,
+a DSN without its per-message block.  No store needed: parsing is pure.
+"""
+
+from __future__ import annotations
+
+from string import Template
+
+from newsletter.delivery.bounces import parse_report
+
+VERP = "bounces+d7-abcdefghijklmnop@example.com"
+
+
+def report(text: str, **values: str) -> bytes:
+    """A report's text (``$verp``, ``$rcpt`` filled in) as the bytes a mailbox holds."""
+    filled = Template(text.lstrip("\n")).substitute(
+        {"verp": VERP, "rcpt": "r0@example.org"} | values
+    )
+    return filled.replace("\n", "\r\n").encode("utf-8")
+
+
+EXIM_BEHIND_AN_IP = """
+Return-path: <>
+Envelope-to: $verp
+From: Mail Delivery System <Mailer-Daemon@mx.example.net>
+To: $verp
+Subject: Mail delivery failed: returning message to sender
+Message-Id: <exim-ip@mx.example.net>
+X-Failed-Recipients: $rcpt
+Auto-Submitted: auto-replied
+Content-Type: text/plain; charset=us-ascii
+
+This message was created automatically by mail delivery software.
+
+A message that you sent could not be delivered to one or more of its
+recipients. This is a permanent error. The following address(es) failed:
+
+  $rcpt
+    host mx.example.org [10.4.5.6]
+    SMTP error from remote mail server after RCPT TO:<$rcpt>:
+    550 5.1.1 <$rcpt>... User unknown
+"""
+
+DSN_IP_IN_DIAGNOSTIC = """
+From: MAILER-DAEMON@mx.example.net
+To: $verp
+Subject: Undelivered Mail Returned to Sender
+Message-ID: <ip-dsn@mx.example.net>
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type=delivery-status; boundary="B"
+
+--B
+Content-Type: text/plain
+
+Your message could not be delivered.
+
+--B
+Content-Type: message/delivery-status
+
+Reporting-MTA: dns; mx.example.net
+
+Final-Recipient: rfc822; $rcpt
+Action: failed
+Diagnostic-Code: X-Postfix; host mx.example.org[10.4.5.6] said: 550 5.1.1
+    <$rcpt>: Recipient address rejected: User unknown
+
+--B--
+"""
+
+QMAIL_BEHIND_AN_IP = """
+From: MAILER-DAEMON@mx.example.net
+To: $verp
+Subject: failure notice
+Message-ID: <qmail-ip@mx.example.net>
+Content-Type: text/plain
+
+Hi. This is the qmail-send program at mx.example.net.
+I'm afraid I wasn't able to deliver your message to the following addresses.
+This is a permanent error; I've given up. Sorry it didn't work out.
+
+<$rcpt>:
+10.0.2.250 does not like recipient.
+Remote host said: 550 No such mailbox
+Giving up on 10.0.2.250.
+"""
+
+
+def test_a_status_code_is_never_read_out_of_an_ip_address() -> None:
+    # "4.5.6" inside 10.4.5.6 was taken for the status: a hard bounce counted soft.
+    for text, shape in ((EXIM_BEHIND_AN_IP, "exim"), (DSN_IP_IN_DIAGNOSTIC, "dsn")):
+        (event,) = parse_report(report(text)).events
+        assert (event.kind, event.status, event.email) == ("hard", "5.1.1", "r0@example.org")
+        assert parse_report(report(text)).shape == shape
+    # Nor an SMTP reply code out of one ("250 " in 10.0.2.250 read as a success).
+    (event,) = parse_report(report(QMAIL_BEHIND_AN_IP)).events
+    assert (event.kind, event.status) == ("hard", "5.0.0")
