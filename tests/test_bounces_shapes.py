@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from string import Template
 
-from newsletter.delivery.bounces import parse_report
+import pytest
+
+from newsletter.delivery.bounces import UnparseableReport, parse_report
 
 VERP = "bounces+d7-abcdefghijklmnop@example.com"
 
@@ -97,3 +99,67 @@ def test_a_status_code_is_never_read_out_of_an_ip_address() -> None:
     # Nor an SMTP reply code out of one ("250 " in 10.0.2.250 read as a success).
     (event,) = parse_report(report(QMAIL_BEHIND_AN_IP)).events
     assert (event.kind, event.status) == ("hard", "5.0.0")
+
+
+HELPDESK_AUTO_REPLY = """
+From: Helpdesk <helpdesk@example.org>
+To: $verp
+Subject: Automatic reply
+Message-ID: <auto-1@example.org>
+${marker}
+Content-Type: text/plain
+
+Thank you for writing to us. If our portal shows you a permanent error,
+write to the address below and we will look into it:
+
+<helpdesk@example.org>:
+we answer within two working days.
+"""
+
+# A responder that quotes what it answers can quote qmail's very words.
+VACATION_QUOTING_QMAIL = """
+From: Reader <someone@example.org>
+To: $verp
+Subject: Away: failure notice
+Message-ID: <away-1@example.org>
+${marker}
+Content-Type: text/plain
+
+I am away until Monday. You wrote:
+
+> Hi. This is the qmail-send program at mx.example.net.
+> I'm afraid I wasn't able to deliver your message to the following addresses.
+> This is a permanent error; I've given up. Sorry it didn't work out.
+
+<helpdesk@example.org>:
+Remote host said: 550 5.1.1 No such mailbox
+"""
+
+AUTO_REPLY_MARKERS = [
+    "Auto-Submitted: auto-replied",
+    "Auto-Submitted: auto-generated",
+    "X-Autoreply: yes",
+    "X-Autorespond: Automatic reply",
+    "Precedence: auto_reply",
+]
+
+
+@pytest.mark.parametrize("marker", AUTO_REPLY_MARKERS)
+def test_an_auto_reply_is_never_a_bounce(marker: str) -> None:
+    # It suppressed helpdesk@example.org as a qmail bounce (5.0.0): its body
+    # said "permanent error" and had a line "<address>:".
+    for text in (HELPDESK_AUTO_REPLY, VACATION_QUOTING_QMAIL):
+        with pytest.raises(UnparseableReport, match="auto-reply"):
+            parse_report(report(text, marker=marker))
+
+
+def test_qmail_is_read_only_behind_its_own_preamble() -> None:
+    # No auto-reply header at all: the words "permanent error" make no qmail bounce.
+    with pytest.raises(UnparseableReport, match="not a delivery status"):
+        parse_report(report(HELPDESK_AUTO_REPLY, marker="X-Mailer: helpdesk 2.1"))
+    # Auto-Submitted: no is a person's message, still no qmail bounce.
+    with pytest.raises(UnparseableReport, match="not a delivery status"):
+        parse_report(report(HELPDESK_AUTO_REPLY, marker="Auto-Submitted: no"))
+    # Bounces themselves are marked auto-replied by Exim and Postfix (RFC 3834 §5):
+    # those still count, by their X-Failed-Recipients header or their DSN part.
+    assert parse_report(report(EXIM_BEHIND_AN_IP)).events[0].kind == "hard"

@@ -13,6 +13,8 @@ Incoming, `parse_report` reads one message of the bounce mailbox:
   code is only in ``Diagnostic-Code``;
 * plain-text bounces without a report part: Exim's (``X-Failed-Recipients``
   header) and qmail's ("Hi. This is the qmail-send program");
+* never an auto-reply (RFC 3834 ``Auto-Submitted``, ``X-Autoreply``...),
+  whatever its text says;
 * RFC 5965 ARF complaints (``report-type=feedback-report``), the recipient
   taken from the VERP sender, the unsubscribe token of the returned message,
   or ``Original-Rcpt-To`` — providers often redact the latter.
@@ -151,12 +153,19 @@ def _parse_report(data: bytes) -> ParsedReport:
         str(v) for name in ("delivered-to", "x-original-to", "envelope-to", "to")
         for v in msg.get_all(name, [])
     )  # fmt: skip
+    subject = str(msg.get("subject", ""))[:80]
+    responder = _responder_mark(msg)
+    if responder:
+        raise UnparseableReport(f"an auto-reply ({responder}), not a bounce ({subject!r})")
     status_part = _part(msg, "message/delivery-status")
+    auto_submitted = _auto_submitted(msg)
     found: list[tuple[str, list[BounceEvent]]] = []
     if status_part is not None:
         found.append(("dsn", list(_dsn(msg, status_part))))
     else:
-        found += [("exim", _exim(msg)), ("qmail", _qmail(msg))]
+        found.append(("exim", _exim(msg)))
+        if auto_submitted is None:
+            found.append(("qmail", _qmail(msg)))
     for shape, events in found:
         if events or shape == "dsn":  # a DSN with no failure is a delay warning
             with_envelope = tuple(
@@ -164,8 +173,31 @@ def _parse_report(data: bytes) -> ParsedReport:
                 for e in events
             )
             return ParsedReport(source, shape, with_envelope)
-    subject = str(msg.get("subject", ""))[:80]
+    if auto_submitted:
+        raise UnparseableReport(f"an auto-reply ({auto_submitted}), not a bounce ({subject!r})")
     raise UnparseableReport(f"not a delivery status notification or complaint ({subject!r})")
+
+
+# Vacation programs' and ticket systems' own marks: no MTA puts them on a bounce.
+_RESPONDER_HEADERS = ("X-Autoreply", "X-Autorespond", "X-Autoresponder")
+
+
+def _responder_mark(msg: Message) -> str | None:
+    """The header marking `msg` as a responder's reply, whatever its body says."""
+    for name in _RESPONDER_HEADERS:
+        if name in msg:
+            return f"{name}: {str(msg[name]).strip()[:40]}"
+    if str(msg.get("precedence", "")).strip().lower() == "auto_reply":
+        return "Precedence: auto_reply"
+    return None
+
+
+def _auto_submitted(msg: Message) -> str | None:
+    """RFC 3834's ``Auto-Submitted`` unless "no".  Exim and Postfix mark their
+    bounces auto-replied too, so it rules out only the shape that has no report
+    structure of its own to go by: qmail's plain text."""
+    value = str(msg.get("auto-submitted", "")).split(";")[0].split("(")[0].strip().lower()
+    return f"Auto-Submitted: {value[:40]}" if value and value != "no" else None
 
 
 def _source_key(msg: Message, data: bytes) -> str:
@@ -337,10 +369,16 @@ def _exim(msg: Message) -> list[BounceEvent]:
     return events
 
 
+# qmail-send's opening lines (qmail-send.c), not quoted ("> ") by somebody else.
+_QMAIL_PREAMBLE = re.compile(
+    r"^(?!>)[^\n]*(?:qmail-send program|I'm afraid I wasn't able to deliver)", re.MULTILINE
+)
+
+
 def _qmail(msg: Message) -> list[BounceEvent]:
     """qmail: "<a@example.org>:" followed by the remote server's words."""
     body = _text_body(msg)
-    if "qmail-send program" not in body and "permanent error" not in body.lower():
+    if not _QMAIL_PREAMBLE.search(body):  # "permanent error" alone is anybody's words
         return []
     events = []
     for match in re.finditer(r"^<([^<>\s]+@[^<>\s]+)>:\s*\n((?:.+\n?)*)", body, re.MULTILINE):
