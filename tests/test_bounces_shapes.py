@@ -163,3 +163,41 @@ def test_qmail_is_read_only_behind_its_own_preamble() -> None:
     # Bounces themselves are marked auto-replied by Exim and Postfix (RFC 3834 §5):
     # those still count, by their X-Failed-Recipients header or their DSN part.
     assert parse_report(report(EXIM_BEHIND_AN_IP)).events[0].kind == "hard"
+
+
+DSN_ACTION_WITH_COMMENT = """
+From: MAILER-DAEMON@mx.example.net
+To: $verp
+Subject: Delivery Status Notification (Failure)
+Message-ID: <comment-dsn@mx.example.net>
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type=delivery-status; boundary="C"
+
+--C
+Content-Type: text/plain
+
+Delivery to the following recipient failed permanently: $rcpt
+
+--C
+Content-Type: message/delivery-status
+
+Reporting-MTA: dns; mx.example.net
+
+Final-Recipient: rfc822; $rcpt
+Action: ${action}
+Status: 5.1.1
+Diagnostic-Code: smtp; 550 5.1.1 User unknown
+
+--C--
+"""
+
+
+@pytest.mark.parametrize(
+    "action", ["failed (permanent)", "FAILED", "(gave up) failed", "Failed (by the (remote) MX)"]
+)
+def test_the_action_is_read_past_comments_and_case(action: str) -> None:
+    # RFC 3464 §2.3.3 with RFC 822 comments: "failed (permanent)" read as a delay warning.
+    (event,) = parse_report(report(DSN_ACTION_WITH_COMMENT, action=action)).events
+    assert (event.kind, event.status) == ("hard", "5.1.1")
+    warning = parse_report(report(DSN_ACTION_WITH_COMMENT, action="delayed (will retry)"))
+    assert warning.events == ()

@@ -304,7 +304,7 @@ def _dsn(msg: Message, status_part: Message) -> Iterator[BounceEvent]:
     returned = _returned_ids(msg)
     groups = _field_groups(status_part)
     for group in groups[1:] or groups:  # the first block is per-message
-        action = str(group.get("action", "")).strip().lower()
+        action = _action_of(str(group.get("action", "")))
         diagnostic = " ".join(str(group.get("diagnostic-code", "")).split())
         status = _status_of(str(group.get("status", "")), diagnostic)
         recipient = _address(
@@ -320,6 +320,18 @@ def _dsn(msg: Message, status_part: Message) -> Iterator[BounceEvent]:
             message_id=returned["message_id"], unsubscribe_token=returned["unsubscribe"],
             verp_text=returned["return_path"],
         )  # fmt: skip
+
+
+def _action_of(value: str) -> str:
+    """The action word of ``Action: failed (permanent)``: RFC 3464 fields may
+    carry RFC 822 comments, nested ones too, and the word is case-insensitive."""
+    while True:
+        bare = re.sub(r"\([^()]*\)", " ", value)
+        if bare == value:
+            break
+        value = bare
+    words = value.split()
+    return words[0].lower() if words else ""
 
 
 def _arf(msg: Message) -> BounceEvent:
