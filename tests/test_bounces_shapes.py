@@ -201,3 +201,36 @@ def test_the_action_is_read_past_comments_and_case(action: str) -> None:
     assert (event.kind, event.status) == ("hard", "5.1.1")
     warning = parse_report(report(DSN_ACTION_WITH_COMMENT, action="delayed (will retry)"))
     assert warning.events == ()
+
+
+EXIM_UNKNOWN_CHARSET = """
+Return-path: <>
+Envelope-to: $verp
+From: Mail Delivery System <Mailer-Daemon@mx.example.net>
+To: $verp
+Subject: Mail delivery failed: returning message to sender
+Message-Id: <exim-8bit@mx.example.net>
+X-Failed-Recipients: $rcpt
+Auto-Submitted: auto-replied
+Content-Type: text/plain; charset=x-unknown-8bit
+Content-Transfer-Encoding: 8bit
+
+A message that you sent could not be delivered to one or more of its
+recipients. This is a permanent error. The following address(es) failed:
+
+  $rcpt
+    host mx.example.org [192.0.2.25]
+    SMTP error from remote mail server after RCPT TO:<$rcpt>:
+    550 5.1.1 Benutzer unbekannt: ${name}
+"""
+
+
+@pytest.mark.parametrize(
+    "encoded", ["Müller".encode("latin-1"), "Müller".encode()], ids=["latin-1", "utf-8"]
+)
+def test_an_unknown_charset_is_read_as_utf8_or_latin1(encoded: bytes) -> None:
+    # Python's codecs know no x-unknown-8bit: a LookupError set the bounce aside.
+    data = report(EXIM_UNKNOWN_CHARSET, name="@NAME@").replace(b"@NAME@", encoded)
+    (event,) = parse_report(data).events
+    assert (event.kind, event.status, event.email) == ("hard", "5.1.1", "r0@example.org")
+    assert "Benutzer unbekannt: Müller" in event.diagnostic

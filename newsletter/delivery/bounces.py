@@ -359,9 +359,18 @@ def _text_body(msg: Message) -> str:
         if part.get_content_type() == "text/plain":
             body = part.get_payload(decode=True)
             if isinstance(body, bytes):
-                charset = part.get_content_charset() or "utf-8"
-                return body.decode(charset, "replace")
+                return _decoded(body, part.get_content_charset() or "utf-8")
     return ""
+
+
+def _decoded(body: bytes, charset: str) -> str:
+    try:
+        return body.decode(charset, "replace")
+    except LookupError:  # a charset Python does not know (Exim's x-unknown-8bit)
+        try:
+            return body.decode("utf-8")
+        except UnicodeDecodeError:
+            return body.decode("latin-1")  # every byte is a latin-1 character
 
 
 def _exim(msg: Message) -> list[BounceEvent]:
