@@ -234,3 +234,53 @@ def test_an_unknown_charset_is_read_as_utf8_or_latin1(encoded: bytes) -> None:
     (event,) = parse_report(data).events
     assert (event.kind, event.status, event.email) == ("hard", "5.1.1", "r0@example.org")
     assert "Benutzer unbekannt: Müller" in event.diagnostic
+
+
+DSN_WITHOUT_PER_MESSAGE_FIELDS = """
+From: postmaster@mx.example.net
+To: $verp
+Subject: Undeliverable: How sleep consolidates memory
+Message-ID: <no-per-message@mx.example.net>
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type=delivery-status; boundary="N"
+
+--N
+Content-Type: text/plain
+
+Delivery has failed to these recipients.
+
+--N
+Content-Type: message/delivery-status
+
+Final-Recipient: rfc822; r0@example.org
+Action: failed
+Status: 5.1.1
+
+Final-Recipient: rfc822; r1@example.org
+Action: failed
+Status: 5.1.10
+
+--N--
+"""
+
+
+def test_a_dsn_without_its_per_message_block_keeps_its_first_recipient() -> None:
+    # The first block was skipped as if it were the per-message one (r0 lost).
+    events = parse_report(report(DSN_WITHOUT_PER_MESSAGE_FIELDS)).events
+    assert [(e.email, e.kind, e.status) for e in events] == [
+        ("r0@example.org", "hard", "5.1.1"),
+        ("r1@example.org", "hard", "5.1.10"),
+    ]
+    # With it (and all in one block, no blank line): the per-message fields are no recipient.
+    joined = DSN_WITHOUT_PER_MESSAGE_FIELDS.replace(
+        "Final-Recipient: rfc822; r0",
+        "Reporting-MTA: dns; mx.example.net\nFinal-Recipient: rfc822; r0",
+    )
+    events = parse_report(report(joined)).events
+    assert [e.email for e in events] == ["r0@example.org", "r1@example.org"]
+    with_block = DSN_WITHOUT_PER_MESSAGE_FIELDS.replace(
+        "Final-Recipient: rfc822; r0",
+        "Reporting-MTA: dns; mx.example.net\n\nFinal-Recipient: rfc822; r0",
+    )
+    events = parse_report(report(with_block)).events
+    assert [e.email for e in events] == ["r0@example.org", "r1@example.org"]

@@ -302,8 +302,7 @@ def _text(msg: Message, name: str) -> str:
 
 def _dsn(msg: Message, status_part: Message) -> Iterator[BounceEvent]:
     returned = _returned_ids(msg)
-    groups = _field_groups(status_part)
-    for group in groups[1:] or groups:  # the first block is per-message
+    for group in _recipient_groups(_field_groups(status_part)):
         action = _action_of(str(group.get("action", "")))
         diagnostic = " ".join(str(group.get("diagnostic-code", "")).split())
         status = _status_of(str(group.get("status", "")), diagnostic)
@@ -320,6 +319,17 @@ def _dsn(msg: Message, status_part: Message) -> Iterator[BounceEvent]:
             message_id=returned["message_id"], unsubscribe_token=returned["unsubscribe"],
             verp_text=returned["return_path"],
         )  # fmt: skip
+
+
+# RFC 3464 §2.3: Final-Recipient, Action and Status are required of each
+# per-recipient block; the per-message block (Reporting-MTA...) has none of them.
+_RECIPIENT_FIELDS = ("final-recipient", "original-recipient", "action", "status")
+
+
+def _recipient_groups(groups: list[Message]) -> list[Message]:
+    """The per-recipient blocks, by their fields: some reporters leave out the
+    per-message block, so the first block may already be a recipient's."""
+    return [g for g in groups if any(name in g for name in _RECIPIENT_FIELDS)]
 
 
 def _action_of(value: str) -> str:
