@@ -59,6 +59,7 @@ class BounceRun:
     suppressed: tuple[str, ...] = ()  # addresses newly suppressed
     unknown: tuple[str, ...] = ()  # reports naming nobody we mail
     unparsed: tuple[Problem, ...] = ()
+    unverified: tuple[str, ...] = ()  # reports whose VERP token fails its check: no effect
 
 
 @dataclass
@@ -70,12 +71,14 @@ class _Tally:
     suppressed: list[str] = field(default_factory=list)
     unknown: list[str] = field(default_factory=list)
     unparsed: list[Problem] = field(default_factory=list)
+    unverified: list[str] = field(default_factory=list)
 
     def result(self) -> BounceRun:
         k = self.kinds
         return BounceRun(
             self.read, k["hard"], k["soft"], k["complaint"], k["delay"],
             tuple(self.suppressed), tuple(self.unknown), tuple(self.unparsed),
+            tuple(self.unverified),
         )  # fmt: skip
 
 
@@ -276,7 +279,16 @@ def _record_report(
         run.kinds["delay"] += 1
     secret = load_secret(settings)
     for event in report.events:
-        target = _identify(engine, settings, secret, event)
+        genuine, failed = _verp_tokens(settings, secret, event)
+        if failed and not genuine:
+            # Somebody made it up, or signed it with a secret we no longer
+            # have: either way it must not suppress the address it names.
+            run.unverified.append(
+                f"{event.email or '(no address)'}: VERP token {failed[0]} fails its check, "
+                f"not acted upon (report {report.source})"
+            )
+            continue
+        target = _identify(engine, secret, event, genuine)
         if target is None:
             run.unknown.append(event.email or "(no address)")
             continue
@@ -295,18 +307,32 @@ class _Target:
     delivery_id: int | None = None
 
 
+def _verp_tokens(
+    settings: Settings, secret: bytes, event: BounceEvent
+) -> tuple[list[int], list[str]]:
+    """The delivery ids of the report's genuine VERP tokens, and the tokens
+    that fail their check."""
+    address = settings.bounces.address
+    genuine: list[int] = []
+    failed: list[str] = []
+    for token in verp_tokens_in(event.verp_text or "", address) if address else []:
+        delivery_id = verify_verp(secret, token)
+        if delivery_id is None:
+            failed.append(token)
+        else:
+            genuine.append(delivery_id)
+    return genuine, failed
+
+
 def _identify(
-    engine: Engine, settings: Settings, secret: bytes, event: BounceEvent
+    engine: Engine, secret: bytes, event: BounceEvent, verp_ids: list[int]
 ) -> _Target | None:
     """Who a report is about: our VERP token first (it cannot be forged), then
     the returned message's Message-ID (signed, `delivery.messageids`, or one
-    recorded by an older version), its unsubscribe token, the address."""
-    address = settings.bounces.address
+    recorded by an older version), its unsubscribe token, the address.  A
+    report with only tokens that fail their check never gets here."""
     with engine.connect() as conn:
-        for token in verp_tokens_in(event.verp_text or "", address) if address else []:
-            delivery_id = verify_verp(secret, token)
-            if delivery_id is None:
-                continue
+        for delivery_id in verp_ids:
             row = conn.execute(
                 select(deliveries.c.subscriber_id, deliveries.c.email, deliveries.c.mailing_id)
                 .where(deliveries.c.id == delivery_id)
