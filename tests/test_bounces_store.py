@@ -3,6 +3,7 @@ trusts (VERP tokens that fail their check) and when a report happened."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -121,3 +122,70 @@ def test_the_bounces_command_says_which_report_it_did_not_trust(
         in result.output
     )
     assert result.output.strip().endswith("0 not understood, 1 unverified")
+
+
+# --------------------------------------------------------------------------- when
+
+
+def soft_report(
+    sent: Sent, n: int, *, date: str | None = None, arrival: str | None = None
+) -> bytes:
+    """r0's 4.4.7 "gave up" DSN, with a Date header and an Arrival-Date as given."""
+    text = sent.fill("dsn-soft-gave-up.eml", "r0@example.org", n=n)
+    if arrival:
+        text = text.replace(
+            b"Reporting-MTA: dns; mx.example.net\n",
+            b"Reporting-MTA: dns; mx.example.net\nArrival-Date: " + arrival.encode() + b"\n",
+        )
+    return (f"Date: {date}\n".encode() if date else b"") + text
+
+
+def received(sent: Sent) -> list[datetime]:
+    with sent.engine.connect() as conn:
+        return sorted(conn.scalars(select(bounce_events.c.received_at)))
+
+
+def test_soft_bounces_are_counted_when_they_happened_not_when_read(
+    sent: Sent, sample_site: Path
+) -> None:
+    # Three soft bounces weeks apart, read in one run: "3 soft bounces in 14 days".
+    box = sample_site / "box"
+    dates = ["Mon, 01 Sep 2025 08:00:00 +0000", "Mon, 06 Oct 2025 08:00:00 +0000",
+             "Mon, 10 Nov 2025 08:00:00 +0100"]  # fmt: skip
+    for n, date in enumerate(dates):
+        drop(box, f"soft{n}", soft_report(sent, n, date=date))
+    read_at = datetime(2025, 11, 20, 12, 0, tzinfo=UTC)
+    run = process_bounces(sent.engine, sent.settings, at=read_at)
+    assert (run.soft, run.suppressed) == (3, ())
+    assert status_of(sent, "r0@example.org") == "active"
+    assert received(sent) == [
+        datetime(2025, 9, 1, 8, tzinfo=UTC), datetime(2025, 10, 6, 8, tzinfo=UTC),
+        datetime(2025, 11, 10, 7, tzinfo=UTC),
+    ]  # fmt: skip
+
+
+def test_soft_bounces_within_the_window_suppress_in_any_order_read(
+    sent: Sent, sample_site: Path
+) -> None:
+    # The mailbox need not hold them in the order they happened in: the last
+    # one read (5 Nov) is between the other two, all within 14 days.
+    box = sample_site / "box"
+    for n, day in enumerate((10, 1, 5)):
+        drop(box, f"soft{n}", soft_report(sent, n, date=f"{day:02d} Nov 2025 08:00:00 +0000"))
+    run = process_bounces(sent.engine, sent.settings, at=datetime(2025, 11, 20, tzinfo=UTC))
+    assert run.suppressed == ("r0@example.org",)
+    member = subs.get_by_email(sent.engine, "r0@example.org")
+    assert member is not None and "3 soft bounces in 14 days" in (member.status_reason or "")
+
+
+def test_a_report_without_a_plausible_date_counts_when_read(sent: Sent, sample_site: Path) -> None:
+    box = sample_site / "box"
+    read_at = datetime(2025, 11, 20, 12, 0, tzinfo=UTC)
+    # The DSN's Arrival-Date when there is no Date header.
+    drop(box, "a", soft_report(sent, 1, arrival="Wed, 19 Nov 2025 10:00:00 -0500 (EST)"))
+    drop(box, "b", soft_report(sent, 2, date="Fri, 01 Jan 2100 00:00:00 +0000"))  # future
+    drop(box, "c", soft_report(sent, 3, date="Thu, 01 Jan 1970 00:00:00 +0000"))  # a reset clock
+    drop(box, "d", soft_report(sent, 4, date="the day before yesterday"))
+    run = process_bounces(sent.engine, sent.settings, at=read_at)
+    assert run.soft == 4
+    assert received(sent) == [datetime(2025, 11, 19, 15, tzinfo=UTC)] + [read_at] * 3

@@ -31,10 +31,11 @@ import hmac
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from email import message_from_bytes, policy
 from email.errors import MessageError
 from email.message import EmailMessage, Message
-from email.utils import parseaddr
+from email.utils import parseaddr, parsedate_to_datetime
 from typing import Literal
 
 from newsletter.config import Settings
@@ -67,6 +68,9 @@ class ParsedReport:
     source: str  # the report's Message-ID, or a digest of its bytes
     shape: str  # "dsn" | "arf" | "exim" | "qmail"
     events: tuple[BounceEvent, ...]  # empty for a delay warning
+    # When it happened by the report's own word (Date, else a DSN's
+    # Arrival-Date), in UTC; None when it has neither or they cannot be read.
+    date: datetime | None = None
 
 
 # --------------------------------------------------------------------------- VERP
@@ -146,7 +150,7 @@ def _parse_report(data: bytes) -> ParsedReport:
     source = _source_key(msg, data)
     report_type = str(msg.get_param("report-type", "", header="content-type") or "").lower()
     if report_type == "feedback-report" or _part(msg, "message/feedback-report") is not None:
-        return ParsedReport(source, "arf", (_arf(msg),))
+        return ParsedReport(source, "arf", (_arf(msg),), _report_date(msg, None))
     # A bounce is addressed to the VERP sender: the receiving server's
     # Delivered-To / X-Original-To, or the report's own To, carry it.
     envelope = " ".join(
@@ -172,7 +176,7 @@ def _parse_report(data: bytes) -> ParsedReport:
                 replace(e, verp_text=" ".join(filter(None, (envelope, e.verp_text))))
                 for e in events
             )
-            return ParsedReport(source, shape, with_envelope)
+            return ParsedReport(source, shape, with_envelope, _report_date(msg, status_part))
     if auto_submitted:
         raise UnparseableReport(f"an auto-reply ({auto_submitted}), not a bounce ({subject!r})")
     raise UnparseableReport(f"not a delivery status notification or complaint ({subject!r})")
@@ -203,6 +207,24 @@ def _auto_submitted(msg: Message) -> str | None:
 def _source_key(msg: Message, data: bytes) -> str:
     mid = str(msg.get("message-id", "")).strip()
     return mid[:300] if mid else "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _report_date(msg: Message, status_part: Message | None) -> datetime | None:
+    """The report's Date, else the Arrival-Date of its delivery-status part."""
+    found = _date(_text(msg, "date"))
+    if found is None and status_part is not None:
+        arrival = (str(g.get("arrival-date", "")) for g in _field_groups(status_part))
+        found = next(filter(None, map(_date, arrival)), None)
+    return found
+
+
+def _date(value: str) -> datetime | None:
+    """An RFC 5322 date-time in UTC; a zone of -0000 (unknown) is taken as UTC."""
+    try:
+        parsed = parsedate_to_datetime(value.strip())
+        return parsed.replace(tzinfo=parsed.tzinfo or UTC).astimezone(UTC)
+    except (TypeError, ValueError, IndexError, OverflowError):  # anyone's words: no date
+        return None
 
 
 def _part(msg: Message, content_type: str) -> Message | None:
