@@ -178,6 +178,17 @@ def test_soft_bounces_within_the_window_suppress_in_any_order_read(
     assert member is not None and "3 soft bounces in 14 days" in (member.status_reason or "")
 
 
+def test_soft_bounces_read_out_of_order_are_not_counted_together_when_apart(
+    sent: Sent, sample_site: Path
+) -> None:
+    # Read last, the 1 Sep report is months before the other two: no window holds all three.
+    box = sample_site / "box"
+    for n, date in enumerate(("10 Nov 2025", "12 Nov 2025", "01 Sep 2025")):
+        drop(box, f"soft{n}", soft_report(sent, n, date=f"{date} 08:00:00 +0000"))
+    run = process_bounces(sent.engine, sent.settings, at=datetime(2025, 11, 20, tzinfo=UTC))
+    assert (run.soft, run.suppressed) == (3, ())
+
+
 def test_a_report_without_a_plausible_date_counts_when_read(sent: Sent, sample_site: Path) -> None:
     box = sample_site / "box"
     read_at = datetime(2025, 11, 20, 12, 0, tzinfo=UTC)
