@@ -119,6 +119,9 @@ def test_env_var_selects_the_config(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         ("[signup]\npending_per_address_per_day = -1\n", "signup.pending_per_address_per_day"),
         ("[signup]\npending_per_address_per_day = 0\n", "signup.pending_per_address_per_day"),
         ("[signup]\nper_ip_per_hour = true\n", "signup.per_ip_per_hour"),
+        # soft_days = 0 was reported under bounces.soft_limit.
+        ("[bounces]\nsoft_days = 0\n", "bounces.soft_days"),
+        ("[bounces]\nsoft_limit = 0\n", "bounces.soft_limit"),
     ],
 )
 def test_bad_values_name_their_key(tmp_path: Path, text: str, key: str) -> None:

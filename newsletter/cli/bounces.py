@@ -20,7 +20,9 @@ def bounces_cmd(ctx: click.Context, as_json: bool) -> None:
     (4.x.x) do after [bounces] soft_limit within soft_days; a complaint
     (ARF) suppresses it as `complained` on every list.  Each message read is
     moved to the processed folder; one that is not understood is moved to
-    the unparsed folder, kept, and reported here (exit 1).
+    the unparsed folder, kept, and reported here (exit 1).  A report whose
+    VERP token fails its check (forged, or signed with another secret)
+    changes nothing and is listed as unverified.
     """
     from newsletter.delivery.bouncebox import process_bounces
     from newsletter.store import open_store
@@ -38,6 +40,7 @@ def bounces_cmd(ctx: click.Context, as_json: bool) -> None:
                 "suppressed": run.suppressed,
                 "unknown": run.unknown,
                 "unparsed": [{"message": p.message, "ref": p.key} for p in run.unparsed],
+                "unverified": run.unverified,
             }
         )
     else:
@@ -45,12 +48,15 @@ def bounces_cmd(ctx: click.Context, as_json: bool) -> None:
             click.echo(f"suppressed {address}")
         for address in run.unknown:
             click.echo(f"not a subscriber: {address}")
+        for line in run.unverified:
+            click.echo(f"unverified: {line}")
         for problem in run.unparsed:
             click.echo(f"unparsed: {problem.key}: {problem.message}", err=True)
+        unverified = f", {len(run.unverified)} unverified" if run.unverified else ""
         click.echo(
             f"{run.read} message(s) read: {run.hard} hard bounce(s), {run.soft} soft, "
             f"{run.complaints} complaint(s), {run.delays} delay warning(s), "
-            f"{len(run.unparsed)} not understood"
+            f"{len(run.unparsed)} not understood{unverified}"
         )
     if run.unparsed:
         sys.exit(1)

@@ -177,5 +177,6 @@ def _validate_bounces(settings: Settings) -> None:
         raise ConfigError("give maildir or imap_host, not both", path=path, key="bounces.maildir")
     if b.imap_host and not b.username:
         raise ConfigError("IMAP needs a username", path=path, key="bounces.username")
-    if b.soft_limit < 1 or b.soft_days < 1:
-        raise ConfigError("must be at least 1", path=path, key="bounces.soft_limit")
+    for key, value in (("soft_limit", b.soft_limit), ("soft_days", b.soft_days)):
+        if value < 1:
+            raise ConfigError("must be at least 1", path=path, key=f"bounces.{key}")

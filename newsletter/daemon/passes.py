@@ -161,6 +161,7 @@ def _read_bounces(engine: Engine, settings: Settings, problems: list[str]) -> No
         problems.append(f"error: bounces: {exc}")
         return
     problems.extend(f"warning: bounces: {p.key}: {p.message}" for p in run.unparsed)
+    problems.extend(f"warning: bounces: unverified: {line}" for line in run.unverified)
     if run.read:
         log.info(
             "bounces: %d read, %d hard, %d soft, %d complaint(s), %d suppressed",

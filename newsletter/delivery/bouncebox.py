@@ -9,7 +9,8 @@ steps only means the report is read again and changes nothing.
 
 Effects (invariant 3: none of them is undone by an import or a sync):
 hard bounce -> ``bounced``; ``[bounces] soft_limit`` soft bounces within
-``soft_days`` -> ``bounced``; complaint -> ``complained`` on every list.
+``soft_days`` (dated by the reports themselves when plausible) -> ``bounced``;
+complaint -> ``complained`` on every list.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class BounceRun:
     suppressed: tuple[str, ...] = ()  # addresses newly suppressed
     unknown: tuple[str, ...] = ()  # reports naming nobody we mail
     unparsed: tuple[Problem, ...] = ()
+    unverified: tuple[str, ...] = ()  # reports whose VERP token fails its check: no effect
 
 
 @dataclass
@@ -70,12 +72,14 @@ class _Tally:
     suppressed: list[str] = field(default_factory=list)
     unknown: list[str] = field(default_factory=list)
     unparsed: list[Problem] = field(default_factory=list)
+    unverified: list[str] = field(default_factory=list)
 
     def result(self) -> BounceRun:
         k = self.kinds
         return BounceRun(
             self.read, k["hard"], k["soft"], k["complaint"], k["delay"],
             tuple(self.suppressed), tuple(self.unknown), tuple(self.unparsed),
+            tuple(self.unverified),
         )  # fmt: skip
 
 
@@ -269,14 +273,39 @@ def _where(settings: Settings) -> str:
     return settings.bounces.unparsed_folder
 
 
+# How old a report's own date may be and still be believed: older is a
+# sender's clock gone wrong (1970, 2000), not a mailbox left unread.
+_OLDEST_REPORT = timedelta(days=365)
+
+
+def _happened_at(report: ParsedReport, read_at: datetime) -> datetime:
+    """When the report's event happened: its own date when plausible (a
+    mailbox read after weeks holds weeks of reports, and the soft-bounce
+    window is about when they bounced), else when it was read."""
+    date = report.date
+    if date is None or date > read_at or date < read_at - _OLDEST_REPORT:
+        return read_at
+    return date
+
+
 def _record_report(
-    engine: Engine, settings: Settings, report: ParsedReport, run: _Tally, at: datetime
+    engine: Engine, settings: Settings, report: ParsedReport, run: _Tally, read_at: datetime
 ) -> None:
     if not report.events:
         run.kinds["delay"] += 1
+    at = _happened_at(report, read_at)
     secret = load_secret(settings)
     for event in report.events:
-        target = _identify(engine, settings, secret, event)
+        genuine, failed = _verp_tokens(settings, secret, event)
+        if failed and not genuine:
+            # Somebody made it up, or signed it with a secret we no longer
+            # have: either way it must not suppress the address it names.
+            run.unverified.append(
+                f"{event.email or '(no address)'}: VERP token {failed[0]} fails its check, "
+                f"not acted upon (report {report.source})"
+            )
+            continue
+        target = _identify(engine, secret, event, genuine)
         if target is None:
             run.unknown.append(event.email or "(no address)")
             continue
@@ -295,18 +324,32 @@ class _Target:
     delivery_id: int | None = None
 
 
+def _verp_tokens(
+    settings: Settings, secret: bytes, event: BounceEvent
+) -> tuple[list[int], list[str]]:
+    """The delivery ids of the report's genuine VERP tokens, and the tokens
+    that fail their check."""
+    address = settings.bounces.address
+    genuine: list[int] = []
+    failed: list[str] = []
+    for token in verp_tokens_in(event.verp_text or "", address) if address else []:
+        delivery_id = verify_verp(secret, token)
+        if delivery_id is None:
+            failed.append(token)
+        else:
+            genuine.append(delivery_id)
+    return genuine, failed
+
+
 def _identify(
-    engine: Engine, settings: Settings, secret: bytes, event: BounceEvent
+    engine: Engine, secret: bytes, event: BounceEvent, verp_ids: list[int]
 ) -> _Target | None:
     """Who a report is about: our VERP token first (it cannot be forged), then
     the returned message's Message-ID (signed, `delivery.messageids`, or one
-    recorded by an older version), its unsubscribe token, the address."""
-    address = settings.bounces.address
+    recorded by an older version), its unsubscribe token, the address.  A
+    report with only tokens that fail their check never gets here."""
     with engine.connect() as conn:
-        for token in verp_tokens_in(event.verp_text or "", address) if address else []:
-            delivery_id = verify_verp(secret, token)
-            if delivery_id is None:
-                continue
+        for delivery_id in verp_ids:
             row = conn.execute(
                 select(deliveries.c.subscriber_id, deliveries.c.email, deliveries.c.mailing_id)
                 .where(deliveries.c.id == delivery_id)
@@ -370,16 +413,8 @@ def _suppress(
         )
     else:
         b = settings.bounces
-        since = at - timedelta(days=b.soft_days)
-        with engine.connect() as conn:
-            count = conn.scalar(
-                select(func.count()).select_from(bounce_events).where(
-                    bounce_events.c.subscriber_id == target.subscriber_id,
-                    bounce_events.c.kind == "soft",
-                    bounce_events.c.received_at > since,
-                )
-            )  # fmt: skip
-        if (count or 0) < b.soft_limit:
+        count = _soft_in_window(engine, target.subscriber_id, at, timedelta(days=b.soft_days))
+        if count < b.soft_limit:
             return False
         subs.mark_bounced(
             engine, target.subscriber_id,
@@ -387,6 +422,25 @@ def _suppress(
         )  # fmt: skip
     after = subs.get_by_id(engine, target.subscriber_id)
     return before is not None and after is not None and before.status != after.status
+
+
+def _soft_in_window(engine: Engine, subscriber_id: int, at: datetime, span: timedelta) -> int:
+    """The most soft bounces of the subscriber within one `span` that holds
+    `at`.  Reports are dated by when they happened, and a mailbox need not
+    hold them in that order: the window may end after `at` too."""
+    with engine.connect() as conn:
+        times = list(
+            conn.scalars(
+                select(bounce_events.c.received_at).where(
+                    bounce_events.c.subscriber_id == subscriber_id,
+                    bounce_events.c.kind == "soft",
+                    bounce_events.c.received_at > at - span,
+                    bounce_events.c.received_at < at + span,
+                )
+            )
+        )
+    starts = [t for t in times if t <= at]  # each window opens with one of them
+    return max((sum(1 for t in times if s <= t < s + span) for s in starts), default=0)
 
 
 # --------------------------------------------------------------------------- counts

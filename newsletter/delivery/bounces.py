@@ -13,6 +13,8 @@ Incoming, `parse_report` reads one message of the bounce mailbox:
   code is only in ``Diagnostic-Code``;
 * plain-text bounces without a report part: Exim's (``X-Failed-Recipients``
   header) and qmail's ("Hi. This is the qmail-send program");
+* never an auto-reply (RFC 3834 ``Auto-Submitted``, ``X-Autoreply``...),
+  whatever its text says;
 * RFC 5965 ARF complaints (``report-type=feedback-report``), the recipient
   taken from the VERP sender, the unsubscribe token of the returned message,
   or ``Original-Rcpt-To`` — providers often redact the latter.
@@ -29,10 +31,11 @@ import hmac
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from email import message_from_bytes, policy
 from email.errors import MessageError
 from email.message import EmailMessage, Message
-from email.utils import parseaddr
+from email.utils import parseaddr, parsedate_to_datetime
 from typing import Literal
 
 from newsletter.config import Settings
@@ -65,6 +68,9 @@ class ParsedReport:
     source: str  # the report's Message-ID, or a digest of its bytes
     shape: str  # "dsn" | "arf" | "exim" | "qmail"
     events: tuple[BounceEvent, ...]  # empty for a delay warning
+    # When it happened by the report's own word (Date, else a DSN's
+    # Arrival-Date), in UTC; None when it has neither or they cannot be read.
+    date: datetime | None = None
 
 
 # --------------------------------------------------------------------------- VERP
@@ -144,33 +150,81 @@ def _parse_report(data: bytes) -> ParsedReport:
     source = _source_key(msg, data)
     report_type = str(msg.get_param("report-type", "", header="content-type") or "").lower()
     if report_type == "feedback-report" or _part(msg, "message/feedback-report") is not None:
-        return ParsedReport(source, "arf", (_arf(msg),))
+        return ParsedReport(source, "arf", (_arf(msg),), _report_date(msg, None))
     # A bounce is addressed to the VERP sender: the receiving server's
     # Delivered-To / X-Original-To, or the report's own To, carry it.
     envelope = " ".join(
         str(v) for name in ("delivered-to", "x-original-to", "envelope-to", "to")
         for v in msg.get_all(name, [])
     )  # fmt: skip
+    subject = str(msg.get("subject", ""))[:80]
+    responder = _responder_mark(msg)
+    if responder:
+        raise UnparseableReport(f"an auto-reply ({responder}), not a bounce ({subject!r})")
     status_part = _part(msg, "message/delivery-status")
+    auto_submitted = _auto_submitted(msg)
     found: list[tuple[str, list[BounceEvent]]] = []
     if status_part is not None:
         found.append(("dsn", list(_dsn(msg, status_part))))
     else:
-        found += [("exim", _exim(msg)), ("qmail", _qmail(msg))]
+        found.append(("exim", _exim(msg)))
+        if auto_submitted is None:
+            found.append(("qmail", _qmail(msg)))
     for shape, events in found:
         if events or shape == "dsn":  # a DSN with no failure is a delay warning
             with_envelope = tuple(
                 replace(e, verp_text=" ".join(filter(None, (envelope, e.verp_text))))
                 for e in events
             )
-            return ParsedReport(source, shape, with_envelope)
-    subject = str(msg.get("subject", ""))[:80]
+            return ParsedReport(source, shape, with_envelope, _report_date(msg, status_part))
+    if auto_submitted:
+        raise UnparseableReport(f"an auto-reply ({auto_submitted}), not a bounce ({subject!r})")
     raise UnparseableReport(f"not a delivery status notification or complaint ({subject!r})")
+
+
+# Vacation programs' and ticket systems' own marks: no MTA puts them on a bounce.
+_RESPONDER_HEADERS = ("X-Autoreply", "X-Autorespond", "X-Autoresponder")
+
+
+def _responder_mark(msg: Message) -> str | None:
+    """The header marking `msg` as a responder's reply, whatever its body says."""
+    for name in _RESPONDER_HEADERS:
+        if name in msg:
+            return f"{name}: {str(msg[name]).strip()[:40]}"
+    if str(msg.get("precedence", "")).strip().lower() == "auto_reply":
+        return "Precedence: auto_reply"
+    return None
+
+
+def _auto_submitted(msg: Message) -> str | None:
+    """RFC 3834's ``Auto-Submitted`` unless "no".  Exim and Postfix mark their
+    bounces auto-replied too, so it rules out only the shape that has no report
+    structure of its own to go by: qmail's plain text."""
+    value = str(msg.get("auto-submitted", "")).split(";")[0].split("(")[0].strip().lower()
+    return f"Auto-Submitted: {value[:40]}" if value and value != "no" else None
 
 
 def _source_key(msg: Message, data: bytes) -> str:
     mid = str(msg.get("message-id", "")).strip()
     return mid[:300] if mid else "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _report_date(msg: Message, status_part: Message | None) -> datetime | None:
+    """The report's Date, else the Arrival-Date of its delivery-status part."""
+    found = _date(_text(msg, "date"))
+    if found is None and status_part is not None:
+        arrival = (str(g.get("arrival-date", "")) for g in _field_groups(status_part))
+        found = next(filter(None, map(_date, arrival)), None)
+    return found
+
+
+def _date(value: str) -> datetime | None:
+    """An RFC 5322 date-time in UTC; a zone of -0000 (unknown) is taken as UTC."""
+    try:
+        parsed = parsedate_to_datetime(value.strip())
+        return parsed.replace(tzinfo=parsed.tzinfo or UTC).astimezone(UTC)
+    except (TypeError, ValueError, IndexError, OverflowError):  # anyone's words: no date
+        return None
 
 
 def _part(msg: Message, content_type: str) -> Message | None:
@@ -199,8 +253,11 @@ def _field_groups(part: Message) -> list[Message]:
     return [message_from_bytes(b.encode("utf-8") + b"\n\n") for b in blocks if b.strip()]
 
 
-_CODE = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
-_SMTP_REPLY = re.compile(r"\b([245])\d\d[ -]")
+# A code is never part of a longer dotted number: "4.5.6" inside the MX's
+# address 10.4.5.6, or "250 " ending 10.0.2.250, is no status (RFC 3463).
+_NOT_IN_NUMBER = r"(?<![\w.])"
+_CODE = re.compile(_NOT_IN_NUMBER + r"([245])\.(\d{1,3})\.(\d{1,3})(?!\w|\.\d)")
+_SMTP_REPLY = re.compile(_NOT_IN_NUMBER + r"([245])\d\d[ -]")
 
 
 def _status_of(status: str, diagnostic: str) -> str | None:
@@ -267,9 +324,8 @@ def _text(msg: Message, name: str) -> str:
 
 def _dsn(msg: Message, status_part: Message) -> Iterator[BounceEvent]:
     returned = _returned_ids(msg)
-    groups = _field_groups(status_part)
-    for group in groups[1:] or groups:  # the first block is per-message
-        action = str(group.get("action", "")).strip().lower()
+    for group in _recipient_groups(_field_groups(status_part)):
+        action = _action_of(str(group.get("action", "")))
         diagnostic = " ".join(str(group.get("diagnostic-code", "")).split())
         status = _status_of(str(group.get("status", "")), diagnostic)
         recipient = _address(
@@ -285,6 +341,29 @@ def _dsn(msg: Message, status_part: Message) -> Iterator[BounceEvent]:
             message_id=returned["message_id"], unsubscribe_token=returned["unsubscribe"],
             verp_text=returned["return_path"],
         )  # fmt: skip
+
+
+# RFC 3464 §2.3: Final-Recipient, Action and Status are required of each
+# per-recipient block; the per-message block (Reporting-MTA...) has none of them.
+_RECIPIENT_FIELDS = ("final-recipient", "original-recipient", "action", "status")
+
+
+def _recipient_groups(groups: list[Message]) -> list[Message]:
+    """The per-recipient blocks, by their fields: some reporters leave out the
+    per-message block, so the first block may already be a recipient's."""
+    return [g for g in groups if any(name in g for name in _RECIPIENT_FIELDS)]
+
+
+def _action_of(value: str) -> str:
+    """The action word of ``Action: failed (permanent)``: RFC 3464 fields may
+    carry RFC 822 comments, nested ones too, and the word is case-insensitive."""
+    while True:
+        bare = re.sub(r"\([^()]*\)", " ", value)
+        if bare == value:
+            break
+        value = bare
+    words = value.split()
+    return words[0].lower() if words else ""
 
 
 def _arf(msg: Message) -> BounceEvent:
@@ -312,9 +391,18 @@ def _text_body(msg: Message) -> str:
         if part.get_content_type() == "text/plain":
             body = part.get_payload(decode=True)
             if isinstance(body, bytes):
-                charset = part.get_content_charset() or "utf-8"
-                return body.decode(charset, "replace")
+                return _decoded(body, part.get_content_charset() or "utf-8")
     return ""
+
+
+def _decoded(body: bytes, charset: str) -> str:
+    try:
+        return body.decode(charset, "replace")
+    except LookupError:  # a charset Python does not know (Exim's x-unknown-8bit)
+        try:
+            return body.decode("utf-8")
+        except UnicodeDecodeError:
+            return body.decode("latin-1")  # every byte is a latin-1 character
 
 
 def _exim(msg: Message) -> list[BounceEvent]:
@@ -334,10 +422,16 @@ def _exim(msg: Message) -> list[BounceEvent]:
     return events
 
 
+# qmail-send's opening lines (qmail-send.c), not quoted ("> ") by somebody else.
+_QMAIL_PREAMBLE = re.compile(
+    r"^(?!>)[^\n]*(?:qmail-send program|I'm afraid I wasn't able to deliver)", re.MULTILINE
+)
+
+
 def _qmail(msg: Message) -> list[BounceEvent]:
     """qmail: "<a@example.org>:" followed by the remote server's words."""
     body = _text_body(msg)
-    if "qmail-send program" not in body and "permanent error" not in body.lower():
+    if not _QMAIL_PREAMBLE.search(body):  # "permanent error" alone is anybody's words
         return []
     events = []
     for match in re.finditer(r"^<([^<>\s]+@[^<>\s]+)>:\s*\n((?:.+\n?)*)", body, re.MULTILINE):
