@@ -42,6 +42,7 @@ class DovecotServer:
     root: Path
     port: int = field(default_factory=free_port)
     capabilities_off: tuple[str, ...] = ()  # e.g. ("MOVE",) to test the COPY path
+    password: str = PASSWORD  # UTF-8 in dovecot's passwd file
 
     def __post_init__(self) -> None:
         self.proc: subprocess.Popen[bytes] | None = None
@@ -75,7 +76,7 @@ class DovecotServer:
         else:
             login = internal = me.pw_name
             mail = me
-        (self.root / "passwd").write_text(f"{USER}:{{PLAIN}}{PASSWORD}\n")
+        (self.root / "passwd").write_text(f"{USER}:{{PLAIN}}{self.password}\n", encoding="utf-8")
         capability = ""
         if self.capabilities_off:
             # The capability string dovecot announces, minus the ones switched off.
@@ -173,7 +174,9 @@ service imap-login {{
     def client(self) -> imaplib.IMAP4_SSL:
         context = ssl.create_default_context(cafile=str(self.ca_file))
         imap = imaplib.IMAP4_SSL("127.0.0.1", self.port, ssl_context=context, timeout=10)
-        imap.login(USER, PASSWORD)
+        from newsletter.delivery.bouncebox import login
+
+        login(imap, USER, self.password)
         return imap
 
     def append(self, data: bytes, mailbox: str = "INBOX") -> None:
@@ -189,7 +192,9 @@ service imap-login {{
         """(flags, bytes) of every message in a mailbox; [] when it does not exist."""
         imap = self.client()
         try:
-            status, _ = imap.select(f'"{name}"', readonly=True)
+            from newsletter.delivery.bouncebox import mailbox_name
+
+            status, _ = imap.select(mailbox_name(name), readonly=True)
             if status != "OK":
                 return []
             _, data = imap.uid("SEARCH", "ALL")

@@ -92,6 +92,30 @@ def test_bounces_are_read_over_imap_once_and_filed(
     assert ("MOVE" in box.capabilities) == (server_kind == "move")
 
 
+def test_a_password_and_folders_beyond_ascii_work(
+    sample_site: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """imaplib sends LOGIN's arguments and mailbox names as ASCII: a password
+    or a folder name with an umlaut was a UnicodeEncodeError traceback, in
+    `bounces` and in every daemon pass.  Now AUTHENTICATE PLAIN (UTF-8) and
+    modified UTF-7 names (RFC 3501), against Dovecot."""
+    from dataclasses import replace as changed
+
+    for server in start(tmp_path, password="pässwörd-ü"):
+        monkeypatch.setenv("NEWSLETTER_IMAP_PASSWORD", "pässwörd-ü")
+        sent = send_mailing(sample_site, 6, **server.settings_overrides())
+        bounces = changed(
+            sent.settings.bounces, processed_folder="Verarbeitet ä", unparsed_folder="Ungelesen ö"
+        )
+        settings = with_overrides(sent.settings, bounces=bounces)
+        fill(server, sent)
+        run = process_bounces(sent.engine, settings)
+        assert (run.read, run.hard) == (6, 3)
+        assert len(server.mailbox("Verarbeitet ä")) == 5
+        assert len(server.mailbox("Ungelesen ö")) == 1
+        assert server.mailbox("INBOX") == []
+
+
 def test_the_server_certificate_is_verified(sample_site: Path, imap: DovecotServer) -> None:
     sent = send_mailing(sample_site, 1, **imap.settings_overrides())
     untrusted = with_overrides(sent.settings, bounces=replace(sent.settings.bounces, ca_file=None))

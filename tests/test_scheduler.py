@@ -289,6 +289,33 @@ def test_a_daily_digest_goes_once_on_a_night_the_clocks_change(
 # --------------------------------------------------------------------------- bad input
 
 
+def test_a_bounce_reader_that_fails_unexpectedly_stops_no_mail(
+    ready: tuple[Site, Settings, Engine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fault of the bounce reader that is no error of ours (imaplib's
+    UnicodeEncodeError on a password with an umlaut) failed the whole pass,
+    every pass: nothing was planned or sent.  It is one problem of the pass."""
+    from newsletter.delivery import bouncebox
+
+    site, settings, engine = ready
+
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise UnicodeEncodeError("ascii", "pässwort", 1, 2, "ordinal not in range(128)")
+
+    monkeypatch.setattr(bouncebox, "process_bounces", broken)
+    box = site.root / "box"
+    for folder in ("new", "cur", "tmp"):
+        (box / folder).mkdir(parents=True)
+    bounces = dataclasses.replace(settings.bounces, address="b@example.com", maildir=box)
+    settings = dataclasses.replace(settings, bounces=bounces)
+    site.write_post("2025-01-02-due.md", "Due", LAST_YEAR)
+    report, transport = one_pass(settings, engine)
+    assert len(transport.outbox) == len(MEMBERS)
+    assert any(
+        p.startswith("error: bounces: unexpected UnicodeEncodeError") for p in report.problems
+    )
+
+
 def test_a_broken_post_is_reported_and_the_others_still_go(
     ready: tuple[Site, Settings, Engine],
 ) -> None:

@@ -160,6 +160,12 @@ def _read_bounces(engine: Engine, settings: Settings, problems: list[str]) -> No
     except NewsletterError as exc:
         problems.append(f"error: bounces: {exc}")
         return
+    except Exception as exc:  # reading bounces must never stop the mail
+        # A fault of the bounce reader itself (a mailbox's odd reply, a bug)
+        # failed the whole pass: nothing was planned or sent while it lasted.
+        log.debug("bounces: unexpected failure", exc_info=True)
+        problems.append(f"error: bounces: unexpected {type(exc).__name__}: {exc}")
+        return
     problems.extend(f"warning: bounces: {p.key}: {p.message}" for p in run.unparsed)
     problems.extend(f"warning: bounces: unverified: {line}" for line in run.unverified)
     if run.read:

@@ -15,6 +15,7 @@ complaint -> ``complained`` on every list.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import imaplib
 import logging
@@ -151,8 +152,8 @@ class ImapBox:
                 f"cannot reach IMAP server {b.imap_host}:{b.port}: {exc}", key="bounces.imap_host"
             ) from exc
         try:
-            self.imap.login(str(b.username), b.password())
-            self._ok(self.imap.select(_quote(b.mailbox)), f"select {b.mailbox}")
+            login(self.imap, str(b.username), b.password() or "")
+            self._ok(self.imap.select(mailbox_name(b.mailbox)), f"select {b.mailbox}")
             # imaplib keeps the capabilities announced before login, which
             # servers may extend after it (dovecot adds MOVE there).
             reply = self._ok(self.imap.capability(), "capability")
@@ -203,7 +204,7 @@ class ImapBox:
             self._file(uid, target)
 
     def _file(self, uid: str, target: str) -> None:
-        folder = _quote(self.folders[target])
+        folder = mailbox_name(self.folders[target])
         if folder not in self.created:
             self.imap.create(folder)  # NO when it exists: fine
             self.created.add(folder)
@@ -223,6 +224,43 @@ class ImapBox:
     def close(self) -> None:
         with contextlib.suppress(OSError, imaplib.IMAP4.error):
             self.imap.logout()
+
+
+def login(imap: imaplib.IMAP4, username: str, password: str) -> None:
+    """LOGIN, whose arguments imaplib sends as ASCII (a password with an
+    umlaut was a UnicodeEncodeError traceback in every daemon pass); with
+    anything else, AUTHENTICATE PLAIN, which carries UTF-8 (RFC 4616)."""
+    if (username + password).isascii():
+        imap.login(username, password)
+        return
+    credentials = f"\0{username}\0{password}".encode()
+    imap.authenticate("PLAIN", lambda _challenge: credentials)
+
+
+def mailbox_name(name: str) -> str:
+    """A mailbox name as IMAP writes it: modified UTF-7 (RFC 3501 5.1.3) for
+    what is not printable ASCII, then quoted."""
+    return _quote(_modified_utf7(name))
+
+
+def _modified_utf7(name: str) -> str:
+    out: list[str] = []
+    run: list[str] = []
+
+    def flush() -> None:
+        if run:
+            raw = "".join(run).encode("utf-16-be")
+            out.append("&" + base64.b64encode(raw).decode().rstrip("=").replace("/", ",") + "-")
+            run.clear()
+
+    for char in name:
+        if " " <= char <= "~":
+            flush()
+            out.append("&-" if char == "&" else char)
+        else:
+            run.append(char)
+    flush()
+    return "".join(out)
 
 
 def _quote(name: str) -> str:
