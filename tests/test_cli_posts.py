@@ -315,6 +315,20 @@ def test_check_reports_a_bounce_maildir_that_is_not_one(tmp_path: Path) -> None:
     assert "bounces.maildir" not in result.output
 
 
+def test_check_reports_a_login_without_tls(tmp_path: Path) -> None:
+    """send refuses to log in without TLS (after planning the mailing); check said nothing."""
+    cfg = tmp_path / "newsletter.toml"
+    (tmp_path / "posts").mkdir()
+    cfg.write_text(
+        '[delivery]\ntransport = "smtp"\n[smtp]\nhost = "localhost"\nsecurity = "none"\n'
+        'username = "me"\n',
+        encoding="utf-8",
+    )
+    result = CliRunner().invoke(main, ["--config", str(cfg), "check"])
+    assert result.exit_code == 1
+    assert "smtp.username: error: refusing to log in without TLS" in result.output
+
+
 def test_check_warns_when_smtp_mail_would_link_to_localhost(tmp_path: Path) -> None:
     cfg = tmp_path / "newsletter.toml"
     (tmp_path / "posts").mkdir()

@@ -260,10 +260,15 @@ def check_settings(settings: Settings) -> Iterator[Problem]:
             settings.site.jekyll_config, None, "warning", "timezone",
         )  # fmt: skip
     if settings.delivery.transport == "smtp":
-        try:
-            settings.smtp.password()
-        except NewsletterError as exc:
-            yield Problem(exc.message, cfg, None, "error", exc.key)
+        from newsletter.delivery.transports.smtp_common import check_policy
+
+        # What every send would refuse (clear text, a login without TLS):
+        # check passed, then send planned the mailing and stopped at it.
+        for step in (settings.smtp.password, lambda: check_policy(settings.smtp)):
+            try:
+                step()
+            except NewsletterError as exc:
+                yield Problem(exc.message, cfg, None, "error", exc.key)
     bounces = settings.bounces
     if bounces.address and not bounces.reads_mailbox:
         yield Problem(
