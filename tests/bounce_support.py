@@ -87,6 +87,12 @@ def send_mailing(site: Path, count: int, **overrides: Any) -> Sent:
     return Sent(settings, engine, mailing_id, by_email)
 
 
+def status_of(sent: Sent, email: str) -> str:
+    row = subs.get_by_email(sent.engine, email)
+    assert row is not None
+    return row.status
+
+
 def maildir(root: Path) -> Path:
     for sub in ("tmp", "new", "cur"):
         (root / sub).mkdir(parents=True, exist_ok=True)

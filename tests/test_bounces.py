@@ -9,7 +9,15 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from bounce_support import BOUNCE_ADDRESS, FIXTURES, Sent, drop, maildir, send_mailing
+from bounce_support import (
+    BOUNCE_ADDRESS,
+    FIXTURES,
+    Sent,
+    drop,
+    maildir,
+    send_mailing,
+    status_of,
+)
 from click.testing import CliRunner
 from sqlalchemy import Engine, select
 
@@ -30,12 +38,6 @@ def _secret(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def sent(sample_site: Path) -> Sent:
     return send_mailing(sample_site, 10, **{"bounces.maildir": str(maildir(sample_site / "box"))})
-
-
-def status_of(sent: Sent, email: str) -> str:
-    row = subs.get_by_email(sent.engine, email)
-    assert row is not None
-    return row.status
 
 
 # --------------------------------------------------------------------------- VERP

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from bounce_support import BOUNCE_ADDRESS, Sent, drop, maildir, send_mailing
+from bounce_support import BOUNCE_ADDRESS, Sent, drop, maildir, send_mailing, status_of
 from click.testing import CliRunner
 from sqlalchemy import select
 
@@ -28,12 +28,6 @@ def _secret(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def sent(sample_site: Path) -> Sent:
     return send_mailing(sample_site, 4, **{"bounces.maildir": str(maildir(sample_site / "box"))})
-
-
-def status_of(sent: Sent, email: str) -> str:
-    row = subs.get_by_email(sent.engine, email)
-    assert row is not None
-    return row.status
 
 
 def events_of(sent: Sent) -> list[tuple[str, str]]:
