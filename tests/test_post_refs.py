@@ -121,6 +121,9 @@ def test_preview_of_an_unresolvable_reference_is_a_404(config: Path) -> None:
     with TestClient(app, base_url="http://127.0.0.1:8025") as client:
         assert client.get("/post/%00").status_code == 404
         assert client.get("/eml/~no-such-user-here").status_code == 404
+        # Also no draft of that name (`_drafts/`): a name too long for a file is none.
+        assert client.get("/post/" + "a" * 5000).status_code == 404
+        assert client.get("/post/~no-such-user-here.md").status_code == 404
 
 
 def test_an_ambiguous_reference_lists_the_candidates(config: Path) -> None:

@@ -311,14 +311,18 @@ def find_post_or_draft(posts: PostCollection, ref: str, settings: Settings) -> P
 def _draft_file(ref: str, settings: Settings) -> Path | None:
     source = settings.site.source_dir or settings.base_dir
     drafts = source / "_drafts"
-    given = Path(ref).expanduser()
+    # No `~` expansion: the preview server passes a URL's words here.
+    given = Path(ref)
     candidates = [given, source / given] if given.suffix else []
     candidates += [drafts / f"{ref}{suffix}" for suffix in sorted(markup_suffixes())]
     inside = drafts.resolve()
     for path in candidates:
-        # Only the site's own drafts: the preview server passes a URL's words here.
-        if path.is_file() and path.resolve().is_relative_to(inside):
-            return path.resolve()
+        try:
+            # Only the site's own drafts.
+            if path.is_file() and path.resolve().is_relative_to(inside):
+                return path.resolve()
+        except (OSError, ValueError):  # a NUL, a name too long: no draft
+            continue
     return None
 
 
