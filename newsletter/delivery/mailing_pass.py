@@ -452,7 +452,7 @@ class MailingPass:
         if late:
             extra["late"] = True
         for _ in range(tries):
-            self.throttle.wait()
+            self.wait_out_throttle()
             if self.stop.is_set():
                 return None
             self.bucket.acquire()
@@ -474,6 +474,12 @@ class MailingPass:
             log.info("throttled by the server (%s %s); slowing down", result.code, result.text)
             self.throttle.hit()
         return result
+
+    def wait_out_throttle(self) -> None:
+        """Until the server's "slow down" pause is over, or a stop: nothing is
+        on the wire meanwhile, so a stop need not wait for it."""
+        if (pause := self.throttle.remaining()) > 0:
+            self.stop.wait(pause)
 
     def _outcome(self, row: q.Claimed, result: SendResult) -> q.Outcome:
         d = self.settings.delivery

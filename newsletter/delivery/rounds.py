@@ -94,7 +94,7 @@ class RoundsStrategy:
         slow: list[tuple[SmtpTransport, q.Claimed, bytes, int]] = []
         for transport, row in zip(transports, rows, strict=False):
             message = core.message(row)
-            core.throttle.wait()
+            core.wait_out_throttle()
             if core.stop.is_set():
                 break
             connects = transport.connects
