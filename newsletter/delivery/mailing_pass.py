@@ -204,7 +204,9 @@ class MailingPass:
         )
         q.set_state(self.engine, mailing.id, "sending")
         finished = sum(counts.get(s, 0) for s in ("sent", "failed", "skipped"))
-        tally = self.tally = Tally(finished, sum(counts.values()), self.progress)
+        # A pass that waits may claim again a row it deferred (`Tally`).
+        tally = Tally(finished, sum(counts.values()), self.progress, again=wait > 0)
+        self.tally = tally
         self.recorder = Recorder(self.engine, self.write_lock, self.owner)
         try:
             with q.OwnerLock(self.engine, self.owner), LeaseKeeper(self):
@@ -423,7 +425,7 @@ class MailingPass:
         if result.bounced:
             self._bounce(row, result)
         error = None if result.ok else f"{row.email}: {describe_result(result)}"
-        tally.add(outcome.status, error)
+        tally.add(outcome.status, error, row=row.id)
         if self.refusals.note(result, self.sender(row.id) if refuses_sender(result) else ""):
             self.refused = self.refusals.error()
             self.fail(self.refused, row.email)
