@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from smtpserver import RawAction, RawSmtpServer
+from smtpserver import DROP, RawAction, RawSmtpServer
 from sqlalchemy import Engine
 from test_delivery_greeting import CASES, IDS
 from test_delivery_robust import ledger
@@ -97,3 +97,34 @@ def test_a_stop_ends_a_throttle_pause_at_once(
     assert reports and reports[0].sent == 0
     assert {r.attempts for r in ledger(engine).values()} == {0}
     assert server.messages == 0
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_a_server_that_keeps_throttling_defers_the_rest_within_the_wait(
+    sample_site: Path, case: tuple[str, int, bool]
+) -> None:
+    """Every connection refused with a 421 greeting, for ever: once the
+    pauses would outlast `send --wait`, the pass defers everyone left, no
+    attempt spent, and returns (before, each recipient had five tries with
+    the pause doubling: a 421 greeting with --wait 20 returned after 73 s,
+    without a wait it ran for hours)."""
+    closing: list[RawAction] = [b"421 4.7.0 Too many connections, try later\r\n", DROP]
+    server = RawSmtpServer(lambda line: closing if line == b"GREETING" else None)
+    try:
+        settings, engine, mid = mailing(
+            sample_site,
+            server,
+            case,
+            6,
+            **{"delivery.backoff_base": 1.0, "delivery.backoff_cap": 60.0},
+        )
+        started = time.monotonic()
+        report = deliver_mailing(engine, settings, mid, load_posts(settings), wait=3)
+        took = time.monotonic() - started
+    finally:
+        server.close()
+    assert took < 8, took  # pauses of 1 and 2 s, then the next (4 s) is past the wait
+    assert (report.sent, report.deferred, report.failed) == (0, 6, 0), report
+    assert report.last_error is not None and "421 4.7.0 Too many connections" in report.last_error
+    rows = ledger(engine).values()
+    assert {(r.status, r.attempts, r.last_code) for r in rows} == {("deferred", 0, 421)}

@@ -163,6 +163,15 @@ class PassCore(Protocol):
         late: bool = ...,
     ) -> SendResult | None: ...
 
+    def throttled(self, result: SendResult) -> None:
+        """A "slow down" reply: every connection pauses (doubling)."""
+        ...
+
+    def given_up(self, recipient: str) -> SendResult | None:
+        """Once the server has throttled for longer than the pass bears with
+        (`Throttle.exhausted`): the deferral of `recipient`, sent nothing."""
+        ...
+
     def wait_out_throttle(self) -> None:
         """Until a throttle's pause is over, or the pass is stopped."""
         ...

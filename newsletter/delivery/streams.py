@@ -451,6 +451,8 @@ class StreamsStrategy:
         email = job.row.email
         result: SendResult | None = None
         for _ in range(THROTTLE_RETRIES):
+            if (held := core.given_up(email)) is not None:
+                return held
             if (pause := core.throttle.remaining()) > 0:
                 await self._pause(pause)
             if self._halted():
@@ -472,6 +474,5 @@ class StreamsStrategy:
             if not result.throttled:
                 core.throttle.ok()
                 return result
-            log.info("throttled by the server (%s %s); slowing down", result.code, result.text)
-            core.throttle.hit()
+            core.throttled(result)
         return result
