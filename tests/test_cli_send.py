@@ -400,3 +400,49 @@ def test_dry_run_leaves_out_who_already_has_the_post_from_another_list(sample_si
     ]
     code, out, _ = run("send", POST, "--list", "second")
     assert out.startswith("sent 1,"), out
+
+
+@pytest.mark.parametrize("strategy", ["streams", "threaded"])
+def test_the_summary_counts_each_recipient_once_by_its_final_outcome(
+    sample_site: Path, smtp_server: SmtpTestServer, strategy: str
+) -> None:
+    """`send --wait`: a recipient deferred, then sent in the same command,
+    counts once, as sent (before, 20 recipients read "sent 18, deferred 4,
+    failed 2", deferral events, while `status` said none was deferred)."""
+    backoff = "backoff_base = 0.01\nbackoff_cap = 0.05"
+    config = smtp_config(sample_site, smtp_server, f'{backoff}\nstrategy = "{strategy}"')
+    add_readers(config, 20)
+    for reader in ("reader03", "reader07", "reader12", "reader16"):
+        smtp_server.script(f"{reader}@example.org", "451 4.3.0 Try again later", times=1)
+    for reader in ("reader05", "reader18"):
+        smtp_server.script(f"{reader}@example.org", "554 5.7.1 Rejected by policy")
+    args = ("--config", str(config), "send", POST, "--list", "sample", "--wait", "30")
+    code, out, _ = run(*args, "--json")
+    assert code == 0, out
+    summary = json.loads(out)
+    assert (summary["sent"], summary["deferred"], summary["failed"]) == (18, 0, 2), summary
+    assert summary["last_error"].endswith("554 5.7.1 Rejected by policy")
+    code, out, _ = run("--config", str(config), "status", "--json")
+    assert json.loads(out)["mailings"][0]["counts"] == {"sent": 18, "failed": 2}
+
+
+@pytest.mark.parametrize("strategy", ["streams", "threaded"])
+def test_the_last_error_of_a_summary_with_deferrals_is_why_they_were(
+    sample_site: Path, smtp_server: SmtpTestServer, strategy: str
+) -> None:
+    """docs/delivery.md: when some were deferred the summary ends with why
+    (they exit 0 and are retried), not with a failed recipient's reply,
+    which has its own `failed:` line."""
+    config = smtp_config(sample_site, smtp_server, f'strategy = "{strategy}"\nconcurrency = 1')
+    config.write_text(config.read_text().replace("concurrency = 2\n", ""))
+    add_readers(config, 6)
+    smtp_server.script("reader01@example.org", "451 4.3.0 Try again later")
+    smtp_server.script("reader05@example.org", "554 5.7.1 Rejected by policy")
+    code, out, err = run("--config", str(config), "send", POST, "--list", "sample")
+    assert code == 0
+    assert out == (
+        "sent 4, deferred 1, failed 1, skipped 0 (deferred ones are retried by "
+        "`newsletter run` or by sending again); last error: reader01@example.org: "
+        "451 4.3.0 Try again later\n"
+    )
+    assert err == "failed: reader05@example.org: 554 5.7.1 Rejected by policy\n"

@@ -14,6 +14,7 @@ batch or two is ever held.  Building the bytes lives in `outgoing`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -36,7 +37,7 @@ from newsletter.delivery.outgoing import (
     describe_result,
     make_signer,
 )
-from newsletter.delivery.ratelimit import Throttle, TokenBucket, next_attempt
+from newsletter.delivery.ratelimit import Throttle, TokenBucket, next_attempt, throttle_patience
 from newsletter.delivery.recorder import Pending, Recorder
 from newsletter.delivery.report import DeliveryReport, Progress
 from newsletter.delivery.senders import STOP_AFTER, SenderRefusals, refuses_sender
@@ -120,6 +121,8 @@ class MailingPass:
         self.workers = d.concurrency if transport is None or is_thread_safe(transport) else 1
         self.bucket = TokenBucket(d.rate_per_second)
         self.throttle = Throttle(min(d.backoff_base, 5.0), d.backoff_cap)
+        self.throttled_by: SendResult | None = None  # the last "slow down" reply
+        self.gave_up = False
         self.owner = q.owner_identity()
         # Caps hold for the whole deployment: every claim checks them in the database.
         self.caps = [
@@ -204,7 +207,14 @@ class MailingPass:
         )
         q.set_state(self.engine, mailing.id, "sending")
         finished = sum(counts.get(s, 0) for s in ("sent", "failed", "skipped"))
-        tally = self.tally = Tally(finished, sum(counts.values()), self.progress)
+        # A server that keeps throttling is borne with for `--wait`, or
+        # without one for what one message's tries used to take; then the
+        # rest is deferred (`given_up`): --wait bounds the command's wait.
+        t = self.throttle
+        t.patience = wait if wait > 0 else throttle_patience(t.base, t.cap, THROTTLE_RETRIES)
+        # A pass that waits may claim again a row it deferred (`Tally`).
+        tally = Tally(finished, sum(counts.values()), self.progress, again=wait > 0)
+        self.tally = tally
         self.recorder = Recorder(self.engine, self.write_lock, self.owner)
         try:
             with q.OwnerLock(self.engine, self.owner), LeaseKeeper(self):
@@ -423,7 +433,7 @@ class MailingPass:
         if result.bounced:
             self._bounce(row, result)
         error = None if result.ok else f"{row.email}: {describe_result(result)}"
-        tally.add(outcome.status, error)
+        tally.add(outcome.status, error, row=row.id)
         if self.refusals.note(result, self.sender(row.id) if refuses_sender(result) else ""):
             self.refused = self.refusals.error()
             self.fail(self.refused, row.email)
@@ -452,7 +462,9 @@ class MailingPass:
         if late:
             extra["late"] = True
         for _ in range(tries):
-            self.throttle.wait()
+            if (held := self.given_up(row.email)) is not None:
+                return held
+            self.wait_out_throttle()
             if self.stop.is_set():
                 return None
             self.bucket.acquire()
@@ -471,17 +483,47 @@ class MailingPass:
             if not result.throttled:
                 self.throttle.ok()
                 return result
-            log.info("throttled by the server (%s %s); slowing down", result.code, result.text)
-            self.throttle.hit()
+            self.throttled(result)
         return result
+
+    def throttled(self, result: SendResult) -> None:
+        log.info("throttled by the server (%s %s); slowing down", result.code, result.text)
+        self.throttled_by = result
+        self.throttle.hit()
+
+    def given_up(self, recipient: str) -> SendResult | None:
+        """The server said "slow down" for longer than this pass bears with
+        (`Throttle.patience`): defer `recipient` with that reply, sending
+        nothing, as a refused connection would (no attempt spent, retried
+        once the pause is over)."""
+        reason = self.throttled_by
+        if reason is None or not self.throttle.exhausted():
+            return None
+        if not self.gave_up:
+            self.gave_up = True
+            log.warning(
+                "the mail server keeps throttling (%s %s): the rest of mailing %s is "
+                "deferred, to be retried once its pause is over",
+                reason.code,
+                reason.text,
+                self.mailing.id,
+            )
+        return dataclasses.replace(reason, recipient=recipient)
+
+    def wait_out_throttle(self) -> None:
+        """Until the server's "slow down" pause is over, or a stop: nothing is
+        on the wire meanwhile, so a stop need not wait for it."""
+        if (pause := self.throttle.remaining()) > 0:
+            self.stop.wait(pause)
 
     def _outcome(self, row: q.Claimed, result: SendResult) -> q.Outcome:
         d = self.settings.delivery
         if result.ok:
             return q.Outcome("sent", row.attempts + 1, result.code, result.text)
         if result.throttled:
-            # Still throttled after retries: defer without spending an attempt.
-            at = now() + timedelta(seconds=self.throttle.hit())
+            # Still throttled after retries: defer without spending an attempt,
+            # until the pause reached is over (its last reply doubled it already).
+            at = now() + timedelta(seconds=self.throttle.pause())
             return q.Outcome("deferred", row.attempts, result.code, result.text, at)
         refused_sender = refuses_sender(result)
         if refused_sender and not self.refusals.spends_attempt(result):

@@ -302,10 +302,13 @@ class _Reporter:
 
     def _flush(self) -> None:
         tally: Tally | None = getattr(self.source, "tally", None)
-        if self.done == self.sent or tally is None:
+        if tally is None:
             return
         with tally.lock:
             counts = dict(tally.by_status)
+        # A row deferred, then sent, changes the counts without progress (`Tally`).
+        if self.done == self.sent and counts == self.counted:
+            return
         delta = {k: n - self.counted.get(k, 0) for k, n in counts.items()}
         self.pipe.send(("progress", self.done - self.sent, delta))
         self.sent, self.counted = self.done, counts

@@ -66,6 +66,12 @@ class TokenBucket:
             return -self._tokens / self.rate if self._tokens < 0 else 0.0
 
 
+def throttle_patience(base: float, cap: float, tries: int) -> float:
+    """The pauses of `tries` throttles in a row (the first after none): how long
+    a pass without a wait bears with a server that keeps saying "slow down"."""
+    return sum(min(cap, base * 2**i) for i in range(max(0, tries - 1)))
+
+
 def backoff_delay(
     attempts: int, base: float, cap: float, *, rng: Callable[[], float] = random.random
 ) -> float:
@@ -99,14 +105,19 @@ class Throttle:
         self._sleep = sleep
         self._until = 0.0
         self._streak = 0
+        self._since = 0.0  # when the streak began (its first hit)
         self._lock = threading.Lock()
         self.events = 0
+        # How long a streak may hold the pauses up before `exhausted` (the pass sets it).
+        self.patience = float("inf")
 
     def hit(self) -> float:
         """Record a throttling reply; returns the pause now in force."""
         with self._lock:
             self._streak += 1
             self.events += 1
+            if self._streak == 1:
+                self._since = self._clock()
             pause = min(self.cap, self.base * (2 ** (self._streak - 1)))
             self._until = max(self._until, self._clock() + pause)
             return pause
@@ -114,6 +125,17 @@ class Throttle:
     def ok(self) -> None:
         with self._lock:
             self._streak = 0
+
+    def pause(self) -> float:
+        """The pause a streak of throttles has reached (the base when none)."""
+        with self._lock:
+            return min(self.cap, self.base * (2 ** max(0, self._streak - 1)))
+
+    def exhausted(self) -> bool:
+        """Whether the server has throttled, with nothing accepted, for longer
+        than `patience`: its pauses since the streak began reach past it."""
+        with self._lock:
+            return self._streak > 0 and self._until - self._since > self.patience
 
     def remaining(self) -> float:
         """Seconds until the pause in force is over (<= 0: none)."""

@@ -44,8 +44,16 @@ class DeliveryReport:
             self.skipped + other.skipped,
             self.paused or other.paused,
             self.errors + other.errors,
-            other.last_error or self.last_error,
+            _last_error(self, other),
         )
+
+
+def _last_error(first: DeliveryReport, then: DeliveryReport) -> str | None:
+    """The later report's reason, but a deferral's over a failure's: while some
+    are deferred, why is what a summary says of them (`deferral_reason`)."""
+    if first.deferred or then.deferred:
+        return then.deferral_reason or first.deferral_reason
+    return then.last_error or first.last_error
 
 
 @dataclass(frozen=True)

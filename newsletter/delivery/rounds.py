@@ -93,8 +93,11 @@ class RoundsStrategy:
         flights: list[tuple[SmtpTransport, q.Claimed, bytes, Any]] = []
         slow: list[tuple[SmtpTransport, q.Claimed, bytes, int]] = []
         for transport, row in zip(transports, rows, strict=False):
+            if (held := core.given_up(row.email)) is not None:
+                core.settle(row, held, tally)
+                continue
             message = core.message(row)
-            core.throttle.wait()
+            core.wait_out_throttle()
             if core.stop.is_set():
                 break
             connects = transport.connects
@@ -122,10 +125,7 @@ class RoundsStrategy:
             result = flight.result
             if flight.retry or result.throttled:
                 if result.throttled:
-                    log.info(
-                        "throttled by the server (%s %s); slowing down", result.code, result.text
-                    )
-                    core.throttle.hit()
+                    core.throttled(result)
                 tries = THROTTLE_RETRIES - 1 if result.throttled else THROTTLE_RETRIES
                 slow.append((transport, row, message, tries))
                 continue

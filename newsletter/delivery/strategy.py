@@ -41,27 +41,63 @@ def connect_failure(recipient: str, exc: ConnectError) -> SendResult:
 
 
 class Tally:
-    """Thread-safe counters for one pass."""
+    """Thread-safe counters for one pass: each recipient once, by its last outcome.
 
-    def __init__(self, done: int, total: int, progress: Progress | None) -> None:
+    A pass that waits (`send --wait`) may claim a row it deferred again and
+    send it: `again` keeps the ids of the rows it deferred (a set of ints,
+    only then), so such a recipient counts once, as what became of it, as
+    `status` counts it, not once per deferral.
+    """
+
+    def __init__(
+        self, done: int, total: int, progress: Progress | None, *, again: bool = False
+    ) -> None:
         self.lock = threading.Lock()
         self.by_status = {"sent": 0, "deferred": 0, "failed": 0, "skipped": 0}
         self.errors: list[str] = []
-        self.last_error: str | None = None
         self.done, self.total = done, total
         self.progress = progress
+        self._deferred: set[int] | None = set() if again else None
+        self._deferral: str | None = None  # why the last deferral was
+        self._failure: str | None = None  # why the last failure was
+        self._merged: str | None = None  # a worker process's last error
 
-    def add(self, status: str, error: str | None = None) -> None:
+    @property
+    def last_error(self) -> str | None:
+        """Why the last deferral was, while some remain deferred (they are
+        retried: the reason is what a summary can say of them), else why the
+        last failure was (docs/delivery.md, `last_error`)."""
         with self.lock:
+            if self.by_status["deferred"]:
+                return self._deferral or self._merged or self._failure
+            return self._failure or self._merged
+
+    def add(self, status: str, error: str | None = None, *, row: int | None = None) -> None:
+        with self.lock:
+            again = self._settled_again(row)
             self.by_status[status] = self.by_status.get(status, 0) + 1
-            if error is not None:
-                self.last_error = error
+            if status == "deferred":
+                if self._deferred is not None and row is not None:
+                    self._deferred.add(row)
+                self._deferral = error or self._deferral
+            elif error is not None:
+                self._failure = error
                 if status == "failed" and len(self.errors) < 1000:
                     self.errors.append(error)
-            self.done += 1
+            if not again:
+                self.done += 1
             done = self.done
-        if self.progress is not None:
+        if self.progress is not None and not again:
             self.progress(done, self.total)
+
+    def _settled_again(self, row: int | None) -> bool:
+        """Whether `row` was deferred earlier in this pass (its deferral is
+        taken back: the recipient counts by this outcome).  Under the lock."""
+        if self._deferred is None or row is None or row not in self._deferred:
+            return False
+        self._deferred.discard(row)
+        self.by_status["deferred"] -= 1
+        return True
 
     def advance(self, count: int) -> None:
         """Progress made by a worker process (its counts come with `merge`)."""
@@ -77,7 +113,7 @@ class Tally:
             for status, count in counts.items():
                 self.by_status[status] = self.by_status.get(status, 0) + count
             self.errors.extend(errors[: max(0, 1000 - len(self.errors))])
-            self.last_error = last_error or self.last_error
+            self._merged = last_error or self._merged
 
 
 class PassCore(Protocol):
@@ -126,6 +162,19 @@ class PassCore(Protocol):
         spare: Callable[[], None] | None = ...,
         late: bool = ...,
     ) -> SendResult | None: ...
+
+    def throttled(self, result: SendResult) -> None:
+        """A "slow down" reply: every connection pauses (doubling)."""
+        ...
+
+    def given_up(self, recipient: str) -> SendResult | None:
+        """Once the server has throttled for longer than the pass bears with
+        (`Throttle.exhausted`): the deferral of `recipient`, sent nothing."""
+        ...
+
+    def wait_out_throttle(self) -> None:
+        """Until a throttle's pause is over, or the pass is stopped."""
+        ...
 
     def settle(self, row: q.Claimed, result: SendResult, tally: Tally) -> Pending: ...
 

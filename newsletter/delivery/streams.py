@@ -237,6 +237,7 @@ class StreamsStrategy:
     async def _main(self, tally: Tally, allowance: int | None, wait: float) -> bool:
         core = self.core
         self.changed = asyncio.Event()  # rows queued, a connection idle, the end
+        self.halt = asyncio.Event()  # stop or abort (see `_watch`): ends every pause
         self.db = ThreadPoolExecutor(1, thread_name_prefix="ledger")
         networked = core.recorder.engine.dialect.name != "sqlite"
         self.commits = Commits(core.recorder, off_loop=networked)
@@ -272,10 +273,18 @@ class StreamsStrategy:
         core = self.core
         while not (core.stop.is_set() or core.abort.is_set()):
             await asyncio.sleep(0.05)
+        self.halt.set()
         self.changed.set()
 
     def _halted(self) -> bool:
         return self.core.stop.is_set() or self.core.abort.is_set()
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep `seconds`, or less: a stop ends a throttle's pause at once, since
+        nothing is on the wire then (sleeping it out held the exit up to the
+        stop budget, which then blamed the server)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.halt.wait(), seconds)
 
     async def _until(self, condition: Callable[[], bool]) -> None:
         while not (condition() or self._halted()):
@@ -442,12 +451,14 @@ class StreamsStrategy:
         email = job.row.email
         result: SendResult | None = None
         for _ in range(THROTTLE_RETRIES):
+            if (held := core.given_up(email)) is not None:
+                return held
             if (pause := core.throttle.remaining()) > 0:
-                await asyncio.sleep(pause)
-            if core.stop.is_set():
+                await self._pause(pause)
+            if self._halted():
                 return None
             if (delay := core.bucket.reserve()) > 0:
-                await asyncio.sleep(delay)
+                await self._pause(delay)
             try:
                 result = await conn.send(
                     core.sender(job.row.id),
@@ -463,6 +474,5 @@ class StreamsStrategy:
             if not result.throttled:
                 core.throttle.ok()
                 return result
-            log.info("throttled by the server (%s %s); slowing down", result.code, result.text)
-            core.throttle.hit()
+            core.throttled(result)
         return result

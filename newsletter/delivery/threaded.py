@@ -19,6 +19,7 @@ from newsletter.delivery.recorder import Pending
 from newsletter.delivery.strategy import PassCore, Tally
 from newsletter.delivery.transports import Transport, make_transport
 from newsletter.store import mailings as q
+from newsletter.store import now
 
 __all__ = ["ThreadedStrategy"]
 
@@ -101,11 +102,15 @@ class ThreadedStrategy:
         """Claim batches until nothing is due; True when a cap paused the mailing."""
         core = self.core
         deadline = time.monotonic() + wait
+        # Without a wait, a row deferred in this pass waits for the next pass,
+        # however short its backoff, as in the other strategies: a pass that
+        # does not wait never claims a row twice (`Tally`).
+        due_by = now() if wait <= 0 else None
         while not (core.stop.is_set() or core.abort.is_set()):
             limit = core.batch if allowance is None else min(core.batch, allowance)
             if limit <= 0:
                 return True
-            rows, skipped = core.claim(limit, tally)
+            rows, skipped = core.claim(limit, tally, due_by=due_by)
             core.recorder.checkpoint()  # here, not in a worker's commit (see Recorder)
             if rows or skipped:
                 if allowance is not None:

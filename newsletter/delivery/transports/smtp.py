@@ -30,6 +30,7 @@ from newsletter.delivery.transports.smtp_common import (
     bad_challenge,
     check_policy,
     classify,
+    hello_refused,
     login_failed,
     malformed,
     no_starttls,
@@ -41,6 +42,7 @@ from newsletter.delivery.transports.smtp_common import (
     tls_context,
     tls_error,
     too_big,
+    try_helo,
 )
 from newsletter.delivery.transports.smtp_wire import early_refusal, kernel_timeouts, write
 from newsletter.email.message import stuffed_body
@@ -136,7 +138,7 @@ class SmtpTransport:
         )
 
     def _secure(self, conn: smtplib.SMTP) -> None:
-        conn.ehlo()
+        self._hello(conn)
         if self.settings.security != "starttls":
             return
         if not conn.has_extn("starttls"):
@@ -148,7 +150,30 @@ class SmtpTransport:
             # An OSError, which `open` would report as a connection failure.
             conn.close()
             raise starttls_refused(self.settings, exc.smtp_code, exc.smtp_error) from exc
-        conn.ehlo()
+        self._hello(conn)
+
+    def _hello(self, conn: smtplib.SMTP) -> None:
+        """EHLO, or HELO when the server does not know it; refusals raise.
+
+        smtplib's `ehlo()` only returns its reply (and MAIL, written straight
+        to the socket here, never asks for a greeting first): a 421 would be
+        ignored until MAIL met the closed connection, and a server without
+        EHLO would see MAIL with no greeting at all.
+        """
+        code, reply = conn.ehlo()
+        if code == 250:
+            return
+        s = self.settings
+        where = f"{s.host}:{s.effective_port}"
+        if try_helo(code):
+            code, reply = conn.helo()
+            if code == 250:
+                return
+            verb = "HELO"
+        else:
+            verb = "EHLO"
+        conn.close()
+        raise hello_refused(where, verb, code, reply)
 
     def _login_key(self) -> Key | None:
         s = self.settings

@@ -27,6 +27,7 @@ __all__ = [
     "classify",
     "dot_stuffed",
     "enhanced_status",
+    "hello_refused",
     "login_failed",
     "login_refused",
     "malformed",
@@ -39,6 +40,7 @@ __all__ = [
     "tls_context",
     "tls_error",
     "too_big",
+    "try_helo",
 ]
 
 LOCALHOST = {"localhost", "127.0.0.1", "::1"}
@@ -228,6 +230,26 @@ def tls_error(where: str, exc: ssl.SSLError) -> TransportError:
             key="smtp.ca_file",
         )
     return TransportError(f"TLS with {where} failed: {exc}", key="smtp.security")
+
+
+def try_helo(code: int) -> bool:
+    """Whether a refused EHLO is followed by HELO: an old (or strict) server
+    answers a command it does not know with 5xx (500, 502; RFC 5321
+    §4.1.1.1, §4.2.4).  A 4xx is no such thing but the server's temporary
+    refusal (421: closing, RFC 5321 §3.8): `hello_refused`, as a greeting's."""
+    return 500 <= code < 600
+
+
+def hello_refused(where: str, verb: str, code: int, reply: bytes | str) -> TransportError:
+    """EHLO (4xx) or HELO refused.  Temporary (4xx, or no SMTP reply at all):
+    a connection failure carrying its code, exactly as a refused greeting,
+    so a 421 or 454 slows every connection down and spends no attempt
+    (`strategy.connect_failure`).  Permanent (5xx to HELO after EHLO): the
+    command stops with the server's words; nothing is sent or spent."""
+    text = f"{where} refused {verb}: {code} {reply_text(reply)}"
+    if 500 <= code < 600:
+        return TransportError(f"{text} (no mail is possible on this connection)", code=code)
+    return ConnectError(text, code=code)
 
 
 def login_refused(username: str, code: int, reply: bytes | str) -> TransportError:

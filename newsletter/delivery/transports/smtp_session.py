@@ -26,11 +26,13 @@ from newsletter.delivery.transports.smtp_common import (
     MAX_REPLY,
     auth_unusable,
     bad_challenge,
+    hello_refused,
     login_failed,
     no_starttls,
     reply_text,
     starttls_refused,
     tls_context,
+    try_helo,
 )
 
 __all__ = ["Lost", "Replies", "Session", "open_session"]
@@ -280,8 +282,16 @@ async def _command(session: Session, settings: SmtpSettings, line: bytes) -> Rep
 async def _ehlo(session: Session, settings: SmtpSettings, local_hostname: str) -> None:
     code, text = await _command(session, settings, b"EHLO " + local_hostname.encode())
     session.features = {}
-    if code != 250:  # an old server: HELO and no extensions, as smtplib does
-        await _command(session, settings, b"HELO " + local_hostname.encode())
+    if code != 250:
+        where = f"{settings.host}:{settings.effective_port}"
+        if not try_helo(code):  # 421: the server's throttle, as a 421 greeting
+            raise hello_refused(where, "EHLO", code, text)
+        # An old server: HELO and no extensions.  Its reply counts too: MAIL
+        # without an accepted greeting is refused (503) and would be blamed
+        # on the envelope sender.
+        code, text = await _command(session, settings, b"HELO " + local_hostname.encode())
+        if code != 250:
+            raise hello_refused(where, "HELO", code, text)
         return
     for line in text.decode("latin-1").split("\n")[1:]:
         keyword, _, params = line.strip().partition(" ")
