@@ -446,3 +446,25 @@ def test_the_last_error_of_a_summary_with_deferrals_is_why_they_were(
         "451 4.3.0 Try again later\n"
     )
     assert err == "failed: reader05@example.org: 554 5.7.1 Rejected by policy\n"
+
+
+def test_sending_again_before_the_retry_time_says_who_still_waits(
+    sample_site: Path, smtp_server: SmtpTestServer
+) -> None:
+    """The first summary says deferred ones are retried "by sending again";
+    sending again at once printed "sent 0, deferred 0, failed 0, skipped 0"
+    and nothing of the two still waiting for their retry time."""
+    config = smtp_config(sample_site, smtp_server)
+    add_readers(config, 5)
+    for reader in ("reader01", "reader02"):
+        smtp_server.script(f"{reader}@example.org", "451 4.3.0 Try later")
+    code, out, _ = run("--config", str(config), "send", POST, "--list", "sample")
+    assert code == 0 and out.startswith("sent 3, deferred 2,")
+    code, out, _ = run("--config", str(config), "send", POST, "--list", "sample")
+    assert code == 0
+    first, second = out.splitlines()
+    assert first == "sent 0, deferred 0, failed 0, skipped 0"
+    assert second.startswith("2 recipient(s) wait for their retry, the first at ")
+    assert second.endswith(": `newsletter run` sends them then (or this command after that time)")
+    code, out, _ = run("--config", str(config), "send", POST, "--list", "sample", "--json")
+    assert json.loads(out)["left"] == 2 and json.loads(out)["next_retry"] is not None

@@ -245,10 +245,28 @@ def _send(
     # Printed now: a forced exit after this (the interpreter waiting for a
     # sending thread) only sets the exit status.
     shutdown.at_forced_exit(None, status=shutdown.STOPPED if stopped else 0)
+    retry = None if stopped or not left else _next_retry(engine, mailing_id)
     if as_json:
-        emit_json({"mailing": mailing_id, **_report_dict(report), "stopped": stopped, "left": left})
+        emit_json(
+            {
+                "mailing": mailing_id,
+                **_report_dict(report),
+                "stopped": stopped,
+                "left": left,
+                "next_retry": retry.isoformat() if retry else None,
+            }
+        )
     else:
         click.echo(_summary_line(report))
+        waiting = retry is not None and retry > now() and not (report.deferred or report.paused)
+        if retry is not None and waiting and not _cancelled(engine, mailing_id):
+            # Only rows deferred by an earlier run are left, not yet due: say so,
+            # or a second `send` said "sent 0 ..." as if nobody were waiting.
+            when = retry.astimezone(settings.site.tz).strftime("%Y-%m-%d %H:%M %Z")
+            click.echo(
+                f"{left} recipient(s) wait for their retry, the first at {when}: "
+                "`newsletter run` sends them then (or this command after that time)"
+            )
     for line in report.errors:
         click.echo(f"failed: {line}", err=True)
     if _cancelled(engine, mailing_id):
@@ -286,6 +304,15 @@ def _left(engine: Any, mailing_id: int) -> int:
 
     with reading(engine) as conn:
         return open_count(conn, mailing_id, up_to=2**62)
+
+
+def _next_retry(engine: Any, mailing_id: int) -> datetime | None:
+    """When the mailing's first open delivery comes due (a deferred one's retry time)."""
+    from newsletter.store import reading
+    from newsletter.store.mailings import next_due
+
+    with reading(engine) as conn:
+        return next_due(conn, mailing_id)
 
 
 def _print_forced(engine: Any, mailing_id: int, started: datetime, as_json: bool) -> None:
