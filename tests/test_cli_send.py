@@ -468,3 +468,58 @@ def test_sending_again_before_the_retry_time_says_who_still_waits(
     assert second.endswith(": `newsletter run` sends them then (or this command after that time)")
     code, out, _ = run("--config", str(config), "send", POST, "--list", "sample", "--json")
     assert json.loads(out)["left"] == 2 and json.loads(out)["next_retry"] is not None
+
+
+def test_an_outage_of_the_mail_server_fails_nobody(sample_site: Path) -> None:
+    """A connection that never opened says nothing of the recipient, yet it
+    spent an attempt: with the defaults (60 s doubling, 5 attempts) a server
+    down for a quarter of an hour failed every recipient for good."""
+    from sqlalchemy import select
+
+    from newsletter.store.schema import deliveries
+
+    server = SmtpTestServer()  # never started: its port refuses connections
+    config = smtp_config(sample_site, server, "backoff_base = 0\nbackoff_cap = 0")
+    add_readers(config, 4)
+    for _ in range(7):  # more passes than max_attempts = 5
+        code, out, _ = run("--config", str(config), "send", POST, "--list", "sample")
+        assert code == 0 and "failed 0" in out, out
+    engine = open_store(load_settings(config))
+    with engine.connect() as conn:
+        rows = conn.execute(select(deliveries.c.status, deliveries.c.attempts)).all()
+    assert sorted(set(rows)) == [("deferred", 0)]
+    with server:
+        code, out, _ = run("--config", str(config), "send", POST, "--list", "sample")
+    assert code == 0 and out.startswith("sent 4, deferred 0, failed 0")
+    assert sorted(server.recipients()) == [f"reader{i:02d}@example.org" for i in range(4)]
+
+
+@pytest.mark.parametrize("strategy", ["streams", "threaded"])
+def test_a_server_that_never_greets_costs_a_few_timeouts_not_one_per_recipient(
+    sample_site: Path, strategy: str
+) -> None:
+    """It accepts the connection and says nothing: each recipient waited out
+    the whole SMTP timeout on a connection of its own (500 recipients, the
+    default 30 s: four hours).  After a few in a row the rest are deferred
+    untried, with the same reason, no attempt spent."""
+    import socket
+    import time
+
+    mute = socket.socket()
+    mute.bind(("127.0.0.1", 0))
+    mute.listen(64)  # accepted by the kernel, never answered
+    try:
+        server = SmtpTestServer()
+        server.port = mute.getsockname()[1]
+        config = smtp_config(sample_site, server, f'strategy = "{strategy}"')
+        text = config.read_text().replace("concurrency = 2\n", "concurrency = 1\n")
+        config.write_text(text.replace("timeout = 30\n", "timeout = 0.5\n"))
+        add_readers(config, 12)
+        started = time.monotonic()
+        code, out, _ = run("--config", str(config), "send", POST, "--list", "sample")
+        took = time.monotonic() - started
+    finally:
+        mute.close()
+    assert code == 0 and out.startswith("sent 0, deferred 12, failed 0"), out
+    assert "cannot connect to 127.0.0.1" in out
+    assert took < 12 * 0.5  # a few timeouts (3 in a row), not one per recipient

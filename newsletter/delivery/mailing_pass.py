@@ -41,7 +41,13 @@ from newsletter.delivery.ratelimit import Throttle, TokenBucket, next_attempt, t
 from newsletter.delivery.recorder import Pending, Recorder
 from newsletter.delivery.report import DeliveryReport, Progress
 from newsletter.delivery.senders import STOP_AFTER, SenderRefusals, refuses_sender
-from newsletter.delivery.strategy import THROTTLE_RETRIES, Strategy, Tally, connect_failure
+from newsletter.delivery.strategy import (
+    THROTTLE_RETRIES,
+    Reach,
+    Strategy,
+    Tally,
+    connect_failure,
+)
 from newsletter.delivery.transports import (
     ConnectError,
     SendResult,
@@ -123,6 +129,7 @@ class MailingPass:
         self.throttle = Throttle(min(d.backoff_base, 5.0), d.backoff_cap)
         self.throttled_by: SendResult | None = None  # the last "slow down" reply
         self.gave_up = False
+        self.reach = Reach()  # connections that never opened, in a row
         self.owner = q.owner_identity()
         # Caps hold for the whole deployment: every claim checks them in the database.
         self.caps = [
@@ -428,6 +435,7 @@ class MailingPass:
 
     def settle(self, row: q.Claimed, result: SendResult, tally: Tally) -> Pending:
         """Hand the outcome to the recorder, count it, mark a bounce."""
+        self.reach.note(result)
         outcome = self._outcome(row, result)
         pending = self.recorder.submit(row.id, outcome)
         if result.bounced:
@@ -498,7 +506,7 @@ class MailingPass:
         once the pause is over)."""
         reason = self.throttled_by
         if reason is None or not self.throttle.exhausted():
-            return None
+            return self._unreachable(recipient)
         if not self.gave_up:
             self.gave_up = True
             log.warning(
@@ -509,6 +517,24 @@ class MailingPass:
                 self.mailing.id,
             )
         return dataclasses.replace(reason, recipient=recipient)
+
+    def _unreachable(self, recipient: str) -> SendResult | None:
+        """The server could not be reached for `Reach.LIMIT` connections in a
+        row, nothing accepted between them: defer `recipient` untried, as the
+        last failure (no attempt spent), instead of waiting out a connect
+        timeout per recipient."""
+        failure = self.reach.down()
+        if failure is None:
+            return None
+        if not self.gave_up:
+            self.gave_up = True
+            log.warning(
+                "the mail server cannot be reached (%s): the rest of mailing %s is "
+                "deferred, to be retried later",
+                failure.text,
+                self.mailing.id,
+            )
+        return dataclasses.replace(failure, recipient=recipient)
 
     def wait_out_throttle(self) -> None:
         """Until the server's "slow down" pause is over, or a stop: nothing is
@@ -525,6 +551,12 @@ class MailingPass:
             # until the pause reached is over (its last reply doubled it already).
             at = now() + timedelta(seconds=self.throttle.pause())
             return q.Outcome("deferred", row.attempts, result.code, result.text, at)
+        if result.stage == "connect":
+            # A connection that never opened says nothing of the recipient:
+            # no attempt spent, or a 15-minute outage of the mail server
+            # failed every recipient for good (60 s doubling, 5 attempts).
+            at = next_attempt(now(), max(1, row.attempts), d.backoff_base, d.backoff_cap)
+            return q.Outcome("deferred", row.attempts, result.code, describe_result(result), at)
         refused_sender = refuses_sender(result)
         if refused_sender and not self.refusals.spends_attempt(result):
             # The sender refused says nothing of the recipient: no attempt spent,

@@ -40,6 +40,32 @@ def connect_failure(recipient: str, exc: ConnectError) -> SendResult:
     return SendResult(recipient, False, exc.code, exc.message, throttled=throttled, stage="connect")
 
 
+class Reach:
+    """Whether the mail server can be reached: connections that never opened
+    (refused, timed out at the greeting, cut before it) in a row with nothing
+    accepted between them.  Thread-safe: every connection's results count."""
+
+    LIMIT = 3  # in a row: the server is down, not one connection unlucky
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._streak = 0
+        self._last: SendResult | None = None
+
+    def note(self, result: SendResult) -> None:
+        with self._lock:
+            if result.ok:
+                self._streak, self._last = 0, None
+            elif result.stage == "connect" and not result.throttled:
+                self._streak += 1
+                self._last = result
+
+    def down(self) -> SendResult | None:
+        """The last connect failure once `LIMIT` came in a row, else None."""
+        with self._lock:
+            return self._last if self._streak >= self.LIMIT else None
+
+
 class Tally:
     """Thread-safe counters for one pass: each recipient once, by its last outcome.
 
