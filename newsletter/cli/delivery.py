@@ -246,6 +246,7 @@ def _send(
     # sending thread) only sets the exit status.
     shutdown.at_forced_exit(None, status=shutdown.STOPPED if stopped else 0)
     retry = None if stopped or not left else _next_retry(engine, mailing_id)
+    cancelled = _cancelled(engine, mailing_id)
     if as_json:
         emit_json(
             {
@@ -258,8 +259,8 @@ def _send(
         )
     else:
         click.echo(_summary_line(report))
-        waiting = retry is not None and retry > now() and not (report.deferred or report.paused)
-        if retry is not None and waiting and not _cancelled(engine, mailing_id):
+        waiting = not (report.deferred or report.paused or cancelled)
+        if retry is not None and retry > now() and waiting:
             # Only rows deferred by an earlier run are left, not yet due: say so,
             # or a second `send` said "sent 0 ..." as if nobody were waiting.
             when = retry.astimezone(settings.site.tz).strftime("%Y-%m-%d %H:%M %Z")
@@ -269,7 +270,7 @@ def _send(
             )
     for line in report.errors:
         click.echo(f"failed: {line}", err=True)
-    if _cancelled(engine, mailing_id):
+    if cancelled:
         click.echo(
             f"stopped: mailing {mailing_id} was cancelled with `newsletter cancel`; "
             f"the rest do not get it (`newsletter send {post_id} --list {list_name}` "

@@ -20,7 +20,7 @@ elsewhere.  Imported only where a cron is read: it loads APScheduler.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 from apscheduler.triggers.base import BaseTrigger
@@ -43,16 +43,19 @@ class CronSlots(BaseTrigger):
         either = not day.startswith("*") and not weekday.startswith("*")
         days = [(day, "*"), ("*", names)] if either else [(day, names)]
         self.zone = zone
-        self._aware = [
-            CronTrigger(minute=minute, hour=hour, day=d, month=month, day_of_week=w, timezone=zone)
-            for d, w in days
-        ]
+
+        def triggers(tz: ZoneInfo | timezone) -> list[CronTrigger]:
+            return [
+                CronTrigger(
+                    minute=minute, hour=hour, day=d, month=month, day_of_week=w, timezone=tz
+                )
+                for d, w in days
+            ]
+
+        self._aware = triggers(zone)
         # The same line over the zone's wall clock, as if it were UTC: finds
         # a slot whose wall time the zone skips (see `_in_a_gap`).
-        self._wall = [
-            CronTrigger(minute=minute, hour=hour, day=d, month=month, day_of_week=w, timezone=UTC)
-            for d, w in days
-        ]
+        self._wall = triggers(UTC)
 
     def get_next_fire_time(
         self, previous_fire_time: datetime | None, now: datetime

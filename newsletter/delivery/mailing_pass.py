@@ -500,41 +500,28 @@ class MailingPass:
         self.throttle.hit()
 
     def given_up(self, recipient: str) -> SendResult | None:
-        """The server said "slow down" for longer than this pass bears with
-        (`Throttle.patience`): defer `recipient` with that reply, sending
-        nothing, as a refused connection would (no attempt spent, retried
-        once the pause is over)."""
-        reason = self.throttled_by
-        if reason is None or not self.throttle.exhausted():
-            return self._unreachable(recipient)
-        if not self.gave_up:
-            self.gave_up = True
-            log.warning(
-                "the mail server keeps throttling (%s %s): the rest of mailing %s is "
-                "deferred, to be retried once its pause is over",
-                reason.code,
-                reason.text,
-                self.mailing.id,
-            )
-        return dataclasses.replace(reason, recipient=recipient)
-
-    def _unreachable(self, recipient: str) -> SendResult | None:
-        """The server could not be reached for `Reach.LIMIT` connections in a
-        row, nothing accepted between them: defer `recipient` untried, as the
-        last failure (no attempt spent), instead of waiting out a connect
-        timeout per recipient."""
-        failure = self.reach.down()
-        if failure is None:
+        """Defer `recipient` untried, as the server's last word (no attempt
+        spent, retried later), once this pass has borne with it long enough:
+        it said "slow down" for longer than `Throttle.patience`, or
+        `Reach.LIMIT` connections in a row never opened with nothing accepted
+        between them (instead of a connect timeout per recipient)."""
+        if self.throttled_by is not None and self.throttle.exhausted():
+            reason = self.throttled_by
+            why = f"keeps throttling ({reason.code} {reason.text})"
+            when = "once its pause is over"
+        elif (failure := self.reach.down()) is not None:
+            reason, why, when = failure, f"cannot be reached ({failure.text})", "later"
+        else:
             return None
         if not self.gave_up:
             self.gave_up = True
             log.warning(
-                "the mail server cannot be reached (%s): the rest of mailing %s is "
-                "deferred, to be retried later",
-                failure.text,
+                "the mail server %s: the rest of mailing %s is deferred, to be retried %s",
+                why,
                 self.mailing.id,
+                when,
             )
-        return dataclasses.replace(failure, recipient=recipient)
+        return dataclasses.replace(reason, recipient=recipient)
 
     def wait_out_throttle(self) -> None:
         """Until the server's "slow down" pause is over, or a stop: nothing is
@@ -551,16 +538,14 @@ class MailingPass:
             # until the pause reached is over (its last reply doubled it already).
             at = now() + timedelta(seconds=self.throttle.pause())
             return q.Outcome("deferred", row.attempts, result.code, result.text, at)
-        if result.stage == "connect":
-            # A connection that never opened says nothing of the recipient:
-            # no attempt spent, or a 15-minute outage of the mail server
-            # failed every recipient for good (60 s doubling, 5 attempts).
-            at = next_attempt(now(), max(1, row.attempts), d.backoff_base, d.backoff_cap)
-            return q.Outcome("deferred", row.attempts, result.code, describe_result(result), at)
         refused_sender = refuses_sender(result)
-        if refused_sender and not self.refusals.spends_attempt(result):
-            # The sender refused says nothing of the recipient: no attempt spent,
-            # or a few passes before the owner fixes [email] from would fail them.
+        if result.stage == "connect" or (
+            refused_sender and not self.refusals.spends_attempt(result)
+        ):
+            # Neither a connection that never opened nor a refused sender says
+            # anything of the recipient: no attempt spent, or a 15-minute outage
+            # of the mail server (60 s doubling, 5 attempts), or a few passes
+            # before the owner fixes [email] from, failed them all for good.
             at = next_attempt(now(), max(1, row.attempts), d.backoff_base, d.backoff_cap)
             return q.Outcome("deferred", row.attempts, result.code, describe_result(result), at)
         attempts = row.attempts + 1

@@ -309,12 +309,14 @@ def find_post_or_draft(posts: PostCollection, ref: str, settings: Settings) -> P
 
 
 def _draft_file(ref: str, settings: Settings) -> Path | None:
+    from newsletter.posts.site import MARKDOWN_EXTS
+
     source = settings.site.source_dir or settings.base_dir
     drafts = source / "_drafts"
     # No `~` expansion: the preview server passes a URL's words here.
     given = Path(ref)
     candidates = [given, source / given] if given.suffix else []
-    candidates += [drafts / f"{ref}{suffix}" for suffix in sorted(markup_suffixes())]
+    candidates += [drafts / f"{ref}{suffix}" for suffix in sorted(MARKDOWN_EXTS)]
     inside = drafts.resolve()
     for path in candidates:
         try:
@@ -324,12 +326,6 @@ def _draft_file(ref: str, settings: Settings) -> Path | None:
         except (OSError, ValueError):  # a NUL, a name too long: no draft
             continue
     return None
-
-
-def markup_suffixes() -> frozenset[str]:
-    from newsletter.posts.site import MARKDOWN_EXTS
-
-    return MARKDOWN_EXTS
 
 
 def read_post(path: Path, settings: Settings) -> Post:
