@@ -489,3 +489,28 @@ def test_show_of_something_that_is_no_address_says_so(sample_site: Path) -> None
     result = cli("subscribers", "show", "not-an-address")
     assert result.exit_code == 1
     assert result.stderr.startswith("error: invalid email address 'not-an-address': ")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("subscribers", "import", "subscribers/sample.csv", "--list", "sample", "--dry-run"),
+        ("subscribers", "sync", "--dry-run"),
+        ("send", "how-sleep-consolidates-memory", "--list", "sample", "--dry-run"),
+    ],
+    ids=["import", "sync", "send"],
+)
+def test_a_dry_run_before_the_first_real_run_creates_no_database(
+    sample_site: Path, command: tuple[str, ...]
+) -> None:
+    # "Write nothing" includes the store: a first dry run made the SQLite file
+    # (and its folder), empty of what it showed, before anything was decided.
+    result = cli(*command)
+    assert result.exit_code == 0, result.output
+    if command[0] == "subscribers":  # it read the sample's three subscribers all the same
+        assert "3 new" in result.stdout
+    assert not (sample_site / ".newsletter" / "newsletter.db").exists()
+    real = cli("subscribers", "sync")
+    assert real.exit_code == 0 and (sample_site / ".newsletter" / "newsletter.db").exists()
+    again = cli(*command)
+    assert again.exit_code == 0, again.output

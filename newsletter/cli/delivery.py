@@ -168,7 +168,7 @@ def _dry_run(
     from newsletter.store.mailings import latest_mailing, open_recipients
     from newsletter.store.snapshots import first_time_readers
 
-    engine = open_store(settings)
+    engine = open_store(settings, dry_run=True)
     subs.ensure_lists(engine, settings)
     with reading(engine) as conn:
         existing = latest_mailing(conn, post_id, list_name)

@@ -115,7 +115,7 @@ def import_command(
         from newsletter.store import open_store
 
         settings = settings_of(ctx)
-        engine = open_store(settings)
+        engine = open_store(settings, dry_run=dry_run)
         with _progress(file) as tick:
             counts = import_file(
                 engine,
@@ -364,7 +364,7 @@ def _sync(settings: Settings, directory: Path | None, dry_run: bool, as_json: bo
     from newsletter.store import open_store
 
     folder = directory if directory is not None else settings.base_dir / "subscribers"
-    engine = open_store(settings)
+    engine = open_store(settings, dry_run=dry_run)
     results, problems = sync_directory(engine, settings, folder, dry_run=dry_run)
     _warn_unconfigured(list_counts(engine), settings)
     all_problems = problems + [p for r in results for p in r.counts.problems]

@@ -14,10 +14,13 @@ The queries on subscribers, lists and memberships live with their stage, in
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import logging
 import os
 import re
+import shutil
+import tempfile
 import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -73,8 +76,12 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-def open_store(settings: Settings) -> Engine:
-    """The configured database, created on first use and upgraded to this version."""
+def open_store(settings: Settings, *, dry_run: bool = False) -> Engine:
+    """The configured database, created on first use and upgraded to this version.
+
+    `dry_run`: a SQLite file that does not exist yet is not created (nor its
+    folder); the dry run reads an empty store of its own instead, which goes
+    away with this process.  "Write nothing" includes the database."""
     url = settings.database.url
     if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
         # Relative SQLite paths are relative to the configuration file, not the cwd.
@@ -82,9 +89,28 @@ def open_store(settings: Settings) -> Engine:
         if rel and rel != ":memory:":
             url = "sqlite:///" + str((settings.base_dir / rel).resolve())
     try:
+        if dry_run and _missing_sqlite_file(url):
+            url = _scratch_sqlite_url()
         return open_url(url)
     except _BadUrl as exc:
         raise _named(exc, settings) from exc.__cause__
+
+
+def _missing_sqlite_file(url: str) -> bool:
+    try:
+        parsed = make_url(url)
+    except (SQLAlchemyError, ValueError) as exc:
+        raise _BadUrl(f"cannot open database {safe_url(url)}: {database_reason(exc)}") from exc
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return False
+    return not Path(parsed.database).exists()
+
+
+def _scratch_sqlite_url() -> str:
+    """An empty SQLite store in a private temporary folder, removed at exit."""
+    folder = tempfile.mkdtemp(prefix="newsletter-dry-run-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return "sqlite:///" + str(Path(folder) / "newsletter.db")
 
 
 def _named(exc: StoreError, settings: Settings) -> StoreError:
