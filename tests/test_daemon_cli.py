@@ -325,3 +325,47 @@ def test_run_serve_on_a_taken_port_points_at_web_port(tmp_path: Path) -> None:
     assert err.endswith(
         f"error: cannot listen on 127.0.0.1:{port}: Address already in use (change [web] port)\n"
     )
+
+
+def test_a_daemon_stops_when_a_newer_newsletter_upgrades_the_schema_under_it(
+    tmp_path: Path,
+) -> None:
+    # On PostgreSQL any number of daemons share a store with no lock row, so a
+    # newer binary started beside them upgrades it; they went on writing the old way.
+    import subprocess
+    import sys
+
+    from newsletter.store import now
+    from newsletter.store.schema import SCHEMA_VERSION, schema_version
+
+    site = make_site(tmp_path, scan_interval="10m")
+    engine = engine_of(site.settings())
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "newsletter", "--config", str(site.config), "run", "--no-watch"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    try:
+        started = ""
+        while "daemon started" not in started:
+            line = proc.stderr.readline()
+            assert line, proc.communicate(timeout=60)
+            started += line
+        with engine.begin() as conn:
+            conn.execute(
+                schema_version.insert().values(version=SCHEMA_VERSION + 1, applied_at=now())
+            )
+        # The next heartbeat (every 5 s) notices; the bound only catches a hang.
+        _out, err = proc.communicate(timeout=60)
+        err = started + err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, err
+    assert f"upgraded to schema version {SCHEMA_VERSION + 1} by a newer newsletter" in err
+    assert err.rstrip().endswith(
+        f"error: database.url: stopped: a newer newsletter upgraded the database to schema version "
+        f"{SCHEMA_VERSION + 1}; upgrade newsletter here"
+    ), err

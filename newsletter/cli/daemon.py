@@ -78,7 +78,7 @@ def run(
     timer.  Posts dated before [schedule] since are never sent.
     """
     from newsletter.daemon.scheduler import Daemon, DaemonBusyError, run_once
-    from newsletter.errors import TransportError
+    from newsletter.errors import StoreError, TransportError
     from newsletter.logging_setup import remove_logging, setup_logging
     from newsletter.store import now, open_store
 
@@ -98,6 +98,12 @@ def run(
             if daemon.lost_lock:  # non-zero, so systemd's Restart=on-failure restarts it
                 raise DaemonBusyError(
                     "stopped: another process took the daemon lock", key="database.url"
+                )
+            if daemon.outgrown is not None:
+                raise StoreError(
+                    f"stopped: a newer newsletter upgraded the database to schema version "
+                    f"{daemon.outgrown}; upgrade newsletter here",
+                    key="database.url",
                 )
             return
         started = now()

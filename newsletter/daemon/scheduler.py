@@ -56,7 +56,8 @@ from newsletter.delivery.transports import Transport
 from newsletter.email.tokens import checked_secret
 from newsletter.errors import NewsletterError, database_reason
 from newsletter.posts.collection import POST_SUFFIXES
-from newsletter.store import safe_url
+from newsletter.store import newer_schema, safe_url
+from newsletter.store.schema import SCHEMA_VERSION
 
 log = logging.getLogger("newsletter.daemon")
 
@@ -124,6 +125,7 @@ class Daemon:
         self.scheduler: Any = None
         self.passes = 0
         self.lost_lock = False  # set when another process took the lock: exit non-zero
+        self.outgrown: int | None = None  # a newer newsletter's schema version: exit non-zero
         self._signals = 0  # SIGTERM and Ctrl-C received while serving: a second one ends it at once
         self.outage = OutageLog()
         self._running = threading.Lock()  # held by the pass in progress
@@ -307,6 +309,8 @@ class Daemon:
 
     def _heartbeat(self) -> None:
         try:
+            if self._outgrown():
+                return
             if not self.lock.heartbeat():
                 log.error(
                     "the daemon lock was taken by another process; stopping",
@@ -317,9 +321,29 @@ class Daemon:
         except SQLAlchemyError as exc:
             log.warning("heartbeat failed: %s", database_reason(exc))
 
+    def _outgrown(self) -> bool:
+        """Stop when a newer newsletter has upgraded the schema under this daemon
+        (asked at each heartbeat and before each pass): it would go on writing
+        the old way.  Non-zero exit; restarted, this binary then refuses the
+        store until it is upgraded too."""
+        version = newer_schema(self.engine)
+        if version is None:
+            return False
+        if self.outgrown is None:
+            log.error(
+                "the database was upgraded to schema version %d by a newer newsletter "
+                "(this one knows %d); stopping: upgrade newsletter here, then start it again",
+                version,
+                SCHEMA_VERSION,
+                extra={"event": "schema-outgrown", "version": version},
+            )
+        self.outgrown = version
+        self.stop_event.set()
+        return True
+
     def _pass(self, reason: str) -> None:
         with self._running:
-            if self.stop_event.is_set():
+            if self.stop_event.is_set() or self._outgrown():
                 return
             try:
                 report = self.run_one(reason)

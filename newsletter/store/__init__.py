@@ -58,6 +58,7 @@ __all__ = [
     "checkpoint_after",
     "close_all",
     "insert_or_ignore",
+    "newer_schema",
     "now",
     "one_at_a_time",
     "open_store",
@@ -408,6 +409,23 @@ def _run_upgrades(conn: Connection, current: int) -> None:
         SCHEMA_VERSION,
         time.monotonic() - started,
     )
+
+
+def newer_schema(engine: Engine) -> int | None:
+    """The database's schema version when a newer newsletter has moved it past
+    this one's, else None (a failed read too: outages are the caller's to see).
+
+    What a long-running process asks now and then: on PostgreSQL, where any
+    number of daemons share the store and hold no lock row, a newer binary
+    started beside them upgrades the schema under them (`upgrade` refuses
+    only under a SQLite daemon's row), and they must stop rather than go on
+    writing the old way."""
+    try:
+        with reading(engine) as conn:
+            current = conn.scalar(select(func.max(schema_version.c.version)))
+    except SQLAlchemyError:
+        return None
+    return int(current) if current is not None and current > SCHEMA_VERSION else None
 
 
 def _up_to_date(engine: Engine) -> bool:
