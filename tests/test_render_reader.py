@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from bigpng import write_png
 from click.testing import CliRunner
 from PIL import Image
 from test_render_support import make_post, make_settings, parse
@@ -286,6 +287,28 @@ def test_local_images_get_their_size_capped_at_the_content_width(
     assert "width=" not in tags["https://cdn.example.net/x.png"]  # not ours: left as written
     assert "width=" not in tags["https://tides.example.com/images/broken.png"]
     assert "width=" not in next(t for s, t in tags.items() if "passwd" in s)
+
+
+@pytest.mark.parametrize("side", [20000, 10000])
+def test_an_image_too_big_for_pillow_is_of_unknown_size(
+    site_with_images: Settings, tmp_path: Path, side: int, recwarn: pytest.WarningsRecorder
+) -> None:
+    """A valid 20000×20000 PNG (48 KB on disk) made Pillow raise
+    DecompressionBombError from its header alone, which is no OSError: the
+    render, and with it `run`, `render` and `send`, died with a traceback.
+    10000×10000 only warns (Pillow raises past twice its limit).  Both are
+    now of unknown size, as a remote image; Pillow's limit stays as it was."""
+    limit = Image.MAX_IMAGE_PIXELS
+    write_png(tmp_path / "images" / "panorama.png", side, side)  # the site's source
+    url = "https://tides.example.com/images/panorama.png"
+    settings = replace(site_with_images, email=replace(site_with_images.email, content="full"))
+    _, html, _ = render(settings, body_md=f"Intro.\n\n![The bay]({url})\n", image=url)
+    hero = next(t for t in re.findall(r"<img\b[^>]*>", html) if "hero-img" in t)
+    assert 'width="600"' in hero and "height=" not in hero  # as a remote hero image
+    body = next(t for t in re.findall(r"<img\b[^>]*>", html) if "The bay" in t)
+    assert "width=" not in body and "height=" not in body
+    assert limit == Image.MAX_IMAGE_PIXELS
+    assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]
 
 
 def test_every_image_of_the_theme_has_a_width_for_outlook(site_with_images: Settings) -> None:

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
@@ -18,6 +19,7 @@ from typing import Any
 
 import pytest
 import time_machine
+from bigpng import write_png
 from sqlalchemy import Engine, delete, select, update
 from test_daemon_support import MEMBERS, Site, add_members, engine_of, make_site
 
@@ -325,6 +327,27 @@ def test_a_broken_post_is_reported_and_the_others_still_go(
     report, transport = one_pass(settings, engine)
     assert len(transport.outbox) == 3
     assert any("2025-01-01-broken.md" in p and "error" in p for p in report.problems)
+
+
+def test_a_lead_image_too_big_for_pillow_stops_no_mailing(
+    ready: tuple[Site, Settings, Engine],
+) -> None:
+    """A post whose lead image is a valid 20000×20000 PNG of the site (48 KB
+    on disk): Pillow's DecompressionBombError killed the pass, so the later
+    post's mailing never went, pass after pass.  The image is now of unknown
+    size and all three posts go."""
+    site, settings, engine = ready
+    write_png(site.root / "images" / "panorama.png", 20000, 20000)
+    site.write_post("2025-01-01-normal.md", "Normal", LAST_YEAR)
+    site.write_post(
+        "2025-01-02-panorama.md", "Panorama", LAST_YEAR + timedelta(days=1),
+        extra="image: /images/panorama.png\n",
+    )  # fmt: skip
+    site.write_post("2025-01-03-later.md", "Later", LAST_YEAR + timedelta(days=2))
+    report, transport = one_pass(settings, engine)
+    assert report.problems == ()
+    subjects = Counter(subject_of(s.message) for s in transport.outbox)
+    assert subjects == {"Normal": 3, "Panorama": 3, "Later": 3}
 
 
 def test_a_mailing_whose_post_vanished_is_reported_and_others_deliver(

@@ -5,7 +5,8 @@ carries `width` (CSS max-width is ignored there), so a 2000 px photo would
 break the 600 px layout.  For images whose file is in the site's source
 (any URL under `[site] url` + baseurl), Pillow reads the real size and the
 tag gets `width`/`height` capped at the content width; remote images keep
-only what the author wrote.
+only what the author wrote, as does a file Pillow refuses to measure (too
+many pixels: `_image_size`).
 
 A Markdown image with a title (`![alt](src "Caption")`) standing alone in
 its paragraph becomes a one-cell table with the caption under the image:
@@ -17,6 +18,8 @@ from __future__ import annotations
 import functools
 import html
 import re
+import threading
+import warnings
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -58,14 +61,27 @@ def image_size(path: Path) -> tuple[int, int] | None:
         return None
 
 
+# `warnings.catch_warnings` swaps the process's warning filters: one image
+# at a time, or two threads' swaps (the preview's) could leave ours in place.
+_FILTERS = threading.Lock()
+
+
 @functools.lru_cache(maxsize=512)
 def _image_size(path: Path, _mtime: int) -> tuple[int, int] | None:
     from PIL import Image, UnidentifiedImageError
 
+    # Pillow takes an image of more than MAX_IMAGE_PIXELS (~89 Mpx) for a
+    # decompression bomb: it warns, and past twice that raises from the header
+    # alone (DecompressionBombError, no OSError; a 48 KB PNG can be 400 Mpx).
+    # Either is a size unknown here, as a remote image's; the limit itself is
+    # process-wide, guarding every other use of Pillow, so it stays as it is.
+    bomb = (Image.DecompressionBombError, Image.DecompressionBombWarning)
     try:
-        with Image.open(path) as image:
-            width, height = image.size
-    except (OSError, UnidentifiedImageError, ValueError):
+        with _FILTERS, warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+    except (OSError, UnidentifiedImageError, ValueError, *bomb):
         return None
     return (width, height) if width > 0 and height > 0 else None
 
