@@ -350,6 +350,53 @@ def test_a_lead_image_too_big_for_pillow_stops_no_mailing(
     assert subjects == {"Normal": 3, "Panorama": 3, "Later": 3}
 
 
+def test_a_mailing_whose_render_fails_unexpectedly_costs_only_itself(
+    ready: tuple[Site, Settings, Engine],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An exception from one mailing's render that is no NewsletterError (a
+    library's own, a bug: Pillow's DecompressionBombError was one) went
+    through the pass's loop, which caught only NewsletterError, TransportError
+    and SQLAlchemyError: the pass died and the later posts' mailings never
+    went, pass after pass.  Now it is that mailing's one-line problem and
+    last error, its traceback is logged once (not every scan), and the rest go.
+    The fault is injected into the image size reader, standing for any bug."""
+    from newsletter.delivery.mailings import mailing_summaries
+    from newsletter.email import images
+
+    site, settings, engine = ready
+    measure = images.image_size
+
+    def faulty(path: Path) -> tuple[int, int] | None:
+        if path.name == "panorama.png":
+            raise RuntimeError("a bug nobody foresaw")
+        return measure(path)
+
+    monkeypatch.setattr(images, "image_size", faulty)
+    write_png(site.root / "images" / "panorama.png", 40, 20)
+    site.write_post("2025-01-01-normal.md", "Normal", LAST_YEAR)
+    site.write_post(
+        "2025-01-02-panorama.md", "Panorama", LAST_YEAR + timedelta(days=1),
+        extra="image: /images/panorama.png\n",
+    )  # fmt: skip
+    site.write_post("2025-01-03-later.md", "Later", LAST_YEAR + timedelta(days=2))
+    transport = MemoryTransport()
+    daemon = scheduler.Daemon(settings, engine, watch=False, transport_factory=lambda _s: transport)
+    with caplog.at_level(logging.DEBUG, logger="newsletter.daemon"):
+        first = daemon.run_one("scan")
+        again = daemon.run_one("scan")  # the next scan meets the same fault
+    assert Counter(subject_of(s.message) for s in transport.outbox) == {"Normal": 3, "Later": 3}
+    line = "error: mailing 2: unexpected RuntimeError: a bug nobody foresaw"
+    assert first.problems == again.problems == (line,)
+    summary = {m.post_id: m for m in mailing_summaries(engine)}["panorama"]
+    assert summary.last_error == "unexpected RuntimeError: a bug nobody foresaw"
+    assert summary.counts == {"queued": 3}  # nobody failed for it: retried next pass
+    tracebacks = [r for r in caplog.records if r.exc_info and r.levelno >= logging.ERROR]
+    assert len(tracebacks) == 1
+    assert "in faulty" in caplog.text and "mailing 2" in tracebacks[0].getMessage()
+
+
 def test_a_mailing_whose_post_vanished_is_reported_and_others_deliver(
     ready: tuple[Site, Settings, Engine],
 ) -> None:

@@ -20,6 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from newsletter.config import ListSettings, Settings, utcnow
 from newsletter.daemon import pagewait, planning
 from newsletter.daemon.passlog import (
+    FaultLog,
     OutageLog,
     describe_mailing,
     log_finish,
@@ -41,6 +42,7 @@ log = logging.getLogger("newsletter.daemon")
 
 __all__ = [
     "Clock",
+    "FaultLog",
     "MailingProgress",
     "OutageLog",
     "PassReport",
@@ -82,9 +84,11 @@ def run_pass(
     stop: threading.Event | None = None,
     outage: OutageLog | None = None,
     progress: MailingProgress | None = None,
+    faults: FaultLog | None = None,
 ) -> PassReport:
     """Plan what is due and deliver what has work; never raises a NewsletterError
-    for one bad post, list or template — those become `problems`."""
+    for one bad post, list or template — those become `problems`, as does an
+    unexpected failure of one mailing (`faults` logs its traceback once)."""
     from newsletter.audience.lists import ensure_lists
     from newsletter.delivery.mailings import mailed_pairs
     from newsletter.posts.collection import load_posts
@@ -125,6 +129,7 @@ def run_pass(
         stop,
         problems,
         outage or OutageLog(),
+        faults or FaultLog(),
         progress,
         clock,
         changes,
@@ -346,6 +351,7 @@ def _deliver(
     stop: threading.Event | None,
     problems: list[str],
     outage: OutageLog,
+    faults: FaultLog,
     progress: MailingProgress | None = None,
     clock: Clock | None = None,
     changes: list[Change] | None = None,
@@ -395,12 +401,15 @@ def _deliver(
             # mailings would fail the same way, so stop here.
             return total, str(exc)
         except NewsletterError as exc:
-            problems.append(f"error: mailing {mailing_id}: {exc}")
-            with contextlib.suppress(SQLAlchemyError):  # said above; the store may be down
-                note_error(engine, mailing_id, str(exc))
+            _mailing_problem(engine, mailing_id, str(exc), problems)
             continue
         except SQLAlchemyError as exc:  # a busy or broken database: next pass retries
             problems.append(f"error: mailing {mailing_id}: database: {database_reason(exc)}")
+            continue
+        except Exception as exc:  # no error of ours: a library's own, or a bug
+            # It costs this mailing only, as a broken template would (invariant
+            # 5); it killed the pass, and every later mailing waited for a fix.
+            _mailing_problem(engine, mailing_id, faults.failed(mailing_id, exc), problems)
             continue
         total += report
         counted = report.sent or report.deferred or report.failed or report.skipped
@@ -409,6 +418,14 @@ def _deliver(
         if due or counted or describe_mailing(engine, mailing_id)[3] == "done":
             log_finish(engine, mailing_id, report, started, outage)
     return total, None
+
+
+def _mailing_problem(engine: Engine, mailing_id: int, reason: str, problems: list[str]) -> None:
+    """A mailing that could not be delivered at all: a problem of the pass,
+    and its last error, which `status` shows."""
+    problems.append(f"error: mailing {mailing_id}: {reason}")
+    with contextlib.suppress(SQLAlchemyError):  # said above; the store may be down
+        note_error(engine, mailing_id, reason)
 
 
 def _bound(progress: MailingProgress | None, mailing_id: int) -> Callable[[int, int], None] | None:

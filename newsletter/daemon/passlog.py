@@ -1,5 +1,6 @@
 """What a daemon pass says: one line per mailing started, finished, failed or
-withdrawn, and a mail-server outage kept to one line per retry window.
+withdrawn, a mail-server outage kept to one line per retry window, and an
+unexpected failure's traceback to one record.
 
 Split from `passes` (which re-exports `OutageLog` and `log_skipped`): the
 pass decides, this module words it for the log.
@@ -8,7 +9,7 @@ pass decides, this module words it for the log.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +17,7 @@ from sqlalchemy import Engine, select
 
 from newsletter.config import utcnow
 from newsletter.delivery.report import DeliveryReport
+from newsletter.errors import one_line
 from newsletter.store import reading
 from newsletter.store.schema import deliveries, lists, mailings
 
@@ -50,6 +52,34 @@ class OutageLog:
         """True once, on the first success after an outage."""
         was, self.down, self.quiet_until = self.down, False, None
         return was
+
+
+@dataclass
+class FaultLog:
+    """Keeps an unexpected failure's traceback to one log record per process.
+
+    A mailing whose render raises what no check foresaw (a library's own
+    exception, a bug) meets it again each pass until a fix: the traceback,
+    which a bug report needs, is logged the first time; the one-line problem
+    is the pass's to report, as any other (`PassReport.problems`).
+    """
+
+    seen: set[str] = field(default_factory=set)
+
+    def failed(self, mailing_id: int, exc: Exception) -> str:
+        """Log `exc` (with its traceback the first time); the reason, on one line."""
+        reason = one_line(f"unexpected {type(exc).__name__}: {exc}")
+        first = f"{mailing_id}: {reason}" not in self.seen
+        self.seen.add(f"{mailing_id}: {reason}")
+        log.log(
+            logging.ERROR if first else logging.DEBUG,
+            "mailing %d failed: %s; the other mailings go on",
+            mailing_id,
+            reason,
+            exc_info=exc if first else None,
+            extra={"event": "mailing-fault", "mailing_id": mailing_id, "text": reason},
+        )
+        return reason
 
 
 def describe_mailing(engine: Engine, mailing_id: int) -> tuple[str, str, str, str]:

@@ -45,6 +45,7 @@ from newsletter.daemon.lock import (  # noqa: F401 - the lock's names, as before
 )
 from newsletter.daemon.passes import (
     Clock,
+    FaultLog,
     MailingProgress,
     OutageLog,
     PassReport,
@@ -128,6 +129,7 @@ class Daemon:
         self.outgrown: int | None = None  # a newer newsletter's schema version: exit non-zero
         self._signals = 0  # SIGTERM and Ctrl-C received while serving: a second one ends it at once
         self.outage = OutageLog()
+        self.faults = FaultLog()  # a traceback once per daemon, not once per scan
         self._running = threading.Lock()  # held by the pass in progress
         self._seen_problems: set[str] = set()
         self._watcher: threading.Thread | None = None
@@ -365,6 +367,7 @@ class Daemon:
             transport=transport,
             stop=self.stop_event,
             outage=self.outage,
+            faults=self.faults,
         )
         self.passes += 1
         log.debug("pass %d (%s) done", self.passes, reason)
