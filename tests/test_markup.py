@@ -177,6 +177,44 @@ def test_srcset_is_made_absolute() -> None:
     )
 
 
+CDN = "https://res.cloudinary.com/demo/image/upload"
+PNG = "data:image/png;base64,iVBORw0KGgo="
+HERE = "https://blog.example.com/notes/2024/06/08"
+
+
+@pytest.mark.parametrize(
+    ("srcset", "expected"),
+    [
+        # Commas inside a URL are part of it (Cloudinary, imgix transformations).
+        (
+            f"{CDN}/w_400,c_fill/a.jpg 400w, {CDN}/w_800,c_fill/a.jpg 800w",
+            f"{CDN}/w_400,c_fill/a.jpg 400w, {CDN}/w_800,c_fill/a.jpg 800w",
+        ),
+        (f"{PNG} 1x, /b.png 2x", f"{PNG} 1x, https://blog.example.com/b.png 2x"),
+        # A comma right after a descriptor, or commas ending a URL, end the candidate.
+        ("a.png 1x,/b.png 2x", f"{HERE}/a.png 1x, https://blog.example.com/b.png 2x"),
+        ("a.png,, b.png 2x", f"{HERE}/a.png, {HERE}/b.png 2x"),
+        # A descriptor's parentheses hold their commas (the standard's "in parens").
+        ("a.png 400w (x, y), b.png 800w", f"{HERE}/a.png 400w (x, y), {HERE}/b.png 800w"),
+        # Any whitespace separates; a dangerous candidate is dropped, the others kept.
+        ("\n  a.png\t1x ,\n javascript:x() 2x, b.png 3x ", f"{HERE}/a.png 1x, {HERE}/b.png 3x"),
+    ],
+)
+def test_srcset_is_parsed_as_the_html_standard_does(srcset: str, expected: str) -> None:
+    """srcset was split on every comma: a Cloudinary URL (`w_400,c_fill`) or
+    a data: URL was cut apart and its pieces resolved against the post's URL."""
+    out = md(f'<img src="/a.png" srcset="{srcset}" alt="x">\n')
+    assert f'srcset="{expected}"' in out
+
+
+def test_a_picture_source_srcset_keeps_the_commas_of_its_url() -> None:
+    out = md(
+        f'<picture><source srcset="{CDN}/f_webp,w_800/a.webp" type="image/webp">'
+        f'<img src="{CDN}/w_800/a.jpg" alt="x"></picture>\n'
+    )
+    assert f'<source srcset="{CDN}/f_webp,w_800/a.webp" type="image/webp">' in out
+
+
 def test_every_image_gets_alt() -> None:
     out = md('<img src="/a.png">\n\n![](/b.png)\n\n<img src="/c.png" title="Cee">\n')
     assert out.count('alt="') == 3

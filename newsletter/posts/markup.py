@@ -21,6 +21,7 @@ from __future__ import annotations
 import html
 import re
 import threading
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qs, urljoin, urlsplit
 
@@ -323,15 +324,58 @@ def absolute_url(value: str, base_url: str) -> str | None:
 
 
 def _absolute_srcset(srcset: str, base_url: str) -> str:
+    """Each image candidate's URL absolute, its descriptors as written; a
+    candidate whose URL is dangerous is dropped."""
     out = []
-    for candidate in srcset.split(","):
-        bits = candidate.strip().split(None, 1)
-        if not bits:
-            continue
-        url = absolute_url(bits[0], base_url)
-        if url:
-            out.append(" ".join([url, *bits[1:]]))
+    for url, descriptors in _srcset_candidates(srcset):
+        absolute = absolute_url(url, base_url)
+        if absolute:
+            out.append(" ".join([absolute, *descriptors]))
     return ", ".join(out)
+
+
+_SPACE = "\t\n\f\r "  # the HTML standard's ASCII whitespace
+# One descriptor: up to whitespace or a comma, but a parenthesis holds both.
+_DESCRIPTOR = re.compile(r"(?:[^\t\n\f\r ,(]|\([^)]*\)?)+")
+
+
+def _srcset_candidates(srcset: str) -> Iterator[tuple[str, list[str]]]:
+    """(URL, descriptors) of each candidate, parsed as the HTML standard does
+    (https://html.spec.whatwg.org/#parsing-a-srcset-attribute): a URL is a
+    run of non-whitespace, so the commas of a CDN's `w_400,c_fill` or of a
+    `data:` URL are its own; only commas ending it end the candidate."""
+    pos, end = 0, len(srcset)
+    while True:
+        while pos < end and srcset[pos] in _SPACE + ",":
+            pos += 1
+        if pos >= end:
+            return
+        start = pos
+        while pos < end and srcset[pos] not in _SPACE:
+            pos += 1
+        url = srcset[start:pos]
+        if url.endswith(","):  # no descriptors: the next candidate follows
+            yield url.rstrip(","), []
+            continue
+        descriptors, pos = _descriptors(srcset, pos)
+        yield url, descriptors
+
+
+def _descriptors(srcset: str, pos: int) -> tuple[list[str], int]:
+    """A candidate's descriptors from `pos`, up to the comma that ends it
+    outside parentheses; and where the next candidate begins."""
+    found: list[str] = []
+    while pos < len(srcset):
+        if srcset[pos] == ",":
+            return found, pos + 1
+        if srcset[pos] in _SPACE:
+            pos += 1
+            continue
+        token = _DESCRIPTOR.match(srcset, pos)
+        assert token is not None  # neither whitespace nor a comma: one character at least
+        found.append(token.group(0))
+        pos = token.end()
+    return found, pos
 
 
 def _fix_images(root: HtmlElement) -> None:
