@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import html
+
+import lxml.html
 import pytest
 
 from newsletter.errors import RenderError
 from newsletter.posts.markup import absolute_url, html_to_text, markdown_to_html, video_link
 
 BASE = "https://blog.example.com/notes/2024/06/08/post.html"
+HERE = "https://blog.example.com/notes/2024/06/08"  # the folder BASE is in
+CDN = "https://res.cloudinary.com/demo/image/upload"
+PNG = "data:image/png;base64,iVBORw0KGgo="
 
 
 def md(text: str) -> str:
@@ -103,6 +109,56 @@ def test_scripted_styles_are_removed_plain_styles_kept() -> None:
     assert '<p style="color: red">c</p>' in out
 
 
+@pytest.mark.parametrize(
+    ("style", "expected"),
+    [
+        (
+            "background-image:url('/images/hero.png'); padding:20px",
+            "background-image:url('https://blog.example.com/images/hero.png'); padding:20px",
+        ),
+        ('background: url("hero.png") no-repeat', f'background: url("{HERE}/hero.png") no-repeat'),
+        (
+            "background:URL( ../x.png )",
+            "background:URL(https://blog.example.com/notes/2024/06/x.png)",
+        ),
+        (
+            "background:url(//cdn.example.net/x.png)",
+            "background:url(https://cdn.example.net/x.png)",
+        ),
+        # Absolute and data: URLs are left as they are.
+        (
+            "background:url(https://cdn.example.net/a.png)",
+            "background:url(https://cdn.example.net/a.png)",
+        ),
+        (f"background:url('{PNG}')", f"background:url('{PNG}')"),
+        (f"background:url({PNG})", f"background:url({PNG})"),
+        # Two in one declaration; a space is kept inside the quotes.
+        (
+            "background:url(a.png), url('b c.png')",
+            f"background:url({HERE}/a.png), url('{HERE}/b c.png')",
+        ),
+    ],
+)
+def test_urls_in_a_style_attribute_are_made_absolute(style: str, expected: str) -> None:
+    """A relative url() in an inline style (a raw-HTML hero block) was left
+    relative: in an email it resolves against nothing, and the image is lost."""
+    out = md(f'<div style="{html.escape(style)}">Hero</div>\n')
+    assert lxml.html.fragment_fromstring(out).get("style") == expected
+
+
+def test_a_style_with_a_dangerous_url_is_removed() -> None:
+    """A url() no link could have (vbscript:, an unknown scheme) takes its
+    style with it, as expression() and javascript: did and still do."""
+    out = md(
+        '<p style="color: red; background: url(vbscript:msgbox(1))">a</p>\n\n'
+        '<p style="background: url(&quot;wyciwyg://0/x&quot;)">b</p>\n\n'
+        "<p style=\"background: url('java\tscript:x()')\">c</p>\n\n"
+        '<p style="width: expression(alert(1)); background: url(/x.png)">d</p>\n'
+    )
+    assert "style" not in out and "script" not in out and "wyciwyg" not in out
+    assert all(f"<p>{text}</p>" in out for text in "abcd")
+
+
 def test_attribute_list_cannot_smuggle_handlers() -> None:
     out = md('[link](x.html){: onclick="evil()" }\n')
     assert "onclick" not in out and "evil" not in out
@@ -175,11 +231,6 @@ def test_srcset_is_made_absolute() -> None:
         'srcset="https://blog.example.com/notes/2024/06/08/a.png 1x, https://blog.example.com/b.png 2x"'
         in out
     )
-
-
-CDN = "https://res.cloudinary.com/demo/image/upload"
-PNG = "data:image/png;base64,iVBORw0KGgo="
-HERE = "https://blog.example.com/notes/2024/06/08"
 
 
 @pytest.mark.parametrize(

@@ -174,6 +174,17 @@ def test_all_urls_absolute_and_all_images_have_alt() -> None:
     assert "https://tides.example.com/images/rock-pool.jpg" in html
 
 
+def test_a_background_url_in_a_style_is_absolute_in_the_email() -> None:
+    """docs/templates.md: every link and image is made absolute against the
+    post's URL; a raw-HTML hero's `style="background-image:url(...)"` was
+    not, and premailer, which rewrites every style, must keep it so."""
+    settings = make_settings(content="full")
+    body = "<div style=\"background-image:url('/images/hero.png'); padding:20px\">Hero</div>\n"
+    html = render_email(make_post(body), settings, settings.lists["everything"]).html
+    assert "url('https://tides.example.com/images/hero.png')" in html
+    assert "/images/hero.png" not in html.replace("https://tides.example.com/images/hero.png", "")
+
+
 def test_post_content_is_sanitised_in_the_email() -> None:
     _, html, _ = render_default(content="full")
     lowered = html.lower()

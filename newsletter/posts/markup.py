@@ -11,7 +11,7 @@ plain-text part):
   `javascript:` URLs), turns embedded videos into links, removes kramdown
   attribute lines that python-markdown leaves as text (`{: .notice}`,
   `{:toc}`), and makes every URL absolute as a browser would resolve it from
-  the post's own URL.
+  the post's own URL (attributes, srcset candidates, a style's url()).
 * `html_to_text(fragment)`: readable plain text, links as `text <url>`
   (`newsletter.posts.plaintext`, re-exported here).
 """
@@ -234,6 +234,7 @@ def _youtube_id(path: str, query: str, host: str) -> str | None:
 
 
 _DROP_ATTRIBUTES = ("srcdoc", "formaction", "markdown")
+_ACTIVE_STYLE = ("expression(", "javascript:", "vbscript:", "behavior:")
 
 
 def _drop_active(root: HtmlElement) -> None:
@@ -245,9 +246,9 @@ def _drop_active(root: HtmlElement) -> None:
             # kramdown's markdown="0" is read by the converter, no markup of the email.
             if name.lower().startswith("on") or name.lower() in _DROP_ATTRIBUTES:
                 del el.attrib[name]
-        # Old Outlook/IE run CSS expression() and javascript: URLs in styles.
+        # Old Outlook/IE run CSS expression() and javascript: (vbscript:) URLs in styles.
         style = re.sub(r"[\s\\]", "", el.get("style") or "").lower()
-        if "expression(" in style or "javascript:" in style or "behavior:" in style:
+        if any(bad in style for bad in _ACTIVE_STYLE):
             del el.attrib["style"]
     # Comments may hide conditional HTML; processing instructions are noise.
     for node in list(root.iter(lxml.etree.Comment, lxml.etree.ProcessingInstruction)):
@@ -305,6 +306,9 @@ def _absolutise(root: HtmlElement, base_url: str) -> None:
         srcset = el.get("srcset")
         if srcset is not None:
             el.set("srcset", _absolute_srcset(srcset, base_url))
+        style = el.get("style")
+        if style is not None and "url(" in style.lower():
+            _absolutise_style(el, style, base_url)
 
 
 def absolute_url(value: str, base_url: str) -> str | None:
@@ -376,6 +380,41 @@ def _descriptors(srcset: str, pos: int) -> tuple[list[str], int]:
         found.append(token.group(0))
         pos = token.end()
     return found, pos
+
+
+# A CSS url(), its URL quoted or not (CSS Syntax §4.3.6); one with an escape
+# (a backslash) is left as written.
+_CSS_URL = re.compile(
+    r"""\b(?P<name>url)\(\s*(?:"(?P<dq>[^"\\]*)"|'(?P<sq>[^'\\]*)'|(?P<bare>[^\s"'()\\]+))\s*\)""",
+    re.I,
+)
+
+
+def _absolutise_style(el: HtmlElement, style: str, base_url: str) -> None:
+    """Each url() of an inline style absolute (a raw-HTML hero's background);
+    a style with a URL no link could have (vbscript:) is dropped whole, as
+    `_drop_active` drops one with expression()."""
+    dangerous = False
+
+    def one(match: re.Match[str]) -> str:
+        nonlocal dangerous
+        value = next(v for v in match.group("dq", "sq", "bare") if v is not None)
+        if not value.strip() or value.strip().lower().startswith("data:"):
+            return match.group(0)  # nothing to resolve; data: is only ever an image here
+        url = absolute_url(value, base_url)
+        if url is None:
+            dangerous = True
+            return match.group(0)
+        quote = '"' if match.group("dq") is not None else "'" if match.group("sq") else ""
+        if not quote and re.search(r"[\s\"'()\\]", url):
+            quote = "'"  # a character an unquoted url() cannot hold
+        return f"{match.group('name')}({quote}{url}{quote})"
+
+    absolute = _CSS_URL.sub(one, style)
+    if dangerous:
+        del el.attrib["style"]
+    else:
+        el.set("style", absolute)
 
 
 def _fix_images(root: HtmlElement) -> None:
