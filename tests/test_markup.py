@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import html
+import textwrap
+import unicodedata
 
 import lxml.html
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from newsletter.errors import RenderError
+from newsletter.posts import textwidth
 from newsletter.posts.markup import absolute_url, html_to_text, markdown_to_html, video_link
 
 BASE = "https://blog.example.com/notes/2024/06/08/post.html"
@@ -315,6 +320,64 @@ def test_text_wraps_at_72_but_never_breaks_a_url() -> None:
     text = html_to_text(f"<p>{'word ' * 40}<a href='{url}'>x</a></p>")
     assert url in text
     assert all(len(line) <= 72 or url in line for line in text.splitlines())
+
+
+# 32 wide characters, 64 columns, and no space.
+JAPANESE = "これは日本語の段落です。句読点で改行されるかどうかを確認します。"
+
+
+def width_of(line: str) -> int:
+    """Display columns, measured independently of `posts.textwidth`."""
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in line)
+
+
+def test_cjk_text_wraps_at_72_display_columns() -> None:
+    """A Japanese paragraph (and a quote of one, a list item) stayed one
+    line, however long: textwrap breaks only at spaces and counts characters.
+    The excerpt's text (`html_to_text`) now wraps it by display columns."""
+    text = html_to_text(md(f"{JAPANESE * 3}\n\n> {JAPANESE * 2}\n"))
+    paragraph, quote = text.split("\n\n")
+    assert "".join(paragraph.splitlines()) == JAPANESE * 3
+    assert "".join(line.removeprefix("> ") for line in quote.splitlines()) == JAPANESE * 2
+    for block in (paragraph, quote):
+        *full, last = block.splitlines()
+        assert all(64 <= width_of(line) <= 72 for line in full) and width_of(last) <= 72
+        assert not any(line.removeprefix("> ")[0] in "。、" for line in block.splitlines())
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.text(st.sampled_from("ab-.:/ \t\n"), max_size=120),
+    st.integers(1, 40),
+    st.sampled_from(["", "> ", "    "]),
+    st.sampled_from(["", "> ", "  "]),
+)
+def test_text_without_wide_characters_wraps_as_textwrap_does(
+    text: str, width: int, first: str, rest: str
+) -> None:
+    """`textwidth.wrap` took over from textwrap: text without a wide
+    character comes out exactly as before (the golden files rely on it)."""
+    expected = textwrap.wrap(
+        text, width, initial_indent=first, subsequent_indent=rest,
+        break_long_words=False, break_on_hyphens=False,
+    )  # fmt: skip
+    assert textwidth.wrap(text, width, first, rest) == expected
+
+
+def test_an_ideographic_space_is_text_not_a_place_to_break() -> None:
+    """U+3000 opens a Japanese paragraph; it must not become an ASCII space."""
+    lines = textwidth.wrap("\u3000" + JAPANESE * 2, 72)
+    assert "".join(lines) == "\u3000" + JAPANESE * 2 and len(lines) == 2
+
+
+def test_a_cjk_table_too_wide_wraps_its_row_blocks_by_display_columns() -> None:
+    """The "Header: value" lines of a table too wide for 78 columns wrap with
+    their hanging indent; a CJK value was one line of 130 columns."""
+    text = html_to_text(md(f"| 生物 | 場所 |\n|---|---|\n| {JAPANESE * 2} | 北 |\n"))
+    first, *rest = text.splitlines()
+    assert first.startswith("生物: これは") and width_of(first) <= 72
+    assert rest[-1] == "場所: 北" and all(line.startswith("  ") for line in rest[:-1])
+    assert all(width_of(line) <= 72 for line in rest)
 
 
 def test_text_keeps_br_and_images_and_footnotes() -> None:

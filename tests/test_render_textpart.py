@@ -6,6 +6,7 @@ tables.  Posts go through the real reader (a Jekyll site on disk) or through
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -240,3 +241,63 @@ def test_an_html_posts_own_footnote_list_is_left_as_written() -> None:
 
     own = '<p>Text.</p><div class="footnote"><ol><li>A note of its own.</li></ol></div>'
     assert "A note of its own." in markup.sanitise_html(own, POST_URL)
+
+
+# --------------------------------------------------------------------------- wide text
+
+# 96 wide characters: 192 columns, with no space to break at.
+JAPANESE = "これは日本語の段落です。句読点で改行されるかどうかを確認します。" * 3
+TITLE = "日本語のタイトル：とても長い見出しがここに続きます、さらに続きます、まだ続きます、終わりはまだです"
+
+
+def display_width(line: str) -> int:
+    """Terminal columns, measured here independently of `textwidth`."""
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in line)
+
+
+def test_a_cjk_paragraph_is_wrapped_at_72_columns() -> None:
+    """A Japanese paragraph came out as one 192-column line: textwrap breaks
+    only at spaces.  Wide text breaks between two wide characters, never
+    before a closing mark such as 。 or 、 (nor after an opening one)."""
+    lines = body_of(text_part(make_post(JAPANESE + "\n"), "full")).splitlines()
+    assert "".join(lines) == JAPANESE  # nothing lost, no space put in
+    assert len(lines) == 3
+    assert all(64 <= display_width(line) <= 72 for line in lines[:-1])
+    assert display_width(lines[-1]) <= 72
+    assert not any(line[0] in "。、）」" or line[-1] in "（「" for line in lines)
+
+
+def test_latin_words_and_urls_inside_cjk_text_stay_whole() -> None:
+    url = "https://example.org/a/long/path/that/must/stay/whole/and/clickable"
+    body = f"{JAPANESE[:30]}Periwinkles{JAPANESE[:20]} <{url}> {JAPANESE[:40]}\n"
+    lines = body_of(text_part(make_post(body), "full")).splitlines()
+    assert all(display_width(line) <= 72 for line in lines if url not in line)
+    assert any(f"<{url}>" in line for line in lines)
+    assert any("Periwinkles" in line for line in lines)
+    assert "".join(lines).replace(" ", "") == body.strip().replace(" ", "")
+
+
+def test_a_long_cjk_title_is_wrapped_and_underlined_to_its_display_width() -> None:
+    """A 98-column title stayed on one line under a rule of 72 "=" signs."""
+    text = text_part(make_post(title=TITLE, title_html=TITLE))
+    lines = text.splitlines()
+    rule = next(i for i, line in enumerate(lines) if line and set(line) == {"="})
+    heading = lines[lines.index("") + 1 : rule]
+    assert "".join(heading) == TITLE and len(heading) == 2
+    assert all(display_width(line) <= 72 for line in heading)
+    assert len(lines[rule]) == max(map(display_width, heading))
+
+
+def test_no_line_of_a_cjk_text_part_runs_past_78_columns() -> None:
+    """The template's own lines (a description, a table's row blocks) are
+    wrapped at 72 once over 78 columns: by display columns too."""
+    table = (
+        "| 生物 | 場所 | 時刻 | 数 |\n|---|---|---|---|\n| "
+        + " | ".join([JAPANESE[:30]] * 4)
+        + " |\n"
+    )
+    post = make_post(f"{JAPANESE}\n\n{table}", title=TITLE, title_html=TITLE, description=JAPANESE)
+    text = text_part(post, "full")
+    assert JAPANESE[:30] in text  # the description (the subtitle), wrapped
+    for line in text.splitlines():
+        assert display_width(line) <= 78 or "<https://" in line, line

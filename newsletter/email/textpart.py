@@ -1,6 +1,7 @@
 """The plain-text part, tidied for reading: no trailing spaces, single blank
 lines, and no line over 78 columns except what cannot be broken (a URL, a
-line of code).
+line of code).  Columns are display columns (`posts.textwidth`): a CJK
+character takes two, and CJK text breaks between characters.
 
 The post's own text comes wrapped at 72 columns from `posts.markup`; what
 runs longer is the template's (the footer names the reader's address, "Read
@@ -12,9 +13,9 @@ characters a line; here it is for the reader's terminal, not the wire.
 from __future__ import annotations
 
 import re
-import textwrap
 
 from newsletter.email.rendered import PLACEHOLDERS
+from newsletter.posts.textwidth import columns, wrap
 
 MAX_COLUMNS = 78
 WRAP_COLUMNS = 72  # as the post's text, so a rewrapped line matches its neighbours
@@ -46,7 +47,7 @@ def _rstrip(line: str) -> str:
 
 def _wrapped(line: str) -> list[str]:
     wide = _with_stand_ins(line)
-    if len(wide) <= MAX_COLUMNS:
+    if columns(wide) <= MAX_COLUMNS:  # a CJK character takes two
         return [line]
     quote = _QUOTE.match(wide).group(0)  # type: ignore[union-attr]
     if wide[len(quote) :].startswith("    "):
@@ -54,13 +55,9 @@ def _wrapped(line: str) -> list[str]:
     marker = _MARKER.match(wide, len(quote))
     indent, bullet = marker.group(1), marker.group(2)  # type: ignore[union-attr]
     start = len(quote) + len(indent) + len(bullet)
-    pieces = textwrap.wrap(
-        wide[start:],
-        width=WRAP_COLUMNS,
-        initial_indent=quote + indent + bullet,
-        subsequent_indent=quote + indent + " " * len(bullet),
-        break_long_words=False,  # a URL stays whole and clickable
-        break_on_hyphens=False,
+    # A URL stays whole and clickable; CJK text breaks between characters.
+    pieces = wrap(
+        wide[start:], WRAP_COLUMNS, quote + indent + bullet, quote + indent + " " * len(bullet)
     )
     return [_without_stand_ins(piece) for piece in pieces] or [line]
 

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import re
-import textwrap
 from collections.abc import Iterator
 
 import lxml.etree
@@ -239,14 +238,7 @@ def _wrap(text: str, prefix: str) -> str:
         squashed = _squash(line)
         if not squashed:
             continue
-        lines.extend(
-            textwrap.wrap(
-                squashed,
-                width=_WIDTH,
-                initial_indent=prefix,
-                subsequent_indent=prefix,
-                break_long_words=False,  # a long URL stays whole and clickable
-                break_on_hyphens=False,
-            )
-        )
+        # By display columns, CJK broken between characters; a long URL stays
+        # whole and clickable.
+        lines.extend(textwidth.wrap(squashed, _WIDTH, prefix, prefix))
     return "\n".join(lines)

@@ -9,11 +9,10 @@ the HTML.
 
 from __future__ import annotations
 
-import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from newsletter.posts.textwidth import columns
+from newsletter.posts.textwidth import columns, wrap
 
 __all__ = ["Cell", "table_text"]
 
@@ -88,16 +87,7 @@ def _blocks(head: list[Cell] | None, body: list[list[Cell]], prefix: str, margin
                 continue
             label = head[index].text if head and index < len(head) else ""
             line = f"{label}: {cell.text}" if label else cell.text
-            lines.extend(
-                textwrap.wrap(
-                    line,
-                    width,
-                    initial_indent=prefix,
-                    subsequent_indent=prefix + "  ",
-                    break_long_words=False,  # a URL stays whole
-                    break_on_hyphens=False,
-                )
-            )
+            lines.extend(wrap(line, width, prefix, prefix + "  "))  # a URL stays whole
         if lines:
             blocks.append("\n".join(lines))
     return f"\n{prefix.rstrip()}\n".join(blocks)
