@@ -110,7 +110,7 @@ def _one_line_only(err: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("command", [("send", "long", "--list", "news")])
+@pytest.mark.parametrize("command", [("send", "long", "--list", "news"), ("run", "--once")])
 def test_the_database_gone_mid_mailing_ends_a_command_with_one_line(
     tmp_path: Path,
     smtp_server: SmtpTestServer,
