@@ -141,3 +141,32 @@ def test_the_database_gone_mid_mailing_ends_a_command_with_one_line(
     counts = Counter(smtp_server.recipients())
     assert set(counts) == set(members)
     assert sum(n - 1 for n in counts.values()) <= 2, counts
+
+
+@pytest.mark.slow
+def test_the_database_down_for_several_scans_is_one_warning_then_one_recovery(
+    tmp_path: Path, smtp_server: SmtpTestServer, request: pytest.FixtureRequest
+) -> None:
+    site, members, role = _held_mid_mailing(tmp_path, smtp_server, scan_interval="0.3s")
+    cluster: PgCluster = request.getfixturevalue("pg_cluster")
+    proc = spawn(site, "--no-watch")
+    try:
+        assert wait_for(lambda: len(smtp_server.recipients()) >= 5, 60.0)
+        cluster.lock_out(role)
+        smtp_server.release()
+        time.sleep(3)  # ten scans or so, every one of them failing
+        alive = proc.poll() is None
+        cluster.let_in(role)
+        everyone = wait_for(lambda: set(smtp_server.recipients()) == set(members), 60.0)
+    finally:
+        proc.terminate()
+        _out, err = proc.communicate(timeout=30)
+    assert alive and everyone, err
+    _one_line_only(err)
+    down = [line for line in err.splitlines() if "database unavailable" in line]
+    assert len(down) == 1, err
+    # Said when a scan reaches it again, not once the rest of the mailing is sent.
+    lines = err.splitlines()
+    back = next(i for i, line in enumerate(lines) if "database reachable again" in line)
+    goes_on = max(i for i, line in enumerate(lines) if "mailing 1 start" in line)
+    assert back < goes_on, err
