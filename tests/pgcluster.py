@@ -196,6 +196,11 @@ class PgCluster:
             conn.execute(f"ALTER ROLE {name} NOLOGIN")
             self._end_sessions(conn, name)
 
+    def let_in(self, name: str) -> None:
+        """Undo `lock_out`: the database is back."""
+        with self.admin(DATABASE) as conn:
+            conn.execute(f"ALTER ROLE {name} LOGIN")
+
     @staticmethod
     def _end_sessions(conn: psycopg.Connection, role: str) -> None:
         conn.execute(

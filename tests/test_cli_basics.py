@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import click
+import pytest
 from click.testing import CliRunner
 
 from newsletter.cli import COMMAND_MODULES, main
@@ -61,3 +62,29 @@ def test_usage_error_exits_2(sample_site: Path) -> None:
     result = CliRunner().invoke(main, ["render"])
     assert result.exit_code == 2
     assert result.output.endswith("Error: Missing argument 'POST'.\n")
+
+
+def test_a_database_failure_no_step_translated_is_one_line_a_bug_keeps_its_traceback() -> None:
+    from sqlalchemy.exc import OperationalError, ProgrammingError
+
+    from newsletter.cli.common import handle_errors
+
+    refused = ConnectionRefusedError("connection refused")
+
+    @click.command()
+    @handle_errors
+    def down() -> None:
+        raise OperationalError("SELECT secret FROM t WHERE x = %s", ("a@b.c",), refused)
+
+    result = CliRunner().invoke(down, [])
+    assert (result.exit_code, result.stderr) == (1, "error: database: connection refused\n")
+
+    @click.command()
+    @handle_errors
+    def bug() -> None:
+        raise ProgrammingError("SELECT nonsense", (), Exception("syntax error"))
+
+    result = CliRunner().invoke(bug, [])
+    assert isinstance(result.exception, ProgrammingError)
+    with pytest.raises(ProgrammingError):
+        CliRunner().invoke(bug, [], catch_exceptions=False)

@@ -362,3 +362,38 @@ def test_a_lock_file_deleted_before_its_flock_is_made_again(
     assert ledger(engine)["r000@example.org"].status == "sending"
     recorder.close()
     assert ledger(engine)["r000@example.org"].status == "sent"
+
+
+def test_a_full_disk_under_send_is_one_line_not_a_traceback(
+    sample_site: Path,
+    smtp_server: SmtpTestServer,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from click.testing import CliRunner
+    from test_cli_send import POST, add_readers, smtp_config
+
+    from newsletter.cli import main
+
+    config = smtp_config(sample_site, smtp_server)
+    add_readers(config, 6)
+    taken = 0
+    append = journal.Journal.append
+
+    def filling(self: journal.Journal, line: journal.Line) -> None:
+        nonlocal taken
+        taken += 1
+        if taken > 3:  # the disk fills up under the fourth outcome
+            raise OSError(28, "No space left on device")
+        append(self, line)
+
+    monkeypatch.setattr(journal.Journal, "append", filling)
+    result = CliRunner().invoke(main, ["--config", str(config), "send", POST, "--list", "sample"])
+    assert result.exit_code == 1, result.output
+    assert result.stderr.endswith(
+        "error: cannot journal 1 delivery outcome(s): No space left on device\n"
+    )
+    # Said once, by the error line: not again as a warning with a traceback.
+    assert "Traceback" not in result.stderr
+    assert not [r for r in caplog.records if r.exc_info], caplog.text
+    assert "recording the last delivery outcomes failed" not in caplog.text

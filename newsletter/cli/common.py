@@ -61,8 +61,26 @@ def handle_errors(func: F) -> F:
         except NewsletterError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(1)
+        except Exception as exc:
+            reason = _database_failure(exc)
+            if reason is None:
+                raise  # a bug: its traceback is what finds it
+            click.echo(f"error: database: {reason}", err=True)
+            sys.exit(1)
 
     return cast(F, wrapper)
+
+
+def _database_failure(exc: Exception) -> str | None:
+    """The reason when `exc` is the database failing (an outage, a lock) that
+    no step translated: the last boundary before a traceback (DESIGN: third-
+    party errors never reach the user as one).  No SQLAlchemy loaded, no
+    SQLAlchemy error: commands that never touch the store stay cheap."""
+    if "sqlalchemy" not in sys.modules:
+        return None
+    from newsletter.store import failure_reason
+
+    return failure_reason(exc)
 
 
 def settings_of(ctx: click.Context) -> Settings:

@@ -115,14 +115,17 @@ def run(
         with _progress_bar(enabled=sys.stdout.isatty() and not as_json) as progress:
             report = run_once(settings, engine, progress=progress, stop=stop)
         stopped = stop.is_set()
-        left = _left(engine)
+        left, trouble = _left(engine)
         shutdown.at_forced_exit(None, status=shutdown.STOPPED if stopped else 0)  # printed below
     finally:
         remove_logging(handler)
-    for problem in report.problems:
+    problems = (*report.problems, *trouble)
+    for problem in problems:
         click.echo(problem, err=True)
     if as_json:
-        emit_json(report_json(report) | {"stopped": stopped, "left": left})
+        emit_json(
+            report_json(report) | {"stopped": stopped, "left": left, "problems": list(problems)}
+        )
     else:
         for line in summary_lines(report):
             click.echo(line)
@@ -130,21 +133,31 @@ def run(
         raise TransportError(
             f"transport unavailable: {report.transport_error}; the next run retries"
         )
-    if report.problems and any(p.startswith("error:") or ": error:" in p for p in report.problems):
+    if problems and any(p.startswith("error:") or ": error:" in p for p in problems):
         sys.exit(1)
     if stopped:
+        count = "" if left is None else f"{left} "
         click.echo(
-            f"stopped: {left} deliveries left; the next run (or `run --once`) goes on", err=True
+            f"stopped: {count}deliveries left; the next run (or `run --once`) goes on", err=True
         )
         sys.exit(shutdown.STOPPED)
 
 
-def _left(engine: Engine) -> int:
+def _left(engine: Engine) -> tuple[int | None, tuple[str, ...]]:
+    """The deliveries still open, or None and why the database could not say:
+    the pass's summary is printed either way (the database may have gone
+    away mid-pass, which the pass already reported per mailing)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from newsletter.errors import database_reason
     from newsletter.store import reading
     from newsletter.store.mailings import open_in_active
 
-    with reading(engine) as conn:
-        return open_in_active(conn)
+    try:
+        with reading(engine) as conn:
+            return open_in_active(conn), ()
+    except SQLAlchemyError as exc:
+        return None, (f"error: database: cannot count the deliveries left: {database_reason(exc)}",)
 
 
 def _print_forced(engine: Engine, started: datetime, as_json: bool) -> None:

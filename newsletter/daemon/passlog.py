@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from newsletter.config import utcnow
 from newsletter.delivery.report import DeliveryReport
@@ -80,6 +81,47 @@ class FaultLog:
             extra={"event": "mailing-fault", "mailing_id": mailing_id, "text": reason},
         )
         return reason
+
+
+@dataclass
+class DatabaseOutage:
+    """Keeps a database outage to one warning, and says when it is over.
+
+    While the database is down every scan fails the same way (at the default
+    scan_interval, a line a minute; at 1 s, a traceback a second buried the
+    log); the next scan retries, so there is nothing more to say until it
+    works again.  Only the daemon's pass thread uses it.
+    """
+
+    down: bool = False
+
+    def failed(self, reason: str) -> None:
+        level = logging.DEBUG if self.down else logging.WARNING
+        self.down = True
+        log.log(
+            level,
+            "database unavailable: %s; retrying at each scan",
+            reason,
+            extra={"event": "database-down", "text": reason},
+        )
+
+    def recovered(self) -> None:
+        """After a pass that worked: one line if the database had been down."""
+        if self.down:
+            self.down = False
+            log.info("database reachable again", extra={"event": "database-up"})
+
+    def probe(self, engine: Engine) -> None:
+        """Before a pass during an outage: say the database is back as soon as
+        it answers, not once the pass's mailings are done (hours for a long one)."""
+        if not self.down:
+            return
+        try:
+            with reading(engine) as conn:
+                conn.execute(select(1))
+        except SQLAlchemyError:
+            return  # still down: the pass fails quietly
+        self.recovered()
 
 
 def describe_mailing(engine: Engine, mailing_id: int) -> tuple[str, str, str, str]:

@@ -53,11 +53,12 @@ from newsletter.daemon.passes import (
     next_work_time,
     run_pass,
 )
+from newsletter.daemon.passlog import DatabaseOutage
 from newsletter.delivery.transports import Transport
 from newsletter.email.tokens import checked_secret
 from newsletter.errors import NewsletterError, database_reason
 from newsletter.posts.collection import POST_SUFFIXES
-from newsletter.store import newer_schema, safe_url
+from newsletter.store import failure_reason, newer_schema, safe_url
 from newsletter.store.schema import SCHEMA_VERSION
 
 log = logging.getLogger("newsletter.daemon")
@@ -130,6 +131,7 @@ class Daemon:
         self._signals = 0  # SIGTERM and Ctrl-C received while serving: a second one ends it at once
         self.outage = OutageLog()
         self.faults = FaultLog()  # a traceback once per daemon, not once per scan
+        self.db_outage = DatabaseOutage()
         self._running = threading.Lock()  # held by the pass in progress
         self._seen_problems: set[str] = set()
         self._watcher: threading.Thread | None = None
@@ -348,15 +350,28 @@ class Daemon:
             if self.stop_event.is_set() or self._outgrown():
                 return
             try:
+                self.db_outage.probe(self.engine)
                 report = self.run_one(reason)
                 if not self.stop_event.is_set():
                     self._after(report)
-            except Exception:  # nothing may kill the worker: log it and try next time
-                log.exception(
-                    "pass (%s) failed; retrying at the next scan",
-                    reason,
-                    extra={"event": "pass-failed"},
-                )
+            except Exception as exc:  # nothing may kill the worker: log it and try next time
+                self._failed(reason, exc)
+            else:
+                self.db_outage.recovered()
+
+    def _failed(self, reason: str, exc: Exception) -> None:
+        """A pass that raised: the database failing is one line per outage (the
+        next scan retries); anything else is a bug, logged with its traceback."""
+        why = failure_reason(exc)
+        if why is not None:
+            self.db_outage.failed(why)
+            return
+        log.error(
+            "pass (%s) failed; retrying at the next scan",
+            reason,
+            exc_info=exc,
+            extra={"event": "pass-failed"},
+        )
 
     def run_one(self, reason: str = "once") -> PassReport:
         transport = self.transport_factory(self.settings) if self.transport_factory else None

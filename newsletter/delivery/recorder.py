@@ -10,7 +10,7 @@ import time
 from sqlalchemy import Connection, Engine
 
 from newsletter.errors import StoreError
-from newsletter.store import journal
+from newsletter.store import failure_reason, journal
 from newsletter.store import mailings as q
 
 log = logging.getLogger(__name__)
@@ -188,8 +188,8 @@ class Recorder:
         try:
             self.flush()
             folded = True
-        except Exception:
-            log.warning("recording the last delivery outcomes failed", exc_info=True)
+        except Exception as exc:
+            self._close_failed(exc)
         finally:
             conn, self._conn, self._writer = self._conn, None, None
             if conn is not None:
@@ -200,6 +200,20 @@ class Recorder:
                 # `free_dead_leases` (this process's or another's) folds them.
                 self.owes = not folded
                 journal_.close(remove=folded)
+
+    def _close_failed(self, exc: Exception) -> None:
+        """Say why the last outcomes could not be recorded, in one line; a bug
+        (not the store failing) keeps its traceback."""
+        if exc is self._broken:
+            # The journal's own failure: raised to the pass already (by the
+            # outcome's wait and every flush since), whose error line says it.
+            log.debug("recording the last delivery outcomes failed: %s", exc)
+            return
+        reason = failure_reason(exc)
+        if reason is None:
+            log.warning("recording the last delivery outcomes failed", exc_info=exc)
+        else:
+            log.warning("recording the last delivery outcomes failed: %s", reason)
 
     def _take(self) -> list[Pending]:
         group: list[Pending] = []

@@ -31,7 +31,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, create_engine, event, func, inspect, select
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 
 from newsletter.config import Settings
 from newsletter.errors import StoreError, database_reason
@@ -57,6 +57,7 @@ __all__ = [
     "bulk_writes",
     "checkpoint_after",
     "close_all",
+    "failure_reason",
     "insert_or_ignore",
     "newer_schema",
     "now",
@@ -278,6 +279,22 @@ def one_at_a_time(engine: Engine, step: str) -> Iterator[bool]:
             transaction.rollback()  # nothing was written on it: this only unlocks
         finally:
             conn.close()
+
+
+def failure_reason(exc: BaseException) -> str | None:
+    """What went wrong, on one line, when `exc` is the store failing at its
+    work (the server gone, a lock held, a full disk), else None.
+
+    Such a failure is the operator's to fix or to wait out, and its text is
+    enough; anything else from SQLAlchemy (a statement the database cannot
+    compile, a constraint a bug broke) is a bug and keeps its traceback."""
+    if isinstance(exc, StoreError):
+        return str(exc)
+    if isinstance(exc, OperationalError | InterfaceError):
+        return database_reason(exc)
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return database_reason(exc)
+    return None
 
 
 def reading(engine: Engine) -> Connection:

@@ -494,19 +494,25 @@ def renew(engine: Engine, owner: str, lease_seconds: float) -> int:
 
 
 def release(engine: Engine, owner: str) -> None:
-    """Give back every lease this owner holds (a clean stop), leaving rows claimable."""
-    with engine.begin() as conn:
-        conn.execute(
-            update(deliveries)
-            .where(deliveries.c.lease_owner == owner)
-            .values(
-                # Claimed but never attempted in this pass: back to where it was.
-                status=case(
-                    (deliveries.c.status != "sending", deliveries.c.status),
-                    (deliveries.c.attempts > 0, "deferred"),
-                    else_="queued",
-                ),
-                lease_owner=None,
-                lease_expires_at=None,
+    """Give back every lease this owner holds (a clean stop), leaving rows claimable.
+
+    Raises StoreError when the database cannot be reached; nothing is lost
+    then: the leases lapse and their rows go to the next claim."""
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                update(deliveries)
+                .where(deliveries.c.lease_owner == owner)
+                .values(
+                    # Claimed but never attempted in this pass: back to where it was.
+                    status=case(
+                        (deliveries.c.status != "sending", deliveries.c.status),
+                        (deliveries.c.attempts > 0, "deferred"),
+                        else_="queued",
+                    ),
+                    lease_owner=None,
+                    lease_expires_at=None,
+                )
             )
-        )
+    except SQLAlchemyError as exc:
+        raise StoreError(f"cannot give back the leases of {owner}: {database_reason(exc)}") from exc
