@@ -30,7 +30,14 @@ from newsletter.audience import members as subs
 from newsletter.audience.addresses import normalise_email
 from newsletter.config import Settings
 from newsletter.errors import SubscriberError
-from newsletter.store.schema import confirmations, memberships, signup_hits, subscribers
+from newsletter.store import insert_or_ignore
+from newsletter.store.schema import (
+    confirmations,
+    memberships,
+    new_uid,
+    signup_hits,
+    subscribers,
+)
 
 WINDOW = timedelta(hours=1)
 DAY = timedelta(days=1)
@@ -136,21 +143,27 @@ def request_signup(
 def _find_or_create(
     conn: Connection, email: str, key: str, name: str, at: datetime
 ) -> subs.SubscriberRow:
-    found = conn.execute(select(subscribers.c.id).where(subscribers.c.email_key == key)).first()
-    if found is None:
-        conn.execute(
-            subscribers.insert().values(
-                email=email,
-                email_key=key,
-                name=name.strip()[:200],
-                attributes={},
-                status=subs.PENDING,
-                status_reason="awaiting confirmation",
-                status_changed_at=at,
-                created_at=at,
-                updated_at=at,
-            )
-        )
+    """The subscriber for this address, a new pending one if it is unknown.
+
+    Insert-or-ignore, then read: two signups of a new address at once (a
+    double-click; on PostgreSQL) both find the one row, where read-then-insert
+    made the later one fail on the unique key and answer 503, which a known
+    address never got (docs/web.md: the same answer for every address).
+    """
+    values = {
+        "email": email,
+        "email_key": key,
+        "uid": new_uid(),
+        "name": name.strip()[:200],
+        "attributes": {},
+        "status": subs.PENDING,
+        "status_reason": "awaiting confirmation",
+        "status_changed_at": at,
+        "created_at": at,
+        "updated_at": at,
+    }
+    # Any unique index: a SQLite file made before schema 6 has one on email too.
+    insert_or_ignore(conn, subscribers, values, ("email_key",), any_unique=True)
     row = subs.get_by_email(conn, email)
     assert row is not None
     return row
@@ -183,8 +196,6 @@ def _insert_confirmation(
     at: datetime,
     expires: datetime,
 ) -> str:
-    from newsletter.store.schema import new_uid
-
     nonce = new_uid()
     conn.execute(
         confirmations.insert().values(
