@@ -299,21 +299,35 @@ def _activate(
         )
     joined: list[str] = []
     for name in names:
-        lid = subs.list_id(conn, name)
-        if name not in before:
-            conn.execute(
-                memberships.insert().values(list_id=lid, subscriber_id=person.id, created_at=at)
-            )
-        elif before[name] is not None:
-            conn.execute(
-                update(memberships)
-                .where(memberships.c.list_id == lid, memberships.c.subscriber_id == person.id)
-                .values(unsubscribed_at=None)
-            )
-        elif person.status == subs.ACTIVE:
-            continue  # already mailable there
-        joined.append(name)
+        if name not in before or before[name] is not None:
+            if _join(conn, person.id, subs.list_id(conn, name), at):
+                joined.append(name)
+        elif person.status != subs.ACTIVE:
+            joined.append(name)  # a member all along, mailable from now on
     return tuple(joined)
+
+
+def _join(conn: Connection, subscriber_id: int, lid: int, at: datetime) -> bool:
+    """Put the subscriber on the list, or lift their unsubscribe from it;
+    False when a concurrent request (the same form sent twice, two confirm
+    links opened together) did it first.
+
+    `before` was read earlier in the transaction: on PostgreSQL a plain
+    insert would then fail on the unique key (a 503 page) and a plain update
+    would count the join twice in the consent record."""
+    values = {"list_id": lid, "subscriber_id": subscriber_id, "created_at": at}
+    if insert_or_ignore(conn, memberships, values, ("list_id", "subscriber_id")):
+        return True
+    lifted = conn.execute(
+        update(memberships)
+        .where(
+            memberships.c.list_id == lid,
+            memberships.c.subscriber_id == subscriber_id,
+            memberships.c.unsubscribed_at.is_not(None),
+        )
+        .values(unsubscribed_at=None)
+    )
+    return bool(lifted.rowcount)
 
 
 def _owner_left(conn: Connection, subscriber_id: int, names: tuple[str, ...]) -> set[str]:
@@ -388,8 +402,10 @@ def set_preferences(
         active = person.status == subs.ACTIVE
         for name in public:
             getting = active and name in current and current[name] is None
-            if getting and name not in wanted:
-                subs.unsubscribe(conn, subscriber_id, name, reason="preferences")
+            # Only what this request changed: the same form sent twice at
+            # once leaves the list once (one consent record, one "Left:").
+            leaving = getting and name not in wanted
+            if leaving and subs.unsubscribe(conn, subscriber_id, name, reason="preferences"):
                 consent.record(conn, subscriber_id, "unsubscribe", "preferences", name, at=at)
                 left.append(name)
         to_join = tuple(
