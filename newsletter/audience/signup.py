@@ -10,7 +10,9 @@ HTTP; this module decides, in the database:
   a suppression the reader cannot lift, or too many pending confirmations.
 * `confirm`: spends a confirmation once; the address becomes active on the
   lists it asked for.  It never lifts an owner's unsubscribe (`cli`, imports),
-  a bounce or a complaint (invariant 3).
+  a bounce or a complaint (invariant 3).  The name typed in the signup waits
+  on its confirmation row and reaches the subscriber only when that very
+  request is confirmed (`_confirmed_name`).
 * `set_preferences`: joins and leaves public lists for one subscriber.
 
 Every change writes its consent event in the same transaction.
@@ -65,11 +67,13 @@ class SignupRequest:
 
 @dataclass(frozen=True)
 class Pending:
-    """A confirmation to send: its nonce, to whom, for which lists, until when."""
+    """A confirmation to send: its nonce, to whom, for which lists, until when.
+
+    No name: the one typed beside the address is a stranger's text until
+    the address's owner confirms (docs/web.md)."""
 
     nonce: str
     email: str
-    name: str
     lists: tuple[str, ...]
     expires_at: datetime
 
@@ -119,7 +123,7 @@ def request_signup(
         conn.execute(signup_hits.insert().values(bucket="address", key=address_key, at=at))
         if _count_hits(conn, "address", address_key, at - WINDOW) > limits.per_address_per_hour:
             return None  # quietly: the answer must not say the address was asked for
-        row = _find_or_create(conn, address.email, address.key, name, at)
+        row = _find_or_create(conn, address.email, address.key, at)
         lists = _to_confirm(conn, row, request.lists)
         if not lists:
             return None
@@ -133,17 +137,16 @@ def request_signup(
         if int(sent_today or 0) >= limits.pending_per_address_per_day:
             return None
         expires = at + timedelta(hours=limits.confirm_hours)
-        nonce = _insert_confirmation(conn, row.id, lists, request.source, at, expires)
+        nonce = _insert_confirmation(conn, row.id, lists, name, request.source, at, expires)
         consent.record(
             conn, row.id, "signup", request.source, ", ".join(lists), "confirmation sent", at=at
         )
-    return Pending(nonce, row.email, name or row.name, lists, expires)
+    return Pending(nonce, row.email, lists, expires)
 
 
-def _find_or_create(
-    conn: Connection, email: str, key: str, name: str, at: datetime
-) -> subs.SubscriberRow:
-    """The subscriber for this address, a new pending one if it is unknown.
+def _find_or_create(conn: Connection, email: str, key: str, at: datetime) -> subs.SubscriberRow:
+    """The subscriber for this address, a new pending one (with no name) if
+    it is unknown.
 
     Insert-or-ignore, then read: two signups of a new address at once (a
     double-click; on PostgreSQL) both find the one row, where read-then-insert
@@ -154,7 +157,7 @@ def _find_or_create(
         "email": email,
         "email_key": key,
         "uid": new_uid(),
-        "name": name.strip()[:200],
+        "name": "",
         "attributes": {},
         "status": subs.PENDING,
         "status_reason": "awaiting confirmation",
@@ -192,6 +195,7 @@ def _insert_confirmation(
     conn: Connection,
     sid: int,
     lists: tuple[str, ...],
+    name: str,
     source: str,
     at: datetime,
     expires: datetime,
@@ -202,6 +206,7 @@ def _insert_confirmation(
             nonce=nonce,
             subscriber_id=sid,
             lists=list(lists),
+            name=name,
             source=source,
             created_at=at,
             expires_at=expires,
@@ -259,11 +264,32 @@ def confirm(engine: Engine, settings: Settings, nonce: str, at: datetime) -> Con
             consent.record(conn, person.id, "confirm", row.source, ", ".join(blocked), detail, at)
             return base
         joined = _activate(conn, person, names, at, row.source)
+        name = _confirmed_name(conn, person, row.name, at)
         consent.record(conn, person.id, "confirm", row.source, ", ".join(names), "by link", at)
         # The page lists what they will get: not a list the owner took them off.
         now_on = subs.membership_lists(conn, person.id)
         names = tuple(n for n in names if n in now_on and now_on[n] is None)
-    return Confirmed("confirmed", person.email, person.name, person.uid, names, joined)
+    return Confirmed("confirmed", person.email, name, person.uid, names, joined)
+
+
+def _confirmed_name(
+    conn: Connection, person: subs.SubscriberRow, typed: str | None, at: datetime
+) -> str:
+    """The subscriber's name once this request is confirmed: the one typed in
+    it, for an address that was only pending or had no name.
+
+    Anyone can type anyone's address, so only the request its owner
+    confirmed may name them (a bot's text stayed on the pending row, in
+    every email's To and greeting).  A subscriber's own name is never
+    replaced from the form: the owner changes it (`subscribers add --name`).
+    `typed` is None for a confirmation made before schema 10.
+    """
+    if not typed or (person.status != subs.PENDING and person.name):
+        return person.name
+    conn.execute(
+        update(subscribers).where(subscribers.c.id == person.id).values(name=typed, updated_at=at)
+    )
+    return typed
 
 
 def _activate(
