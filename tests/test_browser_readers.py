@@ -196,3 +196,31 @@ def test_the_apps_own_signup_page_posts_to_itself(
     assert sam is not None and sam.status == "pending"
     assert problems == []
     page.context.close()
+
+
+def test_a_refused_address_keeps_the_lists_chosen(
+    browser: Any, readers: tuple[Store, RunningServer, str, MemoryTransport]
+) -> None:
+    """An address the browser's own check lets through (no dot in the
+    domain) is refused by the server; the form shown again ticked the first
+    list instead of the reader's choice, so fixing the address and sending
+    it again asked to confirm a list they never picked."""
+    _store, _running, blog_url, outbox = readers
+    problems: list[str] = []
+    page = new_page(browser, "desktop", problems)
+    page.goto(blog_url)
+    page.get_by_label("Lantern Notes letters").uncheck()
+    page.get_by_label("Lantern Notes: garden posts").check()
+    page.get_by_label("Email address").fill("gina@example")
+    page.get_by_role("button", name="Subscribe").click()
+    page.locator("#error").wait_for()
+    assert not page.get_by_label("Lantern Notes letters").is_checked()
+    assert page.get_by_label("Lantern Notes: garden posts").is_checked()
+    page.get_by_label("Email address").fill("gina@example.org")
+    page.get_by_role("button", name="Subscribe").click()
+    page.locator("#sent").wait_for()
+    message = message_from_bytes(mail_to(outbox, "gina@example.org"), policy=policy.default)
+    text = message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert "garden posts" in text and "Lantern Notes letters" not in text
+    assert [p for p in problems if "400 (Bad Request)" not in p] == []  # the refusal itself
+    page.context.close()

@@ -658,3 +658,31 @@ def test_the_pages_link_back_to_the_blogs_home_with_its_baseurl(
         page = client.get("/subscribe").text
     assert f'href="{BLOG}/notes/"' in page
     assert f'href="{BLOG}"' not in page
+
+
+def ticked(html: str) -> dict[str, bool]:
+    """List name → ticked, read from the form's checkboxes."""
+    found = re.findall(r'type="checkbox"[^>]* name="list" value="([^"]+)"( checked)?', html)
+    return {name: bool(mark) for name, mark in found}
+
+
+def test_a_refused_signup_keeps_the_lists_the_reader_chose(
+    client: TestClient, store: Store, outbox: MemoryTransport
+) -> None:
+    """The form shown again after a 400 ticked the first list whatever the
+    reader had chosen: fixing the address and sending it again asked to
+    confirm a list they never picked."""
+    assert ticked(client.get("/subscribe").text) == {"letters": True, "garden": False}
+    typo = form(client, "gina@example", "garden", name="Gina")
+    assert typo.status_code == 400
+    assert ticked(typo.text) == {"letters": False, "garden": True}
+    assert 'value="gina@example"' in typo.text and 'value="Gina"' in typo.text
+    # Only public lists are ever ticked (or shown); anything else is dropped.
+    odd = form(client, "gina@example", "garden", "staff", '"><b>x</b>')
+    assert odd.status_code == 400
+    assert ticked(odd.text) == {"letters": False, "garden": True}
+    assert "<b>x</b>" not in odd.text and "Staff only" not in odd.text
+    # None chosen: none ticked (the page says to choose one).
+    none = form(client, "gina@example.org")
+    assert none.status_code == 400 and ticked(none.text) == {"letters": False, "garden": False}
+    assert outbox.outbox == []

@@ -105,7 +105,22 @@ def _form_context(settings: Settings, **extra: Any) -> dict[str, Any]:
         "error": None,
         "given_email": "",
         "given_name": "",
+        "chosen": None,
         **extra,
+    }
+
+
+def _given(settings: Settings, fields: dict[str, Any]) -> dict[str, Any]:
+    """What the reader typed and ticked, for the form shown again after a
+    refusal: a fixed address must not go out for the first list instead of
+    the ones they chose.  Only public lists' names are kept (nothing else
+    they sent is ever shown)."""
+    public = {lst.name for lst in settings.public_lists}
+    email, name, lists = fields.get("email"), fields.get("name"), fields.get("lists")
+    return {
+        "given_email": email if isinstance(email, str) else "",
+        "given_name": name[:200] if isinstance(name, str) else "",
+        "chosen": [n for n in lists if n in public] if isinstance(lists, list) else [],
     }
 
 
@@ -200,14 +215,13 @@ async def subscribe(request: Request) -> Response:
             flow.request_signup, state.engine, settings, state.secret, wanted, utcnow()
         )
     except flow.RateLimited as exc:
-        return _refused(request, settings, as_json, cors, str(exc), 429)
+        return _refused(request, settings, as_json, cors, str(exc), 429, fields)
     except StoreError:
-        return _refused(request, settings, as_json, cors, "please try again in a minute", 503)
+        message = "please try again in a minute"
+        return _refused(request, settings, as_json, cors, message, 503, fields)
     except SubscriberError as exc:
         message = "that does not look like an email address" if "@" not in str(email) else str(exc)
-        return _refused(
-            request, settings, as_json, cors, message, 400, given_email=email, given_name=name
-        )
+        return _refused(request, settings, as_json, cors, message, 400, fields)
     answer = _sent(request, settings, as_json, cors)
     if pending is not None:
         # After the answer has gone: how long sending takes must not tell
@@ -250,12 +264,12 @@ def _refused(
     cors: dict[str, str],
     message: str,
     status: int,
-    **fields: Any,
+    fields: dict[str, Any],
 ) -> Response:
     headers = {**cors, **({"Retry-After": "3600"} if status == 429 else {})}
     if as_json:
         return JSONResponse({"error": message}, status, headers=headers)
-    context = _form_context(settings, error=message, **fields)
+    context = _form_context(settings, error=message, **_given(settings, fields))
     return page(settings, "public_signup.html", status, headers=headers, **context)
 
 

@@ -35,6 +35,7 @@ def signup_snippet(settings: Settings, list_names: tuple[str, ...]) -> str:
         form_lists=chosen,
         given_email="",
         given_name="",
+        chosen=None,
     )
     names = ", ".join(list_names)
     note = f"{settings.site.title}: newsletter signup ({names}); from `newsletter snippet`"
