@@ -130,3 +130,19 @@ def test_a_list_named_twice_is_offered_once(tmp_path: Path) -> None:
     assert mixed.stdout.count('type="checkbox"') == 2
     assert mixed.stdout.index('value="digest"') < mixed.stdout.index('value="letters"')
     assert "(digest, letters)" in mixed.stdout.splitlines()[0]
+
+
+def test_the_snippet_says_which_pages_it_works_on(tmp_path: Path) -> None:
+    """A page with `Referrer-Policy: no-referrer` or `same-origin` posts the
+    form as `Origin: null`, which the server refuses (docs/web.md): the
+    owner pasting the form is told so beside it."""
+    config = tmp_path / "newsletter.toml"
+    config.write_text(
+        '[web]\npublic_url = "https://news.example.com/"\n'
+        '[lists.letters]\ntitle = "Letters"\npublic = true\n'
+    )
+    out = CliRunner().invoke(main, ["--config", str(config), "snippet", "--list", "letters"])
+    assert out.exit_code == 0, out.output
+    head = out.stdout.split("<form", 1)[0]
+    assert "no-referrer" in head and "same-origin" in head
+    assert "strict-origin-when-cross-origin" in head

@@ -4,6 +4,7 @@ rate limits counted in the database, Origin checks and CORS."""
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterator
 from datetime import timedelta
@@ -686,3 +687,28 @@ def test_a_refused_signup_keeps_the_lists_the_reader_chose(
     none = form(client, "gina@example.org")
     assert none.status_code == 400 and ticked(none.text) == {"letters": False, "garden": False}
     assert outbox.outbox == []
+
+
+def test_a_page_hiding_its_origin_is_told_so_and_the_owner_is_told_once(
+    client: TestClient, store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A blog page with `Referrer-Policy: no-referrer` or `same-origin`:
+    browsers post its form with `Origin: null` and no Referer (the Fetch
+    standard), so the check cannot tell the blog from another site.  The
+    403 said "This form can only be sent from the site's own pages", which
+    blamed the reader who was on them; the owner was told nothing."""
+    caplog.set_level(logging.WARNING, logger="newsletter.web")
+    hidden = [form(client, f"h{i}@example.com", "letters", origin="null") for i in range(2)]
+    for answer in hidden:
+        assert answer.status_code == 403
+        assert "only be sent from the site" not in answer.text
+        assert "does not say which site it is on" in answer.text
+        assert 'href="/subscribe"' in answer.text  # the app's own form works
+    told = [r.getMessage() for r in caplog.records if "referrer policy" in r.getMessage()]
+    assert len(told) == 1 and "strict-origin-when-cross-origin" in told[0]
+    # Another site's page is refused with the words that are true for it.
+    foreign = form(client, "f@example.com", "letters", origin="https://evil.example.net")
+    assert foreign.status_code == 403 and "only be sent from the site" in foreign.text
+    nothing = form(client, "n@example.com", "letters", origin=None)  # not a browser's
+    assert nothing.status_code == 403 and "only be sent from the site" in nothing.text
+    assert subs.get_by_email(store.engine, "h0@example.com") is None

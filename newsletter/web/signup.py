@@ -106,6 +106,7 @@ def _form_context(settings: Settings, **extra: Any) -> dict[str, Any]:
         "given_email": "",
         "given_name": "",
         "chosen": None,
+        "signup_link": False,
         **extra,
     }
 
@@ -241,12 +242,52 @@ def _check_origin(request: Request, settings: Settings, as_json: bool) -> Respon
     origin = _sender_origin(request)
     if origin in form_origins(settings) or _same_origin(request, origin):
         return None
+    if origin is None and _hides_its_origin(request):
+        return _hidden_origin_refused(request, settings)
     return page(
         settings,
         "public_signup_error.html",
         403,
         **_form_context(settings, error="This form can only be sent from the site's own pages."),
     )
+
+
+HIDDEN_ORIGIN = (
+    "The page you sent this form from does not say which site it is on (as that page "
+    "asks, your browser left out its origin), so it cannot be told apart from a form "
+    "on another site, and nothing was sent. Please subscribe on this site's signup "
+    "page instead."
+)
+OWNER_HINT = (
+    "a signup form was posted from a page that hides which site it is on (Origin: null "
+    "and no Referer), and refused (403) as another site's would be: a page whose "
+    "referrer policy is no-referrer or same-origin makes browsers send this. On the "
+    "blog's pages holding the form, use a referrer policy that sends the origin, such "
+    'as strict-origin-when-cross-origin (the browsers\' default): <meta name="referrer" '
+    'content="strict-origin-when-cross-origin"> or the Referrer-Policy header; or link '
+    "readers to %s/subscribe instead (docs/web.md; said once per process)"
+)
+
+
+def _hides_its_origin(request: Request) -> bool:
+    """A browser's post that names no page: `Origin: null` and no Referer.
+    What a blog page with `no-referrer` or `same-origin` sends (the Fetch
+    standard), as do a sandboxed frame or a file on disk.  No Origin at all
+    is not a browser's (they all send one with a POST): not this case."""
+    return request.headers.get("origin") == "null" and not request.headers.get("referer")
+
+
+def _hidden_origin_refused(request: Request, settings: Settings) -> Response:
+    """The 403 for a page that hides its origin, in words true for the
+    reader (who may well be on the blog), and the owner told once what to
+    change.  Still refused: another site can hide its origin the same way,
+    and the check keeps it from using visitors to mail strangers."""
+    told: set[str] = _state(request).told
+    if "hidden origin" not in told:
+        told.add("hidden origin")
+        log.warning(OWNER_HINT, settings.web.public_url.rstrip("/"))
+    context = _form_context(settings, error=HIDDEN_ORIGIN, signup_link=True)
+    return page(settings, "public_signup_error.html", 403, **context)
 
 
 def _sent(request: Request, settings: Settings, as_json: bool, cors: dict[str, str]) -> Response:

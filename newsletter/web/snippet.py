@@ -11,6 +11,14 @@ from newsletter.config import ListSettings, Settings
 from newsletter.errors import ConfigError
 from newsletter.web.pages import kept_pages, render_page
 
+# Said where the owner pastes the form: a page that hides its origin cannot
+# use it (docs/web.md), and nothing on that page would tell them why.
+REFERRER_NOTE = """<!-- This form needs a page that lets browsers send its origin. Under a
+     referrer policy of no-referrer or same-origin a browser posts it as
+     Origin: null, and the server refuses it (403) as it must a form on
+     another site; strict-origin-when-cross-origin (the browsers' default)
+     works. See docs/web.md. -->"""
+
 
 def signup_snippet(settings: Settings, list_names: tuple[str, ...]) -> str:
     # A list named twice (`--list a --list a`) is offered once, in the order first named.
@@ -40,4 +48,4 @@ def signup_snippet(settings: Settings, list_names: tuple[str, ...]) -> str:
     names = ", ".join(list_names)
     note = f"{settings.site.title}: newsletter signup ({names}); from `newsletter snippet`"
     # "--" may not appear in a comment, and "-->" in a title would end it early.
-    return f"<!-- {note.replace('--', '- -')} -->\n{form}"
+    return f"<!-- {note.replace('--', '- -')} -->\n{REFERRER_NOTE}\n{form}"
