@@ -712,3 +712,31 @@ def test_a_page_hiding_its_origin_is_told_so_and_the_owner_is_told_once(
     nothing = form(client, "n@example.com", "letters", origin=None)  # not a browser's
     assert nothing.status_code == 403 and "only be sent from the site" in nothing.text
     assert subs.get_by_email(store.engine, "h0@example.com") is None
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        (b'{"email": ' + b"9" * 5000 + b"}", "the body is not valid JSON"),
+        (b"{oops", "the body is not valid JSON"),
+        (b"[]", "expected a JSON object"),
+        (b'{"email": "a@example.com", "name": "' + b"x" * 17000 + b'"}', "request body too large"),
+        (b'{"email": "nope", "lists": ["letters"]}', "that does not look like an email address"),
+    ],
+    ids=["huge-number", "not-json", "array", "too-large", "bad-address"],
+)
+def test_every_json_error_reaches_an_allowed_origins_script(
+    client: TestClient, body: bytes, error: str
+) -> None:
+    """The widget's fetch() reads the answer only with an
+    Access-Control-Allow-Origin: the 400s for an unreadable body had none
+    (a network error to the script, where a bad address got its message),
+    and a number of 5,000 digits was answered with Python's own "Exceeds the
+    limit (4300 digits) for integer string conversion"."""
+    headers = {"Content-Type": "application/json", "Origin": WIDGET}
+    answer = client.post("/subscribe", content=body, headers=headers)
+    assert answer.status_code == 400
+    assert answer.json() == {"error": error}
+    assert answer.headers["access-control-allow-origin"] == WIDGET
+    other = client.post("/subscribe", content=body, headers={**headers, "Origin": BLOG})
+    assert "access-control-allow-origin" not in other.headers  # only for allowed origins

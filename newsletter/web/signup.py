@@ -155,8 +155,11 @@ async def _read(request: Request) -> tuple[dict[str, Any], bool]:
         body = await whole.body()
         try:
             data = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-            # RecursionError: nested deeper than the parser goes (16 KB of "[").
+        except (ValueError, RecursionError) as exc:
+            # ValueError: JSONDecodeError, UnicodeDecodeError, and an integer
+            # longer than Python converts (4,300 digits), whose own words
+            # would reach the reader; RecursionError: nested deeper than the
+            # parser goes (16 KB of "[").
             raise ValueError("the body is not valid JSON") from exc
         if not isinstance(data, dict):
             raise ValueError("expected a JSON object")
@@ -193,7 +196,11 @@ async def subscribe(request: Request) -> Response:
     try:
         fields, as_json = await _read(request)
     except ValueError as exc:
-        return JSONResponse({"error": str(exc)}, status_code=400)
+        # With the CORS headers of an allowed origin, as every other answer
+        # to it: without them its script sees a network error, not this.
+        return JSONResponse(
+            {"error": str(exc)}, status_code=400, headers=_cors_headers(settings, request)
+        )
     refusal = _check_origin(request, settings, as_json)
     if refusal is not None:
         return refusal
