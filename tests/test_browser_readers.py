@@ -72,6 +72,11 @@ def readers(
         'public_url = "https://news.lantern.example.com"',
         f'public_url = "http://127.0.0.1:{app_port}"',
     )
+    # For the fetch() recipe of docs/web.md; the blog's form posts pass either way.
+    text = text.replace(
+        'allowed_origins = ["https://widgets.example.net"]',
+        f'allowed_origins = ["https://widgets.example.net", "http://127.0.0.1:{blog_port}"]',
+    )
     config.write_text(text)
     store = make_store(config)
     blog_root = tmp_path / "blog"
@@ -196,3 +201,109 @@ def test_the_apps_own_signup_page_posts_to_itself(
     assert sam is not None and sam.status == "pending"
     assert problems == []
     page.context.close()
+
+
+def test_a_refused_address_keeps_the_lists_chosen(
+    browser: Any, readers: tuple[Store, RunningServer, str, MemoryTransport]
+) -> None:
+    """An address the browser's own check lets through (no dot in the
+    domain) is refused by the server; the form shown again ticked the first
+    list instead of the reader's choice, so fixing the address and sending
+    it again asked to confirm a list they never picked."""
+    _store, _running, blog_url, outbox = readers
+    problems: list[str] = []
+    page = new_page(browser, "desktop", problems)
+    page.goto(blog_url)
+    page.get_by_label("Lantern Notes letters").uncheck()
+    page.get_by_label("Lantern Notes: garden posts").check()
+    page.get_by_label("Email address").fill("gina@example")
+    page.get_by_role("button", name="Subscribe").click()
+    page.locator("#error").wait_for()
+    assert not page.get_by_label("Lantern Notes letters").is_checked()
+    assert page.get_by_label("Lantern Notes: garden posts").is_checked()
+    page.get_by_label("Email address").fill("gina@example.org")
+    page.get_by_role("button", name="Subscribe").click()
+    page.locator("#sent").wait_for()
+    message = message_from_bytes(mail_to(outbox, "gina@example.org"), policy=policy.default)
+    text = message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert "garden posts" in text and "Lantern Notes letters" not in text
+    assert [p for p in problems if "400 (Bad Request)" not in p] == []  # the refusal itself
+    page.context.close()
+
+
+@pytest.mark.parametrize("policy", ["no-referrer", "same-origin"])
+def test_a_blog_page_that_hides_its_origin_sends_the_reader_to_the_signup_page(
+    browser: Any,
+    readers: tuple[Store, RunningServer, str, MemoryTransport],
+    tmp_path: Path,
+    policy: str,
+) -> None:
+    """Chromium posts the form of a page with this referrer policy with
+    `Origin: null` and no Referer: refused (another site's page looks the
+    same), but the 403 page says why and links to the app's own signup
+    page, where the reader subscribes."""
+    store, running, blog_url, outbox = readers
+    page_html = (tmp_path / "blog" / "index.html").read_text(encoding="utf-8")
+    meta = f'<meta name="referrer" content="{policy}">'
+    (tmp_path / "blog" / "strict.html").write_text(
+        page_html.replace("<meta charset=utf-8>", "<meta charset=utf-8>" + meta),
+        encoding="utf-8",
+    )
+    problems: list[str] = []
+    page = new_page(browser, "desktop", problems)
+    sent: list[dict[str, str]] = []
+    page.on("request", lambda r: sent.append(r.headers) if r.method == "POST" else None)
+    page.goto(blog_url + "strict.html")
+    page.get_by_label("Email address").fill("hal@example.com")
+    page.get_by_role("button", name="Subscribe").click()
+    page.get_by_text("does not say which site it is on").wait_for()
+    assert sent[0].get("origin") == "null" and "referer" not in sent[0]
+    assert subs.get_by_email(store.engine, "hal@example.com") is None
+    page.get_by_role("link", name="this site's signup page").click()
+    page.get_by_label("Email address").fill("hal@example.com")
+    page.get_by_role("button", name="Subscribe").click()
+    page.locator("#sent").wait_for()
+    assert page.url == f"{running.url}/subscribe"
+    mail_to(outbox, "hal@example.com")
+    assert [p for p in problems if "403 (Forbidden)" not in p] == []  # the refusal itself
+    page.context.close()
+
+
+def documented_script() -> str:
+    """The fetch() recipe of docs/web.md, exactly as printed there."""
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "web.md").read_text()
+    section = docs.split("### A blog page with a strict referrer policy", 1)[1]
+    return "<script>" + section.split("<script>", 1)[1].split("</script>", 1)[0] + "</script>"
+
+
+def test_the_documented_fetch_recipe_works_on_a_no_referrer_page(
+    browser: Any, readers: tuple[Store, RunningServer, str, MemoryTransport], tmp_path: Path
+) -> None:
+    """docs/web.md's claim: a CORS fetch() carries the page's real origin
+    under `no-referrer`, so the blog (in allowed_origins) can keep its policy."""
+    store, _running, blog_url, outbox = readers
+    page_html = (tmp_path / "blog" / "index.html").read_text(encoding="utf-8")
+    meta = '<meta name="referrer" content="no-referrer">'
+    page_html = page_html.replace("<meta charset=utf-8>", "<meta charset=utf-8>" + meta)
+    (tmp_path / "blog" / "fetch.html").write_text(
+        page_html.replace("</body>", documented_script() + "</body>"), encoding="utf-8"
+    )
+    context = browser.new_context(viewport=SIZES["desktop"])  # JavaScript on
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    sent: list[Any] = []
+    page.on("request", lambda r: sent.append(r) if r.method == "POST" else None)
+    page.goto(blog_url + "fetch.html")
+    page.get_by_label("Email address").fill("fay@example.com")
+    page.get_by_label("Lantern Notes: garden posts").check()
+    page.get_by_role("button", name="Subscribe").click()
+    page.get_by_text("Thanks! If the address can be subscribed").wait_for()
+    assert page.url == blog_url + "fetch.html"  # no navigation: the script sent it
+    # The origin as sent (a missing one would pass too: a server-side call).
+    assert sent[-1].all_headers()["origin"] == blog_url.rstrip("/")
+    message = message_from_bytes(mail_to(outbox, "fay@example.com"), policy=policy.default)
+    text = message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert "garden posts" in text and "Lantern Notes letters" in text
+    found = subs.get_by_email(store.engine, "fay@example.com")
+    assert found is not None and found.status == "pending"
+    context.close()

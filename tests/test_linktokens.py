@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import base64
 from datetime import UTC, datetime, timedelta
+from html.parser import HTMLParser
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from newsletter.cli import main
@@ -130,3 +132,68 @@ def test_a_list_named_twice_is_offered_once(tmp_path: Path) -> None:
     assert mixed.stdout.count('type="checkbox"') == 2
     assert mixed.stdout.index('value="digest"') < mixed.stdout.index('value="letters"')
     assert "(digest, letters)" in mixed.stdout.splitlines()[0]
+
+
+def test_the_snippet_says_which_pages_it_works_on(tmp_path: Path) -> None:
+    """A page with `Referrer-Policy: no-referrer` or `same-origin` posts the
+    form as `Origin: null`, which the server refuses (docs/web.md): the
+    owner pasting the form is told so beside it."""
+    config = tmp_path / "newsletter.toml"
+    config.write_text(
+        '[web]\npublic_url = "https://news.example.com/"\n'
+        '[lists.letters]\ntitle = "Letters"\npublic = true\n'
+    )
+    out = CliRunner().invoke(main, ["--config", str(config), "snippet", "--list", "letters"])
+    assert out.exit_code == 0, out.output
+    head = out.stdout.split("<form", 1)[0]
+    assert "no-referrer" in head and "same-origin" in head
+    assert "strict-origin-when-cross-origin" in head
+
+
+class _Reader(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.comments: list[str] = []
+        self.text: list[str] = []
+
+    def handle_comment(self, data: str) -> None:
+        self.comments.append(data)
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+def comments_and_text(html: str) -> tuple[list[str], str]:
+    """The comments in `html` and the text a browser would show of it."""
+    reader = _Reader()
+    reader.feed(html)
+    reader.close()
+    return reader.comments, "".join(reader.text)
+
+
+@pytest.mark.parametrize(
+    "title",
+    ["Notes --->", "Notes ---!> and more", "A -- B", "----", "-->", "<!-- x", "ends -", "x--!>"],
+)
+def test_the_snippets_comment_is_one_comment_whatever_the_title(tmp_path: Path, title: str) -> None:
+    """ "--" became "- -" in one pass, so "---" left "- --": a title with
+    "--->" or "---!>" ended the comment early and the rest of it showed as
+    text on the blog page.  No "--" at all is left in the comment's text
+    (HTML: no "-->", "--!>" or "<!--" inside, no ">" or "->" at its start,
+    no "-" at its end)."""
+    config = tmp_path / "newsletter.toml"
+    escaped = title.replace("\\", "\\\\").replace('"', '\\"')
+    config.write_text(
+        f'[site]\ntitle = "{escaped}"\n'
+        '[web]\npublic_url = "https://news.example.com/"\n'
+        '[lists.letters]\ntitle = "Letters"\npublic = true\n'
+    )
+    out = CliRunner().invoke(main, ["--config", str(config), "snippet", "--list", "letters"])
+    assert out.exit_code == 0, out.output
+    head = out.stdout.split("<form", 1)[0]
+
+    comments, text = comments_and_text(head)
+    assert text.strip() == ""  # nothing of the title shows on the page
+    assert len(comments) == 2
+    for body in comments:
+        assert "--" not in body and not body.startswith((">", "->")) and not body.endswith("-")

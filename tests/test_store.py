@@ -387,3 +387,44 @@ def test_no_upgrade_under_a_running_older_daemon(tmp_path: Path) -> None:
         assert (
             conn.scalar(select(func.max(schema_version.c.version))) == store.schema.SCHEMA_VERSION
         )
+
+
+def test_a_version_9_database_gains_the_confirmations_name(database_url: str) -> None:
+    """Schema 10: the name typed in a signup waits on its confirmation row.
+    A confirmation made before the upgrade has none (NULL): confirming it
+    keeps the subscriber's name as it was."""
+    from newsletter.audience import members as subs
+    from newsletter.audience import signup as flow
+    from newsletter.config import ListSettings, Settings
+    from newsletter.store.schema import confirmations
+
+    settings = Settings(lists={"news": ListSettings("news", "News", public=True)})
+    engine = open_url(database_url)
+    subs.ensure_lists(engine, settings)
+    at = datetime.now(UTC)
+    with engine.begin() as conn:  # make it look like version 9, with an open confirmation
+        conn.execute(text("ALTER TABLE confirmations DROP COLUMN name"))
+        conn.execute(schema_version.delete().where(schema_version.c.version > 9))
+        sid = conn.execute(
+            subscribers.insert().values(
+                email="old@example.org", email_key="old@example.org", name="Olga",
+                attributes={}, status="pending", status_changed_at=at, created_at=at,
+                updated_at=at,
+            ).returning(subscribers.c.id)
+        ).scalar_one()  # fmt: skip
+        conn.execute(
+            confirmations.insert().values(
+                nonce="a" * 32, subscriber_id=sid, lists=["news"], source="form",
+                created_at=at, expires_at=at + timedelta(hours=1),
+            )
+        )  # fmt: skip
+    engine.dispose()
+    engine = open_url(database_url)
+    with engine.connect() as conn:
+        columns = {c["name"] for c in inspect(conn).get_columns("confirmations")}
+        version = conn.scalar(select(func.max(schema_version.c.version)))
+    assert "name" in columns and version == store.schema.SCHEMA_VERSION == 10
+    done = flow.confirm(engine, settings, "a" * 32, at)
+    assert (done.outcome, done.name) == ("confirmed", "Olga")
+    person = subs.get_by_email(engine, "old@example.org")
+    assert person is not None and (person.status, person.name) == ("active", "Olga")

@@ -4,6 +4,7 @@ rate limits counted in the database, Origin checks and CORS."""
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterator
 from datetime import timedelta
@@ -658,3 +659,84 @@ def test_the_pages_link_back_to_the_blogs_home_with_its_baseurl(
         page = client.get("/subscribe").text
     assert f'href="{BLOG}/notes/"' in page
     assert f'href="{BLOG}"' not in page
+
+
+def ticked(html: str) -> dict[str, bool]:
+    """List name → ticked, read from the form's checkboxes."""
+    found = re.findall(r'type="checkbox"[^>]* name="list" value="([^"]+)"( checked)?', html)
+    return {name: bool(mark) for name, mark in found}
+
+
+def test_a_refused_signup_keeps_the_lists_the_reader_chose(
+    client: TestClient, store: Store, outbox: MemoryTransport
+) -> None:
+    """The form shown again after a 400 ticked the first list whatever the
+    reader had chosen: fixing the address and sending it again asked to
+    confirm a list they never picked."""
+    assert ticked(client.get("/subscribe").text) == {"letters": True, "garden": False}
+    typo = form(client, "gina@example", "garden", name="Gina")
+    assert typo.status_code == 400
+    assert ticked(typo.text) == {"letters": False, "garden": True}
+    assert 'value="gina@example"' in typo.text and 'value="Gina"' in typo.text
+    # Only public lists are ever ticked (or shown); anything else is dropped.
+    odd = form(client, "gina@example", "garden", "staff", '"><b>x</b>')
+    assert odd.status_code == 400
+    assert ticked(odd.text) == {"letters": False, "garden": True}
+    assert "<b>x</b>" not in odd.text and "Staff only" not in odd.text
+    # None chosen: none ticked (the page says to choose one).
+    none = form(client, "gina@example.org")
+    assert none.status_code == 400 and ticked(none.text) == {"letters": False, "garden": False}
+    assert outbox.outbox == []
+
+
+def test_a_page_hiding_its_origin_is_told_so_and_the_owner_is_told_once(
+    client: TestClient, store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A blog page with `Referrer-Policy: no-referrer` or `same-origin`:
+    browsers post its form with `Origin: null` and no Referer (the Fetch
+    standard), so the check cannot tell the blog from another site.  The
+    403 said "This form can only be sent from the site's own pages", which
+    blamed the reader who was on them; the owner was told nothing."""
+    caplog.set_level(logging.WARNING, logger="newsletter.web")
+    hidden = [form(client, f"h{i}@example.com", "letters", origin="null") for i in range(2)]
+    for answer in hidden:
+        assert answer.status_code == 403
+        assert "only be sent from the site" not in answer.text
+        assert "does not say which site it is on" in answer.text
+        assert 'href="/subscribe"' in answer.text  # the app's own form works
+    told = [r.getMessage() for r in caplog.records if "referrer policy" in r.getMessage()]
+    assert len(told) == 1 and "strict-origin-when-cross-origin" in told[0]
+    # Another site's page is refused with the words that are true for it.
+    foreign = form(client, "f@example.com", "letters", origin="https://evil.example.net")
+    assert foreign.status_code == 403 and "only be sent from the site" in foreign.text
+    nothing = form(client, "n@example.com", "letters", origin=None)  # not a browser's
+    assert nothing.status_code == 403 and "only be sent from the site" in nothing.text
+    assert subs.get_by_email(store.engine, "h0@example.com") is None
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        (b'{"email": ' + b"9" * 5000 + b"}", "the body is not valid JSON"),
+        (b"{oops", "the body is not valid JSON"),
+        (b"[]", "expected a JSON object"),
+        (b'{"email": "a@example.com", "name": "' + b"x" * 17000 + b'"}', "request body too large"),
+        (b'{"email": "nope", "lists": ["letters"]}', "that does not look like an email address"),
+    ],
+    ids=["huge-number", "not-json", "array", "too-large", "bad-address"],
+)
+def test_every_json_error_reaches_an_allowed_origins_script(
+    client: TestClient, body: bytes, error: str
+) -> None:
+    """The widget's fetch() reads the answer only with an
+    Access-Control-Allow-Origin: the 400s for an unreadable body had none
+    (a network error to the script, where a bad address got its message),
+    and a number of 5,000 digits was answered with Python's own "Exceeds the
+    limit (4300 digits) for integer string conversion"."""
+    headers = {"Content-Type": "application/json", "Origin": WIDGET}
+    answer = client.post("/subscribe", content=body, headers=headers)
+    assert answer.status_code == 400
+    assert answer.json() == {"error": error}
+    assert answer.headers["access-control-allow-origin"] == WIDGET
+    other = client.post("/subscribe", content=body, headers={**headers, "Origin": BLOG})
+    assert "access-control-allow-origin" not in other.headers  # only for allowed origins

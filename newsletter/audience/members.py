@@ -361,12 +361,16 @@ def _set_status(
     current = _require_subscriber(conn, subscriber_id)
     if _RANK.get(current, 0) >= _RANK[status]:
         return False
-    conn.execute(
+    # Checked again in the update: a concurrent one (two one-click POSTs at
+    # once, on PostgreSQL) may have written it since the read above, and this
+    # one must then say it changed nothing (one consent record, one undo).
+    weaker = [name for name, rank in _RANK.items() if rank < _RANK[status]]
+    changed = conn.execute(
         update(subscribers)
-        .where(subscribers.c.id == subscriber_id)
+        .where(subscribers.c.id == subscriber_id, subscribers.c.status.in_(weaker))
         .values(status=status, status_reason=reason, status_changed_at=stamp, updated_at=stamp)
     )
-    return True
+    return bool(changed.rowcount)
 
 
 def _require_subscriber(conn: Connection, subscriber_id: int) -> str:

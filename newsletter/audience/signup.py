@@ -10,7 +10,9 @@ HTTP; this module decides, in the database:
   a suppression the reader cannot lift, or too many pending confirmations.
 * `confirm`: spends a confirmation once; the address becomes active on the
   lists it asked for.  It never lifts an owner's unsubscribe (`cli`, imports),
-  a bounce or a complaint (invariant 3).
+  a bounce or a complaint (invariant 3).  The name typed in the signup waits
+  on its confirmation row and reaches the subscriber only when that very
+  request is confirmed (`_confirmed_name`).
 * `set_preferences`: joins and leaves public lists for one subscriber.
 
 Every change writes its consent event in the same transaction.
@@ -30,7 +32,14 @@ from newsletter.audience import members as subs
 from newsletter.audience.addresses import normalise_email
 from newsletter.config import Settings
 from newsletter.errors import SubscriberError
-from newsletter.store.schema import confirmations, memberships, signup_hits, subscribers
+from newsletter.store import insert_or_ignore
+from newsletter.store.schema import (
+    confirmations,
+    memberships,
+    new_uid,
+    signup_hits,
+    subscribers,
+)
 
 WINDOW = timedelta(hours=1)
 DAY = timedelta(days=1)
@@ -58,11 +67,13 @@ class SignupRequest:
 
 @dataclass(frozen=True)
 class Pending:
-    """A confirmation to send: its nonce, to whom, for which lists, until when."""
+    """A confirmation to send: its nonce, to whom, for which lists, until when.
+
+    No name: the one typed beside the address is a stranger's text until
+    the address's owner confirms (docs/web.md)."""
 
     nonce: str
     email: str
-    name: str
     lists: tuple[str, ...]
     expires_at: datetime
 
@@ -112,7 +123,7 @@ def request_signup(
         conn.execute(signup_hits.insert().values(bucket="address", key=address_key, at=at))
         if _count_hits(conn, "address", address_key, at - WINDOW) > limits.per_address_per_hour:
             return None  # quietly: the answer must not say the address was asked for
-        row = _find_or_create(conn, address.email, address.key, name, at)
+        row = _find_or_create(conn, address.email, address.key, at)
         lists = _to_confirm(conn, row, request.lists)
         if not lists:
             return None
@@ -126,31 +137,36 @@ def request_signup(
         if int(sent_today or 0) >= limits.pending_per_address_per_day:
             return None
         expires = at + timedelta(hours=limits.confirm_hours)
-        nonce = _insert_confirmation(conn, row.id, lists, request.source, at, expires)
+        nonce = _insert_confirmation(conn, row.id, lists, name, request.source, at, expires)
         consent.record(
             conn, row.id, "signup", request.source, ", ".join(lists), "confirmation sent", at=at
         )
-    return Pending(nonce, row.email, name or row.name, lists, expires)
+    return Pending(nonce, row.email, lists, expires)
 
 
-def _find_or_create(
-    conn: Connection, email: str, key: str, name: str, at: datetime
-) -> subs.SubscriberRow:
-    found = conn.execute(select(subscribers.c.id).where(subscribers.c.email_key == key)).first()
-    if found is None:
-        conn.execute(
-            subscribers.insert().values(
-                email=email,
-                email_key=key,
-                name=name.strip()[:200],
-                attributes={},
-                status=subs.PENDING,
-                status_reason="awaiting confirmation",
-                status_changed_at=at,
-                created_at=at,
-                updated_at=at,
-            )
-        )
+def _find_or_create(conn: Connection, email: str, key: str, at: datetime) -> subs.SubscriberRow:
+    """The subscriber for this address, a new pending one (with no name) if
+    it is unknown.
+
+    Insert-or-ignore, then read: two signups of a new address at once (a
+    double-click; on PostgreSQL) both find the one row, where read-then-insert
+    made the later one fail on the unique key and answer 503, which a known
+    address never got (docs/web.md: the same answer for every address).
+    """
+    values = {
+        "email": email,
+        "email_key": key,
+        "uid": new_uid(),
+        "name": "",
+        "attributes": {},
+        "status": subs.PENDING,
+        "status_reason": "awaiting confirmation",
+        "status_changed_at": at,
+        "created_at": at,
+        "updated_at": at,
+    }
+    # Any unique index: a SQLite file made before schema 6 has one on email too.
+    insert_or_ignore(conn, subscribers, values, ("email_key",), any_unique=True)
     row = subs.get_by_email(conn, email)
     assert row is not None
     return row
@@ -179,18 +195,18 @@ def _insert_confirmation(
     conn: Connection,
     sid: int,
     lists: tuple[str, ...],
+    name: str,
     source: str,
     at: datetime,
     expires: datetime,
 ) -> str:
-    from newsletter.store.schema import new_uid
-
     nonce = new_uid()
     conn.execute(
         confirmations.insert().values(
             nonce=nonce,
             subscriber_id=sid,
             lists=list(lists),
+            name=name,
             source=source,
             created_at=at,
             expires_at=expires,
@@ -248,11 +264,32 @@ def confirm(engine: Engine, settings: Settings, nonce: str, at: datetime) -> Con
             consent.record(conn, person.id, "confirm", row.source, ", ".join(blocked), detail, at)
             return base
         joined = _activate(conn, person, names, at, row.source)
+        name = _confirmed_name(conn, person, row.name, at)
         consent.record(conn, person.id, "confirm", row.source, ", ".join(names), "by link", at)
         # The page lists what they will get: not a list the owner took them off.
         now_on = subs.membership_lists(conn, person.id)
         names = tuple(n for n in names if n in now_on and now_on[n] is None)
-    return Confirmed("confirmed", person.email, person.name, person.uid, names, joined)
+    return Confirmed("confirmed", person.email, name, person.uid, names, joined)
+
+
+def _confirmed_name(
+    conn: Connection, person: subs.SubscriberRow, typed: str | None, at: datetime
+) -> str:
+    """The subscriber's name once this request is confirmed: the one typed in
+    it, for an address that was only pending or had no name.
+
+    Anyone can type anyone's address, so only the request its owner
+    confirmed may name them (a bot's text stayed on the pending row, in
+    every email's To and greeting).  A subscriber's own name is never
+    replaced from the form: the owner changes it (`subscribers add --name`).
+    `typed` is None for a confirmation made before schema 10.
+    """
+    if not typed or (person.status != subs.PENDING and person.name):
+        return person.name
+    conn.execute(
+        update(subscribers).where(subscribers.c.id == person.id).values(name=typed, updated_at=at)
+    )
+    return typed
 
 
 def _activate(
@@ -288,21 +325,35 @@ def _activate(
         )
     joined: list[str] = []
     for name in names:
-        lid = subs.list_id(conn, name)
-        if name not in before:
-            conn.execute(
-                memberships.insert().values(list_id=lid, subscriber_id=person.id, created_at=at)
-            )
-        elif before[name] is not None:
-            conn.execute(
-                update(memberships)
-                .where(memberships.c.list_id == lid, memberships.c.subscriber_id == person.id)
-                .values(unsubscribed_at=None)
-            )
-        elif person.status == subs.ACTIVE:
-            continue  # already mailable there
-        joined.append(name)
+        if name not in before or before[name] is not None:
+            if _join(conn, person.id, subs.list_id(conn, name), at):
+                joined.append(name)
+        elif person.status != subs.ACTIVE:
+            joined.append(name)  # a member all along, mailable from now on
     return tuple(joined)
+
+
+def _join(conn: Connection, subscriber_id: int, lid: int, at: datetime) -> bool:
+    """Put the subscriber on the list, or lift their unsubscribe from it;
+    False when a concurrent request (the same form sent twice, two confirm
+    links opened together) did it first.
+
+    `before` was read earlier in the transaction: on PostgreSQL a plain
+    insert would then fail on the unique key (a 503 page) and a plain update
+    would count the join twice in the consent record."""
+    values = {"list_id": lid, "subscriber_id": subscriber_id, "created_at": at}
+    if insert_or_ignore(conn, memberships, values, ("list_id", "subscriber_id")):
+        return True
+    lifted = conn.execute(
+        update(memberships)
+        .where(
+            memberships.c.list_id == lid,
+            memberships.c.subscriber_id == subscriber_id,
+            memberships.c.unsubscribed_at.is_not(None),
+        )
+        .values(unsubscribed_at=None)
+    )
+    return bool(lifted.rowcount)
 
 
 def _owner_left(conn: Connection, subscriber_id: int, names: tuple[str, ...]) -> set[str]:
@@ -377,8 +428,10 @@ def set_preferences(
         active = person.status == subs.ACTIVE
         for name in public:
             getting = active and name in current and current[name] is None
-            if getting and name not in wanted:
-                subs.unsubscribe(conn, subscriber_id, name, reason="preferences")
+            # Only what this request changed: the same form sent twice at
+            # once leaves the list once (one consent record, one "Left:").
+            leaving = getting and name not in wanted
+            if leaving and subs.unsubscribe(conn, subscriber_id, name, reason="preferences"):
                 consent.record(conn, subscriber_id, "unsubscribe", "preferences", name, at=at)
                 left.append(name)
         to_join = tuple(

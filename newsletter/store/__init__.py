@@ -344,6 +344,7 @@ UPGRADES: dict[int, Callable[[Connection], None]] = {
     7: steps.upgrade_to_7,
     8: steps.upgrade_to_8,
     9: steps.upgrade_to_9,
+    10: steps.upgrade_to_10,
 }
 
 # Any constant will do: it only has to be the same in every newsletter process.

@@ -39,8 +39,9 @@ from sqlalchemy import (
 # uq_delivery_mailing_subscriber dropped and uq_deliveries_dedupe kept for older rows;
 # 8: mailings.origin (who planned a mailing: the daemon's can be withdrawn);
 # 9: no new column, but outcome journals beside the store (`store.journal`),
-# which a sender of version 8 would not read: the number makes it refuse the store.
-SCHEMA_VERSION = 9
+# which a sender of version 8 would not read: the number makes it refuse the store;
+# 10: confirmations.name (the name typed in that signup: kept only once it is confirmed).
+SCHEMA_VERSION = 10
 
 
 def new_uid() -> str:
@@ -420,6 +421,10 @@ confirmations = Table(
     Column("created_at", UtcDateTime, nullable=False),
     Column("expires_at", UtcDateTime, nullable=False),
     Column("confirmed_at", UtcDateTime, nullable=True),
+    # The name typed beside the address in this request: a stranger's text
+    # until the address's owner confirms this very request, so it reaches
+    # the subscriber only then (NULL: a row from before schema 10).
+    Column("name", String(200), nullable=True),
     Index("ix_confirmations_subscriber", "subscriber_id", "created_at"),
 )
 

@@ -127,6 +127,15 @@ def upgrade_to_9(conn: Connection) -> None:
     del conn
 
 
+def upgrade_to_10(conn: Connection) -> None:
+    # The name typed in a signup waits on its confirmation (why:
+    # schema.confirmations.name).  Older rows have none: confirming one
+    # keeps the subscriber's name as it is.
+    columns = {c["name"] for c in inspect(conn).get_columns("confirmations")}
+    if "name" not in columns:
+        conn.exec_driver_sql("ALTER TABLE confirmations ADD COLUMN name VARCHAR(200)")
+
+
 def drop_foreign_keys(conn: Connection, table: str) -> None:
     for foreign_key in inspect(conn).get_foreign_keys(table):
         name = foreign_key["name"]

@@ -82,6 +82,8 @@ class PublicState:
         self.settings = settings
         self.engine = engine
         self.secret = secret
+        # What this app has already said in the log that it says only once.
+        self.told: set[str] = set()
         # Re-reads posts when their files change, so new posts show up
         # without a restart.
         self._site = Site(lambda: settings)

@@ -105,7 +105,23 @@ def _form_context(settings: Settings, **extra: Any) -> dict[str, Any]:
         "error": None,
         "given_email": "",
         "given_name": "",
+        "chosen": None,
+        "signup_link": False,
         **extra,
+    }
+
+
+def _given(settings: Settings, fields: dict[str, Any]) -> dict[str, Any]:
+    """What the reader typed and ticked, for the form shown again after a
+    refusal: a fixed address must not go out for the first list instead of
+    the ones they chose.  Only public lists' names are kept (nothing else
+    they sent is ever shown)."""
+    public = {lst.name for lst in settings.public_lists}
+    email, name, lists = fields.get("email"), fields.get("name"), fields.get("lists")
+    return {
+        "given_email": email if isinstance(email, str) else "",
+        "given_name": name[:200] if isinstance(name, str) else "",
+        "chosen": [n for n in lists if n in public] if isinstance(lists, list) else [],
     }
 
 
@@ -139,8 +155,11 @@ async def _read(request: Request) -> tuple[dict[str, Any], bool]:
         body = await whole.body()
         try:
             data = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-            # RecursionError: nested deeper than the parser goes (16 KB of "[").
+        except (ValueError, RecursionError) as exc:
+            # ValueError: JSONDecodeError, UnicodeDecodeError, and an integer
+            # longer than Python converts (4,300 digits), whose own words
+            # would reach the reader; RecursionError: nested deeper than the
+            # parser goes (16 KB of "[").
             raise ValueError("the body is not valid JSON") from exc
         if not isinstance(data, dict):
             raise ValueError("expected a JSON object")
@@ -177,7 +196,11 @@ async def subscribe(request: Request) -> Response:
     try:
         fields, as_json = await _read(request)
     except ValueError as exc:
-        return JSONResponse({"error": str(exc)}, status_code=400)
+        # With the CORS headers of an allowed origin, as every other answer
+        # to it: without them its script sees a network error, not this.
+        return JSONResponse(
+            {"error": str(exc)}, status_code=400, headers=_cors_headers(settings, request)
+        )
     refusal = _check_origin(request, settings, as_json)
     if refusal is not None:
         return refusal
@@ -200,14 +223,13 @@ async def subscribe(request: Request) -> Response:
             flow.request_signup, state.engine, settings, state.secret, wanted, utcnow()
         )
     except flow.RateLimited as exc:
-        return _refused(request, settings, as_json, cors, str(exc), 429)
+        return _refused(request, settings, as_json, cors, str(exc), 429, fields)
     except StoreError:
-        return _refused(request, settings, as_json, cors, "please try again in a minute", 503)
+        message = "please try again in a minute"
+        return _refused(request, settings, as_json, cors, message, 503, fields)
     except SubscriberError as exc:
         message = "that does not look like an email address" if "@" not in str(email) else str(exc)
-        return _refused(
-            request, settings, as_json, cors, message, 400, given_email=email, given_name=name
-        )
+        return _refused(request, settings, as_json, cors, message, 400, fields)
     answer = _sent(request, settings, as_json, cors)
     if pending is not None:
         # After the answer has gone: how long sending takes must not tell
@@ -227,12 +249,52 @@ def _check_origin(request: Request, settings: Settings, as_json: bool) -> Respon
     origin = _sender_origin(request)
     if origin in form_origins(settings) or _same_origin(request, origin):
         return None
+    if origin is None and _hides_its_origin(request):
+        return _hidden_origin_refused(request, settings)
     return page(
         settings,
         "public_signup_error.html",
         403,
         **_form_context(settings, error="This form can only be sent from the site's own pages."),
     )
+
+
+HIDDEN_ORIGIN = (
+    "The page you sent this form from does not say which site it is on (as that page "
+    "asks, your browser left out its origin), so it cannot be told apart from a form "
+    "on another site, and nothing was sent. Please subscribe on this site's signup "
+    "page instead."
+)
+OWNER_HINT = (
+    "a signup form was posted from a page that hides which site it is on (Origin: null "
+    "and no Referer), and refused (403) as another site's would be: a page whose "
+    "referrer policy is no-referrer or same-origin makes browsers send this. On the "
+    "blog's pages holding the form, use a referrer policy that sends the origin, such "
+    'as strict-origin-when-cross-origin (the browsers\' default): <meta name="referrer" '
+    'content="strict-origin-when-cross-origin"> or the Referrer-Policy header; or link '
+    "readers to %s/subscribe instead (docs/web.md; said once per process)"
+)
+
+
+def _hides_its_origin(request: Request) -> bool:
+    """A browser's post that names no page: `Origin: null` and no Referer.
+    What a blog page with `no-referrer` or `same-origin` sends (the Fetch
+    standard), as do a sandboxed frame or a file on disk.  No Origin at all
+    is not a browser's (they all send one with a POST): not this case."""
+    return request.headers.get("origin") == "null" and not request.headers.get("referer")
+
+
+def _hidden_origin_refused(request: Request, settings: Settings) -> Response:
+    """The 403 for a page that hides its origin, in words true for the
+    reader (who may well be on the blog), and the owner told once what to
+    change.  Still refused: another site can hide its origin the same way,
+    and the check keeps it from using visitors to mail strangers."""
+    told: set[str] = _state(request).told
+    if "hidden origin" not in told:
+        told.add("hidden origin")
+        log.warning(OWNER_HINT, settings.web.public_url.rstrip("/"))
+    context = _form_context(settings, error=HIDDEN_ORIGIN, signup_link=True)
+    return page(settings, "public_signup_error.html", 403, **context)
 
 
 def _sent(request: Request, settings: Settings, as_json: bool, cors: dict[str, str]) -> Response:
@@ -250,12 +312,12 @@ def _refused(
     cors: dict[str, str],
     message: str,
     status: int,
-    **fields: Any,
+    fields: dict[str, Any],
 ) -> Response:
     headers = {**cors, **({"Retry-After": "3600"} if status == 429 else {})}
     if as_json:
         return JSONResponse({"error": message}, status, headers=headers)
-    context = _form_context(settings, error=message, **fields)
+    context = _form_context(settings, error=message, **_given(settings, fields))
     return page(settings, "public_signup.html", status, headers=headers, **context)
 
 

@@ -7,9 +7,19 @@ honeypot hidden with the `hidden` attribute (no CSS needed).
 
 from __future__ import annotations
 
+import re
+
 from newsletter.config import ListSettings, Settings
 from newsletter.errors import ConfigError
 from newsletter.web.pages import kept_pages, render_page
+
+# Said where the owner pastes the form: a page that hides its origin cannot
+# use it (docs/web.md), and nothing on that page would tell them why.
+REFERRER_NOTE = """<!-- This form needs a page that lets browsers send its origin. Under a
+     referrer policy of no-referrer or same-origin a browser posts it as
+     Origin: null, and the server refuses it (403) as it must a form on
+     another site; strict-origin-when-cross-origin (the browsers' default)
+     works. See docs/web.md. -->"""
 
 
 def signup_snippet(settings: Settings, list_names: tuple[str, ...]) -> str:
@@ -35,8 +45,20 @@ def signup_snippet(settings: Settings, list_names: tuple[str, ...]) -> str:
         form_lists=chosen,
         given_email="",
         given_name="",
+        chosen=None,
     )
     names = ", ".join(list_names)
     note = f"{settings.site.title}: newsletter signup ({names}); from `newsletter snippet`"
-    # "--" may not appear in a comment, and "-->" in a title would end it early.
-    return f"<!-- {note.replace('--', '- -')} -->\n{form}"
+    return f"<!-- {comment_text(note)} -->\n{REFERRER_NOTE}\n{form}"
+
+
+def comment_text(text: str) -> str:
+    """`text` made safe inside `<!-- … -->`, whatever it holds.
+
+    A comment's text may not hold "-->", "--!>" or "<!--" (the first two end
+    it early: the rest of a title showed on the page); with no "--" at all,
+    none can appear.  Every run of dashes is spaced out in one pass ("---"
+    is "- - -"; replacing "--" once left "- --").  The spaces the caller puts
+    around it keep it from starting with ">" or "->" or ending with "-".
+    """
+    return re.sub(r"-{2,}", lambda run: " ".join(run.group()), text)
