@@ -23,10 +23,11 @@ from typing import Any, NamedTuple
 
 from newsletter.audience.servicestatuses import (
     CONSUMED,
-    MAILCHIMP_EXPORT_NAME,
     SINCE,
     STATUS_RULES,
     Always,
+    at_least_what_the_file_says,
+    is_mailchimp_export_name,
     mailchimp_file_kind,
 )
 from newsletter.errors import SubscriberError
@@ -122,7 +123,7 @@ def detect_format(header: Sequence[str], file_name: str = "") -> str:
     lowered = [h.lower() for h in header]
     if tuple(lowered[:4]) == NEWSLETTER_HEADER:
         return "newsletter"
-    if cols.has("email address") and cols.find("member_rating", "optin_time", "leid", "euid"):
+    if cols.has("email address") and _says_mailchimp(cols, file_name):
         return "mailchimp"
     if cols.has("email", "active_subscription", "email_disabled"):
         return "substack"
@@ -143,6 +144,14 @@ def detect_format(header: Sequence[str], file_name: str = "") -> str:
     return "generic"
 
 
+def _says_mailchimp(cols: _Columns, file_name: str) -> bool:
+    """Besides `Email Address`: a column only Mailchimp writes, or the name it
+    gives its export's files.  Columns deleted in a spreadsheet must not make
+    an unsubscribed or cleaned file read as generic (that is, active)."""
+    columns = ("member_rating", "optin_time", "leid", "euid", "unsub_time", "clean_time")
+    return cols.find(*columns) is not None or is_mailchimp_export_name(file_name)
+
+
 def mailchimp_refusal(header: Sequence[str], file_name: str, *, in_zip: bool) -> str | None:
     """Why the members of a Mailchimp file cannot be imported, or None.
 
@@ -150,11 +159,14 @@ def mailchimp_refusal(header: Sequence[str], file_name: str, *, in_zip: bool) ->
     member without either, or a file named like one of Mailchimp's own with
     another word (`nonsubscribed_members_export_….csv`: contacts who never
     subscribed), would otherwise be imported as active: the unsafe guess.
-    A single file under a name of its own is the subscribed one."""
+    A single file under a name of its own is the subscribed one.  Whatever
+    format a file is read as, a name like Mailchimp's with another word is
+    refused (`in_zip` only for a file read as Mailchimp's: another format's
+    ZIP holds files of its owner's naming)."""
     cols = _Columns(header)
     if mailchimp_file_kind(file_name) or cols.find("unsub_time", "clean_time"):
         return None
-    if not in_zip and not MAILCHIMP_EXPORT_NAME.match(Path(file_name).name.lower()):
+    if not in_zip and not is_mailchimp_export_name(file_name):
         return None
     fix = (
         "take it out of the ZIP, or import the other files one by one"
@@ -211,6 +223,8 @@ def mapper_for(fmt: str, header: Sequence[str], file_name: str, label: Path) -> 
             line=1,
         )
     status_of = STATUS_RULES[fmt](cols, file_name)
+    if fmt != "mailchimp":
+        status_of = at_least_what_the_file_says(status_of, cols, file_name)
     always = status_of.result if isinstance(status_of, Always) else None
     email_i = cols.index[email_col]
     unescape = fmt == "newsletter"
