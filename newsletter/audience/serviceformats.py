@@ -30,6 +30,7 @@ from newsletter.audience.servicestatuses import (
     is_mailchimp_export_name,
     mailchimp_file_kind,
 )
+from newsletter.audience.storable import MAX_NAME, finite_float, one_line, refuse_constant
 from newsletter.errors import SubscriberError
 
 FORMATS = (
@@ -259,6 +260,12 @@ def mapper_for(fmt: str, header: Sequence[str], file_name: str, label: Path) -> 
             last = cells[last_i].strip() if last_i is not None and last_i < size else ""
             name = " ".join(f"{first} {last}".split()) if first or last else ""
         status, reason, warnings = status_of(cells) if always is None else always
+        # What PostgreSQL cannot store (a NUL, a name over its column) is
+        # cleaned as a form's name is: one cell must not fail the import there.
+        if not name.isprintable() or len(name) > MAX_NAME:
+            name, warnings = _storable_name(name, warnings)
+        if reason is not None and not reason.isprintable():  # a status cell's word
+            reason = one_line(reason)
         attributes: dict[str, Any]
         if no_attributes:
             attributes = {}
@@ -278,6 +285,16 @@ def mapper_for(fmt: str, header: Sequence[str], file_name: str, label: Path) -> 
                                     parse_time(since) if since else None, warnings))  # fmt: skip
 
     return mapper
+
+
+def _storable_name(name: str, warnings: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
+    """A file's name as `storable.clean_name` makes a form's, with a warning
+    where it is cut (a form's field is limited; a file's cell is not)."""
+    cleaned = one_line(name)
+    if len(cleaned) <= MAX_NAME:
+        return cleaned, warnings
+    cut = f"name longer than {MAX_NAME} characters; imported cut to its first {MAX_NAME}"
+    return cleaned[:MAX_NAME].rstrip(), (*warnings, cut)
 
 
 def _attribute_columns(
@@ -401,7 +418,9 @@ _JSON_BRACKET = re.compile(r"[\[\]{}]")
 
 
 def loads_bounded(text: str) -> Any:
-    """`json.loads`, refusing (ValueError) what nests deeper than `MAX_JSON_DEPTH`.
+    """`json.loads`, refusing (ValueError) what nests deeper than `MAX_JSON_DEPTH`,
+    and NaN, Infinity and numbers too large for a double, which Python reads
+    but JSON has not (SQLite stored them, PostgreSQL refused the whole import).
 
     The json module recurses once per level: a cell of 100,000 `[` raised
     RecursionError (a traceback, not a row's problem), and a few hundred levels
@@ -416,4 +435,4 @@ def loads_bounded(text: str) -> Any:
             deepest = max(deepest, depth)
         if deepest > MAX_JSON_DEPTH:
             raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
-    return json.loads(text)
+    return json.loads(text, parse_constant=refuse_constant, parse_float=finite_float)

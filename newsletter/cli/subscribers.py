@@ -10,7 +10,6 @@ stopped before it was saved (nothing was written: run it again).
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +24,7 @@ from newsletter.cli.common import (
     emit_json,
     handle_errors,
     json_option,
+    json_text,
     list_option,
     problem_json,
     settings_of,
@@ -313,7 +313,7 @@ def list_command(
                 "subscribed_at": m.subscribed_at.isoformat(),
                 "attributes": m.attributes,
             }
-            click.echo(("," if i else "") + "\n  " + json.dumps(item, ensure_ascii=False), nl=False)
+            click.echo(("," if i else "") + "\n  " + json_text(item), nl=False)
         click.echo("\n]")
 
 
