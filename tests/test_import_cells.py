@@ -222,3 +222,51 @@ def test_list_json_is_valid_json_for_a_nan_a_sqlite_store_already_holds(
 
     data = json.loads(result.stdout, parse_constant=refuse)
     assert data[0]["attributes"] == {"score": "NaN", "list": ["Infinity"]}
+
+
+# --------------------------------------------------------------------------- lone surrogates
+
+
+def test_a_lone_surrogate_in_listmonk_attributes_is_a_replacement_character(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    """Half an emoji (`\\ud83d`) decodes from JSON to a lone surrogate, which
+    no encoding writes: it was stored, and then `export` died half-way and
+    `list --json` with it.  It becomes U+FFFD, as in a name; a whole pair
+    is the character it encodes."""
+    attributes = '{"nick": "Jo \\ud83d", "\\udc00k": ["x\\ud800", "\\ud83d\\ude00"]}'
+    path = _file(
+        tmp_path / "listmonk.csv",
+        "email,name,attributes\r\na@example.com,A,{}\r\n"
+        f'emoji@example.com,E,"{attributes.replace(chr(34), chr(34) * 2)}"\r\n'
+        "z@example.com,Z,{}\r\n",
+    )
+    counts = run_import(engine, settings, path)
+    assert (counts.new, counts.invalid, counts.warnings) == (3, 0, 0)
+    assert seen(engine, "emoji@example.com").attributes == {
+        "nick": "Jo \ufffd",
+        "\ufffdk": ["x\ufffd", "\U0001f600"],
+    }
+    first = io.StringIO()
+    assert export_list(engine, "news", first) == 3
+    first.getvalue().encode("utf-8")  # writable: no lone surrogate left
+    exported = _file(tmp_path / "export.csv", first.getvalue())
+    assert run_import(engine, settings, exported, "weekly").invalid == 0
+    second = io.StringIO()
+    export_list(engine, "weekly", second)
+    assert second.getvalue() == first.getvalue()
+
+
+def test_a_lone_surrogate_in_our_exports_cells_and_headers_is_a_replacement_character(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    """Our export's attribute cells and JSON-quoted headers are decoded as
+    JSON too (`serviceformats._decode_json`, `_exact_name`)."""
+    path = _file(
+        tmp_path / "ours.csv",
+        'email,name,status,subscribed_at,nick,"""\\udc00 k """\r\n'
+        'o@example.com,O,active,2024-01-01T00:00:00+00:00,"""Jo \\ud83d""",1\r\n',
+    )
+    counts = run_import(engine, settings, path)
+    assert (counts.files[0].format, counts.new, counts.invalid) == ("newsletter", 1, 0)
+    assert seen(engine, "o@example.com").attributes == {"nick": "Jo \ufffd", "\ufffd k ": 1}

@@ -30,7 +30,13 @@ from newsletter.audience.servicestatuses import (
     is_mailchimp_export_name,
     mailchimp_file_kind,
 )
-from newsletter.audience.storable import MAX_NAME, finite_float, one_line, refuse_constant
+from newsletter.audience.storable import (
+    MAX_NAME,
+    finite_float,
+    one_line,
+    refuse_constant,
+    storable_json,
+)
 from newsletter.errors import SubscriberError
 
 FORMATS = (
@@ -326,7 +332,7 @@ def _exact_name(header_name: str) -> str:
     name = _unescape(header_name)  # export escapes column names too
     if name.startswith(KEY_QUOTE):
         try:
-            decoded = json.loads(name)
+            decoded = loads_bounded(name)
         except ValueError:
             return name
         return decoded if isinstance(decoded, str) else name
@@ -420,7 +426,8 @@ _JSON_BRACKET = re.compile(r"[\[\]{}]")
 def loads_bounded(text: str) -> Any:
     """`json.loads`, refusing (ValueError) what nests deeper than `MAX_JSON_DEPTH`,
     and NaN, Infinity and numbers too large for a double, which Python reads
-    but JSON has not (SQLite stored them, PostgreSQL refused the whole import).
+    but JSON has not (SQLite stored them, PostgreSQL refused the whole import);
+    a lone surrogate is U+FFFD (`storable.storable_json`).
 
     The json module recurses once per level: a cell of 100,000 `[` raised
     RecursionError (a traceback, not a row's problem), and a few hundred levels
@@ -435,4 +442,5 @@ def loads_bounded(text: str) -> Any:
             deepest = max(deepest, depth)
         if deepest > MAX_JSON_DEPTH:
             raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
-    return json.loads(text, parse_constant=refuse_constant, parse_float=finite_float)
+    value = json.loads(text, parse_constant=refuse_constant, parse_float=finite_float)
+    return storable_json(text, value)  # half an emoji (`\ud83d`) as U+FFFD

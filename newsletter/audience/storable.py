@@ -4,7 +4,7 @@ SQLite keeps whatever it is given; PostgreSQL refuses a NUL in text, a name
 longer than its column (`schema.subscribers.name`, 200 characters) and
 NaN or Infinity in JSON, and no driver writes a lone surrogate.  One such
 cell failed a whole import there, and a SQLite store's data could not move
-to PostgreSQL.  So names, reasons and decoded JSON are made storable here,
+to PostgreSQL; a lone surrogate stored on either stopped every export.  So names, reasons and decoded JSON are made storable here,
 before either database sees them: what is kept is then the same on both.
 
 Pure functions (no database, no I/O): the import's reader process uses them too.
@@ -45,6 +45,31 @@ def clean_name(value: str) -> str:
     """A name typed by someone (a signup form, `subscribers add --name`, a
     file's name cell), as one printable line of at most MAX_NAME characters."""
     return one_line(value)[:MAX_NAME].rstrip()
+
+
+# A JSON escape of a UTF-16 surrogate (`\ud83d`): the only way one reaches a
+# decoded value, since every file is decoded strictly or with replacements.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def storable_json(text: str, value: Any) -> Any:
+    """`value`, decoded from `text`, with lone surrogates as U+FFFD in every
+    string and key.  A pair (`\\ud83d\\ude00`) decodes to one character;
+    half of one does not, and nothing can write it (export, `--json`)."""
+    if _SURROGATE_ESCAPE.search(text) is None:  # the common case: nothing to walk
+        return value
+    return _without_surrogates(value)
+
+
+def _without_surrogates(value: Any) -> Any:
+    # Recursion is bounded: decoded JSON is at most MAX_JSON_DEPTH deep.
+    if isinstance(value, str):
+        return storable_name(value)
+    if isinstance(value, list):
+        return [_without_surrogates(v) for v in value]
+    if isinstance(value, dict):
+        return {storable_name(k): _without_surrogates(v) for k, v in value.items()}
+    return value
 
 
 def refuse_constant(constant: str) -> Any:

@@ -7,6 +7,7 @@ The library the `newsletter subscribers …` commands are a thin layer over:
 * `sync_directory` – every `subscribers/<name>.csv` defines list `<name>`;
 * `export_list` – `email,name,status,subscribed_at,<attributes…>` with cells
   guarded against spreadsheet formula injection (OWASP "CSV injection");
+  `export_file` writes it to a file that is replaced only once complete;
 * `members` – a list's members with their effective status, streamed.
 
 Reading files is `newsletter.audience.csvformats`, address rules `newsletter.audience.addresses`,
@@ -49,8 +50,10 @@ from newsletter.audience.serviceformats import (
     SourceRow,
 )
 from newsletter.audience.stagereader import ValidatedRows
+from newsletter.audience.storable import storable_name
 from newsletter.config import Settings
 from newsletter.errors import Problem, StoreError, SubscriberError, database_reason
+from newsletter.files import replaced_when_done
 from newsletter.store import READ_ONLY, now
 from newsletter.store import reading as read_only
 from newsletter.store.schema import lists, memberships, subscribers
@@ -323,6 +326,16 @@ def members(
 # --------------------------------------------------------------------------- export
 
 
+def export_file(
+    engine: Engine, list_name: str, path: Path, statuses: frozenset[str] | None = None
+) -> int:
+    """`export_list` into `path`, which is replaced only once the export is
+    complete: an export that fails half-way leaves yesterday's backup as it
+    was, not its first rows (`files.replaced_when_done`; a new file is 0600)."""
+    with replaced_when_done(path) as out:
+        return export_list(engine, list_name, out, statuses)
+
+
 def export_list(
     engine: Engine,
     list_name: str,
@@ -341,7 +354,7 @@ def export_list(
     # Every key, even one named like a fixed column: import reads each column
     # after the fourth as an attribute.
     attribute_keys = sorted(keys)
-    writer = csv.writer(out, lineterminator="\r\n")  # RFC 4180 §2: CRLF
+    writer = csv.writer(_Writable(out), lineterminator="\r\n")  # RFC 4180 §2: CRLF
     writer.writerow([*NEWSLETTER_HEADER, *(escape_cell(encode_key(k)) for k in attribute_keys)])
     count = 0
     for member in members(engine, list_name, statuses):
@@ -357,6 +370,18 @@ def export_list(
         writer.writerow([escape_cell(c) for c in cells])
         count += 1
     return count
+
+
+class _Writable:
+    """`out`, with each lone surrogate written as U+FFFD: a store may hold one
+    in its attributes from before imports replaced them, and no encoding
+    writes it (the export died on that member, with the rows before it)."""
+
+    def __init__(self, out: IO[str]) -> None:
+        self._out = out
+
+    def write(self, text: str) -> int:
+        return self._out.write(storable_name(text))
 
 
 def escape_cell(value: str) -> str:

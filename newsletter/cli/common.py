@@ -87,15 +87,17 @@ def emit_json(data: Any) -> None:
 
 
 def json_text(data: Any, indent: int | None = None) -> str:
-    """`data` as JSON that any reader takes: a NaN or infinity a store holds
-    from before imports refused them (SQLite kept them) is written as its
-    text, not as Python's bare `NaN`, which is not JSON (RFC 8259 §6)."""
-    try:
-        return json.dumps(data, indent=indent, ensure_ascii=False, default=str, allow_nan=False)
-    except ValueError:
-        from newsletter.audience.storable import finite
+    """`data` as JSON that any reader takes and any output writes: a NaN or
+    infinity a store holds from before imports refused them (SQLite kept
+    them) is written as its text, not as Python's bare `NaN`, which is not
+    JSON (RFC 8259 §6); a lone surrogate (likewise) as U+FFFD."""
+    from newsletter.audience.storable import finite, storable_name
 
-        return json.dumps(finite(data), indent=indent, ensure_ascii=False, default=str)
+    try:
+        text = json.dumps(data, indent=indent, ensure_ascii=False, default=str, allow_nan=False)
+    except ValueError:
+        text = json.dumps(finite(data), indent=indent, ensure_ascii=False, default=str)
+    return storable_name(text)
 
 
 def problem_json(problem: Problem) -> dict[str, Any]:

@@ -258,7 +258,7 @@ def export_command(
     Cells a spreadsheet would run as a formula get a leading ' (import removes it).
     """
     from newsletter.audience.members import ensure_lists
-    from newsletter.audience.subscribers import export_list
+    from newsletter.audience.subscribers import export_file, export_list
     from newsletter.errors import SubscriberError
     from newsletter.store import open_store
 
@@ -272,8 +272,7 @@ def export_command(
             export_list(engine, list_name, sys.stdout, wanted)
         return
     try:
-        with output.open("w", encoding="utf-8", newline="") as fh:
-            count = export_list(engine, list_name, fh, wanted)
+        count = export_file(engine, list_name, output, wanted)
     except OSError as exc:
         raise SubscriberError(f"cannot write: {exc.strerror}", path=output) from exc
     click.echo(f"exported {count} members of {list_name} to {output}", err=True)
