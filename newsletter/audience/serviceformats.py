@@ -71,6 +71,14 @@ NEWSLETTER_HEADER = ("email", "name", "status", "subscribed_at")
 # A cell our export prefixed with ' against spreadsheet formula injection.
 FORMULA_PREFIX = "'"
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", FORMULA_PREFIX)
+# Where a spreadsheet may start a cell inside one of ours: Excel in the
+# de/fr/nl/it/es locales splits a double-clicked .csv on `;`, other readers
+# on TAB, and such a reader ends a row at a line break even inside quotes.
+# A formula character (or a `"`, which opens a quoted cell there) right after
+# one gets the ' as well (`subscribers.escape_cell`), and import takes away
+# exactly one ' after each of them, as it does the leading one.
+INNER_FORMULA = re.compile("(?<=[;\t\r\n])(?=[=+\\-@\t\r'\"])")
+_INNER_GUARD = re.compile("(?<=[;\t\r\n])'")
 # An attribute name our export wrote as a JSON string (`subscribers.encode_key`).
 KEY_QUOTE = '"'
 
@@ -365,8 +373,13 @@ def _name_indexes(cols: _Columns) -> tuple[int | None, int | None, int | None]:
 
 def _unescape(value: str) -> str:
     # Our export prefixed cells starting with a formula character (or a ')
-    # with one '; take exactly that one away again.
-    return value[1:] if value.startswith(FORMULA_PREFIX) else value
+    # with one ', and put one after each `;`, TAB or line break followed by
+    # one (`INNER_FORMULA`); take exactly those away again.
+    if value.startswith(FORMULA_PREFIX):
+        value = value[1:]
+    if FORMULA_PREFIX in value:  # rare: no regular expression for most cells
+        value = _INNER_GUARD.sub("", value)
+    return value
 
 
 def parse_time(text: str) -> datetime | None:

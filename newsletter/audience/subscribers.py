@@ -20,6 +20,7 @@ import csv
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -44,7 +45,9 @@ from newsletter.audience.members import (
     list_id,
 )
 from newsletter.audience.serviceformats import (
+    FORMULA_PREFIX,
     FORMULA_STARTS,
+    INNER_FORMULA,
     KEY_QUOTE,
     NEWSLETTER_HEADER,
     SourceRow,
@@ -354,8 +357,10 @@ def export_list(
     # Every key, even one named like a fixed column: import reads each column
     # after the fourth as an attribute.
     attribute_keys = sorted(keys)
-    writer = csv.writer(_Writable(out), lineterminator="\r\n")  # RFC 4180 §2: CRLF
-    writer.writerow([*NEWSLETTER_HEADER, *(escape_cell(encode_key(k)) for k in attribute_keys)])
+    writable = _Writable(out)
+    writer = csv.writer(writable, lineterminator="\r\n")  # RFC 4180 §2: CRLF
+    header = [*NEWSLETTER_HEADER, *(escape_cell(encode_key(k)) for k in attribute_keys)]
+    _write_row(writer, writable, header)
     count = 0
     for member in members(engine, list_name, statuses):
         values = member.attributes
@@ -367,7 +372,7 @@ def export_list(
             # An empty cell: no such key (a null value is written `null`).
             *(encode_attribute(values[k]) if k in values else "" for k in attribute_keys),
         ]
-        writer.writerow([escape_cell(c) for c in cells])
+        _write_row(writer, writable, [escape_cell(c) for c in cells])
         count += 1
     return count
 
@@ -388,9 +393,41 @@ def escape_cell(value: str) -> str:
     """Prefix `'` to a cell a spreadsheet would run as a formula.
 
     A leading `'` is escaped too, so that import can always remove exactly
-    one and get the original back.
+    one and get the original back.  So is a formula character right after a
+    `;`, TAB or line break inside the cell (`serviceformats.INNER_FORMULA`):
+    Excel in a `;` locale splits `Bob;=1+2` into two cells, the second a
+    formula, whatever the first character of ours was.
     """
-    return "'" + value if value.startswith(FORMULA_STARTS) else value
+    if (";" in value or "\t" in value or "\n" in value or "\r" in value) and (
+        INNER_FORMULA.search(value) is not None
+    ):
+        value = INNER_FORMULA.sub(FORMULA_PREFIX, value)
+    return FORMULA_PREFIX + value if value.startswith(FORMULA_STARTS) else value
+
+
+# A `;` or TAB the guard wrote a ' after: such a cell is quoted as well, as
+# OWASP's advice on CSV injection has it (a line break already is).
+_GUARDED_SPLIT = re.compile("[;\t]'")
+
+
+def _write_row(writer: Any, out: _Writable, cells: list[str]) -> None:
+    """One row of escaped cells: through the csv writer, or, where a cell
+    holds a guarded `;` or TAB (rare), with that cell quoted, which the csv
+    module does only for commas, quotes and line breaks."""
+    forced = [FORMULA_PREFIX in c and _GUARDED_SPLIT.search(c) is not None for c in cells]
+    if not any(forced):
+        writer.writerow(cells)
+        return
+    out.write(",".join(_quoted(c) if f or _CSV_SPECIAL.search(c) else c
+                       for c, f in zip(cells, forced, strict=True)) + "\r\n")  # fmt: skip
+
+
+# What makes the csv module quote a cell (QUOTE_MINIMAL, the default dialect).
+_CSV_SPECIAL = re.compile('[,"\r\n]')
+
+
+def _quoted(cell: str) -> str:
+    return '"' + cell.replace('"', '""') + '"'
 
 
 def encode_key(key: str) -> str:

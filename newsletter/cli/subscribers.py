@@ -255,7 +255,9 @@ def export_command(
 ) -> None:
     """Write a list as CSV: email,name,status,subscribed_at, then attributes.
 
-    Cells a spreadsheet would run as a formula get a leading ' (import removes it).
+    Cells a spreadsheet would run as a formula get a ' before it, also after a
+    ; TAB or line break inside the cell (import removes each). With -o, FILE is
+    replaced only once the export is complete (a new file is private: 0600).
     """
     from newsletter.audience.members import ensure_lists
     from newsletter.audience.subscribers import export_file, export_list
