@@ -1,4 +1,4 @@
-"""Private files on disk: the state folder, the database, the outbox, the secret.
+"""Private files on disk: the state folder, the database, the outbox, the secret, exports.
 
 They hold subscriber addresses and messages with live unsubscribe tokens, so
 whatever this process creates is 0700 (folders) or 0600 (files).  The mode
@@ -10,8 +10,12 @@ files that already exist are the user's and are left as they are.
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 PRIVATE_DIR = 0o700
 PRIVATE_FILE = 0o600
@@ -74,3 +78,39 @@ def _prune(folder: Path, keep: int) -> None:
     entries.sort(key=lambda e: e.stat().st_mtime_ns)
     for entry in entries[: len(entries) - keep]:
         Path(entry.path).unlink(missing_ok=True)
+
+
+@contextmanager
+def replaced_when_done(path: Path) -> Iterator[IO[str]]:
+    """A UTF-8 text file (newlines as written) that becomes `path` only once the
+    block has finished: until then the old file, if any, stays as it was.
+
+    Written to a temporary file in the same folder (a rename within one file
+    system is atomic), flushed to disk, then renamed over `path`, so a crash
+    or an error half-way (a `subscribers export -o backup.csv` of a list
+    whose data could not be written) never leaves a truncated file where a
+    complete one was.  A new file is 0600, as everything here is: subscriber
+    data is private; a file that exists is the user's and keeps its mode.
+    A symbolic link is followed (its target is replaced, the link stays), and
+    what is no regular file (`/dev/stdout`, a pipe) is written as it is.
+    """
+    target = Path(os.path.realpath(path))
+    try:
+        existing: os.stat_result | None = target.stat()
+    except FileNotFoundError:
+        existing = None
+    if existing is not None and not stat.S_ISREG(existing.st_mode):
+        with target.open("w", encoding="utf-8", newline="") as fh:
+            yield fh
+        return
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, stat.S_IMODE(existing.st_mode) if existing else PRIVATE_FILE)
+        os.replace(tmp, target)
+    except BaseException:  # a Ctrl-C too: the half-written copy goes, the old file stays
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -514,3 +514,78 @@ def test_a_dry_run_before_the_first_real_run_creates_no_database(
     assert real.exit_code == 0 and (sample_site / ".newsletter" / "newsletter.db").exists()
     again = cli(*command)
     assert again.exit_code == 0, again.output
+
+
+@pytest.mark.usefixtures("database_env")
+def test_an_export_that_fails_half_way_leaves_the_old_file_as_it_was(
+    sample_site: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`export -o backup.csv` truncated yesterday's backup first, so an export
+    that died on one member (a lone surrogate in its attributes did) left
+    only the rows before it.  It is written beside it and renamed when done."""
+    import os
+
+    import newsletter.audience.subscribers as subscribers_module
+    from newsletter.errors import StoreError
+
+    assert cli("subscribers", "import", "subscribers/sample.csv", "--list", "sample").exit_code == 0
+    backup = sample_site / "backup.csv"
+    backup.write_text("yesterday's complete backup\n", encoding="utf-8")
+    os.chmod(backup, 0o640)
+    escape = subscribers_module.escape_cell
+
+    def failing(value: str) -> str:
+        if value == "grace@example.com":
+            raise StoreError("the database went away")
+        return escape(value)
+
+    monkeypatch.setattr(subscribers_module, "escape_cell", failing)
+    result = cli("subscribers", "export", "--list", "sample", "-o", "backup.csv")
+    assert (result.exit_code, result.stderr) == (1, "error: the database went away\n")
+    assert backup.read_text(encoding="utf-8") == "yesterday's complete backup\n"
+    assert list(sample_site.glob(".backup.csv*")) == []  # no half-written copy left behind
+    monkeypatch.setattr(subscribers_module, "escape_cell", escape)
+    done = cli("subscribers", "export", "--list", "sample", "-o", "backup.csv")
+    assert done.exit_code == 0, done.output
+    assert backup.read_text(encoding="utf-8").count("@example.com") == 3
+    assert backup.stat().st_mode & 0o777 == 0o640  # the user's file keeps its mode
+    assert cli("subscribers", "export", "--list", "sample", "-o", "new.csv").exit_code == 0
+    assert (sample_site / "new.csv").stat().st_mode & 0o777 == 0o600  # subscriber data is private
+
+
+def test_an_export_through_a_symlink_replaces_its_target(sample_site: Path) -> None:
+    assert cli("subscribers", "import", "subscribers/sample.csv", "--list", "sample").exit_code == 0
+    (sample_site / "backups").mkdir()
+    real = sample_site / "backups" / "latest.csv"
+    real.write_text("old\n", encoding="utf-8")
+    (sample_site / "latest.csv").symlink_to(real)
+    assert cli("subscribers", "export", "--list", "sample", "-o", "latest.csv").exit_code == 0
+    assert (sample_site / "latest.csv").is_symlink()
+    assert real.read_text(encoding="utf-8").startswith("email,name,status,subscribed_at")
+
+
+def test_a_lone_surrogate_a_store_already_holds_is_exported_as_a_replacement_character(
+    sample_site: Path,
+) -> None:
+    """Imported before imports replaced them (SQLite kept the JSON escape):
+    `export` died with UnicodeEncodeError at that member and `list --json` too."""
+    from sqlalchemy import text
+
+    from newsletter.store import open_url
+
+    assert cli("subscribers", "import", "subscribers/sample.csv", "--list", "sample").exit_code == 0
+    engine = open_url(f"sqlite:///{sample_site / '.newsletter' / 'newsletter.db'}")
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE subscribers SET attributes = :a WHERE email = 'grace@example.com'"),
+            {"a": '{"nick": "Jo \\ud83d", "\\udc00": 1}'},
+        )
+    engine.dispose()
+    result = cli("subscribers", "export", "--list", "sample", "-o", "backup.csv")
+    assert result.exit_code == 0, result.output
+    lines = Path("backup.csv").read_text(encoding="utf-8").splitlines()
+    assert lines[0] == "email,name,status,subscribed_at,nick,\ufffd"
+    assert lines[2].endswith(",Jo \ufffd,1") and len(lines) == 4
+    listed = cli("subscribers", "list", "--list", "sample", "--json")
+    assert listed.exit_code == 0, listed.output
+    assert json.loads(listed.stdout)[1]["attributes"] == {"nick": "Jo \ufffd", "\ufffd": 1}

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import logging
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -30,6 +32,7 @@ from test_subscribers_common import (
 )
 
 import newsletter.audience.importer as importer
+import newsletter.audience.serviceformats as serviceformats
 import newsletter.audience.stagereader as stagereader
 import newsletter.audience.staging as staging
 from newsletter.audience import consent
@@ -387,6 +390,69 @@ def test_escape_cell_and_attribute_encoding() -> None:
     assert encode_attribute(42) == "42"
     assert encode_attribute(["a", "b"]) == '["a", "b"]'
     assert encode_attribute(None) == "null"  # an empty cell is "no such key"
+
+
+# Where a spreadsheet may start a new cell inside one of ours: Excel in the
+# de/fr/nl/it/es locales splits a double-clicked .csv on `;`; TAB; and such a
+# reader ends the row at a line break even inside quotes.
+_SPLITS = "[;\t\r\n]"
+
+
+def _cells_as_a_semicolon_locale_sees_them(text: str) -> list[str]:
+    return [cell for line in re.split("[\r\n]", text) for cell in re.split(_SPLITS, line)]
+
+
+_INNER_FORMULAS = {
+    "Bob;=1+2;": "bob@example.com",
+    "Eve;=cmd|' /C calc'!A0;x": "eve@example.com",
+    "t;+1;-2;@x": "signs@example.com",
+    'q;"=1+2";\'kept': "quote@example.com",
+}
+
+
+def test_a_formula_after_a_semicolon_tab_or_line_break_is_neutralised_and_round_trips(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    """The formula guard looked at a cell's first character only: `Bob;=1+2;`
+    was written bare, and a spreadsheet that splits on `;` opened `=1+2` as a
+    formula.  A formula character after `;`, TAB or a line break gets a `'`
+    too, such a cell is quoted, and import takes exactly those `'` away."""
+    for name, email in _INNER_FORMULAS.items():
+        add_subscriber(engine, email, "news", name=name)
+    note = 'first line\n=HYPERLINK("http://example.com")\r\n;x\t+1'
+    source = io.StringIO()
+    csv.writer(source).writerows([["email", "note", "a;=b"], ["note@example.com", note, "1"]])
+    path = tmp_path / "notes.csv"
+    path.write_text(source.getvalue(), encoding="utf-8", newline="")
+    run_import(engine, settings, path)
+    first = io.StringIO()
+    export_list(engine, "news", first)
+    text = first.getvalue()
+    formulas = [c for c in _cells_as_a_semicolon_locale_sees_them(text)
+                if c.lstrip('"').startswith(("=", "+", "-", "@"))]  # fmt: skip
+    assert formulas == []
+    assert 'bob@example.com,"Bob;\'=1+2;",active,' in text  # quoted as well
+    assert text.splitlines()[0].endswith(',"a;\'=b",note')  # a column name is a cell too
+    exported = tmp_path / "export.csv"
+    exported.write_text(text, encoding="utf-8", newline="")
+    counts = run_import(engine, settings, exported, "weekly")
+    assert (counts.files[0].format, counts.invalid, counts.warnings) == ("newsletter", 0, 0)
+    for name, email in _INNER_FORMULAS.items():
+        assert seen(engine, email, "weekly").name == name
+    assert seen(engine, "note@example.com", "weekly").attributes == {"note": note, "a;=b": "1"}
+    second = io.StringIO()
+    export_list(engine, "weekly", second)
+    assert second.getvalue() == text
+
+
+@hypothesis_settings(max_examples=2000, deadline=None)
+@given(st.text(alphabet=";\t\r\n'\"=+-@a ,", max_size=12) | st.text(max_size=8))
+def test_import_undoes_exactly_what_the_formula_guard_added(value: str) -> None:
+    escaped = escape_cell(value)
+    assert serviceformats._unescape(escaped) == value
+    first, *rest = re.split(_SPLITS, escaped)
+    assert not first.startswith(("=", "+", "-", "@"))
+    assert not any(cell.startswith(("=", "+", "-", "@", '"')) for cell in rest), escaped
 
 
 def test_round_trip_export_import_export_is_identical(

@@ -347,6 +347,107 @@ def test_mailchimp_names_and_columns_that_do_say_the_status(
     }
 
 
+# A Mailchimp export after a spreadsheet: MEMBER_RATING, OPTIN_TIME, LEID and
+# EUID (what recognises Mailchimp's header) deleted, the file names kept.
+_TRIMMED = {
+    "subscribed_members_export_abc.csv": "Email Address,First Name,Last Name\r\n"
+    "sub@example.com,Sub,One\r\n",
+    "unsubscribed_members_export_abc.csv": "Email Address,First Name,Last Name,UNSUB_TIME\r\n"
+    "unsub@example.com,Un,Sub,2023-01-01 10:00:00\r\n",
+    "cleaned_members_export_abc.csv": "Email Address,First Name,Last Name\r\n"
+    "clean@example.com,Cl,Ean\r\n",
+}
+
+
+def _trimmed_zip(path: Path, extra: dict[str, str] | None = None) -> Path:
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, text in {**_TRIMMED, **(extra or {})}.items():
+            archive.writestr(name, text)
+    return path
+
+
+def test_a_trimmed_mailchimp_zip_keeps_its_files_statuses(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    """Without the columns that recognise Mailchimp's header, the ZIP's files
+    were read as generic and everyone imported active: the unsubscribed and
+    the cleaned too.  Their names still say what they hold."""
+    counts = run_import(engine, settings, _trimmed_zip(tmp_path / "mc.zip"))
+    assert statuses(engine) == {
+        "sub@example.com": "active",
+        "unsub@example.com": "unsubscribed",
+        "clean@example.com": "bounced",
+    }
+    assert {f.format for f in counts.files} == {"mailchimp"}
+
+
+def test_a_trimmed_mailchimp_zip_with_nonsubscribed_contacts_is_refused(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    name = "nonsubscribed_members_export_abc.csv"
+    path = _trimmed_zip(
+        tmp_path / "mc.zip", {name: "Email Address,First Name\r\nnever@example.com,Ne\r\n"}
+    )
+    with pytest.raises(SubscriberError, match=f"{name}: a Mailchimp file whose name does not"):
+        run_import(engine, settings, path)
+    assert statuses(engine) == {}
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "fmt", "expected"),
+    [
+        # Mailchimp's header without the columns that recognise it.
+        ("unsubscribed_members_export_abc.csv", "Email Address,First Name\nx@example.com,X\n",
+         "auto", "unsubscribed"),
+        ("Cleaned_Members_Export_ABC.CSV", "Email Address\nx@example.com\n", "auto", "bounced"),
+        ("my list.csv", "Email Address,UNSUB_TIME\nx@example.com,2023-01-01\n", "auto",
+         "unsubscribed"),
+        ("my list.csv", "Email Address,CLEAN_TIME\nx@example.com,2023-01-01\n", "auto",
+         "bounced"),
+        # Its email column renamed too: read as generic, still not mailable,
+        # whatever a status column says (the stronger status wins).
+        ("unsubscribed_members_export_abc.csv", "email,name,status\nx@example.com,X,active\n",
+         "auto", "unsubscribed"),
+        ("unsubscribed_members_export_abc.csv", "email\nx@example.com\n", "generic",
+         "unsubscribed"),
+        ("cleaned_members_export_abc.csv", "email,status\nx@example.com,complained\n", "auto",
+         "complained"),
+        ("export.csv", "E-Mail,UNSUB_TIME\nx@example.com,2023-01-01\n", "auto",
+         "unsubscribed"),
+        ("export.csv", "email,clean_time\nx@example.com,2023-01-01\n", "generic", "bounced"),
+        # A name of one's own that merely starts with such a word says nothing.
+        ("cleaned_up_list.csv", "email\nx@example.com\n", "auto", "active"),
+        ("subscribed_members_export_abc.csv", "email\nx@example.com\n", "auto", "active"),
+    ],
+)  # fmt: skip
+def test_a_mailchimp_file_that_says_its_members_left_is_never_imported_active(
+    engine: Engine, settings: Settings, tmp_path: Path, name: str, text: str, fmt: str,
+    expected: str,
+) -> None:  # fmt: skip
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    assert run_import(engine, settings, path, fmt=fmt).invalid == 0
+    assert statuses(engine) == {"x@example.com": expected}
+
+
+@pytest.mark.parametrize(
+    ("text", "fmt"),
+    [
+        ("Email Address,First Name\nnever@example.com,Ne\n", "auto"),
+        ("email,name\nnever@example.com,Ne\n", "auto"),
+        ("email,name\nnever@example.com,Ne\n", "generic"),
+    ],
+)
+def test_a_single_trimmed_nonsubscribed_file_is_refused_whatever_it_is_read_as(
+    engine: Engine, settings: Settings, tmp_path: Path, text: str, fmt: str
+) -> None:
+    path = tmp_path / "nonsubscribed_members_export_abc.csv"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(SubscriberError, match="a Mailchimp file whose name does not say"):
+        run_import(engine, settings, path, fmt=fmt)
+    assert statuses(engine) == {}
+
+
 def _damaged_zip(path: Path, damage: str) -> Path:
     """A Mailchimp-like ZIP, password-protected, packed with a method Python
     lacks (Deflate64: Windows' for big folders), or with its deflate stream

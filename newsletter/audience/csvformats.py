@@ -310,7 +310,9 @@ def _records(
     if fmt != "auto":
         check_forced_format(fmt, header, name, label)
     chosen = detect_format(header, name) if fmt == "auto" else fmt
-    refusal = mailchimp_refusal(header, name, in_zip=in_zip) if chosen == "mailchimp" else None
+    # Whatever the format: a file named as Mailchimp's nonsubscribed_… must
+    # not be imported active because its header no longer looks like Mailchimp's.
+    refusal = mailchimp_refusal(header, name, in_zip=in_zip and chosen == "mailchimp")
     if refusal is not None:
         raise SubscriberError(refusal, path=label)
     mapper = mapper_for(chosen, header, name, label)

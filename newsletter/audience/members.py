@@ -18,7 +18,6 @@ and every name of it is importable from here as before.
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 
 from sqlalchemy import Connection, select, update
@@ -53,6 +52,7 @@ from newsletter.audience.memberreads import (
     row_of,
     writing,
 )
+from newsletter.audience.storable import MAX_NAME, clean_name, storable_name
 from newsletter.errors import SubscriberError
 from newsletter.store import insert_or_ignore, now
 from newsletter.store.schema import memberships, new_uid, subscribers
@@ -61,6 +61,7 @@ __all__ = [
     "ACTIVE",
     "BOUNCED",
     "COMPLAINED",
+    "MAX_NAME",
     "PENDING",
     "STATUSES",
     "SUPPRESSED",
@@ -70,6 +71,7 @@ __all__ = [
     "Member",
     "SubscriberRow",
     "add_subscriber",
+    "clean_name",
     "ensure_lists",
     "get_by_email",
     "get_by_id",
@@ -94,32 +96,6 @@ __all__ = [
 # How strong each status is: a weaker one never overwrites a stronger one
 # (a complaint outranks a bounce, which outranks an unsubscribe).
 _RANK = {ACTIVE: 0, PENDING: 0, UNSUBSCRIBED: 1, BOUNCED: 2, COMPLAINED: 3}
-
-
-# A str can hold lone surrogates, which no encoding writes: a JSON "\ud800",
-# or a byte of argv that is not UTF-8 (kept by surrogateescape).  The
-# database driver then fails the whole transaction.
-_SURROGATES = re.compile("[\ud800-\udfff]")
-
-
-def storable_name(value: str) -> str:
-    """`value` with each lone surrogate as U+FFFD, as a form post's undecodable
-    bytes already arrive: what every name is, before it is stored."""
-    return _SURROGATES.sub("\ufffd", value)
-
-
-# Line breaks of every kind, other control characters (NUL, ESC, DEL) and
-# whitespace runs.  A name typed into a form or on a command line is one line;
-# a bot's name with line breaks would write its own paragraphs into the
-# confirmation email, and PostgreSQL refuses NUL in text outright.
-_NAME_JUNK = re.compile(r"[\s\x00-\x1f\x7f-\x9f\u2028\u2029]+")
-MAX_NAME = 200
-
-
-def clean_name(value: str) -> str:
-    """A name typed by someone (a signup form, `subscribers add --name`), as
-    one printable line of at most MAX_NAME characters."""
-    return _NAME_JUNK.sub(" ", storable_name(value)).strip()[:MAX_NAME].rstrip()
 
 
 def add_subscriber(

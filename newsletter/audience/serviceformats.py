@@ -23,11 +23,19 @@ from typing import Any, NamedTuple
 
 from newsletter.audience.servicestatuses import (
     CONSUMED,
-    MAILCHIMP_EXPORT_NAME,
     SINCE,
     STATUS_RULES,
     Always,
+    at_least_what_the_file_says,
+    is_mailchimp_export_name,
     mailchimp_file_kind,
+)
+from newsletter.audience.storable import (
+    MAX_NAME,
+    finite_float,
+    one_line,
+    refuse_constant,
+    storable_json,
 )
 from newsletter.errors import SubscriberError
 
@@ -63,6 +71,14 @@ NEWSLETTER_HEADER = ("email", "name", "status", "subscribed_at")
 # A cell our export prefixed with ' against spreadsheet formula injection.
 FORMULA_PREFIX = "'"
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", FORMULA_PREFIX)
+# Where a spreadsheet may start a cell inside one of ours: Excel in the
+# de/fr/nl/it/es locales splits a double-clicked .csv on `;`, other readers
+# on TAB, and such a reader ends a row at a line break even inside quotes.
+# A formula character (or a `"`, which opens a quoted cell there) right after
+# one gets the ' as well (`subscribers.escape_cell`), and import takes away
+# exactly one ' after each of them, as it does the leading one.
+INNER_FORMULA = re.compile("(?<=[;\t\r\n])(?=[=+\\-@\t\r'\"])")
+_INNER_GUARD = re.compile("(?<=[;\t\r\n])'")
 # An attribute name our export wrote as a JSON string (`subscribers.encode_key`).
 KEY_QUOTE = '"'
 
@@ -122,7 +138,7 @@ def detect_format(header: Sequence[str], file_name: str = "") -> str:
     lowered = [h.lower() for h in header]
     if tuple(lowered[:4]) == NEWSLETTER_HEADER:
         return "newsletter"
-    if cols.has("email address") and cols.find("member_rating", "optin_time", "leid", "euid"):
+    if cols.has("email address") and _says_mailchimp(cols, file_name):
         return "mailchimp"
     if cols.has("email", "active_subscription", "email_disabled"):
         return "substack"
@@ -143,6 +159,14 @@ def detect_format(header: Sequence[str], file_name: str = "") -> str:
     return "generic"
 
 
+def _says_mailchimp(cols: _Columns, file_name: str) -> bool:
+    """Besides `Email Address`: a column only Mailchimp writes, or the name it
+    gives its export's files.  Columns deleted in a spreadsheet must not make
+    an unsubscribed or cleaned file read as generic (that is, active)."""
+    columns = ("member_rating", "optin_time", "leid", "euid", "unsub_time", "clean_time")
+    return cols.find(*columns) is not None or is_mailchimp_export_name(file_name)
+
+
 def mailchimp_refusal(header: Sequence[str], file_name: str, *, in_zip: bool) -> str | None:
     """Why the members of a Mailchimp file cannot be imported, or None.
 
@@ -150,11 +174,14 @@ def mailchimp_refusal(header: Sequence[str], file_name: str, *, in_zip: bool) ->
     member without either, or a file named like one of Mailchimp's own with
     another word (`nonsubscribed_members_export_….csv`: contacts who never
     subscribed), would otherwise be imported as active: the unsafe guess.
-    A single file under a name of its own is the subscribed one."""
+    A single file under a name of its own is the subscribed one.  Whatever
+    format a file is read as, a name like Mailchimp's with another word is
+    refused (`in_zip` only for a file read as Mailchimp's: another format's
+    ZIP holds files of its owner's naming)."""
     cols = _Columns(header)
     if mailchimp_file_kind(file_name) or cols.find("unsub_time", "clean_time"):
         return None
-    if not in_zip and not MAILCHIMP_EXPORT_NAME.match(Path(file_name).name.lower()):
+    if not in_zip and not is_mailchimp_export_name(file_name):
         return None
     fix = (
         "take it out of the ZIP, or import the other files one by one"
@@ -211,6 +238,8 @@ def mapper_for(fmt: str, header: Sequence[str], file_name: str, label: Path) -> 
             line=1,
         )
     status_of = STATUS_RULES[fmt](cols, file_name)
+    if fmt != "mailchimp":
+        status_of = at_least_what_the_file_says(status_of, cols, file_name)
     always = status_of.result if isinstance(status_of, Always) else None
     email_i = cols.index[email_col]
     unescape = fmt == "newsletter"
@@ -245,6 +274,12 @@ def mapper_for(fmt: str, header: Sequence[str], file_name: str, label: Path) -> 
             last = cells[last_i].strip() if last_i is not None and last_i < size else ""
             name = " ".join(f"{first} {last}".split()) if first or last else ""
         status, reason, warnings = status_of(cells) if always is None else always
+        # What PostgreSQL cannot store (a NUL, a name over its column) is
+        # cleaned as a form's name is: one cell must not fail the import there.
+        if not name.isprintable() or len(name) > MAX_NAME:
+            name, warnings = _storable_name(name, warnings)
+        if reason is not None and not reason.isprintable():  # a status cell's word
+            reason = one_line(reason)
         attributes: dict[str, Any]
         if no_attributes:
             attributes = {}
@@ -264,6 +299,16 @@ def mapper_for(fmt: str, header: Sequence[str], file_name: str, label: Path) -> 
                                     parse_time(since) if since else None, warnings))  # fmt: skip
 
     return mapper
+
+
+def _storable_name(name: str, warnings: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
+    """A file's name as `storable.clean_name` makes a form's, with a warning
+    where it is cut (a form's field is limited; a file's cell is not)."""
+    cleaned = one_line(name)
+    if len(cleaned) <= MAX_NAME:
+        return cleaned, warnings
+    cut = f"name longer than {MAX_NAME} characters; imported cut to its first {MAX_NAME}"
+    return cleaned[:MAX_NAME].rstrip(), (*warnings, cut)
 
 
 def _attribute_columns(
@@ -295,7 +340,7 @@ def _exact_name(header_name: str) -> str:
     name = _unescape(header_name)  # export escapes column names too
     if name.startswith(KEY_QUOTE):
         try:
-            decoded = json.loads(name)
+            decoded = loads_bounded(name)
         except ValueError:
             return name
         return decoded if isinstance(decoded, str) else name
@@ -328,8 +373,13 @@ def _name_indexes(cols: _Columns) -> tuple[int | None, int | None, int | None]:
 
 def _unescape(value: str) -> str:
     # Our export prefixed cells starting with a formula character (or a ')
-    # with one '; take exactly that one away again.
-    return value[1:] if value.startswith(FORMULA_PREFIX) else value
+    # with one ', and put one after each `;`, TAB or line break followed by
+    # one (`INNER_FORMULA`); take exactly those away again.
+    if value.startswith(FORMULA_PREFIX):
+        value = value[1:]
+    if FORMULA_PREFIX in value:  # rare: no regular expression for most cells
+        value = _INNER_GUARD.sub("", value)
+    return value
 
 
 def parse_time(text: str) -> datetime | None:
@@ -387,7 +437,10 @@ _JSON_BRACKET = re.compile(r"[\[\]{}]")
 
 
 def loads_bounded(text: str) -> Any:
-    """`json.loads`, refusing (ValueError) what nests deeper than `MAX_JSON_DEPTH`.
+    """`json.loads`, refusing (ValueError) what nests deeper than `MAX_JSON_DEPTH`,
+    and NaN, Infinity and numbers too large for a double, which Python reads
+    but JSON has not (SQLite stored them, PostgreSQL refused the whole import);
+    a lone surrogate is U+FFFD (`storable.storable_json`).
 
     The json module recurses once per level: a cell of 100,000 `[` raised
     RecursionError (a traceback, not a row's problem), and a few hundred levels
@@ -402,4 +455,5 @@ def loads_bounded(text: str) -> Any:
             deepest = max(deepest, depth)
         if deepest > MAX_JSON_DEPTH:
             raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
-    return json.loads(text)
+    value = json.loads(text, parse_constant=refuse_constant, parse_float=finite_float)
+    return storable_json(text, value)  # half an emoji (`\ud83d`) as U+FFFD

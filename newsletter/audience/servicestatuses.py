@@ -107,17 +107,62 @@ def mailchimp_file_kind(file_name: str) -> str | None:
     return word if word in MAILCHIMP_FILES else None
 
 
+def is_mailchimp_export_name(file_name: str) -> bool:
+    """Whether a file is named as Mailchimp names its export's files
+    (`<word>_members_export_….csv`), whatever the word."""
+    return MAILCHIMP_EXPORT_NAME.match(Path(file_name).name.lower()) is not None
+
+
+def _mailchimp_suppression(cols: _Columns, kind: str | None) -> StatusResult | None:
+    """The status every member of a Mailchimp unsubscribed or cleaned file
+    has, by its name's word (`kind`) or its UNSUB_TIME / CLEAN_TIME column."""
+    if kind == "unsubscribed" or cols.has("unsub_time"):
+        return ("unsubscribed", "mailchimp: unsubscribed", ())
+    if kind == "cleaned" or cols.has("clean_time"):
+        return ("bounced", "mailchimp: cleaned", ())
+    return None
+
+
 def _mailchimp(cols: _Columns, file_name: str) -> StatusRule:
     # A single file may have a name of its own: its UNSUB_TIME / CLEAN_TIME
     # columns say the same, and a file without either is the subscribed one.
-    kind = mailchimp_file_kind(file_name)
-    if kind == "unsubscribed" or cols.has("unsub_time"):
-        fixed: StatusResult = ("unsubscribed", "mailchimp: unsubscribed", ())
-    elif kind == "cleaned" or cols.has("clean_time"):
-        fixed = ("bounced", "mailchimp: cleaned", ())
-    else:
-        fixed = ("active", None, ())
-    return Always(fixed)
+    fixed = _mailchimp_suppression(cols, mailchimp_file_kind(file_name))
+    return Always(fixed or ("active", None, ()))
+
+
+def at_least_what_the_file_says(rule: StatusRule, cols: _Columns, file_name: str) -> StatusRule:
+    """`rule`, never weaker than what a Mailchimp unsubscribed or cleaned file
+    says of all its members, for a file read as another format.
+
+    Such a file read as generic (its owner deleted the columns that recognise
+    Mailchimp's header, or renamed `Email Address`), or forced to another
+    `--format`, was imported active: mail to people who left.  Only the
+    export's full name counts here (`unsubscribed_members_export_….csv`): a
+    file of one's own named `cleaned_list.csv` says nothing about its people.
+    """
+    kind = mailchimp_file_kind(file_name) if is_mailchimp_export_name(file_name) else None
+    floor = _mailchimp_suppression(cols, kind)
+    if floor is None:
+        return rule
+    if isinstance(rule, Always):
+        return Always(_stronger(rule.result, floor))
+
+    def status(cells: list[str]) -> StatusResult:
+        return _stronger(rule(cells), floor)
+
+    return status
+
+
+# How strong each status is, as the import ranks them (`importer._RANK`).
+_RANK = {"active": 0, "pending": 0, "unsubscribed": 1, "bounced": 2, "complained": 3}
+
+
+def _stronger(given: StatusResult, floor: StatusResult) -> StatusResult:
+    """The row's own status where it is as strong as the file's, else the
+    file's (keeping the row's warnings)."""
+    if _RANK[given[0]] >= _RANK[floor[0]]:
+        return given
+    return floor[0], floor[1], given[2]
 
 
 def _substack(cols: _Columns, _file: str) -> StatusRule:

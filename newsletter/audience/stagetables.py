@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import Column, Connection, Integer, MetaData, String, Table, Text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.types import UserDefinedType
 
@@ -127,7 +128,24 @@ def _insert_many(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> 
 def _write_rows(
     conn: Connection, table: Table, names: list[str], rows: Iterable[tuple[Any, ...]]
 ) -> None:
-    """COPY on PostgreSQL, one streamed executemany on SQLite."""
+    """COPY on PostgreSQL, one streamed executemany on SQLite.
+
+    Both are the driver's own calls, outside SQLAlchemy: a value the database
+    refuses raised the driver's error (psycopg's DataError for a NUL), which
+    the import, catching SQLAlchemy's, let out as a traceback.  It is raised
+    as SQLAlchemy's, with the driver's message, like any other statement's."""
+    dbapi_error = conn.dialect.loaded_dbapi.Error
+    try:
+        _driver_writes(conn, table, names, rows)
+    except dbapi_error as exc:
+        raise DBAPIError.instance(
+            f'writing "{table.name}"', None, exc, dbapi_error, dialect=conn.dialect
+        ) from exc
+
+
+def _driver_writes(
+    conn: Connection, table: Table, names: list[str], rows: Iterable[tuple[Any, ...]]
+) -> None:
     if conn.dialect.name == "postgresql":
         _copy_rows(conn, table, names, rows)
         return

@@ -7,6 +7,7 @@ The library the `newsletter subscribers …` commands are a thin layer over:
 * `sync_directory` – every `subscribers/<name>.csv` defines list `<name>`;
 * `export_list` – `email,name,status,subscribed_at,<attributes…>` with cells
   guarded against spreadsheet formula injection (OWASP "CSV injection");
+  `export_file` writes it to a file that is replaced only once complete;
 * `members` – a list's members with their effective status, streamed.
 
 Reading files is `newsletter.audience.csvformats`, address rules `newsletter.audience.addresses`,
@@ -19,6 +20,7 @@ import csv
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -43,14 +45,18 @@ from newsletter.audience.members import (
     list_id,
 )
 from newsletter.audience.serviceformats import (
+    FORMULA_PREFIX,
     FORMULA_STARTS,
+    INNER_FORMULA,
     KEY_QUOTE,
     NEWSLETTER_HEADER,
     SourceRow,
 )
 from newsletter.audience.stagereader import ValidatedRows
+from newsletter.audience.storable import storable_name
 from newsletter.config import Settings
 from newsletter.errors import Problem, StoreError, SubscriberError, database_reason
+from newsletter.files import replaced_when_done
 from newsletter.store import READ_ONLY, now
 from newsletter.store import reading as read_only
 from newsletter.store.schema import lists, memberships, subscribers
@@ -323,6 +329,16 @@ def members(
 # --------------------------------------------------------------------------- export
 
 
+def export_file(
+    engine: Engine, list_name: str, path: Path, statuses: frozenset[str] | None = None
+) -> int:
+    """`export_list` into `path`, which is replaced only once the export is
+    complete: an export that fails half-way leaves yesterday's backup as it
+    was, not its first rows (`files.replaced_when_done`; a new file is 0600)."""
+    with replaced_when_done(path) as out:
+        return export_list(engine, list_name, out, statuses)
+
+
 def export_list(
     engine: Engine,
     list_name: str,
@@ -341,8 +357,10 @@ def export_list(
     # Every key, even one named like a fixed column: import reads each column
     # after the fourth as an attribute.
     attribute_keys = sorted(keys)
-    writer = csv.writer(out, lineterminator="\r\n")  # RFC 4180 §2: CRLF
-    writer.writerow([*NEWSLETTER_HEADER, *(escape_cell(encode_key(k)) for k in attribute_keys)])
+    writable = _Writable(out)
+    writer = csv.writer(writable, lineterminator="\r\n")  # RFC 4180 §2: CRLF
+    header = [*NEWSLETTER_HEADER, *(escape_cell(encode_key(k)) for k in attribute_keys)]
+    _write_row(writer, writable, header)
     count = 0
     for member in members(engine, list_name, statuses):
         values = member.attributes
@@ -354,18 +372,62 @@ def export_list(
             # An empty cell: no such key (a null value is written `null`).
             *(encode_attribute(values[k]) if k in values else "" for k in attribute_keys),
         ]
-        writer.writerow([escape_cell(c) for c in cells])
+        _write_row(writer, writable, [escape_cell(c) for c in cells])
         count += 1
     return count
+
+
+class _Writable:
+    """`out`, with each lone surrogate written as U+FFFD: a store may hold one
+    in its attributes from before imports replaced them, and no encoding
+    writes it (the export died on that member, with the rows before it)."""
+
+    def __init__(self, out: IO[str]) -> None:
+        self._out = out
+
+    def write(self, text: str) -> int:
+        return self._out.write(storable_name(text))
 
 
 def escape_cell(value: str) -> str:
     """Prefix `'` to a cell a spreadsheet would run as a formula.
 
     A leading `'` is escaped too, so that import can always remove exactly
-    one and get the original back.
+    one and get the original back.  So is a formula character right after a
+    `;`, TAB or line break inside the cell (`serviceformats.INNER_FORMULA`):
+    Excel in a `;` locale splits `Bob;=1+2` into two cells, the second a
+    formula, whatever the first character of ours was.
     """
-    return "'" + value if value.startswith(FORMULA_STARTS) else value
+    if (";" in value or "\t" in value or "\n" in value or "\r" in value) and (
+        INNER_FORMULA.search(value) is not None
+    ):
+        value = INNER_FORMULA.sub(FORMULA_PREFIX, value)
+    return FORMULA_PREFIX + value if value.startswith(FORMULA_STARTS) else value
+
+
+# A `;` or TAB the guard wrote a ' after: such a cell is quoted as well, as
+# OWASP's advice on CSV injection has it (a line break already is).
+_GUARDED_SPLIT = re.compile("[;\t]'")
+
+
+def _write_row(writer: Any, out: _Writable, cells: list[str]) -> None:
+    """One row of escaped cells: through the csv writer, or, where a cell
+    holds a guarded `;` or TAB (rare), with that cell quoted, which the csv
+    module does only for commas, quotes and line breaks."""
+    forced = [FORMULA_PREFIX in c and _GUARDED_SPLIT.search(c) is not None for c in cells]
+    if not any(forced):
+        writer.writerow(cells)
+        return
+    out.write(",".join(_quoted(c) if f or _CSV_SPECIAL.search(c) else c
+                       for c, f in zip(cells, forced, strict=True)) + "\r\n")  # fmt: skip
+
+
+# What makes the csv module quote a cell (QUOTE_MINIMAL, the default dialect).
+_CSV_SPECIAL = re.compile('[,"\r\n]')
+
+
+def _quoted(cell: str) -> str:
+    return '"' + cell.replace('"', '""') + '"'
 
 
 def encode_key(key: str) -> str:

@@ -101,7 +101,21 @@ def require_config_file(settings: Settings) -> None:
 
 
 def emit_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+    click.echo(json_text(data, indent=2))
+
+
+def json_text(data: Any, indent: int | None = None) -> str:
+    """`data` as JSON that any reader takes and any output writes: a NaN or
+    infinity a store holds from before imports refused them (SQLite kept
+    them) is written as its text, not as Python's bare `NaN`, which is not
+    JSON (RFC 8259 §6); a lone surrogate (likewise) as U+FFFD."""
+    from newsletter.audience.storable import finite, storable_name
+
+    try:
+        text = json.dumps(data, indent=indent, ensure_ascii=False, default=str, allow_nan=False)
+    except ValueError:
+        text = json.dumps(finite(data), indent=indent, ensure_ascii=False, default=str)
+    return storable_name(text)
 
 
 def problem_json(problem: Problem) -> dict[str, Any]:

@@ -10,7 +10,6 @@ stopped before it was saved (nothing was written: run it again).
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +24,7 @@ from newsletter.cli.common import (
     emit_json,
     handle_errors,
     json_option,
+    json_text,
     list_option,
     problem_json,
     settings_of,
@@ -255,10 +255,12 @@ def export_command(
 ) -> None:
     """Write a list as CSV: email,name,status,subscribed_at, then attributes.
 
-    Cells a spreadsheet would run as a formula get a leading ' (import removes it).
+    Cells a spreadsheet would run as a formula get a ' before it, also after a
+    ; TAB or line break inside the cell (import removes each). With -o, FILE is
+    replaced only once the export is complete (a new file is private: 0600).
     """
     from newsletter.audience.members import ensure_lists
-    from newsletter.audience.subscribers import export_list
+    from newsletter.audience.subscribers import export_file, export_list
     from newsletter.errors import SubscriberError
     from newsletter.store import open_store
 
@@ -272,8 +274,7 @@ def export_command(
             export_list(engine, list_name, sys.stdout, wanted)
         return
     try:
-        with output.open("w", encoding="utf-8", newline="") as fh:
-            count = export_list(engine, list_name, fh, wanted)
+        count = export_file(engine, list_name, output, wanted)
     except OSError as exc:
         raise SubscriberError(f"cannot write: {exc.strerror}", path=output) from exc
     click.echo(f"exported {count} members of {list_name} to {output}", err=True)
@@ -313,7 +314,7 @@ def list_command(
                 "subscribed_at": m.subscribed_at.isoformat(),
                 "attributes": m.attributes,
             }
-            click.echo(("," if i else "") + "\n  " + json.dumps(item, ensure_ascii=False), nl=False)
+            click.echo(("," if i else "") + "\n  " + json_text(item), nl=False)
         click.echo("\n]")
 
 
