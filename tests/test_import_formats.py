@@ -415,6 +415,9 @@ def test_a_trimmed_mailchimp_zip_with_nonsubscribed_contacts_is_refused(
         ("export.csv", "E-Mail,UNSUB_TIME\nx@example.com,2023-01-01\n", "auto",
          "unsubscribed"),
         ("export.csv", "email,clean_time\nx@example.com,2023-01-01\n", "generic", "bounced"),
+        # Another tool's file whose column is empty for those still subscribed.
+        ("export.csv", "email,unsub_time\nx@example.com,\n", "generic", "active"),
+        ("export.csv", "email,status,clean_time\nx@example.com,active, \n", "auto", "active"),
         # A name of one's own that merely starts with such a word says nothing.
         ("cleaned_up_list.csv", "email\nx@example.com\n", "auto", "active"),
         ("subscribed_members_export_abc.csv", "email\nx@example.com\n", "auto", "active"),

@@ -113,13 +113,17 @@ def is_mailchimp_export_name(file_name: str) -> bool:
     return MAILCHIMP_EXPORT_NAME.match(Path(file_name).name.lower()) is not None
 
 
+_UNSUBSCRIBED: StatusResult = ("unsubscribed", "mailchimp: unsubscribed", ())
+_CLEANED: StatusResult = ("bounced", "mailchimp: cleaned", ())
+
+
 def _mailchimp_suppression(cols: _Columns, kind: str | None) -> StatusResult | None:
     """The status every member of a Mailchimp unsubscribed or cleaned file
     has, by its name's word (`kind`) or its UNSUB_TIME / CLEAN_TIME column."""
     if kind == "unsubscribed" or cols.has("unsub_time"):
-        return ("unsubscribed", "mailchimp: unsubscribed", ())
+        return _UNSUBSCRIBED
     if kind == "cleaned" or cols.has("clean_time"):
-        return ("bounced", "mailchimp: cleaned", ())
+        return _CLEANED
     return None
 
 
@@ -141,14 +145,28 @@ def at_least_what_the_file_says(rule: StatusRule, cols: _Columns, file_name: str
     file of one's own named `cleaned_list.csv` says nothing about its people.
     """
     kind = mailchimp_file_kind(file_name) if is_mailchimp_export_name(file_name) else None
-    floor = _mailchimp_suppression(cols, kind)
-    if floor is None:
+    floor = {"unsubscribed": _UNSUBSCRIBED, "cleaned": _CLEANED}.get(kind or "")
+    if floor is not None:  # the export's own name: every member
+        if isinstance(rule, Always):
+            return Always(_stronger(rule.result, floor))
+        return lambda cells: _stronger(rule(cells), floor)
+    # Only the columns: each row by its own cell.  Mailchimp fills them in
+    # every row of such a file, but a file of another tool may carry an
+    # `unsub_time` column left empty for the people still subscribed.
+    marks = [
+        (_lookup(cols, column), result)
+        for column, result in (("unsub_time", _UNSUBSCRIBED), ("clean_time", _CLEANED))
+        if cols.has(column)
+    ]
+    if not marks:
         return rule
-    if isinstance(rule, Always):
-        return Always(_stronger(rule.result, floor))
 
     def status(cells: list[str]) -> StatusResult:
-        return _stronger(rule(cells), floor)
+        given = rule(cells)
+        for cell, result in marks:
+            if cell(cells):
+                given = _stronger(given, result)
+        return given
 
     return status
 
