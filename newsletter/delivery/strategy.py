@@ -168,6 +168,11 @@ class PassCore(Protocol):
 
     def release(self) -> None: ...
 
+    def admit(self, row: q.Claimed) -> bool:
+        """Whether `row`'s message may begin now: its lease known to be ours
+        (`delivery.hand`); False: skip it, unsent."""
+        ...
+
     def message(self, row: q.Claimed) -> bytes:
         """The personalised (and signed) bytes for `row`."""
         ...
