@@ -2,20 +2,27 @@
 
 A claim leases rows for `lease_seconds` and the pass sends them from memory,
 for seconds or (claims of up to `CLAIM_CAP` rows under a rate limit) minutes.
-Its lease may lapse meanwhile, and the database is the only judge of that
-(invariant 7).  A process that is stopped (SIGSTOP, a suspended VM or
-laptop) longer than its lease loses its rows to the other senders; when it
-resumes it must not send them.  Asking the database before every message
-would cost a query each, so the pass keeps, on a local clock that runs on
-while the process is stopped or the host sleeps (`lease_clock`), how long
-its leases are known to be good: from the moment before the claim or
-renewal that set them.  A message begins only while that time less a
-margin (a third of the lease) has not passed; after it, the message first
-renews (`renew`), and what the renewal no longer finds leased to us was
-taken: dropped unsent.  A renewal that fails drops the whole hand: nothing
-of it goes until a claim leases rows again.  So a resumed process sends
-twice only what was already on the wire (at most one message per
-connection).
+Two things may change meanwhile, and the database is the only judge of both
+(invariant 7):
+
+* **The lease.**  A process that is stopped (SIGSTOP, a suspended VM or
+  laptop) longer than its lease loses its rows to the other senders; when
+  it resumes it must not send them.  Asking the database before every
+  message would cost a query each, so the pass keeps, on a local clock that
+  runs on while the process is stopped or the host sleeps (`lease_clock`),
+  how long its leases are known to be good: from the moment before the
+  claim or renewal that set them.  A message begins only while that time
+  less a margin (a third of the lease) has not passed; after it, the
+  message first renews (`renew`), and what the renewal no longer finds
+  leased to us was taken: dropped unsent.  A renewal that fails drops the
+  whole hand: nothing of it goes until a claim leases rows again.  So a
+  resumed process sends twice only what was already on the wire (at most
+  one message per connection).
+* **The recipient.**  An unsubscribe, a removal, an import saying so or a
+  bounce committed after the claim: `recheck`, every `RECHECK_EVERY`
+  seconds on the lease keeper's thread, reads the rows not yet begun in one
+  statement and drops those no longer mailable, then marks them skipped as
+  a claim would have.
 
 The per-message cost is a lock, a clock read and two set operations.
 """
@@ -29,10 +36,16 @@ import time
 from collections.abc import Callable, Iterable
 
 from newsletter.errors import NewsletterError
+from newsletter.store.held import Held
 
-__all__ = ["Hand", "lease_clock"]
+__all__ = ["RECHECK_EVERY", "Hand", "lease_clock"]
 
 log = logging.getLogger("newsletter.delivery.mailing_pass")
+
+# How often the rows not yet begun are checked against unsubscribes: an
+# unsubscribe is honoured for every message that begins this long (plus one
+# read) after it commits.  One indexed read of at most a claim's rows.
+RECHECK_EVERY = 1.0
 
 _BOOTTIME = getattr(time, "CLOCK_BOOTTIME", None)
 
@@ -54,12 +67,14 @@ class Hand:
         self,
         lease_seconds: float,
         renew: Callable[[], set[int]],
+        check: Callable[[list[int]], Held],
+        skip: Callable[[list[int]], None],
     ) -> None:
         self.lease = lease_seconds
         # The keeper renews every third of the lease: this is only reached
         # when its renewals fell behind, or the process was stopped.
         self.margin = lease_seconds / 3
-        self._renew = renew
+        self._renew, self._check, self._skip = renew, check, skip
         self._lock = threading.Lock()
         self._renewing = threading.Lock()  # one renewal at a time
         self.unsent: set[int] = set()
@@ -136,6 +151,27 @@ class Hand:
                 "one's lease lapsed (the process was stopped or stalled); not sent here",
                 len(lost),
             )
+
+    def recheck(self) -> None:
+        """Drop (and skip) rows not yet begun whose recipient may no longer be
+        mailed; drop those another sender took.  One read for all of them."""
+        with self._lock:
+            ids = sorted(self.unsent)
+        if not ids:
+            return
+        held = self._check(ids)
+        with self._lock:
+            gone = [i for i in held.unmailable if i in self.unsent]
+            lost = [i for i in held.lost if i in self.unsent]
+            self._drop(gone)
+            self._drop(lost)
+        if lost:
+            log.warning(
+                "%d claimed delivery(ies) are no longer leased to this sender; not sent here",
+                len(lost),
+            )
+        if gone:
+            self._skip(gone)
 
     def _drop_all(self) -> None:
         with self._lock:

@@ -150,7 +150,7 @@ class MailingPass:
         self.refused: NewsletterError | None = None  # sender refusals stopped the pass
         self.write_lock = threading.Lock()
         # The claimed rows in memory: whether each may still go (hand.py).
-        self.hand = Hand(d.lease_seconds, self._renew_held)
+        self.hand = Hand(d.lease_seconds, self._renew_held, self._check_held, self._skip_left)
 
     def limit_batch(self, rows: int) -> None:
         """Claim at most `rows` at a time (processes sharing a mailing share it evenly)."""
@@ -437,13 +437,28 @@ class MailingPass:
         if freed:
             log.info("freed the leases of %d dead sender(s) of other processes", freed)
 
+    def recheck_claims(self) -> None:
+        """Skip claimed rows whose recipients left since (the keeper's tick, `Hand.recheck`)."""
+        self.hand.recheck()
+
     def admit(self, row: q.Claimed) -> bool:
-        """Whether `row`'s message may begin: its lease known to be ours (`Hand.admit`)."""
+        """Whether `row`'s message may begin: still ours and still wanted (`Hand.admit`)."""
         return self.hand.admit(row.id)
 
     def _renew_held(self) -> set[int]:
         with self.write_lock:  # never fight the recorder for SQLite's write lock
             return held.renew_held(self.engine, self.owner, self.lease_seconds)
+
+    def _check_held(self, ids: list[int]) -> held.Held:
+        return held.check_held(self.engine, self.owner, ids)
+
+    def _skip_left(self, ids: list[int]) -> None:
+        """Rows the hand dropped because their recipients left: skipped, as a claim does."""
+        with self.write_lock:
+            skipped = held.skip_unmailable(self.engine, self.mailing.id, self.owner, ids)
+        if self.tally is not None:
+            for _ in range(skipped):
+                self.tally.add("skipped")
 
     # ------------------------------------------------------------------ one message
 

@@ -1,16 +1,23 @@
 """Rows a sender holds: who may still be mailed, and whether the lease is still ours.
 
-A claim decides whether each recipient may be mailed (`split_mailable`,
-`skip_leavers`) and leases the rows; the sender then keeps them in memory
-until it sends them.  If its lease lapses meanwhile (the process stopped,
-the host suspended) another sender may claim them: `renew_held` renews what
-is still ours and names it, in one statement, so the sender knows which
-rows it lost and must not send.
+A claim decides once whether each recipient may be mailed (`split_mailable`)
+and leases the rows; the sender then keeps them in memory until it sends
+them.  Two things can change meanwhile, and both are asked here in one
+statement for the whole batch, never per message:
+
+* the recipient leaves (an unsubscribe, `subscribers remove`, an import
+  that says unsubscribed, a bounce): `check_held` finds them and
+  `skip_leavers` marks them skipped exactly as a claim would have (or hands
+  them over to another list's deduplicated mailing of the post);
+* the lease lapses while the sender is stopped (SIGSTOP, a suspended host)
+  and another sender claims the row: `renew_held` renews what is still ours
+  and names it, so the sender knows which rows it lost and must not send.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -25,9 +32,12 @@ from newsletter.store.schema import deliveries, mailings, memberships, subscribe
 
 __all__ = [
     "CLAIMED",
+    "Held",
+    "check_held",
     "db_now",
     "renew_held",
     "skip_leavers",
+    "skip_unmailable",
     "split_mailable",
 ]
 
@@ -115,6 +125,54 @@ def skip_leavers(
             )
         )
     return len(skipped), len(moved)
+
+
+@dataclass(frozen=True)
+class Held:
+    """What became of rows a sender holds and has not begun to send."""
+
+    unmailable: list[int]  # still ours, but the recipient left: skip them
+    lost: list[int]  # no longer leased to us (taken over after a lapse): not ours to send
+
+
+def check_held(engine: Engine, owner: str, ids: Sequence[int]) -> Held:
+    """One read for the whole batch: which of `ids` may no longer be mailed, and
+    which are no longer `owner`'s."""
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(CLAIMED, {"ids": list(ids)}).all()
+    except SQLAlchemyError as exc:
+        raise StoreError(f"cannot re-check claimed deliveries: {database_reason(exc)}") from exc
+    found = {row[0] for row in rows}
+    lost = [i for i in ids if i not in found]  # gone from the ledger: nothing to send
+    unmailable: list[int] = []
+    for row in rows:
+        if row[10] != owner:
+            lost.append(row[0])
+        elif not _mailable(row):
+            unmailable.append(row[0])
+    return Held(unmailable, lost)
+
+
+def skip_unmailable(engine: Engine, mailing_id: int, owner: str, ids: list[int]) -> int:
+    """Skip (or hand over) those of `ids` still leased to `owner`, as a claim would
+    have; how many were skipped.  The caller has dropped them from its hand first."""
+    try:
+        with engine.begin() as conn:
+            query = select(deliveries.c.id).where(
+                deliveries.c.id.in_(ids), deliveries.c.lease_owner == owner
+            )
+            if conn.dialect.name == "postgresql":
+                query = query.with_for_update()
+            ours = list(conn.execute(query).scalars())
+            if not ours:
+                return 0
+            skipped, _ = skip_leavers(conn, mailing_id, ours, db_now(conn))
+            return skipped
+    except SQLAlchemyError as exc:
+        raise StoreError(
+            f"cannot skip deliveries of mailing {mailing_id}: {database_reason(exc)}"
+        ) from exc
 
 
 def renew_held(engine: Engine, owner: str, lease_seconds: float) -> set[int]:
