@@ -30,6 +30,9 @@ class Failing:
     def check_halt(self) -> None:
         raise StoreError("cannot read mailing 4: connection refused")
 
+    def recheck_claims(self) -> None:
+        raise StoreError("cannot re-check claimed deliveries: connection refused")
+
 
 def test_a_failed_renewal_is_one_line_without_a_traceback(
     caplog: pytest.LogCaptureFixture,

@@ -14,6 +14,7 @@ import threading
 import time
 from typing import Protocol
 
+from newsletter.delivery.hand import RECHECK_EVERY
 from newsletter.errors import NewsletterError
 
 __all__ = ["LeaseKeeper", "PassStop"]
@@ -37,6 +38,8 @@ class Kept(Protocol):
     def keep_leases(self) -> None: ...
 
     def check_halt(self) -> None: ...
+
+    def recheck_claims(self) -> None: ...
 
 
 class PassStop(threading.Event):
@@ -68,7 +71,8 @@ class PassStop(threading.Event):
 
 
 class LeaseKeeper:
-    """Two threads that keep a pass's leases alive and watch for its halt.
+    """Threads that keep a pass's leases alive, watch for its halt, and re-check
+    its claimed recipients (every `RECHECK_EVERY`, `delivery.hand`).
 
     Leases are short (`[delivery] lease_seconds`, default 60 s) so that rows
     of a process that stalls or loses its host go to others within one lease
@@ -90,6 +94,7 @@ class LeaseKeeper:
         self.threads = [
             threading.Thread(target=self._keep, name="lease-keeper", daemon=True),
             threading.Thread(target=self._watch, name="halt-check", daemon=True),
+            threading.Thread(target=self._recheck, name="claims-check", daemon=True),
         ]
 
     def __enter__(self) -> LeaseKeeper:
@@ -116,6 +121,17 @@ class LeaseKeeper:
                 log.warning(
                     "checking whether the mailing was halted failed: %s; the next tick asks again",
                     exc,
+                )
+
+    def _recheck(self) -> None:
+        # Its own thread: a slow read here must hold up neither the renewals
+        # nor the halt checks, nor they it (an unsubscribe's window).
+        while not self.done.wait(RECHECK_EVERY):
+            try:
+                self.core.recheck_claims()
+            except NewsletterError as exc:
+                log.warning(
+                    "re-checking the claimed recipients failed: %s; the next tick asks again", exc
                 )
 
     def _renew(self) -> None:

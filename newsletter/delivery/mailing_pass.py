@@ -30,6 +30,7 @@ from newsletter.config import Settings
 from newsletter.delivery.bounces import sender_for
 from newsletter.delivery.caps import cap_allowance, cap_resume_at
 from newsletter.delivery.choosing import choose_strategy
+from newsletter.delivery.hand import Hand
 from newsletter.delivery.keeper import LeaseKeeper, PassStop
 from newsletter.delivery.outgoing import (
     MessageContext,
@@ -58,8 +59,8 @@ from newsletter.delivery.transports import (
 from newsletter.email.message import MessageTemplate
 from newsletter.errors import DeliveryError, NewsletterError, StoreError, database_reason
 from newsletter.posts.collection import PostCollection
+from newsletter.store import held, now, reading
 from newsletter.store import mailings as q
-from newsletter.store import now, reading
 
 # SMTP's strategies (the event loop, the lockstep rounds) and the worker
 # processes are imported where an SMTP pass chooses them: a maildir or memory
@@ -148,6 +149,8 @@ class MailingPass:
         )
         self.refused: NewsletterError | None = None  # sender refusals stopped the pass
         self.write_lock = threading.Lock()
+        # The claimed rows in memory: whether each may still go (hand.py).
+        self.hand = Hand(d.lease_seconds, self._renew_held, self._check_held, self._skip_left)
 
     def limit_batch(self, rows: int) -> None:
         """Claim at most `rows` at a time (processes sharing a mailing share it evenly)."""
@@ -322,6 +325,9 @@ class MailingPass:
         # The journaled outcomes first: deferred rows become claimable again.
         self.recorder.fold()
         for _ in range(CLAIM_RETRIES):
+            # Before the claim's transaction: the leases it sets end no sooner
+            # than this plus lease_seconds, whatever the claim waited for.
+            since = self.hand.now()
             with self.write_lock:  # never fight the recorder for SQLite's write lock
                 rows, skipped = q.claim(
                     self.engine,
@@ -335,6 +341,7 @@ class MailingPass:
             # Nothing, yet rows are claimable: another process was claiming them at
             # that instant (SKIP LOCKED skipped them).  That must not end the pass.
             if rows or skipped or self.stop.is_set():
+                self.hand.took((row.id for row in rows), since)
                 break
             if not q.claimable_left(self.engine, self.mailing.id, due_by=due_by, owner=self.owner):
                 break
@@ -420,9 +427,8 @@ class MailingPass:
 
     def keep_leases(self) -> None:
         """Renew this pass's leases and free dead owners' rows (the LeaseKeeper's tick)."""
-        lease = self.settings.delivery.lease_seconds
+        self.hand.renew()
         with self.write_lock:
-            q.renew(self.engine, self.owner, lease)
             try:
                 freed = q.free_dead_leases(self.engine)
             except SQLAlchemyError as exc:  # translated: the keeper logs one line
@@ -431,6 +437,29 @@ class MailingPass:
         if freed:
             log.info("freed the leases of %d dead sender(s) of other processes", freed)
 
+    def recheck_claims(self) -> None:
+        """Skip claimed rows whose recipients left since (the keeper's tick, `Hand.recheck`)."""
+        self.hand.recheck()
+
+    def admit(self, row: q.Claimed) -> bool:
+        """Whether `row`'s message may begin: still ours and still wanted (`Hand.admit`)."""
+        return self.hand.admit(row.id)
+
+    def _renew_held(self) -> set[int]:
+        with self.write_lock:  # never fight the recorder for SQLite's write lock
+            return held.renew_held(self.engine, self.owner, self.lease_seconds)
+
+    def _check_held(self, ids: list[int]) -> held.Held:
+        return held.check_held(self.engine, self.owner, ids)
+
+    def _skip_left(self, ids: list[int]) -> None:
+        """Rows the hand dropped because their recipients left: skipped, as a claim does."""
+        with self.write_lock:
+            skipped = held.skip_unmailable(self.engine, self.mailing.id, self.owner, ids)
+        if self.tally is not None:
+            for _ in range(skipped):
+                self.tally.add("skipped")
+
     # ------------------------------------------------------------------ one message
 
     def settle(self, row: q.Claimed, result: SendResult, tally: Tally) -> Pending:
@@ -438,6 +467,7 @@ class MailingPass:
         self.reach.note(result)
         outcome = self._outcome(row, result)
         pending = self.recorder.submit(row.id, outcome)
+        self.hand.settled(row.id)
         if result.bounced:
             self._bounce(row, result)
         error = None if result.ok else f"{row.email}: {describe_result(result)}"
@@ -476,6 +506,8 @@ class MailingPass:
             if self.stop.is_set():
                 return None
             self.bucket.acquire()
+            if not self.admit(row):
+                return None  # taken over, left the list, or the lease is in doubt: unsent
             try:
                 if early:
                     ready()

@@ -111,6 +111,8 @@ class RoundsStrategy:
                 slow.append((transport, row, message, THROTTLE_RETRIES))
                 continue
             core.bucket.acquire()
+            if not core.admit(row):
+                continue  # taken over, left the list, or the lease in doubt: unsent
             reused = transport.connects == connects
             flight = transport.begin(core.sender(row.id), row.email, message, reused=reused)
             flights.append((transport, row, message, flight))

@@ -168,6 +168,11 @@ class PassCore(Protocol):
 
     def release(self) -> None: ...
 
+    def admit(self, row: q.Claimed) -> bool:
+        """Whether `row`'s message may begin now: its lease known to be ours and
+        its recipient not known to have left (`delivery.hand`); False: skip it."""
+        ...
+
     def message(self, row: q.Claimed) -> bytes:
         """The personalised (and signed) bytes for `row`."""
         ...

@@ -459,6 +459,11 @@ class StreamsStrategy:
                 return None
             if (delay := core.bucket.reserve()) > 0:
                 await self._pause(delay)
+            if not core.admit(job.row):
+                # Taken over, left the list, or the lease in doubt: unsent.  An
+                # envelope announced for it behind the last dot is dropped
+                # with the connection (`StreamSmtp._attempt`, `close`).
+                return None
             try:
                 result = await conn.send(
                     core.sender(job.row.id),

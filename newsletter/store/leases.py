@@ -25,7 +25,7 @@ import hashlib
 import os
 import socket
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -41,16 +41,15 @@ from sqlalchemy import (
     literal_column,
     or_,
     select,
-    text,
     update,
 )
 from sqlalchemy.exc import SQLAlchemyError
 
 from newsletter.errors import StoreError, database_reason
-from newsletter.store import journal, now
-from newsletter.store.halts import CANCELLED, halted_now
-from newsletter.store.handover import hand_over_leavers
-from newsletter.store.schema import deliveries, mailings, memberships, subscribers
+from newsletter.store import journal
+from newsletter.store.halts import halted_now
+from newsletter.store.held import CLAIMED, IDS, db_now, skip_leavers, split_mailable
+from newsletter.store.schema import deliveries
 
 CLAIMABLE = ("queued", "deferred")
 # `status = 'deferred'` written into the SQL, not bound: only then can SQLite
@@ -195,14 +194,6 @@ def _is_dead(conn: Connection, owner: str) -> bool:
 # --------------------------------------------------------------------------- claiming
 
 
-def db_now(conn: Connection) -> datetime:
-    """The database's clock on PostgreSQL (one clock for every host); ours on SQLite."""
-    if conn.dialect.name == "postgresql":
-        moment: datetime = conn.scalar(text("SELECT statement_timestamp()"))
-        return moment
-    return now()
-
-
 def _candidate_queries() -> list[Any]:
     """The claimable rows as three queries, each served in order by an index.
 
@@ -336,25 +327,11 @@ def claim(
                     "at": at,
                 },
             )
-            claimed, skipped = _split_mailable(conn.execute(_CLAIMED, {"ids": ids}).all())
-            if skipped:
-                # Still on another list with this post's deduplicated mailing:
-                # that list's copy, not a skip (rare: one more look per claim).
-                moved = hand_over_leavers(conn, mailing_id, skipped, CANCELLED)
-                skipped = [i for i in skipped if i not in moved]
-            if skipped:
-                conn.execute(
-                    update(deliveries)
-                    .where(deliveries.c.id.in_(skipped))
-                    .values(
-                        status="skipped",
-                        lease_owner=None,
-                        lease_expires_at=None,
-                        last_text="no longer subscribed",
-                        updated_at=at,
-                    )
-                )
-            return claimed, len(skipped)
+            rows, skipped = split_mailable(conn.execute(CLAIMED, {"ids": ids}).all())
+            # Still on another list with this post's deduplicated mailing:
+            # that list's copy, not a skip (`skip_leavers`).
+            count = skip_leavers(conn, mailing_id, skipped, at)[0] if skipped else 0
+            return [_claimed(row) for row in rows], count
     except SQLAlchemyError as exc:
         raise StoreError(
             f"cannot claim deliveries of mailing {mailing_id}: {database_reason(exc)}"
@@ -418,9 +395,7 @@ def claimable_left(
         return any(conn.execute(query, parameters).first() is not None for query in _CANDIDATES)
 
 
-# The ids as one expanding parameter: built once, cached compiled, and 200
-# ids cost no per-element coercion (profiled: ~2 ms of CPU a claim in_(list)).
-_IDS: Any = bindparam("ids", expanding=True)
+_IDS = IDS  # the ids as one expanding parameter (`store.held`)
 _LEASE = (
     update(deliveries)
     .where(deliveries.c.id.in_(_IDS))
@@ -433,46 +408,8 @@ _LEASE = (
 )
 
 
-def _claimed_query(ids: Any) -> Any:
-    membership = and_(
-        memberships.c.subscriber_id == deliveries.c.subscriber_id,
-        memberships.c.list_id == mailings.c.list_id,
-    )
-    return (
-        select(
-            deliveries.c.id,
-            deliveries.c.subscriber_id,
-            subscribers.c.uid,
-            deliveries.c.email,
-            subscribers.c.name,
-            deliveries.c.attempts,
-            deliveries.c.message_id,
-            subscribers.c.status,
-            memberships.c.subscriber_id.is_not(None),
-            memberships.c.unsubscribed_at,
-        )
-        .select_from(deliveries)
-        .join(mailings, mailings.c.id == deliveries.c.mailing_id)
-        .join(subscribers, subscribers.c.id == deliveries.c.subscriber_id)
-        .outerjoin(memberships, membership)
-        .where(deliveries.c.id.in_(ids))
-        .order_by(deliveries.c.id)
-    )
-
-
-_CLAIMED = _claimed_query(_IDS)
-
-
-def _split_mailable(rows: Iterable[Any]) -> tuple[list[Claimed], list[int]]:
-    claimed: list[Claimed] = []
-    skipped: list[int] = []
-    for row in rows:
-        is_member, unsubscribed_at = row[8], row[9]
-        if row[7] != "active" or not is_member or unsubscribed_at is not None:
-            skipped.append(row[0])
-            continue
-        claimed.append(Claimed(row[0], row[1], row[2], row[3], row[4] or "", row[5], row[6]))
-    return claimed, skipped
+def _claimed(row: Any) -> Claimed:
+    return Claimed(row[0], row[1], row[2], row[3], row[4] or "", row[5], row[6])
 
 
 # --------------------------------------------------------------------------- keeping, giving back
