@@ -48,7 +48,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from newsletter.errors import StoreError, database_reason
 from newsletter.store import journal
 from newsletter.store.halts import halted_now
-from newsletter.store.held import CLAIMED, IDS, db_now, skip_leavers, split_mailable
+from newsletter.store.held import (
+    CLAIMED,
+    IDS,
+    db_now,
+    renew_held,
+    skip_leavers,
+    split_mailable,
+)
 from newsletter.store.schema import deliveries
 
 CLAIMABLE = ("queued", "deferred")
@@ -416,18 +423,9 @@ def _claimed(row: Any) -> Claimed:
 
 
 def renew(engine: Engine, owner: str, lease_seconds: float) -> int:
-    """Extend every lease `owner` holds by `lease_seconds` from now (database clock)."""
-    try:
-        with engine.begin() as conn:
-            at = db_now(conn)
-            result = conn.execute(
-                update(deliveries)
-                .where(deliveries.c.lease_owner == owner, deliveries.c.status == "sending")
-                .values(lease_expires_at=at + timedelta(seconds=lease_seconds))
-            )
-            return int(result.rowcount)
-    except SQLAlchemyError as exc:
-        raise StoreError(f"cannot renew the leases of {owner}: {database_reason(exc)}") from exc
+    """Extend every lease `owner` holds by `lease_seconds` from now (database
+    clock); how many.  A sender renews with `held.renew_held`, which names them."""
+    return len(renew_held(engine, owner, lease_seconds))
 
 
 def release(engine: Engine, owner: str) -> None:
