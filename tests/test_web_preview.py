@@ -153,6 +153,21 @@ def test_a_draft_in_the_sites_drafts_folder_previews_by_its_name(
     assert client.get("/post/not-a-draft").status_code == 404
 
 
+def test_an_edited_draft_shows_on_the_next_request(client: TestClient, config: Path) -> None:
+    """A draft is read again on each request, but its preview was kept by
+    (id, list) and dropped only when a post folder changed: the preview kept
+    the first version while `render` and the test send used the new one."""
+    settings = load_settings(config)
+    drafts = (settings.site.source_dir or settings.base_dir) / "_drafts"
+    drafts.mkdir(exist_ok=True)
+    draft = drafts / "stale.md"
+    draft.write_text("---\ntitle: Stale draft\n---\nVersion one.\n", encoding="utf-8")
+    assert "Version one." in client.get("/html/stale").text
+    draft.write_text("---\ntitle: Stale draft\n---\nVersion two.\n", encoding="utf-8")
+    assert "Version two." in client.get("/html/stale").text
+    assert "Version two." in client.get("/post/stale").text
+
+
 def test_index_reports_unreadable_posts(client: TestClient, config: Path) -> None:
     (config.parent / "posts" / "2024-10-10-broken.md").write_text("---\ntitle: [unclosed\n---\nx\n")
     page = client.get("/")

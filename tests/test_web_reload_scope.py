@@ -226,6 +226,20 @@ def test_each_kind_of_file_a_preview_is_made_from_reloads_it(site: Path, kind: s
     expect_reloads(settings, [edit], [1])
 
 
+def test_an_edited_draft_reloads_the_preview(site: Path) -> None:
+    """`_drafts/next.md` previews by its name (`/post/next`): an edit to it,
+    and a new draft, reload the page.  Before, `_drafts` was not watched."""
+    (site / "_drafts").mkdir()
+    draft = site / "_drafts" / "next.md"
+    draft.write_text("---\ntitle: Next\n---\nSoon.\n")
+    settings = load_settings(site / "newsletter.toml")
+    edits: list[Edit] = [
+        append(draft),
+        lambda: (site / "_drafts" / "later.md").write_text("---\ntitle: Later\n---\n"),
+    ]
+    expect_reloads(settings, edits, [1, 1])
+
+
 def test_the_configuration_file_reloads_whether_written_or_renamed_over(site: Path) -> None:
     settings = load_settings(site / "newsletter.toml")
     config = site / "newsletter.toml"

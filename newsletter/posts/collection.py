@@ -308,11 +308,16 @@ def find_post_or_draft(posts: PostCollection, ref: str, settings: Settings) -> P
     return replace(read_post(draft, settings), published=False)
 
 
+def drafts_dir(settings: Settings) -> Path:
+    """The site's `_drafts` folder (there or not)."""
+    return (settings.site.source_dir or settings.base_dir) / "_drafts"
+
+
 def _draft_file(ref: str, settings: Settings) -> Path | None:
     from newsletter.posts.site import MARKDOWN_EXTS
 
     source = settings.site.source_dir or settings.base_dir
-    drafts = source / "_drafts"
+    drafts = drafts_dir(settings)
     # No `~` expansion: the preview server passes a URL's words here.
     given = Path(ref)
     candidates = [given, source / given] if given.suffix else []

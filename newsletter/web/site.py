@@ -22,7 +22,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from newsletter.config import ListSettings, Settings, utcnow
 from newsletter.daemon.planning import list_takes
 from newsletter.errors import StoreError
-from newsletter.posts.collection import Post, PostCollection, load_posts, post_status
+from newsletter.posts.collection import (
+    Post,
+    PostCollection,
+    drafts_dir,
+    load_posts,
+    post_status,
+)
 from newsletter.posts.pages import files_unchanged
 from newsletter.posts.stamps import site_folders
 from newsletter.store import open_store, reading
@@ -95,10 +101,15 @@ def watched_files(settings: Settings) -> list[Path]:
 
 
 def watched_dirs(settings: Settings) -> list[Path]:
-    """Folders watched recursively: the posts, what else a post is read from
-    (Jekyll's `_data`, `_includes`, collections) and the templates; also
-    those not made yet (`reload.watch` watches for them)."""
-    folders = (settings.site.posts_dir, *site_folders(settings), *theme_dirs(settings))
+    """Folders watched recursively: the posts, the drafts (previewed by name),
+    what else a post is read from (Jekyll's `_data`, `_includes`, collections)
+    and the templates; also those not made yet (`reload.watch` watches for them)."""
+    folders = (
+        settings.site.posts_dir,
+        drafts_dir(settings),
+        *site_folders(settings),
+        *theme_dirs(settings),
+    )
     return [p.resolve() for p in folders]
 
 
@@ -247,9 +258,12 @@ class Site:
         with self._lock:
             self.posts()  # drops stale previews
             key = (post.post_id, mailing_list.name)
-            if key not in self._previews:
-                self._previews[key] = build_preview(self.settings(), post, mailing_list)
-            return self._previews[key]
+            kept = self._previews.get(key)
+            # Compared whole, as the render cache keys on every field: a draft
+            # is read afresh per request, and no post folder tells of its edit.
+            if kept is None or kept.post != post:
+                kept = self._previews[key] = build_preview(self.settings(), post, mailing_list)
+            return kept
 
 
 # --------------------------------------------------------------------------- status
