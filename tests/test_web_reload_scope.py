@@ -386,6 +386,35 @@ def test_a_page_a_post_links_to_reloads_the_preview(site: Path) -> None:
     assert "/questions/" in body(preview_site)
 
 
+def test_config_edits_reload_when_a_post_links_to_a_page_at_the_root(
+    site: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`newsletter preview` run in the site: the configuration is
+    `newsletter.toml`, relative, so a linked page's name was `about.md` and
+    its folder `.`, watched beside the site's absolute root; the watcher
+    reported `/site/./_config.yml`, which the filter did not know, and an
+    in-place edit of `_config.yml`, `newsletter.toml` or the page reloaded
+    nothing."""
+    monkeypatch.chdir(site)
+    (site / "about.md").write_text("---\npermalink: /about/\n---\nAbout\n")
+    (site / "_posts" / "2024-03-03-linked.md").write_text(
+        "---\ntitle: Linked\n---\n\nSee [us]({% link about.md %}).\n"
+    )
+    past = time.time() - 60
+    for path in (*site.rglob("*.md"), *site.rglob("*.yml")):
+        os.utime(path, (past, past))
+    preview_site = Site(lambda: load_settings(Path("newsletter.toml")))
+    preview_site.posts()  # the page the browser shows
+    edits: list[Edit] = [
+        append(site / "_config.yml", "# edited in place\n"),
+        lambda: preview_site.posts(),  # the reloaded page reads them again
+        append(site / "newsletter.toml", "# edited in place\n"),
+        lambda: preview_site.posts(),
+        lambda: (site / "about.md").write_text("---\npermalink: /us/\n---\nAbout\n"),
+    ]
+    expect_site_reloads(preview_site, edits, [1, 0, 1, 0, 1])
+
+
 @pytest.mark.parametrize("folder", ["_data", "_includes", "theme"])
 def test_a_watched_folder_made_after_the_start_is_watched_at_once(site: Path, folder: str) -> None:
     """A folder the preview reads from (`_data`, `_includes`, `[email]

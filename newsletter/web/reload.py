@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -159,6 +160,9 @@ def _filter(
     """Only the configuration files, the watched folders and what lies under them."""
 
     def relevant(_change: watchfiles.Change, path: str) -> bool:
+        # A folder watched by a name with `.` or `..` in it reports them in
+        # its paths; `wanted` and `prefixes` are resolved.
+        path = os.path.normpath(path)
         return path in wanted or path.startswith(prefixes)
 
     return relevant
@@ -226,7 +230,7 @@ async def _watch_once(
                 if step is replanned:
                     continue
                 changes = waiting.pop(step)
-                batch |= step.result()
+                batch |= {(change, os.path.normpath(path)) for change, path in step.result()}
                 waiting[asyncio.ensure_future(anext(changes))] = changes
             if batch:
                 log.debug("reloading after %s", batch)

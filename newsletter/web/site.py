@@ -233,10 +233,16 @@ class Site:
 
     def linked_files(self) -> list[Path]:
         """The pages and files the posts link to or include
-        (`{% link %}`, `{% include_relative %}`): watched as single files."""
+        (`{% link %}`, `{% include_relative %}`): watched as single files.
+
+        Made absolute as the configuration files are: a name is relative to
+        the folder the preview runs in when the configuration's path is (it
+        is stat'ed as it stands, so the site root would join it twice), and a
+        relative folder `.` watched beside the absolute root made the watcher
+        report paths (`/site/./_config.yml`) the filter did not know."""
         with self._lock:
             posts = self._posts
-        return [] if posts is None else [Path(name) for name, _key in posts.linked]
+        return [] if posts is None else [Path(name).resolve() for name, _key in posts.linked]
 
     def posts(self) -> PostCollection:
         with self._lock:
