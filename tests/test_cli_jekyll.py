@@ -31,7 +31,8 @@ def test_init_in_a_jekyll_site_reads_config_yml(news_site: Path) -> None:
     result = CliRunner().invoke(main, ["init"])
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert lines[1:6] == [
+    assert lines[1:7] == [
+        "created subscribers/",  # before the summary: made even when it fails
         "found a Jekyll site (_config.yml):",
         "  posts: 11 in en/_posts, en/news/_posts, ja/news/_posts",
         "  url: https://www.example.org",
@@ -60,6 +61,28 @@ def test_init_says_when_the_timezone_is_not_set(news_site: Path) -> None:
         "_config.yml: timezone: warning: _config.yml sets no timezone: Jekyll then uses the "
         "build machine's, newsletter UTC; dates and URLs may differ by a day"
     ) in checked.output
+
+
+def test_init_on_the_config_jekyll_new_writes_finishes(news_site: Path) -> None:
+    """`jekyll new` writes `url: ""`.  Before, `init` wrote newsletter.toml and
+    then stopped (exit 1: site.url is no absolute URL), with no subscribers/
+    and no summary, and a second `init` refused the file it had written."""
+    config = news_site / "_config.yml"
+    config.write_text(config.read_text().replace("url: https://www.example.org", 'url: ""'))
+    result = CliRunner().invoke(main, ["init"])
+    assert result.exit_code == 0, result.output
+    assert (
+        "  url: not set (set url: in _config.yml, or [site] url in newsletter.toml)"
+        in result.stdout.splitlines()
+    )
+    assert "created subscribers/" in result.stdout
+    assert (news_site / "subscribers").is_dir()
+    checked = CliRunner().invoke(main, ["check"])
+    assert checked.exit_code == 1
+    assert (
+        "got '' (from _config.yml: set url: there, or [site] url in newsletter.toml)"
+        in checked.output
+    )
 
 
 def test_no_posts_is_a_warning_saying_where_it_looked(news_site: Path) -> None:

@@ -393,7 +393,7 @@ def test_a_jekyll_url_without_scheme_says_how_to_override_it(tmp_path: Path) -> 
     cfg.write_text('[site]\njekyll_config = "_config.yml"\n[lists.main]\n', encoding="utf-8")
     result = CliRunner().invoke(main, ["--config", str(cfg), "check"])
     assert result.exit_code == 1
-    assert "(from _config.yml: set [site] url to override it)" in result.output
+    assert "(from _config.yml: set url: there, or [site] url in newsletter.toml)" in result.output
     cfg.write_text(
         '[site]\njekyll_config = "_config.yml"\nurl = "https://fieldnotes.example.com"\n'
         "[lists.main]\n",

@@ -475,8 +475,7 @@ def init_cmd(force: bool) -> None:
     except OSError as exc:
         raise ConfigError(f"cannot write: {exc.strerror or exc}", path=config) from exc
     click.echo(f"wrote {config} (since = {since})")
-    if jekyll_site:
-        _describe_jekyll_site(config)
+    # The folders first: a site the summary cannot read still gets them.
     for folder in folders:
         if not folder.exists():
             try:
@@ -484,6 +483,8 @@ def init_cmd(force: bool) -> None:
             except OSError as exc:
                 raise ConfigError(f"cannot create: {exc.strerror or exc}", path=folder) from exc
             click.echo(f"created {folder}/")
+    if jekyll_site:
+        _describe_jekyll_site(config)
 
 
 def _sender_of(jekyll_config: Path) -> str:
@@ -503,21 +504,41 @@ def _sender_of(jekyll_config: Path) -> str:
     return json.dumps(f"{phrase(name)} <newsletter@example.com>", ensure_ascii=False)
 
 
+def _jekyll_url(jekyll_config: Path) -> str | None:
+    """_config.yml's `url:`; None when it is missing, empty or unreadable."""
+    import yaml
+
+    try:
+        url = (yaml.safe_load(jekyll_config.read_text(encoding="utf-8")) or {}).get("url")
+    except (OSError, UnicodeError, yaml.YAMLError, AttributeError):
+        return None  # load_settings says what is wrong with the file
+    return url if isinstance(url, str) and url.strip() else None
+
+
 def _describe_jekyll_site(config: Path) -> None:
     """What `init` found in the Jekyll site, so a wrong guess shows at once."""
-    from newsletter.config import load_settings
+    from newsletter.config import SiteSettings, load_settings
     from newsletter.posts.collection import load_posts
     from newsletter.posts.files import site_post_files
 
-    settings = load_settings(config)
+    url = _jekyll_url(Path("_config.yml"))
+    # `jekyll new` writes `url: ""`: a url still to set, as a missing one is,
+    # not a reason to stop here (`check` and `send` refuse it, saying where).
+    settings = load_settings(config, None if url else {"site.url": SiteSettings.url})
     site = settings.site
-    jekyll = site.jekyll or {}
     files = site_post_files(settings)
     folders = sorted({f.site_rel.rsplit("_posts/", 1)[0] + "_posts" for f in files})
     click.echo("found a Jekyll site (_config.yml):")
     click.echo(f"  posts: {len(files)} in {', '.join(folders) or 'no _posts folder'}")
-    click.echo(f"  url: {site.url}{site.baseurl}" + ("" if "url" in jekyll else " (not set)"))
-    zone = site.timezone if "timezone" in jekyll else f"{site.timezone} (not set in _config.yml)"
+    if url:
+        click.echo(f"  url: {site.url}{site.baseurl}")
+    else:
+        click.echo("  url: not set (set url: in _config.yml, or [site] url in newsletter.toml)")
+    zone = (
+        site.timezone
+        if "timezone" in (site.jekyll or {})
+        else f"{site.timezone} (not set in _config.yml)"
+    )
     click.echo(f"  timezone: {zone}")
     collection = load_posts(settings, bodies=False)
     authors = sorted({a.name for p in collection.posts for a in p.authors})

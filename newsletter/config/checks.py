@@ -140,7 +140,11 @@ def _validate_site_url(settings: Settings) -> None:
     relative, which no mail reader can follow."""
     url = settings.site.url
     if not re.fullmatch(_ABSOLUTE_URL, url):
-        where = " (from _config.yml: set [site] url to override it)" if settings.site.jekyll else ""
+        where = (
+            " (from _config.yml: set url: there, or [site] url in newsletter.toml)"
+            if settings.site.jekyll is not None
+            else ""
+        )
         raise ConfigError(
             f'expected an absolute URL like "https://blog.example.com", got {url!r}{where}',
             path=settings.config_path,
