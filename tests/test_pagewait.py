@@ -193,6 +193,32 @@ def test_past_the_timeout_the_mailing_is_held_and_status_says_why(
     web.stop()
     assert result.exit_code == 0, result.output
     assert sorted(server.recipients()) == sorted(MEMBERS)
+    # Before, the finished mailing still told the owner to send it.
+    shown = status(site)
+    assert "done" in shown and "held" not in shown and "did not answer" not in shown
+
+
+def test_a_waiting_mailing_sent_once_the_wait_is_off_drops_its_note(
+    tmp_path: Path, server: SmtpTestServer
+) -> None:
+    """`wait_for_page = false` set while a mailing waits for its page: the
+    next pass sends it, and `status` no longer says it waits for a 404."""
+    web = LateSite(delay=None)  # the build never happens
+    site = gated_site(tmp_path, server.port, web)
+    settings = site.settings()
+    add_members(engine_of(settings), "news", settings=settings)
+    once = ["--config", str(site.config), "run", "--once"]
+    assert CliRunner().invoke(main, once).exit_code == 0
+    assert "waiting for the page" in status(site)
+    site.config.write_text(
+        site.config.read_text().replace("wait_for_page = true", "wait_for_page = false")
+    )
+    result = CliRunner().invoke(main, once)
+    web.stop()
+    assert result.exit_code == 0, result.output
+    assert sorted(server.recipients()) == sorted(MEMBERS)
+    shown = status(site)
+    assert "done" in shown and "waiting" not in shown and "answered 404" not in shown, shown
 
 
 def test_wait_for_page_defaults_on_for_an_https_site(tmp_path: Path) -> None:

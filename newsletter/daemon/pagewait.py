@@ -77,10 +77,14 @@ def page_ready(
     fetch: Fetch = fetch_status,
 ) -> bool:
     """Whether the daemon may send this mailing now; records why not."""
-    if not settings.waits_for_page:
-        return True
     with engine.connect() as conn:
         mailing = q.get_mailing(conn, mailing_id)
+    if not settings.waits_for_page:
+        if mailing is not None and mailing.state in (WAITING, HELD):
+            # Turned off while it waited: it goes now, and its note with it.
+            with engine.begin() as conn:
+                q.open_gate(conn, mailing_id)
+        return True
     if mailing is None or mailing.kind != "post":
         return True
     if mailing.state == HELD:

@@ -145,6 +145,8 @@ def _plan(
                     mine = existing.origin == EXPLICIT and existing.state != CANCELLED
                     if plan.origin == EXPLICIT and not mine:
                         take_over(conn, existing.id)
+                    if plan.origin == EXPLICIT:
+                        q.open_gate(conn, existing.id)  # the owner sends it: no page wait
                     result[name] = existing.id
                     continue
                 lid = q.list_id(conn, name)

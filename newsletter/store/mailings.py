@@ -273,6 +273,18 @@ def set_gate(
         )
 
 
+def open_gate(conn: Connection, mailing_id: int) -> None:
+    """The mailing goes ahead without its page check (the owner's `send`, or
+    `wait_for_page` turned off): a waiting or held one is sending, so no
+    later check gates it again, and the check's note goes, or `status` would
+    tell the owner of a finished mailing to act on it."""
+    conn.execute(
+        update(mailings)
+        .where(mailings.c.id == mailing_id, mailings.c.state.in_(("waiting", "held")))
+        .values(state="sending", paused_until=None, last_error=None)
+    )
+
+
 def note_error(engine: Engine, mailing_id: int, error: str) -> None:
     """Why a pass could not deliver this mailing at all (its post is gone, its
     template broke): `status` shows it as the mailing's last error."""
