@@ -176,6 +176,26 @@ def test_index_reports_unreadable_posts(client: TestClient, config: Path) -> Non
     assert "2024-10-10-broken.md" in page.text
 
 
+def test_a_readable_posts_warnings_are_not_listed_as_unreadable(
+    client: TestClient, config: Path
+) -> None:
+    """Before, a post's warnings were listed under "Posts that cannot be
+    read" while the same post was listed, readable, with its warning count."""
+    (config.parent / "posts" / "2024-10-11-odd.md").write_text(
+        "---\ntitle: Odd\n---\nHi {% frobnicate %}\n"
+    )
+    page = client.get("/")
+    assert page.status_code == 200
+    assert "Posts that cannot be read" not in page.text
+    row = re.search(r'<tr data-post="odd">.*?</tr>', page.text, re.S)
+    assert row is not None and '<span class="level-warning">1</span>' in row.group(0)
+    (config.parent / "posts" / "2024-10-10-broken.md").write_text("---\ntitle: [unclosed\n---\nx\n")
+    page = client.get("/")
+    unreadable = page.text[page.text.index("Posts that cannot be read") :]
+    unreadable = unreadable[: unreadable.index("</section>")]
+    assert "2024-10-10-broken.md" in unreadable and "frobnicate" not in unreadable
+
+
 def test_broken_configuration_shows_the_error_then_recovers(
     client: TestClient, config: Path
 ) -> None:

@@ -34,8 +34,8 @@ from starlette.responses import (
 from starlette.routing import Route
 
 from newsletter.config import ListSettings, Settings
-from newsletter.errors import NewsletterError, PostError
-from newsletter.posts.collection import Post, find_post_or_draft
+from newsletter.errors import NewsletterError, PostError, Problem
+from newsletter.posts.collection import Post, PostCollection, find_post_or_draft
 from newsletter.web.hostcheck import LocalOnlyMiddleware
 from newsletter.web.pages import SecureStarlette, kept_pages, page
 from newsletter.web.reload import Broadcaster, FirstAnswer, watch
@@ -119,14 +119,26 @@ def index(request: Request) -> Response:
         }
         for post in reversed(posts.posts)
     ]
+    errors, warnings = _problems(posts)
     return _page(
         request,
         "preview_index.html",
         site_title=settings.site.title,
         rows=rows,
-        problems=posts.problems,
         lists=list(settings.lists),
+        errors=errors,
+        warnings=warnings,
     )
+
+
+def _problems(posts: PostCollection) -> tuple[list[Problem], list[Problem]]:
+    """The errors (posts that cannot be read) apart from the warnings: a
+    listed post's warnings are counted on its row (and shown on its page),
+    so only the others (the site's, say) are listed under their own heading."""
+    listed = {post.path for post in posts.posts}
+    errors = [p for p in posts.problems if p.severity == "error"]
+    warnings = [p for p in posts.problems if p.severity != "error" and p.path not in listed]
+    return errors, warnings
 
 
 # --------------------------------------------------------------------------- one post
