@@ -793,3 +793,33 @@ def test_progress_reports_bytes_up_to_the_size(tmp_path: Path) -> None:
     assert rows == 150_000
     assert seen_bytes == sorted(seen_bytes) and len(seen_bytes) >= 3
     assert seen_bytes[-1] == path.stat().st_size
+
+
+def test_our_own_export_keeps_its_status_though_it_carries_an_unsub_time_attribute(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    # Another tool's file with an `unsub_time` column: the filled rows are
+    # unsubscribed and the column is kept as an attribute.  The owner then
+    # resubscribes one; our export says `active` and carries the attribute,
+    # and importing it elsewhere (a move to PostgreSQL) undid the resubscribe.
+    import io
+
+    from newsletter.audience import members as subs
+    from newsletter.audience.subscribers import export_list
+
+    source = tmp_path / "other-tool.csv"
+    source.write_text("email,unsub_time\nx@example.com,2023-01-01\ny@example.com,\n")
+    run_import(engine, settings, source)
+    assert statuses(engine) == {"x@example.com": "unsubscribed", "y@example.com": "active"}
+    found = subs.get_by_email(engine, "x@example.com")
+    assert found is not None
+    subs.resubscribe(engine, found.id, "news", source="owner")
+    out = io.StringIO()
+    export_list(engine, "news", out)
+    backup = tmp_path / "backup.csv"
+    backup.write_text(out.getvalue(), encoding="utf-8")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    moved = make_engine(elsewhere, settings)
+    run_import(moved, settings, backup)
+    assert statuses(moved) == {"x@example.com": "active", "y@example.com": "active"}

@@ -97,3 +97,43 @@ def test_a_sender_stopped_past_its_lease_sends_none_of_the_rows_taken_over(
     deliver_mailing(engine, settings, mid, load_posts(settings))
     assert sorted(smtp_server.recipients()) == READERS
     assert {row.status for row in ledger(engine).values()} == {"sent"}
+
+
+@pytest.mark.parametrize("strategy", ["streams", "threaded", "rounds"])
+def test_rows_deferred_untried_while_the_server_is_down_are_not_called_taken_over(
+    sample_site: Path,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    strategy: str,
+) -> None:
+    """A pass that gives up on an unreachable server defers the rest of its
+    claim untried; those rows stayed in its hand as not yet begun, and the
+    re-check, finding them no longer leased once their outcomes were in,
+    warned that another sender had taken them over."""
+    import logging
+
+    from newsletter.delivery import keeper
+
+    monkeypatch.setattr(keeper, "RECHECK_EVERY", 0.05)
+    closed = SmtpTestServer()  # its port bound, never listening: every connect refused
+    settings = site_settings(
+        sample_site,
+        closed,
+        **{
+            "database.url": database_url,
+            "delivery.strategy": strategy,
+            "delivery.rate_per_second": 400,
+        },
+    )
+    engine = populate(settings, 600)
+    mid = plan_mailing(engine, settings, POST, "sample")
+    caplog.set_level(logging.INFO)
+    try:
+        report = deliver_mailing(engine, settings, mid, load_posts(settings))
+    finally:
+        closed.stop()
+    assert report.sent == 0 and report.deferred == 600, report
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not [m for m in said if "leased to this sender" in m or "taken by" in m], said
+    assert {row.status for row in ledger(engine).values()} == {"deferred"}

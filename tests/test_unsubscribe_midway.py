@@ -90,3 +90,36 @@ def test_a_reader_who_leaves_after_the_claim_is_skipped(
     received = smtp_server.recipients()
     assert sorted(received) == [r for r in READERS if r != LEAVER], received
     assert (report.sent, report.skipped) == (5, 1), report
+
+
+@pytest.mark.parametrize("strategy", ["streams", "threaded", "rounds"])
+def test_a_reader_who_leaves_while_their_message_waits_out_a_throttle_is_skipped(
+    sample_site: Path, smtp_server: SmtpTestServer, database_url: str, strategy: str
+) -> None:
+    """The server answers the leaver's message "451 4.7.0" (slow down): the pass
+    pauses (`backoff_base`, 6 s) and tries it again.  Before, the row counted
+    as begun from its first try, the re-check passed it over, and the retry
+    mailed someone who had left seconds before."""
+    smtp_server.pipelining = strategy != "threaded"
+    smtp_server.script(LEAVER, "451 4.7.0 Throttling: slow down", stage="data", times=1)
+    settings = site_settings(
+        sample_site,
+        smtp_server,
+        **{
+            "database.url": database_url,
+            "delivery.strategy": strategy,
+            "delivery.concurrency": 1,
+            "delivery.backoff_base": 6.0,
+        },
+    )
+    engine = populate(settings, len(READERS))
+    mid = plan_mailing(engine, settings, POST, "sample")
+    sending = Sending(engine, settings, mid)
+    wait_until(lambda: len(smtp_server.refused) >= 1, "the throttled message")
+    LEAVING["unsubscribe"](engine)
+    wait_until(lambda: status_of(engine, LEAVER) != "sending", "the leaver's outcome")
+    assert status_of(engine, LEAVER) == "skipped"
+    report = sending.finish()
+    received = smtp_server.recipients()
+    assert sorted(received) == [r for r in READERS if r != LEAVER], received
+    assert report.skipped == 1, report

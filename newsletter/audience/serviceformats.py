@@ -238,7 +238,9 @@ def mapper_for(fmt: str, header: Sequence[str], file_name: str, label: Path) -> 
             line=1,
         )
     status_of = STATUS_RULES[fmt](cols, file_name)
-    if fmt != "mailchimp":
+    # Not our own export either: its status column is the store's word (a
+    # resubscribed member's kept `unsub_time` attribute must not undo it).
+    if fmt not in ("mailchimp", "newsletter"):
         status_of = at_least_what_the_file_says(status_of, cols, file_name)
     always = status_of.result if isinstance(status_of, Always) else None
     email_i = cols.index[email_col]

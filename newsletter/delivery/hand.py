@@ -99,7 +99,13 @@ class Hand:
         known to be good (renewed first when its end is near)."""
         verdict = self._admitted(row)
         if verdict is None:
-            self.renew(urgent=True)
+            try:
+                self.renew(urgent=True)
+            except NewsletterError:
+                # The hand is dropped (`renew`); the keeper's next tick says
+                # why.  This row is turned away, the pass goes on (its rows
+                # go back when it ends): a renewal the keeper failed does so.
+                return False
             verdict = self._admitted(row)
         return bool(verdict)
 
@@ -118,9 +124,20 @@ class Hand:
             return True
 
     def settled(self, row: int) -> None:
-        """`row`'s outcome is in the recorder's hands."""
+        """`row`'s outcome is in the recorder's hands (also one decided before it
+        began: a pass that gave up on an unreachable server defers rows untried)."""
         with self._lock:
             self.begun.discard(row)
+            self.unsent.discard(row)
+
+    def again(self, row: int) -> None:
+        """`row` was not sent (throttled) and waits to be tried again: not yet
+        begun, so that a recipient who leaves during the pause is dropped by
+        the next `recheck` instead of mailed by the retry."""
+        with self._lock:
+            if row in self.begun:
+                self.begun.discard(row)
+                self.unsent.add(row)
 
     def renew(self, *, urgent: bool = False) -> None:
         """Renew every lease we hold; drop what another sender took meanwhile.
@@ -172,6 +189,14 @@ class Hand:
             )
         if gone:
             self._skip(gone)
+
+    def forget(self) -> None:
+        """The pass is over and gives its leases back: nothing left to renew or
+        re-check (the keeper may tick once more before it stops), nothing to say."""
+        with self._lock:
+            self.unsent.clear()
+            self.begun.clear()
+            self.dropped.clear()
 
     def _drop_all(self) -> None:
         with self._lock:

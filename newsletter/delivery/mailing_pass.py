@@ -359,6 +359,7 @@ class MailingPass:
             self.bucket.set_rate(rate / max(1, q.active_senders(self.engine)))
 
     def release(self) -> None:
+        self.hand.forget()  # the keeper's last tick must not call these rows taken over
         if self.recorder.owes:
             # The last fold failed: releasing would send the journaled rows
             # again.  Their leases stay until `free_dead_leases` folds the
@@ -523,10 +524,12 @@ class MailingPass:
             if not result.throttled:
                 self.throttle.ok()
                 return result
-            self.throttled(result)
+            self.throttled(result, row)
         return result
 
-    def throttled(self, result: SendResult) -> None:
+    def throttled(self, result: SendResult, row: q.Claimed) -> None:
+        """A "slow down" reply to `row`'s message: pause, and try it again later."""
+        self.hand.again(row.id)
         log.info("throttled by the server (%s %s); slowing down", result.code, result.text)
         self.throttled_by = result
         self.throttle.hit()

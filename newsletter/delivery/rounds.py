@@ -127,7 +127,7 @@ class RoundsStrategy:
             result = flight.result
             if flight.retry or result.throttled:
                 if result.throttled:
-                    core.throttled(result)
+                    core.throttled(result, row)
                 tries = THROTTLE_RETRIES - 1 if result.throttled else THROTTLE_RETRIES
                 slow.append((transport, row, message, tries))
                 continue

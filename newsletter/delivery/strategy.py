@@ -194,8 +194,9 @@ class PassCore(Protocol):
         late: bool = ...,
     ) -> SendResult | None: ...
 
-    def throttled(self, result: SendResult) -> None:
-        """A "slow down" reply: every connection pauses (doubling)."""
+    def throttled(self, result: SendResult, row: q.Claimed) -> None:
+        """A "slow down" reply to `row`: every connection pauses (doubling), and
+        `row` waits for its retry as one not yet begun."""
         ...
 
     def given_up(self, recipient: str) -> SendResult | None:

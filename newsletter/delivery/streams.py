@@ -479,5 +479,5 @@ class StreamsStrategy:
             if not result.throttled:
                 core.throttle.ok()
                 return result
-            core.throttled(result)
+            core.throttled(result, job.row)
         return result
