@@ -7,6 +7,7 @@ is lifted only by the owner (`subscribers resubscribe`, `import --resubscribe`).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -341,3 +342,76 @@ def test_global_undo_names_the_lists_that_stay_left(client: TestClient, store: S
     assert store.mailable(cy, "letters") and not store.mailable(cy, "garden")
     assert "every list" not in text
     assert "stays unsubscribed from Lantern Notes: garden posts" in text
+
+
+# --------------------------------------------------------------------------- what to do instead
+
+PREFS_LINK = re.compile(r'href="([^"]*/preferences/[^"]+)"')
+
+
+def _public_letters(config: Path, public_url: str = PUBLIC) -> Store:
+    """The fixture site with its letters list public (on the preferences page)."""
+    text = config.read_text().replace(f'"{PUBLIC}"', f'"{public_url}"')
+    text = text.replace(
+        'title = "Lantern Notes letters"\n', 'title = "Lantern Notes letters"\npublic = true\n'
+    )
+    config.write_text(text)
+    return make_store(config)
+
+
+def _too_late(store: Store, client: TestClient, email: str, scope: str = "letters") -> str:
+    row = store.add(email)
+    token = store.token(row, scope)
+    unsubscribe(client, token)
+    _age(store, row, 16)
+    return undo(client, token)
+
+
+@pytest.mark.parametrize("public_url", [PUBLIC, f"{PUBLIC}/news"])
+@pytest.mark.parametrize("scope", ["letters", ALL_LISTS])
+def test_too_late_points_to_the_preferences_page_that_joins_again(
+    config: Path, public_url: str, scope: str
+) -> None:
+    """Too late for the button: the reader joins again on their own
+    preferences page (the link works, under the app's path prefix), instead
+    of being told to "write to us" with no address."""
+    store = _public_letters(config, public_url)
+    app = create_public_app(store.settings, engine=store.engine, secret=store.secret)
+    with TestClient(app, base_url=PUBLIC) as client:
+        text = _too_late(store, client, "kit@example.com", scope)
+        assert "write to us" not in text
+        found = PREFS_LINK.search(text)
+        assert found and found.group(1).startswith(f"{public_url}/preferences/"), text
+        page = client.get(found.group(1))
+        assert page.status_code == 200 and 'id="locked"' not in page.text
+        saved = client.post(found.group(1), data={"list": "letters"})
+        assert "Joined: Lantern Notes letters" in saved.text
+    kit = subs.get_by_email(store.engine, "kit@example.com")
+    assert kit is not None and store.mailable(kit)
+
+
+def test_an_owners_stop_gets_no_offer_to_join_again(config: Path) -> None:
+    """Stopped by the owner: the preferences page says why and joins
+    nothing; this page asks the reader to reply rather than promise more."""
+    store = _public_letters(config)
+    app = create_public_app(store.settings, engine=store.engine, secret=store.secret)
+    with TestClient(app, base_url=PUBLIC) as client:
+        eva = store.add("eva@example.com")
+        token = store.token(eva)
+        unsubscribe(client, token)
+        owner(config, "subscribers", "unsubscribe", "eva@example.com")
+        text = undo(client, token)
+        assert REFUSED in text and "write to us" not in text
+        assert "Only the site's owner" in text and "reply to" in text
+        found = PREFS_LINK.search(text)
+        assert found, text
+        assert 'id="locked"' in client.get(found.group(1)).text
+        client.post(found.group(1), data={"list": "letters"})
+    assert not store.mailable(eva)
+
+
+def test_too_late_for_a_list_not_on_the_preferences_page(client: TestClient, store: Store) -> None:
+    """A list that is not public cannot be joined by the reader: no promise."""
+    text = _too_late(store, client, "kim@example.com")
+    assert "too late to undo" in text and "write to us" not in text
+    assert "Only the site's owner" in text and "reply to" in text

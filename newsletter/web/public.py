@@ -30,9 +30,11 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route
 
 from newsletter.audience import members as subs
+from newsletter.audience.signup import self_suppressed
 from newsletter.audience.unsubscribes import UNDO_WINDOW, undoable, unsubscribe_by_link
 from newsletter.audience.unsubscribes import undo as undo_unsubscribe
 from newsletter.config import Settings
+from newsletter.email.linktokens import make_preferences_token, preferences_url
 from newsletter.email.render import digest_archive_url, render_digest
 from newsletter.email.rendercache import cached_render
 from newsletter.email.tokens import ALL_LISTS, checked_secret, verify_token
@@ -265,7 +267,32 @@ async def undo(request: Request) -> Response:
         left = _still_left(state, target)
         return _target_page(request, "public_resubscribed.html", target, still_left=left)
     # Not subscribed now: too late, or stopped by something this link did not do.
-    return _target_page(request, "public_cannot_undo.html", target, expired=outcome == "expired")
+    return _target_page(
+        request,
+        "public_cannot_undo.html",
+        target,
+        expired=outcome == "expired",
+        preferences_url=_preferences_link(state, target),
+        rejoin=_can_rejoin(state, target),
+    )
+
+
+def _preferences_link(state: PublicState, target: Target) -> str:
+    """The reader's own preferences page, as their emails link it (under
+    `[web] public_url`, path prefix included): the same person as the token."""
+    token = make_preferences_token(state.secret, target.subscriber.uid)
+    return preferences_url(state.settings, token)
+
+
+def _can_rejoin(state: PublicState, target: Target) -> bool:
+    """Whether the preferences page could give this token's mail back: it
+    joins only public lists, and never lifts an owner's stop, a bounce or a
+    complaint (it says so itself; this page then promises nothing)."""
+    person = subs.get_by_id(state.engine, target.subscriber.id) or target.subscriber
+    if person.suppressed and not self_suppressed(person):
+        return False
+    public = {lst.name for lst in state.settings.public_lists}
+    return bool(public) if target.list_name is None else target.list_name in public
 
 
 def _from_public_origin(request: Request, settings: Settings) -> bool:
