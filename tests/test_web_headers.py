@@ -72,7 +72,8 @@ def public_responses(public: TestClient, store: Store) -> list[httpx.Response]:
         public.post(f"/unsubscribe/{token}", data={}),  # 400
         public.post(f"/unsubscribe/{token}/undo", headers={"origin": "https://evil.example"}),
         public.post(f"/unsubscribe/{token}/undo", headers={"origin": PUBLIC}),
-        public.get(f"/unsubscribe/{token}/undo"),  # 405 from the router
+        public.get(f"/unsubscribe/{token}/undo", follow_redirects=False),  # 303 to the page
+        public.delete(f"/unsubscribe/{token}/undo"),  # 405
         public.get("/archive/"),
         public.get(f"/archive/{SENT}"),
         public.get("/archive/no-such-post"),

@@ -197,9 +197,26 @@ def test_undo_never_lifts_a_bounce(client: TestClient, store: Store) -> None:
     assert store.status(kim) == "bounced"
 
 
-def test_get_on_undo_is_not_allowed(client: TestClient, store: Store) -> None:
+def test_get_on_undo_goes_back_to_the_page_and_changes_nothing(
+    client: TestClient, store: Store
+) -> None:
+    """The address bar shows /undo after "Subscribe again": reloading it, or
+    opening it from history, sees the unsubscribe page (its current state,
+    the button again if it still works) rather than a bare 405.  Only the
+    button's POST undoes anything."""
     lea = store.add("lea@example.com")
-    assert client.get(f"/unsubscribe/{store.token(lea)}/undo").status_code == 405
+    token = store.token(lea)
+    client.post(f"/unsubscribe/{token}", data=ONE_CLICK)
+    for method in ("GET", "HEAD"):
+        answer = client.request(method, f"/unsubscribe/{token}/undo", follow_redirects=False)
+        assert answer.status_code == 303, method
+        assert answer.headers["location"] == f"/unsubscribe/{token}"
+        assert answer.headers["cache-control"] == "no-store"
+        assert answer.headers["referrer-policy"] == "same-origin"
+    assert not store.mailable(lea)  # within the undo window, and still unsubscribed
+    page = client.get(f"/unsubscribe/{token}/undo")
+    assert page.status_code == 200 and 'id="undo"' in page.text
+    assert not store.mailable(lea)
 
 
 # --------------------------------------------------------------------------- bad tokens
@@ -425,6 +442,7 @@ def test_a_405_names_every_method_its_path_takes(client: TestClient, store: Stor
     token = store.token(store.add("wyn@example.com"))
     expected = {
         f"/unsubscribe/{token}": {"GET", "HEAD", "POST"},
+        f"/unsubscribe/{token}/undo": {"GET", "HEAD", "POST"},
         f"/preferences/{token}": {"GET", "HEAD", "POST"},
         f"/confirm/{token}": {"GET", "HEAD", "POST"},
         "/subscribe": {"GET", "HEAD", "POST", "OPTIONS"},

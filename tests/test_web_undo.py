@@ -415,3 +415,13 @@ def test_too_late_for_a_list_not_on_the_preferences_page(client: TestClient, sto
     text = _too_late(store, client, "kim@example.com")
     assert "too late to undo" in text and "write to us" not in text
     assert "Only the site's owner" in text and "reply to" in text
+
+
+def test_a_reloaded_undo_url_goes_back_under_the_path_prefix(config: Path) -> None:
+    store = _public_letters(config, f"{PUBLIC}/news")
+    app = create_public_app(store.settings, engine=store.engine, secret=store.secret)
+    token = store.token(store.add("ray@example.com"))
+    with TestClient(app, base_url=PUBLIC) as client:
+        answer = client.get(f"/unsubscribe/{token}/undo", follow_redirects=False)
+    assert answer.status_code == 303
+    assert answer.headers["location"] == f"/news/unsubscribe/{token}"

@@ -3,6 +3,7 @@
     POST /unsubscribe/<token>        RFC 8058 one-click (also the confirm button)
     GET  /unsubscribe/<token>        a confirm page; changes nothing
     POST /unsubscribe/<token>/undo   reverse that token's own unsubscribe (15 minutes)
+    GET  /unsubscribe/<token>/undo   303 back to /unsubscribe/<token>; changes nothing
     GET  /unsubscribe/               where the archive's unsubscribe link goes
     GET  /archive/ , /archive/<post> every sent email as a web page
     GET  /archive/digest/<mailing>   a sent digest, whole ("View in browser")
@@ -26,7 +27,13 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.responses import (
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+)
 from starlette.routing import Route
 
 from newsletter.audience import members as subs
@@ -295,6 +302,15 @@ def _can_rejoin(state: PublicState, target: Target) -> bool:
     return bool(public) if target.list_name is None else target.list_name in public
 
 
+def back_to_page(request: Request) -> Response:
+    """GET (or HEAD) of the undo URL: the address bar shows it after the
+    button, so a reload or the history opens it.  Undo only on the button's
+    POST (the Origin check); this just goes back to the unsubscribe page,
+    which shows the current state, and the button while it still works."""
+    page = request.url.path.removesuffix("/undo")  # the path prefix stays
+    return RedirectResponse(page, status_code=303, headers=PRIVATE_HEADERS)
+
+
 def _from_public_origin(request: Request, settings: Settings) -> bool:
     """The POST comes from a page of `[web] public_url` (RFC 6454 Origin; Referer
     when a browser sent no Origin).  Our pages use `Referrer-Policy: same-origin`,
@@ -416,7 +432,7 @@ def create_public_app(
         Route("/healthz", healthz),
         Route("/unsubscribe/", unsubscribe_help),
         method_route("/unsubscribe/{token}", {"GET": unsubscribe_form, "POST": one_click}),
-        Route("/unsubscribe/{token}/undo", undo, methods=["POST"]),
+        method_route("/unsubscribe/{token}/undo", {"GET": back_to_page, "POST": undo}),
         Route("/archive/", archive_index),
         # Before the post pages, which would take "digest/<n>" as a post id.
         Route("/archive/digest/{mailing_id:int}", archive_digest),
