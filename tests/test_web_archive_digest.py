@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
+from typing import Any
 
 import pytest
 from starlette.testclient import TestClient
@@ -117,6 +118,17 @@ def test_digest_of_only_unpublished_posts_has_no_page(client: TestClient, store:
     assert client.get(f"/archive/digest/{mailing_id}").status_code == 404
 
 
+def assert_not_in_archive(response: Any, archive: str = f"{PUBLIC}/archive/") -> None:
+    """A page in the public pages' style (a reader follows "View in browser"
+    to it), still a 404, that links the archive's index."""
+    assert response.status_code == 404
+    assert response.headers["content-type"].startswith("text/html")
+    text = response.text
+    assert '<html lang="en">' in text and "<title>" in text
+    assert "<h1>This email is not in the archive</h1>" in text
+    assert f'href="{archive}"' in text
+
+
 def test_unknown_unsent_and_post_mailings_get_404(client: TestClient, store: Store) -> None:
     store.add("vic@example.com")
     store.send("tending-a-winter-allotment")  # a post mailing, id 1
@@ -130,7 +142,7 @@ def test_unknown_unsent_and_post_mailings_get_404(client: TestClient, store: Sto
     ):
         response = client.get(path)
         assert response.status_code == 404, path
-        assert response.text == "no such email in the archive\n"
+        assert_not_in_archive(response)
     # Not a number: no digest route, and no post with that id either.
     assert client.get("/archive/digest/abc").status_code == 404
 
@@ -145,5 +157,18 @@ def test_a_mailing_id_too_big_for_the_database_is_404(
     app = create_public_app(store.settings, engine=store.engine, secret=store.secret)
     with TestClient(app, base_url=PUBLIC) as client:
         response = client.get(f"/archive/digest/{mailing_id}")
-    assert response.status_code == 404
-    assert response.text == "no such email in the archive\n"
+    assert_not_in_archive(response)
+
+
+def test_not_in_archive_links_the_index_under_the_path_prefix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = copy_site(tmp_path, monkeypatch)
+    config.write_text(config.read_text().replace(f'"{PUBLIC}"', f'"{PUBLIC}/news"'))
+    store = make_store(config)
+    app = create_public_app(store.settings, engine=store.engine, secret=store.secret)
+    with TestClient(app, base_url=PUBLIC) as client:
+        for path in ("/news/archive/digest/9999", "/news/archive/no-such-post"):
+            assert_not_in_archive(client.get(path), f"{PUBLIC}/news/archive/")
+        index = client.get("/news/archive/")
+    assert index.status_code == 200

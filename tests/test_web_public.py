@@ -321,7 +321,10 @@ def test_archive_refuses_unsent_drafts_and_unknown_posts(client: TestClient, sto
         response = client.get(f"/archive/{post_id}")
         assert response.status_code == 404, post_id
     response = client.get("/archive/draft-not-yet")
-    assert response.text == "no such email in the archive\n"
+    # A page, not bare text: a reader reaches it from "View in browser".
+    assert response.headers["content-type"].startswith("text/html")
+    assert "<h1>This email is not in the archive</h1>" in response.text
+    assert 'href="https://news.lantern.example.com/archive/"' in response.text
 
 
 def test_archive_when_nothing_was_sent(client: TestClient) -> None:

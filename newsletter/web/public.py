@@ -333,6 +333,21 @@ def unsubscribe_help(request: Request) -> Response:
 # --------------------------------------------------------------------------- archive
 
 
+def _not_in_archive(request: Request) -> HTMLResponse:
+    """404 as a page: readers reach it from an email's "View in browser" link
+    once its post was unpublished, so it explains and links the index."""
+    settings = _state(request).settings
+    return public_page(
+        request,
+        "public_not_in_archive.html",
+        404,
+        headers=ARCHIVE_HEADERS,
+        site_title=settings.site.title,
+        site_url=settings.site.home,
+        archive_url=f"{settings.web.public_base}/archive/",  # as the emails link it
+    )
+
+
 def archive_index(request: Request) -> Response:
     state = _state(request)
     try:
@@ -358,14 +373,14 @@ def archive_post(request: Request) -> Response:
     try:
         entry = next((e for e in sent_posts(state.engine) if e.post_id == post_id), None)
         if entry is None:
-            return PlainTextResponse("no such email in the archive\n", status_code=404)
+            return _not_in_archive(request)
         # The post the mailing sent, by its exact id: never a lookalike, never a draft.
         post = state.posts().with_id(entry.post_id)
         if post is None or not post.published:
-            return PlainTextResponse("no such email in the archive\n", status_code=404)
+            return _not_in_archive(request)
         rendered = cached_render([post], state.settings, list_for(state.settings, entry.list_name))
     except PostError:
-        return PlainTextResponse("no such email in the archive\n", status_code=404)
+        return _not_in_archive(request)
     except NewsletterError:
         return PlainTextResponse("the archive is unavailable right now\n", status_code=503)
     return HTMLResponse(
@@ -378,16 +393,15 @@ def archive_digest(request: Request) -> Response:
     """A digest mailing as it was sent, its posts by their exact ids; a post
     unpublished since is left out, and with none left there is no page."""
     state = _state(request)
-    missing = PlainTextResponse("no such email in the archive\n", status_code=404)
     try:
         entry = sent_digest(state.engine, request.path_params["mailing_id"])
         if entry is None:
-            return missing
+            return _not_in_archive(request)
         posts = state.posts()
         found = (posts.with_id(post_id) for post_id in entry.post_ids)
         shown = [post for post in found if post is not None and post.published]
         if not shown:
-            return missing
+            return _not_in_archive(request)
         rendered = render_digest(
             shown,
             state.settings,
@@ -395,7 +409,7 @@ def archive_digest(request: Request) -> Response:
             archive_url=digest_archive_url(state.settings, entry.mailing_id),
         )
     except PostError:
-        return missing
+        return _not_in_archive(request)
     except NewsletterError:
         return PlainTextResponse("the archive is unavailable right now\n", status_code=503)
     return HTMLResponse(
