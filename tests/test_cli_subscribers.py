@@ -589,3 +589,22 @@ def test_a_lone_surrogate_a_store_already_holds_is_exported_as_a_replacement_cha
     listed = cli("subscribers", "list", "--list", "sample", "--json")
     assert listed.exit_code == 0, listed.output
     assert json.loads(listed.stdout)[1]["attributes"] == {"nick": "Jo \ufffd", "\ufffd": 1}
+
+
+@pytest.mark.parametrize(
+    "title", ["Field Notes [weekly] digest", "Notes [/]", "Weekly [/bold] notes"]
+)
+def test_a_list_title_with_square_brackets_is_shown_as_written(
+    sample_site: Path, title: str
+) -> None:
+    # The table read the title as rich markup: "[weekly]" vanished, "[/]" raised.
+    config = sample_site / "newsletter.toml"
+    text = config.read_text(encoding="utf-8")
+    config.write_text(
+        text.replace('title = "Field Notes weekly digest"', f"title = {json.dumps(title)}"),
+        encoding="utf-8",
+    )
+    result = cli("lists")
+    assert result.exit_code == 0, result.output
+    bracketed = title[title.index("[") : title.index("]") + 1]
+    assert bracketed in result.stdout, result.stdout  # the table may wrap the rest

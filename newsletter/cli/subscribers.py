@@ -392,6 +392,7 @@ def lists_command(ctx: click.Context, as_json: bool) -> None:
     bounce and complaint reports read back for its mailings."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     from newsletter.audience.members import STATUSES, ensure_lists, list_counts
     from newsletter.delivery.bouncebox import bounce_counts_by_list
@@ -423,7 +424,8 @@ def lists_command(ctx: click.Context, as_json: bool) -> None:
     for column in ("list", "title", *STATUSES):
         table.add_column(column, justify="right" if column in STATUSES else "left")
     for c in found:
-        table.add_row(c.name, c.title, *(str(c.counts.get(s, 0)) for s in STATUSES))
+        # Text, not markup: a title "Notes [weekly]" lost its word, "[/]" raised.
+        table.add_row(Text(c.name), Text(c.title), *(str(c.counts.get(s, 0)) for s in STATUSES))
     Console(soft_wrap=True).print(table)
     for c in found:
         got = reports.get(c.name)
