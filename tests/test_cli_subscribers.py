@@ -608,3 +608,14 @@ def test_a_list_title_with_square_brackets_is_shown_as_written(
     assert result.exit_code == 0, result.output
     bracketed = title[title.index("[") : title.index("]") + 1]
     assert bracketed in result.stdout, result.stdout  # the table may wrap the rest
+
+
+@pytest.mark.parametrize("command", ["show", "remove", "unsubscribe", "resubscribe"])
+def test_an_address_argument_that_is_not_utf8_is_one_line(sample_site: Path, command: str) -> None:
+    # Looked up before it was validated: the driver could not encode its lone
+    # surrogate, a UnicodeEncodeError traceback (add and send --test said it).
+    extra = ("--list", "sample") if command == "remove" else ()
+    result = cli("subscribers", command, "a\udcffb@example.com", *extra)
+    assert result.exit_code == 1, result.output
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert "invalid" in result.stderr or "not" in result.stderr, result.stderr
