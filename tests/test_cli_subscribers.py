@@ -619,3 +619,14 @@ def test_an_address_argument_that_is_not_utf8_is_one_line(sample_site: Path, com
     assert result.exit_code == 1, result.output
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
     assert "invalid" in result.stderr or "not" in result.stderr, result.stderr
+
+
+def test_a_file_or_folder_name_too_long_for_the_system_is_one_line(sample_site: Path) -> None:
+    # Path.is_file and is_dir answer most errors with False, but raise this one.
+    long = "a" * 300
+    imported = cli("subscribers", "import", f"{long}.csv", "--list", "sample")
+    assert imported.exit_code == 1, imported.output
+    assert imported.stderr.count("\n") == 1 and "too long" in imported.stderr, imported.stderr
+    synced = cli("subscribers", "sync", "--dir", long)
+    assert synced.exit_code == 1, synced.output
+    assert synced.stderr.count("\n") == 1 and "too long" in synced.stderr, synced.stderr

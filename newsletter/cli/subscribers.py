@@ -163,7 +163,10 @@ def _ctrl_c_stops(what: str, again: str) -> Iterator[None]:
 @contextmanager
 def _progress(file: Path) -> Iterator[ProgressFn | None]:
     """A rich progress bar over the file's bytes, only on a terminal."""
-    big = file.is_file() and file.stat().st_size >= PROGRESS_MIN_BYTES
+    try:
+        big = file.is_file() and file.stat().st_size >= PROGRESS_MIN_BYTES
+    except OSError:  # a name too long, say: the import says so in its own words
+        big = False
     if not (big and sys.stdout.isatty()):
         yield None
         return
