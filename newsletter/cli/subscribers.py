@@ -29,6 +29,7 @@ from newsletter.cli.common import (
     problem_json,
     settings_of,
     shown,
+    stdout_is_tty,
 )
 from newsletter.cli.members import MEMBER_COMMANDS
 
@@ -167,7 +168,7 @@ def _progress(file: Path) -> Iterator[ProgressFn | None]:
         big = file.is_file() and file.stat().st_size >= PROGRESS_MIN_BYTES
     except OSError:  # a name too long, say: the import says so in its own words
         big = False
-    if not (big and sys.stdout.isatty()):
+    if not (big and stdout_is_tty()):
         yield None
         return
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
