@@ -104,6 +104,10 @@ def test_cancel_what_cannot_be_cancelled(tmp_path: Path) -> None:
     assert unknown.stderr == "error: no mailing 7 (see `newsletter status`)\n"
     bad = cli(site, "cancel", "seven")
     assert bad.exit_code == 2 and "seven" in bad.stderr
+    # Digits that are no database integer: a usage error, not a traceback.
+    for number in ("9223372036854775808", "\u00b2", "\u0663"):  # 2**63, ², Arabic-Indic 3
+        odd = cli(site, "cancel", number)
+        assert odd.exit_code == 2 and "is not a mailing number" in odd.stderr, odd.output
     assert cli(site, "cancel", "1").exit_code == 0
     again = cli(site, "cancel", "1", "--json")
     assert again.exit_code == 0

@@ -589,3 +589,44 @@ def test_a_lone_surrogate_a_store_already_holds_is_exported_as_a_replacement_cha
     listed = cli("subscribers", "list", "--list", "sample", "--json")
     assert listed.exit_code == 0, listed.output
     assert json.loads(listed.stdout)[1]["attributes"] == {"nick": "Jo \ufffd", "\ufffd": 1}
+
+
+@pytest.mark.parametrize(
+    "title", ["Field Notes [weekly] digest", "Notes [/]", "Weekly [/bold] notes"]
+)
+def test_a_list_title_with_square_brackets_is_shown_as_written(
+    sample_site: Path, title: str
+) -> None:
+    # The table read the title as rich markup: "[weekly]" vanished, "[/]" raised.
+    config = sample_site / "newsletter.toml"
+    text = config.read_text(encoding="utf-8")
+    config.write_text(
+        text.replace('title = "Field Notes weekly digest"', f"title = {json.dumps(title)}"),
+        encoding="utf-8",
+    )
+    result = cli("lists")
+    assert result.exit_code == 0, result.output
+    bracketed = title[title.index("[") : title.index("]") + 1]
+    assert bracketed in result.stdout, result.stdout  # the table may wrap the rest
+
+
+@pytest.mark.parametrize("command", ["show", "remove", "unsubscribe", "resubscribe"])
+def test_an_address_argument_that_is_not_utf8_is_one_line(sample_site: Path, command: str) -> None:
+    # Looked up before it was validated: the driver could not encode its lone
+    # surrogate, a UnicodeEncodeError traceback (add and send --test said it).
+    extra = ("--list", "sample") if command == "remove" else ()
+    result = cli("subscribers", command, "a\udcffb@example.com", *extra)
+    assert result.exit_code == 1, result.output
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert "invalid" in result.stderr or "not" in result.stderr, result.stderr
+
+
+def test_a_file_or_folder_name_too_long_for_the_system_is_one_line(sample_site: Path) -> None:
+    # Path.is_file and is_dir answer most errors with False, but raise this one.
+    long = "a" * 300
+    imported = cli("subscribers", "import", f"{long}.csv", "--list", "sample")
+    assert imported.exit_code == 1, imported.output
+    assert imported.stderr.count("\n") == 1 and "too long" in imported.stderr, imported.stderr
+    synced = cli("subscribers", "sync", "--dir", long)
+    assert synced.exit_code == 1, synced.output
+    assert synced.stderr.count("\n") == 1 and "too long" in synced.stderr, synced.stderr

@@ -122,6 +122,11 @@ def test_env_var_selects_the_config(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         # soft_days = 0 was reported under bounces.soft_limit.
         ("[bounces]\nsoft_days = 0\n", "bounces.soft_days"),
         ("[bounces]\nsoft_limit = 0\n", "bounces.soft_limit"),
+        # A section given as a value or an array of tables: a TypeError or
+        # ValueError traceback for [site], read before the others were checked.
+        ("site = 1\n", "site"),
+        ("[[site]]\nurl = 'https://example.com'\n", "site"),
+        ("email = 'x'\n", "email"),
     ],
 )
 def test_bad_values_name_their_key(tmp_path: Path, text: str, key: str) -> None:

@@ -369,3 +369,28 @@ def test_a_daemon_stops_when_a_newer_newsletter_upgrades_the_schema_under_it(
         f"error: database.url: stopped: a newer newsletter upgraded the database to schema version "
         f"{SCHEMA_VERSION + 1}; upgrade newsletter here"
     ), err
+
+
+@pytest.mark.parametrize("stdout", ["full", "closed"])
+def test_run_once_sends_when_its_output_cannot_be_written(sample_site: Path, stdout: str) -> None:
+    """A cron job whose log is on a full disk, or whose standard output is
+    closed: the sync's summary line raised before the pass (nothing sent), and
+    a closed stdout made `sys.stdout.isatty()` an AttributeError."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "newsletter", "run", "--once", "--sync"]
+    if stdout == "full":
+        with open("/dev/full", "w") as full:
+            done = subprocess.run(command, stdout=full, stderr=subprocess.PIPE, text=True)
+    else:
+        shell = " ".join(command) + " >&-"
+        done = subprocess.run(["sh", "-c", shell], stderr=subprocess.PIPE, text=True)
+    outbox = mailbox.Maildir(sample_site / ".newsletter" / "outbox", create=False)
+    assert len(list(outbox)) == 9, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    if stdout == "full":
+        assert done.returncode == 1
+        assert done.stderr.rstrip().endswith("error: No space left on device"), done.stderr
+    else:
+        assert done.returncode == 0, done.stderr

@@ -235,6 +235,22 @@ def test_status_with_an_unsupported_database_is_one_line(
     assert "secret" not in result.stderr
 
 
+def test_an_empty_database_url_in_the_file_does_not_blame_an_unset_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from newsletter.cli import main
+
+    config = tmp_path / "newsletter.toml"
+    config.write_text('[database]\nurl = ""\n')
+    monkeypatch.delenv("NEWSLETTER_DATABASE_URL", raising=False)
+    result = CliRunner().invoke(main, ["--config", str(config), "status"])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: database.url: ")
+    assert "NEWSLETTER_DATABASE_URL" not in result.stderr, result.stderr
+
+
 def test_a_heroku_style_postgres_url_says_how_to_write_it(tmp_path: Path) -> None:
     from click.testing import CliRunner
 

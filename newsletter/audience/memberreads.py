@@ -238,6 +238,11 @@ def get_by_email(bind: Bind, email: str) -> SubscriberRow | None:
         key = normalise_email(email).key
     except SubscriberError:
         key = email_key(email)
+        if not key.isascii():
+            try:
+                key.encode()
+            except UnicodeEncodeError:  # a lone surrogate (a non-UTF-8 argument)
+                return None  # no stored address has one, and the driver cannot send it
     with reading(bind) as conn:
         row = conn.execute(
             select(*SUBSCRIBER_COLUMNS).where(subscribers.c.email_key == key)

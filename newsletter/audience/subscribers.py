@@ -17,6 +17,7 @@ the batched writes `newsletter.audience.importer`, queries `newsletter.audience.
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import logging
 import os
@@ -119,6 +120,7 @@ def import_file(
     import runs again the classic way.
     """
     settings.get_list(list_name)  # a clear "unknown list" before touching anything
+    _nameable(path)
     total = source_size(path) if path.exists() else 0
     tick = (lambda done: progress(done, total)) if progress else None
     if engine.dialect.name in STAGED_DIALECTS:
@@ -229,6 +231,18 @@ class SyncResult:
     counts: ImportCounts
 
 
+def _nameable(path: Path) -> None:
+    """Refuse a path the system cannot even look up (a name over 255 bytes:
+    `exists` and `is_file` raise that one OSError instead of answering)."""
+    try:
+        path.stat()
+    except FileNotFoundError:
+        return  # said later, in the reader's words
+    except OSError as exc:
+        if exc.errno in (errno.ENAMETOOLONG, errno.ELOOP):
+            raise SubscriberError(f"cannot read the file: {exc.strerror}", path=path) from exc
+
+
 def sync_directory(
     engine: Engine, settings: Settings, directory: Path, *, dry_run: bool = False
 ) -> tuple[list[SyncResult], list[Problem]]:
@@ -238,7 +252,11 @@ def sync_directory(
     mailable, and a per-list unsubscribe stays recorded when its row goes.
     Files naming no declared list are reported and skipped.
     """
-    if not directory.is_dir():
+    try:
+        is_dir = directory.is_dir()
+    except OSError as exc:  # a name too long: is_dir lets that one through
+        raise SubscriberError(f"cannot read the folder: {exc.strerror}", path=directory) from exc
+    if not is_dir:
         raise SubscriberError("no such directory", path=directory)
     files = sorted(p for p in directory.iterdir() if p.suffix.lower() == ".csv" and p.is_file())
     problems: list[Problem] = []

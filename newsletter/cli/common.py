@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import sys
@@ -49,6 +50,15 @@ class AppContext:
         return self._settings
 
 
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def stdout_is_tty() -> bool:
+    """Whether standard output is a terminal; False when it was closed at start
+    (`>&-`: sys.stdout is None, and `.isatty()` raised AttributeError)."""
+    return sys.stdout is not None and sys.stdout.isatty()
+
+
 def handle_errors(func: F) -> F:
     """Map NewsletterError to one line on stderr and exit 1 (never a traceback)."""
 
@@ -60,6 +70,14 @@ def handle_errors(func: F) -> F:
             return func(*args, **kwargs)
         except NewsletterError as exc:
             click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+        except OSError as exc:
+            if exc.errno not in _FULL:
+                raise
+            # A full disk (standard output redirected to it, the outbox, the
+            # state folder): the machine's trouble, not a bug; one line.
+            where = f": {exc.filename}" if exc.filename else ""
+            click.echo(f"error: {exc.strerror}{where}", err=True)
             sys.exit(1)
         except Exception as exc:
             reason = _database_failure(exc)

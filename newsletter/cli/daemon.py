@@ -16,6 +16,7 @@ from newsletter.cli.common import (
     json_option,
     require_config_file,
     settings_of,
+    stdout_is_tty,
 )
 
 # The library is imported inside each function, so `--help` stays cheap.
@@ -112,7 +113,7 @@ def run(
         shutdown.at_forced_exit(
             lambda: _print_forced(engine, started, as_json), status=shutdown.STOPPED
         )
-        with _progress_bar(enabled=sys.stdout.isatty() and not as_json) as progress:
+        with _progress_bar(enabled=stdout_is_tty() and not as_json) as progress:
             report = run_once(settings, engine, progress=progress, stop=stop)
         stopped = stop.is_set()
         left, trouble = _left(engine)
@@ -188,13 +189,20 @@ def _sync_lists(settings: Settings, engine: Engine, *, quiet: bool) -> None:
     results, problems = sync_directory(engine, settings, settings.base_dir / "subscribers")
     for problem in problems + [p for r in results for p in r.counts.problems]:
         click.echo(problem, err=True)
-    if not quiet:
+    if quiet:
+        return
+    try:
         for r in results:
             counts = r.counts.as_dict()
             click.echo(
                 f"synced list {r.list_name} from {r.path.name}: "
                 + ", ".join(f"{k} {v}" for k, v in counts.items() if isinstance(v, int) and v)
             )
+    except OSError:
+        # Standard output unwritable (a cron job's log on a full disk, a
+        # closed pipe): the sync is saved and the pass must still send; the
+        # pass's own summary meets the same error at the end and says it.
+        pass
 
 
 @contextmanager

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from newsletter import shutdown
-from newsletter.cli.common import emit_json, handle_errors, json_option, settings_of
+from newsletter.cli.common import emit_json, handle_errors, json_option, settings_of, stdout_is_tty
 
 # The library is imported inside each function, so `--help` stays cheap.
 if TYPE_CHECKING:
@@ -235,7 +235,7 @@ def _send(
     )
     # SIGTERM or Ctrl-C sets `stop` (`shutdown`, since start-up): the messages in
     # flight finish, then the pass stops; a second signal ends the process at once.
-    with _progress(enabled=sys.stdout.isatty() and not as_json) as bar:
+    with _progress(enabled=stdout_is_tty() and not as_json) as bar:
         report = deliver_mailing(
             engine, settings, mailing_id, posts, progress=bar, wait=wait, stop=stop
         )

@@ -18,6 +18,9 @@ if TYPE_CHECKING:
 # --------------------------------------------------------------------------- cancel
 
 
+MAX_ID = 2**63 - 1  # a 64-bit integer column's largest value
+
+
 class MailingId(click.ParamType):
     """A mailing's number as `status` shows it: `4` or `#4`."""
 
@@ -25,7 +28,9 @@ class MailingId(click.ParamType):
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
         text = str(value).strip().removeprefix("#")
-        if text.isdigit() and int(text) > 0:
+        # ASCII digits only (str.isdigit takes "²"), and within a database
+        # integer: a bigger number is no mailing, not an overflow traceback.
+        if text.isascii() and text.isdigit() and 0 < int(text) <= MAX_ID:
             return int(text)
         self.fail(f"{value!r} is not a mailing number (as `newsletter status` shows: 4 or #4)")
 

@@ -16,6 +16,7 @@ from newsletter.cli.common import (
     json_option,
     problem_json,
     settings_of,
+    stdout_is_tty,
 )
 
 # The library is imported inside each command, so `--help` stays cheap.
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 @contextmanager
 def progress_bar(total: int, label: str) -> Iterator[Callable[[], None]]:
     """A rich progress bar on a terminal; a no-op callback anywhere else."""
-    if total < 2 or not sys.stdout.isatty():
+    if total < 2 or not stdout_is_tty():
         yield lambda: None
         return
     from rich.progress import Progress
@@ -47,7 +48,7 @@ def _load(
     from newsletter.posts.files import site_post_files, where_posts_are
 
     # Counting the files is only worth it for a bar on a terminal.
-    total = len(site_post_files(settings)) if sys.stdout.isatty() else 0
+    total = len(site_post_files(settings)) if stdout_is_tty() else 0
     with progress_bar(total, label) as advance:
         collection = load_posts(settings, progress=advance, bodies=bodies, index=index)
     if not collection.posts and not collection.problems:

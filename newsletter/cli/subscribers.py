@@ -29,6 +29,7 @@ from newsletter.cli.common import (
     problem_json,
     settings_of,
     shown,
+    stdout_is_tty,
 )
 from newsletter.cli.members import MEMBER_COMMANDS
 
@@ -163,8 +164,11 @@ def _ctrl_c_stops(what: str, again: str) -> Iterator[None]:
 @contextmanager
 def _progress(file: Path) -> Iterator[ProgressFn | None]:
     """A rich progress bar over the file's bytes, only on a terminal."""
-    big = file.is_file() and file.stat().st_size >= PROGRESS_MIN_BYTES
-    if not (big and sys.stdout.isatty()):
+    try:
+        big = file.is_file() and file.stat().st_size >= PROGRESS_MIN_BYTES
+    except OSError:  # a name too long, say: the import says so in its own words
+        big = False
+    if not (big and stdout_is_tty()):
         yield None
         return
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
@@ -392,6 +396,7 @@ def lists_command(ctx: click.Context, as_json: bool) -> None:
     bounce and complaint reports read back for its mailings."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     from newsletter.audience.members import STATUSES, ensure_lists, list_counts
     from newsletter.delivery.bouncebox import bounce_counts_by_list
@@ -423,7 +428,8 @@ def lists_command(ctx: click.Context, as_json: bool) -> None:
     for column in ("list", "title", *STATUSES):
         table.add_column(column, justify="right" if column in STATUSES else "left")
     for c in found:
-        table.add_row(c.name, c.title, *(str(c.counts.get(s, 0)) for s in STATUSES))
+        # Text, not markup: a title "Notes [weekly]" lost its word, "[/]" raised.
+        table.add_row(Text(c.name), Text(c.title), *(str(c.counts.get(s, 0)) for s in STATUSES))
     Console(soft_wrap=True).print(table)
     for c in found:
         got = reports.get(c.name)

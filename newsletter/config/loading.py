@@ -136,6 +136,9 @@ def _build(raw: dict[str, Any], base_dir: Path, config_path: Path | None) -> Set
         raise ConfigError(
             f"unknown section [{sorted(unknown)[0]}]", path=config_path, key=sorted(unknown)[0]
         )
+    for name in _SECTIONS:  # `site = 1` or `[[site]]`: no table, before any is read
+        if not isinstance(raw.get(name, {}), dict):
+            raise ConfigError(f"[{name}] must be a table", path=config_path, key=name)
     site_raw = dict(raw.get("site", {}))
     for key in sorted(_DERIVED_SITE_KEYS & set(site_raw)):
         raise ConfigError(f"unknown key {key!r}", path=config_path, key=f"site.{key}")
@@ -145,8 +148,6 @@ def _build(raw: dict[str, Any], base_dir: Path, config_path: Path | None) -> Set
         values = raw.get(name, {})
         if name == "site":
             values = {**jekyll, **site_raw}
-        if not isinstance(values, dict):
-            raise ConfigError(f"[{name}] must be a table", path=config_path, key=name)
         parts[name] = _section(cls, name, values, base_dir, config_path)
     if jekyll_data is not None:
         parts["site"] = replace(parts["site"], jekyll=MappingProxyType(jekyll_data))

@@ -119,7 +119,8 @@ def _named(exc: StoreError, settings: Settings) -> StoreError:
     """A URL that cannot be read, with where it came from: the configuration's
     `database.url`, or the environment variable that overrides it."""
     env = settings.database.url_env
-    from_env = os.environ.get(env, "").strip() == settings.database.url
+    given = os.environ.get(env, "").strip()  # unset or empty: the file's URL, blank or not
+    from_env = bool(given) and given == settings.database.url
     message = exc.message + (f" (the URL is ${env})" if from_env else "")
     if re.match(r"postgres(\+\w+)?://", settings.database.url, re.IGNORECASE):
         message += "; write postgresql:// (SQLAlchemy no longer reads postgres://)"
