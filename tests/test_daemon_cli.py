@@ -394,3 +394,19 @@ def test_run_once_sends_when_its_output_cannot_be_written(sample_site: Path, std
         assert done.stderr.rstrip().endswith("error: No space left on device"), done.stderr
     else:
         assert done.returncode == 0, done.stderr
+
+
+def test_log_json_reports_a_broken_post_as_a_json_problem_event(tmp_path: Path) -> None:
+    # The pass's problems were written as plain lines into the JSON stream.
+    site = make_site(tmp_path)
+    settings = site.settings()
+    add_members(engine_of(settings), "news", settings=settings)
+    (site.posts / "2025-05-01-broken.md").write_text("---\ntitle: [oops\n---\nbody\n")
+    site.write_post("2025-06-01-fine.md", "Fine", PAST)
+    code, _out, err = invoke("--config", str(site.config), "run", "--once", "--log-json")
+    assert code == 1
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert all(line.startswith("{") for line in lines), err
+    problems = [json.loads(line) for line in lines if "2025-05-01-broken.md" in line]
+    assert len(problems) == 1, err
+    assert problems[0]["event"] == "problem" and problems[0]["level"] == "error"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -118,11 +119,10 @@ def run(
         stopped = stop.is_set()
         left, trouble = _left(engine)
         shutdown.at_forced_exit(None, status=shutdown.STOPPED if stopped else 0)  # printed below
+        problems = (*report.problems, *trouble)
+        _say_problems(problems, as_log=log_json)
     finally:
         remove_logging(handler)
-    problems = (*report.problems, *trouble)
-    for problem in problems:
-        click.echo(problem, err=True)
     if as_json:
         emit_json(
             report_json(report) | {"stopped": stopped, "left": left, "problems": list(problems)}
@@ -180,6 +180,22 @@ def _print_forced(engine: Engine, started: datetime, as_json: bool) -> None:
     else:
         listed = ", ".join(f"{status} {n}" for status, n in counts.items())
         click.echo(f"{listed.capitalize()}; {left} left.")  # as `summary_lines` words it
+
+
+def _say_problems(problems: tuple[str, ...], *, as_log: bool) -> None:
+    """One line each on stderr; with --log-json, log events like every other
+    line there (a plain line in a JSON stream broke its readers)."""
+    for problem in problems:
+        if not as_log:
+            click.echo(problem, err=True)
+            continue
+        error = problem.startswith("error:") or ": error:" in problem
+        logging.getLogger("newsletter.daemon").log(
+            logging.ERROR if error else logging.WARNING,
+            "%s",
+            problem,
+            extra={"event": "problem"},
+        )
 
 
 def _sync_lists(settings: Settings, engine: Engine, *, quiet: bool) -> None:
