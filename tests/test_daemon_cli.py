@@ -410,3 +410,17 @@ def test_log_json_reports_a_broken_post_as_a_json_problem_event(tmp_path: Path) 
     problems = [json.loads(line) for line in lines if "2025-05-01-broken.md" in line]
     assert len(problems) == 1, err
     assert problems[0]["event"] == "problem" and problems[0]["level"] == "error"
+
+
+@pytest.mark.parametrize("once", [True, False])
+def test_run_without_a_configuration_is_refused_before_it_writes_anything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, once: bool
+) -> None:
+    # In cron's $HOME it made a database and a secret there, then failed on
+    # a posts folder it guessed ("site.posts_dir: posts folder not found").
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("NEWSLETTER_CONFIG", raising=False)
+    code, _out, err = invoke("run", *(["--once"] if once else ["--no-watch"]))
+    assert code == 1
+    assert err.startswith("error: no newsletter.toml in this folder"), err
+    assert list(tmp_path.iterdir()) == []

@@ -106,9 +106,10 @@ def settings_of(ctx: click.Context) -> Settings:
 
 
 def require_config_file(settings: Settings) -> None:
-    """Serving readers with the built-in defaults (no newsletter.toml found: a
-    service started in the wrong folder) would make a new database and secret
-    there and refuse every unsubscribe link already sent."""
+    """Serving readers or sending with the built-in defaults (no newsletter.toml
+    found: a service or a cron job started in the wrong folder) would make a
+    new database and secret there and refuse every unsubscribe link already
+    sent, or send on a store that is not the blog's."""
     from newsletter.errors import ConfigError
 
     if settings.config_path is None:

@@ -86,8 +86,9 @@ def run(
 
     stop = shutdown.stop_event()  # set by a SIGTERM or Ctrl-C from start-up on
     settings = settings_of(ctx)
-    if serve:
-        require_config_file(settings)
+    # Without a configuration (cron's $HOME, a unit's wrong folder) it made a
+    # database and a secret there, then failed on a posts folder it guessed.
+    require_config_file(settings)
     handler = setup_logging(json_lines=log_json)
     try:
         engine = open_store(settings)
