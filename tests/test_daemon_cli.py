@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import mailbox
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -168,10 +171,27 @@ def test_a_bad_cron_is_reported_and_the_each_lists_still_go(tmp_path: Path) -> N
     )
 
 
+def _daemon(site: Any) -> subprocess.Popen[str]:
+    """`newsletter run --no-watch` on `site`, in a process of its own."""
+    command = [sys.executable, "-m", "newsletter", "--config", str(site.config), "run"]
+    return subprocess.Popen(
+        [*command, "--no-watch"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def _started(proc: subprocess.Popen[str]) -> str:
+    """The daemon's stderr up to "daemon started", its first line after taking the lock."""
+    assert proc.stderr is not None
+    started = ""
+    while "daemon started" not in started:
+        line = proc.stderr.readline()
+        assert line, proc.communicate(timeout=60)
+        started += line
+    return started
+
+
 def test_sigint_stops_the_daemon_with_exit_0(tmp_path: Path) -> None:
     import signal
-    import subprocess
-    import sys
 
     from sqlalchemy import select
 
@@ -180,24 +200,14 @@ def test_sigint_stops_the_daemon_with_exit_0(tmp_path: Path) -> None:
 
     site = make_site(tmp_path, scan_interval="10m")
     engine = engine_of(site.settings())
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "newsletter", "--config", str(site.config), "run", "--no-watch"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = _daemon(site)
 
     def holder() -> str | None:
         with engine.connect() as conn:
             return conn.scalar(select(state.c.value).where(state.c.key == LOCK_KEY))
 
-    assert proc.stderr is not None
     try:
-        started = ""
-        while "daemon started" not in started:  # its first line after taking the lock
-            line = proc.stderr.readline()
-            assert line, proc.communicate(timeout=60)
-            started += line
+        started = _started(proc)
         # SQLite: one daemon, holding the lock row; PostgreSQL: any number, no row.
         assert (holder() is not None) == (engine.dialect.name == "sqlite")
         proc.send_signal(signal.SIGINT)
@@ -332,27 +342,15 @@ def test_a_daemon_stops_when_a_newer_newsletter_upgrades_the_schema_under_it(
 ) -> None:
     # On PostgreSQL any number of daemons share a store with no lock row, so a
     # newer binary started beside them upgrades it; they went on writing the old way.
-    import subprocess
-    import sys
 
     from newsletter.store import now
     from newsletter.store.schema import SCHEMA_VERSION, schema_version
 
     site = make_site(tmp_path, scan_interval="10m")
     engine = engine_of(site.settings())
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "newsletter", "--config", str(site.config), "run", "--no-watch"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stderr is not None
+    proc = _daemon(site)
     try:
-        started = ""
-        while "daemon started" not in started:
-            line = proc.stderr.readline()
-            assert line, proc.communicate(timeout=60)
-            started += line
+        started = _started(proc)
         with engine.begin() as conn:
             conn.execute(
                 schema_version.insert().values(version=SCHEMA_VERSION + 1, applied_at=now())
