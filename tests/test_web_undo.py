@@ -425,3 +425,22 @@ def test_a_reloaded_undo_url_goes_back_under_the_path_prefix(config: Path) -> No
         answer = client.get(f"/unsubscribe/{token}/undo", follow_redirects=False)
     assert answer.status_code == 303
     assert answer.headers["location"] == f"/news/unsubscribe/{token}"
+
+
+def test_a_list_the_owner_took_them_off_gets_no_offer_to_join_again(config: Path) -> None:
+    """The owner unsubscribed the reader from letters alone (still active for
+    the rest): the preferences page will not join letters again, so this
+    page must not promise it ("choose it on your preferences page")."""
+    store = _public_letters(config)
+    app = create_public_app(store.settings, engine=store.engine, secret=store.secret)
+    with TestClient(app, base_url=PUBLIC) as client:
+        ola = store.add("ola@example.com")
+        token = store.token(ola)
+        owner(config, "subscribers", "unsubscribe", "ola@example.com", "--list", "letters")
+        text = undo(client, token)
+        assert REFUSED in text
+        assert 'id="rejoin"' not in text and "Only the site's owner" in text, text
+        found = PREFS_LINK.search(text)
+        assert found, text
+        client.post(found.group(1), data={"list": "letters"})
+    assert not store.mailable(ola)

@@ -32,7 +32,7 @@ from newsletter.audience import members as subs
 from newsletter.audience.addresses import normalise_email
 from newsletter.config import Settings
 from newsletter.errors import SubscriberError
-from newsletter.store import insert_or_ignore
+from newsletter.store import insert_or_ignore, reading
 from newsletter.store.schema import (
     confirmations,
     memberships,
@@ -354,6 +354,13 @@ def _join(conn: Connection, subscriber_id: int, lid: int, at: datetime) -> bool:
         .values(unsubscribed_at=None)
     )
     return bool(lifted.rowcount)
+
+
+def owner_left(engine: Engine, subscriber_id: int, names: tuple[str, ...]) -> set[str]:
+    """The lists of `names` the owner (or an import) took this address off: the
+    ones the preferences page will not join again (`_owner_left`)."""
+    with reading(engine) as conn:
+        return _owner_left(conn, subscriber_id, names)
 
 
 def _owner_left(conn: Connection, subscriber_id: int, names: tuple[str, ...]) -> set[str]:

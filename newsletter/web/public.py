@@ -37,7 +37,7 @@ from starlette.responses import (
 from starlette.routing import Route
 
 from newsletter.audience import members as subs
-from newsletter.audience.signup import self_suppressed
+from newsletter.audience.signup import owner_left, self_suppressed
 from newsletter.audience.unsubscribes import UNDO_WINDOW, undoable, unsubscribe_by_link
 from newsletter.audience.unsubscribes import undo as undo_unsubscribe
 from newsletter.config import Settings
@@ -298,8 +298,11 @@ def _can_rejoin(state: PublicState, target: Target) -> bool:
     person = subs.get_by_id(state.engine, target.subscriber.id) or target.subscriber
     if person.suppressed and not self_suppressed(person):
         return False
-    public = {lst.name for lst in state.settings.public_lists}
-    return bool(public) if target.list_name is None else target.list_name in public
+    public = tuple(lst.name for lst in state.settings.public_lists)
+    wanted = public if target.list_name is None else (target.list_name,)
+    joinable = set(wanted) & set(public)
+    # A list the owner took them off is one the page will not join either.
+    return bool(joinable - owner_left(state.engine, person.id, tuple(joinable)))
 
 
 def back_to_page(request: Request) -> Response:
