@@ -630,3 +630,12 @@ def test_a_file_or_folder_name_too_long_for_the_system_is_one_line(sample_site: 
     synced = cli("subscribers", "sync", "--dir", long)
     assert synced.exit_code == 1, synced.output
     assert synced.stderr.count("\n") == 1 and "too long" in synced.stderr, synced.stderr
+
+
+def test_lists_piped_is_not_cut_at_80_columns(sample_site: Path) -> None:
+    # Piped, rich's 80 columns cut the header ("unsubscrib…") and wrapped titles.
+    result = cli("lists")
+    assert result.exit_code == 0, result.output
+    header = next(line for line in result.stdout.splitlines() if "list" in line and "title" in line)
+    assert "unsubscribed" in header and "complained" in header, result.stdout
+    assert "Field Notes weekly digest" in result.stdout, result.stdout

@@ -35,6 +35,8 @@ from newsletter.cli.members import MEMBER_COMMANDS
 
 # The library (SQLAlchemy, rich) is imported inside each command, so `--help` stays cheap.
 if TYPE_CHECKING:
+    from rich.table import Table
+
     from newsletter.audience.importer import ImportCounts
     from newsletter.audience.memberreads import ListCounts
     from newsletter.audience.subscribers import Progress as ProgressFn
@@ -221,7 +223,6 @@ def _report_problems(problems: list[Problem], total: int) -> None:
 
 
 def _summary_table(counts: ImportCounts, list_name: str, dry_run: bool) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     title = f"{'Dry run (nothing written)' if dry_run else 'Imported'}: list {list_name}"
@@ -230,7 +231,7 @@ def _summary_table(counts: ImportCounts, list_name: str, dry_run: bool) -> None:
     table.add_column("count", justify="right")
     for key, value in counts.as_dict().items():
         table.add_row(key.replace("_", " "), str(value))
-    Console(soft_wrap=True).print(table)
+    _print_table(table)
     verb = "would import" if dry_run else "imported"
     click.echo(
         f"{list_name}: {verb} {counts.rows} rows: {counts.new} new, {counts.updated} updated, "
@@ -322,6 +323,17 @@ def list_command(
         click.echo("\n]")
 
 
+def _print_table(table: Table) -> None:
+    """A rich table on a terminal's width; piped, as wide as it needs (rich's
+    80 columns cut headers and wrapped titles over lines a script then split)."""
+    from rich.console import Console
+
+    Console(soft_wrap=True, width=None if stdout_is_tty() else PIPED_WIDTH).print(table)
+
+
+PIPED_WIDTH = 1000  # a table takes only the columns it needs
+
+
 @contextmanager
 def _writing_stdout() -> Iterator[None]:
     """`export > backup.csv` on a full disk: one line, not an OSError traceback
@@ -394,7 +406,6 @@ def _sync(settings: Settings, directory: Path | None, dry_run: bool, as_json: bo
 def lists_command(ctx: click.Context, as_json: bool) -> None:
     """Show each list with its title, members counted by status, and the
     bounce and complaint reports read back for its mailings."""
-    from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
@@ -430,7 +441,7 @@ def lists_command(ctx: click.Context, as_json: bool) -> None:
     for c in found:
         # Text, not markup: a title "Notes [weekly]" lost its word, "[/]" raised.
         table.add_row(Text(c.name), Text(c.title), *(str(c.counts.get(s, 0)) for s in STATUSES))
-    Console(soft_wrap=True).print(table)
+    _print_table(table)
     for c in found:
         got = reports.get(c.name)
         if got:
