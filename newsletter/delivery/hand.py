@@ -117,11 +117,15 @@ class Hand:
                 return False
             if row not in self.unsent and row not in self.begun:
                 return False  # dropped, and already turned away once
-            if lease_clock() >= self.until - self.margin:
+            if self._lapsing():
                 return None
             self.unsent.discard(row)
             self.begun.add(row)
             return True
+
+    def _lapsing(self) -> bool:
+        """Whether the leases are within the margin of their end, or past it."""
+        return lease_clock() >= self.until - self.margin
 
     def settled(self, row: int) -> None:
         """`row`'s outcome is in the recorder's hands (also one decided before it
@@ -147,7 +151,7 @@ class Hand:
         dropped first, since nobody can say which rows are still ours.
         """
         with self._renewing:
-            if urgent and lease_clock() < self.until - self.margin:
+            if urgent and not self._lapsing():
                 return  # renewed by another thread while this one waited
             since = lease_clock()
             with self._lock:
@@ -155,7 +159,7 @@ class Hand:
             try:
                 still = self._renew()
             except NewsletterError:
-                if urgent or lease_clock() >= self.until - self.margin:
+                if urgent or self._lapsing():
                     self._drop_all()
                 raise
             with self._lock:
