@@ -385,7 +385,7 @@ def test_import_json_includes_the_problems(sample_site: Path) -> None:
 
 
 def test_import_json_says_how_many_problems_it_left_out(sample_site: Path) -> None:
-    from newsletter.audience.importer import MAX_PROBLEMS
+    from newsletter.audience.importcounts import MAX_PROBLEMS
 
     rows = "".join(f"bad{i}\n" for i in range(MAX_PROBLEMS + 5))
     Path("many.csv").write_text("email\nok@example.com\n" + rows, encoding="utf-8")

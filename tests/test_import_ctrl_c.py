@@ -44,7 +44,7 @@ STOPPED_LINE = (
 # The entry point (`newsletter.__main__`), with one thing made to happen:
 # `merge`, a statement inside the merge's transaction that the signal lands in
 # (it says "mid-merge" on stderr first); `function`, the same with a Python
-# function the statement calls, as the merge's own uids are made (sqlite3
+# function the statement calls, as reads of derived uids do (store.uids; sqlite3
 # turns the KeyboardInterrupt raised there into an error of its own);
 # `reader`, a second process reading the file whatever its size and the
 # machine's load (`stagereader`).

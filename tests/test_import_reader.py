@@ -1,5 +1,5 @@
 """A big file is read and validated by a second process (audience/stagereader.py),
-and the merge gives new subscribers ordered uids (audience/staging.py).
+and the merge gives new subscribers no stored uid (derived: tests/test_store_uids.py).
 
 Both must change nothing an import reports or stores: the same counts, the same
 problems (file, line, reason) in file order, the same file facts, the same
@@ -9,13 +9,12 @@ members, errors with the same message and location, progress to the end.
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 from test_subscribers_common import make_engine, make_settings, run_import
 
 import newsletter.audience.stagereader as stagereader
@@ -25,7 +24,6 @@ from newsletter.audience.subscribers import members
 from newsletter.config import Settings
 from newsletter.errors import SubscriberError
 from newsletter.store import open_url
-from newsletter.store.schema import subscribers
 
 ROWS = [  # our own export's header: `subscribed_at` is when they joined
     "email,name,status,subscribed_at,city",
@@ -211,38 +209,17 @@ def test_a_failure_here_stops_the_reader_at_once(
         processes.append(real(args, **kwargs))
         return processes[-1]
 
-    def fails_after_one_row(_conn: object, _table: object, _names: object, rows: Any) -> None:
-        next(iter(rows))
+    def fails_after_one_run(_conn: object, runs: Any) -> None:
+        next(iter(runs))
         raise RuntimeError("disk on fire")
 
     monkeypatch.setattr(stagereader.subprocess, "Popen", popen)
-    monkeypatch.setattr(staging, "_write_rows", fails_after_one_row)
+    monkeypatch.setattr(staging, "_write_runs", fails_after_one_run)
     lines = ["email"] + [f"user{i}@example.com" for i in range(60_000)]
     with pytest.raises(RuntimeError, match="disk on fire"):
         run_import(engine, settings, write(tmp_path / "big.csv", lines))
     assert len(processes) == 1 and processes[0].poll() is not None
     assert list(members(engine, "news")) == []
-
-
-def uids(engine: Engine) -> list[str]:
-    with engine.connect() as conn:
-        return list(conn.scalars(select(subscribers.c.uid).order_by(subscribers.c.id)))
-
-
-def test_imported_uids_ascend_in_insert_order_and_stay_unguessable(
-    engine: Engine, settings: Settings, tmp_path: Path
-) -> None:
-    """The uid index grows at its end, and half of every uid is random."""
-    lines = ["email"] + [f"user{(i * 7919) % 3000}@example.com" for i in range(3000)]
-    run_import(engine, settings, write(tmp_path / "many.csv", lines))
-    first = uids(engine)
-    assert len(first) == len(set(first)) == 3000
-    assert all(re.fullmatch(r"[0-9a-f]{32}", u) for u in first)
-    assert first == sorted(first)  # in id order, which is the insert's order
-    random_halves = [u[16:] for u in first]
-    assert len(set(random_halves)) == 3000 and random_halves != sorted(random_halves)
-    run_import(engine, settings, write(tmp_path / "more.csv", ["email", "new@example.com"]))
-    assert len(set(uids(engine))) == 3001
 
 
 def test_frames_are_marshal_for_plain_rows_and_pickle_for_the_rest() -> None:
@@ -260,3 +237,27 @@ def test_frames_are_marshal_for_plain_rows_and_pickle_for_the_rest() -> None:
         frame = stagereader._encode(message)
         assert frame[:1] == codec
         assert stagereader._decode(frame) == message
+
+
+@pytest.mark.parametrize("driver", ["sqlite", "postgresql+psycopg"])
+def test_the_reader_writes_times_as_the_store_s_own_type_does(driver: str) -> None:
+    """The reader process converts a row's time without SQLAlchemy
+    (`stagereader.driver_time`): the same value `_Raw` would have bound."""
+    from datetime import UTC, datetime, timedelta, timezone
+
+    from sqlalchemy.engine import make_url
+
+    from newsletter.audience.importwrites import _Raw
+
+    raw = _Raw(make_url(f"{driver}://").get_dialect()())
+    ours = stagereader.driver_time(driver)
+    zones = (UTC, timezone(timedelta(hours=5, minutes=30)), timezone(timedelta(hours=-8)))
+    for zone in zones:
+        for moment in (
+            datetime(2023, 5, 1, 10, 0, tzinfo=zone),
+            datetime(1999, 12, 31, 23, 59, 59, 999999, tzinfo=zone),
+            datetime(2024, 2, 29, 0, 0, 0, 1, tzinfo=zone),
+        ):
+            assert ours(moment) == raw.time(moment), (driver, moment)
+    with pytest.raises(ValueError, match="naive"):
+        ours(datetime(2023, 5, 1))

@@ -3,7 +3,8 @@
 GDPR (art. 7(1)) asks whoever sends the newsletter to be able to show that
 each reader consented.  Every signup, confirmation, subscribe, unsubscribe
 and preference change is one row of `consent_events`, written in the same
-transaction as the change itself; `newsletter subscribers show EMAIL`
+transaction as the change itself (an import's new subscribers, added with
+one consent, share one row: `history` reads it for each); `newsletter subscribers show EMAIL`
 prints them.  Sources: form, json (the signup form and its JSON twin),
 import, sync, cli, one-click (RFC 8058), preferences (the preferences page).
 """
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Engine, select, union_all
 from sqlalchemy.exc import SQLAlchemyError
 
 from newsletter.errors import StoreError, database_reason
@@ -93,18 +94,19 @@ def last_unsubscribe_source(conn: Connection, subscriber_id: int, list_name: str
 
 
 def history(engine: Engine, subscriber_id: int) -> list[ConsentEvent]:
-    """A subscriber's events, oldest first."""
-    query = (
-        select(
-            consent_events.c.at,
-            consent_events.c.action,
-            consent_events.c.source,
-            consent_events.c.list_name,
-            consent_events.c.detail,
-        )
-        .where(consent_events.c.subscriber_id == subscriber_id)
-        .order_by(consent_events.c.at, consent_events.c.id)
+    """A subscriber's events, oldest first: its own records and those of the
+    imports that added it among a range of subscribers (schema 11,
+    `consent_events.last_subscriber_id`), each read by its own index."""
+    e = consent_events.c
+    columns = (e.at, e.action, e.source, e.list_name, e.detail, e.id)
+    own = select(*columns).where(e.subscriber_id == subscriber_id, e.last_subscriber_id.is_(None))
+    ranges = select(*columns).where(
+        e.last_subscriber_id.is_not(None),
+        e.last_subscriber_id >= subscriber_id,
+        e.subscriber_id <= subscriber_id,
     )
+    both = union_all(own, ranges).subquery()
+    query = select(*list(both.c)[:5]).order_by(both.c.at, both.c.id)
     try:
         with reading(engine) as conn:
             return [ConsentEvent(*row) for row in conn.execute(query)]

@@ -29,7 +29,7 @@ from sqlalchemy import Connection, select, type_coerce
 
 from newsletter.audience import consent
 from newsletter.audience.addresses import normalise_email
-from newsletter.audience.csvformats import FileInfo
+from newsletter.audience.importcounts import ImportCounts
 from newsletter.audience.importwrites import _PreBound, _Raw, _write
 from newsletter.audience.members import ACTIVE, PENDING, SUPPRESSED
 from newsletter.audience.serviceformats import SourceRow
@@ -38,41 +38,8 @@ from newsletter.store import now
 from newsletter.store.schema import memberships, new_uid, subscribers
 
 CHUNK_ROWS = 5000
-MAX_PROBLEMS = 1000  # kept for the report; every one is still counted
 _RANK = {ACTIVE: 0, PENDING: 0, "unsubscribed": 1, "bounced": 2, "complained": 3}
 _MAILABLE_WISH = (ACTIVE, PENDING)
-
-
-@dataclass
-class ImportCounts:
-    """What an import did (or, with --dry-run, would do), counted per address."""
-
-    rows: int = 0
-    new: int = 0  # joined the list
-    updated: int = 0  # already on the list; name, attributes or status changed
-    unchanged: int = 0
-    kept_suppressed: int = 0  # the file said active; the store's suppression stayed
-    invalid: int = 0  # rows skipped (bad address or no address)
-    duplicates: int = 0  # rows merged into an earlier row of the same address
-    warnings: int = 0
-    removed: int = 0  # sync only: left the list because the file no longer has them
-    write_lock_seconds: float | None = None  # a staged import's merge (bench/import.py)
-    write_lock_cpu_seconds: float | None = None
-    problems: list[Problem] = field(default_factory=list)
-    files: list[FileInfo] = field(default_factory=list)
-
-    def report(self, problem: Problem) -> None:
-        if problem.severity == "error":
-            self.invalid += 1
-        else:
-            self.warnings += 1
-        if len(self.problems) < MAX_PROBLEMS:
-            self.problems.append(problem)
-
-    def as_dict(self) -> dict[str, int]:
-        keys = ("rows", "new", "updated", "unchanged", "kept_suppressed", "invalid")
-        more = ("duplicates", "warnings", "removed")
-        return {k: getattr(self, k) for k in keys + more}
 
 
 @dataclass

@@ -21,6 +21,7 @@ from newsletter.audience.addresses import email_key, normalise_email
 from newsletter.errors import StoreError, SubscriberError, database_reason
 from newsletter.store import reading as read_only
 from newsletter.store.schema import lists, memberships, subscribers
+from newsletter.store.uids import UID, by_uid
 
 ACTIVE = "active"
 PENDING = "pending"
@@ -120,7 +121,7 @@ def row_of(row: Any) -> SubscriberRow:
 
 SUBSCRIBER_COLUMNS = (
     subscribers.c.id,
-    subscribers.c.uid,
+    UID,
     subscribers.c.email,
     subscribers.c.name,
     subscribers.c.status,
@@ -196,7 +197,7 @@ def mailable_members(bind: Bind, list_name: str) -> Iterator[Member]:
     with reading(bind) as conn:
         lid = list_id(conn, list_name)
         query = (
-            select(subscribers.c.id, subscribers.c.uid, subscribers.c.email, subscribers.c.name)
+            select(subscribers.c.id, UID, subscribers.c.email, subscribers.c.name)
             .join(memberships, memberships.c.subscriber_id == subscribers.c.id)
             .where(
                 memberships.c.list_id == lid,
@@ -228,7 +229,7 @@ def is_mailable(bind: Bind, subscriber_id: int, list_name: str) -> bool:
 
 def get_by_uid(bind: Bind, uid: str) -> SubscriberRow | None:
     with reading(bind) as conn:
-        row = conn.execute(select(*SUBSCRIBER_COLUMNS).where(subscribers.c.uid == uid)).first()
+        row = conn.execute(select(*SUBSCRIBER_COLUMNS).where(by_uid(uid))).first()
     return row_of(row) if row is not None else None
 
 

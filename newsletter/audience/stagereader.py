@@ -6,7 +6,7 @@ process did both in turn.  Here a child process (spawned: nothing of this
 process's connections or threads is inherited) runs exactly the same code,
 `read_source` through `validated_rows`, and sends the valid rows back in
 batches (marshal), while this process makes the stage's tuples of the
-previous batch (`staged_rows`: numbers, attributes as JSON text, uids) and
+previous batch (`staged_runs`: attributes as JSON text, rows by shape) and
 writes them into the TEMP table: the split that keeps both processes about
 equally busy.  The pipe holds a few batches (`PIPE_BYTES`), so the child is
 never far ahead: memory stays flat.
@@ -35,16 +35,20 @@ import time
 import traceback
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from itertools import islice
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import newsletter
 from newsletter import GC_THRESHOLDS
 from newsletter.audience.addresses import normalised
-from newsletter.audience.importer import ImportCounts, _Raw
+from newsletter.audience.importcounts import ImportCounts
 from newsletter.audience.serviceformats import SourceRow
 from newsletter.errors import Problem, SubscriberError
+
+if TYPE_CHECKING:
+    from newsletter.audience.importwrites import _Raw
 
 PARALLEL_MIN_BYTES = 8 << 20  # ~140,000 rows of a typical export
 BATCH_ROWS = 1000  # ~140 kB a batch: several fit the pipe
@@ -234,8 +238,6 @@ def _add_counts(counts: ImportCounts, child: ImportCounts) -> None:
 def main(path: Path, fmt: str, driver: str, out: IO[bytes]) -> None:
     """The child: `read_source` → `validated_rows`, in batches onto `out` (`_encode`)."""
     # Imported here: the parent needs none of this to start the child.
-    from sqlalchemy.engine import make_url
-
     from newsletter.audience.csvformats import read_source
 
     done = 0
@@ -251,9 +253,8 @@ def main(path: Path, fmt: str, driver: str, out: IO[bytes]) -> None:
 
     counts = ImportCounts()
     try:
-        raw = _Raw(make_url(f"{driver}://").get_dialect()())
         source = read_source(path, fmt, progress=note, infos=counts.files)
-        rows = validated_rows(source, counts, raw)
+        rows = validated_rows(source, counts, driver_time(driver))
         while batch := list(islice(rows, BATCH_ROWS)):
             send(("rows", batch, done))
         message: tuple[str, Any, int] = ("end", counts, done)
@@ -272,17 +273,19 @@ def main(path: Path, fmt: str, driver: str, out: IO[bytes]) -> None:
 
 
 def validated_rows(
-    source: Iterable[SourceRow | Problem], counts: ImportCounts, raw: _Raw
+    source: Iterable[SourceRow | Problem],
+    counts: ImportCounts,
+    as_driver_time: Callable[[datetime], Any],
 ) -> Generator[tuple[Any, ...], None, None]:
     """`importer`'s validation: one (key, email, name, status, reason,
     attributes or None, since as the driver takes it or None) per valid row;
     every problem reported, every row counted.
 
     The first half of an import's hot loop, and what a reader process runs:
-    the rest (`staged_rows`) stays with the process that stages, which else
+    the rest (`staged_runs`) stays with the process that stages, which else
     waited for a child doing all of it (1M rows: the child ~7 s of CPU, this
     process ~3 s)."""
-    report, time = counts.report, raw.time
+    report = counts.report
     rows = 0
     try:
         for item in source:
@@ -304,39 +307,81 @@ def validated_rows(
                 report(Problem(exc.message, path, line))
                 continue
             yield (key, email, name, status, reason, attributes or None,
-                   time(since) if since else None)  # fmt: skip
+                   as_driver_time(since) if since else None)  # fmt: skip
     finally:
         counts.rows += rows
 
 
-def staged_rows(
+RUN_ROWS = 1000
+
+
+def driver_time(driver: str) -> Callable[[datetime], Any]:
+    """A time as the store's driver takes it, exactly what `importwrites._Raw.time`
+    gives for that database (tests/test_import_reader.py compares them), made
+    here without SQLAlchemy: importing it was most of this process's start,
+    which the importing process spent waiting for its first rows."""
+    if driver.split("+")[0] != "sqlite":
+        return _aware  # PostgreSQL's driver takes the aware datetime itself
+
+    def sqlite(value: datetime) -> str:
+        # SQLAlchemy's SQLite DATETIME text, of the UTC time (schema.UtcDateTime).
+        utc = _aware(value).astimezone(UTC)
+        return (
+            f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d} "
+            f"{utc.hour:02d}:{utc.minute:02d}:{utc.second:02d}.{utc.microsecond:06d}"
+        )
+
+    return sqlite
+
+
+def _aware(value: datetime) -> datetime:
+    if value.tzinfo is None:  # as schema.UtcDateTime refuses one
+        raise ValueError("naive datetime given to the store")
+    return value
+
+
+def staged_runs(
     rows: Iterator[tuple[Any, ...]], raw: _Raw
-) -> Generator[tuple[Any, ...], None, None]:
-    """`validated_rows`' tuples as the stage's, in `_rows`' column order: a
-    number in file order, the attributes as the JSON column's own text, the
-    random half of a uid.  No object per row beyond the tuple itself.
+) -> Generator[tuple[bool, list[tuple[Any, ...]]], None, None]:
+    """`validated_rows`' tuples as the stage's, in file order: runs of up to
+    `RUN_ROWS` rows of one shape, (True, rows in `stagetables.PLAIN_COLUMNS`) or
+    (False, rows in `STAGED_COLUMNS`), the attributes as the JSON column's own text.
+    A plain row binds four values instead of seven, which was half of what
+    SQLite spent storing a million rows (each bound value costs; a default
+    does not).  A new subscriber's uid is derived from its row id
+    (`newsletter.store.uids`): nothing to draw per row.
 
     Closing this closes `rows` at once (a reader process stops with it)."""
-    dumps, uids = raw.json_text, _uids()
-    seq = 0
+    dumps = raw.json_text
+    plain: list[tuple[Any, ...]] = []
+    full: list[tuple[Any, ...]] = []
     try:
         for key, email, name, status, reason, attributes, since in rows:
-            seq += 1
-            yield (seq, key, email, name, status, reason,
-                   dumps(attributes) if attributes else None, since, next(uids))  # fmt: skip
+            text = dumps(attributes) if attributes else None
+            if status == "active" and reason is None and since is None:
+                if full:
+                    yield False, full
+                    full = []
+                plain.append((key, email, name, text))
+                if len(plain) == RUN_ROWS:
+                    yield True, plain
+                    plain = []
+            else:
+                if plain:
+                    yield True, plain
+                    plain = []
+                full.append((key, email, name, status, reason, text, since))
+                if len(full) == RUN_ROWS:
+                    yield False, full
+                    full = []
+        if plain:
+            yield True, plain
+        if full:
+            yield False, full
     finally:
         close = getattr(rows, "close", None)
         if close is not None:
             close()
-
-
-def _uids(batch: int = 4096) -> Iterator[str]:
-    """The random half of new subscribers' uids (8 bytes from the OS as hex,
-    drawn in batches); the merge puts the ordered half in front (`_ordered_uids`)."""
-    while True:
-        pool = os.urandom(8 * batch).hex()
-        for start in range(0, 16 * batch, 16):
-            yield pool[start : start + 16]
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ PostgreSQL (psycopg 3's `cursor.copy`, `write_row`)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from sqlalchemy import Column, Connection, Integer, MetaData, String, Table, Text
@@ -16,6 +16,11 @@ from sqlalchemy.types import UserDefinedType
 log = logging.getLogger(__name__)
 
 _temp = MetaData()
+
+# The stage's columns after its number, in full and for a plain row
+# (`newsletter.audience.stagereader.staged_runs`).
+STAGED_COLUMNS = ["key", "email", "name", "status", "reason", "attributes", "since"]
+PLAIN_COLUMNS = ["key", "email", "name", "attributes"]
 
 
 class _Untouched(UserDefinedType[Any]):
@@ -64,15 +69,16 @@ def _table(name: str, *columns: Column[Any]) -> Table:
 
 _rows = _table(
     "import_rows",
+    # File order: numbered as the rows come (SQLite's next rowid, PostgreSQL's sequence).
     Column("seq", Integer, primary_key=True),
     Column("key", Text, nullable=False),
     Column("email", Text, nullable=False),
     Column("name", Text, nullable=False),
-    Column("status", String(16), nullable=False),
+    # A plain row's (`stagereader.PLAIN_COLUMNS`): its status is left to this.
+    Column("status", String(16), nullable=False, server_default="active"),
     Column("reason", Text),
     Column("attributes", Text),  # JSON as the column's serializer writes it, or NULL for none
     Column("since", _TIME),  # as the driver takes it, or NULL
-    Column("uid", Text, nullable=False),  # the random half of its uid, if the address is new
 )
 _rest = _table(  # staged rows of stored addresses, and what they are (`stageplan.plan_changes`)
     "import_rest", Column("seq", Integer, primary_key=True), Column("what", Integer, nullable=False)
@@ -123,6 +129,32 @@ def _insert_many(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> 
     """Rows whose values are already the driver's into a TEMP table."""
     names = list(rows[0])
     _write_rows(conn, table, names, (tuple(r[n] for n in names) for r in rows))
+
+
+def _write_runs(conn: Connection, runs: Iterable[tuple[bool, list[tuple[Any, ...]]]]) -> bool:
+    """`stagereader.staged_runs` into `_rows`: each run with its own columns
+    (SQLite); PostgreSQL's one COPY takes every row in full.  True when every
+    row was plain (no status, reason or time of its own)."""
+    shapes: list[bool] = []
+    if conn.dialect.name == "postgresql":
+        _write_rows(conn, _rows, STAGED_COLUMNS, _in_full(runs, shapes))
+        return all(shapes)
+    for plain, rows in runs:
+        shapes.append(plain)
+        _write_rows(conn, _rows, PLAIN_COLUMNS if plain else STAGED_COLUMNS, rows)
+    return all(shapes)
+
+
+def _in_full(
+    runs: Iterable[tuple[bool, list[tuple[Any, ...]]]], shapes: list[bool]
+) -> Iterator[tuple[Any, ...]]:
+    for plain, rows in runs:
+        shapes.append(plain)
+        if not plain:
+            yield from rows
+            continue
+        for key, email, name, attributes in rows:
+            yield key, email, name, "active", None, attributes, None
 
 
 def _write_rows(

@@ -41,7 +41,6 @@ it, when a core is free (`newsletter.audience.stagereader`).
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import closing, contextmanager
@@ -76,7 +75,7 @@ from newsletter.audience.stageplan import (
     merge_duplicates,
     plan_changes,
 )
-from newsletter.audience.stagereader import ValidatedRows, staged_rows, validated_rows
+from newsletter.audience.stagereader import ValidatedRows, staged_runs, validated_rows
 from newsletter.audience.stagetables import (
     _RAW,
     TABLES,
@@ -85,11 +84,12 @@ from newsletter.audience.stagetables import (
     _new,
     _rows,
     _unsuppress,
-    _write_rows,
+    _write_runs,
 )
 from newsletter.errors import Problem
 from newsletter.store import checkpoint_after, parented_bulk_transaction
 from newsletter.store.schema import consent_events, lists, memberships, subscribers
+from newsletter.store.uids import ensure_nonce
 
 
 class StaleSnapshot(Exception):
@@ -104,7 +104,7 @@ class StaleSnapshot(Exception):
 # B-tree entry there.)
 _ROWS_BY_KEY = (
     "CREATE INDEX import_rows_key ON import_rows "
-    "(key, seq, email, uid, name, status, reason, attributes)"
+    "(key, seq, email, name, status, reason, attributes)"
 )
 # PostgreSQL, for this session only (the connection is closed after an
 # import): TEMP tables live in the backend's own buffers (8 MB by default,
@@ -133,7 +133,7 @@ def stage_and_plan(run: ImportRun, source: Iterable[SourceRow | Problem] | Valid
     for table in TABLES:
         table.drop(conn, checkfirst=True)
         table.create(conn)
-    rows_from_file(conn, source, run.counts)
+    all_plain = rows_from_file(conn, source, run.counts)
     if conn.dialect.name == "sqlite":
         conn.exec_driver_sql(_ROWS_BY_KEY)
     else:
@@ -143,7 +143,9 @@ def stage_and_plan(run: ImportRun, source: Iterable[SourceRow | Problem] | Valid
         count_all_new(run)  # an empty store (a first import): nothing to plan
     else:
         plan_changes(run)
-    run.staged_since, run.staged_suppressed = _staged_flags(conn)
+    # Merging a file's repeated addresses keeps their values: rows that all
+    # were plain stay plain, and the stage need not be scanned for it.
+    run.staged_since, run.staged_suppressed = (False, False) if all_plain else _staged_flags(conn)
 
 
 def _staged_flags(conn: Connection) -> tuple[bool, bool]:
@@ -227,22 +229,22 @@ def _merge_transaction(run: ImportRun, conn: Connection, raw_stamp: Any) -> None
 
 def rows_from_file(
     conn: Connection, source: Iterable[SourceRow | Problem] | ValidatedRows, counts: ImportCounts
-) -> None:
-    """Every valid row into the TEMP table, through the driver in one stream
+) -> bool:
+    """Every valid row into the TEMP table, through the driver in runs
     (SQLAlchemy's per-row parameter handling cost more than SQLite's own work);
-    `ValidatedRows` were validated by another process (`stagereader`)."""
-    names = [c.name for c in _rows.columns]
+    `ValidatedRows` were validated by another process (`stagereader`).  True
+    when every row was plain (`stagereader.staged_runs`)."""
     raw = _Raw(conn.dialect)
     valid = (
         source.__iter__()
         if isinstance(source, ValidatedRows)
-        else validated_rows(source, counts, raw)
+        else validated_rows(source, counts, raw.time)
     )
-    rows = staged_rows(valid, raw)
+    runs = staged_runs(valid, raw)
     # Closed at once, also on an error: the reader process stops with it (not
     # whenever the traceback that holds the generator is collected).
-    with closing(rows):
-        _write_rows(conn, _rows, names, rows)
+    with closing(runs):
+        return _write_runs(conn, runs)
 
 
 # --------------------------------------------------------------------------- phase 2
@@ -259,16 +261,18 @@ def _check(conn: Connection, done: int, wanted: int, what: str) -> None:
 
 def _insert_staged_new(conn: Connection, run: ImportRun, raw_stamp: Any) -> int:
     """The new addresses, straight from the stage, in address order (the
-    email_key index then grows at its end), each with its uid
-    (`_ordered_uids`), and (SQLite) the memberships and consent records of
-    the rows just added; PostgreSQL writes all three in one statement
+    email_key index then grows at its end), with no stored uid (derived from
+    the row id: `store.uids`, whose nonce this transaction makes if the store
+    has none yet), and (SQLite) the memberships and consent records of the
+    rows just added; PostgreSQL writes all three in one statement
     (`_insert_staged_new_pg`)."""
+    ensure_nonce(conn)
     if conn.dialect.name == "postgresql":
         return _insert_staged_new_pg(conn, run, raw_stamp)
     r = _rows.c
     stamp = bindparam("stamp", raw_stamp, type_=_RAW)
     attributes = func.coalesce(r.attributes, "{}")
-    query = select(r.email, r.key, _ordered_uids(conn), r.name, _as_json(conn, attributes),
+    query = select(r.email, r.key, null(), r.name, _as_json(conn, attributes),
                    r.status, r.reason, stamp, stamp, stamp).order_by(r.key)  # fmt: skip
     if not run.staged_only_new:
         query = query.where(~exists().where(subscribers.c.email_key == r.key))
@@ -296,35 +300,6 @@ _NEW_COLUMNS = ["email", "email_key", "uid", "name", "attributes", "status", "st
                 "status_changed_at", "created_at", "updated_at"]  # fmt: skip
 
 
-def _ordered_uids(conn: Connection) -> Any:
-    """SQLite: each new subscriber's uid, ascending in the order of the insert.
-
-    A uid is what unsubscribe and preferences links carry, so it must stay
-    unguessable: 64 random bits (the staged `uid`, drawn from the OS) are its
-    second half.  Its first half is this import's time (8 hex digits of Unix
-    seconds) and the row's rank in the insert (8 hex digits).  A million
-    random uids each went to a random page of the uid index, which no page
-    cache of a sane size holds (measured on a table of this shape: 6.5 s for
-    the insert, 2.3 s in ascending order).  The rank comes from a function of
-    the connection: a C-level iterator, no Python frame per row, called once
-    per inserted row in insert order (`row_number()` cost 2.4 s more there).
-    PostgreSQL spells the same uid in `_insert_staged_new_pg`.
-    """
-    driver = conn.connection.driver_connection
-    ranks = map("{:08x}".format, itertools.count(1))
-    driver.create_function("newsletter_import_rank", 0, ranks.__next__)  # type: ignore[union-attr]
-    return _uid_prefix() + func.newsletter_import_rank() + func.substr(_rows.c.uid, 1, 16)
-
-
-def _uid_prefix() -> Any:
-    return literal(_time_hex())
-
-
-def _time_hex() -> str:
-    """Unix seconds as 8 hex digits (they sort until 2106, then wrap)."""
-    return f"{int(time.time()) & 0xFFFFFFFF:08x}"
-
-
 def _insert_staged_memberships(
     conn: Connection, run: ImportRun, raw_stamp: Any, before: int | None, added: int
 ) -> None:
@@ -340,9 +315,11 @@ def _insert_staged_memberships(
     r, s = _rows.c, subscribers.c
     stamp = bindparam("stamp", raw_stamp, type_=_RAW)
     after = s.id > (before or 0)
-    _check(
-        conn, conn.scalar(select(func.count()).where(after)) or 0, added, "a subscriber appeared"
-    )
+    # The ids after `before` are the `added` just inserted and nothing else
+    # when the largest is `before + added` (one index probe; a count walked
+    # a million ids).  SQLite gives each insert the next id.
+    last = conn.scalar(select(func.max(s.id))) or 0
+    _check(conn, last - (before or 0), added, "a subscriber appeared")
     # No row gave a time (most files): every membership starts now, and the
     # merge skips a lookup per row.
     since: Any = stamp
@@ -352,9 +329,19 @@ def _insert_staged_memberships(
     joins = select(literal(run.list_id), s.id, since).where(after)
     conn.execute(insert(memberships).from_select(["list_id", "subscriber_id", "created_at"], joins))
     name = conn.scalar(select(lists.c.name).where(lists.c.id == run.list_id))
-    record: tuple[Any, ...] = (literal("subscribe"), literal(name), null())
-    if run.staged_suppressed:  # only then is each row's status read (`_staged_flags`)
-        record = _join_record(s.status, s.status_reason, name)
+    first = (before or 0) + 1
+    if not run.staged_suppressed:
+        # One consent, one record: every row added joined this list from this
+        # file, and their ids are consecutive (checked above).
+        conn.execute(
+            insert(consent_events).values(
+                subscriber_id=first, last_subscriber_id=last, at=stamp, source=run.source,
+                action="subscribe", list_name=name, detail=None,
+            )
+        )  # fmt: skip
+        return
+    # A status per row (`_staged_flags`): a record per row.
+    record = _join_record(s.status, s.status_reason, name)
     events = select(s.id, stamp, literal(run.source), *record)
     conn.execute(insert(consent_events).from_select(_EVENT_COLUMNS, events.where(after)))
 
@@ -385,7 +372,7 @@ def _join_record(status: Any, reason: Any, list_name: str | None) -> tuple[Any, 
 _PG_NEW = """
 WITH added AS (
     INSERT INTO subscribers ({columns})
-    SELECT r.email, r.key, {uid}, r.name, {attributes}, r.status, r.reason,
+    SELECT r.email, r.key, NULL, r.name, {attributes}, r.status, r.reason,
            %(stamp)s, %(stamp)s, %(stamp)s
     FROM import_rows AS r
     {where}
@@ -395,17 +382,28 @@ WITH added AS (
     INSERT INTO memberships (list_id, subscriber_id, created_at)
     SELECT %(list_id)s, added.id, {since} FROM added {join}
     RETURNING subscriber_id
+), recorded AS (
+    INSERT INTO consent_events (subscriber_id, last_subscriber_id, at, action, list_name,
+                                detail, source)
+    {events}
 )
-INSERT INTO consent_events (subscriber_id, at, action, list_name, detail, source)
-{events}
+SELECT count(*) FROM joined
 """
-_PG_JOINS = (
-    "SELECT subscriber_id, %(stamp)s, 'subscribe', %(list_name)s, NULL, %(source)s FROM joined"
-)
+# The ids a sequence hands out in one statement have gaps only where another
+# session drew one meanwhile: when they have none (the rule), one record for
+# the range, as on SQLite; else one per row.
+_PG_JOINS = """
+SELECT lo, hi, %(stamp)s, 'subscribe', %(list_name)s, NULL, %(source)s
+FROM (SELECT min(subscriber_id) AS lo, max(subscriber_id) AS hi, count(*) AS n FROM joined) AS j
+WHERE n > 0 AND hi - lo + 1 = n
+UNION ALL
+SELECT subscriber_id, NULL, %(stamp)s, 'subscribe', %(list_name)s, NULL, %(source)s FROM joined
+WHERE (SELECT max(subscriber_id) - min(subscriber_id) + 1 <> count(*) FROM joined)
+"""
 # A file with a suppressed status: `_join_record`'s three columns, in
 # PostgreSQL's SQL (the statuses are our constants), from each added row.
 _PG_JOINS_OR_STATUSES = (
-    "SELECT id, %(stamp)s, CASE status {actions} ELSE 'subscribe' END, "
+    "SELECT id, NULL, %(stamp)s, CASE status {actions} ELSE 'subscribe' END, "
     "CASE WHEN status IN ({suppressed}) THEN NULL ELSE %(list_name)s END, "
     "CASE WHEN status IN ({suppressed}) THEN status_reason END, %(source)s FROM added"
 ).format(
@@ -416,8 +414,6 @@ _PG_JOINS_OR_STATUSES = (
 
 def _insert_staged_new_pg(conn: Connection, run: ImportRun, raw_stamp: Any) -> int:
     name = conn.scalar(select(lists.c.name).where(lists.c.id == run.list_id))
-    # `_ordered_uids`: the rank from row_number(), over the order the insert sorts by anyway.
-    uid = "%(prefix)s || lpad(to_hex(row_number() OVER (ORDER BY r.key)), 8, '0') || substr(r.uid, 1, 16)"
     since, join = "%(stamp)s", ""
     if run.staged_since:  # only then is the staged row looked up again
         since, join = (
@@ -428,17 +424,15 @@ def _insert_staged_new_pg(conn: Connection, run: ImportRun, raw_stamp: Any) -> i
     statement = _PG_NEW.format(
         where="" if run.staged_only_new else taken,
         columns=", ".join(_NEW_COLUMNS),
-        uid=uid,
         attributes="CAST(coalesce(r.attributes, '{}') AS JSON)",
         since=since,
         join=join,
         returning=", status, status_reason" if run.staged_suppressed else "",
         events=_PG_JOINS_OR_STATUSES if run.staged_suppressed else _PG_JOINS,
     )
-    params = {"stamp": raw_stamp, "list_id": run.list_id, "source": run.source, "list_name": name,
-              "prefix": _time_hex()}  # fmt: skip
+    params = {"stamp": raw_stamp, "list_id": run.list_id, "source": run.source, "list_name": name}
     with _taken_is_stale():
-        added = int(conn.exec_driver_sql(statement, params).rowcount)
+        added = int(conn.exec_driver_sql(statement, params).scalar_one())
     _check(conn, added, run.staged_new, "a new address appeared")
     return added
 

@@ -204,6 +204,18 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA busy_timeout=30000")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
+    # Derived uids are computed in SQL (`store.uids`); SQLite has no digest of its own.
+    dbapi_conn.create_function(SQLITE_SHA256, 1, sha256_hex, deterministic=True)
+
+
+SQLITE_SHA256 = "newsletter_sha256"
+
+
+def sha256_hex(text: Any) -> str | None:
+    """SQLite's `newsletter_sha256(text)`: the hex SHA-256 of its UTF-8 bytes."""
+    if text is None:
+        return None
+    return hashlib.sha256(str(text).encode("utf-8")).hexdigest()
 
 
 @event.listens_for(Engine, "begin")
@@ -346,6 +358,7 @@ UPGRADES: dict[int, Callable[[Connection], None]] = {
     8: steps.upgrade_to_8,
     9: steps.upgrade_to_9,
     10: steps.upgrade_to_10,
+    11: steps.upgrade_to_11,
 }
 
 # Any constant will do: it only has to be the same in every newsletter process.

@@ -29,6 +29,7 @@ from newsletter.store import now
 from newsletter.store.halts import CANCELLED
 from newsletter.store.handover import hand_over_leavers
 from newsletter.store.schema import deliveries, mailings, memberships, subscribers
+from newsletter.store.uids import UID
 
 __all__ = [
     "CLAIMED",
@@ -57,7 +58,7 @@ def _claimed_query(ids: Any) -> Any:
         select(
             deliveries.c.id,
             deliveries.c.subscriber_id,
-            subscribers.c.uid,
+            UID,
             deliveries.c.email,
             subscribers.c.name,
             deliveries.c.attempts,

@@ -40,8 +40,10 @@ from sqlalchemy import (
 # 8: mailings.origin (who planned a mailing: the daemon's can be withdrawn);
 # 9: no new column, but outcome journals beside the store (`store.journal`),
 # which a sender of version 8 would not read: the number makes it refuse the store;
-# 10: confirmations.name (the name typed in that signup: kept only once it is confirmed).
-SCHEMA_VERSION = 10
+# 10: confirmations.name (the name typed in that signup: kept only once it is confirmed);
+# 11: subscribers.uid may be NULL (derived from the row id: `store.uids`), and one
+# consent record may cover a range of subscribers (consent_events.last_subscriber_id).
+SCHEMA_VERSION = 11
 
 
 def new_uid() -> str:
@@ -98,11 +100,13 @@ subscribers = Table(
     # it case-sensitively, so we never rewrite what people typed).  Filled in
     # from `email` when an insert does not give it.
     Column("email_key", String(320), nullable=False, unique=True, default=_email_key),
-    # Unguessable, never the row id: what unsubscribe tokens and URLs carry.  32 hex
-    # digits: 128 random bits (`new_uid`), or (a staged import) the import's time,
-    # the row's rank and 64 random bits, so the import appends to this index
-    # (newsletter.audience.staging._ordered_uids).
-    Column("uid", String(32), nullable=False, unique=True, default=new_uid),
+    # Unguessable, never the bare row id: what unsubscribe tokens and URLs
+    # carry.  32 hex digits: 128 random bits (`new_uid`), or NULL for the new
+    # rows of a staged import (schema 11), whose uid is derived from the row
+    # id and the store's own random nonce (`newsletter.store.uids`): writing
+    # a million stored uids and their index entries was a third of a big
+    # first import's write lock.  Read it through `uids.UID`, never this column.
+    Column("uid", String(32), nullable=True, unique=True, default=new_uid),
     Column("name", String(200), nullable=False, default=""),
     Column("attributes", JSON, nullable=False, default=dict),
     Column("status", String(16), nullable=False, default="active"),
@@ -404,8 +408,21 @@ consent_events = Table(
     Column("source", String(32), nullable=False),
     Column("list_name", Text, nullable=True),  # None: every list
     Column("detail", Text, nullable=True),
+    # Schema 11: one record for subscribers subscriber_id … last_subscriber_id
+    # (every id between them), which a staged import writes for the
+    # consecutive rows it added with one consent (a million rows of this
+    # table and its index were a fifth of a big first import's merge).
+    # NULL: the record of subscriber_id alone.  `consent.history` reads both.
+    Column("last_subscriber_id", Integer, nullable=True),
     Index("ix_consent_subscriber", "subscriber_id", "at"),
     _sqlite_only_key("subscriber_id", "subscribers.id"),
+)
+
+CONSENT_RANGES_INDEX = Index(
+    "ix_consent_ranges",
+    consent_events.c.last_subscriber_id,
+    sqlite_where=text("last_subscriber_id IS NOT NULL"),
+    postgresql_where=text("last_subscriber_id IS NOT NULL"),
 )
 
 # One row per confirmation email sent: the link carries the nonce, so a link

@@ -7,9 +7,12 @@ to run on a database that already has part of it.
 
 from __future__ import annotations
 
+import re
+
 from sqlalchemy import Connection, inspect, text
 
 from newsletter.store.schema import (
+    CONSENT_RANGES_INDEX,
     DEDUPE_INDEX,
     DEFERRED_INDEX,
     DELIVERY_INDEXES_V3,
@@ -134,6 +137,48 @@ def upgrade_to_10(conn: Connection) -> None:
     columns = {c["name"] for c in inspect(conn).get_columns("confirmations")}
     if "name" not in columns:
         conn.exec_driver_sql("ALTER TABLE confirmations ADD COLUMN name VARCHAR(200)")
+
+
+def upgrade_to_11(conn: Connection) -> None:
+    # An import's new rows store no uid (why: store.uids) and one consent
+    # record for them all (why: schema.consent_events.last_subscriber_id).
+    columns = {c["name"] for c in inspect(conn).get_columns("consent_events")}
+    if "last_subscriber_id" not in columns:
+        conn.exec_driver_sql("ALTER TABLE consent_events ADD COLUMN last_subscriber_id INTEGER")
+    CONSENT_RANGES_INDEX.create(conn, checkfirst=True)
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("ALTER TABLE subscribers ALTER COLUMN uid DROP NOT NULL")
+    else:
+        _sqlite_uid_nullable(conn)
+
+
+def _sqlite_uid_nullable(conn: Connection) -> None:
+    """SQLite cannot drop a NOT NULL with ALTER TABLE.  Removing one changes
+    nothing stored, so SQLite's documented short procedure for it applies
+    (https://sqlite.org/lang_altertable.html, "making other kinds of table
+    schema changes"): edit the table's CREATE statement in sqlite_schema and
+    move the schema cookie on, inside this transaction; no rewrite of the
+    table, however big."""
+    sql = conn.exec_driver_sql(
+        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'subscribers'"
+    ).scalar_one()
+    relaxed, found = _UID_NOT_NULL.subn(r"\1", sql)
+    if found != 1:
+        return  # already nullable (or not as this schema wrote it: left alone)
+    cookie = conn.exec_driver_sql("PRAGMA schema_version").scalar_one()
+    conn.exec_driver_sql("PRAGMA writable_schema=ON")
+    try:
+        conn.exec_driver_sql(
+            "UPDATE sqlite_master SET sql = ? WHERE type = 'table' AND name = 'subscribers'",
+            (relaxed,),
+        )
+        conn.exec_driver_sql(f"PRAGMA schema_version={int(cookie) + 1}")
+    finally:
+        conn.exec_driver_sql("PRAGMA writable_schema=OFF")
+
+
+# The column as metadata.create_all wrote it in versions 1-10.
+_UID_NOT_NULL = re.compile(r"(\buid VARCHAR\(32\)) NOT NULL")
 
 
 def drop_foreign_keys(conn: Connection, table: str) -> None:
