@@ -97,9 +97,11 @@ for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "cache_size=-65536", "f
     db.execute(f"PRAGMA {pragma}")
 stamp = ast.literal_eval(sys.argv[3])  # the code's own form of a time (SCHEMA printed it)
 db.execute("INSERT INTO lists (name, title, created_at) VALUES ('bench', '', ?)", (stamp,))
+# Schema 11 on: no stored uid (derived), one consent record for the range.
+derived = not any(c[1] == "uid" and c[3] for c in db.execute("PRAGMA table_info(subscribers)"))
 def rows(reader):
     for rank, (email, first, last, city) in enumerate(reader, 1):
-        uid = f"{rank:016x}{random.getrandbits(64):016x}"
+        uid = None if derived else f"{rank:016x}{random.getrandbits(64):016x}"
         yield (email, email.lower(), uid, f"{first} {last}", json.dumps({"city": city}))
 with open(sys.argv[1], newline="", encoding="utf-8") as fh:
     reader = csv.reader(fh)
@@ -112,10 +114,17 @@ with open(sys.argv[1], newline="", encoding="utf-8") as fh:
         rows(reader),
     )
     db.execute("INSERT INTO memberships (list_id, subscriber_id, created_at) SELECT 1, id, ? FROM subscribers", (stamp,))
-    db.execute(
-        "INSERT INTO consent_events (subscriber_id, at, action, source, list_name)"
-        " SELECT id, ?, 'subscribe', 'import', 'bench' FROM subscribers", (stamp,)
-    )
+    if derived:
+        db.execute(
+            "INSERT INTO consent_events (subscriber_id, last_subscriber_id, at, action, source,"
+            " list_name) SELECT min(id), max(id), ?, 'subscribe', 'import', 'bench' FROM subscribers",
+            (stamp,),
+        )
+    else:
+        db.execute(
+            "INSERT INTO consent_events (subscriber_id, at, action, source, list_name)"
+            " SELECT id, ?, 'subscribe', 'import', 'bench' FROM subscribers", (stamp,)
+        )
     db.execute("COMMIT")
 db.close()
 """

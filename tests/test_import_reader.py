@@ -114,6 +114,43 @@ def test_a_big_file_read_by_a_second_process_imports_exactly_the_same(
     assert progress_to_the_end
 
 
+@pytest.mark.parametrize("every", [97, 7])  # 7: more problems than are listed (MAX_PROBLEMS)
+def test_problems_of_every_batch_come_in_file_order_whoever_validated_it(
+    engine: Engine,
+    settings: Settings,
+    tmp_path: Path,
+    children: list[list[str]],
+    monkeypatch: pytest.MonkeyPatch,
+    every: int,
+) -> None:
+    """The child validates most batches and the importing process the rest
+    (`stagereader.SHARE_OF`): problems met on either side are one list, in
+    file order, as when one process reads the file, and so are the counts."""
+    lines = ["email,name,status,subscribed_at,city"]
+    for i in range(12_000):
+        if i % every == 0:
+            lines.append(f"broken{i}.example.com,B,active,,X")  # an error
+        elif i % (every + 2) == 0:
+            lines.append(f"u{i}@example.com,U,zombie,2022-01-02,Y")  # a warning, and a time
+        elif i % 1009 == 0:
+            lines.append(f"U{i - 1}@EXAMPLE.COM,Again,unsubscribed,,")  # a repeat
+        else:
+            lines.append(f"u{i}@example.com,User {i},active,,City {i % 13}")
+    path = write(tmp_path / "many.csv", lines)
+    parallel = outcome(engine, settings, path)
+    assert len(children) == 1
+    monkeypatch.setattr(stagereader, "PARALLEL_MIN_BYTES", 1 << 60)
+    reference = outcome(make_engine(tmp_path, settings), settings, path)
+    assert parallel == reference
+    counts, problems, *_ = parallel
+    zombies = sum(1 for i in range(12_000) if i % every and i % (every + 2) == 0)
+    assert (counts["invalid"], counts["warnings"]) == (len(range(0, 12_000, every)), zombies)
+    assert len(problems) == min(1000, counts["invalid"] + counts["warnings"])
+    assert [p[2] for p in problems] == sorted(p[2] for p in problems)  # by line
+    # Lines from batches of both kinds (two of every five batches go to the importer).
+    assert problems[-1][2] > 5000 if every == 97 else problems[-1][2] < 8000
+
+
 def test_errors_of_the_second_process_are_raised_with_their_location(
     engine: Engine, settings: Settings, tmp_path: Path, children: list[list[str]]
 ) -> None:

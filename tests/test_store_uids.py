@@ -8,10 +8,20 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from hashlib import sha256
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, create_engine, func, inspect, select, text
+from sqlalchemy import (
+    Engine,
+    MetaData,
+    UniqueConstraint,
+    create_engine,
+    func,
+    inspect,
+    select,
+    text,
+)
 from sqlalchemy.exc import IntegrityError
 from test_subscribers_common import make_settings, run_import
 
@@ -21,8 +31,16 @@ from newsletter.audience.members import add_subscriber, ensure_lists
 from newsletter.config import Settings
 from newsletter.email.linktokens import make_preferences_token, verify_preferences_token
 from newsletter.store import open_url
-from newsletter.store.schema import SCHEMA_VERSION, consent_events, schema_version, subscribers
-from newsletter.store.uids import UID
+from newsletter.store.schema import (
+    SCHEMA_VERSION,
+    consent_events,
+    derived_uid,
+    metadata,
+    schema_version,
+    state,
+    subscribers,
+)
+from newsletter.store.uids import NONCE_KEY, UID
 
 HEX32 = re.compile(r"[0-9a-f]{32}")
 
@@ -85,6 +103,14 @@ def test_imported_subscribers_store_no_uid_and_each_reads_its_own(
         assert found is not None and (found.id, found.uid) == (sid, uid)
         secret = b"k" * 32
         assert verify_preferences_token(secret, make_preferences_token(secret, uid)) == uid
+    # As documented: 16 hex digits of the id, then SHA-256("<nonce>:<id>")'s
+    # first 16, computed by either database's own function.
+    with engine.connect() as conn:
+        nonce = conn.scalar(select(state.c.value).where(state.c.key == NONCE_KEY))
+    assert all(uids[i] == derived_uid(i, nonce) for i in uids)
+    assert (
+        derived_uid(300, nonce) == f"{300:016x}" + sha256(f"{nonce}:300".encode()).hexdigest()[:16]
+    )
     # Members read for a mailing carry the same uids.
     assert {m.subscriber_id: m.uid for m in mailable_members(engine, "news")} == uids
     # A uid altered in its secret half, or naming an id with its digest of another, finds nobody.
@@ -116,6 +142,41 @@ def test_subscribers_added_otherwise_keep_a_random_stored_uid(
     run_import(engine, settings, _file(tmp_path, "b.csv", 3, start=10))
     uids = _uids(engine)
     assert len(set(uids.values())) == 7
+
+
+def _duplicate_uid_refused(engine: Engine, uid: str) -> bool:
+    at = datetime.now(UTC)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                subscribers.insert().values(
+                    email="twin@example.com", email_key="twin@example.com", uid=uid, name="",
+                    attributes={}, status="active", created_at=at, updated_at=at,
+                )
+            )  # fmt: skip
+    except IntegrityError:
+        return True
+    return False
+
+
+def test_stored_uids_stay_unique_and_nulls_take_no_index_entry(
+    database_url: str, settings: Settings, tmp_path: Path
+) -> None:
+    engine = _store(database_url, settings)
+    added = add_subscriber(engine, "added@example.com", "news", name="Added", source="cli")
+    run_import(engine, settings, _file(tmp_path, "a.csv", 5))
+    assert _duplicate_uid_refused(engine, added.uid)
+    with engine.connect() as conn:
+        index = {i["name"]: i for i in inspect(conn).get_indexes("subscribers")}[
+            "uq_subscribers_uid"
+        ]
+        if conn.dialect.name == "sqlite":  # a partial index: only the stored uid is in it
+            entries = conn.exec_driver_sql(
+                "SELECT count(*) FROM subscribers INDEXED BY uq_subscribers_uid"
+                " WHERE uid IS NOT NULL"
+            ).scalar_one()
+            assert entries == 1
+    assert index["unique"]
 
 
 def _history(engine: Engine, email: str) -> list[tuple[str, str, str | None]]:
@@ -172,27 +233,23 @@ def test_postgresql_ids_with_gaps_get_a_record_each(
         assert _history(engine, f"reader{i}@example.com") == [("subscribe", "import", "news")]
 
 
-def _as_version_10(url: str) -> None:
-    """What a newsletter of schema 10 made: uid NOT NULL, consent records of one subscriber."""
+def _version_10_store(url: str) -> None:
+    """An empty store as a newsletter of schema 10 made it: uid NOT NULL and
+    UNIQUE (a table constraint), consent records of one subscriber each."""
+    old = MetaData()
+    for table in metadata.sorted_tables:
+        table.to_metadata(old)
+    people = old.tables["subscribers"]
+    people.c.uid.nullable = False
+    people.append_constraint(UniqueConstraint("uid"))
+    people.indexes = {i for i in people.indexes if i.name != "uq_subscribers_uid"}
+    events = old.tables["consent_events"]
+    events.indexes = {i for i in events.indexes if i.name != "ix_consent_ranges"}
     engine = create_engine(url)
+    old.create_all(engine)
     with engine.begin() as conn:
-        conn.exec_driver_sql("DROP INDEX ix_consent_ranges")
         conn.exec_driver_sql("ALTER TABLE consent_events DROP COLUMN last_subscriber_id")
-        if conn.dialect.name == "postgresql":
-            conn.exec_driver_sql("ALTER TABLE subscribers ALTER COLUMN uid SET NOT NULL")
-        else:  # the CREATE statement as version 10 wrote it
-            sql = conn.exec_driver_sql(
-                "SELECT sql FROM sqlite_master WHERE name = 'subscribers'"
-            ).scalar_one()
-            cookie = conn.exec_driver_sql("PRAGMA schema_version").scalar_one()
-            conn.exec_driver_sql("PRAGMA writable_schema=ON")
-            conn.exec_driver_sql(
-                "UPDATE sqlite_master SET sql = ? WHERE name = 'subscribers'",
-                (sql.replace("uid VARCHAR(32),", "uid VARCHAR(32) NOT NULL,"),),
-            )
-            conn.exec_driver_sql(f"PRAGMA schema_version={cookie + 1}")
-            conn.exec_driver_sql("PRAGMA writable_schema=OFF")
-        conn.execute(schema_version.delete().where(schema_version.c.version > 10))
+        conn.execute(schema_version.insert().values(version=10, applied_at=datetime.now(UTC)))
     engine.dispose()
 
 
@@ -207,24 +264,18 @@ def _uid_nullable(url: str) -> bool:
 def test_a_version_10_store_is_upgraded_in_place(
     database_url: str, settings: Settings, tmp_path: Path
 ) -> None:
-    engine = _store(database_url, settings)
-    add_subscriber(engine, "old@example.com", "news", name="Old", source="cli")
-    old = get_by_email(engine, "old@example.com")
-    assert old is not None
-    engine.dispose()
-    _as_version_10(database_url)
+    _version_10_store(database_url)
     assert not _uid_nullable(database_url)
     raw = create_engine(database_url)
+    at = datetime.now(UTC).replace(tzinfo=None)
+    row = (
+        "INSERT INTO subscribers (email, email_key, uid, name, attributes, status,"
+        " created_at, updated_at) VALUES (:email, :email, :uid, '', '{}', 'active', :at, :at)"
+    )
+    with raw.begin() as conn:
+        conn.execute(text(row), {"email": "old@example.com", "uid": "ab" * 16, "at": at})
     with pytest.raises(IntegrityError), raw.begin() as conn:  # what version 10 refused
-        at = datetime.now(UTC).replace(tzinfo=None)
-        conn.execute(
-            text(
-                "INSERT INTO subscribers (email, email_key, uid, name, attributes, status,"
-                " created_at, updated_at) VALUES ('x@example.com', 'x@example.com', NULL, '',"
-                " '{}', 'active', :at, :at)"
-            ),
-            {"at": at},
-        )
+        conn.execute(text(row), {"email": "x@example.com", "uid": None, "at": at})
     raw.dispose()
     engine = _store(database_url, settings)  # opening upgrades
     with engine.connect() as conn:
@@ -236,7 +287,15 @@ def test_a_version_10_store_is_upgraded_in_place(
     assert _uid_nullable(database_url)
     run_import(engine, settings, _file(tmp_path, "a.csv", 20))
     assert _stored(engine)[1:] == [None] * 20
-    assert get_by_uid(engine, old.uid) == get_by_email(engine, "old@example.com")
+    old = get_by_email(engine, "old@example.com")
+    assert old is not None and get_by_uid(engine, "ab" * 16) == old
+    assert _duplicate_uid_refused(engine, old.uid)  # still unique (SQLite: its old constraint)
+    if database_url.startswith("postgresql"):  # the constraint swapped for the partial index
+        with engine.connect() as conn:
+            constraints = inspect(conn).get_unique_constraints("subscribers")
+            indexes = {i["name"] for i in inspect(conn).get_indexes("subscribers")}
+        assert all(c["column_names"] != ["uid"] for c in constraints)
+        assert "uq_subscribers_uid" in indexes
     assert _history(engine, "reader7@example.com") == [("subscribe", "import", "news")]
     if database_url.startswith("sqlite"):
         with engine.connect() as conn:

@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -286,3 +287,40 @@ def test_preview_opens_the_browser_on_its_url(
     assert result.output == "Preview on http://127.0.0.1:8125/ (Ctrl-C to stop)\n"
     assert done.wait(10)
     assert opened == ["http://127.0.0.1:8125/"]
+
+
+def test_serve_stops_when_a_newer_newsletter_upgrades_the_database(
+    config: Path, database_url: str
+) -> None:
+    """Schema 11 stores no uid for an import's new readers: a server of an
+    older version could not find them from their links ("Link not valid"),
+    so a server notices the upgrade, as the daemon does, and exits 1."""
+    from sqlalchemy import create_engine
+
+    from newsletter.store.schema import SCHEMA_VERSION, schema_version
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "newsletter", "--config", str(config), "serve", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith("Serving "), proc.stderr
+        engine = create_engine(database_url)
+        with engine.begin() as conn:  # what a newer newsletter's upgrade leaves
+            conn.execute(
+                schema_version.insert().values(
+                    version=SCHEMA_VERSION + 1, applied_at=datetime.now(UTC)
+                )
+            )
+        engine.dispose()
+        _out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 1
+    assert f"upgraded to schema version {SCHEMA_VERSION + 1} by a newer newsletter" in err
+    assert err.rstrip().splitlines()[-1].startswith("error: the database was upgraded")

@@ -1,30 +1,34 @@
 """A big file is read and validated in a second process while this one stages it.
 
-Reading, mapping and validating a row costs Python three times what SQLite
-spends storing it in the stage (1M rows: ~6 s against ~2.5 s), and one
-process did both in turn.  Here a child process (spawned: nothing of this
-process's connections or threads is inherited) runs exactly the same code,
-`read_source` through `validated_rows`, and sends the valid rows back in
-batches (marshal), while this process makes the stage's tuples of the
-previous batch (`staged_runs`: attributes as JSON text, rows by shape) and
-writes them into the TEMP table: the split that keeps both processes about
-equally busy.  The pipe holds a few batches (`PIPE_BYTES`), so the child is
-never far ahead: memory stays flat.
+Reading, mapping and validating a row costs Python more than SQLite spends
+storing it in the stage, and one process did both in turn.  Here a child
+process (spawned: nothing of this process's connections or threads is
+inherited) runs `read_source` in batches, and for most of them
+`validated_rows` too, sending the valid rows back (marshal); the other
+batches (`SHARE_OF`) come as they were read and this process validates them
+with the same code.  Meanwhile this process makes the stage's tuples
+(`staged_runs`: attributes as JSON text, rows by shape) and writes them into
+the TEMP table: the split that keeps both processes about equally busy.  The
+pipe holds a few batches (`PIPE_BYTES`), so the child is never far ahead:
+memory stays flat.
 
-What the child learned comes back with the rows: every counted row, the
-problems (file, line, reason; the first `MAX_PROBLEMS`, the rest counted), the
-sniffed file facts, the progress in bytes; an error that stops the file
-(`SubscriberError`: empty file, undecodable bytes, unknown format) is raised
-here with its own message and location.  A small file is read in this
-process: starting a Python costs more than it saves (`PARALLEL_MIN_BYTES`);
-so is any file when no core is free (`worth_a_process`).
-"""
+What the child learned comes back with the rows: the problems each batch met
+(reported here in file order among this process's own: file, line, reason;
+the first `MAX_PROBLEMS`, the rest counted), and at the end every counted
+row and the sniffed file facts; the progress in bytes with every batch; an
+error that stops the file (`SubscriberError`: empty file, undecodable bytes,
+unknown format) is raised here with its own message and location.  A small
+file is read in this process: starting a Python costs more than it saves
+(`PARALLEL_MIN_BYTES`); so is any file when no core is free (`worth_a_process`).
+The child imports no SQLAlchemy (`driver_time`): it starts in a fifth of a
+second, which this process spends waiting for its first rows."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
 import gc
+import itertools
 import marshal
 import os
 import pickle
@@ -33,8 +37,8 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable, Generator, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from itertools import islice
 from pathlib import Path
@@ -169,12 +173,21 @@ class ValidatedRows:
             child.stdout.close()
 
     def _receive(self, stream: IO[bytes]) -> Iterator[tuple[Any, ...]]:
+        report = self.counts.report
         while frame := _read_frame(stream):
             kind, payload, done = _decode(frame)
             if self.progress is not None and done:
                 self.progress(done)
-            if kind == "rows":
-                yield from payload
+            if kind == "rows":  # validated there, with the problems they met
+                rows, problems = payload
+                for problem in problems:
+                    report(_problem(problem))
+                yield from rows
+            elif kind == "items":  # this process's share (`SHARE_OF`): validated here
+                items, clean = payload
+                here = _PathsBack(self.counts)
+                yield from validated_rows(items if clean else _unwired(items), here, _same)
+                self.counts.rows += here.rows
             elif kind == "end":
                 _add_counts(self.counts, payload)
                 return
@@ -228,15 +241,25 @@ def _decode(frame: bytes) -> Any:
 
 
 def _add_counts(counts: ImportCounts, child: ImportCounts) -> None:
+    """What the child counted (its problems were reported batch by batch)."""
     counts.rows += child.rows
-    counts.invalid += child.invalid
-    counts.warnings += child.warnings
-    counts.problems.extend(child.problems)
     counts.files.extend(child.files)
 
 
+# Of every `SHARE_OF[1]` batches of the file, the first `SHARE_OF[0]` are
+# validated by the importing process instead: reading, mapping and
+# validating cost the child more than storing everything costs that process
+# (1M rows: ~4.5 s of CPU against ~2.9 s), and the stage waited for the child.
+# Handing it the validation (a third of the child's work per row) of two
+# batches in five leaves both about equally busy.
+SHARE_OF = (2, 5)
+
+
 def main(path: Path, fmt: str, driver: str, out: IO[bytes]) -> None:
-    """The child: `read_source` → `validated_rows`, in batches onto `out` (`_encode`)."""
+    """The child: `read_source` in batches of `BATCH_ROWS` records onto `out`
+    (`_encode`), most of them through `validated_rows` ("rows", with the
+    problems they met), the importing process's share as they were read
+    ("items", `_wired`)."""
     # Imported here: the parent needs none of this to start the child.
     from newsletter.audience.csvformats import read_source
 
@@ -251,13 +274,25 @@ def main(path: Path, fmt: str, driver: str, out: IO[bytes]) -> None:
         out.write(len(frame).to_bytes(_HEAD, "big") + frame)
         out.flush()
 
-    counts = ImportCounts()
+    counts = _Shipped()
+    as_driver_time = driver_time(driver)
     try:
-        source = read_source(path, fmt, progress=note, infos=counts.files)
-        rows = validated_rows(source, counts, driver_time(driver))
-        while batch := list(islice(rows, BATCH_ROWS)):
-            send(("rows", batch, done))
-        message: tuple[str, Any, int] = ("end", counts, done)
+        source = iter(read_source(path, fmt, progress=note, infos=counts.files))
+        for number in itertools.count():
+            batch = list(islice(source, BATCH_ROWS))
+            if not batch:
+                break
+            if number % SHARE_OF[1] < SHARE_OF[0]:
+                items = [_wired(item, as_driver_time) for item in batch]
+                clean = not any(isinstance(item, Problem) for item in batch)
+                send(("items", (items, clean), done))
+                continue
+            rows = list(validated_rows(batch, counts, as_driver_time))
+            send(("rows", (rows, counts.take()), done))
+        # A plain ImportCounts: this module runs as __main__ here, whose
+        # classes the importing process could not unpickle.
+        ended = ImportCounts(rows=counts.rows, files=counts.files)
+        message: tuple[str, Any, int] = ("end", ended, done)
     except SubscriberError as exc:
         message = ("error", (exc.message, exc.path, exc.line), done)
     except BrokenPipeError:
@@ -267,6 +302,72 @@ def main(path: Path, fmt: str, driver: str, out: IO[bytes]) -> None:
         message = ("error", (f"reading the file failed:\n{text}", path, None), done)
     with contextlib.suppress(BrokenPipeError):
         send(message)
+
+
+class _Shipped(ImportCounts):
+    """The child's counts: its problems go with the batch that met them
+    (`take`), and the importing process reports them in file order among
+    those of the batches it validates itself; rows and files come at the end."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._met: list[tuple[Any, ...]] = []
+
+    def report(self, problem: Problem) -> None:
+        self._met.append(_wired_problem(problem))
+
+    def take(self) -> list[tuple[Any, ...]]:
+        met, self._met = self._met, []
+        return met
+
+
+# A record as it crosses the pipe (marshal: no Path, no datetime, no named
+# tuple): a problem as its fields (`_WIRED_PROBLEM` of them), a row as the
+# `SourceRow` fields with the path as text and the time as the driver takes
+# it, which `validated_rows` reads as they are (no tuple made again per row).
+_WIRED_PROBLEM = 5
+
+
+def _wired_problem(problem: Problem) -> tuple[Any, ...]:
+    path = None if problem.path is None else str(problem.path)
+    return (problem.message, path, problem.line, problem.severity, problem.key)
+
+
+def _problem(wired: Sequence[Any]) -> Problem:
+    message, path, line, severity, key = wired
+    return Problem(message, None if path is None else Path(path), line, severity, key)
+
+
+def _wired(item: SourceRow | Problem, as_driver_time: Callable[[datetime], Any]) -> tuple[Any, ...]:
+    if isinstance(item, Problem):
+        return _wired_problem(item)
+    path, line, raw_email, name, status, reason, attributes, since, warnings = item
+    since = as_driver_time(since) if since else None
+    return (str(path), line, raw_email, name, status, reason, attributes, since, warnings)
+
+
+def _unwired(items: list[tuple[Any, ...]]) -> Iterator[Any]:
+    """`_wired` items as `validated_rows` takes them: its problems as `Problem`s."""
+    for item in items:
+        yield _problem(item) if len(item) == _WIRED_PROBLEM else item
+
+
+class _PathsBack(ImportCounts):
+    """Counts for `validated_rows` over `_wired` rows, whose path is text: a
+    problem it reports names the file as a `Path` again, in `counts`."""
+
+    def __init__(self, counts: ImportCounts) -> None:
+        super().__init__()
+        self._counts = counts
+
+    def report(self, problem: Problem) -> None:
+        if isinstance(problem.path, str):
+            problem = replace(problem, path=Path(problem.path))
+        self._counts.report(problem)
+
+
+def _same(value: Any) -> Any:
+    return value
 
 
 # --------------------------------------------------------------------------- the rows

@@ -10,6 +10,10 @@ import click
 from newsletter.cli.common import AppContext, handle_errors, require_config_file, settings_of
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from sqlalchemy import Engine
+
     from newsletter.config import Settings
 
 PREVIEW_HOST = "127.0.0.1"  # never anything else: see newsletter.web.hostcheck
@@ -103,7 +107,28 @@ def serve_cmd(ctx: click.Context, host: str | None, port: int | None) -> None:
     def announce(url: str) -> None:
         click.echo(f"Serving {settings.web.public_url} on {url} (Ctrl-C to stop)")
 
-    run_app(app, host, port, announce=announce)
+    run_app(app, host, port, announce=announce, stop_when=outgrown(app.state.public.engine))
+
+
+def outgrown(engine: Engine) -> Callable[[], str | None]:
+    """Why `serve` must stop: a newer newsletter upgraded the database under
+    it (schema 11 stores no uid for an import's new subscribers: an older
+    server could not find them from their links).  Exit 1; restarted, it is
+    refused until this machine's newsletter is upgraded too."""
+    from newsletter.store import newer_schema
+    from newsletter.store.schema import SCHEMA_VERSION
+
+    def reason() -> str | None:
+        version = newer_schema(engine)
+        if version is None:
+            return None
+        return (
+            f"the database was upgraded to schema version {version} by a newer newsletter "
+            f"(this one knows {SCHEMA_VERSION}); stopping: upgrade newsletter here, "
+            "then start it again"
+        )
+
+    return reason
 
 
 @click.command("snippet")

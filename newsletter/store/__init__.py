@@ -46,7 +46,10 @@ from newsletter.store.bulk import (
 )
 from newsletter.store.holders import holder_alive
 from newsletter.store.schema import (
+    PG_UID_FUNCTION,
     SCHEMA_VERSION,
+    UID_FUNCTION,
+    derived_uid,
     metadata,
     schema_version,
     state,
@@ -204,18 +207,8 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA busy_timeout=30000")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()
-    # Derived uids are computed in SQL (`store.uids`); SQLite has no digest of its own.
-    dbapi_conn.create_function(SQLITE_SHA256, 1, sha256_hex, deterministic=True)
-
-
-SQLITE_SHA256 = "newsletter_sha256"
-
-
-def sha256_hex(text: Any) -> str | None:
-    """SQLite's `newsletter_sha256(text)`: the hex SHA-256 of its UTF-8 bytes."""
-    if text is None:
-        return None
-    return hashlib.sha256(str(text).encode("utf-8")).hexdigest()
+    # Derived uids are read in SQL (`store.uids`); SQLite has no digest of its own.
+    dbapi_conn.create_function(UID_FUNCTION, 2, derived_uid, deterministic=True)
 
 
 @event.listens_for(Engine, "begin")
@@ -381,6 +374,8 @@ def upgrade(engine: Engine) -> int:
             conn.execute(select(func.pg_advisory_xact_lock(SCHEMA_LOCK)))
         fresh = not inspect(conn).has_table("schema_version")
         metadata.create_all(conn)
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql(PG_UID_FUNCTION)  # what `store.uids` calls (schema 11)
         current = conn.scalar(
             select(schema_version.c.version).order_by(schema_version.c.version.desc()).limit(1)
         )

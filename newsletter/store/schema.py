@@ -6,6 +6,7 @@ timezone-aware UTC datetimes (`UtcDateTime`), statuses as short strings.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from datetime import UTC, datetime
 from typing import Any
@@ -41,8 +42,9 @@ from sqlalchemy import (
 # 9: no new column, but outcome journals beside the store (`store.journal`),
 # which a sender of version 8 would not read: the number makes it refuse the store;
 # 10: confirmations.name (the name typed in that signup: kept only once it is confirmed);
-# 11: subscribers.uid may be NULL (derived from the row id: `store.uids`), and one
-# consent record may cover a range of subscribers (consent_events.last_subscriber_id).
+# 11: subscribers.uid may be NULL (derived from the row id: `store.uids`; unique where
+# stored: UID_INDEX), and one consent record may cover a range of subscribers
+# (consent_events.last_subscriber_id).
 SCHEMA_VERSION = 11
 
 
@@ -106,7 +108,8 @@ subscribers = Table(
     # id and the store's own random nonce (`newsletter.store.uids`): writing
     # a million stored uids and their index entries was a third of a big
     # first import's write lock.  Read it through `uids.UID`, never this column.
-    Column("uid", String(32), nullable=True, unique=True, default=new_uid),
+    # Unique where stored (`UID_INDEX`: NULLs take no entry).
+    Column("uid", String(32), nullable=True, default=new_uid),
     Column("name", String(200), nullable=False, default=""),
     Column("attributes", JSON, nullable=False, default=dict),
     Column("status", String(16), nullable=False, default="active"),
@@ -114,6 +117,16 @@ subscribers = Table(
     Column("status_changed_at", UtcDateTime, nullable=True),
     Column("created_at", UtcDateTime, nullable=False),
     Column("updated_at", UtcDateTime, nullable=False),
+)
+
+# A store made before version 11 keeps its table constraint on SQLite
+# (dropping one means rebuilding the table): the same uniqueness, and an
+# entry per NULL.  PostgreSQL swaps its constraint for this (upgrade 11).
+UID_INDEX = Index(
+    "uq_subscribers_uid",
+    subscribers.c.uid,
+    unique=True,
+    sqlite_where=text("uid IS NOT NULL"),  # PostgreSQL's: PARTIAL_INDEXES
 )
 
 lists = Table(
@@ -421,8 +434,7 @@ consent_events = Table(
 CONSENT_RANGES_INDEX = Index(
     "ix_consent_ranges",
     consent_events.c.last_subscriber_id,
-    sqlite_where=text("last_subscriber_id IS NOT NULL"),
-    postgresql_where=text("last_subscriber_id IS NOT NULL"),
+    sqlite_where=text("last_subscriber_id IS NOT NULL"),  # PostgreSQL's: PARTIAL_INDEXES
 )
 
 # One row per confirmation email sent: the link carries the nonce, so a link
@@ -472,9 +484,34 @@ PARTIAL_INDEXES = tuple(
         MESSAGE_ID_INDEX,
         DEDUPE_INDEX,
         MAILING_SUBSCRIBER_INDEX,
+        UID_INDEX,
+        CONSENT_RANGES_INDEX,
     )
     if index.dialect_options["sqlite"]["where"] is not None
 )
+
+
+# A derived uid (`newsletter.store.uids`) as a SQL function of both
+# databases: on SQLite a Python function every connection registers
+# (`store._sqlite_pragmas`), on PostgreSQL this one, made by `store.upgrade`.
+# Both give the same 32 hex digits: 16 of the id, then the first 16 of
+# SHA-256("<nonce>:<id>").  A NULL nonce gives NULL.
+UID_FUNCTION = "newsletter_uid"
+PG_UID_FUNCTION = f"""
+CREATE OR REPLACE FUNCTION {UID_FUNCTION}(row_id bigint, nonce text) RETURNS text
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+    SELECT lpad(to_hex(row_id), 16, '0')
+        || substr(encode(sha256(convert_to(nonce || ':' || row_id, 'UTF8')), 'hex'), 1, 16)
+$$
+"""
+
+
+def derived_uid(row_id: int | None, nonce: str | None) -> str | None:
+    """SQLite's `newsletter_uid(id, nonce)`: `PG_UID_FUNCTION` in Python."""
+    if row_id is None or nonce is None:
+        return None
+    digest = hashlib.sha256(f"{nonce}:{row_id}".encode()).hexdigest()
+    return f"{row_id:016x}{digest[:16]}"
 
 
 def use_postgresql_conditions() -> None:

@@ -12,12 +12,12 @@ and their uid is derived where it is read:
     SHA-256(nonce ":" id)
 
 where the nonce is 128 random bits drawn once per store (the `state` row
-`NONCE_KEY`, made by the first import that needs it, in its own
-transaction).  Another store has another nonce; the next id's uid needs the
-nonce.  Both databases compute it in SQL (SQLite through `store.sha256_hex`, which
-every connection of ours registers; PostgreSQL's own `sha256`), so that every
-read of `UID` gives the same 32 hex digits, and a uid in a link is found by its
-id (`derived_id`).
+`NONCE_KEY`, made in the transaction that writes the first such row).  Another store has another nonce; the next id's uid needs the
+nonce.  Both databases compute it in SQL, with one function of their own
+(`schema.UID_FUNCTION`: on SQLite `schema.derived_uid`, which every
+connection of ours registers; on PostgreSQL a SQL function over its own
+`sha256`), so that every read of `UID` gives the same 32 hex digits, and a
+uid in a link is found by its id (`derived_id`).
 
 Why: a million stored uids and their index entries were a third of the write
 lock of a first import of a million rows (issue 13; docs/subscribers.md).
@@ -29,46 +29,27 @@ import re
 import secrets
 from typing import Any
 
-from sqlalchemy import BigInteger, Connection, String, bindparam, func, select
-from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.sql.functions import FunctionElement
+from sqlalchemy import BigInteger, Connection, bindparam, func, select
 
-from newsletter.store import SQLITE_SHA256, insert_or_ignore, now
-from newsletter.store.schema import state, subscribers
+from newsletter.store import insert_or_ignore, now
+from newsletter.store.schema import UID_FUNCTION, state, subscribers
 
 NONCE_KEY = "uids.nonce"
 _DERIVED = re.compile(r"[0-9a-f]{32}")
-
-
-class _DerivedUid(FunctionElement[str]):
-    """derived_uid(id, nonce): see the module's docstring."""
-
-    type = String()
-    inherit_cache = True
-
-
-@compiles(_DerivedUid, "sqlite")
-def _derived_sqlite(element: Any, compiler: Any, **kw: Any) -> str:
-    row_id, nonce = (compiler.process(c, **kw) for c in element.clauses)
-    return (
-        f"(printf('%016x', {row_id}) || substr({SQLITE_SHA256}({nonce} || ':' || {row_id}), 1, 16))"
-    )
-
-
-@compiles(_DerivedUid, "postgresql")
-def _derived_postgresql(element: Any, compiler: Any, **kw: Any) -> str:
-    row_id, nonce = (compiler.process(c, **kw) for c in element.clauses)
-    digest = f"encode(sha256(convert_to({nonce} || ':' || {row_id}, 'UTF8')), 'hex')"
-    return f"(lpad(to_hex({row_id}), 16, '0') || substr({digest}, 1, 16))"
 
 
 # The store's nonce, read once per statement (an uncorrelated subquery);
 # NULL while no import has needed it, when no uid is NULL either.
 _NONCE = select(state.c.value).where(state.c.key == NONCE_KEY).scalar_subquery()
 
+
 # A subscriber's uid, stored or derived: select this (labelled "uid"), never
 # `subscribers.c.uid`.
-UID: Any = func.coalesce(subscribers.c.uid, _DerivedUid(subscribers.c.id, _NONCE)).label("uid")
+def _derived(row_id: Any) -> Any:
+    return getattr(func, UID_FUNCTION)(row_id, _NONCE)
+
+
+UID: Any = func.coalesce(subscribers.c.uid, _derived(subscribers.c.id)).label("uid")
 
 
 def ensure_nonce(conn: Connection) -> None:
@@ -96,7 +77,7 @@ def by_uid(uid: str) -> Any:
     stored = subscribers.c.uid == uid
     if row_id is None or row_id >= 1 << 63:  # no row id of SQLite's either
         return stored
-    derived = _DerivedUid(subscribers.c.id, _NONCE)
+    derived = _derived(subscribers.c.id)
     # As a 64-bit number: PostgreSQL's ids are 32-bit, and a bigger one bound
     # as theirs is an error, not a row that is not there.
     same_id = subscribers.c.id == bindparam("derived_id", row_id, type_=BigInteger)

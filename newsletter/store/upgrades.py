@@ -18,6 +18,7 @@ from newsletter.store.schema import (
     DELIVERY_INDEXES_V3,
     MAILING_SUBSCRIBER_INDEX,
     MESSAGE_ID_INDEX,
+    UID_INDEX,
 )
 
 
@@ -148,8 +149,14 @@ def upgrade_to_11(conn: Connection) -> None:
     CONSENT_RANGES_INDEX.create(conn, checkfirst=True)
     if conn.dialect.name == "postgresql":
         conn.exec_driver_sql("ALTER TABLE subscribers ALTER COLUMN uid DROP NOT NULL")
+        # Unique where stored: the index takes no entry for a NULL.
+        UID_INDEX.create(conn, checkfirst=True)
+        for constraint in inspect(conn).get_unique_constraints("subscribers"):
+            if constraint["column_names"] == ["uid"]:
+                name = constraint["name"]
+                conn.exec_driver_sql(f'ALTER TABLE subscribers DROP CONSTRAINT "{name}"')
     else:
-        _sqlite_uid_nullable(conn)
+        _sqlite_uid_nullable(conn)  # its UNIQUE (uid) stays: see schema.UID_INDEX
 
 
 def _sqlite_uid_nullable(conn: Connection) -> None:

@@ -24,6 +24,8 @@ from starlette.types import ASGIApp
 from newsletter.config import Settings
 from newsletter.errors import WebError
 
+log = logging.getLogger(__name__)
+
 # Keep enough of a token to tell two requests apart in a log, never enough
 # to use it: whoever reads the log must not be able to unsubscribe anyone,
 # change their lists (preferences) or confirm a signup.
@@ -97,16 +99,38 @@ class _Server(uvicorn.Server):
     """uvicorn's server, running `before_shutdown` (in the event loop) as soon
     as it starts shutting down: before it waits for open connections, so that
     endless streams (live reload's /events) can end instead of being cancelled
-    with a traceback once the grace period is over."""
+    with a traceback once the grace period is over.  With `stop_when`, it
+    also asks that (in a thread: it may query the database) every
+    `STOP_CHECK_SECONDS`, and stops when it gives a reason (`stopped_because`)."""
 
-    def __init__(self, config: uvicorn.Config, before_shutdown: list[Callable[[], None]]) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        before_shutdown: list[Callable[[], None]],
+        stop_when: Callable[[], str | None] | None = None,
+    ) -> None:
         super().__init__(config)
         self.before_shutdown = before_shutdown
+        self.stop_when = stop_when
+        self.stopped_because: str | None = None
+
+    async def on_tick(self, counter: int) -> bool:
+        # uvicorn ticks every 0.1 s.
+        if self.stop_when is not None and counter % int(STOP_CHECK_SECONDS * 10) == 0:
+            reason = await asyncio.to_thread(self.stop_when)
+            if reason is not None:
+                log.error("%s", reason)
+                self.stopped_because = reason
+                return True
+        return await super().on_tick(counter)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         for hook in self.before_shutdown:
             hook()
         await super().shutdown(sockets)
+
+
+STOP_CHECK_SECONDS = 5.0
 
 
 def run_app(
@@ -117,18 +141,23 @@ def run_app(
     access_log: bool = True,
     announce: Callable[[str], None] | None = None,
     before_shutdown: list[Callable[[], None]] | None = None,
+    stop_when: Callable[[], str | None] | None = None,
 ) -> None:
-    """Serve in the foreground until Ctrl-C; `announce` gets the URL once bound."""
+    """Serve in the foreground until Ctrl-C; `announce` gets the URL once bound.
+
+    `stop_when` (asked every few seconds) ends it with a `WebError` of its reason."""
     sock = bind_socket(host, port)
     if announce is not None:
         shown = f"[{host}]" if ":" in host else host
         announce(f"http://{shown}:{sock.getsockname()[1]}/")
     config = _config(app, access_log=access_log, log_level="info")
-    server = _Server(config, before_shutdown or [])
+    server = _Server(config, before_shutdown or [], stop_when)
     # uvicorn shuts down cleanly, then re-raises the Ctrl-C it caught;
     # stopping a server with Ctrl-C is success, not click's "Aborted!".
     with contextlib.suppress(KeyboardInterrupt):
         server.run(sockets=[sock])
+    if server.stopped_because is not None:
+        raise WebError(server.stopped_because)
 
 
 @dataclass
