@@ -147,7 +147,7 @@ def test_problems_of_every_batch_come_in_file_order_whoever_validated_it(
     assert (counts["invalid"], counts["warnings"]) == (len(range(0, 12_000, every)), zombies)
     assert len(problems) == min(1000, counts["invalid"] + counts["warnings"])
     assert [p[2] for p in problems] == sorted(p[2] for p in problems)  # by line
-    # Lines from batches of both kinds (two of every five batches go to the importer).
+    # Lines from batches of both kinds (`stagereader.SHARE_OF` go to the importer).
     assert problems[-1][2] > 5000 if every == 97 else problems[-1][2] < 8000
 
 

@@ -250,9 +250,10 @@ def _add_counts(counts: ImportCounts, child: ImportCounts) -> None:
 # validated by the importing process instead: reading, mapping and
 # validating cost the child more than storing everything costs that process
 # (1M rows: ~4.5 s of CPU against ~2.9 s), and the stage waited for the child.
-# Handing it the validation (a third of the child's work per row) of two
-# batches in five leaves both about equally busy.
-SHARE_OF = (2, 5)
+# Handing it the validation (a third of the child's work per row) of one
+# batch in two leaves both about equally busy (measured: ~3.9 s each; with
+# two in five the child still had ~0.3 s more).
+SHARE_OF = (1, 2)
 
 
 def main(path: Path, fmt: str, driver: str, out: IO[bytes]) -> None:
@@ -448,8 +449,9 @@ def staged_runs(
     `RUN_ROWS` rows of one shape, (True, rows in `stagetables.PLAIN_COLUMNS`) or
     (False, rows in `STAGED_COLUMNS`), the attributes as the JSON column's own text.
     A plain row binds four values instead of seven, which was half of what
-    SQLite spent storing a million rows (each bound value costs; a default
-    does not).  A new subscriber's uid is derived from its row id
+    SQLite spent storing a million rows (each bound value costs, a None more
+    than a string: sqlite3 looks for an adapter for it; a default costs
+    nothing).  A new subscriber's uid is derived from its row id
     (`newsletter.store.uids`): nothing to draw per row.
 
     Closing this closes `rows` at once (a reader process stops with it)."""
