@@ -135,7 +135,7 @@ def stage_and_plan(run: ImportRun, source: Iterable[SourceRow | Problem] | Valid
         table.create(conn)
     all_plain = rows_from_file(conn, source, run.counts)
     if conn.dialect.name == "sqlite":
-        conn.exec_driver_sql(_ROWS_BY_KEY)
+        _sort_with_threads(conn)
     else:
         conn.exec_driver_sql("ANALYZE import_rows")  # temp tables get no autovacuum
     merge_duplicates(run)
@@ -146,6 +146,25 @@ def stage_and_plan(run: ImportRun, source: Iterable[SourceRow | Problem] | Valid
     # Merging a file's repeated addresses keeps their values: rows that all
     # were plain stay plain, and the stage need not be scanned for it.
     run.staged_since, run.staged_suppressed = (False, False) if all_plain else _staged_flags(conn)
+
+
+def _sort_with_threads(conn: Connection) -> None:
+    """`_ROWS_BY_KEY`, SQLite's sorter helped by worker threads: the reader
+    process has ended by now, and a second core took 0.15 s off the second
+    this sort took for a million rows (+4 MB).  The connection is pooled:
+    the setting goes back to SQLite's default after it."""
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    cursor = driver.cursor()
+    try:
+        cursor.execute(f"PRAGMA threads={SORT_THREADS}")
+        conn.exec_driver_sql(_ROWS_BY_KEY)
+    finally:
+        cursor.execute("PRAGMA threads=0")
+        cursor.close()
+
+
+SORT_THREADS = 2
 
 
 def _staged_flags(conn: Connection) -> tuple[bool, bool]:
@@ -382,7 +401,7 @@ WITH added AS (
     INSERT INTO memberships (list_id, subscriber_id, created_at)
     SELECT %(list_id)s, added.id, {since} FROM added {join}
     RETURNING subscriber_id
-), recorded AS (
+){ranged}, recorded AS (
     INSERT INTO consent_events (subscriber_id, last_subscriber_id, at, action, list_name,
                                 detail, source)
     {events}
@@ -393,13 +412,16 @@ SELECT count(*) FROM joined
 # session drew one meanwhile: when they have none (the rule), one record for
 # the range, as on SQLite; else one per row.
 _PG_JOINS = """
-SELECT lo, hi, %(stamp)s, 'subscribe', %(list_name)s, NULL, %(source)s
-FROM (SELECT min(subscriber_id) AS lo, max(subscriber_id) AS hi, count(*) AS n FROM joined) AS j
+SELECT lo, hi, %(stamp)s, 'subscribe', %(list_name)s, NULL, %(source)s FROM ranged
 WHERE n > 0 AND hi - lo + 1 = n
 UNION ALL
-SELECT subscriber_id, NULL, %(stamp)s, 'subscribe', %(list_name)s, NULL, %(source)s FROM joined
-WHERE (SELECT max(subscriber_id) - min(subscriber_id) + 1 <> count(*) FROM joined)
+SELECT subscriber_id, NULL, %(stamp)s, 'subscribe', %(list_name)s, NULL, %(source)s
+FROM joined, ranged WHERE hi - lo + 1 <> n
 """
+# `_PG_JOINS`' figures, computed once for both of its branches.
+_PG_RANGED = """, ranged AS (
+    SELECT min(subscriber_id) AS lo, max(subscriber_id) AS hi, count(*) AS n FROM joined
+)"""
 # A file with a suppressed status: `_join_record`'s three columns, in
 # PostgreSQL's SQL (the statuses are our constants), from each added row.
 _PG_JOINS_OR_STATUSES = (
@@ -429,6 +451,7 @@ def _insert_staged_new_pg(conn: Connection, run: ImportRun, raw_stamp: Any) -> i
         join=join,
         returning=", status, status_reason" if run.staged_suppressed else "",
         events=_PG_JOINS_OR_STATUSES if run.staged_suppressed else _PG_JOINS,
+        ranged="" if run.staged_suppressed else _PG_RANGED,
     )
     params = {"stamp": raw_stamp, "list_id": run.list_id, "source": run.source, "list_name": name}
     with _taken_is_stale():
