@@ -123,9 +123,10 @@ def test_problems_of_every_batch_come_in_file_order_whoever_validated_it(
     monkeypatch: pytest.MonkeyPatch,
     every: int,
 ) -> None:
-    """The child validates most batches and the importing process the rest
-    (`stagereader.SHARE_OF`): problems met on either side are one list, in
-    file order, as when one process reads the file, and so are the counts."""
+    """The child validates some batches and (SQLite) the importing process
+    the others (`stagereader.SHARE_OF`): problems met on either side are one
+    list, in file order, as when one process reads the file, and so are the
+    counts."""
     lines = ["email,name,status,subscribed_at,city"]
     for i in range(12_000):
         if i % every == 0:

@@ -246,14 +246,16 @@ def _add_counts(counts: ImportCounts, child: ImportCounts) -> None:
     counts.files.extend(child.files)
 
 
-# Of every `SHARE_OF[1]` batches of the file, the first `SHARE_OF[0]` are
-# validated by the importing process instead: reading, mapping and
-# validating cost the child more than storing everything costs that process
-# (1M rows: ~4.5 s of CPU against ~2.9 s), and the stage waited for the child.
-# Handing it the validation (a third of the child's work per row) of one
-# batch in two leaves both about equally busy (measured: ~3.9 s each; with
-# two in five the child still had ~0.3 s more).
-SHARE_OF = (1, 2)
+# Of every `n` batches of the file, the first `k` are validated by the
+# importing process instead (`SHARE_OF[database]`: (k, n)): reading, mapping
+# and validating cost the child more than storing everything costs that
+# process (SQLite, 1M rows: ~4.5 s of CPU against ~2.9 s), and the stage
+# waited for the child.  Handing it the validation (a third of the child's
+# work per row) of one batch in two leaves both about equally busy (~3.9 s
+# each; with two in five the child still had ~0.3 s more).  On PostgreSQL
+# the server's COPY needs a core too: the stage was quickest with the
+# child validating everything (4.9 s, against 5.1 s with one in two).
+SHARE_OF = {"sqlite": (1, 2), "postgresql": (0, 1)}
 
 
 def main(path: Path, fmt: str, driver: str, out: IO[bytes]) -> None:
@@ -277,13 +279,14 @@ def main(path: Path, fmt: str, driver: str, out: IO[bytes]) -> None:
 
     counts = _Shipped()
     as_driver_time = driver_time(driver)
+    mine, every = SHARE_OF.get(driver.split("+")[0], (0, 1))
     try:
         source = iter(read_source(path, fmt, progress=note, infos=counts.files))
         for number in itertools.count():
             batch = list(islice(source, BATCH_ROWS))
             if not batch:
                 break
-            if number % SHARE_OF[1] < SHARE_OF[0]:
+            if number % every < mine:
                 items = [_wired(item, as_driver_time) for item in batch]
                 clean = not any(isinstance(item, Problem) for item in batch)
                 send(("items", (items, clean), done))
