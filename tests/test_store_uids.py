@@ -32,6 +32,7 @@ from newsletter.config import Settings
 from newsletter.email.linktokens import make_preferences_token, verify_preferences_token
 from newsletter.store import open_url
 from newsletter.store.schema import (
+    PG_UID_FUNCTION,
     SCHEMA_VERSION,
     consent_events,
     derived_uid,
@@ -233,7 +234,7 @@ def test_postgresql_ids_with_gaps_get_a_record_each(
         assert _history(engine, f"reader{i}@example.com") == [("subscribe", "import", "news")]
 
 
-def _version_10_store(url: str) -> None:
+def _version_10_store(url: str, constraint: str | None = None) -> None:
     """An empty store as a newsletter of schema 10 made it: uid NOT NULL and
     UNIQUE (a table constraint), consent records of one subscriber each."""
     old = MetaData()
@@ -241,7 +242,7 @@ def _version_10_store(url: str) -> None:
         table.to_metadata(old)
     people = old.tables["subscribers"]
     people.c.uid.nullable = False
-    people.append_constraint(UniqueConstraint("uid"))
+    people.append_constraint(UniqueConstraint("uid", name=constraint))
     people.indexes = {i for i in people.indexes if i.name != "uq_subscribers_uid"}
     events = old.tables["consent_events"]
     events.indexes = {i for i in events.indexes if i.name != "ix_consent_ranges"}
@@ -261,10 +262,13 @@ def _uid_nullable(url: str) -> bool:
     return bool(nullable["uid"])
 
 
+# A constraint named as the index that replaces it (SQLAlchemy's suggested
+# naming convention) must not pass for that index on PostgreSQL.
+@pytest.mark.parametrize("constraint", [None, "uq_subscribers_uid"])
 def test_a_version_10_store_is_upgraded_in_place(
-    database_url: str, settings: Settings, tmp_path: Path
+    database_url: str, settings: Settings, tmp_path: Path, constraint: str | None
 ) -> None:
-    _version_10_store(database_url)
+    _version_10_store(database_url, constraint)
     assert not _uid_nullable(database_url)
     raw = create_engine(database_url)
     at = datetime.now(UTC).replace(tzinfo=None)
@@ -300,3 +304,38 @@ def test_a_version_10_store_is_upgraded_in_place(
     if database_url.startswith("sqlite"):
         with engine.connect() as conn:
             assert conn.exec_driver_sql("PRAGMA integrity_check").scalar_one() == "ok"
+
+
+def test_postgresql_gets_its_uid_function_back_inlinable(
+    database_url: str, settings: Settings, tmp_path: Path
+) -> None:
+    """A store whose function is missing, or declared IMMUTABLE (an earlier
+    build of version 11: PostgreSQL would not inline it), is given the
+    STABLE one the next time it is opened."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite's function is registered per connection")
+    engine = _store(database_url, settings)
+    run_import(engine, settings, _file(tmp_path, "a.csv", 3))
+    before = _uids(engine)
+    engine.dispose()
+    raw = create_engine(database_url)
+    with raw.begin() as conn:
+        conn.exec_driver_sql(PG_UID_FUNCTION.replace("STABLE", "IMMUTABLE"))
+    for broken in ("IMMUTABLE", "missing"):
+        if broken == "missing":
+            with raw.begin() as conn:
+                conn.exec_driver_sql("DROP FUNCTION newsletter_uid(bigint, text)")
+        engine = _store(database_url, settings)
+        assert _uids(engine) == before, broken
+        with engine.connect() as conn:
+            volatility = conn.exec_driver_sql(
+                "SELECT provolatile FROM pg_proc WHERE proname = 'newsletter_uid'"
+            ).scalar_one()
+            plan = "\n".join(
+                conn.exec_driver_sql(
+                    "EXPLAIN VERBOSE SELECT newsletter_uid(id, 'n') FROM subscribers"
+                ).scalars()
+            )
+        assert volatility == "s" and "newsletter_uid(" not in plan, plan
+        engine.dispose()
+    raw.dispose()

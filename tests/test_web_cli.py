@@ -324,3 +324,45 @@ def test_serve_stops_when_a_newer_newsletter_upgrades_the_database(
     assert proc.returncode == 1
     assert f"upgraded to schema version {SCHEMA_VERSION + 1} by a newer newsletter" in err
     assert err.rstrip().splitlines()[-1].startswith("error: the database was upgraded")
+
+
+HANGING_CHECK = """
+import time
+from starlette.applications import Starlette
+import newsletter.web.server as server
+server.STOP_CHECK_SECONDS = 0.2
+
+def hangs():  # a database that takes the connection and never answers
+    print("checking", flush=True)
+    time.sleep(60)
+
+server.run_app(
+    Starlette(), "127.0.0.1", 0, announce=lambda url: print("ready", flush=True), stop_when=hangs
+)
+print("stopped", flush=True)
+"""
+
+
+def test_ctrl_c_stops_serve_while_its_schema_check_hangs() -> None:
+    """The periodic check runs beside the event loop, not in it: a check
+    stuck on a database must not keep Ctrl-C (or SIGTERM) from stopping it."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HANGING_CHECK],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "ready\n"
+        assert proc.stdout.readline() == "checking\n"  # a check is under way
+        started = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+        took = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert (proc.returncode, out) == (0, "stopped\n"), err
+    assert took < 5

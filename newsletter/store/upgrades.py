@@ -149,12 +149,14 @@ def upgrade_to_11(conn: Connection) -> None:
     CONSENT_RANGES_INDEX.create(conn, checkfirst=True)
     if conn.dialect.name == "postgresql":
         conn.exec_driver_sql("ALTER TABLE subscribers ALTER COLUMN uid DROP NOT NULL")
-        # Unique where stored: the index takes no entry for a NULL.
-        UID_INDEX.create(conn, checkfirst=True)
+        # Unique where stored: the index takes no entry for a NULL.  The
+        # constraint goes first: named as the index (uq_subscribers_uid, a
+        # common naming convention), its own index would pass for ours.
         for constraint in inspect(conn).get_unique_constraints("subscribers"):
             if constraint["column_names"] == ["uid"]:
                 name = constraint["name"]
                 conn.exec_driver_sql(f'ALTER TABLE subscribers DROP CONSTRAINT "{name}"')
+        UID_INDEX.create(conn, checkfirst=True)
     else:
         _sqlite_uid_nullable(conn)  # its UNIQUE (uid) stays: see schema.UID_INDEX
 

@@ -99,35 +99,30 @@ class _Server(uvicorn.Server):
     """uvicorn's server, running `before_shutdown` (in the event loop) as soon
     as it starts shutting down: before it waits for open connections, so that
     endless streams (live reload's /events) can end instead of being cancelled
-    with a traceback once the grace period is over.  With `stop_when`, it
-    also asks that (in a thread: it may query the database) every
-    `STOP_CHECK_SECONDS`, and stops when it gives a reason (`stopped_because`)."""
+    with a traceback once the grace period is over."""
 
-    def __init__(
-        self,
-        config: uvicorn.Config,
-        before_shutdown: list[Callable[[], None]],
-        stop_when: Callable[[], str | None] | None = None,
-    ) -> None:
+    def __init__(self, config: uvicorn.Config, before_shutdown: list[Callable[[], None]]) -> None:
         super().__init__(config)
         self.before_shutdown = before_shutdown
-        self.stop_when = stop_when
         self.stopped_because: str | None = None
-
-    async def on_tick(self, counter: int) -> bool:
-        # uvicorn ticks every 0.1 s.
-        if self.stop_when is not None and counter % int(STOP_CHECK_SECONDS * 10) == 0:
-            reason = await asyncio.to_thread(self.stop_when)
-            if reason is not None:
-                log.error("%s", reason)
-                self.stopped_because = reason
-                return True
-        return await super().on_tick(counter)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         for hook in self.before_shutdown:
             hook()
         await super().shutdown(sockets)
+
+
+def _watch(server: _Server, stop_when: Callable[[], str | None], done: threading.Event) -> None:
+    """Ask `stop_when` every `STOP_CHECK_SECONDS` (in a thread of its own: it
+    may query a database that hangs, and the event loop, which acts on
+    Ctrl-C and SIGTERM, must not wait for it); stop the server with its reason."""
+    while not done.wait(STOP_CHECK_SECONDS):
+        reason = stop_when()
+        if reason is not None:
+            log.error("%s", reason)
+            server.stopped_because = reason
+            server.should_exit = True
+            return
 
 
 STOP_CHECK_SECONDS = 5.0
@@ -151,11 +146,20 @@ def run_app(
         shown = f"[{host}]" if ":" in host else host
         announce(f"http://{shown}:{sock.getsockname()[1]}/")
     config = _config(app, access_log=access_log, log_level="info")
-    server = _Server(config, before_shutdown or [], stop_when)
+    server = _Server(config, before_shutdown or [])
+    done = threading.Event()
+    if stop_when is not None:
+        watch = threading.Thread(
+            target=_watch, args=(server, stop_when, done), name="stop-when", daemon=True
+        )
+        watch.start()
     # uvicorn shuts down cleanly, then re-raises the Ctrl-C it caught;
     # stopping a server with Ctrl-C is success, not click's "Aborted!".
-    with contextlib.suppress(KeyboardInterrupt):
-        server.run(sockets=[sock])
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            server.run(sockets=[sock])
+    finally:
+        done.set()  # a check under way ends on its own (a daemon thread)
     if server.stopped_because is not None:
         raise WebError(server.stopped_because)
 
