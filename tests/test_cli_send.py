@@ -523,3 +523,52 @@ def test_a_server_that_never_greets_costs_a_few_timeouts_not_one_per_recipient(
     assert code == 0 and out.startswith("sent 0, deferred 12, failed 0"), out
     assert "cannot connect to 127.0.0.1" in out
     assert took < 12 * 0.5  # a few timeouts (3 in a row), not one per recipient
+
+
+def test_imported_readers_leave_with_the_link_they_were_sent(
+    sample_site: Path, smtp_server: SmtpTestServer
+) -> None:
+    """Schema 11: readers an import added store no uid (it is derived from
+    the row id: store/uids.py).  The one-click link of the email each got
+    over SMTP must unsubscribe that reader, and nobody else."""
+    import email
+    import re
+
+    from sqlalchemy import select
+    from starlette.testclient import TestClient
+
+    from newsletter.store.schema import subscribers
+    from newsletter.web.public import create_public_app
+
+    config = smtp_config(sample_site, smtp_server)
+    readers = sample_site / "readers.csv"
+    readers.write_text("email,name\nann@example.org,Ann\nbob@example.org,Bob\n")
+    code, _, err = run("--config", str(config), "subscribers", "import", str(readers),
+                       "--list", "sample")  # fmt: skip
+    assert code == 0, err
+    settings = load_settings(config)
+    engine = open_store(settings)
+    with engine.connect() as conn:
+        stored = dict(conn.execute(select(subscribers.c.email, subscribers.c.uid)).all())
+    assert stored["ann@example.org"] is None and stored["bob@example.org"] is None
+    code, _out, err = run("--config", str(config), "send", POST, "--list", "sample")
+    assert code == 0, err
+    got = {
+        rcpt: email.message_from_bytes(item.data)
+        for item in smtp_server.received
+        for rcpt in item.rcpt_tos
+    }
+    header = str(got["ann@example.org"]["List-Unsubscribe"])
+    found = re.search(r"<https?://[^>]+/unsubscribe/([^>/]+)>", header)
+    assert found is not None, header
+    app = create_public_app(settings)
+    with TestClient(app, base_url=settings.web.public_url) as client:
+        response = client.post(
+            f"/unsubscribe/{found.group(1)}", data={"List-Unsubscribe": "One-Click"}
+        )
+    assert response.status_code == 200, response.text
+    ann = subs.get_by_email(engine, "ann@example.org")
+    bob = subs.get_by_email(engine, "bob@example.org")
+    assert ann is not None and bob is not None
+    assert not subs.is_mailable(engine, ann.id, "sample")
+    assert subs.is_mailable(engine, bob.id, "sample")
