@@ -300,6 +300,20 @@ def test_archive_lists_only_sent_posts(client: TestClient, store: Store) -> None
     assert "Not Yet Ready" not in index.text  # a draft
 
 
+def test_archive_lists_posts_by_their_dates_whenever_they_were_sent(
+    client: TestClient, store: Store
+) -> None:
+    """The index shows each post's date: an older post sent after a newer
+    one is listed below it, not above."""
+    store.add("ola@example.com")
+    store.send("a-lamp-that-listens")  # 2024-05-19
+    store.send("tending-a-winter-allotment")  # 2024-03-02, sent later
+    index = client.get("/archive/").text
+    newer, older = index.find("A Lamp That Listens"), index.find("Tending a Winter Allotment")
+    assert -1 < newer < older
+    assert index.find("2024-05-19") < index.find("2024-03-02")
+
+
 def test_archive_page_is_the_email_without_any_token(client: TestClient, store: Store) -> None:
     pia = store.add("pia@example.com")
     transport = store.send("tending-a-winter-allotment")

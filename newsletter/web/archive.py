@@ -48,7 +48,8 @@ def neutral_html(rendered: RenderedEmail, settings: Settings) -> str:
 
 
 def sent_posts(engine: Engine) -> list[ArchiveEntry]:
-    """One entry per sent post (its first list), newest first.
+    """One entry per sent post (its first list), the latest sent first (the
+    index page orders them by the posts' own dates, which it shows).
 
     A post whose unfinished mailing the daemon halted (`store.halts`: pulled,
     opted out or re-dated into the future, which Jekyll does not publish

@@ -360,6 +360,10 @@ def archive_index(request: Request) -> Response:
         return PlainTextResponse("the archive is unavailable right now\n", status_code=503)
     found = ((e, posts.with_id(e.post_id, whole=False)) for e in entries)  # titles only
     items = [(e, post) for e, post in found if post is not None and post.published]
+    # By the dates the page shows, newest first: an older post sent after a
+    # newer one (a late send, a resend) was listed above it.  Posts of one
+    # date keep the order they were sent in.
+    items.sort(key=lambda item: item[1].date, reverse=True)
     return public_page(
         request,
         "public_archive.html",
