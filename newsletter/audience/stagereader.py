@@ -459,31 +459,20 @@ def staged_runs(
 
     Closing this closes `rows` at once (a reader process stops with it)."""
     dumps = raw.json_text
-    plain: list[tuple[Any, ...]] = []
-    full: list[tuple[Any, ...]] = []
+    shape: bool | None = None  # the current run's: True plain, False full
+    run: list[tuple[Any, ...]] = []
     try:
         for key, email, name, status, reason, attributes, since in rows:
             text = dumps(attributes) if attributes else None
-            if status == "active" and reason is None and since is None:
-                if full:
-                    yield False, full
-                    full = []
-                plain.append((key, email, name, text))
-                if len(plain) == RUN_ROWS:
-                    yield True, plain
-                    plain = []
-            else:
-                if plain:
-                    yield True, plain
-                    plain = []
-                full.append((key, email, name, status, reason, text, since))
-                if len(full) == RUN_ROWS:
-                    yield False, full
-                    full = []
-        if plain:
-            yield True, plain
-        if full:
-            yield False, full
+            plain = status == "active" and reason is None and since is None
+            if run and (plain is not shape or len(run) == RUN_ROWS):
+                yield bool(shape), run
+                run = []
+            shape = plain
+            run.append((key, email, name, text) if plain else
+                       (key, email, name, status, reason, text, since))  # fmt: skip
+        if run:
+            yield bool(shape), run
     finally:
         close = getattr(rows, "close", None)
         if close is not None:

@@ -115,18 +115,11 @@ def outgrown(engine: Engine) -> Callable[[], str | None]:
     it (schema 11 stores no uid for an import's new subscribers: an older
     server could not find them from their links).  Exit 1; restarted, it is
     refused until this machine's newsletter is upgraded too."""
-    from newsletter.store import newer_schema
-    from newsletter.store.schema import SCHEMA_VERSION
+    from newsletter.store import newer_schema, outgrown_message
 
     def reason() -> str | None:
         version = newer_schema(engine)
-        if version is None:
-            return None
-        return (
-            f"the database was upgraded to schema version {version} by a newer newsletter "
-            f"(this one knows {SCHEMA_VERSION}); stopping: upgrade newsletter here, "
-            "then start it again"
-        )
+        return None if version is None else outgrown_message(version)
 
     return reason
 

@@ -58,8 +58,7 @@ from newsletter.delivery.transports import Transport
 from newsletter.email.tokens import checked_secret
 from newsletter.errors import NewsletterError, database_reason
 from newsletter.posts.collection import POST_SUFFIXES
-from newsletter.store import failure_reason, newer_schema, safe_url
-from newsletter.store.schema import SCHEMA_VERSION
+from newsletter.store import failure_reason, newer_schema, outgrown_message, safe_url
 
 log = logging.getLogger("newsletter.daemon")
 
@@ -335,10 +334,8 @@ class Daemon:
             return False
         if self.outgrown is None:
             log.error(
-                "the database was upgraded to schema version %d by a newer newsletter "
-                "(this one knows %d); stopping: upgrade newsletter here, then start it again",
-                version,
-                SCHEMA_VERSION,
+                "%s",
+                outgrown_message(version),
                 extra={"event": "schema-outgrown", "version": version},
             )
         self.outgrown = version

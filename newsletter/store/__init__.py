@@ -67,6 +67,7 @@ __all__ = [
     "one_at_a_time",
     "open_store",
     "open_url",
+    "outgrown_message",
     "parented_bulk_transaction",
     "reading",
     "safe_url",
@@ -453,6 +454,15 @@ def newer_schema(engine: Engine) -> int | None:
     except SQLAlchemyError:
         return None
     return int(current) if current is not None and current > SCHEMA_VERSION else None
+
+
+def outgrown_message(version: int) -> str:
+    """What a long-running process says as it stops for `newer_schema`."""
+    return (
+        f"the database was upgraded to schema version {version} by a newer newsletter "
+        f"(this one knows {SCHEMA_VERSION}); stopping: upgrade newsletter here, "
+        "then start it again"
+    )
 
 
 def _up_to_date(engine: Engine) -> bool:

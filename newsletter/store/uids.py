@@ -12,8 +12,9 @@ and their uid is derived where it is read:
     SHA-256(nonce ":" id)
 
 where the nonce is 128 random bits drawn once per store (the `state` row
-`NONCE_KEY`, made in the transaction that writes the first such row).  Another store has another nonce; the next id's uid needs the
-nonce.  Both databases compute it in SQL, with one function of their own
+`NONCE_KEY`, made in the transaction that writes the first such row).
+Another store has another nonce; the next id's uid needs the nonce.  Both
+databases compute it in SQL, with one function of their own
 (`schema.UID_FUNCTION`: on SQLite `schema.derived_uid`, which every
 connection of ours registers; on PostgreSQL a SQL function over its own
 `sha256`), so that every read of `UID` gives the same 32 hex digits, and a
